@@ -1,0 +1,38 @@
+//! Serves one channel the relay opened: HTTP/1.1 keep-alive over the SSH
+//! stream, one call at a time, closing gracefully when the agent shuts down.
+
+use std::sync::Arc;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use russh::Channel;
+use russh::client::Msg;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use crate::call::{self, CallContext};
+
+pub async fn serve(channel: Channel<Msg>, ctx: Arc<CallContext>, shutdown: CancellationToken) {
+    let io = TokioIo::new(channel.into_stream());
+    let service = service_fn(move |request| {
+        let ctx = ctx.clone();
+        async move { Ok::<_, std::convert::Infallible>(call::handle(ctx, request).await) }
+    });
+    let connection = http1::Builder::new()
+        .keep_alive(true)
+        .max_buf_size(256 * 1024)
+        .serve_connection(io, service);
+    tokio::pin!(connection);
+    let result = tokio::select! {
+        r = connection.as_mut() => r,
+        _ = shutdown.cancelled() => {
+            // Finish the call under way, then close the channel.
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(e) = result {
+        debug!(error = %e, "channel closed with an error");
+    }
+}

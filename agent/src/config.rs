@@ -1,0 +1,262 @@
+//! The agent's TOML config: a pure parse into `file` types, then `resolve`
+//! reads token and key files, builds the signers, and validates everything.
+
+mod file;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use postern_protocol::{ConnectionName, SecretKind, SecretToken};
+use url::Url;
+
+pub use file::{AuthFile, ConfigFile, ConnectionFile, JwtBearerFile};
+
+use crate::jwt::{Algorithm, JwtSigner, KeyMaterial, PayloadTemplate};
+
+/// A loaded, validated config. Secrets inside never print in `Debug`.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// `host:port` of the relay's SSH listener.
+    pub relay: String,
+    /// The relay host key fingerprint to pin (`SHA256:…`).
+    pub relay_fingerprint: String,
+    pub token: SecretToken,
+    pub connections: BTreeMap<String, Arc<Connection>>,
+}
+
+#[derive(Debug)]
+pub struct Connection {
+    pub name: ConnectionName,
+    pub base_uri: Url,
+    /// Time allowed for the internal server's response headers, and between body reads.
+    pub timeout: Duration,
+    pub auth: Auth,
+}
+
+#[derive(Debug)]
+pub enum Auth {
+    None,
+    JwtBearer(Arc<JwtSigner>),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error(
+        "{path} is readable by other users (mode {mode:03o}) and holds secrets; run: chmod 600 {path}"
+    )]
+    Permissions { path: PathBuf, mode: u32 },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn invalid(msg: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid(msg.into())
+}
+
+impl AgentConfig {
+    /// Reads, checks the file mode, parses and resolves a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        check_private(path)?;
+        let file = ConfigFile::parse(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::resolve(file, base, &|name| std::env::var(name).ok())
+    }
+
+    /// Turns a parsed file into a config; relative paths are taken from `base_dir`.
+    pub fn resolve(
+        file: ConfigFile,
+        base_dir: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        if !file.relay_fingerprint.starts_with("SHA256:") {
+            return Err(invalid(format!(
+                "relay_fingerprint {:?} must be the relay's SHA256:… fingerprint (postern-relay fingerprint prints it)",
+                file.relay_fingerprint
+            )));
+        }
+        if file.relay.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
+            return Err(invalid(format!("relay {:?} must be host:port", file.relay)));
+        }
+        let token_text = one_secret(
+            "token",
+            file.token.as_deref(),
+            file.token_file.as_deref(),
+            file.token_env.as_deref(),
+            base_dir,
+            env,
+        )?;
+        let token = SecretToken::parse(SecretKind::AgentToken, &token_text)
+            .map_err(|e| invalid(format!("token: {e}")))?;
+        let mut connections = BTreeMap::new();
+        for (name, conn) in file.connections {
+            let connection = resolve_connection(&name, conn, base_dir, env)
+                .map_err(|e| invalid(format!("connections.{name}: {e}")))?;
+            connections.insert(name, Arc::new(connection));
+        }
+        Ok(Self {
+            relay: file.relay,
+            relay_fingerprint: file.relay_fingerprint,
+            token,
+            connections,
+        })
+    }
+
+    pub fn connection(&self, name: &str) -> Option<&Arc<Connection>> {
+        self.connections.get(name)
+    }
+}
+
+fn resolve_connection(
+    name: &str,
+    conn: ConnectionFile,
+    base_dir: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Connection, String> {
+    let name = ConnectionName::parse(name).map_err(|e| e.to_string())?;
+    let base_uri = Url::parse(&conn.base_uri).map_err(|e| format!("base_uri {:?}: {e}", conn.base_uri))?;
+    if !matches!(base_uri.scheme(), "http" | "https") || base_uri.host_str().is_none() {
+        return Err(format!("base_uri {:?} must be an http:// or https:// URL with a host", conn.base_uri));
+    }
+    if base_uri.query().is_some() || base_uri.fragment().is_some() || !base_uri.username().is_empty() {
+        return Err(format!("base_uri {:?} may not hold a query, fragment or user info", conn.base_uri));
+    }
+    let timeout = humantime::parse_duration(&conn.timeout)
+        .map_err(|e| format!("timeout {:?}: {e}", conn.timeout))?;
+    if timeout.is_zero() {
+        return Err("timeout must be more than zero".into());
+    }
+    let auth = match conn.auth {
+        AuthFile::None => Auth::None,
+        AuthFile::JwtBearer(jwt) => Auth::JwtBearer(Arc::new(resolve_jwt(jwt, base_dir, env)?)),
+    };
+    Ok(Connection {
+        name,
+        base_uri,
+        timeout,
+        auth,
+    })
+}
+
+fn resolve_jwt(
+    jwt: JwtBearerFile,
+    base_dir: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<JwtSigner, String> {
+    let algorithm: Algorithm = jwt.algorithm.parse().map_err(|e| format!("auth.algorithm: {e}"))?;
+    let is_hmac = matches!(algorithm, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512);
+    let has_secret = jwt.secret.is_some() || jwt.secret_file.is_some() || jwt.secret_env.is_some();
+    let has_key =
+        jwt.private_key.is_some() || jwt.private_key_file.is_some() || jwt.private_key_env.is_some();
+    let key = if is_hmac {
+        if has_key {
+            return Err(format!("auth: {algorithm:?} signs with a secret; remove private_key*"));
+        }
+        let secret = one_secret(
+            "auth.secret",
+            jwt.secret.as_deref(),
+            jwt.secret_file.as_deref(),
+            jwt.secret_env.as_deref(),
+            base_dir,
+            env,
+        )
+        .map_err(|e| e.to_string())?;
+        if crate::jwt::signer::hmac_secret_is_short(algorithm, secret.len()) {
+            tracing::warn!(?algorithm, bytes = secret.len(), "HMAC secret is shorter than the hash output; use a longer random secret");
+        }
+        KeyMaterial::Secret(secret.into_bytes())
+    } else {
+        if has_secret {
+            return Err(format!("auth: {algorithm:?} signs with a private key; remove secret*"));
+        }
+        let pem = one_secret(
+            "auth.private_key",
+            jwt.private_key.as_deref(),
+            jwt.private_key_file.as_deref(),
+            jwt.private_key_env.as_deref(),
+            base_dir,
+            env,
+        )
+        .map_err(|e| e.to_string())?;
+        KeyMaterial::PrivateKeyPem(pem)
+    };
+    let payload = PayloadTemplate::parse(&jwt.payload).map_err(|e| format!("auth.payload: {e}"))?;
+    JwtSigner::new(algorithm, key, &jwt.headers, payload).map_err(|e| format!("auth: {e}"))
+}
+
+/// Exactly one of inline / file / environment variable.
+fn one_secret(
+    what: &str,
+    inline: Option<&str>,
+    file: Option<&Path>,
+    env_name: Option<&str>,
+    base_dir: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<String, ConfigError> {
+    match (inline, file, env_name) {
+        (Some(v), None, None) => Ok(v.to_owned()),
+        (None, Some(f), None) => {
+            let path = base_dir.join(f);
+            check_private(&path)?;
+            let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            Ok(text.trim().to_owned())
+        }
+        (None, None, Some(name)) => {
+            env(name).ok_or_else(|| invalid(format!("{what}: environment variable {name} is not set")))
+        }
+        (None, None, None) => Err(invalid(format!("{what}: set one of {what}, {what}_file or {what}_env"))),
+        _ => Err(invalid(format!("{what}: set only one of {what}, {what}_file or {what}_env"))),
+    }
+}
+
+/// Refuses files that others can read: they hold tokens and keys.
+pub fn check_private(path: &Path) -> Result<(), ConfigError> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(ConfigError::Permissions {
+            path: path.to_owned(),
+            mode,
+        });
+    }
+    Ok(())
+}
+
+/// The default config path: `/etc/postern/agent.toml` for root (the system
+/// service), else the user's config folder (e.g. `~/.config/postern/agent.toml`).
+pub fn default_path() -> PathBuf {
+    let system = PathBuf::from("/etc/postern/agent.toml");
+    if is_root() {
+        return system;
+    }
+    directories::ProjectDirs::from("", "", "postern")
+        .map(|d| d.config_dir().join("agent.toml"))
+        .unwrap_or(system)
+}
+
+fn is_root() -> bool {
+    std::env::var("USER").is_ok_and(|u| u == "root")
+        || std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0).unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,403 @@
+//! JWT payload templates: a JSON object whose string values may hold `{{now + 600}}`,
+//! `{{uuid}}`, `{{env.NAME}}` and friends, parsed once and rendered for every token.
+
+use serde_json::{Map, Number, Value};
+
+/// The template forms, as listed in error messages.
+const SUPPORTED: &str = "{{now}}, {{now + N}}, {{now - N}}, {{uuid}}, {{env.NAME}}, \
+     {{currentTimeSeconds}} or {{plus currentTimeSeconds N}} (N in whole seconds)";
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TemplateError {
+    #[error("{path}: \"{{{{\" has no closing \"}}}}\" in {text:?}; write a template as {{{{now}}}}")]
+    Unterminated { path: String, text: String },
+    #[error("{path}: unknown template \"{{{{{template}}}}}\"; expected one of {supported}", supported = SUPPORTED)]
+    Unknown { path: String, template: String },
+    #[error("{path}: the template {{{{env.{name}}}}} needs the environment variable {name}, but it is not set")]
+    MissingEnv { path: String, name: String },
+    #[error("{path}: the template \"{{{{{template}}}}}\" gives a time before 1970 or past the largest unix time")]
+    TimeOutOfRange { path: String, template: String },
+}
+
+/// A JSON object whose string values may hold templates, evaluated per token.
+#[derive(Debug, Clone)]
+pub struct PayloadTemplate {
+    fields: Vec<(String, Node)>,
+}
+
+#[derive(Debug, Clone)]
+enum Node {
+    /// Anything without a template, including every non-string value.
+    Plain(Value),
+    Object(Vec<(String, Node)>),
+    Array(Vec<Node>),
+    /// A string that is exactly one template: renders to the template's natural JSON type.
+    Whole { path: String, template: String, expr: Expr },
+    /// Templates mixed with text: renders to a string.
+    Text { path: String, pieces: Vec<Piece> },
+}
+
+#[derive(Debug, Clone)]
+enum Piece {
+    Literal(String),
+    Template { template: String, expr: Expr },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Expr {
+    /// The clock plus this many seconds (negative for `now - N`).
+    Now(i64),
+    Uuid,
+    Env(String),
+}
+
+impl PayloadTemplate {
+    /// Parses every string value (recursively through nested objects/arrays) once; unknown
+    /// templates are an error naming the JSON path (e.g. `payload.exp`) and the template text.
+    pub fn parse(payload: &Map<String, Value>) -> Result<Self, TemplateError> {
+        Ok(Self { fields: parse_object(payload, "payload")? })
+    }
+
+    /// Evaluates with the given clock (unix seconds) and an env lookup function.
+    pub fn render(
+        &self,
+        now_unix: u64,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Map<String, Value>, TemplateError> {
+        render_object(&self.fields, now_unix, env)
+    }
+
+    /// Whether the top-level payload sets this claim (e.g. "exp").
+    pub fn has_claim(&self, name: &str) -> bool {
+        self.fields.iter().any(|(key, _)| key == name)
+    }
+}
+
+fn parse_object(object: &Map<String, Value>, path: &str) -> Result<Vec<(String, Node)>, TemplateError> {
+    object
+        .iter()
+        .map(|(key, value)| Ok((key.clone(), parse_value(value, &child_path(path, key))?)))
+        .collect()
+}
+
+fn parse_value(value: &Value, path: &str) -> Result<Node, TemplateError> {
+    match value {
+        Value::String(text) => parse_string(text, path),
+        Value::Object(object) => Ok(Node::Object(parse_object(object, path)?)),
+        Value::Array(items) => Ok(Node::Array(
+            items
+                .iter()
+                .enumerate()
+                .map(|(i, item)| parse_value(item, &format!("{path}[{i}]")))
+                .collect::<Result<_, _>>()?,
+        )),
+        other => Ok(Node::Plain(other.clone())),
+    }
+}
+
+/// `payload.exp` for plain keys; keys that would make the path ambiguous are quoted.
+fn child_path(parent: &str, key: &str) -> String {
+    let plain = !key.is_empty()
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if plain {
+        format!("{parent}.{key}")
+    } else {
+        format!("{parent}[{}]", Value::String(key.to_owned()))
+    }
+}
+
+fn parse_string(text: &str, path: &str) -> Result<Node, TemplateError> {
+    let mut pieces = Vec::new();
+    let mut rest = text;
+    while let Some(open) = rest.find("{{") {
+        let after_open = &rest[open + 2..];
+        let Some(close) = after_open.find("}}") else {
+            return Err(TemplateError::Unterminated { path: path.to_owned(), text: text.to_owned() });
+        };
+        if open > 0 {
+            pieces.push(Piece::Literal(rest[..open].to_owned()));
+        }
+        let template = &after_open[..close];
+        let expr = parse_expr(template).ok_or_else(|| TemplateError::Unknown {
+            path: path.to_owned(),
+            template: template.to_owned(),
+        })?;
+        pieces.push(Piece::Template { template: template.to_owned(), expr });
+        rest = &after_open[close + 2..];
+    }
+    if !rest.is_empty() {
+        pieces.push(Piece::Literal(rest.to_owned()));
+    }
+    Ok(match pieces.as_slice() {
+        [] => Node::Plain(Value::String(String::new())),
+        [Piece::Literal(_)] => Node::Plain(Value::String(text.to_owned())),
+        [Piece::Template { template, expr }] => Node::Whole {
+            path: path.to_owned(),
+            template: template.clone(),
+            expr: expr.clone(),
+        },
+        _ => Node::Text { path: path.to_owned(), pieces },
+    })
+}
+
+/// The inside of `{{ … }}`, or `None` if it is no template we know.
+fn parse_expr(template: &str) -> Option<Expr> {
+    let inner = template.trim();
+    match inner {
+        "now" | "currentTimeSeconds" => return Some(Expr::Now(0)),
+        "uuid" => return Some(Expr::Uuid),
+        _ => {}
+    }
+    if let Some(name) = inner.strip_prefix("env.") {
+        return is_env_name(name).then(|| Expr::Env(name.to_owned()));
+    }
+    if let Some(rest) = inner.strip_prefix("now") {
+        let rest = rest.trim_start();
+        let (sign, amount) = if let Some(n) = rest.strip_prefix('+') {
+            (1, n)
+        } else if let Some(n) = rest.strip_prefix('-') {
+            (-1, n)
+        } else {
+            return None;
+        };
+        return parse_seconds(amount.trim_start()).map(|n| Expr::Now(sign * n));
+    }
+    let words: Vec<&str> = inner.split_whitespace().collect();
+    if let ["plus", "currentTimeSeconds", amount] = words.as_slice() {
+        // The integration platforms write negative offsets as `plus currentTimeSeconds -60`.
+        let (sign, digits) = match amount.strip_prefix('-') {
+            Some(digits) => (-1, digits),
+            None => (1, *amount),
+        };
+        return parse_seconds(digits).map(|n| sign * n).map(Expr::Now);
+    }
+    None
+}
+
+/// Whole seconds as plain digits: no sign, no fraction, no exponent.
+fn parse_seconds(text: &str) -> Option<i64> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok()
+}
+
+fn is_env_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+fn render_object(
+    fields: &[(String, Node)],
+    now: u64,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Map<String, Value>, TemplateError> {
+    fields
+        .iter()
+        .map(|(key, node)| Ok((key.clone(), render_node(node, now, env)?)))
+        .collect()
+}
+
+fn render_node(node: &Node, now: u64, env: &dyn Fn(&str) -> Option<String>) -> Result<Value, TemplateError> {
+    match node {
+        Node::Plain(value) => Ok(value.clone()),
+        Node::Object(fields) => Ok(Value::Object(render_object(fields, now, env)?)),
+        Node::Array(items) => Ok(Value::Array(
+            items
+                .iter()
+                .map(|item| render_node(item, now, env))
+                .collect::<Result<_, _>>()?,
+        )),
+        Node::Whole { path, template, expr } => Ok(match eval(expr, path, template, now, env)? {
+            Evaluated::Seconds(seconds) => Value::Number(Number::from(seconds)),
+            Evaluated::Text(text) => Value::String(text),
+        }),
+        Node::Text { path, pieces } => {
+            let mut out = String::new();
+            for piece in pieces {
+                match piece {
+                    Piece::Literal(text) => out.push_str(text),
+                    Piece::Template { template, expr } => match eval(expr, path, template, now, env)? {
+                        Evaluated::Seconds(seconds) => out.push_str(&seconds.to_string()),
+                        Evaluated::Text(text) => out.push_str(&text),
+                    },
+                }
+            }
+            Ok(Value::String(out))
+        }
+    }
+}
+
+enum Evaluated {
+    Seconds(u64),
+    Text(String),
+}
+
+fn eval(
+    expr: &Expr,
+    path: &str,
+    template: &str,
+    now: u64,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Evaluated, TemplateError> {
+    match expr {
+        Expr::Now(offset) => now
+            .checked_add_signed(*offset)
+            .map(Evaluated::Seconds)
+            .ok_or_else(|| TemplateError::TimeOutOfRange {
+                path: path.to_owned(),
+                template: template.to_owned(),
+            }),
+        Expr::Uuid => Ok(Evaluated::Text(uuid::Uuid::new_v4().to_string())),
+        Expr::Env(name) => env(name)
+            .map(Evaluated::Text)
+            .ok_or_else(|| TemplateError::MissingEnv { path: path.to_owned(), name: name.clone() }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const NOW: u64 = 1_700_000_000;
+
+    fn template(value: Value) -> Result<PayloadTemplate, TemplateError> {
+        match value {
+            Value::Object(map) => PayloadTemplate::parse(&map),
+            other => panic!("test payload must be an object, got {other}"),
+        }
+    }
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    fn render(value: Value) -> Result<Value, TemplateError> {
+        Ok(Value::Object(template(value)?.render(NOW, &no_env)?))
+    }
+
+    #[test]
+    fn time_templates_become_json_integers() {
+        let out = render(json!({
+            "iat": "{{now}}",
+            "exp": "{{now + 600}}",
+            "nbf": "{{ now-30 }}",
+            "a": "{{now   +   5}}",
+            "b": "{{currentTimeSeconds}}",
+            "c": "{{plus currentTimeSeconds 3600}}",
+            "d": "{{ plus  currentTimeSeconds  -60 }}",
+        }))
+        .expect("renders");
+        assert_eq!(
+            out,
+            json!({
+                "iat": NOW, "exp": NOW + 600, "nbf": NOW - 30, "a": NOW + 5,
+                "b": NOW, "c": NOW + 3600, "d": NOW - 60,
+            })
+        );
+        assert!(out["exp"].is_u64(), "exp must be an integer, not {}", out["exp"]);
+        let text = serde_json::to_string(&out).expect("serialises");
+        assert!(text.contains(&format!("\"exp\":{}", NOW + 600)), "{text}");
+    }
+
+    #[test]
+    fn templates_inside_longer_strings_are_interpolated_as_text() {
+        let out = render(json!({ "jti": "svc-{{now}}-{{ now + 1 }}.", "plain": "no {templates} here }}" }))
+            .expect("renders");
+        assert_eq!(out["jti"], json!(format!("svc-{NOW}-{}.", NOW + 1)));
+        assert_eq!(out["plain"], json!("no {templates} here }}"));
+    }
+
+    #[test]
+    fn uuid_is_fresh_per_render() {
+        let t = template(json!({ "jti": "{{uuid}}", "sid": "s-{{uuid}}" })).expect("parses");
+        let a = t.render(NOW, &no_env).expect("renders");
+        let b = t.render(NOW, &no_env).expect("renders");
+        let jti = a["jti"].as_str().expect("uuid is a string");
+        assert!(uuid::Uuid::parse_str(jti).is_ok(), "{jti}");
+        assert_ne!(a["jti"], b["jti"]);
+        assert_ne!(a["sid"], b["sid"]);
+        assert!(a["sid"].as_str().is_some_and(|s| s.starts_with("s-") && s.len() == 38));
+    }
+
+    #[test]
+    fn env_templates_read_the_lookup_and_name_missing_variables() {
+        let t = template(json!({ "sub": "{{env.SERVICE_USER}}", "aud": ["api", "{{env.TENANT}}-x"] }))
+            .expect("parses");
+        let env = |name: &str| match name {
+            "SERVICE_USER" => Some("svc-orders".to_owned()),
+            "TENANT" => Some("42".to_owned()),
+            _ => None,
+        };
+        let out = Value::Object(t.render(NOW, &env).expect("renders"));
+        // Env values stay strings even when they look like numbers.
+        assert_eq!(out, json!({ "sub": "svc-orders", "aud": ["api", "42-x"] }));
+
+        let only_user = |name: &str| (name == "SERVICE_USER").then(|| "u".to_owned());
+        let err = t.render(NOW, &only_user).expect_err("TENANT is missing");
+        assert_eq!(err, TemplateError::MissingEnv { path: "payload.aud[1]".into(), name: "TENANT".into() });
+        assert!(err.to_string().contains("environment variable TENANT"), "{err}");
+    }
+
+    #[test]
+    fn whole_env_template_stays_a_string() {
+        let t = template(json!({ "n": "{{env.N}}" })).expect("parses");
+        let out = t.render(NOW, &|_| Some("600".to_owned())).expect("renders");
+        assert_eq!(out["n"], json!("600"));
+    }
+
+    #[test]
+    fn unknown_templates_name_their_path_and_text() {
+        let err = template(json!({ "claims": { "exp": "{{now * 2}}" } })).expect_err("unknown");
+        assert_eq!(err, TemplateError::Unknown { path: "payload.claims.exp".into(), template: "now * 2".into() });
+        let message = err.to_string();
+        assert!(message.contains("payload.claims.exp") && message.contains("{{now * 2}}"), "{message}");
+        assert!(message.contains("{{uuid}}"), "message lists the supported forms: {message}");
+
+        for bad in ["{{}}", "{{nowish}}", "{{now + 1.5}}", "{{now + -5}}", "{{env.}}", "{{env.A-B}}", "{{UUID}}", "{{plus now 5}}"] {
+            let err = template(json!({ "x": [1, bad] })).expect_err(bad);
+            assert!(matches!(&err, TemplateError::Unknown { path, .. } if path == "payload.x[1]"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn odd_keys_are_quoted_in_paths() {
+        let err = template(json!({ "https://example.com/claim": "{{nope}}" })).expect_err("unknown");
+        assert!(err.to_string().starts_with("payload[\"https://example.com/claim\"]:"), "{err}");
+    }
+
+    #[test]
+    fn unterminated_braces_are_an_error() {
+        let err = template(json!({ "sub": "user-{{uuid" })).expect_err("unterminated");
+        assert_eq!(err, TemplateError::Unterminated { path: "payload.sub".into(), text: "user-{{uuid".into() });
+        assert!(err.to_string().contains("no closing \"}}\""), "{err}");
+        assert!(template(json!({ "sub": "{{now}} and {{" })).is_err());
+    }
+
+    #[test]
+    fn non_string_values_pass_through() {
+        let payload = json!({ "n": 1.5, "b": true, "z": null, "o": { "deep": [1, "x", { "k": 2 }] }, "e": "" });
+        assert_eq!(render(payload.clone()).expect("renders"), payload);
+    }
+
+    #[test]
+    fn time_before_epoch_is_an_error() {
+        let t = template(json!({ "nbf": "{{now - 10}}" })).expect("parses");
+        let err = t.render(5, &no_env).expect_err("before 1970");
+        assert!(matches!(err, TemplateError::TimeOutOfRange { ref path, .. } if path == "payload.nbf"), "{err}");
+    }
+
+    #[test]
+    fn has_claim_looks_at_top_level_keys_only() {
+        let t = template(json!({ "exp": "{{now + 60}}", "inner": { "iat": 1 } })).expect("parses");
+        assert!(t.has_claim("exp"));
+        assert!(!t.has_claim("iat"));
+        assert!(!t.has_claim("nbf"));
+    }
+}

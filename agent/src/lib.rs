@@ -1,0 +1,26 @@
+//! The postern agent: holds a reverse SSH tunnel to the relay and runs the
+//! JWT-signed HTTP calls the relay asks for, on connections its config names.
+//!
+//! # Layout
+//! - [`config`]: the agent's TOML config: parse, resolve files and secrets, validate.
+//! - [`jwt`]: payload templates, key loading and JWT signing.
+//! - [`upstream_url`]: maps a call's path under a connection's `base_uri`, refusing escapes.
+//! - [`call`]: runs one call against the internal server and streams the answer.
+//! - [`channel`]: serves HTTP/1.1 on each channel the relay opens.
+//! - [`ssh_client`]: the russh client handler: host key pinning, channel admission.
+//! - [`tunnel`]: connect, authenticate, announce, serve; reconnect with backoff.
+//! - [`backoff`]: exponential backoff with full jitter.
+//! - [`cli`]: the `postern` command line.
+
+pub mod backoff;
+pub mod call;
+pub mod channel;
+pub mod cli;
+pub mod config;
+pub mod jwt;
+pub mod ssh_client;
+pub mod tunnel;
+pub mod upstream_url;
+
+pub use config::AgentConfig;
+pub use tunnel::{TunnelState, run};

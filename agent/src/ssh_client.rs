@@ -1,0 +1,200 @@
+//! The russh client handler: pins the relay's host key, and admits only
+//! `forwarded-tcpip` channels that name one of this agent's connections.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use postern_protocol::ChannelTarget;
+use russh::client::{ChannelOpenHandle, DisconnectReason, Msg, Session};
+use russh::keys::{HashAlg, PublicKeyOrCertificate};
+use russh::{Channel, ChannelOpenFailure, Preferred, cipher, kex};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, info_span, warn};
+
+use crate::call::CallContext;
+use crate::channel;
+
+/// Keepalive every 5 s, dropped after 2 missed: a dead link is noticed in ~15 s.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+pub const KEEPALIVE_MAX: usize = 2;
+/// Receive window per channel: request bodies flow relay → agent (RUSSH-NOTES).
+pub const WINDOW_SIZE: u32 = 16 * 1024 * 1024;
+
+pub fn russh_config() -> russh::client::Config {
+    russh::client::Config {
+        keepalive_interval: Some(KEEPALIVE_INTERVAL),
+        keepalive_max: KEEPALIVE_MAX,
+        nodelay: true,
+        window_size: WINDOW_SIZE,
+        maximum_packet_size: 32768,
+        preferred: Preferred {
+            kex: std::borrow::Cow::Borrowed(&[
+                kex::MLKEM768X25519_SHA256,
+                kex::CURVE25519,
+                kex::CURVE25519_PRE_RFC_8731,
+                kex::EXTENSION_SUPPORT_AS_CLIENT,
+                kex::EXTENSION_OPENSSH_STRICT_KEX_AS_CLIENT,
+            ]),
+            cipher: std::borrow::Cow::Borrowed(&[
+                cipher::AES_256_GCM,
+                cipher::AES_128_GCM,
+                cipher::CHACHA20_POLY1305,
+            ]),
+            ..Preferred::default()
+        },
+        ..Default::default()
+    }
+}
+
+/// State the tunnel shares with the handler (which russh owns).
+#[derive(Clone)]
+pub struct Shared {
+    pub expected_fingerprint: String,
+    /// The fingerprint the relay showed, for the mismatch message.
+    pub seen_fingerprint: Arc<Mutex<Option<String>>>,
+    pub calls: Arc<BTreeMap<String, Arc<CallContext>>>,
+    /// True once our forward is granted; false again while draining.
+    pub accepting: Arc<AtomicBool>,
+    pub tasks: TaskTracker,
+    /// Cancelled on shutdown: channels finish their call under way, then close.
+    pub drain: CancellationToken,
+    pub disconnected: Arc<Notify>,
+    pub disconnect_reason: Arc<Mutex<Option<String>>>,
+}
+
+pub struct AgentSsh {
+    pub shared: Shared,
+}
+
+impl russh::client::Handler for AgentSsh {
+    type Error = russh::Error;
+
+    async fn check_server_key(&mut self, key: &PublicKeyOrCertificate) -> Result<bool, Self::Error> {
+        let PublicKeyOrCertificate::PublicKey { key, .. } = key else {
+            *lock(&self.shared.seen_fingerprint) = Some("a certificate (not supported)".into());
+            return Ok(false);
+        };
+        let seen = key.fingerprint(HashAlg::Sha256).to_string();
+        let ok = seen == self.shared.expected_fingerprint;
+        *lock(&self.shared.seen_fingerprint) = Some(seen);
+        Ok(ok)
+    }
+
+    async fn server_channel_open_forwarded_tcpip(
+        &mut self,
+        channel: Channel<Msg>,
+        connected_address: &str,
+        _connected_port: u32,
+        _originator_address: &str,
+        _originator_port: u32,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if !self.shared.accepting.load(Ordering::SeqCst) {
+            reply.reject(ChannelOpenFailure::AdministrativelyProhibited).await;
+            return Ok(());
+        }
+        let ctx = match ChannelTarget::parse(connected_address) {
+            Ok(target) => self.shared.calls.get(target.connection().as_str()).cloned(),
+            Err(_) => None,
+        };
+        let Some(ctx) = ctx else {
+            warn!(target = %connected_address.chars().take(80).collect::<String>(), "relay asked for a connection this agent does not have; refused");
+            reply.reject(ChannelOpenFailure::ConnectFailed).await;
+            return Ok(());
+        };
+        reply.accept().await;
+        let span = info_span!("channel", connection = %ctx.connection.name);
+        self.shared
+            .tasks
+            .spawn(channel::serve(channel, ctx, self.shared.drain.clone()).instrument(span));
+        Ok(())
+    }
+
+    // russh accepts these by default; the relay has no business opening them.
+    async fn server_channel_open_session(
+        &mut self,
+        _channel: Channel<Msg>,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        refuse("session", reply).await
+    }
+
+    async fn server_channel_open_direct_tcpip(
+        &mut self,
+        _channel: Channel<Msg>,
+        _host: &str,
+        _port: u32,
+        _originator_address: &str,
+        _originator_port: u32,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        refuse("direct-tcpip", reply).await
+    }
+
+    async fn server_channel_open_x11(
+        &mut self,
+        _channel: Channel<Msg>,
+        _originator_address: &str,
+        _originator_port: u32,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        refuse("x11", reply).await
+    }
+
+    async fn server_channel_open_agent_forward(
+        &mut self,
+        _channel: Channel<Msg>,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        refuse("auth-agent", reply).await
+    }
+
+    async fn server_channel_open_forwarded_streamlocal(
+        &mut self,
+        _channel: Channel<Msg>,
+        _socket_path: &str,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        refuse("forwarded-streamlocal", reply).await
+    }
+
+    async fn server_channel_open_direct_streamlocal(
+        &mut self,
+        _channel: Channel<Msg>,
+        _socket_path: &str,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        refuse("direct-streamlocal", reply).await
+    }
+
+    async fn disconnected(&mut self, reason: DisconnectReason<Self::Error>) -> Result<(), Self::Error> {
+        let text = match reason {
+            DisconnectReason::ReceivedDisconnect(info) => format!("relay closed the session: {}", info.message),
+            DisconnectReason::Error(e) => format!("session lost: {e}"),
+        };
+        *lock(&self.shared.disconnect_reason) = Some(text);
+        self.shared.disconnected.notify_one();
+        Ok(())
+    }
+}
+
+async fn refuse(kind: &str, reply: ChannelOpenHandle) -> Result<(), russh::Error> {
+    warn!(kind, "relay tried to open a channel type the agent never serves; refused");
+    reply.reject(ChannelOpenFailure::AdministrativelyProhibited).await;
+    Ok(())
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

@@ -1,0 +1,243 @@
+//! The supervised tunnel: connect, pin the host key, authenticate, forward,
+//! say hello, serve until the session ends; then back off and start over.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use postern_protocol::control::{AgentMessage, MAX_CONTROL_LINE, RelayMessage, decode_line, encode_line};
+use postern_protocol::version::{FORWARD_ADDRESS, SSH_USER};
+use postern_protocol::PROTOCOL_VERSION;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn};
+
+use crate::backoff::{Backoff, STABLE_AFTER};
+use crate::call::CallContext;
+use crate::config::AgentConfig;
+use crate::ssh_client::{AgentSsh, Shared, russh_config};
+
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long in-flight calls get to finish on shutdown.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// What the tunnel is doing, for `status` and for tests to wait on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TunnelState {
+    pub connected: bool,
+    pub since: Option<SystemTime>,
+    pub last_error: Option<String>,
+    pub reconnects: u64,
+    pub agent_name: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TunnelError {
+    #[error("cannot reach the relay at {relay}: {reason}")]
+    Unreachable { relay: String, reason: String },
+    #[error(
+        "the relay's host key does not match the pinned fingerprint: expected {expected}, relay showed {found}. Refusing to send the token. If the relay's key really changed, set relay_fingerprint to the new value from `postern-relay fingerprint`"
+    )]
+    FingerprintMismatch { expected: String, found: String },
+    #[error("the relay refused the access token (unknown, revoked or rotated): ask the relay's admin for a new one")]
+    TokenRefused,
+    #[error("the relay refused the reverse forward: {0}")]
+    ForwardRefused(String),
+    #[error("the relay refused this agent's hello: {code}: {message}")]
+    HelloRefused { code: String, message: String },
+    #[error("control channel: {0}")]
+    Control(String),
+    #[error("{0}")]
+    SessionLost(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("connection {name}: cannot build its HTTP client: {source}")]
+    HttpClient { name: String, source: reqwest::Error },
+}
+
+/// Runs the tunnel until `shutdown`; in-flight calls then get `SHUTDOWN_GRACE` to finish.
+pub async fn run(
+    config: AgentConfig,
+    shutdown: CancellationToken,
+    state: watch::Sender<TunnelState>,
+) -> Result<(), AgentError> {
+    let mut calls = BTreeMap::new();
+    for (name, conn) in &config.connections {
+        let ctx = CallContext::new(conn.clone()).map_err(|source| AgentError::HttpClient {
+            name: name.clone(),
+            source,
+        })?;
+        calls.insert(name.clone(), Arc::new(ctx));
+    }
+    let calls = Arc::new(calls);
+    let tasks = TaskTracker::new();
+    let mut backoff = Backoff::default();
+    loop {
+        let started = Instant::now();
+        let outcome = session(&config, &calls, &tasks, &shutdown, &state).await;
+        state.send_modify(|s| s.connected = false);
+        if shutdown.is_cancelled() {
+            break;
+        }
+        match &outcome {
+            Err(e @ (TunnelError::TokenRefused | TunnelError::FingerprintMismatch { .. })) => {
+                error!(error = %e, "relay refused this agent; retrying slowly");
+                backoff.to_cap();
+            }
+            Err(e) => warn!(error = %e, "tunnel down"),
+            Ok(()) => {}
+        }
+        if let Err(e) = outcome {
+            state.send_modify(|s| s.last_error = Some(e.to_string()));
+        }
+        if started.elapsed() >= STABLE_AFTER {
+            backoff.reset();
+        }
+        let delay = backoff.next_delay();
+        info!(delay_ms = delay.as_millis() as u64, "reconnecting");
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        state.send_modify(|s| s.reconnects += 1);
+    }
+    tasks.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, tasks.wait()).await.is_err() {
+        warn!("calls still running after the shutdown grace period; dropping them");
+    }
+    info!("agent stopped");
+    Ok(())
+}
+
+/// One SSH session, from connect to its end. `Ok` means it ended by shutdown.
+async fn session(
+    config: &AgentConfig,
+    calls: &Arc<BTreeMap<String, Arc<CallContext>>>,
+    tasks: &TaskTracker,
+    shutdown: &CancellationToken,
+    state: &watch::Sender<TunnelState>,
+) -> Result<(), TunnelError> {
+    let shared = Shared {
+        expected_fingerprint: config.relay_fingerprint.clone(),
+        seen_fingerprint: Arc::new(Mutex::new(None)),
+        calls: calls.clone(),
+        accepting: Arc::new(AtomicBool::new(false)),
+        tasks: tasks.clone(),
+        drain: shutdown.child_token(),
+        disconnected: Arc::new(Notify::new()),
+        disconnect_reason: Arc::new(Mutex::new(None)),
+    };
+    let unreachable = |reason: String| TunnelError::Unreachable {
+        relay: config.relay.clone(),
+        reason,
+    };
+    let connect = russh::client::connect(
+        Arc::new(russh_config()),
+        config.relay.as_str(),
+        AgentSsh {
+            shared: shared.clone(),
+        },
+    );
+    let handle = tokio::select! {
+        _ = shutdown.cancelled() => return Ok(()),
+        r = tokio::time::timeout(CONNECT_TIMEOUT, connect) => match r {
+            Err(_) => return Err(unreachable(format!("no SSH handshake within {CONNECT_TIMEOUT:?}"))),
+            Ok(Err(e)) => {
+                let seen = shared.seen_fingerprint.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                return Err(match seen {
+                    Some(found) if found != config.relay_fingerprint => TunnelError::FingerprintMismatch {
+                        expected: config.relay_fingerprint.clone(),
+                        found,
+                    },
+                    _ => unreachable(e.to_string()),
+                });
+            }
+            Ok(Ok(handle)) => handle,
+        },
+    };
+    let mut handle = handle;
+    let auth = handle
+        .authenticate_password(SSH_USER, config.token.expose())
+        .await
+        .map_err(|e| TunnelError::SessionLost(format!("during authentication: {e}")))?;
+    if !auth.success() {
+        return Err(TunnelError::TokenRefused);
+    }
+    handle
+        .tcpip_forward(FORWARD_ADDRESS, 0)
+        .await
+        .map_err(|e| TunnelError::ForwardRefused(e.to_string()))?;
+    shared.accepting.store(true, Ordering::SeqCst);
+
+    let control = handle
+        .channel_open_session()
+        .await
+        .map_err(|e| TunnelError::Control(e.to_string()))?;
+    let (read, mut write) = tokio::io::split(control.into_stream());
+    let hello = AgentMessage::Hello {
+        protocol_version: PROTOCOL_VERSION,
+        agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+        connections: calls.keys().cloned().collect(),
+    };
+    write
+        .write_all(&encode_line(&hello))
+        .await
+        .map_err(|e| TunnelError::Control(e.to_string()))?;
+    write.flush().await.map_err(|e| TunnelError::Control(e.to_string()))?;
+    let mut reader = BufReader::new(read.take(MAX_CONTROL_LINE as u64 + 1));
+    let mut line = Vec::new();
+    match tokio::time::timeout(HELLO_TIMEOUT, reader.read_until(b'\n', &mut line)).await {
+        Err(_) => return Err(TunnelError::Control("no answer to hello".into())),
+        Ok(Err(e)) => return Err(TunnelError::Control(e.to_string())),
+        Ok(Ok(_)) => {}
+    }
+    let agent_name = match decode_line::<RelayMessage>(&line).map_err(|e| TunnelError::Control(e.to_string()))? {
+        RelayMessage::Welcome { agent_name, .. } => agent_name,
+        RelayMessage::Refused { code, message } => return Err(TunnelError::HelloRefused { code, message }),
+    };
+    info!(relay = %config.relay, agent = %agent_name, connections = calls.len(), "connected to relay");
+    state.send_modify(|s| {
+        s.connected = true;
+        s.since = Some(SystemTime::now());
+        s.last_error = None;
+        s.agent_name = Some(agent_name);
+    });
+
+    let mut control_read = reader.into_inner().into_inner();
+    let mut sink = [0u8; 1024];
+    let control_closed = async {
+        while matches!(control_read.read(&mut sink).await, Ok(n) if n > 0) {}
+    };
+    tokio::select! {
+        _ = shutdown.cancelled() => {
+            shared.accepting.store(false, Ordering::SeqCst);
+            info!("draining in-flight calls");
+            let _ = tokio::time::timeout(SHUTDOWN_GRACE, wait_idle(tasks)).await;
+            let _ = handle
+                .disconnect(russh::Disconnect::ByApplication, "agent shutting down", "")
+                .await;
+            Ok(())
+        }
+        _ = control_closed => Err(lost(&shared, "the relay closed the control channel")),
+        _ = shared.disconnected.notified() => Err(lost(&shared, "session ended")),
+        _ = &mut handle => Err(lost(&shared, "session ended")),
+    }
+}
+
+fn lost(shared: &Shared, fallback: &str) -> TunnelError {
+    let reason = shared.disconnect_reason.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    TunnelError::SessionLost(reason.unwrap_or_else(|| fallback.to_owned()))
+}
+
+/// Waits until no channel task runs (the tracker stays open for later sessions).
+async fn wait_idle(tasks: &TaskTracker) {
+    while !tasks.is_empty() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -1,0 +1,163 @@
+//! Maps a call's path under its connection's `base_uri` and refuses anything
+//! that could leave it: dot segments (raw or encoded), encoded slashes, `@`, controls.
+
+use url::Url;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PathError {
+    #[error("the path must start with '/'")]
+    NotAbsolutePath,
+    #[error("the path may not start with '//' (that names another host)")]
+    NetworkPath,
+    #[error("the path holds a control character, space or backslash")]
+    BadCharacter,
+    #[error("the path may not hold an absolute URL ('://')")]
+    AbsoluteUrl,
+    #[error("the path may not hold '@'")]
+    AtSign,
+    #[error("the path may not hold '.' or '..' segments, in any encoding")]
+    DotSegment,
+    #[error("the path may not hold encoded '/', '\\' or NUL")]
+    EncodedSeparator,
+    #[error("the path holds a malformed percent-escape")]
+    BadEscape,
+    #[error("the path may not hold a fragment ('#')")]
+    Fragment,
+    #[error("the resulting URL would leave the connection's base_uri")]
+    Escapes,
+}
+
+/// `base` + `path_and_query` (as received: `/v2/orders?since=1`), or a refusal.
+pub fn build(base: &Url, path_and_query: &str) -> Result<Url, PathError> {
+    let (path, query) = match path_and_query.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (path_and_query, None),
+    };
+    check_path(path)?;
+    if let Some(q) = query {
+        if q.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+            return Err(PathError::BadCharacter);
+        }
+        if q.contains('#') {
+            return Err(PathError::Fragment);
+        }
+    }
+    let base_path = base.path().trim_end_matches('/');
+    let joined = format!("{base_path}{path}");
+    let mut url = base.clone();
+    url.set_path(&joined);
+    url.set_query(query);
+    // Belt and braces: whatever the URL parser made of it must still sit under the base.
+    if url.origin() != base.origin() || !url.path().starts_with(base_path) {
+        return Err(PathError::Escapes);
+    }
+    if url.path().len() > base_path.len() && !url.path()[base_path.len()..].starts_with('/') {
+        return Err(PathError::Escapes);
+    }
+    Ok(url)
+}
+
+fn check_path(path: &str) -> Result<(), PathError> {
+    if !path.starts_with('/') {
+        return Err(PathError::NotAbsolutePath);
+    }
+    if path.starts_with("//") {
+        return Err(PathError::NetworkPath);
+    }
+    if path.contains('#') {
+        return Err(PathError::Fragment);
+    }
+    if path.contains("://") {
+        return Err(PathError::AbsoluteUrl);
+    }
+    if path.bytes().any(|b| b.is_ascii_control() || b == b' ' || b == b'\\' || b >= 0x80) {
+        return Err(PathError::BadCharacter);
+    }
+    if path.contains('@') {
+        return Err(PathError::AtSign);
+    }
+    for segment in path.split('/').skip(1) {
+        let decoded = percent_decode(segment)?;
+        if decoded.contains(&b'/') || decoded.contains(&b'\\') || decoded.contains(&0) {
+            return Err(PathError::EncodedSeparator);
+        }
+        // Double encoding (%252e) decodes to an escape: a server that decodes twice would see a dot or slash.
+        let lower = String::from_utf8_lossy(&decoded).to_ascii_lowercase();
+        if ["%2e", "%2f", "%5c", "%00"].iter().any(|e| lower.contains(e)) {
+            return Err(PathError::EncodedSeparator);
+        }
+        if decoded == b"." || decoded == b".." {
+            return Err(PathError::DotSegment);
+        }
+    }
+    Ok(())
+}
+
+fn percent_decode(segment: &str) -> Result<Vec<u8>, PathError> {
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3).ok_or(PathError::BadEscape)?;
+            let text = std::str::from_utf8(hex).map_err(|_| PathError::BadEscape)?;
+            out.push(u8::from_str_radix(text, 16).map_err(|_| PathError::BadEscape)?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> Url {
+        Url::parse("http://127.0.0.1:9000/api").expect("url")
+    }
+
+    #[test]
+    fn joins_under_the_base_and_keeps_the_query() {
+        let url = build(&base(), "/v2/orders?since=2024-01-01&x=%20").expect("ok");
+        assert_eq!(url.as_str(), "http://127.0.0.1:9000/api/v2/orders?since=2024-01-01&x=%20");
+        let url = build(&Url::parse("https://h/api/").expect("url"), "/").expect("ok");
+        assert_eq!(url.as_str(), "https://h/api/");
+        let url = build(&Url::parse("https://h").expect("url"), "/a%20b/c").expect("ok");
+        assert_eq!(url.as_str(), "https://h/a%20b/c");
+    }
+
+    #[test]
+    fn refuses_every_escape() {
+        let cases = [
+            ("/../etc/passwd", PathError::DotSegment),
+            ("/v2/..", PathError::DotSegment),
+            ("/./x", PathError::DotSegment),
+            ("/%2e%2e/x", PathError::DotSegment),
+            ("/%2E%2e/x", PathError::DotSegment),
+            ("/.%2e/x", PathError::DotSegment),
+            ("/a%2fb", PathError::EncodedSeparator),
+            ("/a%2F..%2Fb", PathError::EncodedSeparator),
+            ("/a%5cb", PathError::EncodedSeparator),
+            ("/a%00b", PathError::EncodedSeparator),
+            ("/%252e%252e/x", PathError::EncodedSeparator),
+            ("//evil.example/x", PathError::NetworkPath),
+            ("http://evil.example/x", PathError::NotAbsolutePath),
+            ("evil", PathError::NotAbsolutePath),
+            ("/a\\..\\b", PathError::BadCharacter),
+            ("/a\r\nHost: x", PathError::BadCharacter),
+            ("/a\0", PathError::BadCharacter),
+            ("/user@evil.example", PathError::AtSign),
+            ("/http://evil.example/x", PathError::AbsoluteUrl),
+            ("/a#frag", PathError::Fragment),
+            ("/a%zz", PathError::BadEscape),
+            ("/a%2", PathError::BadEscape),
+            ("/x?a=1\r\nb", PathError::BadCharacter),
+        ];
+        for (path, expected) in cases {
+            assert_eq!(build(&base(), path), Err(expected.clone()), "{path:?}");
+        }
+    }
+}

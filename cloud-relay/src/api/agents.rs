@@ -1,0 +1,98 @@
+//! Agent management routes: create (token shown once), list, show, revoke
+//! (which drops a live session at once).
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use axum::Json;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use http::StatusCode;
+use postern_protocol::api::{AgentCreated, AgentInfo, AgentList, CreateAgent};
+use postern_protocol::{ErrorCode, SecretKind};
+
+use super::ApiError;
+use crate::context::RelayContext;
+use crate::secrets::new_token;
+use crate::store::AgentRecord;
+
+pub async fn create(
+    State(ctx): State<Arc<RelayContext>>,
+    body: Result<Json<CreateAgent>, JsonRejection>,
+) -> Result<(StatusCode, Json<AgentCreated>), ApiError> {
+    let Json(request) = body.map_err(|e| ApiError::new(ErrorCode::BadRequest, e.body_text()))?;
+    let token = new_token(SecretKind::AgentToken);
+    let stored = token.clone();
+    let agent = ctx
+        .store_call(move |store| store.create_agent(&request.name, &stored))
+        .await
+        .map_err(ApiError::store)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(AgentCreated {
+            id: agent.id,
+            name: agent.name,
+            token: token.expose().to_owned(),
+        }),
+    ))
+}
+
+pub async fn list(State(ctx): State<Arc<RelayContext>>) -> Result<Json<AgentList>, ApiError> {
+    let agents = ctx
+        .store_call(|store| store.list_agents())
+        .await
+        .map_err(ApiError::store)?;
+    Ok(Json(AgentList {
+        agents: agents.into_iter().map(|a| info(&ctx, a)).collect(),
+    }))
+}
+
+pub async fn show(
+    State(ctx): State<Arc<RelayContext>>,
+    Path(agent): Path<String>,
+) -> Result<Json<AgentInfo>, ApiError> {
+    let record = find(&ctx, agent).await?;
+    Ok(Json(info(&ctx, record)))
+}
+
+pub async fn revoke(
+    State(ctx): State<Arc<RelayContext>>,
+    Path(agent): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let record = ctx
+        .store_call(move |store| store.revoke_agent(&agent))
+        .await
+        .map_err(ApiError::store)?;
+    if let Some(live) = ctx.registry.remove(&record.id) {
+        live.disconnect("agent revoked").await;
+    }
+    tracing::info!(agent = %record.name, id = %record.id, "agent revoked");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub(crate) async fn find(ctx: &Arc<RelayContext>, agent: String) -> Result<AgentRecord, ApiError> {
+    let wanted = agent.clone();
+    ctx.store_call(move |store| store.find_agent(&wanted))
+        .await
+        .map_err(ApiError::store)?
+        .ok_or_else(|| ApiError::new(ErrorCode::AgentNotFound, format!("no agent {agent:?}")))
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+pub(crate) fn info(ctx: &RelayContext, agent: AgentRecord) -> AgentInfo {
+    let live = ctx.registry.get(&agent.id);
+    AgentInfo {
+        online: live.is_some(),
+        connected_since: live.as_ref().map(|l| rfc3339(l.since)),
+        remote_addr: live.as_ref().map(|l| l.remote_addr.to_string()),
+        agent_version: live.as_ref().map(|l| l.agent_version.clone()),
+        protocol_version: live.as_ref().map(|l| l.protocol_version),
+        connections: live.map(|l| l.connections.clone()).unwrap_or_default(),
+        id: agent.id,
+        name: agent.name,
+        created_at: agent.created_at,
+    }
+}

@@ -1,0 +1,276 @@
+//! The `postern-relay` command line: `serve`, `fingerprint`, and agent and API
+//! key management that works on the state folder, also while `serve` runs.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use postern_protocol::SecretKind;
+use postern_protocol::api::{AgentCreated, ApiKeyCreated};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::RelayConfig;
+use crate::secrets::new_token;
+use crate::store::{SqliteStore, Store};
+use crate::{RelayListeners, host_key};
+
+#[derive(Debug, Parser)]
+#[command(name = "postern-relay", version, about = "The postern cloud relay")]
+pub struct Cli {
+    /// Log filter, e.g. `info` or `postern_relay=debug` (overrides RUST_LOG).
+    #[arg(long, global = true, env = "POSTERN_LOG")]
+    log_level: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, clap::Args)]
+struct StateArgs {
+    /// The relay's state folder (host key, store).
+    #[arg(long, env = "POSTERN_RELAY_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// A relay config file; its `state_dir` is used unless --state-dir is given.
+    #[arg(long, env = "POSTERN_RELAY_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+impl StateArgs {
+    fn config(&self) -> Result<RelayConfig> {
+        let mut config = match &self.config {
+            Some(path) => RelayConfig::load(path)?,
+            None => RelayConfig::default(),
+        };
+        if let Some(dir) = &self.state_dir {
+            config.state_dir = dir.clone();
+        }
+        Ok(config)
+    }
+
+    fn store(&self) -> Result<SqliteStore> {
+        let dir = self.config()?.state_dir;
+        SqliteStore::open_in(&dir).with_context(|| format!("opening the store in {}", dir.display()))
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the relay: SSH for agents, HTTP API for callers.
+    Serve {
+        #[command(flatten)]
+        state: StateArgs,
+        /// SSH listen address for agents (default 0.0.0.0:2222).
+        #[arg(long)]
+        ssh_listen: Option<std::net::SocketAddr>,
+        /// HTTP API listen address (default 127.0.0.1:8080).
+        #[arg(long)]
+        api_listen: Option<std::net::SocketAddr>,
+    },
+    /// Print the host key fingerprint (SHA256:…) for agents to pin.
+    Fingerprint {
+        #[command(flatten)]
+        state: StateArgs,
+    },
+    /// Manage agents.
+    Agent {
+        #[command(subcommand)]
+        command: AgentCommand,
+    },
+    /// Manage API keys.
+    Apikey {
+        #[command(subcommand)]
+        command: ApikeyCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AgentCommand {
+    /// Create an agent and print its access token (shown once).
+    Create {
+        name: String,
+        #[command(flatten)]
+        state: StateArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List agents.
+    List {
+        #[command(flatten)]
+        state: StateArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke an agent: its token stops working and a live session is dropped.
+    Revoke {
+        /// Agent name or id.
+        agent: String,
+        #[command(flatten)]
+        state: StateArgs,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ApikeyCommand {
+    /// Create an API key and print it (shown once).
+    Create {
+        name: String,
+        #[command(flatten)]
+        state: StateArgs,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// What `main` runs: parse, set up logging, run, map to an exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_level.as_deref());
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(level: Option<&str>) {
+    use tracing_subscriber::EnvFilter;
+    let filter = level
+        .map(EnvFilter::new)
+        .or_else(|| EnvFilter::try_from_default_env().ok())
+        .unwrap_or_else(|| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Serve {
+            state,
+            ssh_listen,
+            api_listen,
+        } => {
+            let mut config = state.config()?;
+            if let Some(a) = ssh_listen {
+                config.ssh_listen = a;
+            }
+            if let Some(a) = api_listen {
+                config.api_listen = a;
+            }
+            serve(config)
+        }
+        Command::Fingerprint { state } => {
+            let key = host_key::load_or_create(&state.config()?.state_dir)?;
+            println!("{}", host_key::fingerprint(&key));
+            Ok(())
+        }
+        Command::Agent { command } => agent(command),
+        Command::Apikey {
+            command: ApikeyCommand::Create { name, state, json },
+        } => {
+            let key = new_token(SecretKind::ApiKey);
+            state.store()?.create_api_key(&name, &key)?;
+            if json {
+                print_json(&ApiKeyCreated {
+                    name,
+                    key: key.expose().to_owned(),
+                })?;
+            } else {
+                println!("API key {name:?} created. It is shown only this once:\n\n  {}\n", key.expose());
+                println!("Send it as: Authorization: Bearer <key>");
+            }
+            Ok(())
+        }
+    }
+}
+
+fn agent(command: AgentCommand) -> Result<()> {
+    match command {
+        AgentCommand::Create { name, state, json } => {
+            let token = new_token(SecretKind::AgentToken);
+            let agent = state.store()?.create_agent(&name, &token)?;
+            if json {
+                print_json(&AgentCreated {
+                    id: agent.id,
+                    name: agent.name,
+                    token: token.expose().to_owned(),
+                })?;
+            } else {
+                println!("Agent {:?} created (id {}).", agent.name, agent.id);
+                println!("Its access token is shown only this once:\n\n  {}\n", token.expose());
+                println!("On the agent's machine: POSTERN_TOKEN=<token> postern init --relay HOST:PORT --fingerprint $(postern-relay fingerprint)");
+            }
+            Ok(())
+        }
+        AgentCommand::List { state, json } => {
+            let agents = state.store()?.list_agents()?;
+            if json {
+                let list: Vec<_> = agents
+                    .iter()
+                    .map(|a| serde_json::json!({"id": a.id, "name": a.name, "created_at": a.created_at}))
+                    .collect();
+                print_json(&serde_json::json!({ "agents": list }))?;
+            } else {
+                println!("{:<22} {:<32} CREATED", "ID", "NAME");
+                for a in agents {
+                    println!("{:<22} {:<32} {}", a.id, a.name, a.created_at);
+                }
+            }
+            Ok(())
+        }
+        AgentCommand::Revoke { agent, state, json } => {
+            let revoked = state.store()?.revoke_agent(&agent)?;
+            if json {
+                print_json(&serde_json::json!({"id": revoked.id, "name": revoked.name, "revoked": true}))?;
+            } else {
+                println!("Agent {:?} ({}) revoked; a running relay drops its session within a second.", revoked.name, revoked.id);
+            }
+            Ok(())
+        }
+    }
+}
+
+fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
+    println!("{}", serde_json::to_string(value)?);
+    Ok(())
+}
+
+fn serve(config: RelayConfig) -> Result<()> {
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let listeners = RelayListeners::bind(&config)
+            .await
+            .with_context(|| format!("binding {} and {}", config.ssh_listen, config.api_listen))?;
+        let shutdown = CancellationToken::new();
+        let signals = shutdown.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("shutdown requested; draining");
+            signals.cancel();
+        });
+        crate::run(config, listeners, shutdown).await?;
+        Ok(())
+    })
+}
+
+/// SIGINT or SIGTERM.
+pub async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

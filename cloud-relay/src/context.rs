@@ -1,0 +1,53 @@
+//! What every part of a running relay shares: the store, the live sessions,
+//! the login throttle, the config, and the task tracker that shutdown drains.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth_throttle::AuthThrottle;
+use crate::config::RelayConfig;
+use crate::registry::Registry;
+use crate::store::Store;
+
+pub struct RelayContext {
+    pub config: RelayConfig,
+    pub store: Arc<dyn Store>,
+    pub registry: Registry,
+    pub throttle: AuthThrottle,
+    pub tasks: TaskTracker,
+    pub shutdown: CancellationToken,
+    next_session_id: AtomicU64,
+}
+
+impl RelayContext {
+    pub fn new(config: RelayConfig, store: Arc<dyn Store>, shutdown: CancellationToken) -> Self {
+        Self {
+            config,
+            store,
+            registry: Registry::default(),
+            throttle: AuthThrottle::default(),
+            tasks: TaskTracker::new(),
+            shutdown,
+            next_session_id: AtomicU64::new(1),
+        }
+    }
+
+    pub fn next_session_id(&self) -> u64 {
+        self.next_session_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Runs a store call off the async worker threads.
+    pub async fn store_call<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&dyn Store) -> Result<T, crate::store::StoreError> + Send + 'static,
+    ) -> Result<T, crate::store::StoreError> {
+        let store = self.store.clone();
+        match tokio::task::spawn_blocking(move || f(store.as_ref())).await {
+            Ok(result) => result,
+            Err(join) => Err(crate::store::StoreError::Task(join.to_string())),
+        }
+    }
+}

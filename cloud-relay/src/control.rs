@@ -1,0 +1,117 @@
+//! The agent's control channel on the relay side: read its hello, register the
+//! session (replacing an older one), answer welcome, then hold the channel.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use postern_protocol::control::{
+    AgentMessage, MAX_CONTROL_LINE, RelayMessage, decode_line, encode_line,
+};
+use postern_protocol::version::MIN_SUPPORTED_PROTOCOL_VERSION;
+use postern_protocol::{ConnectionName, PROTOCOL_VERSION};
+use russh::Channel;
+use russh::server::Msg;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tracing::{info, warn};
+
+use crate::context::RelayContext;
+use crate::registry::LiveSession;
+use crate::store::AgentRecord;
+
+/// How long an authenticated agent has to say hello.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct ControlChannel {
+    pub ctx: Arc<RelayContext>,
+    pub agent: AgentRecord,
+    pub session_id: u64,
+    pub remote_addr: SocketAddr,
+    pub handle: russh::server::Handle,
+}
+
+impl ControlChannel {
+    /// Runs until the channel closes. Returns without registering on a bad hello.
+    pub async fn run(self, channel: Channel<Msg>) {
+        let (read, mut write) = tokio::io::split(channel.into_stream());
+        let mut reader = BufReader::new(read.take(MAX_CONTROL_LINE as u64 + 1));
+        let mut line = Vec::new();
+        let hello = tokio::time::timeout(HELLO_TIMEOUT, reader.read_until(b'\n', &mut line)).await;
+        let refusal = match hello {
+            Err(_) => Some(("hello_timeout", "no hello within 10 s".to_owned())),
+            Ok(Err(e)) => Some(("bad_hello", format!("control channel: {e}"))),
+            Ok(Ok(_)) => match decode_line::<AgentMessage>(&line) {
+                Err(e) => Some(("bad_hello", e.to_string())),
+                Ok(AgentMessage::Hello {
+                    protocol_version,
+                    agent_version,
+                    connections,
+                }) => match self.check(protocol_version, &connections) {
+                    Err(msg) => Some(("bad_hello", msg)),
+                    Ok(()) => {
+                        self.register(protocol_version, agent_version, connections)
+                            .await;
+                        None
+                    }
+                },
+            },
+        };
+        let reply = match &refusal {
+            Some((code, message)) => {
+                warn!(agent = %self.agent.name, code, %message, "hello refused");
+                RelayMessage::Refused {
+                    code: (*code).to_owned(),
+                    message: message.clone(),
+                }
+            }
+            None => RelayMessage::Welcome {
+                protocol_version: PROTOCOL_VERSION,
+                agent_id: self.agent.id.clone(),
+                agent_name: self.agent.name.clone(),
+            },
+        };
+        let _ = write.write_all(&encode_line(&reply)).await;
+        let _ = write.flush().await;
+        if refusal.is_some() {
+            let session = self.handle.clone();
+            let _ = session
+                .disconnect(russh::Disconnect::ByApplication, "hello refused".into(), String::new())
+                .await;
+            return;
+        }
+        // Hold the channel: later protocol versions send notices here. Reading keeps
+        // its window open; the session's end closes it.
+        let mut sink = [0u8; 1024];
+        let mut inner = reader.into_inner().into_inner();
+        while matches!(inner.read(&mut sink).await, Ok(n) if n > 0) {}
+    }
+
+    fn check(&self, protocol_version: u32, connections: &[String]) -> Result<(), String> {
+        if protocol_version < MIN_SUPPORTED_PROTOCOL_VERSION {
+            return Err(format!(
+                "agent speaks protocol {protocol_version}, this relay needs at least {MIN_SUPPORTED_PROTOCOL_VERSION}: upgrade the agent"
+            ));
+        }
+        for name in connections {
+            ConnectionName::parse(name).map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    async fn register(&self, protocol_version: u32, agent_version: String, connections: Vec<String>) {
+        let session = Arc::new(LiveSession::new(
+            self.session_id,
+            self.agent.id.clone(),
+            self.agent.name.clone(),
+            self.remote_addr,
+            agent_version.chars().take(64).collect(),
+            protocol_version,
+            connections,
+            self.handle.clone(),
+        ));
+        if let Some(old) = self.ctx.registry.insert(session) {
+            info!(agent = %self.agent.name, old = old.session_id, new = self.session_id, "newer session replaces older one");
+            old.disconnect("replaced by a newer session of the same agent").await;
+        }
+    }
+}

@@ -1,0 +1,86 @@
+//! Control messages on the channel the agent opens after authenticating:
+//! one JSON object per line, the agent's hello first, the relay's answer second.
+
+use serde::{Deserialize, Serialize};
+
+/// Longest control line either side reads, in bytes; a longer line is an error.
+pub const MAX_CONTROL_LINE: usize = 64 * 1024;
+
+/// Messages the agent sends to the relay.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum AgentMessage {
+    /// First line: who the agent is and which connections it serves (names only).
+    Hello {
+        protocol_version: u32,
+        agent_version: String,
+        connections: Vec<String>,
+    },
+}
+
+/// Messages the relay sends to the agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum RelayMessage {
+    /// The hello was accepted: the agent is online and calls may arrive.
+    Welcome {
+        protocol_version: u32,
+        agent_id: String,
+        agent_name: String,
+    },
+    /// The hello was refused; the relay closes the session after this line.
+    Refused { code: String, message: String },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("control line longer than {MAX_CONTROL_LINE} bytes")]
+    TooLong,
+    #[error("malformed control message: {0}")]
+    Malformed(#[from] serde_json::Error),
+}
+
+/// Encodes a message as one line, newline included.
+pub fn encode_line<T: Serialize>(msg: &T) -> Vec<u8> {
+    // Serialising these plain enums cannot fail: no maps with non-string keys.
+    let mut line = serde_json::to_vec(msg).unwrap_or_default();
+    line.push(b'\n');
+    line
+}
+
+/// Decodes one line (with or without its newline).
+pub fn decode_line<'a, T: Deserialize<'a>>(line: &'a [u8]) -> Result<T, ControlError> {
+    if line.len() > MAX_CONTROL_LINE {
+        return Err(ControlError::TooLong);
+    }
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    Ok(serde_json::from_slice(line)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hello_round_trips() {
+        let hello = AgentMessage::Hello {
+            protocol_version: 1,
+            agent_version: "0.1.0".into(),
+            connections: vec!["orders".into()],
+        };
+        let line = encode_line(&hello);
+        assert_eq!(line.last(), Some(&b'\n'));
+        assert_eq!(decode_line::<AgentMessage>(&line).expect("decodes"), hello);
+    }
+
+    #[test]
+    fn rejects_unknown_fields_and_garbage() {
+        assert!(decode_line::<AgentMessage>(b"{\"type\":\"hello\",\"protocol_version\":1,\"agent_version\":\"x\",\"connections\":[],\"secret\":1}").is_err());
+        assert!(decode_line::<AgentMessage>(b"\xff\xfe").is_err());
+        assert!(decode_line::<RelayMessage>(b"{\"type\":\"nope\"}").is_err());
+        assert!(matches!(
+            decode_line::<AgentMessage>(&vec![b' '; MAX_CONTROL_LINE + 1]),
+            Err(ControlError::TooLong)
+        ));
+    }
+}

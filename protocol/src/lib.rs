@@ -1,0 +1,24 @@
+//! The words the postern agent and relay share: versions, channel targets,
+//! control messages, error codes, token format and API JSON. Pure data and parsing.
+//!
+//! # Layout
+//! - [`version`]: the protocol version both sides announce.
+//! - [`target`]: what a channel opened by the relay asks for (`http:<connection>`).
+//! - [`control`]: the hello/welcome exchange on the agent's control channel.
+//! - [`error`]: stable error codes and the JSON error body.
+//! - [`token`]: access tokens and API keys: prefix, body, checksum.
+//! - [`headers`]: header names and the hop-by-hop list.
+//! - [`api`]: JSON bodies of the relay's HTTP API.
+
+pub mod api;
+pub mod control;
+pub mod error;
+pub mod headers;
+pub mod target;
+pub mod token;
+pub mod version;
+
+pub use error::{ErrorBody, ErrorCode};
+pub use target::{ChannelTarget, ConnectionName};
+pub use token::{SecretKind, SecretToken, TokenError};
+pub use version::PROTOCOL_VERSION;

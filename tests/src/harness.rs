@@ -1,0 +1,298 @@
+//! Runs the real relay and agent binaries on loopback, keeps their logs, and
+//! returns only once each is ready (no sleeps, no fixed ports).
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use postern_protocol::api::AgentInfo;
+
+/// Paths of the binaries under test (from `env!("CARGO_BIN_EXE_…")`).
+#[derive(Clone, Debug)]
+pub struct Bins {
+    pub relay: PathBuf,
+    pub agent: PathBuf,
+}
+
+/// Output lines of a child process, kept for assertions.
+#[derive(Clone, Default)]
+pub struct Logs(Arc<Mutex<Vec<String>>>);
+
+impl Logs {
+    pub fn text(&self) -> String {
+        self.0.lock().map(|l| l.join("\n")).unwrap_or_default()
+    }
+
+    pub fn contains(&self, needle: &str) -> bool {
+        self.text().contains(needle)
+    }
+
+    /// Waits until a line holds `needle`, bounded by `limit`.
+    pub fn wait_for(&self, needle: &str, limit: Duration) -> Result<()> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if self.contains(needle) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        bail!("no log line with {needle:?} within {limit:?}; logs:\n{}", self.text())
+    }
+}
+
+fn capture(child: &mut Child, logs: &Logs) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    if let Some(stderr) = child.stderr.take() {
+        let logs = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Ok(mut l) = logs.0.lock() {
+                    l.push(line.clone());
+                }
+                let _ = tx.send(line);
+            }
+        });
+    }
+    rx
+}
+
+pub struct RelayProcess {
+    child: Child,
+    pub state_dir: PathBuf,
+    pub ssh: SocketAddr,
+    pub api: SocketAddr,
+    pub fingerprint: String,
+    pub logs: Logs,
+}
+
+impl RelayProcess {
+    /// Starts `serve`; `ssh`/`api` may be `127.0.0.1:0`. Returns once it listens.
+    pub fn start(bins: &Bins, state_dir: &Path, ssh: &str, api: &str) -> Result<Self> {
+        let mut child = Command::new(&bins.relay)
+            .args(["serve", "--state-dir"])
+            .arg(state_dir)
+            .args(["--ssh-listen", ssh, "--api-listen", api])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting the relay")?;
+        let logs = Logs::default();
+        let lines = capture(&mut child, &logs);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = lines
+                .recv_timeout(left)
+                .map_err(|_| anyhow!("relay did not start; logs:\n{}", logs.text()))?;
+            if line.contains("relay listening") {
+                let field = |name: &str| {
+                    line.split_whitespace()
+                        .find_map(|w| w.strip_prefix(&format!("{name}=")))
+                        .map(str::to_owned)
+                        .ok_or_else(|| anyhow!("no {name}= in {line:?}"))
+                };
+                return Ok(Self {
+                    ssh: field("ssh")?.parse()?,
+                    api: field("api")?.parse()?,
+                    fingerprint: field("fingerprint")?,
+                    child,
+                    state_dir: state_dir.to_owned(),
+                    logs,
+                });
+            }
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn api_base(&self) -> String {
+        format!("http://{}", self.api)
+    }
+
+    /// SIGKILL: no drain, no goodbye.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then waits (bounded) for the exit status.
+    pub fn terminate(&mut self) -> Result<std::process::ExitStatus> {
+        terminate(&mut self.child)
+    }
+}
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub struct AgentProcess {
+    child: Child,
+    pub logs: Logs,
+}
+
+impl AgentProcess {
+    pub fn start(bins: &Bins, config: &Path) -> Result<Self> {
+        let mut child = Command::new(&bins.agent)
+            .args(["run", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting the agent")?;
+        let logs = Logs::default();
+        let _lines = capture(&mut child, &logs);
+        Ok(Self { child, logs })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn terminate(&mut self) -> Result<std::process::ExitStatus> {
+        terminate(&mut self.child)
+    }
+
+    pub fn try_exit(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn terminate(child: &mut Child) -> Result<std::process::ExitStatus> {
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .context("sending SIGTERM")?;
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    bail!("process did not exit within 40 s of SIGTERM")
+}
+
+/// Runs a relay CLI command and returns its stdout; fails on a non-zero exit.
+pub fn relay_cli(bins: &Bins, args: &[&str]) -> Result<String> {
+    let out = Command::new(&bins.relay)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .context("running the relay CLI")?;
+    if !out.status.success() {
+        bail!(
+            "postern-relay {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Creates an agent with the CLI; returns (id, token).
+pub fn create_agent(bins: &Bins, state_dir: &Path, name: &str) -> Result<(String, String)> {
+    let dir = state_dir.to_string_lossy();
+    let out = relay_cli(bins, &["agent", "create", name, "--state-dir", &dir, "--json"])?;
+    let v: serde_json::Value = serde_json::from_str(&out)?;
+    Ok((
+        v["id"].as_str().unwrap_or_default().to_owned(),
+        v["token"].as_str().unwrap_or_default().to_owned(),
+    ))
+}
+
+pub fn create_api_key(bins: &Bins, state_dir: &Path, name: &str) -> Result<String> {
+    let dir = state_dir.to_string_lossy();
+    let out = relay_cli(bins, &["apikey", "create", name, "--state-dir", &dir, "--json"])?;
+    let v: serde_json::Value = serde_json::from_str(&out)?;
+    Ok(v["key"].as_str().unwrap_or_default().to_owned())
+}
+
+/// A caller of the relay API.
+#[derive(Clone)]
+pub struct Api {
+    pub base: String,
+    pub key: String,
+    pub http: reqwest::Client,
+}
+
+impl Api {
+    pub fn new(base: String, key: String) -> Self {
+        Self {
+            base,
+            key,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub async fn agent(&self, agent: &str) -> Result<AgentInfo> {
+        let response = self
+            .http
+            .get(format!("{}/v1/agents/{agent}", self.base))
+            .bearer_auth(&self.key)
+            .send()
+            .await?
+            .error_for_status()?;
+        Ok(response.json().await?)
+    }
+
+    /// Polls until the agent's `online` equals `online`, bounded by `limit`.
+    pub async fn wait_online(&self, agent: &str, online: bool, limit: Duration) -> Result<AgentInfo> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Ok(info) = self.agent(agent).await {
+                if info.online == online {
+                    return Ok(info);
+                }
+            }
+            if Instant::now() >= deadline {
+                bail!("agent {agent} not online={online} within {limit:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// `GET /v1/agents/{agent}/connections/{connection}/http{path}`.
+    pub async fn call(&self, agent: &str, connection: &str, path: &str) -> Result<reqwest::Response> {
+        Ok(self
+            .http
+            .get(format!("{}/v1/agents/{agent}/connections/{connection}/http{path}", self.base))
+            .bearer_auth(&self.key)
+            .send()
+            .await?)
+    }
+}
+
+/// Resident set size of a process in KiB, from /proc.
+pub fn rss_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| anyhow!("no VmRSS for {pid}"))
+}
+
+/// An agent config with one JWT connection (RS256) and one open connection.
+pub fn agent_config(relay: SocketAddr, fingerprint: &str, token: &str, connections: &str) -> String {
+    format!("relay = \"{relay}\"\nrelay_fingerprint = \"{fingerprint}\"\ntoken = \"{token}\"\n{connections}")
+}

@@ -1,0 +1,157 @@
+//! A demo internal API on 127.0.0.1:0 that checks each request's bearer JWT
+//! itself (signature, `aud`, `exp`) and records what reached it.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+/// How the server checks tokens.
+#[derive(Clone)]
+pub enum Verifier {
+    /// RS256 with this PKCS#1 DER public key.
+    Rs256(Vec<u8>),
+    /// HS256 with this secret.
+    Hs256(Vec<u8>),
+    /// No check (for `auth = none` connections).
+    None,
+}
+
+/// One request as the internal server saw it.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub path_and_query: String,
+    pub authorization: Option<String>,
+    pub headers: Vec<(String, String)>,
+}
+
+#[derive(Clone)]
+struct AppState {
+    verifier: Verifier,
+    audience: String,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+pub struct InternalServer {
+    pub addr: SocketAddr,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    shutdown: CancellationToken,
+}
+
+impl InternalServer {
+    /// Starts on 127.0.0.1:0; returns once it accepts connections.
+    pub async fn start(verifier: Verifier, audience: &str) -> anyhow::Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let state = AppState {
+            verifier,
+            audience: audience.to_owned(),
+            seen: seen.clone(),
+        };
+        let app = Router::new().fallback(handle).with_state(state);
+        let shutdown = CancellationToken::new();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await;
+        });
+        Ok(Self { addr, seen, shutdown })
+    }
+
+    pub fn base_uri(&self) -> String {
+        format!("http://{}/api", self.addr)
+    }
+
+    pub fn requests(&self) -> Vec<Seen> {
+        self.seen.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+}
+
+impl Drop for InternalServer {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+async fn handle(State(state): State<AppState>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_default();
+    let authorization = parts
+        .headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let headers = parts
+        .headers
+        .iter()
+        .map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .collect();
+    if let Ok(mut seen) = state.seen.lock() {
+        seen.push(Seen {
+            method: parts.method.to_string(),
+            path_and_query: path_and_query.clone(),
+            authorization: authorization.clone(),
+            headers,
+        });
+    }
+    let claims = match verify(&state, authorization.as_deref()) {
+        Ok(claims) => claims,
+        Err(detail) => {
+            return (
+                StatusCode::UNAUTHORIZED,
+                axum::Json(json!({"error": "invalid_token", "detail": detail})),
+            )
+                .into_response();
+        }
+    };
+    let body: Bytes = axum::body::to_bytes(body, 64 * 1024 * 1024).await.unwrap_or_default();
+    let path = parts.uri.path();
+    if path.ends_with("/slow") {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+    if let Some(size) = path.strip_prefix("/api/bytes/").and_then(|n| n.parse::<usize>().ok()) {
+        return (StatusCode::OK, vec![b'x'; size.min(64 * 1024 * 1024)]).into_response();
+    }
+    axum::Json(json!({
+        "ok": true,
+        "method": parts.method.as_str(),
+        "path": path,
+        "query": parts.uri.query(),
+        "body_len": body.len(),
+        "sub": claims.get("sub"),
+        "message": "hello from the internal server: your JWT checked out",
+    }))
+    .into_response()
+}
+
+fn verify(state: &AppState, authorization: Option<&str>) -> Result<serde_json::Value, String> {
+    let (key, alg) = match &state.verifier {
+        Verifier::None => return Ok(json!({})),
+        Verifier::Rs256(der) => (DecodingKey::from_rsa_der(der), Algorithm::RS256),
+        Verifier::Hs256(secret) => (DecodingKey::from_secret(secret), Algorithm::HS256),
+    };
+    let token = authorization
+        .and_then(|a| a.strip_prefix("Bearer "))
+        .ok_or("missing bearer token")?;
+    let mut validation = Validation::new(alg);
+    validation.set_audience(&[state.audience.as_str()]);
+    validation.set_required_spec_claims(&["exp", "iat", "aud"]);
+    jsonwebtoken::decode::<serde_json::Value>(token, &key, &validation)
+        .map(|data| data.claims)
+        .map_err(|e| e.to_string())
+}

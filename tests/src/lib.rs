@@ -1,0 +1,13 @@
+//! Test support shared by the end-to-end tests and the local demo: an internal
+//! server that checks JWTs itself, key generation, and process harnesses.
+//!
+//! # Layout
+//! - [`internal_server`]: a demo internal API that accepts only valid JWTs signed for it.
+//! - [`keys`]: RSA test keys made with aws-lc-rs, as PEM.
+//! - [`harness`]: starts the real relay and agent binaries on loopback and waits until ready.
+//! - [`temp`]: throwaway folders removed on drop.
+
+pub mod harness;
+pub mod internal_server;
+pub mod keys;
+pub mod temp;

@@ -1,0 +1,506 @@
+//! End to end: the real relay and agent binaries, an internal server on
+//! loopback, a JWT-signed call through the tunnel, and every refusal the backbone promises.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use postern_tests::harness::{
+    AgentProcess, Api, Bins, RelayProcess, agent_config, create_agent, create_api_key, relay_cli, rss_kib,
+};
+use postern_tests::internal_server::{InternalServer, Verifier};
+use postern_tests::keys::{self, RsaTestKey};
+use postern_tests::temp::TempDir;
+
+const ONLINE_WITHIN: Duration = Duration::from_secs(15);
+
+fn bins() -> Bins {
+    Bins {
+        relay: env!("CARGO_BIN_EXE_e2e-postern-relay").into(),
+        agent: env!("CARGO_BIN_EXE_e2e-postern").into(),
+    }
+}
+
+/// A relay, one agent named `warehouse-1` with connection `orders` (RS256 JWT),
+/// and the internal server behind it.
+struct World {
+    dir: TempDir,
+    bins: Bins,
+    relay: RelayProcess,
+    agent: AgentProcess,
+    api: Api,
+    internal: InternalServer,
+    key: RsaTestKey,
+    token: String,
+}
+
+fn orders_connection(base_uri: &str, extra: &str) -> String {
+    format!(
+        r#"
+[connections.orders]
+base_uri = "{base_uri}"
+timeout = "2s"
+{extra}
+[connections.orders.auth]
+type = "jwt_bearer"
+algorithm = "RS256"
+private_key_file = "orders.pem"
+headers = {{ kid = "k1" }}
+payload = {{ iss = "postern", sub = "svc", aud = "orders", iat = "{{{{now}}}}", exp = "{{{{now + 600}}}}" }}
+"#
+    )
+}
+
+impl World {
+    async fn start() -> Result<Self> {
+        let dir = TempDir::new("e2e")?;
+        let bins = bins();
+        let state = dir.path().join("relay");
+        let relay = RelayProcess::start(&bins, &state, "127.0.0.1:0", "127.0.0.1:0")?;
+        let (_id, token) = create_agent(&bins, &state, "warehouse-1")?;
+        let api_key = create_api_key(&bins, &state, "platform")?;
+        let key = keys::rsa_2048()?;
+        let internal = InternalServer::start(Verifier::Rs256(key.public_der.clone()), "orders").await?;
+        dir.write_private("orders.pem", &key.private_pem)?;
+        let mut connections = orders_connection(&internal.base_uri(), "");
+        connections.push_str("\n[connections.dead]\nbase_uri = \"http://127.0.0.1:9/api\"\ntimeout = \"2s\"\n");
+        let config = dir.write_private(
+            "agent.toml",
+            &agent_config(relay.ssh, &relay.fingerprint, &token, &connections),
+        )?;
+        let agent = AgentProcess::start(&bins, &config)?;
+        let api = Api::new(relay.api_base(), api_key);
+        api.wait_online("warehouse-1", true, ONLINE_WITHIN).await?;
+        Ok(Self {
+            dir,
+            bins,
+            relay,
+            agent,
+            api,
+            internal,
+            key,
+            token,
+        })
+    }
+}
+
+fn pyjwt_verify(token: &str, public_pem: &str) -> Result<serde_json::Value> {
+    let script = r#"
+import json, sys, jwt
+token, key = sys.stdin.read().split("\n", 1)
+header = jwt.get_unverified_header(token)
+claims = jwt.decode(token, key, algorithms=["RS256"], audience="orders", options={"require": ["exp", "iat"]})
+print(json.dumps({"header": header, "claims": claims, "types": {k: type(v).__name__ for k, v in claims.items()}}))
+"#;
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("python3 (with PyJWT: pip install 'pyjwt[crypto]')")?;
+    child
+        .stdin
+        .take()
+        .context("stdin")?
+        .write_all(format!("{token}\n{public_pem}").as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!("PyJWT refused the token: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_jwt_signed_call_crosses_the_tunnel_and_verifies_independently() -> Result<()> {
+    let w = World::start().await?;
+    let response = w
+        .api
+        .http
+        .post(format!("{}/v1/agents/warehouse-1/connections/orders/http/v2/orders?since=2026-01-01&x=%20y", w.api.base))
+        .bearer_auth(&w.api.key)
+        .header("x-request-id", "req-123")
+        .header("x-custom", "kept")
+        .body("hello body")
+        .send()
+        .await?;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-request-id"], "req-123");
+    let body: serde_json::Value = response.json().await?;
+    assert_eq!(body["ok"], true, "{body}");
+    assert_eq!(body["sub"], "svc");
+    assert_eq!(body["body_len"], 10);
+
+    let seen = w.internal.requests();
+    assert_eq!(seen.len(), 1);
+    let request = &seen[0];
+    assert_eq!(request.method, "POST");
+    assert_eq!(request.path_and_query, "/api/v2/orders?since=2026-01-01&x=%20y");
+    let header = |name: &str| request.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    assert_eq!(header("x-custom").as_deref(), Some("kept"));
+    assert_eq!(header("x-request-id").as_deref(), Some("req-123"));
+    // The relay's API key never reaches the internal network.
+    assert!(!request.headers.iter().any(|(_, v)| v.contains(&w.api.key)));
+    let jwt = request
+        .authorization
+        .as_deref()
+        .and_then(|a| a.strip_prefix("Bearer "))
+        .context("no bearer JWT")?;
+    let verified = pyjwt_verify(jwt, &w.key.public_pem)?;
+    assert_eq!(verified["header"]["kid"], "k1");
+    assert_eq!(verified["header"]["alg"], "RS256");
+    assert_eq!(verified["claims"]["iss"], "postern");
+    assert_eq!(verified["types"]["iat"], "int", "iat must be a JSON number");
+    assert_eq!(verified["types"]["exp"], "int", "exp must be a JSON number");
+    let iat = verified["claims"]["iat"].as_i64().context("iat")?;
+    let exp = verified["claims"]["exp"].as_i64().context("exp")?;
+    assert_eq!(exp - iat, 600);
+
+    // The agent logs one line per call, and never the JWT or the token.
+    w.agent.logs.wait_for("req-123", Duration::from_secs(5))?;
+    let logs = format!("{}\n{}", w.agent.logs.text(), w.relay.logs.text());
+    assert!(!logs.contains(jwt), "JWT leaked into logs");
+    assert!(!logs.contains(&w.token), "token leaked into logs");
+    assert!(!logs.contains(&w.api.key), "API key leaked into logs");
+
+    let info = w.api.agent("warehouse-1").await?;
+    assert_eq!(info.connections, vec!["dead".to_owned(), "orders".to_owned()]);
+    assert_eq!(info.protocol_version, Some(postern_protocol::PROTOCOL_VERSION));
+    assert!(info.connected_since.is_some() && info.remote_addr.is_some());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_api_refuses_with_stable_codes() -> Result<()> {
+    let w = World::start().await?;
+    let code = |v: serde_json::Value| v["error"]["code"].as_str().unwrap_or_default().to_owned();
+
+    let r = w.api.call("warehouse-1", "nope", "/x").await?;
+    assert_eq!(r.status(), 404);
+    assert_eq!(code(r.json().await?), "unknown_connection");
+
+    let r = w.api.call("no-such-agent", "orders", "/x").await?;
+    assert_eq!(r.status(), 404);
+    assert_eq!(code(r.json().await?), "agent_not_found");
+
+    let r = w.api.call("warehouse-1", "dead", "/x").await?;
+    assert_eq!(r.status(), 502);
+    assert_eq!(code(r.json().await?), "upstream_unreachable");
+
+    let r = w.api.call("warehouse-1", "orders", "/slow").await?;
+    assert_eq!(r.status(), 504);
+    assert_eq!(code(r.json().await?), "upstream_timeout");
+
+    let r = w
+        .api
+        .http
+        .get(format!("{}/v1/agents", w.api.base))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 401);
+    assert_eq!(code(r.json().await?), "unauthorized");
+    let r = w
+        .api
+        .http
+        .get(format!("{}/v1/agents", w.api.base))
+        .bearer_auth("psk_wrong")
+        .send()
+        .await?;
+    assert_eq!(r.status(), 401);
+
+    // An offline agent: created but never connected.
+    let (_id, _token) = create_agent(&w.bins, &w.relay.state_dir, "sleeper")?;
+    let r = w.api.call("sleeper", "orders", "/x").await?;
+    assert_eq!(r.status(), 503);
+    assert_eq!(code(r.json().await?), "agent_offline");
+
+    let r = w.api.http.get(format!("{}/healthz", w.api.base)).send().await?;
+    assert_eq!(r.status(), 200);
+
+    // The API can create agents too; the token is shown once and works offline-checked.
+    let r = w
+        .api
+        .http
+        .post(format!("{}/v1/agents", w.api.base))
+        .bearer_auth(&w.api.key)
+        .json(&serde_json::json!({"name": "made-by-api"}))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 201);
+    let created: postern_protocol::api::AgentCreated = r.json().await?;
+    postern_protocol::SecretToken::parse(postern_protocol::SecretKind::AgentToken, &created.token)?;
+    let r = w
+        .api
+        .http
+        .post(format!("{}/v1/agents", w.api.base))
+        .bearer_auth(&w.api.key)
+        .json(&serde_json::json!({"name": "made-by-api"}))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 409);
+    let list: postern_protocol::api::AgentList = w
+        .api
+        .http
+        .get(format!("{}/v1/agents", w.api.base))
+        .bearer_auth(&w.api.key)
+        .send()
+        .await?
+        .json()
+        .await?;
+    let online: Vec<_> = list.agents.iter().filter(|a| a.online).map(|a| a.name.as_str()).collect();
+    assert_eq!(online, vec!["warehouse-1"]);
+    assert_eq!(list.agents.len(), 3);
+    Ok(())
+}
+
+/// Sends a raw request line, so no client library normalises the path first.
+fn raw_get(api: &Api, path: &str) -> Result<(u16, String)> {
+    let addr = api.base.trim_start_matches("http://");
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+        api.key
+    )?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text)?;
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .context("no status line")?;
+    Ok((status, text))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn paths_cannot_escape_the_base_uri() -> Result<()> {
+    let w = World::start().await?;
+    let prefix = "/v1/agents/warehouse-1/connections/orders/http";
+    for attempt in [
+        "/../secret",
+        "/v2/../../secret",
+        "/%2e%2e/secret",
+        "/.%2E/secret",
+        "/a%2fb",
+        "/a%2F..%2Fsecret",
+        "/a%5c..%5csecret",
+        "/%252e%252e/secret",
+        "//evil.example/x",
+        "/http://evil.example/x",
+        "/user@evil.example/x",
+        "/a%00b",
+    ] {
+        let (status, text) = raw_get(&w.api, &format!("{prefix}{attempt}"))?;
+        assert_eq!(status, 400, "{attempt} → {text}");
+        assert!(text.contains("path_rejected"), "{attempt} → {text}");
+    }
+    assert!(w.internal.requests().is_empty(), "an escape attempt reached the internal server");
+    let (status, _) = raw_get(&w.api, &format!("{prefix}/fine/path"))?;
+    assert_eq!(status, 200);
+    assert_eq!(w.internal.requests()[0].path_and_query, "/api/fine/path");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wrong_token_is_refused() -> Result<()> {
+    let dir = TempDir::new("wrongtoken")?;
+    let bins = bins();
+    let state = dir.path().join("relay");
+    let relay = RelayProcess::start(&bins, &state, "127.0.0.1:0", "127.0.0.1:0")?;
+    create_agent(&bins, &state, "warehouse-1")?;
+    let api = Api::new(relay.api_base(), create_api_key(&bins, &state, "platform")?);
+    // Well-formed (right prefix and checksum) but never issued by this relay.
+    let (_, foreign) = {
+        let other = TempDir::new("foreign")?;
+        create_agent(&bins, other.path(), "warehouse-1")?
+    };
+    let config = dir.write_private(
+        "agent.toml",
+        &agent_config(relay.ssh, &relay.fingerprint, &foreign, "[connections.a]\nbase_uri = \"http://127.0.0.1:9\"\n"),
+    )?;
+    let agent = AgentProcess::start(&bins, &config)?;
+    agent.logs.wait_for("refused the access token", Duration::from_secs(15))?;
+    relay.logs.wait_for("agent authentication refused", Duration::from_secs(5))?;
+    assert!(!api.agent("warehouse-1").await?.online);
+
+    // A typo is caught offline, before any connection.
+    let typo = format!("{}x{}", &foreign[..10], &foreign[11..]);
+    let config = dir.write_private(
+        "typo.toml",
+        &agent_config(relay.ssh, &relay.fingerprint, &typo, ""),
+    )?;
+    let out = std::process::Command::new(&bins.agent)
+        .args(["run", "--config"])
+        .arg(&config)
+        .output()?;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("checksum"), "{}", String::from_utf8_lossy(&out.stderr));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wrong_fingerprint_is_refused_before_the_token_is_sent() -> Result<()> {
+    let dir = TempDir::new("wrongfp")?;
+    let bins = bins();
+    let state = dir.path().join("relay");
+    let relay = RelayProcess::start(&bins, &state, "127.0.0.1:0", "127.0.0.1:0")?;
+    let (_, token) = create_agent(&bins, &state, "warehouse-1")?;
+    let pinned = "SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+    let config = dir.write_private(
+        "agent.toml",
+        &agent_config(relay.ssh, pinned, &token, ""),
+    )?;
+    let agent = AgentProcess::start(&bins, &config)?;
+    agent.logs.wait_for("does not match the pinned fingerprint", Duration::from_secs(15))?;
+    let logs = agent.logs.text();
+    assert!(logs.contains(pinned) && logs.contains(&relay.fingerprint), "{logs}");
+    assert!(!relay.logs.contains("agent authenticated"));
+    assert!(!relay.logs.contains("authentication refused"), "the token must never be sent");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_fingerprint_matches_openssh() -> Result<()> {
+    let dir = TempDir::new("fp")?;
+    let bins = bins();
+    let state = dir.path().join("relay");
+    let printed = relay_cli(&bins, &["fingerprint", "--state-dir", &state.to_string_lossy()])?;
+    let relay = RelayProcess::start(&bins, &state, "127.0.0.1:0", "127.0.0.1:0")?;
+    assert_eq!(printed.trim(), relay.fingerprint);
+    let scan = std::process::Command::new("ssh-keyscan")
+        .args(["-t", "ed25519", "-p", &relay.ssh.port().to_string(), "127.0.0.1"])
+        .output()?;
+    let scanned = dir.write_private("scan", &String::from_utf8_lossy(&scan.stdout))?;
+    let keygen = std::process::Command::new("ssh-keygen").arg("-lf").arg(&scanned).output()?;
+    let shown = String::from_utf8_lossy(&keygen.stdout);
+    assert!(shown.contains(&relay.fingerprint), "ssh-keygen shows {shown:?}, relay prints {}", relay.fingerprint);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_agent_comes_back_after_a_relay_restart() -> Result<()> {
+    let mut w = World::start().await?;
+    let (ssh, api_addr) = (w.relay.ssh.to_string(), w.relay.api.to_string());
+    w.relay.kill();
+    w.api.wait_online("warehouse-1", false, Duration::from_secs(1)).await.ok();
+    let restarted = Instant::now();
+    w.relay = RelayProcess::start(&w.bins, &w.relay.state_dir.clone(), &ssh, &api_addr)?;
+    w.api.wait_online("warehouse-1", true, ONLINE_WITHIN).await?;
+    let back_after = restarted.elapsed();
+    let r = w.api.call("warehouse-1", "orders", "/after-restart").await?;
+    assert_eq!(r.status(), 200, "{}", r.text().await?);
+    // Backoff is capped by jitter from 250 ms; one or two attempts at most.
+    assert!(back_after < Duration::from_secs(5), "agent took {back_after:?} to return");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revoked_agent_is_dropped_at_once() -> Result<()> {
+    let w = World::start().await?;
+    let state = w.relay.state_dir.to_string_lossy().into_owned();
+    relay_cli(&w.bins, &["agent", "revoke", "warehouse-1", "--state-dir", &state])?;
+    // The CLI wrote to the store of the running relay; it notices within a second.
+    let r_deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = w.api.call("warehouse-1", "orders", "/x").await?;
+        if r.status() == 404 {
+            break;
+        }
+        if Instant::now() > r_deadline {
+            bail!("revoked agent still served calls: {}", r.status());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    w.agent.logs.wait_for("agent revoked", Duration::from_secs(5))?;
+    w.agent.logs.wait_for("refused the access token", Duration::from_secs(10))?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn revoking_through_the_api_drops_the_session() -> Result<()> {
+    let w = World::start().await?;
+    let r = w
+        .api
+        .http
+        .delete(format!("{}/v1/agents/warehouse-1", w.api.base))
+        .bearer_auth(&w.api.key)
+        .send()
+        .await?;
+    assert_eq!(r.status(), 204);
+    w.agent.logs.wait_for("agent revoked", Duration::from_secs(5))?;
+    let r = w.api.call("warehouse-1", "orders", "/x").await?;
+    assert_eq!(r.status(), 404);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_drains_in_flight_calls_and_exits_0() -> Result<()> {
+    let mut w = World::start().await?;
+    // /slow answers after 3 s; give this connection a longer timeout.
+    let slow = w
+        .dir
+        .write_private("slow.toml", &agent_config(w.relay.ssh, &w.relay.fingerprint, &w.token, &orders_connection(&w.internal.base_uri(), "").replace("\"2s\"", "\"10s\"")))?;
+    let _ = w.agent.terminate()?;
+    w.api.wait_online("warehouse-1", false, Duration::from_secs(5)).await?;
+    w.agent = AgentProcess::start(&w.bins, &slow)?;
+    w.api.wait_online("warehouse-1", true, ONLINE_WITHIN).await?;
+    let api = w.api.clone();
+    let call = tokio::spawn(async move { api.call("warehouse-1", "orders", "/slow").await });
+    // Wait until the call is at the internal server, then ask the agent to stop.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while w.internal.requests().is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let status = w.agent.terminate()?;
+    assert!(status.success(), "agent exited with {status}");
+    let response = call.await??;
+    assert_eq!(response.status(), 200, "the in-flight call was cut: {}", response.text().await?);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn memory_stays_flat_over_20000_calls() -> Result<()> {
+    const CALLS: usize = 20_000;
+    const WARMUP: usize = 2_000;
+    const WORKERS: usize = 4;
+    const MAX_GROWTH_KIB: u64 = 8 * 1024;
+    let w = World::start().await?;
+    let run = |count: usize| {
+        let api = w.api.clone();
+        async move {
+            let mut handles = Vec::new();
+            for _ in 0..WORKERS {
+                let api = api.clone();
+                handles.push(tokio::spawn(async move {
+                    for _ in 0..count / WORKERS {
+                        let r = api.call("warehouse-1", "orders", "/ping").await?;
+                        if r.status() != 200 {
+                            bail!("call failed: {}", r.status());
+                        }
+                        r.bytes().await?;
+                    }
+                    Ok::<_, anyhow::Error>(())
+                }));
+            }
+            for h in handles {
+                h.await??;
+            }
+            Ok::<_, anyhow::Error>(())
+        }
+    };
+    let started = Instant::now();
+    tokio::time::timeout(Duration::from_secs(120), run(WARMUP)).await??;
+    let (relay0, agent0) = (rss_kib(w.relay.pid())?, rss_kib(w.agent.pid())?);
+    tokio::time::timeout(Duration::from_secs(600), run(CALLS - WARMUP)).await??;
+    let (relay1, agent1) = (rss_kib(w.relay.pid())?, rss_kib(w.agent.pid())?);
+    eprintln!(
+        "{CALLS} calls in {:?}: relay {relay0} → {relay1} KiB, agent {agent0} → {agent1} KiB",
+        started.elapsed()
+    );
+    assert!(relay1.saturating_sub(relay0) < MAX_GROWTH_KIB, "relay grew {relay0} → {relay1} KiB");
+    assert!(agent1.saturating_sub(agent0) < MAX_GROWTH_KIB, "agent grew {agent0} → {agent1} KiB");
+    assert_eq!(w.internal.requests().len(), CALLS);
+    Ok(())
+}
