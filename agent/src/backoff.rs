@@ -47,6 +47,9 @@ mod tests {
         b.to_cap();
         let waits: Vec<_> = (0..50).map(|_| b.next_delay()).collect();
         assert!(waits.iter().all(|w| *w <= CAP));
-        assert!(waits.iter().any(|w| *w > BASE * 4), "jitter spans up to the cap");
+        assert!(
+            waits.iter().any(|w| *w > BASE * 4),
+            "jitter spans up to the cap"
+        );
     }
 }

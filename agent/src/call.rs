@@ -9,7 +9,7 @@ use futures_util::TryStreamExt;
 use http::header::{AUTHORIZATION, CONTENT_TYPE};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, BodyDataStream, Full, StreamBody};
+use http_body_util::{BodyDataStream, BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use postern_protocol::headers::{POSTERN_ERROR, REQUEST_ID, is_hop_by_hop};
 use postern_protocol::{ErrorBody, ErrorCode};
@@ -67,7 +67,10 @@ pub async fn handle(ctx: Arc<CallContext>, request: Request<Incoming>) -> Respon
     response
 }
 
-async fn run(ctx: &CallContext, request: Request<Incoming>) -> Result<Response<CallBody>, (ErrorCode, String)> {
+async fn run(
+    ctx: &CallContext,
+    request: Request<Incoming>,
+) -> Result<Response<CallBody>, (ErrorCode, String)> {
     let conn = &ctx.connection;
     let path_and_query = request
         .uri()
@@ -89,8 +92,12 @@ async fn run(ctx: &CallContext, request: Request<Incoming>) -> Result<Response<C
         let jwt = signer
             .sign(now, &|name| std::env::var(name).ok())
             .map_err(|e| (ErrorCode::SigningFailed, e.to_string()))?;
-        let value = HeaderValue::from_str(&format!("Bearer {jwt}"))
-            .map_err(|_| (ErrorCode::SigningFailed, "the JWT is not a valid header value".to_owned()))?;
+        let value = HeaderValue::from_str(&format!("Bearer {jwt}")).map_err(|_| {
+            (
+                ErrorCode::SigningFailed,
+                "the JWT is not a valid header value".to_owned(),
+            )
+        })?;
         headers.insert(AUTHORIZATION, value);
     }
     let body = reqwest::Body::wrap_stream(BodyDataStream::new(body));
@@ -170,7 +177,11 @@ fn strip_for_hop(headers: &mut HeaderMap) {
     for name in named {
         headers.remove(name);
     }
-    let hop: Vec<HeaderName> = headers.keys().filter(|k| is_hop_by_hop(k.as_str())).cloned().collect();
+    let hop: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| is_hop_by_hop(k.as_str()))
+        .cloned()
+        .collect();
     for name in hop {
         headers.remove(name);
     }

@@ -44,7 +44,10 @@ pub enum Auth {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error(
@@ -87,7 +90,12 @@ impl AgentConfig {
                 file.relay_fingerprint
             )));
         }
-        if file.relay.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
+        if file
+            .relay
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse::<u16>().ok())
+            .is_none()
+        {
             return Err(invalid(format!("relay {:?} must be host:port", file.relay)));
         }
         let token_text = one_secret(
@@ -126,12 +134,22 @@ fn resolve_connection(
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Connection, String> {
     let name = ConnectionName::parse(name).map_err(|e| e.to_string())?;
-    let base_uri = Url::parse(&conn.base_uri).map_err(|e| format!("base_uri {:?}: {e}", conn.base_uri))?;
+    let base_uri =
+        Url::parse(&conn.base_uri).map_err(|e| format!("base_uri {:?}: {e}", conn.base_uri))?;
     if !matches!(base_uri.scheme(), "http" | "https") || base_uri.host_str().is_none() {
-        return Err(format!("base_uri {:?} must be an http:// or https:// URL with a host", conn.base_uri));
+        return Err(format!(
+            "base_uri {:?} must be an http:// or https:// URL with a host",
+            conn.base_uri
+        ));
     }
-    if base_uri.query().is_some() || base_uri.fragment().is_some() || !base_uri.username().is_empty() {
-        return Err(format!("base_uri {:?} may not hold a query, fragment or user info", conn.base_uri));
+    if base_uri.query().is_some()
+        || base_uri.fragment().is_some()
+        || !base_uri.username().is_empty()
+    {
+        return Err(format!(
+            "base_uri {:?} may not hold a query, fragment or user info",
+            conn.base_uri
+        ));
     }
     let timeout = humantime::parse_duration(&conn.timeout)
         .map_err(|e| format!("timeout {:?}: {e}", conn.timeout))?;
@@ -140,7 +158,7 @@ fn resolve_connection(
     }
     let auth = match conn.auth {
         AuthFile::None => Auth::None,
-        AuthFile::JwtBearer(jwt) => Auth::JwtBearer(Arc::new(resolve_jwt(jwt, base_dir, env)?)),
+        AuthFile::JwtBearer(jwt) => Auth::JwtBearer(Arc::new(resolve_jwt(*jwt, base_dir, env)?)),
     };
     Ok(Connection {
         name,
@@ -155,14 +173,23 @@ fn resolve_jwt(
     base_dir: &Path,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<JwtSigner, String> {
-    let algorithm: Algorithm = jwt.algorithm.parse().map_err(|e| format!("auth.algorithm: {e}"))?;
-    let is_hmac = matches!(algorithm, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512);
+    let algorithm: Algorithm = jwt
+        .algorithm
+        .parse()
+        .map_err(|e| format!("auth.algorithm: {e}"))?;
+    let is_hmac = matches!(
+        algorithm,
+        Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512
+    );
     let has_secret = jwt.secret.is_some() || jwt.secret_file.is_some() || jwt.secret_env.is_some();
-    let has_key =
-        jwt.private_key.is_some() || jwt.private_key_file.is_some() || jwt.private_key_env.is_some();
+    let has_key = jwt.private_key.is_some()
+        || jwt.private_key_file.is_some()
+        || jwt.private_key_env.is_some();
     let key = if is_hmac {
         if has_key {
-            return Err(format!("auth: {algorithm:?} signs with a secret; remove private_key*"));
+            return Err(format!(
+                "auth: {algorithm:?} signs with a secret; remove private_key*"
+            ));
         }
         let secret = one_secret(
             "auth.secret",
@@ -174,12 +201,18 @@ fn resolve_jwt(
         )
         .map_err(|e| e.to_string())?;
         if crate::jwt::signer::hmac_secret_is_short(algorithm, secret.len()) {
-            tracing::warn!(?algorithm, bytes = secret.len(), "HMAC secret is shorter than the hash output; use a longer random secret");
+            tracing::warn!(
+                ?algorithm,
+                bytes = secret.len(),
+                "HMAC secret is shorter than the hash output; use a longer random secret"
+            );
         }
         KeyMaterial::Secret(secret.into_bytes())
     } else {
         if has_secret {
-            return Err(format!("auth: {algorithm:?} signs with a private key; remove secret*"));
+            return Err(format!(
+                "auth: {algorithm:?} signs with a private key; remove secret*"
+            ));
         }
         let pem = one_secret(
             "auth.private_key",
@@ -216,11 +249,14 @@ fn one_secret(
             })?;
             Ok(text.trim().to_owned())
         }
-        (None, None, Some(name)) => {
-            env(name).ok_or_else(|| invalid(format!("{what}: environment variable {name} is not set")))
-        }
-        (None, None, None) => Err(invalid(format!("{what}: set one of {what}, {what}_file or {what}_env"))),
-        _ => Err(invalid(format!("{what}: set only one of {what}, {what}_file or {what}_env"))),
+        (None, None, Some(name)) => env(name)
+            .ok_or_else(|| invalid(format!("{what}: environment variable {name} is not set"))),
+        (None, None, None) => Err(invalid(format!(
+            "{what}: set one of {what}, {what}_file or {what}_env"
+        ))),
+        _ => Err(invalid(format!(
+            "{what}: set only one of {what}, {what}_file or {what}_env"
+        ))),
     }
 }
 
@@ -255,7 +291,9 @@ pub fn default_path() -> PathBuf {
 
 fn is_root() -> bool {
     std::env::var("USER").is_ok_and(|u| u == "root")
-        || std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0).unwrap_or(false)
+        || std::fs::metadata("/proc/self")
+            .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+            .unwrap_or(false)
 }
 
 #[cfg(test)]

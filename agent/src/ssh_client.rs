@@ -73,7 +73,10 @@ pub struct AgentSsh {
 impl russh::client::Handler for AgentSsh {
     type Error = russh::Error;
 
-    async fn check_server_key(&mut self, key: &PublicKeyOrCertificate) -> Result<bool, Self::Error> {
+    async fn check_server_key(
+        &mut self,
+        key: &PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
         let PublicKeyOrCertificate::PublicKey { key, .. } = key else {
             *lock(&self.shared.seen_fingerprint) = Some("a certificate (not supported)".into());
             return Ok(false);
@@ -95,7 +98,9 @@ impl russh::client::Handler for AgentSsh {
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
         if !self.shared.accepting.load(Ordering::SeqCst) {
-            reply.reject(ChannelOpenFailure::AdministrativelyProhibited).await;
+            reply
+                .reject(ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
             return Ok(());
         }
         let ctx = match ChannelTarget::parse(connected_address) {
@@ -178,9 +183,14 @@ impl russh::client::Handler for AgentSsh {
         refuse("direct-streamlocal", reply).await
     }
 
-    async fn disconnected(&mut self, reason: DisconnectReason<Self::Error>) -> Result<(), Self::Error> {
+    async fn disconnected(
+        &mut self,
+        reason: DisconnectReason<Self::Error>,
+    ) -> Result<(), Self::Error> {
         let text = match reason {
-            DisconnectReason::ReceivedDisconnect(info) => format!("relay closed the session: {}", info.message),
+            DisconnectReason::ReceivedDisconnect(info) => {
+                format!("relay closed the session: {}", info.message)
+            }
             DisconnectReason::Error(e) => format!("session lost: {e}"),
         };
         *lock(&self.shared.disconnect_reason) = Some(text);
@@ -190,8 +200,13 @@ impl russh::client::Handler for AgentSsh {
 }
 
 async fn refuse(kind: &str, reply: ChannelOpenHandle) -> Result<(), russh::Error> {
-    warn!(kind, "relay tried to open a channel type the agent never serves; refused");
-    reply.reject(ChannelOpenFailure::AdministrativelyProhibited).await;
+    warn!(
+        kind,
+        "relay tried to open a channel type the agent never serves; refused"
+    );
+    reply
+        .reject(ChannelOpenFailure::AdministrativelyProhibited)
+        .await;
     Ok(())
 }
 

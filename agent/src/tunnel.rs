@@ -6,9 +6,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use postern_protocol::control::{AgentMessage, MAX_CONTROL_LINE, RelayMessage, decode_line, encode_line};
-use postern_protocol::version::{FORWARD_ADDRESS, SSH_USER};
 use postern_protocol::PROTOCOL_VERSION;
+use postern_protocol::control::{
+    AgentMessage, MAX_CONTROL_LINE, RelayMessage, decode_line, encode_line,
+};
+use postern_protocol::version::{FORWARD_ADDRESS, SSH_USER};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
@@ -43,7 +45,9 @@ pub enum TunnelError {
         "the relay's host key does not match the pinned fingerprint: expected {expected}, relay showed {found}. Refusing to send the token. If the relay's key really changed, set relay_fingerprint to the new value from `postern-relay fingerprint`"
     )]
     FingerprintMismatch { expected: String, found: String },
-    #[error("the relay refused the access token (unknown, revoked or rotated): ask the relay's admin for a new one")]
+    #[error(
+        "the relay refused the access token (unknown, revoked or rotated): ask the relay's admin for a new one"
+    )]
     TokenRefused,
     #[error("the relay refused the reverse forward: {0}")]
     ForwardRefused(String),
@@ -58,7 +62,10 @@ pub enum TunnelError {
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     #[error("connection {name}: cannot build its HTTP client: {source}")]
-    HttpClient { name: String, source: reqwest::Error },
+    HttpClient {
+        name: String,
+        source: reqwest::Error,
+    },
 }
 
 /// Runs the tunnel until `shutdown`; in-flight calls then get `SHUTDOWN_GRACE` to finish.
@@ -108,7 +115,10 @@ pub async fn run(
         state.send_modify(|s| s.reconnects += 1);
     }
     tasks.close();
-    if tokio::time::timeout(SHUTDOWN_GRACE, tasks.wait()).await.is_err() {
+    if tokio::time::timeout(SHUTDOWN_GRACE, tasks.wait())
+        .await
+        .is_err()
+    {
         warn!("calls still running after the shutdown grace period; dropping them");
     }
     info!("agent stopped");
@@ -189,7 +199,10 @@ async fn session(
         .write_all(&encode_line(&hello))
         .await
         .map_err(|e| TunnelError::Control(e.to_string()))?;
-    write.flush().await.map_err(|e| TunnelError::Control(e.to_string()))?;
+    write
+        .flush()
+        .await
+        .map_err(|e| TunnelError::Control(e.to_string()))?;
     let mut reader = BufReader::new(read.take(MAX_CONTROL_LINE as u64 + 1));
     let mut line = Vec::new();
     match tokio::time::timeout(HELLO_TIMEOUT, reader.read_until(b'\n', &mut line)).await {
@@ -197,9 +210,13 @@ async fn session(
         Ok(Err(e)) => return Err(TunnelError::Control(e.to_string())),
         Ok(Ok(_)) => {}
     }
-    let agent_name = match decode_line::<RelayMessage>(&line).map_err(|e| TunnelError::Control(e.to_string()))? {
+    let agent_name = match decode_line::<RelayMessage>(&line)
+        .map_err(|e| TunnelError::Control(e.to_string()))?
+    {
         RelayMessage::Welcome { agent_name, .. } => agent_name,
-        RelayMessage::Refused { code, message } => return Err(TunnelError::HelloRefused { code, message }),
+        RelayMessage::Refused { code, message } => {
+            return Err(TunnelError::HelloRefused { code, message });
+        }
     };
     info!(relay = %config.relay, agent = %agent_name, connections = calls.len(), "connected to relay");
     state.send_modify(|s| {
@@ -211,9 +228,8 @@ async fn session(
 
     let mut control_read = reader.into_inner().into_inner();
     let mut sink = [0u8; 1024];
-    let control_closed = async {
-        while matches!(control_read.read(&mut sink).await, Ok(n) if n > 0) {}
-    };
+    let control_closed =
+        async { while matches!(control_read.read(&mut sink).await, Ok(n) if n > 0) {} };
     tokio::select! {
         _ = shutdown.cancelled() => {
             shared.accepting.store(false, Ordering::SeqCst);
@@ -231,7 +247,11 @@ async fn session(
 }
 
 fn lost(shared: &Shared, fallback: &str) -> TunnelError {
-    let reason = shared.disconnect_reason.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let reason = shared
+        .disconnect_reason
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
     TunnelError::SessionLost(reason.unwrap_or_else(|| fallback.to_owned()))
 }
 

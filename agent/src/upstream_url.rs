@@ -3,7 +3,7 @@
 
 use url::Url;
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum PathError {
     #[error("the path must start with '/'")]
     NotAbsolutePath,
@@ -70,7 +70,10 @@ fn check_path(path: &str) -> Result<(), PathError> {
     if path.contains("://") {
         return Err(PathError::AbsoluteUrl);
     }
-    if path.bytes().any(|b| b.is_ascii_control() || b == b' ' || b == b'\\' || b >= 0x80) {
+    if path
+        .bytes()
+        .any(|b| b.is_ascii_control() || b == b' ' || b == b'\\' || b >= 0x80)
+    {
         return Err(PathError::BadCharacter);
     }
     if path.contains('@') {
@@ -83,7 +86,10 @@ fn check_path(path: &str) -> Result<(), PathError> {
         }
         // Double encoding (%252e) decodes to an escape: a server that decodes twice would see a dot or slash.
         let lower = String::from_utf8_lossy(&decoded).to_ascii_lowercase();
-        if ["%2e", "%2f", "%5c", "%00"].iter().any(|e| lower.contains(e)) {
+        if ["%2e", "%2f", "%5c", "%00"]
+            .iter()
+            .any(|e| lower.contains(e))
+        {
             return Err(PathError::EncodedSeparator);
         }
         if decoded == b"." || decoded == b".." {
@@ -122,7 +128,10 @@ mod tests {
     #[test]
     fn joins_under_the_base_and_keeps_the_query() {
         let url = build(&base(), "/v2/orders?since=2024-01-01&x=%20").expect("ok");
-        assert_eq!(url.as_str(), "http://127.0.0.1:9000/api/v2/orders?since=2024-01-01&x=%20");
+        assert_eq!(
+            url.as_str(),
+            "http://127.0.0.1:9000/api/v2/orders?since=2024-01-01&x=%20"
+        );
         let url = build(&Url::parse("https://h/api/").expect("url"), "/").expect("ok");
         assert_eq!(url.as_str(), "https://h/api/");
         let url = build(&Url::parse("https://h").expect("url"), "/a%20b/c").expect("ok");

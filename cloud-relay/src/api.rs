@@ -20,7 +20,10 @@ pub use error::ApiError;
 pub fn router(ctx: Arc<RelayContext>) -> Router {
     let v1 = Router::new()
         .route("/v1/agents", get(agents::list).post(agents::create))
-        .route("/v1/agents/{agent}", get(agents::show).delete(agents::revoke))
+        .route(
+            "/v1/agents/{agent}",
+            get(agents::show).delete(agents::revoke),
+        )
         .route(
             "/v1/agents/{agent}/connections/{connection}/http",
             any(call::call),
@@ -59,7 +62,10 @@ async fn require_api_key(
         .headers()
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
         .ok_or_else(|| {
             ApiError::new(
                 ErrorCode::Unauthorized,
@@ -73,7 +79,10 @@ async fn require_api_key(
         .await
         .map_err(ApiError::store)?;
     if name.is_none() {
-        return Err(ApiError::new(ErrorCode::Unauthorized, "unknown or revoked API key"));
+        return Err(ApiError::new(
+            ErrorCode::Unauthorized,
+            "unknown or revoked API key",
+        ));
     }
     Ok(next.run(request).await)
 }

@@ -49,7 +49,8 @@ impl StateArgs {
 
     fn store(&self) -> Result<SqliteStore> {
         let dir = self.config()?.state_dir;
-        SqliteStore::open_in(&dir).with_context(|| format!("opening the store in {}", dir.display()))
+        SqliteStore::open_in(&dir)
+            .with_context(|| format!("opening the store in {}", dir.display()))
     }
 }
 
@@ -182,7 +183,10 @@ fn run(cli: Cli) -> Result<()> {
                     key: key.expose().to_owned(),
                 })?;
             } else {
-                println!("API key {name:?} created. It is shown only this once:\n\n  {}\n", key.expose());
+                println!(
+                    "API key {name:?} created. It is shown only this once:\n\n  {}\n",
+                    key.expose()
+                );
                 println!("Send it as: Authorization: Bearer <key>");
             }
             Ok(())
@@ -203,8 +207,13 @@ fn agent(command: AgentCommand) -> Result<()> {
                 })?;
             } else {
                 println!("Agent {:?} created (id {}).", agent.name, agent.id);
-                println!("Its access token is shown only this once:\n\n  {}\n", token.expose());
-                println!("On the agent's machine: POSTERN_TOKEN=<token> postern init --relay HOST:PORT --fingerprint $(postern-relay fingerprint)");
+                println!(
+                    "Its access token is shown only this once:\n\n  {}\n",
+                    token.expose()
+                );
+                println!(
+                    "On the agent's machine: POSTERN_TOKEN=<token> postern init --relay HOST:PORT --fingerprint $(postern-relay fingerprint)"
+                );
             }
             Ok(())
         }
@@ -227,9 +236,14 @@ fn agent(command: AgentCommand) -> Result<()> {
         AgentCommand::Revoke { agent, state, json } => {
             let revoked = state.store()?.revoke_agent(&agent)?;
             if json {
-                print_json(&serde_json::json!({"id": revoked.id, "name": revoked.name, "revoked": true}))?;
+                print_json(
+                    &serde_json::json!({"id": revoked.id, "name": revoked.name, "revoked": true}),
+                )?;
             } else {
-                println!("Agent {:?} ({}) revoked; a running relay drops its session within a second.", revoked.name, revoked.id);
+                println!(
+                    "Agent {:?} ({}) revoked; a running relay drops its session within a second.",
+                    revoked.name, revoked.id
+                );
             }
             Ok(())
         }

@@ -75,7 +75,11 @@ impl ControlChannel {
         if refusal.is_some() {
             let session = self.handle.clone();
             let _ = session
-                .disconnect(russh::Disconnect::ByApplication, "hello refused".into(), String::new())
+                .disconnect(
+                    russh::Disconnect::ByApplication,
+                    "hello refused".into(),
+                    String::new(),
+                )
                 .await;
             return;
         }
@@ -98,7 +102,12 @@ impl ControlChannel {
         Ok(())
     }
 
-    async fn register(&self, protocol_version: u32, agent_version: String, connections: Vec<String>) {
+    async fn register(
+        &self,
+        protocol_version: u32,
+        agent_version: String,
+        connections: Vec<String>,
+    ) {
         let session = Arc::new(LiveSession::new(
             self.session_id,
             self.agent.id.clone(),
@@ -111,7 +120,8 @@ impl ControlChannel {
         ));
         if let Some(old) = self.ctx.registry.insert(session) {
             info!(agent = %self.agent.name, old = old.session_id, new = self.session_id, "newer session replaces older one");
-            old.disconnect("replaced by a newer session of the same agent").await;
+            old.disconnect("replaced by a newer session of the same agent")
+                .await;
         }
     }
 }

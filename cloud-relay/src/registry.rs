@@ -88,7 +88,10 @@ impl Registry {
     /// replaced session going away does not take the newer one with it.
     pub fn remove_if(&self, agent_id: &str, session_id: u64) -> Option<Arc<LiveSession>> {
         let mut map = self.lock();
-        if map.get(agent_id).is_some_and(|s| s.session_id == session_id) {
+        if map
+            .get(agent_id)
+            .is_some_and(|s| s.session_id == session_id)
+        {
             let gone = map.remove(agent_id);
             if let Some(s) = &gone {
                 info!(agent = %s.agent_name, session = session_id, "agent offline");

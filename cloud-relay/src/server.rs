@@ -58,7 +58,8 @@ pub async fn run(
         %fingerprint,
         "relay listening"
     );
-    ctx.tasks.spawn(ssh_server::serve(ctx.clone(), listeners.ssh, ssh_config));
+    ctx.tasks
+        .spawn(ssh_server::serve(ctx.clone(), listeners.ssh, ssh_config));
     ctx.tasks.spawn(revocation_watch::run(ctx.clone()));
 
     let app = api::router(ctx.clone());

@@ -68,7 +68,11 @@ pub fn preferred_algorithms() -> Preferred {
 }
 
 /// Accepts agent connections until shutdown; each runs as a tracked task.
-pub async fn serve(ctx: Arc<RelayContext>, listener: TcpListener, config: Arc<russh::server::Config>) {
+pub async fn serve(
+    ctx: Arc<RelayContext>,
+    listener: TcpListener,
+    config: Arc<russh::server::Config>,
+) {
     loop {
         let (socket, peer) = tokio::select! {
             _ = ctx.shutdown.cancelled() => break,
@@ -85,7 +89,8 @@ pub async fn serve(ctx: Arc<RelayContext>, listener: TcpListener, config: Arc<ru
         let ctx2 = ctx.clone();
         let config = config.clone();
         let span = info_span!("ssh", %peer);
-        ctx.tasks.spawn(run_connection(ctx2, socket, peer, config).instrument(span));
+        ctx.tasks
+            .spawn(run_connection(ctx2, socket, peer, config).instrument(span));
     }
 }
 
@@ -229,7 +234,11 @@ impl russh::server::Handler for AgentHandler {
         Ok(())
     }
 
-    async fn channel_close(&mut self, _channel: ChannelId, _session: &mut Session) -> Result<(), Self::Error> {
+    async fn channel_close(
+        &mut self,
+        _channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
         Ok(())
     }
 }

@@ -24,7 +24,9 @@ pub enum StoreError {
     ApiKeyExists(String),
     #[error("no agent with id or name {0:?}")]
     AgentNotFound(String),
-    #[error("invalid name {0:?}: use 1–64 letters, digits, '_' or '-', starting with a letter or digit")]
+    #[error(
+        "invalid name {0:?}: use 1–64 letters, digits, '_' or '-', starting with a letter or digit"
+    )]
     BadName(String),
     #[error("cannot create the store folder {path}: {source}")]
     Folder {

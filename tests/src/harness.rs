@@ -40,7 +40,10 @@ impl Logs {
             }
             std::thread::sleep(Duration::from_millis(25));
         }
-        bail!("no log line with {needle:?} within {limit:?}; logs:\n{}", self.text())
+        bail!(
+            "no log line with {needle:?} within {limit:?}; logs:\n{}",
+            self.text()
+        )
     }
 }
 
@@ -211,7 +214,10 @@ pub fn relay_cli(bins: &Bins, args: &[&str]) -> Result<String> {
 /// Creates an agent with the CLI; returns (id, token).
 pub fn create_agent(bins: &Bins, state_dir: &Path, name: &str) -> Result<(String, String)> {
     let dir = state_dir.to_string_lossy();
-    let out = relay_cli(bins, &["agent", "create", name, "--state-dir", &dir, "--json"])?;
+    let out = relay_cli(
+        bins,
+        &["agent", "create", name, "--state-dir", &dir, "--json"],
+    )?;
     let v: serde_json::Value = serde_json::from_str(&out)?;
     Ok((
         v["id"].as_str().unwrap_or_default().to_owned(),
@@ -221,7 +227,10 @@ pub fn create_agent(bins: &Bins, state_dir: &Path, name: &str) -> Result<(String
 
 pub fn create_api_key(bins: &Bins, state_dir: &Path, name: &str) -> Result<String> {
     let dir = state_dir.to_string_lossy();
-    let out = relay_cli(bins, &["apikey", "create", name, "--state-dir", &dir, "--json"])?;
+    let out = relay_cli(
+        bins,
+        &["apikey", "create", name, "--state-dir", &dir, "--json"],
+    )?;
     let v: serde_json::Value = serde_json::from_str(&out)?;
     Ok(v["key"].as_str().unwrap_or_default().to_owned())
 }
@@ -255,13 +264,18 @@ impl Api {
     }
 
     /// Polls until the agent's `online` equals `online`, bounded by `limit`.
-    pub async fn wait_online(&self, agent: &str, online: bool, limit: Duration) -> Result<AgentInfo> {
+    pub async fn wait_online(
+        &self,
+        agent: &str,
+        online: bool,
+        limit: Duration,
+    ) -> Result<AgentInfo> {
         let deadline = Instant::now() + limit;
         loop {
-            if let Ok(info) = self.agent(agent).await {
-                if info.online == online {
-                    return Ok(info);
-                }
+            if let Ok(info) = self.agent(agent).await
+                && info.online == online
+            {
+                return Ok(info);
             }
             if Instant::now() >= deadline {
                 bail!("agent {agent} not online={online} within {limit:?}");
@@ -271,10 +285,18 @@ impl Api {
     }
 
     /// `GET /v1/agents/{agent}/connections/{connection}/http{path}`.
-    pub async fn call(&self, agent: &str, connection: &str, path: &str) -> Result<reqwest::Response> {
+    pub async fn call(
+        &self,
+        agent: &str,
+        connection: &str,
+        path: &str,
+    ) -> Result<reqwest::Response> {
         Ok(self
             .http
-            .get(format!("{}/v1/agents/{agent}/connections/{connection}/http{path}", self.base))
+            .get(format!(
+                "{}/v1/agents/{agent}/connections/{connection}/http{path}",
+                self.base
+            ))
             .bearer_auth(&self.key)
             .send()
             .await?)
@@ -293,6 +315,13 @@ pub fn rss_kib(pid: u32) -> Result<u64> {
 }
 
 /// An agent config with one JWT connection (RS256) and one open connection.
-pub fn agent_config(relay: SocketAddr, fingerprint: &str, token: &str, connections: &str) -> String {
-    format!("relay = \"{relay}\"\nrelay_fingerprint = \"{fingerprint}\"\ntoken = \"{token}\"\n{connections}")
+pub fn agent_config(
+    relay: SocketAddr,
+    fingerprint: &str,
+    token: &str,
+    connections: &str,
+) -> String {
+    format!(
+        "relay = \"{relay}\"\nrelay_fingerprint = \"{fingerprint}\"\ntoken = \"{token}\"\n{connections}"
+    )
 }

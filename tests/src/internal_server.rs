@@ -66,7 +66,11 @@ impl InternalServer {
                 .with_graceful_shutdown(async move { stop.cancelled().await })
                 .await;
         });
-        Ok(Self { addr, seen, shutdown })
+        Ok(Self {
+            addr,
+            seen,
+            shutdown,
+        })
     }
 
     pub fn base_uri(&self) -> String {
@@ -99,7 +103,12 @@ async fn handle(State(state): State<AppState>, request: Request) -> Response {
     let headers = parts
         .headers
         .iter()
-        .map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .map(|(k, v)| {
+            (
+                k.as_str().to_owned(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
         .collect();
     if let Ok(mut seen) = state.seen.lock() {
         seen.push(Seen {
@@ -119,12 +128,17 @@ async fn handle(State(state): State<AppState>, request: Request) -> Response {
                 .into_response();
         }
     };
-    let body: Bytes = axum::body::to_bytes(body, 64 * 1024 * 1024).await.unwrap_or_default();
+    let body: Bytes = axum::body::to_bytes(body, 64 * 1024 * 1024)
+        .await
+        .unwrap_or_default();
     let path = parts.uri.path();
     if path.ends_with("/slow") {
         tokio::time::sleep(Duration::from_secs(3)).await;
     }
-    if let Some(size) = path.strip_prefix("/api/bytes/").and_then(|n| n.parse::<usize>().ok()) {
+    if let Some(size) = path
+        .strip_prefix("/api/bytes/")
+        .and_then(|n| n.parse::<usize>().ok())
+    {
         return (StatusCode::OK, vec![b'x'; size.min(64 * 1024 * 1024)]).into_response();
     }
     axum::Json(json!({

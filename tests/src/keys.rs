@@ -16,8 +16,11 @@ pub struct RsaTestKey {
 }
 
 pub fn rsa_2048() -> anyhow::Result<RsaTestKey> {
-    let pair = KeyPair::generate(KeySize::Rsa2048).map_err(|_| anyhow::anyhow!("RSA key generation failed"))?;
-    let private_der = pair.as_der().map_err(|_| anyhow::anyhow!("PKCS#8 encoding failed"))?;
+    let pair = KeyPair::generate(KeySize::Rsa2048)
+        .map_err(|_| anyhow::anyhow!("RSA key generation failed"))?;
+    let private_der = pair
+        .as_der()
+        .map_err(|_| anyhow::anyhow!("PKCS#8 encoding failed"))?;
     let public_der = pair.public_key().as_ref().to_vec();
     Ok(RsaTestKey {
         private_pem: pem("PRIVATE KEY", private_der.as_ref()),

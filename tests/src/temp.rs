@@ -15,8 +15,12 @@ impl TempDir {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos())
             .unwrap_or(0);
-        let path = std::env::temp_dir().join(format!("postern-{tag}-{}-{n}-{nanos}", std::process::id()));
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&path)?;
+        let path =
+            std::env::temp_dir().join(format!("postern-{tag}-{}-{n}-{nanos}", std::process::id()));
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&path)?;
         Ok(Self(path))
     }
 

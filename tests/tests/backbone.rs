@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use postern_tests::harness::{
-    AgentProcess, Api, Bins, RelayProcess, agent_config, create_agent, create_api_key, relay_cli, rss_kib,
+    AgentProcess, Api, Bins, RelayProcess, agent_config, create_agent, create_api_key, relay_cli,
+    rss_kib,
 };
 use postern_tests::internal_server::{InternalServer, Verifier};
 use postern_tests::keys::{self, RsaTestKey};
@@ -61,10 +62,13 @@ impl World {
         let (_id, token) = create_agent(&bins, &state, "warehouse-1")?;
         let api_key = create_api_key(&bins, &state, "platform")?;
         let key = keys::rsa_2048()?;
-        let internal = InternalServer::start(Verifier::Rs256(key.public_der.clone()), "orders").await?;
+        let internal =
+            InternalServer::start(Verifier::Rs256(key.public_der.clone()), "orders").await?;
         dir.write_private("orders.pem", &key.private_pem)?;
         let mut connections = orders_connection(&internal.base_uri(), "");
-        connections.push_str("\n[connections.dead]\nbase_uri = \"http://127.0.0.1:9/api\"\ntimeout = \"2s\"\n");
+        connections.push_str(
+            "\n[connections.dead]\nbase_uri = \"http://127.0.0.1:9/api\"\ntimeout = \"2s\"\n",
+        );
         let config = dir.write_private(
             "agent.toml",
             &agent_config(relay.ssh, &relay.fingerprint, &token, &connections),
@@ -107,7 +111,10 @@ print(json.dumps({"header": header, "claims": claims, "types": {k: type(v).__nam
         .write_all(format!("{token}\n{public_pem}").as_bytes())?;
     let out = child.wait_with_output()?;
     if !out.status.success() {
-        bail!("PyJWT refused the token: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "PyJWT refused the token: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(serde_json::from_slice(&out.stdout)?)
 }
@@ -118,7 +125,10 @@ async fn a_jwt_signed_call_crosses_the_tunnel_and_verifies_independently() -> Re
     let response = w
         .api
         .http
-        .post(format!("{}/v1/agents/warehouse-1/connections/orders/http/v2/orders?since=2026-01-01&x=%20y", w.api.base))
+        .post(format!(
+            "{}/v1/agents/warehouse-1/connections/orders/http/v2/orders?since=2026-01-01&x=%20y",
+            w.api.base
+        ))
         .bearer_auth(&w.api.key)
         .header("x-request-id", "req-123")
         .header("x-custom", "kept")
@@ -136,8 +146,17 @@ async fn a_jwt_signed_call_crosses_the_tunnel_and_verifies_independently() -> Re
     assert_eq!(seen.len(), 1);
     let request = &seen[0];
     assert_eq!(request.method, "POST");
-    assert_eq!(request.path_and_query, "/api/v2/orders?since=2026-01-01&x=%20y");
-    let header = |name: &str| request.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    assert_eq!(
+        request.path_and_query,
+        "/api/v2/orders?since=2026-01-01&x=%20y"
+    );
+    let header = |name: &str| {
+        request
+            .headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
     assert_eq!(header("x-custom").as_deref(), Some("kept"));
     assert_eq!(header("x-request-id").as_deref(), Some("req-123"));
     // The relay's API key never reaches the internal network.
@@ -165,8 +184,14 @@ async fn a_jwt_signed_call_crosses_the_tunnel_and_verifies_independently() -> Re
     assert!(!logs.contains(&w.api.key), "API key leaked into logs");
 
     let info = w.api.agent("warehouse-1").await?;
-    assert_eq!(info.connections, vec!["dead".to_owned(), "orders".to_owned()]);
-    assert_eq!(info.protocol_version, Some(postern_protocol::PROTOCOL_VERSION));
+    assert_eq!(
+        info.connections,
+        vec!["dead".to_owned(), "orders".to_owned()]
+    );
+    assert_eq!(
+        info.protocol_version,
+        Some(postern_protocol::PROTOCOL_VERSION)
+    );
     assert!(info.connected_since.is_some() && info.remote_addr.is_some());
     Ok(())
 }
@@ -215,7 +240,12 @@ async fn the_api_refuses_with_stable_codes() -> Result<()> {
     assert_eq!(r.status(), 503);
     assert_eq!(code(r.json().await?), "agent_offline");
 
-    let r = w.api.http.get(format!("{}/healthz", w.api.base)).send().await?;
+    let r = w
+        .api
+        .http
+        .get(format!("{}/healthz", w.api.base))
+        .send()
+        .await?;
     assert_eq!(r.status(), 200);
 
     // The API can create agents too; the token is shown once and works offline-checked.
@@ -248,7 +278,12 @@ async fn the_api_refuses_with_stable_codes() -> Result<()> {
         .await?
         .json()
         .await?;
-    let online: Vec<_> = list.agents.iter().filter(|a| a.online).map(|a| a.name.as_str()).collect();
+    let online: Vec<_> = list
+        .agents
+        .iter()
+        .filter(|a| a.online)
+        .map(|a| a.name.as_str())
+        .collect();
     assert_eq!(online, vec!["warehouse-1"]);
     assert_eq!(list.agents.len(), 3);
     Ok(())
@@ -296,7 +331,10 @@ async fn paths_cannot_escape_the_base_uri() -> Result<()> {
         assert_eq!(status, 400, "{attempt} → {text}");
         assert!(text.contains("path_rejected"), "{attempt} → {text}");
     }
-    assert!(w.internal.requests().is_empty(), "an escape attempt reached the internal server");
+    assert!(
+        w.internal.requests().is_empty(),
+        "an escape attempt reached the internal server"
+    );
     let (status, _) = raw_get(&w.api, &format!("{prefix}/fine/path"))?;
     assert_eq!(status, 200);
     assert_eq!(w.internal.requests()[0].path_and_query, "/api/fine/path");
@@ -318,11 +356,20 @@ async fn a_wrong_token_is_refused() -> Result<()> {
     };
     let config = dir.write_private(
         "agent.toml",
-        &agent_config(relay.ssh, &relay.fingerprint, &foreign, "[connections.a]\nbase_uri = \"http://127.0.0.1:9\"\n"),
+        &agent_config(
+            relay.ssh,
+            &relay.fingerprint,
+            &foreign,
+            "[connections.a]\nbase_uri = \"http://127.0.0.1:9\"\n",
+        ),
     )?;
     let agent = AgentProcess::start(&bins, &config)?;
-    agent.logs.wait_for("refused the access token", Duration::from_secs(15))?;
-    relay.logs.wait_for("agent authentication refused", Duration::from_secs(5))?;
+    agent
+        .logs
+        .wait_for("refused the access token", Duration::from_secs(15))?;
+    relay
+        .logs
+        .wait_for("agent authentication refused", Duration::from_secs(5))?;
     assert!(!api.agent("warehouse-1").await?.online);
 
     // A typo is caught offline, before any connection.
@@ -336,7 +383,11 @@ async fn a_wrong_token_is_refused() -> Result<()> {
         .arg(&config)
         .output()?;
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("checksum"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("checksum"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     Ok(())
 }
 
@@ -348,16 +399,22 @@ async fn a_wrong_fingerprint_is_refused_before_the_token_is_sent() -> Result<()>
     let relay = RelayProcess::start(&bins, &state, "127.0.0.1:0", "127.0.0.1:0")?;
     let (_, token) = create_agent(&bins, &state, "warehouse-1")?;
     let pinned = "SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
-    let config = dir.write_private(
-        "agent.toml",
-        &agent_config(relay.ssh, pinned, &token, ""),
-    )?;
+    let config = dir.write_private("agent.toml", &agent_config(relay.ssh, pinned, &token, ""))?;
     let agent = AgentProcess::start(&bins, &config)?;
-    agent.logs.wait_for("does not match the pinned fingerprint", Duration::from_secs(15))?;
+    agent.logs.wait_for(
+        "does not match the pinned fingerprint",
+        Duration::from_secs(15),
+    )?;
     let logs = agent.logs.text();
-    assert!(logs.contains(pinned) && logs.contains(&relay.fingerprint), "{logs}");
+    assert!(
+        logs.contains(pinned) && logs.contains(&relay.fingerprint),
+        "{logs}"
+    );
     assert!(!relay.logs.contains("agent authenticated"));
-    assert!(!relay.logs.contains("authentication refused"), "the token must never be sent");
+    assert!(
+        !relay.logs.contains("authentication refused"),
+        "the token must never be sent"
+    );
     Ok(())
 }
 
@@ -366,16 +423,32 @@ async fn the_fingerprint_matches_openssh() -> Result<()> {
     let dir = TempDir::new("fp")?;
     let bins = bins();
     let state = dir.path().join("relay");
-    let printed = relay_cli(&bins, &["fingerprint", "--state-dir", &state.to_string_lossy()])?;
+    let printed = relay_cli(
+        &bins,
+        &["fingerprint", "--state-dir", &state.to_string_lossy()],
+    )?;
     let relay = RelayProcess::start(&bins, &state, "127.0.0.1:0", "127.0.0.1:0")?;
     assert_eq!(printed.trim(), relay.fingerprint);
     let scan = std::process::Command::new("ssh-keyscan")
-        .args(["-t", "ed25519", "-p", &relay.ssh.port().to_string(), "127.0.0.1"])
+        .args([
+            "-t",
+            "ed25519",
+            "-p",
+            &relay.ssh.port().to_string(),
+            "127.0.0.1",
+        ])
         .output()?;
     let scanned = dir.write_private("scan", &String::from_utf8_lossy(&scan.stdout))?;
-    let keygen = std::process::Command::new("ssh-keygen").arg("-lf").arg(&scanned).output()?;
+    let keygen = std::process::Command::new("ssh-keygen")
+        .arg("-lf")
+        .arg(&scanned)
+        .output()?;
     let shown = String::from_utf8_lossy(&keygen.stdout);
-    assert!(shown.contains(&relay.fingerprint), "ssh-keygen shows {shown:?}, relay prints {}", relay.fingerprint);
+    assert!(
+        shown.contains(&relay.fingerprint),
+        "ssh-keygen shows {shown:?}, relay prints {}",
+        relay.fingerprint
+    );
     Ok(())
 }
 
@@ -384,15 +457,26 @@ async fn the_agent_comes_back_after_a_relay_restart() -> Result<()> {
     let mut w = World::start().await?;
     let (ssh, api_addr) = (w.relay.ssh.to_string(), w.relay.api.to_string());
     w.relay.kill();
-    w.api.wait_online("warehouse-1", false, Duration::from_secs(1)).await.ok();
+    w.api
+        .wait_online("warehouse-1", false, Duration::from_secs(1))
+        .await
+        .ok();
     let restarted = Instant::now();
     w.relay = RelayProcess::start(&w.bins, &w.relay.state_dir.clone(), &ssh, &api_addr)?;
-    w.api.wait_online("warehouse-1", true, ONLINE_WITHIN).await?;
+    w.api
+        .wait_online("warehouse-1", true, ONLINE_WITHIN)
+        .await?;
     let back_after = restarted.elapsed();
-    let r = w.api.call("warehouse-1", "orders", "/after-restart").await?;
+    let r = w
+        .api
+        .call("warehouse-1", "orders", "/after-restart")
+        .await?;
     assert_eq!(r.status(), 200, "{}", r.text().await?);
     // Backoff is capped by jitter from 250 ms; one or two attempts at most.
-    assert!(back_after < Duration::from_secs(5), "agent took {back_after:?} to return");
+    assert!(
+        back_after < Duration::from_secs(5),
+        "agent took {back_after:?} to return"
+    );
     Ok(())
 }
 
@@ -400,7 +484,10 @@ async fn the_agent_comes_back_after_a_relay_restart() -> Result<()> {
 async fn a_revoked_agent_is_dropped_at_once() -> Result<()> {
     let w = World::start().await?;
     let state = w.relay.state_dir.to_string_lossy().into_owned();
-    relay_cli(&w.bins, &["agent", "revoke", "warehouse-1", "--state-dir", &state])?;
+    relay_cli(
+        &w.bins,
+        &["agent", "revoke", "warehouse-1", "--state-dir", &state],
+    )?;
     // The CLI wrote to the store of the running relay; it notices within a second.
     let r_deadline = Instant::now() + Duration::from_secs(5);
     loop {
@@ -413,8 +500,12 @@ async fn a_revoked_agent_is_dropped_at_once() -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    w.agent.logs.wait_for("agent revoked", Duration::from_secs(5))?;
-    w.agent.logs.wait_for("refused the access token", Duration::from_secs(10))?;
+    w.agent
+        .logs
+        .wait_for("agent revoked", Duration::from_secs(5))?;
+    w.agent
+        .logs
+        .wait_for("refused the access token", Duration::from_secs(10))?;
     Ok(())
 }
 
@@ -429,7 +520,9 @@ async fn revoking_through_the_api_drops_the_session() -> Result<()> {
         .send()
         .await?;
     assert_eq!(r.status(), 204);
-    w.agent.logs.wait_for("agent revoked", Duration::from_secs(5))?;
+    w.agent
+        .logs
+        .wait_for("agent revoked", Duration::from_secs(5))?;
     let r = w.api.call("warehouse-1", "orders", "/x").await?;
     assert_eq!(r.status(), 404);
     Ok(())
@@ -439,13 +532,23 @@ async fn revoking_through_the_api_drops_the_session() -> Result<()> {
 async fn sigterm_drains_in_flight_calls_and_exits_0() -> Result<()> {
     let mut w = World::start().await?;
     // /slow answers after 3 s; give this connection a longer timeout.
-    let slow = w
-        .dir
-        .write_private("slow.toml", &agent_config(w.relay.ssh, &w.relay.fingerprint, &w.token, &orders_connection(&w.internal.base_uri(), "").replace("\"2s\"", "\"10s\"")))?;
+    let slow = w.dir.write_private(
+        "slow.toml",
+        &agent_config(
+            w.relay.ssh,
+            &w.relay.fingerprint,
+            &w.token,
+            &orders_connection(&w.internal.base_uri(), "").replace("\"2s\"", "\"10s\""),
+        ),
+    )?;
     let _ = w.agent.terminate()?;
-    w.api.wait_online("warehouse-1", false, Duration::from_secs(5)).await?;
+    w.api
+        .wait_online("warehouse-1", false, Duration::from_secs(5))
+        .await?;
     w.agent = AgentProcess::start(&w.bins, &slow)?;
-    w.api.wait_online("warehouse-1", true, ONLINE_WITHIN).await?;
+    w.api
+        .wait_online("warehouse-1", true, ONLINE_WITHIN)
+        .await?;
     let api = w.api.clone();
     let call = tokio::spawn(async move { api.call("warehouse-1", "orders", "/slow").await });
     // Wait until the call is at the internal server, then ask the agent to stop.
@@ -456,7 +559,12 @@ async fn sigterm_drains_in_flight_calls_and_exits_0() -> Result<()> {
     let status = w.agent.terminate()?;
     assert!(status.success(), "agent exited with {status}");
     let response = call.await??;
-    assert_eq!(response.status(), 200, "the in-flight call was cut: {}", response.text().await?);
+    assert_eq!(
+        response.status(),
+        200,
+        "the in-flight call was cut: {}",
+        response.text().await?
+    );
     Ok(())
 }
 
@@ -499,8 +607,102 @@ async fn memory_stays_flat_over_20000_calls() -> Result<()> {
         "{CALLS} calls in {:?}: relay {relay0} → {relay1} KiB, agent {agent0} → {agent1} KiB",
         started.elapsed()
     );
-    assert!(relay1.saturating_sub(relay0) < MAX_GROWTH_KIB, "relay grew {relay0} → {relay1} KiB");
-    assert!(agent1.saturating_sub(agent0) < MAX_GROWTH_KIB, "agent grew {agent0} → {agent1} KiB");
+    assert!(
+        relay1.saturating_sub(relay0) < MAX_GROWTH_KIB,
+        "relay grew {relay0} → {relay1} KiB"
+    );
+    assert!(
+        agent1.saturating_sub(agent0) < MAX_GROWTH_KIB,
+        "agent grew {agent0} → {agent1} KiB"
+    );
     assert_eq!(w.internal.requests().len(), CALLS);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn init_writes_a_private_config_that_connects() -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new("init")?;
+    let bins = bins();
+    let state = dir.path().join("relay");
+    let relay = RelayProcess::start(&bins, &state, "127.0.0.1:0", "127.0.0.1:0")?;
+    let (_, token) = create_agent(&bins, &state, "warehouse-1")?;
+    let api = Api::new(relay.api_base(), create_api_key(&bins, &state, "platform")?);
+    let config = dir.path().join("sub/agent.toml");
+    let init = |extra_env: Option<&str>, force: bool| {
+        let mut cmd = std::process::Command::new(&bins.agent);
+        cmd.args([
+            "init",
+            "--relay",
+            &relay.ssh.to_string(),
+            "--fingerprint",
+            &relay.fingerprint,
+            "--config",
+        ])
+        .arg(&config)
+        .env_remove("POSTERN_TOKEN")
+        .stdin(std::process::Stdio::null());
+        if force {
+            cmd.arg("--force");
+        }
+        if let Some(t) = extra_env {
+            cmd.env("POSTERN_TOKEN", t);
+        }
+        cmd.output()
+    };
+    // A mistyped token is refused and nothing is written.
+    let out = init(Some(&format!("{}0", &token[..token.len() - 1])), false)?;
+    assert!(!out.status.success());
+    assert!(!config.exists());
+    let out = init(Some(&token), false)?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::metadata(&config)?.permissions().mode() & 0o777,
+        0o600
+    );
+    // The token is not in the process's arguments and never printed.
+    assert!(!String::from_utf8_lossy(&out.stdout).contains(&token));
+    // No silent overwrite.
+    let out = init(Some(&token), false)?;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--force"));
+    // From a token file, replacing the config.
+    let token_file = dir.write_private("token", &format!("{token}\n"))?;
+    let out = std::process::Command::new(&bins.agent)
+        .args([
+            "init",
+            "--force",
+            "--relay",
+            &relay.ssh.to_string(),
+            "--fingerprint",
+            &relay.fingerprint,
+            "--token-file",
+        ])
+        .arg(&token_file)
+        .arg("--config")
+        .arg(&config)
+        .env_remove("POSTERN_TOKEN")
+        .stdin(std::process::Stdio::null())
+        .output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _agent = AgentProcess::start(&bins, &config)?;
+    api.wait_online("warehouse-1", true, ONLINE_WITHIN).await?;
+
+    // A config others can read is refused with the fix in the message.
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644))?;
+    let out = std::process::Command::new(&bins.agent)
+        .args(["run", "--config"])
+        .arg(&config)
+        .output()?;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("chmod 600"));
     Ok(())
 }

@@ -37,7 +37,7 @@ fn default_timeout() -> String {
 pub enum AuthFile {
     #[default]
     None,
-    JwtBearer(JwtBearerFile),
+    JwtBearer(Box<JwtBearerFile>),
 }
 
 #[derive(Debug, Deserialize)]

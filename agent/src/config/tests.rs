@@ -1,12 +1,20 @@
 use super::*;
 
-const TOKEN: &str = "pst_0123456789ABCDEFGHIJabcdefghij0123456789";
-
 fn token() -> String {
     // A well-formed token made with the protocol's own generator.
-    SecretToken::generate(SecretKind::AgentToken, &[7u8; postern_protocol::token::BODY_LEN])
-        .expose()
-        .to_owned()
+    SecretToken::generate(
+        SecretKind::AgentToken,
+        &[7u8; postern_protocol::token::BODY_LEN],
+    )
+    .expose()
+    .to_owned()
+}
+
+/// A token with one character changed: right length, wrong checksum.
+fn typo_token() -> String {
+    let t = token();
+    let swapped = if &t[10..11] == "a" { "b" } else { "a" };
+    format!("{}{swapped}{}", &t[..10], &t[11..])
 }
 
 fn parse(text: &str) -> Result<AgentConfig, String> {
@@ -54,46 +62,81 @@ base_uri = "https://inventory.internal"
 fn refuses_what_users_get_wrong() {
     let cases = [
         (base("colour = 1"), "unknown field"),
-        (base("[connections.a]\nbase_uri = \"ftp://x\""), "http:// or https://"),
-        (base("[connections.a]\nbase_uri = \"http://x\"\ntimeout = \"soon\""), "timeout"),
-        (base("[connections.a]\nbase_uri = \"http://x/?q=1\""), "query"),
-        (base("[connections.\"a b\"]\nbase_uri = \"http://x\""), "letters, digits"),
         (
-            base("[connections.a]\nbase_uri = \"http://x\"\n[connections.a.auth]\ntype = \"jwt_bearer\"\nalgorithm = \"HS256\""),
+            base("[connections.a]\nbase_uri = \"ftp://x\""),
+            "http:// or https://",
+        ),
+        (
+            base("[connections.a]\nbase_uri = \"http://x\"\ntimeout = \"soon\""),
+            "timeout",
+        ),
+        (
+            base("[connections.a]\nbase_uri = \"http://x/?q=1\""),
+            "query",
+        ),
+        (
+            base("[connections.\"a b\"]\nbase_uri = \"http://x\""),
+            "letters, digits",
+        ),
+        (
+            base(
+                "[connections.a]\nbase_uri = \"http://x\"\n[connections.a.auth]\ntype = \"jwt_bearer\"\nalgorithm = \"HS256\"",
+            ),
             "set one of auth.secret",
         ),
         (
-            base("[connections.a]\nbase_uri = \"http://x\"\n[connections.a.auth]\ntype = \"jwt_bearer\"\nalgorithm = \"XX1\"\nsecret = \"s\""),
+            base(
+                "[connections.a]\nbase_uri = \"http://x\"\n[connections.a.auth]\ntype = \"jwt_bearer\"\nalgorithm = \"XX1\"\nsecret = \"s\"",
+            ),
             "algorithm",
         ),
         (
-            base("[connections.a]\nbase_uri = \"http://x\"\n[connections.a.auth]\ntype = \"jwt_bearer\"\nalgorithm = \"HS256\"\nsecret = \"s\"\nsecrte = \"t\""),
+            base(
+                "[connections.a]\nbase_uri = \"http://x\"\n[connections.a.auth]\ntype = \"jwt_bearer\"\nalgorithm = \"HS256\"\nsecret = \"s\"\nsecrte = \"t\"",
+            ),
             "unknown field",
         ),
         (
-            base("[connections.a]\nbase_uri = \"http://x\"\n[connections.a.auth]\ntype = \"jwt_bearer\"\nalgorithm = \"HS256\"\nsecret_env = \"NOPE\""),
+            base(
+                "[connections.a]\nbase_uri = \"http://x\"\n[connections.a.auth]\ntype = \"jwt_bearer\"\nalgorithm = \"HS256\"\nsecret_env = \"NOPE\"",
+            ),
             "NOPE is not set",
         ),
         (
-            format!("relay = \"r:1\"\nrelay_fingerprint = \"SHA256:x\"\ntoken = \"{TOKEN}\""),
+            format!(
+                "relay = \"r:1\"\nrelay_fingerprint = \"SHA256:x\"\ntoken = \"{}\"",
+                typo_token()
+            ),
             "checksum",
         ),
         (
-            format!("relay = \"r\"\nrelay_fingerprint = \"SHA256:x\"\ntoken = \"{}\"", token()),
+            format!(
+                "relay = \"r\"\nrelay_fingerprint = \"SHA256:x\"\ntoken = \"{}\"",
+                token()
+            ),
             "host:port",
         ),
         (
-            format!("relay = \"r:1\"\nrelay_fingerprint = \"MD5:x\"\ntoken = \"{}\"", token()),
+            format!(
+                "relay = \"r:1\"\nrelay_fingerprint = \"MD5:x\"\ntoken = \"{}\"",
+                token()
+            ),
             "SHA256",
         ),
         (
-            format!("relay = \"r:1\"\nrelay_fingerprint = \"SHA256:x\"\ntoken = \"{}\"\ntoken_env = \"X\"", token()),
+            format!(
+                "relay = \"r:1\"\nrelay_fingerprint = \"SHA256:x\"\ntoken = \"{}\"\ntoken_env = \"X\"",
+                token()
+            ),
             "only one of token",
         ),
     ];
     for (text, expected) in cases {
         let err = parse(&text).expect_err(&text);
-        assert!(err.contains(expected), "{text}\n→ {err}\n(expected {expected:?})");
+        assert!(
+            err.contains(expected),
+            "{text}\n→ {err}\n(expected {expected:?})"
+        );
     }
 }
 

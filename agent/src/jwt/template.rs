@@ -9,13 +9,19 @@ const SUPPORTED: &str = "{{now}}, {{now + N}}, {{now - N}}, {{uuid}}, {{env.NAME
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum TemplateError {
-    #[error("{path}: \"{{{{\" has no closing \"}}}}\" in {text:?}; write a template as {{{{now}}}}")]
+    #[error(
+        "{path}: \"{{{{\" has no closing \"}}}}\" in {text:?}; write a template as {{{{now}}}}"
+    )]
     Unterminated { path: String, text: String },
     #[error("{path}: unknown template \"{{{{{template}}}}}\"; expected one of {supported}", supported = SUPPORTED)]
     Unknown { path: String, template: String },
-    #[error("{path}: the template {{{{env.{name}}}}} needs the environment variable {name}, but it is not set")]
+    #[error(
+        "{path}: the template {{{{env.{name}}}}} needs the environment variable {name}, but it is not set"
+    )]
     MissingEnv { path: String, name: String },
-    #[error("{path}: the template \"{{{{{template}}}}}\" gives a time before 1970 or past the largest unix time")]
+    #[error(
+        "{path}: the template \"{{{{{template}}}}}\" gives a time before 1970 or past the largest unix time"
+    )]
     TimeOutOfRange { path: String, template: String },
 }
 
@@ -32,9 +38,16 @@ enum Node {
     Object(Vec<(String, Node)>),
     Array(Vec<Node>),
     /// A string that is exactly one template: renders to the template's natural JSON type.
-    Whole { path: String, template: String, expr: Expr },
+    Whole {
+        path: String,
+        template: String,
+        expr: Expr,
+    },
     /// Templates mixed with text: renders to a string.
-    Text { path: String, pieces: Vec<Piece> },
+    Text {
+        path: String,
+        pieces: Vec<Piece>,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -55,7 +68,9 @@ impl PayloadTemplate {
     /// Parses every string value (recursively through nested objects/arrays) once; unknown
     /// templates are an error naming the JSON path (e.g. `payload.exp`) and the template text.
     pub fn parse(payload: &Map<String, Value>) -> Result<Self, TemplateError> {
-        Ok(Self { fields: parse_object(payload, "payload")? })
+        Ok(Self {
+            fields: parse_object(payload, "payload")?,
+        })
     }
 
     /// Evaluates with the given clock (unix seconds) and an env lookup function.
@@ -73,7 +88,10 @@ impl PayloadTemplate {
     }
 }
 
-fn parse_object(object: &Map<String, Value>, path: &str) -> Result<Vec<(String, Node)>, TemplateError> {
+fn parse_object(
+    object: &Map<String, Value>,
+    path: &str,
+) -> Result<Vec<(String, Node)>, TemplateError> {
     object
         .iter()
         .map(|(key, value)| Ok((key.clone(), parse_value(value, &child_path(path, key))?)))
@@ -114,7 +132,10 @@ fn parse_string(text: &str, path: &str) -> Result<Node, TemplateError> {
     while let Some(open) = rest.find("{{") {
         let after_open = &rest[open + 2..];
         let Some(close) = after_open.find("}}") else {
-            return Err(TemplateError::Unterminated { path: path.to_owned(), text: text.to_owned() });
+            return Err(TemplateError::Unterminated {
+                path: path.to_owned(),
+                text: text.to_owned(),
+            });
         };
         if open > 0 {
             pieces.push(Piece::Literal(rest[..open].to_owned()));
@@ -124,7 +145,10 @@ fn parse_string(text: &str, path: &str) -> Result<Node, TemplateError> {
             path: path.to_owned(),
             template: template.to_owned(),
         })?;
-        pieces.push(Piece::Template { template: template.to_owned(), expr });
+        pieces.push(Piece::Template {
+            template: template.to_owned(),
+            expr,
+        });
         rest = &after_open[close + 2..];
     }
     if !rest.is_empty() {
@@ -138,7 +162,10 @@ fn parse_string(text: &str, path: &str) -> Result<Node, TemplateError> {
             template: template.clone(),
             expr: expr.clone(),
         },
-        _ => Node::Text { path: path.to_owned(), pieces },
+        _ => Node::Text {
+            path: path.to_owned(),
+            pieces,
+        },
     })
 }
 
@@ -203,7 +230,11 @@ fn render_object(
         .collect()
 }
 
-fn render_node(node: &Node, now: u64, env: &dyn Fn(&str) -> Option<String>) -> Result<Value, TemplateError> {
+fn render_node(
+    node: &Node,
+    now: u64,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Value, TemplateError> {
     match node {
         Node::Plain(value) => Ok(value.clone()),
         Node::Object(fields) => Ok(Value::Object(render_object(fields, now, env)?)),
@@ -213,7 +244,11 @@ fn render_node(node: &Node, now: u64, env: &dyn Fn(&str) -> Option<String>) -> R
                 .map(|item| render_node(item, now, env))
                 .collect::<Result<_, _>>()?,
         )),
-        Node::Whole { path, template, expr } => Ok(match eval(expr, path, template, now, env)? {
+        Node::Whole {
+            path,
+            template,
+            expr,
+        } => Ok(match eval(expr, path, template, now, env)? {
             Evaluated::Seconds(seconds) => Value::Number(Number::from(seconds)),
             Evaluated::Text(text) => Value::String(text),
         }),
@@ -222,10 +257,12 @@ fn render_node(node: &Node, now: u64, env: &dyn Fn(&str) -> Option<String>) -> R
             for piece in pieces {
                 match piece {
                     Piece::Literal(text) => out.push_str(text),
-                    Piece::Template { template, expr } => match eval(expr, path, template, now, env)? {
-                        Evaluated::Seconds(seconds) => out.push_str(&seconds.to_string()),
-                        Evaluated::Text(text) => out.push_str(&text),
-                    },
+                    Piece::Template { template, expr } => {
+                        match eval(expr, path, template, now, env)? {
+                            Evaluated::Seconds(seconds) => out.push_str(&seconds.to_string()),
+                            Evaluated::Text(text) => out.push_str(&text),
+                        }
+                    }
                 }
             }
             Ok(Value::String(out))
@@ -254,9 +291,14 @@ fn eval(
                 template: template.to_owned(),
             }),
         Expr::Uuid => Ok(Evaluated::Text(uuid::Uuid::new_v4().to_string())),
-        Expr::Env(name) => env(name)
-            .map(Evaluated::Text)
-            .ok_or_else(|| TemplateError::MissingEnv { path: path.to_owned(), name: name.clone() }),
+        Expr::Env(name) => {
+            env(name)
+                .map(Evaluated::Text)
+                .ok_or_else(|| TemplateError::MissingEnv {
+                    path: path.to_owned(),
+                    name: name.clone(),
+                })
+        }
     }
 }
 
@@ -301,15 +343,21 @@ mod tests {
                 "b": NOW, "c": NOW + 3600, "d": NOW - 60,
             })
         );
-        assert!(out["exp"].is_u64(), "exp must be an integer, not {}", out["exp"]);
+        assert!(
+            out["exp"].is_u64(),
+            "exp must be an integer, not {}",
+            out["exp"]
+        );
         let text = serde_json::to_string(&out).expect("serialises");
         assert!(text.contains(&format!("\"exp\":{}", NOW + 600)), "{text}");
     }
 
     #[test]
     fn templates_inside_longer_strings_are_interpolated_as_text() {
-        let out = render(json!({ "jti": "svc-{{now}}-{{ now + 1 }}.", "plain": "no {templates} here }}" }))
-            .expect("renders");
+        let out = render(
+            json!({ "jti": "svc-{{now}}-{{ now + 1 }}.", "plain": "no {templates} here }}" }),
+        )
+        .expect("renders");
         assert_eq!(out["jti"], json!(format!("svc-{NOW}-{}.", NOW + 1)));
         assert_eq!(out["plain"], json!("no {templates} here }}"));
     }
@@ -323,13 +371,18 @@ mod tests {
         assert!(uuid::Uuid::parse_str(jti).is_ok(), "{jti}");
         assert_ne!(a["jti"], b["jti"]);
         assert_ne!(a["sid"], b["sid"]);
-        assert!(a["sid"].as_str().is_some_and(|s| s.starts_with("s-") && s.len() == 38));
+        assert!(
+            a["sid"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("s-") && s.len() == 38)
+        );
     }
 
     #[test]
     fn env_templates_read_the_lookup_and_name_missing_variables() {
-        let t = template(json!({ "sub": "{{env.SERVICE_USER}}", "aud": ["api", "{{env.TENANT}}-x"] }))
-            .expect("parses");
+        let t =
+            template(json!({ "sub": "{{env.SERVICE_USER}}", "aud": ["api", "{{env.TENANT}}-x"] }))
+                .expect("parses");
         let env = |name: &str| match name {
             "SERVICE_USER" => Some("svc-orders".to_owned()),
             "TENANT" => Some("42".to_owned()),
@@ -341,8 +394,17 @@ mod tests {
 
         let only_user = |name: &str| (name == "SERVICE_USER").then(|| "u".to_owned());
         let err = t.render(NOW, &only_user).expect_err("TENANT is missing");
-        assert_eq!(err, TemplateError::MissingEnv { path: "payload.aud[1]".into(), name: "TENANT".into() });
-        assert!(err.to_string().contains("environment variable TENANT"), "{err}");
+        assert_eq!(
+            err,
+            TemplateError::MissingEnv {
+                path: "payload.aud[1]".into(),
+                name: "TENANT".into()
+            }
+        );
+        assert!(
+            err.to_string().contains("environment variable TENANT"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -355,27 +417,62 @@ mod tests {
     #[test]
     fn unknown_templates_name_their_path_and_text() {
         let err = template(json!({ "claims": { "exp": "{{now * 2}}" } })).expect_err("unknown");
-        assert_eq!(err, TemplateError::Unknown { path: "payload.claims.exp".into(), template: "now * 2".into() });
+        assert_eq!(
+            err,
+            TemplateError::Unknown {
+                path: "payload.claims.exp".into(),
+                template: "now * 2".into()
+            }
+        );
         let message = err.to_string();
-        assert!(message.contains("payload.claims.exp") && message.contains("{{now * 2}}"), "{message}");
-        assert!(message.contains("{{uuid}}"), "message lists the supported forms: {message}");
+        assert!(
+            message.contains("payload.claims.exp") && message.contains("{{now * 2}}"),
+            "{message}"
+        );
+        assert!(
+            message.contains("{{uuid}}"),
+            "message lists the supported forms: {message}"
+        );
 
-        for bad in ["{{}}", "{{nowish}}", "{{now + 1.5}}", "{{now + -5}}", "{{env.}}", "{{env.A-B}}", "{{UUID}}", "{{plus now 5}}"] {
+        for bad in [
+            "{{}}",
+            "{{nowish}}",
+            "{{now + 1.5}}",
+            "{{now + -5}}",
+            "{{env.}}",
+            "{{env.A-B}}",
+            "{{UUID}}",
+            "{{plus now 5}}",
+        ] {
             let err = template(json!({ "x": [1, bad] })).expect_err(bad);
-            assert!(matches!(&err, TemplateError::Unknown { path, .. } if path == "payload.x[1]"), "{bad}: {err}");
+            assert!(
+                matches!(&err, TemplateError::Unknown { path, .. } if path == "payload.x[1]"),
+                "{bad}: {err}"
+            );
         }
     }
 
     #[test]
     fn odd_keys_are_quoted_in_paths() {
-        let err = template(json!({ "https://example.com/claim": "{{nope}}" })).expect_err("unknown");
-        assert!(err.to_string().starts_with("payload[\"https://example.com/claim\"]:"), "{err}");
+        let err =
+            template(json!({ "https://example.com/claim": "{{nope}}" })).expect_err("unknown");
+        assert!(
+            err.to_string()
+                .starts_with("payload[\"https://example.com/claim\"]:"),
+            "{err}"
+        );
     }
 
     #[test]
     fn unterminated_braces_are_an_error() {
         let err = template(json!({ "sub": "user-{{uuid" })).expect_err("unterminated");
-        assert_eq!(err, TemplateError::Unterminated { path: "payload.sub".into(), text: "user-{{uuid".into() });
+        assert_eq!(
+            err,
+            TemplateError::Unterminated {
+                path: "payload.sub".into(),
+                text: "user-{{uuid".into()
+            }
+        );
         assert!(err.to_string().contains("no closing \"}}\""), "{err}");
         assert!(template(json!({ "sub": "{{now}} and {{" })).is_err());
     }
@@ -390,7 +487,10 @@ mod tests {
     fn time_before_epoch_is_an_error() {
         let t = template(json!({ "nbf": "{{now - 10}}" })).expect("parses");
         let err = t.render(5, &no_env).expect_err("before 1970");
-        assert!(matches!(err, TemplateError::TimeOutOfRange { ref path, .. } if path == "payload.nbf"), "{err}");
+        assert!(
+            matches!(err, TemplateError::TimeOutOfRange { ref path, .. } if path == "payload.nbf"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -80,7 +80,10 @@ async fn forward(
         Err(_) => {
             return Err(ApiError::new(
                 ErrorCode::UpstreamTimeout,
-                format!("no answer from the agent within {:?}", ctx.config.call_timeout),
+                format!(
+                    "no answer from the agent within {:?}",
+                    ctx.config.call_timeout
+                ),
             ));
         }
         Ok(Err(e)) => return Err(classify(&ctx, &live, &connection, &e)),
@@ -105,7 +108,10 @@ fn classify(
     if !still_live {
         return ApiError::new(
             ErrorCode::AgentOffline,
-            format!("the tunnel to agent {:?} closed during the call", live.agent_name),
+            format!(
+                "the tunnel to agent {:?} closed during the call",
+                live.agent_name
+            ),
         );
     }
     let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
@@ -137,9 +143,12 @@ fn upstream_uri(connection: &str, original: &Uri) -> Result<Uri, ApiError> {
         target.push('?');
         target.push_str(query);
     }
-    target
-        .parse()
-        .map_err(|_| ApiError::new(ErrorCode::PathRejected, "the request path is not a valid URI"))
+    target.parse().map_err(|_| {
+        ApiError::new(
+            ErrorCode::PathRejected,
+            "the request path is not a valid URI",
+        )
+    })
 }
 
 /// Drops hop-by-hop headers and any header the `Connection` header names.
@@ -192,7 +201,10 @@ mod tests {
     #[test]
     fn strips_hop_by_hop_and_connection_named_headers() {
         let mut h = HeaderMap::new();
-        h.insert("connection", HeaderValue::from_static("close, x-secret-hop"));
+        h.insert(
+            "connection",
+            HeaderValue::from_static("close, x-secret-hop"),
+        );
         h.insert("x-secret-hop", HeaderValue::from_static("1"));
         h.insert("transfer-encoding", HeaderValue::from_static("chunked"));
         h.insert("host", HeaderValue::from_static("relay"));

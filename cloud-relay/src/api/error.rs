@@ -42,7 +42,10 @@ impl IntoResponse for ApiError {
         let body = ErrorBody::new(self.code, self.message).to_json();
         let mut response = (status, body).into_response();
         let headers = response.headers_mut();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         headers.insert(POSTERN_ERROR, HeaderValue::from_static(self.code.as_str()));
         response
     }

@@ -75,7 +75,10 @@ impl SqliteStore {
         })
     }
 
-    fn with<T>(&self, f: impl FnOnce(&Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         // A panic while holding the lock leaves SQLite consistent; keep going.
         let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         f(&conn)
@@ -225,8 +228,14 @@ mod tests {
         let (store, dir) = temp_store("agents");
         let token = new_token(SecretKind::AgentToken);
         let agent = store.create_agent("warehouse-1", &token).expect("create");
-        assert_eq!(store.agent_for_token(&token).expect("q"), Some(agent.clone()));
-        assert_eq!(store.find_agent("warehouse-1").expect("q"), Some(agent.clone()));
+        assert_eq!(
+            store.agent_for_token(&token).expect("q"),
+            Some(agent.clone())
+        );
+        assert_eq!(
+            store.find_agent("warehouse-1").expect("q"),
+            Some(agent.clone())
+        );
         assert_eq!(store.find_agent(&agent.id).expect("q"), Some(agent.clone()));
         assert!(matches!(
             store.create_agent("warehouse-1", &new_token(SecretKind::AgentToken)),
@@ -238,7 +247,9 @@ mod tests {
         assert_eq!(store.agent_for_token(&token).expect("q"), None);
         assert!(store.list_agents().expect("list").is_empty());
         // The name is free again after revocation.
-        store.create_agent("warehouse-1", &other).expect("re-create");
+        store
+            .create_agent("warehouse-1", &other)
+            .expect("re-create");
         let _ = std::fs::remove_dir_all(dir);
     }
 
@@ -259,9 +270,20 @@ mod tests {
         let (store, dir) = temp_store("keys");
         let key = new_token(SecretKind::ApiKey);
         store.create_api_key("platform", &key).expect("create");
-        assert_eq!(store.api_key_name(&key).expect("q").as_deref(), Some("platform"));
-        assert_eq!(store.api_key_name(&new_token(SecretKind::ApiKey)).expect("q"), None);
-        assert!(matches!(store.create_api_key("bad name", &key), Err(StoreError::BadName(_))));
+        assert_eq!(
+            store.api_key_name(&key).expect("q").as_deref(),
+            Some("platform")
+        );
+        assert_eq!(
+            store
+                .api_key_name(&new_token(SecretKind::ApiKey))
+                .expect("q"),
+            None
+        );
+        assert!(matches!(
+            store.create_api_key("bad name", &key),
+            Err(StoreError::BadName(_))
+        ));
         let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -67,7 +67,11 @@ async fn demo() -> Result<()> {
     let api_key = new_token(SecretKind::ApiKey);
     store.create_api_key("demo", &api_key)?;
     drop(store);
-    let relay = tokio::spawn(postern_relay::run(relay_config, listeners, shutdown.clone()));
+    let relay = tokio::spawn(postern_relay::run(
+        relay_config,
+        listeners,
+        shutdown.clone(),
+    ));
 
     // 3. The agent, with one connection to the internal server.
     state.write_private("orders.pem", &key.private_pem)?;
@@ -91,15 +95,25 @@ payload = {{ iss = "postern", sub = "demo-service", aud = "orders", iat = "{{{{n
         base = internal.base_uri(),
     );
     let config_path = state.write_private("agent.toml", &config_text)?;
-    let agent_config = AgentConfig::resolve(ConfigFile::parse(&config_text)?, state.path(), &|_| None)?;
+    let agent_config =
+        AgentConfig::resolve(ConfigFile::parse(&config_text)?, state.path(), &|_| None)?;
     let (tunnel_state, mut watch_state) = watch::channel(TunnelState::default());
-    let agent = tokio::spawn(postern_agent::run(agent_config, shutdown.clone(), tunnel_state));
-    tokio::time::timeout(Duration::from_secs(20), watch_state.wait_for(|s| s.connected))
-        .await
-        .context("the agent did not connect within 20 s")??;
+    let agent = tokio::spawn(postern_agent::run(
+        agent_config,
+        shutdown.clone(),
+        tunnel_state,
+    ));
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        watch_state.wait_for(|s| s.connected),
+    )
+    .await
+    .context("the agent did not connect within 20 s")??;
 
     // 4. One call through the tunnel, like the integration platform would make it.
-    let url = format!("http://{api_addr}/v1/agents/demo-agent/connections/orders/http/v2/orders?since=2026-01-01");
+    let url = format!(
+        "http://{api_addr}/v1/agents/demo-agent/connections/orders/http/v2/orders?since=2026-01-01"
+    );
     let response = reqwest::Client::new()
         .get(&url)
         .bearer_auth(api_key.expose())
@@ -110,13 +124,19 @@ payload = {{ iss = "postern", sub = "demo-service", aud = "orders", iat = "{{{{n
     println!("postern demo: relay, agent and internal server are running on loopback.\n");
     println!("  relay SSH      {ssh_addr}  (host key {fingerprint})");
     println!("  relay API      http://{api_addr}");
-    println!("  internal API   {}  (accepts only RS256 JWTs with aud=orders)", internal.base_uri());
+    println!(
+        "  internal API   {}  (accepts only RS256 JWTs with aud=orders)",
+        internal.base_uri()
+    );
     println!("  agent config   {}\n", config_path.display());
     println!("GET {url}\n→ {status}\n{body}\n");
     if !status.is_success() {
         bail!("the demo call failed");
     }
-    println!("Try it yourself:\n\n  curl -s -H 'Authorization: Bearer {}' '{url}'\n", api_key.expose());
+    println!(
+        "Try it yourself:\n\n  curl -s -H 'Authorization: Bearer {}' '{url}'\n",
+        api_key.expose()
+    );
     if !once {
         println!("Press ctrl-c to stop.");
         postern_relay::cli::wait_for_signal().await;

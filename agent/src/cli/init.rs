@@ -1,0 +1,81 @@
+//! `postern init`: writes a validated config (0600) with the token read from a
+//! file, `POSTERN_TOKEN` or a prompt — never from an argument.
+
+use std::io::{IsTerminal, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use postern_protocol::{SecretKind, SecretToken};
+
+use crate::config::{self, AgentConfig};
+
+fn read_token(token_file: Option<&Path>) -> Result<String> {
+    if let Some(file) = token_file {
+        return Ok(std::fs::read_to_string(file)
+            .with_context(|| format!("reading {}", file.display()))?
+            .trim()
+            .to_owned());
+    }
+    if let Ok(token) = std::env::var("POSTERN_TOKEN") {
+        return Ok(token.trim().to_owned());
+    }
+    if std::io::stdin().is_terminal() {
+        return Ok(rpassword::prompt_password("Access token (pst_…): ")?
+            .trim()
+            .to_owned());
+    }
+    let mut text = String::new();
+    std::io::stdin().read_to_string(&mut text)?;
+    Ok(text.trim().to_owned())
+}
+
+pub(crate) fn init(
+    path: &Path,
+    relay: &str,
+    fingerprint: &str,
+    token_file: Option<&Path>,
+    force: bool,
+) -> Result<()> {
+    if path.exists() && !force {
+        bail!(
+            "{} exists already; pass --force to replace it",
+            path.display()
+        );
+    }
+    let token = SecretToken::parse(SecretKind::AgentToken, &read_token(token_file)?)
+        .context("the access token is not valid")?;
+    let text = format!(
+        "# Written by `postern init`. Add [connections.<name>] tables; see packaging/agent.example.toml.\n\
+         relay = {}\nrelay_fingerprint = {}\ntoken = {}\n",
+        toml_string(relay),
+        toml_string(fingerprint),
+        toml_string(token.expose()),
+    );
+    // Validate before writing, so a bad relay or fingerprint never lands on disk.
+    let file = config::ConfigFile::parse(&text)?;
+    AgentConfig::resolve(file, Path::new("."), &|_| None)?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+    }
+    let tmp = path.with_extension("toml.tmp");
+    let mut out = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    out.write_all(text.as_bytes())?;
+    out.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    println!("wrote {} (mode 0600)", path.display());
+    Ok(())
+}
+
+fn toml_string(s: &str) -> String {
+    toml::Value::String(s.to_owned()).to_string()
+}

@@ -1,0 +1,41 @@
+//! `postern run`: the daemon in the foreground; SIGINT/SIGTERM cancel the
+//! tunnel, which drains in-flight calls before it returns.
+
+use anyhow::{Context, Result};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::AgentConfig;
+use crate::tunnel::{self, TunnelState};
+
+pub(crate) fn run_daemon(config: AgentConfig) -> Result<()> {
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let shutdown = CancellationToken::new();
+        let signals = shutdown.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("shutdown requested; draining");
+            signals.cancel();
+        });
+        let (state, _watch) = watch::channel(TunnelState::default());
+        tunnel::run(config, shutdown, state).await?;
+        Ok(())
+    })
+}
+
+/// SIGINT or SIGTERM.
+pub async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -1,0 +1,767 @@
+//! Signs compact JWTs: checks once that the key fits the algorithm, then renders the
+//! payload template and signs header + payload for every call.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::EncodingKey;
+use serde_json::{Map, Value};
+
+use super::key::{KeyError, KeyKind, load_private_key};
+use super::template::{PayloadTemplate, TemplateError};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Algorithm {
+    HS256,
+    HS384,
+    HS512,
+    RS256,
+    RS384,
+    RS512,
+    PS256,
+    PS384,
+    PS512,
+    ES256,
+    ES384,
+    EdDSA,
+}
+
+impl Algorithm {
+    pub const ALL: [Algorithm; 12] = [
+        Algorithm::HS256,
+        Algorithm::HS384,
+        Algorithm::HS512,
+        Algorithm::RS256,
+        Algorithm::RS384,
+        Algorithm::RS512,
+        Algorithm::PS256,
+        Algorithm::PS384,
+        Algorithm::PS512,
+        Algorithm::ES256,
+        Algorithm::ES384,
+        Algorithm::EdDSA,
+    ];
+
+    /// The name used in config files and in the JWT `alg` header.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Algorithm::HS256 => "HS256",
+            Algorithm::HS384 => "HS384",
+            Algorithm::HS512 => "HS512",
+            Algorithm::RS256 => "RS256",
+            Algorithm::RS384 => "RS384",
+            Algorithm::RS512 => "RS512",
+            Algorithm::PS256 => "PS256",
+            Algorithm::PS384 => "PS384",
+            Algorithm::PS512 => "PS512",
+            Algorithm::ES256 => "ES256",
+            Algorithm::ES384 => "ES384",
+            Algorithm::EdDSA => "EdDSA",
+        }
+    }
+
+    fn is_hmac(self) -> bool {
+        matches!(self, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512)
+    }
+
+    fn to_jsonwebtoken(self) -> jsonwebtoken::Algorithm {
+        use jsonwebtoken::Algorithm as J;
+        match self {
+            Algorithm::HS256 => J::HS256,
+            Algorithm::HS384 => J::HS384,
+            Algorithm::HS512 => J::HS512,
+            Algorithm::RS256 => J::RS256,
+            Algorithm::RS384 => J::RS384,
+            Algorithm::RS512 => J::RS512,
+            Algorithm::PS256 => J::PS256,
+            Algorithm::PS384 => J::PS384,
+            Algorithm::PS512 => J::PS512,
+            Algorithm::ES256 => J::ES256,
+            Algorithm::ES384 => J::ES384,
+            Algorithm::EdDSA => J::EdDSA,
+        }
+    }
+
+    /// What the key must be, in the words of the mismatch message.
+    fn key_requirement(self) -> &'static str {
+        match self {
+            Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => "a shared secret",
+            Algorithm::RS256
+            | Algorithm::RS384
+            | Algorithm::RS512
+            | Algorithm::PS256
+            | Algorithm::PS384
+            | Algorithm::PS512 => "an RSA key of at least 2048 bits",
+            Algorithm::ES256 => "an EC P-256 key",
+            Algorithm::ES384 => "an EC P-384 key",
+            Algorithm::EdDSA => "an Ed25519 key",
+        }
+    }
+
+    fn accepts(self, kind: KeyKind) -> bool {
+        match self {
+            Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => false,
+            Algorithm::RS256
+            | Algorithm::RS384
+            | Algorithm::RS512
+            | Algorithm::PS256
+            | Algorithm::PS384
+            | Algorithm::PS512 => matches!(kind, KeyKind::Rsa { bits } if bits >= 2048),
+            Algorithm::ES256 => kind == KeyKind::EcP256,
+            Algorithm::ES384 => kind == KeyKind::EcP384,
+            Algorithm::EdDSA => kind == KeyKind::Ed25519,
+        }
+    }
+}
+
+impl fmt::Display for Algorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Algorithm {
+    type Err = JwtError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Some(algorithm) = Algorithm::ALL.into_iter().find(|a| a.as_str() == s) {
+            return Ok(algorithm);
+        }
+        let near = Algorithm::ALL
+            .into_iter()
+            .find(|a| a.as_str().eq_ignore_ascii_case(s.trim()));
+        Err(JwtError::UnknownAlgorithm {
+            given: s.to_owned(),
+            hint: near
+                .map(|a| format!(" (names are case-sensitive: did you mean \"{a}\"?)"))
+                .unwrap_or_default(),
+        })
+    }
+}
+
+/// The signing key as configured.
+pub enum KeyMaterial {
+    Secret(Vec<u8>),
+    PrivateKeyPem(String),
+}
+
+impl fmt::Debug for KeyMaterial {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeyMaterial::Secret(secret) => write!(f, "Secret([redacted; {} bytes])", secret.len()),
+            KeyMaterial::PrivateKeyPem(_) => f.write_str("PrivateKeyPem([redacted])"),
+        }
+    }
+}
+
+/// Header fields whose RFC 7515 / 7797 values are not strings; as strings they would make
+/// every verifier reject the token.
+const NON_STRING_HEADERS: [&str; 4] = ["crit", "jwk", "x5c", "b64"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum JwtError {
+    #[error(
+        "unknown JWT algorithm {given:?}{hint}; expected one of HS256, HS384, HS512, RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA"
+    )]
+    UnknownAlgorithm { given: String, hint: String },
+    #[error(
+        "algorithm {algorithm} signs with a shared secret, but a private key was given; use an RS*, PS*, ES* or EdDSA algorithm with a private key"
+    )]
+    NeedsSecret { algorithm: Algorithm },
+    #[error(
+        "algorithm {algorithm} signs with a private key PEM, but a shared secret was given; use HS256, HS384 or HS512 with a shared secret"
+    )]
+    NeedsPrivateKey { algorithm: Algorithm },
+    #[error("algorithm {algorithm} needs a non-empty shared secret, but the secret is empty")]
+    EmptySecret { algorithm: Algorithm },
+    #[error("could not load the private key: {0}")]
+    Key(#[from] KeyError),
+    #[error("algorithm {algorithm} needs {needs}, but the key is {found}")]
+    KeyMismatch {
+        algorithm: Algorithm,
+        needs: &'static str,
+        found: KeyKind,
+    },
+    #[error(
+        "header alg is {given:?} but the algorithm is {algorithm}; remove alg from the headers (it is set from the algorithm) or make them match"
+    )]
+    HeaderAlgConflict { algorithm: Algorithm, given: String },
+    #[error(
+        "header {name} must be a JSON array, object or boolean, which a string-valued header cannot carry; remove it from the headers"
+    )]
+    NonStringHeader { name: String },
+    #[error(transparent)]
+    Template(#[from] TemplateError),
+    #[error("could not encode the JWT as JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("signing with {algorithm} failed: {source}")]
+    Signing {
+        algorithm: Algorithm,
+        source: jsonwebtoken::errors::Error,
+    },
+}
+
+/// Signs fresh JWTs for one connection.
+pub struct JwtSigner {
+    algorithm: Algorithm,
+    key: EncodingKey,
+    header_json: String,
+    /// base64url of `header_json`: the header never changes between tokens.
+    encoded_header: String,
+    payload: PayloadTemplate,
+}
+
+impl fmt::Debug for JwtSigner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JwtSigner")
+            .field("algorithm", &self.algorithm)
+            .field("key", &"[redacted]")
+            .field("header", &self.header_json)
+            .field("payload", &self.payload)
+            .finish()
+    }
+}
+
+impl JwtSigner {
+    /// Checks the key fits the algorithm (HS* need a Secret; RS*/PS* an RSA key of >= 2048 bits;
+    /// ES256 a P-256 key; ES384 a P-384 key; EdDSA an Ed25519 key). `headers` are extra JWT
+    /// header fields (kid, x5t, x5t#S256 or any custom string field); an `alg` among them must
+    /// equal `algorithm`; `typ` defaults to "JWT".
+    pub fn new(
+        algorithm: Algorithm,
+        key: KeyMaterial,
+        headers: &BTreeMap<String, String>,
+        payload: PayloadTemplate,
+    ) -> Result<Self, JwtError> {
+        let key = encoding_key(algorithm, key)?;
+        let header_json = serde_json::to_string(&header(algorithm, headers)?)?;
+        let encoded_header = URL_SAFE_NO_PAD.encode(&header_json);
+        Ok(Self {
+            algorithm,
+            key,
+            header_json,
+            encoded_header,
+            payload,
+        })
+    }
+
+    /// Signs a fresh token: renders the payload at `now_unix` with `env`, returns the compact JWT.
+    pub fn sign(
+        &self,
+        now_unix: u64,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<String, JwtError> {
+        let claims = self.payload.render(now_unix, env)?;
+        let encoded_claims = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims)?);
+        let signing_input = format!("{}.{encoded_claims}", self.encoded_header);
+        let signature = sign_input(&signing_input, &self.key, self.algorithm)?;
+        Ok(format!("{signing_input}.{signature}"))
+    }
+
+    pub fn algorithm(&self) -> Algorithm {
+        self.algorithm
+    }
+}
+
+/// HMAC secrets shorter than the hash output (32/48/64 bytes) are allowed; this lets the caller warn.
+pub fn hmac_secret_is_short(algorithm: Algorithm, secret_len: usize) -> bool {
+    let hash_len = match algorithm {
+        Algorithm::HS256 => 32,
+        Algorithm::HS384 => 48,
+        Algorithm::HS512 => 64,
+        _ => return false,
+    };
+    secret_len < hash_len
+}
+
+fn encoding_key(algorithm: Algorithm, key: KeyMaterial) -> Result<EncodingKey, JwtError> {
+    match key {
+        KeyMaterial::Secret(_) if !algorithm.is_hmac() => {
+            Err(JwtError::NeedsPrivateKey { algorithm })
+        }
+        KeyMaterial::Secret(secret) if secret.is_empty() => {
+            Err(JwtError::EmptySecret { algorithm })
+        }
+        KeyMaterial::Secret(secret) => Ok(EncodingKey::from_secret(&secret)),
+        KeyMaterial::PrivateKeyPem(_) if algorithm.is_hmac() => {
+            Err(JwtError::NeedsSecret { algorithm })
+        }
+        KeyMaterial::PrivateKeyPem(pem) => {
+            let (kind, key) = load_private_key(&pem)?;
+            if !algorithm.accepts(kind) {
+                return Err(JwtError::KeyMismatch {
+                    algorithm,
+                    needs: algorithm.key_requirement(),
+                    found: kind,
+                });
+            }
+            Ok(key)
+        }
+    }
+}
+
+fn header(
+    algorithm: Algorithm,
+    extra: &BTreeMap<String, String>,
+) -> Result<Map<String, Value>, JwtError> {
+    let mut header = Map::new();
+    header.insert("alg".to_owned(), Value::from(algorithm.as_str()));
+    header.insert("typ".to_owned(), Value::from("JWT"));
+    for (name, value) in extra {
+        if name == "alg" {
+            if value != algorithm.as_str() {
+                return Err(JwtError::HeaderAlgConflict {
+                    algorithm,
+                    given: value.clone(),
+                });
+            }
+        } else if NON_STRING_HEADERS.contains(&name.as_str()) {
+            return Err(JwtError::NonStringHeader { name: name.clone() });
+        } else {
+            header.insert(name.clone(), Value::from(value.as_str()));
+        }
+    }
+    Ok(header)
+}
+
+/// Signs `base64url(header) + "." + base64url(payload)` and returns the base64url signature.
+fn sign_input(
+    signing_input: &str,
+    key: &EncodingKey,
+    algorithm: Algorithm,
+) -> Result<String, JwtError> {
+    jsonwebtoken::crypto::sign(signing_input.as_bytes(), key, algorithm.to_jsonwebtoken())
+        .map_err(|source| JwtError::Signing { algorithm, source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jwt::key::test_keys::keys;
+    use jsonwebtoken::{DecodingKey, Validation};
+    use serde_json::json;
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    fn now() -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .expect("clock after 1970")
+    }
+
+    fn payload(value: Value) -> PayloadTemplate {
+        let Value::Object(map) = value else {
+            panic!("payload must be an object")
+        };
+        PayloadTemplate::parse(&map).expect("payload parses")
+    }
+
+    fn standard_payload() -> PayloadTemplate {
+        payload(json!({
+            "iss": "postern",
+            "sub": "{{env.SERVICE_USER}}",
+            "iat": "{{now}}",
+            "exp": "{{now + 600}}",
+            "jti": "{{uuid}}",
+            "scope": ["read", "write"],
+        }))
+    }
+
+    fn env(name: &str) -> Option<String> {
+        (name == "SERVICE_USER").then(|| "svc-orders".to_owned())
+    }
+
+    fn signer(algorithm: Algorithm, key: KeyMaterial) -> JwtSigner {
+        JwtSigner::new(algorithm, key, &BTreeMap::new(), standard_payload())
+            .unwrap_or_else(|e| panic!("{algorithm} signer: {e}"))
+    }
+
+    fn pem(text: &str) -> KeyMaterial {
+        KeyMaterial::PrivateKeyPem(text.to_owned())
+    }
+
+    fn new_err(algorithm: Algorithm, key: KeyMaterial) -> JwtError {
+        match JwtSigner::new(algorithm, key, &BTreeMap::new(), standard_payload()) {
+            Ok(_) => panic!("{algorithm} should be refused"),
+            Err(e) => e,
+        }
+    }
+
+    fn decode_part(part: &str) -> Value {
+        let bytes = URL_SAFE_NO_PAD.decode(part).expect("base64url");
+        serde_json::from_slice(&bytes).expect("json")
+    }
+
+    fn verify(token: &str, algorithm: Algorithm, key: &DecodingKey) -> Value {
+        let validation = Validation::new(algorithm.to_jsonwebtoken());
+        jsonwebtoken::decode::<Value>(token, key, &validation)
+            .unwrap_or_else(|e| panic!("{algorithm} token must verify: {e}"))
+            .claims
+    }
+
+    #[test]
+    fn every_algorithm_signs_tokens_that_verify() {
+        let k = keys();
+        let rsa = DecodingKey::from_rsa_pem(k.rsa_public.as_bytes()).expect("rsa public");
+        let ec256 = DecodingKey::from_ec_pem(k.ec256_public.as_bytes()).expect("ec256 public");
+        let ec384 = DecodingKey::from_ec_pem(k.ec384_public.as_bytes()).expect("ec384 public");
+        let ed = DecodingKey::from_ed_pem(k.ed25519_public.as_bytes()).expect("ed public");
+        let hmac = DecodingKey::from_secret(SECRET);
+        let cases: Vec<(Algorithm, &str, &DecodingKey)> = vec![
+            (Algorithm::HS256, "", &hmac),
+            (Algorithm::HS384, "", &hmac),
+            (Algorithm::HS512, "", &hmac),
+            (Algorithm::RS256, &k.rsa_pkcs8, &rsa),
+            (Algorithm::RS384, &k.rsa_pkcs1, &rsa),
+            (Algorithm::RS512, &k.rsa_pkcs8, &rsa),
+            (Algorithm::PS256, &k.rsa_pkcs1, &rsa),
+            (Algorithm::PS384, &k.rsa_pkcs8, &rsa),
+            (Algorithm::PS512, &k.rsa_pkcs8, &rsa),
+            (Algorithm::ES256, &k.ec256_sec1, &ec256),
+            (Algorithm::ES256, &k.ec256_pkcs8, &ec256),
+            (Algorithm::ES384, &k.ec384_sec1, &ec384),
+            (Algorithm::ES384, &k.ec384_pkcs8, &ec384),
+            (Algorithm::EdDSA, &k.ed25519_pkcs8, &ed),
+        ];
+        let now = now();
+        for (algorithm, private, public) in cases {
+            let key = if algorithm.is_hmac() {
+                KeyMaterial::Secret(SECRET.to_vec())
+            } else {
+                pem(private)
+            };
+            let token = signer(algorithm, key).sign(now, &env).expect("signs");
+            let claims = verify(&token, algorithm, public);
+            assert_eq!(claims["exp"], json!(now + 600), "{algorithm}");
+            assert!(
+                claims["exp"].is_u64() && claims["iat"].is_u64(),
+                "{algorithm}: times are integers"
+            );
+            assert_eq!(claims["sub"], json!("svc-orders"));
+            assert_eq!(claims["scope"], json!(["read", "write"]));
+            let header = decode_part(token.split('.').next().unwrap_or_default());
+            assert_eq!(header, json!({ "alg": algorithm.as_str(), "typ": "JWT" }));
+        }
+    }
+
+    #[test]
+    fn pyjwt_verifies_rs256_es256_eddsa_and_hs256() {
+        let k = keys();
+        let now = now();
+        let cases = [
+            (Algorithm::RS256, pem(&k.rsa_pkcs1), k.rsa_public.clone()),
+            (Algorithm::ES256, pem(&k.ec256_sec1), k.ec256_public.clone()),
+            (
+                Algorithm::EdDSA,
+                pem(&k.ed25519_pkcs8),
+                k.ed25519_public.clone(),
+            ),
+            (
+                Algorithm::HS256,
+                KeyMaterial::Secret(SECRET.to_vec()),
+                String::from_utf8_lossy(SECRET).into_owned(),
+            ),
+        ];
+        let mut headers = BTreeMap::new();
+        headers.insert("kid".to_owned(), "key-1".to_owned());
+        let input: Vec<Value> = cases
+            .into_iter()
+            .map(|(algorithm, key, public)| {
+                let signer = JwtSigner::new(algorithm, key, &headers, standard_payload()).expect("signer");
+                json!({ "token": signer.sign(now, &env).expect("signs"), "key": public, "alg": algorithm.as_str() })
+            })
+            .collect();
+        let script = r#"
+import json, sys, jwt
+out = []
+for case in json.load(sys.stdin):
+    claims = jwt.decode(case["token"], case["key"], algorithms=[case["alg"]])
+    header = jwt.get_unverified_header(case["token"])
+    out.append({"claims": claims, "types": {k: type(v).__name__ for k, v in claims.items()}, "header": header})
+print(json.dumps(out))
+"#;
+        let mut child = Command::new("python3")
+            .args(["-c", script])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run python3");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(&serde_json::to_vec(&input).expect("json"))
+            .expect("write tokens");
+        let out = child.wait_with_output().expect("python3 finishes");
+        assert!(
+            out.status.success(),
+            "PyJWT refused a token: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let results: Vec<Value> =
+            serde_json::from_slice(&out.stdout).expect("python output is json");
+        assert_eq!(results.len(), 4);
+        for (result, case) in results.iter().zip(&input) {
+            let alg = &case["alg"];
+            assert_eq!(result["header"]["alg"], *alg);
+            assert_eq!(result["header"]["kid"], json!("key-1"));
+            assert_eq!(result["claims"]["exp"], json!(now + 600), "{alg}");
+            assert_eq!(result["claims"]["iss"], json!("postern"));
+            assert_eq!(
+                result["types"]["exp"],
+                json!("int"),
+                "{alg}: exp must be an int for PyJWT"
+            );
+            assert_eq!(
+                result["types"]["iat"],
+                json!("int"),
+                "{alg}: iat must be an int for PyJWT"
+            );
+            assert_eq!(result["types"]["jti"], json!("str"));
+        }
+    }
+
+    #[test]
+    fn mismatched_keys_are_refused_with_what_was_found() {
+        let k = keys();
+        let cases = [
+            (
+                Algorithm::RS256,
+                &k.ec256_pkcs8,
+                "algorithm RS256 needs an RSA key of at least 2048 bits, but the key is EC P-256",
+            ),
+            (
+                Algorithm::ES256,
+                &k.ec384_sec1,
+                "algorithm ES256 needs an EC P-256 key, but the key is EC P-384",
+            ),
+            (
+                Algorithm::PS256,
+                &k.rsa1024_pkcs8,
+                "algorithm PS256 needs an RSA key of at least 2048 bits, but the key is RSA 1024-bit",
+            ),
+            (
+                Algorithm::ES256,
+                &k.rsa_pkcs8,
+                "algorithm ES256 needs an EC P-256 key, but the key is RSA 2048-bit",
+            ),
+            (
+                Algorithm::ES384,
+                &k.ed25519_pkcs8,
+                "algorithm ES384 needs an EC P-384 key, but the key is Ed25519",
+            ),
+            (
+                Algorithm::EdDSA,
+                &k.ec256_sec1,
+                "algorithm EdDSA needs an Ed25519 key, but the key is EC P-256",
+            ),
+        ];
+        for (algorithm, key, message) in cases {
+            let err = new_err(algorithm, pem(key));
+            assert!(matches!(err, JwtError::KeyMismatch { .. }), "{err}");
+            assert_eq!(err.to_string(), message);
+        }
+        let err = new_err(Algorithm::RS256, pem(&k.rsa1024_pkcs8));
+        assert!(
+            err.to_string().ends_with("but the key is RSA 1024-bit"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn key_material_must_match_the_algorithm_family() {
+        let k = keys();
+        let err = new_err(Algorithm::HS256, pem(&k.ec256_pkcs8));
+        assert!(
+            matches!(
+                err,
+                JwtError::NeedsSecret {
+                    algorithm: Algorithm::HS256
+                }
+            ),
+            "{err}"
+        );
+        let err = new_err(Algorithm::RS256, KeyMaterial::Secret(SECRET.to_vec()));
+        assert!(
+            matches!(
+                err,
+                JwtError::NeedsPrivateKey {
+                    algorithm: Algorithm::RS256
+                }
+            ),
+            "{err}"
+        );
+        let err = new_err(Algorithm::HS512, KeyMaterial::Secret(Vec::new()));
+        assert!(matches!(err, JwtError::EmptySecret { .. }), "{err}");
+        let err = new_err(Algorithm::ES256, pem("garbage"));
+        assert!(
+            err.to_string()
+                .starts_with("could not load the private key: the private key is not PEM"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn extra_headers_are_added_and_alg_conflicts_refused() {
+        let mut headers = BTreeMap::new();
+        for (name, value) in [
+            ("kid", "k1"),
+            ("x5t", "dGh1bWI"),
+            ("x5t#S256", "c2hhMjU2"),
+            ("tenant", "acme"),
+            ("alg", "HS256"),
+            ("typ", "at+jwt"),
+        ] {
+            headers.insert(name.to_owned(), value.to_owned());
+        }
+        let signer = JwtSigner::new(
+            Algorithm::HS256,
+            KeyMaterial::Secret(SECRET.to_vec()),
+            &headers,
+            standard_payload(),
+        )
+        .expect("signer");
+        let token = signer.sign(now(), &env).expect("signs");
+        let header = decode_part(token.split('.').next().unwrap_or_default());
+        assert_eq!(
+            header,
+            json!({ "alg": "HS256", "typ": "at+jwt", "kid": "k1", "x5t": "dGh1bWI", "x5t#S256": "c2hhMjU2", "tenant": "acme" })
+        );
+        let decoded = jsonwebtoken::decode_header(&token).expect("jsonwebtoken reads the header");
+        assert_eq!(decoded.kid.as_deref(), Some("k1"));
+        assert_eq!(decoded.x5t_s256.as_deref(), Some("c2hhMjU2"));
+
+        headers.insert("alg".to_owned(), "RS256".to_owned());
+        let err = JwtSigner::new(
+            Algorithm::HS256,
+            KeyMaterial::Secret(SECRET.to_vec()),
+            &headers,
+            standard_payload(),
+        )
+        .expect_err("alg conflict");
+        assert_eq!(
+            err.to_string(),
+            "header alg is \"RS256\" but the algorithm is HS256; remove alg from the headers (it is set from the algorithm) or make them match"
+        );
+
+        let crit = BTreeMap::from([("crit".to_owned(), "exp".to_owned())]);
+        let err = JwtSigner::new(
+            Algorithm::HS256,
+            KeyMaterial::Secret(SECRET.to_vec()),
+            &crit,
+            standard_payload(),
+        )
+        .expect_err("crit is not a string");
+        assert!(
+            matches!(err, JwtError::NonStringHeader { ref name } if name == "crit"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn claims_are_the_rendered_json_and_tokens_differ() {
+        let signer = signer(Algorithm::HS256, KeyMaterial::Secret(SECRET.to_vec()));
+        let a = signer.sign(1_700_000_000, &env).expect("signs");
+        let b = signer.sign(1_700_000_000, &env).expect("signs");
+        assert_ne!(a, b, "a fresh jti makes every token unique");
+        let claims = decode_part(a.split('.').nth(1).unwrap_or_default());
+        assert_eq!(claims["exp"], json!(1_700_000_600u64));
+        let raw = String::from_utf8(
+            URL_SAFE_NO_PAD
+                .decode(a.split('.').nth(1).unwrap_or_default())
+                .expect("b64"),
+        )
+        .expect("utf8");
+        assert!(
+            raw.contains("\"exp\":1700000600"),
+            "numbers stay unquoted: {raw}"
+        );
+    }
+
+    #[test]
+    fn template_errors_surface_from_sign() {
+        let signer = signer(Algorithm::HS256, KeyMaterial::Secret(SECRET.to_vec()));
+        let err = signer
+            .sign(now(), &|_| None)
+            .expect_err("SERVICE_USER missing");
+        assert!(
+            matches!(err, JwtError::Template(TemplateError::MissingEnv { .. })),
+            "{err}"
+        );
+        assert!(err.to_string().contains("SERVICE_USER"), "{err}");
+    }
+
+    #[test]
+    fn rfc7515_a1_hs256_vector() {
+        // RFC 7515 Appendix A.1: the JWK `k` and the exact signing input, CRLFs included.
+        let k = "AyM1SysPpbyDfgZld3umj1qzKObwVMkoqQ-EstJQLr_T-1qS0gZH75aKtMN3Yj0iPS4hcgUuTwjAzZr1Z9CAow";
+        let signing_input = "eyJ0eXAiOiJKV1QiLA0KICJhbGciOiJIUzI1NiJ9.eyJpc3MiOiJqb2UiLA0KICJleHAiOjEzMDA4MTkzODAsDQogImh0dHA6Ly9leGFtcGxlLmNvbS9pc19yb290Ijp0cnVlfQ";
+        let secret = URL_SAFE_NO_PAD.decode(k).expect("k is base64url");
+        let key = encoding_key(Algorithm::HS256, KeyMaterial::Secret(secret)).expect("secret key");
+        let signature = sign_input(signing_input, &key, Algorithm::HS256).expect("signs");
+        assert_eq!(signature, "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk");
+    }
+
+    #[test]
+    fn algorithm_names_parse_exactly() {
+        for algorithm in Algorithm::ALL {
+            assert_eq!(
+                algorithm.as_str().parse::<Algorithm>().expect("parses"),
+                algorithm
+            );
+            assert_eq!(algorithm.to_string(), algorithm.as_str());
+        }
+        let err = "rs256".parse::<Algorithm>().expect_err("case-sensitive");
+        assert_eq!(
+            err.to_string(),
+            "unknown JWT algorithm \"rs256\" (names are case-sensitive: did you mean \"RS256\"?); expected one of HS256, HS384, HS512, RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA"
+        );
+        let err = "ES512".parse::<Algorithm>().expect_err("unsupported");
+        assert!(
+            err.to_string()
+                .starts_with("unknown JWT algorithm \"ES512\"; expected one of HS256"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn debug_output_hides_key_material() {
+        let secret = b"correct horse battery staple".to_vec();
+        assert_eq!(
+            format!("{:?}", KeyMaterial::Secret(secret.clone())),
+            "Secret([redacted; 28 bytes])"
+        );
+        let pem_text = keys().ec256_pkcs8.clone();
+        let body_line = pem_text.lines().nth(1).unwrap_or_default().to_owned();
+        assert!(!format!("{:?}", pem(&pem_text)).contains(&body_line));
+
+        let hs = signer(Algorithm::HS256, KeyMaterial::Secret(secret));
+        let debug = format!("{hs:?}");
+        assert!(
+            !debug.contains("correct horse") && debug.contains("[redacted]"),
+            "{debug}"
+        );
+        let es = signer(Algorithm::ES256, pem(&pem_text));
+        assert!(!format!("{es:?}").contains(&body_line));
+        assert_eq!(es.algorithm(), Algorithm::ES256);
+    }
+
+    #[test]
+    fn short_hmac_secrets_are_flagged() {
+        assert!(hmac_secret_is_short(Algorithm::HS256, 31));
+        assert!(!hmac_secret_is_short(Algorithm::HS256, 32));
+        assert!(hmac_secret_is_short(Algorithm::HS384, 47));
+        assert!(!hmac_secret_is_short(Algorithm::HS384, 48));
+        assert!(hmac_secret_is_short(Algorithm::HS512, 63));
+        assert!(!hmac_secret_is_short(Algorithm::HS512, 64));
+        assert!(!hmac_secret_is_short(Algorithm::RS256, 0));
+    }
+}
