@@ -706,3 +706,46 @@ async fn init_writes_a_private_config_that_connects() -> Result<()> {
     assert!(String::from_utf8_lossy(&out.stderr).contains("chmod 600"));
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn large_bodies_stream_both_ways() -> Result<()> {
+    const SIZE: usize = 24 * 1024 * 1024;
+    let w = World::start().await?;
+    let r = w
+        .api
+        .call("warehouse-1", "orders", &format!("/bytes/{SIZE}"))
+        .await?;
+    assert_eq!(r.status(), 200);
+    let body = r.bytes().await?;
+    assert_eq!(body.len(), SIZE);
+    assert!(body.iter().all(|b| *b == b'x'));
+    let upload = vec![b'y'; SIZE];
+    let r = w
+        .api
+        .http
+        .put(format!(
+            "{}/v1/agents/warehouse-1/connections/orders/http/upload",
+            w.api.base
+        ))
+        .bearer_auth(&w.api.key)
+        .body(upload)
+        .send()
+        .await?;
+    assert_eq!(r.status(), 200);
+    let echoed: serde_json::Value = r.json().await?;
+    assert_eq!(echoed["body_len"], SIZE);
+    // The CLI lists the agent the API sees.
+    let list = relay_cli(
+        &w.bins,
+        &[
+            "agent",
+            "list",
+            "--json",
+            "--state-dir",
+            &w.relay.state_dir.to_string_lossy(),
+        ],
+    )?;
+    let list: serde_json::Value = serde_json::from_str(&list)?;
+    assert_eq!(list["agents"][0]["name"], "warehouse-1");
+    Ok(())
+}
