@@ -34,6 +34,14 @@ pub enum ErrorCode {
     SigningFailed,
     /// The tunnel broke while the call was under way.
     TunnelError,
+    /// The RFC 7523 token exchange failed; the message carries the provider's error.
+    TokenExchangeFailed,
+    /// The connection's rate limit was hit and the call could not wait long enough.
+    RateLimited,
+    /// A request or response body, or the headers, exceeded a configured limit.
+    PayloadTooLarge,
+    /// Too many calls under way for this agent or connection.
+    TooManyCalls,
     /// Anything else; the message says what.
     Internal,
 }
@@ -54,6 +62,10 @@ impl ErrorCode {
             Self::UpstreamTimeout => "upstream_timeout",
             Self::SigningFailed => "signing_failed",
             Self::TunnelError => "tunnel_error",
+            Self::TokenExchangeFailed => "token_exchange_failed",
+            Self::RateLimited => "rate_limited",
+            Self::PayloadTooLarge => "payload_too_large",
+            Self::TooManyCalls => "too_many_calls",
             Self::Internal => "internal",
         }
     }
@@ -67,7 +79,9 @@ impl ErrorCode {
             Self::AgentExists => 409,
             Self::BadRequest | Self::PathRejected => 400,
             Self::AgentOffline => 503,
-            Self::UpstreamUnreachable | Self::TunnelError => 502,
+            Self::UpstreamUnreachable | Self::TunnelError | Self::TokenExchangeFailed => 502,
+            Self::RateLimited | Self::TooManyCalls => 429,
+            Self::PayloadTooLarge => 413,
             Self::UpstreamTimeout => 504,
             Self::SigningFailed | Self::Internal => 500,
         }
