@@ -75,7 +75,18 @@ pub struct RelayProcess {
 impl RelayProcess {
     /// Starts `serve`; `ssh`/`api` may be `127.0.0.1:0`. Returns once it listens.
     pub fn start(bins: &Bins, state_dir: &Path, ssh: &str, api: &str) -> Result<Self> {
-        let mut child = Command::new(&bins.relay)
+        Self::start_in(None, bins, state_dir, ssh, api)
+    }
+
+    /// Like `start`, inside the network namespace `netns` when given.
+    pub fn start_in(
+        netns: Option<&str>,
+        bins: &Bins,
+        state_dir: &Path,
+        ssh: &str,
+        api: &str,
+    ) -> Result<Self> {
+        let mut child = command_in(netns, &bins.relay)
             .args(["serve", "--state-dir"])
             .arg(state_dir)
             .args(["--ssh-listen", ssh, "--api-listen", api])
@@ -145,7 +156,12 @@ pub struct AgentProcess {
 
 impl AgentProcess {
     pub fn start(bins: &Bins, config: &Path) -> Result<Self> {
-        let mut child = Command::new(&bins.agent)
+        Self::start_in(None, bins, config)
+    }
+
+    /// Like `start`, inside the network namespace `netns` when given.
+    pub fn start_in(netns: Option<&str>, bins: &Bins, config: &Path) -> Result<Self> {
+        let mut child = command_in(netns, &bins.agent)
             .args(["run", "--config"])
             .arg(config)
             .env("RUST_LOG", "info")
@@ -176,6 +192,18 @@ impl Drop for AgentProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// `program`, or `ip netns exec <netns> program`.
+pub fn command_in(netns: Option<&str>, program: &Path) -> Command {
+    match netns {
+        Some(ns) => {
+            let mut cmd = Command::new("ip");
+            cmd.args(["netns", "exec", ns]).arg(program);
+            cmd
+        }
+        None => Command::new(program),
     }
 }
 

@@ -4,10 +4,12 @@
 //! # Layout
 //! - [`internal_server`]: a demo internal API that accepts only valid JWTs signed for it.
 //! - [`keys`]: RSA test keys made with aws-lc-rs, as PEM.
+//! - [`netns`]: a cloud and an on-prem network namespace behind a real firewall.
 //! - [`harness`]: starts the real relay and agent binaries on loopback and waits until ready.
 //! - [`temp`]: throwaway folders removed on drop.
 
 pub mod harness;
 pub mod internal_server;
 pub mod keys;
+pub mod netns;
 pub mod temp;
