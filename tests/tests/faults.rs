@@ -1,0 +1,214 @@
+//! Faults in the middle of work: the relay or the agent dies under load, the
+//! internal server breaks mid-answer. Every caller gets an answer; nothing is left behind.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use postern_tests::harness::{
+    AgentProcess, Api, Bins, RelayProcess, agent_config, create_agent, create_api_key,
+};
+use postern_tests::internal_server::{InternalServer, Verifier};
+use postern_tests::temp::TempDir;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn bins() -> Bins {
+    Bins {
+        relay: env!("CARGO_BIN_EXE_e2e-postern-relay").into(),
+        agent: env!("CARGO_BIN_EXE_e2e-postern").into(),
+    }
+}
+
+struct World {
+    dir: TempDir,
+    bins: Bins,
+    relay: RelayProcess,
+    agent: AgentProcess,
+    api: Api,
+    config: std::path::PathBuf,
+}
+
+async fn world(connections: &str) -> Result<World> {
+    let dir = TempDir::new("faults")?;
+    let bins = bins();
+    let state = dir.path().join("relay");
+    let relay = RelayProcess::start(&bins, &state, "127.0.0.1:0", "127.0.0.1:0")?;
+    let (_, token) = create_agent(&bins, &state, "a1")?;
+    let api = Api::new(relay.api_base(), create_api_key(&bins, &state, "platform")?);
+    let config = dir.write_private(
+        "agent.toml",
+        &agent_config(relay.ssh, &relay.fingerprint, &token, connections),
+    )?;
+    let agent = AgentProcess::start(&bins, &config)?;
+    api.wait_online("a1", true, Duration::from_secs(15)).await?;
+    Ok(World {
+        dir,
+        bins,
+        relay,
+        agent,
+        api,
+        config,
+    })
+}
+
+fn open_fds(pid: u32) -> Result<usize> {
+    Ok(std::fs::read_dir(format!("/proc/{pid}/fd"))?.count())
+}
+
+fn threads(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|v| v.trim().parse().ok())
+        .context("no Threads line")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn relay_killed_during_100_concurrent_calls() -> Result<()> {
+    let internal = InternalServer::start(Verifier::None, "").await?;
+    let mut w = world(&format!(
+        "[connections.orders]\nbase_uri = \"{}\"\ntimeout = \"10s\"\n",
+        internal.base_uri()
+    ))
+    .await?;
+    let agent_fds = open_fds(w.agent.pid())?;
+    // Slow calls (3 s each at the internal server), so all 100 are in flight at the kill.
+    let mut calls = Vec::new();
+    for i in 0..100 {
+        let api = w.api.clone();
+        calls.push(tokio::spawn(async move {
+            let started = Instant::now();
+            let result = tokio::time::timeout(
+                Duration::from_secs(15),
+                api.call("a1", "orders", &format!("/slow?i={i}")),
+            )
+            .await;
+            (started.elapsed(), result)
+        }));
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while internal.requests().len() < 100 {
+        if Instant::now() > deadline {
+            bail!(
+                "only {} calls reached the internal server",
+                internal.requests().len()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (ssh, api_addr) = (w.relay.ssh.to_string(), w.relay.api.to_string());
+    w.relay.kill();
+    let killed = Instant::now();
+    for call in calls {
+        let (elapsed, result) = call.await?;
+        // Every caller hears back well within the call timeout: here, a dropped connection.
+        let Ok(outcome) = result else {
+            bail!("a call hung after the relay died ({elapsed:?})");
+        };
+        assert!(outcome.is_err() || outcome.is_ok_and(|r| r.status().is_server_error()));
+    }
+    assert!(killed.elapsed() < Duration::from_secs(5));
+
+    w.relay = RelayProcess::start(&w.bins, &w.relay.state_dir.clone(), &ssh, &api_addr)?;
+    let restarted = Instant::now();
+    w.api
+        .wait_online("a1", true, Duration::from_secs(10))
+        .await?;
+    let back = restarted.elapsed();
+    eprintln!("agent back {back:?} after the relay restart");
+    assert!(back < Duration::from_secs(3), "agent took {back:?}");
+    let r = w.api.call("a1", "orders", "/after").await?;
+    assert_eq!(r.status(), 200);
+
+    // The agent let go of the dead session's channels and upstream calls.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let fds = open_fds(w.agent.pid())?;
+        if fds <= agent_fds + 4 {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("agent holds {fds} fds, {agent_fds} before the calls");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = &w.dir;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn agent_killed_and_restarted() -> Result<()> {
+    let internal = InternalServer::start(Verifier::None, "").await?;
+    let mut w = world(&format!(
+        "[connections.orders]\nbase_uri = \"{}\"\n",
+        internal.base_uri()
+    ))
+    .await?;
+    drop(w.agent);
+    // The relay notices the closed TCP connection at once.
+    w.api
+        .wait_online("a1", false, Duration::from_secs(3))
+        .await?;
+    let r = w.api.call("a1", "orders", "/x").await?;
+    assert_eq!(r.status(), 503);
+    let body: serde_json::Value = r.json().await?;
+    assert_eq!(body["error"]["code"], "agent_offline");
+    w.agent = AgentProcess::start(&w.bins, &w.config)?;
+    w.api
+        .wait_online("a1", true, Duration::from_secs(10))
+        .await?;
+    assert_eq!(w.api.call("a1", "orders", "/x").await?.status(), 200);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upstream_that_resets_mid_answer_gives_an_error_not_a_hang() -> Result<()> {
+    // Promises 1 MiB, sends 10 bytes, then resets the connection.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let mut buf = [0u8; 4096];
+            let _ = socket.read(&mut buf).await;
+            let _ = socket
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1048576\r\n\r\n0123456789")
+                .await;
+            // Abort (RST) rather than close, like a crashing server.
+            if let Ok(std_socket) = socket.into_std() {
+                let _ = socket2::SockRef::from(&std_socket).set_linger(Some(Duration::ZERO));
+            }
+        }
+    });
+    let mut w = world(&format!(
+        "[connections.flaky]\nbase_uri = \"http://{addr}/\"\ntimeout = \"5s\"\n"
+    ))
+    .await?;
+    let agent_threads = threads(w.agent.pid())?;
+    for _ in 0..20 {
+        let started = Instant::now();
+        let outcome = tokio::time::timeout(Duration::from_secs(10), async {
+            let r = w.api.call("a1", "flaky", "/x").await?;
+            let status = r.status();
+            let body = r.bytes().await?;
+            Ok::<_, anyhow::Error>((status, body))
+        })
+        .await
+        .context("the call hung")?;
+        // Either the caller sees a 5xx error, or the body breaks off: never a short body that looks whole.
+        if let Ok((status, body)) = &outcome {
+            assert!(
+                status.is_server_error(),
+                "{status} with {} bytes looked complete",
+                body.len()
+            );
+        }
+        assert!(started.elapsed() < Duration::from_secs(6));
+    }
+    // The tunnel is still fine for other calls.
+    w.api
+        .wait_online("a1", true, Duration::from_secs(1))
+        .await?;
+    assert!(threads(w.agent.pid())? <= agent_threads + 2);
+    let _ = w.agent.terminate()?;
+    Ok(())
+}
