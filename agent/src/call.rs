@@ -1,22 +1,29 @@
-//! One call: map the path under the connection's base, sign the JWT, send it
-//! with reqwest and stream the internal server's answer back; errors as JSON codes.
+//! One call: map the path under the connection's base, apply the rate limit, add the
+//! bearer token, send it with reqwest (once more on a stale token's 401), stream the answer.
+
+pub mod rate_limit;
+mod replay;
 
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::TryStreamExt;
-use http::header::{AUTHORIZATION, CONTENT_TYPE};
-use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
+use http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyDataStream, BodyExt, Full, StreamBody};
+use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use postern_protocol::headers::{POSTERN_ERROR, REQUEST_ID, is_hop_by_hop};
 use postern_protocol::{ErrorBody, ErrorCode};
 use tracing::{info, warn};
 
 use crate::config::{Auth, Connection};
+use crate::jwt::{Bearer, BearerError, BearerSource};
 use crate::upstream_url;
+use rate_limit::Limiter;
+pub(crate) use replay::RequestBody;
+use url::Url;
 
 pub type CallBody = BoxBody<Bytes, std::io::Error>;
 
@@ -24,6 +31,9 @@ pub type CallBody = BoxBody<Bytes, std::io::Error>;
 pub struct CallContext {
     pub connection: Arc<Connection>,
     pub http: reqwest::Client,
+    /// The token source of a `jwt_bearer` connection; its cache lives as long as the agent.
+    pub bearer: Option<BearerSource>,
+    pub limiter: Limiter,
 }
 
 impl CallContext {
@@ -35,7 +45,17 @@ impl CallContext {
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy()
             .build()?;
-        Ok(Self { connection, http })
+        let bearer = match &connection.auth {
+            Auth::None => None,
+            Auth::JwtBearer(jwt) => Some(BearerSource::new(jwt.clone())),
+        };
+        let limiter = Limiter::new(connection.rate_limit);
+        Ok(Self {
+            connection,
+            http,
+            bearer,
+            limiter,
+        })
     }
 }
 
@@ -84,40 +104,66 @@ async fn run(
     strip_for_hop(&mut headers);
     // Only the agent authenticates to the internal server.
     headers.remove(AUTHORIZATION);
-    if let Auth::JwtBearer(signer) = &conn.auth {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        let jwt = signer
-            .sign(now, &|name| std::env::var(name).ok())
-            .map_err(|e| (ErrorCode::SigningFailed, e.to_string()))?;
-        let value = HeaderValue::from_str(&format!("Bearer {jwt}")).map_err(|_| {
-            (
-                ErrorCode::SigningFailed,
-                "the JWT is not a valid header value".to_owned(),
-            )
-        })?;
-        headers.insert(AUTHORIZATION, value);
-    }
-    let body = reqwest::Body::wrap_stream(BodyDataStream::new(body));
-    let send = ctx
-        .http
-        .request(parts.method, url)
-        .headers(headers)
-        .body(body)
-        .send();
-    let upstream = match tokio::time::timeout(conn.timeout, send).await {
-        Err(_) => return Err(timeout_error(conn)),
-        Ok(Err(e)) if e.is_timeout() => return Err(timeout_error(conn)),
-        Ok(Err(e)) => {
-            return Err((
-                ErrorCode::UpstreamUnreachable,
-                format!("cannot reach {}: {}", conn.base_uri, error_chain(&e)),
-            ));
-        }
-        Ok(Ok(r)) => r,
+    ctx.limiter
+        .acquire(conn.max_wait)
+        .await
+        .map_err(|refused| rate_limited(conn, refused.needed))?;
+    let bearer = match &ctx.bearer {
+        Some(source) => Some(
+            source
+                .get(&ctx.http, conn.timeout)
+                .await
+                .map_err(bearer_error)?,
+        ),
+        None => None,
     };
+    // Only a token we had cached can be stale; a fresh one refused again would be refused again.
+    let may_retry = bearer.as_ref().is_some_and(|b| b.cached);
+    let body = if may_retry {
+        RequestBody::read_small(&headers, body).await.map_err(|e| {
+            (
+                ErrorCode::TunnelError,
+                format!("reading the request body: {e}"),
+            )
+        })?
+    } else {
+        RequestBody::stream(body)
+    };
+    let replay = body.replayable();
+    let mut upstream = send(ctx, &parts.method, &url, &headers, bearer.as_ref(), body).await?;
+    if upstream.status() == StatusCode::UNAUTHORIZED
+        && may_retry
+        && let (Some(source), Some(used)) = (&ctx.bearer, &bearer)
+    {
+        // Drop the refused token even when this call cannot be retried, so the next gets a new one.
+        source.invalidate(&used.header).await;
+        if let Some(replay) = replay {
+            let fresh = source
+                .get(&ctx.http, conn.timeout)
+                .await
+                .map_err(bearer_error)?;
+            info!(connection = %conn.name, "upstream refused the cached token; retrying once with a new one");
+            upstream = send(
+                ctx,
+                &parts.method,
+                &url,
+                &headers,
+                Some(&fresh),
+                RequestBody::Buffered(replay),
+            )
+            .await?;
+        }
+    }
+    if upstream.status() == StatusCode::TOO_MANY_REQUESTS
+        && let Some(pause) = upstream
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(rate_limit::parse_retry_after)
+    {
+        warn!(connection = %conn.name, pause_ms = pause.as_millis() as u64, "upstream asked to slow down; pausing the connection");
+        ctx.limiter.pause(pause);
+    }
     let mut builder = Response::builder().status(upstream.status());
     if let Some(h) = builder.headers_mut() {
         let mut upstream_headers = upstream.headers().clone();
@@ -133,6 +179,59 @@ async fn run(
         .map_err(|e| (ErrorCode::Internal, e.to_string()))
 }
 
+/// Sends the request once, bounded by the connection's timeout for the response headers.
+pub(crate) async fn send(
+    ctx: &CallContext,
+    method: &Method,
+    url: &Url,
+    headers: &HeaderMap,
+    bearer: Option<&Bearer>,
+    body: RequestBody,
+) -> Result<reqwest::Response, (ErrorCode, String)> {
+    let conn = &ctx.connection;
+    let mut request = ctx
+        .http
+        .request(method.clone(), url.clone())
+        .headers(headers.clone());
+    if let Some(bearer) = bearer {
+        request = request.header(AUTHORIZATION, bearer.header.clone());
+    }
+    // An empty buffered body stays absent, as the caller sent it.
+    let empty = matches!(&body, RequestBody::Buffered(b) if b.is_empty());
+    if !empty || headers.contains_key(CONTENT_LENGTH) {
+        request = request.body(body.into_reqwest());
+    }
+    match tokio::time::timeout(conn.timeout, request.send()).await {
+        Err(_) => Err(timeout_error(conn)),
+        Ok(Err(e)) if e.is_timeout() => Err(timeout_error(conn)),
+        Ok(Err(e)) => Err((
+            ErrorCode::UpstreamUnreachable,
+            format!("cannot reach {}: {}", conn.base_uri, error_chain(&e)),
+        )),
+        Ok(Ok(r)) => Ok(r),
+    }
+}
+
+fn bearer_error(e: BearerError) -> (ErrorCode, String) {
+    let code = match e {
+        BearerError::Exchange(_) => ErrorCode::TokenExchangeFailed,
+        BearerError::Signing(_) | BearerError::BadHeader => ErrorCode::SigningFailed,
+    };
+    (code, e.to_string())
+}
+
+fn rate_limited(conn: &Connection, needed: Duration) -> (ErrorCode, String) {
+    (
+        ErrorCode::RateLimited,
+        format!(
+            "connection {} is over its rate limit: the call would wait {:.1}s, longer than max_wait ({:?})",
+            conn.name,
+            needed.as_secs_f64(),
+            conn.max_wait
+        ),
+    )
+}
+
 fn timeout_error(conn: &Connection) -> (ErrorCode, String) {
     (
         ErrorCode::UpstreamTimeout,
@@ -140,7 +239,7 @@ fn timeout_error(conn: &Connection) -> (ErrorCode, String) {
     )
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

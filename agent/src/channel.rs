@@ -6,6 +6,7 @@ use std::sync::Arc;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use postern_protocol::channel_pump::{DEFAULT_LIMIT, pump};
 use russh::Channel;
 use russh::client::Msg;
 use tokio_util::sync::CancellationToken;
@@ -14,7 +15,8 @@ use tracing::debug;
 use crate::call::{self, CallContext};
 
 pub async fn serve(channel: Channel<Msg>, ctx: Arc<CallContext>, shutdown: CancellationToken) {
-    let io = TokioIo::new(channel.into_stream());
+    // Pumped: a slow internal server must not stall the tunnel's other channels.
+    let io = TokioIo::new(pump(channel, DEFAULT_LIMIT));
     let service = service_fn(move |request| {
         let ctx = ctx.clone();
         async move { Ok::<_, std::convert::Infallible>(call::handle(ctx, request).await) }

@@ -1,7 +1,9 @@
-//! The `postern` command line: `init` writes the config, `run` runs the
-//! daemon in the foreground until SIGINT/SIGTERM, then drains.
+//! The `postern` command line: `init` writes the config, `run` runs the daemon until
+//! SIGINT/SIGTERM; `jwt sign|decode` and `connection list|test` help set connections up.
 
+mod connection;
 mod init;
+mod jwt;
 mod logging;
 mod run;
 
@@ -51,6 +53,48 @@ enum Command {
     },
     /// Run the agent in the foreground.
     Run,
+    /// Sign or inspect JWTs.
+    Jwt {
+        #[command(subcommand)]
+        command: JwtCommand,
+    },
+    /// List connections or test one.
+    Connection {
+        #[command(subcommand)]
+        command: ConnectionCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum JwtCommand {
+    /// Print the JWT the connection would send now (for an exchange: the assertion).
+    Sign {
+        #[arg(long)]
+        connection: String,
+    },
+    /// Print a token's header and claims, like a local jwt.io.
+    Decode {
+        /// The compact JWT, or `-` to read it from stdin.
+        token: String,
+        /// Check the signature with this public key PEM (or, for HS*, a file holding the secret).
+        #[arg(long, value_name = "KEYFILE")]
+        verify_with: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConnectionCommand {
+    /// Show each connection's name, base URI and auth type (never secrets).
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send the connection's test request from here and report each step; exit 0 if it passed.
+    Test {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 pub fn main() -> ExitCode {
@@ -83,5 +127,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
             run::run_daemon(config)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Jwt {
+            command: JwtCommand::Decode { token, verify_with },
+        } => jwt::decode(&token, verify_with.as_deref()),
+        Command::Jwt {
+            command: JwtCommand::Sign { connection },
+        } => jwt::sign(&load(&path)?, &connection),
+        Command::Connection {
+            command: ConnectionCommand::List { json },
+        } => connection::list(&load(&path)?, json),
+        Command::Connection {
+            command: ConnectionCommand::Test { name, json },
+        } => connection::test(&load(&path)?, &name, json),
     }
+}
+
+fn load(path: &std::path::Path) -> Result<AgentConfig> {
+    AgentConfig::load(path).with_context(|| format!("loading {}", path.display()))
 }

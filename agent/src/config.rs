@@ -2,6 +2,8 @@
 //! reads token and key files, builds the signers, and validates everything.
 
 mod file;
+mod jwt_auth;
+mod limits;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -11,9 +13,9 @@ use std::time::Duration;
 use postern_protocol::{ConnectionName, SecretKind, SecretToken};
 use url::Url;
 
-pub use file::{AuthFile, ConfigFile, ConnectionFile, JwtBearerFile};
-
-use crate::jwt::{Algorithm, JwtSigner, KeyMaterial, PayloadTemplate};
+pub use file::{AuthFile, BodyEncoding, ConfigFile, ConnectionFile, ExchangeFile, JwtBearerFile};
+pub use jwt_auth::{CLIENT_ASSERTION_TYPE, Exchange, JWT_BEARER_GRANT, JwtBearer};
+pub use limits::{RateLimit, TestRequest};
 
 /// A loaded, validated config. Secrets inside never print in `Debug`.
 #[derive(Debug, Clone)]
@@ -33,12 +35,35 @@ pub struct Connection {
     /// Time allowed for the internal server's response headers, and between body reads.
     pub timeout: Duration,
     pub auth: Auth,
+    /// Calls per period as a token bucket; `None` is unlimited.
+    pub rate_limit: Option<RateLimit>,
+    /// How long a call may wait for the rate limit (or an upstream `Retry-After`) before `rate_limited`.
+    pub max_wait: Duration,
+    /// What `postern connection test` sends (default: `GET /`, any 2xx).
+    pub test: TestRequest,
 }
 
 #[derive(Debug)]
 pub enum Auth {
     None,
-    JwtBearer(Arc<JwtSigner>),
+    JwtBearer(Arc<JwtBearer>),
+}
+
+impl Auth {
+    /// A short description for listings; never holds secrets.
+    pub fn describe(&self) -> String {
+        match self {
+            Auth::None => "none".to_owned(),
+            Auth::JwtBearer(jwt) => match &jwt.exchange {
+                None => format!("jwt_bearer {} (direct)", jwt.signer.algorithm()),
+                Some(x) => format!(
+                    "jwt_bearer {} (exchange at {})",
+                    jwt.signer.algorithm(),
+                    x.token_url
+                ),
+            },
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -158,79 +183,33 @@ fn resolve_connection(
     }
     let auth = match conn.auth {
         AuthFile::None => Auth::None,
-        AuthFile::JwtBearer(jwt) => Auth::JwtBearer(Arc::new(resolve_jwt(*jwt, base_dir, env)?)),
+        AuthFile::JwtBearer(jwt) => {
+            Auth::JwtBearer(Arc::new(jwt_auth::resolve(*jwt, base_dir, env)?))
+        }
     };
+    let rate_limit = conn
+        .rate_limit
+        .map(limits::resolve_rate_limit)
+        .transpose()?;
+    let max_wait = limits::resolve_max_wait(conn.max_wait.as_deref())?;
+    let test = conn
+        .test
+        .map(limits::resolve_test)
+        .transpose()?
+        .unwrap_or_default();
     Ok(Connection {
         name,
         base_uri,
         timeout,
         auth,
+        rate_limit,
+        max_wait,
+        test,
     })
 }
 
-fn resolve_jwt(
-    jwt: JwtBearerFile,
-    base_dir: &Path,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<JwtSigner, String> {
-    let algorithm: Algorithm = jwt
-        .algorithm
-        .parse()
-        .map_err(|e| format!("auth.algorithm: {e}"))?;
-    let is_hmac = matches!(
-        algorithm,
-        Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512
-    );
-    let has_secret = jwt.secret.is_some() || jwt.secret_file.is_some() || jwt.secret_env.is_some();
-    let has_key = jwt.private_key.is_some()
-        || jwt.private_key_file.is_some()
-        || jwt.private_key_env.is_some();
-    let key = if is_hmac {
-        if has_key {
-            return Err(format!(
-                "auth: {algorithm:?} signs with a secret; remove private_key*"
-            ));
-        }
-        let secret = one_secret(
-            "auth.secret",
-            jwt.secret.as_deref(),
-            jwt.secret_file.as_deref(),
-            jwt.secret_env.as_deref(),
-            base_dir,
-            env,
-        )
-        .map_err(|e| e.to_string())?;
-        if crate::jwt::signer::hmac_secret_is_short(algorithm, secret.len()) {
-            tracing::warn!(
-                ?algorithm,
-                bytes = secret.len(),
-                "HMAC secret is shorter than the hash output; use a longer random secret"
-            );
-        }
-        KeyMaterial::Secret(secret.into_bytes())
-    } else {
-        if has_secret {
-            return Err(format!(
-                "auth: {algorithm:?} signs with a private key; remove secret*"
-            ));
-        }
-        let pem = one_secret(
-            "auth.private_key",
-            jwt.private_key.as_deref(),
-            jwt.private_key_file.as_deref(),
-            jwt.private_key_env.as_deref(),
-            base_dir,
-            env,
-        )
-        .map_err(|e| e.to_string())?;
-        KeyMaterial::PrivateKeyPem(pem)
-    };
-    let payload = PayloadTemplate::parse(&jwt.payload).map_err(|e| format!("auth.payload: {e}"))?;
-    JwtSigner::new(algorithm, key, &jwt.headers, payload).map_err(|e| format!("auth: {e}"))
-}
-
 /// Exactly one of inline / file / environment variable.
-fn one_secret(
+pub(crate) fn one_secret(
     what: &str,
     inline: Option<&str>,
     file: Option<&Path>,

@@ -1,9 +1,14 @@
 //! JWT signing for `jwt_bearer` connections: payload templates, private key loading,
-//! and the signer that turns both into a fresh compact token per call.
+//! the signer, and the bearer source that reuses or exchanges tokens (RFC 7523).
 
+pub mod bearer;
+pub mod certificate;
+pub mod encrypted_key;
+pub mod exchange;
 pub mod key;
 pub mod signer;
 pub mod template;
 
+pub use bearer::{Bearer, BearerError, BearerSource};
 pub use signer::{Algorithm, JwtError, JwtSigner, KeyMaterial};
 pub use template::{PayloadTemplate, TemplateError};

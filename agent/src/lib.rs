@@ -24,3 +24,4 @@ pub mod upstream_url;
 
 pub use config::AgentConfig;
 pub use tunnel::{TunnelState, run};
+pub mod connection_test;

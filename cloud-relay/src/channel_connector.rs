@@ -8,10 +8,9 @@ use std::task::{Context, Poll};
 use hyper::Uri;
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::TokioIo;
+use postern_protocol::channel_pump::{DEFAULT_LIMIT, PumpedStream, pump};
 use postern_protocol::version::FORWARD_ADDRESS;
 use postern_protocol::{ChannelTarget, ConnectionName};
-use russh::ChannelStream;
-use russh::server::Msg;
 
 /// Why a channel to the agent could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -62,13 +61,14 @@ impl tower::Service<Uri> for ChannelConnector {
                     },
                     _ => ConnectError::SessionClosed,
                 })?;
-            Ok(ChannelIo(TokioIo::new(channel.into_stream())))
+            // Pumped: a caller that stops reading must not stall the agent's other channels.
+            Ok(ChannelIo(TokioIo::new(pump(channel, DEFAULT_LIMIT))))
         })
     }
 }
 
 /// An SSH channel as a hyper connection.
-pub struct ChannelIo(TokioIo<ChannelStream<Msg>>);
+pub struct ChannelIo(TokioIo<PumpedStream>);
 
 impl Connection for ChannelIo {
     fn connected(&self) -> Connected {

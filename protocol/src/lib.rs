@@ -9,8 +9,12 @@
 //! - [`token`]: access tokens and API keys: prefix, body, checksum.
 //! - [`headers`]: header names and the hop-by-hop list.
 //! - [`api`]: JSON bodies of the relay's HTTP API.
+//! - `channel_pump` (feature `russh-io`, the one piece of I/O here, so both sides
+//!   drain SSH channels the same way): keeps one stalled reader from freezing a session.
 
 pub mod api;
+#[cfg(feature = "russh-io")]
+pub mod channel_pump;
 pub mod control;
 pub mod error;
 pub mod headers;

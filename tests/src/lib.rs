@@ -13,3 +13,4 @@ pub mod internal_server;
 pub mod keys;
 pub mod netns;
 pub mod temp;
+pub mod token_endpoint;

@@ -26,6 +26,44 @@ pub struct ConnectionFile {
     pub timeout: String,
     #[serde(default)]
     pub auth: AuthFile,
+    pub rate_limit: Option<RateLimitFile>,
+    /// How long a call may wait for the rate limit before it gets `rate_limited`.
+    pub max_wait: Option<String>,
+    /// The request `postern connection test` sends.
+    pub test: Option<TestFile>,
+}
+
+/// `test = { method = "GET", path = "/health", expect_status = 200 }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestFile {
+    #[serde(default = "default_test_method")]
+    pub method: String,
+    #[serde(default = "default_test_path")]
+    pub path: String,
+    pub expect_status: Option<u16>,
+}
+
+fn default_test_method() -> String {
+    "GET".to_owned()
+}
+
+fn default_test_path() -> String {
+    "/".to_owned()
+}
+
+/// `rate_limit = { requests = N, per = "1s", burst = M }`: a token bucket.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitFile {
+    pub requests: u32,
+    #[serde(default = "default_rate_per")]
+    pub per: String,
+    pub burst: Option<u32>,
+}
+
+fn default_rate_per() -> String {
+    "1s".to_owned()
 }
 
 fn default_timeout() -> String {
@@ -50,10 +88,50 @@ pub struct JwtBearerFile {
     pub private_key: Option<String>,
     pub private_key_file: Option<PathBuf>,
     pub private_key_env: Option<String>,
+    /// For a `BEGIN ENCRYPTED PRIVATE KEY` (PKCS#8) key.
+    pub private_key_passphrase_file: Option<PathBuf>,
+    pub private_key_passphrase_env: Option<String>,
+    /// Adds `x5t` and `x5t#S256` header thumbprints of this certificate.
+    pub certificate_file: Option<PathBuf>,
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
     #[serde(default)]
     pub payload: serde_json::Map<String, serde_json::Value>,
+    /// Adds `iat` and `exp` (now + lifetime) when the payload sets neither.
+    pub lifetime: Option<String>,
+    /// Direct bearer: reuse one JWT until this long before its `exp`.
+    pub reuse_for: Option<String>,
+    /// `text` (default) or `base64` for HMAC secrets.
+    pub secret_encoding: Option<String>,
+    /// Present: exchange the JWT for an access token (RFC 7523).
+    pub exchange: Option<ExchangeFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExchangeFile {
+    pub token_url: String,
+    pub grant_type: Option<String>,
+    #[serde(default)]
+    pub body: BodyEncoding,
+    #[serde(default)]
+    pub params: BTreeMap<String, String>,
+    #[serde(default)]
+    pub client_assertion: bool,
+    #[serde(default = "default_lifetime")]
+    pub default_lifetime: String,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BodyEncoding {
+    #[default]
+    Form,
+    Json,
+}
+
+fn default_lifetime() -> String {
+    "10m".to_owned()
 }
 
 impl ConfigFile {

@@ -151,3 +151,209 @@ fn the_shipped_example_parses() {
     let text = include_str!("../../../packaging/agent.example.toml");
     ConfigFile::parse(text).expect("packaging/agent.example.toml parses");
 }
+
+fn jwt_connection(auth: &str) -> String {
+    base(&format!(
+        "[connections.a]\nbase_uri = \"http://127.0.0.1:1/api\"\n[connections.a.auth]\ntype = \"jwt_bearer\"\n{auth}\n"
+    ))
+}
+
+fn jwt_of(cfg: &AgentConfig) -> Arc<JwtBearer> {
+    match &cfg.connection("a").expect("connection a").auth {
+        Auth::JwtBearer(jwt) => jwt.clone(),
+        Auth::None => panic!("expected jwt_bearer"),
+    }
+}
+
+fn claims_of(jwt: &JwtBearer) -> serde_json::Value {
+    use base64::Engine;
+    let token = jwt.signer.sign(1_700_000_000, &|_| None).expect("signs");
+    let part = token.split('.').nth(1).expect("payload part");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(part)
+        .expect("base64url");
+    serde_json::from_slice(&bytes).expect("json")
+}
+
+#[test]
+fn exchange_settings_parse_with_their_defaults() {
+    let cfg = parse(&jwt_connection(
+        "algorithm = \"HS256\"\nsecret_env = \"HMAC\"\npayload = { iss = \"x\" }\n[connections.a.auth.exchange]\ntoken_url = \"https://idp.example/token\"\nparams = { scope = \"api\" }",
+    ))
+    .expect("valid");
+    let jwt = jwt_of(&cfg);
+    let x = jwt.exchange.as_ref().expect("exchange");
+    assert_eq!(x.grant_type, JWT_BEARER_GRANT);
+    assert_eq!(x.body, BodyEncoding::Form);
+    assert!(!x.client_assertion);
+    assert_eq!(x.default_lifetime, Duration::from_secs(600));
+    assert_eq!(x.params["scope"], "api");
+    assert!(
+        cfg.connection("a")
+            .expect("a")
+            .auth
+            .describe()
+            .contains("exchange at https://idp.example/token")
+    );
+
+    let cfg = parse(&jwt_connection(
+        "algorithm = \"HS256\"\nsecret_env = \"HMAC\"\n[connections.a.auth.exchange]\ntoken_url = \"https://login.example/t\"\nclient_assertion = true\nbody = \"json\"\ndefault_lifetime = \"1h\"",
+    ))
+    .expect("valid");
+    let jwt = jwt_of(&cfg);
+    let x = jwt.exchange.as_ref().expect("exchange");
+    assert_eq!(x.grant_type, "client_credentials");
+    assert_eq!(x.body, BodyEncoding::Json);
+    assert_eq!(x.default_lifetime, Duration::from_secs(3600));
+}
+
+#[test]
+fn lifetime_adds_iat_and_exp_only_when_absent() {
+    let cfg = parse(&jwt_connection(
+        "algorithm = \"HS256\"\nsecret_env = \"HMAC\"\nlifetime = \"20m\"\npayload = { iss = \"x\" }",
+    ))
+    .expect("valid");
+    let claims = claims_of(&jwt_of(&cfg));
+    assert_eq!(claims["iat"], serde_json::json!(1_700_000_000u64));
+    assert_eq!(claims["exp"], serde_json::json!(1_700_001_200u64));
+    let cfg = parse(&jwt_connection(
+        "algorithm = \"HS256\"\nsecret_env = \"HMAC\"\nlifetime = \"20m\"\npayload = { exp = \"{{now + 60}}\" }",
+    ))
+    .expect("valid");
+    let claims = claims_of(&jwt_of(&cfg));
+    assert_eq!(
+        claims["exp"],
+        serde_json::json!(1_700_000_060u64),
+        "an explicit exp wins"
+    );
+    assert_eq!(claims["iat"], serde_json::json!(1_700_000_000u64));
+}
+
+#[test]
+fn base64_secrets_sign_with_the_decoded_bytes() {
+    use base64::Engine;
+    let raw = [0xA5u8; 32];
+    let encoded = base64::engine::general_purpose::STANDARD.encode(raw);
+    let cfg = parse(&jwt_connection(&format!(
+        "algorithm = \"HS256\"\nsecret = \"{encoded}\"\nsecret_encoding = \"base64\"\npayload = {{ iss = \"x\" }}"
+    )))
+    .expect("valid");
+    let token = jwt_of(&cfg)
+        .signer
+        .sign(1_700_000_000, &|_| None)
+        .expect("signs");
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+    validation.set_required_spec_claims::<&str>(&[]);
+    jsonwebtoken::decode::<serde_json::Value>(
+        &token,
+        &jsonwebtoken::DecodingKey::from_secret(&raw),
+        &validation,
+    )
+    .expect("verifies with the decoded secret");
+}
+
+#[test]
+fn jwt_options_refuse_what_users_get_wrong() {
+    let hs = "algorithm = \"HS256\"\nsecret_env = \"HMAC\"\n";
+    let x = "[connections.a.auth.exchange]\ntoken_url = \"https://idp.example/token\"\n";
+    let cases = [
+        (format!("{hs}secret_encoding = \"hex\""), "secret_encoding \"hex\": expected \"text\" or \"base64\""),
+        ("algorithm = \"HS256\"\nsecret = \"no!base64\"\nsecret_encoding = \"base64\"".to_owned(), "not valid base64"),
+        (format!("{hs}lifetime = \"soon\""), "auth.lifetime \"soon\""),
+        (format!("{hs}reuse_for = \"30s\""), "reuse_for needs an exp claim"),
+        (format!("{hs}reuse_for = \"30s\"\nlifetime = \"5m\"\n{x}"), "reuse_for applies to direct bearer"),
+        (format!("{hs}{x}params = {{ assertion = \"x\" }}"), "params.assertion is set by postern"),
+        (format!("{hs}[connections.a.auth.exchange]\ntoken_url = \"ftp://idp\""), "http:// or https://"),
+        (format!("{hs}{x}body = \"xml\""), "unknown variant `xml`"),
+        (format!("{hs}{x}default_lifetime = \"0s\""), "default_lifetime must be more than zero"),
+        (format!("{hs}{x}tokenurl = \"x\""), "unknown field"),
+        ("algorithm = \"ES256\"\nprivate_key_env = \"HMAC\"\nsecret_encoding = \"base64\"".to_owned(), "remove secret*"),
+        ("algorithm = \"ES256\"\nprivate_key_env = \"HMAC\"\nprivate_key_passphrase_env = \"NOPE\"".to_owned(), "NOPE is not set"),
+        ("algorithm = \"ES256\"\nprivate_key_env = \"HMAC\"\ncertificate_file = \"/nonexistent/cert.pem\"".to_owned(), "auth.certificate_file /nonexistent/cert.pem"),
+    ];
+    for (auth, expected) in cases {
+        let text = jwt_connection(&auth);
+        let err = parse(&text).expect_err(&text);
+        assert!(
+            err.contains(expected),
+            "{auth}\n→ {err}\n(expected {expected:?})"
+        );
+    }
+}
+
+#[test]
+fn rate_limits_parse_and_refuse_nonsense() {
+    let conn = |extra: &str| {
+        base(&format!(
+            "[connections.a]\nbase_uri = \"http://x\"\n{extra}\n"
+        ))
+    };
+    let cfg = parse(&conn(
+        "rate_limit = { requests = 10, per = \"1m\", burst = 3 }\nmax_wait = \"2s\"",
+    ))
+    .expect("valid");
+    let a = cfg.connection("a").expect("a");
+    assert_eq!(
+        a.rate_limit,
+        Some(RateLimit {
+            requests: 10,
+            per: Duration::from_secs(60),
+            burst: 3
+        })
+    );
+    assert_eq!(a.max_wait, Duration::from_secs(2));
+    let cfg = parse(&conn("rate_limit = { requests = 5 }")).expect("valid");
+    let a = cfg.connection("a").expect("a");
+    assert_eq!(
+        a.rate_limit,
+        Some(RateLimit {
+            requests: 5,
+            per: Duration::from_secs(1),
+            burst: 5
+        })
+    );
+    assert_eq!(a.max_wait, Duration::from_secs(5));
+    for (extra, expected) in [
+        (
+            "rate_limit = { requests = 0 }",
+            "requests must be at least 1",
+        ),
+        (
+            "rate_limit = { requests = 1, burst = 0 }",
+            "burst must be at least 1",
+        ),
+        (
+            "rate_limit = { requests = 1, per = \"0s\" }",
+            "per must be more than zero",
+        ),
+        (
+            "rate_limit = { requests = 1, window = \"1s\" }",
+            "unknown field",
+        ),
+        ("max_wait = \"later\"", "max_wait \"later\""),
+    ] {
+        let err = parse(&conn(extra)).expect_err(extra);
+        assert!(err.contains(expected), "{extra} → {err}");
+    }
+}
+
+#[test]
+fn the_readme_jwt_examples_parse() {
+    let readme = include_str!("../../../README.md");
+    let start = readme
+        .find("\n## JWT bearer auth\n")
+        .expect("README has the JWT section");
+    let section = &readme[start + 1..];
+    let section = &section[..section.find("\n## ").unwrap_or(section.len())];
+    let blocks: Vec<&str> = section
+        .split("```toml\n")
+        .skip(1)
+        .filter_map(|b| b.split("```").next())
+        .collect();
+    assert!(blocks.len() >= 7, "found {} toml blocks", blocks.len());
+    for block in blocks {
+        let text = base(block);
+        ConfigFile::parse(&text)
+            .unwrap_or_else(|e| panic!("README example does not parse: {e}\n{block}"));
+    }
+}

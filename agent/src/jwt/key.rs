@@ -58,9 +58,17 @@ pub enum KeyError {
     #[error("the PEM block \"{label}\" is not a supported private key; expected {expected}", expected = EXPECTED_PEM)]
     UnsupportedLabel { label: String },
     #[error(
-        "the private key is encrypted with a passphrase; postern needs it unencrypted: decrypt it with `openssl pkey -in key.pem -out key-plain.pem` (it asks for the passphrase) and protect the result like the original"
+        "the private key is encrypted with a passphrase; for a \"BEGIN ENCRYPTED PRIVATE KEY\" (PKCS#8) key set private_key_passphrase_file or private_key_passphrase_env; otherwise decrypt it with `openssl pkey -in key.pem -out key-plain.pem` (it asks for the passphrase) and protect the result like the original"
     )]
     Encrypted,
+    #[error(
+        "could not decrypt the encrypted PKCS#8 private key ({reason}): the passphrase is wrong, or the key uses a scheme postern does not read (expected PBES2: PBKDF2 or scrypt with AES-CBC, as `openssl pkcs8 -topk8` writes)"
+    )]
+    Decrypt { reason: String },
+    #[error(
+        "the private key uses OpenSSL's legacy PEM encryption (\"Proc-Type: 4,ENCRYPTED\"), which postern does not read; convert it to encrypted PKCS#8 with `openssl pkcs8 -topk8 -in key.pem -out key-pkcs8.pem` (it asks for the old and a new passphrase)"
+    )]
+    LegacyEncrypted,
     #[error(
         "the private key is in OpenSSH format (\"BEGIN OPENSSH PRIVATE KEY\"); expected PEM: convert a copy of an RSA or ECDSA key with `ssh-keygen -p -m PKCS8 -f <copy>`, or generate the key with openssl"
     )]

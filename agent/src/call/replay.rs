@@ -1,0 +1,74 @@
+//! Request bodies that can be sent twice: a small body is read into memory first so
+//! that a call refused with 401 can be retried with a new token; larger ones stream.
+
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use http::HeaderMap;
+use http::header::CONTENT_LENGTH;
+use http_body_util::{BodyDataStream, BodyExt};
+use hyper::body::Incoming;
+
+/// Bodies up to this size are kept for a retry.
+pub const REPLAY_LIMIT: usize = 64 * 1024;
+
+pub enum RequestBody {
+    /// The whole body, in memory: can be sent again.
+    Buffered(Bytes),
+    /// What was read before the limit, then the rest of the stream: sent once only.
+    Streaming { prefix: Bytes, rest: Incoming },
+}
+
+impl RequestBody {
+    /// Streams without reading anything first.
+    pub fn stream(body: Incoming) -> Self {
+        RequestBody::Streaming {
+            prefix: Bytes::new(),
+            rest: body,
+        }
+    }
+
+    /// Reads up to `REPLAY_LIMIT` bytes; a body announced as larger is not read at all.
+    pub async fn read_small(headers: &HeaderMap, mut body: Incoming) -> Result<Self, hyper::Error> {
+        let announced = headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if announced.is_some_and(|n| n > REPLAY_LIMIT as u64) {
+            return Ok(Self::stream(body));
+        }
+        let mut buffer = BytesMut::new();
+        while let Some(frame) = body.frame().await {
+            if let Ok(data) = frame?.into_data() {
+                buffer.extend_from_slice(&data);
+                if buffer.len() > REPLAY_LIMIT {
+                    return Ok(RequestBody::Streaming {
+                        prefix: buffer.freeze(),
+                        rest: body,
+                    });
+                }
+            }
+        }
+        Ok(RequestBody::Buffered(buffer.freeze()))
+    }
+
+    /// The bytes to send again, if the whole body is in memory.
+    pub fn replayable(&self) -> Option<Bytes> {
+        match self {
+            RequestBody::Buffered(bytes) => Some(bytes.clone()),
+            RequestBody::Streaming { .. } => None,
+        }
+    }
+
+    pub fn into_reqwest(self) -> reqwest::Body {
+        match self {
+            RequestBody::Buffered(bytes) => reqwest::Body::from(bytes),
+            RequestBody::Streaming { prefix, rest } => {
+                let head =
+                    futures_util::stream::iter(
+                        (!prefix.is_empty()).then_some(Ok::<_, hyper::Error>(prefix)),
+                    );
+                reqwest::Body::wrap_stream(head.chain(BodyDataStream::new(rest)))
+            }
+        }
+    }
+}

@@ -1,0 +1,273 @@
+//! Resolves a `jwt_bearer` auth table: the key or secret, the payload (with `lifetime`),
+//! the headers, direct-bearer reuse and the RFC 7523 exchange settings.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+use url::Url;
+
+use super::file::{BodyEncoding, ExchangeFile, JwtBearerFile};
+use super::one_secret;
+use crate::jwt::certificate::thumbprints;
+use crate::jwt::encrypted_key::decrypt_if_encrypted;
+use crate::jwt::{Algorithm, JwtSigner, KeyMaterial, PayloadTemplate};
+
+/// The RFC 7523 §2.1 grant type.
+pub const JWT_BEARER_GRANT: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
+/// The RFC 7523 §2.2 client assertion type.
+pub const CLIENT_ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+
+/// Form fields postern sets itself; `params` may not override them.
+const RESERVED_PARAMS: [&str; 4] = [
+    "grant_type",
+    "assertion",
+    "client_assertion",
+    "client_assertion_type",
+];
+
+/// A `jwt_bearer` connection's auth, resolved.
+#[derive(Debug)]
+pub struct JwtBearer {
+    pub signer: JwtSigner,
+    /// Direct bearer only: reuse one JWT until this long before its `exp`.
+    pub reuse_for: Option<Duration>,
+    /// Present: trade the JWT for an access token (RFC 7523) instead of sending it.
+    pub exchange: Option<Exchange>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Exchange {
+    pub token_url: Url,
+    pub grant_type: String,
+    pub body: BodyEncoding,
+    pub params: BTreeMap<String, String>,
+    /// RFC 7523 §2.2: send the JWT as `client_assertion`, not `assertion`.
+    pub client_assertion: bool,
+    /// Used when the token response has no `expires_in`.
+    pub default_lifetime: Duration,
+}
+
+pub(super) fn resolve(
+    jwt: JwtBearerFile,
+    base_dir: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<JwtBearer, String> {
+    let algorithm: Algorithm = jwt
+        .algorithm
+        .parse()
+        .map_err(|e| format!("auth.algorithm: {e}"))?;
+    let key = key_material(&jwt, algorithm, base_dir, env)?;
+    let lifetime = jwt
+        .lifetime
+        .as_deref()
+        .map(|text| duration("auth.lifetime", text))
+        .transpose()?;
+    let mut payload = jwt.payload.clone();
+    if let Some(lifetime) = lifetime {
+        // Only what the payload leaves out: an explicit iat/exp always wins.
+        payload.entry("iat").or_insert_with(|| "{{now}}".into());
+        payload
+            .entry("exp")
+            .or_insert_with(|| format!("{{{{now + {}}}}}", lifetime.as_secs()).into());
+    }
+    let payload = PayloadTemplate::parse(&payload).map_err(|e| format!("auth.payload: {e}"))?;
+    let has_exp = payload.has_claim("exp");
+    let headers = headers_with_thumbprints(&jwt, base_dir)?;
+    let signer =
+        JwtSigner::new(algorithm, key, &headers, payload).map_err(|e| format!("auth: {e}"))?;
+    let exchange = jwt.exchange.map(resolve_exchange).transpose()?;
+    let reuse_for = jwt
+        .reuse_for
+        .as_deref()
+        .map(|text| duration("auth.reuse_for", text))
+        .transpose()?;
+    if reuse_for.is_some() {
+        if exchange.is_some() {
+            return Err("auth.reuse_for applies to direct bearer JWTs; with an exchange the access token is cached until shortly before it expires".into());
+        }
+        if !has_exp {
+            return Err("auth.reuse_for needs an exp claim to count back from: set payload.exp or auth.lifetime".into());
+        }
+    }
+    Ok(JwtBearer {
+        signer,
+        reuse_for,
+        exchange,
+    })
+}
+
+fn key_material(
+    jwt: &JwtBearerFile,
+    algorithm: Algorithm,
+    base_dir: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<KeyMaterial, String> {
+    let is_hmac = matches!(
+        algorithm,
+        Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512
+    );
+    let has_secret = jwt.secret.is_some() || jwt.secret_file.is_some() || jwt.secret_env.is_some();
+    let has_key = jwt.private_key.is_some()
+        || jwt.private_key_file.is_some()
+        || jwt.private_key_env.is_some();
+    if !is_hmac {
+        if has_secret || jwt.secret_encoding.is_some() {
+            return Err(format!(
+                "auth: {algorithm:?} signs with a private key; remove secret*"
+            ));
+        }
+        let pem = one_secret(
+            "auth.private_key",
+            jwt.private_key.as_deref(),
+            jwt.private_key_file.as_deref(),
+            jwt.private_key_env.as_deref(),
+            base_dir,
+            env,
+        )
+        .map_err(|e| e.to_string())?;
+        let has_passphrase =
+            jwt.private_key_passphrase_file.is_some() || jwt.private_key_passphrase_env.is_some();
+        if !has_passphrase {
+            return Ok(KeyMaterial::PrivateKeyPem(pem));
+        }
+        let passphrase = one_secret(
+            "auth.private_key_passphrase",
+            None,
+            jwt.private_key_passphrase_file.as_deref(),
+            jwt.private_key_passphrase_env.as_deref(),
+            base_dir,
+            env,
+        )
+        .map_err(|e| e.to_string())?;
+        let plain = decrypt_if_encrypted(&pem, &passphrase).map_err(|e| format!("auth: {e}"))?;
+        return Ok(KeyMaterial::PrivateKeyPem(plain));
+    }
+    if has_key {
+        return Err(format!(
+            "auth: {algorithm:?} signs with a secret; remove private_key*"
+        ));
+    }
+    let text = one_secret(
+        "auth.secret",
+        jwt.secret.as_deref(),
+        jwt.secret_file.as_deref(),
+        jwt.secret_env.as_deref(),
+        base_dir,
+        env,
+    )
+    .map_err(|e| e.to_string())?;
+    let secret = match jwt.secret_encoding.as_deref().unwrap_or("text") {
+        "text" => text.into_bytes(),
+        "base64" => decode_base64(text.trim()).ok_or(
+            "auth.secret is not valid base64 (secret_encoding = \"base64\"; standard or URL-safe alphabet, padding optional)",
+        )?,
+        other => {
+            return Err(format!(
+                "auth.secret_encoding {other:?}: expected \"text\" or \"base64\""
+            ));
+        }
+    };
+    if crate::jwt::signer::hmac_secret_is_short(algorithm, secret.len()) {
+        tracing::warn!(
+            ?algorithm,
+            bytes = secret.len(),
+            "HMAC secret is shorter than the hash output; use a longer random secret"
+        );
+    }
+    Ok(KeyMaterial::Secret(secret))
+}
+
+/// The configured headers plus `x5t` / `x5t#S256` of `certificate_file`, if set.
+fn headers_with_thumbprints(
+    jwt: &JwtBearerFile,
+    base_dir: &Path,
+) -> Result<BTreeMap<String, String>, String> {
+    let mut headers = jwt.headers.clone();
+    let Some(file) = &jwt.certificate_file else {
+        return Ok(headers);
+    };
+    if let Some(name) = ["x5t", "x5t#S256"]
+        .iter()
+        .find(|n| headers.contains_key(**n))
+    {
+        return Err(format!(
+            "auth.headers.{name} is computed from auth.certificate_file; remove one of them"
+        ));
+    }
+    let path = base_dir.join(file);
+    // A certificate is public: no permission check, unlike keys.
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| format!("auth.certificate_file {}: {e}", path.display()))?;
+    let t =
+        thumbprints(&text).map_err(|e| format!("auth.certificate_file {}: {e}", path.display()))?;
+    headers.insert("x5t".to_owned(), t.x5t);
+    headers.insert("x5t#S256".to_owned(), t.x5t_s256);
+    Ok(headers)
+}
+
+/// Secrets come base64-encoded in either alphabet, padded or not.
+fn decode_base64(text: &str) -> Option<Vec<u8>> {
+    [STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD]
+        .iter()
+        .find_map(|engine| engine.decode(text).ok())
+}
+
+fn resolve_exchange(x: ExchangeFile) -> Result<Exchange, String> {
+    let token_url = Url::parse(&x.token_url)
+        .map_err(|e| format!("auth.exchange.token_url {:?}: {e}", x.token_url))?;
+    if !matches!(token_url.scheme(), "http" | "https") || token_url.host_str().is_none() {
+        return Err(format!(
+            "auth.exchange.token_url {:?} must be an http:// or https:// URL with a host",
+            x.token_url
+        ));
+    }
+    if let Some(name) = x
+        .params
+        .keys()
+        .find(|k| RESERVED_PARAMS.contains(&k.as_str()))
+    {
+        return Err(format!(
+            "auth.exchange.params.{name} is set by postern; use grant_type / client_assertion instead"
+        ));
+    }
+    let default_lifetime = duration("auth.exchange.default_lifetime", &x.default_lifetime)?;
+    let grant_type = x.grant_type.unwrap_or_else(|| {
+        if x.client_assertion {
+            "client_credentials".to_owned()
+        } else {
+            JWT_BEARER_GRANT.to_owned()
+        }
+    });
+    Ok(Exchange {
+        token_url,
+        grant_type,
+        body: x.body,
+        params: x.params,
+        client_assertion: x.client_assertion,
+        default_lifetime,
+    })
+}
+
+pub(super) fn duration(what: &str, text: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(text).map_err(|e| format!("{what} {text:?}: {e}"))?;
+    if d.is_zero() {
+        return Err(format!("{what} must be more than zero"));
+    }
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_secrets_decode_in_both_alphabets() {
+        assert_eq!(decode_base64("aGVsbG8+Pz8/"), Some(b"hello>???".to_vec()));
+        assert_eq!(decode_base64("aGVsbG8-Pz8_"), Some(b"hello>???".to_vec()));
+        assert_eq!(decode_base64("aGk"), Some(b"hi".to_vec()));
+        assert_eq!(decode_base64("not base64!"), None);
+    }
+}

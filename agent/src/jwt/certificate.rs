@@ -1,0 +1,121 @@
+//! Certificate thumbprints for the JWT header: `x5t` (SHA-1) and `x5t#S256` (SHA-256) of
+//! the certificate's DER, base64url without padding (RFC 7515 §4.1.7–8).
+
+use aws_lc_rs::digest::{SHA1_FOR_LEGACY_USE_ONLY, SHA256, digest};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+use super::key::normalize_pem;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Thumbprints {
+    pub x5t: String,
+    pub x5t_s256: String,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CertificateError {
+    #[error(
+        "the certificate file is not PEM ({0}); expected a \"-----BEGIN CERTIFICATE-----\" block"
+    )]
+    NotPem(String),
+    #[error("the certificate file holds no \"-----BEGIN CERTIFICATE-----\" block (found {0})")]
+    NoCertificate(String),
+}
+
+/// Thumbprints of the first certificate in a PEM file (a chain's first is the leaf).
+pub fn thumbprints(pem_text: &str) -> Result<Thumbprints, CertificateError> {
+    let blocks = pem::parse_many(normalize_pem(pem_text))
+        .map_err(|e| CertificateError::NotPem(e.to_string()))?;
+    let Some(cert) = blocks.iter().find(|b| b.tag() == "CERTIFICATE") else {
+        let found: Vec<String> = blocks.iter().map(|b| format!("{:?}", b.tag())).collect();
+        return Err(CertificateError::NoCertificate(if found.is_empty() {
+            "nothing".to_owned()
+        } else {
+            found.join(", ")
+        }));
+    };
+    let der = cert.contents();
+    Ok(Thumbprints {
+        x5t: URL_SAFE_NO_PAD.encode(digest(&SHA1_FOR_LEGACY_USE_ONLY, der)),
+        x5t_s256: URL_SAFE_NO_PAD.encode(digest(&SHA256, der)),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    /// openssl's own fingerprints, turned from hex into base64url.
+    fn openssl_fingerprint(cert: &std::path::Path, hash: &str) -> String {
+        let out = Command::new("openssl")
+            .args(["x509", "-noout", "-fingerprint", hash, "-in"])
+            .arg(cert)
+            .output()
+            .expect("openssl x509");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let hex = text
+            .trim()
+            .rsplit('=')
+            .next()
+            .unwrap_or_default()
+            .replace(':', "");
+        let bytes: Vec<u8> = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex"))
+            .collect();
+        URL_SAFE_NO_PAD.encode(bytes)
+    }
+
+    #[test]
+    fn thumbprints_match_openssl() {
+        let dir = std::env::temp_dir().join(format!("postern-x5t-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let cert = dir.join("cert.pem");
+        let ok = Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-subj",
+                "/CN=postern-test",
+                "-days",
+                "2",
+                "-keyout",
+            ])
+            .arg(dir.join("key.pem"))
+            .arg("-out")
+            .arg(&cert)
+            .output()
+            .expect("openssl req")
+            .status
+            .success();
+        assert!(ok, "openssl req failed");
+        let text = std::fs::read_to_string(&cert).expect("cert");
+        let t = thumbprints(&text).expect("thumbprints");
+        assert_eq!(t.x5t, openssl_fingerprint(&cert, "-sha1"));
+        assert_eq!(t.x5t_s256, openssl_fingerprint(&cert, "-sha256"));
+        assert_eq!(t.x5t.len(), 27);
+        assert_eq!(t.x5t_s256.len(), 43);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_key_is_not_a_certificate() {
+        let err = thumbprints("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")
+            .expect_err("no cert");
+        assert_eq!(
+            err.to_string(),
+            "the certificate file holds no \"-----BEGIN CERTIFICATE-----\" block (found \"PRIVATE KEY\")"
+        );
+        assert!(matches!(
+            thumbprints("hello"),
+            Err(CertificateError::NoCertificate(_))
+        ));
+    }
+}

@@ -1,0 +1,364 @@
+//! RFC 7523 token exchange: POSTs the signed JWT to the token endpoint (as `assertion`, or
+//! as `client_assertion` per §2.2) and reads `access_token`, `token_type`, `expires_in`.
+
+use std::fmt;
+use std::time::Duration;
+
+use http::header::{ACCEPT, CONTENT_TYPE};
+use serde_json::{Map, Value};
+
+use crate::config::{BodyEncoding, CLIENT_ASSERTION_TYPE, Exchange};
+
+/// A token endpoint's answer is small; anything larger is not one.
+const MAX_RESPONSE_BYTES: usize = 256 * 1024;
+/// How much of an unexpected answer goes into the error message.
+const SNIPPET_CHARS: usize = 200;
+
+/// An access token from the token endpoint; `Debug` never shows it.
+pub struct AccessToken {
+    pub access_token: String,
+    /// As the endpoint named it; `bearer` in any case is sent as `Bearer`.
+    pub token_type: String,
+    /// `expires_in`, or the configured default lifetime when the endpoint gave none.
+    pub lifetime: Duration,
+}
+
+impl fmt::Debug for AccessToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AccessToken")
+            .field("access_token", &"[redacted]")
+            .field("token_type", &self.token_type)
+            .field("lifetime", &self.lifetime)
+            .finish()
+    }
+}
+
+impl AccessToken {
+    /// The `Authorization` header value.
+    pub fn authorization(&self) -> String {
+        let scheme = if self.token_type.is_empty() || self.token_type.eq_ignore_ascii_case("bearer")
+        {
+            "Bearer"
+        } else {
+            self.token_type.as_str()
+        };
+        format!("{scheme} {}", self.access_token)
+    }
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ExchangeError {
+    #[error("token endpoint {url} refused the assertion (HTTP {status}): {error}{}", description.as_ref().map(|d| format!(": {d}")).unwrap_or_default())]
+    Refused {
+        url: String,
+        status: u16,
+        error: String,
+        description: Option<String>,
+    },
+    #[error("token endpoint {url} answered HTTP {status} without an OAuth error: {snippet}")]
+    Status {
+        url: String,
+        status: u16,
+        snippet: String,
+    },
+    #[error("token endpoint {url} answered without a usable access token: {reason}")]
+    BadResponse { url: String, reason: String },
+    #[error("cannot reach token endpoint {url}: {detail}")]
+    Unreachable { url: String, detail: String },
+    #[error("token endpoint {url} did not answer within {timeout:?}")]
+    Timeout { url: String, timeout: Duration },
+}
+
+/// Trades `jwt` for an access token at the configured endpoint.
+pub async fn exchange(
+    http: &reqwest::Client,
+    x: &Exchange,
+    jwt: &str,
+    timeout: Duration,
+) -> Result<AccessToken, ExchangeError> {
+    let url = x.token_url.to_string();
+    let fields = request_fields(x, jwt);
+    let (content_type, body) = match x.body {
+        BodyEncoding::Form => {
+            let mut form = url::form_urlencoded::Serializer::new(String::new());
+            for (k, v) in &fields {
+                form.append_pair(k, v);
+            }
+            (
+                "application/x-www-form-urlencoded",
+                form.finish().into_bytes(),
+            )
+        }
+        BodyEncoding::Json => {
+            let object: Map<String, Value> = fields
+                .into_iter()
+                .map(|(k, v)| (k, Value::String(v)))
+                .collect();
+            (
+                "application/json",
+                Value::Object(object).to_string().into_bytes(),
+            )
+        }
+    };
+    let send = async {
+        let response = http
+            .post(x.token_url.clone())
+            .header(CONTENT_TYPE, content_type)
+            .header(ACCEPT, "application/json")
+            .body(body)
+            .send()
+            .await?;
+        let status = response.status().as_u16();
+        let bytes = read_limited(response).await?;
+        Ok::<_, reqwest::Error>((status, bytes))
+    };
+    let (status, bytes) = match tokio::time::timeout(timeout, send).await {
+        Err(_) => return Err(ExchangeError::Timeout { url, timeout }),
+        Ok(Err(e)) if e.is_timeout() => return Err(ExchangeError::Timeout { url, timeout }),
+        Ok(Err(e)) => {
+            return Err(ExchangeError::Unreachable {
+                url,
+                detail: crate::call::error_chain(&e),
+            });
+        }
+        Ok(Ok(answer)) => answer,
+    };
+    parse_response(&url, status, &bytes, x.default_lifetime)
+}
+
+/// The form fields in order: grant type, the JWT, then the configured extras.
+fn request_fields(x: &Exchange, jwt: &str) -> Vec<(String, String)> {
+    let mut fields = vec![("grant_type".to_owned(), x.grant_type.clone())];
+    if x.client_assertion {
+        fields.push((
+            "client_assertion_type".to_owned(),
+            CLIENT_ASSERTION_TYPE.to_owned(),
+        ));
+        fields.push(("client_assertion".to_owned(), jwt.to_owned()));
+    } else {
+        fields.push(("assertion".to_owned(), jwt.to_owned()));
+    }
+    fields.extend(x.params.iter().map(|(k, v)| (k.clone(), v.clone())));
+    fields
+}
+
+async fn read_limited(mut response: reqwest::Response) -> Result<Vec<u8>, reqwest::Error> {
+    let mut bytes = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        let room = MAX_RESPONSE_BYTES.saturating_sub(bytes.len());
+        bytes.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if room <= chunk.len() {
+            break;
+        }
+    }
+    Ok(bytes)
+}
+
+/// Reads a token response (RFC 6749 §5.1) or an error response (§5.2).
+fn parse_response(
+    url: &str,
+    status: u16,
+    bytes: &[u8],
+    default_lifetime: Duration,
+) -> Result<AccessToken, ExchangeError> {
+    let json: Option<Map<String, Value>> = serde_json::from_slice(bytes).ok();
+    let text_field = |name: &str| -> Option<String> {
+        json.as_ref()?
+            .get(name)?
+            .as_str()
+            .map(|s| s.chars().take(SNIPPET_CHARS * 2).collect())
+    };
+    // Some providers answer 200 with an error object; the `error` field decides.
+    if let Some(error) = text_field("error") {
+        return Err(ExchangeError::Refused {
+            url: url.to_owned(),
+            status,
+            error,
+            description: text_field("error_description"),
+        });
+    }
+    if !(200..300).contains(&status) {
+        return Err(ExchangeError::Status {
+            url: url.to_owned(),
+            status,
+            snippet: snippet(bytes),
+        });
+    }
+    let bad = |reason: &str| ExchangeError::BadResponse {
+        url: url.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let Some(json) = &json else {
+        return Err(bad(&format!(
+            "the body is not a JSON object: {}",
+            snippet(bytes)
+        )));
+    };
+    let access_token = match json.get("access_token") {
+        Some(Value::String(t)) if !t.is_empty() => t.clone(),
+        _ => return Err(bad("no access_token string in the JSON")),
+    };
+    if access_token.bytes().any(|b| !(0x21..=0x7e).contains(&b)) {
+        return Err(bad(
+            "the access_token holds characters a header cannot carry",
+        ));
+    }
+    let token_type = text_field("token_type").unwrap_or_default();
+    let lifetime = match json.get("expires_in") {
+        None | Some(Value::Null) => default_lifetime,
+        Some(Value::Number(n)) => n
+            .as_f64()
+            .filter(|s| *s >= 0.0 && s.is_finite())
+            .map(Duration::from_secs_f64)
+            .ok_or_else(|| bad("expires_in is not a non-negative number"))?,
+        Some(Value::String(s)) => s
+            .trim()
+            .parse::<u64>()
+            .map(Duration::from_secs)
+            .map_err(|_| bad(&format!("expires_in {s:?} is not a number of seconds")))?,
+        Some(_) => return Err(bad("expires_in is not a number")),
+    };
+    Ok(AccessToken {
+        access_token,
+        token_type,
+        lifetime,
+    })
+}
+
+fn snippet(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let mut s: String = text.chars().take(SNIPPET_CHARS).collect();
+    if text.chars().count() > SNIPPET_CHARS {
+        s.push('…');
+    }
+    if s.trim().is_empty() {
+        s = "(empty body)".to_owned();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::JWT_BEARER_GRANT;
+
+    const URL: &str = "https://idp.example/token";
+    const TEN_MIN: Duration = Duration::from_secs(600);
+
+    fn ok(body: &str) -> AccessToken {
+        parse_response(URL, 200, body.as_bytes(), TEN_MIN).expect("token response")
+    }
+
+    #[test]
+    fn expires_in_as_number_string_or_absent() {
+        assert_eq!(
+            ok(r#"{"access_token":"a","expires_in":3599}"#).lifetime,
+            Duration::from_secs(3599)
+        );
+        assert_eq!(
+            ok(r#"{"access_token":"a","expires_in":"120"}"#).lifetime,
+            Duration::from_secs(120)
+        );
+        // Salesforce sends no expires_in.
+        let t = ok(r#"{"access_token":"a","token_type":"Bearer","instance_url":"x"}"#);
+        assert_eq!(t.lifetime, TEN_MIN);
+        assert_eq!(t.authorization(), "Bearer a");
+    }
+
+    #[test]
+    fn token_type_is_normalised_only_for_bearer() {
+        assert_eq!(
+            ok(r#"{"access_token":"a","token_type":"bearer"}"#).authorization(),
+            "Bearer a"
+        );
+        assert_eq!(
+            ok(r#"{"access_token":"a","token_type":"MAC"}"#).authorization(),
+            "MAC a"
+        );
+    }
+
+    #[test]
+    fn oauth_errors_carry_error_and_description() {
+        let err = parse_response(
+            URL,
+            400,
+            br#"{"error":"invalid_grant","error_description":"audience mismatch"}"#,
+            TEN_MIN,
+        )
+        .expect_err("refused");
+        assert_eq!(
+            err.to_string(),
+            "token endpoint https://idp.example/token refused the assertion (HTTP 400): invalid_grant: audience mismatch"
+        );
+        let err = parse_response(URL, 200, br#"{"error":"invalid_client"}"#, TEN_MIN)
+            .expect_err("refused");
+        assert!(
+            err.to_string().ends_with("(HTTP 200): invalid_client"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn odd_answers_are_explained() {
+        let err = parse_response(URL, 503, b"<html>down</html>", TEN_MIN).expect_err("status");
+        assert!(
+            err.to_string()
+                .contains("HTTP 503 without an OAuth error: <html>down</html>"),
+            "{err}"
+        );
+        for (body, reason) in [
+            ("{}", "no access_token"),
+            ("[1]", "not a JSON object"),
+            (
+                r#"{"access_token":"a","expires_in":"soon"}"#,
+                "\"soon\" is not a number",
+            ),
+            (r#"{"access_token":"a b"}"#, "header cannot carry"),
+            (r#"{"access_token":"a","expires_in":-5}"#, "non-negative"),
+        ] {
+            let err = parse_response(URL, 200, body.as_bytes(), TEN_MIN).expect_err(body);
+            assert!(err.to_string().contains(reason), "{body}: {err}");
+        }
+    }
+
+    #[test]
+    fn debug_hides_the_access_token() {
+        let t = ok(r#"{"access_token":"s3cr3t-token"}"#);
+        assert!(!format!("{t:?}").contains("s3cr3t"));
+    }
+
+    #[test]
+    fn request_fields_follow_rfc7523() {
+        let mut x = Exchange {
+            token_url: URL.parse().expect("url"),
+            grant_type: JWT_BEARER_GRANT.to_owned(),
+            body: BodyEncoding::Form,
+            params: [("scope".to_owned(), "read".to_owned())].into(),
+            client_assertion: false,
+            default_lifetime: TEN_MIN,
+        };
+        let f = request_fields(&x, "J");
+        assert_eq!(
+            f,
+            [
+                ("grant_type", JWT_BEARER_GRANT),
+                ("assertion", "J"),
+                ("scope", "read")
+            ]
+            .map(|(a, b)| (a.to_owned(), b.to_owned()))
+        );
+        x.client_assertion = true;
+        x.grant_type = "client_credentials".to_owned();
+        let f = request_fields(&x, "J");
+        assert_eq!(
+            f,
+            [
+                ("grant_type", "client_credentials"),
+                ("client_assertion_type", CLIENT_ASSERTION_TYPE),
+                ("client_assertion", "J"),
+                ("scope", "read")
+            ]
+            .map(|(a, b)| (a.to_owned(), b.to_owned()))
+        );
+    }
+}

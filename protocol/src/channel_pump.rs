@@ -1,0 +1,127 @@
+//! Keeps every SSH channel drained: a task reads each channel into a bounded buffer
+//! at once, so one stalled reader can never freeze the session (russh head-of-line blocking).
+//!
+//! russh delivers a session's data through one loop that waits whenever a channel's
+//! queue is full, and it grants window on arrival, not on read. A consumer that stops
+//! reading would stall every channel and the keepalives. Here the pump always reads;
+//! a consumer more than `limit` bytes behind gets an error and its channel is closed.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes};
+use russh::{Channel, ChannelId, ChannelMsg};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::mpsc;
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+/// Unread bytes a channel may hold before it counts as stalled: 16 MiB, the SSH window.
+pub const DEFAULT_LIMIT: usize = 16 * 1024 * 1024;
+
+/// An SSH channel as a byte stream whose reading side never blocks the session.
+pub struct PumpedStream {
+    incoming: mpsc::UnboundedReceiver<io::Result<Bytes>>,
+    current: Bytes,
+    buffered: Arc<AtomicUsize>,
+    writer: Pin<Box<dyn AsyncWrite + Send + Sync>>,
+    /// Dropping the stream closes the channel.
+    _close: DropGuard,
+}
+
+/// Starts the pump task for `channel`; it ends when the channel or the stream does.
+pub fn pump<S>(channel: Channel<S>, limit: usize) -> PumpedStream
+where
+    S: From<(ChannelId, ChannelMsg)> + Send + Sync + 'static,
+{
+    let (tx, incoming) = mpsc::unbounded_channel();
+    let buffered = Arc::new(AtomicUsize::new(0));
+    let writer = Box::pin(channel.make_writer());
+    let close = CancellationToken::new();
+    let pump_buffered = buffered.clone();
+    let pump_close = close.clone();
+    tokio::spawn(async move {
+        let mut channel = channel;
+        let mut tx = Some(tx);
+        loop {
+            let msg = tokio::select! {
+                _ = pump_close.cancelled() => {
+                    let _ = channel.close().await;
+                    return;
+                }
+                msg = channel.wait() => msg,
+            };
+            match msg {
+                Some(ChannelMsg::Data { data }) => {
+                    let Some(sender) = &tx else { continue };
+                    let now = pump_buffered.fetch_add(data.len(), Ordering::AcqRel) + data.len();
+                    if now > limit {
+                        let _ = sender.send(Err(io::Error::other(format!(
+                            "the reader of this channel fell more than {} MiB behind; channel closed",
+                            limit / (1024 * 1024)
+                        ))));
+                        let _ = channel.close().await;
+                        return;
+                    }
+                    if sender.send(Ok(data)).is_err() {
+                        // The stream is gone; its guard closes the channel.
+                        tx = None;
+                    }
+                }
+                // End of the peer's data: the reader sees EOF, writing stays possible.
+                Some(ChannelMsg::Eof) => tx = None,
+                Some(_) => {}
+                None => return,
+            }
+        }
+    });
+    PumpedStream {
+        incoming,
+        current: Bytes::new(),
+        buffered,
+        writer,
+        _close: close.drop_guard(),
+    }
+}
+
+impl AsyncRead for PumpedStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        while self.current.is_empty() {
+            match self.incoming.poll_recv(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => return Poll::Ready(Ok(())),
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
+                Poll::Ready(Some(Ok(chunk))) => self.current = chunk,
+            }
+        }
+        let n = self.current.len().min(buf.remaining());
+        buf.put_slice(&self.current[..n]);
+        self.current.advance(n);
+        self.buffered.fetch_sub(n, Ordering::AcqRel);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for PumpedStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.writer.as_mut().poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.writer.as_mut().poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.writer.as_mut().poll_shutdown(cx)
+    }
+}

@@ -1,0 +1,301 @@
+//! A test OAuth token endpoint (RFC 7523) and the API it guards, on 127.0.0.1:0: it checks
+//! each assertion with jsonwebtoken (signature, `aud`, `iss`, `exp`) and records every exchange.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+/// How the endpoint states the token's lifetime.
+#[derive(Clone, Copy, Debug)]
+pub enum ExpiresIn {
+    Number(u64),
+    /// As a numeric string, as some providers do.
+    Text(u64),
+    /// No `expires_in` at all (Salesforce); the API still expires tokens after this long.
+    Absent(u64),
+}
+
+impl ExpiresIn {
+    fn seconds(self) -> u64 {
+        match self {
+            ExpiresIn::Number(s) | ExpiresIn::Text(s) | ExpiresIn::Absent(s) => s,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct EndpointConfig {
+    pub key: DecodingKey,
+    pub algorithm: Algorithm,
+    pub audience: String,
+    pub issuer: String,
+    /// The `grant_type` a request must carry.
+    pub grant_type: String,
+    pub expires_in: ExpiresIn,
+    /// Each exchange takes this long (to make concurrent callers overlap).
+    pub delay: Duration,
+}
+
+/// One exchange as the endpoint saw it.
+#[derive(Debug, Clone)]
+pub struct Exchange {
+    pub content_type: String,
+    pub fields: HashMap<String, String>,
+    pub claims: Value,
+    pub issued: Option<String>,
+}
+
+/// One call to the guarded API.
+#[derive(Debug, Clone)]
+pub struct ApiCall {
+    pub token: Option<String>,
+    pub status: u16,
+    pub body: String,
+}
+
+struct Issued {
+    at: Instant,
+    lifetime: Duration,
+    revoked: bool,
+}
+
+#[derive(Default)]
+struct Records {
+    exchanges: Vec<Exchange>,
+    calls: Vec<ApiCall>,
+    issued: HashMap<String, Issued>,
+}
+
+#[derive(Clone)]
+struct AppState {
+    config: EndpointConfig,
+    records: Arc<Mutex<Records>>,
+}
+
+pub struct TokenEndpoint {
+    pub addr: SocketAddr,
+    records: Arc<Mutex<Records>>,
+    shutdown: CancellationToken,
+}
+
+impl TokenEndpoint {
+    /// Starts on 127.0.0.1:0: `POST /token`, and the guarded API under `/api`.
+    pub async fn start(config: EndpointConfig) -> anyhow::Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let records = Arc::new(Mutex::new(Records::default()));
+        let state = AppState {
+            config,
+            records: records.clone(),
+        };
+        let app = Router::new()
+            .route("/token", post(token))
+            .fallback(api)
+            .with_state(state);
+        let shutdown = CancellationToken::new();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await;
+        });
+        Ok(Self {
+            addr,
+            records,
+            shutdown,
+        })
+    }
+
+    pub fn token_url(&self) -> String {
+        format!("http://{}/token", self.addr)
+    }
+
+    pub fn api_uri(&self) -> String {
+        format!("http://{}/api", self.addr)
+    }
+
+    pub fn exchanges(&self) -> Vec<Exchange> {
+        self.records
+            .lock()
+            .map(|r| r.exchanges.clone())
+            .unwrap_or_default()
+    }
+
+    pub fn calls(&self) -> Vec<ApiCall> {
+        self.records
+            .lock()
+            .map(|r| r.calls.clone())
+            .unwrap_or_default()
+    }
+
+    /// Makes every token issued so far invalid, as a provider's key rotation would.
+    pub fn revoke_all(&self) {
+        if let Ok(mut r) = self.records.lock() {
+            for issued in r.issued.values_mut() {
+                issued.revoked = true;
+            }
+        }
+    }
+}
+
+impl Drop for TokenEndpoint {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+fn oauth_error(error: &str, description: &str) -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        axum::Json(json!({"error": error, "error_description": description})),
+    )
+        .into_response()
+}
+
+async fn token(State(state): State<AppState>, request: Request) -> Response {
+    let content_type = request
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let body: Bytes = axum::body::to_bytes(request.into_body(), 1024 * 1024)
+        .await
+        .unwrap_or_default();
+    let fields: HashMap<String, String> = if content_type.starts_with("application/json") {
+        serde_json::from_slice::<HashMap<String, String>>(&body).unwrap_or_default()
+    } else {
+        // reqwest's re-exported url crate decodes forms exactly as servers do.
+        reqwest::Url::parse(&format!("http://form/?{}", String::from_utf8_lossy(&body)))
+            .map(|u| u.query_pairs().into_owned().collect())
+            .unwrap_or_default()
+    };
+    tokio::time::sleep(state.config.delay).await;
+    let mut exchange = Exchange {
+        content_type,
+        fields: fields.clone(),
+        claims: Value::Null,
+        issued: None,
+    };
+    let result = check(&state.config, &fields);
+    let response = match result {
+        Err((error, description)) => oauth_error(error, &description),
+        Ok(claims) => {
+            exchange.claims = claims;
+            let seconds = state.config.expires_in.seconds();
+            let access_token = format!("at-{}", uuid_like());
+            exchange.issued = Some(access_token.clone());
+            if let Ok(mut r) = state.records.lock() {
+                r.issued.insert(
+                    access_token.clone(),
+                    Issued {
+                        at: Instant::now(),
+                        lifetime: Duration::from_secs(seconds),
+                        revoked: false,
+                    },
+                );
+            }
+            let mut answer = json!({"access_token": access_token, "token_type": "bearer"});
+            match state.config.expires_in {
+                ExpiresIn::Number(s) => answer["expires_in"] = json!(s),
+                ExpiresIn::Text(s) => answer["expires_in"] = json!(s.to_string()),
+                ExpiresIn::Absent(_) => {}
+            }
+            axum::Json(answer).into_response()
+        }
+    };
+    if let Ok(mut r) = state.records.lock() {
+        r.exchanges.push(exchange);
+    }
+    response
+}
+
+/// RFC 7523 §3: the grant, then the JWT's signature, `iss`, `aud` and `exp`.
+fn check(
+    config: &EndpointConfig,
+    fields: &HashMap<String, String>,
+) -> Result<Value, (&'static str, String)> {
+    let grant = fields
+        .get("grant_type")
+        .map(String::as_str)
+        .unwrap_or_default();
+    if grant != config.grant_type {
+        return Err(("unsupported_grant_type", format!("grant_type {grant:?}")));
+    }
+    let assertion = if grant == "client_credentials" {
+        if fields.get("client_assertion_type").map(String::as_str)
+            != Some("urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
+        {
+            return Err(("invalid_client", "bad client_assertion_type".to_owned()));
+        }
+        fields.get("client_assertion")
+    } else {
+        fields.get("assertion")
+    };
+    let Some(assertion) = assertion else {
+        return Err(("invalid_request", "no assertion".to_owned()));
+    };
+    let mut validation = Validation::new(config.algorithm);
+    validation.leeway = 0;
+    validation.set_audience(&[config.audience.as_str()]);
+    validation.set_issuer(&[config.issuer.as_str()]);
+    validation.set_required_spec_claims(&["exp", "aud", "iss"]);
+    jsonwebtoken::decode::<Value>(assertion, &config.key, &validation)
+        .map(|data| data.claims)
+        .map_err(|e| ("invalid_grant", format!("assertion rejected: {e}")))
+}
+
+async fn api(State(state): State<AppState>, request: Request) -> Response {
+    let token = request
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_owned);
+    let body: Bytes = axum::body::to_bytes(request.into_body(), 1024 * 1024)
+        .await
+        .unwrap_or_default();
+    let body = String::from_utf8_lossy(&body).into_owned();
+    let Ok(mut r) = state.records.lock() else {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    };
+    let valid = token
+        .as_ref()
+        .and_then(|t| r.issued.get(t))
+        .is_some_and(|i| !i.revoked && i.at.elapsed() < i.lifetime);
+    let status = if valid { 200 } else { 401 };
+    r.calls.push(ApiCall {
+        token: token.clone(),
+        status,
+        body: body.clone(),
+    });
+    if !valid {
+        return (
+            StatusCode::UNAUTHORIZED,
+            axum::Json(json!({"error": "invalid_token"})),
+        )
+            .into_response();
+    }
+    axum::Json(json!({"ok": true, "token": token, "body": body})).into_response()
+}
+
+fn uuid_like() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("{nanos:x}-{}", N.fetch_add(1, Ordering::Relaxed))
+}

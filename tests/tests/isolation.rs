@@ -1,0 +1,96 @@
+//! One slow caller must not stall other calls through the same agent
+//! (russh head-of-line blocking: RUSSH-NOTES pitfall 2).
+
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use postern_tests::harness::{
+    AgentProcess, Api, Bins, RelayProcess, agent_config, create_agent, create_api_key,
+};
+use postern_tests::internal_server::{InternalServer, Verifier};
+use postern_tests::temp::TempDir;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stalled_reader_does_not_block_other_calls() -> Result<()> {
+    let bins = Bins {
+        relay: env!("CARGO_BIN_EXE_e2e-postern-relay").into(),
+        agent: env!("CARGO_BIN_EXE_e2e-postern").into(),
+    };
+    let dir = TempDir::new("hol")?;
+    let state = dir.path().join("relay");
+    let relay = RelayProcess::start(&bins, &state, "127.0.0.1:0", "127.0.0.1:0")?;
+    let (_, token) = create_agent(&bins, &state, "a1")?;
+    let key = create_api_key(&bins, &state, "k")?;
+    let api = Api::new(relay.api_base(), key.clone());
+    let internal = InternalServer::start(Verifier::None, "").await?;
+    // An internal server that accepts uploads and never reads them.
+    let deaf = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let deaf_addr = deaf.local_addr()?;
+    let held = std::sync::Arc::new(tokio::sync::Mutex::new(Vec::new()));
+    let keep = held.clone();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = deaf.accept().await {
+            keep.lock().await.push(socket);
+        }
+    });
+    let config = dir.write_private(
+        "agent.toml",
+        &agent_config(
+            relay.ssh,
+            &relay.fingerprint,
+            &token,
+            &format!(
+                "[connections.o]\nbase_uri = \"{}\"\n[connections.deaf]\nbase_uri = \"http://{deaf_addr}\"\ntimeout = \"60s\"\n",
+                internal.base_uri()
+            ),
+        ),
+    )?;
+    let _agent = AgentProcess::start(&bins, &config)?;
+    api.wait_online("a1", true, Duration::from_secs(15)).await?;
+
+    // A caller asks for 60 MiB and then stops reading.
+    let mut stalled = tokio::net::TcpStream::connect(relay.api).await?;
+    stalled
+        .write_all(format!("GET /v1/agents/a1/connections/o/http/bytes/62914560 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n\r\n").as_bytes())
+        .await?;
+    let mut first = [0u8; 1024];
+    let _ = stalled.read(&mut first).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // And another caller uploads 60 MiB to the internal server that never reads.
+    let upload_api = api.clone();
+    let upload = tokio::spawn(async move {
+        upload_api
+            .http
+            .put(format!(
+                "{}/v1/agents/a1/connections/deaf/http/sink",
+                upload_api.base
+            ))
+            .bearer_auth(&upload_api.key)
+            .body(vec![0u8; 60 * 1024 * 1024])
+            .send()
+            .await
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let mut worst = Duration::ZERO;
+    for _ in 0..20 {
+        let started = Instant::now();
+        let r =
+            tokio::time::timeout(Duration::from_secs(30), api.call("a1", "o", "/ping")).await??;
+        assert_eq!(r.status(), 200);
+        worst = worst.max(started.elapsed());
+    }
+    eprintln!("worst small call while another caller stalls: {worst:?}");
+    assert!(
+        worst < Duration::from_secs(1),
+        "a stalled caller blocked other calls for {worst:?}"
+    );
+    // The stalled callers are cut off with an error, not served forever from memory.
+    drop(stalled);
+    let upload = tokio::time::timeout(Duration::from_secs(90), upload).await??;
+    assert!(upload.is_err() || upload.is_ok_and(|r| !r.status().is_success()));
+    drop(held);
+    Ok(())
+}

@@ -1,0 +1,449 @@
+//! RFC 7523 end to end: the real relay and agent, a token endpoint that verifies each
+//! assertion with jsonwebtoken, and the API it guards; caching, refresh, retry and errors.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use jsonwebtoken::{Algorithm, DecodingKey};
+use postern_tests::harness::{
+    AgentProcess, Api, Bins, RelayProcess, agent_config, create_agent, create_api_key,
+};
+use postern_tests::temp::TempDir;
+use postern_tests::token_endpoint::{EndpointConfig, ExpiresIn, TokenEndpoint};
+use serde_json::Value;
+
+const ONLINE_WITHIN: Duration = Duration::from_secs(15);
+const JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
+
+fn bins() -> Bins {
+    Bins {
+        relay: env!("CARGO_BIN_EXE_e2e-postern-relay").into(),
+        agent: env!("CARGO_BIN_EXE_e2e-postern").into(),
+    }
+}
+
+/// A relay and one agent `edge` whose config holds `connections`.
+struct World {
+    _dir: TempDir,
+    _relay: RelayProcess,
+    agent: AgentProcess,
+    api: Api,
+}
+
+impl World {
+    /// `files` are written (0600) beside the config before the agent starts.
+    async fn start(dir: TempDir, connections: &str) -> Result<Self> {
+        let bins = bins();
+        let state = dir.path().join("relay");
+        let relay = RelayProcess::start(&bins, &state, "127.0.0.1:0", "127.0.0.1:0")?;
+        let (_id, token) = create_agent(&bins, &state, "edge")?;
+        let api_key = create_api_key(&bins, &state, "platform")?;
+        let config = dir.write_private(
+            "agent.toml",
+            &agent_config(relay.ssh, &relay.fingerprint, &token, connections),
+        )?;
+        let agent = AgentProcess::start(&bins, &config)?;
+        let api = Api::new(relay.api_base(), api_key);
+        api.wait_online("edge", true, ONLINE_WITHIN).await?;
+        Ok(Self {
+            _dir: dir,
+            _relay: relay,
+            agent,
+            api,
+        })
+    }
+
+    async fn post(&self, connection: &str, path: &str, body: &str) -> Result<reqwest::Response> {
+        Ok(self
+            .api
+            .http
+            .post(format!(
+                "{}/v1/agents/edge/connections/{connection}/http{path}",
+                self.api.base
+            ))
+            .bearer_auth(&self.api.key)
+            .body(body.to_owned())
+            .send()
+            .await?)
+    }
+}
+
+/// An EC P-256 key made by the openssl CLI: (SEC1 private PEM, public PEM).
+fn openssl_ec256(dir: &TempDir) -> Result<(String, String)> {
+    let private = dir.path().join("ec.pem");
+    let ok = Command::new("openssl")
+        .args([
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-noout",
+            "-out",
+        ])
+        .arg(&private)
+        .status()
+        .context("openssl")?
+        .success();
+    if !ok {
+        bail!("openssl ecparam failed");
+    }
+    let public = Command::new("openssl")
+        .args(["ec", "-pubout", "-in"])
+        .arg(&private)
+        .output()?;
+    Ok((
+        std::fs::read_to_string(&private)?,
+        String::from_utf8(public.stdout)?,
+    ))
+}
+
+/// An RSA 2048 key made by the openssl CLI: (PKCS#8 private PEM, public PEM).
+fn openssl_rsa(dir: &TempDir) -> Result<(String, String)> {
+    let private = dir.path().join("rsa.pem");
+    let ok = Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+        ])
+        .arg(&private)
+        .output()
+        .context("openssl")?
+        .status
+        .success();
+    if !ok {
+        bail!("openssl genpkey failed");
+    }
+    let public = Command::new("openssl")
+        .args(["pkey", "-pubout", "-in"])
+        .arg(&private)
+        .output()?;
+    Ok((
+        std::fs::read_to_string(&private)?,
+        String::from_utf8(public.stdout)?,
+    ))
+}
+
+fn endpoint_config(
+    public_pem: &str,
+    algorithm: Algorithm,
+    expires_in: ExpiresIn,
+) -> Result<EndpointConfig> {
+    let key = match algorithm {
+        Algorithm::ES256 => DecodingKey::from_ec_pem(public_pem.as_bytes())?,
+        _ => DecodingKey::from_rsa_pem(public_pem.as_bytes())?,
+    };
+    Ok(EndpointConfig {
+        key,
+        algorithm,
+        audience: "https://idp.test/token".to_owned(),
+        issuer: "postern-edge".to_owned(),
+        grant_type: JWT_BEARER.to_owned(),
+        expires_in,
+        delay: Duration::ZERO,
+    })
+}
+
+/// A `jwt_bearer` connection with an exchange block; `extra_auth` / `extra_exchange` add lines.
+fn exchange_connection(
+    name: &str,
+    endpoint: &TokenEndpoint,
+    algorithm: &str,
+    key_file: &str,
+    extra_auth: &str,
+    extra_exchange: &str,
+) -> String {
+    format!(
+        r#"
+[connections.{name}]
+base_uri = "{api}"
+timeout = "5s"
+[connections.{name}.auth]
+type = "jwt_bearer"
+algorithm = "{algorithm}"
+private_key_file = "{key_file}"
+payload = {{ iss = "postern-edge", sub = "svc", aud = "https://idp.test/token", jti = "{{{{uuid}}}}" }}
+lifetime = "5m"
+{extra_auth}
+[connections.{name}.auth.exchange]
+token_url = "{token_url}"
+{extra_exchange}
+"#,
+        api = endpoint.api_uri(),
+        token_url = endpoint.token_url(),
+    )
+}
+
+async fn json_of(response: reqwest::Response) -> Result<(u16, Value)> {
+    let status = response.status().as_u16();
+    let text = response.text().await?;
+    let value = serde_json::from_str(&text).with_context(|| format!("not JSON: {text}"))?;
+    Ok((status, value))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fifty_concurrent_calls_share_one_exchange() -> Result<()> {
+    let dir = TempDir::new("jwt-x-herd")?;
+    let (private, public) = openssl_ec256(&dir)?;
+    dir.write_private("ec.pem", &private)?;
+    let mut config = endpoint_config(&public, Algorithm::ES256, ExpiresIn::Number(3600))?;
+    // A slow endpoint makes every call arrive while the first exchange is under way.
+    config.delay = Duration::from_millis(500);
+    let endpoint = TokenEndpoint::start(config).await?;
+    let connection = exchange_connection(
+        "erp",
+        &endpoint,
+        "ES256",
+        "ec.pem",
+        "",
+        "params = { scope = \"orders.read orders.write\" }",
+    );
+    let world = World::start(dir, &connection).await?;
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..50 {
+        let api = world.api.clone();
+        calls.spawn(async move {
+            let response = api
+                .http
+                .post(format!(
+                    "{}/v1/agents/edge/connections/erp/http/orders/{i}",
+                    api.base
+                ))
+                .bearer_auth(&api.key)
+                .body(format!("call {i}"))
+                .send()
+                .await?;
+            json_of(response).await
+        });
+    }
+    while let Some(joined) = calls.join_next().await {
+        let (status, body) = joined??;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["ok"], true);
+    }
+    let exchanges = endpoint.exchanges();
+    assert_eq!(
+        exchanges.len(),
+        1,
+        "exactly one exchange for 50 concurrent calls"
+    );
+    let x = &exchanges[0];
+    assert_eq!(x.content_type, "application/x-www-form-urlencoded");
+    assert_eq!(x.fields["grant_type"], JWT_BEARER);
+    assert_eq!(x.fields["scope"], "orders.read orders.write");
+    assert!(!x.fields.contains_key("client_assertion"));
+    // lifetime = "5m" added iat and exp as integers; the endpoint checked exp already.
+    let iat = x.claims["iat"].as_u64().context("iat is an integer")?;
+    let exp = x.claims["exp"].as_u64().context("exp is an integer")?;
+    assert_eq!(exp - iat, 300);
+    let issued = x.issued.clone().context("a token was issued")?;
+    let api_calls = endpoint.calls();
+    assert_eq!(api_calls.len(), 50);
+    assert!(
+        api_calls
+            .iter()
+            .all(|c| c.token.as_deref() == Some(issued.as_str()) && c.status == 200),
+        "every call carried the one exchanged token"
+    );
+    // The access token is a secret: never in the agent's log.
+    assert!(!world.agent.logs.contains(&issued));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn client_assertion_as_json_with_a_string_expires_in() -> Result<()> {
+    let dir = TempDir::new("jwt-x-ca")?;
+    let (private, public) = openssl_rsa(&dir)?;
+    dir.write_private("rsa.pem", &private)?;
+    let mut config = endpoint_config(&public, Algorithm::PS256, ExpiresIn::Text(3600))?;
+    config.grant_type = "client_credentials".to_owned();
+    let endpoint = TokenEndpoint::start(config).await?;
+    let connection = exchange_connection(
+        "graph",
+        &endpoint,
+        "PS256",
+        "rsa.pem",
+        "headers = { kid = \"cert-1\" }",
+        "client_assertion = true\nbody = \"json\"\nparams = { client_id = \"app-123\", scope = \"https://graph.test/.default\" }",
+    );
+    let world = World::start(dir, &connection).await?;
+    for i in 0..3 {
+        let (status, body) = json_of(world.post("graph", "/me", &format!("n{i}")).await?).await?;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["body"], format!("n{i}"));
+    }
+    let exchanges = endpoint.exchanges();
+    assert_eq!(exchanges.len(), 1, "a string expires_in is honoured too");
+    let x = &exchanges[0];
+    assert_eq!(x.content_type, "application/json");
+    assert_eq!(x.fields["grant_type"], "client_credentials");
+    assert_eq!(
+        x.fields["client_assertion_type"],
+        "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+    );
+    assert_eq!(x.fields["client_id"], "app-123");
+    assert!(!x.fields.contains_key("assertion"));
+    let header = jsonwebtoken::decode_header(&x.fields["client_assertion"])?;
+    assert_eq!(header.alg, Algorithm::PS256);
+    assert_eq!(header.kid.as_deref(), Some("cert-1"));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_three_second_token_is_refreshed_before_it_expires() -> Result<()> {
+    let dir = TempDir::new("jwt-x-refresh")?;
+    let (private, public) = openssl_ec256(&dir)?;
+    dir.write_private("ec.pem", &private)?;
+    let endpoint = TokenEndpoint::start(endpoint_config(
+        &public,
+        Algorithm::ES256,
+        ExpiresIn::Number(3),
+    )?)
+    .await?;
+    let world = World::start(
+        dir,
+        &exchange_connection("erp", &endpoint, "ES256", "ec.pem", "", ""),
+    )
+    .await?;
+    let started = Instant::now();
+    let mut refreshed_after = None;
+    // Bounded: at most 60 calls over at most 10 s.
+    for _ in 0..60 {
+        let (status, body) = json_of(world.post("erp", "/tick", "").await?).await?;
+        assert_eq!(status, 200, "{body}");
+        if endpoint.exchanges().len() >= 2 {
+            refreshed_after = Some(started.elapsed());
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(10) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let after = refreshed_after.context("the token was never refreshed")?;
+    assert!(
+        after >= Duration::from_millis(2000),
+        "refreshed too early: {after:?}"
+    );
+    // Generous: under load a call may take a while; "never expired" below is the real check.
+    assert!(after < Duration::from_secs(6), "refreshed late: {after:?}");
+    let calls = endpoint.calls();
+    assert!(calls.len() > 5, "several calls reused the first token");
+    assert!(
+        calls.iter().all(|c| c.status == 200),
+        "the API never saw an expired token: {:?}",
+        calls.iter().map(|c| c.status).collect::<Vec<_>>()
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_401_drops_the_token_and_retries_once_with_the_same_body() -> Result<()> {
+    let dir = TempDir::new("jwt-x-401")?;
+    let (private, public) = openssl_ec256(&dir)?;
+    dir.write_private("ec.pem", &private)?;
+    // No expires_in (as Salesforce answers): the configured default lifetime applies.
+    let endpoint = TokenEndpoint::start(endpoint_config(
+        &public,
+        Algorithm::ES256,
+        ExpiresIn::Absent(3600),
+    )?)
+    .await?;
+    let connection = exchange_connection(
+        "crm",
+        &endpoint,
+        "ES256",
+        "ec.pem",
+        "",
+        "default_lifetime = \"1h\"",
+    );
+    let world = World::start(dir, &connection).await?;
+    let (status, _) = json_of(world.post("crm", "/a", "first").await?).await?;
+    assert_eq!(status, 200);
+    endpoint.revoke_all();
+    let (status, body) = json_of(world.post("crm", "/b", "the replayed body").await?).await?;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["body"], "the replayed body");
+    assert_eq!(endpoint.exchanges().len(), 2);
+    let calls = endpoint.calls();
+    let statuses: Vec<u16> = calls.iter().map(|c| c.status).collect();
+    assert_eq!(statuses, [200, 401, 200], "one refusal, one retry");
+    assert_eq!(calls[1].body, "the replayed body");
+    assert_eq!(calls[2].body, "the replayed body");
+    assert_ne!(calls[1].token, calls[2].token);
+    // The new token is cached: no further exchange.
+    let (status, _) = json_of(world.post("crm", "/c", "").await?).await?;
+    assert_eq!(status, 200);
+    assert_eq!(endpoint.exchanges().len(), 2);
+    // A body over the 64 KiB replay limit streams once: the 401 reaches the caller, but the
+    // refused token is dropped, so the next call exchanges again and succeeds.
+    endpoint.revoke_all();
+    let big = "x".repeat(100 * 1024);
+    let response = world.post("crm", "/big", &big).await?;
+    assert_eq!(response.status(), 401);
+    assert_eq!(endpoint.exchanges().len(), 2);
+    let (status, body) = json_of(world.post("crm", "/e", "small").await?).await?;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(endpoint.exchanges().len(), 3);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn oauth_errors_come_back_as_token_exchange_failed() -> Result<()> {
+    let dir = TempDir::new("jwt-x-err")?;
+    let (private, public) = openssl_ec256(&dir)?;
+    dir.write_private("ec.pem", &private)?;
+    let mut config = endpoint_config(&public, Algorithm::ES256, ExpiresIn::Number(3600))?;
+    config.audience = "https://someone-else/token".to_owned();
+    config.delay = Duration::from_millis(400);
+    let endpoint = TokenEndpoint::start(config).await?;
+    let world = World::start(
+        dir,
+        &exchange_connection("erp", &endpoint, "ES256", "ec.pem", "", ""),
+    )
+    .await?;
+    let response = world.post("erp", "/x", "").await?;
+    assert_eq!(
+        response.headers()["x-postern-error"],
+        "token_exchange_failed"
+    );
+    let (status, body) = json_of(response).await?;
+    assert_eq!(status, 502);
+    assert_eq!(body["error"]["code"], "token_exchange_failed");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(
+            "refused the assertion (HTTP 400): invalid_grant: assertion rejected: InvalidAudience"
+        ),
+        "{message}"
+    );
+    assert!(
+        endpoint.calls().is_empty(),
+        "nothing reached the API without a token"
+    );
+    assert_eq!(endpoint.exchanges().len(), 1);
+
+    // Calls waiting while an exchange fails share its error: no stampede on a failing endpoint.
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..10 {
+        let api = world.api.clone();
+        calls.spawn(async move { api.call("edge", "erp", &format!("/y/{i}")).await });
+    }
+    while let Some(joined) = calls.join_next().await {
+        let response = joined??;
+        assert_eq!(response.status(), 502);
+    }
+    let attempts = endpoint.exchanges().len() - 1;
+    assert!(
+        (1..=3).contains(&attempts),
+        "10 concurrent failing calls made {attempts} exchanges"
+    );
+    // The assertion, like the access token, never reaches the log.
+    let assertion = endpoint.exchanges()[0].fields["assertion"].clone();
+    assert!(!world.agent.logs.contains(&assertion));
+    Ok(())
+}

@@ -1,0 +1,222 @@
+//! Per-connection rate limits end to end: the token bucket's burst and queue, `max_wait`
+//! turning into 429 `rate_limited`, and an upstream `Retry-After` pausing the connection.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use postern_tests::harness::{
+    AgentProcess, Api, Bins, RelayProcess, agent_config, create_agent, create_api_key,
+};
+use postern_tests::temp::TempDir;
+
+const ONLINE_WITHIN: Duration = Duration::from_secs(15);
+
+fn bins() -> Bins {
+    Bins {
+        relay: env!("CARGO_BIN_EXE_e2e-postern-relay").into(),
+        agent: env!("CARGO_BIN_EXE_e2e-postern").into(),
+    }
+}
+
+/// An upstream that answers 200, except the first call to `/api/limited/{secs}`, which
+/// gets 429 with `Retry-After: {secs}`. It records when each call arrived.
+#[derive(Clone, Default)]
+struct Upstream {
+    limited_once: Arc<Mutex<HashSet<String>>>,
+    arrivals: Arc<Mutex<Vec<(String, Instant)>>>,
+}
+
+async fn upstream(State(state): State<Upstream>, request: Request) -> Response {
+    let path = request.uri().path().to_owned();
+    if let Ok(mut a) = state.arrivals.lock() {
+        a.push((path.clone(), Instant::now()));
+    }
+    if let Some(secs) = path.strip_prefix("/api/limited/")
+        && state
+            .limited_once
+            .lock()
+            .map(|mut seen| seen.insert(path.clone()))
+            .unwrap_or(false)
+    {
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            [("retry-after", secs.to_owned())],
+            "slow down",
+        )
+            .into_response();
+    }
+    (StatusCode::OK, "ok").into_response()
+}
+
+struct World {
+    _dir: TempDir,
+    _relay: RelayProcess,
+    _agent: AgentProcess,
+    api: Api,
+    upstream: Upstream,
+    _stop: tokio_util::sync::DropGuard,
+}
+
+impl World {
+    /// `connections(base_uri)` gives the agent's connection tables.
+    async fn start(connections: impl Fn(&str) -> String) -> Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr: SocketAddr = listener.local_addr()?;
+        let state = Upstream::default();
+        let app = Router::new().fallback(upstream).with_state(state.clone());
+        let stop = tokio_util::sync::CancellationToken::new();
+        let cancelled = stop.clone();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { cancelled.cancelled().await })
+                .await;
+        });
+        let dir = TempDir::new("jwt-rate")?;
+        let bins = bins();
+        let relay_state = dir.path().join("relay");
+        let relay = RelayProcess::start(&bins, &relay_state, "127.0.0.1:0", "127.0.0.1:0")?;
+        let (_id, token) = create_agent(&bins, &relay_state, "edge")?;
+        let api_key = create_api_key(&bins, &relay_state, "platform")?;
+        let config = dir.write_private(
+            "agent.toml",
+            &agent_config(
+                relay.ssh,
+                &relay.fingerprint,
+                &token,
+                &connections(&format!("http://{addr}/api")),
+            ),
+        )?;
+        let agent = AgentProcess::start(&bins, &config)?;
+        let api = Api::new(relay.api_base(), api_key);
+        api.wait_online("edge", true, ONLINE_WITHIN).await?;
+        Ok(Self {
+            _dir: dir,
+            _relay: relay,
+            _agent: agent,
+            api,
+            upstream: state,
+            _stop: stop.drop_guard(),
+        })
+    }
+
+    fn arrivals(&self, prefix: &str) -> Vec<Instant> {
+        self.upstream
+            .arrivals
+            .lock()
+            .map(|a| {
+                a.iter()
+                    .filter(|(p, _)| p.starts_with(prefix))
+                    .map(|(_, t)| *t)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+fn connection(name: &str, base_uri: &str, extra: &str) -> String {
+    format!("\n[connections.{name}]\nbase_uri = \"{base_uri}\"\ntimeout = \"5s\"\n{extra}\n")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn over_the_burst_with_no_wait_is_rate_limited() -> Result<()> {
+    let w = World::start(|base| {
+        connection(
+            "slow",
+            base,
+            "rate_limit = { requests = 1, per = \"1m\", burst = 2 }\nmax_wait = \"0s\"",
+        )
+    })
+    .await?;
+    for i in 0..2 {
+        let r = w.api.call("edge", "slow", &format!("/burst/{i}")).await?;
+        assert_eq!(r.status(), 200, "call {i} is within the burst");
+    }
+    let r = w.api.call("edge", "slow", "/burst/2").await?;
+    assert_eq!(r.status(), 429);
+    assert_eq!(r.headers()["x-postern-error"], "rate_limited");
+    let body: serde_json::Value = r.json().await?;
+    assert_eq!(body["error"]["code"], "rate_limited");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.starts_with("connection slow is over its rate limit: the call would wait"),
+        "{message}"
+    );
+    assert_eq!(
+        w.arrivals("/api/burst").len(),
+        2,
+        "the refused call never left the agent"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn calls_over_the_limit_wait_their_turn() -> Result<()> {
+    let w = World::start(|base| {
+        connection(
+            "paced",
+            base,
+            "rate_limit = { requests = 10, per = \"1s\", burst = 1 }\nmax_wait = \"5s\"",
+        )
+    })
+    .await?;
+    let started = Instant::now();
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..6 {
+        let api = w.api.clone();
+        calls.spawn(async move { api.call("edge", "paced", &format!("/paced/{i}")).await });
+    }
+    while let Some(r) = calls.join_next().await {
+        assert_eq!(r??.status(), 200);
+    }
+    let elapsed = started.elapsed();
+    // One at once, then one per 100 ms: the sixth goes out about 500 ms after the first.
+    assert!(elapsed >= Duration::from_millis(450), "{elapsed:?}");
+    assert!(elapsed < Duration::from_secs(4), "{elapsed:?}");
+    let mut arrivals = w.arrivals("/api/paced");
+    arrivals.sort();
+    assert_eq!(arrivals.len(), 6);
+    let spread = arrivals[5].duration_since(arrivals[0]);
+    assert!(spread >= Duration::from_millis(450), "spread {spread:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upstream_retry_after_pauses_the_connection() -> Result<()> {
+    let w = World::start(|base| {
+        let mut c = connection("short", base, "max_wait = \"5s\"");
+        c.push_str(&connection("long", base, "max_wait = \"2s\""));
+        c
+    })
+    .await?;
+    // The upstream's own 429 comes back as it was sent…
+    let r = w.api.call("edge", "short", "/limited/1").await?;
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().get("x-postern-error").is_none());
+    assert_eq!(r.headers()["retry-after"], "1");
+    let paused_at = Instant::now();
+    // …and the next call on that connection waits out the pause.
+    let r = w.api.call("edge", "short", "/after").await?;
+    assert_eq!(r.status(), 200);
+    let waited = paused_at.elapsed();
+    assert!(waited >= Duration::from_millis(800), "{waited:?}");
+    assert!(waited < Duration::from_secs(4), "{waited:?}");
+
+    // A pause longer than max_wait is refused at once, and only on its own connection.
+    let r = w.api.call("edge", "long", "/limited/30").await?;
+    assert_eq!(r.status(), 429);
+    let refused_at = Instant::now();
+    let r = w.api.call("edge", "long", "/x").await?;
+    assert_eq!(r.status(), 429);
+    assert_eq!(r.headers()["x-postern-error"], "rate_limited");
+    assert!(refused_at.elapsed() < Duration::from_secs(2));
+    let r = w.api.call("edge", "short", "/x").await?;
+    assert_eq!(r.status(), 200, "other connections are not paused");
+    Ok(())
+}
