@@ -30,6 +30,12 @@ pub struct AgentInfo {
     pub agent_version: Option<String>,
     pub protocol_version: Option<u32>,
     pub connections: Vec<String>,
+    /// Calls under way through this agent right now.
+    pub calls_in_flight: u64,
+    /// Now while online, else when the last session ended (RFC 3339).
+    pub last_seen: Option<String>,
+    /// Why the last session ended.
+    pub last_disconnect_reason: Option<String>,
 }
 
 /// `GET /v1/agents`
@@ -38,9 +44,85 @@ pub struct AgentList {
     pub agents: Vec<AgentInfo>,
 }
 
+/// What an API key may do: `admin` everything, `call` run calls and read agents.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApiKeyScope {
+    #[default]
+    Admin,
+    Call,
+}
+
+impl ApiKeyScope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Admin => "admin",
+            Self::Call => "call",
+        }
+    }
+}
+
+impl std::fmt::Display for ApiKeyScope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for ApiKeyScope {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "admin" => Ok(Self::Admin),
+            "call" => Ok(Self::Call),
+            other => Err(format!("unknown scope {other:?}: use admin or call")),
+        }
+    }
+}
+
+/// `POST /v1/apikeys`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateApiKey {
+    pub name: String,
+    #[serde(default)]
+    pub scope: ApiKeyScope,
+}
+
 /// Answer to creating an API key: the key is shown this once.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ApiKeyCreated {
     pub name: String,
     pub key: String,
+    pub scope: ApiKeyScope,
+}
+
+/// One API key as listed: never the key itself.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ApiKeyInfo {
+    pub name: String,
+    pub scope: ApiKeyScope,
+    pub created_at: String,
+}
+
+/// `GET /v1/apikeys`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApiKeyList {
+    pub api_keys: Vec<ApiKeyInfo>,
+}
+
+/// `POST /v1/agents/{agent}/token`: `grace` keeps the old token valid for new sessions that long.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RotateToken {
+    pub grace: Option<String>,
+}
+
+/// Answer to a rotation: the new token, shown this once.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenRotated {
+    pub id: String,
+    pub name: String,
+    pub token: String,
+    pub old_token_valid_until: Option<String>,
 }
