@@ -181,6 +181,7 @@ fn run(cli: Cli) -> Result<()> {
                 print_json(&ApiKeyCreated {
                     name,
                     key: key.expose().to_owned(),
+                    scope: postern_protocol::api::ApiKeyScope::Admin,
                 })?;
             } else {
                 println!(

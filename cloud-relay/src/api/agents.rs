@@ -85,6 +85,9 @@ fn rfc3339(t: SystemTime) -> String {
 pub(crate) fn info(ctx: &RelayContext, agent: AgentRecord) -> AgentInfo {
     let live = ctx.registry.get(&agent.id);
     AgentInfo {
+        calls_in_flight: 0,
+        last_seen: None,
+        last_disconnect_reason: None,
         online: live.is_some(),
         connected_since: live.as_ref().map(|l| rfc3339(l.since)),
         remote_addr: live.as_ref().map(|l| l.remote_addr.to_string()),
