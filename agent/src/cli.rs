@@ -29,6 +29,9 @@ pub struct Cli {
     /// Log filter, e.g. `info` or `postern_agent=debug` (overrides RUST_LOG).
     #[arg(long, global = true)]
     log_level: Option<String>,
+    /// `text` for people, `json` (one object per line) for log shippers.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: logging::LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -63,6 +66,11 @@ enum Command {
         #[command(subcommand)]
         command: ConnectionCommand,
     },
+    /// Check the config file.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -83,6 +91,13 @@ enum JwtCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Validate the config offline: TOML, relays, token, keys against their
+    /// algorithms, templates, URIs, file modes. Lists every problem; exit 0 if none.
+    Check,
+}
+
+#[derive(Debug, Subcommand)]
 enum ConnectionCommand {
     /// Show each connection's name, base URI and auth type (never secrets).
     List {
@@ -99,7 +114,7 @@ enum ConnectionCommand {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    logging::init_tracing(cli.log_level.as_deref());
+    logging::init_tracing(cli.log_level.as_deref(), cli.log_format);
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -133,6 +148,24 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Jwt {
             command: JwtCommand::Sign { connection },
         } => jwt::sign(&load(&path)?, &connection),
+        Command::Config {
+            command: ConfigCommand::Check,
+        } => {
+            let config = load(&path)?;
+            println!(
+                "{}: ok — relays {}, {} connection(s): {}",
+                path.display(),
+                config.relays.join(", "),
+                config.connections.len(),
+                config
+                    .connections
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Connection {
             command: ConnectionCommand::List { json },
         } => connection::list(&load(&path)?, json),

@@ -20,8 +20,10 @@ pub use limits::{RateLimit, TestRequest};
 /// A loaded, validated config. Secrets inside never print in `Debug`.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
-    /// `host:port` of the relay's SSH listener.
-    pub relay: String,
+    /// `host:port` of the relay's SSH listeners, tried in turn.
+    pub relays: Vec<String>,
+    /// The HTTP CONNECT proxy to reach the relay through, from the config or environment.
+    pub proxy: Option<crate::proxy::Proxy>,
     /// The relay host key fingerprint to pin (`SHA256:…`).
     pub relay_fingerprint: String,
     pub token: SecretToken,
@@ -81,6 +83,15 @@ pub enum ConfigError {
     Permissions { path: PathBuf, mode: u32 },
     #[error("{0}")]
     Invalid(String),
+    #[error("{}", list_problems(.0))]
+    Problems(Vec<String>),
+}
+
+fn list_problems(problems: &[String]) -> String {
+    match problems {
+        [one] => one.clone(),
+        many => format!("{} problems:\n  - {}", many.len(), many.join("\n  - ")),
+    }
 }
 
 fn invalid(msg: impl Into<String>) -> ConfigError {
@@ -109,42 +120,71 @@ impl AgentConfig {
         base_dir: &Path,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Self, ConfigError> {
+        // Collect every problem, so `postern config check` can list them all at once.
+        let mut problems = Vec::new();
         if !file.relay_fingerprint.starts_with("SHA256:") {
-            return Err(invalid(format!(
+            problems.push(format!(
                 "relay_fingerprint {:?} must be the relay's SHA256:… fingerprint (postern-relay fingerprint prints it)",
                 file.relay_fingerprint
-            )));
+            ));
         }
-        if file
-            .relay
-            .rsplit_once(':')
-            .and_then(|(_, p)| p.parse::<u16>().ok())
-            .is_none()
-        {
-            return Err(invalid(format!("relay {:?} must be host:port", file.relay)));
+        let relays = file.relay.into_vec();
+        if relays.is_empty() {
+            problems.push("relay: name at least one host:port".to_owned());
         }
-        let token_text = one_secret(
+        for relay in &relays {
+            if relay
+                .rsplit_once(':')
+                .and_then(|(_, p)| p.parse::<u16>().ok())
+                .is_none()
+            {
+                problems.push(format!("relay {relay:?} must be host:port"));
+            }
+        }
+        let proxy = match &file.proxy {
+            Some(url) => crate::proxy::Proxy::parse(url)
+                .map(Some)
+                .map_err(|e| format!("proxy: {e}")),
+            None => crate::proxy::Proxy::from_env(env, &relays)
+                .map_err(|e| format!("proxy environment: {e}")),
+        }
+        .unwrap_or_else(|e| {
+            problems.push(e);
+            None
+        });
+        let token = one_secret(
             "token",
             file.token.as_deref(),
             file.token_file.as_deref(),
             file.token_env.as_deref(),
             base_dir,
             env,
-        )?;
-        let token = SecretToken::parse(SecretKind::AgentToken, &token_text)
-            .map_err(|e| invalid(format!("token: {e}")))?;
+        )
+        .map_err(|e| e.to_string())
+        .and_then(|text| {
+            SecretToken::parse(SecretKind::AgentToken, &text).map_err(|e| format!("token: {e}"))
+        })
+        .map_err(|e| problems.push(e))
+        .ok();
         let mut connections = BTreeMap::new();
         for (name, conn) in file.connections {
-            let connection = resolve_connection(&name, conn, base_dir, env)
-                .map_err(|e| invalid(format!("connections.{name}: {e}")))?;
-            connections.insert(name, Arc::new(connection));
+            match resolve_connection(&name, conn, base_dir, env) {
+                Ok(connection) => {
+                    connections.insert(name, Arc::new(connection));
+                }
+                Err(e) => problems.push(format!("connections.{name}: {e}")),
+            }
         }
-        Ok(Self {
-            relay: file.relay,
-            relay_fingerprint: file.relay_fingerprint,
-            token,
-            connections,
-        })
+        match token {
+            Some(token) if problems.is_empty() => Ok(Self {
+                relays,
+                proxy,
+                relay_fingerprint: file.relay_fingerprint,
+                token,
+                connections,
+            }),
+            _ => Err(ConfigError::Problems(problems)),
+        }
     }
 
     pub fn connection(&self, name: &str) -> Option<&Arc<Connection>> {

@@ -10,6 +10,8 @@
 //! - [`ssh_client`]: the russh client handler: host key pinning, channel admission.
 //! - [`tunnel`]: connect, authenticate, announce, serve; reconnect with backoff.
 //! - [`backoff`]: exponential backoff with full jitter.
+//! - [`proxy`]: HTTP CONNECT to the relay through a corporate proxy.
+//! - [`connection_test`]: a connection's test request, as `postern connection test` runs it.
 //! - [`cli`]: the `postern` command line.
 
 pub mod backoff;
@@ -17,11 +19,12 @@ pub mod call;
 pub mod channel;
 pub mod cli;
 pub mod config;
+pub mod connection_test;
 pub mod jwt;
+pub mod proxy;
 pub mod ssh_client;
 pub mod tunnel;
 pub mod upstream_url;
 
 pub use config::AgentConfig;
 pub use tunnel::{TunnelState, run};
-pub mod connection_test;

@@ -18,8 +18,8 @@ use tracing::{Instrument, info_span, warn};
 use crate::call::CallContext;
 use crate::channel;
 
-/// Keepalive every 5 s, dropped after 2 missed: a dead link is noticed in ~15 s.
-pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+/// Keepalive every 4 s, dropped after 2 missed: a dead link is noticed in ~12 s.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(4);
 pub const KEEPALIVE_MAX: usize = 2;
 /// Receive window per channel: request bodies flow relay → agent (RUSSH-NOTES).
 pub const WINDOW_SIZE: u32 = 16 * 1024 * 1024;

@@ -85,9 +85,11 @@ pub async fn run(
     let calls = Arc::new(calls);
     let tasks = TaskTracker::new();
     let mut backoff = Backoff::default();
+    let mut relay_index = 0usize;
     loop {
         let started = Instant::now();
-        let outcome = session(&config, &calls, &tasks, &shutdown, &state).await;
+        let relay = &config.relays[relay_index % config.relays.len()];
+        let outcome = session(&config, relay, &calls, &tasks, &shutdown, &state).await;
         state.send_modify(|s| s.connected = false);
         if shutdown.is_cancelled() {
             break;
@@ -99,6 +101,10 @@ pub async fn run(
             }
             Err(e) => warn!(error = %e, "tunnel down"),
             Ok(()) => {}
+        }
+        if outcome.is_err() {
+            // Several relays: try the next one in turn.
+            relay_index = relay_index.wrapping_add(1);
         }
         if let Err(e) = outcome {
             state.send_modify(|s| s.last_error = Some(e.to_string()));
@@ -128,6 +134,7 @@ pub async fn run(
 /// One SSH session, from connect to its end. `Ok` means it ended by shutdown.
 async fn session(
     config: &AgentConfig,
+    relay: &str,
     calls: &Arc<BTreeMap<String, Arc<CallContext>>>,
     tasks: &TaskTracker,
     shutdown: &CancellationToken,
@@ -144,16 +151,25 @@ async fn session(
         disconnect_reason: Arc::new(Mutex::new(None)),
     };
     let unreachable = |reason: String| TunnelError::Unreachable {
-        relay: config.relay.clone(),
+        relay: relay.to_owned(),
         reason,
     };
-    let connect = russh::client::connect(
-        Arc::new(russh_config()),
-        config.relay.as_str(),
-        AgentSsh {
-            shared: shared.clone(),
-        },
-    );
+    let handler = AgentSsh {
+        shared: shared.clone(),
+    };
+    let connect = async {
+        match config.proxy.as_ref().filter(|p| p.applies_to(relay)) {
+            Some(proxy) => {
+                let stream = proxy.connect(relay).await.map_err(|e| e.to_string())?;
+                russh::client::connect_stream(Arc::new(russh_config()), stream, handler)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            None => russh::client::connect(Arc::new(russh_config()), relay, handler)
+                .await
+                .map_err(|e| e.to_string()),
+        }
+    };
     let handle = tokio::select! {
         _ = shutdown.cancelled() => return Ok(()),
         r = tokio::time::timeout(CONNECT_TIMEOUT, connect) => match r {
@@ -165,7 +181,7 @@ async fn session(
                         expected: config.relay_fingerprint.clone(),
                         found,
                     },
-                    _ => unreachable(e.to_string()),
+                    _ => unreachable(e),
                 });
             }
             Ok(Ok(handle)) => handle,
@@ -218,7 +234,7 @@ async fn session(
             return Err(TunnelError::HelloRefused { code, message });
         }
     };
-    info!(relay = %config.relay, agent = %agent_name, connections = calls.len(), "connected to relay");
+    info!(%relay, agent = %agent_name, connections = calls.len(), "connected to relay");
     state.send_modify(|s| {
         s.connected = true;
         s.since = Some(SystemTime::now());

@@ -9,13 +9,34 @@ use serde::Deserialize;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConfigFile {
-    pub relay: String,
+    /// One `host:port`, or a list tried in turn.
+    pub relay: OneOrMany,
+    /// `http://[user:pass@]host:port` to reach the relay through (HTTP CONNECT);
+    /// absent: the `HTTPS_PROXY` / `ALL_PROXY` / `NO_PROXY` environment decides.
+    pub proxy: Option<String>,
     pub relay_fingerprint: String,
     pub token: Option<String>,
     pub token_file: Option<PathBuf>,
     pub token_env: Option<String>,
     #[serde(default)]
     pub connections: BTreeMap<String, ConnectionFile>,
+}
+
+/// `relay = "a:2222"` or `relay = ["a:2222", "b:2222"]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    pub fn into_vec(self) -> Vec<String> {
+        match self {
+            Self::One(one) => vec![one],
+            Self::Many(many) => many,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]

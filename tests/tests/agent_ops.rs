@@ -1,0 +1,278 @@
+//! The agent as an operable daemon: several relays tried in turn, a corporate
+//! proxy (a real tinyproxy), `config check`, and JSON logs without secrets.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use postern_tests::harness::{AgentProcess, Api, Bins, RelayProcess, create_agent, create_api_key};
+use postern_tests::internal_server::{InternalServer, Verifier};
+use postern_tests::temp::TempDir;
+
+fn bins() -> Bins {
+    Bins {
+        relay: env!("CARGO_BIN_EXE_e2e-postern-relay").into(),
+        agent: env!("CARGO_BIN_EXE_e2e-postern").into(),
+    }
+}
+
+struct Setup {
+    dir: TempDir,
+    bins: Bins,
+    relay: RelayProcess,
+    api: Api,
+    token: String,
+    internal: InternalServer,
+}
+
+async fn setup() -> Result<Setup> {
+    let dir = TempDir::new("agentops")?;
+    let bins = bins();
+    let state = dir.path().join("relay");
+    let relay = RelayProcess::start(&bins, &state, "127.0.0.1:0", "127.0.0.1:0")?;
+    let (_, token) = create_agent(&bins, &state, "a1")?;
+    let api = Api::new(relay.api_base(), create_api_key(&bins, &state, "k")?);
+    let internal = InternalServer::start(Verifier::None, "").await?;
+    Ok(Setup {
+        dir,
+        bins,
+        relay,
+        api,
+        token,
+        internal,
+    })
+}
+
+impl Setup {
+    fn config(&self, head: &str) -> String {
+        format!(
+            "{head}\nrelay_fingerprint = \"{}\"\ntoken = \"{}\"\n[connections.o]\nbase_uri = \"{}\"\n",
+            self.relay.fingerprint,
+            self.token,
+            self.internal.base_uri()
+        )
+    }
+}
+
+/// A port nothing listens on.
+fn dead_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn relays_are_tried_in_turn() -> Result<()> {
+    let s = setup().await?;
+    let head = format!(
+        "relay = [\"127.0.0.1:{}\", \"{}\"]",
+        dead_port()?,
+        s.relay.ssh
+    );
+    let config = s.dir.write_private("agent.toml", &s.config(&head))?;
+    let agent = AgentProcess::start(&s.bins, &config)?;
+    s.api
+        .wait_online("a1", true, Duration::from_secs(15))
+        .await?;
+    assert_eq!(s.api.call("a1", "o", "/x").await?.status(), 200);
+    assert!(
+        agent.logs.contains("cannot reach the relay"),
+        "the dead relay was tried first"
+    );
+    Ok(())
+}
+
+struct KillOnDrop(Child);
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A real tinyproxy on loopback that requires basic auth and logs connections.
+fn tinyproxy(dir: &TempDir) -> Result<(KillOnDrop, u16, std::path::PathBuf)> {
+    let port = dead_port()?;
+    let log = dir.path().join("tinyproxy.log");
+    let conf = dir.write_private(
+        "tinyproxy.conf",
+        &format!(
+            "Port {port}\nListen 127.0.0.1\nTimeout 60\nMaxClients 20\nLogFile \"{}\"\nLogLevel Connect\nBasicAuth alice s3cret\nAllow 127.0.0.1\n",
+            log.display()
+        ),
+    )?;
+    let child = Command::new("tinyproxy")
+        .args(["-d", "-c"])
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("tinyproxy (apt-get install tinyproxy)")?;
+    let guard = KillOnDrop(child);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            bail!("tinyproxy did not start");
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    Ok((guard, port, log))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_tunnel_goes_through_a_corporate_proxy() -> Result<()> {
+    let s = setup().await?;
+    let (_proxy, port, log) = tinyproxy(&s.dir)?;
+
+    // Wrong proxy password: a clear refusal in the log, never online.
+    let head = format!(
+        "relay = \"{}\"\nproxy = \"http://alice:wrong@127.0.0.1:{port}\"",
+        s.relay.ssh
+    );
+    let config = s.dir.write_private("bad.toml", &s.config(&head))?;
+    let agent = AgentProcess::start(&s.bins, &config)?;
+    agent
+        .logs
+        .wait_for("refused CONNECT", Duration::from_secs(10))?;
+    // tinyproxy answers a bad password with 401 where RFC 9110 says 407; either is a refusal.
+    assert!(
+        agent.logs.contains("407") || agent.logs.contains("401 Unauthorized"),
+        "{}",
+        agent.logs.text()
+    );
+    assert!(
+        !agent.logs.contains("wrong"),
+        "the proxy password leaked into the log"
+    );
+    drop(agent);
+
+    // Through the proxy with the right credentials, set by HTTPS_PROXY.
+    let head = format!("relay = \"{}\"", s.relay.ssh);
+    let config = s.dir.write_private("agent.toml", &s.config(&head))?;
+    let mut cmd = Command::new(&s.bins.agent);
+    cmd.args(["run", "--config"])
+        .arg(&config)
+        .env(
+            "HTTPS_PROXY",
+            format!("http://alice:s3cret@127.0.0.1:{port}"),
+        )
+        .env_remove("NO_PROXY")
+        .env_remove("no_proxy")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let _agent = KillOnDrop(cmd.spawn()?);
+    s.api
+        .wait_online("a1", true, Duration::from_secs(15))
+        .await?;
+    assert_eq!(s.api.call("a1", "o", "/through-proxy").await?.status(), 200);
+    let proxy_log = std::fs::read_to_string(&log)?;
+    assert!(
+        proxy_log.contains(&format!("{}", s.relay.ssh.port())),
+        "the proxy never saw a CONNECT to the relay:\n{proxy_log}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn config_check_lists_every_problem() -> Result<()> {
+    let s = setup().await?;
+    let good = s.dir.write_private(
+        "good.toml",
+        &s.config(&format!("relay = \"{}\"", s.relay.ssh)),
+    )?;
+    let out = Command::new(&s.bins.agent)
+        .args(["config", "check", "--config"])
+        .arg(&good)
+        .output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok"));
+
+    let bad = s.dir.write_private(
+        "bad.toml",
+        "relay = \"nohost\"\nrelay_fingerprint = \"MD5:x\"\ntoken = \"pst_short\"\n\
+         [connections.a]\nbase_uri = \"ftp://x\"\n\
+         [connections.b]\nbase_uri = \"http://x\"\n[connections.b.auth]\ntype = \"jwt_bearer\"\nalgorithm = \"HS256\"\nsecret = \"s\"\npayload = { exp = \"{{later}}\" }\n",
+    )?;
+    let out = Command::new(&s.bins.agent)
+        .args(["config", "check", "--config"])
+        .arg(&bad)
+        .output()?;
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stderr);
+    for expected in [
+        "5 problems",
+        "relay \"nohost\"",
+        "relay_fingerprint",
+        "token:",
+        "connections.a",
+        "connections.b",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+    }
+
+    let syntax = s.dir.write_private("syntax.toml", "relay = \n")?;
+    let out = Command::new(&s.bins.agent)
+        .args(["config", "check", "--config"])
+        .arg(&syntax)
+        .output()?;
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("line 1"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn json_logs_carry_each_call_and_no_secret() -> Result<()> {
+    let s = setup().await?;
+    let config = s.dir.write_private(
+        "agent.toml",
+        &s.config(&format!("relay = \"{}\"", s.relay.ssh)),
+    )?;
+    let child = Command::new(&s.bins.agent)
+        .args(["--log-format", "json", "run", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    s.api
+        .wait_online("a1", true, Duration::from_secs(15))
+        .await?;
+    let r = s
+        .api
+        .http
+        .get(format!(
+            "{}/v1/agents/a1/connections/o/http/json-log",
+            s.api.base
+        ))
+        .bearer_auth(&s.api.key)
+        .header("x-request-id", "json-req-1")
+        .send()
+        .await?;
+    assert_eq!(r.status(), 200);
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()?;
+    let out = child.wait_with_output()?;
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stderr);
+    let mut saw_call = false;
+    for line in text.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).with_context(|| format!("not JSON: {line}"))?;
+        if v["request_id"] == "json-req-1" && v["message"] == "call" {
+            assert_eq!(v["status"], 200);
+            assert_eq!(v["connection"], "o");
+            saw_call = true;
+        }
+    }
+    assert!(saw_call, "no JSON call line in:\n{text}");
+    assert!(!text.contains(&s.token) && !text.contains(&s.api.key));
+    Ok(())
+}
