@@ -34,6 +34,10 @@ pub struct CallContext {
     /// The token source of a `jwt_bearer` connection; its cache lives as long as the agent.
     pub bearer: Option<BearerSource>,
     pub limiter: Limiter,
+    /// Calls answered by the internal server (any status).
+    pub served: std::sync::atomic::AtomicU64,
+    /// Calls that ended in a postern error (unreachable, timeout, refused path…).
+    pub failed: std::sync::atomic::AtomicU64,
 }
 
 impl CallContext {
@@ -55,6 +59,8 @@ impl CallContext {
             http,
             bearer,
             limiter,
+            served: Default::default(),
+            failed: Default::default(),
         })
     }
 }
@@ -70,8 +76,14 @@ pub async fn handle(ctx: Arc<CallContext>, request: Request<Incoming>) -> Respon
         .to_owned();
     let method = request.method().clone();
     let response = match run(&ctx, request).await {
-        Ok(response) => response,
+        Ok(response) => {
+            ctx.served
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            response
+        }
         Err((code, message)) => {
+            ctx.failed
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             warn!(%request_id, connection = %ctx.connection.name, code = code.as_str(), %message, "call failed");
             error_response(code, &message)
         }

@@ -6,6 +6,7 @@ mod init;
 mod jwt;
 mod logging;
 mod run;
+mod status;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -65,6 +66,11 @@ enum Command {
     Connection {
         #[command(subcommand)]
         command: ConnectionCommand,
+    },
+    /// Ask the running agent how it is (exit 0 connected, 1 not connected, 2 no agent).
+    Status {
+        #[arg(long)]
+        json: bool,
     },
     /// Check the config file.
     Config {
@@ -148,6 +154,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Jwt {
             command: JwtCommand::Sign { connection },
         } => jwt::sign(&load(&path)?, &connection),
+        Command::Status { json } => status::status(&path, json),
         Command::Config {
             command: ConfigCommand::Check,
         } => {

@@ -24,6 +24,8 @@ pub struct AgentConfig {
     pub relays: Vec<String>,
     /// The HTTP CONNECT proxy to reach the relay through, from the config or environment.
     pub proxy: Option<crate::proxy::Proxy>,
+    /// The Unix socket `postern status` asks.
+    pub status_socket: PathBuf,
     /// The relay host key fingerprint to pin (`SHA256:…`).
     pub relay_fingerprint: String,
     pub token: SecretToken,
@@ -179,6 +181,7 @@ impl AgentConfig {
             Some(token) if problems.is_empty() => Ok(Self {
                 relays,
                 proxy,
+                status_socket: status_socket(file.status_socket.as_deref(), base_dir),
                 relay_fingerprint: file.relay_fingerprint,
                 token,
                 connections,
@@ -294,6 +297,24 @@ pub fn check_private(path: &Path) -> Result<(), ConfigError> {
         });
     }
     Ok(())
+}
+
+/// The status socket: as configured (relative to the config's folder), else
+/// `/run/postern/agent.sock` for root, else in `$XDG_RUNTIME_DIR` or `/tmp/postern-<uid>/`.
+pub fn status_socket(configured: Option<&Path>, base_dir: &Path) -> PathBuf {
+    if let Some(path) = configured {
+        return base_dir.join(path);
+    }
+    let uid = std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
+        .unwrap_or(0);
+    if uid == 0 {
+        return PathBuf::from("/run/postern/agent.sock");
+    }
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(dir) => PathBuf::from(dir).join("postern/agent.sock"),
+        None => PathBuf::from(format!("/tmp/postern-{uid}/agent.sock")),
+    }
 }
 
 /// The default config path: `/etc/postern/agent.toml` for root (the system

@@ -9,6 +9,6 @@ pub mod key;
 pub mod signer;
 pub mod template;
 
-pub use bearer::{Bearer, BearerError, BearerSource};
+pub use bearer::{Bearer, BearerError, BearerSource, CacheState};
 pub use signer::{Algorithm, JwtError, JwtSigner, KeyMaterial};
 pub use template::{PayloadTemplate, TemplateError};

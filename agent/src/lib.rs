@@ -8,6 +8,7 @@
 //! - [`call`]: runs one call against the internal server and streams the answer.
 //! - [`channel`]: serves HTTP/1.1 on each channel the relay opens.
 //! - [`ssh_client`]: the russh client handler: host key pinning, channel admission.
+//! - [`status`]: the daemon's status report on a local Unix socket.
 //! - [`tunnel`]: connect, authenticate, announce, serve; reconnect with backoff.
 //! - [`backoff`]: exponential backoff with full jitter.
 //! - [`proxy`]: HTTP CONNECT to the relay through a corporate proxy.
@@ -23,6 +24,7 @@ pub mod connection_test;
 pub mod jwt;
 pub mod proxy;
 pub mod ssh_client;
+pub mod status;
 pub mod tunnel;
 pub mod upstream_url;
 

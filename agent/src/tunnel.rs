@@ -84,6 +84,22 @@ pub async fn run(
     }
     let calls = Arc::new(calls);
     let tasks = TaskTracker::new();
+    // Status is a convenience: without its socket the tunnel still runs.
+    match crate::status::bind(&config.status_socket) {
+        Ok(listener) => {
+            tasks.spawn(crate::status::serve(
+                listener,
+                config.status_socket.clone(),
+                state.subscribe(),
+                config.relays.clone(),
+                calls.clone(),
+                shutdown.clone(),
+            ));
+        }
+        Err(e) => {
+            warn!(socket = %config.status_socket.display(), error = %e, "status socket unavailable; `postern status` will not answer")
+        }
+    }
     let mut backoff = Backoff::default();
     let mut relay_index = 0usize;
     loop {

@@ -350,6 +350,7 @@ pub fn agent_config(
     connections: &str,
 ) -> String {
     format!(
-        "relay = \"{relay}\"\nrelay_fingerprint = \"{fingerprint}\"\ntoken = \"{token}\"\n{connections}"
+        // The status socket beside the config, so parallel tests never share one.
+        "relay = \"{relay}\"\nrelay_fingerprint = \"{fingerprint}\"\ntoken = \"{token}\"\nstatus_socket = \"agent.sock\"\n{connections}"
     )
 }

@@ -46,7 +46,7 @@ async fn setup() -> Result<Setup> {
 impl Setup {
     fn config(&self, head: &str) -> String {
         format!(
-            "{head}\nrelay_fingerprint = \"{}\"\ntoken = \"{}\"\n[connections.o]\nbase_uri = \"{}\"\n",
+            "{head}\nrelay_fingerprint = \"{}\"\ntoken = \"{}\"\nstatus_socket = \"agent.sock\"\n[connections.o]\nbase_uri = \"{}\"\n",
             self.relay.fingerprint,
             self.token,
             self.internal.base_uri()
@@ -274,5 +274,77 @@ async fn json_logs_carry_each_call_and_no_secret() -> Result<()> {
     }
     assert!(saw_call, "no JSON call line in:\n{text}");
     assert!(!text.contains(&s.token) && !text.contains(&s.api.key));
+    Ok(())
+}
+
+fn status(bins: &Bins, config: &std::path::Path, json: bool) -> Result<(Option<i32>, String)> {
+    let mut cmd = Command::new(&bins.agent);
+    cmd.args(["status", "--config"]).arg(config);
+    if json {
+        cmd.arg("--json");
+    }
+    let out = cmd.output()?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok((out.status.code(), text))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn status_reports_the_tunnel_and_each_connection() -> Result<()> {
+    let mut s = setup().await?;
+    let config = s.dir.write_private(
+        "agent.toml",
+        &s.config(&format!("relay = \"{}\"", s.relay.ssh)),
+    )?;
+    let (code, text) = status(&s.bins, &config, false)?;
+    assert_eq!(code, Some(2), "no daemon yet: {text}");
+
+    let mut agent = AgentProcess::start(&s.bins, &config)?;
+    s.api
+        .wait_online("a1", true, Duration::from_secs(15))
+        .await?;
+    assert_eq!(s.api.call("a1", "o", "/one").await?.status(), 200);
+    assert_eq!(s.api.call("a1", "o", "/two").await?.status(), 200);
+    assert_eq!(s.api.call("a1", "o", "/a%2fthree").await?.status(), 400);
+
+    let (code, text) = status(&s.bins, &config, false)?;
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("connected since") && text.contains("a1"),
+        "{text}"
+    );
+    let (_, json) = status(&s.bins, &config, true)?;
+    let v: serde_json::Value = serde_json::from_str(json.trim())?;
+    assert_eq!(v["connected"], true);
+    assert_eq!(v["connections"]["o"]["calls_served"], 2);
+    assert_eq!(v["connections"]["o"]["calls_failed"], 1);
+    assert!(
+        !json.contains(&s.token),
+        "the status must not show the token"
+    );
+
+    // The relay goes away: the agent says so, with the reason.
+    s.relay.kill();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (code, text) = status(&s.bins, &config, false)?;
+        if code == Some(1) {
+            assert!(
+                text.contains("NOT connected") && text.contains("last error"),
+                "{text}"
+            );
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("status never said not connected: {text}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    agent.terminate()?;
+    let (code, _) = status(&s.bins, &config, false)?;
+    assert_eq!(code, Some(2), "a stopped agent removes its socket");
     Ok(())
 }

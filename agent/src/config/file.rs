@@ -14,6 +14,8 @@ pub struct ConfigFile {
     /// `http://[user:pass@]host:port` to reach the relay through (HTTP CONNECT);
     /// absent: the `HTTPS_PROXY` / `ALL_PROXY` / `NO_PROXY` environment decides.
     pub proxy: Option<String>,
+    /// Where the daemon answers `postern status` (a Unix socket, mode 0600).
+    pub status_socket: Option<PathBuf>,
     pub relay_fingerprint: String,
     pub token: Option<String>,
     pub token_file: Option<PathBuf>,

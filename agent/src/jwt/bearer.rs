@@ -44,6 +44,14 @@ pub struct Bearer {
     pub exchanged: bool,
 }
 
+/// What `postern status` shows of a connection's token cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheState {
+    Empty,
+    ValidFor(Duration),
+    Refreshing,
+}
+
 struct Cached {
     header: HeaderValue,
     refresh_at: Instant,
@@ -121,6 +129,19 @@ impl BearerSource {
                 state.failure = Some((Instant::now(), e.clone()));
                 Err(e)
             }
+        }
+    }
+
+    /// For `postern status`: how long the cached token stays in use, if any.
+    pub fn cache_state(&self) -> CacheState {
+        match self.state.try_lock() {
+            Err(_) => CacheState::Refreshing,
+            Ok(state) => match &state.cached {
+                Some(c) if c.refresh_at > Instant::now() => {
+                    CacheState::ValidFor(c.refresh_at - Instant::now())
+                }
+                _ => CacheState::Empty,
+            },
         }
     }
 
