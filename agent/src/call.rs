@@ -42,13 +42,21 @@ pub struct CallContext {
 
 impl CallContext {
     pub fn new(connection: Arc<Connection>) -> Result<Self, reqwest::Error> {
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(connection.timeout)
             .read_timeout(connection.timeout)
             // Redirects could lead off the base URI: hand them back to the caller instead.
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy()
-            .build()?;
+            .tls_certs_merge(connection.tls.extra_roots.iter().cloned());
+        if let Some(identity) = &connection.tls.identity {
+            builder = builder.identity(identity.clone());
+        }
+        if connection.tls.insecure_skip_verify {
+            warn!(connection = %connection.name, "tls.insecure_skip_verify is on: this connection accepts ANY certificate, so anyone on the path can read and change its calls");
+            builder = builder.tls_danger_accept_invalid_certs(true);
+        }
+        let http = builder.build()?;
         let bearer = match &connection.auth {
             Auth::None => None,
             Auth::JwtBearer(jwt) => Some(BearerSource::new(jwt.clone())),

@@ -4,6 +4,7 @@
 mod file;
 mod jwt_auth;
 mod limits;
+pub mod tls;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -45,6 +46,7 @@ pub struct Connection {
     pub max_wait: Duration,
     /// What `postern connection test` sends (default: `GET /`, any 2xx).
     pub test: TestRequest,
+    pub tls: tls::Tls,
 }
 
 #[derive(Debug)]
@@ -240,6 +242,7 @@ fn resolve_connection(
         .map(limits::resolve_test)
         .transpose()?
         .unwrap_or_default();
+    let tls = tls::resolve(conn.tls, base_dir)?;
     Ok(Connection {
         name,
         base_uri,
@@ -248,6 +251,7 @@ fn resolve_connection(
         rate_limit,
         max_wait,
         test,
+        tls,
     })
 }
 

@@ -115,6 +115,13 @@ pub async fn run(
                 error!(error = %e, "relay refused this agent; retrying slowly");
                 backoff.to_cap();
             }
+            Err(TunnelError::SessionLost(reason))
+                if reason.contains("replaced by a newer session") =>
+            {
+                // Two agents sharing one token would take the session from each other forever.
+                error!(%reason, "another agent with this token took over the tunnel; two agents must not share a token; retrying slowly");
+                backoff.to_cap();
+            }
             Err(e) => warn!(error = %e, "tunnel down"),
             Ok(()) => {}
         }

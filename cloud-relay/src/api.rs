@@ -2,17 +2,21 @@
 //! every `/v1` route needs `Authorization: Bearer <api key>`.
 
 pub mod agents;
+pub mod apikeys;
+pub mod auth;
 pub mod call;
 pub mod error;
+pub mod request_id;
+pub mod token;
 
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Request, State};
-use axum::middleware::{self, Next};
-use axum::response::Response;
-use axum::routing::{any, get};
-use postern_protocol::{ErrorCode, SecretKind, SecretToken};
+use axum::extract::State;
+use axum::middleware;
+use axum::response::IntoResponse;
+use axum::routing::{any, delete, get, post};
+use postern_protocol::ErrorCode;
 
 use crate::context::RelayContext;
 pub use error::ApiError;
@@ -24,6 +28,9 @@ pub fn router(ctx: Arc<RelayContext>) -> Router {
             "/v1/agents/{agent}",
             get(agents::show).delete(agents::revoke),
         )
+        .route("/v1/agents/{agent}/token", post(token::rotate))
+        .route("/v1/apikeys", get(apikeys::list).post(apikeys::create))
+        .route("/v1/apikeys/{name}", delete(apikeys::revoke))
         .route(
             "/v1/agents/{agent}/connections/{connection}/http",
             any(call::call),
@@ -36,11 +43,20 @@ pub fn router(ctx: Arc<RelayContext>) -> Router {
             "/v1/agents/{agent}/connections/{connection}/http/{*path}",
             any(call::call),
         )
-        .route_layer(middleware::from_fn_with_state(ctx.clone(), require_api_key));
+        .route_layer(middleware::from_fn_with_state(
+            ctx.clone(),
+            auth::require_api_key,
+        ));
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
         .merge(v1)
         .fallback(not_found)
+        .layer(middleware::from_fn_with_state(
+            ctx.clone(),
+            management_timeout,
+        ))
+        .layer(middleware::from_fn(request_id::tag))
         .with_state(ctx)
 }
 
@@ -48,41 +64,101 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
+/// Prometheus text. Open when the API listens on loopback only (a local
+/// scraper or sidecar); otherwise any valid API key (either scope) is needed.
+async fn metrics(
+    State(ctx): State<Arc<RelayContext>>,
+    headers: http::HeaderMap,
+) -> Result<impl IntoResponse, ApiError> {
+    if !ctx.config.api_listen.ip().is_loopback() {
+        auth::check_api_key(&ctx, &headers).await?;
+    }
+    Ok((
+        [(
+            http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        ctx.metrics.render(ctx.registry.all().len()),
+    ))
+}
+
+/// Bounds every request but calls (which have `call_timeout` and stream).
+async fn management_timeout(
+    State(ctx): State<Arc<RelayContext>>,
+    request: axum::extract::Request,
+    next: middleware::Next,
+) -> Result<axum::response::Response, ApiError> {
+    // "", "v1", "agents", {agent}, "connections", …
+    let is_call = request.uri().path().split('/').nth(4) == Some("connections");
+    if is_call {
+        return Ok(next.run(request).await);
+    }
+    let limit = ctx.config.api_timeout;
+    tokio::time::timeout(limit, next.run(request))
+        .await
+        .map_err(|_| {
+            // No dedicated code for this; `internal` with a clear message.
+            ApiError::new(
+                ErrorCode::Internal,
+                format!("the request did not complete within the relay's api_timeout ({limit:?})"),
+            )
+        })
+}
+
 async fn not_found() -> ApiError {
     ApiError::new(ErrorCode::NotFound, "no such route")
 }
 
-/// Checks the bearer API key against the store (hash, constant-time).
-async fn require_api_key(
-    State(ctx): State<Arc<RelayContext>>,
-    request: Request,
-    next: Next,
-) -> Result<Response, ApiError> {
-    let presented = request
-        .headers()
-        .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .ok_or_else(|| {
-            ApiError::new(
-                ErrorCode::Unauthorized,
-                "missing API key: send Authorization: Bearer <api key>",
-            )
-        })?;
-    let key = SecretToken::parse(SecretKind::ApiKey, presented)
-        .map_err(|e| ApiError::new(ErrorCode::Unauthorized, format!("invalid API key: {e}")))?;
-    let name = ctx
-        .store_call(move |store| store.api_key_name(&key))
-        .await
-        .map_err(ApiError::store)?;
-    if name.is_none() {
-        return Err(ApiError::new(
-            ErrorCode::Unauthorized,
-            "unknown or revoked API key",
-        ));
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use http::Request;
+    use postern_protocol::SecretKind;
+    use tokio_util::sync::CancellationToken;
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::config::RelayConfig;
+    use crate::store::{SqliteStore, Store};
+
+    async fn status(app: Router, key: Option<&str>) -> u16 {
+        let mut request = Request::get("/metrics");
+        if let Some(key) = key {
+            request = request.header("authorization", format!("Bearer {key}"));
+        }
+        let response = app
+            .oneshot(request.body(Body::empty()).expect("request"))
+            .await
+            .expect("answer");
+        response.status().as_u16()
     }
-    Ok(next.run(request).await)
+
+    #[tokio::test]
+    async fn metrics_need_a_key_unless_the_api_is_on_loopback() {
+        let dir = std::env::temp_dir().join(format!("postern-metrics-{}", std::process::id()));
+        let store = Arc::new(SqliteStore::open_in(&dir).expect("store"));
+        let key = crate::secrets::new_token(SecretKind::ApiKey);
+        store
+            .create_scoped_api_key("scraper", &key, postern_protocol::api::ApiKeyScope::Call)
+            .expect("key");
+        let app_on = |listen: &str| {
+            let config = RelayConfig {
+                api_listen: listen.parse().expect("addr"),
+                ..RelayConfig::default()
+            };
+            router(Arc::new(RelayContext::new(
+                config,
+                store.clone(),
+                CancellationToken::new(),
+            )))
+        };
+        assert_eq!(status(app_on("127.0.0.1:8080"), None).await, 200);
+        assert_eq!(status(app_on("[::1]:8080"), None).await, 200);
+        assert_eq!(status(app_on("0.0.0.0:8080"), None).await, 401);
+        assert_eq!(
+            status(app_on("0.0.0.0:8080"), Some(key.expose())).await,
+            200
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use postern_protocol::SecretKind;
-use postern_protocol::api::{AgentCreated, ApiKeyCreated};
+use postern_protocol::api::{AgentCreated, ApiKeyCreated, ApiKeyList, ApiKeyScope, TokenRotated};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::RelayConfig;
@@ -21,8 +21,22 @@ pub struct Cli {
     /// Log filter, e.g. `info` or `postern_relay=debug` (overrides RUST_LOG).
     #[arg(long, global = true, env = "POSTERN_LOG")]
     log_level: Option<String>,
+    /// Log line format: `text` for people, `json` (one object a line) for collectors.
+    #[arg(
+        long,
+        global = true,
+        env = "POSTERN_LOG_FORMAT",
+        default_value = "text"
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, clap::Args)]
@@ -110,12 +124,43 @@ enum AgentCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Give an agent a new access token (shown once). The old one stops working
+    /// and a running relay drops the live session within a second, unless --grace.
+    Rotate {
+        /// Agent name or id.
+        agent: String,
+        /// Keep the old token (and the live session) working this long, e.g. `5m` (max 24h).
+        #[arg(long)]
+        grace: Option<String>,
+        #[command(flatten)]
+        state: StateArgs,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 enum ApikeyCommand {
     /// Create an API key and print it (shown once).
     Create {
+        name: String,
+        /// `admin` manages agents and keys and runs calls; `call` runs calls and reads agents.
+        #[arg(long, default_value = "admin")]
+        scope: ApiKeyScope,
+        #[command(flatten)]
+        state: StateArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List API keys: names and scopes (keys are never shown again).
+    List {
+        #[command(flatten)]
+        state: StateArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke an API key: it stops working at once, also for a running relay.
+    Revoke {
         name: String,
         #[command(flatten)]
         state: StateArgs,
@@ -127,7 +172,7 @@ enum ApikeyCommand {
 /// What `main` runs: parse, set up logging, run, map to an exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.log_level.as_deref());
+    init_tracing(cli.log_level.as_deref(), cli.log_format);
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -137,17 +182,21 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn init_tracing(level: Option<&str>) {
+fn init_tracing(level: Option<&str>, format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = level
         .map(EnvFilter::new)
         .or_else(|| EnvFilter::try_from_default_env().ok())
         .unwrap_or_else(|| EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
+        LogFormat::Json => builder.json().with_current_span(true).try_init(),
+    };
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -172,23 +221,58 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Agent { command } => agent(command),
-        Command::Apikey {
-            command: ApikeyCommand::Create { name, state, json },
+        Command::Apikey { command } => apikey(command),
+    }
+}
+
+fn apikey(command: ApikeyCommand) -> Result<()> {
+    match command {
+        ApikeyCommand::Create {
+            name,
+            scope,
+            state,
+            json,
         } => {
             let key = new_token(SecretKind::ApiKey);
-            state.store()?.create_api_key(&name, &key)?;
+            state.store()?.create_scoped_api_key(&name, &key, scope)?;
             if json {
                 print_json(&ApiKeyCreated {
                     name,
                     key: key.expose().to_owned(),
-                    scope: postern_protocol::api::ApiKeyScope::Admin,
+                    scope,
                 })?;
             } else {
                 println!(
-                    "API key {name:?} created. It is shown only this once:\n\n  {}\n",
+                    "API key {name:?} (scope {scope}) created. It is shown only this once:\n\n  {}\n",
                     key.expose()
                 );
                 println!("Send it as: Authorization: Bearer <key>");
+            }
+            Ok(())
+        }
+        ApikeyCommand::List { state, json } => {
+            let keys = state.store()?.list_api_keys()?;
+            if json {
+                print_json(&ApiKeyList {
+                    api_keys: keys.into_iter().map(crate::api::apikeys::info).collect(),
+                })?;
+            } else {
+                println!("{:<32} {:<6} CREATED", "NAME", "SCOPE");
+                for k in keys {
+                    println!("{:<32} {:<6} {}", k.name, k.scope, k.created_at);
+                }
+            }
+            Ok(())
+        }
+        ApikeyCommand::Revoke { name, state, json } => {
+            let revoked = state.store()?.revoke_api_key(&name)?;
+            if json {
+                print_json(&serde_json::json!({"name": revoked.name, "revoked": true}))?;
+            } else {
+                println!(
+                    "API key {:?} revoked; it stops working at once.",
+                    revoked.name
+                );
             }
             Ok(())
         }
@@ -248,6 +332,45 @@ fn agent(command: AgentCommand) -> Result<()> {
             }
             Ok(())
         }
+        AgentCommand::Rotate {
+            agent,
+            grace,
+            state,
+            json,
+        } => {
+            let grace =
+                crate::api::token::parse_grace(grace.as_deref()).map_err(anyhow::Error::msg)?;
+            let token = new_token(SecretKind::AgentToken);
+            let until = grace.map(|g| crate::store::unix_now() + g.as_secs() as i64);
+            let record = state.store()?.rotate_token(&agent, &token, until)?;
+            let valid_until = grace.map(|g| {
+                humantime::format_rfc3339_seconds(std::time::SystemTime::now() + g).to_string()
+            });
+            if json {
+                print_json(&TokenRotated {
+                    id: record.id,
+                    name: record.name,
+                    token: token.expose().to_owned(),
+                    old_token_valid_until: valid_until,
+                })?;
+            } else {
+                println!(
+                    "Agent {:?} ({}) has a new access token, shown only this once:\n\n  {}\n",
+                    record.name,
+                    record.id,
+                    token.expose()
+                );
+                match valid_until {
+                    Some(t) => println!(
+                        "The old token keeps working until {t}; put the new one in the agent's config before then."
+                    ),
+                    None => println!(
+                        "The old token no longer works; a running relay drops the agent's session within a second."
+                    ),
+                }
+            }
+            Ok(())
+        }
     }
 }
 
@@ -257,6 +380,8 @@ fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
 }
 
 fn serve(config: RelayConfig) -> Result<()> {
+    // Before binding: a relay that must not serve plain HTTP never opens the port.
+    config.validate()?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
         let listeners = RelayListeners::bind(&config)

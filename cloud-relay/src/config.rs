@@ -25,6 +25,33 @@ pub struct RelayConfig {
     /// How long in-flight calls get to finish on shutdown.
     #[serde(default = "default_shutdown_grace", with = "humantime_serde_compat")]
     pub shutdown_grace: Duration,
+    /// Calls under way at once per agent; more get 429 `too_many_calls`.
+    #[serde(default = "default_max_calls_per_agent")]
+    pub max_calls_per_agent: u64,
+    /// Largest request body a caller may send through a call (bytes); 413 above.
+    #[serde(default = "default_max_request_body")]
+    pub max_request_body: u64,
+    /// Room for a request's line and headers (bytes, at least 8192); 431 above.
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: usize,
+    /// A client must send its whole request head within this (slowloris).
+    #[serde(
+        default = "default_header_read_timeout",
+        with = "humantime_serde_compat"
+    )]
+    pub header_read_timeout: Duration,
+    /// Limit for management requests (everything but calls, which have `call_timeout`).
+    #[serde(default = "default_api_timeout", with = "humantime_serde_compat")]
+    pub api_timeout: Duration,
+    /// PEM certificate chain for HTTPS on the API (with `tls_key`); reread on SIGHUP.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) for `tls_cert`.
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+    /// Serve plain HTTP on a non-loopback API address (behind a TLS proxy, say).
+    #[serde(default)]
+    pub allow_plain_http: bool,
 }
 
 fn default_state_dir() -> PathBuf {
@@ -42,6 +69,21 @@ fn default_call_timeout() -> Duration {
 fn default_shutdown_grace() -> Duration {
     Duration::from_secs(30)
 }
+fn default_max_calls_per_agent() -> u64 {
+    256
+}
+fn default_max_request_body() -> u64 {
+    64 * 1024 * 1024
+}
+fn default_max_header_bytes() -> usize {
+    16 * 1024
+}
+fn default_header_read_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_api_timeout() -> Duration {
+    Duration::from_secs(30)
+}
 
 impl Default for RelayConfig {
     fn default() -> Self {
@@ -51,12 +93,26 @@ impl Default for RelayConfig {
             api_listen: default_api_listen(),
             call_timeout: default_call_timeout(),
             shutdown_grace: default_shutdown_grace(),
+            max_calls_per_agent: default_max_calls_per_agent(),
+            max_request_body: default_max_request_body(),
+            max_header_bytes: default_max_header_bytes(),
+            header_read_timeout: default_header_read_timeout(),
+            api_timeout: default_api_timeout(),
+            tls_cert: None,
+            tls_key: None,
+            allow_plain_http: false,
         }
     }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    #[error("tls_cert and tls_key go together: set both or neither")]
+    TlsHalf,
+    #[error(
+        "the API would serve plain HTTP on {0}, which is not a loopback address: set tls_cert and tls_key, or allow_plain_http = true if a TLS proxy sits in front"
+    )]
+    PlainHttp(SocketAddr),
     #[error("cannot read {path}: {source}")]
     Read {
         path: PathBuf,
@@ -83,6 +139,21 @@ impl RelayConfig {
 
     pub fn parse(text: &str) -> Result<Self, toml::de::Error> {
         toml::from_str(text)
+    }
+
+    /// Checks what parsing cannot: TLS files in pairs, no plain HTTP off loopback.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), Some(_)) => Ok(()),
+            (None, None) => {
+                if self.api_listen.ip().is_loopback() || self.allow_plain_http {
+                    Ok(())
+                } else {
+                    Err(ConfigError::PlainHttp(self.api_listen))
+                }
+            }
+            _ => Err(ConfigError::TlsHalf),
+        }
     }
 }
 
@@ -111,6 +182,25 @@ mod tests {
         assert_eq!(cfg.call_timeout, Duration::from_secs(45));
         assert!(RelayConfig::parse("ssh_lisen = \"127.0.0.1:1\"").is_err());
         assert!(RelayConfig::parse("call_timeout = \"soon\"").is_err());
+    }
+
+    #[test]
+    fn plain_http_only_on_loopback_or_when_allowed() {
+        let at = |text: &str| RelayConfig::parse(text).expect("parses").validate();
+        assert!(at("api_listen = \"127.0.0.1:8080\"").is_ok());
+        assert!(at("api_listen = \"[::1]:8080\"").is_ok());
+        assert!(matches!(
+            at("api_listen = \"0.0.0.0:8080\""),
+            Err(ConfigError::PlainHttp(_))
+        ));
+        assert!(at("api_listen = \"0.0.0.0:8080\"\nallow_plain_http = true").is_ok());
+        assert!(
+            at("api_listen = \"0.0.0.0:8080\"\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"").is_ok()
+        );
+        assert!(matches!(
+            at("tls_cert = \"c.pem\""),
+            Err(ConfigError::TlsHalf)
+        ));
     }
 
     #[test]

@@ -9,6 +9,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth_throttle::AuthThrottle;
 use crate::config::RelayConfig;
+use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::store::Store;
 
@@ -17,6 +18,7 @@ pub struct RelayContext {
     pub store: Arc<dyn Store>,
     pub registry: Registry,
     pub throttle: AuthThrottle,
+    pub metrics: Metrics,
     pub tasks: TaskTracker,
     pub shutdown: CancellationToken,
     next_session_id: AtomicU64,
@@ -29,6 +31,7 @@ impl RelayContext {
             store,
             registry: Registry::default(),
             throttle: AuthThrottle::default(),
+            metrics: Metrics::default(),
             tasks: TaskTracker::new(),
             shutdown,
             next_session_id: AtomicU64::new(1),

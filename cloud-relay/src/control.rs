@@ -16,7 +16,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tracing::{info, warn};
 
 use crate::context::RelayContext;
-use crate::registry::LiveSession;
+use crate::registry::{ClosingReason, LiveSession};
 use crate::store::AgentRecord;
 
 /// How long an authenticated agent has to say hello.
@@ -27,6 +27,8 @@ pub struct ControlChannel {
     pub agent: AgentRecord,
     pub session_id: u64,
     pub remote_addr: SocketAddr,
+    pub token_version: i64,
+    pub closing_reason: ClosingReason,
     pub handle: russh::server::Handle,
 }
 
@@ -73,6 +75,7 @@ impl ControlChannel {
         let _ = write.write_all(&encode_line(&reply)).await;
         let _ = write.flush().await;
         if refusal.is_some() {
+            self.closing_reason.set("hello refused");
             let session = self.handle.clone();
             let _ = session
                 .disconnect(
@@ -116,6 +119,8 @@ impl ControlChannel {
             agent_version.chars().take(64).collect(),
             protocol_version,
             connections,
+            self.token_version,
+            self.closing_reason.clone(),
             self.handle.clone(),
         ));
         if let Some(old) = self.ctx.registry.insert(session) {

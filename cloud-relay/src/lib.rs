@@ -13,11 +13,15 @@
 //! - [`control`]: the hello/welcome exchange that brings an agent online.
 //! - [`channel_connector`]: HTTP/1.1 connections that are SSH channels to an agent.
 //! - [`revocation_watch`]: drops sessions of agents revoked by another process.
+//! - [`metrics`]: Prometheus counters and their text encoding (`/metrics`).
 //! - [`api`]: the HTTP API (axum).
+//! - [`tls`]: the API's rustls settings from PEM files, reloaded on SIGHUP.
+//! - [`api_server`]: HTTP/1.1 for the API with header size and read-time limits.
 //! - [`server`]: `run`, which starts all of the above and drains on shutdown.
 //! - [`cli`]: the `postern-relay` command line.
 
 pub mod api;
+pub mod api_server;
 pub mod auth_throttle;
 pub mod channel_connector;
 pub mod cli;
@@ -25,12 +29,14 @@ pub mod config;
 pub mod context;
 pub mod control;
 pub mod host_key;
+pub mod metrics;
 pub mod registry;
 pub mod revocation_watch;
 pub mod secrets;
 pub mod server;
 pub mod ssh_server;
 pub mod store;
+pub mod tls;
 
 pub use config::RelayConfig;
 pub use server::{RelayListeners, run};

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -23,6 +24,12 @@ pub struct LiveSession {
     pub agent_version: String,
     pub protocol_version: u32,
     pub connections: Vec<String>,
+    /// The token version the agent logged in with (see `AgentRecord::accepts_session`).
+    pub token_version: i64,
+    /// Calls under way through this session.
+    in_flight: Arc<AtomicU64>,
+    /// Why the relay ended this session, read when the connection task finishes.
+    pub closing_reason: ClosingReason,
     handle: russh::server::Handle,
     /// HTTP/1.1 over pooled SSH channels to this agent, one pool per connection name.
     pub client: Client<ChannelConnector, Body>,
@@ -38,6 +45,8 @@ impl LiveSession {
         agent_version: String,
         protocol_version: u32,
         connections: Vec<String>,
+        token_version: i64,
+        closing_reason: ClosingReason,
         handle: russh::server::Handle,
     ) -> Self {
         let client = Client::builder(hyper_util::rt::TokioExecutor::new())
@@ -53,9 +62,24 @@ impl LiveSession {
             agent_version,
             protocol_version,
             connections,
+            token_version,
+            in_flight: Arc::new(AtomicU64::new(0)),
+            closing_reason,
             handle,
             client,
         }
+    }
+
+    /// Counts a call as under way until the returned guard is dropped; `None`
+    /// when `limit` calls are under way already.
+    pub fn try_call_started(&self, limit: u64) -> Option<InFlightGuard> {
+        let guard = InFlightGuard(self.in_flight.clone());
+        let before = self.in_flight.fetch_add(1, Ordering::Relaxed);
+        (before < limit).then_some(guard)
+    }
+
+    pub fn calls_in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::Relaxed)
     }
 
     pub fn serves(&self, connection: &str) -> bool {
@@ -64,6 +88,7 @@ impl LiveSession {
 
     /// Ends the SSH session; the agent sees the reason in its log.
     pub async fn disconnect(&self, reason: &str) {
+        self.closing_reason.set(reason);
         let _ = self
             .handle
             .disconnect(Disconnect::ByApplication, reason.to_owned(), String::new())
@@ -71,9 +96,43 @@ impl LiveSession {
     }
 }
 
+/// Decrements the session's in-flight count when the call (body included) ends.
+pub struct InFlightGuard(Arc<AtomicU64>);
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Shared between a connection task and its session: the first reason set wins.
+#[derive(Clone, Default)]
+pub struct ClosingReason(Arc<Mutex<Option<String>>>);
+
+impl ClosingReason {
+    pub fn set(&self, reason: &str) {
+        let mut slot = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_none() {
+            *slot = Some(reason.to_owned());
+        }
+    }
+
+    pub fn get(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// When an agent's last session ended and why (kept in memory only).
+#[derive(Clone, Debug)]
+pub struct Departure {
+    pub at: SystemTime,
+    pub reason: String,
+}
+
 #[derive(Default)]
 pub struct Registry {
     sessions: Mutex<HashMap<String, Arc<LiveSession>>>,
+    departures: Mutex<HashMap<String, Departure>>,
 }
 
 impl Registry {
@@ -111,6 +170,28 @@ impl Registry {
 
     pub fn all(&self) -> Vec<Arc<LiveSession>> {
         self.lock().values().cloned().collect()
+    }
+
+    /// Notes that a session of `agent_id` ended, and why.
+    pub fn record_departure(&self, agent_id: &str, reason: String) {
+        self.departures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                agent_id.to_owned(),
+                Departure {
+                    at: SystemTime::now(),
+                    reason,
+                },
+            );
+    }
+
+    pub fn departure(&self, agent_id: &str) -> Option<Departure> {
+        self.departures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(agent_id)
+            .cloned()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<LiveSession>>> {

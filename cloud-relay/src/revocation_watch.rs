@@ -1,23 +1,29 @@
-//! Drops live sessions of agents revoked by another process (the CLI writing
-//! to the same store): polls SQLite's cheap change marker once a second.
+//! Drops live sessions whose credential no longer holds: agents revoked or
+//! rotated by another process (the CLI), and old tokens whose grace ran out.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tracing::{info, warn};
 
 use crate::context::RelayContext;
+use crate::store::unix_now;
 
 pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// Grace periods end without any write to the store, so look anyway this often.
+pub const FULL_CHECK_EVERY: u32 = 5;
 
 pub async fn run(ctx: Arc<RelayContext>) {
     let mut last = None;
+    let mut ticks = 0u32;
     let mut ticker = tokio::time::interval(POLL_INTERVAL);
     loop {
         tokio::select! {
             _ = ctx.shutdown.cancelled() => return,
             _ = ticker.tick() => {}
         }
+        ticks = ticks.wrapping_add(1);
         let marker = match ctx.store_call(|s| s.change_marker()).await {
             Ok(m) => m,
             Err(e) => {
@@ -25,21 +31,40 @@ pub async fn run(ctx: Arc<RelayContext>) {
                 continue;
             }
         };
-        if last == Some(marker) {
+        if last == Some(marker) && !ticks.is_multiple_of(FULL_CHECK_EVERY) {
             continue;
         }
         last = Some(marker);
-        for live in ctx.registry.all() {
-            let id = live.agent_id.clone();
-            match ctx.store_call(move |s| s.find_agent(&id)).await {
-                Ok(Some(_)) => {}
-                Ok(None) => {
-                    info!(agent = %live.agent_name, "agent revoked elsewhere; dropping its session");
-                    ctx.registry.remove_if(&live.agent_id, live.session_id);
-                    live.disconnect("agent revoked").await;
-                }
-                Err(e) => warn!(error = %e, "cannot check agent during revocation poll"),
-            }
+        check_sessions(&ctx).await;
+    }
+}
+
+/// One store query for all agents, then each live session against its record.
+pub async fn check_sessions(ctx: &Arc<RelayContext>) {
+    let live = ctx.registry.all();
+    if live.is_empty() {
+        return;
+    }
+    let agents = match ctx.store_call(|s| s.list_agents()).await {
+        Ok(list) => list
+            .into_iter()
+            .map(|a| (a.id.clone(), a))
+            .collect::<HashMap<_, _>>(),
+        Err(e) => {
+            warn!(error = %e, "cannot check sessions against the store");
+            return;
         }
+    };
+    let now = unix_now();
+    for session in live {
+        let reason = match agents.get(&session.agent_id) {
+            None => "agent revoked",
+            Some(agent) if !agent.accepts_session(session.token_version, now) => "token rotated",
+            Some(_) => continue,
+        };
+        info!(agent = %session.agent_name, %reason, "credential no longer valid; dropping its session");
+        ctx.registry
+            .remove_if(&session.agent_id, session.session_id);
+        session.disconnect(reason).await;
     }
 }

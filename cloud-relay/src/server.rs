@@ -11,7 +11,8 @@ use crate::config::RelayConfig;
 use crate::context::RelayContext;
 use crate::host_key::{self, HostKeyError};
 use crate::store::{SqliteStore, StoreError};
-use crate::{api, revocation_watch, ssh_server};
+use crate::tls::TlsReloader;
+use crate::{api, api_server, revocation_watch, ssh_server};
 
 /// The two sockets a relay serves on, bound by the caller (tests use port 0).
 pub struct RelayListeners {
@@ -34,17 +35,28 @@ pub enum RelayError {
     HostKey(#[from] HostKeyError),
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("API server failed: {0}")]
-    Api(std::io::Error),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// Serves until `shutdown` is cancelled, then lets in-flight calls finish
 /// for up to `config.shutdown_grace` and ends every agent session.
 pub async fn run(
-    config: RelayConfig,
+    mut config: RelayConfig,
     listeners: RelayListeners,
     shutdown: CancellationToken,
 ) -> Result<(), RelayError> {
+    // What is really bound (port 0 in tests) decides, e.g., whether /metrics is open.
+    if let Ok(addr) = listeners.api.local_addr() {
+        config.api_listen = addr;
+    }
+    config.validate()?;
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => Some(Arc::new(TlsReloader::load(cert, key)?)),
+        _ => None,
+    };
     let host_key = host_key::load_or_create(&config.state_dir)?;
     let fingerprint = host_key::fingerprint(&host_key);
     let store = Arc::new(SqliteStore::open_in(&config.state_dir)?);
@@ -52,10 +64,23 @@ pub async fn run(
     let ctx = Arc::new(RelayContext::new(config, store, shutdown.clone()));
     let ssh_config = Arc::new(ssh_server::russh_config(host_key));
 
+    // Listen for SIGHUP before saying we are up, so an early one reloads rather
+    // than kills (also without TLS: `systemctl reload` must not stop the relay).
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::hangup()) {
+            Ok(hangups) => {
+                ctx.tasks
+                    .spawn(reload_tls_on_sighup(tls.clone(), hangups, shutdown.clone()));
+            }
+            Err(e) => warn!(error = %e, "cannot listen for SIGHUP; TLS files will not be reloaded"),
+        }
+    }
     info!(
         ssh = %listeners.ssh.local_addr().map(|a| a.to_string()).unwrap_or_default(),
         api = %listeners.api.local_addr().map(|a| a.to_string()).unwrap_or_default(),
         %fingerprint,
+        tls = tls.is_some(),
         "relay listening"
     );
     ctx.tasks
@@ -63,16 +88,13 @@ pub async fn run(
     ctx.tasks.spawn(revocation_watch::run(ctx.clone()));
 
     let app = api::router(ctx.clone());
-    let api_shutdown = shutdown.clone();
-    let served = axum::serve(listeners.api, app)
-        .with_graceful_shutdown(async move { api_shutdown.cancelled().await })
-        .into_future();
-    let api_result = tokio::select! {
-        r = served => r,
+    let api_config = ctx.config.clone();
+    let served = api_server::serve(listeners.api, app, &api_config, tls, shutdown.clone());
+    tokio::select! {
+        _ = served => {}
         // Graceful shutdown waits for open calls; a stuck one must not hold the relay forever.
         _ = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
             warn!("in-flight API calls did not finish within the grace period");
-            Ok(())
         }
     };
     shutdown.cancel();
@@ -81,7 +103,26 @@ pub async fn run(
         warn!("some sessions did not end within the grace period");
     }
     info!("relay stopped");
-    api_result.map_err(RelayError::Api)
+    Ok(())
 }
 
-use std::future::IntoFuture;
+/// SIGHUP rereads the certificate and key; connections and agent sessions stay.
+async fn reload_tls_on_sighup(
+    tls: Option<Arc<TlsReloader>>,
+    mut hangups: tokio::signal::unix::Signal,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            got = hangups.recv() => if got.is_none() { return },
+        }
+        match tls.as_ref().map(|t| t.reload()) {
+            None => info!("SIGHUP: no TLS files configured, nothing to reload"),
+            Some(Ok(())) => info!("tls certificate reloaded"),
+            Some(Err(e)) => {
+                warn!(error = %e, "tls reload failed; keeping the previous certificate")
+            }
+        }
+    }
+}

@@ -16,13 +16,17 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::context::RelayContext;
 use crate::control::ControlChannel;
-use crate::store::AgentRecord;
+use crate::registry::ClosingReason;
+use crate::store::{AgentRecord, unix_now};
 
-/// Keepalive every 5 s, dropped after 2 missed: a dead link is noticed in ~15 s.
-pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+/// Keepalive every 4 s, dropped after 2 missed: a dead link is noticed in ~12 s.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(4);
 pub const KEEPALIVE_MAX: usize = 2;
 /// Unauthenticated or silent connections are closed after this.
 pub const INACTIVITY_TIMEOUT: Duration = Duration::from_secs(60);
+/// A connection must authenticate within this, or it is closed (a scanner or a
+/// hostile client must not hold a socket and a task for the 60 s inactivity timeout).
+pub const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
 /// Receive window per channel: large enough for WAN throughput (RUSSH-NOTES).
 pub const WINDOW_SIZE: u32 = 16 * 1024 * 1024;
 
@@ -101,39 +105,93 @@ async fn run_connection(
     config: Arc<russh::server::Config>,
 ) {
     let _ = socket.set_nodelay(true);
+    // A second handle on the socket, so the authentication timeout can close it
+    // even when russh is stuck waiting for a client that went quiet mid-handshake.
+    let (socket, closer) = match socket
+        .into_std()
+        .and_then(|s| Ok((s.try_clone()?, s)))
+        .and_then(|(clone, s)| Ok((tokio::net::TcpStream::from_std(s)?, clone)))
+    {
+        Ok(pair) => pair,
+        Err(e) => {
+            warn!(error = %e, "cannot set up an accepted ssh socket");
+            return;
+        }
+    };
     let state = Arc::new(Mutex::new(None::<(String, u64)>));
+    let closing_reason = ClosingReason::default();
     let handler = AgentHandler {
         ctx: ctx.clone(),
         peer,
         agent: None,
+        token_version: 0,
         session_id: ctx.next_session_id(),
         forward_requested: Arc::new(AtomicBool::new(false)),
         control_open: false,
         registered: state.clone(),
+        closing_reason: closing_reason.clone(),
     };
-    let running = match russh::server::run_stream(config, socket, handler).await {
-        Ok(r) => r,
-        Err(e) => {
+    let auth_deadline = tokio::time::Instant::now() + AUTH_TIMEOUT;
+    let started = tokio::time::timeout_at(
+        auth_deadline,
+        russh::server::run_stream(config, socket, handler),
+    )
+    .await;
+    let running = match started {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
             debug!(error = %e, "ssh handshake failed");
+            return;
+        }
+        Err(_) => {
+            ctx.metrics.auth_failed("timeout");
+            info!(peer = %peer, "no ssh identification within the authentication timeout; closed");
             return;
         }
     };
     let handle = running.handle();
-    tokio::select! {
-        result = running => {
-            if let Err(e) = result {
-                debug!(error = %e, "ssh session ended with an error");
+    tokio::pin!(running);
+    let mut auth_pending = true;
+    let ended = loop {
+        tokio::select! {
+            result = &mut running => break match result {
+                Ok(()) => "the agent closed the connection".to_owned(),
+                Err(e) => {
+                    debug!(error = %e, "ssh session ended with an error");
+                    format!("connection lost: {e}")
+                }
+            },
+            _ = ctx.shutdown.cancelled() => {
+                closing_reason.set("relay shutting down");
+                let _ = handle
+                    .disconnect(russh::Disconnect::ByApplication, "relay shutting down".into(), String::new())
+                    .await;
+                break "relay shutting down".to_owned();
+            }
+            _ = tokio::time::sleep_until(auth_deadline), if auth_pending => {
+                auth_pending = false;
+                if state.lock().unwrap_or_else(|p| p.into_inner()).is_none() {
+                    ctx.metrics.auth_failed("timeout");
+                    info!(peer = %peer, "not authenticated within the authentication timeout; closed");
+                    let _ = handle
+                        .disconnect(russh::Disconnect::ByApplication, "authentication timeout".into(), String::new())
+                        .await;
+                    // Before the key exchange ends russh cannot send the disconnect;
+                    // shutting the socket down ends its task either way.
+                    let _ = closer.shutdown(std::net::Shutdown::Both);
+                    let _ = tokio::time::timeout(Duration::from_secs(2), &mut running).await;
+                    return;
+                }
             }
         }
-        _ = ctx.shutdown.cancelled() => {
-            let _ = handle
-                .disconnect(russh::Disconnect::ByApplication, "relay shutting down".into(), String::new())
-                .await;
-        }
-    }
+    };
     let registered = state.lock().unwrap_or_else(|p| p.into_inner()).take();
     if let Some((agent_id, session_id)) = registered {
         ctx.registry.remove_if(&agent_id, session_id);
+        let reason = closing_reason.get().unwrap_or(ended);
+        info!(session = session_id, %reason, "agent session ended");
+        ctx.metrics.session_closed(&reason);
+        ctx.registry.record_departure(&agent_id, reason);
     }
 }
 
@@ -141,15 +199,19 @@ struct AgentHandler {
     ctx: Arc<RelayContext>,
     peer: SocketAddr,
     agent: Option<AgentRecord>,
+    /// The token version the agent logged in with.
+    token_version: i64,
     session_id: u64,
     forward_requested: Arc<AtomicBool>,
     control_open: bool,
     /// Set once authenticated, so the connection task can deregister the session.
     registered: Arc<Mutex<Option<(String, u64)>>>,
+    closing_reason: ClosingReason,
 }
 
 impl AgentHandler {
-    async fn refuse(&self, why: &str) -> Auth {
+    async fn refuse(&self, why: &str, label: &'static str) -> Auth {
+        self.ctx.metrics.auth_failed(label);
         let delay = self.ctx.throttle.failure(self.peer.ip());
         warn!(peer = %self.peer, reason = why, delay_ms = delay.as_millis() as u64, "agent authentication refused");
         tokio::time::sleep(delay).await;
@@ -163,23 +225,29 @@ impl russh::server::Handler for AgentHandler {
     async fn auth_password(&mut self, _user: &str, password: &str) -> Result<Auth, Self::Error> {
         let token = match SecretToken::parse(SecretKind::AgentToken, password) {
             Ok(t) => t,
-            Err(_) => return Ok(self.refuse("malformed token").await),
+            Err(_) => return Ok(self.refuse("malformed token", "malformed_token").await),
         };
         let ctx = self.ctx.clone();
         let lookup = ctx
-            .store_call(move |store| store.agent_for_token(&token))
+            .store_call(move |store| store.login(&token, unix_now()))
             .await;
         match lookup {
-            Ok(Some(agent)) => {
+            Ok(Some(login)) => {
+                let agent = login.agent;
+                self.token_version = login.token_version;
                 self.ctx.throttle.success(self.peer.ip());
+                self.ctx.metrics.session_opened();
                 info!(agent = %agent.name, id = %agent.id, "agent authenticated");
                 *self.registered.lock().unwrap_or_else(|p| p.into_inner()) =
                     Some((agent.id.clone(), self.session_id));
                 self.agent = Some(agent);
                 Ok(Auth::Accept)
             }
-            Ok(None) => Ok(self.refuse("unknown or revoked token").await),
+            Ok(None) => Ok(self
+                .refuse("unknown or revoked token", "unknown_token")
+                .await),
             Err(e) => {
+                self.ctx.metrics.auth_failed("store_unavailable");
                 warn!(error = %e, "store unavailable during authentication");
                 Ok(Auth::reject())
             }
@@ -227,6 +295,8 @@ impl russh::server::Handler for AgentHandler {
             agent,
             session_id: self.session_id,
             remote_addr: self.peer,
+            token_version: self.token_version,
+            closing_reason: self.closing_reason.clone(),
             handle: session.handle(),
         };
         let span = tracing::Span::current();

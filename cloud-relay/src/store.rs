@@ -4,6 +4,7 @@
 pub mod sqlite;
 
 use postern_protocol::SecretToken;
+use postern_protocol::api::ApiKeyScope;
 
 pub use sqlite::SqliteStore;
 
@@ -14,6 +15,37 @@ pub struct AgentRecord {
     pub name: String,
     /// RFC 3339, UTC.
     pub created_at: String,
+    /// Starts at 1 and grows by one per token rotation; a session remembers the
+    /// version it logged in with, so the relay can tell a stale one.
+    pub token_version: i64,
+    /// Unix seconds until which the token before the current one still works
+    /// (a rotation with a grace period); `None` when it does not.
+    pub old_token_until: Option<i64>,
+}
+
+impl AgentRecord {
+    /// Whether a session that logged in with `version` may stay up at `now` (unix seconds).
+    pub fn accepts_session(&self, version: i64, now: i64) -> bool {
+        version == self.token_version
+            || (version == self.token_version - 1 && self.old_token_until.is_some_and(|t| t > now))
+    }
+}
+
+/// An agent that a token belongs to, and which of its tokens it was.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentLogin {
+    pub agent: AgentRecord,
+    /// The current `token_version`, or the one before it for a token in its grace period.
+    pub token_version: i64,
+}
+
+/// One API key as stored. The key itself is never stored, only its hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKeyRecord {
+    pub name: String,
+    pub scope: ApiKeyScope,
+    /// RFC 3339, UTC.
+    pub created_at: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +54,8 @@ pub enum StoreError {
     AgentExists(String),
     #[error("an API key named {0:?} exists already")]
     ApiKeyExists(String),
+    #[error("no API key named {0:?}")]
+    ApiKeyNotFound(String),
     #[error("no agent with id or name {0:?}")]
     AgentNotFound(String),
     #[error(
@@ -50,14 +84,53 @@ pub trait Store: Send + Sync + 'static {
     fn list_agents(&self) -> Result<Vec<AgentRecord>, StoreError>;
     /// Revokes an agent: its token stops working. Returns the revoked record.
     fn revoke_agent(&self, id_or_name: &str) -> Result<AgentRecord, StoreError>;
+    /// Gives an agent a new token. With `old_until` (unix seconds) the current
+    /// token keeps working until then; without, it stops at once.
+    fn rotate_token(
+        &self,
+        id_or_name: &str,
+        token: &SecretToken,
+        old_until: Option<i64>,
+    ) -> Result<AgentRecord, StoreError>;
+    /// The active agent this token (current, or old within its grace) belongs
+    /// to, compared in constant time; `now` is unix seconds.
+    fn login(&self, token: &SecretToken, now: i64) -> Result<Option<AgentLogin>, StoreError>;
     /// The active agent this token belongs to, compared in constant time.
-    fn agent_for_token(&self, token: &SecretToken) -> Result<Option<AgentRecord>, StoreError>;
-    /// Adds an API key (stored as a hash).
-    fn create_api_key(&self, name: &str, key: &SecretToken) -> Result<(), StoreError>;
+    fn agent_for_token(&self, token: &SecretToken) -> Result<Option<AgentRecord>, StoreError> {
+        Ok(self.login(token, unix_now())?.map(|l| l.agent))
+    }
+    /// Adds an API key (stored as a hash) with the given scope.
+    fn create_scoped_api_key(
+        &self,
+        name: &str,
+        key: &SecretToken,
+        scope: ApiKeyScope,
+    ) -> Result<ApiKeyRecord, StoreError>;
+    /// Adds an `admin` API key (stored as a hash).
+    fn create_api_key(&self, name: &str, key: &SecretToken) -> Result<(), StoreError> {
+        self.create_scoped_api_key(name, key, ApiKeyScope::Admin)
+            .map(|_| ())
+    }
+    /// The active API key `key`, compared in constant time.
+    fn api_key(&self, key: &SecretToken) -> Result<Option<ApiKeyRecord>, StoreError>;
     /// The name of the active API key `key`, compared in constant time.
-    fn api_key_name(&self, key: &SecretToken) -> Result<Option<String>, StoreError>;
+    fn api_key_name(&self, key: &SecretToken) -> Result<Option<String>, StoreError> {
+        Ok(self.api_key(key)?.map(|k| k.name))
+    }
+    /// All active API keys, oldest first.
+    fn list_api_keys(&self) -> Result<Vec<ApiKeyRecord>, StoreError>;
+    /// Revokes an API key by name: it stops working at once.
+    fn revoke_api_key(&self, name: &str) -> Result<ApiKeyRecord, StoreError>;
     /// Changes whenever another process changed the store; cheap to poll.
     fn change_marker(&self) -> Result<i64, StoreError>;
+}
+
+/// Seconds since the Unix epoch, as the store keeps deadlines.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 /// Agent and key names share the rules of connection names.

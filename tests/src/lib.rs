@@ -12,5 +12,6 @@ pub mod harness;
 pub mod internal_server;
 pub mod keys;
 pub mod netns;
+pub mod relay_support;
 pub mod temp;
 pub mod token_endpoint;

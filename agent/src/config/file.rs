@@ -54,6 +54,8 @@ pub struct ConnectionFile {
     pub max_wait: Option<String>,
     /// The request `postern connection test` sends.
     pub test: Option<TestFile>,
+    /// Extra CA, client certificate, or (loudly) no verification, for https:// base URIs.
+    pub tls: Option<super::tls::TlsFile>,
 }
 
 /// `test = { method = "GET", path = "/health", expect_status = 200 }`.

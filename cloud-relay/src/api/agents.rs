@@ -12,12 +12,14 @@ use postern_protocol::api::{AgentCreated, AgentInfo, AgentList, CreateAgent};
 use postern_protocol::{ErrorCode, SecretKind};
 
 use super::ApiError;
+use super::auth::AdminOnly;
 use crate::context::RelayContext;
 use crate::secrets::new_token;
 use crate::store::AgentRecord;
 
 pub async fn create(
     State(ctx): State<Arc<RelayContext>>,
+    AdminOnly(caller): AdminOnly,
     body: Result<Json<CreateAgent>, JsonRejection>,
 ) -> Result<(StatusCode, Json<AgentCreated>), ApiError> {
     let Json(request) = body.map_err(|e| ApiError::new(ErrorCode::BadRequest, e.body_text()))?;
@@ -27,6 +29,7 @@ pub async fn create(
         .store_call(move |store| store.create_agent(&request.name, &stored))
         .await
         .map_err(ApiError::store)?;
+    tracing::info!(agent = %agent.name, id = %agent.id, by = %caller.name, "agent created");
     Ok((
         StatusCode::CREATED,
         Json(AgentCreated {
@@ -57,6 +60,7 @@ pub async fn show(
 
 pub async fn revoke(
     State(ctx): State<Arc<RelayContext>>,
+    AdminOnly(caller): AdminOnly,
     Path(agent): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let record = ctx
@@ -66,7 +70,7 @@ pub async fn revoke(
     if let Some(live) = ctx.registry.remove(&record.id) {
         live.disconnect("agent revoked").await;
     }
-    tracing::info!(agent = %record.name, id = %record.id, "agent revoked");
+    tracing::info!(agent = %record.name, id = %record.id, by = %caller.name, "agent revoked");
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -84,10 +88,15 @@ fn rfc3339(t: SystemTime) -> String {
 
 pub(crate) fn info(ctx: &RelayContext, agent: AgentRecord) -> AgentInfo {
     let live = ctx.registry.get(&agent.id);
+    let departure = ctx.registry.departure(&agent.id);
     AgentInfo {
-        calls_in_flight: 0,
-        last_seen: None,
-        last_disconnect_reason: None,
+        calls_in_flight: live.as_ref().map_or(0, |l| l.calls_in_flight()),
+        last_seen: if live.is_some() {
+            Some(rfc3339(SystemTime::now()))
+        } else {
+            departure.as_ref().map(|d| rfc3339(d.at))
+        },
+        last_disconnect_reason: departure.map(|d| d.reason),
         online: live.is_some(),
         connected_since: live.as_ref().map(|l| rfc3339(l.since)),
         remote_addr: live.as_ref().map(|l| l.remote_addr.to_string()),

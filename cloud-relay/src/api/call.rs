@@ -23,17 +23,29 @@ pub async fn call(
     Path(params): Path<HashMap<String, String>>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let request_id = request_id(request.headers());
+    // The request-id layer has put a sane id on every request already.
+    let request_id = super::request_id::request_id(request.headers());
     let agent = params.get("agent").cloned().unwrap_or_default();
     let connection = params.get("connection").cloned().unwrap_or_default();
     let span = info_span!("call", %request_id, %agent, %connection);
-    let mut response = forward(ctx, agent, connection, request, &request_id)
-        .instrument(span)
-        .await
-        .unwrap_or_else(axum::response::IntoResponse::into_response);
+    let started = std::time::Instant::now();
+    let metrics_ctx = ctx.clone();
+    let result = forward(ctx, agent, connection, request, &request_id)
+        .instrument(span.clone())
+        .await;
+    let mut response = match result {
+        Ok(response) => response,
+        Err(e) => {
+            span.in_scope(|| info!(code = e.code.as_str(), message = %e.message, "call failed"));
+            axum::response::IntoResponse::into_response(e)
+        }
+    };
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert(REQUEST_ID, value);
     }
+    metrics_ctx
+        .metrics
+        .call_finished(response.status().as_u16(), started.elapsed());
     Ok(response)
 }
 
@@ -62,6 +74,17 @@ async fn forward(
         ));
     }
     let (parts, body) = request.into_parts();
+    let limit = ctx.config.max_request_body;
+    let declared = parts
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large(limit));
+    }
+    // A chunked body is cut off (and the call refused) once it passes the limit.
+    let body = http_body_util::Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX));
     let uri = upstream_uri(&connection, &parts.uri)?;
     let mut headers = parts.headers;
     strip_for_hop(&mut headers);
@@ -69,11 +92,27 @@ async fn forward(
     if let Ok(value) = HeaderValue::from_str(request_id) {
         headers.insert(REQUEST_ID, value);
     }
+    let counter = ctx.clone();
+    let body = Body::new(http_body_util::BodyExt::map_frame(body, move |frame| {
+        if let Some(data) = frame.data_ref() {
+            counter.metrics.add_bytes_in(data.len());
+        }
+        frame
+    }));
     let mut outgoing = http::Request::new(body);
     *outgoing.method_mut() = parts.method.clone();
     *outgoing.uri_mut() = uri;
     *outgoing.headers_mut() = headers;
 
+    let Some(in_flight) = live.try_call_started(ctx.config.max_calls_per_agent) else {
+        return Err(ApiError::new(
+            ErrorCode::TooManyCalls,
+            format!(
+                "agent {:?} has {} calls under way already (max_calls_per_agent)",
+                record.name, ctx.config.max_calls_per_agent
+            ),
+        ));
+    };
     let started = std::time::Instant::now();
     let result = tokio::time::timeout(ctx.config.call_timeout, live.client.request(outgoing)).await;
     let upstream = match result {
@@ -92,6 +131,15 @@ async fn forward(
     info!(method = %parts.method, status = upstream.status().as_u16(), ms = started.elapsed().as_millis() as u64, "call answered");
     let (mut parts, body) = upstream.into_parts();
     strip_for_hop(&mut parts.headers);
+    // The call stays counted in flight until its body has been sent (or dropped).
+    let counter = ctx.clone();
+    let body = http_body_util::BodyExt::map_frame(body, move |frame| {
+        let _counted = &in_flight;
+        if let Some(data) = frame.data_ref() {
+            counter.metrics.add_bytes_out(data.len());
+        }
+        frame
+    });
     Ok(Response::from_parts(parts, Body::new(body)))
 }
 
@@ -116,6 +164,9 @@ fn classify(
     }
     let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
     while let Some(err) = source {
+        if err.is::<http_body_util::LengthLimitError>() {
+            return too_large(ctx.config.max_request_body);
+        }
         if let Some(connect) = err.downcast_ref::<ConnectError>() {
             return match connect {
                 ConnectError::Refused { .. } => {
@@ -130,6 +181,13 @@ fn classify(
     ApiError::new(
         ErrorCode::TunnelError,
         format!("the call through the tunnel failed: {e}"),
+    )
+}
+
+fn too_large(limit: u64) -> ApiError {
+    ApiError::new(
+        ErrorCode::PayloadTooLarge,
+        format!("the request body is larger than the relay's limit of {limit} bytes"),
     )
 }
 
@@ -171,16 +229,6 @@ pub(crate) fn strip_for_hop(headers: &mut HeaderMap) {
     for name in hop {
         headers.remove(name);
     }
-}
-
-/// The caller's request id if it is sane (1–128 visible ASCII), else a new one.
-fn request_id(headers: &HeaderMap) -> String {
-    headers
-        .get(REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
-        .map(str::to_owned)
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
 }
 
 #[cfg(test)]

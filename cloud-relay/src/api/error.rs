@@ -27,6 +27,9 @@ impl ApiError {
             StoreError::AgentExists(_) => Self::new(ErrorCode::AgentExists, e.to_string()),
             StoreError::AgentNotFound(_) => Self::new(ErrorCode::AgentNotFound, e.to_string()),
             StoreError::BadName(_) => Self::new(ErrorCode::BadRequest, e.to_string()),
+            // No dedicated code for a taken key name; 400 with a clear message.
+            StoreError::ApiKeyExists(_) => Self::new(ErrorCode::BadRequest, e.to_string()),
+            StoreError::ApiKeyNotFound(_) => Self::new(ErrorCode::NotFound, e.to_string()),
             other => {
                 tracing::error!(error = %other, "store failure");
                 Self::new(ErrorCode::Internal, "the relay's store failed; see its log")

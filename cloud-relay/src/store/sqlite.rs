@@ -6,10 +6,11 @@ use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
 use postern_protocol::SecretToken;
+use postern_protocol::api::ApiKeyScope;
 use rusqlite::{Connection, OptionalExtension, params};
 use subtle::ConstantTimeEq;
 
-use super::{AgentRecord, Store, StoreError, check_name};
+use super::{AgentLogin, AgentRecord, ApiKeyRecord, Store, StoreError, check_name};
 use crate::secrets::new_id;
 
 pub const DB_FILE: &str = "relay.db";
@@ -21,7 +22,11 @@ CREATE TABLE IF NOT EXISTS agents (
     created_at   TEXT NOT NULL,
     token_lookup TEXT NOT NULL,
     token_hash   BLOB NOT NULL,
-    revoked_at   TEXT
+    revoked_at   TEXT,
+    token_version     INTEGER NOT NULL DEFAULT 1,
+    old_token_lookup  TEXT,
+    old_token_hash    BLOB,
+    old_token_until   INTEGER
 );
 CREATE UNIQUE INDEX IF NOT EXISTS agents_active_name ON agents(name) WHERE revoked_at IS NULL;
 CREATE INDEX IF NOT EXISTS agents_token_lookup ON agents(token_lookup);
@@ -30,11 +35,49 @@ CREATE TABLE IF NOT EXISTS api_keys (
     created_at  TEXT NOT NULL,
     key_lookup  TEXT NOT NULL,
     key_hash    BLOB NOT NULL,
-    revoked_at  TEXT
+    revoked_at  TEXT,
+    scope       TEXT NOT NULL DEFAULT 'admin'
 );
 CREATE UNIQUE INDEX IF NOT EXISTS api_keys_active_name ON api_keys(name) WHERE revoked_at IS NULL;
 CREATE INDEX IF NOT EXISTS api_keys_lookup ON api_keys(key_lookup);
 ";
+
+/// Columns added after the first release: `(table, column, definition)`. A
+/// database made before them gets them with their defaults, so it keeps working
+/// (old API keys are `admin`, old agents are on token version 1).
+const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
+    ("api_keys", "scope", "TEXT NOT NULL DEFAULT 'admin'"),
+    ("agents", "token_version", "INTEGER NOT NULL DEFAULT 1"),
+    ("agents", "old_token_lookup", "TEXT"),
+    ("agents", "old_token_hash", "BLOB"),
+    ("agents", "old_token_until", "INTEGER"),
+];
+
+const POST_MIGRATION: &str = "
+CREATE INDEX IF NOT EXISTS agents_old_token_lookup ON agents(old_token_lookup);
+";
+
+const AGENT_COLUMNS: &str = "id, name, created_at, token_version, old_token_until";
+
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let tx = conn.transaction()?;
+    tx.execute_batch(SCHEMA)?;
+    for (table, column, definition) in ADDED_COLUMNS {
+        let present: bool = tx.query_row(
+            &format!("SELECT COUNT(*) > 0 FROM pragma_table_info('{table}') WHERE name = ?1"),
+            params![column],
+            |r| r.get(0),
+        )?;
+        if !present {
+            tx.execute_batch(&format!(
+                "ALTER TABLE {table} ADD COLUMN {column} {definition}"
+            ))?;
+        }
+    }
+    tx.execute_batch(POST_MIGRATION)?;
+    tx.commit()?;
+    Ok(())
+}
 
 pub struct SqliteStore {
     conn: Mutex<Connection>,
@@ -59,12 +102,12 @@ impl SqliteStore {
     }
 
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let conn = Connection::open(path)?;
+        let mut conn = Connection::open(path)?;
         // Another process (the CLI) may hold the write lock for a moment.
         conn.busy_timeout(Duration::from_secs(5))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.execute_batch(SCHEMA)?;
+        migrate(&mut conn)?;
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
@@ -90,6 +133,18 @@ fn row_to_agent(row: &rusqlite::Row<'_>) -> rusqlite::Result<AgentRecord> {
         id: row.get(0)?,
         name: row.get(1)?,
         created_at: row.get(2)?,
+        token_version: row.get(3)?,
+        old_token_until: row.get(4)?,
+    })
+}
+
+fn row_to_api_key(row: &rusqlite::Row<'_>) -> rusqlite::Result<ApiKeyRecord> {
+    let scope: String = row.get(1)?;
+    Ok(ApiKeyRecord {
+        name: row.get(0)?,
+        // An unknown scope (written by a newer relay) gets the least power.
+        scope: scope.parse().unwrap_or(ApiKeyScope::Call),
+        created_at: row.get(2)?,
     })
 }
 
@@ -97,7 +152,7 @@ fn find_active(conn: &Connection, id_or_name: &str) -> Result<Option<AgentRecord
     let by = |column: &str| {
         conn.query_row(
             &format!(
-                "SELECT id, name, created_at FROM agents WHERE {column} = ?1 AND revoked_at IS NULL"
+                "SELECT {AGENT_COLUMNS} FROM agents WHERE {column} = ?1 AND revoked_at IS NULL"
             ),
             params![id_or_name],
             row_to_agent,
@@ -128,6 +183,8 @@ impl Store for SqliteStore {
             id: new_id("agt_"),
             name: name.to_owned(),
             created_at: now_rfc3339(),
+            token_version: 1,
+            old_token_until: None,
         };
         self.with(|conn| {
             conn.execute(
@@ -145,9 +202,9 @@ impl Store for SqliteStore {
 
     fn list_agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
         self.with(|conn| {
-            let mut stmt = conn.prepare(
-                "SELECT id, name, created_at FROM agents WHERE revoked_at IS NULL ORDER BY created_at, rowid",
-            )?;
+            let mut stmt = conn.prepare(&format!(
+                "SELECT {AGENT_COLUMNS} FROM agents WHERE revoked_at IS NULL ORDER BY created_at, rowid"
+            ))?;
             let rows = stmt.query_map([], row_to_agent)?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
@@ -165,43 +222,129 @@ impl Store for SqliteStore {
         })
     }
 
-    fn agent_for_token(&self, token: &SecretToken) -> Result<Option<AgentRecord>, StoreError> {
+    fn rotate_token(
+        &self,
+        id_or_name: &str,
+        token: &SecretToken,
+        old_until: Option<i64>,
+    ) -> Result<AgentRecord, StoreError> {
         self.with(|conn| {
-            let mut stmt = conn.prepare(
-                "SELECT id, name, created_at, token_hash FROM agents WHERE token_lookup = ?1 AND revoked_at IS NULL",
+            let tx = conn.unchecked_transaction()?;
+            let agent = find_active(&tx, id_or_name)?
+                .ok_or_else(|| StoreError::AgentNotFound(id_or_name.to_owned()))?;
+            // With a grace period the current token becomes the old one; without,
+            // no old token is kept (one from an earlier rotation dies too).
+            tx.execute(
+                "UPDATE agents SET
+                    old_token_lookup = CASE WHEN ?3 IS NULL THEN NULL ELSE token_lookup END,
+                    old_token_hash   = CASE WHEN ?3 IS NULL THEN NULL ELSE token_hash END,
+                    old_token_until  = ?3,
+                    token_lookup = ?1, token_hash = ?2, token_version = token_version + 1
+                 WHERE id = ?4 AND revoked_at IS NULL",
+                params![
+                    token.lookup_id(),
+                    token.hash().as_slice(),
+                    old_until,
+                    agent.id
+                ],
             )?;
+            let updated = find_active(&tx, &agent.id)?
+                .ok_or_else(|| StoreError::AgentNotFound(id_or_name.to_owned()))?;
+            tx.commit()?;
+            Ok(updated)
+        })
+    }
+
+    fn login(&self, token: &SecretToken, now: i64) -> Result<Option<AgentLogin>, StoreError> {
+        self.with(|conn| {
+            let mut stmt = conn.prepare(&format!(
+                "SELECT {AGENT_COLUMNS}, token_hash, 0 FROM agents
+                   WHERE token_lookup = ?1 AND revoked_at IS NULL
+                 UNION ALL
+                 SELECT {AGENT_COLUMNS}, old_token_hash, 1 FROM agents
+                   WHERE old_token_lookup = ?1 AND old_token_until > ?2 AND revoked_at IS NULL"
+            ))?;
             let candidates = stmt
-                .query_map(params![token.lookup_id()], |row| {
-                    Ok((row_to_agent(row)?, row.get::<_, Vec<u8>>(3)?))
+                .query_map(params![token.lookup_id(), now], |row| {
+                    let agent = row_to_agent(row)?;
+                    let old: i64 = row.get(6)?;
+                    let version = agent.token_version - old;
+                    Ok((
+                        AgentLogin {
+                            agent,
+                            token_version: version,
+                        },
+                        row.get::<_, Vec<u8>>(5)?,
+                    ))
                 })?
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(pick_by_hash(candidates, &token.hash()))
         })
     }
 
-    fn create_api_key(&self, name: &str, key: &SecretToken) -> Result<(), StoreError> {
+    fn create_scoped_api_key(
+        &self,
+        name: &str,
+        key: &SecretToken,
+        scope: ApiKeyScope,
+    ) -> Result<ApiKeyRecord, StoreError> {
         check_name(name)?;
+        let record = ApiKeyRecord {
+            name: name.to_owned(),
+            scope,
+            created_at: now_rfc3339(),
+        };
         self.with(|conn| {
             conn.execute(
-                "INSERT INTO api_keys (name, created_at, key_lookup, key_hash) VALUES (?1, ?2, ?3, ?4)",
-                params![name, now_rfc3339(), key.lookup_id(), key.hash().as_slice()],
+                "INSERT INTO api_keys (name, created_at, key_lookup, key_hash, scope) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![name, record.created_at, key.lookup_id(), key.hash().as_slice(), scope.as_str()],
             )
             .map_err(|e| if is_unique_violation(&e) { StoreError::ApiKeyExists(name.to_owned()) } else { e.into() })?;
-            Ok(())
+            Ok(record)
         })
     }
 
-    fn api_key_name(&self, key: &SecretToken) -> Result<Option<String>, StoreError> {
+    fn api_key(&self, key: &SecretToken) -> Result<Option<ApiKeyRecord>, StoreError> {
         self.with(|conn| {
             let mut stmt = conn.prepare(
-                "SELECT name, key_hash FROM api_keys WHERE key_lookup = ?1 AND revoked_at IS NULL",
+                "SELECT name, scope, created_at, key_hash FROM api_keys WHERE key_lookup = ?1 AND revoked_at IS NULL",
             )?;
             let candidates = stmt
                 .query_map(params![key.lookup_id()], |row| {
-                    Ok((row.get::<_, String>(0)?, row.get::<_, Vec<u8>>(1)?))
+                    Ok((row_to_api_key(row)?, row.get::<_, Vec<u8>>(3)?))
                 })?
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(pick_by_hash(candidates, &key.hash()))
+        })
+    }
+
+    fn list_api_keys(&self) -> Result<Vec<ApiKeyRecord>, StoreError> {
+        self.with(|conn| {
+            let mut stmt = conn.prepare(
+                "SELECT name, scope, created_at FROM api_keys WHERE revoked_at IS NULL ORDER BY created_at, rowid",
+            )?;
+            let rows = stmt.query_map([], row_to_api_key)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    fn revoke_api_key(&self, name: &str) -> Result<ApiKeyRecord, StoreError> {
+        self.with(|conn| {
+            let tx = conn.unchecked_transaction()?;
+            let record = tx
+                .query_row(
+                    "SELECT name, scope, created_at FROM api_keys WHERE name = ?1 AND revoked_at IS NULL",
+                    params![name],
+                    row_to_api_key,
+                )
+                .optional()?
+                .ok_or_else(|| StoreError::ApiKeyNotFound(name.to_owned()))?;
+            tx.execute(
+                "UPDATE api_keys SET revoked_at = ?1 WHERE name = ?2 AND revoked_at IS NULL",
+                params![now_rfc3339(), name],
+            )?;
+            tx.commit()?;
+            Ok(record)
         })
     }
 
@@ -283,6 +426,123 @@ mod tests {
         assert!(matches!(
             store.create_api_key("bad name", &key),
             Err(StoreError::BadName(_))
+        ));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_database_from_before_scopes_and_rotation_keeps_working() {
+        let dir = std::env::temp_dir().join(format!("postern-store-old-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join(DB_FILE);
+        let key = new_token(SecretKind::ApiKey);
+        let token = new_token(SecretKind::AgentToken);
+        {
+            // The backbone's schema, as a released relay wrote it.
+            let old = Connection::open(&path).expect("open");
+            old.execute_batch(
+                "CREATE TABLE agents (id TEXT PRIMARY KEY, name TEXT NOT NULL, created_at TEXT NOT NULL,
+                    token_lookup TEXT NOT NULL, token_hash BLOB NOT NULL, revoked_at TEXT);
+                 CREATE TABLE api_keys (name TEXT NOT NULL, created_at TEXT NOT NULL,
+                    key_lookup TEXT NOT NULL, key_hash BLOB NOT NULL, revoked_at TEXT);",
+            )
+            .expect("old schema");
+            old.execute(
+                "INSERT INTO agents VALUES ('agt_1', 'w1', 'then', ?1, ?2, NULL)",
+                params![token.lookup_id(), token.hash().as_slice()],
+            )
+            .expect("old agent");
+            old.execute(
+                "INSERT INTO api_keys VALUES ('platform', 'then', ?1, ?2, NULL)",
+                params![key.lookup_id(), key.hash().as_slice()],
+            )
+            .expect("old key");
+        }
+        let store = SqliteStore::open(&path).expect("migrates");
+        let found = store
+            .api_key(&key)
+            .expect("q")
+            .expect("old key still works");
+        assert_eq!(found.scope, ApiKeyScope::Admin);
+        let agent = store
+            .agent_for_token(&token)
+            .expect("q")
+            .expect("old token works");
+        assert_eq!(agent.token_version, 1);
+        drop(store);
+        // Opening again is a no-op, not a second ALTER.
+        SqliteStore::open(&path).expect("reopens");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn rotation_ends_the_old_token_or_keeps_it_for_the_grace() {
+        let (store, dir) = temp_store("rotate");
+        let first = new_token(SecretKind::AgentToken);
+        store.create_agent("w1", &first).expect("create");
+        let second = new_token(SecretKind::AgentToken);
+        let now = super::super::unix_now();
+        let rotated = store
+            .rotate_token("w1", &second, Some(now + 300))
+            .expect("rotate");
+        assert_eq!(rotated.token_version, 2);
+        let old = store
+            .login(&first, now)
+            .expect("q")
+            .expect("old token in grace");
+        assert_eq!(old.token_version, 1);
+        assert!(old.agent.accepts_session(1, now));
+        assert!(!old.agent.accepts_session(1, now + 301));
+        assert!(store.login(&first, now + 301).expect("q").is_none());
+        assert_eq!(
+            store
+                .login(&second, now)
+                .expect("q")
+                .expect("new")
+                .token_version,
+            2
+        );
+        let third = new_token(SecretKind::AgentToken);
+        store
+            .rotate_token("w1", &third, None)
+            .expect("rotate again");
+        assert!(store.login(&first, now).expect("q").is_none());
+        assert!(store.login(&second, now).expect("q").is_none());
+        assert_eq!(
+            store
+                .login(&third, now)
+                .expect("q")
+                .expect("third")
+                .token_version,
+            3
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn api_keys_have_scopes_and_can_be_revoked() {
+        let (store, dir) = temp_store("scopes");
+        let key = new_token(SecretKind::ApiKey);
+        store
+            .create_scoped_api_key("runner", &key, ApiKeyScope::Call)
+            .expect("create");
+        store
+            .create_api_key("ops", &new_token(SecretKind::ApiKey))
+            .expect("admin");
+        let listed = store.list_api_keys().expect("list");
+        assert_eq!(
+            listed
+                .iter()
+                .map(|k| (k.name.as_str(), k.scope))
+                .collect::<Vec<_>>(),
+            vec![("runner", ApiKeyScope::Call), ("ops", ApiKeyScope::Admin)]
+        );
+        store.revoke_api_key("runner").expect("revoke");
+        assert!(store.api_key(&key).expect("q").is_none());
+        assert!(matches!(
+            store.revoke_api_key("runner"),
+            Err(StoreError::ApiKeyNotFound(_))
         ));
         let _ = std::fs::remove_dir_all(dir);
     }

@@ -1,0 +1,88 @@
+//! API keys on the way in: `require_api_key` checks the bearer key and leaves
+//! the caller in the request; `AdminOnly` refuses handlers to `call` keys.
+
+use std::sync::Arc;
+
+use axum::extract::{FromRequestParts, Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use http::request::Parts;
+use postern_protocol::api::ApiKeyScope;
+use postern_protocol::{ErrorCode, SecretKind, SecretToken};
+
+use super::ApiError;
+use crate::context::RelayContext;
+
+/// Who is calling: the API key's name and scope (never the key).
+#[derive(Debug, Clone)]
+pub struct ApiCaller {
+    pub name: String,
+    pub scope: ApiKeyScope,
+}
+
+/// Checks the bearer API key against the store (hash, constant-time).
+pub async fn require_api_key(
+    State(ctx): State<Arc<RelayContext>>,
+    mut request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let caller = check_api_key(&ctx, request.headers()).await?;
+    request.extensions_mut().insert(caller);
+    Ok(next.run(request).await)
+}
+
+/// The caller behind the request's `Authorization: Bearer <api key>`.
+pub async fn check_api_key(
+    ctx: &Arc<RelayContext>,
+    headers: &http::HeaderMap,
+) -> Result<ApiCaller, ApiError> {
+    let presented = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::Unauthorized,
+                "missing API key: send Authorization: Bearer <api key>",
+            )
+        })?;
+    let key = SecretToken::parse(SecretKind::ApiKey, presented)
+        .map_err(|e| ApiError::new(ErrorCode::Unauthorized, format!("invalid API key: {e}")))?;
+    let record = ctx
+        .store_call(move |store| store.api_key(&key))
+        .await
+        .map_err(ApiError::store)?
+        .ok_or_else(|| ApiError::new(ErrorCode::Unauthorized, "unknown or revoked API key"))?;
+    Ok(ApiCaller {
+        name: record.name,
+        scope: record.scope,
+    })
+}
+
+/// A handler argument that only an `admin` key gets past (403 `forbidden`).
+pub struct AdminOnly(pub ApiCaller);
+
+impl<S: Send + Sync> FromRequestParts<S> for AdminOnly {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let caller = parts
+            .extensions
+            .get::<ApiCaller>()
+            .cloned()
+            .ok_or_else(|| ApiError::new(ErrorCode::Unauthorized, "no API key checked"))?;
+        if caller.scope != ApiKeyScope::Admin {
+            return Err(ApiError::new(
+                ErrorCode::Forbidden,
+                format!(
+                    "API key {:?} has scope {}; this needs an admin key",
+                    caller.name, caller.scope
+                ),
+            ));
+        }
+        Ok(Self(caller))
+    }
+}

@@ -1,0 +1,81 @@
+//! `POST /v1/agents/{agent}/token`: a new token for an agent (admin only). The
+//! old one dies at once with its live session, unless a grace period is asked for.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use postern_protocol::api::{RotateToken, TokenRotated};
+use postern_protocol::{ErrorCode, SecretKind};
+use tracing::info;
+
+use super::ApiError;
+use super::auth::AdminOnly;
+use crate::context::RelayContext;
+use crate::secrets::new_token;
+use crate::store::unix_now;
+
+/// Longer overlaps defeat the point of rotating.
+pub const MAX_GRACE: Duration = Duration::from_secs(24 * 3600);
+
+pub async fn rotate(
+    State(ctx): State<Arc<RelayContext>>,
+    AdminOnly(caller): AdminOnly,
+    Path(agent): Path<String>,
+    body: Bytes,
+) -> Result<Json<TokenRotated>, ApiError> {
+    let request: RotateToken = if body.iter().all(u8::is_ascii_whitespace) {
+        RotateToken::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("bad JSON body: {e}")))?
+    };
+    let grace = parse_grace(request.grace.as_deref())
+        .map_err(|m| ApiError::new(ErrorCode::BadRequest, m))?;
+    let outcome = rotate_agent_token(&ctx, agent, grace).await?;
+    info!(agent = %outcome.name, by = %caller.name, grace_s = grace.map(|g| g.as_secs()), "agent token rotated");
+    Ok(Json(outcome))
+}
+
+/// `"5m"` → 5 minutes; `None`, `""` and `"0s"` mean no grace.
+pub fn parse_grace(text: Option<&str>) -> Result<Option<Duration>, String> {
+    let Some(text) = text.map(str::trim).filter(|t| !t.is_empty()) else {
+        return Ok(None);
+    };
+    let grace = humantime::parse_duration(text)
+        .map_err(|e| format!("grace {text:?} is not a duration like \"5m\": {e}"))?;
+    if grace > MAX_GRACE {
+        return Err(format!("grace {text:?} is longer than the 24 h maximum"));
+    }
+    Ok((!grace.is_zero()).then_some(grace))
+}
+
+/// Stores the new token and, without a grace period, drops the live session at once.
+pub async fn rotate_agent_token(
+    ctx: &Arc<RelayContext>,
+    agent: String,
+    grace: Option<Duration>,
+) -> Result<TokenRotated, ApiError> {
+    let token = new_token(SecretKind::AgentToken);
+    let stored = token.clone();
+    let until = grace.map(|g| unix_now() + g.as_secs() as i64);
+    let record = ctx
+        .store_call(move |store| store.rotate_token(&agent, &stored, until))
+        .await
+        .map_err(ApiError::store)?;
+    if let Some(live) = ctx.registry.get(&record.id)
+        && !record.accepts_session(live.token_version, unix_now())
+    {
+        ctx.registry.remove_if(&live.agent_id, live.session_id);
+        live.disconnect("token rotated").await;
+    }
+    Ok(TokenRotated {
+        id: record.id,
+        name: record.name,
+        token: token.expose().to_owned(),
+        old_token_valid_until: grace
+            .map(|g| humantime::format_rfc3339_seconds(SystemTime::now() + g).to_string()),
+    })
+}

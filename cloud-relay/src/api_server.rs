@@ -1,0 +1,116 @@
+//! Serves the API router over HTTP/1.1 with hyper directly (not `axum::serve`),
+//! for the limits axum does not expose: header size and header read timeout.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
+use tracing::{debug, warn};
+
+use crate::config::RelayConfig;
+use crate::tls::TlsReloader;
+
+async fn serve_one<I, S>(
+    builder: http1::Builder,
+    io: I,
+    service: S,
+    stop: CancellationToken,
+    peer: std::net::SocketAddr,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::HttpService<Incoming> + Send,
+    S::Future: Send,
+    S::ResBody: Send + 'static,
+    <S::ResBody as hyper::body::Body>::Data: Send,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let connection = builder.serve_connection(io, service);
+    tokio::pin!(connection);
+    tokio::select! {
+        result = connection.as_mut() => {
+            if let Err(e) = result {
+                debug!(%peer, error = %e, "api connection ended");
+            }
+        }
+        _ = stop.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            let _ = connection.await;
+        }
+    }
+}
+
+/// hyper refuses smaller read buffers.
+const MIN_HEADER_BYTES: usize = 8192;
+
+/// Accepts until `shutdown`, then asks every connection to finish its request
+/// and waits for them (the caller bounds the wait).
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    config: &RelayConfig,
+    tls: Option<Arc<TlsReloader>>,
+    shutdown: CancellationToken,
+) {
+    let connections = TaskTracker::new();
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.header_read_timeout)
+        .max_buf_size(config.max_header_bytes.max(MIN_HEADER_BYTES))
+        .keep_alive(true);
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    warn!(%e, "api accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+            let app = app.clone();
+            async move {
+                let response = app.oneshot(request.map(Body::new)).await;
+                Ok::<_, Infallible>(match response {
+                    Ok(r) => r,
+                    Err(never) => match never {},
+                })
+            }
+        });
+        let builder = builder.clone();
+        let stop = shutdown.clone();
+        let handshake_limit = config.header_read_timeout;
+        let tls = tls.as_ref().map(|t| t.acceptor());
+        connections.spawn(async move {
+            match tls {
+                None => serve_one(builder, TokioIo::new(stream), service, stop, peer).await,
+                Some(acceptor) => {
+                    // The handshake counts against the same clock as a slow request head.
+                    match tokio::time::timeout(handshake_limit, acceptor.accept(stream)).await {
+                        Ok(Ok(tls_stream)) => {
+                            serve_one(builder, TokioIo::new(tls_stream), service, stop, peer).await
+                        }
+                        Ok(Err(e)) => debug!(%peer, error = %e, "tls handshake failed"),
+                        Err(_) => debug!(%peer, "tls handshake too slow"),
+                    }
+                }
+            }
+        });
+    }
+    connections.close();
+    connections.wait().await;
+}

@@ -1,0 +1,229 @@
+//! TLS to internal servers: an internal CA, a server that demands a client
+//! certificate, and `insecure_skip_verify` — against Python's ssl servers.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use postern_tests::harness::{
+    AgentProcess, Api, Bins, RelayProcess, agent_config, create_agent, create_api_key,
+};
+use postern_tests::temp::TempDir;
+
+const HTTPS_SERVER: &str = r#"
+import http.server, ssl, sys, json
+cert, key, port, client_ca = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        peer = self.connection.getpeercert()
+        body = json.dumps({"ok": True, "client": dict(x[0] for x in peer["subject"])["commonName"] if peer else None}).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(cert, key)
+if client_ca != "-":
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.load_verify_locations(client_ca)
+srv = http.server.ThreadingHTTPServer(("127.0.0.1", port), H)
+srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+print("ready", flush=True)
+srv.serve_forever()
+"#;
+
+struct KillOnDrop(Child);
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn openssl(dir: &TempDir, args: &[&str]) -> Result<()> {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir.path())
+        .output()
+        .context("openssl")?;
+    if !out.status.success() {
+        bail!("openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
+/// An internal CA, a server certificate for 127.0.0.1, and a client certificate.
+fn make_pki(dir: &TempDir) -> Result<()> {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=postern test CA",
+        ],
+    )?;
+    for (name, ext) in [
+        ("server", "subjectAltName=IP:127.0.0.1"),
+        ("client", "extendedKeyUsage=clientAuth"),
+    ] {
+        openssl(
+            dir,
+            &[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.csr"),
+                "-subj",
+                &format!("/CN=postern-{name}"),
+            ],
+        )?;
+        std::fs::write(dir.path().join(format!("{name}.ext")), ext)?;
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &format!("{name}.pem"),
+                "-days",
+                "2",
+                "-extfile",
+                &format!("{name}.ext"),
+            ],
+        )?;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        dir.path().join("client.key"),
+        std::fs::Permissions::from_mode(0o600),
+    )?;
+    Ok(())
+}
+
+fn https_server(dir: &TempDir, client_ca: &str) -> Result<(KillOnDrop, u16)> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let child = Command::new("python3")
+        .args([
+            "-c",
+            HTTPS_SERVER,
+            "server.pem",
+            "server.key",
+            &port.to_string(),
+            client_ca,
+        ])
+        .current_dir(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let guard = KillOnDrop(child);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            bail!("https server did not start");
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    Ok((guard, port))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn internal_cas_client_certificates_and_insecure_mode() -> Result<()> {
+    let dir = TempDir::new("tls")?;
+    make_pki(&dir)?;
+    let (_plain, port) = https_server(&dir, "-")?;
+    let (_mutual, mport) = https_server(&dir, "ca.pem")?;
+    let bins = Bins {
+        relay: env!("CARGO_BIN_EXE_e2e-postern-relay").into(),
+        agent: env!("CARGO_BIN_EXE_e2e-postern").into(),
+    };
+    let state = dir.path().join("relay");
+    let relay = RelayProcess::start(&bins, &state, "127.0.0.1:0", "127.0.0.1:0")?;
+    let (_, token) = create_agent(&bins, &state, "a1")?;
+    let api = Api::new(relay.api_base(), create_api_key(&bins, &state, "k")?);
+    let connections = format!(
+        r#"
+[connections.unknown-ca]
+base_uri = "https://127.0.0.1:{port}"
+[connections.internal-ca]
+base_uri = "https://127.0.0.1:{port}"
+tls = {{ ca_file = "ca.pem" }}
+[connections.no-client-cert]
+base_uri = "https://127.0.0.1:{mport}"
+tls = {{ ca_file = "ca.pem" }}
+[connections.mtls]
+base_uri = "https://127.0.0.1:{mport}"
+tls = {{ ca_file = "ca.pem", client_cert_file = "client.pem", client_key_file = "client.key" }}
+[connections.insecure]
+base_uri = "https://127.0.0.1:{port}"
+tls = {{ insecure_skip_verify = true }}
+"#
+    );
+    let config = dir.write_private(
+        "agent.toml",
+        &agent_config(relay.ssh, &relay.fingerprint, &token, &connections),
+    )?;
+    let agent = AgentProcess::start(&bins, &config)?;
+    api.wait_online("a1", true, Duration::from_secs(15)).await?;
+
+    let code = |v: serde_json::Value| v["error"]["code"].as_str().unwrap_or_default().to_owned();
+    let r = api.call("a1", "unknown-ca", "/x").await?;
+    assert_eq!(r.status(), 502);
+    assert_eq!(code(r.json().await?), "upstream_unreachable");
+    let r = api.call("a1", "internal-ca", "/x").await?;
+    assert_eq!(r.status(), 200, "{}", r.text().await?);
+    let r = api.call("a1", "no-client-cert", "/x").await?;
+    assert_eq!(
+        r.status(),
+        502,
+        "a server that demands a client certificate refuses us without one"
+    );
+    let r = api.call("a1", "mtls", "/x").await?;
+    assert_eq!(r.status(), 200);
+    let body: serde_json::Value = r.json().await?;
+    assert_eq!(body["client"], "postern-client");
+    let r = api.call("a1", "insecure", "/x").await?;
+    assert_eq!(r.status(), 200);
+    assert!(
+        agent.logs.contains("insecure_skip_verify is on"),
+        "no loud warning at start"
+    );
+
+    // A client key others can read is refused at load.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        dir.path().join("client.key"),
+        std::fs::Permissions::from_mode(0o644),
+    )?;
+    let out = Command::new(&bins.agent)
+        .args(["config", "check", "--config"])
+        .arg(&config)
+        .output()?;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("chmod 600"));
+    Ok(())
+}

@@ -1,0 +1,267 @@
+//! Abuse resistance against the real relay: a second process with the same
+//! token, clients that never authenticate, OpenSSH with a wrong token, and a
+//! client hammering wrong tokens while a good agent keeps working.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use postern_protocol::SecretKind;
+use postern_tests::harness::Bins;
+use postern_tests::relay_support::{RelayWorld, eventually};
+
+const ONLINE_WITHIN: Duration = Duration::from_secs(15);
+/// The relay's authentication timeout is 10 s; allow for scheduling.
+const CLOSED_WITHIN: Duration = Duration::from_secs(14);
+
+fn bins() -> Bins {
+    Bins {
+        relay: env!("CARGO_BIN_EXE_e2e-postern-relay").into(),
+        agent: env!("CARGO_BIN_EXE_e2e-postern").into(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_newest_session_wins_and_the_older_ones_call_gets_a_clear_error() -> Result<()> {
+    let w = RelayWorld::start(bins()).await?;
+    let token = w.create_agent("warehouse-1").await?;
+    let older = w.start_agent(&token)?;
+    w.admin
+        .wait_online("warehouse-1", true, ONLINE_WITHIN)
+        .await?;
+    // A call under way through the older session (the internal server takes 3 s).
+    let api = w.admin.clone();
+    let in_flight = tokio::spawn(async move { api.call("warehouse-1", "orders", "/slow").await });
+    let api = w.admin.clone();
+    eventually("the call is under way", ONLINE_WITHIN, || {
+        let api = api.clone();
+        async move {
+            api.agent("warehouse-1")
+                .await
+                .is_ok_and(|i| i.calls_in_flight == 1)
+        }
+    })
+    .await?;
+
+    let newer = w.start_agent(&token)?;
+    w.relay
+        .logs
+        .wait_for("newer session replaces older one", ONLINE_WITHIN)?;
+    // Only the newer process stays: two with one token would keep replacing each other.
+    drop(older);
+    let answer = in_flight.await??;
+    assert_eq!(answer.status(), 503);
+    assert_eq!(answer.headers()["x-postern-error"], "agent_offline");
+    let body: serde_json::Value = answer.json().await?;
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("closed during the call"), "{message}");
+
+    let api = w.admin.clone();
+    eventually("the newer session serves calls", ONLINE_WITHIN, || {
+        let api = api.clone();
+        async move {
+            api.call("warehouse-1", "orders", "/after")
+                .await
+                .is_ok_and(|r| r.status() == 200)
+        }
+    })
+    .await?;
+    newer.logs.wait_for("connected to relay", ONLINE_WITHIN)?;
+    Ok(())
+}
+
+/// Reads until EOF or error; returns how long that took, bounded by `limit`.
+fn time_until_closed(mut stream: TcpStream, limit: Duration) -> Result<Duration> {
+    let started = Instant::now();
+    stream.set_read_timeout(Some(limit))?;
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return Ok(started.elapsed()),
+            Ok(_) => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                bail!("still open after {limit:?}")
+            }
+            Err(_) => return Ok(started.elapsed()),
+        }
+    }
+}
+
+/// OpenSSH's `ssh` presenting `password` (via SSH_ASKPASS) from `bind` to the relay.
+fn openssh_login(
+    dir: &Path,
+    relay: SocketAddr,
+    bind: &str,
+    password: &str,
+) -> Result<(i32, String)> {
+    let askpass = dir.join(format!("askpass-{}.sh", password.len()));
+    std::fs::write(&askpass, format!("#!/bin/sh\necho '{password}'\n"))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&askpass, std::fs::Permissions::from_mode(0o700))?;
+    }
+    let out = Command::new("ssh")
+        .args([
+            "-F",
+            "/dev/null",
+            "-b",
+            bind,
+            "-p",
+            &relay.port().to_string(),
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "PreferredAuthentications=password",
+            "-o",
+            "PubkeyAuthentication=no",
+            "-o",
+            "NumberOfPasswordPrompts=1",
+            "-o",
+            "ConnectTimeout=10",
+            "-o",
+            "LogLevel=ERROR",
+            "postern-agent@127.0.0.1",
+            "true",
+        ])
+        .env("SSH_ASKPASS", &askpass)
+        .env("SSH_ASKPASS_REQUIRE", "force")
+        .env("DISPLAY", ":0")
+        .stdin(Stdio::null())
+        .output()
+        .context("running OpenSSH's ssh")?;
+    Ok((
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn clients_that_never_authenticate_are_cut_off_and_wrong_tokens_refused() -> Result<()> {
+    let w = RelayWorld::start(bins()).await?;
+    let ssh = w.relay.ssh;
+    // 1. Sends its SSH banner, then nothing.
+    let banner_only = std::thread::spawn(move || -> Result<Duration> {
+        let mut stream = TcpStream::connect(ssh)?;
+        stream.write_all(b"SSH-2.0-OpenSSH_9.2p1 lazy\r\n")?;
+        time_until_closed(stream, CLOSED_WITHIN)
+    });
+    // 2. Sends nothing at all.
+    let silent = std::thread::spawn(move || -> Result<Duration> {
+        time_until_closed(TcpStream::connect(ssh)?, CLOSED_WITHIN)
+    });
+    // 3. Sends garbage instead of a banner.
+    let garbage = std::thread::spawn(move || -> Result<Duration> {
+        let mut stream = TcpStream::connect(ssh)?;
+        stream.write_all(&[0xde, 0xad, 0xbe, 0xef, b'\r', b'\n'].repeat(64))?;
+        time_until_closed(stream, CLOSED_WITHIN)
+    });
+    for (name, handle) in [
+        ("banner only", banner_only),
+        ("silent", silent),
+        ("garbage", garbage),
+    ] {
+        let took = handle
+            .join()
+            .map_err(|_| anyhow::anyhow!("{name} thread panicked"))?
+            .with_context(|| name.to_owned())?;
+        assert!(took <= CLOSED_WITHIN, "{name}: closed after {took:?}");
+    }
+    w.relay
+        .logs
+        .wait_for("within the authentication timeout", ONLINE_WITHIN)?;
+
+    // OpenSSH with a well-formed but wrong token, and with a malformed one.
+    let dir = w.dir.path().to_owned();
+    let wrong = postern_relay::secrets::new_token(SecretKind::AgentToken);
+    let wrong = wrong.expose().to_owned();
+    let (code, stderr) =
+        tokio::task::spawn_blocking(move || openssh_login(&dir, ssh, "127.0.0.1", &wrong))
+            .await??;
+    assert_eq!(code, 255, "{stderr}");
+    assert!(stderr.contains("Permission denied"), "{stderr}");
+    let dir = w.dir.path().to_owned();
+    let (code, stderr) =
+        tokio::task::spawn_blocking(move || openssh_login(&dir, ssh, "127.0.0.1", "not-a-token"))
+            .await??;
+    assert_eq!(code, 255, "{stderr}");
+    w.relay
+        .logs
+        .wait_for("unknown or revoked token", ONLINE_WITHIN)?;
+    w.relay.logs.wait_for("malformed token", ONLINE_WITHIN)?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_good_agent_keeps_working_while_a_bad_client_hammers_wrong_tokens() -> Result<()> {
+    let w = RelayWorld::start(bins()).await?;
+    let token = w.create_agent("warehouse-1").await?;
+    let ssh = w.relay.ssh;
+    // Four hammering loops from another loopback address, bounded in count and time.
+    let stop_at = Instant::now() + Duration::from_secs(20);
+    let mut hammers = Vec::new();
+    for i in 0..4 {
+        let dir = w.dir.path().join(format!("hammer-{i}"));
+        std::fs::create_dir_all(&dir)?;
+        hammers.push(std::thread::spawn(move || -> Result<u32> {
+            let mut refused = 0;
+            for _ in 0..25 {
+                if Instant::now() >= stop_at {
+                    break;
+                }
+                let wrong = postern_relay::secrets::new_token(SecretKind::AgentToken);
+                let (code, stderr) = openssh_login(&dir, ssh, "127.0.0.2", wrong.expose())?;
+                if code != 255 {
+                    bail!("a wrong token got in? exit {code}: {stderr}");
+                }
+                refused += 1;
+            }
+            Ok(refused)
+        }));
+    }
+
+    // Meanwhile the good agent connects, serves calls, and reconnects after restarts.
+    let mut agent = w.start_agent(&token)?;
+    for round in 0..3 {
+        let came_online = Instant::now();
+        w.admin
+            .wait_online("warehouse-1", true, Duration::from_secs(10))
+            .await
+            .with_context(|| format!("round {round}"))?;
+        assert!(came_online.elapsed() < Duration::from_secs(10));
+        for n in 0..10 {
+            let r = w
+                .admin
+                .call("warehouse-1", "orders", &format!("/r{round}/{n}"))
+                .await?;
+            assert_eq!(r.status(), 200, "round {round} call {n}");
+        }
+        agent.terminate()?;
+        w.admin
+            .wait_online("warehouse-1", false, ONLINE_WITHIN)
+            .await?;
+        agent = w.start_agent(&token)?;
+    }
+    let mut refused = 0;
+    for h in hammers {
+        refused += h
+            .join()
+            .map_err(|_| anyhow::anyhow!("hammer thread panicked"))??;
+    }
+    assert!(refused >= 8, "the hammer ran ({refused} refusals)");
+    assert!(
+        !agent.logs.contains("refused the access token"),
+        "the good agent was never refused"
+    );
+    Ok(())
+}

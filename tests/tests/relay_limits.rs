@@ -1,0 +1,215 @@
+//! The relay's limits from its config file: concurrent calls per agent (429),
+//! request body size (413), header size (431), and slow request heads cut off.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use postern_tests::harness::{AgentProcess, Api, Bins, agent_config, create_api_key};
+use postern_tests::internal_server::{InternalServer, Verifier};
+use postern_tests::relay_support::{ConfiguredRelay, eventually, send};
+use postern_tests::temp::TempDir;
+use reqwest::Method;
+
+const ONLINE_WITHIN: Duration = Duration::from_secs(15);
+
+fn bins() -> Bins {
+    Bins {
+        relay: env!("CARGO_BIN_EXE_e2e-postern-relay").into(),
+        agent: env!("CARGO_BIN_EXE_e2e-postern").into(),
+    }
+}
+
+const LIMITS: &str = r#"
+max_calls_per_agent = 2
+max_request_body = 100000
+max_header_bytes = 8192
+header_read_timeout = "2s"
+"#;
+
+struct Limited {
+    _dir: TempDir,
+    relay: ConfiguredRelay,
+    api: Api,
+    _internal: InternalServer,
+    _agent: AgentProcess,
+}
+
+async fn start() -> Result<Limited> {
+    let dir = TempDir::new("relay-limits")?;
+    let bins = bins();
+    let relay = ConfiguredRelay::start(&bins, dir.path(), LIMITS)?;
+    let api = Api::new(
+        relay.api_base(),
+        create_api_key(&bins, &dir.path().join("relay"), "admin")?,
+    );
+    let internal = InternalServer::start(Verifier::None, "orders").await?;
+    let created = send(
+        &api,
+        Method::POST,
+        "/v1/agents",
+        Some(serde_json::json!({"name": "warehouse-1"})),
+    )
+    .await?;
+    let token = created.json["token"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let connections = format!(
+        "\n[connections.orders]\nbase_uri = \"{}\"\ntimeout = \"20s\"\n",
+        internal.base_uri()
+    );
+    let config = dir.write_private(
+        "agent.toml",
+        &agent_config(relay.ssh, &relay.fingerprint, &token, &connections),
+    )?;
+    let agent = AgentProcess::start(&bins, &config)?;
+    api.wait_online("warehouse-1", true, ONLINE_WITHIN).await?;
+    Ok(Limited {
+        _dir: dir,
+        relay,
+        api,
+        _internal: internal,
+        _agent: agent,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn too_many_calls_and_too_large_bodies_are_refused_with_their_codes() -> Result<()> {
+    let l = start().await?;
+    // Two slow calls fill the agent's allowance; the third is refused at once.
+    let slow = |api: Api| async move { api.call("warehouse-1", "orders", "/slow").await };
+    let a = tokio::spawn(slow(l.api.clone()));
+    let b = tokio::spawn(slow(l.api.clone()));
+    let api = l.api.clone();
+    eventually("two calls in flight", Duration::from_secs(3), || {
+        let api = api.clone();
+        async move {
+            api.agent("warehouse-1")
+                .await
+                .is_ok_and(|i| i.calls_in_flight == 2)
+        }
+    })
+    .await?;
+    let third = l.api.call("warehouse-1", "orders", "/third").await?;
+    assert_eq!(third.status(), 429);
+    assert_eq!(third.headers()["x-postern-error"], "too_many_calls");
+    assert_eq!(a.await??.status(), 200);
+    assert_eq!(b.await??.status(), 200);
+    let after = l.api.call("warehouse-1", "orders", "/after").await?;
+    assert_eq!(after.status(), 200, "the allowance frees up");
+
+    let url = format!(
+        "{}/v1/agents/warehouse-1/connections/orders/http/upload",
+        l.api.base
+    );
+    // Declared too large: refused before anything is forwarded.
+    let big = l
+        .api
+        .http
+        .post(&url)
+        .bearer_auth(&l.api.key)
+        .body(vec![b'x'; 200_000])
+        .send()
+        .await?;
+    assert_eq!(big.status(), 413);
+    assert_eq!(big.headers()["x-postern-error"], "payload_too_large");
+    // Chunked (no length), over a raw socket: cut off once past the limit.
+    let addr = l.relay.api;
+    let key = l.api.key.clone();
+    let status_line = tokio::task::spawn_blocking(move || -> Result<String> {
+        let mut stream = TcpStream::connect(addr)?;
+        stream.set_read_timeout(Some(Duration::from_secs(20)))?;
+        write!(
+            stream,
+            "POST /v1/agents/warehouse-1/connections/orders/http/upload HTTP/1.1\r\nHost: relay\r\nAuthorization: Bearer {key}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+        )?;
+        for _ in 0..20 {
+            // The relay may answer and close before we are done sending.
+            if write!(stream, "2710\r\n{}\r\n", "y".repeat(10_000)).is_err() {
+                break;
+            }
+        }
+        let _ = stream.write_all(b"0\r\n\r\n");
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer);
+        let text = String::from_utf8_lossy(&answer);
+        Ok(text.lines().next().unwrap_or_default().to_owned() + "\n" + &text)
+    })
+    .await??;
+    assert!(status_line.starts_with("HTTP/1.1 413"), "{status_line}");
+    assert!(status_line.contains("payload_too_large"), "{status_line}");
+    // Under the limit: passes.
+    let fine = l
+        .api
+        .http
+        .post(&url)
+        .bearer_auth(&l.api.key)
+        .body(vec![b'z'; 50_000])
+        .send()
+        .await?;
+    assert_eq!(fine.status(), 200);
+    let body: serde_json::Value = fine.json().await?;
+    assert_eq!(body["body_len"], 50_000);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn oversized_and_slow_request_heads_are_cut_off() -> Result<()> {
+    let l = start().await?;
+    // Headers beyond max_header_bytes: 431.
+    let huge = l
+        .api
+        .http
+        .get(format!("{}/v1/agents", l.api.base))
+        .bearer_auth(&l.api.key)
+        .header("x-padding", "p".repeat(20_000))
+        .send()
+        .await?;
+    assert_eq!(huge.status(), 431);
+
+    // Slowloris: ten clients each send their request head one byte every 300 ms.
+    let api = l.relay.api;
+    let mut slow_clients = Vec::new();
+    for _ in 0..10 {
+        slow_clients.push(std::thread::spawn(move || -> Result<Duration> {
+            let started = Instant::now();
+            let mut stream = TcpStream::connect(api)?;
+            stream.set_read_timeout(Some(Duration::from_millis(300)))?;
+            let head = b"GET /healthz HTTP/1.1\r\nHost: relay\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
+            for byte in head.iter().cycle().take(60) {
+                if started.elapsed() > Duration::from_secs(12) {
+                    break;
+                }
+                if stream.write_all(&[*byte]).is_err() {
+                    return Ok(started.elapsed());
+                }
+                let mut buf = [0u8; 512];
+                match stream.read(&mut buf) {
+                    Ok(0) => return Ok(started.elapsed()),
+                    Ok(_) => return Ok(started.elapsed()),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {}
+                    Err(_) => return Ok(started.elapsed()),
+                }
+            }
+            anyhow::bail!("a slow client was never cut off")
+        }));
+    }
+    // Meanwhile a normal client is served at once, again and again.
+    for _ in 0..10 {
+        let started = Instant::now();
+        let ok = reqwest::get(format!("{}/healthz", l.api.base)).await?;
+        assert_eq!(ok.status(), 200);
+        assert!(started.elapsed() < Duration::from_secs(1));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for client in slow_clients {
+        let took = client
+            .join()
+            .map_err(|_| anyhow::anyhow!("slow client panicked"))??;
+        // header_read_timeout is 2 s; sending the whole head would take 18 s.
+        assert!(took < Duration::from_secs(5), "cut off after {took:?}");
+    }
+    Ok(())
+}

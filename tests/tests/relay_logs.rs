@@ -1,0 +1,124 @@
+//! The relay's `--log-format json`: every line is one JSON object with the
+//! call's request id in its span, and a full run leaves no token or key in any log.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use postern_tests::harness::{AgentProcess, Api, Bins, agent_config, create_api_key};
+use postern_tests::internal_server::{InternalServer, Verifier};
+use postern_tests::relay_support::{ConfiguredRelay, eventually, send};
+use postern_tests::temp::TempDir;
+use reqwest::Method;
+
+const ONLINE_WITHIN: Duration = Duration::from_secs(15);
+
+fn bins() -> Bins {
+    Bins {
+        relay: env!("CARGO_BIN_EXE_e2e-postern-relay").into(),
+        agent: env!("CARGO_BIN_EXE_e2e-postern").into(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn json_logs_of_a_full_run_hold_request_ids_and_no_secret() -> Result<()> {
+    let dir = TempDir::new("relay-logs")?;
+    let bins = bins();
+    let relay = ConfiguredRelay::start_with_args(&bins, dir.path(), "", &["--log-format", "json"])?;
+    let admin_key = create_api_key(&bins, &dir.path().join("relay"), "admin")?;
+    let api = Api::new(relay.api_base(), admin_key.clone());
+    let internal = InternalServer::start(Verifier::None, "orders").await?;
+    let mut secrets = vec![admin_key];
+
+    let created = send(
+        &api,
+        Method::POST,
+        "/v1/agents",
+        Some(serde_json::json!({"name": "warehouse-1"})),
+    )
+    .await?;
+    let first_token = created.json["token"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    secrets.push(first_token.clone());
+    let connections = format!(
+        "\n[connections.orders]\nbase_uri = \"{}\"\ntimeout = \"5s\"\n",
+        internal.base_uri()
+    );
+    let write_config = |token: &str| {
+        dir.write_private(
+            "agent.toml",
+            &agent_config(relay.ssh, &relay.fingerprint, token, &connections),
+        )
+    };
+    let mut agent = AgentProcess::start(&bins, &write_config(&first_token)?)?;
+    api.wait_online("warehouse-1", true, ONLINE_WITHIN).await?;
+
+    // A call, a wrong key, a call key, a rotation, and the agent back with the new token.
+    let traced = api
+        .http
+        .get(format!(
+            "{}/v1/agents/warehouse-1/connections/orders/http/x",
+            api.base
+        ))
+        .bearer_auth(&api.key)
+        .header("x-request-id", "json-log-req-1")
+        .send()
+        .await?;
+    assert_eq!(traced.status(), 200);
+    let wrong = Api::new(relay.api_base(), "psk_not_a_real_key".to_owned());
+    assert_eq!(
+        send(&wrong, Method::GET, "/v1/agents", None).await?.status,
+        401
+    );
+    let call_key = send(
+        &api,
+        Method::POST,
+        "/v1/apikeys",
+        Some(serde_json::json!({"name": "runner", "scope": "call"})),
+    )
+    .await?;
+    secrets.push(call_key.json["key"].as_str().unwrap_or_default().to_owned());
+    let rotated = send(&api, Method::POST, "/v1/agents/warehouse-1/token", None).await?;
+    let new_token = rotated.json["token"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    secrets.push(new_token.clone());
+    agent
+        .logs
+        .wait_for("refused the access token", ONLINE_WITHIN)?;
+    agent.terminate()?;
+    let agent = AgentProcess::start(&bins, &write_config(&new_token)?)?;
+    api.wait_online("warehouse-1", true, ONLINE_WITHIN).await?;
+    eventually("the relay logged the call", ONLINE_WITHIN, || {
+        let text = relay.logs();
+        async move { text.contains("json-log-req-1") }
+    })
+    .await?;
+
+    let lines = relay.log_lines();
+    assert!(lines.len() > 5);
+    let mut call_line = None;
+    for line in &lines {
+        let value: serde_json::Value = serde_json::from_str(line)
+            .map_err(|e| anyhow::anyhow!("not a JSON log line ({e}): {line}"))?;
+        assert!(value["level"].is_string() && value["fields"]["message"].is_string());
+        if value["span"]["request_id"] == "json-log-req-1" {
+            call_line = Some(value);
+        }
+    }
+    let call_line =
+        call_line.ok_or_else(|| anyhow::anyhow!("no line with the request id in its span"))?;
+    assert_eq!(call_line["span"]["agent"], "warehouse-1");
+
+    let all_logs = format!("{}\n{}", relay.logs(), agent.logs.text());
+    for secret in secrets.iter().filter(|s| s.len() > 10) {
+        assert!(
+            !all_logs.contains(secret.as_str()),
+            "a secret leaked into the logs"
+        );
+    }
+    assert!(!all_logs.contains("pst_") && !all_logs.contains("psk_"));
+    Ok(())
+}

@@ -1,0 +1,125 @@
+//! `/metrics` scraped like Prometheus would: every family is there and the
+//! counters move with real sessions, refused logins and calls.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use postern_protocol::SecretKind;
+use postern_tests::harness::{Api, Bins};
+use postern_tests::relay_support::{RelayWorld, eventually};
+
+const ONLINE_WITHIN: Duration = Duration::from_secs(15);
+
+fn bins() -> Bins {
+    Bins {
+        relay: env!("CARGO_BIN_EXE_e2e-postern-relay").into(),
+        agent: env!("CARGO_BIN_EXE_e2e-postern").into(),
+    }
+}
+
+/// Scrapes without an API key (the API is on loopback); samples by full name.
+async fn scrape(api: &Api) -> Result<HashMap<String, f64>> {
+    let response = reqwest::get(format!("{}/metrics", api.base)).await?;
+    assert_eq!(response.status(), 200);
+    let content_type = response.headers()["content-type"].to_str()?.to_owned();
+    assert!(content_type.starts_with("text/plain; version=0.0.4"));
+    let text = response.text().await?;
+    let mut samples = HashMap::new();
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let (name, value) = line.rsplit_once(' ').context("sample line")?;
+        samples.insert(name.to_owned(), value.parse::<f64>()?);
+    }
+    Ok(samples)
+}
+
+fn get(samples: &HashMap<String, f64>, name: &str) -> f64 {
+    samples.get(name).copied().unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn counters_move_with_sessions_logins_and_calls() -> Result<()> {
+    let w = RelayWorld::start(bins()).await?;
+    let before = scrape(&w.admin).await?;
+    assert_eq!(get(&before, "postern_agents_online"), 0.0);
+    assert!(before.contains_key("postern_call_duration_seconds_bucket{le=\"+Inf\"}"));
+
+    let token = w.create_agent("warehouse-1").await?;
+    let mut agent = w.start_agent(&token)?;
+    w.admin
+        .wait_online("warehouse-1", true, ONLINE_WITHIN)
+        .await?;
+    let online = scrape(&w.admin).await?;
+    assert_eq!(get(&online, "postern_agents_online"), 1.0);
+    assert_eq!(get(&online, "postern_sessions_opened_total"), 1.0);
+
+    // Three answered calls with a body, one refused (unknown connection).
+    let body = vec![b'b'; 10_000];
+    for _ in 0..3 {
+        let r = w
+            .admin
+            .http
+            .post(format!(
+                "{}/v1/agents/warehouse-1/connections/orders/http/echo",
+                w.admin.base
+            ))
+            .bearer_auth(&w.admin.key)
+            .body(body.clone())
+            .send()
+            .await?;
+        assert_eq!(r.status(), 200);
+        r.bytes().await?;
+    }
+    let refused = w.admin.call("warehouse-1", "nope", "/x").await?;
+    assert_eq!(refused.status(), 404);
+    let calls = scrape(&w.admin).await?;
+    assert_eq!(get(&calls, "postern_calls_total{class=\"2xx\"}"), 3.0);
+    assert_eq!(get(&calls, "postern_calls_total{class=\"4xx\"}"), 1.0);
+    assert_eq!(get(&calls, "postern_call_duration_seconds_count"), 4.0);
+    assert_eq!(
+        get(&calls, "postern_call_duration_seconds_bucket{le=\"+Inf\"}"),
+        4.0
+    );
+    assert!(get(&calls, "postern_call_duration_seconds_sum") > 0.0);
+    assert!(get(&calls, "postern_call_request_bytes_total") >= 30_000.0);
+    assert!(get(&calls, "postern_call_response_bytes_total") > 0.0);
+
+    // A wrong (well-formed) token is a refused login.
+    let wrong = postern_relay::secrets::new_token(SecretKind::AgentToken);
+    let intruder = w.start_agent(wrong.expose())?;
+    let api = w.admin.clone();
+    eventually("an auth failure counted", ONLINE_WITHIN, || {
+        let api = api.clone();
+        async move {
+            scrape(&api).await.is_ok_and(|s| {
+                get(&s, "postern_auth_failures_total{reason=\"unknown_token\"}") >= 1.0
+            })
+        }
+    })
+    .await?;
+    drop(intruder);
+
+    // The agent stops: offline, and its session closed by the agent.
+    agent.terminate()?;
+    eventually("the session closed", ONLINE_WITHIN, || {
+        let api = api.clone();
+        async move {
+            scrape(&api).await.is_ok_and(|s| {
+                // Closed by the agent's goodbye, or seen as a lost link if the
+                // socket closed first: either way one closed session.
+                let closed: f64 = s
+                    .iter()
+                    .filter(|(k, _)| k.starts_with("postern_sessions_closed_total{"))
+                    .map(|(_, v)| v)
+                    .sum();
+                get(&s, "postern_agents_online") == 0.0 && closed == 1.0
+            })
+        }
+    })
+    .await
+    .with_context(|| format!("{:?}", w.relay.logs.text()))?;
+    Ok(())
+}

@@ -1,0 +1,227 @@
+//! Token rotation end to end: the old token dies with its live session at once,
+//! or keeps working for a grace period; by API and by CLI.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use postern_tests::harness::{Bins, relay_cli};
+use postern_tests::relay_support::{RelayWorld, eventually, send};
+use reqwest::Method;
+
+const ONLINE_WITHIN: Duration = Duration::from_secs(15);
+
+fn bins() -> Bins {
+    Bins {
+        relay: env!("CARGO_BIN_EXE_e2e-postern-relay").into(),
+        agent: env!("CARGO_BIN_EXE_e2e-postern").into(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rotation_drops_the_old_session_and_the_agent_returns_with_the_new_token() -> Result<()> {
+    let w = RelayWorld::start(bins()).await?;
+    let old_token = w.create_agent("warehouse-1").await?;
+    let mut agent = w.start_agent(&old_token)?;
+    w.admin
+        .wait_online("warehouse-1", true, ONLINE_WITHIN)
+        .await?;
+
+    let rotated = send(&w.admin, Method::POST, "/v1/agents/warehouse-1/token", None).await?;
+    assert_eq!(rotated.status, 200, "{}", rotated.json);
+    let new_token = rotated.json["token"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(new_token.starts_with("pst_") && new_token != old_token);
+    assert!(rotated.json["old_token_valid_until"].is_null());
+
+    // Dropped at once: offline as soon as the rotation is answered.
+    let info = w.admin.agent("warehouse-1").await?;
+    assert!(
+        !info.online,
+        "the live session is dropped with the rotation"
+    );
+    let api = w.admin.clone();
+    eventually("disconnect reason recorded", ONLINE_WITHIN, || {
+        let api = api.clone();
+        async move {
+            api.agent("warehouse-1")
+                .await
+                .is_ok_and(|i| i.last_disconnect_reason.as_deref() == Some("token rotated"))
+        }
+    })
+    .await?;
+    // The running agent retries with its old token and is refused.
+    agent
+        .logs
+        .wait_for("refused the access token", ONLINE_WITHIN)?;
+    w.relay
+        .logs
+        .wait_for("unknown or revoked token", ONLINE_WITHIN)?;
+    assert!(!w.admin.agent("warehouse-1").await?.online);
+    let call = w.admin.call("warehouse-1", "orders", "/x").await?;
+    assert_eq!(call.status(), 503, "no session, no calls");
+
+    // Its config gets the new token; the restarted agent is back.
+    agent.terminate()?;
+    let _agent = w.start_agent(&new_token)?;
+    w.admin
+        .wait_online("warehouse-1", true, ONLINE_WITHIN)
+        .await?;
+    let call = w.admin.call("warehouse-1", "orders", "/back").await?;
+    assert_eq!(call.status(), 200);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_a_grace_period_both_tokens_work_and_the_session_stays() -> Result<()> {
+    let w = RelayWorld::start(bins()).await?;
+    let old_token = w.create_agent("warehouse-1").await?;
+    let first = w.start_agent(&old_token)?;
+    let before = w
+        .admin
+        .wait_online("warehouse-1", true, ONLINE_WITHIN)
+        .await?;
+
+    let rotated = send(
+        &w.admin,
+        Method::POST,
+        "/v1/agents/warehouse-1/token",
+        Some(serde_json::json!({"grace": "5m"})),
+    )
+    .await?;
+    assert_eq!(rotated.status, 200, "{}", rotated.json);
+    assert!(rotated.json["old_token_valid_until"].is_string());
+    let new_token = rotated.json["token"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+
+    let after = w.admin.agent("warehouse-1").await?;
+    assert!(after.online, "the live session is kept during the grace");
+    assert_eq!(after.connected_since, before.connected_since);
+    let call = w.admin.call("warehouse-1", "orders", "/still").await?;
+    assert_eq!(call.status(), 200);
+
+    // The old token still opens new sessions during the grace …
+    // (one agent process at a time: two with one identity would replace each other)
+    drop(first);
+    w.admin
+        .wait_online("warehouse-1", false, ONLINE_WITHIN)
+        .await?;
+    let second = w.start_agent(&old_token)?;
+    w.admin
+        .wait_online("warehouse-1", true, ONLINE_WITHIN)
+        .await?;
+    assert_eq!(
+        w.admin
+            .call("warehouse-1", "orders", "/old")
+            .await?
+            .status(),
+        200
+    );
+    drop(second);
+    w.admin
+        .wait_online("warehouse-1", false, ONLINE_WITHIN)
+        .await?;
+    // … and so does the new one.
+    let third = w.start_agent(&new_token)?;
+    w.admin
+        .wait_online("warehouse-1", true, ONLINE_WITHIN)
+        .await?;
+    let call = w.admin.call("warehouse-1", "orders", "/new").await?;
+    assert_eq!(call.status(), 200);
+    assert!(!third.logs.contains("refused the access token"));
+
+    // Bad requests.
+    let bad = send(
+        &w.admin,
+        Method::POST,
+        "/v1/agents/warehouse-1/token",
+        Some(serde_json::json!({"grace": "soon"})),
+    )
+    .await?;
+    assert_eq!(bad.code(), "bad_request");
+    let long = send(
+        &w.admin,
+        Method::POST,
+        "/v1/agents/warehouse-1/token",
+        Some(serde_json::json!({"grace": "30d"})),
+    )
+    .await?;
+    assert_eq!(long.code(), "bad_request");
+    let missing = send(&w.admin, Method::POST, "/v1/agents/nobody/token", None).await?;
+    assert_eq!(missing.status, 404);
+    assert_eq!(missing.code(), "agent_not_found");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cli_rotates_and_the_running_relay_ends_sessions_on_stale_tokens() -> Result<()> {
+    let w = RelayWorld::start(bins()).await?;
+    let dir = w.state_dir().to_string_lossy().into_owned();
+    let old_token = w.create_agent("warehouse-1").await?;
+    let _agent = w.start_agent(&old_token)?;
+    w.admin
+        .wait_online("warehouse-1", true, ONLINE_WITHIN)
+        .await?;
+
+    // A short grace: the session stays, then is dropped when the grace ends.
+    let out = relay_cli(
+        &w.bins,
+        &[
+            "agent",
+            "rotate",
+            "warehouse-1",
+            "--grace",
+            "2s",
+            "--state-dir",
+            &dir,
+            "--json",
+        ],
+    )?;
+    let rotated: serde_json::Value = serde_json::from_str(&out)?;
+    let new_token = rotated["token"].as_str().unwrap_or_default().to_owned();
+    assert!(new_token.starts_with("pst_"));
+    assert!(rotated["old_token_valid_until"].is_string());
+    assert!(w.admin.agent("warehouse-1").await?.online);
+    w.admin
+        .wait_online("warehouse-1", false, Duration::from_secs(15))
+        .await?;
+    assert_eq!(
+        w.admin
+            .agent("warehouse-1")
+            .await?
+            .last_disconnect_reason
+            .as_deref(),
+        Some("token rotated")
+    );
+
+    // Without a grace the CLI's rotation drops the new token's session within seconds.
+    let _agent2 = w.start_agent(&new_token)?;
+    w.admin
+        .wait_online("warehouse-1", true, ONLINE_WITHIN)
+        .await?;
+    let human = relay_cli(
+        &w.bins,
+        &["agent", "rotate", "warehouse-1", "--state-dir", &dir],
+    )?;
+    assert!(human.contains("pst_") && human.contains("no longer works"));
+    w.admin
+        .wait_online("warehouse-1", false, Duration::from_secs(5))
+        .await?;
+    let bad = relay_cli(
+        &w.bins,
+        &[
+            "agent",
+            "rotate",
+            "warehouse-1",
+            "--grace",
+            "forever",
+            "--state-dir",
+            &dir,
+        ],
+    );
+    assert!(bad.is_err());
+    Ok(())
+}
