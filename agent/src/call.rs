@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::TryStreamExt;
 use http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
-use postern_protocol::headers::{POSTERN_ERROR, REQUEST_ID, is_hop_by_hop};
+use postern_protocol::headers::{POSTERN_ERROR, REQUEST_ID};
 use postern_protocol::{ErrorBody, ErrorCode};
 use tracing::{info, warn};
 
@@ -121,7 +121,7 @@ async fn run(
         .map_err(|e| (ErrorCode::PathRejected, format!("{e}: {path_and_query:?}")))?;
     let (parts, body) = request.into_parts();
     let mut headers = parts.headers;
-    strip_for_hop(&mut headers);
+    postern_protocol::headers::strip_hop_by_hop(&mut headers);
     // Only the agent authenticates to the internal server.
     headers.remove(AUTHORIZATION);
     ctx.limiter
@@ -187,7 +187,7 @@ async fn run(
     let mut builder = Response::builder().status(upstream.status());
     if let Some(h) = builder.headers_mut() {
         let mut upstream_headers = upstream.headers().clone();
-        strip_for_hop(&mut upstream_headers);
+        postern_protocol::headers::strip_hop_by_hop(&mut upstream_headers);
         *h = upstream_headers;
     }
     let stream = upstream
@@ -283,25 +283,4 @@ pub fn error_response(code: ErrorCode, message: &str) -> Response<CallBody> {
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     headers.insert(POSTERN_ERROR, HeaderValue::from_static(code.as_str()));
     response
-}
-
-fn strip_for_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
-    }
-    let hop: Vec<HeaderName> = headers
-        .keys()
-        .filter(|k| is_hop_by_hop(k.as_str()))
-        .cloned()
-        .collect();
-    for name in hop {
-        headers.remove(name);
-    }
 }

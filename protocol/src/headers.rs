@@ -27,3 +27,50 @@ pub const HOP_BY_HOP: &[&str] = &[
 pub fn is_hop_by_hop(name: &str) -> bool {
     HOP_BY_HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
 }
+
+/// Drops the hop-by-hop headers and every header the `Connection` header names,
+/// as each hop (relay and agent) must before passing a message on.
+pub fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
+    let named: Vec<http::HeaderName> = headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| http::HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    let hop: Vec<http::HeaderName> = headers
+        .keys()
+        .filter(|k| is_hop_by_hop(k.as_str()))
+        .cloned()
+        .collect();
+    for name in hop {
+        headers.remove(name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_hop_by_hop_and_connection_named_headers() {
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            "connection",
+            http::HeaderValue::from_static("close, x-secret-hop"),
+        );
+        h.insert("x-secret-hop", http::HeaderValue::from_static("1"));
+        h.insert(
+            "transfer-encoding",
+            http::HeaderValue::from_static("chunked"),
+        );
+        h.insert("host", http::HeaderValue::from_static("relay"));
+        h.insert("x-keep", http::HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-keep"));
+    }
+}

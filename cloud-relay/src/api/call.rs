@@ -7,10 +7,10 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
 use axum::response::Response;
-use http::header::{AUTHORIZATION, CONNECTION};
-use http::{HeaderMap, HeaderName, HeaderValue, Uri};
+use http::header::AUTHORIZATION;
+use http::{HeaderValue, Uri};
 use postern_protocol::ErrorCode;
-use postern_protocol::headers::{REQUEST_ID, is_hop_by_hop};
+use postern_protocol::headers::REQUEST_ID;
 use tracing::{Instrument, info, info_span, warn};
 
 use super::ApiError;
@@ -87,7 +87,7 @@ async fn forward(
     let body = http_body_util::Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX));
     let uri = upstream_uri(&connection, &parts.uri)?;
     let mut headers = parts.headers;
-    strip_for_hop(&mut headers);
+    postern_protocol::headers::strip_hop_by_hop(&mut headers);
     headers.remove(AUTHORIZATION);
     if let Ok(value) = HeaderValue::from_str(request_id) {
         headers.insert(REQUEST_ID, value);
@@ -130,7 +130,7 @@ async fn forward(
     };
     info!(method = %parts.method, status = upstream.status().as_u16(), ms = started.elapsed().as_millis() as u64, "call answered");
     let (mut parts, body) = upstream.into_parts();
-    strip_for_hop(&mut parts.headers);
+    postern_protocol::headers::strip_hop_by_hop(&mut parts.headers);
     // The call stays counted in flight until its body has been sent (or dropped).
     let counter = ctx.clone();
     let body = http_body_util::BodyExt::map_frame(body, move |frame| {
@@ -209,28 +209,6 @@ fn upstream_uri(connection: &str, original: &Uri) -> Result<Uri, ApiError> {
     })
 }
 
-/// Drops hop-by-hop headers and any header the `Connection` header names.
-pub(crate) fn strip_for_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
-    }
-    let hop: Vec<HeaderName> = headers
-        .keys()
-        .filter(|k| is_hop_by_hop(k.as_str()))
-        .cloned()
-        .collect();
-    for name in hop {
-        headers.remove(name);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -244,21 +222,5 @@ mod tests {
         assert_eq!(uri.to_string(), "http://orders/v2/x%2Fy?since=1&b=%20");
         let bare: Uri = "/v1/agents/a/connections/orders/http".parse().expect("uri");
         assert_eq!(upstream_uri("orders", &bare).expect("uri").path(), "/");
-    }
-
-    #[test]
-    fn strips_hop_by_hop_and_connection_named_headers() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            "connection",
-            HeaderValue::from_static("close, x-secret-hop"),
-        );
-        h.insert("x-secret-hop", HeaderValue::from_static("1"));
-        h.insert("transfer-encoding", HeaderValue::from_static("chunked"));
-        h.insert("host", HeaderValue::from_static("relay"));
-        h.insert("x-keep", HeaderValue::from_static("1"));
-        strip_for_hop(&mut h);
-        assert_eq!(h.len(), 1);
-        assert!(h.contains_key("x-keep"));
     }
 }
