@@ -1,5 +1,6 @@
 //! Serves one channel the relay opened: HTTP/1.1 keep-alive over the SSH
-//! stream, one call at a time, closing gracefully when the agent shuts down.
+//! stream, one call at a time, closing gracefully when the agent shuts down;
+//! or, for a `test:` channel, one connection test report.
 
 use std::sync::Arc;
 
@@ -13,6 +14,16 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::call::{self, CallContext};
+
+/// Runs the connection's test request and writes its report as one JSON object.
+pub async fn serve_test(channel: Channel<Msg>, ctx: Arc<CallContext>) {
+    use tokio::io::AsyncWriteExt;
+    let report = crate::connection_test::run(&ctx).await;
+    let body = serde_json::to_vec(&report).unwrap_or_default();
+    let mut stream = pump(channel, DEFAULT_LIMIT);
+    let _ = stream.write_all(&body).await;
+    let _ = stream.shutdown().await;
+}
 
 pub async fn serve(channel: Channel<Msg>, ctx: Arc<CallContext>, shutdown: CancellationToken) {
     // Pumped: a slow internal server must not stall the tunnel's other channels.

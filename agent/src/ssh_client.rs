@@ -103,20 +103,29 @@ impl russh::client::Handler for AgentSsh {
                 .await;
             return Ok(());
         }
-        let ctx = match ChannelTarget::parse(connected_address) {
-            Ok(target) => self.shared.calls.get(target.connection().as_str()).cloned(),
-            Err(_) => None,
-        };
-        let Some(ctx) = ctx else {
+        let target = ChannelTarget::parse(connected_address).ok();
+        let ctx = target
+            .as_ref()
+            .and_then(|t| self.shared.calls.get(t.connection().as_str()).cloned());
+        let (Some(target), Some(ctx)) = (target, ctx) else {
             warn!(target = %connected_address.chars().take(80).collect::<String>(), "relay asked for a connection this agent does not have; refused");
             reply.reject(ChannelOpenFailure::ConnectFailed).await;
             return Ok(());
         };
         reply.accept().await;
         let span = info_span!("channel", connection = %ctx.connection.name);
-        self.shared
-            .tasks
-            .spawn(channel::serve(channel, ctx, self.shared.drain.clone()).instrument(span));
+        match target {
+            ChannelTarget::Http(_) => {
+                self.shared.tasks.spawn(
+                    channel::serve(channel, ctx, self.shared.drain.clone()).instrument(span),
+                );
+            }
+            ChannelTarget::Test(_) => {
+                self.shared
+                    .tasks
+                    .spawn(channel::serve_test(channel, ctx).instrument(span));
+            }
+        }
         Ok(())
     }
 

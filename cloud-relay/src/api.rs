@@ -5,6 +5,7 @@ pub mod agents;
 pub mod apikeys;
 pub mod auth;
 pub mod call;
+pub mod connection_test;
 pub mod error;
 pub mod request_id;
 pub mod token;
@@ -29,6 +30,10 @@ pub fn router(ctx: Arc<RelayContext>) -> Router {
             get(agents::show).delete(agents::revoke),
         )
         .route("/v1/agents/{agent}/token", post(token::rotate))
+        .route(
+            "/v1/agents/{agent}/connections/{connection}/test",
+            post(connection_test::run),
+        )
         .route("/v1/apikeys", get(apikeys::list).post(apikeys::create))
         .route("/v1/apikeys/{name}", delete(apikeys::revoke))
         .route(

@@ -86,6 +86,21 @@ impl LiveSession {
         self.connections.iter().any(|c| c == connection)
     }
 
+    /// Opens a fresh channel with `target` (not pooled: one-shot exchanges such as `test:`).
+    pub async fn open_channel(
+        &self,
+        target: &postern_protocol::ChannelTarget,
+    ) -> Result<russh::Channel<russh::server::Msg>, russh::Error> {
+        self.handle
+            .channel_open_forwarded_tcpip(
+                target.to_string(),
+                0,
+                postern_protocol::version::FORWARD_ADDRESS,
+                0,
+            )
+            .await
+    }
+
     /// Ends the SSH session; the agent sees the reason in its log.
     pub async fn disconnect(&self, reason: &str) {
         self.closing_reason.set(reason);

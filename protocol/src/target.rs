@@ -23,7 +23,9 @@ pub enum TargetError {
         "connection name {0:?} may only hold letters, digits, '_' and '-', and must start with a letter or digit"
     )]
     BadName(String),
-    #[error("unknown channel target kind {0:?} (expected \"http:<connection>\")")]
+    #[error(
+        "unknown channel target kind {0:?} (expected \"http:<connection>\" or \"test:<connection>\")"
+    )]
     UnknownKind(String),
 }
 
@@ -61,19 +63,23 @@ impl fmt::Display for ConnectionName {
 pub enum ChannelTarget {
     /// HTTP/1.1 requests to be run against the named connection's `base_uri`.
     Http(ConnectionName),
+    /// Run the connection's configured test request; the agent writes one JSON
+    /// report (`postern connection test --json`) and closes the channel.
+    Test(ConnectionName),
 }
 
 impl ChannelTarget {
     pub fn parse(wire: &str) -> Result<Self, TargetError> {
         match wire.split_once(':') {
             Some(("http", name)) => Ok(Self::Http(ConnectionName::parse(name)?)),
+            Some(("test", name)) => Ok(Self::Test(ConnectionName::parse(name)?)),
             _ => Err(TargetError::UnknownKind(wire.chars().take(80).collect())),
         }
     }
 
     pub fn connection(&self) -> &ConnectionName {
         match self {
-            Self::Http(name) => name,
+            Self::Http(name) | Self::Test(name) => name,
         }
     }
 }
@@ -82,6 +88,7 @@ impl fmt::Display for ChannelTarget {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Http(name) => write!(f, "http:{name}"),
+            Self::Test(name) => write!(f, "test:{name}"),
         }
     }
 }
@@ -95,6 +102,12 @@ mod tests {
         let t = ChannelTarget::parse("http:orders-v2_eu").expect("valid");
         assert_eq!(t.to_string(), "http:orders-v2_eu");
         assert_eq!(t.connection().as_str(), "orders-v2_eu");
+        let t = ChannelTarget::parse("test:orders").expect("valid");
+        assert_eq!(
+            t,
+            ChannelTarget::Test(ConnectionName::parse("orders").expect("name"))
+        );
+        assert_eq!(t.to_string(), "test:orders");
     }
 
     #[test]

@@ -1,0 +1,72 @@
+//! `POST /v1/agents/{agent}/connections/{connection}/test`: the relay asks the
+//! agent to run a connection's test request and returns the agent's report.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use postern_tests::harness::{
+    AgentProcess, Api, Bins, RelayProcess, agent_config, create_agent, create_api_key,
+};
+use postern_tests::internal_server::{InternalServer, Verifier};
+use postern_tests::temp::TempDir;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_relay_runs_a_connection_test_on_the_agent() -> Result<()> {
+    let bins = Bins {
+        relay: env!("CARGO_BIN_EXE_e2e-postern-relay").into(),
+        agent: env!("CARGO_BIN_EXE_e2e-postern").into(),
+    };
+    let dir = TempDir::new("conntest")?;
+    let state = dir.path().join("relay");
+    let relay = RelayProcess::start(&bins, &state, "127.0.0.1:0", "127.0.0.1:0")?;
+    let (_, token) = create_agent(&bins, &state, "a1")?;
+    let api = Api::new(relay.api_base(), create_api_key(&bins, &state, "k")?);
+    let internal = InternalServer::start(Verifier::None, "").await?;
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let connections = format!(
+        "[connections.good]\nbase_uri = \"{}\"\ntest = {{ path = \"/health\", expect_status = 200 }}\n\
+         [connections.down]\nbase_uri = \"http://{dead}\"\ntimeout = \"2s\"\n",
+        internal.base_uri()
+    );
+    let config = dir.write_private(
+        "agent.toml",
+        &agent_config(relay.ssh, &relay.fingerprint, &token, &connections),
+    )?;
+    let _agent = AgentProcess::start(&bins, &config)?;
+    api.wait_online("a1", true, Duration::from_secs(15)).await?;
+
+    let test = |connection: &'static str| {
+        let api = api.clone();
+        async move {
+            api.http
+                .post(format!(
+                    "{}/v1/agents/a1/connections/{connection}/test",
+                    api.base
+                ))
+                .bearer_auth(&api.key)
+                .send()
+                .await
+        }
+    };
+    let r = test("good").await?;
+    assert_eq!(r.status(), 200);
+    let report: serde_json::Value = r.json().await?;
+    assert_eq!(report["ok"], true, "{report}");
+    assert_eq!(report["status"], 200);
+    assert_eq!(report["connection"], "good");
+    assert_eq!(internal.requests()[0].path_and_query, "/api/health");
+
+    let report: serde_json::Value = test("down").await?.json().await?;
+    assert_eq!(report["ok"], false, "{report}");
+    assert!(
+        report["steps"]
+            .as_array()
+            .is_some_and(|s| s.iter().any(|step| step["ok"] == false))
+    );
+
+    let r = test("nope").await?;
+    assert_eq!(r.status(), 404);
+    let body: serde_json::Value = r.json().await?;
+    assert_eq!(body["error"]["code"], "unknown_connection");
+    Ok(())
+}
