@@ -7,6 +7,7 @@ pub mod auth;
 pub mod call;
 pub mod connection_test;
 pub mod error;
+pub mod openapi;
 pub mod request_id;
 pub mod token;
 
@@ -55,6 +56,7 @@ pub fn router(ctx: Arc<RelayContext>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .route("/v1/openapi.json", get(openapi::serve))
         .merge(v1)
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(

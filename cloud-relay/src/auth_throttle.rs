@@ -1,5 +1,5 @@
-//! Failed SSH logins slow down per source address: each failure doubles the
-//! delay before the refusal (up to a cap), a success or quiet period clears it.
+//! Failed SSH logins slow down per source address: each failure doubles the delay
+//! before the refusal (up to a cap); past a threshold the address is refused outright for a while.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -10,6 +10,10 @@ pub const FIRST_DELAY: Duration = Duration::from_millis(200);
 pub const MAX_DELAY: Duration = Duration::from_secs(10);
 /// Failures older than this are forgotten.
 pub const FORGET_AFTER: Duration = Duration::from_secs(600);
+/// After this many failures an address is refused before the SSH handshake…
+pub const BLOCK_AFTER: u32 = 20;
+/// …until this long after its last failure.
+pub const BLOCK_FOR: Duration = Duration::from_secs(300);
 /// Bound on remembered addresses, so a spray of sources cannot grow memory without limit.
 const MAX_TRACKED: usize = 100_000;
 
@@ -33,6 +37,13 @@ impl AuthThrottle {
         entry.0 = entry.0.saturating_add(1);
         entry.1 = now;
         delay_for(entry.0)
+    }
+
+    /// Whether connections from `ip` are refused at once (too many recent failures).
+    pub fn is_blocked(&self, ip: IpAddr) -> bool {
+        let map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(&ip)
+            .is_some_and(|(count, at)| *count >= BLOCK_AFTER && at.elapsed() < BLOCK_FOR)
     }
 
     pub fn success(&self, ip: IpAddr) {
@@ -66,7 +77,10 @@ mod tests {
             t.failure(a);
         }
         assert_eq!(t.failure(a), MAX_DELAY);
+        assert!(t.is_blocked(a), "many failures block the address");
+        assert!(!t.is_blocked(b), "only that address");
         t.success(a);
+        assert!(!t.is_blocked(a));
         assert_eq!(t.failure(a), FIRST_DELAY);
     }
 }

@@ -90,6 +90,12 @@ pub async fn serve(
                 }
             },
         };
+        if ctx.throttle.is_blocked(peer.ip()) {
+            // Temporary refusal: no handshake, no store lookup for an address that keeps failing.
+            debug!(%peer, "connection refused: too many failed logins from this address");
+            drop(socket);
+            continue;
+        }
         let ctx2 = ctx.clone();
         let config = config.clone();
         let span = info_span!("ssh", %peer);

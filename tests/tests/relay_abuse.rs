@@ -265,3 +265,42 @@ async fn a_good_agent_keeps_working_while_a_bad_client_hammers_wrong_tokens() ->
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_address_that_keeps_failing_is_refused_before_the_handshake() -> Result<()> {
+    let w = RelayWorld::start(bins()).await?;
+    let ssh = w.relay.ssh;
+    let dir = w.state_dir().join("blocked");
+    std::fs::create_dir_all(&dir)?;
+    // 24 wrong tokens at once from 127.0.0.3: past the threshold of 20 failures.
+    let mut attempts = Vec::new();
+    for _ in 0..24 {
+        let dir = dir.clone();
+        attempts.push(std::thread::spawn(move || {
+            let wrong = postern_relay::secrets::new_token(SecretKind::AgentToken);
+            openssh_login(&dir, ssh, "127.0.0.3", wrong.expose())
+        }));
+    }
+    for a in attempts {
+        let (code, _) = a
+            .join()
+            .map_err(|_| anyhow::anyhow!("login thread panicked"))??;
+        assert_eq!(code, 255);
+    }
+    // Now that address gets no SSH banner at all…
+    let wrong = postern_relay::secrets::new_token(SecretKind::AgentToken);
+    let (code, stderr) = openssh_login(&dir, ssh, "127.0.0.3", wrong.expose())?;
+    assert_eq!(code, 255);
+    assert!(
+        stderr.contains("Connection closed") || stderr.contains("Connection reset"),
+        "expected a refusal before the handshake: {stderr}"
+    );
+    assert!(!stderr.contains("Permission denied"), "{stderr}");
+    // …while other addresses still reach the relay and good agents connect.
+    let token = w.create_agent("still-welcome").await?;
+    let _agent = w.start_agent(&token)?;
+    w.admin
+        .wait_online("still-welcome", true, ONLINE_WITHIN)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,120 @@
+//! The API as an OpenAPI 3 document, served at `/v1/openapi.json`; its tests hold it
+//! to the router: every documented route answers, every routed path is documented.
+
+use axum::response::IntoResponse;
+
+/// Hand-written, so it says what callers need (codes, shown-once secrets).
+pub const DOCUMENT: &str = include_str!("openapi.json");
+
+pub async fn serve() -> impl IntoResponse {
+    ([(http::header::CONTENT_TYPE, "application/json")], DOCUMENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use axum::body::Body;
+    use http::Request;
+    use postern_protocol::SecretKind;
+    use tokio_util::sync::CancellationToken;
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::config::RelayConfig;
+    use crate::context::RelayContext;
+    use crate::store::{SqliteStore, Store};
+
+    fn document() -> serde_json::Value {
+        serde_json::from_str(DOCUMENT).expect("openapi.json is JSON")
+    }
+
+    /// The paths given to `.route(…)` in api.rs, in the document's spelling.
+    fn routed_paths() -> Vec<String> {
+        let source = include_str!("../api.rs");
+        let mut paths = Vec::new();
+        for chunk in source.split(".route(").skip(1) {
+            let Some(start) = chunk.find('"') else {
+                continue;
+            };
+            let Some(len) = chunk[start + 1..].find('"') else {
+                continue;
+            };
+            let path = &chunk[start + 1..start + 1 + len];
+            let path = path.replace("{*path}", "{path}");
+            // `/http` and `/http/` are the same call route with an empty path.
+            let path = match path
+                .strip_suffix("/http")
+                .or_else(|| path.strip_suffix("/http/"))
+            {
+                Some(prefix) => format!("{prefix}/http/{{path}}"),
+                None => path,
+            };
+            paths.push(path);
+        }
+        paths
+    }
+
+    #[test]
+    fn every_routed_path_is_documented() {
+        let doc = document();
+        let documented = doc["paths"].as_object().expect("paths");
+        let routed = routed_paths();
+        assert!(routed.len() >= 10, "found only {routed:?}");
+        for path in &routed {
+            assert!(
+                documented.contains_key(path),
+                "{path} is routed but not in openapi.json"
+            );
+        }
+        for path in documented.keys() {
+            assert!(routed.contains(path), "{path} is documented but not routed");
+        }
+    }
+
+    #[tokio::test]
+    async fn every_documented_operation_reaches_a_handler() {
+        let dir = std::env::temp_dir().join(format!("postern-openapi-{}", std::process::id()));
+        let store = Arc::new(SqliteStore::open_in(&dir).expect("store"));
+        let key = crate::secrets::new_token(SecretKind::ApiKey);
+        store.create_api_key("admin", &key).expect("key");
+        let ctx = Arc::new(RelayContext::new(
+            RelayConfig::default(),
+            store,
+            CancellationToken::new(),
+        ));
+        let app = crate::api::router(ctx);
+        let doc = document();
+        let mut checked = 0;
+        for (path, operations) in doc["paths"].as_object().expect("paths") {
+            let concrete = path
+                .replace("{agent}", "nobody")
+                .replace("{connection}", "c")
+                .replace("{path}", "x/y")
+                .replace("{name}", "nobody");
+            for method in operations.as_object().expect("operations").keys() {
+                let request = Request::builder()
+                    .method(method.to_uppercase().as_str())
+                    .uri(&concrete)
+                    .header("authorization", format!("Bearer {}", key.expose()))
+                    .header("content-type", "application/json")
+                    .body(Body::from("{}"))
+                    .expect("request");
+                let response = app.clone().oneshot(request).await.expect("answer");
+                let status = response.status().as_u16();
+                let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+                    .await
+                    .expect("body");
+                let text = String::from_utf8_lossy(&body);
+                assert_ne!(status, 405, "{method} {path}: method not routed");
+                assert!(
+                    !text.contains("no such route"),
+                    "{method} {path}: not routed ({text})"
+                );
+                checked += 1;
+            }
+        }
+        assert!(checked >= 15, "only {checked} operations checked");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
