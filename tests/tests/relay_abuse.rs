@@ -304,3 +304,52 @@ async fn an_address_that_keeps_failing_is_refused_before_the_handshake() -> Resu
         .await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn only_modern_ssh_algorithms_are_offered() -> Result<()> {
+    let w = RelayWorld::start(bins()).await?;
+    let port = w.relay.ssh.port().to_string();
+    // OpenSSH asking for exactly one legacy algorithm must find nothing in common.
+    for (option, legacy) in [
+        ("Ciphers", "aes128-cbc"),
+        ("Ciphers", "3des-cbc"),
+        ("MACs", "hmac-sha1"),
+        ("KexAlgorithms", "diffie-hellman-group14-sha1"),
+        ("HostKeyAlgorithms", "ssh-rsa"),
+    ] {
+        let out = Command::new("ssh")
+            .args([
+                "-F",
+                "/dev/null",
+                "-p",
+                &port,
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "StrictHostKeyChecking=no",
+            ])
+            .args([
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "ConnectTimeout=10",
+            ])
+            .args(["-o", &format!("{option}={legacy}")])
+            // With AEAD ciphers no MAC is negotiated, so pin a MAC-using cipher for the MAC check.
+            .args(if option == "MACs" {
+                vec!["-o", "Ciphers=aes128-ctr"]
+            } else {
+                vec![]
+            })
+            .args(["postern-agent@127.0.0.1", "true"])
+            .stdin(Stdio::null())
+            .output()?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(255), "{legacy}: {stderr}");
+        assert!(
+            stderr.contains("no matching") || stderr.contains("Unable to negotiate"),
+            "{option}={legacy} was not refused in negotiation: {stderr}"
+        );
+    }
+    Ok(())
+}
