@@ -38,6 +38,8 @@ pub struct CallContext {
     pub served: std::sync::atomic::AtomicU64,
     /// Calls that ended in a postern error (unreachable, timeout, refused path…).
     pub failed: std::sync::atomic::AtomicU64,
+    /// One permit per call under way, up to `max_concurrent_calls`.
+    in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 impl CallContext {
@@ -63,12 +65,15 @@ impl CallContext {
         };
         let limiter = Limiter::new(connection.rate_limit);
         Ok(Self {
-            connection,
             http,
             bearer,
             limiter,
             served: Default::default(),
             failed: Default::default(),
+            in_flight: Arc::new(tokio::sync::Semaphore::new(
+                connection.limits.max_concurrent_calls as usize,
+            )),
+            connection,
         })
     }
 }
@@ -83,7 +88,21 @@ pub async fn handle(ctx: Arc<CallContext>, request: Request<Incoming>) -> Respon
         .unwrap_or("-")
         .to_owned();
     let method = request.method().clone();
-    let response = match run(&ctx, request).await {
+    // Held until the answer's body is done, so streaming calls count too.
+    let permit = ctx.in_flight.clone().try_acquire_owned().ok();
+    let outcome = match permit {
+        None => Err((
+            ErrorCode::TooManyCalls,
+            format!(
+                "connection {} already has {} calls under way (max_concurrent_calls)",
+                ctx.connection.name, ctx.connection.limits.max_concurrent_calls
+            ),
+        )),
+        Some(permit) => run(&ctx, request)
+            .await
+            .map(|response| response.map(|body| hold_until_done(body, permit))),
+    };
+    let response = match outcome {
         Ok(response) => {
             ctx.served
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -107,6 +126,13 @@ pub async fn handle(ctx: Arc<CallContext>, request: Request<Incoming>) -> Respon
     response
 }
 
+fn hold_until_done(body: CallBody, permit: tokio::sync::OwnedSemaphorePermit) -> CallBody {
+    BodyExt::boxed(body.map_frame(move |frame| {
+        let _held = &permit;
+        frame
+    }))
+}
+
 async fn run(
     ctx: &CallContext,
     request: Request<Incoming>,
@@ -120,6 +146,20 @@ async fn run(
     let url = upstream_url::build(&conn.base_uri, path_and_query)
         .map_err(|e| (ErrorCode::PathRejected, format!("{e}: {path_and_query:?}")))?;
     let (parts, body) = request.into_parts();
+    let declared = parts
+        .headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > conn.limits.max_request_body) {
+        return Err((
+            ErrorCode::PayloadTooLarge,
+            format!(
+                "the request body is larger than this connection's max_request_body ({} bytes)",
+                conn.limits.max_request_body
+            ),
+        ));
+    }
     let mut headers = parts.headers;
     postern_protocol::headers::strip_hop_by_hop(&mut headers);
     // Only the agent authenticates to the internal server.
@@ -190,10 +230,31 @@ async fn run(
         postern_protocol::headers::strip_hop_by_hop(&mut upstream_headers);
         *h = upstream_headers;
     }
+    let max = conn.limits.max_response_body;
+    if upstream.content_length().is_some_and(|n| n > max) {
+        return Err((
+            ErrorCode::PayloadTooLarge,
+            format!(
+                "the internal server's answer is larger than this connection's max_response_body ({max} bytes)"
+            ),
+        ));
+    }
+    let mut seen = 0u64;
     let stream = upstream
         .bytes_stream()
-        .map_ok(Frame::data)
-        .map_err(|e| std::io::Error::other(error_chain(&e)));
+        .map_err(|e| std::io::Error::other(error_chain(&e)))
+        .and_then(move |chunk| {
+            seen += chunk.len() as u64;
+            // Without a length up front the answer is cut off once it passes the limit.
+            let result = if seen > max {
+                Err(std::io::Error::other(format!(
+                    "answer larger than max_response_body ({max} bytes)"
+                )))
+            } else {
+                Ok(Frame::data(chunk))
+            };
+            std::future::ready(result)
+        });
     builder
         .body(BodyExt::boxed(StreamBody::new(stream)))
         .map_err(|e| (ErrorCode::Internal, e.to_string()))

@@ -47,6 +47,25 @@ pub struct Connection {
     /// What `postern connection test` sends (default: `GET /`, any 2xx).
     pub test: TestRequest,
     pub tls: tls::Tls,
+    pub limits: CallLimits,
+}
+
+/// Per-connection bounds, so one connection cannot exhaust the agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallLimits {
+    pub max_concurrent_calls: u32,
+    pub max_request_body: u64,
+    pub max_response_body: u64,
+}
+
+impl Default for CallLimits {
+    fn default() -> Self {
+        Self {
+            max_concurrent_calls: 64,
+            max_request_body: 64 * 1024 * 1024,
+            max_response_body: 1024 * 1024 * 1024,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -243,6 +262,17 @@ fn resolve_connection(
         .transpose()?
         .unwrap_or_default();
     let tls = tls::resolve(conn.tls, base_dir)?;
+    let defaults = CallLimits::default();
+    let limits = CallLimits {
+        max_concurrent_calls: conn
+            .max_concurrent_calls
+            .unwrap_or(defaults.max_concurrent_calls),
+        max_request_body: conn.max_request_body.unwrap_or(defaults.max_request_body),
+        max_response_body: conn.max_response_body.unwrap_or(defaults.max_response_body),
+    };
+    if limits.max_concurrent_calls == 0 {
+        return Err("max_concurrent_calls must be at least 1".into());
+    }
     Ok(Connection {
         name,
         base_uri,
@@ -252,6 +282,7 @@ fn resolve_connection(
         max_wait,
         test,
         tls,
+        limits,
     })
 }
 

@@ -348,3 +348,67 @@ async fn status_reports_the_tunnel_and_each_connection() -> Result<()> {
     assert_eq!(code, Some(2), "a stopped agent removes its socket");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connection_limits_give_clear_errors_and_the_agent_keeps_serving() -> Result<()> {
+    let s = setup().await?;
+    let text = s.config(&format!("relay = \"{}\"", s.relay.ssh))
+        + "max_concurrent_calls = 2\nmax_request_body = 1000\nmax_response_body = 1000\ntimeout = \"10s\"\n";
+    let config = s.dir.write_private("agent.toml", &text)?;
+    let _agent = AgentProcess::start(&s.bins, &config)?;
+    s.api
+        .wait_online("a1", true, Duration::from_secs(15))
+        .await?;
+    let code = |v: serde_json::Value| v["error"]["code"].as_str().unwrap_or_default().to_owned();
+
+    // Two slow calls hold both slots; a third is refused at once.
+    let mut slow = Vec::new();
+    for _ in 0..2 {
+        let api = s.api.clone();
+        slow.push(tokio::spawn(
+            async move { api.call("a1", "o", "/slow").await },
+        ));
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while s.internal.requests().len() < 2 {
+        if Instant::now() > deadline {
+            bail!("the slow calls never arrived");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let started = Instant::now();
+    let r = s.api.call("a1", "o", "/third").await?;
+    assert_eq!(r.status(), 429);
+    assert_eq!(code(r.json().await?), "too_many_calls");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "refused at once, not queued"
+    );
+    for call in slow {
+        assert_eq!(call.await??.status(), 200);
+    }
+
+    let r = s
+        .api
+        .http
+        .put(format!(
+            "{}/v1/agents/a1/connections/o/http/upload",
+            s.api.base
+        ))
+        .bearer_auth(&s.api.key)
+        .body(vec![b'x'; 2000])
+        .send()
+        .await?;
+    assert_eq!(r.status(), 413);
+    assert_eq!(code(r.json().await?), "payload_too_large");
+
+    let r = s.api.call("a1", "o", "/bytes/5000").await?;
+    assert_eq!(r.status(), 413);
+    assert_eq!(code(r.json().await?), "payload_too_large");
+
+    // Within the limits everything still works.
+    let r = s.api.call("a1", "o", "/bytes/900").await?;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await?.len(), 900);
+    Ok(())
+}

@@ -56,6 +56,12 @@ pub struct ConnectionFile {
     pub test: Option<TestFile>,
     /// Extra CA, client certificate, or (loudly) no verification, for https:// base URIs.
     pub tls: Option<super::tls::TlsFile>,
+    /// Calls under way at once on this connection (default 64); more get 429 `too_many_calls`.
+    pub max_concurrent_calls: Option<u32>,
+    /// Largest request body in bytes (default 64 MiB); larger gets 413 `payload_too_large`.
+    pub max_request_body: Option<u64>,
+    /// Largest answer in bytes (default 1 GiB); larger is refused or cut off.
+    pub max_response_body: Option<u64>,
 }
 
 /// `test = { method = "GET", path = "/health", expect_status = 200 }`.
