@@ -26,6 +26,12 @@ impl Backoff {
         self.attempt = 16;
     }
 
+    /// After a session that came up but did not last: keep retrying briskly
+    /// (waits up to 2 s), without the hammering a full reset would allow.
+    pub fn after_short_session(&mut self) {
+        self.attempt = self.attempt.min(3);
+    }
+
     pub fn reset(&mut self) {
         self.attempt = 0;
     }
@@ -42,6 +48,12 @@ mod tests {
             let ceiling = BASE.saturating_mul(1u32 << n.min(16)).min(CAP);
             assert!(b.next_delay() <= ceiling);
         }
+        b.after_short_session();
+        assert!(b.next_delay() <= BASE * 8);
+        assert!(
+            b.next_delay() <= BASE * 8,
+            "stays brisk across short sessions"
+        );
         b.reset();
         assert!(b.next_delay() <= BASE);
         b.to_cap();

@@ -61,7 +61,7 @@ pub struct CallLimits {
 impl Default for CallLimits {
     fn default() -> Self {
         Self {
-            max_concurrent_calls: 64,
+            max_concurrent_calls: 128,
             max_request_body: 64 * 1024 * 1024,
             max_response_body: 1024 * 1024 * 1024,
         }

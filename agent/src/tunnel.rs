@@ -104,14 +104,17 @@ pub async fn run(
     let mut relay_index = 0usize;
     loop {
         let started = Instant::now();
+        let since_before = state.borrow().since;
         let relay = &config.relays[relay_index % config.relays.len()];
         let outcome = session(&config, relay, &calls, &tasks, &shutdown, &state).await;
         state.send_modify(|s| s.connected = false);
         if shutdown.is_cancelled() {
             break;
         }
+        let mut refused = false;
         match &outcome {
             Err(e @ (TunnelError::TokenRefused | TunnelError::FingerprintMismatch { .. })) => {
+                refused = true;
                 error!(error = %e, "relay refused this agent; retrying slowly");
                 backoff.to_cap();
             }
@@ -119,6 +122,7 @@ pub async fn run(
                 if reason.contains("replaced by a newer session") =>
             {
                 // Two agents sharing one token would take the session from each other forever.
+                refused = true;
                 error!(%reason, "another agent with this token took over the tunnel; two agents must not share a token; retrying slowly");
                 backoff.to_cap();
             }
@@ -132,8 +136,11 @@ pub async fn run(
         if let Err(e) = outcome {
             state.send_modify(|s| s.last_error = Some(e.to_string()));
         }
+        let established = state.borrow().since != since_before;
         if started.elapsed() >= STABLE_AFTER {
             backoff.reset();
+        } else if established && !refused {
+            backoff.after_short_session();
         }
         let delay = backoff.next_delay();
         info!(delay_ms = delay.as_millis() as u64, "reconnecting");

@@ -412,3 +412,40 @@ async fn connection_limits_give_clear_errors_and_the_agent_keeps_serving() -> Re
     assert_eq!(r.bytes().await?.len(), 900);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_callers_host_header_cannot_redirect_the_call() -> Result<()> {
+    let s = setup().await?;
+    let config = s.dir.write_private(
+        "agent.toml",
+        &s.config(&format!("relay = \"{}\"", s.relay.ssh)),
+    )?;
+    let _agent = AgentProcess::start(&s.bins, &config)?;
+    s.api
+        .wait_online("a1", true, Duration::from_secs(15))
+        .await?;
+    // Raw request: a Host header naming another server, and X-Forwarded-Host for good measure.
+    let mut stream = std::net::TcpStream::connect(s.relay.api)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    use std::io::{Read, Write};
+    write!(
+        stream,
+        "GET /v1/agents/a1/connections/o/http/where HTTP/1.1\r\nHost: evil.example\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+        s.api.key
+    )?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer)?;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let seen = s.internal.requests();
+    let host = seen[0]
+        .headers
+        .iter()
+        .find(|(k, _)| k == "host")
+        .map(|(_, v)| v.clone());
+    assert_eq!(
+        host.as_deref(),
+        Some(s.internal.addr.to_string().as_str()),
+        "the Host must be the connection's own"
+    );
+    Ok(())
+}

@@ -67,7 +67,7 @@ fn threads(pid: u32) -> Result<u64> {
 async fn relay_killed_during_100_concurrent_calls() -> Result<()> {
     let internal = InternalServer::start(Verifier::None, "").await?;
     let mut w = world(&format!(
-        "[connections.orders]\nbase_uri = \"{}\"\ntimeout = \"10s\"\n",
+        "[connections.orders]\nbase_uri = \"{}\"\ntimeout = \"10s\"\nmax_concurrent_calls = 200\n",
         internal.base_uri()
     ))
     .await?;
@@ -210,5 +210,63 @@ async fn an_upstream_that_resets_mid_answer_gives_an_error_not_a_hang() -> Resul
         .await?;
     assert!(threads(w.agent.pid())? <= agent_threads + 2);
     let _ = w.agent.terminate()?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn many_session_drops_leave_nothing_behind_in_the_agent() -> Result<()> {
+    const DROPS: usize = 12;
+    let internal = InternalServer::start(Verifier::None, "").await?;
+    let mut w = world(&format!(
+        "[connections.orders]\nbase_uri = \"{}\"\n",
+        internal.base_uri()
+    ))
+    .await?;
+    // Warm up: a few calls so the pool holds channels.
+    for _ in 0..5 {
+        assert_eq!(w.api.call("a1", "orders", "/warm").await?.status(), 200);
+    }
+    let (fds0, threads0) = (open_fds(w.agent.pid())?, threads(w.agent.pid())?);
+    let (ssh, api_addr) = (w.relay.ssh.to_string(), w.relay.api.to_string());
+    for round in 0..DROPS {
+        // Calls in flight when the session dies…
+        let mut calls = Vec::new();
+        for i in 0..5 {
+            let api = w.api.clone();
+            calls.push(tokio::spawn(async move {
+                api.call("a1", "orders", &format!("/slow?r={round}&i={i}"))
+                    .await
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        w.relay.kill();
+        for call in calls {
+            let _ = tokio::time::timeout(Duration::from_secs(10), call)
+                .await
+                .context("a call hung")?;
+        }
+        w.relay = RelayProcess::start(&w.bins, &w.relay.state_dir.clone(), &ssh, &api_addr)?;
+        w.api
+            .wait_online("a1", true, Duration::from_secs(10))
+            .await?;
+        assert_eq!(w.api.call("a1", "orders", "/after").await?.status(), 200);
+    }
+    // …are let go: descriptors and threads back near where they started.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (fds, threads_now) = (open_fds(w.agent.pid())?, threads(w.agent.pid())?);
+        if fds <= fds0 + 4 && threads_now <= threads0 + 2 {
+            eprintln!(
+                "after {DROPS} drops: fds {fds0} → {fds}, threads {threads0} → {threads_now}"
+            );
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "after {DROPS} drops the agent holds {fds} fds (was {fds0}) and {threads_now} threads (was {threads0})"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     Ok(())
 }

@@ -56,7 +56,7 @@ pub struct ConnectionFile {
     pub test: Option<TestFile>,
     /// Extra CA, client certificate, or (loudly) no verification, for https:// base URIs.
     pub tls: Option<super::tls::TlsFile>,
-    /// Calls under way at once on this connection (default 64); more get 429 `too_many_calls`.
+    /// Calls under way at once on this connection (default 128); more get 429 `too_many_calls`.
     pub max_concurrent_calls: Option<u32>,
     /// Largest request body in bytes (default 64 MiB); larger gets 413 `payload_too_large`.
     pub max_request_body: Option<u64>,
