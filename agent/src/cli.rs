@@ -2,6 +2,7 @@
 //! SIGINT/SIGTERM; `jwt sign|decode` and `connection list|test` help set connections up.
 
 mod connection;
+mod edit;
 mod init;
 mod jwt;
 mod logging;
@@ -62,10 +63,15 @@ enum Command {
         #[command(subcommand)]
         command: JwtCommand,
     },
-    /// List connections or test one.
+    /// List, test, add, remove or show connections.
     Connection {
         #[command(subcommand)]
         command: ConnectionCommand,
+    },
+    /// Replace the access token in the config.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
     },
     /// Ask the running agent how it is (exit 0 connected, 1 not connected, 2 no agent).
     Status {
@@ -97,6 +103,15 @@ enum JwtCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Store a new token (from --token-file, else stdin or a prompt; never an argument).
+    Set {
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum ConfigCommand {
     /// Validate the config offline: TOML, relays, token, keys against their
     /// algorithms, templates, URIs, file modes. Lists every problem; exit 0 if none.
@@ -116,6 +131,40 @@ enum ConnectionCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Add a connection (the edited config is validated before it is written).
+    Add {
+        name: String,
+        #[arg(long)]
+        base_uri: String,
+        #[arg(long)]
+        timeout: Option<String>,
+        /// `none` or `jwt_bearer`.
+        #[arg(long, default_value = "none")]
+        auth: String,
+        #[arg(long)]
+        algorithm: Option<String>,
+        #[arg(long)]
+        private_key_file: Option<String>,
+        #[arg(long)]
+        private_key_env: Option<String>,
+        #[arg(long)]
+        secret_file: Option<String>,
+        #[arg(long)]
+        secret_env: Option<String>,
+        /// A JWT header, KEY=VALUE (repeatable).
+        #[arg(long = "header")]
+        headers: Vec<String>,
+        /// A payload claim, KEY=VALUE (repeatable); values may be templates like {{now + 600}}.
+        #[arg(long = "payload")]
+        payload: Vec<String>,
+        /// Overwrite a connection of that name.
+        #[arg(long)]
+        replace: bool,
+    },
+    /// Remove a connection.
+    Remove { name: String },
+    /// Print a connection's settings with secrets masked.
+    Show { name: String },
 }
 
 pub fn main() -> ExitCode {
@@ -179,6 +228,51 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Connection {
             command: ConnectionCommand::Test { name, json },
         } => connection::test(&load(&path)?, &name, json),
+        Command::Connection {
+            command:
+                ConnectionCommand::Add {
+                    name,
+                    base_uri,
+                    timeout,
+                    auth,
+                    algorithm,
+                    private_key_file,
+                    private_key_env,
+                    secret_file,
+                    secret_env,
+                    headers,
+                    payload,
+                    replace,
+                },
+        } => {
+            edit::add(
+                &path,
+                edit::NewConnection {
+                    name,
+                    base_uri,
+                    timeout,
+                    auth,
+                    algorithm,
+                    private_key_file,
+                    private_key_env,
+                    secret_file,
+                    secret_env,
+                    headers,
+                    payload,
+                    replace,
+                },
+            )?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Connection {
+            command: ConnectionCommand::Remove { name },
+        } => edit::remove(&path, &name).map(|()| ExitCode::SUCCESS),
+        Command::Connection {
+            command: ConnectionCommand::Show { name },
+        } => edit::show(&path, &name).map(|()| ExitCode::SUCCESS),
+        Command::Token {
+            command: TokenCommand::Set { token_file },
+        } => edit::set_token(&path, token_file.as_deref()).map(|()| ExitCode::SUCCESS),
     }
 }
 

@@ -449,3 +449,177 @@ async fn a_callers_host_header_cannot_redirect_the_call() -> Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connections_and_the_token_are_managed_from_the_cli() -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let s = setup().await?;
+    let head = format!(
+        "# managed by hand — keep this comment\nrelay = \"{}\"",
+        s.relay.ssh
+    );
+    let config = s.dir.write_private("agent.toml", &s.config(&head))?;
+    let agent = |args: &[&str], stdin: Option<&str>| -> Result<(bool, String)> {
+        use std::io::Write;
+        let mut child = Command::new(&s.bins.agent)
+            .args(args)
+            .arg("--config")
+            .arg(&config)
+            .env("ORDERS_SECRET", "0123456789abcdef0123456789abcdef")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        if let Some(input) = stdin {
+            child
+                .stdin
+                .take()
+                .context("stdin")?
+                .write_all(input.as_bytes())?;
+        }
+        let out = child.wait_with_output()?;
+        Ok((
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        ))
+    };
+
+    let (ok, text) = agent(
+        &[
+            "connection",
+            "add",
+            "orders",
+            "--base-uri",
+            &s.internal.base_uri(),
+            "--auth",
+            "jwt_bearer",
+            "--algorithm",
+            "HS256",
+            "--secret-env",
+            "ORDERS_SECRET",
+            "--header",
+            "kid=k1",
+            "--payload",
+            "aud=orders",
+            "--payload",
+            "iat={{now}}",
+            "--payload",
+            "exp={{now + 60}}",
+        ],
+        None,
+    )?;
+    assert!(ok, "{text}");
+    let written = std::fs::read_to_string(&config)?;
+    assert!(
+        written.contains("# managed by hand — keep this comment"),
+        "comments kept:\n{written}"
+    );
+    assert!(written.contains("[connections.orders.auth]"), "{written}");
+    assert_eq!(
+        std::fs::metadata(&config)?.permissions().mode() & 0o777,
+        0o600
+    );
+    let (ok, text) = agent(&["config", "check"], None)?;
+    assert!(ok, "{text}");
+
+    // Refused edits leave the file as it was.
+    let before = std::fs::read_to_string(&config)?;
+    for bad in [
+        vec!["connection", "add", "orders", "--base-uri", "http://x"],
+        vec!["connection", "add", "broken", "--base-uri", "ftp://x"],
+        vec![
+            "connection",
+            "add",
+            "nokey",
+            "--base-uri",
+            "http://x",
+            "--auth",
+            "jwt_bearer",
+            "--algorithm",
+            "RS256",
+        ],
+        vec!["connection", "remove", "nope"],
+    ] {
+        let (ok, text) = agent(&bad, None)?;
+        assert!(!ok, "{bad:?} was accepted: {text}");
+        assert_eq!(
+            std::fs::read_to_string(&config)?,
+            before,
+            "{bad:?} changed the file"
+        );
+    }
+
+    let (ok, text) = agent(&["connection", "show", "o"], None)?;
+    assert!(ok && text.contains("base_uri"), "{text}");
+
+    // Inline secrets are masked by show.
+    let (ok, text) = agent(
+        &[
+            "connection",
+            "add",
+            "inline",
+            "--base-uri",
+            "http://127.0.0.1:9/x",
+            "--auth",
+            "jwt_bearer",
+            "--algorithm",
+            "HS256",
+            "--secret-file",
+            "hmac.txt",
+        ],
+        None,
+    )?;
+    assert!(!ok, "a missing secret file is refused: {text}");
+    s.dir
+        .write_private("hmac.txt", "a-long-enough-hmac-secret-for-tests")?;
+    let (ok, text) = agent(
+        &[
+            "connection",
+            "add",
+            "inline",
+            "--base-uri",
+            "http://127.0.0.1:9/x",
+            "--auth",
+            "jwt_bearer",
+            "--algorithm",
+            "HS256",
+            "--secret-file",
+            "hmac.txt",
+        ],
+        None,
+    )?;
+    assert!(ok, "{text}");
+    let (ok, text) = agent(&["connection", "remove", "inline"], None)?;
+    assert!(ok, "{text}");
+    assert!(!std::fs::read_to_string(&config)?.contains("[connections.inline"));
+
+    // token set: a mistyped token is refused; a good one lands and the agent connects with it.
+    let (ok, text) = agent(&["token", "set"], Some("pst_typo\n"))?;
+    assert!(!ok && text.contains("not valid"), "{text}");
+    let state = s.relay.state_dir.to_string_lossy().into_owned();
+    let (_, fresh) = create_agent(&s.bins, std::path::Path::new(&state), "a2")?;
+    let (ok, text) = agent(&["token", "set"], Some(&format!("{fresh}\n")))?;
+    assert!(ok, "{text}");
+    assert!(!text.contains(&fresh), "the token is never echoed");
+    let mut cmd = Command::new(&s.bins.agent);
+    cmd.args(["run", "--config"])
+        .arg(&config)
+        .env("ORDERS_SECRET", "0123456789abcdef0123456789abcdef")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let _running = KillOnDrop(cmd.spawn()?);
+    s.api
+        .wait_online("a2", true, Duration::from_secs(15))
+        .await?;
+    assert_eq!(s.api.call("a2", "orders", "/signed").await?.status(), 200);
+    let jwt = s.internal.requests()[0]
+        .authorization
+        .clone()
+        .unwrap_or_default();
+    assert!(jwt.starts_with("Bearer ey"), "{jwt}");
+    Ok(())
+}
