@@ -132,35 +132,7 @@ enum ConnectionCommand {
         json: bool,
     },
     /// Add a connection (the edited config is validated before it is written).
-    Add {
-        name: String,
-        #[arg(long)]
-        base_uri: String,
-        #[arg(long)]
-        timeout: Option<String>,
-        /// `none` or `jwt_bearer`.
-        #[arg(long, default_value = "none")]
-        auth: String,
-        #[arg(long)]
-        algorithm: Option<String>,
-        #[arg(long)]
-        private_key_file: Option<String>,
-        #[arg(long)]
-        private_key_env: Option<String>,
-        #[arg(long)]
-        secret_file: Option<String>,
-        #[arg(long)]
-        secret_env: Option<String>,
-        /// A JWT header, KEY=VALUE (repeatable).
-        #[arg(long = "header")]
-        headers: Vec<String>,
-        /// A payload claim, KEY=VALUE (repeatable); values may be templates like {{now + 600}}.
-        #[arg(long = "payload")]
-        payload: Vec<String>,
-        /// Overwrite a connection of that name.
-        #[arg(long)]
-        replace: bool,
-    },
+    Add(Box<edit::NewConnection>),
     /// Remove a connection.
     Remove { name: String },
     /// Print a connection's settings with secrets masked.
@@ -229,41 +201,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             command: ConnectionCommand::Test { name, json },
         } => connection::test(&load(&path)?, &name, json),
         Command::Connection {
-            command:
-                ConnectionCommand::Add {
-                    name,
-                    base_uri,
-                    timeout,
-                    auth,
-                    algorithm,
-                    private_key_file,
-                    private_key_env,
-                    secret_file,
-                    secret_env,
-                    headers,
-                    payload,
-                    replace,
-                },
-        } => {
-            edit::add(
-                &path,
-                edit::NewConnection {
-                    name,
-                    base_uri,
-                    timeout,
-                    auth,
-                    algorithm,
-                    private_key_file,
-                    private_key_env,
-                    secret_file,
-                    secret_env,
-                    headers,
-                    payload,
-                    replace,
-                },
-            )?;
-            Ok(ExitCode::SUCCESS)
-        }
+            command: ConnectionCommand::Add(new),
+        } => edit::add(&path, *new).map(|()| ExitCode::SUCCESS),
         Command::Connection {
             command: ConnectionCommand::Remove { name },
         } => edit::remove(&path, &name).map(|()| ExitCode::SUCCESS),

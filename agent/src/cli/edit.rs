@@ -13,18 +13,34 @@ use toml_edit::{DocumentMut, InlineTable, Item, Table, value};
 use crate::config::{AgentConfig, ConfigFile};
 
 /// What `connection add` was asked for.
+#[derive(Debug, clap::Args)]
 pub(crate) struct NewConnection {
     pub name: String,
+    #[arg(long)]
     pub base_uri: String,
+    #[arg(long)]
     pub timeout: Option<String>,
+    /// `none` or `jwt_bearer`.
+    #[arg(long, default_value = "none")]
     pub auth: String,
+    #[arg(long)]
     pub algorithm: Option<String>,
+    #[arg(long)]
     pub private_key_file: Option<String>,
+    #[arg(long)]
     pub private_key_env: Option<String>,
+    #[arg(long)]
     pub secret_file: Option<String>,
+    #[arg(long)]
     pub secret_env: Option<String>,
+    /// A JWT header, KEY=VALUE (repeatable).
+    #[arg(long = "header")]
     pub headers: Vec<String>,
+    /// A payload claim, KEY=VALUE (repeatable); values may be templates like {{now + 600}}.
+    #[arg(long = "payload")]
     pub payload: Vec<String>,
+    /// Overwrite a connection of that name.
+    #[arg(long)]
     pub replace: bool,
 }
 
