@@ -26,10 +26,10 @@ impl Backoff {
         self.attempt = 16;
     }
 
-    /// After a session that came up but did not last: keep retrying briskly
-    /// (waits up to 2 s), without the hammering a full reset would allow.
+    /// After a session that came up but did not last: start over briskly (the next
+    /// wait is at most 500 ms, then growing as usual while the relay stays away).
     pub fn after_short_session(&mut self) {
-        self.attempt = self.attempt.min(3);
+        self.attempt = self.attempt.min(1);
     }
 
     pub fn reset(&mut self) {
