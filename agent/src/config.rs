@@ -317,6 +317,23 @@ pub(crate) fn one_secret(
     }
 }
 
+/// Replaces `path` with `text` atomically (temp file + rename), mode 0600:
+/// the config holds secrets, and a crash mid-write must not leave half a file.
+pub fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("toml.tmp");
+    let mut out = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    out.write_all(text.as_bytes())?;
+    out.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
 /// Refuses files that others can read: they hold tokens and keys.
 pub fn check_private(path: &Path) -> Result<(), ConfigError> {
     use std::os::unix::fs::PermissionsExt;

@@ -1,9 +1,8 @@
 //! Editing the config from the CLI: `connection add|remove|show` and `token set`.
 //! Edits keep the file's comments and layout (toml_edit), are validated whole before
-//! they are written, and are written atomically with mode 0600.
+//! they are written, and are written atomically with mode 0600 (`config::write_private`).
 
-use std::io::{IsTerminal, Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::io::{IsTerminal, Read};
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
@@ -58,17 +57,8 @@ fn save(path: &Path, doc: &DocumentMut) -> Result<()> {
     let base = path.parent().unwrap_or(Path::new("."));
     AgentConfig::resolve(file, base, &|name| std::env::var(name).ok())
         .context("the edited config is not valid; nothing was written")?;
-    let tmp = path.with_extension("toml.tmp");
-    let mut out = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    out.write_all(text.as_bytes())?;
-    out.sync_all()?;
-    std::fs::rename(&tmp, path)?;
+    crate::config::write_private(path, &text)
+        .with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }
 

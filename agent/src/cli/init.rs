@@ -1,8 +1,8 @@
 //! `postern init`: writes a validated config (0600) with the token read from a
 //! file, `POSTERN_TOKEN` or a prompt — never from an argument.
 
-use std::io::{IsTerminal, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::io::{IsTerminal, Read};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
@@ -61,17 +61,7 @@ pub(crate) fn init(
             .mode(0o700)
             .create(dir)?;
     }
-    let tmp = path.with_extension("toml.tmp");
-    let mut out = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    out.write_all(text.as_bytes())?;
-    out.sync_all()?;
-    std::fs::rename(&tmp, path)?;
+    config::write_private(path, &text).with_context(|| format!("writing {}", path.display()))?;
     println!("wrote {} (mode 0600)", path.display());
     Ok(())
 }
