@@ -11,7 +11,19 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use postern_protocol::api::AgentInfo;
 
-/// Paths of the binaries under test (from `env!("CARGO_BIN_EXE_…")`).
+/// The binaries under test, from the calling integration test's `CARGO_BIN_EXE_*`
+/// (Cargo sets those only there, so this is a macro, expanded at the call site).
+#[macro_export]
+macro_rules! bins {
+    () => {
+        $crate::harness::Bins {
+            relay: env!("CARGO_BIN_EXE_e2e-postern-relay").into(),
+            agent: env!("CARGO_BIN_EXE_e2e-postern").into(),
+        }
+    };
+}
+
+/// Paths of the binaries under test (see [`bins!`]).
 #[derive(Clone, Debug)]
 pub struct Bins {
     pub relay: PathBuf,

@@ -10,10 +10,7 @@ use postern_tests::internal_server::{InternalServer, Verifier};
 use postern_tests::temp::TempDir;
 
 fn bins() -> Bins {
-    Bins {
-        relay: env!("CARGO_BIN_EXE_e2e-postern-relay").into(),
-        agent: env!("CARGO_BIN_EXE_e2e-postern").into(),
-    }
+    postern_tests::bins!()
 }
 
 struct Setup {

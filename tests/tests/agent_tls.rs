@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use postern_tests::harness::{
-    AgentProcess, Api, Bins, RelayProcess, agent_config, create_agent, create_api_key,
+    AgentProcess, Api, RelayProcess, agent_config, create_agent, create_api_key,
 };
 use postern_tests::temp::TempDir;
 
@@ -157,10 +157,7 @@ async fn internal_cas_client_certificates_and_insecure_mode() -> Result<()> {
     make_pki(&dir)?;
     let (_plain, port) = https_server(&dir, "-")?;
     let (_mutual, mport) = https_server(&dir, "ca.pem")?;
-    let bins = Bins {
-        relay: env!("CARGO_BIN_EXE_e2e-postern-relay").into(),
-        agent: env!("CARGO_BIN_EXE_e2e-postern").into(),
-    };
+    let bins = postern_tests::bins!();
     let state = dir.path().join("relay");
     let relay = RelayProcess::start(&bins, &state, "127.0.0.1:0", "127.0.0.1:0")?;
     let (_, token) = create_agent(&bins, &state, "a1")?;

@@ -17,10 +17,7 @@ use postern_tests::temp::TempDir;
 const ONLINE_WITHIN: Duration = Duration::from_secs(15);
 
 fn bins() -> Bins {
-    Bins {
-        relay: env!("CARGO_BIN_EXE_e2e-postern-relay").into(),
-        agent: env!("CARGO_BIN_EXE_e2e-postern").into(),
-    }
+    postern_tests::bins!()
 }
 
 /// A relay, one agent named `warehouse-1` with connection `orders` (RS256 JWT),

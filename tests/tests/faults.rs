@@ -12,10 +12,7 @@ use postern_tests::temp::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn bins() -> Bins {
-    Bins {
-        relay: env!("CARGO_BIN_EXE_e2e-postern-relay").into(),
-        agent: env!("CARGO_BIN_EXE_e2e-postern").into(),
-    }
+    postern_tests::bins!()
 }
 
 struct World {

@@ -49,10 +49,7 @@ impl Drop for KillOnDrop {
 }
 
 fn bins() -> Bins {
-    Bins {
-        relay: env!("CARGO_BIN_EXE_e2e-postern-relay").into(),
-        agent: env!("CARGO_BIN_EXE_e2e-postern").into(),
-    }
+    postern_tests::bins!()
 }
 
 /// `curl` inside the cloud namespace, as the integration platform would call the relay.

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use postern_tests::harness::{
-    AgentProcess, Api, Bins, RelayProcess, agent_config, create_agent, create_api_key,
+    AgentProcess, Api, RelayProcess, agent_config, create_agent, create_api_key,
 };
 use postern_tests::internal_server::{InternalServer, Verifier};
 use postern_tests::temp::TempDir;
@@ -13,10 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stalled_reader_does_not_block_other_calls() -> Result<()> {
-    let bins = Bins {
-        relay: env!("CARGO_BIN_EXE_e2e-postern-relay").into(),
-        agent: env!("CARGO_BIN_EXE_e2e-postern").into(),
-    };
+    let bins = postern_tests::bins!();
     let dir = TempDir::new("hol")?;
     let state = dir.path().join("relay");
     let relay = RelayProcess::start(&bins, &state, "127.0.0.1:0", "127.0.0.1:0")?;

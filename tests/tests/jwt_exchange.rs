@@ -17,10 +17,7 @@ const ONLINE_WITHIN: Duration = Duration::from_secs(15);
 const JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
 
 fn bins() -> Bins {
-    Bins {
-        relay: env!("CARGO_BIN_EXE_e2e-postern-relay").into(),
-        agent: env!("CARGO_BIN_EXE_e2e-postern").into(),
-    }
+    postern_tests::bins!()
 }
 
 /// A relay and one agent `edge` whose config holds `connections`.

@@ -9,10 +9,7 @@ use postern_tests::relay_support::{RelayWorld, send};
 use reqwest::Method;
 
 fn bins() -> Bins {
-    Bins {
-        relay: env!("CARGO_BIN_EXE_e2e-postern-relay").into(),
-        agent: env!("CARGO_BIN_EXE_e2e-postern").into(),
-    }
+    postern_tests::bins!()
 }
 
 fn cli_key(w: &RelayWorld, args: &[&str]) -> Result<serde_json::Value> {

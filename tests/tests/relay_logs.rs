@@ -13,10 +13,7 @@ use reqwest::Method;
 const ONLINE_WITHIN: Duration = Duration::from_secs(15);
 
 fn bins() -> Bins {
-    Bins {
-        relay: env!("CARGO_BIN_EXE_e2e-postern-relay").into(),
-        agent: env!("CARGO_BIN_EXE_e2e-postern").into(),
-    }
+    postern_tests::bins!()
 }
 
 #[tokio::test(flavor = "multi_thread")]

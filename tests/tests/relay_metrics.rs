@@ -12,10 +12,7 @@ use postern_tests::relay_support::{RelayWorld, eventually};
 const ONLINE_WITHIN: Duration = Duration::from_secs(15);
 
 fn bins() -> Bins {
-    Bins {
-        relay: env!("CARGO_BIN_EXE_e2e-postern-relay").into(),
-        agent: env!("CARGO_BIN_EXE_e2e-postern").into(),
-    }
+    postern_tests::bins!()
 }
 
 /// Scrapes without an API key (the API is on loopback); samples by full name.

@@ -12,10 +12,7 @@ use postern_tests::relay_support::{RelayWorld, send};
 use reqwest::Method;
 
 fn bins() -> Bins {
-    Bins {
-        relay: env!("CARGO_BIN_EXE_e2e-postern-relay").into(),
-        agent: env!("CARGO_BIN_EXE_e2e-postern").into(),
-    }
+    postern_tests::bins!()
 }
 
 /// What the API acknowledged before the kill.

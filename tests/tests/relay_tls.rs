@@ -15,10 +15,7 @@ use postern_tests::temp::TempDir;
 const ONLINE_WITHIN: Duration = Duration::from_secs(15);
 
 fn bins() -> Bins {
-    Bins {
-        relay: env!("CARGO_BIN_EXE_e2e-postern-relay").into(),
-        agent: env!("CARGO_BIN_EXE_e2e-postern").into(),
-    }
+    postern_tests::bins!()
 }
 
 /// A self-signed certificate for 127.0.0.1, written as `{name}.crt` / `{name}.key`.
