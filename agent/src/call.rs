@@ -5,6 +5,7 @@ pub mod rate_limit;
 mod replay;
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -31,19 +32,29 @@ pub type CallBody = BoxBody<Bytes, std::io::Error>;
 pub struct CallContext {
     pub connection: Arc<Connection>,
     pub http: reqwest::Client,
-    /// The token source of a `jwt_bearer` connection; its cache lives as long as the agent.
+    /// The token source of a `jwt_bearer` connection; its cache lives as long as the context.
     pub bearer: Option<BearerSource>,
-    pub limiter: Limiter,
+    pub limiter: Arc<Limiter>,
     /// Calls answered by the internal server (any status).
-    pub served: std::sync::atomic::AtomicU64,
+    pub served: Arc<AtomicU64>,
     /// Calls that ended in a postern error (unreachable, timeout, refused path…).
-    pub failed: std::sync::atomic::AtomicU64,
+    pub failed: Arc<AtomicU64>,
     /// One permit per call under way, up to `max_concurrent_calls`.
     in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 impl CallContext {
     pub fn new(connection: Arc<Connection>) -> Result<Self, reqwest::Error> {
+        Self::succeeding(connection, None)
+    }
+
+    /// The context for a reloaded connection. It keeps the counters of the one it replaces,
+    /// and its rate limit bucket and call permits where those settings did not change, so
+    /// a reload neither resets the statistics nor lets a burst past the limits.
+    pub fn succeeding(
+        connection: Arc<Connection>,
+        previous: Option<&CallContext>,
+    ) -> Result<Self, reqwest::Error> {
         let mut builder = reqwest::Client::builder()
             .connect_timeout(connection.timeout)
             .read_timeout(connection.timeout)
@@ -63,16 +74,27 @@ impl CallContext {
             Auth::None => None,
             Auth::JwtBearer(jwt) => Some(BearerSource::new(jwt.clone())),
         };
-        let limiter = Limiter::new(connection.rate_limit);
+        let limiter = previous
+            .filter(|p| p.connection.rate_limit == connection.rate_limit)
+            .map(|p| p.limiter.clone())
+            .unwrap_or_else(|| Arc::new(Limiter::new(connection.rate_limit)));
+        let in_flight = previous
+            .filter(|p| {
+                p.connection.limits.max_concurrent_calls == connection.limits.max_concurrent_calls
+            })
+            .map(|p| p.in_flight.clone())
+            .unwrap_or_else(|| {
+                Arc::new(tokio::sync::Semaphore::new(
+                    connection.limits.max_concurrent_calls as usize,
+                ))
+            });
         Ok(Self {
             http,
             bearer,
             limiter,
-            served: Default::default(),
-            failed: Default::default(),
-            in_flight: Arc::new(tokio::sync::Semaphore::new(
-                connection.limits.max_concurrent_calls as usize,
-            )),
+            served: previous.map(|p| p.served.clone()).unwrap_or_default(),
+            failed: previous.map(|p| p.failed.clone()).unwrap_or_default(),
+            in_flight,
             connection,
         })
     }

@@ -1,5 +1,5 @@
 //! The `postern` command line: `init` writes the config, `run` runs the daemon until
-//! SIGINT/SIGTERM; `jwt sign|decode` and `connection list|test` help set connections up.
+//! SIGINT/SIGTERM (`reload` or SIGHUP re-read it); the rest help set connections up.
 
 mod connection;
 mod edit;
@@ -78,6 +78,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Make the running agent re-read its config without dropping the tunnel (like SIGHUP);
+    /// a config that fails validation is refused and the old one stays in force.
+    Reload,
     /// Check the config file.
     Config {
         #[command(subcommand)]
@@ -166,7 +169,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Run => {
             let config =
                 AgentConfig::load(&path).with_context(|| format!("loading {}", path.display()))?;
-            run::run_daemon(config)?;
+            run::run_daemon(config, path)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Jwt {
@@ -176,6 +179,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             command: JwtCommand::Sign { connection },
         } => jwt::sign(&load(&path)?, &connection),
         Command::Status { json } => status::status(&path, json),
+        Command::Reload => status::reload(&path),
         Command::Config {
             command: ConfigCommand::Check,
         } => {

@@ -8,7 +8,10 @@
 //! - [`call`]: runs one call against the internal server and streams the answer.
 //! - [`channel`]: serves HTTP/1.1 on each channel the relay opens.
 //! - [`ssh_client`]: the russh client handler: host key pinning, channel admission.
-//! - [`status`]: the daemon's status report on a local Unix socket.
+//! - [`status`]: the daemon's local Unix socket: status reports and reload requests.
+//! - [`call_table`]: the connections served right now, swapped whole on reload.
+//! - [`reload`]: re-reads the config under a running daemon, or refuses it.
+//! - [`daemon`]: puts the call table, reloads, status socket and tunnel together.
 //! - [`tunnel`]: connect, authenticate, announce, serve; reconnect with backoff.
 //! - [`backoff`]: exponential backoff with full jitter.
 //! - [`proxy`]: HTTP CONNECT to the relay through a corporate proxy.
@@ -17,16 +20,20 @@
 
 pub mod backoff;
 pub mod call;
+pub mod call_table;
 pub mod channel;
 pub mod cli;
 pub mod config;
 pub mod connection_test;
+pub mod daemon;
 pub mod jwt;
 pub mod proxy;
+pub mod reload;
 pub mod ssh_client;
 pub mod status;
 pub mod tunnel;
 pub mod upstream_url;
 
 pub use config::AgentConfig;
-pub use tunnel::{TunnelState, run};
+pub use daemon::run;
+pub use tunnel::TunnelState;

@@ -32,7 +32,7 @@ pub enum ProxyError {
     },
 }
 
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Proxy {
     host: String,
     port: u16,

@@ -1,7 +1,6 @@
 //! The russh client handler: pins the relay's host key, and admits only
 //! `forwarded-tcpip` channels that name one of this agent's connections.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -15,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info_span, warn};
 
-use crate::call::CallContext;
+use crate::call_table::CallTable;
 use crate::channel;
 
 /// Keepalive every 4 s, dropped after 2 missed: a dead link is noticed in ~12 s.
@@ -56,7 +55,7 @@ pub struct Shared {
     pub expected_fingerprint: String,
     /// The fingerprint the relay showed, for the mismatch message.
     pub seen_fingerprint: Arc<Mutex<Option<String>>>,
-    pub calls: Arc<BTreeMap<String, Arc<CallContext>>>,
+    pub calls: Arc<CallTable>,
     /// True once our forward is granted; false again while draining.
     pub accepting: Arc<AtomicBool>,
     pub tasks: TaskTracker,
@@ -106,7 +105,7 @@ impl russh::client::Handler for AgentSsh {
         let target = ChannelTarget::parse(connected_address).ok();
         let ctx = target
             .as_ref()
-            .and_then(|t| self.shared.calls.get(t.connection().as_str()).cloned());
+            .and_then(|t| self.shared.calls.get(t.connection().as_str()));
         let (Some(target), Some(ctx)) = (target, ctx) else {
             warn!(target = %connected_address.chars().take(80).collect::<String>(), "relay asked for a connection this agent does not have; refused");
             reply.reject(ChannelOpenFailure::ConnectFailed).await;

@@ -1,5 +1,5 @@
-//! The daemon's status on a local Unix socket (mode 0600, never on the network):
-//! each connection to it gets one JSON report, which `postern status` prints.
+//! The daemon's local Unix socket (mode 0600, never on the network): a client writes
+//! one command line, `status` or `reload`, and reads one JSON answer.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -7,14 +7,17 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use serde::{Deserialize, Serialize};
-use tokio::io::AsyncWriteExt;
-use tokio::net::UnixListener;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::warn;
 
-use crate::call::CallContext;
+use crate::call_table::{CallTable, Contexts};
+use crate::config::AgentConfig;
 use crate::jwt::CacheState;
+use crate::reload::Reloader;
 use crate::tunnel::TunnelState;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -38,11 +41,7 @@ pub struct ConnectionStatus {
     pub token_cache: String,
 }
 
-pub fn report(
-    state: &TunnelState,
-    relays: &[String],
-    calls: &BTreeMap<String, Arc<CallContext>>,
-) -> StatusReport {
+pub fn report(state: &TunnelState, relays: &[String], calls: &Contexts) -> StatusReport {
     let rfc3339 = |t| humantime::format_rfc3339_seconds(t).to_string();
     StatusReport {
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -96,29 +95,88 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
     Ok(listener)
 }
 
-pub async fn serve(
-    listener: UnixListener,
-    path: PathBuf,
-    state: watch::Receiver<TunnelState>,
-    relays: Vec<String>,
-    calls: Arc<BTreeMap<String, Arc<CallContext>>>,
-    shutdown: CancellationToken,
-) {
-    loop {
-        let mut stream = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    warn!(error = %e, "status socket accept failed");
-                    continue;
-                }
-            },
-        };
-        let body =
-            serde_json::to_vec(&report(&state.borrow(), &relays, &calls)).unwrap_or_default();
-        let _ = stream.write_all(&body).await;
-        let _ = stream.shutdown().await;
+/// What a client asks on the socket, as one line.
+pub const STATUS: &str = "status";
+pub const RELOAD: &str = "reload";
+/// A client that says nothing within this long gets the status (as `socat` users expect).
+const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The answer to `reload`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReloadReport {
+    pub ok: bool,
+    /// What changed, when `ok`.
+    #[serde(default)]
+    pub changes: Vec<String>,
+    /// Why the config was refused, when not `ok`.
+    pub error: Option<String>,
+}
+
+pub struct StatusServer {
+    pub state: watch::Receiver<TunnelState>,
+    pub config: watch::Receiver<Arc<AgentConfig>>,
+    pub calls: Arc<CallTable>,
+    /// `None` when the daemon was started without a config file.
+    pub reloader: Option<Arc<Reloader>>,
+}
+
+impl StatusServer {
+    pub async fn serve(self, listener: UnixListener, path: PathBuf, shutdown: CancellationToken) {
+        let this = Arc::new(self);
+        let clients = TaskTracker::new();
+        loop {
+            let stream = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        warn!(error = %e, "status socket accept failed");
+                        continue;
+                    }
+                },
+            };
+            clients.spawn(this.clone().answer(stream));
+        }
+        clients.close();
+        clients.wait().await;
+        let _ = std::fs::remove_file(&path);
     }
-    let _ = std::fs::remove_file(&path);
+
+    async fn answer(self: Arc<Self>, stream: UnixStream) {
+        let (read, mut write) = stream.into_split();
+        let mut line = String::new();
+        let mut reader = BufReader::new(read.take(256));
+        let _ = tokio::time::timeout(REQUEST_TIMEOUT, reader.read_line(&mut line)).await;
+        let body = match line.trim() {
+            RELOAD => {
+                let report = match &self.reloader {
+                    None => Err(
+                        "this agent was started without a config file; nothing to reload"
+                            .to_owned(),
+                    ),
+                    Some(reloader) => reloader.reload().await,
+                };
+                let report = match report {
+                    Ok(changes) => ReloadReport {
+                        ok: true,
+                        changes,
+                        error: None,
+                    },
+                    Err(error) => ReloadReport {
+                        ok: false,
+                        changes: Vec::new(),
+                        error: Some(error),
+                    },
+                };
+                serde_json::to_vec(&report)
+            }
+            _ => {
+                let relays = self.config.borrow().relays.clone();
+                let report = report(&self.state.borrow(), &relays, &self.calls.snapshot());
+                serde_json::to_vec(&report)
+            }
+        };
+        let _ = write.write_all(&body.unwrap_or_default()).await;
+        let _ = write.shutdown().await;
+    }
 }

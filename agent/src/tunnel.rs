@@ -1,7 +1,6 @@
 //! The supervised tunnel: connect, pin the host key, authenticate, forward,
 //! say hello, serve until the session ends; then back off and start over.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -18,8 +17,9 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::backoff::{Backoff, STABLE_AFTER};
-use crate::call::CallContext;
+use crate::call_table::CallTable;
 use crate::config::AgentConfig;
+use crate::reload::session_settings_differ;
 use crate::ssh_client::{AgentSsh, Shared, russh_config};
 
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -59,60 +59,56 @@ pub enum TunnelError {
     SessionLost(String),
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum AgentError {
-    #[error("connection {name}: cannot build its HTTP client: {source}")]
-    HttpClient {
-        name: String,
-        source: reqwest::Error,
-    },
+/// How long in-flight calls get to finish before a reconnect for new settings.
+pub const RECONFIGURE_GRACE: Duration = Duration::from_secs(10);
+
+/// How a session ended without an error.
+enum SessionEnd {
+    Shutdown,
+    /// The relay, fingerprint, token or proxy changed: connect again at once.
+    Reconfigured,
 }
 
-/// Runs the tunnel until `shutdown`; in-flight calls then get `SHUTDOWN_GRACE` to finish.
+/// Runs the tunnel until `shutdown`, on whatever config `config` holds at each connect;
+/// in-flight calls then get `SHUTDOWN_GRACE` to finish.
 pub async fn run(
-    config: AgentConfig,
+    mut config: watch::Receiver<Arc<AgentConfig>>,
+    calls: Arc<CallTable>,
     shutdown: CancellationToken,
     state: watch::Sender<TunnelState>,
-) -> Result<(), AgentError> {
-    let mut calls = BTreeMap::new();
-    for (name, conn) in &config.connections {
-        let ctx = CallContext::new(conn.clone()).map_err(|source| AgentError::HttpClient {
-            name: name.clone(),
-            source,
-        })?;
-        calls.insert(name.clone(), Arc::new(ctx));
-    }
-    let calls = Arc::new(calls);
+) {
     let tasks = TaskTracker::new();
-    // Status is a convenience: without its socket the tunnel still runs.
-    match crate::status::bind(&config.status_socket) {
-        Ok(listener) => {
-            tasks.spawn(crate::status::serve(
-                listener,
-                config.status_socket.clone(),
-                state.subscribe(),
-                config.relays.clone(),
-                calls.clone(),
-                shutdown.clone(),
-            ));
-        }
-        Err(e) => {
-            warn!(socket = %config.status_socket.display(), error = %e, "status socket unavailable; `postern status` will not answer")
-        }
-    }
     let mut backoff = Backoff::default();
     let mut relay_index = 0usize;
     loop {
+        let current = config.borrow_and_update().clone();
         let started = Instant::now();
         let since_before = state.borrow().since;
-        let relay = &config.relays[relay_index % config.relays.len()];
-        let outcome = session(&config, relay, &calls, &tasks, &shutdown, &state).await;
+        let relay = &current.relays[relay_index % current.relays.len()];
+        let outcome = session(
+            &current,
+            relay,
+            &mut config,
+            &calls,
+            &tasks,
+            &shutdown,
+            &state,
+        )
+        .await;
         state.send_modify(|s| s.connected = false);
         if shutdown.is_cancelled() {
             break;
         }
         let mut refused = false;
         match &outcome {
+            Ok(SessionEnd::Shutdown) => break,
+            Ok(SessionEnd::Reconfigured) => {
+                info!("reconnecting with the reloaded settings");
+                relay_index = 0;
+                backoff.reset();
+                state.send_modify(|s| s.reconnects += 1);
+                continue;
+            }
             Err(e @ (TunnelError::TokenRefused | TunnelError::FingerprintMismatch { .. })) => {
                 refused = true;
                 error!(error = %e, "relay refused this agent; retrying slowly");
@@ -127,12 +123,9 @@ pub async fn run(
                 backoff.to_cap();
             }
             Err(e) => warn!(error = %e, "tunnel down"),
-            Ok(()) => {}
         }
-        if outcome.is_err() {
-            // Several relays: try the next one in turn.
-            relay_index = relay_index.wrapping_add(1);
-        }
+        // Several relays: try the next one in turn.
+        relay_index = relay_index.wrapping_add(1);
         if let Err(e) = outcome {
             state.send_modify(|s| s.last_error = Some(e.to_string()));
         }
@@ -147,6 +140,11 @@ pub async fn run(
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = tokio::time::sleep(delay) => {}
+            // A reloaded config (a new token, say) is tried at once.
+            Ok(()) = config.changed() => {
+                relay_index = 0;
+                backoff.reset();
+            }
         }
         state.send_modify(|s| s.reconnects += 1);
     }
@@ -158,18 +156,18 @@ pub async fn run(
         warn!("calls still running after the shutdown grace period; dropping them");
     }
     info!("agent stopped");
-    Ok(())
 }
 
-/// One SSH session, from connect to its end. `Ok` means it ended by shutdown.
+/// One SSH session, from connect to its end.
 async fn session(
     config: &AgentConfig,
     relay: &str,
-    calls: &Arc<BTreeMap<String, Arc<CallContext>>>,
+    updates: &mut watch::Receiver<Arc<AgentConfig>>,
+    calls: &Arc<CallTable>,
     tasks: &TaskTracker,
     shutdown: &CancellationToken,
     state: &watch::Sender<TunnelState>,
-) -> Result<(), TunnelError> {
+) -> Result<SessionEnd, TunnelError> {
     let shared = Shared {
         expected_fingerprint: config.relay_fingerprint.clone(),
         seen_fingerprint: Arc::new(Mutex::new(None)),
@@ -201,7 +199,7 @@ async fn session(
         }
     };
     let handle = tokio::select! {
-        _ = shutdown.cancelled() => return Ok(()),
+        _ = shutdown.cancelled() => return Ok(SessionEnd::Shutdown),
         r = tokio::time::timeout(CONNECT_TIMEOUT, connect) => match r {
             Err(_) => return Err(unreachable(format!("no SSH handshake within {CONNECT_TIMEOUT:?}"))),
             Ok(Err(e)) => {
@@ -236,10 +234,11 @@ async fn session(
         .await
         .map_err(|e| TunnelError::Control(e.to_string()))?;
     let (read, mut write) = tokio::io::split(control.into_stream());
+    let mut announced = calls.names();
     let hello = AgentMessage::Hello {
         protocol_version: PROTOCOL_VERSION,
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),
-        connections: calls.keys().cloned().collect(),
+        connections: announced.clone(),
     };
     write
         .write_all(&encode_line(&hello))
@@ -264,7 +263,7 @@ async fn session(
             return Err(TunnelError::HelloRefused { code, message });
         }
     };
-    info!(%relay, agent = %agent_name, connections = calls.len(), "connected to relay");
+    info!(%relay, agent = %agent_name, connections = announced.len(), "connected to relay");
     state.send_modify(|s| {
         s.connected = true;
         s.since = Some(SystemTime::now());
@@ -276,20 +275,49 @@ async fn session(
     let mut sink = [0u8; 1024];
     let control_closed =
         async { while matches!(control_read.read(&mut sink).await, Ok(n) if n > 0) {} };
-    tokio::select! {
-        _ = shutdown.cancelled() => {
-            shared.accepting.store(false, Ordering::SeqCst);
-            info!("draining in-flight calls");
-            let _ = tokio::time::timeout(SHUTDOWN_GRACE, wait_idle(tasks)).await;
-            let _ = handle
-                .disconnect(russh::Disconnect::ByApplication, "agent shutting down", "")
-                .await;
-            Ok(())
+    tokio::pin!(control_closed);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => {
+                drain(&shared, tasks, SHUTDOWN_GRACE).await;
+                let _ = handle
+                    .disconnect(russh::Disconnect::ByApplication, "agent shutting down", "")
+                    .await;
+                return Ok(SessionEnd::Shutdown);
+            }
+            Ok(()) = updates.changed() => {
+                let new = updates.borrow_and_update().clone();
+                if session_settings_differ(config, &new) {
+                    drain(&shared, tasks, RECONFIGURE_GRACE).await;
+                    let _ = handle
+                        .disconnect(russh::Disconnect::ByApplication, "agent reconnects with new settings", "")
+                        .await;
+                    return Ok(SessionEnd::Reconfigured);
+                }
+                let names = calls.names();
+                if names != announced {
+                    let inventory = AgentMessage::Inventory { connections: names.clone() };
+                    if let Err(e) = write.write_all(&encode_line(&inventory)).await {
+                        return Err(TunnelError::Control(format!("sending the new inventory: {e}")));
+                    }
+                    let _ = write.flush().await;
+                    info!(connections = %names.join(", "), "told the relay the new connection list");
+                    announced = names;
+                }
+            }
+            _ = &mut control_closed => return Err(lost(&shared, "the relay closed the control channel")),
+            _ = shared.disconnected.notified() => return Err(lost(&shared, "session ended")),
+            _ = &mut handle => return Err(lost(&shared, "session ended")),
         }
-        _ = control_closed => Err(lost(&shared, "the relay closed the control channel")),
-        _ = shared.disconnected.notified() => Err(lost(&shared, "session ended")),
-        _ = &mut handle => Err(lost(&shared, "session ended")),
     }
+}
+
+/// Stops taking channels, lets idle ones close and busy ones finish their call, up to `grace`.
+async fn drain(shared: &Shared, tasks: &TaskTracker, grace: Duration) {
+    shared.accepting.store(false, Ordering::SeqCst);
+    shared.drain.cancel();
+    info!("draining in-flight calls");
+    let _ = tokio::time::timeout(grace, wait_idle(tasks)).await;
 }
 
 fn lost(shared: &Shared, fallback: &str) -> TunnelError {

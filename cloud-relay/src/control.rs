@@ -56,6 +56,10 @@ impl ControlChannel {
                         None
                     }
                 },
+                Ok(other) => Some((
+                    "bad_hello",
+                    format!("expected a hello first, got {other:?}"),
+                )),
             },
         };
         let reply = match &refusal {
@@ -86,11 +90,47 @@ impl ControlChannel {
                 .await;
             return;
         }
-        // Hold the channel: later protocol versions send notices here. Reading keeps
-        // its window open; the session's end closes it.
-        let mut sink = [0u8; 1024];
-        let mut inner = reader.into_inner().into_inner();
-        while matches!(inner.read(&mut sink).await, Ok(n) if n > 0) {}
+        // Hold the channel for the session's life, taking each inventory as it comes;
+        // reading also keeps the channel's window open.
+        loop {
+            line.clear();
+            // Each line gets the full length allowance.
+            reader.get_mut().set_limit(MAX_CONTROL_LINE as u64 + 1);
+            match reader.read_until(b'\n', &mut line).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+            if !line.ends_with(b"\n") {
+                warn!(agent = %self.agent.name, "control line too long; closing the control channel");
+                break;
+            }
+            self.on_message(&line);
+        }
+    }
+
+    fn on_message(&self, line: &[u8]) {
+        match decode_line::<AgentMessage>(line) {
+            Ok(AgentMessage::Inventory { connections }) => {
+                if let Err(message) = self.check(PROTOCOL_VERSION, &connections) {
+                    warn!(agent = %self.agent.name, %message, "inventory refused");
+                    return;
+                }
+                let Some(live) = self.ctx.registry.get(&self.agent.id) else {
+                    return;
+                };
+                // A newer session of the same agent owns the entry now; this one is on its way out.
+                if live.session_id != self.session_id {
+                    return;
+                }
+                info!(agent = %self.agent.name, connections = %connections.join(", "), "agent reloaded its connections");
+                live.set_connections(connections);
+            }
+            Ok(AgentMessage::Hello { .. }) => {
+                warn!(agent = %self.agent.name, "second hello ignored");
+            }
+            // A newer agent may send what this relay does not know yet.
+            Err(e) => warn!(agent = %self.agent.name, error = %e, "control message ignored"),
+        }
     }
 
     fn check(&self, protocol_version: u32, connections: &[String]) -> Result<(), String> {

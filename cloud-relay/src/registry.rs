@@ -23,7 +23,8 @@ pub struct LiveSession {
     pub since: SystemTime,
     pub agent_version: String,
     pub protocol_version: u32,
-    pub connections: Vec<String>,
+    /// What the agent serves: from its hello, replaced by each `inventory` after a reload.
+    connections: Mutex<Vec<String>>,
     /// The token version the agent logged in with (see `AgentRecord::accepts_session`).
     pub token_version: i64,
     /// Calls under way through this session.
@@ -61,7 +62,7 @@ impl LiveSession {
             since: SystemTime::now(),
             agent_version,
             protocol_version,
-            connections,
+            connections: Mutex::new(connections),
             token_version,
             in_flight: Arc::new(AtomicU64::new(0)),
             closing_reason,
@@ -83,7 +84,19 @@ impl LiveSession {
     }
 
     pub fn serves(&self, connection: &str) -> bool {
-        self.connections.iter().any(|c| c == connection)
+        self.lock_connections().iter().any(|c| c == connection)
+    }
+
+    pub fn connections(&self) -> Vec<String> {
+        self.lock_connections().clone()
+    }
+
+    pub fn set_connections(&self, connections: Vec<String>) {
+        *self.lock_connections() = connections;
+    }
+
+    fn lock_connections(&self) -> std::sync::MutexGuard<'_, Vec<String>> {
+        self.connections.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Opens a fresh channel with `target` (not pooled: one-shot exchanges such as `test:`).

@@ -16,6 +16,9 @@ pub enum AgentMessage {
         agent_version: String,
         connections: Vec<String>,
     },
+    /// After a reload changed which connections the agent serves: the full new list.
+    /// A relay that predates it reads and ignores it.
+    Inventory { connections: Vec<String> },
 }
 
 /// Messages the relay sends to the agent.
@@ -71,6 +74,22 @@ mod tests {
         let line = encode_line(&hello);
         assert_eq!(line.last(), Some(&b'\n'));
         assert_eq!(decode_line::<AgentMessage>(&line).expect("decodes"), hello);
+    }
+
+    #[test]
+    fn inventory_round_trips() {
+        let inventory = AgentMessage::Inventory {
+            connections: vec!["orders".into(), "erp".into()],
+        };
+        let line = encode_line(&inventory);
+        assert_eq!(
+            std::str::from_utf8(&line).expect("utf-8"),
+            "{\"type\":\"inventory\",\"connections\":[\"orders\",\"erp\"]}\n"
+        );
+        assert_eq!(
+            decode_line::<AgentMessage>(&line).expect("decodes"),
+            inventory
+        );
     }
 
     #[test]

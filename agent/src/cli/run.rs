@@ -1,14 +1,16 @@
 //! `postern run`: the daemon in the foreground; SIGINT/SIGTERM cancel the
-//! tunnel, which drains in-flight calls before it returns.
+//! tunnel, which drains in-flight calls before it returns; SIGHUP reloads.
+
+use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::AgentConfig;
-use crate::tunnel::{self, TunnelState};
+use crate::tunnel::TunnelState;
 
-pub(crate) fn run_daemon(config: AgentConfig) -> Result<()> {
+pub(crate) fn run_daemon(config: AgentConfig, path: PathBuf) -> Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
         let shutdown = CancellationToken::new();
@@ -19,7 +21,7 @@ pub(crate) fn run_daemon(config: AgentConfig) -> Result<()> {
             signals.cancel();
         });
         let (state, _watch) = watch::channel(TunnelState::default());
-        tunnel::run(config, shutdown, state).await?;
+        crate::daemon::run(config, Some(path), shutdown, state).await?;
         Ok(())
     })
 }

@@ -1,16 +1,18 @@
-//! `postern status`: asks the running daemon over its local socket and prints
-//! how it is; the exit code says connected (0), not connected (1), no daemon (2).
+//! `postern status` and `postern reload`: ask the running daemon over its local
+//! socket; the exit code says how it went (0 good, 1 not connected or refused, 2 no daemon).
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 
 use crate::config::{self, ConfigFile};
-use crate::status::StatusReport;
+use crate::status::{ReloadReport, StatusReport};
 
-pub(crate) fn status(config_path: &Path, json: bool) -> Result<ExitCode> {
+/// Sends `command` to the daemon's socket and returns its answer; `None` (after saying
+/// why on stderr) when no daemon answers.
+pub(crate) fn ask(config_path: &Path, command: &str) -> Result<Option<String>> {
     // Only the socket path is needed: no secrets are read.
     let configured = std::fs::read_to_string(config_path)
         .ok()
@@ -25,13 +27,21 @@ pub(crate) fn status(config_path: &Path, json: bool) -> Result<ExitCode> {
                 "no agent answers on {}: {e} (is `postern run` running?)",
                 socket.display()
             );
-            return Ok(ExitCode::from(2));
+            return Ok(None);
         }
     };
+    writeln!(stream, "{command}").context("sending the request")?;
     let mut text = String::new();
     stream
         .read_to_string(&mut text)
-        .context("reading the status")?;
+        .context("reading the answer")?;
+    Ok(Some(text))
+}
+
+pub(crate) fn status(config_path: &Path, json: bool) -> Result<ExitCode> {
+    let Some(text) = ask(config_path, crate::status::STATUS)? else {
+        return Ok(ExitCode::from(2));
+    };
     let report: StatusReport =
         serde_json::from_str(&text).context("the daemon sent no valid status")?;
     if json {
@@ -44,6 +54,31 @@ pub(crate) fn status(config_path: &Path, json: bool) -> Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+/// `postern reload`: exit 0 applied, 1 refused (the old config stays), 2 no daemon.
+pub(crate) fn reload(config_path: &Path) -> Result<ExitCode> {
+    let Some(text) = ask(config_path, crate::status::RELOAD)? else {
+        return Ok(ExitCode::from(2));
+    };
+    let report: ReloadReport =
+        serde_json::from_str(&text).context("the daemon sent no valid answer")?;
+    match report.error {
+        None if report.ok => {
+            println!("reloaded {}", config_path.display());
+            for change in &report.changes {
+                println!("  {change}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        error => {
+            eprintln!(
+                "reload refused; the running config stays in force: {}",
+                error.unwrap_or_default()
+            );
+            Ok(ExitCode::from(1))
+        }
+    }
 }
 
 fn print_report(r: &StatusReport) {

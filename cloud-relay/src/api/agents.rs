@@ -102,7 +102,7 @@ pub(crate) fn info(ctx: &RelayContext, agent: AgentRecord) -> AgentInfo {
         remote_addr: live.as_ref().map(|l| l.remote_addr.to_string()),
         agent_version: live.as_ref().map(|l| l.agent_version.clone()),
         protocol_version: live.as_ref().map(|l| l.protocol_version),
-        connections: live.map(|l| l.connections.clone()).unwrap_or_default(),
+        connections: live.map(|l| l.connections()).unwrap_or_default(),
         id: agent.id,
         name: agent.name,
         created_at: agent.created_at,

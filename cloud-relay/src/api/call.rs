@@ -69,7 +69,7 @@ async fn forward(
             format!(
                 "agent {:?} has no connection {connection:?} (it serves: {})",
                 record.name,
-                live.connections.join(", ")
+                live.connections().join(", ")
             ),
         ));
     }

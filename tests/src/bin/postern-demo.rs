@@ -100,6 +100,7 @@ payload = {{ iss = "postern", sub = "demo-service", aud = "orders", iat = "{{{{n
     let (tunnel_state, mut watch_state) = watch::channel(TunnelState::default());
     let agent = tokio::spawn(postern_agent::run(
         agent_config,
+        None,
         shutdown.clone(),
         tunnel_state,
     ));

@@ -1,0 +1,74 @@
+//! The daemon put together: the call table, the config watch and its reloads (SIGHUP
+//! or the local socket), the status socket and the tunnel, stopped by one token.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::call_table::{BuildError, CallTable};
+use crate::config::AgentConfig;
+use crate::reload::Reloader;
+use crate::status::StatusServer;
+use crate::tunnel::{self, TunnelState};
+
+/// Runs until `shutdown`. With `config_path`, SIGHUP and `postern reload` re-read that file.
+pub async fn run(
+    config: AgentConfig,
+    config_path: Option<PathBuf>,
+    shutdown: CancellationToken,
+    state: watch::Sender<TunnelState>,
+) -> Result<(), BuildError> {
+    let calls = Arc::new(CallTable::default());
+    calls.replace(calls.build(&config.connections)?);
+    let socket = config.status_socket.clone();
+    let (config_tx, config_rx) = watch::channel(Arc::new(config));
+    let reloader = config_path.map(|path| Arc::new(Reloader::new(path, config_tx, calls.clone())));
+    let tasks = TaskTracker::new();
+    // Status is a convenience: without its socket the tunnel still runs.
+    match crate::status::bind(&socket) {
+        Ok(listener) => {
+            let server = StatusServer {
+                state: state.subscribe(),
+                config: config_rx.clone(),
+                calls: calls.clone(),
+                reloader: reloader.clone(),
+            };
+            tasks.spawn(server.serve(listener, socket, shutdown.clone()));
+        }
+        Err(e) => {
+            warn!(socket = %socket.display(), error = %e, "status socket unavailable; `postern status` and `postern reload` will not answer")
+        }
+    }
+    if let Some(reloader) = reloader {
+        tasks.spawn(reload_on_sighup(reloader, shutdown.clone()));
+    }
+    tunnel::run(config_rx, calls, shutdown.clone(), state).await;
+    tasks.close();
+    tasks.wait().await;
+    Ok(())
+}
+
+async fn reload_on_sighup(reloader: Arc<Reloader>, shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(hup) => hup,
+        Err(e) => {
+            warn!(error = %e, "cannot listen for SIGHUP; use `postern reload`");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = hup.recv() => {
+                info!("SIGHUP: reloading the config");
+                // The outcome is logged by the reloader.
+                let _ = reloader.reload().await;
+            }
+        }
+    }
+}

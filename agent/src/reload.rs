@@ -1,0 +1,111 @@
+//! Reloading the config under a running daemon (SIGHUP or `postern reload`): a config
+//! that fails validation is refused whole; a good one is swapped in without a reconnect.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use tracing::{error, info};
+
+use crate::call_table::CallTable;
+use crate::config::AgentConfig;
+
+/// What the tunnel needs from the config; a change here means a new session.
+pub fn session_settings_differ(a: &AgentConfig, b: &AgentConfig) -> bool {
+    a.relays != b.relays
+        || a.relay_fingerprint != b.relay_fingerprint
+        || a.token != b.token
+        || a.proxy != b.proxy
+}
+
+pub struct Reloader {
+    path: PathBuf,
+    config: watch::Sender<Arc<AgentConfig>>,
+    calls: Arc<CallTable>,
+    /// One reload at a time: two at once could swap in the older file last.
+    running: tokio::sync::Mutex<()>,
+}
+
+impl Reloader {
+    pub fn new(
+        path: PathBuf,
+        config: watch::Sender<Arc<AgentConfig>>,
+        calls: Arc<CallTable>,
+    ) -> Self {
+        Self {
+            path,
+            config,
+            calls,
+            running: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Loads, validates and applies the config file. `Ok` lists what changed; `Err`
+    /// says why the file was refused (the running config stays in force).
+    pub async fn reload(&self) -> Result<Vec<String>, String> {
+        let _one_at_a_time = self.running.lock().await;
+        let path = self.path.clone();
+        let loaded = tokio::task::spawn_blocking(move || AgentConfig::load(&path))
+            .await
+            .map_err(|e| format!("reload task failed: {e}"))
+            .and_then(|r| r.map_err(|e| e.to_string()));
+        let result = match loaded {
+            Ok(new) => self.apply(new),
+            Err(reason) => Err(reason),
+        };
+        match &result {
+            Ok(changes) => {
+                info!(config = %self.path.display(), changes = %changes.join("; "), "config reloaded")
+            }
+            Err(reason) => {
+                error!(config = %self.path.display(), %reason, "config reload refused; the running config stays in force")
+            }
+        }
+        result
+    }
+
+    fn apply(&self, new: AgentConfig) -> Result<Vec<String>, String> {
+        let old = self.config.borrow().clone();
+        if new.status_socket != old.status_socket {
+            // `postern status` and `reload` would look for the daemon where it is not.
+            return Err(format!(
+                "status_socket cannot change while the agent runs ({} → {}): restart the agent instead",
+                old.status_socket.display(),
+                new.status_socket.display()
+            ));
+        }
+        let contexts = self
+            .calls
+            .build(&new.connections)
+            .map_err(|e| e.to_string())?;
+        let mut changes = Vec::new();
+        let added: Vec<_> = new
+            .connections
+            .keys()
+            .filter(|n| !old.connections.contains_key(*n))
+            .cloned()
+            .collect();
+        let removed: Vec<_> = old
+            .connections
+            .keys()
+            .filter(|n| !new.connections.contains_key(*n))
+            .cloned()
+            .collect();
+        if !added.is_empty() {
+            changes.push(format!("connections added: {}", added.join(", ")));
+        }
+        if !removed.is_empty() {
+            changes.push(format!("connections removed: {}", removed.join(", ")));
+        }
+        changes.push(format!(
+            "{} connection(s) in force, key files read anew",
+            new.connections.len()
+        ));
+        if session_settings_differ(&old, &new) {
+            changes.push("relay, fingerprint, token or proxy changed: reconnecting".into());
+        }
+        self.calls.replace(contexts);
+        self.config.send_replace(Arc::new(new));
+        Ok(changes)
+    }
+}

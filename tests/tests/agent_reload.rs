@@ -1,0 +1,280 @@
+//! Reloading a running agent: `postern reload` and SIGHUP swap connections in without
+//! dropping the tunnel or a call under way, refuse a bad config, and reconnect on a new token.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use postern_tests::harness::{AgentProcess, Api, Bins, RelayProcess, create_agent, create_api_key};
+use postern_tests::internal_server::{InternalServer, Verifier};
+use postern_tests::temp::TempDir;
+
+struct World {
+    dir: TempDir,
+    bins: Bins,
+    relay: RelayProcess,
+    api: Api,
+    token: String,
+    internal: InternalServer,
+}
+
+async fn world() -> Result<World> {
+    let dir = TempDir::new("reload")?;
+    let bins = postern_tests::bins!();
+    let state = dir.path().join("relay");
+    let relay = RelayProcess::start(&bins, &state, "127.0.0.1:0", "127.0.0.1:0")?;
+    let (_, token) = create_agent(&bins, &state, "a1")?;
+    let api = Api::new(relay.api_base(), create_api_key(&bins, &state, "k")?);
+    let internal = InternalServer::start(Verifier::None, "").await?;
+    Ok(World {
+        dir,
+        bins,
+        relay,
+        api,
+        token,
+        internal,
+    })
+}
+
+impl World {
+    /// Writes the agent's config with these connection names, all on the internal server.
+    fn write_config(&self, token: &str, connections: &[&str]) -> Result<std::path::PathBuf> {
+        let mut text = postern_tests::harness::agent_config(
+            self.relay.ssh,
+            &self.relay.fingerprint,
+            token,
+            "",
+        );
+        for name in connections {
+            text.push_str(&format!(
+                "[connections.{name}]\nbase_uri = \"{}\"\n",
+                self.internal.base_uri()
+            ));
+        }
+        Ok(self.dir.write_private("agent.toml", &text)?)
+    }
+
+    /// Polls a call until it answers `status`, bounded by `limit`; returns how long it took.
+    async fn wait_status(
+        &self,
+        connection: &str,
+        status: u16,
+        limit: Duration,
+    ) -> Result<Duration> {
+        let started = Instant::now();
+        loop {
+            let got = self
+                .api
+                .call("a1", connection, "/x")
+                .await?
+                .status()
+                .as_u16();
+            if got == status {
+                return Ok(started.elapsed());
+            }
+            if started.elapsed() > limit {
+                bail!("{connection} answered {got}, not {status}, within {limit:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}
+
+/// Runs `postern reload`; returns its exit code and output.
+fn reload(bins: &Bins, config: &Path) -> Result<(Option<i32>, String)> {
+    let out = Command::new(&bins.agent)
+        .args(["reload", "--config"])
+        .arg(config)
+        .output()?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok((out.status.code(), text))
+}
+
+fn status_json(bins: &Bins, config: &Path) -> Result<serde_json::Value> {
+    let out = Command::new(&bins.agent)
+        .args(["status", "--json", "--config"])
+        .arg(config)
+        .output()?;
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reload_swaps_connections_without_dropping_the_tunnel_or_a_call() -> Result<()> {
+    let w = world().await?;
+    let config = w.write_config(&w.token, &["o"])?;
+    let agent = AgentProcess::start(&w.bins, &config)?;
+    let online = w
+        .api
+        .wait_online("a1", true, Duration::from_secs(15))
+        .await?;
+    assert_eq!(online.connections, vec!["o"]);
+    assert_eq!(w.api.call("a1", "o", "/before").await?.status(), 200);
+    assert_eq!(w.api.call("a1", "p", "/x").await?.status(), 404);
+
+    // A call under way (the internal server takes 3 s) while the config changes.
+    let api = w.api.clone();
+    let in_flight = tokio::spawn(async move { api.call("a1", "o", "/slow").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    w.write_config(&w.token, &["o", "p"])?;
+    let (code, text) = reload(&w.bins, &config)?;
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("connections added: p"), "{text}");
+    let took = w.wait_status("p", 200, Duration::from_secs(5)).await?;
+    assert!(
+        took < Duration::from_secs(2),
+        "the relay learned of p only after {took:?}"
+    );
+    let slow = in_flight.await??;
+    assert_eq!(
+        slow.status(),
+        200,
+        "the call under way finished on the old settings"
+    );
+
+    // Same session throughout: the relay never saw the agent go, the agent never reconnected.
+    let info = w.api.agent("a1").await?;
+    assert_eq!(
+        info.connected_since, online.connected_since,
+        "the tunnel was not dropped"
+    );
+    assert_eq!(info.connections, vec!["o", "p"]);
+    let status = status_json(&w.bins, &config)?;
+    assert_eq!(status["reconnects"], 0, "{status}");
+    assert_eq!(status["connected"], true, "{status}");
+    assert_eq!(
+        status["connections"]["o"]["calls_served"], 2,
+        "counters survive the reload: {status}"
+    );
+
+    // A config that fails validation is refused whole, with the reason; p keeps working.
+    let mut broken = std::fs::read_to_string(&config)?;
+    broken.push_str("[connections.q]\nbase_uri = \"ftp://nowhere\"\n");
+    w.dir.write_private("agent.toml", &broken)?;
+    let (code, text) = reload(&w.bins, &config)?;
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("refused") && text.contains("connections.q"),
+        "the reason names the problem: {text}"
+    );
+    assert_eq!(w.api.call("a1", "p", "/still").await?.status(), 200);
+    assert_eq!(w.api.agent("a1").await?.connections, vec!["o", "p"]);
+
+    // SIGHUP does the same as `postern reload`: p goes, o stays, same session.
+    w.write_config(&w.token, &["o"])?;
+    let hup = Command::new("kill")
+        .args(["-HUP", &agent.pid().to_string()])
+        .status()?;
+    assert!(hup.success());
+    w.wait_status("p", 404, Duration::from_secs(5)).await?;
+    assert_eq!(w.api.call("a1", "o", "/after").await?.status(), 200);
+    let info = w.api.agent("a1").await?;
+    assert_eq!(info.connected_since, online.connected_since);
+    assert_eq!(info.connections, vec!["o"]);
+    assert!(agent.logs.contains("config reloaded"));
+    assert!(agent.logs.contains("config reload refused"));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_token_is_tried_at_once_after_a_reload() -> Result<()> {
+    let w = world().await?;
+    let config = w.write_config(&w.token, &["o"])?;
+    let agent = AgentProcess::start(&w.bins, &config)?;
+    w.api
+        .wait_online("a1", true, Duration::from_secs(15))
+        .await?;
+
+    // Rotation without grace drops the session; the agent's old token is refused, so it
+    // backs off to the cap (30 s) and says so.
+    let rotated: serde_json::Value = w
+        .api
+        .http
+        .post(format!("{}/v1/agents/a1/token", w.api.base))
+        .bearer_auth(&w.api.key)
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let new_token = rotated["token"].as_str().unwrap_or_default().to_owned();
+    assert!(new_token.starts_with("pst_"));
+    agent
+        .logs
+        .wait_for("relay refused this agent", Duration::from_secs(10))?;
+
+    // The admin stores the new token and reloads: the agent connects at once, not after the cap.
+    let token_file = w.dir.write_private("new-token", &new_token)?;
+    let set = Command::new(&w.bins.agent)
+        .args(["token", "set", "--config"])
+        .arg(&config)
+        .arg("--token-file")
+        .arg(&token_file)
+        .output()?;
+    assert!(
+        set.status.success(),
+        "{}",
+        String::from_utf8_lossy(&set.stderr)
+    );
+    let started = Instant::now();
+    let (code, text) = reload(&w.bins, &config)?;
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("reconnecting"), "{text}");
+    w.api
+        .wait_online("a1", true, Duration::from_secs(5))
+        .await?;
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "online again after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(w.api.call("a1", "o", "/x").await?.status(), 200);
+
+    // A new relay address while connected: the call under way finishes, then the agent
+    // reconnects to the new address.
+    let before = status_json(&w.bins, &config)?["reconnects"].as_u64();
+    let api = w.api.clone();
+    let in_flight = tokio::spawn(async move { api.call("a1", "o", "/slow").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let text = std::fs::read_to_string(&config)?.replace(
+        &format!("relay = \"{}\"", w.relay.ssh),
+        &format!("relay = \"localhost:{}\"", w.relay.ssh.port()),
+    );
+    w.dir.write_private("agent.toml", &text)?;
+    let (code, text) = reload(&w.bins, &config)?;
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("reconnecting"), "{text}");
+    assert_eq!(
+        in_flight.await??.status(),
+        200,
+        "drained before reconnecting"
+    );
+    agent.logs.wait_for(
+        "reconnecting with the reloaded settings",
+        Duration::from_secs(5),
+    )?;
+    w.api
+        .wait_online("a1", true, Duration::from_secs(5))
+        .await?;
+    assert_eq!(w.api.call("a1", "o", "/x").await?.status(), 200);
+    let status = status_json(&w.bins, &config)?;
+    assert_eq!(
+        status["relays"][0],
+        format!("localhost:{}", w.relay.ssh.port())
+    );
+    assert_eq!(
+        status["reconnects"].as_u64(),
+        before.map(|n| n + 1),
+        "{status}"
+    );
+    assert!(
+        !agent.logs.contains(&new_token),
+        "the token never reaches the log"
+    );
+    Ok(())
+}
