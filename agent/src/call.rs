@@ -148,6 +148,14 @@ pub async fn handle(ctx: Arc<CallContext>, request: Request<Incoming>) -> Respon
     response
 }
 
+/// A header block's size as sent: `name: value` and CRLF per header.
+fn header_bytes(headers: &HeaderMap) -> usize {
+    headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum()
+}
+
 fn hold_until_done(body: CallBody, permit: tokio::sync::OwnedSemaphorePermit) -> CallBody {
     BodyExt::boxed(body.map_frame(move |frame| {
         let _held = &permit;
@@ -179,6 +187,15 @@ async fn run(
             format!(
                 "the request body is larger than this connection's max_request_body ({} bytes)",
                 conn.limits.max_request_body
+            ),
+        ));
+    }
+    let max_headers = conn.limits.max_header_bytes as usize;
+    if header_bytes(&parts.headers) > max_headers {
+        return Err((
+            ErrorCode::PayloadTooLarge,
+            format!(
+                "the request headers are larger than this connection's max_header_bytes ({max_headers} bytes)"
             ),
         ));
     }
@@ -245,6 +262,14 @@ async fn run(
     {
         warn!(connection = %conn.name, pause_ms = pause.as_millis() as u64, "upstream asked to slow down; pausing the connection");
         ctx.limiter.pause(pause);
+    }
+    if header_bytes(upstream.headers()) > max_headers {
+        return Err((
+            ErrorCode::PayloadTooLarge,
+            format!(
+                "the internal server's answer headers are larger than this connection's max_header_bytes ({max_headers} bytes)"
+            ),
+        ));
     }
     let mut builder = Response::builder().status(upstream.status());
     if let Some(h) = builder.headers_mut() {

@@ -56,7 +56,12 @@ pub struct CallLimits {
     pub max_concurrent_calls: u32,
     pub max_request_body: u64,
     pub max_response_body: u64,
+    /// Bytes of a request's or an answer's header block (names, values, `: ` and CRLF).
+    pub max_header_bytes: u32,
 }
+
+/// The most `max_header_bytes` may be: the channel's HTTP parser holds 256 KiB.
+pub const MAX_HEADER_BYTES_CEILING: u32 = 128 * 1024;
 
 impl Default for CallLimits {
     fn default() -> Self {
@@ -64,6 +69,7 @@ impl Default for CallLimits {
             max_concurrent_calls: 128,
             max_request_body: 64 * 1024 * 1024,
             max_response_body: 1024 * 1024 * 1024,
+            max_header_bytes: 64 * 1024,
         }
     }
 }
@@ -269,9 +275,15 @@ fn resolve_connection(
             .unwrap_or(defaults.max_concurrent_calls),
         max_request_body: conn.max_request_body.unwrap_or(defaults.max_request_body),
         max_response_body: conn.max_response_body.unwrap_or(defaults.max_response_body),
+        max_header_bytes: conn.max_header_bytes.unwrap_or(defaults.max_header_bytes),
     };
     if limits.max_concurrent_calls == 0 {
         return Err("max_concurrent_calls must be at least 1".into());
+    }
+    if !(1024..=MAX_HEADER_BYTES_CEILING).contains(&limits.max_header_bytes) {
+        return Err(format!(
+            "max_header_bytes must be between 1024 and {MAX_HEADER_BYTES_CEILING}"
+        ));
     }
     Ok(Connection {
         name,

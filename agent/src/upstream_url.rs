@@ -1,5 +1,5 @@
 //! Maps a call's path under its connection's `base_uri` and refuses anything
-//! that could leave it: dot segments (raw or encoded), encoded slashes, `@`, controls.
+//! that could leave it: dot segments (raw or encoded), encoded slashes, `@`, controls (raw or encoded).
 
 use url::Url;
 
@@ -19,6 +19,8 @@ pub enum PathError {
     DotSegment,
     #[error("the path may not hold encoded '/', '\\' or NUL")]
     EncodedSeparator,
+    #[error("the path may not hold encoded control characters (CR, LF, TAB…)")]
+    EncodedControl,
     #[error("the path holds a malformed percent-escape")]
     BadEscape,
     #[error("the path may not hold a fragment ('#')")]
@@ -92,6 +94,10 @@ fn check_path(path: &str) -> Result<(), PathError> {
         {
             return Err(PathError::EncodedSeparator);
         }
+        // A server that decodes the path into a header or a log line would split it.
+        if decoded.iter().any(|b| b.is_ascii_control()) {
+            return Err(PathError::EncodedControl);
+        }
         if decoded == b"." || decoded == b".." {
             return Err(PathError::DotSegment);
         }
@@ -164,6 +170,10 @@ mod tests {
             ("/a%zz", PathError::BadEscape),
             ("/a%2", PathError::BadEscape),
             ("/x?a=1\r\nb", PathError::BadCharacter),
+            ("/a%0d%0aX-Injected:%20yes", PathError::EncodedControl),
+            ("/a%0Ab", PathError::EncodedControl),
+            ("/a%09b", PathError::EncodedControl),
+            ("/a%7fb", PathError::EncodedControl),
         ];
         for (path, expected) in cases {
             assert_eq!(build(&base(), path), Err(expected.clone()), "{path:?}");

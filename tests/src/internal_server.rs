@@ -135,6 +135,10 @@ async fn handle(State(state): State<AppState>, request: Request) -> Response {
     if path.ends_with("/slow") {
         tokio::time::sleep(Duration::from_secs(3)).await;
     }
+    if path.ends_with("/big-headers") {
+        let big = "h".repeat(8 * 1024);
+        return (StatusCode::OK, [("x-big", big)], "headers galore").into_response();
+    }
     if let Some(size) = path
         .strip_prefix("/api/bytes/")
         .and_then(|n| n.parse::<usize>().ok())

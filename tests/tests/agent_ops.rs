@@ -350,7 +350,7 @@ async fn status_reports_the_tunnel_and_each_connection() -> Result<()> {
 async fn connection_limits_give_clear_errors_and_the_agent_keeps_serving() -> Result<()> {
     let s = setup().await?;
     let text = s.config(&format!("relay = \"{}\"", s.relay.ssh))
-        + "max_concurrent_calls = 2\nmax_request_body = 1000\nmax_response_body = 1000\ntimeout = \"10s\"\n";
+        + "max_concurrent_calls = 2\nmax_request_body = 1000\nmax_response_body = 1000\nmax_header_bytes = 2048\ntimeout = \"10s\"\n";
     let config = s.dir.write_private("agent.toml", &text)?;
     let _agent = AgentProcess::start(&s.bins, &config)?;
     s.api
@@ -402,6 +402,27 @@ async fn connection_limits_give_clear_errors_and_the_agent_keeps_serving() -> Re
     let r = s.api.call("a1", "o", "/bytes/5000").await?;
     assert_eq!(r.status(), 413);
     assert_eq!(code(r.json().await?), "payload_too_large");
+
+    // Headers: a 4 KiB request header never reaches the internal server; an answer with
+    // 8 KiB of headers is not passed on.
+    let seen_before = s.internal.requests().len();
+    let r = s
+        .api
+        .http
+        .get(format!("{}/v1/agents/a1/connections/o/http/h", s.api.base))
+        .bearer_auth(&s.api.key)
+        .header("x-large", "v".repeat(4096))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 413);
+    let body: serde_json::Value = r.json().await?;
+    assert_eq!(code(body.clone()), "payload_too_large");
+    assert!(body.to_string().contains("max_header_bytes"), "{body}");
+    assert_eq!(s.internal.requests().len(), seen_before);
+    let r = s.api.call("a1", "o", "/big-headers").await?;
+    assert_eq!(r.status(), 413);
+    let body: serde_json::Value = r.json().await?;
+    assert!(body.to_string().contains("answer headers"), "{body}");
 
     // Within the limits everything still works.
     let r = s.api.call("a1", "o", "/bytes/900").await?;

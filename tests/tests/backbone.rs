@@ -323,6 +323,10 @@ async fn paths_cannot_escape_the_base_uri() -> Result<()> {
         "/http://evil.example/x",
         "/user@evil.example/x",
         "/a%00b",
+        "/a%0d%0aX-Injected:%20yes",
+        "/a%0ab",
+        "/a%0db",
+        "/a\\..\\secret",
     ] {
         let (status, text) = raw_get(&w.api, &format!("{prefix}{attempt}"))?;
         assert_eq!(status, 400, "{attempt} → {text}");
@@ -335,6 +339,67 @@ async fn paths_cannot_escape_the_base_uri() -> Result<()> {
     let (status, _) = raw_get(&w.api, &format!("{prefix}/fine/path"))?;
     assert_eq!(status, 200);
     assert_eq!(w.internal.requests()[0].path_and_query, "/api/fine/path");
+    Ok(())
+}
+
+/// Sends `GET path` with one extra raw header line, exactly as given.
+fn raw_get_with_header(api: &Api, path: &str, header: &[u8]) -> Result<(u16, String)> {
+    let addr = api.base.trim_start_matches("http://");
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nConnection: close\r\n",
+        api.key
+    )
+    .into_bytes();
+    request.extend_from_slice(header);
+    request.extend_from_slice(b"\r\n\r\n");
+    stream.write_all(&request)?;
+    let mut text = Vec::new();
+    // A refusal may close the connection with a reset: what was read until then counts.
+    let _ = stream.read_to_end(&mut text);
+    let text = String::from_utf8_lossy(&text).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    Ok((status, text))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn control_characters_in_header_values_never_reach_the_internal_server() -> Result<()> {
+    let w = World::start().await?;
+    let path = "/v1/agents/warehouse-1/connections/orders/http/h";
+    for header in [
+        &b"X-Note: a\0b"[..],
+        b"X-Note: a\rb",
+        b"X-Note: a\r\n folded",
+        b"X-Note: a\r\n\tfolded",
+        b"X-No\0te: b",
+        b"X Note: b",
+        b"X-Note\r\n: b",
+    ] {
+        let shown = String::from_utf8_lossy(header).escape_debug().to_string();
+        let (status, text) = raw_get_with_header(&w.api, path, header)?;
+        assert_eq!(status, 400, "{shown} → {text}");
+    }
+    assert!(
+        w.internal.requests().is_empty(),
+        "a request with a control character in a header reached the internal server: {:?}",
+        w.internal.requests()
+    );
+    // The same request with a clean header goes through.
+    let (status, text) = raw_get_with_header(&w.api, path, b"X-Note: fine")?;
+    assert_eq!(status, 200, "{text}");
+    let seen = w.internal.requests();
+    assert_eq!(seen.len(), 1);
+    assert!(
+        seen[0]
+            .headers
+            .iter()
+            .any(|(k, v)| k == "x-note" && v == "fine")
+    );
     Ok(())
 }
 

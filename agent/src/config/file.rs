@@ -62,6 +62,8 @@ pub struct ConnectionFile {
     pub max_request_body: Option<u64>,
     /// Largest answer in bytes (default 1 GiB); larger is refused or cut off.
     pub max_response_body: Option<u64>,
+    /// Largest header block of a request or answer in bytes (default 64 KiB).
+    pub max_header_bytes: Option<u32>,
 }
 
 /// `test = { method = "GET", path = "/health", expect_status = 200 }`.

@@ -357,3 +357,36 @@ fn the_readme_jwt_examples_parse() {
             .unwrap_or_else(|e| panic!("README example does not parse: {e}\n{block}"));
     }
 }
+
+#[test]
+fn call_limits_default_and_refuse_nonsense() {
+    let conn = |extra: &str| {
+        base(&format!(
+            "[connections.a]\nbase_uri = \"http://x\"\n{extra}\n"
+        ))
+    };
+    let cfg = parse(&conn("")).expect("valid");
+    assert_eq!(
+        cfg.connection("a").expect("a").limits,
+        CallLimits::default()
+    );
+    let cfg = parse(&conn("max_header_bytes = 2048")).expect("valid");
+    assert_eq!(
+        cfg.connection("a").expect("a").limits.max_header_bytes,
+        2048
+    );
+    for (extra, expected) in [
+        ("max_header_bytes = 100", "max_header_bytes must be between"),
+        (
+            "max_header_bytes = 1000000",
+            "max_header_bytes must be between",
+        ),
+        (
+            "max_concurrent_calls = 0",
+            "max_concurrent_calls must be at least 1",
+        ),
+    ] {
+        let err = parse(&conn(extra)).expect_err(extra);
+        assert!(err.contains(expected), "{extra} → {err}");
+    }
+}
