@@ -21,6 +21,7 @@ use tracing::{info, warn};
 
 use crate::config::{Auth, Connection};
 use crate::jwt::{Bearer, BearerError, BearerSource};
+use crate::metrics::AgentMetrics;
 use crate::upstream_url;
 use rate_limit::Limiter;
 pub(crate) use replay::RequestBody;
@@ -41,11 +42,13 @@ pub struct CallContext {
     pub failed: Arc<AtomicU64>,
     /// One permit per call under way, up to `max_concurrent_calls`.
     in_flight: Arc<tokio::sync::Semaphore>,
+    metrics: Arc<AgentMetrics>,
 }
 
 impl CallContext {
+    /// A context of its own, for one-off use such as `postern connection test`.
     pub fn new(connection: Arc<Connection>) -> Result<Self, reqwest::Error> {
-        Self::succeeding(connection, None)
+        Self::succeeding(connection, None, &Arc::default())
     }
 
     /// The context for a reloaded connection. It keeps the counters of the one it replaces,
@@ -54,6 +57,7 @@ impl CallContext {
     pub fn succeeding(
         connection: Arc<Connection>,
         previous: Option<&CallContext>,
+        metrics: &Arc<AgentMetrics>,
     ) -> Result<Self, reqwest::Error> {
         let mut builder = reqwest::Client::builder()
             .connect_timeout(connection.timeout)
@@ -72,7 +76,10 @@ impl CallContext {
         let http = builder.build()?;
         let bearer = match &connection.auth {
             Auth::None => None,
-            Auth::JwtBearer(jwt) => Some(BearerSource::new(jwt.clone())),
+            Auth::JwtBearer(jwt) => Some(BearerSource::new(
+                jwt.clone(),
+                metrics.exchange_counters(connection.name.as_str()),
+            )),
         };
         let limiter = previous
             .filter(|p| p.connection.rate_limit == connection.rate_limit)
@@ -95,6 +102,7 @@ impl CallContext {
             served: previous.map(|p| p.served.clone()).unwrap_or_default(),
             failed: previous.map(|p| p.failed.clone()).unwrap_or_default(),
             in_flight,
+            metrics: metrics.clone(),
             connection,
         })
     }
@@ -137,12 +145,16 @@ pub async fn handle(ctx: Arc<CallContext>, request: Request<Incoming>) -> Respon
             error_response(code, &message)
         }
     };
+    let elapsed = started.elapsed();
+    let status = response.status().as_u16();
+    ctx.metrics
+        .call_finished(ctx.connection.name.as_str(), status, elapsed);
     info!(
         %request_id,
         connection = %ctx.connection.name,
         %method,
-        status = response.status().as_u16(),
-        ms = started.elapsed().as_millis() as u64,
+        status,
+        ms = elapsed.as_millis() as u64,
         "call"
     );
     response

@@ -6,6 +6,7 @@ use std::sync::{Arc, RwLock};
 
 use crate::call::CallContext;
 use crate::config::Connection;
+use crate::metrics::AgentMetrics;
 
 pub type Contexts = BTreeMap<String, Arc<CallContext>>;
 
@@ -16,10 +17,20 @@ pub struct BuildError {
     pub source: reqwest::Error,
 }
 
-#[derive(Default)]
-pub struct CallTable(RwLock<Arc<Contexts>>);
+pub struct CallTable {
+    current: RwLock<Arc<Contexts>>,
+    metrics: Arc<AgentMetrics>,
+}
 
 impl CallTable {
+    /// An empty table whose contexts will record into `metrics`.
+    pub fn new(metrics: Arc<AgentMetrics>) -> Self {
+        Self {
+            current: RwLock::default(),
+            metrics,
+        }
+    }
+
     /// Builds a context per connection, each succeeding this table's context of the same
     /// name (see [`CallContext::succeeding`]). Nothing changes here until [`Self::replace`].
     pub fn build(
@@ -31,7 +42,7 @@ impl CallTable {
             .iter()
             .map(|(name, conn)| {
                 let previous = current.get(name).map(|c| c.as_ref());
-                CallContext::succeeding(conn.clone(), previous)
+                CallContext::succeeding(conn.clone(), previous, &self.metrics)
                     .map(|ctx| (name.clone(), Arc::new(ctx)))
                     .map_err(|source| BuildError {
                         name: name.clone(),
@@ -42,15 +53,18 @@ impl CallTable {
     }
 
     pub fn replace(&self, contexts: Contexts) {
-        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(contexts);
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(contexts);
     }
 
     pub fn snapshot(&self) -> Arc<Contexts> {
-        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub fn get(&self, name: &str) -> Option<Arc<CallContext>> {
-        self.0
+        self.current
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .get(name)

@@ -27,6 +27,8 @@ pub struct AgentConfig {
     pub proxy: Option<crate::proxy::Proxy>,
     /// The Unix socket `postern status` asks.
     pub status_socket: PathBuf,
+    /// Where to serve `GET /metrics`: a loopback address, or `None` for no metrics.
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// The relay host key fingerprint to pin (`SHA256:…`).
     pub relay_fingerprint: String,
     pub token: SecretToken,
@@ -181,6 +183,21 @@ impl AgentConfig {
             problems.push(e);
             None
         });
+        let metrics_listen = file.metrics_listen.as_deref().and_then(|text| {
+            match text.parse::<std::net::SocketAddr>() {
+                Ok(addr) if addr.ip().is_loopback() => Some(addr),
+                Ok(_) => {
+                    problems.push(format!(
+                        "metrics_listen {text:?} must be a loopback address (127.0.0.1:PORT or [::1]:PORT): the agent opens no port to the network"
+                    ));
+                    None
+                }
+                Err(e) => {
+                    problems.push(format!("metrics_listen {text:?}: {e} (expected 127.0.0.1:PORT)"));
+                    None
+                }
+            }
+        });
         let token = one_secret(
             "token",
             file.token.as_deref(),
@@ -209,6 +226,7 @@ impl AgentConfig {
                 relays,
                 proxy,
                 status_socket: status_socket(file.status_socket.as_deref(), base_dir),
+                metrics_listen,
                 relay_fingerprint: file.relay_fingerprint,
                 token,
                 connections,

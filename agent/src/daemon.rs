@@ -1,5 +1,5 @@
 //! The daemon put together: the call table, the config watch and its reloads (SIGHUP
-//! or the local socket), the status socket and the tunnel, stopped by one token.
+//! or the local socket), the status socket, metrics and the tunnel, stopped by one token.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -11,9 +11,21 @@ use tracing::{info, warn};
 
 use crate::call_table::{BuildError, CallTable};
 use crate::config::AgentConfig;
+use crate::metrics::AgentMetrics;
 use crate::reload::Reloader;
 use crate::status::StatusServer;
 use crate::tunnel::{self, TunnelState};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Connection(#[from] BuildError),
+    #[error("metrics_listen {addr}: {source}")]
+    Metrics {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+}
 
 /// Runs until `shutdown`. With `config_path`, SIGHUP and `postern reload` re-read that file.
 pub async fn run(
@@ -21,9 +33,24 @@ pub async fn run(
     config_path: Option<PathBuf>,
     shutdown: CancellationToken,
     state: watch::Sender<TunnelState>,
-) -> Result<(), BuildError> {
-    let calls = Arc::new(CallTable::default());
+) -> Result<(), DaemonError> {
+    let metrics = Arc::new(AgentMetrics::default());
+    let calls = Arc::new(CallTable::new(metrics.clone()));
     calls.replace(calls.build(&config.connections)?);
+    let tasks = TaskTracker::new();
+    // Asked for explicitly, so a port that cannot be had stops the start.
+    if let Some(addr) = config.metrics_listen {
+        let listener = crate::metrics::bind(addr)
+            .await
+            .map_err(|source| DaemonError::Metrics { addr, source })?;
+        info!(%addr, "serving Prometheus metrics at /metrics");
+        tasks.spawn(crate::metrics::serve(
+            listener,
+            metrics,
+            state.subscribe(),
+            shutdown.clone(),
+        ));
+    }
     let socket = config.status_socket.clone();
     let (config_tx, config_rx) = watch::channel(Arc::new(config));
     let reloader = config_path.map(|path| Arc::new(Reloader::new(path, config_tx, calls.clone())));

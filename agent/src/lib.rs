@@ -11,6 +11,7 @@
 //! - [`status`]: the daemon's local Unix socket: status reports and reload requests.
 //! - [`call_table`]: the connections served right now, swapped whole on reload.
 //! - [`reload`]: re-reads the config under a running daemon, or refuses it.
+//! - [`metrics`]: optional Prometheus metrics on a loopback address.
 //! - [`daemon`]: puts the call table, reloads, status socket and tunnel together.
 //! - [`tunnel`]: connect, authenticate, announce, serve; reconnect with backoff.
 //! - [`backoff`]: exponential backoff with full jitter.
@@ -27,6 +28,7 @@ pub mod config;
 pub mod connection_test;
 pub mod daemon;
 pub mod jwt;
+pub mod metrics;
 pub mod proxy;
 pub mod reload;
 pub mod ssh_client;

@@ -191,13 +191,20 @@ async fn fifty_concurrent_calls_share_one_exchange() -> Result<()> {
     // A slow endpoint makes every call arrive while the first exchange is under way.
     config.delay = Duration::from_millis(500);
     let endpoint = TokenEndpoint::start(config).await?;
-    let connection = exchange_connection(
-        "erp",
-        &endpoint,
-        "ES256",
-        "ec.pem",
-        "",
-        "params = { scope = \"orders.read orders.write\" }",
+    // The agent's Prometheus metrics must show the same: one exchange, fifty calls.
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let connection = format!(
+        "metrics_listen = \"127.0.0.1:{metrics_port}\"\n{}",
+        exchange_connection(
+            "erp",
+            &endpoint,
+            "ES256",
+            "ec.pem",
+            "",
+            "params = { scope = \"orders.read orders.write\" }",
+        )
     );
     let world = World::start(dir, &connection).await?;
     let mut calls = tokio::task::JoinSet::new();
@@ -248,6 +255,23 @@ async fn fifty_concurrent_calls_share_one_exchange() -> Result<()> {
     );
     // The access token is a secret: never in the agent's log.
     assert!(!world.agent.logs.contains(&issued));
+
+    let metrics = reqwest::get(format!("http://127.0.0.1:{metrics_port}/metrics"))
+        .await?
+        .error_for_status()?
+        .text()
+        .await?;
+    for line in [
+        "postern_agent_token_exchanges_total{connection=\"erp\",outcome=\"ok\"} 1\n",
+        "postern_agent_token_exchanges_total{connection=\"erp\",outcome=\"failed\"} 0\n",
+        "postern_agent_calls_total{connection=\"erp\",status=\"200\"} 50\n",
+        "postern_agent_call_duration_seconds_count{connection=\"erp\"} 50\n",
+        "postern_agent_connected 1\n",
+        "postern_agent_reconnects_total 0\n",
+    ] {
+        assert!(metrics.contains(line), "{line:?} missing from:\n{metrics}");
+    }
+    assert!(!metrics.contains(&issued), "no token in the metrics");
     Ok(())
 }
 

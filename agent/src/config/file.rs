@@ -16,6 +16,8 @@ pub struct ConfigFile {
     pub proxy: Option<String>,
     /// Where the daemon answers `postern status` (a Unix socket, mode 0600).
     pub status_socket: Option<PathBuf>,
+    /// `127.0.0.1:PORT` (or `[::1]:PORT`) to serve Prometheus metrics on; off when absent.
+    pub metrics_listen: Option<String>,
     pub relay_fingerprint: String,
     pub token: Option<String>,
     pub token_file: Option<PathBuf>,

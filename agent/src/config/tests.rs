@@ -390,3 +390,22 @@ fn call_limits_default_and_refuse_nonsense() {
         assert!(err.contains(expected), "{extra} → {err}");
     }
 }
+
+#[test]
+fn metrics_listen_is_loopback_only() {
+    let cfg = parse(&base("metrics_listen = \"127.0.0.1:9464\"")).expect("valid");
+    assert_eq!(
+        cfg.metrics_listen,
+        Some("127.0.0.1:9464".parse().expect("addr"))
+    );
+    assert!(parse(&base("metrics_listen = \"[::1]:9464\"")).is_ok());
+    assert_eq!(parse(&base("")).expect("valid").metrics_listen, None);
+    for (value, expected) in [
+        ("0.0.0.0:9464", "must be a loopback address"),
+        ("10.1.2.3:9464", "must be a loopback address"),
+        ("localhost", "expected 127.0.0.1:PORT"),
+    ] {
+        let err = parse(&base(&format!("metrics_listen = \"{value}\""))).expect_err(value);
+        assert!(err.contains(expected), "{value} → {err}");
+    }
+}

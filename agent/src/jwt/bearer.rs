@@ -12,6 +12,7 @@ use tokio::sync::Mutex;
 use super::exchange::{ExchangeError, exchange};
 use super::signer::JwtError;
 use crate::config::JwtBearer;
+use crate::metrics::ExchangeCounters;
 
 /// An exchanged token is refreshed this long before it expires, at most…
 const REFRESH_MARGIN_MAX: Duration = Duration::from_secs(60);
@@ -69,13 +70,15 @@ struct State {
 pub struct BearerSource {
     auth: Arc<JwtBearer>,
     state: Mutex<State>,
+    exchanges: ExchangeCounters,
 }
 
 impl BearerSource {
-    pub fn new(auth: Arc<JwtBearer>) -> Self {
+    pub fn new(auth: Arc<JwtBearer>, exchanges: ExchangeCounters) -> Self {
         Self {
             auth,
             state: Mutex::new(State::default()),
+            exchanges,
         }
     }
 
@@ -111,6 +114,12 @@ impl BearerSource {
         }
         let started = Instant::now();
         let result = self.mint(http, timeout).await;
+        if self.auth.exchange.is_some() {
+            match &result {
+                Ok(_) => self.exchanges.ok.inc(),
+                Err(_) => self.exchanges.failed.inc(),
+            };
+        }
         match result {
             Ok((header, valid_for)) => {
                 state.failure = None;
@@ -229,11 +238,14 @@ mod tests {
             PayloadTemplate::parse(&payload).expect("payload"),
         )
         .expect("signer");
-        BearerSource::new(Arc::new(JwtBearer {
-            signer,
-            reuse_for,
-            exchange: None,
-        }))
+        BearerSource::new(
+            Arc::new(JwtBearer {
+                signer,
+                reuse_for,
+                exchange: None,
+            }),
+            ExchangeCounters::default(),
+        )
     }
 
     #[tokio::test]

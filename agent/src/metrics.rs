@@ -1,0 +1,237 @@
+//! The agent's optional Prometheus metrics (`metrics_listen`, loopback only): calls by
+//! connection and status, call durations, token exchanges, tunnel state and reconnects.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::{Method, Request, Response, StatusCode, header::CONTENT_TYPE};
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::warn;
+
+use crate::tunnel::TunnelState;
+
+/// Upper bounds (seconds) of the call duration histogram's buckets.
+pub const DURATION_BUCKETS: [f64; 14] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CallLabels {
+    connection: String,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ConnectionLabel {
+    connection: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ExchangeLabels {
+    connection: String,
+    outcome: &'static str,
+}
+
+/// The token exchange counters of one connection (shared with the registry).
+#[derive(Clone, Default)]
+pub struct ExchangeCounters {
+    pub ok: Counter,
+    pub failed: Counter,
+}
+
+pub struct AgentMetrics {
+    registry: Registry,
+    connected: Gauge,
+    reconnects: Counter,
+    calls: Family<CallLabels, Counter>,
+    call_duration: Family<ConnectionLabel, Histogram, fn() -> Histogram>,
+    token_exchanges: Family<ExchangeLabels, Counter>,
+    /// One render at a time: the reconnect counter catches up with the tunnel's count there.
+    rendering: Mutex<()>,
+}
+
+fn duration_histogram() -> Histogram {
+    Histogram::new(DURATION_BUCKETS)
+}
+
+impl Default for AgentMetrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("postern_agent");
+        let connected = Gauge::default();
+        let reconnects = Counter::default();
+        let calls = Family::<CallLabels, Counter>::default();
+        let call_duration =
+            Family::<ConnectionLabel, Histogram, fn() -> Histogram>::new_with_constructor(
+                duration_histogram,
+            );
+        let token_exchanges = Family::<ExchangeLabels, Counter>::default();
+        registry.register(
+            "connected",
+            "1 while the tunnel to the relay is up",
+            connected.clone(),
+        );
+        registry.register(
+            "reconnects",
+            "Times the agent connected to the relay again",
+            reconnects.clone(),
+        );
+        registry.register(
+            "calls",
+            "Calls by connection and the HTTP status the caller got",
+            calls.clone(),
+        );
+        registry.register(
+            "call_duration_seconds",
+            "Call duration until the answer's headers, by connection",
+            call_duration.clone(),
+        );
+        registry.register(
+            "token_exchanges",
+            "RFC 7523 token exchanges by connection and outcome (ok, failed)",
+            token_exchanges.clone(),
+        );
+        Self {
+            registry,
+            connected,
+            reconnects,
+            calls,
+            call_duration,
+            token_exchanges,
+            rendering: Mutex::new(()),
+        }
+    }
+}
+
+impl AgentMetrics {
+    pub fn call_finished(&self, connection: &str, status: u16, elapsed: Duration) {
+        self.calls
+            .get_or_create(&CallLabels {
+                connection: connection.to_owned(),
+                status,
+            })
+            .inc();
+        self.call_duration
+            .get_or_create(&ConnectionLabel {
+                connection: connection.to_owned(),
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn exchange_counters(&self, connection: &str) -> ExchangeCounters {
+        let counter = |outcome| {
+            self.token_exchanges
+                .get_or_create(&ExchangeLabels {
+                    connection: connection.to_owned(),
+                    outcome,
+                })
+                .clone()
+        };
+        ExchangeCounters {
+            ok: counter("ok"),
+            failed: counter("failed"),
+        }
+    }
+
+    /// The OpenMetrics text, with the tunnel's state as of now.
+    pub fn render(&self, state: &TunnelState) -> String {
+        let _one_at_a_time = self.rendering.lock().unwrap_or_else(|p| p.into_inner());
+        self.connected.set(i64::from(state.connected));
+        let counted = self.reconnects.get();
+        if state.reconnects > counted {
+            self.reconnects.inc_by(state.reconnects - counted);
+        }
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        text
+    }
+}
+
+/// Binds `addr`, which config validation has checked is a loopback address.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+/// Serves `GET /metrics` until `shutdown`.
+pub async fn serve(
+    listener: TcpListener,
+    metrics: Arc<AgentMetrics>,
+    state: watch::Receiver<TunnelState>,
+    shutdown: CancellationToken,
+) {
+    let connections = TaskTracker::new();
+    loop {
+        let stream = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    warn!(error = %e, "metrics accept failed");
+                    continue;
+                }
+            },
+        };
+        let metrics = metrics.clone();
+        let state = state.clone();
+        let shutdown = shutdown.clone();
+        connections.spawn(async move {
+            let service = service_fn(move |request: Request<Incoming>| {
+                let response = answer(&request, &metrics, &state.borrow());
+                async move { Ok::<_, std::convert::Infallible>(response) }
+            });
+            let connection = http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => return,
+                _ = shutdown.cancelled() => {}
+            }
+            connection.as_mut().graceful_shutdown();
+            let _ = connection.await;
+        });
+    }
+    connections.close();
+    connections.wait().await;
+}
+
+fn answer(
+    request: &Request<Incoming>,
+    metrics: &AgentMetrics,
+    state: &TunnelState,
+) -> Response<Full<Bytes>> {
+    let (status, content_type, body) = match (request.method(), request.uri().path()) {
+        (&Method::GET, "/metrics") => (
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            metrics.render(state),
+        ),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain; charset=utf-8",
+            "only GET /metrics is served here\n".to_owned(),
+        ),
+    };
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    if let Ok(value) = content_type.parse() {
+        response.headers_mut().insert(CONTENT_TYPE, value);
+    }
+    response
+}
