@@ -7,13 +7,13 @@ use std::time::{Duration, Instant, SystemTime};
 
 use postern_protocol::PROTOCOL_VERSION;
 use postern_protocol::control::{
-    AgentMessage, MAX_CONTROL_LINE, RelayMessage, decode_line, encode_line,
+    AgentMessage, EndReason, MAX_CONTROL_LINE, RelayMessage, decode_line, encode_line,
 };
 use postern_protocol::version::{FORWARD_ADDRESS, SSH_USER};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader, Take};
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
+use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 use tracing::{error, info, warn};
 
 use crate::backoff::{Backoff, STABLE_AFTER};
@@ -55,9 +55,14 @@ pub enum TunnelError {
     HelloRefused { code: String, message: String },
     #[error("control channel: {0}")]
     Control(String),
+    #[error("the relay ended the session: {message}")]
+    Ended { reason: EndReason, message: String },
     #[error("{0}")]
     SessionLost(String),
 }
+
+/// How long a lost session waits for the relay's `ending` notice still in flight.
+const NOTICE_WAIT: Duration = Duration::from_millis(200);
 
 /// How long in-flight calls get to finish before a reconnect for new settings.
 pub const RECONFIGURE_GRACE: Duration = Duration::from_secs(10);
@@ -114,12 +119,19 @@ pub async fn run(
                 error!(error = %e, "relay refused this agent; retrying slowly");
                 backoff.to_cap();
             }
-            Err(TunnelError::SessionLost(reason))
-                if reason.contains("replaced by a newer session") =>
-            {
+            Err(TunnelError::Ended {
+                reason: EndReason::Replaced,
+                message,
+            }) => {
                 // Two agents sharing one token would take the session from each other forever.
                 refused = true;
-                error!(%reason, "another agent with this token took over the tunnel; two agents must not share a token; retrying slowly");
+                error!(reason = %message, "another agent with this token took over the tunnel; two agents must not share a token; retrying slowly");
+                backoff.to_cap();
+            }
+            Err(TunnelError::Ended { message, .. }) => {
+                // Revoked, or rotated with no grace left: the token will be refused.
+                refused = true;
+                error!(reason = %message, "the relay no longer accepts this agent's token; retrying slowly (after a new token: postern token set, then postern reload)");
                 backoff.to_cap();
             }
             Err(e) => warn!(error = %e, "tunnel down"),
@@ -262,6 +274,9 @@ async fn session(
         RelayMessage::Refused { code, message } => {
             return Err(TunnelError::HelloRefused { code, message });
         }
+        RelayMessage::Ending { reason, message } => {
+            return Err(TunnelError::Ended { reason, message });
+        }
     };
     info!(%relay, agent = %agent_name, connections = announced.len(), "connected to relay");
     state.send_modify(|s| {
@@ -271,11 +286,8 @@ async fn session(
         s.agent_name = Some(agent_name);
     });
 
-    let mut control_read = reader.into_inner().into_inner();
-    let mut sink = [0u8; 1024];
-    let control_closed =
-        async { while matches!(control_read.read(&mut sink).await, Ok(n) if n > 0) {} };
-    tokio::pin!(control_closed);
+    let (notices_tx, mut notices) = tokio::sync::mpsc::channel(4);
+    let _reader = AbortOnDropHandle::new(tokio::spawn(read_control(reader, notices_tx)));
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => {
@@ -305,9 +317,15 @@ async fn session(
                     announced = names;
                 }
             }
-            _ = &mut control_closed => return Err(lost(&shared, "the relay closed the control channel")),
-            _ = shared.disconnected.notified() => return Err(lost(&shared, "session ended")),
-            _ = &mut handle => return Err(lost(&shared, "session ended")),
+            message = notices.recv() => match message {
+                Some(RelayMessage::Ending { reason, message }) => {
+                    return Err(TunnelError::Ended { reason, message });
+                }
+                Some(other) => warn!(message = ?other, "unexpected control message ignored"),
+                None => return Err(lost(&shared, &mut notices, "the relay closed the control channel").await),
+            },
+            _ = shared.disconnected.notified() => return Err(lost(&shared, &mut notices, "session ended").await),
+            _ = &mut handle => return Err(lost(&shared, &mut notices, "session ended").await),
         }
     }
 }
@@ -320,13 +338,56 @@ async fn drain(shared: &Shared, tasks: &TaskTracker, grace: Duration) {
     let _ = tokio::time::timeout(grace, wait_idle(tasks)).await;
 }
 
-fn lost(shared: &Shared, fallback: &str) -> TunnelError {
+/// Why the session ended: the relay's `ending` notice if one is still on its way
+/// (it is written just before the disconnect), else the disconnect's own words.
+async fn lost(
+    shared: &Shared,
+    notices: &mut tokio::sync::mpsc::Receiver<RelayMessage>,
+    fallback: &str,
+) -> TunnelError {
+    let notice = async {
+        while let Some(message) = notices.recv().await {
+            if let RelayMessage::Ending { reason, message } = message {
+                return Some(TunnelError::Ended { reason, message });
+            }
+        }
+        None
+    };
+    if let Ok(Some(ended)) = tokio::time::timeout(NOTICE_WAIT, notice).await {
+        return ended;
+    }
     let reason = shared
         .disconnect_reason
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .clone();
     TunnelError::SessionLost(reason.unwrap_or_else(|| fallback.to_owned()))
+}
+
+/// Reads the relay's control lines after the welcome and passes them on; ends at EOF.
+async fn read_control<R: AsyncRead + Unpin>(
+    mut reader: BufReader<Take<R>>,
+    notices: tokio::sync::mpsc::Sender<RelayMessage>,
+) {
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        // Each line gets the full length allowance.
+        reader.get_mut().set_limit(MAX_CONTROL_LINE as u64 + 1);
+        match reader.read_until(b'\n', &mut line).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        match decode_line::<RelayMessage>(&line) {
+            Ok(message) => {
+                if notices.send(message).await.is_err() {
+                    return;
+                }
+            }
+            // A newer relay may say what this agent does not know yet.
+            Err(e) => warn!(error = %e, "control message ignored"),
+        }
+    }
 }
 
 /// Waits until no channel task runs (the tracker stays open for later sessions).

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use postern_protocol::control::{
-    AgentMessage, MAX_CONTROL_LINE, RelayMessage, decode_line, encode_line,
+    AgentMessage, EndReason, MAX_CONTROL_LINE, RelayMessage, decode_line, encode_line,
 };
 use postern_protocol::version::MIN_SUPPORTED_PROTOCOL_VERSION;
 use postern_protocol::{ConnectionName, PROTOCOL_VERSION};
@@ -16,7 +16,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tracing::{info, warn};
 
 use crate::context::RelayContext;
-use crate::registry::{ClosingReason, LiveSession};
+use crate::registry::{ClosingReason, ControlWriter, LiveSession};
 use crate::store::AgentRecord;
 
 /// How long an authenticated agent has to say hello.
@@ -35,7 +35,8 @@ pub struct ControlChannel {
 impl ControlChannel {
     /// Runs until the channel closes. Returns without registering on a bad hello.
     pub async fn run(self, channel: Channel<Msg>) {
-        let (read, mut write) = tokio::io::split(channel.into_stream());
+        let (read, write) = tokio::io::split(channel.into_stream());
+        let writer: ControlWriter = Arc::new(tokio::sync::Mutex::new(write));
         let mut reader = BufReader::new(read.take(MAX_CONTROL_LINE as u64 + 1));
         let mut line = Vec::new();
         let hello = tokio::time::timeout(HELLO_TIMEOUT, reader.read_until(b'\n', &mut line)).await;
@@ -51,7 +52,7 @@ impl ControlChannel {
                 }) => match self.check(protocol_version, &connections) {
                     Err(msg) => Some(("bad_hello", msg)),
                     Ok(()) => {
-                        self.register(protocol_version, agent_version, connections)
+                        self.register(protocol_version, agent_version, connections, writer.clone())
                             .await;
                         None
                     }
@@ -76,8 +77,11 @@ impl ControlChannel {
                 agent_name: self.agent.name.clone(),
             },
         };
-        let _ = write.write_all(&encode_line(&reply)).await;
-        let _ = write.flush().await;
+        {
+            let mut write = writer.lock().await;
+            let _ = write.write_all(&encode_line(&reply)).await;
+            let _ = write.flush().await;
+        }
         if refusal.is_some() {
             self.closing_reason.set("hello refused");
             let session = self.handle.clone();
@@ -150,6 +154,7 @@ impl ControlChannel {
         protocol_version: u32,
         agent_version: String,
         connections: Vec<String>,
+        control: ControlWriter,
     ) {
         let session = Arc::new(LiveSession::new(
             self.session_id,
@@ -162,11 +167,11 @@ impl ControlChannel {
             self.token_version,
             self.closing_reason.clone(),
             self.handle.clone(),
+            control,
         ));
         if let Some(old) = self.ctx.registry.insert(session) {
             info!(agent = %self.agent.name, old = old.session_id, new = self.session_id, "newer session replaces older one");
-            old.disconnect("replaced by a newer session of the same agent")
-                .await;
+            old.disconnect(EndReason::Replaced).await;
         }
     }
 }

@@ -9,10 +9,19 @@ use std::time::SystemTime;
 
 use axum::body::Body;
 use hyper_util::client::legacy::Client;
-use russh::Disconnect;
+use postern_protocol::control::{EndReason, RelayMessage, encode_line};
+use russh::server::Msg;
+use russh::{ChannelStream, Disconnect};
+use tokio::io::{AsyncWriteExt, WriteHalf};
 use tracing::info;
 
 use crate::channel_connector::ChannelConnector;
+
+/// The write side of an agent's control channel, shared by the welcome and the notices.
+pub type ControlWriter = Arc<tokio::sync::Mutex<WriteHalf<ChannelStream<Msg>>>>;
+
+/// How long an `ending` notice may take to write before the session is ended anyway.
+const NOTICE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// One authenticated, announced agent session.
 pub struct LiveSession {
@@ -32,6 +41,8 @@ pub struct LiveSession {
     /// Why the relay ended this session, read when the connection task finishes.
     pub closing_reason: ClosingReason,
     handle: russh::server::Handle,
+    /// The write side of the agent's control channel, for the `ending` notice.
+    control: ControlWriter,
     /// HTTP/1.1 over pooled SSH channels to this agent, one pool per connection name.
     pub client: Client<ChannelConnector, Body>,
 }
@@ -49,6 +60,7 @@ impl LiveSession {
         token_version: i64,
         closing_reason: ClosingReason,
         handle: russh::server::Handle,
+        control: ControlWriter,
     ) -> Self {
         let client = Client::builder(hyper_util::rt::TokioExecutor::new())
             .pool_idle_timeout(std::time::Duration::from_secs(90))
@@ -67,6 +79,7 @@ impl LiveSession {
             in_flight: Arc::new(AtomicU64::new(0)),
             closing_reason,
             handle,
+            control,
             client,
         }
     }
@@ -114,12 +127,24 @@ impl LiveSession {
             .await
     }
 
-    /// Ends the SSH session; the agent sees the reason in its log.
-    pub async fn disconnect(&self, reason: &str) {
-        self.closing_reason.set(reason);
+    /// Tells the agent why on its control channel, then ends the SSH session.
+    pub async fn disconnect(&self, reason: EndReason) {
+        let text = reason.describe();
+        self.closing_reason.set(text);
+        let notice = encode_line(&RelayMessage::Ending {
+            reason,
+            message: text.to_owned(),
+        });
+        // Best effort: an agent that does not read its control channel still gets the disconnect.
+        let _ = tokio::time::timeout(NOTICE_TIMEOUT, async {
+            let mut control = self.control.lock().await;
+            control.write_all(&notice).await?;
+            control.flush().await
+        })
+        .await;
         let _ = self
             .handle
-            .disconnect(Disconnect::ByApplication, reason.to_owned(), String::new())
+            .disconnect(Disconnect::ByApplication, text.to_owned(), String::new())
             .await;
     }
 }

@@ -1,6 +1,7 @@
 //! Drops live sessions whose credential no longer holds: agents revoked or
 //! rotated by another process (the CLI), and old tokens whose grace ran out.
 
+use postern_protocol::control::EndReason;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -58,11 +59,13 @@ pub async fn check_sessions(ctx: &Arc<RelayContext>) {
     let now = unix_now();
     for session in live {
         let reason = match agents.get(&session.agent_id) {
-            None => "agent revoked",
-            Some(agent) if !agent.accepts_session(session.token_version, now) => "token rotated",
+            None => EndReason::Revoked,
+            Some(agent) if !agent.accepts_session(session.token_version, now) => {
+                EndReason::TokenRotated
+            }
             Some(_) => continue,
         };
-        info!(agent = %session.agent_name, %reason, "credential no longer valid; dropping its session");
+        info!(agent = %session.agent_name, reason = reason.describe(), "credential no longer valid; dropping its session");
         ctx.registry
             .remove_if(&session.agent_id, session.session_id);
         session.disconnect(reason).await;

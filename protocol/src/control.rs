@@ -33,6 +33,31 @@ pub enum RelayMessage {
     },
     /// The hello was refused; the relay closes the session after this line.
     Refused { code: String, message: String },
+    /// The relay is about to end this session, and why; the SSH disconnect follows.
+    Ending { reason: EndReason, message: String },
+}
+
+/// Why the relay ends a session, so the agent can act on it without parsing text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndReason {
+    /// Another session of the same agent (the same token) connected.
+    Replaced,
+    /// The agent was revoked.
+    Revoked,
+    /// The agent's token was rotated and the old one is no longer accepted.
+    TokenRotated,
+}
+
+impl EndReason {
+    /// The words the relay logs, counts and sends as the SSH disconnect description.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::Replaced => "replaced by a newer session of the same agent",
+            Self::Revoked => "agent revoked",
+            Self::TokenRotated => "token rotated",
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -90,6 +115,21 @@ mod tests {
             decode_line::<AgentMessage>(&line).expect("decodes"),
             inventory
         );
+    }
+
+    #[test]
+    fn ending_carries_a_typed_reason() {
+        let ending = RelayMessage::Ending {
+            reason: EndReason::TokenRotated,
+            message: EndReason::TokenRotated.describe().into(),
+        };
+        let line = encode_line(&ending);
+        assert!(
+            std::str::from_utf8(&line)
+                .expect("utf-8")
+                .starts_with("{\"type\":\"ending\",\"reason\":\"token_rotated\"")
+        );
+        assert_eq!(decode_line::<RelayMessage>(&line).expect("decodes"), ending);
     }
 
     #[test]

@@ -190,8 +190,8 @@ async fn a_new_token_is_tried_at_once_after_a_reload() -> Result<()> {
         .wait_online("a1", true, Duration::from_secs(15))
         .await?;
 
-    // Rotation without grace drops the session; the agent's old token is refused, so it
-    // backs off to the cap (30 s) and says so.
+    // Rotation without grace ends the session with an `ending` notice (token_rotated): the
+    // agent knows its token is dead, backs off to the cap (30 s) and says so.
     let rotated: serde_json::Value = w
         .api
         .http
@@ -204,9 +204,10 @@ async fn a_new_token_is_tried_at_once_after_a_reload() -> Result<()> {
         .await?;
     let new_token = rotated["token"].as_str().unwrap_or_default().to_owned();
     assert!(new_token.starts_with("pst_"));
-    agent
-        .logs
-        .wait_for("relay refused this agent", Duration::from_secs(10))?;
+    agent.logs.wait_for(
+        "no longer accepts this agent's token",
+        Duration::from_secs(10),
+    )?;
 
     // The admin stores the new token and reloads: the agent connects at once, not after the cap.
     let token_file = w.dir.write_private("new-token", &new_token)?;

@@ -47,6 +47,11 @@ async fn the_newest_session_wins_and_the_older_ones_call_gets_a_clear_error() ->
     w.relay
         .logs
         .wait_for("newer session replaces older one", ONLINE_WITHIN)?;
+    // The older agent learns why from the relay's `ending` notice and stops competing.
+    older.logs.wait_for(
+        "another agent with this token took over the tunnel",
+        ONLINE_WITHIN,
+    )?;
     // Only the newer process stays: two with one token would keep replacing each other.
     drop(older);
     let answer = in_flight.await??;

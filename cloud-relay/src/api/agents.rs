@@ -1,6 +1,7 @@
 //! Agent management routes: create (token shown once), list, show, revoke
 //! (which drops a live session at once).
 
+use postern_protocol::control::EndReason;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -68,7 +69,7 @@ pub async fn revoke(
         .await
         .map_err(ApiError::store)?;
     if let Some(live) = ctx.registry.remove(&record.id) {
-        live.disconnect("agent revoked").await;
+        live.disconnect(EndReason::Revoked).await;
     }
     tracing::info!(agent = %record.name, id = %record.id, by = %caller.name, "agent revoked");
     Ok(StatusCode::NO_CONTENT)

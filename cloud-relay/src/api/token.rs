@@ -1,6 +1,7 @@
 //! `POST /v1/agents/{agent}/token`: a new token for an agent (admin only). The
 //! old one dies at once with its live session, unless a grace period is asked for.
 
+use postern_protocol::control::EndReason;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -69,7 +70,7 @@ pub async fn rotate_agent_token(
         && !record.accepts_session(live.token_version, unix_now())
     {
         ctx.registry.remove_if(&live.agent_id, live.session_id);
-        live.disconnect("token rotated").await;
+        live.disconnect(EndReason::TokenRotated).await;
     }
     Ok(TokenRotated {
         id: record.id,
