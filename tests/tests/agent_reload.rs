@@ -1,58 +1,38 @@
 //! Reloading a running agent: `postern reload` and SIGHUP swap connections in without
 //! dropping the tunnel or a call under way, refuse a bad config, and reconnect on a new token.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
-use postern_tests::harness::{AgentProcess, Api, Bins, RelayProcess, create_agent, create_api_key};
-use postern_tests::internal_server::{InternalServer, Verifier};
-use postern_tests::temp::TempDir;
+use postern_tests::harness::{AgentProcess, Bins, agent_config};
+use postern_tests::relay_support::{RelayWorld, send};
+use reqwest::Method;
 
 struct World {
-    dir: TempDir,
-    bins: Bins,
-    relay: RelayProcess,
-    api: Api,
+    w: RelayWorld,
     token: String,
-    internal: InternalServer,
 }
 
 async fn world() -> Result<World> {
-    let dir = TempDir::new("reload")?;
-    let bins = postern_tests::bins!();
-    let state = dir.path().join("relay");
-    let relay = RelayProcess::start(&bins, &state, "127.0.0.1:0", "127.0.0.1:0")?;
-    let (_, token) = create_agent(&bins, &state, "a1")?;
-    let api = Api::new(relay.api_base(), create_api_key(&bins, &state, "k")?);
-    let internal = InternalServer::start(Verifier::None, "").await?;
-    Ok(World {
-        dir,
-        bins,
-        relay,
-        api,
-        token,
-        internal,
-    })
+    let w = RelayWorld::start(postern_tests::bins!()).await?;
+    let token = w.create_agent("a1").await?;
+    Ok(World { w, token })
 }
 
 impl World {
     /// Writes the agent's config with these connection names, all on the internal server.
-    fn write_config(&self, token: &str, connections: &[&str]) -> Result<std::path::PathBuf> {
-        let mut text = postern_tests::harness::agent_config(
-            self.relay.ssh,
-            &self.relay.fingerprint,
-            token,
-            "",
-        );
+    fn write_config(&self, token: &str, connections: &[&str]) -> Result<PathBuf> {
+        let w = &self.w;
+        let mut text = agent_config(w.relay.ssh, &w.relay.fingerprint, token, "");
         for name in connections {
             text.push_str(&format!(
                 "[connections.{name}]\nbase_uri = \"{}\"\n",
-                self.internal.base_uri()
+                w.internal.base_uri()
             ));
         }
-        Ok(self.dir.write_private("agent.toml", &text)?)
+        Ok(w.dir.write_private("agent.toml", &text)?)
     }
 
     /// Polls a call until it answers `status`, bounded by `limit`; returns how long it took.
@@ -65,7 +45,8 @@ impl World {
         let started = Instant::now();
         loop {
             let got = self
-                .api
+                .w
+                .admin
                 .call("a1", connection, "/x")
                 .await?
                 .status()
@@ -105,27 +86,25 @@ fn status_json(bins: &Bins, config: &Path) -> Result<serde_json::Value> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn reload_swaps_connections_without_dropping_the_tunnel_or_a_call() -> Result<()> {
-    let w = world().await?;
-    let config = w.write_config(&w.token, &["o"])?;
+    let world = world().await?;
+    let (w, api) = (&world.w, &world.w.admin);
+    let config = world.write_config(&world.token, &["o"])?;
     let agent = AgentProcess::start(&w.bins, &config)?;
-    let online = w
-        .api
-        .wait_online("a1", true, Duration::from_secs(15))
-        .await?;
+    let online = api.wait_online("a1", true, Duration::from_secs(15)).await?;
     assert_eq!(online.connections, vec!["o"]);
-    assert_eq!(w.api.call("a1", "o", "/before").await?.status(), 200);
-    assert_eq!(w.api.call("a1", "p", "/x").await?.status(), 404);
+    assert_eq!(api.call("a1", "o", "/before").await?.status(), 200);
+    assert_eq!(api.call("a1", "p", "/x").await?.status(), 404);
 
     // A call under way (the internal server takes 3 s) while the config changes.
-    let api = w.api.clone();
-    let in_flight = tokio::spawn(async move { api.call("a1", "o", "/slow").await });
+    let caller = api.clone();
+    let in_flight = tokio::spawn(async move { caller.call("a1", "o", "/slow").await });
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    w.write_config(&w.token, &["o", "p"])?;
+    world.write_config(&world.token, &["o", "p"])?;
     let (code, text) = reload(&w.bins, &config)?;
     assert_eq!(code, Some(0), "{text}");
     assert!(text.contains("connections added: p"), "{text}");
-    let took = w.wait_status("p", 200, Duration::from_secs(5)).await?;
+    let took = world.wait_status("p", 200, Duration::from_secs(5)).await?;
     assert!(
         took < Duration::from_secs(2),
         "the relay learned of p only after {took:?}"
@@ -138,7 +117,7 @@ async fn reload_swaps_connections_without_dropping_the_tunnel_or_a_call() -> Res
     );
 
     // Same session throughout: the relay never saw the agent go, the agent never reconnected.
-    let info = w.api.agent("a1").await?;
+    let info = api.agent("a1").await?;
     assert_eq!(
         info.connected_since, online.connected_since,
         "the tunnel was not dropped"
@@ -162,18 +141,18 @@ async fn reload_swaps_connections_without_dropping_the_tunnel_or_a_call() -> Res
         text.contains("refused") && text.contains("connections.q"),
         "the reason names the problem: {text}"
     );
-    assert_eq!(w.api.call("a1", "p", "/still").await?.status(), 200);
-    assert_eq!(w.api.agent("a1").await?.connections, vec!["o", "p"]);
+    assert_eq!(api.call("a1", "p", "/still").await?.status(), 200);
+    assert_eq!(api.agent("a1").await?.connections, vec!["o", "p"]);
 
     // SIGHUP does the same as `postern reload`: p goes, o stays, same session.
-    w.write_config(&w.token, &["o"])?;
+    world.write_config(&world.token, &["o"])?;
     let hup = Command::new("kill")
         .args(["-HUP", &agent.pid().to_string()])
         .status()?;
     assert!(hup.success());
-    w.wait_status("p", 404, Duration::from_secs(5)).await?;
-    assert_eq!(w.api.call("a1", "o", "/after").await?.status(), 200);
-    let info = w.api.agent("a1").await?;
+    world.wait_status("p", 404, Duration::from_secs(5)).await?;
+    assert_eq!(api.call("a1", "o", "/after").await?.status(), 200);
+    let info = api.agent("a1").await?;
     assert_eq!(info.connected_since, online.connected_since);
     assert_eq!(info.connections, vec!["o"]);
     assert!(agent.logs.contains("config reloaded"));
@@ -183,26 +162,20 @@ async fn reload_swaps_connections_without_dropping_the_tunnel_or_a_call() -> Res
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_new_token_is_tried_at_once_after_a_reload() -> Result<()> {
-    let w = world().await?;
-    let config = w.write_config(&w.token, &["o"])?;
+    let world = world().await?;
+    let (w, api) = (&world.w, &world.w.admin);
+    let config = world.write_config(&world.token, &["o"])?;
     let agent = AgentProcess::start(&w.bins, &config)?;
-    w.api
-        .wait_online("a1", true, Duration::from_secs(15))
-        .await?;
+    api.wait_online("a1", true, Duration::from_secs(15)).await?;
 
     // Rotation without grace ends the session with an `ending` notice (token_rotated): the
     // agent knows its token is dead, backs off to the cap (30 s) and says so.
-    let rotated: serde_json::Value = w
-        .api
-        .http
-        .post(format!("{}/v1/agents/a1/token", w.api.base))
-        .bearer_auth(&w.api.key)
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
-    let new_token = rotated["token"].as_str().unwrap_or_default().to_owned();
+    let rotated = send(api, Method::POST, "/v1/agents/a1/token", None).await?;
+    assert_eq!(rotated.status, 200, "{}", rotated.json);
+    let new_token = rotated.json["token"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     assert!(new_token.starts_with("pst_"));
     agent.logs.wait_for(
         "no longer accepts this agent's token",
@@ -226,21 +199,19 @@ async fn a_new_token_is_tried_at_once_after_a_reload() -> Result<()> {
     let (code, text) = reload(&w.bins, &config)?;
     assert_eq!(code, Some(0), "{text}");
     assert!(text.contains("reconnecting"), "{text}");
-    w.api
-        .wait_online("a1", true, Duration::from_secs(5))
-        .await?;
+    api.wait_online("a1", true, Duration::from_secs(5)).await?;
     assert!(
         started.elapsed() < Duration::from_secs(3),
         "online again after {:?}",
         started.elapsed()
     );
-    assert_eq!(w.api.call("a1", "o", "/x").await?.status(), 200);
+    assert_eq!(api.call("a1", "o", "/x").await?.status(), 200);
 
     // A new relay address while connected: the call under way finishes, then the agent
     // reconnects to the new address.
     let before = status_json(&w.bins, &config)?["reconnects"].as_u64();
-    let api = w.api.clone();
-    let in_flight = tokio::spawn(async move { api.call("a1", "o", "/slow").await });
+    let caller = api.clone();
+    let in_flight = tokio::spawn(async move { caller.call("a1", "o", "/slow").await });
     tokio::time::sleep(Duration::from_millis(300)).await;
     let text = std::fs::read_to_string(&config)?.replace(
         &format!("relay = \"{}\"", w.relay.ssh),
@@ -259,10 +230,8 @@ async fn a_new_token_is_tried_at_once_after_a_reload() -> Result<()> {
         "reconnecting with the reloaded settings",
         Duration::from_secs(5),
     )?;
-    w.api
-        .wait_online("a1", true, Duration::from_secs(5))
-        .await?;
-    assert_eq!(w.api.call("a1", "o", "/x").await?.status(), 200);
+    api.wait_online("a1", true, Duration::from_secs(5)).await?;
+    assert_eq!(api.call("a1", "o", "/x").await?.status(), 200);
     let status = status_json(&w.bins, &config)?;
     assert_eq!(
         status["relays"][0],
