@@ -71,7 +71,7 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// Prometheus text. Open when the API listens on loopback only (a local
+/// OpenMetrics text (Prometheus reads it). Open when the API listens on loopback only (a local
 /// scraper or sidecar); otherwise any valid API key (either scope) is needed.
 async fn metrics(
     State(ctx): State<Arc<RelayContext>>,
@@ -81,10 +81,7 @@ async fn metrics(
         auth::check_api_key(&ctx, &headers).await?;
     }
     Ok((
-        [(
-            http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
+        [(http::header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
         ctx.metrics.render(ctx.registry.all().len()),
     ))
 }

@@ -1,181 +1,151 @@
-//! The relay's Prometheus metrics: counters kept in atomics and small maps, and
-//! a hand-written text encoder (exposition format 0.0.4), no metrics crate.
+//! The relay's Prometheus metrics (prometheus-client, OpenMetrics text): sessions,
+//! refused logins, calls by status class, call durations and body bytes.
 
-use std::collections::BTreeMap;
-use std::fmt::Write;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
 /// Upper bounds (seconds) of the call duration histogram's buckets.
-pub const DURATION_BUCKETS: &[f64] = &[
+pub const DURATION_BUCKETS: [f64; 14] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
 ];
 
-/// A counter per label value; label values are fixed words, never user input.
-#[derive(Default)]
-struct LabeledCounter(Mutex<BTreeMap<&'static str, u64>>);
+/// The content type of [`Metrics::render`]'s text.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-impl LabeledCounter {
-    fn add(&self, label: &'static str) {
-        *self
-            .0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(label)
-            .or_default() += 1;
-    }
-
-    fn snapshot(&self) -> Vec<(&'static str, u64)> {
-        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        map.iter().map(|(k, v)| (*k, *v)).collect()
-    }
+/// Label values are fixed words, never user input.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Reason {
+    reason: &'static str,
 }
 
-struct Histogram {
-    buckets: Vec<AtomicU64>,
-    count: AtomicU64,
-    sum_micros: AtomicU64,
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Class {
+    class: &'static str,
 }
 
-impl Default for Histogram {
-    fn default() -> Self {
-        Self {
-            buckets: DURATION_BUCKETS.iter().map(|_| AtomicU64::new(0)).collect(),
-            count: AtomicU64::new(0),
-            sum_micros: AtomicU64::new(0),
-        }
-    }
-}
-
-#[derive(Default)]
 pub struct Metrics {
-    sessions_opened: AtomicU64,
-    sessions_closed: LabeledCounter,
-    auth_failures: LabeledCounter,
-    calls: LabeledCounter,
+    registry: Registry,
+    agents_online: Gauge,
+    sessions_opened: Counter,
+    sessions_closed: Family<Reason, Counter>,
+    auth_failures: Family<Reason, Counter>,
+    calls: Family<Class, Counter>,
     call_duration: Histogram,
-    bytes_in: AtomicU64,
-    bytes_out: AtomicU64,
+    bytes_in: Counter,
+    bytes_out: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let m = Self {
+            registry: Registry::with_prefix("postern"),
+            agents_online: Gauge::default(),
+            sessions_opened: Counter::default(),
+            sessions_closed: Family::default(),
+            auth_failures: Family::default(),
+            calls: Family::default(),
+            call_duration: Histogram::new(DURATION_BUCKETS),
+            bytes_in: Counter::default(),
+            bytes_out: Counter::default(),
+        };
+        let mut registry = m.registry;
+        registry.register(
+            "agents_online",
+            "Agents with a live session",
+            m.agents_online.clone(),
+        );
+        registry.register(
+            "sessions_opened",
+            "Agent sessions authenticated",
+            m.sessions_opened.clone(),
+        );
+        registry.register(
+            "sessions_closed",
+            "Agent sessions ended, by reason",
+            m.sessions_closed.clone(),
+        );
+        registry.register(
+            "auth_failures",
+            "Refused agent logins, by reason",
+            m.auth_failures.clone(),
+        );
+        registry.register(
+            "calls",
+            "Calls answered, by HTTP status class",
+            m.calls.clone(),
+        );
+        registry.register(
+            "call_duration_seconds",
+            "Time from a call's arrival to its response headers",
+            m.call_duration.clone(),
+        );
+        registry.register(
+            "call_request_bytes",
+            "Request body bytes from callers forwarded to agents",
+            m.bytes_in.clone(),
+        );
+        registry.register(
+            "call_response_bytes",
+            "Response body bytes from agents forwarded to callers",
+            m.bytes_out.clone(),
+        );
+        Self { registry, ..m }
+    }
 }
 
 impl Metrics {
     pub fn session_opened(&self) {
-        self.sessions_opened.fetch_add(1, Ordering::Relaxed);
+        self.sessions_opened.inc();
     }
 
     pub fn session_closed(&self, reason: &str) {
-        self.sessions_closed.add(close_reason_label(reason));
+        self.sessions_closed
+            .get_or_create(&Reason {
+                reason: close_reason_label(reason),
+            })
+            .inc();
     }
 
     pub fn auth_failed(&self, reason: &'static str) {
-        self.auth_failures.add(reason);
+        self.auth_failures.get_or_create(&Reason { reason }).inc();
     }
 
     /// One finished call: its status and the time to its response headers.
     pub fn call_finished(&self, status: u16, took: Duration) {
-        self.calls.add(match status {
+        let class = match status {
             100..=199 => "1xx",
             200..=299 => "2xx",
             300..=399 => "3xx",
             400..=499 => "4xx",
             _ => "5xx",
-        });
-        let seconds = took.as_secs_f64();
-        for (bound, bucket) in DURATION_BUCKETS.iter().zip(&self.call_duration.buckets) {
-            if seconds <= *bound {
-                bucket.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        self.call_duration.count.fetch_add(1, Ordering::Relaxed);
-        self.call_duration
-            .sum_micros
-            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+        };
+        self.calls.get_or_create(&Class { class }).inc();
+        self.call_duration.observe(took.as_secs_f64());
     }
 
     /// Body bytes received from callers (and sent on to agents).
     pub fn add_bytes_in(&self, n: usize) {
-        self.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+        self.bytes_in.inc_by(n as u64);
     }
 
     /// Body bytes received from agents (and sent on to callers).
     pub fn add_bytes_out(&self, n: usize) {
-        self.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+        self.bytes_out.inc_by(n as u64);
     }
 
-    /// The text exposition format.
+    /// The OpenMetrics text ([`CONTENT_TYPE`]).
     pub fn render(&self, agents_online: usize) -> String {
+        self.agents_online
+            .set(i64::try_from(agents_online).unwrap_or(i64::MAX));
         let mut text = String::new();
-        let _ = writeln!(
-            text,
-            "# HELP postern_agents_online Agents with a live session.\n# TYPE postern_agents_online gauge\npostern_agents_online {agents_online}"
-        );
-        let counters: [(&str, &str, u64); 3] = [
-            (
-                "postern_sessions_opened_total",
-                "Agent sessions authenticated.",
-                self.sessions_opened.load(Ordering::Relaxed),
-            ),
-            (
-                "postern_call_request_bytes_total",
-                "Request body bytes from callers forwarded to agents.",
-                self.bytes_in.load(Ordering::Relaxed),
-            ),
-            (
-                "postern_call_response_bytes_total",
-                "Response body bytes from agents forwarded to callers.",
-                self.bytes_out.load(Ordering::Relaxed),
-            ),
-        ];
-        for (name, help, value) in counters {
-            let _ = writeln!(
-                text,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
-            );
-        }
-        let labeled: [(&str, &str, &str, &LabeledCounter); 3] = [
-            (
-                "postern_sessions_closed_total",
-                "Agent sessions ended, by reason.",
-                "reason",
-                &self.sessions_closed,
-            ),
-            (
-                "postern_auth_failures_total",
-                "Refused agent logins, by reason.",
-                "reason",
-                &self.auth_failures,
-            ),
-            (
-                "postern_calls_total",
-                "Calls answered, by HTTP status class.",
-                "class",
-                &self.calls,
-            ),
-        ];
-        for (name, help, label, counter) in labeled {
-            let _ = writeln!(text, "# HELP {name} {help}\n# TYPE {name} counter");
-            for (value, count) in counter.snapshot() {
-                let _ = writeln!(text, "{name}{{{label}=\"{value}\"}} {count}");
-            }
-        }
-        let name = "postern_call_duration_seconds";
-        let _ = writeln!(
-            text,
-            "# HELP {name} Time from a call's arrival to its response headers.\n# TYPE {name} histogram"
-        );
-        for (bound, bucket) in DURATION_BUCKETS.iter().zip(&self.call_duration.buckets) {
-            let _ = writeln!(
-                text,
-                "{name}_bucket{{le=\"{bound}\"}} {}",
-                bucket.load(Ordering::Relaxed)
-            );
-        }
-        let count = self.call_duration.count.load(Ordering::Relaxed);
-        let sum = self.call_duration.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-        let _ = writeln!(text, "{name}_bucket{{le=\"+Inf\"}} {count}");
-        let _ = writeln!(text, "{name}_sum {sum}");
-        let _ = writeln!(text, "{name}_count {count}");
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
         text
     }
 }
@@ -222,7 +192,7 @@ mod tests {
             "postern_calls_total{class=\"5xx\"} 1",
             "postern_call_duration_seconds_bucket{le=\"0.025\"} 0",
             "postern_call_duration_seconds_bucket{le=\"0.05\"} 1",
-            "postern_call_duration_seconds_bucket{le=\"5\"} 2",
+            "postern_call_duration_seconds_bucket{le=\"5.0\"} 2",
             "postern_call_duration_seconds_bucket{le=\"+Inf\"} 2",
             "postern_call_duration_seconds_count 2",
             "postern_call_request_bytes_total 10",

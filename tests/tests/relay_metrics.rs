@@ -20,7 +20,7 @@ async fn scrape(api: &Api) -> Result<HashMap<String, f64>> {
     let response = reqwest::get(format!("{}/metrics", api.base)).await?;
     assert_eq!(response.status(), 200);
     let content_type = response.headers()["content-type"].to_str()?.to_owned();
-    assert!(content_type.starts_with("text/plain; version=0.0.4"));
+    assert!(content_type.starts_with("application/openmetrics-text; version=1.0.0"));
     let text = response.text().await?;
     let mut samples = HashMap::new();
     for line in text
