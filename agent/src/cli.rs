@@ -7,6 +7,7 @@ mod init;
 mod jwt;
 mod logging;
 mod run;
+mod service;
 mod status;
 
 use std::path::PathBuf;
@@ -21,7 +22,7 @@ pub use run::wait_for_signal;
 #[derive(Debug, Parser)]
 #[command(
     name = "postern",
-    version,
+    version = postern_protocol::version::LONG_VERSION,
     about = "The postern agent: a reverse tunnel for JWT-signed calls to internal servers"
 )]
 pub struct Cli {
@@ -81,11 +82,31 @@ enum Command {
     /// Make the running agent re-read its config without dropping the tunnel (like SIGHUP);
     /// a config that fails validation is refused and the old one stays in force.
     Reload,
+    /// Install or remove the agent as a systemd service.
+    Service {
+        #[command(subcommand)]
+        command: ServiceCommand,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff).
+    Man,
     /// Check the config file.
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum ServiceCommand {
+    /// Print the systemd unit `install` would write for this binary and --config.
+    Unit,
+    /// Write /etc/systemd/system/postern-agent.service, create the `postern` user if
+    /// missing, hand it the config, check it can load it, then enable and start the unit.
+    Install,
+    /// Stop, disable and remove that unit (the config and the user stay).
+    Uninstall,
 }
 
 #[derive(Debug, Subcommand)]
@@ -180,6 +201,31 @@ fn run(cli: Cli) -> Result<ExitCode> {
         } => jwt::sign(&load(&path)?, &connection),
         Command::Status { json } => status::status(&path, json),
         Command::Reload => status::reload(&path),
+        Command::Service { command } => {
+            match command {
+                ServiceCommand::Unit => service::print_unit(&path)?,
+                ServiceCommand::Install => service::install(&path)?,
+                ServiceCommand::Uninstall => service::uninstall()?,
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "postern",
+                &mut std::io::stdout(),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man => {
+            use clap::CommandFactory;
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut std::io::stdout())
+                .context("writing the man page")?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Config {
             command: ConfigCommand::Check,
         } => {

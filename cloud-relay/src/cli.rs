@@ -16,7 +16,11 @@ use crate::store::{SqliteStore, Store};
 use crate::{RelayListeners, host_key};
 
 #[derive(Debug, Parser)]
-#[command(name = "postern-relay", version, about = "The postern cloud relay")]
+#[command(
+    name = "postern-relay",
+    version = postern_protocol::version::LONG_VERSION,
+    about = "The postern cloud relay"
+)]
 pub struct Cli {
     /// Log filter, e.g. `info` or `postern_relay=debug` (overrides RUST_LOG).
     #[arg(long, global = true, env = "POSTERN_LOG")]
@@ -96,6 +100,10 @@ enum Command {
         #[command(subcommand)]
         command: ApikeyCommand,
     },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff).
+    Man,
 }
 
 #[derive(Debug, Subcommand)]
@@ -222,6 +230,22 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Agent { command } => agent(command),
         Command::Apikey { command } => apikey(command),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "postern-relay",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
+        Command::Man => {
+            use clap::CommandFactory;
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut std::io::stdout())
+                .context("writing the man page")
+        }
     }
 }
 

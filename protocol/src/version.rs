@@ -13,3 +13,14 @@ pub const FORWARD_ADDRESS: &str = "postern";
 
 /// The SSH user name the agent authenticates with; the token alone names the agent.
 pub const SSH_USER: &str = "postern-agent";
+
+/// The git commit this build was made from (`unknown` outside a git checkout).
+pub const GIT_COMMIT: &str = env!("POSTERN_GIT_COMMIT");
+
+/// What `--version` prints after the program name: `0.1.0 (commit 1a2b3c4d5e6f)`.
+pub const LONG_VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("POSTERN_GIT_COMMIT"),
+    ")"
+);

@@ -98,10 +98,20 @@ impl RelayProcess {
         ssh: &str,
         api: &str,
     ) -> Result<Self> {
-        let mut child = command_in(netns, &bins.relay)
-            .args(["serve", "--state-dir"])
-            .arg(state_dir)
-            .args(["--ssh-listen", ssh, "--api-listen", api])
+        let mut command = command_in(netns, &bins.relay);
+        command.args(["serve", "--state-dir"]).arg(state_dir).args([
+            "--ssh-listen",
+            ssh,
+            "--api-listen",
+            api,
+        ]);
+        Self::spawn(command, state_dir)
+    }
+
+    /// Starts a relay `serve` command made elsewhere (as a service unit would run it);
+    /// returns once it listens.
+    pub fn spawn(mut command: Command, state_dir: &Path) -> Result<Self> {
+        let mut child = command
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -173,9 +183,14 @@ impl AgentProcess {
 
     /// Like `start`, inside the network namespace `netns` when given.
     pub fn start_in(netns: Option<&str>, bins: &Bins, config: &Path) -> Result<Self> {
-        let mut child = command_in(netns, &bins.agent)
-            .args(["run", "--config"])
-            .arg(config)
+        let mut command = command_in(netns, &bins.agent);
+        command.args(["run", "--config"]).arg(config);
+        Self::spawn(command)
+    }
+
+    /// Starts an agent `run` command made elsewhere (as a service unit would run it).
+    pub fn spawn(mut command: Command) -> Result<Self> {
+        let mut child = command
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

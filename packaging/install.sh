@@ -1,0 +1,110 @@
+#!/bin/sh
+# Installs postern on Linux without a .deb: binaries, hardened systemd units, man pages,
+# shell completions, the system users and their private folders. POSIX sh.
+#
+#   install.sh [--bin-dir DIR] [--root DIR] [--uninstall [--purge]]
+#
+# --bin-dir  where postern and/or postern-relay are (default: target/release beside this
+#            script's folder); whichever is there is installed.
+# --root     install under DIR instead of / (staging; no users, owners or systemctl then).
+# --uninstall removes programs, units, man pages and completions; the config (/etc/postern*)
+#            and state (/var/lib/postern*) stay unless --purge is given too.
+set -eu
+
+here=$(cd "$(dirname "$0")" && pwd)
+bin_dir=$here/../target/release
+root=
+action=install
+purge=0
+while [ $# -gt 0 ]; do
+    case $1 in
+        --bin-dir) bin_dir=$2; shift 2 ;;
+        --root) root=$2; shift 2 ;;
+        --uninstall) action=uninstall; shift ;;
+        --purge) purge=1; shift ;;
+        *) echo "usage: $0 [--bin-dir DIR] [--root DIR] [--uninstall [--purge]]" >&2; exit 2 ;;
+    esac
+done
+if [ -z "$root" ] && [ "$(id -u)" != 0 ]; then
+    echo "run as root (or stage with --root DIR)" >&2
+    exit 1
+fi
+
+prefix=$root/usr/local
+systemd_running() { [ -z "$root" ] && [ -d /run/systemd/system ]; }
+say() { echo "postern install: $*"; }
+
+# program, unit, user, config dir, state dir
+components="postern:postern-agent:postern:/etc/postern:/var/lib/postern
+postern-relay:postern-relay:postern-relay:/etc/postern-relay:/var/lib/postern-relay"
+
+uninstall_one() {
+    program=$1 unit=$2 etc=$3 state=$4
+    if systemd_running; then systemctl disable --now "$unit.service" 2>/dev/null || true; fi
+    rm -f "$prefix/bin/$program" "$root/etc/systemd/system/$unit.service" \
+        "$prefix/share/man/man1/$program.1" \
+        "$prefix/share/bash-completion/completions/$program" \
+        "$prefix/share/zsh/site-functions/_$program" \
+        "$prefix/share/fish/vendor_completions.d/$program.fish"
+    rm -rf "$prefix/share/doc/$program"
+    if [ "$purge" = 1 ]; then
+        rm -rf "$root$etc" "$root$state"
+        say "purged $etc and $state"
+    fi
+    say "removed $program"
+}
+
+install_one() {
+    program=$1 unit=$2 user=$3 etc=$4 state=$5
+    install -d "$prefix/bin" "$root/etc/systemd/system" "$prefix/share/man/man1" \
+        "$prefix/share/bash-completion/completions" "$prefix/share/zsh/site-functions" \
+        "$prefix/share/fish/vendor_completions.d" "$prefix/share/doc/$program"
+    install -m 0755 "$bin_dir/$program" "$prefix/bin/$program"
+    # The packaged unit names /usr/bin; this install lives in /usr/local/bin.
+    sed "s|/usr/bin/$program |/usr/local/bin/$program |" "$here/systemd/$unit.service" \
+        > "$root/etc/systemd/system/$unit.service"
+    chmod 0644 "$root/etc/systemd/system/$unit.service"
+    "$bin_dir/$program" man > "$prefix/share/man/man1/$program.1"
+    "$bin_dir/$program" completions bash > "$prefix/share/bash-completion/completions/$program"
+    "$bin_dir/$program" completions zsh > "$prefix/share/zsh/site-functions/_$program"
+    "$bin_dir/$program" completions fish > "$prefix/share/fish/vendor_completions.d/$program.fish"
+    example=$here/agent.example.toml
+    [ "$program" = postern-relay ] && example=$here/relay.example.toml
+    install -m 0644 "$example" "$prefix/share/doc/$program/"
+    if [ -z "$root" ] && ! getent passwd "$user" >/dev/null; then
+        useradd --system --user-group --home-dir "$state" --no-create-home \
+            --shell /usr/sbin/nologin "$user"
+        say "created system user $user"
+    fi
+    owner=
+    [ -z "$root" ] && owner="-o $user -g $user"
+    # shellcheck disable=SC2086 # $owner is two words or none
+    install -d $owner -m 0700 "$root$state"
+    if [ "$program" = postern ]; then
+        # shellcheck disable=SC2086
+        install -d $owner -m 0700 "$root$etc"
+    else
+        install -d -m 0750 "$root$etc"
+        # An existing relay.toml is the admin's: never replaced.
+        [ -e "$root$etc/relay.toml" ] || install -m 0640 "$example" "$root$etc/relay.toml"
+        [ -z "$root" ] && chgrp "$user" "$root$etc" "$root$etc/relay.toml"
+    fi
+    say "installed $program ($unit.service)"
+}
+
+if [ "$action" = install ] && [ ! -x "$bin_dir/postern" ] && [ ! -x "$bin_dir/postern-relay" ]; then
+    echo "neither postern nor postern-relay in $bin_dir" >&2
+    exit 1
+fi
+echo "$components" | while IFS=: read -r program unit user etc state; do
+    case $action in
+        install)
+            [ -x "$bin_dir/$program" ] || continue
+            install_one "$program" "$unit" "$user" "$etc" "$state" ;;
+        uninstall) uninstall_one "$program" "$unit" "$etc" "$state" ;;
+    esac
+done
+if systemd_running; then
+    systemctl daemon-reload
+    say "next: configure, then systemctl enable --now postern-agent (or postern-relay)"
+fi
