@@ -70,11 +70,25 @@ struct Issued {
     revoked: bool,
 }
 
+/// A misbehaviour of the token endpoint, for fault tests.
+#[derive(Clone, Debug)]
+pub enum Fault {
+    /// Answers only after this long.
+    Slow(Duration),
+    /// Answers this status, content type and body instead of a token.
+    Answer {
+        status: u16,
+        content_type: &'static str,
+        body: &'static str,
+    },
+}
+
 #[derive(Default)]
 struct Records {
     exchanges: Vec<Exchange>,
     calls: Vec<ApiCall>,
     issued: HashMap<String, Issued>,
+    fault: Option<Fault>,
 }
 
 #[derive(Clone)]
@@ -92,7 +106,12 @@ pub struct TokenEndpoint {
 impl TokenEndpoint {
     /// Starts on 127.0.0.1:0: `POST /token`, and the guarded API under `/api`.
     pub async fn start(config: EndpointConfig) -> anyhow::Result<Self> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        Self::start_on("127.0.0.1:0".parse()?, config).await
+    }
+
+    /// Starts on `addr`: after [`Self::stop`], the same address brings it back.
+    pub async fn start_on(addr: SocketAddr, config: EndpointConfig) -> anyhow::Result<Self> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let records = Arc::new(Mutex::new(Records::default()));
         let state = AppState {
@@ -139,6 +158,23 @@ impl TokenEndpoint {
             .unwrap_or_default()
     }
 
+    /// Misbehaves from now on (`None`: behaves again).
+    pub fn set_fault(&self, fault: Option<Fault>) {
+        if let Ok(mut r) = self.records.lock() {
+            r.fault = fault;
+        }
+    }
+
+    /// Stops listening: connections are refused until it starts again.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        // The listener closes once the server task sees the cancellation.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline && tokio::net::TcpStream::connect(self.addr).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Makes every token issued so far invalid, as a provider's key rotation would.
     pub fn revoke_all(&self) {
         if let Ok(mut r) = self.records.lock() {
@@ -182,6 +218,19 @@ async fn token(State(state): State<AppState>, request: Request) -> Response {
             .unwrap_or_default()
     };
     tokio::time::sleep(state.config.delay).await;
+    let fault = state.records.lock().ok().and_then(|r| r.fault.clone());
+    match fault {
+        Some(Fault::Slow(pause)) => tokio::time::sleep(pause).await,
+        Some(Fault::Answer {
+            status,
+            content_type,
+            body,
+        }) => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            return (status, [("content-type", content_type)], body).into_response();
+        }
+        None => {}
+    }
     let mut exchange = Exchange {
         content_type,
         fields: fields.clone(),

@@ -10,7 +10,7 @@ use postern_tests::harness::{
     AgentProcess, Api, Bins, RelayProcess, agent_config, create_agent, create_api_key,
 };
 use postern_tests::temp::TempDir;
-use postern_tests::token_endpoint::{EndpointConfig, ExpiresIn, TokenEndpoint};
+use postern_tests::token_endpoint::{EndpointConfig, ExpiresIn, Fault, TokenEndpoint};
 use serde_json::Value;
 
 const ONLINE_WITHIN: Duration = Duration::from_secs(15);
@@ -466,5 +466,85 @@ async fn oauth_errors_come_back_as_token_exchange_failed() -> Result<()> {
     // The assertion, like the access token, never reaches the log.
     let assertion = endpoint.exchanges()[0].fields["assertion"].clone();
     assert!(!world.agent.logs.contains(&assertion));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_endpoint_that_is_down_slow_or_talks_garbage_gives_clear_errors_then_recovers()
+-> Result<()> {
+    let dir = TempDir::new("jwt-x-faults")?;
+    let (private, public) = openssl_ec256(&dir)?;
+    dir.write_private("ec.pem", &private)?;
+    let config = endpoint_config(&public, Algorithm::ES256, ExpiresIn::Number(3600))?;
+    let endpoint = TokenEndpoint::start(config.clone()).await?;
+    // `timeout = "5s"` bounds the exchange too.
+    let world = World::start(
+        dir,
+        &exchange_connection("erp", &endpoint, "ES256", "ec.pem", "", ""),
+    )
+    .await?;
+    let garbage = |status, content_type, body| {
+        Some(Fault::Answer {
+            status,
+            content_type,
+            body,
+        })
+    };
+    for (fault, expected) in [
+        (
+            garbage(200, "text/plain", "welcome to the proxy"),
+            "the body is not a JSON object: welcome to the proxy",
+        ),
+        (
+            garbage(200, "application/json", "{\"token_type\":\"bearer\"}"),
+            "no access_token string in the JSON",
+        ),
+        (
+            garbage(503, "text/html", "<html>maintenance</html>"),
+            "answered HTTP 503 without an OAuth error: <html>maintenance</html>",
+        ),
+        (
+            garbage(200, "application/json", "{\"access_token\":\"a b\"}"),
+            "the access_token holds characters a header cannot carry",
+        ),
+        (
+            Some(Fault::Slow(Duration::from_secs(8))),
+            "did not answer within 5s",
+        ),
+    ] {
+        endpoint.set_fault(fault);
+        let started = Instant::now();
+        let response = world.post("erp", "/x", "").await?;
+        let took = started.elapsed();
+        let (status, body) = json_of(response).await?;
+        assert_eq!(status, 502, "{body}");
+        assert_eq!(body["error"]["code"], "token_exchange_failed");
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains(expected),
+            "{expected:?} not in {message:?}"
+        );
+        assert!(took < Duration::from_secs(7), "answered after {took:?}");
+    }
+    assert!(
+        endpoint.calls().is_empty(),
+        "no call went out without a token"
+    );
+
+    // Down: nothing listens on its port.
+    let addr = endpoint.addr;
+    endpoint.stop().await;
+    let (status, body) = json_of(world.post("erp", "/x", "").await?).await?;
+    assert_eq!(status, 502, "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("cannot reach token endpoint"), "{message}");
+
+    // Back on the same address and sane again: the next call exchanges and goes through;
+    // no failure was cached.
+    let endpoint = TokenEndpoint::start_on(addr, config).await?;
+    let (status, body) = json_of(world.post("erp", "/x", "").await?).await?;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(endpoint.exchanges().len(), 1);
+    assert_eq!(endpoint.calls().len(), 1);
     Ok(())
 }
