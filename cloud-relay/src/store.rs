@@ -73,6 +73,24 @@ pub enum StoreError {
     Sqlite(#[from] rusqlite::Error),
 }
 
+impl StoreError {
+    /// The storage problem an operator has to fix, when that is what failed.
+    pub fn disk_problem(&self) -> Option<&'static str> {
+        let StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) = self else {
+            return None;
+        };
+        match e.code {
+            rusqlite::ErrorCode::DiskFull => Some("its disk is full"),
+            rusqlite::ErrorCode::ReadOnly => {
+                Some("its store is read-only (a read-only file system, or file permissions)")
+            }
+            rusqlite::ErrorCode::SystemIoFailure => Some("the disk reported an I/O error"),
+            rusqlite::ErrorCode::CannotOpen => Some("its store file cannot be opened"),
+            _ => None,
+        }
+    }
+}
+
 /// What the relay needs from storage. Methods are synchronous and short; callers
 /// on the async side keep them off hot loops.
 pub trait Store: Send + Sync + 'static {

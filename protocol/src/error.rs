@@ -42,6 +42,8 @@ pub enum ErrorCode {
     PayloadTooLarge,
     /// Too many calls under way for this agent or connection.
     TooManyCalls,
+    /// The relay cannot change its store (disk full, read-only, I/O error); nothing was changed.
+    StoreUnavailable,
     /// Anything else; the message says what.
     Internal,
 }
@@ -66,6 +68,7 @@ impl ErrorCode {
             Self::RateLimited => "rate_limited",
             Self::PayloadTooLarge => "payload_too_large",
             Self::TooManyCalls => "too_many_calls",
+            Self::StoreUnavailable => "store_unavailable",
             Self::Internal => "internal",
         }
     }
@@ -78,7 +81,7 @@ impl ErrorCode {
             Self::NotFound | Self::AgentNotFound | Self::UnknownConnection => 404,
             Self::AgentExists => 409,
             Self::BadRequest | Self::PathRejected => 400,
-            Self::AgentOffline => 503,
+            Self::AgentOffline | Self::StoreUnavailable => 503,
             Self::UpstreamUnreachable | Self::TunnelError | Self::TokenExchangeFailed => 502,
             Self::RateLimited | Self::TooManyCalls => 429,
             Self::PayloadTooLarge => 413,

@@ -30,6 +30,16 @@ impl ApiError {
             // No dedicated code for a taken key name; 400 with a clear message.
             StoreError::ApiKeyExists(_) => Self::new(ErrorCode::BadRequest, e.to_string()),
             StoreError::ApiKeyNotFound(_) => Self::new(ErrorCode::NotFound, e.to_string()),
+            ref other if other.disk_problem().is_some() => {
+                let problem = other.disk_problem().unwrap_or_default();
+                tracing::error!(error = %other, "the store cannot be changed: {problem}");
+                Self::new(
+                    ErrorCode::StoreUnavailable,
+                    format!(
+                        "the relay cannot change its store: {problem}. Nothing was changed; calls through connected agents keep working. Fix the disk, then retry"
+                    ),
+                )
+            }
             other => {
                 tracing::error!(error = %other, "store failure");
                 Self::new(ErrorCode::Internal, "the relay's store failed; see its log")
