@@ -63,6 +63,7 @@ pub fn router(ctx: Arc<RelayContext>) -> Router {
             ctx.clone(),
             management_timeout,
         ))
+        .layer(middleware::from_fn(error::json_errors))
         .layer(middleware::from_fn(request_id::tag))
         .with_state(ctx)
 }

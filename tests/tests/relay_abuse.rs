@@ -168,10 +168,17 @@ async fn clients_that_never_authenticate_are_cut_off_and_wrong_tokens_refused() 
         stream.write_all(&[0xde, 0xad, 0xbe, 0xef, b'\r', b'\n'].repeat(64))?;
         time_until_closed(stream, CLOSED_WITHIN)
     });
+    // 4. Speaks an SSH version the relay does not.
+    let old_version = std::thread::spawn(move || -> Result<Duration> {
+        let mut stream = TcpStream::connect(ssh)?;
+        stream.write_all(b"SSH-1.5-ancient\r\n")?;
+        time_until_closed(stream, CLOSED_WITHIN)
+    });
     for (name, handle) in [
         ("banner only", banner_only),
         ("silent", silent),
         ("garbage", garbage),
+        ("SSH-1.5", old_version),
     ] {
         let took = handle
             .join()

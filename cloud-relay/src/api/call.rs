@@ -131,6 +131,7 @@ async fn forward(
     info!(method = %parts.method, status = upstream.status().as_u16(), ms = started.elapsed().as_millis() as u64, "call answered");
     let (mut parts, body) = upstream.into_parts();
     postern_protocol::headers::strip_hop_by_hop(&mut parts.headers);
+    parts.extensions.insert(super::error::FromAgent);
     // The call stays counted in flight until its body has been sent (or dropped).
     let counter = ctx.clone();
     let body = http_body_util::BodyExt::map_frame(body, move |frame| {

@@ -63,3 +63,54 @@ impl IntoResponse for ApiError {
         response
     }
 }
+
+/// Marks a response relayed from an agent: its status and body are the internal server's.
+#[derive(Debug, Clone, Copy)]
+pub struct FromAgent;
+
+/// Gives every refusal the API makes itself — axum's own rejections (a path that is not
+/// UTF-8, a method a route lacks) included — the contract's JSON error body, keeping
+/// its status and headers. Answers relayed from agents pass untouched.
+pub async fn json_errors(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error())
+        || response.extensions().get::<FromAgent>().is_some()
+        || response.headers().contains_key(POSTERN_ERROR)
+    {
+        return response;
+    }
+    let code = match status.as_u16() {
+        401 => ErrorCode::Unauthorized,
+        403 => ErrorCode::Forbidden,
+        404 => ErrorCode::NotFound,
+        413 | 431 => ErrorCode::PayloadTooLarge,
+        500.. => ErrorCode::Internal,
+        _ => ErrorCode::BadRequest,
+    };
+    let (mut parts, body) = response.into_parts();
+    // axum's rejection texts are one short line.
+    let text = axum::body::to_bytes(body, 4096)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
+        .unwrap_or_default();
+    let message = if text.is_empty() {
+        status
+            .canonical_reason()
+            .unwrap_or("refused")
+            .to_lowercase()
+    } else {
+        text
+    };
+    let mut fixed = ApiError::new(code, message).into_response();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.remove(header::CONTENT_TYPE);
+    for (name, value) in parts.headers.iter() {
+        fixed.headers_mut().insert(name.clone(), value.clone());
+    }
+    *fixed.status_mut() = status;
+    fixed
+}

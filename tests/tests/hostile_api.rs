@@ -1,0 +1,125 @@
+//! A table of hostile HTTP requests sent raw to a running relay (bad JSON, huge and
+//! malformed heads, invalid UTF-8, smuggling, method overrides, wrong credentials):
+//! each gets a clear refusal, nothing changes, and the connected agent keeps serving.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use postern_tests::relay_support::RelayWorld;
+
+/// Sends `request` as it is; returns the status (0 if the relay only closed) and the answer.
+fn raw(addr: std::net::SocketAddr, request: &[u8]) -> Result<(u16, String)> {
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    stream.write_all(request)?;
+    let mut answer = Vec::new();
+    // A refusal may end in a reset once the relay has answered: what arrived counts.
+    let _ = stream.read_to_end(&mut answer);
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let status = text
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|t| t.get(..3))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    Ok((status, text))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_requests_are_refused_clearly_and_the_relay_keeps_serving() -> Result<()> {
+    let w = RelayWorld::start(postern_tests::bins!()).await?;
+    let token = w.create_agent("a1").await?;
+    let _agent = w.start_agent(&token)?;
+    w.admin
+        .wait_online("a1", true, Duration::from_secs(15))
+        .await?;
+    let addr = w.relay.api;
+    let key = w.admin.key.clone();
+    let head = |line: &str, extra: &str| {
+        format!(
+            "{line}\r\nHost: relay\r\nAuthorization: Bearer {key}\r\nConnection: close\r\n{extra}"
+        )
+    };
+    let post = |path: &str, content_type: &str, body: &str| {
+        format!(
+            "{}Content-Type: {content_type}\r\nContent-Length: {}\r\n\r\n{body}",
+            head(&format!("POST {path} HTTP/1.1"), ""),
+            body.len()
+        )
+        .into_bytes()
+    };
+    let get = |path: &str, extra: &str| {
+        format!("{}\r\n", head(&format!("GET {path} HTTP/1.1"), extra)).into_bytes()
+    };
+    let huge = "x".repeat(64 * 1024);
+    let long_name = format!("{{\"name\":\"{}\"}}", "n".repeat(10_000));
+    let mut invalid_utf8_path = b"GET /v1/agents/\xff\xfe HTTP/1.1\r\nHost: relay\r\n".to_vec();
+    invalid_utf8_path.extend_from_slice(
+        format!("Authorization: Bearer {key}\r\nConnection: close\r\n\r\n").as_bytes(),
+    );
+    // (name, request, expected status, expected error code; "" for a bare refusal by the parser)
+    let rows: Vec<(&str, Vec<u8>, u16, &str)> = vec![
+        ("truncated JSON", post("/v1/agents", "application/json", "{\"name\":"), 400, "bad_request"),
+        ("JSON of the wrong shape", post("/v1/agents", "application/json", "{\"name\":5}"), 400, "bad_request"),
+        ("JSON with an unknown field", post("/v1/agents", "application/json", "{\"name\":\"x1\",\"admin\":true}"), 400, "bad_request"),
+        ("not JSON at all", post("/v1/agents", "text/plain", "name=x2"), 400, "bad_request"),
+        ("a 10,000-character name", post("/v1/agents", "application/json", &long_name), 400, "bad_request"),
+        ("a name with a slash", post("/v1/agents", "application/json", "{\"name\":\"../x\"}"), 400, "bad_request"),
+        ("raw invalid UTF-8 in the path", invalid_utf8_path, 400, ""),
+        ("percent-encoded invalid UTF-8 in the path", get("/v1/agents/%FF%FE", ""), 400, "bad_request"),
+        ("an unknown agent", get("/v1/agents/nobody", ""), 404, "agent_not_found"),
+        ("a call to an unknown agent", get("/v1/agents/nobody/connections/orders/http/x", ""), 404, "agent_not_found"),
+        ("a call to an unknown connection", get("/v1/agents/a1/connections/nope/http/x", ""), 404, "unknown_connection"),
+        ("an unknown route", get("/v2/everything", ""), 404, "not_found"),
+        ("a method override header", get("/v1/agents/a1", "X-HTTP-Method-Override: DELETE\r\nX-Method-Override: DELETE\r\n"), 200, ""),
+        ("a method the route lacks", get("/v1/agents/a1/token", ""), 405, "bad_request"),
+        ("no API key", b"GET /v1/agents HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n\r\n".to_vec(), 401, "unauthorized"),
+        ("a malformed API key", b"GET /v1/agents HTTP/1.1\r\nHost: relay\r\nAuthorization: Bearer psk_nope\r\nConnection: close\r\n\r\n".to_vec(), 401, "unauthorized"),
+        ("an agent token as API key", format!("GET /v1/agents HTTP/1.1\r\nHost: relay\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n").into_bytes(), 401, "unauthorized"),
+        ("a 64 KiB header", get("/v1/agents", &format!("X-Big: {huge}\r\n")), 431, ""),
+        ("a space in the path", b"GET /v1/age nts HTTP/1.1\r\nHost: relay\r\n\r\n".to_vec(), 400, ""),
+        ("CR/LF smuggled into a header value", get("/v1/agents", "X-A: a\rInjected: b\r\n"), 400, ""),
+        ("an absurd Content-Length", format!("{}Content-Length: 99999999999999999999999\r\n\r\n", head("POST /v1/agents HTTP/1.1", "")).into_bytes(), 400, ""),
+        ("Content-Length and chunked at once", format!("{}Content-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", head("POST /v1/agents HTTP/1.1", "")).into_bytes(), 400, ""),
+        ("chunked garbage", format!("{}Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n", head("POST /v1/agents HTTP/1.1", "")).into_bytes(), 400, ""),
+        ("a TLS hello on the plain port", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03".to_vec(), 400, ""),
+        ("HTTP/0.9", b"GET /v1/agents\r\n\r\n".to_vec(), 400, ""),
+    ];
+    for (name, request, status, code) in rows {
+        let (got, text) = raw(addr, &request)?;
+        // A parser refusal may be a bare status or a close; never a success or a 5xx.
+        let refused_by_parser = code.is_empty() && status >= 400 && (got == status || got == 0);
+        if !(got == status || refused_by_parser) {
+            bail!("{name}: expected {status}, got {got}:\n{text}");
+        }
+        if !code.is_empty() {
+            assert!(
+                text.contains(&format!("\"code\":\"{code}\"")),
+                "{name}: expected code {code}:\n{text}"
+            );
+        }
+    }
+    // Nothing changed: the override did not delete, no bad name was created.
+    let agents = w.admin.agent("a1").await?;
+    assert!(
+        agents.online,
+        "the method override must not have revoked a1"
+    );
+    let list: serde_json::Value = w
+        .admin
+        .http
+        .get(format!("{}/v1/agents", w.admin.base))
+        .bearer_auth(&w.admin.key)
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(list["agents"].as_array().map(Vec::len), Some(1), "{list}");
+    // And the agent still serves calls.
+    assert_eq!(
+        w.admin.call("a1", "orders", "/still-fine").await?.status(),
+        200
+    );
+    Ok(())
+}
