@@ -111,11 +111,12 @@ pub fn normalize_pem(text: &str) -> String {
         .unwrap_or(trimmed);
     // Base64 has no backslashes, so an escape can only be a mangled line break.
     unquoted
-        .trim()
         .replace("\\r\\n", "\n")
         .replace("\\n", "\n")
         .replace("\r\n", "\n")
         .replace('\r', "\n")
+        .trim()
+        .to_owned()
 }
 
 /// Loads a private key PEM (PKCS#8 "BEGIN PRIVATE KEY", PKCS#1 "BEGIN RSA PRIVATE KEY", SEC1
@@ -574,6 +575,9 @@ mod tests {
         assert_eq!(normalize_pem("'a\r\nb'"), "a\nb");
         assert_eq!(normalize_pem("\"unbalanced"), "\"unbalanced");
         assert_eq!(normalize_pem("\"'a'\""), "'a'");
+        // Found by the pem_key fuzz target: an escaped line break at the very end was
+        // left behind as a trailing newline once unescaped.
+        assert_eq!(normalize_pem("-----END X-----\\n"), "-----END X-----");
     }
 
     #[test]
