@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use postern_tests::harness::{
-    AgentProcess, Api, Bins, RelayProcess, agent_config, create_agent, create_api_key,
+    AgentProcess, Api, Bins, RelayProcess, agent_config, create_agent, create_api_key, open_fds,
 };
 use postern_tests::internal_server::{InternalServer, Verifier};
 use postern_tests::temp::TempDir;
@@ -45,10 +45,6 @@ async fn world(connections: &str) -> Result<World> {
         api,
         config,
     })
-}
-
-fn open_fds(pid: u32) -> Result<usize> {
-    Ok(std::fs::read_dir(format!("/proc/{pid}/fd"))?.count())
 }
 
 fn threads(pid: u32) -> Result<u64> {
