@@ -82,9 +82,10 @@ async fn json_logs_of_a_full_run_hold_request_ids_and_no_secret() -> Result<()> 
         .unwrap_or_default()
         .to_owned();
     secrets.push(new_token.clone());
-    agent
-        .logs
-        .wait_for("refused the access token", ONLINE_WITHIN)?;
+    agent.logs.wait_for(
+        "the relay no longer accepts this agent's token",
+        ONLINE_WITHIN,
+    )?;
     agent.terminate()?;
     let agent = AgentProcess::start(&bins, &write_config(&new_token)?)?;
     api.wait_online("warehouse-1", true, ONLINE_WITHIN).await?;
