@@ -16,8 +16,11 @@ fn main() {
         .filter(|c| !c.is_empty())
         .or_else(|| git(&["rev-parse", "--short=12", "HEAD"]))
         .unwrap_or_else(|| "unknown".to_owned());
-    // Rebuild when HEAD moves: HEAD itself (a checkout) and the branch it points at (a commit).
-    if let Some(dir) = git(&["rev-parse", "--absolute-git-dir"]) {
+    println!("cargo:rerun-if-changed=build.rs");
+    // Release builds follow HEAD (a checkout, a commit); dev builds keep the commit of their
+    // first build, since following HEAD would rebuild the whole workspace on every commit.
+    let release = std::env::var("PROFILE").is_ok_and(|p| p == "release");
+    if let Some(dir) = git(&["rev-parse", "--absolute-git-dir"]).filter(|_| release) {
         println!("cargo:rerun-if-changed={dir}/HEAD");
         if let Some(reference) = git(&["symbolic-ref", "-q", "HEAD"]) {
             let common =

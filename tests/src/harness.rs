@@ -30,6 +30,19 @@ pub struct Bins {
     pub agent: PathBuf,
 }
 
+impl Bins {
+    /// For programs that run outside `cargo test` (the soak, the bench): the test-named
+    /// binaries beside the running program, unless given.
+    pub fn beside_this_program(relay: Option<PathBuf>, agent: Option<PathBuf>) -> Result<Self> {
+        let here = std::env::current_exe()?;
+        let dir = here.parent().context("the program has no folder")?;
+        Ok(Self {
+            relay: relay.unwrap_or_else(|| dir.join("e2e-postern-relay")),
+            agent: agent.unwrap_or_else(|| dir.join("e2e-postern")),
+        })
+    }
+}
+
 /// Output lines of a child process, kept for assertions.
 #[derive(Clone, Default)]
 pub struct Logs(Arc<Mutex<Vec<String>>>);

@@ -346,21 +346,6 @@ struct Postern {
     config: PathBuf,
 }
 
-fn bins(args: &Args) -> Result<Bins> {
-    let here = std::env::current_exe()?;
-    let dir = here.parent().context("no folder")?.to_owned();
-    Ok(Bins {
-        relay: args
-            .relay_bin
-            .clone()
-            .unwrap_or_else(|| dir.join("e2e-postern-relay")),
-        agent: args
-            .agent_bin
-            .clone()
-            .unwrap_or_else(|| dir.join("e2e-postern")),
-    })
-}
-
 /// Adds `count` agents to the store at `state` (before the relay runs); returns their tokens.
 fn enrol(state: &Path, first: u64, count: u64) -> Result<Vec<String>> {
     let store = SqliteStore::open_in(state)?;
@@ -416,7 +401,12 @@ async fn start_postern(
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600))?;
     let agent = AgentProcess::start(bins, &config)?;
-    let api = Api::new(relay.api_base(), key.expose().to_owned());
+    let mut api = Api::new(relay.api_base(), key.expose().to_owned());
+    // A call that hangs must end the run with an error, not stall it.
+    api.http = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(120))
+        .build()?;
     api.wait_online("a0", true, Duration::from_secs(30)).await?;
     Ok(Postern {
         relay,
@@ -526,13 +516,12 @@ async fn swarm(
     shutdown: &CancellationToken,
 ) -> Result<Vec<tokio::task::JoinHandle<()>>> {
     let mut tasks = Vec::new();
-    // One status socket for all: the first binds it, the others run without (fewer fds).
+    // No status sockets: 10,000 of them would cost as many fds, and the daemon checks a
+    // socket path with a blocking connect. A folder that cannot be made makes it skip at once.
     for token in tokens {
         let text = format!(
-            "relay = \"{}\"\nrelay_fingerprint = \"{}\"\ntoken = \"{token}\"\nstatus_socket = \"{}/swarm.sock\"\n[connections.o]\nbase_uri = \"http://127.0.0.1:9/\"\n",
-            relay.ssh,
-            relay.fingerprint,
-            dir.display()
+            "relay = \"{}\"\nrelay_fingerprint = \"{}\"\ntoken = \"{token}\"\nstatus_socket = \"/proc/postern-bench-none/agent.sock\"\n[connections.o]\nbase_uri = \"http://127.0.0.1:9/\"\n",
+            relay.ssh, relay.fingerprint,
         );
         let file =
             postern_agent::config::ConfigFile::parse(&text).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -560,8 +549,36 @@ async fn call_p50_ms(api: &Api, agent: &str, connection: &str, n: usize) -> Resu
     Ok(median(times))
 }
 
-async fn bench(args: Args) -> Result<Vec<Row>> {
-    let bins = bins(&args)?;
+/// The table, printed a row at a time so a run that fails late still shows what it measured.
+struct Table;
+
+impl Table {
+    fn new() -> Self {
+        println!(
+            "| scenario | measure | postern | ssh -R | direct | postern/ssh -R | postern/direct |"
+        );
+        println!("|---|---|---:|---:|---:|---:|---:|");
+        Self
+    }
+
+    fn push(&mut self, r: Row) {
+        use std::io::Write;
+        println!(
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            r.scenario,
+            r.measure,
+            show(r.postern),
+            show(r.openssh),
+            show(r.direct),
+            ratio(r.postern, r.openssh),
+            ratio(r.postern, r.direct)
+        );
+        let _ = std::io::stdout().flush();
+    }
+}
+
+async fn bench(args: Args) -> Result<()> {
+    let bins = Bins::beside_this_program(args.relay_bin.clone(), args.agent_bin.clone())?;
     let dir = TempDir::new("bench")?;
     let shutdown = CancellationToken::new();
     let fast = fast_server(shutdown.clone()).await?;
@@ -581,7 +598,7 @@ async fn bench(args: Args) -> Result<Vec<Row>> {
     let sshd = start_sshd(dir.path())?;
     let ssh_port = free_port()?;
     let _tunnel = ssh_reverse(&sshd, ssh_port, fast.port())?;
-    let mut rows = Vec::new();
+    let mut rows = Table::new();
     let call = |c: &str| {
         format!(
             "{}/v1/agents/a0/connections/{c}/http/small",
@@ -892,7 +909,7 @@ async fn bench(args: Args) -> Result<Vec<Row>> {
     drop(clients);
     drop(relay);
     shutdown.cancel();
-    Ok(rows)
+    Ok(())
 }
 
 fn show(v: Option<f64>) -> String {
@@ -921,25 +938,7 @@ fn main() -> std::process::ExitCode {
         }
     };
     match runtime.block_on(bench(args)) {
-        Ok(rows) => {
-            println!(
-                "| scenario | measure | postern | ssh -R | direct | postern/ssh -R | postern/direct |"
-            );
-            println!("|---|---|---:|---:|---:|---:|---:|");
-            for r in rows {
-                println!(
-                    "| {} | {} | {} | {} | {} | {} | {} |",
-                    r.scenario,
-                    r.measure,
-                    show(r.postern),
-                    show(r.openssh),
-                    show(r.direct),
-                    ratio(r.postern, r.openssh),
-                    ratio(r.postern, r.direct)
-                );
-            }
-            std::process::ExitCode::SUCCESS
-        }
+        Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("bench: {e:#}");
             std::process::ExitCode::FAILURE

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Parser;
 use postern_tests::harness::{
     AgentProcess, Api, Bins, RelayProcess, agent_config, create_agent, create_api_key, open_fds,
@@ -104,21 +104,6 @@ fn main() -> ExitCode {
     }
 }
 
-fn bins(args: &Args) -> Result<Bins> {
-    let here = std::env::current_exe()?;
-    let dir = here.parent().context("no folder")?.to_owned();
-    Ok(Bins {
-        relay: args
-            .relay_bin
-            .clone()
-            .unwrap_or_else(|| dir.join("e2e-postern-relay")),
-        agent: args
-            .agent_bin
-            .clone()
-            .unwrap_or_else(|| dir.join("e2e-postern")),
-    })
-}
-
 /// A call to `agent`'s connection `o`, with reqwest's own error (to tell a refused connect).
 async fn send(api: &Api, agent: &str) -> Result<reqwest::Response, reqwest::Error> {
     api.http
@@ -140,7 +125,7 @@ async fn one_call(api: &Api, agent: &str) -> Result<u16, reqwest::Error> {
 }
 
 async fn soak(args: Args) -> Result<bool> {
-    let bins = bins(&args)?;
+    let bins = Bins::beside_this_program(args.relay_bin.clone(), args.agent_bin.clone())?;
     let dir = TempDir::new("soak")?;
     let state = dir.path().join("relay");
     let mut relay = RelayProcess::start(&bins, &state, "127.0.0.1:0", "127.0.0.1:0")?;
