@@ -149,14 +149,13 @@ fn row_to_api_key(row: &rusqlite::Row<'_>) -> rusqlite::Result<ApiKeyRecord> {
 }
 
 fn find_active(conn: &Connection, id_or_name: &str) -> Result<Option<AgentRecord>, StoreError> {
+    // Every call looks its agent up: cached statements skip SQL parsing (it dominated
+    // the relay's profile under load).
     let by = |column: &str| {
-        conn.query_row(
-            &format!(
-                "SELECT {AGENT_COLUMNS} FROM agents WHERE {column} = ?1 AND revoked_at IS NULL"
-            ),
-            params![id_or_name],
-            row_to_agent,
-        )
+        conn.prepare_cached(&format!(
+            "SELECT {AGENT_COLUMNS} FROM agents WHERE {column} = ?1 AND revoked_at IS NULL"
+        ))?
+        .query_row(params![id_or_name], row_to_agent)
         .optional()
     };
     Ok(match by("id")? {
@@ -257,7 +256,7 @@ impl Store for SqliteStore {
 
     fn login(&self, token: &SecretToken, now: i64) -> Result<Option<AgentLogin>, StoreError> {
         self.with(|conn| {
-            let mut stmt = conn.prepare(&format!(
+            let mut stmt = conn.prepare_cached(&format!(
                 "SELECT {AGENT_COLUMNS}, token_hash, 0 FROM agents
                    WHERE token_lookup = ?1 AND revoked_at IS NULL
                  UNION ALL
@@ -306,7 +305,7 @@ impl Store for SqliteStore {
 
     fn api_key(&self, key: &SecretToken) -> Result<Option<ApiKeyRecord>, StoreError> {
         self.with(|conn| {
-            let mut stmt = conn.prepare(
+            let mut stmt = conn.prepare_cached(
                 "SELECT name, scope, created_at, key_hash FROM api_keys WHERE key_lookup = ?1 AND revoked_at IS NULL",
             )?;
             let candidates = stmt
