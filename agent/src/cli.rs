@@ -165,7 +165,7 @@ enum ConnectionCommand {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    logging::init_tracing(cli.log_level.as_deref(), cli.log_format);
+    let _flush_logs_on_exit = logging::init_tracing(cli.log_level.as_deref(), cli.log_format);
     match run(cli) {
         Ok(code) => code,
         Err(e) => {

@@ -1,5 +1,5 @@
-//! What every part of a running relay shares: the store, the live sessions,
-//! the login throttle, the config, and the task tracker that shutdown drains.
+//! What every part of a running relay shares: the store and its cached lookups, the live
+//! sessions, the login throttle, the config, and the task tracker that shutdown drains.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,6 +9,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth_throttle::AuthThrottle;
 use crate::config::RelayConfig;
+use crate::lookups::Lookups;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::store::Store;
@@ -16,6 +17,8 @@ use crate::store::Store;
 pub struct RelayContext {
     pub config: RelayConfig,
     pub store: Arc<dyn Store>,
+    /// API keys and agents as the store last said; see `store_write`.
+    pub lookups: Lookups,
     pub registry: Registry,
     pub throttle: AuthThrottle,
     pub metrics: Metrics,
@@ -29,6 +32,7 @@ impl RelayContext {
         Self {
             config,
             store,
+            lookups: Lookups::default(),
             registry: Registry::default(),
             throttle: AuthThrottle::default(),
             metrics: Metrics::default(),
@@ -42,7 +46,17 @@ impl RelayContext {
         self.next_session_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Runs a store call off the async worker threads.
+    /// A store call that changes what it holds: the cached lookups are dropped after it.
+    pub async fn store_write<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&dyn Store) -> Result<T, crate::store::StoreError> + Send + 'static,
+    ) -> Result<T, crate::store::StoreError> {
+        let result = self.store_call(f).await;
+        self.lookups.clear();
+        result
+    }
+
+    /// Runs a store call off the async worker threads (reads; writes go through `store_write`).
     pub async fn store_call<T: Send + 'static>(
         self: &Arc<Self>,
         f: impl FnOnce(&dyn Store) -> Result<T, crate::store::StoreError> + Send + 'static,

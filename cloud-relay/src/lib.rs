@@ -8,6 +8,7 @@
 //! - [`secrets`]: making tokens and keys from the OS's randomness.
 //! - [`auth_throttle`]: the growing delay for failed SSH logins, per source address.
 //! - [`context`]: what every part of a running relay shares.
+//! - [`lookups`]: the per-call API key and agent lookups, cached until the store changes.
 //! - [`registry`]: the live agent sessions, one per agent.
 //! - [`ssh_server`]: accepting agent connections and their russh handler.
 //! - [`control`]: the hello/welcome exchange that brings an agent online.
@@ -29,6 +30,7 @@ pub mod config;
 pub mod context;
 pub mod control;
 pub mod host_key;
+pub mod lookups;
 pub mod metrics;
 pub mod registry;
 pub mod revocation_watch;

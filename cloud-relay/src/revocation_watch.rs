@@ -1,5 +1,5 @@
-//! Drops live sessions whose credential no longer holds: agents revoked or
-//! rotated by another process (the CLI), and old tokens whose grace ran out.
+//! Drops live sessions whose credential no longer holds: agents revoked or rotated by
+//! another process (the CLI), and old tokens whose grace ran out; drops cached lookups too.
 
 use postern_protocol::control::EndReason;
 use std::collections::HashMap;
@@ -34,6 +34,10 @@ pub async fn run(ctx: Arc<RelayContext>) {
         };
         if last == Some(marker) && !ticks.is_multiple_of(FULL_CHECK_EVERY) {
             continue;
+        }
+        if last != Some(marker) {
+            // Another process (the CLI) changed the store: revoked keys must stop working.
+            ctx.lookups.clear();
         }
         last = Some(marker);
         check_sessions(&ctx).await;

@@ -1,6 +1,7 @@
 //! Logging for the CLI: a `tracing` subscriber on stderr, filtered by
 //! `--log-level`, else `RUST_LOG`, else `info`; text (coloured on a terminal) or JSON lines.
 
+use tracing_appender::non_blocking::{NonBlocking, WorkerGuard};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -9,14 +10,17 @@ pub(crate) enum LogFormat {
     Json,
 }
 
-pub(crate) fn init_tracing(level: Option<&str>, format: LogFormat) {
+/// Logs go to stderr from a thread of their own, in batches: a write per call line
+/// under load costs more than the call. Keep the guard: dropping it flushes.
+pub(crate) fn init_tracing(level: Option<&str>, format: LogFormat) -> WorkerGuard {
+    let (writer, guard) = non_blocking_stderr();
     let filter = level
         .map(EnvFilter::new)
         .or_else(|| EnvFilter::try_from_default_env().ok())
         .unwrap_or_else(|| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     let _ = match format {
         LogFormat::Json => builder
             .json()
@@ -27,4 +31,13 @@ pub(crate) fn init_tracing(level: Option<&str>, format: LogFormat) {
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .try_init(),
     };
+    guard
+}
+
+/// stderr behind a queue (blocking, never dropping lines, when full) and a buffer
+/// that the writing thread flushes whenever the queue is empty.
+pub(crate) fn non_blocking_stderr() -> (NonBlocking, WorkerGuard) {
+    tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .finish(std::io::BufWriter::new(std::io::stderr()))
 }

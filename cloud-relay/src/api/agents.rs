@@ -27,7 +27,7 @@ pub async fn create(
     let token = new_token(SecretKind::AgentToken);
     let stored = token.clone();
     let agent = ctx
-        .store_call(move |store| store.create_agent(&request.name, &stored))
+        .store_write(move |store| store.create_agent(&request.name, &stored))
         .await
         .map_err(ApiError::store)?;
     tracing::info!(agent = %agent.name, id = %agent.id, by = %caller.name, "agent created");
@@ -65,7 +65,7 @@ pub async fn revoke(
     Path(agent): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let record = ctx
-        .store_call(move |store| store.revoke_agent(&agent))
+        .store_write(move |store| store.revoke_agent(&agent))
         .await
         .map_err(ApiError::store)?;
     if let Some(live) = ctx.registry.remove(&record.id) {
@@ -76,11 +76,18 @@ pub async fn revoke(
 }
 
 pub(crate) async fn find(ctx: &Arc<RelayContext>, agent: String) -> Result<AgentRecord, ApiError> {
+    let seen = match ctx.lookups.agent(&agent) {
+        Ok(record) => return Ok(record),
+        Err(seen) => seen,
+    };
     let wanted = agent.clone();
-    ctx.store_call(move |store| store.find_agent(&wanted))
+    let record = ctx
+        .store_call(move |store| store.find_agent(&wanted))
         .await
         .map_err(ApiError::store)?
-        .ok_or_else(|| ApiError::new(ErrorCode::AgentNotFound, format!("no agent {agent:?}")))
+        .ok_or_else(|| ApiError::new(ErrorCode::AgentNotFound, format!("no agent {agent:?}")))?;
+    ctx.lookups.remember_agent(seen, &agent, &record);
+    Ok(record)
 }
 
 fn rfc3339(t: SystemTime) -> String {

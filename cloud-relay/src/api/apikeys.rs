@@ -26,7 +26,9 @@ pub async fn create(
     let key = new_token(SecretKind::ApiKey);
     let stored = key.clone();
     let record = ctx
-        .store_call(move |store| store.create_scoped_api_key(&request.name, &stored, request.scope))
+        .store_write(move |store| {
+            store.create_scoped_api_key(&request.name, &stored, request.scope)
+        })
         .await
         .map_err(ApiError::store)?;
     info!(key = %record.name, scope = %record.scope, by = %caller.name, "API key created");
@@ -59,7 +61,7 @@ pub async fn revoke(
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let record = ctx
-        .store_call(move |store| store.revoke_api_key(&name))
+        .store_write(move |store| store.revoke_api_key(&name))
         .await
         .map_err(ApiError::store)?;
     info!(key = %record.name, by = %caller.name, "API key revoked");

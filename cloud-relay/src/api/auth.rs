@@ -20,7 +20,8 @@ pub struct ApiCaller {
     pub scope: ApiKeyScope,
 }
 
-/// Checks the bearer API key against the store (hash, constant-time).
+/// Checks the bearer API key against the store (hash, constant-time), or the keys it
+/// answered for since it last changed.
 pub async fn require_api_key(
     State(ctx): State<Arc<RelayContext>>,
     mut request: Request,
@@ -51,11 +52,21 @@ pub async fn check_api_key(
         })?;
     let key = SecretToken::parse(SecretKind::ApiKey, presented)
         .map_err(|e| ApiError::new(ErrorCode::Unauthorized, format!("invalid API key: {e}")))?;
-    let record = ctx
-        .store_call(move |store| store.api_key(&key))
-        .await
-        .map_err(ApiError::store)?
-        .ok_or_else(|| ApiError::new(ErrorCode::Unauthorized, "unknown or revoked API key"))?;
+    let record = match ctx.lookups.api_key(&key) {
+        Ok(record) => record,
+        Err(seen) => {
+            let asked = key.clone();
+            let record = ctx
+                .store_call(move |store| store.api_key(&asked))
+                .await
+                .map_err(ApiError::store)?
+                .ok_or_else(|| {
+                    ApiError::new(ErrorCode::Unauthorized, "unknown or revoked API key")
+                })?;
+            ctx.lookups.remember_api_key(seen, &key, &record);
+            record
+        }
+    };
     Ok(ApiCaller {
         name: record.name,
         scope: record.scope,

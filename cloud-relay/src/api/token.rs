@@ -63,7 +63,7 @@ pub async fn rotate_agent_token(
     let stored = token.clone();
     let until = grace.map(|g| unix_now() + g.as_secs() as i64);
     let record = ctx
-        .store_call(move |store| store.rotate_token(&agent, &stored, until))
+        .store_write(move |store| store.rotate_token(&agent, &stored, until))
         .await
         .map_err(ApiError::store)?;
     if let Some(live) = ctx.registry.get(&record.id)
