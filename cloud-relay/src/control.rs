@@ -168,6 +168,7 @@ impl ControlChannel {
             self.closing_reason.clone(),
             self.handle.clone(),
             control,
+            self.ctx.config.max_calls_per_agent,
         ));
         if let Some(old) = self.ctx.registry.insert(session) {
             info!(agent = %self.agent.name, old = old.session_id, new = self.session_id, "newer session replaces older one");

@@ -61,10 +61,13 @@ impl LiveSession {
         closing_reason: ClosingReason,
         handle: russh::server::Handle,
         control: ControlWriter,
+        max_calls: u64,
     ) -> Self {
+        // As many idle channels as calls may run: a steady load never closes a channel
+        // only to open another for the next call (a round trip each, and churn).
         let client = Client::builder(hyper_util::rt::TokioExecutor::new())
             .pool_idle_timeout(std::time::Duration::from_secs(90))
-            .pool_max_idle_per_host(64)
+            .pool_max_idle_per_host(usize::try_from(max_calls).unwrap_or(usize::MAX))
             .build(ChannelConnector::new(handle.clone()));
         Self {
             session_id,
