@@ -21,6 +21,9 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 /// Unread bytes a channel may hold before it counts as stalled: 16 MiB, the SSH window.
 pub const DEFAULT_LIMIT: usize = 16 * 1024 * 1024;
 
+/// Slices shorter than this are joined before they are written: one SSH packet's worth.
+const JOIN_BELOW: usize = 32 * 1024;
+
 /// An SSH channel as a byte stream whose reading side never blocks the session.
 pub struct PumpedStream {
     incoming: mpsc::UnboundedReceiver<io::Result<Bytes>>,
@@ -115,6 +118,37 @@ impl AsyncWrite for PumpedStream {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         self.writer.as_mut().poll_write(cx, buf)
+    }
+
+    /// Vectored, so hyper queues body chunks instead of copying them into its own buffer
+    /// first. A large slice goes out as it is; small ones are joined into one packet,
+    /// so headers and a short body still travel together.
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let mut slices = bufs.iter().filter(|b| !b.is_empty());
+        let Some(first) = slices.next() else {
+            return Poll::Ready(Ok(0));
+        };
+        if first.len() >= JOIN_BELOW {
+            return self.writer.as_mut().poll_write(cx, first);
+        }
+        let mut joined = Vec::with_capacity(JOIN_BELOW);
+        joined.extend_from_slice(first);
+        for slice in slices {
+            let room = JOIN_BELOW - joined.len();
+            if room == 0 {
+                break;
+            }
+            joined.extend_from_slice(&slice[..slice.len().min(room)]);
+        }
+        self.writer.as_mut().poll_write(cx, &joined)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -1,4 +1,4 @@
-//! The benchmark (`src/bin/bench.rs`) with tiny sizes and one-second runs, so it cannot rot:
+//! The benchmark (`src/bin/bench/`) with tiny sizes and one-second runs, so it cannot rot:
 //! every scenario runs against the real relay, agent, sshd and wrk and prints its table.
 
 use std::process::Command;
@@ -53,7 +53,8 @@ fn the_benchmark_runs_every_scenario() {
         "| small calls, 32 conns, auth none | req/s |",
         "| small calls, 256 conns, RS256 + RFC 7523 (cached) | p99 ms |",
         "| stream 8 MiB download | MB/s |",
-        "| stream 8 MiB | agent peak RSS MiB |",
+        "| stream 8 MiB download | agent peak RSS MiB |",
+        "| stream 8 MiB upload | relay peak RSS MiB |",
         "| signing EdDSA | JWTs/s/core |",
         "| recovery over 2 relay restarts | max ms |",
         "| 20 idle agents | relay KiB/agent |",

@@ -33,19 +33,13 @@ pub fn run(w: &World, args: &Args, rows: &mut Table) -> Result<()> {
             let scenario = format!("small calls, {connections} conns, {label}");
             let openssh = (conn == "none").then_some(ssh);
             let direct = (conn == "none").then_some(direct);
-            let figures: [(&'static str, fn(&(f64, f64, f64, u64)) -> f64); 4] = [
-                ("req/s", |r| r.0),
-                ("p50 ms", |r| r.1),
-                ("p99 ms", |r| r.2),
-                ("non-2xx", |r| r.3 as f64),
-            ];
-            for (measure, pick) in figures {
+            for (i, (measure, value)) in p.figures().into_iter().enumerate() {
                 rows.push(Row {
                     scenario: scenario.clone(),
                     measure,
-                    postern: Some(pick(&p)),
-                    openssh: openssh.as_ref().map(pick),
-                    direct: direct.as_ref().map(pick),
+                    postern: Some(value),
+                    openssh: openssh.map(|s| s.figures()[i].1),
+                    direct: direct.map(|d| d.figures()[i].1),
                 });
             }
         }

@@ -8,11 +8,24 @@ use anyhow::{Context, Result};
 use crate::Args;
 use crate::table::median;
 
+#[derive(Clone, Copy)]
 pub struct WrkResult {
-    rps: f64,
-    p50_ms: f64,
-    p99_ms: f64,
-    errors: u64,
+    pub rps: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub errors: u64,
+}
+
+impl WrkResult {
+    /// The table's measures, in its order.
+    pub fn figures(&self) -> [(&'static str, f64); 4] {
+        [
+            ("req/s", self.rps),
+            ("p50 ms", self.p50_ms),
+            ("p99 ms", self.p99_ms),
+            ("non-2xx", self.errors as f64),
+        ]
+    }
 }
 
 pub fn wrk(url: &str, connections: u64, seconds: u64, bearer: Option<&str>) -> Result<WrkResult> {
@@ -59,13 +72,13 @@ pub fn wrk(url: &str, connections: u64, seconds: u64, bearer: Option<&str>) -> R
     })
 }
 
-/// Median requests/s and p50/p99 of `repeats` wrk runs.
+/// Median requests/s and p50/p99 of `repeats` wrk runs, and their errors summed.
 pub fn wrk_median(
     url: &str,
     connections: u64,
     args: &Args,
     bearer: Option<&str>,
-) -> Result<(f64, f64, f64, u64)> {
+) -> Result<WrkResult> {
     let mut rps = Vec::new();
     let mut p50 = Vec::new();
     let mut p99 = Vec::new();
@@ -77,5 +90,10 @@ pub fn wrk_median(
         p99.push(r.p99_ms);
         errors += r.errors;
     }
-    Ok((median(rps), median(p50), median(p99), errors))
+    Ok(WrkResult {
+        rps: median(rps),
+        p50_ms: median(p50),
+        p99_ms: median(p99),
+        errors,
+    })
 }
