@@ -682,6 +682,63 @@ async fn memory_stays_flat_over_20000_calls() -> Result<()> {
     Ok(())
 }
 
+/// Every connection test opens a channel of its own and closes it: russh 0.65.1 kept
+/// each channel its side closed first for good (~4 KiB); the vendored patch frees it.
+#[tokio::test(flavor = "multi_thread")]
+async fn memory_stays_flat_over_6000_opened_and_closed_channels() -> Result<()> {
+    const CHANNELS: usize = 6_000;
+    const WARMUP: usize = 600;
+    const WORKERS: usize = 4;
+    // Unpatched, the side that closes first grows by ~20 MiB over these channels.
+    const MAX_GROWTH_KIB: u64 = 6 * 1024;
+    let w = World::start().await?;
+    let run = |count: usize| {
+        let api = w.api.clone();
+        async move {
+            let mut handles = Vec::new();
+            for _ in 0..WORKERS {
+                let api = api.clone();
+                handles.push(tokio::spawn(async move {
+                    for _ in 0..count / WORKERS {
+                        let r = api
+                            .http
+                            .post(format!(
+                                "{}/v1/agents/warehouse-1/connections/orders/test",
+                                api.base
+                            ))
+                            .bearer_auth(&api.key)
+                            .send()
+                            .await?;
+                        if r.status() != 200 {
+                            bail!("connection test failed: {}", r.status());
+                        }
+                        r.bytes().await?;
+                    }
+                    Ok::<_, anyhow::Error>(())
+                }));
+            }
+            for h in handles {
+                h.await??;
+            }
+            Ok::<_, anyhow::Error>(())
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(120), run(WARMUP)).await??;
+    let (relay0, agent0) = (rss_kib(w.relay.pid())?, rss_kib(w.agent.pid())?);
+    tokio::time::timeout(Duration::from_secs(300), run(CHANNELS - WARMUP)).await??;
+    let (relay1, agent1) = (rss_kib(w.relay.pid())?, rss_kib(w.agent.pid())?);
+    eprintln!("{CHANNELS} channels: relay {relay0} → {relay1} KiB, agent {agent0} → {agent1} KiB");
+    assert!(
+        relay1.saturating_sub(relay0) < MAX_GROWTH_KIB,
+        "relay grew {relay0} → {relay1} KiB"
+    );
+    assert!(
+        agent1.saturating_sub(agent0) < MAX_GROWTH_KIB,
+        "agent grew {agent0} → {agent1} KiB"
+    );
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn init_writes_a_private_config_that_connects() -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
