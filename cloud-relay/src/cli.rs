@@ -190,8 +190,9 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// Logs go to stderr from a thread of their own, in batches: a write per call line
-/// under load costs more than the call. Keep the guard: dropping it flushes.
+/// Logs go to stderr from a thread of their own, in batches: a line per call written
+/// inline, under stderr's lock, showed in the call threads' profile. Keep the guard:
+/// dropping it flushes.
 fn init_tracing(
     level: Option<&str>,
     format: LogFormat,

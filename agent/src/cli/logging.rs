@@ -10,8 +10,9 @@ pub(crate) enum LogFormat {
     Json,
 }
 
-/// Logs go to stderr from a thread of their own, in batches: a write per call line
-/// under load costs more than the call. Keep the guard: dropping it flushes.
+/// Logs go to stderr from a thread of their own, in batches: a line per call written
+/// inline, under stderr's lock, showed in the call threads' profile. Keep the guard:
+/// dropping it flushes.
 pub(crate) fn init_tracing(level: Option<&str>, format: LogFormat) -> WorkerGuard {
     let (writer, guard) = non_blocking_stderr();
     let filter = level
@@ -36,7 +37,7 @@ pub(crate) fn init_tracing(level: Option<&str>, format: LogFormat) -> WorkerGuar
 
 /// stderr behind a queue (blocking, never dropping lines, when full) and a buffer
 /// that the writing thread flushes whenever the queue is empty.
-pub(crate) fn non_blocking_stderr() -> (NonBlocking, WorkerGuard) {
+fn non_blocking_stderr() -> (NonBlocking, WorkerGuard) {
     tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
         .finish(std::io::BufWriter::new(std::io::stderr()))
