@@ -7,7 +7,7 @@ use std::sync::Arc;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use postern_protocol::channel_pump::{DEFAULT_LIMIT, pump};
+use postern_protocol::channel_io::ChannelIo;
 use russh::Channel;
 use russh::client::Msg;
 use tokio_util::sync::CancellationToken;
@@ -20,14 +20,13 @@ pub async fn serve_test(channel: Channel<Msg>, ctx: Arc<CallContext>) {
     use tokio::io::AsyncWriteExt;
     let report = crate::connection_test::run(&ctx).await;
     let body = serde_json::to_vec(&report).unwrap_or_default();
-    let mut stream = pump(channel, DEFAULT_LIMIT);
+    let mut stream = ChannelIo::new(channel);
     let _ = stream.write_all(&body).await;
     let _ = stream.shutdown().await;
 }
 
 pub async fn serve(channel: Channel<Msg>, ctx: Arc<CallContext>, shutdown: CancellationToken) {
-    // Pumped: a slow internal server must not stall the tunnel's other channels.
-    let io = TokioIo::new(pump(channel, DEFAULT_LIMIT));
+    let io = TokioIo::new(ChannelIo::new(channel));
     let service = service_fn(move |request| {
         let ctx = ctx.clone();
         async move { Ok::<_, std::convert::Infallible>(call::handle(ctx, request).await) }

@@ -8,7 +8,7 @@ use std::task::{Context, Poll};
 use hyper::Uri;
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::TokioIo;
-use postern_protocol::channel_pump::{DEFAULT_LIMIT, PumpedStream, pump};
+use postern_protocol::channel_io::ChannelIo;
 use postern_protocol::version::FORWARD_ADDRESS;
 use postern_protocol::{ChannelTarget, ConnectionName};
 
@@ -38,9 +38,9 @@ impl ChannelConnector {
 }
 
 impl tower::Service<Uri> for ChannelConnector {
-    type Response = ChannelIo;
+    type Response = HyperChannel;
     type Error = ConnectError;
-    type Future = Pin<Box<dyn Future<Output = Result<ChannelIo, ConnectError>> + Send>>;
+    type Future = Pin<Box<dyn Future<Output = Result<HyperChannel, ConnectError>> + Send>>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         Poll::Ready(Ok(()))
@@ -61,22 +61,21 @@ impl tower::Service<Uri> for ChannelConnector {
                     },
                     _ => ConnectError::SessionClosed,
                 })?;
-            // Pumped: a caller that stops reading must not stall the agent's other channels.
-            Ok(ChannelIo(TokioIo::new(pump(channel, DEFAULT_LIMIT))))
+            Ok(HyperChannel(TokioIo::new(ChannelIo::new(channel))))
         })
     }
 }
 
 /// An SSH channel as a hyper connection.
-pub struct ChannelIo(TokioIo<PumpedStream>);
+pub struct HyperChannel(TokioIo<ChannelIo<russh::server::Msg>>);
 
-impl Connection for ChannelIo {
+impl Connection for HyperChannel {
     fn connected(&self) -> Connected {
         Connected::new()
     }
 }
 
-impl hyper::rt::Read for ChannelIo {
+impl hyper::rt::Read for HyperChannel {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -86,7 +85,7 @@ impl hyper::rt::Read for ChannelIo {
     }
 }
 
-impl hyper::rt::Write for ChannelIo {
+impl hyper::rt::Write for HyperChannel {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -9,12 +9,12 @@
 //! - [`token`]: access tokens and API keys: prefix, body, checksum.
 //! - [`headers`]: header names and the hop-by-hop list.
 //! - [`api`]: JSON bodies of the relay's HTTP API.
-//! - `channel_pump` (feature `russh-io`, the one piece of I/O here, so both sides
-//!   drain SSH channels the same way): keeps one stalled reader from freezing a session.
+//! - `channel_io` (feature `russh-io`, the one piece of I/O here, so both sides
+//!   speak HTTP over SSH channels the same way): a channel as a byte stream.
 
 pub mod api;
 #[cfg(feature = "russh-io")]
-pub mod channel_pump;
+pub mod channel_io;
 pub mod control;
 pub mod error;
 pub mod headers;

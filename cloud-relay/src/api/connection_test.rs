@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{Path, State};
-use postern_protocol::channel_pump::{DEFAULT_LIMIT, pump};
+use postern_protocol::channel_io::ChannelIo;
 use postern_protocol::{ChannelTarget, ConnectionName, ErrorCode};
 use tokio::io::AsyncReadExt;
 
@@ -45,7 +45,7 @@ pub async fn run(
             )
         })?;
     let mut report = Vec::new();
-    let mut stream = pump(channel, DEFAULT_LIMIT).take(MAX_REPORT);
+    let mut stream = ChannelIo::new(channel).take(MAX_REPORT);
     let read = stream.read_to_end(&mut report);
     match tokio::time::timeout(ctx.config.call_timeout, read).await {
         Err(_) => {

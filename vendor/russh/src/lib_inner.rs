@@ -30,6 +30,7 @@ pub mod keys;
 
 mod msg;
 mod negotiation;
+mod read_buffer;
 mod ssh_read;
 mod sshbuffer;
 

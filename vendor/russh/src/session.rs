@@ -335,6 +335,48 @@ impl Encrypted {
         Ok(false)
     }
 
+    /// postern patch: counts data the peer sent against its window without granting any
+    /// back; that happens as the application reads it (`grant_read_window`).
+    pub(crate) fn consume_window(&mut self, channel: ChannelId, len: usize) {
+        if let Some(channel) = self.channels.get_mut(&channel) {
+            // Ignore extra data (RFC 4254, 5.2), as `adjust_window_size` does.
+            if let Ok(len) = u32::try_from(len) {
+                if len <= channel.sender_window_size {
+                    channel.sender_window_size -= len;
+                }
+            }
+        }
+    }
+
+    /// postern patch: gives the peer back the window its data took, for what the readers
+    /// of `channels` have taken out of their queues, up to `target` per channel.
+    pub(crate) fn grant_read_window(
+        &mut self,
+        channels: &std::collections::HashMap<ChannelId, crate::channels::ChannelRef>,
+        target: u32,
+    ) -> Result<(), crate::Error> {
+        for (id, queue) in channels {
+            let read = queue.take_read();
+            if read == 0 {
+                continue;
+            }
+            let Some(channel) = self.channels.get_mut(id) else {
+                continue;
+            };
+            let grant = read.min(target.saturating_sub(channel.sender_window_size));
+            if grant == 0 {
+                continue;
+            }
+            push_packet!(self.write, {
+                self.write.push(msg::CHANNEL_WINDOW_ADJUST);
+                channel.recipient_channel.encode(&mut self.write)?;
+                grant.encode(&mut self.write)?;
+            });
+            channel.sender_window_size += grant;
+        }
+        Ok(())
+    }
+
     fn flush_channel(
         write: &mut Vec<u8>,
         channel: &mut ChannelParams,

@@ -2,7 +2,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::mpsc::{Receiver, Sender};
+use tokio::sync::mpsc::Sender;
 use tokio::sync::{Mutex, Notify};
 
 use crate::{ChannelId, ChannelOpenFailure, Error, Pty, Sig};
@@ -14,6 +14,11 @@ pub use channel_ref::ChannelRef;
 
 mod channel_stream;
 pub use channel_stream::ChannelStream;
+
+// postern patch: unbounded queues, window granted on read (see queue.rs).
+mod queue;
+pub(crate) use queue::queue;
+pub use queue::QueueReceiver;
 
 #[derive(Debug)]
 #[non_exhaustive]
@@ -144,7 +149,7 @@ impl WindowSizeRef {
 ///
 /// Allows you to read from a channel without borrowing the session
 pub struct ChannelReadHalf {
-    pub(crate) receiver: Receiver<ChannelMsg>,
+    pub(crate) receiver: QueueReceiver,
 }
 
 impl std::fmt::Debug for ChannelReadHalf {
@@ -468,7 +473,9 @@ impl<S: From<(ChannelId, ChannelMsg)> + Send + Sync + 'static> Channel<S> {
         window_size: u32,
         channel_buffer_size: usize,
     ) -> (Self, ChannelRef) {
-        let (tx, rx) = tokio::sync::mpsc::channel(channel_buffer_size);
+        // postern patch: the queue is unbounded (see queue.rs).
+        let _ = channel_buffer_size;
+        let (tx, rx) = queue();
         let window_size = WindowSizeRef::new(window_size);
         let read_half = ChannelReadHalf { receiver: rx };
         let write_half = ChannelWriteHalf {

@@ -600,19 +600,26 @@ impl Session {
                     return Ok(());
                 }
                 let target = self.common.config.window_size;
+                // postern patch: window granted back as the reader takes data out
+                // (channels/queue.rs), or at once when the channel has no reader.
+                let delivered = self.channels.get(&channel_num).is_some_and(|chan| {
+                    chan.deliver(
+                        ChannelMsg::Data { data: data.clone() },
+                        &self.window_wake,
+                        target / 2,
+                    )
+                });
                 #[allow(clippy::collapsible_if)]
                 if let Some(ref mut enc) = self.common.encrypted {
-                    if enc.adjust_window_size(channel_num, &data, target)? {
+                    if delivered {
+                        enc.consume_window(channel_num, data.len());
+                    } else if enc.adjust_window_size(channel_num, &data, target)? {
                         let next_window =
                             client.adjust_window(channel_num, self.target_window_size);
                         if next_window > 0 {
                             self.target_window_size = next_window
                         }
                     }
-                }
-
-                if let Some(chan) = self.channels.get(&channel_num) {
-                    let _ = chan.send(ChannelMsg::Data { data: data.clone() }).await;
                 }
 
                 client.data(channel_num, &data, self).await
@@ -627,24 +634,28 @@ impl Session {
                     return Ok(());
                 }
                 let target = self.common.config.window_size;
+                // postern patch: as for CHANNEL_DATA above.
+                let delivered = self.channels.get(&channel_num).is_some_and(|chan| {
+                    chan.deliver(
+                        ChannelMsg::ExtendedData {
+                            ext: extended_code,
+                            data: data.clone(),
+                        },
+                        &self.window_wake,
+                        target / 2,
+                    )
+                });
                 #[allow(clippy::collapsible_if)]
                 if let Some(ref mut enc) = self.common.encrypted {
-                    if enc.adjust_window_size(channel_num, &data, target)? {
+                    if delivered {
+                        enc.consume_window(channel_num, data.len());
+                    } else if enc.adjust_window_size(channel_num, &data, target)? {
                         let next_window =
                             client.adjust_window(channel_num, self.target_window_size);
                         if next_window > 0 {
                             self.target_window_size = next_window
                         }
                     }
-                }
-
-                if let Some(chan) = self.channels.get(&channel_num) {
-                    let _ = chan
-                        .send(ChannelMsg::ExtendedData {
-                            ext: extended_code,
-                            data: data.clone(),
-                        })
-                        .await;
                 }
 
                 client

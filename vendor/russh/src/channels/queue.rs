@@ -1,0 +1,129 @@
+//! postern patch: a channel's incoming queue. Unbounded, so the session loop never waits
+//! on one slow channel; bounded in bytes by the SSH window, granted back only as read.
+//!
+//! Upstream russh queues into a bounded channel and grants window on arrival: a reader
+//! that stops makes the session loop wait, stalling every channel (head-of-line). Here
+//! the loop hands data over without waiting, and the peer may send more only once the
+//! application has taken data out: the reader counts what it took and wakes the session
+//! when half a window is due, which then sends `CHANNEL_WINDOW_ADJUST`.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+
+use tokio::sync::Notify;
+use tokio::sync::mpsc::error::{SendError, TryRecvError};
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+
+use super::ChannelMsg;
+
+pub(crate) fn queue() -> (QueueSender, QueueReceiver) {
+    let (tx, rx) = unbounded_channel();
+    let read = Arc::new(ReadCredit::default());
+    (
+        QueueSender {
+            tx,
+            read: read.clone(),
+        },
+        QueueReceiver { rx, read },
+    )
+}
+
+/// Bytes the application has taken out and the session has not granted back yet.
+#[derive(Debug, Default)]
+struct ReadCredit {
+    taken: AtomicU32,
+    /// The session's wake-up and the amount that is worth a window adjust.
+    session: OnceLock<(Arc<Notify>, u32)>,
+}
+
+impl ReadCredit {
+    fn add(&self, n: usize) {
+        let n = u32::try_from(n).unwrap_or(u32::MAX);
+        let before = self.taken.fetch_add(n, Ordering::AcqRel);
+        if let Some((wake, threshold)) = self.session.get() {
+            if before < *threshold && before.saturating_add(n) >= *threshold {
+                wake.notify_one();
+            }
+        }
+    }
+}
+
+/// The session's end of a channel's queue.
+#[derive(Debug)]
+pub struct QueueSender {
+    tx: UnboundedSender<ChannelMsg>,
+    read: Arc<ReadCredit>,
+}
+
+impl QueueSender {
+    /// Never waits; `async` so that call sites written for a bounded queue stay as they are.
+    pub async fn send(&self, msg: ChannelMsg) -> Result<(), SendError<ChannelMsg>> {
+        self.tx.send(msg)
+    }
+
+    pub fn try_send(&self, msg: ChannelMsg) -> Result<(), SendError<ChannelMsg>> {
+        self.tx.send(msg)
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+
+    /// Hands data over and says whether a reader will count it when it takes it out; if
+    /// not (no reader), the caller grants the window at once, as upstream does.
+    pub(crate) fn deliver(&self, msg: ChannelMsg, wake: &Arc<Notify>, threshold: u32) -> bool {
+        self.read
+            .session
+            .get_or_init(|| (wake.clone(), threshold.max(1)));
+        self.tx.send(msg).is_ok()
+    }
+
+    /// What the reader has taken since the last call.
+    pub(crate) fn take_read(&self) -> u32 {
+        self.read.taken.swap(0, Ordering::AcqRel)
+    }
+}
+
+/// The application's end of a channel's queue; counts data as it is taken out.
+#[derive(Debug)]
+pub struct QueueReceiver {
+    rx: UnboundedReceiver<ChannelMsg>,
+    read: Arc<ReadCredit>,
+}
+
+impl QueueReceiver {
+    fn count(&self, msg: &ChannelMsg) {
+        if let ChannelMsg::Data { data } | ChannelMsg::ExtendedData { data, .. } = msg {
+            self.read.add(data.len());
+        }
+    }
+
+    pub async fn recv(&mut self) -> Option<ChannelMsg> {
+        let msg = self.rx.recv().await;
+        if let Some(msg) = &msg {
+            self.count(msg);
+        }
+        msg
+    }
+
+    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<ChannelMsg>> {
+        let polled = self.rx.poll_recv(cx);
+        if let Poll::Ready(Some(msg)) = &polled {
+            self.count(msg);
+        }
+        polled
+    }
+
+    pub fn try_recv(&mut self) -> Result<ChannelMsg, TryRecvError> {
+        let msg = self.rx.try_recv();
+        if let Ok(msg) = &msg {
+            self.count(msg);
+        }
+        msg
+    }
+
+    pub fn close(&mut self) {
+        self.rx.close()
+    }
+}
