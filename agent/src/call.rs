@@ -1,6 +1,7 @@
 //! One call: map the path under the connection's base, apply the rate limit, add the
 //! bearer token, send it with reqwest (once more on a stale token's 401), stream the answer.
 
+mod idle_timeout;
 pub mod rate_limit;
 mod replay;
 
@@ -61,7 +62,7 @@ impl CallContext {
     ) -> Result<Self, reqwest::Error> {
         let mut builder = reqwest::Client::builder()
             .connect_timeout(connection.timeout)
-            .read_timeout(connection.timeout)
+            // Not `read_timeout`: see call/idle_timeout.rs.
             // Redirects could lead off the base URI: hand them back to the caller instead.
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy()
@@ -299,10 +300,11 @@ async fn run(
         ));
     }
     let mut seen = 0u64;
-    let stream = upstream
+    let pieces = upstream
         .bytes_stream()
-        .map_err(|e| std::io::Error::other(error_chain(&e)))
-        .and_then(move |chunk| {
+        .map_err(|e| std::io::Error::other(error_chain(&e)));
+    let stream =
+        idle_timeout::IdleTimeout::new(Box::pin(pieces), conn.timeout).and_then(move |chunk| {
             seen += chunk.len() as u64;
             // Without a length up front the answer is cut off once it passes the limit.
             let result = if seen > max {

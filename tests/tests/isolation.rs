@@ -94,7 +94,8 @@ async fn a_stalled_reader_does_not_block_other_calls() -> Result<()> {
 }
 
 /// Before SSH window was granted on read, a caller more than 16 MiB behind its download
-/// had its channel closed; now the agent waits for it and the whole body arrives.
+/// had its channel closed, and one that paused longer than the connection's timeout was
+/// cut off by the agent's read timeout; now the agent waits and the whole body arrives.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_caller_that_pauses_mid_download_gets_the_whole_body() -> Result<()> {
     const SIZE: usize = 48 * 1024 * 1024;
@@ -113,7 +114,7 @@ async fn a_caller_that_pauses_mid_download_gets_the_whole_body() -> Result<()> {
             &relay.fingerprint,
             &token,
             &format!(
-                "[connections.o]\nbase_uri = \"{}\"\ntimeout = \"60s\"\n",
+                "[connections.o]\nbase_uri = \"{}\"\ntimeout = \"2s\"\n",
                 internal.base_uri()
             ),
         ),
@@ -124,7 +125,8 @@ async fn a_caller_that_pauses_mid_download_gets_the_whole_body() -> Result<()> {
     let mut download = api.call("a1", "o", &format!("/bytes/{SIZE}")).await?;
     assert_eq!(download.status(), 200);
     let mut received = download.chunk().await?.map_or(0, |c| c.len());
-    // Long enough for the agent to get far more than a window ahead, were it allowed.
+    // Long enough for the agent to get far more than a window ahead, were it allowed, and
+    // twice the connection's timeout.
     tokio::time::sleep(Duration::from_secs(4)).await;
     // Meanwhile other calls through the same agent go on.
     let r = tokio::time::timeout(Duration::from_secs(5), api.call("a1", "o", "/ping")).await??;
