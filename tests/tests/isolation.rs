@@ -13,13 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stalled_reader_does_not_block_other_calls() -> Result<()> {
-    let bins = postern_tests::bins!();
     let dir = TempDir::new("hol")?;
-    let state = dir.path().join("relay");
-    let relay = RelayProcess::start(&bins, &state, "127.0.0.1:0", "127.0.0.1:0")?;
-    let (_, token) = create_agent(&bins, &state, "a1")?;
-    let key = create_api_key(&bins, &state, "k")?;
-    let api = Api::new(relay.api_base(), key.clone());
     let internal = InternalServer::start(Verifier::None, "").await?;
     // An internal server that accepts uploads and never reads them.
     let deaf = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -31,20 +25,15 @@ async fn a_stalled_reader_does_not_block_other_calls() -> Result<()> {
             keep.lock().await.push(socket);
         }
     });
-    let config = dir.write_private(
-        "agent.toml",
-        &agent_config(
-            relay.ssh,
-            &relay.fingerprint,
-            &token,
-            &format!(
-                "[connections.o]\nbase_uri = \"{}\"\n[connections.deaf]\nbase_uri = \"http://{deaf_addr}\"\ntimeout = \"10s\"\n",
-                internal.base_uri()
-            ),
+    let (relay, _agent, api) = relay_and_agent(
+        &dir,
+        &format!(
+            "[connections.o]\nbase_uri = \"{}\"\n[connections.deaf]\nbase_uri = \"http://{deaf_addr}\"\ntimeout = \"10s\"\n",
+            internal.base_uri()
         ),
-    )?;
-    let _agent = AgentProcess::start(&bins, &config)?;
-    api.wait_online("a1", true, Duration::from_secs(15)).await?;
+    )
+    .await?;
+    let key = api.key.clone();
 
     // A caller asks for 60 MiB and then stops reading.
     let mut stalled = tokio::net::TcpStream::connect(relay.api).await?;
@@ -99,28 +88,13 @@ async fn a_stalled_reader_does_not_block_other_calls() -> Result<()> {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_caller_that_pauses_mid_download_gets_the_whole_body() -> Result<()> {
     const SIZE: usize = 48 * 1024 * 1024;
-    let bins = postern_tests::bins!();
     let dir = TempDir::new("slow-reader")?;
-    let state = dir.path().join("relay");
-    let relay = RelayProcess::start(&bins, &state, "127.0.0.1:0", "127.0.0.1:0")?;
-    let (_, token) = create_agent(&bins, &state, "a1")?;
-    let key = create_api_key(&bins, &state, "k")?;
-    let api = Api::new(relay.api_base(), key);
     let internal = InternalServer::start(Verifier::None, "").await?;
-    let config = dir.write_private(
-        "agent.toml",
-        &agent_config(
-            relay.ssh,
-            &relay.fingerprint,
-            &token,
-            &format!(
-                "[connections.o]\nbase_uri = \"{}\"\ntimeout = \"2s\"\n",
-                internal.base_uri()
-            ),
-        ),
-    )?;
-    let _agent = AgentProcess::start(&bins, &config)?;
-    api.wait_online("a1", true, Duration::from_secs(15)).await?;
+    let connections = format!(
+        "[connections.o]\nbase_uri = \"{}\"\ntimeout = \"2s\"\n",
+        internal.base_uri()
+    );
+    let (_relay, _agent, api) = relay_and_agent(&dir, &connections).await?;
 
     let mut download = api.call("a1", "o", &format!("/bytes/{SIZE}")).await?;
     assert_eq!(download.status(), 200);
@@ -139,4 +113,24 @@ async fn a_caller_that_pauses_mid_download_gets_the_whole_body() -> Result<()> {
     }
     assert_eq!(received, SIZE, "the paused download was cut short");
     Ok(())
+}
+
+/// A relay, agent `a1` online with `connections`, and an API client with a key.
+async fn relay_and_agent(
+    dir: &TempDir,
+    connections: &str,
+) -> Result<(RelayProcess, AgentProcess, Api)> {
+    let bins = postern_tests::bins!();
+    let state = dir.path().join("relay");
+    let relay = RelayProcess::start(&bins, &state, "127.0.0.1:0", "127.0.0.1:0")?;
+    let (_, token) = create_agent(&bins, &state, "a1")?;
+    let key = create_api_key(&bins, &state, "k")?;
+    let api = Api::new(relay.api_base(), key);
+    let config = dir.write_private(
+        "agent.toml",
+        &agent_config(relay.ssh, &relay.fingerprint, &token, connections),
+    )?;
+    let agent = AgentProcess::start(&bins, &config)?;
+    api.wait_online("a1", true, Duration::from_secs(15)).await?;
+    Ok((relay, agent, api))
 }

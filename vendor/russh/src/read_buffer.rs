@@ -1,13 +1,13 @@
 //! postern patch: the session loop's reads go through a small buffer, so a packet costs
 //! one `recv` instead of two (length, then the rest) and several small packets share one.
 //!
-//! The buffer exists only while it holds unread bytes: a session waiting for data (every
-//! idle agent on a relay) keeps no memory here. Reads at least as large as the buffer go
+//! Each read lands on the stack and only what is left over goes to the heap, until it is
+//! read: a session waiting for data (every idle agent on a relay) keeps no memory here. Reads at least as large as the buffer go
 //! straight to the stream, so bulk data is not copied once more.
 
 use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
 use tokio::io::{AsyncRead, ReadBuf};
 
@@ -41,21 +41,18 @@ impl<R: AsyncRead + Unpin> AsyncRead for ReadBuffer<R> {
             if out.remaining() >= CAPACITY {
                 return Pin::new(&mut this.inner).poll_read(cx, out);
             }
-            let mut buffer = vec![0; CAPACITY];
-            let mut fill = ReadBuf::new(&mut buffer);
-            match Pin::new(&mut this.inner).poll_read(cx, &mut fill) {
-                // Pending or failed: the buffer is dropped, not kept while waiting.
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Ready(Ok(())) => {}
+            // Read on the stack; only what is left over after `out` moves to the heap.
+            let mut chunk = [0u8; CAPACITY];
+            let mut fill = ReadBuf::new(&mut chunk);
+            ready!(Pin::new(&mut this.inner).poll_read(cx, &mut fill))?;
+            let filled = fill.filled();
+            let n = filled.len().min(out.remaining());
+            out.put_slice(&filled[..n]);
+            if n < filled.len() {
+                this.buffer = filled[n..].to_vec();
+                this.position = 0;
             }
-            let filled = fill.filled().len();
-            if filled == 0 {
-                return Poll::Ready(Ok(()));
-            }
-            buffer.truncate(filled);
-            this.buffer = buffer;
-            this.position = 0;
+            return Poll::Ready(Ok(()));
         }
         let available = &this.buffer[this.position..];
         let n = available.len().min(out.remaining());
@@ -68,4 +65,3 @@ impl<R: AsyncRead + Unpin> AsyncRead for ReadBuffer<R> {
         Poll::Ready(Ok(()))
     }
 }
-
