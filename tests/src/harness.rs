@@ -387,6 +387,36 @@ pub fn rss_kib(pid: u32) -> Result<u64> {
         .ok_or_else(|| anyhow!("no VmRSS for {pid}"))
 }
 
+/// Where most end-to-end tests start: a relay with its state in `dir/relay`, agent `a1`
+/// online on it with `connections` (its config at `dir/agent.toml`), and an API client.
+pub struct Tunnel {
+    pub relay: RelayProcess,
+    pub agent: AgentProcess,
+    pub api: Api,
+    pub config: PathBuf,
+}
+
+impl Tunnel {
+    pub async fn start(bins: &Bins, dir: &crate::temp::TempDir, connections: &str) -> Result<Self> {
+        let state = dir.path().join("relay");
+        let relay = RelayProcess::start(bins, &state, "127.0.0.1:0", "127.0.0.1:0")?;
+        let (_, token) = create_agent(bins, &state, "a1")?;
+        let api = Api::new(relay.api_base(), create_api_key(bins, &state, "platform")?);
+        let config = dir.write_private(
+            "agent.toml",
+            &agent_config(relay.ssh, &relay.fingerprint, &token, connections),
+        )?;
+        let agent = AgentProcess::start(bins, &config)?;
+        api.wait_online("a1", true, Duration::from_secs(15)).await?;
+        Ok(Self {
+            relay,
+            agent,
+            api,
+            config,
+        })
+    }
+}
+
 /// An agent config with one JWT connection (RS256) and one open connection.
 pub fn agent_config(
     relay: SocketAddr,

@@ -1,12 +1,8 @@
 //! `POST /v1/agents/{agent}/connections/{connection}/test`: the relay asks the
 //! agent to run a connection's test request and returns the agent's report.
 
-use std::time::Duration;
-
 use anyhow::Result;
-use postern_tests::harness::{
-    AgentProcess, Api, RelayProcess, agent_config, create_agent, create_api_key,
-};
+use postern_tests::harness::Tunnel;
 use postern_tests::internal_server::{InternalServer, Verifier};
 use postern_tests::temp::TempDir;
 
@@ -14,10 +10,6 @@ use postern_tests::temp::TempDir;
 async fn the_relay_runs_a_connection_test_on_the_agent() -> Result<()> {
     let bins = postern_tests::bins!();
     let dir = TempDir::new("conntest")?;
-    let state = dir.path().join("relay");
-    let relay = RelayProcess::start(&bins, &state, "127.0.0.1:0", "127.0.0.1:0")?;
-    let (_, token) = create_agent(&bins, &state, "a1")?;
-    let api = Api::new(relay.api_base(), create_api_key(&bins, &state, "k")?);
     let internal = InternalServer::start(Verifier::None, "").await?;
     let dead = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
     let connections = format!(
@@ -25,12 +17,8 @@ async fn the_relay_runs_a_connection_test_on_the_agent() -> Result<()> {
          [connections.down]\nbase_uri = \"http://{dead}\"\ntimeout = \"2s\"\n",
         internal.base_uri()
     );
-    let config = dir.write_private(
-        "agent.toml",
-        &agent_config(relay.ssh, &relay.fingerprint, &token, &connections),
-    )?;
-    let _agent = AgentProcess::start(&bins, &config)?;
-    api.wait_online("a1", true, Duration::from_secs(15)).await?;
+    let tunnel = Tunnel::start(&bins, &dir, &connections).await?;
+    let api = &tunnel.api;
 
     let test = |connection: &'static str| {
         let api = api.clone();

@@ -4,9 +4,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use postern_tests::harness::{
-    AgentProcess, Api, Bins, RelayProcess, agent_config, create_agent, create_api_key, open_fds,
-};
+use postern_tests::harness::{AgentProcess, Api, Bins, RelayProcess, Tunnel, open_fds};
 use postern_tests::internal_server::{InternalServer, Verifier};
 use postern_tests::temp::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -27,16 +25,12 @@ struct World {
 async fn world(connections: &str) -> Result<World> {
     let dir = TempDir::new("faults")?;
     let bins = bins();
-    let state = dir.path().join("relay");
-    let relay = RelayProcess::start(&bins, &state, "127.0.0.1:0", "127.0.0.1:0")?;
-    let (_, token) = create_agent(&bins, &state, "a1")?;
-    let api = Api::new(relay.api_base(), create_api_key(&bins, &state, "platform")?);
-    let config = dir.write_private(
-        "agent.toml",
-        &agent_config(relay.ssh, &relay.fingerprint, &token, connections),
-    )?;
-    let agent = AgentProcess::start(&bins, &config)?;
-    api.wait_online("a1", true, Duration::from_secs(15)).await?;
+    let Tunnel {
+        relay,
+        agent,
+        api,
+        config,
+    } = Tunnel::start(&bins, &dir, connections).await?;
     Ok(World {
         dir,
         bins,

@@ -4,9 +4,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use postern_tests::harness::{
-    AgentProcess, Api, RelayProcess, agent_config, create_agent, create_api_key,
-};
+use postern_tests::harness::{Tunnel, rss_kib};
 use postern_tests::internal_server::{InternalServer, Verifier};
 use postern_tests::temp::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -25,7 +23,10 @@ async fn a_stalled_reader_does_not_block_other_calls() -> Result<()> {
             keep.lock().await.push(socket);
         }
     });
-    let (relay, _agent, api) = relay_and_agent(
+    let Tunnel {
+        relay, agent, api, ..
+    } = Tunnel::start(
+        &postern_tests::bins!(),
         &dir,
         &format!(
             "[connections.o]\nbase_uri = \"{}\"\n[connections.deaf]\nbase_uri = \"http://{deaf_addr}\"\ntimeout = \"10s\"\n",
@@ -34,6 +35,8 @@ async fn a_stalled_reader_does_not_block_other_calls() -> Result<()> {
     )
     .await?;
     let key = api.key.clone();
+    let rss = || -> Result<(u64, u64)> { Ok((rss_kib(relay.pid())?, rss_kib(agent.pid())?)) };
+    let before = rss()?;
 
     // A caller asks for 60 MiB and then stops reading.
     let mut stalled = tokio::net::TcpStream::connect(relay.api).await?;
@@ -69,6 +72,14 @@ async fn a_stalled_reader_does_not_block_other_calls() -> Result<()> {
         worst = worst.max(started.elapsed());
     }
     eprintln!("worst small call while another caller stalls: {worst:?}");
+    // Each stalled channel holds at most its 16 MiB window, not the 60 MiB behind it.
+    let during = rss()?;
+    eprintln!("relay, agent RSS {before:?} → {during:?} KiB while both callers stall");
+    assert!(
+        during.0.saturating_sub(before.0) < 40 * 1024
+            && during.1.saturating_sub(before.1) < 40 * 1024,
+        "a stalled channel was buffered beyond its window: {before:?} → {during:?} KiB"
+    );
     assert!(
         worst < Duration::from_secs(1),
         "a stalled caller blocked other calls for {worst:?}"
@@ -94,7 +105,8 @@ async fn a_caller_that_pauses_mid_download_gets_the_whole_body() -> Result<()> {
         "[connections.o]\nbase_uri = \"{}\"\ntimeout = \"2s\"\n",
         internal.base_uri()
     );
-    let (_relay, _agent, api) = relay_and_agent(&dir, &connections).await?;
+    let tunnel = Tunnel::start(&postern_tests::bins!(), &dir, &connections).await?;
+    let api = &tunnel.api;
 
     let mut download = api.call("a1", "o", &format!("/bytes/{SIZE}")).await?;
     assert_eq!(download.status(), 200);
@@ -113,24 +125,4 @@ async fn a_caller_that_pauses_mid_download_gets_the_whole_body() -> Result<()> {
     }
     assert_eq!(received, SIZE, "the paused download was cut short");
     Ok(())
-}
-
-/// A relay, agent `a1` online with `connections`, and an API client with a key.
-async fn relay_and_agent(
-    dir: &TempDir,
-    connections: &str,
-) -> Result<(RelayProcess, AgentProcess, Api)> {
-    let bins = postern_tests::bins!();
-    let state = dir.path().join("relay");
-    let relay = RelayProcess::start(&bins, &state, "127.0.0.1:0", "127.0.0.1:0")?;
-    let (_, token) = create_agent(&bins, &state, "a1")?;
-    let key = create_api_key(&bins, &state, "k")?;
-    let api = Api::new(relay.api_base(), key);
-    let config = dir.write_private(
-        "agent.toml",
-        &agent_config(relay.ssh, &relay.fingerprint, &token, connections),
-    )?;
-    let agent = AgentProcess::start(&bins, &config)?;
-    api.wait_online("a1", true, Duration::from_secs(15)).await?;
-    Ok((relay, agent, api))
 }

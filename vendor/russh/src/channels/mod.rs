@@ -471,10 +471,8 @@ impl<S: From<(ChannelId, ChannelMsg)> + Send + Sync + 'static> Channel<S> {
         sender: Sender<S>,
         max_packet_size: u32,
         window_size: u32,
-        channel_buffer_size: usize,
     ) -> (Self, ChannelRef) {
-        // postern patch: the queue is unbounded (see queue.rs).
-        let _ = channel_buffer_size;
+        // postern patch: the queue is unbounded (see queue.rs), so no buffer size.
         let (tx, rx) = queue();
         let window_size = WindowSizeRef::new(window_size);
         let read_half = ChannelReadHalf { receiver: rx };

@@ -12,7 +12,7 @@ use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
 use tokio::sync::Notify;
-use tokio::sync::mpsc::error::{SendError, TryRecvError};
+use tokio::sync::mpsc::error::SendError;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
 use super::ChannelMsg;
@@ -66,10 +66,6 @@ impl QueueSender {
         self.tx.send(msg)
     }
 
-    pub fn is_closed(&self) -> bool {
-        self.tx.is_closed()
-    }
-
     /// Hands data over and says whether a reader will count it when it takes it out; if
     /// not (no reader), the caller grants the window at once, as upstream does.
     pub(crate) fn deliver(&self, msg: ChannelMsg, wake: &Arc<Notify>, threshold: u32) -> bool {
@@ -113,14 +109,6 @@ impl QueueReceiver {
             self.count(msg);
         }
         polled
-    }
-
-    pub fn try_recv(&mut self) -> Result<ChannelMsg, TryRecvError> {
-        let msg = self.rx.try_recv();
-        if let Ok(msg) = &msg {
-            self.count(msg);
-        }
-        msg
     }
 
     pub fn close(&mut self) {

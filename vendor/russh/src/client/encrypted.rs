@@ -877,7 +877,6 @@ impl Session {
                     self.inbound_channel_sender.clone(),
                     channel_params.recipient_maximum_packet_size,
                     channel_params.recipient_window_size,
-                    self.common.config.channel_buffer_size,
                 );
 
                 let pending = crate::PendingChannelOpen {

@@ -2066,7 +2066,6 @@ impl Session {
             self.sender.sender.clone(),
             channel_params.recipient_maximum_packet_size,
             channel_params.recipient_window_size,
-            self.common.config.channel_buffer_size,
         );
 
         let pending = PendingChannelOpen {
