@@ -190,25 +190,18 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// Logs go to stderr from a thread of their own, in batches: a line per call written
-/// inline, under stderr's lock, showed in the call threads' profile. Keep the guard:
-/// dropping it flushes.
-fn init_tracing(
-    level: Option<&str>,
-    format: LogFormat,
-) -> tracing_appender::non_blocking::WorkerGuard {
+/// Logs go to stderr in batches from a thread of their own (`postern_logs`). Keep the
+/// guard: dropping it writes what is pending.
+fn init_tracing(level: Option<&str>, format: LogFormat) -> postern_logs::FlushGuard {
     use tracing_subscriber::EnvFilter;
-    // Blocking when the queue is full: no line is ever dropped.
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .finish(std::io::BufWriter::new(std::io::stderr()));
+    let (writer, guard) = postern_logs::batched(std::io::stderr());
     let filter = level
         .map(EnvFilter::new)
         .or_else(|| EnvFilter::try_from_default_env().ok())
         .unwrap_or_else(|| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(writer);
+        .with_writer(move || writer.clone());
     let _ = match format {
         LogFormat::Text => builder
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

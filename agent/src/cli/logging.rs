@@ -1,7 +1,7 @@
 //! Logging for the CLI: a `tracing` subscriber on stderr, filtered by
 //! `--log-level`, else `RUST_LOG`, else `info`; text (coloured on a terminal) or JSON lines.
 
-use tracing_appender::non_blocking::{NonBlocking, WorkerGuard};
+use postern_logs::FlushGuard;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -10,18 +10,17 @@ pub(crate) enum LogFormat {
     Json,
 }
 
-/// Logs go to stderr from a thread of their own, in batches: a line per call written
-/// inline, under stderr's lock, showed in the call threads' profile. Keep the guard:
-/// dropping it flushes.
-pub(crate) fn init_tracing(level: Option<&str>, format: LogFormat) -> WorkerGuard {
-    let (writer, guard) = non_blocking_stderr();
+/// Logs go to stderr in batches from a thread of their own (`postern_logs`). Keep the
+/// guard: dropping it writes what is pending.
+pub(crate) fn init_tracing(level: Option<&str>, format: LogFormat) -> FlushGuard {
+    let (writer, guard) = postern_logs::batched(std::io::stderr());
     let filter = level
         .map(EnvFilter::new)
         .or_else(|| EnvFilter::try_from_default_env().ok())
         .unwrap_or_else(|| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(writer);
+        .with_writer(move || writer.clone());
     let _ = match format {
         LogFormat::Json => builder
             .json()
@@ -33,12 +32,4 @@ pub(crate) fn init_tracing(level: Option<&str>, format: LogFormat) -> WorkerGuar
             .try_init(),
     };
     guard
-}
-
-/// stderr behind a queue (blocking, never dropping lines, when full) and a buffer
-/// that the writing thread flushes whenever the queue is empty.
-fn non_blocking_stderr() -> (NonBlocking, WorkerGuard) {
-    tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .finish(std::io::BufWriter::new(std::io::stderr()))
 }
