@@ -1,12 +1,15 @@
 //! Scenario 1, small calls: wrk GETs of a 30-byte JSON answer, direct, through `ssh -R`,
 //! and through postern with `auth = none`, an HS256 bearer and RS256 + RFC 7523.
+//!
+//! The five targets take turns, one run each per repeat, so that drift during the
+//! scenario (idle channels piling up, the machine's own spread) hits them alike.
 
 use anyhow::Result;
 
 use crate::Args;
 use crate::World;
 use crate::table::{Row, Table};
-use crate::wrk::wrk_median;
+use crate::wrk::{WrkResult, median_of, wrk};
 
 pub fn run(w: &World, args: &Args, rows: &mut Table) -> Result<()> {
     let call = |c: &str| {
@@ -15,24 +18,34 @@ pub fn run(w: &World, args: &Args, rows: &mut Table) -> Result<()> {
             w.postern.api.base
         )
     };
+    let labels = [
+        ("auth none", "none"),
+        ("HS256 bearer", "hs"),
+        ("RS256 + RFC 7523 (cached)", "rs"),
+    ];
     for &connections in &args.connections {
-        let direct = wrk_median(&format!("http://{}/small", w.fast), connections, args, None)?;
-        let ssh = wrk_median(
-            &format!("http://127.0.0.1:{}/small", w.ssh_port),
-            connections,
-            args,
-            None,
-        )?;
+        let mut urls = vec![
+            (format!("http://{}/small", w.fast), None),
+            (format!("http://127.0.0.1:{}/small", w.ssh_port), None),
+        ];
+        urls.extend(
+            labels
+                .iter()
+                .map(|(_, conn)| (call(conn), Some(w.postern.api.key.as_str()))),
+        );
         let exchanges_before = w.exchange.exchanges().len();
-        for (label, conn) in [
-            ("auth none", "none"),
-            ("HS256 bearer", "hs"),
-            ("RS256 + RFC 7523 (cached)", "rs"),
-        ] {
-            let p = wrk_median(&call(conn), connections, args, Some(&w.postern.api.key))?;
+        let mut runs: Vec<Vec<WrkResult>> = vec![Vec::new(); urls.len()];
+        for _ in 0..args.repeats {
+            for (i, (url, bearer)) in urls.iter().enumerate() {
+                runs[i].push(wrk(url, connections, args.seconds, *bearer)?);
+            }
+        }
+        let medians: Vec<WrkResult> = runs.iter().map(|r| median_of(r)).collect();
+        let (direct, ssh) = (medians[0], medians[1]);
+        for ((label, conn), p) in labels.iter().zip(&medians[2..]) {
             let scenario = format!("small calls, {connections} conns, {label}");
-            let openssh = (conn == "none").then_some(ssh);
-            let direct = (conn == "none").then_some(direct);
+            let openssh = (*conn == "none").then_some(ssh);
+            let direct = (*conn == "none").then_some(direct);
             for (i, (measure, value)) in p.figures().into_iter().enumerate() {
                 rows.push(Row {
                     scenario: scenario.clone(),

@@ -5,7 +5,6 @@ use std::process::Command;
 
 use anyhow::{Context, Result};
 
-use crate::Args;
 use crate::table::median;
 
 #[derive(Clone, Copy)]
@@ -72,28 +71,13 @@ pub fn wrk(url: &str, connections: u64, seconds: u64, bearer: Option<&str>) -> R
     })
 }
 
-/// Median requests/s and p50/p99 of `repeats` wrk runs, and their errors summed.
-pub fn wrk_median(
-    url: &str,
-    connections: u64,
-    args: &Args,
-    bearer: Option<&str>,
-) -> Result<WrkResult> {
-    let mut rps = Vec::new();
-    let mut p50 = Vec::new();
-    let mut p99 = Vec::new();
-    let mut errors = 0;
-    for _ in 0..args.repeats {
-        let r = wrk(url, connections, args.seconds, bearer)?;
-        rps.push(r.rps);
-        p50.push(r.p50_ms);
-        p99.push(r.p99_ms);
-        errors += r.errors;
+/// Median requests/s and p50/p99 of several wrk runs, and their errors summed.
+pub fn median_of(runs: &[WrkResult]) -> WrkResult {
+    let of = |f: fn(&WrkResult) -> f64| median(runs.iter().map(f).collect());
+    WrkResult {
+        rps: of(|r| r.rps),
+        p50_ms: of(|r| r.p50_ms),
+        p99_ms: of(|r| r.p99_ms),
+        errors: runs.iter().map(|r| r.errors).sum(),
     }
-    Ok(WrkResult {
-        rps: median(rps),
-        p50_ms: median(p50),
-        p99_ms: median(p99),
-        errors,
-    })
 }
