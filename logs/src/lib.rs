@@ -45,7 +45,10 @@ struct Pending {
     lines: Vec<u8>,
     writer_idle: bool,
     writers_waiting: usize,
+    /// The guard is gone: write what is pending without gathering, then stop.
     closed: bool,
+    /// The thread has stopped (or never started): writers write directly.
+    done: bool,
 }
 
 /// Lines to `out` in batches from a thread named `logs` (written directly, line by line,
@@ -65,7 +68,7 @@ pub fn batched<W: Write + Send + 'static>(out: W) -> (BatchedWriter, FlushGuard)
             .ok()
     };
     if thread.is_none() {
-        shared.lock().closed = true;
+        shared.lock().done = true;
     }
     (
         BatchedWriter {
@@ -85,7 +88,12 @@ fn write_batches(shared: &Shared<dyn Write + Send>) {
         }
         pending.writer_idle = false;
         if pending.lines.is_empty() {
-            return; // closed and drained
+            // Closed and drained; decided under the lock, so no line is left behind.
+            pending.done = true;
+            if pending.writers_waiting > 0 {
+                shared.room.notify_all();
+            }
+            return;
         }
         if !pending.closed && pending.lines.len() < EARLY_WRITE {
             pending = shared
@@ -124,12 +132,12 @@ impl Write for BatchedWriter {
     fn write(&mut self, line: &[u8]) -> io::Result<usize> {
         let shared = &self.shared;
         let mut pending = shared.lock();
-        while pending.lines.len() >= MAX_PENDING && !pending.closed {
+        while pending.lines.len() >= MAX_PENDING && !pending.done {
             pending.writers_waiting += 1;
             pending = wait(&shared.room, pending);
             pending.writers_waiting -= 1;
         }
-        if pending.closed {
+        if pending.done {
             drop(pending);
             shared.write_out(line);
             return Ok(line.len());
@@ -155,7 +163,6 @@ impl Drop for FlushGuard {
     fn drop(&mut self) {
         self.shared.lock().closed = true;
         self.shared.wake_writer.notify_one();
-        self.shared.room.notify_all();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
