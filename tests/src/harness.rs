@@ -43,31 +43,44 @@ impl Bins {
     }
 }
 
+/// How long a line the binaries have logged may take to reach the output: they write
+/// logs in batches (`postern_logs::GATHER`), and the pipe and the reader thread follow.
+pub const LOG_LATENCY: Duration = Duration::from_millis(100);
+const _: () = assert!(postern_logs::GATHER.as_millis() * 2 < LOG_LATENCY.as_millis());
+
 /// Output lines of a child process, kept for assertions.
 #[derive(Clone, Default)]
 pub struct Logs(Arc<Mutex<Vec<String>>>);
 
 impl Logs {
+    /// Every line the process had logged when this was called (so it waits `LOG_LATENCY`).
     pub fn text(&self) -> String {
-        self.0.lock().map(|l| l.join("\n")).unwrap_or_default()
+        std::thread::sleep(LOG_LATENCY);
+        self.now()
     }
 
+    /// Whether a line logged before this call holds `needle`.
     pub fn contains(&self, needle: &str) -> bool {
         self.text().contains(needle)
+    }
+
+    /// The lines that have arrived so far.
+    fn now(&self) -> String {
+        self.0.lock().map(|l| l.join("\n")).unwrap_or_default()
     }
 
     /// Waits until a line holds `needle`, bounded by `limit`.
     pub fn wait_for(&self, needle: &str, limit: Duration) -> Result<()> {
         let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
-            if self.contains(needle) {
+            if self.now().contains(needle) {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(25));
         }
         bail!(
             "no log line with {needle:?} within {limit:?}; logs:\n{}",
-            self.text()
+            self.now()
         )
     }
 }

@@ -244,8 +244,9 @@ impl ConfiguredRelay {
         self.child.id()
     }
 
-    /// The relay's log lines so far.
+    /// The relay's log lines, every one logged before this call (it waits `LOG_LATENCY`).
     pub fn log_lines(&self) -> Vec<String> {
+        std::thread::sleep(crate::harness::LOG_LATENCY);
         self.lines.lock().map(|l| l.clone()).unwrap_or_default()
     }
 
@@ -255,8 +256,9 @@ impl ConfiguredRelay {
         std::sync::Arc::new(move || lines.lock().map(|l| l.join("\n")).unwrap_or_default())
     }
 
+    /// The relay's logs, every line logged before this call (it waits `LOG_LATENCY`).
     pub fn logs(&self) -> String {
-        self.lines.lock().map(|l| l.join("\n")).unwrap_or_default()
+        self.log_lines().join("\n")
     }
 }
 
