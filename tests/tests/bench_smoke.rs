@@ -52,6 +52,8 @@ fn the_benchmark_runs_every_scenario() {
     for row in [
         "| small calls, 32 conns, auth none | req/s |",
         "| small calls, 256 conns, RS256 + RFC 7523 (cached) | p99 ms |",
+        "| small calls, 32 conns, auth none | relay CPU µs/call |",
+        "| small calls, 32 conns, HS256 bearer | agent CPU µs/call |",
         "| stream 8 MiB download | MB/s |",
         "| stream 8 MiB download | agent peak RSS MiB |",
         "| stream 8 MiB upload | relay peak RSS MiB |",
@@ -65,6 +67,12 @@ fn the_benchmark_runs_every_scenario() {
     // Failed calls would make the figures meaningless.
     for line in table.lines().filter(|l| l.contains("| non-2xx |")) {
         assert!(line.contains("| non-2xx | 0.00 |"), "{line}");
+    }
+    // A process that did the work cannot have spent no CPU on it (nor NaN).
+    for line in table.lines().filter(|l| l.contains(" CPU µs/call |")) {
+        let value = line.split('|').nth(3).map(str::trim).unwrap_or("");
+        let us: f64 = value.parse().unwrap_or(f64::NAN);
+        assert!(us > 0.0 && us.is_finite(), "{line}");
     }
     assert!(
         table.contains("| small calls, 32 conns, RS256 + RFC 7523 | token exchanges | 1.00 |"),

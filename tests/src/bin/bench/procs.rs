@@ -50,3 +50,17 @@ pub fn reset_peak_rss(pid: u32) -> Result<()> {
     std::fs::write(format!("/proc/{pid}/clear_refs"), "5")
         .with_context(|| format!("resetting the peak RSS of {pid}"))
 }
+
+/// CPU time (user + system, all threads) the process has used so far, in seconds.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    // utime and stime are fields 14 and 15 of /proc/PID/stat, counted from 3 after the
+    // command name's closing parenthesis, in USER_HZ ticks (100 a second on Linux).
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let fields: Vec<&str> = s.rsplit_once(')')?.1.split_whitespace().collect();
+            let ticks = |i: usize| fields.get(i)?.parse::<f64>().ok();
+            Some((ticks(11)? + ticks(12)?) / 100.0)
+        })
+        .unwrap_or(f64::NAN)
+}

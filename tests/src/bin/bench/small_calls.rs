@@ -1,6 +1,9 @@
 //! Scenario 1, small calls: wrk GETs of a 30-byte JSON answer, direct, through `ssh -R`,
 //! and through postern with `auth = none`, an HS256 bearer and RS256 + RFC 7523.
 //!
+//! Each postern row also says how much CPU the relay and the agent spent per call: on
+//! two shared cores that moves far less between runs than requests/s does.
+//!
 //! The five targets take turns, one run each per repeat, so that drift during the
 //! scenario (idle channels piling up, the machine's own spread) hits them alike.
 
@@ -8,7 +11,8 @@ use anyhow::Result;
 
 use crate::Args;
 use crate::World;
-use crate::table::{Row, Table};
+use crate::procs::cpu_seconds;
+use crate::table::{Row, Table, median};
 use crate::wrk::{WrkResult, median_of, wrk};
 
 pub fn run(w: &World, args: &Args, rows: &mut Table) -> Result<()> {
@@ -34,15 +38,23 @@ pub fn run(w: &World, args: &Args, rows: &mut Table) -> Result<()> {
                 .map(|(_, conn)| (call(conn), Some(w.postern.api.key.as_str()))),
         );
         let exchanges_before = w.exchange.exchanges().len();
+        let pids = [w.postern.relay.pid(), w.postern.agent.pid()];
         let mut runs: Vec<Vec<WrkResult>> = vec![Vec::new(); urls.len()];
+        // Per target, per run: relay and agent CPU µs per call.
+        let mut cpu: Vec<Vec<[f64; 2]>> = vec![Vec::new(); urls.len()];
         for _ in 0..args.repeats {
             for (i, (url, bearer)) in urls.iter().enumerate() {
-                runs[i].push(wrk(url, connections, args.seconds, *bearer)?);
+                let before = pids.map(cpu_seconds);
+                let run = wrk(url, connections, args.seconds, *bearer)?;
+                let after = pids.map(cpu_seconds);
+                let calls = run.rps * args.seconds as f64;
+                cpu[i].push([0, 1].map(|k| (after[k] - before[k]) * 1e6 / calls));
+                runs[i].push(run);
             }
         }
         let medians: Vec<WrkResult> = runs.iter().map(|r| median_of(r)).collect();
         let (direct, ssh) = (medians[0], medians[1]);
-        for ((label, conn), p) in labels.iter().zip(&medians[2..]) {
+        for (n, ((label, conn), p)) in labels.iter().zip(&medians[2..]).enumerate() {
             let scenario = format!("small calls, {connections} conns, {label}");
             let openssh = (*conn == "none").then_some(ssh);
             let direct = (*conn == "none").then_some(direct);
@@ -54,6 +66,13 @@ pub fn run(w: &World, args: &Args, rows: &mut Table) -> Result<()> {
                     openssh: openssh.map(|s| s.figures()[i].1),
                     direct: direct.map(|d| d.figures()[i].1),
                 });
+            }
+            for (k, measure) in ["relay CPU µs/call", "agent CPU µs/call"]
+                .into_iter()
+                .enumerate()
+            {
+                let per_run = cpu[n + 2].iter().map(|c| c[k]).collect();
+                rows.push(Row::postern(scenario.clone(), measure, median(per_run)));
             }
         }
         rows.push(Row::postern(
