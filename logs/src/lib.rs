@@ -21,23 +21,23 @@ pub const MAX_PENDING: usize = 4 * 1024 * 1024;
 /// A writer for `tracing_subscriber::fmt().with_writer(move || writer.clone())`.
 #[derive(Clone)]
 pub struct BatchedWriter {
-    shared: Arc<Shared<dyn Write + Send>>,
+    shared: Arc<Shared>,
 }
 
 /// Keep it for the life of the program: dropping it writes what is pending and stops the
 /// thread; lines logged after that are written directly.
 pub struct FlushGuard {
-    shared: Arc<Shared<dyn Write + Send>>,
+    shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
 }
 
-struct Shared<W: ?Sized> {
+struct Shared {
     pending: Mutex<Pending>,
     /// The writing thread waits here for a first line, or for the end of its gathering.
     wake_writer: Condvar,
     /// Writers wait here while `MAX_PENDING` bytes are queued.
     room: Condvar,
-    out: Mutex<W>,
+    out: Mutex<Box<dyn Write + Send>>,
 }
 
 #[derive(Default)]
@@ -54,11 +54,11 @@ struct Pending {
 /// Lines to `out` in batches from a thread named `logs` (written directly, line by line,
 /// if no thread can be started).
 pub fn batched<W: Write + Send + 'static>(out: W) -> (BatchedWriter, FlushGuard) {
-    let shared: Arc<Shared<dyn Write + Send>> = Arc::new(Shared {
+    let shared = Arc::new(Shared {
         pending: Mutex::new(Pending::default()),
         wake_writer: Condvar::new(),
         room: Condvar::new(),
-        out: Mutex::new(out),
+        out: Mutex::new(Box::new(out)),
     });
     let thread = {
         let shared = shared.clone();
@@ -78,7 +78,7 @@ pub fn batched<W: Write + Send + 'static>(out: W) -> (BatchedWriter, FlushGuard)
     )
 }
 
-fn write_batches(shared: &Shared<dyn Write + Send>) {
+fn write_batches(shared: &Shared) {
     let mut batch = Vec::new();
     loop {
         let mut pending = shared.lock();
@@ -112,7 +112,7 @@ fn write_batches(shared: &Shared<dyn Write + Send>) {
     }
 }
 
-impl<W: Write + Send + ?Sized> Shared<W> {
+impl Shared {
     fn lock(&self) -> MutexGuard<'_, Pending> {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }

@@ -39,22 +39,24 @@ pub fn run(w: &World, args: &Args, rows: &mut Table) -> Result<()> {
         );
         let exchanges_before = w.exchange.exchanges().len();
         let pids = [w.postern.relay.pid(), w.postern.agent.pid()];
-        let mut runs: Vec<Vec<WrkResult>> = vec![Vec::new(); urls.len()];
-        // Per target, per run: relay and agent CPU µs per call.
-        let mut cpu: Vec<Vec<[f64; 2]>> = vec![Vec::new(); urls.len()];
+        // Per target, per run: wrk's figures and the relay's and agent's CPU µs per call.
+        let mut runs: Vec<Vec<(WrkResult, [f64; 2])>> = vec![Vec::new(); urls.len()];
         for _ in 0..args.repeats {
             for (i, (url, bearer)) in urls.iter().enumerate() {
                 let before = pids.map(cpu_seconds);
                 let run = wrk(url, connections, args.seconds, *bearer)?;
                 let after = pids.map(cpu_seconds);
                 let calls = run.rps * args.seconds as f64;
-                cpu[i].push([0, 1].map(|k| (after[k] - before[k]) * 1e6 / calls));
-                runs[i].push(run);
+                let cpu = [0, 1].map(|k| (after[k] - before[k]) * 1e6 / calls);
+                runs[i].push((run, cpu));
             }
         }
-        let medians: Vec<WrkResult> = runs.iter().map(|r| median_of(r)).collect();
-        let (direct, ssh) = (medians[0], medians[1]);
-        for (n, ((label, conn), p)) in labels.iter().zip(&medians[2..]).enumerate() {
+        let wrk_median = |runs: &[(WrkResult, [f64; 2])]| {
+            median_of(&runs.iter().map(|(r, _)| *r).collect::<Vec<_>>())
+        };
+        let (direct, ssh) = (wrk_median(&runs[0]), wrk_median(&runs[1]));
+        for ((label, conn), runs) in labels.iter().zip(&runs[2..]) {
+            let p = wrk_median(runs);
             let scenario = format!("small calls, {connections} conns, {label}");
             let openssh = (*conn == "none").then_some(ssh);
             let direct = (*conn == "none").then_some(direct);
@@ -71,7 +73,7 @@ pub fn run(w: &World, args: &Args, rows: &mut Table) -> Result<()> {
                 .into_iter()
                 .enumerate()
             {
-                let per_run = cpu[n + 2].iter().map(|c| c[k]).collect();
+                let per_run = runs.iter().map(|(_, cpu)| cpu[k]).collect();
                 rows.push(Row::postern(scenario.clone(), measure, median(per_run)));
             }
         }
