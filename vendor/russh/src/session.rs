@@ -17,6 +17,7 @@ use std::collections::HashMap;
 use std::fmt::{Debug, Formatter};
 use std::mem::replace;
 use std::num::Wrapping;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use byteorder::{BigEndian, ByteOrder};
@@ -59,6 +60,9 @@ pub(crate) struct Encrypted {
     pub rekey_wanted: bool,
     pub received_extensions: Vec<String>,
     pub extension_info_awaiters: HashMap<String, Vec<oneshot::Sender<()>>>,
+    /// postern patch: false only while no channel has data queued for want of window
+    /// (set whenever data is queued, cleared by a scan that found none).
+    pub maybe_pending: AtomicBool,
 }
 
 pub(crate) struct CommonSession<Config> {
@@ -189,6 +193,7 @@ impl<C> CommonSession<C> {
             rekey_wanted: false,
             received_extensions: Vec::new(),
             extension_info_awaiters: HashMap::new(),
+            maybe_pending: AtomicBool::new(true),
         });
         self.remote_to_local = newkeys.cipher.remote_to_local;
         self.packet_writer
@@ -504,10 +509,20 @@ impl Encrypted {
         }
     }
 
+    /// postern patch: asked on every turn of the session loop and for every message it
+    /// takes, so the scan over all channels runs only after something was queued.
     pub(crate) fn has_any_pending_data(&self) -> bool {
-        self.channels
+        if !self.maybe_pending.load(Ordering::Relaxed) {
+            return false;
+        }
+        let any = self
+            .channels
             .values()
-            .any(|channel| !channel.pending_data.is_empty())
+            .any(|channel| !channel.pending_data.is_empty());
+        if !any {
+            self.maybe_pending.store(false, Ordering::Relaxed);
+        }
+        any
     }
 
     /// Push the largest amount of `&buf0[from..]` that can fit into
@@ -641,12 +656,14 @@ impl Encrypted {
         if let Some(channel) = self.channels.get_mut(&channel) {
             assert!(channel.confirmed);
             if !channel.pending_data.is_empty() || is_rekeying {
+                self.maybe_pending.store(true, Ordering::Relaxed);
                 channel.pending_data.push_back((buf0, None, 0));
                 return Ok(());
             }
             let buf_len = Self::data_noqueue(&mut self.write, channel, &buf0, None, 0)?;
             if buf_len < buf0.len() {
-                channel.pending_data.push_back((buf0, None, buf_len))
+                self.maybe_pending.store(true, Ordering::Relaxed);
+                channel.pending_data.push_back((buf0, None, buf_len));
             }
         } else {
             debug!("{channel:?} not saved for this session");
@@ -665,6 +682,7 @@ impl Encrypted {
         if let Some(channel) = self.channels.get_mut(&channel) {
             assert!(channel.confirmed);
             if !channel.pending_data.is_empty() || is_rekeying {
+                self.maybe_pending.store(true, Ordering::Relaxed);
                 channel.pending_data.push_back((buf0, None, 0));
                 return Ok(());
             }
@@ -674,7 +692,8 @@ impl Encrypted {
                 Self::data_noqueue(&mut self.write, channel, &buf0, None, 0)?
             };
             if buf_len < buf0.len() {
-                channel.pending_data.push_back((buf0, None, buf_len))
+                self.maybe_pending.store(true, Ordering::Relaxed);
+                channel.pending_data.push_back((buf0, None, buf_len));
             }
         } else {
             debug!("{channel:?} not saved for this session");
@@ -694,12 +713,14 @@ impl Encrypted {
         if let Some(channel) = self.channels.get_mut(&channel) {
             assert!(channel.confirmed);
             if !channel.pending_data.is_empty() || is_rekeying {
+                self.maybe_pending.store(true, Ordering::Relaxed);
                 channel.pending_data.push_back((buf0, Some(ext), 0));
                 return Ok(());
             }
             let buf_len = Self::data_noqueue(&mut self.write, channel, &buf0, Some(ext), 0)?;
             if buf_len < buf0.len() {
-                channel.pending_data.push_back((buf0, Some(ext), buf_len))
+                self.maybe_pending.store(true, Ordering::Relaxed);
+                channel.pending_data.push_back((buf0, Some(ext), buf_len));
             }
         }
         Ok(())
@@ -717,6 +738,7 @@ impl Encrypted {
         if let Some(channel) = self.channels.get_mut(&channel) {
             assert!(channel.confirmed);
             if !channel.pending_data.is_empty() || is_rekeying {
+                self.maybe_pending.store(true, Ordering::Relaxed);
                 channel.pending_data.push_back((buf0, Some(ext), 0));
                 return Ok(());
             }
@@ -726,7 +748,8 @@ impl Encrypted {
                 Self::data_noqueue(&mut self.write, channel, &buf0, Some(ext), 0)?
             };
             if buf_len < buf0.len() {
-                channel.pending_data.push_back((buf0, Some(ext), buf_len))
+                self.maybe_pending.store(true, Ordering::Relaxed);
+                channel.pending_data.push_back((buf0, Some(ext), buf_len));
             }
         }
         Ok(())
@@ -933,6 +956,7 @@ mod tests {
             rekey_wanted: false,
             received_extensions: Vec::new(),
             extension_info_awaiters: HashMap::new(),
+            maybe_pending: AtomicBool::new(true),
         }
     }
 

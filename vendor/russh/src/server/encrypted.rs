@@ -887,6 +887,7 @@ mod tests {
             rekey_wanted: false,
             received_extensions: Vec::new(),
             extension_info_awaiters: std::collections::HashMap::new(),
+            maybe_pending: std::sync::atomic::AtomicBool::new(true),
         }
     }
 }

@@ -1663,6 +1663,7 @@ mod tests {
                     rekey_wanted: false,
                     received_extensions: Vec::new(),
                     extension_info_awaiters: HashMap::new(),
+                    maybe_pending: std::sync::atomic::AtomicBool::new(true),
                 }),
                 auth_method: None,
                 auth_attempts: 0,
