@@ -14,10 +14,14 @@ pub enum ErrorCode {
     Forbidden,
     /// No such route.
     NotFound,
+    /// The route exists but not with this method.
+    MethodNotAllowed,
     /// No agent with this id or name (or it was revoked).
     AgentNotFound,
     /// An agent with this name exists already.
     AgentExists,
+    /// An API key with this name exists already.
+    ApiKeyExists,
     /// The agent exists but holds no live session.
     AgentOffline,
     /// The agent does not serve a connection by this name.
@@ -54,8 +58,10 @@ impl ErrorCode {
             Self::Unauthorized => "unauthorized",
             Self::Forbidden => "forbidden",
             Self::NotFound => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
             Self::AgentNotFound => "agent_not_found",
             Self::AgentExists => "agent_exists",
+            Self::ApiKeyExists => "api_key_exists",
             Self::AgentOffline => "agent_offline",
             Self::UnknownConnection => "unknown_connection",
             Self::PathRejected => "path_rejected",
@@ -79,7 +85,8 @@ impl ErrorCode {
             Self::Unauthorized => 401,
             Self::Forbidden => 403,
             Self::NotFound | Self::AgentNotFound | Self::UnknownConnection => 404,
-            Self::AgentExists => 409,
+            Self::MethodNotAllowed => 405,
+            Self::AgentExists | Self::ApiKeyExists => 409,
             Self::BadRequest | Self::PathRejected => 400,
             Self::AgentOffline | Self::StoreUnavailable => 503,
             Self::UpstreamUnreachable | Self::TunnelError | Self::TokenExchangeFailed => 502,
@@ -143,6 +150,8 @@ mod tests {
             ErrorCode::UnknownConnection,
             ErrorCode::UpstreamTimeout,
             ErrorCode::PathRejected,
+            ErrorCode::ApiKeyExists,
+            ErrorCode::MethodNotAllowed,
         ] {
             let json = serde_json::to_string(&code).expect("json");
             assert_eq!(json.trim_matches('"'), code.as_str());

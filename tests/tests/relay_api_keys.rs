@@ -107,7 +107,8 @@ async fn keys_are_managed_through_the_api_and_never_shown_again() -> Result<()> 
         Some(serde_json::json!({"name": "ops"})),
     )
     .await?;
-    assert_eq!(taken.status, 400, "{}", taken.json);
+    assert_eq!(taken.status, 409, "{}", taken.json);
+    assert_eq!(taken.code(), "api_key_exists");
     let bad_scope = send(
         &w.admin,
         Method::POST,

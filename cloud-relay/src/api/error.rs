@@ -27,8 +27,7 @@ impl ApiError {
             StoreError::AgentExists(_) => Self::new(ErrorCode::AgentExists, e.to_string()),
             StoreError::AgentNotFound(_) => Self::new(ErrorCode::AgentNotFound, e.to_string()),
             StoreError::BadName(_) => Self::new(ErrorCode::BadRequest, e.to_string()),
-            // No dedicated code for a taken key name; 400 with a clear message.
-            StoreError::ApiKeyExists(_) => Self::new(ErrorCode::BadRequest, e.to_string()),
+            StoreError::ApiKeyExists(_) => Self::new(ErrorCode::ApiKeyExists, e.to_string()),
             StoreError::ApiKeyNotFound(_) => Self::new(ErrorCode::NotFound, e.to_string()),
             ref other if other.disk_problem().is_some() => {
                 let problem = other.disk_problem().unwrap_or_default();
@@ -87,6 +86,7 @@ pub async fn json_errors(
         401 => ErrorCode::Unauthorized,
         403 => ErrorCode::Forbidden,
         404 => ErrorCode::NotFound,
+        405 => ErrorCode::MethodNotAllowed,
         413 | 431 => ErrorCode::PayloadTooLarge,
         500.. => ErrorCode::Internal,
         _ => ErrorCode::BadRequest,
