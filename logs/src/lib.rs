@@ -38,6 +38,8 @@ struct Shared {
     /// Writers wait here while `MAX_PENDING` bytes are queued.
     room: Condvar,
     out: Mutex<Box<dyn Write + Send>>,
+    /// [`GATHER`], except in tests that need the gathering to outlast them.
+    gather: Duration,
 }
 
 #[derive(Default)]
@@ -54,11 +56,19 @@ struct Pending {
 /// Lines to `out` in batches from a thread named `logs` (written directly, line by line,
 /// if no thread can be started).
 pub fn batched<W: Write + Send + 'static>(out: W) -> (BatchedWriter, FlushGuard) {
+    batched_gathering(out, GATHER)
+}
+
+fn batched_gathering<W: Write + Send + 'static>(
+    out: W,
+    gather: Duration,
+) -> (BatchedWriter, FlushGuard) {
     let shared = Arc::new(Shared {
         pending: Mutex::new(Pending::default()),
         wake_writer: Condvar::new(),
         room: Condvar::new(),
         out: Mutex::new(Box::new(out)),
+        gather,
     });
     let thread = {
         let shared = shared.clone();
@@ -98,7 +108,7 @@ fn write_batches(shared: &Shared) {
         if !pending.closed && pending.lines.len() < EARLY_WRITE {
             pending = shared
                 .wake_writer
-                .wait_timeout(pending, GATHER)
+                .wait_timeout(pending, shared.gather)
                 .map_or_else(|p| p.into_inner().0, |(p, _)| p);
         }
         std::mem::swap(&mut pending.lines, &mut batch);
@@ -235,6 +245,23 @@ mod tests {
         writer.write_all(b"hello\n").expect("write");
         until("the line", || out.text() == "hello\n");
         assert!(sent.elapsed() < GATHER + Duration::from_millis(200));
+    }
+
+    #[test]
+    fn a_full_batch_is_written_without_waiting_out_the_gathering_time() {
+        let out = Recorder::default();
+        // Gathering that outlasts the test: only the early write can get lines out.
+        let (mut writer, _guard) = batched_gathering(out.clone(), Duration::from_secs(60));
+        writer.write_all(b"first\n").expect("write");
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(out.text(), "", "a lone line waits for the gathering time");
+        let line = [b'x'; 1023];
+        for _ in 0..EARLY_WRITE / 1024 {
+            writer.write_all(&line).expect("write");
+            writer.write_all(b"\n").expect("write");
+        }
+        until("the batch", || out.text().len() == 6 + EARLY_WRITE);
+        assert!(out.text().starts_with("first\nxxx"));
     }
 
     #[test]
