@@ -56,7 +56,13 @@ impl Logs {
     /// Every line the process had logged when this was called (so it waits `LOG_LATENCY`).
     pub fn text(&self) -> String {
         std::thread::sleep(LOG_LATENCY);
-        self.now()
+        self.so_far()
+    }
+
+    /// As [`Logs::text`], line by line.
+    pub fn lines(&self) -> Vec<String> {
+        std::thread::sleep(LOG_LATENCY);
+        self.0.lock().map(|l| l.clone()).unwrap_or_default()
     }
 
     /// Whether a line logged before this call holds `needle`.
@@ -64,8 +70,8 @@ impl Logs {
         self.text().contains(needle)
     }
 
-    /// The lines that have arrived so far.
-    fn now(&self) -> String {
+    /// The lines that have arrived so far, without waiting (for polling).
+    pub fn so_far(&self) -> String {
         self.0.lock().map(|l| l.join("\n")).unwrap_or_default()
     }
 
@@ -73,14 +79,14 @@ impl Logs {
     pub fn wait_for(&self, needle: &str, limit: Duration) -> Result<()> {
         let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
-            if self.now().contains(needle) {
+            if self.so_far().contains(needle) {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(25));
         }
         bail!(
             "no log line with {needle:?} within {limit:?}; logs:\n{}",
-            self.now()
+            self.so_far()
         )
     }
 }
@@ -153,7 +159,13 @@ impl RelayProcess {
                 .recv_timeout(left)
                 .map_err(|_| anyhow!("relay did not start; logs:\n{}", logs.text()))?;
             if line.contains("relay listening") {
+                // Text lines hold `name=value`; JSON lines (`--log-format json`) hold
+                // `"fields":{"name":"value"}`.
+                let json: Option<serde_json::Value> = serde_json::from_str(&line).ok();
                 let field = |name: &str| {
+                    if let Some(v) = json.as_ref().and_then(|j| j["fields"][name].as_str()) {
+                        return Ok(v.to_owned());
+                    }
                     line.split_whitespace()
                         .find_map(|w| w.strip_prefix(&format!("{name}=")))
                         .map(str::to_owned)

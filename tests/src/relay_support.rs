@@ -145,126 +145,25 @@ where
     bail!("{what}: not within {limit:?}")
 }
 
-/// A relay started with `serve --config FILE` (for settings the CLI has no flag
-/// for), on 127.0.0.1:0; killed on drop.
-pub struct ConfiguredRelay {
-    child: std::process::Child,
-    pub ssh: std::net::SocketAddr,
-    pub api: std::net::SocketAddr,
-    pub fingerprint: String,
-    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
-}
-
-impl ConfiguredRelay {
-    /// Writes `relay.toml` in `dir` (state in `dir/relay`) with `extra` appended.
-    pub fn start(bins: &Bins, dir: &std::path::Path, extra: &str) -> Result<Self> {
-        Self::start_with_args(bins, dir, extra, &[])
-    }
-
-    /// As `start`, with more `serve` arguments (e.g. `--log-format json`).
-    pub fn start_with_args(
-        bins: &Bins,
-        dir: &std::path::Path,
-        extra: &str,
-        args: &[&str],
-    ) -> Result<Self> {
-        use std::io::BufRead;
-        let state = dir.join("relay");
-        let config = dir.join("relay.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "state_dir = {:?}\nssh_listen = \"127.0.0.1:0\"\napi_listen = \"127.0.0.1:0\"\n{extra}",
-                state.to_string_lossy()
-            ),
-        )?;
-        let mut child = std::process::Command::new(&bins.relay)
-            .args(["serve", "--config"])
-            .arg(&config)
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()?;
-        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        if let Some(stderr) = child.stderr.take() {
-            let lines = lines.clone();
-            std::thread::spawn(move || {
-                for line in std::io::BufReader::new(stderr)
-                    .lines()
-                    .map_while(Result::ok)
-                {
-                    if let Ok(mut l) = lines.lock() {
-                        l.push(line.clone());
-                    }
-                    let _ = tx.send(line);
-                }
-            });
-        }
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let Ok(line) = rx.recv_timeout(left) else {
-                let _ = child.kill();
-                bail!(
-                    "relay did not start: {:?}",
-                    lines.lock().map(|l| l.join("\n"))
-                );
-            };
-            if line.contains("relay listening") {
-                // Text lines hold `name=value`; JSON lines hold `"name":"value"`.
-                let json: Option<serde_json::Value> = serde_json::from_str(&line).ok();
-                let field = |name: &str| {
-                    if let Some(v) = json.as_ref().and_then(|j| j["fields"][name].as_str()) {
-                        return Ok(v.to_owned());
-                    }
-                    line.split_whitespace()
-                        .find_map(|w| w.strip_prefix(&format!("{name}=")))
-                        .map(str::to_owned)
-                        .ok_or_else(|| anyhow::anyhow!("no {name}= in {line:?}"))
-                };
-                return Ok(Self {
-                    ssh: field("ssh")?.parse()?,
-                    api: field("api")?.parse()?,
-                    fingerprint: field("fingerprint")?,
-                    child,
-                    lines,
-                });
-            }
-        }
-    }
-
-    pub fn api_base(&self) -> String {
-        format!("http://{}", self.api)
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// The relay's log lines, every one logged before this call (it waits `LOG_LATENCY`).
-    pub fn log_lines(&self) -> Vec<String> {
-        std::thread::sleep(crate::harness::LOG_LATENCY);
-        self.lines.lock().map(|l| l.clone()).unwrap_or_default()
-    }
-
-    /// A cheap closure that reads the logs, for polling from async tasks.
-    pub fn lines_handle(&self) -> std::sync::Arc<dyn Fn() -> String + Send + Sync> {
-        let lines = self.lines.clone();
-        std::sync::Arc::new(move || lines.lock().map(|l| l.join("\n")).unwrap_or_default())
-    }
-
-    /// The relay's logs, every line logged before this call (it waits `LOG_LATENCY`).
-    pub fn logs(&self) -> String {
-        self.log_lines().join("\n")
-    }
-}
-
-impl Drop for ConfiguredRelay {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A relay started with `serve --config FILE` (for settings the CLI has no flag for)
+/// and `args` (e.g. `--log-format json`), on 127.0.0.1:0: `dir/relay.toml` holds the
+/// state folder `dir/relay`, the listen addresses and `extra`.
+pub fn configured_relay(
+    bins: &Bins,
+    dir: &std::path::Path,
+    extra: &str,
+    args: &[&str],
+) -> Result<RelayProcess> {
+    let state = dir.join("relay");
+    let config = dir.join("relay.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "state_dir = {:?}\nssh_listen = \"127.0.0.1:0\"\napi_listen = \"127.0.0.1:0\"\n{extra}",
+            state.to_string_lossy()
+        ),
+    )?;
+    let mut command = std::process::Command::new(&bins.relay);
+    command.args(["serve", "--config"]).arg(&config).args(args);
+    RelayProcess::spawn(command, &state)
 }

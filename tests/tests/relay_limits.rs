@@ -6,9 +6,9 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use postern_tests::harness::{AgentProcess, Api, Bins, agent_config, create_api_key};
+use postern_tests::harness::{AgentProcess, Api, Bins, RelayProcess, agent_config, create_api_key};
 use postern_tests::internal_server::{InternalServer, Verifier};
-use postern_tests::relay_support::{ConfiguredRelay, eventually, send};
+use postern_tests::relay_support::{configured_relay, eventually, send};
 use postern_tests::temp::TempDir;
 use reqwest::Method;
 
@@ -27,7 +27,7 @@ header_read_timeout = "2s"
 
 struct Limited {
     _dir: TempDir,
-    relay: ConfiguredRelay,
+    relay: RelayProcess,
     api: Api,
     _internal: InternalServer,
     _agent: AgentProcess,
@@ -36,7 +36,7 @@ struct Limited {
 async fn start() -> Result<Limited> {
     let dir = TempDir::new("relay-limits")?;
     let bins = bins();
-    let relay = ConfiguredRelay::start(&bins, dir.path(), LIMITS)?;
+    let relay = configured_relay(&bins, dir.path(), LIMITS, &[])?;
     let api = Api::new(
         relay.api_base(),
         create_api_key(&bins, &dir.path().join("relay"), "admin")?,

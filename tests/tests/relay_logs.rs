@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::Result;
 use postern_tests::harness::{AgentProcess, Api, Bins, agent_config, create_api_key};
 use postern_tests::internal_server::{InternalServer, Verifier};
-use postern_tests::relay_support::{ConfiguredRelay, eventually, send};
+use postern_tests::relay_support::{configured_relay, eventually, send};
 use postern_tests::temp::TempDir;
 use reqwest::Method;
 
@@ -20,7 +20,7 @@ fn bins() -> Bins {
 async fn json_logs_of_a_full_run_hold_request_ids_and_no_secret() -> Result<()> {
     let dir = TempDir::new("relay-logs")?;
     let bins = bins();
-    let relay = ConfiguredRelay::start_with_args(&bins, dir.path(), "", &["--log-format", "json"])?;
+    let relay = configured_relay(&bins, dir.path(), "", &["--log-format", "json"])?;
     let admin_key = create_api_key(&bins, &dir.path().join("relay"), "admin")?;
     let api = Api::new(relay.api_base(), admin_key.clone());
     let internal = InternalServer::start(Verifier::None, "orders").await?;
@@ -90,12 +90,12 @@ async fn json_logs_of_a_full_run_hold_request_ids_and_no_secret() -> Result<()> 
     let agent = AgentProcess::start(&bins, &write_config(&new_token)?)?;
     api.wait_online("warehouse-1", true, ONLINE_WITHIN).await?;
     eventually("the relay logged the call", ONLINE_WITHIN, || {
-        let text = relay.logs();
+        let text = relay.logs.text();
         async move { text.contains("json-log-req-1") }
     })
     .await?;
 
-    let lines = relay.log_lines();
+    let lines = relay.logs.lines();
     assert!(lines.len() > 5);
     let mut call_line = None;
     for line in &lines {
@@ -110,7 +110,7 @@ async fn json_logs_of_a_full_run_hold_request_ids_and_no_secret() -> Result<()> 
         call_line.ok_or_else(|| anyhow::anyhow!("no line with the request id in its span"))?;
     assert_eq!(call_line["span"]["agent"], "warehouse-1");
 
-    let all_logs = format!("{}\n{}", relay.logs(), agent.logs.text());
+    let all_logs = format!("{}\n{}", relay.logs.text(), agent.logs.text());
     for secret in secrets.iter().filter(|s| s.len() > 10) {
         assert!(
             !all_logs.contains(secret.as_str()),

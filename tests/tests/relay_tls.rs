@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use postern_tests::harness::{AgentProcess, Bins, agent_config, create_api_key};
 use postern_tests::internal_server::{InternalServer, Verifier};
-use postern_tests::relay_support::{ConfiguredRelay, eventually};
+use postern_tests::relay_support::{configured_relay, eventually};
 use postern_tests::temp::TempDir;
 
 const ONLINE_WITHIN: Duration = Duration::from_secs(15);
@@ -81,7 +81,7 @@ async fn https_with_a_reloadable_certificate_and_agents_untouched() -> Result<()
     let key = dir.path().join("live.key");
     std::fs::copy(dir.path().join("first.crt"), &cert)?;
     std::fs::copy(dir.path().join("first.key"), &key)?;
-    let relay = ConfiguredRelay::start(
+    let relay = configured_relay(
         &bins,
         dir.path(),
         &format!(
@@ -89,6 +89,7 @@ async fn https_with_a_reloadable_certificate_and_agents_untouched() -> Result<()
             cert.to_string_lossy(),
             key.to_string_lossy()
         ),
+        &[],
     )?;
     let admin_key = create_api_key(&bins, &dir.path().join("relay"), "admin")?;
     let https = format!("https://{}", relay.api);
@@ -178,7 +179,7 @@ async fn https_with_a_reloadable_certificate_and_agents_untouched() -> Result<()
     .await?;
     let (ok, _) = curl(&first_ca, &url, &admin_key)?;
     assert!(!ok, "the old certificate is no longer served");
-    assert!(relay.logs().contains("tls certificate reloaded"));
+    assert!(relay.logs.text().contains("tls certificate reloaded"));
     // The agent's session was not touched.
     assert_eq!(online(&second_ca)?.as_deref(), Some(since.as_str()));
     let (ok, answer) = curl(
@@ -193,10 +194,9 @@ async fn https_with_a_reloadable_certificate_and_agents_untouched() -> Result<()
     Command::new("kill")
         .args(["-HUP", &relay.pid().to_string()])
         .status()?;
-    let logs = relay.lines_handle();
     eventually("the failed reload is logged", ONLINE_WITHIN, || {
-        let logs = logs.clone();
-        async move { logs().contains("tls reload failed") }
+        let logs = relay.logs.clone();
+        async move { logs.so_far().contains("tls reload failed") }
     })
     .await?;
     let (ok, _) = curl(&second_ca, &url, &admin_key)?;
