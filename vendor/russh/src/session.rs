@@ -509,6 +509,18 @@ impl Encrypted {
         }
     }
 
+    /// postern patch: the only way new data joins a channel's queue (flushing puts back
+    /// only what it took, while the flag is set), so `maybe_pending` is never false while
+    /// something is queued.
+    fn queue(
+        maybe_pending: &AtomicBool,
+        channel: &mut ChannelParams,
+        data: (Bytes, Option<u32>, usize),
+    ) {
+        maybe_pending.store(true, Ordering::Relaxed);
+        channel.pending_data.push_back(data);
+    }
+
     /// postern patch: asked on every turn of the session loop and for every message it
     /// takes, so the scan over all channels runs only after something was queued.
     pub(crate) fn has_any_pending_data(&self) -> bool {
@@ -656,14 +668,12 @@ impl Encrypted {
         if let Some(channel) = self.channels.get_mut(&channel) {
             assert!(channel.confirmed);
             if !channel.pending_data.is_empty() || is_rekeying {
-                self.maybe_pending.store(true, Ordering::Relaxed);
-                channel.pending_data.push_back((buf0, None, 0));
+                Self::queue(&self.maybe_pending, channel, (buf0, None, 0));
                 return Ok(());
             }
             let buf_len = Self::data_noqueue(&mut self.write, channel, &buf0, None, 0)?;
             if buf_len < buf0.len() {
-                self.maybe_pending.store(true, Ordering::Relaxed);
-                channel.pending_data.push_back((buf0, None, buf_len));
+                Self::queue(&self.maybe_pending, channel, (buf0, None, buf_len));
             }
         } else {
             debug!("{channel:?} not saved for this session");
@@ -682,8 +692,7 @@ impl Encrypted {
         if let Some(channel) = self.channels.get_mut(&channel) {
             assert!(channel.confirmed);
             if !channel.pending_data.is_empty() || is_rekeying {
-                self.maybe_pending.store(true, Ordering::Relaxed);
-                channel.pending_data.push_back((buf0, None, 0));
+                Self::queue(&self.maybe_pending, channel, (buf0, None, 0));
                 return Ok(());
             }
             let buf_len = if self.write.is_empty() {
@@ -692,8 +701,7 @@ impl Encrypted {
                 Self::data_noqueue(&mut self.write, channel, &buf0, None, 0)?
             };
             if buf_len < buf0.len() {
-                self.maybe_pending.store(true, Ordering::Relaxed);
-                channel.pending_data.push_back((buf0, None, buf_len));
+                Self::queue(&self.maybe_pending, channel, (buf0, None, buf_len));
             }
         } else {
             debug!("{channel:?} not saved for this session");
@@ -713,14 +721,12 @@ impl Encrypted {
         if let Some(channel) = self.channels.get_mut(&channel) {
             assert!(channel.confirmed);
             if !channel.pending_data.is_empty() || is_rekeying {
-                self.maybe_pending.store(true, Ordering::Relaxed);
-                channel.pending_data.push_back((buf0, Some(ext), 0));
+                Self::queue(&self.maybe_pending, channel, (buf0, Some(ext), 0));
                 return Ok(());
             }
             let buf_len = Self::data_noqueue(&mut self.write, channel, &buf0, Some(ext), 0)?;
             if buf_len < buf0.len() {
-                self.maybe_pending.store(true, Ordering::Relaxed);
-                channel.pending_data.push_back((buf0, Some(ext), buf_len));
+                Self::queue(&self.maybe_pending, channel, (buf0, Some(ext), buf_len));
             }
         }
         Ok(())
@@ -738,8 +744,7 @@ impl Encrypted {
         if let Some(channel) = self.channels.get_mut(&channel) {
             assert!(channel.confirmed);
             if !channel.pending_data.is_empty() || is_rekeying {
-                self.maybe_pending.store(true, Ordering::Relaxed);
-                channel.pending_data.push_back((buf0, Some(ext), 0));
+                Self::queue(&self.maybe_pending, channel, (buf0, Some(ext), 0));
                 return Ok(());
             }
             let buf_len = if self.write.is_empty() {
@@ -748,8 +753,7 @@ impl Encrypted {
                 Self::data_noqueue(&mut self.write, channel, &buf0, Some(ext), 0)?
             };
             if buf_len < buf0.len() {
-                self.maybe_pending.store(true, Ordering::Relaxed);
-                channel.pending_data.push_back((buf0, Some(ext), buf_len));
+                Self::queue(&self.maybe_pending, channel, (buf0, Some(ext), buf_len));
             }
         }
         Ok(())
