@@ -163,7 +163,14 @@ pub fn configured_relay(
             state.to_string_lossy()
         ),
     )?;
-    let mut command = std::process::Command::new(&bins.relay);
-    command.args(["serve", "--config"]).arg(&config).args(args);
+    let mut command = relay_command(bins, &config);
+    command.args(args);
     RelayProcess::spawn(command, &state)
+}
+
+/// `serve --config FILE`, for [`RelayProcess::spawn`].
+pub fn relay_command(bins: &Bins, config: &std::path::Path) -> std::process::Command {
+    let mut command = std::process::Command::new(&bins.relay);
+    command.args(["serve", "--config"]).arg(config);
+    command
 }

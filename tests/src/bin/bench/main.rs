@@ -21,6 +21,7 @@ use anyhow::Result;
 use clap::{Parser, ValueEnum};
 use postern_tests::harness::{Bins, RelayProcess};
 use postern_tests::keys::RsaTestKey;
+use postern_tests::relay_support::relay_command;
 use postern_tests::temp::TempDir;
 use postern_tests::token_endpoint::{EndpointConfig, ExpiresIn, TokenEndpoint};
 use tokio_util::sync::CancellationToken;
@@ -136,7 +137,7 @@ impl World {
     /// The relay again, on the ports and state of the first one.
     pub fn start_relay(&self) -> Result<RelayProcess> {
         RelayProcess::spawn(
-            postern::relay_command(&self.bins, &self.postern.relay_toml),
+            relay_command(&self.bins, &self.postern.relay_toml),
             &self.postern.state,
         )
     }

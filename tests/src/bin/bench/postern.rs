@@ -2,7 +2,6 @@
 //! connections (none, HS256, RS256 + RFC 7523), agents enrolled straight into the store.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use anyhow::Result;
@@ -10,6 +9,7 @@ use postern_protocol::SecretKind;
 use postern_relay::secrets::new_token;
 use postern_relay::store::{SqliteStore, Store};
 use postern_tests::harness::{AgentProcess, Api, Bins, RelayProcess};
+use postern_tests::relay_support::configured_relay;
 use postern_tests::token_endpoint::TokenEndpoint;
 use std::net::SocketAddr;
 use tokio::sync::watch;
@@ -36,12 +36,6 @@ pub fn enrol(state: &Path, first: u64, count: u64) -> Result<Vec<String>> {
         .collect()
 }
 
-pub fn relay_command(bins: &Bins, config: &Path) -> Command {
-    let mut cmd = Command::new(&bins.relay);
-    cmd.args(["serve", "--config"]).arg(config);
-    cmd
-}
-
 pub async fn start_postern(
     bins: &Bins,
     dir: &Path,
@@ -54,15 +48,13 @@ pub async fn start_postern(
     let token = enrol(&state, 0, 1)?.remove(0);
     let key = new_token(SecretKind::ApiKey);
     SqliteStore::open_in(&state)?.create_api_key("bench", &key)?;
-    let relay_toml = dir.join("relay.toml");
-    std::fs::write(
-        &relay_toml,
-        format!(
-            "state_dir = \"{}\"\nssh_listen = \"127.0.0.1:0\"\napi_listen = \"127.0.0.1:0\"\nmax_calls_per_agent = 4096\nmax_request_body = 4294967296\ncall_timeout = \"600s\"\n",
-            state.display()
-        ),
+    let relay = configured_relay(
+        bins,
+        dir,
+        "max_calls_per_agent = 4096\nmax_request_body = 4294967296\ncall_timeout = \"600s\"\n",
+        &[],
     )?;
-    let relay = RelayProcess::spawn(relay_command(bins, &relay_toml), &state)?;
+    let relay_toml = dir.join("relay.toml");
     let pinned = std::fs::read_to_string(&relay_toml)?
         .replace(
             "ssh_listen = \"127.0.0.1:0\"",
