@@ -201,7 +201,7 @@ impl Registry {
 
     /// Removes the agent's session only if it is still `session_id`, so a
     /// replaced session going away does not take the newer one with it.
-    pub fn remove_if(&self, agent_id: &str, session_id: u64) -> Option<Arc<LiveSession>> {
+    fn remove_if(&self, agent_id: &str, session_id: u64) -> Option<Arc<LiveSession>> {
         let mut map = self.lock();
         if map
             .get(agent_id)
@@ -228,8 +228,16 @@ impl Registry {
         self.lock().values().cloned().collect()
     }
 
+    /// Takes the agent's session `session_id` out of the registry (see `remove_if`) and
+    /// notes why it ended. The reason is noted first, so nobody sees the agent offline
+    /// with the reason of an older departure, or none.
+    pub fn end_session(&self, agent_id: &str, session_id: u64, reason: String) {
+        self.record_departure(agent_id, reason);
+        self.remove_if(agent_id, session_id);
+    }
+
     /// Notes that a session of `agent_id` ended, and why.
-    pub fn record_departure(&self, agent_id: &str, reason: String) {
+    fn record_departure(&self, agent_id: &str, reason: String) {
         self.departures
             .lock()
             .unwrap_or_else(|p| p.into_inner())

@@ -193,11 +193,10 @@ async fn run_connection(
     };
     let registered = state.lock().unwrap_or_else(|p| p.into_inner()).take();
     if let Some((agent_id, session_id)) = registered {
-        ctx.registry.remove_if(&agent_id, session_id);
         let reason = closing_reason.get().unwrap_or(ended);
         info!(session = session_id, %reason, "agent session ended");
         ctx.metrics.session_closed(&reason);
-        ctx.registry.record_departure(&agent_id, reason);
+        ctx.registry.end_session(&agent_id, session_id, reason);
     }
 }
 

@@ -69,8 +69,13 @@ pub async fn rotate_agent_token(
     if let Some(live) = ctx.registry.get(&record.id)
         && !record.accepts_session(live.token_version, unix_now())
     {
-        ctx.registry.remove_if(&live.agent_id, live.session_id);
-        live.disconnect(EndReason::TokenRotated).await;
+        let reason = EndReason::TokenRotated;
+        ctx.registry.end_session(
+            &live.agent_id,
+            live.session_id,
+            reason.describe().to_owned(),
+        );
+        live.disconnect(reason).await;
     }
     Ok(TokenRotated {
         id: record.id,
