@@ -216,16 +216,23 @@ impl Registry {
         None
     }
 
-    pub fn remove(&self, agent_id: &str) -> Option<Arc<LiveSession>> {
-        self.lock().remove(agent_id)
-    }
-
     pub fn get(&self, agent_id: &str) -> Option<Arc<LiveSession>> {
         self.lock().get(agent_id).cloned()
     }
 
     pub fn all(&self) -> Vec<Arc<LiveSession>> {
         self.lock().values().cloned().collect()
+    }
+
+    /// Ends `live` for `reason` (revoked, token rotated): out of the registry, reason
+    /// noted, then the agent told why and disconnected.
+    pub async fn drop_session(&self, live: &LiveSession, reason: EndReason) {
+        self.end_session(
+            &live.agent_id,
+            live.session_id,
+            reason.describe().to_owned(),
+        );
+        live.disconnect(reason).await;
     }
 
     /// Takes the agent's session `session_id` out of the registry (see `remove_if`) and

@@ -70,11 +70,6 @@ pub async fn check_sessions(ctx: &Arc<RelayContext>) {
             Some(_) => continue,
         };
         info!(agent = %session.agent_name, reason = reason.describe(), "credential no longer valid; dropping its session");
-        ctx.registry.end_session(
-            &session.agent_id,
-            session.session_id,
-            reason.describe().to_owned(),
-        );
-        session.disconnect(reason).await;
+        ctx.registry.drop_session(&session, reason).await;
     }
 }

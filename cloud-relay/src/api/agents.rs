@@ -68,8 +68,8 @@ pub async fn revoke(
         .store_write(move |store| store.revoke_agent(&agent))
         .await
         .map_err(ApiError::store)?;
-    if let Some(live) = ctx.registry.remove(&record.id) {
-        live.disconnect(EndReason::Revoked).await;
+    if let Some(live) = ctx.registry.get(&record.id) {
+        ctx.registry.drop_session(&live, EndReason::Revoked).await;
     }
     tracing::info!(agent = %record.name, id = %record.id, by = %caller.name, "agent revoked");
     Ok(StatusCode::NO_CONTENT)

@@ -69,13 +69,9 @@ pub async fn rotate_agent_token(
     if let Some(live) = ctx.registry.get(&record.id)
         && !record.accepts_session(live.token_version, unix_now())
     {
-        let reason = EndReason::TokenRotated;
-        ctx.registry.end_session(
-            &live.agent_id,
-            live.session_id,
-            reason.describe().to_owned(),
-        );
-        live.disconnect(reason).await;
+        ctx.registry
+            .drop_session(&live, EndReason::TokenRotated)
+            .await;
     }
     Ok(TokenRotated {
         id: record.id,
