@@ -105,12 +105,13 @@ fn write_batches(shared: &Shared) {
             }
             return;
         }
-        if !pending.closed && pending.lines.len() < EARLY_WRITE {
-            pending = shared
-                .wake_writer
-                .wait_timeout(pending, shared.gather)
-                .map_or_else(|p| p.into_inner().0, |(p, _)| p);
-        }
+        // A loop on the condition, so a spurious wake-up does not cut a batch short.
+        pending = shared
+            .wake_writer
+            .wait_timeout_while(pending, shared.gather, |p| {
+                !p.closed && p.lines.len() < EARLY_WRITE
+            })
+            .map_or_else(|p| p.into_inner().0, |(p, _)| p);
         std::mem::swap(&mut pending.lines, &mut batch);
         let writers_waiting = pending.writers_waiting > 0;
         drop(pending);
