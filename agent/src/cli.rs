@@ -5,7 +5,6 @@ mod connection;
 mod edit;
 mod init;
 mod jwt;
-mod logging;
 mod run;
 mod service;
 mod status;
@@ -29,12 +28,8 @@ pub struct Cli {
     /// Config file (default: ~/.config/postern/agent.toml, or /etc/postern/agent.toml as root).
     #[arg(long, global = true, env = "POSTERN_CONFIG")]
     config: Option<PathBuf>,
-    /// Log filter, e.g. `info` or `postern_agent=debug` (overrides RUST_LOG).
-    #[arg(long, global = true)]
-    log_level: Option<String>,
-    /// `text` for people, `json` (one object per line) for log shippers.
-    #[arg(long, global = true, value_enum, default_value = "text")]
-    log_format: logging::LogFormat,
+    #[command(flatten)]
+    logs: postern_logs::LogArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -165,7 +160,7 @@ enum ConnectionCommand {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let _flush_logs_on_exit = logging::init_tracing(cli.log_level.as_deref(), cli.log_format);
+    let _flush_logs_on_exit = cli.logs.init();
     match run(cli) {
         Ok(code) => code,
         Err(e) => {

@@ -22,25 +22,10 @@ use crate::{RelayListeners, host_key};
     about = "The postern cloud relay"
 )]
 pub struct Cli {
-    /// Log filter, e.g. `info` or `postern_relay=debug` (overrides RUST_LOG).
-    #[arg(long, global = true, env = "POSTERN_LOG")]
-    log_level: Option<String>,
-    /// Log line format: `text` for people, `json` (one object a line) for collectors.
-    #[arg(
-        long,
-        global = true,
-        env = "POSTERN_LOG_FORMAT",
-        default_value = "text"
-    )]
-    log_format: LogFormat,
+    #[command(flatten)]
+    logs: postern_logs::LogArgs,
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
 }
 
 #[derive(Debug, clap::Args)]
@@ -180,7 +165,7 @@ enum ApikeyCommand {
 /// What `main` runs: parse, set up logging, run, map to an exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let _flush_logs_on_exit = init_tracing(cli.log_level.as_deref(), cli.log_format);
+    let _flush_logs_on_exit = cli.logs.init();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -188,27 +173,6 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// Logs go to stderr in batches from a thread of their own (`postern_logs`). Keep the
-/// guard: dropping it writes what is pending.
-fn init_tracing(level: Option<&str>, format: LogFormat) -> postern_logs::FlushGuard {
-    use tracing_subscriber::EnvFilter;
-    let (writer, guard) = postern_logs::batched(std::io::stderr());
-    let filter = level
-        .map(EnvFilter::new)
-        .or_else(|| EnvFilter::try_from_default_env().ok())
-        .unwrap_or_else(|| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(move || writer.clone());
-    let _ = match format {
-        LogFormat::Text => builder
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .try_init(),
-        LogFormat::Json => builder.json().with_current_span(true).try_init(),
-    };
-    guard
 }
 
 fn run(cli: Cli) -> Result<()> {

@@ -6,6 +6,10 @@
 //! per batch instead of one per line, which on a busy box was ~8% of each process.
 //! Nothing is dropped: past [`MAX_PENDING`] writers wait for the thread to catch up.
 
+mod init;
+
+pub use init::{LogArgs, LogFormat};
+
 use std::io::{self, Write};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;

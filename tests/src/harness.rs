@@ -161,10 +161,10 @@ impl RelayProcess {
                 .map_err(|_| anyhow!("relay did not start; logs:\n{}", logs.text()))?;
             if line.contains("relay listening") {
                 // Text lines hold `name=value`; JSON lines (`--log-format json`) hold
-                // `"fields":{"name":"value"}`.
+                // `"name":"value"` at the top level.
                 let json: Option<serde_json::Value> = serde_json::from_str(&line).ok();
                 let field = |name: &str| {
-                    if let Some(v) = json.as_ref().and_then(|j| j["fields"][name].as_str()) {
+                    if let Some(v) = json.as_ref().and_then(|j| j[name].as_str()) {
                         return Ok(v.to_owned());
                     }
                     line.split_whitespace()

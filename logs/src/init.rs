@@ -1,0 +1,61 @@
+//! The `--log-level` / `--log-format` options both binaries take, and the subscriber
+//! they set up: one line shape for the relay and the agent alike.
+
+use tracing_subscriber::EnvFilter;
+
+use crate::FlushGuard;
+
+/// Logging options, flattened into each binary's top-level arguments.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LogArgs {
+    /// Log filter, e.g. `debug` or `info,russh=debug` (overrides RUST_LOG).
+    #[arg(long, global = true, env = "POSTERN_LOG")]
+    pub log_level: Option<String>,
+    /// Log line format: `text` for people, `json` (one object a line) for log shippers.
+    #[arg(
+        long,
+        global = true,
+        env = "POSTERN_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl LogArgs {
+    /// Logs go to stderr in batches from a thread of their own ([`crate::batched`]),
+    /// filtered by `--log-level`, else `RUST_LOG`, else `info`. Text is coloured only
+    /// on a terminal. A JSON line holds `timestamp`, `level`, `target`, the event's
+    /// fields (`message` among them) at the top level and the current span's fields
+    /// under `span`. Keep the guard: dropping it writes what is pending.
+    pub fn init(&self) -> FlushGuard {
+        let (writer, guard) = crate::batched(std::io::stderr());
+        let filter = self
+            .log_level
+            .as_deref()
+            .map(EnvFilter::new)
+            .or_else(|| EnvFilter::try_from_default_env().ok())
+            .unwrap_or_else(|| EnvFilter::new("info"));
+        let builder = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(move || writer.clone());
+        // A second init (tests that run `main` twice) keeps the first subscriber.
+        let _ = match self.log_format {
+            LogFormat::Json => builder
+                .json()
+                .flatten_event(true)
+                .with_current_span(true)
+                .try_init(),
+            LogFormat::Text => builder
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .try_init(),
+        };
+        guard
+    }
+}
