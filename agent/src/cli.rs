@@ -160,7 +160,11 @@ enum ConnectionCommand {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    let tuning = matches!(cli.command, Command::Run).then(postern_process::tune_allocator);
     let _flush_logs_on_exit = cli.logs.init();
+    if let Some(tuning) = tuning {
+        tuning.log();
+    }
     match run(cli) {
         Ok(code) => code,
         Err(e) => {

@@ -162,10 +162,15 @@ enum ApikeyCommand {
     },
 }
 
-/// What `main` runs: parse, set up logging, run, map to an exit code.
+/// What `main` runs: parse, tune the allocator for `serve`, set up logging, run, map to
+/// an exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    let tuning = matches!(cli.command, Command::Serve { .. }).then(postern_process::tune_allocator);
     let _flush_logs_on_exit = cli.logs.init();
+    if let Some(tuning) = tuning {
+        tuning.log();
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -145,7 +145,6 @@ impl RelayProcess {
     pub fn spawn(mut command: Command, state_dir: &Path) -> Result<Self> {
         let mut child = command
             .env("RUST_LOG", "info")
-            .env("GLIBC_TUNABLES", unit_glibc_tunables(RELAY_UNIT))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -210,18 +209,6 @@ impl Drop for RelayProcess {
     }
 }
 
-pub const RELAY_UNIT: &str = include_str!("../../packaging/systemd/postern-relay.service");
-pub const AGENT_UNIT: &str = include_str!("../../packaging/systemd/postern-agent.service");
-
-/// The allocator tuning a service unit ships (`Environment=GLIBC_TUNABLES=…`; empty if
-/// none): every relay and agent started here runs with it, as the packaged services do,
-/// so tests and the bench measure what is shipped.
-pub fn unit_glibc_tunables(unit: &str) -> &str {
-    unit.lines()
-        .find_map(|l| l.strip_prefix("Environment=GLIBC_TUNABLES="))
-        .unwrap_or_default()
-}
-
 pub struct AgentProcess {
     child: Child,
     pub logs: Logs,
@@ -243,7 +230,6 @@ impl AgentProcess {
     pub fn spawn(mut command: Command) -> Result<Self> {
         let mut child = command
             .env("RUST_LOG", "info")
-            .env("GLIBC_TUNABLES", unit_glibc_tunables(AGENT_UNIT))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

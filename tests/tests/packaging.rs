@@ -423,28 +423,6 @@ async fn debs_install_run_as_their_units_and_purge_cleanly() -> Result<()> {
     Ok(())
 }
 
-/// The bench and the tests run both binaries with the units' allocator tuning
-/// (`harness::unit_glibc_tunables`); both units and the relay's container image must
-/// ship one and the same.
-#[test]
-fn units_and_image_ship_the_same_allocator_tuning() -> Result<()> {
-    use postern_tests::harness::{AGENT_UNIT, RELAY_UNIT, unit_glibc_tunables};
-    let relay = unit_glibc_tunables(RELAY_UNIT);
-    assert!(
-        relay.starts_with("glibc.malloc.trim_threshold="),
-        "relay unit: {relay:?}"
-    );
-    assert_eq!(relay, unit_glibc_tunables(AGENT_UNIT));
-    let image = std::fs::read_to_string(repo().join("packaging/relay.Containerfile"))?;
-    assert!(
-        image
-            .lines()
-            .any(|l| l == format!("ENV GLIBC_TUNABLES={relay}")),
-        "relay.Containerfile lacks ENV GLIBC_TUNABLES={relay}"
-    );
-    Ok(())
-}
-
 #[test]
 fn install_script_stages_everything_and_uninstalls() -> Result<()> {
     let dir = TempDir::new("install-sh")?;

@@ -1,0 +1,152 @@
+//! `postern run` and `postern-relay serve` re-execute themselves once with the allocator
+//! tuning, however they are started; an operator's own `GLIBC_TUNABLES` is kept.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use postern_process::{ALLOCATOR_TUNING, TUNABLES_VAR};
+use postern_tests::harness::{
+    AgentProcess, Api, Bins, RelayProcess, agent_config, command_in, create_agent, create_api_key,
+};
+use postern_tests::internal_server::{InternalServer, Verifier};
+use postern_tests::relay_support::relay_command;
+use postern_tests::temp::TempDir;
+
+const ONLINE_WITHIN: Duration = Duration::from_secs(15);
+
+fn bins() -> Bins {
+    postern_tests::bins!()
+}
+
+/// `/proc/PID/environ` and `/proc/PID/cmdline`, split at their NULs.
+fn proc_list(pid: u32, what: &str) -> Result<Vec<String>> {
+    let path = format!("/proc/{pid}/{what}");
+    let raw = std::fs::read(&path).with_context(|| path.clone())?;
+    Ok(raw
+        .split(|b| *b == 0)
+        .filter(|s| !s.is_empty())
+        .map(|s| String::from_utf8_lossy(s).into_owned())
+        .collect())
+}
+
+/// `GLIBC_TUNABLES` as the process was started with it. glibc 2.36 edits the original
+/// environment block while it parses the tunables (the first `:` becomes a NUL; the
+/// program itself still sees the whole value), so of a list only the first item shows.
+fn tunables(pid: u32) -> Result<Option<String>> {
+    let prefix = format!("{TUNABLES_VAR}=");
+    Ok(proc_list(pid, "environ")?
+        .into_iter()
+        .find_map(|v| v.strip_prefix(&prefix).map(str::to_owned)))
+}
+
+#[test]
+fn the_tuning_is_the_one_measured() {
+    assert_eq!(
+        ALLOCATOR_TUNING,
+        "glibc.malloc.trim_threshold=16777216:glibc.malloc.mmap_threshold=4194304"
+    );
+}
+
+fn assert_tuned(pid: u32) -> Result<()> {
+    let found = tunables(pid)?.unwrap_or_default();
+    assert!(
+        found.starts_with("glibc.malloc.trim_threshold=") && ALLOCATOR_TUNING.starts_with(&found),
+        "started with {TUNABLES_VAR}={found:?}"
+    );
+    Ok(())
+}
+
+/// A relay `serve` with `GLIBC_TUNABLES` unset (`None`) or set to `value`.
+fn relay(bins: &Bins, dir: &TempDir, value: Option<&str>) -> Result<RelayProcess> {
+    let state = dir.path().join("relay");
+    let config = dir.path().join("relay.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "state_dir = {:?}\nssh_listen = \"127.0.0.1:0\"\napi_listen = \"127.0.0.1:0\"\n",
+            state.to_string_lossy()
+        ),
+    )?;
+    let mut command = relay_command(bins, &config);
+    match value {
+        None => command.env_remove(TUNABLES_VAR),
+        Some(v) => command.env(TUNABLES_VAR, v),
+    };
+    RelayProcess::spawn(command, &state)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn both_long_running_commands_run_tuned_with_their_own_arguments_and_pid() -> Result<()> {
+    let dir = TempDir::new("alloc-tuning")?;
+    let bins = bins();
+    let relay = relay(&bins, &dir, None)?;
+    // The PID the harness spawned is the one serving: the exec kept it, and the arguments.
+    assert_tuned(relay.pid())?;
+    let cmdline = proc_list(relay.pid(), "cmdline")?;
+    assert_eq!(cmdline[0], bins.relay.to_string_lossy(), "argv[0] kept");
+    let config = dir.path().join("relay.toml");
+    assert_eq!(
+        &cmdline[1..],
+        ["serve", "--config", &config.to_string_lossy()]
+    );
+    assert!(
+        !relay.logs.contains("allocator tuning"),
+        "{}",
+        relay.logs.text()
+    );
+
+    let state = dir.path().join("relay");
+    let api = Api::new(relay.api_base(), create_api_key(&bins, &state, "admin")?);
+    let (_, token) = create_agent(&bins, &state, "a1")?;
+    let internal = InternalServer::start(Verifier::None, "o").await?;
+    let connections = format!(
+        "\n[connections.o]\nbase_uri = \"{}\"\ntimeout = \"5s\"\n",
+        internal.base_uri()
+    );
+    let agent_toml = dir.write_private(
+        "agent.toml",
+        &agent_config(relay.ssh, &relay.fingerprint, &token, &connections),
+    )?;
+    let mut command = command_in(None, &bins.agent);
+    command
+        .args(["run", "--config"])
+        .arg(&agent_toml)
+        .env_remove(TUNABLES_VAR);
+    let agent = AgentProcess::spawn(command)?;
+    api.wait_online("a1", true, ONLINE_WITHIN).await?;
+    assert_tuned(agent.pid())?;
+    let cmdline = proc_list(agent.pid(), "cmdline")?;
+    assert_eq!(
+        &cmdline[1..],
+        ["run", "--config", &agent_toml.to_string_lossy()]
+    );
+    let r = api
+        .http
+        .get(format!(
+            "{}/v1/agents/a1/connections/o/http/tuned",
+            api.base
+        ))
+        .bearer_auth(&api.key)
+        .send()
+        .await?;
+    assert_eq!(r.status(), 200, "a call through the re-executed pair");
+    Ok(())
+}
+
+#[test]
+fn an_operators_own_setting_is_kept_and_said() -> Result<()> {
+    let bins = bins();
+    let own = "glibc.malloc.trim_threshold=131072";
+    let dir = TempDir::new("alloc-own")?;
+    let relay_own = relay(&bins, &dir, Some(own))?;
+    assert_eq!(tunables(relay_own.pid())?.as_deref(), Some(own));
+    relay_own
+        .logs
+        .wait_for("kept as it is, without the allocator tuning", ONLINE_WITHIN)?;
+
+    // An empty value opts out as well.
+    let dir = TempDir::new("alloc-empty")?;
+    let relay_empty = relay(&bins, &dir, Some(""))?;
+    assert_eq!(tunables(relay_empty.pid())?.as_deref(), Some(""));
+    Ok(())
+}
