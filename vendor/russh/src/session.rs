@@ -930,6 +930,7 @@ pub(crate) enum GlobalRequestResponse {
 mod tests {
     use std::collections::{HashMap, VecDeque};
     use std::num::Wrapping;
+    use std::sync::atomic::AtomicBool;
 
     use byteorder::{BigEndian, ByteOrder};
     use bytes::Bytes;
