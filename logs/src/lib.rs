@@ -260,10 +260,13 @@ mod tests {
         writer.write_all(b"first\n").expect("write");
         std::thread::sleep(Duration::from_millis(100));
         assert_eq!(out.text(), "", "a lone line waits for the gathering time");
-        let line = [b'x'; 1023];
+        // One write per line, as tracing does: had the newline gone in a write of its own,
+        // the thread could take the batch between the two, and the lone newline would
+        // then rightly wait out the (here 60 s) gathering time.
+        let mut line = vec![b'x'; 1023];
+        line.push(b'\n');
         for _ in 0..EARLY_WRITE / 1024 {
             writer.write_all(&line).expect("write");
-            writer.write_all(b"\n").expect("write");
         }
         until("the batch", || out.text().len() == 6 + EARLY_WRITE);
         assert!(out.text().starts_with("first\nxxx"));
