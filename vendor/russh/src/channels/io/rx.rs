@@ -29,7 +29,7 @@ impl<R> ChannelRx<R>
 where
     R: BorrowMut<ChannelReadHalf> + Unpin,
 {
-    /// The stream's bytes in `msg` from `idx`, if it is one.
+    /// The bytes `msg` carries for this stream (data, or the extended data it reads), if any.
     fn stream_data<'m>(&self, msg: &'m ChannelMsg) -> Option<&'m [u8]> {
         match (msg, self.ext) {
             (ChannelMsg::Data { data }, None) => Some(data),
