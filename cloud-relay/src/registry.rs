@@ -183,6 +183,9 @@ impl ClosingReason {
 pub struct Departure {
     pub at: SystemTime,
     pub reason: String,
+    /// The session that ended, so a session noted twice (dropped by the relay, then
+    /// its connection task ending) keeps its first reason and time.
+    session_id: u64,
 }
 
 #[derive(Default)]
@@ -239,33 +242,82 @@ impl Registry {
     /// notes why it ended. The reason is noted first, so nobody sees the agent offline
     /// with the reason of an older departure, or none.
     pub fn end_session(&self, agent_id: &str, session_id: u64, reason: String) {
-        self.record_departure(agent_id, reason);
+        self.record_departure(agent_id, session_id, reason);
         self.remove_if(agent_id, session_id);
     }
 
-    /// Notes that a session of `agent_id` ended, and why.
-    fn record_departure(&self, agent_id: &str, reason: String) {
-        self.departures
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(
-                agent_id.to_owned(),
-                Departure {
-                    at: SystemTime::now(),
-                    reason,
-                },
-            );
+    /// Notes that session `session_id` of `agent_id` ended, and why; the first note of
+    /// a session wins.
+    fn record_departure(&self, agent_id: &str, session_id: u64, reason: String) {
+        let mut departures = self.lock_departures();
+        if departures
+            .get(agent_id)
+            .is_some_and(|d| d.session_id == session_id)
+        {
+            return;
+        }
+        departures.insert(
+            agent_id.to_owned(),
+            Departure {
+                at: SystemTime::now(),
+                reason,
+                session_id,
+            },
+        );
     }
 
     pub fn departure(&self, agent_id: &str) -> Option<Departure> {
-        self.departures
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(agent_id)
-            .cloned()
+        self.lock_departures().get(agent_id).cloned()
+    }
+
+    /// Forgets the departures, noted before `listed_at`, of agents that a store listing
+    /// taken at `listed_at` no longer has (revoked ones), which nobody can ask about.
+    pub fn forget_departures_unless(&self, listed_at: SystemTime, exists: impl Fn(&str) -> bool) {
+        self.lock_departures()
+            .retain(|id, d| d.at >= listed_at || exists(id));
+    }
+
+    fn lock_departures(&self) -> std::sync::MutexGuard<'_, HashMap<String, Departure>> {
+        self.departures.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<LiveSession>>> {
         self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_session_noted_twice_keeps_its_first_reason_and_time() {
+        let registry = Registry::default();
+        registry.end_session("a1", 7, "revoked".into());
+        let first = registry.departure("a1").expect("noted");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        registry.end_session("a1", 7, "the agent closed the connection".into());
+        let again = registry.departure("a1").expect("still noted");
+        assert_eq!(again.reason, "revoked");
+        assert_eq!(again.at, first.at);
+
+        // A later session of the same agent is a departure of its own.
+        registry.end_session("a1", 8, "connection lost: reset".into());
+        let later = registry.departure("a1").expect("noted");
+        assert_eq!(later.reason, "connection lost: reset");
+    }
+
+    #[test]
+    fn departures_of_agents_gone_from_the_store_are_forgotten() {
+        let registry = Registry::default();
+        registry.end_session("kept", 1, "the agent closed the connection".into());
+        registry.end_session("revoked", 2, "revoked".into());
+        let listed_at = SystemTime::now();
+        // Noted after the listing: an agent the listing may not have seen yet.
+        registry.end_session("new", 3, "the agent closed the connection".into());
+        registry.forget_departures_unless(listed_at, |id| id == "kept");
+        assert!(registry.departure("kept").is_some());
+        assert!(registry.departure("revoked").is_none());
+        assert!(registry.departure("new").is_some());
     }
 }

@@ -44,12 +44,11 @@ pub async fn run(ctx: Arc<RelayContext>) {
     }
 }
 
-/// One store query for all agents, then each live session against its record.
+/// One store query for all agents, then each live session against its record; the
+/// departures of agents no longer in the store are forgotten.
 pub async fn check_sessions(ctx: &Arc<RelayContext>) {
     let live = ctx.registry.all();
-    if live.is_empty() {
-        return;
-    }
+    let listed_at = std::time::SystemTime::now();
     let agents = match ctx.store_call(|s| s.list_agents()).await {
         Ok(list) => list
             .into_iter()
@@ -60,6 +59,8 @@ pub async fn check_sessions(ctx: &Arc<RelayContext>) {
             return;
         }
     };
+    ctx.registry
+        .forget_departures_unless(listed_at, |id| agents.contains_key(id));
     let now = unix_now();
     for session in live {
         let reason = match agents.get(&session.agent_id) {
