@@ -1,10 +1,10 @@
-//! `postern run` and `postern-relay serve` re-execute themselves once with the allocator
-//! tuning, however they are started; an operator's own `GLIBC_TUNABLES` is kept.
+//! `postern run` and `postern-relay serve` re-execute themselves once with mimalloc's
+//! setting, however they are started; an operator's own `MIMALLOC_ARENA_EAGER_COMMIT` is kept.
 
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use postern_process::{ALLOCATOR_TUNING, TUNABLES_VAR};
+use postern_process::{TUNING_VALUE, TUNING_VAR};
 use postern_tests::harness::{
     AgentProcess, Api, Bins, RelayProcess, agent_config, command_in, create_agent, create_api_key,
 };
@@ -29,34 +29,32 @@ fn proc_list(pid: u32, what: &str) -> Result<Vec<String>> {
         .collect())
 }
 
-/// `GLIBC_TUNABLES` as the process was started with it. glibc 2.36 edits the original
-/// environment block while it parses the tunables (the first `:` becomes a NUL; the
-/// program itself still sees the whole value), so of a list only the first item shows.
-fn tunables(pid: u32) -> Result<Option<String>> {
-    let prefix = format!("{TUNABLES_VAR}=");
+/// The setting as the process was started with it.
+fn tuning(pid: u32) -> Result<Option<String>> {
+    let prefix = format!("{TUNING_VAR}=");
     Ok(proc_list(pid, "environ")?
         .into_iter()
         .find_map(|v| v.strip_prefix(&prefix).map(str::to_owned)))
 }
 
 #[test]
-fn the_tuning_is_the_one_measured() {
+fn the_setting_is_the_one_measured() {
     assert_eq!(
-        ALLOCATOR_TUNING,
-        "glibc.malloc.trim_threshold=16777216:glibc.malloc.mmap_threshold=4194304"
+        (TUNING_VAR, TUNING_VALUE),
+        ("MIMALLOC_ARENA_EAGER_COMMIT", "0")
     );
 }
 
 fn assert_tuned(pid: u32) -> Result<()> {
-    let found = tunables(pid)?.unwrap_or_default();
-    assert!(
-        found.starts_with("glibc.malloc.trim_threshold=") && ALLOCATOR_TUNING.starts_with(&found),
-        "started with {TUNABLES_VAR}={found:?}"
+    assert_eq!(
+        tuning(pid)?.as_deref(),
+        Some(TUNING_VALUE),
+        "started with {TUNING_VAR}"
     );
     Ok(())
 }
 
-/// A relay `serve` with `GLIBC_TUNABLES` unset (`None`) or set to `value`.
+/// A relay `serve` with the setting unset (`None`) or set to `value`.
 fn relay(bins: &Bins, dir: &TempDir, value: Option<&str>) -> Result<RelayProcess> {
     let state = dir.path().join("relay");
     let config = dir.path().join("relay.toml");
@@ -69,8 +67,8 @@ fn relay(bins: &Bins, dir: &TempDir, value: Option<&str>) -> Result<RelayProcess
     )?;
     let mut command = relay_command(bins, &config);
     match value {
-        None => command.env_remove(TUNABLES_VAR),
-        Some(v) => command.env(TUNABLES_VAR, v),
+        None => command.env_remove(TUNING_VAR),
+        Some(v) => command.env(TUNING_VAR, v),
     };
     RelayProcess::spawn(command, &state)
 }
@@ -89,11 +87,7 @@ async fn both_long_running_commands_run_tuned_with_their_own_arguments_and_pid()
         &cmdline[1..],
         ["serve", "--config", &config.to_string_lossy()]
     );
-    assert!(
-        !relay.logs.contains("allocator tuning"),
-        "{}",
-        relay.logs.text()
-    );
+    assert!(!relay.logs.contains(TUNING_VAR), "{}", relay.logs.text());
 
     let state = dir.path().join("relay");
     let api = Api::new(relay.api_base(), create_api_key(&bins, &state, "admin")?);
@@ -111,7 +105,7 @@ async fn both_long_running_commands_run_tuned_with_their_own_arguments_and_pid()
     command
         .args(["run", "--config"])
         .arg(&agent_toml)
-        .env_remove(TUNABLES_VAR);
+        .env_remove(TUNING_VAR);
     let agent = AgentProcess::spawn(command)?;
     api.wait_online("a1", true, ONLINE_WITHIN).await?;
     assert_tuned(agent.pid())?;
@@ -136,17 +130,12 @@ async fn both_long_running_commands_run_tuned_with_their_own_arguments_and_pid()
 #[test]
 fn an_operators_own_setting_is_kept_and_said() -> Result<()> {
     let bins = bins();
-    let own = "glibc.malloc.trim_threshold=131072";
     let dir = TempDir::new("alloc-own")?;
-    let relay_own = relay(&bins, &dir, Some(own))?;
-    assert_eq!(tunables(relay_own.pid())?.as_deref(), Some(own));
-    relay_own
-        .logs
-        .wait_for("kept as it is, without the allocator tuning", ONLINE_WITHIN)?;
-
-    // An empty value opts out as well.
-    let dir = TempDir::new("alloc-empty")?;
-    let relay_empty = relay(&bins, &dir, Some(""))?;
-    assert_eq!(tunables(relay_empty.pid())?.as_deref(), Some(""));
+    let relay_own = relay(&bins, &dir, Some("1"))?;
+    assert_eq!(tuning(relay_own.pid())?.as_deref(), Some("1"));
+    relay_own.logs.wait_for(
+        "MIMALLOC_ARENA_EAGER_COMMIT is set to \"1\": kept as it is",
+        ONLINE_WITHIN,
+    )?;
     Ok(())
 }
