@@ -7,8 +7,8 @@ pub mod auth;
 pub mod call;
 pub mod connection_test;
 pub mod error;
+pub mod every_request;
 pub mod openapi;
-pub mod request_id;
 pub mod token;
 
 use std::sync::Arc;
@@ -61,10 +61,8 @@ pub fn router(ctx: Arc<RelayContext>) -> Router {
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(
             ctx.clone(),
-            management_timeout,
+            every_request::every_request,
         ))
-        .layer(middleware::from_fn(error::json_errors))
-        .layer(middleware::from_fn(request_id::tag))
         .with_state(ctx)
 }
 
@@ -85,29 +83,6 @@ async fn metrics(
         [(http::header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
         ctx.metrics.render(ctx.registry.all().len()),
     ))
-}
-
-/// Bounds every request but calls (which have `call_timeout` and stream).
-async fn management_timeout(
-    State(ctx): State<Arc<RelayContext>>,
-    request: axum::extract::Request,
-    next: middleware::Next,
-) -> Result<axum::response::Response, ApiError> {
-    // "", "v1", "agents", {agent}, "connections", …
-    let is_call = request.uri().path().split('/').nth(4) == Some("connections");
-    if is_call {
-        return Ok(next.run(request).await);
-    }
-    let limit = ctx.config.api_timeout;
-    tokio::time::timeout(limit, next.run(request))
-        .await
-        .map_err(|_| {
-            // No dedicated code for this; `internal` with a clear message.
-            ApiError::new(
-                ErrorCode::Internal,
-                format!("the request did not complete within the relay's api_timeout ({limit:?})"),
-            )
-        })
 }
 
 async fn not_found() -> ApiError {

@@ -1,7 +1,6 @@
 //! `ANY /v1/agents/{agent}/connections/{connection}/http/{*path}`: forwards the
 //! call over a pooled SSH channel to the agent and streams the answer back.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -18,31 +17,33 @@ use super::agents::find;
 use crate::channel_connector::ConnectError;
 use crate::context::RelayContext;
 
+/// The route's parameters a call needs (the rest of the path is taken from the URI as sent).
+#[derive(serde::Deserialize)]
+pub struct CallPath {
+    agent: String,
+    connection: String,
+}
+
 pub async fn call(
     State(ctx): State<Arc<RelayContext>>,
-    Path(params): Path<HashMap<String, String>>,
+    Path(CallPath { agent, connection }): Path<CallPath>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    // The request-id layer has put a sane id on every request already.
-    let request_id = super::request_id::request_id(request.headers());
-    let agent = params.get("agent").cloned().unwrap_or_default();
-    let connection = params.get("connection").cloned().unwrap_or_default();
+    // `every_request` has put a sane id on every request already, and puts it on the answer.
+    let request_id = super::every_request::request_id(request.headers());
     let span = info_span!("call", %request_id, %agent, %connection);
     let started = std::time::Instant::now();
     let metrics_ctx = ctx.clone();
     let result = forward(ctx, agent, connection, request, &request_id)
         .instrument(span.clone())
         .await;
-    let mut response = match result {
+    let response = match result {
         Ok(response) => response,
         Err(e) => {
             span.in_scope(|| info!(code = e.code.as_str(), message = %e.message, "call failed"));
             axum::response::IntoResponse::into_response(e)
         }
     };
-    if let Ok(value) = HeaderValue::from_str(&request_id) {
-        response.headers_mut().insert(REQUEST_ID, value);
-    }
     metrics_ctx
         .metrics
         .call_finished(response.status().as_u16(), started.elapsed());

@@ -67,14 +67,10 @@ impl IntoResponse for ApiError {
 #[derive(Debug, Clone, Copy)]
 pub struct FromAgent;
 
-/// Gives every refusal the API makes itself — axum's own rejections (a path that is not
+/// Gives a refusal the API made itself — axum's own rejections (a path that is not
 /// UTF-8, a method a route lacks) included — the contract's JSON error body, keeping
-/// its status and headers. Answers relayed from agents pass untouched.
-pub async fn json_errors(
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    let response = next.run(request).await;
+/// its status and headers. Answers relayed from agents and other answers pass untouched.
+pub async fn json_error(response: Response) -> Response {
     let status = response.status();
     if !(status.is_client_error() || status.is_server_error())
         || response.extensions().get::<FromAgent>().is_some()

@@ -1,0 +1,176 @@
+//! What every API request goes through, in one layer: a request id (the caller's when
+//! sane, else a new one) on the request and its answer, a time bound on all but calls,
+//! and the contract's JSON body on any refusal the relay makes itself.
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use http::{HeaderMap, HeaderValue};
+use postern_protocol::ErrorCode;
+use postern_protocol::headers::REQUEST_ID;
+
+use super::ApiError;
+use crate::context::RelayContext;
+
+/// One layer rather than one per concern: each axum `from_fn` layer clones the inner
+/// service and boxes a future per request, which a small call pays for on the relay.
+pub async fn every_request(
+    State(ctx): State<Arc<RelayContext>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let id = request_id(request.headers());
+    let value = HeaderValue::from_str(&id).ok();
+    if let Some(v) = &value {
+        request.headers_mut().insert(REQUEST_ID, v.clone());
+    }
+    let response = bounded_unless_call(&ctx, request, next).await;
+    let mut response = super::error::json_error(response).await;
+    if let Some(v) = value {
+        response.headers_mut().insert(REQUEST_ID, v);
+    }
+    response
+}
+
+/// Bounds every request but calls (which have `call_timeout` and stream) by `api_timeout`.
+async fn bounded_unless_call(ctx: &RelayContext, request: Request, next: Next) -> Response {
+    // "", "v1", "agents", {agent}, "connections", …
+    let is_call = request.uri().path().split('/').nth(4) == Some("connections");
+    if is_call {
+        return next.run(request).await;
+    }
+    let limit = ctx.config.api_timeout;
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        // No dedicated code for this; `internal` with a clear message.
+        Err(_) => ApiError::new(
+            ErrorCode::Internal,
+            format!("the request did not complete within the relay's api_timeout ({limit:?})"),
+        )
+        .into_response(),
+    }
+}
+
+/// The caller's request id if it is sane (1–128 visible ASCII), else a new one.
+pub fn request_id(headers: &HeaderMap) -> String {
+    headers
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_owned)
+        .unwrap_or_else(|| {
+            // A v4 UUID from the thread's CSPRNG: `Uuid::new_v4` costs a getrandom syscall per call.
+            uuid::Builder::from_random_bytes(rand::random())
+                .into_uuid()
+                .to_string()
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_a_sane_id_and_replaces_others() {
+        let mut h = HeaderMap::new();
+        h.insert(REQUEST_ID, HeaderValue::from_static("abc-123"));
+        assert_eq!(request_id(&h), "abc-123");
+        h.insert(REQUEST_ID, HeaderValue::from_static("has space"));
+        assert_ne!(request_id(&h), "has space");
+        let long = "x".repeat(129);
+        h.insert(REQUEST_ID, HeaderValue::from_str(&long).expect("header"));
+        let fresh = request_id(&h);
+        let parsed = uuid::Uuid::parse_str(&fresh).expect("a UUID");
+        assert_eq!(parsed.get_version_num(), 4, "{fresh}");
+        assert_eq!(parsed.get_variant(), uuid::Variant::RFC4122, "{fresh}");
+        assert_ne!(request_id(&h), fresh);
+    }
+
+    /// A router of two slow routes, a management one and a call, behind the layer.
+    fn slow_routes(api_timeout: std::time::Duration) -> (axum::Router, std::path::PathBuf) {
+        use crate::store::SqliteStore;
+        let dir = std::env::temp_dir().join(format!(
+            "postern-every-request-{}-{}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        let store = Arc::new(SqliteStore::open_in(&dir).expect("store"));
+        let config = crate::config::RelayConfig {
+            api_timeout,
+            ..Default::default()
+        };
+        let ctx = Arc::new(RelayContext::new(
+            config,
+            store,
+            tokio_util::sync::CancellationToken::new(),
+        ));
+        let slow = || async {
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            "done"
+        };
+        let app = axum::Router::new()
+            .route("/v1/agents", axum::routing::get(slow))
+            .route(
+                "/v1/agents/a/connections/c/http/x",
+                axum::routing::get(slow),
+            )
+            .layer(axum::middleware::from_fn_with_state(ctx, every_request));
+        (app, dir)
+    }
+
+    async fn send(app: &axum::Router, method: &str, path: &str, id: Option<&str>) -> Response {
+        use tower::ServiceExt;
+        let mut request = http::Request::builder().method(method).uri(path);
+        if let Some(id) = id {
+            request = request.header(REQUEST_ID, id);
+        }
+        app.clone()
+            .oneshot(request.body(axum::body::Body::empty()).expect("request"))
+            .await
+            .expect("answer")
+    }
+
+    async fn json(response: Response) -> serde_json::Value {
+        let body = axum::body::to_bytes(response.into_body(), 4096)
+            .await
+            .expect("body");
+        serde_json::from_slice(&body).expect("a JSON body")
+    }
+
+    #[tokio::test]
+    async fn management_requests_are_bounded_and_calls_are_not() {
+        let (app, dir) = slow_routes(std::time::Duration::from_millis(50));
+        let slow = send(&app, "GET", "/v1/agents", Some("mgmt-1")).await;
+        assert_eq!(slow.status(), 500);
+        assert_eq!(slow.headers()[REQUEST_ID], "mgmt-1");
+        let body = json(slow).await;
+        assert_eq!(body["error"]["code"], "internal", "{body}");
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains("api_timeout"), "{message}");
+        let call = send(&app, "GET", "/v1/agents/a/connections/c/http/x", None).await;
+        assert_eq!(call.status(), 200, "a call outlives api_timeout");
+        let id = call.headers()[REQUEST_ID]
+            .to_str()
+            .expect("ascii")
+            .to_owned();
+        assert!(uuid::Uuid::parse_str(&id).is_ok(), "a fresh id: {id}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn the_routers_own_refusals_get_the_json_body_and_the_id() {
+        let (app, dir) = slow_routes(std::time::Duration::from_secs(5));
+        let refused = send(&app, "DELETE", "/v1/agents", Some("del-7")).await;
+        assert_eq!(refused.status(), 405);
+        assert_eq!(refused.headers()[REQUEST_ID], "del-7");
+        assert!(refused.headers().contains_key(http::header::ALLOW));
+        assert_eq!(json(refused).await["error"]["code"], "method_not_allowed");
+        let missing = send(&app, "GET", "/nowhere", Some("bad id")).await;
+        assert_eq!(missing.status(), 404);
+        assert_ne!(missing.headers()[REQUEST_ID], "bad id");
+        assert_eq!(json(missing).await["error"]["code"], "not_found");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
