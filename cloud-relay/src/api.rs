@@ -1,5 +1,5 @@
 //! The relay's HTTP API: `fn router()` so tests can drive it without a socket;
-//! every `/v1` route needs `Authorization: Bearer <api key>`.
+//! everything under `/v1/` but the OpenAPI document needs `Authorization: Bearer <api key>`.
 
 pub mod agents;
 pub mod apikeys;
@@ -24,7 +24,10 @@ use crate::context::RelayContext;
 pub use error::ApiError;
 
 pub fn router(ctx: Arc<RelayContext>) -> Router {
-    let v1 = Router::new()
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/v1/openapi.json", get(openapi::serve))
         .route("/v1/agents", get(agents::list).post(agents::create))
         .route(
             "/v1/agents/{agent}",
@@ -49,15 +52,6 @@ pub fn router(ctx: Arc<RelayContext>) -> Router {
             "/v1/agents/{agent}/connections/{connection}/http/{*path}",
             any(call::call),
         )
-        .route_layer(middleware::from_fn_with_state(
-            ctx.clone(),
-            auth::require_api_key,
-        ));
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
-        .route("/v1/openapi.json", get(openapi::serve))
-        .merge(v1)
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(
             ctx.clone(),
@@ -139,6 +133,51 @@ mod tests {
             status(app_on("0.0.0.0:8080"), Some(key.expose())).await,
             200
         );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn everything_under_v1_but_the_document_needs_a_key_routed_or_not() {
+        let dir = std::env::temp_dir().join(format!("postern-v1-keys-{}", std::process::id()));
+        let store = Arc::new(SqliteStore::open_in(&dir).expect("store"));
+        let key = crate::secrets::new_token(SecretKind::ApiKey);
+        store
+            .create_scoped_api_key("ops", &key, postern_protocol::api::ApiKeyScope::Admin)
+            .expect("key");
+        let app = router(Arc::new(RelayContext::new(
+            RelayConfig::default(),
+            store,
+            CancellationToken::new(),
+        )));
+        let ask = |method: &'static str, path: &'static str, key: Option<String>| {
+            let app = app.clone();
+            async move {
+                let mut request = Request::builder().method(method).uri(path);
+                if let Some(key) = key {
+                    request = request.header("authorization", format!("Bearer {key}"));
+                }
+                let response = app
+                    .oneshot(request.body(Body::empty()).expect("request"))
+                    .await
+                    .expect("answer");
+                response.status().as_u16()
+            }
+        };
+        let with_key = || Some(key.expose().to_owned());
+        assert_eq!(ask("GET", "/v1/openapi.json", None).await, 200);
+        assert_eq!(ask("GET", "/healthz", None).await, 200);
+        assert_eq!(ask("GET", "/v1/agents", None).await, 401);
+        assert_eq!(ask("GET", "/v1/agents", with_key()).await, 200);
+        // Routes or not, methods or not: no key, no answer beyond 401.
+        assert_eq!(ask("GET", "/v1/no-such-route", None).await, 401);
+        assert_eq!(ask("GET", "/v1/no-such-route", with_key()).await, 404);
+        assert_eq!(ask("PUT", "/v1/agents", None).await, 401);
+        assert_eq!(ask("PUT", "/v1/agents", with_key()).await, 405);
+        assert_eq!(
+            ask("GET", "/v1/agents/x/connections/c/http/y", None).await,
+            401
+        );
+        assert_eq!(ask("GET", "/v2/anything", None).await, 404);
         let _ = std::fs::remove_dir_all(dir);
     }
 }

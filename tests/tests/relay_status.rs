@@ -148,7 +148,7 @@ async fn every_answer_carries_a_request_id_and_both_logs_hold_it() -> Result<()>
     let client = reqwest::Client::new();
     for (url, status) in [
         (format!("{}/v1/agents", w.admin.base), 401),
-        (format!("{}/v1/nothing-here", w.admin.base), 404),
+        (format!("{}/nothing-here", w.admin.base), 404),
         (format!("{}/healthz", w.admin.base), 200),
     ] {
         let r = client

@@ -1,11 +1,9 @@
-//! API keys on the way in: `require_api_key` checks the bearer key and leaves
-//! the caller in the request; `AdminOnly` refuses handlers to `call` keys.
+//! API keys on the way in: `check_api_key` finds the caller behind the bearer key
+//! (`every_request` runs it under `/v1/`); `AdminOnly` refuses handlers to `call` keys.
 
 use std::sync::Arc;
 
-use axum::extract::{FromRequestParts, Request, State};
-use axum::middleware::Next;
-use axum::response::Response;
+use axum::extract::FromRequestParts;
 use http::request::Parts;
 use postern_protocol::api::ApiKeyScope;
 use postern_protocol::{ErrorCode, SecretKind, SecretToken};
@@ -20,19 +18,8 @@ pub struct ApiCaller {
     pub scope: ApiKeyScope,
 }
 
-/// Checks the bearer API key against the store (hash, constant-time), or the keys it
-/// answered for since it last changed.
-pub async fn require_api_key(
-    State(ctx): State<Arc<RelayContext>>,
-    mut request: Request,
-    next: Next,
-) -> Result<Response, ApiError> {
-    let caller = check_api_key(&ctx, request.headers()).await?;
-    request.extensions_mut().insert(caller);
-    Ok(next.run(request).await)
-}
-
-/// The caller behind the request's `Authorization: Bearer <api key>`.
+/// The caller behind the request's `Authorization: Bearer <api key>`, checked against the
+/// store (hash, constant-time) or the keys it answered for since it last changed.
 pub async fn check_api_key(
     ctx: &Arc<RelayContext>,
     headers: &http::HeaderMap,

@@ -1,6 +1,6 @@
 //! What every API request goes through, in one layer: a request id (the caller's when
-//! sane, else a new one) on the request and its answer, a time bound on all but calls,
-//! and the contract's JSON body on any refusal the relay makes itself.
+//! sane, else a new one) on the request and its answer, the API key check under `/v1/`,
+//! a time bound on all but calls, and the contract's JSON body on the relay's refusals.
 
 use std::sync::Arc;
 
@@ -35,14 +35,14 @@ pub async fn every_request(
 }
 
 /// Bounds every request but calls (which have `call_timeout` and stream) by `api_timeout`.
-async fn bounded_unless_call(ctx: &RelayContext, request: Request, next: Next) -> Response {
+async fn bounded_unless_call(ctx: &Arc<RelayContext>, request: Request, next: Next) -> Response {
     // "", "v1", "agents", {agent}, "connections", …
     let is_call = request.uri().path().split('/').nth(4) == Some("connections");
     if is_call {
-        return next.run(request).await;
+        return with_api_key(ctx, request, next).await;
     }
     let limit = ctx.config.api_timeout;
-    match tokio::time::timeout(limit, next.run(request)).await {
+    match tokio::time::timeout(limit, with_api_key(ctx, request, next)).await {
         Ok(response) => response,
         // No dedicated code for this; `internal` with a clear message.
         Err(_) => ApiError::new(
@@ -51,6 +51,27 @@ async fn bounded_unless_call(ctx: &RelayContext, request: Request, next: Next) -
         )
         .into_response(),
     }
+}
+
+/// Everything under `/v1/` but the OpenAPI document needs an API key, routed or not: a
+/// path that names no route is refused like any other without a key, so the key check
+/// cannot be missed by a route added later, and no one learns the routes without a key.
+fn needs_api_key(path: &str) -> bool {
+    path.starts_with("/v1/") && path != "/v1/openapi.json"
+}
+
+/// Runs the request once its API key (if it needs one) checks out, with the caller
+/// ([`super::auth::ApiCaller`]) in its extensions for the handlers.
+async fn with_api_key(ctx: &Arc<RelayContext>, mut request: Request, next: Next) -> Response {
+    if needs_api_key(request.uri().path()) {
+        match super::auth::check_api_key(ctx, request.headers()).await {
+            Ok(caller) => {
+                request.extensions_mut().insert(caller);
+            }
+            Err(refused) => return refused.into_response(),
+        }
+    }
+    next.run(request).await
 }
 
 /// The caller's request id if it is sane (1–128 visible ASCII), else a new one.
@@ -88,15 +109,20 @@ mod tests {
         assert_ne!(request_id(&h), fresh);
     }
 
-    /// A router of two slow routes, a management one and a call, behind the layer.
-    fn slow_routes(api_timeout: std::time::Duration) -> (axum::Router, std::path::PathBuf) {
-        use crate::store::SqliteStore;
+    /// A router of two slow routes, a management one and a call, behind the layer, and
+    /// where its store lives. Requests to it carry the store's one API key.
+    fn slow_routes(api_timeout: std::time::Duration) -> (Routes, std::path::PathBuf) {
+        use crate::store::{SqliteStore, Store};
         let dir = std::env::temp_dir().join(format!(
             "postern-every-request-{}-{}",
             std::process::id(),
             rand::random::<u32>()
         ));
         let store = Arc::new(SqliteStore::open_in(&dir).expect("store"));
+        let key = crate::secrets::new_token(postern_protocol::SecretKind::ApiKey);
+        store
+            .create_scoped_api_key("k", &key, postern_protocol::api::ApiKeyScope::Call)
+            .expect("key");
         let config = crate::config::RelayConfig {
             api_timeout,
             ..Default::default()
@@ -117,16 +143,27 @@ mod tests {
                 axum::routing::get(slow),
             )
             .layer(axum::middleware::from_fn_with_state(ctx, every_request));
-        (app, dir)
+        let key = format!("Bearer {}", key.expose());
+        (Routes { app, key }, dir)
     }
 
-    async fn send(app: &axum::Router, method: &str, path: &str, id: Option<&str>) -> Response {
+    struct Routes {
+        app: axum::Router,
+        key: String,
+    }
+
+    async fn send(routes: &Routes, method: &str, path: &str, id: Option<&str>) -> Response {
         use tower::ServiceExt;
-        let mut request = http::Request::builder().method(method).uri(path);
+        let mut request = http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header(http::header::AUTHORIZATION, &routes.key);
         if let Some(id) = id {
             request = request.header(REQUEST_ID, id);
         }
-        app.clone()
+        routes
+            .app
+            .clone()
             .oneshot(request.body(axum::body::Body::empty()).expect("request"))
             .await
             .expect("answer")
