@@ -77,6 +77,7 @@ async fn hostile_requests_are_refused_clearly_and_the_relay_keeps_serving() -> R
         ("a malformed API key", b"GET /v1/agents HTTP/1.1\r\nHost: relay\r\nAuthorization: Bearer psk_nope\r\nConnection: close\r\n\r\n".to_vec(), 401, "unauthorized"),
         ("an agent token as API key", format!("GET /v1/agents HTTP/1.1\r\nHost: relay\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n").into_bytes(), 401, "unauthorized"),
         ("a 64 KiB header", get("/v1/agents", &format!("X-Big: {huge}\r\n")), 431, ""),
+        ("a 20 KiB header (over max_header_bytes, under the read buffer)", get("/v1/agents", &format!("X-Big: {}\r\n", &huge[..20 * 1024])), 431, "payload_too_large"),
         ("a space in the path", b"GET /v1/age nts HTTP/1.1\r\nHost: relay\r\n\r\n".to_vec(), 400, ""),
         ("CR/LF smuggled into a header value", get("/v1/agents", "X-A: a\rInjected: b\r\n"), 400, ""),
         ("an absurd Content-Length", format!("{}Content-Length: 99999999999999999999999\r\n\r\n", head("POST /v1/agents HTTP/1.1", "")).into_bytes(), 400, ""),

@@ -1,6 +1,6 @@
 //! What every API request goes through, in one layer: a request id (the caller's when
-//! sane, else a new one) on the request and its answer, the API key check under `/v1/`,
-//! a time bound on all but calls, and the contract's JSON body on the relay's refusals.
+//! sane, else a new one) on the request and its answer, `max_header_bytes`, the API key
+//! under `/v1/`, a time bound on all but calls, and JSON bodies on the relay's refusals.
 
 use std::sync::Arc;
 
@@ -26,7 +26,11 @@ pub async fn every_request(
     if let Some(v) = &value {
         request.headers_mut().insert(REQUEST_ID, v.clone());
     }
-    let response = bounded_unless_call(&ctx, request, next).await;
+    let response = if head_bytes(&request) > ctx.config.max_header_bytes {
+        head_too_large(ctx.config.max_header_bytes)
+    } else {
+        bounded_unless_call(&ctx, request, next).await
+    };
     let mut response = super::error::json_error(response).await;
     if let Some(v) = value {
         response.headers_mut().insert(REQUEST_ID, v);
@@ -51,6 +55,32 @@ async fn bounded_unless_call(ctx: &Arc<RelayContext>, request: Request, next: Ne
         )
         .into_response(),
     }
+}
+
+/// The request head's size as sent: request line, `name: value` lines, blank line.
+fn head_bytes(request: &Request) -> usize {
+    let target = request
+        .uri()
+        .path_and_query()
+        .map_or(1, |pq| pq.as_str().len());
+    let line = request.method().as_str().len() + 1 + target + " HTTP/1.1\r\n".len();
+    let headers: usize = request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + 2 + value.len() + 2)
+        .sum();
+    line + headers + 2
+}
+
+/// 431, as the HTTP server would answer, with the contract's body.
+fn head_too_large(limit: usize) -> Response {
+    let mut response = ApiError::new(
+        ErrorCode::PayloadTooLarge,
+        format!("the request head is larger than the relay's max_header_bytes ({limit} bytes)"),
+    )
+    .into_response();
+    *response.status_mut() = http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
+    response
 }
 
 /// Everything under `/v1/` but the OpenAPI document needs an API key, routed or not: a
@@ -208,6 +238,39 @@ mod tests {
         assert_eq!(missing.status(), 404);
         assert_ne!(missing.headers()[REQUEST_ID], "bad id");
         assert_eq!(json(missing).await["error"]["code"], "not_found");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn a_head_over_max_header_bytes_gets_431_with_the_json_body() {
+        use tower::ServiceExt;
+        let (routes, dir) = slow_routes(std::time::Duration::from_secs(5));
+        let limit = crate::config::RelayConfig::default().max_header_bytes;
+        let with_header = |size: usize| {
+            http::Request::get("/v1/agents")
+                .header(http::header::AUTHORIZATION, &routes.key)
+                .header(REQUEST_ID, "big-1")
+                .header("x-big", "x".repeat(size))
+                .body(axum::body::Body::empty())
+                .expect("request")
+        };
+        let over = routes
+            .app
+            .clone()
+            .oneshot(with_header(limit))
+            .await
+            .expect("answer");
+        assert_eq!(over.status(), 431);
+        assert_eq!(over.headers()[REQUEST_ID], "big-1");
+        let body = json(over).await;
+        assert_eq!(body["error"]["code"], "payload_too_large", "{body}");
+        let under = routes
+            .app
+            .clone()
+            .oneshot(with_header(limit - 512))
+            .await
+            .expect("answer");
+        assert_eq!(under.status(), 200);
         let _ = std::fs::remove_dir_all(dir);
     }
 }
