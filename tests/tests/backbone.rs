@@ -180,6 +180,32 @@ async fn a_jwt_signed_call_crosses_the_tunnel_and_verifies_independently() -> Re
     assert!(!logs.contains(&w.token), "token leaked into logs");
     assert!(!logs.contains(&w.api.key), "API key leaked into logs");
 
+    // A DELETE without a body reaches the internal server without one: no chunked
+    // framing made up on the way (servers may refuse a DELETE with a body).
+    let response = w
+        .api
+        .http
+        .delete(format!(
+            "{}/v1/agents/warehouse-1/connections/orders/http/v2/orders/7",
+            w.api.base
+        ))
+        .bearer_auth(&w.api.key)
+        .send()
+        .await?;
+    assert_eq!(response.status(), 200);
+    let seen = w.internal.requests();
+    let delete = seen.last().context("the DELETE")?;
+    assert_eq!(delete.method, "DELETE");
+    let framing: Vec<_> = delete
+        .headers
+        .iter()
+        .filter(|(k, _)| k == "transfer-encoding" || k == "content-length")
+        .collect();
+    assert!(
+        framing.is_empty(),
+        "a bodiless DELETE arrived with {framing:?}"
+    );
+
     let info = w.api.agent("warehouse-1").await?;
     assert_eq!(
         info.connections,

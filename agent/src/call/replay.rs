@@ -19,8 +19,12 @@ pub enum RequestBody {
 }
 
 impl RequestBody {
-    /// Streams without reading anything first.
+    /// Streams without reading anything first; a body that has ended already (none
+    /// was sent) stays absent, since a stream of unknown length would go out chunked.
     pub fn stream(body: Incoming) -> Self {
+        if hyper::body::Body::is_end_stream(&body) {
+            return RequestBody::Buffered(Bytes::new());
+        }
         RequestBody::Streaming {
             prefix: Bytes::new(),
             rest: body,
