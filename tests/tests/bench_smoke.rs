@@ -79,3 +79,111 @@ fn the_benchmark_runs_every_scenario() {
         "one exchange for the whole run: {table}"
     );
 }
+
+/// The processes whose parent is `pid`, with their command lines.
+fn children_of(pid: u32) -> Vec<(u32, String)> {
+    let parent = pid.to_string();
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let child: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).ok()?;
+            let ppid = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .nth(1)?
+                .to_owned();
+            let cmdline = std::fs::read(format!("/proc/{child}/cmdline")).ok()?;
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            (ppid == parent).then_some((child, cmdline))
+        })
+        .collect()
+}
+
+#[test]
+fn an_interrupted_benchmark_leaves_nothing_behind() {
+    use std::time::{Duration, Instant};
+    let tools_present = ["wrk", "/usr/sbin/sshd", "ssh", "ssh-keygen"]
+        .into_iter()
+        .all(|tool| {
+            Command::new("sh")
+                .args(["-c", &format!("command -v {tool}")])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        });
+    if !tools_present {
+        println!("SKIPPED interrupted benchmark: wrk or OpenSSH missing (.ci/run installs them)");
+        return;
+    }
+    let mut bench = Command::new(env!("CARGO_BIN_EXE_bench"))
+        .args(["--only", "small", "--seconds", "30", "--repeats", "1"])
+        .arg("--relay-bin")
+        .arg(env!("CARGO_BIN_EXE_e2e-postern-relay"))
+        .arg("--agent-bin")
+        .arg(env!("CARGO_BIN_EXE_e2e-postern"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("the benchmark starts");
+    // Relay, agent, sshd, ssh and a wrk under way: the moment a user would press Ctrl-C.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let children = loop {
+        let children = children_of(bench.id());
+        if children.iter().any(|(_, cmd)| cmd.starts_with("wrk ")) && children.len() >= 5 {
+            break children;
+        }
+        assert!(Instant::now() < deadline, "no wrk run began: {children:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let dir = children
+        .iter()
+        .find_map(|(_, cmd)| {
+            let config = cmd
+                .split_whitespace()
+                .skip_while(|a| *a != "--config")
+                .nth(1)?;
+            Some(std::path::Path::new(config).parent()?.to_owned())
+        })
+        .expect("the relay's config path");
+    assert!(dir.exists(), "{dir:?}");
+    let sent = Command::new("kill")
+        .args(["-INT", &bench.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(sent.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = bench.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = bench.kill();
+            panic!("the benchmark did not stop within 20 s of SIGINT");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(130), "{status:?}");
+    // Killed children are reaped by init once the bench has gone; give it a moment.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let alive = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| {
+                s.rsplit_once(')')
+                    .map(|(_, rest)| rest.trim().starts_with('Z'))
+            })
+            .is_some_and(|zombie| !zombie)
+    };
+    while children.iter().any(|(pid, _)| alive(*pid)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let left: Vec<_> = children.iter().filter(|(pid, _)| alive(*pid)).collect();
+    assert!(
+        left.is_empty(),
+        "still running after the bench stopped: {left:?}"
+    );
+    assert!(!dir.exists(), "{dir:?} was left behind");
+}

@@ -1,6 +1,7 @@
 //! The benchmark: postern beside an OpenSSH reverse tunnel (`ssh -N -R`) and direct loopback,
 //! on one machine in one run, printed as one table. `tests/bench/run` is the entry.
 
+mod interrupt;
 mod many_agents;
 mod openssh;
 mod postern;
@@ -102,6 +103,7 @@ impl World {
     async fn start(args: &Args) -> Result<Self> {
         let bins = Bins::beside_this_program(args.relay_bin.clone(), args.agent_bin.clone())?;
         let dir = TempDir::new("bench")?;
+        interrupt::remove_on_interrupt(dir.path());
         let shutdown = CancellationToken::new();
         let fast = upstream::fast_server(shutdown.clone()).await?;
         let rsa = postern_tests::keys::rsa_2048()?;
@@ -166,6 +168,10 @@ async fn bench(args: Args) -> Result<()> {
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
+    if let Err(e) = interrupt::watch() {
+        eprintln!("bench: cannot watch for Ctrl-C: {e}");
+        return std::process::ExitCode::FAILURE;
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {

@@ -1,0 +1,77 @@
+//! Ctrl-C, SIGTERM or SIGHUP in the middle of a run: the processes the bench started
+//! (relay, agent, sshd, ssh, wrk) are stopped and its files removed, as at a normal end.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use tokio::signal::unix::{SignalKind, signal};
+
+static DIRS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// Removes `dir` if the run is interrupted (drop guards do it otherwise).
+pub fn remove_on_interrupt(dir: &Path) {
+    if let Ok(mut dirs) = DIRS.lock() {
+        dirs.push(dir.to_owned());
+    }
+}
+
+/// Watches for the signals from a thread of its own: the scenarios block their thread
+/// while wrk runs, so the run's own runtime cannot be relied on to notice.
+pub fn watch() -> std::io::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    // Registered before the run starts, so no signal finds the default action first.
+    let mut signals = runtime.block_on(async {
+        Ok::<_, std::io::Error>([
+            signal(SignalKind::interrupt())?,
+            signal(SignalKind::terminate())?,
+            signal(SignalKind::hangup())?,
+        ])
+    })?;
+    std::thread::Builder::new()
+        .name("interrupt".into())
+        .spawn(move || {
+            runtime.block_on(async {
+                let [int, term, hup] = &mut signals;
+                tokio::select! {
+                    _ = int.recv() => {}
+                    _ = term.recv() => {}
+                    _ = hup.recv() => {}
+                }
+            });
+            eprintln!("bench: interrupted; stopping what it started");
+            stop_children();
+            if let Ok(dirs) = DIRS.lock() {
+                for dir in dirs.iter() {
+                    let _ = std::fs::remove_dir_all(dir);
+                }
+            }
+            std::process::exit(130);
+        })?;
+    Ok(())
+}
+
+/// SIGKILL to every process whose parent is the bench; their own children (sshd's
+/// per-connection processes) end with the connections.
+fn stop_children() {
+    let me = std::process::id().to_string();
+    let children: Vec<String> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let pid = entry.file_name().to_str()?.to_owned();
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            // "pid (comm) state ppid …": comm may hold spaces, so split after the last ')'.
+            let ppid = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?;
+            (ppid == me).then_some(pid)
+        })
+        .collect();
+    if !children.is_empty() {
+        let _ = std::process::Command::new("kill")
+            .arg("-KILL")
+            .args(&children)
+            .status();
+    }
+}
