@@ -96,7 +96,11 @@ mod tests {
     use crate::store::{SqliteStore, Store};
 
     async fn status(app: Router, key: Option<&str>) -> u16 {
-        let mut request = Request::get("/metrics");
+        status_of(app, "GET", "/metrics", key).await
+    }
+
+    async fn status_of(app: Router, method: &str, path: &str, key: Option<&str>) -> u16 {
+        let mut request = Request::builder().method(method).uri(path);
         if let Some(key) = key {
             request = request.header("authorization", format!("Bearer {key}"));
         }
@@ -149,21 +153,8 @@ mod tests {
             store,
             CancellationToken::new(),
         )));
-        let ask = |method: &'static str, path: &'static str, key: Option<String>| {
-            let app = app.clone();
-            async move {
-                let mut request = Request::builder().method(method).uri(path);
-                if let Some(key) = key {
-                    request = request.header("authorization", format!("Bearer {key}"));
-                }
-                let response = app
-                    .oneshot(request.body(Body::empty()).expect("request"))
-                    .await
-                    .expect("answer");
-                response.status().as_u16()
-            }
-        };
-        let with_key = || Some(key.expose().to_owned());
+        let ask = |method, path, key| status_of(app.clone(), method, path, key);
+        let with_key = || Some(key.expose());
         assert_eq!(ask("GET", "/v1/openapi.json", None).await, 200);
         assert_eq!(ask("GET", "/healthz", None).await, 200);
         assert_eq!(ask("GET", "/v1/agents", None).await, 401);

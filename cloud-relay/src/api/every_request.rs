@@ -183,6 +183,17 @@ mod tests {
     }
 
     async fn send(routes: &Routes, method: &str, path: &str, id: Option<&str>) -> Response {
+        send_with(routes, method, path, id, None).await
+    }
+
+    /// As `send`, with one more header (name, value) if given.
+    async fn send_with(
+        routes: &Routes,
+        method: &str,
+        path: &str,
+        id: Option<&str>,
+        extra: Option<(&str, String)>,
+    ) -> Response {
         use tower::ServiceExt;
         let mut request = http::Request::builder()
             .method(method)
@@ -190,6 +201,9 @@ mod tests {
             .header(http::header::AUTHORIZATION, &routes.key);
         if let Some(id) = id {
             request = request.header(REQUEST_ID, id);
+        }
+        if let Some((name, value)) = extra {
+            request = request.header(name, value);
         }
         routes
             .app
@@ -243,33 +257,15 @@ mod tests {
 
     #[tokio::test]
     async fn a_head_over_max_header_bytes_gets_431_with_the_json_body() {
-        use tower::ServiceExt;
         let (routes, dir) = slow_routes(std::time::Duration::from_secs(5));
         let limit = crate::config::RelayConfig::default().max_header_bytes;
-        let with_header = |size: usize| {
-            http::Request::get("/v1/agents")
-                .header(http::header::AUTHORIZATION, &routes.key)
-                .header(REQUEST_ID, "big-1")
-                .header("x-big", "x".repeat(size))
-                .body(axum::body::Body::empty())
-                .expect("request")
-        };
-        let over = routes
-            .app
-            .clone()
-            .oneshot(with_header(limit))
-            .await
-            .expect("answer");
+        let big = |size: usize| Some(("x-big", "x".repeat(size)));
+        let over = send_with(&routes, "GET", "/v1/agents", Some("big-1"), big(limit)).await;
         assert_eq!(over.status(), 431);
         assert_eq!(over.headers()[REQUEST_ID], "big-1");
         let body = json(over).await;
         assert_eq!(body["error"]["code"], "payload_too_large", "{body}");
-        let under = routes
-            .app
-            .clone()
-            .oneshot(with_header(limit - 512))
-            .await
-            .expect("answer");
+        let under = send_with(&routes, "GET", "/v1/agents", None, big(limit - 512)).await;
         assert_eq!(under.status(), 200);
         let _ = std::fs::remove_dir_all(dir);
     }
