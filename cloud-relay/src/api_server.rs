@@ -50,7 +50,7 @@ async fn serve_one<I, S>(
 
 /// hyper's read buffer, which also caps each piece of a request body it reads: with
 /// the 16 KiB of `max_header_bytes` as the cap, an upload crossed the tunnel in 16 KiB
-/// SSH packets instead of 32 KiB ones (~12% slower). The header limit is enforced by
+/// SSH packets instead of 32 KiB ones (uploads ~14% slower, BENCHMARKS.md item 27). The header limit is enforced by
 /// `every_request` instead, with hyper's own refusal past this size as a backstop.
 const READ_BUFFER_BYTES: usize = 64 * 1024;
 
@@ -68,7 +68,7 @@ pub async fn serve(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(config.header_read_timeout)
-        .max_buf_size(config.max_header_bytes.max(READ_BUFFER_BYTES))
+        .max_buf_size(config.header_limit().max(READ_BUFFER_BYTES))
         .keep_alive(true);
     loop {
         let (stream, peer) = tokio::select! {

@@ -126,6 +126,12 @@ pub enum ConfigError {
 }
 
 impl RelayConfig {
+    /// `max_header_bytes` as enforced: a smaller setting counts as 8192, the least hyper
+    /// itself reads of a head.
+    pub fn header_limit(&self) -> usize {
+        self.max_header_bytes.max(8192)
+    }
+
     pub fn load(path: &std::path::Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),

@@ -21,13 +21,15 @@ pub async fn every_request(
     mut request: Request,
     next: Next,
 ) -> Response {
+    // Measured as the caller sent it, before the id below is added.
+    let head_too_big = head_bytes(&request) > ctx.config.header_limit();
     let id = request_id(request.headers());
     let value = HeaderValue::from_str(&id).ok();
     if let Some(v) = &value {
         request.headers_mut().insert(REQUEST_ID, v.clone());
     }
-    let response = if head_bytes(&request) > ctx.config.max_header_bytes {
-        head_too_large(ctx.config.max_header_bytes)
+    let response = if head_too_big {
+        head_too_large(ctx.config.header_limit())
     } else {
         bounded_unless_call(&ctx, request, next).await
     };
@@ -258,7 +260,7 @@ mod tests {
     #[tokio::test]
     async fn a_head_over_max_header_bytes_gets_431_with_the_json_body() {
         let (routes, dir) = slow_routes(std::time::Duration::from_secs(5));
-        let limit = crate::config::RelayConfig::default().max_header_bytes;
+        let limit = crate::config::RelayConfig::default().header_limit();
         let big = |size: usize| Some(("x-big", "x".repeat(size)));
         let over = send_with(&routes, "GET", "/v1/agents", Some("big-1"), big(limit)).await;
         assert_eq!(over.status(), 431);
