@@ -19,12 +19,8 @@ pub enum RequestBody {
 }
 
 impl RequestBody {
-    /// Streams without reading anything first; a body that has ended already (none
-    /// was sent) stays absent, since a stream of unknown length would go out chunked.
+    /// Streams without reading anything first.
     pub fn stream(body: Incoming) -> Self {
-        if hyper::body::Body::is_end_stream(&body) {
-            return RequestBody::Buffered(Bytes::new());
-        }
         RequestBody::Streaming {
             prefix: Bytes::new(),
             rest: body,
@@ -66,11 +62,13 @@ impl RequestBody {
     pub fn into_reqwest(self) -> reqwest::Body {
         match self {
             RequestBody::Buffered(bytes) => reqwest::Body::from(bytes),
+            // The body itself, so that its length and its end (a bodiless call's is at
+            // once) go with it: a stream of unknown length would go out chunked.
+            RequestBody::Streaming { prefix, rest } if prefix.is_empty() => {
+                reqwest::Body::wrap(rest)
+            }
             RequestBody::Streaming { prefix, rest } => {
-                let head =
-                    futures_util::stream::iter(
-                        (!prefix.is_empty()).then_some(Ok::<_, hyper::Error>(prefix)),
-                    );
+                let head = futures_util::stream::iter([Ok::<_, hyper::Error>(prefix)]);
                 reqwest::Body::wrap_stream(head.chain(BodyDataStream::new(rest)))
             }
         }
