@@ -16,7 +16,7 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
-use postern_protocol::headers::{POSTERN_ERROR, REQUEST_ID};
+use postern_protocol::headers::{POSTERN_ERROR, REQUEST_ID, header_bytes};
 use postern_protocol::{ErrorBody, ErrorCode};
 use tracing::{info, warn};
 
@@ -159,14 +159,6 @@ pub async fn handle(ctx: Arc<CallContext>, request: Request<Incoming>) -> Respon
         "call"
     );
     response
-}
-
-/// A header block's size as sent: `name: value` and CRLF per header.
-fn header_bytes(headers: &HeaderMap) -> usize {
-    headers
-        .iter()
-        .map(|(name, value)| name.as_str().len() + value.len() + 4)
-        .sum()
 }
 
 fn hold_until_done(body: CallBody, permit: tokio::sync::OwnedSemaphorePermit) -> CallBody {

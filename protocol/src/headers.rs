@@ -51,6 +51,15 @@ pub fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
     }
 }
 
+/// A header block's size as sent: `name: value` and CRLF per header, the measure both
+/// sides hold `max_header_bytes` to.
+pub fn header_bytes(headers: &http::HeaderMap) -> usize {
+    headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

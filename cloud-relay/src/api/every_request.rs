@@ -66,12 +66,7 @@ fn head_bytes(request: &Request) -> usize {
         .path_and_query()
         .map_or(1, |pq| pq.as_str().len());
     let line = request.method().as_str().len() + 1 + target + " HTTP/1.1\r\n".len();
-    let headers: usize = request
-        .headers()
-        .iter()
-        .map(|(name, value)| name.as_str().len() + 2 + value.len() + 2)
-        .sum();
-    line + headers + 2
+    line + postern_protocol::headers::header_bytes(request.headers()) + 2
 }
 
 /// 431, as the HTTP server would answer, with the contract's body.
