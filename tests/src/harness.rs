@@ -401,6 +401,30 @@ pub fn open_fds(pid: u32) -> Result<usize> {
     Ok(std::fs::read_dir(format!("/proc/{pid}/fd"))?.count())
 }
 
+/// The processes whose parent is `pid`, with their command lines, from /proc.
+pub fn children_of(pid: u32) -> Vec<(u32, String)> {
+    let parent = pid.to_string();
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let child: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).ok()?;
+            // "pid (comm) state ppid …": comm may hold spaces, so split after the last ')'.
+            let ppid = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .nth(1)?
+                .to_owned();
+            let cmdline = std::fs::read(format!("/proc/{child}/cmdline")).ok()?;
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            (ppid == parent).then_some((child, cmdline))
+        })
+        .collect()
+}
+
 /// Resident set size of a process in KiB, from /proc.
 pub fn rss_kib(pid: u32) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;

@@ -80,29 +80,6 @@ fn the_benchmark_runs_every_scenario() {
     );
 }
 
-/// The processes whose parent is `pid`, with their command lines.
-fn children_of(pid: u32) -> Vec<(u32, String)> {
-    let parent = pid.to_string();
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|entry| {
-            let child: u32 = entry.file_name().to_str()?.parse().ok()?;
-            let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).ok()?;
-            let ppid = stat
-                .rsplit_once(')')?
-                .1
-                .split_whitespace()
-                .nth(1)?
-                .to_owned();
-            let cmdline = std::fs::read(format!("/proc/{child}/cmdline")).ok()?;
-            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            (ppid == parent).then_some((child, cmdline))
-        })
-        .collect()
-}
-
 #[test]
 fn an_interrupted_benchmark_leaves_nothing_behind() {
     use std::time::{Duration, Instant};
@@ -131,7 +108,7 @@ fn an_interrupted_benchmark_leaves_nothing_behind() {
     // Relay, agent, sshd, ssh and a wrk under way: the moment a user would press Ctrl-C.
     let deadline = Instant::now() + Duration::from_secs(60);
     let children = loop {
-        let children = children_of(bench.id());
+        let children = postern_tests::harness::children_of(bench.id());
         if children.iter().any(|(_, cmd)| cmd.starts_with("wrk ")) && children.len() >= 5 {
             break children;
         }

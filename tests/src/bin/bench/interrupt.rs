@@ -55,18 +55,9 @@ pub fn watch() -> std::io::Result<()> {
 /// SIGKILL to every process whose parent is the bench; their own children (sshd's
 /// per-connection processes) end with the connections.
 fn stop_children() {
-    let me = std::process::id().to_string();
-    let children: Vec<String> = std::fs::read_dir("/proc")
+    let children: Vec<String> = postern_tests::harness::children_of(std::process::id())
         .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|entry| {
-            let pid = entry.file_name().to_str()?.to_owned();
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            // "pid (comm) state ppid …": comm may hold spaces, so split after the last ')'.
-            let ppid = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?;
-            (ppid == me).then_some(pid)
-        })
+        .map(|(pid, _)| pid.to_string())
         .collect();
     if !children.is_empty() {
         let _ = std::process::Command::new("kill")
