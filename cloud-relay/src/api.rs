@@ -95,6 +95,28 @@ mod tests {
     use crate::config::RelayConfig;
     use crate::store::{SqliteStore, Store};
 
+    /// A store in a fresh directory, holding one API key of `scope`; remove the
+    /// directory when done.
+    pub(crate) fn store_with_key(
+        scope: postern_protocol::api::ApiKeyScope,
+    ) -> (
+        Arc<SqliteStore>,
+        postern_protocol::SecretToken,
+        std::path::PathBuf,
+    ) {
+        let dir = std::env::temp_dir().join(format!(
+            "postern-api-test-{}-{}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        let store = Arc::new(SqliteStore::open_in(&dir).expect("store"));
+        let key = crate::secrets::new_token(SecretKind::ApiKey);
+        store
+            .create_scoped_api_key("test", &key, scope)
+            .expect("key");
+        (store, key, dir)
+    }
+
     async fn status(app: Router, key: Option<&str>) -> u16 {
         status_of(app, "GET", "/metrics", key).await
     }
@@ -113,12 +135,7 @@ mod tests {
 
     #[tokio::test]
     async fn metrics_need_a_key_unless_the_api_is_on_loopback() {
-        let dir = std::env::temp_dir().join(format!("postern-metrics-{}", std::process::id()));
-        let store = Arc::new(SqliteStore::open_in(&dir).expect("store"));
-        let key = crate::secrets::new_token(SecretKind::ApiKey);
-        store
-            .create_scoped_api_key("scraper", &key, postern_protocol::api::ApiKeyScope::Call)
-            .expect("key");
+        let (store, key, dir) = store_with_key(postern_protocol::api::ApiKeyScope::Call);
         let app_on = |listen: &str| {
             let config = RelayConfig {
                 api_listen: listen.parse().expect("addr"),
@@ -142,12 +159,7 @@ mod tests {
 
     #[tokio::test]
     async fn everything_under_v1_but_the_document_needs_a_key_routed_or_not() {
-        let dir = std::env::temp_dir().join(format!("postern-v1-keys-{}", std::process::id()));
-        let store = Arc::new(SqliteStore::open_in(&dir).expect("store"));
-        let key = crate::secrets::new_token(SecretKind::ApiKey);
-        store
-            .create_scoped_api_key("ops", &key, postern_protocol::api::ApiKeyScope::Admin)
-            .expect("key");
+        let (store, key, dir) = store_with_key(postern_protocol::api::ApiKeyScope::Admin);
         let app = router(Arc::new(RelayContext::new(
             RelayConfig::default(),
             store,

@@ -139,17 +139,8 @@ mod tests {
     /// A router of two slow routes, a management one and a call, behind the layer, and
     /// where its store lives. Requests to it carry the store's one API key.
     fn slow_routes(api_timeout: std::time::Duration) -> (Routes, std::path::PathBuf) {
-        use crate::store::{SqliteStore, Store};
-        let dir = std::env::temp_dir().join(format!(
-            "postern-every-request-{}-{}",
-            std::process::id(),
-            rand::random::<u32>()
-        ));
-        let store = Arc::new(SqliteStore::open_in(&dir).expect("store"));
-        let key = crate::secrets::new_token(postern_protocol::SecretKind::ApiKey);
-        store
-            .create_scoped_api_key("k", &key, postern_protocol::api::ApiKeyScope::Call)
-            .expect("key");
+        let (store, key, dir) =
+            crate::api::tests::store_with_key(postern_protocol::api::ApiKeyScope::Call);
         let config = crate::config::RelayConfig {
             api_timeout,
             ..Default::default()
