@@ -180,6 +180,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_header_limit_under_8192_counts_as_8192() {
+        let limit = |text: &str| RelayConfig::parse(text).expect("parses").header_limit();
+        assert_eq!(limit(""), 16 * 1024);
+        assert_eq!(limit("max_header_bytes = 32768"), 32768);
+        assert_eq!(limit("max_header_bytes = 1024"), 8192);
+    }
+
+    #[test]
     fn parses_a_full_file_and_rejects_typos() {
         let cfg = RelayConfig::parse(
             "state_dir = \"/tmp/x\"\nssh_listen = \"127.0.0.1:2222\"\napi_listen = \"127.0.0.1:8080\"\ncall_timeout = \"45s\"\n",
