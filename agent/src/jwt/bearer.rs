@@ -1,7 +1,7 @@
 //! The `Authorization` value for a `jwt_bearer` connection: a fresh JWT per call, a reused
 //! JWT (`reuse_for`), or an exchanged access token cached and shared by all calls.
 
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
@@ -71,14 +71,20 @@ pub struct BearerSource {
     auth: Arc<JwtBearer>,
     state: Mutex<State>,
     exchanges: ExchangeCounters,
+    /// A fresh-per-call JWT whose payload has no `{{uuid}}` renders the same bytes all
+    /// second long: the last one, by the second it was signed in. `None` with a `{{uuid}}`.
+    this_second: Option<std::sync::Mutex<Option<(u64, HeaderValue)>>>,
 }
 
 impl BearerSource {
     pub fn new(auth: Arc<JwtBearer>, exchanges: ExchangeCounters) -> Self {
+        let this_second =
+            (!auth.signer.differs_within_a_second()).then(|| std::sync::Mutex::new(None));
         Self {
             auth,
             state: Mutex::new(State::default()),
             exchanges,
+            this_second,
         }
     }
 
@@ -90,8 +96,9 @@ impl BearerSource {
         timeout: Duration,
     ) -> Result<Bearer, BearerError> {
         if self.auth.exchange.is_none() && self.auth.reuse_for.is_none() {
+            // Not `cached`: a token of this second refused would be refused again if re-signed.
             return Ok(Bearer {
-                header: header(&format!("Bearer {}", self.sign()?))?,
+                header: self.fresh(unix_now())?,
                 cached: false,
                 exchanged: false,
             });
@@ -162,11 +169,24 @@ impl BearerSource {
         }
     }
 
-    /// Signs a fresh JWT now.
-    pub fn sign(&self) -> Result<String, JwtError> {
-        self.auth
-            .signer
-            .sign(unix_now(), &|name| std::env::var(name).ok())
+    /// The header of a JWT signed for `now`: signing it again in the same second would give
+    /// the same token (or, for ECDSA and RSA-PSS, an equally valid one), so it is signed once.
+    fn fresh(&self, now: u64) -> Result<HeaderValue, BearerError> {
+        let Some(last) = &self.this_second else {
+            return header(&format!("Bearer {}", self.sign(now)?));
+        };
+        if let Some((at, header)) = &*last.lock().unwrap_or_else(PoisonError::into_inner)
+            && *at == now
+        {
+            return Ok(header.clone());
+        }
+        let fresh = header(&format!("Bearer {}", self.sign(now)?))?;
+        *last.lock().unwrap_or_else(PoisonError::into_inner) = Some((now, fresh.clone()));
+        Ok(fresh)
+    }
+
+    fn sign(&self, now: u64) -> Result<String, JwtError> {
+        self.auth.signer.sign(now, &|name| std::env::var(name).ok())
     }
 
     /// A new header, and how long it may be reused (`None`: not at all).
@@ -175,7 +195,7 @@ impl BearerSource {
         http: &reqwest::Client,
         timeout: Duration,
     ) -> Result<(HeaderValue, Option<Duration>), BearerError> {
-        let jwt = self.sign()?;
+        let jwt = self.sign(unix_now())?;
         if let Some(x) = &self.auth.exchange {
             let token = exchange(http, x, &jwt, timeout).await?;
             let margin = (token.lifetime / REFRESH_MARGIN_FRACTION).min(REFRESH_MARGIN_MAX);
@@ -219,21 +239,42 @@ pub fn unix_now() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::jwt::key::test_keys::keys;
     use crate::jwt::{Algorithm, JwtSigner, KeyMaterial, PayloadTemplate};
     use std::collections::BTreeMap;
 
     fn source(exp_in: u64, reuse_for: Option<Duration>) -> BearerSource {
-        let payload = serde_json::json!({
-            "iat": "{{now}}",
-            "exp": format!("{{{{now + {exp_in}}}}}"),
-            "jti": "{{uuid}}",
-        });
+        source_of(
+            serde_json::json!({
+                "iat": "{{now}}",
+                "exp": format!("{{{{now + {exp_in}}}}}"),
+                "jti": "{{uuid}}",
+            }),
+            reuse_for,
+        )
+    }
+
+    fn source_of(payload: serde_json::Value, reuse_for: Option<Duration>) -> BearerSource {
+        source_with(
+            Algorithm::HS256,
+            KeyMaterial::Secret(vec![7; 32]),
+            payload,
+            reuse_for,
+        )
+    }
+
+    fn source_with(
+        algorithm: Algorithm,
+        key: KeyMaterial,
+        payload: serde_json::Value,
+        reuse_for: Option<Duration>,
+    ) -> BearerSource {
         let serde_json::Value::Object(payload) = payload else {
             panic!("object")
         };
         let signer = JwtSigner::new(
-            Algorithm::HS256,
-            KeyMaterial::Secret(vec![7; 32]),
+            algorithm,
+            key,
             &BTreeMap::new(),
             PayloadTemplate::parse(&payload).expect("payload"),
         )
@@ -246,6 +287,46 @@ mod tests {
             }),
             ExchangeCounters::default(),
         )
+    }
+
+    #[test]
+    fn without_a_uuid_a_jwt_is_signed_once_per_second() {
+        // ES256 signatures are randomized: the same header twice means it was signed once.
+        let s = source_with(
+            Algorithm::ES256,
+            KeyMaterial::PrivateKeyPem(keys().ec256_pkcs8.clone()),
+            serde_json::json!({"iat": "{{now}}", "exp": "{{now + 300}}"}),
+            None,
+        );
+        let a = s.fresh(1_700_000_000).expect("signs");
+        let b = s.fresh(1_700_000_000).expect("same second");
+        let c = s.fresh(1_700_000_001).expect("next second");
+        assert_eq!(a, b);
+        assert_ne!(b, c);
+        assert!(a.is_sensitive() && c.is_sensitive());
+        let jwt = |h: &HeaderValue| {
+            h.to_str()
+                .expect("ascii")
+                .trim_start_matches("Bearer ")
+                .to_owned()
+        };
+        assert_eq!(exp_of(&jwt(&a)), Some(1_700_000_300));
+        assert_eq!(exp_of(&jwt(&c)), Some(1_700_000_301));
+        // What `this_second` holds is the second it was signed for, not the latest asked:
+        // an earlier second (a clock stepped back) is signed for that second.
+        let back = s.fresh(1_700_000_000).expect("signs");
+        assert_eq!(exp_of(&jwt(&back)), Some(1_700_000_300));
+    }
+
+    #[test]
+    fn with_a_uuid_every_jwt_is_signed() {
+        let s = source_of(
+            serde_json::json!({"exp": "{{now + 600}}", "jti": "{{uuid}}"}),
+            None,
+        );
+        let a = s.fresh(1_700_000_000).expect("signs");
+        let b = s.fresh(1_700_000_000).expect("signs");
+        assert_ne!(a, b, "a fresh jti each time");
     }
 
     #[tokio::test]

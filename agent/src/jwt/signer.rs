@@ -255,14 +255,25 @@ impl JwtSigner {
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<String, JwtError> {
         let claims = self.payload.render(now_unix, env)?;
-        let encoded_claims = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims)?);
-        let signing_input = format!("{}.{encoded_claims}", self.encoded_header);
-        let signature = sign_input(&signing_input, &self.key, self.algorithm)?;
-        Ok(format!("{signing_input}.{signature}"))
+        // Room for the claims in base64 and the longest signature (RSA-4096: 683 characters).
+        let mut token =
+            String::with_capacity(self.encoded_header.len() + claims.len() * 4 / 3 + 700);
+        token.push_str(&self.encoded_header);
+        token.push('.');
+        URL_SAFE_NO_PAD.encode_string(&claims, &mut token);
+        let signature = sign_input(&token, &self.key, self.algorithm)?;
+        token.push('.');
+        token.push_str(&signature);
+        Ok(token)
     }
 
     pub fn algorithm(&self) -> Algorithm {
         self.algorithm
+    }
+
+    /// Whether two tokens signed in the same second may carry different claims.
+    pub fn differs_within_a_second(&self) -> bool {
+        self.payload.differs_within_a_second()
     }
 }
 

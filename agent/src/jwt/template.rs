@@ -1,7 +1,8 @@
 //! JWT payload templates: a JSON object whose string values may hold `{{now + 600}}`,
 //! `{{uuid}}`, `{{env.NAME}}` and friends, parsed once and rendered for every token.
 
-use serde_json::{Map, Number, Value};
+use serde::Serialize;
+use serde_json::{Map, Value};
 
 /// The template forms, as listed in error messages.
 const SUPPORTED: &str = "{{now}}, {{now + N}}, {{now - N}}, {{uuid}}, {{env.NAME}}, \
@@ -23,6 +24,8 @@ pub enum TemplateError {
         "{path}: the template \"{{{{{template}}}}}\" gives a time before 1970 or past the largest unix time"
     )]
     TimeOutOfRange { path: String, template: String },
+    #[error("payload: cannot be written as JSON: {0}")]
+    Json(String),
 }
 
 /// A JSON object whose string values may hold templates, evaluated per token.
@@ -73,18 +76,47 @@ impl PayloadTemplate {
         })
     }
 
-    /// Evaluates with the given clock (unix seconds) and an env lookup function.
+    /// The payload's JSON text at the given clock (unix seconds), with an env lookup function.
+    /// Written straight from the parsed template: no `Value` is built per token.
     pub fn render(
         &self,
         now_unix: u64,
         env: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<Map<String, Value>, TemplateError> {
-        render_object(&self.fields, now_unix, env)
+    ) -> Result<Vec<u8>, TemplateError> {
+        let mut out = Vec::with_capacity(256);
+        write_object(&self.fields, now_unix, env, &mut out)?;
+        Ok(out)
+    }
+
+    /// Whether two tokens rendered in the same second may differ: only `{{uuid}}` makes them
+    /// (the clock is read in whole seconds, and a running agent's environment does not change).
+    pub fn differs_within_a_second(&self) -> bool {
+        self.fields.iter().any(|(_, node)| node.has_uuid())
     }
 
     /// Whether the top-level payload sets this claim (e.g. "exp").
     pub fn has_claim(&self, name: &str) -> bool {
         self.fields.iter().any(|(key, _)| key == name)
+    }
+}
+
+impl Node {
+    fn has_uuid(&self) -> bool {
+        match self {
+            Node::Plain(_) => false,
+            Node::Object(fields) => fields.iter().any(|(_, node)| node.has_uuid()),
+            Node::Array(items) => items.iter().any(Node::has_uuid),
+            Node::Whole { expr, .. } => *expr == Expr::Uuid,
+            Node::Text { pieces, .. } => pieces.iter().any(|p| {
+                matches!(
+                    p,
+                    Piece::Template {
+                        expr: Expr::Uuid,
+                        ..
+                    }
+                )
+            }),
+        }
     }
 }
 
@@ -219,55 +251,73 @@ fn is_env_name(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
-fn render_object(
+fn write_object(
     fields: &[(String, Node)],
     now: u64,
     env: &dyn Fn(&str) -> Option<String>,
-) -> Result<Map<String, Value>, TemplateError> {
-    fields
-        .iter()
-        .map(|(key, node)| Ok((key.clone(), render_node(node, now, env)?)))
-        .collect()
+    out: &mut Vec<u8>,
+) -> Result<(), TemplateError> {
+    out.push(b'{');
+    for (i, (key, node)) in fields.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_json(key, out)?;
+        out.push(b':');
+        write_node(node, now, env, out)?;
+    }
+    out.push(b'}');
+    Ok(())
 }
 
-fn render_node(
+fn write_node(
     node: &Node,
     now: u64,
     env: &dyn Fn(&str) -> Option<String>,
-) -> Result<Value, TemplateError> {
+    out: &mut Vec<u8>,
+) -> Result<(), TemplateError> {
     match node {
-        Node::Plain(value) => Ok(value.clone()),
-        Node::Object(fields) => Ok(Value::Object(render_object(fields, now, env)?)),
-        Node::Array(items) => Ok(Value::Array(
-            items
-                .iter()
-                .map(|item| render_node(item, now, env))
-                .collect::<Result<_, _>>()?,
-        )),
+        Node::Plain(value) => write_json(value, out),
+        Node::Object(fields) => write_object(fields, now, env, out),
+        Node::Array(items) => {
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_node(item, now, env, out)?;
+            }
+            out.push(b']');
+            Ok(())
+        }
         Node::Whole {
             path,
             template,
             expr,
-        } => Ok(match eval(expr, path, template, now, env)? {
-            Evaluated::Seconds(seconds) => Value::Number(Number::from(seconds)),
-            Evaluated::Text(text) => Value::String(text),
-        }),
+        } => match eval(expr, path, template, now, env)? {
+            Evaluated::Seconds(seconds) => write_json(&seconds, out),
+            Evaluated::Text(text) => write_json(&text, out),
+        },
         Node::Text { path, pieces } => {
-            let mut out = String::new();
+            let mut text = String::new();
             for piece in pieces {
                 match piece {
-                    Piece::Literal(text) => out.push_str(text),
+                    Piece::Literal(literal) => text.push_str(literal),
                     Piece::Template { template, expr } => {
                         match eval(expr, path, template, now, env)? {
-                            Evaluated::Seconds(seconds) => out.push_str(&seconds.to_string()),
-                            Evaluated::Text(text) => out.push_str(&text),
+                            Evaluated::Seconds(seconds) => text.push_str(&seconds.to_string()),
+                            Evaluated::Text(value) => text.push_str(&value),
                         }
                     }
                 }
             }
-            Ok(Value::String(out))
+            write_json(&text, out)
         }
     }
+}
+
+fn write_json(value: &(impl Serialize + ?Sized), out: &mut Vec<u8>) -> Result<(), TemplateError> {
+    serde_json::to_writer(out, value).map_err(|e| TemplateError::Json(e.to_string()))
 }
 
 enum Evaluated {
@@ -321,12 +371,36 @@ mod tests {
         }
     }
 
+    fn json_of(rendered: &[u8]) -> Value {
+        serde_json::from_slice(rendered).expect("render writes JSON")
+    }
+
     fn no_env(_: &str) -> Option<String> {
         None
     }
 
     fn render(value: Value) -> Result<Value, TemplateError> {
-        Ok(Value::Object(template(value)?.render(NOW, &no_env)?))
+        Ok(json_of(&template(value)?.render(NOW, &no_env)?))
+    }
+
+    #[test]
+    fn only_a_uuid_makes_tokens_of_one_second_differ() {
+        let fixed = [
+            json!({"iss": "a", "iat": "{{now}}", "exp": "{{now + 60}}", "sub": "{{env.USER}}"}),
+            json!({"nested": {"list": ["{{now}}", "x-{{env.USER}}", 3]}}),
+        ];
+        for payload in fixed {
+            let t = template(payload.clone()).expect("parses");
+            assert!(!t.differs_within_a_second(), "{payload}");
+        }
+        let varying = [
+            json!({"jti": "{{uuid}}"}),
+            json!({"nested": {"list": [1, {"id": "call-{{uuid}}"}]}}),
+        ];
+        for payload in varying {
+            let t = template(payload.clone()).expect("parses");
+            assert!(t.differs_within_a_second(), "{payload}");
+        }
     }
 
     #[test]
@@ -353,8 +427,12 @@ mod tests {
             "exp must be an integer, not {}",
             out["exp"]
         );
-        let text = serde_json::to_string(&out).expect("serialises");
-        assert!(text.contains(&format!("\"exp\":{}", NOW + 600)), "{text}");
+        let t = template(json!({"exp": "{{now + 600}}", "iss": "a\"b"})).expect("parses");
+        let text = String::from_utf8(t.render(NOW, &no_env).expect("renders")).expect("utf-8");
+        assert_eq!(
+            text,
+            format!("{{\"exp\":{},\"iss\":\"a\\\"b\"}}", NOW + 600)
+        );
     }
 
     #[test]
@@ -370,8 +448,8 @@ mod tests {
     #[test]
     fn uuid_is_fresh_per_render() {
         let t = template(json!({ "jti": "{{uuid}}", "sid": "s-{{uuid}}" })).expect("parses");
-        let a = t.render(NOW, &no_env).expect("renders");
-        let b = t.render(NOW, &no_env).expect("renders");
+        let a = json_of(&t.render(NOW, &no_env).expect("renders"));
+        let b = json_of(&t.render(NOW, &no_env).expect("renders"));
         let jti = a["jti"].as_str().expect("uuid is a string");
         let parsed = uuid::Uuid::parse_str(jti).expect("a UUID");
         assert_eq!(parsed.get_version_num(), 4, "{jti}");
@@ -395,7 +473,7 @@ mod tests {
             "TENANT" => Some("42".to_owned()),
             _ => None,
         };
-        let out = Value::Object(t.render(NOW, &env).expect("renders"));
+        let out = json_of(&t.render(NOW, &env).expect("renders"));
         // Env values stay strings even when they look like numbers.
         assert_eq!(out, json!({ "sub": "svc-orders", "aud": ["api", "42-x"] }));
 
@@ -417,7 +495,7 @@ mod tests {
     #[test]
     fn whole_env_template_stays_a_string() {
         let t = template(json!({ "n": "{{env.N}}" })).expect("parses");
-        let out = t.render(NOW, &|_| Some("600".to_owned())).expect("renders");
+        let out = json_of(&t.render(NOW, &|_| Some("600".to_owned())).expect("renders"));
         assert_eq!(out["n"], json!("600"));
     }
 

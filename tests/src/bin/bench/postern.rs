@@ -1,5 +1,6 @@
 //! postern under test: a relay and an agent as separate processes with the bench's
-//! connections (none, HS256, RS256 + RFC 7523), agents enrolled straight into the store.
+//! connections (none, HS256, HS256 with a jti, RS256 + RFC 7523), agents enrolled straight
+//! into the store.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -70,6 +71,7 @@ pub async fn start_postern(
     let connections = format!(
         "[connections.none]\nbase_uri = \"{base}\"\n{limits}\n\
          [connections.hs]\nbase_uri = \"{base}\"\n{limits}\n[connections.hs.auth]\ntype = \"jwt_bearer\"\nalgorithm = \"HS256\"\nsecret = \"bench-secret-of-thirty-two-bytes!\"\npayload = {{ iss = \"bench\", aud = \"api\" }}\nlifetime = \"5m\"\n\n\
+         [connections.hsj]\nbase_uri = \"{base}\"\n{limits}\n[connections.hsj.auth]\ntype = \"jwt_bearer\"\nalgorithm = \"HS256\"\nsecret = \"bench-secret-of-thirty-two-bytes!\"\npayload = {{ iss = \"bench\", aud = \"api\", jti = \"{{{{uuid}}}}\" }}\nlifetime = \"5m\"\n\n\
          [connections.rs]\nbase_uri = \"{base}\"\n{limits}\n[connections.rs.auth]\ntype = \"jwt_bearer\"\nalgorithm = \"RS256\"\nprivate_key_file = \"{}\"\npayload = {{ iss = \"postern-edge\", sub = \"svc\", aud = \"https://idp.test/token\", jti = \"{{{{uuid}}}}\" }}\nlifetime = \"5m\"\n[connections.rs.auth.exchange]\ntoken_url = \"{}\"\n",
         rsa_pem.display(),
         exchange.token_url()
