@@ -7,6 +7,7 @@ pub mod encrypted_key;
 pub mod exchange;
 pub mod key;
 pub mod signer;
+mod signing_key;
 pub mod template;
 
 pub use bearer::{Bearer, BearerError, BearerSource, CacheState};

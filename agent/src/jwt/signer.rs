@@ -11,6 +11,7 @@ use jsonwebtoken::EncodingKey;
 use serde_json::{Map, Value};
 
 use super::key::{KeyError, KeyKind, load_private_key};
+use super::signing_key::SigningKey;
 use super::template::{PayloadTemplate, TemplateError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,24 +66,6 @@ impl Algorithm {
 
     fn is_hmac(self) -> bool {
         matches!(self, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512)
-    }
-
-    fn to_jsonwebtoken(self) -> jsonwebtoken::Algorithm {
-        use jsonwebtoken::Algorithm as J;
-        match self {
-            Algorithm::HS256 => J::HS256,
-            Algorithm::HS384 => J::HS384,
-            Algorithm::HS512 => J::HS512,
-            Algorithm::RS256 => J::RS256,
-            Algorithm::RS384 => J::RS384,
-            Algorithm::RS512 => J::RS512,
-            Algorithm::PS256 => J::PS256,
-            Algorithm::PS384 => J::PS384,
-            Algorithm::PS512 => J::PS512,
-            Algorithm::ES256 => J::ES256,
-            Algorithm::ES384 => J::ES384,
-            Algorithm::EdDSA => J::EdDSA,
-        }
     }
 
     /// What the key must be, in the words of the mismatch message.
@@ -197,17 +180,19 @@ pub enum JwtError {
     Template(#[from] TemplateError),
     #[error("could not encode the JWT as JSON: {0}")]
     Json(#[from] serde_json::Error),
-    #[error("signing with {algorithm} failed: {source}")]
-    Signing {
+    #[error("the key cannot sign {algorithm}: {reason}")]
+    KeyUnusable {
         algorithm: Algorithm,
-        source: jsonwebtoken::errors::Error,
+        reason: String,
     },
+    #[error("signing with {algorithm} failed")]
+    Signing { algorithm: Algorithm },
 }
 
 /// Signs fresh JWTs for one connection.
 pub struct JwtSigner {
     algorithm: Algorithm,
-    key: EncodingKey,
+    key: SigningKey,
     header_json: String,
     /// base64url of `header_json`: the header never changes between tokens.
     encoded_header: String,
@@ -236,7 +221,7 @@ impl JwtSigner {
         headers: &BTreeMap<String, String>,
         payload: PayloadTemplate,
     ) -> Result<Self, JwtError> {
-        let key = encoding_key(algorithm, key)?;
+        let key = signing_key(algorithm, key)?;
         let header_json = serde_json::to_string(&header(algorithm, headers)?)?;
         let encoded_header = URL_SAFE_NO_PAD.encode(&header_json);
         Ok(Self {
@@ -261,9 +246,14 @@ impl JwtSigner {
         token.push_str(&self.encoded_header);
         token.push('.');
         URL_SAFE_NO_PAD.encode_string(&claims, &mut token);
-        let signature = sign_input(&token, &self.key, self.algorithm)?;
+        let signature = self
+            .key
+            .sign(token.as_bytes())
+            .map_err(|_| JwtError::Signing {
+                algorithm: self.algorithm,
+            })?;
         token.push('.');
-        token.push_str(&signature);
+        URL_SAFE_NO_PAD.encode_string(signature, &mut token);
         Ok(token)
     }
 
@@ -286,6 +276,12 @@ pub fn hmac_secret_is_short(algorithm: Algorithm, secret_len: usize) -> bool {
         _ => return false,
     };
     secret_len < hash_len
+}
+
+/// The key for `algorithm`, checked to fit it and made ready to sign.
+fn signing_key(algorithm: Algorithm, key: KeyMaterial) -> Result<SigningKey, JwtError> {
+    let key = encoding_key(algorithm, key)?;
+    SigningKey::new(algorithm, &key).map_err(|reason| JwtError::KeyUnusable { algorithm, reason })
 }
 
 fn encoding_key(algorithm: Algorithm, key: KeyMaterial) -> Result<EncodingKey, JwtError> {
@@ -336,16 +332,6 @@ fn header(
         }
     }
     Ok(header)
-}
-
-/// Signs `base64url(header) + "." + base64url(payload)` and returns the base64url signature.
-fn sign_input(
-    signing_input: &str,
-    key: &EncodingKey,
-    algorithm: Algorithm,
-) -> Result<String, JwtError> {
-    jsonwebtoken::crypto::sign(signing_input.as_bytes(), key, algorithm.to_jsonwebtoken())
-        .map_err(|source| JwtError::Signing { algorithm, source })
 }
 
 #[cfg(test)]
@@ -411,7 +397,8 @@ mod tests {
     }
 
     fn verify(token: &str, algorithm: Algorithm, key: &DecodingKey) -> Value {
-        let validation = Validation::new(algorithm.to_jsonwebtoken());
+        let validation =
+            Validation::new(algorithm.as_str().parse().expect("jsonwebtoken knows it"));
         jsonwebtoken::decode::<Value>(token, key, &validation)
             .unwrap_or_else(|e| panic!("{algorithm} token must verify: {e}"))
             .claims
@@ -710,14 +697,18 @@ print(json.dumps(out))
         assert!(err.to_string().contains("SERVICE_USER"), "{err}");
     }
 
+    fn sign_input(signing_input: &str, key: &SigningKey) -> String {
+        URL_SAFE_NO_PAD.encode(key.sign(signing_input.as_bytes()).expect("signs"))
+    }
+
     #[test]
     fn rfc7515_a1_hs256_vector() {
         // RFC 7515 Appendix A.1: the JWK `k` and the exact signing input, CRLFs included.
         let k = "AyM1SysPpbyDfgZld3umj1qzKObwVMkoqQ-EstJQLr_T-1qS0gZH75aKtMN3Yj0iPS4hcgUuTwjAzZr1Z9CAow";
         let signing_input = "eyJ0eXAiOiJKV1QiLA0KICJhbGciOiJIUzI1NiJ9.eyJpc3MiOiJqb2UiLA0KICJleHAiOjEzMDA4MTkzODAsDQogImh0dHA6Ly9leGFtcGxlLmNvbS9pc19yb290Ijp0cnVlfQ";
         let secret = URL_SAFE_NO_PAD.decode(k).expect("k is base64url");
-        let key = encoding_key(Algorithm::HS256, KeyMaterial::Secret(secret)).expect("secret key");
-        let signature = sign_input(signing_input, &key, Algorithm::HS256).expect("signs");
+        let key = signing_key(Algorithm::HS256, KeyMaterial::Secret(secret)).expect("secret key");
+        let signature = sign_input(signing_input, &key);
         assert_eq!(signature, "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk");
     }
 
@@ -753,9 +744,9 @@ NqMtuhdBJqUnBi6tjKMF+34Xf0CUN8ncuXGO2CAYvO8PdyCixHX52ybaDjy1FtCE
 
     #[test]
     fn rfc7515_a2_rs256_vector() {
-        let key = encoding_key(Algorithm::RS256, pem(RFC7515_A2_KEY)).expect("RFC key loads");
+        let key = signing_key(Algorithm::RS256, pem(RFC7515_A2_KEY)).expect("RFC key loads");
         let signing_input = "eyJhbGciOiJSUzI1NiJ9.eyJpc3MiOiJqb2UiLA0KICJleHAiOjEzMDA4MTkzODAsDQogImh0dHA6Ly9leGFtcGxlLmNvbS9pc19yb290Ijp0cnVlfQ";
-        let signature = sign_input(signing_input, &key, Algorithm::RS256).expect("signs");
+        let signature = sign_input(signing_input, &key);
         assert_eq!(
             signature,
             "cC4hiUPoj9Eetdgtv3hF80EGrhuB__dzERat0XF9g2VtQgr9PJbu3XOiZj5RZmh7AAuHIm4Bh-0Qc_lF5YKt_O8W2Fp5jujGbds9uJdbF9CUAr7t1dnZcAcQjbKBYNX4BAynRFdiuB--f_nZLgrnbyTyWzO75vRK5h6xBArLIARNPvkSjtQBMHlb1L07Qe7K0GarZRmB_eSN9383LcOLn6_dO--xi12jzDwusC-eOkHWEsqtFZESc6BfI7noOPqvhJ1phCnvWh6IeYI2w9QOYEUipUTI8np6LbgGY9Fs98rqVt5AXLIhWkWywlVmtVrBp0igcN_IoypGlUPQGe77Rw"
@@ -774,13 +765,11 @@ NqMtuhdBJqUnBi6tjKMF+34Xf0CUN8ncuXGO2CAYvO8PdyCixHX52ybaDjy1FtCE
         ];
         der.extend_from_slice(&seed);
         let pem_text = pem::encode(&pem::Pem::new("PRIVATE KEY", der));
-        let key = encoding_key(Algorithm::EdDSA, pem(&pem_text)).expect("RFC key loads");
+        let key = signing_key(Algorithm::EdDSA, pem(&pem_text)).expect("RFC key loads");
         let signature = sign_input(
             "eyJhbGciOiJFZERTQSJ9.RXhhbXBsZSBvZiBFZDI1NTE5IHNpZ25pbmc",
             &key,
-            Algorithm::EdDSA,
-        )
-        .expect("signs");
+        );
         assert_eq!(
             signature,
             "hgyY0il_MGCjP0JzlnLWG1PPOt7-09PGcvMg3AIbQR6dWbhijcNR4ki4iylGjg5BhVsPt9g7sVvpAr_MuM0KAg"
