@@ -344,7 +344,9 @@ fn eval(
         Expr::Uuid => Ok(Evaluated::Text(
             uuid::Builder::from_random_bytes(rand::random())
                 .into_uuid()
-                .to_string(),
+                .hyphenated()
+                .encode_lower(&mut uuid::Uuid::encode_buffer())
+                .to_owned(),
         )),
         Expr::Env(name) => {
             env(name)
