@@ -54,6 +54,7 @@ fn the_benchmark_runs_every_scenario() {
         "| small calls, 256 conns, RS256 + RFC 7523 (cached) | p99 ms |",
         "| small calls, 32 conns, auth none | relay CPU µs/call |",
         "| small calls, 32 conns, HS256 bearer | agent CPU µs/call |",
+        "| small calls, 32 conns, HS256 bearer + jti | req/s |",
         "| stream 8 MiB download | MB/s |",
         "| stream 8 MiB download | agent peak RSS MiB |",
         "| stream 8 MiB upload | relay peak RSS MiB |",
