@@ -26,6 +26,7 @@ impl SigningKey {
     pub(crate) fn new(algorithm: Algorithm, key: &EncodingKey) -> Result<Self, String> {
         let der = key.as_bytes();
         let rejected = |e: aws_lc_rs::error::KeyRejected| e.to_string();
+        let hmac_key = |algorithm| SigningKey::Hmac(Box::new(hmac::Key::new(algorithm, der)));
         let rsa = |encoding: &'static dyn RsaEncoding| {
             RsaKeyPair::from_der(der)
                 .map(|pair| SigningKey::Rsa(pair, encoding))
@@ -37,18 +38,9 @@ impl SigningKey {
                 .map_err(rejected)
         };
         match algorithm {
-            Algorithm::HS256 => Ok(SigningKey::Hmac(Box::new(hmac::Key::new(
-                hmac::HMAC_SHA256,
-                der,
-            )))),
-            Algorithm::HS384 => Ok(SigningKey::Hmac(Box::new(hmac::Key::new(
-                hmac::HMAC_SHA384,
-                der,
-            )))),
-            Algorithm::HS512 => Ok(SigningKey::Hmac(Box::new(hmac::Key::new(
-                hmac::HMAC_SHA512,
-                der,
-            )))),
+            Algorithm::HS256 => Ok(hmac_key(hmac::HMAC_SHA256)),
+            Algorithm::HS384 => Ok(hmac_key(hmac::HMAC_SHA384)),
+            Algorithm::HS512 => Ok(hmac_key(hmac::HMAC_SHA512)),
             Algorithm::RS256 => rsa(&RSA_PKCS1_SHA256),
             Algorithm::RS384 => rsa(&RSA_PKCS1_SHA384),
             Algorithm::RS512 => rsa(&RSA_PKCS1_SHA512),
