@@ -68,11 +68,18 @@ pub async fn start_postern(
     std::fs::write(&relay_toml, pinned)?;
     let base = format!("http://{fast}/api");
     let limits = "max_concurrent_calls = 4096\nmax_request_body = 4294967296\nmax_response_body = 4294967296\ntimeout = \"600s\"\n";
+    // HS256 per call: `hs` is signed once a second (no `{{uuid}}`), `hsj` for every call.
+    let hs256 = |name: &str, extra_claims: &str| {
+        format!(
+            "[connections.{name}]\nbase_uri = \"{base}\"\n{limits}\n[connections.{name}.auth]\ntype = \"jwt_bearer\"\nalgorithm = \"HS256\"\nsecret = \"bench-secret-of-thirty-two-bytes!\"\npayload = {{ iss = \"bench\", aud = \"api\"{extra_claims} }}\nlifetime = \"5m\"\n\n"
+        )
+    };
     let connections = format!(
         "[connections.none]\nbase_uri = \"{base}\"\n{limits}\n\
-         [connections.hs]\nbase_uri = \"{base}\"\n{limits}\n[connections.hs.auth]\ntype = \"jwt_bearer\"\nalgorithm = \"HS256\"\nsecret = \"bench-secret-of-thirty-two-bytes!\"\npayload = {{ iss = \"bench\", aud = \"api\" }}\nlifetime = \"5m\"\n\n\
-         [connections.hsj]\nbase_uri = \"{base}\"\n{limits}\n[connections.hsj.auth]\ntype = \"jwt_bearer\"\nalgorithm = \"HS256\"\nsecret = \"bench-secret-of-thirty-two-bytes!\"\npayload = {{ iss = \"bench\", aud = \"api\", jti = \"{{{{uuid}}}}\" }}\nlifetime = \"5m\"\n\n\
+         {}{}\
          [connections.rs]\nbase_uri = \"{base}\"\n{limits}\n[connections.rs.auth]\ntype = \"jwt_bearer\"\nalgorithm = \"RS256\"\nprivate_key_file = \"{}\"\npayload = {{ iss = \"postern-edge\", sub = \"svc\", aud = \"https://idp.test/token\", jti = \"{{{{uuid}}}}\" }}\nlifetime = \"5m\"\n[connections.rs.auth.exchange]\ntoken_url = \"{}\"\n",
+        hs256("hs", ""),
+        hs256("hsj", ", jti = \"{{uuid}}\""),
         rsa_pem.display(),
         exchange.token_url()
     );
