@@ -40,6 +40,12 @@ pub struct RelayConfig {
         with = "humantime_serde_compat"
     )]
     pub header_read_timeout: Duration,
+    /// A pooled call channel idle this long is closed (within a second more).
+    #[serde(
+        default = "default_idle_channel_timeout",
+        with = "humantime_serde_compat"
+    )]
+    pub idle_channel_timeout: Duration,
     /// Limit for management requests (everything but calls, which have `call_timeout`).
     #[serde(default = "default_api_timeout", with = "humantime_serde_compat")]
     pub api_timeout: Duration,
@@ -81,6 +87,9 @@ fn default_max_header_bytes() -> usize {
 fn default_header_read_timeout() -> Duration {
     Duration::from_secs(10)
 }
+fn default_idle_channel_timeout() -> Duration {
+    Duration::from_secs(90)
+}
 fn default_api_timeout() -> Duration {
     Duration::from_secs(30)
 }
@@ -97,6 +106,7 @@ impl Default for RelayConfig {
             max_request_body: default_max_request_body(),
             max_header_bytes: default_max_header_bytes(),
             header_read_timeout: default_header_read_timeout(),
+            idle_channel_timeout: default_idle_channel_timeout(),
             api_timeout: default_api_timeout(),
             tls_cert: None,
             tls_key: None,

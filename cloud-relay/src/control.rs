@@ -15,6 +15,7 @@ use russh::server::Msg;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tracing::{info, warn};
 
+use crate::channel_pool::ChannelPool;
 use crate::context::RelayContext;
 use crate::registry::{ClosingReason, ControlWriter, LiveSession};
 use crate::store::AgentRecord;
@@ -168,7 +169,13 @@ impl ControlChannel {
             self.closing_reason.clone(),
             self.handle.clone(),
             control,
-            self.ctx.config.max_calls_per_agent,
+            // As many idle channels as calls may run: a steady load never closes a channel
+            // only to open another for the next call (a round trip each, and churn).
+            ChannelPool::new(
+                self.handle.clone(),
+                usize::try_from(self.ctx.config.max_calls_per_agent).unwrap_or(usize::MAX),
+                self.ctx.metrics.channels_opened(),
+            ),
         ));
         if let Some(old) = self.ctx.registry.insert(session) {
             info!(agent = %self.agent.name, old = old.session_id, new = self.session_id, "newer session replaces older one");

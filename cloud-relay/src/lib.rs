@@ -24,12 +24,13 @@
 pub mod api;
 pub mod api_server;
 pub mod auth_throttle;
-pub mod channel_connector;
+pub mod channel_pool;
 pub mod cli;
 pub mod config;
 pub mod context;
 pub mod control;
 pub mod host_key;
+pub mod idle_channels;
 pub mod lookups;
 pub mod metrics;
 pub mod registry;

@@ -39,6 +39,7 @@ pub struct Metrics {
     call_duration: Histogram,
     bytes_in: Counter,
     bytes_out: Counter,
+    channels_opened: Counter,
 }
 
 impl Default for Metrics {
@@ -53,6 +54,7 @@ impl Default for Metrics {
             call_duration: Histogram::new(DURATION_BUCKETS),
             bytes_in: Counter::default(),
             bytes_out: Counter::default(),
+            channels_opened: Counter::default(),
         };
         let mut registry = m.registry;
         registry.register(
@@ -94,6 +96,11 @@ impl Default for Metrics {
             "call_response_bytes",
             "Response body bytes from agents forwarded to callers",
             m.bytes_out.clone(),
+        );
+        registry.register(
+            "call_channels_opened",
+            "SSH channels opened to carry calls (pooled: far fewer than calls under steady load)",
+            m.channels_opened.clone(),
         );
         Self { registry, ..m }
     }
@@ -137,6 +144,11 @@ impl Metrics {
     /// Body bytes received from agents (and sent on to callers).
     pub fn add_bytes_out(&self, n: usize) {
         self.bytes_out.inc_by(n as u64);
+    }
+
+    /// The counter a session's channel pool counts its new channels in.
+    pub fn channels_opened(&self) -> Counter {
+        self.channels_opened.clone()
     }
 
     /// The OpenMetrics text ([`CONTENT_TYPE`]).

@@ -7,15 +7,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use axum::body::Body;
-use hyper_util::client::legacy::Client;
 use postern_protocol::control::{EndReason, RelayMessage, encode_line};
 use russh::server::Msg;
 use russh::{ChannelStream, Disconnect};
 use tokio::io::{AsyncWriteExt, WriteHalf};
 use tracing::info;
 
-use crate::channel_connector::ChannelConnector;
+use crate::channel_pool::ChannelPool;
 
 /// The write side of an agent's control channel, shared by the welcome and the notices.
 pub type ControlWriter = Arc<tokio::sync::Mutex<WriteHalf<ChannelStream<Msg>>>>;
@@ -44,7 +42,7 @@ pub struct LiveSession {
     /// The write side of the agent's control channel, for the `ending` notice.
     control: ControlWriter,
     /// HTTP/1.1 over pooled SSH channels to this agent, one pool per connection name.
-    pub client: Client<ChannelConnector, Body>,
+    pub channels: Arc<ChannelPool>,
 }
 
 impl LiveSession {
@@ -61,14 +59,8 @@ impl LiveSession {
         closing_reason: ClosingReason,
         handle: russh::server::Handle,
         control: ControlWriter,
-        max_calls: u64,
+        channels: Arc<ChannelPool>,
     ) -> Self {
-        // As many idle channels as calls may run: a steady load never closes a channel
-        // only to open another for the next call (a round trip each, and churn).
-        let client = Client::builder(hyper_util::rt::TokioExecutor::new())
-            .pool_idle_timeout(std::time::Duration::from_secs(90))
-            .pool_max_idle_per_host(usize::try_from(max_calls).unwrap_or(usize::MAX))
-            .build(ChannelConnector::new(handle.clone()));
         Self {
             session_id,
             agent_id,
@@ -83,7 +75,7 @@ impl LiveSession {
             closing_reason,
             handle,
             control,
-            client,
+            channels,
         }
     }
 

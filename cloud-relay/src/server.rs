@@ -12,7 +12,7 @@ use crate::context::RelayContext;
 use crate::host_key::{self, HostKeyError};
 use crate::store::{SqliteStore, StoreError};
 use crate::tls::TlsReloader;
-use crate::{api, api_server, revocation_watch, ssh_server};
+use crate::{api, api_server, idle_channels, revocation_watch, ssh_server};
 
 /// The two sockets a relay serves on, bound by the caller (tests use port 0).
 pub struct RelayListeners {
@@ -86,6 +86,7 @@ pub async fn run(
     ctx.tasks
         .spawn(ssh_server::serve(ctx.clone(), listeners.ssh, ssh_config));
     ctx.tasks.spawn(revocation_watch::run(ctx.clone()));
+    ctx.tasks.spawn(idle_channels::run(ctx.clone()));
 
     let app = api::router(ctx.clone());
     let api_config = ctx.config.clone();

@@ -1,11 +1,12 @@
 //! Helpers for the relay's operability tests: a relay with an admin key and an
 //! open internal server, agents started from a token, and raw API requests.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use reqwest::Method;
 use reqwest::header::HeaderMap;
 
@@ -41,8 +42,24 @@ impl Answer {
 impl RelayWorld {
     pub async fn start(bins: Bins) -> Result<Self> {
         let dir = TempDir::new("relay-ops")?;
+        let relay = RelayProcess::start(
+            &bins,
+            &dir.path().join("relay"),
+            "127.0.0.1:0",
+            "127.0.0.1:0",
+        )?;
+        Self::around(bins, dir, relay).await
+    }
+
+    /// Like `start`, with `extra` lines in the relay's config file.
+    pub async fn start_configured(bins: Bins, extra: &str) -> Result<Self> {
+        let dir = TempDir::new("relay-ops")?;
+        let relay = configured_relay(&bins, dir.path(), extra, &[])?;
+        Self::around(bins, dir, relay).await
+    }
+
+    async fn around(bins: Bins, dir: TempDir, relay: RelayProcess) -> Result<Self> {
         let state = dir.path().join("relay");
-        let relay = RelayProcess::start(&bins, &state, "127.0.0.1:0", "127.0.0.1:0")?;
         let admin = Api::new(relay.api_base(), create_api_key(&bins, &state, "admin")?);
         let internal = InternalServer::start(Verifier::None, "orders").await?;
         Ok(Self {
@@ -166,6 +183,37 @@ pub fn configured_relay(
     let mut command = relay_command(bins, &config);
     command.args(args);
     RelayProcess::spawn(command, &state)
+}
+
+/// `/metrics` scraped as Prometheus would (no key: the API is on loopback), samples by
+/// full name.
+pub async fn scrape(api: &Api) -> Result<HashMap<String, f64>> {
+    let response = reqwest::get(format!("{}/metrics", api.base)).await?;
+    anyhow::ensure!(
+        response.status() == 200,
+        "/metrics answered {}",
+        response.status()
+    );
+    let content_type = response.headers()["content-type"].to_str()?.to_owned();
+    anyhow::ensure!(
+        content_type.starts_with("application/openmetrics-text; version=1.0.0"),
+        "/metrics is {content_type}"
+    );
+    let text = response.text().await?;
+    let mut samples = HashMap::new();
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let (name, value) = line.rsplit_once(' ').context("sample line")?;
+        samples.insert(name.to_owned(), value.parse::<f64>()?);
+    }
+    Ok(samples)
+}
+
+/// A sample of [`scrape`]'s, 0 if absent.
+pub fn sample(samples: &HashMap<String, f64>, name: &str) -> f64 {
+    samples.get(name).copied().unwrap_or(0.0)
 }
 
 /// `serve --config FILE`, for [`RelayProcess::spawn`].

@@ -1,40 +1,17 @@
 //! `/metrics` scraped like Prometheus would: every family is there and the
 //! counters move with real sessions, refused logins and calls.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use postern_protocol::SecretKind;
-use postern_tests::harness::{Api, Bins};
-use postern_tests::relay_support::{RelayWorld, eventually};
+use postern_tests::harness::Bins;
+use postern_tests::relay_support::{RelayWorld, eventually, sample as get, scrape};
 
 const ONLINE_WITHIN: Duration = Duration::from_secs(15);
 
 fn bins() -> Bins {
     postern_tests::bins!()
-}
-
-/// Scrapes without an API key (the API is on loopback); samples by full name.
-async fn scrape(api: &Api) -> Result<HashMap<String, f64>> {
-    let response = reqwest::get(format!("{}/metrics", api.base)).await?;
-    assert_eq!(response.status(), 200);
-    let content_type = response.headers()["content-type"].to_str()?.to_owned();
-    assert!(content_type.starts_with("application/openmetrics-text; version=1.0.0"));
-    let text = response.text().await?;
-    let mut samples = HashMap::new();
-    for line in text
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-    {
-        let (name, value) = line.rsplit_once(' ').context("sample line")?;
-        samples.insert(name.to_owned(), value.parse::<f64>()?);
-    }
-    Ok(samples)
-}
-
-fn get(samples: &HashMap<String, f64>, name: &str) -> f64 {
-    samples.get(name).copied().unwrap_or(0.0)
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -14,7 +14,7 @@ use tracing::{Instrument, info, info_span, warn};
 
 use super::ApiError;
 use super::agents::find;
-use crate::channel_connector::ConnectError;
+use crate::channel_pool::CallError;
 use crate::context::RelayContext;
 
 /// The route's parameters a call needs (the rest of the path is taken from the URI as sent).
@@ -86,7 +86,9 @@ async fn forward(
     }
     // A chunked body is cut off (and the call refused) once it passes the limit.
     let body = http_body_util::Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX));
-    let uri = upstream_uri(&connection, &parts.uri)?;
+    let name = postern_protocol::ConnectionName::parse(&connection)
+        .map_err(|e| ApiError::new(ErrorCode::UnknownConnection, e.to_string()))?;
+    let uri = upstream_uri(&parts.uri)?;
     let mut headers = parts.headers;
     postern_protocol::headers::strip_hop_by_hop(&mut headers);
     headers.remove(AUTHORIZATION);
@@ -115,7 +117,8 @@ async fn forward(
         ));
     };
     let started = std::time::Instant::now();
-    let result = tokio::time::timeout(ctx.config.call_timeout, live.client.request(outgoing)).await;
+    let result =
+        tokio::time::timeout(ctx.config.call_timeout, live.channels.send(&name, outgoing)).await;
     let upstream = match result {
         Err(_) => {
             return Err(ApiError::new(
@@ -149,7 +152,7 @@ fn classify(
     ctx: &RelayContext,
     live: &crate::registry::LiveSession,
     connection: &str,
-    e: &hyper_util::client::legacy::Error,
+    e: &CallError,
 ) -> ApiError {
     let still_live = ctx
         .registry
@@ -164,18 +167,13 @@ fn classify(
             ),
         );
     }
+    if let CallError::Refused { .. } = e {
+        return ApiError::new(ErrorCode::UnknownConnection, e.to_string());
+    }
     let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
     while let Some(err) = source {
         if err.is::<http_body_util::LengthLimitError>() {
             return too_large(ctx.config.max_request_body);
-        }
-        if let Some(connect) = err.downcast_ref::<ConnectError>() {
-            return match connect {
-                ConnectError::Refused { .. } => {
-                    ApiError::new(ErrorCode::UnknownConnection, connect.to_string())
-                }
-                _ => ApiError::new(ErrorCode::TunnelError, connect.to_string()),
-            };
         }
         source = err.source();
     }
@@ -193,12 +191,12 @@ fn too_large(limit: u64) -> ApiError {
     )
 }
 
-/// `http://<connection>/<rest of the path>?<query>`, keeping the caller's
-/// percent-encoding exactly, so the agent judges the path as it was sent.
-fn upstream_uri(connection: &str, original: &Uri) -> Result<Uri, ApiError> {
+/// `/<rest of the path>?<query>`, keeping the caller's percent-encoding exactly, so
+/// the agent judges the path as it was sent.
+fn upstream_uri(original: &Uri) -> Result<Uri, ApiError> {
     // "", "v1", "agents", A, "connections", C, "http", rest
     let rest = original.path().splitn(8, '/').nth(7).unwrap_or("");
-    let mut target = format!("http://{connection}/{rest}");
+    let mut target = format!("/{rest}");
     if let Some(query) = original.query() {
         target.push('?');
         target.push_str(query);
@@ -220,9 +218,9 @@ mod tests {
         let original: Uri = "/v1/agents/a/connections/orders/http/v2/x%2Fy?since=1&b=%20"
             .parse()
             .expect("uri");
-        let uri = upstream_uri("orders", &original).expect("uri");
-        assert_eq!(uri.to_string(), "http://orders/v2/x%2Fy?since=1&b=%20");
+        let uri = upstream_uri(&original).expect("uri");
+        assert_eq!(uri.to_string(), "/v2/x%2Fy?since=1&b=%20");
         let bare: Uri = "/v1/agents/a/connections/orders/http".parse().expect("uri");
-        assert_eq!(upstream_uri("orders", &bare).expect("uri").path(), "/");
+        assert_eq!(upstream_uri(&bare).expect("uri").to_string(), "/");
     }
 }

@@ -1,0 +1,259 @@
+//! HTTP/1.1 to one agent over pooled SSH channels, one pool per connection name. The
+//! task that makes a call drives its connection itself: no task per channel to hand off to.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use bytes::Bytes;
+use http::header::HOST;
+use http::{HeaderValue, Request, Response};
+use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use postern_protocol::channel_io::ChannelIo;
+use postern_protocol::version::FORWARD_ADDRESS;
+use postern_protocol::{ChannelTarget, ConnectionName};
+use prometheus_client::metrics::counter::Counter;
+use russh::server::Msg;
+
+/// Why a call could not be sent to the agent or answered by it.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error("the agent refused a channel for connection {connection:?}: {reason}")]
+    Refused { connection: String, reason: String },
+    #[error("the tunnel to the agent is closed")]
+    SessionClosed,
+    #[error(transparent)]
+    Http(#[from] hyper::Error),
+}
+
+type Driver = http1::Connection<TokioIo<ChannelIo<Msg>>, Body>;
+
+/// One HTTP/1.1 connection over one channel: the half that sends requests and the
+/// half that moves bytes, which whoever waits on the connection polls.
+struct Conn {
+    sender: http1::SendRequest<Body>,
+    /// `None` once the connection has ended.
+    driver: Option<Driver>,
+}
+
+impl Conn {
+    /// Moves the connection's reads and writes along as far as they go now.
+    fn drive(&mut self, cx: &mut Context<'_>) {
+        if let Some(driver) = &mut self.driver
+            && Pin::new(driver).poll(cx).is_ready()
+        {
+            self.driver = None;
+        }
+    }
+
+    /// Whether it can take another request: alive and done with the last one.
+    fn reusable(&mut self) -> bool {
+        // A channel the agent closed while idle ends here, with nobody waiting on it.
+        self.drive(&mut Context::from_waker(Waker::noop()));
+        self.driver.is_some() && self.sender.is_ready()
+    }
+}
+
+struct Idle {
+    conn: Conn,
+    since: Instant,
+}
+
+/// The idle channels to one agent, by connection name.
+pub struct ChannelPool {
+    handle: russh::server::Handle,
+    idle: Mutex<HashMap<String, Vec<Idle>>>,
+    max_idle: usize,
+    opened: Counter,
+}
+
+impl ChannelPool {
+    /// Keeps up to `max_idle` idle channels per connection name; counts each channel
+    /// it opens in `opened`.
+    pub fn new(handle: russh::server::Handle, max_idle: usize, opened: Counter) -> Arc<Self> {
+        Arc::new(Self {
+            handle,
+            idle: Mutex::new(HashMap::new()),
+            max_idle,
+            opened,
+        })
+    }
+
+    /// Sends `request` to `connection` on an idle channel, or a new one, and waits for
+    /// the answer's head; the body streams as it is read, and its channel goes back
+    /// to the pool once the body has been read to its end.
+    pub async fn send(
+        self: &Arc<Self>,
+        connection: &ConnectionName,
+        mut request: Request<Body>,
+    ) -> Result<Response<DrivenBody>, CallError> {
+        if let Ok(host) = HeaderValue::from_str(connection.as_str()) {
+            request.headers_mut().entry(HOST).or_insert(host);
+        }
+        loop {
+            let (mut conn, reused) = match self.checkout(connection.as_str()) {
+                Some(conn) => (conn, true),
+                None => (self.open(connection).await?, false),
+            };
+            let answer = conn.sender.try_send_request(request);
+            let mut answer = std::pin::pin!(answer);
+            let answer = std::future::poll_fn(|cx| {
+                conn.drive(cx);
+                answer.as_mut().poll(cx)
+            })
+            .await;
+            match answer {
+                Ok(response) => {
+                    let pool = Arc::downgrade(self);
+                    let name = connection.as_str().to_owned();
+                    return Ok(response.map(|body| DrivenBody {
+                        inner: body,
+                        conn: Some(conn),
+                        pool,
+                        name,
+                    }));
+                }
+                // A pooled channel that closed before the request went out: nothing was
+                // sent, so it is safe to send again on another.
+                Err(mut e) => match e.take_message() {
+                    Some(back) if reused => request = back,
+                    _ => return Err(CallError::Http(e.into_error())),
+                },
+            }
+        }
+    }
+
+    fn checkout(&self, name: &str) -> Option<Conn> {
+        let mut idle = self.lock();
+        let list = idle.get_mut(name)?;
+        // The most recently used first: the one most likely still warm.
+        while let Some(Idle { mut conn, .. }) = list.pop() {
+            if conn.reusable() {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    /// Closes the channels idle for `timeout` or longer.
+    pub fn close_idle(&self, timeout: Duration) {
+        let now = Instant::now();
+        let mut closed = Vec::new();
+        let mut idle = self.lock();
+        for list in idle.values_mut() {
+            // Oldest first: those past their time are all at the front.
+            let stale = list
+                .iter()
+                .take_while(|i| now.duration_since(i.since) >= timeout)
+                .count();
+            closed.extend(list.drain(..stale));
+        }
+        idle.retain(|_, list| !list.is_empty());
+        drop(idle);
+        // Each closes its channel as it is dropped, outside the lock.
+        drop(closed);
+    }
+
+    fn checkin(&self, name: String, mut conn: Conn) {
+        if !conn.reusable() {
+            return;
+        }
+        let mut idle = self.lock();
+        let list = idle.entry(name).or_default();
+        if list.len() < self.max_idle {
+            list.push(Idle {
+                conn,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    async fn open(&self, connection: &ConnectionName) -> Result<Conn, CallError> {
+        let target = ChannelTarget::Http(connection.clone());
+        let channel = self
+            .handle
+            .channel_open_forwarded_tcpip(target.to_string(), 0, FORWARD_ADDRESS, 0)
+            .await
+            .map_err(|e| match e {
+                russh::Error::ChannelOpenFailure(reason) => CallError::Refused {
+                    connection: connection.as_str().to_owned(),
+                    reason: format!("{reason:?}"),
+                },
+                _ => CallError::SessionClosed,
+            })?;
+        self.opened.inc();
+        let (sender, driver) = http1::handshake(TokioIo::new(ChannelIo::new(channel))).await?;
+        Ok(Conn {
+            sender,
+            driver: Some(driver),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<Idle>>> {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// An answer's body that moves its connection along as it is read, and returns the
+/// channel to the pool when it has been read to its end (dropped earlier, it closes it).
+pub struct DrivenBody {
+    inner: Incoming,
+    conn: Option<Conn>,
+    pool: Weak<ChannelPool>,
+    name: String,
+}
+
+impl DrivenBody {
+    fn release(&mut self) {
+        if let (Some(conn), Some(pool)) = (self.conn.take(), self.pool.upgrade()) {
+            pool.checkin(std::mem::take(&mut self.name), conn);
+        }
+    }
+}
+
+impl HttpBody for DrivenBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        if let Some(conn) = &mut this.conn {
+            conn.drive(cx);
+        }
+        let frame = Pin::new(&mut this.inner).poll_frame(cx);
+        match &frame {
+            Poll::Ready(None) => this.release(),
+            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.release(),
+            Poll::Ready(Some(Err(_))) => this.conn = None,
+            _ => {}
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for DrivenBody {
+    fn drop(&mut self) {
+        // An empty body is never polled; one cut short leaves its channel unusable,
+        // which `checkin` finds and closes.
+        if self.inner.is_end_stream() {
+            self.release();
+        }
+    }
+}

@@ -1,0 +1,147 @@
+//! The relay's pool of call channels, seen through `postern_call_channels_opened_total`:
+//! calls reuse idle channels, a body cut short closes its own, idle ones close in time.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use anyhow::Result;
+use postern_tests::harness::Bins;
+use postern_tests::relay_support::{RelayWorld, sample, scrape};
+
+const ONLINE_WITHIN: Duration = Duration::from_secs(15);
+
+fn bins() -> Bins {
+    postern_tests::bins!()
+}
+
+fn opened(samples: &HashMap<String, f64>) -> f64 {
+    sample(samples, "postern_call_channels_opened_total")
+}
+
+/// A relay whose idle channels close after 2 s, with one agent online.
+async fn world() -> Result<(RelayWorld, postern_tests::harness::AgentProcess)> {
+    let w = RelayWorld::start_configured(bins(), "idle_channel_timeout = \"2s\"\n").await?;
+    let token = w.create_agent("warehouse-1").await?;
+    let agent = w.start_agent(&token)?;
+    w.admin
+        .wait_online("warehouse-1", true, ONLINE_WITHIN)
+        .await?;
+    Ok((w, agent))
+}
+
+/// Calls reuse the relay's pooled channels: one channel for any number of calls one
+/// after another, whatever their body (none, empty, many packets), and a body cut short
+/// closes its channel instead of handing the next call a half-read one.
+#[tokio::test(flavor = "multi_thread")]
+async fn calls_one_after_another_share_one_channel() -> Result<()> {
+    let (w, _agent) = world().await?;
+    let url = |path: &str| {
+        format!(
+            "{}/v1/agents/warehouse-1/connections/orders/http{path}",
+            w.admin.base
+        )
+    };
+    assert_eq!(opened(&scrape(&w.admin).await?), 0.0);
+
+    for i in 0..10 {
+        let r = w
+            .admin
+            .call("warehouse-1", "orders", &format!("/json?i={i}"))
+            .await?;
+        assert_eq!(r.status(), 200);
+        assert!(r.text().await?.contains(&format!("\"query\":\"i={i}\"")));
+        let empty = w.admin.call("warehouse-1", "orders", "/bytes/0").await?;
+        assert_eq!(empty.status(), 200);
+        assert!(empty.bytes().await?.is_empty());
+        let head = w
+            .admin
+            .http
+            .head(url("/bytes/10"))
+            .bearer_auth(&w.admin.key)
+            .send()
+            .await?;
+        assert_eq!(head.status(), 200);
+        let big = w
+            .admin
+            .call("warehouse-1", "orders", "/bytes/300000")
+            .await?;
+        assert_eq!(big.bytes().await?.len(), 300_000);
+    }
+    assert_eq!(opened(&scrape(&w.admin).await?), 1.0, "40 calls in a row");
+
+    // The caller goes away after the head of an 8 MB answer: that channel is not reused.
+    let cut = w
+        .admin
+        .call("warehouse-1", "orders", "/bytes/8000000")
+        .await?;
+    assert_eq!(cut.status(), 200);
+    drop(cut);
+    for i in 0..5 {
+        let r = w
+            .admin
+            .call("warehouse-1", "orders", &format!("/after?i={i}"))
+            .await?;
+        assert_eq!(r.status(), 200);
+        assert!(r.text().await?.contains(&format!("\"query\":\"i={i}\"")));
+    }
+    let after = opened(&scrape(&w.admin).await?);
+    assert_eq!(after, 2.0, "one channel more for the cut call's successor");
+
+    // Calls at once take a channel each, and the pool keeps them for the next round.
+    for _ in 0..2 {
+        let mut calls = tokio::task::JoinSet::new();
+        for i in 0..6 {
+            let api = w.admin.clone();
+            calls.spawn(async move {
+                api.call("warehouse-1", "orders", &format!("/slow?c={i}"))
+                    .await
+            });
+        }
+        while let Some(done) = calls.join_next().await {
+            assert_eq!(done??.status(), 200);
+        }
+    }
+    let concurrent = opened(&scrape(&w.admin).await?);
+    assert!(
+        concurrent <= after + 6.0,
+        "{concurrent} channels for two rounds of 6"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_channels_close_after_idle_channel_timeout() -> Result<()> {
+    let (w, _agent) = world().await?;
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..4 {
+        let api = w.admin.clone();
+        calls.spawn(async move {
+            api.call("warehouse-1", "orders", &format!("/slow?c={i}"))
+                .await
+        });
+    }
+    while let Some(done) = calls.join_next().await {
+        assert_eq!(done??.status(), 200);
+    }
+    assert_eq!(opened(&scrape(&w.admin).await?), 4.0, "four calls at once");
+    // Idle for less than the timeout: reused.
+    assert_eq!(
+        w.admin
+            .call("warehouse-1", "orders", "/soon")
+            .await?
+            .status(),
+        200
+    );
+    assert_eq!(opened(&scrape(&w.admin).await?), 4.0);
+    // Idle for longer (2 s, swept each second): all four closed, the next call opens one.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    assert_eq!(
+        w.admin
+            .call("warehouse-1", "orders", "/later")
+            .await?
+            .status(),
+        200
+    );
+    assert_eq!(opened(&scrape(&w.admin).await?), 5.0);
+    Ok(())
+}
