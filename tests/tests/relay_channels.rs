@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use anyhow::Result;
-use postern_tests::harness::Bins;
+use postern_tests::harness::{Api, Bins};
 use postern_tests::relay_support::{RelayWorld, sample, scrape};
 
 const ONLINE_WITHIN: Duration = Duration::from_secs(15);
@@ -87,24 +87,20 @@ async fn calls_one_after_another_share_one_channel() -> Result<()> {
     let after = opened(&scrape(&w.admin).await?);
     assert_eq!(after, 2.0, "one channel more for the cut call's successor");
 
-    // Calls at once take a channel each, and the pool keeps them for the next round.
-    for _ in 0..2 {
-        let mut calls = tokio::task::JoinSet::new();
-        for i in 0..6 {
-            let api = w.admin.clone();
-            calls.spawn(async move {
-                api.call("warehouse-1", "orders", &format!("/slow?c={i}"))
-                    .await
-            });
-        }
-        while let Some(done) = calls.join_next().await {
-            assert_eq!(done??.status(), 200);
-        }
-    }
-    let concurrent = opened(&scrape(&w.admin).await?);
-    assert!(
-        concurrent <= after + 6.0,
-        "{concurrent} channels for two rounds of 6"
+    // Calls at once take a channel each (one of them the idle one), and the pool keeps
+    // them all for the next round.
+    slow_calls_at_once(&w.admin, 6).await?;
+    let first_round = opened(&scrape(&w.admin).await?);
+    assert_eq!(
+        first_round,
+        after + 5.0,
+        "six calls at once, one channel idle"
+    );
+    slow_calls_at_once(&w.admin, 6).await?;
+    assert_eq!(
+        opened(&scrape(&w.admin).await?),
+        first_round,
+        "the second round"
     );
     Ok(())
 }
@@ -112,17 +108,7 @@ async fn calls_one_after_another_share_one_channel() -> Result<()> {
 #[tokio::test(flavor = "multi_thread")]
 async fn idle_channels_close_after_idle_channel_timeout() -> Result<()> {
     let (w, _agent) = world().await?;
-    let mut calls = tokio::task::JoinSet::new();
-    for i in 0..4 {
-        let api = w.admin.clone();
-        calls.spawn(async move {
-            api.call("warehouse-1", "orders", &format!("/slow?c={i}"))
-                .await
-        });
-    }
-    while let Some(done) = calls.join_next().await {
-        assert_eq!(done??.status(), 200);
-    }
+    slow_calls_at_once(&w.admin, 4).await?;
     assert_eq!(opened(&scrape(&w.admin).await?), 4.0, "four calls at once");
     // Idle for less than the timeout: reused.
     assert_eq!(
@@ -143,5 +129,21 @@ async fn idle_channels_close_after_idle_channel_timeout() -> Result<()> {
         200
     );
     assert_eq!(opened(&scrape(&w.admin).await?), 5.0);
+    Ok(())
+}
+
+/// `n` calls of 3 s each, all under way at once; each must answer 200.
+async fn slow_calls_at_once(api: &Api, n: usize) -> Result<()> {
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let api = api.clone();
+        calls.spawn(async move {
+            api.call("warehouse-1", "orders", &format!("/slow?c={i}"))
+                .await
+        });
+    }
+    while let Some(done) = calls.join_next().await {
+        assert_eq!(done??.status(), 200);
+    }
     Ok(())
 }
