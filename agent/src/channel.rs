@@ -7,6 +7,7 @@ use std::sync::Arc;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use postern_protocol::ErrorCode;
 use postern_protocol::channel_io::ChannelIo;
 use russh::Channel;
 use russh::client::Msg;
@@ -14,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::call::{self, CallContext};
+use crate::call_table::CallTable;
 
 /// Runs the connection's test request and writes its report as one JSON object.
 pub async fn serve_test(channel: Channel<Msg>, ctx: Arc<CallContext>) {
@@ -25,11 +27,29 @@ pub async fn serve_test(channel: Channel<Msg>, ctx: Arc<CallContext>) {
     let _ = stream.shutdown().await;
 }
 
-pub async fn serve(channel: Channel<Msg>, ctx: Arc<CallContext>, shutdown: CancellationToken) {
+/// Serves calls to `connection` until the relay closes the channel. Each call takes the
+/// connection's settings as they are when it arrives: the relay keeps channels open
+/// between calls, and a reload in between must apply to the next call on this one too.
+pub async fn serve(
+    channel: Channel<Msg>,
+    connection: String,
+    calls: Arc<CallTable>,
+    shutdown: CancellationToken,
+) {
     let io = TokioIo::new(ChannelIo::new(channel));
+    let connection: Arc<str> = connection.into();
     let service = service_fn(move |request| {
-        let ctx = ctx.clone();
-        async move { Ok::<_, std::convert::Infallible>(call::handle(ctx, request).await) }
+        let (ctx, connection) = (calls.get(&connection), connection.clone());
+        async move {
+            Ok::<_, std::convert::Infallible>(match ctx {
+                Some(ctx) => call::handle(ctx, request).await,
+                // Removed by a reload after the relay took this channel from its pool.
+                None => call::error_response(
+                    ErrorCode::UnknownConnection,
+                    &format!("this agent no longer has a connection {connection:?}"),
+                ),
+            })
+        }
     });
     let connection = http1::Builder::new()
         .keep_alive(true)

@@ -116,7 +116,13 @@ impl russh::client::Handler for AgentSsh {
         match target {
             ChannelTarget::Http(_) => {
                 self.shared.tasks.spawn(
-                    channel::serve(channel, ctx, self.shared.drain.clone()).instrument(span),
+                    channel::serve(
+                        channel,
+                        ctx.connection.name.to_string(),
+                        self.shared.calls.clone(),
+                        self.shared.drain.clone(),
+                    )
+                    .instrument(span),
                 );
             }
             ChannelTarget::Test(_) => {

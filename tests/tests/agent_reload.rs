@@ -248,3 +248,39 @@ async fn a_new_token_is_tried_at_once_after_a_reload() -> Result<()> {
     );
     Ok(())
 }
+
+/// The relay keeps channels open between calls; a call after a reload must still use the
+/// new settings, not those of the connection when its channel was opened.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_next_call_after_a_reload_uses_the_new_settings_on_a_pooled_channel() -> Result<()> {
+    let world = world().await?;
+    let (w, api) = (&world.w, &world.w.admin);
+    let with_base = |base: &str| -> Result<PathBuf> {
+        let mut text = agent_config(w.relay.ssh, &w.relay.fingerprint, &world.token, "");
+        text.push_str(&format!("[connections.o]\nbase_uri = \"{base}\"\n"));
+        Ok(w.dir.write_private("agent.toml", &text)?)
+    };
+    let config = with_base(&w.internal.base_uri())?;
+    let _agent = AgentProcess::start(&w.bins, &config)?;
+    api.wait_online("a1", true, Duration::from_secs(15)).await?;
+    let last_path = || {
+        w.internal
+            .requests()
+            .last()
+            .map(|seen| seen.path_and_query.clone())
+            .unwrap_or_default()
+    };
+    for _ in 0..3 {
+        assert_eq!(api.call("a1", "o", "/x").await?.status(), 200);
+    }
+    assert_eq!(last_path(), "/api/x");
+
+    with_base(&format!("{}/v2", w.internal.base_uri()))?;
+    let (code, text) = reload(&w.bins, &config)?;
+    assert_eq!(code, Some(0), "{text}");
+    for _ in 0..3 {
+        assert_eq!(api.call("a1", "o", "/x").await?.status(), 200);
+        assert_eq!(last_path(), "/api/v2/x", "a call after the reload");
+    }
+    Ok(())
+}
