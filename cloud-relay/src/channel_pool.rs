@@ -250,8 +250,8 @@ impl HttpBody for DrivenBody {
 
 impl Drop for DrivenBody {
     fn drop(&mut self) {
-        // An empty body is never polled; one cut short leaves its channel unusable,
-        // which `checkin` finds and closes.
+        // An empty body is never polled, so it goes back from here. A body cut short
+        // takes its connection with it, which closes the channel.
         if self.inner.is_end_stream() {
             self.release();
         }
