@@ -65,7 +65,7 @@ struct Idle {
     since: Instant,
 }
 
-/// The idle channels to one agent, by connection name.
+/// The idle channels to one agent, by connection name, at most `max_idle` in all.
 pub struct ChannelPool {
     handle: russh::server::Handle,
     idle: Mutex<HashMap<String, Vec<Idle>>>,
@@ -74,8 +74,8 @@ pub struct ChannelPool {
 }
 
 impl ChannelPool {
-    /// Keeps up to `max_idle` idle channels per connection name; counts each channel
-    /// it opens in `opened`.
+    /// Keeps up to `max_idle` idle channels in all; counts each channel it opens in
+    /// `opened`.
     pub fn new(handle: russh::server::Handle, max_idle: usize, opened: Counter) -> Arc<Self> {
         Arc::new(Self {
             handle,
@@ -160,18 +160,30 @@ impl ChannelPool {
         drop(closed);
     }
 
+    /// Keeps `conn` for the next call to `name`; past `max_idle` idle channels in all,
+    /// the one idle longest (whatever its connection) is closed to make room.
     fn checkin(&self, name: String, mut conn: Conn) {
-        if !conn.reusable() {
+        if self.max_idle == 0 || !conn.reusable() {
             return;
         }
         let mut idle = self.lock();
-        let list = idle.entry(name).or_default();
-        if list.len() < self.max_idle {
-            list.push(Idle {
-                conn,
-                since: Instant::now(),
-            });
-        }
+        let total: usize = idle.values().map(Vec::len).sum();
+        // Each list is oldest first, so the longest idle is at the front of one of them.
+        let evicted = (total >= self.max_idle)
+            .then(|| {
+                idle.values_mut()
+                    .filter(|list| !list.is_empty())
+                    .min_by_key(|list| list[0].since)
+                    .map(|list| list.remove(0))
+            })
+            .flatten();
+        idle.entry(name).or_default().push(Idle {
+            conn,
+            since: Instant::now(),
+        });
+        drop(idle);
+        // Closes its channel outside the lock.
+        drop(evicted);
     }
 
     async fn open(&self, connection: &ConnectionName) -> Result<Conn, CallError> {

@@ -1,11 +1,12 @@
 //! The relay's pool of call channels, seen through `postern_call_channels_opened_total`:
-//! calls reuse idle channels, a body cut short closes its own, idle ones close in time.
+//! calls reuse idle channels, a body cut short closes its own, idle ones close in time
+//! and are capped per session.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use anyhow::Result;
-use postern_tests::harness::{Api, Bins};
+use postern_tests::harness::{AgentProcess, Api, Bins, agent_config};
 use postern_tests::relay_support::{RelayWorld, sample, scrape};
 
 const ONLINE_WITHIN: Duration = Duration::from_secs(15);
@@ -18,11 +19,23 @@ fn opened(samples: &HashMap<String, f64>) -> f64 {
     sample(samples, "postern_call_channels_opened_total")
 }
 
-/// A relay whose idle channels close after 2 s, with one agent online.
-async fn world() -> Result<(RelayWorld, postern_tests::harness::AgentProcess)> {
-    let w = RelayWorld::start_configured(bins(), "idle_channel_timeout = \"2s\"\n").await?;
+/// A relay with `config` in its config file, and one agent online with two connections
+/// on the internal server, `orders` and `billing`.
+async fn world(config: &str) -> Result<(RelayWorld, AgentProcess)> {
+    let w = RelayWorld::start_configured(bins(), config).await?;
     let token = w.create_agent("warehouse-1").await?;
-    let agent = w.start_agent(&token)?;
+    let mut connections = String::new();
+    for name in ["orders", "billing"] {
+        connections.push_str(&format!(
+            "\n[connections.{name}]\nbase_uri = \"{}\"\n",
+            w.internal.base_uri()
+        ));
+    }
+    let config = w.dir.write_private(
+        "agent.toml",
+        &agent_config(w.relay.ssh, &w.relay.fingerprint, &token, &connections),
+    )?;
+    let agent = AgentProcess::start(&w.bins, &config)?;
     w.admin
         .wait_online("warehouse-1", true, ONLINE_WITHIN)
         .await?;
@@ -34,7 +47,7 @@ async fn world() -> Result<(RelayWorld, postern_tests::harness::AgentProcess)> {
 /// closes its channel instead of handing the next call a half-read one.
 #[tokio::test(flavor = "multi_thread")]
 async fn calls_one_after_another_share_one_channel() -> Result<()> {
-    let (w, _agent) = world().await?;
+    let (w, _agent) = world("").await?;
     let url = |path: &str| {
         format!(
             "{}/v1/agents/warehouse-1/connections/orders/http{path}",
@@ -89,14 +102,14 @@ async fn calls_one_after_another_share_one_channel() -> Result<()> {
 
     // Calls at once take a channel each (one of them the idle one), and the pool keeps
     // them all for the next round.
-    slow_calls_at_once(&w.admin, 6).await?;
+    slow_calls_at_once(&w.admin, "orders", 6).await?;
     let first_round = opened(&scrape(&w.admin).await?);
     assert_eq!(
         first_round,
         after + 5.0,
         "six calls at once, one channel idle"
     );
-    slow_calls_at_once(&w.admin, 6).await?;
+    slow_calls_at_once(&w.admin, "orders", 6).await?;
     assert_eq!(
         opened(&scrape(&w.admin).await?),
         first_round,
@@ -107,8 +120,8 @@ async fn calls_one_after_another_share_one_channel() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn idle_channels_close_after_idle_channel_timeout() -> Result<()> {
-    let (w, _agent) = world().await?;
-    slow_calls_at_once(&w.admin, 4).await?;
+    let (w, _agent) = world("idle_channel_timeout = \"2s\"\n").await?;
+    slow_calls_at_once(&w.admin, "orders", 4).await?;
     assert_eq!(opened(&scrape(&w.admin).await?), 4.0, "four calls at once");
     // Idle for less than the timeout: reused.
     assert_eq!(
@@ -132,13 +145,39 @@ async fn idle_channels_close_after_idle_channel_timeout() -> Result<()> {
     Ok(())
 }
 
-/// `n` calls of 3 s each, all under way at once; each must answer 200.
-async fn slow_calls_at_once(api: &Api, n: usize) -> Result<()> {
+/// At most `max_calls_per_agent` channels stay idle per session, whatever the connection:
+/// past it the one idle longest closes, so one connection's burst cannot keep a second
+/// allowance of channels open beside another's.
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_channels_are_capped_per_session_longest_idle_first() -> Result<()> {
+    let (w, _agent) = world("max_calls_per_agent = 2\n").await?;
+    slow_calls_at_once(&w.admin, "orders", 2).await?;
+    assert_eq!(opened(&scrape(&w.admin).await?), 2.0);
+    // Two billing channels more; as each goes idle, an orders one closes.
+    slow_calls_at_once(&w.admin, "billing", 2).await?;
+    assert_eq!(opened(&scrape(&w.admin).await?), 4.0);
+    // So orders needs a new channel (billing's two stay the only idle ones before it)…
+    assert_eq!(
+        w.admin.call("warehouse-1", "orders", "/a").await?.status(),
+        200
+    );
+    assert_eq!(opened(&scrape(&w.admin).await?), 5.0);
+    // …and billing still has one.
+    assert_eq!(
+        w.admin.call("warehouse-1", "billing", "/b").await?.status(),
+        200
+    );
+    assert_eq!(opened(&scrape(&w.admin).await?), 5.0);
+    Ok(())
+}
+
+/// `n` calls of 3 s each to `connection`, all under way at once; each must answer 200.
+async fn slow_calls_at_once(api: &Api, connection: &'static str, n: usize) -> Result<()> {
     let mut calls = tokio::task::JoinSet::new();
     for i in 0..n {
         let api = api.clone();
         calls.spawn(async move {
-            api.call("warehouse-1", "orders", &format!("/slow?c={i}"))
+            api.call("warehouse-1", connection, &format!("/slow?c={i}"))
                 .await
         });
     }
