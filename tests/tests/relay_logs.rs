@@ -1,5 +1,5 @@
-//! The relay's `--log-format json`: every line is one JSON object with the
-//! call's request id in its span, and a full run leaves no token or key in any log.
+//! The relay's `--log-format json`: every line is one JSON object with the call's request
+//! id in its span, and a full run leaves no token or key in any log; per-call lines filter out.
 
 use std::time::Duration;
 
@@ -118,5 +118,73 @@ async fn json_logs_of_a_full_run_hold_request_ids_and_no_secret() -> Result<()> 
         );
     }
     assert!(!all_logs.contains("pst_") && !all_logs.contains("psk_"));
+    Ok(())
+}
+
+/// An operator's filter drops the per-call lines of both sides (the bulk of the log at
+/// high call rates) and keeps the rest: sessions, and the agent's warnings on failed calls.
+#[tokio::test(flavor = "multi_thread")]
+async fn per_call_lines_can_be_filtered_out_keeping_the_rest() -> Result<()> {
+    let dir = TempDir::new("relay-logs")?;
+    let bins = bins();
+    let relay = configured_relay(
+        &bins,
+        dir.path(),
+        "",
+        &["--log-level", "info,postern_relay::api::call=warn"],
+    )?;
+    let api = Api::new(
+        relay.api_base(),
+        create_api_key(&bins, &dir.path().join("relay"), "admin")?,
+    );
+    let internal = InternalServer::start(Verifier::None, "orders").await?;
+    let created = send(
+        &api,
+        Method::POST,
+        "/v1/agents",
+        Some(serde_json::json!({"name": "warehouse-1"})),
+    )
+    .await?;
+    let token = created.json["token"].as_str().unwrap_or_default();
+    // `down` points at a port nothing listens on: its calls fail, and the agent warns.
+    let connections = format!(
+        "\n[connections.orders]\nbase_uri = \"{}\"\n\n[connections.down]\nbase_uri = \"http://127.0.0.1:1\"\n",
+        internal.base_uri()
+    );
+    let config = dir.write_private(
+        "agent.toml",
+        &agent_config(relay.ssh, &relay.fingerprint, token, &connections),
+    )?;
+    let mut command = std::process::Command::new(&bins.agent);
+    command
+        .args(["run", "--config"])
+        .arg(&config)
+        .args(["--log-level", "info,postern_agent::call=warn"]);
+    let agent = AgentProcess::spawn(command)?;
+    api.wait_online("warehouse-1", true, ONLINE_WITHIN).await?;
+    for i in 0..5 {
+        let answer = api
+            .call("warehouse-1", "orders", &format!("/x?i={i}"))
+            .await?;
+        assert_eq!(answer.status(), 200);
+    }
+    assert!(
+        api.call("warehouse-1", "down", "/x")
+            .await?
+            .status()
+            .is_server_error()
+    );
+    agent.logs.wait_for("call failed", ONLINE_WITHIN)?;
+
+    let (relay_logs, agent_logs) = (relay.logs.text(), agent.logs.text());
+    assert!(relay_logs.contains("agent online"), "{relay_logs}");
+    assert!(!relay_logs.contains("call answered"), "{relay_logs}");
+    assert!(agent_logs.contains("connected"), "{agent_logs}");
+    assert!(
+        !agent_logs
+            .lines()
+            .any(|l| l.contains("INFO") && l.contains("postern_agent::call:")),
+        "{agent_logs}"
+    );
     Ok(())
 }
