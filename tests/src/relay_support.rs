@@ -51,10 +51,11 @@ impl RelayWorld {
         Self::around(bins, dir, relay).await
     }
 
-    /// Like `start`, with `extra` lines in the relay's config file.
-    pub async fn start_configured(bins: Bins, extra: &str) -> Result<Self> {
+    /// Like `start`, with `extra` lines in the relay's config file and `args` on its
+    /// command line.
+    pub async fn start_configured(bins: Bins, extra: &str, args: &[&str]) -> Result<Self> {
         let dir = TempDir::new("relay-ops")?;
-        let relay = configured_relay(&bins, dir.path(), extra, &[])?;
+        let relay = configured_relay(&bins, dir.path(), extra, args)?;
         Self::around(bins, dir, relay).await
     }
 

@@ -22,7 +22,7 @@ fn opened(samples: &HashMap<String, f64>) -> f64 {
 /// A relay with `config` in its config file, and one agent online with two connections
 /// on the internal server, `orders` and `billing`.
 async fn world(config: &str) -> Result<(RelayWorld, AgentProcess)> {
-    let w = RelayWorld::start_configured(bins(), config).await?;
+    let w = RelayWorld::start_configured(bins(), config, &[]).await?;
     let token = w.create_agent("warehouse-1").await?;
     let mut connections = String::new();
     for name in ["orders", "billing"] {

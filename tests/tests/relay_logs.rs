@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::Result;
 use postern_tests::harness::{AgentProcess, Api, Bins, agent_config, create_api_key};
 use postern_tests::internal_server::{InternalServer, Verifier};
-use postern_tests::relay_support::{configured_relay, eventually, send};
+use postern_tests::relay_support::{RelayWorld, configured_relay, eventually, send};
 use postern_tests::temp::TempDir;
 use reqwest::Method;
 
@@ -125,37 +125,24 @@ async fn json_logs_of_a_full_run_hold_request_ids_and_no_secret() -> Result<()> 
 /// high call rates) and keeps the rest: sessions, and the agent's warnings on failed calls.
 #[tokio::test(flavor = "multi_thread")]
 async fn per_call_lines_can_be_filtered_out_keeping_the_rest() -> Result<()> {
-    let dir = TempDir::new("relay-logs")?;
-    let bins = bins();
-    let relay = configured_relay(
-        &bins,
-        dir.path(),
+    let w = RelayWorld::start_configured(
+        bins(),
         "",
         &["--log-level", "info,postern_relay::api::call=warn"],
-    )?;
-    let api = Api::new(
-        relay.api_base(),
-        create_api_key(&bins, &dir.path().join("relay"), "admin")?,
-    );
-    let internal = InternalServer::start(Verifier::None, "orders").await?;
-    let created = send(
-        &api,
-        Method::POST,
-        "/v1/agents",
-        Some(serde_json::json!({"name": "warehouse-1"})),
     )
     .await?;
-    let token = created.json["token"].as_str().unwrap_or_default();
+    let (relay, api) = (&w.relay, &w.admin);
+    let token = w.create_agent("warehouse-1").await?;
     // `down` points at a port nothing listens on: its calls fail, and the agent warns.
     let connections = format!(
         "\n[connections.orders]\nbase_uri = \"{}\"\n\n[connections.down]\nbase_uri = \"http://127.0.0.1:1\"\n",
-        internal.base_uri()
+        w.internal.base_uri()
     );
-    let config = dir.write_private(
+    let config = w.dir.write_private(
         "agent.toml",
-        &agent_config(relay.ssh, &relay.fingerprint, token, &connections),
+        &agent_config(relay.ssh, &relay.fingerprint, &token, &connections),
     )?;
-    let mut command = std::process::Command::new(&bins.agent);
+    let mut command = std::process::Command::new(&w.bins.agent);
     command
         .args(["run", "--config"])
         .arg(&config)
