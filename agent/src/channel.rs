@@ -27,26 +27,25 @@ pub async fn serve_test(channel: Channel<Msg>, ctx: Arc<CallContext>) {
     let _ = stream.shutdown().await;
 }
 
-/// Serves calls to `connection` until the relay closes the channel. Each call takes the
-/// connection's settings as they are when it arrives: the relay keeps channels open
-/// between calls, and a reload in between must apply to the next call on this one too.
+/// Serves calls to the connection `name` until the relay closes the channel. Each call
+/// takes the connection's settings as they are when it arrives: the relay keeps channels
+/// open between calls, and a reload in between must apply to the next call on this one.
 pub async fn serve(
     channel: Channel<Msg>,
-    connection: String,
+    name: Arc<str>,
     calls: Arc<CallTable>,
     shutdown: CancellationToken,
 ) {
     let io = TokioIo::new(ChannelIo::new(channel));
-    let connection: Arc<str> = connection.into();
     let service = service_fn(move |request| {
-        let (ctx, connection) = (calls.get(&connection), connection.clone());
+        let (ctx, name) = (calls.get(&name), name.clone());
         async move {
             Ok::<_, std::convert::Infallible>(match ctx {
                 Some(ctx) => call::handle(ctx, request).await,
                 // Removed by a reload after the relay took this channel from its pool.
                 None => call::error_response(
                     ErrorCode::UnknownConnection,
-                    &format!("this agent no longer has a connection {connection:?}"),
+                    &format!("this agent no longer has a connection {name:?}"),
                 ),
             })
         }

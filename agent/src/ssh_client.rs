@@ -118,7 +118,7 @@ impl russh::client::Handler for AgentSsh {
                 self.shared.tasks.spawn(
                     channel::serve(
                         channel,
-                        ctx.connection.name.to_string(),
+                        ctx.connection.name.as_str().into(),
                         self.shared.calls.clone(),
                         self.shared.drain.clone(),
                     )
