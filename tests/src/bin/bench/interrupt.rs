@@ -3,10 +3,14 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use tokio::signal::unix::{SignalKind, signal};
 
 static DIRS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+/// Set before the children are stopped, so the run's own failure can tell it was this.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 /// Removes `dir` if the run is interrupted (drop guards do it otherwise).
 pub fn remove_on_interrupt(dir: &Path) {
@@ -40,6 +44,7 @@ pub fn watch() -> std::io::Result<()> {
                     _ = hup.recv() => {}
                 }
             });
+            INTERRUPTED.store(true, Ordering::SeqCst);
             eprintln!("bench: interrupted; stopping what it started");
             stop_children();
             if let Ok(dirs) = DIRS.lock() {
@@ -50,6 +55,16 @@ pub fn watch() -> std::io::Result<()> {
             std::process::exit(130);
         })?;
     Ok(())
+}
+
+/// When the run failed because an interrupt stopped its children (wrk killed mid-run),
+/// leaves the exit to the interrupt's thread: its cleanup and status 130, not a failure.
+pub fn wait_if_interrupted() {
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        // The thread exits the process once its cleanup is done; this bounds the wait.
+        std::thread::sleep(Duration::from_secs(30));
+        std::process::exit(130);
+    }
 }
 
 /// SIGKILL to every process whose parent is the bench; their own children (sshd's

@@ -182,6 +182,7 @@ fn main() -> std::process::ExitCode {
     match runtime.block_on(bench(args)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
+            interrupt::wait_if_interrupted();
             eprintln!("bench: {e:#}");
             std::process::ExitCode::FAILURE
         }
