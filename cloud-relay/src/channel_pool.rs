@@ -68,7 +68,7 @@ struct Idle {
 /// The idle channels to one agent, by connection name, at most `max_idle` in all.
 pub struct ChannelPool {
     handle: russh::server::Handle,
-    idle: Mutex<HashMap<String, Vec<Idle>>>,
+    idle: Mutex<HashMap<ConnectionName, Vec<Idle>>>,
     max_idle: usize,
     opened: Counter,
 }
@@ -90,16 +90,19 @@ impl ChannelPool {
     /// to the pool once the body has been read to its end.
     pub async fn send(
         self: &Arc<Self>,
-        connection: &ConnectionName,
+        connection: ConnectionName,
         mut request: Request<Body>,
     ) -> Result<Response<DrivenBody>, CallError> {
-        if let Ok(host) = HeaderValue::from_str(connection.as_str()) {
-            request.headers_mut().entry(HOST).or_insert(host);
+        // Callers nearly always send a Host of their own, which goes on as it is.
+        if !request.headers().contains_key(HOST)
+            && let Ok(host) = HeaderValue::from_str(connection.as_str())
+        {
+            request.headers_mut().insert(HOST, host);
         }
         loop {
-            let (mut conn, reused) = match self.checkout(connection.as_str()) {
+            let (mut conn, reused) = match self.checkout(&connection) {
                 Some(conn) => (conn, true),
-                None => (self.open(connection).await?, false),
+                None => (self.open(&connection).await?, false),
             };
             let answer = conn.sender.try_send_request(request);
             let mut answer = std::pin::pin!(answer);
@@ -111,12 +114,10 @@ impl ChannelPool {
             match answer {
                 Ok(response) => {
                     let pool = Arc::downgrade(self);
-                    let name = connection.as_str().to_owned();
                     return Ok(response.map(|body| DrivenBody {
                         inner: body,
-                        conn: Some(conn),
+                        held: Some((conn, connection)),
                         pool,
-                        name,
                     }));
                 }
                 // A pooled channel that closed before the request went out: nothing was
@@ -129,9 +130,9 @@ impl ChannelPool {
         }
     }
 
-    fn checkout(&self, name: &str) -> Option<Conn> {
+    fn checkout(&self, connection: &ConnectionName) -> Option<Conn> {
         let mut idle = self.lock();
-        let list = idle.get_mut(name)?;
+        let list = idle.get_mut(connection)?;
         // The most recently used first: the one most likely still warm.
         while let Some(Idle { mut conn, .. }) = list.pop() {
             if conn.reusable() {
@@ -160,9 +161,9 @@ impl ChannelPool {
         drop(closed);
     }
 
-    /// Keeps `conn` for the next call to `name`; past `max_idle` idle channels in all,
-    /// the one idle longest (whatever its connection) is closed to make room.
-    fn checkin(&self, name: String, mut conn: Conn) {
+    /// Keeps `conn` for the next call to `connection`; past `max_idle` idle channels in
+    /// all, the one idle longest (whatever its connection) is closed to make room.
+    fn checkin(&self, connection: ConnectionName, mut conn: Conn) {
         if self.max_idle == 0 || !conn.reusable() {
             return;
         }
@@ -177,7 +178,7 @@ impl ChannelPool {
                     .map(|list| list.remove(0))
             })
             .flatten();
-        idle.entry(name).or_default().push(Idle {
+        idle.entry(connection).or_default().push(Idle {
             conn,
             since: Instant::now(),
         });
@@ -207,7 +208,7 @@ impl ChannelPool {
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<Idle>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ConnectionName, Vec<Idle>>> {
         self.idle.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -216,15 +217,15 @@ impl ChannelPool {
 /// channel to the pool when it has been read to its end (dropped earlier, it closes it).
 pub struct DrivenBody {
     inner: Incoming,
-    conn: Option<Conn>,
+    /// The connection and whose it is, until the body ends or fails.
+    held: Option<(Conn, ConnectionName)>,
     pool: Weak<ChannelPool>,
-    name: String,
 }
 
 impl DrivenBody {
     fn release(&mut self) {
-        if let (Some(conn), Some(pool)) = (self.conn.take(), self.pool.upgrade()) {
-            pool.checkin(std::mem::take(&mut self.name), conn);
+        if let (Some((conn, connection)), Some(pool)) = (self.held.take(), self.pool.upgrade()) {
+            pool.checkin(connection, conn);
         }
     }
 }
@@ -238,14 +239,14 @@ impl HttpBody for DrivenBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = &mut *self;
-        if let Some(conn) = &mut this.conn {
+        if let Some((conn, _)) = &mut this.held {
             conn.drive(cx);
         }
         let frame = Pin::new(&mut this.inner).poll_frame(cx);
         match &frame {
             Poll::Ready(None) => this.release(),
             Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.release(),
-            Poll::Ready(Some(Err(_))) => this.conn = None,
+            Poll::Ready(Some(Err(_))) => this.held = None,
             _ => {}
         }
         frame

@@ -118,7 +118,7 @@ async fn forward(
     };
     let started = std::time::Instant::now();
     let result =
-        tokio::time::timeout(ctx.config.call_timeout, live.channels.send(&name, outgoing)).await;
+        tokio::time::timeout(ctx.config.call_timeout, live.channels.send(name, outgoing)).await;
     let upstream = match result {
         Err(_) => {
             return Err(ApiError::new(
