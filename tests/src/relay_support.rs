@@ -84,9 +84,14 @@ impl RelayWorld {
 
     /// Writes an agent config holding `token` with one connection, `orders`.
     pub fn write_agent_config(&self, token: &str) -> Result<PathBuf> {
+        self.write_agent_config_with(token, "")
+    }
+
+    /// Like `write_agent_config`, with `more` connection tables after `orders`.
+    pub fn write_agent_config_with(&self, token: &str, more: &str) -> Result<PathBuf> {
         let n = self.configs.fetch_add(1, Ordering::Relaxed);
         let connections = format!(
-            "\n[connections.orders]\nbase_uri = \"{}\"\ntimeout = \"20s\"\n",
+            "\n[connections.orders]\nbase_uri = \"{}\"\ntimeout = \"20s\"\n{more}",
             self.internal.base_uri()
         );
         Ok(self.dir.write_private(

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use anyhow::Result;
-use postern_tests::harness::{AgentProcess, Api, Bins, agent_config};
+use postern_tests::harness::{AgentProcess, Api, Bins};
 use postern_tests::relay_support::{RelayWorld, sample, scrape};
 
 const ONLINE_WITHIN: Duration = Duration::from_secs(15);
@@ -24,18 +24,11 @@ fn opened(samples: &HashMap<String, f64>) -> f64 {
 async fn world(config: &str) -> Result<(RelayWorld, AgentProcess)> {
     let w = RelayWorld::start_configured(bins(), config, &[]).await?;
     let token = w.create_agent("warehouse-1").await?;
-    let mut connections = String::new();
-    for name in ["orders", "billing"] {
-        connections.push_str(&format!(
-            "\n[connections.{name}]\nbase_uri = \"{}\"\n",
-            w.internal.base_uri()
-        ));
-    }
-    let config = w.dir.write_private(
-        "agent.toml",
-        &agent_config(w.relay.ssh, &w.relay.fingerprint, &token, &connections),
-    )?;
-    let agent = AgentProcess::start(&w.bins, &config)?;
+    let billing = format!(
+        "\n[connections.billing]\nbase_uri = \"{}\"\n",
+        w.internal.base_uri()
+    );
+    let agent = AgentProcess::start(&w.bins, &w.write_agent_config_with(&token, &billing)?)?;
     w.admin
         .wait_online("warehouse-1", true, ONLINE_WITHIN)
         .await?;
@@ -57,12 +50,7 @@ async fn calls_one_after_another_share_one_channel() -> Result<()> {
     assert_eq!(opened(&scrape(&w.admin).await?), 0.0);
 
     for i in 0..10 {
-        let r = w
-            .admin
-            .call("warehouse-1", "orders", &format!("/json?i={i}"))
-            .await?;
-        assert_eq!(r.status(), 200);
-        assert!(r.text().await?.contains(&format!("\"query\":\"i={i}\"")));
+        echoes_its_query(&w.admin, "/json", &format!("i={i}")).await?;
         let empty = w.admin.call("warehouse-1", "orders", "/bytes/0").await?;
         assert_eq!(empty.status(), 200);
         assert!(empty.bytes().await?.is_empty());
@@ -90,12 +78,7 @@ async fn calls_one_after_another_share_one_channel() -> Result<()> {
     assert_eq!(cut.status(), 200);
     drop(cut);
     for i in 0..5 {
-        let r = w
-            .admin
-            .call("warehouse-1", "orders", &format!("/after?i={i}"))
-            .await?;
-        assert_eq!(r.status(), 200);
-        assert!(r.text().await?.contains(&format!("\"query\":\"i={i}\"")));
+        echoes_its_query(&w.admin, "/after", &format!("i={i}")).await?;
     }
     let after = opened(&scrape(&w.admin).await?);
     assert_eq!(after, 2.0, "one channel more for the cut call's successor");
@@ -124,24 +107,10 @@ async fn idle_channels_close_after_idle_channel_timeout() -> Result<()> {
     slow_calls_at_once(&w.admin, "orders", 4).await?;
     assert_eq!(opened(&scrape(&w.admin).await?), 4.0, "four calls at once");
     // Idle for less than the timeout: reused.
-    assert_eq!(
-        w.admin
-            .call("warehouse-1", "orders", "/soon")
-            .await?
-            .status(),
-        200
-    );
-    assert_eq!(opened(&scrape(&w.admin).await?), 4.0);
+    assert_eq!(opened_after_a_call(&w.admin, "orders").await?, 4.0);
     // Idle for longer (2 s, swept each second): all four closed, the next call opens one.
     tokio::time::sleep(Duration::from_millis(3500)).await;
-    assert_eq!(
-        w.admin
-            .call("warehouse-1", "orders", "/later")
-            .await?
-            .status(),
-        200
-    );
-    assert_eq!(opened(&scrape(&w.admin).await?), 5.0);
+    assert_eq!(opened_after_a_call(&w.admin, "orders").await?, 5.0);
     Ok(())
 }
 
@@ -157,17 +126,9 @@ async fn idle_channels_are_capped_per_session_longest_idle_first() -> Result<()>
     slow_calls_at_once(&w.admin, "billing", 2).await?;
     assert_eq!(opened(&scrape(&w.admin).await?), 4.0);
     // So orders needs a new channel (billing's two stay the only idle ones before it)…
-    assert_eq!(
-        w.admin.call("warehouse-1", "orders", "/a").await?.status(),
-        200
-    );
-    assert_eq!(opened(&scrape(&w.admin).await?), 5.0);
+    assert_eq!(opened_after_a_call(&w.admin, "orders").await?, 5.0);
     // …and billing still has one.
-    assert_eq!(
-        w.admin.call("warehouse-1", "billing", "/b").await?.status(),
-        200
-    );
-    assert_eq!(opened(&scrape(&w.admin).await?), 5.0);
+    assert_eq!(opened_after_a_call(&w.admin, "billing").await?, 5.0);
     Ok(())
 }
 
@@ -184,5 +145,28 @@ async fn slow_calls_at_once(api: &Api, connection: &'static str, n: usize) -> Re
     while let Some(done) = calls.join_next().await {
         assert_eq!(done??.status(), 200);
     }
+    Ok(())
+}
+
+/// One call to `connection` (it must answer 200), then the channels opened so far.
+async fn opened_after_a_call(api: &Api, connection: &str) -> Result<f64> {
+    let answer = api.call("warehouse-1", connection, "/x").await?;
+    assert_eq!(answer.status(), 200);
+    Ok(opened(&scrape(api).await?))
+}
+
+/// A call to `orders` at `path?query` whose answer (the internal server's JSON) must be
+/// that very call's: whole, and with its own query.
+async fn echoes_its_query(api: &Api, path: &str, query: &str) -> Result<()> {
+    let answer = api
+        .call("warehouse-1", "orders", &format!("{path}?{query}"))
+        .await?;
+    assert_eq!(answer.status(), 200);
+    assert!(
+        answer
+            .text()
+            .await?
+            .contains(&format!("\"query\":\"{query}\""))
+    );
     Ok(())
 }

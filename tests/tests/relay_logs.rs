@@ -134,13 +134,9 @@ async fn per_call_lines_can_be_filtered_out_keeping_the_rest() -> Result<()> {
     let (relay, api) = (&w.relay, &w.admin);
     let token = w.create_agent("warehouse-1").await?;
     // `down` points at a port nothing listens on: its calls fail, and the agent warns.
-    let connections = format!(
-        "\n[connections.orders]\nbase_uri = \"{}\"\n\n[connections.down]\nbase_uri = \"http://127.0.0.1:1\"\n",
-        w.internal.base_uri()
-    );
-    let config = w.dir.write_private(
-        "agent.toml",
-        &agent_config(relay.ssh, &relay.fingerprint, &token, &connections),
+    let config = w.write_agent_config_with(
+        &token,
+        "\n[connections.down]\nbase_uri = \"http://127.0.0.1:1\"\n",
     )?;
     let mut command = std::process::Command::new(&w.bins.agent);
     command
