@@ -93,10 +93,9 @@ impl ChannelPool {
         connection: ConnectionName,
         mut request: Request<Body>,
     ) -> Result<Response<DrivenBody>, CallError> {
-        // Callers nearly always send a Host of their own, which goes on as it is.
-        if !request.headers().contains_key(HOST)
-            && let Ok(host) = HeaderValue::from_str(connection.as_str())
-        {
+        // HTTP/1.1 wants a Host on every request; the caller's was dropped as hop-by-hop,
+        // and the agent drops this one in turn (the internal server gets its own).
+        if let Ok(host) = HeaderValue::from_str(connection.as_str()) {
             request.headers_mut().insert(HOST, host);
         }
         loop {

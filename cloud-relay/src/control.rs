@@ -52,7 +52,7 @@ impl ControlChannel {
                     connections,
                 }) => match self.check(protocol_version, &connections) {
                     Err(msg) => Some(("bad_hello", msg)),
-                    Ok(()) => {
+                    Ok(connections) => {
                         self.register(protocol_version, agent_version, connections, writer.clone())
                             .await;
                         None
@@ -116,10 +116,14 @@ impl ControlChannel {
     fn on_message(&self, line: &[u8]) {
         match decode_line::<AgentMessage>(line) {
             Ok(AgentMessage::Inventory { connections }) => {
-                if let Err(message) = self.check(PROTOCOL_VERSION, &connections) {
-                    warn!(agent = %self.agent.name, %message, "inventory refused");
-                    return;
-                }
+                let announced = connections.join(", ");
+                let connections = match self.check(PROTOCOL_VERSION, &connections) {
+                    Ok(connections) => connections,
+                    Err(message) => {
+                        warn!(agent = %self.agent.name, %message, "inventory refused");
+                        return;
+                    }
+                };
                 let Some(live) = self.ctx.registry.get(&self.agent.id) else {
                     return;
                 };
@@ -127,7 +131,7 @@ impl ControlChannel {
                 if live.session_id != self.session_id {
                     return;
                 }
-                info!(agent = %self.agent.name, connections = %connections.join(", "), "agent reloaded its connections");
+                info!(agent = %self.agent.name, connections = %announced, "agent reloaded its connections");
                 live.set_connections(connections);
             }
             Ok(AgentMessage::Hello { .. }) => {
@@ -138,23 +142,28 @@ impl ControlChannel {
         }
     }
 
-    fn check(&self, protocol_version: u32, connections: &[String]) -> Result<(), String> {
+    /// The announced connection names, once the agent's protocol and every name are valid.
+    fn check(
+        &self,
+        protocol_version: u32,
+        connections: &[String],
+    ) -> Result<Vec<ConnectionName>, String> {
         if protocol_version < MIN_SUPPORTED_PROTOCOL_VERSION {
             return Err(format!(
                 "agent speaks protocol {protocol_version}, this relay needs at least {MIN_SUPPORTED_PROTOCOL_VERSION}: upgrade the agent"
             ));
         }
-        for name in connections {
-            ConnectionName::parse(name).map_err(|e| e.to_string())?;
-        }
-        Ok(())
+        connections
+            .iter()
+            .map(|name| ConnectionName::parse(name).map_err(|e| e.to_string()))
+            .collect()
     }
 
     async fn register(
         &self,
         protocol_version: u32,
         agent_version: String,
-        connections: Vec<String>,
+        connections: Vec<ConnectionName>,
         control: ControlWriter,
     ) {
         let session = Arc::new(LiveSession::new(

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
+use postern_protocol::ConnectionName;
 use postern_protocol::control::{EndReason, RelayMessage, encode_line};
 use russh::server::Msg;
 use russh::{ChannelStream, Disconnect};
@@ -31,7 +32,7 @@ pub struct LiveSession {
     pub agent_version: String,
     pub protocol_version: u32,
     /// What the agent serves: from its hello, replaced by each `inventory` after a reload.
-    connections: Mutex<Vec<String>>,
+    connections: Mutex<Vec<ConnectionName>>,
     /// The token version the agent logged in with (see `AgentRecord::accepts_session`).
     pub token_version: i64,
     /// Calls under way through this session.
@@ -54,7 +55,7 @@ impl LiveSession {
         remote_addr: SocketAddr,
         agent_version: String,
         protocol_version: u32,
-        connections: Vec<String>,
+        connections: Vec<ConnectionName>,
         token_version: i64,
         closing_reason: ClosingReason,
         handle: russh::server::Handle,
@@ -91,19 +92,26 @@ impl LiveSession {
         self.in_flight.load(Ordering::Relaxed)
     }
 
-    pub fn serves(&self, connection: &str) -> bool {
-        self.lock_connections().iter().any(|c| c == connection)
+    /// The connection the agent serves under `connection`, if it serves one.
+    pub fn serving(&self, connection: &str) -> Option<ConnectionName> {
+        self.lock_connections()
+            .iter()
+            .find(|c| c.as_str() == connection)
+            .cloned()
     }
 
     pub fn connections(&self) -> Vec<String> {
-        self.lock_connections().clone()
+        self.lock_connections()
+            .iter()
+            .map(|c| c.to_string())
+            .collect()
     }
 
-    pub fn set_connections(&self, connections: Vec<String>) {
+    pub fn set_connections(&self, connections: Vec<ConnectionName>) {
         *self.lock_connections() = connections;
     }
 
-    fn lock_connections(&self) -> std::sync::MutexGuard<'_, Vec<String>> {
+    fn lock_connections(&self) -> std::sync::MutexGuard<'_, Vec<ConnectionName>> {
         self.connections.lock().unwrap_or_else(|p| p.into_inner())
     }
 

@@ -64,7 +64,7 @@ async fn forward(
             format!("agent {:?} is not connected", record.name),
         )
     })?;
-    if !live.serves(&connection) {
+    let Some(name) = live.serving(&connection) else {
         return Err(ApiError::new(
             ErrorCode::UnknownConnection,
             format!(
@@ -73,7 +73,7 @@ async fn forward(
                 live.connections().join(", ")
             ),
         ));
-    }
+    };
     let (parts, body) = request.into_parts();
     let limit = ctx.config.max_request_body;
     let declared = parts
@@ -86,8 +86,6 @@ async fn forward(
     }
     // A chunked body is cut off (and the call refused) once it passes the limit.
     let body = http_body_util::Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX));
-    let name = postern_protocol::ConnectionName::parse(&connection)
-        .map_err(|e| ApiError::new(ErrorCode::UnknownConnection, e.to_string()))?;
     let uri = upstream_uri(&parts.uri)?;
     let mut headers = parts.headers;
     postern_protocol::headers::strip_hop_by_hop(&mut headers);

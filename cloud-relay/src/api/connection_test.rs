@@ -6,7 +6,7 @@ use std::sync::Arc;
 use axum::Json;
 use axum::extract::{Path, State};
 use postern_protocol::channel_io::ChannelIo;
-use postern_protocol::{ChannelTarget, ConnectionName, ErrorCode};
+use postern_protocol::{ChannelTarget, ErrorCode};
 use tokio::io::AsyncReadExt;
 
 use super::ApiError;
@@ -27,14 +27,12 @@ pub async fn run(
             format!("agent {:?} is not connected", record.name),
         )
     })?;
-    if !live.serves(&connection) {
+    let Some(name) = live.serving(&connection) else {
         return Err(ApiError::new(
             ErrorCode::UnknownConnection,
             format!("agent {:?} has no connection {connection:?}", record.name),
         ));
-    }
-    let name = ConnectionName::parse(&connection)
-        .map_err(|e| ApiError::new(ErrorCode::BadRequest, e.to_string()))?;
+    };
     let channel = live
         .open_channel(&ChannelTarget::Test(name))
         .await
