@@ -4,6 +4,7 @@
 mod idle_timeout;
 pub mod rate_limit;
 mod replay;
+mod upload_progress;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -34,6 +35,8 @@ pub type CallBody = BoxBody<Bytes, std::io::Error>;
 pub struct CallContext {
     pub connection: Arc<Connection>,
     pub http: reqwest::Client,
+    /// For the token endpoint, which must not get this connection's TLS settings.
+    pub token_http: reqwest::Client,
     /// The token source of a `jwt_bearer` connection; its cache lives as long as the context.
     pub bearer: Option<BearerSource>,
     pub limiter: Arc<Limiter>,
@@ -98,6 +101,7 @@ impl CallContext {
             });
         Ok(Self {
             http,
+            token_http: crate::jwt::exchange::token_client()?,
             bearer,
             limiter,
             served: previous.map(|p| p.served.clone()).unwrap_or_default(),
@@ -215,7 +219,7 @@ async fn run(
     let bearer = match &ctx.bearer {
         Some(source) => Some(
             source
-                .get(&ctx.http, conn.timeout)
+                .get(&ctx.token_http, conn.timeout)
                 .await
                 .map_err(bearer_error)?,
         ),
@@ -243,7 +247,7 @@ async fn run(
         source.invalidate(&used.header).await;
         if let Some(replay) = replay {
             let fresh = source
-                .get(&ctx.http, conn.timeout)
+                .get(&ctx.token_http, conn.timeout)
                 .await
                 .map_err(bearer_error)?;
             info!(connection = %conn.name, "upstream refused the cached token; retrying once with a new one");
@@ -280,6 +284,8 @@ async fn run(
     if let Some(h) = builder.headers_mut() {
         let mut upstream_headers = upstream.headers().clone();
         postern_protocol::headers::strip_hop_by_hop(&mut upstream_headers);
+        // The header marks postern's own errors; an internal server must not be able to fake one.
+        upstream_headers.remove(POSTERN_ERROR);
         *h = upstream_headers;
     }
     let max = conn.limits.max_response_body;
@@ -313,7 +319,8 @@ async fn run(
         .map_err(|e| (ErrorCode::Internal, e.to_string()))
 }
 
-/// Sends the request once, bounded by the connection's timeout for the response headers.
+/// Sends the request once. The connection's timeout bounds the wait for the response
+/// headers, counted from the request body's last progress (see call/upload_progress.rs).
 pub(crate) async fn send(
     ctx: &CallContext,
     method: &Method,
@@ -330,19 +337,20 @@ pub(crate) async fn send(
     if let Some(bearer) = bearer {
         request = request.header(AUTHORIZATION, bearer.header.clone());
     }
+    let progress = upload_progress::Progress::new();
     // An empty buffered body stays absent, as the caller sent it.
     let empty = matches!(&body, RequestBody::Buffered(b) if b.is_empty());
     if !empty || headers.contains_key(CONTENT_LENGTH) {
-        request = request.body(body.into_reqwest());
+        request = request.body(body.into_reqwest(&progress));
     }
-    match tokio::time::timeout(conn.timeout, request.send()).await {
-        Err(_) => Err(timeout_error(conn)),
-        Ok(Err(e)) if e.is_timeout() => Err(timeout_error(conn)),
-        Ok(Err(e)) => Err((
+    match upload_progress::within(request.send(), &progress, conn.timeout).await {
+        None => Err(timeout_error(conn)),
+        Some(Err(e)) if e.is_timeout() => Err(timeout_error(conn)),
+        Some(Err(e)) => Err((
             ErrorCode::UpstreamUnreachable,
             format!("cannot reach {}: {}", conn.base_uri, error_chain(&e)),
         )),
-        Ok(Ok(r)) => Ok(r),
+        Some(Ok(r)) => Ok(r),
     }
 }
 

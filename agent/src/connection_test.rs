@@ -141,7 +141,7 @@ pub async fn run(ctx: &CallContext) -> TestReport {
     let started = Instant::now();
     let bearer = match &ctx.bearer {
         None => None,
-        Some(source) => match source.get(&ctx.http, conn.timeout).await {
+        Some(source) => match source.get(&ctx.token_http, conn.timeout).await {
             Ok(bearer) => {
                 let what = match &conn.auth {
                     Auth::JwtBearer(jwt) => match &jwt.exchange {
@@ -192,10 +192,10 @@ pub async fn run(ctx: &CallContext) -> TestReport {
         Some(want) => status.as_u16() == want,
         None => status.is_success(),
     };
-    let tls = if url.scheme() == "https" {
-        ", TLS verified"
-    } else {
-        ""
+    let tls = match (url.scheme() == "https", conn.tls.insecure_skip_verify) {
+        (false, _) => "",
+        (true, false) => ", TLS verified",
+        (true, true) => ", TLS not verified (insecure_skip_verify)",
     };
     let detail = format!("{status}{tls}, expected {}", report.expected);
     report.ok = report.step(

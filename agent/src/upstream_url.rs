@@ -88,7 +88,7 @@ fn check_path(path: &str) -> Result<(), PathError> {
     for segment in path.split('/').skip(1) {
         if !segment.contains('%') {
             // Raw controls, backslashes and non-ASCII were refused above; only dots are left to check.
-            if segment == "." || segment == ".." {
+            if is_dot_segment(segment.as_bytes()) {
                 return Err(PathError::DotSegment);
             }
             continue;
@@ -109,11 +109,18 @@ fn check_path(path: &str) -> Result<(), PathError> {
         if decoded.iter().any(|b| b.is_ascii_control()) {
             return Err(PathError::EncodedControl);
         }
-        if decoded == b"." || decoded == b".." {
+        if is_dot_segment(&decoded) {
             return Err(PathError::DotSegment);
         }
     }
     Ok(())
+}
+
+/// `.` or `..`, also with path parameters (`..;x`): Tomcat, Jetty and Spring drop
+/// everything from the `;` and then resolve the dots.
+fn is_dot_segment(segment: &[u8]) -> bool {
+    let name = segment.split(|&b| b == b';').next().unwrap_or_default();
+    name == b"." || name == b".."
 }
 
 fn percent_decode(segment: &str) -> Result<Vec<u8>, PathError> {
@@ -153,6 +160,17 @@ mod tests {
         assert_eq!(url.as_str(), "https://h/api/");
         let url = build(&Url::parse("https://h").expect("url"), "/a%20b/c").expect("ok");
         assert_eq!(url.as_str(), "https://h/a%20b/c");
+        // Path parameters and dots inside a name are ordinary.
+        for path in [
+            "/v2;v=1/orders",
+            "/a/...;x",
+            "/..a;/b",
+            "/;/x",
+            "/a.;b/c",
+            "/%2e%2ex;/y",
+        ] {
+            assert!(build(&base(), path).is_ok(), "{path:?}");
+        }
     }
 
     #[test]
@@ -185,6 +203,13 @@ mod tests {
             ("/a%0Ab", PathError::EncodedControl),
             ("/a%09b", PathError::EncodedControl),
             ("/a%7fb", PathError::EncodedControl),
+            ("/..;/admin", PathError::DotSegment),
+            ("/api/..;jsessionid=x/admin", PathError::DotSegment),
+            ("/.;/x", PathError::DotSegment),
+            ("/%2e%2e;/admin", PathError::DotSegment),
+            ("/.%2e;x=1/admin", PathError::DotSegment),
+            ("/..%3b/admin", PathError::DotSegment),
+            ("/v2/..;", PathError::DotSegment),
         ];
         for (path, expected) in cases {
             assert_eq!(build(&base(), path), Err(expected.clone()), "{path:?}");

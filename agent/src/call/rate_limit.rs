@@ -4,6 +4,8 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
+use tokio::sync::watch;
+
 use crate::config::RateLimit;
 
 /// An upstream's `Retry-After` is honoured up to this long.
@@ -18,14 +20,28 @@ pub struct Refused {
 pub struct Limiter {
     limit: Option<RateLimit>,
     state: Mutex<Bucket>,
+    /// How far pauses have pushed the connection's schedule back, in all. Waiting calls
+    /// watch it, so a pause set after they took their turn delays them too. Changed
+    /// only with `state` locked, so a turn and the shift it was reckoned with agree.
+    shift: watch::Sender<Duration>,
 }
 
 struct Bucket {
     /// May go below zero: each waiting call has reserved its token already, so later
     /// callers queue behind it instead of racing it.
     tokens: f64,
+    /// Tokens accrue from here on. A pause moves it to the pause's end: the bucket stands
+    /// still meanwhile, so the calls queued in it leave afterwards at the configured rate
+    /// (at most `burst` at once), not all together the moment the pause ends.
     refilled: Instant,
     paused_until: Option<Instant>,
+}
+
+/// A call's turn: after `wait`, plus however much `shift` grows meanwhile.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Turn {
+    wait: Duration,
+    shift: Duration,
 }
 
 impl Limiter {
@@ -38,60 +54,118 @@ impl Limiter {
                 refilled: Instant::now(),
                 paused_until: None,
             }),
+            shift: watch::Sender::new(Duration::ZERO),
         }
     }
 
-    /// Takes a token, waiting up to `max_wait` for it (and for any pause to end).
+    /// Takes a token, waiting up to `max_wait` for it (and for any pause to end, also one
+    /// set while it waits).
     pub async fn acquire(&self, max_wait: Duration) -> Result<(), Refused> {
-        let wait = self.reserve(Instant::now(), max_wait)?;
-        if !wait.is_zero() {
-            tokio::time::sleep(wait).await;
+        let arrived = Instant::now();
+        let turn = self.reserve(arrived, max_wait)?;
+        if turn.wait.is_zero() {
+            return Ok(());
         }
-        Ok(())
+        let mut shifts = self.shift.subscribe();
+        let mut seen = turn.shift;
+        let mut due = arrived + turn.wait;
+        // Ends: every turn of the loop but the last needs a new pause.
+        loop {
+            let moved = shifts.borrow_and_update().saturating_sub(seen);
+            if !moved.is_zero() {
+                seen += moved;
+                due += moved;
+                let needed = due.saturating_duration_since(arrived);
+                // Its token stays spent: handing it back would let a newcomer share a
+                // later caller's turn.
+                if needed > max_wait {
+                    return Err(Refused { needed });
+                }
+            }
+            tokio::select! {
+                biased;
+                () = tokio::time::sleep_until(due.into()) => return Ok(()),
+                changed = shifts.changed() => {
+                    // The sender lives as long as `self`; should it be gone, the turn stands.
+                    if changed.is_err() {
+                        tokio::time::sleep_until(due.into()).await;
+                        return Ok(());
+                    }
+                }
+            }
+        }
     }
 
     /// The accounting of `acquire`: how long to wait, with the token reserved if it is
     /// within `max_wait`.
-    fn reserve(&self, now: Instant, max_wait: Duration) -> Result<Duration, Refused> {
+    fn reserve(&self, now: Instant, max_wait: Duration) -> Result<Turn, Refused> {
         let Ok(mut b) = self.state.lock() else {
-            return Ok(Duration::ZERO);
+            return Ok(Turn {
+                wait: Duration::ZERO,
+                shift: Duration::ZERO,
+            });
         };
-        let paused = b
-            .paused_until
-            .map(|until| until.saturating_duration_since(now))
-            .unwrap_or_default();
-        let Some(limit) = self.limit else {
-            return if paused > max_wait {
-                Err(Refused { needed: paused })
-            } else {
-                Ok(paused)
-            };
+        let wait = match self.limit {
+            None => b
+                .paused_until
+                .map(|until| until.saturating_duration_since(now))
+                .unwrap_or_default(),
+            Some(limit) => {
+                refill(&mut b, limit, now);
+                let deficit = (1.0 - b.tokens).max(0.0);
+                // During a pause `refilled` is its end: nothing accrues before then.
+                b.refilled.saturating_duration_since(now)
+                    + Duration::from_secs_f64(deficit / rate(limit))
+            }
         };
-        let rate = f64::from(limit.requests) / limit.per.as_secs_f64();
-        let elapsed = now.saturating_duration_since(b.refilled).as_secs_f64();
-        b.tokens = (b.tokens + elapsed * rate).min(f64::from(limit.burst));
-        b.refilled = now;
-        let deficit = 1.0 - b.tokens;
-        let for_token = if deficit > 0.0 {
-            Duration::from_secs_f64(deficit / rate)
-        } else {
-            Duration::ZERO
-        };
-        let wait = for_token.max(paused);
         if wait > max_wait {
             return Err(Refused { needed: wait });
         }
-        b.tokens -= 1.0;
-        Ok(wait)
+        if self.limit.is_some() {
+            b.tokens -= 1.0;
+        }
+        Ok(Turn {
+            wait,
+            shift: *self.shift.borrow(),
+        })
     }
 
     /// Holds every call on this connection until `for_how_long` has passed.
     pub fn pause(&self, for_how_long: Duration) {
-        let until = Instant::now() + for_how_long.min(MAX_PAUSE);
-        if let Ok(mut b) = self.state.lock() {
-            b.paused_until = Some(b.paused_until.map_or(until, |u| u.max(until)));
-        }
+        self.pause_at(Instant::now(), for_how_long);
     }
+
+    fn pause_at(&self, now: Instant, for_how_long: Duration) {
+        let until = now + for_how_long.min(MAX_PAUSE);
+        let Ok(mut b) = self.state.lock() else {
+            return;
+        };
+        let from = b.paused_until.map_or(now, |p| p.max(now));
+        let longer = until.saturating_duration_since(from);
+        if longer.is_zero() {
+            return;
+        }
+        if let Some(limit) = self.limit {
+            refill(&mut b, limit, now);
+            b.refilled = b.refilled.max(now) + longer;
+        }
+        b.paused_until = Some(until);
+        self.shift.send_modify(|shift| *shift += longer);
+    }
+}
+
+fn rate(limit: RateLimit) -> f64 {
+    f64::from(limit.requests) / limit.per.as_secs_f64()
+}
+
+/// Adds the tokens accrued since `refilled`, up to `burst`; none while paused.
+fn refill(b: &mut Bucket, limit: RateLimit, now: Instant) {
+    if now <= b.refilled {
+        return;
+    }
+    let elapsed = now.duration_since(b.refilled).as_secs_f64();
+    b.tokens = (b.tokens + elapsed * rate(limit)).min(f64::from(limit.burst));
+    b.refilled = now;
 }
 
 /// `Retry-After` as seconds or an HTTP date (RFC 9110 §10.2.3).
@@ -108,6 +182,10 @@ pub fn parse_retry_after(value: &str) -> Option<Duration> {
 mod tests {
     use super::*;
 
+    fn wait_of(l: &Limiter, now: Instant, max_wait: Duration) -> Result<Duration, Refused> {
+        l.reserve(now, max_wait).map(|turn| turn.wait)
+    }
+
     fn limiter(requests: u32, per_ms: u64, burst: u32) -> Limiter {
         Limiter::new(Some(RateLimit {
             requests,
@@ -121,50 +199,146 @@ mod tests {
         let l = limiter(10, 1000, 3);
         let now = Instant::now();
         for _ in 0..3 {
-            assert_eq!(l.reserve(now, Duration::ZERO), Ok(Duration::ZERO));
+            assert_eq!(wait_of(&l, now, Duration::ZERO), Ok(Duration::ZERO));
         }
         // 10 per second: the next tokens come 100 ms apart, and each waiter has its own.
-        let w1 = l.reserve(now, Duration::from_secs(1)).expect("queued");
-        let w2 = l.reserve(now, Duration::from_secs(1)).expect("queued");
+        let w1 = wait_of(&l, now, Duration::from_secs(1)).expect("queued");
+        let w2 = wait_of(&l, now, Duration::from_secs(1)).expect("queued");
         assert!((w1.as_millis() as i64 - 100).abs() <= 1, "{w1:?}");
         assert!((w2.as_millis() as i64 - 200).abs() <= 1, "{w2:?}");
-        let refused = l
-            .reserve(now, Duration::from_millis(250))
-            .expect_err("over max_wait");
+        let refused = wait_of(&l, now, Duration::from_millis(250)).expect_err("over max_wait");
         assert!(refused.needed > Duration::from_millis(250));
         // A refused call reserves nothing: with more patience the same slot is free.
-        let w3 = l.reserve(now, Duration::from_secs(1)).expect("queued");
+        let w3 = wait_of(&l, now, Duration::from_secs(1)).expect("queued");
         assert!((w3.as_millis() as i64 - 300).abs() <= 1, "{w3:?}");
         // Time refills the bucket, never above the burst.
         let later = now + Duration::from_secs(10);
         for _ in 0..3 {
-            assert_eq!(l.reserve(later, Duration::ZERO), Ok(Duration::ZERO));
+            assert_eq!(wait_of(&l, later, Duration::ZERO), Ok(Duration::ZERO));
         }
-        assert!(l.reserve(later, Duration::ZERO).is_err());
+        assert!(wait_of(&l, later, Duration::ZERO).is_err());
     }
 
     #[test]
     fn a_pause_holds_even_unlimited_connections() {
         let l = Limiter::new(None);
         assert_eq!(
-            l.reserve(Instant::now(), Duration::ZERO),
+            wait_of(&l, Instant::now(), Duration::ZERO),
             Ok(Duration::ZERO)
         );
         l.pause(Duration::from_secs(2));
         let now = Instant::now();
-        let wait = l
-            .reserve(now, Duration::from_secs(5))
-            .expect("within max_wait");
+        let wait = wait_of(&l, now, Duration::from_secs(5)).expect("within max_wait");
         assert!(
             wait > Duration::from_millis(1900) && wait <= Duration::from_secs(2),
             "{wait:?}"
         );
-        assert!(l.reserve(now, Duration::from_secs(1)).is_err());
+        assert!(wait_of(&l, now, Duration::from_secs(1)).is_err());
         l.pause(Duration::from_secs(100_000));
-        let wait = l
-            .reserve(Instant::now(), Duration::from_secs(100_000))
-            .expect("capped");
+        let wait = wait_of(&l, Instant::now(), Duration::from_secs(100_000)).expect("capped");
         assert!(wait <= MAX_PAUSE, "{wait:?}");
+    }
+
+    #[test]
+    fn after_a_pause_at_most_burst_calls_go_at_once_then_the_rate() {
+        // 50 per second, burst 100, an upstream's Retry-After of 5 s.
+        let l = limiter(50, 1000, 100);
+        let now = Instant::now();
+        l.pause_at(now, Duration::from_secs(5));
+        let pause = Duration::from_secs(5);
+        let waits: Vec<Duration> = (0..400)
+            .map(|_| wait_of(&l, now, Duration::from_secs(60)).expect("within max_wait"))
+            .collect();
+        assert!(
+            waits.iter().all(|w| *w >= pause),
+            "none before the pause ends"
+        );
+        let at_once = waits.iter().filter(|w| **w == pause).count();
+        assert_eq!(at_once, 100, "the burst, and no more, when the pause ends");
+        // Then one every 20 ms, in the order the calls came.
+        for (k, w) in waits.iter().enumerate().skip(100) {
+            let expected = pause + Duration::from_millis(20 * (k as u64 - 99));
+            let off = w.abs_diff(expected);
+            assert!(off <= Duration::from_millis(1), "call {k}: {w:?}");
+        }
+    }
+
+    #[test]
+    fn a_pause_while_calls_queue_moves_their_turns_back_by_its_length() {
+        let l = limiter(10, 1000, 1);
+        let now = Instant::now();
+        assert_eq!(wait_of(&l, now, Duration::ZERO), Ok(Duration::ZERO));
+        let before = l.reserve(now, Duration::from_secs(5)).expect("queued");
+        assert!(before.wait.abs_diff(Duration::from_millis(100)) <= Duration::from_millis(1));
+        l.pause_at(now, Duration::from_secs(2));
+        let after = l.reserve(now, Duration::from_secs(5)).expect("queued");
+        // The queued call is moved back 2 s (through the shift it watches), and the next
+        // one keeps its place behind it instead of leaving with it.
+        assert_eq!(after.shift - before.shift, Duration::from_secs(2));
+        let expected = Duration::from_millis(2200);
+        assert!(
+            after.wait.abs_diff(expected) <= Duration::from_millis(1),
+            "{after:?}"
+        );
+        // A shorter pause inside this one changes nothing; a longer one adds only the rest.
+        l.pause_at(now, Duration::from_secs(1));
+        assert_eq!(*l.shift.borrow(), Duration::from_secs(2));
+        l.pause_at(now, Duration::from_secs(3));
+        assert_eq!(*l.shift.borrow(), Duration::from_secs(3));
+    }
+
+    /// Real time, short spans: tokio's paused clock needs a feature this crate does not turn on.
+    #[tokio::test]
+    async fn calls_already_waiting_wait_out_a_newer_pause() {
+        let bound = Duration::from_secs(10);
+        // Waiting for a token: due after 100 ms, then a 400 ms pause is set at 50 ms.
+        let l = std::sync::Arc::new(limiter(10, 1000, 1));
+        l.acquire(Duration::ZERO).await.expect("the burst");
+        let started = Instant::now();
+        let waiter = {
+            let l = l.clone();
+            tokio::spawn(async move { l.acquire(Duration::from_secs(5)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        l.pause(Duration::from_millis(400));
+        let done = tokio::time::timeout(bound, waiter).await.expect("bounded");
+        done.expect("task").expect("within max_wait");
+        let waited = started.elapsed();
+        assert!(waited >= Duration::from_millis(480), "left at {waited:?}");
+
+        // Waiting out a pause on a connection without a rate limit: 200 ms, extended at
+        // 50 ms to end at 450 ms.
+        let l = std::sync::Arc::new(Limiter::new(None));
+        l.pause(Duration::from_millis(200));
+        let started = Instant::now();
+        let waiter = {
+            let l = l.clone();
+            tokio::spawn(async move { l.acquire(Duration::from_secs(5)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        l.pause(Duration::from_millis(400));
+        let done = tokio::time::timeout(bound, waiter).await.expect("bounded");
+        done.expect("task").expect("within max_wait");
+        let waited = started.elapsed();
+        assert!(waited >= Duration::from_millis(440), "left at {waited:?}");
+
+        // A newer pause that takes a waiting call past its max_wait refuses it at once.
+        l.pause(Duration::from_millis(200));
+        let started = Instant::now();
+        let waiter = {
+            let l = l.clone();
+            tokio::spawn(async move { l.acquire(Duration::from_millis(500)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        l.pause(Duration::from_secs(5));
+        let done = tokio::time::timeout(bound, waiter).await.expect("bounded");
+        let refused = done.expect("task").expect_err("past max_wait");
+        assert!(refused.needed > Duration::from_secs(4), "{refused:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
     }
 
     #[test]

@@ -1,12 +1,16 @@
 //! Request bodies that can be sent twice: a small body is read into memory first so
 //! that a call refused with 401 can be retried with a new token; larger ones stream.
 
+use std::sync::Arc;
+
 use bytes::{Bytes, BytesMut};
-use futures_util::StreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 use http::HeaderMap;
 use http::header::CONTENT_LENGTH;
-use http_body_util::{BodyDataStream, BodyExt};
-use hyper::body::Incoming;
+use http_body_util::{BodyDataStream, BodyExt, StreamBody};
+use hyper::body::{Frame, Incoming};
+
+use super::upload_progress::{Progress, Tracked};
 
 /// Bodies up to this size are kept for a retry.
 pub const REPLAY_LIMIT: usize = 64 * 1024;
@@ -59,17 +63,20 @@ impl RequestBody {
         }
     }
 
-    pub fn into_reqwest(self) -> reqwest::Body {
+    /// A streamed body notes its pieces in `progress`; one in memory (at most
+    /// `REPLAY_LIMIT`) goes out at once, so the timeout simply counts from the start.
+    pub fn into_reqwest(self, progress: &Arc<Progress>) -> reqwest::Body {
         match self {
             RequestBody::Buffered(bytes) => reqwest::Body::from(bytes),
             // The body itself, so that its length and its end (a bodiless call's is at
             // once) go with it: a stream of unknown length would go out chunked.
             RequestBody::Streaming { prefix, rest } if prefix.is_empty() => {
-                reqwest::Body::wrap(rest)
+                reqwest::Body::wrap(Tracked::new(rest, progress))
             }
             RequestBody::Streaming { prefix, rest } => {
                 let head = futures_util::stream::iter([Ok::<_, hyper::Error>(prefix)]);
-                reqwest::Body::wrap_stream(head.chain(BodyDataStream::new(rest)))
+                let pieces = head.chain(BodyDataStream::new(rest)).map_ok(Frame::data);
+                reqwest::Body::wrap(Tracked::new(StreamBody::new(pieces), progress))
             }
         }
     }

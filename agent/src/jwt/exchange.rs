@@ -2,6 +2,7 @@
 //! as `client_assertion` per §2.2) and reads `access_token`, `token_type`, `expires_in`.
 
 use std::fmt;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use http::header::{ACCEPT, CONTENT_TYPE};
@@ -67,6 +68,23 @@ pub enum ExchangeError {
     Unreachable { url: String, detail: String },
     #[error("token endpoint {url} did not answer within {timeout:?}")]
     Timeout { url: String, timeout: Duration },
+}
+
+/// The client for token endpoints, one for the whole process. Like the internal servers'
+/// clients it uses no proxy and follows no redirects, but it trusts only the system's
+/// roots: a connection's `tls` settings (its CA, its client certificate, skipping
+/// verification) are for its internal server, not for a token endpoint that may be a
+/// third party's.
+pub fn token_client() -> Result<reqwest::Client, reqwest::Error> {
+    static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
+    if let Some(client) = CLIENT.get() {
+        return Ok(client.clone());
+    }
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .build()?;
+    Ok(CLIENT.get_or_init(|| client).clone())
 }
 
 /// Trades `jwt` for an access token at the configured endpoint.

@@ -1,0 +1,498 @@
+//! The agent's call path under a review's findings, through the real relay and agent:
+//! uploads slower than the timeout, `x-postern-error` from an internal server, the
+//! token endpoint's TLS, and what `postern connection test` says about TLS.
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use bytes::Bytes;
+use postern_protocol::{SecretKind, SecretToken};
+use postern_tests::harness::{Bins, Tunnel};
+use postern_tests::internal_server::{InternalServer, Verifier};
+use postern_tests::temp::TempDir;
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn bins() -> Bins {
+    postern_tests::bins!()
+}
+
+/// The connections' `timeout` in the upload tests.
+const TIMEOUT: Duration = Duration::from_secs(1);
+/// Time for scheduling on a busy machine, on top of what a test expects.
+const SLACK: Duration = Duration::from_millis(1500);
+
+async fn post(tunnel: &Tunnel, connection: &str, body: reqwest::Body) -> Result<reqwest::Response> {
+    Ok(tunnel
+        .api
+        .http
+        .post(format!(
+            "{}/v1/agents/a1/connections/{connection}/http/upload",
+            tunnel.api.base
+        ))
+        .bearer_auth(&tunnel.api.key)
+        .body(body)
+        .send()
+        .await?)
+}
+
+fn error_code(body: &Value) -> &str {
+    body["error"]["code"].as_str().unwrap_or_default()
+}
+
+/// A request body of `pieces` 64 KiB pieces, one every `every`; then, if `stall`, it
+/// sends nothing more for that long before it ends. Also returns when the last piece went.
+fn paced_body(
+    pieces: usize,
+    every: Duration,
+    stall: Option<Duration>,
+) -> (reqwest::Body, Arc<Mutex<Option<Instant>>>) {
+    let last = Arc::new(Mutex::new(None));
+    let noted = last.clone();
+    let stream = futures_util::stream::unfold(0usize, move |sent| {
+        let noted = noted.clone();
+        async move {
+            if sent == pieces {
+                tokio::time::sleep(stall?).await;
+                return None;
+            }
+            tokio::time::sleep(every).await;
+            if let Ok(mut at) = noted.lock() {
+                *at = Some(Instant::now());
+            }
+            Some((
+                Ok::<_, std::io::Error>(Bytes::from(vec![b'u'; 64 * 1024])),
+                sent + 1,
+            ))
+        }
+    });
+    (reqwest::Body::wrap_stream(stream), last)
+}
+
+fn when(last: &Mutex<Option<Instant>>) -> Result<Instant> {
+    last.lock()
+        .ok()
+        .and_then(|at| *at)
+        .context("no piece was sent")
+}
+
+/// An internal server that reads a request's head and its whole `Content-Length` or
+/// chunked body, counts the body's bytes, and then never answers.
+struct Silent {
+    addr: SocketAddr,
+    read: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Silent {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Silent {
+    async fn start() -> Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let read = Arc::new(AtomicUsize::new(0));
+        let counter = read.clone();
+        let task = tokio::spawn(async move {
+            for _ in 0..16 {
+                let Ok((socket, _)) = listener.accept().await else {
+                    return;
+                };
+                tokio::spawn(hold(socket, counter.clone()));
+            }
+        });
+        Ok(Self { addr, read, task })
+    }
+}
+
+/// Reads everything the agent sends until the body's end (a chunked body ends with
+/// `0\r\n\r\n`), then keeps the connection open without a word for a minute.
+async fn hold(mut socket: tokio::net::TcpStream, read: Arc<AtomicUsize>) {
+    let mut seen = Vec::new();
+    let mut buffer = vec![0u8; 64 * 1024];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while tokio::time::Instant::now() < deadline {
+        let n = match tokio::time::timeout_at(deadline, socket.read(&mut buffer)).await {
+            Ok(Ok(n)) if n > 0 => n,
+            _ => return,
+        };
+        seen.extend_from_slice(&buffer[..n]);
+        read.store(seen.len(), Ordering::SeqCst);
+        if seen.ends_with(b"0\r\n\r\n") {
+            break;
+        }
+    }
+    tokio::time::sleep_until(deadline).await;
+    let _ = socket.shutdown().await;
+}
+
+/// An upload that takes three times the connection's timeout, but never pauses that long,
+/// goes through whole; one that stalls for longer than the timeout gets 504.
+#[tokio::test(flavor = "multi_thread")]
+async fn uploads_are_timed_from_their_last_progress() -> Result<()> {
+    let internal = InternalServer::start(Verifier::None, "unused").await?;
+    let silent = Silent::start().await?;
+    let dir = TempDir::new("review-upload")?;
+    let connections = format!(
+        "[connections.reads]\nbase_uri = \"{}\"\ntimeout = \"1s\"\n\
+         [connections.silent]\nbase_uri = \"http://{}/api\"\ntimeout = \"1s\"\n",
+        internal.base_uri(),
+        silent.addr
+    );
+    let tunnel = Tunnel::start(&bins(), &dir, &connections).await?;
+
+    // 12 pieces 250 ms apart: 3 s in all against a 1 s timeout.
+    let started = Instant::now();
+    let (body, _) = paced_body(12, Duration::from_millis(250), None);
+    let r = post(&tunnel, "reads", body).await?;
+    let took = started.elapsed();
+    let status = r.status();
+    let answer: Value = r.json().await?;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["body_len"], 12 * 64 * 1024, "{answer}");
+    assert!(took > 2 * TIMEOUT, "the upload took {took:?}");
+
+    // Two pieces, then silence for four timeouts: 504 about one timeout after the last piece.
+    let (body, last) = paced_body(2, Duration::from_millis(100), Some(4 * TIMEOUT));
+    let r = post(&tunnel, "reads", body).await?;
+    let answered = Instant::now();
+    let status = r.status();
+    let answer: Value = r.json().await?;
+    assert_eq!(status, 504, "{answer}");
+    assert_eq!(error_code(&answer), "upstream_timeout", "{answer}");
+    let after = answered.duration_since(when(&last)?);
+    assert!(
+        after >= TIMEOUT && after < TIMEOUT + SLACK,
+        "504 {after:?} after the last piece"
+    );
+
+    // The whole body, slowly, to a server that takes it all and never answers: 504 one
+    // timeout after the body's end, not one timeout after the call's start.
+    let (body, last) = paced_body(8, Duration::from_millis(250), None);
+    let r = post(&tunnel, "silent", body).await?;
+    let answered = Instant::now();
+    let status = r.status();
+    let answer: Value = r.json().await?;
+    assert_eq!(status, 504, "{answer}");
+    assert_eq!(error_code(&answer), "upstream_timeout", "{answer}");
+    assert!(
+        silent.read.load(Ordering::SeqCst) > 8 * 64 * 1024,
+        "the server got the whole body"
+    );
+    let after = answered.duration_since(when(&last)?);
+    assert!(
+        after >= TIMEOUT && after < TIMEOUT + SLACK,
+        "504 {after:?} after the last piece"
+    );
+    Ok(())
+}
+
+/// An internal server that answers with postern's own error header.
+async fn faking_server() -> Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let app = axum::Router::new().fallback(|uri: axum::http::Uri| async move {
+        let status = if uri.path().ends_with("/down") {
+            StatusCode::SERVICE_UNAVAILABLE
+        } else {
+            StatusCode::OK
+        };
+        (
+            status,
+            [("x-postern-error", "rate_limited"), ("x-own", "kept")],
+            "the internal server's own answer",
+        )
+            .into_response()
+    });
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok((addr, task))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_internal_server_cannot_fake_a_postern_error() -> Result<()> {
+    let (addr, server) = faking_server().await?;
+    let dir = TempDir::new("review-fake")?;
+    let connections = format!("[connections.fake]\nbase_uri = \"http://{addr}/api\"\n");
+    let tunnel = Tunnel::start(&bins(), &dir, &connections).await?;
+    for (path, status) in [("/ok", 200), ("/down", 503)] {
+        let r = tunnel.api.call("a1", "fake", path).await?;
+        assert_eq!(r.status(), status);
+        assert_eq!(
+            r.headers().get("x-own").and_then(|v| v.to_str().ok()),
+            Some("kept"),
+            "the internal server's other headers pass"
+        );
+        assert!(
+            r.headers().get("x-postern-error").is_none(),
+            "{path}: {:?}",
+            r.headers()
+        );
+        assert_eq!(r.text().await?, "the internal server's own answer");
+    }
+    // postern's own errors still carry it.
+    let r = tunnel.api.call("a1", "fake", "/..;/admin").await?;
+    assert_eq!(r.status(), 400);
+    assert_eq!(
+        r.headers()
+            .get("x-postern-error")
+            .and_then(|v| v.to_str().ok()),
+        Some("path_rejected")
+    );
+    server.abort();
+    Ok(())
+}
+
+/// Answers `GET` with what it got, and `POST` (the token endpoint) with an access token.
+const HTTPS_SERVER: &str = r#"
+import http.server, ssl, sys, json
+cert, key, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+class H(http.server.BaseHTTPRequestHandler):
+    def answer(self, body):
+        data = json.dumps(body).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+    def do_GET(self):
+        self.answer({"ok": True, "authorization": self.headers.get("Authorization")})
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        self.answer({"access_token": "from-the-https-endpoint", "token_type": "Bearer", "expires_in": 300})
+    def log_message(self, *a):
+        pass
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(cert, key)
+srv = http.server.ThreadingHTTPServer(("127.0.0.1", port), H)
+srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+srv.serve_forever()
+"#;
+
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn openssl(dir: &TempDir, args: &[&str]) -> Result<()> {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir.path())
+        .output()
+        .context("openssl")?;
+    if !out.status.success() {
+        bail!("openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
+/// A test CA (`ca.pem`, which no system trusts) and a certificate it signed for 127.0.0.1.
+fn make_ca_and_server_cert(dir: &TempDir) -> Result<()> {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=postern review CA",
+        ],
+    )?;
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=postern-server",
+        ],
+    )?;
+    std::fs::write(dir.path().join("server.ext"), "subjectAltName=IP:127.0.0.1")?;
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
+        ],
+    )
+}
+
+/// Python's HTTPS server on a free port; returns once it accepts connections.
+fn https_server(dir: &TempDir) -> Result<(KillOnDrop, u16)> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let child = Command::new("python3")
+        .args([
+            "-c",
+            HTTPS_SERVER,
+            "server.pem",
+            "server.key",
+            &port.to_string(),
+        ])
+        .current_dir(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("python3")?;
+    let guard = KillOnDrop(child);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            bail!("https server did not start");
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    Ok((guard, port))
+}
+
+/// Connections to an HTTPS server whose certificate only `ca.pem` vouches for: one
+/// skipping verification, one trusting `ca.pem`; each with and without a token exchange
+/// at the same server.
+fn tls_connections(port: u16) -> String {
+    let mut text = String::new();
+    for (name, tls) in [
+        ("skip", "{ insecure_skip_verify = true }"),
+        ("own-ca", "{ ca_file = \"ca.pem\" }"),
+    ] {
+        text.push_str(&format!(
+            r#"
+[connections.{name}]
+base_uri = "https://127.0.0.1:{port}/api"
+tls = {tls}
+test = {{ path = "/health" }}
+
+[connections.{name}-exchange]
+base_uri = "https://127.0.0.1:{port}/api"
+tls = {tls}
+[connections.{name}-exchange.auth]
+type = "jwt_bearer"
+algorithm = "HS256"
+secret = "a-review-secret-of-32-bytes-long"
+payload = {{ iss = "postern", aud = "https://127.0.0.1:{port}/token" }}
+[connections.{name}-exchange.auth.exchange]
+token_url = "https://127.0.0.1:{port}/token"
+"#
+        ));
+    }
+    text
+}
+
+/// The token endpoint is reached with the system's roots only: a connection's
+/// `insecure_skip_verify` or `ca_file` are for its internal server, so a token endpoint
+/// whose certificate only those would accept fails the exchange.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_token_endpoint_gets_none_of_the_connections_tls_settings() -> Result<()> {
+    let dir = TempDir::new("review-token-tls")?;
+    make_ca_and_server_cert(&dir)?;
+    let (_server, port) = https_server(&dir)?;
+    let tunnel = Tunnel::start(&bins(), &dir, &tls_connections(port)).await?;
+    for name in ["skip", "own-ca"] {
+        // The internal server itself is reached with the connection's settings.
+        let r = tunnel.api.call("a1", name, "/x").await?;
+        assert_eq!(r.status(), 200, "{name}: {}", r.text().await?);
+
+        let exchange = format!("{name}-exchange");
+        let r = tunnel.api.call("a1", &exchange, "/x").await?;
+        let status = r.status();
+        let answer: Value = r.json().await?;
+        assert_eq!(status, 502, "{exchange}: {answer}");
+        assert_eq!(error_code(&answer), "token_exchange_failed", "{answer}");
+        let message = answer["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains(&format!("https://127.0.0.1:{port}/token")),
+            "{message}"
+        );
+    }
+    Ok(())
+}
+
+/// `postern connection test` says "TLS verified" only when it was.
+#[tokio::test(flavor = "multi_thread")]
+async fn connection_test_says_when_tls_is_not_verified() -> Result<()> {
+    let dir = TempDir::new("review-conn-test")?;
+    make_ca_and_server_cert(&dir)?;
+    let (_server, port) = https_server(&dir)?;
+    // Never used: the command runs locally, without a relay.
+    let token = SecretToken::generate(
+        SecretKind::AgentToken,
+        &[7u8; postern_protocol::token::BODY_LEN],
+    );
+    let config = dir.write_private(
+        "agent.toml",
+        &format!(
+            "relay = \"127.0.0.1:1\"\nrelay_fingerprint = \"SHA256:unused\"\ntoken = \"{}\"\n{}",
+            token.expose(),
+            tls_connections(port)
+        ),
+    )?;
+    let test = |name: &str| -> Result<String> {
+        let out = Command::new(bins().agent)
+            .arg("--config")
+            .arg(&config)
+            .args(["connection", "test", name])
+            .stdin(Stdio::null())
+            .output()
+            .context("running postern")?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if !out.status.success() {
+            bail!(
+                "connection test {name} failed:\n{text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(text)
+    };
+    let text = test("skip")?;
+    assert!(
+        text.contains("ok    http   200 OK, TLS not verified (insecure_skip_verify), expected 2xx"),
+        "{text}"
+    );
+    let text = test("own-ca")?;
+    assert!(
+        text.contains("ok    http   200 OK, TLS verified, expected 2xx"),
+        "{text}"
+    );
+    Ok(())
+}
