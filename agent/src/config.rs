@@ -255,12 +255,14 @@ fn resolve_connection(
             conn.base_uri
         ));
     }
-    if base_uri.query().is_some()
-        || base_uri.fragment().is_some()
-        || !base_uri.username().is_empty()
-    {
+    jwt_auth::refuse_user_info(
+        "base_uri",
+        &base_uri,
+        "the internal server's credentials come from the connection's auth table",
+    )?;
+    if base_uri.query().is_some() || base_uri.fragment().is_some() {
         return Err(format!(
-            "base_uri {:?} may not hold a query, fragment or user info",
+            "base_uri {:?} may not hold a query or fragment",
             conn.base_uri
         ));
     }

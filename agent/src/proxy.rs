@@ -34,6 +34,7 @@ pub enum ProxyError {
 
 #[derive(Clone, PartialEq, Eq)]
 pub struct Proxy {
+    /// A name or an IP address, IPv6 without brackets: as the connector dials it.
     host: String,
     port: u16,
     /// `Basic …` value; secret, never printed.
@@ -49,20 +50,33 @@ impl fmt::Debug for Proxy {
 
 impl fmt::Display for Proxy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "http://{}:{}", self.host, self.port)
+        if self.host.contains(':') {
+            write!(f, "http://[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "http://{}:{}", self.host, self.port)
+        }
     }
 }
 
 impl Proxy {
     pub fn parse(text: &str) -> Result<Self, ProxyError> {
+        // curl takes `proxy.corp:3128` as `http://proxy.corp:3128`, and so do we.
+        let full;
+        let text = if text.contains("://") {
+            text
+        } else {
+            full = format!("http://{text}");
+            &full
+        };
         let url = Url::parse(text).map_err(|_| ProxyError::BadUrl(redact(text)))?;
         if url.scheme() != "http" {
             return Err(ProxyError::Scheme(url.scheme().to_owned()));
         }
-        let host = url
-            .host_str()
-            .ok_or_else(|| ProxyError::BadUrl(redact(text)))?
-            .to_owned();
+        let host = match url.host() {
+            Some(url::Host::Ipv6(ip)) => ip.to_string(),
+            Some(host) => host.to_string(),
+            None => return Err(ProxyError::BadUrl(redact(text))),
+        };
         let port = url.port_or_known_default().unwrap_or(3128);
         let authorization = (!url.username().is_empty()).then(|| {
             let user = percent_encoding::percent_decode_str(url.username()).decode_utf8_lossy();
@@ -94,8 +108,7 @@ impl Proxy {
         let Some(text) = var("HTTPS_PROXY").or_else(|| var("ALL_PROXY")) else {
             return Ok(None);
         };
-        let mut proxy = Self::parse(text.trim())?;
-        proxy.no_proxy = var("NO_PROXY")
+        let no_proxy: Vec<String> = var("NO_PROXY")
             .map(|v| {
                 v.split(',')
                     .map(|e| e.trim().to_ascii_lowercase())
@@ -103,26 +116,18 @@ impl Proxy {
                     .collect()
             })
             .unwrap_or_default();
-        if relays.iter().all(|r| !proxy.applies_to(r)) {
+        // A proxy the relay never goes through cannot stop the agent, however it is written.
+        if relays.iter().all(|r| exempt(&no_proxy, r)) {
             return Ok(None);
         }
+        let mut proxy = Self::parse(text.trim())?;
+        proxy.no_proxy = no_proxy;
         Ok(Some(proxy))
     }
 
     /// False when `NO_PROXY` exempts the relay's host.
     pub fn applies_to(&self, relay: &str) -> bool {
-        let host = relay
-            .rsplit_once(':')
-            .map_or(relay, |(h, _)| h)
-            .trim_matches(['[', ']'])
-            .to_ascii_lowercase();
-        !self.no_proxy.iter().any(|entry| {
-            let entry = entry
-                .rsplit_once(':')
-                .map_or(entry.as_str(), |(h, _)| h)
-                .trim_start_matches('.');
-            entry == "*" || host == entry || host.ends_with(&format!(".{entry}"))
-        })
+        !exempt(&self.no_proxy, relay)
     }
 
     /// A TCP stream to `target` (`host:port`) through the proxy.
@@ -168,7 +173,10 @@ impl Proxy {
         if !status.starts_with("HTTP/1.") || code.is_none() {
             return Err(ProxyError::BadAnswer { proxy: name });
         }
-        if code != Some("200") {
+        // RFC 9110 §9.3.6: any 2xx means the tunnel is open.
+        if !code.is_some_and(|c| {
+            c.len() == 3 && c.starts_with('2') && c.bytes().all(|b| b.is_ascii_digit())
+        }) {
             return Err(ProxyError::Refused {
                 proxy: name,
                 target: target.to_owned(),
@@ -179,10 +187,29 @@ impl Proxy {
     }
 }
 
-/// A URL for an error message, without its password.
+/// Whether a `NO_PROXY` entry covers the relay's host.
+fn exempt(no_proxy: &[String], relay: &str) -> bool {
+    let host = relay
+        .rsplit_once(':')
+        .map_or(relay, |(h, _)| h)
+        .trim_matches(['[', ']'])
+        .to_ascii_lowercase();
+    no_proxy.iter().any(|entry| {
+        let entry = entry
+            .rsplit_once(':')
+            .map_or(entry.as_str(), |(h, _)| h)
+            .trim_start_matches('.');
+        entry == "*" || host == entry || host.ends_with(&format!(".{entry}"))
+    })
+}
+
+/// A URL for an error message, without its user info. Up to the last `@`: a password may
+/// hold a raw `@` of its own.
 fn redact(text: &str) -> String {
-    match text.split_once('@') {
-        Some((_, rest)) => format!("…@{rest}"),
+    let (scheme, rest) = text.split_once("://").unwrap_or(("", text));
+    match rest.rsplit_once('@') {
+        Some((_, host)) if scheme.is_empty() => format!("…@{host}"),
+        Some((_, host)) => format!("{scheme}://…@{host}"),
         None => text.to_owned(),
     }
 }
@@ -213,6 +240,160 @@ mod tests {
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(!message.contains("pw"), "{message}");
+    }
+
+    #[test]
+    fn a_scheme_less_proxy_is_http_as_curl_takes_it() {
+        let p = Proxy::parse("proxy.corp:3128").expect("curl accepts it");
+        assert_eq!(p.to_string(), "http://proxy.corp:3128");
+        let p = Proxy::parse("alice:pw@proxy.corp").expect("with user info");
+        assert_eq!(p.to_string(), "http://proxy.corp:80");
+        assert!(p.authorization.is_some());
+        let relays = vec!["relay.example.com:2222".to_owned()];
+        let env = |name: &str| (name == "https_proxy").then(|| "proxy.corp:3128".to_owned());
+        let p = Proxy::from_env(&env, &relays).expect("loads");
+        assert_eq!(
+            p.map(|p| p.to_string()).as_deref(),
+            Some("http://proxy.corp:3128")
+        );
+    }
+
+    #[test]
+    fn a_proxy_no_proxy_exempts_the_relay_from_is_never_parsed() {
+        let relays = vec!["relay.example.com:2222".to_owned()];
+        let env = |name: &str| match name {
+            "HTTPS_PROXY" => Some("socks5://nothing-we-speak:1080".to_owned()),
+            "NO_PROXY" => Some("example.com".to_owned()),
+            _ => None,
+        };
+        assert!(
+            Proxy::from_env(&env, &relays)
+                .expect("not our proxy")
+                .is_none()
+        );
+        let other = vec!["relay.other.net:2222".to_owned()];
+        assert!(matches!(
+            Proxy::from_env(&env, &other),
+            Err(ProxyError::Scheme(_))
+        ));
+    }
+
+    #[test]
+    fn an_ipv6_proxy_is_dialled_without_brackets() {
+        let p = Proxy::parse("http://[fd00::1]:3128").expect("valid");
+        assert_eq!(p.host, "fd00::1");
+        assert_eq!(p.port, 3128);
+        assert_eq!(p.to_string(), "http://[fd00::1]:3128");
+    }
+
+    #[test]
+    fn a_password_with_a_raw_at_sign_stays_out_of_the_error() {
+        for text in [
+            "http://u:pw@s3cr@",
+            "u:pw@s3cr@",
+            "http://u:pw@s3cr@host:99999",
+        ] {
+            let message = Proxy::parse(text)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(
+                message.contains("…@") && !message.contains("s3cr") && !message.contains("u:pw"),
+                "{text}: {message}"
+            );
+        }
+    }
+
+    /// A CONNECT proxy for one client on `bind`: answers `status_line`, then greets through
+    /// the tunnel. `None` when `bind` cannot be bound here. Its task yields the request head.
+    async fn one_shot_proxy(
+        bind: &str,
+        status_line: &'static str,
+    ) -> Option<(std::net::SocketAddr, tokio::task::JoinHandle<String>)> {
+        let listener = tokio::net::TcpListener::bind(bind).await.ok()?;
+        let addr = listener.local_addr().ok()?;
+        let task = tokio::spawn(async move {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return String::new();
+            };
+            let mut head = Vec::new();
+            while !head.ends_with(b"\r\n\r\n") && head.len() < MAX_RESPONSE_HEAD {
+                match stream.read_u8().await {
+                    Ok(b) => head.push(b),
+                    Err(_) => break,
+                }
+            }
+            let _ = stream
+                .write_all(format!("{status_line}\r\n\r\nhello").as_bytes())
+                .await;
+            String::from_utf8_lossy(&head).into_owned()
+        });
+        Some((addr, task))
+    }
+
+    async fn through(proxy: &Proxy) -> Result<String, ProxyError> {
+        let connect = proxy.connect("relay.example.com:2222");
+        let mut stream = tokio::time::timeout(std::time::Duration::from_secs(5), connect)
+            .await
+            .map_err(|_| ProxyError::BadAnswer {
+                proxy: "timed out".to_owned(),
+            })??;
+        let mut greeting = [0u8; 5];
+        stream
+            .read_exact(&mut greeting)
+            .await
+            .map_err(|source| ProxyError::Connect {
+                proxy: proxy.to_string(),
+                source,
+            })?;
+        Ok(String::from_utf8_lossy(&greeting).into_owned())
+    }
+
+    #[tokio::test]
+    async fn connects_through_a_proxy_on_ipv6_loopback() {
+        let Some((addr, seen)) =
+            one_shot_proxy("[::1]:0", "HTTP/1.1 200 Connection established").await
+        else {
+            println!("skipped: cannot bind [::1]:0 (no IPv6 loopback here)");
+            return;
+        };
+        let proxy = Proxy::parse(&format!("http://[::1]:{}", addr.port())).expect("valid");
+        assert_eq!(through(&proxy).await.expect("tunnel"), "hello");
+        let head = seen.await.expect("proxy task");
+        assert!(
+            head.starts_with("CONNECT relay.example.com:2222 HTTP/1.1\r\n"),
+            "{head}"
+        );
+    }
+
+    #[tokio::test]
+    async fn any_2xx_answer_to_connect_opens_the_tunnel() {
+        for status_line in [
+            "HTTP/1.1 200 OK",
+            "HTTP/1.0 201 Created",
+            "HTTP/1.1 204 No Content",
+        ] {
+            let (addr, _) = one_shot_proxy("127.0.0.1:0", status_line)
+                .await
+                .expect("bind");
+            let proxy = Proxy::parse(&format!("http://{addr}")).expect("valid");
+            assert_eq!(through(&proxy).await.expect(status_line), "hello");
+        }
+        for status_line in [
+            "HTTP/1.1 407 Proxy Authentication Required",
+            "HTTP/1.1 302 Found",
+            "HTTP/1.1 2xx Odd",
+        ] {
+            let (addr, _) = one_shot_proxy("127.0.0.1:0", status_line)
+                .await
+                .expect("bind");
+            let proxy = Proxy::parse(&format!("http://{addr}")).expect("valid");
+            let err = through(&proxy).await.expect_err(status_line);
+            assert!(
+                matches!(err, ProxyError::Refused { .. }),
+                "{status_line}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -106,11 +106,33 @@ fn default_timeout() -> String {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
+#[serde(from = "TaggedAuth")]
 pub enum AuthFile {
     #[default]
     None,
     JwtBearer(Box<JwtBearerFile>),
+}
+
+/// `AuthFile` as written: serde lets an internally tagged unit variant ignore any other
+/// keys, so `none` carries an empty table that refuses them.
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum TaggedAuth {
+    None(NoAuthFile),
+    JwtBearer(Box<JwtBearerFile>),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NoAuthFile {}
+
+impl From<TaggedAuth> for AuthFile {
+    fn from(auth: TaggedAuth) -> Self {
+        match auth {
+            TaggedAuth::None(NoAuthFile {}) => AuthFile::None,
+            TaggedAuth::JwtBearer(jwt) => AuthFile::JwtBearer(jwt),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -172,5 +194,32 @@ fn default_lifetime() -> String {
 impl ConfigFile {
     pub fn parse(text: &str) -> Result<Self, toml::de::Error> {
         toml::from_str(text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn auth(table: &str) -> Result<AuthFile, String> {
+        let text = format!(
+            "relay = \"r:1\"\nrelay_fingerprint = \"SHA256:x\"\n[connections.c]\nbase_uri = \"http://h\"\nauth = {table}\n"
+        );
+        let file = ConfigFile::parse(&text).map_err(|e| e.to_string())?;
+        file.connections
+            .into_values()
+            .next()
+            .map(|c| c.auth)
+            .ok_or_else(|| "no connection".to_owned())
+    }
+
+    #[test]
+    fn auth_none_refuses_other_keys_by_name() {
+        assert!(matches!(auth(r#"{ type = "none" }"#), Ok(AuthFile::None)));
+        let err = auth(r#"{ type = "none", algoritm = "RS256" }"#).expect_err("a typo");
+        assert!(err.contains("unknown field `algoritm`"), "{err}");
+        let err = auth(r#"{ type = "jwt_bearer", algoritm = "RS256" }"#).expect_err("a typo");
+        assert!(err.contains("unknown field `algoritm`"), "{err}");
+        assert!(auth(r#"{ type = "nothing" }"#).is_err());
     }
 }

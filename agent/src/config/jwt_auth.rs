@@ -13,6 +13,7 @@ use super::file::{BodyEncoding, ExchangeFile, JwtBearerFile};
 use super::one_secret;
 use crate::jwt::certificate::thumbprints;
 use crate::jwt::encrypted_key::decrypt_if_encrypted;
+use crate::jwt::exchange::without_user_info;
 use crate::jwt::{Algorithm, JwtSigner, KeyMaterial, PayloadTemplate};
 
 /// The RFC 7523 §2.1 grant type.
@@ -224,6 +225,11 @@ fn resolve_exchange(x: ExchangeFile) -> Result<Exchange, String> {
             x.token_url
         ));
     }
+    refuse_user_info(
+        "auth.exchange.token_url",
+        &token_url,
+        "put the client's credentials in auth.exchange.params (client_id, client_secret) or authenticate with client_assertion = true",
+    )?;
     if let Some(name) = x
         .params
         .keys()
@@ -251,6 +257,18 @@ fn resolve_exchange(x: ExchangeFile) -> Result<Exchange, String> {
     })
 }
 
+/// A user name or password in a URL would be sent as Basic auth beside the Bearer and show
+/// in every error message about the URL, which reaches the remote caller and the log.
+pub(super) fn refuse_user_info(what: &str, url: &Url, instead: &str) -> Result<(), String> {
+    if url.username().is_empty() && url.password().is_none() {
+        return Ok(());
+    }
+    Err(format!(
+        "{what} {:?} may not hold a user name or password (found one before the host); {instead}",
+        without_user_info(url)
+    ))
+}
+
 pub(super) fn duration(what: &str, text: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(text).map_err(|e| format!("{what} {text:?}: {e}"))?;
     if d.is_zero() {
@@ -262,6 +280,66 @@ pub(super) fn duration(what: &str, text: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn load(connection: &str) -> Result<crate::config::AgentConfig, String> {
+        let token = postern_protocol::SecretToken::generate(
+            postern_protocol::SecretKind::AgentToken,
+            &[7u8; postern_protocol::token::BODY_LEN],
+        );
+        let text = format!(
+            "relay = \"127.0.0.1:2222\"\nrelay_fingerprint = \"SHA256:abc\"\ntoken = \"{}\"\n{connection}",
+            token.expose()
+        );
+        let file = super::super::ConfigFile::parse(&text).map_err(|e| e.to_string())?;
+        crate::config::AgentConfig::resolve(file, Path::new("/nonexistent"), &|_| {
+            Some("a-secret-of-thirty-two-bytes-ok!".to_owned())
+        })
+        .map_err(|e| e.to_string())
+    }
+
+    fn with_token_url(url: &str) -> String {
+        format!(
+            "[connections.erp]\nbase_uri = \"https://erp.internal/api\"\n[connections.erp.auth]\ntype = \"jwt_bearer\"\nalgorithm = \"HS256\"\nsecret_env = \"S\"\npayload = {{ iss = \"p\" }}\n[connections.erp.auth.exchange]\ntoken_url = \"{url}\"\n"
+        )
+    }
+
+    #[test]
+    fn a_token_url_with_user_info_is_refused_without_showing_the_password() {
+        load(&with_token_url("https://idp.internal/token")).expect("a plain token_url loads");
+        for url in [
+            "https://client:s3cret@idp.internal/token",
+            "https://:s3cret@idp.internal/token",
+            "https://client@idp.internal/token",
+        ] {
+            let err = load(&with_token_url(url)).expect_err(url);
+            assert!(
+                err.contains("connections.erp: auth.exchange.token_url \"https://idp.internal/token\" may not hold a user name or password")
+                    && err.contains("client_secret"),
+                "{url}: {err}"
+            );
+            assert!(!err.contains("s3cret") && !err.contains("client@"), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_base_uri_with_user_info_is_refused_without_showing_the_password() {
+        for uri in [
+            "http://:s3cret@h/api",
+            "http://user:s3cret@h/api",
+            "http://user@h/api",
+        ] {
+            let err = load(&format!("[connections.c]\nbase_uri = \"{uri}\"\n")).expect_err(uri);
+            assert!(
+                err.contains(
+                    "connections.c: base_uri \"http://h/api\" may not hold a user name or password"
+                ),
+                "{uri}: {err}"
+            );
+            assert!(!err.contains("s3cret"), "{err}");
+        }
+        let err = load("[connections.c]\nbase_uri = \"http://h/api?x=1\"\n").expect_err("query");
+        assert!(err.contains("may not hold a query or fragment"), "{err}");
+    }
 
     #[test]
     fn base64_secrets_decode_in_both_alphabets() {

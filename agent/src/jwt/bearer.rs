@@ -9,7 +9,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use http::HeaderValue;
 use tokio::sync::Mutex;
 
-use super::exchange::{ExchangeError, exchange};
+use super::exchange::{ExchangeError, MAX_LIFETIME, exchange};
 use super::signer::JwtError;
 use crate::config::JwtBearer;
 use crate::metrics::ExchangeCounters;
@@ -18,6 +18,10 @@ use crate::metrics::ExchangeCounters;
 const REFRESH_MARGIN_MAX: Duration = Duration::from_secs(60);
 /// …and at most this fraction of its lifetime (short-lived tokens stay useful).
 const REFRESH_MARGIN_FRACTION: u32 = 10;
+/// After a failed early refresh the still-valid token keeps serving calls, and the next
+/// attempt waits this long: a token endpoint that is down sees one request a second, not
+/// one per call.
+const REFRESH_RETRY: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum BearerError {
@@ -55,7 +59,28 @@ pub enum CacheState {
 
 struct Cached {
     header: HeaderValue,
+    /// From here on the next call tries to replace it.
     refresh_at: Instant,
+    /// From here on it is never sent.
+    expires_at: Instant,
+}
+
+/// How long a new header may be reused, counted from when it was asked for.
+#[derive(Debug, Clone, Copy)]
+struct Reuse {
+    refresh_after: Duration,
+    expires_after: Duration,
+}
+
+impl Cached {
+    /// `None` when the reuse would reach past what `Instant` can count.
+    fn new(header: HeaderValue, started: Instant, reuse: Reuse) -> Option<Self> {
+        Some(Self {
+            header,
+            refresh_at: started.checked_add(reuse.refresh_after.min(MAX_LIFETIME))?,
+            expires_at: started.checked_add(reuse.expires_after.min(MAX_LIFETIME))?,
+        })
+    }
 }
 
 #[derive(Default)]
@@ -128,12 +153,9 @@ impl BearerSource {
             };
         }
         match result {
-            Ok((header, valid_for)) => {
+            Ok((header, reuse)) => {
                 state.failure = None;
-                state.cached = valid_for.map(|d| Cached {
-                    header: header.clone(),
-                    refresh_at: started + d,
-                });
+                state.cached = reuse.and_then(|r| Cached::new(header.clone(), started, r));
                 Ok(Bearer {
                     header,
                     cached: false,
@@ -141,8 +163,24 @@ impl BearerSource {
                 })
             }
             Err(e) => {
+                let now = Instant::now();
+                if let Some(c) = &mut state.cached
+                    && now < c.expires_at
+                {
+                    // A refresh runs ahead of expiry so that a short outage of the token
+                    // endpoint costs nothing: the old token still works.
+                    c.refresh_at = now
+                        .checked_add(REFRESH_RETRY)
+                        .map_or(c.expires_at, |t| t.min(c.expires_at));
+                    tracing::warn!(error = %e, left = ?(c.expires_at - now), "token refresh failed; the current token stays in use until it expires");
+                    return Ok(Bearer {
+                        header: c.header.clone(),
+                        cached: true,
+                        exchanged: self.auth.exchange.is_some(),
+                    });
+                }
                 state.cached = None;
-                state.failure = Some((Instant::now(), e.clone()));
+                state.failure = Some((now, e.clone()));
                 Err(e)
             }
         }
@@ -194,24 +232,32 @@ impl BearerSource {
         &self,
         http: &reqwest::Client,
         timeout: Duration,
-    ) -> Result<(HeaderValue, Option<Duration>), BearerError> {
+    ) -> Result<(HeaderValue, Option<Reuse>), BearerError> {
         let jwt = self.sign(unix_now())?;
         if let Some(x) = &self.auth.exchange {
             let token = exchange(http, x, &jwt, timeout).await?;
             let margin = (token.lifetime / REFRESH_MARGIN_FRACTION).min(REFRESH_MARGIN_MAX);
-            let valid = token.lifetime.saturating_sub(margin);
+            let reuse = Reuse {
+                refresh_after: token.lifetime.saturating_sub(margin),
+                expires_after: token.lifetime,
+            };
             return Ok((
                 header(&token.authorization())?,
-                Some(valid).filter(|d| !d.is_zero()),
+                Some(reuse).filter(|r| !r.refresh_after.is_zero()),
             ));
         }
         let reuse_for = self.auth.reuse_for.unwrap_or_default();
-        let valid = exp_of(&jwt)
+        let reuse = exp_of(&jwt)
             .and_then(|exp| exp.checked_sub(unix_now()))
             .map(Duration::from_secs)
-            .and_then(|left| left.checked_sub(reuse_for))
-            .filter(|d| !d.is_zero());
-        Ok((header(&format!("Bearer {jwt}"))?, valid))
+            .and_then(|left| {
+                Some(Reuse {
+                    refresh_after: left.checked_sub(reuse_for)?,
+                    expires_after: left,
+                })
+            })
+            .filter(|r| !r.refresh_after.is_zero());
+        Ok((header(&format!("Bearer {jwt}"))?, reuse))
     }
 }
 
@@ -309,6 +355,198 @@ mod tests {
         // an earlier second (a clock stepped back) is signed for that second.
         let back = s.fresh(1_700_000_000).expect("signs");
         assert_eq!(exp_of(&jwt(&back)), Some(1_700_000_300));
+    }
+
+    /// A token endpoint on 127.0.0.1:0 that gives every request the answer of the moment.
+    struct Endpoint {
+        url: url::Url,
+        answer: Arc<std::sync::Mutex<(u16, &'static str)>>,
+        requests: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl Endpoint {
+        async fn start(status: u16, body: &'static str) -> Self {
+            use std::sync::atomic::Ordering;
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            let url = format!("http://{}/token", listener.local_addr().expect("addr"))
+                .parse()
+                .expect("url");
+            let answer = Arc::new(std::sync::Mutex::new((status, body)));
+            let requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let (now, count) = (answer.clone(), requests.clone());
+            tokio::spawn(async move {
+                while let Ok((mut stream, _)) = listener.accept().await {
+                    count.fetch_add(1, Ordering::SeqCst);
+                    let (status, body) = *now.lock().expect("answer");
+                    tokio::spawn(async move {
+                        // The whole request (its head and a small body) before the answer,
+                        // so closing never resets a connection with unread bytes.
+                        let mut request = Vec::new();
+                        let mut buf = [0u8; 4096];
+                        for _ in 0..64 {
+                            let text = String::from_utf8_lossy(&request);
+                            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                                let length = head
+                                    .lines()
+                                    .find_map(|l| {
+                                        l.to_ascii_lowercase()
+                                            .strip_prefix("content-length:")
+                                            .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                                    })
+                                    .unwrap_or(0);
+                                if body.len() >= length {
+                                    break;
+                                }
+                            }
+                            match stream.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => request.extend_from_slice(&buf[..n]),
+                            }
+                        }
+                        let answer = format!(
+                            "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                            body.len()
+                        );
+                        let _ = stream.write_all(answer.as_bytes()).await;
+                        let _ = stream.shutdown().await;
+                    });
+                }
+            });
+            Self {
+                url,
+                answer,
+                requests,
+            }
+        }
+
+        fn answer(&self, status: u16, body: &'static str) {
+            *self.answer.lock().expect("answer") = (status, body);
+        }
+
+        fn requests(&self) -> usize {
+            self.requests.load(std::sync::atomic::Ordering::SeqCst)
+        }
+    }
+
+    fn exchanging_source(token_url: &url::Url) -> BearerSource {
+        let signer = JwtSigner::new(
+            Algorithm::HS256,
+            KeyMaterial::Secret(vec![7; 32]),
+            &BTreeMap::new(),
+            PayloadTemplate::parse(&serde_json::Map::new()).expect("payload"),
+        )
+        .expect("signer");
+        BearerSource::new(
+            Arc::new(JwtBearer {
+                signer,
+                reuse_for: None,
+                exchange: Some(crate::config::Exchange {
+                    token_url: token_url.clone(),
+                    grant_type: crate::config::JWT_BEARER_GRANT.to_owned(),
+                    body: crate::config::BodyEncoding::Form,
+                    params: BTreeMap::new(),
+                    client_assertion: false,
+                    default_lifetime: Duration::from_secs(600),
+                }),
+            }),
+            ExchangeCounters::default(),
+        )
+    }
+
+    const WAIT: Duration = Duration::from_secs(5);
+
+    #[tokio::test]
+    async fn a_failed_early_refresh_keeps_the_still_valid_token() {
+        let endpoint = Endpoint::start(200, r#"{"access_token":"first","expires_in":600}"#).await;
+        let s = exchanging_source(&endpoint.url);
+        let http = reqwest::Client::new();
+        let first = s.get(&http, WAIT).await.expect("exchanges");
+        assert_eq!(first.header, "Bearer first");
+        // Into the refresh window, and the endpoint goes down for a while.
+        if let Some(c) = &mut s.state.lock().await.cached {
+            c.refresh_at = Instant::now();
+        }
+        endpoint.answer(503, "down");
+        for _ in 0..20 {
+            let b = s
+                .get(&http, WAIT)
+                .await
+                .expect("the old token still serves");
+            assert_eq!(b.header, "Bearer first");
+            assert!(b.cached && b.exchanged);
+        }
+        assert_eq!(
+            endpoint.requests(),
+            2,
+            "one failed refresh, not one per call"
+        );
+        assert_eq!(s.exchanges.failed.get(), 1);
+        tokio::time::sleep(REFRESH_RETRY + Duration::from_millis(100)).await;
+        let b = s.get(&http, WAIT).await.expect("still the old token");
+        assert_eq!(b.header, "Bearer first");
+        assert_eq!(
+            endpoint.requests(),
+            3,
+            "tried again after {REFRESH_RETRY:?}"
+        );
+        // Past its expiry it is never sent, whatever the endpoint says.
+        if let Some(c) = &mut s.state.lock().await.cached {
+            (c.refresh_at, c.expires_at) = (Instant::now(), Instant::now());
+        }
+        let err = s.get(&http, WAIT).await.expect_err("no valid token left");
+        assert!(err.to_string().contains("HTTP 503"), "{err}");
+        assert_eq!(endpoint.requests(), 4);
+        endpoint.answer(200, r#"{"access_token":"second","expires_in":600}"#);
+        let b = s.get(&http, WAIT).await.expect("recovers");
+        assert_eq!(b.header, "Bearer second");
+        assert!(!b.cached);
+    }
+
+    #[tokio::test]
+    async fn an_absurd_expires_in_gives_a_token_not_a_panic() {
+        for body in [
+            r#"{"access_token":"a","expires_in":1e300}"#,
+            r#"{"access_token":"a","expires_in":"10000000000000000000"}"#,
+        ] {
+            let endpoint = Endpoint::start(200, body).await;
+            let s = exchanging_source(&endpoint.url);
+            let http = reqwest::Client::new();
+            let b = s.get(&http, WAIT).await.expect(body);
+            assert_eq!(b.header, "Bearer a");
+            let again = s.get(&http, WAIT).await.expect("cached");
+            assert!(again.cached, "{body}");
+            assert!(matches!(s.cache_state(), CacheState::ValidFor(d) if d <= MAX_LIFETIME));
+        }
+    }
+
+    #[test]
+    fn reuse_beyond_what_instant_counts_is_clamped() {
+        let now = Instant::now();
+        let c = Cached::new(
+            HeaderValue::from_static("Bearer a"),
+            now,
+            Reuse {
+                refresh_after: Duration::MAX,
+                expires_after: Duration::MAX,
+            },
+        )
+        .expect("a day is countable");
+        assert_eq!(c.expires_at - now, MAX_LIFETIME);
+    }
+
+    #[tokio::test]
+    async fn a_token_type_no_header_can_carry_is_a_token_exchange_failure() {
+        let endpoint =
+            Endpoint::start(200, r#"{"access_token":"a","token_type":"Bear\u0001er"}"#).await;
+        let s = exchanging_source(&endpoint.url);
+        let err = s
+            .get(&reqwest::Client::new(), WAIT)
+            .await
+            .expect_err("no header");
+        assert!(matches!(err, BearerError::Exchange(_)), "{err:?}");
     }
 
     #[tokio::test]

@@ -14,6 +14,9 @@ use crate::config::{BodyEncoding, CLIENT_ASSERTION_TYPE, Exchange};
 const MAX_RESPONSE_BYTES: usize = 256 * 1024;
 /// How much of an unexpected answer goes into the error message.
 const SNIPPET_CHARS: usize = 200;
+/// The longest `expires_in` taken at its word: a token said to live longer is exchanged
+/// again after a day anyway, which costs one request and keeps the clock arithmetic sane.
+pub const MAX_LIFETIME: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// An access token from the token endpoint; `Debug` never shows it.
 pub struct AccessToken {
@@ -94,7 +97,7 @@ pub async fn exchange(
     jwt: &str,
     timeout: Duration,
 ) -> Result<AccessToken, ExchangeError> {
-    let url = x.token_url.to_string();
+    let url = without_user_info(&x.token_url);
     let fields = request_fields(x, jwt);
     let (content_type, body) = match x.body {
         BodyEncoding::Form => {
@@ -142,6 +145,15 @@ pub async fn exchange(
         Ok(Ok(answer)) => answer,
     };
     parse_response(&url, status, &bytes, x.default_lifetime)
+}
+
+/// The URL as error messages show it: they reach the caller and the log, a password must not.
+pub(crate) fn without_user_info(url: &url::Url) -> String {
+    let mut shown = url.clone();
+    // Both fail only for URLs that cannot hold user info at all.
+    let _ = shown.set_username("");
+    let _ = shown.set_password(None);
+    shown.to_string()
 }
 
 /// The form fields in order: grant type, the JWT, then the configured extras.
@@ -222,25 +234,38 @@ fn parse_response(
         ));
     }
     let token_type = text_field("token_type").unwrap_or_default();
+    // It becomes the header's scheme: an HTTP token (RFC 9110 §5.6.2), or the call would fail
+    // later as if our own signing had.
+    if !token_type.bytes().all(is_tchar) {
+        return Err(bad(&format!(
+            "token_type {:?} is not a scheme a header can carry",
+            token_type.chars().take(SNIPPET_CHARS).collect::<String>()
+        )));
+    }
     let lifetime = match json.get("expires_in") {
         None | Some(Value::Null) => default_lifetime,
         Some(Value::Number(n)) => n
             .as_f64()
             .filter(|s| *s >= 0.0 && s.is_finite())
-            .map(Duration::from_secs_f64)
+            .and_then(|s| Duration::try_from_secs_f64(s.min(MAX_LIFETIME.as_secs_f64())).ok())
             .ok_or_else(|| bad("expires_in is not a non-negative number"))?,
-        Some(Value::String(s)) => s
-            .trim()
-            .parse::<u64>()
-            .map(Duration::from_secs)
-            .map_err(|_| bad(&format!("expires_in {s:?} is not a number of seconds")))?,
+        Some(Value::String(s)) => match s.trim().parse::<u64>() {
+            Ok(secs) => Duration::from_secs(secs),
+            Err(e) if *e.kind() == std::num::IntErrorKind::PosOverflow => MAX_LIFETIME,
+            Err(_) => return Err(bad(&format!("expires_in {s:?} is not a number of seconds"))),
+        },
         Some(_) => return Err(bad("expires_in is not a number")),
-    };
+    }
+    .min(MAX_LIFETIME);
     Ok(AccessToken {
         access_token,
         token_type,
         lifetime,
     })
+}
+
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 fn snippet(bytes: &[u8]) -> String {
@@ -337,6 +362,56 @@ mod tests {
             let err = parse_response(URL, 200, body.as_bytes(), TEN_MIN).expect_err(body);
             assert!(err.to_string().contains(reason), "{body}: {err}");
         }
+    }
+
+    #[test]
+    fn a_huge_expires_in_is_clamped_to_a_day() {
+        for body in [
+            r#"{"access_token":"a","expires_in":1e300}"#,
+            r#"{"access_token":"a","expires_in":"10000000000000000000"}"#,
+            r#"{"access_token":"a","expires_in":"99999999999999999999999"}"#,
+            r#"{"access_token":"a","expires_in":18446744073709551615}"#,
+            r#"{"access_token":"a","expires_in":31536000}"#,
+        ] {
+            assert_eq!(ok(body).lifetime, MAX_LIFETIME, "{body}");
+        }
+        assert_eq!(
+            ok(r#"{"access_token":"a","expires_in":86399}"#).lifetime,
+            Duration::from_secs(86399)
+        );
+        for body in [
+            r#"{"access_token":"a","expires_in":-1e300}"#,
+            r#"{"access_token":"a","expires_in":"-5"}"#,
+        ] {
+            let err = parse_response(URL, 200, body.as_bytes(), TEN_MIN).expect_err(body);
+            assert!(matches!(err, ExchangeError::BadResponse { .. }), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_token_type_no_header_can_carry_is_a_bad_answer() {
+        for token_type in [r"Bear\u0001er", "Bear er", r"B\u00e9arer", r"x\r\ny"] {
+            let body = format!(r#"{{"access_token":"a","token_type":"{token_type}"}}"#);
+            let err = parse_response(URL, 200, body.as_bytes(), TEN_MIN).expect_err(&body);
+            assert!(
+                err.to_string()
+                    .contains("is not a scheme a header can carry"),
+                "{body}: {err}"
+            );
+        }
+        assert_eq!(
+            ok(r#"{"access_token":"a","token_type":"DPoP"}"#).authorization(),
+            "DPoP a"
+        );
+    }
+
+    #[test]
+    fn error_messages_never_show_the_token_urls_user_info() {
+        let url: url::Url = "https://client:s3cret@idp.example/token"
+            .parse()
+            .expect("url");
+        let shown = without_user_info(&url);
+        assert_eq!(shown, "https://idp.example/token");
     }
 
     #[test]

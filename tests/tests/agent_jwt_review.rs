@@ -1,0 +1,289 @@
+//! Fixes from a review of the agent's JWT, config and proxy code, end to end: the real relay
+//! and agent against the test token endpoint and the API it guards, and `postern config check`.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use jsonwebtoken::{Algorithm, DecodingKey};
+use postern_tests::harness::{Bins, Tunnel};
+use postern_tests::temp::TempDir;
+use postern_tests::token_endpoint::{EndpointConfig, ExpiresIn, Fault, TokenEndpoint};
+use serde_json::Value;
+
+fn bins() -> Bins {
+    postern_tests::bins!()
+}
+
+/// An EC P-256 key made by the openssl CLI, written to `dir/ec.pem`; returns the public PEM.
+fn openssl_ec256(dir: &TempDir) -> Result<String> {
+    let private = dir.path().join("ec.pem");
+    let made = Command::new("openssl")
+        .args([
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-noout",
+            "-out",
+        ])
+        .arg(&private)
+        .status()
+        .context("openssl")?
+        .success();
+    if !made {
+        bail!("openssl ecparam failed");
+    }
+    std::fs::set_permissions(
+        &private,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )?;
+    let public = Command::new("openssl")
+        .args(["ec", "-pubout", "-in"])
+        .arg(&private)
+        .output()?;
+    Ok(String::from_utf8(public.stdout)?)
+}
+
+async fn endpoint(public_pem: &str, expires_in: ExpiresIn) -> Result<TokenEndpoint> {
+    TokenEndpoint::start(EndpointConfig {
+        key: DecodingKey::from_ec_pem(public_pem.as_bytes())?,
+        algorithm: Algorithm::ES256,
+        audience: "https://idp.test/token".to_owned(),
+        issuer: "postern-edge".to_owned(),
+        grant_type: "urn:ietf:params:oauth:grant-type:jwt-bearer".to_owned(),
+        expires_in,
+        delay: Duration::ZERO,
+    })
+    .await
+}
+
+/// An ES256 exchange connection against `endpoint`.
+fn connection(name: &str, endpoint: &TokenEndpoint) -> String {
+    format!(
+        r#"
+[connections.{name}]
+base_uri = "{api}"
+timeout = "5s"
+[connections.{name}.auth]
+type = "jwt_bearer"
+algorithm = "ES256"
+private_key_file = "ec.pem"
+payload = {{ iss = "postern-edge", sub = "svc", aud = "https://idp.test/token", jti = "{{{{uuid}}}}" }}
+lifetime = "5m"
+[connections.{name}.auth.exchange]
+token_url = "{token_url}"
+"#,
+        api = endpoint.api_uri(),
+        token_url = endpoint.token_url(),
+    )
+}
+
+async fn call(tunnel: &Tunnel, connection: &str) -> Result<(u16, Value)> {
+    let response = tunnel.api.call("a1", connection, "/x").await?;
+    let status = response.status().as_u16();
+    let text = response.text().await?;
+    let body = serde_json::from_str(&text).with_context(|| format!("not JSON: {text}"))?;
+    Ok((status, body))
+}
+
+fn answer(body: &'static str) -> Option<Fault> {
+    Some(Fault::Answer {
+        status: 200,
+        content_type: "application/json",
+        body,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn odd_token_answers_give_a_result_and_the_right_error_code() -> Result<()> {
+    let dir = TempDir::new("jwt-review-odd")?;
+    let public = openssl_ec256(&dir)?;
+    let endpoint = endpoint(&public, ExpiresIn::Number(3600)).await?;
+    let connections = [
+        connection("huge", &endpoint),
+        connection("huge_text", &endpoint),
+        connection("badtype", &endpoint),
+    ]
+    .concat();
+    let tunnel = Tunnel::start(&bins(), &dir, &connections).await?;
+
+    // Once these panicked the agent's call task: the caller got a dropped channel.
+    for (name, body) in [
+        ("huge", r#"{"access_token":"a","expires_in":1e300}"#),
+        (
+            "huge_text",
+            r#"{"access_token":"a","expires_in":"10000000000000000000"}"#,
+        ),
+    ] {
+        endpoint.set_fault(answer(body));
+        // The guarded API does not know "a": its 401 is the proof the token was sent.
+        let (status, body) = call(&tunnel, name).await?;
+        assert_eq!(status, 401, "{name}: {body}");
+        let sent = endpoint.calls().last().and_then(|c| c.token.clone());
+        assert_eq!(sent.as_deref(), Some("a"), "{name}");
+    }
+
+    endpoint.set_fault(answer(
+        r#"{"access_token":"b","token_type":"Bear\u0001er"}"#,
+    ));
+    let (status, body) = call(&tunnel, "badtype").await?;
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(body["error"]["code"], "token_exchange_failed", "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("is not a scheme a header can carry"),
+        "{message}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_refresh_keeps_using_the_still_valid_token() -> Result<()> {
+    // Refreshed after 10.8 s (a tenth before expiry), expired after 12 s.
+    const LIFETIME: Duration = Duration::from_secs(12);
+    let dir = TempDir::new("jwt-review-refresh")?;
+    let public = openssl_ec256(&dir)?;
+    let endpoint = endpoint(&public, ExpiresIn::Number(LIFETIME.as_secs())).await?;
+    let tunnel = Tunnel::start(&bins(), &dir, &connection("erp", &endpoint)).await?;
+
+    let started = Instant::now();
+    let (status, body) = call(&tunnel, "erp").await?;
+    assert_eq!(status, 200, "{body}");
+    let first = body["token"].clone();
+
+    // Down for a while, from before the refresh window opens.
+    endpoint.set_fault(Some(Fault::Answer {
+        status: 503,
+        content_type: "text/plain",
+        body: "maintenance",
+    }));
+    tokio::time::sleep(
+        (started + Duration::from_millis(11_200)).saturating_duration_since(Instant::now()),
+    )
+    .await;
+    for _ in 0..3 {
+        let (status, body) = call(&tunnel, "erp").await?;
+        assert_eq!(status, 200, "the old token still works: {body}");
+        assert_eq!(body["token"], first);
+    }
+    assert!(
+        started.elapsed() < LIFETIME,
+        "too slow to be inside the refresh window: {:?}",
+        started.elapsed()
+    );
+
+    // Expired: never sent; the failure comes back.
+    tokio::time::sleep(
+        (started + LIFETIME + Duration::from_millis(300)).saturating_duration_since(Instant::now()),
+    )
+    .await;
+    let (status, body) = call(&tunnel, "erp").await?;
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(body["error"]["code"], "token_exchange_failed", "{body}");
+    assert!(
+        endpoint.calls().iter().all(|c| c.status == 200),
+        "no expired token reached the API"
+    );
+
+    endpoint.set_fault(None);
+    let (status, body) = call(&tunnel, "erp").await?;
+    assert_eq!(status, 200, "{body}");
+    assert_ne!(body["token"], first);
+    assert_eq!(endpoint.exchanges().len(), 2);
+    Ok(())
+}
+
+#[test]
+fn config_check_refuses_user_info_in_urls_and_keys_beside_auth_none() -> Result<()> {
+    let dir = TempDir::new("jwt-review-check")?;
+    openssl_ec256(&dir)?;
+    let token = postern_protocol::SecretToken::generate(
+        postern_protocol::SecretKind::AgentToken,
+        &[7u8; postern_protocol::token::BODY_LEN],
+    );
+    let token = token.expose();
+    let head = format!(
+        "relay = \"relay.example.com:2222\"\nrelay_fingerprint = \"SHA256:abc\"\ntoken = \"{token}\"\n"
+    );
+    let check = |text: &str, env: &[(&str, &str)]| -> Result<(bool, String)> {
+        let config = dir.write_private("agent.toml", &format!("{head}{text}"))?;
+        let out = Command::new(bins().agent)
+            .args(["config", "check", "--config"])
+            .arg(&config)
+            .env_remove("HTTPS_PROXY")
+            .env_remove("https_proxy")
+            .env_remove("ALL_PROXY")
+            .env_remove("all_proxy")
+            .env_remove("NO_PROXY")
+            .env_remove("no_proxy")
+            .envs(env.iter().copied())
+            .output()?;
+        Ok((
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        ))
+    };
+
+    let (ok, out) = check("", &[])?;
+    assert!(ok, "{out}");
+
+    let (ok, out) = check(
+        "[connections.typo]\nbase_uri = \"http://orders.internal/api\"\nauth = { type = \"none\", algoritm = \"RS256\" }\n",
+        &[],
+    )?;
+    assert!(!ok && out.contains("unknown field `algoritm`"), "{out}");
+
+    let (ok, out) = check(
+        "[connections.open]\nbase_uri = \"http://:s3cret@orders.internal/api\"\n",
+        &[],
+    )?;
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains(
+            "base_uri \"http://orders.internal/api\" may not hold a user name or password"
+        ),
+        "{out}"
+    );
+    assert!(!out.contains("s3cret"), "{out}");
+
+    let (ok, out) = check(
+        r#"
+[connections.erp]
+base_uri = "https://erp.internal/api"
+[connections.erp.auth]
+type = "jwt_bearer"
+algorithm = "ES256"
+private_key_file = "ec.pem"
+payload = { iss = "postern" }
+[connections.erp.auth.exchange]
+token_url = "https://client:s3cret@idp.internal/token"
+"#,
+        &[],
+    )?;
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains(
+            "auth.exchange.token_url \"https://idp.internal/token\" may not hold a user name or password"
+        ),
+        "{out}"
+    );
+    assert!(!out.contains("s3cret"), "{out}");
+
+    // curl's reading of a proxy without a scheme; and one NO_PROXY exempts is not read at all.
+    let (ok, out) = check("", &[("https_proxy", "proxy.corp:3128")])?;
+    assert!(ok, "{out}");
+    let (ok, out) = check(
+        "",
+        &[
+            ("https_proxy", "socks5://proxy.corp:1080"),
+            ("no_proxy", ".example.com"),
+        ],
+    )?;
+    assert!(ok, "{out}");
+    Ok(())
+}
