@@ -46,14 +46,32 @@ impl RelayContext {
         self.next_session_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// A store call that changes what it holds: the cached lookups are dropped after it.
+    /// A store call that changes what it holds: the cached lookups are dropped after it,
+    /// on the store's thread, so a request given up on (`api_timeout`, a caller gone)
+    /// cannot leave a revoked key cached.
     pub async fn store_write<T: Send + 'static>(
         self: &Arc<Self>,
         f: impl FnOnce(&dyn Store) -> Result<T, crate::store::StoreError> + Send + 'static,
     ) -> Result<T, crate::store::StoreError> {
-        let result = self.store_call(f).await;
-        self.lookups.clear();
-        result
+        let ctx = self.clone();
+        self.store_call(move |store| {
+            let result = f(store);
+            ctx.lookups.clear();
+            result
+        })
+        .await
+    }
+
+    /// Runs `work` to its end even if the request that started it is given up on: what a
+    /// store write implies (dropping a revoked agent's session) must follow the write.
+    pub async fn to_completion<T: Send + 'static>(
+        &self,
+        work: impl Future<Output = Result<T, crate::store::StoreError>> + Send + 'static,
+    ) -> Result<T, crate::store::StoreError> {
+        match self.tasks.spawn(work).await {
+            Ok(result) => result,
+            Err(join) => Err(crate::store::StoreError::Task(join.to_string())),
+        }
     }
 
     /// Runs a store call off the async worker threads (reads; writes go through `store_write`).

@@ -18,7 +18,7 @@ use tracing::{info, warn};
 use crate::channel_pool::ChannelPool;
 use crate::context::RelayContext;
 use crate::registry::{ClosingReason, ControlWriter, LiveSession};
-use crate::store::AgentRecord;
+use crate::store::{AgentRecord, unix_now};
 
 /// How long an authenticated agent has to say hello.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -31,6 +31,8 @@ pub struct ControlChannel {
     pub token_version: i64,
     pub closing_reason: ClosingReason,
     pub handle: russh::server::Handle,
+    /// The connection task's record of this session, taken when the connection ends.
+    pub connection: Arc<std::sync::Mutex<Option<(String, u64)>>>,
 }
 
 impl ControlChannel {
@@ -52,11 +54,10 @@ impl ControlChannel {
                     connections,
                 }) => match self.check(protocol_version, &connections) {
                     Err(msg) => Some(("bad_hello", msg)),
-                    Ok(connections) => {
-                        self.register(protocol_version, agent_version, connections, writer.clone())
-                            .await;
-                        None
-                    }
+                    Ok(connections) => self
+                        .register(protocol_version, agent_version, connections, writer.clone())
+                        .await
+                        .err(),
                 },
                 Ok(other) => Some((
                     "bad_hello",
@@ -165,7 +166,7 @@ impl ControlChannel {
         agent_version: String,
         connections: Vec<ConnectionName>,
         control: ControlWriter,
-    ) {
+    ) -> Result<(), (&'static str, String)> {
         let session = Arc::new(LiveSession::new(
             self.session_id,
             self.agent.id.clone(),
@@ -190,5 +191,44 @@ impl ControlChannel {
             info!(agent = %self.agent.name, old = old.session_id, new = self.session_id, "newer session replaces older one");
             old.disconnect(EndReason::Replaced).await;
         }
+        // A connection that ended before the insert found nothing to take out of the registry.
+        if self
+            .connection
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_none()
+        {
+            self.ctx.registry.end_session(
+                &self.agent.id,
+                self.session_id,
+                "connection lost".to_owned(),
+            );
+            return Ok(());
+        }
+        // A revoke or rotation that landed between this login and its hello found no
+        // session to drop; read the record again now that the session can be found.
+        let id = self.agent.id.clone();
+        let reason = match self.ctx.store_call(move |s| s.find_agent(&id)).await {
+            Ok(None) => EndReason::Revoked,
+            Ok(Some(agent)) if !agent.accepts_session(self.token_version, unix_now()) => {
+                EndReason::TokenRotated
+            }
+            Ok(Some(_)) => return Ok(()),
+            // The revocation watch checks every session against the store again shortly.
+            Err(e) => {
+                warn!(agent = %self.agent.name, error = %e, "cannot check the agent's record after its hello");
+                return Ok(());
+            }
+        };
+        self.ctx.registry.end_session(
+            &self.agent.id,
+            self.session_id,
+            reason.describe().to_owned(),
+        );
+        let code = match reason {
+            EndReason::Revoked => "revoked",
+            _ => "token_rotated",
+        };
+        Err((code, format!("{} before the hello", reason.describe())))
     }
 }

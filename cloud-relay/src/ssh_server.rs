@@ -303,6 +303,7 @@ impl russh::server::Handler for AgentHandler {
             token_version: self.token_version,
             closing_reason: self.closing_reason.clone(),
             handle: session.handle(),
+            connection: self.registered.clone(),
         };
         let span = tracing::Span::current();
         self.ctx.tasks.spawn(control.run(channel).instrument(span));

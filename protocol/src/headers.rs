@@ -9,13 +9,10 @@ pub const REQUEST_ID: &str = "x-request-id";
 pub const POSTERN_ERROR: &str = "x-postern-error";
 
 /// Headers that describe one connection only (RFC 9110 §7.6.1), plus the ones
-/// each hop sets itself. Never forwarded.
-pub const HOP_BY_HOP: &[&str] = &[
+/// each hop sets itself. Never forwarded; nor is any `Proxy-*` header.
+const HOP_BY_HOP: &[&str] = &[
     "connection",
     "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "proxy-connection",
     "te",
     "trailer",
     "transfer-encoding",
@@ -23,9 +20,13 @@ pub const HOP_BY_HOP: &[&str] = &[
     "host",
 ];
 
-/// Whether a header must be dropped when a request or response crosses a hop.
+/// Whether a header must be dropped when a request or response crosses a hop: the
+/// list above, and every `Proxy-*` header (each is for the proxy it was sent to).
 pub fn is_hop_by_hop(name: &str) -> bool {
     HOP_BY_HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
+        || name
+            .get(..6)
+            .is_some_and(|p| p.eq_ignore_ascii_case("proxy-"))
 }
 
 /// Drops the hop-by-hop headers and every header the `Connection` header names,
@@ -77,9 +78,16 @@ mod tests {
             http::HeaderValue::from_static("chunked"),
         );
         h.insert("host", http::HeaderValue::from_static("relay"));
+        h.insert(
+            "proxy-authorization",
+            http::HeaderValue::from_static("Basic x"),
+        );
+        h.insert("Proxy-Foo", http::HeaderValue::from_static("1"));
+        h.insert("proxyish", http::HeaderValue::from_static("1"));
         h.insert("x-keep", http::HeaderValue::from_static("1"));
         strip_hop_by_hop(&mut h);
-        assert_eq!(h.len(), 1);
+        assert_eq!(h.len(), 2);
         assert!(h.contains_key("x-keep"));
+        assert!(h.contains_key("proxyish"));
     }
 }

@@ -129,6 +129,7 @@ async fn a_jwt_signed_call_crosses_the_tunnel_and_verifies_independently() -> Re
         .bearer_auth(&w.api.key)
         .header("x-request-id", "req-123")
         .header("x-custom", "kept")
+        .header("proxy-foo", "for a proxy, not the server")
         .body("hello body")
         .send()
         .await?;
@@ -156,6 +157,7 @@ async fn a_jwt_signed_call_crosses_the_tunnel_and_verifies_independently() -> Re
     };
     assert_eq!(header("x-custom").as_deref(), Some("kept"));
     assert_eq!(header("x-request-id").as_deref(), Some("req-123"));
+    assert_eq!(header("proxy-foo"), None, "Proxy-* headers are hop-by-hop");
     // The relay's API key never reaches the internal network.
     assert!(!request.headers.iter().any(|(_, v)| v.contains(&w.api.key)));
     let jwt = request

@@ -38,6 +38,14 @@ async fn a_call_key_reads_and_calls_but_cannot_manage() -> Result<()> {
     // Allowed: list, show, call.
     let list = send(&caller, Method::GET, "/v1/agents", None).await?;
     assert_eq!(list.status, 200, "{}", list.json);
+    // The scheme's case is the caller's (RFC 9110): `BEARER` works as well.
+    let shouted = caller
+        .http
+        .get(format!("{}/v1/agents", caller.base))
+        .header("authorization", format!("BEARER {key}"))
+        .send()
+        .await?;
+    assert_eq!(shouted.status(), 200);
     assert_eq!(list.json["agents"][0]["name"], "warehouse-1");
     let call = caller.call("warehouse-1", "orders", "/hello").await?;
     assert_eq!(call.status(), 200);

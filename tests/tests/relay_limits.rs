@@ -92,6 +92,16 @@ async fn too_many_calls_and_too_large_bodies_are_refused_with_their_codes() -> R
     let third = l.api.call("warehouse-1", "orders", "/third").await?;
     assert_eq!(third.status(), 429);
     assert_eq!(third.headers()["x-postern-error"], "too_many_calls");
+    // A connection test is a call too: it cannot open channels past the allowance.
+    let test = send(
+        &l.api,
+        Method::POST,
+        "/v1/agents/warehouse-1/connections/orders/test",
+        None,
+    )
+    .await?;
+    assert_eq!(test.status, 429, "{}", test.json);
+    assert_eq!(test.code(), "too_many_calls");
     assert_eq!(a.await??.status(), 200);
     assert_eq!(b.await??.status(), 200);
     let after = l.api.call("warehouse-1", "orders", "/after").await?;

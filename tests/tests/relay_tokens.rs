@@ -221,3 +221,36 @@ async fn the_cli_rotates_and_the_running_relay_ends_sessions_on_stale_tokens() -
     assert!(bad.is_err());
     Ok(())
 }
+
+/// A grace under a second is not rounded away: the old token and its session outlive
+/// the rotation, and the reply says until when.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_grace_under_a_second_still_keeps_the_session() -> Result<()> {
+    let w = RelayWorld::start(bins()).await?;
+    let token = w.create_agent("warehouse-1").await?;
+    let _agent = w.start_agent(&token)?;
+    w.admin
+        .wait_online("warehouse-1", true, ONLINE_WITHIN)
+        .await?;
+    let rotated = send(
+        &w.admin,
+        Method::POST,
+        "/v1/agents/warehouse-1/token",
+        Some(serde_json::json!({"grace": "500ms"})),
+    )
+    .await?;
+    assert_eq!(rotated.status, 200, "{}", rotated.json);
+    let until = rotated.json["old_token_valid_until"]
+        .as_str()
+        .unwrap_or_default();
+    let until = humantime::parse_rfc3339(until)?;
+    assert!(
+        until > std::time::SystemTime::now(),
+        "old_token_valid_until {until:?} is already past"
+    );
+    assert!(
+        w.admin.agent("warehouse-1").await?.online,
+        "the session was dropped although its token had a grace"
+    );
+    Ok(())
+}

@@ -64,13 +64,19 @@ pub async fn revoke(
     AdminOnly(caller): AdminOnly,
     Path(agent): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    let work = ctx.clone();
     let record = ctx
-        .store_write(move |store| store.revoke_agent(&agent))
+        .to_completion(async move {
+            let record = work
+                .store_write(move |store| store.revoke_agent(&agent))
+                .await?;
+            if let Some(live) = work.registry.get(&record.id) {
+                work.registry.drop_session(&live, EndReason::Revoked).await;
+            }
+            Ok(record)
+        })
         .await
         .map_err(ApiError::store)?;
-    if let Some(live) = ctx.registry.get(&record.id) {
-        ctx.registry.drop_session(&live, EndReason::Revoked).await;
-    }
     tracing::info!(agent = %record.name, id = %record.id, by = %caller.name, "agent revoked");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -33,25 +33,43 @@ pub async fn run(
             format!("agent {:?} has no connection {connection:?}", record.name),
         ));
     };
-    let channel = live
-        .open_channel(&ChannelTarget::Test(name))
-        .await
-        .map_err(|e| {
-            ApiError::new(
-                ErrorCode::TunnelError,
-                format!("the agent did not open a test channel: {e}"),
-            )
-        })?;
+    let Some(_in_flight) = live.try_call_started(ctx.config.max_calls_per_agent) else {
+        return Err(ApiError::new(
+            ErrorCode::TooManyCalls,
+            format!(
+                "agent {:?} has {} calls under way already (max_calls_per_agent)",
+                record.name, ctx.config.max_calls_per_agent
+            ),
+        ));
+    };
+    // The whole test, opening its channel included, is one wait of `call_timeout`.
+    let deadline = tokio::time::Instant::now() + ctx.config.call_timeout;
+    let target = ChannelTarget::Test(name);
+    let channel = match tokio::time::timeout_at(deadline, live.open_channel(&target)).await {
+        Err(_) => return Err(timed_out()),
+        Ok(Ok(channel)) => channel,
+        Ok(Err(russh::Error::ChannelOpenFailure(_))) => {
+            // The agent dropped the connection (a reload) since the relay last heard.
+            return Err(ApiError::new(
+                ErrorCode::UnknownConnection,
+                format!("agent {:?} has no connection {connection:?}", record.name),
+            ));
+        }
+        Ok(Err(e)) => {
+            return Err(ApiError::new(
+                ErrorCode::AgentOffline,
+                format!(
+                    "the tunnel to agent {:?} closed before the test began: {e}",
+                    record.name
+                ),
+            ));
+        }
+    };
     let mut report = Vec::new();
     let mut stream = ChannelIo::new(channel).take(MAX_REPORT);
     let read = stream.read_to_end(&mut report);
-    match tokio::time::timeout(ctx.config.call_timeout, read).await {
-        Err(_) => {
-            return Err(ApiError::new(
-                ErrorCode::UpstreamTimeout,
-                "the connection test did not finish in time",
-            ));
-        }
+    match tokio::time::timeout_at(deadline, read).await {
+        Err(_) => return Err(timed_out()),
         Ok(Err(e)) => {
             return Err(ApiError::new(
                 ErrorCode::TunnelError,
@@ -67,4 +85,11 @@ pub async fn run(
         )
     })?;
     Ok(Json(value))
+}
+
+fn timed_out() -> ApiError {
+    ApiError::new(
+        ErrorCode::UpstreamTimeout,
+        "the connection test did not finish in time",
+    )
 }

@@ -61,23 +61,36 @@ pub async fn rotate_agent_token(
 ) -> Result<TokenRotated, ApiError> {
     let token = new_token(SecretKind::AgentToken);
     let stored = token.clone();
-    let until = grace.map(|g| unix_now() + g.as_secs() as i64);
+    // Whole seconds in the store, rounded up: a grace is never cut short.
+    let until = grace.map(|g| {
+        (SystemTime::now() + g)
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |end| end.as_secs_f64().ceil() as i64)
+    });
+    let work = ctx.clone();
     let record = ctx
-        .store_write(move |store| store.rotate_token(&agent, &stored, until))
+        .to_completion(async move {
+            let record = work
+                .store_write(move |store| store.rotate_token(&agent, &stored, until))
+                .await?;
+            if let Some(live) = work.registry.get(&record.id)
+                && !record.accepts_session(live.token_version, unix_now())
+            {
+                work.registry
+                    .drop_session(&live, EndReason::TokenRotated)
+                    .await;
+            }
+            Ok(record)
+        })
         .await
         .map_err(ApiError::store)?;
-    if let Some(live) = ctx.registry.get(&record.id)
-        && !record.accepts_session(live.token_version, unix_now())
-    {
-        ctx.registry
-            .drop_session(&live, EndReason::TokenRotated)
-            .await;
-    }
     Ok(TokenRotated {
         id: record.id,
         name: record.name,
         token: token.expose().to_owned(),
-        old_token_valid_until: grace
-            .map(|g| humantime::format_rfc3339_seconds(SystemTime::now() + g).to_string()),
+        old_token_valid_until: until.map(|t| {
+            let at = SystemTime::UNIX_EPOCH + Duration::from_secs(t.max(0) as u64);
+            humantime::format_rfc3339_seconds(at).to_string()
+        }),
     })
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use postern_protocol::SecretToken;
 use postern_protocol::api::ApiKeyScope;
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use subtle::ConstantTimeEq;
 
 use super::{AgentLogin, AgentRecord, ApiKeyRecord, Store, StoreError, check_name};
@@ -83,6 +83,29 @@ pub struct SqliteStore {
     conn: Mutex<Connection>,
 }
 
+/// Creates the database file 0600 if it is missing, and takes group and other access
+/// away from it and its -wal and -shm files (made before this rule, or under a loose umask).
+fn private_files(path: &Path) {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let _ = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path);
+    for suffix in ["", "-wal", "-shm"] {
+        let mut file = path.as_os_str().to_owned();
+        file.push(suffix);
+        let _ = std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600));
+    }
+}
+
+/// A transaction that reads and then writes. It takes the write lock first: SQLite does not
+/// wait (busy timeout) when a read transaction upgrades to a write while the CLI writes.
+fn write_transaction(conn: &Connection) -> rusqlite::Result<Transaction<'_>> {
+    Transaction::new_unchecked(conn, TransactionBehavior::Immediate)
+}
+
 fn now_rfc3339() -> String {
     humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
 }
@@ -102,17 +125,16 @@ impl SqliteStore {
     }
 
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        // SQLite gives the -wal and -shm files the mode of the database file, so the
+        // file is 0600 before SQLite first opens it, whatever the umask.
+        private_files(path);
         let mut conn = Connection::open(path)?;
         // Another process (the CLI) may hold the write lock for a moment.
         conn.busy_timeout(Duration::from_secs(5))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         migrate(&mut conn)?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
-        }
+        private_files(path);
         Ok(Self {
             conn: Mutex::new(conn),
         })
@@ -228,7 +250,7 @@ impl Store for SqliteStore {
         old_until: Option<i64>,
     ) -> Result<AgentRecord, StoreError> {
         self.with(|conn| {
-            let tx = conn.unchecked_transaction()?;
+            let tx = write_transaction(conn)?;
             let agent = find_active(&tx, id_or_name)?
                 .ok_or_else(|| StoreError::AgentNotFound(id_or_name.to_owned()))?;
             // With a grace period the current token becomes the old one; without,
@@ -329,7 +351,7 @@ impl Store for SqliteStore {
 
     fn revoke_api_key(&self, name: &str) -> Result<ApiKeyRecord, StoreError> {
         self.with(|conn| {
-            let tx = conn.unchecked_transaction()?;
+            let tx = write_transaction(conn)?;
             let record = tx
                 .query_row(
                     "SELECT name, scope, created_at FROM api_keys WHERE name = ?1 AND revoked_at IS NULL",
