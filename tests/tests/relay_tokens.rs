@@ -254,3 +254,70 @@ async fn a_grace_under_a_second_still_keeps_the_session() -> Result<()> {
     );
     Ok(())
 }
+
+/// An agent's SSH side driven by hand, so the test can act between its login and its
+/// hello: accepts any host key (the relay here is the test's own).
+struct HandDriven;
+
+impl russh::client::Handler for HandDriven {
+    type Error = russh::Error;
+
+    async fn check_server_key(
+        &mut self,
+        _key: &russh::keys::PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        Ok(true)
+    }
+}
+
+/// A rotation (or revoke) that lands after an agent logged in but before its hello finds
+/// no session to drop; the relay reads the agent's record again at the hello and refuses
+/// it, so a leaked token cannot keep a session up past a rotation.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rotation_between_login_and_hello_refuses_the_hello() -> Result<()> {
+    use postern_protocol::control::{AgentMessage, RelayMessage, decode_line, encode_line};
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+
+    let w = RelayWorld::start(bins()).await?;
+    let token = w.create_agent("warehouse-1").await?;
+    let config = std::sync::Arc::new(russh::client::Config::default());
+    let mut ssh = russh::client::connect(config, w.relay.ssh, HandDriven).await?;
+    let auth = ssh
+        .authenticate_password(postern_protocol::version::SSH_USER, &token)
+        .await?;
+    assert!(auth.success(), "the token was accepted");
+    ssh.tcpip_forward(postern_protocol::version::FORWARD_ADDRESS, 0)
+        .await?;
+    let control = ssh.channel_open_session().await?;
+
+    let rotated = send(
+        &w.admin,
+        Method::POST,
+        "/v1/agents/warehouse-1/token",
+        Some(serde_json::json!({})),
+    )
+    .await?;
+    assert_eq!(rotated.status, 200, "{}", rotated.json);
+
+    let (read, mut write) = tokio::io::split(control.into_stream());
+    let hello = AgentMessage::Hello {
+        protocol_version: postern_protocol::PROTOCOL_VERSION,
+        agent_version: "test".into(),
+        connections: vec!["orders".into()],
+    };
+    write.write_all(&encode_line(&hello)).await?;
+    write.flush().await?;
+    let mut line = Vec::new();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::io::BufReader::new(read).read_until(b'\n', &mut line),
+    )
+    .await??;
+    match decode_line::<RelayMessage>(&line)? {
+        RelayMessage::Refused { code, .. } => assert_eq!(code, "token_rotated"),
+        other => panic!("the hello of a rotated token was answered {other:?}"),
+    }
+    let info = w.admin.agent("warehouse-1").await?;
+    assert!(!info.online, "the refused session is not online");
+    Ok(())
+}
