@@ -69,7 +69,8 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
-    /// Ask the running agent how it is (exit 0 connected, 1 not connected, 2 no agent).
+    /// Ask the running agent how it is (exit 0 connected, 1 not connected or the config
+    /// does not parse, 2 no agent).
     Status {
         #[arg(long)]
         json: bool,
@@ -187,9 +188,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Run => {
-            let config =
-                AgentConfig::load(&path).with_context(|| format!("loading {}", path.display()))?;
-            run::run_daemon(config, path)?;
+            run::run_daemon(path)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Jwt {

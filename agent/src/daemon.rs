@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -31,6 +32,32 @@ pub enum DaemonError {
 pub async fn run(
     config: AgentConfig,
     config_path: Option<PathBuf>,
+    shutdown: CancellationToken,
+    state: watch::Sender<TunnelState>,
+) -> Result<(), DaemonError> {
+    let hangup = config_path.as_ref().and_then(|_| listen_for_hangup());
+    run_with_hangup(config, config_path, hangup, shutdown, state).await
+}
+
+/// Starts listening for SIGHUP (needs a Tokio runtime). Until then SIGHUP's default action
+/// ends the process, which systemd counts as a clean exit and does not restart; a SIGHUP
+/// that arrives after this but before the daemon is ready reloads the config once it is.
+pub fn listen_for_hangup() -> Option<Signal> {
+    match signal(SignalKind::hangup()) {
+        Ok(hangup) => Some(hangup),
+        Err(e) => {
+            warn!(error = %e, "cannot listen for SIGHUP; use `postern reload`");
+            None
+        }
+    }
+}
+
+/// Like [`run`], with SIGHUP already listened for ([`listen_for_hangup`]) by a caller that
+/// does so before the slow part of the start.
+pub async fn run_with_hangup(
+    config: AgentConfig,
+    config_path: Option<PathBuf>,
+    hangup: Option<Signal>,
     shutdown: CancellationToken,
     state: watch::Sender<TunnelState>,
 ) -> Result<(), DaemonError> {
@@ -70,8 +97,8 @@ pub async fn run(
             warn!(socket = %socket.display(), error = %e, "status socket unavailable; `postern status` and `postern reload` will not answer")
         }
     }
-    if let Some(reloader) = reloader {
-        tasks.spawn(reload_on_sighup(reloader, shutdown.clone()));
+    if let (Some(reloader), Some(hangup)) = (reloader, hangup) {
+        tasks.spawn(reload_on_sighup(reloader, hangup, shutdown.clone()));
     }
     tunnel::run(config_rx, calls, shutdown.clone(), state).await;
     tasks.close();
@@ -79,15 +106,7 @@ pub async fn run(
     Ok(())
 }
 
-async fn reload_on_sighup(reloader: Arc<Reloader>, shutdown: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut hup = match signal(SignalKind::hangup()) {
-        Ok(hup) => hup,
-        Err(e) => {
-            warn!(error = %e, "cannot listen for SIGHUP; use `postern reload`");
-            return;
-        }
-    };
+async fn reload_on_sighup(reloader: Arc<Reloader>, mut hup: Signal, shutdown: CancellationToken) {
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,

@@ -74,6 +74,16 @@ impl Reloader {
                 new.status_socket.display()
             ));
         }
+        if new.metrics_listen != old.metrics_listen {
+            // The listener was bound at start; a new address would silently not be served.
+            let show =
+                |a: Option<std::net::SocketAddr>| a.map_or("none".to_owned(), |a| a.to_string());
+            return Err(format!(
+                "metrics_listen cannot change while the agent runs ({} → {}): restart the agent instead",
+                show(old.metrics_listen),
+                show(new.metrics_listen)
+            ));
+        }
         let contexts = self
             .calls
             .build(&new.connections)

@@ -23,8 +23,14 @@ pub const KEEPALIVE_MAX: usize = 2;
 /// Receive window per channel: request bodies flow relay → agent (RUSSH-NOTES).
 pub const WINDOW_SIZE: u32 = 16 * 1024 * 1024;
 
+/// Ends a session that hears nothing for this long. Once authenticated the keepalives
+/// end a dead link sooner; this bounds the session task russh spawns on connect, which
+/// outlives a connect the tunnel gave up on (a relay silent during key exchange).
+pub const INACTIVITY_TIMEOUT: Duration = Duration::from_secs(60);
+
 pub fn russh_config() -> russh::client::Config {
     russh::client::Config {
+        inactivity_timeout: Some(INACTIVITY_TIMEOUT),
         keepalive_interval: Some(KEEPALIVE_INTERVAL),
         keepalive_max: KEEPALIVE_MAX,
         nodelay: true,

@@ -73,14 +73,16 @@ pub fn report(state: &TunnelState, relays: &[String], calls: &Contexts) -> Statu
     }
 }
 
-/// Binds the socket (replacing a stale one) with mode 0600.
+/// Binds the socket (replacing a stale one) with mode 0600, in a folder no other
+/// local user controls.
 pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    if let Some(dir) = path.parent() {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(dir)?;
+        check_folder(dir)?;
     }
     // A live daemon on this socket answers; a dead one left a file behind.
     if std::os::unix::net::UnixStream::connect(path).is_ok() {
@@ -93,6 +95,40 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
     let listener = UnixListener::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     Ok(listener)
+}
+
+/// Refuses a socket folder another local user owns or may write to: in a shared place
+/// (`/tmp/postern-<uid>`, made by whoever came first) they could put their own socket
+/// where `postern status` and `reload` look, or remove ours.
+pub fn check_folder(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(dir)?;
+    let me = std::fs::metadata("/proc/self")?.uid();
+    let refuse = |why: String| {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!(
+                "refusing the status socket folder {}: {why}; remove it, or set status_socket (or XDG_RUNTIME_DIR) to a private folder",
+                dir.display()
+            ),
+        ))
+    };
+    if !meta.is_dir() {
+        return refuse("not a folder".into());
+    }
+    if meta.uid() != me && meta.uid() != 0 {
+        return refuse(format!(
+            "it belongs to uid {}, not this user ({me})",
+            meta.uid()
+        ));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return refuse(format!(
+            "group or others may write to it (mode {:o})",
+            meta.mode() & 0o7777
+        ));
+    }
+    Ok(())
 }
 
 /// What a client asks on the socket, as one line.
@@ -178,5 +214,63 @@ impl StatusServer {
         };
         let _ = write.write_all(&body.unwrap_or_default()).await;
         let _ = write.shutdown().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    fn folder(tag: &str, mode: u32) -> std::io::Result<PathBuf> {
+        let dir =
+            std::env::temp_dir().join(format!("postern-status-test-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir)?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode))?;
+        Ok(dir)
+    }
+
+    #[tokio::test]
+    async fn a_socket_folder_others_can_write_is_refused() -> std::io::Result<()> {
+        let open = folder("open", 0o777)?;
+        let refused = bind(&open.join("agent.sock"));
+        assert!(
+            refused
+                .as_ref()
+                .is_err_and(|e| e.to_string().contains("group or others may write")),
+            "{:?}",
+            refused.map(|_| ())
+        );
+        assert!(!open.join("agent.sock").exists());
+        std::fs::remove_dir_all(&open)?;
+
+        let private = folder("private", 0o700)?;
+        let listener = bind(&private.join("agent.sock"));
+        assert!(listener.is_ok(), "{:?}", listener.map(|_| ()));
+        std::fs::remove_dir_all(&private)?;
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_socket_folder_made_by_another_user_is_refused() -> std::io::Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        if std::fs::metadata("/proc/self")?.uid() != 0 {
+            // Only root can make a folder that belongs to someone else.
+            return Ok(());
+        }
+        let squatted = folder("squatted", 0o700)?;
+        std::os::unix::fs::chown(&squatted, Some(65534), Some(65534))?;
+        let refused = bind(&squatted.join("agent.sock"));
+        assert!(
+            refused
+                .as_ref()
+                .is_err_and(|e| e.to_string().contains("belongs to uid 65534")),
+            "{:?}",
+            refused.map(|_| ())
+        );
+        std::fs::remove_dir_all(&squatted)?;
+        Ok(())
     }
 }

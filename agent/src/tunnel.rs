@@ -10,20 +10,29 @@ use postern_protocol::control::{
     AgentMessage, EndReason, MAX_CONTROL_LINE, RelayMessage, decode_line, encode_line,
 };
 use postern_protocol::version::{FORWARD_ADDRESS, SSH_USER};
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader, Take};
+use russh::ChannelStream;
+use russh::client::Msg;
+use tokio::io::{
+    AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader, ReadHalf, Take, WriteHalf,
+};
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 use tracing::{error, info, warn};
 
-use crate::backoff::{Backoff, STABLE_AFTER};
+use crate::backoff::Backoff;
 use crate::call_table::CallTable;
 use crate::config::AgentConfig;
 use crate::reload::session_settings_differ;
 use crate::ssh_client::{AgentSsh, Shared, russh_config};
 
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bound on the whole setup: connect, SSH handshake, authentication, forward, control
+/// channel and hello. russh counts missed keepalives only once authenticated, so a relay
+/// (or a link) that goes silent mid-setup would otherwise hold the agent for ever, deaf to
+/// the next relay in the list. Longer than the relay's slowest refusal (10 s, auth_throttle)
+/// so a throttled refusal is still seen as a refusal.
+pub const SETUP_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long in-flight calls get to finish on shutdown.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
@@ -59,6 +68,12 @@ pub enum TunnelError {
     Ended { reason: EndReason, message: String },
     #[error("{0}")]
     SessionLost(String),
+    #[error("no session with the relay at {relay} within {limit:?} (it went silent while {stage})")]
+    SetupTimeout {
+        relay: String,
+        stage: &'static str,
+        limit: Duration,
+    },
 }
 
 /// How long a lost session waits for the relay's `ending` notice still in flight.
@@ -117,7 +132,6 @@ pub async fn run(
             Err(e @ (TunnelError::TokenRefused | TunnelError::FingerprintMismatch { .. })) => {
                 refused = true;
                 error!(error = %e, "relay refused this agent; retrying slowly");
-                backoff.to_cap();
             }
             Err(TunnelError::Ended {
                 reason: EndReason::Replaced,
@@ -126,13 +140,11 @@ pub async fn run(
                 // Two agents sharing one token would take the session from each other forever.
                 refused = true;
                 error!(reason = %message, "another agent with this token took over the tunnel; two agents must not share a token; retrying slowly");
-                backoff.to_cap();
             }
             Err(TunnelError::Ended { message, .. }) => {
                 // Revoked, or rotated with no grace left: the token will be refused.
                 refused = true;
                 error!(reason = %message, "the relay no longer accepts this agent's token; retrying slowly (after a new token: postern token set, then postern reload)");
-                backoff.to_cap();
             }
             Err(e) => warn!(error = %e, "tunnel down"),
         }
@@ -142,11 +154,7 @@ pub async fn run(
             state.send_modify(|s| s.last_error = Some(e.to_string()));
         }
         let established = state.borrow().since != since_before;
-        if started.elapsed() >= STABLE_AFTER {
-            backoff.reset();
-        } else if established && !refused {
-            backoff.after_short_session();
-        }
+        backoff.after_session(refused, started.elapsed(), established);
         let delay = backoff.next_delay();
         info!(delay_ms = delay.as_millis() as u64, "reconnecting");
         tokio::select! {
@@ -170,6 +178,15 @@ pub async fn run(
     info!("agent stopped");
 }
 
+/// A session that is up: authenticated, forwarded, welcomed.
+struct Established {
+    handle: russh::client::Handle<AgentSsh>,
+    write: WriteHalf<ChannelStream<Msg>>,
+    reader: BufReader<Take<ReadHalf<ChannelStream<Msg>>>>,
+    announced: Vec<String>,
+    agent_name: String,
+}
+
 /// One SSH session, from connect to its end.
 async fn session(
     config: &AgentConfig,
@@ -190,93 +207,23 @@ async fn session(
         disconnected: Arc::new(Notify::new()),
         disconnect_reason: Arc::new(Mutex::new(None)),
     };
-    let unreachable = |reason: String| TunnelError::Unreachable {
-        relay: relay.to_owned(),
-        reason,
-    };
-    let handler = AgentSsh {
-        shared: shared.clone(),
-    };
-    let connect = async {
-        match config.proxy.as_ref().filter(|p| p.applies_to(relay)) {
-            Some(proxy) => {
-                let stream = proxy.connect(relay).await.map_err(|e| e.to_string())?;
-                russh::client::connect_stream(Arc::new(russh_config()), stream, handler)
-                    .await
-                    .map_err(|e| e.to_string())
-            }
-            None => russh::client::connect(Arc::new(russh_config()), relay, handler)
-                .await
-                .map_err(|e| e.to_string()),
-        }
-    };
-    let handle = tokio::select! {
+    let stage = Mutex::new("connecting");
+    let Established {
+        mut handle,
+        mut write,
+        reader,
+        mut announced,
+        agent_name,
+    } = tokio::select! {
         _ = shutdown.cancelled() => return Ok(SessionEnd::Shutdown),
-        r = tokio::time::timeout(CONNECT_TIMEOUT, connect) => match r {
-            Err(_) => return Err(unreachable(format!("no SSH handshake within {CONNECT_TIMEOUT:?}"))),
-            Ok(Err(e)) => {
-                let seen = shared.seen_fingerprint.lock().unwrap_or_else(|p| p.into_inner()).clone();
-                return Err(match seen {
-                    Some(found) if found != config.relay_fingerprint => TunnelError::FingerprintMismatch {
-                        expected: config.relay_fingerprint.clone(),
-                        found,
-                    },
-                    _ => unreachable(e),
-                });
-            }
-            Ok(Ok(handle)) => handle,
+        r = tokio::time::timeout(SETUP_TIMEOUT, establish(config, relay, calls, &shared, &stage)) => match r {
+            Ok(established) => established?,
+            Err(_) => return Err(TunnelError::SetupTimeout {
+                relay: relay.to_owned(),
+                stage: *stage.lock().unwrap_or_else(|p| p.into_inner()),
+                limit: SETUP_TIMEOUT,
+            }),
         },
-    };
-    let mut handle = handle;
-    let auth = handle
-        .authenticate_password(SSH_USER, config.token.expose())
-        .await
-        .map_err(|e| TunnelError::SessionLost(format!("during authentication: {e}")))?;
-    if !auth.success() {
-        return Err(TunnelError::TokenRefused);
-    }
-    handle
-        .tcpip_forward(FORWARD_ADDRESS, 0)
-        .await
-        .map_err(|e| TunnelError::ForwardRefused(e.to_string()))?;
-    shared.accepting.store(true, Ordering::SeqCst);
-
-    let control = handle
-        .channel_open_session()
-        .await
-        .map_err(|e| TunnelError::Control(e.to_string()))?;
-    let (read, mut write) = tokio::io::split(control.into_stream());
-    let mut announced = calls.names();
-    let hello = AgentMessage::Hello {
-        protocol_version: PROTOCOL_VERSION,
-        agent_version: env!("CARGO_PKG_VERSION").to_owned(),
-        connections: announced.clone(),
-    };
-    write
-        .write_all(&encode_line(&hello))
-        .await
-        .map_err(|e| TunnelError::Control(e.to_string()))?;
-    write
-        .flush()
-        .await
-        .map_err(|e| TunnelError::Control(e.to_string()))?;
-    let mut reader = BufReader::new(read.take(MAX_CONTROL_LINE as u64 + 1));
-    let mut line = Vec::new();
-    match tokio::time::timeout(HELLO_TIMEOUT, reader.read_until(b'\n', &mut line)).await {
-        Err(_) => return Err(TunnelError::Control("no answer to hello".into())),
-        Ok(Err(e)) => return Err(TunnelError::Control(e.to_string())),
-        Ok(Ok(_)) => {}
-    }
-    let agent_name = match decode_line::<RelayMessage>(&line)
-        .map_err(|e| TunnelError::Control(e.to_string()))?
-    {
-        RelayMessage::Welcome { agent_name, .. } => agent_name,
-        RelayMessage::Refused { code, message } => {
-            return Err(TunnelError::HelloRefused { code, message });
-        }
-        RelayMessage::Ending { reason, message } => {
-            return Err(TunnelError::Ended { reason, message });
-        }
     };
     info!(%relay, agent = %agent_name, connections = announced.len(), "connected to relay");
     state.send_modify(|s| {
@@ -328,6 +275,122 @@ async fn session(
             _ = &mut handle => return Err(lost(&shared, &mut notices, "session ended").await),
         }
     }
+}
+
+/// Connects, authenticates, asks for the forward and says hello; `stage` says how far
+/// it got, for the message when the setup times out.
+async fn establish(
+    config: &AgentConfig,
+    relay: &str,
+    calls: &Arc<CallTable>,
+    shared: &Shared,
+    stage: &Mutex<&'static str>,
+) -> Result<Established, TunnelError> {
+    let at = |now: &'static str| *stage.lock().unwrap_or_else(|p| p.into_inner()) = now;
+    let unreachable = |reason: String| TunnelError::Unreachable {
+        relay: relay.to_owned(),
+        reason,
+    };
+    let handler = AgentSsh {
+        shared: shared.clone(),
+    };
+    let connect = async {
+        match config.proxy.as_ref().filter(|p| p.applies_to(relay)) {
+            Some(proxy) => {
+                let stream = proxy.connect(relay).await.map_err(|e| e.to_string())?;
+                russh::client::connect_stream(Arc::new(russh_config()), stream, handler)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            None => russh::client::connect(Arc::new(russh_config()), relay, handler)
+                .await
+                .map_err(|e| e.to_string()),
+        }
+    };
+    let mut handle = match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
+        Err(_) => {
+            return Err(unreachable(format!(
+                "no SSH handshake within {CONNECT_TIMEOUT:?}"
+            )));
+        }
+        Ok(Err(e)) => {
+            let seen = shared
+                .seen_fingerprint
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            return Err(match seen {
+                Some(found) if found != config.relay_fingerprint => {
+                    TunnelError::FingerprintMismatch {
+                        expected: config.relay_fingerprint.clone(),
+                        found,
+                    }
+                }
+                _ => unreachable(e),
+            });
+        }
+        Ok(Ok(handle)) => handle,
+    };
+    at("waiting for the answer to authentication");
+    let auth = handle
+        .authenticate_password(SSH_USER, config.token.expose())
+        .await
+        .map_err(|e| TunnelError::SessionLost(format!("during authentication: {e}")))?;
+    if !auth.success() {
+        return Err(TunnelError::TokenRefused);
+    }
+    at("asking for the reverse forward");
+    handle
+        .tcpip_forward(FORWARD_ADDRESS, 0)
+        .await
+        .map_err(|e| TunnelError::ForwardRefused(e.to_string()))?;
+    shared.accepting.store(true, Ordering::SeqCst);
+
+    at("opening the control channel");
+    let control = handle
+        .channel_open_session()
+        .await
+        .map_err(|e| TunnelError::Control(e.to_string()))?;
+    let (read, mut write) = tokio::io::split(control.into_stream());
+    let announced = calls.names();
+    let hello = AgentMessage::Hello {
+        protocol_version: PROTOCOL_VERSION,
+        agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+        connections: announced.clone(),
+    };
+    at("waiting for the answer to hello");
+    write
+        .write_all(&encode_line(&hello))
+        .await
+        .map_err(|e| TunnelError::Control(e.to_string()))?;
+    write
+        .flush()
+        .await
+        .map_err(|e| TunnelError::Control(e.to_string()))?;
+    let mut reader = BufReader::new(read.take(MAX_CONTROL_LINE as u64 + 1));
+    let mut line = Vec::new();
+    reader
+        .read_until(b'\n', &mut line)
+        .await
+        .map_err(|e| TunnelError::Control(e.to_string()))?;
+    let agent_name = match decode_line::<RelayMessage>(&line)
+        .map_err(|e| TunnelError::Control(e.to_string()))?
+    {
+        RelayMessage::Welcome { agent_name, .. } => agent_name,
+        RelayMessage::Refused { code, message } => {
+            return Err(TunnelError::HelloRefused { code, message });
+        }
+        RelayMessage::Ending { reason, message } => {
+            return Err(TunnelError::Ended { reason, message });
+        }
+    };
+    Ok(Established {
+        handle,
+        write,
+        reader,
+        announced,
+        agent_name,
+    })
 }
 
 /// Stops taking channels, lets idle ones close and busy ones finish their call, up to `grace`.

@@ -248,6 +248,10 @@ async fn debs_install_run_as_their_units_and_purge_cleanly() -> Result<()> {
         let got = owner_mode(path)?;
         assert_eq!(got, (owner.to_owned(), group.to_owned(), mode), "{path}");
     }
+    // The first install enables both units (deb-systemd-helper, also without a running systemd).
+    for unit in UNITS {
+        assert!(enabled(unit), "{unit} is enabled on the first install");
+    }
     for user in PACKAGES {
         let entry = String::from_utf8(run("getent", &["passwd", user])?.stdout)?;
         assert!(entry.trim_end().ends_with(":/usr/sbin/nologin"), "{entry}");
@@ -384,8 +388,17 @@ async fn debs_install_run_as_their_units_and_purge_cleanly() -> Result<()> {
     assert!(relay.terminate()?.success());
     let agent_toml = std::fs::read_to_string("/etc/postern/agent.toml")?;
 
-    // Upgrade (the same packages again): the admin's files are kept as they are.
+    // The admin disables the agent (what `systemctl disable` does: the link goes).
+    std::fs::remove_file(wants_link(UNITS[0]))?;
+
+    // Upgrade (the same packages again): the admin's files are kept as they are, and so
+    // is the admin's choice of which units run at boot.
     dpkg_install(&debs)?;
+    assert!(
+        !enabled(UNITS[0]),
+        "an upgrade re-enabled the agent the admin disabled"
+    );
+    assert!(enabled(UNITS[1]), "an upgrade kept the relay enabled");
     assert_eq!(
         std::fs::read_to_string("/etc/postern/agent.toml")?,
         agent_toml
@@ -420,7 +433,23 @@ async fn debs_install_run_as_their_units_and_purge_cleanly() -> Result<()> {
         assert!(!Path::new(gone).exists(), "purge must delete {gone}");
     }
     run("getent", &["passwd", "postern"])?;
+    assert!(
+        !enabled(UNITS[1]),
+        "purge forgets that the relay was enabled"
+    );
     Ok(())
+}
+
+/// The units the packages install, agent first.
+const UNITS: [&str; 2] = ["postern-agent.service", "postern-relay.service"];
+
+/// The link `systemctl enable` makes for a unit `WantedBy=multi-user.target`.
+fn wants_link(unit: &str) -> PathBuf {
+    Path::new("/etc/systemd/system/multi-user.target.wants").join(unit)
+}
+
+fn enabled(unit: &str) -> bool {
+    wants_link(unit).symlink_metadata().is_ok()
 }
 
 #[test]

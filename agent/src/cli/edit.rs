@@ -1,13 +1,13 @@
 //! Editing the config from the CLI: `connection add|remove|show` and `token set`.
 //! Edits keep the file's comments and layout (toml_edit), are validated whole before
-//! they are written, and are written atomically with mode 0600 (`config::write_private`).
+//! they are written, and are written atomically with mode 0600 and the file's owner kept.
 
 use std::io::{IsTerminal, Read};
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use postern_protocol::{SecretKind, SecretToken};
-use toml_edit::{DocumentMut, InlineTable, Item, Table, value};
+use toml_edit::{DocumentMut, InlineTable, Item, Table, TableLike, value};
 
 use crate::config::{AgentConfig, ConfigFile};
 
@@ -57,8 +57,7 @@ fn save(path: &Path, doc: &DocumentMut) -> Result<()> {
     let base = path.parent().unwrap_or(Path::new("."));
     AgentConfig::resolve(file, base, &|name| std::env::var(name).ok())
         .context("the edited config is not valid; nothing was written")?;
-    crate::config::write_private(path, &text)
-        .with_context(|| format!("writing {}", path.display()))?;
+    replace_private(path, &text).with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }
 
@@ -143,19 +142,24 @@ pub(crate) fn remove(path: &Path, name: &str) -> Result<()> {
     Ok(())
 }
 
-/// Keys whose values are secrets; `show` masks them.
-const SECRET_KEYS: &[&str] = &["secret", "private_key", "token"];
+/// Keys whose values are secrets; `show` masks them wherever they sit (`client_secret`
+/// and `password` for an exchange's `params`).
+const SECRET_KEYS: &[&str] = &[
+    "secret",
+    "private_key",
+    "token",
+    "client_secret",
+    "password",
+];
 
 pub(crate) fn show(path: &Path, name: &str) -> Result<()> {
     let doc = load(path)?;
-    let Some(table) = doc
-        .get("connections")
-        .and_then(|c| c.get(name))
-        .and_then(Item::as_table)
-    else {
-        bail!("no connection {name:?} in {}", path.display());
+    let mut shown = match doc.get("connections").and_then(|c| c.get(name)) {
+        Some(Item::Table(table)) => table.clone(),
+        // `connections.erp = { … }` is the same connection written inline.
+        Some(Item::Value(toml_edit::Value::InlineTable(inline))) => inline.clone().into_table(),
+        _ => bail!("no connection {name:?} in {}", path.display()),
     };
-    let mut shown = table.clone();
     mask(&mut shown);
     let mut out = DocumentMut::new();
     out[name] = Item::Table(shown);
@@ -163,11 +167,12 @@ pub(crate) fn show(path: &Path, name: &str) -> Result<()> {
     Ok(())
 }
 
-fn mask(table: &mut Table) {
+/// Masks secrets in tables and inline tables alike (`auth = { secret = "…" }`).
+fn mask(table: &mut dyn TableLike) {
     for (key, item) in table.iter_mut() {
         if SECRET_KEYS.contains(&key.get()) && item.is_value() {
             *item = value("***");
-        } else if let Some(inner) = item.as_table_mut() {
+        } else if let Some(inner) = item.as_table_like_mut() {
             mask(inner);
         }
     }
@@ -191,13 +196,65 @@ pub(crate) fn set_token(path: &Path, token_file: Option<&Path>) -> Result<()> {
     let token = SecretToken::parse(SecretKind::AgentToken, text.trim())
         .context("the new token is not valid")?;
     let mut doc = load(path)?;
-    doc.remove("token_file");
-    doc.remove("token_env");
+    let next_step = "run `postern reload` (or `systemctl reload postern-agent`) to use it";
+    if let Some(env) = doc.get("token_env").and_then(Item::as_str) {
+        bail!(
+            "{} takes the token from the environment variable {env}, which postern cannot \
+             change: set it where the agent's environment is defined (e.g. the unit's \
+             Environment= or a drop-in), then restart the agent",
+            path.display()
+        );
+    }
+    if let Some(file) = doc.get("token_file").and_then(Item::as_str) {
+        // The config names where the token lives: that file changes, the config stays.
+        let base = path.parent().unwrap_or(Path::new("."));
+        let named = base.join(file);
+        // A symlink (to a secrets folder, say) keeps pointing where it did.
+        let target = std::fs::canonicalize(&named).unwrap_or(named);
+        replace_private(&target, &format!("{}\n", token.expose()))
+            .with_context(|| format!("writing {}", target.display()))?;
+        println!("token updated in {}; {next_step}", target.display());
+        return Ok(());
+    }
     doc["token"] = value(token.expose());
     save(path, &doc)?;
-    println!(
-        "token updated in {}; restart the agent to use it",
-        path.display()
-    );
+    println!("token updated in {}; {next_step}", path.display());
     Ok(())
+}
+
+/// Replaces `path` with `text` atomically (temp file beside it, then rename), mode 0600,
+/// and with the old file's owner and group: run as root (`sudo postern …`), the new
+/// file must stay readable by the service user that owned the old one.
+fn replace_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+    let old = match std::fs::metadata(path) {
+        Ok(meta) => Some(meta),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e),
+    };
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = path.with_file_name(format!(".{name}.postern-tmp"));
+    let _ = std::fs::remove_file(&tmp);
+    let mut out = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    let written = (|| {
+        out.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        if let Some(old) = &old {
+            let mine = out.metadata()?;
+            if (mine.uid(), mine.gid()) != (old.uid(), old.gid()) {
+                std::os::unix::fs::fchown(&out, Some(old.uid()), Some(old.gid()))?;
+            }
+        }
+        out.write_all(text.as_bytes())?;
+        out.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }

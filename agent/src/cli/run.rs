@@ -10,8 +10,15 @@ use tokio_util::sync::CancellationToken;
 use crate::config::AgentConfig;
 use crate::tunnel::TunnelState;
 
-pub(crate) fn run_daemon(config: AgentConfig, path: PathBuf) -> Result<()> {
+pub(crate) fn run_daemon(path: PathBuf) -> Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    // Before the config is loaded (key files, maybe slow): a SIGHUP sent meanwhile, say by
+    // `systemctl reload` right after `start`, must not end the daemon.
+    let hangup = {
+        let _in_runtime = runtime.enter();
+        crate::daemon::listen_for_hangup()
+    };
+    let config = AgentConfig::load(&path).with_context(|| format!("loading {}", path.display()))?;
     runtime.block_on(async move {
         let shutdown = CancellationToken::new();
         let signals = shutdown.clone();
@@ -21,7 +28,7 @@ pub(crate) fn run_daemon(config: AgentConfig, path: PathBuf) -> Result<()> {
             signals.cancel();
         });
         let (state, _watch) = watch::channel(TunnelState::default());
-        crate::daemon::run(config, Some(path), shutdown, state).await?;
+        crate::daemon::run_with_hangup(config, Some(path), hangup, shutdown, state).await?;
         Ok(())
     })
 }

@@ -1,5 +1,6 @@
 //! `postern status` and `postern reload`: ask the running daemon over its local
-//! socket; the exit code says how it went (0 good, 1 not connected or refused, 2 no daemon).
+//! socket; the exit code says how it went (0 good, 1 not connected, refused or a config
+//! that does not parse, 2 no daemon).
 
 use std::io::{Read, Write};
 use std::path::Path;
@@ -10,16 +11,30 @@ use anyhow::{Context, Result};
 use crate::config::{self, ConfigFile};
 use crate::status::{ReloadReport, StatusReport};
 
-/// Sends `command` to the daemon's socket and returns its answer; `None` (after saying
-/// why on stderr) when no daemon answers.
-pub(crate) fn ask(config_path: &Path, command: &str) -> Result<Option<String>> {
+/// The socket the config names, or why the config cannot say.
+fn socket_of(config_path: &Path) -> Result<std::path::PathBuf, String> {
     // Only the socket path is needed: no secrets are read.
-    let configured = std::fs::read_to_string(config_path)
-        .ok()
-        .and_then(|text| ConfigFile::parse(&text).ok())
-        .and_then(|file| file.status_socket);
+    let text = std::fs::read_to_string(config_path)
+        .map_err(|e| format!("cannot read {}: {e}", config_path.display()))?;
+    let file = ConfigFile::parse(&text)
+        .map_err(|e| format!("{} is not a valid config: {e}", config_path.display()))?;
     let base = config_path.parent().unwrap_or(Path::new("."));
-    let socket = config::status_socket(configured.as_deref(), base);
+    Ok(config::status_socket(file.status_socket.as_deref(), base))
+}
+
+/// Sends `command` to the daemon's socket and returns its answer; `Err` with the exit
+/// code (after saying why on stderr) when the config is broken (1) or no daemon answers (2).
+fn ask(config_path: &Path, command: &str) -> Result<Result<String, ExitCode>> {
+    let socket = match socket_of(config_path) {
+        Ok(socket) => socket,
+        Err(e) => {
+            // A guess at the socket would answer "no agent" for the wrong reason.
+            eprintln!(
+                "error: {e}\n(`postern config check` lists every problem; a running agent keeps its last good config)"
+            );
+            return Ok(Err(ExitCode::from(1)));
+        }
+    };
     let mut stream = match std::os::unix::net::UnixStream::connect(&socket) {
         Ok(s) => s,
         Err(e) => {
@@ -27,7 +42,7 @@ pub(crate) fn ask(config_path: &Path, command: &str) -> Result<Option<String>> {
                 "no agent answers on {}: {e} (is `postern run` running?)",
                 socket.display()
             );
-            return Ok(None);
+            return Ok(Err(ExitCode::from(2)));
         }
     };
     writeln!(stream, "{command}").context("sending the request")?;
@@ -35,12 +50,13 @@ pub(crate) fn ask(config_path: &Path, command: &str) -> Result<Option<String>> {
     stream
         .read_to_string(&mut text)
         .context("reading the answer")?;
-    Ok(Some(text))
+    Ok(Ok(text))
 }
 
 pub(crate) fn status(config_path: &Path, json: bool) -> Result<ExitCode> {
-    let Some(text) = ask(config_path, crate::status::STATUS)? else {
-        return Ok(ExitCode::from(2));
+    let text = match ask(config_path, crate::status::STATUS)? {
+        Ok(text) => text,
+        Err(code) => return Ok(code),
     };
     let report: StatusReport =
         serde_json::from_str(&text).context("the daemon sent no valid status")?;
@@ -56,10 +72,11 @@ pub(crate) fn status(config_path: &Path, json: bool) -> Result<ExitCode> {
     })
 }
 
-/// `postern reload`: exit 0 applied, 1 refused (the old config stays), 2 no daemon.
+/// `postern reload`: exit 0 applied, 1 refused or unreadable (the old config stays), 2 no daemon.
 pub(crate) fn reload(config_path: &Path) -> Result<ExitCode> {
-    let Some(text) = ask(config_path, crate::status::RELOAD)? else {
-        return Ok(ExitCode::from(2));
+    let text = match ask(config_path, crate::status::RELOAD)? {
+        Ok(text) => text,
+        Err(code) => return Ok(code),
     };
     let report: ReloadReport =
         serde_json::from_str(&text).context("the daemon sent no valid answer")?;
