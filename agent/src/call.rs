@@ -4,7 +4,6 @@
 mod idle_timeout;
 pub mod rate_limit;
 mod replay;
-mod upload_progress;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -320,7 +319,7 @@ async fn run(
 }
 
 /// Sends the request once. The connection's timeout bounds the wait for the response
-/// headers, counted from the request body's last progress (see call/upload_progress.rs).
+/// headers, counted from the request body's last progress (see `postern_protocol::upload_progress`).
 pub(crate) async fn send(
     ctx: &CallContext,
     method: &Method,
@@ -337,13 +336,13 @@ pub(crate) async fn send(
     if let Some(bearer) = bearer {
         request = request.header(AUTHORIZATION, bearer.header.clone());
     }
-    let progress = upload_progress::Progress::new();
+    let progress = postern_protocol::upload_progress::Progress::new();
     // An empty buffered body stays absent, as the caller sent it.
     let empty = matches!(&body, RequestBody::Buffered(b) if b.is_empty());
     if !empty || headers.contains_key(CONTENT_LENGTH) {
         request = request.body(body.into_reqwest(&progress));
     }
-    match upload_progress::within(request.send(), &progress, conn.timeout).await {
+    match postern_protocol::upload_progress::within(request.send(), &progress, conn.timeout).await {
         None => Err(timeout_error(conn)),
         Some(Err(e)) if e.is_timeout() => Err(timeout_error(conn)),
         Some(Err(e)) => Err((

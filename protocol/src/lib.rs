@@ -9,17 +9,21 @@
 //! - [`token`]: access tokens and API keys: prefix, body, checksum.
 //! - [`headers`]: header names and the hop-by-hop list.
 //! - [`api`]: JSON bodies of the relay's HTTP API.
-//! - `channel_io` (feature `russh-io`, the one piece of I/O here, so both sides
-//!   speak HTTP over SSH channels the same way): a channel as a byte stream.
+//! - With the feature `io`, the only I/O here, so both sides do it the same way:
+//!   `channel_io`, a channel as a byte stream for HTTP over SSH, and
+//!   `upload_progress`, the wait for an answer's head counted from the request
+//!   body's last progress.
 
 pub mod api;
-#[cfg(feature = "russh-io")]
+#[cfg(feature = "io")]
 pub mod channel_io;
 pub mod control;
 pub mod error;
 pub mod headers;
 pub mod target;
 pub mod token;
+#[cfg(feature = "io")]
+pub mod upload_progress;
 pub mod version;
 
 pub use error::{ErrorBody, ErrorCode};

@@ -1,5 +1,6 @@
 //! The relay's limits from its config file: concurrent calls per agent (429),
-//! request body size (413), header size (431), and slow request heads cut off.
+//! request body size (413), header size (431), slow request heads cut off, and
+//! `call_timeout` counted from an upload's last progress.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -8,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use postern_tests::harness::{AgentProcess, Api, Bins, RelayProcess, agent_config, create_api_key};
 use postern_tests::internal_server::{InternalServer, Verifier};
-use postern_tests::relay_support::{configured_relay, eventually, send};
+use postern_tests::relay_support::{RelayWorld, configured_relay, eventually, send};
 use postern_tests::temp::TempDir;
 use reqwest::Method;
 
@@ -218,5 +219,92 @@ async fn oversized_and_slow_request_heads_are_cut_off() -> Result<()> {
         // header_read_timeout is 2 s; sending the whole head would take 18 s.
         assert!(took < Duration::from_secs(5), "cut off after {took:?}");
     }
+    Ok(())
+}
+
+/// A request body of `pieces` 64 KiB pieces, one every `every`, then `stall` of silence
+/// before its end; also says when its last piece went.
+fn paced_body(
+    pieces: usize,
+    every: Duration,
+    stall: Duration,
+) -> (
+    reqwest::Body,
+    std::sync::Arc<std::sync::Mutex<Option<Instant>>>,
+) {
+    let last = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let noted = last.clone();
+    let stream = futures_util::stream::unfold(0usize, move |sent| {
+        let noted = noted.clone();
+        async move {
+            if sent == pieces {
+                tokio::time::sleep(stall).await;
+                return None;
+            }
+            tokio::time::sleep(every).await;
+            if let Ok(mut at) = noted.lock() {
+                *at = Some(Instant::now());
+            }
+            let piece = bytes::Bytes::from(vec![b'u'; 64 * 1024]);
+            Some((Ok::<_, std::io::Error>(piece), sent + 1))
+        }
+    });
+    (reqwest::Body::wrap_stream(stream), last)
+}
+
+/// `call_timeout` bounds the wait for the agent's answer from the request body's last
+/// progress: an upload three times longer that keeps moving goes through whole, and
+/// one that stops gets 504 about `call_timeout` after its last piece.
+#[tokio::test(flavor = "multi_thread")]
+async fn call_timeout_counts_from_an_uploads_last_progress() -> Result<()> {
+    let timeout = Duration::from_secs(1);
+    let w = RelayWorld::start_configured(bins(), "call_timeout = \"1s\"\n", &[]).await?;
+    let token = w.create_agent("warehouse-1").await?;
+    let _agent = w.start_agent(&token)?;
+    w.admin
+        .wait_online("warehouse-1", true, ONLINE_WITHIN)
+        .await?;
+    let url = format!(
+        "{}/v1/agents/warehouse-1/connections/orders/http/upload",
+        w.admin.base
+    );
+
+    let started = Instant::now();
+    let (body, _) = paced_body(12, Duration::from_millis(250), Duration::ZERO);
+    let moving = w
+        .admin
+        .http
+        .post(&url)
+        .bearer_auth(&w.admin.key)
+        .body(body)
+        .send()
+        .await?;
+    assert_eq!(moving.status(), 200);
+    let answer: serde_json::Value = moving.json().await?;
+    assert_eq!(answer["body_len"], 12 * 64 * 1024, "{answer}");
+    assert!(
+        started.elapsed() > 2 * timeout,
+        "the upload took {:?}",
+        started.elapsed()
+    );
+
+    let (body, last) = paced_body(2, Duration::from_millis(100), 4 * timeout);
+    let stalled = w
+        .admin
+        .http
+        .post(&url)
+        .bearer_auth(&w.admin.key)
+        .body(body)
+        .send()
+        .await?;
+    let answered = Instant::now();
+    assert_eq!(stalled.status(), 504);
+    assert_eq!(stalled.headers()["x-postern-error"], "upstream_timeout");
+    let last = last.lock().ok().and_then(|at| *at);
+    let after = last.map(|at| answered.duration_since(at));
+    assert!(
+        after.is_some_and(|a| a >= timeout && a < timeout + Duration::from_millis(1500)),
+        "504 {after:?} after the last piece"
+    );
     Ok(())
 }

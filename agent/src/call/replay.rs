@@ -10,7 +10,7 @@ use http::header::CONTENT_LENGTH;
 use http_body_util::{BodyDataStream, BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 
-use super::upload_progress::{Progress, Tracked};
+use postern_protocol::upload_progress::{Progress, Tracked};
 
 /// Bodies up to this size are kept for a retry.
 pub const REPLAY_LIMIT: usize = 64 * 1024;

@@ -10,6 +10,7 @@ use http::header::AUTHORIZATION;
 use http::{HeaderValue, Uri};
 use postern_protocol::ErrorCode;
 use postern_protocol::headers::REQUEST_ID;
+use postern_protocol::upload_progress::{Progress, Tracked, within};
 use tracing::{Instrument, info, info_span, warn};
 
 use super::ApiError;
@@ -94,12 +95,16 @@ async fn forward(
         headers.insert(REQUEST_ID, value);
     }
     let counter = ctx.clone();
-    let body = Body::new(http_body_util::BodyExt::map_frame(body, move |frame| {
+    let counted = http_body_util::BodyExt::map_frame(body, move |frame| {
         if let Some(data) = frame.data_ref() {
             counter.metrics.add_bytes_in(data.len());
         }
         frame
-    }));
+    });
+    // The channel takes the body only as fast as the agent reads it: a long upload
+    // keeps moving, a stalled one (or an agent with nothing to say after it) does not.
+    let progress = Progress::new();
+    let body = Body::new(Tracked::new(counted, &progress));
     let mut outgoing = http::Request::new(body);
     *outgoing.method_mut() = parts.method.clone();
     *outgoing.uri_mut() = uri;
@@ -115,20 +120,19 @@ async fn forward(
         ));
     };
     let started = std::time::Instant::now();
-    let result =
-        tokio::time::timeout(ctx.config.call_timeout, live.channels.send(name, outgoing)).await;
-    let upstream = match result {
-        Err(_) => {
+    let sent = live.channels.send(name, outgoing);
+    let upstream = match within(sent, &progress, ctx.config.call_timeout).await {
+        None => {
             return Err(ApiError::new(
                 ErrorCode::UpstreamTimeout,
                 format!(
-                    "no answer from the agent within {:?}",
+                    "no answer from the agent within {:?} of the request's last progress",
                     ctx.config.call_timeout
                 ),
             ));
         }
-        Ok(Err(e)) => return Err(classify(&ctx, &live, &connection, &e)),
-        Ok(Ok(response)) => response,
+        Some(Err(e)) => return Err(classify(&ctx, &live, &connection, &e)),
+        Some(Ok(response)) => response,
     };
     info!(method = %parts.method, status = upstream.status().as_u16(), ms = started.elapsed().as_millis() as u64, "call answered");
     let (mut parts, body) = upstream.into_parts();

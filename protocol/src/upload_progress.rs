@@ -1,7 +1,7 @@
-//! The connection's `timeout` for an answer's head, counted from the request body's last
-//! progress: a large upload over a slow link may take far longer than the timeout in all,
-//! yet one that stops moving (or an internal server that takes the whole body and then
-//! says nothing) still ends in `upstream_timeout`.
+//! A wait for an answer's head counted from the request body's last progress (the
+//! agent's `timeout`, the relay's `call_timeout`): a large upload over a slow link may
+//! take far longer than the timeout in all, yet one that stops moving (or a peer that
+//! takes the whole body and then says nothing) still ends in `upstream_timeout`.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use hyper::body::{Body, Frame, SizeHint};
+use http_body::{Body, Frame, SizeHint};
 
 /// When the request body last moved: the call's start until a piece is taken.
 pub struct Progress {
