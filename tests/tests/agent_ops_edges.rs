@@ -1,4 +1,4 @@
-//! The agent's operations under conditions a review found mishandled: a relay that goes
+//! The agent's operations at their edges: a relay that goes
 //! silent mid-setup, reloads that must be refused, a broken config, `token set` with a
 //! token file, `connection show` with inline tables, and an early SIGHUP.
 

@@ -1,5 +1,6 @@
-//! Fixes from a review of the agent's JWT, config and proxy code, end to end: the real relay
-//! and agent against the test token endpoint and the API it guards, and `postern config check`.
+//! Odd token-endpoint answers and URLs, end to end: huge `expires_in`, a `token_type` no
+//! header can carry, a refresh that fails while the token still holds, credentials in
+//! `token_url`/`base_uri` and keys beside `auth = none` refused by `postern config check`.
 
 use std::process::Command;
 use std::time::{Duration, Instant};

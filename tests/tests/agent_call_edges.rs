@@ -1,4 +1,4 @@
-//! The agent's call path under a review's findings, through the real relay and agent:
+//! The agent's call path at its edges, through the real relay and agent:
 //! uploads slower than the timeout, `x-postern-error` from an internal server, the
 //! token endpoint's TLS, and what `postern connection test` says about TLS.
 
