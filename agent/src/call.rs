@@ -376,7 +376,10 @@ fn rate_limited(conn: &Connection, needed: Duration) -> (ErrorCode, String) {
 fn timeout_error(conn: &Connection) -> (ErrorCode, String) {
     (
         ErrorCode::UpstreamTimeout,
-        format!("{} did not answer within {:?}", conn.base_uri, conn.timeout),
+        format!(
+            "{} did not answer within {:?} of the request's last progress",
+            conn.base_uri, conn.timeout
+        ),
     )
 }
 

@@ -16,6 +16,7 @@ use url::Url;
 
 pub use file::{AuthFile, BodyEncoding, ConfigFile, ConnectionFile, ExchangeFile, JwtBearerFile};
 pub use jwt_auth::{CLIENT_ASSERTION_TYPE, Exchange, JWT_BEARER_GRANT, JwtBearer};
+use jwt_auth::{refuse_user_info, shown};
 pub use limits::{RateLimit, TestRequest};
 
 /// A loaded, validated config. Secrets inside never print in `Debug`.
@@ -247,15 +248,15 @@ fn resolve_connection(
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Connection, String> {
     let name = ConnectionName::parse(name).map_err(|e| e.to_string())?;
-    let base_uri =
-        Url::parse(&conn.base_uri).map_err(|e| format!("base_uri {:?}: {e}", conn.base_uri))?;
+    let base_uri = Url::parse(&conn.base_uri)
+        .map_err(|e| format!("base_uri {:?}: {e}", shown(&conn.base_uri)))?;
     if !matches!(base_uri.scheme(), "http" | "https") || base_uri.host_str().is_none() {
         return Err(format!(
             "base_uri {:?} must be an http:// or https:// URL with a host",
-            conn.base_uri
+            shown(&conn.base_uri)
         ));
     }
-    jwt_auth::refuse_user_info(
+    refuse_user_info(
         "base_uri",
         &base_uri,
         "the internal server's credentials come from the connection's auth table",

@@ -218,11 +218,11 @@ fn decode_base64(text: &str) -> Option<Vec<u8>> {
 
 fn resolve_exchange(x: ExchangeFile) -> Result<Exchange, String> {
     let token_url = Url::parse(&x.token_url)
-        .map_err(|e| format!("auth.exchange.token_url {:?}: {e}", x.token_url))?;
+        .map_err(|e| format!("auth.exchange.token_url {:?}: {e}", shown(&x.token_url)))?;
     if !matches!(token_url.scheme(), "http" | "https") || token_url.host_str().is_none() {
         return Err(format!(
             "auth.exchange.token_url {:?} must be an http:// or https:// URL with a host",
-            x.token_url
+            shown(&x.token_url)
         ));
     }
     refuse_user_info(
@@ -267,6 +267,20 @@ pub(super) fn refuse_user_info(what: &str, url: &Url, instead: &str) -> Result<(
         "{what} {:?} may not hold a user name or password (found one before the host); {instead}",
         without_user_info(url)
     ))
+}
+
+/// A URL from the config as error messages may quote it: whatever stands between the
+/// scheme and the last `@` of the authority (user info, a password) is left out, even
+/// when the URL does not parse.
+pub(super) fn shown(raw: &str) -> String {
+    let Some((scheme, rest)) = raw.split_once("://") else {
+        return raw.to_owned();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://…@{}", &rest[at + 1..]),
+        None => raw.to_owned(),
+    }
 }
 
 pub(super) fn duration(what: &str, text: &str) -> Result<Duration, String> {
@@ -318,6 +332,29 @@ mod tests {
                 "{url}: {err}"
             );
             assert!(!err.contains("s3cret") && !err.contains("client@"), "{err}");
+        }
+    }
+
+    #[test]
+    fn urls_that_do_not_parse_are_quoted_without_their_user_info() {
+        for raw in [
+            "http://user:pa@ss@host:99999/api",
+            "ftp://user:secret@host/token",
+            "http://:secret@/x",
+        ] {
+            let text = shown(raw);
+            assert!(
+                !text.contains("secret") && !text.contains("pa@ss"),
+                "{text}"
+            );
+        }
+        assert_eq!(shown("http://host/a@b"), "http://host/a@b");
+        for connection in [
+            "[connections.a]\nbase_uri = \"http://u:secret@host:99999/api\"\n",
+            "[connections.a]\nbase_uri = \"ftp://u:secret@host/api\"\n",
+        ] {
+            let err = load(connection).expect_err("refused");
+            assert!(!err.contains("secret"), "{err}");
         }
     }
 
