@@ -217,7 +217,14 @@ struct AgentHandler {
 impl AgentHandler {
     async fn refuse(&self, why: &str, label: &'static str) -> Auth {
         self.ctx.metrics.auth_failed(label);
-        let delay = self.ctx.throttle.failure(self.peer.ip());
+        // A token an agent once held (revoked, rotated) is an agent not yet updated, not
+        // a guess: it does not count towards blocking its address, which the other
+        // agents of its site (behind the same NAT) share.
+        let delay = if label == "former_token" {
+            crate::auth_throttle::FIRST_DELAY
+        } else {
+            self.ctx.throttle.failure(self.peer.ip())
+        };
         warn!(peer = %self.peer, reason = why, delay_ms = delay.as_millis() as u64, "agent authentication refused");
         tokio::time::sleep(delay).await;
         Auth::reject()
@@ -233,6 +240,7 @@ impl russh::server::Handler for AgentHandler {
             Err(_) => return Ok(self.refuse("malformed token", "malformed_token").await),
         };
         let ctx = self.ctx.clone();
+        let asked = token.clone();
         let lookup = ctx
             .store_call(move |store| store.login(&token, unix_now()))
             .await;
@@ -248,9 +256,18 @@ impl russh::server::Handler for AgentHandler {
                 self.agent = Some(agent);
                 Ok(Auth::Accept)
             }
-            Ok(None) => Ok(self
-                .refuse("unknown or revoked token", "unknown_token")
-                .await),
+            Ok(None) => {
+                let former = ctx
+                    .store_call(move |store| store.former_token(&asked, unix_now()))
+                    .await
+                    .unwrap_or(false);
+                Ok(if former {
+                    self.refuse("revoked or rotated token", "former_token")
+                        .await
+                } else {
+                    self.refuse("unknown token", "unknown_token").await
+                })
+            }
             Err(e) => {
                 self.ctx.metrics.auth_failed("store_unavailable");
                 warn!(error = %e, "store unavailable during authentication");

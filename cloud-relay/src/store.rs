@@ -113,6 +113,9 @@ pub trait Store: Send + Sync + 'static {
     /// The active agent this token (current, or old within its grace) belongs
     /// to, compared in constant time; `now` is unix seconds.
     fn login(&self, token: &SecretToken, now: i64) -> Result<Option<AgentLogin>, StoreError>;
+    /// Whether `token` is one an agent held before: the token of a revoked agent, or one
+    /// replaced by a rotation whose grace is over. Compared in constant time.
+    fn former_token(&self, token: &SecretToken, now: i64) -> Result<bool, StoreError>;
     /// The active agent this token belongs to, compared in constant time.
     fn agent_for_token(&self, token: &SecretToken) -> Result<Option<AgentRecord>, StoreError> {
         Ok(self.login(token, unix_now())?.map(|l| l.agent))

@@ -321,3 +321,42 @@ async fn a_rotation_between_login_and_hello_refuses_the_hello() -> Result<()> {
     assert!(!info.online, "the refused session is not online");
     Ok(())
 }
+
+/// A revoked agent that keeps retrying with its old token (an agent nobody updated) is
+/// refused each time, but never gets its address blocked: other agents behind the same
+/// NAT address keep connecting. Its tries are counted as `former_token`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revoked_agent_retrying_never_blocks_its_address() -> Result<()> {
+    let w = RelayWorld::start(bins()).await?;
+    let old = w.create_agent("retired").await?;
+    let revoked = send(&w.admin, Method::DELETE, "/v1/agents/retired", None).await?;
+    assert_eq!(revoked.status, 204, "{}", revoked.json);
+
+    // More than the relay's 20 failures that block an address.
+    let tries = 25;
+    for i in 0..tries {
+        let config = std::sync::Arc::new(russh::client::Config::default());
+        let mut ssh = russh::client::connect(config, w.relay.ssh, HandDriven)
+            .await
+            .map_err(|e| anyhow::anyhow!("try {i}: refused before the handshake: {e}"))?;
+        let auth = ssh
+            .authenticate_password(postern_protocol::version::SSH_USER, &old)
+            .await?;
+        assert!(!auth.success(), "try {i}: a revoked token was accepted");
+    }
+    let samples = postern_tests::relay_support::scrape(&w.admin).await?;
+    assert_eq!(
+        postern_tests::relay_support::sample(
+            &samples,
+            "postern_auth_failures_total{reason=\"former_token\"}"
+        ),
+        f64::from(tries)
+    );
+
+    let token = w.create_agent("neighbour").await?;
+    let _agent = w.start_agent(&token)?;
+    w.admin
+        .wait_online("neighbour", true, ONLINE_WITHIN)
+        .await?;
+    Ok(())
+}

@@ -253,21 +253,17 @@ impl Store for SqliteStore {
             let tx = write_transaction(conn)?;
             let agent = find_active(&tx, id_or_name)?
                 .ok_or_else(|| StoreError::AgentNotFound(id_or_name.to_owned()))?;
-            // With a grace period the current token becomes the old one; without,
-            // no old token is kept (one from an earlier rotation dies too).
+            // The current token becomes the old one, valid until the grace ends (without
+            // one, never again: kept only so `former_token` knows it); an older one is gone.
+            let until = old_until.unwrap_or_else(super::unix_now);
             tx.execute(
                 "UPDATE agents SET
-                    old_token_lookup = CASE WHEN ?3 IS NULL THEN NULL ELSE token_lookup END,
-                    old_token_hash   = CASE WHEN ?3 IS NULL THEN NULL ELSE token_hash END,
+                    old_token_lookup = token_lookup,
+                    old_token_hash   = token_hash,
                     old_token_until  = ?3,
                     token_lookup = ?1, token_hash = ?2, token_version = token_version + 1
                  WHERE id = ?4 AND revoked_at IS NULL",
-                params![
-                    token.lookup_id(),
-                    token.hash().as_slice(),
-                    old_until,
-                    agent.id
-                ],
+                params![token.lookup_id(), token.hash().as_slice(), until, agent.id],
             )?;
             let updated = find_active(&tx, &agent.id)?
                 .ok_or_else(|| StoreError::AgentNotFound(id_or_name.to_owned()))?;
@@ -300,6 +296,24 @@ impl Store for SqliteStore {
                 })?
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(pick_by_hash(candidates, &token.hash()))
+        })
+    }
+
+    fn former_token(&self, token: &SecretToken, now: i64) -> Result<bool, StoreError> {
+        self.with(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT token_hash FROM agents
+                   WHERE token_lookup = ?1 AND revoked_at IS NOT NULL
+                 UNION ALL
+                 SELECT old_token_hash FROM agents
+                   WHERE old_token_lookup = ?1 AND (old_token_until <= ?2 OR revoked_at IS NOT NULL)",
+            )?;
+            let candidates = stmt
+                .query_map(params![token.lookup_id(), now], |row| {
+                    Ok(((), row.get::<_, Vec<u8>>(0)?))
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(pick_by_hash(candidates, &token.hash()).is_some())
         })
     }
 
@@ -538,6 +552,40 @@ mod tests {
                 .token_version,
             3
         );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn former_tokens_are_known_as_such() {
+        let (store, dir) = temp_store("former");
+        let now = super::super::unix_now();
+        let first = new_token(SecretKind::AgentToken);
+        store.create_agent("w1", &first).expect("create");
+        assert!(!store.former_token(&first, now).expect("q"), "current");
+        let second = new_token(SecretKind::AgentToken);
+        store.rotate_token("w1", &second, None).expect("rotate");
+        assert!(store.former_token(&first, now).expect("q"), "rotated away");
+        assert!(store.login(&first, now).expect("q").is_none());
+        let third = new_token(SecretKind::AgentToken);
+        store
+            .rotate_token("w1", &third, Some(now + 300))
+            .expect("rotate with grace");
+        assert!(
+            !store.former_token(&second, now).expect("q"),
+            "in its grace"
+        );
+        assert!(
+            store.former_token(&second, now + 301).expect("q"),
+            "grace over"
+        );
+        store.revoke_agent("w1").expect("revoke");
+        assert!(store.former_token(&third, now).expect("q"), "revoked");
+        assert!(
+            store.former_token(&second, now).expect("q"),
+            "revoked in grace"
+        );
+        let never = new_token(SecretKind::AgentToken);
+        assert!(!store.former_token(&never, now).expect("q"), "never issued");
         let _ = std::fs::remove_dir_all(dir);
     }
 
