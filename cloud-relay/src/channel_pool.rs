@@ -20,6 +20,7 @@ use postern_protocol::version::FORWARD_ADDRESS;
 use postern_protocol::{ChannelTarget, ConnectionName};
 use prometheus_client::metrics::counter::Counter;
 use russh::server::Msg;
+use tokio_util::task::TaskTracker;
 
 /// Why a call could not be sent to the agent or answered by it.
 #[derive(Debug, thiserror::Error)]
@@ -71,17 +72,25 @@ pub struct ChannelPool {
     idle: Mutex<HashMap<ConnectionName, Vec<Idle>>>,
     max_idle: usize,
     opened: Counter,
+    /// Channel opens run here, so one its caller gave up on still ends (see `open`).
+    opens: TaskTracker,
 }
 
 impl ChannelPool {
     /// Keeps up to `max_idle` idle channels in all; counts each channel it opens in
-    /// `opened`.
-    pub fn new(handle: russh::server::Handle, max_idle: usize, opened: Counter) -> Arc<Self> {
+    /// `opened`; runs channel opens on `opens` (the relay's tracker, drained on shutdown).
+    pub fn new(
+        handle: russh::server::Handle,
+        max_idle: usize,
+        opened: Counter,
+        opens: TaskTracker,
+    ) -> Arc<Self> {
         Arc::new(Self {
             handle,
             idle: Mutex::new(HashMap::new()),
             max_idle,
             opened,
+            opens,
         })
     }
 
@@ -186,7 +195,24 @@ impl ChannelPool {
         drop(evicted);
     }
 
-    async fn open(&self, connection: &ConnectionName) -> Result<Conn, CallError> {
+    /// Opens a channel in a task of its own. Given up on half way (the caller gone,
+    /// `call_timeout`), russh's open would still be confirmed by the agent but reach no
+    /// one: a channel open on both sides that nobody closes. Run to its end, the channel
+    /// waits in the pool for the next call instead.
+    async fn open(self: &Arc<Self>, connection: &ConnectionName) -> Result<Conn, CallError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let pool = self.clone();
+        let name = connection.clone();
+        self.opens.spawn(async move {
+            let opened = pool.open_now(&name).await;
+            if let Err(Ok(conn)) = tx.send(opened) {
+                pool.checkin(name, conn);
+            }
+        });
+        rx.await.unwrap_or(Err(CallError::SessionClosed))
+    }
+
+    async fn open_now(&self, connection: &ConnectionName) -> Result<Conn, CallError> {
         let target = ChannelTarget::Http(connection.clone());
         let channel = self
             .handle

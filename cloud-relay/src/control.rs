@@ -185,6 +185,7 @@ impl ControlChannel {
                 self.handle.clone(),
                 usize::try_from(self.ctx.config.max_calls_per_agent).unwrap_or(usize::MAX),
                 self.ctx.metrics.channels_opened(),
+                self.ctx.tasks.clone(),
             ),
         ));
         if let Some(old) = self.ctx.registry.insert(session) {
