@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 use postern_tests::harness::{AgentProcess, Bins, agent_config};
-use postern_tests::relay_support::{RelayWorld, send};
+use postern_tests::relay_support::{RelayWorld, sample, scrape, send};
 use reqwest::Method;
 
 struct World {
@@ -274,6 +274,12 @@ async fn the_next_call_after_a_reload_uses_the_new_settings_on_a_pooled_channel(
         assert_eq!(api.call("a1", "o", "/x").await?.status(), 200);
     }
     assert_eq!(last_path(), "/api/x");
+    let opened = || async {
+        scrape(api)
+            .await
+            .map(|s| sample(&s, "postern_call_channels_opened_total"))
+    };
+    let before = opened().await?;
 
     with_base(&format!("{}/v2", w.internal.base_uri()))?;
     let (code, text) = reload(&w.bins, &config)?;
@@ -282,5 +288,10 @@ async fn the_next_call_after_a_reload_uses_the_new_settings_on_a_pooled_channel(
         assert_eq!(api.call("a1", "o", "/x").await?.status(), 200);
         assert_eq!(last_path(), "/api/v2/x", "a call after the reload");
     }
+    assert_eq!(
+        opened().await?,
+        before,
+        "the calls after the reload used pooled channels"
+    );
     Ok(())
 }
