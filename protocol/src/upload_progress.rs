@@ -88,11 +88,18 @@ pub async fn within<F: Future>(
     let mut head = std::pin::pin!(head);
     // Ends: every turn after the first needs the body to have moved since the one before.
     loop {
-        let deadline = progress.last() + timeout;
+        // A timeout past what the clock can count never ends.
+        let Some(deadline) = progress.last().checked_add(timeout) else {
+            return Some(head.await);
+        };
         match tokio::time::timeout_at(deadline.into(), &mut head).await {
             Ok(output) => return Some(output),
-            Err(_) if progress.last() + timeout <= Instant::now() => return None,
-            Err(_) => {}
+            Err(_) => {
+                let moved_on = progress.last().checked_add(timeout);
+                if moved_on.is_some_and(|d| d <= Instant::now()) {
+                    return None;
+                }
+            }
         }
     }
 }
@@ -147,5 +154,15 @@ mod tests {
         assert!(elapsed >= 6 * timeout / 3 + timeout, "{elapsed:?}");
         assert!(elapsed < 6 * timeout, "{elapsed:?}");
         sender.await.expect("sender");
+    }
+
+    #[tokio::test]
+    async fn a_timeout_past_the_clock_waits_for_the_answer() {
+        let progress = Progress::new();
+        let answer = async {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            7
+        };
+        assert_eq!(within(answer, &progress, Duration::MAX).await, Some(7));
     }
 }
