@@ -267,11 +267,7 @@ fn resolve_connection(
             conn.base_uri
         ));
     }
-    let timeout = humantime::parse_duration(&conn.timeout)
-        .map_err(|e| format!("timeout {:?}: {e}", conn.timeout))?;
-    if timeout.is_zero() {
-        return Err("timeout must be more than zero".into());
-    }
+    let timeout = limits::resolve_timeout(&conn.timeout)?;
     let auth = match conn.auth {
         AuthFile::None => Auth::None,
         AuthFile::JwtBearer(jwt) => {

@@ -70,7 +70,7 @@ enum Command {
         #[arg(long)]
         api_listen: Option<std::net::SocketAddr>,
     },
-    /// Print the host key fingerprint (SHA256:…) for agents to pin.
+    /// Print the host key fingerprint (SHA256:…) for agents to pin (`serve` makes the key).
     Fingerprint {
         #[command(flatten)]
         state: StateArgs,
@@ -197,7 +197,8 @@ fn run(cli: Cli) -> Result<()> {
             serve(config)
         }
         Command::Fingerprint { state } => {
-            let key = host_key::load_or_create(&state.config()?.state_dir)?;
+            // Only `serve` creates the identity: a mistyped folder must not print a new one.
+            let key = host_key::load(&state.config()?.state_dir)?;
             println!("{}", host_key::fingerprint(&key));
             Ok(())
         }

@@ -123,6 +123,12 @@ pub enum ConfigError {
         "the API would serve plain HTTP on {0}, which is not a loopback address: set tls_cert and tls_key, or allow_plain_http = true if a TLS proxy sits in front"
     )]
     PlainHttp(SocketAddr),
+    #[error("{key} must be {range} (it is {value})")]
+    OutOfRange {
+        key: &'static str,
+        value: String,
+        range: String,
+    },
     #[error("cannot read {path}: {source}")]
     Read {
         path: PathBuf,
@@ -157,8 +163,10 @@ impl RelayConfig {
         toml::from_str(text)
     }
 
-    /// Checks what parsing cannot: TLS files in pairs, no plain HTTP off loopback.
+    /// Checks what parsing cannot: every limit within a range that can work, TLS files
+    /// in pairs, no plain HTTP off loopback.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.check_limits()?;
         match (&self.tls_cert, &self.tls_key) {
             (Some(_), Some(_)) => Ok(()),
             (None, None) => {
@@ -170,6 +178,81 @@ impl RelayConfig {
             }
             _ => Err(ConfigError::TlsHalf),
         }
+    }
+}
+
+const HOUR: Duration = Duration::from_secs(3600);
+const DAY: Duration = Duration::from_secs(24 * 3600);
+const MIB: u64 = 1024 * 1024;
+
+/// Upper bounds for the limits. A zero limit refuses every call (or connection), and
+/// a huge duration would overflow the `Instant` arithmetic of the timers that use it.
+pub const MAX_CALL_TIMEOUT: Duration = DAY;
+/// Longer than systemd's stop timeout is pointless, and a stop should not hang for long.
+pub const MAX_SHUTDOWN_GRACE: Duration = HOUR;
+/// Past ten minutes a slow request head is not a slow network but a slowloris.
+pub const MAX_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(600);
+pub const MAX_API_TIMEOUT: Duration = HOUR;
+pub const MAX_IDLE_CHANNEL_TIMEOUT: Duration = DAY;
+/// Each call is an SSH channel; russh keeps per-channel buffers.
+pub const MAX_CALLS_PER_AGENT: u64 = 65_536;
+pub const MAX_REQUEST_BODY: u64 = 1024 * 1024 * MIB;
+/// It sizes hyper's read buffer, allocated per API connection.
+pub const MAX_HEADER_BYTES: usize = MIB as usize;
+
+impl RelayConfig {
+    fn check_limits(&self) -> Result<(), ConfigError> {
+        let durations = [
+            ("call_timeout", self.call_timeout, MAX_CALL_TIMEOUT),
+            ("shutdown_grace", self.shutdown_grace, MAX_SHUTDOWN_GRACE),
+            (
+                "header_read_timeout",
+                self.header_read_timeout,
+                MAX_HEADER_READ_TIMEOUT,
+            ),
+            ("api_timeout", self.api_timeout, MAX_API_TIMEOUT),
+            (
+                "idle_channel_timeout",
+                self.idle_channel_timeout,
+                MAX_IDLE_CHANNEL_TIMEOUT,
+            ),
+        ];
+        for (key, value, max) in durations {
+            if value.is_zero() || value > max {
+                return Err(ConfigError::OutOfRange {
+                    key,
+                    value: format!("{:?}", humantime::format_duration(value).to_string()),
+                    range: format!(
+                        "more than zero and at most {}",
+                        humantime::format_duration(max)
+                    ),
+                });
+            }
+        }
+        let max_header_bytes = self.max_header_bytes as u64;
+        let counts = [
+            (
+                "max_calls_per_agent",
+                self.max_calls_per_agent,
+                MAX_CALLS_PER_AGENT,
+            ),
+            ("max_request_body", self.max_request_body, MAX_REQUEST_BODY),
+            (
+                "max_header_bytes",
+                max_header_bytes,
+                MAX_HEADER_BYTES as u64,
+            ),
+        ];
+        for (key, value, max) in counts {
+            if !(1..=max).contains(&value) {
+                return Err(ConfigError::OutOfRange {
+                    key,
+                    value: value.to_string(),
+                    range: format!("at least 1 and at most {max}"),
+                });
+            }
+        }
+        Ok(())
     }
 }
 
@@ -230,6 +313,67 @@ mod tests {
     #[test]
     fn the_shipped_example_parses() {
         let text = include_str!("../../packaging/relay.example.toml");
-        RelayConfig::parse(text).expect("packaging/relay.example.toml parses");
+        let config = RelayConfig::parse(text).expect("packaging/relay.example.toml parses");
+        config
+            .validate()
+            .expect("packaging/relay.example.toml is valid");
+    }
+
+    #[test]
+    fn limits_that_cannot_work_are_refused_by_name() {
+        let refused = |text: &str| match RelayConfig::parse(text).expect("parses").validate() {
+            Err(e @ ConfigError::OutOfRange { .. }) => e.to_string(),
+            other => panic!("{text}: expected out of range, got {other:?}"),
+        };
+        for key in [
+            "call_timeout",
+            "shutdown_grace",
+            "header_read_timeout",
+            "api_timeout",
+            "idle_channel_timeout",
+        ] {
+            let zero = refused(&format!("{key} = \"0s\""));
+            assert!(
+                zero.starts_with(&format!("{key} must be more than zero and at most ")),
+                "{zero}"
+            );
+            assert!(zero.ends_with("(it is \"0s\")"), "{zero}");
+            let huge = refused(&format!("{key} = \"300000000000y\""));
+            assert!(huge.starts_with(key), "{huge}");
+        }
+        for key in [
+            "max_calls_per_agent",
+            "max_request_body",
+            "max_header_bytes",
+        ] {
+            let zero = refused(&format!("{key} = 0"));
+            assert!(
+                zero.starts_with(&format!("{key} must be at least 1 and at most ")),
+                "{zero}"
+            );
+            assert!(zero.ends_with("(it is 0)"), "{zero}");
+            let huge = refused(&format!("{key} = 9223372036854775807"));
+            assert!(huge.starts_with(key), "{huge}");
+        }
+    }
+
+    #[test]
+    fn limits_at_their_bounds_are_accepted() {
+        let valid = |text: &str| {
+            RelayConfig::parse(text)
+                .expect("parses")
+                .validate()
+                .unwrap_or_else(|e| panic!("{text}: {e}"))
+        };
+        valid("");
+        valid(
+            "call_timeout = \"1ms\"\nmax_calls_per_agent = 1\nmax_request_body = 1\nmax_header_bytes = 1",
+        );
+        valid(
+            "call_timeout = \"1day\"\nidle_channel_timeout = \"1day\"\napi_timeout = \"1h\"\nshutdown_grace = \"1h\"\nheader_read_timeout = \"10m\"",
+        );
+        valid(
+            "max_calls_per_agent = 65536\nmax_request_body = 1099511627776\nmax_header_bytes = 1048576",
+        );
     }
 }

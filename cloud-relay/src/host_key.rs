@@ -10,6 +10,8 @@ use russh::keys::ssh_key::private::Ed25519Keypair;
 use russh::keys::{HashAlg, PrivateKey};
 
 pub const HOST_KEY_FILE: &str = "ssh_host_ed25519_key";
+/// A key being written; a crash may leave one behind, which nothing reads.
+const TEMP_PREFIX: &str = ".ssh_host_ed25519_key.tmp-";
 
 #[derive(Debug, thiserror::Error)]
 pub enum HostKeyError {
@@ -18,6 +20,10 @@ pub enum HostKeyError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(
+        "no host key at {path}: `postern-relay serve` creates it on first start (is the state folder right?)"
+    )]
+    Missing { path: PathBuf },
     #[error("cannot read host key {path}: {source}")]
     Read {
         path: PathBuf,
@@ -57,27 +63,48 @@ use std::os::unix::fs::DirBuilderExt;
 /// Loads the host key, creating it (and the state folder) on first start.
 pub fn load_or_create(state_dir: &Path) -> Result<PrivateKey, HostKeyError> {
     ensure_state_dir(state_dir)?;
-    let path = state_dir.join(HOST_KEY_FILE);
-    match std::fs::read_to_string(&path) {
-        Ok(text) => {
-            let mode = std::fs::metadata(&path)
-                .map_err(|source| HostKeyError::Read {
-                    path: path.clone(),
-                    source,
-                })?
-                .permissions()
-                .mode();
-            if mode & 0o077 != 0 {
-                return Err(HostKeyError::Permissions { path, mode });
-            }
-            PrivateKey::from_openssh(text).map_err(|source| HostKeyError::Parse { path, source })
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => create(&path),
-        Err(source) => Err(HostKeyError::Read { path, source }),
+    match load(state_dir) {
+        Err(HostKeyError::Missing { path }) => create(state_dir, &path, write_key),
+        loaded => loaded,
     }
 }
 
-fn create(path: &Path) -> Result<PrivateKey, HostKeyError> {
+/// Loads an existing host key; never creates one, so a mistyped state folder is an
+/// error instead of a new identity no agent has pinned.
+pub fn load(state_dir: &Path) -> Result<PrivateKey, HostKeyError> {
+    let path = state_dir.join(HOST_KEY_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(HostKeyError::Missing { path });
+        }
+        Err(source) => return Err(HostKeyError::Read { path, source }),
+    };
+    let mode = std::fs::metadata(&path)
+        .map_err(|source| HostKeyError::Read {
+            path: path.clone(),
+            source,
+        })?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        return Err(HostKeyError::Permissions { path, mode });
+    }
+    PrivateKey::from_openssh(text).map_err(|source| HostKeyError::Parse { path, source })
+}
+
+fn write_key(file: &mut std::fs::File, text: &[u8]) -> std::io::Result<()> {
+    file.write_all(text)
+}
+
+/// Writes the key to a temp file beside it and links it into place only once it is
+/// whole and on disk: a crash midway leaves a stray temp file, never a key file that
+/// is empty or cut short, which would stop every later start.
+fn create(
+    state_dir: &Path,
+    path: &Path,
+    write: impl FnOnce(&mut std::fs::File, &[u8]) -> std::io::Result<()>,
+) -> Result<PrivateKey, HostKeyError> {
     let mut seed = [0u8; 32];
     rand::fill(&mut seed);
     let key = PrivateKey::from(Ed25519Keypair::from_seed(&seed));
@@ -87,20 +114,52 @@ fn create(path: &Path) -> Result<PrivateKey, HostKeyError> {
             path: path.to_owned(),
             source,
         })?;
-    let write_err = |source| HostKeyError::Write {
-        path: path.to_owned(),
-        source,
-    };
-    // create_new: two relays starting at once on one folder must not both write a key.
+    let mut nonce = [0u8; 8];
+    rand::fill(&mut nonce);
+    let temp = state_dir.join(format!(
+        "{TEMP_PREFIX}{}-{}",
+        std::process::id(),
+        u64::from_le_bytes(nonce)
+    ));
+    let written = write_temp(&temp, text.as_bytes(), write).and_then(|()| {
+        // A hard link, not a rename: it never replaces a key another relay starting
+        // on the same folder at the same moment has just put there.
+        std::fs::hard_link(&temp, path)
+    });
+    let _ = std::fs::remove_file(&temp);
+    match written {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return load(state_dir),
+        Err(source) => {
+            return Err(HostKeyError::Write {
+                path: path.to_owned(),
+                source,
+            });
+        }
+    }
+    // The new name must reach the disk too, or a crash could forget the key after an
+    // agent pinned it.
+    std::fs::File::open(state_dir)
+        .and_then(|dir| dir.sync_all())
+        .map_err(|source| HostKeyError::Write {
+            path: path.to_owned(),
+            source,
+        })?;
+    Ok(key)
+}
+
+fn write_temp(
+    temp: &Path,
+    text: &[u8],
+    write: impl FnOnce(&mut std::fs::File, &[u8]) -> std::io::Result<()>,
+) -> std::io::Result<()> {
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .open(path)
-        .map_err(write_err)?;
-    file.write_all(text.as_bytes()).map_err(write_err)?;
-    file.sync_all().map_err(write_err)?;
-    Ok(key)
+        .open(temp)?;
+    write(&mut file, text)?;
+    file.sync_all()
 }
 
 /// The fingerprint exactly as `ssh-keygen -lf` prints it: `SHA256:` + unpadded base64.
@@ -135,6 +194,48 @@ mod tests {
             load_or_create(&dir),
             Err(HostKeyError::Permissions { .. })
         ));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn fresh_dir(tag: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("postern-hostkey-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        ensure_state_dir(&dir).expect("state folder");
+        dir
+    }
+
+    #[test]
+    fn a_crash_while_writing_the_key_does_not_break_the_next_start() {
+        let dir = fresh_dir("crash");
+        let path = dir.join(HOST_KEY_FILE);
+        // The "crash": half the key written, then the write fails.
+        let crashed = create(&dir, &path, |file, text| {
+            file.write_all(&text[..text.len() / 2])?;
+            Err(std::io::Error::other("power cut"))
+        });
+        assert!(matches!(crashed, Err(HostKeyError::Write { .. })));
+        // Leftovers of crashed attempts, empty and cut short.
+        std::fs::write(dir.join(format!("{TEMP_PREFIX}1-1")), "").expect("empty temp");
+        std::fs::write(
+            dir.join(format!("{TEMP_PREFIX}2-2")),
+            "-----BEGIN OPENSSH PRIVATE KEY-----\n",
+        )
+        .expect("partial temp");
+        let first = load_or_create(&dir).expect("the next start makes a key");
+        let second = load_or_create(&dir).expect("and the one after loads it");
+        assert_eq!(fingerprint(&first), fingerprint(&second));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn load_never_creates_a_key() {
+        let dir = fresh_dir("load");
+        assert!(matches!(load(&dir), Err(HostKeyError::Missing { .. })));
+        assert!(!dir.join(HOST_KEY_FILE).exists());
+        let made = load_or_create(&dir).expect("create");
+        let loaded = load(&dir).expect("load");
+        assert_eq!(fingerprint(&made), fingerprint(&loaded));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

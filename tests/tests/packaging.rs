@@ -533,6 +533,22 @@ fn install_script_stages_everything_and_uninstalls() -> Result<()> {
     Ok(())
 }
 
+/// The default soft limit of 1024 descriptors would cap a relay at about a thousand
+/// agents (a socket each) and an agent at about a thousand calls under way.
+#[test]
+fn both_units_raise_the_open_file_limit() -> Result<()> {
+    for unit in UNITS {
+        let text = std::fs::read_to_string(repo().join("packaging/systemd").join(unit))?;
+        let limits: Vec<u64> = text
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("LimitNOFILE="))
+            .map(str::parse)
+            .collect::<Result<_, _>>()?;
+        assert_eq!(limits, [65536], "{unit} sets LimitNOFILE=65536 once");
+    }
+    Ok(())
+}
+
 #[test]
 fn service_commands_write_the_packaged_unit_or_say_why_not() -> Result<()> {
     let agent = env!("CARGO_BIN_EXE_e2e-postern");

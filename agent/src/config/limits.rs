@@ -3,11 +3,69 @@
 
 use std::time::Duration;
 
+use serde::{Deserialize, Deserializer};
+
 use super::file::{RateLimitFile, TestFile};
-use super::jwt_auth::duration;
 
 /// The default `max_wait`.
 pub const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(5);
+
+// Upper bounds: past them a setting is a typo, and huge durations would overflow the
+// `Instant` arithmetic of the timers and the rate limiter.
+const HOUR: Duration = Duration::from_secs(3600);
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+pub const MAX_RATE_PER: Duration = Duration::from_secs(24 * 3600);
+/// A call waiting longer for its turn has long been given up on by the relay.
+pub const MAX_MAX_WAIT: Duration = HOUR;
+/// Each call is an SSH channel and an upstream connection.
+pub const MAX_CONCURRENT_CALLS: u32 = 65_536;
+pub const MAX_BODY: u64 = 1 << 40;
+
+/// A duration more than zero and at most `max`, the key named in the error.
+fn bounded_duration(key: &str, text: &str, max: Duration) -> Result<Duration, String> {
+    let d = humantime::parse_duration(text).map_err(|e| format!("{key} {text:?}: {e}"))?;
+    if d.is_zero() || d > max {
+        return Err(format!(
+            "{key} must be more than zero and at most {} (it is {text:?})",
+            humantime::format_duration(max)
+        ));
+    }
+    Ok(d)
+}
+
+/// The connection's `timeout`: connect, response headers, each piece of a body.
+pub(super) fn resolve_timeout(text: &str) -> Result<Duration, String> {
+    bounded_duration("timeout", text, MAX_TIMEOUT)
+}
+
+fn bounded_count<'de, D, T>(d: D, key: &str, max: T) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de> + PartialOrd + From<u8> + std::fmt::Display,
+{
+    let value = T::deserialize(d)?;
+    if value < T::from(1) || value > max {
+        return Err(serde::de::Error::custom(format!(
+            "{key} must be at least 1 and at most {max} (it is {value})"
+        )));
+    }
+    Ok(Some(value))
+}
+
+// Checked while parsing: a zero limit would refuse every call of the connection.
+pub(super) fn max_concurrent_calls<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<u32>, D::Error> {
+    bounded_count(d, "max_concurrent_calls", MAX_CONCURRENT_CALLS)
+}
+
+pub(super) fn max_request_body<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    bounded_count(d, "max_request_body", MAX_BODY)
+}
+
+pub(super) fn max_response_body<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    bounded_count(d, "max_response_body", MAX_BODY)
+}
 
 /// `requests` per `per`, with up to `burst` at once (default: `requests`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,7 +79,7 @@ pub(super) fn resolve_rate_limit(file: RateLimitFile) -> Result<RateLimit, Strin
     if file.requests == 0 {
         return Err("rate_limit.requests must be at least 1".into());
     }
-    let per = duration("rate_limit.per", &file.per)?;
+    let per = bounded_duration("rate_limit.per", &file.per, MAX_RATE_PER)?;
     let burst = file.burst.unwrap_or(file.requests);
     if burst == 0 {
         return Err("rate_limit.burst must be at least 1".into());
@@ -38,7 +96,15 @@ pub(super) fn resolve_max_wait(text: Option<&str>) -> Result<Duration, String> {
         None => Ok(DEFAULT_MAX_WAIT),
         // Zero is allowed: refuse at once instead of waiting.
         Some(text) => {
-            humantime::parse_duration(text).map_err(|e| format!("max_wait {text:?}: {e}"))
+            let d =
+                humantime::parse_duration(text).map_err(|e| format!("max_wait {text:?}: {e}"))?;
+            if d > MAX_MAX_WAIT {
+                return Err(format!(
+                    "max_wait must be at most {} (it is {text:?})",
+                    humantime::format_duration(MAX_MAX_WAIT)
+                ));
+            }
+            Ok(d)
         }
     }
 }
@@ -77,4 +143,112 @@ pub(super) fn resolve_test(file: TestFile) -> Result<TestRequest, String> {
         path: file.path,
         expect_status: file.expect_status,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    fn load(connection: &str) -> Result<crate::config::AgentConfig, String> {
+        let token = postern_protocol::SecretToken::generate(
+            postern_protocol::SecretKind::AgentToken,
+            &[7u8; postern_protocol::token::BODY_LEN],
+        );
+        let text = format!(
+            "relay = \"127.0.0.1:2222\"\nrelay_fingerprint = \"SHA256:abc\"\ntoken = \"{}\"\n[connections.c]\nbase_uri = \"http://127.0.0.1:9000\"\n{connection}",
+            token.expose()
+        );
+        let file = super::super::ConfigFile::parse(&text).map_err(|e| e.to_string())?;
+        crate::config::AgentConfig::resolve(file, Path::new("/nonexistent"), &|_| None)
+            .map_err(|e| e.to_string())
+    }
+
+    fn refused(connection: &str, message: &str) {
+        match load(connection) {
+            Ok(_) => panic!("{connection:?} loaded"),
+            Err(e) => assert!(e.contains(message), "{connection:?}: {e}"),
+        }
+    }
+
+    #[test]
+    fn limits_that_cannot_work_are_refused_by_name() {
+        let zero_or_huge = [
+            (
+                "timeout = \"0s\"",
+                "timeout must be more than zero and at most 1day (it is \"0s\")",
+            ),
+            (
+                "timeout = \"300000000000y\"",
+                "timeout must be more than zero and at most 1day",
+            ),
+            (
+                "max_concurrent_calls = 0",
+                "max_concurrent_calls must be at least 1 and at most 65536 (it is 0)",
+            ),
+            (
+                "max_concurrent_calls = 4000000000",
+                "max_concurrent_calls must be at least 1 and at most 65536",
+            ),
+            (
+                "max_request_body = 0",
+                "max_request_body must be at least 1 and at most 1099511627776 (it is 0)",
+            ),
+            (
+                "max_request_body = 9223372036854775807",
+                "max_request_body must be at least 1",
+            ),
+            (
+                "max_response_body = 0",
+                "max_response_body must be at least 1 and at most 1099511627776 (it is 0)",
+            ),
+            (
+                "max_response_body = 9223372036854775807",
+                "max_response_body must be at least 1",
+            ),
+            (
+                "max_header_bytes = 0",
+                "max_header_bytes must be between 1024",
+            ),
+            (
+                "max_wait = \"300000000000y\"",
+                "max_wait must be at most 1h",
+            ),
+            (
+                "rate_limit = { requests = 0 }",
+                "rate_limit.requests must be at least 1",
+            ),
+            (
+                "rate_limit = { requests = 1, burst = 0 }",
+                "rate_limit.burst must be at least 1",
+            ),
+            (
+                "rate_limit = { requests = 1, per = \"0s\" }",
+                "rate_limit.per must be more than zero and at most 1day",
+            ),
+            (
+                "rate_limit = { requests = 1, per = \"300000000000y\" }",
+                "rate_limit.per must be more than zero and at most 1day",
+            ),
+            (
+                "test = { expect_status = 0 }",
+                "test.expect_status 0 is not an HTTP status",
+            ),
+        ];
+        for (line, message) in zero_or_huge {
+            refused(line, message);
+        }
+    }
+
+    #[test]
+    fn limits_at_their_bounds_load() {
+        for line in [
+            "timeout = \"1day\"\nmax_wait = \"1h\"",
+            "max_wait = \"0s\"",
+            "max_concurrent_calls = 1\nmax_request_body = 1\nmax_response_body = 1",
+            "max_concurrent_calls = 65536\nmax_request_body = 1099511627776\nmax_response_body = 1099511627776",
+            "rate_limit = { requests = 1, per = \"1day\" }",
+        ] {
+            load(line).unwrap_or_else(|e| panic!("{line:?}: {e}"));
+        }
+    }
 }
