@@ -513,11 +513,11 @@ async fn the_fingerprint_matches_openssh() -> Result<()> {
     let dir = TempDir::new("fp")?;
     let bins = bins();
     let state = dir.path().join("relay");
+    let relay = RelayProcess::start(&bins, &state, "127.0.0.1:0", "127.0.0.1:0")?;
     let printed = relay_cli(
         &bins,
         &["fingerprint", "--state-dir", &state.to_string_lossy()],
     )?;
-    let relay = RelayProcess::start(&bins, &state, "127.0.0.1:0", "127.0.0.1:0")?;
     assert_eq!(printed.trim(), relay.fingerprint);
     let scan = std::process::Command::new("ssh-keyscan")
         .args([
