@@ -3,7 +3,6 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
@@ -11,12 +10,13 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 use tracing::{debug, warn};
 
 use crate::config::RelayConfig;
+use crate::server::{AcceptErrors, accept_next};
 use crate::tls::TlsReloader;
 
 async fn serve_one<I, S>(
@@ -54,8 +54,14 @@ async fn serve_one<I, S>(
 /// `every_request` instead, with hyper's own refusal past this size as a backstop.
 const READ_BUFFER_BYTES: usize = 64 * 1024;
 
+/// Open API connections at most; past it a new connection is closed at once. Each holds
+/// a file descriptor and a task; a platform needs far fewer (its calls share kept-alive
+/// connections), and a flood of idle ones must not exhaust the relay's descriptors.
+pub const MAX_API_CONNECTIONS: usize = 4096;
+
 /// Accepts until `shutdown`, then asks every connection to finish its request
-/// and waits for them (the caller bounds the wait).
+/// and waits for them (the caller bounds the wait; dropping this future ends the
+/// connections still open).
 pub async fn serve(
     listener: TcpListener,
     app: Router,
@@ -63,25 +69,32 @@ pub async fn serve(
     tls: Option<Arc<TlsReloader>>,
     shutdown: CancellationToken,
 ) {
-    let connections = TaskTracker::new();
+    // A JoinSet, not a detached tracker: connections belong to this future and end with it.
+    let mut connections = JoinSet::new();
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(config.header_read_timeout)
         .max_buf_size(config.header_limit().max(READ_BUFFER_BYTES))
         .keep_alive(true);
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    warn!(%e, "api accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
+    let mut errors = AcceptErrors::default();
+    let mut refused_since_logged = 0u64;
+    while let Some((stream, peer)) =
+        accept_next("api", &mut errors, &shutdown, || listener.accept()).await
+    {
+        while connections.try_join_next().is_some() {}
+        if connections.len() >= MAX_API_CONNECTIONS {
+            refused_since_logged += 1;
+            if refused_since_logged == 1 {
+                warn!(
+                    limit = MAX_API_CONNECTIONS,
+                    "too many open API connections; closing new ones until some end"
+                );
+            }
+            drop(stream);
+            continue;
+        }
+        refused_since_logged = 0;
         let _ = stream.set_nodelay(true);
         let app = app.clone();
         let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
@@ -114,6 +127,7 @@ pub async fn serve(
             }
         });
     }
-    connections.close();
-    connections.wait().await;
+    // New connections are refused from here on, not left waiting in the backlog.
+    drop(listener);
+    while connections.join_next().await.is_some() {}
 }

@@ -8,10 +8,12 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use postern_protocol::SecretKind;
 use postern_protocol::api::{AgentCreated, ApiKeyCreated, ApiKeyList, ApiKeyScope, TokenRotated};
-use tokio_util::sync::CancellationToken;
+use tokio::signal::unix::{Signal, SignalKind, signal};
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::config::RelayConfig;
 use crate::secrets::new_token;
+use crate::server::Shutdown;
 use crate::store::{SqliteStore, Store};
 use crate::{RelayListeners, host_key};
 
@@ -382,19 +384,66 @@ fn serve(config: RelayConfig) -> Result<()> {
     config.validate()?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
+        // First, before the slow part of the start (binding, TLS, the host key, SQLite):
+        // until SIGHUP is listened for, a `systemctl reload` would end the relay.
+        let hangups = crate::server::listen_for_hangup();
+        let stops = StopSignals::listen();
         let listeners = RelayListeners::bind(&config)
             .await
             .with_context(|| format!("binding {} and {}", config.ssh_listen, config.api_listen))?;
-        let shutdown = CancellationToken::new();
-        let signals = shutdown.clone();
-        tokio::spawn(async move {
-            wait_for_signal().await;
-            tracing::info!("shutdown requested; draining");
-            signals.cancel();
-        });
-        crate::run(config, listeners, shutdown).await?;
+        let shutdown = Shutdown::default();
+        let _signals = AbortOnDropHandle::new(tokio::spawn(stops.watch(shutdown.clone())));
+        crate::server::run_with(config, listeners, shutdown, hangups).await?;
         Ok(())
     })
+}
+
+/// SIGTERM and SIGINT, listened for as the relay starts.
+struct StopSignals {
+    term: Option<Signal>,
+    interrupt: Option<Signal>,
+}
+
+impl StopSignals {
+    fn listen() -> Self {
+        let listen = |kind: SignalKind, name: &str| match signal(kind) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for {name}");
+                None
+            }
+        };
+        Self {
+            term: listen(SignalKind::terminate(), "SIGTERM"),
+            interrupt: listen(SignalKind::interrupt(), "SIGINT"),
+        }
+    }
+
+    /// The first signal starts the drain; a second one ends it at once.
+    async fn watch(mut self, shutdown: Shutdown) {
+        self.next().await;
+        tracing::info!("shutdown requested; draining (a second SIGTERM or SIGINT stops at once)");
+        shutdown.stop.cancel();
+        self.next().await;
+        tracing::info!("second shutdown signal; ending the drain now");
+        shutdown.hurry.cancel();
+    }
+
+    async fn next(&mut self) {
+        async fn one(signal: &mut Option<Signal>) {
+            // A stream that cannot deliver (not listened for, or closed) never fires.
+            if let Some(s) = signal
+                && s.recv().await.is_some()
+            {
+                return;
+            }
+            std::future::pending().await
+        }
+        tokio::select! {
+            _ = one(&mut self.term) => {}
+            _ = one(&mut self.interrupt) => {}
+        }
+    }
 }
 
 /// SIGINT or SIGTERM.

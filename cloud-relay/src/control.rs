@@ -33,6 +33,8 @@ pub struct ControlChannel {
     pub handle: russh::server::Handle,
     /// The connection task's record of this session, taken when the connection ends.
     pub connection: Arc<std::sync::Mutex<Option<(String, u64)>>>,
+    /// Cancelled once the agent is welcomed, so the connection stops its hello clock.
+    pub welcomed: tokio_util::sync::CancellationToken,
 }
 
 impl ControlChannel {
@@ -83,6 +85,9 @@ impl ControlChannel {
             let mut write = writer.lock().await;
             let _ = write.write_all(&encode_line(&reply)).await;
             let _ = write.flush().await;
+        }
+        if refusal.is_none() {
+            self.welcomed.cancel();
         }
         if refusal.is_some() {
             self.closing_reason.set("hello refused");

@@ -2,8 +2,11 @@
 //! listeners, until the shutdown token fires; then drain under a deadline.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio::signal::unix::{Signal, SignalKind, signal};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -41,12 +44,52 @@ pub enum RelayError {
     Tls(#[from] crate::tls::TlsError),
 }
 
+/// How a relay is told to stop: `stop` begins the drain (no new connections, calls
+/// under way finish within `shutdown_grace`); `hurry` (a second signal) ends it at once.
+#[derive(Clone, Default)]
+pub struct Shutdown {
+    pub stop: CancellationToken,
+    pub hurry: CancellationToken,
+}
+
+/// Once the calls are done (or given up on), how long agents get to be told and
+/// disconnected; what bounds the exit after a second signal.
+pub const SESSIONS_END_LIMIT: Duration = Duration::from_secs(3);
+
 /// Serves until `shutdown` is cancelled, then lets in-flight calls finish
 /// for up to `config.shutdown_grace` and ends every agent session.
 pub async fn run(
-    mut config: RelayConfig,
+    config: RelayConfig,
     listeners: RelayListeners,
     shutdown: CancellationToken,
+) -> Result<(), RelayError> {
+    let stop = Shutdown {
+        stop: shutdown,
+        hurry: CancellationToken::new(),
+    };
+    run_with(config, listeners, stop, listen_for_hangup()).await
+}
+
+/// Starts listening for SIGHUP (needs a Tokio runtime). Until then SIGHUP's default
+/// action ends the process, which systemd counts as a clean stop and does not restart; one
+/// that arrives after this, while the relay starts, reloads once it serves.
+pub fn listen_for_hangup() -> Option<Signal> {
+    match signal(SignalKind::hangup()) {
+        Ok(hangups) => Some(hangups),
+        Err(e) => {
+            warn!(error = %e, "cannot listen for SIGHUP; TLS files will not be reloaded");
+            None
+        }
+    }
+}
+
+/// Like [`run`], with SIGHUP already listened for ([`listen_for_hangup`]) by a caller that
+/// does so before the slow part of the start, and a second signal that ends the drain.
+pub async fn run_with(
+    mut config: RelayConfig,
+    listeners: RelayListeners,
+    shutdown: Shutdown,
+    hangups: Option<Signal>,
 ) -> Result<(), RelayError> {
     // What is really bound (port 0 in tests) decides, e.g., whether /metrics is open.
     if let Ok(addr) = listeners.api.local_addr() {
@@ -61,20 +104,18 @@ pub async fn run(
     let fingerprint = host_key::fingerprint(&host_key);
     let store = Arc::new(SqliteStore::open_in(&config.state_dir)?);
     let grace = config.shutdown_grace;
-    let ctx = Arc::new(RelayContext::new(config, store, shutdown.clone()));
+    // The context's token ends agent sessions and the background tasks: only once the
+    // calls under way, which travel through those sessions, are done.
+    let sessions_end = CancellationToken::new();
+    let ctx = Arc::new(RelayContext::new(config, store, sessions_end.clone()));
     let ssh_config = Arc::new(ssh_server::russh_config(host_key));
 
-    // Listen for SIGHUP before saying we are up, so an early one reloads rather
-    // than kills (also without TLS: `systemctl reload` must not stop the relay).
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::hangup()) {
-            Ok(hangups) => {
-                ctx.tasks
-                    .spawn(reload_tls_on_sighup(tls.clone(), hangups, shutdown.clone()));
-            }
-            Err(e) => warn!(error = %e, "cannot listen for SIGHUP; TLS files will not be reloaded"),
-        }
+    if let Some(hangups) = hangups {
+        ctx.tasks.spawn(reload_tls_on_sighup(
+            tls.clone(),
+            hangups,
+            sessions_end.clone(),
+        ));
     }
     info!(
         ssh = %listeners.ssh.local_addr().map(|a| a.to_string()).unwrap_or_default(),
@@ -83,25 +124,57 @@ pub async fn run(
         tls = tls.is_some(),
         "relay listening"
     );
-    ctx.tasks
-        .spawn(ssh_server::serve(ctx.clone(), listeners.ssh, ssh_config));
+    ctx.tasks.spawn(ssh_server::serve(
+        ctx.clone(),
+        listeners.ssh,
+        ssh_config,
+        shutdown.stop.clone(),
+    ));
     ctx.tasks.spawn(revocation_watch::run(ctx.clone()));
     ctx.tasks.spawn(idle_channels::run(ctx.clone()));
 
     let app = api::router(ctx.clone());
     let api_config = ctx.config.clone();
-    let served = api_server::serve(listeners.api, app, &api_config, tls, shutdown.clone());
+    // Boxed, not pinned on the stack, so it can be dropped before the sessions end.
+    let mut served = Box::pin(api_server::serve(
+        listeners.api,
+        app,
+        &api_config,
+        tls,
+        shutdown.stop.clone(),
+    ));
     tokio::select! {
-        _ = served => {}
-        // Graceful shutdown waits for open calls; a stuck one must not hold the relay forever.
-        _ = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
-            warn!("in-flight API calls did not finish within the grace period");
+        _ = &mut served => {}
+        _ = shutdown.stop.cancelled() => {}
+    }
+    // One deadline for the whole drain, so the relay stops within what its unit allows.
+    let deadline = Instant::now() + grace;
+    let hurried = tokio::select! {
+        _ = &mut served => false,
+        _ = tokio::time::sleep_until(deadline) => {
+            warn!("in-flight API calls did not finish within the grace period; cutting them off");
+            false
+        }
+        _ = shutdown.hurry.cancelled() => {
+            warn!("second signal: cutting off the calls under way");
+            true
         }
     };
-    shutdown.cancel();
+    // Dropping the API server ends the connections still open (their calls are cut off).
+    drop(served);
+    sessions_end.cancel();
     ctx.tasks.close();
-    if tokio::time::timeout(grace, ctx.tasks.wait()).await.is_err() {
-        warn!("some sessions did not end within the grace period");
+    let now = Instant::now();
+    let end_by = if hurried {
+        now + SESSIONS_END_LIMIT
+    } else {
+        deadline.max(now + SESSIONS_END_LIMIT)
+    };
+    if tokio::time::timeout_at(end_by, ctx.tasks.wait())
+        .await
+        .is_err()
+    {
+        warn!("some sessions did not end in time");
     }
     info!("relay stopped");
     Ok(())
@@ -110,7 +183,7 @@ pub async fn run(
 /// SIGHUP rereads the certificate and key; connections and agent sessions stay.
 async fn reload_tls_on_sighup(
     tls: Option<Arc<TlsReloader>>,
-    mut hangups: tokio::signal::unix::Signal,
+    mut hangups: Signal,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -125,5 +198,131 @@ async fn reload_tls_on_sighup(
                 warn!(error = %e, "tls reload failed; keeping the previous certificate")
             }
         }
+    }
+}
+
+/// Pause before accepting again after a failure: EMFILE (out of file descriptors) and
+/// the like fail again at once, so retrying at once would spin a core.
+pub(crate) const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+
+/// A run of failed accepts is logged once, not ten times a second while it lasts.
+#[derive(Default)]
+pub(crate) struct AcceptErrors {
+    failing: u64,
+    logged: u64,
+}
+
+impl AcceptErrors {
+    fn failed(&mut self, listener: &'static str, e: &std::io::Error) {
+        self.failing += 1;
+        if self.failing == 1 {
+            self.logged += 1;
+            warn!(listener, error = %e, "accept failed; retrying every 100 ms (logged again only once it works)");
+        }
+    }
+
+    fn succeeded(&mut self, listener: &'static str) {
+        if self.failing > 0 {
+            info!(
+                listener,
+                failures = self.failing,
+                "accepting connections again"
+            );
+            self.failing = 0;
+        }
+    }
+}
+
+/// The next accepted connection, or `None` once `stop` fires; failures pause and retry.
+pub(crate) async fn accept_next<T, F, Fut>(
+    listener: &'static str,
+    errors: &mut AcceptErrors,
+    stop: &CancellationToken,
+    mut accept: F,
+) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = std::io::Result<T>>,
+{
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => return None,
+            accepted = accept() => accepted,
+        };
+        match accepted {
+            Ok(connection) => {
+                errors.succeeded(listener);
+                return Some(connection);
+            }
+            Err(e) => {
+                errors.failed(listener, &e);
+                tokio::select! {
+                    _ = stop.cancelled() => return None,
+                    _ = tokio::time::sleep(ACCEPT_RETRY) => {}
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn failing_accepts_pause_log_once_and_recover() {
+        let mut errors = AcceptErrors::default();
+        let stop = CancellationToken::new();
+        let mut tries = 0u32;
+        let started = std::time::Instant::now();
+        let got = accept_next("test", &mut errors, &stop, || {
+            tries += 1;
+            let n = tries;
+            async move {
+                if n <= 5 {
+                    Err(std::io::Error::from_raw_os_error(24)) // EMFILE
+                } else {
+                    Ok(n)
+                }
+            }
+        })
+        .await;
+        assert_eq!(got, Some(6));
+        assert_eq!(tries, 6, "no retry without a pause");
+        assert!(
+            started.elapsed() >= ACCEPT_RETRY * 5,
+            "retried without pausing: {:?}",
+            started.elapsed()
+        );
+        assert_eq!(errors.logged, 1, "one log line for the run of failures");
+        assert_eq!(errors.failing, 0, "the run ended with the success");
+
+        // A new run of failures is logged again, and stop ends the wait.
+        stop.cancel();
+        let none: Option<u32> = accept_next("test", &mut errors, &stop, || async {
+            Err(std::io::Error::from_raw_os_error(24))
+        })
+        .await;
+        assert_eq!(none, None);
+    }
+
+    #[tokio::test]
+    async fn stop_ends_a_run_of_failures_at_once() {
+        let mut errors = AcceptErrors::default();
+        let stop = CancellationToken::new();
+        let stopper = stop.clone();
+        let mut tries = 0u32;
+        let started = std::time::Instant::now();
+        let got: Option<()> = accept_next("test", &mut errors, &stop, || {
+            tries += 1;
+            if tries == 3 {
+                stopper.cancel();
+            }
+            async { Err(std::io::Error::from_raw_os_error(24)) }
+        })
+        .await;
+        assert_eq!(got, None);
+        assert_eq!(errors.logged, 1);
+        assert!(started.elapsed() < Duration::from_secs(1));
     }
 }

@@ -12,11 +12,14 @@ use russh::keys::PrivateKey;
 use russh::server::{Auth, Msg, Session};
 use russh::{Channel, ChannelId, MethodKind, MethodSet, Preferred, cipher, kex};
 use tokio::net::TcpListener;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::context::RelayContext;
-use crate::control::ControlChannel;
+use crate::control::{ControlChannel, HELLO_TIMEOUT};
 use crate::registry::ClosingReason;
+use crate::server::{AcceptErrors, accept_next};
 use crate::store::{AgentRecord, unix_now};
 
 /// Keepalive every 4 s, dropped after 2 missed: a dead link is noticed in ~12 s.
@@ -71,37 +74,68 @@ pub fn preferred_algorithms() -> Preferred {
     }
 }
 
-/// Accepts agent connections until shutdown; each runs as a tracked task.
+/// Connections not yet authenticated at most (each holds two file descriptors, a task
+/// and a handshake's memory for up to `AUTH_TIMEOUT`); past it a new connection is closed
+/// at once. Authenticated agents do not count: a relay serves far more of them.
+pub const MAX_UNAUTHENTICATED: usize = 1000;
+
+/// How long a session's end may take to reach the wire once the relay disconnects it:
+/// russh writes the disconnect from the session's own task, which the process must
+/// outlive for the agent to hear why.
+pub const DISCONNECT_WRITE_LIMIT: Duration = Duration::from_secs(2);
+
+/// Accepts agent connections until `stop`; each runs as a tracked task, until the
+/// context's shutdown token ends the sessions.
 pub async fn serve(
     ctx: Arc<RelayContext>,
     listener: TcpListener,
     config: Arc<russh::server::Config>,
+    stop: CancellationToken,
 ) {
-    loop {
-        let (socket, peer) = tokio::select! {
-            _ = ctx.shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    warn!(%e, "ssh accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
+    let unauthenticated = Arc::new(Semaphore::new(MAX_UNAUTHENTICATED));
+    let mut errors = AcceptErrors::default();
+    let mut refused_since_logged = 0u64;
+    while let Some((socket, peer)) =
+        accept_next("ssh", &mut errors, &stop, || listener.accept()).await
+    {
         if ctx.throttle.is_blocked(peer.ip()) {
             // Temporary refusal: no handshake, no store lookup for an address that keeps failing.
             debug!(%peer, "connection refused: too many failed logins from this address");
             drop(socket);
             continue;
         }
+        let Ok(permit) = unauthenticated.clone().try_acquire_owned() else {
+            refused_since_logged += 1;
+            if refused_since_logged == 1 {
+                warn!(
+                    limit = MAX_UNAUTHENTICATED,
+                    "too many ssh connections not yet authenticated; closing new ones until some end"
+                );
+            }
+            drop(socket);
+            continue;
+        };
+        refused_since_logged = 0;
         let ctx2 = ctx.clone();
         let config = config.clone();
         let span = info_span!("ssh", %peer);
         ctx.tasks
-            .spawn(run_connection(ctx2, socket, peer, config).instrument(span));
+            .spawn(run_connection(ctx2, socket, peer, config, permit).instrument(span));
     }
+}
+
+/// What a connection holds only until it authenticates: a second handle on its socket,
+/// so the authentication timeout can close it even when russh is stuck waiting for a
+/// client that went quiet mid-handshake, and its place among the unauthenticated.
+struct PreAuth {
+    closer: std::net::TcpStream,
+    _slot: OwnedSemaphorePermit,
+}
+
+type PreAuthSlot = Arc<Mutex<Option<PreAuth>>>;
+
+fn take_pre_auth(slot: &PreAuthSlot) -> Option<PreAuth> {
+    slot.lock().unwrap_or_else(|p| p.into_inner()).take()
 }
 
 async fn run_connection(
@@ -109,10 +143,9 @@ async fn run_connection(
     socket: tokio::net::TcpStream,
     peer: SocketAddr,
     config: Arc<russh::server::Config>,
+    slot: OwnedSemaphorePermit,
 ) {
     let _ = socket.set_nodelay(true);
-    // A second handle on the socket, so the authentication timeout can close it
-    // even when russh is stuck waiting for a client that went quiet mid-handshake.
     let (socket, closer) = match socket
         .into_std()
         .and_then(|s| Ok((s.try_clone()?, s)))
@@ -124,8 +157,14 @@ async fn run_connection(
             return;
         }
     };
+    let pre_auth: PreAuthSlot = Arc::new(Mutex::new(Some(PreAuth {
+        closer,
+        _slot: slot,
+    })));
     let state = Arc::new(Mutex::new(None::<(String, u64)>));
     let closing_reason = ClosingReason::default();
+    let authenticated = CancellationToken::new();
+    let hello_answered = CancellationToken::new();
     let handler = AgentHandler {
         ctx: ctx.clone(),
         peer,
@@ -136,6 +175,9 @@ async fn run_connection(
         control_open: false,
         registered: state.clone(),
         closing_reason: closing_reason.clone(),
+        pre_auth: pre_auth.clone(),
+        authenticated: authenticated.clone(),
+        hello_answered: hello_answered.clone(),
     };
     let auth_deadline = tokio::time::Instant::now() + AUTH_TIMEOUT;
     let started = tokio::time::timeout_at(
@@ -158,6 +200,17 @@ async fn run_connection(
     let handle = running.handle();
     tokio::pin!(running);
     let mut auth_pending = true;
+    // Set once authenticated: a logged-in session that never says hello is never in the
+    // registry, so nothing else (revocation, replacement) would ever end it.
+    let mut hello_deadline = None;
+    let disconnect = |why: &'static str| {
+        let handle = handle.clone();
+        async move {
+            let _ = handle
+                .disconnect(russh::Disconnect::ByApplication, why.into(), String::new())
+                .await;
+        }
+    };
     let ended = loop {
         tokio::select! {
             result = &mut running => break match result {
@@ -169,22 +222,35 @@ async fn run_connection(
             },
             _ = ctx.shutdown.cancelled() => {
                 closing_reason.set("relay shutting down");
-                let _ = handle
-                    .disconnect(russh::Disconnect::ByApplication, "relay shutting down".into(), String::new())
-                    .await;
+                disconnect("relay shutting down").await;
+                // The disconnect is only queued; the process must not end before it is written.
+                let _ = tokio::time::timeout(DISCONNECT_WRITE_LIMIT, &mut running).await;
                 break "relay shutting down".to_owned();
+            }
+            _ = authenticated.cancelled(), if hello_deadline.is_none() => {
+                hello_deadline = Some(tokio::time::Instant::now() + HELLO_TIMEOUT);
+            }
+            _ = sleep_until_some(hello_deadline), if !hello_answered.is_cancelled() => {
+                if !hello_answered.is_cancelled() {
+                    info!(peer = %peer, "authenticated but no hello within 10 s; closed");
+                    closing_reason.set(NO_HELLO);
+                    disconnect(NO_HELLO).await;
+                    let _ = tokio::time::timeout(DISCONNECT_WRITE_LIMIT, &mut running).await;
+                    break NO_HELLO.to_owned();
+                }
             }
             _ = tokio::time::sleep_until(auth_deadline), if auth_pending => {
                 auth_pending = false;
+                let pending = take_pre_auth(&pre_auth);
                 if state.lock().unwrap_or_else(|p| p.into_inner()).is_none() {
                     ctx.metrics.auth_failed("timeout");
                     info!(peer = %peer, "not authenticated within the authentication timeout; closed");
-                    let _ = handle
-                        .disconnect(russh::Disconnect::ByApplication, "authentication timeout".into(), String::new())
-                        .await;
+                    disconnect("authentication timeout").await;
                     // Before the key exchange ends russh cannot send the disconnect;
                     // shutting the socket down ends its task either way.
-                    let _ = closer.shutdown(std::net::Shutdown::Both);
+                    if let Some(pending) = &pending {
+                        let _ = pending.closer.shutdown(std::net::Shutdown::Both);
+                    }
                     let _ = tokio::time::timeout(Duration::from_secs(2), &mut running).await;
                     return;
                 }
@@ -200,6 +266,17 @@ async fn run_connection(
     }
 }
 
+/// Why a session that logged in but never said hello was closed (counted as `hello_refused`).
+const NO_HELLO: &str = "no hello within 10 s of authenticating";
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 struct AgentHandler {
     ctx: Arc<RelayContext>,
     peer: SocketAddr,
@@ -212,6 +289,12 @@ struct AgentHandler {
     /// Set once authenticated, so the connection task can deregister the session.
     registered: Arc<Mutex<Option<(String, u64)>>>,
     closing_reason: ClosingReason,
+    /// Dropped once authenticated: the spare socket handle and the unauthenticated slot.
+    pre_auth: PreAuthSlot,
+    /// Cancelled once authenticated (starts the hello clock).
+    authenticated: CancellationToken,
+    /// Cancelled by the control channel once the agent is welcomed.
+    hello_answered: CancellationToken,
 }
 
 impl AgentHandler {
@@ -253,6 +336,9 @@ impl russh::server::Handler for AgentHandler {
                 info!(agent = %agent.name, id = %agent.id, "agent authenticated");
                 *self.registered.lock().unwrap_or_else(|p| p.into_inner()) =
                     Some((agent.id.clone(), self.session_id));
+                // One file descriptor per agent, not two, and room for the next login.
+                drop(take_pre_auth(&self.pre_auth));
+                self.authenticated.cancel();
                 self.agent = Some(agent);
                 Ok(Auth::Accept)
             }
@@ -321,6 +407,7 @@ impl russh::server::Handler for AgentHandler {
             closing_reason: self.closing_reason.clone(),
             handle: session.handle(),
             connection: self.registered.clone(),
+            welcomed: self.hello_answered.clone(),
         };
         let span = tracing::Span::current();
         self.ctx.tasks.spawn(control.run(channel).instrument(span));

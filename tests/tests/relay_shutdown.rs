@@ -1,0 +1,382 @@
+//! How the relay stops and what a connection costs it, against the real binary: SIGTERM
+//! lets calls under way finish before agents are told and disconnected, a second signal
+//! ends the drain at once, a SIGHUP during the start does not kill it, a session that
+//! logs in but never says hello is closed, each agent holds one file descriptor, and a
+//! flood of silent connections is capped.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use postern_tests::harness::{Api, Bins, RelayProcess, create_agent, open_fds};
+use postern_tests::relay_support::{RelayWorld, eventually, sample, scrape};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const ONLINE_WITHIN: Duration = Duration::from_secs(15);
+/// The relay's default `shutdown_grace`.
+const GRACE: Duration = Duration::from_secs(30);
+
+fn bins() -> Bins {
+    postern_tests::bins!()
+}
+
+fn signal(pid: u32, name: &str) -> Result<()> {
+    let status = Command::new("kill")
+        .args([&format!("-{name}"), &pid.to_string()])
+        .status()
+        .context("running kill")?;
+    ensure!(status.success(), "kill -{name} {pid} failed");
+    Ok(())
+}
+
+/// Whether the child `pid` has exited (a zombie until the harness reaps it, or gone).
+fn exited(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_none_or(|state| state == "Z" || state == "X"),
+        Err(_) => true,
+    }
+}
+
+/// Waits (bounded) for `pid` to exit; returns how long that took from `since`.
+async fn wait_exit(pid: u32, since: Instant, limit: Duration) -> Result<Duration> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if exited(pid) {
+            return Ok(since.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    bail!("the relay did not exit within {limit:?}")
+}
+
+async fn wait_calls_in_flight(api: &Api, agent: &str, n: u64) -> Result<()> {
+    eventually("the call is under way", Duration::from_secs(10), || async {
+        api.agent(agent)
+            .await
+            .is_ok_and(|info| info.calls_in_flight == n)
+    })
+    .await
+}
+
+/// A relay with agent `a1` online serving `orders` on the internal server.
+async fn world_with_agent() -> Result<(RelayWorld, postern_tests::harness::AgentProcess)> {
+    let w = RelayWorld::start(bins()).await?;
+    let token = w.create_agent("a1").await?;
+    let agent = w.start_agent(&token)?;
+    w.admin.wait_online("a1", true, ONLINE_WITHIN).await?;
+    Ok((w, agent))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_lets_a_call_under_way_finish_before_agents_are_disconnected() -> Result<()> {
+    let (mut w, agent) = world_with_agent().await?;
+    let api = w.admin.clone();
+    // The internal server takes 3 s to answer `/slow`.
+    let call = tokio::spawn(async move {
+        let response = api.call("a1", "orders", "/slow").await?;
+        let status = response.status().as_u16();
+        let body = response.bytes().await?;
+        anyhow::Ok((status, body))
+    });
+    wait_calls_in_flight(&w.admin, "a1", 1).await?;
+
+    let pid = w.relay.pid();
+    let sent = Instant::now();
+    signal(pid, "TERM")?;
+    // New connections are refused at once, on both ports, while the call drains.
+    let (api_addr, ssh_addr) = (w.relay.api, w.relay.ssh);
+    eventually("both ports refuse", Duration::from_secs(2), || async move {
+        tokio::net::TcpStream::connect(api_addr).await.is_err()
+            && tokio::net::TcpStream::connect(ssh_addr).await.is_err()
+    })
+    .await?;
+
+    let (status, body) = tokio::time::timeout(Duration::from_secs(10), call)
+        .await
+        .context("the call did not end")???;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let answer: serde_json::Value = serde_json::from_slice(&body)?;
+    assert_eq!(answer["ok"], true, "{answer}");
+    assert!(
+        answer["path"]
+            .as_str()
+            .unwrap_or_default()
+            .ends_with("/slow"),
+        "{answer}"
+    );
+
+    let took = wait_exit(pid, sent, GRACE + Duration::from_secs(5)).await?;
+    assert!(took < GRACE, "the relay took {took:?} to stop");
+    let status = w.relay.terminate()?;
+    assert!(status.success(), "relay exit: {status}");
+    // The agent heard why: the disconnect was written before the relay exited.
+    agent.logs.wait_for(
+        "relay closed the session: relay shutting down",
+        Duration::from_secs(5),
+    )?;
+    assert!(w.relay.logs.contains("relay stopped"));
+    Ok(())
+}
+
+/// A call that stays under way: an upload that sends part of its body, then waits.
+async fn stalled_upload(w: &RelayWorld) -> Result<tokio::net::TcpStream> {
+    let mut stream = tokio::net::TcpStream::connect(w.relay.api).await?;
+    let head = format!(
+        "POST /v1/agents/a1/connections/orders/http/upload HTTP/1.1\r\nhost: relay\r\n\
+         authorization: Bearer {}\r\ncontent-length: 1000000\r\n\r\n",
+        w.admin.key
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(&[b'x'; 1000]).await?;
+    stream.flush().await?;
+    wait_calls_in_flight(&w.admin, "a1", 1).await?;
+    Ok(stream)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_signal_ends_the_drain_at_once_and_still_says_goodbye() -> Result<()> {
+    let (mut w, agent) = world_with_agent().await?;
+    let mut upload = stalled_upload(&w).await?;
+
+    let pid = w.relay.pid();
+    signal(pid, "TERM")?;
+    // The first signal drains: the call under way is not cut off.
+    let mut buf = [0u8; 512];
+    let early = tokio::time::timeout(Duration::from_millis(700), upload.read(&mut buf)).await;
+    assert!(
+        early.is_err(),
+        "the call ended at the first signal: {early:?} {}",
+        String::from_utf8_lossy(&buf)
+    );
+    assert!(!exited(pid), "the relay stopped without draining");
+
+    let second = Instant::now();
+    signal(pid, "INT")?;
+    let took = wait_exit(pid, second, GRACE).await?;
+    assert!(
+        took < Duration::from_secs(5),
+        "the relay took {took:?} to stop after a second signal"
+    );
+    let status = w.relay.terminate()?;
+    assert!(status.success(), "relay exit: {status}");
+    agent.logs.wait_for(
+        "relay closed the session: relay shutting down",
+        Duration::from_secs(5),
+    )?;
+    Ok(())
+}
+
+/// Holds SQLite's exclusive lock on `db` (the `sqlite3` shell, in rollback-journal mode so
+/// readers wait too) until the returned process's stdin closes.
+fn lock_database(db: &std::path::Path) -> Result<std::process::Child> {
+    let mut shell = Command::new("sqlite3")
+        .arg(db)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("this test needs the sqlite3 shell")?;
+    let stdin = shell.stdin.as_mut().context("sqlite3 stdin")?;
+    stdin.write_all(b"PRAGMA journal_mode=DELETE;\nBEGIN EXCLUSIVE;\nSELECT 'locked';\n")?;
+    stdin.flush()?;
+    let stdout = shell.stdout.take().context("sqlite3 stdout")?;
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
+    for _ in 0..4 {
+        match lines.next() {
+            Some(Ok(line)) if line == "locked" => return Ok(shell),
+            Some(Ok(_)) => continue,
+            _ => break,
+        }
+    }
+    let _ = shell.kill();
+    bail!("sqlite3 did not take the lock")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sighup_while_the_relay_starts_does_not_kill_it() -> Result<()> {
+    let dir = postern_tests::temp::TempDir::new("relay-hup")?;
+    let state = dir.path().join("relay");
+    let bins = bins();
+    create_agent(&bins, &state, "a1")?;
+    let db = state.join("relay.db");
+    // The store waits for the lock (up to 5 s), holding the start in its slow part.
+    let mut lock = lock_database(&db)?;
+    let mut command = Command::new(&bins.relay);
+    command.args(["serve", "--state-dir"]).arg(&state).args([
+        "--ssh-listen",
+        "127.0.0.1:0",
+        "--api-listen",
+        "127.0.0.1:0",
+    ]);
+    let spawner = std::thread::spawn(move || RelayProcess::spawn(command, &state));
+
+    // Once the relay has the database open it is past binding, TLS and the host key.
+    let pid = {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            // Other tests' relays are children of this process too: the one with this
+            // database open is ours.
+            let ours = postern_tests::harness::children_of(std::process::id())
+                .into_iter()
+                .filter(|(_, cmd)| cmd.contains("e2e-postern-relay") && cmd.contains("serve"))
+                .map(|(pid, _)| pid)
+                .find(|pid| {
+                    std::fs::read_dir(format!("/proc/{pid}/fd"))
+                        .into_iter()
+                        .flatten()
+                        .flatten()
+                        .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|p| p == db))
+                });
+            if let Some(pid) = ours {
+                break pid;
+            }
+            if Instant::now() > deadline {
+                let _ = lock.kill();
+                bail!("the relay never opened its database");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    signal(pid, "HUP")?;
+    std::thread::sleep(Duration::from_millis(200));
+    let alive = !exited(pid);
+    drop(lock.stdin.take());
+    let _ = lock.wait();
+    assert!(alive, "a SIGHUP during the start killed the relay");
+
+    let relay = tokio::task::spawn_blocking(move || spawner.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("the spawning thread panicked"))??;
+    let health = reqwest::get(format!("{}/healthz", relay.api_base())).await?;
+    assert_eq!(health.status(), 200);
+    // The SIGHUP that came during the start is acted on once the relay serves.
+    relay
+        .logs
+        .wait_for("SIGHUP: no TLS files configured", Duration::from_secs(5))?;
+    Ok(())
+}
+
+struct HandDriven;
+
+impl russh::client::Handler for HandDriven {
+    type Error = russh::Error;
+
+    async fn check_server_key(
+        &mut self,
+        _key: &russh::keys::PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        Ok(true)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_that_logs_in_but_never_says_hello_is_closed() -> Result<()> {
+    let w = RelayWorld::start(bins()).await?;
+    let token = w.create_agent("quiet").await?;
+    let config = std::sync::Arc::new(russh::client::Config::default());
+    let mut ssh = russh::client::connect(config, w.relay.ssh, HandDriven).await?;
+    let auth = ssh
+        .authenticate_password(postern_protocol::version::SSH_USER, &token)
+        .await?;
+    assert!(auth.success(), "the token was accepted");
+    let logged_in = Instant::now();
+
+    // No forward, no control channel, no hello: the relay ends it after HELLO_TIMEOUT.
+    let hello_timeout = postern_relay::control::HELLO_TIMEOUT;
+    tokio::time::timeout(hello_timeout + Duration::from_secs(5), &mut ssh)
+        .await
+        .context("the relay kept a session that never said hello")?
+        .ok();
+    let took = logged_in.elapsed();
+    assert!(
+        took >= hello_timeout - Duration::from_millis(500),
+        "closed after {took:?}, before the hello timeout"
+    );
+    let samples = scrape(&w.admin).await?;
+    assert_eq!(
+        sample(
+            &samples,
+            "postern_sessions_closed_total{reason=\"hello_refused\"}"
+        ),
+        1.0
+    );
+    assert!(w.relay.logs.contains("no hello within 10 s"));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_agent_holds_one_file_descriptor_on_the_relay() -> Result<()> {
+    let w = RelayWorld::start(bins()).await?;
+    let mut tokens = Vec::new();
+    for i in 0..5 {
+        tokens.push(w.create_agent(&format!("fd-{i}")).await?);
+    }
+    let before = open_fds(w.relay.pid())?;
+    let mut agents = Vec::new();
+    for token in &tokens {
+        agents.push(w.start_agent(token)?);
+    }
+    for i in 0..5 {
+        w.admin
+            .wait_online(&format!("fd-{i}"), true, ONLINE_WITHIN)
+            .await?;
+    }
+    let after = open_fds(w.relay.pid())?;
+    assert!(
+        after < before + 8,
+        "5 agents raised the relay's fds from {before} to {after}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn silent_connections_past_the_cap_are_closed_and_agents_still_get_in() -> Result<()> {
+    let w = RelayWorld::start(bins()).await?;
+    let token = w.create_agent("a1").await?;
+    let cap = postern_relay::ssh_server::MAX_UNAUTHENTICATED;
+    let extra = 50;
+    let mut silent = Vec::new();
+    for _ in 0..cap + extra {
+        silent.push(tokio::net::TcpStream::connect(w.relay.ssh).await?);
+    }
+    // The ones past the cap are closed at once (EOF or reset), the others wait for the
+    // authentication timeout (they get the relay's identification line first).
+    let started = Instant::now();
+    let mut closed = 0;
+    for stream in silent.iter_mut().rev().take(extra * 2) {
+        let mut buf = [0u8; 256];
+        let left = Duration::from_secs(3).saturating_sub(started.elapsed());
+        loop {
+            match tokio::time::timeout(left, stream.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => {
+                    closed += 1;
+                    break;
+                }
+                Ok(Ok(_)) => continue,
+                Err(_) => break,
+            }
+        }
+        if started.elapsed() > Duration::from_secs(3) {
+            break;
+        }
+    }
+    assert!(
+        closed >= extra / 2,
+        "only {closed} of the newest {} silent connections were closed at once",
+        extra * 2
+    );
+    let fds = open_fds(w.relay.pid())?;
+    assert!(fds < 2 * cap + 200, "the relay holds {fds} fds");
+
+    // A real agent gets in once the silent ones reach the authentication timeout.
+    let _agent = w.start_agent(&token)?;
+    w.admin
+        .wait_online("a1", true, Duration::from_secs(40))
+        .await?;
+    drop(silent);
+    Ok(())
+}
