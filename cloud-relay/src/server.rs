@@ -143,23 +143,26 @@ pub async fn run_with(
         tls,
         shutdown.stop.clone(),
     ));
-    tokio::select! {
-        _ = &mut served => {}
-        _ = shutdown.stop.cancelled() => {}
-    }
+    // The server ends on its own only once stopped and drained; a finished future must
+    // not be polled again.
+    let drained = tokio::select! {
+        _ = &mut served => true,
+        _ = shutdown.stop.cancelled() => false,
+    };
     // One deadline for the whole drain, so the relay stops within what its unit allows.
     let deadline = Instant::now() + grace;
-    let hurried = tokio::select! {
-        _ = &mut served => false,
-        _ = tokio::time::sleep_until(deadline) => {
-            warn!("in-flight API calls did not finish within the grace period; cutting them off");
-            false
-        }
-        _ = shutdown.hurry.cancelled() => {
-            warn!("second signal: cutting off the calls under way");
-            true
-        }
-    };
+    let hurried = !drained
+        && tokio::select! {
+            _ = &mut served => false,
+            _ = tokio::time::sleep_until(deadline) => {
+                warn!("in-flight API calls did not finish within the grace period; cutting them off");
+                false
+            }
+            _ = shutdown.hurry.cancelled() => {
+                warn!("second signal: cutting off the calls under way");
+                true
+            }
+        };
     // Dropping the API server ends the connections still open (their calls are cut off).
     drop(served);
     sessions_end.cancel();

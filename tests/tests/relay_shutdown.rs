@@ -380,3 +380,26 @@ async fn silent_connections_past_the_cap_are_closed_and_agents_still_get_in() ->
     drop(silent);
     Ok(())
 }
+
+/// An idle relay stops cleanly on every SIGTERM: its API server may end before the
+/// drain looks at it, and must not be waited on twice (that panicked, exit 101).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_relay_exits_0_on_every_sigterm() -> Result<()> {
+    let dir = postern_tests::temp::TempDir::new("relay-stops")?;
+    let bins = bins();
+    for i in 0..8 {
+        let mut relay = RelayProcess::start(
+            &bins,
+            &dir.path().join("relay"),
+            "127.0.0.1:0",
+            "127.0.0.1:0",
+        )?;
+        let status = relay.terminate()?;
+        ensure!(
+            status.code() == Some(0),
+            "stop {i}: {status}; logs:\n{}",
+            relay.logs.text()
+        );
+    }
+    Ok(())
+}
