@@ -5,6 +5,7 @@ mod connection;
 mod edit;
 mod init;
 mod jwt;
+mod out;
 mod run;
 mod service;
 mod status;
@@ -15,7 +16,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
-use crate::config::{self, AgentConfig};
+use crate::config::{self, AgentConfig, ConfigError};
 pub use run::wait_for_signal;
 
 #[derive(Debug, Parser)]
@@ -209,18 +210,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Completions { shell } => {
             use clap::CommandFactory;
-            clap_complete::generate(
-                shell,
-                &mut Cli::command(),
-                "postern",
-                &mut std::io::stdout(),
-            );
+            // Into memory first: clap_complete panics when a write fails.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "postern", &mut script);
+            out::stdout(|out| out.write_all(&script))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Man => {
             use clap::CommandFactory;
-            clap_mangen::Man::new(Cli::command())
-                .render(&mut std::io::stdout())
+            out::stdout(|out| clap_mangen::Man::new(Cli::command()).render(out))
                 .context("writing the man page")?;
             Ok(ExitCode::SUCCESS)
         }
@@ -228,18 +226,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
             command: ConfigCommand::Check,
         } => {
             let config = load(&path)?;
-            println!(
-                "{}: ok — relays {}, {} connection(s): {}",
-                path.display(),
-                config.relays.join(", "),
-                config.connections.len(),
-                config
-                    .connections
-                    .keys()
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
+            out::stdout(|out| {
+                writeln!(
+                    out,
+                    "{}: ok — relays {}, {} connection(s): {}",
+                    path.display(),
+                    config.relays.join(", "),
+                    config.connections.len(),
+                    config
+                        .connections
+                        .keys()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            })?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Connection {
@@ -263,6 +264,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-fn load(path: &std::path::Path) -> Result<AgentConfig> {
-    AgentConfig::load(path).with_context(|| format!("loading {}", path.display()))
+/// Loads the config; the error names the file once.
+pub(crate) fn load(path: &std::path::Path) -> Result<AgentConfig> {
+    AgentConfig::load(path).map_err(|e| match e {
+        ConfigError::Read { .. } | ConfigError::Parse { .. } | ConfigError::Permissions { .. } => {
+            anyhow::Error::new(e)
+        }
+        ConfigError::Invalid(_) | ConfigError::Problems(_) => {
+            anyhow::Error::new(e).context(format!("loading {}", path.display()))
+        }
+    })
 }

@@ -130,6 +130,20 @@ fn invalid(msg: impl Into<String>) -> ConfigError {
     ConfigError::Invalid(msg.into())
 }
 
+/// OpenSSH's form, the only one the agent compares against: a typo would otherwise be
+/// found only when every connection attempt is refused.
+fn is_sha256_fingerprint(text: &str) -> bool {
+    use base64::Engine;
+    text.strip_prefix("SHA256:")
+        .filter(|digest| digest.len() == 43)
+        .and_then(|digest| {
+            base64::engine::general_purpose::STANDARD_NO_PAD
+                .decode(digest)
+                .ok()
+        })
+        .is_some_and(|bytes| bytes.len() == 32)
+}
+
 impl AgentConfig {
     /// Reads, checks the file mode, parses and resolves a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -154,9 +168,11 @@ impl AgentConfig {
     ) -> Result<Self, ConfigError> {
         // Collect every problem, so `postern config check` can list them all at once.
         let mut problems = Vec::new();
-        if !file.relay_fingerprint.starts_with("SHA256:") {
+        if !is_sha256_fingerprint(&file.relay_fingerprint) {
             problems.push(format!(
-                "relay_fingerprint {:?} must be the relay's SHA256:… fingerprint (postern-relay fingerprint prints it)",
+                "relay_fingerprint {:?} must be the relay's host key fingerprint: `SHA256:` then \
+                 43 base64 characters (A-Z a-z 0-9 + /, no `=`), exactly as \
+                 `postern-relay fingerprint` prints it on the relay",
                 file.relay_fingerprint
             ));
         }

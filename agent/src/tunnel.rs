@@ -129,7 +129,12 @@ pub async fn run(
                 state.send_modify(|s| s.reconnects += 1);
                 continue;
             }
-            Err(e @ (TunnelError::TokenRefused | TunnelError::FingerprintMismatch { .. })) => {
+            Err(e @ TunnelError::FingerprintMismatch { .. }) => {
+                // The agent refuses the relay here, not the other way round.
+                refused = true;
+                error!(error = %e, "the relay's host key does not match relay_fingerprint; not sending the token; retrying slowly");
+            }
+            Err(e @ TunnelError::TokenRefused) => {
                 refused = true;
                 error!(error = %e, "relay refused this agent; retrying slowly");
             }

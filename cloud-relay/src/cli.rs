@@ -1,6 +1,7 @@
 //! The `postern-relay` command line: `serve`, `fingerprint`, and agent and API
 //! key management that works on the state folder, also while `serve` runs.
 
+use std::io::{self, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -50,6 +51,18 @@ impl StateArgs {
             config.state_dir = dir.clone();
         }
         Ok(config)
+    }
+
+    /// `postern-relay fingerprint` with the folder options this command was given, so the
+    /// suggested command reads the same host key.
+    fn fingerprint_command(&self) -> String {
+        let mut command = "postern-relay fingerprint".to_owned();
+        for (flag, path) in [("--state-dir", &self.state_dir), ("--config", &self.config)] {
+            if let Some(path) = path {
+                command.push_str(&format!(" {flag} {}", shell_quote(&path.to_string_lossy())));
+            }
+        }
+        command
     }
 
     fn store(&self) -> Result<SqliteStore> {
@@ -164,6 +177,19 @@ enum ApikeyCommand {
     },
 }
 
+/// `text` as one shell word: as is when it is plainly safe, else in single quotes.
+fn shell_quote(text: &str) -> String {
+    let plain = !text.is_empty()
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-+,:=@%".contains(c));
+    if plain {
+        text.to_owned()
+    } else {
+        format!("'{}'", text.replace('\'', r"'\''"))
+    }
+}
+
 /// What `main` runs: parse, tune the allocator for `serve`, set up logging, run, map to
 /// an exit code.
 pub fn main() -> ExitCode {
@@ -201,25 +227,21 @@ fn run(cli: Cli) -> Result<()> {
         Command::Fingerprint { state } => {
             // Only `serve` creates the identity: a mistyped folder must not print a new one.
             let key = host_key::load(&state.config()?.state_dir)?;
-            println!("{}", host_key::fingerprint(&key));
-            Ok(())
+            let fingerprint = host_key::fingerprint(&key);
+            to_stdout(|out| writeln!(out, "{fingerprint}"))
         }
         Command::Agent { command } => agent(command),
         Command::Apikey { command } => apikey(command),
         Command::Completions { shell } => {
             use clap::CommandFactory;
-            clap_complete::generate(
-                shell,
-                &mut Cli::command(),
-                "postern-relay",
-                &mut std::io::stdout(),
-            );
-            Ok(())
+            // Into memory first: clap_complete panics when a write fails.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "postern-relay", &mut script);
+            to_stdout(|out| out.write_all(&script))
         }
         Command::Man => {
             use clap::CommandFactory;
-            clap_mangen::Man::new(Cli::command())
-                .render(&mut std::io::stdout())
+            to_stdout(|out| clap_mangen::Man::new(Cli::command()).render(out))
                 .context("writing the man page")
         }
     }
@@ -242,11 +264,14 @@ fn apikey(command: ApikeyCommand) -> Result<()> {
                     scope,
                 })?;
             } else {
-                println!(
-                    "API key {name:?} (scope {scope}) created. It is shown only this once:\n\n  {}\n",
-                    key.expose()
-                );
-                println!("Send it as: Authorization: Bearer <key>");
+                to_stdout(|out| {
+                    writeln!(
+                        out,
+                        "API key {name:?} (scope {scope}) created. It is shown only this once:\n\n  {}\n",
+                        key.expose()
+                    )?;
+                    writeln!(out, "Send it as: Authorization: Bearer <key>")
+                })?;
             }
             Ok(())
         }
@@ -257,10 +282,11 @@ fn apikey(command: ApikeyCommand) -> Result<()> {
                     api_keys: keys.into_iter().map(crate::api::apikeys::info).collect(),
                 })?;
             } else {
-                println!("{:<32} {:<6} CREATED", "NAME", "SCOPE");
-                for k in keys {
-                    println!("{:<32} {:<6} {}", k.name, k.scope, k.created_at);
-                }
+                let rows: Vec<[String; 3]> = keys
+                    .into_iter()
+                    .map(|k| [k.name, k.scope.to_string(), k.created_at])
+                    .collect();
+                print_table(["NAME", "SCOPE", "CREATED"], &rows)?;
             }
             Ok(())
         }
@@ -269,10 +295,13 @@ fn apikey(command: ApikeyCommand) -> Result<()> {
             if json {
                 print_json(&serde_json::json!({"name": revoked.name, "revoked": true}))?;
             } else {
-                println!(
-                    "API key {:?} revoked; it stops working at once.",
-                    revoked.name
-                );
+                let name = revoked.name;
+                to_stdout(|out| {
+                    writeln!(
+                        out,
+                        "API key {name:?} revoked; a running relay stops taking it within a second."
+                    )
+                })?;
             }
             Ok(())
         }
@@ -291,14 +320,19 @@ fn agent(command: AgentCommand) -> Result<()> {
                     token: token.expose().to_owned(),
                 })?;
             } else {
-                println!("Agent {:?} created (id {}).", agent.name, agent.id);
-                println!(
-                    "Its access token is shown only this once:\n\n  {}\n",
-                    token.expose()
-                );
-                println!(
-                    "On the agent's machine: POSTERN_TOKEN=<token> postern init --relay HOST:PORT --fingerprint $(postern-relay fingerprint)"
-                );
+                let fingerprint_command = state.fingerprint_command();
+                to_stdout(|out| {
+                    writeln!(out, "Agent {:?} created (id {}).", agent.name, agent.id)?;
+                    writeln!(
+                        out,
+                        "Its access token is shown only this once:\n\n  {}\n",
+                        token.expose()
+                    )?;
+                    writeln!(
+                        out,
+                        "On the agent's machine: POSTERN_TOKEN=<token> postern init --relay HOST:PORT --fingerprint $({fingerprint_command})"
+                    )
+                })?;
             }
             Ok(())
         }
@@ -311,10 +345,11 @@ fn agent(command: AgentCommand) -> Result<()> {
                     .collect();
                 print_json(&serde_json::json!({ "agents": list }))?;
             } else {
-                println!("{:<22} {:<32} CREATED", "ID", "NAME");
-                for a in agents {
-                    println!("{:<22} {:<32} {}", a.id, a.name, a.created_at);
-                }
+                let rows: Vec<[String; 3]> = agents
+                    .into_iter()
+                    .map(|a| [a.id, a.name, a.created_at])
+                    .collect();
+                print_table(["ID", "NAME", "CREATED"], &rows)?;
             }
             Ok(())
         }
@@ -325,10 +360,13 @@ fn agent(command: AgentCommand) -> Result<()> {
                     &serde_json::json!({"id": revoked.id, "name": revoked.name, "revoked": true}),
                 )?;
             } else {
-                println!(
-                    "Agent {:?} ({}) revoked; a running relay drops its session within a second.",
-                    revoked.name, revoked.id
-                );
+                to_stdout(|out| {
+                    writeln!(
+                        out,
+                        "Agent {:?} ({}) revoked; a running relay drops its session within a second.",
+                        revoked.name, revoked.id
+                    )
+                })?;
             }
             Ok(())
         }
@@ -354,20 +392,25 @@ fn agent(command: AgentCommand) -> Result<()> {
                     old_token_valid_until: valid_until,
                 })?;
             } else {
-                println!(
-                    "Agent {:?} ({}) has a new access token, shown only this once:\n\n  {}\n",
-                    record.name,
-                    record.id,
-                    token.expose()
-                );
-                match valid_until {
-                    Some(t) => println!(
-                        "The old token keeps working until {t}; put the new one in the agent's config before then."
-                    ),
-                    None => println!(
-                        "The old token no longer works; a running relay drops the agent's session within a second."
-                    ),
-                }
+                to_stdout(|out| {
+                    writeln!(
+                        out,
+                        "Agent {:?} ({}) has a new access token, shown only this once:\n\n  {}\n",
+                        record.name,
+                        record.id,
+                        token.expose()
+                    )?;
+                    match valid_until {
+                        Some(t) => writeln!(
+                            out,
+                            "The old token keeps working until {t}; put the new one in the agent's config before then."
+                        ),
+                        None => writeln!(
+                            out,
+                            "The old token no longer works; a running relay drops the agent's session within a second."
+                        ),
+                    }
+                })?;
             }
             Ok(())
         }
@@ -375,8 +418,50 @@ fn agent(command: AgentCommand) -> Result<()> {
 }
 
 fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
-    println!("{}", serde_json::to_string(value)?);
-    Ok(())
+    let text = serde_json::to_string(value)?;
+    to_stdout(|out| writeln!(out, "{text}"))
+}
+
+/// Runs `write` on a locked stdout and flushes it. A reader that went away
+/// (`postern-relay agent list | head -1`) is not an error: it read all it wanted.
+fn to_stdout(write: impl FnOnce(&mut dyn Write) -> io::Result<()>) -> Result<()> {
+    let mut out = io::stdout().lock();
+    match write(&mut out).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+        other => other.context("writing to stdout"),
+    }
+}
+
+/// Columns padded to their longest value; the last one is not padded.
+fn table<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> String {
+    let mut widths = header.map(str::len);
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let line = |cells: [&str; N]| {
+        let mut text = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            if i + 1 == N {
+                text.push_str(cell);
+            } else {
+                text.push_str(&format!("{cell:<w$}  ", w = widths[i]));
+            }
+        }
+        text.push('\n');
+        text
+    };
+    let mut text = line(header);
+    for row in rows {
+        text.push_str(&line(row.each_ref().map(String::as_str)));
+    }
+    text
+}
+
+fn print_table<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> Result<()> {
+    let text = table(header, rows);
+    to_stdout(|out| out.write_all(text.as_bytes()))
 }
 
 fn serve(config: RelayConfig) -> Result<()> {

@@ -462,7 +462,7 @@ async fn connection_test_says_when_tls_is_not_verified() -> Result<()> {
     let config = dir.write_private(
         "agent.toml",
         &format!(
-            "relay = \"127.0.0.1:1\"\nrelay_fingerprint = \"SHA256:unused\"\ntoken = \"{}\"\n{}",
+            "relay = \"127.0.0.1:1\"\nrelay_fingerprint = \"SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU\"\ntoken = \"{}\"\n{}",
             token.expose(),
             tls_connections(port)
         ),

@@ -40,7 +40,7 @@ fn config_text(connections: &str) -> String {
         &[9u8; postern_protocol::token::BODY_LEN],
     );
     format!(
-        "relay = \"127.0.0.1:1\"\nrelay_fingerprint = \"SHA256:unused\"\ntoken = \"{}\"\n{connections}",
+        "relay = \"127.0.0.1:1\"\nrelay_fingerprint = \"SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU\"\ntoken = \"{}\"\n{connections}",
         token.expose()
     )
 }

@@ -205,7 +205,7 @@ fn config_check_refuses_user_info_in_urls_and_keys_beside_auth_none() -> Result<
     );
     let token = token.expose();
     let head = format!(
-        "relay = \"relay.example.com:2222\"\nrelay_fingerprint = \"SHA256:abc\"\ntoken = \"{token}\"\n"
+        "relay = \"relay.example.com:2222\"\nrelay_fingerprint = \"SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU\"\ntoken = \"{token}\"\n"
     );
     let check = |text: &str, env: &[(&str, &str)]| -> Result<(bool, String)> {
         let config = dir.write_private("agent.toml", &format!("{head}{text}"))?;

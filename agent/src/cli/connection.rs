@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 
+use super::out;
 use crate::call::CallContext;
 use crate::config::AgentConfig;
 use crate::connection_test;
@@ -23,7 +24,8 @@ pub(crate) fn list(config: &AgentConfig, json: bool) -> Result<ExitCode> {
                 })
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        let text = serde_json::to_string_pretty(&rows)?;
+        out::stdout(|out| writeln!(out, "{text}"))?;
         return Ok(ExitCode::SUCCESS);
     }
     let width = config
@@ -40,15 +42,19 @@ pub(crate) fn list(config: &AgentConfig, json: bool) -> Result<ExitCode> {
         .max()
         .unwrap_or(8)
         .max(8);
-    println!("{:<width$}  {:<uri_width$}  AUTH", "NAME", "BASE URI");
-    for c in config.connections.values() {
-        println!(
-            "{:<width$}  {:<uri_width$}  {}",
-            c.name.to_string(),
-            c.base_uri.as_str(),
-            c.auth.describe()
-        );
-    }
+    out::stdout(|out| {
+        writeln!(out, "{:<width$}  {:<uri_width$}  AUTH", "NAME", "BASE URI")?;
+        for c in config.connections.values() {
+            writeln!(
+                out,
+                "{:<width$}  {:<uri_width$}  {}",
+                c.name.to_string(),
+                c.base_uri.as_str(),
+                c.auth.describe()
+            )?;
+        }
+        Ok(())
+    })?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -59,11 +65,12 @@ pub(crate) fn test(config: &AgentConfig, name: &str, json: bool) -> Result<ExitC
     let ctx = CallContext::new(Arc::clone(conn)).context("building the HTTP client")?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let report = runtime.block_on(connection_test::run(&ctx));
-    if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+    let text = if json {
+        serde_json::to_string_pretty(&report)?
     } else {
-        println!("{report}");
-    }
+        report.to_string()
+    };
+    out::stdout(|out| writeln!(out, "{text}"))?;
     Ok(if report.ok {
         ExitCode::SUCCESS
     } else {

@@ -2,13 +2,14 @@
 //! Edits keep the file's comments and layout (toml_edit), are validated whole before
 //! they are written, and are written atomically with mode 0600 and the file's owner kept.
 
-use std::io::{IsTerminal, Read};
+use std::io::{IsTerminal, Read, Write};
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use postern_protocol::{SecretKind, SecretToken};
 use toml_edit::{DocumentMut, InlineTable, Item, Table, TableLike, value};
 
+use super::out;
 use crate::config::{AgentConfig, ConfigFile};
 
 /// What `connection add` was asked for.
@@ -124,7 +125,7 @@ pub(crate) fn add(path: &Path, new: NewConnection) -> Result<()> {
     table["auth"] = Item::Table(auth);
     connections[&new.name] = Item::Table(table);
     save(path, &doc)?;
-    println!("connection {:?} added to {}", new.name, path.display());
+    out::stdout(|out| writeln!(out, "connection {:?} added to {}", new.name, path.display()))?;
     Ok(())
 }
 
@@ -138,7 +139,7 @@ pub(crate) fn remove(path: &Path, name: &str) -> Result<()> {
         bail!("no connection {name:?} in {}", path.display());
     }
     save(path, &doc)?;
-    println!("connection {name:?} removed from {}", path.display());
+    out::stdout(|out| writeln!(out, "connection {name:?} removed from {}", path.display()))?;
     Ok(())
 }
 
@@ -163,8 +164,8 @@ pub(crate) fn show(path: &Path, name: &str) -> Result<()> {
     mask(&mut shown);
     let mut out = DocumentMut::new();
     out[name] = Item::Table(shown);
-    print!("{out}");
-    Ok(())
+    let text = out.to_string();
+    super::out::stdout(|out| out.write_all(text.as_bytes()))
 }
 
 /// Masks secrets in tables and inline tables alike (`auth = { secret = "…" }`).
@@ -213,12 +214,12 @@ pub(crate) fn set_token(path: &Path, token_file: Option<&Path>) -> Result<()> {
         let target = std::fs::canonicalize(&named).unwrap_or(named);
         replace_private(&target, &format!("{}\n", token.expose()))
             .with_context(|| format!("writing {}", target.display()))?;
-        println!("token updated in {}; {next_step}", target.display());
+        out::stdout(|out| writeln!(out, "token updated in {}; {next_step}", target.display()))?;
         return Ok(());
     }
     doc["token"] = value(token.expose());
     save(path, &doc)?;
-    println!("token updated in {}; {next_step}", path.display());
+    out::stdout(|out| writeln!(out, "token updated in {}; {next_step}", path.display()))?;
     Ok(())
 }
 
@@ -226,7 +227,6 @@ pub(crate) fn set_token(path: &Path, token_file: Option<&Path>) -> Result<()> {
 /// and with the old file's owner and group: run as root (`sudo postern …`), the new
 /// file must stay readable by the service user that owned the old one.
 fn replace_private(path: &Path, text: &str) -> std::io::Result<()> {
-    use std::io::Write;
     use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
     let old = match std::fs::metadata(path) {
         Ok(meta) => Some(meta),

@@ -46,7 +46,8 @@ pub(crate) fn init(
     let token = SecretToken::parse(SecretKind::AgentToken, &read_token(token_file)?)
         .context("the access token is not valid")?;
     let text = format!(
-        "# Written by `postern init`. Add [connections.<name>] tables; see packaging/agent.example.toml.\n\
+        "# Written by `postern init`. Add [connections.<name>] tables; see agent.example.toml in\n\
+         # /usr/share/doc/postern/ (install.sh: /usr/local/share/doc/postern/; source: packaging/).\n\
          relay = {}\nrelay_fingerprint = {}\ntoken = {}\n",
         toml_string(relay),
         toml_string(fingerprint),
@@ -62,8 +63,7 @@ pub(crate) fn init(
             .create(dir)?;
     }
     config::write_private(path, &text).with_context(|| format!("writing {}", path.display()))?;
-    println!("wrote {} (mode 0600)", path.display());
-    Ok(())
+    super::out::stdout(|out| writeln!(out, "wrote {} (mode 0600)", path.display()))
 }
 
 fn toml_string(s: &str) -> String {

@@ -12,6 +12,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::Value;
 
+use super::out;
 use crate::config::{AgentConfig, Auth};
 use crate::jwt::bearer::unix_now;
 
@@ -27,7 +28,7 @@ pub(crate) fn sign(config: &AgentConfig, connection: &str) -> Result<ExitCode> {
         .signer
         .sign(unix_now(), &|name| std::env::var(name).ok())
         .context("signing")?;
-    println!("{token}");
+    out::stdout(|out| writeln!(out, "{token}"))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -52,17 +53,23 @@ pub(crate) fn decode(token: &str, verify_with: Option<&Path>) -> Result<ExitCode
     };
     let header = part_json("header", header)?;
     let claims = part_json("claims", claims)?;
-    println!("header:\n{}", serde_json::to_string_pretty(&header)?);
-    println!("claims:\n{}", serde_json::to_string_pretty(&claims)?);
+    let mut shown = format!(
+        "header:\n{}\nclaims:\n{}\n",
+        serde_json::to_string_pretty(&header)?,
+        serde_json::to_string_pretty(&claims)?
+    );
     for name in ["iat", "nbf", "exp"] {
         if let Some(t) = claims.get(name).and_then(Value::as_u64) {
-            println!("{name}: {}", describe_time(t));
+            shown.push_str(&format!("{name}: {}\n", describe_time(t)));
         }
     }
     let Some(key_file) = verify_with else {
-        println!("signature: not checked (pass --verify-with KEYFILE)");
+        shown.push_str("signature: not checked (pass --verify-with KEYFILE)\n");
+        out::stdout(|out| out.write_all(shown.as_bytes()))?;
         return Ok(ExitCode::SUCCESS);
     };
+    // The header and claims are shown even when the key cannot be read.
+    out::stdout(|out| out.write_all(shown.as_bytes()))?;
     let alg_name = header
         .get("alg")
         .and_then(Value::as_str)
@@ -78,14 +85,19 @@ pub(crate) fn decode(token: &str, verify_with: Option<&Path>) -> Result<ExitCode
     validation.set_required_spec_claims::<&str>(&[]);
     match jsonwebtoken::decode::<Value>(token, &key, &validation) {
         Ok(_) => {
-            println!("signature: valid ({alg_name}, {})", key_file.display());
+            out::stdout(|out| {
+                writeln!(out, "signature: valid ({alg_name}, {})", key_file.display())
+            })?;
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
-            println!(
-                "signature: INVALID ({alg_name}, {}): {e}",
-                key_file.display()
-            );
+            out::stdout(|out| {
+                writeln!(
+                    out,
+                    "signature: INVALID ({alg_name}, {}): {e}",
+                    key_file.display()
+                )
+            })?;
             Ok(ExitCode::FAILURE)
         }
     }

@@ -7,7 +7,6 @@ use anyhow::{Context, Result};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::AgentConfig;
 use crate::tunnel::TunnelState;
 
 pub(crate) fn run_daemon(path: PathBuf) -> Result<()> {
@@ -18,7 +17,7 @@ pub(crate) fn run_daemon(path: PathBuf) -> Result<()> {
         let _in_runtime = runtime.enter();
         crate::daemon::listen_for_hangup()
     };
-    let config = AgentConfig::load(&path).with_context(|| format!("loading {}", path.display()))?;
+    let config = super::load(&path)?;
     runtime.block_on(async move {
         let shutdown = CancellationToken::new();
         let signals = shutdown.clone();

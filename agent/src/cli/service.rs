@@ -49,8 +49,8 @@ fn this_binary() -> Result<PathBuf> {
 /// Prints the unit `install` would write.
 pub(crate) fn print_unit(config: &Path) -> Result<()> {
     let config = absolute(config).unwrap_or_else(|_| config.to_owned());
-    print!("{}", unit(&this_binary()?, &config)?);
-    Ok(())
+    let text = unit(&this_binary()?, &config)?;
+    super::out::stdout(|out| out.write_all(text.as_bytes()))
 }
 
 fn require_systemd_and_root() -> Result<()> {

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 
+use super::out;
 use crate::config::{self, ConfigFile};
 use crate::status::{ReloadReport, StatusReport};
 
@@ -39,7 +40,9 @@ fn ask(config_path: &Path, command: &str) -> Result<Result<String, ExitCode>> {
         Ok(s) => s,
         Err(e) => {
             eprintln!(
-                "no agent answers on {}: {e} (is `postern run` running?)",
+                "no agent answers on {}: {e} (is `postern run` running? If it is, its log \
+                 says why it has no status socket; `status_socket` in the config sets where \
+                 it goes)",
                 socket.display()
             );
             return Ok(Err(ExitCode::from(2)));
@@ -60,11 +63,13 @@ pub(crate) fn status(config_path: &Path, json: bool) -> Result<ExitCode> {
     };
     let report: StatusReport =
         serde_json::from_str(&text).context("the daemon sent no valid status")?;
-    if json {
-        println!("{text}");
-    } else {
-        print_report(&report);
-    }
+    out::stdout(|out| {
+        if json {
+            writeln!(out, "{text}")
+        } else {
+            print_report(out, &report)
+        }
+    })?;
     Ok(if report.connected {
         ExitCode::SUCCESS
     } else {
@@ -82,10 +87,13 @@ pub(crate) fn reload(config_path: &Path) -> Result<ExitCode> {
         serde_json::from_str(&text).context("the daemon sent no valid answer")?;
     match report.error {
         None if report.ok => {
-            println!("reloaded {}", config_path.display());
-            for change in &report.changes {
-                println!("  {change}");
-            }
+            out::stdout(|out| {
+                writeln!(out, "reloaded {}", config_path.display())?;
+                for change in &report.changes {
+                    writeln!(out, "  {change}")?;
+                }
+                Ok(())
+            })?;
             Ok(ExitCode::SUCCESS)
         }
         error => {
@@ -98,31 +106,34 @@ pub(crate) fn reload(config_path: &Path) -> Result<ExitCode> {
     }
 }
 
-fn print_report(r: &StatusReport) {
+fn print_report(out: &mut dyn Write, r: &StatusReport) -> std::io::Result<()> {
     let state = match (&r.connected, &r.connected_since) {
         (true, Some(since)) => format!("connected since {since}"),
         (true, None) => "connected".to_owned(),
         (false, _) => "NOT connected".to_owned(),
     };
-    println!("postern agent {} — {state}", r.agent_version);
-    println!("  relay        {}", r.relays.join(", "));
+    writeln!(out, "postern agent {} — {state}", r.agent_version)?;
+    writeln!(out, "  relay        {}", r.relays.join(", "))?;
     if let Some(name) = &r.agent_name {
-        println!("  agent name   {name}");
+        writeln!(out, "  agent name   {name}")?;
     }
-    println!("  reconnects   {}", r.reconnects);
+    writeln!(out, "  reconnects   {}", r.reconnects)?;
     if let Some(e) = &r.last_error {
-        println!("  last error   {e}");
+        writeln!(out, "  last error   {e}")?;
     }
     if !r.connections.is_empty() {
-        println!(
+        writeln!(
+            out,
             "\n  {:<24} {:>8} {:>8}  TOKEN",
             "CONNECTION", "SERVED", "FAILED"
-        );
+        )?;
         for (name, c) in &r.connections {
-            println!(
+            writeln!(
+                out,
                 "  {:<24} {:>8} {:>8}  {}",
                 name, c.calls_served, c.calls_failed, c.token_cache
-            );
+            )?;
         }
     }
+    Ok(())
 }

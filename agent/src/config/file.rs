@@ -206,7 +206,7 @@ mod tests {
 
     fn auth(table: &str) -> Result<AuthFile, String> {
         let text = format!(
-            "relay = \"r:1\"\nrelay_fingerprint = \"SHA256:x\"\n[connections.c]\nbase_uri = \"http://h\"\nauth = {table}\n"
+            "relay = \"r:1\"\nrelay_fingerprint = \"SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU\"\n[connections.c]\nbase_uri = \"http://h\"\nauth = {table}\n"
         );
         let file = ConfigFile::parse(&text).map_err(|e| e.to_string())?;
         file.connections

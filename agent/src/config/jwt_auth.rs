@@ -301,7 +301,7 @@ mod tests {
             &[7u8; postern_protocol::token::BODY_LEN],
         );
         let text = format!(
-            "relay = \"127.0.0.1:2222\"\nrelay_fingerprint = \"SHA256:abc\"\ntoken = \"{}\"\n{connection}",
+            "relay = \"127.0.0.1:2222\"\nrelay_fingerprint = \"SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU\"\ntoken = \"{}\"\n{connection}",
             token.expose()
         );
         let file = super::super::ConfigFile::parse(&text).map_err(|e| e.to_string())?;

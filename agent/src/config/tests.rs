@@ -17,6 +17,9 @@ fn typo_token() -> String {
     format!("{}{swapped}{}", &t[..10], &t[11..])
 }
 
+/// Shaped like `postern-relay fingerprint` output (the SHA-256 of nothing).
+const FINGERPRINT: &str = "SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU";
+
 fn parse(text: &str) -> Result<AgentConfig, String> {
     let file = ConfigFile::parse(text).map_err(|e| e.to_string())?;
     AgentConfig::resolve(file, Path::new("/nonexistent"), &|name| {
@@ -27,7 +30,7 @@ fn parse(text: &str) -> Result<AgentConfig, String> {
 
 fn base(extra: &str) -> String {
     format!(
-        "relay = \"127.0.0.1:2222\"\nrelay_fingerprint = \"SHA256:abc\"\ntoken = \"{}\"\n{extra}",
+        "relay = \"127.0.0.1:2222\"\nrelay_fingerprint = \"{FINGERPRINT}\"\ntoken = \"{}\"\n{extra}",
         token()
     )
 }
@@ -104,14 +107,14 @@ fn refuses_what_users_get_wrong() {
         ),
         (
             format!(
-                "relay = \"r:1\"\nrelay_fingerprint = \"SHA256:x\"\ntoken = \"{}\"",
+                "relay = \"r:1\"\nrelay_fingerprint = \"{FINGERPRINT}\"\ntoken = \"{}\"",
                 typo_token()
             ),
             "checksum",
         ),
         (
             format!(
-                "relay = \"r\"\nrelay_fingerprint = \"SHA256:x\"\ntoken = \"{}\"",
+                "relay = \"r\"\nrelay_fingerprint = \"{FINGERPRINT}\"\ntoken = \"{}\"",
                 token()
             ),
             "host:port",
@@ -125,7 +128,7 @@ fn refuses_what_users_get_wrong() {
         ),
         (
             format!(
-                "relay = \"r:1\"\nrelay_fingerprint = \"SHA256:x\"\ntoken = \"{}\"\ntoken_env = \"X\"",
+                "relay = \"r:1\"\nrelay_fingerprint = \"{FINGERPRINT}\"\ntoken = \"{}\"\ntoken_env = \"X\"",
                 token()
             ),
             "only one of token",
@@ -136,6 +139,40 @@ fn refuses_what_users_get_wrong() {
         assert!(
             err.contains(expected),
             "{text}\n→ {err}\n(expected {expected:?})"
+        );
+    }
+}
+
+#[test]
+fn only_an_openssh_sha256_fingerprint_is_taken() {
+    let with = |fingerprint: &str| {
+        parse(&format!(
+            "relay = \"r:1\"\nrelay_fingerprint = {fingerprint:?}\ntoken = \"{}\"",
+            token()
+        ))
+    };
+    assert!(with(FINGERPRINT).is_ok());
+    assert!(with("SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA").is_ok());
+    for bad in [
+        "SHA256:nope",
+        "SHA256:",
+        "SHA256:abc",
+        // Padded, as base64 tools print it: OpenSSH leaves the `=` off.
+        "SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=",
+        // One character short, one too many, a character outside base64.
+        "SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuF",
+        "SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFUU",
+        "SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuF!",
+        // URL-safe base64 is not what OpenSSH prints.
+        "SHA256:47DEQpj8HBSa-_TImW-5JCeuQeRkm5NMpJWZG3hSuFU",
+        "sha256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU",
+        "MD5:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU",
+        " SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU",
+    ] {
+        let err = with(bad).expect_err(bad);
+        assert!(
+            err.contains("43 base64 characters") && err.contains("`postern-relay fingerprint`"),
+            "{bad}: {err}"
         );
     }
 }

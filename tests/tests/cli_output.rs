@@ -1,0 +1,313 @@
+//! What the real `postern` and `postern-relay` binaries print: output into a pipe the
+//! reader has closed (`| head -1`), fingerprint and load errors, the no-agent hint, the
+//! wrong-fingerprint log line, and the relay's list and suggestion texts.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use postern_protocol::{SecretKind, SecretToken};
+use postern_tests::harness::{AgentProcess, Bins, Tunnel, agent_config, create_agent, relay_cli};
+use postern_tests::temp::TempDir;
+
+fn bins() -> Bins {
+    postern_tests::bins!()
+}
+
+/// Shaped like `postern-relay fingerprint` output, but no relay's.
+const OTHER_FINGERPRINT: &str = "SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+
+fn token() -> String {
+    SecretToken::generate(
+        SecretKind::AgentToken,
+        &[5u8; postern_protocol::token::BODY_LEN],
+    )
+    .expose()
+    .to_owned()
+}
+
+fn output(program: &Path, args: &[&str]) -> Result<Output> {
+    Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {} {args:?}", program.display()))
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Runs the command with stdout a pipe whose read end is closed before it writes
+/// (`| head -1` that has already read its line), several times since it is a race;
+/// fails if it panics or does not exit 0.
+fn into_closed_pipe(program: &Path, args: &[&str]) -> Result<()> {
+    for _ in 0..5 {
+        let mut child = Command::new(program)
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {args:?}"))?;
+        drop(child.stdout.take());
+        let out = child.wait_with_output()?;
+        let said = stderr(&out);
+        if said.contains("panicked") || out.status.code() != Some(0) {
+            bail!(
+                "{} {args:?} into a closed pipe: {:?}\n{said}",
+                program.display(),
+                out.status
+            );
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn agent_commands_into_a_closed_pipe_do_not_panic() -> Result<()> {
+    let dir = TempDir::new("cliout-pipe")?;
+    // More than a pipe holds (64 KiB), so a write fails even when it wins the race.
+    let connections: String = (0..3000)
+        .map(|i| format!("[connections.c{i}]\nbase_uri = \"http://127.0.0.1:9000/api/{i}\"\n"))
+        .collect();
+    let text = format!(
+        "relay = \"127.0.0.1:1\"\nrelay_fingerprint = \"{OTHER_FINGERPRINT}\"\ntoken = \"{}\"\n{connections}",
+        token()
+    );
+    let config = dir.write_private("agent.toml", &text)?;
+    let config = config.to_string_lossy();
+    let agent = bins().agent;
+    let jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4IiwiZXhwIjoxNzAwMDAwMDAwfQ.c2ln";
+    for args in [
+        vec!["connection", "list"],
+        vec!["connection", "list", "--json"],
+        vec!["connection", "show", "c7"],
+        vec!["config", "check"],
+        vec!["man"],
+        vec!["completions", "bash"],
+        vec!["jwt", "decode", jwt],
+        vec!["service", "unit"],
+    ] {
+        let mut with_config = args.clone();
+        with_config.extend(["--config", &config]);
+        into_closed_pipe(&agent, &with_config)?;
+    }
+    Ok(())
+}
+
+#[test]
+fn a_malformed_fingerprint_is_refused_at_init_and_check() -> Result<()> {
+    let dir = TempDir::new("cliout-fp")?;
+    let agent = bins().agent;
+    let path = dir.path().join("agent.toml");
+    let config = path.to_string_lossy();
+    for bad in [
+        "SHA256:nope",
+        "SHA256:",
+        "sha256:x",
+        "SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+    ] {
+        let out = Command::new(&agent)
+            .args([
+                "init",
+                "--relay",
+                "relay.example.com:2222",
+                "--fingerprint",
+                bad,
+            ])
+            .args(["--config", &config])
+            .env("POSTERN_TOKEN", token())
+            .stdin(Stdio::null())
+            .output()?;
+        let said = stderr(&out);
+        assert!(!out.status.success(), "{bad} was taken");
+        assert!(!path.exists(), "{bad}: the config was written");
+        assert!(
+            said.contains("43 base64 characters") && said.contains("`postern-relay fingerprint`"),
+            "{bad}: {said}"
+        );
+    }
+
+    let out = Command::new(&agent)
+        .args(["init", "--relay", "relay.example.com:2222"])
+        .args(["--fingerprint", OTHER_FINGERPRINT, "--config", &config])
+        .env("POSTERN_TOKEN", token())
+        .stdin(Stdio::null())
+        .output()?;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let written = std::fs::read_to_string(&path)?;
+    assert!(
+        written.contains("/usr/share/doc/postern/"),
+        "the header names the installed example: {written}"
+    );
+    let out = output(&agent, &["config", "check", "--config", &config])?;
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let typo = written.replace(OTHER_FINGERPRINT, "SHA256:nope");
+    let bad = dir.write_private("typo.toml", &typo)?;
+    let out = output(
+        &agent,
+        &["config", "check", "--config", &bad.to_string_lossy()],
+    )?;
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("`postern-relay fingerprint`"),
+        "{}",
+        stderr(&out)
+    );
+    Ok(())
+}
+
+#[test]
+fn load_errors_name_the_file_once() -> Result<()> {
+    let dir = TempDir::new("cliout-once")?;
+    let agent = bins().agent;
+    let syntax = dir.write_private("syntax.toml", "relay = \n")?;
+    let loose = dir.write_private(
+        "loose.toml",
+        &format!(
+            "relay = \"r:1\"\nrelay_fingerprint = \"{OTHER_FINGERPRINT}\"\ntoken = \"{}\"\n",
+            token()
+        ),
+    )?;
+    std::fs::set_permissions(&loose, std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
+    let missing = dir.path().join("missing.toml");
+    let problems = dir.write_private(
+        "problems.toml",
+        "relay = \"nohost\"\nrelay_fingerprint = \"x\"\ntoken = \"pst_short\"\n",
+    )?;
+    // The mode error names the file a second time in the `chmod 600 FILE` it suggests.
+    for (path, what, times) in [
+        (&syntax, "TOML parse error", 1),
+        (&loose, "chmod 600", 2),
+        (&missing, "cannot read", 1),
+        (&problems, "relay_fingerprint", 1),
+    ] {
+        let name = path.to_string_lossy();
+        for command in [&["config", "check"][..], &["connection", "list"]] {
+            let mut args = command.to_vec();
+            args.extend(["--config", &name]);
+            let out = output(&agent, &args)?;
+            let said = stderr(&out);
+            assert!(!out.status.success());
+            assert!(said.contains(what), "{args:?}: {said}");
+            assert_eq!(said.matches(&*name).count(), times, "{args:?}: {said}");
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn no_agent_points_to_the_log_and_status_socket() -> Result<()> {
+    let dir = TempDir::new("cliout-nosock")?;
+    let config = dir.write_private(
+        "agent.toml",
+        &format!(
+            "relay = \"127.0.0.1:1\"\nrelay_fingerprint = \"{OTHER_FINGERPRINT}\"\ntoken = \"{}\"\nstatus_socket = \"agent.sock\"\n",
+            token()
+        ),
+    )?;
+    let config = config.to_string_lossy();
+    for command in ["status", "reload"] {
+        let out = output(&bins().agent, &[command, "--config", &config])?;
+        let said = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{command}: {said}");
+        assert!(
+            said.contains("no agent answers")
+                && said.contains("its log says why")
+                && said.contains("`status_socket`"),
+            "{command}: {said}"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn status_relay_output_and_the_wrong_fingerprint_line() -> Result<()> {
+    let dir = TempDir::new("cliout-tunnel")?;
+    let bins = bins();
+    let t = Tunnel::start(
+        &bins,
+        &dir,
+        "[connections.o]\nbase_uri = \"http://127.0.0.1:9/\"\n",
+    )
+    .await?;
+    let config = t.config.to_string_lossy();
+    let state = t.relay.state_dir.to_string_lossy().into_owned();
+
+    for args in [
+        vec!["status", "--json", "--config", &config],
+        vec!["status", "--config", &config],
+        vec!["reload", "--config", &config],
+    ] {
+        into_closed_pipe(&bins.agent, &args)?;
+    }
+    relay_cli(
+        &bins,
+        &[
+            "apikey",
+            "create",
+            "a-rather-long-key-name",
+            "--scope",
+            "call",
+            "--state-dir",
+            &state,
+        ],
+    )?;
+    for args in [
+        vec!["agent", "list", "--state-dir", &state],
+        vec!["agent", "list", "--json", "--state-dir", &state],
+        vec!["apikey", "list", "--state-dir", &state],
+        vec!["apikey", "list", "--json", "--state-dir", &state],
+        vec!["fingerprint", "--state-dir", &state],
+        vec!["completions", "bash"],
+        vec!["man"],
+    ] {
+        into_closed_pipe(&bins.relay, &args)?;
+    }
+
+    // Every CREATED value starts in the header's column.
+    let listed = relay_cli(&bins, &["apikey", "list", "--state-dir", &state])?;
+    let column = listed.find("CREATED").context("no CREATED header")?;
+    for line in listed.lines().skip(1) {
+        let at = line.find(" 20").map(|i| i + 1);
+        assert_eq!(at, Some(column), "misaligned:\n{listed}");
+    }
+    let revoked = relay_cli(
+        &bins,
+        &[
+            "apikey",
+            "revoke",
+            "a-rather-long-key-name",
+            "--state-dir",
+            &state,
+        ],
+    )?;
+    assert!(revoked.contains("within a second"), "{revoked}");
+    let created = relay_cli(&bins, &["agent", "create", "a3", "--state-dir", &state])?;
+    let suggested = format!("$(postern-relay fingerprint --state-dir {state})");
+    assert!(created.contains(&suggested), "{created}");
+
+    // The agent refuses the relay: that is what its log must say.
+    let (_, token) = create_agent(&bins, &t.relay.state_dir, "a2")?;
+    let wrong = dir.write_private(
+        "wrong.toml",
+        &agent_config(t.relay.ssh, OTHER_FINGERPRINT, &token, "")
+            .replace("agent.sock", "wrong.sock"),
+    )?;
+    let agent = AgentProcess::start(&bins, &wrong)?;
+    agent.logs.wait_for(
+        "the relay's host key does not match relay_fingerprint; not sending the token; retrying slowly",
+        Duration::from_secs(15),
+    )?;
+    let logs = agent.logs.text();
+    assert!(
+        logs.contains("does not match the pinned fingerprint"),
+        "{logs}"
+    );
+    assert!(!logs.contains("relay refused this agent"), "{logs}");
+    Ok(())
+}
