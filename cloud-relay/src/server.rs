@@ -23,11 +23,29 @@ pub struct RelayListeners {
     pub api: TcpListener,
 }
 
+/// Connections the kernel holds for a listener until the relay accepts them (it clamps
+/// this to `net.core.somaxconn`). Past the backlog a client's SYN is dropped and retried
+/// after 1, 3, 7, 15 s…: after a relay restart thousands of agents connect at once, and
+/// the relay takes only so many handshakes at a time (`MAX_UNAUTHENTICATED`).
+const BACKLOG: u32 = 4096;
+
+fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // As std's and tokio's own bind do: a restarted relay binds while old connections linger.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
+
 impl RelayListeners {
     pub async fn bind(config: &RelayConfig) -> std::io::Result<Self> {
         Ok(Self {
-            ssh: TcpListener::bind(config.ssh_listen).await?,
-            api: TcpListener::bind(config.api_listen).await?,
+            ssh: listen(config.ssh_listen)?,
+            api: listen(config.api_listen)?,
         })
     }
 }

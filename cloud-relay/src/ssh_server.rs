@@ -75,8 +75,9 @@ pub fn preferred_algorithms() -> Preferred {
 }
 
 /// Connections not yet authenticated at most (each holds two file descriptors, a task
-/// and a handshake's memory for up to `AUTH_TIMEOUT`); past it a new connection is closed
-/// at once. Authenticated agents do not count: a relay serves far more of them.
+/// and a handshake's memory for up to `AUTH_TIMEOUT`); past it the relay stops accepting,
+/// and new connections wait in the kernel's backlog. Authenticated agents do not count:
+/// a relay serves far more of them.
 pub const MAX_UNAUTHENTICATED: usize = 1000;
 
 /// How long a session's end may take to reach the wire once the relay disconnects it:
@@ -94,28 +95,34 @@ pub async fn serve(
 ) {
     let unauthenticated = Arc::new(Semaphore::new(MAX_UNAUTHENTICATED));
     let mut errors = AcceptErrors::default();
-    let mut refused_since_logged = 0u64;
-    while let Some((socket, peer)) =
-        accept_next("ssh", &mut errors, &stop, || listener.accept()).await
-    {
+    loop {
+        // A slot first, then the connection: past the limit, connections wait in the
+        // kernel's backlog instead of being closed, so the herd of agents after a relay
+        // restart comes in as handshakes finish, none of them pushed into backing off.
+        if unauthenticated.available_permits() == 0 {
+            debug!(
+                limit = MAX_UNAUTHENTICATED,
+                "as many ssh connections not yet authenticated as allowed; new ones wait"
+            );
+        }
+        let permit = tokio::select! {
+            _ = stop.cancelled() => return,
+            permit = unauthenticated.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return,
+            },
+        };
+        let Some((socket, peer)) =
+            accept_next("ssh", &mut errors, &stop, || listener.accept()).await
+        else {
+            return;
+        };
         if ctx.throttle.is_blocked(peer.ip()) {
             // Temporary refusal: no handshake, no store lookup for an address that keeps failing.
             debug!(%peer, "connection refused: too many failed logins from this address");
             drop(socket);
             continue;
         }
-        let Ok(permit) = unauthenticated.clone().try_acquire_owned() else {
-            refused_since_logged += 1;
-            if refused_since_logged == 1 {
-                warn!(
-                    limit = MAX_UNAUTHENTICATED,
-                    "too many ssh connections not yet authenticated; closing new ones until some end"
-                );
-            }
-            drop(socket);
-            continue;
-        };
-        refused_since_logged = 0;
         let ctx2 = ctx.clone();
         let config = config.clone();
         let span = info_span!("ssh", %peer);
