@@ -245,7 +245,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Connection {
             command: ConnectionCommand::List { json },
-        } => connection::list(&load(&path)?, json),
+        } => connection::list(&path, json),
         Command::Connection {
             command: ConnectionCommand::Test { name, json },
         } => connection::test(&load(&path)?, &name, json),

@@ -15,8 +15,9 @@ use postern_protocol::{ConnectionName, SecretKind, SecretToken};
 use url::Url;
 
 pub use file::{AuthFile, BodyEncoding, ConfigFile, ConnectionFile, ExchangeFile, JwtBearerFile};
+use jwt_auth::refuse_user_info;
+pub(crate) use jwt_auth::shown;
 pub use jwt_auth::{CLIENT_ASSERTION_TYPE, Exchange, JWT_BEARER_GRANT, JwtBearer};
-use jwt_auth::{refuse_user_info, shown};
 pub use limits::{RateLimit, TestRequest};
 
 /// A loaded, validated config. Secrets inside never print in `Debug`.
@@ -83,23 +84,6 @@ pub enum Auth {
     JwtBearer(Arc<JwtBearer>),
 }
 
-impl Auth {
-    /// A short description for listings; never holds secrets.
-    pub fn describe(&self) -> String {
-        match self {
-            Auth::None => "none".to_owned(),
-            Auth::JwtBearer(jwt) => match &jwt.exchange {
-                None => format!("jwt_bearer {} (direct)", jwt.signer.algorithm()),
-                Some(x) => format!(
-                    "jwt_bearer {} (exchange at {})",
-                    jwt.signer.algorithm(),
-                    x.token_url
-                ),
-            },
-        }
-    }
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
@@ -144,18 +128,26 @@ fn is_sha256_fingerprint(text: &str) -> bool {
         .is_some_and(|bytes| bytes.len() == 32)
 }
 
-impl AgentConfig {
-    /// Reads, checks the file mode, parses and resolves a config file.
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+impl ConfigFile {
+    /// The file as written (private to its owner, valid TOML), nothing resolved: no
+    /// secret is read, so it needs nothing from the service's environment.
+    pub fn read(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
         check_private(path)?;
-        let file = ConfigFile::parse(&text).map_err(|e| ConfigError::Parse {
+        ConfigFile::parse(&text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
             message: e.to_string(),
-        })?;
+        })
+    }
+}
+
+impl AgentConfig {
+    /// Reads, checks the file mode, parses and resolves a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let file = ConfigFile::read(path)?;
         let base = path.parent().unwrap_or(Path::new("."));
         Self::resolve(file, base, &|name| std::env::var(name).ok())
     }

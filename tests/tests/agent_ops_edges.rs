@@ -553,3 +553,75 @@ async fn a_sighup_while_the_agent_starts_reloads_once_it_is_ready() -> Result<()
     assert!(agent.try_exit().is_none());
     Ok(())
 }
+
+/// A connection whose secret comes from the service's environment (`secret_env`) does not
+/// stop an admin, whose shell lacks that variable, from listing, adding and removing
+/// connections; an edit that brings a problem of its own is still refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn secrets_from_the_services_environment_do_not_block_edits() -> Result<()> {
+    let w = RelayWorld::start(postern_tests::bins!()).await?;
+    let token = w.create_agent("a1").await?;
+    let unset = "POSTERN_TEST_SECRET_ONLY_THE_SERVICE_HAS";
+    let connections = format!(
+        "[connections.billing]\nbase_uri = \"http://127.0.0.1:9/billing\"\n\
+         [connections.billing.auth]\ntype = \"jwt_bearer\"\nalgorithm = \"HS256\"\nsecret_env = \"{unset}\"\n"
+    );
+    let config = w.dir.write_private(
+        "env.toml",
+        &agent_config(w.relay.ssh, &w.relay.fingerprint, &token, &connections),
+    )?;
+    let cli = |args: &[&str]| -> Result<Output> {
+        Ok(Command::new(&w.bins.agent)
+            .args(args)
+            .arg("--config")
+            .arg(&config)
+            .env_remove(unset)
+            .output()?)
+    };
+
+    let added = cli(&[
+        "connection",
+        "add",
+        "web",
+        "--base-uri",
+        "http://127.0.0.1:9/web",
+    ])?;
+    assert!(added.status.success(), "{}", output_text(&added));
+    assert!(
+        output_text(&added).contains(unset),
+        "says what it left unchecked"
+    );
+    let listed = cli(&["connection", "list"])?;
+    let text = output_text(&listed);
+    assert!(listed.status.success(), "{text}");
+    assert!(
+        text.contains("billing") && text.contains("jwt_bearer HS256 (direct)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("web") && text.contains("http://127.0.0.1:9/web"),
+        "{text}"
+    );
+
+    // A problem the edit brings is refused, and nothing is written.
+    let before = std::fs::read_to_string(&config)?;
+    let bad = cli(&[
+        "connection",
+        "add",
+        "bad",
+        "--base-uri",
+        "ftp://127.0.0.1/x",
+    ])?;
+    assert!(!bad.status.success(), "{}", output_text(&bad));
+    assert!(
+        output_text(&bad).contains("connections.bad"),
+        "{}",
+        output_text(&bad)
+    );
+    assert_eq!(std::fs::read_to_string(&config)?, before);
+
+    let removed = cli(&["connection", "remove", "web"])?;
+    assert!(removed.status.success(), "{}", output_text(&removed));
+    assert!(!std::fs::read_to_string(&config)?.contains("connections.web"));
+    Ok(())
+}

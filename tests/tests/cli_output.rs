@@ -187,7 +187,14 @@ fn load_errors_name_the_file_once() -> Result<()> {
         (&problems, "relay_fingerprint", 1),
     ] {
         let name = path.to_string_lossy();
-        for command in [&["config", "check"][..], &["connection", "list"]] {
+        // `connection list` reads the file as written: bad values are `config check`'s.
+        let list = &["connection", "list"][..];
+        let commands = if what == "relay_fingerprint" {
+            vec![&["config", "check"][..]]
+        } else {
+            vec![&["config", "check"][..], list]
+        };
+        for command in commands {
             let mut args = command.to_vec();
             args.extend(["--config", &name]);
             let out = output(&agent, &args)?;

@@ -204,9 +204,7 @@ async fn clients_that_never_authenticate_are_cut_off_and_wrong_tokens_refused() 
         tokio::task::spawn_blocking(move || openssh_login(&dir, ssh, "127.0.0.1", "not-a-token"))
             .await??;
     assert_eq!(code, 255, "{stderr}");
-    w.relay
-        .logs
-        .wait_for("unknown token", ONLINE_WITHIN)?;
+    w.relay.logs.wait_for("unknown token", ONLINE_WITHIN)?;
     w.relay.logs.wait_for("malformed token", ONLINE_WITHIN)?;
     Ok(())
 }

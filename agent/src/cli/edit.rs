@@ -10,7 +10,7 @@ use postern_protocol::{SecretKind, SecretToken};
 use toml_edit::{DocumentMut, InlineTable, Item, Table, TableLike, value};
 
 use super::out;
-use crate::config::{AgentConfig, ConfigFile};
+use crate::config::{AgentConfig, ConfigError, ConfigFile};
 
 /// What `connection add` was asked for.
 #[derive(Debug, clap::Args)]
@@ -51,15 +51,48 @@ fn load(path: &Path) -> Result<DocumentMut> {
         .with_context(|| format!("{} is not valid TOML", path.display()))
 }
 
-/// Validates the edited document as `run` would load it, then replaces the file.
+/// Validates the edited document as `run` would load it, then replaces the file. An edit
+/// is refused for the problems it brings, not for those the config had before: a secret
+/// that the service's environment holds (`secret_env`) is not set in an admin's shell.
 fn save(path: &Path, doc: &DocumentMut) -> Result<()> {
     let text = doc.to_string();
-    let file = ConfigFile::parse(&text).context("the edited config would not parse")?;
     let base = path.parent().unwrap_or(Path::new("."));
-    AgentConfig::resolve(file, base, &|name| std::env::var(name).ok())
-        .context("the edited config is not valid; nothing was written")?;
+    let after = problems(&text, base).context("the edited config would not parse")?;
+    if !after.is_empty() {
+        let before = std::fs::read_to_string(path)
+            .ok()
+            .and_then(|old| problems(&old, base).ok())
+            .unwrap_or_default();
+        let new: Vec<&str> = after
+            .iter()
+            .filter(|p| !before.contains(p))
+            .map(String::as_str)
+            .collect();
+        if !new.is_empty() {
+            bail!(
+                "the edited config is not valid; nothing was written:\n  {}",
+                new.join("\n  ")
+            );
+        }
+        eprintln!(
+            "note: the config still has problems it had before this edit (run `postern config check` where the service's environment is set):\n  {}",
+            after.join("\n  ")
+        );
+    }
     replace_private(path, &text).with_context(|| format!("writing {}", path.display()))?;
     Ok(())
+}
+
+/// What `run` would refuse in `text`, one line each; an error if it does not parse.
+fn problems(text: &str, base: &Path) -> Result<Vec<String>> {
+    let file = ConfigFile::parse(text)?;
+    Ok(
+        match AgentConfig::resolve(file, base, &|name| std::env::var(name).ok()) {
+            Ok(_) => Vec::new(),
+            Err(ConfigError::Problems(list)) => list,
+            Err(e) => vec![e.to_string()],
+        },
+    )
 }
 
 fn pairs(items: &[String], what: &str) -> Result<Vec<(String, String)>> {

@@ -129,6 +129,23 @@ enum TaggedAuth {
 #[serde(deny_unknown_fields)]
 struct NoAuthFile {}
 
+impl AuthFile {
+    /// The kind of auth, for listings: never a secret.
+    pub fn describe(&self) -> String {
+        match self {
+            AuthFile::None => "none".to_owned(),
+            AuthFile::JwtBearer(jwt) => match &jwt.exchange {
+                None => format!("jwt_bearer {} (direct)", jwt.algorithm),
+                Some(x) => format!(
+                    "jwt_bearer {} (exchange at {})",
+                    jwt.algorithm,
+                    super::jwt_auth::shown(&x.token_url)
+                ),
+            },
+        }
+    }
+}
+
 impl From<TaggedAuth> for AuthFile {
     fn from(auth: TaggedAuth) -> Self {
         match auth {

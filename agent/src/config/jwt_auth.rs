@@ -272,7 +272,7 @@ pub(super) fn refuse_user_info(what: &str, url: &Url, instead: &str) -> Result<(
 /// A URL from the config as error messages may quote it: whatever stands between the
 /// scheme and the last `@` of the authority (user info, a password) is left out, even
 /// when the URL does not parse.
-pub(super) fn shown(raw: &str) -> String {
+pub(crate) fn shown(raw: &str) -> String {
     let Some((scheme, rest)) = raw.split_once("://") else {
         return raw.to_owned();
     };
