@@ -19,7 +19,8 @@ pub struct RelayConfig {
     /// Where callers reach the HTTP API.
     #[serde(default = "default_api_listen")]
     pub api_listen: SocketAddr,
-    /// How long a call may wait for the agent's response headers.
+    /// How long a call may wait for the agent's response headers after its request body
+    /// last moved.
     #[serde(default = "default_call_timeout", with = "humantime_serde_compat")]
     pub call_timeout: Duration,
     /// How long in-flight calls get to finish on shutdown.
