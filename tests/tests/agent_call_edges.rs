@@ -3,7 +3,7 @@
 //! token endpoint's TLS, and what `postern connection test` says about TLS.
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -15,6 +15,7 @@ use bytes::Bytes;
 use postern_protocol::{SecretKind, SecretToken};
 use postern_tests::harness::{Bins, Tunnel};
 use postern_tests::internal_server::{InternalServer, Verifier};
+use postern_tests::pki::{KillOnDrop, make_pki, python_https};
 use postern_tests::temp::TempDir;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -279,112 +280,9 @@ srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
 srv.serve_forever()
 "#;
 
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn openssl(dir: &TempDir, args: &[&str]) -> Result<()> {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir.path())
-        .output()
-        .context("openssl")?;
-    if !out.status.success() {
-        bail!("openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(())
-}
-
-/// A test CA (`ca.pem`, which no system trusts) and a certificate it signed for 127.0.0.1.
-fn make_ca_and_server_cert(dir: &TempDir) -> Result<()> {
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=postern review CA",
-        ],
-    )?;
-    openssl(
-        dir,
-        &[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-            "-subj",
-            "/CN=postern-server",
-        ],
-    )?;
-    std::fs::write(dir.path().join("server.ext"), "subjectAltName=IP:127.0.0.1")?;
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "server.pem",
-            "-days",
-            "2",
-            "-extfile",
-            "server.ext",
-        ],
-    )
-}
-
 /// Python's HTTPS server on a free port; returns once it accepts connections.
 fn https_server(dir: &TempDir) -> Result<(KillOnDrop, u16)> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let child = Command::new("python3")
-        .args([
-            "-c",
-            HTTPS_SERVER,
-            "server.pem",
-            "server.key",
-            &port.to_string(),
-        ])
-        .current_dir(dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("python3")?;
-    let guard = KillOnDrop(child);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if Instant::now() > deadline {
-            bail!("https server did not start");
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    Ok((guard, port))
+    python_https(dir.path(), HTTPS_SERVER, &[])
 }
 
 /// Connections to an HTTPS server whose certificate only `ca.pem` vouches for: one
@@ -425,7 +323,7 @@ token_url = "https://127.0.0.1:{port}/token"
 #[tokio::test(flavor = "multi_thread")]
 async fn the_token_endpoint_gets_none_of_the_connections_tls_settings() -> Result<()> {
     let dir = TempDir::new("review-token-tls")?;
-    make_ca_and_server_cert(&dir)?;
+    make_pki(dir.path())?;
     let (_server, port) = https_server(&dir)?;
     let tunnel = Tunnel::start(&bins(), &dir, &tls_connections(port)).await?;
     for name in ["skip", "own-ca"] {
@@ -452,7 +350,7 @@ async fn the_token_endpoint_gets_none_of_the_connections_tls_settings() -> Resul
 #[tokio::test(flavor = "multi_thread")]
 async fn connection_test_says_when_tls_is_not_verified() -> Result<()> {
     let dir = TempDir::new("review-conn-test")?;
-    make_ca_and_server_cert(&dir)?;
+    make_pki(dir.path())?;
     let (_server, port) = https_server(&dir)?;
     // Never used: the command runs locally, without a relay.
     let token = SecretToken::generate(

@@ -1,13 +1,14 @@
 //! TLS to internal servers: an internal CA, a server that demands a client
 //! certificate, and `insecure_skip_verify` — against Python's ssl servers.
 
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::Result;
 use postern_tests::harness::{
     AgentProcess, Api, RelayProcess, agent_config, create_agent, create_api_key,
 };
+use postern_tests::pki::{KillOnDrop, make_pki, python_https};
 use postern_tests::temp::TempDir;
 
 const HTTPS_SERVER: &str = r#"
@@ -34,127 +35,14 @@ print("ready", flush=True)
 srv.serve_forever()
 "#;
 
-struct KillOnDrop(Child);
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn openssl(dir: &TempDir, args: &[&str]) -> Result<()> {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir.path())
-        .output()
-        .context("openssl")?;
-    if !out.status.success() {
-        bail!("openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(())
-}
-
-/// An internal CA, a server certificate for 127.0.0.1, and a client certificate.
-fn make_pki(dir: &TempDir) -> Result<()> {
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=postern test CA",
-        ],
-    )?;
-    for (name, ext) in [
-        ("server", "subjectAltName=IP:127.0.0.1"),
-        ("client", "extendedKeyUsage=clientAuth"),
-    ] {
-        openssl(
-            dir,
-            &[
-                "req",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-keyout",
-                &format!("{name}.key"),
-                "-out",
-                &format!("{name}.csr"),
-                "-subj",
-                &format!("/CN=postern-{name}"),
-            ],
-        )?;
-        std::fs::write(dir.path().join(format!("{name}.ext")), ext)?;
-        openssl(
-            dir,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                &format!("{name}.csr"),
-                "-CA",
-                "ca.pem",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-out",
-                &format!("{name}.pem"),
-                "-days",
-                "2",
-                "-extfile",
-                &format!("{name}.ext"),
-            ],
-        )?;
-    }
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(
-        dir.path().join("client.key"),
-        std::fs::Permissions::from_mode(0o600),
-    )?;
-    Ok(())
-}
-
 fn https_server(dir: &TempDir, client_ca: &str) -> Result<(KillOnDrop, u16)> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let child = Command::new("python3")
-        .args([
-            "-c",
-            HTTPS_SERVER,
-            "server.pem",
-            "server.key",
-            &port.to_string(),
-            client_ca,
-        ])
-        .current_dir(dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let guard = KillOnDrop(child);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if Instant::now() > deadline {
-            bail!("https server did not start");
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    Ok((guard, port))
+    python_https(dir.path(), HTTPS_SERVER, &[client_ca])
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn internal_cas_client_certificates_and_insecure_mode() -> Result<()> {
     let dir = TempDir::new("tls")?;
-    make_pki(&dir)?;
+    make_pki(dir.path())?;
     let (_plain, port) = https_server(&dir, "-")?;
     let (_mutual, mport) = https_server(&dir, "ca.pem")?;
     let bins = postern_tests::bins!();

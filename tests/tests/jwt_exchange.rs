@@ -66,35 +66,6 @@ impl World {
     }
 }
 
-/// An EC P-256 key made by the openssl CLI: (SEC1 private PEM, public PEM).
-fn openssl_ec256(dir: &TempDir) -> Result<(String, String)> {
-    let private = dir.path().join("ec.pem");
-    let ok = Command::new("openssl")
-        .args([
-            "ecparam",
-            "-name",
-            "prime256v1",
-            "-genkey",
-            "-noout",
-            "-out",
-        ])
-        .arg(&private)
-        .status()
-        .context("openssl")?
-        .success();
-    if !ok {
-        bail!("openssl ecparam failed");
-    }
-    let public = Command::new("openssl")
-        .args(["ec", "-pubout", "-in"])
-        .arg(&private)
-        .output()?;
-    Ok((
-        std::fs::read_to_string(&private)?,
-        String::from_utf8(public.stdout)?,
-    ))
-}
-
 /// An RSA 2048 key made by the openssl CLI: (PKCS#8 private PEM, public PEM).
 fn openssl_rsa(dir: &TempDir) -> Result<(String, String)> {
     let private = dir.path().join("rsa.pem");
@@ -185,7 +156,7 @@ async fn json_of(response: reqwest::Response) -> Result<(u16, Value)> {
 #[tokio::test(flavor = "multi_thread")]
 async fn fifty_concurrent_calls_share_one_exchange() -> Result<()> {
     let dir = TempDir::new("jwt-x-herd")?;
-    let (private, public) = openssl_ec256(&dir)?;
+    let (private, public) = postern_tests::pki::ec256(dir.path())?;
     dir.write_private("ec.pem", &private)?;
     let mut config = endpoint_config(&public, Algorithm::ES256, ExpiresIn::Number(3600))?;
     // A slow endpoint makes every call arrive while the first exchange is under way.
@@ -317,7 +288,7 @@ async fn client_assertion_as_json_with_a_string_expires_in() -> Result<()> {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_three_second_token_is_refreshed_before_it_expires() -> Result<()> {
     let dir = TempDir::new("jwt-x-refresh")?;
-    let (private, public) = openssl_ec256(&dir)?;
+    let (private, public) = postern_tests::pki::ec256(dir.path())?;
     dir.write_private("ec.pem", &private)?;
     let endpoint = TokenEndpoint::start(endpoint_config(
         &public,
@@ -365,7 +336,7 @@ async fn a_three_second_token_is_refreshed_before_it_expires() -> Result<()> {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_401_drops_the_token_and_retries_once_with_the_same_body() -> Result<()> {
     let dir = TempDir::new("jwt-x-401")?;
-    let (private, public) = openssl_ec256(&dir)?;
+    let (private, public) = postern_tests::pki::ec256(dir.path())?;
     dir.write_private("ec.pem", &private)?;
     // No expires_in (as Salesforce answers): the configured default lifetime applies.
     let endpoint = TokenEndpoint::start(endpoint_config(
@@ -416,7 +387,7 @@ async fn a_401_drops_the_token_and_retries_once_with_the_same_body() -> Result<(
 #[tokio::test(flavor = "multi_thread")]
 async fn oauth_errors_come_back_as_token_exchange_failed() -> Result<()> {
     let dir = TempDir::new("jwt-x-err")?;
-    let (private, public) = openssl_ec256(&dir)?;
+    let (private, public) = postern_tests::pki::ec256(dir.path())?;
     dir.write_private("ec.pem", &private)?;
     let mut config = endpoint_config(&public, Algorithm::ES256, ExpiresIn::Number(3600))?;
     config.audience = "https://someone-else/token".to_owned();
@@ -473,7 +444,7 @@ async fn oauth_errors_come_back_as_token_exchange_failed() -> Result<()> {
 async fn a_token_endpoint_that_is_down_slow_or_talks_garbage_gives_clear_errors_then_recovers()
 -> Result<()> {
     let dir = TempDir::new("jwt-x-faults")?;
-    let (private, public) = openssl_ec256(&dir)?;
+    let (private, public) = postern_tests::pki::ec256(dir.path())?;
     dir.write_private("ec.pem", &private)?;
     let config = endpoint_config(&public, Algorithm::ES256, ExpiresIn::Number(3600))?;
     let endpoint = TokenEndpoint::start(config.clone()).await?;

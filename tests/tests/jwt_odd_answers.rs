@@ -5,7 +5,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use jsonwebtoken::{Algorithm, DecodingKey};
 use postern_tests::harness::{Bins, Tunnel};
 use postern_tests::temp::TempDir;
@@ -14,36 +14,6 @@ use serde_json::Value;
 
 fn bins() -> Bins {
     postern_tests::bins!()
-}
-
-/// An EC P-256 key made by the openssl CLI, written to `dir/ec.pem`; returns the public PEM.
-fn openssl_ec256(dir: &TempDir) -> Result<String> {
-    let private = dir.path().join("ec.pem");
-    let made = Command::new("openssl")
-        .args([
-            "ecparam",
-            "-name",
-            "prime256v1",
-            "-genkey",
-            "-noout",
-            "-out",
-        ])
-        .arg(&private)
-        .status()
-        .context("openssl")?
-        .success();
-    if !made {
-        bail!("openssl ecparam failed");
-    }
-    std::fs::set_permissions(
-        &private,
-        std::os::unix::fs::PermissionsExt::from_mode(0o600),
-    )?;
-    let public = Command::new("openssl")
-        .args(["ec", "-pubout", "-in"])
-        .arg(&private)
-        .output()?;
-    Ok(String::from_utf8(public.stdout)?)
 }
 
 async fn endpoint(public_pem: &str, expires_in: ExpiresIn) -> Result<TokenEndpoint> {
@@ -99,7 +69,7 @@ fn answer(body: &'static str) -> Option<Fault> {
 #[tokio::test(flavor = "multi_thread")]
 async fn odd_token_answers_give_a_result_and_the_right_error_code() -> Result<()> {
     let dir = TempDir::new("jwt-review-odd")?;
-    let public = openssl_ec256(&dir)?;
+    let (_, public) = postern_tests::pki::ec256(dir.path())?;
     let endpoint = endpoint(&public, ExpiresIn::Number(3600)).await?;
     let connections = [
         connection("huge", &endpoint),
@@ -144,7 +114,7 @@ async fn a_failed_refresh_keeps_using_the_still_valid_token() -> Result<()> {
     // Refreshed after 10.8 s (a tenth before expiry), expired after 12 s.
     const LIFETIME: Duration = Duration::from_secs(12);
     let dir = TempDir::new("jwt-review-refresh")?;
-    let public = openssl_ec256(&dir)?;
+    let (_, public) = postern_tests::pki::ec256(dir.path())?;
     let endpoint = endpoint(&public, ExpiresIn::Number(LIFETIME.as_secs())).await?;
     let tunnel = Tunnel::start(&bins(), &dir, &connection("erp", &endpoint)).await?;
 
@@ -198,7 +168,7 @@ async fn a_failed_refresh_keeps_using_the_still_valid_token() -> Result<()> {
 #[test]
 fn config_check_refuses_user_info_in_urls_and_keys_beside_auth_none() -> Result<()> {
     let dir = TempDir::new("jwt-review-check")?;
-    openssl_ec256(&dir)?;
+    postern_tests::pki::ec256(dir.path())?;
     let token = postern_protocol::SecretToken::generate(
         postern_protocol::SecretKind::AgentToken,
         &[7u8; postern_protocol::token::BODY_LEN],

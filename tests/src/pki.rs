@@ -1,0 +1,154 @@
+//! Keys and certificates made by the openssl CLI, an implementation independent of ours,
+//! and Python's `ssl` HTTPS servers that use them.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+/// A child process killed (and reaped) when this goes out of scope.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs `openssl args` in `dir`.
+pub fn openssl(dir: &Path, args: &[&str]) -> Result<()> {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .context("openssl")?;
+    if !out.status.success() {
+        bail!("openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
+/// In `dir`: a test CA (`ca.pem`, `ca.key`, which no system trusts), a server
+/// certificate it signed for 127.0.0.1 (`server.pem`, `server.key`) and a client
+/// certificate (`client.pem`, `client.key`, 0600).
+pub fn make_pki(dir: &Path) -> Result<()> {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=postern test CA",
+        ],
+    )?;
+    for (name, ext) in [
+        ("server", "subjectAltName=IP:127.0.0.1"),
+        ("client", "extendedKeyUsage=clientAuth"),
+    ] {
+        let (key, csr, pem) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.pem"),
+        );
+        let (subject, extfile) = (format!("/CN=postern-{name}"), format!("{name}.ext"));
+        openssl(
+            dir,
+            &[
+                "req", "-newkey", "rsa:2048", "-nodes", "-keyout", &key, "-out", &csr, "-subj",
+                &subject,
+            ],
+        )?;
+        std::fs::write(dir.join(&extfile), ext)?;
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &pem,
+                "-days",
+                "2",
+                "-extfile",
+                &extfile,
+            ],
+        )?;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        dir.join("client.key"),
+        std::fs::Permissions::from_mode(0o600),
+    )?;
+    Ok(())
+}
+
+/// Runs the Python `script` in `dir` as `python3 -c script server.pem server.key PORT
+/// extra…` on a free port; returns once the port accepts connections.
+pub fn python_https(dir: &Path, script: &str, extra: &[&str]) -> Result<(KillOnDrop, u16)> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let child = Command::new("python3")
+        .args(["-c", script, "server.pem", "server.key", &port.to_string()])
+        .args(extra)
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("python3")?;
+    let guard = KillOnDrop(child);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            bail!("the https server did not start");
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    Ok((guard, port))
+}
+
+/// An EC P-256 key in `dir/ec.pem` (SEC1, as `openssl ecparam -genkey` writes it):
+/// (private PEM, public PEM).
+pub fn ec256(dir: &Path) -> Result<(String, String)> {
+    openssl(
+        dir,
+        &[
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-noout",
+            "-out",
+            "ec.pem",
+        ],
+    )?;
+    let public = Command::new("openssl")
+        .args(["ec", "-pubout", "-in", "ec.pem"])
+        .current_dir(dir)
+        .output()
+        .context("openssl")?;
+    if !public.status.success() {
+        bail!("openssl ec -pubout failed");
+    }
+    Ok((
+        std::fs::read_to_string(dir.join("ec.pem"))?,
+        String::from_utf8(public.stdout)?,
+    ))
+}
