@@ -228,3 +228,32 @@ pub fn relay_command(bins: &Bins, config: &std::path::Path) -> std::process::Com
     command.args(["serve", "--config"]).arg(config);
     command
 }
+
+/// An agent's SSH side driven by hand, so a test can act between its steps: accepts any
+/// host key (the relay in a test is the test's own).
+pub struct HandDriven;
+
+impl russh::client::Handler for HandDriven {
+    type Error = russh::Error;
+
+    async fn check_server_key(
+        &mut self,
+        _key: &russh::keys::PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        Ok(true)
+    }
+}
+
+/// Connects to `relay` and logs in with `token` as an agent does: the session, and
+/// whether the relay took the token.
+pub async fn ssh_login(
+    relay: std::net::SocketAddr,
+    token: &str,
+) -> Result<(russh::client::Handle<HandDriven>, bool)> {
+    let config = std::sync::Arc::new(russh::client::Config::default());
+    let mut ssh = russh::client::connect(config, relay, HandDriven).await?;
+    let auth = ssh
+        .authenticate_password(postern_protocol::version::SSH_USER, token)
+        .await?;
+    Ok((ssh, auth.success()))
+}

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use postern_tests::harness::{Api, Bins, RelayProcess, create_agent, open_fds};
-use postern_tests::relay_support::{RelayWorld, eventually, sample, scrape};
+use postern_tests::relay_support::{RelayWorld, eventually, sample, scrape, ssh_login};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const ONLINE_WITHIN: Duration = Duration::from_secs(15);
@@ -260,29 +260,12 @@ async fn a_sighup_while_the_relay_starts_does_not_kill_it() -> Result<()> {
     Ok(())
 }
 
-struct HandDriven;
-
-impl russh::client::Handler for HandDriven {
-    type Error = russh::Error;
-
-    async fn check_server_key(
-        &mut self,
-        _key: &russh::keys::PublicKeyOrCertificate,
-    ) -> Result<bool, Self::Error> {
-        Ok(true)
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_session_that_logs_in_but_never_says_hello_is_closed() -> Result<()> {
     let w = RelayWorld::start(bins()).await?;
     let token = w.create_agent("quiet").await?;
-    let config = std::sync::Arc::new(russh::client::Config::default());
-    let mut ssh = russh::client::connect(config, w.relay.ssh, HandDriven).await?;
-    let auth = ssh
-        .authenticate_password(postern_protocol::version::SSH_USER, &token)
-        .await?;
-    assert!(auth.success(), "the token was accepted");
+    let (mut ssh, accepted) = ssh_login(w.relay.ssh, &token).await?;
+    assert!(accepted, "the token was accepted");
     let logged_in = Instant::now();
 
     // No forward, no control channel, no hello: the relay ends it after HELLO_TIMEOUT.

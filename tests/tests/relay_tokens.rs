@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use postern_tests::harness::{Bins, relay_cli};
-use postern_tests::relay_support::{RelayWorld, eventually, send};
+use postern_tests::relay_support::{RelayWorld, eventually, sample, scrape, send, ssh_login};
 use reqwest::Method;
 
 const ONLINE_WITHIN: Duration = Duration::from_secs(15);
@@ -255,21 +255,6 @@ async fn a_grace_under_a_second_still_keeps_the_session() -> Result<()> {
     Ok(())
 }
 
-/// An agent's SSH side driven by hand, so the test can act between its login and its
-/// hello: accepts any host key (the relay here is the test's own).
-struct HandDriven;
-
-impl russh::client::Handler for HandDriven {
-    type Error = russh::Error;
-
-    async fn check_server_key(
-        &mut self,
-        _key: &russh::keys::PublicKeyOrCertificate,
-    ) -> Result<bool, Self::Error> {
-        Ok(true)
-    }
-}
-
 /// A rotation (or revoke) that lands after an agent logged in but before its hello finds
 /// no session to drop; the relay reads the agent's record again at the hello and refuses
 /// it, so a leaked token cannot keep a session up past a rotation.
@@ -280,12 +265,8 @@ async fn a_rotation_between_login_and_hello_refuses_the_hello() -> Result<()> {
 
     let w = RelayWorld::start(bins()).await?;
     let token = w.create_agent("warehouse-1").await?;
-    let config = std::sync::Arc::new(russh::client::Config::default());
-    let mut ssh = russh::client::connect(config, w.relay.ssh, HandDriven).await?;
-    let auth = ssh
-        .authenticate_password(postern_protocol::version::SSH_USER, &token)
-        .await?;
-    assert!(auth.success(), "the token was accepted");
+    let (ssh, accepted) = ssh_login(w.relay.ssh, &token).await?;
+    assert!(accepted, "the token was accepted");
     ssh.tcpip_forward(postern_protocol::version::FORWARD_ADDRESS, 0)
         .await?;
     let control = ssh.channel_open_session().await?;
@@ -335,18 +316,14 @@ async fn a_revoked_agent_retrying_never_blocks_its_address() -> Result<()> {
     // More than the relay's 20 failures that block an address.
     let tries = 25;
     for i in 0..tries {
-        let config = std::sync::Arc::new(russh::client::Config::default());
-        let mut ssh = russh::client::connect(config, w.relay.ssh, HandDriven)
+        let (_ssh, accepted) = ssh_login(w.relay.ssh, &old)
             .await
             .map_err(|e| anyhow::anyhow!("try {i}: refused before the handshake: {e}"))?;
-        let auth = ssh
-            .authenticate_password(postern_protocol::version::SSH_USER, &old)
-            .await?;
-        assert!(!auth.success(), "try {i}: a revoked token was accepted");
+        assert!(!accepted, "try {i}: a revoked token was accepted");
     }
-    let samples = postern_tests::relay_support::scrape(&w.admin).await?;
+    let samples = scrape(&w.admin).await?;
     assert_eq!(
-        postern_tests::relay_support::sample(
+        sample(
             &samples,
             "postern_auth_failures_total{reason=\"former_token\"}"
         ),
