@@ -283,12 +283,10 @@ pub(crate) fn shown(raw: &str) -> String {
     }
 }
 
+/// A JWT's `lifetime`, `reuse_for` or an exchange's `default_lifetime`: at most a day,
+/// as long as an exchanged token is ever kept (`expires_in` is capped alike).
 pub(super) fn duration(what: &str, text: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(text).map_err(|e| format!("{what} {text:?}: {e}"))?;
-    if d.is_zero() {
-        return Err(format!("{what} must be more than zero"));
-    }
-    Ok(d)
+    super::limits::bounded_duration(what, text, Duration::from_secs(24 * 3600))
 }
 
 #[cfg(test)]

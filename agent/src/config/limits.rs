@@ -22,7 +22,7 @@ pub const MAX_CONCURRENT_CALLS: u32 = 65_536;
 pub const MAX_BODY: u64 = 1 << 40;
 
 /// A duration more than zero and at most `max`, the key named in the error.
-fn bounded_duration(key: &str, text: &str, max: Duration) -> Result<Duration, String> {
+pub(super) fn bounded_duration(key: &str, text: &str, max: Duration) -> Result<Duration, String> {
     let d = humantime::parse_duration(text).map_err(|e| format!("{key} {text:?}: {e}"))?;
     if d.is_zero() || d > max {
         return Err(format!(
