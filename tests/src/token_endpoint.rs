@@ -144,6 +144,37 @@ impl TokenEndpoint {
         format!("http://{}/api", self.addr)
     }
 
+    /// A `jwt_bearer` connection that exchanges its JWT here and calls `api_uri`;
+    /// `extra_auth` / `extra_exchange` add lines to those tables.
+    pub fn connection(
+        &self,
+        name: &str,
+        algorithm: &str,
+        key_file: &str,
+        extra_auth: &str,
+        extra_exchange: &str,
+    ) -> String {
+        format!(
+            r#"
+[connections.{name}]
+base_uri = "{api}"
+timeout = "5s"
+[connections.{name}.auth]
+type = "jwt_bearer"
+algorithm = "{algorithm}"
+private_key_file = "{key_file}"
+payload = {{ iss = "postern-edge", sub = "svc", aud = "https://idp.test/token", jti = "{{{{uuid}}}}" }}
+lifetime = "5m"
+{extra_auth}
+[connections.{name}.auth.exchange]
+token_url = "{token_url}"
+{extra_exchange}
+"#,
+            api = self.api_uri(),
+            token_url = self.token_url(),
+        )
+    }
+
     pub fn exchanges(&self) -> Vec<Exchange> {
         self.records
             .lock()

@@ -116,36 +116,6 @@ fn endpoint_config(
     })
 }
 
-/// A `jwt_bearer` connection with an exchange block; `extra_auth` / `extra_exchange` add lines.
-fn exchange_connection(
-    name: &str,
-    endpoint: &TokenEndpoint,
-    algorithm: &str,
-    key_file: &str,
-    extra_auth: &str,
-    extra_exchange: &str,
-) -> String {
-    format!(
-        r#"
-[connections.{name}]
-base_uri = "{api}"
-timeout = "5s"
-[connections.{name}.auth]
-type = "jwt_bearer"
-algorithm = "{algorithm}"
-private_key_file = "{key_file}"
-payload = {{ iss = "postern-edge", sub = "svc", aud = "https://idp.test/token", jti = "{{{{uuid}}}}" }}
-lifetime = "5m"
-{extra_auth}
-[connections.{name}.auth.exchange]
-token_url = "{token_url}"
-{extra_exchange}
-"#,
-        api = endpoint.api_uri(),
-        token_url = endpoint.token_url(),
-    )
-}
-
 async fn json_of(response: reqwest::Response) -> Result<(u16, Value)> {
     let status = response.status().as_u16();
     let text = response.text().await?;
@@ -168,9 +138,8 @@ async fn fifty_concurrent_calls_share_one_exchange() -> Result<()> {
         .port();
     let connection = format!(
         "metrics_listen = \"127.0.0.1:{metrics_port}\"\n{}",
-        exchange_connection(
+        endpoint.connection(
             "erp",
-            &endpoint,
             "ES256",
             "ec.pem",
             "",
@@ -254,9 +223,8 @@ async fn client_assertion_as_json_with_a_string_expires_in() -> Result<()> {
     let mut config = endpoint_config(&public, Algorithm::PS256, ExpiresIn::Text(3600))?;
     config.grant_type = "client_credentials".to_owned();
     let endpoint = TokenEndpoint::start(config).await?;
-    let connection = exchange_connection(
+    let connection = endpoint.connection(
         "graph",
-        &endpoint,
         "PS256",
         "rsa.pem",
         "headers = { kid = \"cert-1\" }",
@@ -296,11 +264,7 @@ async fn a_three_second_token_is_refreshed_before_it_expires() -> Result<()> {
         ExpiresIn::Number(3),
     )?)
     .await?;
-    let world = World::start(
-        dir,
-        &exchange_connection("erp", &endpoint, "ES256", "ec.pem", "", ""),
-    )
-    .await?;
+    let world = World::start(dir, &endpoint.connection("erp", "ES256", "ec.pem", "", "")).await?;
     let started = Instant::now();
     let mut refreshed_after = None;
     // Bounded: at most 60 calls over at most 10 s.
@@ -345,14 +309,7 @@ async fn a_401_drops_the_token_and_retries_once_with_the_same_body() -> Result<(
         ExpiresIn::Absent(3600),
     )?)
     .await?;
-    let connection = exchange_connection(
-        "crm",
-        &endpoint,
-        "ES256",
-        "ec.pem",
-        "",
-        "default_lifetime = \"1h\"",
-    );
+    let connection = endpoint.connection("crm", "ES256", "ec.pem", "", "default_lifetime = \"1h\"");
     let world = World::start(dir, &connection).await?;
     let (status, _) = json_of(world.post("crm", "/a", "first").await?).await?;
     assert_eq!(status, 200);
@@ -393,11 +350,7 @@ async fn oauth_errors_come_back_as_token_exchange_failed() -> Result<()> {
     config.audience = "https://someone-else/token".to_owned();
     config.delay = Duration::from_millis(400);
     let endpoint = TokenEndpoint::start(config).await?;
-    let world = World::start(
-        dir,
-        &exchange_connection("erp", &endpoint, "ES256", "ec.pem", "", ""),
-    )
-    .await?;
+    let world = World::start(dir, &endpoint.connection("erp", "ES256", "ec.pem", "", "")).await?;
     let response = world.post("erp", "/x", "").await?;
     assert_eq!(
         response.headers()["x-postern-error"],
@@ -449,11 +402,7 @@ async fn a_token_endpoint_that_is_down_slow_or_talks_garbage_gives_clear_errors_
     let config = endpoint_config(&public, Algorithm::ES256, ExpiresIn::Number(3600))?;
     let endpoint = TokenEndpoint::start(config.clone()).await?;
     // `timeout = "5s"` bounds the exchange too.
-    let world = World::start(
-        dir,
-        &exchange_connection("erp", &endpoint, "ES256", "ec.pem", "", ""),
-    )
-    .await?;
+    let world = World::start(dir, &endpoint.connection("erp", "ES256", "ec.pem", "", "")).await?;
     let garbage = |status, content_type, body| {
         Some(Fault::Answer {
             status,

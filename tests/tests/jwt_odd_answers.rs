@@ -29,27 +29,6 @@ async fn endpoint(public_pem: &str, expires_in: ExpiresIn) -> Result<TokenEndpoi
     .await
 }
 
-/// An ES256 exchange connection against `endpoint`.
-fn connection(name: &str, endpoint: &TokenEndpoint) -> String {
-    format!(
-        r#"
-[connections.{name}]
-base_uri = "{api}"
-timeout = "5s"
-[connections.{name}.auth]
-type = "jwt_bearer"
-algorithm = "ES256"
-private_key_file = "ec.pem"
-payload = {{ iss = "postern-edge", sub = "svc", aud = "https://idp.test/token", jti = "{{{{uuid}}}}" }}
-lifetime = "5m"
-[connections.{name}.auth.exchange]
-token_url = "{token_url}"
-"#,
-        api = endpoint.api_uri(),
-        token_url = endpoint.token_url(),
-    )
-}
-
 async fn call(tunnel: &Tunnel, connection: &str) -> Result<(u16, Value)> {
     let response = tunnel.api.call("a1", connection, "/x").await?;
     let status = response.status().as_u16();
@@ -72,9 +51,9 @@ async fn odd_token_answers_give_a_result_and_the_right_error_code() -> Result<()
     let (_, public) = postern_tests::pki::ec256(dir.path())?;
     let endpoint = endpoint(&public, ExpiresIn::Number(3600)).await?;
     let connections = [
-        connection("huge", &endpoint),
-        connection("huge_text", &endpoint),
-        connection("badtype", &endpoint),
+        endpoint.connection("huge", "ES256", "ec.pem", "", ""),
+        endpoint.connection("huge_text", "ES256", "ec.pem", "", ""),
+        endpoint.connection("badtype", "ES256", "ec.pem", "", ""),
     ]
     .concat();
     let tunnel = Tunnel::start(&bins(), &dir, &connections).await?;
@@ -116,7 +95,12 @@ async fn a_failed_refresh_keeps_using_the_still_valid_token() -> Result<()> {
     let dir = TempDir::new("jwt-review-refresh")?;
     let (_, public) = postern_tests::pki::ec256(dir.path())?;
     let endpoint = endpoint(&public, ExpiresIn::Number(LIFETIME.as_secs())).await?;
-    let tunnel = Tunnel::start(&bins(), &dir, &connection("erp", &endpoint)).await?;
+    let tunnel = Tunnel::start(
+        &bins(),
+        &dir,
+        &endpoint.connection("erp", "ES256", "ec.pem", "", ""),
+    )
+    .await?;
 
     let started = Instant::now();
     let (status, body) = call(&tunnel, "erp").await?;
