@@ -354,21 +354,42 @@ pub(crate) fn one_secret(
     }
 }
 
-/// Replaces `path` with `text` atomically (temp file + rename), mode 0600:
-/// the config holds secrets, and a crash mid-write must not leave half a file.
+/// Replaces `path` with `text` atomically (temp file beside it, then rename), mode 0600 (it
+/// holds secrets; a crash mid-write must not leave half a file),
+/// and with the old file's owner and group: run as root (`sudo postern …`), the new
+/// file must stay readable by the service user that owned the old one.
 pub fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("toml.tmp");
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+    let old = match std::fs::metadata(path) {
+        Ok(meta) => Some(meta),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e),
+    };
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = path.with_file_name(format!(".{name}.postern-tmp"));
+    let _ = std::fs::remove_file(&tmp);
     let mut out = std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(0o600)
         .open(&tmp)?;
-    out.write_all(text.as_bytes())?;
-    out.sync_all()?;
-    std::fs::rename(&tmp, path)
+    let written = (|| {
+        out.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        if let Some(old) = &old {
+            let mine = out.metadata()?;
+            if (mine.uid(), mine.gid()) != (old.uid(), old.gid()) {
+                std::os::unix::fs::fchown(&out, Some(old.uid()), Some(old.gid()))?;
+            }
+        }
+        out.write_all(text.as_bytes())?;
+        out.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 /// Refuses files that others can read: they hold tokens and keys.

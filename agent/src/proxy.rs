@@ -68,14 +68,14 @@ impl Proxy {
             full = format!("http://{text}");
             &full
         };
-        let url = Url::parse(text).map_err(|_| ProxyError::BadUrl(redact(text)))?;
+        let url = Url::parse(text).map_err(|_| ProxyError::BadUrl(crate::config::shown(text)))?;
         if url.scheme() != "http" {
             return Err(ProxyError::Scheme(url.scheme().to_owned()));
         }
         let host = match url.host() {
             Some(url::Host::Ipv6(ip)) => ip.to_string(),
             Some(host) => host.to_string(),
-            None => return Err(ProxyError::BadUrl(redact(text))),
+            None => return Err(ProxyError::BadUrl(crate::config::shown(text))),
         };
         let port = url.port_or_known_default().unwrap_or(3128);
         let authorization = (!url.username().is_empty()).then(|| {
@@ -201,17 +201,6 @@ fn exempt(no_proxy: &[String], relay: &str) -> bool {
             .trim_start_matches('.');
         entry == "*" || host == entry || host.ends_with(&format!(".{entry}"))
     })
-}
-
-/// A URL for an error message, without its user info. Up to the last `@`: a password may
-/// hold a raw `@` of its own.
-fn redact(text: &str) -> String {
-    let (scheme, rest) = text.split_once("://").unwrap_or(("", text));
-    match rest.rsplit_once('@') {
-        Some((_, host)) if scheme.is_empty() => format!("…@{host}"),
-        Some((_, host)) => format!("{scheme}://…@{host}"),
-        None => text.to_owned(),
-    }
 }
 
 #[cfg(test)]

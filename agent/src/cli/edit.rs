@@ -2,7 +2,7 @@
 //! Edits keep the file's comments and layout (toml_edit), are validated whole before
 //! they are written, and are written atomically with mode 0600 and the file's owner kept.
 
-use std::io::{IsTerminal, Read, Write};
+use std::io::{IsTerminal, Read};
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
@@ -79,7 +79,8 @@ fn save(path: &Path, doc: &DocumentMut) -> Result<()> {
             after.join("\n  ")
         );
     }
-    replace_private(path, &text).with_context(|| format!("writing {}", path.display()))?;
+    crate::config::write_private(path, &text)
+        .with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }
 
@@ -245,7 +246,7 @@ pub(crate) fn set_token(path: &Path, token_file: Option<&Path>) -> Result<()> {
         let named = base.join(file);
         // A symlink (to a secrets folder, say) keeps pointing where it did.
         let target = std::fs::canonicalize(&named).unwrap_or(named);
-        replace_private(&target, &format!("{}\n", token.expose()))
+        crate::config::write_private(&target, &format!("{}\n", token.expose()))
             .with_context(|| format!("writing {}", target.display()))?;
         out::stdout(|out| writeln!(out, "token updated in {}; {next_step}", target.display()))?;
         return Ok(());
@@ -254,40 +255,4 @@ pub(crate) fn set_token(path: &Path, token_file: Option<&Path>) -> Result<()> {
     save(path, &doc)?;
     out::stdout(|out| writeln!(out, "token updated in {}; {next_step}", path.display()))?;
     Ok(())
-}
-
-/// Replaces `path` with `text` atomically (temp file beside it, then rename), mode 0600,
-/// and with the old file's owner and group: run as root (`sudo postern …`), the new
-/// file must stay readable by the service user that owned the old one.
-fn replace_private(path: &Path, text: &str) -> std::io::Result<()> {
-    use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
-    let old = match std::fs::metadata(path) {
-        Ok(meta) => Some(meta),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(e),
-    };
-    let name = path.file_name().unwrap_or_default().to_string_lossy();
-    let tmp = path.with_file_name(format!(".{name}.postern-tmp"));
-    let _ = std::fs::remove_file(&tmp);
-    let mut out = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    let written = (|| {
-        out.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-        if let Some(old) = &old {
-            let mine = out.metadata()?;
-            if (mine.uid(), mine.gid()) != (old.uid(), old.gid()) {
-                std::os::unix::fs::fchown(&out, Some(old.uid()), Some(old.gid()))?;
-            }
-        }
-        out.write_all(text.as_bytes())?;
-        out.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written
 }

@@ -269,16 +269,17 @@ pub(super) fn refuse_user_info(what: &str, url: &Url, instead: &str) -> Result<(
     ))
 }
 
-/// A URL from the config as error messages may quote it: whatever stands between the
-/// scheme and the last `@` of the authority (user info, a password) is left out, even
-/// when the URL does not parse.
+/// A URL from the config or the environment as error messages may quote it: whatever
+/// stands before the last `@` of the authority (user info, a password that may hold a raw
+/// `@` of its own) is left out, even when the URL does not parse or has no scheme.
 pub(crate) fn shown(raw: &str) -> String {
-    let Some((scheme, rest)) = raw.split_once("://") else {
-        return raw.to_owned();
+    let (scheme, rest) = match raw.split_once("://") {
+        Some((scheme, rest)) => (format!("{scheme}://"), rest),
+        None => (String::new(), raw),
     };
     let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     match rest[..authority_end].rfind('@') {
-        Some(at) => format!("{scheme}://…@{}", &rest[at + 1..]),
+        Some(at) => format!("{scheme}…@{}", &rest[at + 1..]),
         None => raw.to_owned(),
     }
 }

@@ -97,7 +97,8 @@ pub async fn exchange(
     jwt: &str,
     timeout: Duration,
 ) -> Result<AccessToken, ExchangeError> {
-    let url = without_user_info(&x.token_url);
+    // The config refuses a token_url with user info, so the URL can go into messages.
+    let url = x.token_url.to_string();
     let fields = request_fields(x, jwt);
     let (content_type, body) = match x.body {
         BodyEncoding::Form => {
