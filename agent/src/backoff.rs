@@ -13,8 +13,8 @@ pub const STABLE_AFTER: Duration = Duration::from_secs(60);
 pub struct Backoff {
     attempt: u32,
     /// The relay refused this agent (token, host key, revocation, takeover): retrying
-    /// sooner cannot help, and each refusal counts towards the relay blocking the
-    /// whole source address (20 failures), which other agents behind the same NAT share.
+    /// sooner cannot help, and a relay's refusals of an unknown token count towards
+    /// blocking the whole source address, which other agents behind the same NAT share.
     refused: bool,
 }
 
@@ -33,7 +33,7 @@ impl Backoff {
 
     /// Jumps to the cap and stays at least half of it until a session succeeds or the
     /// config changes: for failures that retrying fast cannot fix (refused token).
-    pub fn refused(&mut self) {
+    fn refused(&mut self) {
         self.attempt = 16;
         self.refused = true;
     }
@@ -54,7 +54,7 @@ impl Backoff {
 
     /// After a session that came up but did not last: start over briskly (the next
     /// wait is at most 500 ms, then growing as usual while the relay stays away).
-    pub fn after_short_session(&mut self) {
+    fn after_short_session(&mut self) {
         self.attempt = self.attempt.min(1);
         self.refused = false;
     }
