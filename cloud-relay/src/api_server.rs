@@ -78,14 +78,15 @@ pub async fn serve(
         .max_buf_size(config.header_limit().max(READ_BUFFER_BYTES))
         .keep_alive(true);
     let mut errors = AcceptErrors::default();
-    let mut refused_since_logged = 0u64;
+    // Logged once per run of refusals.
+    let mut refusing = false;
     while let Some((stream, peer)) =
         accept_next("api", &mut errors, &shutdown, || listener.accept()).await
     {
         while connections.try_join_next().is_some() {}
         if connections.len() >= MAX_API_CONNECTIONS {
-            refused_since_logged += 1;
-            if refused_since_logged == 1 {
+            if !refusing {
+                refusing = true;
                 warn!(
                     limit = MAX_API_CONNECTIONS,
                     "too many open API connections; closing new ones until some end"
@@ -94,7 +95,7 @@ pub async fn serve(
             drop(stream);
             continue;
         }
-        refused_since_logged = 0;
+        refusing = false;
         let _ = stream.set_nodelay(true);
         let app = app.clone();
         let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {

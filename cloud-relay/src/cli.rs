@@ -379,11 +379,9 @@ fn agent(command: AgentCommand) -> Result<()> {
             let grace =
                 crate::api::token::parse_grace(grace.as_deref()).map_err(anyhow::Error::msg)?;
             let token = new_token(SecretKind::AgentToken);
-            let until = grace.map(|g| crate::store::unix_now() + g.as_secs() as i64);
+            let until = grace.map(crate::api::token::grace_end);
             let record = state.store()?.rotate_token(&agent, &token, until)?;
-            let valid_until = grace.map(|g| {
-                humantime::format_rfc3339_seconds(std::time::SystemTime::now() + g).to_string()
-            });
+            let valid_until = until.map(crate::api::token::rfc3339);
             if json {
                 print_json(&TokenRotated {
                     id: record.id,

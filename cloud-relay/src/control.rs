@@ -214,17 +214,18 @@ impl ControlChannel {
         // A revoke or rotation that landed between this login and its hello found no
         // session to drop; read the record again now that the session can be found.
         let id = self.agent.id.clone();
-        let reason = match self.ctx.store_call(move |s| s.find_agent(&id)).await {
-            Ok(None) => EndReason::Revoked,
-            Ok(Some(agent)) if !agent.accepts_session(self.token_version, unix_now()) => {
-                EndReason::TokenRotated
-            }
-            Ok(Some(_)) => return Ok(()),
+        let record = match self.ctx.store_call(move |s| s.find_agent(&id)).await {
+            Ok(record) => record,
             // The revocation watch checks every session against the store again shortly.
             Err(e) => {
                 warn!(agent = %self.agent.name, error = %e, "cannot check the agent's record after its hello");
                 return Ok(());
             }
+        };
+        let Some(reason) =
+            crate::revocation_watch::ended(record.as_ref(), self.token_version, unix_now())
+        else {
+            return Ok(());
         };
         self.ctx.registry.end_session(
             &self.agent.id,

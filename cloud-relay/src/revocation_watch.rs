@@ -9,7 +9,7 @@ use std::time::Duration;
 use tracing::{info, warn};
 
 use crate::context::RelayContext;
-use crate::store::unix_now;
+use crate::store::{AgentRecord, unix_now};
 
 pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
 /// Grace periods end without any write to the store, so look anyway this often.
@@ -63,14 +63,20 @@ pub async fn check_sessions(ctx: &Arc<RelayContext>) {
         .forget_departures_unless(listed_at, |id| agents.contains_key(id));
     let now = unix_now();
     for session in live {
-        let reason = match agents.get(&session.agent_id) {
-            None => EndReason::Revoked,
-            Some(agent) if !agent.accepts_session(session.token_version, now) => {
-                EndReason::TokenRotated
-            }
-            Some(_) => continue,
+        let Some(reason) = ended(agents.get(&session.agent_id), session.token_version, now) else {
+            continue;
         };
         info!(agent = %session.agent_name, reason = reason.describe(), "credential no longer valid; dropping its session");
         ctx.registry.drop_session(&session, reason).await;
+    }
+}
+
+/// Why a session that logged in with `token_version` must end, given its agent's record
+/// now (`None`: revoked); `None` while its credential holds.
+pub fn ended(agent: Option<&AgentRecord>, token_version: i64, now: i64) -> Option<EndReason> {
+    match agent {
+        None => Some(EndReason::Revoked),
+        Some(agent) if !agent.accepts_session(token_version, now) => Some(EndReason::TokenRotated),
+        Some(_) => None,
     }
 }

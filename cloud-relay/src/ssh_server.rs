@@ -305,15 +305,13 @@ struct AgentHandler {
 }
 
 impl AgentHandler {
-    async fn refuse(&self, why: &str, label: &'static str) -> Auth {
+    /// Refuses after the throttle's delay; a `guess` counts towards blocking the address.
+    async fn refuse(&self, why: &str, label: &'static str, guess: bool) -> Auth {
         self.ctx.metrics.auth_failed(label);
-        // A token an agent once held (revoked, rotated) is an agent not yet updated, not
-        // a guess: it does not count towards blocking its address, which the other
-        // agents of its site (behind the same NAT) share.
-        let delay = if label == "former_token" {
-            crate::auth_throttle::FIRST_DELAY
-        } else {
+        let delay = if guess {
             self.ctx.throttle.failure(self.peer.ip())
+        } else {
+            crate::auth_throttle::FIRST_DELAY
         };
         warn!(peer = %self.peer, reason = why, delay_ms = delay.as_millis() as u64, "agent authentication refused");
         tokio::time::sleep(delay).await;
@@ -327,7 +325,11 @@ impl russh::server::Handler for AgentHandler {
     async fn auth_password(&mut self, _user: &str, password: &str) -> Result<Auth, Self::Error> {
         let token = match SecretToken::parse(SecretKind::AgentToken, password) {
             Ok(t) => t,
-            Err(_) => return Ok(self.refuse("malformed token", "malformed_token").await),
+            Err(_) => {
+                return Ok(self
+                    .refuse("malformed token", "malformed_token", true)
+                    .await);
+            }
         };
         let ctx = self.ctx.clone();
         let asked = token.clone();
@@ -354,11 +356,13 @@ impl russh::server::Handler for AgentHandler {
                     .store_call(move |store| store.former_token(&asked, unix_now()))
                     .await
                     .unwrap_or(false);
+                // A token an agent once held is an agent nobody updated, not a guess: blocking
+                // its address would lock out every agent behind the same NAT address.
                 Ok(if former {
-                    self.refuse("revoked or rotated token", "former_token")
+                    self.refuse("revoked or rotated token", "former_token", false)
                         .await
                 } else {
-                    self.refuse("unknown token", "unknown_token").await
+                    self.refuse("unknown token", "unknown_token", true).await
                 })
             }
             Err(e) => {

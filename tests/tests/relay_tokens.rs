@@ -252,6 +252,30 @@ async fn a_grace_under_a_second_still_keeps_the_session() -> Result<()> {
         w.admin.agent("warehouse-1").await?.online,
         "the session was dropped although its token had a grace"
     );
+
+    // The CLI rounds the same way and says the same end: not before the grace is over.
+    let dir = w.state_dir().to_string_lossy().into_owned();
+    let asked = std::time::SystemTime::now();
+    let out = relay_cli(
+        &w.bins,
+        &[
+            "agent",
+            "rotate",
+            "warehouse-1",
+            "--grace",
+            "500ms",
+            "--state-dir",
+            &dir,
+            "--json",
+        ],
+    )?;
+    let reply: serde_json::Value = serde_json::from_str(&out)?;
+    let until =
+        humantime::parse_rfc3339(reply["old_token_valid_until"].as_str().unwrap_or_default())?;
+    assert!(
+        until >= asked + Duration::from_millis(500),
+        "the CLI's old_token_valid_until {until:?} cuts the grace short"
+    );
     Ok(())
 }
 

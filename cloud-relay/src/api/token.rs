@@ -61,12 +61,7 @@ pub async fn rotate_agent_token(
 ) -> Result<TokenRotated, ApiError> {
     let token = new_token(SecretKind::AgentToken);
     let stored = token.clone();
-    // Whole seconds in the store, rounded up: a grace is never cut short.
-    let until = grace.map(|g| {
-        (SystemTime::now() + g)
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |end| end.as_secs_f64().ceil() as i64)
-    });
+    let until = grace.map(grace_end);
     let work = ctx.clone();
     let record = ctx
         .to_completion(async move {
@@ -88,9 +83,20 @@ pub async fn rotate_agent_token(
         id: record.id,
         name: record.name,
         token: token.expose().to_owned(),
-        old_token_valid_until: until.map(|t| {
-            let at = SystemTime::UNIX_EPOCH + Duration::from_secs(t.max(0) as u64);
-            humantime::format_rfc3339_seconds(at).to_string()
-        }),
+        old_token_valid_until: until.map(rfc3339),
     })
+}
+
+/// When a grace starting now ends, in the store's whole unix seconds: rounded up, so a
+/// grace is never cut short.
+pub fn grace_end(grace: Duration) -> i64 {
+    (SystemTime::now() + grace)
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |end| end.as_secs_f64().ceil() as i64)
+}
+
+/// Unix seconds as `old_token_valid_until` shows them.
+pub fn rfc3339(unix: i64) -> String {
+    let at = SystemTime::UNIX_EPOCH + Duration::from_secs(unix.max(0) as u64);
+    humantime::format_rfc3339_seconds(at).to_string()
 }

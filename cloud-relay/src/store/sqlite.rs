@@ -134,7 +134,6 @@ impl SqliteStore {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         migrate(&mut conn)?;
-        private_files(path);
         Ok(Self {
             conn: Mutex::new(conn),
         })
