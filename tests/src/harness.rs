@@ -272,11 +272,20 @@ pub fn command_in(netns: Option<&str>, program: &Path) -> Command {
     }
 }
 
-fn terminate(child: &mut Child) -> Result<std::process::ExitStatus> {
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+/// Sends signal `name` (`TERM`, `HUP`, …) to `pid` with `kill`.
+pub fn signal(pid: u32, name: &str) -> Result<()> {
+    let status = Command::new("kill")
+        .args([&format!("-{name}"), &pid.to_string()])
         .status()
-        .context("sending SIGTERM")?;
+        .context("running kill")?;
+    if !status.success() {
+        bail!("kill -{name} {pid} failed");
+    }
+    Ok(())
+}
+
+fn terminate(child: &mut Child) -> Result<std::process::ExitStatus> {
+    signal(child.id(), "TERM")?;
     let deadline = Instant::now() + Duration::from_secs(40);
     while Instant::now() < deadline {
         if let Some(status) = child.try_wait()? {

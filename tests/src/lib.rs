@@ -12,6 +12,7 @@ pub mod harness;
 pub mod internal_server;
 pub mod keys;
 pub mod netns;
+pub mod paced_body;
 pub mod pki;
 pub mod relay_support;
 pub mod temp;

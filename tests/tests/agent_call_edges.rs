@@ -4,17 +4,17 @@
 
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use bytes::Bytes;
 use postern_protocol::{SecretKind, SecretToken};
 use postern_tests::harness::{Bins, Tunnel};
 use postern_tests::internal_server::{InternalServer, Verifier};
+use postern_tests::paced_body::{paced_body, when};
 use postern_tests::pki::{KillOnDrop, make_pki, python_https};
 use postern_tests::temp::TempDir;
 use serde_json::Value;
@@ -45,42 +45,6 @@ async fn post(tunnel: &Tunnel, connection: &str, body: reqwest::Body) -> Result<
 
 fn error_code(body: &Value) -> &str {
     body["error"]["code"].as_str().unwrap_or_default()
-}
-
-/// A request body of `pieces` 64 KiB pieces, one every `every`; then, if `stall`, it
-/// sends nothing more for that long before it ends. Also returns when the last piece went.
-fn paced_body(
-    pieces: usize,
-    every: Duration,
-    stall: Option<Duration>,
-) -> (reqwest::Body, Arc<Mutex<Option<Instant>>>) {
-    let last = Arc::new(Mutex::new(None));
-    let noted = last.clone();
-    let stream = futures_util::stream::unfold(0usize, move |sent| {
-        let noted = noted.clone();
-        async move {
-            if sent == pieces {
-                tokio::time::sleep(stall?).await;
-                return None;
-            }
-            tokio::time::sleep(every).await;
-            if let Ok(mut at) = noted.lock() {
-                *at = Some(Instant::now());
-            }
-            Some((
-                Ok::<_, std::io::Error>(Bytes::from(vec![b'u'; 64 * 1024])),
-                sent + 1,
-            ))
-        }
-    });
-    (reqwest::Body::wrap_stream(stream), last)
-}
-
-fn when(last: &Mutex<Option<Instant>>) -> Result<Instant> {
-    last.lock()
-        .ok()
-        .and_then(|at| *at)
-        .context("no piece was sent")
 }
 
 /// An internal server that reads a request's head and its whole `Content-Length` or

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
-use postern_tests::harness::{AgentProcess, Bins, agent_config};
+use postern_tests::harness::{AgentProcess, Bins, agent_config, signal};
 use postern_tests::relay_support::{RelayWorld, send};
 use reqwest::Method;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -158,16 +158,6 @@ fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> Option<Duratio
     None
 }
 
-fn sigterm(pid: u32) -> Result<()> {
-    let sent = Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()?;
-    if !sent.success() {
-        bail!("kill -TERM {pid} failed");
-    }
-    Ok(())
-}
-
 /// A config for agent `a1` on the world's relay, with `relay_line` naming the relays.
 fn config_with_relays(w: &RelayWorld, token: &str, relay_line: &str) -> Result<PathBuf> {
     let text = agent_config(w.relay.ssh, &w.relay.fingerprint, token, "").replacen(
@@ -220,7 +210,7 @@ async fn sigterm_stops_an_agent_stuck_in_authentication() -> Result<()> {
     let mut agent = AgentProcess::start(&w.bins, &config)?;
     silent.wait_silenced(Duration::from_secs(15)).await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    sigterm(agent.pid())?;
+    signal(agent.pid(), "TERM")?;
     let mut status = None;
     let took = wait_until(Duration::from_secs(5), || {
         status = agent.try_exit();
@@ -524,10 +514,7 @@ async fn a_sighup_while_the_agent_starts_reloads_once_it_is_ready() -> Result<()
     // Once the agent reads the FIFO it is past the re-exec, loading its config; it waits
     // there while the writer stays open and silent.
     let mut writer = fifo_writer(&fifo, Duration::from_secs(15))?;
-    let hup = Command::new("kill")
-        .args(["-HUP", &agent.pid().to_string()])
-        .status()?;
-    assert!(hup.success());
+    signal(agent.pid(), "HUP")?;
     std::thread::sleep(Duration::from_millis(300));
     assert!(
         agent.try_exit().is_none(),

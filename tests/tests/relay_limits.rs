@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use postern_tests::harness::{AgentProcess, Api, Bins, RelayProcess, agent_config, create_api_key};
 use postern_tests::internal_server::{InternalServer, Verifier};
+use postern_tests::paced_body::{paced_body, when};
 use postern_tests::relay_support::{RelayWorld, configured_relay, eventually, send};
 use postern_tests::temp::TempDir;
 use reqwest::Method;
@@ -222,36 +223,6 @@ async fn oversized_and_slow_request_heads_are_cut_off() -> Result<()> {
     Ok(())
 }
 
-/// A request body of `pieces` 64 KiB pieces, one every `every`, then `stall` of silence
-/// before its end; also says when its last piece went.
-fn paced_body(
-    pieces: usize,
-    every: Duration,
-    stall: Duration,
-) -> (
-    reqwest::Body,
-    std::sync::Arc<std::sync::Mutex<Option<Instant>>>,
-) {
-    let last = std::sync::Arc::new(std::sync::Mutex::new(None));
-    let noted = last.clone();
-    let stream = futures_util::stream::unfold(0usize, move |sent| {
-        let noted = noted.clone();
-        async move {
-            if sent == pieces {
-                tokio::time::sleep(stall).await;
-                return None;
-            }
-            tokio::time::sleep(every).await;
-            if let Ok(mut at) = noted.lock() {
-                *at = Some(Instant::now());
-            }
-            let piece = bytes::Bytes::from(vec![b'u'; 64 * 1024]);
-            Some((Ok::<_, std::io::Error>(piece), sent + 1))
-        }
-    });
-    (reqwest::Body::wrap_stream(stream), last)
-}
-
 /// `call_timeout` bounds the wait for the agent's answer from the request body's last
 /// progress: an upload three times longer that keeps moving goes through whole, and
 /// one that stops gets 504 about `call_timeout` after its last piece.
@@ -270,7 +241,7 @@ async fn call_timeout_counts_from_an_uploads_last_progress() -> Result<()> {
     );
 
     let started = Instant::now();
-    let (body, _) = paced_body(12, Duration::from_millis(250), Duration::ZERO);
+    let (body, _) = paced_body(12, Duration::from_millis(250), None);
     let moving = w
         .admin
         .http
@@ -288,7 +259,7 @@ async fn call_timeout_counts_from_an_uploads_last_progress() -> Result<()> {
         started.elapsed()
     );
 
-    let (body, last) = paced_body(2, Duration::from_millis(100), 4 * timeout);
+    let (body, last) = paced_body(2, Duration::from_millis(100), Some(4 * timeout));
     let stalled = w
         .admin
         .http
@@ -300,10 +271,9 @@ async fn call_timeout_counts_from_an_uploads_last_progress() -> Result<()> {
     let answered = Instant::now();
     assert_eq!(stalled.status(), 504);
     assert_eq!(stalled.headers()["x-postern-error"], "upstream_timeout");
-    let last = last.lock().ok().and_then(|at| *at);
-    let after = last.map(|at| answered.duration_since(at));
+    let after = answered.duration_since(when(&last)?);
     assert!(
-        after.is_some_and(|a| a >= timeout && a < timeout + Duration::from_millis(1500)),
+        after >= timeout && after < timeout + Duration::from_millis(1500),
         "504 {after:?} after the last piece"
     );
     Ok(())

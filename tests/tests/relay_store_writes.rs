@@ -6,11 +6,12 @@
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use postern_tests::harness::{Bins, RelayProcess};
+use postern_tests::pki::KillOnDrop;
 use postern_tests::relay_support::{RelayWorld, eventually, send};
 use postern_tests::temp::TempDir;
 use reqwest::Method;
@@ -22,7 +23,7 @@ fn bins() -> Bins {
 /// Another writer on `db`: takes the write lock, with `touch` writes a row (so a snapshot
 /// taken before it is stale once it commits, and the relay's revocation watch sees a
 /// change), holds the lock for `hold`, then commits. Returns once the lock is held.
-fn hold_write_lock(db: &Path, hold: Duration, touch: bool) -> Result<Child> {
+fn hold_write_lock(db: &Path, hold: Duration, touch: bool) -> Result<KillOnDrop> {
     let script = "import sqlite3, sys, time
 c = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=10)
 c.execute('BEGIN IMMEDIATE')
@@ -43,15 +44,16 @@ c.execute('COMMIT')
     if let Some(out) = child.stdout.take() {
         BufReader::new(out).read_line(&mut line)?;
     }
+    // Killed on the way out, should an assertion fail while it holds the lock.
+    let child = KillOnDrop(child);
     if line.trim() != "locked" {
-        let _ = child.kill();
         bail!("python3 did not take the write lock: {line:?}");
     }
     Ok(child)
 }
 
-fn wait_exit(mut child: Child) -> Result<()> {
-    let status = child.wait()?;
+fn wait_exit(mut child: KillOnDrop) -> Result<()> {
+    let status = child.0.wait()?;
     if !status.success() {
         bail!("the lock holder failed: {status}");
     }
@@ -80,7 +82,7 @@ async fn a_revoke_the_api_gave_up_on_still_ends_the_key() -> Result<()> {
         200
     );
 
-    let mut lock = hold_write_lock(
+    let lock = hold_write_lock(
         &w.state_dir().join("relay.db"),
         Duration::from_secs(60),
         false,
@@ -88,8 +90,7 @@ async fn a_revoke_the_api_gave_up_on_still_ends_the_key() -> Result<()> {
     let revoke = send(&w.admin, Method::DELETE, "/v1/apikeys/runner", None).await?;
     assert_eq!(revoke.status, 500, "given up on: {}", revoke.json);
     // Killed, the holder commits nothing: the store's change marker stays as it was.
-    lock.kill()?;
-    lock.wait()?;
+    drop(lock);
 
     // Once the store holds the revoke (the list is read from the store), the very next
     // request with the key is refused: no wait for the watch of other processes' changes.
@@ -119,6 +120,7 @@ async fn a_rotation_waits_for_another_writer() -> Result<()> {
         Duration::from_millis(800),
         true,
     )?;
+    let asked = std::time::Instant::now();
     let rotated = send(
         &w.admin,
         Method::POST,
@@ -126,8 +128,13 @@ async fn a_rotation_waits_for_another_writer() -> Result<()> {
         Some(serde_json::json!({})),
     )
     .await?;
+    let took = asked.elapsed();
     wait_exit(lock)?;
     assert_eq!(rotated.status, 200, "{}", rotated.json);
+    assert!(
+        took >= Duration::from_millis(600),
+        "answered in {took:?}: it did not wait"
+    );
     assert!(
         rotated.json["token"]
             .as_str()
