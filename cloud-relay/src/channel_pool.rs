@@ -19,6 +19,7 @@ use postern_protocol::channel_io::ChannelIo;
 use postern_protocol::version::FORWARD_ADDRESS;
 use postern_protocol::{ChannelTarget, ConnectionName};
 use prometheus_client::metrics::counter::Counter;
+use russh::Channel;
 use russh::server::Msg;
 use tokio_util::task::TaskTracker;
 
@@ -212,19 +213,25 @@ impl ChannelPool {
         rx.await.unwrap_or(Err(CallError::SessionClosed))
     }
 
-    async fn open_now(&self, connection: &ConnectionName) -> Result<Conn, CallError> {
-        let target = ChannelTarget::Http(connection.clone());
-        let channel = self
-            .handle
+    /// Opens a channel to the agent for `target`, outside the pool (one-shot exchanges
+    /// such as `test:` use it as it is).
+    pub async fn open_channel(&self, target: &ChannelTarget) -> Result<Channel<Msg>, CallError> {
+        self.handle
             .channel_open_forwarded_tcpip(target.to_string(), 0, FORWARD_ADDRESS, 0)
             .await
             .map_err(|e| match e {
                 russh::Error::ChannelOpenFailure(reason) => CallError::Refused {
-                    connection: connection.as_str().to_owned(),
+                    connection: target.connection().as_str().to_owned(),
                     reason: format!("{reason:?}"),
                 },
                 _ => CallError::SessionClosed,
-            })?;
+            })
+    }
+
+    async fn open_now(&self, connection: &ConnectionName) -> Result<Conn, CallError> {
+        let channel = self
+            .open_channel(&ChannelTarget::Http(connection.clone()))
+            .await?;
         self.opened.inc();
         let (sender, driver) = http1::handshake(TokioIo::new(ChannelIo::new(channel))).await?;
         Ok(Conn {

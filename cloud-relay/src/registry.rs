@@ -115,21 +115,6 @@ impl LiveSession {
         self.connections.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Opens a fresh channel with `target` (not pooled: one-shot exchanges such as `test:`).
-    pub async fn open_channel(
-        &self,
-        target: &postern_protocol::ChannelTarget,
-    ) -> Result<russh::Channel<russh::server::Msg>, russh::Error> {
-        self.handle
-            .channel_open_forwarded_tcpip(
-                target.to_string(),
-                0,
-                postern_protocol::version::FORWARD_ADDRESS,
-                0,
-            )
-            .await
-    }
-
     /// Tells the agent why on its control channel, then ends the SSH session.
     pub async fn disconnect(&self, reason: EndReason) {
         let text = reason.describe();

@@ -8,15 +8,17 @@ use axum::extract::{Path, Request, State};
 use axum::response::Response;
 use http::header::AUTHORIZATION;
 use http::{HeaderValue, Uri};
-use postern_protocol::ErrorCode;
 use postern_protocol::headers::REQUEST_ID;
 use postern_protocol::upload_progress::{Progress, Tracked, within};
+use postern_protocol::{ConnectionName, ErrorCode};
 use tracing::{Instrument, info, info_span, warn};
 
 use super::ApiError;
 use super::agents::find;
 use crate::channel_pool::CallError;
 use crate::context::RelayContext;
+use crate::registry::{InFlightGuard, LiveSession};
+use crate::store::AgentRecord;
 
 /// The route's parameters a call needs (the rest of the path is taken from the URI as sent).
 #[derive(serde::Deserialize)]
@@ -59,22 +61,7 @@ async fn forward(
     request_id: &str,
 ) -> Result<Response, ApiError> {
     let record = find(&ctx, agent).await?;
-    let live = ctx.registry.get(&record.id).ok_or_else(|| {
-        ApiError::new(
-            ErrorCode::AgentOffline,
-            format!("agent {:?} is not connected", record.name),
-        )
-    })?;
-    let Some(name) = live.serving(&connection) else {
-        return Err(ApiError::new(
-            ErrorCode::UnknownConnection,
-            format!(
-                "agent {:?} has no connection {connection:?} (it serves: {})",
-                record.name,
-                live.connections().join(", ")
-            ),
-        ));
-    };
+    let (live, name) = serving(&ctx, &record, &connection)?;
     let (parts, body) = request.into_parts();
     let limit = ctx.config.max_request_body;
     let declared = parts
@@ -110,15 +97,7 @@ async fn forward(
     *outgoing.uri_mut() = uri;
     *outgoing.headers_mut() = headers;
 
-    let Some(in_flight) = live.try_call_started(ctx.config.max_calls_per_agent) else {
-        return Err(ApiError::new(
-            ErrorCode::TooManyCalls,
-            format!(
-                "agent {:?} has {} calls under way already (max_calls_per_agent)",
-                record.name, ctx.config.max_calls_per_agent
-            ),
-        ));
-    };
+    let in_flight = call_slot(&ctx, &live, &record)?;
     let started = std::time::Instant::now();
     let sent = live.channels.send(name, outgoing);
     let upstream = match within(sent, &progress, ctx.config.call_timeout).await {
@@ -148,6 +127,50 @@ async fn forward(
         frame
     });
     Ok(Response::from_parts(parts, Body::new(body)))
+}
+
+/// The live session of `record`'s agent and its connection `connection`: 503
+/// `agent_offline` or 404 `unknown_connection` otherwise.
+pub(super) fn serving(
+    ctx: &RelayContext,
+    record: &AgentRecord,
+    connection: &str,
+) -> Result<(Arc<LiveSession>, ConnectionName), ApiError> {
+    let live = ctx.registry.get(&record.id).ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::AgentOffline,
+            format!("agent {:?} is not connected", record.name),
+        )
+    })?;
+    let Some(name) = live.serving(connection) else {
+        return Err(ApiError::new(
+            ErrorCode::UnknownConnection,
+            format!(
+                "agent {:?} has no connection {connection:?} (it serves: {})",
+                record.name,
+                live.connections().join(", ")
+            ),
+        ));
+    };
+    Ok((live, name))
+}
+
+/// A place among the agent's calls under way, or 429 `too_many_calls`.
+pub(super) fn call_slot(
+    ctx: &RelayContext,
+    live: &LiveSession,
+    record: &AgentRecord,
+) -> Result<InFlightGuard, ApiError> {
+    live.try_call_started(ctx.config.max_calls_per_agent)
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::TooManyCalls,
+                format!(
+                    "agent {:?} has {} calls under way already (max_calls_per_agent)",
+                    record.name, ctx.config.max_calls_per_agent
+                ),
+            )
+        })
 }
 
 fn classify(

@@ -11,6 +11,7 @@ use tokio::io::AsyncReadExt;
 
 use super::ApiError;
 use super::agents::find;
+use crate::channel_pool::CallError;
 use crate::context::RelayContext;
 
 /// A report is small; anything longer is not one.
@@ -21,34 +22,16 @@ pub async fn run(
     Path((agent, connection)): Path<(String, String)>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let record = find(&ctx, agent).await?;
-    let live = ctx.registry.get(&record.id).ok_or_else(|| {
-        ApiError::new(
-            ErrorCode::AgentOffline,
-            format!("agent {:?} is not connected", record.name),
-        )
-    })?;
-    let Some(name) = live.serving(&connection) else {
-        return Err(ApiError::new(
-            ErrorCode::UnknownConnection,
-            format!("agent {:?} has no connection {connection:?}", record.name),
-        ));
-    };
-    let Some(_in_flight) = live.try_call_started(ctx.config.max_calls_per_agent) else {
-        return Err(ApiError::new(
-            ErrorCode::TooManyCalls,
-            format!(
-                "agent {:?} has {} calls under way already (max_calls_per_agent)",
-                record.name, ctx.config.max_calls_per_agent
-            ),
-        ));
-    };
+    let (live, name) = super::call::serving(&ctx, &record, &connection)?;
+    let _in_flight = super::call::call_slot(&ctx, &live, &record)?;
     // The whole test, opening its channel included, is one wait of `call_timeout`.
     let deadline = tokio::time::Instant::now() + ctx.config.call_timeout;
     let target = ChannelTarget::Test(name);
-    let channel = match tokio::time::timeout_at(deadline, live.open_channel(&target)).await {
+    let opened = live.channels.open_channel(&target);
+    let channel = match tokio::time::timeout_at(deadline, opened).await {
         Err(_) => return Err(timed_out()),
         Ok(Ok(channel)) => channel,
-        Ok(Err(russh::Error::ChannelOpenFailure(_))) => {
+        Ok(Err(CallError::Refused { .. })) => {
             // The agent dropped the connection (a reload) since the relay last heard.
             return Err(ApiError::new(
                 ErrorCode::UnknownConnection,
