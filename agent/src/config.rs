@@ -415,9 +415,7 @@ pub fn status_socket(configured: Option<&Path>, base_dir: &Path) -> PathBuf {
     if let Some(path) = configured {
         return base_dir.join(path);
     }
-    let uid = std::fs::metadata("/proc/self")
-        .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
-        .unwrap_or(0);
+    let uid = current_uid().unwrap_or(0);
     if uid == 0 {
         return PathBuf::from("/run/postern/agent.sock");
     }
@@ -440,10 +438,14 @@ pub fn default_path() -> PathBuf {
 }
 
 fn is_root() -> bool {
-    std::env::var("USER").is_ok_and(|u| u == "root")
-        || std::fs::metadata("/proc/self")
-            .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
-            .unwrap_or(false)
+    std::env::var("USER").is_ok_and(|u| u == "root") || current_uid() == Some(0)
+}
+
+/// This process's user id (the owner of `/proc/self`), without unsafe code.
+pub fn current_uid() -> Option<u32> {
+    std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
+        .ok()
 }
 
 #[cfg(test)]

@@ -59,10 +59,7 @@ fn require_systemd_and_root() -> Result<()> {
             "systemd is not running on this machine (no /run/systemd/system): start `postern run --config FILE` with this system's own service manager instead"
         );
     }
-    let uid = std::fs::metadata("/proc/self")
-        .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
-        .unwrap_or(u32::MAX);
-    if uid != 0 {
+    if crate::config::current_uid() != Some(0) {
         bail!("installing a system service needs root: sudo postern service …");
     }
     Ok(())
