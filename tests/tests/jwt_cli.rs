@@ -9,6 +9,7 @@ use anyhow::{Context, Result, bail};
 use base64::Engine;
 use postern_protocol::{SecretKind, SecretToken};
 use postern_tests::internal_server::{InternalServer, Verifier};
+use postern_tests::pki::openssl;
 use postern_tests::temp::TempDir;
 use postern_tests::token_endpoint::{EndpointConfig, ExpiresIn, TokenEndpoint};
 use serde_json::{Value, json};
@@ -43,18 +44,6 @@ fn config_text(connections: &str) -> String {
         "relay = \"127.0.0.1:1\"\nrelay_fingerprint = \"SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU\"\ntoken = \"{}\"\n{connections}",
         token.expose()
     )
-}
-
-fn openssl(dir: &Path, args: &[&str]) -> Result<()> {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .context("openssl")?;
-    if !out.status.success() {
-        bail!("openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(())
 }
 
 /// Every key form, made by openssl: files in `dir`, mode 0600 where they are secret.

@@ -4,14 +4,22 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use postern_tests::harness::{Bins, relay_cli};
-use postern_tests::relay_support::{RelayWorld, eventually, sample, scrape, send, ssh_login};
+use postern_tests::harness::{Api, Bins, relay_cli};
+use postern_tests::relay_support::{
+    Answer, RelayWorld, eventually, sample, scrape, send, ssh_login,
+};
 use reqwest::Method;
 
 const ONLINE_WITHIN: Duration = Duration::from_secs(15);
 
 fn bins() -> Bins {
     postern_tests::bins!()
+}
+
+/// `POST /v1/agents/warehouse-1/token`, with `{"grace": …}` when given.
+async fn rotate(api: &Api, grace: Option<&str>) -> Result<Answer> {
+    let body = grace.map(|g| serde_json::json!({ "grace": g }));
+    send(api, Method::POST, "/v1/agents/warehouse-1/token", body).await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -23,7 +31,7 @@ async fn rotation_drops_the_old_session_and_the_agent_returns_with_the_new_token
         .wait_online("warehouse-1", true, ONLINE_WITHIN)
         .await?;
 
-    let rotated = send(&w.admin, Method::POST, "/v1/agents/warehouse-1/token", None).await?;
+    let rotated = rotate(&w.admin, None).await?;
     assert_eq!(rotated.status, 200, "{}", rotated.json);
     let new_token = rotated.json["token"]
         .as_str()
@@ -79,13 +87,7 @@ async fn with_a_grace_period_both_tokens_work_and_the_session_stays() -> Result<
         .wait_online("warehouse-1", true, ONLINE_WITHIN)
         .await?;
 
-    let rotated = send(
-        &w.admin,
-        Method::POST,
-        "/v1/agents/warehouse-1/token",
-        Some(serde_json::json!({"grace": "5m"})),
-    )
-    .await?;
+    let rotated = rotate(&w.admin, Some("5m")).await?;
     assert_eq!(rotated.status, 200, "{}", rotated.json);
     assert!(rotated.json["old_token_valid_until"].is_string());
     let new_token = rotated.json["token"]
@@ -130,21 +132,9 @@ async fn with_a_grace_period_both_tokens_work_and_the_session_stays() -> Result<
     assert!(!third.logs.contains("refused the access token"));
 
     // Bad requests.
-    let bad = send(
-        &w.admin,
-        Method::POST,
-        "/v1/agents/warehouse-1/token",
-        Some(serde_json::json!({"grace": "soon"})),
-    )
-    .await?;
+    let bad = rotate(&w.admin, Some("soon")).await?;
     assert_eq!(bad.code(), "bad_request");
-    let long = send(
-        &w.admin,
-        Method::POST,
-        "/v1/agents/warehouse-1/token",
-        Some(serde_json::json!({"grace": "30d"})),
-    )
-    .await?;
+    let long = rotate(&w.admin, Some("30d")).await?;
     assert_eq!(long.code(), "bad_request");
     let missing = send(&w.admin, Method::POST, "/v1/agents/nobody/token", None).await?;
     assert_eq!(missing.status, 404);
@@ -232,13 +222,7 @@ async fn a_grace_under_a_second_still_keeps_the_session() -> Result<()> {
     w.admin
         .wait_online("warehouse-1", true, ONLINE_WITHIN)
         .await?;
-    let rotated = send(
-        &w.admin,
-        Method::POST,
-        "/v1/agents/warehouse-1/token",
-        Some(serde_json::json!({"grace": "500ms"})),
-    )
-    .await?;
+    let rotated = rotate(&w.admin, Some("500ms")).await?;
     assert_eq!(rotated.status, 200, "{}", rotated.json);
     let until = rotated.json["old_token_valid_until"]
         .as_str()
@@ -295,13 +279,7 @@ async fn a_rotation_between_login_and_hello_refuses_the_hello() -> Result<()> {
         .await?;
     let control = ssh.channel_open_session().await?;
 
-    let rotated = send(
-        &w.admin,
-        Method::POST,
-        "/v1/agents/warehouse-1/token",
-        Some(serde_json::json!({})),
-    )
-    .await?;
+    let rotated = rotate(&w.admin, None).await?;
     assert_eq!(rotated.status, 200, "{}", rotated.json);
 
     let (read, mut write) = tokio::io::split(control.into_stream());
