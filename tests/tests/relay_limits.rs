@@ -240,16 +240,18 @@ async fn call_timeout_counts_from_an_uploads_last_progress() -> Result<()> {
         w.admin.base
     );
 
+    let upload = |body: reqwest::Body| {
+        w.admin
+            .http
+            .post(&url)
+            .bearer_auth(&w.admin.key)
+            .body(body)
+            .send()
+    };
+
     let started = Instant::now();
     let (body, _) = paced_body(12, Duration::from_millis(250), None);
-    let moving = w
-        .admin
-        .http
-        .post(&url)
-        .bearer_auth(&w.admin.key)
-        .body(body)
-        .send()
-        .await?;
+    let moving = upload(body).await?;
     assert_eq!(moving.status(), 200);
     let answer: serde_json::Value = moving.json().await?;
     assert_eq!(answer["body_len"], 12 * 64 * 1024, "{answer}");
@@ -260,14 +262,7 @@ async fn call_timeout_counts_from_an_uploads_last_progress() -> Result<()> {
     );
 
     let (body, last) = paced_body(2, Duration::from_millis(100), Some(4 * timeout));
-    let stalled = w
-        .admin
-        .http
-        .post(&url)
-        .bearer_auth(&w.admin.key)
-        .body(body)
-        .send()
-        .await?;
+    let stalled = upload(body).await?;
     let answered = Instant::now();
     assert_eq!(stalled.status(), 504);
     assert_eq!(stalled.headers()["x-postern-error"], "upstream_timeout");

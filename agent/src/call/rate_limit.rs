@@ -282,22 +282,35 @@ mod tests {
         assert_eq!(*l.shift.borrow(), Duration::from_secs(3));
     }
 
+    /// Starts a call that waits on `l` with `max_wait`, sets a pause of `pause` 50 ms later,
+    /// and returns how the call ended (bounded at 10 s).
+    async fn wait_through_a_new_pause(
+        l: &std::sync::Arc<Limiter>,
+        max_wait: Duration,
+        pause: Duration,
+    ) -> Result<(), Refused> {
+        let waiter = {
+            let l = l.clone();
+            tokio::spawn(async move { l.acquire(max_wait).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        l.pause(pause);
+        tokio::time::timeout(Duration::from_secs(10), waiter)
+            .await
+            .expect("bounded")
+            .expect("task")
+    }
+
     /// Real time, short spans: tokio's paused clock needs a feature this crate does not turn on.
     #[tokio::test]
     async fn calls_already_waiting_wait_out_a_newer_pause() {
-        let bound = Duration::from_secs(10);
         // Waiting for a token: due after 100 ms, then a 400 ms pause is set at 50 ms.
         let l = std::sync::Arc::new(limiter(10, 1000, 1));
         l.acquire(Duration::ZERO).await.expect("the burst");
         let started = Instant::now();
-        let waiter = {
-            let l = l.clone();
-            tokio::spawn(async move { l.acquire(Duration::from_secs(5)).await })
-        };
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        l.pause(Duration::from_millis(400));
-        let done = tokio::time::timeout(bound, waiter).await.expect("bounded");
-        done.expect("task").expect("within max_wait");
+        let done =
+            wait_through_a_new_pause(&l, Duration::from_secs(5), Duration::from_millis(400)).await;
+        done.expect("within max_wait");
         let waited = started.elapsed();
         assert!(waited >= Duration::from_millis(480), "left at {waited:?}");
 
@@ -306,28 +319,18 @@ mod tests {
         let l = std::sync::Arc::new(Limiter::new(None));
         l.pause(Duration::from_millis(200));
         let started = Instant::now();
-        let waiter = {
-            let l = l.clone();
-            tokio::spawn(async move { l.acquire(Duration::from_secs(5)).await })
-        };
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        l.pause(Duration::from_millis(400));
-        let done = tokio::time::timeout(bound, waiter).await.expect("bounded");
-        done.expect("task").expect("within max_wait");
+        let done =
+            wait_through_a_new_pause(&l, Duration::from_secs(5), Duration::from_millis(400)).await;
+        done.expect("within max_wait");
         let waited = started.elapsed();
         assert!(waited >= Duration::from_millis(440), "left at {waited:?}");
 
         // A newer pause that takes a waiting call past its max_wait refuses it at once.
         l.pause(Duration::from_millis(200));
         let started = Instant::now();
-        let waiter = {
-            let l = l.clone();
-            tokio::spawn(async move { l.acquire(Duration::from_millis(500)).await })
-        };
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        l.pause(Duration::from_secs(5));
-        let done = tokio::time::timeout(bound, waiter).await.expect("bounded");
-        let refused = done.expect("task").expect_err("past max_wait");
+        let done =
+            wait_through_a_new_pause(&l, Duration::from_millis(500), Duration::from_secs(5)).await;
+        let refused = done.expect_err("past max_wait");
         assert!(refused.needed > Duration::from_secs(4), "{refused:?}");
         assert!(
             started.elapsed() < Duration::from_secs(2),
