@@ -31,6 +31,8 @@ fn upstream_unit_tests_pass_on_the_patched_russh() -> Result<()> {
             "aws-lc-rs,rsa",
         ])
         .env("CARGO_TARGET_DIR", root.join("target/vendor-russh"))
+        // Full debug info would add most of a gigabyte to CI's disk for nothing.
+        .env("CARGO_PROFILE_DEV_DEBUG", "line-tables-only")
         // The outer `cargo test`'s settings are not russh's.
         .env_remove("RUSTFLAGS")
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
