@@ -213,9 +213,22 @@ impl ChannelPool {
         rx.await.unwrap_or(Err(CallError::SessionClosed))
     }
 
-    /// Opens a channel to the agent for `target`, outside the pool (one-shot exchanges
-    /// such as `test:` use it as it is).
-    pub async fn open_channel(&self, target: &ChannelTarget) -> Result<Channel<Msg>, CallError> {
+    /// Opens a channel for a one-shot exchange (`test:`), outside the pool, in a task of
+    /// its own for the reason `open` gives; one its caller gave up on is closed.
+    pub async fn open_oneshot(
+        self: &Arc<Self>,
+        target: ChannelTarget,
+    ) -> Result<ChannelIo<Msg>, CallError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let pool = self.clone();
+        self.opens.spawn(async move {
+            // Returned to this task when its caller is gone, and closed as it drops.
+            let _ = tx.send(pool.open_channel(&target).await.map(ChannelIo::new));
+        });
+        rx.await.unwrap_or(Err(CallError::SessionClosed))
+    }
+
+    async fn open_channel(&self, target: &ChannelTarget) -> Result<Channel<Msg>, CallError> {
         self.handle
             .channel_open_forwarded_tcpip(target.to_string(), 0, FORWARD_ADDRESS, 0)
             .await

@@ -250,8 +250,20 @@ pub async fn ssh_login(
     relay: std::net::SocketAddr,
     token: &str,
 ) -> Result<(russh::client::Handle<HandDriven>, bool)> {
+    ssh_login_as(relay, token, HandDriven).await
+}
+
+/// `ssh_login` with a handler of the test's own, to answer the relay's channel opens.
+pub async fn ssh_login_as<H>(
+    relay: std::net::SocketAddr,
+    token: &str,
+    handler: H,
+) -> Result<(russh::client::Handle<H>, bool)>
+where
+    H: russh::client::Handler<Error = russh::Error> + Send + 'static,
+{
     let config = std::sync::Arc::new(russh::client::Config::default());
-    let mut ssh = russh::client::connect(config, relay, HandDriven).await?;
+    let mut ssh = russh::client::connect(config, relay, handler).await?;
     let auth = ssh
         .authenticate_password(postern_protocol::version::SSH_USER, token)
         .await?;

@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{Path, State};
-use postern_protocol::channel_io::ChannelIo;
 use postern_protocol::{ChannelTarget, ErrorCode};
 use tokio::io::AsyncReadExt;
 
@@ -26,8 +25,7 @@ pub async fn run(
     let _in_flight = super::call::call_slot(&ctx, &live, &record)?;
     // The whole test, opening its channel included, is one wait of `call_timeout`.
     let deadline = tokio::time::Instant::now() + ctx.config.call_timeout;
-    let target = ChannelTarget::Test(name);
-    let opened = live.channels.open_channel(&target);
+    let opened = live.channels.open_oneshot(ChannelTarget::Test(name));
     let channel = match tokio::time::timeout_at(deadline, opened).await {
         Err(_) => return Err(timed_out()),
         Ok(Ok(channel)) => channel,
@@ -49,7 +47,7 @@ pub async fn run(
         }
     };
     let mut report = Vec::new();
-    let mut stream = ChannelIo::new(channel).take(MAX_REPORT);
+    let mut stream = channel.take(MAX_REPORT);
     let read = stream.read_to_end(&mut report);
     match tokio::time::timeout_at(deadline, read).await {
         Err(_) => return Err(timed_out()),
