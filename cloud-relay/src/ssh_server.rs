@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::context::RelayContext;
-use crate::control::{ControlChannel, HELLO_TIMEOUT};
+use crate::control::ControlChannel;
 use crate::registry::ClosingReason;
 use crate::server::{AcceptErrors, accept_next};
 use crate::store::{AgentRecord, unix_now};
@@ -272,6 +272,9 @@ async fn run_connection(
         ctx.registry.end_session(&agent_id, session_id, reason);
     }
 }
+
+/// How long an authenticated agent has to say hello and be welcomed.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why a session that logged in but never said hello was closed (counted as `hello_refused`).
 const NO_HELLO: &str = "no hello within 10 s of authenticating";

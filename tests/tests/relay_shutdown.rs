@@ -260,7 +260,7 @@ async fn a_session_that_logs_in_but_never_says_hello_is_closed() -> Result<()> {
     let logged_in = Instant::now();
 
     // No forward, no control channel, no hello: the relay ends it after HELLO_TIMEOUT.
-    let hello_timeout = postern_relay::control::HELLO_TIMEOUT;
+    let hello_timeout = postern_relay::ssh_server::HELLO_TIMEOUT;
     tokio::time::timeout(hello_timeout + Duration::from_secs(5), &mut ssh)
         .await
         .context("the relay kept a session that never said hello")?
