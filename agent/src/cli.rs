@@ -248,7 +248,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         } => connection::list(&path, json),
         Command::Connection {
             command: ConnectionCommand::Test { name, json },
-        } => connection::test(&load(&path)?, &name, json),
+        } => connection::test(&path, &name, json),
         Command::Connection {
             command: ConnectionCommand::Add(new),
         } => edit::add(&path, *new).map(|()| ExitCode::SUCCESS),

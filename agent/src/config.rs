@@ -35,6 +35,9 @@ pub struct AgentConfig {
     pub relay_fingerprint: String,
     pub token: SecretToken,
     pub connections: BTreeMap<String, Arc<Connection>>,
+    /// The digest of the file's bytes as loaded ([`file_digest`]), so a CLI can tell
+    /// whether the running agent's config is the file as it is now.
+    pub file_digest: Option<String>,
 }
 
 #[derive(Debug)]
@@ -132,24 +135,41 @@ impl ConfigFile {
     /// The file as written (private to its owner, valid TOML), nothing resolved: no
     /// secret is read, so it needs nothing from the service's environment.
     pub fn read(path: &Path) -> Result<Self, ConfigError> {
+        Self::read_with_digest(path).map(|(file, _)| file)
+    }
+
+    /// `read`, and the [`file_digest`] of the bytes it parsed.
+    pub fn read_with_digest(path: &Path) -> Result<(Self, String), ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
         check_private(path)?;
-        ConfigFile::parse(&text).map_err(|e| ConfigError::Parse {
+        let file = ConfigFile::parse(&text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
             message: e.to_string(),
-        })
+        })?;
+        Ok((file, file_digest(text.as_bytes())))
     }
+}
+
+/// SHA-256 of a config file's bytes, as base64: equal digests, same file content.
+pub fn file_digest(bytes: &[u8]) -> String {
+    use base64::Engine;
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes);
+    base64::engine::general_purpose::STANDARD_NO_PAD.encode(digest.as_ref())
 }
 
 impl AgentConfig {
     /// Reads, checks the file mode, parses and resolves a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let file = ConfigFile::read(path)?;
+        let (file, digest) = ConfigFile::read_with_digest(path)?;
         let base = path.parent().unwrap_or(Path::new("."));
-        Self::resolve(file, base, &|name| std::env::var(name).ok())
+        let config = Self::resolve(file, base, &|name| std::env::var(name).ok())?;
+        Ok(Self {
+            file_digest: Some(digest),
+            ..config
+        })
     }
 
     /// Turns a parsed file into a config; relative paths are taken from `base_dir`.
@@ -239,6 +259,7 @@ impl AgentConfig {
                 relay_fingerprint: file.relay_fingerprint,
                 token,
                 connections,
+                file_digest: None,
             }),
             _ => Err(ConfigError::Problems(problems)),
         }

@@ -6,22 +6,22 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::HeaderMap;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::call::{CallContext, RequestBody, send};
 use crate::config::Auth;
 use crate::upstream_url;
 
 /// The outcome of one step.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Step {
-    pub name: &'static str,
+    pub name: String,
     pub ok: bool,
     pub detail: String,
     pub ms: u64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TestReport {
     pub connection: String,
     pub method: String,
@@ -45,7 +45,7 @@ impl TestReport {
     ) -> bool {
         let ok = result.is_ok();
         self.steps.push(Step {
-            name,
+            name: name.to_owned(),
             ok,
             detail: result.unwrap_or_else(|e| e),
             ms: millis(started.elapsed()),

@@ -1,5 +1,5 @@
 //! The daemon's local Unix socket (mode 0600, never on the network): a client writes
-//! one command line, `status` or `reload`, and reads one JSON answer.
+//! one command line, `status`, `reload` or `test NAME`, and reads one JSON answer.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -16,6 +16,7 @@ use tracing::warn;
 
 use crate::call_table::{CallTable, Contexts};
 use crate::config::AgentConfig;
+use crate::connection_test;
 use crate::jwt::CacheState;
 use crate::reload::Reloader;
 use crate::tunnel::TunnelState;
@@ -31,6 +32,9 @@ pub struct StatusReport {
     pub last_error: Option<String>,
     pub reconnects: u64,
     pub connections: BTreeMap<String, ConnectionStatus>,
+    /// The [`file_digest`](crate::config::file_digest) of the config file in force.
+    #[serde(default)]
+    pub config_digest: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -41,11 +45,11 @@ pub struct ConnectionStatus {
     pub token_cache: String,
 }
 
-pub fn report(state: &TunnelState, relays: &[String], calls: &Contexts) -> StatusReport {
+pub fn report(state: &TunnelState, config: &AgentConfig, calls: &Contexts) -> StatusReport {
     let rfc3339 = |t| humantime::format_rfc3339_seconds(t).to_string();
     StatusReport {
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),
-        relays: relays.to_vec(),
+        relays: config.relays.clone(),
         connected: state.connected,
         connected_since: state.since.filter(|_| state.connected).map(rfc3339),
         agent_name: state.agent_name.clone(),
@@ -70,6 +74,7 @@ pub fn report(state: &TunnelState, relays: &[String], calls: &Contexts) -> Statu
                 (name.clone(), status)
             })
             .collect(),
+        config_digest: config.file_digest.clone(),
     }
 }
 
@@ -135,6 +140,15 @@ pub fn check_folder(dir: &Path) -> std::io::Result<()> {
 /// What a client asks on the socket, as one line.
 pub const STATUS: &str = "status";
 pub const RELOAD: &str = "reload";
+/// `test NAME`: run the connection's test request here, with the agent's environment,
+/// keys and network; answers a [`TestReport`](connection_test::TestReport) or [`Refusal`].
+pub const TEST: &str = "test";
+
+/// Why the daemon did not do what was asked.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Refusal {
+    pub error: String,
+}
 /// A client that says nothing within this long gets the status (as `socat` users expect).
 const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -184,7 +198,17 @@ impl StatusServer {
         let mut line = String::new();
         let mut reader = BufReader::new(read.take(256));
         let _ = tokio::time::timeout(REQUEST_TIMEOUT, reader.read_line(&mut line)).await;
-        let body = match line.trim() {
+        let line = line.trim();
+        let body = match line {
+            _ if line.starts_with(TEST) && line[TEST.len()..].starts_with(' ') => {
+                let name = line[TEST.len()..].trim();
+                match self.calls.get(name) {
+                    Some(ctx) => serde_json::to_vec(&connection_test::run(&ctx).await),
+                    None => serde_json::to_vec(&Refusal {
+                        error: format!("the running agent has no connection named {name:?}"),
+                    }),
+                }
+            }
             RELOAD => {
                 let report = match &self.reloader {
                     None => Err(
@@ -208,8 +232,8 @@ impl StatusServer {
                 serde_json::to_vec(&report)
             }
             _ => {
-                let relays = self.config.borrow().relays.clone();
-                let report = report(&self.state.borrow(), &relays, &self.calls.snapshot());
+                let config = self.config.borrow().clone();
+                let report = report(&self.state.borrow(), &config, &self.calls.snapshot());
                 serde_json::to_vec(&report)
             }
         };

@@ -295,3 +295,89 @@ async fn the_next_call_after_a_reload_uses_the_new_settings_on_a_pooled_channel(
     );
     Ok(())
 }
+
+/// `postern connection test` runs in the running agent when the agent's config is the
+/// file as it is now: a secret only the service's environment holds (`secret_env`) is
+/// there. After an edit the agent has not loaded, it tests the file from the admin's
+/// shell and says so; a reload brings the agent back in.
+#[tokio::test(flavor = "multi_thread")]
+async fn connection_test_runs_in_the_running_agent_with_its_environment() -> Result<()> {
+    use postern_tests::internal_server::{InternalServer, Verifier};
+
+    let secret = "a shared secret of at least thirty-two bytes!";
+    let erp = InternalServer::start(Verifier::Hs256(secret.as_bytes().to_vec()), "erp").await?;
+    let x = world().await?;
+    let connections = format!(
+        "[connections.erp]\nbase_uri = \"{}\"\ntest = {{ path = \"/health\", expect_status = 200 }}\n\
+         [connections.erp.auth]\ntype = \"jwt_bearer\"\nalgorithm = \"HS256\"\n\
+         secret_env = \"ERP_JWT_SECRET\"\nlifetime = \"5m\"\npayload = {{ aud = \"erp\" }}\n",
+        erp.base_uri()
+    );
+    let w = &x.w;
+    let text = agent_config(w.relay.ssh, &w.relay.fingerprint, &x.token, &connections);
+    let config = w.dir.write_private("agent.toml", &text)?;
+    let mut command = Command::new(&w.bins.agent);
+    command
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("ERP_JWT_SECRET", secret);
+    let _agent = AgentProcess::spawn(command)?;
+    w.admin
+        .wait_online("a1", true, Duration::from_secs(15))
+        .await?;
+
+    // The admin's shell has no ERP_JWT_SECRET.
+    let test = || -> Result<(Option<i32>, String, String)> {
+        let out = Command::new(&w.bins.agent)
+            .args(["connection", "test", "erp", "--config"])
+            .arg(&config)
+            .env_remove("ERP_JWT_SECRET")
+            .output()?;
+        Ok((
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    };
+    let (code, stdout, stderr) = test()?;
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("ok    http   200 OK, expected 200"),
+        "{stdout}"
+    );
+    assert!(stderr.contains("tested by the running agent"), "{stderr}");
+    let seen = erp.requests();
+    assert_eq!(seen.len(), 1, "the test reached the server once");
+    assert_eq!(seen[0].path_and_query, "/api/health");
+
+    // Edited, not reloaded: the file as it is now is tested here, where the secret is not.
+    std::fs::write(&config, format!("{text}# edited\n"))?;
+    let (code, stdout, stderr) = test()?;
+    assert_eq!(code, Some(1), "{stdout}{stderr}");
+    assert!(
+        stderr.contains("is not") && stderr.contains("testing the file from this shell"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("ERP_JWT_SECRET"), "{stderr}");
+    assert_eq!(erp.requests().len(), 1, "nothing was sent from the shell");
+
+    let (code, out) = reload(&w.bins, &config)?;
+    assert_eq!(code, Some(0), "{out}");
+    let (code, stdout, stderr) = test()?;
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(stderr.contains("tested by the running agent"), "{stderr}");
+    assert_eq!(erp.requests().len(), 2);
+
+    let out = Command::new(&w.bins.agent)
+        .args(["connection", "test", "nope", "--config"])
+        .arg(&config)
+        .output()?;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("the running agent has no connection named \"nope\""),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}

@@ -44,13 +44,14 @@ pub(crate) fn list(path: &Path, json: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub(crate) fn test(config: &AgentConfig, name: &str, json: bool) -> Result<ExitCode> {
-    let conn = config
-        .connection(name)
-        .with_context(|| format!("no connection named {name:?} in the config"))?;
-    let ctx = CallContext::new(Arc::clone(conn)).context("building the HTTP client")?;
-    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    let report = runtime.block_on(connection_test::run(&ctx));
+/// Runs in the running agent when its config is this file as it is now, so the test
+/// gets what calls get: the service's environment (`secret_env`), its keys as loaded, its
+/// network. Otherwise (no agent, or the file edited since its last reload) it runs here.
+pub(crate) fn test(path: &Path, name: &str, json: bool) -> Result<ExitCode> {
+    let report = match super::status::test_in_agent(path, name)? {
+        Some(report) => report,
+        None => test_here(&super::load(path)?, name)?,
+    };
     let text = if json {
         serde_json::to_string_pretty(&report)?
     } else {
@@ -62,4 +63,13 @@ pub(crate) fn test(config: &AgentConfig, name: &str, json: bool) -> Result<ExitC
     } else {
         ExitCode::FAILURE
     })
+}
+
+fn test_here(config: &AgentConfig, name: &str) -> Result<connection_test::TestReport> {
+    let conn = config
+        .connection(name)
+        .with_context(|| format!("no connection named {name:?} in the config"))?;
+    let ctx = CallContext::new(Arc::clone(conn)).context("building the HTTP client")?;
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    Ok(runtime.block_on(connection_test::run(&ctx)))
 }

@@ -1,8 +1,9 @@
-//! `postern status` and `postern reload`: ask the running daemon over its local
-//! socket; the exit code says how it went (0 good, 1 not connected, refused or a config
-//! that does not parse, 2 no daemon).
+//! `postern status` and `postern reload` ask the running daemon over its local socket;
+//! the exit code says how it went (0 good, 1 not connected, refused or a config that does
+//! not parse, 2 no daemon). `connection test` runs in the daemon through it when it can.
 
 use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -10,7 +11,8 @@ use anyhow::{Context, Result};
 
 use super::out;
 use crate::config::{self, ConfigFile};
-use crate::status::{ReloadReport, StatusReport};
+use crate::connection_test::TestReport;
+use crate::status::{Refusal, ReloadReport, StatusReport};
 
 /// The socket the config names, or why the config cannot say.
 fn socket_of(config_path: &Path) -> Result<std::path::PathBuf, String> {
@@ -19,8 +21,64 @@ fn socket_of(config_path: &Path) -> Result<std::path::PathBuf, String> {
         .map_err(|e| format!("cannot read {}: {e}", config_path.display()))?;
     let file = ConfigFile::parse(&text)
         .map_err(|e| format!("{} is not a valid config: {e}", config_path.display()))?;
+    Ok(socket_in(&file, config_path))
+}
+
+fn socket_in(file: &ConfigFile, config_path: &Path) -> std::path::PathBuf {
     let base = config_path.parent().unwrap_or(Path::new("."));
-    Ok(config::status_socket(file.status_socket.as_deref(), base))
+    config::status_socket(file.status_socket.as_deref(), base)
+}
+
+/// Writes `command` to the daemon and reads its whole answer.
+fn send(mut stream: UnixStream, command: &str) -> Result<String> {
+    writeln!(stream, "{command}").context("sending the request")?;
+    let mut text = String::new();
+    stream
+        .read_to_string(&mut text)
+        .context("reading the answer")?;
+    Ok(text)
+}
+
+/// `postern connection test NAME` in the running agent, when one answers and runs this
+/// file as it is now; `None`, after saying why on stderr, when the test must run here.
+pub(crate) fn test_in_agent(config_path: &Path, name: &str) -> Result<Option<TestReport>> {
+    let (file, digest) = ConfigFile::read_with_digest(config_path)?;
+    let socket = socket_in(&file, config_path);
+    let connect = || UnixStream::connect(&socket);
+    let status = match connect() {
+        Ok(stream) => send(stream, crate::status::STATUS)?,
+        Err(_) => {
+            eprintln!(
+                "no agent answers on {}: testing from this shell, with its environment",
+                socket.display()
+            );
+            return Ok(None);
+        }
+    };
+    let running: StatusReport =
+        serde_json::from_str(&status).context("the daemon sent no valid status")?;
+    if running.config_digest.as_deref() != Some(digest.as_str()) {
+        eprintln!(
+            "the running agent's config is not {} as it is now (edited since its last \
+             reload?): testing the file from this shell, with its environment; \
+             `postern reload` applies it",
+            config_path.display()
+        );
+        return Ok(None);
+    }
+    let text = send(
+        connect().context("reaching the running agent again")?,
+        &format!("{} {name}", crate::status::TEST),
+    )?;
+    if let Ok(refusal) = serde_json::from_str::<Refusal>(&text) {
+        anyhow::bail!("{}", refusal.error);
+    }
+    let report = serde_json::from_str(&text).context("the daemon sent no valid test report")?;
+    eprintln!(
+        "tested by the running agent (on {}), with its environment and network",
+        socket.display()
+    );
+    Ok(Some(report))
 }
 
 /// Sends `command` to the daemon's socket and returns its answer; `Err` with the exit
@@ -36,7 +94,7 @@ fn ask(config_path: &Path, command: &str) -> Result<Result<String, ExitCode>> {
             return Ok(Err(ExitCode::from(1)));
         }
     };
-    let mut stream = match std::os::unix::net::UnixStream::connect(&socket) {
+    let stream = match UnixStream::connect(&socket) {
         Ok(s) => s,
         Err(e) => {
             eprintln!(
@@ -48,12 +106,7 @@ fn ask(config_path: &Path, command: &str) -> Result<Result<String, ExitCode>> {
             return Ok(Err(ExitCode::from(2)));
         }
     };
-    writeln!(stream, "{command}").context("sending the request")?;
-    let mut text = String::new();
-    stream
-        .read_to_string(&mut text)
-        .context("reading the answer")?;
-    Ok(Ok(text))
+    send(stream, command).map(Ok)
 }
 
 pub(crate) fn status(config_path: &Path, json: bool) -> Result<ExitCode> {
