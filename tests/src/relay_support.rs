@@ -231,7 +231,15 @@ pub fn relay_command(bins: &Bins, config: &std::path::Path) -> std::process::Com
 
 /// An agent's SSH side driven by hand, so a test can act between its steps: accepts any
 /// host key (the relay in a test is the test's own).
-pub struct HandDriven;
+#[derive(Default)]
+pub struct HandDriven {
+    /// When set, each channel the relay opens is confirmed only after this delay and
+    /// then handed to the test; else confirmed at once and left alone.
+    pub late_confirm: Option<(
+        Duration,
+        tokio::sync::mpsc::UnboundedSender<russh::Channel<russh::client::Msg>>,
+    )>,
+}
 
 impl russh::client::Handler for HandDriven {
     type Error = russh::Error;
@@ -242,6 +250,28 @@ impl russh::client::Handler for HandDriven {
     ) -> Result<bool, Self::Error> {
         Ok(true)
     }
+
+    async fn server_channel_open_forwarded_tcpip(
+        &mut self,
+        channel: russh::Channel<russh::client::Msg>,
+        _connected_address: &str,
+        _connected_port: u32,
+        _originator_address: &str,
+        _originator_port: u32,
+        reply: russh::client::ChannelOpenHandle,
+        _session: &mut russh::client::Session,
+    ) -> Result<(), Self::Error> {
+        let Some((delay, opened)) = self.late_confirm.clone() else {
+            reply.accept().await;
+            return Ok(());
+        };
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            reply.accept().await;
+            let _ = opened.send(channel);
+        });
+        Ok(())
+    }
 }
 
 /// Connects to `relay` and logs in with `token` as an agent does: the session, and
@@ -250,22 +280,49 @@ pub async fn ssh_login(
     relay: std::net::SocketAddr,
     token: &str,
 ) -> Result<(russh::client::Handle<HandDriven>, bool)> {
-    ssh_login_as(relay, token, HandDriven).await
+    ssh_login_as(relay, token, HandDriven::default()).await
 }
 
-/// `ssh_login` with a handler of the test's own, to answer the relay's channel opens.
-pub async fn ssh_login_as<H>(
+/// `ssh_login` with a handler set up by the test.
+pub async fn ssh_login_as(
     relay: std::net::SocketAddr,
     token: &str,
-    handler: H,
-) -> Result<(russh::client::Handle<H>, bool)>
-where
-    H: russh::client::Handler<Error = russh::Error> + Send + 'static,
-{
+    handler: HandDriven,
+) -> Result<(russh::client::Handle<HandDriven>, bool)> {
     let config = std::sync::Arc::new(russh::client::Config::default());
     let mut ssh = russh::client::connect(config, relay, handler).await?;
     let auth = ssh
         .authenticate_password(postern_protocol::version::SSH_USER, token)
         .await?;
     Ok((ssh, auth.success()))
+}
+
+/// Sends the hello an agent serving `connections` sends on its control channel, and
+/// reads the relay's answer. The write half comes back too: dropping it ends the channel.
+pub async fn say_hello(
+    control: russh::Channel<russh::client::Msg>,
+    connections: &[&str],
+) -> Result<(
+    postern_protocol::control::RelayMessage,
+    impl tokio::io::AsyncWrite + use<>,
+)> {
+    use postern_protocol::control::{AgentMessage, decode_line, encode_line};
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+
+    let (read, mut write) = tokio::io::split(control.into_stream());
+    let hello = AgentMessage::Hello {
+        protocol_version: postern_protocol::PROTOCOL_VERSION,
+        agent_version: "test".into(),
+        connections: connections.iter().map(|c| (*c).to_owned()).collect(),
+    };
+    write.write_all(&encode_line(&hello)).await?;
+    write.flush().await?;
+    let mut line = Vec::new();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::io::BufReader::new(read).read_until(b'\n', &mut line),
+    )
+    .await
+    .context("no answer to the hello within 10 s")??;
+    Ok((decode_line(&line)?, write))
 }

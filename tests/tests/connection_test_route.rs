@@ -4,8 +4,10 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
+use postern_protocol::control::RelayMessage;
 use postern_tests::harness::Tunnel;
 use postern_tests::internal_server::{InternalServer, Verifier};
+use postern_tests::relay_support::{HandDriven, RelayWorld, say_hello, ssh_login_as};
 use postern_tests::temp::TempDir;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -58,93 +60,31 @@ async fn the_relay_runs_a_connection_test_on_the_agent() -> Result<()> {
     Ok(())
 }
 
-/// An agent that confirms each channel the relay opens only after `delay`, and hands
-/// the confirmed channels to the test.
-struct SlowOpener {
-    delay: std::time::Duration,
-    opened: tokio::sync::mpsc::UnboundedSender<russh::Channel<russh::client::Msg>>,
-}
-
-impl russh::client::Handler for SlowOpener {
-    type Error = russh::Error;
-
-    async fn check_server_key(
-        &mut self,
-        _key: &russh::keys::PublicKeyOrCertificate,
-    ) -> Result<bool, Self::Error> {
-        Ok(true)
-    }
-
-    async fn server_channel_open_forwarded_tcpip(
-        &mut self,
-        channel: russh::Channel<russh::client::Msg>,
-        _connected_address: &str,
-        _connected_port: u32,
-        _originator_address: &str,
-        _originator_port: u32,
-        reply: russh::client::ChannelOpenHandle,
-        _session: &mut russh::client::Session,
-    ) -> Result<(), Self::Error> {
-        let (delay, opened) = (self.delay, self.opened.clone());
-        tokio::spawn(async move {
-            tokio::time::sleep(delay).await;
-            reply.accept().await;
-            let _ = opened.send(channel);
-        });
-        Ok(())
-    }
-}
-
 /// A relay with `call_timeout = 1s` and a hand-driven agent `slow` serving `orders`
-/// that confirms each channel 1.8 s after it is asked: the world, the session (to keep
-/// it up) and the channels as they are confirmed.
+/// that confirms each channel `SLOW_CONFIRM` after it is asked: the world, the session
+/// and control channel (to keep them up) and the channels as they are confirmed.
 async fn slow_agent() -> Result<(
-    postern_tests::relay_support::RelayWorld,
-    russh::client::Handle<SlowOpener>,
+    RelayWorld,
+    (russh::client::Handle<HandDriven>, impl Sized),
     tokio::sync::mpsc::UnboundedReceiver<russh::Channel<russh::client::Msg>>,
 )> {
-    use postern_protocol::control::{AgentMessage, RelayMessage, decode_line, encode_line};
-    use postern_tests::relay_support::{RelayWorld, ssh_login_as};
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
-
     let w = RelayWorld::start_configured(postern_tests::bins!(), "call_timeout = \"1s\"\n", &[])
         .await?;
     let token = w.create_agent("slow").await?;
     let (opened_tx, opened) = tokio::sync::mpsc::unbounded_channel();
-    let handler = SlowOpener {
-        delay: SLOW_CONFIRM,
-        opened: opened_tx,
+    let handler = HandDriven {
+        late_confirm: Some((SLOW_CONFIRM, opened_tx)),
     };
     let (ssh, accepted) = ssh_login_as(w.relay.ssh, &token, handler).await?;
     anyhow::ensure!(accepted, "the token was refused");
     ssh.tcpip_forward(postern_protocol::version::FORWARD_ADDRESS, 0)
         .await?;
-    let control = ssh.channel_open_session().await?;
-    let (read, mut write) = tokio::io::split(control.into_stream());
-    let hello = AgentMessage::Hello {
-        protocol_version: postern_protocol::PROTOCOL_VERSION,
-        agent_version: "test".into(),
-        connections: vec!["orders".into()],
-    };
-    write.write_all(&encode_line(&hello)).await?;
-    write.flush().await?;
-    let mut line = Vec::new();
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        tokio::io::BufReader::new(read).read_until(b'\n', &mut line),
-    )
-    .await??;
-    let welcome = decode_line::<RelayMessage>(&line)?;
+    let (welcome, control) = say_hello(ssh.channel_open_session().await?, &["orders"]).await?;
     anyhow::ensure!(
         matches!(welcome, RelayMessage::Welcome { .. }),
         "the hello was answered {welcome:?}"
     );
-    // The control channel's halves must live as long as the session.
-    tokio::spawn(async move {
-        let _keep = write;
-        std::future::pending::<()>().await
-    });
-    Ok((w, ssh, opened))
+    Ok((w, (ssh, control), opened))
 }
 
 const SLOW_CONFIRM: Duration = Duration::from_millis(1800);
@@ -195,17 +135,7 @@ async fn a_call_channel_confirmed_after_the_timeout_carries_the_next_call() -> R
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let (w, _ssh, mut opened) = slow_agent().await?;
-    let url = format!(
-        "{}/v1/agents/slow/connections/orders/http/first",
-        w.admin.base
-    );
-    let first = w
-        .admin
-        .http
-        .get(&url)
-        .bearer_auth(&w.admin.key)
-        .send()
-        .await?;
+    let first = w.admin.call("slow", "orders", "/first").await?;
     assert_eq!(first.status(), 504);
 
     let channel = tokio::time::timeout(Duration::from_secs(5), opened.recv())
@@ -232,17 +162,7 @@ async fn a_call_channel_confirmed_after_the_timeout_carries_the_next_call() -> R
     // Once the late channel is in the pool, a second call is answered on it at once,
     // with no new channel (which this agent would confirm too late).
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let url = format!(
-        "{}/v1/agents/slow/connections/orders/http/second",
-        w.admin.base
-    );
-    let second = w
-        .admin
-        .http
-        .get(&url)
-        .bearer_auth(&w.admin.key)
-        .send()
-        .await?;
+    let second = w.admin.call("slow", "orders", "/second").await?;
     assert_eq!(second.status(), 200);
     assert_eq!(second.text().await?, "pooled");
     let head = serve.await??;

@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::Result;
 use postern_tests::harness::{Api, Bins, relay_cli};
 use postern_tests::relay_support::{
-    Answer, RelayWorld, eventually, sample, scrape, send, ssh_login,
+    Answer, RelayWorld, eventually, sample, say_hello, scrape, send, ssh_login,
 };
 use reqwest::Method;
 
@@ -268,8 +268,7 @@ async fn a_grace_under_a_second_still_keeps_the_session() -> Result<()> {
 /// it, so a leaked token cannot keep a session up past a rotation.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_rotation_between_login_and_hello_refuses_the_hello() -> Result<()> {
-    use postern_protocol::control::{AgentMessage, RelayMessage, decode_line, encode_line};
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    use postern_protocol::control::RelayMessage;
 
     let w = RelayWorld::start(bins()).await?;
     let token = w.create_agent("warehouse-1").await?;
@@ -282,21 +281,8 @@ async fn a_rotation_between_login_and_hello_refuses_the_hello() -> Result<()> {
     let rotated = rotate(&w.admin, None).await?;
     assert_eq!(rotated.status, 200, "{}", rotated.json);
 
-    let (read, mut write) = tokio::io::split(control.into_stream());
-    let hello = AgentMessage::Hello {
-        protocol_version: postern_protocol::PROTOCOL_VERSION,
-        agent_version: "test".into(),
-        connections: vec!["orders".into()],
-    };
-    write.write_all(&encode_line(&hello)).await?;
-    write.flush().await?;
-    let mut line = Vec::new();
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        tokio::io::BufReader::new(read).read_until(b'\n', &mut line),
-    )
-    .await??;
-    match decode_line::<RelayMessage>(&line)? {
+    let (answer, _control) = say_hello(control, &["orders"]).await?;
+    match answer {
         RelayMessage::Refused { code, .. } => assert_eq!(code, "token_rotated"),
         other => panic!("the hello of a rotated token was answered {other:?}"),
     }
