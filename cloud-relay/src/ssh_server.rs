@@ -20,7 +20,7 @@ use crate::context::RelayContext;
 use crate::control::ControlChannel;
 use crate::registry::ClosingReason;
 use crate::server::{AcceptErrors, accept_next};
-use crate::store::{AgentRecord, unix_now};
+use crate::store::{AgentRecord, Login, unix_now};
 
 /// Keepalive every 4 s, dropped after 2 missed: a dead link is noticed in ~12 s.
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(4);
@@ -334,13 +334,12 @@ impl russh::server::Handler for AgentHandler {
                     .await);
             }
         };
-        let ctx = self.ctx.clone();
-        let asked = token.clone();
-        let lookup = ctx
+        let lookup = self
+            .ctx
             .store_call(move |store| store.login(&token, unix_now()))
             .await;
         match lookup {
-            Ok(Some(login)) => {
+            Ok(Login::Agent(login)) => {
                 let agent = login.agent;
                 self.token_version = login.token_version;
                 self.ctx.throttle.success(self.peer.ip());
@@ -354,20 +353,12 @@ impl russh::server::Handler for AgentHandler {
                 self.agent = Some(agent);
                 Ok(Auth::Accept)
             }
-            Ok(None) => {
-                let former = ctx
-                    .store_call(move |store| store.former_token(&asked, unix_now()))
-                    .await
-                    .unwrap_or(false);
-                // A token an agent once held is an agent nobody updated, not a guess: blocking
-                // its address would lock out every agent behind the same NAT address.
-                Ok(if former {
-                    self.refuse("revoked or rotated token", "former_token", false)
-                        .await
-                } else {
-                    self.refuse("unknown token", "unknown_token", true).await
-                })
-            }
+            // A token an agent once held is an agent nobody updated, not a guess: blocking
+            // its address would lock out every agent behind the same NAT address.
+            Ok(Login::Former) => Ok(self
+                .refuse("revoked or rotated token", "former_token", false)
+                .await),
+            Ok(Login::Unknown) => Ok(self.refuse("unknown token", "unknown_token", true).await),
             Err(e) => {
                 self.ctx.metrics.auth_failed("store_unavailable");
                 warn!(error = %e, "store unavailable during authentication");

@@ -39,6 +39,27 @@ pub struct AgentLogin {
     pub token_version: i64,
 }
 
+/// What an agent token is to the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Login {
+    /// An active agent's current token, or its old one within the grace period.
+    Agent(AgentLogin),
+    /// One an agent held before: a revoked agent's, or one replaced by a rotation whose
+    /// grace is over. An agent nobody updated, not a guess.
+    Former,
+    /// Never issued here.
+    Unknown,
+}
+
+impl Login {
+    pub fn agent(self) -> Option<AgentLogin> {
+        match self {
+            Self::Agent(login) => Some(login),
+            Self::Former | Self::Unknown => None,
+        }
+    }
+}
+
 /// One API key as stored. The key itself is never stored, only its hash.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiKeyRecord {
@@ -110,15 +131,12 @@ pub trait Store: Send + Sync + 'static {
         token: &SecretToken,
         old_until: Option<i64>,
     ) -> Result<AgentRecord, StoreError>;
-    /// The active agent this token (current, or old within its grace) belongs
-    /// to, compared in constant time; `now` is unix seconds.
-    fn login(&self, token: &SecretToken, now: i64) -> Result<Option<AgentLogin>, StoreError>;
-    /// Whether `token` is one an agent held before: the token of a revoked agent, or one
-    /// replaced by a rotation whose grace is over. Compared in constant time.
-    fn former_token(&self, token: &SecretToken, now: i64) -> Result<bool, StoreError>;
+    /// Whose this token is (an active agent's, current or old within its grace; a
+    /// former one; none), compared in constant time; `now` is unix seconds.
+    fn login(&self, token: &SecretToken, now: i64) -> Result<Login, StoreError>;
     /// The active agent this token belongs to, compared in constant time.
     fn agent_for_token(&self, token: &SecretToken) -> Result<Option<AgentRecord>, StoreError> {
-        Ok(self.login(token, unix_now())?.map(|l| l.agent))
+        Ok(self.login(token, unix_now())?.agent().map(|l| l.agent))
     }
     /// Adds an API key (stored as a hash) with the given scope.
     fn create_scoped_api_key(

@@ -10,7 +10,7 @@ use postern_protocol::api::ApiKeyScope;
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use subtle::ConstantTimeEq;
 
-use super::{AgentLogin, AgentRecord, ApiKeyRecord, Store, StoreError, check_name};
+use super::{AgentLogin, AgentRecord, ApiKeyRecord, Login, Store, StoreError, check_name};
 use crate::secrets::new_id;
 
 pub const DB_FILE: &str = "relay.db";
@@ -253,7 +253,7 @@ impl Store for SqliteStore {
             let agent = find_active(&tx, id_or_name)?
                 .ok_or_else(|| StoreError::AgentNotFound(id_or_name.to_owned()))?;
             // The current token becomes the old one, valid until the grace ends (without
-            // one, never again: kept only so `former_token` knows it); an older one is gone.
+            // one, never again: kept only so `login` knows it as a former one); an older one is gone.
             let until = old_until.unwrap_or_else(super::unix_now);
             tx.execute(
                 "UPDATE agents SET
@@ -271,7 +271,7 @@ impl Store for SqliteStore {
         })
     }
 
-    fn login(&self, token: &SecretToken, now: i64) -> Result<Option<AgentLogin>, StoreError> {
+    fn login(&self, token: &SecretToken, now: i64) -> Result<Login, StoreError> {
         self.with(|conn| {
             let mut stmt = conn.prepare_cached(&format!(
                 "SELECT {AGENT_COLUMNS}, token_hash, 0 FROM agents
@@ -294,12 +294,9 @@ impl Store for SqliteStore {
                     ))
                 })?
                 .collect::<Result<Vec<_>, _>>()?;
-            Ok(pick_by_hash(candidates, &token.hash()))
-        })
-    }
-
-    fn former_token(&self, token: &SecretToken, now: i64) -> Result<bool, StoreError> {
-        self.with(|conn| {
+            if let Some(login) = pick_by_hash(candidates, &token.hash()) {
+                return Ok(Login::Agent(login));
+            }
             let mut stmt = conn.prepare_cached(
                 "SELECT token_hash FROM agents
                    WHERE token_lookup = ?1 AND revoked_at IS NOT NULL
@@ -307,12 +304,15 @@ impl Store for SqliteStore {
                  SELECT old_token_hash FROM agents
                    WHERE old_token_lookup = ?1 AND (old_token_until <= ?2 OR revoked_at IS NOT NULL)",
             )?;
-            let candidates = stmt
+            let former = stmt
                 .query_map(params![token.lookup_id(), now], |row| {
                     Ok(((), row.get::<_, Vec<u8>>(0)?))
                 })?
                 .collect::<Result<Vec<_>, _>>()?;
-            Ok(pick_by_hash(candidates, &token.hash()).is_some())
+            Ok(match pick_by_hash(former, &token.hash()) {
+                Some(()) => Login::Former,
+                None => Login::Unknown,
+            })
         })
     }
 
@@ -524,15 +524,17 @@ mod tests {
         let old = store
             .login(&first, now)
             .expect("q")
+            .agent()
             .expect("old token in grace");
         assert_eq!(old.token_version, 1);
         assert!(old.agent.accepts_session(1, now));
         assert!(!old.agent.accepts_session(1, now + 301));
-        assert!(store.login(&first, now + 301).expect("q").is_none());
+        assert!(store.login(&first, now + 301).expect("q").agent().is_none());
         assert_eq!(
             store
                 .login(&second, now)
                 .expect("q")
+                .agent()
                 .expect("new")
                 .token_version,
             2
@@ -541,12 +543,13 @@ mod tests {
         store
             .rotate_token("w1", &third, None)
             .expect("rotate again");
-        assert!(store.login(&first, now).expect("q").is_none());
-        assert!(store.login(&second, now).expect("q").is_none());
+        assert!(store.login(&first, now).expect("q").agent().is_none());
+        assert!(store.login(&second, now).expect("q").agent().is_none());
         assert_eq!(
             store
                 .login(&third, now)
                 .expect("q")
+                .agent()
                 .expect("third")
                 .token_version,
             3
@@ -560,31 +563,43 @@ mod tests {
         let now = super::super::unix_now();
         let first = new_token(SecretKind::AgentToken);
         store.create_agent("w1", &first).expect("create");
-        assert!(!store.former_token(&first, now).expect("q"), "current");
+        assert!(
+            store.login(&first, now).expect("q") != Login::Former,
+            "current"
+        );
         let second = new_token(SecretKind::AgentToken);
         store.rotate_token("w1", &second, None).expect("rotate");
-        assert!(store.former_token(&first, now).expect("q"), "rotated away");
-        assert!(store.login(&first, now).expect("q").is_none());
+        assert!(
+            store.login(&first, now).expect("q") == Login::Former,
+            "rotated away"
+        );
+        assert!(store.login(&first, now).expect("q").agent().is_none());
         let third = new_token(SecretKind::AgentToken);
         store
             .rotate_token("w1", &third, Some(now + 300))
             .expect("rotate with grace");
         assert!(
-            !store.former_token(&second, now).expect("q"),
+            store.login(&second, now).expect("q") != Login::Former,
             "in its grace"
         );
         assert!(
-            store.former_token(&second, now + 301).expect("q"),
+            store.login(&second, now + 301).expect("q") == Login::Former,
             "grace over"
         );
         store.revoke_agent("w1").expect("revoke");
-        assert!(store.former_token(&third, now).expect("q"), "revoked");
         assert!(
-            store.former_token(&second, now).expect("q"),
+            store.login(&third, now).expect("q") == Login::Former,
+            "revoked"
+        );
+        assert!(
+            store.login(&second, now).expect("q") == Login::Former,
             "revoked in grace"
         );
         let never = new_token(SecretKind::AgentToken);
-        assert!(!store.former_token(&never, now).expect("q"), "never issued");
+        assert!(
+            store.login(&never, now).expect("q") != Login::Former,
+            "never issued"
+        );
         let _ = std::fs::remove_dir_all(dir);
     }
 
