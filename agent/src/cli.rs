@@ -146,9 +146,12 @@ enum ConnectionCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Send the connection's test request from here and report each step; exit 0 if it passed.
+    /// Send the connection's test request and report each step; exit 0 if it passed. Runs
+    /// in the running agent (its environment and network) when its config is this file as
+    /// it is now, else from this shell.
     Test {
         name: String,
+        /// The report as JSON, as the relay's test route answers it.
         #[arg(long)]
         json: bool,
     },
