@@ -313,6 +313,60 @@ pub fn relay_cli(bins: &Bins, args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// `postern <args> --config <config>` with stdin closed, for a test to give an
+/// environment and run.
+pub fn agent_command(bins: &Bins, config: &Path, args: &[&str]) -> Command {
+    let mut command = Command::new(&bins.agent);
+    command
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .stdin(Stdio::null());
+    command
+}
+
+/// Runs `postern <args> --config <config>`; its output whatever the exit, since tests
+/// look at failures too.
+pub fn agent_cli(bins: &Bins, config: &Path, args: &[&str]) -> Result<std::process::Output> {
+    agent_command(bins, config, args)
+        .output()
+        .with_context(|| format!("running postern {args:?}"))
+}
+
+/// A command's stdout then its stderr, as one text.
+pub fn output_text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// A well-formed agent token that no relay knows, for configs that never reach one.
+pub fn unknown_token() -> String {
+    postern_protocol::SecretToken::generate(
+        postern_protocol::SecretKind::AgentToken,
+        &[7u8; postern_protocol::token::BODY_LEN],
+    )
+    .expose()
+    .to_owned()
+}
+
+/// An agent config for commands that run without a relay: `relay`, a fingerprint of the
+/// right form, an [`unknown_token`], then `rest`.
+pub fn offline_agent_config(relay: &str, rest: &str) -> String {
+    format!(
+        "relay = \"{relay}\"\nrelay_fingerprint = \"SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU\"\ntoken = \"{}\"\n{rest}",
+        unknown_token()
+    )
+}
+
+/// Whether the tests run as root (some checks only mean something then).
+pub fn is_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
+
 /// Creates an agent with the CLI; returns (id, token).
 pub fn create_agent(bins: &Bins, state_dir: &Path, name: &str) -> Result<(String, String)> {
     let dir = state_dir.to_string_lossy();

@@ -18,15 +18,7 @@ pub struct Topology {
 
 /// Why this machine cannot build the topology (not root, no `ip`/`nft`, no netns).
 pub fn unavailable() -> Option<String> {
-    let uid = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines().find_map(|l| {
-                l.strip_prefix("Uid:")
-                    .map(|v| v.split_whitespace().next().unwrap_or("").to_owned())
-            })
-        });
-    if uid.as_deref() != Some("0") {
+    if !crate::harness::is_root() {
         return Some("network namespaces need root".into());
     }
     for tool in ["ip", "nft"] {

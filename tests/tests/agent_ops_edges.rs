@@ -9,9 +9,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail};
-use postern_tests::harness::{AgentProcess, Bins, agent_config, signal};
-use postern_tests::relay_support::{RelayWorld, send};
+use anyhow::Result;
+use postern_tests::harness::{
+    AgentProcess, agent_cli, agent_command, agent_config, is_root, output_text, signal,
+};
+use postern_tests::relay_support::{RelayWorld, eventually, send};
 use reqwest::Method;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -55,14 +57,12 @@ impl SilentAfterKex {
 
     /// Waits until a connection went silent, bounded by `limit`.
     async fn wait_silenced(&self, limit: Duration) -> Result<()> {
-        let deadline = Instant::now() + limit;
-        while self.silenced.load(Ordering::SeqCst) == 0 {
-            if Instant::now() > deadline {
-                bail!("no agent reached authentication through the proxy within {limit:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Ok(())
+        eventually(
+            "an agent reaches authentication through the proxy",
+            limit,
+            || std::future::ready(self.silenced.load(Ordering::SeqCst) > 0),
+        )
+        .await
     }
 }
 
@@ -146,18 +146,6 @@ fn newkeys_end(seen: &[u8]) -> Option<usize> {
     None
 }
 
-/// Polls `done` every 20 ms until it holds, bounded by `limit`; returns how long it took.
-fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> Option<Duration> {
-    let started = Instant::now();
-    while started.elapsed() < limit {
-        if done() {
-            return Some(started.elapsed());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    None
-}
-
 /// A config for agent `a1` on the world's relay, with `relay_line` naming the relays.
 fn config_with_relays(w: &RelayWorld, token: &str, relay_line: &str) -> Result<PathBuf> {
     let text = agent_config(w.relay.ssh, &w.relay.fingerprint, token, "").replacen(
@@ -212,39 +200,18 @@ async fn sigterm_stops_an_agent_stuck_in_authentication() -> Result<()> {
     tokio::time::sleep(Duration::from_millis(300)).await;
     signal(agent.pid(), "TERM")?;
     let mut status = None;
-    let took = wait_until(Duration::from_secs(5), || {
+    let stopped = eventually("the agent exits", Duration::from_secs(5), || {
         status = agent.try_exit();
-        status.is_some()
-    });
+        std::future::ready(status.is_some())
+    })
+    .await;
     assert!(
-        took.is_some(),
+        stopped.is_ok(),
         "the agent ignored SIGTERM while waiting for authentication; logs:\n{}",
         agent.logs.text()
     );
     assert!(status.is_some_and(|s| s.success()), "{status:?}");
     Ok(())
-}
-
-fn output_text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-/// Runs `postern <args> --config <config>`.
-fn agent_cli(bins: &Bins, config: &Path, args: &[&str]) -> Result<Output> {
-    Ok(Command::new(&bins.agent)
-        .args(args)
-        .arg("--config")
-        .arg(config)
-        .output()?)
-}
-
-fn is_root() -> bool {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
 }
 
 /// `(uid, gid, mode)` of a file.
@@ -476,17 +443,18 @@ async fn reload_refuses_a_new_metrics_listen_and_a_config_that_does_not_parse() 
 const O_NONBLOCK: i32 = 0o4000;
 
 /// Opens the FIFO for writing once a reader waits on it, bounded by `limit`.
-fn fifo_writer(fifo: &Path, limit: Duration) -> Result<std::fs::File> {
+async fn fifo_writer(fifo: &Path, limit: Duration) -> Result<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
     let mut opened = None;
-    wait_until(limit, || {
+    let _ = eventually("a reader opens the FIFO", limit, || {
         opened = std::fs::OpenOptions::new()
             .write(true)
             .custom_flags(O_NONBLOCK)
             .open(fifo)
             .ok();
-        opened.is_some()
-    });
+        std::future::ready(opened.is_some())
+    })
+    .await;
     opened.ok_or_else(|| anyhow::anyhow!("nobody read {} within {limit:?}", fifo.display()))
 }
 
@@ -513,7 +481,7 @@ async fn a_sighup_while_the_agent_starts_reloads_once_it_is_ready() -> Result<()
 
     // Once the agent reads the FIFO it is past the re-exec, loading its config; it waits
     // there while the writer stays open and silent.
-    let mut writer = fifo_writer(&fifo, Duration::from_secs(15))?;
+    let mut writer = fifo_writer(&fifo, Duration::from_secs(15)).await?;
     signal(agent.pid(), "HUP")?;
     std::thread::sleep(Duration::from_millis(300));
     assert!(
@@ -532,7 +500,9 @@ async fn a_sighup_while_the_agent_starts_reloads_once_it_is_ready() -> Result<()
     // The SIGHUP is not lost: the config is reloaded (the token read again) once ready.
     {
         use std::io::Write;
-        fifo_writer(&fifo, Duration::from_secs(10))?.write_all(token.as_bytes())?;
+        fifo_writer(&fifo, Duration::from_secs(10))
+            .await?
+            .write_all(token.as_bytes())?;
     }
     agent
         .logs
@@ -558,10 +528,7 @@ async fn secrets_from_the_services_environment_do_not_block_edits() -> Result<()
         &agent_config(w.relay.ssh, &w.relay.fingerprint, &token, &connections),
     )?;
     let cli = |args: &[&str]| -> Result<Output> {
-        Ok(Command::new(&w.bins.agent)
-            .args(args)
-            .arg("--config")
-            .arg(&config)
+        Ok(agent_command(&w.bins, &config, args)
             .env_remove(unset)
             .output()?)
     };

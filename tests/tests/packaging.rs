@@ -12,7 +12,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use postern_tests::harness::{AgentProcess, Api, RelayProcess};
+use postern_tests::harness::{AgentProcess, Api, RelayProcess, is_root};
 use postern_tests::internal_server::{InternalServer, Verifier};
 use postern_tests::temp::TempDir;
 
@@ -31,11 +31,7 @@ fn cannot_install() -> Option<String> {
             "installs packages into this machine: set POSTERN_TEST_INSTALL=1 (CI does)".into(),
         );
     }
-    if std::fs::metadata("/proc/self")
-        .map(|m| m.uid())
-        .unwrap_or(1)
-        != 0
-    {
+    if !is_root() {
         return Some("needs root".into());
     }
     for tool in ["dpkg", "cargo-deb", "systemd-analyze", "setpriv"] {
