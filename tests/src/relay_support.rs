@@ -35,8 +35,13 @@ pub struct Answer {
 impl Answer {
     /// The stable error code of an error answer.
     pub fn code(&self) -> &str {
-        self.json["error"]["code"].as_str().unwrap_or_default()
+        error_code(&self.json)
     }
+}
+
+/// The stable error code of an error body (`{"error": {"code": …}}`), empty if none.
+pub fn error_code(body: &serde_json::Value) -> &str {
+    body["error"]["code"].as_str().unwrap_or_default()
 }
 
 impl RelayWorld {

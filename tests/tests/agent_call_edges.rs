@@ -3,19 +3,18 @@
 //! token endpoint's TLS, and what `postern connection test` says about TLS.
 
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use postern_protocol::{SecretKind, SecretToken};
-use postern_tests::harness::{Bins, Tunnel};
+use postern_tests::harness::{Bins, Tunnel, agent_cli, offline_agent_config};
 use postern_tests::internal_server::{InternalServer, Verifier};
 use postern_tests::paced_body::{paced_body, when};
 use postern_tests::pki::{KillOnDrop, make_pki, python_https};
+use postern_tests::relay_support::error_code;
 use postern_tests::temp::TempDir;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -41,10 +40,6 @@ async fn post(tunnel: &Tunnel, connection: &str, body: reqwest::Body) -> Result<
         .body(body)
         .send()
         .await?)
-}
-
-fn error_code(body: &Value) -> &str {
-    body["error"]["code"].as_str().unwrap_or_default()
 }
 
 /// An internal server that reads a request's head and its whole `Content-Length` or
@@ -316,27 +311,13 @@ async fn connection_test_says_when_tls_is_not_verified() -> Result<()> {
     let dir = TempDir::new("review-conn-test")?;
     make_pki(dir.path())?;
     let (_server, port) = https_server(&dir)?;
-    // Never used: the command runs locally, without a relay.
-    let token = SecretToken::generate(
-        SecretKind::AgentToken,
-        &[7u8; postern_protocol::token::BODY_LEN],
-    );
+    // The command runs locally, without a relay.
     let config = dir.write_private(
         "agent.toml",
-        &format!(
-            "relay = \"127.0.0.1:1\"\nrelay_fingerprint = \"SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU\"\ntoken = \"{}\"\n{}",
-            token.expose(),
-            tls_connections(port)
-        ),
+        &offline_agent_config("127.0.0.1:1", &tls_connections(port)),
     )?;
     let test = |name: &str| -> Result<String> {
-        let out = Command::new(bins().agent)
-            .arg("--config")
-            .arg(&config)
-            .args(["connection", "test", name])
-            .stdin(Stdio::null())
-            .output()
-            .context("running postern")?;
+        let out = agent_cli(&bins(), &config, &["connection", "test", name])?;
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         if !out.status.success() {
             bail!(

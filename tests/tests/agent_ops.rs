@@ -5,8 +5,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use postern_tests::harness::{AgentProcess, Api, Bins, RelayProcess, create_agent, create_api_key};
+use postern_tests::harness::{
+    AgentProcess, Api, Bins, RelayProcess, agent_cli, create_agent, create_api_key, output_text,
+};
 use postern_tests::internal_server::{InternalServer, Verifier};
+use postern_tests::relay_support::error_code;
 use postern_tests::temp::TempDir;
 
 fn bins() -> Bins {
@@ -176,10 +179,7 @@ async fn config_check_lists_every_problem() -> Result<()> {
         "good.toml",
         &s.config(&format!("relay = \"{}\"", s.relay.ssh)),
     )?;
-    let out = Command::new(&s.bins.agent)
-        .args(["config", "check", "--config"])
-        .arg(&good)
-        .output()?;
+    let out = agent_cli(&s.bins, &good, &["config", "check"])?;
     assert!(
         out.status.success(),
         "{}",
@@ -193,10 +193,7 @@ async fn config_check_lists_every_problem() -> Result<()> {
          [connections.a]\nbase_uri = \"ftp://x\"\n\
          [connections.b]\nbase_uri = \"http://x\"\n[connections.b.auth]\ntype = \"jwt_bearer\"\nalgorithm = \"HS256\"\nsecret = \"s\"\npayload = { exp = \"{{later}}\" }\n",
     )?;
-    let out = Command::new(&s.bins.agent)
-        .args(["config", "check", "--config"])
-        .arg(&bad)
-        .output()?;
+    let out = agent_cli(&s.bins, &bad, &["config", "check"])?;
     assert!(!out.status.success());
     let text = String::from_utf8_lossy(&out.stderr);
     for expected in [
@@ -211,10 +208,7 @@ async fn config_check_lists_every_problem() -> Result<()> {
     }
 
     let syntax = s.dir.write_private("syntax.toml", "relay = \n")?;
-    let out = Command::new(&s.bins.agent)
-        .args(["config", "check", "--config"])
-        .arg(&syntax)
-        .output()?;
+    let out = agent_cli(&s.bins, &syntax, &["config", "check"])?;
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("line 1"),
@@ -275,18 +269,13 @@ async fn json_logs_carry_each_call_and_no_secret() -> Result<()> {
 }
 
 fn status(bins: &Bins, config: &std::path::Path, json: bool) -> Result<(Option<i32>, String)> {
-    let mut cmd = Command::new(&bins.agent);
-    cmd.args(["status", "--config"]).arg(config);
-    if json {
-        cmd.arg("--json");
-    }
-    let out = cmd.output()?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok((out.status.code(), text))
+    let args: &[&str] = if json {
+        &["status", "--json"]
+    } else {
+        &["status"]
+    };
+    let out = agent_cli(bins, config, args)?;
+    Ok((out.status.code(), output_text(&out)))
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -356,7 +345,6 @@ async fn connection_limits_give_clear_errors_and_the_agent_keeps_serving() -> Re
     s.api
         .wait_online("a1", true, Duration::from_secs(15))
         .await?;
-    let code = |v: serde_json::Value| v["error"]["code"].as_str().unwrap_or_default().to_owned();
 
     // Two slow calls hold both slots; a third is refused at once.
     let mut slow = Vec::new();
@@ -376,7 +364,7 @@ async fn connection_limits_give_clear_errors_and_the_agent_keeps_serving() -> Re
     let started = Instant::now();
     let r = s.api.call("a1", "o", "/third").await?;
     assert_eq!(r.status(), 429);
-    assert_eq!(code(r.json().await?), "too_many_calls");
+    assert_eq!(error_code(&r.json().await?), "too_many_calls");
     assert!(
         started.elapsed() < Duration::from_secs(2),
         "refused at once, not queued"
@@ -397,11 +385,11 @@ async fn connection_limits_give_clear_errors_and_the_agent_keeps_serving() -> Re
         .send()
         .await?;
     assert_eq!(r.status(), 413);
-    assert_eq!(code(r.json().await?), "payload_too_large");
+    assert_eq!(error_code(&r.json().await?), "payload_too_large");
 
     let r = s.api.call("a1", "o", "/bytes/5000").await?;
     assert_eq!(r.status(), 413);
-    assert_eq!(code(r.json().await?), "payload_too_large");
+    assert_eq!(error_code(&r.json().await?), "payload_too_large");
 
     // Headers: a 4 KiB request header never reaches the internal server; an answer with
     // 8 KiB of headers is not passed on.
@@ -416,7 +404,7 @@ async fn connection_limits_give_clear_errors_and_the_agent_keeps_serving() -> Re
         .await?;
     assert_eq!(r.status(), 413);
     let body: serde_json::Value = r.json().await?;
-    assert_eq!(code(body.clone()), "payload_too_large");
+    assert_eq!(error_code(&body), "payload_too_large");
     assert!(body.to_string().contains("max_header_bytes"), "{body}");
     assert_eq!(s.internal.requests().len(), seen_before);
     let r = s.api.call("a1", "o", "/big-headers").await?;

@@ -6,7 +6,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
-use postern_tests::harness::{AgentProcess, Bins, agent_config};
+use postern_tests::harness::{
+    AgentProcess, Bins, agent_cli, agent_command, agent_config, output_text, signal,
+};
 use postern_tests::relay_support::{RelayWorld, sample, scrape, send};
 use reqwest::Method;
 
@@ -64,23 +66,12 @@ impl World {
 
 /// Runs `postern reload`; returns its exit code and output.
 fn reload(bins: &Bins, config: &Path) -> Result<(Option<i32>, String)> {
-    let out = Command::new(&bins.agent)
-        .args(["reload", "--config"])
-        .arg(config)
-        .output()?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok((out.status.code(), text))
+    let out = agent_cli(bins, config, &["reload"])?;
+    Ok((out.status.code(), output_text(&out)))
 }
 
 fn status_json(bins: &Bins, config: &Path) -> Result<serde_json::Value> {
-    let out = Command::new(&bins.agent)
-        .args(["status", "--json", "--config"])
-        .arg(config)
-        .output()?;
+    let out = agent_cli(bins, config, &["status", "--json"])?;
     Ok(serde_json::from_slice(&out.stdout)?)
 }
 
@@ -146,10 +137,7 @@ async fn reload_swaps_connections_without_dropping_the_tunnel_or_a_call() -> Res
 
     // SIGHUP does the same as `postern reload`: p goes, o stays, same session.
     world.write_config(&world.token, &["o"])?;
-    let hup = Command::new("kill")
-        .args(["-HUP", &agent.pid().to_string()])
-        .status()?;
-    assert!(hup.success());
+    signal(agent.pid(), "HUP")?;
     world.wait_status("p", 404, Duration::from_secs(5)).await?;
     assert_eq!(api.call("a1", "o", "/after").await?.status(), 200);
     let info = api.agent("a1").await?;
@@ -184,12 +172,16 @@ async fn a_new_token_is_tried_at_once_after_a_reload() -> Result<()> {
 
     // The admin stores the new token and reloads: the agent connects at once, not after the cap.
     let token_file = w.dir.write_private("new-token", &new_token)?;
-    let set = Command::new(&w.bins.agent)
-        .args(["token", "set", "--config"])
-        .arg(&config)
-        .arg("--token-file")
-        .arg(&token_file)
-        .output()?;
+    let set = agent_cli(
+        &w.bins,
+        &config,
+        &[
+            "token",
+            "set",
+            "--token-file",
+            &token_file.to_string_lossy(),
+        ],
+    )?;
     assert!(
         set.status.success(),
         "{}",
@@ -328,9 +320,7 @@ async fn connection_test_runs_in_the_running_agent_with_its_environment() -> Res
 
     // The admin's shell has no ERP_JWT_SECRET.
     let test = || -> Result<(Option<i32>, String, String)> {
-        let out = Command::new(&w.bins.agent)
-            .args(["connection", "test", "erp", "--config"])
-            .arg(&config)
+        let out = agent_command(&w.bins, &config, &["connection", "test", "erp"])
             .env_remove("ERP_JWT_SECRET")
             .output()?;
         Ok((
@@ -368,10 +358,7 @@ async fn connection_test_runs_in_the_running_agent_with_its_environment() -> Res
     assert!(stderr.contains("tested by the running agent"), "{stderr}");
     assert_eq!(erp.requests().len(), 2);
 
-    let out = Command::new(&w.bins.agent)
-        .args(["connection", "test", "nope", "--config"])
-        .arg(&config)
-        .output()?;
+    let out = agent_cli(&w.bins, &config, &["connection", "test", "nope"])?;
     assert_eq!(out.status.code(), Some(1));
     assert!(
         String::from_utf8_lossy(&out.stderr)

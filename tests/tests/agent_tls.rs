@@ -1,14 +1,14 @@
 //! TLS to internal servers: an internal CA, a server that demands a client
 //! certificate, and `insecure_skip_verify` — against Python's ssl servers.
 
-use std::process::Command;
 use std::time::Duration;
 
 use anyhow::Result;
 use postern_tests::harness::{
-    AgentProcess, Api, RelayProcess, agent_config, create_agent, create_api_key,
+    AgentProcess, Api, RelayProcess, agent_cli, agent_config, create_agent, create_api_key,
 };
 use postern_tests::pki::{KillOnDrop, make_pki, python_https};
+use postern_tests::relay_support::error_code;
 use postern_tests::temp::TempDir;
 
 const HTTPS_SERVER: &str = r#"
@@ -75,10 +75,9 @@ tls = {{ insecure_skip_verify = true }}
     let agent = AgentProcess::start(&bins, &config)?;
     api.wait_online("a1", true, Duration::from_secs(15)).await?;
 
-    let code = |v: serde_json::Value| v["error"]["code"].as_str().unwrap_or_default().to_owned();
     let r = api.call("a1", "unknown-ca", "/x").await?;
     assert_eq!(r.status(), 502);
-    assert_eq!(code(r.json().await?), "upstream_unreachable");
+    assert_eq!(error_code(&r.json().await?), "upstream_unreachable");
     let r = api.call("a1", "internal-ca", "/x").await?;
     assert_eq!(r.status(), 200, "{}", r.text().await?);
     let r = api.call("a1", "no-client-cert", "/x").await?;
@@ -104,10 +103,7 @@ tls = {{ insecure_skip_verify = true }}
         dir.path().join("client.key"),
         std::fs::Permissions::from_mode(0o644),
     )?;
-    let out = Command::new(&bins.agent)
-        .args(["config", "check", "--config"])
-        .arg(&config)
-        .output()?;
+    let out = agent_cli(&bins, &config, &["config", "check"])?;
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("chmod 600"));
     Ok(())

@@ -7,11 +7,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use postern_tests::harness::{
-    AgentProcess, Api, Bins, RelayProcess, agent_config, create_agent, create_api_key, relay_cli,
-    rss_kib,
+    AgentProcess, Api, Bins, RelayProcess, agent_cli, agent_command, agent_config, create_agent,
+    create_api_key, relay_cli, rss_kib,
 };
 use postern_tests::internal_server::{InternalServer, Verifier};
 use postern_tests::keys::{self, RsaTestKey};
+use postern_tests::relay_support::error_code;
 use postern_tests::temp::TempDir;
 
 const ONLINE_WITHIN: Duration = Duration::from_secs(15);
@@ -224,23 +225,22 @@ async fn a_jwt_signed_call_crosses_the_tunnel_and_verifies_independently() -> Re
 #[tokio::test(flavor = "multi_thread")]
 async fn the_api_refuses_with_stable_codes() -> Result<()> {
     let w = World::start().await?;
-    let code = |v: serde_json::Value| v["error"]["code"].as_str().unwrap_or_default().to_owned();
 
     let r = w.api.call("warehouse-1", "nope", "/x").await?;
     assert_eq!(r.status(), 404);
-    assert_eq!(code(r.json().await?), "unknown_connection");
+    assert_eq!(error_code(&r.json().await?), "unknown_connection");
 
     let r = w.api.call("no-such-agent", "orders", "/x").await?;
     assert_eq!(r.status(), 404);
-    assert_eq!(code(r.json().await?), "agent_not_found");
+    assert_eq!(error_code(&r.json().await?), "agent_not_found");
 
     let r = w.api.call("warehouse-1", "dead", "/x").await?;
     assert_eq!(r.status(), 502);
-    assert_eq!(code(r.json().await?), "upstream_unreachable");
+    assert_eq!(error_code(&r.json().await?), "upstream_unreachable");
 
     let r = w.api.call("warehouse-1", "orders", "/slow").await?;
     assert_eq!(r.status(), 504);
-    assert_eq!(code(r.json().await?), "upstream_timeout");
+    assert_eq!(error_code(&r.json().await?), "upstream_timeout");
 
     let r = w
         .api
@@ -249,7 +249,7 @@ async fn the_api_refuses_with_stable_codes() -> Result<()> {
         .send()
         .await?;
     assert_eq!(r.status(), 401);
-    assert_eq!(code(r.json().await?), "unauthorized");
+    assert_eq!(error_code(&r.json().await?), "unauthorized");
     let r = w
         .api
         .http
@@ -263,7 +263,7 @@ async fn the_api_refuses_with_stable_codes() -> Result<()> {
     let (_id, _token) = create_agent(&w.bins, &w.relay.state_dir, "sleeper")?;
     let r = w.api.call("sleeper", "orders", "/x").await?;
     assert_eq!(r.status(), 503);
-    assert_eq!(code(r.json().await?), "agent_offline");
+    assert_eq!(error_code(&r.json().await?), "agent_offline");
 
     let r = w
         .api
@@ -468,10 +468,7 @@ async fn a_wrong_token_is_refused() -> Result<()> {
         "typo.toml",
         &agent_config(relay.ssh, &relay.fingerprint, &typo, ""),
     )?;
-    let out = std::process::Command::new(&bins.agent)
-        .args(["run", "--config"])
-        .arg(&config)
-        .output()?;
+    let out = agent_cli(&bins, &config, &["run"])?;
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("checksum"),
@@ -764,22 +761,14 @@ async fn init_writes_a_private_config_that_connects() -> Result<()> {
     let (_, token) = create_agent(&bins, &state, "warehouse-1")?;
     let api = Api::new(relay.api_base(), create_api_key(&bins, &state, "platform")?);
     let config = dir.path().join("sub/agent.toml");
+    let ssh = relay.ssh.to_string();
     let init = |extra_env: Option<&str>, force: bool| {
-        let mut cmd = std::process::Command::new(&bins.agent);
-        cmd.args([
-            "init",
-            "--relay",
-            &relay.ssh.to_string(),
-            "--fingerprint",
-            &relay.fingerprint,
-            "--config",
-        ])
-        .arg(&config)
-        .env_remove("POSTERN_TOKEN")
-        .stdin(std::process::Stdio::null());
+        let mut args = vec!["init", "--relay", &ssh, "--fingerprint", &relay.fingerprint];
         if force {
-            cmd.arg("--force");
+            args.push("--force");
         }
+        let mut cmd = agent_command(&bins, &config, &args);
+        cmd.env_remove("POSTERN_TOKEN");
         if let Some(t) = extra_env {
             cmd.env("POSTERN_TOKEN", t);
         }
@@ -807,22 +796,22 @@ async fn init_writes_a_private_config_that_connects() -> Result<()> {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--force"));
     // From a token file, replacing the config.
     let token_file = dir.write_private("token", &format!("{token}\n"))?;
-    let out = std::process::Command::new(&bins.agent)
-        .args([
+    let out = agent_command(
+        &bins,
+        &config,
+        &[
             "init",
             "--force",
             "--relay",
-            &relay.ssh.to_string(),
+            &ssh,
             "--fingerprint",
             &relay.fingerprint,
             "--token-file",
-        ])
-        .arg(&token_file)
-        .arg("--config")
-        .arg(&config)
-        .env_remove("POSTERN_TOKEN")
-        .stdin(std::process::Stdio::null())
-        .output()?;
+            &token_file.to_string_lossy(),
+        ],
+    )
+    .env_remove("POSTERN_TOKEN")
+    .output()?;
     assert!(
         out.status.success(),
         "{}",
@@ -833,10 +822,7 @@ async fn init_writes_a_private_config_that_connects() -> Result<()> {
 
     // A config others can read is refused with the fix in the message.
     std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644))?;
-    let out = std::process::Command::new(&bins.agent)
-        .args(["run", "--config"])
-        .arg(&config)
-        .output()?;
+    let out = agent_cli(&bins, &config, &["run"])?;
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("chmod 600"));
     Ok(())

@@ -7,8 +7,10 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use postern_protocol::{SecretKind, SecretToken};
-use postern_tests::harness::{AgentProcess, Bins, Tunnel, agent_config, create_agent, relay_cli};
+use postern_tests::harness::{
+    AgentProcess, Bins, Tunnel, agent_cli, agent_config, create_agent, offline_agent_config,
+    relay_cli, unknown_token,
+};
 use postern_tests::temp::TempDir;
 
 fn bins() -> Bins {
@@ -17,23 +19,6 @@ fn bins() -> Bins {
 
 /// Shaped like `postern-relay fingerprint` output, but no relay's.
 const OTHER_FINGERPRINT: &str = "SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
-
-fn token() -> String {
-    SecretToken::generate(
-        SecretKind::AgentToken,
-        &[5u8; postern_protocol::token::BODY_LEN],
-    )
-    .expose()
-    .to_owned()
-}
-
-fn output(program: &Path, args: &[&str]) -> Result<Output> {
-    Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("running {} {args:?}", program.display()))
-}
 
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
@@ -73,11 +58,10 @@ fn agent_commands_into_a_closed_pipe_do_not_panic() -> Result<()> {
     let connections: String = (0..3000)
         .map(|i| format!("[connections.c{i}]\nbase_uri = \"http://127.0.0.1:9000/api/{i}\"\n"))
         .collect();
-    let text = format!(
-        "relay = \"127.0.0.1:1\"\nrelay_fingerprint = \"{OTHER_FINGERPRINT}\"\ntoken = \"{}\"\n{connections}",
-        token()
-    );
-    let config = dir.write_private("agent.toml", &text)?;
+    let config = dir.write_private(
+        "agent.toml",
+        &offline_agent_config("127.0.0.1:1", &connections),
+    )?;
     let config = config.to_string_lossy();
     let agent = bins().agent;
     let jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4IiwiZXhwIjoxNzAwMDAwMDAwfQ.c2ln";
@@ -119,7 +103,7 @@ fn a_malformed_fingerprint_is_refused_at_init_and_check() -> Result<()> {
                 bad,
             ])
             .args(["--config", &config])
-            .env("POSTERN_TOKEN", token())
+            .env("POSTERN_TOKEN", unknown_token())
             .stdin(Stdio::null())
             .output()?;
         let said = stderr(&out);
@@ -134,7 +118,7 @@ fn a_malformed_fingerprint_is_refused_at_init_and_check() -> Result<()> {
     let out = Command::new(&agent)
         .args(["init", "--relay", "relay.example.com:2222"])
         .args(["--fingerprint", OTHER_FINGERPRINT, "--config", &config])
-        .env("POSTERN_TOKEN", token())
+        .env("POSTERN_TOKEN", unknown_token())
         .stdin(Stdio::null())
         .output()?;
     assert!(out.status.success(), "{}", stderr(&out));
@@ -143,15 +127,12 @@ fn a_malformed_fingerprint_is_refused_at_init_and_check() -> Result<()> {
         written.contains("/usr/share/doc/postern/"),
         "the header names the installed example: {written}"
     );
-    let out = output(&agent, &["config", "check", "--config", &config])?;
+    let out = agent_cli(&bins(), &path, &["config", "check"])?;
     assert!(out.status.success(), "{}", stderr(&out));
 
     let typo = written.replace(OTHER_FINGERPRINT, "SHA256:nope");
     let bad = dir.write_private("typo.toml", &typo)?;
-    let out = output(
-        &agent,
-        &["config", "check", "--config", &bad.to_string_lossy()],
-    )?;
+    let out = agent_cli(&bins(), &bad, &["config", "check"])?;
     assert!(!out.status.success());
     assert!(
         stderr(&out).contains("`postern-relay fingerprint`"),
@@ -164,13 +145,12 @@ fn a_malformed_fingerprint_is_refused_at_init_and_check() -> Result<()> {
 #[test]
 fn load_errors_name_the_file_once() -> Result<()> {
     let dir = TempDir::new("cliout-once")?;
-    let agent = bins().agent;
     let syntax = dir.write_private("syntax.toml", "relay = \n")?;
     let loose = dir.write_private(
         "loose.toml",
         &format!(
             "relay = \"r:1\"\nrelay_fingerprint = \"{OTHER_FINGERPRINT}\"\ntoken = \"{}\"\n",
-            token()
+            unknown_token()
         ),
     )?;
     std::fs::set_permissions(&loose, std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
@@ -195,13 +175,15 @@ fn load_errors_name_the_file_once() -> Result<()> {
             vec![&["config", "check"][..], list]
         };
         for command in commands {
-            let mut args = command.to_vec();
-            args.extend(["--config", &name]);
-            let out = output(&agent, &args)?;
+            let out = agent_cli(&bins(), path, command)?;
             let said = stderr(&out);
             assert!(!out.status.success());
-            assert!(said.contains(what), "{args:?}: {said}");
-            assert_eq!(said.matches(&*name).count(), times, "{args:?}: {said}");
+            assert!(said.contains(what), "{command:?} {name}: {said}");
+            assert_eq!(
+                said.matches(&*name).count(),
+                times,
+                "{command:?} {name}: {said}"
+            );
         }
     }
     Ok(())
@@ -212,14 +194,10 @@ fn no_agent_points_to_the_log_and_status_socket() -> Result<()> {
     let dir = TempDir::new("cliout-nosock")?;
     let config = dir.write_private(
         "agent.toml",
-        &format!(
-            "relay = \"127.0.0.1:1\"\nrelay_fingerprint = \"{OTHER_FINGERPRINT}\"\ntoken = \"{}\"\nstatus_socket = \"agent.sock\"\n",
-            token()
-        ),
+        &offline_agent_config("127.0.0.1:1", "status_socket = \"agent.sock\"\n"),
     )?;
-    let config = config.to_string_lossy();
     for command in ["status", "reload"] {
-        let out = output(&bins().agent, &[command, "--config", &config])?;
+        let out = agent_cli(&bins(), &config, &[command])?;
         let said = stderr(&out);
         assert_eq!(out.status.code(), Some(2), "{command}: {said}");
         assert!(

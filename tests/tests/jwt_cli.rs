@@ -2,12 +2,11 @@
 //! algorithms checked by PyJWT and node's jose, `jwt decode`, `connection list` and `test`.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use anyhow::{Context, Result, bail};
 use base64::Engine;
-use postern_protocol::{SecretKind, SecretToken};
+use postern_tests::harness::{Bins, agent_cli, agent_command, offline_agent_config};
 use postern_tests::internal_server::{InternalServer, Verifier};
 use postern_tests::pki::openssl;
 use postern_tests::temp::TempDir;
@@ -16,34 +15,12 @@ use serde_json::{Value, json};
 
 const HMAC_TEXT: &str = "a-shared-secret-that-is-long-enough-for-hs384-signing-0123456789";
 
-fn postern() -> PathBuf {
-    env!("CARGO_BIN_EXE_e2e-postern").into()
-}
-
-fn run(config: &Path, args: &[&str], envs: &[(&str, &str)]) -> Result<Output> {
-    Command::new(postern())
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .envs(envs.iter().copied())
-        .stdin(Stdio::null())
-        .output()
-        .context("running postern")
+fn bins() -> Bins {
+    postern_tests::bins!()
 }
 
 fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn config_text(connections: &str) -> String {
-    let token = SecretToken::generate(
-        SecretKind::AgentToken,
-        &[9u8; postern_protocol::token::BODY_LEN],
-    );
-    format!(
-        "relay = \"127.0.0.1:1\"\nrelay_fingerprint = \"SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU\"\ntoken = \"{}\"\n{connections}",
-        token.expose()
-    )
 }
 
 /// Every key form, made by openssl: files in `dir`, mode 0600 where they are secret.
@@ -212,18 +189,23 @@ fn jwt_sign_makes_tokens_pyjwt_and_jose_accept_for_every_algorithm() -> Result<(
             name = alg.to_lowercase(),
         ));
     }
-    let config = dir.write_private("agent.toml", &config_text(&connections))?;
+    let config = dir.write_private(
+        "agent.toml",
+        &offline_agent_config("127.0.0.1:1", &connections),
+    )?;
     let envs = [
         ("HS512_SECRET", hs512_b64.as_str()),
         ("RSA_ONE_LINE", one_line.as_str()),
     ];
     let mut input = Vec::new();
     for (alg, _, verify) in &cases {
-        let out = run(
+        let out = agent_command(
+            &bins(),
             &config,
             &["jwt", "sign", "--connection", &alg.to_lowercase()],
-            &envs,
-        )?;
+        )
+        .envs(envs.iter().copied())
+        .output()?;
         assert!(
             out.status.success(),
             "{alg}: {}",
@@ -354,12 +336,15 @@ fn jwt_decode_shows_claims_and_checks_signatures() -> Result<()> {
     let dir = TempDir::new("jwt-cli-decode")?;
     make_keys(&dir)?;
     let connections = "\n[connections.es]\nbase_uri = \"http://127.0.0.1:1/api\"\n[connections.es.auth]\ntype = \"jwt_bearer\"\nalgorithm = \"ES384\"\nprivate_key_file = \"ec384.pem\"\nlifetime = \"10m\"\npayload = { sub = \"decode-me\" }\n\n[connections.hs]\nbase_uri = \"http://127.0.0.1:1/api\"\n[connections.hs.auth]\ntype = \"jwt_bearer\"\nalgorithm = \"HS256\"\nsecret_file = \"hs384.secret\"\npayload = { sub = \"hmac\" }\n";
-    let config = dir.write_private("agent.toml", &config_text(connections))?;
-    let signed = run(&config, &["jwt", "sign", "--connection", "es"], &[])?;
+    let config = dir.write_private(
+        "agent.toml",
+        &offline_agent_config("127.0.0.1:1", connections),
+    )?;
+    let signed = agent_cli(&bins(), &config, &["jwt", "sign", "--connection", "es"])?;
     assert!(signed.status.success());
     let token = stdout(&signed).trim().to_owned();
 
-    let out = run(&config, &["jwt", "decode", &token], &[])?;
+    let out = agent_cli(&bins(), &config, &["jwt", "decode", &token])?;
     assert!(out.status.success());
     let text = stdout(&out);
     assert!(text.contains("\"alg\": \"ES384\""), "{text}");
@@ -368,7 +353,8 @@ fn jwt_decode_shows_claims_and_checks_signatures() -> Result<()> {
     assert!(text.contains("signature: not checked"), "{text}");
 
     let public = dir.path().join("ec384-pub.pem");
-    let out = run(
+    let out = agent_cli(
+        &bins(),
         &config,
         &[
             "jwt",
@@ -377,7 +363,6 @@ fn jwt_decode_shows_claims_and_checks_signatures() -> Result<()> {
             "--verify-with",
             &public.to_string_lossy(),
         ],
-        &[],
     )?;
     assert!(out.status.success(), "{}", stdout(&out));
     assert!(
@@ -392,7 +377,8 @@ fn jwt_decode_shows_claims_and_checks_signatures() -> Result<()> {
         parts[1] = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(br#"{"sub":"admin"}"#);
         parts.join(".")
     };
-    let out = run(
+    let out = agent_cli(
+        &bins(),
         &config,
         &[
             "jwt",
@@ -401,7 +387,6 @@ fn jwt_decode_shows_claims_and_checks_signatures() -> Result<()> {
             "--verify-with",
             &public.to_string_lossy(),
         ],
-        &[],
     )?;
     assert_eq!(out.status.code(), Some(1));
     assert!(
@@ -411,9 +396,9 @@ fn jwt_decode_shows_claims_and_checks_signatures() -> Result<()> {
     );
 
     // HS*: the key file holds the shared secret; the token may come from stdin.
-    let hs = run(&config, &["jwt", "sign", "--connection", "hs"], &[])?;
+    let hs = agent_cli(&bins(), &config, &["jwt", "sign", "--connection", "hs"])?;
     let secret = dir.path().join("hs-verify.secret");
-    let mut child = Command::new(postern())
+    let mut child = Command::new(bins().agent)
         .args(["jwt", "decode", "-", "--verify-with"])
         .arg(&secret)
         .stdin(Stdio::piped())
@@ -428,7 +413,7 @@ fn jwt_decode_shows_claims_and_checks_signatures() -> Result<()> {
         stdout(&out)
     );
 
-    let out = run(&config, &["jwt", "decode", "not-a-jwt"], &[])?;
+    let out = agent_cli(&bins(), &config, &["jwt", "decode", "not-a-jwt"])?;
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a compact JWT"));
     Ok(())
@@ -441,8 +426,11 @@ fn connection_list_names_connections_without_secrets() -> Result<()> {
     let connections = format!(
         "\n[connections.orders]\nbase_uri = \"http://127.0.0.1:9000/api\"\n[connections.orders.auth]\ntype = \"jwt_bearer\"\nalgorithm = \"HS256\"\nsecret = \"{HMAC_TEXT}\"\n\n[connections.crm]\nbase_uri = \"https://crm.internal/v2\"\n[connections.crm.auth]\ntype = \"jwt_bearer\"\nalgorithm = \"RS256\"\nprivate_key_file = \"rsa.pem\"\n[connections.crm.auth.exchange]\ntoken_url = \"https://login.example/oauth2/token\"\n\n[connections.open]\nbase_uri = \"http://inventory.internal\"\n"
     );
-    let config = dir.write_private("agent.toml", &config_text(&connections))?;
-    let out = run(&config, &["connection", "list"], &[])?;
+    let config = dir.write_private(
+        "agent.toml",
+        &offline_agent_config("127.0.0.1:1", &connections),
+    )?;
+    let out = agent_cli(&bins(), &config, &["connection", "list"])?;
     assert!(out.status.success());
     let text = stdout(&out);
     let lines: Vec<&str> = text.lines().collect();
@@ -472,7 +460,7 @@ fn connection_list_names_connections_without_secrets() -> Result<()> {
         !text.contains(HMAC_TEXT) && !text.contains(&key_line),
         "no secrets"
     );
-    let out = run(&config, &["connection", "list", "--json"], &[])?;
+    let out = agent_cli(&bins(), &config, &["connection", "list", "--json"])?;
     let rows: Value = serde_json::from_slice(&out.stdout)?;
     assert_eq!(rows[2]["name"], "orders");
     assert_eq!(rows[2]["base_uri"], "http://127.0.0.1:9000/api");
@@ -533,8 +521,11 @@ timeout = "2s"
         api = endpoint.api_uri(),
         token_url = endpoint.token_url(),
     );
-    let config = dir.write_private("agent.toml", &config_text(&connections))?;
-    let test = |name: &str| run(&config, &["connection", "test", name], &[]);
+    let config = dir.write_private(
+        "agent.toml",
+        &offline_agent_config("127.0.0.1:1", &connections),
+    )?;
+    let test = |name: &str| agent_cli(&bins(), &config, &["connection", "test", name]);
 
     let out = test("orders")?;
     let text = stdout(&out);
@@ -589,7 +580,11 @@ timeout = "2s"
         stdout(&out)
     );
 
-    let out = run(&config, &["connection", "test", "orders", "--json"], &[])?;
+    let out = agent_cli(
+        &bins(),
+        &config,
+        &["connection", "test", "orders", "--json"],
+    )?;
     let report: Value = serde_json::from_slice(&out.stdout)?;
     assert_eq!(report["ok"], true);
     assert_eq!(report["status"], 200);

@@ -2,12 +2,11 @@
 //! header can carry, a refresh that fails while the token still holds, credentials in
 //! `token_url`/`base_uri` and keys beside `auth = none` refused by `postern config check`.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use jsonwebtoken::{Algorithm, DecodingKey};
-use postern_tests::harness::{Bins, Tunnel};
+use postern_tests::harness::{Bins, Tunnel, agent_command, offline_agent_config, output_text};
 use postern_tests::temp::TempDir;
 use postern_tests::token_endpoint::{EndpointConfig, ExpiresIn, Fault, TokenEndpoint};
 use serde_json::Value;
@@ -153,19 +152,13 @@ async fn a_failed_refresh_keeps_using_the_still_valid_token() -> Result<()> {
 fn config_check_refuses_user_info_in_urls_and_keys_beside_auth_none() -> Result<()> {
     let dir = TempDir::new("jwt-review-check")?;
     postern_tests::pki::ec256(dir.path())?;
-    let token = postern_protocol::SecretToken::generate(
-        postern_protocol::SecretKind::AgentToken,
-        &[7u8; postern_protocol::token::BODY_LEN],
-    );
-    let token = token.expose();
-    let head = format!(
-        "relay = \"relay.example.com:2222\"\nrelay_fingerprint = \"SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU\"\ntoken = \"{token}\"\n"
-    );
     let check = |text: &str, env: &[(&str, &str)]| -> Result<(bool, String)> {
-        let config = dir.write_private("agent.toml", &format!("{head}{text}"))?;
-        let out = Command::new(bins().agent)
-            .args(["config", "check", "--config"])
-            .arg(&config)
+        // The relay's domain is the one `no_proxy` exempts below.
+        let config = dir.write_private(
+            "agent.toml",
+            &offline_agent_config("relay.example.com:2222", text),
+        )?;
+        let out = agent_command(&bins(), &config, &["config", "check"])
             .env_remove("HTTPS_PROXY")
             .env_remove("https_proxy")
             .env_remove("ALL_PROXY")
@@ -174,14 +167,7 @@ fn config_check_refuses_user_info_in_urls_and_keys_beside_auth_none() -> Result<
             .env_remove("no_proxy")
             .envs(env.iter().copied())
             .output()?;
-        Ok((
-            out.status.success(),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        ))
+        Ok((out.status.success(), output_text(&out)))
     };
 
     let (ok, out) = check("", &[])?;
