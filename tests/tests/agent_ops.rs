@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use postern_tests::harness::{
     AgentProcess, Api, Bins, RelayProcess, agent_cli, create_agent, create_api_key, output_text,
+    signal,
 };
 use postern_tests::internal_server::{InternalServer, Verifier};
 use postern_tests::relay_support::error_code;
@@ -247,9 +248,7 @@ async fn json_logs_carry_each_call_and_no_secret() -> Result<()> {
         .send()
         .await?;
     assert_eq!(r.status(), 200);
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()?;
+    signal(child.id(), "TERM")?;
     let out = child.wait_with_output()?;
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stderr);

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use postern_tests::harness::Bins;
+use postern_tests::relay_support::relay_command;
 use postern_tests::temp::TempDir;
 
 fn bins() -> Bins {
@@ -47,9 +48,7 @@ fn serve_refuses_a_zero_call_timeout_and_exits() -> Result<()> {
             dir.path().join("relay").to_string_lossy()
         ),
     )?;
-    let mut command = Command::new(bins().relay);
-    command.args(["serve", "--config"]).arg(&config);
-    let output = run_for_at_most(command, Duration::from_secs(20))?;
+    let output = run_for_at_most(relay_command(&bins(), &config), Duration::from_secs(20))?;
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "the relay started: {stderr}");
     assert!(

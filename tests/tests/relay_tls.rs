@@ -7,9 +7,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use postern_tests::harness::{AgentProcess, Bins, agent_config, create_api_key};
+use postern_tests::harness::{AgentProcess, Bins, agent_config, create_api_key, signal};
 use postern_tests::internal_server::{InternalServer, Verifier};
-use postern_tests::relay_support::{configured_relay, eventually};
+use postern_tests::relay_support::{configured_relay, eventually, relay_command};
 use postern_tests::temp::TempDir;
 
 const ONLINE_WITHIN: Duration = Duration::from_secs(15);
@@ -166,10 +166,7 @@ async fn https_with_a_reloadable_certificate_and_agents_untouched() -> Result<()
     // New certificate and key in place, then SIGHUP.
     std::fs::copy(dir.path().join("second.crt"), &cert)?;
     std::fs::copy(dir.path().join("second.key"), &key)?;
-    let status = Command::new("kill")
-        .args(["-HUP", &relay.pid().to_string()])
-        .status()?;
-    assert!(status.success());
+    signal(relay.pid(), "HUP")?;
     let url = format!("{https}/healthz");
     let (ca, key_for) = (second_ca.clone(), admin_key.clone());
     eventually("the new certificate is served", ONLINE_WITHIN, || {
@@ -191,9 +188,7 @@ async fn https_with_a_reloadable_certificate_and_agents_untouched() -> Result<()
 
     // A broken key file on reload keeps the working certificate.
     std::fs::write(&key, "not a key")?;
-    Command::new("kill")
-        .args(["-HUP", &relay.pid().to_string()])
-        .status()?;
+    signal(relay.pid(), "HUP")?;
     eventually("the failed reload is logged", ONLINE_WITHIN, || {
         let logs = relay.logs.clone();
         async move { logs.so_far().contains("tls reload failed") }
@@ -215,10 +210,7 @@ fn plain_http_off_loopback_is_refused_before_binding() -> Result<()> {
             dir.path().join("relay").to_string_lossy()
         ),
     )?;
-    let out = Command::new(bins().relay)
-        .args(["serve", "--config"])
-        .arg(&config)
-        .output()?;
+    let out = relay_command(&bins(), &config).output()?;
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("allow_plain_http"), "{stderr}");
