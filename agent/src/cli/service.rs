@@ -22,20 +22,34 @@ pub fn unit(binary: &Path, config: &Path) -> Result<String> {
             bail!("{text:?}: the unit needs an absolute path without spaces or quotes");
         }
     }
-    // ProtectHome=yes hides these from the service.
-    if ["/home/", "/root/", "/run/user/"]
-        .iter()
-        .any(|hidden| config.starts_with(hidden))
-    {
-        bail!(
-            "{}: the service cannot see home folders (ProtectHome=yes); put the config under /etc/postern/",
-            config.display()
-        );
-    }
     let exec = format!("{} run --config {}", binary.display(), config.display());
     Ok(PACKAGED_UNIT
         .replace(PACKAGED_EXEC, &exec)
         .replace(PACKAGED_CONFIG, &config.display().to_string()))
+}
+
+/// Why the service would not see `binary` or `config`, if it would not: the unit's
+/// ProtectHome=yes hides home folders, PrivateTmp=yes gives it a /tmp of its own.
+fn hidden_from_the_service(binary: &Path, config: &Path) -> Option<String> {
+    const HIDDEN: [(&str, &str); 5] = [
+        ("/home/", "ProtectHome=yes hides home folders"),
+        ("/root/", "ProtectHome=yes hides home folders"),
+        ("/run/user/", "ProtectHome=yes hides home folders"),
+        ("/tmp/", "PrivateTmp=yes gives it a /tmp of its own"),
+        ("/var/tmp/", "PrivateTmp=yes gives it a /var/tmp of its own"),
+    ];
+    [
+        (binary, "the program", "/usr/local/bin/"),
+        (config, "the config", "/etc/postern/"),
+    ]
+    .into_iter()
+    .find_map(|(path, what, instead)| {
+        let (_, why) = HIDDEN.iter().find(|(prefix, _)| path.starts_with(prefix))?;
+        Some(format!(
+            "the service cannot see {what} {} ({why}); put it under {instead}",
+            path.display()
+        ))
+    })
 }
 
 fn absolute(config: &Path) -> Result<PathBuf> {
@@ -46,11 +60,19 @@ fn this_binary() -> Result<PathBuf> {
     std::env::current_exe().context("finding this program's path")
 }
 
-/// Prints the unit `install` would write.
+/// Prints the unit `install` would write, and on stderr what would keep it from starting.
 pub(crate) fn print_unit(config: &Path) -> Result<()> {
     let config = absolute(config).unwrap_or_else(|_| config.to_owned());
-    let text = unit(&this_binary()?, &config)?;
+    let binary = this_binary()?;
+    let text = unit(&binary, &config)?;
+    if let Some(why) = hidden_from_the_service(&binary, &config) {
+        eprintln!("warning: {why}");
+    }
     super::out::stdout(|out| out.write_all(text.as_bytes()))
+}
+
+fn say(text: &str) -> Result<()> {
+    super::out::stdout(|out| writeln!(out, "{text}"))
 }
 
 fn require_systemd_and_root() -> Result<()> {
@@ -67,7 +89,7 @@ fn require_systemd_and_root() -> Result<()> {
 
 /// Runs a command, printing it first; fails with its output if it fails.
 fn run(program: &str, args: &[&str]) -> Result<()> {
-    println!("+ {program} {}", args.join(" "));
+    say(&format!("+ {program} {}", args.join(" ")))?;
     let out = Command::new(program)
         .args(args)
         .output()
@@ -88,6 +110,9 @@ pub(crate) fn install(config: &Path) -> Result<()> {
     let config = absolute(config)?;
     let binary = this_binary()?;
     let unit = unit(&binary, &config)?;
+    if let Some(why) = hidden_from_the_service(&binary, &config) {
+        bail!("{why}");
+    }
     let config_text = config.display().to_string();
     if Command::new("getent")
         .args(["passwd", SERVICE_USER])
@@ -108,11 +133,12 @@ pub(crate) fn install(config: &Path) -> Result<()> {
             ],
         )?;
     }
-    let owner = format!("{SERVICE_USER}:{SERVICE_USER}");
-    run("chown", &[&owner, &config_text])?;
-    // The service user must be able to load everything the config names (keys, token file).
+    // The config, and its folder when that is a private one (as `sudo postern init` makes
+    // /etc/postern), become the service user's, as the .deb makes them; given back if the
+    // service user still cannot load the config.
+    let handed = hand_over(&config)?;
     let binary_text = binary.display().to_string();
-    run(
+    let checked = run(
         "runuser",
         &[
             "-u",
@@ -124,15 +150,58 @@ pub(crate) fn install(config: &Path) -> Result<()> {
             "--config",
             &config_text,
         ],
-    )
-    .context("the service user cannot load the config; give it the files the config names (chown postern)")?;
+    );
+    if let Err(e) = checked {
+        for (path, uid, gid) in handed.iter().rev() {
+            let _ = std::os::unix::fs::chown(path, Some(*uid), Some(*gid));
+        }
+        return Err(e.context(
+            "the service user cannot load the config; give it the files the config names (chown postern …)",
+        ));
+    }
     let path = Path::new(UNIT_DIR).join(UNIT_NAME);
     std::fs::write(&path, unit).with_context(|| format!("writing {}", path.display()))?;
-    println!("wrote {}", path.display());
+    say(&format!("wrote {}", path.display()))?;
     run("systemctl", &["daemon-reload"])?;
-    run("systemctl", &["enable", "--now", UNIT_NAME])?;
-    println!("postern-agent is running; `sudo postern status` shows how it is");
-    Ok(())
+    run("systemctl", &["enable", UNIT_NAME])?;
+    // A restart, not a start: an agent already running (an install again, with another
+    // config or binary) must pick the new unit up.
+    run("systemctl", &["restart", UNIT_NAME])?;
+    // The unit is Type=exec: a program that cannot be run fails the restart above; one
+    // that starts and then exits (a relay it cannot reach is retried, not fatal) is
+    // caught here.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let active = Command::new("systemctl")
+        .args(["is-active", "--quiet", UNIT_NAME])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !active {
+        bail!(
+            "{UNIT_NAME} did not stay up; `systemctl status {UNIT_NAME}` and `journalctl -u {UNIT_NAME}` say why"
+        );
+    }
+    say("postern-agent is running; `sudo postern status` shows how it is")
+}
+
+/// Gives `config`, and its folder if no one else may enter it, to the service user;
+/// returns each path changed with its owner before, to give it back.
+fn hand_over(config: &Path) -> Result<Vec<(PathBuf, u32, u32)>> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let mut paths = vec![config.to_owned()];
+    if let Some(folder) = config.parent() {
+        let meta = std::fs::metadata(folder)?;
+        if meta.permissions().mode() & 0o001 == 0 && meta.uid() == 0 {
+            paths.push(folder.to_owned());
+        }
+    }
+    let owner = format!("{SERVICE_USER}:{SERVICE_USER}");
+    let mut handed = Vec::new();
+    for path in paths {
+        let meta = std::fs::metadata(&path)?;
+        run("chown", &[&owner, &path.display().to_string()])?;
+        handed.push((path, meta.uid(), meta.gid()));
+    }
+    Ok(handed)
 }
 
 pub(crate) fn uninstall() -> Result<()> {
@@ -147,10 +216,11 @@ pub(crate) fn uninstall() -> Result<()> {
     // Stopping drains the calls under way; a unit that is not loaded is not an error here.
     let _ = run("systemctl", &["disable", "--now", UNIT_NAME]);
     std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
-    println!("removed {}", path.display());
+    say(&format!("removed {}", path.display()))?;
     run("systemctl", &["daemon-reload"])?;
-    println!("the config, its files and the user {SERVICE_USER} stay where they are");
-    Ok(())
+    say(&format!(
+        "the config, its files and the user {SERVICE_USER} stay where they are"
+    ))
 }
 
 #[cfg(test)]
@@ -173,15 +243,56 @@ mod tests {
     }
 
     #[test]
-    fn paths_the_service_could_not_use_are_refused() {
+    fn paths_a_unit_cannot_hold_are_refused() {
         let bin = Path::new("/usr/bin/postern");
-        for config in [
-            "relative.toml",
-            "/etc/with space.toml",
-            "/root/agent.toml",
-            "/home/a/agent.toml",
-        ] {
+        for config in ["relative.toml", "/etc/with space.toml", "/etc/q\"uote.toml"] {
             assert!(unit(bin, Path::new(config)).is_err(), "{config}");
+        }
+    }
+
+    #[test]
+    fn paths_the_service_cannot_see_are_named_with_why() {
+        let (bin, config) = (
+            Path::new("/usr/bin/postern"),
+            Path::new("/etc/postern/a.toml"),
+        );
+        assert_eq!(hidden_from_the_service(bin, config), None);
+        for (binary, config, needle) in [
+            (
+                "/root/.cargo/bin/postern",
+                "/etc/postern/a.toml",
+                "the program /root/.cargo/bin/postern (ProtectHome",
+            ),
+            (
+                "/home/admin/.cargo/bin/postern",
+                "/etc/postern/a.toml",
+                "the program /home/admin",
+            ),
+            (
+                "/usr/bin/postern",
+                "/home/a/agent.toml",
+                "the config /home/a/agent.toml (ProtectHome",
+            ),
+            (
+                "/usr/bin/postern",
+                "/run/user/1000/agent.toml",
+                "ProtectHome",
+            ),
+            (
+                "/usr/bin/postern",
+                "/tmp/agent.toml",
+                "the config /tmp/agent.toml (PrivateTmp",
+            ),
+            (
+                "/tmp/build/postern",
+                "/etc/postern/a.toml",
+                "the program /tmp/build/postern (PrivateTmp",
+            ),
+            ("/usr/bin/postern", "/var/tmp/x/agent.toml", "PrivateTmp"),
+        ] {
+            let why =
+                hidden_from_the_service(Path::new(binary), Path::new(config)).unwrap_or_default();
+            assert!(why.contains(needle), "{binary} {config}: {why:?}");
         }
     }
 }
