@@ -378,12 +378,18 @@ pub(crate) fn one_secret(
 /// Replaces `path` with `text` atomically (temp file beside it, then rename), mode 0600 (it
 /// holds secrets; a crash mid-write must not leave half a file),
 /// and with the old file's owner and group: run as root (`sudo postern …`), the new
-/// file must stay readable by the service user that owned the old one.
+/// file must stay readable by the service user that owned the old one. A new file
+/// written by root goes to its folder's owner: `sudo postern init` into the .deb's
+/// /etc/postern (the service user's) must give a config the service can read.
 pub fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
     let old = match std::fs::metadata(path) {
         Ok(meta) => Some(meta),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && current_uid() == Some(0) => {
+            let folder = path.parent().filter(|d| !d.as_os_str().is_empty());
+            std::fs::metadata(folder.unwrap_or(Path::new("."))).ok()
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(e),
     };
@@ -433,15 +439,29 @@ pub fn check_private(path: &Path) -> Result<(), ConfigError> {
 /// The status socket: as configured (relative to the config's folder), else
 /// `/run/postern/agent.sock` for root, else in `$XDG_RUNTIME_DIR` or `/tmp/postern-<uid>/`.
 pub fn status_socket(configured: Option<&Path>, base_dir: &Path) -> PathBuf {
+    use std::os::unix::fs::MetadataExt;
     if let Some(path) = configured {
         return base_dir.join(path);
     }
-    let uid = current_uid().unwrap_or(0);
-    if uid == 0 {
-        return PathBuf::from("/run/postern/agent.sock");
-    }
-    match std::env::var_os("XDG_RUNTIME_DIR") {
+    let run_owner = std::fs::metadata(SERVICE_RUN_DIR).ok().map(|m| m.uid());
+    default_socket(
+        current_uid().unwrap_or(0),
+        std::env::var_os("XDG_RUNTIME_DIR"),
+        run_owner,
+    )
+}
+
+/// The unit's RuntimeDirectory, where the service's socket is.
+const SERVICE_RUN_DIR: &str = "/run/postern";
+
+/// Without `XDG_RUNTIME_DIR` (which `sudo -u postern` drops), the service user's own
+/// commands look where its unit puts the socket: in /run/postern when that is theirs.
+fn default_socket(uid: u32, xdg: Option<std::ffi::OsString>, run_owner: Option<u32>) -> PathBuf {
+    let service = Path::new(SERVICE_RUN_DIR).join("agent.sock");
+    match xdg {
+        _ if uid == 0 => service,
         Some(dir) => PathBuf::from(dir).join("postern/agent.sock"),
+        None if run_owner == Some(uid) => service,
         None => PathBuf::from(format!("/tmp/postern-{uid}/agent.sock")),
     }
 }

@@ -440,3 +440,24 @@ fn metrics_listen_is_loopback_only() {
         assert!(err.contains(expected), "{value} → {err}");
     }
 }
+
+#[test]
+fn the_default_socket_is_where_the_service_puts_it_for_its_own_user() {
+    let at = |uid, xdg: Option<&str>, owner| default_socket(uid, xdg.map(Into::into), owner);
+    let service = PathBuf::from("/run/postern/agent.sock");
+    assert_eq!(at(0, Some("/run/user/0"), None), service);
+    assert_eq!(
+        at(1000, Some("/run/user/1000"), Some(1000)),
+        PathBuf::from("/run/user/1000/postern/agent.sock")
+    );
+    // `sudo -u postern postern status`: no XDG_RUNTIME_DIR, /run/postern is postern's.
+    assert_eq!(at(998, None, Some(998)), service);
+    assert_eq!(
+        at(1000, None, Some(998)),
+        PathBuf::from("/tmp/postern-1000/agent.sock")
+    );
+    assert_eq!(
+        at(1000, None, None),
+        PathBuf::from("/tmp/postern-1000/agent.sock")
+    );
+}
