@@ -33,10 +33,12 @@ pub(crate) struct NewConnection {
     pub secret_file: Option<String>,
     #[arg(long)]
     pub secret_env: Option<String>,
-    /// A JWT header, KEY=VALUE (repeatable).
+    /// A JWT header, KEY=VALUE (repeatable); always a string (`kid=1` is "1").
     #[arg(long = "header")]
     pub headers: Vec<String>,
     /// A payload claim, KEY=VALUE (repeatable); values may be templates like {{now + 600}}.
+    /// An integer written plainly (`exp=1700000000`) is a number, anything else a string;
+    /// quote it for a string of digits: sub='"12345"'.
     #[arg(long = "payload")]
     pub payload: Vec<String>,
     /// Overwrite a connection of that name.
@@ -140,18 +142,14 @@ pub(crate) fn add(path: &Path, new: NewConnection) -> Result<()> {
             auth[key] = value(v.as_str());
         }
     }
-    for (key, list) in [
-        ("headers", pairs(&new.headers, "header")?),
-        ("payload", pairs(&new.payload, "payload")?),
+    for (key, list, typed) in [
+        ("headers", pairs(&new.headers, "header")?, false),
+        ("payload", pairs(&new.payload, "payload")?, true),
     ] {
         if !list.is_empty() {
             let mut inline = InlineTable::new();
             for (k, v) in list {
-                // Numbers stay numbers; everything else (templates included) is a string.
-                match v.parse::<i64>() {
-                    Ok(n) => inline.insert(&k, n.into()),
-                    Err(_) => inline.insert(&k, v.into()),
-                };
+                inline.insert(&k, if typed { claim(&v) } else { v.into() });
             }
             auth[key] = value(inline);
         }
@@ -161,6 +159,23 @@ pub(crate) fn add(path: &Path, new: NewConnection) -> Result<()> {
     save(path, &doc)?;
     out::stdout(|out| writeln!(out, "connection {:?} added to {}", new.name, path.display()))?;
     Ok(())
+}
+
+/// A payload value as typed on the command line: an integer written as one is a number
+/// (`0012` is not: it would lose its zeros), `"…"` a string as it is inside the quotes,
+/// anything else (templates included) a string.
+fn claim(text: &str) -> toml_edit::Value {
+    if let Some(quoted) = text
+        .strip_prefix('"')
+        .and_then(|t| t.strip_suffix('"'))
+        .filter(|_| text.len() >= 2)
+    {
+        return quoted.into();
+    }
+    match text.parse::<i64>() {
+        Ok(n) if n.to_string() == text => n.into(),
+        _ => text.into(),
+    }
 }
 
 pub(crate) fn remove(path: &Path, name: &str) -> Result<()> {
@@ -255,4 +270,26 @@ pub(crate) fn set_token(path: &Path, token_file: Option<&Path>) -> Result<()> {
     save(path, &doc)?;
     out::stdout(|out| writeln!(out, "token updated in {}; {next_step}", path.display()))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::claim;
+
+    #[test]
+    fn payload_values_keep_the_type_they_were_written_with() {
+        assert_eq!(claim("1700000000").as_integer(), Some(1_700_000_000));
+        assert_eq!(claim("-5").as_integer(), Some(-5));
+        for (text, string) in [
+            ("0012", "0012"),
+            ("+5", "+5"),
+            ("\"12345\"", "12345"),
+            ("\"\"", ""),
+            ("\"", "\""),
+            ("{{now + 600}}", "{{now + 600}}"),
+            ("erp", "erp"),
+        ] {
+            assert_eq!(claim(text).as_str(), Some(string), "{text}");
+        }
+    }
 }
