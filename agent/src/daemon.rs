@@ -81,7 +81,6 @@ pub async fn run_with_hangup(
     let socket = config.status_socket.clone();
     let (config_tx, config_rx) = watch::channel(Arc::new(config));
     let reloader = config_path.map(|path| Arc::new(Reloader::new(path, config_tx, calls.clone())));
-    let tasks = TaskTracker::new();
     // Status is a convenience: without its socket the tunnel still runs.
     match crate::status::bind(&socket) {
         Ok(listener) => {

@@ -186,14 +186,14 @@ impl StatusServer {
                     }
                 },
             };
-            clients.spawn(this.clone().answer(stream));
+            clients.spawn(this.clone().answer(stream, shutdown.clone()));
         }
         clients.close();
         clients.wait().await;
         let _ = std::fs::remove_file(&path);
     }
 
-    async fn answer(self: Arc<Self>, stream: UnixStream) {
+    async fn answer(self: Arc<Self>, stream: UnixStream, shutdown: CancellationToken) {
         let (read, mut write) = stream.into_split();
         let mut line = String::new();
         let mut reader = BufReader::new(read.take(256));
@@ -203,7 +203,17 @@ impl StatusServer {
             _ if line.starts_with(TEST) && line[TEST.len()..].starts_with(' ') => {
                 let name = line[TEST.len()..].trim();
                 match self.calls.get(name) {
-                    Some(ctx) => serde_json::to_vec(&connection_test::run(&ctx).await),
+                    // A test may take several of the connection's timeouts; the agent's
+                    // stop must not wait for it.
+                    Some(ctx) => match shutdown
+                        .run_until_cancelled(connection_test::run(&ctx))
+                        .await
+                    {
+                        Some(report) => serde_json::to_vec(&report),
+                        None => serde_json::to_vec(&Refusal {
+                            error: "the agent stopped before the test finished".to_owned(),
+                        }),
+                    },
                     None => serde_json::to_vec(&Refusal {
                         error: format!("the running agent has no connection named {name:?}"),
                     }),
