@@ -53,22 +53,29 @@ impl StateArgs {
         Ok(config)
     }
 
-    /// `postern-relay fingerprint` with the folder options this command was given, so the
-    /// suggested command reads the same host key.
-    fn fingerprint_command(&self) -> String {
-        let mut command = "postern-relay fingerprint".to_owned();
-        for (flag, path) in [("--state-dir", &self.state_dir), ("--config", &self.config)] {
-            if let Some(path) = path {
-                command.push_str(&format!(" {flag} {}", shell_quote(&path.to_string_lossy())));
-            }
-        }
-        command
-    }
-
+    /// The store `serve` made. Only `serve` creates one: a mistyped folder must not get
+    /// a store of its own, whose agents and keys the running relay would never know.
     fn store(&self) -> Result<SqliteStore> {
         let dir = self.config()?.state_dir;
+        let db = dir.join(crate::store::sqlite::DB_FILE);
+        if !db.exists() {
+            anyhow::bail!(
+                "no relay store at {}: a typo in the folder, or the relay has not started yet \
+                 (`postern-relay serve` makes it). Pass the --state-dir or --config the relay \
+                 runs with, as the user it runs as (packages: sudo -u postern-relay …)",
+                db.display()
+            );
+        }
         SqliteStore::open_in(&dir)
             .with_context(|| format!("opening the store in {}", dir.display()))
+    }
+
+    /// What an agent pins: the fingerprint of the host key `serve` made, if it has.
+    fn fingerprint(&self) -> Result<Option<String>> {
+        let dir = self.config()?.state_dir;
+        Ok(host_key::load(&dir)
+            .ok()
+            .map(|key| host_key::fingerprint(&key)))
     }
 }
 
@@ -175,19 +182,6 @@ enum ApikeyCommand {
         #[arg(long)]
         json: bool,
     },
-}
-
-/// `text` as one shell word: as is when it is plainly safe, else in single quotes.
-fn shell_quote(text: &str) -> String {
-    let plain = !text.is_empty()
-        && text
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "/._-+,:=@%".contains(c));
-    if plain {
-        text.to_owned()
-    } else {
-        format!("'{}'", text.replace('\'', r"'\''"))
-    }
 }
 
 /// What `main` runs: parse, tune the allocator for `serve`, set up logging, run, map to
@@ -320,7 +314,9 @@ fn agent(command: AgentCommand) -> Result<()> {
                     token: token.expose().to_owned(),
                 })?;
             } else {
-                let fingerprint_command = state.fingerprint_command();
+                let fingerprint = state
+                    .fingerprint()?
+                    .unwrap_or_else(|| "<what `postern-relay fingerprint` prints>".to_owned());
                 to_stdout(|out| {
                     writeln!(out, "Agent {:?} created (id {}).", agent.name, agent.id)?;
                     writeln!(
@@ -330,7 +326,7 @@ fn agent(command: AgentCommand) -> Result<()> {
                     )?;
                     writeln!(
                         out,
-                        "On the agent's machine: POSTERN_TOKEN=<token> postern init --relay HOST:PORT --fingerprint $({fingerprint_command})"
+                        "On the agent's machine: POSTERN_TOKEN=<token> postern init --relay HOST:PORT --fingerprint {fingerprint}"
                     )
                 })?;
             }
