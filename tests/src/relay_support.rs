@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use postern_protocol::api::AgentInfo;
 use reqwest::Method;
 use reqwest::header::HeaderMap;
 
@@ -23,6 +24,17 @@ pub struct RelayWorld {
     pub admin: Api,
     pub internal: InternalServer,
     configs: AtomicUsize,
+}
+
+/// How long an agent may take to come online in these tests.
+pub const ONLINE_WITHIN: Duration = Duration::from_secs(15);
+
+/// An agent that [`RelayWorld::agent_online`] started: its token, its process, and what
+/// the relay said of it once it was online.
+pub struct OnlineAgent {
+    pub token: String,
+    pub process: AgentProcess,
+    pub info: AgentInfo,
 }
 
 /// An answer from the API: status, headers, and the body as JSON (`Null` if none).
@@ -110,6 +122,19 @@ impl RelayWorld {
         AgentProcess::start(&self.bins, &self.write_agent_config(token)?)
     }
 
+    /// Creates agent `name` through the API, starts it with one connection, `orders`,
+    /// and waits (up to [`ONLINE_WITHIN`]) until the relay has it online.
+    pub async fn agent_online(&self, name: &str) -> Result<OnlineAgent> {
+        let token = self.create_agent(name).await?;
+        let process = self.start_agent(&token)?;
+        let info = self.admin.wait_online(name, true, ONLINE_WITHIN).await?;
+        Ok(OnlineAgent {
+            token,
+            process,
+            info,
+        })
+    }
+
     /// Creates an agent through the API; returns its token.
     pub async fn create_agent(&self, name: &str) -> Result<String> {
         let answer = send(
@@ -155,6 +180,20 @@ pub async fn send(
         headers,
         json,
     })
+}
+
+/// Waits until the relay counts `n` calls in flight for `agent`, bounded by `limit`.
+pub async fn wait_calls_in_flight(api: &Api, agent: &str, n: u64, limit: Duration) -> Result<()> {
+    eventually(
+        &format!("{n} calls in flight on {agent}"),
+        limit,
+        || async {
+            api.agent(agent)
+                .await
+                .is_ok_and(|info| info.calls_in_flight == n)
+        },
+    )
+    .await
 }
 
 /// Polls `check` until it holds, bounded by `limit`.

@@ -7,7 +7,7 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use anyhow::{Result, bail};
-use postern_tests::relay_support::RelayWorld;
+use postern_tests::relay_support::{OnlineAgent, RelayWorld};
 
 /// Sends `request` as it is; returns the status (0 if the relay only closed) and the answer.
 fn raw(addr: std::net::SocketAddr, request: &[u8]) -> Result<(u16, String)> {
@@ -29,11 +29,11 @@ fn raw(addr: std::net::SocketAddr, request: &[u8]) -> Result<(u16, String)> {
 #[tokio::test(flavor = "multi_thread")]
 async fn hostile_requests_are_refused_clearly_and_the_relay_keeps_serving() -> Result<()> {
     let w = RelayWorld::start(postern_tests::bins!()).await?;
-    let token = w.create_agent("a1").await?;
-    let _agent = w.start_agent(&token)?;
-    w.admin
-        .wait_online("a1", true, Duration::from_secs(15))
-        .await?;
+    let OnlineAgent {
+        token,
+        process: _agent,
+        ..
+    } = w.agent_online("a1").await?;
     let addr = w.relay.api;
     let key = w.admin.key.clone();
     let head = |line: &str, extra: &str| {

@@ -11,9 +11,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use postern_protocol::SecretKind;
 use postern_tests::harness::Bins;
-use postern_tests::relay_support::{RelayWorld, eventually};
+use postern_tests::relay_support::{
+    ONLINE_WITHIN, OnlineAgent, RelayWorld, eventually, wait_calls_in_flight,
+};
 
-const ONLINE_WITHIN: Duration = Duration::from_secs(15);
 /// The relay's authentication timeout is 10 s; allow for scheduling.
 const CLOSED_WITHIN: Duration = Duration::from_secs(14);
 
@@ -24,24 +25,15 @@ fn bins() -> Bins {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_newest_session_wins_and_the_older_ones_call_gets_a_clear_error() -> Result<()> {
     let w = RelayWorld::start(bins()).await?;
-    let token = w.create_agent("warehouse-1").await?;
-    let older = w.start_agent(&token)?;
-    w.admin
-        .wait_online("warehouse-1", true, ONLINE_WITHIN)
-        .await?;
+    let OnlineAgent {
+        token,
+        process: older,
+        ..
+    } = w.agent_online("warehouse-1").await?;
     // A call under way through the older session (the internal server takes 3 s).
     let api = w.admin.clone();
     let in_flight = tokio::spawn(async move { api.call("warehouse-1", "orders", "/slow").await });
-    let api = w.admin.clone();
-    eventually("the call is under way", ONLINE_WITHIN, || {
-        let api = api.clone();
-        async move {
-            api.agent("warehouse-1")
-                .await
-                .is_ok_and(|i| i.calls_in_flight == 1)
-        }
-    })
-    .await?;
+    wait_calls_in_flight(&w.admin, "warehouse-1", 1, ONLINE_WITHIN).await?;
 
     let newer = w.start_agent(&token)?;
     w.relay
@@ -304,11 +296,7 @@ async fn an_address_that_keeps_failing_is_refused_before_the_handshake() -> Resu
     );
     assert!(!stderr.contains("Permission denied"), "{stderr}");
     // …while other addresses still reach the relay and good agents connect.
-    let token = w.create_agent("still-welcome").await?;
-    let _agent = w.start_agent(&token)?;
-    w.admin
-        .wait_online("still-welcome", true, ONLINE_WITHIN)
-        .await?;
+    let _agent = w.agent_online("still-welcome").await?;
     Ok(())
 }
 

@@ -7,14 +7,10 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use postern_tests::harness::{AgentProcess, Api, Bins, RelayProcess, agent_config, create_api_key};
-use postern_tests::internal_server::{InternalServer, Verifier};
+use postern_tests::harness::{Api, Bins};
 use postern_tests::paced_body::{paced_body, when};
-use postern_tests::relay_support::{RelayWorld, configured_relay, eventually, send};
-use postern_tests::temp::TempDir;
+use postern_tests::relay_support::{OnlineAgent, RelayWorld, send, wait_calls_in_flight};
 use reqwest::Method;
-
-const ONLINE_WITHIN: Duration = Duration::from_secs(15);
 
 fn bins() -> Bins {
     postern_tests::bins!()
@@ -27,76 +23,27 @@ max_header_bytes = 8192
 header_read_timeout = "2s"
 "#;
 
-struct Limited {
-    _dir: TempDir,
-    relay: RelayProcess,
-    api: Api,
-    _internal: InternalServer,
-    _agent: AgentProcess,
-}
-
-async fn start() -> Result<Limited> {
-    let dir = TempDir::new("relay-limits")?;
-    let bins = bins();
-    let relay = configured_relay(&bins, dir.path(), LIMITS, &[])?;
-    let api = Api::new(
-        relay.api_base(),
-        create_api_key(&bins, &dir.path().join("relay"), "admin")?,
-    );
-    let internal = InternalServer::start(Verifier::None, "orders").await?;
-    let created = send(
-        &api,
-        Method::POST,
-        "/v1/agents",
-        Some(serde_json::json!({"name": "warehouse-1"})),
-    )
-    .await?;
-    let token = created.json["token"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    let connections = format!(
-        "\n[connections.orders]\nbase_uri = \"{}\"\ntimeout = \"20s\"\n",
-        internal.base_uri()
-    );
-    let config = dir.write_private(
-        "agent.toml",
-        &agent_config(relay.ssh, &relay.fingerprint, &token, &connections),
-    )?;
-    let agent = AgentProcess::start(&bins, &config)?;
-    api.wait_online("warehouse-1", true, ONLINE_WITHIN).await?;
-    Ok(Limited {
-        _dir: dir,
-        relay,
-        api,
-        _internal: internal,
-        _agent: agent,
-    })
+/// A relay with [`LIMITS`] and agent `warehouse-1` online on it.
+async fn start() -> Result<(RelayWorld, OnlineAgent)> {
+    let w = RelayWorld::start_configured(bins(), LIMITS, &[]).await?;
+    let agent = w.agent_online("warehouse-1").await?;
+    Ok((w, agent))
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn too_many_calls_and_too_large_bodies_are_refused_with_their_codes() -> Result<()> {
-    let l = start().await?;
+    let (l, _agent) = start().await?;
     // Two slow calls fill the agent's allowance; the third is refused at once.
     let slow = |api: Api| async move { api.call("warehouse-1", "orders", "/slow").await };
-    let a = tokio::spawn(slow(l.api.clone()));
-    let b = tokio::spawn(slow(l.api.clone()));
-    let api = l.api.clone();
-    eventually("two calls in flight", Duration::from_secs(3), || {
-        let api = api.clone();
-        async move {
-            api.agent("warehouse-1")
-                .await
-                .is_ok_and(|i| i.calls_in_flight == 2)
-        }
-    })
-    .await?;
-    let third = l.api.call("warehouse-1", "orders", "/third").await?;
+    let a = tokio::spawn(slow(l.admin.clone()));
+    let b = tokio::spawn(slow(l.admin.clone()));
+    wait_calls_in_flight(&l.admin, "warehouse-1", 2, Duration::from_secs(3)).await?;
+    let third = l.admin.call("warehouse-1", "orders", "/third").await?;
     assert_eq!(third.status(), 429);
     assert_eq!(third.headers()["x-postern-error"], "too_many_calls");
     // A connection test is a call too: it cannot open channels past the allowance.
     let test = send(
-        &l.api,
+        &l.admin,
         Method::POST,
         "/v1/agents/warehouse-1/connections/orders/test",
         None,
@@ -106,19 +53,19 @@ async fn too_many_calls_and_too_large_bodies_are_refused_with_their_codes() -> R
     assert_eq!(test.code(), "too_many_calls");
     assert_eq!(a.await??.status(), 200);
     assert_eq!(b.await??.status(), 200);
-    let after = l.api.call("warehouse-1", "orders", "/after").await?;
+    let after = l.admin.call("warehouse-1", "orders", "/after").await?;
     assert_eq!(after.status(), 200, "the allowance frees up");
 
     let url = format!(
         "{}/v1/agents/warehouse-1/connections/orders/http/upload",
-        l.api.base
+        l.admin.base
     );
     // Declared too large: refused before anything is forwarded.
     let big = l
-        .api
+        .admin
         .http
         .post(&url)
-        .bearer_auth(&l.api.key)
+        .bearer_auth(&l.admin.key)
         .body(vec![b'x'; 200_000])
         .send()
         .await?;
@@ -126,7 +73,7 @@ async fn too_many_calls_and_too_large_bodies_are_refused_with_their_codes() -> R
     assert_eq!(big.headers()["x-postern-error"], "payload_too_large");
     // Chunked (no length), over a raw socket: cut off once past the limit.
     let addr = l.relay.api;
-    let key = l.api.key.clone();
+    let key = l.admin.key.clone();
     let status_line = tokio::task::spawn_blocking(move || -> Result<String> {
         let mut stream = TcpStream::connect(addr)?;
         stream.set_read_timeout(Some(Duration::from_secs(20)))?;
@@ -151,10 +98,10 @@ async fn too_many_calls_and_too_large_bodies_are_refused_with_their_codes() -> R
     assert!(status_line.contains("payload_too_large"), "{status_line}");
     // Under the limit: passes.
     let fine = l
-        .api
+        .admin
         .http
         .post(&url)
-        .bearer_auth(&l.api.key)
+        .bearer_auth(&l.admin.key)
         .body(vec![b'z'; 50_000])
         .send()
         .await?;
@@ -166,13 +113,13 @@ async fn too_many_calls_and_too_large_bodies_are_refused_with_their_codes() -> R
 
 #[tokio::test(flavor = "multi_thread")]
 async fn oversized_and_slow_request_heads_are_cut_off() -> Result<()> {
-    let l = start().await?;
+    let (l, _agent) = start().await?;
     // Headers beyond max_header_bytes: 431.
     let huge = l
-        .api
+        .admin
         .http
-        .get(format!("{}/v1/agents", l.api.base))
-        .bearer_auth(&l.api.key)
+        .get(format!("{}/v1/agents", l.admin.base))
+        .bearer_auth(&l.admin.key)
         .header("x-padding", "p".repeat(20_000))
         .send()
         .await?;
@@ -208,7 +155,7 @@ async fn oversized_and_slow_request_heads_are_cut_off() -> Result<()> {
     // Meanwhile a normal client is served at once, again and again.
     for _ in 0..10 {
         let started = Instant::now();
-        let ok = reqwest::get(format!("{}/healthz", l.api.base)).await?;
+        let ok = reqwest::get(format!("{}/healthz", l.admin.base)).await?;
         assert_eq!(ok.status(), 200);
         assert!(started.elapsed() < Duration::from_secs(1));
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -230,11 +177,7 @@ async fn oversized_and_slow_request_heads_are_cut_off() -> Result<()> {
 async fn call_timeout_counts_from_an_uploads_last_progress() -> Result<()> {
     let timeout = Duration::from_secs(1);
     let w = RelayWorld::start_configured(bins(), "call_timeout = \"1s\"\n", &[]).await?;
-    let token = w.create_agent("warehouse-1").await?;
-    let _agent = w.start_agent(&token)?;
-    w.admin
-        .wait_online("warehouse-1", true, ONLINE_WITHIN)
-        .await?;
+    let _agent = w.agent_online("warehouse-1").await?;
     let url = format!(
         "{}/v1/agents/warehouse-1/connections/orders/http/upload",
         w.admin.base

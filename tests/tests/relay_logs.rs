@@ -1,16 +1,10 @@
 //! The relay's `--log-format json`: every line is one JSON object with the call's request
 //! id in its span, and a full run leaves no token or key in any log; per-call lines filter out.
 
-use std::time::Duration;
-
 use anyhow::Result;
-use postern_tests::harness::{AgentProcess, Api, Bins, agent_config, create_api_key};
-use postern_tests::internal_server::{InternalServer, Verifier};
-use postern_tests::relay_support::{RelayWorld, configured_relay, eventually, send};
-use postern_tests::temp::TempDir;
+use postern_tests::harness::{AgentProcess, Api, Bins};
+use postern_tests::relay_support::{ONLINE_WITHIN, OnlineAgent, RelayWorld, eventually, send};
 use reqwest::Method;
-
-const ONLINE_WITHIN: Duration = Duration::from_secs(15);
 
 fn bins() -> Bins {
     postern_tests::bins!()
@@ -18,38 +12,14 @@ fn bins() -> Bins {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn json_logs_of_a_full_run_hold_request_ids_and_no_secret() -> Result<()> {
-    let dir = TempDir::new("relay-logs")?;
-    let bins = bins();
-    let relay = configured_relay(&bins, dir.path(), "", &["--log-format", "json"])?;
-    let admin_key = create_api_key(&bins, &dir.path().join("relay"), "admin")?;
-    let api = Api::new(relay.api_base(), admin_key.clone());
-    let internal = InternalServer::start(Verifier::None, "orders").await?;
-    let mut secrets = vec![admin_key];
-
-    let created = send(
-        &api,
-        Method::POST,
-        "/v1/agents",
-        Some(serde_json::json!({"name": "warehouse-1"})),
-    )
-    .await?;
-    let first_token = created.json["token"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    secrets.push(first_token.clone());
-    let connections = format!(
-        "\n[connections.orders]\nbase_uri = \"{}\"\ntimeout = \"5s\"\n",
-        internal.base_uri()
-    );
-    let write_config = |token: &str| {
-        dir.write_private(
-            "agent.toml",
-            &agent_config(relay.ssh, &relay.fingerprint, token, &connections),
-        )
-    };
-    let mut agent = AgentProcess::start(&bins, &write_config(&first_token)?)?;
-    api.wait_online("warehouse-1", true, ONLINE_WITHIN).await?;
+    let w = RelayWorld::start_configured(bins(), "", &["--log-format", "json"]).await?;
+    let (relay, api) = (&w.relay, &w.admin);
+    let OnlineAgent {
+        token: first_token,
+        process: mut agent,
+        ..
+    } = w.agent_online("warehouse-1").await?;
+    let mut secrets = vec![api.key.clone(), first_token];
 
     // A call, a wrong key, a call key, a rotation, and the agent back with the new token.
     let traced = api
@@ -69,14 +39,14 @@ async fn json_logs_of_a_full_run_hold_request_ids_and_no_secret() -> Result<()> 
         401
     );
     let call_key = send(
-        &api,
+        api,
         Method::POST,
         "/v1/apikeys",
         Some(serde_json::json!({"name": "runner", "scope": "call"})),
     )
     .await?;
     secrets.push(call_key.json["key"].as_str().unwrap_or_default().to_owned());
-    let rotated = send(&api, Method::POST, "/v1/agents/warehouse-1/token", None).await?;
+    let rotated = send(api, Method::POST, "/v1/agents/warehouse-1/token", None).await?;
     let new_token = rotated.json["token"]
         .as_str()
         .unwrap_or_default()
@@ -87,7 +57,7 @@ async fn json_logs_of_a_full_run_hold_request_ids_and_no_secret() -> Result<()> 
         ONLINE_WITHIN,
     )?;
     agent.terminate()?;
-    let agent = AgentProcess::start(&bins, &write_config(&new_token)?)?;
+    let agent = w.start_agent(&new_token)?;
     api.wait_online("warehouse-1", true, ONLINE_WITHIN).await?;
     eventually("the relay logged the call", ONLINE_WITHIN, || {
         let text = relay.logs.text();

@@ -1,14 +1,10 @@
 //! `/metrics` scraped like Prometheus would: every family is there and the
 //! counters move with real sessions, refused logins and calls.
 
-use std::time::Duration;
-
 use anyhow::{Context, Result};
 use postern_protocol::SecretKind;
 use postern_tests::harness::Bins;
-use postern_tests::relay_support::{RelayWorld, eventually, sample as get, scrape};
-
-const ONLINE_WITHIN: Duration = Duration::from_secs(15);
+use postern_tests::relay_support::{ONLINE_WITHIN, RelayWorld, eventually, sample as get, scrape};
 
 fn bins() -> Bins {
     postern_tests::bins!()
@@ -21,11 +17,7 @@ async fn counters_move_with_sessions_logins_and_calls() -> Result<()> {
     assert_eq!(get(&before, "postern_agents_online"), 0.0);
     assert!(before.contains_key("postern_call_duration_seconds_bucket{le=\"+Inf\"}"));
 
-    let token = w.create_agent("warehouse-1").await?;
-    let mut agent = w.start_agent(&token)?;
-    w.admin
-        .wait_online("warehouse-1", true, ONLINE_WITHIN)
-        .await?;
+    let mut agent = w.agent_online("warehouse-1").await?.process;
     let online = scrape(&w.admin).await?;
     assert_eq!(get(&online, "postern_agents_online"), 1.0);
     assert_eq!(get(&online, "postern_sessions_opened_total"), 1.0);

@@ -9,11 +9,12 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use postern_tests::harness::{Api, Bins, RelayProcess, create_agent, open_fds, signal};
-use postern_tests::relay_support::{RelayWorld, eventually, sample, scrape, ssh_login};
+use postern_tests::harness::{AgentProcess, Bins, RelayProcess, create_agent, open_fds, signal};
+use postern_tests::relay_support::{
+    ONLINE_WITHIN, RelayWorld, eventually, sample, scrape, ssh_login, wait_calls_in_flight,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const ONLINE_WITHIN: Duration = Duration::from_secs(15);
 /// The relay's default `shutdown_grace`.
 const GRACE: Duration = Duration::from_secs(30);
 
@@ -34,31 +35,14 @@ fn exited(pid: u32) -> bool {
 
 /// Waits (bounded) for `pid` to exit; returns how long that took from `since`.
 async fn wait_exit(pid: u32, since: Instant, limit: Duration) -> Result<Duration> {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if exited(pid) {
-            return Ok(since.elapsed());
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    bail!("the relay did not exit within {limit:?}")
-}
-
-async fn wait_calls_in_flight(api: &Api, agent: &str, n: u64) -> Result<()> {
-    eventually("the call is under way", Duration::from_secs(10), || async {
-        api.agent(agent)
-            .await
-            .is_ok_and(|info| info.calls_in_flight == n)
-    })
-    .await
+    eventually("the relay exits", limit, || std::future::ready(exited(pid))).await?;
+    Ok(since.elapsed())
 }
 
 /// A relay with agent `a1` online serving `orders` on the internal server.
-async fn world_with_agent() -> Result<(RelayWorld, postern_tests::harness::AgentProcess)> {
+async fn world_with_agent() -> Result<(RelayWorld, AgentProcess)> {
     let w = RelayWorld::start(bins()).await?;
-    let token = w.create_agent("a1").await?;
-    let agent = w.start_agent(&token)?;
-    w.admin.wait_online("a1", true, ONLINE_WITHIN).await?;
+    let agent = w.agent_online("a1").await?.process;
     Ok((w, agent))
 }
 
@@ -73,7 +57,7 @@ async fn sigterm_lets_a_call_under_way_finish_before_agents_are_disconnected() -
         let body = response.bytes().await?;
         anyhow::Ok((status, body))
     });
-    wait_calls_in_flight(&w.admin, "a1", 1).await?;
+    wait_calls_in_flight(&w.admin, "a1", 1, Duration::from_secs(10)).await?;
 
     let pid = w.relay.pid();
     let sent = Instant::now();
@@ -124,7 +108,7 @@ async fn stalled_upload(w: &RelayWorld) -> Result<tokio::net::TcpStream> {
     stream.write_all(head.as_bytes()).await?;
     stream.write_all(&[b'x'; 1000]).await?;
     stream.flush().await?;
-    wait_calls_in_flight(&w.admin, "a1", 1).await?;
+    wait_calls_in_flight(&w.admin, "a1", 1, Duration::from_secs(10)).await?;
     Ok(stream)
 }
 

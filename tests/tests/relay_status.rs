@@ -5,10 +5,10 @@ use std::time::Duration;
 
 use anyhow::Result;
 use postern_tests::harness::Bins;
-use postern_tests::relay_support::{RelayWorld, eventually, send};
+use postern_tests::relay_support::{
+    ONLINE_WITHIN, OnlineAgent, RelayWorld, eventually, send, wait_calls_in_flight,
+};
 use reqwest::Method;
-
-const ONLINE_WITHIN: Duration = Duration::from_secs(15);
 
 fn bins() -> Bins {
     postern_tests::bins!()
@@ -17,12 +17,11 @@ fn bins() -> Bins {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_agent_reports_calls_in_flight_last_seen_and_why_it_left() -> Result<()> {
     let w = RelayWorld::start(bins()).await?;
-    let token = w.create_agent("warehouse-1").await?;
-    let mut agent = w.start_agent(&token)?;
-    let info = w
-        .admin
-        .wait_online("warehouse-1", true, ONLINE_WITHIN)
-        .await?;
+    let OnlineAgent {
+        token,
+        process: mut agent,
+        info,
+    } = w.agent_online("warehouse-1").await?;
     assert_eq!(info.calls_in_flight, 0);
     assert!(info.last_seen.is_some(), "an online agent is seen now");
     assert_eq!(info.last_disconnect_reason, None);
@@ -33,27 +32,10 @@ async fn an_agent_reports_calls_in_flight_last_seen_and_why_it_left() -> Result<
     };
     let a = tokio::spawn(slow(w.admin.clone()));
     let b = tokio::spawn(slow(w.admin.clone()));
-    let api = w.admin.clone();
-    eventually("two calls in flight", Duration::from_secs(3), || {
-        let api = api.clone();
-        async move {
-            api.agent("warehouse-1")
-                .await
-                .is_ok_and(|i| i.calls_in_flight == 2)
-        }
-    })
-    .await?;
+    wait_calls_in_flight(&w.admin, "warehouse-1", 2, Duration::from_secs(3)).await?;
     assert_eq!(a.await??.status(), 200);
     assert_eq!(b.await??.status(), 200);
-    eventually("no call in flight", Duration::from_secs(5), || {
-        let api = api.clone();
-        async move {
-            api.agent("warehouse-1")
-                .await
-                .is_ok_and(|i| i.calls_in_flight == 0)
-        }
-    })
-    .await?;
+    wait_calls_in_flight(&w.admin, "warehouse-1", 0, Duration::from_secs(5)).await?;
 
     // The agent stops (SIGTERM): offline, seen until then, and why.
     agent.terminate()?;
@@ -86,11 +68,7 @@ async fn an_agent_reports_calls_in_flight_last_seen_and_why_it_left() -> Result<
     w.admin
         .wait_online("warehouse-1", true, ONLINE_WITHIN)
         .await?;
-    let other = w.create_agent("warehouse-2").await?;
-    let _other_agent = w.start_agent(&other)?;
-    w.admin
-        .wait_online("warehouse-2", true, ONLINE_WITHIN)
-        .await?;
+    let _other_agent = w.agent_online("warehouse-2").await?;
     let list = send(&w.admin, Method::GET, "/v1/agents", None).await?;
     for agent in list.json["agents"].as_array().cloned().unwrap_or_default() {
         for field in ["calls_in_flight", "last_seen", "last_disconnect_reason"] {
@@ -103,11 +81,7 @@ async fn an_agent_reports_calls_in_flight_last_seen_and_why_it_left() -> Result<
 #[tokio::test(flavor = "multi_thread")]
 async fn every_answer_carries_a_request_id_and_both_logs_hold_it() -> Result<()> {
     let w = RelayWorld::start(bins()).await?;
-    let token = w.create_agent("warehouse-1").await?;
-    let agent = w.start_agent(&token)?;
-    w.admin
-        .wait_online("warehouse-1", true, ONLINE_WITHIN)
-        .await?;
+    let agent = w.agent_online("warehouse-1").await?.process;
 
     // The caller's id is kept, on a call, and shows in the relay's and the agent's log.
     let response = w

@@ -6,11 +6,10 @@ use std::time::Duration;
 use anyhow::Result;
 use postern_tests::harness::{Api, Bins, relay_cli};
 use postern_tests::relay_support::{
-    Answer, RelayWorld, eventually, sample, say_hello, scrape, send, ssh_login,
+    Answer, ONLINE_WITHIN, OnlineAgent, RelayWorld, eventually, sample, say_hello, scrape, send,
+    ssh_login,
 };
 use reqwest::Method;
-
-const ONLINE_WITHIN: Duration = Duration::from_secs(15);
 
 fn bins() -> Bins {
     postern_tests::bins!()
@@ -25,11 +24,11 @@ async fn rotate(api: &Api, grace: Option<&str>) -> Result<Answer> {
 #[tokio::test(flavor = "multi_thread")]
 async fn rotation_drops_the_old_session_and_the_agent_returns_with_the_new_token() -> Result<()> {
     let w = RelayWorld::start(bins()).await?;
-    let old_token = w.create_agent("warehouse-1").await?;
-    let mut agent = w.start_agent(&old_token)?;
-    w.admin
-        .wait_online("warehouse-1", true, ONLINE_WITHIN)
-        .await?;
+    let OnlineAgent {
+        token: old_token,
+        process: mut agent,
+        ..
+    } = w.agent_online("warehouse-1").await?;
 
     let rotated = rotate(&w.admin, None).await?;
     assert_eq!(rotated.status, 200, "{}", rotated.json);
@@ -80,12 +79,11 @@ async fn rotation_drops_the_old_session_and_the_agent_returns_with_the_new_token
 #[tokio::test(flavor = "multi_thread")]
 async fn with_a_grace_period_both_tokens_work_and_the_session_stays() -> Result<()> {
     let w = RelayWorld::start(bins()).await?;
-    let old_token = w.create_agent("warehouse-1").await?;
-    let first = w.start_agent(&old_token)?;
-    let before = w
-        .admin
-        .wait_online("warehouse-1", true, ONLINE_WITHIN)
-        .await?;
+    let OnlineAgent {
+        token: old_token,
+        process: first,
+        info: before,
+    } = w.agent_online("warehouse-1").await?;
 
     let rotated = rotate(&w.admin, Some("5m")).await?;
     assert_eq!(rotated.status, 200, "{}", rotated.json);
@@ -146,11 +144,7 @@ async fn with_a_grace_period_both_tokens_work_and_the_session_stays() -> Result<
 async fn the_cli_rotates_and_the_running_relay_ends_sessions_on_stale_tokens() -> Result<()> {
     let w = RelayWorld::start(bins()).await?;
     let dir = w.state_dir().to_string_lossy().into_owned();
-    let old_token = w.create_agent("warehouse-1").await?;
-    let _agent = w.start_agent(&old_token)?;
-    w.admin
-        .wait_online("warehouse-1", true, ONLINE_WITHIN)
-        .await?;
+    let _agent = w.agent_online("warehouse-1").await?;
 
     // A short grace: the session stays, then is dropped when the grace ends.
     let out = relay_cli(
@@ -217,11 +211,7 @@ async fn the_cli_rotates_and_the_running_relay_ends_sessions_on_stale_tokens() -
 #[tokio::test(flavor = "multi_thread")]
 async fn a_grace_under_a_second_still_keeps_the_session() -> Result<()> {
     let w = RelayWorld::start(bins()).await?;
-    let token = w.create_agent("warehouse-1").await?;
-    let _agent = w.start_agent(&token)?;
-    w.admin
-        .wait_online("warehouse-1", true, ONLINE_WITHIN)
-        .await?;
+    let _agent = w.agent_online("warehouse-1").await?;
     let rotated = rotate(&w.admin, Some("500ms")).await?;
     assert_eq!(rotated.status, 200, "{}", rotated.json);
     let until = rotated.json["old_token_valid_until"]
@@ -318,10 +308,6 @@ async fn a_revoked_agent_retrying_never_blocks_its_address() -> Result<()> {
         f64::from(tries)
     );
 
-    let token = w.create_agent("neighbour").await?;
-    let _agent = w.start_agent(&token)?;
-    w.admin
-        .wait_online("neighbour", true, ONLINE_WITHIN)
-        .await?;
+    let _agent = w.agent_online("neighbour").await?;
     Ok(())
 }
