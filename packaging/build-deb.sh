@@ -3,7 +3,8 @@
 # shell completions (generated from the CLIs), then cargo-deb (`cargo install cargo-deb`).
 #   packaging/build-deb.sh [--no-build] [--fast] [--out DIR]
 # --no-build packages the binaries already in $CARGO_TARGET_DIR/release/ (default target/);
-# --fast compresses less (the tests use it).
+# --fast compresses less (the tests use it); --out (default target/debian/) and
+# $CARGO_TARGET_DIR, when relative, are taken from the caller's folder.
 set -euo pipefail
 
 build=1
@@ -18,6 +19,16 @@ while [ $# -gt 0 ]; do
         *) echo "usage: $0 [--no-build] [--fast] [--out DIR]" >&2; exit 2 ;;
     esac
 done
+# A relative --out or CARGO_TARGET_DIR is the caller's, not the repository's: resolved
+# before the cd below.
+case $out in
+    /*) ;;
+    *) out=$PWD/$out ;;
+esac
+case ${CARGO_TARGET_DIR:-/} in
+    /*) ;;
+    *) export CARGO_TARGET_DIR=$PWD/$CARGO_TARGET_DIR ;;
+esac
 command -v cargo-deb >/dev/null || { echo "cargo-deb is missing: cargo install cargo-deb --locked" >&2; exit 1; }
 
 cd "$root"

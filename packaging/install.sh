@@ -9,6 +9,7 @@
 # --root     install under DIR instead of / (staging; no users, owners or systemctl then).
 # --uninstall removes programs, units, man pages and completions; the config (/etc/postern*)
 #            and state (/var/lib/postern*) stay unless --purge is given too.
+# Where systemd runs (not with --root), installing over a running unit (an upgrade) restarts it.
 set -eu
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -104,7 +105,23 @@ echo "$components" | while IFS=: read -r program unit user etc state; do
         uninstall) uninstall_one "$program" "$unit" "$etc" "$state" ;;
     esac
 done
-if systemd_running; then
-    systemctl daemon-reload
-    say "next: configure, then systemctl enable --now postern-agent (or postern-relay)"
-fi
+systemd_running || exit 0
+systemctl daemon-reload
+[ "$action" = install ] || exit 0
+# Over a running unit (an upgrade) the old program would keep running: try-restart starts
+# the new one and leaves a stopped unit stopped; one not running waits to be configured.
+echo "$components" | {
+    failed=0
+    while IFS=: read -r program unit _ etc _; do
+        [ -x "$bin_dir/$program" ] || continue
+        if ! systemctl is-active --quiet "$unit.service"; then
+            say "next: configure $etc, then systemctl enable --now $unit"
+        elif systemctl try-restart "$unit.service"; then
+            say "restarted $unit.service"
+        else
+            echo "postern install: restarting $unit.service failed: systemctl status $unit" >&2
+            failed=1
+        fi
+    done
+    exit "$failed"
+}

@@ -1,0 +1,514 @@
+//! The packaging scripts run for real, as subprocesses. The Debian maintainer scripts and
+//! `install.sh` (without `--root`) run in a private mount namespace (`unshare -rm`): root
+//! there, with `/etc`, `/var/lib` and `/usr/local` replaced by folders of the test and
+//! `/run` by an empty tmpfs, so nothing on this machine changes; `systemctl`,
+//! `deb-systemd-helper`, `deb-systemd-invoke` and `useradd` are shims that record their
+//! calls. `build-deb.sh` runs as packaging.rs runs it, from another folder. Also the settings
+//! that only matter under the unit or a container runtime: the agent example's
+//! `status_socket` and the relay container's stop timeout.
+
+use std::ffi::OsStr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use postern_tests::harness::output_text;
+use postern_tests::temp::TempDir;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn mode(path: &Path) -> Result<u32> {
+    Ok(std::fs::metadata(path)
+        .with_context(|| path.display().to_string())?
+        .permissions()
+        .mode()
+        & 0o7777)
+}
+
+fn set_mode(path: &Path, mode: u32) -> Result<()> {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| path.display().to_string())
+}
+
+/// Every shim: records its name and arguments; `systemctl is-active --quiet UNIT` answers
+/// as if exactly the units in `$ACTIVE_UNITS` ran.
+const SHIM: &str = r#"#!/bin/sh
+name=$(basename "$0")
+echo "$name $*" >> "$SHIM_LOG"
+if [ "$name" = systemctl ] && [ "$1" = is-active ]; then
+    for unit in $ACTIVE_UNITS; do
+        [ "$unit" = "$3" ] && exit 0
+    done
+    exit 3
+fi
+exit 0
+"#;
+
+const SHIMMED: [&str; 4] = [
+    "systemctl",
+    "deb-systemd-helper",
+    "deb-systemd-invoke",
+    "useradd",
+];
+
+/// Run by `unshare -rm sh -c SETUP sandbox DIR SYSTEMD PROGRAM ARGS…`: the sandbox's folders
+/// over the system's, `/run/systemd/system` when systemd is to seem running, then PROGRAM.
+const SETUP: &str = r#"set -e
+dir=$1 systemd=$2
+shift 2
+mount -t tmpfs tmpfs /run
+if [ "$systemd" = 1 ]; then mkdir -p /run/systemd/system; fi
+mount --bind "$dir/var-lib" /var/lib
+mount --bind "$dir/usr-local" /usr/local
+mount --bind "$dir/etc" /etc
+exec "$@"
+"#;
+
+/// A private mount namespace in which the test is root and the scripts' system folders
+/// are its own. The service users exist there (uid 0: the only one the namespace maps).
+struct Sandbox {
+    dir: TempDir,
+    systemd: bool,
+}
+
+impl Sandbox {
+    /// `None`, after saying why, where this machine cannot make one.
+    fn new(tag: &str, systemd: bool) -> Result<Option<Self>> {
+        let probe = Command::new("unshare")
+            .args(["-rm", "sh", "-c", "mount -t tmpfs tmpfs /run"])
+            .output();
+        match probe {
+            Ok(out) if out.status.success() => {}
+            Ok(out) => {
+                println!(
+                    "SKIPPED: no private mount namespace (unshare -rm): {}",
+                    output_text(&out)
+                );
+                return Ok(None);
+            }
+            Err(e) => {
+                println!("SKIPPED: unshare cannot run: {e}");
+                return Ok(None);
+            }
+        }
+        let dir = TempDir::new(tag)?;
+        for covered in ["/etc", "/run", "/var/lib", "/usr/local"] {
+            if dir.path().starts_with(covered) {
+                println!(
+                    "SKIPPED: the temp folder {} is under {covered}, which the sandbox covers",
+                    dir.path().display()
+                );
+                return Ok(None);
+            }
+        }
+        for sub in ["etc", "var-lib", "usr-local", "shims"] {
+            std::fs::create_dir(dir.path().join(sub))?;
+            set_mode(&dir.path().join(sub), 0o755)?;
+        }
+        let etc = dir.path().join("etc");
+        std::fs::write(
+            etc.join("passwd"),
+            "root:x:0:0:root:/root:/bin/sh\n\
+             postern:x:0:0:postern agent:/var/lib/postern:/usr/sbin/nologin\n\
+             postern-relay:x:0:0:postern relay:/var/lib/postern-relay:/usr/sbin/nologin\n",
+        )?;
+        std::fs::write(
+            etc.join("group"),
+            "root:x:0:\npostern:x:0:\npostern-relay:x:0:\n",
+        )?;
+        std::fs::write(etc.join("nsswitch.conf"), "passwd: files\ngroup: files\n")?;
+        for shim in SHIMMED {
+            let path = dir.path().join("shims").join(shim);
+            std::fs::write(&path, SHIM)?;
+            set_mode(&path, 0o755)?;
+        }
+        std::fs::write(dir.path().join("calls"), "")?;
+        Ok(Some(Self { dir, systemd }))
+    }
+
+    /// Where the sandbox's `/etc/<path>` is seen from outside it.
+    fn etc(&self, path: &str) -> PathBuf {
+        self.dir.path().join("etc").join(path)
+    }
+
+    fn var_lib(&self, path: &str) -> PathBuf {
+        self.dir.path().join("var-lib").join(path)
+    }
+
+    fn usr_local(&self, path: &str) -> PathBuf {
+        self.dir.path().join("usr-local").join(path)
+    }
+
+    /// The shims' calls since the last [`Sandbox::forget_calls`], one a line.
+    fn calls(&self) -> Result<Vec<String>> {
+        Ok(std::fs::read_to_string(self.dir.path().join("calls"))?
+            .lines()
+            .map(str::to_owned)
+            .collect())
+    }
+
+    fn forget_calls(&self) -> Result<()> {
+        Ok(std::fs::write(self.dir.path().join("calls"), "")?)
+    }
+
+    /// `program args…` in the sandbox, with `active_units` running as far as systemctl says.
+    fn run<S: AsRef<OsStr>>(
+        &self,
+        active_units: &str,
+        program: &str,
+        args: &[S],
+    ) -> Result<Output> {
+        let path = format!(
+            "{}:{}",
+            self.dir.path().join("shims").display(),
+            std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into())
+        );
+        Command::new("unshare")
+            .args(["-rm", "sh", "-c", SETUP, "sandbox"])
+            .arg(self.dir.path())
+            .arg(if self.systemd { "1" } else { "0" })
+            .arg(program)
+            .args(args)
+            .env("PATH", path)
+            .env("SHIM_LOG", self.dir.path().join("calls"))
+            .env("ACTIVE_UNITS", active_units)
+            .output()
+            .with_context(|| format!("running {program} in the sandbox"))
+    }
+}
+
+/// The relay's postinst must configure whatever is left of the admin's files: dpkg does not
+/// bring back a conffile the admin deleted, and under `set -e` a chown of it would leave the
+/// package half-configured.
+#[test]
+fn maintainer_scripts_configure_without_the_files_the_admin_deleted() -> Result<()> {
+    let Some(sandbox) = Sandbox::new("postinst", false)? else {
+        return Ok(());
+    };
+    let relay_postinst = repo().join("packaging/debian/relay/postinst");
+    let configure = |postinst: &Path, previous: &str| -> Result<()> {
+        let out = sandbox.run(
+            "",
+            "sh",
+            &[
+                postinst.as_os_str(),
+                "configure".as_ref(),
+                previous.as_ref(),
+            ],
+        )?;
+        if !out.status.success() {
+            bail!(
+                "{} configure {previous:?} failed: {}",
+                postinst.display(),
+                output_text(&out)
+            );
+        }
+        Ok(())
+    };
+
+    // An upgrade after the admin deleted relay.toml: dpkg leaves the folder, not the file.
+    let etc = sandbox.etc("postern-relay");
+    std::fs::create_dir(&etc)?;
+    set_mode(&etc, 0o755)?;
+    configure(&relay_postinst, "0.1.0-1")?;
+    assert!(
+        !etc.join("relay.toml").exists(),
+        "a conffile the admin deleted stays deleted"
+    );
+    assert_eq!(mode(&etc)?, 0o750);
+    assert_eq!(mode(&sandbox.var_lib("postern-relay"))?, 0o700);
+    // The admin deleted the whole folder.
+    std::fs::remove_dir(&etc)?;
+    configure(&relay_postinst, "0.1.0-1")?;
+
+    // The first install, relay.toml as dpkg unpacked it: it gets the relay's group and 0640.
+    std::fs::create_dir(&etc)?;
+    std::fs::write(etc.join("relay.toml"), "# the packaged example\n")?;
+    set_mode(&etc.join("relay.toml"), 0o644)?;
+    sandbox.forget_calls()?;
+    configure(&relay_postinst, "")?;
+    assert_eq!(mode(&etc)?, 0o750);
+    assert_eq!(mode(&etc.join("relay.toml"))?, 0o640);
+    assert_eq!(
+        sandbox.calls()?,
+        ["deb-systemd-helper enable postern-relay.service"],
+        "enabled on the first install; no systemctl where systemd does not run"
+    );
+
+    // The agent's postinst makes its folders again (the admin's files in them are not its).
+    configure(&repo().join("packaging/debian/agent/postinst"), "0.1.0-1")?;
+    assert_eq!(mode(&sandbox.etc("postern"))?, 0o700);
+    assert_eq!(mode(&sandbox.var_lib("postern"))?, 0o700);
+    Ok(())
+}
+
+/// Re-running install.sh over running units restarts them (else the old program keeps
+/// running); `--uninstall` says only what it did; `--root` staging leaves systemd alone.
+#[test]
+fn install_sh_restarts_running_units_and_uninstall_says_only_what_it_did() -> Result<()> {
+    let Some(sandbox) = Sandbox::new("install-sh-systemd", true)? else {
+        return Ok(());
+    };
+    let bins = sandbox.dir.path().join("bin");
+    std::fs::create_dir(&bins)?;
+    std::fs::copy(env!("CARGO_BIN_EXE_e2e-postern"), bins.join("postern"))?;
+    std::fs::copy(
+        env!("CARGO_BIN_EXE_e2e-postern-relay"),
+        bins.join("postern-relay"),
+    )?;
+    let script = repo().join("packaging/install.sh");
+    let install = |active: &str, extra: &[&OsStr]| -> Result<String> {
+        let mut args = vec![script.as_os_str(), "--bin-dir".as_ref(), bins.as_os_str()];
+        args.extend_from_slice(extra);
+        let out = sandbox.run(active, "sh", &args)?;
+        if !out.status.success() {
+            bail!("install.sh {extra:?} failed: {}", output_text(&out));
+        }
+        Ok(output_text(&out))
+    };
+    let both = "postern-agent.service postern-relay.service";
+
+    // Staged with --root: not a word to systemctl, even with both units running.
+    let stage = sandbox.dir.path().join("stage");
+    let said = install(both, &["--root".as_ref(), stage.as_os_str()])?;
+    assert!(stage.join("usr/local/bin/postern").exists());
+    assert_eq!(sandbox.calls()?, Vec::<String>::new(), "{said}");
+    assert!(
+        !said.contains("next:") && !said.contains("restarted"),
+        "{said}"
+    );
+
+    // First install: nothing runs yet, so each unit waits to be configured and enabled.
+    let said = install("", &[])?;
+    assert!(sandbox.usr_local("bin/postern").exists());
+    assert!(sandbox.etc("systemd/system/postern-relay.service").exists());
+    let calls = sandbox.calls()?;
+    assert!(
+        calls.contains(&"systemctl daemon-reload".into()),
+        "{calls:?}"
+    );
+    assert!(
+        !calls.iter().any(|c| c.contains("restart")),
+        "nothing ran, nothing restarts: {calls:?}"
+    );
+    for unit in ["postern-agent", "postern-relay"] {
+        assert!(
+            said.contains(&format!("systemctl enable --now {unit}\n")),
+            "{said}"
+        );
+    }
+
+    // The upgrade over a running agent (the relay stopped): after daemon-reload the agent
+    // restarts with the new program; the relay is neither started nor enabled.
+    sandbox.forget_calls()?;
+    let said = install("postern-agent.service", &[])?;
+    let calls = sandbox.calls()?;
+    let at = |call: &str| calls.iter().position(|c| c == call);
+    let reload = at("systemctl daemon-reload").context("no daemon-reload")?;
+    let restart = at("systemctl try-restart postern-agent.service")
+        .with_context(|| format!("the running agent is not restarted: {calls:?}"))?;
+    assert!(reload < restart, "{calls:?}");
+    assert!(
+        !calls.iter().any(|c| c.contains("postern-relay.service")
+            && ["start", "restart", "enable"]
+                .iter()
+                .any(|verb| c.starts_with(&format!("systemctl {verb} ")))),
+        "the stopped relay stays stopped: {calls:?}"
+    );
+    assert!(said.contains("restarted postern-agent.service"), "{said}");
+
+    // Uninstall: the units stop and go; no advice to configure or enable them.
+    sandbox.forget_calls()?;
+    let said = install(both, &["--uninstall".as_ref()])?;
+    assert!(!sandbox.usr_local("bin/postern").exists());
+    assert!(
+        said.contains("removed postern\n") && said.contains("removed postern-relay\n"),
+        "{said}"
+    );
+    assert!(
+        !said.contains("next:") && !said.contains("enable"),
+        "uninstall says only what it did: {said}"
+    );
+    let calls = sandbox.calls()?;
+    for call in [
+        "systemctl disable --now postern-agent.service",
+        "systemctl disable --now postern-relay.service",
+        "systemctl daemon-reload",
+    ] {
+        assert!(calls.contains(&call.into()), "{call}: {calls:?}");
+    }
+    assert!(!calls.iter().any(|c| c.contains("restart")), "{calls:?}");
+    Ok(())
+}
+
+/// Removes a path the test may have made outside its temp folder, when the test ends.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A relative `--out` (and `CARGO_TARGET_DIR`) is the caller's folder, not the repository's.
+#[test]
+fn build_deb_takes_relative_paths_from_the_callers_folder() -> Result<()> {
+    if !Command::new("sh")
+        .args(["-c", "command -v cargo-deb"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        println!("SKIPPED: cargo-deb is missing (cargo install cargo-deb --locked)");
+        return Ok(());
+    }
+    let dir = TempDir::new("build-deb-out")?;
+    // The binaries under test by their product names, as packaging.rs stages them.
+    let release = dir.path().join("stage/release");
+    std::fs::create_dir_all(&release)?;
+    std::fs::copy(env!("CARGO_BIN_EXE_e2e-postern"), release.join("postern"))?;
+    std::fs::copy(
+        env!("CARGO_BIN_EXE_e2e-postern-relay"),
+        release.join("postern-relay"),
+    )?;
+    let out = format!("debs-{}", std::process::id());
+    // Where a relative --out used to land.
+    let _stray = RemoveOnDrop(repo().join(&out));
+    let built = Command::new("bash")
+        .arg(repo().join("packaging/build-deb.sh"))
+        .args(["--no-build", "--fast", "--out", &out])
+        .current_dir(dir.path())
+        .env("CARGO_TARGET_DIR", "stage")
+        .output()?;
+    assert!(built.status.success(), "{}", output_text(&built));
+    assert!(
+        !repo().join(&out).exists(),
+        "the packages went into the repository"
+    );
+    let mut debs: Vec<String> = std::fs::read_dir(dir.path().join(&out))
+        .with_context(|| format!("no {out} in the caller's folder: {}", output_text(&built)))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".deb"))
+        .collect();
+    debs.sort();
+    assert_eq!(debs.len(), 2, "{debs:?}");
+    assert!(debs[0].starts_with("postern-relay_") && debs[1].starts_with("postern_"));
+    assert!(
+        release.join("postern-assets/postern.1.gz").exists(),
+        "man pages and completions come from the caller's CARGO_TARGET_DIR"
+    );
+    Ok(())
+}
+
+/// `KEY=value` lines of a unit or a Containerfile-style text.
+fn values<'a>(text: &'a str, key: &str) -> Vec<&'a str> {
+    let prefix = format!("{key}=");
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix(prefix.as_str()))
+        .collect()
+}
+
+/// Docker's default stop timeout (10 s) is shorter than the relay's drain: the documented
+/// `docker run` gives the unit's TimeoutStopSec.
+#[test]
+fn container_run_line_waits_for_the_relays_drain() -> Result<()> {
+    let file = std::fs::read_to_string(repo().join("packaging/relay.Containerfile"))?;
+    let mut run = String::new();
+    for line in file
+        .lines()
+        .skip_while(|l| !l.starts_with("#   docker run "))
+    {
+        let Some(part) = line.strip_prefix("#   ") else {
+            break;
+        };
+        run.push_str(part.trim().trim_end_matches('\\'));
+        run.push(' ');
+        if !line.ends_with('\\') {
+            break;
+        }
+    }
+    let words: Vec<&str> = run.split_whitespace().collect();
+    let timeout = words
+        .iter()
+        .position(|w| *w == "--stop-timeout")
+        .and_then(|i| words.get(i + 1))
+        .with_context(|| format!("no --stop-timeout in the documented `{run}`"))?;
+    let timeout = Duration::from_secs(timeout.parse()?);
+
+    let unit = std::fs::read_to_string(repo().join("packaging/systemd/postern-relay.service"))?;
+    let unit_stop = humantime::parse_duration(values(&unit, "TimeoutStopSec")[0])?;
+    assert_eq!(
+        timeout, unit_stop,
+        "the container waits as long as the unit"
+    );
+    let example = std::fs::read_to_string(repo().join("packaging/relay.example.toml"))?;
+    let grace = example
+        .lines()
+        .find_map(|l| l.strip_prefix("shutdown_grace = "))
+        .context("no shutdown_grace in relay.example.toml")?;
+    let grace = humantime::parse_duration(grace.trim_matches('"'))?;
+    // The drain, then up to 3 s of goodbyes to the agents.
+    assert!(timeout > grace + Duration::from_secs(3), "{timeout:?}");
+    Ok(())
+}
+
+/// Uncommented, the example's `status_socket` must be a place the unit can make a socket:
+/// ProtectSystem=strict leaves /etc/postern read-only.
+#[test]
+fn agent_example_status_socket_works_under_the_unit() -> Result<()> {
+    let example = std::fs::read_to_string(repo().join("packaging/agent.example.toml"))?;
+    let commented = example
+        .lines()
+        .find(|l| l.starts_with("# status_socket = "))
+        .context("no commented status_socket in agent.example.toml")?;
+    let uncommented = commented.trim_start_matches("# ");
+    let value = uncommented
+        .split_once('=')
+        .map(|(_, v)| v.trim().trim_matches('"'))
+        .context("status_socket has no value")?;
+
+    // The agent takes it as the config's: the example still loads, and `status` looks there.
+    let dir = TempDir::new("status-socket")?;
+    let config = dir.write_private("agent.toml", &example.replace(commented, uncommented))?;
+    let status = Command::new(env!("CARGO_BIN_EXE_e2e-postern"))
+        .args(["status", "--config"])
+        .arg(&config)
+        .output()?;
+    let said = output_text(&status);
+    assert_eq!(status.status.code(), Some(2), "no agent runs: {said}");
+    let here = dir.path().join(value);
+    assert!(said.contains(&here.display().to_string()), "{said}");
+
+    // Under the unit: its config's folder, and the only folders it may write.
+    let unit = std::fs::read_to_string(repo().join("packaging/systemd/postern-agent.service"))?;
+    assert_eq!(values(&unit, "ProtectSystem"), ["strict"]);
+    let exec = values(&unit, "ExecStart")[0];
+    let config = exec
+        .split_whitespace()
+        .skip_while(|w| *w != "--config")
+        .nth(1)
+        .context("ExecStart has no --config")?;
+    let socket = Path::new(config)
+        .parent()
+        .context("config without a folder")?
+        .join(value);
+    let mut writable: Vec<PathBuf> = Vec::new();
+    for (key, base) in [("RuntimeDirectory", "/run"), ("StateDirectory", "/var/lib")] {
+        for names in values(&unit, key) {
+            writable.extend(names.split_whitespace().map(|n| Path::new(base).join(n)));
+        }
+    }
+    for paths in values(&unit, "ReadWritePaths") {
+        writable.extend(paths.split_whitespace().map(PathBuf::from));
+    }
+    assert!(
+        writable.iter().any(|w| socket.starts_with(w)),
+        "under the unit the socket would be {}, outside what it may write: {writable:?}",
+        socket.display()
+    );
+    Ok(())
+}
