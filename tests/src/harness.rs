@@ -91,6 +91,24 @@ impl Logs {
     }
 }
 
+/// Starts `command` at log level info with its stderr kept in `Logs`; the lines also
+/// come through the receiver as they arrive.
+fn spawn_logged(
+    command: &mut Command,
+    what: &str,
+) -> Result<(Child, Logs, mpsc::Receiver<String>)> {
+    let mut child = command
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting the {what}"))?;
+    let logs = Logs::default();
+    let lines = capture(&mut child, &logs);
+    Ok((child, logs, lines))
+}
+
 fn capture(child: &mut Child, logs: &Logs) -> mpsc::Receiver<String> {
     let (tx, rx) = mpsc::channel();
     if let Some(stderr) = child.stderr.take() {
@@ -143,15 +161,7 @@ impl RelayProcess {
     /// Starts a relay `serve` command made elsewhere (as a service unit would run it);
     /// returns once it listens.
     pub fn spawn(mut command: Command, state_dir: &Path) -> Result<Self> {
-        let mut child = command
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("starting the relay")?;
-        let logs = Logs::default();
-        let lines = capture(&mut child, &logs);
+        let (child, logs, lines) = spawn_logged(&mut command, "relay")?;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -228,15 +238,7 @@ impl AgentProcess {
 
     /// Starts an agent `run` command made elsewhere (as a service unit would run it).
     pub fn spawn(mut command: Command) -> Result<Self> {
-        let mut child = command
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("starting the agent")?;
-        let logs = Logs::default();
-        let _lines = capture(&mut child, &logs);
+        let (child, logs, _lines) = spawn_logged(&mut command, "agent")?;
         Ok(Self { child, logs })
     }
 

@@ -160,6 +160,17 @@ fn config_with_relays(w: &RelayWorld, token: &str, relay_line: &str) -> Result<P
     Ok(w.dir.write_private("agent.toml", &text)?)
 }
 
+/// A config for agent `a1` on the world's relay that reads `token` from the file
+/// `token` beside it, with connection `orders`.
+fn token_file_config(w: &RelayWorld, token: &str) -> String {
+    agent_config(w.relay.ssh, &w.relay.fingerprint, token, "")
+        .replace(&format!("token = \"{token}\""), "token_file = \"token\"")
+        + &format!(
+            "[connections.orders]\nbase_uri = \"{}\"\n",
+            w.internal.base_uri()
+        )
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_relay_silent_during_authentication_is_given_up_and_the_next_one_tried() -> Result<()> {
     let w = RelayWorld::start(postern_tests::bins!()).await?;
@@ -282,12 +293,7 @@ async fn token_set_writes_the_token_file_the_config_names() -> Result<()> {
     let w = RelayWorld::start(postern_tests::bins!()).await?;
     let token = w.create_agent("a1").await?;
     let token_file = w.dir.write_private("token", &format!("{token}\n"))?;
-    let text = agent_config(w.relay.ssh, &w.relay.fingerprint, &token, "")
-        .replace(&format!("token = \"{token}\""), "token_file = \"token\"")
-        + &format!(
-            "[connections.orders]\nbase_uri = \"{}\"\n",
-            w.internal.base_uri()
-        );
+    let text = token_file_config(&w, &token);
     let config = w.dir.write_private("agent.toml", &text)?;
     if is_root() {
         // As with `sudo postern token set` on the service user's files.
@@ -470,12 +476,7 @@ async fn a_sighup_while_the_agent_starts_reloads_once_it_is_ready() -> Result<()
         .arg(&fifo)
         .status()?;
     assert!(made.success(), "mkfifo");
-    let text = agent_config(w.relay.ssh, &w.relay.fingerprint, &token, "")
-        .replace(&format!("token = \"{token}\""), "token_file = \"token\"")
-        + &format!(
-            "[connections.orders]\nbase_uri = \"{}\"\n",
-            w.internal.base_uri()
-        );
+    let text = token_file_config(&w, &token);
     let config = w.dir.write_private("agent.toml", &text)?;
     let mut agent = AgentProcess::start(&w.bins, &config)?;
 
