@@ -598,6 +598,51 @@ async fn connections_and_the_token_are_managed_from_the_cli() -> Result<()> {
         None,
     )?;
     assert!(ok, "{text}");
+    // Values keep the type they were written with: a numeric kid is still a string.
+    let (ok, text) = agent(
+        &[
+            "connection",
+            "add",
+            "typed",
+            "--base-uri",
+            "http://127.0.0.1:9/x",
+            "--auth",
+            "jwt_bearer",
+            "--algorithm",
+            "HS256",
+            "--secret-file",
+            "hmac.txt",
+            "--header",
+            "kid=1",
+            "--payload",
+            "sub=0012",
+            "--payload",
+            "ref=\"42\"",
+            "--payload",
+            "n=42",
+        ],
+        None,
+    )?;
+    assert!(ok, "{text}");
+    let (ok, text) = agent(&["jwt", "sign", "--connection", "typed"], None)?;
+    assert!(ok, "{text}");
+    let jwt = text
+        .lines()
+        .find(|l| l.matches('.').count() == 2)
+        .context("no JWT printed")?;
+    let part = |i: usize| -> Result<serde_json::Value> {
+        use base64::Engine;
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(jwt.split('.').nth(i).unwrap_or_default())?;
+        Ok(serde_json::from_slice(&bytes)?)
+    };
+    let (header, claims) = (part(0)?, part(1)?);
+    assert_eq!(header["kid"], "1", "{header}");
+    assert_eq!(claims["sub"], "0012", "{claims}");
+    assert_eq!(claims["ref"], "42", "{claims}");
+    assert_eq!(claims["n"], 42, "{claims}");
+    let (ok, text) = agent(&["connection", "remove", "typed"], None)?;
+    assert!(ok, "{text}");
     let (ok, text) = agent(&["connection", "remove", "inline"], None)?;
     assert!(ok, "{text}");
     assert!(!std::fs::read_to_string(&config)?.contains("[connections.inline"));

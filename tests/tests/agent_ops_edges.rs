@@ -580,3 +580,30 @@ async fn secrets_from_the_services_environment_do_not_block_edits() -> Result<()
     assert!(!std::fs::read_to_string(&config)?.contains("connections.web"));
     Ok(())
 }
+
+/// Run as root, `init` gives a new config to its folder's owner: `sudo postern init` into
+/// the .deb's /etc/postern (the `postern` user's) must leave a config the service can read.
+#[test]
+fn init_as_root_gives_a_new_config_to_its_folders_owner() -> Result<()> {
+    if !is_root() {
+        println!("SKIPPED init ownership test: needs root");
+        return Ok(());
+    }
+    let init = |config: &Path| -> Result<(u32, u32, u32)> {
+        let out = agent_command(&postern_tests::bins!(), config, &["init"])
+            .args(["--relay", "127.0.0.1:2222", "--fingerprint"])
+            .arg("SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU")
+            .env("POSTERN_TOKEN", postern_tests::harness::unknown_token())
+            .output()?;
+        anyhow::ensure!(out.status.success(), "{}", output_text(&out));
+        owner_mode(config)
+    };
+    let dir = postern_tests::temp::TempDir::new("init-owner")?;
+    let folder = dir.path().join("etc-postern");
+    std::fs::create_dir(&folder)?;
+    std::os::unix::fs::chown(&folder, Some(NOBODY), Some(NOBODY))?;
+    assert_eq!(init(&folder.join("agent.toml"))?, (NOBODY, NOBODY, 0o600));
+    // A folder root owns keeps root's files root's.
+    assert_eq!(init(&dir.path().join("agent.toml"))?, (0, 0, 0o600));
+    Ok(())
+}

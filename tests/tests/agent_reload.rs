@@ -368,3 +368,46 @@ async fn connection_test_runs_in_the_running_agent_with_its_environment() -> Res
     );
     Ok(())
 }
+
+/// A connection test running in the agent does not hold up the agent's stop: on SIGTERM
+/// it ends at once and its caller hears why, instead of the agent waiting out the
+/// connection's timeout.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_connection_test_in_the_agent_ends_when_the_agent_stops() -> Result<()> {
+    let x = world().await?;
+    let w = &x.w;
+    // Takes the connection into its backlog and never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let connections = format!(
+        "[connections.silent]\nbase_uri = \"http://{}\"\ntimeout = \"30s\"\n",
+        silent.local_addr()?
+    );
+    let text = agent_config(w.relay.ssh, &w.relay.fingerprint, &x.token, &connections);
+    let config = w.dir.write_private("agent.toml", &text)?;
+    let mut agent = AgentProcess::start(&w.bins, &config)?;
+    w.admin
+        .wait_online("a1", true, Duration::from_secs(15))
+        .await?;
+
+    let test = agent_command(&w.bins, &config, &["connection", "test", "silent"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    // The request is sent and waits for an answer that never comes.
+    std::thread::sleep(Duration::from_secs(1));
+    let stopping = Instant::now();
+    agent.terminate()?;
+    let took = stopping.elapsed();
+    let out = test.wait_with_output()?;
+    assert!(
+        took < Duration::from_secs(10),
+        "the agent took {took:?} to stop"
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
+    assert!(
+        output_text(&out).contains("the agent stopped before the test finished"),
+        "{}",
+        output_text(&out)
+    );
+    Ok(())
+}

@@ -440,10 +440,7 @@ async fn a_wrong_token_is_refused() -> Result<()> {
     create_agent(&bins, &state, "warehouse-1")?;
     let api = Api::new(relay.api_base(), create_api_key(&bins, &state, "platform")?);
     // Well-formed (right prefix and checksum) but never issued by this relay.
-    let (_, foreign) = {
-        let other = TempDir::new("foreign")?;
-        create_agent(&bins, other.path(), "warehouse-1")?
-    };
+    let foreign = postern_tests::harness::unknown_token();
     let config = dir.write_private(
         "agent.toml",
         &agent_config(

@@ -1,6 +1,7 @@
 //! What the real `postern` and `postern-relay` binaries print: output into a pipe the
 //! reader has closed (`| head -1`), fingerprint and load errors, the no-agent hint, the
-//! wrong-fingerprint log line, and the relay's list and suggestion texts.
+//! wrong-fingerprint log line, and the relay's list and suggestion texts and its refusal
+//! of a folder without a store.
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -273,7 +274,8 @@ async fn status_relay_output_and_the_wrong_fingerprint_line() -> Result<()> {
     )?;
     assert!(revoked.contains("within a second"), "{revoked}");
     let created = relay_cli(&bins, &["agent", "create", "a3", "--state-dir", &state])?;
-    let suggested = format!("$(postern-relay fingerprint --state-dir {state})");
+    // The agent's machine has no relay state: the fingerprint is printed, not a command.
+    let suggested = format!("--fingerprint {}\n", t.relay.fingerprint);
     assert!(created.contains(&suggested), "{created}");
 
     // The agent refuses the relay: that is what its log must say.
@@ -294,5 +296,33 @@ async fn status_relay_output_and_the_wrong_fingerprint_line() -> Result<()> {
         "{logs}"
     );
     assert!(!logs.contains("relay refused this agent"), "{logs}");
+    Ok(())
+}
+
+/// The management commands work on the store `serve` made: a mistyped folder gets an
+/// error naming it, and no store of its own.
+#[test]
+fn relay_management_commands_refuse_a_folder_without_a_store() -> Result<()> {
+    let bins = bins();
+    let dir = TempDir::new("no-store")?;
+    let typo = dir.path().join("postern-rleay");
+    let state = typo.display().to_string();
+    for args in [
+        vec!["agent", "create", "a1", "--state-dir", &state],
+        vec!["agent", "list", "--state-dir", &state],
+        vec!["apikey", "create", "k", "--state-dir", &state],
+    ] {
+        let out = Command::new(&bins.relay)
+            .args(&args)
+            .stdin(Stdio::null())
+            .output()?;
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert!(
+            stderr(&out).contains(&format!("no relay store at {state}/relay.db")),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+        assert!(!typo.exists(), "{args:?} made {state}");
+    }
     Ok(())
 }

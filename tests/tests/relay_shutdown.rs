@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use postern_tests::harness::{AgentProcess, Bins, RelayProcess, create_agent, open_fds, signal};
+use postern_tests::harness::{AgentProcess, Bins, RelayProcess, open_fds, signal};
 use postern_tests::relay_support::{
     ONLINE_WITHIN, RelayWorld, eventually, sample, scrape, ssh_login, wait_calls_in_flight,
 };
@@ -176,7 +176,8 @@ async fn a_sighup_while_the_relay_starts_does_not_kill_it() -> Result<()> {
     let dir = postern_tests::temp::TempDir::new("relay-hup")?;
     let state = dir.path().join("relay");
     let bins = bins();
-    create_agent(&bins, &state, "a1")?;
+    // The store as a first start leaves it (the CLI works only on one `serve` made).
+    drop(postern_relay::store::SqliteStore::open_in(&state)?);
     let db = state.join("relay.db");
     // The store waits for the lock (up to 5 s), holding the start in its slow part.
     let mut lock = lock_database(&db)?;
