@@ -27,6 +27,11 @@ pub struct Reloader {
 }
 
 impl Reloader {
+    /// The config file it reloads.
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
     pub fn new(
         path: PathBuf,
         config: watch::Sender<Arc<AgentConfig>>,

@@ -35,6 +35,9 @@ pub struct StatusReport {
     /// The [`file_digest`](crate::config::file_digest) of the config file in force.
     #[serde(default)]
     pub config_digest: Option<String>,
+    /// The config file the agent runs (and reloads), absolute.
+    #[serde(default)]
+    pub config_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -75,6 +78,7 @@ pub fn report(state: &TunnelState, config: &AgentConfig, calls: &Contexts) -> St
             })
             .collect(),
         config_digest: config.file_digest.clone(),
+        config_file: None,
     }
 }
 
@@ -198,10 +202,13 @@ impl StatusServer {
         let mut line = String::new();
         let mut reader = BufReader::new(read.take(256));
         let _ = tokio::time::timeout(REQUEST_TIMEOUT, reader.read_line(&mut line)).await;
-        let line = line.trim();
-        let body = match line {
-            _ if line.starts_with(TEST) && line[TEST.len()..].starts_with(' ') => {
-                let name = line[TEST.len()..].trim();
+        let line = line.trim_end_matches(['\r', '\n']);
+        let test = line
+            .strip_prefix(TEST)
+            .filter(|rest| rest.is_empty() || rest.starts_with(' '));
+        let body = match line.trim() {
+            _ if test.is_some() => {
+                let name = test.unwrap_or_default().trim();
                 match self.calls.get(name) {
                     // A test may take several of the connection's timeouts; the agent's
                     // stop must not wait for it.
@@ -243,7 +250,11 @@ impl StatusServer {
             }
             _ => {
                 let config = self.config.borrow().clone();
-                let report = report(&self.state.borrow(), &config, &self.calls.snapshot());
+                let mut report = report(&self.state.borrow(), &config, &self.calls.snapshot());
+                // Absolute, so a CLI started elsewhere can tell whether it is its file.
+                report.config_file = self.reloader.as_ref().map(|r| {
+                    std::fs::canonicalize(r.path()).unwrap_or_else(|_| r.path().to_owned())
+                });
                 serde_json::to_vec(&report)
             }
         };

@@ -319,8 +319,8 @@ async fn connection_test_runs_in_the_running_agent_with_its_environment() -> Res
         .await?;
 
     // The admin's shell has no ERP_JWT_SECRET.
-    let test = || -> Result<(Option<i32>, String, String)> {
-        let out = agent_command(&w.bins, &config, &["connection", "test", "erp"])
+    let test_with = |config: &Path| -> Result<(Option<i32>, String, String)> {
+        let out = agent_command(&w.bins, config, &["connection", "test", "erp"])
             .env_remove("ERP_JWT_SECRET")
             .output()?;
         Ok((
@@ -329,6 +329,7 @@ async fn connection_test_runs_in_the_running_agent_with_its_environment() -> Res
             String::from_utf8_lossy(&out.stderr).into_owned(),
         ))
     };
+    let test = || test_with(&config);
     let (code, stdout, stderr) = test()?;
     assert_eq!(code, Some(0), "{stdout}{stderr}");
     assert!(
@@ -345,7 +346,7 @@ async fn connection_test_runs_in_the_running_agent_with_its_environment() -> Res
     let (code, stdout, stderr) = test()?;
     assert_eq!(code, Some(1), "{stdout}{stderr}");
     assert!(
-        stderr.contains("is not") && stderr.contains("testing the file from this shell"),
+        stderr.contains("edited since the running agent last loaded it"),
         "{stderr}"
     );
     assert!(stderr.contains("ERP_JWT_SECRET"), "{stderr}");
@@ -357,6 +358,19 @@ async fn connection_test_runs_in_the_running_agent_with_its_environment() -> Res
     assert_eq!(code, Some(0), "{stdout}{stderr}");
     assert!(stderr.contains("tested by the running agent"), "{stderr}");
     assert_eq!(erp.requests().len(), 2);
+
+    // Another file whose socket is the running agent's: tested here, and said why.
+    let other = w
+        .dir
+        .write_private("other.toml", &format!("{text}# another\n"))?;
+    let (code, stdout, stderr) = test_with(&other)?;
+    assert_eq!(code, Some(1), "{stdout}{stderr}");
+    let runs = format!(
+        "runs {}, not this file",
+        std::fs::canonicalize(&config)?.display()
+    );
+    assert!(stderr.contains(&runs), "{stderr}");
+    assert_eq!(erp.requests().len(), 2, "nothing was sent from the shell");
 
     let out = agent_cli(&w.bins, &config, &["connection", "test", "nope"])?;
     assert_eq!(out.status.code(), Some(1));

@@ -326,3 +326,49 @@ fn relay_management_commands_refuse_a_folder_without_a_store() -> Result<()> {
     }
     Ok(())
 }
+
+/// `connection test` runs in the agent only when that is sure to test this file: an agent
+/// too old to say which config it runs, or something else on the socket, sends it to the
+/// shell, with the reason on stderr.
+#[test]
+fn connection_test_falls_back_to_the_shell_and_says_why() -> Result<()> {
+    use std::io::{BufRead, BufReader, Write};
+
+    let dir = TempDir::new("conntest-fallback")?;
+    let config = dir.write_private(
+        "agent.toml",
+        &offline_agent_config(
+            "127.0.0.1:1",
+            "status_socket = \"agent.sock\"\n[connections.dead]\nbase_uri = \"http://127.0.0.1:9\"\ntimeout = \"2s\"\n",
+        ),
+    )?;
+    let old_agent = r#"{"agent_version":"0.0.9","relays":[],"connected":true,"connected_since":null,"agent_name":null,"last_error":null,"reconnects":0,"connections":{}}"#;
+    for (answer, why) in [
+        (old_agent, "is older than this postern"),
+        ("hello", "is not a postern agent"),
+    ] {
+        let listener = std::os::unix::net::UnixListener::bind(dir.path().join("agent.sock"))?;
+        let daemon = std::thread::spawn(move || -> Result<String> {
+            let (stream, _) = listener.accept()?;
+            let mut line = String::new();
+            BufReader::new(&stream).read_line(&mut line)?;
+            (&stream).write_all(answer.as_bytes())?;
+            Ok(line)
+        });
+        let out = agent_cli(&bins(), &config, &["connection", "test", "dead"])?;
+        let asked = daemon
+            .join()
+            .map_err(|_| anyhow::anyhow!("the fake daemon panicked"))??;
+        std::fs::remove_file(dir.path().join("agent.sock"))?;
+        assert_eq!(asked, "status\n", "only the status was asked");
+        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+        assert!(stderr(&out).contains(why), "{}", stderr(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stdout)
+                .contains("FAIL  tcp    cannot connect to 127.0.0.1:9"),
+            "tested from the shell: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    Ok(())
+}

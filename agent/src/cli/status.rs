@@ -44,32 +44,65 @@ fn send(mut stream: UnixStream, command: &str) -> Result<String> {
 pub(crate) fn test_in_agent(config_path: &Path, name: &str) -> Result<Option<TestReport>> {
     let (file, digest) = ConfigFile::read_with_digest(config_path)?;
     let socket = socket_in(&file, config_path);
-    let connect = || UnixStream::connect(&socket);
-    let status = match connect() {
-        Ok(stream) => send(stream, crate::status::STATUS)?,
-        Err(_) => {
-            eprintln!(
-                "no agent answers on {}: testing from this shell, with its environment",
-                socket.display()
-            );
-            return Ok(None);
-        }
-    };
-    let running: StatusReport =
-        serde_json::from_str(&status).context("the daemon sent no valid status")?;
-    if running.config_digest.as_deref() != Some(digest.as_str()) {
+    let here = |why: String| {
         eprintln!(
-            "the running agent's config is not {} as it is now (edited since its last \
-             reload?): testing the file from this shell, with its environment; \
-             `postern reload` applies it",
+            "{why}: testing {} from this shell, with its environment",
             config_path.display()
         );
-        return Ok(None);
+        Ok(None)
+    };
+    let connect = || {
+        let stream = UnixStream::connect(&socket)?;
+        // A daemon that hangs must not hang the test with it.
+        stream.set_read_timeout(Some(STATUS_WAIT))?;
+        Ok::<_, std::io::Error>(stream)
+    };
+    let status = match connect()
+        .map_err(anyhow::Error::from)
+        .and_then(|s| send(s, crate::status::STATUS))
+    {
+        Ok(text) => text,
+        Err(e) => return here(format!("no agent answers on {} ({e:#})", socket.display())),
+    };
+    let Ok(running) = serde_json::from_str::<StatusReport>(&status) else {
+        return here(format!(
+            "what answers on {} is not a postern agent",
+            socket.display()
+        ));
+    };
+    let this_file = std::fs::canonicalize(config_path).ok();
+    match (&running.config_digest, &running.config_file) {
+        (Some(d), _) if *d == digest => {}
+        (None, _) => {
+            return here(format!(
+                "the agent on {} is older than this postern (it reports no config digest; \
+                 restart it to run this version)",
+                socket.display()
+            ));
+        }
+        (Some(_), Some(file)) if this_file.as_ref() != Some(file) => {
+            return here(format!(
+                "the agent on {} runs {}, not this file",
+                socket.display(),
+                file.display()
+            ));
+        }
+        (Some(_), _) => {
+            return here(
+                "the file was edited since the running agent last loaded it (`postern \
+                 reload` applies it)"
+                    .to_owned(),
+            );
+        }
     }
-    let text = send(
-        connect().context("reaching the running agent again")?,
-        &format!("{} {name}", crate::status::TEST),
-    )?;
+    // No read timeout here: the test takes as long as the connection's own timeouts allow.
+    let answer = UnixStream::connect(&socket)
+        .map_err(anyhow::Error::from)
+        .and_then(|s| send(s, &format!("{} {name}", crate::status::TEST)));
+    let text = match answer {
+        Ok(text) => text,
+        Err(e) => return here(format!("the agent stopped answering ({e:#})")),
+    };
     if let Ok(refusal) = serde_json::from_str::<Refusal>(&text) {
         anyhow::bail!("{}", refusal.error);
     }
@@ -80,6 +113,9 @@ pub(crate) fn test_in_agent(config_path: &Path, name: &str) -> Result<Option<Tes
     );
     Ok(Some(report))
 }
+
+/// How long `connection test` waits for the daemon's status before testing here.
+const STATUS_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Sends `command` to the daemon's socket and returns its answer; `Err` with the exit
 /// code (after saying why on stderr) when the config is broken (1) or no daemon answers (2).
