@@ -183,14 +183,14 @@ pub(crate) fn install(config: &Path) -> Result<()> {
     say("postern-agent is running; `sudo postern status` shows how it is")
 }
 
-/// Gives `config`, and its folder if no one else may enter it, to the service user;
-/// returns each path changed with its owner before, to give it back.
+/// Gives `config`, and its folder if it is root's alone, to the service user; returns
+/// each path changed with its owner before, to give it back.
 fn hand_over(config: &Path) -> Result<Vec<(PathBuf, u32, u32)>> {
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::os::unix::fs::MetadataExt;
     let mut paths = vec![config.to_owned()];
     if let Some(folder) = config.parent() {
         let meta = std::fs::metadata(folder)?;
-        if meta.permissions().mode() & 0o001 == 0 && meta.uid() == 0 {
+        if roots_alone(meta.mode(), meta.uid()) {
             paths.push(folder.to_owned());
         }
     }
@@ -202,6 +202,12 @@ fn hand_over(config: &Path) -> Result<Vec<(PathBuf, u32, u32)>> {
         handed.push((path, meta.uid(), meta.gid()));
     }
     Ok(handed)
+}
+
+/// A folder only root may use (owned by root, no group or other bits), as `sudo postern
+/// init` makes /etc/postern: handing it over takes nothing from anyone else.
+fn roots_alone(mode: u32, uid: u32) -> bool {
+    uid == 0 && mode & 0o077 == 0
 }
 
 pub(crate) fn uninstall() -> Result<()> {
@@ -240,6 +246,20 @@ mod tests {
         assert!(text.contains("\nConditionPathExists=/etc/postern/site.toml\n"));
         assert!(!text.contains("/usr/bin/postern"));
         assert!(text.contains("\nProtectSystem=strict\n") && text.contains("\nUser=postern\n"));
+    }
+
+    #[test]
+    fn only_a_folder_that_is_roots_alone_is_handed_over() {
+        assert!(roots_alone(0o40700, 0));
+        for (mode, uid) in [
+            (0o40700, 998),
+            (0o40710, 0),
+            (0o40750, 0),
+            (0o40701, 0),
+            (0o40755, 0),
+        ] {
+            assert!(!roots_alone(mode, uid), "{mode:o} uid {uid}");
+        }
     }
 
     #[test]
