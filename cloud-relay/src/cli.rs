@@ -58,13 +58,22 @@ impl StateArgs {
     fn store(&self) -> Result<SqliteStore> {
         let dir = self.config()?.state_dir;
         let db = dir.join(crate::store::sqlite::DB_FILE);
-        if !db.exists() {
-            anyhow::bail!(
+        match std::fs::metadata(&db) {
+            Ok(_) => {}
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                return Err(e).with_context(|| {
+                    format!(
+                        "cannot reach the relay store at {} (run as the user the relay runs as)",
+                        db.display()
+                    )
+                });
+            }
+            Err(_) => anyhow::bail!(
                 "no relay store at {}: a typo in the folder, or the relay has not started yet \
                  (`postern-relay serve` makes it). Pass the --state-dir or --config the relay \
                  runs with, as the user it runs as (packages: sudo -u postern-relay …)",
                 db.display()
-            );
+            ),
         }
         SqliteStore::open_in(&dir)
             .with_context(|| format!("opening the store in {}", dir.display()))
