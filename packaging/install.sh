@@ -62,9 +62,19 @@ install_one() {
         "$prefix/share/fish/vendor_completions.d" "$prefix/share/doc/$program"
     install -m 0755 "$bin_dir/$program" "$prefix/bin/$program"
     # The packaged unit names /usr/bin; this install lives in /usr/local/bin.
+    unit_file=$root/etc/systemd/system/$unit.service
     sed "s|/usr/bin/$program |/usr/local/bin/$program |" "$here/systemd/$unit.service" \
-        > "$root/etc/systemd/system/$unit.service"
-    chmod 0644 "$root/etc/systemd/system/$unit.service"
+        > "$unit_file.new"
+    # A unit that runs something else (`postern service install --config …`, or the
+    # admin's own) is theirs: replacing it would start the wrong config, or none.
+    if [ -e "$unit_file" ] &&
+        [ "$(grep '^ExecStart=' "$unit_file")" != "$(grep '^ExecStart=' "$unit_file.new")" ]; then
+        rm -f "$unit_file.new"
+        say "kept $unit_file: it runs $(grep '^ExecStart=' "$unit_file" | cut -d= -f2-)"
+    else
+        chmod 0644 "$unit_file.new"
+        mv "$unit_file.new" "$unit_file"
+    fi
     "$bin_dir/$program" man > "$prefix/share/man/man1/$program.1"
     "$bin_dir/$program" completions bash > "$prefix/share/bash-completion/completions/$program"
     "$bin_dir/$program" completions zsh > "$prefix/share/zsh/site-functions/_$program"
@@ -116,7 +126,7 @@ echo "$components" | {
         [ -x "$bin_dir/$program" ] || continue
         if ! systemctl is-active --quiet "$unit.service"; then
             say "next: configure $etc, then systemctl enable --now $unit"
-        elif systemctl try-restart "$unit.service"; then
+        elif systemctl try-restart "$unit.service" && systemctl is-active --quiet "$unit.service"; then
             say "restarted $unit.service"
         else
             echo "postern install: restarting $unit.service failed: systemctl status $unit" >&2

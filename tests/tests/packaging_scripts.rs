@@ -321,6 +321,21 @@ fn install_sh_restarts_running_units_and_uninstall_says_only_what_it_did() -> Re
     );
     assert!(said.contains("restarted postern-agent.service"), "{said}");
 
+    // A unit that runs another config (`postern service install --config …`) is the
+    // admin's: an upgrade keeps it rather than start a config that is not there.
+    let unit = sandbox.etc("systemd/system/postern-agent.service");
+    let custom = std::fs::read_to_string(&unit)?.replace(
+        "--config /etc/postern/agent.toml",
+        "--config /opt/site/agent.toml",
+    );
+    std::fs::write(&unit, &custom)?;
+    let said = install("postern-agent.service", &[])?;
+    assert_eq!(std::fs::read_to_string(&unit)?, custom, "{said}");
+    assert!(
+        said.contains("run --config /opt/site/agent.toml"),
+        "says which unit it kept: {said}"
+    );
+
     // Uninstall: the units stop and go; no advice to configure or enable them.
     sandbox.forget_calls()?;
     let said = install(both, &["--uninstall".as_ref()])?;
