@@ -31,6 +31,15 @@ pub struct Bins {
 }
 
 impl Bins {
+    /// Copies both programs into `dir` (made if missing) under their product names,
+    /// `postern` and `postern-relay`, as the packaging scripts expect them.
+    pub fn stage(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir)?;
+        std::fs::copy(&self.agent, dir.join("postern"))?;
+        std::fs::copy(&self.relay, dir.join("postern-relay"))?;
+        Ok(())
+    }
+
     /// For programs that run outside `cargo test` (the soak, the bench): the test-named
     /// binaries beside the running program, unless given.
     pub fn beside_this_program(relay: Option<PathBuf>, agent: Option<PathBuf>) -> Result<Self> {

@@ -561,12 +561,12 @@ async fn connections_and_the_token_are_managed_from_the_cli() -> Result<()> {
     let (ok, text) = agent(&["connection", "show", "o"], None)?;
     assert!(ok && text.contains("base_uri"), "{text}");
 
-    // Inline secrets are masked by show.
-    let (ok, text) = agent(
-        &[
+    // An HS256 connection `name` keyed by hmac.txt, with `more` arguments.
+    let add_hs256 = |name: &str, more: &[&str]| {
+        let mut args = vec![
             "connection",
             "add",
-            "inline",
+            name,
             "--base-uri",
             "http://127.0.0.1:9/x",
             "--auth",
@@ -575,43 +575,21 @@ async fn connections_and_the_token_are_managed_from_the_cli() -> Result<()> {
             "HS256",
             "--secret-file",
             "hmac.txt",
-        ],
-        None,
-    )?;
+        ];
+        args.extend_from_slice(more);
+        agent(&args, None)
+    };
+    // Inline secrets are masked by show.
+    let (ok, text) = add_hs256("inline", &[])?;
     assert!(!ok, "a missing secret file is refused: {text}");
     s.dir
         .write_private("hmac.txt", "a-long-enough-hmac-secret-for-tests")?;
-    let (ok, text) = agent(
-        &[
-            "connection",
-            "add",
-            "inline",
-            "--base-uri",
-            "http://127.0.0.1:9/x",
-            "--auth",
-            "jwt_bearer",
-            "--algorithm",
-            "HS256",
-            "--secret-file",
-            "hmac.txt",
-        ],
-        None,
-    )?;
+    let (ok, text) = add_hs256("inline", &[])?;
     assert!(ok, "{text}");
     // Values keep the type they were written with: a numeric kid is still a string.
-    let (ok, text) = agent(
+    let (ok, text) = add_hs256(
+        "typed",
         &[
-            "connection",
-            "add",
-            "typed",
-            "--base-uri",
-            "http://127.0.0.1:9/x",
-            "--auth",
-            "jwt_bearer",
-            "--algorithm",
-            "HS256",
-            "--secret-file",
-            "hmac.txt",
             "--header",
             "kid=1",
             "--payload",
@@ -621,7 +599,6 @@ async fn connections_and_the_token_are_managed_from_the_cli() -> Result<()> {
             "--payload",
             "n=42",
         ],
-        None,
     )?;
     assert!(ok, "{text}");
     let (ok, text) = agent(&["jwt", "sign", "--connection", "typed"], None)?;

@@ -130,12 +130,7 @@ fn as_user(user: &str, program: &str, args: &[&str]) -> Result<Output> {
 fn build_debs(dir: &TempDir) -> Result<Vec<PathBuf>> {
     let stage = dir.path().join("stage");
     let release = stage.join("release");
-    std::fs::create_dir_all(&release)?;
-    std::fs::copy(env!("CARGO_BIN_EXE_e2e-postern"), release.join("postern"))?;
-    std::fs::copy(
-        env!("CARGO_BIN_EXE_e2e-postern-relay"),
-        release.join("postern-relay"),
-    )?;
+    postern_tests::bins!().stage(&release)?;
     let out = dir.path().join("debs");
     let script = repo().join("packaging/build-deb.sh");
     let built = Command::new(&script)
@@ -452,12 +447,7 @@ fn enabled(unit: &str) -> bool {
 fn install_script_stages_everything_and_uninstalls() -> Result<()> {
     let dir = TempDir::new("install-sh")?;
     let bins = dir.path().join("bin");
-    std::fs::create_dir_all(&bins)?;
-    std::fs::copy(env!("CARGO_BIN_EXE_e2e-postern"), bins.join("postern"))?;
-    std::fs::copy(
-        env!("CARGO_BIN_EXE_e2e-postern-relay"),
-        bins.join("postern-relay"),
-    )?;
+    postern_tests::bins!().stage(&bins)?;
     let root = dir.path().join("root");
     let script = repo().join("packaging/install.sh");
     let run_script = |extra: &[&str]| -> Result<String> {

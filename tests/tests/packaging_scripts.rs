@@ -254,12 +254,7 @@ fn install_sh_restarts_running_units_and_uninstall_says_only_what_it_did() -> Re
         return Ok(());
     };
     let bins = sandbox.dir.path().join("bin");
-    std::fs::create_dir(&bins)?;
-    std::fs::copy(env!("CARGO_BIN_EXE_e2e-postern"), bins.join("postern"))?;
-    std::fs::copy(
-        env!("CARGO_BIN_EXE_e2e-postern-relay"),
-        bins.join("postern-relay"),
-    )?;
+    postern_tests::bins!().stage(&bins)?;
     let script = repo().join("packaging/install.sh");
     let install = |active: &str, extra: &[&OsStr]| -> Result<String> {
         let mut args = vec![script.as_os_str(), "--bin-dir".as_ref(), bins.as_os_str()];
@@ -383,12 +378,7 @@ fn build_deb_takes_relative_paths_from_the_callers_folder() -> Result<()> {
     let dir = TempDir::new("build-deb-out")?;
     // The binaries under test by their product names, as packaging.rs stages them.
     let release = dir.path().join("stage/release");
-    std::fs::create_dir_all(&release)?;
-    std::fs::copy(env!("CARGO_BIN_EXE_e2e-postern"), release.join("postern"))?;
-    std::fs::copy(
-        env!("CARGO_BIN_EXE_e2e-postern-relay"),
-        release.join("postern-relay"),
-    )?;
+    postern_tests::bins!().stage(&release)?;
     let out = format!("debs-{}", std::process::id());
     // Where a relative --out used to land.
     let _stray = RemoveOnDrop(repo().join(&out));
