@@ -3,9 +3,10 @@
 //! there, with `/etc`, `/var/lib` and `/usr/local` replaced by folders of the test and
 //! `/run` by an empty tmpfs, so nothing on this machine changes; `systemctl`,
 //! `deb-systemd-helper`, `deb-systemd-invoke` and `useradd` are shims that record their
-//! calls. `build-deb.sh` runs as packaging.rs runs it, from another folder. Also the settings
-//! that only matter under the unit or a container runtime: the agent example's
-//! `status_socket` and the relay container's stop timeout.
+//! calls. So does the agent's own `postern service install|uninstall`, with `getent`,
+//! `chown` and `runuser` shims too. `build-deb.sh` runs as packaging.rs runs it, from
+//! another folder. Also the settings that only matter under the unit or a container
+//! runtime: the agent example's `status_socket` and the relay container's stop timeout.
 
 use std::ffi::OsStr;
 use std::os::unix::fs::PermissionsExt;
@@ -34,20 +35,35 @@ fn set_mode(path: &Path, mode: u32) -> Result<()> {
         .with_context(|| path.display().to_string())
 }
 
-/// Every shim: records its name and arguments; `systemctl is-active --quiet UNIT` answers
-/// as if exactly the units in `$ACTIVE_UNITS` ran.
+/// Every shim: records its name and arguments, then fails (exit 1, saying so on stderr)
+/// when its call matches the shell pattern `$FAILS`; `systemctl is-active --quiet UNIT`
+/// answers as if exactly the units in `$ACTIVE_UNITS` ran, `getent passwd USER` as if
+/// exactly the users in `$KNOWN_USERS` existed.
 const SHIM: &str = r#"#!/bin/sh
 name=$(basename "$0")
 echo "$name $*" >> "$SHIM_LOG"
+case "$name $*" in
+$FAILS)
+    echo "$name (shim): failing as the test asks" >&2
+    exit 1
+    ;;
+esac
 if [ "$name" = systemctl ] && [ "$1" = is-active ]; then
     for unit in $ACTIVE_UNITS; do
         [ "$unit" = "$3" ] && exit 0
     done
     exit 3
 fi
+if [ "$name" = getent ] && [ "$1" = passwd ]; then
+    for user in $KNOWN_USERS; do
+        [ "$user" = "$2" ] && echo "$user:x:0:0::/var/lib/$user:/usr/sbin/nologin" && exit 0
+    done
+    exit 2
+fi
 exit 0
 "#;
 
+/// The shims of every sandbox; [`Sandbox::with_shims`] adds more.
 const SHIMMED: [&str; 4] = [
     "systemctl",
     "deb-systemd-helper",
@@ -78,6 +94,11 @@ struct Sandbox {
 impl Sandbox {
     /// `None`, after saying why, where this machine cannot make one.
     fn new(tag: &str, systemd: bool) -> Result<Option<Self>> {
+        Self::with_shims(tag, systemd, &[])
+    }
+
+    /// A sandbox in which `extra` programs are shims too.
+    fn with_shims(tag: &str, systemd: bool, extra: &[&str]) -> Result<Option<Self>> {
         let probe = Command::new("unshare")
             .args(["-rm", "sh", "-c", "mount -t tmpfs tmpfs /run"])
             .output();
@@ -121,7 +142,7 @@ impl Sandbox {
             "root:x:0:\npostern:x:0:\npostern-relay:x:0:\n",
         )?;
         std::fs::write(etc.join("nsswitch.conf"), "passwd: files\ngroup: files\n")?;
-        for shim in SHIMMED {
+        for shim in SHIMMED.iter().chain(extra) {
             let path = dir.path().join("shims").join(shim);
             std::fs::write(&path, SHIM)?;
             set_mode(&path, 0o755)?;
@@ -162,12 +183,21 @@ impl Sandbox {
         program: &str,
         args: &[S],
     ) -> Result<Output> {
+        self.command(active_units, program, args)
+            .output()
+            .with_context(|| format!("running {program} in the sandbox"))
+    }
+
+    /// The command [`Sandbox::run`] runs, for more settings of the shims (`FAILS`,
+    /// `KNOWN_USERS`).
+    fn command<S: AsRef<OsStr>>(&self, active_units: &str, program: &str, args: &[S]) -> Command {
         let path = format!(
             "{}:{}",
             self.dir.path().join("shims").display(),
             std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into())
         );
-        Command::new("unshare")
+        let mut command = Command::new("unshare");
+        command
             .args(["-rm", "sh", "-c", SETUP, "sandbox"])
             .arg(self.dir.path())
             .arg(if self.systemd { "1" } else { "0" })
@@ -176,8 +206,10 @@ impl Sandbox {
             .env("PATH", path)
             .env("SHIM_LOG", self.dir.path().join("calls"))
             .env("ACTIVE_UNITS", active_units)
-            .output()
-            .with_context(|| format!("running {program} in the sandbox"))
+            .env_remove("FAILS")
+            .env_remove("KNOWN_USERS")
+            .env_remove("POSTERN_CONFIG");
+        command
     }
 }
 
@@ -352,6 +384,374 @@ fn install_sh_restarts_running_units_and_uninstall_says_only_what_it_did() -> Re
         assert!(calls.contains(&call.into()), "{call}: {calls:?}");
     }
     assert!(!calls.iter().any(|c| c.contains("restart")), "{calls:?}");
+    Ok(())
+}
+
+/// The sandbox's `postern`, as the service tests run it: the sandbox's own /usr/local (the
+/// command refuses a program under /tmp, where the test's folder may be).
+const POSTERN: &str = "/usr/local/bin/postern";
+const AGENT_UNIT: &str = "postern-agent.service";
+const AGENT_UNIT_PATH: &str = "/etc/systemd/system/postern-agent.service";
+
+/// A sandbox for the real `postern service install|uninstall`: systemd seems to run (or not,
+/// per `systemd`), the program is at [`POSTERN`], `/etc/postern/agent.toml` (0600) is in a
+/// folder of `folder_mode` owned by root there (the test's uid), and `getent`, `chown` and
+/// `runuser` are shims too, for what needs the machine's root.
+fn service_sandbox(tag: &str, systemd: bool, folder_mode: u32) -> Result<Option<Sandbox>> {
+    let Some(sandbox) = Sandbox::with_shims(tag, systemd, &["getent", "chown", "runuser"])? else {
+        return Ok(None);
+    };
+    let bin = sandbox.usr_local("bin");
+    std::fs::create_dir(&bin)?;
+    set_mode(&bin, 0o755)?;
+    std::fs::copy(env!("CARGO_BIN_EXE_e2e-postern"), bin.join("postern"))?;
+    set_mode(&bin.join("postern"), 0o755)?;
+    std::fs::create_dir_all(sandbox.etc("systemd/system"))?;
+    let folder = sandbox.etc("postern");
+    std::fs::create_dir(&folder)?;
+    set_mode(&folder, folder_mode)?;
+    // Never loaded: the config check is the runuser shim's.
+    std::fs::write(folder.join("agent.toml"), "# the agent's config\n")?;
+    set_mode(&folder.join("agent.toml"), 0o600)?;
+    Ok(Some(sandbox))
+}
+
+/// `postern args…` in the sandbox with `active_units` running and the shims' `env`.
+fn postern(
+    sandbox: &Sandbox,
+    active_units: &str,
+    env: &[(&str, &str)],
+    args: &[&str],
+) -> Result<Output> {
+    let mut command = sandbox.command(active_units, POSTERN, args);
+    command.envs(env.iter().copied());
+    command.output().context("running postern in the sandbox")
+}
+
+/// What `service install --config CONFIG` runs up to the config check: the user made when
+/// `getent` does not know it, then `handed` (the config, its folder) given to it.
+fn calls_up_to_the_check(config: &str, user_known: bool, handed: &[&str]) -> Vec<String> {
+    let mut calls = vec!["getent passwd postern".to_owned()];
+    if !user_known {
+        calls.push(
+            "useradd --system --user-group --home-dir /var/lib/postern --no-create-home \
+             --shell /usr/sbin/nologin postern"
+                .into(),
+        );
+    }
+    calls.extend(
+        handed
+            .iter()
+            .map(|path| format!("chown postern:postern {path}")),
+    );
+    calls.push(format!(
+        "runuser -u postern -- {POSTERN} config check --config {config}"
+    ));
+    calls
+}
+
+/// What `service install` runs once the unit is written.
+const CALLS_AFTER_THE_UNIT: [&str; 4] = [
+    "systemctl daemon-reload",
+    "systemctl enable postern-agent.service",
+    "systemctl restart postern-agent.service",
+    "systemctl is-active --quiet postern-agent.service",
+];
+
+/// `postern service install` where systemd runs: the `postern` user made when missing, the
+/// config (and its folder while that is root's alone) handed to it and checked as it, the
+/// packaged unit written with this program and config, then enabled, restarted and found
+/// running. Again with the user there and a folder others may use: only the config moves.
+#[test]
+fn service_install_checks_the_config_as_the_user_then_writes_and_starts_the_unit() -> Result<()> {
+    let Some(sandbox) = service_sandbox("service-install", true, 0o700)? else {
+        return Ok(());
+    };
+    // Another name than the packaged unit's, so that filling it in shows.
+    let config = "/etc/postern/site.toml";
+    std::fs::rename(
+        sandbox.etc("postern/agent.toml"),
+        sandbox.etc("postern/site.toml"),
+    )?;
+    let args = ["service", "install", "--config", config];
+    let out = postern(&sandbox, AGENT_UNIT, &[], &args)?;
+    let said = output_text(&out);
+    assert!(out.status.success(), "{said}");
+
+    let packaged = std::fs::read_to_string(repo().join("packaging/systemd/postern-agent.service"))?;
+    let expected = packaged
+        .replace(
+            "ExecStart=/usr/bin/postern run",
+            &format!("ExecStart={POSTERN} run"),
+        )
+        .replace("/etc/postern/agent.toml", config);
+    let written = std::fs::read_to_string(sandbox.etc("systemd/system/postern-agent.service"))?;
+    assert_eq!(written, expected);
+    for line in [
+        "Type=exec",
+        "User=postern",
+        "ExecStart=/usr/local/bin/postern run --config /etc/postern/site.toml",
+        "ConditionPathExists=/etc/postern/site.toml",
+    ] {
+        assert!(written.lines().any(|l| l == line), "no {line}: {written}");
+    }
+    assert!(!written.contains("/usr/bin/postern"), "{written}");
+
+    let mut expected_calls = calls_up_to_the_check(config, false, &[config, "/etc/postern"]);
+    expected_calls.extend(CALLS_AFTER_THE_UNIT.map(String::from));
+    assert_eq!(sandbox.calls()?, expected_calls, "{said}");
+    assert!(
+        said.contains(&format!("wrote {AGENT_UNIT_PATH}\n")),
+        "{said}"
+    );
+    assert!(said.contains("postern-agent is running"), "{said}");
+
+    // Installed again, the user there, the folder 0750: the group's too, so it stays root's.
+    set_mode(&sandbox.etc("postern"), 0o750)?;
+    std::fs::write(sandbox.etc("systemd/system/postern-agent.service"), "old")?;
+    sandbox.forget_calls()?;
+    let out = postern(&sandbox, AGENT_UNIT, &[("KNOWN_USERS", "postern")], &args)?;
+    let said = output_text(&out);
+    assert!(out.status.success(), "{said}");
+    let mut expected_calls = calls_up_to_the_check(config, true, &[config]);
+    expected_calls.extend(CALLS_AFTER_THE_UNIT.map(String::from));
+    assert_eq!(sandbox.calls()?, expected_calls, "{said}");
+    assert_eq!(
+        std::fs::read_to_string(sandbox.etc("systemd/system/postern-agent.service"))?,
+        expected
+    );
+    Ok(())
+}
+
+/// The ctime of `path` in nanoseconds.
+fn ctime(path: &Path) -> Result<i128> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).with_context(|| path.display().to_string())?;
+    Ok(i128::from(meta.ctime()) * 1_000_000_000 + i128::from(meta.ctime_nsec()))
+}
+
+/// A config the service user cannot load stops the install before the unit, says so, and
+/// gives the config and its folder back to their owners. The `chown` program is a shim and
+/// the namespace maps a single uid, so no owner really changes and the uid given back cannot
+/// be told from another; what shows that chown(2) gave each path back is what it does to
+/// any path: it clears a file's set-user-ID bit and sets the ctime.
+#[test]
+fn service_install_stops_and_gives_the_owners_back_when_the_user_cannot_load_the_config()
+-> Result<()> {
+    let Some(sandbox) = service_sandbox("service-install-check", true, 0o700)? else {
+        return Ok(());
+    };
+    let config = sandbox.etc("postern/agent.toml");
+    set_mode(&config, 0o4600)?;
+    let folder_changed = ctime(&sandbox.etc("postern"))?;
+    // Past the kernel's coarse clock, so that a chown later shows in the ctime.
+    std::thread::sleep(Duration::from_millis(50));
+    let out = postern(
+        &sandbox,
+        AGENT_UNIT,
+        &[("KNOWN_USERS", "postern"), ("FAILS", "runuser *")],
+        &["service", "install", "--config", "/etc/postern/agent.toml"],
+    )?;
+    let said = output_text(&out);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    for needle in [
+        "the service user cannot load the config; give it the files the config names",
+        "runuser -u postern -- /usr/local/bin/postern config check --config \
+         /etc/postern/agent.toml failed",
+        "runuser (shim): failing as the test asks",
+    ] {
+        assert!(said.contains(needle), "no {needle:?}: {said}");
+    }
+    assert_eq!(
+        sandbox.calls()?,
+        calls_up_to_the_check(
+            "/etc/postern/agent.toml",
+            true,
+            &["/etc/postern/agent.toml", "/etc/postern"]
+        ),
+        "no unit, no systemctl: {said}"
+    );
+    assert!(!sandbox.etc("systemd/system/postern-agent.service").exists());
+    assert_eq!(
+        mode(&config)?,
+        0o600,
+        "chown(2) gave the config back (clearing its set-user-ID bit)"
+    );
+    assert_ne!(
+        ctime(&sandbox.etc("postern"))?,
+        folder_changed,
+        "chown(2) gave the folder back (setting its ctime)"
+    );
+    assert_eq!(mode(&sandbox.etc("postern"))?, 0o700);
+    Ok(())
+}
+
+/// A unit that is not active two seconds after its restart fails the install, and the error
+/// says where to look.
+#[test]
+fn service_install_fails_when_the_unit_does_not_stay_up() -> Result<()> {
+    let Some(sandbox) = service_sandbox("service-install-down", true, 0o700)? else {
+        return Ok(());
+    };
+    let out = postern(
+        &sandbox,
+        "",
+        &[("KNOWN_USERS", "postern")],
+        &["service", "install", "--config", "/etc/postern/agent.toml"],
+    )?;
+    let said = output_text(&out);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains(
+            "error: postern-agent.service did not stay up; `systemctl status \
+             postern-agent.service` and `journalctl -u postern-agent.service` say why"
+        ),
+        "{said}"
+    );
+    assert!(!said.contains("is running"), "{said}");
+    let calls = sandbox.calls()?;
+    assert_eq!(
+        calls[calls.len() - CALLS_AFTER_THE_UNIT.len()..],
+        CALLS_AFTER_THE_UNIT,
+        "{said}"
+    );
+    assert!(sandbox.etc("systemd/system/postern-agent.service").exists());
+    Ok(())
+}
+
+/// Refused before anything is run: a config or a program under /tmp, which the unit's
+/// PrivateTmp hides from the service, and any service command where systemd does not run.
+#[test]
+fn service_install_refuses_what_the_service_cannot_see_before_any_call() -> Result<()> {
+    let Some(sandbox) = service_sandbox("service-install-tmp", true, 0o700)? else {
+        return Ok(());
+    };
+    // A /tmp of the sandbox's own, holding a config and a copy of the program; the test's
+    // folder (maybe under /tmp: the shims, their log) is bound back where it was.
+    const PRIVATE_TMP: &str = r#"set -e
+dir=$1
+shift
+mkdir /run/keep
+mount --bind "$dir" /run/keep
+mount -t tmpfs tmpfs /tmp
+mkdir -p "$dir"
+mount --bind /run/keep "$dir"
+mkdir /tmp/site
+echo '# the agent config' > /tmp/site/agent.toml
+cp /usr/local/bin/postern /tmp/site/postern
+exec "$@"
+"#;
+    for (program, config, why) in [
+        (
+            POSTERN,
+            "/tmp/site/agent.toml",
+            "the service cannot see the config /tmp/site/agent.toml (PrivateTmp=yes gives it \
+             a /tmp of its own); put it under /etc/postern/",
+        ),
+        (
+            "/tmp/site/postern",
+            "/etc/postern/agent.toml",
+            "the service cannot see the program /tmp/site/postern (PrivateTmp=yes gives it a \
+             /tmp of its own); put it under /usr/local/bin/",
+        ),
+    ] {
+        let out = sandbox
+            .command(
+                AGENT_UNIT,
+                "sh",
+                &[
+                    "-c".as_ref(),
+                    PRIVATE_TMP.as_ref(),
+                    "private-tmp".as_ref(),
+                    sandbox.dir.path().as_os_str(),
+                    program.as_ref(),
+                    "service".as_ref(),
+                    "install".as_ref(),
+                    "--config".as_ref(),
+                    config.as_ref(),
+                ] as &[&OsStr],
+            )
+            .output()?;
+        let said = output_text(&out);
+        assert_eq!(out.status.code(), Some(1), "{program} {config}: {said}");
+        assert!(said.contains(why), "{program} {config}: {said}");
+        assert_eq!(sandbox.calls()?, Vec::<String>::new(), "{said}");
+        assert!(!sandbox.etc("systemd/system/postern-agent.service").exists());
+    }
+
+    // No systemd running: neither command does anything, even with a unit there.
+    let Some(sandbox) = service_sandbox("service-no-systemd", false, 0o700)? else {
+        return Ok(());
+    };
+    std::fs::write(
+        sandbox.etc("systemd/system/postern-agent.service"),
+        "a unit",
+    )?;
+    for command in ["install", "uninstall"] {
+        let out = postern(
+            &sandbox,
+            "",
+            &[],
+            &["service", command, "--config", "/etc/postern/agent.toml"],
+        )?;
+        let said = output_text(&out);
+        assert_eq!(out.status.code(), Some(1), "{command}: {said}");
+        assert!(
+            said.contains("systemd is not running on this machine (no /run/systemd/system)"),
+            "{command}: {said}"
+        );
+        assert_eq!(sandbox.calls()?, Vec::<String>::new(), "{command}: {said}");
+    }
+    assert!(sandbox.etc("systemd/system/postern-agent.service").exists());
+    Ok(())
+}
+
+/// `service uninstall` stops and disables the unit, removes it and reloads systemd, leaving
+/// the config; a unit systemd does not know (disable fails) is removed all the same; with
+/// no unit there it says there is nothing to uninstall.
+#[test]
+fn service_uninstall_disables_removes_and_reloads_once() -> Result<()> {
+    let Some(sandbox) = service_sandbox("service-uninstall", true, 0o700)? else {
+        return Ok(());
+    };
+    let unit = sandbox.etc("systemd/system/postern-agent.service");
+    let uninstall =
+        |env: &[(&str, &str)]| postern(&sandbox, AGENT_UNIT, env, &["service", "uninstall"]);
+    for fails in ["", "systemctl disable *"] {
+        std::fs::write(&unit, "[Unit]\n")?;
+        sandbox.forget_calls()?;
+        let out = uninstall(&[("FAILS", fails)])?;
+        let said = output_text(&out);
+        assert!(out.status.success(), "failing {fails:?}: {said}");
+        assert_eq!(
+            sandbox.calls()?,
+            [
+                "systemctl disable --now postern-agent.service",
+                "systemctl daemon-reload"
+            ],
+            "failing {fails:?}: {said}"
+        );
+        assert!(!unit.exists(), "failing {fails:?}: {said}");
+        for needle in [
+            &format!("removed {AGENT_UNIT_PATH}\n"),
+            "the config, its files and the user postern stay where they are",
+        ] {
+            assert!(said.contains(needle), "failing {fails:?}: {said}");
+        }
+        assert!(sandbox.etc("postern/agent.toml").exists());
+    }
+
+    sandbox.forget_calls()?;
+    let out = uninstall(&[])?;
+    let said = output_text(&out);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains(&format!(
+            "{AGENT_UNIT_PATH} is not there: nothing to uninstall"
+        )),
+        "{said}"
+    );
+    assert_eq!(sandbox.calls()?, Vec::<String>::new(), "{said}");
     Ok(())
 }
 
