@@ -28,9 +28,41 @@ pub fn unit(binary: &Path, config: &Path) -> Result<String> {
         .replace(PACKAGED_CONFIG, &config.display().to_string()))
 }
 
-/// Why the service would not see `binary` or `config`, if it would not: the unit's
-/// ProtectHome=yes hides home folders, PrivateTmp=yes gives it a /tmp of its own.
-fn hidden_from_the_service(binary: &Path, config: &Path) -> Option<String> {
+/// The files `config` names (keys, token, certificates), if it can be read as written.
+fn named_files(config: &Path) -> Vec<(String, PathBuf)> {
+    crate::config::ConfigFile::read(config)
+        .map(|file| file.named_files(config.parent().unwrap_or(Path::new("/"))))
+        .unwrap_or_default()
+}
+
+/// Why the service would not see `binary`, `config` or a file the config names, if it
+/// would not: the unit's ProtectHome=yes hides home folders, PrivateTmp=yes gives it a
+/// /tmp of its own.
+fn hidden_from_the_service(
+    binary: &Path,
+    config: &Path,
+    named: &[(String, PathBuf)],
+) -> Option<String> {
+    let ours = [
+        ("the program", binary, "/usr/local/bin/"),
+        ("the config", config, "/etc/postern/"),
+    ];
+    let named = named
+        .iter()
+        .map(|(place, path)| (place.as_str(), path.as_path(), "/etc/postern/"));
+    ours.into_iter()
+        .chain(named)
+        .find_map(|(what, path, instead)| {
+            let why = hidden_why(path)?;
+            Some(format!(
+                "the service cannot see {what} {} ({why}); put it under {instead}",
+                path.display()
+            ))
+        })
+}
+
+/// What keeps the service from seeing `path`, if anything.
+fn hidden_why(path: &Path) -> Option<&'static str> {
     const HIDDEN: [(&str, &str); 5] = [
         ("/home/", "ProtectHome=yes hides home folders"),
         ("/root/", "ProtectHome=yes hides home folders"),
@@ -38,18 +70,10 @@ fn hidden_from_the_service(binary: &Path, config: &Path) -> Option<String> {
         ("/tmp/", "PrivateTmp=yes gives it a /tmp of its own"),
         ("/var/tmp/", "PrivateTmp=yes gives it a /var/tmp of its own"),
     ];
-    [
-        (binary, "the program", "/usr/local/bin/"),
-        (config, "the config", "/etc/postern/"),
-    ]
-    .into_iter()
-    .find_map(|(path, what, instead)| {
-        let (_, why) = HIDDEN.iter().find(|(prefix, _)| path.starts_with(prefix))?;
-        Some(format!(
-            "the service cannot see {what} {} ({why}); put it under {instead}",
-            path.display()
-        ))
-    })
+    HIDDEN
+        .iter()
+        .find(|(prefix, _)| path.starts_with(prefix))
+        .map(|(_, why)| *why)
 }
 
 fn absolute(config: &Path) -> Result<PathBuf> {
@@ -65,7 +89,7 @@ pub(crate) fn print_unit(config: &Path) -> Result<()> {
     let config = absolute(config).unwrap_or_else(|_| config.to_owned());
     let binary = this_binary()?;
     let text = unit(&binary, &config)?;
-    if let Some(why) = hidden_from_the_service(&binary, &config) {
+    if let Some(why) = hidden_from_the_service(&binary, &config, &named_files(&config)) {
         eprintln!("warning: {why}");
     }
     super::out::stdout(|out| out.write_all(text.as_bytes()))
@@ -110,7 +134,7 @@ pub(crate) fn install(config: &Path) -> Result<()> {
     let config = absolute(config)?;
     let binary = this_binary()?;
     let unit = unit(&binary, &config)?;
-    if let Some(why) = hidden_from_the_service(&binary, &config) {
+    if let Some(why) = hidden_from_the_service(&binary, &config, &named_files(&config)) {
         bail!("{why}");
     }
     let config_text = config.display().to_string();
@@ -276,7 +300,25 @@ mod tests {
             Path::new("/usr/bin/postern"),
             Path::new("/etc/postern/a.toml"),
         );
-        assert_eq!(hidden_from_the_service(bin, config), None);
+        assert_eq!(hidden_from_the_service(bin, config, &[]), None);
+        let key = |path: &str| {
+            vec![(
+                "connections.erp.auth.private_key_file".to_owned(),
+                PathBuf::from(path),
+            )]
+        };
+        assert_eq!(
+            hidden_from_the_service(bin, config, &key("/etc/postern/erp.pem")),
+            None
+        );
+        let why = hidden_from_the_service(bin, config, &key("/home/admin/keys/erp.pem"))
+            .unwrap_or_default();
+        assert!(
+            why.contains(
+                "connections.erp.auth.private_key_file /home/admin/keys/erp.pem (ProtectHome"
+            ),
+            "{why}"
+        );
         for (binary, config, needle) in [
             (
                 "/root/.cargo/bin/postern",
@@ -310,8 +352,8 @@ mod tests {
             ),
             ("/usr/bin/postern", "/var/tmp/x/agent.toml", "PrivateTmp"),
         ] {
-            let why =
-                hidden_from_the_service(Path::new(binary), Path::new(config)).unwrap_or_default();
+            let why = hidden_from_the_service(Path::new(binary), Path::new(config), &[])
+                .unwrap_or_default();
             assert!(why.contains(needle), "{binary} {config}: {why:?}");
         }
     }

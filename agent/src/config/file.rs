@@ -215,11 +215,85 @@ impl ConfigFile {
     pub fn parse(text: &str) -> Result<Self, toml::de::Error> {
         toml::from_str(text)
     }
+
+    /// Every file the config names (token, keys, certificates), with where it is named;
+    /// a relative path is taken from `base_dir`, as loading does.
+    pub fn named_files(&self, base_dir: &std::path::Path) -> Vec<(String, PathBuf)> {
+        let mut named = Vec::new();
+        let mut add = |place: String, path: &Option<PathBuf>| {
+            if let Some(path) = path {
+                named.push((place, base_dir.join(path)));
+            }
+        };
+        add("token_file".to_owned(), &self.token_file);
+        for (name, c) in &self.connections {
+            if let AuthFile::JwtBearer(jwt) = &c.auth {
+                add(
+                    format!("connections.{name}.auth.secret_file"),
+                    &jwt.secret_file,
+                );
+                add(
+                    format!("connections.{name}.auth.private_key_file"),
+                    &jwt.private_key_file,
+                );
+                add(
+                    format!("connections.{name}.auth.private_key_passphrase_file"),
+                    &jwt.private_key_passphrase_file,
+                );
+                add(
+                    format!("connections.{name}.auth.certificate_file"),
+                    &jwt.certificate_file,
+                );
+            }
+            if let Some(tls) = &c.tls {
+                add(format!("connections.{name}.tls.ca_file"), &tls.ca_file);
+                add(
+                    format!("connections.{name}.tls.client_cert_file"),
+                    &tls.client_cert_file,
+                );
+                add(
+                    format!("connections.{name}.tls.client_key_file"),
+                    &tls.client_key_file,
+                );
+            }
+        }
+        named
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn named_files_are_every_file_the_config_names_from_its_folder() {
+        let text = "relay = \"r:1\"\nrelay_fingerprint = \"x\"\ntoken_file = \"token\"\n\
+            [connections.erp]\nbase_uri = \"https://h\"\n\
+            tls = { ca_file = \"/etc/ssl/ca.pem\", client_cert_file = \"c.pem\", client_key_file = \"c.key\" }\n\
+            [connections.erp.auth]\ntype = \"jwt_bearer\"\nalgorithm = \"RS256\"\n\
+            private_key_file = \"/home/a/k.pem\"\nprivate_key_passphrase_file = \"pass\"\n\
+            certificate_file = \"cert.pem\"\n\
+            [connections.hr]\nbase_uri = \"http://h\"\nauth = { type = \"jwt_bearer\", algorithm = \"HS256\", secret_file = \"s\" }\n";
+        let file = ConfigFile::parse(text).expect("parses");
+        let named: Vec<String> = file
+            .named_files(std::path::Path::new("/etc/postern"))
+            .into_iter()
+            .map(|(place, path)| format!("{place}={}", path.display()))
+            .collect();
+        assert_eq!(
+            named,
+            [
+                "token_file=/etc/postern/token",
+                "connections.erp.auth.private_key_file=/home/a/k.pem",
+                "connections.erp.auth.private_key_passphrase_file=/etc/postern/pass",
+                "connections.erp.auth.certificate_file=/etc/postern/cert.pem",
+                "connections.erp.tls.ca_file=/etc/ssl/ca.pem",
+                "connections.erp.tls.client_cert_file=/etc/postern/c.pem",
+                "connections.erp.tls.client_key_file=/etc/postern/c.key",
+                "connections.hr.auth.secret_file=/etc/postern/s",
+            ]
+        );
+    }
 
     fn auth(table: &str) -> Result<AuthFile, String> {
         let text = format!(
