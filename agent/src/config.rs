@@ -153,6 +153,18 @@ impl ConfigFile {
     }
 }
 
+/// The problem with a secret the environment does not hold: in an admin's shell, one the
+/// service's environment sets. [`is_unset_variable`] knows it among other problems.
+pub fn unset_variable(what: &str, name: &str) -> String {
+    format!("{what}: environment variable {name} is not set")
+}
+
+/// Whether a load problem is only that an environment variable is not set here
+/// ([`unset_variable`], or a payload's `{{env.NAME}}`): something the shell cannot check.
+pub fn is_unset_variable(problem: &str) -> bool {
+    problem.contains("environment variable ") && problem.ends_with(" is not set")
+}
+
 /// SHA-256 of a config file's bytes, as base64: equal digests, same file content.
 pub fn file_digest(bytes: &[u8]) -> String {
     use base64::Engine;
@@ -364,8 +376,7 @@ pub(crate) fn one_secret(
             })?;
             Ok(text.trim().to_owned())
         }
-        (None, None, Some(name)) => env(name)
-            .ok_or_else(|| invalid(format!("{what}: environment variable {name} is not set"))),
+        (None, None, Some(name)) => env(name).ok_or_else(|| invalid(unset_variable(what, name))),
         (None, None, None) => Err(invalid(format!(
             "{what}: set one of {what}, {what}_file or {what}_env"
         ))),

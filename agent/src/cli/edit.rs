@@ -15,22 +15,30 @@ use crate::config::{AgentConfig, ConfigError, ConfigFile};
 /// What `connection add` was asked for.
 #[derive(Debug, clap::Args)]
 pub(crate) struct NewConnection {
+    /// The connection's name, as calls through the relay name it.
     pub name: String,
+    /// The internal API's base, e.g. https://erp.internal/api; call paths go after it.
     #[arg(long)]
     pub base_uri: String,
+    /// How long to wait for the internal server's answer (default 30s).
     #[arg(long)]
     pub timeout: Option<String>,
     /// `none` or `jwt_bearer`.
     #[arg(long, default_value = "none")]
     pub auth: String,
+    /// jwt_bearer: HS256/384/512, RS256/384/512, PS256/384/512, ES256, ES384 or EdDSA.
     #[arg(long)]
     pub algorithm: Option<String>,
+    /// jwt_bearer: the private key PEM file (relative to the config's folder).
     #[arg(long)]
     pub private_key_file: Option<String>,
+    /// jwt_bearer: the variable holding the private key PEM (in the service's environment).
     #[arg(long)]
     pub private_key_env: Option<String>,
+    /// jwt_bearer, HS*: the file holding the shared secret (relative to the config's folder).
     #[arg(long)]
     pub secret_file: Option<String>,
+    /// jwt_bearer, HS*: the variable holding the shared secret (in the service's environment).
     #[arg(long)]
     pub secret_env: Option<String>,
     /// A JWT header, KEY=VALUE (repeatable); always a string (`kid=1` is "1").
@@ -54,12 +62,16 @@ fn load(path: &Path) -> Result<DocumentMut> {
 }
 
 /// Validates the edited document as `run` would load it, then replaces the file. An edit
-/// is refused for the problems it brings, not for those the config had before: a secret
-/// that the service's environment holds (`secret_env`) is not set in an admin's shell.
+/// is refused for the problems it brings, not for those the config had before, nor for a
+/// secret from an environment variable this shell lacks: the service's environment
+/// (`secret_env`) is not an admin's shell. Those are named as not checked.
 fn save(path: &Path, doc: &DocumentMut) -> Result<()> {
     let text = doc.to_string();
     let base = path.parent().unwrap_or(Path::new("."));
     let after = problems(&text, base).context("the edited config would not parse")?;
+    let (unchecked, after): (Vec<String>, Vec<String>) = after
+        .into_iter()
+        .partition(|p| crate::config::is_unset_variable(p));
     if !after.is_empty() {
         let before = std::fs::read_to_string(path)
             .ok()
@@ -79,6 +91,12 @@ fn save(path: &Path, doc: &DocumentMut) -> Result<()> {
         eprintln!(
             "note: the config still has problems it had before this edit (run `postern config check` where the service's environment is set):\n  {}",
             after.join("\n  ")
+        );
+    }
+    if !unchecked.is_empty() {
+        eprintln!(
+            "note: not checked here, as this shell does not set them (the service's environment must; `postern reload` checks them there):\n  {}",
+            unchecked.join("\n  ")
         );
     }
     crate::config::write_private(path, &text)
@@ -128,6 +146,27 @@ pub(crate) fn add(path: &Path, new: NewConnection) -> Result<()> {
     table["base_uri"] = value(new.base_uri.as_str());
     if let Some(timeout) = &new.timeout {
         table["timeout"] = value(timeout.as_str());
+    }
+    let jwt_options = [
+        ("--algorithm", new.algorithm.is_some()),
+        ("--private-key-file", new.private_key_file.is_some()),
+        ("--private-key-env", new.private_key_env.is_some()),
+        ("--secret-file", new.secret_file.is_some()),
+        ("--secret-env", new.secret_env.is_some()),
+        ("--header", !new.headers.is_empty()),
+        ("--payload", !new.payload.is_empty()),
+    ];
+    let given: Vec<&str> = jwt_options
+        .iter()
+        .filter(|(_, given)| *given)
+        .map(|(flag, _)| *flag)
+        .collect();
+    if new.auth != "jwt_bearer" && !given.is_empty() {
+        bail!(
+            "{} need --auth jwt_bearer (the connection's auth is {:?})",
+            given.join(", "),
+            new.auth
+        );
     }
     let mut auth = Table::new();
     auth["type"] = value(new.auth.as_str());
@@ -211,9 +250,14 @@ pub(crate) fn show(path: &Path, name: &str) -> Result<()> {
         _ => bail!("no connection {name:?} in {}", path.display()),
     };
     mask(&mut shown);
+    // As the config writes it, so it can be pasted back.
+    let mut connections = Table::new();
+    connections.set_implicit(true);
+    connections[name] = Item::Table(shown);
     let mut out = DocumentMut::new();
-    out[name] = Item::Table(shown);
+    out["connections"] = Item::Table(connections);
     let text = out.to_string();
+    let text = text.trim_start();
     super::out::stdout(|out| out.write_all(text.as_bytes()))
 }
 
