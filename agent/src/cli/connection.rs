@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 
 use super::out;
 use crate::call::CallContext;
@@ -50,7 +50,7 @@ pub(crate) fn list(path: &Path, json: bool) -> Result<ExitCode> {
 pub(crate) fn test(path: &Path, name: &str, json: bool) -> Result<ExitCode> {
     let report = match super::status::test_in_agent(path, name)? {
         Some(report) => report,
-        None => test_here(&super::load(path)?, name)?,
+        None => test_here(path, name)?,
     };
     let text = if json {
         serde_json::to_string_pretty(&report)?
@@ -65,7 +65,17 @@ pub(crate) fn test(path: &Path, name: &str, json: bool) -> Result<ExitCode> {
     })
 }
 
-fn test_here(config: &AgentConfig, name: &str) -> Result<connection_test::TestReport> {
+/// Loads only the connection `name` (with the settings all share): another connection's
+/// secret, set only in the service's environment, must not stop this one's test.
+fn test_here(path: &Path, name: &str) -> Result<connection_test::TestReport> {
+    let mut file = ConfigFile::read(path)?;
+    if !file.connections.contains_key(name) {
+        bail!("no connection named {name:?} in the config");
+    }
+    file.connections.retain(|n, _| n == name);
+    let base = path.parent().unwrap_or(Path::new("."));
+    let config = AgentConfig::resolve(file, base, &|var| std::env::var(var).ok())
+        .with_context(|| format!("loading {}", path.display()))?;
     let conn = config
         .connection(name)
         .with_context(|| format!("no connection named {name:?} in the config"))?;

@@ -43,7 +43,13 @@ pub(crate) fn init(
             path.display()
         );
     }
-    let token = SecretToken::parse(SecretKind::AgentToken, &read_token(token_file)?)
+    let given = read_token(token_file)?;
+    if given.is_empty() {
+        bail!(
+            "no access token given: pass --token-file FILE, set POSTERN_TOKEN, or run `postern init` on a terminal to be asked for it"
+        );
+    }
+    let token = SecretToken::parse(SecretKind::AgentToken, &given)
         .context("the access token is not valid")?;
     let text = format!(
         "# Written by `postern init`. Add [connections.<name>] tables; see agent.example.toml in\n\
