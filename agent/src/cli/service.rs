@@ -35,6 +35,25 @@ fn named_files(config: &Path) -> Vec<(String, PathBuf)> {
         .unwrap_or_default()
 }
 
+/// Why the service could not make the status socket `config` names, if it could not:
+/// under ProtectSystem=strict it may write only its RuntimeDirectory and StateDirectory.
+fn socket_unwritable(config: &Path) -> Option<String> {
+    let file = crate::config::ConfigFile::read(config).ok()?;
+    let socket = config
+        .parent()
+        .unwrap_or(Path::new("/"))
+        .join(file.status_socket?);
+    let writable = ["/run/postern/", "/var/lib/postern/"];
+    (!writable.iter().any(|dir| socket.starts_with(dir))).then(|| {
+        format!(
+            "the service cannot make its status socket {} (ProtectSystem=strict lets it write \
+             only /run/postern and /var/lib/postern); leave status_socket out (it is then \
+             /run/postern/agent.sock) or put it under /run/postern/",
+            socket.display()
+        )
+    })
+}
+
 /// Why the service would not see `binary`, `config` or a file the config names, if it
 /// would not: the unit's ProtectHome=yes hides home folders, PrivateTmp=yes gives it a
 /// /tmp of its own.
@@ -86,10 +105,14 @@ fn this_binary() -> Result<PathBuf> {
 
 /// Prints the unit `install` would write, and on stderr what would keep it from starting.
 pub(crate) fn print_unit(config: &Path) -> Result<()> {
-    let config = absolute(config).unwrap_or_else(|_| config.to_owned());
+    // A config not written yet still gets its unit, for the absolute path it will have.
+    let config = absolute(config)
+        .or_else(|_| std::path::absolute(config))
+        .unwrap_or_else(|_| config.to_owned());
     let binary = this_binary()?;
     let text = unit(&binary, &config)?;
-    if let Some(why) = hidden_from_the_service(&binary, &config, &named_files(&config)) {
+    let hidden = hidden_from_the_service(&binary, &config, &named_files(&config));
+    for why in hidden.into_iter().chain(socket_unwritable(&config)) {
         eprintln!("warning: {why}");
     }
     super::out::stdout(|out| out.write_all(text.as_bytes()))
@@ -134,7 +157,9 @@ pub(crate) fn install(config: &Path) -> Result<()> {
     let config = absolute(config)?;
     let binary = this_binary()?;
     let unit = unit(&binary, &config)?;
-    if let Some(why) = hidden_from_the_service(&binary, &config, &named_files(&config)) {
+    if let Some(why) = hidden_from_the_service(&binary, &config, &named_files(&config))
+        .or_else(|| socket_unwritable(&config))
+    {
         bail!("{why}");
     }
     let config_text = config.display().to_string();
