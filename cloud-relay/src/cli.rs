@@ -325,7 +325,8 @@ fn agent(command: AgentCommand) -> Result<()> {
             } else {
                 let fingerprint = state
                     .fingerprint()?
-                    .unwrap_or_else(|| "<what `postern-relay fingerprint` prints>".to_owned());
+                    .unwrap_or_else(|| "FINGERPRINT".to_owned());
+                let port = state.config()?.ssh_listen.port();
                 to_stdout(|out| {
                     writeln!(out, "Agent {:?} created (id {}).", agent.name, agent.id)?;
                     writeln!(
@@ -335,7 +336,8 @@ fn agent(command: AgentCommand) -> Result<()> {
                     )?;
                     writeln!(
                         out,
-                        "On the agent's machine: POSTERN_TOKEN=<token> postern init --relay HOST:PORT --fingerprint {fingerprint}"
+                        "On the agent's machine, with RELAY_HOST the name agents reach this relay by \
+                         (`postern init` asks for the token):\n\n  postern init --relay RELAY_HOST:{port} --fingerprint {fingerprint}"
                     )
                 })?;
             }
