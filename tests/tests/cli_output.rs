@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use postern_tests::harness::{
-    AgentProcess, Bins, Tunnel, agent_cli, agent_config, create_agent, offline_agent_config,
-    relay_cli, unknown_token,
+    AgentProcess, Bins, Tunnel, agent_cli, agent_command, agent_config, create_agent,
+    offline_agent_config, relay_cli, unknown_token,
 };
 use postern_tests::temp::TempDir;
 
@@ -274,9 +274,17 @@ async fn status_relay_output_and_the_wrong_fingerprint_line() -> Result<()> {
     )?;
     assert!(revoked.contains("within a second"), "{revoked}");
     let created = relay_cli(&bins, &["agent", "create", "a3", "--state-dir", &state])?;
-    // The agent's machine has no relay state: the fingerprint is printed, not a command.
-    let suggested = format!("--fingerprint {}\n", t.relay.fingerprint);
+    // The agent's machine has no relay state: the fingerprint is printed, not a command;
+    // the line pastes as it is but for the host, and has no token to leak into history.
+    let suggested = format!(
+        "\n  postern init --relay RELAY_HOST:2222 --fingerprint {}\n",
+        t.relay.fingerprint
+    );
     assert!(created.contains(&suggested), "{created}");
+    assert!(
+        !created.contains('<') && !created.contains("$("),
+        "{created}"
+    );
 
     // The agent refuses the relay: that is what its log must say.
     let (_, token) = create_agent(&bins, &t.relay.state_dir, "a2")?;
@@ -370,5 +378,104 @@ fn connection_test_falls_back_to_the_shell_and_says_why() -> Result<()> {
             String::from_utf8_lossy(&out.stdout)
         );
     }
+    Ok(())
+}
+
+/// Edits and tests from an admin's shell that lacks the service's environment: a
+/// connection keyed by `secret_env` is added with a note; testing another connection is
+/// not stopped by it; JWT options without `--auth jwt_bearer` are refused saying so;
+/// `show` prints what can be pasted back; `init` with no token says how to give one.
+#[test]
+fn edits_from_a_shell_without_the_services_environment() -> Result<()> {
+    let bins = bins();
+    let dir = TempDir::new("edits-env")?;
+    let config = dir.write_private(
+        "agent.toml",
+        &offline_agent_config(
+            "127.0.0.1:1",
+            "[connections.dead]\nbase_uri = \"http://127.0.0.1:9\"\ntimeout = \"2s\"\n",
+        ),
+    )?;
+    let add = agent_cli(
+        &bins,
+        &config,
+        &[
+            "connection",
+            "add",
+            "billing",
+            "--base-uri",
+            "http://127.0.0.1:9/b",
+            "--auth",
+            "jwt_bearer",
+            "--algorithm",
+            "HS256",
+            "--secret-env",
+            "POSTERN_TEST_UNSET_SECRET",
+            "--payload",
+            "aud=billing",
+        ],
+    )?;
+    assert!(add.status.success(), "{}", stderr(&add));
+    assert!(
+        stderr(&add).contains("not checked here")
+            && stderr(&add).contains("POSTERN_TEST_UNSET_SECRET is not set"),
+        "{}",
+        stderr(&add)
+    );
+    assert!(
+        std::fs::read_to_string(&config)?.contains("secret_env = \"POSTERN_TEST_UNSET_SECRET\"")
+    );
+
+    // `dead` needs no secret: billing's, missing here, does not stop its test.
+    let test = agent_cli(&bins, &config, &["connection", "test", "dead"])?;
+    assert_eq!(test.status.code(), Some(1), "{}", stderr(&test));
+    assert!(
+        String::from_utf8_lossy(&test.stdout)
+            .contains("FAIL  tcp    cannot connect to 127.0.0.1:9"),
+        "{}{}",
+        String::from_utf8_lossy(&test.stdout),
+        stderr(&test)
+    );
+
+    let before = std::fs::read_to_string(&config)?;
+    let add = agent_cli(
+        &bins,
+        &config,
+        &[
+            "connection",
+            "add",
+            "bt",
+            "--base-uri",
+            "http://h",
+            "--algorithm",
+            "RS256",
+            "--payload",
+            "sub=x",
+        ],
+    )?;
+    assert_eq!(add.status.code(), Some(1));
+    assert!(
+        stderr(&add).contains("--algorithm, --payload need --auth jwt_bearer"),
+        "{}",
+        stderr(&add)
+    );
+    assert_eq!(std::fs::read_to_string(&config)?, before);
+
+    let show = agent_cli(&bins, &config, &["connection", "show", "billing"])?;
+    let shown = String::from_utf8_lossy(&show.stdout);
+    assert!(shown.starts_with("[connections.billing]\n"), "{shown}");
+    assert!(shown.contains("[connections.billing.auth]\n"), "{shown}");
+
+    let init = agent_command(&bins, &dir.path().join("new.toml"), &["init"])
+        .args(["--relay", "127.0.0.1:2222", "--fingerprint"])
+        .arg("SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU")
+        .env("POSTERN_TOKEN", "")
+        .output()?;
+    assert_eq!(init.status.code(), Some(1));
+    assert!(
+        stderr(&init).contains("no access token given"),
+        "{}",
+        stderr(&init)
+    );
     Ok(())
 }

@@ -679,6 +679,35 @@ exec "$@"
         assert!(!sandbox.etc("systemd/system/postern-agent.service").exists());
     }
 
+    // What the config names counts too: a key under /home, a status socket the unit
+    // cannot make (ProtectSystem=strict) — refused before any call.
+    for (more, why) in [
+        (
+            "[connections.erp]\nbase_uri = \"http://h\"\n[connections.erp.auth]\ntype = \"jwt_bearer\"\nalgorithm = \"RS256\"\nprivate_key_file = \"/home/admin/erp.pem\"\n",
+            "the service cannot see connections.erp.auth.private_key_file /home/admin/erp.pem (ProtectHome=yes",
+        ),
+        (
+            "status_socket = \"agent.sock\"\n",
+            "the service cannot make its status socket /etc/postern/agent.sock (ProtectSystem=strict",
+        ),
+    ] {
+        let config = sandbox.etc("postern/agent.toml");
+        std::fs::write(
+            &config,
+            format!("relay = \"r:2222\"\nrelay_fingerprint = \"SHA256:x\"\ntoken = \"t\"\n{more}"),
+        )?;
+        let out = postern(
+            &sandbox,
+            AGENT_UNIT,
+            &[],
+            &["service", "install", "--config", "/etc/postern/agent.toml"],
+        )?;
+        let said = output_text(&out);
+        assert_eq!(out.status.code(), Some(1), "{said}");
+        assert!(said.contains(why), "{said}");
+        assert_eq!(sandbox.calls()?, Vec::<String>::new(), "{said}");
+    }
+
     // No systemd running: neither command does anything, even with a unit there.
     let Some(sandbox) = service_sandbox("service-no-systemd", false, 0o700)? else {
         return Ok(());
