@@ -24,9 +24,18 @@ pub enum TemplateError {
         "{path}: the template \"{{{{{template}}}}}\" gives a time before 1970 or past the largest unix time"
     )]
     TimeOutOfRange { path: String, template: String },
+    #[error(
+        "{path} must be a number of seconds since 1970 (RFC 7519's NumericDate; verifiers \
+         refuse anything else): write a number, or one time template alone such as \
+         \"{{{{now + 300}}}}\""
+    )]
+    NotNumericDate { path: String },
     #[error("payload: cannot be written as JSON: {0}")]
     Json(String),
 }
+
+/// The claims RFC 7519 defines as NumericDate.
+const TIME_CLAIMS: [&str; 3] = ["exp", "nbf", "iat"];
 
 /// A JSON object whose string values may hold templates, evaluated per token.
 #[derive(Debug, Clone)]
@@ -71,9 +80,20 @@ impl PayloadTemplate {
     /// Parses every string value (recursively through nested objects/arrays) once; unknown
     /// templates are an error naming the JSON path (e.g. `payload.exp`) and the template text.
     pub fn parse(payload: &Map<String, Value>) -> Result<Self, TemplateError> {
-        Ok(Self {
-            fields: parse_object(payload, "payload")?,
-        })
+        let fields = parse_object(payload, "payload")?;
+        for (key, node) in &fields {
+            let numeric = match node {
+                Node::Plain(value) => value.is_number(),
+                Node::Whole { expr, .. } => matches!(expr, Expr::Now(_)),
+                Node::Object(_) | Node::Array(_) | Node::Text { .. } => false,
+            };
+            if TIME_CLAIMS.contains(&key.as_str()) && !numeric {
+                return Err(TemplateError::NotNumericDate {
+                    path: format!("payload.{key}"),
+                });
+            }
+        }
+        Ok(Self { fields })
     }
 
     /// The payload's JSON text at the given clock (unix seconds), with an env lookup function.
@@ -383,6 +403,31 @@ mod tests {
 
     fn render(value: Value) -> Result<Value, TemplateError> {
         Ok(json_of(&template(value)?.render(NOW, &no_env)?))
+    }
+
+    #[test]
+    fn time_claims_must_be_numbers() {
+        for ok in [
+            json!({"exp": 1_700_000_000, "iat": "{{now}}", "nbf": "{{plus currentTimeSeconds -5}}"}),
+            json!({"nested": {"exp": "x-{{now}}"}}),
+        ] {
+            assert!(template(ok.clone()).is_ok(), "{ok}");
+        }
+        for (payload, claim) in [
+            (json!({"exp": "x-{{now}}"}), "exp"),
+            (json!({"exp": "{{env.EXP}}"}), "exp"),
+            (json!({"iat": "2024-01-01"}), "iat"),
+            (json!({"nbf": "{{uuid}}"}), "nbf"),
+            (json!({"exp": [1]}), "exp"),
+        ] {
+            assert_eq!(
+                template(payload.clone()).err(),
+                Some(TemplateError::NotNumericDate {
+                    path: format!("payload.{claim}")
+                }),
+                "{payload}"
+            );
+        }
     }
 
     #[test]
