@@ -69,15 +69,18 @@ fn hidden_from_the_service(
     let named = named
         .iter()
         .map(|(place, path)| (place.as_str(), path.as_path(), "/etc/postern/"));
-    ours.into_iter()
+    let hidden: Vec<String> = ours
+        .into_iter()
         .chain(named)
-        .find_map(|(what, path, instead)| {
+        .filter_map(|(what, path, instead)| {
             let why = hidden_why(path)?;
             Some(format!(
                 "the service cannot see {what} {} ({why}); put it under {instead}",
                 path.display()
             ))
         })
+        .collect();
+    (!hidden.is_empty()).then(|| hidden.join("\n"))
 }
 
 /// What keeps the service from seeing `path`, if anything.
@@ -316,6 +319,24 @@ mod tests {
         let bin = Path::new("/usr/bin/postern");
         for config in ["relative.toml", "/etc/with space.toml", "/etc/q\"uote.toml"] {
             assert!(unit(bin, Path::new(config)).is_err(), "{config}");
+        }
+    }
+
+    #[test]
+    fn every_path_the_service_cannot_see_is_named_at_once() {
+        let why = hidden_from_the_service(
+            Path::new("/tmp/b/postern"),
+            Path::new("/home/a/agent.toml"),
+            &[("token_file".to_owned(), PathBuf::from("/var/tmp/token"))],
+        )
+        .unwrap_or_default();
+        assert_eq!(why.lines().count(), 3, "{why}");
+        for needle in [
+            "the program /tmp/b/postern",
+            "the config /home/a",
+            "token_file /var/tmp/token",
+        ] {
+            assert!(why.contains(needle), "{needle}: {why}");
         }
     }
 
