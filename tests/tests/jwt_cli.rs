@@ -416,6 +416,14 @@ fn jwt_decode_shows_claims_and_checks_signatures() -> Result<()> {
     let out = agent_cli(&bins(), &config, &["jwt", "decode", "not-a-jwt"])?;
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a compact JWT"));
+    // `-` with nothing on stdin (agent_cli closes it) says there was no token.
+    let out = agent_cli(&bins(), &config, &["jwt", "decode", "-"])?;
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no token to decode"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     Ok(())
 }
 

@@ -44,6 +44,9 @@ pub(crate) fn decode(token: &str, verify_with: Option<&Path>) -> Result<ExitCode
         token.to_owned()
     };
     let token = token.trim();
+    if token.is_empty() {
+        bail!("no token to decode: pass it as the argument, or `-` with the token on stdin");
+    }
     let parts: Vec<&str> = token.split('.').collect();
     let [header, claims, _signature] = parts.as_slice() else {
         bail!(
