@@ -295,24 +295,13 @@ mod tests {
     use super::*;
 
     fn load(connection: &str) -> Result<crate::config::AgentConfig, String> {
-        let token = postern_protocol::SecretToken::generate(
-            postern_protocol::SecretKind::AgentToken,
-            &[7u8; postern_protocol::token::BODY_LEN],
-        );
-        let text = format!(
-            "relay = \"127.0.0.1:2222\"\nrelay_fingerprint = \"SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU\"\ntoken = \"{}\"\n{connection}",
-            token.expose()
-        );
-        let file = super::super::ConfigFile::parse(&text).map_err(|e| e.to_string())?;
-        crate::config::AgentConfig::resolve(file, Path::new("/nonexistent"), &|_| {
-            Some("a-secret-of-thirty-two-bytes-ok!".to_owned())
-        })
-        .map_err(|e| e.to_string())
+        use crate::config::tests::{base, parse};
+        parse(&base(connection))
     }
 
     fn with_token_url(url: &str) -> String {
         format!(
-            "[connections.erp]\nbase_uri = \"https://erp.internal/api\"\n[connections.erp.auth]\ntype = \"jwt_bearer\"\nalgorithm = \"HS256\"\nsecret_env = \"S\"\npayload = {{ iss = \"p\" }}\n[connections.erp.auth.exchange]\ntoken_url = \"{url}\"\n"
+            "[connections.erp]\nbase_uri = \"https://erp.internal/api\"\n[connections.erp.auth]\ntype = \"jwt_bearer\"\nalgorithm = \"HS256\"\nsecret_env = \"HMAC\"\npayload = {{ iss = \"p\" }}\n[connections.erp.auth.exchange]\ntoken_url = \"{url}\"\n"
         )
     }
 

@@ -147,20 +147,12 @@ pub(super) fn resolve_test(file: TestFile) -> Result<TestRequest, String> {
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
-
+    /// A config whose connection `c` has `connection`'s lines.
     fn load(connection: &str) -> Result<crate::config::AgentConfig, String> {
-        let token = postern_protocol::SecretToken::generate(
-            postern_protocol::SecretKind::AgentToken,
-            &[7u8; postern_protocol::token::BODY_LEN],
-        );
-        let text = format!(
-            "relay = \"127.0.0.1:2222\"\nrelay_fingerprint = \"SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU\"\ntoken = \"{}\"\n[connections.c]\nbase_uri = \"http://127.0.0.1:9000\"\n{connection}",
-            token.expose()
-        );
-        let file = super::super::ConfigFile::parse(&text).map_err(|e| e.to_string())?;
-        crate::config::AgentConfig::resolve(file, Path::new("/nonexistent"), &|_| None)
-            .map_err(|e| e.to_string())
+        use crate::config::tests::{base, parse};
+        parse(&base(&format!(
+            "[connections.c]\nbase_uri = \"http://127.0.0.1:9000\"\n{connection}"
+        )))
     }
 
     fn refused(connection: &str, message: &str) {

@@ -20,7 +20,8 @@ fn typo_token() -> String {
 /// Shaped like `postern-relay fingerprint` output (the SHA-256 of nothing).
 const FINGERPRINT: &str = "SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU";
 
-fn parse(text: &str) -> Result<AgentConfig, String> {
+/// Loads `text` as `run` would, with only `HMAC` set in the environment.
+pub(super) fn parse(text: &str) -> Result<AgentConfig, String> {
     let file = ConfigFile::parse(text).map_err(|e| e.to_string())?;
     AgentConfig::resolve(file, Path::new("/nonexistent"), &|name| {
         (name == "HMAC").then(|| "a-secret-of-thirty-two-bytes-ok!".to_owned())
@@ -28,7 +29,8 @@ fn parse(text: &str) -> Result<AgentConfig, String> {
     .map_err(|e| e.to_string())
 }
 
-fn base(extra: &str) -> String {
+/// A config that loads, with `extra` after its top-level keys.
+pub(super) fn base(extra: &str) -> String {
     format!(
         "relay = \"127.0.0.1:2222\"\nrelay_fingerprint = \"{FINGERPRINT}\"\ntoken = \"{}\"\n{extra}",
         token()
