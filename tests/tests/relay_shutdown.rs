@@ -86,15 +86,20 @@ async fn sigterm_lets_a_call_under_way_finish_before_agents_are_disconnected() -
 
     let took = wait_exit(pid, sent, GRACE + Duration::from_secs(5)).await?;
     assert!(took < GRACE, "the relay took {took:?} to stop");
+    exited_with_goodbye(&mut w, &agent)?;
+    assert!(w.relay.logs.contains("relay stopped"));
+    Ok(())
+}
+
+/// The relay exited cleanly, and the agent heard why: the disconnect was written before
+/// the relay exited.
+fn exited_with_goodbye(w: &mut RelayWorld, agent: &AgentProcess) -> Result<()> {
     let status = w.relay.terminate()?;
     assert!(status.success(), "relay exit: {status}");
-    // The agent heard why: the disconnect was written before the relay exited.
     agent.logs.wait_for(
         "relay closed the session: relay shutting down",
         Duration::from_secs(5),
-    )?;
-    assert!(w.relay.logs.contains("relay stopped"));
-    Ok(())
+    )
 }
 
 /// A call that stays under way: an upload that sends part of its body, then waits.
@@ -136,12 +141,7 @@ async fn a_second_signal_ends_the_drain_at_once_and_still_says_goodbye() -> Resu
         took < Duration::from_secs(5),
         "the relay took {took:?} to stop after a second signal"
     );
-    let status = w.relay.terminate()?;
-    assert!(status.success(), "relay exit: {status}");
-    agent.logs.wait_for(
-        "relay closed the session: relay shutting down",
-        Duration::from_secs(5),
-    )?;
+    exited_with_goodbye(&mut w, &agent)?;
     Ok(())
 }
 

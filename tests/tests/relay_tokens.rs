@@ -147,19 +147,7 @@ async fn the_cli_rotates_and_the_running_relay_ends_sessions_on_stale_tokens() -
     let _agent = w.agent_online("warehouse-1").await?;
 
     // A short grace: the session stays, then is dropped when the grace ends.
-    let out = relay_cli(
-        &w.bins,
-        &[
-            "agent",
-            "rotate",
-            "warehouse-1",
-            "--grace",
-            "2s",
-            "--state-dir",
-            &dir,
-            "--json",
-        ],
-    )?;
+    let out = cli_rotate(&w, "2s")?;
     let rotated: serde_json::Value = serde_json::from_str(&out)?;
     let new_token = rotated["token"].as_str().unwrap_or_default().to_owned();
     assert!(new_token.starts_with("pst_"));
@@ -228,21 +216,8 @@ async fn a_grace_under_a_second_still_keeps_the_session() -> Result<()> {
     );
 
     // The CLI rounds the same way and says the same end: not before the grace is over.
-    let dir = w.state_dir().to_string_lossy().into_owned();
     let asked = std::time::SystemTime::now();
-    let out = relay_cli(
-        &w.bins,
-        &[
-            "agent",
-            "rotate",
-            "warehouse-1",
-            "--grace",
-            "500ms",
-            "--state-dir",
-            &dir,
-            "--json",
-        ],
-    )?;
+    let out = cli_rotate(&w, "500ms")?;
     let reply: serde_json::Value = serde_json::from_str(&out)?;
     let until =
         humantime::parse_rfc3339(reply["old_token_valid_until"].as_str().unwrap_or_default())?;
@@ -310,4 +285,22 @@ async fn a_revoked_agent_retrying_never_blocks_its_address() -> Result<()> {
 
     let _agent = w.agent_online("neighbour").await?;
     Ok(())
+}
+
+/// `postern-relay agent rotate warehouse-1 --grace GRACE --json` on `w`'s store.
+fn cli_rotate(w: &RelayWorld, grace: &str) -> Result<String> {
+    let dir = w.state_dir().to_string_lossy().into_owned();
+    relay_cli(
+        &w.bins,
+        &[
+            "agent",
+            "rotate",
+            "warehouse-1",
+            "--grace",
+            grace,
+            "--state-dir",
+            &dir,
+            "--json",
+        ],
+    )
 }
