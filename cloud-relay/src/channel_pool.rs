@@ -201,29 +201,36 @@ impl ChannelPool {
     /// one: a channel open on both sides that nobody closes. Run to its end, the channel
     /// waits in the pool for the next call instead.
     async fn open(self: &Arc<Self>, connection: &ConnectionName) -> Result<Conn, CallError> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let pool = self.clone();
-        let name = connection.clone();
-        self.opens.spawn(async move {
-            let opened = pool.open_now(&name).await;
-            if let Err(Ok(conn)) = tx.send(opened) {
-                pool.checkin(name, conn);
-            }
-        });
-        rx.await.unwrap_or(Err(CallError::SessionClosed))
+        let (pool, name) = (self.clone(), connection.clone());
+        let opened = async move { pool.open_now(&name).await };
+        let (pool, name) = (self.clone(), connection.clone());
+        self.detached(opened, move |conn| pool.checkin(name, conn))
+            .await
     }
 
     /// Opens a channel for a one-shot exchange (`test:`), outside the pool, in a task of
-    /// its own for the reason `open` gives; one its caller gave up on is closed.
+    /// its own for the reason `open` gives; one its caller gave up on is closed as it drops.
     pub async fn open_oneshot(
         self: &Arc<Self>,
         target: ChannelTarget,
     ) -> Result<ChannelIo<Msg>, CallError> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
         let pool = self.clone();
+        let open = async move { pool.open_channel(&target).await.map(ChannelIo::new) };
+        self.detached(open, drop).await
+    }
+
+    /// Runs `work` in a task the pool tracks and hands its outcome back; a success its
+    /// caller is no longer there for goes to `unclaimed`.
+    async fn detached<T: Send + 'static>(
+        &self,
+        work: impl Future<Output = Result<T, CallError>> + Send + 'static,
+        unclaimed: impl FnOnce(T) + Send + 'static,
+    ) -> Result<T, CallError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
         self.opens.spawn(async move {
-            // Returned to this task when its caller is gone, and closed as it drops.
-            let _ = tx.send(pool.open_channel(&target).await.map(ChannelIo::new));
+            if let Err(Ok(done)) = tx.send(work.await) {
+                unclaimed(done);
+            }
         });
         rx.await.unwrap_or(Err(CallError::SessionClosed))
     }
