@@ -56,36 +56,31 @@ impl StateArgs {
     /// The store `serve` made. Only `serve` creates one: a mistyped folder must not get
     /// a store of its own, whose agents and keys the running relay would never know.
     fn store(&self) -> Result<SqliteStore> {
-        let dir = self.config()?.state_dir;
-        let db = dir.join(crate::store::sqlite::DB_FILE);
-        match std::fs::metadata(&db) {
-            Ok(_) => {}
-            Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                return Err(e).with_context(|| {
-                    format!(
-                        "cannot reach the relay store at {} (run as the user the relay runs as)",
-                        db.display()
-                    )
-                });
-            }
-            Err(_) => anyhow::bail!(
-                "no relay store at {}: a typo in the folder, or the relay has not started yet \
+        store_in(&self.config()?.state_dir)
+    }
+}
+
+/// The store `serve` made in `dir` (see [`StateArgs::store`]).
+fn store_in(dir: &std::path::Path) -> Result<SqliteStore> {
+    let db = dir.join(crate::store::sqlite::DB_FILE);
+    match std::fs::metadata(&db) {
+        Ok(_) => {}
+        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| {
+                format!(
+                    "cannot reach the relay store at {} (run as the user the relay runs as)",
+                    db.display()
+                )
+            });
+        }
+        Err(_) => anyhow::bail!(
+            "no relay store at {}: a typo in the folder, or the relay has not started yet \
                  (`postern-relay serve` makes it). Pass the --state-dir or --config the relay \
                  runs with, as the user it runs as (packages: sudo -u postern-relay …)",
-                db.display()
-            ),
-        }
-        SqliteStore::open_in(&dir)
-            .with_context(|| format!("opening the store in {}", dir.display()))
+            db.display()
+        ),
     }
-
-    /// What an agent pins: the fingerprint of the host key `serve` made, if it has.
-    fn fingerprint(&self) -> Result<Option<String>> {
-        let dir = self.config()?.state_dir;
-        Ok(host_key::load(&dir)
-            .ok()
-            .map(|key| host_key::fingerprint(&key)))
-    }
+    SqliteStore::open_in(dir).with_context(|| format!("opening the store in {}", dir.display()))
 }
 
 #[derive(Debug, Subcommand)]
@@ -315,7 +310,8 @@ fn agent(command: AgentCommand) -> Result<()> {
     match command {
         AgentCommand::Create { name, state, json } => {
             let token = new_token(SecretKind::AgentToken);
-            let agent = state.store()?.create_agent(&name, &token)?;
+            let config = state.config()?;
+            let agent = store_in(&config.state_dir)?.create_agent(&name, &token)?;
             if json {
                 print_json(&AgentCreated {
                     id: agent.id,
@@ -323,10 +319,11 @@ fn agent(command: AgentCommand) -> Result<()> {
                     token: token.expose().to_owned(),
                 })?;
             } else {
-                let fingerprint = state
-                    .fingerprint()?
-                    .unwrap_or_else(|| "FINGERPRINT".to_owned());
-                let port = state.config()?.ssh_listen.port();
+                // Whoever can open the store can read the key `serve` made beside it.
+                let fingerprint = host_key::load(&config.state_dir)
+                    .map(|key| host_key::fingerprint(&key))
+                    .unwrap_or_else(|_| "FINGERPRINT".to_owned());
+                let port = config.ssh_listen.port();
                 to_stdout(|out| {
                     writeln!(out, "Agent {:?} created (id {}).", agent.name, agent.id)?;
                     writeln!(
