@@ -82,9 +82,6 @@ impl ControlChannel {
             let _ = write.write_all(&encode_line(&reply)).await;
             let _ = write.flush().await;
         }
-        if refusal.is_none() {
-            self.welcomed.cancel();
-        }
         if refusal.is_some() {
             self.closing_reason.set("hello refused");
             let session = self.handle.clone();
@@ -97,6 +94,7 @@ impl ControlChannel {
                 .await;
             return;
         }
+        self.welcomed.cancel();
         // Hold the channel for the session's life, taking each inventory as it comes;
         // reading also keeps the channel's window open.
         loop {

@@ -258,7 +258,7 @@ async fn run_connection(
                     if let Some(pending) = &pending {
                         let _ = pending.closer.shutdown(std::net::Shutdown::Both);
                     }
-                    let _ = tokio::time::timeout(Duration::from_secs(2), &mut running).await;
+                    let _ = tokio::time::timeout(DISCONNECT_WRITE_LIMIT, &mut running).await;
                     return;
                 }
             }

@@ -96,7 +96,7 @@ pub(crate) async fn find(ctx: &Arc<RelayContext>, agent: String) -> Result<Agent
     Ok(record)
 }
 
-fn rfc3339(t: SystemTime) -> String {
+pub(super) fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
 

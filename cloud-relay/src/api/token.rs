@@ -1,7 +1,7 @@
 //! `POST /v1/agents/{agent}/token`: a new token for an agent (admin only). The
 //! old one dies at once with its live session, unless a grace period is asked for.
 
-use postern_protocol::control::EndReason;
+use crate::revocation_watch::ended;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -69,11 +69,9 @@ pub async fn rotate_agent_token(
                 .store_write(move |store| store.rotate_token(&agent, &stored, until))
                 .await?;
             if let Some(live) = work.registry.get(&record.id)
-                && !record.accepts_session(live.token_version, unix_now())
+                && let Some(reason) = ended(Some(&record), live.token_version, unix_now())
             {
-                work.registry
-                    .drop_session(&live, EndReason::TokenRotated)
-                    .await;
+                work.registry.drop_session(&live, reason).await;
             }
             Ok(record)
         })
@@ -97,6 +95,5 @@ pub fn grace_end(grace: Duration) -> i64 {
 
 /// Unix seconds as `old_token_valid_until` shows them.
 pub fn rfc3339(unix: i64) -> String {
-    let at = SystemTime::UNIX_EPOCH + Duration::from_secs(unix.max(0) as u64);
-    humantime::format_rfc3339_seconds(at).to_string()
+    super::agents::rfc3339(SystemTime::UNIX_EPOCH + Duration::from_secs(unix.max(0) as u64))
 }
