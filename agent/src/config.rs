@@ -454,25 +454,28 @@ pub fn status_socket(configured: Option<&Path>, base_dir: &Path) -> PathBuf {
     if let Some(path) = configured {
         return base_dir.join(path);
     }
-    let run_owner = std::fs::metadata(SERVICE_RUN_DIR).ok().map(|m| m.uid());
     default_socket(
         current_uid().unwrap_or(0),
         std::env::var_os("XDG_RUNTIME_DIR"),
-        run_owner,
+        || std::fs::metadata(SERVICE_RUN_DIR).ok().map(|m| m.uid()),
     )
 }
 
 /// The unit's RuntimeDirectory, where the service's socket is.
-const SERVICE_RUN_DIR: &str = "/run/postern";
+pub(crate) const SERVICE_RUN_DIR: &str = "/run/postern";
 
 /// Without `XDG_RUNTIME_DIR` (which `sudo -u postern` drops), the service user's own
 /// commands look where its unit puts the socket: in /run/postern when that is theirs.
-fn default_socket(uid: u32, xdg: Option<std::ffi::OsString>, run_owner: Option<u32>) -> PathBuf {
+fn default_socket(
+    uid: u32,
+    xdg: Option<std::ffi::OsString>,
+    run_owner: impl FnOnce() -> Option<u32>,
+) -> PathBuf {
     let service = Path::new(SERVICE_RUN_DIR).join("agent.sock");
     match xdg {
         _ if uid == 0 => service,
         Some(dir) => PathBuf::from(dir).join("postern/agent.sock"),
-        None if run_owner == Some(uid) => service,
+        None if run_owner() == Some(uid) => service,
         None => PathBuf::from(format!("/tmp/postern-{uid}/agent.sock")),
     }
 }

@@ -28,27 +28,33 @@ pub fn unit(binary: &Path, config: &Path) -> Result<String> {
         .replace(PACKAGED_CONFIG, &config.display().to_string()))
 }
 
-/// The files `config` names (keys, token, certificates), if it can be read as written.
-fn named_files(config: &Path) -> Vec<(String, PathBuf)> {
-    crate::config::ConfigFile::read(config)
-        .map(|file| file.named_files(config.parent().unwrap_or(Path::new("/"))))
-        .unwrap_or_default()
+/// Everything that would keep the installed service from running `config`: paths it
+/// cannot see (the config's own files included), a status socket it cannot make.
+fn what_the_service_lacks(binary: &Path, config: &Path) -> Vec<String> {
+    let base = config.parent().unwrap_or(Path::new("/"));
+    // Read as written, once; one that cannot be read is the config check's to report.
+    let file = crate::config::ConfigFile::read(config).ok();
+    let named = file
+        .as_ref()
+        .map(|f| f.named_files(base))
+        .unwrap_or_default();
+    let socket = file.and_then(|f| f.status_socket).map(|s| base.join(s));
+    hidden_from_the_service(binary, config, &named)
+        .into_iter()
+        .chain(socket.as_deref().and_then(socket_unwritable))
+        .collect()
 }
 
-/// Why the service could not make the status socket `config` names, if it could not:
+/// Why the service could not make its status socket at `socket`, if it could not:
 /// under ProtectSystem=strict it may write only its RuntimeDirectory and StateDirectory.
-fn socket_unwritable(config: &Path) -> Option<String> {
-    let file = crate::config::ConfigFile::read(config).ok()?;
-    let socket = config
-        .parent()
-        .unwrap_or(Path::new("/"))
-        .join(file.status_socket?);
-    let writable = ["/run/postern/", "/var/lib/postern/"];
+fn socket_unwritable(socket: &Path) -> Option<String> {
+    let run = crate::config::SERVICE_RUN_DIR;
+    let writable = [Path::new(run), Path::new("/var/lib/postern")];
     (!writable.iter().any(|dir| socket.starts_with(dir))).then(|| {
         format!(
             "the service cannot make its status socket {} (ProtectSystem=strict lets it write \
-             only /run/postern and /var/lib/postern); leave status_socket out (it is then \
-             /run/postern/agent.sock) or put it under /run/postern/",
+             only {run} and /var/lib/postern); leave status_socket out (it is then \
+             {run}/agent.sock) or put it under {run}/",
             socket.display()
         )
     })
@@ -114,8 +120,7 @@ pub(crate) fn print_unit(config: &Path) -> Result<()> {
         .unwrap_or_else(|_| config.to_owned());
     let binary = this_binary()?;
     let text = unit(&binary, &config)?;
-    let hidden = hidden_from_the_service(&binary, &config, &named_files(&config));
-    for why in hidden.into_iter().chain(socket_unwritable(&config)) {
+    for why in what_the_service_lacks(&binary, &config) {
         eprintln!("warning: {why}");
     }
     super::out::stdout(|out| out.write_all(text.as_bytes()))
@@ -160,10 +165,9 @@ pub(crate) fn install(config: &Path) -> Result<()> {
     let config = absolute(config)?;
     let binary = this_binary()?;
     let unit = unit(&binary, &config)?;
-    if let Some(why) = hidden_from_the_service(&binary, &config, &named_files(&config))
-        .or_else(|| socket_unwritable(&config))
-    {
-        bail!("{why}");
+    let lacks = what_the_service_lacks(&binary, &config);
+    if !lacks.is_empty() {
+        bail!("{}", lacks.join("\n"));
     }
     let config_text = config.display().to_string();
     if Command::new("getent")
