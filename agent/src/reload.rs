@@ -27,7 +27,7 @@ pub struct Reloader {
 }
 
 impl Reloader {
-    /// The config file it reloads.
+    /// The config file it reloads, absolute.
     pub fn path(&self) -> &std::path::Path {
         &self.path
     }
@@ -38,7 +38,8 @@ impl Reloader {
         calls: Arc<CallTable>,
     ) -> Self {
         Self {
-            path,
+            // Absolute, so a CLI started elsewhere can tell whether it names this file.
+            path: std::path::absolute(&path).unwrap_or(path),
             config,
             calls,
             running: tokio::sync::Mutex::new(()),

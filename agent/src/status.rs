@@ -16,7 +16,7 @@ use tracing::warn;
 
 use crate::call_table::{CallTable, Contexts};
 use crate::config::AgentConfig;
-use crate::connection_test;
+use crate::connection_test::{self, TestReport};
 use crate::jwt::CacheState;
 use crate::reload::Reloader;
 use crate::tunnel::TunnelState;
@@ -48,7 +48,12 @@ pub struct ConnectionStatus {
     pub token_cache: String,
 }
 
-pub fn report(state: &TunnelState, config: &AgentConfig, calls: &Contexts) -> StatusReport {
+pub fn report(
+    state: &TunnelState,
+    config: &AgentConfig,
+    config_file: Option<PathBuf>,
+    calls: &Contexts,
+) -> StatusReport {
     let rfc3339 = |t| humantime::format_rfc3339_seconds(t).to_string();
     StatusReport {
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -78,7 +83,7 @@ pub fn report(state: &TunnelState, config: &AgentConfig, calls: &Contexts) -> St
             })
             .collect(),
         config_digest: config.file_digest.clone(),
-        config_file: None,
+        config_file,
     }
 }
 
@@ -197,6 +202,20 @@ impl StatusServer {
         let _ = std::fs::remove_file(&path);
     }
 
+    /// Runs `name`'s test request here; a test may take several of the connection's
+    /// timeouts, so the agent's stop ends it rather than wait.
+    async fn test(&self, name: &str, shutdown: &CancellationToken) -> Result<TestReport, Refusal> {
+        let ctx = self.calls.get(name).ok_or_else(|| Refusal {
+            error: format!("the running agent has no connection named {name:?}"),
+        })?;
+        shutdown
+            .run_until_cancelled(connection_test::run(&ctx))
+            .await
+            .ok_or_else(|| Refusal {
+                error: "the agent stopped before the test finished".to_owned(),
+            })
+    }
+
     async fn answer(self: Arc<Self>, stream: UnixStream, shutdown: CancellationToken) {
         let (read, mut write) = stream.into_split();
         let mut line = String::new();
@@ -206,56 +225,42 @@ impl StatusServer {
         let test = line
             .strip_prefix(TEST)
             .filter(|rest| rest.is_empty() || rest.starts_with(' '));
-        let body = match line.trim() {
-            _ if test.is_some() => {
-                let name = test.unwrap_or_default().trim();
-                match self.calls.get(name) {
-                    // A test may take several of the connection's timeouts; the agent's
-                    // stop must not wait for it.
-                    Some(ctx) => match shutdown
-                        .run_until_cancelled(connection_test::run(&ctx))
-                        .await
-                    {
-                        Some(report) => serde_json::to_vec(&report),
-                        None => serde_json::to_vec(&Refusal {
-                            error: "the agent stopped before the test finished".to_owned(),
-                        }),
-                    },
-                    None => serde_json::to_vec(&Refusal {
-                        error: format!("the running agent has no connection named {name:?}"),
-                    }),
+        let body = if let Some(name) = test.map(str::trim) {
+            match self.test(name, &shutdown).await {
+                Ok(report) => serde_json::to_vec(&report),
+                Err(refusal) => serde_json::to_vec(&refusal),
+            }
+        } else {
+            match line.trim() {
+                RELOAD => {
+                    let report = match &self.reloader {
+                        None => Err(
+                            "this agent was started without a config file; nothing to reload"
+                                .to_owned(),
+                        ),
+                        Some(reloader) => reloader.reload().await,
+                    };
+                    let report = match report {
+                        Ok(changes) => ReloadReport {
+                            ok: true,
+                            changes,
+                            error: None,
+                        },
+                        Err(error) => ReloadReport {
+                            ok: false,
+                            changes: Vec::new(),
+                            error: Some(error),
+                        },
+                    };
+                    serde_json::to_vec(&report)
                 }
-            }
-            RELOAD => {
-                let report = match &self.reloader {
-                    None => Err(
-                        "this agent was started without a config file; nothing to reload"
-                            .to_owned(),
-                    ),
-                    Some(reloader) => reloader.reload().await,
-                };
-                let report = match report {
-                    Ok(changes) => ReloadReport {
-                        ok: true,
-                        changes,
-                        error: None,
-                    },
-                    Err(error) => ReloadReport {
-                        ok: false,
-                        changes: Vec::new(),
-                        error: Some(error),
-                    },
-                };
-                serde_json::to_vec(&report)
-            }
-            _ => {
-                let config = self.config.borrow().clone();
-                let mut report = report(&self.state.borrow(), &config, &self.calls.snapshot());
-                // Absolute, so a CLI started elsewhere can tell whether it is its file.
-                report.config_file = self.reloader.as_ref().map(|r| {
-                    std::fs::canonicalize(r.path()).unwrap_or_else(|_| r.path().to_owned())
-                });
-                serde_json::to_vec(&report)
+                _ => {
+                    let config = self.config.borrow().clone();
+                    let file = self.reloader.as_ref().map(|r| r.path().to_owned());
+                    let report =
+                        report(&self.state.borrow(), &config, file, &self.calls.snapshot());
+                    serde_json::to_vec(&report)
+                }
             }
         };
         let _ = write.write_all(&body.unwrap_or_default()).await;

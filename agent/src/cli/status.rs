@@ -70,7 +70,7 @@ pub(crate) fn test_in_agent(config_path: &Path, name: &str) -> Result<Option<Tes
             socket.display()
         ));
     };
-    let this_file = std::fs::canonicalize(config_path).ok();
+    let this_file = std::path::absolute(config_path).ok();
     match (&running.config_digest, &running.config_file) {
         (Some(d), _) if *d == digest => {}
         (None, _) => {

@@ -445,7 +445,9 @@ fn metrics_listen_is_loopback_only() {
 
 #[test]
 fn the_default_socket_is_where_the_service_puts_it_for_its_own_user() {
-    let at = |uid, xdg: Option<&str>, owner| default_socket(uid, xdg.map(Into::into), owner);
+    let at = |uid, xdg: Option<&str>, owner: Option<u32>| {
+        default_socket(uid, xdg.map(Into::into), || owner)
+    };
     let service = PathBuf::from("/run/postern/agent.sock");
     assert_eq!(at(0, Some("/run/user/0"), None), service);
     assert_eq!(
