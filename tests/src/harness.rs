@@ -372,6 +372,25 @@ pub fn offline_agent_config(relay: &str, rest: &str) -> String {
     )
 }
 
+/// A loopback port nothing listens on (for the moment it is asked).
+pub fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Waits until something accepts connections on loopback `port`, at most `limit`.
+pub fn wait_port(port: u16, limit: Duration) -> Result<()> {
+    let deadline = Instant::now() + limit;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            bail!("nothing listens on {port} after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
 /// Whether the tests run as root (some checks only mean something then).
 pub fn is_root() -> bool {
     use std::os::unix::fs::MetadataExt;

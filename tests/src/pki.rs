@@ -3,7 +3,7 @@
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
@@ -102,9 +102,7 @@ pub fn make_pki(dir: &Path) -> Result<()> {
 /// Runs the Python `script` in `dir` as `python3 -c script server.pem server.key PORT
 /// extra…` on a free port; returns once the port accepts connections.
 pub fn python_https(dir: &Path, script: &str, extra: &[&str]) -> Result<(KillOnDrop, u16)> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
+    let port = crate::harness::free_port()?;
     let child = Command::new("python3")
         .args(["-c", script, "server.pem", "server.key", &port.to_string()])
         .args(extra)
@@ -114,13 +112,7 @@ pub fn python_https(dir: &Path, script: &str, extra: &[&str]) -> Result<(KillOnD
         .spawn()
         .context("python3")?;
     let guard = KillOnDrop(child);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if Instant::now() > deadline {
-            bail!("the https server did not start");
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
+    crate::harness::wait_port(port, Duration::from_secs(10)).context("the https server")?;
     Ok((guard, port))
 }
 

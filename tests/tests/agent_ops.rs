@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use postern_tests::harness::{
-    AgentProcess, Api, Bins, RelayProcess, agent_cli, create_agent, create_api_key, output_text,
-    signal,
+    AgentProcess, Api, Bins, RelayProcess, agent_cli, create_agent, create_api_key, free_port,
+    output_text, signal, wait_port,
 };
 use postern_tests::internal_server::{InternalServer, Verifier};
 use postern_tests::relay_support::error_code;
@@ -55,18 +55,12 @@ impl Setup {
     }
 }
 
-/// A port nothing listens on.
-fn dead_port() -> Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?.port())
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn relays_are_tried_in_turn() -> Result<()> {
     let s = setup().await?;
     let head = format!(
         "relay = [\"127.0.0.1:{}\", \"{}\"]",
-        dead_port()?,
+        free_port()?,
         s.relay.ssh
     );
     let config = s.dir.write_private("agent.toml", &s.config(&head))?;
@@ -92,7 +86,7 @@ impl Drop for KillOnDrop {
 
 /// A real tinyproxy on loopback that requires basic auth and logs connections.
 fn tinyproxy(dir: &TempDir) -> Result<(KillOnDrop, u16, std::path::PathBuf)> {
-    let port = dead_port()?;
+    let port = free_port()?;
     let log = dir.path().join("tinyproxy.log");
     let conf = dir.write_private(
         "tinyproxy.conf",
@@ -109,13 +103,7 @@ fn tinyproxy(dir: &TempDir) -> Result<(KillOnDrop, u16, std::path::PathBuf)> {
         .spawn()
         .context("tinyproxy (apt-get install tinyproxy)")?;
     let guard = KillOnDrop(child);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if Instant::now() > deadline {
-            bail!("tinyproxy did not start");
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
+    wait_port(port, Duration::from_secs(10)).context("tinyproxy")?;
     Ok((guard, port, log))
 }
 

@@ -2,9 +2,8 @@
 //! the peak resident memory of a process (reset between scenarios).
 
 use std::process::Child;
-use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 
 pub struct Kill(pub Child);
 
@@ -15,22 +14,7 @@ impl Drop for Kill {
     }
 }
 
-pub fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-pub fn wait_port(port: u16, limit: Duration) -> Result<()> {
-    let deadline = Instant::now() + limit;
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if Instant::now() > deadline {
-            bail!("nothing listens on {port} after {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok(())
-}
+pub use postern_tests::harness::{free_port, wait_port};
 
 /// The process's peak resident memory (VmHWM) in MiB since start or the last reset.
 pub fn peak_rss_mib(pid: u32) -> f64 {
