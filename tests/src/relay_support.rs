@@ -370,3 +370,59 @@ pub async fn say_hello(
     .context("no answer to the hello within 10 s")??;
     Ok((decode_line(&line)?, write))
 }
+
+/// What [`hold_sqlite_lock`] holds.
+pub enum SqliteLock {
+    /// The write lock (`BEGIN IMMEDIATE`): readers go on, other writers wait.
+    Write,
+    /// The exclusive lock in rollback-journal mode: readers wait too.
+    Exclusive,
+}
+
+/// Another process (python3's sqlite3) on `db`: takes `lock`, with `touch` writes a row
+/// (so a snapshot taken before is stale once it commits, and the relay's revocation watch
+/// sees a change), holds it for `hold` and commits — or, with no `hold`, until the
+/// returned process is dropped. Returns once the lock is held.
+pub fn hold_sqlite_lock(
+    db: &std::path::Path,
+    lock: SqliteLock,
+    touch: bool,
+    hold: Option<Duration>,
+) -> Result<crate::pki::KillOnDrop> {
+    use std::io::BufRead;
+    let script = "import sqlite3, sys, time
+c = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=10)
+if sys.argv[2] == 'exclusive':
+    c.execute('PRAGMA journal_mode=DELETE')
+    c.execute('BEGIN EXCLUSIVE')
+else:
+    c.execute('BEGIN IMMEDIATE')
+if sys.argv[3] == 'touch': c.execute('UPDATE api_keys SET created_at = created_at')
+print('locked', flush=True)
+while sys.argv[4] == 'forever': time.sleep(60)
+time.sleep(float(sys.argv[4]))
+c.execute('COMMIT')
+";
+    let mode = match lock {
+        SqliteLock::Write => "write",
+        SqliteLock::Exclusive => "exclusive",
+    };
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", script])
+        .arg(db)
+        .args([mode, if touch { "touch" } else { "hold" }])
+        .arg(hold.map_or("forever".to_owned(), |h| h.as_secs_f64().to_string()))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("python3")?;
+    let mut line = String::new();
+    if let Some(out) = child.stdout.take() {
+        std::io::BufReader::new(out).read_line(&mut line)?;
+    }
+    // Killed on the way out, should an assertion fail while it holds the lock.
+    let child = crate::pki::KillOnDrop(child);
+    if line.trim() != "locked" {
+        bail!("python3 did not take the {mode} lock: {line:?}");
+    }
+    Ok(child)
+}

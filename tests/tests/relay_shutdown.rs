@@ -4,14 +4,14 @@
 //! logs in but never says hello is closed, each agent holds one file descriptor, and a
 //! flood of silent connections is capped.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use postern_tests::harness::{AgentProcess, Bins, RelayProcess, open_fds, signal};
 use postern_tests::relay_support::{
-    ONLINE_WITHIN, RelayWorld, eventually, sample, scrape, ssh_login, wait_calls_in_flight,
+    ONLINE_WITHIN, RelayWorld, SqliteLock, eventually, hold_sqlite_lock, sample, scrape, ssh_login,
+    wait_calls_in_flight,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -145,32 +145,6 @@ async fn a_second_signal_ends_the_drain_at_once_and_still_says_goodbye() -> Resu
     Ok(())
 }
 
-/// Holds SQLite's exclusive lock on `db` (the `sqlite3` shell, in rollback-journal mode so
-/// readers wait too) until the returned process's stdin closes.
-fn lock_database(db: &std::path::Path) -> Result<std::process::Child> {
-    let mut shell = Command::new("sqlite3")
-        .arg(db)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .context("this test needs the sqlite3 shell")?;
-    let stdin = shell.stdin.as_mut().context("sqlite3 stdin")?;
-    stdin.write_all(b"PRAGMA journal_mode=DELETE;\nBEGIN EXCLUSIVE;\nSELECT 'locked';\n")?;
-    stdin.flush()?;
-    let stdout = shell.stdout.take().context("sqlite3 stdout")?;
-    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
-    for _ in 0..4 {
-        match lines.next() {
-            Some(Ok(line)) if line == "locked" => return Ok(shell),
-            Some(Ok(_)) => continue,
-            _ => break,
-        }
-    }
-    let _ = shell.kill();
-    bail!("sqlite3 did not take the lock")
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_sighup_while_the_relay_starts_does_not_kill_it() -> Result<()> {
     let dir = postern_tests::temp::TempDir::new("relay-hup")?;
@@ -180,7 +154,7 @@ async fn a_sighup_while_the_relay_starts_does_not_kill_it() -> Result<()> {
     drop(postern_relay::store::SqliteStore::open_in(&state)?);
     let db = state.join("relay.db");
     // The store waits for the lock (up to 5 s), holding the start in its slow part.
-    let mut lock = lock_database(&db)?;
+    let lock = hold_sqlite_lock(&db, SqliteLock::Exclusive, false, None)?;
     let mut command = Command::new(&bins.relay);
     command.args(["serve", "--state-dir"]).arg(&state).args([
         "--ssh-listen",
@@ -211,7 +185,7 @@ async fn a_sighup_while_the_relay_starts_does_not_kill_it() -> Result<()> {
                 break pid;
             }
             if Instant::now() > deadline {
-                let _ = lock.kill();
+                drop(lock);
                 bail!("the relay never opened its database");
             }
             std::thread::sleep(Duration::from_millis(5));
@@ -220,8 +194,7 @@ async fn a_sighup_while_the_relay_starts_does_not_kill_it() -> Result<()> {
     signal(pid, "HUP")?;
     std::thread::sleep(Duration::from_millis(200));
     let alive = !exited(pid);
-    drop(lock.stdin.take());
-    let _ = lock.wait();
+    drop(lock);
     assert!(alive, "a SIGHUP during the start killed the relay");
 
     let relay = tokio::task::spawn_blocking(move || spawner.join())

@@ -3,53 +3,19 @@
 //! read-then-write waits for the lock instead of failing, and the database files stay
 //! private whatever the umask.
 
-use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use postern_tests::harness::{Bins, RelayProcess};
 use postern_tests::pki::KillOnDrop;
-use postern_tests::relay_support::{RelayWorld, eventually, send};
+use postern_tests::relay_support::{RelayWorld, SqliteLock, eventually, hold_sqlite_lock, send};
 use postern_tests::temp::TempDir;
 use reqwest::Method;
 
 fn bins() -> Bins {
     postern_tests::bins!()
-}
-
-/// Another writer on `db`: takes the write lock, with `touch` writes a row (so a snapshot
-/// taken before it is stale once it commits, and the relay's revocation watch sees a
-/// change), holds the lock for `hold`, then commits. Returns once the lock is held.
-fn hold_write_lock(db: &Path, hold: Duration, touch: bool) -> Result<KillOnDrop> {
-    let script = "import sqlite3, sys, time
-c = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=10)
-c.execute('BEGIN IMMEDIATE')
-if sys.argv[3] == 'touch': c.execute('UPDATE api_keys SET created_at = created_at')
-print('locked', flush=True)
-time.sleep(float(sys.argv[2]))
-c.execute('COMMIT')
-";
-    let mut child = Command::new("python3")
-        .args(["-c", script])
-        .arg(db)
-        .arg(hold.as_secs_f64().to_string())
-        .arg(if touch { "touch" } else { "hold" })
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("python3")?;
-    let mut line = String::new();
-    if let Some(out) = child.stdout.take() {
-        BufReader::new(out).read_line(&mut line)?;
-    }
-    // Killed on the way out, should an assertion fail while it holds the lock.
-    let child = KillOnDrop(child);
-    if line.trim() != "locked" {
-        bail!("python3 did not take the write lock: {line:?}");
-    }
-    Ok(child)
 }
 
 fn wait_exit(mut child: KillOnDrop) -> Result<()> {
@@ -82,10 +48,11 @@ async fn a_revoke_the_api_gave_up_on_still_ends_the_key() -> Result<()> {
         200
     );
 
-    let lock = hold_write_lock(
+    let lock = hold_sqlite_lock(
         &w.state_dir().join("relay.db"),
-        Duration::from_secs(60),
+        SqliteLock::Write,
         false,
+        Some(Duration::from_secs(60)),
     )?;
     let revoke = send(&w.admin, Method::DELETE, "/v1/apikeys/runner", None).await?;
     assert_eq!(revoke.status, 500, "given up on: {}", revoke.json);
@@ -115,10 +82,11 @@ async fn a_revoke_the_api_gave_up_on_still_ends_the_key() -> Result<()> {
 async fn a_rotation_waits_for_another_writer() -> Result<()> {
     let w = RelayWorld::start(bins()).await?;
     w.create_agent("warehouse-1").await?;
-    let lock = hold_write_lock(
+    let lock = hold_sqlite_lock(
         &w.state_dir().join("relay.db"),
-        Duration::from_millis(800),
+        SqliteLock::Write,
         true,
+        Some(Duration::from_millis(800)),
     )?;
     let asked = std::time::Instant::now();
     let rotated = send(
