@@ -287,7 +287,7 @@ pub(crate) fn shown(raw: &str) -> String {
 /// A JWT's `lifetime`, `reuse_for` or an exchange's `default_lifetime`: at most a day,
 /// as long as an exchanged token is ever kept (`expires_in` is capped alike).
 pub(super) fn duration(what: &str, text: &str) -> Result<Duration, String> {
-    super::limits::bounded_duration(what, text, Duration::from_secs(24 * 3600))
+    super::limits::bounded_duration(what, text, crate::jwt::exchange::MAX_LIFETIME)
 }
 
 #[cfg(test)]

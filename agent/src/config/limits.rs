@@ -13,8 +13,9 @@ pub const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(5);
 // Upper bounds: past them a setting is a typo, and huge durations would overflow the
 // `Instant` arithmetic of the timers and the rate limiter.
 const HOUR: Duration = Duration::from_secs(3600);
-pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
-pub const MAX_RATE_PER: Duration = Duration::from_secs(24 * 3600);
+const DAY: Duration = Duration::from_secs(24 * 3600);
+pub const MAX_TIMEOUT: Duration = DAY;
+pub const MAX_RATE_PER: Duration = DAY;
 /// A call waiting longer for its turn has long been given up on by the relay.
 pub const MAX_MAX_WAIT: Duration = HOUR;
 /// Each call is an SSH channel and an upstream connection.
