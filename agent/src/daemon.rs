@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use tokio::signal::unix::{Signal, SignalKind, signal};
+use tokio::signal::unix::{Signal, SignalKind};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -43,13 +43,7 @@ pub async fn run(
 /// ends the process, which systemd counts as a clean exit and does not restart; a SIGHUP
 /// that arrives after this but before the daemon is ready reloads the config once it is.
 pub fn listen_for_hangup() -> Option<Signal> {
-    match signal(SignalKind::hangup()) {
-        Ok(hangup) => Some(hangup),
-        Err(e) => {
-            warn!(error = %e, "cannot listen for SIGHUP; use `postern reload`");
-            None
-        }
-    }
+    postern_process::listen_or_warn(SignalKind::hangup(), "SIGHUP", "use `postern reload`")
 }
 
 /// Like [`run`], with SIGHUP already listened for ([`listen_for_hangup`]) by a caller that

@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use postern_protocol::SecretKind;
 use postern_protocol::api::{AgentCreated, ApiKeyCreated, ApiKeyList, ApiKeyScope, TokenRotated};
-use tokio::signal::unix::{Signal, SignalKind, signal};
+use tokio::signal::unix::{Signal, SignalKind};
 use tokio_util::task::AbortOnDropHandle;
 
 use crate::config::RelayConfig;
@@ -493,12 +493,8 @@ struct StopSignals {
 
 impl StopSignals {
     fn listen() -> Self {
-        let listen = |kind: SignalKind, name: &str| match signal(kind) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for {name}");
-                None
-            }
+        let listen = |kind, name| {
+            postern_process::listen_or_warn(kind, name, "the relay cannot be stopped with it")
         };
         Self {
             term: listen(SignalKind::terminate(), "SIGTERM"),

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::signal::unix::{Signal, SignalKind, signal};
+use tokio::signal::unix::{Signal, SignalKind};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -92,13 +92,11 @@ pub async fn run(
 /// action ends the process, which systemd counts as a clean stop and does not restart; one
 /// that arrives after this, while the relay starts, reloads once it serves.
 pub fn listen_for_hangup() -> Option<Signal> {
-    match signal(SignalKind::hangup()) {
-        Ok(hangups) => Some(hangups),
-        Err(e) => {
-            warn!(error = %e, "cannot listen for SIGHUP; TLS files will not be reloaded");
-            None
-        }
-    }
+    postern_process::listen_or_warn(
+        SignalKind::hangup(),
+        "SIGHUP",
+        "TLS files will not be reloaded",
+    )
 }
 
 /// Like [`run`], with SIGHUP already listened for ([`listen_for_hangup`]) by a caller that

@@ -1,5 +1,6 @@
 //! The allocator every postern program runs on (mimalloc) and the setting `postern run`
-//! and `postern-relay serve` give it: they re-execute themselves once with it set.
+//! and `postern-relay serve` give it: they re-execute themselves once with it set, then
+//! listen for their signals.
 //!
 //! mimalloc instead of glibc's malloc: a small call costs the relay ~20% and the agent
 //! ~10% less CPU (glibc spent it merging and splitting hyper's 8 KiB buffers, one per
@@ -11,6 +12,9 @@
 //! exec.
 
 use std::ffi::OsString;
+
+mod signals;
+pub use signals::listen_or_warn;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
