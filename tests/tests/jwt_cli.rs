@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail};
 use base64::Engine;
 use postern_tests::harness::{Bins, agent_cli, agent_command, offline_agent_config};
 use postern_tests::internal_server::{InternalServer, Verifier};
-use postern_tests::pki::openssl;
+use postern_tests::pki::{ec256, openssl};
 use postern_tests::temp::TempDir;
 use postern_tests::token_endpoint::{EndpointConfig, ExpiresIn, TokenEndpoint};
 use serde_json::{Value, json};
@@ -61,29 +61,9 @@ fn make_keys(dir: &TempDir) -> Result<()> {
             "cert.pem",
         ],
     )?;
-    openssl(
-        d,
-        &[
-            "ecparam",
-            "-name",
-            "prime256v1",
-            "-genkey",
-            "-noout",
-            "-out",
-            "ec256.pem",
-        ],
-    )?;
-    openssl(
-        d,
-        &[
-            "pkey",
-            "-in",
-            "ec256.pem",
-            "-pubout",
-            "-out",
-            "ec256-pub.pem",
-        ],
-    )?;
+    let (ec256, ec256_public) = ec256(d)?;
+    dir.write_private("ec256.pem", &ec256)?;
+    std::fs::write(d.join("ec256-pub.pem"), ec256_public)?;
     openssl(
         d,
         &[
@@ -128,7 +108,6 @@ fn make_keys(dir: &TempDir) -> Result<()> {
     for name in [
         "rsa.pem",
         "rsa1.pem",
-        "ec256.pem",
         "ec256-enc.pem",
         "ec384.pem",
         "ed.pem",
