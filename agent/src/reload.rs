@@ -46,6 +46,12 @@ impl Reloader {
         }
     }
 
+    /// Holds off reloads while the caller reads the config and the call contexts, so
+    /// the two it reads belong together.
+    pub async fn hold(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.running.lock().await
+    }
+
     /// Loads, validates and applies the config file. `Ok` lists what changed; `Err`
     /// says why the file was refused (the running config stays in force).
     pub async fn reload(&self) -> Result<Vec<String>, String> {

@@ -1,5 +1,5 @@
 //! The daemon's local Unix socket (mode 0600, never on the network): a client writes
-//! one command line, `status`, `reload` or `test NAME`, and reads one JSON answer.
+//! one command line, `status`, `reload` or `test NAME [DIGEST]`, and reads one JSON answer.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -149,14 +149,28 @@ pub fn check_folder(dir: &Path) -> std::io::Result<()> {
 /// What a client asks on the socket, as one line.
 pub const STATUS: &str = "status";
 pub const RELOAD: &str = "reload";
-/// `test NAME`: run the connection's test request here, with the agent's environment,
-/// keys and network; answers a [`TestReport`](connection_test::TestReport) or [`Refusal`].
+/// `test NAME [DIGEST]`: run the connection's test request here, with the agent's
+/// environment, keys and network; answers a [`TestReport`](connection_test::TestReport)
+/// or [`Refusal`]. With DIGEST, only while the config in force is the file with that
+/// [`file_digest`](crate::config::file_digest).
 pub const TEST: &str = "test";
 
 /// Why the daemon did not do what was asked.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Refusal {
     pub error: String,
+    /// `test NAME DIGEST` was refused because the config in force is not that file.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub other_config: bool,
+}
+
+impl Refusal {
+    fn new(error: impl Into<String>) -> Self {
+        Self {
+            error: error.into(),
+            other_config: false,
+        }
+    }
 }
 /// A client that says nothing within this long gets the status (as `socat` users expect).
 const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
@@ -202,18 +216,37 @@ impl StatusServer {
         let _ = std::fs::remove_file(&path);
     }
 
-    /// Runs `name`'s test request here; a test may take several of the connection's
-    /// timeouts, so the agent's stop ends it rather than wait.
-    async fn test(&self, name: &str, shutdown: &CancellationToken) -> Result<TestReport, Refusal> {
-        let ctx = self.calls.get(name).ok_or_else(|| Refusal {
-            error: format!("the running agent has no connection named {name:?}"),
-        })?;
+    /// Runs `name`'s test request here, when the config in force has `digest` (if
+    /// given); a test may take several of the connection's timeouts, so the agent's stop
+    /// ends it rather than wait.
+    async fn test(
+        &self,
+        name: &str,
+        digest: Option<&str>,
+        shutdown: &CancellationToken,
+    ) -> Result<TestReport, Refusal> {
+        let ctx = {
+            let _no_reload = match &self.reloader {
+                Some(reloader) => Some(reloader.hold().await),
+                None => None,
+            };
+            let in_force = self.config.borrow().file_digest.clone();
+            if digest.is_some_and(|d| in_force.as_deref() != Some(d)) {
+                return Err(Refusal {
+                    error: "the running agent's config is not that file as it is now".to_owned(),
+                    other_config: true,
+                });
+            }
+            self.calls.get(name).ok_or_else(|| {
+                Refusal::new(format!(
+                    "the running agent has no connection named {name:?}"
+                ))
+            })?
+        };
         shutdown
             .run_until_cancelled(connection_test::run(&ctx))
             .await
-            .ok_or_else(|| Refusal {
-                error: "the agent stopped before the test finished".to_owned(),
-            })
+            .ok_or_else(|| Refusal::new("the agent stopped before the test finished"))
     }
 
     async fn answer(self: Arc<Self>, stream: UnixStream, shutdown: CancellationToken) {
@@ -225,8 +258,10 @@ impl StatusServer {
         let test = line
             .strip_prefix(TEST)
             .filter(|rest| rest.is_empty() || rest.starts_with(' '));
-        let body = if let Some(name) = test.map(str::trim) {
-            match self.test(name, &shutdown).await {
+        let body = if let Some(rest) = test {
+            let mut words = rest.split_whitespace();
+            let (name, digest) = (words.next().unwrap_or_default(), words.next());
+            match self.test(name, digest, &shutdown).await {
                 Ok(report) => serde_json::to_vec(&report),
                 Err(refusal) => serde_json::to_vec(&refusal),
             }

@@ -1,11 +1,12 @@
 //! Reloading a running agent: `postern reload` and SIGHUP swap connections in without
 //! dropping the tunnel or a call under way, refuse a bad config, and reconnect on a new token.
 
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use postern_tests::harness::{
     AgentProcess, Bins, agent_cli, agent_command, agent_config, output_text, signal,
 };
@@ -359,6 +360,26 @@ async fn connection_test_runs_in_the_running_agent_with_its_environment() -> Res
     assert!(stderr.contains("tested by the running agent"), "{stderr}");
     assert_eq!(erp.requests().len(), 2);
 
+    // The agent checks the digest where it tests: `test NAME DIGEST` runs only on the
+    // config with that digest (the CLI's answer to a reload between its two requests).
+    let digest = status_json(&w.bins, &config)?["config_digest"]
+        .as_str()
+        .context("no config_digest in the status")?
+        .to_owned();
+    let ask = |line: String| -> Result<serde_json::Value> {
+        let mut socket = std::os::unix::net::UnixStream::connect(w.dir.path().join("agent.sock"))?;
+        writeln!(socket, "{line}")?;
+        let mut answer = String::new();
+        socket.read_to_string(&mut answer)?;
+        Ok(serde_json::from_str(&answer)?)
+    };
+    let refused = ask(format!("test erp {}", "0".repeat(64)))?;
+    assert_eq!(refused["other_config"], true, "{refused}");
+    assert_eq!(erp.requests().len(), 2, "a refused test sends nothing");
+    let report = ask(format!("test erp {digest}"))?;
+    assert_eq!(report["ok"], true, "{report}");
+    assert_eq!(erp.requests().len(), 3);
+
     // Another file whose socket is the running agent's: tested here, and said why.
     let other = w
         .dir
@@ -370,7 +391,7 @@ async fn connection_test_runs_in_the_running_agent_with_its_environment() -> Res
         std::path::absolute(&config)?.display()
     );
     assert!(stderr.contains(&runs), "{stderr}");
-    assert_eq!(erp.requests().len(), 2, "nothing was sent from the shell");
+    assert_eq!(erp.requests().len(), 3, "nothing was sent from the shell");
 
     let out = agent_cli(&w.bins, &config, &["connection", "test", "nope"])?;
     assert_eq!(out.status.code(), Some(1));

@@ -98,12 +98,20 @@ pub(crate) fn test_in_agent(config_path: &Path, name: &str) -> Result<Option<Tes
     // No read timeout here: the test takes as long as the connection's own timeouts allow.
     let answer = UnixStream::connect(&socket)
         .map_err(anyhow::Error::from)
-        .and_then(|s| send(s, &format!("{} {name}", crate::status::TEST)));
+        .and_then(|s| send(s, &format!("{} {name} {digest}", crate::status::TEST)));
     let text = match answer {
         Ok(text) => text,
         Err(e) => return here(format!("the agent stopped answering ({e:#})")),
     };
     if let Ok(refusal) = serde_json::from_str::<Refusal>(&text) {
+        if refusal.other_config {
+            // The agent checks the digest where it tests: a reload since its status is seen.
+            return here(
+                "the running agent reloaded its config just now, and it is not this file \
+                 as read here"
+                    .to_owned(),
+            );
+        }
         anyhow::bail!("{}", refusal.error);
     }
     let report = serde_json::from_str(&text).context("the daemon sent no valid test report")?;
