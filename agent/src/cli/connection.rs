@@ -48,9 +48,10 @@ pub(crate) fn list(path: &Path, json: bool) -> Result<ExitCode> {
 /// gets what calls get: the service's environment (`secret_env`), its keys as loaded, its
 /// network. Otherwise (no agent, or the file edited since its last reload) it runs here.
 pub(crate) fn test(path: &Path, name: &str, json: bool) -> Result<ExitCode> {
-    let report = match super::status::test_in_agent(path, name)? {
+    let (file, digest) = ConfigFile::read_with_digest(path)?;
+    let report = match super::status::test_in_agent(path, &file, &digest, name)? {
         Some(report) => report,
-        None => test_here(path, name)?,
+        None => test_here(path, file, name)?,
     };
     let text = if json {
         serde_json::to_string_pretty(&report)?
@@ -67,8 +68,7 @@ pub(crate) fn test(path: &Path, name: &str, json: bool) -> Result<ExitCode> {
 
 /// Loads only the connection `name` (with the settings all share): another connection's
 /// secret, set only in the service's environment, must not stop this one's test.
-fn test_here(path: &Path, name: &str) -> Result<connection_test::TestReport> {
-    let mut file = ConfigFile::read(path)?;
+fn test_here(path: &Path, mut file: ConfigFile, name: &str) -> Result<connection_test::TestReport> {
     file.connections.retain(|n, _| n == name);
     let base = path.parent().unwrap_or(Path::new("."));
     let config = AgentConfig::resolve(file, base, &|var| std::env::var(var).ok())

@@ -41,9 +41,14 @@ fn send(mut stream: UnixStream, command: &str) -> Result<String> {
 
 /// `postern connection test NAME` in the running agent, when one answers and runs this
 /// file as it is now; `None`, after saying why on stderr, when the test must run here.
-pub(crate) fn test_in_agent(config_path: &Path, name: &str) -> Result<Option<TestReport>> {
-    let (file, digest) = ConfigFile::read_with_digest(config_path)?;
-    let socket = socket_in(&file, config_path);
+/// `file` is the config as read, and `digest` its bytes' digest.
+pub(crate) fn test_in_agent(
+    config_path: &Path,
+    file: &ConfigFile,
+    digest: &str,
+    name: &str,
+) -> Result<Option<TestReport>> {
+    let socket = socket_in(file, config_path);
     let here = |why: String| {
         eprintln!(
             "{why}: testing {} from this shell, with its environment",
