@@ -52,6 +52,44 @@ pub fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
     }
 }
 
+/// Request headers some servers and frameworks read as the request's real path, host,
+/// client address or method (IIS's `X-Original-URL`, Symfony's `X-Rewrite-URL`, Spring's
+/// forwarded-header filter, "local callers only" checks on `X-Forwarded-For`). From a
+/// caller they would reach past what `base_uri` and the path checks allow; the agent is
+/// the client of its internal servers, so it sends none of them. Plus every `X-Forwarded-*`.
+const REROUTING: &[&str] = &[
+    "forwarded",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-original-uri",
+    "x-real-ip",
+    "x-client-ip",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
+/// Whether a caller's request header could reroute the call at the internal server
+/// ([`REROUTING`], and every `X-Forwarded-*`).
+pub fn is_rerouting(name: &str) -> bool {
+    REROUTING.iter().any(|h| h.eq_ignore_ascii_case(name))
+        || name
+            .get(..12)
+            .is_some_and(|p| p.eq_ignore_ascii_case("x-forwarded-"))
+}
+
+/// Drops the headers [`is_rerouting`] names; the agent does so before a call leaves.
+pub fn strip_rerouting(headers: &mut http::HeaderMap) {
+    let rerouting: Vec<http::HeaderName> = headers
+        .keys()
+        .filter(|k| is_rerouting(k.as_str()))
+        .cloned()
+        .collect();
+    for name in rerouting {
+        headers.remove(name);
+    }
+}
+
 /// A header block's size as sent: `name: value` and CRLF per header, the measure both
 /// sides hold `max_header_bytes` to.
 pub fn header_bytes(headers: &http::HeaderMap) -> usize {
@@ -64,6 +102,35 @@ pub fn header_bytes(headers: &http::HeaderMap) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn strips_headers_that_could_reroute_a_call_and_keeps_the_rest() {
+        let mut h = http::HeaderMap::new();
+        for name in [
+            "X-Original-URL",
+            "x-rewrite-url",
+            "X-Forwarded-For",
+            "x-forwarded-host",
+            "X-Forwarded-Prefix",
+            "forwarded",
+            "X-HTTP-Method-Override",
+            "x-real-ip",
+        ] {
+            h.insert(
+                http::HeaderName::from_bytes(name.as_bytes()).expect("valid name"),
+                http::HeaderValue::from_static("/admin"),
+            );
+        }
+        h.insert("x-forwardedness", http::HeaderValue::from_static("kept"));
+        h.insert("accept", http::HeaderValue::from_static("application/json"));
+        h.insert("x-request-id", http::HeaderValue::from_static("r1"));
+        strip_rerouting(&mut h);
+        let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left.len(), 3, "{left:?}");
+        for kept in ["x-forwardedness", "accept", "x-request-id"] {
+            assert!(h.contains_key(kept), "{kept} dropped: {left:?}");
+        }
+    }
 
     #[test]
     fn strips_hop_by_hop_and_connection_named_headers() {

@@ -131,6 +131,9 @@ async fn a_jwt_signed_call_crosses_the_tunnel_and_verifies_independently() -> Re
         .header("x-request-id", "req-123")
         .header("x-custom", "kept")
         .header("proxy-foo", "for a proxy, not the server")
+        .header("x-original-url", "/admin")
+        .header("x-forwarded-for", "127.0.0.1")
+        .header("forwarded", "for=127.0.0.1;host=admin.internal")
         .body("hello body")
         .send()
         .await?;
@@ -159,6 +162,9 @@ async fn a_jwt_signed_call_crosses_the_tunnel_and_verifies_independently() -> Re
     assert_eq!(header("x-custom").as_deref(), Some("kept"));
     assert_eq!(header("x-request-id").as_deref(), Some("req-123"));
     assert_eq!(header("proxy-foo"), None, "Proxy-* headers are hop-by-hop");
+    for rerouting in ["x-original-url", "x-forwarded-for", "forwarded"] {
+        assert_eq!(header(rerouting), None, "{rerouting} reached the server");
+    }
     // The relay's API key never reaches the internal network.
     assert!(!request.headers.iter().any(|(_, v)| v.contains(&w.api.key)));
     let jwt = request
