@@ -269,8 +269,10 @@ fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
+/// The start of a token endpoint's odd answer, for the error the caller and the log see,
+/// [`without_credentials`].
 fn snippet(bytes: &[u8]) -> String {
-    let text = String::from_utf8_lossy(bytes);
+    let text = without_credentials(&String::from_utf8_lossy(bytes));
     let mut s: String = text.chars().take(SNIPPET_CHARS).collect();
     if text.chars().count() > SNIPPET_CHARS {
         s.push('…');
@@ -281,10 +283,64 @@ fn snippet(bytes: &[u8]) -> String {
     s
 }
 
+/// `text` with what could be a credential cut out: a JWT (an endpoint that echoes the
+/// assertion would hand the caller a signed grant) and the value of a `…token=` pair (a
+/// token answered form-encoded instead of as JSON).
+fn without_credentials(text: &str) -> String {
+    let jwt_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '=');
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    loop {
+        let jwt = rest.find("eyJ");
+        let pair = rest.find("token=").map(|i| i + "token=".len());
+        let (at, is_jwt) = match (jwt, pair) {
+            (Some(j), Some(p)) if p < j => (p, false),
+            (Some(j), _) => (j, true),
+            (None, Some(p)) => (p, false),
+            (None, None) => break,
+        };
+        out.push_str(&rest[..at]);
+        rest = &rest[at..];
+        let end = if is_jwt {
+            out.push_str("[JWT removed]");
+            rest.find(|c| !jwt_char(c))
+        } else {
+            out.push_str("[removed]");
+            rest.find(|c: char| c == '&' || c == '"' || c.is_whitespace())
+        };
+        rest = &rest[end.unwrap_or(rest.len())..];
+    }
+    out.push_str(rest);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::JWT_BEARER_GRANT;
+
+    #[test]
+    fn odd_answers_never_carry_a_credential_into_the_error() {
+        let assertion = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzdmMifQ.c2lnbmF0dXJl";
+        let echoed = format!("bad request: assertion={assertion} rejected");
+        let err = parse_response(URL, 400, echoed.as_bytes(), TEN_MIN).expect_err("400");
+        assert!(!err.to_string().contains("eyJ"), "{err}");
+        assert!(err.to_string().contains("[JWT removed] rejected"), "{err}");
+
+        let form = "access_token=s3cr3t-value&token_type=bearer&expires_in=300";
+        let err = parse_response(URL, 200, form.as_bytes(), TEN_MIN).expect_err("form");
+        assert!(!err.to_string().contains("s3cr3t"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("access_token=[removed]&token_type=bearer"),
+            "{err}"
+        );
+        // The rest of an odd answer stays, to say what answered.
+        assert_eq!(
+            without_credentials("welcome to the proxy"),
+            "welcome to the proxy"
+        );
+    }
 
     const URL: &str = "https://idp.example/token";
     const TEN_MIN: Duration = Duration::from_secs(600);
