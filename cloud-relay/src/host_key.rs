@@ -43,17 +43,40 @@ pub enum HostKeyError {
     Permissions { path: PathBuf, mode: u32 },
 }
 
-/// Makes sure the state folder exists (0700 when created).
+/// Makes sure the state folder exists, 0700: made so, or narrowed to it when the relay
+/// owns a folder made wider beforehand (its files are 0600 either way, but their names and
+/// the folder's growth are nobody else's business). One the relay does not own is left
+/// as it is, with a warning.
 pub fn ensure_state_dir(dir: &Path) -> Result<(), HostKeyError> {
+    let failed = |source| HostKeyError::StateDir {
+        path: dir.to_owned(),
+        source,
+    };
     if !dir.exists() {
-        std::fs::DirBuilder::new()
+        return std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(dir)
-            .map_err(|source| HostKeyError::StateDir {
-                path: dir.to_owned(),
-                source,
-            })?;
+            .map_err(failed);
+    }
+    let meta = std::fs::metadata(dir).map_err(failed)?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 == 0 {
+        return Ok(());
+    }
+    let narrowed = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+    match narrowed {
+        Ok(()) => tracing::info!(
+            folder = %dir.display(),
+            was = format!("{mode:o}"),
+            "state folder narrowed to mode 700"
+        ),
+        Err(e) => tracing::warn!(
+            folder = %dir.display(),
+            mode = format!("{mode:o}"),
+            error = %e,
+            "state folder is open to other users and cannot be narrowed: chmod 700 it"
+        ),
     }
     Ok(())
 }
@@ -194,6 +217,18 @@ mod tests {
             load_or_create(&dir),
             Err(HostKeyError::Permissions { .. })
         ));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_state_folder_open_to_others_is_narrowed_to_the_owner() {
+        let dir = std::env::temp_dir().join(format!("postern-statedir-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).expect("mkdir");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        ensure_state_dir(&dir).expect("state folder");
+        let mode = std::fs::metadata(&dir).expect("meta").permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
