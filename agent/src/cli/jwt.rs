@@ -62,7 +62,7 @@ pub(crate) fn decode(token: &str, verify_with: Option<&Path>) -> Result<ExitCode
         serde_json::to_string_pretty(&claims)?
     );
     for name in ["iat", "nbf", "exp"] {
-        if let Some(t) = claims.get(name).and_then(Value::as_u64) {
+        if let Some(Value::Number(t)) = claims.get(name) {
             shown.push_str(&format!("{name}: {}\n", describe_time(t)));
         }
     }
@@ -129,8 +129,30 @@ fn decoding_key(algorithm: Algorithm, file: &Path) -> Result<DecodingKey> {
     Ok(key)
 }
 
-fn describe_time(unix: u64) -> String {
-    let at = UNIX_EPOCH + Duration::from_secs(unix);
+/// The last second humantime can write (it fails on five-digit years).
+const LAST_DATE: u64 = 253_402_300_799; // 9999-12-31T23:59:59Z
+
+/// A NumericDate as a date with how far off it is. Any JSON number may sit in a token,
+/// so those without a date (negative, past year 9999, not finite) are shown as given.
+fn describe_time(value: &serde_json::Number) -> String {
+    let seconds = match (value.as_u64(), value.as_i64(), value.as_f64()) {
+        (Some(s), _, _) => Some(s),
+        (None, Some(_), _) => None,
+        // RFC 7519 allows fractions of a second; the date shows whole ones.
+        (None, None, Some(f)) if f >= 0.0 && f <= LAST_DATE as f64 => Some(f.trunc() as u64),
+        _ => None,
+    };
+    let at = seconds
+        .filter(|s| *s <= LAST_DATE)
+        .and_then(|s| UNIX_EPOCH.checked_add(Duration::from_secs(s)));
+    let Some(at) = at else {
+        let out_of_range = if value.as_f64().is_some_and(|f| f < 0.0) {
+            "before 1970"
+        } else {
+            "beyond year 9999"
+        };
+        return format!("{value} ({out_of_range})");
+    };
     let when = humantime::format_rfc3339_seconds(at);
     let now = SystemTime::now();
     let relative = match at.duration_since(now) {
@@ -143,5 +165,5 @@ fn describe_time(unix: u64) -> String {
             humantime::format_duration(Duration::from_secs(past.duration().as_secs()))
         ),
     };
-    format!("{unix} = {when} ({relative})")
+    format!("{value} = {when} ({relative})")
 }
