@@ -1,12 +1,15 @@
 //! The real `postern jwt decode` on tokens no signer of ours would write: times far past
 //! what a date can show, and `--verify-with` given the wrong kind of key.
 
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 use anyhow::{Context, Result};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use postern_tests::harness::Bins;
+use postern_tests::pki::{ec256, openssl};
+use postern_tests::temp::TempDir;
 
 fn bins() -> Bins {
     postern_tests::bins!()
@@ -63,4 +66,82 @@ fn times_without_a_date_are_shown_as_given() -> Result<()> {
         assert!(text(&out).contains(shown), "{claims}: {}", text(&out));
     }
     Ok(())
+}
+
+/// `--verify-with` names the key the algorithm needs and what the file holds instead
+/// (exit 1, on stderr), rather than a library error or a false "INVALID".
+#[test]
+fn verify_with_the_wrong_kind_of_key_says_what_is_needed() -> Result<()> {
+    let dir = TempDir::new("cli-jwt-keys")?;
+    let d = dir.path();
+    openssl(
+        d,
+        &[
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+            "rsa.pem",
+        ],
+    )?;
+    openssl(
+        d,
+        &["rsa", "-in", "rsa.pem", "-traditional", "-out", "rsa1.pem"],
+    )?;
+    openssl(
+        d,
+        &["pkey", "-in", "rsa.pem", "-pubout", "-out", "rsa-pub.pem"],
+    )?;
+    let (_, ec_public) = ec256(d)?;
+    std::fs::write(d.join("ec-pub.pem"), ec_public)?;
+    std::fs::write(d.join("not-pem.txt"), "hello\n")?;
+
+    let private = std::fs::read(d.join("rsa.pem"))?;
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256),
+        &serde_json::json!({ "sub": "x" }),
+        &jsonwebtoken::EncodingKey::from_rsa_pem(&private)?,
+    )?;
+    let verify = |file: &str| decode(&[&token, "--verify-with", &path(d, file)]);
+
+    let good = verify("rsa-pub.pem")?;
+    assert_eq!(good.status.code(), Some(0), "{}", text(&good));
+    assert!(
+        text(&good).contains("signature: valid (RS256"),
+        "{}",
+        text(&good)
+    );
+
+    for (file, holds) in [
+        ("ec-pub.pem", "holds an EC P-256 public key"),
+        (
+            "rsa.pem",
+            "holds an RSA 2048-bit private key, not a public key",
+        ),
+        ("rsa1.pem", "holds an RSA private key, not a public key"),
+        ("ec.pem", "holds an EC private key, not a public key"),
+        ("not-pem.txt", "holds no PEM block"),
+    ] {
+        let out = verify(file)?;
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{file}: {}", text(&out));
+        assert!(
+            said.contains("RS256 needs an RSA public key PEM") && said.contains(holds),
+            "{file}: {said}"
+        );
+        assert!(!text(&out).contains("INVALID"), "{file}: {}", text(&out));
+    }
+    let out = verify("rsa.pem")?;
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("-pubout"),
+        "says how to get the public key: {}",
+        text(&out)
+    );
+    Ok(())
+}
+
+fn path(dir: &Path, file: &str) -> String {
+    dir.join(file).to_string_lossy().into_owned()
 }
