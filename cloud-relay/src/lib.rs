@@ -7,6 +7,7 @@
 //! - [`store`]: agents and API keys at rest, behind the [`store::Store`] trait (SQLite).
 //! - [`secrets`]: making tokens and keys from the OS's randomness.
 //! - [`auth_throttle`]: the growing delay for failed SSH logins, per source address.
+//! - [`address_slots`]: how many handshakes one source address may hold at once.
 //! - [`context`]: what every part of a running relay shares.
 //! - [`lookups`]: the per-call API key and agent lookups, cached until the store changes.
 //! - [`registry`]: the live agent sessions, one per agent.
@@ -21,6 +22,7 @@
 //! - [`server`]: `run`, which starts all of the above and drains on shutdown.
 //! - [`cli`]: the `postern-relay` command line.
 
+pub mod address_slots;
 pub mod api;
 pub mod api_server;
 pub mod auth_throttle;

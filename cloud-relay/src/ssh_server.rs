@@ -16,6 +16,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use crate::address_slots::{AddressSlot, AddressSlots, told_apart};
 use crate::context::RelayContext;
 use crate::control::ControlChannel;
 use crate::registry::ClosingReason;
@@ -80,6 +81,11 @@ pub fn preferred_algorithms() -> Preferred {
 /// a relay serves far more of them.
 pub const MAX_UNAUTHENTICATED: usize = 1000;
 
+/// Of those, at most this many from one source address ([`AddressSlots`]); more from it
+/// are closed at once. A company's agents behind one NAT reconnecting together after a
+/// relay restart are far fewer, or back off and come again.
+pub const MAX_UNAUTHENTICATED_PER_ADDRESS: usize = MAX_UNAUTHENTICATED / 4;
+
 /// How long a session's end may take to reach the wire once the relay disconnects it:
 /// russh writes the disconnect from the session's own task, which the process must
 /// outlive for the agent to hear why.
@@ -94,6 +100,7 @@ pub async fn serve(
     stop: CancellationToken,
 ) {
     let unauthenticated = Arc::new(Semaphore::new(MAX_UNAUTHENTICATED));
+    let per_address = AddressSlots::new(MAX_UNAUTHENTICATED_PER_ADDRESS);
     let mut errors = AcceptErrors::default();
     loop {
         // A slot first, then the connection: past the limit, connections wait in the
@@ -123,11 +130,22 @@ pub async fn serve(
             drop(socket);
             continue;
         }
+        let Some(address_slot) = per_address.take(peer.ip()) else {
+            debug!(
+                %peer,
+                limit = MAX_UNAUTHENTICATED_PER_ADDRESS,
+                "connection refused: as many handshakes from this address as allowed"
+            );
+            ctx.metrics.auth_failed("address_busy");
+            drop(socket);
+            continue;
+        };
         let ctx2 = ctx.clone();
         let config = config.clone();
         let span = info_span!("ssh", %peer);
+        let slots = (permit, address_slot);
         ctx.tasks
-            .spawn(run_connection(ctx2, socket, peer, config, permit).instrument(span));
+            .spawn(run_connection(ctx2, socket, peer, config, slots).instrument(span));
     }
 }
 
@@ -136,7 +154,7 @@ pub async fn serve(
 /// client that went quiet mid-handshake, and its place among the unauthenticated.
 struct PreAuth {
     closer: std::net::TcpStream,
-    _slot: OwnedSemaphorePermit,
+    _slots: (OwnedSemaphorePermit, AddressSlot),
 }
 
 type PreAuthSlot = Arc<Mutex<Option<PreAuth>>>;
@@ -145,12 +163,22 @@ fn take_pre_auth(slot: &PreAuthSlot) -> Option<PreAuth> {
     slot.lock().unwrap_or_else(|p| p.into_inner()).take()
 }
 
+/// A connection that did not log in within the authentication timeout counts like a
+/// wrong token, so an address that keeps connections open without logging in ends up
+/// refused before the handshake (loopback peers aside: they are not told apart).
+fn silent_failure(ctx: &RelayContext, peer: SocketAddr) {
+    ctx.metrics.auth_failed("timeout");
+    if told_apart(peer.ip()) {
+        ctx.throttle.failure(peer.ip());
+    }
+}
+
 async fn run_connection(
     ctx: Arc<RelayContext>,
     socket: tokio::net::TcpStream,
     peer: SocketAddr,
     config: Arc<russh::server::Config>,
-    slot: OwnedSemaphorePermit,
+    slots: (OwnedSemaphorePermit, AddressSlot),
 ) {
     let _ = socket.set_nodelay(true);
     let (socket, closer) = match socket
@@ -166,7 +194,7 @@ async fn run_connection(
     };
     let pre_auth: PreAuthSlot = Arc::new(Mutex::new(Some(PreAuth {
         closer,
-        _slot: slot,
+        _slots: slots,
     })));
     let state = Arc::new(Mutex::new(None::<(String, u64)>));
     let closing_reason = ClosingReason::default();
@@ -199,7 +227,7 @@ async fn run_connection(
             return;
         }
         Err(_) => {
-            ctx.metrics.auth_failed("timeout");
+            silent_failure(&ctx, peer);
             info!(peer = %peer, "no ssh identification within the authentication timeout; closed");
             return;
         }
@@ -250,7 +278,7 @@ async fn run_connection(
                 auth_pending = false;
                 let pending = take_pre_auth(&pre_auth);
                 if state.lock().unwrap_or_else(|p| p.into_inner()).is_none() {
-                    ctx.metrics.auth_failed("timeout");
+                    silent_failure(&ctx, peer);
                     info!(peer = %peer, "not authenticated within the authentication timeout; closed");
                     disconnect("authentication timeout").await;
                     // Before the key exchange ends russh cannot send the disconnect;

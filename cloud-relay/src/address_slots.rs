@@ -1,0 +1,112 @@
+//! Places for SSH connections not yet authenticated, per source address: one address
+//! holds at most a quarter of the relay's, so a flood from it cannot keep agents out.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+
+/// Whether connections from `ip` are held to a share per address: not loopback peers,
+/// which are not told apart (a local TCP proxy in front of the relay, or a test, brings
+/// every agent from one address).
+pub fn told_apart(ip: IpAddr) -> bool {
+    !(ip.is_loopback() || ip.to_canonical().is_loopback())
+}
+
+/// How many connections not yet authenticated one address may hold, counted apart from
+/// the relay's whole bound (for addresses [`told_apart`]).
+#[derive(Clone)]
+pub struct AddressSlots {
+    limit: usize,
+    held: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+/// One place, given back when dropped.
+pub struct AddressSlot {
+    slots: Option<(AddressSlots, IpAddr)>,
+}
+
+impl AddressSlots {
+    pub fn new(limit: usize) -> Self {
+        Self {
+            limit,
+            held: Arc::default(),
+        }
+    }
+
+    /// A place for one more connection from `ip`, or `None` when it holds `limit`.
+    pub fn take(&self, ip: IpAddr) -> Option<AddressSlot> {
+        if !told_apart(ip) {
+            return Some(AddressSlot { slots: None });
+        }
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let count = held.entry(ip).or_default();
+        if *count >= self.limit {
+            return None;
+        }
+        *count += 1;
+        Some(AddressSlot {
+            slots: Some((self.clone(), ip)),
+        })
+    }
+
+    #[cfg(test)]
+    fn addresses(&self) -> usize {
+        self.held.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let Some((slots, ip)) = self.slots.take() else {
+            return;
+        };
+        let mut held = slots.held.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = held.get_mut(&ip) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                held.remove(&ip);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_address_gets_its_limit_and_others_are_not_touched() {
+        let slots = AddressSlots::new(3);
+        let a: IpAddr = [192, 0, 2, 1].into();
+        let b: IpAddr = [192, 0, 2, 2].into();
+        let held: Vec<_> = (0..3).filter_map(|_| slots.take(a)).collect();
+        assert_eq!(held.len(), 3);
+        assert!(slots.take(a).is_none(), "a fourth from one address");
+        assert!(slots.take(b).is_some(), "another address is not held up");
+        drop(held);
+        assert!(slots.take(a).is_some(), "places come back when dropped");
+        assert_eq!(
+            slots.addresses(),
+            0,
+            "no address is remembered once it holds none"
+        );
+    }
+
+    #[test]
+    fn loopback_peers_are_not_counted() {
+        let slots = AddressSlots::new(1);
+        let v4: IpAddr = [127, 0, 0, 1].into();
+        let mapped: IpAddr = "::ffff:127.0.0.1".parse().expect("address");
+        let held: Vec<_> = (0..5)
+            .flat_map(|_| {
+                [
+                    slots.take(v4),
+                    slots.take(mapped),
+                    slots.take("::1".parse().expect("address")),
+                ]
+            })
+            .collect();
+        assert!(held.iter().all(Option::is_some));
+        assert_eq!(slots.addresses(), 0);
+    }
+}
