@@ -184,6 +184,10 @@ pub struct ReloadReport {
     pub changes: Vec<String>,
     /// Why the config was refused, when not `ok`.
     pub error: Option<String>,
+    /// The file the agent re-read (the one it runs, absolute): the CLI may have been
+    /// pointed at another. Older agents do not say.
+    #[serde(default)]
+    pub config_file: Option<PathBuf>,
 }
 
 pub struct StatusServer {
@@ -275,16 +279,19 @@ impl StatusServer {
                         ),
                         Some(reloader) => reloader.reload().await,
                     };
+                    let config_file = self.reloader.as_ref().map(|r| r.path().to_owned());
                     let report = match report {
                         Ok(changes) => ReloadReport {
                             ok: true,
                             changes,
                             error: None,
+                            config_file,
                         },
                         Err(error) => ReloadReport {
                             ok: false,
                             changes: Vec::new(),
                             error: Some(error),
+                            config_file,
                         },
                     };
                     serde_json::to_vec(&report)

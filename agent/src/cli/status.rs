@@ -187,10 +187,31 @@ pub(crate) fn reload(config_path: &Path) -> Result<ExitCode> {
     };
     let report: ReloadReport =
         serde_json::from_str(&text).context("the daemon sent no valid answer")?;
+    // The agent re-reads the file it was started with, whichever file named the socket.
+    let other_file = report
+        .config_file
+        .as_deref()
+        .filter(|running| !same_file(running, config_path));
+    if let Some(running) = other_file {
+        eprintln!(
+            "note: the running agent runs {}, not {}: it re-read its own file, so edits \
+             in {} are not in force (restart the agent with --config {} to run that file)",
+            running.display(),
+            config_path.display(),
+            config_path.display(),
+            config_path.display()
+        );
+    }
     match report.error {
         None if report.ok => {
             out::stdout(|out| {
-                writeln!(out, "reloaded {}", config_path.display())?;
+                match &report.config_file {
+                    Some(file) => writeln!(out, "reloaded {}", file.display())?,
+                    None => writeln!(
+                        out,
+                        "reloaded (the agent is too old to say which file it re-read)"
+                    )?,
+                }
                 for change in &report.changes {
                     writeln!(out, "  {change}")?;
                 }
@@ -205,6 +226,16 @@ pub(crate) fn reload(config_path: &Path) -> Result<ExitCode> {
             );
             Ok(ExitCode::from(1))
         }
+    }
+}
+
+/// Whether two paths name one file: the same inode when both exist (a symlink, another
+/// spelling), else the same absolute path.
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+        _ => std::path::absolute(a).ok() == std::path::absolute(b).ok(),
     }
 }
 

@@ -1,0 +1,92 @@
+//! `postern reload` and `status` against a real `postern run` that reaches no relay (its
+//! status socket answers all the same): which file a reload re-read, and what the CLI
+//! says when the file it was given does not lead to the agent.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use postern_tests::harness::{AgentProcess, Bins, agent_cli, offline_agent_config, output_text};
+use postern_tests::temp::TempDir;
+
+fn bins() -> Bins {
+    postern_tests::bins!()
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn stdout(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Starts `postern run --config config` and waits until its status socket answers.
+fn run_agent(bins: &Bins, config: &Path) -> Result<AgentProcess> {
+    let agent = AgentProcess::start(bins, config)?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = agent_cli(bins, config, &["status", "--json"])?;
+        // 1: the agent answers, not connected (no relay listens).
+        if out.status.code() == Some(1) && stdout(&out).contains("\"agent_version\"") {
+            return Ok(agent);
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the agent's status socket did not answer: {}\nlogs:\n{}",
+                output_text(&out),
+                agent.logs.text()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `reload --config b.toml` where b.toml names a.toml's agent's socket: the agent
+/// re-reads a.toml, and the CLI says so rather than "reloaded b.toml".
+#[test]
+fn reload_names_the_file_the_agent_reread() -> Result<()> {
+    let bins = bins();
+    let dir = TempDir::new("cli-reload-file")?;
+    let rest =
+        "status_socket = \"agent.sock\"\n[connections.a]\nbase_uri = \"http://127.0.0.1:9\"\n";
+    let a = dir.write_private("a.toml", &offline_agent_config("127.0.0.1:1", rest))?;
+    let _agent = run_agent(&bins, &a)?;
+
+    let same = agent_cli(&bins, &a, &["reload"])?;
+    assert_eq!(same.status.code(), Some(0), "{}", output_text(&same));
+    let first_line = |out: &std::process::Output| stdout(out).lines().next().map(str::to_owned);
+    assert_eq!(first_line(&same), Some(format!("reloaded {}", a.display())));
+    assert!(!stderr(&same).contains("note:"), "{}", stderr(&same));
+
+    let b = dir.write_private(
+        "b.toml",
+        &offline_agent_config(
+            "127.0.0.1:1",
+            &format!("{rest}[connections.b]\nbase_uri = \"http://127.0.0.1:9\"\n"),
+        ),
+    )?;
+    let other = agent_cli(&bins, &b, &["reload"])?;
+    assert_eq!(other.status.code(), Some(0), "{}", output_text(&other));
+    assert_eq!(
+        first_line(&other),
+        Some(format!("reloaded {}", a.display()))
+    );
+    let said = stderr(&other);
+    assert!(
+        said.contains(&format!(
+            "the running agent runs {}, not {}",
+            a.display(),
+            b.display()
+        )) && said.contains("are not in force"),
+        "{said}"
+    );
+
+    // A symlink to the running file is that file.
+    let link = dir.path().join("link.toml");
+    std::os::unix::fs::symlink(&a, &link)?;
+    let linked = agent_cli(&bins, &link, &["reload"])?;
+    assert_eq!(linked.status.code(), Some(0), "{}", output_text(&linked));
+    assert!(!stderr(&linked).contains("note:"), "{}", stderr(&linked));
+    Ok(())
+}
