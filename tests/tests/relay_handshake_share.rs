@@ -6,7 +6,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use postern_relay::ssh_server::{AUTH_TIMEOUT, MAX_UNAUTHENTICATED_PER_ADDRESS};
 use postern_tests::harness::{Bins, RelayProcess};
 use postern_tests::netns::{self, CLOUD_ADDR, Topology};
