@@ -132,9 +132,9 @@ pub async fn handle(ctx: Arc<CallContext>, request: Request<Incoming>) -> Respon
                 ctx.connection.name, ctx.connection.limits.max_concurrent_calls
             ),
         )),
-        Some(permit) => run(&ctx, request)
-            .await
-            .map(|response| response.map(|body| hold_until_done(body, permit))),
+        Some(permit) => run(&ctx, request).await.map(|response| {
+            response.map(|body| hold_until_done(body, permit, ctx.clone(), request_id.clone()))
+        }),
     };
     let response = match outcome {
         Ok(response) => {
@@ -164,11 +164,29 @@ pub async fn handle(ctx: Arc<CallContext>, request: Request<Incoming>) -> Respon
     response
 }
 
-fn hold_until_done(body: CallBody, permit: tokio::sync::OwnedSemaphorePermit) -> CallBody {
-    BodyExt::boxed(body.map_frame(move |frame| {
-        let _held = &permit;
-        frame
-    }))
+/// Holds the call's place until its answer's body is done. An answer that breaks off
+/// after its head (the internal server reset, the idle timeout, `max_response_body`
+/// passed without a length up front) counts as failed, not served, with a line saying
+/// why: the caller sees only a body cut short.
+fn hold_until_done(
+    body: CallBody,
+    permit: tokio::sync::OwnedSemaphorePermit,
+    ctx: Arc<CallContext>,
+    request_id: String,
+) -> CallBody {
+    use std::sync::atomic::Ordering::Relaxed;
+    BodyExt::boxed(
+        body.map_frame(move |frame| {
+            let _held = &permit;
+            frame
+        })
+        .map_err(move |e| {
+            ctx.served.fetch_sub(1, Relaxed);
+            ctx.failed.fetch_add(1, Relaxed);
+            warn!(%request_id, connection = %ctx.connection.name, error = %e, "call's answer broke off");
+            e
+        }),
+    )
 }
 
 async fn run(

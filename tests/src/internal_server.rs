@@ -145,6 +145,17 @@ async fn handle(State(state): State<AppState>, request: Request) -> Response {
     {
         return (StatusCode::OK, vec![b'x'; size.min(64 * 1024 * 1024)]).into_response();
     }
+    if let Some(size) = path
+        .strip_prefix("/api/chunked/")
+        .and_then(|n| n.parse::<usize>().ok())
+    {
+        // No Content-Length: the answer's size shows only as it streams.
+        let pieces = (0..size.div_ceil(1024)).map(move |i| {
+            Ok::<_, std::io::Error>(Bytes::from(vec![b'x'; (size - i * 1024).min(1024)]))
+        });
+        let body = axum::body::Body::from_stream(futures_util::stream::iter(pieces));
+        return (StatusCode::OK, body).into_response();
+    }
     axum::Json(json!({
         "ok": true,
         "method": parts.method.as_str(),

@@ -265,6 +265,11 @@ fn status(bins: &Bins, config: &std::path::Path, json: bool) -> Result<(Option<i
     Ok((out.status.code(), output_text(&out)))
 }
 
+fn status_json(bins: &Bins, config: &std::path::Path) -> Result<serde_json::Value> {
+    let out = agent_cli(bins, config, &["status", "--json"])?;
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn status_reports_the_tunnel_and_each_connection() -> Result<()> {
     let mut s = setup().await?;
@@ -328,7 +333,7 @@ async fn connection_limits_give_clear_errors_and_the_agent_keeps_serving() -> Re
     let text = s.config(&format!("relay = \"{}\"", s.relay.ssh))
         + "max_concurrent_calls = 2\nmax_request_body = 1000\nmax_response_body = 1000\nmax_header_bytes = 2048\ntimeout = \"10s\"\n";
     let config = s.dir.write_private("agent.toml", &text)?;
-    let _agent = AgentProcess::start(&s.bins, &config)?;
+    let agent = AgentProcess::start(&s.bins, &config)?;
     s.api
         .wait_online("a1", true, Duration::from_secs(15))
         .await?;
@@ -377,6 +382,36 @@ async fn connection_limits_give_clear_errors_and_the_agent_keeps_serving() -> Re
     let r = s.api.call("a1", "o", "/bytes/5000").await?;
     assert_eq!(r.status(), 413);
     assert_eq!(error_code(&r.json().await?), "payload_too_large");
+
+    // Without a length up front the answer is cut off once past the limit; the agent
+    // says why and counts the call as failed, not served.
+    let before = status_json(&s.bins, &config)?;
+    let r = s.api.call("a1", "o", "/chunked/50000").await?;
+    let whole = match r.bytes().await {
+        Ok(body) => body.len() == 50_000,
+        Err(_) => false,
+    };
+    assert!(!whole, "an answer past max_response_body arrived whole");
+    agent
+        .logs
+        .wait_for("call's answer broke off", Duration::from_secs(5))?;
+    assert!(
+        agent
+            .logs
+            .contains("answer larger than max_response_body (1000 bytes)"),
+        "{}",
+        agent.logs.text()
+    );
+    let after = status_json(&s.bins, &config)?;
+    let count = |report: &serde_json::Value, what: &str| report["connections"]["o"][what].as_u64();
+    assert_eq!(
+        count(&after, "calls_served"),
+        count(&before, "calls_served")
+    );
+    assert_eq!(
+        count(&after, "calls_failed"),
+        count(&before, "calls_failed").map(|n| n + 1)
+    );
 
     // Headers: a 4 KiB request header never reaches the internal server; an answer with
     // 8 KiB of headers is not passed on.
