@@ -6,7 +6,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
-use postern_tests::harness::{AgentProcess, Bins, agent_cli, offline_agent_config, output_text};
+use postern_tests::harness::{
+    AgentProcess, Bins, agent_cli, offline_agent_config, output_text, signal,
+};
 use postern_tests::temp::TempDir;
 
 fn bins() -> Bins {
@@ -88,5 +90,43 @@ fn reload_names_the_file_the_agent_reread() -> Result<()> {
     let linked = agent_cli(&bins, &link, &["reload"])?;
     assert_eq!(linked.status.code(), Some(0), "{}", output_text(&linked));
     assert!(!stderr(&linked).contains("note:"), "{}", stderr(&linked));
+    Ok(())
+}
+
+/// After `status_socket` changed in the running agent's file, `reload` and `status` look
+/// where the file says now and find nothing: exit 2, naming the agent that runs the file
+/// and why it does not answer there. SIGHUP still reaches it, and it refuses the change.
+#[test]
+fn a_changed_status_socket_is_named_as_the_likely_reason() -> Result<()> {
+    let bins = bins();
+    let dir = TempDir::new("cli-reload-socket")?;
+    let text = |socket: &str| {
+        offline_agent_config("127.0.0.1:1", &format!("status_socket = \"{socket}\"\n"))
+    };
+    let config = dir.write_private("agent.toml", &text("old.sock"))?;
+    let agent = run_agent(&bins, &config)?;
+    dir.write_private("agent.toml", &text("new.sock"))?;
+
+    for command in ["reload", "status"] {
+        let out = agent_cli(&bins, &config, &[command])?;
+        let said = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{command}: {said}");
+        assert!(
+            said.contains("new.sock")
+                && said.contains(&format!("runs as pid {}", agent.pid()))
+                && said.contains("If you changed status_socket while it runs")
+                && said.contains("restart the agent"),
+            "{command}: {said}"
+        );
+    }
+
+    signal(agent.pid(), "HUP")?;
+    agent.logs.wait_for(
+        "status_socket cannot change while the agent runs",
+        Duration::from_secs(10),
+    )?;
+    let old = dir.write_private("old.toml", &text("old.sock"))?;
+    let status = agent_cli(&bins, &old, &["status", "--json"])?;
+    assert_eq!(status.status.code(), Some(1), "{}", output_text(&status));
     Ok(())
 }

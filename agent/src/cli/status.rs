@@ -146,16 +146,95 @@ fn ask(config_path: &Path, command: &str) -> Result<Result<String, ExitCode>> {
     let stream = match UnixStream::connect(&socket) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!(
-                "no agent answers on {}: {e} (is `postern run` running? If it is, its log \
-                 says why it has no status socket; `status_socket` in the config sets where \
-                 it goes)",
-                socket.display()
-            );
+            let hint = match agent_running(config_path) {
+                Some(pid) => format!(
+                    "`postern run` of {} runs as pid {pid} but does not answer there. If you \
+                     changed status_socket while it runs, it still listens on its old socket, \
+                     and the CLI only finds it where the file says now: restart the agent \
+                     (e.g. `systemctl restart postern-agent`). Else its log says why it has \
+                     no status socket",
+                    config_path.display()
+                ),
+                None => "is `postern run` running? If it is, its log says why it has no \
+                         status socket; `status_socket` in the config sets where it goes. If \
+                         you changed status_socket while the agent runs, it still listens on \
+                         its old socket: restart it"
+                    .to_owned(),
+            };
+            eprintln!("no agent answers on {}: {e} ({hint})", socket.display());
             return Ok(Err(ExitCode::from(2)));
         }
     };
     send(stream, command).map(Ok)
+}
+
+/// The pid of a `postern run` of this config file, from /proc (only processes this user
+/// may inspect): an agent that does not answer where the file now puts the socket may
+/// still run it, listening where the file said when it started.
+fn agent_running(config_path: &Path) -> Option<u32> {
+    use std::os::unix::ffi::OsStrExt;
+    let this_program = std::env::current_exe().ok();
+    let is_postern = |exe: &Path| {
+        // The program may have been replaced on disk since the agent started.
+        let text = exe.as_os_str().as_bytes();
+        let exe = Path::new(std::ffi::OsStr::from_bytes(
+            text.strip_suffix(b" (deleted)").unwrap_or(text),
+        ));
+        this_program.as_deref() == Some(exe)
+            || exe.file_name() == Some(std::ffi::OsStr::new("postern"))
+    };
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let dir = entry.path();
+            if pid == std::process::id() || !is_postern(&std::fs::read_link(dir.join("exe")).ok()?)
+            {
+                return None;
+            }
+            let cmdline = std::fs::read(dir.join("cmdline")).ok()?;
+            let args: Vec<&std::ffi::OsStr> = cmdline
+                .split(|b| *b == 0)
+                .skip(1)
+                .map(std::ffi::OsStr::from_bytes)
+                .collect();
+            // The subcommand is the first word that is neither an option nor an option's
+            // value (`connection show run` is no agent).
+            let mut words = args.iter();
+            let subcommand = loop {
+                let word = words.next()?;
+                if ["--config", "--log-level", "--log-format"].contains(&word.to_str()?) {
+                    words.next();
+                } else if !word.as_bytes().starts_with(b"-") {
+                    break word;
+                }
+            };
+            if *subcommand != "run" {
+                return None;
+            }
+            let named = args.iter().enumerate().find_map(|(i, arg)| {
+                if *arg == "--config" {
+                    return args.get(i + 1).map(std::path::PathBuf::from);
+                }
+                let arg = arg.as_bytes().strip_prefix(b"--config=")?;
+                Some(std::path::PathBuf::from(std::ffi::OsStr::from_bytes(arg)))
+            });
+            let from_env = || {
+                let environ = std::fs::read(dir.join("environ")).ok()?;
+                environ.split(|b| *b == 0).find_map(|var| {
+                    let value = var.strip_prefix(b"POSTERN_CONFIG=")?;
+                    Some(std::path::PathBuf::from(std::ffi::OsStr::from_bytes(value)))
+                })
+            };
+            let file = named.or_else(from_env).unwrap_or_else(config::default_path);
+            // A relative --config is relative to the agent's folder, not this shell's.
+            let file = match std::fs::read_link(dir.join("cwd")) {
+                Ok(cwd) => cwd.join(file),
+                Err(_) => file,
+            };
+            same_file(&file, config_path).then_some(pid)
+        })
 }
 
 pub(crate) fn status(config_path: &Path, json: bool) -> Result<ExitCode> {
