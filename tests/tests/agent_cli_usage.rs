@@ -1,0 +1,58 @@
+//! The real `postern`'s exit code for a command line that does not parse: 64 (EX_USAGE),
+//! never one a command uses for an outcome (`status` exits 2 for "no agent").
+
+use std::process::{Command, Output, Stdio};
+
+use anyhow::{Context, Result};
+use postern_tests::harness::{Bins, output_text};
+
+fn bins() -> Bins {
+    postern_tests::bins!()
+}
+
+fn postern(args: &[&str], env: &[(&str, &str)]) -> Result<Output> {
+    Command::new(bins().agent)
+        .args(args)
+        .envs(env.iter().copied())
+        // No agent runs there: a parsed `status` would exit 2.
+        .env("POSTERN_CONFIG", "/nonexistent/postern-usage/agent.toml")
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running postern {args:?}"))
+}
+
+#[test]
+fn usage_errors_exit_64_and_help_exits_0() -> Result<()> {
+    for (args, env) in [
+        (&["status", "--jsn"][..], &[][..]),
+        (&["reload", "--force"][..], &[][..]),
+        (&["status"][..], &[("POSTERN_LOG_FORMAT", "xml")][..]),
+        (&["no-such-command"][..], &[][..]),
+        (&[][..], &[][..]),
+    ] {
+        let out = postern(args, env)?;
+        assert_eq!(
+            out.status.code(),
+            Some(64),
+            "{args:?} {env:?}: {}",
+            output_text(&out)
+        );
+        assert!(!out.stderr.is_empty(), "{args:?}: says why");
+    }
+    for args in [
+        &["--help"][..],
+        &["--version"][..],
+        &["status", "--help"][..],
+        &["help"][..],
+    ] {
+        let out = postern(args, &[])?;
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{args:?}: {}",
+            output_text(&out)
+        );
+        assert!(!out.stdout.is_empty(), "{args:?} prints on stdout");
+    }
+    Ok(())
+}
