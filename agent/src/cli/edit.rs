@@ -24,7 +24,7 @@ pub(crate) struct NewConnection {
     #[arg(long)]
     pub timeout: Option<String>,
     /// `none` or `jwt_bearer`.
-    #[arg(long, default_value = "none")]
+    #[arg(long, default_value = "none", value_parser = ["none", "jwt_bearer"])]
     pub auth: String,
     /// jwt_bearer: HS256/384/512, RS256/384/512, PS256/384/512, ES256, ES384 or EdDSA.
     #[arg(long)]
@@ -167,6 +167,14 @@ pub(crate) fn add(path: &Path, new: NewConnection) -> Result<()> {
             given.join(", "),
             new.auth
         );
+    }
+    // Else the config's parser would say it, about a line of a file the user never sees.
+    if new.auth == "jwt_bearer" && new.algorithm.is_none() {
+        let names: Vec<&str> = crate::jwt::Algorithm::ALL
+            .iter()
+            .map(|a| a.as_str())
+            .collect();
+        bail!("--auth jwt_bearer needs --algorithm ({})", names.join(", "));
     }
     let mut auth = Table::new();
     auth["type"] = value(new.auth.as_str());
