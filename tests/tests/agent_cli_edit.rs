@@ -63,3 +63,62 @@ fn jwt_bearer_without_an_algorithm_names_the_option() -> Result<()> {
     assert_eq!(std::fs::read_to_string(&config)?, before);
     Ok(())
 }
+
+/// No token on stdin is "no access token given", as for `init`, not a malformed token.
+#[test]
+fn token_set_with_nothing_on_stdin_says_no_token_was_given() -> Result<()> {
+    let dir = TempDir::new("cli-edit-token")?;
+    let config = dir.write_private("agent.toml", &offline_agent_config("127.0.0.1:1", ""))?;
+    let before = std::fs::read_to_string(&config)?;
+    let empty = dir.write_private("empty", "\n")?;
+    let from_file = ["token", "set", "--token-file", &empty.to_string_lossy()];
+    for args in [&["token", "set"][..], &from_file[..]] {
+        let out = agent_cli(&bins(), &config, args)?;
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{args:?}: {}",
+            output_text(&out)
+        );
+        assert!(
+            stderr(&out).contains("no access token given: pass --token-file FILE"),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+        assert_eq!(std::fs::read_to_string(&config)?, before);
+    }
+    Ok(())
+}
+
+#[test]
+fn init_with_a_port_out_of_range_says_so() -> Result<()> {
+    let dir = TempDir::new("cli-edit-init")?;
+    let config = dir.path().join("agent.toml");
+    for relay in [
+        "127.0.0.1:99999",
+        "relay.example.com:0",
+        "[::1]:123456789012345678901",
+    ] {
+        let out = postern_tests::harness::agent_command(
+            &bins(),
+            &config,
+            &[
+                "init",
+                "--relay",
+                relay,
+                "--fingerprint",
+                "SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU",
+            ],
+        )
+        .env("POSTERN_TOKEN", postern_tests::harness::unknown_token())
+        .output()?;
+        assert_eq!(out.status.code(), Some(1), "{relay}: {}", output_text(&out));
+        assert!(
+            stderr(&out).contains("is out of range (1–65535)"),
+            "{relay}: {}",
+            stderr(&out)
+        );
+        assert!(!config.exists(), "{relay}: nothing written");
+    }
+    Ok(())
+}

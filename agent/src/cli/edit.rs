@@ -295,6 +295,11 @@ pub(crate) fn set_token(path: &Path, token_file: Option<&Path>) -> Result<()> {
             text
         }
     };
+    if text.trim().is_empty() {
+        bail!(
+            "no access token given: pass --token-file FILE, give it on stdin, or run `postern token set` on a terminal to be asked for it"
+        );
+    }
     let token = SecretToken::parse(SecretKind::AgentToken, text.trim())
         .context("the new token is not valid")?;
     let mut doc = load(path)?;
