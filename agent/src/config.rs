@@ -14,7 +14,9 @@ use std::time::Duration;
 use postern_protocol::{ConnectionName, SecretKind, SecretToken};
 use url::Url;
 
-pub use file::{AuthFile, BodyEncoding, ConfigFile, ConnectionFile, ExchangeFile, JwtBearerFile};
+pub use file::{
+    AuthFile, BodyEncoding, ConfigFile, ConnectionFile, ExchangeFile, JwtBearerFile, ParseError,
+};
 use jwt_auth::refuse_user_info;
 pub(crate) use jwt_auth::shown;
 pub use jwt_auth::{CLIENT_ASSERTION_TYPE, Exchange, JWT_BEARER_GRANT, JwtBearer};

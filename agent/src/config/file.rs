@@ -211,9 +211,78 @@ fn default_lifetime() -> String {
     "10m".to_owned()
 }
 
+/// Why a config file is not valid TOML, or not in the config's shape. Unlike toml's own
+/// error it never quotes the file: the offending line may be `token = "pst_…"` or a key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ParseError {
+    /// 1-based line and column (in characters) where toml found the problem.
+    pub position: Option<(usize, usize)>,
+    /// toml's message, with any value serde quotes in it left out.
+    pub message: String,
+}
+
+impl std::fmt::Display for ParseError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.position {
+            Some((line, column)) => write!(
+                f,
+                "TOML parse error at line {line}, column {column}: {}",
+                self.message
+            ),
+            None => write!(f, "TOML parse error: {}", self.message),
+        }
+    }
+}
+
+impl ParseError {
+    fn new(error: &toml::de::Error, text: &str) -> Self {
+        Self {
+            position: error.span().map(|span| line_and_column(text, span.start)),
+            message: without_values(error.message().trim_end()),
+        }
+    }
+}
+
+/// Counted as editors count: characters, not bytes, so a multibyte value before it
+/// does not shift the column.
+fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
+    let mut end = offset.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let before = &text[..end];
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    (
+        before.matches('\n').count() + 1,
+        before[line_start..].chars().count() + 1,
+    )
+}
+
+/// serde's `invalid type: integer `12345`, expected a string` quotes the value it got,
+/// which may be a token or secret typed as the wrong type: keep only the value's kind.
+fn without_values(message: &str) -> String {
+    let Some((prefix, rest)) = ["invalid type: ", "invalid value: "]
+        .iter()
+        .find_map(|prefix| message.strip_prefix(prefix).map(|rest| (*prefix, rest)))
+    else {
+        return message.to_owned();
+    };
+    // The last one: a quoted string value may itself hold ", expected ".
+    let Some(at) = rest.rfind(", expected ") else {
+        return format!("{prefix}a value it cannot take");
+    };
+    let (got, expected) = rest.split_at(at);
+    let kind = got
+        .split(['`', '"', '\''])
+        .next()
+        .unwrap_or_default()
+        .trim();
+    format!("{prefix}{kind}{expected}")
+}
+
 impl ConfigFile {
-    pub fn parse(text: &str) -> Result<Self, toml::de::Error> {
-        toml::from_str(text)
+    pub fn parse(text: &str) -> Result<Self, ParseError> {
+        toml::from_str(text).map_err(|e| ParseError::new(&e, text))
     }
 
     /// Every file the config names (token, keys, certificates), with where it is named;
@@ -305,6 +374,71 @@ mod tests {
             .next()
             .map(|c| c.auth)
             .ok_or_else(|| "no connection".to_owned())
+    }
+
+    /// The parse error for `tail` after a config's first lines.
+    fn parse_error(tail: &str) -> String {
+        let text = format!("relay = \"r:1\"\nrelay_fingerprint = \"x\"\n{tail}");
+        match ConfigFile::parse(&text) {
+            Ok(_) => panic!("{tail:?} parsed"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn parse_errors_give_line_and_column_but_never_the_line_or_value() {
+        for (tail, expected) in [
+            (
+                "token = \"pst_SECRET\n",
+                "TOML parse error at line 3, column 20: invalid basic string",
+            ),
+            (
+                "token = 12345\n",
+                "TOML parse error at line 3, column 9: invalid type: integer, expected a string",
+            ),
+            (
+                "token = true\n",
+                "TOML parse error at line 3, column 9: invalid type: boolean, expected a string",
+            ),
+            (
+                "[connections.c]\nbase_uri = \"h\"\nmax_concurrent_calls = \"pst_SECRET\"\n",
+                "TOML parse error at line 5, column 24: invalid type: string, expected u32",
+            ),
+            (
+                "[connections.c]\nbase_uri = \"h\"\nrate_limit = { requests = -5 }\n",
+                "TOML parse error at line 5, column 27: invalid value: integer, expected u32",
+            ),
+            (
+                "[connections.c]\nbase_uri = \"h\"\ntest = { body = \"pst_SECRET\" }\n",
+                "unknown field `body`, expected one of `method`, `path`, `expect_status`",
+            ),
+        ] {
+            let err = parse_error(tail);
+            assert!(err.contains(expected), "{tail:?}: {err}");
+            assert!(
+                !err.contains("SECRET")
+                    && !err.contains("12345")
+                    && !err.contains("-5")
+                    && !err.contains("true"),
+                "{tail:?}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn columns_count_characters_and_values_lose_only_their_quote() {
+        assert_eq!(line_and_column("ä = \"x\nb", 7), (1, 7));
+        assert_eq!(line_and_column("a\nbc", 4), (2, 3));
+        assert_eq!(line_and_column("a", 99), (1, 2));
+        assert_eq!(
+            without_values("invalid value: string \"a, expected b\", expected u32"),
+            "invalid value: string, expected u32"
+        );
+        assert_eq!(
+            without_values("invalid type: floating point `1.5`, expected a string"),
+            "invalid type: floating point, expected a string"
+        );
+        assert_eq!(without_values("duplicate key"), "duplicate key");
     }
 
     #[test]
