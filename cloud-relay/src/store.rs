@@ -8,6 +8,11 @@ use postern_protocol::api::ApiKeyScope;
 
 pub use sqlite::SqliteStore;
 
+/// What every agent id starts with. Agent names may not: the API and CLI take an id or a
+/// name in one place, and a name that looked like another agent's id would make a retried
+/// revoke (or rotate) hit a different agent.
+pub const AGENT_ID_PREFIX: &str = "agt_";
+
 /// One agent as stored. The token itself is never stored, only its hash.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgentRecord {
@@ -83,6 +88,10 @@ pub enum StoreError {
         "invalid name {0:?}: use 1–64 letters, digits, '_' or '-', starting with a letter or digit"
     )]
     BadName(String),
+    #[error(
+        "invalid agent name {0:?}: names starting with {AGENT_ID_PREFIX:?} are kept for agent ids"
+    )]
+    ReservedName(String),
     #[error("cannot create the store folder {path}: {source}")]
     Folder {
         path: std::path::PathBuf,
@@ -177,4 +186,18 @@ pub(crate) fn check_name(name: &str) -> Result<(), StoreError> {
     postern_protocol::ConnectionName::parse(name)
         .map(|_| ())
         .map_err(|_| StoreError::BadName(name.chars().take(80).collect()))
+}
+
+/// [`check_name`], and not shaped like an agent id (see [`AGENT_ID_PREFIX`]).
+pub(crate) fn check_agent_name(name: &str) -> Result<(), StoreError> {
+    check_name(name)?;
+    if is_agent_id(name) {
+        return Err(StoreError::ReservedName(name.to_owned()));
+    }
+    Ok(())
+}
+
+/// Whether `text` is shaped like an agent id, so that it is looked up as one only.
+pub fn is_agent_id(text: &str) -> bool {
+    text.starts_with(AGENT_ID_PREFIX)
 }

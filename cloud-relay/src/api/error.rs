@@ -26,7 +26,9 @@ impl ApiError {
         match e {
             StoreError::AgentExists(_) => Self::new(ErrorCode::AgentExists, e.to_string()),
             StoreError::AgentNotFound(_) => Self::new(ErrorCode::AgentNotFound, e.to_string()),
-            StoreError::BadName(_) => Self::new(ErrorCode::BadRequest, e.to_string()),
+            StoreError::BadName(_) | StoreError::ReservedName(_) => {
+                Self::new(ErrorCode::BadRequest, e.to_string())
+            }
             StoreError::ApiKeyExists(_) => Self::new(ErrorCode::ApiKeyExists, e.to_string()),
             StoreError::ApiKeyNotFound(_) => Self::new(ErrorCode::NotFound, e.to_string()),
             ref other if other.disk_problem().is_some() => {

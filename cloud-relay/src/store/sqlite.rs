@@ -10,7 +10,10 @@ use postern_protocol::api::ApiKeyScope;
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use subtle::ConstantTimeEq;
 
-use super::{AgentLogin, AgentRecord, ApiKeyRecord, Login, Store, StoreError, check_name};
+use super::{
+    AGENT_ID_PREFIX, AgentLogin, AgentRecord, ApiKeyRecord, Login, Store, StoreError,
+    check_agent_name, check_name, is_agent_id,
+};
 use crate::secrets::new_id;
 
 pub const DB_FILE: &str = "relay.db";
@@ -179,6 +182,11 @@ fn find_active(conn: &Connection, id_or_name: &str) -> Result<Option<AgentRecord
         .query_row(params![id_or_name], row_to_agent)
         .optional()
     };
+    // Text shaped like an id is an id only: were it also tried as a name, a name that
+    // once matched one agent's id could pick another agent once the first is revoked.
+    if is_agent_id(id_or_name) {
+        return Ok(by("id")?);
+    }
     Ok(match by("id")? {
         Some(agent) => Some(agent),
         None => by("name")?,
@@ -198,9 +206,9 @@ fn pick_by_hash<T>(candidates: Vec<(T, Vec<u8>)>, hash: &[u8; 32]) -> Option<T> 
 
 impl Store for SqliteStore {
     fn create_agent(&self, name: &str, token: &SecretToken) -> Result<AgentRecord, StoreError> {
-        check_name(name)?;
+        check_agent_name(name)?;
         let record = AgentRecord {
-            id: new_id("agt_"),
+            id: new_id(AGENT_ID_PREFIX),
             name: name.to_owned(),
             created_at: now_rfc3339(),
             token_version: 1,
@@ -427,6 +435,41 @@ mod tests {
         store
             .create_agent("warehouse-1", &other)
             .expect("re-create");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn id_shaped_text_is_looked_up_as_an_id_only() {
+        let (store, dir) = temp_store("id-shaped");
+        let site_a = store
+            .create_agent("site-a", &new_token(SecretKind::AgentToken))
+            .expect("create");
+        assert!(matches!(
+            store.create_agent(&site_a.id, &new_token(SecretKind::AgentToken)),
+            Err(StoreError::ReservedName(_))
+        ));
+        // A store written before the rule may hold such a name.
+        store
+            .with(|conn| {
+                conn.execute(
+                    "INSERT INTO agents (id, name, created_at, token_lookup, token_hash) VALUES ('agt_other', ?1, 'then', 'x', x'00')",
+                    params![site_a.id],
+                )?;
+                Ok(())
+            })
+            .expect("insert");
+        assert_eq!(
+            store.revoke_agent(&site_a.id).expect("revoke").id,
+            site_a.id
+        );
+        assert!(matches!(
+            store.revoke_agent(&site_a.id),
+            Err(StoreError::AgentNotFound(_))
+        ));
+        assert_eq!(
+            store.find_agent("agt_other").expect("find").map(|a| a.name),
+            Some(site_a.id)
+        );
         let _ = std::fs::remove_dir_all(dir);
     }
 
