@@ -1,6 +1,7 @@
 //! The real `postern`'s config edits refused for what the command line lacks, said in
 //! the command line's terms, with the file left as it was.
 
+use std::path::Path;
 use std::process::Output;
 
 use anyhow::Result;
@@ -119,6 +120,96 @@ fn init_with_a_port_out_of_range_says_so() -> Result<()> {
             stderr(&out)
         );
         assert!(!config.exists(), "{relay}: nothing written");
+    }
+    Ok(())
+}
+
+/// Run as root, `token set` replaces only a token file the config's owner owns: the
+/// config's owner (the service user) must not get root to replace another user's file
+/// through `token_file` or a symlink. Its own file, through a symlink too, is replaced.
+#[test]
+fn token_set_as_root_replaces_only_the_config_owners_files() -> Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt, chown};
+    if !postern_tests::harness::is_root() {
+        // Only root can make files that belong to someone else.
+        return Ok(());
+    }
+    const SERVICE: u32 = 65534;
+    let dir = TempDir::new("cli-edit-owner")?;
+    let d = dir.path();
+    let victim = d.join("important");
+    std::fs::write(&victim, "root's own\n")?;
+    std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o644))?;
+    std::os::unix::fs::symlink(&victim, d.join("link"))?;
+    let service_dir = d.join("service");
+    std::fs::create_dir(&service_dir)?;
+    chown(&service_dir, Some(SERVICE), Some(SERVICE))?;
+    let own = service_dir.join("token");
+    std::fs::write(&own, "old\n")?;
+    chown(&own, Some(SERVICE), Some(SERVICE))?;
+    std::os::unix::fs::symlink(&own, d.join("own-link"))?;
+    let new_token = postern_tests::harness::unknown_token();
+
+    let token_set = |token_file: &str| -> Result<Output> {
+        let config = dir.write_private(
+            "agent.toml",
+            &offline_agent_config("127.0.0.1:1", "").replace(
+                "token = ",
+                &format!("token_file = {token_file:?}\n# token = "),
+            ),
+        )?;
+        chown(&config, Some(SERVICE), Some(SERVICE))?;
+        let token = dir.write_private("new-token", &new_token)?;
+        Ok(agent_cli(
+            &bins(),
+            &config,
+            &["token", "set", "--token-file", &token.to_string_lossy()],
+        )?)
+    };
+
+    let victim_text = victim.to_string_lossy().into_owned();
+    // Root's folder, where root's file would be made.
+    let new_in_roots = d.join("new").to_string_lossy().into_owned();
+    for (token_file, named) in [
+        (victim_text.as_str(), victim_text.clone()),
+        ("link", victim_text.clone()),
+        (new_in_roots.as_str(), new_in_roots.clone()),
+    ] {
+        let out = token_set(token_file)?;
+        let said = stderr(&out);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{token_file}: {}",
+            output_text(&out)
+        );
+        assert!(
+            said.contains("refusing to write the token")
+                && said.contains(&named)
+                && said.contains("(uid 0)")
+                && said.contains("(uid 65534)"),
+            "{token_file}: {said}"
+        );
+        assert_eq!(std::fs::read_to_string(&victim)?, "root's own\n");
+        assert_eq!(std::fs::metadata(&victim)?.mode() & 0o7777, 0o644);
+        assert!(!Path::new(&new_in_roots).exists());
+    }
+
+    for (token_file, written) in [
+        ("own-link", own.clone()),
+        ("service/token", own.clone()),
+        ("service/new", service_dir.join("new")),
+    ] {
+        let out = token_set(token_file)?;
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{token_file}: {}",
+            output_text(&out)
+        );
+        assert_eq!(std::fs::read_to_string(&written)?.trim(), new_token);
+        assert_eq!(std::fs::metadata(&written)?.uid(), SERVICE, "{token_file}");
+        assert!(std::fs::symlink_metadata(d.join("own-link"))?.is_symlink());
     }
     Ok(())
 }

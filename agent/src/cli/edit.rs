@@ -318,6 +318,7 @@ pub(crate) fn set_token(path: &Path, token_file: Option<&Path>) -> Result<()> {
         let named = base.join(file);
         // A symlink (to a secrets folder, say) keeps pointing where it did.
         let target = std::fs::canonicalize(&named).unwrap_or(named);
+        check_token_file_owner(path, &target)?;
         crate::config::write_private(&target, &format!("{}\n", token.expose()))
             .with_context(|| format!("writing {}", target.display()))?;
         out::stdout(|out| writeln!(out, "token updated in {}; {next_step}", target.display()))?;
@@ -327,6 +328,70 @@ pub(crate) fn set_token(path: &Path, token_file: Option<&Path>) -> Result<()> {
     save(path, &doc)?;
     out::stdout(|out| writeln!(out, "token updated in {}; {next_step}", path.display()))?;
     Ok(())
+}
+
+/// Refuses to replace a token file the config's owner does not own, unless that owner is
+/// who runs this. The config (and /etc/postern) belong to the service user, and admins
+/// run `sudo postern token set`: a compromised service account could otherwise point
+/// `token_file`, or a symlink, at /etc/sudoers and have root replace it. A file not made
+/// yet is judged by the folder it would be made in.
+fn check_token_file_owner(config: &Path, target: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let config_owner = std::fs::metadata(config)
+        .with_context(|| format!("reading {}", config.display()))?
+        .uid();
+    if crate::config::current_uid() == Some(config_owner) {
+        return Ok(());
+    }
+    let (judged, what) = match std::fs::metadata(target) {
+        Ok(meta) => (meta, format!("{} belongs to", target.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let folder = target
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            let meta = std::fs::metadata(folder)
+                .with_context(|| format!("reading {}", folder.display()))?;
+            (
+                meta,
+                format!(
+                    "{} does not exist, and its folder {} belongs to",
+                    target.display(),
+                    folder.display()
+                ),
+            )
+        }
+        Err(e) => return Err(e).with_context(|| format!("reading {}", target.display())),
+    };
+    if judged.uid() == config_owner {
+        return Ok(());
+    }
+    let config_owner = user(config_owner);
+    bail!(
+        "refusing to write the token: {what} {}, but {} belongs to {config_owner}, who \
+         chooses token_file there; nothing was written. Point token_file at a file \
+         {config_owner} owns, or replace the token file yourself",
+        user(judged.uid()),
+        config.display()
+    )
+}
+
+/// `name (uid N)`, or `uid N` for a user /etc/passwd does not name.
+fn user(uid: u32) -> String {
+    let name = std::fs::read_to_string("/etc/passwd")
+        .ok()
+        .and_then(|text| {
+            text.lines().find_map(|line| {
+                let mut fields = line.split(':');
+                let name = fields.next()?;
+                let id: u32 = fields.nth(1)?.parse().ok()?;
+                (id == uid).then(|| name.to_owned())
+            })
+        });
+    match name {
+        Some(name) => format!("{name} (uid {uid})"),
+        None => format!("uid {uid}"),
+    }
 }
 
 #[cfg(test)]
