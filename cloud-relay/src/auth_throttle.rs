@@ -1,5 +1,5 @@
 //! Failed SSH logins slow down per source address: each failure doubles the delay
-//! before the refusal (up to a cap); past a threshold the address is refused outright for a while.
+//! before the refusal (up to a cap); a burst of failures gets the address refused for a while.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -7,19 +7,36 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 pub const FIRST_DELAY: Duration = Duration::from_millis(200);
-pub const MAX_DELAY: Duration = Duration::from_secs(10);
+/// Below the authentication timeout, so a refusal always arrives before it.
+pub const MAX_DELAY: Duration = Duration::from_secs(5);
 /// Failures older than this are forgotten.
 pub const FORGET_AFTER: Duration = Duration::from_secs(600);
-/// After this many failures an address is refused before the SSH handshake…
+/// This many failures within [`BLOCK_WINDOW`] get an address refused before the SSH
+/// handshake…
 pub const BLOCK_AFTER: u32 = 20;
-/// …until this long after its last failure.
+/// …a burst: an agent nobody updated retries every 15–30 s, a few failures in this long,
+/// and must not lock out the agents behind the same NAT address.
+pub const BLOCK_WINDOW: Duration = Duration::from_secs(120);
+/// …until this long after the failure that blocked it.
 pub const BLOCK_FOR: Duration = Duration::from_secs(300);
 /// Bound on remembered addresses, so a spray of sources cannot grow memory without limit.
 const MAX_TRACKED: usize = 100_000;
 
 #[derive(Default)]
 pub struct AuthThrottle {
-    failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+    failures: Mutex<HashMap<IpAddr, Failures>>,
+}
+
+/// One address's record.
+struct Failures {
+    /// In a row since the last success: what the delay doubles with.
+    in_a_row: u32,
+    last: Instant,
+    /// Counted towards a block, from `window_start`; a success does not reset them, or
+    /// one valid token would keep a flood from ever being blocked.
+    in_window: u32,
+    window_start: Instant,
+    blocked_until: Option<Instant>,
 }
 
 impl AuthThrottle {
@@ -28,29 +45,52 @@ impl AuthThrottle {
         let now = Instant::now();
         let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
         if map.len() >= MAX_TRACKED {
-            map.retain(|_, (_, at)| now.duration_since(*at) < FORGET_AFTER);
+            map.retain(|_, f| now.duration_since(f.last) < FORGET_AFTER);
         }
-        let entry = map.entry(ip).or_insert((0, now));
-        if now.duration_since(entry.1) >= FORGET_AFTER {
-            entry.0 = 0;
+        let f = map.entry(ip).or_insert(Failures {
+            in_a_row: 0,
+            last: now,
+            in_window: 0,
+            window_start: now,
+            blocked_until: None,
+        });
+        if now.duration_since(f.last) >= FORGET_AFTER {
+            f.in_a_row = 0;
         }
-        entry.0 = entry.0.saturating_add(1);
-        entry.1 = now;
-        delay_for(entry.0)
+        if now.duration_since(f.window_start) >= BLOCK_WINDOW {
+            f.in_window = 0;
+            f.window_start = now;
+        }
+        f.in_a_row = f.in_a_row.saturating_add(1);
+        f.in_window = f.in_window.saturating_add(1);
+        f.last = now;
+        if f.in_window >= BLOCK_AFTER && f.blocked_until.is_none_or(|until| until <= now) {
+            f.blocked_until = Some(now + BLOCK_FOR);
+            tracing::warn!(
+                address = %ip,
+                failures = f.in_window,
+                "address refused before the handshake for {} min: {BLOCK_AFTER} failed logins within {} s",
+                BLOCK_FOR.as_secs() / 60,
+                BLOCK_WINDOW.as_secs()
+            );
+        }
+        delay_for(f.in_a_row)
     }
 
-    /// Whether connections from `ip` are refused at once (too many recent failures).
+    /// Whether connections from `ip` are refused at once (a burst of recent failures).
     pub fn is_blocked(&self, ip: IpAddr) -> bool {
         let map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
         map.get(&ip)
-            .is_some_and(|(count, at)| *count >= BLOCK_AFTER && at.elapsed() < BLOCK_FOR)
+            .and_then(|f| f.blocked_until)
+            .is_some_and(|until| Instant::now() < until)
     }
 
+    /// A login from `ip` worked: its next failure is refused without delay again.
     pub fn success(&self, ip: IpAddr) {
-        self.failures
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&ip);
+        let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(f) = map.get_mut(&ip) {
+            f.in_a_row = 0;
+        }
     }
 }
 
@@ -77,10 +117,35 @@ mod tests {
             t.failure(a);
         }
         assert_eq!(t.failure(a), MAX_DELAY);
-        assert!(t.is_blocked(a), "many failures block the address");
+        assert!(MAX_DELAY < crate::ssh_server::AUTH_TIMEOUT);
+        assert!(t.is_blocked(a), "a burst of failures blocks the address");
         assert!(!t.is_blocked(b), "only that address");
         t.success(a);
+        assert_eq!(t.failure(a), FIRST_DELAY, "a success resets the delay");
+        assert!(
+            t.is_blocked(a),
+            "but not the block: one valid token must not lift it"
+        );
+    }
+
+    #[test]
+    fn failures_spread_out_never_block() {
+        let t = AuthThrottle::default();
+        let a: IpAddr = [192, 0, 2, 7].into();
+        for _ in 0..BLOCK_AFTER - 1 {
+            t.failure(a);
+        }
+        // The window has passed: an agent retrying every 15–30 s gets here.
+        {
+            let mut map = t.failures.lock().unwrap_or_else(|p| p.into_inner());
+            let f = map.get_mut(&a).expect("tracked");
+            f.window_start -= BLOCK_WINDOW;
+        }
+        for _ in 0..BLOCK_AFTER - 1 {
+            t.failure(a);
+        }
         assert!(!t.is_blocked(a));
-        assert_eq!(t.failure(a), FIRST_DELAY);
+        t.failure(a);
+        assert!(t.is_blocked(a), "twenty within one window");
     }
 }

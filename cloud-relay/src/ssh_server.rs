@@ -125,8 +125,10 @@ pub async fn serve(
             return;
         };
         if ctx.throttle.is_blocked(peer.ip()) {
-            // Temporary refusal: no handshake, no store lookup for an address that keeps failing.
+            // Temporary refusal: no handshake, no store lookup for an address that keeps
+            // failing. The block itself was logged once, when it began.
             debug!(%peer, "connection refused: too many failed logins from this address");
+            ctx.metrics.auth_failed("address_blocked");
             drop(socket);
             continue;
         }
@@ -155,6 +157,9 @@ pub async fn serve(
 struct PreAuth {
     closer: std::net::TcpStream,
     _slots: (OwnedSemaphorePermit, AddressSlot),
+    /// A login was tried and refused: the refusal was counted, so running out of time
+    /// afterwards (more tries, or its delay) is not counted again.
+    refused: bool,
 }
 
 type PreAuthSlot = Arc<Mutex<Option<PreAuth>>>;
@@ -195,6 +200,7 @@ async fn run_connection(
     let pre_auth: PreAuthSlot = Arc::new(Mutex::new(Some(PreAuth {
         closer,
         _slots: slots,
+        refused: false,
     })));
     let state = Arc::new(Mutex::new(None::<(String, u64)>));
     let closing_reason = ClosingReason::default();
@@ -278,7 +284,9 @@ async fn run_connection(
                 auth_pending = false;
                 let pending = take_pre_auth(&pre_auth);
                 if state.lock().unwrap_or_else(|p| p.into_inner()).is_none() {
-                    silent_failure(&ctx, peer);
+                    if !pending.as_ref().is_some_and(|p| p.refused) {
+                        silent_failure(&ctx, peer);
+                    }
                     info!(peer = %peer, "not authenticated within the authentication timeout; closed");
                     disconnect("authentication timeout").await;
                     // Before the key exchange ends russh cannot send the disconnect;
@@ -339,6 +347,14 @@ impl AgentHandler {
     /// Refuses after the throttle's delay; a `guess` counts towards blocking the address.
     async fn refuse(&self, why: &str, label: &'static str, guess: bool) -> Auth {
         self.ctx.metrics.auth_failed(label);
+        if let Some(pending) = self
+            .pre_auth
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_mut()
+        {
+            pending.refused = true;
+        }
         let delay = if guess {
             self.ctx.throttle.failure(self.peer.ip())
         } else {

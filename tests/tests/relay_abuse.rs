@@ -12,7 +12,7 @@ use anyhow::{Context, Result, bail};
 use postern_protocol::SecretKind;
 use postern_tests::harness::Bins;
 use postern_tests::relay_support::{
-    ONLINE_WITHIN, OnlineAgent, RelayWorld, eventually, wait_calls_in_flight,
+    ONLINE_WITHIN, OnlineAgent, RelayWorld, eventually, sample, scrape, wait_calls_in_flight,
 };
 
 /// The relay's authentication timeout is 10 s; allow for scheduling.
@@ -295,6 +295,21 @@ async fn an_address_that_keeps_failing_is_refused_before_the_handshake() -> Resu
         "expected a refusal before the handshake: {stderr}"
     );
     assert!(!stderr.contains("Permission denied"), "{stderr}");
+    w.relay
+        .logs
+        .wait_for("address refused before the handshake", ONLINE_WITHIN)?;
+    // Each refusal came before the authentication timeout, so none counted twice.
+    let samples = scrape(&w.admin).await?;
+    let failures = |reason: &str| {
+        sample(
+            &samples,
+            &format!("postern_auth_failures_total{{reason=\"{reason}\"}}"),
+        )
+    };
+    // OpenSSH may try the password more than once per connection.
+    assert!(failures("unknown_token") + failures("malformed_token") >= 24.0);
+    assert_eq!(failures("timeout"), 0.0);
+    assert_eq!(failures("address_blocked"), 1.0);
     // …while other addresses still reach the relay and good agents connect.
     let _agent = w.agent_online("still-welcome").await?;
     Ok(())
