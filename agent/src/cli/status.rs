@@ -325,13 +325,13 @@ fn print_report(out: &mut dyn Write, r: &StatusReport) -> std::io::Result<()> {
         (false, _) => "NOT connected".to_owned(),
     };
     writeln!(out, "postern agent {} — {state}", r.agent_version)?;
-    writeln!(out, "  relay        {}", r.relays.join(", "))?;
+    writeln!(out, "  relay        {}", printable(&r.relays.join(", ")))?;
     if let Some(name) = &r.agent_name {
-        writeln!(out, "  agent name   {name}")?;
+        writeln!(out, "  agent name   {}", printable(name))?;
     }
     writeln!(out, "  reconnects   {}", r.reconnects)?;
     if let Some(e) = &r.last_error {
-        writeln!(out, "  last error   {e}")?;
+        writeln!(out, "  last error   {}", printable(e))?;
     }
     if !r.connections.is_empty() {
         writeln!(
@@ -343,9 +343,50 @@ fn print_report(out: &mut dyn Write, r: &StatusReport) -> std::io::Result<()> {
             writeln!(
                 out,
                 "  {:<24} {:>8} {:>8}  {}",
-                name, c.calls_served, c.calls_failed, c.token_cache
+                printable(name),
+                c.calls_served,
+                c.calls_failed,
+                printable(&c.token_cache)
             )?;
         }
     }
     Ok(())
+}
+
+/// `text` with control characters (and the bidirectional overrides that reorder what a
+/// terminal shows) escaped as `\u{1b}`, `\n`…: the agent's name and last error come from
+/// the relay (its control messages, its SSH disconnect text), and must not drive the
+/// admin's terminal. `--json` is escaped by serde already.
+fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    let unsafe_char =
+        |c: char| c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+    if !text.chars().any(unsafe_char) {
+        return text.into();
+    }
+    text.chars()
+        .map(|c| {
+            if unsafe_char(c) {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect::<String>()
+        .into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::printable;
+
+    #[test]
+    fn relay_text_cannot_drive_the_terminal() {
+        assert_eq!(printable("agent a1"), "agent a1");
+        assert_eq!(printable("café ✓"), "café ✓");
+        assert_eq!(
+            printable("bye\u{1b}]0;pwned\u{7}\u{1b}[2J\r\nfake line\u{9b}"),
+            "bye\\u{1b}]0;pwned\\u{7}\\u{1b}[2J\\r\\nfake line\\u{9b}"
+        );
+        assert_eq!(printable("a\u{202e}b"), "a\\u{202e}b");
+    }
 }
