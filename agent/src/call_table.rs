@@ -10,11 +10,27 @@ use crate::metrics::AgentMetrics;
 
 pub type Contexts = BTreeMap<String, Arc<CallContext>>;
 
+/// `reason` is reqwest's error with its causes: its own text is only "builder error".
+/// Held as text, not as a source, so `{:#}` does not print the causes twice.
 #[derive(Debug, thiserror::Error)]
-#[error("connection {name}: cannot build its HTTP client: {source}")]
+#[error("connection {name}: cannot build its HTTP client: {reason}")]
 pub struct BuildError {
     pub name: String,
-    pub source: reqwest::Error,
+    pub reason: String,
+}
+
+/// An error and its causes, `: `-joined, each once (reqwest nests "builder error"s).
+fn with_causes(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = Some(error);
+    while let Some(e) = next {
+        let text = e.to_string();
+        if parts.last() != Some(&text) {
+            parts.push(text);
+        }
+        next = e.source();
+    }
+    parts.join(": ")
 }
 
 pub struct CallTable {
@@ -44,9 +60,9 @@ impl CallTable {
                 let previous = current.get(name).map(|c| c.as_ref());
                 CallContext::succeeding(conn.clone(), previous, &self.metrics)
                     .map(|ctx| (name.clone(), Arc::new(ctx)))
-                    .map_err(|source| BuildError {
+                    .map_err(|e| BuildError {
                         name: name.clone(),
-                        source,
+                        reason: with_causes(&e),
                     })
             })
             .collect()
@@ -73,5 +89,37 @@ impl CallTable {
 
     pub fn names(&self) -> Vec<String> {
         self.snapshot().keys().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("{text}")]
+    struct Nested {
+        text: &'static str,
+        source: Option<Box<Nested>>,
+    }
+
+    #[test]
+    fn causes_are_listed_once_each() {
+        let inner = Nested {
+            text: "invalid peer certificate",
+            source: None,
+        };
+        let twice = Nested {
+            text: "builder error",
+            source: Some(Box::new(inner)),
+        };
+        let outer = Nested {
+            text: "builder error",
+            source: Some(Box::new(twice)),
+        };
+        assert_eq!(
+            with_causes(&outer),
+            "builder error: invalid peer certificate"
+        );
     }
 }

@@ -242,6 +242,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             command: ConfigCommand::Check,
         } => {
             let config = load(&path)?;
+            // What `run` builds from the config (its HTTP clients: TLS identities, roots),
+            // so a check passes only for a config `run` would start with.
+            crate::call_table::CallTable::new(Default::default())
+                .build(&config.connections)
+                .with_context(|| format!("loading {}", path.display()))?;
             out::stdout(|out| {
                 writeln!(
                     out,

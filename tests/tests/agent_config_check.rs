@@ -5,6 +5,7 @@ use std::path::Path;
 
 use anyhow::Result;
 use postern_tests::harness::{Bins, agent_cli, offline_agent_config, output_text, unknown_token};
+use postern_tests::pki;
 use postern_tests::temp::TempDir;
 
 fn bins() -> Bins {
@@ -79,5 +80,77 @@ fn a_wrong_type_says_what_was_expected_without_the_value() -> Result<()> {
         "{said}"
     );
     assert!(!said.contains("notanumber"), "{said}");
+    Ok(())
+}
+
+/// A connection presenting `cert` and `key` (files in the config's folder) to a server
+/// the test CA signed.
+fn with_client_certificate(cert: &str, key: &str) -> String {
+    offline_agent_config(
+        "127.0.0.1:1",
+        &format!(
+            "[connections.m]\nbase_uri = \"https://127.0.0.1:1\"\n\
+             tls = {{ ca_file = \"ca.pem\", client_cert_file = \"{cert}\", client_key_file = \"{key}\" }}\n"
+        ),
+    )
+}
+
+#[test]
+fn a_client_certificate_run_would_refuse_fails_the_check_by_name() -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new("cfgcheck-mtls")?;
+    pki::make_pki(dir.path())?;
+    // `x509 -req` without extensions makes a v1 certificate, which webpki refuses.
+    pki::openssl(
+        dir.path(),
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "client.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "v1.pem",
+            "-days",
+            "2",
+        ],
+    )?;
+    std::fs::set_permissions(
+        dir.path().join("server.key"),
+        std::fs::Permissions::from_mode(0o600),
+    )?;
+    let good = dir.write_private(
+        "good.toml",
+        &with_client_certificate("client.pem", "client.key"),
+    )?;
+    let (code, said) = run(&good, &["config", "check"])?;
+    assert_eq!(code, Some(0), "{said}");
+    for (name, cert, key, expected) in [
+        (
+            "v1.toml",
+            "v1.pem",
+            "client.key",
+            "the client certificate is not usable: it is an X.509 v1 certificate",
+        ),
+        (
+            "mismatch.toml",
+            "client.pem",
+            "server.key",
+            "server.key: the client key does not belong to the client certificate",
+        ),
+    ] {
+        let config = dir.write_private(name, &with_client_certificate(cert, key))?;
+        let (code, said) = run(&config, &["config", "check"])?;
+        assert_eq!(code, Some(1), "{name}: {said}");
+        assert!(
+            said.contains("connections.m: tls.client_") && said.contains(expected),
+            "{name}: {said}"
+        );
+        assert!(!said.contains("peer certificate"), "{name}: {said}");
+    }
     Ok(())
 }

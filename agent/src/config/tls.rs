@@ -69,9 +69,17 @@ pub fn resolve(file: Option<TlsFile>, base_dir: &Path) -> Result<Tls, String> {
         (Some(cert), Some(key)) => {
             super::check_private(&base_dir.join(key))
                 .map_err(|e| format!("tls.client_key_file: {e}"))?;
-            let mut pem = read("client_cert_file", cert)?;
+            let cert_pem = read("client_cert_file", cert)?;
+            let key_pem = read("client_key_file", key)?;
+            check_identity(
+                &cert_pem,
+                &key_pem,
+                &base_dir.join(cert),
+                &base_dir.join(key),
+            )?;
+            let mut pem = cert_pem;
             pem.push(b'\n');
-            pem.extend(read("client_key_file", key)?);
+            pem.extend(key_pem);
             Some(reqwest::Identity::from_pem(&pem).map_err(|e| {
                 format!("tls.client_cert_file/client_key_file: not a PEM certificate and private key: {e}")
             })?)
@@ -83,4 +91,55 @@ pub fn resolve(file: Option<TlsFile>, base_dir: &Path) -> Result<Tls, String> {
         identity,
         insecure_skip_verify: file.insecure_skip_verify,
     })
+}
+
+/// What rustls checks when reqwest builds the client (the certificate parses as X.509 v3,
+/// the key is one it can sign with and matches it), so the config is refused at load with
+/// the reason instead of every client build failing with "invalid peer certificate".
+fn check_identity(cert_pem: &[u8], key_pem: &[u8], cert: &Path, key: &Path) -> Result<(), String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let unusable = |why: String| {
+        format!(
+            "tls.client_cert_file {}: the client certificate is not usable: {why}",
+            cert.display()
+        )
+    };
+    let chain = CertificateDer::pem_slice_iter(cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| unusable(format!("not a PEM certificate: {e}")))?;
+    if chain.is_empty() {
+        return Err(unusable("the file holds no PEM certificate".to_owned()));
+    }
+    let private = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| {
+        format!(
+            "tls.client_key_file {}: not a PEM private key: {e}",
+            key.display()
+        )
+    })?;
+    let provider = rustls::crypto::CryptoProvider::get_default()
+        .cloned()
+        .unwrap_or_else(|| std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider()));
+    match rustls::sign::CertifiedKey::from_der(chain, private, &provider) {
+        Ok(_) => Ok(()),
+        Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) => {
+            Err(format!(
+                "tls.client_key_file {}: the client key does not belong to the client certificate {}",
+                key.display(),
+                cert.display()
+            ))
+        }
+        Err(rustls::Error::General(e)) => Err(format!(
+            "tls.client_key_file {}: not a private key TLS can sign with: {e}",
+            key.display()
+        )),
+        // webpki's error names itself only in Debug (`UnsupportedCertVersion`).
+        Err(e) if format!("{e:?}").contains("UnsupportedCertVersion") => Err(unusable(
+            "it is an X.509 v1 certificate; TLS needs v3 (issue it with extensions, such as \
+             `openssl x509 -req … -extfile` holding extendedKeyUsage=clientAuth)"
+                .to_owned(),
+        )),
+        Err(rustls::Error::InvalidCertificate(e)) => Err(unusable(format!("{e:?}"))),
+        Err(e) => Err(unusable(e.to_string())),
+    }
 }
