@@ -145,7 +145,7 @@ pub async fn handle(ctx: Arc<CallContext>, request: Request<Incoming>) -> Respon
         Err((code, message)) => {
             ctx.failed
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            warn!(%request_id, connection = %ctx.connection.name, code = code.as_str(), %message, "call failed");
+            warn!(%request_id, connection = %ctx.connection.name, code = code.as_str(), detail = %message, "call failed");
             error_response(code, &message)
         }
     };

@@ -247,6 +247,7 @@ async fn session(
                 let _ = handle
                     .disconnect(russh::Disconnect::ByApplication, "agent shutting down", "")
                     .await;
+                wait_written(&mut handle).await;
                 return Ok(SessionEnd::Shutdown);
             }
             Ok(()) = updates.changed() => {
@@ -256,6 +257,7 @@ async fn session(
                     let _ = handle
                         .disconnect(russh::Disconnect::ByApplication, "agent reconnects with new settings", "")
                         .await;
+                    wait_written(&mut handle).await;
                     return Ok(SessionEnd::Reconfigured);
                 }
                 let names = calls.names();
@@ -273,13 +275,22 @@ async fn session(
                 Some(RelayMessage::Ending { reason, message }) => {
                     return Err(TunnelError::Ended { reason, message });
                 }
-                Some(other) => warn!(message = ?other, "unexpected control message ignored"),
+                Some(other) => warn!(received = ?other, "unexpected control message ignored"),
                 None => return Err(lost(&shared, &mut notices, "the relay closed the control channel").await),
             },
             _ = shared.disconnected.notified() => return Err(lost(&shared, &mut notices, "session ended").await),
             _ = &mut handle => return Err(lost(&shared, &mut notices, "session ended").await),
         }
     }
+}
+
+/// How long a disconnect may take to reach the wire: `disconnect` only queues it, and
+/// the agent's exit must not beat it, or the relay records a lost connection.
+const DISCONNECT_WRITE_LIMIT: Duration = Duration::from_secs(2);
+
+/// Waits (bounded) for the session to write its queued disconnect and end.
+async fn wait_written<F: std::future::Future + Unpin>(session: &mut F) {
+    let _ = tokio::time::timeout(DISCONNECT_WRITE_LIMIT, session).await;
 }
 
 /// Connects, authenticates, asks for the forward and says hello; `stage` says how far
