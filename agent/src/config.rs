@@ -324,7 +324,7 @@ fn resolve_connection(
     let max_wait = limits::resolve_max_wait(conn.max_wait.as_deref())?;
     let test = conn
         .test
-        .map(limits::resolve_test)
+        .map(|test| limits::resolve_test(test, &base_uri))
         .transpose()?
         .unwrap_or_default();
     let tls = tls::resolve(conn.tls, base_dir)?;

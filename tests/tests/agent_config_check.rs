@@ -154,3 +154,35 @@ fn a_client_certificate_run_would_refuse_fails_the_check_by_name() -> Result<()>
     }
     Ok(())
 }
+
+#[test]
+fn settings_that_fail_every_call_or_test_fail_the_check() -> Result<()> {
+    let dir = TempDir::new("cfgcheck-calls")?;
+    let config = dir.write_private(
+        "agent.toml",
+        &offline_agent_config(
+            "127.0.0.1:1",
+            "[connections.signed]\nbase_uri = \"http://127.0.0.1:1\"\n\
+             auth = { type = \"jwt_bearer\", algorithm = \"HS256\", secret = \"0123456789abcdef0123456789abcdef\", \
+             payload = { sub = \"{{env.POSTERN_TEST_NOT_SET_ANYWHERE}}\" } }\n\
+             [connections.tested]\nbase_uri = \"http://127.0.0.1:1\"\n\
+             test = { path = \"/../secret.txt\" }\n",
+        ),
+    )?;
+    let out = postern_tests::harness::agent_command(&bins(), &config, &["config", "check"])
+        .env_remove("POSTERN_TEST_NOT_SET_ANYWHERE")
+        .output()?;
+    let said = output_text(&out);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains(
+            "connections.signed: auth.payload: payload.sub: the template \
+             {{env.POSTERN_TEST_NOT_SET_ANYWHERE}} needs the environment variable \
+             POSTERN_TEST_NOT_SET_ANYWHERE, but it is not set"
+        ) && said.contains(
+            "connections.tested: test.path \"/../secret.txt\": the path may not hold '.' or '..' segments"
+        ),
+        "{said}"
+    );
+    Ok(())
+}

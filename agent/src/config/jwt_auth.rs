@@ -75,6 +75,9 @@ pub(super) fn resolve(
             .or_insert_with(|| format!("{{{{now + {}}}}}", lifetime.as_secs()).into());
     }
     let payload = PayloadTemplate::parse(&payload).map_err(|e| format!("auth.payload: {e}"))?;
+    if let Some(missing) = payload.missing_env(env).first() {
+        return Err(format!("auth.payload: {missing}"));
+    }
     let has_exp = payload.has_claim("exp");
     let headers = headers_with_thumbprints(&jwt, base_dir)?;
     let signer =

@@ -128,11 +128,16 @@ impl Default for TestRequest {
     }
 }
 
-pub(super) fn resolve_test(file: TestFile) -> Result<TestRequest, String> {
+/// `base_uri` is the connection's: the path is checked as `connection test` will map it
+/// under it, so a path every test would refuse is refused at load.
+pub(super) fn resolve_test(file: TestFile, base_uri: &url::Url) -> Result<TestRequest, String> {
     let method = http::Method::from_bytes(file.method.to_ascii_uppercase().as_bytes())
         .map_err(|_| format!("test.method {:?} is not an HTTP method", file.method))?;
     if !file.path.starts_with('/') {
         return Err(format!("test.path {:?} must start with /", file.path));
+    }
+    if let Err(e) = crate::upstream_url::build(base_uri, &file.path) {
+        return Err(format!("test.path {:?}: {e}", file.path));
     }
     if let Some(status) = file.expect_status
         && !(100..=599).contains(&status)
@@ -226,6 +231,14 @@ mod tests {
                 "test = { expect_status = 0 }",
                 "test.expect_status 0 is not an HTTP status",
             ),
+            (
+                "test = { path = \"/../secret.txt\" }",
+                "test.path \"/../secret.txt\": the path may not hold '.' or '..' segments",
+            ),
+            (
+                "test = { path = \"/a/%2e%2e/b?x=1\" }",
+                "test.path \"/a/%2e%2e/b?x=1\": the path may not hold '.' or '..' segments",
+            ),
         ];
         for (line, message) in zero_or_huge {
             refused(line, message);
@@ -240,6 +253,7 @@ mod tests {
             "max_concurrent_calls = 1\nmax_request_body = 1\nmax_response_body = 1",
             "max_concurrent_calls = 65536\nmax_request_body = 1099511627776\nmax_response_body = 1099511627776",
             "rate_limit = { requests = 1, per = \"1day\" }",
+            "test = { path = \"/health/..x?probe=1\" }",
         ] {
             load(line).unwrap_or_else(|e| panic!("{line:?}: {e}"));
         }

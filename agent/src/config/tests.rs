@@ -180,6 +180,24 @@ fn only_an_openssh_sha256_fingerprint_is_taken() {
 }
 
 #[test]
+fn an_unset_payload_variable_is_refused_like_an_unset_secret_env() {
+    let with = |sub: &str| {
+        jwt_connection(&format!(
+            "algorithm = \"HS256\"\nsecret_env = \"HMAC\"\npayload = {{ sub = \"{sub}\" }}"
+        ))
+    };
+    parse(&with("{{env.HMAC}}")).expect("a set variable loads");
+    let err = parse(&with("svc-{{env.NOT_SET_ANYWHERE}}")).expect_err("unset");
+    assert_eq!(
+        err,
+        "connections.a: auth.payload: payload.sub: the template {{env.NOT_SET_ANYWHERE}} needs \
+         the environment variable NOT_SET_ANYWHERE, but it is not set"
+    );
+    // So `connection add` notes it as not checked in this shell, as it does `secret_env`.
+    assert!(is_unset_variable(&err), "{err}");
+}
+
+#[test]
 fn debug_never_shows_the_token() {
     let cfg = parse(&base("")).expect("valid");
     assert!(!format!("{cfg:?}").contains(&token()[20..]));

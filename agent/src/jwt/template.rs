@@ -114,6 +114,17 @@ impl PayloadTemplate {
         self.fields.iter().any(|(_, node)| node.has_uuid())
     }
 
+    /// A [`TemplateError::MissingEnv`] per `{{env.NAME}}` whose variable `env` lacks: checked
+    /// when the config is loaded, so an unset variable refuses the config rather than every
+    /// call (a running agent's environment does not change).
+    pub fn missing_env(&self, env: &dyn Fn(&str) -> Option<String>) -> Vec<TemplateError> {
+        let mut missing = Vec::new();
+        for (_, node) in &self.fields {
+            node.missing_env(env, &mut missing);
+        }
+        missing
+    }
+
     /// Whether the top-level payload sets this claim (e.g. "exp").
     pub fn has_claim(&self, name: &str) -> bool {
         self.fields.iter().any(|(key, _)| key == name)
@@ -121,6 +132,35 @@ impl PayloadTemplate {
 }
 
 impl Node {
+    fn missing_env(&self, env: &dyn Fn(&str) -> Option<String>, out: &mut Vec<TemplateError>) {
+        let mut check = |path: &str, expr: &Expr| {
+            if let Expr::Env(name) = expr
+                && env(name).is_none()
+            {
+                let error = TemplateError::MissingEnv {
+                    path: path.to_owned(),
+                    name: name.clone(),
+                };
+                if !out.contains(&error) {
+                    out.push(error);
+                }
+            }
+        };
+        match self {
+            Node::Plain(_) => {}
+            Node::Object(fields) => fields.iter().for_each(|(_, n)| n.missing_env(env, out)),
+            Node::Array(items) => items.iter().for_each(|n| n.missing_env(env, out)),
+            Node::Whole { path, expr, .. } => check(path, expr),
+            Node::Text { path, pieces } => {
+                for piece in pieces {
+                    if let Piece::Template { expr, .. } = piece {
+                        check(path, expr);
+                    }
+                }
+            }
+        }
+    }
+
     fn has_uuid(&self) -> bool {
         match self {
             Node::Plain(_) => false,
@@ -537,6 +577,26 @@ mod tests {
             err.to_string().contains("environment variable TENANT"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn missing_env_names_every_unset_variable_once_with_its_path() {
+        let t = template(json!({
+            "sub": "{{env.SET}}",
+            "aud": ["{{env.GONE}}-x", {"deep": "{{env.GONE}}/{{env.ALSO}}"}],
+        }))
+        .expect("parses");
+        let env = |name: &str| (name == "SET").then(|| "v".to_owned());
+        let missing: Vec<String> = t.missing_env(&env).iter().map(|e| e.to_string()).collect();
+        assert_eq!(
+            missing,
+            [
+                "payload.aud[0]: the template {{env.GONE}} needs the environment variable GONE, but it is not set",
+                "payload.aud[1].deep: the template {{env.GONE}} needs the environment variable GONE, but it is not set",
+                "payload.aud[1].deep: the template {{env.ALSO}} needs the environment variable ALSO, but it is not set",
+            ]
+        );
+        assert!(t.missing_env(&|_| Some("v".to_owned())).is_empty());
     }
 
     #[test]
