@@ -79,7 +79,7 @@ impl Default for Metrics {
         );
         registry.register(
             "calls",
-            "Calls answered, by HTTP status class",
+            "Calls by the HTTP status class the caller got, or abandoned by the caller",
             m.calls.clone(),
         );
         registry.register(
@@ -134,6 +134,15 @@ impl Metrics {
         };
         self.calls.get_or_create(&Class { class }).inc();
         self.call_duration.observe(took.as_secs_f64());
+    }
+
+    /// One call whose caller went away before its answer's head (it hung up while it
+    /// waited, or its request body broke off): it got no status, so it has its own class.
+    /// Not in the duration histogram, which measures the time to an answer's head.
+    pub fn call_abandoned(&self) {
+        self.calls
+            .get_or_create(&Class { class: "abandoned" })
+            .inc();
     }
 
     /// Body bytes received from callers (and sent on to agents).
@@ -192,6 +201,7 @@ mod tests {
         m.auth_failed("unknown_token");
         m.call_finished(200, Duration::from_millis(30));
         m.call_finished(503, Duration::from_secs(3));
+        m.call_abandoned();
         m.add_bytes_in(10);
         let text = m.render(4);
         for line in [
@@ -202,6 +212,7 @@ mod tests {
             "postern_auth_failures_total{reason=\"unknown_token\"} 1",
             "postern_calls_total{class=\"2xx\"} 1",
             "postern_calls_total{class=\"5xx\"} 1",
+            "postern_calls_total{class=\"abandoned\"} 1",
             "postern_call_duration_seconds_bucket{le=\"0.025\"} 0",
             "postern_call_duration_seconds_bucket{le=\"0.05\"} 1",
             "postern_call_duration_seconds_bucket{le=\"5.0\"} 2",

@@ -37,9 +37,16 @@ pub async fn call(
     let span = info_span!("call", %request_id, %agent, %connection);
     let started = std::time::Instant::now();
     let metrics_ctx = ctx.clone();
+    let mut abandoned = Abandoned {
+        ctx: ctx.clone(),
+        span: span.clone(),
+        started,
+        armed: true,
+    };
     let result = forward(ctx, agent, connection, request, &request_id)
         .instrument(span.clone())
         .await;
+    abandoned.armed = false;
     let response = match result {
         Ok(response) => response,
         Err(e) => {
@@ -51,6 +58,29 @@ pub async fn call(
         .metrics
         .call_finished(response.status().as_u16(), started.elapsed());
     Ok(response)
+}
+
+/// Logs and counts a call whose caller went away before its answer's head was ready:
+/// hyper then drops the handler's future, so nothing after its `await` runs.
+struct Abandoned {
+    ctx: Arc<RelayContext>,
+    span: tracing::Span,
+    started: std::time::Instant,
+    armed: bool,
+}
+
+impl Drop for Abandoned {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let ms = self.started.elapsed().as_millis() as u64;
+        self.span
+            .in_scope(|| info!(ms, "call abandoned by the caller"));
+        // Not in the duration histogram: it measures the time to an answer's head,
+        // which this call never had.
+        self.ctx.metrics.call_abandoned();
+    }
 }
 
 async fn forward(

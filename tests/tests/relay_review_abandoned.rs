@@ -1,0 +1,76 @@
+//! Calls whose caller goes away before the answer: one that hangs up while it waits
+//! is logged and counted as `abandoned`.
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::time::Duration;
+
+use anyhow::Result;
+use postern_tests::harness::Bins;
+use postern_tests::relay_support::{RelayWorld, eventually, sample, scrape};
+
+fn bins() -> Bins {
+    postern_tests::bins!()
+}
+
+const ABANDONED: &str = "postern_calls_total{class=\"abandoned\"}";
+
+/// The relay log's line holding `needle`, once it is there.
+fn line_with(w: &RelayWorld, needle: &str) -> Result<String> {
+    w.relay.logs.wait_for(needle, Duration::from_secs(10))?;
+    Ok(w.relay
+        .logs
+        .so_far()
+        .lines()
+        .find(|l| l.contains(needle))
+        .unwrap_or_default()
+        .to_owned())
+}
+
+fn class_counts(samples: &std::collections::HashMap<String, f64>) -> [f64; 3] {
+    [
+        sample(samples, ABANDONED),
+        sample(samples, "postern_calls_total{class=\"2xx\"}"),
+        sample(samples, "postern_calls_total{class=\"5xx\"}"),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_caller_that_hangs_up_while_waiting_is_logged_and_counted() -> Result<()> {
+    let w = RelayWorld::start(bins()).await?;
+    let _agent = w.agent_online("site").await?;
+    let mut caller = TcpStream::connect(w.relay.api)?;
+    write!(
+        caller,
+        "GET /v1/agents/site/connections/orders/http/slow HTTP/1.1\r\nhost: relay\r\n\
+         authorization: Bearer {}\r\nx-request-id: gone-1\r\n\r\n",
+        w.admin.key
+    )?;
+    eventually(
+        "the internal server has the call",
+        Duration::from_secs(10),
+        || {
+            let seen = w
+                .internal
+                .requests()
+                .iter()
+                .any(|r| r.path_and_query.ends_with("/slow"));
+            async move { seen }
+        },
+    )
+    .await?;
+    drop(caller);
+
+    let line = line_with(&w, "call abandoned by the caller")?;
+    for part in ["gone-1", "site", "orders", "ms="] {
+        assert!(line.contains(part), "no {part:?} in {line}");
+    }
+    // The internal server answers after 3 s: by then the call is long counted, once.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let samples = scrape(&w.admin).await?;
+    assert_eq!(class_counts(&samples), [1.0, 0.0, 0.0]);
+    let logs = w.relay.logs.text();
+    assert!(!logs.contains("call answered"), "{logs}");
+    assert!(!logs.contains("call failed"), "{logs}");
+    Ok(())
+}
