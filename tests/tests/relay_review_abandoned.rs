@@ -1,5 +1,6 @@
-//! Calls whose caller goes away before the answer: one that hangs up while it waits
-//! is logged and counted as `abandoned`.
+//! Calls whose caller goes away before the answer: one that hangs up while it waits,
+//! one whose upload breaks off. Both are logged and counted as `abandoned`, and
+//! neither passes for a failure of the tunnel.
 
 use std::io::Write;
 use std::net::TcpStream;
@@ -72,5 +73,54 @@ async fn a_caller_that_hangs_up_while_waiting_is_logged_and_counted() -> Result<
     let logs = w.relay.logs.text();
     assert!(!logs.contains("call answered"), "{logs}");
     assert!(!logs.contains("call failed"), "{logs}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upload_that_breaks_off_is_the_callers_doing_not_the_tunnels() -> Result<()> {
+    let w = RelayWorld::start(bins()).await?;
+    let _agent = w.agent_online("site").await?;
+    let mut caller = TcpStream::connect(w.relay.api)?;
+    write!(
+        caller,
+        "POST /v1/agents/site/connections/orders/http/upload HTTP/1.1\r\nhost: relay\r\n\
+         authorization: Bearer {}\r\nx-request-id: cut-1\r\ncontent-length: 100000\r\n\r\n",
+        w.admin.key
+    )?;
+    caller.write_all(&[b'x'; 5000])?;
+    caller.flush()?;
+    // Let the head and the first bytes reach the agent before the caller hangs up.
+    eventually("5 KB forwarded", Duration::from_secs(10), || async {
+        scrape(&w.admin)
+            .await
+            .is_ok_and(|s| sample(&s, "postern_call_request_bytes_total") >= 5000.0)
+    })
+    .await?;
+    drop(caller);
+
+    eventually("the call counted", Duration::from_secs(10), || async {
+        scrape(&w.admin).await.is_ok_and(|s| {
+            sample(&s, ABANDONED) + sample(&s, "postern_calls_total{class=\"5xx\"}") > 0.0
+        })
+    })
+    .await?;
+    let samples = scrape(&w.admin).await?;
+    assert_eq!(class_counts(&samples), [1.0, 0.0, 0.0]);
+    let logs = w.relay.logs.text();
+    assert!(!logs.contains("tunnel"), "{logs}");
+    assert!(!logs.contains("WARN"), "{logs}");
+    let line = logs
+        .lines()
+        .find(|l| l.contains("cut-1"))
+        .unwrap_or_default();
+    assert!(
+        line.contains("the caller's request body broke off")
+            || line.contains("call abandoned by the caller"),
+        "{logs}"
+    );
+
+    // The tunnel is fine: the next call goes through.
+    let next = w.admin.call("site", "orders", "/after").await?;
+    assert_eq!(next.status(), 200);
     Ok(())
 }

@@ -49,9 +49,28 @@ pub async fn call(
     abandoned.armed = false;
     let response = match result {
         Ok(response) => response,
-        Err(e) => {
+        Err(Failure::Api(e)) => {
             span.in_scope(|| info!(code = e.code.as_str(), message = %e.message, "call failed"));
             axum::response::IntoResponse::into_response(e)
+        }
+        Err(Failure::CallerBodyBroke(detail)) => {
+            span.in_scope(|| {
+                info!(
+                    detail = %detail,
+                    ms = started.elapsed().as_millis() as u64,
+                    "the caller's request body broke off"
+                )
+            });
+            // `abandoned`, not 4xx: a caller that hangs up mid-upload gets no status, and
+            // whether hyper drops this handler first (`call abandoned by the caller`) or
+            // the body's error reaches the tunnel first (here) is a race; one event, one class.
+            metrics_ctx.metrics.call_abandoned();
+            // Nobody is likely to read this (the caller is gone or going), but a caller
+            // that only half-closed gets told.
+            return Ok(axum::response::IntoResponse::into_response(ApiError::new(
+                ErrorCode::BadRequest,
+                format!("the request body broke off before its end: {detail}"),
+            )));
         }
     };
     metrics_ctx
@@ -83,13 +102,34 @@ impl Drop for Abandoned {
     }
 }
 
+/// Why a call got no answer from its agent.
+enum Failure {
+    /// Answered by the relay with this error.
+    Api(ApiError),
+    /// The caller's own request body failed (it hung up mid-upload, or sent a broken
+    /// chunked body): the caller's doing, not the tunnel's.
+    CallerBodyBroke(String),
+}
+
+impl From<ApiError> for Failure {
+    fn from(e: ApiError) -> Self {
+        Self::Api(e)
+    }
+}
+
+/// Marks an error of the caller's request body as it travels through hyper's client
+/// towards the agent, so [`classify`] can tell it from a failure of the tunnel.
+#[derive(Debug, thiserror::Error)]
+#[error("the caller's request body failed")]
+struct CallerBodyError(#[source] axum::Error);
+
 async fn forward(
     ctx: Arc<RelayContext>,
     agent: String,
     connection: String,
     request: Request,
     request_id: &str,
-) -> Result<Response, ApiError> {
+) -> Result<Response, Failure> {
     let record = find(&ctx, agent).await?;
     let (live, name) = serving(&ctx, &record, &connection)?;
     let (parts, body) = request.into_parts();
@@ -100,8 +140,9 @@ async fn forward(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit) {
-        return Err(too_large(limit));
+        return Err(too_large(limit).into());
     }
+    let body = http_body_util::BodyExt::map_err(body, CallerBodyError);
     // A chunked body is cut off (and the call refused) once it passes the limit.
     let body = http_body_util::Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX));
     let uri = upstream_uri(&parts.uri)?;
@@ -138,7 +179,8 @@ async fn forward(
                     "no answer from the agent within {:?} of the request's last progress",
                     ctx.config.call_timeout
                 ),
-            ));
+            )
+            .into());
         }
         Some(Err(e)) => return Err(classify(&ctx, &live, &connection, &e)),
         Some(Ok(response)) => response,
@@ -208,7 +250,7 @@ fn classify(
     live: &crate::registry::LiveSession,
     connection: &str,
     e: &CallError,
-) -> ApiError {
+) -> Failure {
     let still_live = ctx
         .registry
         .get(&live.agent_id)
@@ -220,15 +262,19 @@ fn classify(
                 "the tunnel to agent {:?} closed during the call",
                 live.agent_name
             ),
-        );
+        )
+        .into();
     }
     if let CallError::Refused { .. } = e {
-        return ApiError::new(ErrorCode::UnknownConnection, e.to_string());
+        return ApiError::new(ErrorCode::UnknownConnection, e.to_string()).into();
     }
     let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
     while let Some(err) = source {
         if err.is::<http_body_util::LengthLimitError>() {
-            return too_large(ctx.config.max_request_body);
+            return too_large(ctx.config.max_request_body).into();
+        }
+        if let Some(broke) = err.downcast_ref::<CallerBodyError>() {
+            return Failure::CallerBodyBroke(broke.0.to_string());
         }
         source = err.source();
     }
@@ -237,6 +283,7 @@ fn classify(
         ErrorCode::TunnelError,
         format!("the call through the tunnel failed: {e}"),
     )
+    .into()
 }
 
 fn too_large(limit: u64) -> ApiError {
