@@ -65,7 +65,7 @@ impl ControlChannel {
         };
         let reply = match &refusal {
             Some((code, message)) => {
-                warn!(agent = %self.agent.name, code, %message, "hello refused");
+                warn!(agent = %self.agent.name, code, detail = %message, "hello refused");
                 RelayMessage::Refused {
                     code: (*code).to_owned(),
                     message: message.clone(),
@@ -120,7 +120,7 @@ impl ControlChannel {
                 let connections = match self.check(PROTOCOL_VERSION, &connections) {
                     Ok(connections) => connections,
                     Err(message) => {
-                        warn!(agent = %self.agent.name, %message, "inventory refused");
+                        warn!(agent = %self.agent.name, detail = %message, "inventory refused");
                         return;
                     }
                 };

@@ -50,7 +50,7 @@ pub async fn call(
     let response = match result {
         Ok(response) => response,
         Err(Failure::Api(e)) => {
-            span.in_scope(|| info!(code = e.code.as_str(), message = %e.message, "call failed"));
+            span.in_scope(|| info!(code = e.code.as_str(), detail = %e.message, "call failed"));
             axum::response::IntoResponse::into_response(e)
         }
         Err(Failure::CallerBodyBroke(detail)) => {
