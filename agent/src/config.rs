@@ -261,7 +261,10 @@ impl AgentConfig {
                 Ok(connection) => {
                     connections.insert(name, Arc::new(connection));
                 }
-                Err(e) => problems.push(format!("connections.{name}: {e}")),
+                Err(list) => problems.extend(
+                    list.into_iter()
+                        .map(|problem| format!("connections.{name}: {problem}")),
+                ),
             }
         }
         match token {
@@ -284,19 +287,79 @@ impl AgentConfig {
     }
 }
 
+/// Every problem of the connection, not only the first: `config check` lists them all
+/// at once. A setting that cannot be resolved is left out of the checks that need it.
 fn resolve_connection(
     name: &str,
     conn: ConnectionFile,
     base_dir: &Path,
     env: &dyn Fn(&str) -> Option<String>,
-) -> Result<Connection, String> {
-    let name = ConnectionName::parse(name).map_err(|e| e.to_string())?;
-    let base_uri = Url::parse(&conn.base_uri)
-        .map_err(|e| format!("base_uri {:?}: {e}", shown(&conn.base_uri)))?;
+) -> Result<Connection, Vec<String>> {
+    let mut problems = Vec::new();
+    let p = &mut problems;
+    let name = noted(p, ConnectionName::parse(name).map_err(|e| e.to_string()));
+    let base_uri = noted(p, resolve_base_uri(&conn.base_uri));
+    let timeout = noted(p, limits::resolve_timeout(&conn.timeout));
+    let auth = match conn.auth {
+        AuthFile::None => Some(Auth::None),
+        AuthFile::JwtBearer(jwt) => noted(p, jwt_auth::resolve(*jwt, base_dir, env))
+            .map(|jwt| Auth::JwtBearer(Arc::new(jwt))),
+    };
+    let rate_limit = noted(
+        p,
+        conn.rate_limit.map(limits::resolve_rate_limit).transpose(),
+    );
+    let max_wait = noted(p, limits::resolve_max_wait(conn.max_wait.as_deref()));
+    let test = noted(
+        p,
+        conn.test
+            .map(|test| limits::resolve_test(test, base_uri.as_ref()))
+            .transpose(),
+    );
+    let tls = noted(p, tls::resolve(conn.tls, base_dir));
+    let limits = noted(
+        p,
+        limits::resolve_call_limits(
+            conn.max_concurrent_calls,
+            conn.max_request_body,
+            conn.max_response_body,
+            conn.max_header_bytes,
+        ),
+    );
+    match (
+        name, base_uri, timeout, auth, rate_limit, max_wait, test, tls, limits,
+    ) {
+        (
+            Some(name),
+            Some(base_uri),
+            Some(timeout),
+            Some(auth),
+            Some(rate_limit),
+            Some(max_wait),
+            Some(test),
+            Some(tls),
+            Some(limits),
+        ) if problems.is_empty() => Ok(Connection {
+            name,
+            base_uri,
+            timeout,
+            auth,
+            rate_limit,
+            max_wait,
+            test: test.unwrap_or_default(),
+            tls,
+            limits,
+        }),
+        _ => Err(problems),
+    }
+}
+
+fn resolve_base_uri(text: &str) -> Result<Url, String> {
+    let base_uri = Url::parse(text).map_err(|e| format!("base_uri {:?}: {e}", shown(text)))?;
     if !matches!(base_uri.scheme(), "http" | "https") || base_uri.host_str().is_none() {
         return Err(format!(
             "base_uri {:?} must be an http:// or https:// URL with a host",
-            shown(&conn.base_uri)
+            shown(text)
         ));
     }
     refuse_user_info(
@@ -307,55 +370,33 @@ fn resolve_connection(
     if base_uri.query().is_some() || base_uri.fragment().is_some() {
         return Err(format!(
             "base_uri {:?} may not hold a query or fragment",
-            conn.base_uri
+            shown(text)
         ));
     }
-    let timeout = limits::resolve_timeout(&conn.timeout)?;
-    let auth = match conn.auth {
-        AuthFile::None => Auth::None,
-        AuthFile::JwtBearer(jwt) => {
-            Auth::JwtBearer(Arc::new(jwt_auth::resolve(*jwt, base_dir, env)?))
-        }
-    };
-    let rate_limit = conn
-        .rate_limit
-        .map(limits::resolve_rate_limit)
-        .transpose()?;
-    let max_wait = limits::resolve_max_wait(conn.max_wait.as_deref())?;
-    let test = conn
-        .test
-        .map(|test| limits::resolve_test(test, &base_uri))
-        .transpose()?
-        .unwrap_or_default();
-    let tls = tls::resolve(conn.tls, base_dir)?;
-    let defaults = CallLimits::default();
-    let limits = CallLimits {
-        max_concurrent_calls: conn
-            .max_concurrent_calls
-            .unwrap_or(defaults.max_concurrent_calls),
-        max_request_body: conn.max_request_body.unwrap_or(defaults.max_request_body),
-        max_response_body: conn.max_response_body.unwrap_or(defaults.max_response_body),
-        max_header_bytes: conn.max_header_bytes.unwrap_or(defaults.max_header_bytes),
-    };
-    if limits.max_concurrent_calls == 0 {
-        return Err("max_concurrent_calls must be at least 1".into());
+    Ok(base_uri)
+}
+
+/// One problem, or a setting's several.
+trait Problems {
+    fn into_list(self) -> Vec<String>;
+}
+
+impl Problems for String {
+    fn into_list(self) -> Vec<String> {
+        vec![self]
     }
-    if !(1024..=MAX_HEADER_BYTES_CEILING).contains(&limits.max_header_bytes) {
-        return Err(format!(
-            "max_header_bytes must be between 1024 and {MAX_HEADER_BYTES_CEILING}"
-        ));
+}
+
+impl Problems for Vec<String> {
+    fn into_list(self) -> Vec<String> {
+        self
     }
-    Ok(Connection {
-        name,
-        base_uri,
-        timeout,
-        auth,
-        rate_limit,
-        max_wait,
-        test,
-        tls,
-        limits,
-    })
+}
+
+/// The value, or `None` with its problems added to `problems`: resolving goes on past
+/// a problem, so every one is found in one run.
+fn noted<T, E: Problems>(problems: &mut Vec<String>, result: Result<T, E>) -> Option<T> {
+    result.map_err(|e| problems.extend(e.into_list())).ok()
 }
 
 /// Exactly one of inline / file / environment variable.

@@ -186,3 +186,34 @@ fn settings_that_fail_every_call_or_test_fail_the_check() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn every_problem_of_a_connection_is_listed_in_one_run() -> Result<()> {
+    let dir = TempDir::new("cfgcheck-all")?;
+    let config = dir.write_private(
+        "agent.toml",
+        &offline_agent_config(
+            "127.0.0.1:1",
+            "[connections.m]\nbase_uri = \"http//erp.internal\"\ntimeout = \"0s\"\n\
+             rate_limit = { requests = 0 }\ntest = { method = \"G E T\", path = \"health\" }\n\
+             max_concurrent_calls = 0\n\
+             [connections.m.auth]\ntype = \"jwt_bearer\"\nalgorithm = \"ES256\"\n\
+             private_key_file = \"keys/missing.pem\"\n",
+        ),
+    )?;
+    let (code, said) = run(&config, &["config", "check"])?;
+    assert_eq!(code, Some(1), "{said}");
+    for problem in [
+        "7 problems:",
+        "connections.m: base_uri \"http//erp.internal\"",
+        "connections.m: timeout must be more than zero",
+        "keys/missing.pem",
+        "connections.m: rate_limit.requests must be at least 1",
+        "connections.m: test.method \"G E T\" is not an HTTP method",
+        "connections.m: test.path \"health\" must start with /",
+        "connections.m: max_concurrent_calls must be at least 1",
+    ] {
+        assert!(said.contains(problem), "{problem}: {said}");
+    }
+    Ok(())
+}

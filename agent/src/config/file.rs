@@ -59,13 +59,10 @@ pub struct ConnectionFile {
     /// Extra CA, client certificate, or (loudly) no verification, for https:// base URIs.
     pub tls: Option<super::tls::TlsFile>,
     /// Calls under way at once on this connection (default 128); more get 429 `too_many_calls`.
-    #[serde(default, deserialize_with = "super::limits::max_concurrent_calls")]
     pub max_concurrent_calls: Option<u32>,
     /// Largest request body in bytes (default 64 MiB); larger gets 413 `payload_too_large`.
-    #[serde(default, deserialize_with = "super::limits::max_request_body")]
     pub max_request_body: Option<u64>,
     /// Largest answer in bytes (default 1 GiB); larger is refused or cut off.
-    #[serde(default, deserialize_with = "super::limits::max_response_body")]
     pub max_response_body: Option<u64>,
     /// Largest header block of a request or answer in bytes (default 64 KiB).
     pub max_header_bytes: Option<u32>,

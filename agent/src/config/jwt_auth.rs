@@ -10,7 +10,7 @@ use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_S
 use url::Url;
 
 use super::file::{BodyEncoding, ExchangeFile, JwtBearerFile};
-use super::one_secret;
+use super::{noted, one_secret};
 use crate::jwt::certificate::thumbprints;
 use crate::jwt::encrypted_key::decrypt_if_encrypted;
 use crate::jwt::exchange::without_user_info;
@@ -51,50 +51,83 @@ pub struct Exchange {
     pub default_lifetime: Duration,
 }
 
+/// Every problem of the table, not only the first (see `resolve_connection`).
 pub(super) fn resolve(
     jwt: JwtBearerFile,
     base_dir: &Path,
     env: &dyn Fn(&str) -> Option<String>,
-) -> Result<JwtBearer, String> {
-    let algorithm: Algorithm = jwt
-        .algorithm
-        .parse()
-        .map_err(|e| format!("auth.algorithm: {e}"))?;
-    let key = key_material(&jwt, algorithm, base_dir, env)?;
-    let lifetime = jwt
-        .lifetime
-        .as_deref()
-        .map(|text| duration("auth.lifetime", text))
-        .transpose()?;
+) -> Result<JwtBearer, Vec<String>> {
+    let mut problems = Vec::new();
+    let p = &mut problems;
+    let algorithm: Option<Algorithm> = noted(
+        p,
+        jwt.algorithm
+            .parse()
+            .map_err(|e| format!("auth.algorithm: {e}")),
+    );
+    let key =
+        algorithm.and_then(|algorithm| noted(p, key_material(&jwt, algorithm, base_dir, env)));
+    let lifetime = noted(
+        p,
+        jwt.lifetime
+            .as_deref()
+            .map(|text| duration("auth.lifetime", text))
+            .transpose(),
+    );
     let mut payload = jwt.payload.clone();
-    if let Some(lifetime) = lifetime {
+    if let Some(Some(lifetime)) = lifetime {
         // Only what the payload leaves out: an explicit iat/exp always wins.
         payload.entry("iat").or_insert_with(|| "{{now}}".into());
         payload
             .entry("exp")
             .or_insert_with(|| format!("{{{{now + {}}}}}", lifetime.as_secs()).into());
     }
-    let payload = PayloadTemplate::parse(&payload).map_err(|e| format!("auth.payload: {e}"))?;
-    if let Some(missing) = payload.missing_env(env).first() {
-        return Err(format!("auth.payload: {missing}"));
+    let payload = noted(
+        p,
+        PayloadTemplate::parse(&payload).map_err(|e| format!("auth.payload: {e}")),
+    );
+    if let Some(payload) = &payload {
+        p.extend(
+            payload
+                .missing_env(env)
+                .into_iter()
+                .map(|missing| format!("auth.payload: {missing}")),
+        );
     }
-    let has_exp = payload.has_claim("exp");
-    let headers = headers_with_thumbprints(&jwt, base_dir)?;
-    let signer =
-        JwtSigner::new(algorithm, key, &headers, payload).map_err(|e| format!("auth: {e}"))?;
-    let exchange = jwt.exchange.map(resolve_exchange).transpose()?;
-    let reuse_for = jwt
-        .reuse_for
-        .as_deref()
-        .map(|text| duration("auth.reuse_for", text))
-        .transpose()?;
+    let has_exp = payload.as_ref().map(|payload| payload.has_claim("exp"));
+    let headers = noted(p, headers_with_thumbprints(&jwt, base_dir));
+    let has_exchange = jwt.exchange.is_some();
+    let exchange = noted(p, jwt.exchange.map(resolve_exchange).transpose());
+    let reuse_for = noted(
+        p,
+        jwt.reuse_for
+            .as_deref()
+            .map(|text| duration("auth.reuse_for", text))
+            .transpose(),
+    )
+    .flatten();
     if reuse_for.is_some() {
-        if exchange.is_some() {
-            return Err("auth.reuse_for applies to direct bearer JWTs; with an exchange the access token is cached until shortly before it expires".into());
+        if has_exchange {
+            p.push("auth.reuse_for applies to direct bearer JWTs; with an exchange the access token is cached until shortly before it expires".into());
         }
-        if !has_exp {
-            return Err("auth.reuse_for needs an exp claim to count back from: set payload.exp or auth.lifetime".into());
+        // A lifetime that did not resolve is what left exp out: that problem is listed.
+        if has_exp == Some(false) && lifetime.is_some() {
+            p.push("auth.reuse_for needs an exp claim to count back from: set payload.exp or auth.lifetime".into());
         }
+    }
+    // The key is checked against its algorithm whatever else is wrong.
+    let signer = match (algorithm, key, payload, headers) {
+        (Some(algorithm), Some(key), Some(payload), Some(headers)) => noted(
+            p,
+            JwtSigner::new(algorithm, key, &headers, payload).map_err(|e| format!("auth: {e}")),
+        ),
+        _ => None,
+    };
+    let (Some(signer), Some(exchange)) = (signer, exchange) else {
+        return Err(problems);
+    };
+    if !problems.is_empty() {
+        return Err(problems);
     }
     Ok(JwtBearer {
         signer,

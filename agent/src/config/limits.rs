@@ -3,9 +3,8 @@
 
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer};
-
 use super::file::{RateLimitFile, TestFile};
+use super::{CallLimits, MAX_HEADER_BYTES_CEILING, noted};
 
 /// The default `max_wait`.
 pub const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(5);
@@ -39,33 +38,74 @@ pub(super) fn resolve_timeout(text: &str) -> Result<Duration, String> {
     bounded_duration("timeout", text, MAX_TIMEOUT)
 }
 
-fn bounded_count<'de, D, T>(d: D, key: &str, max: T) -> Result<Option<T>, D::Error>
+/// A count from 1 to `max`, the key named in the error.
+fn bounded_count<T>(key: &str, value: Option<T>, max: T, default: T) -> Result<T, String>
 where
-    D: Deserializer<'de>,
-    T: Deserialize<'de> + PartialOrd + From<u8> + std::fmt::Display,
+    T: PartialOrd + From<u8> + std::fmt::Display,
 {
-    let value = T::deserialize(d)?;
-    if value < T::from(1) || value > max {
-        return Err(serde::de::Error::custom(format!(
+    match value {
+        None => Ok(default),
+        // A zero limit would refuse every call of the connection.
+        Some(value) if value < T::from(1) || value > max => Err(format!(
             "{key} must be at least 1 and at most {max} (it is {value})"
-        )));
+        )),
+        Some(value) => Ok(value),
     }
-    Ok(Some(value))
 }
 
-// Checked while parsing: a zero limit would refuse every call of the connection.
-pub(super) fn max_concurrent_calls<'de, D: Deserializer<'de>>(
-    d: D,
-) -> Result<Option<u32>, D::Error> {
-    bounded_count(d, "max_concurrent_calls", MAX_CONCURRENT_CALLS)
-}
-
-pub(super) fn max_request_body<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
-    bounded_count(d, "max_request_body", MAX_BODY)
-}
-
-pub(super) fn max_response_body<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
-    bounded_count(d, "max_response_body", MAX_BODY)
+/// The connection's [`CallLimits`], each unset one its default.
+pub(super) fn resolve_call_limits(
+    max_concurrent_calls: Option<u32>,
+    max_request_body: Option<u64>,
+    max_response_body: Option<u64>,
+    max_header_bytes: Option<u32>,
+) -> Result<CallLimits, Vec<String>> {
+    let defaults = CallLimits::default();
+    let mut problems = Vec::new();
+    let p = &mut problems;
+    let limits = CallLimits {
+        max_concurrent_calls: noted(
+            p,
+            bounded_count(
+                "max_concurrent_calls",
+                max_concurrent_calls,
+                MAX_CONCURRENT_CALLS,
+                defaults.max_concurrent_calls,
+            ),
+        )
+        .unwrap_or_default(),
+        max_request_body: noted(
+            p,
+            bounded_count(
+                "max_request_body",
+                max_request_body,
+                MAX_BODY,
+                defaults.max_request_body,
+            ),
+        )
+        .unwrap_or_default(),
+        max_response_body: noted(
+            p,
+            bounded_count(
+                "max_response_body",
+                max_response_body,
+                MAX_BODY,
+                defaults.max_response_body,
+            ),
+        )
+        .unwrap_or_default(),
+        max_header_bytes: max_header_bytes.unwrap_or(defaults.max_header_bytes),
+    };
+    if !(1024..=MAX_HEADER_BYTES_CEILING).contains(&limits.max_header_bytes) {
+        problems.push(format!(
+            "max_header_bytes must be between 1024 and {MAX_HEADER_BYTES_CEILING}"
+        ));
+    }
+    if problems.is_empty() {
+        Ok(limits)
+    } else {
+        Err(problems)
+    }
 }
 
 /// `requests` per `per`, with up to `burst` at once (default: `requests`).
@@ -76,20 +116,27 @@ pub struct RateLimit {
     pub burst: u32,
 }
 
-pub(super) fn resolve_rate_limit(file: RateLimitFile) -> Result<RateLimit, String> {
+pub(super) fn resolve_rate_limit(file: RateLimitFile) -> Result<RateLimit, Vec<String>> {
+    let mut problems = Vec::new();
     if file.requests == 0 {
-        return Err("rate_limit.requests must be at least 1".into());
+        problems.push("rate_limit.requests must be at least 1".to_owned());
     }
-    let per = bounded_duration("rate_limit.per", &file.per, MAX_RATE_PER)?;
+    let per = noted(
+        &mut problems,
+        bounded_duration("rate_limit.per", &file.per, MAX_RATE_PER),
+    );
     let burst = file.burst.unwrap_or(file.requests);
-    if burst == 0 {
-        return Err("rate_limit.burst must be at least 1".into());
+    if burst == 0 && file.burst.is_some() {
+        problems.push("rate_limit.burst must be at least 1".to_owned());
     }
-    Ok(RateLimit {
-        requests: file.requests,
-        per,
-        burst,
-    })
+    match per {
+        Some(per) if problems.is_empty() => Ok(RateLimit {
+            requests: file.requests,
+            per,
+            burst,
+        }),
+        _ => Err(problems),
+    }
 }
 
 pub(super) fn resolve_max_wait(text: Option<&str>) -> Result<Duration, String> {
@@ -128,27 +175,42 @@ impl Default for TestRequest {
     }
 }
 
-/// `base_uri` is the connection's: the path is checked as `connection test` will map it
-/// under it, so a path every test would refuse is refused at load.
-pub(super) fn resolve_test(file: TestFile, base_uri: &url::Url) -> Result<TestRequest, String> {
+/// `base_uri` is the connection's (`None` when it did not resolve): the path is checked
+/// as `connection test` will map it under it, so a path every test would refuse is
+/// refused at load.
+pub(super) fn resolve_test(
+    file: TestFile,
+    base_uri: Option<&url::Url>,
+) -> Result<TestRequest, Vec<String>> {
+    let mut problems = Vec::new();
     let method = http::Method::from_bytes(file.method.to_ascii_uppercase().as_bytes())
-        .map_err(|_| format!("test.method {:?} is not an HTTP method", file.method))?;
+        .map_err(|_| {
+            problems.push(format!(
+                "test.method {:?} is not an HTTP method",
+                file.method
+            ))
+        })
+        .ok();
     if !file.path.starts_with('/') {
-        return Err(format!("test.path {:?} must start with /", file.path));
-    }
-    if let Err(e) = crate::upstream_url::build(base_uri, &file.path) {
-        return Err(format!("test.path {:?}: {e}", file.path));
+        problems.push(format!("test.path {:?} must start with /", file.path));
+    } else if let Some(base_uri) = base_uri
+        && let Err(e) = crate::upstream_url::build(base_uri, &file.path)
+    {
+        problems.push(format!("test.path {:?}: {e}", file.path));
     }
     if let Some(status) = file.expect_status
         && !(100..=599).contains(&status)
     {
-        return Err(format!("test.expect_status {status} is not an HTTP status"));
+        problems.push(format!("test.expect_status {status} is not an HTTP status"));
     }
-    Ok(TestRequest {
-        method,
-        path: file.path,
-        expect_status: file.expect_status,
-    })
+    match method {
+        Some(method) if problems.is_empty() => Ok(TestRequest {
+            method,
+            path: file.path,
+            expect_status: file.expect_status,
+        }),
+        _ => Err(problems),
+    }
 }
 
 #[cfg(test)]

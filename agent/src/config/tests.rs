@@ -198,6 +198,61 @@ fn an_unset_payload_variable_is_refused_like_an_unset_secret_env() {
 }
 
 #[test]
+fn every_problem_of_one_connection_is_listed_at_once() {
+    let err = parse(&base(
+        "[connections.a]\nbase_uri = \"ftp://x\"\ntimeout = \"0s\"\n\
+         rate_limit = { requests = 0, per = \"soon\" }\nmax_wait = \"2h\"\nmax_concurrent_calls = 0\n\
+         max_header_bytes = 10\ntest = { method = \"G E T\", path = \"health\", expect_status = 9 }\n\
+         tls = { client_cert_file = \"c.pem\" }\n\
+         [connections.a.auth]\ntype = \"jwt_bearer\"\nalgorithm = \"RS256\"\nprivate_key_file = \"missing.pem\"\n\
+         lifetime = \"forever\"\nreuse_for = \"30s\"\npayload = { sub = \"{{env.UNSET_A}}-{{env.UNSET_B}}\" }\n\
+         [connections.a.auth.exchange]\ntoken_url = \"ftp://idp\"\n",
+    ))
+    .expect_err("many problems");
+    let expected = [
+        "base_uri \"ftp://x\" must be an http:// or https:// URL",
+        "timeout must be more than zero",
+        "cannot read /nonexistent/missing.pem",
+        "auth.lifetime \"forever\"",
+        "auth.payload: payload.sub: the template {{env.UNSET_A}} needs",
+        "auth.payload: payload.sub: the template {{env.UNSET_B}} needs",
+        "auth.exchange.token_url \"ftp://idp\"",
+        "auth.reuse_for applies to direct bearer JWTs",
+        "rate_limit.requests must be at least 1",
+        "rate_limit.per \"soon\"",
+        "max_wait must be at most 1h",
+        "test.method \"G E T\" is not an HTTP method",
+        "test.path \"health\" must start with /",
+        "test.expect_status 9 is not an HTTP status",
+        "tls: client_cert_file and client_key_file go together",
+        "max_concurrent_calls must be at least 1",
+        "max_header_bytes must be between 1024",
+    ];
+    assert!(
+        err.starts_with(&format!("{} problems:", expected.len())),
+        "{err}"
+    );
+    for problem in expected {
+        assert!(
+            err.contains(&format!("- connections.a: {problem}")),
+            "{problem}: {err}"
+        );
+    }
+}
+
+#[test]
+fn a_key_that_does_not_fit_its_algorithm_is_named_beside_other_problems() {
+    let err = parse(&jwt_connection(
+        "algorithm = \"ES256\"\nprivate_key_env = \"HMAC\"\nlifetime = \"never\"",
+    ))
+    .expect_err("two problems");
+    assert!(
+        err.starts_with("2 problems:") && err.contains("auth.lifetime \"never\""),
+        "{err}"
+    );
+}
+
+#[test]
 fn debug_never_shows_the_token() {
     let cfg = parse(&base("")).expect("valid");
     assert!(!format!("{cfg:?}").contains(&token()[20..]));
