@@ -119,6 +119,16 @@ impl StoreError {
             _ => None,
         }
     }
+
+    /// Whether another process held the store's lock past the busy timeout: nothing is
+    /// wrong with the store, and the same request can succeed once the lock is let go.
+    pub fn is_busy(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _))
+                if matches!(e.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+        )
+    }
 }
 
 /// What the relay needs from storage. Methods are synchronous and short; callers

@@ -31,6 +31,16 @@ impl ApiError {
             }
             StoreError::ApiKeyExists(_) => Self::new(ErrorCode::ApiKeyExists, e.to_string()),
             StoreError::ApiKeyNotFound(_) => Self::new(ErrorCode::NotFound, e.to_string()),
+            ref other if other.is_busy() => {
+                tracing::warn!(error = %other, "the store stayed locked by another process");
+                Self::new(
+                    ErrorCode::StoreUnavailable,
+                    format!(
+                        "the relay's store is busy: another process (the postern-relay CLI, a backup) held its lock for longer than {:?}. Nothing was changed; retry",
+                        crate::store::sqlite::BUSY_TIMEOUT
+                    ),
+                )
+            }
             ref other if other.disk_problem().is_some() => {
                 let problem = other.disk_problem().unwrap_or_default();
                 tracing::error!(error = %other, "the store cannot be changed: {problem}");

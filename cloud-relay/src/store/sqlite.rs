@@ -18,6 +18,9 @@ use crate::secrets::new_id;
 
 pub const DB_FILE: &str = "relay.db";
 
+/// How long a store call waits for another process's lock before it fails as busy.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS agents (
     id           TEXT PRIMARY KEY,
@@ -133,7 +136,7 @@ impl SqliteStore {
         private_files(path);
         let mut conn = Connection::open(path)?;
         // Another process (the CLI) may hold the write lock for a moment.
-        conn.busy_timeout(Duration::from_secs(5))?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         migrate(&mut conn)?;
