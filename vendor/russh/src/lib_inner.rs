@@ -244,6 +244,19 @@ pub enum Error {
     /// This is common in SSH-Agent, for example when the Agent client directly rejects an authorization request.
     #[error("Unable to receive more messages from the channel")]
     RecvError,
+
+    /// postern patch: the peer sent channel data beyond the window it was granted (RFC
+    /// 4254, 5.2); the session sent a DISCONNECT (protocol error) and ended
+    /// (POSTERN-PATCH.md, item 7).
+    #[error(
+        "Channel data beyond the window: {len} bytes on channel {} with {window} left",
+        channel.0
+    )]
+    WindowExceeded {
+        channel: ChannelId,
+        len: usize,
+        window: u32,
+    },
 }
 
 pub(crate) fn strict_kex_violation(message_type: u8, sequence_number: usize) -> crate::Error {

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use byteorder::{BigEndian, ByteOrder};
 use bytes::Bytes;
-use log::{debug, trace};
+use log::{debug, trace, warn};
 use ssh_encoding::Encode;
 use tokio::sync::oneshot;
 
@@ -34,6 +34,10 @@ use crate::sshbuffer::PacketWriter;
 use crate::{
     ChannelId, ChannelParams, CryptoVec, Disconnect, Limits, auth, cipher, mac, msg, negotiation,
 };
+
+/// postern patch: how long a session that ends on a protocol violation waits for its
+/// DISCONNECT to be written (`CommonSession::write_disconnect`).
+const DISCONNECT_WRITE_LIMIT: Duration = Duration::from_secs(2);
 
 #[derive(Debug)]
 pub(crate) struct Encrypted {
@@ -151,6 +155,58 @@ impl<C> CommonSession<C> {
             .as_ref()
             .and_then(|enc| enc.channels.get(&channel))
             .is_some_and(|channel| channel.confirmed)
+    }
+
+    /// postern patch: counts channel data against the window the peer was granted
+    /// (`Encrypted::consume_window`). Data beyond it is a protocol violation: the session
+    /// queues a DISCONNECT (protocol error) and the returned error ends it, before the data
+    /// reaches the channel's queue (POSTERN-PATCH.md, item 7).
+    pub(crate) fn consume_window(
+        &mut self,
+        channel: ChannelId,
+        len: usize,
+    ) -> Result<(), crate::Error> {
+        let Some(enc) = self.encrypted.as_mut() else {
+            return Ok(());
+        };
+        let Err(e) = enc.consume_window(channel, len) else {
+            return Ok(());
+        };
+        warn!("{e}; disconnecting");
+        self.disconnect(
+            Disconnect::ProtocolError,
+            "channel data beyond the window",
+            "",
+        )?;
+        Err(e)
+    }
+
+    /// postern patch: when a handler's error ends the session after it queued a
+    /// DISCONNECT (`consume_window`), writes that out first, for at most
+    /// `DISCONNECT_WRITE_LIMIT`: the peer learns why, and the error still ends the session.
+    pub(crate) async fn write_disconnect<W: tokio::io::AsyncWrite + Unpin>(
+        &mut self,
+        stream: &mut W,
+    ) {
+        if !self.disconnected {
+            return;
+        }
+        if let Some(enc) = self.encrypted.as_mut() {
+            // Not rekeying: the session ends, whatever `flush` would start next.
+            if enc
+                .flush(&Limits::default(), &mut self.packet_writer, false)
+                .is_err()
+            {
+                return;
+            }
+        }
+        let write = self.packet_writer.flush_into(stream);
+        if tokio::time::timeout(DISCONNECT_WRITE_LIMIT, write)
+            .await
+            .is_err()
+        {
+            debug!("the peer took no DISCONNECT within {DISCONNECT_WRITE_LIMIT:?}");
+        }
     }
 
     pub fn newkeys(&mut self, newkeys: NewKeys) {
@@ -307,10 +363,13 @@ impl Encrypted {
         }
     }
 
+    /// postern patch: tops the peer's window up to `target` when less than half of it is
+    /// left, for data of a channel without a reader. The data was counted against the
+    /// window by `consume_window` already (upstream counted it here, and ignored data
+    /// beyond the window: POSTERN-PATCH.md, item 7).
     pub fn adjust_window_size(
         &mut self,
         channel: ChannelId,
-        data: &[u8],
         target: u32,
     ) -> Result<bool, crate::Error> {
         if let Some(channel) = self.channels.get_mut(&channel) {
@@ -318,11 +377,6 @@ impl Encrypted {
                 "adjust_window_size, channel = {}, size = {},",
                 channel.sender_channel, target
             );
-            // Ignore extra data.
-            // https://tools.ietf.org/html/rfc4254#section-5.2
-            if data.len() as u32 <= channel.sender_window_size {
-                channel.sender_window_size -= data.len() as u32;
-            }
             if channel.sender_window_size < target / 2 {
                 debug!(
                     "sender_window_size {:?}, target {:?}",
@@ -340,17 +394,30 @@ impl Encrypted {
         Ok(false)
     }
 
-    /// postern patch: counts data the peer sent against its window without granting any
-    /// back; that happens as the application reads it (`grant_read_window`).
-    pub(crate) fn consume_window(&mut self, channel: ChannelId, len: usize) {
-        if let Some(channel) = self.channels.get_mut(&channel) {
-            // Ignore extra data (RFC 4254, 5.2), as `adjust_window_size` does.
-            if let Ok(len) = u32::try_from(len) {
-                if len <= channel.sender_window_size {
-                    channel.sender_window_size -= len;
+    /// postern patch: counts data the peer sent against the window it was granted (one
+    /// comparison). Granting it back happens as the application reads it
+    /// (`grant_read_window`), or at once without a reader (`adjust_window_size`). Data
+    /// beyond the window is refused, not counted: a peer must not send it (RFC 4254, 5.2),
+    /// and since patch 2 nothing else bounds a channel's queue (POSTERN-PATCH.md, item 7).
+    pub(crate) fn consume_window(
+        &mut self,
+        channel: ChannelId,
+        len: usize,
+    ) -> Result<(), crate::Error> {
+        if let Some(params) = self.channels.get_mut(&channel) {
+            let window = params.sender_window_size;
+            match u32::try_from(len) {
+                Ok(n) if n <= window => params.sender_window_size = window - n,
+                _ => {
+                    return Err(crate::Error::WindowExceeded {
+                        channel,
+                        len,
+                        window,
+                    });
                 }
             }
         }
+        Ok(())
     }
 
     /// postern patch: gives the peer back the window its data took, for what the readers
@@ -1629,5 +1696,37 @@ mod tests {
         assert_eq!(channel.pending_data.back().unwrap().0.as_ref(), b"new");
         assert!(encrypted.write.is_empty());
         assert!(writer.buffer().buffer.is_empty());
+    }
+
+    /// postern patch (POSTERN-PATCH.md, item 7): data up to the window the peer was
+    /// granted is counted; a byte more is refused and counts nothing.
+    #[test]
+    fn data_beyond_the_window_is_refused_and_not_counted() {
+        let channel_id = ChannelId(4);
+        let mut encrypted = test_encrypted();
+        encrypted
+            .channels
+            .insert(channel_id, test_ready_channel(channel_id, 40));
+
+        encrypted.consume_window(channel_id, 1000).unwrap();
+        assert_eq!(encrypted.channels[&channel_id].sender_window_size, 24);
+        let refused = encrypted.consume_window(channel_id, 25);
+        assert!(
+            matches!(
+                refused,
+                Err(crate::Error::WindowExceeded {
+                    channel,
+                    len: 25,
+                    window: 24,
+                }) if channel == channel_id
+            ),
+            "{refused:?}"
+        );
+        assert_eq!(encrypted.channels[&channel_id].sender_window_size, 24);
+        encrypted.consume_window(channel_id, 24).unwrap();
+        assert_eq!(encrypted.channels[&channel_id].sender_window_size, 0);
+        assert!(encrypted.consume_window(channel_id, 1).is_err());
+        // Nothing to the peer: the session sends the DISCONNECT (CommonSession).
+        assert!(encrypted.write.is_empty());
     }
 }

@@ -600,6 +600,9 @@ impl Session {
                     return Ok(());
                 }
                 let target = self.common.config.window_size;
+                // postern patch: data beyond the window the peer was granted ends the
+                // session (protocol error) before it is queued (POSTERN-PATCH.md, item 7).
+                self.common.consume_window(channel_num, data.len())?;
                 // postern patch: window granted back as the reader takes data out
                 // (channels/queue.rs), or at once when the channel has no reader.
                 let delivered = self.channels.get(&channel_num).is_some_and(|chan| {
@@ -611,9 +614,7 @@ impl Session {
                 });
                 #[allow(clippy::collapsible_if)]
                 if let Some(ref mut enc) = self.common.encrypted {
-                    if delivered {
-                        enc.consume_window(channel_num, data.len());
-                    } else if enc.adjust_window_size(channel_num, &data, target)? {
+                    if !delivered && enc.adjust_window_size(channel_num, target)? {
                         let next_window =
                             client.adjust_window(channel_num, self.target_window_size);
                         if next_window > 0 {
@@ -635,6 +636,7 @@ impl Session {
                 }
                 let target = self.common.config.window_size;
                 // postern patch: as for CHANNEL_DATA above.
+                self.common.consume_window(channel_num, data.len())?;
                 let delivered = self.channels.get(&channel_num).is_some_and(|chan| {
                     chan.deliver(
                         ChannelMsg::ExtendedData {
@@ -647,9 +649,7 @@ impl Session {
                 });
                 #[allow(clippy::collapsible_if)]
                 if let Some(ref mut enc) = self.common.encrypted {
-                    if delivered {
-                        enc.consume_window(channel_num, data.len());
-                    } else if enc.adjust_window_size(channel_num, &data, target)? {
+                    if !delivered && enc.adjust_window_size(channel_num, target)? {
                         let next_window =
                             client.adjust_window(channel_num, self.target_window_size);
                         if next_window > 0 {

@@ -1464,7 +1464,12 @@ impl Session {
                         } else {
                             self.common.received_data = true;
                             let kex_was_active = self.kex.active();
-                            reply(self, handler, kex_done_signal, &mut pkt).await?;
+                            if let Err(e) = reply(self, handler, kex_done_signal, &mut pkt).await {
+                                // postern patch: a DISCONNECT queued before the error (data
+                                // beyond the window) goes out (POSTERN-PATCH.md, item 7).
+                                self.common.write_disconnect(stream_write).await;
+                                return Err(e);
+                            }
                             buffer.seqn = pkt.seqn; // TODO reply changes seqn internall, find cleaner way
 
                             if kex_was_active && !self.kex.active() {

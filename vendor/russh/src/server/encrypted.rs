@@ -1495,6 +1495,9 @@ impl Session {
                 map_err!(ensure_end(r))?;
                 let target = self.target_window_size;
 
+                // postern patch: data beyond the window the peer was granted ends the
+                // session (protocol error) before it is queued (POSTERN-PATCH.md, item 7).
+                self.common.consume_window(channel_num, data.len())?;
                 // postern patch: the data goes to the channel's queue without waiting; its
                 // window is granted back as the reader takes it out (channels/queue.rs), or
                 // at once when the channel has no reader.
@@ -1511,9 +1514,7 @@ impl Session {
                     .is_some_and(|chan| chan.deliver(queued, &self.window_wake, target / 2));
                 #[allow(clippy::collapsible_if)]
                 if let Some(ref mut enc) = self.common.encrypted {
-                    if delivered {
-                        enc.consume_window(channel_num, data.len());
-                    } else if enc.adjust_window_size(channel_num, &data, target)? {
+                    if !delivered && enc.adjust_window_size(channel_num, target)? {
                         let window = handler.adjust_window(channel_num, self.target_window_size);
                         if window > 0 {
                             self.target_window_size = window

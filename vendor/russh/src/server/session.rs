@@ -747,7 +747,12 @@ impl Session {
                             let kex_was_active = self.kex.active();
                             match reply(&mut self, &mut handler, &mut pkt).await {
                                 Ok(_) => {},
-                                Err(e) => return Err(e),
+                                Err(e) => {
+                                    // postern patch: a DISCONNECT queued before the error
+                                    // (data beyond the window) goes out (POSTERN-PATCH.md, item 7).
+                                    self.common.write_disconnect(&mut stream_write).await;
+                                    return Err(e)
+                                }
                             }
                             buffer.seqn = pkt.seqn; // TODO reply changes seqn internall, find cleaner way
 
