@@ -76,7 +76,9 @@ fn a_wrong_type_says_what_was_expected_without_the_value() -> Result<()> {
     let (code, said) = run(&config, &["config", "check"])?;
     assert_eq!(code, Some(1), "{said}");
     assert!(
-        said.contains("line 6, column 24: invalid type: string, expected u32"),
+        said.contains(
+            "line 6, column 24: max_concurrent_calls: invalid type: string, expected u32"
+        ),
         "{said}"
     );
     assert!(!said.contains("notanumber"), "{said}");
@@ -214,6 +216,39 @@ fn every_problem_of_a_connection_is_listed_in_one_run() -> Result<()> {
         "connections.m: max_concurrent_calls must be at least 1",
     ] {
         assert!(said.contains(problem), "{problem}: {said}");
+    }
+    Ok(())
+}
+
+#[test]
+fn a_wrong_value_in_an_auth_table_is_placed_at_its_key() -> Result<()> {
+    let dir = TempDir::new("cfgcheck-auth")?;
+    for (name, auth, expected) in [
+        (
+            "lifetime.toml",
+            "algorithm = \"HS256\"\nsecret_env = \"HMAC\"\nlifetime = 300\n",
+            "line 10, column 12: lifetime: invalid type: integer, expected a string",
+        ),
+        (
+            "exchange.toml",
+            "algorithm = \"HS256\"\nsecret_env = \"HMAC\"\n[connections.u.auth.exchange]\n\
+             token_url = \"https://idp.internal/token\"\ntokne_url = \"x\"\n",
+            "line 12, column 1: unknown field `tokne_url`",
+        ),
+    ] {
+        let config = dir.write_private(
+            name,
+            &offline_agent_config(
+                "127.0.0.1:1",
+                &format!(
+                    "[connections.u]\nbase_uri = \"http://h\"\n[connections.u.auth]\n\
+                     type = \"jwt_bearer\"\n{auth}"
+                ),
+            ),
+        )?;
+        let (code, said) = run(&config, &["config", "check"])?;
+        assert_eq!(code, Some(1), "{name}: {said}");
+        assert!(said.contains(expected), "{name}: {said}");
     }
     Ok(())
 }

@@ -106,25 +106,22 @@ fn default_timeout() -> String {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(from = "TaggedAuth")]
+#[serde(try_from = "JwtBearerFile")]
 pub enum AuthFile {
     #[default]
     None,
     JwtBearer(Box<JwtBearerFile>),
 }
 
-/// `AuthFile` as written: serde lets an internally tagged unit variant ignore any other
-/// keys, so `none` carries an empty table that refuses them.
-#[derive(Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-enum TaggedAuth {
-    None(NoAuthFile),
-    JwtBearer(Box<JwtBearerFile>),
+/// `type` in an auth table. It is a field of the one table shape ([`JwtBearerFile`]),
+/// not a serde tag: a tagged enum buffers the table, and toml then places every error in
+/// it at the table's header without naming the key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthKind {
+    None,
+    JwtBearer,
 }
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NoAuthFile {}
 
 impl AuthFile {
     /// The kind of auth, for listings: never a secret.
@@ -143,11 +140,22 @@ impl AuthFile {
     }
 }
 
-impl From<TaggedAuth> for AuthFile {
-    fn from(auth: TaggedAuth) -> Self {
-        match auth {
-            TaggedAuth::None(NoAuthFile {}) => AuthFile::None,
-            TaggedAuth::JwtBearer(jwt) => AuthFile::JwtBearer(jwt),
+impl TryFrom<JwtBearerFile> for AuthFile {
+    type Error = String;
+
+    fn try_from(table: JwtBearerFile) -> Result<Self, String> {
+        match table.kind {
+            AuthKind::JwtBearer if table.algorithm.is_empty() => Err(
+                "type = \"jwt_bearer\" needs `algorithm` (such as HS256, RS256, ES256 or EdDSA)"
+                    .to_owned(),
+            ),
+            AuthKind::JwtBearer => Ok(AuthFile::JwtBearer(Box::new(table))),
+            AuthKind::None => match table.keys_set().first() {
+                None => Ok(AuthFile::None),
+                Some(key) => Err(format!(
+                    "unknown field `{key}` with type = \"none\", which takes no other keys"
+                )),
+            },
         }
     }
 }
@@ -155,6 +163,10 @@ impl From<TaggedAuth> for AuthFile {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JwtBearerFile {
+    #[serde(rename = "type")]
+    pub kind: AuthKind,
+    /// Empty when absent, which only `type = "none"` allows ([`AuthFile`]'s `try_from`).
+    #[serde(default)]
     pub algorithm: String,
     pub secret: Option<String>,
     pub secret_file: Option<PathBuf>,
@@ -179,6 +191,58 @@ pub struct JwtBearerFile {
     pub secret_encoding: Option<String>,
     /// Present: exchange the JWT for an access token (RFC 7523).
     pub exchange: Option<ExchangeFile>,
+}
+
+impl JwtBearerFile {
+    /// The keys set besides `type`, in the order they are declared.
+    fn keys_set(&self) -> Vec<&'static str> {
+        let Self {
+            kind: _,
+            algorithm,
+            secret,
+            secret_file,
+            secret_env,
+            private_key,
+            private_key_file,
+            private_key_env,
+            private_key_passphrase_file,
+            private_key_passphrase_env,
+            certificate_file,
+            headers,
+            payload,
+            lifetime,
+            reuse_for,
+            secret_encoding,
+            exchange,
+        } = self;
+        [
+            ("algorithm", !algorithm.is_empty()),
+            ("secret", secret.is_some()),
+            ("secret_file", secret_file.is_some()),
+            ("secret_env", secret_env.is_some()),
+            ("private_key", private_key.is_some()),
+            ("private_key_file", private_key_file.is_some()),
+            ("private_key_env", private_key_env.is_some()),
+            (
+                "private_key_passphrase_file",
+                private_key_passphrase_file.is_some(),
+            ),
+            (
+                "private_key_passphrase_env",
+                private_key_passphrase_env.is_some(),
+            ),
+            ("certificate_file", certificate_file.is_some()),
+            ("headers", !headers.is_empty()),
+            ("payload", !payload.is_empty()),
+            ("lifetime", lifetime.is_some()),
+            ("reuse_for", reuse_for.is_some()),
+            ("secret_encoding", secret_encoding.is_some()),
+            ("exchange", exchange.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(key, set)| set.then_some(key))
+        .collect()
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -233,11 +297,31 @@ impl std::fmt::Display for ParseError {
 
 impl ParseError {
     fn new(error: &toml::de::Error, text: &str) -> Self {
+        let message = without_values(error.message().trim_end());
+        let key = error
+            .span()
+            .and_then(|span| key_of_value_at(text, span.start));
         Self {
             position: error.span().map(|span| line_and_column(text, span.start)),
-            message: without_values(error.message().trim_end()),
+            message: match key {
+                Some(key) => format!("{key}: {message}"),
+                None => message,
+            },
         }
     }
+}
+
+/// The key whose value starts at `offset` (`lifetime` in `lifetime = 300`, also inside an
+/// inline table), as written: toml's messages about a value do not name its key. Only the
+/// key is taken, never text before it, which may be another key's secret value.
+fn key_of_value_at(text: &str, offset: usize) -> Option<&str> {
+    let before = text.get(..offset)?;
+    let line = &before[before.rfind('\n').map_or(0, |i| i + 1)..];
+    let key = line.trim_end().strip_suffix('=')?.trim_end();
+    let start = key
+        .rfind(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')))
+        .map_or(0, |i| i + 1);
+    Some(&key[start..]).filter(|key| !key.is_empty())
 }
 
 /// Counted as editors count: characters, not bytes, so a multibyte value before it
@@ -391,19 +475,19 @@ mod tests {
             ),
             (
                 "token = 12345\n",
-                "TOML parse error at line 3, column 9: invalid type: integer, expected a string",
+                "TOML parse error at line 3, column 9: token: invalid type: integer, expected a string",
             ),
             (
                 "token = true\n",
-                "TOML parse error at line 3, column 9: invalid type: boolean, expected a string",
+                "TOML parse error at line 3, column 9: token: invalid type: boolean, expected a string",
             ),
             (
                 "[connections.c]\nbase_uri = \"h\"\nmax_concurrent_calls = \"pst_SECRET\"\n",
-                "TOML parse error at line 5, column 24: invalid type: string, expected u32",
+                "TOML parse error at line 5, column 24: max_concurrent_calls: invalid type: string, expected u32",
             ),
             (
                 "[connections.c]\nbase_uri = \"h\"\nrate_limit = { requests = -5 }\n",
-                "TOML parse error at line 5, column 27: invalid value: integer, expected u32",
+                "TOML parse error at line 5, column 27: requests: invalid value: integer, expected u32",
             ),
             (
                 "[connections.c]\nbase_uri = \"h\"\ntest = { body = \"pst_SECRET\" }\n",
@@ -436,6 +520,42 @@ mod tests {
             "invalid type: floating point, expected a string"
         );
         assert_eq!(without_values("duplicate key"), "duplicate key");
+        let inline = "auth = { secret = \"s3cret\", lifetime = 300 }";
+        let value = inline.find("300").unwrap_or_default();
+        assert_eq!(key_of_value_at(inline, value), Some("lifetime"));
+        assert_eq!(key_of_value_at("a.b-c = 1", 8), Some("a.b-c"));
+        assert_eq!(key_of_value_at("x = \"unterminated", 17), None);
+    }
+
+    #[test]
+    fn errors_in_an_auth_table_point_at_the_key() {
+        let auth = "[connections.u]\nbase_uri = \"http://h\"\n[connections.u.auth]\n\
+                    type = \"jwt_bearer\"\nalgorithm = \"HS256\"\n";
+        for (tail, expected) in [
+            (
+                "lifetime = 300\n",
+                "at line 8, column 12: lifetime: invalid type: integer, expected a string",
+            ),
+            (
+                "secret = 300\n",
+                "at line 8, column 10: secret: invalid type: integer, expected a string",
+            ),
+            (
+                "[connections.u.auth.exchange]\ntoken_url = \"https://idp/t\"\nbogus = 1\n",
+                "at line 10, column 1: unknown field `bogus`, expected one of `token_url`",
+            ),
+            (
+                "[connections.u.auth.exchange]\ntoken_url = \"https://idp/t\"\nbody = \"xml\"\n",
+                "at line 10, column 8: body: unknown variant `xml`",
+            ),
+        ] {
+            let err = parse_error(&format!("{auth}{tail}"));
+            assert!(err.contains(expected), "{tail:?}: {err}");
+        }
+        let err = parse_error(
+            "[connections.u]\nbase_uri = \"http://h\"\nauth = { type = \"jwt_bearer\" }\n",
+        );
+        assert!(err.contains("needs `algorithm`"), "{err}");
     }
 
     #[test]
@@ -445,6 +565,12 @@ mod tests {
         assert!(err.contains("unknown field `algoritm`"), "{err}");
         let err = auth(r#"{ type = "jwt_bearer", algoritm = "RS256" }"#).expect_err("a typo");
         assert!(err.contains("unknown field `algoritm`"), "{err}");
+        let err = auth(r#"{ type = "none", secret_env = "S" }"#).expect_err("a key of jwt_bearer");
+        assert!(
+            err.contains("unknown field `secret_env` with type = \"none\""),
+            "{err}"
+        );
+        assert!(auth(r#"{ algorithm = "HS256", secret = "s" }"#).is_err());
         assert!(auth(r#"{ type = "nothing" }"#).is_err());
     }
 }
