@@ -155,6 +155,24 @@ impl ConfigFile {
     }
 }
 
+/// What is wrong with a relay address, if anything: it must be `host:port`, the port
+/// 1–65535.
+pub fn relay_problem(relay: &str) -> Option<String> {
+    let port = relay
+        .rsplit_once(':')
+        .map(|(_, port)| port)
+        .unwrap_or_default();
+    if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
+        return Some(format!("relay {relay:?} must be host:port"));
+    }
+    match port.parse::<u16>() {
+        Ok(1..) => None,
+        _ => Some(format!(
+            "relay {relay:?}: the port {port} is out of range (1–65535)"
+        )),
+    }
+}
+
 /// The problem with a secret the environment does not hold: in an admin's shell, one the
 /// service's environment sets. [`is_unset_variable`] knows it among other problems.
 pub fn unset_variable(what: &str, name: &str) -> String {
@@ -206,15 +224,7 @@ impl AgentConfig {
         if relays.is_empty() {
             problems.push("relay: name at least one host:port".to_owned());
         }
-        for relay in &relays {
-            if relay
-                .rsplit_once(':')
-                .and_then(|(_, p)| p.parse::<u16>().ok())
-                .is_none()
-            {
-                problems.push(format!("relay {relay:?} must be host:port"));
-            }
-        }
+        problems.extend(relays.iter().filter_map(|relay| relay_problem(relay)));
         let proxy = match &file.proxy {
             Some(url) => crate::proxy::Proxy::parse(url)
                 .map(Some)

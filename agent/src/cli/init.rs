@@ -43,7 +43,10 @@ pub(crate) fn init(
             path.display()
         );
     }
-    check_relay(relay)?;
+    // Before asking for the token: a typo in the address should not cost pasting it.
+    if let Some(problem) = config::relay_problem(relay) {
+        bail!("--{problem}");
+    }
     let given = read_token(token_file)?;
     if given.is_empty() {
         bail!(
@@ -71,19 +74,6 @@ pub(crate) fn init(
     }
     config::write_private(path, &text).with_context(|| format!("writing {}", path.display()))?;
     super::out::stdout(|out| writeln!(out, "wrote {} (mode 0600)", path.display()))
-}
-
-/// Says what is wrong with a port the config's check would call "not host:port".
-fn check_relay(relay: &str) -> Result<()> {
-    let Some((_, port)) = relay.rsplit_once(':') else {
-        return Ok(());
-    };
-    let digits = !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit());
-    let in_range = port.parse::<u64>().is_ok_and(|n| (1..=65535).contains(&n));
-    if digits && !in_range {
-        bail!("--relay {relay}: the port {port} is out of range (1–65535)");
-    }
-    Ok(())
 }
 
 fn toml_string(s: &str) -> String {

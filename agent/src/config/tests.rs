@@ -538,3 +538,25 @@ fn the_default_socket_is_where_the_service_puts_it_for_its_own_user() {
         PathBuf::from("/tmp/postern-1000/agent.sock")
     );
 }
+
+#[test]
+fn a_relay_port_out_of_range_is_named_as_such() {
+    use crate::config::relay_problem;
+    assert_eq!(relay_problem("relay.example.com:2222"), None);
+    assert_eq!(relay_problem("[::1]:22"), None);
+    for bad in [
+        "relay.example.com:0",
+        "relay:99999",
+        "relay:123456789012345678901",
+    ] {
+        let problem = relay_problem(bad).unwrap_or_default();
+        assert!(
+            problem.contains("out of range (1–65535)"),
+            "{bad}: {problem}"
+        );
+    }
+    for bad in ["relay.example.com", "relay:", "relay:ssh", "relay:-1"] {
+        let problem = relay_problem(bad).unwrap_or_default();
+        assert!(problem.contains("must be host:port"), "{bad}: {problem}");
+    }
+}
