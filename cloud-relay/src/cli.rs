@@ -254,24 +254,26 @@ fn apikey(command: ApikeyCommand) -> Result<()> {
             json,
         } => {
             let key = new_token(SecretKind::ApiKey);
-            state.store()?.create_scoped_api_key(&name, &key, scope)?;
-            if json {
-                print_json(&ApiKeyCreated {
-                    name,
+            let store = state.store()?;
+            store.create_scoped_api_key(&name, &key, scope)?;
+            let shown = if json {
+                json_text(&ApiKeyCreated {
+                    name: name.clone(),
                     key: key.expose().to_owned(),
                     scope,
-                })?;
+                })
+                .and_then(|text| show_once(|out| writeln!(out, "{text}")))
             } else {
-                to_stdout(|out| {
+                show_once(|out| {
                     writeln!(
                         out,
                         "API key {name:?} (scope {scope}) created. It is shown only this once:\n\n  {}\n",
                         key.expose()
                     )?;
                     writeln!(out, "Send it as: Authorization: Bearer <key>")
-                })?;
-            }
-            Ok(())
+                })
+            };
+            undo_unless_shown(shown, "API key", || store.delete_api_key(&key))
         }
         ApikeyCommand::List { state, json } => {
             let keys = state.store()?.list_api_keys()?;
@@ -311,20 +313,22 @@ fn agent(command: AgentCommand) -> Result<()> {
         AgentCommand::Create { name, state, json } => {
             let token = new_token(SecretKind::AgentToken);
             let config = state.config()?;
-            let agent = store_in(&config.state_dir)?.create_agent(&name, &token)?;
-            if json {
-                print_json(&AgentCreated {
-                    id: agent.id,
-                    name: agent.name,
+            let store = store_in(&config.state_dir)?;
+            let agent = store.create_agent(&name, &token)?;
+            let shown = if json {
+                json_text(&AgentCreated {
+                    id: agent.id.clone(),
+                    name: agent.name.clone(),
                     token: token.expose().to_owned(),
-                })?;
+                })
+                .and_then(|text| show_once(|out| writeln!(out, "{text}")))
             } else {
                 // Whoever can open the store can read the key `serve` made beside it.
                 let fingerprint = host_key::load(&config.state_dir)
                     .map(|key| host_key::fingerprint(&key))
                     .unwrap_or_else(|_| "FINGERPRINT".to_owned());
                 let port = config.ssh_listen.port();
-                to_stdout(|out| {
+                show_once(|out| {
                     writeln!(out, "Agent {:?} created (id {}).", agent.name, agent.id)?;
                     writeln!(
                         out,
@@ -336,9 +340,9 @@ fn agent(command: AgentCommand) -> Result<()> {
                         "On the agent's machine, with RELAY_HOST the name agents reach this relay by \
                          (`postern init` asks for the token):\n\n  postern init --relay RELAY_HOST:{port} --fingerprint {fingerprint}"
                     )
-                })?;
-            }
-            Ok(())
+                })
+            };
+            undo_unless_shown(shown, "agent", || store.delete_agent(&agent.id))
         }
         AgentCommand::List { state, json } => {
             let agents = state.store()?.list_agents()?;
@@ -431,6 +435,39 @@ fn to_stdout(write: impl FnOnce(&mut dyn Write) -> io::Result<()>) -> Result<()>
     match write(&mut out).and_then(|()| out.flush()) {
         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
         other => other.context("writing to stdout"),
+    }
+}
+
+/// Writes a secret that is shown only this once. Unlike [`to_stdout`], a reader that went
+/// away is an error here: `… | true` would otherwise create a secret nobody saw.
+fn show_once(write: impl FnOnce(&mut dyn Write) -> io::Result<()>) -> Result<()> {
+    let mut out = io::stdout().lock();
+    write(&mut out)
+        .and_then(|()| out.flush())
+        .context("writing to stdout")
+}
+
+fn json_text<T: serde::Serialize>(value: &T) -> Result<String> {
+    Ok(serde_json::to_string(value)?)
+}
+
+/// Removes (`undo`) what was just created when its once-only secret could not be shown,
+/// so that a re-run can create it again.
+fn undo_unless_shown(
+    shown: Result<()>,
+    what: &str,
+    undo: impl FnOnce() -> Result<(), crate::store::StoreError>,
+) -> Result<()> {
+    let Err(e) = shown else {
+        return Ok(());
+    };
+    match undo() {
+        Ok(()) => Err(anyhow::anyhow!(
+            "the new {what} could not be shown ({e:#}); it was deleted again, nothing was created"
+        )),
+        Err(undo) => Err(anyhow::anyhow!(
+            "the new {what} could not be shown ({e:#}), and deleting it again failed ({undo}): revoke it"
+        )),
     }
 }
 

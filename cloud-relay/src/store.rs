@@ -179,6 +179,11 @@ pub trait Store: Send + Sync + 'static {
     fn list_api_keys(&self) -> Result<Vec<ApiKeyRecord>, StoreError>;
     /// Revokes an API key by name: it stops working at once.
     fn revoke_api_key(&self, name: &str) -> Result<ApiKeyRecord, StoreError>;
+    /// Removes agent `id` without a trace (not even as a former token's owner): for one
+    /// just created whose token could not be shown, so that nothing was created.
+    fn delete_agent(&self, id: &str) -> Result<(), StoreError>;
+    /// Removes the API key `key` without a trace, as [`Store::delete_agent`] does.
+    fn delete_api_key(&self, key: &SecretToken) -> Result<(), StoreError>;
     /// Changes whenever another process changed the store; cheap to poll.
     fn change_marker(&self) -> Result<i64, StoreError>;
 }

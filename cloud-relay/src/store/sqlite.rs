@@ -393,6 +393,23 @@ impl Store for SqliteStore {
         })
     }
 
+    fn delete_agent(&self, id: &str) -> Result<(), StoreError> {
+        self.with(|conn| {
+            conn.execute("DELETE FROM agents WHERE id = ?1", params![id])?;
+            Ok(())
+        })
+    }
+
+    fn delete_api_key(&self, key: &SecretToken) -> Result<(), StoreError> {
+        self.with(|conn| {
+            conn.execute(
+                "DELETE FROM api_keys WHERE key_lookup = ?1 AND key_hash = ?2",
+                params![key.lookup_id(), key.hash().as_slice()],
+            )?;
+            Ok(())
+        })
+    }
+
     fn change_marker(&self) -> Result<i64, StoreError> {
         self.with(|conn| Ok(conn.query_row("PRAGMA data_version", [], |r| r.get(0))?))
     }

@@ -1,0 +1,77 @@
+//! `agent create` and `apikey create` show their secret once. When it cannot be shown (a
+//! full disk, a reader that went away) nothing is created: the command fails, and a
+//! re-run with the same name works.
+
+use std::process::{Command, Stdio};
+
+use anyhow::Result;
+use postern_tests::harness::{Bins, relay_cli};
+use postern_tests::relay_support::{RelayWorld, send};
+use reqwest::Method;
+
+fn bins() -> Bins {
+    postern_tests::bins!()
+}
+
+/// Where the CLI's stdout goes.
+enum Out {
+    DevFull,
+    ClosedPipe,
+}
+
+impl Out {
+    fn stdio(&self) -> Result<Stdio> {
+        Ok(match self {
+            Out::DevFull => std::fs::OpenOptions::new()
+                .write(true)
+                .open("/dev/full")?
+                .into(),
+            // The read end is gone before the CLI starts: its write gets EPIPE.
+            Out::ClosedPipe => std::io::pipe()?.1.into(),
+        })
+    }
+}
+
+fn run_into(w: &RelayWorld, out: &Out, args: &[&str]) -> Result<(Option<i32>, String)> {
+    let output = Command::new(&w.bins.relay)
+        .args(args)
+        .arg("--state-dir")
+        .arg(w.state_dir())
+        .stdin(Stdio::null())
+        .stdout(out.stdio()?)
+        .output()?;
+    Ok((
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_secret_that_cannot_be_shown_is_not_created() -> Result<()> {
+    let w = RelayWorld::start(bins()).await?;
+    let dir = w.state_dir().to_string_lossy().into_owned();
+    for (n, out) in [Out::DevFull, Out::ClosedPipe].iter().enumerate() {
+        for json in [false, true] {
+            let agent = format!("site-{n}-{json}");
+            let key = format!("pipe-{n}-{json}");
+            let extra: &[&str] = if json { &["--json"] } else { &[] };
+            for args in [["agent", "create", &agent], ["apikey", "create", &key]] {
+                let all = [&args[..], extra].concat();
+                let (code, stderr) = run_into(&w, out, &all)?;
+                assert_eq!(code, Some(1), "{all:?}: {stderr}");
+                assert!(
+                    stderr.contains("could not be shown") && stderr.contains("nothing was created"),
+                    "{all:?}: {stderr}"
+                );
+            }
+            let agents = send(&w.admin, Method::GET, "/v1/agents", None).await?;
+            assert!(!agents.json.to_string().contains(&agent), "{}", agents.json);
+            let keys = send(&w.admin, Method::GET, "/v1/apikeys", None).await?;
+            assert!(!keys.json.to_string().contains(&key), "{}", keys.json);
+            // The same names again, shown this time.
+            relay_cli(&w.bins, &["agent", "create", &agent, "--state-dir", &dir])?;
+            relay_cli(&w.bins, &["apikey", "create", &key, "--state-dir", &dir])?;
+        }
+    }
+    Ok(())
+}
