@@ -116,6 +116,31 @@ pub fn python_https(dir: &Path, script: &str, extra: &[&str]) -> Result<(KillOnD
     Ok((guard, port))
 }
 
+/// An RSA 2048 key in three files of `dir`, as openssl writes them: `rsa.pem` (PKCS#8),
+/// `rsa1.pem` (PKCS#1, "traditional") and `rsa-pub.pem` (SubjectPublicKeyInfo).
+pub fn rsa_forms(dir: &Path) -> Result<()> {
+    openssl(
+        dir,
+        &[
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+            "rsa.pem",
+        ],
+    )?;
+    openssl(
+        dir,
+        &["rsa", "-in", "rsa.pem", "-traditional", "-out", "rsa1.pem"],
+    )?;
+    openssl(
+        dir,
+        &["pkey", "-in", "rsa.pem", "-pubout", "-out", "rsa-pub.pem"],
+    )
+}
+
 /// An EC P-256 key in `dir/ec.pem` (SEC1, as `openssl ecparam -genkey` writes it):
 /// (private PEM, public PEM).
 pub fn ec256(dir: &Path) -> Result<(String, String)> {

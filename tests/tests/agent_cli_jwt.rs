@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use postern_tests::harness::Bins;
-use postern_tests::pki::{ec256, openssl};
+use postern_tests::pki::{ec256, rsa_forms};
 use postern_tests::temp::TempDir;
 
 fn bins() -> Bins {
@@ -74,26 +74,7 @@ fn times_without_a_date_are_shown_as_given() -> Result<()> {
 fn verify_with_the_wrong_kind_of_key_says_what_is_needed() -> Result<()> {
     let dir = TempDir::new("cli-jwt-keys")?;
     let d = dir.path();
-    openssl(
-        d,
-        &[
-            "genpkey",
-            "-algorithm",
-            "RSA",
-            "-pkeyopt",
-            "rsa_keygen_bits:2048",
-            "-out",
-            "rsa.pem",
-        ],
-    )?;
-    openssl(
-        d,
-        &["rsa", "-in", "rsa.pem", "-traditional", "-out", "rsa1.pem"],
-    )?;
-    openssl(
-        d,
-        &["pkey", "-in", "rsa.pem", "-pubout", "-out", "rsa-pub.pem"],
-    )?;
+    rsa_forms(d)?;
     let (_, ec_public) = ec256(d)?;
     std::fs::write(d.join("ec-pub.pem"), ec_public)?;
     std::fs::write(d.join("not-pem.txt"), "hello\n")?;

@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail};
 use base64::Engine;
 use postern_tests::harness::{Bins, agent_cli, agent_command, offline_agent_config};
 use postern_tests::internal_server::{InternalServer, Verifier};
-use postern_tests::pki::{ec256, openssl};
+use postern_tests::pki::{ec256, openssl, rsa_forms};
 use postern_tests::temp::TempDir;
 use postern_tests::token_endpoint::{EndpointConfig, ExpiresIn, TokenEndpoint};
 use serde_json::{Value, json};
@@ -26,26 +26,7 @@ fn stdout(out: &Output) -> String {
 /// Every key form, made by openssl: files in `dir`, mode 0600 where they are secret.
 fn make_keys(dir: &TempDir) -> Result<()> {
     let d = dir.path();
-    openssl(
-        d,
-        &[
-            "genpkey",
-            "-algorithm",
-            "RSA",
-            "-pkeyopt",
-            "rsa_keygen_bits:2048",
-            "-out",
-            "rsa.pem",
-        ],
-    )?;
-    openssl(
-        d,
-        &["rsa", "-in", "rsa.pem", "-traditional", "-out", "rsa1.pem"],
-    )?;
-    openssl(
-        d,
-        &["pkey", "-in", "rsa.pem", "-pubout", "-out", "rsa-pub.pem"],
-    )?;
+    rsa_forms(d)?;
     openssl(
         d,
         &[
