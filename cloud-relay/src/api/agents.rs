@@ -23,7 +23,7 @@ pub async fn create(
     AdminOnly(caller): AdminOnly,
     body: Result<Json<CreateAgent>, JsonRejection>,
 ) -> Result<(StatusCode, Json<AgentCreated>), ApiError> {
-    let Json(request) = body.map_err(|e| ApiError::new(ErrorCode::BadRequest, e.body_text()))?;
+    let Json(request) = body.map_err(super::error::json_rejection)?;
     let token = new_token(SecretKind::AgentToken);
     let stored = token.clone();
     let agent = ctx

@@ -8,7 +8,7 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use http::StatusCode;
 use postern_protocol::api::{ApiKeyCreated, ApiKeyInfo, ApiKeyList, CreateApiKey};
-use postern_protocol::{ErrorCode, SecretKind};
+use postern_protocol::SecretKind;
 use tracing::info;
 
 use super::ApiError;
@@ -22,7 +22,7 @@ pub async fn create(
     AdminOnly(caller): AdminOnly,
     body: Result<Json<CreateApiKey>, JsonRejection>,
 ) -> Result<(StatusCode, Json<ApiKeyCreated>), ApiError> {
-    let Json(request) = body.map_err(|e| ApiError::new(ErrorCode::BadRequest, e.body_text()))?;
+    let Json(request) = body.map_err(super::error::json_rejection)?;
     let key = new_token(SecretKind::ApiKey);
     let stored = key.clone();
     let record = ctx

@@ -59,6 +59,22 @@ impl ApiError {
     }
 }
 
+/// A JSON request body the API could not take: 413 `payload_too_large` past the body
+/// limit, 400 `bad_request` for anything else (no JSON content type, bad JSON).
+pub fn json_rejection(e: axum::extract::rejection::JsonRejection) -> ApiError {
+    body_refused(e.status(), e.body_text())
+}
+
+/// As [`json_rejection`], for a body that could not be read at all.
+pub fn body_refused(status: StatusCode, text: String) -> ApiError {
+    let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
+        ErrorCode::PayloadTooLarge
+    } else {
+        ErrorCode::BadRequest
+    };
+    ApiError::new(code, text)
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.code.http_status())

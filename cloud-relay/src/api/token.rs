@@ -7,7 +7,9 @@ use std::time::{Duration, SystemTime};
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{FromRequest, Path, State};
+use http::HeaderMap;
 use postern_protocol::api::{RotateToken, TokenRotated};
 use postern_protocol::{ErrorCode, SecretKind};
 use tracing::info;
@@ -25,13 +27,21 @@ pub async fn rotate(
     State(ctx): State<Arc<RelayContext>>,
     AdminOnly(caller): AdminOnly,
     Path(agent): Path<String>,
-    body: Bytes,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<TokenRotated>, ApiError> {
+    let body = body.map_err(|e| super::error::body_refused(e.status(), e.body_text()))?;
+    // The body is optional (no options), whatever its content type; one that is there
+    // is JSON, checked by the same extractor as on the other routes.
     let request: RotateToken = if body.iter().all(u8::is_ascii_whitespace) {
         RotateToken::default()
     } else {
-        serde_json::from_slice(&body)
-            .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("bad JSON body: {e}")))?
+        let mut json = axum::extract::Request::new(axum::body::Body::from(body));
+        *json.headers_mut() = headers;
+        let Json(request) = Json::from_request(json, &())
+            .await
+            .map_err(super::error::json_rejection)?;
+        request
     };
     let grace = parse_grace(request.grace.as_deref())
         .map_err(|m| ApiError::new(ErrorCode::BadRequest, m))?;
