@@ -48,6 +48,8 @@ pub enum ErrorCode {
     TooManyCalls,
     /// The relay cannot change its store (disk full, read-only, I/O error); nothing was changed.
     StoreUnavailable,
+    /// The request body did not arrive in time (the relay's `api_timeout`).
+    RequestTimeout,
     /// Anything else; the message says what.
     Internal,
 }
@@ -75,6 +77,7 @@ impl ErrorCode {
             Self::PayloadTooLarge => "payload_too_large",
             Self::TooManyCalls => "too_many_calls",
             Self::StoreUnavailable => "store_unavailable",
+            Self::RequestTimeout => "request_timeout",
             Self::Internal => "internal",
         }
     }
@@ -91,6 +94,7 @@ impl ErrorCode {
             Self::AgentOffline | Self::StoreUnavailable => 503,
             Self::UpstreamUnreachable | Self::TunnelError | Self::TokenExchangeFailed => 502,
             Self::RateLimited | Self::TooManyCalls => 429,
+            Self::RequestTimeout => 408,
             Self::PayloadTooLarge => 413,
             Self::UpstreamTimeout => 504,
             Self::SigningFailed | Self::Internal => 500,

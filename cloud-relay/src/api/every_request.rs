@@ -2,7 +2,10 @@
 //! sane, else a new one) on the request and its answer, `max_header_bytes`, the API key
 //! under `/v1/`, a time bound on all but calls, and JSON bodies on the relay's refusals.
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
 
 use axum::extract::{Request, State};
 use axum::middleware::Next;
@@ -48,14 +51,84 @@ async fn bounded_unless_call(ctx: &Arc<RelayContext>, request: Request, next: Ne
         return with_api_key(ctx, request, next).await;
     }
     let limit = ctx.config.api_timeout;
+    let (request, body) = watch_body(request);
     match tokio::time::timeout(limit, with_api_key(ctx, request, next)).await {
         Ok(response) => response,
-        // No dedicated code for this; `internal` with a clear message.
+        // The caller's to blame: its body was being read and had not all come.
+        Err(_) if body.cut_short() => ApiError::new(
+            ErrorCode::RequestTimeout,
+            format!("the request body did not arrive within the relay's api_timeout ({limit:?})"),
+        )
+        .into_response(),
+        // The relay's own slowness (a handler, the store): `internal` with a clear message.
         Err(_) => ApiError::new(
             ErrorCode::Internal,
             format!("the request did not complete within the relay's api_timeout ({limit:?})"),
         )
         .into_response(),
+    }
+}
+
+/// How far a handler got with a request's body.
+#[derive(Default)]
+struct BodyReading {
+    begun: AtomicBool,
+    ended: AtomicBool,
+}
+
+impl BodyReading {
+    /// Begun and not ended: a handler waits for the rest of it.
+    fn cut_short(&self) -> bool {
+        self.begun.load(Ordering::Relaxed) && !self.ended.load(Ordering::Relaxed)
+    }
+}
+
+/// The request with its body noting into the returned [`BodyReading`] as it is read.
+fn watch_body(request: Request) -> (Request, Arc<BodyReading>) {
+    let reading = Arc::new(BodyReading::default());
+    let request = request.map(|inner| {
+        axum::body::Body::new(Watched {
+            inner,
+            reading: reading.clone(),
+        })
+    });
+    (request, reading)
+}
+
+struct Watched {
+    inner: axum::body::Body,
+    reading: Arc<BodyReading>,
+}
+
+impl http_body::Body for Watched {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = self.get_mut();
+        this.reading.begun.store(true, Ordering::Relaxed);
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        // A body that failed is over too: what the handler does next is its own time.
+        let ended = match &polled {
+            Poll::Ready(None | Some(Err(_))) => true,
+            Poll::Ready(Some(Ok(_))) => this.inner.is_end_stream(),
+            Poll::Pending => false,
+        };
+        if ended {
+            this.reading.ended.store(true, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -226,6 +299,61 @@ mod tests {
             .to_owned();
         assert!(uuid::Uuid::parse_str(&id).is_ok(), "a fresh id: {id}");
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// A management route that reads its body and then takes 300 ms, behind the layer
+    /// with a 100 ms `api_timeout`, sent a body of one piece and then (unless `ends`) nothing.
+    async fn body_then_slow(ends: bool) -> Response {
+        use futures_util::StreamExt;
+        use tower::ServiceExt;
+        let (store, key, dir) =
+            crate::api::tests::store_with_key(postern_protocol::api::ApiKeyScope::Admin);
+        let config = crate::config::RelayConfig {
+            api_timeout: std::time::Duration::from_millis(100),
+            ..Default::default()
+        };
+        let ctx = Arc::new(RelayContext::new(
+            config,
+            store,
+            tokio_util::sync::CancellationToken::new(),
+        ));
+        let app = axum::Router::new()
+            .route(
+                "/v1/apikeys",
+                axum::routing::post(|body: axum::body::Bytes| async move {
+                    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                    body.len().to_string()
+                }),
+            )
+            .layer(axum::middleware::from_fn_with_state(ctx, every_request));
+        let piece = futures_util::stream::once(async {
+            Ok::<_, std::io::Error>(axum::body::Bytes::from_static(b"{\"na"))
+        });
+        let body = if ends {
+            axum::body::Body::from_stream(piece)
+        } else {
+            axum::body::Body::from_stream(piece.chain(futures_util::stream::pending()))
+        };
+        let request = http::Request::post("/v1/apikeys")
+            .header(
+                http::header::AUTHORIZATION,
+                format!("Bearer {}", key.expose()),
+            )
+            .body(body)
+            .expect("request");
+        let response = app.oneshot(request).await.expect("answer");
+        let _ = std::fs::remove_dir_all(dir);
+        response
+    }
+
+    #[tokio::test]
+    async fn a_body_still_arriving_at_api_timeout_is_408_and_a_slow_handler_500() {
+        let stalled = body_then_slow(false).await;
+        assert_eq!(stalled.status(), 408);
+        assert_eq!(json(stalled).await["error"]["code"], "request_timeout");
+        let slow = body_then_slow(true).await;
+        assert_eq!(slow.status(), 500);
+        assert_eq!(json(slow).await["error"]["code"], "internal");
     }
 
     #[tokio::test]
