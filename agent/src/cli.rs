@@ -163,20 +163,10 @@ enum ConnectionCommand {
     Show { name: String },
 }
 
-/// The exit code of a command line that does not parse (sysexits' EX_USAGE): no command
-/// uses it for an outcome, so a typo in a check (`status --jsn`) is not read as "no agent" (2).
-pub const USAGE_ERROR: u8 = 64;
-
 pub fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli: Cli = match postern_process::parse() {
         Ok(cli) => cli,
-        Err(e) => {
-            // --help and --version come this way too, and are no error.
-            let code = if e.use_stderr() { USAGE_ERROR } else { 0 };
-            // Nothing more to say if the terminal is gone.
-            let _ = e.print();
-            return ExitCode::from(code);
-        }
+        Err(code) => return code,
     };
     let tuning = matches!(cli.command, Command::Run).then(postern_process::tune_allocator);
     let _flush_logs_on_exit = cli.logs.init();

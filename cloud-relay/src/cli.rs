@@ -191,7 +191,10 @@ enum ApikeyCommand {
 /// What `main` runs: parse, tune the allocator for `serve`, set up logging, run, map to
 /// an exit code.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli: Cli = match postern_process::parse() {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
     let tuning = matches!(cli.command, Command::Serve { .. }).then(postern_process::tune_allocator);
     let _flush_logs_on_exit = cli.logs.init();
     if let Some(tuning) = tuning {

@@ -1,6 +1,6 @@
-//! The allocator every postern program runs on (mimalloc) and the setting `postern run`
-//! and `postern-relay serve` give it: they re-execute themselves once with it set, then
-//! listen for their signals.
+//! What every postern program does first: parse its command line, run on its allocator
+//! (mimalloc) — `postern run` and `postern-relay serve` re-execute themselves once with
+//! its setting — and listen for its signals.
 //!
 //! mimalloc instead of glibc's malloc: a small call costs the relay ~20% and the agent
 //! ~10% less CPU (glibc spent it merging and splitting hyper's 8 KiB buffers, one per
@@ -13,7 +13,9 @@
 
 use std::ffi::OsString;
 
+mod command_line;
 mod signals;
+pub use command_line::{USAGE_ERROR, parse};
 pub use signals::listen_or_warn;
 
 #[global_allocator]

@@ -1,5 +1,6 @@
-//! The real `postern`'s exit code for a command line that does not parse: 64 (EX_USAGE),
-//! never one a command uses for an outcome (`status` exits 2 for "no agent").
+//! The real `postern`'s and `postern-relay`'s exit code for a command line that does not
+//! parse: 64 (EX_USAGE), never one a command uses for an outcome (`postern status` exits 2
+//! for "no agent").
 
 use std::process::{Command, Output, Stdio};
 
@@ -53,6 +54,40 @@ fn usage_errors_exit_64_and_help_exits_0() -> Result<()> {
             output_text(&out)
         );
         assert!(!out.stdout.is_empty(), "{args:?} prints on stdout");
+    }
+    Ok(())
+}
+
+#[test]
+fn the_relay_cli_exits_64_on_usage_errors_too() -> Result<()> {
+    let relay = |args: &[&str]| {
+        Command::new(bins().relay)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("running postern-relay {args:?}"))
+    };
+    for args in [
+        &["agent", "list", "--jsn"][..],
+        &["serve", "--no-such"][..],
+        &[][..],
+    ] {
+        let out = relay(args)?;
+        assert_eq!(
+            out.status.code(),
+            Some(64),
+            "{args:?}: {}",
+            output_text(&out)
+        );
+    }
+    for args in [&["--help"][..], &["--version"][..]] {
+        let out = relay(args)?;
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{args:?}: {}",
+            output_text(&out)
+        );
     }
     Ok(())
 }
