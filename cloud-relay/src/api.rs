@@ -64,15 +64,13 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// OpenMetrics text (Prometheus reads it). Open when the API listens on loopback only (a local
-/// scraper or sidecar); otherwise any valid API key (either scope) is needed.
+/// OpenMetrics text (Prometheus reads it), for any valid API key (either scope). Also on
+/// a loopback address: a TLS proxy in front of the relay would otherwise serve it to anyone.
 async fn metrics(
     State(ctx): State<Arc<RelayContext>>,
     headers: http::HeaderMap,
 ) -> Result<impl IntoResponse, ApiError> {
-    if !ctx.config.api_listen.ip().is_loopback() {
-        auth::check_api_key(&ctx, &headers).await?;
-    }
+    auth::check_api_key(&ctx, &headers).await?;
     Ok((
         [(http::header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
         ctx.metrics.render(ctx.registry.all().len()),
@@ -134,7 +132,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn metrics_need_a_key_unless_the_api_is_on_loopback() {
+    async fn metrics_need_a_key_wherever_the_api_listens() {
         let (store, key, dir) = store_with_key(postern_protocol::api::ApiKeyScope::Call);
         let app_on = |listen: &str| {
             let config = RelayConfig {
@@ -147,13 +145,14 @@ mod tests {
                 CancellationToken::new(),
             )))
         };
-        assert_eq!(status(app_on("127.0.0.1:8080"), None).await, 200);
-        assert_eq!(status(app_on("[::1]:8080"), None).await, 200);
-        assert_eq!(status(app_on("0.0.0.0:8080"), None).await, 401);
-        assert_eq!(
-            status(app_on("0.0.0.0:8080"), Some(key.expose())).await,
-            200
-        );
+        for listen in ["127.0.0.1:8080", "[::1]:8080", "0.0.0.0:8080"] {
+            assert_eq!(status(app_on(listen), None).await, 401, "{listen}");
+            assert_eq!(
+                status(app_on(listen), Some(key.expose())).await,
+                200,
+                "{listen}"
+            );
+        }
         let _ = std::fs::remove_dir_all(dir);
     }
 

@@ -235,10 +235,14 @@ pub fn configured_relay(
     RelayProcess::spawn(command, &state)
 }
 
-/// `/metrics` scraped as Prometheus would (no key: the API is on loopback), samples by
-/// full name.
+/// `/metrics` scraped as Prometheus would (with `api`'s key), samples by full name.
 pub async fn scrape(api: &Api) -> Result<HashMap<String, f64>> {
-    let response = reqwest::get(format!("{}/metrics", api.base)).await?;
+    let response = api
+        .http
+        .get(format!("{}/metrics", api.base))
+        .bearer_auth(&api.key)
+        .send()
+        .await?;
     anyhow::ensure!(
         response.status() == 200,
         "/metrics answered {}",

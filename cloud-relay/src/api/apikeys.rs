@@ -7,8 +7,8 @@ use axum::Json;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use http::StatusCode;
-use postern_protocol::api::{ApiKeyCreated, ApiKeyInfo, ApiKeyList, CreateApiKey};
 use postern_protocol::SecretKind;
+use postern_protocol::api::{ApiKeyCreated, ApiKeyInfo, ApiKeyList, CreateApiKey};
 use tracing::info;
 
 use super::ApiError;
