@@ -5,6 +5,19 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
+/// The source an address counts as, here and in the login throttle: an IPv6 address by
+/// its /64 (one host or site is given a whole /64 and picks addresses in it freely), an
+/// IPv4-mapped one as the IPv4 address.
+pub fn source(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(prefix.into())
+        }
+        v4 => v4,
+    }
+}
+
 /// Whether connections from `ip` are held to a share per address: not loopback peers,
 /// which are not told apart (a local TCP proxy in front of the relay, or a test, brings
 /// every agent from one address).
@@ -38,6 +51,7 @@ impl AddressSlots {
         if !told_apart(ip) {
             return Some(AddressSlot { slots: None });
         }
+        let ip = source(ip);
         let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
         let count = held.entry(ip).or_default();
         if *count >= self.limit {
@@ -89,6 +103,29 @@ mod tests {
             slots.addresses(),
             0,
             "no address is remembered once it holds none"
+        );
+    }
+
+    #[test]
+    fn an_ipv6_64_is_one_source() {
+        let slots = AddressSlots::new(2);
+        let a: IpAddr = "2001:db8:1:2::1".parse().expect("address");
+        let b: IpAddr = "2001:db8:1:2:ffff::9".parse().expect("address");
+        let other: IpAddr = "2001:db8:1:3::1".parse().expect("address");
+        let held = [slots.take(a), slots.take(b)];
+        assert!(held.iter().all(Option::is_some));
+        assert!(
+            slots
+                .take("2001:db8:1:2::7".parse().expect("address"))
+                .is_none()
+        );
+        assert!(
+            slots.take(other).is_some(),
+            "the next /64 is another source"
+        );
+        assert_eq!(
+            source("::ffff:192.0.2.1".parse().expect("address")),
+            IpAddr::from([192, 0, 2, 1])
         );
     }
 

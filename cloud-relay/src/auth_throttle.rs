@@ -1,10 +1,13 @@
 //! Failed SSH logins slow down per source address: each failure doubles the delay
 //! before the refusal (up to a cap); a burst of failures gets the address refused for a while.
+//! An IPv6 address counts by its /64 ([`source`]).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use crate::address_slots::source;
 
 pub const FIRST_DELAY: Duration = Duration::from_millis(200);
 /// Below the authentication timeout, so a refusal always arrives before it.
@@ -42,6 +45,7 @@ struct Failures {
 impl AuthThrottle {
     /// Records a failure and returns how long to wait before refusing.
     pub fn failure(&self, ip: IpAddr) -> Duration {
+        let ip = source(ip);
         let now = Instant::now();
         let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
         if map.len() >= MAX_TRACKED {
@@ -79,6 +83,7 @@ impl AuthThrottle {
 
     /// Whether connections from `ip` are refused at once (a burst of recent failures).
     pub fn is_blocked(&self, ip: IpAddr) -> bool {
+        let ip = source(ip);
         let map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
         map.get(&ip)
             .and_then(|f| f.blocked_until)
@@ -87,6 +92,7 @@ impl AuthThrottle {
 
     /// A login from `ip` worked: its next failure is refused without delay again.
     pub fn success(&self, ip: IpAddr) {
+        let ip = source(ip);
         let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(f) = map.get_mut(&ip) {
             f.in_a_row = 0;
@@ -126,6 +132,19 @@ mod tests {
             t.is_blocked(a),
             "but not the block: one valid token must not lift it"
         );
+    }
+
+    #[test]
+    fn a_burst_across_an_ipv6_64_blocks_the_whole_64() {
+        let t = AuthThrottle::default();
+        for i in 0..BLOCK_AFTER {
+            let ip: IpAddr = format!("2001:db8:5:6::{:x}", i + 1)
+                .parse()
+                .expect("address");
+            t.failure(ip);
+        }
+        assert!(t.is_blocked("2001:db8:5:6:abcd::1".parse().expect("address")));
+        assert!(!t.is_blocked("2001:db8:5:7::1".parse().expect("address")));
     }
 
     #[test]
