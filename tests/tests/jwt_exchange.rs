@@ -1,10 +1,9 @@
 //! RFC 7523 end to end: the real relay and agent, a token endpoint that verifies each
 //! assertion with jsonwebtoken, and the API it guards; caching, refresh, retry and errors.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use jsonwebtoken::{Algorithm, DecodingKey};
 use postern_tests::harness::{
     AgentProcess, Api, Bins, RelayProcess, agent_config, create_agent, create_api_key,
@@ -68,31 +67,10 @@ impl World {
 
 /// An RSA 2048 key made by the openssl CLI: (PKCS#8 private PEM, public PEM).
 fn openssl_rsa(dir: &TempDir) -> Result<(String, String)> {
-    let private = dir.path().join("rsa.pem");
-    let ok = Command::new("openssl")
-        .args([
-            "genpkey",
-            "-algorithm",
-            "RSA",
-            "-pkeyopt",
-            "rsa_keygen_bits:2048",
-            "-out",
-        ])
-        .arg(&private)
-        .output()
-        .context("openssl")?
-        .status
-        .success();
-    if !ok {
-        bail!("openssl genpkey failed");
-    }
-    let public = Command::new("openssl")
-        .args(["pkey", "-pubout", "-in"])
-        .arg(&private)
-        .output()?;
+    postern_tests::pki::rsa_forms(dir.path())?;
     Ok((
-        std::fs::read_to_string(&private)?,
-        String::from_utf8(public.stdout)?,
+        std::fs::read_to_string(dir.path().join("rsa.pem"))?,
+        std::fs::read_to_string(dir.path().join("rsa-pub.pem"))?,
     ))
 }
 
