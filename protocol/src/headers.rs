@@ -20,13 +20,30 @@ const HOP_BY_HOP: &[&str] = &[
     "host",
 ];
 
+/// Whether `name` is one of `names` or starts with `prefix`, ASCII case ignored.
+fn listed(name: &str, names: &[&str], prefix: &str) -> bool {
+    names.iter().any(|h| h.eq_ignore_ascii_case(name))
+        || name
+            .get(..prefix.len())
+            .is_some_and(|p| p.eq_ignore_ascii_case(prefix))
+}
+
+/// Removes every header whose name `drop` picks.
+fn remove_where(headers: &mut http::HeaderMap, drop: impl Fn(&str) -> bool) {
+    let picked: Vec<http::HeaderName> = headers
+        .keys()
+        .filter(|k| drop(k.as_str()))
+        .cloned()
+        .collect();
+    for name in picked {
+        headers.remove(name);
+    }
+}
+
 /// Whether a header must be dropped when a request or response crosses a hop: the
 /// list above, and every `Proxy-*` header (each is for the proxy it was sent to).
-pub fn is_hop_by_hop(name: &str) -> bool {
-    HOP_BY_HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
-        || name
-            .get(..6)
-            .is_some_and(|p| p.eq_ignore_ascii_case("proxy-"))
+fn is_hop_by_hop(name: &str) -> bool {
+    listed(name, HOP_BY_HOP, "proxy-")
 }
 
 /// Drops the hop-by-hop headers and every header the `Connection` header names,
@@ -42,14 +59,7 @@ pub fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
     for name in named {
         headers.remove(name);
     }
-    let hop: Vec<http::HeaderName> = headers
-        .keys()
-        .filter(|k| is_hop_by_hop(k.as_str()))
-        .cloned()
-        .collect();
-    for name in hop {
-        headers.remove(name);
-    }
+    remove_where(headers, is_hop_by_hop);
 }
 
 /// Request headers some servers and frameworks read as the request's real path, host,
@@ -69,25 +79,10 @@ const REROUTING: &[&str] = &[
     "x-method-override",
 ];
 
-/// Whether a caller's request header could reroute the call at the internal server
-/// ([`REROUTING`], and every `X-Forwarded-*`).
-pub fn is_rerouting(name: &str) -> bool {
-    REROUTING.iter().any(|h| h.eq_ignore_ascii_case(name))
-        || name
-            .get(..12)
-            .is_some_and(|p| p.eq_ignore_ascii_case("x-forwarded-"))
-}
-
-/// Drops the headers [`is_rerouting`] names; the agent does so before a call leaves.
+/// Drops a caller's headers that could reroute the call at the internal server
+/// ([`REROUTING`], and every `X-Forwarded-*`); the agent does so before a call leaves.
 pub fn strip_rerouting(headers: &mut http::HeaderMap) {
-    let rerouting: Vec<http::HeaderName> = headers
-        .keys()
-        .filter(|k| is_rerouting(k.as_str()))
-        .cloned()
-        .collect();
-    for name in rerouting {
-        headers.remove(name);
-    }
+    remove_where(headers, |name| listed(name, REROUTING, "x-forwarded-"));
 }
 
 /// A header block's size as sent: `name: value` and CRLF per header, the measure both
