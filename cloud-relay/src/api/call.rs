@@ -34,27 +34,27 @@ pub async fn call(
 ) -> Result<Response, ApiError> {
     // `every_request` has put a sane id on every request already, and puts it on the answer.
     let request_id = super::every_request::request_id(request.headers());
-    let span = info_span!("call", %request_id, %agent, %connection);
     let started = std::time::Instant::now();
-    let metrics_ctx = ctx.clone();
     let mut abandoned = Abandoned {
         ctx: ctx.clone(),
-        span: span.clone(),
+        span: info_span!("call", %request_id, %agent, %connection),
         started,
         armed: true,
     };
     let result = forward(ctx, agent, connection, request, &request_id)
-        .instrument(span.clone())
+        .instrument(abandoned.span.clone())
         .await;
     abandoned.armed = false;
     let response = match result {
         Ok(response) => response,
         Err(Failure::Api(e)) => {
-            span.in_scope(|| info!(code = e.code.as_str(), detail = %e.message, "call failed"));
+            abandoned
+                .span
+                .in_scope(|| info!(code = e.code.as_str(), detail = %e.message, "call failed"));
             axum::response::IntoResponse::into_response(e)
         }
         Err(Failure::CallerBodyBroke(detail)) => {
-            span.in_scope(|| {
+            abandoned.span.in_scope(|| {
                 info!(
                     detail = %detail,
                     ms = started.elapsed().as_millis() as u64,
@@ -64,7 +64,7 @@ pub async fn call(
             // `abandoned`, not 4xx: a caller that hangs up mid-upload gets no status, and
             // whether hyper drops this handler first (`call abandoned by the caller`) or
             // the body's error reaches the tunnel first (here) is a race; one event, one class.
-            metrics_ctx.metrics.call_abandoned();
+            abandoned.ctx.metrics.call_abandoned();
             // Nobody is likely to read this (the caller is gone or going), but a caller
             // that only half-closed gets told.
             return Ok(axum::response::IntoResponse::into_response(ApiError::new(
@@ -73,7 +73,8 @@ pub async fn call(
             )));
         }
     };
-    metrics_ctx
+    abandoned
+        .ctx
         .metrics
         .call_finished(response.status().as_u16(), started.elapsed());
     Ok(response)
