@@ -80,7 +80,8 @@ fn store_in(dir: &std::path::Path) -> Result<SqliteStore> {
             db.display()
         ),
     }
-    SqliteStore::open_in(dir).with_context(|| format!("opening the store in {}", dir.display()))
+    // The folder is the relay's: `serve` made and narrowed it; the CLI only opens the file.
+    SqliteStore::open(&db).with_context(|| format!("opening the store in {}", dir.display()))
 }
 
 #[derive(Debug, Subcommand)]

@@ -52,14 +52,17 @@ pub fn ensure_state_dir(dir: &Path) -> Result<(), HostKeyError> {
         path: dir.to_owned(),
         source,
     };
-    if !dir.exists() {
-        return std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(failed);
-    }
-    let meta = std::fs::metadata(dir).map_err(failed)?;
+    let meta = match std::fs::metadata(dir) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(failed);
+        }
+        Err(e) => return Err(failed(e)),
+    };
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 == 0 {
         return Ok(());

@@ -118,7 +118,10 @@ pub async fn run_with(
     };
     let host_key = host_key::load_or_create(&config.state_dir)?;
     let fingerprint = host_key::fingerprint(&host_key);
-    let store = Arc::new(SqliteStore::open_in(&config.state_dir)?);
+    // `load_or_create` has made the state folder (or narrowed it) already.
+    let store = Arc::new(SqliteStore::open(
+        &config.state_dir.join(crate::store::sqlite::DB_FILE),
+    )?);
     let grace = config.shutdown_grace;
     // The context's token ends agent sessions and the background tasks: only once the
     // calls under way, which travel through those sessions, are done.
