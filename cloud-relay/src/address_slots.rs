@@ -22,7 +22,7 @@ pub fn source(ip: IpAddr) -> IpAddr {
 /// which are not told apart (a local TCP proxy in front of the relay, or a test, brings
 /// every agent from one address).
 pub fn told_apart(ip: IpAddr) -> bool {
-    !(ip.is_loopback() || ip.to_canonical().is_loopback())
+    !ip.to_canonical().is_loopback()
 }
 
 /// How many connections not yet authenticated one address may hold, counted apart from

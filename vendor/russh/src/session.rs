@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use byteorder::{BigEndian, ByteOrder};
 use bytes::Bytes;
-use log::{debug, trace, warn};
+use log::{debug, trace};
 use ssh_encoding::Encode;
 use tokio::sync::oneshot;
 
@@ -172,7 +172,7 @@ impl<C> CommonSession<C> {
         let Err(e) = enc.consume_window(channel, len) else {
             return Ok(());
         };
-        warn!("{e}; disconnecting");
+        debug!("{e}; disconnecting");
         self.disconnect(
             Disconnect::ProtocolError,
             "channel data beyond the window",
