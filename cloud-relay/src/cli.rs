@@ -280,12 +280,11 @@ fn apikey(command: ApikeyCommand) -> Result<()> {
             let store = state.store()?;
             store.create_scoped_api_key(&name, &key, scope)?;
             let shown = if json {
-                json_text(&ApiKeyCreated {
+                show_json_once(&ApiKeyCreated {
                     name: name.clone(),
                     key: key.expose().to_owned(),
                     scope,
                 })
-                .and_then(|text| show_once(|out| writeln!(out, "{text}")))
             } else {
                 show_once(|out| {
                     writeln!(
@@ -339,12 +338,11 @@ fn agent(command: AgentCommand) -> Result<()> {
             let store = store_in(&config.state_dir)?;
             let agent = store.create_agent(&name, &token)?;
             let shown = if json {
-                json_text(&AgentCreated {
+                show_json_once(&AgentCreated {
                     id: agent.id.clone(),
                     name: agent.name.clone(),
                     token: token.expose().to_owned(),
                 })
-                .and_then(|text| show_once(|out| writeln!(out, "{text}")))
             } else {
                 // Whoever can open the store can read the key `serve` made beside it.
                 let fingerprint = host_key::load(&config.state_dir)
@@ -451,11 +449,16 @@ fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
     to_stdout(|out| writeln!(out, "{text}"))
 }
 
-/// Runs `write` on a locked stdout and flushes it. A reader that went away
-/// (`postern-relay agent list | head -1`) is not an error: it read all it wanted.
-fn to_stdout(write: impl FnOnce(&mut dyn Write) -> io::Result<()>) -> Result<()> {
+/// Runs `write` on a locked stdout and flushes it.
+fn write_stdout(write: impl FnOnce(&mut dyn Write) -> io::Result<()>) -> io::Result<()> {
     let mut out = io::stdout().lock();
-    match write(&mut out).and_then(|()| out.flush()) {
+    write(&mut out).and_then(|()| out.flush())
+}
+
+/// [`write_stdout`], where a reader that went away (`postern-relay agent list | head -1`)
+/// is not an error: it read all it wanted.
+fn to_stdout(write: impl FnOnce(&mut dyn Write) -> io::Result<()>) -> Result<()> {
+    match write_stdout(write) {
         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
         other => other.context("writing to stdout"),
     }
@@ -464,14 +467,13 @@ fn to_stdout(write: impl FnOnce(&mut dyn Write) -> io::Result<()>) -> Result<()>
 /// Writes a secret that is shown only this once. Unlike [`to_stdout`], a reader that went
 /// away is an error here: `… | true` would otherwise create a secret nobody saw.
 fn show_once(write: impl FnOnce(&mut dyn Write) -> io::Result<()>) -> Result<()> {
-    let mut out = io::stdout().lock();
-    write(&mut out)
-        .and_then(|()| out.flush())
-        .context("writing to stdout")
+    write_stdout(write).context("writing to stdout")
 }
 
-fn json_text<T: serde::Serialize>(value: &T) -> Result<String> {
-    Ok(serde_json::to_string(value)?)
+/// [`show_once`] for a JSON answer.
+fn show_json_once<T: serde::Serialize>(value: &T) -> Result<()> {
+    let text = serde_json::to_string(value)?;
+    show_once(|out| writeln!(out, "{text}"))
 }
 
 /// Removes (`undo`) what was just created when its once-only secret could not be shown,
