@@ -402,15 +402,19 @@ fn timeout_error(conn: &Connection) -> (ErrorCode, String) {
     )
 }
 
+/// An error and its causes, `: `-joined; a cause that says what the one before it said is
+/// left out (reqwest nests "builder error"s).
 pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = Some(e);
+    while let Some(e) = next {
+        let text = e.to_string();
+        if parts.last() != Some(&text) {
+            parts.push(text);
+        }
+        next = e.source();
     }
-    text
+    parts.join(": ")
 }
 
 pub fn error_response(code: ErrorCode, message: &str) -> Response<CallBody> {

@@ -19,20 +19,6 @@ pub struct BuildError {
     pub reason: String,
 }
 
-/// An error and its causes, `: `-joined, each once (reqwest nests "builder error"s).
-fn with_causes(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let mut next = Some(error);
-    while let Some(e) = next {
-        let text = e.to_string();
-        if parts.last() != Some(&text) {
-            parts.push(text);
-        }
-        next = e.source();
-    }
-    parts.join(": ")
-}
-
 pub struct CallTable {
     current: RwLock<Arc<Contexts>>,
     metrics: Arc<AgentMetrics>,
@@ -62,7 +48,7 @@ impl CallTable {
                     .map(|ctx| (name.clone(), Arc::new(ctx)))
                     .map_err(|e| BuildError {
                         name: name.clone(),
-                        reason: with_causes(&e),
+                        reason: crate::call::error_chain(&e),
                     })
             })
             .collect()
@@ -118,7 +104,7 @@ mod tests {
             source: Some(Box::new(twice)),
         };
         assert_eq!(
-            with_causes(&outer),
+            crate::call::error_chain(&outer),
             "builder error: invalid peer certificate"
         );
     }
