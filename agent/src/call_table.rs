@@ -80,7 +80,6 @@ impl CallTable {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
 
     #[derive(Debug, thiserror::Error)]
     #[error("{text}")]

@@ -551,6 +551,28 @@ fn service_commands_write_the_packaged_unit_or_say_why_not() -> Result<()> {
         String::from_utf8_lossy(&unit.stderr)
     );
     let text = String::from_utf8(unit.stdout)?;
+    // Every path the service could not see is its own warning line.
+    let hides = dir.write_private(
+        "hides.toml",
+        &postern_tests::harness::offline_agent_config(
+            "127.0.0.1:1",
+            "token_file = \"/home/nobody/token\"\n",
+        ),
+    )?;
+    let warned = Command::new(agent)
+        .args(["service", "unit", "--config"])
+        .arg(&hides)
+        .output()?;
+    let warnings = String::from_utf8_lossy(&warned.stderr);
+    let hidden: Vec<&str> = warnings
+        .lines()
+        .filter(|l| l.contains("the service cannot see"))
+        .collect();
+    assert!(hidden.len() >= 2, "{warnings}");
+    assert!(
+        hidden.iter().all(|l| l.starts_with("warning: ")),
+        "{warnings}"
+    );
     let packaged = std::fs::read_to_string(repo().join("packaging/systemd/postern-agent.service"))?;
     let config_text = std::fs::canonicalize(&config)?.display().to_string();
     assert_eq!(

@@ -212,11 +212,7 @@ pub(crate) fn add(path: &Path, new: NewConnection) -> Result<()> {
 /// (`0012` is not: it would lose its zeros), `"…"` a string as it is inside the quotes,
 /// anything else (templates included) a string.
 fn claim(text: &str) -> toml_edit::Value {
-    if let Some(quoted) = text
-        .strip_prefix('"')
-        .and_then(|t| t.strip_suffix('"'))
-        .filter(|_| text.len() >= 2)
-    {
+    if let Some(quoted) = text.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
         return quoted.into();
     }
     match text.parse::<i64>() {

@@ -67,7 +67,7 @@ fn hidden_from_the_service(
     binary: &Path,
     config: &Path,
     named: &[(String, PathBuf)],
-) -> Option<String> {
+) -> Vec<String> {
     let ours = [
         ("the program", binary, "/usr/local/bin/"),
         ("the config", config, "/etc/postern/"),
@@ -75,8 +75,7 @@ fn hidden_from_the_service(
     let named = named
         .iter()
         .map(|(place, path)| (place.as_str(), path.as_path(), "/etc/postern/"));
-    let hidden: Vec<String> = ours
-        .into_iter()
+    ours.into_iter()
         .chain(named)
         .filter_map(|(what, path, instead)| {
             let why = hidden_why(path)?;
@@ -85,8 +84,7 @@ fn hidden_from_the_service(
                 path.display()
             ))
         })
-        .collect();
-    (!hidden.is_empty()).then(|| hidden.join("\n"))
+        .collect()
 }
 
 /// What keeps the service from seeing `path`, if anything.
@@ -333,7 +331,7 @@ mod tests {
             Path::new("/home/a/agent.toml"),
             &[("token_file".to_owned(), PathBuf::from("/var/tmp/token"))],
         )
-        .unwrap_or_default();
+        .join("\n");
         assert_eq!(why.lines().count(), 3, "{why}");
         for needle in [
             "the program /tmp/b/postern",
@@ -350,19 +348,15 @@ mod tests {
             Path::new("/usr/bin/postern"),
             Path::new("/etc/postern/a.toml"),
         );
-        assert_eq!(hidden_from_the_service(bin, config, &[]), None);
+        assert!(hidden_from_the_service(bin, config, &[]).is_empty());
         let key = |path: &str| {
             vec![(
                 "connections.erp.auth.private_key_file".to_owned(),
                 PathBuf::from(path),
             )]
         };
-        assert_eq!(
-            hidden_from_the_service(bin, config, &key("/etc/postern/erp.pem")),
-            None
-        );
-        let why = hidden_from_the_service(bin, config, &key("/home/admin/keys/erp.pem"))
-            .unwrap_or_default();
+        assert!(hidden_from_the_service(bin, config, &key("/etc/postern/erp.pem")).is_empty());
+        let why = hidden_from_the_service(bin, config, &key("/home/admin/keys/erp.pem")).join("\n");
         assert!(
             why.contains(
                 "connections.erp.auth.private_key_file /home/admin/keys/erp.pem (ProtectHome"
@@ -402,8 +396,7 @@ mod tests {
             ),
             ("/usr/bin/postern", "/var/tmp/x/agent.toml", "PrivateTmp"),
         ] {
-            let why = hidden_from_the_service(Path::new(binary), Path::new(config), &[])
-                .unwrap_or_default();
+            let why = hidden_from_the_service(Path::new(binary), Path::new(config), &[]).join("\n");
             assert!(why.contains(needle), "{binary} {config}: {why:?}");
         }
     }
