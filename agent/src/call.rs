@@ -115,12 +115,13 @@ impl CallContext {
 /// Runs one call; never fails (errors become JSON responses).
 pub async fn handle(ctx: Arc<CallContext>, request: Request<Incoming>) -> Response<CallBody> {
     let started = Instant::now();
-    let request_id = request
+    // Shared, not copied, with the answer's body, which logs it if the answer breaks off.
+    let request_id: Arc<str> = request
         .headers()
         .get(REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("-")
-        .to_owned();
+        .into();
     let method = request.method().clone();
     // Held until the answer's body is done, so streaming calls count too.
     let permit = ctx.in_flight.clone().try_acquire_owned().ok();
@@ -172,7 +173,7 @@ fn hold_until_done(
     body: CallBody,
     permit: tokio::sync::OwnedSemaphorePermit,
     ctx: Arc<CallContext>,
-    request_id: String,
+    request_id: Arc<str>,
 ) -> CallBody {
     use std::sync::atomic::Ordering::Relaxed;
     BodyExt::boxed(

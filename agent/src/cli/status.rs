@@ -75,7 +75,6 @@ pub(crate) fn test_in_agent(
             socket.display()
         ));
     };
-    let this_file = std::path::absolute(config_path).ok();
     match (&running.config_digest, &running.config_file) {
         (Some(d), _) if *d == digest => {}
         (None, _) => {
@@ -85,7 +84,7 @@ pub(crate) fn test_in_agent(
                 socket.display()
             ));
         }
-        (Some(_), Some(file)) if this_file.as_ref() != Some(file) => {
+        (Some(_), Some(file)) if !same_file(file, config_path) => {
             return here(format!(
                 "the agent on {} runs {}, not this file",
                 socket.display(),
