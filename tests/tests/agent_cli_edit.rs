@@ -132,6 +132,7 @@ fn token_set_as_root_replaces_only_the_config_owners_files() -> Result<()> {
     use std::os::unix::fs::{MetadataExt, PermissionsExt, chown};
     if !postern_tests::harness::is_root() {
         // Only root can make files that belong to someone else.
+        println!("SKIPPED token set ownership test: needs root");
         return Ok(());
     }
     const SERVICE: u32 = 65534;

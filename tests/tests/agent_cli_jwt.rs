@@ -7,7 +7,7 @@ use std::process::{Command, Output, Stdio};
 use anyhow::{Context, Result};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use postern_tests::harness::Bins;
+use postern_tests::harness::{Bins, output_text};
 use postern_tests::pki::{ec256, rsa_forms};
 use postern_tests::temp::TempDir;
 
@@ -22,14 +22,6 @@ fn decode(args: &[&str]) -> Result<Output> {
         .stdin(Stdio::null())
         .output()
         .context("running postern jwt decode")
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 fn part(json: &str) -> String {
@@ -62,8 +54,17 @@ fn times_without_a_date_are_shown_as_given() -> Result<()> {
     ] {
         let token = format!("{}.{}.sig", part(r#"{"alg":"HS256"}"#), part(claims));
         let out = decode(&[&token])?;
-        assert_eq!(out.status.code(), Some(0), "{claims}: {}", text(&out));
-        assert!(text(&out).contains(shown), "{claims}: {}", text(&out));
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{claims}: {}",
+            output_text(&out)
+        );
+        assert!(
+            output_text(&out).contains(shown),
+            "{claims}: {}",
+            output_text(&out)
+        );
     }
     Ok(())
 }
@@ -88,11 +89,11 @@ fn verify_with_the_wrong_kind_of_key_says_what_is_needed() -> Result<()> {
     let verify = |file: &str| decode(&[&token, "--verify-with", &path(d, file)]);
 
     let good = verify("rsa-pub.pem")?;
-    assert_eq!(good.status.code(), Some(0), "{}", text(&good));
+    assert_eq!(good.status.code(), Some(0), "{}", output_text(&good));
     assert!(
-        text(&good).contains("signature: valid (RS256"),
+        output_text(&good).contains("signature: valid (RS256"),
         "{}",
-        text(&good)
+        output_text(&good)
     );
 
     for (file, holds) in [
@@ -107,18 +108,22 @@ fn verify_with_the_wrong_kind_of_key_says_what_is_needed() -> Result<()> {
     ] {
         let out = verify(file)?;
         let said = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{file}: {}", text(&out));
+        assert_eq!(out.status.code(), Some(1), "{file}: {}", output_text(&out));
         assert!(
             said.contains("RS256 needs an RSA public key PEM") && said.contains(holds),
             "{file}: {said}"
         );
-        assert!(!text(&out).contains("INVALID"), "{file}: {}", text(&out));
+        assert!(
+            !output_text(&out).contains("INVALID"),
+            "{file}: {}",
+            output_text(&out)
+        );
     }
     let out = verify("rsa.pem")?;
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("-pubout"),
         "says how to get the public key: {}",
-        text(&out)
+        output_text(&out)
     );
     Ok(())
 }

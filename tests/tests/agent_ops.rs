@@ -1,7 +1,7 @@
 //! The agent as an operable daemon: several relays tried in turn, a corporate
 //! proxy (a real tinyproxy), `config check`, and JSON logs without secrets.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -10,6 +10,7 @@ use postern_tests::harness::{
     output_text, signal, wait_port,
 };
 use postern_tests::internal_server::{InternalServer, Verifier};
+use postern_tests::pki::KillOnDrop;
 use postern_tests::relay_support::error_code;
 use postern_tests::temp::TempDir;
 
@@ -74,14 +75,6 @@ async fn relays_are_tried_in_turn() -> Result<()> {
         "the dead relay was tried first"
     );
     Ok(())
-}
-
-struct KillOnDrop(Child);
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// A real tinyproxy on loopback that requires basic auth and logs connections.

@@ -1,8 +1,6 @@
 //! An agent that stops (SIGTERM) says goodbye before it exits: the relay records the
 //! session as closed by the agent, not as a lost connection.
 
-use std::time::Duration;
-
 use anyhow::Result;
 use postern_tests::relay_support::{ONLINE_WITHIN, RelayWorld, sample, scrape};
 
@@ -16,7 +14,7 @@ async fn a_stopped_agent_is_recorded_as_closed_not_lost() -> Result<()> {
     for _ in 0..rounds {
         let mut agent = w.start_agent(&token)?;
         w.admin
-            .wait_online("warehouse-1", true, Duration::from_secs(15))
+            .wait_online("warehouse-1", true, ONLINE_WITHIN)
             .await?;
         let status = agent.terminate()?;
         assert!(status.success(), "agent exit: {status}");

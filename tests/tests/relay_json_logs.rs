@@ -7,8 +7,7 @@ use std::fmt;
 use anyhow::Result;
 use postern_protocol::control::RelayMessage;
 use postern_tests::harness::Bins;
-use postern_tests::relay_support::{RelayWorld, say_hello, send, ssh_login};
-use reqwest::Method;
+use postern_tests::relay_support::{RelayWorld, say_hello, ssh_login};
 use serde::de::{Deserializer, MapAccess, SeqAccess, Visitor};
 
 fn bins() -> Bins {
@@ -81,9 +80,7 @@ async fn every_json_line_has_one_message_the_events() -> Result<()> {
     assert_eq!(unknown.status(), 404);
 
     // A hello the relay refuses, with its reason.
-    w.create_agent("site").await?;
-    let token = send(&w.admin, Method::POST, "/v1/agents/site/token", None).await?;
-    let token = token.json["token"].as_str().unwrap_or_default().to_owned();
+    let token = w.create_agent("site").await?;
     let (ssh, accepted) = ssh_login(w.relay.ssh, &token).await?;
     assert!(accepted);
     ssh.tcpip_forward(postern_protocol::version::FORWARD_ADDRESS, 0)
