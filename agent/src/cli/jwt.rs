@@ -15,6 +15,7 @@ use serde_json::Value;
 use super::out;
 use crate::config::{AgentConfig, Auth};
 use crate::jwt::bearer::unix_now;
+use crate::jwt::key::{PublicKind, public_key_kind};
 
 /// Prints a freshly signed JWT for the connection (for an exchange: the assertion).
 pub(crate) fn sign(config: &AgentConfig, connection: &str) -> Result<ExitCode> {
@@ -120,24 +121,25 @@ fn part_json(what: &str, part: &str) -> Result<Value> {
 fn decoding_key(algorithm: Algorithm, file: &Path) -> Result<DecodingKey> {
     let text = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
     use Algorithm as A;
-    let (needed, fits): (&str, fn(&PublicKind) -> bool) = match algorithm {
+    type Read = fn(&[u8]) -> jsonwebtoken::errors::Result<DecodingKey>;
+    let (expected, read): (PublicKind, Read) = match algorithm {
         A::HS256 | A::HS384 | A::HS512 => return Ok(DecodingKey::from_secret(text.trim_ascii())),
         A::RS256 | A::RS384 | A::RS512 | A::PS256 | A::PS384 | A::PS512 => {
-            ("an RSA public key", |k| *k == PublicKind::Rsa)
+            (PublicKind::Rsa, DecodingKey::from_rsa_pem)
         }
-        A::ES256 => ("an EC P-256 public key", |k| *k == PublicKind::EcP256),
-        A::ES384 => ("an EC P-384 public key", |k| *k == PublicKind::EcP384),
-        A::EdDSA => ("an Ed25519 public key", |k| *k == PublicKind::Ed25519),
+        A::ES256 => (PublicKind::EcP256, DecodingKey::from_ec_pem),
+        A::ES384 => (PublicKind::EcP384, DecodingKey::from_ec_pem),
+        A::EdDSA => (PublicKind::Ed25519, DecodingKey::from_ed_pem),
         other => bail!("postern cannot verify {other:?} signatures"),
     };
     let refuse = |holds: &str| -> anyhow::Error {
         anyhow::anyhow!(
-            "{algorithm:?} needs {needed} PEM to verify with; {} holds {holds}",
+            "{algorithm:?} needs {expected} PEM to verify with; {} holds {holds}",
             file.display()
         )
     };
-    let kind = match key_in(&text) {
-        KeyInFile::Public(kind) if fits(&kind) => kind,
+    match key_in(&text) {
+        KeyInFile::Public(kind) if kind == expected => {}
         KeyInFile::Public(kind) => return Err(refuse(&kind.to_string())),
         KeyInFile::Private(what) => {
             return Err(refuse(&format!(
@@ -146,37 +148,8 @@ fn decoding_key(algorithm: Algorithm, file: &Path) -> Result<DecodingKey> {
             )));
         }
         KeyInFile::Other(what) => return Err(refuse(&what)),
-    };
-    let key = match kind {
-        PublicKind::Rsa => DecodingKey::from_rsa_pem(&text),
-        PublicKind::EcP256 | PublicKind::EcP384 => DecodingKey::from_ec_pem(&text),
-        PublicKind::Ed25519 => DecodingKey::from_ed_pem(&text),
-        PublicKind::Unknown(what) => return Err(refuse(&what)),
-    };
-    key.map_err(|e| refuse(&format!("{kind} that cannot be read ({e})")))
-}
-
-/// A public key's kind, from its SubjectPublicKeyInfo (or PKCS#1 for "RSA PUBLIC KEY").
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum PublicKind {
-    Rsa,
-    EcP256,
-    EcP384,
-    Ed25519,
-    /// Described for the message, e.g. "an EC public key on curve 1.3.132.0.35".
-    Unknown(String),
-}
-
-impl std::fmt::Display for PublicKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            PublicKind::Rsa => f.write_str("an RSA public key"),
-            PublicKind::EcP256 => f.write_str("an EC P-256 public key"),
-            PublicKind::EcP384 => f.write_str("an EC P-384 public key"),
-            PublicKind::Ed25519 => f.write_str("an Ed25519 public key"),
-            PublicKind::Unknown(what) => f.write_str(what),
-        }
     }
+    read(&text).map_err(|e| refuse(&format!("{expected} that cannot be read ({e})")))
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -199,7 +172,7 @@ fn key_in(text: &[u8]) -> KeyInFile {
     };
     match block.tag() {
         "RSA PUBLIC KEY" => KeyInFile::Public(PublicKind::Rsa),
-        "PUBLIC KEY" | "CERTIFICATE" => KeyInFile::Public(spki_kind(block.contents())),
+        "PUBLIC KEY" | "CERTIFICATE" => KeyInFile::Public(public_key_kind(block.contents())),
         "RSA PRIVATE KEY" => KeyInFile::Private("an RSA private key".to_owned()),
         "EC PRIVATE KEY" => KeyInFile::Private("an EC private key".to_owned()),
         "PRIVATE KEY" => {
@@ -211,57 +184,6 @@ fn key_in(text: &[u8]) -> KeyInFile {
         }
         "ENCRYPTED PRIVATE KEY" => KeyInFile::Private("an encrypted private key".to_owned()),
         other => KeyInFile::Other(format!("a \"{other}\" PEM block, not a public key")),
-    }
-}
-
-const OID_RSA: &[u64] = &[1, 2, 840, 113_549, 1, 1, 1];
-const OID_EC: &[u64] = &[1, 2, 840, 10_045, 2, 1];
-const OID_ED25519: &[u64] = &[1, 3, 101, 112];
-const OID_P256: &[u64] = &[1, 2, 840, 10_045, 3, 1, 7];
-const OID_P384: &[u64] = &[1, 3, 132, 0, 34];
-
-/// The kind of the first SubjectPublicKeyInfo in `der`: a SEQUENCE of an algorithm
-/// SEQUENCE and a BIT STRING. A certificate's own signature algorithm comes before its
-/// subject's key, but sits in a SEQUENCE of three, so it is not taken for the key.
-fn spki_kind(der: &[u8]) -> PublicKind {
-    use simple_asn1::ASN1Block as B;
-    fn find(blocks: &[B]) -> Option<&[B]> {
-        blocks.iter().find_map(|block| match block {
-            B::Sequence(_, fields) => match fields.as_slice() {
-                [B::Sequence(_, algorithm), B::BitString(..)]
-                    if matches!(algorithm.first(), Some(B::ObjectIdentifier(..))) =>
-                {
-                    Some(algorithm.as_slice())
-                }
-                _ => find(fields),
-            },
-            B::Explicit(_, _, _, inner) => find(std::slice::from_ref(inner.as_ref())),
-            _ => None,
-        })
-    }
-    let arcs = |block: Option<&B>| match block {
-        Some(B::ObjectIdentifier(_, oid)) => oid.as_vec::<u64>().unwrap_or_default(),
-        _ => Vec::new(),
-    };
-    let dotted = |arcs: &[u64]| {
-        arcs.iter()
-            .map(u64::to_string)
-            .collect::<Vec<_>>()
-            .join(".")
-    };
-    let blocks = simple_asn1::from_der(der).unwrap_or_default();
-    let Some(algorithm) = find(&blocks) else {
-        return PublicKind::Unknown("a PEM block whose public key cannot be read".to_owned());
-    };
-    match arcs(algorithm.first()).as_slice() {
-        OID_RSA => PublicKind::Rsa,
-        OID_ED25519 => PublicKind::Ed25519,
-        OID_EC => match arcs(algorithm.get(1)).as_slice() {
-            OID_P256 => PublicKind::EcP256,
-            OID_P384 => PublicKind::EcP384,
-            other => PublicKind::Unknown(format!("an EC public key on curve {}", dotted(other))),
-        },
-        other => PublicKind::Unknown(format!("a public key of algorithm {}", dotted(other))),
     }
 }
 

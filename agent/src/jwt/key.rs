@@ -283,6 +283,68 @@ fn rejected(kind: KeyKind, error: &aws_lc_rs::error::KeyRejected) -> KeyError {
     }
 }
 
+/// A public key's kind, from its SubjectPublicKeyInfo (or PKCS#1 for "RSA PUBLIC KEY").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PublicKind {
+    Rsa,
+    EcP256,
+    EcP384,
+    Ed25519,
+    /// Described for the message, e.g. "an EC public key on curve 1.3.132.0.35".
+    Unknown(String),
+}
+
+impl fmt::Display for PublicKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PublicKind::Rsa => f.write_str("an RSA public key"),
+            PublicKind::EcP256 => f.write_str("an EC P-256 public key"),
+            PublicKind::EcP384 => f.write_str("an EC P-384 public key"),
+            PublicKind::Ed25519 => f.write_str("an Ed25519 public key"),
+            PublicKind::Unknown(what) => f.write_str(what),
+        }
+    }
+}
+
+/// The kind of the first SubjectPublicKeyInfo in `der`: a SEQUENCE of an algorithm
+/// SEQUENCE and a BIT STRING. A certificate's own signature algorithm comes before its
+/// subject's key, but sits in a SEQUENCE of three, so it is not taken for the key.
+pub fn public_key_kind(der: &[u8]) -> PublicKind {
+    use ASN1Block as B;
+    fn find(blocks: &[B]) -> Option<&[B]> {
+        blocks.iter().find_map(|block| match block {
+            B::Sequence(_, fields) => match fields.as_slice() {
+                [B::Sequence(_, algorithm), B::BitString(..)]
+                    if matches!(algorithm.first(), Some(B::ObjectIdentifier(..))) =>
+                {
+                    Some(algorithm.as_slice())
+                }
+                _ => find(fields),
+            },
+            B::Explicit(_, _, _, inner) => find(std::slice::from_ref(inner.as_ref())),
+            _ => None,
+        })
+    }
+    let arcs = |block: Option<&B>| match block {
+        Some(B::ObjectIdentifier(_, oid)) => oid_numbers(oid),
+        _ => Vec::new(),
+    };
+    let blocks = simple_asn1::from_der(der).unwrap_or_default();
+    let Some(algorithm) = find(&blocks) else {
+        return PublicKind::Unknown("a PEM block whose public key cannot be read".to_owned());
+    };
+    match arcs(algorithm.first()).as_slice() {
+        OID_RSA => PublicKind::Rsa,
+        OID_ED25519 => PublicKind::Ed25519,
+        OID_EC => match arcs(algorithm.get(1)).as_slice() {
+            OID_P256 => PublicKind::EcP256,
+            OID_P384 => PublicKind::EcP384,
+            other => PublicKind::Unknown(format!("an EC public key on curve {}", dotted(other))),
+        },
+        other => PublicKind::Unknown(format!("a public key of algorithm {}", dotted(other))),
+    }
+}
+
 /// An OID's arcs; an arc too large for u64 becomes an empty list, which matches nothing.
 fn oid_numbers(oid: &OID) -> Vec<u64> {
     oid.as_vec::<u64>().unwrap_or_default()
