@@ -15,7 +15,7 @@ use tokio_util::task::AbortOnDropHandle;
 use crate::config::RelayConfig;
 use crate::secrets::new_token;
 use crate::server::Shutdown;
-use crate::store::{SqliteStore, Store};
+use crate::store::{AgentRecord, SqliteStore, Store};
 use crate::{RelayListeners, host_key};
 
 #[derive(Debug, Parser)]
@@ -409,17 +409,20 @@ fn agent(command: AgentCommand) -> Result<()> {
                 crate::api::token::parse_grace(grace.as_deref()).map_err(anyhow::Error::msg)?;
             let token = new_token(SecretKind::AgentToken);
             let until = grace.map(crate::api::token::grace_end);
-            let record = state.store()?.rotate_token(&agent, &token, until)?;
             let valid_until = until.map(crate::api::token::rfc3339);
-            if json {
-                print_json(&TokenRotated {
-                    id: record.id,
-                    name: record.name,
-                    token: token.expose().to_owned(),
-                    old_token_valid_until: valid_until,
-                })?;
-            } else {
-                to_stdout(|out| {
+            // A token nobody saw would leave the agent locked out: the store keeps the
+            // rotation only once it is shown (`… | true`, a full disk).
+            let mut show = |record: &AgentRecord| {
+                if json {
+                    let text = serde_json::to_string(&TokenRotated {
+                        id: record.id.clone(),
+                        name: record.name.clone(),
+                        token: token.expose().to_owned(),
+                        old_token_valid_until: valid_until.clone(),
+                    })?;
+                    return write_stdout(|out| writeln!(out, "{text}"));
+                }
+                write_stdout(|out| {
                     writeln!(
                         out,
                         "Agent {:?} ({}) has a new access token, shown only this once:\n\n  {}\n",
@@ -427,7 +430,7 @@ fn agent(command: AgentCommand) -> Result<()> {
                         record.id,
                         token.expose()
                     )?;
-                    match valid_until {
+                    match &valid_until {
                         Some(t) => writeln!(
                             out,
                             "The old token keeps working until {t}; put the new one in the agent's config before then."
@@ -437,8 +440,11 @@ fn agent(command: AgentCommand) -> Result<()> {
                             "The old token no longer works; a running relay drops the agent's session within a second."
                         ),
                     }
-                })?;
-            }
+                })
+            };
+            state
+                .store()?
+                .rotate_token_shown(&agent, &token, until, &mut show)?;
             Ok(())
         }
     }

@@ -97,6 +97,8 @@ pub enum StoreError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
+    #[error("the new token could not be shown, so the agent keeps its old one")]
+    NotShown(#[source] std::io::Error),
     #[error("store task failed: {0}")]
     Task(String),
     #[error("store error: {0}")]
@@ -149,6 +151,18 @@ pub trait Store: Send + Sync + 'static {
         id_or_name: &str,
         token: &SecretToken,
         old_until: Option<i64>,
+    ) -> Result<AgentRecord, StoreError> {
+        self.rotate_token_shown(id_or_name, token, old_until, &mut |_| Ok(()))
+    }
+    /// [`Store::rotate_token`], kept only once `show` has shown the new token: when it
+    /// cannot ([`StoreError::NotShown`]) nothing changed and the old token still works,
+    /// because a token nobody saw cannot be undone by rotating again.
+    fn rotate_token_shown(
+        &self,
+        id_or_name: &str,
+        token: &SecretToken,
+        old_until: Option<i64>,
+        show: &mut dyn FnMut(&AgentRecord) -> std::io::Result<()>,
     ) -> Result<AgentRecord, StoreError>;
     /// Whose this token is (an active agent's, current or old within its grace; a
     /// former one; none), compared in constant time; `now` is unix seconds.

@@ -1,12 +1,12 @@
-//! `agent create` and `apikey create` show their secret once. When it cannot be shown (a
-//! full disk, a reader that went away) nothing is created: the command fails, and a
-//! re-run with the same name works.
+//! `agent create`, `apikey create` and `agent rotate` show their secret once. When it
+//! cannot be shown (a full disk, a reader that went away) nothing is created or rotated:
+//! the command fails, a re-run with the same name works, and the old token still does.
 
 use std::process::{Command, Stdio};
 
 use anyhow::Result;
 use postern_tests::harness::{Bins, relay_cli};
-use postern_tests::relay_support::{RelayWorld, send};
+use postern_tests::relay_support::{RelayWorld, send, ssh_login};
 use reqwest::Method;
 
 fn bins() -> Bins {
@@ -73,5 +73,40 @@ async fn a_secret_that_cannot_be_shown_is_not_created() -> Result<()> {
             relay_cli(&w.bins, &["apikey", "create", &key, "--state-dir", &dir])?;
         }
     }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rotation_whose_token_cannot_be_shown_is_not_made() -> Result<()> {
+    let w = RelayWorld::start(bins()).await?;
+    let dir = w.state_dir().to_string_lossy().into_owned();
+    let token = w.create_agent("site").await?;
+    for out in [Out::DevFull, Out::ClosedPipe] {
+        for extra in [
+            &[][..],
+            &["--json"],
+            &["--grace", "5m"],
+            &["--json", "--grace", "5m"],
+        ] {
+            let all = [&["agent", "rotate", "site"][..], extra].concat();
+            let (code, stderr) = run_into(&w, &out, &all)?;
+            assert_eq!(code, Some(1), "{all:?}: {stderr}");
+            assert!(stderr.contains("keeps its old one"), "{all:?}: {stderr}");
+            let (_session, took) = ssh_login(w.relay.ssh, &token).await?;
+            assert!(took, "{all:?}: the old token stopped working");
+        }
+    }
+    // Shown, the rotation is made: the same login is refused now.
+    let shown = relay_cli(
+        &w.bins,
+        &["agent", "rotate", "site", "--json", "--state-dir", &dir],
+    )?;
+    let json: serde_json::Value = serde_json::from_str(&shown)?;
+    let new_token = json["token"].as_str().unwrap_or_default();
+    assert!(ssh_login(w.relay.ssh, new_token).await?.1, "{shown}");
+    assert!(
+        !ssh_login(w.relay.ssh, &token).await?.1,
+        "the old token still works"
+    );
     Ok(())
 }

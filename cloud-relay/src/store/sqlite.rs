@@ -253,11 +253,12 @@ impl Store for SqliteStore {
         })
     }
 
-    fn rotate_token(
+    fn rotate_token_shown(
         &self,
         id_or_name: &str,
         token: &SecretToken,
         old_until: Option<i64>,
+        show: &mut dyn FnMut(&AgentRecord) -> std::io::Result<()>,
     ) -> Result<AgentRecord, StoreError> {
         self.with(|conn| {
             let tx = write_transaction(conn)?;
@@ -277,6 +278,8 @@ impl Store for SqliteStore {
             )?;
             let updated = find_active(&tx, &agent.id)?
                 .ok_or_else(|| StoreError::AgentNotFound(id_or_name.to_owned()))?;
+            // Shown inside the transaction: dropping it rolls the rotation back.
+            show(&updated).map_err(StoreError::NotShown)?;
             tx.commit()?;
             Ok(updated)
         })
