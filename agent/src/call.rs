@@ -227,8 +227,7 @@ async fn run(
         ));
     }
     let mut headers = parts.headers;
-    postern_protocol::headers::strip_hop_by_hop(&mut headers);
-    postern_protocol::headers::strip_rerouting(&mut headers);
+    postern_protocol::headers::strip_hop_by_hop_and_rerouting(&mut headers);
     // Only the agent authenticates to the internal server.
     headers.remove(AUTHORIZATION);
     ctx.limiter

@@ -28,18 +28,6 @@ fn listed(name: &str, names: &[&str], prefix: &str) -> bool {
             .is_some_and(|p| p.eq_ignore_ascii_case(prefix))
 }
 
-/// Removes every header whose name `drop` picks.
-fn remove_where(headers: &mut http::HeaderMap, drop: impl Fn(&str) -> bool) {
-    let picked: Vec<http::HeaderName> = headers
-        .keys()
-        .filter(|k| drop(k.as_str()))
-        .cloned()
-        .collect();
-    for name in picked {
-        headers.remove(name);
-    }
-}
-
 /// Whether a header must be dropped when a request or response crosses a hop: the
 /// list above, and every `Proxy-*` header (each is for the proxy it was sent to).
 fn is_hop_by_hop(name: &str) -> bool {
@@ -49,17 +37,27 @@ fn is_hop_by_hop(name: &str) -> bool {
 /// Drops the hop-by-hop headers and every header the `Connection` header names,
 /// as each hop (relay and agent) must before passing a message on.
 pub fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
-    let named: Vec<http::HeaderName> = headers
+    strip(headers, is_hop_by_hop);
+}
+
+/// Removes every header `drop` picks and every header the `Connection` header names,
+/// in one pass over the header names.
+fn strip(headers: &mut http::HeaderMap, drop: impl Fn(&str) -> bool) {
+    let named: Vec<&str> = headers
         .get_all(http::header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|n| http::HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .map(str::trim)
         .collect();
-    for name in named {
+    let picked: Vec<http::HeaderName> = headers
+        .keys()
+        .filter(|k| drop(k.as_str()) || named.iter().any(|n| n.eq_ignore_ascii_case(k.as_str())))
+        .cloned()
+        .collect();
+    for name in picked {
         headers.remove(name);
     }
-    remove_where(headers, is_hop_by_hop);
 }
 
 /// Request headers some servers and frameworks read as the request's real path, host,
@@ -79,10 +77,13 @@ const REROUTING: &[&str] = &[
     "x-method-override",
 ];
 
-/// Drops a caller's headers that could reroute the call at the internal server
-/// ([`REROUTING`], and every `X-Forwarded-*`); the agent does so before a call leaves.
-pub fn strip_rerouting(headers: &mut http::HeaderMap) {
-    remove_where(headers, |name| listed(name, REROUTING, "x-forwarded-"));
+/// What [`strip_hop_by_hop`] drops plus a caller's headers that could reroute the call at
+/// the internal server ([`REROUTING`], and every `X-Forwarded-*`); the agent does so
+/// before a call leaves.
+pub fn strip_hop_by_hop_and_rerouting(headers: &mut http::HeaderMap) {
+    strip(headers, |name| {
+        is_hop_by_hop(name) || listed(name, REROUTING, "x-forwarded-")
+    });
 }
 
 /// A header block's size as sent: `name: value` and CRLF per header, the measure both
@@ -99,7 +100,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn strips_headers_that_could_reroute_a_call_and_keeps_the_rest() {
+    fn strips_hop_by_hop_and_rerouting_headers_and_keeps_the_rest() {
         let mut h = http::HeaderMap::new();
         for name in [
             "X-Original-URL",
@@ -116,10 +117,14 @@ mod tests {
                 http::HeaderValue::from_static("/admin"),
             );
         }
+        // The hop-by-hop ones go in the same pass.
+        h.insert("connection", http::HeaderValue::from_static("x-secret-hop"));
+        h.insert("x-secret-hop", http::HeaderValue::from_static("1"));
+        h.insert("host", http::HeaderValue::from_static("relay"));
         h.insert("x-forwardedness", http::HeaderValue::from_static("kept"));
         h.insert("accept", http::HeaderValue::from_static("application/json"));
         h.insert("x-request-id", http::HeaderValue::from_static("r1"));
-        strip_rerouting(&mut h);
+        strip_hop_by_hop_and_rerouting(&mut h);
         let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(left.len(), 3, "{left:?}");
         for kept in ["x-forwardedness", "accept", "x-request-id"] {
