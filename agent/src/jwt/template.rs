@@ -111,7 +111,9 @@ impl PayloadTemplate {
     /// Whether two tokens rendered in the same second may differ: only `{{uuid}}` makes them
     /// (the clock is read in whole seconds, and a running agent's environment does not change).
     pub fn differs_within_a_second(&self) -> bool {
-        self.fields.iter().any(|(_, node)| node.has_uuid())
+        self.templates()
+            .iter()
+            .any(|(_, expr)| **expr == Expr::Uuid)
     }
 
     /// A [`TemplateError::MissingEnv`] per `{{env.NAME}}` whose variable `env` lacks: checked
@@ -119,10 +121,29 @@ impl PayloadTemplate {
     /// call (a running agent's environment does not change).
     pub fn missing_env(&self, env: &dyn Fn(&str) -> Option<String>) -> Vec<TemplateError> {
         let mut missing = Vec::new();
-        for (_, node) in &self.fields {
-            node.missing_env(env, &mut missing);
+        for (path, expr) in self.templates() {
+            if let Expr::Env(name) = expr
+                && env(name).is_none()
+            {
+                let error = TemplateError::MissingEnv {
+                    path: path.to_owned(),
+                    name: name.clone(),
+                };
+                if !missing.contains(&error) {
+                    missing.push(error);
+                }
+            }
         }
         missing
+    }
+
+    /// Every template in the payload with the path of the string holding it, in payload order.
+    fn templates(&self) -> Vec<(&str, &Expr)> {
+        let mut found = Vec::new();
+        for (_, node) in &self.fields {
+            node.collect_templates(&mut found);
+        }
+        found
     }
 
     /// Whether the top-level payload sets this claim (e.g. "exp").
@@ -132,50 +153,19 @@ impl PayloadTemplate {
 }
 
 impl Node {
-    fn missing_env(&self, env: &dyn Fn(&str) -> Option<String>, out: &mut Vec<TemplateError>) {
-        let mut check = |path: &str, expr: &Expr| {
-            if let Expr::Env(name) = expr
-                && env(name).is_none()
-            {
-                let error = TemplateError::MissingEnv {
-                    path: path.to_owned(),
-                    name: name.clone(),
-                };
-                if !out.contains(&error) {
-                    out.push(error);
-                }
-            }
-        };
+    fn collect_templates<'a>(&'a self, found: &mut Vec<(&'a str, &'a Expr)>) {
         match self {
             Node::Plain(_) => {}
-            Node::Object(fields) => fields.iter().for_each(|(_, n)| n.missing_env(env, out)),
-            Node::Array(items) => items.iter().for_each(|n| n.missing_env(env, out)),
-            Node::Whole { path, expr, .. } => check(path, expr),
+            Node::Object(fields) => fields.iter().for_each(|(_, n)| n.collect_templates(found)),
+            Node::Array(items) => items.iter().for_each(|n| n.collect_templates(found)),
+            Node::Whole { path, expr, .. } => found.push((path, expr)),
             Node::Text { path, pieces } => {
                 for piece in pieces {
                     if let Piece::Template { expr, .. } = piece {
-                        check(path, expr);
+                        found.push((path, expr));
                     }
                 }
             }
-        }
-    }
-
-    fn has_uuid(&self) -> bool {
-        match self {
-            Node::Plain(_) => false,
-            Node::Object(fields) => fields.iter().any(|(_, node)| node.has_uuid()),
-            Node::Array(items) => items.iter().any(Node::has_uuid),
-            Node::Whole { expr, .. } => *expr == Expr::Uuid,
-            Node::Text { pieces, .. } => pieces.iter().any(|p| {
-                matches!(
-                    p,
-                    Piece::Template {
-                        expr: Expr::Uuid,
-                        ..
-                    }
-                )
-            }),
         }
     }
 }
