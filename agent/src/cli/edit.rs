@@ -2,7 +2,6 @@
 //! Edits keep the file's comments and layout (toml_edit), are validated whole before
 //! they are written, and are written atomically with mode 0600 and the file's owner kept.
 
-use std::io::{IsTerminal, Read};
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
@@ -278,26 +277,10 @@ fn mask(table: &mut dyn TableLike) {
 
 /// `token set`: from `--token-file`, else stdin (a prompt on a terminal).
 pub(crate) fn set_token(path: &Path, token_file: Option<&Path>) -> Result<()> {
-    let text = match token_file {
-        Some(file) => {
-            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?
-        }
-        None if std::io::stdin().is_terminal() => {
-            rpassword::prompt_password("New access token (pst_…): ")?
-        }
-        None => {
-            let mut text = String::new();
-            std::io::stdin().read_to_string(&mut text)?;
-            text
-        }
-    };
-    if text.trim().is_empty() {
-        bail!(
-            "no access token given: pass --token-file FILE, give it on stdin, or run `postern token set` on a terminal to be asked for it"
-        );
-    }
-    let token = SecretToken::parse(SecretKind::AgentToken, text.trim())
-        .context("the new token is not valid")?;
+    let text =
+        super::init::read_token(token_file, None, "New access token (pst_…): ", "token set")?;
+    let token =
+        SecretToken::parse(SecretKind::AgentToken, &text).context("the new token is not valid")?;
     let mut doc = load(path)?;
     let next_step = "run `postern reload` (or `systemctl reload postern-agent`) to use it";
     if let Some(env) = doc.get("token_env").and_then(Item::as_str) {

@@ -1,5 +1,5 @@
 //! `postern init`: writes a validated config (0600) with the token read from a
-//! file, `POSTERN_TOKEN` or a prompt — never from an argument.
+//! file, `POSTERN_TOKEN` or a prompt, never from an argument; `token set` reads its own here.
 
 use std::io::{IsTerminal, Read};
 use std::os::unix::fs::DirBuilderExt;
@@ -10,24 +10,37 @@ use postern_protocol::{SecretKind, SecretToken};
 
 use crate::config::{self, AgentConfig};
 
-fn read_token(token_file: Option<&Path>) -> Result<String> {
-    if let Some(file) = token_file {
-        return Ok(std::fs::read_to_string(file)
-            .with_context(|| format!("reading {}", file.display()))?
-            .trim()
-            .to_owned());
+/// The access token, trimmed: from `file`, else the variable `var` (`init`'s
+/// `POSTERN_TOKEN`), else a prompt on a terminal, else stdin; never from an argument.
+/// `command` is named in the error when none was given.
+pub(super) fn read_token(
+    file: Option<&Path>,
+    var: Option<&str>,
+    prompt: &str,
+    command: &str,
+) -> Result<String> {
+    let given = if let Some(file) = file {
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?
+    } else if let Some(token) = var.and_then(|var| std::env::var(var).ok()) {
+        token
+    } else if std::io::stdin().is_terminal() {
+        rpassword::prompt_password(prompt)?
+    } else {
+        let mut text = String::new();
+        std::io::stdin().read_to_string(&mut text)?;
+        text
+    };
+    let given = given.trim();
+    if given.is_empty() {
+        let other = match var {
+            Some(var) => format!("set {var}"),
+            None => "give it on stdin".to_owned(),
+        };
+        bail!(
+            "no access token given: pass --token-file FILE, {other}, or run `postern {command}` on a terminal to be asked for it"
+        );
     }
-    if let Ok(token) = std::env::var("POSTERN_TOKEN") {
-        return Ok(token.trim().to_owned());
-    }
-    if std::io::stdin().is_terminal() {
-        return Ok(rpassword::prompt_password("Access token (pst_…): ")?
-            .trim()
-            .to_owned());
-    }
-    let mut text = String::new();
-    std::io::stdin().read_to_string(&mut text)?;
-    Ok(text.trim().to_owned())
+    Ok(given.to_owned())
 }
 
 pub(crate) fn init(
@@ -47,12 +60,12 @@ pub(crate) fn init(
     if let Some(problem) = config::relay_problem(relay) {
         bail!("--{problem}");
     }
-    let given = read_token(token_file)?;
-    if given.is_empty() {
-        bail!(
-            "no access token given: pass --token-file FILE, set POSTERN_TOKEN, or run `postern init` on a terminal to be asked for it"
-        );
-    }
+    let given = read_token(
+        token_file,
+        Some("POSTERN_TOKEN"),
+        "Access token (pst_…): ",
+        "init",
+    )?;
     let token = SecretToken::parse(SecretKind::AgentToken, &given)
         .context("the access token is not valid")?;
     let text = format!(
