@@ -151,7 +151,8 @@ impl ChannelPool {
         None
     }
 
-    /// Closes the channels idle for `timeout` or longer.
+    /// Closes the channels idle for `timeout` or longer, and those that ended or were
+    /// written to while idle.
     pub fn close_idle(&self, timeout: Duration) {
         let now = Instant::now();
         let mut closed = Vec::new();
@@ -163,6 +164,10 @@ impl ChannelPool {
                 .take_while(|i| now.duration_since(i.since) >= timeout)
                 .count();
             closed.extend(list.drain(..stale));
+            // An answer with no request is a broken (or hostile) agent, and what it sent
+            // sits in the channel's queue, up to a whole window, until someone reads it:
+            // reading now ends such a channel, and frees that, within a sweep.
+            closed.extend(list.extract_if(.., |i| !i.conn.reusable()));
         }
         idle.retain(|_, list| !list.is_empty());
         drop(idle);

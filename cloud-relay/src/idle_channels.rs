@@ -1,5 +1,5 @@
-//! Closes pooled call channels left idle past `idle_channel_timeout`, in every live
-//! session, so a burst of calls does not keep its channels open for the session's life.
+//! Closes pooled call channels left idle past `idle_channel_timeout`, or ended or written
+//! to while idle, in every live session: a burst of calls does not keep them for life.
 
 use std::sync::Arc;
 use std::time::Duration;

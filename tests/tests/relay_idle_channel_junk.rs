@@ -1,0 +1,106 @@
+//! An agent that writes on a pooled channel while no call is on it (an answer to no
+//! request) has that channel closed by the relay within a sweep, not after the idle
+//! timeout: what it sent is not held for 90 s. Healthy idle channels stay pooled.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use postern_protocol::control::RelayMessage;
+use postern_tests::relay_support::{HandDriven, RelayWorld, say_hello, ssh_login_as};
+use russh::ChannelMsg;
+use russh::client::Msg;
+use tokio::sync::mpsc::UnboundedReceiver;
+
+type Channel = russh::Channel<Msg>;
+
+/// Reads one request head from `channel` and answers it `200 ok`.
+async fn answer(channel: &mut Channel) -> Result<()> {
+    let mut head = Vec::new();
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match tokio::time::timeout(Duration::from_secs(5), channel.wait()).await? {
+            Some(ChannelMsg::Data { data }) => head.extend_from_slice(&data),
+            Some(_) => {}
+            None => bail!("the channel ended before a request came"),
+        }
+    }
+    channel
+        .data(&b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"[..])
+        .await?;
+    Ok(())
+}
+
+/// Whether the relay closes `channel` within `limit`.
+async fn closed_within(channel: &mut Channel, limit: Duration) -> bool {
+    tokio::time::timeout(limit, async {
+        while let Some(msg) = channel.wait().await {
+            if matches!(msg, ChannelMsg::Close) {
+                return;
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+async fn next_channel(opened: &mut UnboundedReceiver<Channel>) -> Result<Channel> {
+    tokio::time::timeout(Duration::from_secs(5), opened.recv())
+        .await
+        .context("the relay opened no channel within 5 s")?
+        .context("the session ended")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_channel_written_to_while_idle_is_closed_within_a_sweep() -> Result<()> {
+    let w = RelayWorld::start(postern_tests::bins!()).await?;
+    let token = w.create_agent("rogue").await?;
+    let (opened_tx, mut opened) = tokio::sync::mpsc::unbounded_channel();
+    let handler = HandDriven {
+        late_confirm: Some((Duration::ZERO, opened_tx)),
+    };
+    let (ssh, accepted) = ssh_login_as(w.relay.ssh, &token, handler).await?;
+    anyhow::ensure!(accepted, "the token was refused");
+    ssh.tcpip_forward(postern_protocol::version::FORWARD_ADDRESS, 0)
+        .await?;
+    let (welcome, _control) = say_hello(ssh.channel_open_session().await?, &["orders"]).await?;
+    anyhow::ensure!(
+        matches!(welcome, RelayMessage::Welcome { .. }),
+        "the hello was answered {welcome:?}"
+    );
+
+    let call = || {
+        let api = w.admin.clone();
+        tokio::spawn(async move {
+            let url = format!("{}/v1/agents/rogue/connections/orders/http/x", api.base);
+            let answer = api.http.get(url).bearer_auth(&api.key).send().await?;
+            anyhow::Ok((answer.status().as_u16(), answer.text().await?))
+        })
+    };
+    // Two calls at once leave two channels in the pool.
+    let (first, second) = (call(), call());
+    let mut junk = next_channel(&mut opened).await?;
+    let mut healthy = next_channel(&mut opened).await?;
+    answer(&mut junk).await?;
+    answer(&mut healthy).await?;
+    for done in [first, second] {
+        assert_eq!(done.await??, (200, "ok".to_owned()));
+    }
+
+    junk.data(&vec![b'x'; 1 << 20][..]).await?;
+    assert!(
+        closed_within(&mut junk, Duration::from_secs(5)).await,
+        "the relay kept a channel that answered no request (idle_channel_timeout is 90 s)"
+    );
+    assert!(
+        !closed_within(&mut healthy, Duration::from_millis(1500)).await,
+        "the relay closed a healthy idle channel"
+    );
+    // The next call goes on the healthy channel; no new one is opened.
+    let third = call();
+    answer(&mut healthy).await?;
+    assert_eq!(third.await??, (200, "ok".to_owned()));
+    assert!(
+        opened.try_recv().is_err(),
+        "the relay opened another channel"
+    );
+    Ok(())
+}
