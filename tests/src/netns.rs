@@ -135,8 +135,8 @@ impl Topology {
         let script = format!(
             "import socket,sys\ns=socket.socket()\ns.settimeout(2)\ntry:\n s.connect(('{addr}',{port}))\nexcept Exception:\n sys.exit(1)"
         );
-        Command::new("ip")
-            .args(["netns", "exec", ns, "python3", "-c", &script])
+        crate::harness::command_in(Some(ns), std::path::Path::new("python3"))
+            .args(["-c", &script])
             .status()
             .is_ok_and(|s| s.success())
     }

@@ -1,15 +1,17 @@
 //! Behind a real firewall: the relay in a *cloud* namespace, the agent and an
 //! internal server in an *on-prem* namespace that accepts no inbound connections.
 
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use postern_tests::harness::{
-    AgentProcess, Bins, RelayProcess, agent_config, create_agent, create_api_key,
+    AgentProcess, Bins, RelayProcess, agent_config, command_in, create_agent, create_api_key,
 };
 use postern_tests::keys;
 use postern_tests::netns::{self, CLOUD_ADDR, ONPREM_ADDR, Topology};
+use postern_tests::pki::KillOnDrop;
 use postern_tests::temp::TempDir;
 
 const INTERNAL_PORT: u16 = 8000;
@@ -39,34 +41,14 @@ class H(http.server.BaseHTTPRequestHandler):
 http.server.ThreadingHTTPServer(("0.0.0.0", int(sys.argv[2])), H).serve_forever()
 "#;
 
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn bins() -> Bins {
     postern_tests::bins!()
 }
 
 /// `curl` inside the cloud namespace, as the integration platform would call the relay.
 fn curl_in(ns: &str, key: &str, path: &str) -> Result<(u16, String)> {
-    let out = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            ns,
-            "curl",
-            "-s",
-            "--max-time",
-            "20",
-            "-w",
-            "\n%{http_code}",
-            "-H",
-        ])
+    let out = command_in(Some(ns), Path::new("curl"))
+        .args(["-s", "--max-time", "20", "-w", "\n%{http_code}", "-H"])
         .arg(format!("Authorization: Bearer {key}"))
         .arg(format!("http://{API}{path}"))
         .output()
@@ -105,15 +87,8 @@ fn calls_cross_a_firewall_that_admits_only_outbound_connections() -> Result<()> 
     let public = dir.write_private("orders.pub", &key.public_pem)?;
     dir.write_private("orders.pem", &key.private_pem)?;
     let _internal = KillOnDrop(
-        Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &topo.onprem,
-                "python3",
-                "-c",
-                INTERNAL_SERVER,
-            ])
+        command_in(Some(&topo.onprem), Path::new("python3"))
+            .args(["-c", INTERNAL_SERVER])
             .arg(&public)
             .arg(INTERNAL_PORT.to_string())
             .stdout(Stdio::null())

@@ -3,12 +3,13 @@
 //! Needs an address that is not loopback, so it runs in network namespaces (root).
 
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use postern_relay::ssh_server::{AUTH_TIMEOUT, MAX_UNAUTHENTICATED_PER_ADDRESS};
-use postern_tests::harness::{Bins, RelayProcess};
+use postern_tests::harness::{Bins, RelayProcess, command_in};
 use postern_tests::netns::{self, CLOUD_ADDR, Topology};
 use postern_tests::temp::TempDir;
 
@@ -36,8 +37,8 @@ sys.stdin.read()
 "#;
 
 fn peers(topo: &Topology, n: usize) -> Result<(std::process::Child, Vec<String>)> {
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", &topo.onprem, "python3", "-c", SILENT_PEERS])
+    let mut child = command_in(Some(&topo.onprem), Path::new("python3"))
+        .args(["-c", SILENT_PEERS])
         .args([CLOUD_ADDR, &SSH_PORT.to_string(), &n.to_string()])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -80,8 +81,8 @@ fn one_address_gets_a_share_of_the_handshakes_and_silent_ones_get_it_refused() -
     assert_eq!(count(&seen, "closed"), 10, "{seen:?}");
 
     // The relay's own loopback is not that address: still served.
-    let local = Command::new("ip")
-        .args(["netns", "exec", &topo.cloud, "python3", "-c", SILENT_PEERS])
+    let local = command_in(Some(&topo.cloud), Path::new("python3"))
+        .args(["-c", SILENT_PEERS])
         .args(["127.0.0.1", &SSH_PORT.to_string(), "1"])
         .stdin(Stdio::null())
         .output()?;
