@@ -308,20 +308,28 @@ fn terminate(child: &mut Child) -> Result<std::process::ExitStatus> {
     bail!("process did not exit within 40 s of SIGTERM")
 }
 
+/// `postern-relay <args>` with stdin closed, for a test to redirect and run.
+pub fn relay_cli_command(bins: &Bins, args: &[&str]) -> Command {
+    let mut command = Command::new(&bins.relay);
+    command.args(args).stdin(Stdio::null());
+    command
+}
+
+/// Runs `postern-relay <args>`; its output whatever the exit, since tests look at
+/// failures too.
+pub fn relay_cli_output(bins: &Bins, args: &[&str]) -> Result<std::process::Output> {
+    relay_cli_command(bins, args)
+        .output()
+        .with_context(|| format!("running postern-relay {args:?}"))
+}
+
 /// Runs a relay CLI command and returns its stdout; fails on a non-zero exit.
 pub fn relay_cli(bins: &Bins, args: &[&str]) -> Result<String> {
-    let out = Command::new(&bins.relay)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .context("running the relay CLI")?;
+    let out = relay_cli_output(bins, args)?;
     if !out.status.success() {
-        bail!(
-            "postern-relay {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        bail!("postern-relay {args:?} failed: {}", stderr(&out));
     }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    Ok(stdout(&out))
 }
 
 /// `postern <args> --config <config>` with stdin closed, for a test to give an
@@ -344,6 +352,47 @@ pub fn agent_cli(bins: &Bins, config: &Path, args: &[&str]) -> Result<std::proce
         .with_context(|| format!("running postern {args:?}"))
 }
 
+/// `postern status --json --config <config>`, parsed whatever the exit (non-zero while
+/// the tunnel is down).
+pub fn status_json(bins: &Bins, config: &Path) -> Result<serde_json::Value> {
+    let out = agent_cli(bins, config, &["status", "--json"])?;
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+/// Runs `postern init --relay <relay> --fingerprint` [`OFFLINE_FINGERPRINT`] for
+/// `config`, with `token` as `POSTERN_TOKEN`; its output whatever the exit.
+pub fn offline_init(
+    bins: &Bins,
+    config: &Path,
+    relay: &str,
+    token: &str,
+) -> Result<std::process::Output> {
+    agent_command(
+        bins,
+        config,
+        &[
+            "init",
+            "--relay",
+            relay,
+            "--fingerprint",
+            OFFLINE_FINGERPRINT,
+        ],
+    )
+    .env("POSTERN_TOKEN", token)
+    .output()
+    .context("running postern init")
+}
+
+/// A command's stdout, as text.
+pub fn stdout(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A command's stderr, as text.
+pub fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 /// A command's stdout then its stderr, as one text.
 pub fn output_text(out: &std::process::Output) -> String {
     format!(
@@ -363,11 +412,15 @@ pub fn unknown_token() -> String {
     .to_owned()
 }
 
-/// An agent config for commands that run without a relay: `relay`, a fingerprint of the
-/// right form, an [`unknown_token`], then `rest`.
+/// A relay fingerprint of the right form that no relay has, for commands that run
+/// without a relay.
+pub const OFFLINE_FINGERPRINT: &str = "SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU";
+
+/// An agent config for commands that run without a relay: `relay`,
+/// [`OFFLINE_FINGERPRINT`], an [`unknown_token`], then `rest`.
 pub fn offline_agent_config(relay: &str, rest: &str) -> String {
     format!(
-        "relay = \"{relay}\"\nrelay_fingerprint = \"SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU\"\ntoken = \"{}\"\n{rest}",
+        "relay = \"{relay}\"\nrelay_fingerprint = \"{OFFLINE_FINGERPRINT}\"\ntoken = \"{}\"\n{rest}",
         unknown_token()
     )
 }

@@ -5,15 +5,13 @@ use std::path::Path;
 use std::process::Output;
 
 use anyhow::Result;
-use postern_tests::harness::{Bins, agent_cli, offline_agent_config, output_text};
+use postern_tests::harness::{
+    Bins, agent_cli, offline_agent_config, offline_init, output_text, stderr, unknown_token,
+};
 use postern_tests::temp::TempDir;
 
 fn bins() -> Bins {
     postern_tests::bins!()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 #[test]
@@ -100,19 +98,7 @@ fn init_with_a_port_out_of_range_says_so() -> Result<()> {
         "relay.example.com:0",
         "[::1]:123456789012345678901",
     ] {
-        let out = postern_tests::harness::agent_command(
-            &bins(),
-            &config,
-            &[
-                "init",
-                "--relay",
-                relay,
-                "--fingerprint",
-                "SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU",
-            ],
-        )
-        .env("POSTERN_TOKEN", postern_tests::harness::unknown_token())
-        .output()?;
+        let out = offline_init(&bins(), &config, relay, &unknown_token())?;
         assert_eq!(out.status.code(), Some(1), "{relay}: {}", output_text(&out));
         assert!(
             stderr(&out).contains("is out of range (1–65535)"),
@@ -149,7 +135,7 @@ fn token_set_as_root_replaces_only_the_config_owners_files() -> Result<()> {
     std::fs::write(&own, "old\n")?;
     chown(&own, Some(SERVICE), Some(SERVICE))?;
     std::os::unix::fs::symlink(&own, d.join("own-link"))?;
-    let new_token = postern_tests::harness::unknown_token();
+    let new_token = unknown_token();
 
     let token_set = |token_file: &str| -> Result<Output> {
         let config = dir.write_private(

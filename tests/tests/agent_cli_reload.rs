@@ -7,20 +7,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 use postern_tests::harness::{
-    AgentProcess, Bins, agent_cli, offline_agent_config, output_text, signal,
+    AgentProcess, Bins, agent_cli, offline_agent_config, output_text, signal, stderr, stdout,
 };
 use postern_tests::temp::TempDir;
 
 fn bins() -> Bins {
     postern_tests::bins!()
-}
-
-fn stderr(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn stdout(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Starts `postern run --config config` and waits until its status socket answers.

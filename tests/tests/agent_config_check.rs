@@ -4,7 +4,9 @@
 use std::path::Path;
 
 use anyhow::Result;
-use postern_tests::harness::{Bins, agent_cli, offline_agent_config, output_text, unknown_token};
+use postern_tests::harness::{
+    Bins, OFFLINE_FINGERPRINT, agent_cli, offline_agent_config, output_text, unknown_token,
+};
 use postern_tests::pki;
 use postern_tests::temp::TempDir;
 
@@ -22,8 +24,7 @@ fn run(config: &Path, args: &[&str]) -> Result<(Option<i32>, String)> {
 fn toml_errors_give_line_and_column_and_never_the_token() -> Result<()> {
     let dir = TempDir::new("cfgcheck-leak")?;
     let token = unknown_token();
-    let fingerprint = "SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU";
-    let head = format!("relay = \"127.0.0.1:1\"\nrelay_fingerprint = \"{fingerprint}\"\n");
+    let head = format!("relay = \"127.0.0.1:1\"\nrelay_fingerprint = \"{OFFLINE_FINGERPRINT}\"\n");
     // The token's body: what must not show, even without its `pst_` prefix.
     let body = &token[4..];
     for (name, text, secret, position) in [

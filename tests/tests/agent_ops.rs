@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use postern_tests::harness::{
     AgentProcess, Api, Bins, RelayProcess, agent_cli, create_agent, create_api_key, free_port,
-    output_text, signal, wait_port,
+    output_text, signal, status_json, wait_port,
 };
 use postern_tests::internal_server::{InternalServer, Verifier};
 use postern_tests::pki::KillOnDrop;
@@ -256,11 +256,6 @@ fn status(bins: &Bins, config: &std::path::Path, json: bool) -> Result<(Option<i
     };
     let out = agent_cli(bins, config, args)?;
     Ok((out.status.code(), output_text(&out)))
-}
-
-fn status_json(bins: &Bins, config: &std::path::Path) -> Result<serde_json::Value> {
-    let out = agent_cli(bins, config, &["status", "--json"])?;
-    Ok(serde_json::from_slice(&out.stdout)?)
 }
 
 #[tokio::test(flavor = "multi_thread")]

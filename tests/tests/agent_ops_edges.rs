@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use postern_tests::harness::{
-    AgentProcess, agent_cli, agent_command, agent_config, is_root, output_text, signal,
+    AgentProcess, agent_cli, agent_command, agent_config, is_root, offline_init, output_text,
+    signal, unknown_token,
 };
 use postern_tests::relay_support::{RelayWorld, eventually, send};
 use reqwest::Method;
@@ -590,11 +591,12 @@ fn init_as_root_gives_a_new_config_to_its_folders_owner() -> Result<()> {
         return Ok(());
     }
     let init = |config: &Path| -> Result<(u32, u32, u32)> {
-        let out = agent_command(&postern_tests::bins!(), config, &["init"])
-            .args(["--relay", "127.0.0.1:2222", "--fingerprint"])
-            .arg("SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU")
-            .env("POSTERN_TOKEN", postern_tests::harness::unknown_token())
-            .output()?;
+        let out = offline_init(
+            &postern_tests::bins!(),
+            config,
+            "127.0.0.1:2222",
+            &unknown_token(),
+        )?;
         anyhow::ensure!(out.status.success(), "{}", output_text(&out));
         owner_mode(config)
     };

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use postern_tests::harness::{
-    AgentProcess, Bins, agent_cli, agent_command, agent_config, output_text, signal,
+    AgentProcess, Bins, agent_cli, agent_command, agent_config, output_text, signal, status_json,
 };
 use postern_tests::relay_support::{RelayWorld, sample, scrape, send};
 use reqwest::Method;
@@ -69,11 +69,6 @@ impl World {
 fn reload(bins: &Bins, config: &Path) -> Result<(Option<i32>, String)> {
     let out = agent_cli(bins, config, &["reload"])?;
     Ok((out.status.code(), output_text(&out)))
-}
-
-fn status_json(bins: &Bins, config: &Path) -> Result<serde_json::Value> {
-    let out = agent_cli(bins, config, &["status", "--json"])?;
-    Ok(serde_json::from_slice(&out.stdout)?)
 }
 
 #[tokio::test(flavor = "multi_thread")]

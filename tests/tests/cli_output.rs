@@ -4,13 +4,13 @@
 //! of a folder without a store.
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use postern_tests::harness::{
     AgentProcess, Bins, Tunnel, agent_cli, agent_command, agent_config, create_agent,
-    offline_agent_config, relay_cli, unknown_token,
+    offline_agent_config, offline_init, relay_cli, relay_cli_output, stderr, unknown_token,
 };
 use postern_tests::temp::TempDir;
 
@@ -20,10 +20,6 @@ fn bins() -> Bins {
 
 /// Shaped like `postern-relay fingerprint` output, but no relay's.
 const OTHER_FINGERPRINT: &str = "SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
 
 /// Runs the command with stdout a pipe whose read end is closed before it writes
 /// (`| head -1` that has already read its line), several times since it is a race;
@@ -86,27 +82,29 @@ fn agent_commands_into_a_closed_pipe_do_not_panic() -> Result<()> {
 #[test]
 fn a_malformed_fingerprint_is_refused_at_init_and_check() -> Result<()> {
     let dir = TempDir::new("cliout-fp")?;
-    let agent = bins().agent;
     let path = dir.path().join("agent.toml");
-    let config = path.to_string_lossy();
+    let init = |fingerprint: &str| {
+        agent_command(
+            &bins(),
+            &path,
+            &[
+                "init",
+                "--relay",
+                "relay.example.com:2222",
+                "--fingerprint",
+                fingerprint,
+            ],
+        )
+        .env("POSTERN_TOKEN", unknown_token())
+        .output()
+    };
     for bad in [
         "SHA256:nope",
         "SHA256:",
         "sha256:x",
         "SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
     ] {
-        let out = Command::new(&agent)
-            .args([
-                "init",
-                "--relay",
-                "relay.example.com:2222",
-                "--fingerprint",
-                bad,
-            ])
-            .args(["--config", &config])
-            .env("POSTERN_TOKEN", unknown_token())
-            .stdin(Stdio::null())
-            .output()?;
+        let out = init(bad)?;
         let said = stderr(&out);
         assert!(!out.status.success(), "{bad} was taken");
         assert!(!path.exists(), "{bad}: the config was written");
@@ -116,12 +114,7 @@ fn a_malformed_fingerprint_is_refused_at_init_and_check() -> Result<()> {
         );
     }
 
-    let out = Command::new(&agent)
-        .args(["init", "--relay", "relay.example.com:2222"])
-        .args(["--fingerprint", OTHER_FINGERPRINT, "--config", &config])
-        .env("POSTERN_TOKEN", unknown_token())
-        .stdin(Stdio::null())
-        .output()?;
+    let out = init(OTHER_FINGERPRINT)?;
     assert!(out.status.success(), "{}", stderr(&out));
     let written = std::fs::read_to_string(&path)?;
     assert!(
@@ -320,10 +313,7 @@ fn relay_management_commands_refuse_a_folder_without_a_store() -> Result<()> {
         vec!["agent", "list", "--state-dir", &state],
         vec!["apikey", "create", "k", "--state-dir", &state],
     ] {
-        let out = Command::new(&bins.relay)
-            .args(&args)
-            .stdin(Stdio::null())
-            .output()?;
+        let out = relay_cli_output(&bins, &args)?;
         assert_eq!(out.status.code(), Some(1), "{args:?}");
         assert!(
             stderr(&out).contains(&format!("no relay store at {state}/relay.db")),
@@ -466,11 +456,7 @@ fn edits_from_a_shell_without_the_services_environment() -> Result<()> {
     assert!(shown.starts_with("[connections.billing]\n"), "{shown}");
     assert!(shown.contains("[connections.billing.auth]\n"), "{shown}");
 
-    let init = agent_command(&bins, &dir.path().join("new.toml"), &["init"])
-        .args(["--relay", "127.0.0.1:2222", "--fingerprint"])
-        .arg("SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU")
-        .env("POSTERN_TOKEN", "")
-        .output()?;
+    let init = offline_init(&bins, &dir.path().join("new.toml"), "127.0.0.1:2222", "")?;
     assert_eq!(init.status.code(), Some(1));
     assert!(
         stderr(&init).contains("no access token given"),

@@ -5,7 +5,7 @@
 use std::process::{Command, Output, Stdio};
 
 use anyhow::{Context, Result};
-use postern_tests::harness::{Bins, output_text};
+use postern_tests::harness::{Bins, output_text, relay_cli_output};
 
 fn bins() -> Bins {
     postern_tests::bins!()
@@ -60,13 +60,7 @@ fn usage_errors_exit_64_and_help_exits_0() -> Result<()> {
 
 #[test]
 fn the_relay_cli_exits_64_on_usage_errors_too() -> Result<()> {
-    let relay = |args: &[&str]| {
-        Command::new(bins().relay)
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .with_context(|| format!("running postern-relay {args:?}"))
-    };
+    let relay = |args: &[&str]| relay_cli_output(&bins(), args);
     for args in [
         &["agent", "list", "--jsn"][..],
         &["serve", "--no-such"][..],

@@ -6,7 +6,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use postern_tests::harness::Bins;
+use postern_tests::harness::{Bins, relay_cli_command};
 use postern_tests::relay_support::relay_command;
 use postern_tests::temp::TempDir;
 
@@ -62,8 +62,8 @@ fn serve_refuses_a_zero_call_timeout_and_exits() -> Result<()> {
 fn fingerprint_of_a_missing_state_folder_fails_and_creates_nothing() -> Result<()> {
     let dir = TempDir::new("config-bounds")?;
     let missing = dir.path().join("typo");
-    let mut command = Command::new(bins().relay);
-    command.args(["fingerprint", "--state-dir"]).arg(&missing);
+    let mut command = relay_cli_command(&bins(), &["fingerprint", "--state-dir"]);
+    command.arg(&missing);
     let output = run_for_at_most(command, Duration::from_secs(20))?;
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "fingerprint succeeded: {stderr}");
@@ -77,8 +77,8 @@ fn fingerprint_of_a_missing_state_folder_fails_and_creates_nothing() -> Result<(
     // An existing folder without a key is no better: fingerprint makes no identity.
     let empty = dir.path().join("empty");
     std::fs::create_dir(&empty)?;
-    let mut command = Command::new(bins().relay);
-    command.args(["fingerprint", "--state-dir"]).arg(&empty);
+    let mut command = relay_cli_command(&bins(), &["fingerprint", "--state-dir"]);
+    command.arg(&empty);
     let output = run_for_at_most(command, Duration::from_secs(20))?;
     assert!(!output.status.success());
     assert_eq!(

@@ -2,11 +2,11 @@
 //! algorithms checked by PyJWT and node's jose, `jwt decode`, `connection list` and `test`.
 
 use std::io::Write;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result, bail};
 use base64::Engine;
-use postern_tests::harness::{Bins, agent_cli, agent_command, offline_agent_config};
+use postern_tests::harness::{Bins, agent_cli, agent_command, offline_agent_config, stdout};
 use postern_tests::internal_server::{InternalServer, Verifier};
 use postern_tests::pki::{ec256, openssl, rsa_forms};
 use postern_tests::temp::TempDir;
@@ -17,10 +17,6 @@ const HMAC_TEXT: &str = "a-shared-secret-that-is-long-enough-for-hs384-signing-0
 
 fn bins() -> Bins {
     postern_tests::bins!()
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Every key form, made by openssl: files in `dir`, mode 0600 where they are secret.

@@ -2,7 +2,7 @@
 //! would make a retried `DELETE /v1/agents/{id}` revoke a second, different agent.
 
 use anyhow::Result;
-use postern_tests::harness::Bins;
+use postern_tests::harness::{Bins, relay_cli_output};
 use postern_tests::relay_support::{RelayWorld, send};
 use reqwest::Method;
 use serde_json::json;
@@ -46,11 +46,8 @@ async fn a_name_shaped_like_an_id_is_refused_and_a_retried_revoke_hits_nothing()
     assert_eq!(retry.code(), "agent_not_found");
 
     // The CLI refuses the same, and creates nothing.
-    let dir = w.state_dir();
-    let out = std::process::Command::new(&w.bins.relay)
-        .args(["agent", "create", &id, "--state-dir"])
-        .arg(&dir)
-        .output()?;
+    let dir = w.state_dir().to_string_lossy().into_owned();
+    let out = relay_cli_output(&w.bins, &["agent", "create", &id, "--state-dir", &dir])?;
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("kept for agent ids"), "{stderr}");

@@ -1,26 +1,12 @@
 //! The relay's command line says each cause of a failure once: a missing config file's
 //! OS error, a config's TOML error block, SQLite's complaint about a store.
 
-use std::process::{Command, Stdio};
-
 use anyhow::Result;
-use postern_tests::harness::Bins;
+use postern_tests::harness::{Bins, relay_cli_output, stderr};
 use postern_tests::temp::TempDir;
 
 fn bins() -> Bins {
     postern_tests::bins!()
-}
-
-/// The relay run with `args`: its exit code and stderr.
-fn relay(args: &[&str]) -> Result<(Option<i32>, String)> {
-    let out = Command::new(bins().relay)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()?;
-    Ok((
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    ))
 }
 
 #[test]
@@ -50,10 +36,11 @@ fn each_cause_is_said_once() -> Result<()> {
             &["file is not a database"],
         ),
     ] {
-        let (code, stderr) = relay(args)?;
-        assert_eq!(code, Some(1), "{args:?}: {stderr}");
+        let out = relay_cli_output(&bins(), args)?;
+        let said = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {said}");
         for text in once {
-            assert_eq!(stderr.matches(text).count(), 1, "{text:?} in {stderr}");
+            assert_eq!(said.matches(text).count(), 1, "{text:?} in {said}");
         }
     }
     Ok(())

@@ -2,10 +2,10 @@
 //! cannot be shown (a full disk, a reader that went away) nothing is created or rotated:
 //! the command fails, a re-run with the same name works, and the old token still does.
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use anyhow::Result;
-use postern_tests::harness::{Bins, relay_cli};
+use postern_tests::harness::{Bins, relay_cli, relay_cli_command, stderr};
 use postern_tests::relay_support::{RelayWorld, send, ssh_login};
 use reqwest::Method;
 
@@ -33,17 +33,12 @@ impl Out {
 }
 
 fn run_into(w: &RelayWorld, out: &Out, args: &[&str]) -> Result<(Option<i32>, String)> {
-    let output = Command::new(&w.bins.relay)
-        .args(args)
+    let output = relay_cli_command(&w.bins, args)
         .arg("--state-dir")
         .arg(w.state_dir())
-        .stdin(Stdio::null())
         .stdout(out.stdio()?)
         .output()?;
-    Ok((
-        output.status.code(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    ))
+    Ok((output.status.code(), stderr(&output)))
 }
 
 #[tokio::test(flavor = "multi_thread")]
