@@ -6,6 +6,7 @@ mod edit;
 mod init;
 mod jwt;
 mod out;
+mod pinned_folder;
 mod run;
 mod service;
 mod status;

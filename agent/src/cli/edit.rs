@@ -9,6 +9,7 @@ use postern_protocol::{SecretKind, SecretToken};
 use toml_edit::{DocumentMut, InlineTable, Item, Table, TableLike, value};
 
 use super::out;
+use super::pinned_folder::PinnedFolder;
 use crate::config::{AgentConfig, ConfigError, ConfigFile};
 
 /// What `connection add` was asked for.
@@ -297,8 +298,19 @@ pub(crate) fn set_token(path: &Path, token_file: Option<&Path>) -> Result<()> {
         let named = base.join(file);
         // A symlink (to a secrets folder, say) keeps pointing where it did.
         let target = std::fs::canonicalize(&named).unwrap_or(named);
-        check_token_file_owner(path, &target)?;
-        crate::config::write_private(&target, &format!("{}\n", token.expose()))
+        let (folder, name) = match (target.parent(), target.file_name()) {
+            (Some(folder), Some(name)) => (folder, name),
+            _ => bail!("token_file {} names no file", target.display()),
+        };
+        let folder = if folder.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            folder
+        };
+        let pinned =
+            PinnedFolder::open(folder).with_context(|| format!("opening {}", folder.display()))?;
+        check_token_file_owner(path, &target, &pinned, folder)?;
+        crate::config::write_private(&pinned.join(name), &format!("{}\n", token.expose()))
             .with_context(|| format!("writing {}", target.display()))?;
         out::stdout(|out| writeln!(out, "token updated in {}; {next_step}", target.display()))?;
         return Ok(());
@@ -313,8 +325,14 @@ pub(crate) fn set_token(path: &Path, token_file: Option<&Path>) -> Result<()> {
 /// who runs this. The config (and /etc/postern) belong to the service user, and admins
 /// run `sudo postern token set`: a compromised service account could otherwise point
 /// `token_file`, or a symlink, at /etc/sudoers and have root replace it. A file not made
-/// yet is judged by the folder it would be made in.
-fn check_token_file_owner(config: &Path, target: &Path) -> Result<()> {
+/// yet is judged by the folder it would be made in. `target` (in `folder`) is for the
+/// message; what is judged is what is written, through `pinned`.
+fn check_token_file_owner(
+    config: &Path,
+    target: &Path,
+    pinned: &PinnedFolder,
+    folder: &Path,
+) -> Result<()> {
     use std::os::unix::fs::MetadataExt;
     let config_owner = std::fs::metadata(config)
         .with_context(|| format!("reading {}", config.display()))?
@@ -322,14 +340,12 @@ fn check_token_file_owner(config: &Path, target: &Path) -> Result<()> {
     if crate::config::current_uid() == Some(config_owner) {
         return Ok(());
     }
-    let (judged, what) = match std::fs::metadata(target) {
+    let name = target.file_name().unwrap_or_default();
+    let (judged, what) = match std::fs::metadata(pinned.join(name)) {
         Ok(meta) => (meta, format!("{} belongs to", target.display())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let folder = target
-                .parent()
-                .filter(|d| !d.as_os_str().is_empty())
-                .unwrap_or(Path::new("."));
-            let meta = std::fs::metadata(folder)
+            let meta = pinned
+                .metadata()
                 .with_context(|| format!("reading {}", folder.display()))?;
             (
                 meta,
