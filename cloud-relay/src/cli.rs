@@ -204,29 +204,10 @@ pub fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}", causes_once(&e));
+            eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
     }
-}
-
-/// The error and its causes, `: `-joined as `{:#}` does, but a cause the message holds
-/// already is left out: many errors here put their source in their message (so a log
-/// line with `%e` has it too) and expose it as their source as well. SQLite's own error
-/// says the same again behind an `Error code N: ` prefix, hence the last segment too.
-fn causes_once(e: &anyhow::Error) -> String {
-    let mut text = String::new();
-    for cause in e.chain() {
-        let part = cause.to_string();
-        let last = part.rsplit(": ").next().unwrap_or_default().trim();
-        if text.is_empty() {
-            text = part;
-        } else if !text.contains(part.trim()) && (last.is_empty() || !text.contains(last)) {
-            text.push_str(": ");
-            text.push_str(&part);
-        }
-    }
-    text
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -610,26 +591,5 @@ pub async fn wait_for_signal() {
         Err(_) => {
             let _ = tokio::signal::ctrl_c().await;
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn each_cause_is_said_once() {
-        let missing = RelayConfig::load(std::path::Path::new("/nonexistent/relay.toml"))
-            .map(|_| ())
-            .map_err(anyhow::Error::from);
-        let text = causes_once(&missing.expect_err("no such file"));
-        assert_eq!(text.matches("No such file").count(), 1, "{text}");
-        let wrapped = anyhow::Error::from(io::Error::other("disk on fire"))
-            .context("writing the key")
-            .context("creating the agent");
-        assert_eq!(
-            causes_once(&wrapped),
-            "creating the agent: writing the key: disk on fire"
-        );
     }
 }

@@ -116,6 +116,8 @@ impl Default for RelayConfig {
     }
 }
 
+/// Only the CLI prints these, as a chain (`{:#}`): a cause is the source, not repeated in
+/// the message.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("tls_cert and tls_key go together: set both or neither")]
@@ -130,12 +132,12 @@ pub enum ConfigError {
         value: String,
         range: String,
     },
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Read {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Parse {
         path: PathBuf,
         source: Box<toml::de::Error>,

@@ -13,31 +13,33 @@ pub const HOST_KEY_FILE: &str = "ssh_host_ed25519_key";
 /// A key being written; a crash may leave one behind, which nothing reads.
 const TEMP_PREFIX: &str = ".ssh_host_ed25519_key.tmp-";
 
+/// Each says its cause in its message and exposes none as its source: ssh-key's errors
+/// repeat their own sources in their messages, so a `{:#}` chain would say them again.
 #[derive(Debug, thiserror::Error)]
 pub enum HostKeyError {
-    #[error("cannot create state folder {path}: {source}")]
+    #[error("cannot create state folder {path}: {error}")]
     StateDir {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error(
         "no host key at {path}: `postern-relay serve` creates it on first start (is the state folder right?)"
     )]
     Missing { path: PathBuf },
-    #[error("cannot read host key {path}: {source}")]
+    #[error("cannot read host key {path}: {error}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
-    #[error("cannot write host key {path}: {source}")]
+    #[error("cannot write host key {path}: {error}")]
     Write {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
-    #[error("host key {path} is not an OpenSSH private key: {source}")]
+    #[error("host key {path} is not an OpenSSH private key: {error}")]
     Parse {
         path: PathBuf,
-        source: russh::keys::ssh_key::Error,
+        error: russh::keys::ssh_key::Error,
     },
     #[error("host key {path} is readable by other users (mode {mode:o}); run: chmod 600 {path}")]
     Permissions { path: PathBuf, mode: u32 },
@@ -47,21 +49,16 @@ pub enum HostKeyError {
 /// owns a folder made wider beforehand (its files are 0600 either way, but their names and
 /// the folder's growth are nobody else's business). One the relay does not own is left
 /// as it is, with a warning.
-pub fn ensure_state_dir(dir: &Path) -> Result<(), HostKeyError> {
-    let failed = |source| HostKeyError::StateDir {
-        path: dir.to_owned(),
-        source,
-    };
+pub fn ensure_state_dir(dir: &Path) -> std::io::Result<()> {
     let meta = match std::fs::metadata(dir) {
         Ok(meta) => meta,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return std::fs::DirBuilder::new()
                 .recursive(true)
                 .mode(0o700)
-                .create(dir)
-                .map_err(failed);
+                .create(dir);
         }
-        Err(e) => return Err(failed(e)),
+        Err(e) => return Err(e),
     };
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 == 0 {
@@ -88,7 +85,10 @@ use std::os::unix::fs::DirBuilderExt;
 
 /// Loads the host key, creating it (and the state folder) on first start.
 pub fn load_or_create(state_dir: &Path) -> Result<PrivateKey, HostKeyError> {
-    ensure_state_dir(state_dir)?;
+    ensure_state_dir(state_dir).map_err(|error| HostKeyError::StateDir {
+        path: state_dir.to_owned(),
+        error,
+    })?;
     match load(state_dir) {
         Err(HostKeyError::Missing { path }) => create(state_dir, &path, write_key),
         loaded => loaded,
@@ -104,19 +104,19 @@ pub fn load(state_dir: &Path) -> Result<PrivateKey, HostKeyError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(HostKeyError::Missing { path });
         }
-        Err(source) => return Err(HostKeyError::Read { path, source }),
+        Err(error) => return Err(HostKeyError::Read { path, error }),
     };
     let mode = std::fs::metadata(&path)
-        .map_err(|source| HostKeyError::Read {
+        .map_err(|error| HostKeyError::Read {
             path: path.clone(),
-            source,
+            error,
         })?
         .permissions()
         .mode();
     if mode & 0o077 != 0 {
         return Err(HostKeyError::Permissions { path, mode });
     }
-    PrivateKey::from_openssh(text).map_err(|source| HostKeyError::Parse { path, source })
+    PrivateKey::from_openssh(text).map_err(|error| HostKeyError::Parse { path, error })
 }
 
 fn write_key(file: &mut std::fs::File, text: &[u8]) -> std::io::Result<()> {
@@ -136,9 +136,9 @@ fn create(
     let key = PrivateKey::from(Ed25519Keypair::from_seed(&seed));
     let text = key
         .to_openssh(LineEnding::LF)
-        .map_err(|source| HostKeyError::Parse {
+        .map_err(|error| HostKeyError::Parse {
             path: path.to_owned(),
-            source,
+            error,
         })?;
     let mut nonce = [0u8; 8];
     rand::fill(&mut nonce);
@@ -156,10 +156,10 @@ fn create(
     match written {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return load(state_dir),
-        Err(source) => {
+        Err(error) => {
             return Err(HostKeyError::Write {
                 path: path.to_owned(),
-                source,
+                error,
             });
         }
     }
@@ -167,9 +167,9 @@ fn create(
     // agent pinned it.
     std::fs::File::open(state_dir)
         .and_then(|dir| dir.sync_all())
-        .map_err(|source| HostKeyError::Write {
+        .map_err(|error| HostKeyError::Write {
             path: path.to_owned(),
-            source,
+            error,
         })?;
     Ok(key)
 }

@@ -74,6 +74,9 @@ pub struct ApiKeyRecord {
     pub created_at: String,
 }
 
+/// The relay logs these with `%e`, their message alone, so a cause is said in the message
+/// and not exposed as the source; only [`StoreError::NotShown`], which just the CLI
+/// prints (as a chain), has a source.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("an agent named {0:?} exists already")]
@@ -92,17 +95,25 @@ pub enum StoreError {
         "invalid agent name {0:?}: names starting with {AGENT_ID_PREFIX:?} are kept for agent ids"
     )]
     ReservedName(String),
-    #[error("cannot create the store folder {path}: {source}")]
+    #[error("cannot create the store folder {path}: {error}")]
     Folder {
         path: std::path::PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("the new token could not be shown, so the agent keeps its old one")]
     NotShown(#[source] std::io::Error),
     #[error("store task failed: {0}")]
     Task(String),
     #[error("store error: {0}")]
-    Sqlite(#[from] rusqlite::Error),
+    Sqlite(rusqlite::Error),
+}
+
+/// By hand, as `#[from]` would expose SQLite's error as the source as well, and a chain
+/// would say it twice: its own source is its text again behind `Error code N: `.
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Sqlite(e)
+    }
 }
 
 impl StoreError {

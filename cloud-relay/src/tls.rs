@@ -9,6 +9,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::TlsAcceptor;
 
+/// A SIGHUP reload that fails is logged with `%e`, so each says its cause in its message.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("cannot read the TLS certificate {path}: {reason}")]
@@ -16,7 +17,7 @@ pub enum TlsError {
     #[error("cannot read the TLS key {path}: {reason}")]
     Key { path: PathBuf, reason: String },
     #[error("the TLS certificate and key do not go together: {0}")]
-    Config(#[from] rustls::Error),
+    Config(rustls::Error),
 }
 
 /// The current TLS settings; new connections take whatever is current.
@@ -72,9 +73,11 @@ fn server_config(cert: &Path, key: &Path) -> Result<ServerConfig, TlsError> {
     })?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut config = ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
+        .with_safe_default_protocol_versions()
+        .map_err(TlsError::Config)?
         .with_no_client_auth()
-        .with_single_cert(chain, private)?;
+        .with_single_cert(chain, private)
+        .map_err(TlsError::Config)?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
 }

@@ -123,9 +123,9 @@ fn is_unique_violation(e: &rusqlite::Error) -> bool {
 impl SqliteStore {
     /// Opens (and on first use creates) `relay.db` in `state_dir`.
     pub fn open_in(state_dir: &Path) -> Result<Self, StoreError> {
-        crate::host_key::ensure_state_dir(state_dir).map_err(|e| StoreError::Folder {
+        crate::host_key::ensure_state_dir(state_dir).map_err(|error| StoreError::Folder {
             path: state_dir.to_owned(),
-            source: std::io::Error::other(e.to_string()),
+            error,
         })?;
         Self::open(&state_dir.join(DB_FILE))
     }
