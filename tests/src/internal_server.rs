@@ -59,13 +59,7 @@ impl InternalServer {
             seen: seen.clone(),
         };
         let app = Router::new().fallback(handle).with_state(state);
-        let shutdown = CancellationToken::new();
-        let stop = shutdown.clone();
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await;
-        });
+        let shutdown = serve_until_cancelled(listener, app);
         Ok(Self {
             addr,
             seen,
@@ -80,6 +74,18 @@ impl InternalServer {
     pub fn requests(&self) -> Vec<Seen> {
         self.seen.lock().map(|s| s.clone()).unwrap_or_default()
     }
+}
+
+/// Serves `app` on `listener` from a spawned task until the returned token is cancelled.
+pub fn serve_until_cancelled(listener: tokio::net::TcpListener, app: Router) -> CancellationToken {
+    let shutdown = CancellationToken::new();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await;
+    });
+    shutdown
 }
 
 impl Drop for InternalServer {

@@ -122,13 +122,7 @@ impl TokenEndpoint {
             .route("/token", post(token))
             .fallback(api)
             .with_state(state);
-        let shutdown = CancellationToken::new();
-        let stop = shutdown.clone();
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await;
-        });
+        let shutdown = crate::internal_server::serve_until_cancelled(listener, app);
         Ok(Self {
             addr,
             records,

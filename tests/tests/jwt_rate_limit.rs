@@ -14,9 +14,9 @@ use axum::response::{IntoResponse, Response};
 use postern_tests::harness::{
     AgentProcess, Api, Bins, RelayProcess, agent_config, create_agent, create_api_key,
 };
+use postern_tests::internal_server::serve_until_cancelled;
+use postern_tests::relay_support::ONLINE_WITHIN;
 use postern_tests::temp::TempDir;
-
-const ONLINE_WITHIN: Duration = Duration::from_secs(15);
 
 fn bins() -> Bins {
     postern_tests::bins!()
@@ -68,13 +68,7 @@ impl World {
         let addr: SocketAddr = listener.local_addr()?;
         let state = Upstream::default();
         let app = Router::new().fallback(upstream).with_state(state.clone());
-        let stop = tokio_util::sync::CancellationToken::new();
-        let cancelled = stop.clone();
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(async move { cancelled.cancelled().await })
-                .await;
-        });
+        let stop = serve_until_cancelled(listener, app);
         let dir = TempDir::new("jwt-rate")?;
         let bins = bins();
         let relay_state = dir.path().join("relay");
