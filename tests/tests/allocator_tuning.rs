@@ -1,18 +1,14 @@
 //! `postern run` and `postern-relay serve` re-execute themselves once with mimalloc's
 //! setting, however they are started; an operator's own `MIMALLOC_ARENA_EAGER_COMMIT` is kept.
 
-use std::time::Duration;
-
 use anyhow::{Context, Result};
 use postern_process::{TUNING_VALUE, TUNING_VAR};
 use postern_tests::harness::{
     AgentProcess, Api, Bins, RelayProcess, agent_config, command_in, create_agent, create_api_key,
 };
 use postern_tests::internal_server::{InternalServer, Verifier};
-use postern_tests::relay_support::relay_command;
+use postern_tests::relay_support::{ONLINE_WITHIN, relay_command};
 use postern_tests::temp::TempDir;
-
-const ONLINE_WITHIN: Duration = Duration::from_secs(15);
 
 fn bins() -> Bins {
     postern_tests::bins!()

@@ -12,10 +12,8 @@ use postern_tests::harness::{
 };
 use postern_tests::internal_server::{InternalServer, Verifier};
 use postern_tests::keys::{self, RsaTestKey};
-use postern_tests::relay_support::error_code;
+use postern_tests::relay_support::{ONLINE_WITHIN, error_code};
 use postern_tests::temp::TempDir;
-
-const ONLINE_WITHIN: Duration = Duration::from_secs(15);
 
 fn bins() -> Bins {
     postern_tests::bins!()

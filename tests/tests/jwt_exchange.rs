@@ -8,11 +8,11 @@ use jsonwebtoken::{Algorithm, DecodingKey};
 use postern_tests::harness::{
     AgentProcess, Api, Bins, RelayProcess, agent_config, create_agent, create_api_key,
 };
+use postern_tests::relay_support::ONLINE_WITHIN;
 use postern_tests::temp::TempDir;
 use postern_tests::token_endpoint::{EndpointConfig, ExpiresIn, Fault, TokenEndpoint};
 use serde_json::Value;
 
-const ONLINE_WITHIN: Duration = Duration::from_secs(15);
 const JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
 
 fn bins() -> Bins {

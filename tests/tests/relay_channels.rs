@@ -7,9 +7,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use postern_tests::harness::{AgentProcess, Api, Bins};
-use postern_tests::relay_support::{RelayWorld, sample, scrape};
-
-const ONLINE_WITHIN: Duration = Duration::from_secs(15);
+use postern_tests::relay_support::{ONLINE_WITHIN, RelayWorld, sample, scrape};
 
 fn bins() -> Bins {
     postern_tests::bins!()

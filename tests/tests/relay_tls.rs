@@ -9,10 +9,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use postern_tests::harness::{AgentProcess, Bins, agent_config, create_api_key, signal};
 use postern_tests::internal_server::{InternalServer, Verifier};
-use postern_tests::relay_support::{configured_relay, eventually, relay_command};
+use postern_tests::relay_support::{ONLINE_WITHIN, configured_relay, eventually, relay_command};
 use postern_tests::temp::TempDir;
-
-const ONLINE_WITHIN: Duration = Duration::from_secs(15);
 
 fn bins() -> Bins {
     postern_tests::bins!()
