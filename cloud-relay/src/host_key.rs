@@ -36,6 +36,11 @@ pub enum HostKeyError {
         path: PathBuf,
         error: std::io::Error,
     },
+    #[error("cannot encode a new host key for {path}: {error}")]
+    Encode {
+        path: PathBuf,
+        error: russh::keys::ssh_key::Error,
+    },
     #[error("host key {path} is not an OpenSSH private key: {error}")]
     Parse {
         path: PathBuf,
@@ -136,7 +141,7 @@ fn create(
     let key = PrivateKey::from(Ed25519Keypair::from_seed(&seed));
     let text = key
         .to_openssh(LineEnding::LF)
-        .map_err(|error| HostKeyError::Parse {
+        .map_err(|error| HostKeyError::Encode {
             path: path.to_owned(),
             error,
         })?;

@@ -54,8 +54,11 @@ impl RelayListeners {
 pub enum RelayError {
     #[error(transparent)]
     HostKey(#[from] HostKeyError),
-    #[error(transparent)]
-    Store(#[from] StoreError),
+    #[error("opening the store {}: {error}", path.display())]
+    Store {
+        path: std::path::PathBuf,
+        error: StoreError,
+    },
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
     #[error(transparent)]
@@ -119,9 +122,9 @@ pub async fn run_with(
     let host_key = host_key::load_or_create(&config.state_dir)?;
     let fingerprint = host_key::fingerprint(&host_key);
     // `load_or_create` has made the state folder (or narrowed it) already.
-    let store = Arc::new(SqliteStore::open(
-        &config.state_dir.join(crate::store::sqlite::DB_FILE),
-    )?);
+    let db = config.state_dir.join(crate::store::sqlite::DB_FILE);
+    let store =
+        Arc::new(SqliteStore::open(&db).map_err(|error| RelayError::Store { path: db, error })?);
     let grace = config.shutdown_grace;
     // The context's token ends agent sessions and the background tasks: only once the
     // calls under way, which travel through those sessions, are done.
