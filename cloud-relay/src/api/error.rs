@@ -67,12 +67,20 @@ pub fn json_rejection(e: axum::extract::rejection::JsonRejection) -> ApiError {
 
 /// As [`json_rejection`], for a body that could not be read at all.
 pub fn body_refused(status: StatusCode, text: String) -> ApiError {
-    let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
-        ErrorCode::PayloadTooLarge
-    } else {
-        ErrorCode::BadRequest
-    };
-    ApiError::new(code, text)
+    ApiError::new(code_for(status), text)
+}
+
+/// The contract's code for a refusal the API (or axum) made with `status` alone.
+fn code_for(status: StatusCode) -> ErrorCode {
+    match status.as_u16() {
+        401 => ErrorCode::Unauthorized,
+        403 => ErrorCode::Forbidden,
+        404 => ErrorCode::NotFound,
+        405 => ErrorCode::MethodNotAllowed,
+        413 | 431 => ErrorCode::PayloadTooLarge,
+        500.. => ErrorCode::Internal,
+        _ => ErrorCode::BadRequest,
+    }
 }
 
 impl IntoResponse for ApiError {
@@ -106,15 +114,7 @@ pub async fn json_error(response: Response) -> Response {
     {
         return response;
     }
-    let code = match status.as_u16() {
-        401 => ErrorCode::Unauthorized,
-        403 => ErrorCode::Forbidden,
-        404 => ErrorCode::NotFound,
-        405 => ErrorCode::MethodNotAllowed,
-        413 | 431 => ErrorCode::PayloadTooLarge,
-        500.. => ErrorCode::Internal,
-        _ => ErrorCode::BadRequest,
-    };
+    let code = code_for(status);
     let (mut parts, body) = response.into_parts();
     // axum's rejection texts are one short line.
     let text = axum::body::to_bytes(body, 4096)
