@@ -150,6 +150,10 @@ async fn a_peer_within_the_window_sends_as_much_as_it_likes() -> Result<()> {
     tokio::time::timeout(ENDS_WITHIN, unread.data(&vec![b'x'; SENT][..]))
         .await
         .context("1 MiB to a channel without reader did not go through")??;
+    // An answer to an open sent after the data: the server has taken all of it by then.
+    tokio::time::timeout(ENDS_WITHIN, agent.handle.channel_open_session())
+        .await
+        .context("the server did not answer an open after the data")??;
 
     ensure!(!server.has_ended(), "the server's session ended");
     let disconnects = proxy
