@@ -371,6 +371,10 @@ async fn paths_cannot_escape_the_base_uri() -> Result<()> {
     let (status, _) = raw_get(&w.api, &format!("{prefix}/fine/path"))?;
     assert_eq!(status, 200);
     assert_eq!(w.internal.requests()[0].path_and_query, "/api/fine/path");
+    // Not UTF-8 once decoded (Latin-1 `café`), yet nothing that leaves the base: as sent.
+    let (status, text) = raw_get(&w.api, &format!("{prefix}/caf%E9"))?;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(w.internal.requests()[1].path_and_query, "/api/caf%E9");
     Ok(())
 }
 

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{Path, Request, State};
+use axum::extract::{Request, State};
 use axum::response::Response;
 use http::header::AUTHORIZATION;
 use http::{HeaderValue, Uri};
@@ -20,18 +20,11 @@ use crate::context::RelayContext;
 use crate::registry::{InFlightGuard, LiveSession};
 use crate::store::AgentRecord;
 
-/// The route's parameters a call needs (the rest of the path is taken from the URI as sent).
-#[derive(serde::Deserialize)]
-pub struct CallPath {
-    agent: String,
-    connection: String,
-}
-
 pub async fn call(
     State(ctx): State<Arc<RelayContext>>,
-    Path(CallPath { agent, connection }): Path<CallPath>,
     request: Request,
 ) -> Result<Response, ApiError> {
+    let (agent, connection) = names(request.uri());
     // `every_request` has put a sane id on every request already, and puts it on the answer.
     let request_id = super::every_request::request_id(request.headers());
     let started = std::time::Instant::now();
@@ -294,6 +287,22 @@ fn too_large(limit: u64) -> ApiError {
     )
 }
 
+/// The agent and connection a call names, percent-decoded. Not axum's `Path`: it decodes
+/// every capture, the rest of the path too, and refuses one that is not UTF-8 then (a
+/// Latin-1 `caf%E9`), where that rest goes to the agent as sent. A name that is not
+/// UTF-8 names no agent or connection, and is answered as such.
+fn names(uri: &Uri) -> (String, String) {
+    // "", "v1", "agents", A, "connections", C, …
+    let mut segments = uri.path().split('/').skip(3).step_by(2);
+    let mut decoded = || {
+        let raw = segments.next().unwrap_or_default();
+        percent_encoding::percent_decode_str(raw)
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    (decoded(), decoded())
+}
+
 /// `/<rest of the path>?<query>`, keeping the caller's percent-encoding exactly, so
 /// the agent judges the path as it was sent.
 fn upstream_uri(original: &Uri) -> Result<Uri, ApiError> {
@@ -315,6 +324,16 @@ fn upstream_uri(original: &Uri) -> Result<Uri, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_are_decoded_and_the_rest_is_not_looked_at() {
+        let original: Uri = "/v1/agents/site%2D1/connections/orders/http/caf%E9"
+            .parse()
+            .expect("uri");
+        assert_eq!(names(&original), ("site-1".into(), "orders".into()));
+        let latin1: Uri = "/v1/agents/%E9/connections/c/http".parse().expect("uri");
+        assert_eq!(names(&latin1), ("\u{fffd}".into(), "c".into()));
+    }
 
     #[test]
     fn keeps_path_encoding_and_query() {
