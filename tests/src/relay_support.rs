@@ -345,6 +345,42 @@ pub async fn ssh_login_as(
     Ok((ssh, auth.success()))
 }
 
+/// The relay's call channels to a [`hand_driven_agent`], as it confirms them.
+pub type OpenedChannels = tokio::sync::mpsc::UnboundedReceiver<russh::Channel<russh::client::Msg>>;
+
+/// A hand-driven agent `name` (created on `w`), online serving `connections`, that
+/// confirms each channel the relay opens after `confirm` and hands it over: its session
+/// and control channel (keep both, or it goes offline) and the channels.
+pub async fn hand_driven_agent(
+    w: &RelayWorld,
+    name: &str,
+    confirm: Duration,
+    connections: &[&str],
+) -> Result<(
+    russh::client::Handle<HandDriven>,
+    impl tokio::io::AsyncWrite + use<>,
+    OpenedChannels,
+)> {
+    let token = w.create_agent(name).await?;
+    let (opened_tx, opened) = tokio::sync::mpsc::unbounded_channel();
+    let handler = HandDriven {
+        late_confirm: Some((confirm, opened_tx)),
+    };
+    let (ssh, accepted) = ssh_login_as(w.relay.ssh, &token, handler).await?;
+    anyhow::ensure!(accepted, "the token was refused");
+    ssh.tcpip_forward(postern_protocol::version::FORWARD_ADDRESS, 0)
+        .await?;
+    let (welcome, control) = say_hello(ssh.channel_open_session().await?, connections).await?;
+    anyhow::ensure!(
+        matches!(
+            welcome,
+            postern_protocol::control::RelayMessage::Welcome { .. }
+        ),
+        "the hello was answered {welcome:?}"
+    );
+    Ok((ssh, control, opened))
+}
+
 /// Sends the hello an agent serving `connections` sends on its control channel, and
 /// reads the relay's answer. The write half comes back too: dropping it ends the channel.
 pub async fn say_hello(

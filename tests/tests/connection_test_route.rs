@@ -4,10 +4,9 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use postern_protocol::control::RelayMessage;
 use postern_tests::harness::Tunnel;
 use postern_tests::internal_server::{InternalServer, Verifier};
-use postern_tests::relay_support::{HandDriven, RelayWorld, say_hello, ssh_login_as};
+use postern_tests::relay_support::{OpenedChannels, RelayWorld, hand_driven_agent};
 use postern_tests::temp::TempDir;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -63,27 +62,10 @@ async fn the_relay_runs_a_connection_test_on_the_agent() -> Result<()> {
 /// A relay with `call_timeout = 1s` and a hand-driven agent `slow` serving `orders`
 /// that confirms each channel `SLOW_CONFIRM` after it is asked: the world, the session
 /// and control channel (to keep them up) and the channels as they are confirmed.
-async fn slow_agent() -> Result<(
-    RelayWorld,
-    (russh::client::Handle<HandDriven>, impl Sized),
-    tokio::sync::mpsc::UnboundedReceiver<russh::Channel<russh::client::Msg>>,
-)> {
+async fn slow_agent() -> Result<(RelayWorld, impl Sized, OpenedChannels)> {
     let w = RelayWorld::start_configured(postern_tests::bins!(), "call_timeout = \"1s\"\n", &[])
         .await?;
-    let token = w.create_agent("slow").await?;
-    let (opened_tx, opened) = tokio::sync::mpsc::unbounded_channel();
-    let handler = HandDriven {
-        late_confirm: Some((SLOW_CONFIRM, opened_tx)),
-    };
-    let (ssh, accepted) = ssh_login_as(w.relay.ssh, &token, handler).await?;
-    anyhow::ensure!(accepted, "the token was refused");
-    ssh.tcpip_forward(postern_protocol::version::FORWARD_ADDRESS, 0)
-        .await?;
-    let (welcome, control) = say_hello(ssh.channel_open_session().await?, &["orders"]).await?;
-    anyhow::ensure!(
-        matches!(welcome, RelayMessage::Welcome { .. }),
-        "the hello was answered {welcome:?}"
-    );
+    let (ssh, control, opened) = hand_driven_agent(&w, "slow", SLOW_CONFIRM, &["orders"]).await?;
     Ok((w, (ssh, control), opened))
 }
 

@@ -5,11 +5,9 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use postern_protocol::control::RelayMessage;
-use postern_tests::relay_support::{HandDriven, RelayWorld, say_hello, ssh_login_as};
+use postern_tests::relay_support::{OpenedChannels, RelayWorld, hand_driven_agent};
 use russh::ChannelMsg;
 use russh::client::Msg;
-use tokio::sync::mpsc::UnboundedReceiver;
 
 type Channel = russh::Channel<Msg>;
 
@@ -42,7 +40,7 @@ async fn closed_within(channel: &mut Channel, limit: Duration) -> bool {
     .is_ok()
 }
 
-async fn next_channel(opened: &mut UnboundedReceiver<Channel>) -> Result<Channel> {
+async fn next_channel(opened: &mut OpenedChannels) -> Result<Channel> {
     tokio::time::timeout(Duration::from_secs(5), opened.recv())
         .await
         .context("the relay opened no channel within 5 s")?
@@ -52,20 +50,8 @@ async fn next_channel(opened: &mut UnboundedReceiver<Channel>) -> Result<Channel
 #[tokio::test(flavor = "multi_thread")]
 async fn a_channel_written_to_while_idle_is_closed_within_a_sweep() -> Result<()> {
     let w = RelayWorld::start(postern_tests::bins!()).await?;
-    let token = w.create_agent("rogue").await?;
-    let (opened_tx, mut opened) = tokio::sync::mpsc::unbounded_channel();
-    let handler = HandDriven {
-        late_confirm: Some((Duration::ZERO, opened_tx)),
-    };
-    let (ssh, accepted) = ssh_login_as(w.relay.ssh, &token, handler).await?;
-    anyhow::ensure!(accepted, "the token was refused");
-    ssh.tcpip_forward(postern_protocol::version::FORWARD_ADDRESS, 0)
-        .await?;
-    let (welcome, _control) = say_hello(ssh.channel_open_session().await?, &["orders"]).await?;
-    anyhow::ensure!(
-        matches!(welcome, RelayMessage::Welcome { .. }),
-        "the hello was answered {welcome:?}"
-    );
+    let (_ssh, _control, mut opened) =
+        hand_driven_agent(&w, "rogue", Duration::ZERO, &["orders"]).await?;
 
     let call = || {
         let api = w.admin.clone();
