@@ -318,7 +318,7 @@ async fn run(
     let mut seen = 0u64;
     let pieces = upstream
         .bytes_stream()
-        .map_err(|e| std::io::Error::other(error_chain(&e)));
+        .map_err(|e| std::io::Error::other(error_chain(&e.without_url())));
     let stream =
         idle_timeout::IdleTimeout::new(Box::pin(pieces), conn.timeout).and_then(move |chunk| {
             seen += chunk.len() as u64;
@@ -364,9 +364,15 @@ pub(crate) async fn send(
     match postern_protocol::upload_progress::within(request.send(), &progress, conn.timeout).await {
         None => Err(timeout_error(conn)),
         Some(Err(e)) if e.is_timeout() => Err(timeout_error(conn)),
+        // reqwest's error names the URL, the caller's query too (an `api_key=`, say):
+        // the base is said, the rest stays out of the log.
         Some(Err(e)) => Err((
             ErrorCode::UpstreamUnreachable,
-            format!("cannot reach {}: {}", conn.base_uri, error_chain(&e)),
+            format!(
+                "cannot reach {}: {}",
+                conn.base_uri,
+                error_chain(&e.without_url())
+            ),
         )),
         Some(Ok(r)) => Ok(r),
     }

@@ -238,9 +238,24 @@ async fn the_api_refuses_with_stable_codes() -> Result<()> {
     assert_eq!(r.status(), 404);
     assert_eq!(error_code(&r.json().await?), "agent_not_found");
 
-    let r = w.api.call("warehouse-1", "dead", "/x").await?;
+    let r = w
+        .api
+        .call("warehouse-1", "dead", "/x?api_key=QUERYSECRET")
+        .await?;
     assert_eq!(r.status(), 502);
-    assert_eq!(error_code(&r.json().await?), "upstream_unreachable");
+    let body = r.json().await?;
+    assert_eq!(error_code(&body), "upstream_unreachable");
+    // reqwest's error names the whole URL: the caller's query must not reach the logs.
+    assert!(!body.to_string().contains("QUERYSECRET"), "{body}");
+    for (side, logs) in [
+        ("agent", w.agent.logs.text()),
+        ("relay", w.relay.logs.text()),
+    ] {
+        assert!(
+            !logs.contains("QUERYSECRET"),
+            "the {side} logged the query: {logs}"
+        );
+    }
 
     let r = w.api.call("warehouse-1", "orders", "/slow").await?;
     assert_eq!(r.status(), 504);
