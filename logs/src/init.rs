@@ -9,7 +9,7 @@ use crate::FlushGuard;
 #[derive(Debug, Clone, clap::Args)]
 pub struct LogArgs {
     /// Log filter, e.g. `debug` or `info,russh=debug` (overrides RUST_LOG).
-    #[arg(long, global = true, env = "POSTERN_LOG")]
+    #[arg(long, global = true, env = "POSTERN_LOG", value_parser = log_filter)]
     pub log_level: Option<String>,
     /// Log line format: `text` for people, `json` (one object a line) for log shippers.
     #[arg(
@@ -20,6 +20,25 @@ pub struct LogArgs {
         default_value = "text"
     )]
     pub log_format: LogFormat,
+}
+
+/// A filter whose bare words are all levels. `EnvFilter` takes a bare word that is not a
+/// level as a target to log at every level, so a mistyped `warning` or `inof` would
+/// silently drop every line; a target is still named as `target=level`.
+fn log_filter(text: &str) -> Result<String, String> {
+    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+    for directive in text.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        if !directive.contains('=') && !LEVELS.contains(&directive.to_ascii_lowercase().as_str()) {
+            return Err(format!(
+                "{directive:?} is not a log level: use one of {}, or TARGET=LEVEL (e.g. info,russh=debug)",
+                LEVELS.join(", ")
+            ));
+        }
+        directive
+            .parse::<tracing_subscriber::filter::Directive>()
+            .map_err(|e| format!("{directive:?}: {e}"))?;
+    }
+    Ok(text.to_owned())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -57,5 +76,27 @@ impl LogArgs {
                 .try_init(),
         };
         guard
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::log_filter;
+
+    #[test]
+    fn bare_words_must_be_levels() {
+        for good in [
+            "info",
+            "DEBUG",
+            "warn,russh=debug",
+            "postern_relay=trace",
+            "off",
+            "",
+        ] {
+            assert!(log_filter(good).is_ok(), "{good}");
+        }
+        for bad in ["warning", "inof", "info,russh", "russh=loud"] {
+            assert!(log_filter(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -28,6 +28,9 @@ fn usage_errors_exit_64_and_help_exits_0() -> Result<()> {
         (&["status", "--jsn"][..], &[][..]),
         (&["reload", "--force"][..], &[][..]),
         (&["status"][..], &[("POSTERN_LOG_FORMAT", "xml")][..]),
+        // Not levels: EnvFilter would take them as targets and drop every line.
+        (&["status", "--log-level", "warning"][..], &[][..]),
+        (&["status"][..], &[("POSTERN_LOG", "inof")][..]),
         (&["no-such-command"][..], &[][..]),
         (&[][..], &[][..]),
     ] {
@@ -64,6 +67,7 @@ fn the_relay_cli_exits_64_on_usage_errors_too() -> Result<()> {
     for args in [
         &["agent", "list", "--jsn"][..],
         &["serve", "--no-such"][..],
+        &["--log-level", "warning", "agent", "list"][..],
         &[][..],
     ] {
         let out = relay(args)?;
