@@ -1,7 +1,7 @@
 //! Reloading the config under a running daemon (SIGHUP or `postern reload`): a config
 //! that fails validation is refused whole; a good one is swapped in without a reconnect.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tokio::sync::watch;
@@ -9,6 +9,11 @@ use tracing::{error, info};
 
 use crate::call_table::CallTable;
 use crate::config::AgentConfig;
+
+/// `path` from the current folder (which the daemon never changes); as it is if there is none.
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_owned())
+}
 
 /// What the tunnel needs from the config; a change here means a new session.
 pub fn session_settings_differ(a: &AgentConfig, b: &AgentConfig) -> bool {
@@ -28,7 +33,7 @@ pub struct Reloader {
 
 impl Reloader {
     /// The config file it reloads, absolute.
-    pub fn path(&self) -> &std::path::Path {
+    pub fn path(&self) -> &Path {
         &self.path
     }
 
@@ -39,7 +44,7 @@ impl Reloader {
     ) -> Self {
         Self {
             // Absolute, so a CLI started elsewhere can tell whether it names this file.
-            path: std::path::absolute(&path).unwrap_or(path),
+            path: absolute(&path),
             config,
             calls,
             running: tokio::sync::Mutex::new(()),
@@ -78,12 +83,16 @@ impl Reloader {
 
     fn apply(&self, new: AgentConfig) -> Result<Vec<String>, String> {
         let old = self.config.borrow().clone();
-        if new.status_socket != old.status_socket {
+        // The running config was loaded from `run --config`'s path as given, maybe relative
+        // (`a2/a2.sock`), a reload from the absolute path (`/tmp/x/a2/a2.sock`): compare
+        // both made absolute alike, or an unchanged relative socket would refuse every reload.
+        let (old_socket, new_socket) = (absolute(&old.status_socket), absolute(&new.status_socket));
+        if new_socket != old_socket {
             // `postern status` and `reload` would look for the daemon where it is not.
             return Err(format!(
                 "status_socket cannot change while the agent runs ({} → {}): restart the agent instead",
-                old.status_socket.display(),
-                new.status_socket.display()
+                old_socket.display(),
+                new_socket.display()
             ));
         }
         if new.metrics_listen != old.metrics_listen {

@@ -1,0 +1,81 @@
+//! Agent config behaviour a README-driven review found wrong: a reload under a relative
+//! `--config`, relay addresses with a scheme, a pasted-back `***` mask, load errors that
+//! said their cause twice, `config check` listing every payload problem, `reuse_for` not
+//! shorter than `lifetime`, and a raw-byte HMAC `secret_file`.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use postern_tests::harness::{
+    AgentProcess, Bins, agent_cli, agent_command, offline_agent_config, output_text, signal, stdout,
+};
+use postern_tests::temp::TempDir;
+
+fn bins() -> Bins {
+    postern_tests::bins!()
+}
+
+/// Waits until the agent running `config` answers on its status socket (not connected:
+/// no relay listens).
+fn wait_answering(bins: &Bins, config: &Path, agent: &AgentProcess) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = agent_cli(bins, config, &["status", "--json"])?;
+        if out.status.code() == Some(1) && stdout(&out).contains("\"agent_version\"") {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the agent's status socket did not answer: {}\nlogs:\n{}",
+                output_text(&out),
+                agent.logs.text()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `cd DIR; postern run --config a2/agent.toml` with `status_socket = "a2.sock"`: the
+/// socket is the same file on a reload (`postern reload` with the same relative path, and
+/// SIGHUP), so neither is refused as a changed `status_socket`.
+#[test]
+fn a_relative_config_and_socket_reload() -> Result<()> {
+    let bins = bins();
+    let dir = TempDir::new("cfgreview-relsock")?;
+    std::fs::create_dir(dir.path().join("a2"))?;
+    let text = |connection: &str| {
+        offline_agent_config(
+            "127.0.0.1:1",
+            &format!(
+                "status_socket = \"a2.sock\"\n[connections.{connection}]\nbase_uri = \"http://127.0.0.1:9\"\n"
+            ),
+        )
+    };
+    let absolute = dir.write_private("a2/agent.toml", &text("a"))?;
+    let relative = Path::new("a2/agent.toml");
+    let mut command = agent_command(&bins, relative, &["run"]);
+    command.current_dir(dir.path());
+    let agent = AgentProcess::spawn(command)?;
+    wait_answering(&bins, &absolute, &agent)?;
+
+    dir.write_private("a2/agent.toml", &text("b"))?;
+    let out = agent_command(&bins, relative, &["reload"])
+        .current_dir(dir.path())
+        .output()?;
+    let said = output_text(&out);
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    assert!(said.contains("connections added: b"), "{said}");
+
+    dir.write_private("a2/agent.toml", &text("c"))?;
+    signal(agent.pid(), "HUP")?;
+    agent
+        .logs
+        .wait_for("connections added: c", Duration::from_secs(10))?;
+    assert!(
+        !agent.logs.contains("status_socket cannot change"),
+        "{}",
+        agent.logs.text()
+    );
+    Ok(())
+}
