@@ -156,10 +156,24 @@ impl RelayConfig {
             path: path.to_owned(),
             source,
         })?;
-        Self::parse(&text).map_err(|source| ConfigError::Parse {
+        let mut config = Self::parse(&text).map_err(|source| ConfigError::Parse {
             path: path.to_owned(),
             source: Box::new(source),
-        })
+        })?;
+        // As in the agent's config: a relative path is the file's folder's, so the relay
+        // finds the same files whatever folder it starts in (systemd starts it in /).
+        let folder = path.parent().unwrap_or(std::path::Path::new(""));
+        let paths = [
+            Some(&mut config.state_dir),
+            config.tls_cert.as_mut(),
+            config.tls_key.as_mut(),
+        ];
+        for p in paths.into_iter().flatten() {
+            if p.is_relative() {
+                *p = folder.join(&*p);
+            }
+        }
+        Ok(config)
     }
 
     pub fn parse(text: &str) -> Result<Self, toml::de::Error> {

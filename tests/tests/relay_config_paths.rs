@@ -1,0 +1,87 @@
+//! Relative paths in the relay's config file (`state_dir`, `tls_cert`, `tls_key`) are the
+//! file's folder's, as in the agent's: the relay started in / (as systemd starts it) and
+//! the CLI run from elsewhere find the same host key, store and certificate.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use postern_tests::harness::{output_text, relay_cli_command};
+use postern_tests::pki::{KillOnDrop, openssl};
+use postern_tests::relay_support::relay_command;
+use postern_tests::temp::TempDir;
+
+#[test]
+fn relative_paths_are_the_config_files_folders() -> Result<()> {
+    let bins = postern_tests::bins!();
+    let dir = TempDir::new("relay-config-paths")?;
+    let conf = dir.path().join("conf");
+    let tls = conf.join("tls");
+    std::fs::create_dir_all(&tls)?;
+    openssl(
+        &tls,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            "live.key",
+            "-out",
+            "live.crt",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ],
+    )?;
+    let config = conf.join("relay.toml");
+    std::fs::write(
+        &config,
+        "state_dir = \"state\"\nssh_listen = \"127.0.0.1:0\"\napi_listen = \"127.0.0.1:0\"\n\
+         tls_cert = \"tls/live.crt\"\ntls_key = \"tls/live.key\"\n",
+    )?;
+
+    let log = dir.path().join("serve.log");
+    let relay = KillOnDrop(
+        relay_command(&bins, &config)
+            .current_dir("/")
+            .stdin(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()?,
+    );
+    let started = Instant::now();
+    let said = loop {
+        let said = std::fs::read_to_string(&log)?;
+        if said.contains("relay listening") {
+            break said;
+        }
+        if started.elapsed() > Duration::from_secs(15) {
+            bail!("the relay started in / did not listen: {said}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    drop(relay);
+    let served = said
+        .split("fingerprint=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .context("no fingerprint in the serve log")?;
+    assert!(conf.join("state/relay.db").exists(), "{said}");
+
+    // From another folder, the CLI reads the same state.
+    let out = relay_cli_command(
+        &bins,
+        &["fingerprint", "--config", &config.to_string_lossy()],
+    )
+    .current_dir(dir.path())
+    .output()?;
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), served);
+    Ok(())
+}
