@@ -526,7 +526,7 @@ fn serve(config: RelayConfig) -> Result<()> {
         let stops = StopSignals::listen();
         let listeners = RelayListeners::bind(&config)
             .await
-            .with_context(|| format!("binding {} and {}", config.ssh_listen, config.api_listen))?;
+            .context("cannot listen")?;
         let shutdown = Shutdown::default();
         let _signals = AbortOnDropHandle::new(tokio::spawn(stops.watch(shutdown.clone())));
         crate::server::run_with(config, listeners, shutdown, hangups).await?;

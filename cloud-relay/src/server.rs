@@ -42,10 +42,14 @@ fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 impl RelayListeners {
+    /// Both listeners; an error names the one that failed (`ssh_listen 0.0.0.0:2222: …`).
     pub async fn bind(config: &RelayConfig) -> std::io::Result<Self> {
+        let bind = |what: &str, addr: std::net::SocketAddr| {
+            listen(addr).map_err(|e| std::io::Error::new(e.kind(), format!("{what} {addr}: {e}")))
+        };
         Ok(Self {
-            ssh: listen(config.ssh_listen)?,
-            api: listen(config.api_listen)?,
+            ssh: bind("ssh_listen", config.ssh_listen)?,
+            api: bind("api_listen", config.api_listen)?,
         })
     }
 }

@@ -1,5 +1,6 @@
 //! The relay's command line says each cause of a failure once: a missing config file's
-//! OS error, a config's TOML error block, SQLite's complaint about a store.
+//! OS error, a config's TOML error block, SQLite's complaint about a store; and which
+//! of its two addresses it could not listen on.
 
 use anyhow::Result;
 use postern_tests::harness::{Bins, relay_cli_output, stderr};
@@ -42,6 +43,30 @@ fn each_cause_is_said_once() -> Result<()> {
         for text in once {
             assert_eq!(said.matches(text).count(), 1, "{text:?} in {said}");
         }
+    }
+    Ok(())
+}
+
+#[test]
+fn a_taken_address_is_named_with_its_setting() -> Result<()> {
+    let dir = TempDir::new("relay-taken")?;
+    let held = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let taken = held.local_addr()?;
+    for (setting, other) in [("ssh_listen", "api_listen"), ("api_listen", "ssh_listen")] {
+        let config = dir.write_private(
+            &format!("{setting}.toml"),
+            &format!(
+                "state_dir = {:?}\n{setting} = \"{taken}\"\n{other} = \"127.0.0.1:0\"\n",
+                dir.path().join("state").to_string_lossy()
+            ),
+        )?;
+        let out = relay_cli_output(&bins(), &["serve", "--config", &config.to_string_lossy()])?;
+        let said = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{said}");
+        assert!(
+            said.contains(&format!("{setting} {taken}: ")) && said.contains("in use"),
+            "{said}"
+        );
     }
     Ok(())
 }
