@@ -155,15 +155,62 @@ impl ConfigFile {
     }
 }
 
-/// What is wrong with a relay address, if anything: it must be `host:port`, the port
-/// 1–65535.
+/// What is wrong with a relay address, if anything: it must be `HOST:PORT` (an IPv6
+/// address in brackets), the port 1–65535. Anything else — a URL scheme, a path, a user
+/// name — would be written and checked as fine, then fail every lookup while `run`
+/// retries forever.
 pub fn relay_problem(relay: &str) -> Option<String> {
-    let port = relay
-        .rsplit_once(':')
-        .map(|(_, port)| port)
-        .unwrap_or_default();
+    let problem = |what: &str| {
+        Some(format!(
+            "relay {relay:?} {what}: write HOST:PORT, such as \"relay.example.com:2222\" \
+             (an IPv6 address in brackets: \"[2001:db8::1]:2222\")"
+        ))
+    };
+    if relay.trim().is_empty() {
+        return problem("is empty");
+    }
+    if let Some((_, rest)) = relay.split_once("://") {
+        let bare = rest.trim_end_matches('/');
+        return match relay_problem(bare) {
+            None => problem(&format!(
+                "has a URL scheme, but the relay is reached over SSH (did you mean {bare:?}?)"
+            )),
+            Some(_) => problem("has a URL scheme, but the relay is reached over SSH"),
+        };
+    }
+    if let Some(c) = relay
+        .chars()
+        .find(|c| c.is_whitespace() || c.is_control() || matches!(c, '/' | '@' | '?' | '#'))
+    {
+        let what = match c {
+            '/' => "holds a path".to_owned(),
+            '@' => "holds a user name (the agent logs in with its token)".to_owned(),
+            c if c.is_whitespace() => "holds a space".to_owned(),
+            c => format!("holds {c:?}"),
+        };
+        return problem(&what);
+    }
+    let (host, port) = match relay.strip_prefix('[') {
+        Some(rest) => match rest.split_once(']') {
+            Some((ip, port)) if ip.parse::<std::net::Ipv6Addr>().is_ok() => {
+                (ip, port.strip_prefix(':').unwrap_or_default())
+            }
+            Some(_) => return problem("holds something other than an IPv6 address in brackets"),
+            None => return problem("opens a `[` it never closes"),
+        },
+        None => match relay.rsplit_once(':') {
+            Some((host, _)) if host.contains(':') => {
+                return problem("looks like an IPv6 address without brackets");
+            }
+            Some(host_port) => host_port,
+            None => return problem("has no port"),
+        },
+    };
     if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
-        return Some(format!("relay {relay:?} must be host:port"));
+        return problem("has no port number after the last `:`");
+    }
+    if host.is_empty() {
+        return problem("has no host before the port");
     }
     match port.parse::<u16>() {
         Ok(1..) => None,

@@ -8,12 +8,19 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 use postern_tests::harness::{
-    AgentProcess, Bins, agent_cli, agent_command, offline_agent_config, output_text, signal, stdout,
+    AgentProcess, Bins, agent_cli, agent_command, offline_agent_config, offline_init, output_text,
+    signal, stderr, stdout, unknown_token,
 };
 use postern_tests::temp::TempDir;
 
 fn bins() -> Bins {
     postern_tests::bins!()
+}
+
+/// `postern ARGS --config CONFIG`: its exit code and stdout+stderr.
+fn run(config: &Path, args: &[&str]) -> Result<(Option<i32>, String)> {
+    let out = agent_cli(&bins(), config, args)?;
+    Ok((out.status.code(), output_text(&out)))
 }
 
 /// Waits until the agent running `config` answers on its status socket (not connected:
@@ -77,5 +84,48 @@ fn a_relative_config_and_socket_reload() -> Result<()> {
         "{}",
         agent.logs.text()
     );
+    Ok(())
+}
+
+/// A relay given as a URL (or with a path, a user name) is refused by `init` before it
+/// writes anything, and by `config check`, saying which form is expected: `run` would
+/// otherwise retry a lookup of it forever.
+#[test]
+fn a_relay_with_a_scheme_is_refused_by_init_and_config_check() -> Result<()> {
+    let dir = TempDir::new("cfgreview-relay")?;
+    let config = dir.path().join("agent.toml");
+    let expected = "write HOST:PORT, such as \"relay.example.com:2222\"";
+    let out = offline_init(&bins(), &config, "http://127.0.0.1:22222", &unknown_token())?;
+    let said = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("has a URL scheme") && said.contains("did you mean \"127.0.0.1:22222\"?"),
+        "{said}"
+    );
+    assert!(said.contains(expected), "{said}");
+    assert!(!config.exists(), "nothing written");
+
+    for relay in [
+        "http://127.0.0.1:22222",
+        "relay.example.com:2222/ssh",
+        "admin@relay.example.com:2222",
+        "relay.example.com :2222",
+        ":2222",
+    ] {
+        let config = dir.write_private("check.toml", &offline_agent_config(relay, ""))?;
+        let (code, said) = run(&config, &["config", "check"])?;
+        assert_eq!(code, Some(1), "{relay}: {said}");
+        assert!(said.contains(expected), "{relay}: {said}");
+    }
+    let config = dir.write_private("v6.toml", &offline_agent_config("[::1]:2222", ""))?;
+    let (code, said) = run(&config, &["config", "check"])?;
+    assert_eq!(code, Some(0), "{said}");
+    let out = offline_init(
+        &bins(),
+        &dir.path().join("init-v6.toml"),
+        "[::1]:2222",
+        &unknown_token(),
+    )?;
+    assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
     Ok(())
 }

@@ -119,7 +119,7 @@ fn refuses_what_users_get_wrong() {
                 "relay = \"r\"\nrelay_fingerprint = \"{FINGERPRINT}\"\ntoken = \"{}\"",
                 token()
             ),
-            "host:port",
+            "write HOST:PORT",
         ),
         (
             format!(
@@ -557,6 +557,45 @@ fn a_relay_port_out_of_range_is_named_as_such() {
     }
     for bad in ["relay.example.com", "relay:", "relay:ssh", "relay:-1"] {
         let problem = relay_problem(bad).unwrap_or_default();
-        assert!(problem.contains("must be host:port"), "{bad}: {problem}");
+        assert!(problem.contains("write HOST:PORT"), "{bad}: {problem}");
+    }
+}
+
+#[test]
+fn a_relay_that_is_not_host_and_port_says_which_form_is_expected() {
+    use crate::config::relay_problem;
+    for good in [
+        "10.0.0.1:22",
+        "[2001:db8::1]:2222",
+        "relay-1.example.com:2222",
+    ] {
+        assert_eq!(relay_problem(good), None, "{good}");
+    }
+    for (bad, why) in [
+        (
+            "http://127.0.0.1:22222",
+            "has a URL scheme, but the relay is reached over SSH (did you mean \"127.0.0.1:22222\"?)",
+        ),
+        (
+            "ssh://relay.example.com:2222/",
+            "did you mean \"relay.example.com:2222\"?",
+        ),
+        ("ssh://x", "has a URL scheme"),
+        ("relay.example.com:2222/ssh", "holds a path"),
+        ("user@relay.example.com:2222", "holds a user name"),
+        ("relay.example.com :2222", "holds a space"),
+        ("", "is empty"),
+        (":2222", "has no host before the port"),
+        ("[]:2222", "something other than an IPv6 address"),
+        ("[::1:2222", "never closes"),
+        ("::1:2222", "IPv6 address without brackets"),
+        ("[::1]", "has no port number"),
+    ] {
+        let problem = relay_problem(bad).unwrap_or_default();
+        assert!(
+            problem.contains(why)
+                && problem.contains("write HOST:PORT, such as \"relay.example.com:2222\""),
+            "{bad}: {problem}"
+        );
     }
 }
