@@ -456,7 +456,28 @@ fn noted<T, E: Problems>(problems: &mut Vec<String>, result: Result<T, E>) -> Op
     result.map_err(|e| problems.extend(e.into_list())).ok()
 }
 
-/// Exactly one of inline / file / environment variable.
+/// What `postern connection show` prints in place of a secret (in `cli/edit.rs`), so its
+/// tables can be pasted back; pasted back as it is, it would be sent as the secret.
+pub const SECRET_MASK: &str = "***";
+
+/// The keys whose values `connection show` masks, wherever they are in a connection.
+pub const MASKED_KEYS: &[&str] = &[
+    "secret",
+    "private_key",
+    "token",
+    "client_secret",
+    "password",
+];
+
+/// The problem with `place` holding [`SECRET_MASK`].
+pub(crate) fn mask_problem(place: &str) -> String {
+    format!(
+        "{place} is {SECRET_MASK:?}, the mask `postern connection show` prints in place of a \
+         secret, not a secret: put the real value back"
+    )
+}
+
+/// Exactly one of inline / file / environment variable; never [`SECRET_MASK`].
 pub(crate) fn one_secret(
     what: &str,
     inline: Option<&str>,
@@ -465,8 +486,8 @@ pub(crate) fn one_secret(
     base_dir: &Path,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<String, ConfigError> {
-    match (inline, file, env_name) {
-        (Some(v), None, None) => Ok(v.to_owned()),
+    let text = match (inline, file, env_name) {
+        (Some(v), None, None) => v.to_owned(),
         (None, Some(f), None) => {
             let path = base_dir.join(f);
             check_private(&path)?;
@@ -474,16 +495,29 @@ pub(crate) fn one_secret(
                 path: path.clone(),
                 source,
             })?;
-            Ok(text.trim().to_owned())
+            text.trim().to_owned()
         }
-        (None, None, Some(name)) => env(name).ok_or_else(|| invalid(unset_variable(what, name))),
-        (None, None, None) => Err(invalid(format!(
-            "{what}: set one of {what}, {what}_file or {what}_env"
-        ))),
-        _ => Err(invalid(format!(
-            "{what}: set only one of {what}, {what}_file or {what}_env"
-        ))),
+        (None, None, Some(name)) => env(name).ok_or_else(|| invalid(unset_variable(what, name)))?,
+        (None, None, None) => {
+            return Err(invalid(format!(
+                "{what}: set one of {what}, {what}_file or {what}_env"
+            )));
+        }
+        _ => {
+            return Err(invalid(format!(
+                "{what}: set only one of {what}, {what}_file or {what}_env"
+            )));
+        }
+    };
+    if text.trim() == SECRET_MASK {
+        let place = match (file, env_name) {
+            (Some(f), _) => format!("{what}_file {}", base_dir.join(f).display()),
+            (_, Some(name)) => format!("{what}_env {name}"),
+            _ => what.to_owned(),
+        };
+        return Err(invalid(mask_problem(&place)));
     }
+    Ok(text)
 }
 
 /// Replaces `path` with `text` atomically (temp file beside it, then rename), mode 0600 (it

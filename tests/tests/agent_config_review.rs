@@ -129,3 +129,26 @@ fn a_relay_with_a_scheme_is_refused_by_init_and_config_check() -> Result<()> {
     assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
     Ok(())
 }
+
+/// A table from `connection show` pasted back as it is: its `***` masks are refused by
+/// `config check` and `run`, naming the mask, not taken as the secrets.
+#[test]
+fn a_pasted_back_mask_is_refused() -> Result<()> {
+    let dir = TempDir::new("cfgreview-mask")?;
+    let config = dir.write_private(
+        "agent.toml",
+        &offline_agent_config(
+            "127.0.0.1:1",
+            "status_socket = \"agent.sock\"\n[connections.hr]\nbase_uri = \"http://127.0.0.1:9\"\n\
+             [connections.hr.auth]\ntype = \"jwt_bearer\"\nalgorithm = \"HS256\"\nsecret = \"***\"\n",
+        ),
+    )?;
+    let mask = "connections.hr: auth.secret is \"***\", the mask `postern connection show` prints \
+                in place of a secret, not a secret";
+    for args in [&["config", "check"][..], &["run"]] {
+        let (code, said) = run(&config, args)?;
+        assert_eq!(code, Some(1), "{args:?}: {said}");
+        assert!(said.contains(mask), "{args:?}: {said}");
+    }
+    Ok(())
+}

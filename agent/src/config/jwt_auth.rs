@@ -10,7 +10,7 @@ use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_S
 use url::Url;
 
 use super::file::{BodyEncoding, ExchangeFile, JwtBearerFile};
-use super::{noted, one_secret};
+use super::{MASKED_KEYS, SECRET_MASK, mask_problem, noted, one_secret};
 use crate::jwt::certificate::thumbprints;
 use crate::jwt::encrypted_key::decrypt_if_encrypted;
 use crate::jwt::exchange::without_user_info;
@@ -94,6 +94,7 @@ pub(super) fn resolve(
                 .map(|missing| format!("auth.payload: {missing}")),
         );
     }
+    p.extend(pasted_masks(&jwt));
     let has_exp = payload.as_ref().map(|payload| payload.has_claim("exp"));
     let headers = noted(p, headers_with_thumbprints(&jwt, base_dir));
     let has_exchange = jwt.exchange.is_some();
@@ -215,6 +216,48 @@ fn key_material(
         );
     }
     Ok(KeyMaterial::Secret(secret))
+}
+
+/// Where the table holds a masked key (`client_secret`, `password`, …) whose value is the
+/// mask `connection show` prints: in `headers`, `payload` (at any depth) or the exchange's
+/// `params`. `secret` and `private_key` are checked where they are read ([`one_secret`]).
+fn pasted_masks(jwt: &JwtBearerFile) -> Vec<String> {
+    fn walk(place: String, value: &serde_json::Value, found: &mut Vec<String>) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (key, value) in map {
+                    let place = format!("{place}.{key}");
+                    if MASKED_KEYS.contains(&key.as_str()) && value.as_str() == Some(SECRET_MASK) {
+                        found.push(mask_problem(&place));
+                    } else {
+                        walk(place, value, found);
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    walk(format!("{place}[{i}]"), item, found);
+                }
+            }
+            _ => {}
+        }
+    }
+    let strings = |place: &str, map: &BTreeMap<String, String>| {
+        map.iter()
+            .filter(|(key, value)| MASKED_KEYS.contains(&key.as_str()) && *value == SECRET_MASK)
+            .map(|(key, _)| mask_problem(&format!("{place}.{key}")))
+            .collect::<Vec<_>>()
+    };
+    let mut found = strings("auth.headers", &jwt.headers);
+    walk(
+        "auth.payload".to_owned(),
+        &serde_json::Value::Object(jwt.payload.clone()),
+        &mut found,
+    );
+    if let Some(exchange) = &jwt.exchange {
+        found.extend(strings("auth.exchange.params", &exchange.params));
+    }
+    found
 }
 
 /// The configured headers plus `x5t` / `x5t#S256` of `certificate_file`, if set.

@@ -599,3 +599,34 @@ fn a_relay_that_is_not_host_and_port_says_which_form_is_expected() {
         );
     }
 }
+
+#[test]
+fn the_mask_connection_show_prints_is_not_taken_as_a_secret() {
+    let err = parse(&jwt_connection(
+        "algorithm = \"HS256\"\nsecret = \"***\"\npayload = { iss = \"p\", nested = { password = \"***\" } }\n\
+         headers = { token = \"***\" }\n\
+         [connections.a.auth.exchange]\ntoken_url = \"https://idp/t\"\nparams = { client_id = \"***\", client_secret = \"***\" }",
+    ))
+    .expect_err("masks are refused");
+    let mask =
+        "is \"***\", the mask `postern connection show` prints in place of a secret, not a secret";
+    for place in [
+        "connections.a: auth.secret ",
+        "connections.a: auth.payload.nested.password ",
+        "connections.a: auth.headers.token ",
+        "connections.a: auth.exchange.params.client_secret ",
+    ] {
+        assert!(err.contains(&format!("{place}{mask}")), "{place}: {err}");
+    }
+    // Only the keys `connection show` masks: a client_id may be anything.
+    assert!(!err.contains("client_id"), "{err}");
+    let err = parse(&jwt_connection(
+        "algorithm = \"RS256\"\nprivate_key = \" *** \"\npayload = { iss = \"p\" }",
+    ))
+    .expect_err("a masked key");
+    assert!(err.contains(&format!("auth.private_key {mask}")), "{err}");
+    let token =
+        format!("relay = \"r:1\"\nrelay_fingerprint = \"{FINGERPRINT}\"\ntoken = \"***\"\n");
+    let err = parse(&token).expect_err("a masked token");
+    assert!(err.contains(&format!("token {mask}")), "{err}");
+}
