@@ -177,10 +177,26 @@ pub fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_text(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// `{e:#}`, less a cause the text before it already ends with: a type that puts its source
+/// in its own message as well (some of our dependencies' do) would say it twice.
+fn error_text(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let part = cause.to_string();
+        if text.is_empty() {
+            text = part;
+        } else if !text.ends_with(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+    }
+    text
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
@@ -286,4 +302,34 @@ pub(crate) fn load(path: &std::path::Path) -> Result<AgentConfig> {
             anyhow::Error::new(e).context(format!("loading {}", path.display()))
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[derive(Debug, thiserror::Error)]
+    #[error("metrics_listen 127.0.0.1:9464: {source}")]
+    struct Twice {
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn a_cause_is_printed_once() {
+        let e = anyhow::Error::new(Twice {
+            source: std::io::Error::from(std::io::ErrorKind::AddrInUse),
+        })
+        .context("starting");
+        assert_eq!(
+            super::error_text(&e),
+            "starting: metrics_listen 127.0.0.1:9464: address in use"
+        );
+        let read = crate::config::ConfigError::Read {
+            path: "/nope.toml".into(),
+            error: std::io::Error::from(std::io::ErrorKind::NotFound),
+        };
+        assert!(std::error::Error::source(&read).is_none());
+        assert_eq!(
+            format!("{:#}", anyhow::Error::new(read)),
+            "cannot read /nope.toml: entity not found"
+        );
+    }
 }

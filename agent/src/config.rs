@@ -91,10 +91,12 @@ pub enum Auth {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
+    /// The cause is in the message, not a `source`: a reload logs this with Display only,
+    /// and `{:#}` would say it twice.
+    #[error("cannot read {path}: {error}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{path}: {message}")]
     Parse { path: PathBuf, message: String },
@@ -142,9 +144,9 @@ impl ConfigFile {
 
     /// `read`, and the [`file_digest`] of the bytes it parsed.
     pub fn read_with_digest(path: &Path) -> Result<(Self, String), ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.to_owned(),
-            source,
+            error,
         })?;
         check_private(path)?;
         let file = ConfigFile::parse(&text).map_err(|e| ConfigError::Parse {
@@ -491,9 +493,9 @@ pub(crate) fn one_secret(
         (None, Some(f), None) => {
             let path = base_dir.join(f);
             check_private(&path)?;
-            let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+            let text = std::fs::read_to_string(&path).map_err(|error| ConfigError::Read {
                 path: path.clone(),
-                source,
+                error,
             })?;
             text.trim().to_owned()
         }
@@ -567,9 +569,9 @@ pub fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
 /// Refuses files that others can read: they hold tokens and keys.
 pub fn check_private(path: &Path) -> Result<(), ConfigError> {
     use std::os::unix::fs::PermissionsExt;
-    let meta = std::fs::metadata(path).map_err(|source| ConfigError::Read {
+    let meta = std::fs::metadata(path).map_err(|error| ConfigError::Read {
         path: path.to_owned(),
-        source,
+        error,
     })?;
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {

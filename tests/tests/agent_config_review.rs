@@ -152,3 +152,46 @@ fn a_pasted_back_mask_is_refused() -> Result<()> {
     }
     Ok(())
 }
+
+/// A missing config, or a metrics port taken, names its cause once, not
+/// "No such file or directory (os error 2): No such file or directory (os error 2)".
+#[test]
+fn a_load_error_says_its_cause_once() -> Result<()> {
+    let dir = TempDir::new("cfgreview-once")?;
+    let missing = dir.path().join("nope.toml");
+    for args in [
+        &["run"][..],
+        &["config", "check"],
+        &["connection", "list"],
+        &["jwt", "sign", "--connection", "a"],
+    ] {
+        let (code, said) = run(&missing, args)?;
+        assert_eq!(code, Some(1), "{args:?}: {said}");
+        assert_eq!(
+            said.matches("No such file or directory").count(),
+            1,
+            "{args:?}: {said}"
+        );
+        assert!(said.contains("cannot read"), "{args:?}: {said}");
+    }
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let config = dir.write_private(
+        "agent.toml",
+        &offline_agent_config(
+            "127.0.0.1:1",
+            &format!(
+                "status_socket = \"agent.sock\"\nmetrics_listen = \"{}\"\n",
+                taken.local_addr()?
+            ),
+        ),
+    )?;
+    let (code, said) = run(&config, &["run"])?;
+    assert_eq!(code, Some(1), "{said}");
+    let error = said
+        .lines()
+        .find(|line| line.starts_with("error: "))
+        .unwrap_or_default();
+    assert_eq!(error.matches("in use").count(), 1, "{said}");
+    Ok(())
+}
