@@ -2,6 +2,7 @@
 //! everything under `/v1/` but the OpenAPI document needs `Authorization: Bearer <api key>`.
 
 pub mod agents;
+mod answer_body;
 pub mod apikeys;
 pub mod auth;
 pub mod call;

@@ -97,6 +97,13 @@ pub async fn serve(
         }
         refusing = false;
         let _ = stream.set_nodelay(true);
+        // A caller that takes none of an answer for `call_timeout` is gone in all but
+        // name: without this it would hold its call, and a window of answer (16 MiB) on
+        // the relay, until it disconnected. Writes only: a kept-alive connection waits
+        // for its next request as long as the caller likes.
+        let mut stream = tokio_io_timeout::TimeoutStream::new(stream);
+        stream.set_write_timeout(Some(config.call_timeout));
+        let stream = Box::pin(stream);
         let app = app.clone();
         let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
             let app = app.clone();

@@ -875,6 +875,12 @@ async fn large_bodies_stream_both_ways() -> Result<()> {
     assert_eq!(r.status(), 200);
     let echoed: serde_json::Value = r.json().await?;
     assert_eq!(echoed["body_len"], SIZE);
+    // Both answers were taken whole: nothing says otherwise.
+    let logs = w.relay.logs.text();
+    assert!(
+        !logs.contains("whole answer") && !logs.contains("broke off"),
+        "{logs}"
+    );
     // The CLI lists the agent the API sees.
     let list = relay_cli(
         &w.bins,

@@ -124,3 +124,55 @@ async fn an_upload_that_breaks_off_is_the_callers_doing_not_the_tunnels() -> Res
     assert_eq!(next.status(), 200);
     Ok(())
 }
+
+/// A caller that reads the head of a large download and then nothing more has its
+/// connection closed once its writes have waited `call_timeout`: its call ends (no
+/// longer in flight, and logged as not taken whole) instead of holding a window of
+/// answer on the relay for good.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_caller_that_stops_reading_is_let_go_after_call_timeout() -> Result<()> {
+    use std::io::Read;
+    let w = RelayWorld::start_configured(bins(), "call_timeout = \"2s\"\n", &[]).await?;
+    let _agent = w.agent_online("site").await?;
+    let mut caller = TcpStream::connect(w.relay.api)?;
+    // Far more than the socket buffers and the channel's window hold.
+    write!(
+        caller,
+        "GET /v1/agents/site/connections/orders/http/bytes/268435456 HTTP/1.1\r\nhost: relay\r\n\
+         authorization: Bearer {}\r\n\r\n",
+        w.admin.key
+    )?;
+    let mut head = [0u8; 1024];
+    let n = caller.read(&mut head)?;
+    assert!(
+        String::from_utf8_lossy(&head[..n]).starts_with("HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&head[..n])
+    );
+    postern_tests::relay_support::wait_calls_in_flight(&w.admin, "site", 1, Duration::from_secs(5))
+        .await?;
+    // Not read from here on: 2 s of stalled writes, then the relay lets go.
+    postern_tests::relay_support::wait_calls_in_flight(
+        &w.admin,
+        "site",
+        0,
+        Duration::from_secs(15),
+    )
+    .await?;
+    // What had reached the socket's buffers is there, and then the end: not 256 MiB.
+    caller.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut got = n;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        match caller.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(k) => got += k,
+        }
+    }
+    assert!(got < 256 << 20, "the whole body arrived: {got} bytes");
+    let line = line_with(&w, "the caller did not take the whole answer")?;
+    for part in ["site", "orders", "bytes="] {
+        assert!(line.contains(part), "no {part:?} in {line}");
+    }
+    Ok(())
+}

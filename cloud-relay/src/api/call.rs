@@ -184,14 +184,7 @@ async fn forward(
     postern_protocol::headers::strip_hop_by_hop(&mut parts.headers);
     parts.extensions.insert(super::error::FromAgent);
     // The call stays counted in flight until its body has been sent (or dropped).
-    let counter = ctx.clone();
-    let body = http_body_util::BodyExt::map_frame(body, move |frame| {
-        let _counted = &in_flight;
-        if let Some(data) = frame.data_ref() {
-            counter.metrics.add_bytes_out(data.len());
-        }
-        frame
-    });
+    let body = super::answer_body::AnswerBody::new(body, ctx.clone(), in_flight);
     Ok(Response::from_parts(parts, Body::new(body)))
 }
 

@@ -1,0 +1,92 @@
+//! An answer's body on its way to the caller: counts its bytes, keeps its call in flight
+//! until it ends, and logs one that did not reach its end, and why.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use hyper::body::{Body as HttpBody, Frame, SizeHint};
+use tracing::info;
+
+use crate::channel_pool::DrivenBody;
+use crate::context::RelayContext;
+use crate::registry::InFlightGuard;
+
+pub struct AnswerBody {
+    inner: DrivenBody,
+    ctx: Arc<RelayContext>,
+    _in_flight: InFlightGuard,
+    /// The call's, for the line about how it ended.
+    span: tracing::Span,
+    sent: u64,
+    /// Read to its end, or its failure logged.
+    done: bool,
+}
+
+impl AnswerBody {
+    pub fn new(inner: DrivenBody, ctx: Arc<RelayContext>, in_flight: InFlightGuard) -> Self {
+        Self {
+            inner,
+            ctx,
+            _in_flight: in_flight,
+            span: tracing::Span::current(),
+            sent: 0,
+            done: false,
+        }
+    }
+}
+
+impl HttpBody for AnswerBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        let frame = Pin::new(&mut this.inner).poll_frame(cx);
+        match &frame {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.sent += data.len() as u64;
+                    this.ctx.metrics.add_bytes_out(data.len());
+                }
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.done = true;
+                let bytes = this.sent;
+                this.span
+                    .in_scope(|| info!(bytes, detail = %e, "the agent's answer broke off"));
+            }
+            Poll::Ready(None) => this.done = true,
+            Poll::Pending => {}
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for AnswerBody {
+    fn drop(&mut self) {
+        // hyper drops a body it has sent whole without asking for its end.
+        if self.done || self.inner.is_end_stream() {
+            return;
+        }
+        let bytes = self.sent;
+        self.span.in_scope(|| {
+            info!(
+                bytes,
+                "the caller did not take the whole answer (it hung up, or stopped reading for call_timeout)"
+            )
+        });
+    }
+}
