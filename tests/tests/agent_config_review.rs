@@ -195,3 +195,36 @@ fn a_load_error_says_its_cause_once() -> Result<()> {
     assert_eq!(error.matches("in use").count(), 1, "{said}");
     Ok(())
 }
+
+/// `config check` lists every payload and exchange problem of a connection: an unknown
+/// template does not hide a time claim that is not a number, nor a bad `token_url` the
+/// `params` postern sets itself.
+#[test]
+fn config_check_lists_every_payload_and_exchange_problem() -> Result<()> {
+    let dir = TempDir::new("cfgreview-all")?;
+    let config = dir.write_private(
+        "agent.toml",
+        &offline_agent_config(
+            "127.0.0.1:1",
+            "[connections.erp]\nbase_uri = \"http://127.0.0.1:9\"\n\
+             [connections.erp.auth]\ntype = \"jwt_bearer\"\nalgorithm = \"HS256\"\n\
+             secret = \"a-secret-of-thirty-two-bytes-ok!\"\n\
+             payload = { sub = \"{{nw}}\", exp = \"x-{{now}}\" }\n\
+             [connections.erp.auth.exchange]\ntoken_url = \"ftp://idp\"\n\
+             params = { assertion = \"a\", grant_type = \"g\" }\n",
+        ),
+    )?;
+    let (code, said) = run(&config, &["config", "check"])?;
+    assert_eq!(code, Some(1), "{said}");
+    for problem in [
+        "5 problems:",
+        "payload.sub: unknown template \"{{nw}}\"",
+        "payload.exp must be a number of seconds since 1970",
+        "auth.exchange.token_url \"ftp://idp\" must be an http:// or https:// URL",
+        "auth.exchange.params.assertion is set by postern",
+        "auth.exchange.params.grant_type is set by postern",
+    ] {
+        assert!(said.contains(problem), "{problem}: {said}");
+    }
+    Ok(())
+}

@@ -84,7 +84,12 @@ pub(super) fn resolve(
     }
     let payload = noted(
         p,
-        PayloadTemplate::parse(&payload).map_err(|e| format!("auth.payload: {e}")),
+        PayloadTemplate::parse_all(&payload).map_err(|errors| {
+            errors
+                .into_iter()
+                .map(|e| format!("auth.payload: {e}"))
+                .collect::<Vec<_>>()
+        }),
     );
     if let Some(payload) = &payload {
         p.extend(
@@ -295,30 +300,31 @@ fn decode_base64(text: &str) -> Option<Vec<u8>> {
         .find_map(|engine| engine.decode(text).ok())
 }
 
-fn resolve_exchange(x: ExchangeFile) -> Result<Exchange, String> {
-    let token_url = Url::parse(&x.token_url)
-        .map_err(|e| format!("auth.exchange.token_url {:?}: {e}", shown(&x.token_url)))?;
-    if !matches!(token_url.scheme(), "http" | "https") || token_url.host_str().is_none() {
-        return Err(format!(
-            "auth.exchange.token_url {:?} must be an http:// or https:// URL with a host",
-            shown(&x.token_url)
-        ));
+/// Every problem of the table, not only the first (see `resolve_connection`).
+fn resolve_exchange(x: ExchangeFile) -> Result<Exchange, Vec<String>> {
+    let mut problems = Vec::new();
+    let p = &mut problems;
+    let token_url = noted(p, resolve_token_url(&x.token_url));
+    p.extend(
+        x.params
+            .keys()
+            .filter(|k| RESERVED_PARAMS.contains(&k.as_str()))
+            .map(|name| {
+                format!(
+                    "auth.exchange.params.{name} is set by postern; use grant_type / client_assertion instead"
+                )
+            }),
+    );
+    let default_lifetime = noted(
+        p,
+        duration("auth.exchange.default_lifetime", &x.default_lifetime),
+    );
+    let (Some(token_url), Some(default_lifetime)) = (token_url, default_lifetime) else {
+        return Err(problems);
+    };
+    if !problems.is_empty() {
+        return Err(problems);
     }
-    refuse_user_info(
-        "auth.exchange.token_url",
-        &token_url,
-        "put the client's credentials in auth.exchange.params (client_id, client_secret) or authenticate with client_assertion = true",
-    )?;
-    if let Some(name) = x
-        .params
-        .keys()
-        .find(|k| RESERVED_PARAMS.contains(&k.as_str()))
-    {
-        return Err(format!(
-            "auth.exchange.params.{name} is set by postern; use grant_type / client_assertion instead"
-        ));
-    }
-    let default_lifetime = duration("auth.exchange.default_lifetime", &x.default_lifetime)?;
     let grant_type = x.grant_type.unwrap_or_else(|| {
         if x.client_assertion {
             "client_credentials".to_owned()
@@ -334,6 +340,23 @@ fn resolve_exchange(x: ExchangeFile) -> Result<Exchange, String> {
         client_assertion: x.client_assertion,
         default_lifetime,
     })
+}
+
+fn resolve_token_url(text: &str) -> Result<Url, String> {
+    let token_url =
+        Url::parse(text).map_err(|e| format!("auth.exchange.token_url {:?}: {e}", shown(text)))?;
+    if !matches!(token_url.scheme(), "http" | "https") || token_url.host_str().is_none() {
+        return Err(format!(
+            "auth.exchange.token_url {:?} must be an http:// or https:// URL with a host",
+            shown(text)
+        ));
+    }
+    refuse_user_info(
+        "auth.exchange.token_url",
+        &token_url,
+        "put the client's credentials in auth.exchange.params (client_id, client_secret) or authenticate with client_assertion = true",
+    )?;
+    Ok(token_url)
 }
 
 /// A user name or password in a URL would be sent as Basic auth beside the Bearer and show

@@ -630,3 +630,35 @@ fn the_mask_connection_show_prints_is_not_taken_as_a_secret() {
     let err = parse(&token).expect_err("a masked token");
     assert!(err.contains(&format!("token {mask}")), "{err}");
 }
+
+#[test]
+fn every_payload_and_exchange_problem_is_listed() {
+    let err = parse(&jwt_connection(
+        "algorithm = \"HS256\"\nsecret_env = \"HMAC\"\n\
+         payload = { sub = \"{{nw}}-{{uid}}\", aud = [\"{{env.}}\"], exp = \"x-{{now}}\", iat = \"{{nbf}}\" }\n\
+         [connections.a.auth.exchange]\ntoken_url = \"ftp://idp\"\ndefault_lifetime = \"0s\"\n\
+         params = { assertion = \"a\", grant_type = \"g\", scope = \"s\" }",
+    ))
+    .expect_err("many problems");
+    let expected = [
+        "auth.payload: payload.sub: unknown template \"{{nw}}\"",
+        "auth.payload: payload.sub: unknown template \"{{uid}}\"",
+        "auth.payload: payload.aud[0]: unknown template \"{{env.}}\"",
+        "auth.payload: payload.exp must be a number of seconds since 1970",
+        "auth.payload: payload.iat: unknown template \"{{nbf}}\"",
+        "auth.exchange.token_url \"ftp://idp\" must be an http:// or https:// URL",
+        "auth.exchange.params.assertion is set by postern",
+        "auth.exchange.params.grant_type is set by postern",
+        "auth.exchange.default_lifetime must be more than zero",
+    ];
+    for problem in expected {
+        assert!(
+            err.contains(&format!("- connections.a: {problem}")),
+            "{problem}: {err}"
+        );
+    }
+    assert!(
+        err.starts_with(&format!("{} problems:", expected.len())),
+        "{err}"
+    );
+}

@@ -79,20 +79,38 @@ enum Expr {
 impl PayloadTemplate {
     /// Parses every string value (recursively through nested objects/arrays) once; unknown
     /// templates are an error naming the JSON path (e.g. `payload.exp`) and the template text.
+    /// The first problem only: [`parse_all`](Self::parse_all) lists every one.
     pub fn parse(payload: &Map<String, Value>) -> Result<Self, TemplateError> {
-        let fields = parse_object(payload, "payload")?;
+        Self::parse_all(payload).map_err(|mut errors| errors.swap_remove(0))
+    }
+
+    /// [`parse`](Self::parse), with every problem of the payload in payload order (those of
+    /// the templates, then the time claims that are not numbers), so `config check` can list
+    /// them at once. Never `Err` with an empty list.
+    pub fn parse_all(payload: &Map<String, Value>) -> Result<Self, Vec<TemplateError>> {
+        let mut errors = Vec::new();
+        let fields = parse_object(payload, "payload", &mut errors);
         for (key, node) in &fields {
             let numeric = match node {
-                Node::Plain(value) => value.is_number(),
-                Node::Whole { expr, .. } => matches!(expr, Expr::Now(_)),
-                Node::Object(_) | Node::Array(_) | Node::Text { .. } => false,
+                // Its problem is listed already.
+                None => true,
+                Some(Node::Plain(value)) => value.is_number(),
+                Some(Node::Whole { expr, .. }) => matches!(expr, Expr::Now(_)),
+                Some(Node::Object(_) | Node::Array(_) | Node::Text { .. }) => false,
             };
             if TIME_CLAIMS.contains(&key.as_str()) && !numeric {
-                return Err(TemplateError::NotNumericDate {
+                errors.push(TemplateError::NotNumericDate {
                     path: format!("payload.{key}"),
                 });
             }
         }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let fields = fields
+            .into_iter()
+            .filter_map(|(key, node)| node.map(|node| (key, node)))
+            .collect();
         Ok(Self { fields })
     }
 
@@ -170,29 +188,50 @@ impl Node {
     }
 }
 
+/// The object's fields, a field whose value has a problem as `None` (the problem is added
+/// to `errors`), so one problem does not hide the others.
 fn parse_object(
     object: &Map<String, Value>,
     path: &str,
-) -> Result<Vec<(String, Node)>, TemplateError> {
+    errors: &mut Vec<TemplateError>,
+) -> Vec<(String, Option<Node>)> {
     object
         .iter()
-        .map(|(key, value)| Ok((key.clone(), parse_value(value, &child_path(path, key))?)))
+        .map(|(key, value)| {
+            (
+                key.clone(),
+                parse_value(value, &child_path(path, key), errors),
+            )
+        })
         .collect()
 }
 
-fn parse_value(value: &Value, path: &str) -> Result<Node, TemplateError> {
-    match value {
-        Value::String(text) => parse_string(text, path),
-        Value::Object(object) => Ok(Node::Object(parse_object(object, path)?)),
-        Value::Array(items) => Ok(Node::Array(
+fn parse_value(value: &Value, path: &str, errors: &mut Vec<TemplateError>) -> Option<Node> {
+    let before = errors.len();
+    let node = match value {
+        Value::String(text) => match parse_string(text, path) {
+            Ok(node) => node,
+            Err(found) => {
+                errors.extend(found);
+                return None;
+            }
+        },
+        Value::Object(object) => Node::Object(
+            parse_object(object, path, errors)
+                .into_iter()
+                .filter_map(|(key, node)| node.map(|node| (key, node)))
+                .collect(),
+        ),
+        Value::Array(items) => Node::Array(
             items
                 .iter()
                 .enumerate()
-                .map(|(i, item)| parse_value(item, &format!("{path}[{i}]")))
-                .collect::<Result<_, _>>()?,
-        )),
-        other => Ok(Node::Plain(other.clone())),
-    }
+                .filter_map(|(i, item)| parse_value(item, &format!("{path}[{i}]"), errors))
+                .collect(),
+        ),
+        other => Node::Plain(other.clone()),
+    };
+    (errors.len() == before).then_some(node)
 }
 
 /// `payload.exp` for plain keys; keys that would make the path ambiguous are quoted.
@@ -208,30 +247,38 @@ fn child_path(parent: &str, key: &str) -> String {
     }
 }
 
-fn parse_string(text: &str, path: &str) -> Result<Node, TemplateError> {
+/// The string's templates, or every unknown one in it (and an unterminated `{{`).
+fn parse_string(text: &str, path: &str) -> Result<Node, Vec<TemplateError>> {
     let mut pieces = Vec::new();
+    let mut errors = Vec::new();
     let mut rest = text;
     while let Some(open) = rest.find("{{") {
         let after_open = &rest[open + 2..];
         let Some(close) = after_open.find("}}") else {
-            return Err(TemplateError::Unterminated {
+            errors.push(TemplateError::Unterminated {
                 path: path.to_owned(),
                 text: text.to_owned(),
             });
+            return Err(errors);
         };
         if open > 0 {
             pieces.push(Piece::Literal(rest[..open].to_owned()));
         }
         let template = &after_open[..close];
-        let expr = parse_expr(template).ok_or_else(|| TemplateError::Unknown {
-            path: path.to_owned(),
-            template: template.to_owned(),
-        })?;
-        pieces.push(Piece::Template {
-            template: template.to_owned(),
-            expr,
-        });
+        match parse_expr(template) {
+            Some(expr) => pieces.push(Piece::Template {
+                template: template.to_owned(),
+                expr,
+            }),
+            None => errors.push(TemplateError::Unknown {
+                path: path.to_owned(),
+                template: template.to_owned(),
+            }),
+        }
         rest = &after_open[close + 2..];
+    }
+    if !errors.is_empty() {
+        return Err(errors);
     }
     if !rest.is_empty() {
         pieces.push(Piece::Literal(rest.to_owned()));
@@ -415,6 +462,26 @@ mod tests {
     use serde_json::json;
 
     const NOW: u64 = 1_700_000_000;
+
+    #[test]
+    fn parse_all_lists_every_problem_and_parse_the_first() {
+        let payload =
+            json!({ "a": "{{nw}} {{now}} {{x}}", "exp": "x-{{now}}", "n": { "b": "{{" } });
+        let Value::Object(map) = payload else {
+            panic!("an object")
+        };
+        let errors = PayloadTemplate::parse_all(&map).expect_err("problems");
+        let paths: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        assert_eq!(errors.len(), 4, "{paths:#?}");
+        assert!(paths[0].starts_with("payload.a: unknown template \"{{nw}}\""));
+        assert!(paths[1].starts_with("payload.a: unknown template \"{{x}}\""));
+        assert!(paths[2].starts_with("payload.n.b: \"{{\" has no closing"));
+        assert!(paths[3].starts_with("payload.exp must be a number"));
+        assert_eq!(
+            PayloadTemplate::parse(&map).map(|_| ()),
+            Err(errors.into_iter().next().expect("one"))
+        );
+    }
 
     fn template(value: Value) -> Result<PayloadTemplate, TemplateError> {
         match value {
