@@ -17,12 +17,34 @@ use crate::status::{Refusal, ReloadReport, StatusReport};
 /// The socket the config names, or why the config cannot say.
 fn socket_of(config_path: &Path) -> Result<std::path::PathBuf, String> {
     // Only the socket path is needed: no secrets are read.
-    let text = std::fs::read_to_string(config_path)
-        .map_err(|e| format!("cannot read {}: {e}", config_path.display()))?;
-    let file = ConfigFile::parse(&text)
-        .map_err(|e| format!("{} is not a valid config: {e}", config_path.display()))?;
+    let text = std::fs::read_to_string(config_path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            // No file, so no "last good config" of it either: the path is what is wrong.
+            format!(
+                "{} does not exist: pass the agent's config with --config FILE (or \
+                 POSTERN_CONFIG), or write one with `postern init`",
+                config_path.display()
+            )
+        } else {
+            format!(
+                "cannot read {}: {e}\n({UNREADABLE_HINT})",
+                config_path.display()
+            )
+        }
+    })?;
+    let file = ConfigFile::parse(&text).map_err(|e| {
+        format!(
+            "{} is not a valid config: {e}\n({UNREADABLE_HINT})",
+            config_path.display()
+        )
+    })?;
     Ok(socket_in(&file, config_path))
 }
+
+/// For a config that is there but cannot be used: an agent already running keeps what it
+/// loaded.
+const UNREADABLE_HINT: &str =
+    "`postern config check` lists every problem; a running agent keeps its last good config";
 
 fn socket_in(file: &ConfigFile, config_path: &Path) -> std::path::PathBuf {
     let base = config_path.parent().unwrap_or(Path::new("."));
@@ -136,9 +158,7 @@ fn ask(config_path: &Path, command: &str) -> Result<Result<String, ExitCode>> {
         Ok(socket) => socket,
         Err(e) => {
             // A guess at the socket would answer "no agent" for the wrong reason.
-            eprintln!(
-                "error: {e}\n(`postern config check` lists every problem; a running agent keeps its last good config)"
-            );
+            eprintln!("error: {e}");
             return Ok(Err(ExitCode::from(1)));
         }
     };
