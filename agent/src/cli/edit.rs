@@ -41,6 +41,10 @@ pub(crate) struct NewConnection {
     /// jwt_bearer, HS*: the variable holding the shared secret (in the service's environment).
     #[arg(long)]
     pub secret_env: Option<String>,
+    /// jwt_bearer, HS*: how the secret is written: `text` (its UTF-8 bytes, the default) or
+    /// `base64` (random bytes; standard or URL-safe alphabet, padding optional).
+    #[arg(long, value_parser = ["text", "base64"])]
+    pub secret_encoding: Option<String>,
     /// A JWT header, KEY=VALUE (repeatable); always a string (`kid=1` is "1").
     #[arg(long = "header")]
     pub headers: Vec<String>,
@@ -153,6 +157,7 @@ pub(crate) fn add(path: &Path, new: NewConnection) -> Result<()> {
         ("--private-key-env", new.private_key_env.is_some()),
         ("--secret-file", new.secret_file.is_some()),
         ("--secret-env", new.secret_env.is_some()),
+        ("--secret-encoding", new.secret_encoding.is_some()),
         ("--header", !new.headers.is_empty()),
         ("--payload", !new.payload.is_empty()),
     ];
@@ -184,6 +189,7 @@ pub(crate) fn add(path: &Path, new: NewConnection) -> Result<()> {
         ("private_key_env", &new.private_key_env),
         ("secret_file", &new.secret_file),
         ("secret_env", &new.secret_env),
+        ("secret_encoding", &new.secret_encoding),
     ] {
         if let Some(v) = v {
             auth[key] = value(v.as_str());

@@ -81,30 +81,79 @@ pub(crate) fn decode(token: &str, verify_with: Option<&Path>) -> Result<ExitCode
     let algorithm: Algorithm = alg_name.parse().map_err(|_| {
         anyhow::anyhow!("the header's alg {alg_name:?} is not one postern can verify")
     })?;
-    let key = decoding_key(algorithm, key_file)?;
+    let keys = decoding_keys(algorithm, key_file)?;
     let mut validation = Validation::new(algorithm);
     // Only the signature: times are shown above, audiences are the server's business.
     validation.validate_exp = false;
     validation.validate_aud = false;
     validation.set_required_spec_claims::<&str>(&[]);
-    match jsonwebtoken::decode::<Value>(token, &key, &validation) {
-        Ok(_) => {
-            out::stdout(|out| {
-                writeln!(out, "signature: valid ({alg_name}, {})", key_file.display())
-            })?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Err(e) => {
-            out::stdout(|out| {
-                writeln!(
-                    out,
-                    "signature: INVALID ({alg_name}, {}): {e}",
-                    key_file.display()
-                )
-            })?;
-            Ok(ExitCode::FAILURE)
+    let mut failure = None;
+    for (key, read_as) in &keys {
+        match jsonwebtoken::decode::<Value>(token, key, &validation) {
+            Ok(_) => {
+                out::stdout(|out| {
+                    writeln!(
+                        out,
+                        "signature: valid ({alg_name}, {}{})",
+                        key_file.display(),
+                        read_as.map(|r| format!(", {r}")).unwrap_or_default()
+                    )
+                })?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            Err(e) => failure = failure.or(Some(e)),
         }
     }
+    let tried = match keys.as_slice() {
+        [_, _, ..] => ", the secret read as text and as base64",
+        [(_, Some(_))] => ", the secret read as text (it is not base64)",
+        _ => "",
+    };
+    let failure = failure.map(|e| e.to_string()).unwrap_or_default();
+    out::stdout(|out| {
+        writeln!(
+            out,
+            "signature: INVALID ({alg_name}, {}{tried}): {failure}",
+            key_file.display()
+        )
+    })?;
+    Ok(ExitCode::FAILURE)
+}
+
+/// The keys to verify with, each with how the file was read when that needs saying. An
+/// HS* secret file is read as text, then as base64 (`secret_encoding = "base64"` in the
+/// config, for secrets that are random bytes): the token says which one signed it, so
+/// trying both finds it without an option, and either still needs the secret.
+fn decoding_keys(
+    algorithm: Algorithm,
+    file: &Path,
+) -> Result<Vec<(DecodingKey, Option<&'static str>)>> {
+    use Algorithm as A;
+    if !matches!(algorithm, A::HS256 | A::HS384 | A::HS512) {
+        return Ok(vec![(decoding_key(algorithm, file)?, None)]);
+    }
+    let text = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let secret = text.trim_ascii();
+    let mut keys = vec![(
+        DecodingKey::from_secret(secret),
+        Some("the secret read as text"),
+    )];
+    if let Some(bytes) = std::str::from_utf8(secret).ok().and_then(decode_base64) {
+        keys.push((
+            DecodingKey::from_secret(&bytes),
+            Some("the secret read as base64"),
+        ));
+    }
+    Ok(keys)
+}
+
+/// As the config reads `secret_encoding = "base64"`: either alphabet, padded or not.
+fn decode_base64(text: &str) -> Option<Vec<u8>> {
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE};
+    [STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD]
+        .iter()
+        .find_map(|engine| engine.decode(text).ok())
+        .filter(|bytes| !bytes.is_empty())
 }
 
 fn part_json(what: &str, part: &str) -> Result<Value> {
@@ -114,7 +163,7 @@ fn part_json(what: &str, part: &str) -> Result<Value> {
     serde_json::from_slice(&bytes).with_context(|| format!("the {what} is not JSON"))
 }
 
-/// A public key PEM (RSA, EC, Ed25519) or, for HS*, a file holding the shared secret.
+/// A public key PEM (RSA, EC, Ed25519); for HS*, a file holding the shared secret as text.
 /// The key's kind is read from the PEM first: jsonwebtoken takes an RSA private key
 /// as if it were the public one (and then calls every signature invalid), and names a
 /// key of the wrong kind only as `InvalidKeyFormat`.
