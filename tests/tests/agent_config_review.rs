@@ -228,3 +228,29 @@ fn config_check_lists_every_payload_and_exchange_problem() -> Result<()> {
     }
     Ok(())
 }
+
+/// `reuse_for` counts back from `exp`: one not shorter than the lifetime would never let a
+/// JWT be reused, and is refused rather than silently signing every call.
+#[test]
+fn reuse_for_not_shorter_than_the_lifetime_is_refused() -> Result<()> {
+    let dir = TempDir::new("cfgreview-reuse")?;
+    let config = dir.write_private(
+        "agent.toml",
+        &offline_agent_config(
+            "127.0.0.1:1",
+            "[connections.orders]\nbase_uri = \"http://127.0.0.1:9\"\n\
+             [connections.orders.auth]\ntype = \"jwt_bearer\"\nalgorithm = \"HS256\"\n\
+             secret = \"a-secret-of-thirty-two-bytes-ok!\"\nlifetime = \"1m\"\nreuse_for = \"5m\"\n",
+        ),
+    )?;
+    let (code, said) = run(&config, &["config", "check"])?;
+    assert_eq!(code, Some(1), "{said}");
+    assert!(
+        said.contains(
+            "connections.orders: auth.reuse_for \"5m\" must be shorter than the JWT's lifetime \
+             (auth.lifetime \"1m\")"
+        ),
+        "{said}"
+    );
+    Ok(())
+}

@@ -101,6 +101,9 @@ pub(super) fn resolve(
     }
     p.extend(pasted_masks(&jwt));
     let has_exp = payload.as_ref().map(|payload| payload.has_claim("exp"));
+    let exp_in = payload
+        .as_ref()
+        .and_then(|payload| payload.seconds_from_now("exp"));
     let headers = noted(p, headers_with_thumbprints(&jwt, base_dir));
     let has_exchange = jwt.exchange.is_some();
     let exchange = noted(p, jwt.exchange.map(resolve_exchange).transpose());
@@ -120,6 +123,21 @@ pub(super) fn resolve(
         if has_exp == Some(false) && lifetime.is_some() {
             p.push("auth.reuse_for needs an exp claim to count back from: set payload.exp or auth.lifetime".into());
         }
+    }
+    if let (Some(reuse_for), Some(exp_in), false) = (reuse_for, exp_in, has_exchange)
+        && i128::from(reuse_for.as_secs()) >= i128::from(exp_in)
+    {
+        // Every JWT would be signed with less than reuse_for left: none would ever be reused.
+        let lifetime = match (&jwt.lifetime, jwt.payload.contains_key("exp")) {
+            (Some(lifetime), false) => format!("auth.lifetime {lifetime:?}"),
+            _ => format!("payload.exp = now + {exp_in} s"),
+        };
+        p.push(format!(
+            "auth.reuse_for {:?} must be shorter than the JWT's lifetime ({lifetime}): it is how \
+             long before exp a JWT stops being reused, so no JWT would ever be reused \
+             (lifetime = \"10m\" with reuse_for = \"1m\" reuses one for about 9 minutes)",
+            jwt.reuse_for.as_deref().unwrap_or_default(),
+        ));
     }
     // The key is checked against its algorithm whatever else is wrong.
     let signer = match (algorithm, key, payload, headers) {

@@ -662,3 +662,33 @@ fn every_payload_and_exchange_problem_is_listed() {
         "{err}"
     );
 }
+
+#[test]
+fn reuse_for_must_be_shorter_than_the_lifetime() {
+    let with = |auth: &str| {
+        parse(&jwt_connection(&format!(
+            "algorithm = \"HS256\"\nsecret_env = \"HMAC\"\n{auth}"
+        )))
+    };
+    with("lifetime = \"5m\"\nreuse_for = \"1m\"\npayload = { iss = \"p\" }")
+        .expect("reuse_for below the lifetime");
+    with("reuse_for = \"30s\"\npayload = { exp = \"{{now + 60}}\" }").expect("below payload.exp");
+    for (lifetime_or_exp, reuse_for, named) in [
+        ("lifetime = \"1m\"", "5m", "auth.lifetime \"1m\""),
+        ("lifetime = \"1m\"", "1m", "auth.lifetime \"1m\""),
+        (
+            "lifetime = \"1h\"\npayload = { exp = \"{{plus currentTimeSeconds 90}}\" }",
+            "2m",
+            "payload.exp = now + 90 s",
+        ),
+    ] {
+        let auth = format!("{lifetime_or_exp}\nreuse_for = \"{reuse_for}\"");
+        let err = with(&auth).expect_err(&auth);
+        assert!(
+            err.contains(&format!(
+                "auth.reuse_for \"{reuse_for}\" must be shorter than the JWT's lifetime ({named})"
+            )) && err.contains("no JWT would ever be reused"),
+            "{auth}: {err}"
+        );
+    }
+}

@@ -164,6 +164,18 @@ impl PayloadTemplate {
         found
     }
 
+    /// How many seconds after the clock a top-level claim is, when it is exactly one
+    /// `{{now ± N}}` template (as `lifetime` writes `exp`); `None` for anything else.
+    pub fn seconds_from_now(&self, name: &str) -> Option<i64> {
+        self.fields.iter().find_map(|(key, node)| match node {
+            Node::Whole {
+                expr: Expr::Now(offset),
+                ..
+            } if key == name => Some(*offset),
+            _ => None,
+        })
+    }
+
     /// Whether the top-level payload sets this claim (e.g. "exp").
     pub fn has_claim(&self, name: &str) -> bool {
         self.fields.iter().any(|(key, _)| key == name)
