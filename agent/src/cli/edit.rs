@@ -2,7 +2,7 @@
 //! Edits keep the file's comments and layout (toml_edit), are validated whole before
 //! they are written, and are written atomically with mode 0600 and the file's owner kept.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use postern_protocol::{SecretKind, SecretToken};
@@ -69,17 +69,23 @@ fn load(path: &Path) -> Result<DocumentMut> {
 /// is refused for the problems it brings, not for those the config had before, nor for a
 /// secret from an environment variable this shell lacks: the service's environment
 /// (`secret_env`) is not an admin's shell. Those are named as not checked.
-fn save(path: &Path, doc: &DocumentMut) -> Result<()> {
+fn save(path: &Path, doc: &DocumentMut) -> Result<PathBuf> {
     let text = doc.to_string();
+    let before = std::fs::read_to_string(path).ok();
+    check(path, before.as_deref(), &text)?;
+    write_config(path, &text)
+}
+
+/// `save`'s validation of `text`, the new content of `path`, which held `before`.
+pub(super) fn check(path: &Path, before: Option<&str>, text: &str) -> Result<()> {
     let base = path.parent().unwrap_or(Path::new("."));
-    let after = problems(&text, base).context("the edited config would not parse")?;
+    let after = problems(text, base).context("the edited config would not parse")?;
     let (unchecked, after): (Vec<String>, Vec<String>) = after
         .into_iter()
         .partition(|p| crate::config::is_unset_variable(p));
     if !after.is_empty() {
-        let before = std::fs::read_to_string(path)
-            .ok()
-            .and_then(|old| problems(&old, base).ok())
+        let before = before
+            .and_then(|old| problems(old, base).ok())
             .unwrap_or_default();
         let new: Vec<&str> = after
             .iter()
@@ -103,9 +109,113 @@ fn save(path: &Path, doc: &DocumentMut) -> Result<()> {
             unchecked.join("\n  ")
         );
     }
-    crate::config::write_private(path, &text)
-        .with_context(|| format!("writing {}", path.display()))?;
     Ok(())
+}
+
+/// Replaces the config at `path` with `text` (atomically, 0600, its owner kept) and returns
+/// the file written.
+fn write_config(path: &Path, text: &str) -> Result<PathBuf> {
+    let destination = Destination::of(path)?;
+    destination.write(text)?;
+    Ok(destination.file)
+}
+
+/// Where a config's new text goes. A symlink is followed, not replaced: a config linked
+/// from where the unit reads it into a folder that is managed or backed up keeps its link,
+/// and the real file gets the edit. Run by another user than the link's owner (root, for
+/// the service user's link), only a file the link's owner owns is written, as `token set`
+/// does for `token_file`: else whoever owns the link could point it at a file of root's
+/// and have `sudo postern connection add` rewrite it. A link to nothing is refused.
+pub(super) struct Destination {
+    /// The file, for messages.
+    pub(super) file: PathBuf,
+    /// The file as written to: through the pinned folder, if one is held.
+    through: PathBuf,
+    _pinned: Option<PinnedFolder>,
+}
+
+impl Destination {
+    pub(super) fn of(path: &Path) -> Result<Self> {
+        use std::os::unix::fs::MetadataExt;
+        let plain = || Self {
+            file: path.to_owned(),
+            through: path.to_owned(),
+            _pinned: None,
+        };
+        let link = match std::fs::symlink_metadata(path) {
+            Ok(meta) if meta.file_type().is_symlink() => meta,
+            Ok(_) => return Ok(plain()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(plain()),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        let file = std::fs::canonicalize(path).with_context(|| {
+            format!(
+                "{} is a symlink to a file that does not exist ({}); nothing was written. \
+                 Point --config at the file itself",
+                path.display(),
+                std::fs::read_link(path)
+                    .map(|to| to.display().to_string())
+                    .unwrap_or_else(|_| "unreadable".to_owned())
+            )
+        })?;
+        if crate::config::current_uid() == Some(link.uid()) {
+            return Ok(Self {
+                through: file.clone(),
+                file,
+                _pinned: None,
+            });
+        }
+        let (folder, name) = match (file.parent(), file.file_name()) {
+            (Some(folder), Some(name)) => (folder, name),
+            _ => bail!(
+                "{} links to {}, which is no file",
+                path.display(),
+                file.display()
+            ),
+        };
+        // Held open from the owner check to the write: a folder above it that the link's
+        // owner owns cannot be swapped for a symlink in between.
+        let pinned =
+            PinnedFolder::open(folder).with_context(|| format!("opening {}", folder.display()))?;
+        let through = pinned.join(name);
+        let owner = std::fs::metadata(&through)
+            .with_context(|| format!("reading {}", file.display()))?
+            .uid();
+        if owner != link.uid() {
+            bail!(
+                "refusing to write {} through the symlink {}: it belongs to {}, but the link \
+                 belongs to {}; nothing was written. Pass --config {} to edit that file",
+                file.display(),
+                path.display(),
+                user(owner),
+                user(link.uid()),
+                file.display()
+            );
+        }
+        Ok(Self {
+            file,
+            through,
+            _pinned: Some(pinned),
+        })
+    }
+
+    pub(super) fn write(&self, text: &str) -> Result<()> {
+        crate::config::write_private(&self.through, text)
+            .with_context(|| format!("writing {}", self.file.display()))
+    }
+}
+
+/// The file an edit went to, for messages: the path given, or where its symlink led.
+pub(super) fn written(path: &Path, file: &Path) -> String {
+    if path == file {
+        path.display().to_string()
+    } else {
+        format!(
+            "{} (the file the symlink {} points at)",
+            file.display(),
+            path.display()
+        )
+    }
 }
 
 /// What `run` would refuse in `text`, one line each; an error if it does not parse.
@@ -209,8 +319,9 @@ pub(crate) fn add(path: &Path, new: NewConnection) -> Result<()> {
     }
     table["auth"] = Item::Table(auth);
     connections[&new.name] = Item::Table(table);
-    save(path, &doc)?;
-    out::stdout(|out| writeln!(out, "connection {:?} added to {}", new.name, path.display()))?;
+    let file = save(path, &doc)?;
+    let file = written(path, &file);
+    out::stdout(|out| writeln!(out, "connection {:?} added to {file}", new.name))?;
     Ok(())
 }
 
@@ -237,8 +348,9 @@ pub(crate) fn remove(path: &Path, name: &str) -> Result<()> {
         bail!("no connection {name:?} in {}", path.display());
     };
     keep_loose_comments(&mut doc, &removed);
-    save(path, &doc)?;
-    out::stdout(|out| writeln!(out, "connection {name:?} removed from {}", path.display()))?;
+    let file = save(path, &doc)?;
+    let file = written(path, &file);
+    out::stdout(|out| writeln!(out, "connection {name:?} removed from {file}"))?;
     Ok(())
 }
 
@@ -435,8 +547,9 @@ pub(crate) fn set_token(path: &Path, token_file: Option<&Path>) -> Result<()> {
         return Ok(());
     }
     doc["token"] = value(token.expose());
-    save(path, &doc)?;
-    out::stdout(|out| writeln!(out, "token updated in {}; {next_step}", path.display()))?;
+    let file = save(path, &doc)?;
+    let file = written(path, &file);
+    out::stdout(|out| writeln!(out, "token updated in {file}; {next_step}"))?;
     Ok(())
 }
 

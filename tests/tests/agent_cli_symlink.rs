@@ -1,0 +1,126 @@
+//! The real `postern`'s edits through a symlinked config write the file it points at and
+//! leave the link; root writes through another user's link only to a file that user owns.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+
+use anyhow::Result;
+use postern_tests::harness::{
+    Bins, agent_cli, is_root, offline_agent_config, output_text, stderr, stdout,
+};
+use postern_tests::temp::TempDir;
+
+fn bins() -> Bins {
+    postern_tests::bins!()
+}
+
+fn mode(path: &Path) -> Result<u32> {
+    Ok(std::fs::metadata(path)?.permissions().mode() & 0o777)
+}
+
+fn is_symlink(path: &Path) -> Result<bool> {
+    Ok(std::fs::symlink_metadata(path)?.file_type().is_symlink())
+}
+
+/// Another well-formed token than [`unknown_token`].
+fn other_token() -> String {
+    postern_protocol::SecretToken::generate(
+        postern_protocol::SecretKind::AgentToken,
+        &[9u8; postern_protocol::token::BODY_LEN],
+    )
+    .expose()
+    .to_owned()
+}
+
+#[test]
+fn edits_through_a_symlink_change_the_file_it_points_at() -> Result<()> {
+    let dir = TempDir::new("review-symlink")?;
+    std::fs::create_dir(dir.path().join("real"))?;
+    let real = dir.write_private("real/agent.toml", &offline_agent_config("127.0.0.1:1", ""))?;
+    let link = dir.path().join("link.toml");
+    std::os::unix::fs::symlink("real/agent.toml", &link)?;
+
+    let out = agent_cli(
+        &bins(),
+        &link,
+        &["connection", "add", "z", "--base-uri", "http://127.0.0.1:9"],
+    )?;
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert!(is_symlink(&link)?, "the link was replaced by a file");
+    let text = std::fs::read_to_string(&real)?;
+    assert!(text.contains("[connections.z]"), "{text}");
+    assert_eq!(mode(&real)?, 0o600);
+    assert!(
+        stdout(&out).contains(&*real.to_string_lossy()),
+        "{}",
+        stdout(&out)
+    );
+
+    let token_file = dir.write_private("new-token", &format!("{}\n", other_token()))?;
+    let out = agent_cli(
+        &bins(),
+        &link,
+        &[
+            "token",
+            "set",
+            "--token-file",
+            &token_file.to_string_lossy(),
+        ],
+    )?;
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert!(is_symlink(&link)?, "token set replaced the link");
+    let text = std::fs::read_to_string(&real)?;
+    assert!(
+        text.contains(&other_token()) && text.contains("[connections.z]"),
+        "{text}"
+    );
+
+    let out = agent_cli(&bins(), &link, &["connection", "remove", "z"])?;
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert!(is_symlink(&link)?);
+    assert!(!std::fs::read_to_string(&real)?.contains("[connections.z]"));
+    Ok(())
+}
+
+/// Root editing the service user's link writes only a file that user owns: else the
+/// service account could point its link at root's files and have `sudo postern` rewrite
+/// them.
+#[test]
+fn root_edits_through_a_link_only_a_file_the_links_owner_owns() -> Result<()> {
+    if !is_root() {
+        eprintln!("skipped: needs root to own files for other users");
+        return Ok(());
+    }
+    let service_user = 4242;
+    let dir = TempDir::new("review-symlink-owner")?;
+    let roots = dir.write_private("roots.toml", &offline_agent_config("127.0.0.1:1", ""))?;
+    let before = std::fs::read_to_string(&roots)?;
+    let link = dir.path().join("link.toml");
+    std::os::unix::fs::symlink(&roots, &link)?;
+    std::os::unix::fs::lchown(&link, Some(service_user), Some(service_user))?;
+    let out = agent_cli(
+        &bins(),
+        &link,
+        &["connection", "add", "z", "--base-uri", "http://127.0.0.1:9"],
+    )?;
+    assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
+    assert!(
+        stderr(&out).contains("refusing to write") && stderr(&out).contains("uid 4242"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(std::fs::read_to_string(&roots)?, before);
+
+    // The link's owner's own file is edited, and keeps its owner.
+    std::os::unix::fs::chown(&roots, Some(service_user), Some(service_user))?;
+    let out = agent_cli(
+        &bins(),
+        &link,
+        &["connection", "add", "z", "--base-uri", "http://127.0.0.1:9"],
+    )?;
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert!(is_symlink(&link)?);
+    assert!(std::fs::read_to_string(&roots)?.contains("[connections.z]"));
+    assert_eq!(std::fs::metadata(&roots)?.uid(), service_user);
+    Ok(())
+}
