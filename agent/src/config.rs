@@ -493,11 +493,14 @@ pub(crate) fn one_secret(
         (None, Some(f), None) => {
             let path = base_dir.join(f);
             check_private(&path)?;
-            let text = std::fs::read_to_string(&path).map_err(|error| ConfigError::Read {
+            let bytes = std::fs::read(&path).map_err(|error| ConfigError::Read {
                 path: path.clone(),
                 error,
             })?;
-            text.trim().to_owned()
+            match String::from_utf8(bytes) {
+                Ok(text) => text.trim().to_owned(),
+                Err(_) => return Err(invalid(not_text(what, &path))),
+            }
         }
         (None, None, Some(name)) => env(name).ok_or_else(|| invalid(unset_variable(what, name)))?,
         (None, None, None) => {
@@ -520,6 +523,23 @@ pub(crate) fn one_secret(
         return Err(invalid(mask_problem(&place)));
     }
     Ok(text)
+}
+
+/// The problem with a secret file that is not UTF-8 text, with what to do instead: an HMAC
+/// secret of random bytes, say, or a DER key, which the file's name would not hint at.
+fn not_text(what: &str, path: &Path) -> String {
+    let path = path.display();
+    let hint = match what {
+        "auth.secret" => format!(
+            "for a secret of raw bytes, write it base64-encoded (`base64 -w0 {path}`) to the \
+             secret file (mode 0600) and set secret_encoding = \"base64\""
+        ),
+        "auth.private_key" => format!(
+            "a PEM key is expected; a DER key converts with `openssl pkey -inform DER -in {path} -out key.pem`"
+        ),
+        _ => "it must hold the value as text".to_owned(),
+    };
+    format!("{what}_file {path} is not UTF-8 text: {hint}")
 }
 
 /// Replaces `path` with `text` atomically (temp file beside it, then rename), mode 0600 (it

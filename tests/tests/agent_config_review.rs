@@ -254,3 +254,34 @@ fn reuse_for_not_shorter_than_the_lifetime_is_refused() -> Result<()> {
     );
     Ok(())
 }
+
+/// An HS256 `secret_file` of raw random bytes is refused with what to do, not with
+/// "stream did not contain valid UTF-8".
+#[test]
+fn a_raw_byte_secret_file_points_to_secret_encoding() -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new("cfgreview-raw")?;
+    let secret = dir.path().join("hmac.bin");
+    std::fs::write(&secret, [0x9f, 0x00, 0xff, 0x10, 0xc3, 0x28])?;
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600))?;
+    let config = dir.write_private(
+        "agent.toml",
+        &offline_agent_config(
+            "127.0.0.1:1",
+            "[connections.billing]\nbase_uri = \"http://127.0.0.1:9\"\n\
+             [connections.billing.auth]\ntype = \"jwt_bearer\"\nalgorithm = \"HS256\"\n\
+             secret_file = \"hmac.bin\"\n",
+        ),
+    )?;
+    let (code, said) = run(&config, &["config", "check"])?;
+    assert_eq!(code, Some(1), "{said}");
+    assert!(
+        said.contains(&format!(
+            "auth.secret_file {} is not UTF-8 text",
+            secret.display()
+        )) && said.contains("set secret_encoding = \"base64\""),
+        "{said}"
+    );
+    assert!(!said.contains("stream did not contain"), "{said}");
+    Ok(())
+}

@@ -692,3 +692,28 @@ fn reuse_for_must_be_shorter_than_the_lifetime() {
         );
     }
 }
+
+#[test]
+fn a_secret_file_of_raw_bytes_points_to_secret_encoding() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("postern-rawsecret-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let secret = dir.join("hmac.bin");
+    std::fs::write(&secret, [0xff, 0xfe, 0x00, 0x80, 0x41]).expect("write");
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let text = base(&format!(
+        "[connections.a]\nbase_uri = \"http://127.0.0.1:1/api\"\n[connections.a.auth]\n\
+         type = \"jwt_bearer\"\nalgorithm = \"HS256\"\nsecret_file = \"{}\"\npayload = {{ iss = \"p\" }}\n",
+        secret.display()
+    ));
+    let err = parse(&text).expect_err("not text");
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        err.contains(&format!(
+            "auth.secret_file {} is not UTF-8 text: for a secret of raw bytes",
+            secret.display()
+        )) && err.contains("secret_encoding = \"base64\""),
+        "{err}"
+    );
+    assert!(!err.contains("stream did not contain valid UTF-8"), "{err}");
+}
