@@ -1,12 +1,14 @@
-//! The real `postern`'s edits through a symlinked config write the file it points at and
-//! leave the link; root writes through another user's link only to a file that user owns.
+//! The real `postern`'s edits and `init --force` through a symlinked config write the file
+//! it points at and leave the link; root writes through another user's link only to a file
+//! that user owns.
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use postern_tests::harness::{
-    Bins, agent_cli, is_root, offline_agent_config, output_text, stderr, stdout,
+    Bins, agent_cli, agent_command, is_root, offline_agent_config, offline_init, output_text,
+    stderr, stdout, unknown_token,
 };
 use postern_tests::temp::TempDir;
 
@@ -30,6 +32,25 @@ fn other_token() -> String {
     )
     .expose()
     .to_owned()
+}
+
+fn init_force(config: &Path, token: &str) -> Result<std::process::Output> {
+    agent_command(
+        &bins(),
+        config,
+        &[
+            "init",
+            "--force",
+            "--relay",
+            "127.0.0.1:7",
+            "--fingerprint",
+            postern_tests::harness::OFFLINE_FINGERPRINT,
+        ],
+    )
+    .env("POSTERN_TOKEN", token)
+    .env_remove("ERP_SECRET")
+    .output()
+    .context("running postern init --force")
 }
 
 #[test]
@@ -79,6 +100,22 @@ fn edits_through_a_symlink_change_the_file_it_points_at() -> Result<()> {
     assert!(out.status.success(), "{}", output_text(&out));
     assert!(is_symlink(&link)?);
     assert!(!std::fs::read_to_string(&real)?.contains("[connections.z]"));
+
+    // `init --force` follows it too, and keeps the old file beside the real one.
+    let out = init_force(&link, &unknown_token())?;
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert!(is_symlink(&link)?, "init --force replaced the link");
+    assert!(std::fs::read_to_string(&real)?.contains("127.0.0.1:7"));
+    assert!(dir.path().join("real/agent.toml.bak").exists());
+    assert!(!dir.path().join("link.toml.bak").exists());
+
+    // A link to nothing is not made into a file where the link was, nor followed.
+    let dangling = dir.path().join("dangling.toml");
+    std::os::unix::fs::symlink("real/missing.toml", &dangling)?;
+    let out = offline_init(&bins(), &dangling, "127.0.0.1:1", &unknown_token())?;
+    assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
+    assert!(stderr(&out).contains("does not exist"), "{}", stderr(&out));
+    assert!(is_symlink(&dangling)? && !dir.path().join("real/missing.toml").exists());
     Ok(())
 }
 

@@ -203,6 +203,16 @@ impl Destination {
         crate::config::write_private(&self.through, text)
             .with_context(|| format!("writing {}", self.file.display()))
     }
+
+    /// The file's name with `suffix` added, in its folder: as written to, and as shown.
+    pub(super) fn beside(&self, suffix: &str) -> (PathBuf, PathBuf) {
+        let with = |file: &Path| {
+            let mut name = file.file_name().unwrap_or_default().to_owned();
+            name.push(suffix);
+            file.with_file_name(name)
+        };
+        (with(&self.through), with(&self.file))
+    }
 }
 
 /// The file an edit went to, for messages: the path given, or where its symlink led.

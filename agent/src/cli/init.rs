@@ -3,11 +3,13 @@
 
 use std::io::{IsTerminal, Read};
 use std::os::unix::fs::DirBuilderExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use postern_protocol::{SecretKind, SecretToken};
+use toml_edit::{DocumentMut, Item};
 
+use super::edit::Destination;
 use crate::config::{self, AgentConfig};
 
 /// The access token, trimmed: from `file`, else the variable `var` (`init`'s
@@ -79,14 +81,95 @@ pub(crate) fn init(
     // Validate before writing, so a bad relay or fingerprint never lands on disk.
     let file = config::ConfigFile::parse(&text)?;
     AgentConfig::resolve(file, Path::new("."), &|_| None)?;
+    let old = match std::fs::read_to_string(path) {
+        Ok(old) => Some(old),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let (text, carried) = match old.as_deref().and_then(connections_of) {
+        Some((connections, names)) => {
+            let mut doc: DocumentMut = text.parse().context("the new config")?;
+            doc["connections"] = connections;
+            let text = doc.to_string();
+            // As `connection add` checks an edit: what they bring that the old file had
+            // not is refused, a secret from the service's environment is not needed here.
+            super::edit::check(path, old.as_deref(), &text)
+                .context("the old config's connections do not fit the new one")?;
+            (text, names)
+        }
+        None => (text, Vec::new()),
+    };
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(dir)?;
     }
-    config::write_private(path, &text).with_context(|| format!("writing {}", path.display()))?;
-    super::out::stdout(|out| writeln!(out, "wrote {} (mode 0600)", path.display()))
+    let destination = Destination::of(path)?;
+    let backup = match &old {
+        Some(old) => Some(back_up(&destination, old)?),
+        None => None,
+    };
+    destination.write(&text)?;
+    let file = super::edit::written(path, &destination.file);
+    let mut said = format!("wrote {file} (mode 0600)\n");
+    if let Some(backup) = backup {
+        let is_toml = old
+            .as_deref()
+            .is_some_and(|old| old.parse::<DocumentMut>().is_ok());
+        let kept = match (carried.len(), is_toml) {
+            (0, true) => "it had no connections".to_owned(),
+            (0, false) => "it is not valid TOML, so none of its connections were carried \
+                           over: copy them back from it by hand"
+                .to_owned(),
+            (_, _) => format!(
+                "its connections are in the new one ({}); its other settings (token_file, \
+                 proxy, status_socket, …) are not: copy back what you need",
+                carried.join(", ")
+            ),
+        };
+        said.push_str(&format!(
+            "the previous config was kept as {} (mode 0600); {kept}\n",
+            backup.display()
+        ));
+    }
+    super::out::stdout(|out| out.write_all(said.as_bytes()))
+}
+
+/// The `connections` of a config that is valid TOML, with their names; `None` when it is
+/// not TOML, or has no connections.
+fn connections_of(text: &str) -> Option<(Item, Vec<String>)> {
+    let doc: DocumentMut = text.parse().ok()?;
+    let connections = doc.get("connections")?;
+    let names: Vec<String> = connections
+        .as_table_like()?
+        .iter()
+        .map(|(name, _)| name.to_owned())
+        .collect();
+    (!names.is_empty()).then(|| (connections.clone(), names))
+}
+
+/// Keeps `old`, the config `init --force` replaces, as `<file>.bak` beside the file the
+/// config is (through a symlink too): mode 0600 and the old file's owner and group, as it
+/// holds the old token.
+fn back_up(destination: &Destination, old: &str) -> Result<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let (file, _) = destination.beside("");
+    let (backup, shown) = destination.beside(".bak");
+    let failed = || {
+        format!(
+            "keeping the previous config as {}; nothing was written",
+            shown.display()
+        )
+    };
+    let meta = std::fs::metadata(&file).with_context(failed)?;
+    config::write_private(&backup, old).with_context(failed)?;
+    let written = std::fs::metadata(&backup).with_context(failed)?;
+    if (written.uid(), written.gid()) != (meta.uid(), meta.gid()) {
+        std::os::unix::fs::chown(&backup, Some(meta.uid()), Some(meta.gid()))
+            .with_context(failed)?;
+    }
+    Ok(shown)
 }
 
 fn toml_string(s: &str) -> String {

@@ -1,0 +1,120 @@
+//! `postern init --force` keeps the old config as `<file>.bak` and carries its connections
+//! over into the new one.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use postern_tests::harness::{
+    Bins, agent_command, is_root, offline_agent_config, output_text, stdout, unknown_token,
+};
+use postern_tests::temp::TempDir;
+
+fn bins() -> Bins {
+    postern_tests::bins!()
+}
+
+fn mode(path: &Path) -> Result<u32> {
+    Ok(std::fs::metadata(path)?.permissions().mode() & 0o777)
+}
+
+/// Another well-formed token than [`unknown_token`].
+fn other_token() -> String {
+    postern_protocol::SecretToken::generate(
+        postern_protocol::SecretKind::AgentToken,
+        &[9u8; postern_protocol::token::BODY_LEN],
+    )
+    .expose()
+    .to_owned()
+}
+
+fn init_force(config: &Path, token: &str) -> Result<std::process::Output> {
+    agent_command(
+        &bins(),
+        config,
+        &[
+            "init",
+            "--force",
+            "--relay",
+            "127.0.0.1:7",
+            "--fingerprint",
+            postern_tests::harness::OFFLINE_FINGERPRINT,
+        ],
+    )
+    .env("POSTERN_TOKEN", token)
+    .env_remove("ERP_SECRET")
+    .output()
+    .context("running postern init --force")
+}
+
+#[test]
+fn init_force_keeps_the_old_file_and_carries_its_connections_over() -> Result<()> {
+    let dir = TempDir::new("review-init-force")?;
+    let connections = "\n# The ERP, signed with a secret from the unit's environment.\n\
+         [connections.erp]\nbase_uri = \"http://127.0.0.1:9/erp\"\n\
+         [connections.erp.auth]\ntype = \"jwt_bearer\"\nalgorithm = \"HS256\"\n\
+         secret_env = \"ERP_SECRET\"\npayload = { iss = \"postern\" }\n\n\
+         [connections.orders]\nbase_uri = \"http://127.0.0.1:9/orders\"\n";
+    let old = offline_agent_config(
+        "127.0.0.1:1",
+        &format!("proxy = \"http://p:3128\"\n{connections}"),
+    );
+    let config = dir.write_private("agent.toml", &old)?;
+    if is_root() {
+        std::os::unix::fs::chown(&config, Some(4343), Some(4343))?;
+    }
+
+    let out = init_force(&config, &other_token())?;
+    assert!(out.status.success(), "{}", output_text(&out));
+    let said = stdout(&out);
+    let backup = dir.path().join("agent.toml.bak");
+    assert!(
+        said.contains(&format!("kept as {}", backup.display()))
+            && said.contains("erp, orders")
+            && said.contains("copy back"),
+        "{said}"
+    );
+    assert_eq!(std::fs::read_to_string(&backup)?, old);
+    assert_eq!(mode(&backup)?, 0o600);
+    let new = std::fs::read_to_string(&config)?;
+    assert!(
+        new.contains("127.0.0.1:7")
+            && new.contains(&other_token())
+            && new.contains(connections)
+            && !new.contains("proxy"),
+        "{new}"
+    );
+    if is_root() {
+        assert_eq!(std::fs::metadata(&backup)?.uid(), 4343);
+        assert_eq!(std::fs::metadata(&config)?.uid(), 4343);
+    }
+    // The new file loads as `run` would (with the secret the service would have).
+    let out = agent_command(&bins(), &config, &["config", "check"])
+        .env("ERP_SECRET", "a-secret-long-enough-for-hs256-signing")
+        .output()?;
+    assert!(out.status.success(), "{}", output_text(&out));
+
+    // A file that is not TOML is kept all the same, and said to be copied back by hand.
+    std::fs::write(&config, "relay = \n[connections.x\n")?;
+    let out = init_force(&config, &unknown_token())?;
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert!(
+        stdout(&out).contains("not valid TOML") && stdout(&out).contains("by hand"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(
+        std::fs::read_to_string(&backup)?,
+        "relay = \n[connections.x\n"
+    );
+
+    // A config without connections has none to carry over.
+    let out = init_force(&config, &other_token())?;
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert!(
+        stdout(&out).contains("it had no connections"),
+        "{}",
+        stdout(&out)
+    );
+    Ok(())
+}
