@@ -70,6 +70,8 @@ impl LogArgs {
                 .json()
                 .flatten_event(true)
                 .with_current_span(true)
+                // `span` holds the current one; the list of all would repeat it.
+                .with_span_list(false)
                 .try_init(),
             LogFormat::Text => builder
                 .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

@@ -72,6 +72,8 @@ async fn json_logs_of_a_full_run_hold_request_ids_and_no_secret() -> Result<()> 
         let value: serde_json::Value = serde_json::from_str(line)
             .map_err(|e| anyhow::anyhow!("not a JSON log line ({e}): {line}"))?;
         assert!(value["level"].is_string() && value["message"].is_string());
+        // The current span once, under `span`: no list of spans repeating it.
+        assert!(value.get("spans").is_none(), "{line}");
         if value["span"]["request_id"] == "json-log-req-1" {
             call_line = Some(value);
         }
