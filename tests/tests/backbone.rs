@@ -256,6 +256,16 @@ async fn the_api_refuses_with_stable_codes() -> Result<()> {
             "the {side} logged the query: {logs}"
         );
     }
+    // The relay logs the agent's refusal as a failure, with the caller's code.
+    let relay_logs = w.relay.logs.text();
+    assert!(
+        relay_logs
+            .lines()
+            .any(|l| l.contains("call failed at the agent")
+                && l.contains("upstream_unreachable")
+                && l.contains("status=502")),
+        "{relay_logs}"
+    );
 
     let r = w.api.call("warehouse-1", "orders", "/slow").await?;
     assert_eq!(r.status(), 504);

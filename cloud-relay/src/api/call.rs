@@ -8,7 +8,7 @@ use axum::extract::{Request, State};
 use axum::response::Response;
 use http::header::AUTHORIZATION;
 use http::{HeaderValue, Uri};
-use postern_protocol::headers::REQUEST_ID;
+use postern_protocol::headers::{POSTERN_ERROR, REQUEST_ID};
 use postern_protocol::upload_progress::{Progress, Tracked, within};
 use postern_protocol::{ConnectionName, ErrorCode};
 use tracing::{Instrument, info, info_span, warn};
@@ -179,7 +179,20 @@ async fn forward(
         Some(Err(e)) => return Err(classify(&ctx, &live, &connection, &e)),
         Some(Ok(response)) => response,
     };
-    info!(method = %parts.method, status = upstream.status().as_u16(), ms = started.elapsed().as_millis() as u64, "call answered");
+    let (status, ms) = (
+        upstream.status().as_u16(),
+        started.elapsed().as_millis() as u64,
+    );
+    // The agent's own refusals (it strips this header from the internal server's
+    // answers) are failures to an operator, with the code the caller got.
+    match upstream
+        .headers()
+        .get(POSTERN_ERROR)
+        .and_then(|c| c.to_str().ok())
+    {
+        Some(code) => info!(method = %parts.method, status, ms, code, "call failed at the agent"),
+        None => info!(method = %parts.method, status, ms, "call answered"),
+    }
     let (mut parts, body) = upstream.into_parts();
     postern_protocol::headers::strip_hop_by_hop(&mut parts.headers);
     parts.extensions.insert(super::error::FromAgent);
