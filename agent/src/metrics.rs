@@ -87,7 +87,7 @@ impl Default for AgentMetrics {
         );
         registry.register(
             "reconnects",
-            "Times the agent connected to the relay again",
+            "Sessions with the relay established (welcomed) after the first one; failed attempts do not count",
             reconnects.clone(),
         );
         registry.register(

@@ -42,6 +42,7 @@ pub struct TunnelState {
     pub connected: bool,
     pub since: Option<SystemTime>,
     pub last_error: Option<String>,
+    /// Sessions established after the first one (failed attempts do not count).
     pub reconnects: u64,
     pub agent_name: Option<String>,
 }
@@ -126,7 +127,6 @@ pub async fn run(
                 info!("reconnecting with the reloaded settings");
                 relay_index = 0;
                 backoff.reset();
-                state.send_modify(|s| s.reconnects += 1);
                 continue;
             }
             Err(e @ TunnelError::FingerprintMismatch { .. }) => {
@@ -171,7 +171,6 @@ pub async fn run(
                 backoff.reset();
             }
         }
-        state.send_modify(|s| s.reconnects += 1);
     }
     tasks.close();
     if tokio::time::timeout(SHUTDOWN_GRACE, tasks.wait())
@@ -232,6 +231,11 @@ async fn session(
     };
     info!(%relay, agent = %agent_name, connections = announced.len(), "connected to relay");
     state.send_modify(|s| {
+        // Counted once welcomed, not per attempt: failed attempts while the relay is
+        // down are not reconnections. `since` is only ever set by an earlier session.
+        if s.since.is_some() {
+            s.reconnects += 1;
+        }
         s.connected = true;
         s.since = Some(SystemTime::now());
         s.last_error = None;
