@@ -26,8 +26,11 @@ use tokio_util::task::TaskTracker;
 /// Why a call could not be sent to the agent or answered by it.
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
-    #[error("the agent refused a channel for connection {connection:?}: {reason}")]
-    Refused { connection: String, reason: String },
+    #[error("the agent refused a channel for connection {connection:?}: {reason:?}")]
+    Refused {
+        connection: String,
+        reason: russh::ChannelOpenFailure,
+    },
     #[error("the tunnel to the agent is closed")]
     SessionClosed,
     #[error(transparent)]
@@ -247,7 +250,7 @@ impl ChannelPool {
             .map_err(|e| match e {
                 russh::Error::ChannelOpenFailure(reason) => CallError::Refused {
                     connection: target.connection().as_str().to_owned(),
-                    reason: format!("{reason:?}"),
+                    reason,
                 },
                 _ => CallError::SessionClosed,
             })

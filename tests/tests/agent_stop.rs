@@ -33,3 +33,47 @@ async fn a_stopped_agent_is_recorded_as_closed_not_lost() -> Result<()> {
     assert_eq!(closed("agent_closed"), f64::from(rounds));
     Ok(())
 }
+
+/// While a stopping agent drains its calls it refuses new channels; a call that comes
+/// then is told to retry (503 `agent_offline`), not that the connection does not exist
+/// (404 `unknown_connection`, which reads as a mistake in the caller's configuration).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_call_to_a_draining_agent_is_told_to_retry() -> Result<()> {
+    let w = RelayWorld::start(postern_tests::bins!()).await?;
+    let agent = w.agent_online("site").await?;
+    let slow = {
+        let api = w.admin.clone();
+        tokio::spawn(async move { api.call("site", "orders", "/slow").await })
+    };
+    postern_tests::relay_support::wait_calls_in_flight(
+        &w.admin,
+        "site",
+        1,
+        std::time::Duration::from_secs(5),
+    )
+    .await?;
+    let stopped = std::process::Command::new("kill")
+        .args(["-TERM", &agent.process.pid().to_string()])
+        .status()?;
+    assert!(stopped.success());
+    // The agent takes a moment to hear the signal; then each new call is refused.
+    let mut seen = Vec::new();
+    for _ in 0..20 {
+        let r = w.admin.call("site", "orders", "/ping").await?;
+        let status = r.status().as_u16();
+        let body: serde_json::Value = r.json().await.unwrap_or_default();
+        seen.push((
+            status,
+            postern_tests::relay_support::error_code(&body).to_owned(),
+        ));
+        if status != 200 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let last = seen.last().cloned().unwrap_or_default();
+    assert_eq!(last, (503, "agent_offline".to_owned()), "{seen:?}");
+    // The call under way still gets its whole answer.
+    assert_eq!(slow.await??.status(), 200);
+    Ok(())
+}

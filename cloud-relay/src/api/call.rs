@@ -265,8 +265,8 @@ fn classify(
         )
         .into();
     }
-    if let CallError::Refused { .. } = e {
-        return ApiError::new(ErrorCode::UnknownConnection, e.to_string()).into();
+    if let CallError::Refused { reason, .. } = e {
+        return refused(&live.agent_name, connection, reason).into();
     }
     let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
     while let Some(err) = source {
@@ -284,6 +284,28 @@ fn classify(
         format!("the call through the tunnel failed: {e}"),
     )
     .into()
+}
+
+/// An agent's refusal of a channel: 404 when it no longer has the connection (a reload
+/// since its hello); else 503, for it is stopping or reconnecting and takes no new calls
+/// now, which a caller may retry (a 404 would read as a mistake in its configuration).
+pub(super) fn refused(
+    agent: &str,
+    connection: &str,
+    reason: &russh::ChannelOpenFailure,
+) -> ApiError {
+    match reason {
+        russh::ChannelOpenFailure::ConnectFailed => ApiError::new(
+            ErrorCode::UnknownConnection,
+            format!("agent {agent:?} has no connection {connection:?}"),
+        ),
+        _ => ApiError::new(
+            ErrorCode::AgentOffline,
+            format!(
+                "agent {agent:?} takes no new calls now (it is stopping or reconnecting): retry shortly"
+            ),
+        ),
+    }
 }
 
 fn too_large(limit: u64) -> ApiError {

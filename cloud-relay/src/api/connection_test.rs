@@ -29,12 +29,8 @@ pub async fn run(
     let channel = match tokio::time::timeout_at(deadline, opened).await {
         Err(_) => return Err(timed_out()),
         Ok(Ok(channel)) => channel,
-        Ok(Err(CallError::Refused { .. })) => {
-            // The agent dropped the connection (a reload) since the relay last heard.
-            return Err(ApiError::new(
-                ErrorCode::UnknownConnection,
-                format!("agent {:?} has no connection {connection:?}", record.name),
-            ));
+        Ok(Err(CallError::Refused { reason, .. })) => {
+            return Err(super::call::refused(&record.name, &connection, &reason));
         }
         Ok(Err(e)) => {
             return Err(ApiError::new(
