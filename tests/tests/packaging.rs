@@ -91,6 +91,11 @@ fn owner_mode(path: &str) -> Result<(String, String, u32)> {
 
 /// The unit's `User=`, `Environment=` and `ExecStart=` as a command run as that user.
 fn as_the_unit_runs(unit: &str) -> Result<Command> {
+    as_the_unit_runs_its(unit, "ExecStart")
+}
+
+/// As [`as_the_unit_runs`], for the command in `exec` (`ExecStart`, `ExecReload`).
+fn as_the_unit_runs_its(unit: &str, exec: &str) -> Result<Command> {
     let text = std::fs::read_to_string(unit)?;
     let value = |key: &str| {
         text.lines()
@@ -98,7 +103,7 @@ fn as_the_unit_runs(unit: &str) -> Result<Command> {
             .map(str::to_owned)
     };
     let user = value("User").context("no User=")?;
-    let exec = value("ExecStart").context("no ExecStart=")?;
+    let exec = value(exec).with_context(|| format!("no {exec}="))?;
     let mut command = Command::new("setpriv");
     command.args(["--reuid", &user, "--regid", &user, "--init-groups", "--"]);
     command.args(exec.split_whitespace());
@@ -375,6 +380,42 @@ async fn debs_install_run_as_their_units_and_purge_cleanly() -> Result<()> {
         String::from_utf8_lossy(&status.stdout),
         String::from_utf8_lossy(&status.stderr)
     );
+    // `systemctl reload` runs ExecReload: it says whether the agent took the config.
+    let reload = || -> Result<Output> {
+        Ok(
+            as_the_unit_runs_its("/lib/systemd/system/postern-agent.service", "ExecReload")?
+                .output()?,
+        )
+    };
+    let reloaded = reload()?;
+    assert_eq!(
+        reloaded.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&reloaded.stderr)
+    );
+    assert!(String::from_utf8_lossy(&reloaded.stdout).contains("reloaded /etc/postern/agent.toml"));
+    let good = std::fs::read_to_string("/etc/postern/agent.toml")?;
+    // metrics_listen cannot change under a running agent: refused, and the reload fails.
+    std::fs::write(
+        "/etc/postern/agent.toml",
+        format!("metrics_listen = \"127.0.0.1:9\"\n{good}"),
+    )?;
+    let refused = reload()?;
+    let why = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{why}");
+    assert!(
+        why.contains("reload refused") && why.contains("metrics_listen"),
+        "{why}"
+    );
+    std::fs::write("/etc/postern/agent.toml", &good)?;
+    // SIGHUP by hand still reloads.
+    postern_tests::harness::signal(agent.pid(), "HUP")?;
+    agent
+        .logs
+        .wait_for("SIGHUP: reloading the config", Duration::from_secs(5))?;
+    let answer = api.call("edge", "orders", "/after-reloads").await?;
+    assert_eq!(answer.status(), 200);
     assert!(agent.terminate()?.success());
     assert!(relay.terminate()?.success());
     let agent_toml = std::fs::read_to_string("/etc/postern/agent.toml")?;
@@ -497,6 +538,12 @@ fn install_script_stages_everything_and_uninstalls() -> Result<()> {
     assert!(
         unit.contains("\nExecStart=/usr/local/bin/postern run --config /etc/postern/agent.toml\n")
     );
+    assert!(
+        unit.contains(
+            "\nExecReload=/usr/local/bin/postern reload --config /etc/postern/agent.toml\n"
+        ),
+        "{unit}"
+    );
     let man = std::fs::read_to_string(at("/usr/local/share/man/man1/postern.1"))?;
     assert!(man.contains(".TH postern 1"), "{man}");
 
@@ -578,12 +625,15 @@ fn service_commands_write_the_packaged_unit_or_say_why_not() -> Result<()> {
     assert_eq!(
         text,
         packaged
-            .replace(
-                "/usr/bin/postern run --config /etc/postern/agent.toml",
-                &format!("{agent} run --config {config_text}")
-            )
+            .replace("=/usr/bin/postern ", &format!("={agent} "))
             .replace("/etc/postern/agent.toml", &config_text),
         "the installed unit is the packaged one with this binary and config"
+    );
+    assert!(
+        text.contains(&format!(
+            "\nExecReload={agent} reload --config {config_text}\n"
+        )),
+        "{text}"
     );
     if Path::new("/usr/bin/systemd-analyze").exists() {
         let file = dir.path().join("postern-agent.service");

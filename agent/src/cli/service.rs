@@ -9,6 +9,7 @@ use anyhow::{Context, Result, bail};
 /// The unit the .deb ships; `install` writes it with this binary's and config's paths.
 const PACKAGED_UNIT: &str = include_str!("../../../packaging/systemd/postern-agent.service");
 const PACKAGED_EXEC: &str = "/usr/bin/postern run --config /etc/postern/agent.toml";
+const PACKAGED_RELOAD: &str = "/usr/bin/postern reload --config /etc/postern/agent.toml";
 const PACKAGED_CONFIG: &str = "/etc/postern/agent.toml";
 pub const UNIT_NAME: &str = "postern-agent.service";
 const UNIT_DIR: &str = "/etc/systemd/system";
@@ -23,8 +24,10 @@ pub fn unit(binary: &Path, config: &Path) -> Result<String> {
         }
     }
     let exec = format!("{} run --config {}", binary.display(), config.display());
+    let reload = format!("{} reload --config {}", binary.display(), config.display());
     Ok(PACKAGED_UNIT
         .replace(PACKAGED_EXEC, &exec)
+        .replace(PACKAGED_RELOAD, &reload)
         .replace(PACKAGED_CONFIG, &config.display().to_string()))
 }
 
@@ -299,6 +302,11 @@ mod tests {
         ));
         assert!(text.contains("\nConditionPathExists=/etc/postern/site.toml\n"));
         assert!(!text.contains("/usr/bin/postern"));
+        // `systemctl reload` fails when the agent refuses the config, as `kill -HUP` never did.
+        assert!(text.contains(
+            "\nExecReload=/opt/postern/bin/postern reload --config /etc/postern/site.toml\n"
+        ));
+        assert_eq!(text.matches("\nExecReload=").count(), 1, "{text}");
         assert!(text.contains("\nProtectSystem=strict\n") && text.contains("\nUser=postern\n"));
     }
 
