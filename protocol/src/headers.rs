@@ -62,16 +62,25 @@ fn strip(headers: &mut http::HeaderMap, drop: impl Fn(&str) -> bool) {
 
 /// Request headers some servers and frameworks read as the request's real path, host,
 /// client address or method (IIS's `X-Original-URL`, Symfony's `X-Rewrite-URL`, Spring's
-/// forwarded-header filter, "local callers only" checks on `X-Forwarded-For`). From a
-/// caller they would reach past what `base_uri` and the path checks allow; the agent is
-/// the client of its internal servers, so it sends none of them. Plus every `X-Forwarded-*`.
+/// forwarded-header filter, "local callers only" checks on `X-Forwarded-For`, Akamai's and
+/// Cloudflare's `True-Client-IP`, Rails' `Client-IP`). From a caller they would reach past
+/// what `base_uri` and the path checks allow; the agent is the client of its internal
+/// servers, so it sends none of them. Plus every `X-Forwarded-*`.
 const REROUTING: &[&str] = &[
     "forwarded",
+    "x-forwarded",
     "x-original-url",
     "x-rewrite-url",
     "x-original-uri",
+    "x-original-host",
+    "x-host",
+    "x-http-host-override",
     "x-real-ip",
     "x-client-ip",
+    "client-ip",
+    "true-client-ip",
+    "x-cluster-client-ip",
+    "x-proxyuser-ip",
     "x-http-method-override",
     "x-http-method",
     "x-method-override",
@@ -111,6 +120,14 @@ mod tests {
             "forwarded",
             "X-HTTP-Method-Override",
             "x-real-ip",
+            "Client-IP",
+            "True-Client-IP",
+            "X-Cluster-Client-IP",
+            "X-Forwarded",
+            "X-Original-Host",
+            "X-Host",
+            "X-HTTP-Host-Override",
+            "X-ProxyUser-Ip",
         ] {
             h.insert(
                 http::HeaderName::from_bytes(name.as_bytes()).expect("valid name"),
@@ -122,12 +139,13 @@ mod tests {
         h.insert("x-secret-hop", http::HeaderValue::from_static("1"));
         h.insert("host", http::HeaderValue::from_static("relay"));
         h.insert("x-forwardedness", http::HeaderValue::from_static("kept"));
+        h.insert("x-hostname", http::HeaderValue::from_static("kept"));
         h.insert("accept", http::HeaderValue::from_static("application/json"));
         h.insert("x-request-id", http::HeaderValue::from_static("r1"));
         strip_hop_by_hop_and_rerouting(&mut h);
         let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
-        assert_eq!(left.len(), 3, "{left:?}");
-        for kept in ["x-forwardedness", "accept", "x-request-id"] {
+        assert_eq!(left.len(), 4, "{left:?}");
+        for kept in ["x-forwardedness", "x-hostname", "accept", "x-request-id"] {
             assert!(h.contains_key(kept), "{kept} dropped: {left:?}");
         }
     }

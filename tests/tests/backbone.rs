@@ -132,6 +132,14 @@ async fn a_jwt_signed_call_crosses_the_tunnel_and_verifies_independently() -> Re
         .header("x-original-url", "/admin")
         .header("x-forwarded-for", "127.0.0.1")
         .header("forwarded", "for=127.0.0.1;host=admin.internal")
+        .header("client-ip", "127.0.0.1")
+        .header("true-client-ip", "127.0.0.1")
+        .header("x-cluster-client-ip", "127.0.0.1")
+        .header("x-forwarded", "for=127.0.0.1")
+        .header("x-original-host", "admin.internal")
+        .header("x-host", "admin.internal")
+        .header("x-http-host-override", "admin.internal")
+        .header("x-proxyuser-ip", "127.0.0.1")
         .body("hello body")
         .send()
         .await?;
@@ -160,7 +168,19 @@ async fn a_jwt_signed_call_crosses_the_tunnel_and_verifies_independently() -> Re
     assert_eq!(header("x-custom").as_deref(), Some("kept"));
     assert_eq!(header("x-request-id").as_deref(), Some("req-123"));
     assert_eq!(header("proxy-foo"), None, "Proxy-* headers are hop-by-hop");
-    for rerouting in ["x-original-url", "x-forwarded-for", "forwarded"] {
+    for rerouting in [
+        "x-original-url",
+        "x-forwarded-for",
+        "forwarded",
+        "client-ip",
+        "true-client-ip",
+        "x-cluster-client-ip",
+        "x-forwarded",
+        "x-original-host",
+        "x-host",
+        "x-http-host-override",
+        "x-proxyuser-ip",
+    ] {
         assert_eq!(header(rerouting), None, "{rerouting} reached the server");
     }
     // The relay's API key never reaches the internal network.
