@@ -2,7 +2,7 @@
 //! sessions, the login throttle, the config, and the task tracker that shutdown drains.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -24,6 +24,9 @@ pub struct RelayContext {
     pub metrics: Metrics,
     pub tasks: TaskTracker,
     pub shutdown: CancellationToken,
+    /// Set as shutdown cuts off the calls still under way (past the grace, or a second
+    /// signal): their end is the relay's doing, not their callers'.
+    pub cutting_off: AtomicBool,
     next_session_id: AtomicU64,
 }
 
@@ -38,8 +41,13 @@ impl RelayContext {
             metrics: Metrics::default(),
             tasks: TaskTracker::new(),
             shutdown,
+            cutting_off: AtomicBool::new(false),
             next_session_id: AtomicU64::new(1),
         }
+    }
+
+    pub fn is_cutting_off(&self) -> bool {
+        self.cutting_off.load(Ordering::SeqCst)
     }
 
     pub fn next_session_id(&self) -> u64 {

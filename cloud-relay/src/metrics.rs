@@ -145,6 +145,12 @@ impl Metrics {
             .inc();
     }
 
+    /// One call the relay's shutdown cut off before its answer's head: no status either,
+    /// and not its caller's doing.
+    pub fn call_cut_off(&self) {
+        self.calls.get_or_create(&Class { class: "cut_off" }).inc();
+    }
+
     /// Body bytes received from callers (and sent on to agents).
     pub fn add_bytes_in(&self, n: usize) {
         self.bytes_in.inc_by(n as u64);

@@ -190,6 +190,8 @@ pub async fn run_with(
             }
         };
     // Dropping the API server ends the connections still open (their calls are cut off).
+    ctx.cutting_off
+        .store(true, std::sync::atomic::Ordering::SeqCst);
     drop(served);
     sessions_end.cancel();
     ctx.tasks.close();

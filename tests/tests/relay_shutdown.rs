@@ -142,6 +142,13 @@ async fn a_second_signal_ends_the_drain_at_once_and_still_says_goodbye() -> Resu
         "the relay took {took:?} to stop after a second signal"
     );
     exited_with_goodbye(&mut w, &agent)?;
+    // The relay cut the call off: its doing, not the caller's.
+    let logs = w.relay.logs.text();
+    assert!(
+        logs.contains("call cut off by the relay's shutdown")
+            && !logs.contains("abandoned by the caller"),
+        "{logs}"
+    );
     Ok(())
 }
 

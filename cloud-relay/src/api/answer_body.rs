@@ -7,7 +7,7 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::channel_pool::DrivenBody;
 use crate::context::RelayContext;
@@ -82,6 +82,11 @@ impl Drop for AnswerBody {
             return;
         }
         let bytes = self.sent;
+        if self.ctx.is_cutting_off() {
+            self.span
+                .in_scope(|| warn!(bytes, "the answer was cut off by the relay's shutdown"));
+            return;
+        }
         self.span.in_scope(|| {
             info!(
                 bytes,

@@ -88,11 +88,17 @@ impl Drop for Abandoned {
             return;
         }
         let ms = self.started.elapsed().as_millis() as u64;
-        self.span
-            .in_scope(|| info!(ms, "call abandoned by the caller"));
         // Not in the duration histogram: it measures the time to an answer's head,
         // which this call never had.
-        self.ctx.metrics.call_abandoned();
+        if self.ctx.is_cutting_off() {
+            self.span
+                .in_scope(|| warn!(ms, "call cut off by the relay's shutdown"));
+            self.ctx.metrics.call_cut_off();
+        } else {
+            self.span
+                .in_scope(|| info!(ms, "call abandoned by the caller"));
+            self.ctx.metrics.call_abandoned();
+        }
     }
 }
 
