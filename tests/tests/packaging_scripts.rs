@@ -484,6 +484,10 @@ fn service_install_checks_the_config_as_the_user_then_writes_and_starts_the_unit
             "ExecStart=/usr/bin/postern run",
             &format!("ExecStart={POSTERN} run"),
         )
+        .replace(
+            "ExecReload=/usr/bin/postern reload",
+            &format!("ExecReload={POSTERN} reload"),
+        )
         .replace("/etc/postern/agent.toml", config);
     let written = std::fs::read_to_string(sandbox.etc("systemd/system/postern-agent.service"))?;
     assert_eq!(written, expected);
@@ -491,6 +495,7 @@ fn service_install_checks_the_config_as_the_user_then_writes_and_starts_the_unit
         "Type=exec",
         "User=postern",
         "ExecStart=/usr/local/bin/postern run --config /etc/postern/site.toml",
+        "ExecReload=/usr/local/bin/postern reload --config /etc/postern/site.toml",
         "ConditionPathExists=/etc/postern/site.toml",
     ] {
         assert!(written.lines().any(|l| l == line), "no {line}: {written}");
