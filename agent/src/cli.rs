@@ -177,26 +177,10 @@ pub fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {}", error_text(&e));
+            eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
     }
-}
-
-/// `{e:#}`, less a cause the text before it already ends with: a type that puts its source
-/// in its own message as well (some of our dependencies' do) would say it twice.
-fn error_text(e: &anyhow::Error) -> String {
-    let mut text = String::new();
-    for cause in e.chain() {
-        let part = cause.to_string();
-        if text.is_empty() {
-            text = part;
-        } else if !text.ends_with(&part) {
-            text.push_str(": ");
-            text.push_str(&part);
-        }
-    }
-    text
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
@@ -306,30 +290,46 @@ pub(crate) fn load(path: &std::path::Path) -> Result<AgentConfig> {
 
 #[cfg(test)]
 mod tests {
-    #[derive(Debug, thiserror::Error)]
-    #[error("metrics_listen 127.0.0.1:9464: {source}")]
-    struct Twice {
-        source: std::io::Error,
+    use std::error::Error;
+
+    /// As `main` prints it.
+    fn printed<E: Error + Send + Sync + 'static>(e: E) -> String {
+        assert!(
+            e.source().is_none(),
+            "{e} exposes its cause as a source too"
+        );
+        format!("{:#}", anyhow::Error::new(e))
     }
 
+    /// `main` prints `{e:#}`, the message and then each source: the agent's error types
+    /// that put their cause in the message must not expose it as a source as well.
     #[test]
-    fn a_cause_is_printed_once() {
-        let e = anyhow::Error::new(Twice {
-            source: std::io::Error::from(std::io::ErrorKind::AddrInUse),
-        })
-        .context("starting");
-        assert_eq!(
-            super::error_text(&e),
-            "starting: metrics_listen 127.0.0.1:9464: address in use"
-        );
-        let read = crate::config::ConfigError::Read {
-            path: "/nope.toml".into(),
-            error: std::io::Error::from(std::io::ErrorKind::NotFound),
-        };
-        assert!(std::error::Error::source(&read).is_none());
-        assert_eq!(
-            format!("{:#}", anyhow::Error::new(read)),
-            "cannot read /nope.toml: entity not found"
-        );
+    fn errors_that_say_their_cause_say_it_once() {
+        let io = || std::io::Error::from(std::io::ErrorKind::AddrInUse);
+        let json = || serde_json::from_str::<serde_json::Value>("{").expect_err("not JSON");
+        let said = [
+            printed(crate::daemon::DaemonError::Metrics {
+                addr: ([127, 0, 0, 1], 9464).into(),
+                error: io(),
+            }),
+            printed(crate::proxy::ProxyError::Connect {
+                proxy: "http://proxy:3128".into(),
+                error: io(),
+            }),
+            printed(crate::config::ConfigError::Read {
+                path: "/nope.toml".into(),
+                error: io(),
+            }),
+        ];
+        for text in said {
+            assert_eq!(text.matches("address in use").count(), 1, "{text}");
+        }
+        printed(crate::jwt::JwtError::from(json()));
+        printed(crate::jwt::JwtError::from(
+            crate::jwt::key::KeyError::MalformedPem {
+                reason: "no base64".into(),
+            },
+        ));
+        printed(postern_protocol::control::ControlError::from(json()));
     }
 }

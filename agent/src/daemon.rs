@@ -21,10 +21,11 @@ use crate::tunnel::{self, TunnelState};
 pub enum DaemonError {
     #[error(transparent)]
     Connection(#[from] BuildError),
-    #[error("metrics_listen {addr}: {source}")]
+    /// The cause is in the message and not a `source`, so a `{:#}` chain says it once.
+    #[error("metrics_listen {addr}: {error}")]
     Metrics {
         addr: std::net::SocketAddr,
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 
@@ -63,7 +64,7 @@ pub async fn run_with_hangup(
     if let Some(addr) = config.metrics_listen {
         let listener = crate::metrics::bind(addr)
             .await
-            .map_err(|source| DaemonError::Metrics { addr, source })?;
+            .map_err(|error| DaemonError::Metrics { addr, error })?;
         info!(%addr, "serving Prometheus metrics at /metrics");
         tasks.spawn(crate::metrics::serve(
             listener,

@@ -17,10 +17,11 @@ pub enum ProxyError {
     BadUrl(String),
     #[error("only http:// proxies (HTTP CONNECT) are supported, not {0}://")]
     Scheme(String),
-    #[error("cannot reach the proxy {proxy}: {source}")]
+    /// The cause is in the message and not a `source`, so a `{:#}` chain says it once.
+    #[error("cannot reach the proxy {proxy}: {error}")]
     Connect {
         proxy: String,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("the proxy {proxy} closed the connection or sent no valid answer to CONNECT")]
     BadAnswer { proxy: String },
@@ -135,9 +136,9 @@ impl Proxy {
         let name = self.to_string();
         let mut stream = TcpStream::connect((self.host.as_str(), self.port))
             .await
-            .map_err(|source| ProxyError::Connect {
+            .map_err(|error| ProxyError::Connect {
                 proxy: name.clone(),
-                source,
+                error,
             })?;
         let _ = stream.set_nodelay(true);
         let mut request = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n");
@@ -148,9 +149,9 @@ impl Proxy {
         stream
             .write_all(request.as_bytes())
             .await
-            .map_err(|source| ProxyError::Connect {
+            .map_err(|error| ProxyError::Connect {
                 proxy: name.clone(),
-                source,
+                error,
             })?;
         // Read byte by byte up to the blank line, so no SSH bytes are swallowed.
         let mut head = Vec::new();
@@ -331,9 +332,9 @@ mod tests {
         stream
             .read_exact(&mut greeting)
             .await
-            .map_err(|source| ProxyError::Connect {
+            .map_err(|error| ProxyError::Connect {
                 proxy: proxy.to_string(),
-                source,
+                error,
             })?;
         Ok(String::from_utf8_lossy(&greeting).into_owned())
     }

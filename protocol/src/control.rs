@@ -60,12 +60,19 @@ impl EndReason {
     }
 }
 
+/// Its message says the cause, and it exposes none as its source, so a `{:#}` chain says it once.
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
     #[error("control line longer than {MAX_CONTROL_LINE} bytes")]
     TooLong,
     #[error("malformed control message: {0}")]
-    Malformed(#[from] serde_json::Error),
+    Malformed(serde_json::Error),
+}
+
+impl From<serde_json::Error> for ControlError {
+    fn from(e: serde_json::Error) -> Self {
+        Self::Malformed(e)
+    }
 }
 
 /// Encodes a message as one line, newline included.
@@ -141,5 +148,17 @@ mod tests {
             decode_line::<AgentMessage>(&vec![b' '; MAX_CONTROL_LINE + 1]),
             Err(ControlError::TooLong)
         ));
+    }
+
+    #[test]
+    fn a_malformed_line_says_its_cause_once() {
+        let Err(e) = decode_line::<RelayMessage>(b"{\"type\":") else {
+            panic!("garbage decoded");
+        };
+        assert!(std::error::Error::source(&e).is_none(), "{e}");
+        assert!(
+            e.to_string().starts_with("malformed control message: EOF"),
+            "{e}"
+        );
     }
 }

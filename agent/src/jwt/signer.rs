@@ -160,8 +160,9 @@ pub enum JwtError {
     NeedsPrivateKey { algorithm: Algorithm },
     #[error("algorithm {algorithm} needs a non-empty shared secret, but the secret is empty")]
     EmptySecret { algorithm: Algorithm },
+    // Key and Json say their cause and expose no source, so a `{:#}` chain says it once.
     #[error("could not load the private key: {0}")]
-    Key(#[from] KeyError),
+    Key(KeyError),
     #[error("algorithm {algorithm} needs {needs}, but the key is {found}")]
     KeyMismatch {
         algorithm: Algorithm,
@@ -179,7 +180,7 @@ pub enum JwtError {
     #[error(transparent)]
     Template(#[from] TemplateError),
     #[error("could not encode the JWT as JSON: {0}")]
-    Json(#[from] serde_json::Error),
+    Json(serde_json::Error),
     #[error("the key cannot sign {algorithm}: {reason}")]
     KeyUnusable {
         algorithm: Algorithm,
@@ -187,6 +188,18 @@ pub enum JwtError {
     },
     #[error("signing with {algorithm} failed")]
     Signing { algorithm: Algorithm },
+}
+
+impl From<KeyError> for JwtError {
+    fn from(e: KeyError) -> Self {
+        Self::Key(e)
+    }
+}
+
+impl From<serde_json::Error> for JwtError {
+    fn from(e: serde_json::Error) -> Self {
+        Self::Json(e)
+    }
 }
 
 /// Signs fresh JWTs for one connection.
