@@ -15,20 +15,56 @@ pub const UNIT_NAME: &str = "postern-agent.service";
 const UNIT_DIR: &str = "/etc/systemd/system";
 const SERVICE_USER: &str = "postern";
 
-/// The unit for `binary` running `config` (both absolute, no whitespace).
+/// The unit for `binary` running `config` (both absolute, no whitespace, quotes or
+/// backslashes), each path escaped for the directive that holds it.
 pub fn unit(binary: &Path, config: &Path) -> Result<String> {
-    for path in [binary, config] {
-        let text = path.to_str().context("paths must be UTF-8")?;
-        if !path.is_absolute() || text.chars().any(|c| c.is_whitespace() || c == '"') {
-            bail!("{text:?}: the unit needs an absolute path without spaces or quotes");
-        }
+    let (binary, config) = (unit_path(binary)?, unit_path(config)?);
+    let program = escape_specifiers(binary);
+    let argument = escape_argument(config);
+    let exec = format!("ExecStart={PACKAGED_EXEC}");
+    let reload = format!("ExecReload={PACKAGED_RELOAD}");
+    // Line by line, each filled once: a config path holding the packaged one
+    // (/etc/postern/agent.toml.new) must not be filled in again.
+    let mut text = String::with_capacity(PACKAGED_UNIT.len());
+    for line in PACKAGED_UNIT.lines() {
+        let filled = if line == exec {
+            format!("ExecStart={program} run --config {argument}")
+        } else if line == reload {
+            format!("ExecReload={program} reload --config {argument}")
+        } else if line.starts_with('#') {
+            line.replace(PACKAGED_CONFIG, config)
+        } else {
+            line.replace(PACKAGED_CONFIG, &escape_specifiers(config))
+        };
+        text.push_str(&filled);
+        text.push('\n');
     }
-    let exec = format!("{} run --config {}", binary.display(), config.display());
-    let reload = format!("{} reload --config {}", binary.display(), config.display());
-    Ok(PACKAGED_UNIT
-        .replace(PACKAGED_EXEC, &exec)
-        .replace(PACKAGED_RELOAD, &reload)
-        .replace(PACKAGED_CONFIG, &config.display().to_string()))
+    Ok(text)
+}
+
+/// `path` as text, if a unit can hold it.
+fn unit_path(path: &Path) -> Result<&str> {
+    let text = path.to_str().context("paths must be UTF-8")?;
+    // systemd splits command lines at whitespace, unquotes quotes, unescapes backslashes,
+    // and refuses a program path holding any of them.
+    let unsafe_char =
+        |c: char| c.is_whitespace() || c.is_control() || matches!(c, '"' | '\'' | '\\');
+    if !path.is_absolute() || text.chars().any(unsafe_char) {
+        bail!("{text:?}: the unit needs an absolute path without spaces, quotes or backslashes");
+    }
+    Ok(text)
+}
+
+/// A path as any directive reads it: systemd expands `%` specifiers (`%h`, a home
+/// folder) everywhere but in comments, and `%%` is a `%`.
+fn escape_specifiers(path: &str) -> String {
+    path.replace('%', "%%")
+}
+
+/// A path as an argument of a command line, where `${NAME}` is also expanded and `$$`
+/// is a `$` (the program itself is not expanded, so it takes [`escape_specifiers`]).
+fn escape_argument(path: &str) -> String {
+    escape_specifiers(path).replace('$', "$$")
 }
 
 /// Everything that would keep the installed service from running `config`: paths it
@@ -327,9 +363,98 @@ mod tests {
     #[test]
     fn paths_a_unit_cannot_hold_are_refused() {
         let bin = Path::new("/usr/bin/postern");
-        for config in ["relative.toml", "/etc/with space.toml", "/etc/q\"uote.toml"] {
+        for config in [
+            "relative.toml",
+            "/etc/with space.toml",
+            "/etc/q\"uote.toml",
+            "/etc/it's.toml",
+            "/etc/back\\slash.toml",
+            "/etc/tab\t.toml",
+        ] {
             assert!(unit(bin, Path::new(config)).is_err(), "{config}");
         }
+        let why = unit(Path::new("/opt/a\\b/postern"), Path::new("/etc/a.toml"))
+            .expect_err("a backslash in the program");
+        assert!(why.to_string().contains("backslashes"), "{why}");
+    }
+
+    #[test]
+    fn percent_and_dollar_in_paths_reach_systemd_as_written() {
+        let text = unit(
+            Path::new("/opt/50%hot/$HOME/postern"),
+            Path::new("/etc/postern/%h$USER${X}.toml"),
+        )
+        .expect("unit");
+        for line in [
+            // The program is not expanded for `$`; its argument is.
+            "ExecStart=/opt/50%%hot/$HOME/postern run --config /etc/postern/%%h$$USER$${X}.toml",
+            "ExecReload=/opt/50%%hot/$HOME/postern reload --config /etc/postern/%%h$$USER$${X}.toml",
+            "ConditionPathExists=/etc/postern/%%h$USER${X}.toml",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line}:\n{text}");
+        }
+        // Comments are not expanded: the path reads as it is.
+        assert!(
+            text.contains("init --config /etc/postern/%h$USER${X}.toml"),
+            "{text}"
+        );
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            assert!(
+                !line.replace("%%", "").contains('%'),
+                "a specifier in {line}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_config_path_holding_the_packaged_one_is_filled_in_once() {
+        let text = unit(
+            Path::new("/usr/local/bin/postern"),
+            Path::new("/etc/postern/agent.toml.new"),
+        )
+        .expect("unit");
+        assert!(!text.contains(".new.new"), "{text}");
+        assert!(text.contains("\nConditionPathExists=/etc/postern/agent.toml.new\n"));
+        assert!(text.contains("run --config /etc/postern/agent.toml.new\n"));
+    }
+
+    /// systemd's own reading of the unit, where `systemd-analyze` is installed: the program
+    /// and the config are found at paths holding `%h` and `$`.
+    #[test]
+    fn systemd_analyze_finds_the_escaped_paths() {
+        let analyze = Path::new("/usr/bin/systemd-analyze");
+        if !analyze.exists() {
+            return;
+        }
+        let dir = std::env::temp_dir().join(format!("postern-unit-%h$HOME-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp folder");
+        let (program, config) = (dir.join("postern"), dir.join("%i.toml"));
+        std::fs::copy("/bin/true", &program).expect("a program");
+        std::fs::write(&config, "").expect("a config");
+        let text = unit(&program, &config).expect("unit");
+        let file = dir.join("postern-agent.service");
+        std::fs::write(&file, &text).expect("unit file");
+        let verify = Command::new(analyze)
+            .arg("verify")
+            .arg(&file)
+            .output()
+            .expect("systemd-analyze verify");
+        let condition = text
+            .lines()
+            .find(|l| l.starts_with("ConditionPathExists="))
+            .expect("a condition");
+        let checked = Command::new(analyze)
+            .args(["condition", condition])
+            .output()
+            .expect("systemd-analyze condition");
+        let _ = std::fs::remove_dir_all(&dir);
+        let stderr = String::from_utf8_lossy(&verify.stderr);
+        assert!(!stderr.contains("not executable"), "{stderr}");
+        assert!(
+            checked.status.success(),
+            "{}",
+            String::from_utf8_lossy(&checked.stdout)
+        );
     }
 
     #[test]
