@@ -211,7 +211,8 @@ pub async fn run_with(
     Ok(())
 }
 
-/// SIGHUP rereads the certificate and key; connections and agent sessions stay.
+/// SIGHUP rereads the certificate and key; connections and agent sessions stay. Each
+/// line says so, since admins send it (`systemctl reload`) expecting relay.toml reread.
 async fn reload_tls_on_sighup(
     tls: Option<Arc<TlsReloader>>,
     mut hangups: Signal,
@@ -223,11 +224,16 @@ async fn reload_tls_on_sighup(
             got = hangups.recv() => if got.is_none() { return },
         }
         match tls.as_ref().map(|t| t.reload()) {
-            None => info!("SIGHUP: no TLS files configured, nothing to reload"),
-            Some(Ok(())) => info!("tls certificate reloaded"),
-            Some(Err(e)) => {
-                warn!(error = %e, "tls reload failed; keeping the previous certificate")
-            }
+            None => info!(
+                "SIGHUP: no TLS files configured, nothing reloaded; SIGHUP rereads only tls_cert and tls_key, other relay.toml settings take a restart"
+            ),
+            Some(Ok(())) => info!(
+                "SIGHUP: tls certificate reloaded from tls_cert and tls_key; other relay.toml settings take a restart"
+            ),
+            Some(Err(e)) => warn!(
+                error = %e,
+                "SIGHUP: tls reload failed; keeping the previous certificate; other relay.toml settings take a restart"
+            ),
         }
     }
 }

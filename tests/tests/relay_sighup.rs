@@ -1,0 +1,78 @@
+//! The relay's SIGHUP (`systemctl reload postern-relay`) rereads only the TLS files, and
+//! every line it logs says so: edits to relay.toml take a restart.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use postern_tests::harness::{Bins, Logs, RelayProcess, signal};
+use postern_tests::relay_support::configured_relay;
+use postern_tests::temp::TempDir;
+
+fn bins() -> Bins {
+    postern_tests::bins!()
+}
+
+/// Sends SIGHUP and returns the first line after it that holds `needle`.
+fn hangup(relay: &RelayProcess, needle: &str) -> Result<String> {
+    let before = relay.logs.lines().len();
+    signal(relay.pid(), "HUP")?;
+    relay.logs.wait_for(needle, Duration::from_secs(10))?;
+    line_after(&relay.logs, before, needle)
+}
+
+fn line_after(logs: &Logs, skip: usize, needle: &str) -> Result<String> {
+    logs.lines()
+        .into_iter()
+        .skip(skip)
+        .find(|l| l.contains(needle))
+        .with_context(|| format!("no {needle:?} after SIGHUP:\n{}", logs.so_far()))
+}
+
+/// What an admin who edited relay.toml and ran `systemctl reload` must read.
+fn says_what_a_reload_leaves(line: &str) {
+    assert!(
+        line.contains("other relay.toml settings take a restart"),
+        "{line}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_tls_sighup_says_it_rereads_only_tls_files() -> Result<()> {
+    let dir = TempDir::new("relay-hup")?;
+    let relay = RelayProcess::start(
+        &bins(),
+        &dir.path().join("relay"),
+        "127.0.0.1:0",
+        "127.0.0.1:0",
+    )?;
+    let line = hangup(&relay, "SIGHUP: no TLS files configured")?;
+    assert!(line.contains("rereads only tls_cert and tls_key"), "{line}");
+    says_what_a_reload_leaves(&line);
+    let health = reqwest::get(format!("{}/healthz", relay.api_base())).await?;
+    assert_eq!(health.status(), 200, "SIGHUP never stops the relay");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_tls_each_sighup_outcome_says_settings_take_a_restart() -> Result<()> {
+    let dir = TempDir::new("relay-hup-tls")?;
+    postern_tests::pki::make_pki(dir.path())?;
+    let (cert, key) = (dir.path().join("server.pem"), dir.path().join("server.key"));
+    let relay = configured_relay(
+        &bins(),
+        dir.path(),
+        &format!(
+            "tls_cert = {:?}\ntls_key = {:?}\n",
+            cert.to_string_lossy(),
+            key.to_string_lossy()
+        ),
+        &[],
+    )?;
+    let line = hangup(&relay, "tls certificate reloaded")?;
+    says_what_a_reload_leaves(&line);
+
+    std::fs::write(&key, "not a key")?;
+    let line = hangup(&relay, "tls reload failed")?;
+    says_what_a_reload_leaves(&line);
+    Ok(())
+}
