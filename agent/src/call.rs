@@ -16,7 +16,9 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
-use postern_protocol::headers::{POSTERN_ERROR, REQUEST_ID, header_bytes};
+use postern_protocol::headers::{
+    ANSWER_HEADER_LINES_ADDED, MAX_ANSWER_HEADER_LINES, POSTERN_ERROR, REQUEST_ID, header_bytes,
+};
 use postern_protocol::{ErrorBody, ErrorCode};
 use tracing::{info, warn};
 
@@ -67,6 +69,8 @@ impl CallContext {
             // Not `read_timeout`: see call/idle_timeout.rs.
             // Redirects could lead off the base URI: hand them back to the caller instead.
             .redirect(reqwest::redirect::Policy::none())
+            // No more than the relay reads: reading more could not pass the answer on.
+            .http1_max_headers(MAX_ANSWER_HEADER_LINES)
             .no_proxy()
             .tls_certs_merge(connection.tls.extra_roots.iter().cloned());
         if let Some(identity) = &connection.tls.identity {
@@ -292,26 +296,37 @@ async fn run(
     }
     if header_bytes(upstream.headers()) > max_headers {
         return Err((
-            ErrorCode::PayloadTooLarge,
+            ErrorCode::AnswerTooLarge,
             format!(
-                "the internal server's answer headers are larger than this connection's max_header_bytes ({max_headers} bytes)"
+                "the internal server's answer headers are larger than this connection's max_header_bytes ({max_headers} bytes); {SENT}"
+            ),
+        ));
+    }
+    let mut upstream_headers = upstream.headers().clone();
+    postern_protocol::headers::strip_hop_by_hop(&mut upstream_headers);
+    // The header marks postern's own errors; an internal server must not be able to fake one.
+    upstream_headers.remove(POSTERN_ERROR);
+    // Past this the relay could not read the head, and the caller would get only a tunnel error.
+    let max_lines = MAX_ANSWER_HEADER_LINES - ANSWER_HEADER_LINES_ADDED;
+    if upstream_headers.len() > max_lines {
+        return Err((
+            ErrorCode::AnswerTooLarge,
+            format!(
+                "the internal server's answer has {} header lines, more than the {max_lines} that cross the tunnel; {SENT}",
+                upstream_headers.len()
             ),
         ));
     }
     let mut builder = Response::builder().status(upstream.status());
     if let Some(h) = builder.headers_mut() {
-        let mut upstream_headers = upstream.headers().clone();
-        postern_protocol::headers::strip_hop_by_hop(&mut upstream_headers);
-        // The header marks postern's own errors; an internal server must not be able to fake one.
-        upstream_headers.remove(POSTERN_ERROR);
         *h = upstream_headers;
     }
     let max = conn.limits.max_response_body;
     if upstream.content_length().is_some_and(|n| n > max) {
         return Err((
-            ErrorCode::PayloadTooLarge,
+            ErrorCode::AnswerTooLarge,
             format!(
-                "the internal server's answer is larger than this connection's max_response_body ({max} bytes)"
+                "the internal server's answer is larger than this connection's max_response_body ({max} bytes); {SENT}"
             ),
         ));
     }
@@ -366,16 +381,62 @@ pub(crate) async fn send(
         Some(Err(e)) if e.is_timeout() => Err(timeout_error(conn)),
         // reqwest's error names the URL, the caller's query too (an `api_key=`, say):
         // the base is said, the rest stays out of the log.
-        Some(Err(e)) => Err((
-            ErrorCode::UpstreamUnreachable,
-            format!(
-                "cannot reach {}: {}",
-                conn.base_uri,
-                error_chain(&e.without_url())
-            ),
-        )),
+        Some(Err(e)) => Err(send_error(conn, &e.without_url())),
         Some(Ok(r)) => Ok(r),
     }
+}
+
+/// Said of every failure after the request went out, so no one takes it as safe to resend.
+const SENT: &str = "the request was sent and may have been acted on";
+
+/// What a failed send means for the caller. Only a request that never left is
+/// `upstream_unreachable`: a caller may send that one again without running it twice.
+fn send_error(conn: &Connection, e: &reqwest::Error) -> (ErrorCode, String) {
+    let chain = error_chain(e);
+    let causes = || std::iter::successors(Some(e as &dyn std::error::Error), |e| e.source());
+    let hyper = || causes().filter_map(|c| c.downcast_ref::<hyper::Error>());
+    if e.is_connect() {
+        return (
+            ErrorCode::UpstreamUnreachable,
+            format!("cannot reach {}: {chain}", conn.base_uri),
+        );
+    }
+    // hyper hands back a request it never started to write as canceled.
+    if e.is_builder() || hyper().any(|h| h.is_canceled()) {
+        return (
+            ErrorCode::UpstreamUnreachable,
+            format!("the request was not sent to {}: {chain}", conn.base_uri),
+        );
+    }
+    // The body reqwest read from failed: the caller's upload, through the tunnel.
+    let upload_broke = causes()
+        .skip(1)
+        .filter_map(|c| c.downcast_ref::<reqwest::Error>())
+        .any(|r| r.is_body());
+    if upload_broke {
+        return (
+            ErrorCode::TunnelError,
+            format!(
+                "the request body broke off before it was all sent to {}: {chain}",
+                conn.base_uri
+            ),
+        );
+    }
+    if hyper().any(|h| h.is_parse_too_large()) {
+        return (
+            ErrorCode::AnswerTooLarge,
+            format!(
+                "the internal server's answer head is larger than the agent reads (over {MAX_ANSWER_HEADER_LINES} header lines, or about 400 KiB); {SENT}: {chain}"
+            ),
+        );
+    }
+    (
+        ErrorCode::UpstreamBadAnswer,
+        format!(
+            "no usable answer from {} (it closed the connection, or its answer is not HTTP); {SENT}: {chain}",
+            conn.base_uri
+        ),
+    )
 }
 
 fn bearer_error(e: BearerError) -> (ErrorCode, String) {

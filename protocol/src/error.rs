@@ -30,10 +30,17 @@ pub enum ErrorCode {
     PathRejected,
     /// The request itself is malformed (bad JSON, bad name…).
     BadRequest,
-    /// The agent could not reach the internal server.
+    /// The agent could not reach the internal server: the request was not sent, so
+    /// sending it again cannot run it twice.
     UpstreamUnreachable,
     /// The internal server did not answer within the connection's timeout.
     UpstreamTimeout,
+    /// The request was sent to the internal server, which may have acted on it, but no
+    /// usable answer came back: the connection closed first, or the answer is not HTTP.
+    UpstreamBadAnswer,
+    /// The internal server answered, but its answer's body or headers are larger than the
+    /// connection's `max_response_body` or `max_header_bytes` (or than the agent reads).
+    AnswerTooLarge,
     /// The agent could not sign the JWT for this call.
     SigningFailed,
     /// The tunnel broke while the call was under way.
@@ -55,6 +62,34 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code, for lists that must name them all (the OpenAPI document's enum).
+    pub const ALL: [ErrorCode; 24] = [
+        Self::Unauthorized,
+        Self::Forbidden,
+        Self::NotFound,
+        Self::MethodNotAllowed,
+        Self::AgentNotFound,
+        Self::AgentExists,
+        Self::ApiKeyExists,
+        Self::AgentOffline,
+        Self::UnknownConnection,
+        Self::PathRejected,
+        Self::BadRequest,
+        Self::UpstreamUnreachable,
+        Self::UpstreamTimeout,
+        Self::UpstreamBadAnswer,
+        Self::AnswerTooLarge,
+        Self::SigningFailed,
+        Self::TunnelError,
+        Self::TokenExchangeFailed,
+        Self::RateLimited,
+        Self::PayloadTooLarge,
+        Self::TooManyCalls,
+        Self::StoreUnavailable,
+        Self::RequestTimeout,
+        Self::Internal,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Unauthorized => "unauthorized",
@@ -70,6 +105,8 @@ impl ErrorCode {
             Self::BadRequest => "bad_request",
             Self::UpstreamUnreachable => "upstream_unreachable",
             Self::UpstreamTimeout => "upstream_timeout",
+            Self::UpstreamBadAnswer => "upstream_bad_answer",
+            Self::AnswerTooLarge => "answer_too_large",
             Self::SigningFailed => "signing_failed",
             Self::TunnelError => "tunnel_error",
             Self::TokenExchangeFailed => "token_exchange_failed",
@@ -92,7 +129,11 @@ impl ErrorCode {
             Self::AgentExists | Self::ApiKeyExists => 409,
             Self::BadRequest | Self::PathRejected => 400,
             Self::AgentOffline | Self::StoreUnavailable => 503,
-            Self::UpstreamUnreachable | Self::TunnelError | Self::TokenExchangeFailed => 502,
+            Self::UpstreamUnreachable
+            | Self::UpstreamBadAnswer
+            | Self::AnswerTooLarge
+            | Self::TunnelError
+            | Self::TokenExchangeFailed => 502,
             Self::RateLimited | Self::TooManyCalls => 429,
             Self::RequestTimeout => 408,
             Self::PayloadTooLarge => 413,
@@ -149,16 +190,52 @@ mod tests {
 
     #[test]
     fn as_str_matches_serde() {
-        for code in [
-            ErrorCode::Unauthorized,
-            ErrorCode::UnknownConnection,
-            ErrorCode::UpstreamTimeout,
-            ErrorCode::PathRejected,
-            ErrorCode::ApiKeyExists,
-            ErrorCode::MethodNotAllowed,
-        ] {
+        for code in ErrorCode::ALL {
             let json = serde_json::to_string(&code).expect("json");
             assert_eq!(json.trim_matches('"'), code.as_str());
         }
+    }
+
+    /// A new variant fails to compile here until it is given a place in `ALL`.
+    #[test]
+    fn all_lists_every_code_once() {
+        let position = |code: ErrorCode| match code {
+            ErrorCode::Unauthorized => 0,
+            ErrorCode::Forbidden => 1,
+            ErrorCode::NotFound => 2,
+            ErrorCode::MethodNotAllowed => 3,
+            ErrorCode::AgentNotFound => 4,
+            ErrorCode::AgentExists => 5,
+            ErrorCode::ApiKeyExists => 6,
+            ErrorCode::AgentOffline => 7,
+            ErrorCode::UnknownConnection => 8,
+            ErrorCode::PathRejected => 9,
+            ErrorCode::BadRequest => 10,
+            ErrorCode::UpstreamUnreachable => 11,
+            ErrorCode::UpstreamTimeout => 12,
+            ErrorCode::UpstreamBadAnswer => 13,
+            ErrorCode::AnswerTooLarge => 14,
+            ErrorCode::SigningFailed => 15,
+            ErrorCode::TunnelError => 16,
+            ErrorCode::TokenExchangeFailed => 17,
+            ErrorCode::RateLimited => 18,
+            ErrorCode::PayloadTooLarge => 19,
+            ErrorCode::TooManyCalls => 20,
+            ErrorCode::StoreUnavailable => 21,
+            ErrorCode::RequestTimeout => 22,
+            ErrorCode::Internal => 23,
+        };
+        for (i, code) in ErrorCode::ALL.into_iter().enumerate() {
+            assert_eq!(position(code), i, "{code}");
+        }
+    }
+
+    #[test]
+    fn the_agent_s_answer_failures_are_502() {
+        for code in [ErrorCode::UpstreamBadAnswer, ErrorCode::AnswerTooLarge] {
+            assert_eq!(code.http_status(), 502, "{code}");
+        }
+        assert_eq!(ErrorCode::UpstreamBadAnswer.as_str(), "upstream_bad_answer");
+        assert_eq!(ErrorCode::AnswerTooLarge.as_str(), "answer_too_large");
     }
 }

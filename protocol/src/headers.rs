@@ -8,6 +8,15 @@ pub const REQUEST_ID: &str = "x-request-id";
 /// holding the stable error code, so a caller can tell the two apart.
 pub const POSTERN_ERROR: &str = "x-postern-error";
 
+/// Header lines the relay reads in the head of an agent's answer: hyper's default, which
+/// its channel client keeps. The agent reads no more from an internal server either, and
+/// refuses an answer it could not pass on whole (see `ANSWER_HEADER_LINES_ADDED`).
+pub const MAX_ANSWER_HEADER_LINES: usize = 100;
+
+/// Lines the agent's side of the tunnel may add to the answer's head on the way: `date`,
+/// and `transfer-encoding` for a body without a length.
+pub const ANSWER_HEADER_LINES_ADDED: usize = 2;
+
 /// Headers that describe one connection only (RFC 9110 §7.6.1), plus the ones
 /// each hop sets itself. Never forwarded; nor is any `Proxy-*` header.
 const HOP_BY_HOP: &[&str] = &[

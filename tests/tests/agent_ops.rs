@@ -367,9 +367,12 @@ async fn connection_limits_give_clear_errors_and_the_agent_keeps_serving() -> Re
     assert_eq!(r.status(), 413);
     assert_eq!(error_code(&r.json().await?), "payload_too_large");
 
+    // The request was processed: its answer's size is no 413 (which would blame the request).
     let r = s.api.call("a1", "o", "/bytes/5000").await?;
-    assert_eq!(r.status(), 413);
-    assert_eq!(error_code(&r.json().await?), "payload_too_large");
+    assert_eq!(r.status(), 502);
+    let body: serde_json::Value = r.json().await?;
+    assert_eq!(error_code(&body), "answer_too_large");
+    assert!(body.to_string().contains("max_response_body"), "{body}");
 
     // Without a length up front the answer is cut off once past the limit; the agent
     // says why and counts the call as failed, not served.
@@ -418,8 +421,9 @@ async fn connection_limits_give_clear_errors_and_the_agent_keeps_serving() -> Re
     assert!(body.to_string().contains("max_header_bytes"), "{body}");
     assert_eq!(s.internal.requests().len(), seen_before);
     let r = s.api.call("a1", "o", "/big-headers").await?;
-    assert_eq!(r.status(), 413);
+    assert_eq!(r.status(), 502);
     let body: serde_json::Value = r.json().await?;
+    assert_eq!(error_code(&body), "answer_too_large");
     assert!(body.to_string().contains("answer headers"), "{body}");
 
     // Within the limits everything still works.

@@ -72,6 +72,23 @@ mod tests {
         }
     }
 
+    #[test]
+    fn the_error_code_enum_lists_every_code() {
+        let doc = document();
+        let listed: Vec<&str> = doc["components"]["schemas"]["Error"]["properties"]["error"]
+            ["properties"]["code"]["enum"]
+            .as_array()
+            .expect("the Error schema's code enum")
+            .iter()
+            .filter_map(|v| v.as_str())
+            .collect();
+        let codes: Vec<&str> = postern_protocol::ErrorCode::ALL
+            .iter()
+            .map(|c| c.as_str())
+            .collect();
+        assert_eq!(listed, codes);
+    }
+
     #[tokio::test]
     async fn every_documented_operation_reaches_a_handler() {
         let dir = std::env::temp_dir().join(format!("postern-openapi-{}", std::process::id()));

@@ -1,0 +1,203 @@
+//! What a caller can conclude from the agent's refusals, through the real relay and
+//! agent: `upstream_unreachable` only when the request never left, a distinct 502 when
+//! it reached the internal server (odd answers from raw-socket servers), answers over
+//! the limits as 502 `answer_too_large` rather than 413.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use anyhow::Result;
+use postern_tests::harness::{Bins, Tunnel};
+use postern_tests::relay_support::error_code;
+use postern_tests::temp::TempDir;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn bins() -> Bins {
+    postern_tests::bins!()
+}
+
+/// An HTTP server on 127.0.0.1:0 that answers each connection once: it reads the
+/// request's head (the calls here have no body), keeps it, writes what `answer` makes of
+/// it, and closes. An empty answer closes without a word.
+struct Raw {
+    addr: SocketAddr,
+    heads: Arc<Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Raw {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Raw {
+    async fn start(answer: fn(&str) -> Vec<u8>) -> Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let seen = heads.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match socket.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let head = String::from_utf8_lossy(&head).into_owned();
+                    let reply = answer(&head);
+                    if let Ok(mut seen) = seen.lock() {
+                        seen.push(head);
+                    }
+                    let _ = socket.write_all(&reply).await;
+                    let _ = socket.shutdown().await;
+                });
+            }
+        });
+        Ok(Self { addr, heads, task })
+    }
+
+    fn requests(&self) -> usize {
+        self.heads.lock().map(|h| h.len()).unwrap_or_default()
+    }
+}
+
+/// A 200 with `count` extra header lines and a two-byte body.
+fn with_headers(count: usize) -> Vec<u8> {
+    let mut answer = String::from("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n");
+    for i in 0..count {
+        answer.push_str(&format!("x-h{i}: v\r\n"));
+    }
+    answer.push_str("\r\nok");
+    answer.into_bytes()
+}
+
+fn connection(name: &str, addr: SocketAddr, extra: &str) -> String {
+    format!("[connections.{name}]\nbase_uri = \"http://{addr}/\"\ntimeout = \"5s\"\n{extra}")
+}
+
+/// Status, `x-postern-error` and JSON body of a call.
+async fn refusal(r: reqwest::Response) -> Result<(u16, String, serde_json::Value)> {
+    let status = r.status().as_u16();
+    let header = r
+        .headers()
+        .get("x-postern-error")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let body: serde_json::Value = r.json().await?;
+    Ok((status, header, body))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn only_a_request_that_never_left_is_upstream_unreachable() -> Result<()> {
+    // With its Content-Length, 98 lines cross: the agent's side adds `date`, the relay reads 100.
+    let most = Raw::start(|_| with_headers(97)).await?;
+    let many = Raw::start(|_| with_headers(98)).await?;
+    let too_many = Raw::start(|_| with_headers(150)).await?;
+    let garbage = Raw::start(|_| b"NOT HTTP AT ALL\r\n\r\n".to_vec()).await?;
+    let silent = Raw::start(|_| Vec::new()).await?;
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        listener.local_addr()?
+    };
+    let dir = TempDir::new("http-semantics-sent")?;
+    let connections = [
+        connection("most", most.addr, ""),
+        connection("many", many.addr, ""),
+        connection("toomany", too_many.addr, ""),
+        connection("garbage", garbage.addr, ""),
+        connection("silent", silent.addr, ""),
+        connection("closed", closed, ""),
+    ]
+    .concat();
+    let t = Tunnel::start(&bins(), &dir, &connections).await?;
+
+    let r = t.api.call("a1", "most", "/x").await?;
+    let status = r.status();
+    let headers = r.headers().clone();
+    let text = r.text().await?;
+    assert_eq!(status, 200, "{headers:?} {text}");
+    assert_eq!(headers["x-h96"], "v");
+    assert_eq!(text, "ok");
+
+    // More than cross the tunnel, or than the agent reads: the server ran the request, so
+    // no "unreachable" (and no tunnel error from the relay either).
+    for (name, server) in [("many", &many), ("toomany", &too_many)] {
+        let (status, header, body) = refusal(t.api.call("a1", name, "/x").await?).await?;
+        assert_eq!(status, 502, "{name}: {body}");
+        assert_eq!(header, "answer_too_large", "{name}: {body}");
+        assert_eq!(error_code(&body), "answer_too_large");
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains("header lines"), "{name}: {message}");
+        assert!(
+            message.contains("may have been acted on"),
+            "{name}: {message}"
+        );
+        assert_eq!(server.requests(), 1, "{name}: the request reached it");
+    }
+
+    for (name, server) in [("garbage", &garbage), ("silent", &silent)] {
+        let (status, header, body) = refusal(t.api.call("a1", name, "/x").await?).await?;
+        assert_eq!(status, 502, "{name}: {body}");
+        assert_eq!(header, "upstream_bad_answer", "{name}: {body}");
+        assert_eq!(error_code(&body), "upstream_bad_answer", "{name}");
+        assert!(
+            body.to_string().contains("may have been acted on"),
+            "{name}: {body}"
+        );
+        assert_eq!(server.requests(), 1, "{name}: the request reached it");
+    }
+
+    let (status, header, body) = refusal(t.api.call("a1", "closed", "/x").await?).await?;
+    assert_eq!(
+        (status, header.as_str()),
+        (502, "upstream_unreachable"),
+        "{body}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_answer_over_the_limits_is_502_answer_too_large_naming_the_limit() -> Result<()> {
+    let long = Raw::start(|_| {
+        let mut answer =
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5000\r\nConnection: close\r\n\r\n".to_vec();
+        answer.extend_from_slice(&[b'x'; 5000]);
+        answer
+    })
+    .await?;
+    let wide = Raw::start(|_| {
+        format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\nx-wide: {}\r\n\r\nok",
+            "w".repeat(2048)
+        )
+        .into_bytes()
+    })
+    .await?;
+    let dir = TempDir::new("http-semantics-limits")?;
+    let limits = "max_response_body = 1000\nmax_header_bytes = 1024\n";
+    let connections = [
+        connection("long", long.addr, limits),
+        connection("wide", wide.addr, limits),
+    ]
+    .concat();
+    let t = Tunnel::start(&bins(), &dir, &connections).await?;
+    for (name, limit) in [("long", "max_response_body"), ("wide", "max_header_bytes")] {
+        let (status, header, body) = refusal(t.api.call("a1", name, "/x").await?).await?;
+        assert_eq!(status, 502, "{name}: {body}");
+        assert_eq!(header, "answer_too_large", "{name}: {body}");
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(limit), "{name}: {message}");
+        assert!(
+            message.contains("may have been acted on"),
+            "{name}: {message}"
+        );
+    }
+    Ok(())
+}
