@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::TryStreamExt;
-use http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
+use http::header::{ALLOW, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
@@ -151,7 +151,13 @@ pub async fn handle(ctx: Arc<CallContext>, request: Request<Incoming>) -> Respon
             ctx.failed
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             warn!(%request_id, connection = %ctx.connection.name, code = code.as_str(), detail = %message, "call failed");
-            error_response(code, &message)
+            let mut response = error_response(code, &message);
+            if code == ErrorCode::MethodNotAllowed {
+                response
+                    .headers_mut()
+                    .insert(ALLOW, HeaderValue::from_static(RELAYED_METHODS));
+            }
+            response
         }
     };
     let elapsed = started.elapsed();
@@ -199,6 +205,7 @@ async fn run(
     request: Request<Incoming>,
 ) -> Result<Response<CallBody>, (ErrorCode, String)> {
     let conn = &ctx.connection;
+    refuse_method(request.method())?;
     let path_and_query = request
         .uri()
         .path_and_query()
@@ -386,6 +393,10 @@ pub(crate) async fn send(
     }
 }
 
+/// The `Allow` of a refused method: the standard ones a call carries (any other
+/// extension method, `PROPFIND` say, crosses too).
+const RELAYED_METHODS: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS";
+
 /// Said of every failure after the request went out, so no one takes it as safe to resend.
 const SENT: &str = "the request was sent and may have been acted on";
 
@@ -437,6 +448,22 @@ fn send_error(conn: &Connection, e: &reqwest::Error) -> (ErrorCode, String) {
             conn.base_uri
         ),
     )
+}
+
+/// CONNECT asks for a raw tunnel, which a call's request and answer cannot carry (reqwest
+/// would send it without the path). TRACE has the server echo the request back, this
+/// agent's `Authorization: Bearer <JWT>` included, to the caller. Both are refused before
+/// anything is signed or sent.
+fn refuse_method(method: &Method) -> Result<(), (ErrorCode, String)> {
+    let why = match *method {
+        Method::CONNECT => "it asks for a raw tunnel, which a call cannot carry",
+        Method::TRACE => "the internal server would echo the agent's credentials back",
+        _ => return Ok(()),
+    };
+    Err((
+        ErrorCode::MethodNotAllowed,
+        format!("{method} is not relayed to internal servers: {why}"),
+    ))
 }
 
 fn bearer_error(e: BearerError) -> (ErrorCode, String) {

@@ -1,12 +1,14 @@
 //! What a caller can conclude from the agent's refusals, through the real relay and
 //! agent: `upstream_unreachable` only when the request never left, a distinct 502 when
 //! it reached the internal server (odd answers from raw-socket servers), answers over
-//! the limits as 502 `answer_too_large` rather than 413.
+//! the limits as 502 `answer_too_large` rather than 413, and CONNECT and TRACE refused
+//! before anything is signed or sent.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use postern_tests::harness::{Bins, Tunnel};
 use postern_tests::relay_support::error_code;
 use postern_tests::temp::TempDir;
@@ -199,5 +201,66 @@ async fn an_answer_over_the_limits_is_502_answer_too_large_naming_the_limit() ->
             "{name}: {message}"
         );
     }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connect_and_trace_are_refused_before_anything_is_signed_or_sent() -> Result<()> {
+    // Answers a request with the request itself, as a server with TRACE enabled does.
+    let echo = Raw::start(|head| {
+        format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: message/http\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{head}",
+            head.len()
+        )
+        .into_bytes()
+    })
+    .await?;
+    let dir = TempDir::new("http-semantics-methods")?;
+    let jwt = "[connections.j.auth]\ntype = \"jwt_bearer\"\nalgorithm = \"HS256\"\n\
+               secret = \"a-secret-of-thirty-two-bytes-ok!\"\npayload = { sub = \"svc\" }\n";
+    let t = Tunnel::start(&bins(), &dir, &connection("j", echo.addr, jwt)).await?;
+    let url = format!("{}/v1/agents/a1/connections/j/http/x", t.api.base);
+
+    let r = t
+        .api
+        .http
+        .request(reqwest::Method::TRACE, &url)
+        .bearer_auth(&t.api.key)
+        .send()
+        .await?;
+    let allow = r.headers().get("allow").cloned();
+    let (status, header, body) = refusal(r).await?;
+    assert_eq!(
+        (status, header.as_str()),
+        (405, "method_not_allowed"),
+        "{body}"
+    );
+    assert!(body.to_string().contains("TRACE"), "{body}");
+    assert!(!body.to_string().contains("Bearer"), "{body}");
+    assert!(allow.is_some_and(|a| a.to_str().is_ok_and(|a| a.contains("GET"))));
+
+    // reqwest cannot send CONNECT with a path: by hand.
+    let api = t.api.base.trim_start_matches("http://").to_owned();
+    let mut socket = tokio::net::TcpStream::connect(&api).await?;
+    socket
+        .write_all(
+            format!(
+                "CONNECT /v1/agents/a1/connections/j/http/x HTTP/1.1\r\nHost: {api}\r\n\
+                 Authorization: Bearer {}\r\nConnection: close\r\n\r\n",
+                t.api.key
+            )
+            .as_bytes(),
+        )
+        .await?;
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), socket.read_to_end(&mut answer))
+        .await
+        .context("no answer to CONNECT")??;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 405"), "{answer}");
+    assert!(answer.contains("method_not_allowed"), "{answer}");
+    assert!(answer.contains("CONNECT is not relayed"), "{answer}");
+
+    assert_eq!(echo.requests(), 0, "the internal server was reached");
     Ok(())
 }
