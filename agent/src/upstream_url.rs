@@ -215,4 +215,20 @@ mod tests {
             assert_eq!(build(&base(), path), Err(expected.clone()), "{path:?}");
         }
     }
+
+    /// What README says is not kept "as sent": the URL parser percent-encodes what a URL
+    /// may not hold raw, and the base path itself cannot be named without its slash.
+    #[test]
+    fn what_the_url_parser_encodes_and_the_base_without_its_slash() {
+        let url = build(&base(), "/a{b}\"c`<d>e^|f?q='x'&n=\u{e9}&s=\"<>{}").expect("ok");
+        assert_eq!(
+            url.as_str(),
+            "http://127.0.0.1:9000/api/a%7Bb%7D%22c%60%3Cd%3Ee^|f?q=%27x%27&n=%C3%A9&s=%22%3C%3E{}"
+        );
+        // `…/http` and `…/http/` both come as `/`.
+        assert_eq!(
+            build(&base(), "/").expect("ok").as_str(),
+            "http://127.0.0.1:9000/api/"
+        );
+    }
 }
