@@ -102,7 +102,13 @@ fn private_files(path: &Path) {
     for suffix in ["", "-wal", "-shm"] {
         let mut file = path.as_os_str().to_owned();
         file.push(suffix);
-        let _ = std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600));
+        match std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                let file = Path::new(&file).display().to_string();
+                tracing::warn!(%file, error = %e, "cannot make the store file private (0600)");
+            }
+            _ => {}
+        }
     }
 }
 
@@ -135,6 +141,11 @@ impl SqliteStore {
         // file is 0600 before SQLite first opens it, whatever the umask.
         private_files(path);
         let mut conn = Connection::open(path)?;
+        // SQLite falls back to reading a file it cannot write, and every write would then
+        // fail (a revoke, too) while the relay looked healthy: a restore made as root, say.
+        if conn.is_readonly(rusqlite::MAIN_DB)? {
+            return Err(StoreError::ReadOnly(path.to_owned()));
+        }
         // Another process (the CLI) may hold the write lock for a moment.
         conn.busy_timeout(BUSY_TIMEOUT)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
