@@ -28,7 +28,7 @@ pub struct ControlChannel {
     pub closing_reason: ClosingReason,
     pub handle: russh::server::Handle,
     /// The connection task's record of this session, taken when the connection ends.
-    pub connection: Arc<std::sync::Mutex<Option<(String, u64)>>>,
+    pub connection: Arc<std::sync::Mutex<Option<crate::ssh_server::Registered>>>,
     /// Cancelled once the agent is welcomed, so the connection stops its hello clock.
     pub welcomed: tokio_util::sync::CancellationToken,
 }

@@ -202,7 +202,7 @@ async fn run_connection(
         _slots: slots,
         refused: false,
     })));
-    let state = Arc::new(Mutex::new(None::<(String, u64)>));
+    let state = Arc::new(Mutex::new(None::<Registered>));
     let closing_reason = ClosingReason::default();
     let authenticated = CancellationToken::new();
     let hello_answered = CancellationToken::new();
@@ -301,12 +301,24 @@ async fn run_connection(
         }
     };
     let registered = state.lock().unwrap_or_else(|p| p.into_inner()).take();
-    if let Some((agent_id, session_id)) = registered {
+    if let Some(Registered {
+        agent_id,
+        agent_name,
+        session_id,
+    }) = registered
+    {
         let reason = closing_reason.get().unwrap_or(ended);
-        info!(session = session_id, %reason, "agent session ended");
+        info!(agent = %agent_name, session = session_id, %reason, "agent session ended");
         ctx.metrics.session_closed(&reason);
         ctx.registry.end_session(&agent_id, session_id, reason);
     }
+}
+
+/// The agent a connection logged in as, until the connection ends.
+pub struct Registered {
+    pub agent_id: String,
+    pub agent_name: String,
+    pub session_id: u64,
 }
 
 /// How long an authenticated agent has to say hello and be welcomed.
@@ -333,7 +345,7 @@ struct AgentHandler {
     forward_requested: Arc<AtomicBool>,
     control_open: bool,
     /// Set once authenticated, so the connection task can deregister the session.
-    registered: Arc<Mutex<Option<(String, u64)>>>,
+    registered: Arc<Mutex<Option<Registered>>>,
     closing_reason: ClosingReason,
     /// Dropped once authenticated: the spare socket handle and the unauthenticated slot.
     pre_auth: PreAuthSlot,
@@ -389,8 +401,11 @@ impl russh::server::Handler for AgentHandler {
                 self.ctx.throttle.success(self.peer.ip());
                 self.ctx.metrics.session_opened();
                 info!(agent = %agent.name, id = %agent.id, "agent authenticated");
-                *self.registered.lock().unwrap_or_else(|p| p.into_inner()) =
-                    Some((agent.id.clone(), self.session_id));
+                *self.registered.lock().unwrap_or_else(|p| p.into_inner()) = Some(Registered {
+                    agent_id: agent.id.clone(),
+                    agent_name: agent.name.clone(),
+                    session_id: self.session_id,
+                });
                 // One file descriptor per agent, not two, and room for the next login.
                 drop(take_pre_auth(&self.pre_auth));
                 self.authenticated.cancel();

@@ -31,6 +31,16 @@ async fn a_stopped_agent_is_recorded_as_closed_not_lost() -> Result<()> {
     };
     assert_eq!(closed("connection_lost"), 0.0);
     assert_eq!(closed("agent_closed"), f64::from(rounds));
+    // Each end names its agent, not only a session number.
+    let logs = w.relay.logs.text();
+    let ended: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("agent session ended"))
+        .collect();
+    assert!(
+        ended.len() >= rounds as usize && ended.iter().all(|l| l.contains("agent=warehouse-1")),
+        "{logs}"
+    );
     Ok(())
 }
 
