@@ -54,6 +54,18 @@ impl TlsReloader {
     }
 }
 
+/// Said, not refused: a key group-readable for a certificate manager's group is common,
+/// and refusing one that worked yesterday would take the API down at a renewal.
+fn warn_if_world_readable(key: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(key)
+        && meta.permissions().mode() & 0o004 != 0
+    {
+        let mode = format!("{:o}", meta.permissions().mode() & 0o777);
+        tracing::warn!(key = %key.display(), %mode, "the TLS key is readable by every user: chmod o-r it");
+    }
+}
+
 fn server_config(cert: &Path, key: &Path) -> Result<ServerConfig, TlsError> {
     let chain = CertificateDer::pem_file_iter(cert)
         .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
@@ -67,6 +79,7 @@ fn server_config(cert: &Path, key: &Path) -> Result<ServerConfig, TlsError> {
             reason: "no CERTIFICATE block in the file".into(),
         });
     }
+    warn_if_world_readable(key);
     let private = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::Key {
         path: key.to_owned(),
         reason: e.to_string(),

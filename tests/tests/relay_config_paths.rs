@@ -1,6 +1,7 @@
 //! Relative paths in the relay's config file (`state_dir`, `tls_cert`, `tls_key`) are the
 //! file's folder's, as in the agent's: the relay started in / (as systemd starts it) and
-//! the CLI run from elsewhere find the same host key, store and certificate.
+//! the CLI run from elsewhere find the same host key, store and certificate. A TLS key
+//! every user can read is warned about.
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -40,6 +41,11 @@ fn relative_paths_are_the_config_files_folders() -> Result<()> {
             "subjectAltName=IP:127.0.0.1",
         ],
     )?;
+    // Readable by all: the relay starts, and says so.
+    std::fs::set_permissions(
+        tls.join("live.key"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )?;
     let config = conf.join("relay.toml");
     std::fs::write(
         &config,
@@ -73,6 +79,10 @@ fn relative_paths_are_the_config_files_folders() -> Result<()> {
         .and_then(|rest| rest.split_whitespace().next())
         .context("no fingerprint in the serve log")?;
     assert!(conf.join("state/relay.db").exists(), "{said}");
+    assert!(
+        said.contains("the TLS key is readable by every user"),
+        "{said}"
+    );
 
     // From another folder, the CLI reads the same state.
     let out = relay_cli_command(
