@@ -454,7 +454,7 @@ fn send_error(conn: &Connection, e: &reqwest::Error) -> (ErrorCode, String) {
 /// would send it without the path). TRACE has the server echo the request back, this
 /// agent's `Authorization: Bearer <JWT>` included, to the caller. Both are refused before
 /// anything is signed or sent.
-fn refuse_method(method: &Method) -> Result<(), (ErrorCode, String)> {
+pub(crate) fn refuse_method(method: &Method) -> Result<(), (ErrorCode, String)> {
     let why = match *method {
         Method::CONNECT => "it asks for a raw tunnel, which a call cannot carry",
         Method::TRACE => "the internal server would echo the agent's credentials back",

@@ -191,6 +191,10 @@ pub(super) fn resolve_test(
             ))
         })
         .ok();
+    // A configured test is refused the methods a call is (the test runs as one).
+    if let Some(Err((_, why))) = method.as_ref().map(crate::call::refuse_method) {
+        problems.push(format!("test.method: {why}"));
+    }
     if !file.path.starts_with('/') {
         problems.push(format!("test.path {:?} must start with /", file.path));
     } else if let Some(base_uri) = base_uri

@@ -717,3 +717,17 @@ fn a_secret_file_of_raw_bytes_points_to_secret_encoding() {
     );
     assert!(!err.contains("stream did not contain valid UTF-8"), "{err}");
 }
+
+#[test]
+fn a_test_is_refused_the_methods_a_call_is() {
+    for method in ["CONNECT", "trace"] {
+        let err = parse(&base(&format!(
+            "[connections.a]\nbase_uri = \"http://x\"\ntest = {{ method = \"{method}\", path = \"/h\" }}\n"
+        )))
+        .expect_err("refused");
+        assert!(
+            err.contains("connections.a: test.method: ") && err.contains("not relayed"),
+            "{method}: {err}"
+        );
+    }
+}
