@@ -367,20 +367,36 @@ pub fn offline_init(
     relay: &str,
     token: &str,
 ) -> Result<std::process::Output> {
-    agent_command(
-        bins,
-        config,
-        &[
-            "init",
-            "--relay",
-            relay,
-            "--fingerprint",
-            OFFLINE_FINGERPRINT,
-        ],
-    )
-    .env("POSTERN_TOKEN", token)
-    .output()
-    .context("running postern init")
+    offline_init_command(bins, config, relay, token, &[])
+        .output()
+        .context("running postern init")
+}
+
+/// The command [`offline_init`] runs, with `extra` arguments (`--force`).
+pub fn offline_init_command(
+    bins: &Bins,
+    config: &Path,
+    relay: &str,
+    token: &str,
+    extra: &[&str],
+) -> Command {
+    let mut args = vec![
+        "init",
+        "--relay",
+        relay,
+        "--fingerprint",
+        OFFLINE_FINGERPRINT,
+    ];
+    args.extend_from_slice(extra);
+    let mut command = agent_command(bins, config, &args);
+    command.env("POSTERN_TOKEN", token);
+    command
+}
+
+/// A file's permission bits.
+pub fn file_mode(path: &Path) -> Result<u32> {
+    use std::os::unix::fs::PermissionsExt;
+    Ok(std::fs::metadata(path)?.permissions().mode() & 0o777)
 }
 
 /// A command's stdout, as text.
@@ -407,6 +423,16 @@ pub fn unknown_token() -> String {
     postern_protocol::SecretToken::generate(
         postern_protocol::SecretKind::AgentToken,
         &[7u8; postern_protocol::token::BODY_LEN],
+    )
+    .expose()
+    .to_owned()
+}
+
+/// Another well-formed token than [`unknown_token`].
+pub fn other_token() -> String {
+    postern_protocol::SecretToken::generate(
+        postern_protocol::SecretKind::AgentToken,
+        &[9u8; postern_protocol::token::BODY_LEN],
     )
     .expose()
     .to_owned()

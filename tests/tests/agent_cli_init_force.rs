@@ -1,12 +1,13 @@
 //! `postern init --force` keeps the old config as `<file>.bak` and carries its connections
 //! over into the new one.
 
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use anyhow::{Context, Result};
 use postern_tests::harness::{
-    Bins, agent_command, is_root, offline_agent_config, output_text, stdout, unknown_token,
+    Bins, agent_command, file_mode, is_root, offline_agent_config, offline_init_command,
+    other_token, output_text, stdout, unknown_token,
 };
 use postern_tests::temp::TempDir;
 
@@ -14,37 +15,11 @@ fn bins() -> Bins {
     postern_tests::bins!()
 }
 
-fn mode(path: &Path) -> Result<u32> {
-    Ok(std::fs::metadata(path)?.permissions().mode() & 0o777)
-}
-
-/// Another well-formed token than [`unknown_token`].
-fn other_token() -> String {
-    postern_protocol::SecretToken::generate(
-        postern_protocol::SecretKind::AgentToken,
-        &[9u8; postern_protocol::token::BODY_LEN],
-    )
-    .expose()
-    .to_owned()
-}
-
 fn init_force(config: &Path, token: &str) -> Result<std::process::Output> {
-    agent_command(
-        &bins(),
-        config,
-        &[
-            "init",
-            "--force",
-            "--relay",
-            "127.0.0.1:7",
-            "--fingerprint",
-            postern_tests::harness::OFFLINE_FINGERPRINT,
-        ],
-    )
-    .env("POSTERN_TOKEN", token)
-    .env_remove("ERP_SECRET")
-    .output()
-    .context("running postern init --force")
+    offline_init_command(&bins(), config, "127.0.0.1:7", token, &["--force"])
+        .env_remove("ERP_SECRET")
+        .output()
+        .context("running postern init --force")
 }
 
 #[test]
@@ -75,7 +50,7 @@ fn init_force_keeps_the_old_file_and_carries_its_connections_over() -> Result<()
         "{said}"
     );
     assert_eq!(std::fs::read_to_string(&backup)?, old);
-    assert_eq!(mode(&backup)?, 0o600);
+    assert_eq!(file_mode(&backup)?, 0o600);
     let new = std::fs::read_to_string(&config)?;
     assert!(
         new.contains("127.0.0.1:7")

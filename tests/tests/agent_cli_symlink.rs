@@ -2,13 +2,13 @@
 //! it points at and leave the link; root writes through another user's link only to a file
 //! that user owns.
 
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use anyhow::{Context, Result};
 use postern_tests::harness::{
-    Bins, agent_cli, agent_command, is_root, offline_agent_config, offline_init, output_text,
-    stderr, stdout, unknown_token,
+    Bins, agent_cli, file_mode, is_root, offline_agent_config, offline_init, offline_init_command,
+    other_token, output_text, stderr, stdout, unknown_token,
 };
 use postern_tests::temp::TempDir;
 
@@ -16,41 +16,15 @@ fn bins() -> Bins {
     postern_tests::bins!()
 }
 
-fn mode(path: &Path) -> Result<u32> {
-    Ok(std::fs::metadata(path)?.permissions().mode() & 0o777)
-}
-
 fn is_symlink(path: &Path) -> Result<bool> {
     Ok(std::fs::symlink_metadata(path)?.file_type().is_symlink())
 }
 
-/// Another well-formed token than [`unknown_token`].
-fn other_token() -> String {
-    postern_protocol::SecretToken::generate(
-        postern_protocol::SecretKind::AgentToken,
-        &[9u8; postern_protocol::token::BODY_LEN],
-    )
-    .expose()
-    .to_owned()
-}
-
 fn init_force(config: &Path, token: &str) -> Result<std::process::Output> {
-    agent_command(
-        &bins(),
-        config,
-        &[
-            "init",
-            "--force",
-            "--relay",
-            "127.0.0.1:7",
-            "--fingerprint",
-            postern_tests::harness::OFFLINE_FINGERPRINT,
-        ],
-    )
-    .env("POSTERN_TOKEN", token)
-    .env_remove("ERP_SECRET")
-    .output()
-    .context("running postern init --force")
+    offline_init_command(&bins(), config, "127.0.0.1:7", token, &["--force"])
+        .env_remove("ERP_SECRET")
+        .output()
+        .context("running postern init --force")
 }
 
 #[test]
@@ -70,7 +44,7 @@ fn edits_through_a_symlink_change_the_file_it_points_at() -> Result<()> {
     assert!(is_symlink(&link)?, "the link was replaced by a file");
     let text = std::fs::read_to_string(&real)?;
     assert!(text.contains("[connections.z]"), "{text}");
-    assert_eq!(mode(&real)?, 0o600);
+    assert_eq!(file_mode(&real)?, 0o600);
     assert!(
         stdout(&out).contains(&*real.to_string_lossy()),
         "{}",
