@@ -102,11 +102,6 @@ pub enum StoreError {
     },
     #[error("the new token could not be shown, so the agent keeps its old one")]
     NotShown(#[source] std::io::Error),
-    #[error(
-        "{} cannot be written by the user this runs as: give it, its -wal and -shm files and its folder to the user the relay runs as (chown), mode 0600",
-        .0.display()
-    )]
-    ReadOnly(std::path::PathBuf),
     #[error("store task failed: {0}")]
     Task(String),
     #[error("store error: {0}")]

@@ -103,7 +103,13 @@ fn private_files(path: &Path) {
         let mut file = path.as_os_str().to_owned();
         file.push(suffix);
         match std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            // A read-only disk is said once, as the store opens.
+            Err(e)
+                if !matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::ReadOnlyFilesystem
+                ) =>
+            {
                 let file = Path::new(&file).display().to_string();
                 tracing::warn!(%file, error = %e, "cannot make the store file private (0600)");
             }
@@ -141,10 +147,12 @@ impl SqliteStore {
         // file is 0600 before SQLite first opens it, whatever the umask.
         private_files(path);
         let mut conn = Connection::open(path)?;
-        // SQLite falls back to reading a file it cannot write, and every write would then
-        // fail (a revoke, too) while the relay looked healthy: a restore made as root, say.
+        // SQLite falls back to reading a file it cannot write. Calls need no writes and go
+        // on (Under faults), but every change is refused, a revoke too: said at once, not
+        // first at the revoke (a restore made as root, a disk mounted read-only).
         if conn.is_readonly(rusqlite::MAIN_DB)? {
-            return Err(StoreError::ReadOnly(path.to_owned()));
+            let file = path.display().to_string();
+            tracing::error!(%file, "the store is read-only to this user: calls are served, but agents and API keys cannot be created, revoked or rotated; give the file, its -wal and -shm files and its folder to the user the relay runs as (chown), mode 0600, or mount its disk read-write, and restart");
         }
         // Another process (the CLI) may hold the write lock for a moment.
         conn.busy_timeout(BUSY_TIMEOUT)?;
