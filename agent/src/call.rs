@@ -451,14 +451,18 @@ fn send_error(conn: &Connection, e: &reqwest::Error) -> (ErrorCode, String) {
 }
 
 /// CONNECT asks for a raw tunnel, which a call's request and answer cannot carry (reqwest
-/// would send it without the path). TRACE has the server echo the request back, this
-/// agent's `Authorization: Bearer <JWT>` included, to the caller. Both are refused before
-/// anything is signed or sent.
+/// would send it without the path). TRACE, and IIS's TRACK, have the server echo the
+/// request back, this agent's `Authorization: Bearer <JWT>` included, to the caller. All
+/// are refused, in any case (`trace` is an extension method to the http crate, but a
+/// server may take it for TRACE), before anything is signed or sent.
 pub(crate) fn refuse_method(method: &Method) -> Result<(), (ErrorCode, String)> {
-    let why = match *method {
-        Method::CONNECT => "it asks for a raw tunnel, which a call cannot carry",
-        Method::TRACE => "the internal server would echo the agent's credentials back",
-        _ => return Ok(()),
+    let is = |name: &str| method.as_str().eq_ignore_ascii_case(name);
+    let why = if is("CONNECT") {
+        "it asks for a raw tunnel, which a call cannot carry"
+    } else if is("TRACE") || is("TRACK") {
+        "the internal server would echo the agent's credentials back"
+    } else {
+        return Ok(());
     };
     Err((
         ErrorCode::MethodNotAllowed,

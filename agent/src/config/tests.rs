@@ -720,7 +720,7 @@ fn a_secret_file_of_raw_bytes_points_to_secret_encoding() {
 
 #[test]
 fn a_test_is_refused_the_methods_a_call_is() {
-    for method in ["CONNECT", "trace"] {
+    for method in ["CONNECT", "trace", "TRACK", "track"] {
         let err = parse(&base(&format!(
             "[connections.a]\nbase_uri = \"http://x\"\ntest = {{ method = \"{method}\", path = \"/h\" }}\n"
         )))
