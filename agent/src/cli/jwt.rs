@@ -13,7 +13,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::Value;
 
 use super::out;
-use crate::config::{AgentConfig, Auth};
+use crate::config::{AgentConfig, Auth, JwtBearer};
 use crate::jwt::bearer::unix_now;
 use crate::jwt::key::{PublicKind, public_key_kind};
 
@@ -138,22 +138,17 @@ fn decoding_keys(
         DecodingKey::from_secret(secret),
         Some("the secret read as text"),
     )];
-    if let Some(bytes) = std::str::from_utf8(secret).ok().and_then(decode_base64) {
+    // As the config reads `secret_encoding = "base64"`.
+    if let Some(bytes) = std::str::from_utf8(secret)
+        .ok()
+        .and_then(JwtBearer::decode_base64)
+    {
         keys.push((
             DecodingKey::from_secret(&bytes),
             Some("the secret read as base64"),
         ));
     }
     Ok(keys)
-}
-
-/// As the config reads `secret_encoding = "base64"`: either alphabet, padded or not.
-fn decode_base64(text: &str) -> Option<Vec<u8>> {
-    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE};
-    [STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD]
-        .iter()
-        .find_map(|engine| engine.decode(text).ok())
-        .filter(|bytes| !bytes.is_empty())
 }
 
 fn part_json(what: &str, part: &str) -> Result<Value> {

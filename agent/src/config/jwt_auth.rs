@@ -51,6 +51,18 @@ pub struct Exchange {
     pub default_lifetime: Duration,
 }
 
+impl JwtBearer {
+    /// A secret as `secret_encoding = "base64"` reads it: either alphabet, padded or not.
+    /// `None` when it is not base64 or decodes to nothing: no secret is empty. `jwt decode
+    /// --verify-with` reads a secret file with it too (this module is private to `config`).
+    pub(crate) fn decode_base64(text: &str) -> Option<Vec<u8>> {
+        [STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD]
+            .iter()
+            .find_map(|engine| engine.decode(text).ok())
+            .filter(|bytes| !bytes.is_empty())
+    }
+}
+
 /// Every problem of the table, not only the first (see `resolve_connection`).
 pub(super) fn resolve(
     jwt: JwtBearerFile,
@@ -222,7 +234,9 @@ fn key_material(
     .map_err(|e| e.to_string())?;
     let secret = match jwt.secret_encoding.as_deref().unwrap_or("text") {
         "text" => text.into_bytes(),
-        "base64" => decode_base64(text.trim()).ok_or(
+        // Named empty by the signer, as an empty "text" secret is, not as bad base64.
+        "base64" if text.trim().is_empty() => Vec::new(),
+        "base64" => JwtBearer::decode_base64(text.trim()).ok_or(
             "auth.secret is not valid base64 (secret_encoding = \"base64\"; standard or URL-safe alphabet, padding optional)",
         )?,
         other => {
@@ -309,13 +323,6 @@ fn headers_with_thumbprints(
     headers.insert("x5t".to_owned(), t.x5t);
     headers.insert("x5t#S256".to_owned(), t.x5t_s256);
     Ok(headers)
-}
-
-/// Secrets come base64-encoded in either alphabet, padded or not.
-fn decode_base64(text: &str) -> Option<Vec<u8>> {
-    [STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD]
-        .iter()
-        .find_map(|engine| engine.decode(text).ok())
 }
 
 /// Every problem of the table, not only the first (see `resolve_connection`).
@@ -488,9 +495,11 @@ mod tests {
 
     #[test]
     fn base64_secrets_decode_in_both_alphabets() {
-        assert_eq!(decode_base64("aGVsbG8+Pz8/"), Some(b"hello>???".to_vec()));
-        assert_eq!(decode_base64("aGVsbG8-Pz8_"), Some(b"hello>???".to_vec()));
-        assert_eq!(decode_base64("aGk"), Some(b"hi".to_vec()));
-        assert_eq!(decode_base64("not base64!"), None);
+        let decode = JwtBearer::decode_base64;
+        assert_eq!(decode("aGVsbG8+Pz8/"), Some(b"hello>???".to_vec()));
+        assert_eq!(decode("aGVsbG8-Pz8_"), Some(b"hello>???".to_vec()));
+        assert_eq!(decode("aGk"), Some(b"hi".to_vec()));
+        assert_eq!(decode("not base64!"), None);
+        assert_eq!(decode(""), None);
     }
 }

@@ -365,6 +365,7 @@ fn jwt_options_refuse_what_users_get_wrong() {
     let cases = [
         (format!("{hs}secret_encoding = \"hex\""), "secret_encoding \"hex\": expected \"text\" or \"base64\""),
         ("algorithm = \"HS256\"\nsecret = \"no!base64\"\nsecret_encoding = \"base64\"".to_owned(), "not valid base64"),
+        ("algorithm = \"HS256\"\nsecret = \" \"\nsecret_encoding = \"base64\"".to_owned(), "the secret is empty"),
         (format!("{hs}lifetime = \"soon\""), "auth.lifetime \"soon\""),
         (format!("{hs}reuse_for = \"30s\""), "reuse_for needs an exp claim"),
         (format!("{hs}reuse_for = \"30s\"\nlifetime = \"5m\"\n{x}"), "reuse_for applies to direct bearer"),
