@@ -35,6 +35,9 @@ fn series(text: &str, name: &str) -> Result<u64> {
 async fn a_relay_outage_with_failed_attempts_counts_one_reconnect() -> Result<()> {
     let bins = bins();
     let dir = TempDir::new("agent-reconnects")?;
+    // A free port, let go for the agent to bind: `metrics_listen = "127.0.0.1:0"` would
+    // bind, but the agent reports only the configured address, not the bound one. Another
+    // test could take the port in between; the agent would then refuse to start, saying so.
     let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
