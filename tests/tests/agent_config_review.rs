@@ -3,24 +3,71 @@
 //! said their cause twice, `config check` listing every payload problem, `reuse_for` not
 //! shorter than `lifetime`, and a raw-byte HMAC `secret_file`.
 
+use std::io::Read;
 use std::path::Path;
+use std::process::{Output, Stdio};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use postern_tests::harness::{
     AgentProcess, Bins, agent_cli, agent_command, offline_agent_config, offline_init, output_text,
     signal, stderr, stdout, unknown_token,
 };
+use postern_tests::pki::KillOnDrop;
 use postern_tests::temp::TempDir;
 
 fn bins() -> Bins {
     postern_tests::bins!()
 }
 
-/// `postern ARGS --config CONFIG`: its exit code and stdout+stderr.
+/// How long a command these tests expect to end (a refused `run` included) may take.
+const RUN_LIMIT: Duration = Duration::from_secs(10);
+
+/// `postern ARGS --config CONFIG`: its exit code and stdout+stderr. One still running after
+/// [`RUN_LIMIT`] is killed and is an error: a `run` a refusal no longer stops would serve
+/// on, and hang the test.
 fn run(config: &Path, args: &[&str]) -> Result<(Option<i32>, String)> {
-    let out = agent_cli(&bins(), config, args)?;
-    Ok((out.status.code(), output_text(&out)))
+    let mut child = KillOnDrop(
+        agent_command(&bins(), config, args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("running postern {args:?}"))?,
+    );
+    let (out, err) = (drain(child.0.stdout.take()), drain(child.0.stderr.take()));
+    let deadline = Instant::now() + RUN_LIMIT;
+    let status = loop {
+        if let Some(status) = child.0.try_wait()? {
+            break status;
+        }
+        if Instant::now() > deadline {
+            drop(child);
+            let said = [out, err]
+                .map(|pipe| pipe.join().unwrap_or_default())
+                .concat();
+            let said = String::from_utf8_lossy(&said);
+            bail!("postern {args:?} still running after {RUN_LIMIT:?}; it said:\n{said}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let output = Output {
+        status,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+    };
+    Ok((output.status.code(), output_text(&output)))
+}
+
+/// Reads `pipe` to its end on a thread, so a chatty child never blocks on a full pipe.
+fn drain(pipe: Option<impl Read + Send + 'static>) -> JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        if let Some(mut pipe) = pipe {
+            let _ = pipe.read_to_end(&mut bytes);
+        }
+        bytes
+    })
 }
 
 /// Waits until the agent running `config` answers on its status socket (not connected:
