@@ -49,10 +49,21 @@ impl PinnedFolder {
 mod tests {
     use super::*;
 
+    /// Removes its path, a folder or a file, however the test ends (a `?` included).
+    struct Removed(PathBuf);
+
+    impl Drop for Removed {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
     #[test]
     fn a_write_lands_in_the_folder_opened_after_its_path_is_swapped() -> io::Result<()> {
         let base = std::env::temp_dir().join(format!("pinned-folder-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&base);
+        let _removed = Removed(base.clone());
         let (held, elsewhere) = (base.join("held"), base.join("elsewhere"));
         std::fs::create_dir_all(&held)?;
         std::fs::create_dir_all(&elsewhere)?;
@@ -63,7 +74,6 @@ mod tests {
         crate::config::write_private(&pinned.join("token".as_ref()), "pst_new\n")?;
         let landed = std::fs::read_to_string(base.join("moved/token"));
         let swapped_in = elsewhere.join("token").exists();
-        std::fs::remove_dir_all(&base)?;
         assert_eq!(landed?, "pst_new\n");
         assert!(!swapped_in, "the write followed the swapped-in symlink");
         Ok(())
@@ -72,9 +82,9 @@ mod tests {
     #[test]
     fn a_file_is_not_a_folder() -> io::Result<()> {
         let file = std::env::temp_dir().join(format!("pinned-file-{}", std::process::id()));
+        let _removed = Removed(file.clone());
         std::fs::write(&file, "")?;
         let opened = PinnedFolder::open(&file);
-        std::fs::remove_file(&file)?;
         assert!(opened.is_err());
         Ok(())
     }
