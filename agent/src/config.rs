@@ -549,17 +549,33 @@ fn not_text(what: &str, path: &Path) -> String {
 /// written by root goes to its folder's owner: `sudo postern init` into the .deb's
 /// /etc/postern (the service user's) must give a config the service can read.
 pub fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    write_private_bytes(path, text.as_bytes(), None)
+}
+
+/// [`write_private`] of `bytes`, with `owner` (uid, gid) when given instead of the old
+/// file's. The owner is set on the temp file before the rename, never by path afterwards:
+/// a path in a folder someone else owns can be a symlink by then.
+pub fn write_private_bytes(
+    path: &Path,
+    bytes: &[u8],
+    owner: Option<(u32, u32)>,
+) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
-    let old = match std::fs::metadata(path) {
-        Ok(meta) => Some(meta),
+    // The entry replaced, not what it may point at: a symlink planted there does not lend
+    // its target's owner.
+    let old = match std::fs::symlink_metadata(path) {
+        Ok(meta) => Some((meta.uid(), meta.gid())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && current_uid() == Some(0) => {
             let folder = path.parent().filter(|d| !d.as_os_str().is_empty());
-            std::fs::metadata(folder.unwrap_or(Path::new("."))).ok()
+            std::fs::metadata(folder.unwrap_or(Path::new(".")))
+                .ok()
+                .map(|m| (m.uid(), m.gid()))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(e),
     };
+    let owner = owner.or(old);
     let name = path.file_name().unwrap_or_default().to_string_lossy();
     let tmp = path.with_file_name(format!(".{name}.postern-tmp"));
     let _ = std::fs::remove_file(&tmp);
@@ -570,13 +586,13 @@ pub fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
         .open(&tmp)?;
     let written = (|| {
         out.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-        if let Some(old) = &old {
+        if let Some((uid, gid)) = owner {
             let mine = out.metadata()?;
-            if (mine.uid(), mine.gid()) != (old.uid(), old.gid()) {
-                std::os::unix::fs::fchown(&out, Some(old.uid()), Some(old.gid()))?;
+            if (mine.uid(), mine.gid()) != (uid, gid) {
+                std::os::unix::fs::fchown(&out, Some(uid), Some(gid))?;
             }
         }
-        out.write_all(text.as_bytes())?;
+        out.write_all(bytes)?;
         out.sync_all()?;
         std::fs::rename(&tmp, path)
     })();

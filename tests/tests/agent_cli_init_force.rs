@@ -69,7 +69,8 @@ fn init_force_keeps_the_old_file_and_carries_its_connections_over() -> Result<()
         .output()?;
     assert!(out.status.success(), "{}", output_text(&out));
 
-    // A file that is not TOML is kept all the same, and said to be copied back by hand.
+    // A file that is not TOML is kept all the same, and said to be copied back by hand;
+    // beside the first backup, which a second `--force` does not replace.
     std::fs::write(&config, "relay = \n[connections.x\n")?;
     let out = init_force(&config, &unknown_token())?;
     assert!(out.status.success(), "{}", output_text(&out));
@@ -78,16 +79,78 @@ fn init_force_keeps_the_old_file_and_carries_its_connections_over() -> Result<()
         "{}",
         stdout(&out)
     );
+    assert_eq!(std::fs::read_to_string(&backup)?, old);
     assert_eq!(
-        std::fs::read_to_string(&backup)?,
+        std::fs::read_to_string(dir.path().join("agent.toml.bak.1"))?,
         "relay = \n[connections.x\n"
     );
+
+    // Nor is one that is not UTF-8 text: kept byte for byte.
+    let garbage = [0xff_u8, 0xfe, b'\n', 0x00, 0x80];
+    std::fs::write(&config, garbage)?;
+    let out = init_force(&config, &unknown_token())?;
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert!(stdout(&out).contains("not UTF-8"), "{}", stdout(&out));
+    assert_eq!(std::fs::read(dir.path().join("agent.toml.bak.2"))?, garbage);
+
+    // Connections with a problem the old file had already are carried over as they were,
+    // as any edit keeps what it did not bring: `--force` is not the place to refuse them.
+    std::fs::write(
+        &config,
+        offline_agent_config(
+            "127.0.0.1:1",
+            "[connections.broken]\nbase_uri = \"ftp://nowhere\"\n",
+        ),
+    )?;
+    let out = init_force(&config, &other_token())?;
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert!(stdout(&out).contains("(broken)"), "{}", stdout(&out));
+    assert!(std::fs::read_to_string(&config)?.contains("ftp://nowhere"));
+    std::fs::write(&config, offline_agent_config("127.0.0.1:1", ""))?;
 
     // A config without connections has none to carry over.
     let out = init_force(&config, &other_token())?;
     assert!(out.status.success(), "{}", output_text(&out));
     assert!(
         stdout(&out).contains("it had no connections"),
+        "{}",
+        stdout(&out)
+    );
+    Ok(())
+}
+
+/// Run by root on a config in a folder the service user owns, `init --force` does not let
+/// that user aim the backup at another file: a `.bak` planted as a symlink to a file of
+/// root's is neither written through nor given away, and the backup goes beside it.
+#[test]
+fn a_planted_backup_link_is_not_followed() -> Result<()> {
+    use std::os::unix::fs::chown;
+    if !is_root() {
+        println!("SKIPPED planted backup link test: needs root");
+        return Ok(());
+    }
+    let dir = TempDir::new("review-init-bak-link")?;
+    let victim = dir.write_private("victim", "root's own\n")?;
+    let folder = dir.path().join("etc-postern");
+    std::fs::create_dir(&folder)?;
+    chown(&folder, Some(4343), Some(4343))?;
+    let config = folder.join("agent.toml");
+    std::fs::write(&config, offline_agent_config("127.0.0.1:1", ""))?;
+    chown(&config, Some(4343), Some(4343))?;
+    std::os::unix::fs::symlink(&victim, folder.join("agent.toml.bak"))?;
+
+    let out = init_force(&config, &other_token())?;
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert_eq!(std::fs::read_to_string(&victim)?, "root's own\n");
+    assert_eq!(
+        std::fs::metadata(&victim)?.uid(),
+        0,
+        "root's file was given away"
+    );
+    let backup = folder.join("agent.toml.bak.1");
+    assert_eq!(std::fs::metadata(&backup)?.uid(), 4343);
+    assert!(
+        stdout(&out).contains(&backup.display().to_string()),
         "{}",
         stdout(&out)
     );

@@ -126,11 +126,21 @@ fn write_config(path: &Path, text: &str) -> Result<PathBuf> {
 /// the service user's link), only a file the link's owner owns is written, as `token set`
 /// does for `token_file`: else whoever owns the link could point it at a file of root's
 /// and have `sudo postern connection add` rewrite it. A link to nothing is refused.
+/// A config file as [`Destination::read_existing`] found it.
+pub(super) struct Existing {
+    pub(super) bytes: Vec<u8>,
+    /// uid, gid.
+    pub(super) owner: (u32, u32),
+}
+
 pub(super) struct Destination {
     /// The file, for messages.
     pub(super) file: PathBuf,
     /// The file as written to: through the pinned folder, if one is held.
     through: PathBuf,
+    /// Whose the file must be when it is read (the link's owner, when another user runs
+    /// this through their link).
+    owner: Option<u32>,
     _pinned: Option<PinnedFolder>,
 }
 
@@ -140,6 +150,7 @@ impl Destination {
         let plain = || Self {
             file: path.to_owned(),
             through: path.to_owned(),
+            owner: None,
             _pinned: None,
         };
         let link = match std::fs::symlink_metadata(path) {
@@ -158,13 +169,6 @@ impl Destination {
                     .unwrap_or_else(|_| "unreadable".to_owned())
             )
         })?;
-        if crate::config::current_uid() == Some(link.uid()) {
-            return Ok(Self {
-                through: file.clone(),
-                file,
-                _pinned: None,
-            });
-        }
         let (folder, name) = match (file.parent(), file.file_name()) {
             (Some(folder), Some(name)) => (folder, name),
             _ => bail!(
@@ -173,30 +177,65 @@ impl Destination {
                 file.display()
             ),
         };
-        // Held open from the owner check to the write: a folder above it that the link's
-        // owner owns cannot be swapped for a symlink in between.
+        // Held open from here to the write, whoever runs this: a folder above the file
+        // that someone else owns cannot be swapped for a symlink in between.
         let pinned =
             PinnedFolder::open(folder).with_context(|| format!("opening {}", folder.display()))?;
         let through = pinned.join(name);
-        let owner = std::fs::metadata(&through)
-            .with_context(|| format!("reading {}", file.display()))?
-            .uid();
-        if owner != link.uid() {
-            bail!(
-                "refusing to write {} through the symlink {}: it belongs to {}, but the link \
-                 belongs to {}; nothing was written. Pass --config {} to edit that file",
-                file.display(),
-                path.display(),
-                user(owner),
-                user(link.uid()),
-                file.display()
-            );
+        let owner = (crate::config::current_uid() != Some(link.uid())).then_some(link.uid());
+        if let Some(wanted) = owner {
+            let found = std::fs::symlink_metadata(&through)
+                .with_context(|| format!("reading {}", file.display()))?
+                .uid();
+            if found != wanted {
+                bail!(
+                    "refusing to write {} through the symlink {}: it belongs to {}, but the link \
+                     belongs to {}; nothing was written. Pass --config {} to edit that file",
+                    file.display(),
+                    path.display(),
+                    user(found),
+                    user(wanted),
+                    file.display()
+                );
+            }
         }
         Ok(Self {
             file,
             through,
+            owner,
             _pinned: Some(pinned),
         })
+    }
+
+    /// The file's bytes and owner (uid, gid) as it is now, or `None` if there is none. Read
+    /// without following a symlink, and judged by what was opened: a file swapped in since
+    /// [`Destination::of`] is not read for root into a backup someone else can read.
+    pub(super) fn read_existing(&self) -> Result<Option<Existing>> {
+        use std::io::Read;
+        use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+        let opened = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(&self.through);
+        let mut file = match opened {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", self.file.display())),
+        };
+        let meta = file.metadata()?;
+        if !meta.is_file() || self.owner.is_some_and(|owner| owner != meta.uid()) {
+            bail!(
+                "{} changed while it was being read (it is not the file it was); nothing was written",
+                self.file.display()
+            );
+        }
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)
+            .with_context(|| format!("reading {}", self.file.display()))?;
+        Ok(Some(Existing {
+            bytes,
+            owner: (meta.uid(), meta.gid()),
+        }))
     }
 
     pub(super) fn write(&self, text: &str) -> Result<()> {
@@ -476,16 +515,6 @@ fn headed_tables_mut(item: &mut Item, visit: &mut dyn FnMut(&mut Table)) {
     }
 }
 
-/// Keys whose values are secrets; `show` masks them wherever they sit (`client_secret`
-/// and `password` for an exchange's `params`).
-const SECRET_KEYS: &[&str] = &[
-    "secret",
-    "private_key",
-    "token",
-    "client_secret",
-    "password",
-];
-
 pub(crate) fn show(path: &Path, name: &str) -> Result<()> {
     let doc = load(path)?;
     let mut shown = match doc.get("connections").and_then(|c| c.get(name)) {
@@ -506,13 +535,29 @@ pub(crate) fn show(path: &Path, name: &str) -> Result<()> {
     super::out::stdout(|out| out.write_all(text.as_bytes()))
 }
 
-/// Masks secrets in tables and inline tables alike (`auth = { secret = "…" }`).
+/// Masks secrets in tables, inline tables and arrays of them alike (`auth = { secret =
+/// "…" }`, `payload = { x = [{ password = "…" }] }`).
 fn mask(table: &mut dyn TableLike) {
+    use crate::config::{MASKED_KEYS, SECRET_MASK};
     for (key, item) in table.iter_mut() {
-        if SECRET_KEYS.contains(&key.get()) && item.is_value() {
-            *item = value("***");
+        if MASKED_KEYS.contains(&key.get()) && item.is_value() {
+            *item = value(SECRET_MASK);
         } else if let Some(inner) = item.as_table_like_mut() {
             mask(inner);
+        } else if let Some(tables) = item.as_array_of_tables_mut() {
+            tables.iter_mut().for_each(|t| mask(t));
+        } else if let Some(array) = item.as_array_mut() {
+            mask_array(array);
+        }
+    }
+}
+
+fn mask_array(array: &mut toml_edit::Array) {
+    for element in array.iter_mut() {
+        match element {
+            toml_edit::Value::InlineTable(inline) => mask(inline),
+            toml_edit::Value::Array(inner) => mask_array(inner),
+            _ => {}
         }
     }
 }
@@ -633,8 +678,23 @@ fn user(uid: u32) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{claim, keep_loose_comments};
+    use super::{claim, keep_loose_comments, mask};
     use toml_edit::{DocumentMut, Item};
+
+    #[test]
+    fn secrets_in_arrays_are_masked_too() {
+        let mut doc: DocumentMut =
+            "payload = { x = [{ password = \"p1\" }, [{ token = \"t1\" }]] }\n\
+             [[extra]]\nsecret = \"s1\"\n"
+                .parse()
+                .expect("test TOML");
+        mask(doc.as_table_mut());
+        let shown = doc.to_string();
+        for secret in ["p1", "t1", "s1"] {
+            assert!(!shown.contains(secret), "{secret} shown: {shown}");
+        }
+        assert_eq!(shown.matches("\"***\"").count(), 3, "{shown}");
+    }
 
     /// `text` with connection `name` removed as `connection remove` removes it.
     fn removed(text: &str, name: &str) -> String {

@@ -81,59 +81,75 @@ pub(crate) fn init(
     // Validate before writing, so a bad relay or fingerprint never lands on disk.
     let file = config::ConfigFile::parse(&text)?;
     AgentConfig::resolve(file, Path::new("."), &|_| None)?;
-    let old = match std::fs::read_to_string(path) {
-        Ok(old) => Some(old),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-    };
-    let (text, carried) = match old.as_deref().and_then(connections_of) {
-        Some((connections, names)) => {
-            let mut doc: DocumentMut = text.parse().context("the new config")?;
-            doc["connections"] = connections;
-            let text = doc.to_string();
-            // As `connection add` checks an edit: what they bring that the old file had
-            // not is refused, a secret from the service's environment is not needed here.
-            super::edit::check(path, old.as_deref(), &text)
-                .context("the old config's connections do not fit the new one")?;
-            (text, names)
-        }
-        None => (text, Vec::new()),
-    };
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(dir)?;
     }
+    // Where the config goes, then what is there now, read as it is judged.
     let destination = Destination::of(path)?;
+    let old = destination.read_existing()?;
+    let old_text = old
+        .as_ref()
+        .and_then(|old| std::str::from_utf8(&old.bytes).ok());
+    let (text, kept) = carry_connections(path, &text, old_text)?;
     let backup = match &old {
-        Some(old) => Some(back_up(&destination, old)?),
+        Some(old) => Some(back_up(&destination, &old.bytes, old.owner)?),
         None => None,
     };
     destination.write(&text)?;
     let file = super::edit::written(path, &destination.file);
     let mut said = format!("wrote {file} (mode 0600)\n");
     if let Some(backup) = backup {
-        let is_toml = old
-            .as_deref()
-            .is_some_and(|old| old.parse::<DocumentMut>().is_ok());
-        let kept = match (carried.len(), is_toml) {
-            (0, true) => "it had no connections".to_owned(),
-            (0, false) => "it is not valid TOML, so none of its connections were carried \
-                           over: copy them back from it by hand"
-                .to_owned(),
-            (_, _) => format!(
-                "its connections are in the new one ({}); its other settings (token_file, \
-                 proxy, status_socket, …) are not: copy back what you need",
-                carried.join(", ")
-            ),
-        };
         said.push_str(&format!(
             "the previous config was kept as {} (mode 0600); {kept}\n",
             backup.display()
         ));
     }
     super::out::stdout(|out| out.write_all(said.as_bytes()))
+}
+
+/// `text` with the old config's `[connections.*]` when they fit it, and what to say of
+/// them. Ones that do not (a change of relay would not break them, but a file edited by
+/// hand may hold anything) are left in the backup, not allowed to stop `--force`.
+fn carry_connections(path: &Path, text: &str, old: Option<&str>) -> Result<(String, String)> {
+    let Some(old) = old else {
+        let said = "it is not UTF-8 text, so none of its connections were carried over: copy \
+                    them back from it by hand";
+        return Ok((text.to_owned(), said.to_owned()));
+    };
+    if old.parse::<DocumentMut>().is_err() {
+        let said = "it is not valid TOML, so none of its connections were carried over: copy \
+                    them back from it by hand";
+        return Ok((text.to_owned(), said.to_owned()));
+    }
+    let Some((connections, names)) = connections_of(old) else {
+        return Ok((text.to_owned(), "it had no connections".to_owned()));
+    };
+    let mut doc: DocumentMut = text.parse().context("the new config")?;
+    doc["connections"] = connections;
+    let with = doc.to_string();
+    // As `connection add` checks an edit: what they bring that the old file had not is
+    // refused, a secret from the service's environment is not needed here.
+    match super::edit::check(path, Some(old), &with) {
+        Ok(()) => Ok((
+            with,
+            format!(
+                "its connections are in the new one ({}); its other settings (token_file, \
+                 proxy, status_socket, …) are not: copy back what you need",
+                names.join(", ")
+            ),
+        )),
+        Err(e) => Ok((
+            text.to_owned(),
+            format!(
+                "its connections ({}) were not carried over, as they do not fit the new \
+                 config ({e:#}): copy them back from it and fix them",
+                names.join(", ")
+            ),
+        )),
+    }
 }
 
 /// The `connections` of a config that is valid TOML, with their names; `None` when it is
@@ -149,26 +165,30 @@ fn connections_of(text: &str) -> Option<(Item, Vec<String>)> {
     (!names.is_empty()).then(|| (connections.clone(), names))
 }
 
-/// Keeps `old`, the config `init --force` replaces, as `<file>.bak` beside the file the
-/// config is (through a symlink too): mode 0600 and the old file's owner and group, as it
-/// holds the old token.
-fn back_up(destination: &Destination, old: &str) -> Result<PathBuf> {
-    use std::os::unix::fs::MetadataExt;
-    let (file, _) = destination.beside("");
-    let (backup, shown) = destination.beside(".bak");
-    let failed = || {
+/// Keeps `old`, the config `init --force` replaces, beside the file the config is (through
+/// a symlink too) as `<file>.bak`, or `.bak.1`, `.bak.2`… when that is taken, so a second
+/// `--force` does not lose the first one's original: mode 0600 and the old file's owner
+/// and group (`owner`), as it holds the old token.
+fn back_up(destination: &Destination, old: &[u8], owner: (u32, u32)) -> Result<PathBuf> {
+    const MOST: usize = 100;
+    let free = (0..MOST)
+        .map(|n| match n {
+            0 => destination.beside(".bak"),
+            n => destination.beside(&format!(".bak.{n}")),
+        })
+        .find(|(through, _)| std::fs::symlink_metadata(through).is_err());
+    let Some((backup, shown)) = free else {
+        bail!(
+            "{MOST} backups of {} are kept already (.bak, .bak.1 …): remove some; nothing was written",
+            destination.file.display()
+        );
+    };
+    config::write_private_bytes(&backup, old, Some(owner)).with_context(|| {
         format!(
             "keeping the previous config as {}; nothing was written",
             shown.display()
         )
-    };
-    let meta = std::fs::metadata(&file).with_context(failed)?;
-    config::write_private(&backup, old).with_context(failed)?;
-    let written = std::fs::metadata(&backup).with_context(failed)?;
-    if (written.uid(), written.gid()) != (meta.uid(), meta.gid()) {
-        std::os::unix::fs::chown(&backup, Some(meta.uid()), Some(meta.gid()))
-            .with_context(failed)?;
-    }
+    })?;
     Ok(shown)
 }
 

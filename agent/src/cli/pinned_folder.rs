@@ -16,10 +16,13 @@ pub(crate) struct PinnedFolder {
 
 impl PinnedFolder {
     pub(crate) fn open(folder: &Path) -> io::Result<Self> {
-        let open = File::open(folder)?;
-        if !open.metadata()?.is_dir() {
-            return Err(io::Error::new(io::ErrorKind::NotADirectory, "not a folder"));
-        }
+        use std::os::unix::fs::OpenOptionsExt;
+        // A folder, and that one: not a FIFO (an open that never returns) nor a symlink
+        // swapped in for the folder checked a moment ago.
+        let open = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+            .open(folder)?;
         let through = PathBuf::from(format!("/proc/self/fd/{}", open.as_raw_fd()));
         // Without /proc every path through it would read as missing.
         std::fs::metadata(&through).map_err(|e| {
