@@ -178,9 +178,17 @@ async fn an_upstream_that_resets_mid_answer_gives_an_error_not_a_hang() -> Resul
     ))
     .await?;
     // A reset right after the head: 502 `tunnel_error` when the agent saw the reset
-    // before its head went on, else a body that breaks off; never a short body read whole.
+    // before its head went on, else a body that breaks off, or (when the break reaches
+    // the relay's HTTP server before it has flushed the head) a connection closed with no
+    // answer at all; never a short body read whole.
     for _ in 0..5 {
-        let r = w.api.call("a1", "headonly", "/x").await?;
+        let r = match w.api.call("a1", "headonly", "/x").await {
+            Ok(r) => r,
+            Err(e) if format!("{e:#}").contains("connection closed before message completed") => {
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         if r.status() == 502 {
             assert_eq!(r.headers()["x-postern-error"], "tunnel_error");
         } else {
