@@ -174,7 +174,8 @@ impl ChannelPool {
         }
         idle.retain(|_, list| !list.is_empty());
         drop(idle);
-        // Each closes its channel as it is dropped, outside the lock.
+        // Each closes its channel as it is dropped, outside the lock (one whose connection
+        // ended while it was read above has let go of its channel already).
         drop(closed);
     }
 

@@ -7,8 +7,8 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use postern_protocol::SecretKind;
 use postern_protocol::api::{AgentCreated, ApiKeyCreated, ApiKeyList, ApiKeyScope, TokenRotated};
+use postern_protocol::{SecretKind, SecretToken};
 use tokio::signal::unix::{Signal, SignalKind};
 use tokio_util::task::AbortOnDropHandle;
 
@@ -393,42 +393,65 @@ fn agent(command: AgentCommand) -> Result<()> {
             let valid_until = until.map(crate::api::token::rfc3339);
             // A token nobody saw would leave the agent locked out: the store keeps the
             // rotation only once it is shown (`… | true`, a full disk).
+            let shown = std::cell::Cell::new(false);
             let mut show = |record: &AgentRecord| {
-                if json {
-                    let text = serde_json::to_string(&TokenRotated {
+                let written = if json {
+                    serde_json::to_string(&TokenRotated {
                         id: record.id.clone(),
                         name: record.name.clone(),
                         token: token.expose().to_owned(),
                         old_token_valid_until: valid_until.clone(),
-                    })?;
-                    return write_stdout(|out| writeln!(out, "{text}"));
-                }
-                write_stdout(|out| {
-                    writeln!(
-                        out,
-                        "Agent {:?} ({}) has a new access token, shown only this once:\n\n  {}\n",
-                        record.name,
-                        record.id,
-                        token.expose()
-                    )?;
-                    match &valid_until {
-                        Some(t) => writeln!(
-                            out,
-                            "The old token keeps working until {t}; put the new one in the agent's config before then."
-                        ),
-                        None => writeln!(
-                            out,
-                            "The old token no longer works; a running relay drops the agent's session within a second."
-                        ),
-                    }
-                })
+                    })
+                    .map_err(io::Error::other)
+                    .and_then(|text| write_stdout(|out| writeln!(out, "{text}")))
+                } else {
+                    show_rotated(record, &token, valid_until.as_deref())
+                };
+                shown.set(written.is_ok());
+                written
             };
-            state
-                .store()?
-                .rotate_token_shown(&agent, &token, until, &mut show)?;
-            Ok(())
+            let rotated = state
+                .store()
+                .and_then(|store| Ok(store.rotate_token_shown(&agent, &token, until, &mut show)?));
+            match rotated {
+                Ok(_) => Ok(()),
+                // Shown, then not kept (the store's disk filled up at the commit, say): what
+                // was printed says the opposite of what is true.
+                Err(e) if shown.get() => Err(e.context(
+                    "the token shown above was NOT saved and does not work; the agent keeps its \
+                     old token: rotate again",
+                )),
+                Err(e) => Err(e),
+            }
         }
     }
+}
+
+/// `agent rotate`'s text answer.
+fn show_rotated(
+    record: &AgentRecord,
+    token: &SecretToken,
+    valid_until: Option<&str>,
+) -> io::Result<()> {
+    write_stdout(|out| {
+        writeln!(
+            out,
+            "Agent {:?} ({}) has a new access token, shown only this once:\n\n  {}\n",
+            record.name,
+            record.id,
+            token.expose()
+        )?;
+        match valid_until {
+            Some(t) => writeln!(
+                out,
+                "The old token keeps working until {t}; put the new one in the agent's config before then."
+            ),
+            None => writeln!(
+                out,
+                "The old token no longer works; a running relay drops the agent's session within a second."
+            ),
+        }
+    })
 }
 
 fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {

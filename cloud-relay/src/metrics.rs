@@ -79,7 +79,7 @@ impl Default for Metrics {
         );
         registry.register(
             "calls",
-            "Calls by the HTTP status class the caller got, or abandoned by the caller",
+            "Calls by the HTTP status class the caller got; abandoned by the caller, or cut off by the relay's shutdown, before an answer",
             m.calls.clone(),
         );
         registry.register(

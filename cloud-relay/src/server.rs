@@ -8,7 +8,7 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{Signal, SignalKind};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::config::RelayConfig;
 use crate::context::RelayContext;
@@ -127,8 +127,17 @@ pub async fn run_with(
     let fingerprint = host_key::fingerprint(&host_key);
     // `load_or_create` has made the state folder (or narrowed it) already.
     let db = config.state_dir.join(crate::store::sqlite::DB_FILE);
-    let store =
-        Arc::new(SqliteStore::open(&db).map_err(|error| RelayError::Store { path: db, error })?);
+    let store = SqliteStore::open(&db).map_err(|error| RelayError::Store {
+        path: db.clone(),
+        error,
+    })?;
+    // Calls need no writes and go on (Under faults), but every change is refused, a revoke
+    // too: said at once, not first at the revoke.
+    if store.read_only() {
+        let file = db.display().to_string();
+        error!(%file, "the store is read-only to this user: calls are served, but agents and API keys cannot be created, revoked or rotated; give the file, its -wal and -shm files and its folder to the user the relay runs as (chown), mode 0600, or mount its disk read-write, and restart");
+    }
+    let store = Arc::new(store);
     let grace = config.shutdown_grace;
     // The context's token ends agent sessions and the background tasks: only once the
     // calls under way, which travel through those sessions, are done.

@@ -1,6 +1,6 @@
 //! Relative paths in the relay's config file (`state_dir`, `tls_cert`, `tls_key`) are the
-//! file's folder's, as in the agent's: the relay started in / (as systemd starts it) and
-//! the CLI run from elsewhere find the same host key, store and certificate. A TLS key
+//! file's folder's, as in the agent's: the relay started in another folder (systemd starts
+//! it in /) and the CLI run from elsewhere find the same host key, store and certificate. A TLS key
 //! every user can read is warned about.
 
 use std::process::Stdio;
@@ -56,7 +56,9 @@ fn relative_paths_are_the_config_files_folders() -> Result<()> {
     let log = dir.path().join("serve.log");
     let relay = KillOnDrop(
         relay_command(&bins, &config)
-            .current_dir("/")
+            // Not the config's folder (systemd starts it in /; a folder of the test's own
+            // here, so a regression leaves no /state behind).
+            .current_dir(dir.path())
             .stdin(Stdio::null())
             .stderr(std::fs::File::create(&log)?)
             .spawn()?,
@@ -68,7 +70,7 @@ fn relative_paths_are_the_config_files_folders() -> Result<()> {
             break said;
         }
         if started.elapsed() > Duration::from_secs(15) {
-            bail!("the relay started in / did not listen: {said}");
+            bail!("the relay started in another folder did not listen: {said}");
         }
         std::thread::sleep(Duration::from_millis(50));
     };
@@ -89,7 +91,7 @@ fn relative_paths_are_the_config_files_folders() -> Result<()> {
         &bins,
         &["fingerprint", "--config", &config.to_string_lossy()],
     )
-    .current_dir(dir.path())
+    .current_dir(&tls)
     .output()?;
     assert!(out.status.success(), "{}", output_text(&out));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), served);

@@ -89,6 +89,14 @@ async fn a_rotation_whose_token_cannot_be_shown_is_not_made() -> Result<()> {
             assert!(stderr.contains("keeps its old one"), "{all:?}: {stderr}");
             let (_session, took) = ssh_login(w.relay.ssh, &token).await?;
             assert!(took, "{all:?}: the old token stopped working");
+            // With a grace the old token would log in either way: the store says whether
+            // a rotation was kept.
+            let store = postern_relay::store::SqliteStore::open_in(&w.state_dir())?;
+            let record = postern_relay::store::Store::find_agent(&store, "site")?;
+            assert!(
+                record.is_some_and(|r| r.token_version == 1 && r.old_token_until.is_none()),
+                "{all:?}: a rotation was kept"
+            );
         }
     }
     // Shown, the rotation is made: the same login is refused now.

@@ -53,6 +53,8 @@ impl HttpBody for AnswerBody {
                     this.sent += data.len() as u64;
                     this.ctx.metrics.add_bytes_out(data.len());
                 }
+                // Trailers end a body; hyper may not ask for more after them.
+                this.done |= frame.is_trailers();
             }
             Poll::Ready(Some(Err(e))) => {
                 this.done = true;

@@ -293,8 +293,8 @@ fn classify(
 }
 
 /// An agent's refusal of a channel: 404 when it no longer has the connection (a reload
-/// since its hello); else 503, for it is stopping or reconnecting and takes no new calls
-/// now, which a caller may retry (a 404 would read as a mistake in its configuration).
+/// since its hello); 503 when it is stopping or reconnecting and takes no new calls now,
+/// which a caller may retry (a 404 would read as a mistake in its configuration).
 pub(super) fn refused(
     agent: &str,
     connection: &str,
@@ -305,11 +305,16 @@ pub(super) fn refused(
             ErrorCode::UnknownConnection,
             format!("agent {agent:?} has no connection {connection:?}"),
         ),
-        _ => ApiError::new(
+        russh::ChannelOpenFailure::AdministrativelyProhibited => ApiError::new(
             ErrorCode::AgentOffline,
             format!(
                 "agent {agent:?} takes no new calls now (it is stopping or reconnecting): retry shortly"
             ),
+        ),
+        // Not something this agent sends: whatever it means, the call did not go through.
+        other => ApiError::new(
+            ErrorCode::TunnelError,
+            format!("agent {agent:?} refused a channel for connection {connection:?}: {other:?}"),
         ),
     }
 }

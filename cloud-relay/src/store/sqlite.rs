@@ -87,6 +87,7 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
 
 pub struct SqliteStore {
     conn: Mutex<Connection>,
+    read_only: bool,
 }
 
 /// Creates the database file 0600 if it is missing, and takes group and other access
@@ -147,13 +148,8 @@ impl SqliteStore {
         // file is 0600 before SQLite first opens it, whatever the umask.
         private_files(path);
         let mut conn = Connection::open(path)?;
-        // SQLite falls back to reading a file it cannot write. Calls need no writes and go
-        // on (Under faults), but every change is refused, a revoke too: said at once, not
-        // first at the revoke (a restore made as root, a disk mounted read-only).
-        if conn.is_readonly(rusqlite::MAIN_DB)? {
-            let file = path.display().to_string();
-            tracing::error!(%file, "the store is read-only to this user: calls are served, but agents and API keys cannot be created, revoked or rotated; give the file, its -wal and -shm files and its folder to the user the relay runs as (chown), mode 0600, or mount its disk read-write, and restart");
-        }
+        // SQLite falls back to reading a file it cannot write (see `read_only`).
+        let read_only = conn.is_readonly(rusqlite::MAIN_DB)?;
         // Another process (the CLI) may hold the write lock for a moment.
         conn.busy_timeout(BUSY_TIMEOUT)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -161,7 +157,14 @@ impl SqliteStore {
         migrate(&mut conn)?;
         Ok(Self {
             conn: Mutex::new(conn),
+            read_only,
         })
+    }
+
+    /// Whether this process cannot write the store (a restore made as root, a disk mounted
+    /// read-only): reads work, every change is refused.
+    pub fn read_only(&self) -> bool {
+        self.read_only
     }
 
     fn with<T>(
