@@ -2,14 +2,17 @@
 //! SIGINT/SIGTERM (`reload` or SIGHUP re-read it); the rest help set connections up.
 
 mod connection;
+mod destination;
 mod edit;
 mod init;
 mod jwt;
 mod out;
 mod pinned_folder;
+mod remove_comments;
 mod run;
 mod service;
 mod status;
+mod token_set;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -272,7 +275,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         } => edit::show(&path, &name).map(|()| ExitCode::SUCCESS),
         Command::Token {
             command: TokenCommand::Set { token_file },
-        } => edit::set_token(&path, token_file.as_deref()).map(|()| ExitCode::SUCCESS),
+        } => token_set::set_token(&path, token_file.as_deref()).map(|()| ExitCode::SUCCESS),
     }
 }
 

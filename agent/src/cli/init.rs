@@ -9,7 +9,7 @@ use anyhow::{Context, Result, bail};
 use postern_protocol::{SecretKind, SecretToken};
 use toml_edit::{DocumentMut, Item};
 
-use super::edit::Destination;
+use super::destination::Destination;
 use crate::config::{self, AgentConfig};
 
 /// The access token, trimmed: from `file`, else the variable `var` (`init`'s
@@ -99,7 +99,7 @@ pub(crate) fn init(
         None => None,
     };
     destination.write(&text)?;
-    let file = super::edit::written(path, &destination.file);
+    let file = super::destination::written(path, &destination.file);
     let mut said = format!("wrote {file} (mode 0600)\n");
     if let Some(backup) = backup {
         said.push_str(&format!(

@@ -1,0 +1,109 @@
+//! `postern token set`: writes a new access token where the config takes it from, and
+//! only where the config's owner could have written it.
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use postern_protocol::{SecretKind, SecretToken};
+use toml_edit::{Item, value};
+
+use super::destination::{user, written};
+use super::edit::{load, save};
+use super::out;
+use super::pinned_folder::PinnedFolder;
+
+/// `token set`: from `--token-file`, else stdin (a prompt on a terminal).
+pub(crate) fn set_token(path: &Path, token_file: Option<&Path>) -> Result<()> {
+    let text =
+        super::init::read_token(token_file, None, "New access token (pst_…): ", "token set")?;
+    let token =
+        SecretToken::parse(SecretKind::AgentToken, &text).context("the new token is not valid")?;
+    let mut doc = load(path)?;
+    let next_step = "run `postern reload` (or `systemctl reload postern-agent`) to use it";
+    if let Some(env) = doc.get("token_env").and_then(Item::as_str) {
+        bail!(
+            "{} takes the token from the environment variable {env}, which postern cannot \
+             change: set it where the agent's environment is defined (e.g. the unit's \
+             Environment= or a drop-in), then restart the agent",
+            path.display()
+        );
+    }
+    if let Some(file) = doc.get("token_file").and_then(Item::as_str) {
+        // The config names where the token lives: that file changes, the config stays.
+        let base = path.parent().unwrap_or(Path::new("."));
+        let named = base.join(file);
+        // A symlink (to a secrets folder, say) keeps pointing where it did.
+        let target = std::fs::canonicalize(&named).unwrap_or(named);
+        let (folder, name) = match (target.parent(), target.file_name()) {
+            (Some(folder), Some(name)) => (folder, name),
+            _ => bail!("token_file {} names no file", target.display()),
+        };
+        let folder = if folder.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            folder
+        };
+        let pinned =
+            PinnedFolder::open(folder).with_context(|| format!("opening {}", folder.display()))?;
+        check_token_file_owner(path, &target, &pinned, folder)?;
+        crate::config::write_private(&pinned.join(name), &format!("{}\n", token.expose()))
+            .with_context(|| format!("writing {}", target.display()))?;
+        out::stdout(|out| writeln!(out, "token updated in {}; {next_step}", target.display()))?;
+        return Ok(());
+    }
+    doc["token"] = value(token.expose());
+    let file = save(path, &doc)?;
+    let file = written(path, &file);
+    out::stdout(|out| writeln!(out, "token updated in {file}; {next_step}"))?;
+    Ok(())
+}
+
+/// Refuses to replace a token file the config's owner does not own, unless that owner is
+/// who runs this. The config (and /etc/postern) belong to the service user, and admins
+/// run `sudo postern token set`: a compromised service account could otherwise point
+/// `token_file`, or a symlink, at /etc/sudoers and have root replace it. A file not made
+/// yet is judged by the folder it would be made in. `target` (in `folder`) is for the
+/// message; what is judged is what is written, through `pinned`.
+fn check_token_file_owner(
+    config: &Path,
+    target: &Path,
+    pinned: &PinnedFolder,
+    folder: &Path,
+) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let config_owner = std::fs::metadata(config)
+        .with_context(|| format!("reading {}", config.display()))?
+        .uid();
+    if crate::config::current_uid() == Some(config_owner) {
+        return Ok(());
+    }
+    let name = target.file_name().unwrap_or_default();
+    let (judged, what) = match std::fs::metadata(pinned.join(name)) {
+        Ok(meta) => (meta, format!("{} belongs to", target.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let meta = pinned
+                .metadata()
+                .with_context(|| format!("reading {}", folder.display()))?;
+            (
+                meta,
+                format!(
+                    "{} does not exist, and its folder {} belongs to",
+                    target.display(),
+                    folder.display()
+                ),
+            )
+        }
+        Err(e) => return Err(e).with_context(|| format!("reading {}", target.display())),
+    };
+    if judged.uid() == config_owner {
+        return Ok(());
+    }
+    let config_owner = user(config_owner);
+    bail!(
+        "refusing to write the token: {what} {}, but {} belongs to {config_owner}, who \
+         chooses token_file there; nothing was written. Point token_file at a file \
+         {config_owner} owns, or replace the token file yourself",
+        user(judged.uid()),
+        config.display()
+    )
+}
