@@ -399,6 +399,26 @@ pub fn file_mode(path: &Path) -> Result<u32> {
     Ok(std::fs::metadata(path)?.permissions().mode() & 0o777)
 }
 
+/// Waits until `agent`, run on `config` with no relay listening, answers on its status
+/// socket (`status` exits 1: answering, not connected).
+pub fn wait_status_answers(bins: &Bins, config: &Path, agent: &AgentProcess) -> Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = agent_cli(bins, config, &["status", "--json"])?;
+        if out.status.code() == Some(1) && stdout(&out).contains("\"agent_version\"") {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            bail!(
+                "the agent's status socket did not answer: {}\nlogs:\n{}",
+                output_text(&out),
+                agent.logs.text()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// A command's stdout, as text.
 pub fn stdout(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()

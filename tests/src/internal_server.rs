@@ -74,6 +74,22 @@ impl InternalServer {
     pub fn requests(&self) -> Vec<Seen> {
         self.seen.lock().map(|s| s.clone()).unwrap_or_default()
     }
+
+    /// Waits (up to 10 s) until a request whose path ends with `suffix` has come in.
+    pub async fn has_seen(&self, suffix: &str) -> anyhow::Result<()> {
+        crate::relay_support::eventually(
+            &format!("the internal server has a request for …{suffix}"),
+            Duration::from_secs(10),
+            || {
+                let seen = self
+                    .requests()
+                    .iter()
+                    .any(|r| r.path_and_query.ends_with(suffix));
+                async move { seen }
+            },
+        )
+        .await
+    }
 }
 
 /// Serves `app` on `listener` from a spawned task until the returned token is cancelled.

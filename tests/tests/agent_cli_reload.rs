@@ -3,11 +3,12 @@
 //! says when the file it was given does not lead to the agent.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use postern_tests::harness::{
     AgentProcess, Bins, agent_cli, offline_agent_config, output_text, signal, stderr, stdout,
+    wait_status_answers,
 };
 use postern_tests::temp::TempDir;
 
@@ -18,22 +19,8 @@ fn bins() -> Bins {
 /// Starts `postern run --config config` and waits until its status socket answers.
 fn run_agent(bins: &Bins, config: &Path) -> Result<AgentProcess> {
     let agent = AgentProcess::start(bins, config)?;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let out = agent_cli(bins, config, &["status", "--json"])?;
-        // 1: the agent answers, not connected (no relay listens).
-        if out.status.code() == Some(1) && stdout(&out).contains("\"agent_version\"") {
-            return Ok(agent);
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "the agent's status socket did not answer: {}\nlogs:\n{}",
-                output_text(&out),
-                agent.logs.text()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_status_answers(bins, config, &agent)?;
+    Ok(agent)
 }
 
 /// `reload --config b.toml` where b.toml names a.toml's agent's socket: the agent

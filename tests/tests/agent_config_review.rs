@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use postern_tests::harness::{
-    AgentProcess, Bins, agent_cli, agent_command, offline_agent_config, offline_init, output_text,
-    signal, stderr, stdout, unknown_token,
+    AgentProcess, Bins, agent_command, offline_agent_config, offline_init, output_text, signal,
+    stderr, unknown_token, wait_status_answers,
 };
 use postern_tests::pki::KillOnDrop;
 use postern_tests::temp::TempDir;
@@ -70,26 +70,6 @@ fn drain(pipe: Option<impl Read + Send + 'static>) -> JoinHandle<Vec<u8>> {
     })
 }
 
-/// Waits until the agent running `config` answers on its status socket (not connected:
-/// no relay listens).
-fn wait_answering(bins: &Bins, config: &Path, agent: &AgentProcess) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let out = agent_cli(bins, config, &["status", "--json"])?;
-        if out.status.code() == Some(1) && stdout(&out).contains("\"agent_version\"") {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "the agent's status socket did not answer: {}\nlogs:\n{}",
-                output_text(&out),
-                agent.logs.text()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// `cd DIR; postern run --config a2/agent.toml` with `status_socket = "a2.sock"`: the
 /// socket is the same file on a reload (`postern reload` with the same relative path, and
 /// SIGHUP), so neither is refused as a changed `status_socket`.
@@ -111,7 +91,7 @@ fn a_relative_config_and_socket_reload() -> Result<()> {
     let mut command = agent_command(&bins, relative, &["run"]);
     command.current_dir(dir.path());
     let agent = AgentProcess::spawn(command)?;
-    wait_answering(&bins, &absolute, &agent)?;
+    wait_status_answers(&bins, &absolute, &agent)?;
 
     dir.write_private("a2/agent.toml", &text("b"))?;
     let out = agent_command(&bins, relative, &["reload"])

@@ -56,19 +56,7 @@ async fn a_call_to_a_draining_agent_is_told_to_retry() -> Result<()> {
         tokio::spawn(async move { api.call("site", "orders", "/slow").await })
     };
     // Under way at the internal server, so the agent has taken it before it hears the stop.
-    postern_tests::relay_support::eventually(
-        "the internal server has the slow call",
-        std::time::Duration::from_secs(10),
-        || {
-            let seen = w
-                .internal
-                .requests()
-                .iter()
-                .any(|r| r.path_and_query.ends_with("/slow"));
-            async move { seen }
-        },
-    )
-    .await?;
+    w.internal.has_seen("/slow").await?;
     let stopped = std::process::Command::new("kill")
         .args(["-TERM", &agent.process.pid().to_string()])
         .status()?;

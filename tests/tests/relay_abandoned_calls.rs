@@ -47,19 +47,7 @@ async fn a_caller_that_hangs_up_while_waiting_is_logged_and_counted() -> Result<
          authorization: Bearer {}\r\nx-request-id: gone-1\r\n\r\n",
         w.admin.key
     )?;
-    eventually(
-        "the internal server has the call",
-        Duration::from_secs(10),
-        || {
-            let seen = w
-                .internal
-                .requests()
-                .iter()
-                .any(|r| r.path_and_query.ends_with("/slow"));
-            async move { seen }
-        },
-    )
-    .await?;
+    w.internal.has_seen("/slow").await?;
     drop(caller);
 
     let line = line_with(&w, "call abandoned by the caller")?;
