@@ -855,13 +855,21 @@ Cog3JMeTrb3LiPHgN6gU2P30MRp6L1j1J/MtlOAr5rux
             .stderr(Stdio::null())
             .spawn()?;
 
-        // Wait for the socket to be created
-        while agent_path.canonicalize().is_err() {
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
+        // Wait for the socket to take connections. postern: not only for its file, which
+        // ssh-agent binds before it listens (a connection refused in between, seen in CI).
+        let mut tries = 0;
+        let stream = loop {
+            match tokio::net::UnixStream::connect(&agent_path).await {
+                Ok(stream) => break stream,
+                Err(_) if tries < 500 => {
+                    tries += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
 
         let public = key.public_key();
-        let stream = tokio::net::UnixStream::connect(&agent_path).await?;
         let mut client = agent::client::AgentClient::connect(stream);
         client.add_identity(&key, &[]).await?;
         client.request_identities().await?;
