@@ -69,8 +69,8 @@ impl CallContext {
             // Not `read_timeout`: see call/idle_timeout.rs.
             // Redirects could lead off the base URI: hand them back to the caller instead.
             .redirect(reqwest::redirect::Policy::none())
-            // No more than the relay reads: reading more could not pass the answer on.
-            .http1_max_headers(MAX_ANSWER_HEADER_LINES)
+            // reqwest reads hyper's default, MAX_ANSWER_HEADER_LINES, as the relay does; not
+            // set here, as setting it (even to the default) moves each head's parse to the heap.
             .no_proxy()
             .tls_certs_merge(connection.tls.extra_roots.iter().cloned());
         if let Some(identity) = &connection.tls.identity {
