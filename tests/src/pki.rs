@@ -30,6 +30,38 @@ pub fn openssl(dir: &Path, args: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// In `dir`: a self-signed P-256 certificate for 127.0.0.1 and localhost, written as
+/// `{name}.crt` and `{name}.key`.
+pub fn self_signed(dir: &Path, name: &str) -> Result<()> {
+    let (key, crt, subject) = (
+        format!("{name}.key"),
+        format!("{name}.crt"),
+        format!("/CN=postern-{name}"),
+    );
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            &subject,
+            "-addext",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost",
+            "-keyout",
+            &key,
+            "-out",
+            &crt,
+        ],
+    )
+}
+
 /// In `dir`: a test CA (`ca.pem`, `ca.key`, which no system trusts), a server
 /// certificate it signed for 127.0.0.1 (`server.pem`, `server.key`) and a client
 /// certificate (`client.pem`, `client.key`, 0600).

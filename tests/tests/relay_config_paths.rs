@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use postern_tests::harness::{output_text, relay_cli_command};
-use postern_tests::pki::{KillOnDrop, openssl};
+use postern_tests::pki::{KillOnDrop, self_signed};
 use postern_tests::relay_support::relay_command;
 use postern_tests::temp::TempDir;
 
@@ -19,28 +19,7 @@ fn relative_paths_are_the_config_files_folders() -> Result<()> {
     let conf = dir.path().join("conf");
     let tls = conf.join("tls");
     std::fs::create_dir_all(&tls)?;
-    openssl(
-        &tls,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            "live.key",
-            "-out",
-            "live.crt",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-        ],
-    )?;
+    self_signed(&tls, "live")?;
     // Readable by all: the relay starts, and says so.
     std::fs::set_permissions(
         tls.join("live.key"),

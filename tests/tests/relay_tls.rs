@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use postern_tests::harness::{AgentProcess, Bins, agent_config, create_api_key, signal};
 use postern_tests::internal_server::{InternalServer, Verifier};
 use postern_tests::relay_support::{ONLINE_WITHIN, configured_relay, eventually, relay_command};
@@ -14,38 +14,6 @@ use postern_tests::temp::TempDir;
 
 fn bins() -> Bins {
     postern_tests::bins!()
-}
-
-/// A self-signed certificate for 127.0.0.1, written as `{name}.crt` / `{name}.key`.
-fn make_cert(dir: &Path, name: &str) -> Result<()> {
-    let out = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-        ])
-        .arg(format!("/CN=postern-{name}"))
-        .args([
-            "-addext",
-            "subjectAltName=IP:127.0.0.1,DNS:localhost",
-            "-keyout",
-        ])
-        .arg(dir.join(format!("{name}.key")))
-        .arg("-out")
-        .arg(dir.join(format!("{name}.crt")))
-        .output()
-        .context("running openssl")?;
-    if !out.status.success() {
-        bail!("openssl: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(())
 }
 
 /// `curl --cacert CA URL` with the bearer key; returns (success, stdout).
@@ -73,8 +41,8 @@ fn curl(ca: &Path, url: &str, key: &str) -> Result<(bool, String)> {
 async fn https_with_a_reloadable_certificate_and_agents_untouched() -> Result<()> {
     let dir = TempDir::new("relay-tls")?;
     let bins = bins();
-    make_cert(dir.path(), "first")?;
-    make_cert(dir.path(), "second")?;
+    postern_tests::pki::self_signed(dir.path(), "first")?;
+    postern_tests::pki::self_signed(dir.path(), "second")?;
     let cert = dir.path().join("live.crt");
     let key = dir.path().join("live.key");
     std::fs::copy(dir.path().join("first.crt"), &cert)?;
