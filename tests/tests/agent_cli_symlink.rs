@@ -99,7 +99,7 @@ fn edits_through_a_symlink_change_the_file_it_points_at() -> Result<()> {
 #[test]
 fn root_edits_through_a_link_only_a_file_the_links_owner_owns() -> Result<()> {
     if !is_root() {
-        eprintln!("skipped: needs root to own files for other users");
+        println!("SKIPPED symlink owner test: needs root to own files for other users");
         return Ok(());
     }
     let service_user = 4242;

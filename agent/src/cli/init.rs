@@ -89,19 +89,20 @@ pub(crate) fn init(
     }
     // Where the config goes, then what is there now, read as it is judged.
     let destination = Destination::of(path)?;
-    let old = destination.read_existing()?;
-    let old_text = old
-        .as_ref()
-        .and_then(|old| std::str::from_utf8(&old.bytes).ok());
-    let (text, kept) = carry_connections(path, &text, old_text)?;
-    let backup = match &old {
-        Some(old) => Some(back_up(&destination, &old.bytes, old.owner)?),
-        None => None,
+    // With an old file: the new text with its connections, and what to say of both.
+    let (text, kept) = match destination.read_existing()? {
+        None => (text, None),
+        Some(old) => {
+            let old_text = std::str::from_utf8(&old.bytes).ok();
+            let (text, kept) = carry_connections(path, &text, old_text)?;
+            let backup = back_up(&destination, &old.bytes, old.owner)?;
+            (text, Some((backup, kept)))
+        }
     };
     destination.write(&text)?;
     let file = super::destination::written(path, &destination.file);
     let mut said = format!("wrote {file} (mode 0600)\n");
-    if let Some(backup) = backup {
+    if let Some((backup, kept)) = kept {
         said.push_str(&format!(
             "the previous config was kept as {} (mode 0600); {kept}\n",
             backup.display()
@@ -114,6 +115,7 @@ pub(crate) fn init(
 /// them. Ones that do not (a change of relay would not break them, but a file edited by
 /// hand may hold anything) are left in the backup, not allowed to stop `--force`.
 fn carry_connections(path: &Path, text: &str, old: Option<&str>) -> Result<(String, String)> {
+    // `None`: an old file that is not UTF-8.
     let Some(old) = old else {
         let said = "it is not UTF-8 text, so none of its connections were carried over: copy \
                     them back from it by hand";
