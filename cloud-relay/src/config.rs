@@ -29,6 +29,10 @@ pub struct RelayConfig {
     /// Calls under way at once per agent; more get 429 `too_many_calls`.
     #[serde(default = "default_max_calls_per_agent")]
     pub max_calls_per_agent: u64,
+    /// Room for answers from one agent that their callers have not read yet (bytes):
+    /// call channels' SSH windows grow from 256 KiB towards 16 MiB only within it.
+    #[serde(default = "default_answer_buffer_per_agent")]
+    pub answer_buffer_per_agent: u64,
     /// Largest request body a caller may send through a call (bytes); 413 above.
     #[serde(default = "default_max_request_body")]
     pub max_request_body: u64,
@@ -79,6 +83,9 @@ fn default_shutdown_grace() -> Duration {
 fn default_max_calls_per_agent() -> u64 {
     256
 }
+fn default_answer_buffer_per_agent() -> u64 {
+    64 * MIB
+}
 fn default_max_request_body() -> u64 {
     64 * 1024 * 1024
 }
@@ -104,6 +111,7 @@ impl Default for RelayConfig {
             call_timeout: default_call_timeout(),
             shutdown_grace: default_shutdown_grace(),
             max_calls_per_agent: default_max_calls_per_agent(),
+            answer_buffer_per_agent: default_answer_buffer_per_agent(),
             max_request_body: default_max_request_body(),
             max_header_bytes: default_max_header_bytes(),
             header_read_timeout: default_header_read_timeout(),
@@ -214,6 +222,9 @@ pub const MAX_IDLE_CHANNEL_TIMEOUT: Duration = DAY;
 /// Each call is an SSH channel; russh keeps per-channel buffers.
 pub const MAX_CALLS_PER_AGENT: u64 = 65_536;
 pub const MAX_REQUEST_BODY: u64 = 1024 * 1024 * MIB;
+/// Less than one channel's first window would only slow every stream.
+pub const MIN_ANSWER_BUFFER_PER_AGENT: u64 = MIB;
+pub const MAX_ANSWER_BUFFER_PER_AGENT: u64 = 1024 * 1024 * MIB;
 /// It sizes hyper's read buffer, allocated per API connection.
 pub const MAX_HEADER_BYTES: usize = MIB as usize;
 
@@ -251,21 +262,34 @@ impl RelayConfig {
             (
                 "max_calls_per_agent",
                 self.max_calls_per_agent,
+                1,
                 MAX_CALLS_PER_AGENT,
             ),
-            ("max_request_body", self.max_request_body, MAX_REQUEST_BODY),
+            (
+                "answer_buffer_per_agent",
+                self.answer_buffer_per_agent,
+                MIN_ANSWER_BUFFER_PER_AGENT,
+                MAX_ANSWER_BUFFER_PER_AGENT,
+            ),
+            (
+                "max_request_body",
+                self.max_request_body,
+                1,
+                MAX_REQUEST_BODY,
+            ),
             (
                 "max_header_bytes",
                 max_header_bytes,
+                1,
                 MAX_HEADER_BYTES as u64,
             ),
         ];
-        for (key, value, max) in counts {
-            if !(1..=max).contains(&value) {
+        for (key, value, min, max) in counts {
+            if !(min..=max).contains(&value) {
                 return Err(ConfigError::OutOfRange {
                     key,
                     value: value.to_string(),
-                    range: format!("at least 1 and at most {max}"),
+                    range: format!("at least {min} and at most {max}"),
                 });
             }
         }
@@ -372,6 +396,12 @@ mod tests {
             let huge = refused(&format!("{key} = 9223372036854775807"));
             assert!(huge.starts_with(key), "{huge}");
         }
+        // Less than a megabyte for all of an agent's answers would only slow each stream.
+        assert_eq!(
+            refused("answer_buffer_per_agent = 1048575"),
+            "answer_buffer_per_agent must be at least 1048576 and at most 1099511627776 (it is 1048575)"
+        );
+        assert!(refused("answer_buffer_per_agent = 1099511627777").starts_with("answer_buffer"));
     }
 
     #[test]
@@ -392,5 +422,7 @@ mod tests {
         valid(
             "max_calls_per_agent = 65536\nmax_request_body = 1099511627776\nmax_header_bytes = 1048576",
         );
+        valid("answer_buffer_per_agent = 1048576");
+        valid("answer_buffer_per_agent = 1099511627776");
     }
 }

@@ -142,8 +142,11 @@ pub async fn run_with(
     // The context's token ends agent sessions and the background tasks: only once the
     // calls under way, which travel through those sessions, are done.
     let sessions_end = CancellationToken::new();
+    let ssh_config = Arc::new(ssh_server::russh_config(
+        host_key,
+        config.answer_buffer_per_agent,
+    ));
     let ctx = Arc::new(RelayContext::new(config, store, sessions_end.clone()));
-    let ssh_config = Arc::new(ssh_server::russh_config(host_key));
 
     if let Some(hangups) = hangups {
         ctx.tasks.spawn(reload_tls_on_sighup(

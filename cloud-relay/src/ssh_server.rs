@@ -33,8 +33,14 @@ pub const INACTIVITY_TIMEOUT: Duration = Duration::from_secs(60);
 pub const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
 /// Receive window per channel: large enough for WAN throughput (RUSSH-NOTES).
 pub const WINDOW_SIZE: u32 = 16 * 1024 * 1024;
+/// Where a call channel's window starts: room for a typical answer whole, and a window
+/// that doubles each time its reader takes it, so a stream reaches `WINDOW_SIZE` within
+/// its first ~32 MiB.
+pub const INITIAL_WINDOW: u32 = 256 * 1024;
 
-pub fn russh_config(host_key: PrivateKey) -> russh::server::Config {
+/// `answer_buffer` bounds the sum of one agent's channel windows (what the agent may send
+/// that callers have not read yet), once channels at `INITIAL_WINDOW` are within it.
+pub fn russh_config(host_key: PrivateKey, answer_buffer: u64) -> russh::server::Config {
     let mut methods = MethodSet::empty();
     methods.push(MethodKind::Password);
     russh::server::Config {
@@ -48,6 +54,10 @@ pub fn russh_config(host_key: PrivateKey) -> russh::server::Config {
         keepalive_max: KEEPALIVE_MAX,
         nodelay: true,
         window_size: WINDOW_SIZE,
+        window_budget: Some(russh::WindowBudget {
+            initial: INITIAL_WINDOW,
+            session: answer_buffer,
+        }),
         maximum_packet_size: 32768,
         preferred: preferred_algorithms(),
         ..Default::default()

@@ -61,7 +61,9 @@ macro_rules! push_packet {
 }
 
 mod channels;
-pub use channels::{Channel, ChannelMsg, ChannelReadHalf, ChannelStream, ChannelWriteHalf};
+pub use channels::{
+    Channel, ChannelMsg, ChannelReadHalf, ChannelStream, ChannelWriteHalf, WindowBudget,
+};
 
 mod parsing;
 mod session;
@@ -516,6 +518,11 @@ pub(crate) struct ChannelParams {
     sender_channel: ChannelId,
     recipient_window_size: u32,
     sender_window_size: u32,
+    /// postern patch: what the peer may have in flight or unread on this channel: the
+    /// window as granted in all (`channels::WindowBudget`), and the reads since it last
+    /// grew.
+    receive_window: u32,
+    read_since_growth: u32,
     recipient_maximum_packet_size: u32,
     sender_maximum_packet_size: u32,
     /// Has the other side confirmed the channel?

@@ -160,17 +160,19 @@ impl<C> CommonSession<C> {
     /// postern patch: counts channel data against the window the peer was granted
     /// (`Encrypted::consume_window`). Data beyond it is a protocol violation: the session
     /// queues a DISCONNECT (protocol error) and the returned error ends it, before the data
-    /// reaches the channel's queue (POSTERN-PATCH.md, item 7).
+    /// reaches the channel's queue (POSTERN-PATCH.md, item 7). Gives the channel's window
+    /// as granted in all (`ChannelParams::receive_window`), if the channel is known.
     pub(crate) fn consume_window(
         &mut self,
         channel: ChannelId,
         len: usize,
-    ) -> Result<(), crate::Error> {
+    ) -> Result<Option<u32>, crate::Error> {
         let Some(enc) = self.encrypted.as_mut() else {
-            return Ok(());
+            return Ok(None);
         };
-        let Err(e) = enc.consume_window(channel, len) else {
-            return Ok(());
+        let e = match enc.consume_window(channel, len) {
+            Ok(window) => return Ok(window),
+            Err(e) => e,
         };
         debug!("{e}; disconnecting");
         self.disconnect(
@@ -403,39 +405,77 @@ impl Encrypted {
         &mut self,
         channel: ChannelId,
         len: usize,
-    ) -> Result<(), crate::Error> {
-        if let Some(params) = self.channels.get_mut(&channel) {
-            let window = params.sender_window_size;
-            match u32::try_from(len) {
-                Ok(n) if n <= window => params.sender_window_size = window - n,
-                _ => {
-                    return Err(crate::Error::WindowExceeded {
-                        channel,
-                        len,
-                        window,
-                    });
-                }
+    ) -> Result<Option<u32>, crate::Error> {
+        let Some(params) = self.channels.get_mut(&channel) else {
+            return Ok(None);
+        };
+        let window = params.sender_window_size;
+        match u32::try_from(len) {
+            Ok(n) if n <= window => params.sender_window_size = window - n,
+            _ => {
+                return Err(crate::Error::WindowExceeded {
+                    channel,
+                    len,
+                    window,
+                });
             }
         }
-        Ok(())
+        Ok(Some(params.receive_window))
     }
 
     /// postern patch: gives the peer back the window its data took, for what the readers
-    /// of `channels` have taken out of their queues, up to `target` per channel.
+    /// of `channels` have taken out of their queues: up to `target` per channel, or with a
+    /// `budget`, what `WindowBudget::step` makes of it (channels/window_budget.rs).
     pub(crate) fn grant_read_window(
         &mut self,
         channels: &std::collections::HashMap<ChannelId, crate::channels::ChannelRef>,
         target: u32,
+        budget: Option<&crate::WindowBudget>,
     ) -> Result<(), crate::Error> {
+        // The sum of the session's windows, counted once per pass and only with a budget.
+        let mut total = None;
         for (id, queue) in channels {
             let read = queue.take_read();
             if read == 0 {
                 continue;
             }
+            if budget.is_some() && total.is_none() {
+                total = Some(
+                    self.channels
+                        .values()
+                        .map(|c| u64::from(c.receive_window))
+                        .sum::<u64>(),
+                );
+            }
             let Some(channel) = self.channels.get_mut(id) else {
                 continue;
             };
-            let grant = read.min(target.saturating_sub(channel.sender_window_size));
+            let grant = match (budget, total.as_mut()) {
+                (Some(budget), Some(total)) => {
+                    let grant = read.min(
+                        channel
+                            .receive_window
+                            .saturating_sub(channel.sender_window_size),
+                    );
+                    channel.read_since_growth = channel.read_since_growth.saturating_add(read);
+                    let step = budget.step(
+                        channel.receive_window,
+                        grant,
+                        channel.read_since_growth,
+                        target,
+                        total,
+                    );
+                    if step.grew {
+                        channel.read_since_growth = 0;
+                    }
+                    if step.window != channel.receive_window {
+                        channel.receive_window = step.window;
+                        queue.set_threshold(step.window / 2);
+                    }
+                    step.grant
+                }
+                _ => read.min(target.saturating_sub(channel.sender_window_size)),
+            };
             if grant == 0 {
                 continue;
             }
@@ -911,6 +951,8 @@ impl Encrypted {
                     recipient_channel: 0,
                     sender_channel: ChannelId(self.last_channel_id.0),
                     sender_window_size: window_size,
+                    receive_window: window_size,
+                    read_since_growth: 0,
                     recipient_window_size: 0,
                     sender_maximum_packet_size: maxpacket,
                     recipient_maximum_packet_size: 0,
@@ -1043,6 +1085,8 @@ mod tests {
             sender_channel,
             recipient_window_size: 1024,
             sender_window_size: 1024,
+            receive_window: 1024,
+            read_since_growth: 0,
             recipient_maximum_packet_size: 1024,
             sender_maximum_packet_size: 1024,
             confirmed: true,
@@ -1097,6 +1141,8 @@ mod tests {
             sender_channel,
             recipient_window_size: window_size,
             sender_window_size: 1024,
+            receive_window: 1024,
+            read_since_growth: 0,
             recipient_maximum_packet_size: 1024,
             sender_maximum_packet_size: 1024,
             confirmed: true,

@@ -20,6 +20,10 @@ mod queue;
 pub(crate) use queue::queue;
 pub use queue::QueueReceiver;
 
+// postern patch: windows within a session-wide total (see window_budget.rs).
+mod window_budget;
+pub use window_budget::WindowBudget;
+
 #[derive(Debug)]
 #[non_exhaustive]
 /// Possible messages that [Channel::wait] can receive.

@@ -33,16 +33,20 @@ pub(crate) fn queue() -> (QueueSender, QueueReceiver) {
 #[derive(Debug, Default)]
 struct ReadCredit {
     taken: AtomicU32,
-    /// The session's wake-up and the amount that is worth a window adjust.
-    session: OnceLock<(Arc<Notify>, u32)>,
+    /// The session's wake-up.
+    wake: OnceLock<Arc<Notify>>,
+    /// The amount that is worth a window adjust: half the channel's window, which
+    /// the session may change as it grows or shrinks that window (`WindowBudget`).
+    threshold: AtomicU32,
 }
 
 impl ReadCredit {
     fn add(&self, n: usize) {
         let n = u32::try_from(n).unwrap_or(u32::MAX);
         let before = self.taken.fetch_add(n, Ordering::AcqRel);
-        if let Some((wake, threshold)) = self.session.get() {
-            if before < *threshold && before.saturating_add(n) >= *threshold {
+        let threshold = self.threshold.load(Ordering::Acquire);
+        if before < threshold && before.saturating_add(n) >= threshold {
+            if let Some(wake) = self.wake.get() {
                 wake.notify_one();
             }
         }
@@ -69,10 +73,24 @@ impl QueueSender {
     /// Hands data over and says whether a reader will count it when it takes it out; if
     /// not (no reader), the caller grants the window at once, as upstream does.
     pub(crate) fn deliver(&self, msg: ChannelMsg, wake: &Arc<Notify>, threshold: u32) -> bool {
+        self.read.wake.get_or_init(|| wake.clone());
         self.read
-            .session
-            .get_or_init(|| (wake.clone(), threshold.max(1)));
+            .threshold
+            .store(threshold.max(1), Ordering::Release);
         self.tx.send(msg).is_ok()
+    }
+
+    /// A new amount worth a window adjust, after the session changed the channel's
+    /// window. Wakes the session if the reader has taken that much already: a reader
+    /// that crossed the new mark before it was set would otherwise never wake it.
+    pub(crate) fn set_threshold(&self, threshold: u32) {
+        let threshold = threshold.max(1);
+        self.read.threshold.store(threshold, Ordering::Release);
+        if self.read.taken.load(Ordering::Acquire) >= threshold {
+            if let Some(wake) = self.read.wake.get() {
+                wake.notify_one();
+            }
+        }
     }
 
     /// What the reader has taken since the last call.

@@ -1542,7 +1542,7 @@ impl Session {
                     // postern patch: window back for what readers took (channels/queue.rs).
                     let target = self.common.config.window_size;
                     if let Some(enc) = self.common.encrypted.as_mut() {
-                        enc.grant_read_window(&self.channels, target)?;
+                        enc.grant_read_window(&self.channels, target, None)?;
                     }
                 }
                 msg = self.inbound_channel_receiver.recv(), if can_receive_outbound => {

@@ -1497,7 +1497,12 @@ impl Session {
 
                 // postern patch: data beyond the window the peer was granted ends the
                 // session (protocol error) before it is queued (POSTERN-PATCH.md, item 7).
-                self.common.consume_window(channel_num, data.len())?;
+                let window = self.common.consume_window(channel_num, data.len())?;
+                // With a budget a channel's window is its own (channels/window_budget.rs).
+                let threshold = match (self.common.config.window_budget, window) {
+                    (Some(_), Some(window)) => window / 2,
+                    _ => target / 2,
+                };
                 // postern patch: the data goes to the channel's queue without waiting; its
                 // window is granted back as the reader takes it out (channels/queue.rs), or
                 // at once when the channel has no reader.
@@ -1511,7 +1516,7 @@ impl Session {
                 let delivered = self
                     .channels
                     .get(&channel_num)
-                    .is_some_and(|chan| chan.deliver(queued, &self.window_wake, target / 2));
+                    .is_some_and(|chan| chan.deliver(queued, &self.window_wake, threshold));
                 #[allow(clippy::collapsible_if)]
                 if let Some(ref mut enc) = self.common.encrypted {
                     if !delivered && enc.adjust_window_size(channel_num, target)? {
@@ -2053,7 +2058,9 @@ impl Session {
             sender_channel,
 
             recipient_window_size: msg.recipient_window_size,
-            sender_window_size: self.common.config.window_size,
+            sender_window_size: self.common.config.initial_window(),
+            receive_window: self.common.config.initial_window(),
+            read_since_growth: 0,
             recipient_maximum_packet_size: msg.recipient_maximum_packet_size,
             sender_maximum_packet_size: self.common.config.maximum_packet_size,
             confirmed: true,
@@ -2073,7 +2080,7 @@ impl Session {
         let pending = PendingChannelOpen {
             recipient_channel: msg.recipient_channel,
             sender_channel,
-            window_size: self.common.config.window_size,
+            window_size: self.common.config.initial_window(),
             packet_size: self.common.config.maximum_packet_size,
             channel_ref,
             channel_params,

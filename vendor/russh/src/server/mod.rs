@@ -81,6 +81,9 @@ pub struct Config {
     pub limits: Limits,
     /// The initial size of a channel (used for flow control).
     pub window_size: u32,
+    /// postern patch: channels start smaller and grow to `window_size` within a total per
+    /// session (`WindowBudget`); `None`, every channel gets `window_size` at once.
+    pub window_budget: Option<crate::WindowBudget>,
     /// The maximal size of a single packet.
     pub maximum_packet_size: u32,
     /// Buffer size for each channel (a number of unprocessed messages to store before propagating backpressure to the TCP stream)
@@ -116,6 +119,7 @@ impl Default for Config {
             keys: Vec::new(),
             certificates: Vec::new(),
             window_size: 2097152,
+            window_budget: None,
             maximum_packet_size: 32768,
             channel_buffer_size: 100,
             event_buffer_size: 10,
@@ -127,6 +131,14 @@ impl Default for Config {
             keepalive_max: 3,
             nodelay: false,
         }
+    }
+}
+
+impl Config {
+    /// postern patch: the window a channel starts with (`window_budget`).
+    pub(crate) fn initial_window(&self) -> u32 {
+        self.window_budget
+            .map_or(self.window_size, |b| b.initial.min(self.window_size))
     }
 }
 
@@ -144,6 +156,7 @@ impl Debug for Config {
             .field("keys", &"***")
             .field("certificates", &"***")
             .field("window_size", &self.window_size)
+            .field("window_budget", &self.window_budget)
             .field("maximum_packet_size", &self.maximum_packet_size)
             .field("channel_buffer_size", &self.channel_buffer_size)
             .field("event_buffer_size", &self.event_buffer_size)

@@ -793,8 +793,9 @@ impl Session {
                 () = window_wake.notified(), if !self.kex.active() => {
                     // postern patch: window back for what readers took (channels/queue.rs).
                     let target = self.target_window_size;
+                    let budget = self.common.config.window_budget;
                     if let Some(enc) = self.common.encrypted.as_mut() {
-                        enc.grant_read_window(&self.channels, target)?;
+                        enc.grant_read_window(&self.channels, target, budget.as_ref())?;
                     }
                 }
                 msg = self.priority_receiver.recv(), if !self.kex.active() => {
@@ -1428,10 +1429,8 @@ impl Session {
                 return Err(Error::Inconsistent);
             }
 
-            let sender_channel = enc.new_channel(
-                self.common.config.window_size,
-                self.common.config.maximum_packet_size,
-            );
+            let window = self.common.config.initial_window();
+            let sender_channel = enc.new_channel(window, self.common.config.maximum_packet_size);
             push_packet!(enc.write, {
                 enc.write.push(msg::CHANNEL_OPEN);
                 kind.encode(&mut enc.write)?;
@@ -1440,11 +1439,7 @@ impl Session {
                 sender_channel.encode(&mut enc.write)?;
 
                 // window.
-                self.common
-                    .config
-                    .as_ref()
-                    .window_size
-                    .encode(&mut enc.write)?;
+                window.encode(&mut enc.write)?;
 
                 // max packet size.
                 self.common

@@ -1,0 +1,71 @@
+//! What the relay holds of answers their callers have not read is bounded per agent by
+//! `answer_buffer_per_agent`, however many callers stop reading; and every stalled answer
+//! still arrives whole once its caller reads again.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, ensure};
+use postern_tests::harness::{Bins, rss_kib};
+use postern_tests::relay_support::RelayWorld;
+
+const CALLERS: usize = 12;
+const SIZE: usize = 16 * 1024 * 1024;
+
+fn bins() -> Bins {
+    postern_tests::bins!()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn callers_that_stop_reading_pin_no_more_than_the_answer_buffer() -> Result<()> {
+    let w =
+        RelayWorld::start_configured(bins(), "answer_buffer_per_agent = 4194304\n", &[]).await?;
+    let _agent = w.agent_online("site").await?;
+    let relay = w.relay.pid();
+    // A warm-up call, so the measure starts with the relay's buffers for one call in place.
+    let warm = w.admin.call("site", "orders", "/ping").await?;
+    ensure!(warm.status() == 200, "warm-up: {}", warm.status());
+    let before = rss_kib(relay)?;
+
+    // Each caller takes the answer's head, then stops reading a 16 MiB body (streamed by
+    // the internal server as it is asked, so it holds none of it). With every channel's
+    // window granted in full at once (16 MiB), the relay would queue nearly all of it.
+    let mut stalled = Vec::new();
+    for _ in 0..CALLERS {
+        let answer = w
+            .admin
+            .call("site", "orders", &format!("/chunked/{SIZE}"))
+            .await?;
+        ensure!(answer.status() == 200, "{}", answer.status());
+        stalled.push(answer);
+    }
+    // The agent sends what the windows let it; the peak is what counts.
+    let mut peak = before;
+    let until = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < until {
+        peak = peak.max(rss_kib(relay)?);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let grown = peak.saturating_sub(before);
+    eprintln!("relay RSS {before} → {peak} KiB with {CALLERS} callers not reading");
+    ensure!(
+        grown < 40 * 1024,
+        "the relay held {grown} KiB more for {CALLERS} stalled answers, past a 4 MiB answer buffer"
+    );
+
+    // Read again, all at once: the windows grow and shrink within the budget, and every
+    // byte arrives.
+    let reads = stalled.into_iter().map(|mut answer| async move {
+        let mut received = 0usize;
+        while let Some(chunk) =
+            tokio::time::timeout(Duration::from_secs(30), answer.chunk()).await??
+        {
+            ensure!(chunk.iter().all(|&b| b == b'x'), "the body was corrupted");
+            received += chunk.len();
+        }
+        Ok::<_, anyhow::Error>(received)
+    });
+    for received in futures_util::future::join_all(reads).await {
+        ensure!(received? == SIZE, "a stalled answer was cut short");
+    }
+    Ok(())
+}
