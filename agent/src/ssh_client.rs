@@ -22,6 +22,11 @@ pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(4);
 pub const KEEPALIVE_MAX: usize = 2;
 /// Receive window per channel: request bodies flow relay → agent (RUSSH-NOTES).
 pub const WINDOW_SIZE: u32 = 16 * 1024 * 1024;
+/// Channels start with this window and double it, up to `WINDOW_SIZE`, each time their
+/// reader took a whole one, while all of them together stay within `UPLOAD_BUFFER`: what
+/// the relay may have sent of request bodies that internal servers have not read yet.
+pub const INITIAL_WINDOW: u32 = 256 * 1024;
+pub const UPLOAD_BUFFER: u64 = 64 * 1024 * 1024;
 
 /// Ends a session that hears nothing for this long. Once authenticated the keepalives
 /// end a dead link sooner; this bounds the session task russh spawns on connect, which
@@ -35,6 +40,10 @@ pub fn russh_config() -> russh::client::Config {
         keepalive_max: KEEPALIVE_MAX,
         nodelay: true,
         window_size: WINDOW_SIZE,
+        window_budget: Some(russh::WindowBudget {
+            initial: INITIAL_WINDOW,
+            session: UPLOAD_BUFFER,
+        }),
         maximum_packet_size: 32768,
         preferred: Preferred {
             kex: std::borrow::Cow::Borrowed(&[

@@ -602,14 +602,19 @@ impl Session {
                 let target = self.common.config.window_size;
                 // postern patch: data beyond the window the peer was granted ends the
                 // session (protocol error) before it is queued (POSTERN-PATCH.md, item 7).
-                self.common.consume_window(channel_num, data.len())?;
+                let window = self.common.consume_window(channel_num, data.len())?;
+                // With a budget a channel's window is its own (channels/window_budget.rs).
+                let threshold = match (self.common.config.window_budget, window) {
+                    (Some(_), Some(window)) => window / 2,
+                    _ => target / 2,
+                };
                 // postern patch: window granted back as the reader takes data out
                 // (channels/queue.rs), or at once when the channel has no reader.
                 let delivered = self.channels.get(&channel_num).is_some_and(|chan| {
                     chan.deliver(
                         ChannelMsg::Data { data: data.clone() },
                         &self.window_wake,
-                        target / 2,
+                        threshold,
                     )
                 });
                 #[allow(clippy::collapsible_if)]
@@ -636,7 +641,11 @@ impl Session {
                 }
                 let target = self.common.config.window_size;
                 // postern patch: as for CHANNEL_DATA above.
-                self.common.consume_window(channel_num, data.len())?;
+                let window = self.common.consume_window(channel_num, data.len())?;
+                let threshold = match (self.common.config.window_budget, window) {
+                    (Some(_), Some(window)) => window / 2,
+                    _ => target / 2,
+                };
                 let delivered = self.channels.get(&channel_num).is_some_and(|chan| {
                     chan.deliver(
                         ChannelMsg::ExtendedData {
@@ -644,7 +653,7 @@ impl Session {
                             data: data.clone(),
                         },
                         &self.window_wake,
-                        target / 2,
+                        threshold,
                     )
                 });
                 #[allow(clippy::collapsible_if)]
@@ -862,8 +871,8 @@ impl Session {
                     recipient_channel: msg.recipient_channel,
                     sender_channel: id,
                     recipient_window_size: msg.recipient_window_size,
-                    sender_window_size: self.common.config.window_size,
-                    receive_window: self.common.config.window_size,
+                    sender_window_size: self.common.config.initial_window(),
+                    receive_window: self.common.config.initial_window(),
                     read_since_growth: 0,
                     recipient_maximum_packet_size: msg.recipient_maximum_packet_size,
                     sender_maximum_packet_size: self.common.config.maximum_packet_size,
@@ -884,7 +893,7 @@ impl Session {
                 let pending = crate::PendingChannelOpen {
                     recipient_channel: msg.recipient_channel,
                     sender_channel: id,
-                    window_size: self.common.config.window_size,
+                    window_size: self.common.config.initial_window(),
                     packet_size: self.common.config.maximum_packet_size,
                     channel_ref,
                     channel_params,

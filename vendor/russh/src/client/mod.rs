@@ -1541,8 +1541,9 @@ impl Session {
                 () = window_wake.notified(), if !self.kex.active() => {
                     // postern patch: window back for what readers took (channels/queue.rs).
                     let target = self.common.config.window_size;
+                    let budget = self.common.config.window_budget;
                     if let Some(enc) = self.common.encrypted.as_mut() {
-                        enc.grant_read_window(&self.channels, target, None)?;
+                        enc.grant_read_window(&self.channels, target, budget.as_ref())?;
                     }
                 }
                 msg = self.inbound_channel_receiver.recv(), if can_receive_outbound => {
@@ -2754,6 +2755,9 @@ pub struct Config {
     pub limits: Limits,
     /// The initial size of a channel (used for flow control).
     pub window_size: u32,
+    /// postern patch: channels start smaller and grow to `window_size` within a total per
+    /// session (`WindowBudget`); `None`, every channel gets `window_size` at once.
+    pub window_budget: Option<crate::WindowBudget>,
     /// The maximal size of a single packet.
     pub maximum_packet_size: u32,
     /// Buffer size for each channel (a number of unprocessed messages to store before propagating backpressure to the TCP stream)
@@ -2774,6 +2778,14 @@ pub struct Config {
     pub nodelay: bool,
 }
 
+impl Config {
+    /// postern patch: the window a channel starts with (`window_budget`).
+    pub(crate) fn initial_window(&self) -> u32 {
+        self.window_budget
+            .map_or(self.window_size, |b| b.initial.min(self.window_size))
+    }
+}
+
 impl Default for Config {
     fn default() -> Config {
         Config {
@@ -2785,6 +2797,7 @@ impl Default for Config {
             ))),
             limits: Limits::default(),
             window_size: 2097152,
+            window_budget: None,
             maximum_packet_size: 32768,
             channel_buffer_size: 100,
             preferred: Default::default(),

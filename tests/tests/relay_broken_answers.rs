@@ -1,0 +1,92 @@
+//! An agent's answer that ends before the length its head announced: the caller's
+//! connection is aborted (never a short body that looks complete), the relay logs the
+//! break with the bytes that did go out, and the next call through that agent works.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use postern_tests::relay_support::{RelayWorld, hand_driven_agent};
+use russh::ChannelMsg;
+
+/// Reads one request head from `channel`.
+async fn read_head(channel: &mut russh::Channel<russh::client::Msg>) -> Result<()> {
+    let mut head = Vec::new();
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match tokio::time::timeout(Duration::from_secs(5), channel.wait()).await? {
+            Some(ChannelMsg::Data { data }) => head.extend_from_slice(&data),
+            Some(_) => {}
+            None => bail!("the channel ended before a request came"),
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_answer_that_breaks_off_aborts_the_caller_and_is_logged() -> Result<()> {
+    let w = RelayWorld::start(postern_tests::bins!()).await?;
+    let (_ssh, _control, mut opened) =
+        hand_driven_agent(&w, "brittle", Duration::ZERO, &["orders"]).await?;
+    let api = w.admin.clone();
+    let url = format!("{}/v1/agents/brittle/connections/orders/http/x", api.base);
+
+    let caller = tokio::spawn({
+        let (api, url) = (api.clone(), url.clone());
+        async move {
+            let answer = api.http.get(url).bearer_auth(&api.key).send().await?;
+            let status = answer.status().as_u16();
+            anyhow::Ok((status, answer.bytes().await))
+        }
+    });
+    let mut channel = tokio::time::timeout(Duration::from_secs(5), opened.recv())
+        .await
+        .context("the relay opened no channel within 5 s")?
+        .context("the session ended")?;
+    read_head(&mut channel).await?;
+    // 100 bytes announced, 10 sent, then the channel ends.
+    channel
+        .data(&b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789"[..])
+        .await?;
+    channel.eof().await?;
+    channel.close().await?;
+
+    let (status, body) = tokio::time::timeout(Duration::from_secs(10), caller).await???;
+    assert_eq!(status, 200, "the head went on before the break");
+    assert!(
+        body.is_err(),
+        "the caller got a body that looks complete: {body:?}"
+    );
+    w.relay
+        .logs
+        .wait_for("the agent's answer broke off", Duration::from_secs(5))?;
+    let line = w
+        .relay
+        .logs
+        .lines()
+        .into_iter()
+        .find(|l| l.contains("the agent's answer broke off"))
+        .unwrap_or_default();
+    assert!(line.contains("bytes=10"), "{line}");
+    assert!(line.contains("agent=brittle"), "{line}");
+
+    // The agent's session is unharmed: the next call gets a new channel and its answer.
+    let next = tokio::spawn({
+        let api = api.clone();
+        async move {
+            let answer = api.http.get(url).bearer_auth(&api.key).send().await?;
+            anyhow::Ok((answer.status().as_u16(), answer.text().await?))
+        }
+    });
+    let mut channel = tokio::time::timeout(Duration::from_secs(5), opened.recv())
+        .await
+        .context("the relay opened no channel for the next call")?
+        .context("the session ended")?;
+    read_head(&mut channel).await?;
+    channel
+        .data(&b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"[..])
+        .await?;
+    assert_eq!(
+        tokio::time::timeout(Duration::from_secs(10), next).await???,
+        (200, "ok".to_owned())
+    );
+    Ok(())
+}
