@@ -23,8 +23,9 @@ pub const KEEPALIVE_MAX: usize = 2;
 /// Receive window per channel: request bodies flow relay → agent (RUSSH-NOTES).
 pub const WINDOW_SIZE: u32 = 16 * 1024 * 1024;
 /// Channels start with this window and double it, up to `WINDOW_SIZE`, each time their
-/// reader took a whole one, while all of them together stay within `UPLOAD_BUFFER`: what
-/// the relay may have sent of request bodies that internal servers have not read yet.
+/// reader took a whole one, while what they grew by in all stays within `UPLOAD_BUFFER`:
+/// the relay may have sent at most that, plus `INITIAL_WINDOW` per channel, of request
+/// bodies that internal servers have not read yet.
 pub const INITIAL_WINDOW: u32 = 256 * 1024;
 pub const UPLOAD_BUFFER: u64 = 64 * 1024 * 1024;
 

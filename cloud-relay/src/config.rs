@@ -29,8 +29,8 @@ pub struct RelayConfig {
     /// Calls under way at once per agent; more get 429 `too_many_calls`.
     #[serde(default = "default_max_calls_per_agent")]
     pub max_calls_per_agent: u64,
-    /// Room for answers from one agent that their callers have not read yet (bytes):
-    /// call channels' SSH windows grow from 256 KiB towards 16 MiB only within it.
+    /// Room for answers from one agent that their callers have not read yet (bytes): what
+    /// call channels' SSH windows may grow by, in all, from 256 KiB towards 16 MiB each.
     #[serde(default = "default_answer_buffer_per_agent")]
     pub answer_buffer_per_agent: u64,
     /// Largest request body a caller may send through a call (bytes); 413 above.
@@ -222,7 +222,7 @@ pub const MAX_IDLE_CHANNEL_TIMEOUT: Duration = DAY;
 /// Each call is an SSH channel; russh keeps per-channel buffers.
 pub const MAX_CALLS_PER_AGENT: u64 = 65_536;
 pub const MAX_REQUEST_BODY: u64 = 1024 * 1024 * MIB;
-/// Less than one channel's first window would only slow every stream.
+/// Below a megabyte the windows could barely grow, and every stream would crawl.
 pub const MIN_ANSWER_BUFFER_PER_AGENT: u64 = MIB;
 pub const MAX_ANSWER_BUFFER_PER_AGENT: u64 = 1024 * 1024 * MIB;
 /// It sizes hyper's read buffer, allocated per API connection.
@@ -396,7 +396,7 @@ mod tests {
             let huge = refused(&format!("{key} = 9223372036854775807"));
             assert!(huge.starts_with(key), "{huge}");
         }
-        // Less than a megabyte for all of an agent's answers would only slow each stream.
+        // Below a megabyte the windows could barely grow.
         assert_eq!(
             refused("answer_buffer_per_agent = 1048575"),
             "answer_buffer_per_agent must be at least 1048576 and at most 1099511627776 (it is 1048575)"

@@ -38,8 +38,9 @@ pub const WINDOW_SIZE: u32 = 16 * 1024 * 1024;
 /// its first ~32 MiB.
 pub const INITIAL_WINDOW: u32 = 256 * 1024;
 
-/// `answer_buffer` bounds the sum of one agent's channel windows (what the agent may send
-/// that callers have not read yet), once channels at `INITIAL_WINDOW` are within it.
+/// `answer_buffer` bounds what one agent's channel windows grow by beyond
+/// `INITIAL_WINDOW` in all: what the agent may send that callers have not read yet is at
+/// most that plus `INITIAL_WINDOW` per open channel.
 pub fn russh_config(host_key: PrivateKey, answer_buffer: u64) -> russh::server::Config {
     let mut methods = MethodSet::empty();
     methods.push(MethodKind::Password);

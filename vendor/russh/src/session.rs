@@ -432,43 +432,40 @@ impl Encrypted {
         target: u32,
         budget: Option<&crate::WindowBudget>,
     ) -> Result<(), crate::Error> {
-        // The sum of the session's windows, counted once per pass and only with a budget.
-        let mut total = None;
+        // What the session's windows grew by, counted once per pass and only with a budget.
+        let mut grown = None;
         for (id, queue) in channels {
             let read = queue.take_read();
             if read == 0 {
                 continue;
             }
-            if budget.is_some() && total.is_none() {
-                total = Some(
+            if let (Some(budget), None) = (budget, grown) {
+                grown = Some(
                     self.channels
                         .values()
-                        .map(|c| u64::from(c.receive_window))
+                        .map(|c| budget.growth(c.receive_window))
                         .sum::<u64>(),
                 );
             }
             let Some(channel) = self.channels.get_mut(id) else {
                 continue;
             };
-            let grant = match (budget, total.as_mut()) {
-                (Some(budget), Some(total)) => {
-                    let grant = read.min(
-                        channel
-                            .receive_window
-                            .saturating_sub(channel.sender_window_size),
-                    );
+            let grant = match (budget, grown.as_mut()) {
+                // A channel whose reader went away got its window at once
+                // (`adjust_window_size`): nothing is due, and it must not grow.
+                (Some(_), Some(_)) if channel.sender_window_size >= channel.receive_window => 0,
+                (Some(budget), Some(grown)) => {
+                    let grant = read.min(channel.receive_window - channel.sender_window_size);
                     channel.read_since_growth = channel.read_since_growth.saturating_add(read);
                     let step = budget.step(
                         channel.receive_window,
                         grant,
                         channel.read_since_growth,
                         target,
-                        total,
+                        grown,
                     );
                     if step.grew {
                         channel.read_since_growth = 0;
-                    }
-                    if step.window != channel.receive_window {
                         channel.receive_window = step.window;
                         queue.set_threshold(step.window / 2);
                     }

@@ -35,8 +35,9 @@ struct ReadCredit {
     taken: AtomicU32,
     /// The session's wake-up.
     wake: OnceLock<Arc<Notify>>,
-    /// The amount that is worth a window adjust: half the channel's window, which
-    /// the session may change as it grows or shrinks that window (`WindowBudget`).
+    /// The amount that is worth a window adjust: half the channel's window, set by the
+    /// first delivery and raised as the session grows that window (`WindowBudget`). It
+    /// never falls, so a reader that reads a stale value can only wake the session early.
     threshold: AtomicU32,
 }
 
@@ -74,15 +75,16 @@ impl QueueSender {
     /// not (no reader), the caller grants the window at once, as upstream does.
     pub(crate) fn deliver(&self, msg: ChannelMsg, wake: &Arc<Notify>, threshold: u32) -> bool {
         self.read.wake.get_or_init(|| wake.clone());
-        self.read
-            .threshold
-            .store(threshold.max(1), Ordering::Release);
+        if self.read.threshold.load(Ordering::Relaxed) == 0 {
+            self.read
+                .threshold
+                .store(threshold.max(1), Ordering::Release);
+        }
         self.tx.send(msg).is_ok()
     }
 
-    /// A new amount worth a window adjust, after the session changed the channel's
-    /// window. Wakes the session if the reader has taken that much already: a reader
-    /// that crossed the new mark before it was set would otherwise never wake it.
+    /// A new amount worth a window adjust, after the session grew the channel's window.
+    /// Wakes the session if the reader has taken that much already.
     pub(crate) fn set_threshold(&self, threshold: u32) {
         let threshold = threshold.max(1);
         self.read.threshold.store(threshold, Ordering::Release);

@@ -135,10 +135,12 @@ impl Default for Config {
 }
 
 impl Config {
-    /// postern patch: the window a channel starts with (`window_budget`).
+    /// postern patch: the window a channel starts with (`window_budget`): at least a
+    /// packet, since a channel whose window is zero could never be sent anything.
     pub(crate) fn initial_window(&self) -> u32 {
-        self.window_budget
-            .map_or(self.window_size, |b| b.initial.min(self.window_size))
+        self.window_budget.map_or(self.window_size, |b| {
+            b.initial.max(self.maximum_packet_size).min(self.window_size)
+        })
     }
 }
 
