@@ -411,7 +411,10 @@ impl Encrypted {
         };
         let window = params.sender_window_size;
         match u32::try_from(len) {
-            Ok(n) if n <= window => params.sender_window_size = window - n,
+            Ok(n) if n <= window => {
+                params.sender_window_size = window - n;
+                params.starved |= params.sender_window_size < params.sender_maximum_packet_size;
+            }
             _ => {
                 return Err(crate::Error::WindowExceeded {
                     channel,
@@ -456,16 +459,14 @@ impl Encrypted {
                 (Some(_), Some(_)) if channel.sender_window_size >= channel.receive_window => 0,
                 (Some(budget), Some(grown)) => {
                     let grant = read.min(channel.receive_window - channel.sender_window_size);
-                    channel.read_since_growth = channel.read_since_growth.saturating_add(read);
                     let step = budget.step(
                         channel.receive_window,
                         grant,
-                        channel.read_since_growth,
+                        std::mem::take(&mut channel.starved),
                         target,
                         grown,
                     );
                     if step.grew {
-                        channel.read_since_growth = 0;
                         channel.receive_window = step.window;
                         queue.set_threshold(step.window / 2);
                     }
@@ -949,7 +950,7 @@ impl Encrypted {
                     sender_channel: ChannelId(self.last_channel_id.0),
                     sender_window_size: window_size,
                     receive_window: window_size,
-                    read_since_growth: 0,
+                    starved: false,
                     recipient_window_size: 0,
                     sender_maximum_packet_size: maxpacket,
                     recipient_maximum_packet_size: 0,
@@ -1083,7 +1084,7 @@ mod tests {
             recipient_window_size: 1024,
             sender_window_size: 1024,
             receive_window: 1024,
-            read_since_growth: 0,
+            starved: false,
             recipient_maximum_packet_size: 1024,
             sender_maximum_packet_size: 1024,
             confirmed: true,
@@ -1139,7 +1140,7 @@ mod tests {
             recipient_window_size: window_size,
             sender_window_size: 1024,
             receive_window: 1024,
-            read_since_growth: 0,
+            starved: false,
             recipient_maximum_packet_size: 1024,
             sender_maximum_packet_size: 1024,
             confirmed: true,
@@ -1771,5 +1772,45 @@ mod tests {
         assert!(encrypted.consume_window(channel_id, 1).is_err());
         // Nothing to the peer: the session sends the DISCONNECT (CommonSession).
         assert!(encrypted.write.is_empty());
+    }
+
+    /// postern patch (POSTERN-PATCH.md, item 8): with a budget a channel's window grows
+    /// only when the peer ran out of it, and only by what the budget has room for; many
+    /// small reads over a channel's life never grow it.
+    #[test]
+    fn a_window_grows_when_the_peer_ran_out_of_it_and_only_then() {
+        use crate::channels::{ChannelMsg, ChannelRef, WindowBudget, queue};
+        let id = ChannelId(8);
+        let mut encrypted = test_encrypted();
+        let mut params = test_ready_channel(id, 80);
+        params.sender_window_size = 4096;
+        params.receive_window = 4096;
+        encrypted.channels.insert(id, params);
+        let (sender, mut reader) = queue();
+        let channels = HashMap::from([(id, ChannelRef::new(sender))]);
+        let budget = WindowBudget {
+            initial: 4096,
+            session: 4096,
+        };
+        let wake = std::sync::Arc::new(tokio::sync::Notify::new());
+        let mut arrive_and_read = |encrypted: &mut Encrypted, len: usize| {
+            encrypted.consume_window(id, len).unwrap();
+            let data = Bytes::from(vec![0; len]);
+            assert!(channels[&id].deliver(ChannelMsg::Data { data }, &wake, 2048));
+            assert!(reader.try_recv().is_some());
+            encrypted
+                .grant_read_window(&channels, 65536, Some(&budget))
+                .unwrap();
+            let channel = &encrypted.channels[&id];
+            (channel.receive_window, channel.sender_window_size)
+        };
+
+        for _ in 0..200 {
+            assert_eq!(arrive_and_read(&mut encrypted, 100), (4096, 4096));
+        }
+        // Less than a packet (1024) left: the window was too small, and doubles.
+        assert_eq!(arrive_and_read(&mut encrypted, 3500), (8192, 8192));
+        // Out of it again, but the budget's 4096 of growth is spent: it stays.
+        assert_eq!(arrive_and_read(&mut encrypted, 8000), (8192, 8192));
     }
 }

@@ -3,9 +3,11 @@
 //!
 //! Without it every channel gets the whole configured window at once, so a session with
 //! many channels whose readers stop may hold windows × channels. With it a channel starts
-//! at `initial` and doubles its window each time its reader has taken a whole window (up
-//! to the configured window size), while what the session's windows grew by in all stays
-//! within `session`. A session so holds at most `session` + `initial` per open channel.
+//! at `initial` and doubles its window (up to the configured window size) each time the
+//! peer ran out of it before its reader took half of it back, while what the session's
+//! windows grew by in all stays within `session`. A session so holds at most `session` +
+//! `initial` per open channel. Only a window that held its sender back grows: a channel
+//! that carries many small answers over its life keeps its first window.
 
 /// The windows of one session's channels: where each starts, and how much they may grow
 /// by in all.
@@ -30,19 +32,19 @@ impl WindowBudget {
     }
 
     /// One channel's step when its reader took data out: `grant` is what that read gives
-    /// back at the channel's present `window`, `read_since_growth` counts the reads since
-    /// it last grew (this one included), `max` is the configured window size and `grown`
-    /// what the session's windows grew by in all, kept up to date here.
+    /// back at the channel's present `window`, `starved` says whether the peer ran out of
+    /// window since the last grant, `max` is the configured window size and `grown` what
+    /// the session's windows grew by in all, kept up to date here.
     pub(crate) fn step(
         &self,
         window: u32,
         grant: u32,
-        read_since_growth: u32,
+        starved: bool,
         max: u32,
         grown: &mut u64,
     ) -> Step {
         let room = u32::try_from(self.session.saturating_sub(*grown)).unwrap_or(u32::MAX);
-        let extra = if read_since_growth >= window && window < max {
+        let extra = if starved && window < max {
             window.min(max - window).min(room)
         } else {
             0
@@ -71,15 +73,15 @@ mod tests {
     }
 
     #[test]
-    fn a_reader_that_keeps_up_doubles_its_window_up_to_the_configured_size() {
+    fn a_window_that_runs_out_doubles_up_to_the_configured_size() {
         let b = budget(64);
         let mut grown = 0;
         let mut window = b.initial;
         let mut sizes = vec![window];
         for _ in 0..10 {
-            let step = b.step(window, window, window, 16 * MIB, &mut grown);
+            let step = b.step(window, window / 2, true, 16 * MIB, &mut grown);
             assert_eq!(
-                step.grant - window,
+                step.grant - window / 2,
                 step.window - window,
                 "grows by what it grants"
             );
@@ -96,10 +98,10 @@ mod tests {
     }
 
     #[test]
-    fn a_reader_that_took_less_than_a_window_does_not_grow_it() {
+    fn a_window_the_peer_never_ran_out_of_does_not_grow() {
         let b = budget(64);
         let mut grown = 0;
-        let step = b.step(b.initial, 1000, 128 * KIB, 16 * MIB, &mut grown);
+        let step = b.step(b.initial, 1000, false, 16 * MIB, &mut grown);
         assert_eq!(
             step,
             Step {
@@ -116,11 +118,11 @@ mod tests {
         let b = budget(1);
         // Channels grew by 768 KiB already: 256 KiB of room is left.
         let mut grown = u64::from(768 * KIB);
-        let step = b.step(b.initial, b.initial, b.initial, 16 * MIB, &mut grown);
+        let step = b.step(b.initial, b.initial, true, 16 * MIB, &mut grown);
         assert_eq!((step.window, step.grant), (512 * KIB, 512 * KIB));
         assert_eq!(grown, u64::from(MIB));
         // None left: the next channel keeps its window, and grants back what it read.
-        let step = b.step(b.initial, 4000, b.initial, 16 * MIB, &mut grown);
+        let step = b.step(b.initial, 4000, true, 16 * MIB, &mut grown);
         assert_eq!(
             step,
             Step {
@@ -136,7 +138,7 @@ mod tests {
     fn growth_takes_what_room_is_left_and_no_more() {
         let b = budget(1);
         let mut grown = u64::from(MIB - 100 * KIB);
-        let step = b.step(2 * MIB, MIB, 2 * MIB, 16 * MIB, &mut grown);
+        let step = b.step(2 * MIB, MIB, true, 16 * MIB, &mut grown);
         assert_eq!(
             (step.window, step.grant),
             (2 * MIB + 100 * KIB, MIB + 100 * KIB)

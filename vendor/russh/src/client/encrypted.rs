@@ -873,7 +873,7 @@ impl Session {
                     recipient_window_size: msg.recipient_window_size,
                     sender_window_size: self.common.config.initial_window(),
                     receive_window: self.common.config.initial_window(),
-                    read_since_growth: 0,
+                    starved: false,
                     recipient_maximum_packet_size: msg.recipient_maximum_packet_size,
                     sender_maximum_packet_size: self.common.config.maximum_packet_size,
                     confirmed: true,
