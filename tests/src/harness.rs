@@ -617,6 +617,17 @@ pub fn children_of(pid: u32) -> Vec<(u32, String)> {
         .collect()
 }
 
+/// The highest resident set size of a process over `during`, in KiB (sampled every 200 ms).
+pub async fn peak_rss_kib(pid: u32, during: Duration) -> Result<u64> {
+    let mut peak = rss_kib(pid)?;
+    let until = Instant::now() + during;
+    while Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        peak = peak.max(rss_kib(pid)?);
+    }
+    Ok(peak)
+}
+
 /// Resident set size of a process in KiB, from /proc.
 pub fn rss_kib(pid: u32) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;

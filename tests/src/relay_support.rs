@@ -348,6 +348,29 @@ pub async fn ssh_login_as(
 /// The relay's call channels to a [`hand_driven_agent`], as it confirms them.
 pub type OpenedChannels = tokio::sync::mpsc::UnboundedReceiver<russh::Channel<russh::client::Msg>>;
 
+/// The next channel the relay opens to a [`hand_driven_agent`], within 5 s.
+pub async fn next_channel(
+    opened: &mut OpenedChannels,
+) -> Result<russh::Channel<russh::client::Msg>> {
+    tokio::time::timeout(Duration::from_secs(5), opened.recv())
+        .await
+        .context("the relay opened no channel within 5 s")?
+        .context("the session ended")
+}
+
+/// Reads one request head from a call channel of a [`hand_driven_agent`].
+pub async fn read_request_head(channel: &mut russh::Channel<russh::client::Msg>) -> Result<()> {
+    let mut head = Vec::new();
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match tokio::time::timeout(Duration::from_secs(5), channel.wait()).await? {
+            Some(russh::ChannelMsg::Data { data }) => head.extend_from_slice(&data),
+            Some(_) => {}
+            None => bail!("the channel ended before a request came"),
+        }
+    }
+    Ok(())
+}
+
 /// A hand-driven agent `name` (created on `w`), online serving `connections`, that
 /// confirms each channel the relay opens after `confirm` and hands it over: its session
 /// and control channel (keep both, or it goes offline) and the channels.

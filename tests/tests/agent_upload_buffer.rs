@@ -2,11 +2,11 @@
 //! bounded per session, however many uploads stall; and every stalled upload still
 //! arrives whole once the server reads again.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use bytes::Bytes;
-use postern_tests::harness::{Tunnel, rss_kib};
+use postern_tests::harness::{Tunnel, peak_rss_kib, rss_kib};
 use postern_tests::temp::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -109,12 +109,7 @@ async fn uploads_a_server_does_not_read_pin_no_more_than_the_upload_buffer() -> 
         })
         .collect();
     // The relay sends what the agent's windows let it; the peak is what counts.
-    let mut peak = before;
-    let until = Instant::now() + Duration::from_secs(4);
-    while Instant::now() < until {
-        peak = peak.max(rss_kib(agent)?);
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let peak = peak_rss_kib(agent, Duration::from_secs(4)).await?;
     let grown = peak.saturating_sub(before);
     eprintln!("agent RSS {before} → {peak} KiB with {UPLOADS} uploads not read");
     ensure!(

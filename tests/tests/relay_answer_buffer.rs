@@ -2,10 +2,10 @@
 //! `answer_buffer_per_agent`, however many callers stop reading; and every stalled answer
 //! still arrives whole once its caller reads again.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Result, ensure};
-use postern_tests::harness::{Bins, rss_kib};
+use postern_tests::harness::{Bins, peak_rss_kib, rss_kib};
 use postern_tests::relay_support::RelayWorld;
 
 const CALLERS: usize = 12;
@@ -39,12 +39,7 @@ async fn callers_that_stop_reading_pin_no_more_than_the_answer_buffer() -> Resul
         stalled.push(answer);
     }
     // The agent sends what the windows let it; the peak is what counts.
-    let mut peak = before;
-    let until = Instant::now() + Duration::from_secs(4);
-    while Instant::now() < until {
-        peak = peak.max(rss_kib(relay)?);
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let peak = peak_rss_kib(relay, Duration::from_secs(4)).await?;
     let grown = peak.saturating_sub(before);
     eprintln!("relay RSS {before} → {peak} KiB with {CALLERS} callers not reading");
     ensure!(

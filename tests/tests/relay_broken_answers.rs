@@ -4,22 +4,10 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
-use postern_tests::relay_support::{RelayWorld, hand_driven_agent};
-use russh::ChannelMsg;
-
-/// Reads one request head from `channel`.
-async fn read_head(channel: &mut russh::Channel<russh::client::Msg>) -> Result<()> {
-    let mut head = Vec::new();
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        match tokio::time::timeout(Duration::from_secs(5), channel.wait()).await? {
-            Some(ChannelMsg::Data { data }) => head.extend_from_slice(&data),
-            Some(_) => {}
-            None => bail!("the channel ended before a request came"),
-        }
-    }
-    Ok(())
-}
+use anyhow::{Context, Result};
+use postern_tests::relay_support::{
+    RelayWorld, hand_driven_agent, next_channel, read_request_head,
+};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_answer_that_breaks_off_aborts_the_caller_and_is_logged() -> Result<()> {
@@ -40,11 +28,8 @@ async fn an_answer_that_breaks_off_aborts_the_caller_and_is_logged() -> Result<(
             anyhow::Ok(answer.bytes().await)
         }
     });
-    let mut channel = tokio::time::timeout(Duration::from_secs(5), opened.recv())
-        .await
-        .context("the relay opened no channel within 5 s")?
-        .context("the session ended")?;
-    read_head(&mut channel).await?;
+    let mut channel = next_channel(&mut opened).await?;
+    read_request_head(&mut channel).await?;
     // 100 bytes announced, 10 sent, then the channel ends.
     channel
         .data(&b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789"[..])
@@ -82,11 +67,8 @@ async fn an_answer_that_breaks_off_aborts_the_caller_and_is_logged() -> Result<(
             anyhow::Ok((answer.status().as_u16(), answer.text().await?))
         }
     });
-    let mut channel = tokio::time::timeout(Duration::from_secs(5), opened.recv())
-        .await
-        .context("the relay opened no channel for the next call")?
-        .context("the session ended")?;
-    read_head(&mut channel).await?;
+    let mut channel = next_channel(&mut opened).await?;
+    read_request_head(&mut channel).await?;
     channel
         .data(&b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"[..])
         .await?;

@@ -4,8 +4,10 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
-use postern_tests::relay_support::{OpenedChannels, RelayWorld, hand_driven_agent};
+use anyhow::Result;
+use postern_tests::relay_support::{
+    RelayWorld, hand_driven_agent, next_channel, read_request_head,
+};
 use russh::ChannelMsg;
 use russh::client::Msg;
 
@@ -13,14 +15,7 @@ type Channel = russh::Channel<Msg>;
 
 /// Reads one request head from `channel` and answers it `200 ok`.
 async fn answer(channel: &mut Channel) -> Result<()> {
-    let mut head = Vec::new();
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        match tokio::time::timeout(Duration::from_secs(5), channel.wait()).await? {
-            Some(ChannelMsg::Data { data }) => head.extend_from_slice(&data),
-            Some(_) => {}
-            None => bail!("the channel ended before a request came"),
-        }
-    }
+    read_request_head(channel).await?;
     channel
         .data(&b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"[..])
         .await?;
@@ -38,13 +33,6 @@ async fn closed_within(channel: &mut Channel, limit: Duration) -> bool {
     })
     .await
     .is_ok()
-}
-
-async fn next_channel(opened: &mut OpenedChannels) -> Result<Channel> {
-    tokio::time::timeout(Duration::from_secs(5), opened.recv())
-        .await
-        .context("the relay opened no channel within 5 s")?
-        .context("the session ended")
 }
 
 #[tokio::test(flavor = "multi_thread")]
