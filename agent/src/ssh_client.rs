@@ -22,8 +22,9 @@ pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(4);
 pub const KEEPALIVE_MAX: usize = 2;
 /// Receive window per channel: request bodies flow relay → agent (RUSSH-NOTES).
 pub const WINDOW_SIZE: u32 = 16 * 1024 * 1024;
-/// Channels start with this window and double it, up to `WINDOW_SIZE`, each time the relay
-/// ran out of it, while what they grew by in all stays within `UPLOAD_BUFFER`:
+/// Channels start with this window and double it, up to `WINDOW_SIZE`, each time the
+/// internal server took a whole one within a second, while what they grew by in all
+/// stays within `UPLOAD_BUFFER`:
 /// the relay may have sent at most that, plus `INITIAL_WINDOW` per channel, of request
 /// bodies that internal servers have not read yet.
 pub const INITIAL_WINDOW: u32 = 256 * 1024;

@@ -34,8 +34,8 @@ pub const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
 /// Receive window per channel: large enough for WAN throughput (RUSSH-NOTES).
 pub const WINDOW_SIZE: u32 = 16 * 1024 * 1024;
 /// Where a call channel's window starts: room for a typical answer whole. It doubles, up
-/// to `WINDOW_SIZE`, each time the agent runs out of it, so a stream that the window
-/// holds back grows it on each round trip.
+/// to `WINDOW_SIZE`, each time the caller takes a whole window within a second, as a
+/// stream that the window holds back does on each round trip.
 pub const INITIAL_WINDOW: u32 = 256 * 1024;
 
 /// `answer_buffer` bounds what one agent's channel windows grow by beyond

@@ -12,7 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::watch;
 
-/// More than the 64 MiB upload buffer holds at 4 MiB each: it must be what bounds them.
+/// Enough that whole 16 MiB windows (~300 MiB here) would be far past the bound.
 const UPLOADS: usize = 24;
 const SIZE: usize = 16 * 1024 * 1024;
 

@@ -47,8 +47,7 @@ async fn callers_that_stop_reading_pin_no_more_than_the_answer_buffer() -> Resul
         "the relay held {grown} KiB more for {CALLERS} stalled answers, past a 4 MiB answer buffer"
     );
 
-    // Read again, all at once: the windows grow and shrink within the budget, and every
-    // byte arrives.
+    // Read again, all at once: the windows grow within the budget, and every byte arrives.
     let reads = stalled.into_iter().map(|mut answer| async move {
         let mut received = 0usize;
         while let Some(chunk) =

@@ -519,10 +519,12 @@ pub(crate) struct ChannelParams {
     recipient_window_size: u32,
     sender_window_size: u32,
     /// postern patch: what the peer may have in flight or unread on this channel: the
-    /// window as granted in all (`channels::WindowBudget`); and whether the peer ran out
-    /// of it (less than a packet left) since the last grant, the sign it is too small.
+    /// window as granted in all (`channels::WindowBudget`); and what the reader took
+    /// since `measured_since`, to tell whether it takes a whole window within
+    /// `WindowBudget::PERIOD`.
     receive_window: u32,
-    starved: bool,
+    read_since_growth: u32,
+    measured_since: russh_util::time::Instant,
     recipient_maximum_packet_size: u32,
     sender_maximum_packet_size: u32,
     /// Has the other side confirmed the channel?

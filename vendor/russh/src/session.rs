@@ -411,10 +411,7 @@ impl Encrypted {
         };
         let window = params.sender_window_size;
         match u32::try_from(len) {
-            Ok(n) if n <= window => {
-                params.sender_window_size = window - n;
-                params.starved |= params.sender_window_size < params.sender_maximum_packet_size;
-            }
+            Ok(n) if n <= window => params.sender_window_size = window - n,
             _ => {
                 return Err(crate::Error::WindowExceeded {
                     channel,
@@ -434,6 +431,7 @@ impl Encrypted {
         channels: &std::collections::HashMap<ChannelId, crate::channels::ChannelRef>,
         target: u32,
         budget: Option<&crate::WindowBudget>,
+        now: russh_util::time::Instant,
     ) -> Result<(), crate::Error> {
         // What the session's windows grew by, counted once per pass and only with a budget.
         let mut grown = None;
@@ -459,13 +457,17 @@ impl Encrypted {
                 (Some(_), Some(_)) if channel.sender_window_size >= channel.receive_window => 0,
                 (Some(budget), Some(grown)) => {
                     let grant = read.min(channel.receive_window - channel.sender_window_size);
-                    let step = budget.step(
-                        channel.receive_window,
-                        grant,
-                        std::mem::take(&mut channel.starved),
-                        target,
-                        grown,
-                    );
+                    // A whole window taken within the period: the window, not the reader,
+                    // may be what holds the sender back.
+                    channel.read_since_growth = channel.read_since_growth.saturating_add(read);
+                    let mut fast = false;
+                    if channel.read_since_growth >= channel.receive_window {
+                        fast = now.duration_since(channel.measured_since)
+                            < crate::WindowBudget::PERIOD;
+                        channel.read_since_growth = 0;
+                        channel.measured_since = now;
+                    }
+                    let step = budget.step(channel.receive_window, grant, fast, target, grown);
                     if step.grew {
                         channel.receive_window = step.window;
                         queue.set_threshold(step.window / 2);
@@ -950,7 +952,8 @@ impl Encrypted {
                     sender_channel: ChannelId(self.last_channel_id.0),
                     sender_window_size: window_size,
                     receive_window: window_size,
-                    starved: false,
+                    read_since_growth: 0,
+            measured_since: russh_util::time::Instant::now(),
                     recipient_window_size: 0,
                     sender_maximum_packet_size: maxpacket,
                     recipient_maximum_packet_size: 0,
@@ -1084,7 +1087,8 @@ mod tests {
             recipient_window_size: 1024,
             sender_window_size: 1024,
             receive_window: 1024,
-            starved: false,
+            read_since_growth: 0,
+            measured_since: russh_util::time::Instant::now(),
             recipient_maximum_packet_size: 1024,
             sender_maximum_packet_size: 1024,
             confirmed: true,
@@ -1140,7 +1144,8 @@ mod tests {
             recipient_window_size: window_size,
             sender_window_size: 1024,
             receive_window: 1024,
-            starved: false,
+            read_since_growth: 0,
+            measured_since: russh_util::time::Instant::now(),
             recipient_maximum_packet_size: 1024,
             sender_maximum_packet_size: 1024,
             confirmed: true,
@@ -1775,16 +1780,20 @@ mod tests {
     }
 
     /// postern patch (POSTERN-PATCH.md, item 8): with a budget a channel's window grows
-    /// only when the peer ran out of it, and only by what the budget has room for; many
-    /// small reads over a channel's life never grow it.
+    /// only when its reader takes a whole window within `WindowBudget::PERIOD`, and only
+    /// by what the budget has room for; small reads spread over time never grow it.
     #[test]
-    fn a_window_grows_when_the_peer_ran_out_of_it_and_only_then() {
+    fn a_window_grows_when_its_reader_takes_it_fast_and_only_then() {
+        use std::time::Duration;
+
         use crate::channels::{ChannelMsg, ChannelRef, WindowBudget, queue};
         let id = ChannelId(8);
+        let start = russh_util::time::Instant::now();
         let mut encrypted = test_encrypted();
         let mut params = test_ready_channel(id, 80);
         params.sender_window_size = 4096;
         params.receive_window = 4096;
+        params.measured_since = start;
         encrypted.channels.insert(id, params);
         let (sender, mut reader) = queue();
         let channels = HashMap::from([(id, ChannelRef::new(sender))]);
@@ -1793,24 +1802,28 @@ mod tests {
             session: 4096,
         };
         let wake = std::sync::Arc::new(tokio::sync::Notify::new());
-        let mut arrive_and_read = |encrypted: &mut Encrypted, len: usize| {
+        let mut arrive_and_read = |encrypted: &mut Encrypted, len: usize, at: Duration| {
             encrypted.consume_window(id, len).unwrap();
             let data = Bytes::from(vec![0; len]);
             assert!(channels[&id].deliver(ChannelMsg::Data { data }, &wake, 2048));
             assert!(reader.try_recv().is_some());
             encrypted
-                .grant_read_window(&channels, 65536, Some(&budget))
+                .grant_read_window(&channels, 65536, Some(&budget), start + at)
                 .unwrap();
             let channel = &encrypted.channels[&id];
             (channel.receive_window, channel.sender_window_size)
         };
+        let ms = Duration::from_millis;
 
-        for _ in 0..200 {
-            assert_eq!(arrive_and_read(&mut encrypted, 100), (4096, 4096));
+        // Small answers 100 ms apart: a window's worth every ~4 s, and no growth.
+        for i in 0..200 {
+            assert_eq!(arrive_and_read(&mut encrypted, 100, ms(100 * i)), (4096, 4096));
         }
-        // Less than a packet (1024) left: the window was too small, and doubles.
-        assert_eq!(arrive_and_read(&mut encrypted, 3500), (8192, 8192));
-        // Out of it again, but the budget's 4096 of growth is spent: it stays.
-        assert_eq!(arrive_and_read(&mut encrypted, 8000), (8192, 8192));
+        // A burst after a pause ends the slow measure; a whole window within the period
+        // after that doubles the window.
+        assert_eq!(arrive_and_read(&mut encrypted, 4000, ms(30_000)), (4096, 4096));
+        assert_eq!(arrive_and_read(&mut encrypted, 4096, ms(30_500)), (8192, 8192));
+        // Fast again, but the budget's 4096 of growth is spent: it stays.
+        assert_eq!(arrive_and_read(&mut encrypted, 8192, ms(30_600)), (8192, 8192));
     }
 }

@@ -3,11 +3,12 @@
 //!
 //! Without it every channel gets the whole configured window at once, so a session with
 //! many channels whose readers stop may hold windows × channels. With it a channel starts
-//! at `initial` and doubles its window (up to the configured window size) each time the
-//! peer ran out of it before its reader took half of it back, while what the session's
-//! windows grew by in all stays within `session`. A session so holds at most `session` +
-//! `initial` per open channel. Only a window that held its sender back grows: a channel
-//! that carries many small answers over its life keeps its first window.
+//! at `initial` and doubles its window (up to the configured window size) each time its
+//! reader took a whole window within `PERIOD`, while what the session's windows grew by in
+//! all stays within `session`. A session so holds at most `session` + `initial` per open
+//! channel. A window that holds its sender back on a link of round trip `rtt` is taken
+//! whole every `rtt`, so it grows while `rtt` < `PERIOD`; a reader slower than a window
+//! per `PERIOD` (a slow caller, a channel carrying small answers now and then) leaves it.
 
 /// The windows of one session's channels: where each starts, and how much they may grow
 /// by in all.
@@ -26,25 +27,29 @@ pub(crate) struct Step {
 }
 
 impl WindowBudget {
+    /// A reader that takes a whole window within this grows it: longer than the round
+    /// trip of any link postern is meant for.
+    pub const PERIOD: std::time::Duration = std::time::Duration::from_secs(1);
+
     /// What a channel's window grew by beyond `initial`: the part the budget counts.
     pub(crate) fn growth(&self, window: u32) -> u64 {
         u64::from(window.saturating_sub(self.initial))
     }
 
     /// One channel's step when its reader took data out: `grant` is what that read gives
-    /// back at the channel's present `window`, `starved` says whether the peer ran out of
-    /// window since the last grant, `max` is the configured window size and `grown` what
-    /// the session's windows grew by in all, kept up to date here.
+    /// back at the channel's present `window`, `fast` says whether the reader took a whole
+    /// window within `PERIOD`, `max` is the configured window size and `grown` what the
+    /// session's windows grew by in all, kept up to date here.
     pub(crate) fn step(
         &self,
         window: u32,
         grant: u32,
-        starved: bool,
+        fast: bool,
         max: u32,
         grown: &mut u64,
     ) -> Step {
         let room = u32::try_from(self.session.saturating_sub(*grown)).unwrap_or(u32::MAX);
-        let extra = if starved && window < max {
+        let extra = if fast && window < max {
             window.min(max - window).min(room)
         } else {
             0
@@ -73,7 +78,7 @@ mod tests {
     }
 
     #[test]
-    fn a_window_that_runs_out_doubles_up_to_the_configured_size() {
+    fn a_window_taken_fast_doubles_up_to_the_configured_size() {
         let b = budget(64);
         let mut grown = 0;
         let mut window = b.initial;
@@ -98,7 +103,7 @@ mod tests {
     }
 
     #[test]
-    fn a_window_the_peer_never_ran_out_of_does_not_grow() {
+    fn a_window_taken_slowly_does_not_grow() {
         let b = budget(64);
         let mut grown = 0;
         let step = b.step(b.initial, 1000, false, 16 * MIB, &mut grown);

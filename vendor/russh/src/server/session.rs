@@ -795,7 +795,12 @@ impl Session {
                     let target = self.target_window_size;
                     let budget = self.common.config.window_budget;
                     if let Some(enc) = self.common.encrypted.as_mut() {
-                        enc.grant_read_window(&self.channels, target, budget.as_ref())?;
+                        enc.grant_read_window(
+                            &self.channels,
+                            target,
+                            budget.as_ref(),
+                            russh_util::time::Instant::now(),
+                        )?;
                     }
                 }
                 msg = self.priority_receiver.recv(), if !self.kex.active() => {
