@@ -650,13 +650,29 @@ pub struct Tunnel {
 
 impl Tunnel {
     pub async fn start(bins: &Bins, dir: &crate::temp::TempDir, connections: &str) -> Result<Self> {
+        Self::start_via(bins, dir, connections, async |ssh| Ok(ssh)).await
+    }
+
+    /// Like `start`, with the agent dialing the address `link` gives for the relay's SSH
+    /// address (a proxy in between, say).
+    pub async fn start_via(
+        bins: &Bins,
+        dir: &crate::temp::TempDir,
+        connections: &str,
+        link: impl AsyncFnOnce(SocketAddr) -> Result<SocketAddr>,
+    ) -> Result<Self> {
         let state = dir.path().join("relay");
         let relay = RelayProcess::start(bins, &state, "127.0.0.1:0", "127.0.0.1:0")?;
         let (_, token) = create_agent(bins, &state, "a1")?;
         let api = Api::new(relay.api_base(), create_api_key(bins, &state, "platform")?);
         let config = dir.write_private(
             "agent.toml",
-            &agent_config(relay.ssh, &relay.fingerprint, &token, connections),
+            &agent_config(
+                link(relay.ssh).await?,
+                &relay.fingerprint,
+                &token,
+                connections,
+            ),
         )?;
         let agent = AgentProcess::start(bins, &config)?;
         api.wait_online("a1", true, Duration::from_secs(15)).await?;

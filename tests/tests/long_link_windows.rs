@@ -4,9 +4,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, ensure};
-use postern_tests::harness::{
-    AgentProcess, Api, RelayProcess, agent_config, create_agent, create_api_key,
-};
+use postern_tests::harness::Tunnel;
 use postern_tests::internal_server::{InternalServer, Verifier};
 use postern_tests::temp::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -68,29 +66,14 @@ async fn long_link(target: std::net::SocketAddr) -> Result<std::net::SocketAddr>
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_download_over_a_long_link_grows_its_window() -> Result<()> {
-    let bins = postern_tests::bins!();
     let dir = TempDir::new("long-link")?;
     let internal = InternalServer::start(Verifier::None, "").await?;
-    let state = dir.path().join("relay");
-    let relay = RelayProcess::start(&bins, &state, "127.0.0.1:0", "127.0.0.1:0")?;
-    let (_, token) = create_agent(&bins, &state, "far")?;
-    let api = Api::new(relay.api_base(), create_api_key(&bins, &state, "platform")?);
-    let link = long_link(relay.ssh).await?;
-    let config = dir.write_private(
-        "agent.toml",
-        &agent_config(
-            link,
-            &relay.fingerprint,
-            &token,
-            &format!("[connections.o]\nbase_uri = \"{}\"\n", internal.base_uri()),
-        ),
-    )?;
-    let _agent = AgentProcess::start(&bins, &config)?;
-    api.wait_online("far", true, Duration::from_secs(30))
-        .await?;
+    let connections = format!("[connections.o]\nbase_uri = \"{}\"\n", internal.base_uri());
+    let tunnel = Tunnel::start_via(&postern_tests::bins!(), &dir, &connections, long_link).await?;
+    let api = &tunnel.api;
 
     let started = Instant::now();
-    let mut answer = api.call("far", "o", &format!("/bytes/{SIZE}")).await?;
+    let mut answer = api.call("a1", "o", &format!("/bytes/{SIZE}")).await?;
     ensure!(answer.status() == 200, "{}", answer.status());
     let mut received = 0;
     while let Some(chunk) = tokio::time::timeout(Duration::from_secs(60), answer.chunk()).await?? {

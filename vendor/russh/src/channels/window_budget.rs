@@ -31,6 +31,12 @@ impl WindowBudget {
     /// trip of any link postern is meant for.
     pub const PERIOD: std::time::Duration = std::time::Duration::from_secs(1);
 
+    /// The window a channel opens with: `initial` with a budget, at least a packet (a
+    /// window of zero could never be sent anything); without one, all of `window_size`.
+    pub(crate) fn first_window(budget: Option<Self>, window_size: u32, packet: u32) -> u32 {
+        budget.map_or(window_size, |b| b.initial.max(packet).min(window_size))
+    }
+
     /// What a channel's window grew by beyond `initial`: the part the budget counts.
     pub(crate) fn growth(&self, window: u32) -> u64 {
         u64::from(window.saturating_sub(self.initial))

@@ -603,11 +603,9 @@ impl Session {
                 // postern patch: data beyond the window the peer was granted ends the
                 // session (protocol error) before it is queued (POSTERN-PATCH.md, item 7).
                 let window = self.common.consume_window(channel_num, data.len())?;
-                // With a budget a channel's window is its own (channels/window_budget.rs).
-                let threshold = match (self.common.config.window_budget, window) {
-                    (Some(_), Some(window)) => window / 2,
-                    _ => target / 2,
-                };
+                // Half the channel's window: the first delivery sets the mark that wakes the
+                // session, and growth raises it (channels/queue.rs).
+                let threshold = window.unwrap_or(target) / 2;
                 // postern patch: window granted back as the reader takes data out
                 // (channels/queue.rs), or at once when the channel has no reader.
                 let delivered = self.channels.get(&channel_num).is_some_and(|chan| {
@@ -642,10 +640,7 @@ impl Session {
                 let target = self.common.config.window_size;
                 // postern patch: as for CHANNEL_DATA above.
                 let window = self.common.consume_window(channel_num, data.len())?;
-                let threshold = match (self.common.config.window_budget, window) {
-                    (Some(_), Some(window)) => window / 2,
-                    _ => target / 2,
-                };
+                let threshold = window.unwrap_or(target) / 2;
                 let delivered = self.channels.get(&channel_num).is_some_and(|chan| {
                     chan.deliver(
                         ChannelMsg::ExtendedData {

@@ -2784,12 +2784,13 @@ pub struct Config {
 }
 
 impl Config {
-    /// postern patch: the window a channel starts with (`window_budget`): at least a
-    /// packet, since a channel whose window is zero could never be sent anything.
+    /// postern patch: the window a channel starts with (`window_budget`).
     pub(crate) fn initial_window(&self) -> u32 {
-        self.window_budget.map_or(self.window_size, |b| {
-            b.initial.max(self.maximum_packet_size).min(self.window_size)
-        })
+        crate::WindowBudget::first_window(
+            self.window_budget,
+            self.window_size,
+            self.maximum_packet_size,
+        )
     }
 }
 
