@@ -1,8 +1,9 @@
 //! Serves one channel the relay opened: HTTP/1.1 keep-alive over the SSH
-//! stream, one call at a time, closing gracefully when the agent shuts down;
+//! stream, one call at a time, until the relay closes it (or, draining, the agent does);
 //! or, for a `test:` channel, one connection test report.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -27,6 +28,11 @@ pub async fn serve_test(channel: Channel<Msg>, ctx: Arc<CallContext>) {
     let _ = stream.shutdown().await;
 }
 
+/// How long a draining agent leaves its channels for the relay to close. The relay closes
+/// an idle one as soon as it reads the agent's `draining` line; one that predates that
+/// line never does, and the agent closes it after this.
+const RELAY_CLOSES_WITHIN: Duration = Duration::from_secs(3);
+
 /// Serves calls to the connection `name` until the relay closes the channel. Each call
 /// takes the connection's settings as they are when it arrives: the relay keeps channels
 /// open between calls, and a reload in between must apply to the next call on this one.
@@ -34,7 +40,7 @@ pub async fn serve(
     channel: Channel<Msg>,
     name: Arc<str>,
     calls: Arc<CallTable>,
-    shutdown: CancellationToken,
+    draining: CancellationToken,
 ) {
     let io = TokioIo::new(ChannelIo::new(channel));
     let service = service_fn(move |request| {
@@ -57,11 +63,16 @@ pub async fn serve(
     tokio::pin!(connection);
     let result = tokio::select! {
         r = connection.as_mut() => r,
-        _ = shutdown.cancelled() => {
-            // Finish the call under way, then close the channel.
-            connection.as_mut().graceful_shutdown();
-            connection.await
-        }
+        // Not closed here at once: a request may be on its way on an idle channel, and
+        // would be lost with it. The relay knows; it closes the channel.
+        _ = draining.cancelled() => match tokio::time::timeout(RELAY_CLOSES_WITHIN, connection.as_mut()).await {
+            Ok(r) => r,
+            Err(_) => {
+                // Finish the call under way, then close the channel.
+                connection.as_mut().graceful_shutdown();
+                connection.await
+            }
+        },
     };
     if let Err(e) = result {
         debug!(error = %e, "channel closed with an error");

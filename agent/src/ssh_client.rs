@@ -76,7 +76,7 @@ pub struct Shared {
     /// True once our forward is granted; false again while draining.
     pub accepting: Arc<AtomicBool>,
     pub tasks: TaskTracker,
-    /// Cancelled on shutdown: channels finish their call under way, then close.
+    /// Cancelled once the relay has been told the agent drains (see `channel::serve`).
     pub drain: CancellationToken,
     pub disconnected: Arc<Notify>,
     pub disconnect_reason: Arc<Mutex<Option<String>>>,

@@ -207,7 +207,7 @@ async fn session(
         calls: calls.clone(),
         accepting: Arc::new(AtomicBool::new(false)),
         tasks: tasks.clone(),
-        drain: shutdown.child_token(),
+        drain: CancellationToken::new(),
         disconnected: Arc::new(Notify::new()),
         disconnect_reason: Arc::new(Mutex::new(None)),
     };
@@ -247,7 +247,7 @@ async fn session(
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => {
-                drain(&shared, tasks, SHUTDOWN_GRACE).await;
+                drain(&shared, &mut write, tasks, SHUTDOWN_GRACE).await;
                 let _ = handle
                     .disconnect(russh::Disconnect::ByApplication, "agent shutting down", "")
                     .await;
@@ -257,7 +257,7 @@ async fn session(
             Ok(()) = updates.changed() => {
                 let new = updates.borrow_and_update().clone();
                 if session_settings_differ(config, &new) {
-                    drain(&shared, tasks, RECONFIGURE_GRACE).await;
+                    drain(&shared, &mut write, tasks, RECONFIGURE_GRACE).await;
                     let _ = handle
                         .disconnect(russh::Disconnect::ByApplication, "agent reconnects with new settings", "")
                         .await;
@@ -413,9 +413,23 @@ async fn establish(
     })
 }
 
-/// Stops taking channels, lets idle ones close and busy ones finish their call, up to `grace`.
-async fn drain(shared: &Shared, tasks: &TaskTracker, grace: Duration) {
+/// Stops taking channels and tells the relay, which closes them, idle ones at once and
+/// busy ones once their call is answered; waits for that up to `grace`.
+async fn drain(
+    shared: &Shared,
+    control: &mut WriteHalf<ChannelStream<Msg>>,
+    tasks: &TaskTracker,
+    grace: Duration,
+) {
     shared.accepting.store(false, Ordering::SeqCst);
+    // Unsaid (the session is failing), the channels close themselves after a while.
+    if control
+        .write_all(&encode_line(&AgentMessage::Draining))
+        .await
+        .is_ok()
+    {
+        let _ = control.flush().await;
+    }
     shared.drain.cancel();
     info!("draining in-flight calls");
     let _ = tokio::time::timeout(grace, wait_idle(tasks)).await;

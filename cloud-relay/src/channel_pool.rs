@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -75,6 +76,9 @@ pub struct ChannelPool {
     handle: russh::server::Handle,
     idle: Mutex<HashMap<ConnectionName, Vec<Idle>>>,
     max_idle: usize,
+    /// Set (under the `idle` lock) once the agent said it drains: no channel goes back
+    /// to the pool after that.
+    draining: AtomicBool,
     opened: Counter,
     /// Channel opens run here, so one its caller gave up on still ends (see `open`).
     opens: TaskTracker,
@@ -93,6 +97,7 @@ impl ChannelPool {
             handle,
             idle: Mutex::new(HashMap::new()),
             max_idle,
+            draining: AtomicBool::new(false),
             opened,
             opens,
         })
@@ -179,6 +184,22 @@ impl ChannelPool {
         drop(closed);
     }
 
+    /// Takes the agent's word that it drains (it is stopping or reconnecting): closes
+    /// the idle channels now and each busy one as its call ends. The agent leaves this
+    /// to the relay, which alone knows whether a request is on its way on a channel.
+    pub fn drain(&self) {
+        let mut idle = self.lock();
+        self.draining.store(true, Ordering::SeqCst);
+        let closed = std::mem::take(&mut *idle);
+        drop(idle);
+        drop(closed);
+    }
+
+    /// Whether the agent said it drains: it takes no new calls on this session.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
     /// Keeps `conn` for the next call to `connection`; past `max_idle` idle channels in
     /// all, the one idle longest (whatever its connection) is closed to make room.
     fn checkin(&self, connection: ConnectionName, mut conn: Conn) {
@@ -186,6 +207,10 @@ impl ChannelPool {
             return;
         }
         let mut idle = self.lock();
+        if self.is_draining() {
+            drop(idle);
+            return;
+        }
         let total: usize = idle.values().map(Vec::len).sum();
         // Each list is oldest first, so the longest idle is at the front of one of them.
         let evicted = (total >= self.max_idle)

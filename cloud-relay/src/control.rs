@@ -124,15 +124,16 @@ impl ControlChannel {
                         return;
                     }
                 };
-                let Some(live) = self.ctx.registry.get(&self.agent.id) else {
-                    return;
-                };
-                // A newer session of the same agent owns the entry now; this one is on its way out.
-                if live.session_id != self.session_id {
-                    return;
+                if let Some(live) = self.own_session() {
+                    info!(agent = %self.agent.name, connections = %announced, "agent reloaded its connections");
+                    live.set_connections(connections);
                 }
-                info!(agent = %self.agent.name, connections = %announced, "agent reloaded its connections");
-                live.set_connections(connections);
+            }
+            Ok(AgentMessage::Draining) => {
+                if let Some(live) = self.own_session() {
+                    info!(agent = %self.agent.name, "agent drains (stopping or reconnecting): it takes no new calls");
+                    live.channels.drain();
+                }
             }
             Ok(AgentMessage::Hello { .. }) => {
                 warn!(agent = %self.agent.name, "second hello ignored");
@@ -140,6 +141,15 @@ impl ControlChannel {
             // A newer agent may send what this relay does not know yet.
             Err(e) => warn!(agent = %self.agent.name, error = %e, "control message ignored"),
         }
+    }
+
+    /// This session's registry entry; `None` once a newer session of the same agent owns
+    /// the entry (this one is on its way out).
+    fn own_session(&self) -> Option<Arc<LiveSession>> {
+        self.ctx
+            .registry
+            .get(&self.agent.id)
+            .filter(|live| live.session_id == self.session_id)
     }
 
     /// The announced connection names, once the agent's protocol and every name are valid.

@@ -19,6 +19,12 @@ pub enum AgentMessage {
     /// After a reload changed which connections the agent serves: the full new list.
     /// A relay that predates it reads and ignores it.
     Inventory { connections: Vec<String> },
+    /// The agent is stopping or reconnecting and takes no new calls. The relay answers
+    /// new calls itself and closes the channels it holds to the agent, each idle one at
+    /// once and each busy one when its call ends: only the relay knows which of them has
+    /// a request on its way, so the agent closes none. A relay that predates it reads and
+    /// ignores it, and the agent closes its channels after a while.
+    Draining,
 }
 
 /// Messages the relay sends to the agent.
@@ -121,6 +127,16 @@ mod tests {
         assert_eq!(
             decode_line::<AgentMessage>(&line).expect("decodes"),
             inventory
+        );
+    }
+
+    #[test]
+    fn draining_is_its_type_alone() {
+        let line = encode_line(&AgentMessage::Draining);
+        assert_eq!(line, b"{\"type\":\"draining\"}\n");
+        assert_eq!(
+            decode_line::<AgentMessage>(&line).expect("decodes"),
+            AgentMessage::Draining
         );
     }
 

@@ -85,3 +85,72 @@ async fn a_call_to_a_draining_agent_is_told_to_retry() -> Result<()> {
     assert_eq!(slow.await??.status(), 200);
     Ok(())
 }
+
+/// Calls that race a stop, on channels the relay keeps pooled, are answered or told to
+/// retry; none is lost. An agent that closed its idle channels itself crossed requests
+/// already on their way in (502 "operation was canceled").
+#[tokio::test(flavor = "multi_thread")]
+async fn calls_racing_a_stop_are_answered_or_told_to_retry() -> Result<()> {
+    let w = RelayWorld::start(postern_tests::bins!()).await?;
+    let token = w.create_agent("site").await?;
+    let (callers, rounds) = (16, 4);
+    let mut outcomes = std::collections::BTreeMap::<(u16, String), usize>::new();
+    for _ in 0..rounds {
+        let mut agent = w.start_agent(&token)?;
+        w.admin.wait_online("site", true, ONLINE_WITHIN).await?;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let tasks: Vec<_> = (0..callers)
+            .map(|_| {
+                let api = w.admin.clone();
+                tokio::spawn(async move {
+                    let mut seen = Vec::new();
+                    // Until this caller is told the agent is away, or the deadline.
+                    for _ in 0..2_000 {
+                        if std::time::Instant::now() > deadline {
+                            break;
+                        }
+                        let r = api.call("site", "orders", "/ping").await?;
+                        let status = r.status().as_u16();
+                        let body: serde_json::Value = r.json().await.unwrap_or_default();
+                        let code = postern_tests::relay_support::error_code(&body).to_owned();
+                        seen.push((status, code));
+                        if status == 503 {
+                            break;
+                        }
+                    }
+                    anyhow::Ok(seen)
+                })
+            })
+            .collect();
+        // Every caller has a pooled channel by now, and calls keep coming on them.
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let stop = tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
+            agent.terminate().map(|status| (status, started.elapsed()))
+        });
+        for task in tasks {
+            for outcome in task.await?? {
+                *outcomes.entry(outcome).or_default() += 1;
+            }
+        }
+        // The relay closed the agent's channels: it did not wait them out (3 s).
+        let (status, took) = stop.await??;
+        assert!(status.success(), "agent exit: {status}");
+        assert!(
+            took < std::time::Duration::from_secs(3),
+            "stop took {took:?}"
+        );
+        w.admin.wait_online("site", false, ONLINE_WITHIN).await?;
+    }
+    let unexpected: Vec<_> = outcomes
+        .iter()
+        .filter(|((status, code), _)| {
+            !(*status == 200 || (*status == 503 && code == "agent_offline"))
+        })
+        .collect();
+    assert!(unexpected.is_empty(), "{outcomes:?}");
+    // Each round's callers were each told to retry.
+    let retry = outcomes.get(&(503, "agent_offline".to_owned())).copied();
+    assert_eq!(retry, Some(callers * rounds), "{outcomes:?}");
+    Ok(())
+}

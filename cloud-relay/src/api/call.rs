@@ -220,6 +220,9 @@ pub(super) fn serving(
             format!("agent {:?} is not connected", record.name),
         )
     })?;
+    if live.channels.is_draining() {
+        return Err(draining(&record.name));
+    }
     let Some(name) = live.serving(connection) else {
         return Err(ApiError::new(
             ErrorCode::UnknownConnection,
@@ -305,18 +308,23 @@ pub(super) fn refused(
             ErrorCode::UnknownConnection,
             format!("agent {agent:?} has no connection {connection:?}"),
         ),
-        russh::ChannelOpenFailure::AdministrativelyProhibited => ApiError::new(
-            ErrorCode::AgentOffline,
-            format!(
-                "agent {agent:?} takes no new calls now (it is stopping or reconnecting): retry shortly"
-            ),
-        ),
+        russh::ChannelOpenFailure::AdministrativelyProhibited => draining(agent),
         // Not something this agent sends: whatever it means, the call did not go through.
         other => ApiError::new(
             ErrorCode::TunnelError,
             format!("agent {agent:?} refused a channel for connection {connection:?}: {other:?}"),
         ),
     }
+}
+
+/// 503 for an agent that drains, whether it said so or refused the channel.
+fn draining(agent: &str) -> ApiError {
+    ApiError::new(
+        ErrorCode::AgentOffline,
+        format!(
+            "agent {agent:?} takes no new calls now (it is stopping or reconnecting): retry shortly"
+        ),
+    )
 }
 
 fn too_large(limit: u64) -> ApiError {
