@@ -1,9 +1,8 @@
 //! Serves one channel the relay opened: HTTP/1.1 keep-alive over the SSH
-//! stream, one call at a time, until the relay closes it (or, draining, the agent does);
+//! stream, one call at a time, until the relay closes it (a draining agent too: see `serve`);
 //! or, for a `test:` channel, one connection test report.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -12,7 +11,6 @@ use postern_protocol::ErrorCode;
 use postern_protocol::channel_io::ChannelIo;
 use russh::Channel;
 use russh::client::Msg;
-use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::call::{self, CallContext};
@@ -28,20 +26,13 @@ pub async fn serve_test(channel: Channel<Msg>, ctx: Arc<CallContext>) {
     let _ = stream.shutdown().await;
 }
 
-/// How long a draining agent leaves its channels for the relay to close. The relay closes
-/// an idle one as soon as it reads the agent's `draining` line; one that predates that
-/// line never does, and the agent closes it after this.
-const RELAY_CLOSES_WITHIN: Duration = Duration::from_secs(3);
-
 /// Serves calls to the connection `name` until the relay closes the channel. Each call
 /// takes the connection's settings as they are when it arrives: the relay keeps channels
 /// open between calls, and a reload in between must apply to the next call on this one.
-pub async fn serve(
-    channel: Channel<Msg>,
-    name: Arc<str>,
-    calls: Arc<CallTable>,
-    draining: CancellationToken,
-) {
+///
+/// A draining agent does not close the channel either: a request may be on its way on it,
+/// and would be lost. The relay knows; told `draining`, it closes the channel once idle.
+pub async fn serve(channel: Channel<Msg>, name: Arc<str>, calls: Arc<CallTable>) {
     let io = TokioIo::new(ChannelIo::new(channel));
     let service = service_fn(move |request| {
         let (ctx, name) = (calls.get(&name), name.clone());
@@ -60,21 +51,7 @@ pub async fn serve(
         .keep_alive(true)
         .max_buf_size(256 * 1024)
         .serve_connection(io, service);
-    tokio::pin!(connection);
-    let result = tokio::select! {
-        r = connection.as_mut() => r,
-        // Not closed here at once: a request may be on its way on an idle channel, and
-        // would be lost with it. The relay knows; it closes the channel.
-        _ = draining.cancelled() => match tokio::time::timeout(RELAY_CLOSES_WITHIN, connection.as_mut()).await {
-            Ok(r) => r,
-            Err(_) => {
-                // Finish the call under way, then close the channel.
-                connection.as_mut().graceful_shutdown();
-                connection.await
-            }
-        },
-    };
-    if let Err(e) = result {
+    if let Err(e) = connection.await {
         debug!(error = %e, "channel closed with an error");
     }
 }

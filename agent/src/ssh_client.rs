@@ -10,7 +10,6 @@ use russh::client::{ChannelOpenHandle, DisconnectReason, Msg, Session};
 use russh::keys::{HashAlg, PublicKeyOrCertificate};
 use russh::{Channel, ChannelOpenFailure, Preferred, cipher, kex};
 use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info_span, warn};
 
@@ -76,8 +75,6 @@ pub struct Shared {
     /// True once our forward is granted; false again while draining.
     pub accepting: Arc<AtomicBool>,
     pub tasks: TaskTracker,
-    /// Cancelled once the relay has been told the agent drains (see `channel::serve`).
-    pub drain: CancellationToken,
     pub disconnected: Arc<Notify>,
     pub disconnect_reason: Arc<Mutex<Option<String>>>,
 }
@@ -113,6 +110,9 @@ impl russh::client::Handler for AgentSsh {
         reply: ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
+        // Counted among the channel tasks from before the check: a drain that starts
+        // after it passed must wait for this channel, not see no task and disconnect.
+        let _counted = self.shared.tasks.token();
         if !self.shared.accepting.load(Ordering::SeqCst) {
             reply
                 .reject(ChannelOpenFailure::AdministrativelyProhibited)
@@ -137,7 +137,6 @@ impl russh::client::Handler for AgentSsh {
                         channel,
                         ctx.connection.name.as_str().into(),
                         self.shared.calls.clone(),
-                        self.shared.drain.clone(),
                     )
                     .instrument(span),
                 );

@@ -207,7 +207,6 @@ async fn session(
         calls: calls.clone(),
         accepting: Arc::new(AtomicBool::new(false)),
         tasks: tasks.clone(),
-        drain: CancellationToken::new(),
         disconnected: Arc::new(Notify::new()),
         disconnect_reason: Arc::new(Mutex::new(None)),
     };
@@ -288,13 +287,14 @@ async fn session(
     }
 }
 
-/// How long a disconnect may take to reach the wire: `disconnect` only queues it, and
-/// the agent's exit must not beat it, or the relay records a lost connection.
-const DISCONNECT_WRITE_LIMIT: Duration = Duration::from_secs(2);
+/// How long the `draining` line, and then the disconnect, may take to reach the wire: a
+/// stuck session must not hold up a stop. `disconnect` only queues it, and the agent's
+/// exit must not beat it, or the relay records a lost connection.
+const GOODBYE_WRITE_LIMIT: Duration = Duration::from_secs(2);
 
 /// Waits (bounded) for the session to write its queued disconnect and end.
 async fn wait_written<F: std::future::Future + Unpin>(session: &mut F) {
-    let _ = tokio::time::timeout(DISCONNECT_WRITE_LIMIT, session).await;
+    let _ = tokio::time::timeout(GOODBYE_WRITE_LIMIT, session).await;
 }
 
 /// Connects, authenticates, asks for the forward and says hello; `stage` says how far
@@ -422,15 +422,14 @@ async fn drain(
     grace: Duration,
 ) {
     shared.accepting.store(false, Ordering::SeqCst);
-    // Unsaid (the session is failing), the channels close themselves after a while.
-    if control
-        .write_all(&encode_line(&AgentMessage::Draining))
-        .await
-        .is_ok()
-    {
-        let _ = control.flush().await;
-    }
-    shared.drain.cancel();
+    // Unsaid (the session is failing), the channels stay open until `grace` is over.
+    let said = async {
+        control
+            .write_all(&encode_line(&AgentMessage::Draining))
+            .await?;
+        control.flush().await
+    };
+    let _ = tokio::time::timeout(GOODBYE_WRITE_LIMIT, said).await;
     info!("draining in-flight calls");
     let _ = tokio::time::timeout(grace, wait_idle(tasks)).await;
 }

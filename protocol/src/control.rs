@@ -23,7 +23,7 @@ pub enum AgentMessage {
     /// new calls itself and closes the channels it holds to the agent, each idle one at
     /// once and each busy one when its call ends: only the relay knows which of them has
     /// a request on its way, so the agent closes none. A relay that predates it reads and
-    /// ignores it, and the agent closes its channels after a while.
+    /// ignores it; the agent's channels then stay open until its grace is over.
     Draining,
 }
 

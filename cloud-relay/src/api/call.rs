@@ -264,7 +264,9 @@ fn classify(
         .registry
         .get(&live.agent_id)
         .is_some_and(|s| s.session_id == live.session_id);
-    if !still_live {
+    // A session that failed a channel open is ending, though it may not be out of the
+    // registry yet; the channel never opened, so nothing was sent.
+    if !still_live || matches!(e, CallError::SessionClosed) {
         return ApiError::new(
             ErrorCode::AgentOffline,
             format!(
