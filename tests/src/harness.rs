@@ -555,15 +555,42 @@ impl Api {
         online: bool,
         limit: Duration,
     ) -> Result<AgentInfo> {
+        self.wait_agent(agent, &format!("online={online}"), limit, |info| {
+            info.online == online
+        })
+        .await
+    }
+
+    /// Waits until `agent` is online on another session than `old` (from another address):
+    /// right after a reconnect the relay may still show the old one online.
+    pub async fn wait_new_session(
+        &self,
+        agent: &str,
+        old: &AgentInfo,
+        limit: Duration,
+    ) -> Result<AgentInfo> {
+        self.wait_agent(agent, "online on a new session", limit, |info| {
+            info.online && info.remote_addr != old.remote_addr
+        })
+        .await
+    }
+
+    async fn wait_agent(
+        &self,
+        agent: &str,
+        what: &str,
+        limit: Duration,
+        done: impl Fn(&AgentInfo) -> bool,
+    ) -> Result<AgentInfo> {
         let deadline = Instant::now() + limit;
         loop {
             if let Ok(info) = self.agent(agent).await
-                && info.online == online
+                && done(&info)
             {
                 return Ok(info);
             }
             if Instant::now() >= deadline {
-                bail!("agent {agent} not online={online} within {limit:?}");
+                bail!("agent {agent} not {what} within {limit:?}");
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }

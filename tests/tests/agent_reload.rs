@@ -85,7 +85,7 @@ async fn reload_swaps_connections_without_dropping_the_tunnel_or_a_call() -> Res
     // A call under way (the internal server takes 3 s) while the config changes.
     let caller = api.clone();
     let in_flight = tokio::spawn(async move { caller.call("a1", "o", "/slow").await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    w.internal.has_seen("/slow").await?;
 
     world.write_config(&world.token, &["o", "p"])?;
     let (code, text) = reload(&w.bins, &config)?;
@@ -200,7 +200,8 @@ async fn a_new_token_is_tried_at_once_after_a_reload() -> Result<()> {
     let before = status_json(&w.bins, &config)?["reconnects"].as_u64();
     let caller = api.clone();
     let in_flight = tokio::spawn(async move { caller.call("a1", "o", "/slow").await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    w.internal.has_seen("/slow").await?;
+    let old = api.agent("a1").await?;
     let text = std::fs::read_to_string(&config)?.replace(
         &format!("relay = \"{}\"", w.relay.ssh),
         &format!("relay = \"localhost:{}\"", w.relay.ssh.port()),
@@ -218,7 +219,8 @@ async fn a_new_token_is_tried_at_once_after_a_reload() -> Result<()> {
         "reconnecting with the reloaded settings",
         Duration::from_secs(5),
     )?;
-    api.wait_online("a1", true, Duration::from_secs(5)).await?;
+    api.wait_new_session("a1", &old, Duration::from_secs(5))
+        .await?;
     assert_eq!(api.call("a1", "o", "/x").await?.status(), 200);
     let status = status_json(&w.bins, &config)?;
     assert_eq!(

@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use postern_tests::harness::Tunnel;
 use postern_tests::internal_server::{InternalServer, Verifier};
-use postern_tests::relay_support::{OpenedChannels, RelayWorld, hand_driven_agent};
+use postern_tests::relay_support::{
+    OpenedChannels, RelayWorld, eventually, hand_driven_agent, sample, scrape,
+};
 use postern_tests::temp::TempDir;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -142,8 +144,18 @@ async fn a_call_channel_confirmed_after_the_timeout_carries_the_next_call() -> R
         Ok(String::from_utf8_lossy(&head).into_owned())
     });
     // Once the late channel is in the pool, a second call is answered on it at once,
-    // with no new channel (which this agent would confirm too late).
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // with no new channel (which this agent would confirm too late). The relay counts the
+    // channel and pools it in one step, with no wait in between.
+    eventually(
+        "the late channel counted",
+        Duration::from_secs(5),
+        || async {
+            scrape(&w.admin)
+                .await
+                .is_ok_and(|s| sample(&s, "postern_call_channels_opened_total") == 1.0)
+        },
+    )
+    .await?;
     let second = w.admin.call("slow", "orders", "/second").await?;
     assert_eq!(second.status(), 200);
     assert_eq!(second.text().await?, "pooled");
