@@ -50,6 +50,11 @@ pub struct CallContext {
     metrics: Arc<AgentMetrics>,
 }
 
+/// How long a connection to an internal server may wait idle for the next call. Servers
+/// close idle connections too, Node's, Apache's and uvicorn's after 5 s: one that closes
+/// as a request goes out on it fails that call (502), so the agent lets go first.
+const UPSTREAM_IDLE: Duration = Duration::from_secs(4);
+
 impl CallContext {
     /// A context of its own, for one-off use such as `postern connection test`.
     pub fn new(connection: Arc<Connection>) -> Result<Self, reqwest::Error> {
@@ -66,6 +71,7 @@ impl CallContext {
     ) -> Result<Self, reqwest::Error> {
         let mut builder = reqwest::Client::builder()
             .connect_timeout(connection.timeout)
+            .pool_idle_timeout(UPSTREAM_IDLE)
             // Not `read_timeout`: see call/idle_timeout.rs.
             // Redirects could lead off the base URI: hand them back to the caller instead.
             .redirect(reqwest::redirect::Policy::none())
