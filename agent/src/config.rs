@@ -562,15 +562,21 @@ pub fn write_private_bytes(
 ) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+    let folder = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    // Writers at once (two admins, a tool running tasks side by side) would take each
+    // other's temp file and rename a half-written one into place: one at a time, by an
+    // advisory lock on the folder, held until this returns. A folder that cannot be
+    // opened to lock is written to unlocked, as before.
+    let _one_at_a_time = std::fs::File::open(folder).and_then(|f| f.lock().map(|()| f));
     // The entry replaced, not what it may point at: a symlink planted there does not lend
     // its target's owner.
     let old = match std::fs::symlink_metadata(path) {
         Ok(meta) => Some((meta.uid(), meta.gid())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && current_uid() == Some(0) => {
-            let folder = path.parent().filter(|d| !d.as_os_str().is_empty());
-            std::fs::metadata(folder.unwrap_or(Path::new(".")))
-                .ok()
-                .map(|m| (m.uid(), m.gid()))
+            std::fs::metadata(folder).ok().map(|m| (m.uid(), m.gid()))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(e),

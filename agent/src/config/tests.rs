@@ -732,3 +732,46 @@ fn a_test_is_refused_the_methods_a_call_is() {
         );
     }
 }
+
+/// Writers at once (two admins, or a tool running tasks side by side) each leave a whole
+/// file: none renames another's half-written temp file into place, or fails for it.
+#[test]
+fn writes_at_once_never_leave_a_mixed_or_short_file() {
+    let dir = std::env::temp_dir().join(format!("postern-write-race-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join("agent.toml");
+    const LEN: usize = 1024 * 1024;
+    let writers: Vec<_> = (b'a'..=b'f')
+        .map(|letter| {
+            let path = path.clone();
+            std::thread::spawn(move || {
+                let text = vec![letter; LEN];
+                (0..200)
+                    .filter_map(|_| write_private_bytes(&path, &text, None).err())
+                    .map(|e| e.to_string())
+                    .next()
+            })
+        })
+        .collect();
+    let (mut reads, mut bad) = (0, Vec::new());
+    while !writers.iter().all(|w| w.is_finished()) {
+        if let Ok(read) = std::fs::read(&path) {
+            reads += 1;
+            if read.len() != LEN || read.iter().any(|b| *b != read[0]) {
+                bad.push(read.len());
+            }
+        }
+    }
+    let failed: Vec<_> = writers
+        .into_iter()
+        .filter_map(|w| w.join().expect("writer"))
+        .collect();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(failed.is_empty(), "writes failed: {failed:?}");
+    bad.truncate(10);
+    assert!(
+        bad.is_empty(),
+        "broken files in {reads} reads, lengths {bad:?}…"
+    );
+}
