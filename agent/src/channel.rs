@@ -11,6 +11,7 @@ use postern_protocol::ErrorCode;
 use postern_protocol::channel_io::ChannelIo;
 use russh::Channel;
 use russh::client::Msg;
+use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::call::{self, CallContext};
@@ -32,7 +33,13 @@ pub async fn serve_test(channel: Channel<Msg>, ctx: Arc<CallContext>) {
 ///
 /// A draining agent does not close the channel either: a request may be on its way on it,
 /// and would be lost. The relay knows; told `draining`, it closes the channel once idle.
-pub async fn serve(channel: Channel<Msg>, name: Arc<str>, calls: Arc<CallTable>) {
+/// Only facing an older relay, which would not, does `close` end it once idle.
+pub async fn serve(
+    channel: Channel<Msg>,
+    name: Arc<str>,
+    calls: Arc<CallTable>,
+    close: CancellationToken,
+) {
     let io = TokioIo::new(ChannelIo::new(channel));
     let service = service_fn(move |request| {
         let (ctx, name) = (calls.get(&name), name.clone());
@@ -51,7 +58,16 @@ pub async fn serve(channel: Channel<Msg>, name: Arc<str>, calls: Arc<CallTable>)
         .keep_alive(true)
         .max_buf_size(256 * 1024)
         .serve_connection(io, service);
-    if let Err(e) = connection.await {
+    tokio::pin!(connection);
+    let result = tokio::select! {
+        r = connection.as_mut() => r,
+        _ = close.cancelled() => {
+            // Finish the call under way, then close the channel.
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(e) = result {
         debug!(error = %e, "channel closed with an error");
     }
 }

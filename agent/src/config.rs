@@ -566,11 +566,7 @@ pub fn write_private_bytes(
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    // Writers at once (two admins, a tool running tasks side by side) would take each
-    // other's temp file and rename a half-written one into place: one at a time, by an
-    // advisory lock on the folder, held until this returns. A folder that cannot be
-    // opened to lock is written to unlocked, as before.
-    let _one_at_a_time = std::fs::File::open(folder).and_then(|f| f.lock().map(|()| f));
+    let _one_at_a_time = lock_folder(folder)?;
     // The entry replaced, not what it may point at: a symlink planted there does not lend
     // its target's owner.
     let old = match std::fs::symlink_metadata(path) {
@@ -606,6 +602,35 @@ pub fn write_private_bytes(
         let _ = std::fs::remove_file(&tmp);
     }
     written
+}
+
+/// How long a write waits for another to finish before it gives up.
+const WRITE_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Writers at once (two admins, a tool running tasks side by side) would take each
+/// other's temp file and rename a half-written one into place: they take turns on an
+/// advisory lock on the folder, held while the returned file is. A folder that cannot be
+/// opened, or locked at all (some network file systems), is written to unlocked, as before.
+fn lock_folder(folder: &Path) -> std::io::Result<Option<std::fs::File>> {
+    let Ok(file) = std::fs::File::open(folder) else {
+        return Ok(None);
+    };
+    let waited_from = std::time::Instant::now();
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(Some(file)),
+            Err(std::fs::TryLockError::WouldBlock) => {}
+            Err(std::fs::TryLockError::Error(_)) => return Ok(None),
+        }
+        // Anyone who can read the folder can hold its lock: wait, but not for ever.
+        if waited_from.elapsed() >= WRITE_LOCK_WAIT {
+            return Err(std::io::Error::other(format!(
+                "another write in {} still holds its lock after {WRITE_LOCK_WAIT:?} (another postern command?); try again",
+                folder.display()
+            )));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
 
 /// Refuses files that others can read: they hold tokens and keys.

@@ -10,6 +10,7 @@ use russh::client::{ChannelOpenHandle, DisconnectReason, Msg, Session};
 use russh::keys::{HashAlg, PublicKeyOrCertificate};
 use russh::{Channel, ChannelOpenFailure, Preferred, cipher, kex};
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info_span, warn};
 
@@ -75,6 +76,9 @@ pub struct Shared {
     /// True once our forward is granted; false again while draining.
     pub accepting: Arc<AtomicBool>,
     pub tasks: TaskTracker,
+    /// Cancelled when the agent drains facing a relay older than `RELAY_CLOSES_DRAINING`:
+    /// each channel then closes itself once its call under way is answered.
+    pub close_channels: CancellationToken,
     pub disconnected: Arc<Notify>,
     pub disconnect_reason: Arc<Mutex<Option<String>>>,
 }
@@ -113,6 +117,7 @@ impl russh::client::Handler for AgentSsh {
         // Counted among the channel tasks from before the check: a drain that starts
         // after it passed must wait for this channel, not see no task and disconnect.
         let _counted = self.shared.tasks.token();
+        std::sync::atomic::fence(Ordering::SeqCst);
         if !self.shared.accepting.load(Ordering::SeqCst) {
             reply
                 .reject(ChannelOpenFailure::AdministrativelyProhibited)
@@ -137,6 +142,7 @@ impl russh::client::Handler for AgentSsh {
                         channel,
                         ctx.connection.name.as_str().into(),
                         self.shared.calls.clone(),
+                        self.shared.close_channels.clone(),
                     )
                     .instrument(span),
                 );

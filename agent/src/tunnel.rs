@@ -9,7 +9,7 @@ use postern_protocol::PROTOCOL_VERSION;
 use postern_protocol::control::{
     AgentMessage, EndReason, MAX_CONTROL_LINE, RelayMessage, decode_line, encode_line,
 };
-use postern_protocol::version::{FORWARD_ADDRESS, SSH_USER};
+use postern_protocol::version::{FORWARD_ADDRESS, RELAY_CLOSES_DRAINING, SSH_USER};
 use russh::ChannelStream;
 use russh::client::Msg;
 use tokio::io::{
@@ -101,6 +101,7 @@ pub async fn run(
     let tasks = TaskTracker::new();
     let mut backoff = Backoff::default();
     let mut relay_index = 0usize;
+    let mut drained = false;
     loop {
         let current = config.borrow_and_update().clone();
         let started = Instant::now();
@@ -118,6 +119,8 @@ pub async fn run(
         .await;
         state.send_modify(|s| s.connected = false);
         if shutdown.is_cancelled() {
+            // A session that drained gave its calls their grace already.
+            drained = matches!(outcome, Ok(SessionEnd::Shutdown));
             break;
         }
         let mut refused = false;
@@ -173,10 +176,14 @@ pub async fn run(
         }
     }
     tasks.close();
-    if tokio::time::timeout(SHUTDOWN_GRACE, tasks.wait())
-        .await
-        .is_err()
-    {
+    // Calls left from a lost session (their answers can go nowhere), or outliving the
+    // drain: with the drain's grace, a stop stays within the unit's TimeoutStopSec (45 s).
+    let left = if drained {
+        GOODBYE_WRITE_LIMIT
+    } else {
+        SHUTDOWN_GRACE
+    };
+    if tokio::time::timeout(left, tasks.wait()).await.is_err() {
         warn!("calls still running after the shutdown grace period; dropping them");
     }
     info!("agent stopped");
@@ -189,6 +196,8 @@ struct Established {
     reader: BufReader<Take<ReadHalf<ChannelStream<Msg>>>>,
     announced: Vec<String>,
     agent_name: String,
+    /// The protocol version the relay's welcome named.
+    relay_protocol: u32,
 }
 
 /// One SSH session, from connect to its end.
@@ -206,6 +215,7 @@ async fn session(
         seen_fingerprint: Arc::new(Mutex::new(None)),
         calls: calls.clone(),
         accepting: Arc::new(AtomicBool::new(false)),
+        close_channels: CancellationToken::new(),
         tasks: tasks.clone(),
         disconnected: Arc::new(Notify::new()),
         disconnect_reason: Arc::new(Mutex::new(None)),
@@ -217,6 +227,7 @@ async fn session(
         reader,
         mut announced,
         agent_name,
+        relay_protocol,
     } = tokio::select! {
         _ = shutdown.cancelled() => return Ok(SessionEnd::Shutdown),
         r = tokio::time::timeout(SETUP_TIMEOUT, establish(config, relay, calls, &shared, &stage)) => match r {
@@ -246,21 +257,15 @@ async fn session(
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => {
-                drain(&shared, &mut write, tasks, SHUTDOWN_GRACE).await;
-                let _ = handle
-                    .disconnect(russh::Disconnect::ByApplication, "agent shutting down", "")
-                    .await;
-                wait_written(&mut handle).await;
+                let drain = Drain { shared: &shared, control: &mut write, relay_protocol, tasks };
+                drain.then_disconnect(&mut handle, SHUTDOWN_GRACE, "agent shutting down").await;
                 return Ok(SessionEnd::Shutdown);
             }
             Ok(()) = updates.changed() => {
                 let new = updates.borrow_and_update().clone();
                 if session_settings_differ(config, &new) {
-                    drain(&shared, &mut write, tasks, RECONFIGURE_GRACE).await;
-                    let _ = handle
-                        .disconnect(russh::Disconnect::ByApplication, "agent reconnects with new settings", "")
-                        .await;
-                    wait_written(&mut handle).await;
+                    let drain = Drain { shared: &shared, control: &mut write, relay_protocol, tasks };
+                    drain.then_disconnect(&mut handle, RECONFIGURE_GRACE, "agent reconnects with new settings").await;
                     return Ok(SessionEnd::Reconfigured);
                 }
                 let names = calls.names();
@@ -393,10 +398,14 @@ async fn establish(
         .read_until(b'\n', &mut line)
         .await
         .map_err(|e| TunnelError::Control(e.to_string()))?;
-    let agent_name = match decode_line::<RelayMessage>(&line)
+    let (agent_name, relay_protocol) = match decode_line::<RelayMessage>(&line)
         .map_err(|e| TunnelError::Control(e.to_string()))?
     {
-        RelayMessage::Welcome { agent_name, .. } => agent_name,
+        RelayMessage::Welcome {
+            agent_name,
+            protocol_version,
+            ..
+        } => (agent_name, protocol_version),
         RelayMessage::Refused { code, message } => {
             return Err(TunnelError::HelloRefused { code, message });
         }
@@ -410,28 +419,54 @@ async fn establish(
         reader,
         announced,
         agent_name,
+        relay_protocol,
     })
 }
 
-/// Stops taking channels and tells the relay, which closes them, idle ones at once and
-/// busy ones once their call is answered; waits for that up to `grace`.
-async fn drain(
-    shared: &Shared,
-    control: &mut WriteHalf<ChannelStream<Msg>>,
-    tasks: &TaskTracker,
-    grace: Duration,
-) {
-    shared.accepting.store(false, Ordering::SeqCst);
-    // Unsaid (the session is failing), the channels stay open until `grace` is over.
-    let said = async {
-        control
-            .write_all(&encode_line(&AgentMessage::Draining))
-            .await?;
-        control.flush().await
-    };
-    let _ = tokio::time::timeout(GOODBYE_WRITE_LIMIT, said).await;
-    info!("draining in-flight calls");
-    let _ = tokio::time::timeout(grace, wait_idle(tasks)).await;
+/// What a session's drain needs: its channel tasks, and its control channel to say so.
+struct Drain<'a> {
+    shared: &'a Shared,
+    control: &'a mut WriteHalf<ChannelStream<Msg>>,
+    /// The protocol version the relay's welcome named.
+    relay_protocol: u32,
+    tasks: &'a TaskTracker,
+}
+
+impl Drain<'_> {
+    /// Stops taking channels and has them closed, idle ones at once and busy ones once
+    /// their call is answered; waits for that up to `grace`, then ends the session.
+    async fn then_disconnect(
+        self,
+        handle: &mut russh::client::Handle<AgentSsh>,
+        grace: Duration,
+        words: &str,
+    ) {
+        self.shared.accepting.store(false, Ordering::SeqCst);
+        // Pairs with the fence after a channel open's count (ssh_client.rs): either that
+        // open sees `accepting` false, or `wait_idle` sees its count.
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if self.relay_protocol >= RELAY_CLOSES_DRAINING {
+            // The relay closes them: only it knows whether a request is on its way on an
+            // idle one. Unsaid (the session is failing), they stay open until `grace`.
+            let said = async {
+                self.control
+                    .write_all(&encode_line(&AgentMessage::Draining))
+                    .await?;
+                self.control.flush().await
+            };
+            let _ = tokio::time::timeout(GOODBYE_WRITE_LIMIT, said).await;
+        } else {
+            // An older relay would not: each closes itself once idle, which can cross a
+            // request on its way (that call fails with 502).
+            self.shared.close_channels.cancel();
+        }
+        info!("draining in-flight calls");
+        let _ = tokio::time::timeout(grace, wait_idle(self.tasks)).await;
+        let _ = handle
+            .disconnect(russh::Disconnect::ByApplication, words, "")
+            .await;
+        wait_written(handle).await;
+    }
 }
 
 /// Why the session ended: the relay's `ending` notice if one is still on its way

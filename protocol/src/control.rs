@@ -22,8 +22,8 @@ pub enum AgentMessage {
     /// The agent is stopping or reconnecting and takes no new calls. The relay answers
     /// new calls itself and closes the channels it holds to the agent, each idle one at
     /// once and each busy one when its call ends: only the relay knows which of them has
-    /// a request on its way, so the agent closes none. A relay that predates it reads and
-    /// ignores it; the agent's channels then stay open until its grace is over.
+    /// a request on its way, so the agent closes none. Sent only to a relay of protocol
+    /// `RELAY_CLOSES_DRAINING` or later (an older one would ignore it).
     Draining,
 }
 

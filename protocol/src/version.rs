@@ -2,7 +2,12 @@
 //! Bump it only for changes an older peer would misread.
 
 /// Version of the agent ⇄ relay protocol (control messages and channel targets).
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
+
+/// The first version whose relay, told `draining`, closes the agent's channels itself
+/// (see `control::AgentMessage::Draining`). Facing an older relay, a draining agent
+/// closes them itself, as all did before.
+pub const RELAY_CLOSES_DRAINING: u32 = 2;
 
 /// Oldest agent protocol version this build of the relay still serves.
 pub const MIN_SUPPORTED_PROTOCOL_VERSION: u32 = 1;

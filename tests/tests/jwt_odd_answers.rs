@@ -106,6 +106,9 @@ async fn a_failed_refresh_keeps_using_the_still_valid_token() -> Result<()> {
     let (status, body) = call(&tunnel, "erp").await?;
     assert_eq!(status, 200, "{body}");
     let first = body["token"].clone();
+    // The token's life began between `started` and now: before the call, the agent had
+    // none; it counts from its own request to the endpoint.
+    let issued_by = Instant::now();
 
     // Down for a while, from before the refresh window opens.
     endpoint.set_fault(Some(Fault::Answer {
@@ -114,7 +117,7 @@ async fn a_failed_refresh_keeps_using_the_still_valid_token() -> Result<()> {
         body: "maintenance",
     }));
     tokio::time::sleep(
-        (started + Duration::from_millis(18_400)).saturating_duration_since(Instant::now()),
+        (issued_by + Duration::from_millis(18_100)).saturating_duration_since(Instant::now()),
     )
     .await;
     for _ in 0..3 {
@@ -130,7 +133,8 @@ async fn a_failed_refresh_keeps_using_the_still_valid_token() -> Result<()> {
 
     // Expired: never sent; the failure comes back.
     tokio::time::sleep(
-        (started + LIFETIME + Duration::from_millis(300)).saturating_duration_since(Instant::now()),
+        (issued_by + LIFETIME + Duration::from_millis(300))
+            .saturating_duration_since(Instant::now()),
     )
     .await;
     let (status, body) = call(&tunnel, "erp").await?;

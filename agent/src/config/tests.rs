@@ -741,13 +741,13 @@ fn writes_at_once_never_leave_a_mixed_or_short_file() {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("temp dir");
     let path = dir.join("agent.toml");
-    const LEN: usize = 1024 * 1024;
+    const LEN: usize = 128 * 1024;
     let writers: Vec<_> = (b'a'..=b'f')
         .map(|letter| {
             let path = path.clone();
             std::thread::spawn(move || {
                 let text = vec![letter; LEN];
-                (0..200)
+                (0..50)
                     .filter_map(|_| write_private_bytes(&path, &text, None).err())
                     .map(|e| e.to_string())
                     .next()
@@ -774,4 +774,39 @@ fn writes_at_once_never_leave_a_mixed_or_short_file() {
         bad.is_empty(),
         "broken files in {reads} reads, lengths {bad:?}…"
     );
+}
+
+/// Anyone who can read the folder can hold its lock: a write waits for it, then gives up
+/// with a reason rather than hang.
+#[test]
+fn a_write_waits_for_the_folders_lock_but_not_for_ever() {
+    let dir = std::env::temp_dir().join(format!("postern-write-lock-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join("agent.toml");
+    let held = std::fs::File::open(&dir).expect("folder");
+    held.lock().expect("lock");
+    // Let go a moment later: the write waited, and went through.
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        drop(held);
+    });
+    write_private(&path, "a = 1\n").expect("written once the lock was free");
+    release.join().expect("release");
+
+    let held = std::fs::File::open(&dir).expect("folder");
+    held.lock().expect("lock");
+    let started = std::time::Instant::now();
+    let refused = write_private(&path, "a = 2\n").expect_err("held for ever");
+    assert!(started.elapsed() >= WRITE_LOCK_WAIT, "{refused}");
+    assert!(
+        refused.to_string().contains("still holds its lock"),
+        "{refused}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&path).ok().as_deref(),
+        Some("a = 1\n")
+    );
+    drop(held);
+    let _ = std::fs::remove_dir_all(&dir);
 }
