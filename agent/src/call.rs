@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::TryStreamExt;
-use http::header::{ALLOW, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
+use http::header::{
+    ALLOW, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER, TRANSFER_ENCODING,
+};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
@@ -387,7 +389,13 @@ pub(crate) async fn send(
     // An empty buffered body stays absent, as the caller sent it.
     let empty = matches!(&body, RequestBody::Buffered(b) if b.is_empty());
     if !empty || headers.contains_key(CONTENT_LENGTH) {
-        request = request.body(body.into_reqwest(&progress));
+        let body = body.into_reqwest(&progress);
+        // Said chunked, a body of unknown length goes out; left to hyper, a GET's or a
+        // HEAD's would not (its guess: those have none), and the server would get none.
+        if hyper::body::Body::size_hint(&body).exact().is_none() {
+            request = request.header(TRANSFER_ENCODING, "chunked");
+        }
+        request = request.body(body);
     }
     match postern_protocol::upload_progress::within(request.send(), &progress, conn.timeout).await {
         None => Err(timeout_error(conn)),

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::Response;
-use http::header::AUTHORIZATION;
+use http::header::{AUTHORIZATION, TRANSFER_ENCODING};
 use http::{HeaderValue, Uri};
 use postern_protocol::headers::{POSTERN_ERROR, REQUEST_ID};
 use postern_protocol::upload_progress::{Progress, Tracked, within};
@@ -142,12 +142,18 @@ async fn forward(
     if declared.is_some_and(|n| n > limit) {
         return Err(too_large(limit).into());
     }
+    // Said chunked, a body of unknown length goes on; left to hyper, a GET's or a HEAD's
+    // would not (its guess: those have none), and the agent would get none.
+    let chunked = hyper::body::Body::size_hint(&body).exact().is_none();
     let body = http_body_util::BodyExt::map_err(body, CallerBodyError);
     // A chunked body is cut off (and the call refused) once it passes the limit.
     let body = http_body_util::Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX));
     let uri = upstream_uri(&parts.uri)?;
     let mut headers = parts.headers;
     postern_protocol::headers::strip_hop_by_hop(&mut headers);
+    if chunked {
+        headers.insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+    }
     headers.remove(AUTHORIZATION);
     if let Ok(value) = HeaderValue::from_str(request_id) {
         headers.insert(REQUEST_ID, value);

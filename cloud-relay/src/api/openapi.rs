@@ -89,9 +89,9 @@ mod tests {
         assert_eq!(listed, codes);
     }
 
-    #[tokio::test]
-    async fn every_documented_operation_reaches_a_handler() {
-        let dir = std::env::temp_dir().join(format!("postern-openapi-{}", std::process::id()));
+    /// The relay's router on a fresh store in `name`'s folder, and an admin key for it.
+    fn relay(name: &str) -> (axum::Router, String, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("postern-{name}-{}", std::process::id()));
         let store = Arc::new(SqliteStore::open_in(&dir).expect("store"));
         let key = crate::secrets::new_token(SecretKind::ApiKey);
         store.create_api_key("admin", &key).expect("key");
@@ -100,36 +100,80 @@ mod tests {
             store,
             CancellationToken::new(),
         ));
-        let app = crate::api::router(ctx);
+        (crate::api::router(ctx), key.expose().to_owned(), dir)
+    }
+
+    /// Each documented operation: its method, its path with sample values, and the
+    /// security it names (`None`: the document's default, an API key).
+    fn operations() -> Vec<(String, String, Option<serde_json::Value>)> {
         let doc = document();
-        let mut checked = 0;
+        let mut all = Vec::new();
         for (path, operations) in doc["paths"].as_object().expect("paths") {
             let concrete = path
                 .replace("{agent}", "nobody")
                 .replace("{connection}", "c")
                 .replace("{path}", "x/y")
                 .replace("{name}", "nobody");
-            for method in operations.as_object().expect("operations").keys() {
-                let request = Request::builder()
-                    .method(method.to_uppercase().as_str())
-                    .uri(&concrete)
-                    .header("authorization", format!("Bearer {}", key.expose()))
-                    .header("content-type", "application/json")
-                    .body(Body::from("{}"))
-                    .expect("request");
-                let response = app.clone().oneshot(request).await.expect("answer");
-                let status = response.status().as_u16();
-                let body = axum::body::to_bytes(response.into_body(), 1 << 20)
-                    .await
-                    .expect("body");
-                let text = String::from_utf8_lossy(&body);
-                assert_ne!(status, 405, "{method} {path}: method not routed");
-                assert!(
-                    !text.contains("no such route"),
-                    "{method} {path}: not routed ({text})"
-                );
-                checked += 1;
+            for (method, operation) in operations.as_object().expect("operations") {
+                all.push((
+                    method.to_uppercase(),
+                    concrete.clone(),
+                    operation.get("security").cloned(),
+                ));
             }
+        }
+        all
+    }
+
+    /// What the document says of keys is what the relay asks: an operation that names no
+    /// security (`[]`) answers without a key, every other one refuses with 401.
+    #[tokio::test]
+    async fn each_operation_asks_for_a_key_as_documented() {
+        let (app, _, dir) = relay("openapi-security");
+        let mut keyless = 0;
+        for (method, path, security) in operations() {
+            let request = Request::builder()
+                .method(method.as_str())
+                .uri(&path)
+                .body(Body::empty())
+                .expect("request");
+            let status = app.clone().oneshot(request).await.expect("answer").status();
+            let open = security.is_some_and(|s| s.as_array().is_some_and(Vec::is_empty));
+            keyless += usize::from(open);
+            assert_eq!(
+                status == 401,
+                !open,
+                "{method} {path} without a key: {status}"
+            );
+        }
+        assert_eq!(keyless, 2, "/healthz and /v1/openapi.json");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn every_documented_operation_reaches_a_handler() {
+        let (app, key, dir) = relay("openapi");
+        let mut checked = 0;
+        for (method, path, _) in operations() {
+            let request = Request::builder()
+                .method(method.as_str())
+                .uri(&path)
+                .header("authorization", format!("Bearer {key}"))
+                .header("content-type", "application/json")
+                .body(Body::from("{}"))
+                .expect("request");
+            let response = app.clone().oneshot(request).await.expect("answer");
+            let status = response.status().as_u16();
+            let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+                .await
+                .expect("body");
+            let text = String::from_utf8_lossy(&body);
+            assert_ne!(status, 405, "{method} {path}: method not routed");
+            assert!(
+                !text.contains("no such route"),
+                "{method} {path}: not routed ({text})"
+            );
+            checked += 1;
         }
         assert!(checked >= 15, "only {checked} operations checked");
         let _ = std::fs::remove_dir_all(dir);
