@@ -35,8 +35,8 @@ fn set_mode(path: &Path, mode: u32) -> Result<()> {
         .with_context(|| path.display().to_string())
 }
 
-/// Every shim: records its name and arguments, then fails (exit 1, saying so on stderr)
-/// when its call matches the shell pattern `$FAILS`; `systemctl is-active --quiet UNIT`
+/// Every shim: records its name and arguments, then fails (exit 1, saying so on stderr, or
+/// saying `$FAILS_SAYING` with its `\n`s) when its call matches the shell pattern `$FAILS`; `systemctl is-active --quiet UNIT`
 /// answers as if exactly the units in `$ACTIVE_UNITS` ran, `getent passwd USER` as if
 /// exactly the users in `$KNOWN_USERS` existed.
 const SHIM: &str = r#"#!/bin/sh
@@ -44,7 +44,7 @@ name=$(basename "$0")
 echo "$name $*" >> "$SHIM_LOG"
 case "$name $*" in
 $FAILS)
-    echo "$name (shim): failing as the test asks" >&2
+    printf '%b\n' "${FAILS_SAYING:-$name (shim): failing as the test asks}" >&2
     exit 1
     ;;
 esac
@@ -207,6 +207,7 @@ impl Sandbox {
             .env("SHIM_LOG", self.dir.path().join("calls"))
             .env("ACTIVE_UNITS", active_units)
             .env_remove("FAILS")
+            .env_remove("FAILS_SAYING")
             .env_remove("KNOWN_USERS")
             .env_remove("POSTERN_CONFIG");
         command
@@ -560,9 +561,9 @@ fn service_install_stops_and_gives_the_owners_back_when_the_user_cannot_load_the
     let said = output_text(&out);
     assert_eq!(out.status.code(), Some(1), "{said}");
     for needle in [
-        "the service user cannot load the config; give it the files the config names",
-        "runuser -u postern -- /usr/local/bin/postern config check --config \
-         /etc/postern/agent.toml failed",
+        "the service user (postern) cannot load the config; give it the files the config names",
+        "`runuser -u postern -- /usr/local/bin/postern config check --config \
+         /etc/postern/agent.toml` said:",
         "runuser (shim): failing as the test asks",
     ] {
         assert!(said.contains(needle), "no {needle:?}: {said}");
@@ -588,6 +589,98 @@ fn service_install_stops_and_gives_the_owners_back_when_the_user_cannot_load_the
         "chown(2) gave the folder back (setting its ctime)"
     );
     assert_eq!(mode(&sandbox.etc("postern"))?, 0o700);
+    Ok(())
+}
+
+/// A config whose only problems are variables the unit's environment sets (sudo drops
+/// them from the installer's shell) installs, naming them; one more problem stops it.
+#[test]
+fn service_install_names_the_variables_it_could_not_check_and_goes_on() -> Result<()> {
+    let Some(sandbox) = service_sandbox("service-install-env", true, 0o700)? else {
+        return Ok(());
+    };
+    let args = ["service", "install", "--config", "/etc/postern/agent.toml"];
+    // What `config check` says of such a config, one problem and two.
+    let one = "error: loading /etc/postern/agent.toml: token: environment variable \
+               POSTERN_TOKEN is not set";
+    let two = "error: loading /etc/postern/agent.toml: 2 problems:\n  - token: environment \
+               variable POSTERN_TOKEN is not set\n  - connections.erp: auth.secret: \
+               environment variable ERP_JWT_SECRET is not set";
+    for said_by_check in [one, two] {
+        sandbox.forget_calls()?;
+        let env = [
+            ("KNOWN_USERS", "postern"),
+            ("FAILS", "runuser *"),
+            ("FAILS_SAYING", said_by_check),
+        ];
+        let out = postern(&sandbox, AGENT_UNIT, &env, &args)?;
+        let said = output_text(&out);
+        assert!(out.status.success(), "{said}");
+        for needle in [
+            "note: not checked here, as sudo does not pass them on",
+            "EnvironmentFile=",
+            "token: environment variable POSTERN_TOKEN is not set",
+            "`sudo postern status --config /etc/postern/agent.toml` shows how it is",
+        ] {
+            assert!(said.contains(needle), "no {needle:?}: {said}");
+        }
+        assert_eq!(
+            said_by_check == two,
+            said.contains("ERP_JWT_SECRET"),
+            "{said}"
+        );
+        assert!(sandbox.etc("systemd/system/postern-agent.service").exists());
+        assert!(
+            sandbox
+                .calls()?
+                .contains(&CALLS_AFTER_THE_UNIT[2].to_owned())
+        );
+    }
+
+    // A file it cannot read besides: refused, the unit not written again.
+    std::fs::remove_file(sandbox.etc("systemd/system/postern-agent.service"))?;
+    let mixed = format!(
+        "{two}\n  - connections.erp: auth.secret_file: /etc/postern/erp.secret: Permission denied"
+    );
+    let env = [
+        ("KNOWN_USERS", "postern"),
+        ("FAILS", "runuser *"),
+        ("FAILS_SAYING", mixed.as_str()),
+    ];
+    let out = postern(&sandbox, AGENT_UNIT, &env, &args)?;
+    let said = output_text(&out);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(said.contains("Permission denied"), "{said}");
+    assert!(!sandbox.etc("systemd/system/postern-agent.service").exists());
+    Ok(())
+}
+
+/// A config that is a link (to a managed folder) is named by the link in the unit: the
+/// agent takes the relative paths in it from the link's folder, as every command does.
+#[test]
+fn service_install_names_a_linked_config_by_its_link() -> Result<()> {
+    let Some(sandbox) = service_sandbox("service-install-link", true, 0o700)? else {
+        return Ok(());
+    };
+    let managed = sandbox.etc("postern/managed");
+    std::fs::create_dir(&managed)?;
+    std::fs::rename(
+        sandbox.etc("postern/agent.toml"),
+        managed.join("agent.toml"),
+    )?;
+    std::os::unix::fs::symlink("managed/agent.toml", sandbox.etc("postern/agent.toml"))?;
+    let args = ["service", "install", "--config", "/etc/postern/agent.toml"];
+    let out = postern(&sandbox, AGENT_UNIT, &[("KNOWN_USERS", "postern")], &args)?;
+    let said = output_text(&out);
+    assert!(out.status.success(), "{said}");
+    let written = std::fs::read_to_string(sandbox.etc("systemd/system/postern-agent.service"))?;
+    for line in [
+        "ExecStart=/usr/local/bin/postern run --config /etc/postern/agent.toml",
+        "ConditionPathExists=/etc/postern/agent.toml",
+    ] {
+        assert!(written.lines().any(|l| l == line), "no {line}: {written}");
+    }
+    assert!(!written.contains("managed"), "{written}");
     Ok(())
 }
 

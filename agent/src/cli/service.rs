@@ -107,14 +107,20 @@ fn hidden_from_the_service(
     config: &Path,
     named: &[(String, PathBuf)],
 ) -> Vec<String> {
+    // A config that is a link is read where the link points.
+    let target = std::fs::canonicalize(config).ok().filter(|t| t != config);
     let ours = [
         ("the program", binary, "/usr/local/bin/"),
         ("the config", config, "/etc/postern/"),
     ];
+    let linked = target
+        .as_deref()
+        .map(|t| ("the file the config links to", t, "/etc/postern/"));
     let named = named
         .iter()
         .map(|(place, path)| (place.as_str(), path.as_path(), "/etc/postern/"));
     ours.into_iter()
+        .chain(linked)
         .chain(named)
         .filter_map(|(what, path, instead)| {
             let why = hidden_why(path)?;
@@ -141,8 +147,13 @@ fn hidden_why(path: &Path) -> Option<&'static str> {
         .map(|(_, why)| *why)
 }
 
+/// Not canonicalized: a config that is a link keeps its own folder in the unit, the one
+/// the agent (and every command) takes the relative paths in it from.
 fn absolute(config: &Path) -> Result<PathBuf> {
-    std::fs::canonicalize(config).with_context(|| format!("finding {}", config.display()))
+    let path =
+        std::path::absolute(config).with_context(|| format!("finding {}", config.display()))?;
+    std::fs::metadata(&path).with_context(|| format!("finding {}", path.display()))?;
+    Ok(path)
 }
 
 fn this_binary() -> Result<PathBuf> {
@@ -231,26 +242,21 @@ pub(crate) fn install(config: &Path) -> Result<()> {
     // service user still cannot load the config.
     let handed = hand_over(&config)?;
     let binary_text = binary.display().to_string();
-    let checked = run(
-        "runuser",
-        &[
-            "-u",
-            SERVICE_USER,
-            "--",
-            &binary_text,
-            "config",
-            "check",
-            "--config",
-            &config_text,
-        ],
-    );
-    if let Err(e) = checked {
-        for (path, uid, gid) in handed.iter().rev() {
-            let _ = std::os::unix::fs::chown(path, Some(*uid), Some(*gid));
+    let unchecked = match check_as_service_user(&binary_text, &config_text) {
+        Ok(unchecked) => unchecked,
+        Err(e) => {
+            for (path, uid, gid) in handed.iter().rev() {
+                let _ = std::os::unix::fs::chown(path, Some(*uid), Some(*gid));
+            }
+            return Err(e);
         }
-        return Err(e.context(
-            "the service user cannot load the config; give it the files the config names (chown postern …)",
-        ));
+    };
+    if !unchecked.is_empty() {
+        say(&format!(
+            "note: not checked here, as sudo does not pass them on; the unit's environment \
+             must set them (EnvironmentFile= in a drop-in: `systemctl edit {UNIT_NAME}`):\n  {}",
+            unchecked.join("\n  ")
+        ))?;
     }
     let path = Path::new(UNIT_DIR).join(UNIT_NAME);
     std::fs::write(&path, unit).with_context(|| format!("writing {}", path.display()))?;
@@ -273,7 +279,62 @@ pub(crate) fn install(config: &Path) -> Result<()> {
             "{UNIT_NAME} did not stay up; `systemctl status {UNIT_NAME}` and `journalctl -u {UNIT_NAME}` say why"
         );
     }
-    say("postern-agent is running; `sudo postern status` shows how it is")
+    say(&format!(
+        "postern-agent is running; `sudo postern status --config {config_text}` shows how it is"
+    ))
+}
+
+/// `postern config check` as the service user: the files the config names must be its to
+/// read. The variables the unit's environment sets are not set in the installer's shell:
+/// a config whose only problems are those passes, and they come back to be named.
+fn check_as_service_user(binary: &str, config: &str) -> Result<Vec<String>> {
+    let args = [
+        "-u",
+        SERVICE_USER,
+        "--",
+        binary,
+        "config",
+        "check",
+        "--config",
+        config,
+    ];
+    say(&format!("+ runuser {}", args.join(" ")))?;
+    let out = Command::new("runuser")
+        .args(args)
+        .output()
+        .context("running runuser")?;
+    if out.status.success() {
+        return Ok(Vec::new());
+    }
+    let said = String::from_utf8_lossy(&out.stderr);
+    if let Some(unset) = only_unset_variables(&said) {
+        return Ok(unset);
+    }
+    bail!(
+        "the service user ({SERVICE_USER}) cannot load the config; give it the files the \
+         config names (chown {SERVICE_USER} …) and mend what else `runuser {}` said:\n{}{said}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+    )
+}
+
+/// The problems a failed `config check` listed, if every one is a variable not set here.
+fn only_unset_variables(said: &str) -> Option<Vec<String>> {
+    let listed: Vec<String> = said
+        .lines()
+        .filter_map(|l| l.strip_prefix("  - "))
+        .map(str::to_owned)
+        .collect();
+    // One problem comes on the error's own line.
+    let problems = if listed.is_empty() {
+        vec![said.trim().to_owned()]
+    } else {
+        listed
+    };
+    problems
+        .iter()
+        .all(|p| crate::config::is_unset_variable(p))
+        .then_some(problems)
 }
 
 /// Gives `config`, and its folder if it is root's alone, to the service user; returns

@@ -23,8 +23,9 @@ pub(crate) fn set_token(path: &Path, token_file: Option<&Path>) -> Result<()> {
     if let Some(env) = doc.get("token_env").and_then(Item::as_str) {
         bail!(
             "{} takes the token from the environment variable {env}, which postern cannot \
-             change: set it where the agent's environment is defined (e.g. the unit's \
-             Environment= or a drop-in), then restart the agent",
+             change: set it where the agent's environment is defined (for the service, the \
+             root-only file its drop-in names with EnvironmentFile=; never Environment=, \
+             which any local user can read), then restart the agent",
             path.display()
         );
     }
