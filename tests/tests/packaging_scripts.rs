@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use postern_tests::harness::output_text;
 use postern_tests::temp::TempDir;
 
@@ -281,6 +281,58 @@ fn maintainer_scripts_configure_without_the_files_the_admin_deleted() -> Result<
 
 /// Re-running install.sh over running units restarts them (else the old program keeps
 /// running); `--uninstall` says only what it did; `--root` staging leaves systemd alone.
+/// A remove stops the unit and leaves it enabled; the install that brings the package
+/// back starts it again if it ran before, and leaves it stopped if it did not (an upgrade
+/// alike: `try-restart` only).
+#[test]
+fn a_reinstall_after_a_remove_runs_the_unit_again_if_it_ran() -> Result<()> {
+    let Some(sandbox) = Sandbox::new("reinstall", true)? else {
+        return Ok(());
+    };
+    for (package, unit) in [
+        ("relay", "postern-relay.service"),
+        ("agent", "postern-agent.service"),
+    ] {
+        let script = |name: &str| repo().join(format!("packaging/debian/{package}/{name}"));
+        let run = |active: &str, name: &str, args: &[&str]| -> Result<Vec<String>> {
+            sandbox.forget_calls()?;
+            let mut all = vec![script(name).into_os_string()];
+            all.extend(args.iter().map(std::ffi::OsString::from));
+            let out = sandbox.run(active, "sh", &all)?;
+            ensure!(
+                out.status.success(),
+                "{name} {args:?}: {}",
+                output_text(&out)
+            );
+            Ok(sandbox
+                .calls()?
+                .into_iter()
+                .filter(|c| c.starts_with("deb-systemd-invoke"))
+                .collect())
+        };
+        run("", "postinst", &["configure", ""])?;
+        for ran in [true, false] {
+            let active = if ran { unit } else { "" };
+            assert_eq!(
+                run(active, "prerm", &["remove"])?,
+                [format!("deb-systemd-invoke stop {unit}")]
+            );
+            let expected = if ran { "start" } else { "try-restart" };
+            assert_eq!(
+                run("", "postinst", &["configure", "0.1.0-1"])?,
+                [format!("deb-systemd-invoke {expected} {unit}")],
+                "{package}, running before the remove: {ran}"
+            );
+        }
+        // The mark went with the reinstall: an upgrade later only restarts a running unit.
+        assert_eq!(
+            run("", "postinst", &["configure", "0.1.0-1"])?,
+            [format!("deb-systemd-invoke try-restart {unit}")]
+        );
+    }
+    Ok(())
+}
+
 #[test]
 fn install_sh_restarts_running_units_and_uninstall_says_only_what_it_did() -> Result<()> {
     let Some(sandbox) = Sandbox::new("install-sh-systemd", true)? else {
