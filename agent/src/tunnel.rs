@@ -257,16 +257,17 @@ async fn session(
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => {
-                let drain = Drain { shared: &shared, control: &mut write, relay_protocol, tasks };
-                drain.then_disconnect(&mut handle, SHUTDOWN_GRACE, "agent shutting down").await;
+                let drain = Drain { shared: &shared, control: &mut write, relay_protocol, tasks, notices: &mut notices };
+                // Whatever the relay said meanwhile, the agent stops.
+                let _ = drain.then_disconnect(&mut handle, SHUTDOWN_GRACE, "agent shutting down").await;
                 return Ok(SessionEnd::Shutdown);
             }
             Ok(()) = updates.changed() => {
                 let new = updates.borrow_and_update().clone();
                 if session_settings_differ(config, &new) {
-                    let drain = Drain { shared: &shared, control: &mut write, relay_protocol, tasks };
-                    drain.then_disconnect(&mut handle, RECONFIGURE_GRACE, "agent reconnects with new settings").await;
-                    return Ok(SessionEnd::Reconfigured);
+                    let drain = Drain { shared: &shared, control: &mut write, relay_protocol, tasks, notices: &mut notices };
+                    let ended = drain.then_disconnect(&mut handle, RECONFIGURE_GRACE, "agent reconnects with new settings").await;
+                    return ended.map_or(Ok(SessionEnd::Reconfigured), Err);
                 }
                 let names = calls.names();
                 if names != announced {
@@ -430,17 +431,21 @@ struct Drain<'a> {
     /// The protocol version the relay's welcome named.
     relay_protocol: u32,
     tasks: &'a TaskTracker,
+    /// The relay's notices: it may end the session during the drain, and say why.
+    notices: &'a mut tokio::sync::mpsc::Receiver<RelayMessage>,
 }
 
 impl Drain<'_> {
     /// Stops taking channels and has them closed, idle ones at once and busy ones once
-    /// their call is answered; waits for that up to `grace`, then ends the session.
+    /// their call is answered; waits for that up to `grace`, then ends the session. The
+    /// relay's `ending` if it ended the session first (revoked, replaced): its reason
+    /// decides what comes next, not the drain's.
     async fn then_disconnect(
         self,
         handle: &mut russh::client::Handle<AgentSsh>,
         grace: Duration,
         words: &str,
-    ) {
+    ) -> Option<TunnelError> {
         self.shared.accepting.store(false, Ordering::SeqCst);
         // Pairs with the fence after a channel open's count (ssh_client.rs): either that
         // open sees `accepting` false, or `wait_idle` sees its count.
@@ -461,11 +466,35 @@ impl Drain<'_> {
             self.shared.close_channels.cancel();
         }
         info!("draining in-flight calls");
-        let _ = tokio::time::timeout(grace, wait_idle(self.tasks)).await;
+        let notices = self.notices;
+        let ending = async {
+            while let Some(message) = notices.recv().await {
+                if let RelayMessage::Ending { reason, message } = message {
+                    return TunnelError::Ended { reason, message };
+                }
+            }
+            // The control channel is gone with the session: the tasks end as it does.
+            std::future::pending().await
+        };
+        let ended = tokio::select! {
+            biased;
+            ended = ending => Some(ended),
+            _ = tokio::time::timeout(grace, wait_idle(self.tasks)) => None,
+        };
+        // Ended as the tasks did: the notice may be queued still.
+        let ended = ended.or_else(|| {
+            std::iter::from_fn(|| notices.try_recv().ok()).find_map(|m| match m {
+                RelayMessage::Ending { reason, message } => {
+                    Some(TunnelError::Ended { reason, message })
+                }
+                _ => None,
+            })
+        });
         let _ = handle
             .disconnect(russh::Disconnect::ByApplication, words, "")
             .await;
         wait_written(handle).await;
+        ended
     }
 }
 

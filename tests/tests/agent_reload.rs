@@ -239,6 +239,49 @@ async fn a_new_token_is_tried_at_once_after_a_reload() -> Result<()> {
     Ok(())
 }
 
+/// The relay may end the session while the agent drains it to reconnect with new
+/// settings: its reason (here, revoked) decides what comes next, not the drain's (which
+/// would reconnect at once, then be refused as a stranger).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revocation_during_a_reconnects_drain_is_taken_as_one() -> Result<()> {
+    let world = world().await?;
+    let (w, api) = (&world.w, &world.w.admin);
+    let config = world.write_config(&world.token, &["o"])?;
+    let agent = AgentProcess::start(&w.bins, &config)?;
+    api.wait_online("a1", true, Duration::from_secs(15)).await?;
+    // A call under way holds the drain open (the internal server takes 3 s).
+    let caller = api.clone();
+    let in_flight = tokio::spawn(async move { caller.call("a1", "o", "/slow").await });
+    w.internal.has_seen("/slow").await?;
+    let text = std::fs::read_to_string(&config)?.replace(
+        &format!("relay = \"{}\"", w.relay.ssh),
+        &format!("relay = \"localhost:{}\"", w.relay.ssh.port()),
+    );
+    w.dir.write_private("agent.toml", &text)?;
+    let (code, text) = reload(&w.bins, &config)?;
+    assert_eq!(code, Some(0), "{text}");
+    agent
+        .logs
+        .wait_for("draining in-flight calls", Duration::from_secs(5))?;
+
+    let revoked = send(api, Method::DELETE, "/v1/agents/a1", None).await?;
+    assert_eq!(revoked.status, 204, "{}", revoked.json);
+    agent.logs.wait_for(
+        "the relay no longer accepts this agent's token",
+        Duration::from_secs(10),
+    )?;
+    assert!(
+        !agent
+            .logs
+            .contains("reconnecting with the reloaded settings"),
+        "{}",
+        agent.logs.text()
+    );
+    // Cut by the revocation, not answered.
+    assert_eq!(in_flight.await??.status(), 503);
+    Ok(())
+}
+
 /// The relay keeps channels open between calls; a call after a reload must still use the
 /// new settings, not those of the connection when its channel was opened.
 #[tokio::test(flavor = "multi_thread")]
