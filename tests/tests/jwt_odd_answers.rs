@@ -153,6 +153,70 @@ async fn a_failed_refresh_keeps_using_the_still_valid_token() -> Result<()> {
     Ok(())
 }
 
+/// A refresh that the token endpoint is slow to answer holds up only the call that makes
+/// it: the others go on with the token still valid, rather than queue behind the exchange
+/// (up to the connection's timeout) and then, past its expiry, fail.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_refresh_holds_up_only_the_call_that_makes_it() -> Result<()> {
+    // Refreshed after 18 s, expired after 20 s.
+    const LIFETIME: Duration = Duration::from_secs(20);
+    let dir = TempDir::new("jwt-slow-refresh")?;
+    let (_, public) = postern_tests::pki::ec256(dir.path())?;
+    let endpoint = endpoint(&public, ExpiresIn::Number(LIFETIME.as_secs())).await?;
+    let tunnel = Tunnel::start(
+        &bins(),
+        &dir,
+        &endpoint.connection("erp", "ES256", "ec.pem", "", ""),
+    )
+    .await?;
+    let (status, body) = call(&tunnel, "erp").await?;
+    assert_eq!(status, 200, "{body}");
+    let first = body["token"].clone();
+    let issued_by = Instant::now();
+
+    endpoint.set_fault(Some(Fault::Slow(Duration::from_secs(4))));
+    tokio::time::sleep(
+        (issued_by + Duration::from_millis(18_100)).saturating_duration_since(Instant::now()),
+    )
+    .await;
+    // Four calls at once: one makes the refresh; the others must not wait for it.
+    let calls: Vec<_> = (0..4)
+        .map(|_| {
+            let api = tunnel.api.clone();
+            tokio::spawn(async move {
+                let started = Instant::now();
+                let r = api.call("a1", "erp", "/x").await?;
+                let status = r.status().as_u16();
+                let body: Value = r.json().await?;
+                anyhow::Ok((status, body["token"].clone(), started.elapsed()))
+            })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for call in calls {
+        answers.push(call.await??);
+    }
+    assert!(
+        answers.iter().all(|(status, ..)| *status == 200),
+        "{answers:?}"
+    );
+    // Behind the exchange, each would have waited its 4 s, then had the new token.
+    let quick_with_the_old = answers
+        .iter()
+        .filter(|(_, token, took)| *token == first && *took < Duration::from_secs(2))
+        .count();
+    assert_eq!(quick_with_the_old, 3, "{answers:?}");
+    assert_eq!(
+        answers
+            .iter()
+            .filter(|(_, token, _)| *token != first)
+            .count(),
+        1,
+        "the refreshing call has the new token: {answers:?}"
+    );
+    Ok(())
+}
+
 #[test]
 fn config_check_refuses_user_info_in_urls_and_keys_beside_auth_none() -> Result<()> {
     let dir = TempDir::new("jwt-review-check")?;

@@ -39,7 +39,7 @@ pub struct JwtBearer {
     pub exchange: Option<Exchange>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Exchange {
     pub token_url: Url,
     pub grant_type: String,
@@ -51,14 +51,38 @@ pub struct Exchange {
     pub default_lifetime: Duration,
 }
 
+/// `params` may hold a `client_secret`: masked, as `connection show` masks it.
+impl std::fmt::Debug for Exchange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let params: BTreeMap<&str, &str> = self
+            .params
+            .iter()
+            .map(|(key, value)| {
+                let masked = MASKED_KEYS.contains(&key.as_str());
+                (key.as_str(), if masked { SECRET_MASK } else { value })
+            })
+            .collect();
+        f.debug_struct("Exchange")
+            .field("token_url", &self.token_url.as_str())
+            .field("grant_type", &self.grant_type)
+            .field("body", &self.body)
+            .field("params", &params)
+            .field("client_assertion", &self.client_assertion)
+            .field("default_lifetime", &self.default_lifetime)
+            .finish()
+    }
+}
+
 impl JwtBearer {
     /// A secret as `secret_encoding = "base64"` reads it: either alphabet, padded or not.
     /// `None` when it is not base64 or decodes to nothing: no secret is empty. `jwt decode
     /// --verify-with` reads a secret file with it too (this module is private to `config`).
     pub(crate) fn decode_base64(text: &str) -> Option<Vec<u8>> {
+        // Wrapped as `openssl rand -base64` (64 columns) and `base64` (76) write it.
+        let text: String = text.split_ascii_whitespace().collect();
         [STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD]
             .iter()
-            .find_map(|engine| engine.decode(text).ok())
+            .find_map(|engine| engine.decode(&text).ok())
             .filter(|bytes| !bytes.is_empty())
     }
 }
@@ -494,6 +518,22 @@ mod tests {
     }
 
     #[test]
+    fn debug_output_masks_the_exchanges_client_secret() {
+        let text = format!(
+            "{}params = {{ client_id = \"c\", client_secret = \"s3cret-value\" }}\n",
+            with_token_url("https://idp.internal/token")
+        );
+        let config = load(&text).expect("loads");
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("s3cret-value"), "{shown}");
+        assert!(
+            shown.contains(&format!("\"client_secret\": \"{SECRET_MASK}\"")),
+            "{shown}"
+        );
+        assert!(shown.contains("\"client_id\": \"c\""), "{shown}");
+    }
+
+    #[test]
     fn base64_secrets_decode_in_both_alphabets() {
         let decode = JwtBearer::decode_base64;
         assert_eq!(decode("aGVsbG8+Pz8/"), Some(b"hello>???".to_vec()));
@@ -501,5 +541,10 @@ mod tests {
         assert_eq!(decode("aGk"), Some(b"hi".to_vec()));
         assert_eq!(decode("not base64!"), None);
         assert_eq!(decode(""), None);
+        // 64 random bytes as `openssl rand -base64 64` writes them: wrapped at 64 columns.
+        let bytes: Vec<u8> = (0..64u8).map(|b| b.wrapping_mul(37)).collect();
+        let text = STANDARD.encode(&bytes);
+        let wrapped = format!("{}\n{}\n", &text[..64], &text[64..]);
+        assert_eq!(decode(&wrapped), Some(bytes));
     }
 }

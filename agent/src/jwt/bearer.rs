@@ -94,7 +94,10 @@ struct State {
 /// One per connection, shared by all its calls.
 pub struct BearerSource {
     auth: Arc<JwtBearer>,
-    state: Mutex<State>,
+    /// Held only to read or write, never across an exchange.
+    state: std::sync::Mutex<State>,
+    /// Held by the one call that mints (exchanges or signs for reuse) at a time.
+    minting: Mutex<()>,
     exchanges: ExchangeCounters,
     /// A fresh-per-call JWT whose payload has no `{{uuid}}` renders the same bytes all
     /// second long: the last one, by the second it was signed in. `None` with a `{{uuid}}`.
@@ -107,14 +110,17 @@ impl BearerSource {
             (!auth.signer.differs_within_a_second()).then(|| std::sync::Mutex::new(None));
         Self {
             auth,
-            state: Mutex::new(State::default()),
+            state: std::sync::Mutex::new(State::default()),
+            minting: Mutex::new(()),
             exchanges,
             this_second,
         }
     }
 
     /// The header for the next call. Only one exchange (or reusable signature) runs at a
-    /// time: concurrent callers wait for it and share its result.
+    /// time. While the cached token is still valid, only the call refreshing it waits for
+    /// that: the others go on with the cached one, so a slow token endpoint holds up no
+    /// call it does not have to. Without a valid token, callers wait and share the result.
     pub async fn get(
         &self,
         http: &reqwest::Client,
@@ -129,23 +135,35 @@ impl BearerSource {
             });
         }
         let asked = Instant::now();
-        let mut state = self.state.lock().await;
-        if let Some(c) = &state.cached
-            && Instant::now() < c.refresh_at
+        let still_valid = match &self.lock_state().cached {
+            Some(c) if asked < c.refresh_at => return Ok(self.bearer(c.header.clone(), true)),
+            Some(c) if asked < c.expires_at => Some(c.header.clone()),
+            _ => None,
+        };
+        let _minting = match still_valid {
+            Some(header) => match self.minting.try_lock() {
+                Ok(guard) => guard,
+                Err(_) => return Ok(self.bearer(header, true)),
+            },
+            None => self.minting.lock().await,
+        };
+        // Another call may have minted, or failed, while this one waited.
         {
-            return Ok(Bearer {
-                header: c.header.clone(),
-                cached: true,
-                exchanged: self.auth.exchange.is_some(),
-            });
-        }
-        if let Some((at, err)) = &state.failure
-            && *at >= asked
-        {
-            return Err(err.clone());
+            let state = self.lock_state();
+            if let Some(c) = &state.cached
+                && Instant::now() < c.refresh_at
+            {
+                return Ok(self.bearer(c.header.clone(), true));
+            }
+            if let Some((at, err)) = &state.failure
+                && *at >= asked
+            {
+                return Err(err.clone());
+            }
         }
         let started = Instant::now();
         let result = self.mint(http, timeout).await;
+        let mut state = self.lock_state();
         if self.auth.exchange.is_some() {
             match &result {
                 Ok(_) => self.exchanges.ok.inc(),
@@ -156,11 +174,7 @@ impl BearerSource {
             Ok((header, reuse)) => {
                 state.failure = None;
                 state.cached = reuse.and_then(|r| Cached::new(header.clone(), started, r));
-                Ok(Bearer {
-                    header,
-                    cached: false,
-                    exchanged: self.auth.exchange.is_some(),
-                })
+                Ok(self.bearer(header, false))
             }
             Err(e) => {
                 let now = Instant::now();
@@ -173,11 +187,7 @@ impl BearerSource {
                         .checked_add(REFRESH_RETRY)
                         .map_or(c.expires_at, |t| t.min(c.expires_at));
                     tracing::warn!(error = %e, left = ?(c.expires_at - now), "token refresh failed; the current token stays in use until it expires");
-                    return Ok(Bearer {
-                        header: c.header.clone(),
-                        cached: true,
-                        exchanged: self.auth.exchange.is_some(),
-                    });
+                    return Ok(self.bearer(c.header.clone(), true));
                 }
                 state.cached = None;
                 state.failure = Some((now, e.clone()));
@@ -186,22 +196,34 @@ impl BearerSource {
         }
     }
 
+    fn bearer(&self, header: HeaderValue, cached: bool) -> Bearer {
+        Bearer {
+            header,
+            cached,
+            exchanged: self.auth.exchange.is_some(),
+        }
+    }
+
+    fn lock_state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// For `postern status`: how long the cached token stays in use, if any.
     pub fn cache_state(&self) -> CacheState {
-        match self.state.try_lock() {
-            Err(_) => CacheState::Refreshing,
-            Ok(state) => match &state.cached {
-                Some(c) if c.refresh_at > Instant::now() => {
-                    CacheState::ValidFor(c.refresh_at - Instant::now())
-                }
-                _ => CacheState::Empty,
-            },
+        if self.minting.try_lock().is_err() {
+            return CacheState::Refreshing;
+        }
+        match &self.lock_state().cached {
+            Some(c) if c.refresh_at > Instant::now() => {
+                CacheState::ValidFor(c.refresh_at - Instant::now())
+            }
+            _ => CacheState::Empty,
         }
     }
 
     /// Drops the cached token if it is still `header` (the upstream refused it).
     pub async fn invalidate(&self, header: &HeaderValue) {
-        let mut state = self.state.lock().await;
+        let mut state = self.lock_state();
         if state.cached.as_ref().is_some_and(|c| c.header == header) {
             state.cached = None;
         }
@@ -466,7 +488,7 @@ mod tests {
         let first = s.get(&http, WAIT).await.expect("exchanges");
         assert_eq!(first.header, "Bearer first");
         // Into the refresh window, and the endpoint goes down for a while.
-        if let Some(c) = &mut s.state.lock().await.cached {
+        if let Some(c) = &mut s.lock_state().cached {
             c.refresh_at = Instant::now();
         }
         endpoint.answer(503, "down");
@@ -493,7 +515,7 @@ mod tests {
             "tried again after {REFRESH_RETRY:?}"
         );
         // Past its expiry it is never sent, whatever the endpoint says.
-        if let Some(c) = &mut s.state.lock().await.cached {
+        if let Some(c) = &mut s.lock_state().cached {
             (c.refresh_at, c.expires_at) = (Instant::now(), Instant::now());
         }
         let err = s.get(&http, WAIT).await.expect_err("no valid token left");

@@ -193,11 +193,14 @@ fn parse_response(
     default_lifetime: Duration,
 ) -> Result<AccessToken, ExchangeError> {
     let json: Option<Map<String, Value>> = serde_json::from_slice(bytes).ok();
+    // An endpoint may echo the assertion in its `error_description` too.
     let text_field = |name: &str| -> Option<String> {
-        json.as_ref()?
-            .get(name)?
-            .as_str()
-            .map(|s| s.chars().take(SNIPPET_CHARS * 2).collect())
+        json.as_ref()?.get(name)?.as_str().map(|s| {
+            without_credentials(s)
+                .chars()
+                .take(SNIPPET_CHARS * 2)
+                .collect()
+        })
     };
     // Some providers answer 200 with an error object; the `error` field decides.
     if let Some(error) = text_field("error") {
@@ -322,6 +325,16 @@ mod tests {
     #[test]
     fn odd_answers_never_carry_a_credential_into_the_error() {
         let assertion = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzdmMifQ.c2lnbmF0dXJl";
+        let described = format!(
+            r#"{{"error":"invalid_grant","error_description":"invalid assertion {assertion}"}}"#
+        );
+        let err = parse_response(URL, 400, described.as_bytes(), TEN_MIN).expect_err("400");
+        assert!(!err.to_string().contains("eyJ"), "{err}");
+        assert!(
+            err.to_string().contains("invalid assertion [JWT removed]"),
+            "{err}"
+        );
+
         let echoed = format!("bad request: assertion={assertion} rejected");
         let err = parse_response(URL, 400, echoed.as_bytes(), TEN_MIN).expect_err("400");
         assert!(!err.to_string().contains("eyJ"), "{err}");
