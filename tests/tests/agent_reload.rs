@@ -38,6 +38,18 @@ impl World {
         Ok(w.dir.write_private("agent.toml", &text)?)
     }
 
+    /// Names the relay `localhost:PORT` in `config`, where it was `127.0.0.1:PORT`: the
+    /// same relay, but new session settings (a reload then reconnects).
+    fn move_relay_to_localhost(&self, config: &Path) -> Result<()> {
+        let w = &self.w;
+        let text = std::fs::read_to_string(config)?.replace(
+            &format!("relay = \"{}\"", w.relay.ssh),
+            &format!("relay = \"localhost:{}\"", w.relay.ssh.port()),
+        );
+        w.dir.write_private("agent.toml", &text)?;
+        Ok(())
+    }
+
     /// Polls a call until it answers `status`, bounded by `limit`; returns how long it took.
     async fn wait_status(
         &self,
@@ -202,11 +214,7 @@ async fn a_new_token_is_tried_at_once_after_a_reload() -> Result<()> {
     let in_flight = tokio::spawn(async move { caller.call("a1", "o", "/slow").await });
     w.internal.has_seen("/slow").await?;
     let old = api.agent("a1").await?;
-    let text = std::fs::read_to_string(&config)?.replace(
-        &format!("relay = \"{}\"", w.relay.ssh),
-        &format!("relay = \"localhost:{}\"", w.relay.ssh.port()),
-    );
-    w.dir.write_private("agent.toml", &text)?;
+    world.move_relay_to_localhost(&config)?;
     let (code, text) = reload(&w.bins, &config)?;
     assert_eq!(code, Some(0), "{text}");
     assert!(text.contains("reconnecting"), "{text}");
@@ -253,11 +261,7 @@ async fn a_revocation_during_a_reconnects_drain_is_taken_as_one() -> Result<()> 
     let caller = api.clone();
     let in_flight = tokio::spawn(async move { caller.call("a1", "o", "/slow").await });
     w.internal.has_seen("/slow").await?;
-    let text = std::fs::read_to_string(&config)?.replace(
-        &format!("relay = \"{}\"", w.relay.ssh),
-        &format!("relay = \"localhost:{}\"", w.relay.ssh.port()),
-    );
-    w.dir.write_private("agent.toml", &text)?;
+    world.move_relay_to_localhost(&config)?;
     let (code, text) = reload(&w.bins, &config)?;
     assert_eq!(code, Some(0), "{text}");
     agent

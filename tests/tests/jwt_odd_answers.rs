@@ -87,28 +87,44 @@ async fn odd_token_answers_give_a_result_and_the_right_error_code() -> Result<()
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_failed_refresh_keeps_using_the_still_valid_token() -> Result<()> {
-    // Refreshed after 18 s (a tenth before expiry), expired after 20 s: the three calls
-    // inside that window have 1.6 s, room for a loaded machine.
-    const LIFETIME: Duration = Duration::from_secs(20);
-    let dir = TempDir::new("jwt-review-refresh")?;
+/// The access token a first call got, and a time after its life began: before that
+/// call the agent had none, and it counts from its own request to the endpoint.
+struct Issued {
+    first: Value,
+    issued_by: Instant,
+}
+
+/// An ES256 exchange connection `erp` whose tokens live `lifetime`, after a first call.
+async fn with_a_token(
+    tag: &str,
+    lifetime: Duration,
+) -> Result<(TempDir, TokenEndpoint, Tunnel, Issued)> {
+    let dir = TempDir::new(tag)?;
     let (_, public) = postern_tests::pki::ec256(dir.path())?;
-    let endpoint = endpoint(&public, ExpiresIn::Number(LIFETIME.as_secs())).await?;
+    let endpoint = endpoint(&public, ExpiresIn::Number(lifetime.as_secs())).await?;
     let tunnel = Tunnel::start(
         &bins(),
         &dir,
         &endpoint.connection("erp", "ES256", "ec.pem", "", ""),
     )
     .await?;
-
-    let started = Instant::now();
     let (status, body) = call(&tunnel, "erp").await?;
-    assert_eq!(status, 200, "{body}");
-    let first = body["token"].clone();
-    // The token's life began between `started` and now: before the call, the agent had
-    // none; it counts from its own request to the endpoint.
-    let issued_by = Instant::now();
+    anyhow::ensure!(status == 200, "first call: {status} {body}");
+    let issued = Issued {
+        first: body["token"].clone(),
+        issued_by: Instant::now(),
+    };
+    Ok((dir, endpoint, tunnel, issued))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_refresh_keeps_using_the_still_valid_token() -> Result<()> {
+    // Refreshed after 18 s (a tenth before expiry), expired after 20 s: the three calls
+    // inside that window have 1.6 s, room for a loaded machine.
+    const LIFETIME: Duration = Duration::from_secs(20);
+    let started = Instant::now();
+    let (_dir, endpoint, tunnel, Issued { first, issued_by }) =
+        with_a_token("jwt-review-refresh", LIFETIME).await?;
 
     // Down for a while, from before the refresh window opens.
     endpoint.set_fault(Some(Fault::Answer {
@@ -159,20 +175,8 @@ async fn a_failed_refresh_keeps_using_the_still_valid_token() -> Result<()> {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_slow_refresh_holds_up_only_the_call_that_makes_it() -> Result<()> {
     // Refreshed after 18 s, expired after 20 s.
-    const LIFETIME: Duration = Duration::from_secs(20);
-    let dir = TempDir::new("jwt-slow-refresh")?;
-    let (_, public) = postern_tests::pki::ec256(dir.path())?;
-    let endpoint = endpoint(&public, ExpiresIn::Number(LIFETIME.as_secs())).await?;
-    let tunnel = Tunnel::start(
-        &bins(),
-        &dir,
-        &endpoint.connection("erp", "ES256", "ec.pem", "", ""),
-    )
-    .await?;
-    let (status, body) = call(&tunnel, "erp").await?;
-    assert_eq!(status, 200, "{body}");
-    let first = body["token"].clone();
-    let issued_by = Instant::now();
+    let (_dir, endpoint, tunnel, Issued { first, issued_by }) =
+        with_a_token("jwt-slow-refresh", Duration::from_secs(20)).await?;
 
     endpoint.set_fault(Some(Fault::Slow(Duration::from_secs(4))));
     tokio::time::sleep(
