@@ -249,6 +249,7 @@ async fn run(
     postern_protocol::headers::strip_hop_by_hop_and_rerouting(&mut headers);
     // Only the agent authenticates to the internal server.
     headers.remove(AUTHORIZATION);
+    confine_destination(&conn.base_uri, &mut headers)?;
     ctx.limiter
         .acquire(conn.max_wait)
         .await
@@ -365,6 +366,34 @@ async fn run(
     builder
         .body(BodyExt::boxed(StreamBody::new(stream)))
         .map_err(|e| (ErrorCode::Internal, e.to_string()))
+}
+
+/// WebDAV's COPY and MOVE name where to write in `Destination`, an absolute URL: from a
+/// caller it could name any path of the internal server, or another server. The caller
+/// gives a path under the connection instead, as for the call itself, and the agent sends
+/// the URL it maps to; anything else is refused.
+fn confine_destination(base: &Url, headers: &mut HeaderMap) -> Result<(), (ErrorCode, String)> {
+    let name = http::HeaderName::from_static("destination");
+    let Some(given) = headers.get(&name) else {
+        return Ok(());
+    };
+    let refused = |why: String| {
+        (
+            ErrorCode::PathRejected,
+            format!(
+                "Destination: {why}; give a path under the connection, as in the call's own path (/folder/file)"
+            ),
+        )
+    };
+    let path = given
+        .to_str()
+        .ok()
+        .filter(|d| d.starts_with('/'))
+        .ok_or_else(|| refused("not a path".to_owned()))?;
+    let url = upstream_url::build(base, path).map_err(|e| refused(format!("{e}: {path:?}")))?;
+    let value = HeaderValue::from_str(url.as_str()).map_err(|e| refused(e.to_string()))?;
+    headers.insert(name, value);
+    Ok(())
 }
 
 /// Sends the request once. The connection's timeout bounds the wait for the response

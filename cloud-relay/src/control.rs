@@ -106,7 +106,17 @@ impl ControlChannel {
                 Ok(_) => {}
             }
             if !line.ends_with(b"\n") {
-                warn!(agent = %self.agent.name, "control line too long; closing the control channel");
+                // Left open unread, the channel's queue would hold whatever came next.
+                warn!(agent = %self.agent.name, "control line too long; ending the session");
+                self.closing_reason.set("control line too long");
+                let _ = self
+                    .handle
+                    .disconnect(
+                        russh::Disconnect::ProtocolError,
+                        "control line too long".into(),
+                        String::new(),
+                    )
+                    .await;
                 break;
             }
             self.on_message(&line);

@@ -389,8 +389,100 @@ impl AgentHandler {
     }
 }
 
+/// Ends the session of an agent that sent a channel request no agent sends (a shell, an
+/// environment variable, a terminal…). russh queues each on the channel before it asks
+/// the handler, and nobody reads those queues: answered only, a flood of them would grow
+/// the relay's memory for as long as the channel lived.
+fn no_such_request(peer: SocketAddr, what: &str) -> russh::Error {
+    warn!(%peer, request = what, "agent sent a channel request agents never send; ending its session");
+    russh::Error::RequestDenied
+}
+
 impl russh::server::Handler for AgentHandler {
     type Error = russh::Error;
+
+    async fn pty_request(
+        &mut self,
+        _: ChannelId,
+        _: &str,
+        _: u32,
+        _: u32,
+        _: u32,
+        _: u32,
+        _: &[(russh::Pty, u32)],
+        _: &mut Session,
+    ) -> Result<(), Self::Error> {
+        Err(no_such_request(self.peer, "pty-req"))
+    }
+
+    async fn x11_request(
+        &mut self,
+        _: ChannelId,
+        _: bool,
+        _: &str,
+        _: &str,
+        _: u32,
+        _: &mut Session,
+    ) -> Result<(), Self::Error> {
+        Err(no_such_request(self.peer, "x11-req"))
+    }
+
+    async fn env_request(
+        &mut self,
+        _: ChannelId,
+        _: &str,
+        _: &str,
+        _: &mut Session,
+    ) -> Result<(), Self::Error> {
+        Err(no_such_request(self.peer, "env"))
+    }
+
+    async fn shell_request(&mut self, _: ChannelId, _: &mut Session) -> Result<(), Self::Error> {
+        Err(no_such_request(self.peer, "shell"))
+    }
+
+    async fn exec_request(
+        &mut self,
+        _: ChannelId,
+        _: &[u8],
+        _: &mut Session,
+    ) -> Result<(), Self::Error> {
+        Err(no_such_request(self.peer, "exec"))
+    }
+
+    async fn subsystem_request(
+        &mut self,
+        _: ChannelId,
+        _: &str,
+        _: &mut Session,
+    ) -> Result<(), Self::Error> {
+        Err(no_such_request(self.peer, "subsystem"))
+    }
+
+    async fn window_change_request(
+        &mut self,
+        _: ChannelId,
+        _: u32,
+        _: u32,
+        _: u32,
+        _: u32,
+        _: &mut Session,
+    ) -> Result<(), Self::Error> {
+        Err(no_such_request(self.peer, "window-change"))
+    }
+
+    async fn agent_request(&mut self, _: ChannelId, _: &mut Session) -> Result<bool, Self::Error> {
+        Err(no_such_request(self.peer, "auth-agent-req"))
+    }
+
+    async fn signal(
+        &mut self,
+        _: ChannelId,
+        _: russh::Sig,
+        _: &mut Session,
+    ) -> Result<(), Self::Error> {
+        Err(no_such_request(self.peer, "signal"))
+    }
 
     async fn auth_password(&mut self, _user: &str, password: &str) -> Result<Auth, Self::Error> {
         let token = match SecretToken::parse(SecretKind::AgentToken, password) {

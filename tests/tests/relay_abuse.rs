@@ -363,3 +363,59 @@ async fn only_modern_ssh_algorithms_are_offered() -> Result<()> {
     }
     Ok(())
 }
+
+/// Waits (up to 5 s) for the relay to end `ssh`.
+async fn ended(ssh: &russh::client::Handle<postern_tests::relay_support::HandDriven>) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !ssh.is_closed() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    ssh.is_closed()
+}
+
+/// russh queues each channel request on its channel before the handler answers it, and
+/// nobody reads the relay's queues for them: an agent that sends what no agent sends (an
+/// environment variable, a shell…) has its session ended, not its requests kept.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_channel_request_no_agent_sends_ends_the_session() -> Result<()> {
+    let w = RelayWorld::start(bins()).await?;
+    let token = w.create_agent("odd").await?;
+    let handler = postern_tests::relay_support::HandDriven::default();
+    let (ssh, accepted) =
+        postern_tests::relay_support::ssh_login_as(w.relay.ssh, &token, handler).await?;
+    assert!(accepted);
+    ssh.tcpip_forward(postern_protocol::version::FORWARD_ADDRESS, 0)
+        .await?;
+    let control = ssh.channel_open_session().await?;
+    control.set_env(false, "LC_ALL", "C").await?;
+    assert!(ended(&ssh).await, "the session outlived an env request");
+    w.relay.logs.wait_for(
+        "agent sent a channel request agents never send",
+        CLOSED_WITHIN,
+    )?;
+    Ok(())
+}
+
+/// A control line past its limit ends the session: the channel, left open unread, would
+/// hold whatever the agent sent next.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_control_line_too_long_ends_the_session() -> Result<()> {
+    use tokio::io::AsyncWriteExt;
+
+    let w = RelayWorld::start(bins()).await?;
+    let (ssh, mut control, _opened) =
+        postern_tests::relay_support::hand_driven_agent(&w, "chatty", Duration::ZERO, &["orders"])
+            .await?;
+    control
+        .write_all(&vec![b'x'; postern_protocol::control::MAX_CONTROL_LINE + 1])
+        .await?;
+    control.flush().await?;
+    assert!(
+        ended(&ssh).await,
+        "the session outlived a too-long control line"
+    );
+    w.relay
+        .logs
+        .wait_for("control line too long; ending the session", CLOSED_WITHIN)?;
+    Ok(())
+}

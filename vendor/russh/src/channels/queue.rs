@@ -7,7 +7,7 @@
 //! application has taken data out: the reader counts what it took and wakes the session
 //! when half a window is due, which then sends `CHANNEL_WINDOW_ADJUST`.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
@@ -39,6 +39,8 @@ struct ReadCredit {
     /// first delivery and raised as the session grows that window (`WindowBudget`). It
     /// never falls, so a reader that reads a stale value can only wake the session early.
     threshold: AtomicU32,
+    /// A `WindowAdjusted` is queued and not taken yet: the next one is not queued.
+    adjusted_unread: AtomicBool,
 }
 
 impl ReadCredit {
@@ -69,6 +71,16 @@ impl QueueSender {
 
     pub fn try_send(&self, msg: ChannelMsg) -> Result<(), SendError<ChannelMsg>> {
         self.tx.send(msg)
+    }
+
+    /// Tells the reader the peer adjusted the window, unless it has such news unread. Each
+    /// `CHANNEL_WINDOW_ADJUST` queued a message, whatever its amount, and a channel nobody
+    /// reads (idle, or past its use) would hold every one: a peer sending them without end
+    /// grew the queue without end. The window itself grows whether or not this is queued.
+    pub(crate) fn window_adjusted(&self, new_size: u32) {
+        if !self.read.adjusted_unread.swap(true, Ordering::AcqRel) {
+            let _ = self.tx.send(ChannelMsg::WindowAdjusted { new_size });
+        }
     }
 
     /// Hands data over and says whether a reader will count it when it takes it out; if
@@ -110,8 +122,14 @@ pub struct QueueReceiver {
 
 impl QueueReceiver {
     fn count(&self, msg: &ChannelMsg) {
-        if let ChannelMsg::Data { data } | ChannelMsg::ExtendedData { data, .. } = msg {
-            self.read.add(data.len());
+        match msg {
+            ChannelMsg::Data { data } | ChannelMsg::ExtendedData { data, .. } => {
+                self.read.add(data.len())
+            }
+            ChannelMsg::WindowAdjusted { .. } => {
+                self.read.adjusted_unread.store(false, Ordering::Release)
+            }
+            _ => {}
         }
     }
 
@@ -140,5 +158,30 @@ impl QueueReceiver {
 
     pub fn close(&mut self) {
         self.rx.close()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A peer's window adjusts without end leave at most one message for a reader that
+    /// does not read; once it takes that one, the next adjust is news again.
+    #[test]
+    fn window_adjusts_wait_unread_one_at_a_time() {
+        let (tx, mut rx) = queue();
+        for size in 1..=10_000 {
+            tx.window_adjusted(size);
+        }
+        assert!(matches!(
+            rx.try_recv(),
+            Some(ChannelMsg::WindowAdjusted { new_size: 1 })
+        ));
+        assert!(rx.try_recv().is_none());
+        tx.window_adjusted(20_000);
+        assert!(matches!(
+            rx.try_recv(),
+            Some(ChannelMsg::WindowAdjusted { new_size: 20_000 })
+        ));
     }
 }

@@ -1559,10 +1559,10 @@ impl Session {
                 }
                 if let Some(chan) = self.channels.get(&channel_num) {
                     chan.window_size().grow(amount).await;
-                    // Use try_send to avoid blocking the session loop when channel buffer is full.
                     // WindowAdjusted is informational - the critical side effect (updating
                     // WindowSizeRef and notifying ChannelTx) already happens in grow().
-                    let _ = chan.try_send(ChannelMsg::WindowAdjusted { new_size });
+                    // postern patch: queued only if none is unread (channels/queue.rs).
+                    chan.window_adjusted(new_size);
                 }
                 debug!("handler.window_adjusted {channel_num:?}");
                 handler.window_adjusted(channel_num, new_size, self).await
