@@ -370,11 +370,15 @@ impl AgentHandler {
     /// Refuses after the throttle's delay; a `guess` counts towards blocking the address.
     async fn refuse(&self, why: &str, label: &'static str, guess: bool) -> Auth {
         self.ctx.metrics.auth_failed(label);
-        if let Some(pending) = self
-            .pre_auth
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_mut()
+        // A former token's refusal is not counted against the address (a site whose
+        // agents still hold a rotated token is no attacker): silence after it still is,
+        // or one such token held a quarter of the places, ten seconds at a time, for ever.
+        if guess
+            && let Some(pending) = self
+                .pre_auth
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_mut()
         {
             pending.refused = true;
         }
