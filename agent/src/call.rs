@@ -266,12 +266,15 @@ async fn run(
     // Only a token we had cached can be stale; a fresh one refused again would be refused again.
     let may_retry = bearer.as_ref().is_some_and(|b| b.cached);
     let body = if may_retry {
-        RequestBody::read_small(&headers, body).await.map_err(|e| {
-            (
-                ErrorCode::TunnelError,
-                format!("reading the request body: {e}"),
-            )
-        })?
+        RequestBody::read_small(&headers, body, conn.timeout)
+            .await
+            .map_err(|e| match e {
+                replay::ReadError::Stalled => timeout_error(conn),
+                replay::ReadError::Body(e) => (
+                    ErrorCode::TunnelError,
+                    format!("reading the request body: {e}"),
+                ),
+            })?
     } else {
         RequestBody::stream(body)
     };

@@ -156,6 +156,45 @@ async fn uploads_are_timed_from_their_last_progress() -> Result<()> {
     Ok(())
 }
 
+/// On a connection that caches its token, a small body is read whole before it is sent
+/// (to send it again after a 401): a caller that stalls there gets 504 one timeout after
+/// its last piece too, not a wait for the relay's `call_timeout`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stall_while_a_small_body_is_read_for_a_retry_is_timed_too() -> Result<()> {
+    let internal = InternalServer::start(Verifier::None, "unused").await?;
+    let dir = TempDir::new("review-upload-signed")?;
+    dir.write_private(
+        "hmac.secret",
+        "a shared secret of at least thirty-two bytes!",
+    )?;
+    let connections = format!(
+        "[connections.signed]\nbase_uri = \"{}\"\ntimeout = \"1s\"\n\
+         [connections.signed.auth]\ntype = \"jwt_bearer\"\nalgorithm = \"HS256\"\n\
+         secret_file = \"hmac.secret\"\nlifetime = \"5m\"\nreuse_for = \"1m\"\n\
+         payload = {{ aud = \"unused\" }}\n",
+        internal.base_uri()
+    );
+    let tunnel = Tunnel::start(&bins(), &dir, &connections).await?;
+    // The first call signs the token the next ones reuse (and could retry with another).
+    let r = tunnel.api.call("a1", "signed", "/warm").await?;
+    assert_eq!(r.status(), 200);
+
+    // One piece (64 KiB: not past what is kept for a retry), then silence.
+    let (body, last) = paced_body(1, Duration::from_millis(100), Some(4 * TIMEOUT));
+    let r = post(&tunnel, "signed", body).await?;
+    let answered = Instant::now();
+    let status = r.status();
+    let answer: Value = r.json().await?;
+    assert_eq!(status, 504, "{answer}");
+    assert_eq!(error_code(&answer), "upstream_timeout", "{answer}");
+    let after = answered.duration_since(when(&last)?);
+    assert!(
+        after >= TIMEOUT && after < TIMEOUT + SLACK,
+        "504 {after:?} after the last piece"
+    );
+    Ok(())
+}
+
 /// An internal server that answers with postern's own error header.
 async fn faking_server() -> Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

@@ -2,6 +2,7 @@
 //! that a call refused with 401 can be retried with a new token; larger ones stream.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::{StreamExt, TryStreamExt};
@@ -14,6 +15,14 @@ use postern_protocol::upload_progress::{Progress, Tracked};
 
 /// Bodies up to this size are kept for a retry.
 pub const REPLAY_LIMIT: usize = 64 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error(transparent)]
+    Body(#[from] hyper::Error),
+    #[error("no piece of the request body within the connection's timeout")]
+    Stalled,
+}
 
 pub enum RequestBody {
     /// The whole body, in memory: can be sent again.
@@ -31,8 +40,14 @@ impl RequestBody {
         }
     }
 
-    /// Reads up to `REPLAY_LIMIT` bytes; a body announced as larger is not read at all.
-    pub async fn read_small(headers: &HeaderMap, mut body: Incoming) -> Result<Self, hyper::Error> {
+    /// Reads up to `REPLAY_LIMIT` bytes; a body announced as larger is not read at all. A
+    /// caller that sends no piece for `stall` (the connection's timeout) is given up on,
+    /// as a streamed upload is.
+    pub async fn read_small(
+        headers: &HeaderMap,
+        mut body: Incoming,
+        stall: Duration,
+    ) -> Result<Self, ReadError> {
         let announced = headers
             .get(CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
@@ -41,7 +56,11 @@ impl RequestBody {
             return Ok(Self::stream(body));
         }
         let mut buffer = BytesMut::new();
-        while let Some(frame) = body.frame().await {
+        loop {
+            let frame = tokio::time::timeout(stall, body.frame())
+                .await
+                .map_err(|_| ReadError::Stalled)?;
+            let Some(frame) = frame else { break };
             if let Ok(data) = frame?.into_data() {
                 buffer.extend_from_slice(&data);
                 if buffer.len() > REPLAY_LIMIT {
