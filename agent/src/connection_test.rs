@@ -99,7 +99,11 @@ pub async fn run(ctx: &CallContext) -> TestReport {
         }
     };
     report.url = url.to_string();
-    let host = url.host_str().unwrap_or_default().to_owned();
+    // An IPv6 literal without its brackets: `[::1]` is no name a resolver knows.
+    let host = match url.host() {
+        Some(url::Host::Ipv6(address)) => address.to_string(),
+        _ => url.host_str().unwrap_or_default().to_owned(),
+    };
     let port = url.port_or_known_default().unwrap_or(80);
     let started = Instant::now();
     let lookup =

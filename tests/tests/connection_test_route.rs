@@ -163,3 +163,39 @@ async fn a_call_channel_confirmed_after_the_timeout_carries_the_next_call() -> R
     assert!(head.starts_with("GET /second "), "{head}");
     Ok(())
 }
+
+/// A `base_uri` with an IPv6 literal (`http://[::1]:PORT`): the test connects to it as
+/// calls do, rather than failing at a "dns" step on the bracketed name.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_connection_test_reaches_an_ipv6_literal() -> Result<()> {
+    let listener = match tokio::net::TcpListener::bind("[::1]:0").await {
+        Ok(listener) => listener,
+        Err(e) => {
+            println!("SKIPPED ipv6 connection test: no IPv6 loopback here ({e})");
+            return Ok(());
+        }
+    };
+    let port = listener.local_addr()?.port();
+    let app = axum::Router::new().fallback(|| async { "ok" });
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let dir = TempDir::new("conntest-v6")?;
+    let connections = format!(
+        "[connections.v6]\nbase_uri = \"http://[::1]:{port}/api\"\n\
+         test = {{ path = \"/health\", expect_status = 200 }}\n"
+    );
+    let tunnel = Tunnel::start(&postern_tests::bins!(), &dir, &connections).await?;
+    let api = &tunnel.api;
+    let r = api
+        .http
+        .post(format!("{}/v1/agents/a1/connections/v6/test", api.base))
+        .bearer_auth(&api.key)
+        .send()
+        .await?;
+    assert_eq!(r.status(), 200);
+    let report: serde_json::Value = r.json().await?;
+    assert_eq!(report["ok"], true, "{report}");
+    // A call goes the same way.
+    assert_eq!(api.call("a1", "v6", "/x").await?.status(), 200);
+    server.abort();
+    Ok(())
+}
