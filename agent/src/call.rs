@@ -48,7 +48,7 @@ pub struct CallContext {
     /// Calls that ended in a postern error (unreachable, timeout, refused path…).
     pub failed: Arc<AtomicU64>,
     /// One permit per call under way, up to `max_concurrent_calls`.
-    in_flight: Arc<tokio::sync::Semaphore>,
+    pub(crate) in_flight: Arc<tokio::sync::Semaphore>,
     metrics: Arc<AgentMetrics>,
 }
 
@@ -524,7 +524,7 @@ fn bearer_error(e: BearerError) -> (ErrorCode, String) {
     (code, e.to_string())
 }
 
-fn rate_limited(conn: &Connection, needed: Duration) -> (ErrorCode, String) {
+pub(crate) fn rate_limited(conn: &Connection, needed: Duration) -> (ErrorCode, String) {
     (
         ErrorCode::RateLimited,
         format!(

@@ -90,6 +90,22 @@ pub async fn run(ctx: &CallContext) -> TestReport {
         ok: false,
     };
     let started = Instant::now();
+    // A test sends the connection's request for real: it counts among its calls and
+    // waits its turn as one does, or a caller could test past the limits.
+    let Ok(_permit) = ctx.in_flight.clone().try_acquire_owned() else {
+        let why = format!(
+            "{} calls under way already (max_concurrent_calls)",
+            conn.limits.max_concurrent_calls
+        );
+        report.step("limits", started, Err(why));
+        return report;
+    };
+    if let Err(refused) = ctx.limiter.acquire(conn.max_wait).await {
+        let (_, why) = crate::call::rate_limited(conn, refused.needed);
+        report.step("limits", started, Err(why));
+        return report;
+    }
+    let started = Instant::now();
     let url = match upstream_url::build(&conn.base_uri, &test.path) {
         Ok(url) => url,
         Err(e) => {

@@ -199,3 +199,41 @@ async fn a_connection_test_reaches_an_ipv6_literal() -> Result<()> {
     server.abort();
     Ok(())
 }
+
+/// A connection test sends the connection's request for real, so it keeps to the
+/// connection's limits: at `max_concurrent_calls`, it fails at a "limits" step and sends
+/// nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_connection_test_keeps_to_the_connections_limits() -> Result<()> {
+    let internal = InternalServer::start(Verifier::None, "").await?;
+    let dir = TempDir::new("conntest-limits")?;
+    let connections = format!(
+        "[connections.one]\nbase_uri = \"{}\"\nmax_concurrent_calls = 1\n\
+         test = {{ path = \"/health\", expect_status = 200 }}\n",
+        internal.base_uri()
+    );
+    let tunnel = Tunnel::start(&postern_tests::bins!(), &dir, &connections).await?;
+    let api = tunnel.api.clone();
+    let slow = tokio::spawn(async move { api.call("a1", "one", "/slow").await });
+    internal.has_seen("/slow").await?;
+    let api = &tunnel.api;
+    let r = api
+        .http
+        .post(format!("{}/v1/agents/a1/connections/one/test", api.base))
+        .bearer_auth(&api.key)
+        .send()
+        .await?;
+    assert_eq!(r.status(), 200);
+    let report: serde_json::Value = r.json().await?;
+    assert_eq!(report["ok"], false, "{report}");
+    assert_eq!(report["steps"][0]["name"], "limits", "{report}");
+    assert!(
+        !internal
+            .requests()
+            .iter()
+            .any(|r| r.path_and_query.ends_with("/health")),
+        "the test was sent past the limit"
+    );
+    assert_eq!(slow.await??.status(), 200);
+    Ok(())
+}
