@@ -613,6 +613,23 @@ impl Api {
             .send()
             .await?)
     }
+
+    /// `POST /v1/agents/{agent}/connections/{connection}/test`.
+    pub async fn connection_test(
+        &self,
+        agent: &str,
+        connection: &str,
+    ) -> Result<reqwest::Response> {
+        Ok(self
+            .http
+            .post(format!(
+                "{}/v1/agents/{agent}/connections/{connection}/test",
+                self.base
+            ))
+            .bearer_auth(&self.key)
+            .send()
+            .await?)
+    }
 }
 
 /// Open file descriptors of a process, from /proc.

@@ -95,6 +95,25 @@ async fn hold(mut socket: tokio::net::TcpStream, read: Arc<AtomicUsize>) {
     let _ = socket.shutdown().await;
 }
 
+/// `r` is 504 `upstream_timeout`, come one connection timeout after the body's last piece
+/// (`last`, as [`paced_body`] notes it).
+async fn answered_504_a_timeout_after(
+    r: reqwest::Response,
+    last: &std::sync::Mutex<Option<Instant>>,
+) -> Result<()> {
+    let answered = Instant::now();
+    let status = r.status();
+    let answer: Value = r.json().await?;
+    assert_eq!(status, 504, "{answer}");
+    assert_eq!(error_code(&answer), "upstream_timeout", "{answer}");
+    let after = answered.duration_since(when(last)?);
+    assert!(
+        after >= TIMEOUT && after < TIMEOUT + SLACK,
+        "504 {after:?} after the last piece"
+    );
+    Ok(())
+}
+
 /// An upload that takes three times the connection's timeout, but never pauses that long,
 /// goes through whole; one that stalls for longer than the timeout gets 504.
 #[tokio::test(flavor = "multi_thread")]
@@ -124,34 +143,16 @@ async fn uploads_are_timed_from_their_last_progress() -> Result<()> {
     // Two pieces, then silence for four timeouts: 504 about one timeout after the last piece.
     let (body, last) = paced_body(2, Duration::from_millis(100), Some(4 * TIMEOUT));
     let r = post(&tunnel, "reads", body).await?;
-    let answered = Instant::now();
-    let status = r.status();
-    let answer: Value = r.json().await?;
-    assert_eq!(status, 504, "{answer}");
-    assert_eq!(error_code(&answer), "upstream_timeout", "{answer}");
-    let after = answered.duration_since(when(&last)?);
-    assert!(
-        after >= TIMEOUT && after < TIMEOUT + SLACK,
-        "504 {after:?} after the last piece"
-    );
+    answered_504_a_timeout_after(r, &last).await?;
 
     // The whole body, slowly, to a server that takes it all and never answers: 504 one
     // timeout after the body's end, not one timeout after the call's start.
     let (body, last) = paced_body(8, Duration::from_millis(250), None);
     let r = post(&tunnel, "silent", body).await?;
-    let answered = Instant::now();
-    let status = r.status();
-    let answer: Value = r.json().await?;
-    assert_eq!(status, 504, "{answer}");
-    assert_eq!(error_code(&answer), "upstream_timeout", "{answer}");
+    answered_504_a_timeout_after(r, &last).await?;
     assert!(
         silent.read.load(Ordering::SeqCst) > 8 * 64 * 1024,
         "the server got the whole body"
-    );
-    let after = answered.duration_since(when(&last)?);
-    assert!(
-        after >= TIMEOUT && after < TIMEOUT + SLACK,
-        "504 {after:?} after the last piece"
     );
     Ok(())
 }
@@ -182,16 +183,7 @@ async fn a_stall_while_a_small_body_is_read_for_a_retry_is_timed_too() -> Result
     // One piece (64 KiB: not past what is kept for a retry), then silence.
     let (body, last) = paced_body(1, Duration::from_millis(100), Some(4 * TIMEOUT));
     let r = post(&tunnel, "signed", body).await?;
-    let answered = Instant::now();
-    let status = r.status();
-    let answer: Value = r.json().await?;
-    assert_eq!(status, 504, "{answer}");
-    assert_eq!(error_code(&answer), "upstream_timeout", "{answer}");
-    let after = answered.duration_since(when(&last)?);
-    assert!(
-        after >= TIMEOUT && after < TIMEOUT + SLACK,
-        "504 {after:?} after the last piece"
-    );
+    answered_504_a_timeout_after(r, &last).await?;
     Ok(())
 }
 

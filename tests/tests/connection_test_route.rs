@@ -25,19 +25,7 @@ async fn the_relay_runs_a_connection_test_on_the_agent() -> Result<()> {
     let tunnel = Tunnel::start(&bins, &dir, &connections).await?;
     let api = &tunnel.api;
 
-    let test = |connection: &'static str| {
-        let api = api.clone();
-        async move {
-            api.http
-                .post(format!(
-                    "{}/v1/agents/a1/connections/{connection}/test",
-                    api.base
-                ))
-                .bearer_auth(&api.key)
-                .send()
-                .await
-        }
-    };
+    let test = |connection: &'static str| api.connection_test("a1", connection);
     let r = test("good").await?;
     assert_eq!(r.status(), 200);
     let report: serde_json::Value = r.json().await?;
@@ -79,16 +67,7 @@ const SLOW_CONFIRM: Duration = Duration::from_millis(1800);
 async fn a_test_channel_confirmed_after_the_timeout_is_closed() -> Result<()> {
     let (w, _ssh, mut opened) = slow_agent().await?;
     let started = Instant::now();
-    let answer = w
-        .admin
-        .http
-        .post(format!(
-            "{}/v1/agents/slow/connections/orders/test",
-            w.admin.base
-        ))
-        .bearer_auth(&w.admin.key)
-        .send()
-        .await?;
+    let answer = w.admin.connection_test("slow", "orders").await?;
     assert_eq!(answer.status(), 504);
     let body: serde_json::Value = answer.json().await?;
     assert_eq!(body["error"]["code"], "upstream_timeout", "{body}");
@@ -185,12 +164,7 @@ async fn a_connection_test_reaches_an_ipv6_literal() -> Result<()> {
     );
     let tunnel = Tunnel::start(&postern_tests::bins!(), &dir, &connections).await?;
     let api = &tunnel.api;
-    let r = api
-        .http
-        .post(format!("{}/v1/agents/a1/connections/v6/test", api.base))
-        .bearer_auth(&api.key)
-        .send()
-        .await?;
+    let r = api.connection_test("a1", "v6").await?;
     assert_eq!(r.status(), 200);
     let report: serde_json::Value = r.json().await?;
     assert_eq!(report["ok"], true, "{report}");
@@ -217,12 +191,7 @@ async fn a_connection_test_keeps_to_the_connections_limits() -> Result<()> {
     let slow = tokio::spawn(async move { api.call("a1", "one", "/slow").await });
     internal.has_seen("/slow").await?;
     let api = &tunnel.api;
-    let r = api
-        .http
-        .post(format!("{}/v1/agents/a1/connections/one/test", api.base))
-        .bearer_auth(&api.key)
-        .send()
-        .await?;
+    let r = api.connection_test("a1", "one").await?;
     assert_eq!(r.status(), 200);
     let report: serde_json::Value = r.json().await?;
     assert_eq!(report["ok"], false, "{report}");
