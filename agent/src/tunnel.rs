@@ -467,35 +467,40 @@ impl Drain<'_> {
         }
         info!("draining in-flight calls");
         let notices = self.notices;
-        let ending = async {
-            while let Some(message) = notices.recv().await {
-                if let RelayMessage::Ending { reason, message } = message {
-                    return TunnelError::Ended { reason, message };
-                }
-            }
-            // The control channel is gone with the session: the tasks end as it does.
-            std::future::pending().await
-        };
+        // Without a control channel (gone with the session) the tasks end as it does.
         let ended = tokio::select! {
             biased;
-            ended = ending => Some(ended),
+            Some(ended) = next_ending(notices) => Some(ended),
             _ = tokio::time::timeout(grace, wait_idle(self.tasks)) => None,
         };
-        // Ended as the tasks did: the notice may be queued still.
-        let ended = ended.or_else(|| {
-            std::iter::from_fn(|| notices.try_recv().ok()).find_map(|m| match m {
-                RelayMessage::Ending { reason, message } => {
-                    Some(TunnelError::Ended { reason, message })
-                }
-                _ => None,
-            })
-        });
+        // Ended as the tasks did: the notice may be queued still (a zero wait still
+        // takes what is queued).
+        let ended = match ended {
+            Some(ended) => Some(ended),
+            None => tokio::time::timeout(Duration::ZERO, next_ending(notices))
+                .await
+                .ok()
+                .flatten(),
+        };
         let _ = handle
             .disconnect(russh::Disconnect::ByApplication, words, "")
             .await;
         wait_written(handle).await;
         ended
     }
+}
+
+/// The relay's next `ending` notice, as the session's end; `None` once its control
+/// channel is gone.
+async fn next_ending(
+    notices: &mut tokio::sync::mpsc::Receiver<RelayMessage>,
+) -> Option<TunnelError> {
+    while let Some(message) = notices.recv().await {
+        if let RelayMessage::Ending { reason, message } = message {
+            return Some(TunnelError::Ended { reason, message });
+        }
+    }
+    None
 }
 
 /// Why the session ended: the relay's `ending` notice if one is still on its way
@@ -505,15 +510,7 @@ async fn lost(
     notices: &mut tokio::sync::mpsc::Receiver<RelayMessage>,
     fallback: &str,
 ) -> TunnelError {
-    let notice = async {
-        while let Some(message) = notices.recv().await {
-            if let RelayMessage::Ending { reason, message } = message {
-                return Some(TunnelError::Ended { reason, message });
-            }
-        }
-        None
-    };
-    if let Ok(Some(ended)) = tokio::time::timeout(NOTICE_WAIT, notice).await {
+    if let Ok(Some(ended)) = tokio::time::timeout(NOTICE_WAIT, next_ending(notices)).await {
         return ended;
     }
     let reason = shared
