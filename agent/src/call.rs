@@ -138,13 +138,7 @@ pub async fn handle(ctx: Arc<CallContext>, request: Request<Incoming>) -> Respon
     // Held until the answer's body is done, so streaming calls count too.
     let permit = ctx.in_flight.clone().try_acquire_owned().ok();
     let outcome = match permit {
-        None => Err((
-            ErrorCode::TooManyCalls,
-            format!(
-                "connection {} already has {} calls under way (max_concurrent_calls)",
-                ctx.connection.name, ctx.connection.limits.max_concurrent_calls
-            ),
-        )),
+        None => Err(too_many_calls(&ctx.connection)),
         Some(permit) => run(&ctx, request).await.map(|response| {
             response.map(|body| hold_until_done(body, permit, ctx.clone(), request_id.clone()))
         }),
@@ -522,6 +516,16 @@ fn bearer_error(e: BearerError) -> (ErrorCode, String) {
         BearerError::Signing(_) | BearerError::BadHeader => ErrorCode::SigningFailed,
     };
     (code, e.to_string())
+}
+
+pub(crate) fn too_many_calls(conn: &Connection) -> (ErrorCode, String) {
+    (
+        ErrorCode::TooManyCalls,
+        format!(
+            "connection {} already has {} calls under way (max_concurrent_calls)",
+            conn.name, conn.limits.max_concurrent_calls
+        ),
+    )
 }
 
 pub(crate) fn rate_limited(conn: &Connection, needed: Duration) -> (ErrorCode, String) {

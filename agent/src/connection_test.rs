@@ -93,10 +93,7 @@ pub async fn run(ctx: &CallContext) -> TestReport {
     // A test sends the connection's request for real: it counts among its calls and
     // waits its turn as one does, or a caller could test past the limits.
     let Ok(_permit) = ctx.in_flight.clone().try_acquire_owned() else {
-        let why = format!(
-            "{} calls under way already (max_concurrent_calls)",
-            conn.limits.max_concurrent_calls
-        );
+        let (_, why) = crate::call::too_many_calls(conn);
         report.step("limits", started, Err(why));
         return report;
     };

@@ -196,8 +196,9 @@ struct Established {
     reader: BufReader<Take<ReadHalf<ChannelStream<Msg>>>>,
     announced: Vec<String>,
     agent_name: String,
-    /// The protocol version the relay's welcome named.
-    relay_protocol: u32,
+    /// The relay's welcome named `RELAY_CLOSES_DRAINING` or later: told `draining`, it
+    /// closes the agent's channels itself.
+    relay_closes_channels: bool,
 }
 
 /// One SSH session, from connect to its end.
@@ -227,7 +228,7 @@ async fn session(
         reader,
         mut announced,
         agent_name,
-        relay_protocol,
+        relay_closes_channels,
     } = tokio::select! {
         _ = shutdown.cancelled() => return Ok(SessionEnd::Shutdown),
         r = tokio::time::timeout(SETUP_TIMEOUT, establish(config, relay, calls, &shared, &stage)) => match r {
@@ -257,7 +258,7 @@ async fn session(
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => {
-                let drain = Drain { shared: &shared, control: &mut write, relay_protocol, tasks, notices: &mut notices };
+                let drain = Drain { shared: &shared, control: &mut write, relay_closes_channels, tasks, notices: &mut notices };
                 // Whatever the relay said meanwhile, the agent stops.
                 let _ = drain.then_disconnect(&mut handle, SHUTDOWN_GRACE, "agent shutting down").await;
                 return Ok(SessionEnd::Shutdown);
@@ -265,7 +266,7 @@ async fn session(
             Ok(()) = updates.changed() => {
                 let new = updates.borrow_and_update().clone();
                 if session_settings_differ(config, &new) {
-                    let drain = Drain { shared: &shared, control: &mut write, relay_protocol, tasks, notices: &mut notices };
+                    let drain = Drain { shared: &shared, control: &mut write, relay_closes_channels, tasks, notices: &mut notices };
                     let ended = drain.then_disconnect(&mut handle, RECONFIGURE_GRACE, "agent reconnects with new settings").await;
                     return ended.map_or(Ok(SessionEnd::Reconfigured), Err);
                 }
@@ -399,14 +400,14 @@ async fn establish(
         .read_until(b'\n', &mut line)
         .await
         .map_err(|e| TunnelError::Control(e.to_string()))?;
-    let (agent_name, relay_protocol) = match decode_line::<RelayMessage>(&line)
+    let (agent_name, relay_closes_channels) = match decode_line::<RelayMessage>(&line)
         .map_err(|e| TunnelError::Control(e.to_string()))?
     {
         RelayMessage::Welcome {
             agent_name,
             protocol_version,
             ..
-        } => (agent_name, protocol_version),
+        } => (agent_name, protocol_version >= RELAY_CLOSES_DRAINING),
         RelayMessage::Refused { code, message } => {
             return Err(TunnelError::HelloRefused { code, message });
         }
@@ -420,7 +421,7 @@ async fn establish(
         reader,
         announced,
         agent_name,
-        relay_protocol,
+        relay_closes_channels,
     })
 }
 
@@ -428,8 +429,7 @@ async fn establish(
 struct Drain<'a> {
     shared: &'a Shared,
     control: &'a mut WriteHalf<ChannelStream<Msg>>,
-    /// The protocol version the relay's welcome named.
-    relay_protocol: u32,
+    relay_closes_channels: bool,
     tasks: &'a TaskTracker,
     /// The relay's notices: it may end the session during the drain, and say why.
     notices: &'a mut tokio::sync::mpsc::Receiver<RelayMessage>,
@@ -450,7 +450,7 @@ impl Drain<'_> {
         // Pairs with the fence after a channel open's count (ssh_client.rs): either that
         // open sees `accepting` false, or `wait_idle` sees its count.
         std::sync::atomic::fence(Ordering::SeqCst);
-        if self.relay_protocol >= RELAY_CLOSES_DRAINING {
+        if self.relay_closes_channels {
             // The relay closes them: only it knows whether a request is on its way on an
             // idle one. Unsaid (the session is failing), they stay open until `grace`.
             let said = async {

@@ -76,8 +76,8 @@ pub struct ChannelPool {
     handle: russh::server::Handle,
     idle: Mutex<HashMap<ConnectionName, Vec<Idle>>>,
     max_idle: usize,
-    /// Set (under the `idle` lock) once the agent said it drains: no channel goes back
-    /// to the pool after that.
+    /// Set once the agent said it drains: no channel goes back to the pool after that
+    /// (`checkin` reads it under the `idle` lock, which `drain`'s sweep takes after it).
     draining: AtomicBool,
     opened: Counter,
     /// Channel opens run here, so one its caller gave up on still ends (see `open`).
@@ -188,11 +188,9 @@ impl ChannelPool {
     /// the idle channels now and each busy one as its call ends. The agent leaves this
     /// to the relay, which alone knows whether a request is on its way on a channel.
     pub fn drain(&self) {
-        let mut idle = self.lock();
         self.draining.store(true, Ordering::SeqCst);
-        let closed = std::mem::take(&mut *idle);
-        drop(idle);
-        drop(closed);
+        // A channel checked in before the flag was set is idle by now: swept with the rest.
+        self.close_idle(Duration::ZERO);
     }
 
     /// Whether the agent said it drains: it takes no new calls on this session.
@@ -207,8 +205,8 @@ impl ChannelPool {
             return;
         }
         let mut idle = self.lock();
+        // Read under the lock `drain`'s sweep takes after setting it.
         if self.is_draining() {
-            drop(idle);
             return;
         }
         let total: usize = idle.values().map(Vec::len).sum();

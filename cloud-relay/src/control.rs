@@ -83,14 +83,7 @@ impl ControlChannel {
             let _ = write.flush().await;
         }
         if refusal.is_some() {
-            self.closing_reason.set("hello refused");
-            let session = self.handle.clone();
-            let _ = session
-                .disconnect(
-                    russh::Disconnect::ByApplication,
-                    "hello refused".into(),
-                    String::new(),
-                )
+            self.end_session(russh::Disconnect::ByApplication, "hello refused")
                 .await;
             return;
         }
@@ -108,19 +101,21 @@ impl ControlChannel {
             if !line.ends_with(b"\n") {
                 // Left open unread, the channel's queue would hold whatever came next.
                 warn!(agent = %self.agent.name, "control line too long; ending the session");
-                self.closing_reason.set("control line too long");
-                let _ = self
-                    .handle
-                    .disconnect(
-                        russh::Disconnect::ProtocolError,
-                        "control line too long".into(),
-                        String::new(),
-                    )
+                self.end_session(russh::Disconnect::ProtocolError, "control line too long")
                     .await;
                 break;
             }
             self.on_message(&line);
         }
+    }
+
+    /// Notes `why` as the session's end and disconnects it so.
+    async fn end_session(&self, kind: russh::Disconnect, why: &str) {
+        self.closing_reason.set(why);
+        let _ = self
+            .handle
+            .disconnect(kind, why.to_owned(), String::new())
+            .await;
     }
 
     fn on_message(&self, line: &[u8]) {

@@ -190,13 +190,18 @@ fn require_systemd_and_root() -> Result<()> {
     Ok(())
 }
 
-/// Runs a command, printing it first; fails with its output if it fails.
-fn run(program: &str, args: &[&str]) -> Result<()> {
+/// Runs a command, printing it first, and hands back what it did.
+fn run_output(program: &str, args: &[&str]) -> Result<std::process::Output> {
     say(&format!("+ {program} {}", args.join(" ")))?;
-    let out = Command::new(program)
+    Command::new(program)
         .args(args)
         .output()
-        .with_context(|| format!("running {program}"))?;
+        .with_context(|| format!("running {program}"))
+}
+
+/// Runs a command, printing it first; fails with its output if it fails.
+fn run(program: &str, args: &[&str]) -> Result<()> {
+    let out = run_output(program, args)?;
     if !out.status.success() {
         bail!(
             "{program} {} failed: {}{}",
@@ -298,11 +303,7 @@ fn check_as_service_user(binary: &str, config: &str) -> Result<Vec<String>> {
         "--config",
         config,
     ];
-    say(&format!("+ runuser {}", args.join(" ")))?;
-    let out = Command::new("runuser")
-        .args(args)
-        .output()
-        .context("running runuser")?;
+    let out = run_output("runuser", &args)?;
     if out.status.success() {
         return Ok(Vec::new());
     }
