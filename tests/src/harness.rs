@@ -458,6 +458,17 @@ pub fn other_token() -> String {
     .to_owned()
 }
 
+/// `token` with the character at `at` changed to another letter or digit, as a
+/// typo would: always a different token, whatever it held there.
+pub fn mistyped(token: &str, at: usize) -> String {
+    let typo = if token.as_bytes().get(at) == Some(&b'x') {
+        "y"
+    } else {
+        "x"
+    };
+    format!("{}{typo}{}", &token[..at], &token[at + 1..])
+}
+
 /// A relay fingerprint of the right form that no relay has, for commands that run
 /// without a relay.
 pub const OFFLINE_FINGERPRINT: &str = "SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU";

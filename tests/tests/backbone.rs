@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use postern_tests::harness::{
     AgentProcess, Api, Bins, RelayProcess, agent_cli, agent_command, agent_config, create_agent,
-    create_api_key, relay_cli, rss_kib,
+    create_api_key, mistyped, relay_cli, rss_kib,
 };
 use postern_tests::internal_server::{InternalServer, Verifier};
 use postern_tests::keys::{self, RsaTestKey};
@@ -513,7 +513,7 @@ async fn a_wrong_token_is_refused() -> Result<()> {
     assert!(!api.agent("warehouse-1").await?.online);
 
     // A typo is caught offline, before any connection.
-    let typo = format!("{}x{}", &foreign[..10], &foreign[11..]);
+    let typo = mistyped(&foreign, 10);
     let config = dir.write_private(
         "typo.toml",
         &agent_config(relay.ssh, &relay.fingerprint, &typo, ""),
@@ -825,7 +825,7 @@ async fn init_writes_a_private_config_that_connects() -> Result<()> {
         cmd.output()
     };
     // A mistyped token is refused and nothing is written.
-    let out = init(Some(&format!("{}0", &token[..token.len() - 1])), false)?;
+    let out = init(Some(&mistyped(&token, token.len() - 1)), false)?;
     assert!(!out.status.success());
     assert!(!config.exists());
     let out = init(Some(&token), false)?;
