@@ -2,10 +2,12 @@
 //! before the refusal (up to a cap); a burst of failures gets the address refused for a while.
 //! An IPv6 address counts by its /64 ([`source`]).
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use hashlink::LruCache;
+use hashlink::linked_hash_map::Entry;
 
 use crate::address_slots::source;
 
@@ -22,12 +24,19 @@ pub const BLOCK_AFTER: u32 = 20;
 pub const BLOCK_WINDOW: Duration = Duration::from_secs(120);
 /// …until this long after the failure that blocked it.
 pub const BLOCK_FOR: Duration = Duration::from_secs(300);
-/// Bound on remembered addresses, so a spray of sources cannot grow memory without limit.
+/// Bound on remembered addresses (about 100 bytes each), so a spray of sources cannot
+/// grow memory without limit. Past it, the address that failed longest ago is forgotten.
 const MAX_TRACKED: usize = 100_000;
 
-#[derive(Default)]
 pub struct AuthThrottle {
-    failures: Mutex<HashMap<IpAddr, Failures>>,
+    /// In the order of their last failure, oldest first.
+    failures: Mutex<LruCache<IpAddr, Failures>>,
+}
+
+impl Default for AuthThrottle {
+    fn default() -> Self {
+        Self::tracking(MAX_TRACKED)
+    }
 }
 
 /// One address's record.
@@ -43,21 +52,34 @@ struct Failures {
 }
 
 impl AuthThrottle {
+    fn tracking(addresses: usize) -> Self {
+        Self {
+            failures: Mutex::new(LruCache::new(addresses)),
+        }
+    }
+
     /// Records a failure and returns how long to wait before refusing.
     pub fn failure(&self, ip: IpAddr) -> Duration {
         let ip = source(ip);
         let now = Instant::now();
         let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        if map.len() >= MAX_TRACKED {
-            map.retain(|_, f| now.duration_since(f.last) < FORGET_AFTER);
+        // `entry` alone would let the map hold one more than its capacity.
+        if map.len() >= map.capacity() && !map.contains_key(&ip) {
+            map.remove_lru();
         }
-        let f = map.entry(ip).or_insert(Failures {
-            in_a_row: 0,
-            last: now,
-            in_window: 0,
-            window_start: now,
-            blocked_until: None,
-        });
+        let f = match map.entry(ip) {
+            Entry::Occupied(mut known) => {
+                known.to_back();
+                known.into_mut()
+            }
+            Entry::Vacant(new) => new.insert(Failures {
+                in_a_row: 0,
+                last: now,
+                in_window: 0,
+                window_start: now,
+                blocked_until: None,
+            }),
+        };
         if now.duration_since(f.last) >= FORGET_AFTER {
             f.in_a_row = 0;
         }
@@ -85,7 +107,7 @@ impl AuthThrottle {
     pub fn is_blocked(&self, ip: IpAddr) -> bool {
         let ip = source(ip);
         let map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        map.get(&ip)
+        map.peek(&ip)
             .and_then(|f| f.blocked_until)
             .is_some_and(|until| Instant::now() < until)
     }
@@ -94,7 +116,7 @@ impl AuthThrottle {
     pub fn success(&self, ip: IpAddr) {
         let ip = source(ip);
         let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(f) = map.get_mut(&ip) {
+        if let Some(f) = map.peek_mut(&ip) {
             f.in_a_row = 0;
         }
     }
@@ -157,7 +179,7 @@ mod tests {
         // The window has passed: an agent retrying every 15–30 s gets here.
         {
             let mut map = t.failures.lock().unwrap_or_else(|p| p.into_inner());
-            let f = map.get_mut(&a).expect("tracked");
+            let f = map.peek_mut(&a).expect("tracked");
             f.window_start -= BLOCK_WINDOW;
         }
         for _ in 0..BLOCK_AFTER - 1 {
@@ -166,5 +188,30 @@ mod tests {
         assert!(!t.is_blocked(a));
         t.failure(a);
         assert!(t.is_blocked(a), "twenty within one window");
+    }
+
+    #[test]
+    fn a_spray_of_sources_is_capped_and_forgets_the_longest_quiet_first() {
+        let t = AuthThrottle::tracking(3);
+        let blocked: IpAddr = [192, 0, 2, 1].into();
+        for _ in 0..BLOCK_AFTER {
+            t.failure(blocked);
+        }
+        for last in 2..=3u8 {
+            t.failure([192, 0, 2, last].into());
+        }
+        // The blocked address keeps failing, so it is not the one forgotten.
+        t.failure(blocked);
+        t.failure([192, 0, 2, 4].into());
+        let map = t.failures.lock().unwrap_or_else(|p| p.into_inner());
+        assert_eq!(map.len(), 3);
+        assert!(!map.contains_key(&IpAddr::from([192, 0, 2, 2])));
+        drop(map);
+        assert!(t.is_blocked(blocked));
+        assert_eq!(
+            t.failure([192, 0, 2, 2].into()),
+            FIRST_DELAY,
+            "forgotten: it starts over"
+        );
     }
 }
