@@ -222,13 +222,7 @@ async fn run(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > conn.limits.max_request_body) {
-        return Err((
-            ErrorCode::PayloadTooLarge,
-            format!(
-                "the request body is larger than this connection's max_request_body ({} bytes)",
-                conn.limits.max_request_body
-            ),
-        ));
+        return Err(body_too_large(conn, ""));
     }
     let max_headers = conn.limits.max_header_bytes as usize;
     if header_bytes(&parts.headers) > max_headers {
@@ -260,10 +254,11 @@ async fn run(
     // Only a token we had cached can be stale; a fresh one refused again would be refused again.
     let may_retry = bearer.as_ref().is_some_and(|b| b.cached);
     let body = if may_retry {
-        RequestBody::read_small(&headers, body, conn.timeout)
+        RequestBody::read_small(&headers, body, conn.timeout, conn.limits.max_request_body)
             .await
             .map_err(|e| match e {
                 replay::ReadError::Stalled => timeout_error(conn),
+                replay::ReadError::TooLarge => body_too_large(conn, ""),
                 replay::ReadError::Body(e) => (
                     ErrorCode::TunnelError,
                     format!("reading the request body: {e}"),
@@ -415,7 +410,7 @@ pub(crate) async fn send(
     // An empty buffered body stays absent, as the caller sent it.
     let empty = matches!(&body, RequestBody::Buffered(b) if b.is_empty());
     if !empty || headers.contains_key(CONTENT_LENGTH) {
-        let body = body.into_reqwest(&progress);
+        let body = body.into_reqwest(&progress, conn.limits.max_request_body);
         // Said chunked, a body of unknown length goes out; left to hyper, a GET's or a
         // HEAD's would not (its guess: those have none), and the server would get none.
         if hyper::body::Body::size_hint(&body).exact().is_none() {
@@ -431,6 +426,18 @@ pub(crate) async fn send(
         Some(Err(e)) => Err(send_error(conn, &e.without_url())),
         Some(Ok(r)) => Ok(r),
     }
+}
+
+/// A call whose body passes the connection's `max_request_body`; `then` says what
+/// became of what was sent before the limit.
+fn body_too_large(conn: &Connection, then: &str) -> (ErrorCode, String) {
+    (
+        ErrorCode::PayloadTooLarge,
+        format!(
+            "the request body is larger than this connection's max_request_body ({} bytes){then}",
+            conn.limits.max_request_body
+        ),
+    )
 }
 
 /// The `Allow` of a refused method: the standard ones a call carries (any other
@@ -457,6 +464,12 @@ fn send_error(conn: &Connection, e: &reqwest::Error) -> (ErrorCode, String) {
         return (
             ErrorCode::UpstreamUnreachable,
             format!("the request was not sent to {}: {chain}", conn.base_uri),
+        );
+    }
+    if causes().any(|c| c.is::<http_body_util::LengthLimitError>()) {
+        return body_too_large(
+            conn,
+            "; the internal server got the part before, cut off without its end",
         );
     }
     // The body reqwest read from failed: the caller's upload, through the tunnel.

@@ -159,28 +159,48 @@ async fn uploads_are_timed_from_their_last_progress() -> Result<()> {
 
 /// On a connection that caches its token, a small body is read whole before it is sent
 /// (to send it again after a 401): a caller that stalls there gets 504 one timeout after
-/// its last piece too, not a wait for the relay's `call_timeout`.
+/// its last piece too, not a wait for the relay's `call_timeout`; a chunked body that
+/// passes `max_request_body` there is refused before anything is sent.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_stall_while_a_small_body_is_read_for_a_retry_is_timed_too() -> Result<()> {
+async fn a_small_body_read_for_a_retry_is_timed_and_bounded_too() -> Result<()> {
     let internal = InternalServer::start(Verifier::None, "unused").await?;
     let dir = TempDir::new("review-upload-signed")?;
     dir.write_private(
         "hmac.secret",
         "a shared secret of at least thirty-two bytes!",
     )?;
-    let connections = format!(
-        "[connections.signed]\nbase_uri = \"{}\"\ntimeout = \"1s\"\n\
-         [connections.signed.auth]\ntype = \"jwt_bearer\"\nalgorithm = \"HS256\"\n\
-         secret_file = \"hmac.secret\"\nlifetime = \"5m\"\nreuse_for = \"1m\"\n\
-         payload = {{ aud = \"unused\" }}\n",
-        internal.base_uri()
-    );
+    // Two connections alike but for max_request_body: below and at what is kept.
+    let connection = |name: &str, max_body: usize| {
+        format!(
+            "[connections.{name}]\nbase_uri = \"{}\"\ntimeout = \"1s\"\nmax_request_body = {max_body}\n\
+             [connections.{name}.auth]\ntype = \"jwt_bearer\"\nalgorithm = \"HS256\"\n\
+             secret_file = \"hmac.secret\"\nlifetime = \"5m\"\nreuse_for = \"1m\"\n\
+             payload = {{ aud = \"unused\" }}\n",
+            internal.base_uri()
+        )
+    };
+    let connections = connection("signed", 64 * 1024) + &connection("small", 1000);
     let tunnel = Tunnel::start(&bins(), &dir, &connections).await?;
     // The first call signs the token the next ones reuse (and could retry with another).
-    let r = tunnel.api.call("a1", "signed", "/warm").await?;
-    assert_eq!(r.status(), 200);
+    for name in ["signed", "small"] {
+        let r = tunnel.api.call("a1", name, "/warm").await?;
+        assert_eq!(r.status(), 200);
+    }
 
-    // One piece (64 KiB: not past what is kept for a retry), then silence.
+    // Three pieces of 600 bytes: the second passes the limit; none went out.
+    let pieces =
+        futures_util::stream::iter((0..3).map(|_| Ok::<_, std::io::Error>(vec![b'x'; 600])));
+    let seen = internal.requests().len();
+    let r = post(&tunnel, "small", reqwest::Body::wrap_stream(pieces)).await?;
+    assert_eq!(r.status(), 413);
+    let answer: Value = r.json().await?;
+    assert!(
+        answer.to_string().contains("max_request_body (1000 bytes)"),
+        "{answer}"
+    );
+    assert_eq!(internal.requests().len(), seen, "nothing was sent");
+
+    // One piece (64 KiB: not past what is kept for a retry, nor the limit), then silence.
     let (body, last) = paced_body(1, Duration::from_millis(100), Some(4 * TIMEOUT));
     let r = post(&tunnel, "signed", body).await?;
     answered_504_a_timeout_after(r, &last).await?;

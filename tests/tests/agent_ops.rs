@@ -366,6 +366,33 @@ async fn connection_limits_give_clear_errors_and_the_agent_keeps_serving() -> Re
         .await?;
     assert_eq!(r.status(), 413);
     assert_eq!(error_code(&r.json().await?), "payload_too_large");
+    // Without a length up front (chunked), the body is cut off once past the limit,
+    // however much passed before; one within it goes through whole.
+    let chunked_upload = |pieces: usize| {
+        let body = futures_util::stream::iter(
+            (0..pieces).map(|_| Ok::<_, std::io::Error>(vec![b'x'; 300])),
+        );
+        s.api
+            .http
+            .put(format!(
+                "{}/v1/agents/a1/connections/o/http/upload",
+                s.api.base
+            ))
+            .bearer_auth(&s.api.key)
+            .body(reqwest::Body::wrap_stream(body))
+            .send()
+    };
+    let r = chunked_upload(7).await?;
+    assert_eq!(r.status(), 413);
+    let body: serde_json::Value = r.json().await?;
+    assert_eq!(error_code(&body), "payload_too_large");
+    assert!(
+        body.to_string().contains("max_request_body (1000 bytes)"),
+        "{body}"
+    );
+    let r = chunked_upload(3).await?;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<serde_json::Value>().await?["body_len"], 900);
 
     // The request was processed: its answer's size is no 413 (which would blame the request).
     let r = s.api.call("a1", "o", "/bytes/5000").await?;

@@ -8,7 +8,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::{StreamExt, TryStreamExt};
 use http::HeaderMap;
 use http::header::CONTENT_LENGTH;
-use http_body_util::{BodyDataStream, BodyExt, StreamBody};
+use http_body_util::{BodyDataStream, BodyExt, Limited, StreamBody};
 use hyper::body::{Frame, Incoming};
 
 use postern_protocol::upload_progress::{Progress, Tracked};
@@ -22,6 +22,9 @@ pub enum ReadError {
     Body(#[from] hyper::Error),
     #[error("no piece of the request body within the connection's timeout")]
     Stalled,
+    /// Past the connection's `max_request_body`, before anything was sent.
+    #[error("the request body is larger than the connection allows")]
+    TooLarge,
 }
 
 pub enum RequestBody {
@@ -42,11 +45,12 @@ impl RequestBody {
 
     /// Reads up to `REPLAY_LIMIT` bytes; a body announced as larger is not read at all. A
     /// caller that sends no piece for `stall` (the connection's timeout) is given up on,
-    /// as a streamed upload is.
+    /// as a streamed upload is; one that passes `max_body` is refused.
     pub async fn read_small(
         headers: &HeaderMap,
         mut body: Incoming,
         stall: Duration,
+        max_body: u64,
     ) -> Result<Self, ReadError> {
         let announced = headers
             .get(CONTENT_LENGTH)
@@ -63,6 +67,9 @@ impl RequestBody {
             let Some(frame) = frame else { break };
             if let Ok(data) = frame?.into_data() {
                 buffer.extend_from_slice(&data);
+                if buffer.len() as u64 > max_body {
+                    return Err(ReadError::TooLarge);
+                }
                 if buffer.len() > REPLAY_LIMIT {
                     return Ok(RequestBody::Streaming {
                         prefix: buffer.freeze(),
@@ -82,20 +89,24 @@ impl RequestBody {
         }
     }
 
-    /// A streamed body notes its pieces in `progress`; one in memory (at most
-    /// `REPLAY_LIMIT`) goes out at once, so the timeout simply counts from the start.
-    pub fn into_reqwest(self, progress: &Arc<Progress>) -> reqwest::Body {
+    /// A streamed body notes its pieces in `progress`, and breaks off with a
+    /// [`http_body_util::LengthLimitError`] past `max_body` (a chunked one: a declared
+    /// length was checked before). One in memory (at most `REPLAY_LIMIT`, checked when
+    /// read) goes out at once, so the timeout simply counts from the start.
+    pub fn into_reqwest(self, progress: &Arc<Progress>, max_body: u64) -> reqwest::Body {
+        let max_body = usize::try_from(max_body).unwrap_or(usize::MAX);
         match self {
             RequestBody::Buffered(bytes) => reqwest::Body::from(bytes),
             // The body itself, so that its length and its end (a bodiless call's is at
             // once) go with it: a stream of unknown length would go out chunked.
             RequestBody::Streaming { prefix, rest } if prefix.is_empty() => {
-                reqwest::Body::wrap(Tracked::new(rest, progress))
+                reqwest::Body::wrap(Tracked::new(Limited::new(rest, max_body), progress))
             }
             RequestBody::Streaming { prefix, rest } => {
                 let head = futures_util::stream::iter([Ok::<_, hyper::Error>(prefix)]);
                 let pieces = head.chain(BodyDataStream::new(rest)).map_ok(Frame::data);
-                reqwest::Body::wrap(Tracked::new(StreamBody::new(pieces), progress))
+                let body = Limited::new(StreamBody::new(pieces), max_body);
+                reqwest::Body::wrap(Tracked::new(body, progress))
             }
         }
     }
