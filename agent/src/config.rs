@@ -699,12 +699,7 @@ fn is_root() -> bool {
     std::env::var("USER").is_ok_and(|u| u == "root") || current_uid() == Some(0)
 }
 
-/// This process's user id (the owner of `/proc/self`), without unsafe code.
-pub fn current_uid() -> Option<u32> {
-    std::fs::metadata("/proc/self")
-        .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
-        .ok()
-}
+pub use postern_process::current_uid;
 
 #[cfg(test)]
 mod tests;

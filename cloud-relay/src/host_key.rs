@@ -2,7 +2,7 @@
 //! in the state folder (0600), and its fingerprint in OpenSSH's `SHA256:…` form.
 
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use russh::keys::ssh_key::LineEnding;
@@ -65,8 +65,20 @@ pub fn ensure_state_dir(dir: &Path) -> std::io::Result<()> {
         }
         Err(e) => return Err(e),
     };
-    let mode = meta.permissions().mode() & 0o777;
+    let mode = meta.permissions().mode() & 0o7777;
     if mode & 0o077 == 0 {
+        return Ok(());
+    }
+    // Root running a CLI command must not close a folder others use (`/srv`, or `/tmp`:
+    // shared by design, sticky) to them.
+    let ours = postern_process::current_uid() == Some(meta.uid());
+    if !ours || mode & 0o1000 != 0 {
+        tracing::warn!(
+            folder = %dir.display(),
+            mode = format!("{mode:o}"),
+            owner = meta.uid(),
+            "state folder is open to other users and is not the relay's own: give the relay a folder of its own (0700)"
+        );
         return Ok(());
     }
     let narrowed = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
@@ -238,6 +250,32 @@ mod tests {
         let mode = std::fs::metadata(&dir).expect("meta").permissions().mode();
         assert_eq!(mode & 0o777, 0o700);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn folders_shared_by_design_or_owned_by_others_are_left_open() {
+        let base = std::env::temp_dir().join(format!("postern-shared-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let mode_of = |dir: &Path| std::fs::metadata(dir).expect("meta").permissions().mode();
+        // Like /tmp.
+        let sticky = base.join("sticky");
+        std::fs::create_dir_all(&sticky).expect("mkdir");
+        std::fs::set_permissions(&sticky, std::fs::Permissions::from_mode(0o1777)).expect("chmod");
+        ensure_state_dir(&sticky).expect("state folder");
+        assert_eq!(mode_of(&sticky) & 0o7777, 0o1777);
+        // Like /srv when root runs a CLI command on a state_dir pointed at it.
+        let theirs = base.join("theirs");
+        std::fs::create_dir_all(&theirs).expect("mkdir");
+        std::fs::set_permissions(&theirs, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        match std::os::unix::fs::chown(&theirs, Some(65534), None) {
+            Ok(()) => {
+                ensure_state_dir(&theirs).expect("state folder");
+                assert_eq!(mode_of(&theirs) & 0o777, 0o755);
+            }
+            // Giving a folder away takes root.
+            Err(e) => eprintln!("SKIPPED a folder owned by another user: {e}"),
+        }
+        let _ = std::fs::remove_dir_all(&base);
     }
 
     fn fresh_dir(tag: &str) -> PathBuf {

@@ -1,6 +1,6 @@
 //! What every postern program does first: parse its command line, run on its allocator
 //! (mimalloc) — `postern run` and `postern-relay serve` re-execute themselves once with
-//! its setting — and listen for its signals.
+//! its setting — and listen for its signals; and which user it runs as.
 //!
 //! mimalloc instead of glibc's malloc: a small call costs the relay ~20% and the agent
 //! ~10% less CPU (glibc spent it merging and splitting hyper's 8 KiB buffers, one per
@@ -17,6 +17,14 @@ mod command_line;
 mod signals;
 pub use command_line::{USAGE_ERROR, parse};
 pub use signals::listen_or_warn;
+
+/// The user this process runs as (its effective uid), or `None` without `/proc`: the
+/// owner of `/proc/self`, which saves an unsafe `geteuid` call.
+pub fn current_uid() -> Option<u32> {
+    std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
+        .ok()
+}
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
