@@ -203,8 +203,12 @@ impl ControlChannel {
             ),
         ));
         if let Some(old) = self.ctx.registry.insert(session) {
-            info!(agent = %self.agent.name, old = old.session_id, new = self.session_id, "newer session replaces older one");
-            old.disconnect(EndReason::Replaced).await;
+            info!(agent = %self.agent.name, old = old.session_id, new = self.session_id, calls_under_way = old.calls_in_flight(), "newer session replaces older one; the older ends once its calls under way are answered");
+            let ctx = self.ctx.clone();
+            self.ctx.tasks.spawn(async move {
+                let grace = ctx.config.shutdown_grace;
+                ctx.registry.retire(old, grace, &ctx.shutdown).await;
+            });
         }
         // A connection that ended before the insert found nothing to take out of the registry.
         if self

@@ -1,17 +1,18 @@
-//! The live agent sessions: at most one per agent, the newest replacing the
-//! older at once (a reconnecting agent is never locked out by its stale session).
+//! The live agent sessions: at most one per agent takes calls, the newest (a reconnecting
+//! agent is never locked out by its stale session); one it replaced finishes its calls.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use postern_protocol::ConnectionName;
 use postern_protocol::control::{EndReason, RelayMessage, encode_line};
 use russh::server::Msg;
 use russh::{ChannelStream, Disconnect};
 use tokio::io::{AsyncWriteExt, WriteHalf};
+use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::channel_pool::ChannelPool;
@@ -20,7 +21,9 @@ use crate::channel_pool::ChannelPool;
 pub type ControlWriter = Arc<tokio::sync::Mutex<WriteHalf<ChannelStream<Msg>>>>;
 
 /// How long an `ending` notice may take to write before the session is ended anyway.
-const NOTICE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+const NOTICE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How often a replaced session's calls under way are counted.
+const RETIRING_CHECK: Duration = Duration::from_millis(50);
 
 /// One authenticated, announced agent session.
 pub struct LiveSession {
@@ -176,6 +179,8 @@ pub struct Departure {
 #[derive(Default)]
 pub struct Registry {
     sessions: Mutex<HashMap<String, Arc<LiveSession>>>,
+    /// Replaced sessions finishing their calls, by session id ([`Registry::retire`]).
+    retiring: Mutex<HashMap<u64, Arc<LiveSession>>>,
     departures: Mutex<HashMap<String, Departure>>,
 }
 
@@ -210,6 +215,52 @@ impl Registry {
 
     pub fn all(&self) -> Vec<Arc<LiveSession>> {
         self.lock().values().cloned().collect()
+    }
+
+    /// The agent's session and the replaced ones still finishing their calls: what a
+    /// revoke or rotation ends.
+    pub fn sessions_of(&self, agent_id: &str) -> Vec<Arc<LiveSession>> {
+        let retiring = self.lock_retiring();
+        let older = retiring.values().filter(|s| s.agent_id == agent_id);
+        self.get(agent_id)
+            .into_iter()
+            .chain(older.cloned())
+            .collect()
+    }
+
+    /// Every session, replaced ones finishing their calls too, to check against the store.
+    pub fn all_with_retiring(&self) -> Vec<Arc<LiveSession>> {
+        let retiring = self.lock_retiring().values().cloned().collect::<Vec<_>>();
+        self.all().into_iter().chain(retiring).collect()
+    }
+
+    /// Ends `old`, which a newer session of the same agent replaced in the registry, once
+    /// the calls under way through it are answered or `grace` has passed. No new call
+    /// reaches it: new calls find the newer session, and its idle channels close now.
+    /// Another agent process taking over (a rolling update starts the new one before it
+    /// stops the old) so cuts no call; a stale session of a reconnecting agent has none
+    /// that could still be answered, and they end with its connection. At `shutdown` it
+    /// is left to the relay's own ending of sessions.
+    pub async fn retire(
+        &self,
+        old: Arc<LiveSession>,
+        grace: Duration,
+        shutdown: &CancellationToken,
+    ) {
+        self.lock_retiring().insert(old.session_id, old.clone());
+        old.channels.drain();
+        let deadline = tokio::time::Instant::now() + grace;
+        // The count has no wakeup of its own; a retirement is rare and short.
+        while old.calls_in_flight() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = tokio::time::sleep(RETIRING_CHECK) => {}
+            }
+        }
+        self.lock_retiring().remove(&old.session_id);
+        if !shutdown.is_cancelled() {
+            old.disconnect(EndReason::Replaced).await;
+        }
     }
 
     /// Ends `live` for `reason` (revoked, token rotated): out of the registry, reason
@@ -264,6 +315,10 @@ impl Registry {
 
     fn lock_departures(&self) -> std::sync::MutexGuard<'_, HashMap<String, Departure>> {
         self.departures.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_retiring(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<LiveSession>>> {
+        self.retiring.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<LiveSession>>> {

@@ -47,7 +47,7 @@ pub async fn run(ctx: Arc<RelayContext>) {
 /// One store query for all agents, then each live session against its record; the
 /// departures of agents no longer in the store are forgotten.
 pub async fn check_sessions(ctx: &Arc<RelayContext>) {
-    let live = ctx.registry.all();
+    let live = ctx.registry.all_with_retiring();
     let listed_at = std::time::SystemTime::now();
     let agents = match ctx.store_call(|s| s.list_agents()).await {
         Ok(list) => list

@@ -1,5 +1,5 @@
 //! Abuse resistance against the real relay: a second process with the same
-//! token, clients that never authenticate, OpenSSH with a wrong token, and a
+//! token (and what a replaced session's calls under way get), clients that never authenticate, OpenSSH with a wrong token, and a
 //! client hammering wrong tokens while a good agent keeps working.
 
 use std::io::{Read, Write};
@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use postern_protocol::SecretKind;
-use postern_tests::harness::Bins;
+use postern_tests::harness::{AgentProcess, Bins};
 use postern_tests::relay_support::{
-    ONLINE_WITHIN, OnlineAgent, RelayWorld, eventually, sample, scrape, wait_calls_in_flight,
+    ONLINE_WITHIN, OnlineAgent, RelayWorld, sample, scrape, wait_calls_in_flight,
 };
 
 /// The relay's authentication timeout is 10 s; allow for scheduling.
@@ -22,48 +22,110 @@ fn bins() -> Bins {
     postern_tests::bins!()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn the_newest_session_wins_and_the_older_ones_call_gets_a_clear_error() -> Result<()> {
-    let w = RelayWorld::start(bins()).await?;
+/// An older agent with a call under way through it (the internal server takes 3 s), and
+/// a newer process with the same token, online.
+struct Replaced {
+    older: AgentProcess,
+    newer: AgentProcess,
+    in_flight: tokio::task::JoinHandle<Result<reqwest::Response>>,
+}
+
+async fn replaced_during_a_call(w: &RelayWorld) -> Result<Replaced> {
     let OnlineAgent {
         token,
         process: older,
-        ..
+        info,
     } = w.agent_online("warehouse-1").await?;
-    // A call under way through the older session (the internal server takes 3 s).
     let api = w.admin.clone();
     let in_flight = tokio::spawn(async move { api.call("warehouse-1", "orders", "/slow").await });
     wait_calls_in_flight(&w.admin, "warehouse-1", 1, ONLINE_WITHIN).await?;
-
     let newer = w.start_agent(&token)?;
     w.relay
         .logs
         .wait_for("newer session replaces older one", ONLINE_WITHIN)?;
-    // The older agent learns why from the relay's `ending` notice and stops competing.
+    w.admin
+        .wait_new_session("warehouse-1", &info, ONLINE_WITHIN)
+        .await?;
+    Ok(Replaced {
+        older,
+        newer,
+        in_flight,
+    })
+}
+
+/// A second process with the same token — a rolling update starts the new agent before
+/// it stops the old — takes the new calls at once; the older finishes its call under way,
+/// then learns from the relay's `ending` notice why it lost the tunnel.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_newest_session_takes_new_calls_and_the_older_finishes_its_own() -> Result<()> {
+    let w = RelayWorld::start(bins()).await?;
+    let Replaced {
+        older,
+        newer,
+        in_flight,
+    } = replaced_during_a_call(&w).await?;
+    // A call to the older, draining session would get 503.
+    let r = w.admin.call("warehouse-1", "orders", "/after").await?;
+    assert_eq!(r.status(), 200);
+    let answer = in_flight.await??;
+    assert_eq!(answer.status(), 200, "the call under way was cut");
     older.logs.wait_for(
         "another agent with this token took over the tunnel",
         ONLINE_WITHIN,
     )?;
     // Only the newer process stays: two with one token would keep replacing each other.
     drop(older);
+    let r = w.admin.call("warehouse-1", "orders", "/later").await?;
+    assert_eq!(r.status(), 200);
+    newer.logs.wait_for("connected to relay", ONLINE_WITHIN)?;
+    Ok(())
+}
+
+/// A replaced session gets `shutdown_grace` to finish its calls, as at a relay stop.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replaced_sessions_call_longer_than_the_grace_gets_a_clear_error() -> Result<()> {
+    let w = RelayWorld::start_configured(bins(), "shutdown_grace = \"1s\"\n", &[]).await?;
+    let Replaced {
+        older, in_flight, ..
+    } = replaced_during_a_call(&w).await?;
     let answer = in_flight.await??;
     assert_eq!(answer.status(), 503);
     assert_eq!(answer.headers()["x-postern-error"], "agent_offline");
     let body: serde_json::Value = answer.json().await?;
     let message = body["error"]["message"].as_str().unwrap_or_default();
     assert!(message.contains("closed during the call"), "{message}");
+    older.logs.wait_for(
+        "another agent with this token took over the tunnel",
+        ONLINE_WITHIN,
+    )?;
+    Ok(())
+}
 
-    let api = w.admin.clone();
-    eventually("the newer session serves calls", ONLINE_WITHIN, || {
-        let api = api.clone();
-        async move {
-            api.call("warehouse-1", "orders", "/after")
-                .await
-                .is_ok_and(|r| r.status() == 200)
-        }
-    })
-    .await?;
-    newer.logs.wait_for("connected to relay", ONLINE_WITHIN)?;
+/// Revoking the agent ends the replaced session too, its call under way included.
+#[tokio::test(flavor = "multi_thread")]
+async fn revoking_ends_a_replaced_session_still_finishing_its_calls() -> Result<()> {
+    let w = RelayWorld::start(bins()).await?;
+    let Replaced {
+        older,
+        newer,
+        in_flight,
+    } = replaced_during_a_call(&w).await?;
+    let r = w
+        .admin
+        .http
+        .delete(format!("{}/v1/agents/warehouse-1", w.admin.base))
+        .bearer_auth(&w.admin.key)
+        .send()
+        .await?;
+    assert_eq!(r.status(), 204);
+    let answer = in_flight.await??;
+    assert_ne!(answer.status(), 200, "the revoked agent's call went on");
+    for agent in [&older, &newer] {
+        agent.logs.wait_for(
+            "the relay no longer accepts this agent's token",
+            ONLINE_WITHIN,
+        )?;
+    }
     Ok(())
 }
 

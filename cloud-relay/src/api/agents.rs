@@ -70,7 +70,7 @@ pub async fn revoke(
             let record = work
                 .store_write(move |store| store.revoke_agent(&agent))
                 .await?;
-            if let Some(live) = work.registry.get(&record.id) {
+            for live in work.registry.sessions_of(&record.id) {
                 work.registry.drop_session(&live, EndReason::Revoked).await;
             }
             Ok(record)

@@ -78,10 +78,10 @@ pub async fn rotate_agent_token(
             let record = work
                 .store_write(move |store| store.rotate_token(&agent, &stored, until))
                 .await?;
-            if let Some(live) = work.registry.get(&record.id)
-                && let Some(reason) = ended(Some(&record), live.token_version, unix_now())
-            {
-                work.registry.drop_session(&live, reason).await;
+            for live in work.registry.sessions_of(&record.id) {
+                if let Some(reason) = ended(Some(&record), live.token_version, unix_now()) {
+                    work.registry.drop_session(&live, reason).await;
+                }
             }
             Ok(record)
         })
