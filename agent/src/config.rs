@@ -562,10 +562,7 @@ pub fn write_private_bytes(
 ) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
-    let folder = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let folder = folder_of(path);
     let _one_at_a_time = lock_folder(folder)?;
     // The entry replaced, not what it may point at: a symlink planted there does not lend
     // its target's owner.
@@ -604,23 +601,74 @@ pub fn write_private_bytes(
     written
 }
 
+/// The folder `path` is in (`.` for a bare file name).
+pub fn folder_of(path: &Path) -> &Path {
+    path.parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
 /// How long a write waits for another to finish before it gives up.
 const WRITE_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
+thread_local! {
+    /// Folders whose lock this thread holds, by device and inode: an edit holds its
+    /// folder's from its read to its write, and the write inside must not wait for it.
+    static HELD: std::cell::RefCell<Vec<(u64, u64)>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A folder's write lock, held until dropped; see [`lock_folder`]. Not `Send`: it is
+/// noted as held by the thread that took it.
+pub struct FolderLock {
+    _file: Option<std::fs::File>,
+    held: Option<(u64, u64)>,
+    _this_thread: std::marker::PhantomData<*const ()>,
+}
+
+impl Drop for FolderLock {
+    fn drop(&mut self) {
+        if let Some(key) = self.held {
+            HELD.with_borrow_mut(|held| held.retain(|k| *k != key));
+        }
+    }
+}
+
 /// Writers at once (two admins, a tool running tasks side by side) would take each
-/// other's temp file and rename a half-written one into place: they take turns on an
-/// advisory lock on the folder, held while the returned file is. A folder that cannot be
-/// opened, or locked at all (some network file systems), is written to unlocked, as before.
-fn lock_folder(folder: &Path) -> std::io::Result<Option<std::fs::File>> {
-    let Ok(file) = std::fs::File::open(folder) else {
-        return Ok(None);
+/// other's temp file and rename a half-written one into place, and edits at once would
+/// each write what they read plus their own change, undoing the other's: they take turns
+/// on an advisory lock on the folder. One this thread holds already is not taken again.
+/// A folder that cannot be opened, or locked at all (some network file systems), is
+/// written to unlocked, as before.
+pub fn lock_folder(folder: &Path) -> std::io::Result<FolderLock> {
+    use std::os::unix::fs::MetadataExt;
+    let unlocked = FolderLock {
+        _file: None,
+        held: None,
+        _this_thread: std::marker::PhantomData,
     };
+    let Ok(file) = std::fs::File::open(folder) else {
+        return Ok(unlocked);
+    };
+    let key = match file.metadata() {
+        Ok(meta) => (meta.dev(), meta.ino()),
+        Err(_) => return Ok(unlocked),
+    };
+    if HELD.with_borrow(|held| held.contains(&key)) {
+        return Ok(unlocked);
+    }
     let waited_from = std::time::Instant::now();
     loop {
         match file.try_lock() {
-            Ok(()) => return Ok(Some(file)),
+            Ok(()) => {
+                HELD.with_borrow_mut(|held| held.push(key));
+                return Ok(FolderLock {
+                    _file: Some(file),
+                    held: Some(key),
+                    _this_thread: std::marker::PhantomData,
+                });
+            }
             Err(std::fs::TryLockError::WouldBlock) => {}
-            Err(std::fs::TryLockError::Error(_)) => return Ok(None),
+            Err(std::fs::TryLockError::Error(_)) => return Ok(unlocked),
         }
         // Anyone who can read the folder can hold its lock: wait, but not for ever.
         if waited_from.elapsed() >= WRITE_LOCK_WAIT {

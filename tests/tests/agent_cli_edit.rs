@@ -6,7 +6,8 @@ use std::process::Output;
 
 use anyhow::Result;
 use postern_tests::harness::{
-    Bins, agent_cli, offline_agent_config, offline_init, output_text, stderr, unknown_token,
+    Bins, agent_cli, agent_command, offline_agent_config, offline_init, output_text, stderr,
+    unknown_token,
 };
 use postern_tests::temp::TempDir;
 
@@ -198,5 +199,37 @@ fn token_set_as_root_replaces_only_the_config_owners_files() -> Result<()> {
         assert_eq!(std::fs::metadata(&written)?.uid(), SERVICE, "{token_file}");
         assert!(std::fs::symlink_metadata(d.join("own-link"))?.is_symlink());
     }
+    Ok(())
+}
+
+/// Edits at once take turns: each `connection add` reads the config, adds its own and
+/// writes, so without turns a later one would write back what it read, without the other.
+#[test]
+fn edits_at_once_all_land() -> Result<()> {
+    let dir = TempDir::new("cli-edit-at-once")?;
+    let config = dir.write_private("agent.toml", &offline_agent_config("127.0.0.1:1", ""))?;
+    let bins = bins();
+    let names: Vec<String> = (0..12).map(|n| format!("c{n}")).collect();
+    let children = names
+        .iter()
+        .map(|name| {
+            let base = format!("http://127.0.0.1:9/{name}");
+            let args = ["connection", "add", name, "--base-uri", &base];
+            agent_command(&bins, &config, &args)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+        })
+        .collect::<std::io::Result<Vec<_>>>()?;
+    for child in children {
+        let out = child.wait_with_output()?;
+        assert!(out.status.success(), "{}", output_text(&out));
+    }
+    let text = std::fs::read_to_string(&config)?;
+    let lost: Vec<&String> = names
+        .iter()
+        .filter(|n| !text.contains(&format!("[connections.{n}]")))
+        .collect();
+    assert!(lost.is_empty(), "lost: {lost:?}\n{text}");
     Ok(())
 }

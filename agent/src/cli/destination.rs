@@ -125,6 +125,13 @@ impl Destination {
         }))
     }
 
+    /// The write lock of the folder written to, for an edit to hold from its read on.
+    pub(super) fn lock(&self) -> Result<crate::config::FolderLock> {
+        let folder = crate::config::folder_of(&self.through);
+        crate::config::lock_folder(folder)
+            .with_context(|| format!("locking {} for the edit", self.file.display()))
+    }
+
     pub(super) fn write(&self, text: &str) -> Result<()> {
         crate::config::write_private(&self.through, text)
             .with_context(|| format!("writing {}", self.file.display()))

@@ -9,7 +9,7 @@ use toml_edit::{DocumentMut, InlineTable, Item, Table, TableLike, value};
 
 use super::destination::{Destination, written};
 use super::out;
-use crate::config::{AgentConfig, ConfigError, ConfigFile};
+use crate::config::{AgentConfig, ConfigError, ConfigFile, FolderLock};
 
 /// What `connection add` was asked for.
 #[derive(Debug, clap::Args)]
@@ -57,22 +57,43 @@ pub(crate) struct NewConnection {
     pub replace: bool,
 }
 
-pub(super) fn load(path: &Path) -> Result<DocumentMut> {
+fn load(path: &Path) -> Result<DocumentMut> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     text.parse::<DocumentMut>()
         .with_context(|| format!("{} is not valid TOML", path.display()))
 }
 
-/// Validates the edited document as `run` would load it, then replaces the file. An edit
-/// is refused for the problems it brings, not for those the config had before, nor for a
-/// secret from an environment variable this shell lacks: the service's environment
-/// (`secret_env`) is not an admin's shell. Those are named as not checked.
-pub(super) fn save(path: &Path, doc: &DocumentMut) -> Result<PathBuf> {
-    let text = doc.to_string();
+/// A config read to be edited. Its folder's write lock is held from the read to the write
+/// (or the edit's end), so edits at once take turns: each would otherwise write what it
+/// read plus its own change, undoing the other's.
+pub(super) struct Editing {
+    pub(super) doc: DocumentMut,
+    destination: Destination,
+    _turn: FolderLock,
+}
+
+pub(super) fn open(path: &Path) -> Result<Editing> {
+    let destination = Destination::of(path)?;
+    let turn = destination.lock()?;
+    Ok(Editing {
+        doc: load(path)?,
+        destination,
+        _turn: turn,
+    })
+}
+
+/// Validates the edited document as `run` would load it, then replaces the file (see
+/// [`Destination`]) and returns the file written. An edit is refused for the problems it
+/// brings, not for those the config had before, nor for a secret from an environment
+/// variable this shell lacks: the service's environment (`secret_env`) is not an admin's
+/// shell. Those are named as not checked.
+pub(super) fn save(path: &Path, editing: &Editing) -> Result<PathBuf> {
+    let text = editing.doc.to_string();
     let before = std::fs::read_to_string(path).ok();
     check(path, before.as_deref(), &text)?;
-    write_config(path, &text)
+    editing.destination.write(&text)?;
+    Ok(editing.destination.file.clone())
 }
 
 /// `save`'s validation of `text`, the new content of `path`, which held `before`.
@@ -111,14 +132,6 @@ pub(super) fn check(path: &Path, before: Option<&str>, text: &str) -> Result<()>
     Ok(())
 }
 
-/// Replaces the config at `path` with `text` (atomically, 0600, its owner kept) and returns
-/// the file written.
-fn write_config(path: &Path, text: &str) -> Result<PathBuf> {
-    let destination = Destination::of(path)?;
-    destination.write(text)?;
-    Ok(destination.file)
-}
-
 /// What `run` would refuse in `text`, one line each; an error if it does not parse.
 fn problems(text: &str, base: &Path) -> Result<Vec<String>> {
     let file = ConfigFile::parse(text)?;
@@ -144,8 +157,9 @@ fn pairs(items: &[String], what: &str) -> Result<Vec<(String, String)>> {
 }
 
 pub(crate) fn add(path: &Path, new: NewConnection) -> Result<()> {
-    let mut doc = load(path)?;
-    let connections = doc
+    let mut editing = open(path)?;
+    let connections = editing
+        .doc
         .entry("connections")
         .or_insert(Item::Table(Table::new()))
         .as_table_mut()
@@ -220,7 +234,7 @@ pub(crate) fn add(path: &Path, new: NewConnection) -> Result<()> {
     }
     table["auth"] = Item::Table(auth);
     connections[&new.name] = Item::Table(table);
-    let file = save(path, &doc)?;
+    let file = save(path, &editing)?;
     let file = written(path, &file);
     out::stdout(|out| writeln!(out, "connection {:?} added to {file}", new.name))?;
     Ok(())
@@ -240,16 +254,17 @@ fn claim(text: &str) -> toml_edit::Value {
 }
 
 pub(crate) fn remove(path: &Path, name: &str) -> Result<()> {
-    let mut doc = load(path)?;
-    let removed = doc
+    let mut editing = open(path)?;
+    let removed = editing
+        .doc
         .get_mut("connections")
         .and_then(Item::as_table_mut)
         .and_then(|t| t.remove(name));
     let Some(removed) = removed else {
         bail!("no connection {name:?} in {}", path.display());
     };
-    super::remove_comments::keep_loose_comments(&mut doc, &removed);
-    let file = save(path, &doc)?;
+    super::remove_comments::keep_loose_comments(&mut editing.doc, &removed);
+    let file = save(path, &editing)?;
     let file = written(path, &file);
     out::stdout(|out| writeln!(out, "connection {name:?} removed from {file}"))?;
     Ok(())

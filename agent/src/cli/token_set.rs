@@ -8,7 +8,7 @@ use postern_protocol::{SecretKind, SecretToken};
 use toml_edit::{Item, value};
 
 use super::destination::{user, written};
-use super::edit::{load, save};
+use super::edit::{open, save};
 use super::out;
 use super::pinned_folder::PinnedFolder;
 
@@ -18,7 +18,8 @@ pub(crate) fn set_token(path: &Path, token_file: Option<&Path>) -> Result<()> {
         super::init::read_token(token_file, None, "New access token (pst_…): ", "token set")?;
     let token =
         SecretToken::parse(SecretKind::AgentToken, &text).context("the new token is not valid")?;
-    let mut doc = load(path)?;
+    let mut editing = open(path)?;
+    let doc = &mut editing.doc;
     let next_step = "run `postern reload` (or `systemctl reload postern-agent`) to use it";
     if let Some(env) = doc.get("token_env").and_then(Item::as_str) {
         bail!(
@@ -35,15 +36,10 @@ pub(crate) fn set_token(path: &Path, token_file: Option<&Path>) -> Result<()> {
         let named = base.join(file);
         // A symlink (to a secrets folder, say) keeps pointing where it did.
         let target = std::fs::canonicalize(&named).unwrap_or(named);
-        let (folder, name) = match (target.parent(), target.file_name()) {
-            (Some(folder), Some(name)) => (folder, name),
-            _ => bail!("token_file {} names no file", target.display()),
+        let Some(name) = target.file_name() else {
+            bail!("token_file {} names no file", target.display());
         };
-        let folder = if folder.as_os_str().is_empty() {
-            Path::new(".")
-        } else {
-            folder
-        };
+        let folder = crate::config::folder_of(&target);
         let pinned =
             PinnedFolder::open(folder).with_context(|| format!("opening {}", folder.display()))?;
         check_token_file_owner(path, &target, &pinned, folder)?;
@@ -53,7 +49,7 @@ pub(crate) fn set_token(path: &Path, token_file: Option<&Path>) -> Result<()> {
         return Ok(());
     }
     doc["token"] = value(token.expose());
-    let file = save(path, &doc)?;
+    let file = save(path, &editing)?;
     let file = written(path, &file);
     out::stdout(|out| writeln!(out, "token updated in {file}; {next_step}"))?;
     Ok(())
