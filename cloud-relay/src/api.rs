@@ -5,6 +5,7 @@ pub mod agents;
 mod answer_body;
 pub mod apikeys;
 pub mod auth;
+mod awaited;
 pub mod call;
 pub mod connection_test;
 pub mod error;

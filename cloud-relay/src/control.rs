@@ -201,6 +201,7 @@ impl ControlChannel {
                 self.ctx.metrics.channels_opened(),
                 self.ctx.tasks.clone(),
             ),
+            self.ctx.registry.calls_of(&self.agent.id),
         ));
         if let Some(old) = self.ctx.registry.insert(session) {
             info!(agent = %self.agent.name, old = old.session_id, new = self.session_id, calls_under_way = old.calls_in_flight(), "newer session replaces older one; the older ends once its calls under way are answered");

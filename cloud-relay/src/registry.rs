@@ -40,6 +40,9 @@ pub struct LiveSession {
     pub token_version: i64,
     /// Calls under way through this session.
     in_flight: Arc<AtomicU64>,
+    /// Calls under way to this agent, through a replaced session still finishing its own
+    /// too: what `max_calls_per_agent` bounds ([`Registry::calls_of`]).
+    agent_calls: Arc<AtomicU64>,
     /// Why the relay ended this session, read when the connection task finishes.
     pub closing_reason: ClosingReason,
     handle: russh::server::Handle,
@@ -64,6 +67,7 @@ impl LiveSession {
         handle: russh::server::Handle,
         control: ControlWriter,
         channels: Arc<ChannelPool>,
+        agent_calls: Arc<AtomicU64>,
     ) -> Self {
         Self {
             session_id,
@@ -76,6 +80,7 @@ impl LiveSession {
             connections: Mutex::new(connections),
             token_version,
             in_flight: Arc::new(AtomicU64::new(0)),
+            agent_calls,
             closing_reason,
             handle,
             control,
@@ -84,15 +89,22 @@ impl LiveSession {
     }
 
     /// Counts a call as under way until the returned guard is dropped; `None`
-    /// when `limit` calls are under way already.
+    /// when `limit` calls to the agent are under way already.
     pub fn try_call_started(&self, limit: u64) -> Option<InFlightGuard> {
-        let guard = InFlightGuard(self.in_flight.clone());
-        let before = self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        let before = self.agent_calls.fetch_add(1, Ordering::Relaxed);
+        let guard = InFlightGuard([self.in_flight.clone(), self.agent_calls.clone()]);
         (before < limit).then_some(guard)
     }
 
+    /// Calls under way through this session.
     pub fn calls_in_flight(&self) -> u64 {
         self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Calls under way to the agent, a replaced session's included.
+    pub fn agent_calls_in_flight(&self) -> u64 {
+        self.agent_calls.load(Ordering::Relaxed)
     }
 
     /// The connection the agent serves under `connection`, if it serves one.
@@ -140,12 +152,15 @@ impl LiveSession {
     }
 }
 
-/// Decrements the session's in-flight count when the call (body included) ends.
-pub struct InFlightGuard(Arc<AtomicU64>);
+/// Decrements the session's and the agent's in-flight counts when the call (body
+/// included) ends.
+pub struct InFlightGuard([Arc<AtomicU64>; 2]);
 
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        for count in &self.0 {
+            count.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -181,15 +196,33 @@ pub struct Registry {
     sessions: Mutex<HashMap<String, Arc<LiveSession>>>,
     /// Replaced sessions finishing their calls, by session id ([`Registry::retire`]).
     retiring: Mutex<HashMap<u64, Arc<LiveSession>>>,
+    /// Calls under way per agent id, across its sessions; kept for the relay's life (a
+    /// counter per agent that ever connected).
+    calls: Mutex<HashMap<String, Arc<AtomicU64>>>,
     departures: Mutex<HashMap<String, Departure>>,
 }
 
 impl Registry {
-    /// Registers a session; returns the older session of the same agent, if any,
-    /// which the caller must disconnect.
+    /// The count of `agent_id`'s calls under way, for its sessions to share.
+    pub fn calls_of(&self, agent_id: &str) -> Arc<AtomicU64> {
+        self.calls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(agent_id.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    /// Registers a session; returns the older session of the same agent, if any, which
+    /// the caller must [`retire`](Registry::retire). It is among the retiring from here
+    /// on, in the same step, so a revoke never finds it in neither place.
     pub fn insert(&self, session: Arc<LiveSession>) -> Option<Arc<LiveSession>> {
         info!(agent = %session.agent_name, session = session.session_id, remote = %session.remote_addr, "agent online");
-        self.lock().insert(session.agent_id.clone(), session)
+        // In `sessions_of`'s order.
+        let mut retiring = self.lock_retiring();
+        let old = self.lock().insert(session.agent_id.clone(), session)?;
+        retiring.insert(old.session_id, old.clone());
+        Some(old)
     }
 
     /// Removes the agent's session only if it is still `session_id`, so a
@@ -247,7 +280,6 @@ impl Registry {
         grace: Duration,
         shutdown: &CancellationToken,
     ) {
-        self.lock_retiring().insert(old.session_id, old.clone());
         old.channels.drain();
         let deadline = tokio::time::Instant::now() + grace;
         // The count has no wakeup of its own; a retirement is rare and short.

@@ -1,12 +1,16 @@
 //! `agent create`, `apikey create` and `agent rotate` show their secret once. When it
 //! cannot be shown (a full disk, a reader that went away) nothing is created or rotated:
 //! the command fails, a re-run with the same name works, and the old token still does.
+//! Through the API, the same for a request given up on before its answer.
 
 use std::process::Stdio;
+use std::time::Duration;
 
 use anyhow::Result;
 use postern_tests::harness::{Bins, relay_cli, relay_cli_command, stderr};
-use postern_tests::relay_support::{RelayWorld, send, ssh_login};
+use postern_tests::relay_support::{
+    RelayWorld, SqliteLock, eventually, hold_sqlite_lock, send, ssh_login,
+};
 use reqwest::Method;
 
 fn bins() -> Bins {
@@ -111,5 +115,60 @@ async fn a_rotation_whose_token_cannot_be_shown_is_not_made() -> Result<()> {
         !ssh_login(w.relay.ssh, &token).await?.1,
         "the old token still works"
     );
+    Ok(())
+}
+
+/// Through the API, a request given up on before its secret was shown (here
+/// `api_timeout`, while another process holds the store's write lock; a caller that
+/// hangs up is the same) creates and rotates nothing once the write can land: the
+/// secret would reach no one.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_api_request_given_up_on_keeps_no_secret() -> Result<()> {
+    let w = RelayWorld::start_configured(bins(), "api_timeout = \"300ms\"\n", &[]).await?;
+    let token = w.create_agent("site").await?;
+    let lock = hold_sqlite_lock(
+        &w.state_dir().join("relay.db"),
+        SqliteLock::Write,
+        false,
+        None,
+    )?;
+    let asks = [
+        ("/v1/agents", Some(serde_json::json!({"name": "unseen"}))),
+        (
+            "/v1/apikeys",
+            Some(serde_json::json!({"name": "unseen-key"})),
+        ),
+        ("/v1/agents/site/token", None),
+    ];
+    for (path, body) in asks {
+        let answer = send(&w.admin, Method::POST, path, body).await?;
+        assert_eq!(answer.status, 500, "{path}: given up on: {}", answer.json);
+    }
+    // Killed, the holder commits nothing; the relay's writes go ahead now.
+    drop(lock);
+    let store = postern_relay::store::SqliteStore::open_in(&w.state_dir())?;
+    eventually("the writes are undone", Duration::from_secs(5), || async {
+        let agents = send(&w.admin, Method::GET, "/v1/agents", None).await;
+        let keys = send(&w.admin, Method::GET, "/v1/apikeys", None).await;
+        let site = postern_relay::store::Store::find_agent(&store, "site");
+        matches!((agents, keys, site), (Ok(a), Ok(k), Ok(Some(site)))
+            if a.status == 200 && !a.json.to_string().contains("unseen")
+                && k.status == 200 && !k.json.to_string().contains("unseen-key")
+                && site.token_version == 1)
+    })
+    .await?;
+    // Settled, not merely not yet written: the old token logs in, the names are free.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        ssh_login(w.relay.ssh, &token).await?.1,
+        "the old token stopped working"
+    );
+    for (path, body) in [
+        ("/v1/agents", serde_json::json!({"name": "unseen"})),
+        ("/v1/apikeys", serde_json::json!({"name": "unseen-key"})),
+    ] {
+        let again = send(&w.admin, Method::POST, path, Some(body)).await?;
+        assert_eq!(again.status, 201, "{path}: {}", again.json);
+    }
     Ok(())
 }

@@ -16,7 +16,7 @@ use super::ApiError;
 use super::auth::AdminOnly;
 use crate::context::RelayContext;
 use crate::secrets::new_token;
-use crate::store::AgentRecord;
+use crate::store::{AgentRecord, StoreError};
 
 pub async fn create(
     State(ctx): State<Arc<RelayContext>>,
@@ -26,8 +26,22 @@ pub async fn create(
     let Json(request) = body.map_err(super::error::json_rejection)?;
     let token = new_token(SecretKind::AgentToken);
     let stored = token.clone();
+    let (_awaiting, awaited) = super::awaited::awaiting();
+    let work = ctx.clone();
+    // To completion: a create that lands after its caller is gone is undone.
     let agent = ctx
-        .store_write(move |store| store.create_agent(&request.name, &stored))
+        .to_completion(async move {
+            let agent = work
+                .store_write(move |store| store.create_agent(&request.name, &stored))
+                .await?;
+            if let Err(gone) = awaited.still() {
+                let id = agent.id.clone();
+                work.store_write(move |store| store.delete_agent(&id))
+                    .await?;
+                return Err(StoreError::NotShown(gone));
+            }
+            Ok(agent)
+        })
         .await
         .map_err(ApiError::store)?;
     tracing::info!(agent = %agent.name, id = %agent.id, by = %caller.name, "agent created");
@@ -104,7 +118,7 @@ pub(crate) fn info(ctx: &RelayContext, agent: AgentRecord) -> AgentInfo {
     let live = ctx.registry.get(&agent.id);
     let departure = ctx.registry.departure(&agent.id);
     AgentInfo {
-        calls_in_flight: live.as_ref().map_or(0, |l| l.calls_in_flight()),
+        calls_in_flight: live.as_ref().map_or(0, |l| l.agent_calls_in_flight()),
         last_seen: if live.is_some() {
             Some(rfc3339(SystemTime::now()))
         } else {

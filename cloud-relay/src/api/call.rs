@@ -266,10 +266,12 @@ fn classify(
     connection: &str,
     e: &CallError,
 ) -> Failure {
+    // A replaced session finishing its calls is live until it is told to go.
     let still_live = ctx
         .registry
-        .get(&live.agent_id)
-        .is_some_and(|s| s.session_id == live.session_id);
+        .sessions_of(&live.agent_id)
+        .iter()
+        .any(|s| s.session_id == live.session_id);
     // A session that failed a channel open is ending, though it may not be out of the
     // registry yet; the channel never opened, so nothing was sent.
     if !still_live || matches!(e, CallError::SessionClosed) {

@@ -73,10 +73,14 @@ pub async fn rotate_agent_token(
     let stored = token.clone();
     let until = grace.map(grace_end);
     let work = ctx.clone();
+    let (_awaiting, awaited) = super::awaited::awaiting();
     let record = ctx
         .to_completion(async move {
+            // Rolled back if nobody waits for the new token any more: the old one goes on.
             let record = work
-                .store_write(move |store| store.rotate_token(&agent, &stored, until))
+                .store_write(move |store| {
+                    store.rotate_token_shown(&agent, &stored, until, &mut |_| awaited.still())
+                })
                 .await?;
             for live in work.registry.sessions_of(&record.id) {
                 if let Some(reason) = ended(Some(&record), live.token_version, unix_now()) {

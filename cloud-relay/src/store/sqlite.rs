@@ -288,7 +288,9 @@ impl Store for SqliteStore {
                 .ok_or_else(|| StoreError::AgentNotFound(id_or_name.to_owned()))?;
             // The current token becomes the old one, valid until the grace ends (without
             // one, never again: kept only so `login` knows it as a former one); an older one is gone.
-            let until = old_until.unwrap_or_else(super::unix_now);
+            // Never again is the epoch, not now: a clock stepped back must not revive a
+            // token rotated away because it leaked.
+            let until = old_until.unwrap_or(0);
             tx.execute(
                 "UPDATE agents SET
                     old_token_lookup = token_lookup,
@@ -660,6 +662,8 @@ mod tests {
         let second = new_token(SecretKind::AgentToken);
         store.rotate_token("w1", &second, None).expect("rotate");
         assert_eq!(kind(&first, now), "former", "rotated away");
+        // A clock stepped back (NTP after a drift) does not revive it.
+        assert_eq!(kind(&first, now - 3600), "former", "an hour earlier");
         let third = new_token(SecretKind::AgentToken);
         store
             .rotate_token("w1", &third, Some(now + 300))
