@@ -280,16 +280,22 @@ async fn run(
                 .get(&ctx.token_http, conn.timeout)
                 .await
                 .map_err(bearer_error)?;
-            info!(connection = %conn.name, "upstream refused the cached token; retrying once with a new one");
-            upstream = send(
-                ctx,
-                &parts.method,
-                &url,
-                &headers,
-                Some(&fresh),
-                RequestBody::Buffered(replay),
-            )
-            .await?;
+            // The same token again (refusals are ignored for now): its answer would be too.
+            if fresh.header != used.header {
+                info!(connection = %conn.name, "upstream refused the cached token; retrying once with a new one");
+                upstream = send(
+                    ctx,
+                    &parts.method,
+                    &url,
+                    &headers,
+                    Some(&fresh),
+                    RequestBody::Buffered(replay),
+                )
+                .await?;
+                if upstream.status() == StatusCode::UNAUTHORIZED {
+                    source.refused_again();
+                }
+            }
         }
     }
     if upstream.status() == StatusCode::TOO_MANY_REQUESTS

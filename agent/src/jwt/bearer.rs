@@ -22,6 +22,10 @@ const REFRESH_MARGIN_FRACTION: u32 = 10;
 /// attempt waits this long: a token endpoint that is down sees one request a second, not
 /// one per call.
 const REFRESH_RETRY: Duration = Duration::from_secs(1);
+/// After a fresh token was refused too, this long goes by before a refusal drops the
+/// cached token again: such 401s are about the request (a path the account may not read,
+/// an API that says 401 for 403), and each would otherwise cost an exchange.
+const REFUSALS_IGNORED_FOR: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum BearerError {
@@ -89,19 +93,30 @@ struct State {
     /// The last failed attempt: callers that were already waiting share it instead of
     /// each hammering a failing endpoint in turn.
     failure: Option<(Instant, BearerError)>,
+    /// The last header minted, for callers that were already waiting when it was: one the
+    /// cache cannot keep (an `expires_in` of 0) still serves them all, not one each in turn.
+    minted: Option<(Instant, HeaderValue)>,
+    /// Until then a refusal keeps the cached token ([`BearerSource::refused_again`]).
+    refusals_ignored_until: Option<Instant>,
 }
 
 /// One per connection, shared by all its calls.
 pub struct BearerSource {
-    auth: Arc<JwtBearer>,
-    /// Held only to read or write, never across an exchange.
-    state: std::sync::Mutex<State>,
-    /// Held by the one call that mints (exchanges or signs for reuse) at a time.
-    minting: Mutex<()>,
-    exchanges: ExchangeCounters,
+    shared: Arc<Shared>,
+    /// Held by the one mint (an exchange, or a signature for reuse) at a time, in the task
+    /// that runs it.
+    minting: Arc<Mutex<()>>,
     /// A fresh-per-call JWT whose payload has no `{{uuid}}` renders the same bytes all
     /// second long: the last one, by the second it was signed in. `None` with a `{{uuid}}`.
     this_second: Option<std::sync::Mutex<Option<(u64, HeaderValue)>>>,
+}
+
+/// What a mint needs, shared with the task that runs it.
+struct Shared {
+    auth: Arc<JwtBearer>,
+    /// Held only to read or write, never across an exchange.
+    state: std::sync::Mutex<State>,
+    exchanges: ExchangeCounters,
 }
 
 impl BearerSource {
@@ -109,10 +124,12 @@ impl BearerSource {
         let this_second =
             (!auth.signer.differs_within_a_second()).then(|| std::sync::Mutex::new(None));
         Self {
-            auth,
-            state: std::sync::Mutex::new(State::default()),
-            minting: Mutex::new(()),
-            exchanges,
+            shared: Arc::new(Shared {
+                auth,
+                state: std::sync::Mutex::new(State::default()),
+                exchanges,
+            }),
+            minting: Arc::new(Mutex::new(())),
             this_second,
         }
     }
@@ -126,41 +143,136 @@ impl BearerSource {
         http: &reqwest::Client,
         timeout: Duration,
     ) -> Result<Bearer, BearerError> {
-        if self.auth.exchange.is_none() && self.auth.reuse_for.is_none() {
+        let shared = &self.shared;
+        if shared.auth.exchange.is_none() && shared.auth.reuse_for.is_none() {
             // Not `cached`: a token of this second refused would be refused again if re-signed.
             return Ok(Bearer {
-                header: self.fresh(unix_now())?,
+                header: self.fresh(unix_now()).await?,
                 cached: false,
                 exchanged: false,
             });
         }
         let asked = Instant::now();
-        let still_valid = match &self.lock_state().cached {
-            Some(c) if asked < c.refresh_at => return Ok(self.bearer(c.header.clone(), true)),
+        let still_valid = match &shared.lock_state().cached {
+            Some(c) if asked < c.refresh_at => return Ok(shared.bearer(c.header.clone(), true)),
             Some(c) if asked < c.expires_at => Some(c.header.clone()),
             _ => None,
         };
-        let _minting = match still_valid {
-            Some(header) => match self.minting.try_lock() {
+        let minting = match still_valid {
+            Some(header) => match self.minting.clone().try_lock_owned() {
                 Ok(guard) => guard,
-                Err(_) => return Ok(self.bearer(header, true)),
+                Err(_) => return Ok(shared.bearer(header, true)),
             },
-            None => self.minting.lock().await,
+            None => self.minting.clone().lock_owned().await,
         };
         // Another call may have minted, or failed, while this one waited.
         {
-            let state = self.lock_state();
+            let state = shared.lock_state();
             if let Some(c) = &state.cached
                 && Instant::now() < c.refresh_at
             {
-                return Ok(self.bearer(c.header.clone(), true));
+                return Ok(shared.bearer(c.header.clone(), true));
             }
             if let Some((at, err)) = &state.failure
                 && *at >= asked
             {
                 return Err(err.clone());
             }
+            if let Some((at, header)) = &state.minted
+                && *at >= asked
+            {
+                return Ok(shared.bearer(header.clone(), true));
+            }
         }
+        // In a task of its own, run to its end: calls queue behind this one for its result,
+        // and an exchange cancelled with a call given up on (its caller gone) would leave
+        // them to start over — against a slow endpoint, for ever. The connection's timeout
+        // bounds it.
+        let (shared, http) = (shared.clone(), http.clone());
+        let mint = tokio::spawn(async move {
+            let _minting = minting;
+            shared.mint_and_keep(&http, timeout).await
+        });
+        mint.await
+            .unwrap_or_else(|e| Err(BearerError::Signing(format!("the token task failed: {e}"))))
+    }
+
+    #[cfg(test)]
+    fn lock_state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.shared.lock_state()
+    }
+
+    /// For `postern status`: how long the cached token stays in use, if any.
+    pub fn cache_state(&self) -> CacheState {
+        if self.minting.try_lock().is_err() {
+            return CacheState::Refreshing;
+        }
+        match &self.shared.lock_state().cached {
+            Some(c) if c.refresh_at > Instant::now() => {
+                CacheState::ValidFor(c.refresh_at - Instant::now())
+            }
+            _ => CacheState::Empty,
+        }
+    }
+
+    /// Drops the cached token if it is still `header` (the upstream refused it), unless a
+    /// fresh one was refused too a moment ago.
+    pub async fn invalidate(&self, header: &HeaderValue) {
+        let mut state = self.shared.lock_state();
+        if state
+            .refusals_ignored_until
+            .is_some_and(|until| Instant::now() < until)
+        {
+            return;
+        }
+        if state.cached.as_ref().is_some_and(|c| c.header == header) {
+            state.cached = None;
+        }
+    }
+
+    /// The token got for a refused call's retry was refused too: for a while, refusals
+    /// are taken as the request's, not the token's ([`REFUSALS_IGNORED_FOR`]).
+    pub fn refused_again(&self) {
+        self.shared.lock_state().refusals_ignored_until =
+            Instant::now().checked_add(REFUSALS_IGNORED_FOR);
+    }
+
+    /// The header of a JWT signed for `now`: signing it again in the same second would give
+    /// the same token (or, for ECDSA and RSA-PSS, an equally valid one), so it is signed once.
+    async fn fresh(&self, now: u64) -> Result<HeaderValue, BearerError> {
+        let Some(last) = &self.this_second else {
+            return header(&format!("Bearer {}", self.shared.sign(now).await?));
+        };
+        if let Some((at, header)) = &*last.lock().unwrap_or_else(PoisonError::into_inner)
+            && *at == now
+        {
+            return Ok(header.clone());
+        }
+        let fresh = header(&format!("Bearer {}", self.shared.sign(now).await?))?;
+        *last.lock().unwrap_or_else(PoisonError::into_inner) = Some((now, fresh.clone()));
+        Ok(fresh)
+    }
+}
+
+impl Shared {
+    fn bearer(&self, header: HeaderValue, cached: bool) -> Bearer {
+        Bearer {
+            header,
+            cached,
+            exchanged: self.auth.exchange.is_some(),
+        }
+    }
+
+    fn lock_state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Mints a header and keeps it (or the failure) for the calls after, counted.
+    async fn mint_and_keep(
+        &self,
+        http: &reqwest::Client,
+        timeout: Duration,
+    ) -> Result<Bearer, BearerError> {
         let started = Instant::now();
         let result = self.mint(http, timeout).await;
         let mut state = self.lock_state();
@@ -173,6 +285,7 @@ impl BearerSource {
         match result {
             Ok((header, reuse)) => {
                 state.failure = None;
+                state.minted = Some((Instant::now(), header.clone()));
                 state.cached = reuse.and_then(|r| Cached::new(header.clone(), started, r));
                 Ok(self.bearer(header, false))
             }
@@ -196,57 +309,21 @@ impl BearerSource {
         }
     }
 
-    fn bearer(&self, header: HeaderValue, cached: bool) -> Bearer {
-        Bearer {
-            header,
-            cached,
-            exchanged: self.auth.exchange.is_some(),
+    /// An RSA signature goes to tokio's blocking threads, so the tunnel's I/O and the other
+    /// calls never wait behind it on the async workers; one per core at a time, so a burst
+    /// of calls queues for a turn instead of growing the blocking pool.
+    async fn sign(&self, now: u64) -> Result<String, JwtError> {
+        let env = |name: &str| std::env::var(name).ok();
+        let algorithm = self.auth.signer.algorithm();
+        if !algorithm.is_rsa() {
+            return self.auth.signer.sign(now, &env);
         }
-    }
-
-    fn lock_state(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// For `postern status`: how long the cached token stays in use, if any.
-    pub fn cache_state(&self) -> CacheState {
-        if self.minting.try_lock().is_err() {
-            return CacheState::Refreshing;
-        }
-        match &self.lock_state().cached {
-            Some(c) if c.refresh_at > Instant::now() => {
-                CacheState::ValidFor(c.refresh_at - Instant::now())
-            }
-            _ => CacheState::Empty,
-        }
-    }
-
-    /// Drops the cached token if it is still `header` (the upstream refused it).
-    pub async fn invalidate(&self, header: &HeaderValue) {
-        let mut state = self.lock_state();
-        if state.cached.as_ref().is_some_and(|c| c.header == header) {
-            state.cached = None;
-        }
-    }
-
-    /// The header of a JWT signed for `now`: signing it again in the same second would give
-    /// the same token (or, for ECDSA and RSA-PSS, an equally valid one), so it is signed once.
-    fn fresh(&self, now: u64) -> Result<HeaderValue, BearerError> {
-        let Some(last) = &self.this_second else {
-            return header(&format!("Bearer {}", self.sign(now)?));
-        };
-        if let Some((at, header)) = &*last.lock().unwrap_or_else(PoisonError::into_inner)
-            && *at == now
-        {
-            return Ok(header.clone());
-        }
-        let fresh = header(&format!("Bearer {}", self.sign(now)?))?;
-        *last.lock().unwrap_or_else(PoisonError::into_inner) = Some((now, fresh.clone()));
-        Ok(fresh)
-    }
-
-    fn sign(&self, now: u64) -> Result<String, JwtError> {
-        self.auth.signer.sign(now, &|name| std::env::var(name).ok())
+        // Never closed: a permit always comes.
+        let _turn = rsa_turns().acquire().await.ok();
+        let auth = self.auth.clone();
+        tokio::task::spawn_blocking(move || auth.signer.sign(now, &env))
+            .await
+            .unwrap_or(Err(JwtError::Signing { algorithm }))
     }
 
     /// A new header, and how long it may be reused (`None`: not at all).
@@ -255,7 +332,7 @@ impl BearerSource {
         http: &reqwest::Client,
         timeout: Duration,
     ) -> Result<(HeaderValue, Option<Reuse>), BearerError> {
-        let jwt = self.sign(unix_now())?;
+        let jwt = self.sign(unix_now()).await?;
         if let Some(x) = &self.auth.exchange {
             let token = exchange(http, x, &jwt, timeout).await?;
             let margin = (token.lifetime / REFRESH_MARGIN_FRACTION).min(REFRESH_MARGIN_MAX);
@@ -283,18 +360,32 @@ impl BearerSource {
     }
 }
 
+/// Turns at RSA signing across the agent's connections, one per core.
+fn rsa_turns() -> &'static tokio::sync::Semaphore {
+    static TURNS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+    TURNS.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        tokio::sync::Semaphore::new(cores)
+    })
+}
+
 fn header(value: &str) -> Result<HeaderValue, BearerError> {
     let mut header = HeaderValue::from_str(value).map_err(|_| BearerError::BadHeader)?;
     header.set_sensitive(true);
     Ok(header)
 }
 
-/// The `exp` claim of a compact JWT we signed ourselves.
+/// The `exp` claim of a compact JWT we signed ourselves, in whole seconds (a NumericDate
+/// may have a fraction: `1.9e9` is as valid as `1900000000`).
 fn exp_of(jwt: &str) -> Option<u64> {
     let payload = jwt.split('.').nth(1)?;
     let bytes = URL_SAFE_NO_PAD.decode(payload).ok()?;
     let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
-    claims.get("exp")?.as_u64()
+    let exp = claims.get("exp")?;
+    exp.as_u64().or_else(|| {
+        let seconds = exp.as_f64().filter(|s| s.is_finite() && *s >= 0.0)?;
+        Some(seconds as u64)
+    })
 }
 
 pub fn unix_now() -> u64 {
@@ -350,8 +441,8 @@ mod tests {
         )
     }
 
-    #[test]
-    fn without_a_uuid_a_jwt_is_signed_once_per_second() {
+    #[tokio::test]
+    async fn without_a_uuid_a_jwt_is_signed_once_per_second() {
         // ES256 signatures are randomized: the same header twice means it was signed once.
         let s = source_with(
             Algorithm::ES256,
@@ -359,9 +450,9 @@ mod tests {
             serde_json::json!({"iat": "{{now}}", "exp": "{{now + 300}}"}),
             None,
         );
-        let a = s.fresh(1_700_000_000).expect("signs");
-        let b = s.fresh(1_700_000_000).expect("same second");
-        let c = s.fresh(1_700_000_001).expect("next second");
+        let a = s.fresh(1_700_000_000).await.expect("signs");
+        let b = s.fresh(1_700_000_000).await.expect("same second");
+        let c = s.fresh(1_700_000_001).await.expect("next second");
         assert_eq!(a, b);
         assert_ne!(b, c);
         assert!(a.is_sensitive() && c.is_sensitive());
@@ -375,7 +466,7 @@ mod tests {
         assert_eq!(exp_of(&jwt(&c)), Some(1_700_000_301));
         // What `this_second` holds is the second it was signed for, not the latest asked:
         // an earlier second (a clock stepped back) is signed for that second.
-        let back = s.fresh(1_700_000_000).expect("signs");
+        let back = s.fresh(1_700_000_000).await.expect("signs");
         assert_eq!(exp_of(&jwt(&back)), Some(1_700_000_300));
     }
 
@@ -384,6 +475,8 @@ mod tests {
         url: url::Url,
         answer: Arc<std::sync::Mutex<(u16, &'static str)>>,
         requests: Arc<std::sync::atomic::AtomicUsize>,
+        /// How long it thinks before each answer.
+        delay: Arc<std::sync::Mutex<Duration>>,
     }
 
     impl Endpoint {
@@ -398,12 +491,15 @@ mod tests {
                 .expect("url");
             let answer = Arc::new(std::sync::Mutex::new((status, body)));
             let requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-            let (now, count) = (answer.clone(), requests.clone());
+            let delay = Arc::new(std::sync::Mutex::new(Duration::ZERO));
+            let (now, count, thinking) = (answer.clone(), requests.clone(), delay.clone());
             tokio::spawn(async move {
                 while let Ok((mut stream, _)) = listener.accept().await {
                     count.fetch_add(1, Ordering::SeqCst);
                     let (status, body) = *now.lock().expect("answer");
+                    let think = *thinking.lock().expect("delay");
                     tokio::spawn(async move {
+                        tokio::time::sleep(think).await;
                         // The whole request (its head and a small body) before the answer,
                         // so closing never resets a connection with unread bytes.
                         let mut request = Vec::new();
@@ -441,7 +537,12 @@ mod tests {
                 url,
                 answer,
                 requests,
+                delay,
             }
+        }
+
+        fn think(&self, delay: Duration) {
+            *self.delay.lock().expect("delay") = delay;
         }
 
         fn answer(&self, status: u16, body: &'static str) {
@@ -480,6 +581,52 @@ mod tests {
 
     const WAIT: Duration = Duration::from_secs(5);
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn calls_waiting_together_share_a_token_the_cache_cannot_keep() {
+        let endpoint = Endpoint::start(200, r#"{"access_token":"now","expires_in":0}"#).await;
+        let s = Arc::new(exchanging_source(&endpoint.url));
+        let http = reqwest::Client::new();
+        // One call holds the minting lock while the others queue behind it.
+        let minting = s.minting.lock().await;
+        let calls: Vec<_> = (0..20)
+            .map(|_| {
+                let (s, http) = (s.clone(), http.clone());
+                tokio::spawn(async move { s.get(&http, WAIT).await })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        drop(minting);
+        for call in calls {
+            let b = call.await.expect("joins").expect("a token");
+            assert_eq!(b.header, "Bearer now");
+        }
+        assert_eq!(
+            endpoint.requests(),
+            1,
+            "one exchange for the calls waiting together"
+        );
+        // Not kept: a call after them exchanges again.
+        s.get(&http, WAIT).await.expect("a token");
+        assert_eq!(endpoint.requests(), 2);
+    }
+
+    /// A caller that gives up during an exchange does not cancel it: the calls after get
+    /// its token instead of starting over (against an endpoint slower than its callers'
+    /// patience, for ever).
+    #[tokio::test]
+    async fn an_exchange_outlives_the_call_that_started_it() {
+        let endpoint = Endpoint::start(200, r#"{"access_token":"slow","expires_in":600}"#).await;
+        endpoint.think(Duration::from_millis(500));
+        let s = exchanging_source(&endpoint.url);
+        let http = reqwest::Client::new();
+        let gave_up = tokio::time::timeout(Duration::from_millis(100), s.get(&http, WAIT)).await;
+        assert!(gave_up.is_err(), "the first caller gives up");
+        let b = s.get(&http, WAIT).await.expect("the same exchange's token");
+        assert_eq!(b.header, "Bearer slow");
+        assert_eq!(endpoint.requests(), 1, "one exchange, not one per caller");
+        assert_eq!(s.shared.exchanges.ok.get(), 1);
+    }
+
     #[tokio::test]
     async fn a_failed_early_refresh_keeps_the_still_valid_token() {
         let endpoint = Endpoint::start(200, r#"{"access_token":"first","expires_in":600}"#).await;
@@ -505,7 +652,7 @@ mod tests {
             2,
             "one failed refresh, not one per call"
         );
-        assert_eq!(s.exchanges.failed.get(), 1);
+        assert_eq!(s.shared.exchanges.failed.get(), 1);
         tokio::time::sleep(REFRESH_RETRY + Duration::from_millis(100)).await;
         let b = s.get(&http, WAIT).await.expect("still the old token");
         assert_eq!(b.header, "Bearer first");
@@ -585,6 +732,78 @@ mod tests {
         let third = s.get(&http, Duration::from_secs(1)).await.expect("signs");
         assert!(!third.cached);
         assert_ne!(third.header, first.header);
+    }
+
+    #[tokio::test]
+    async fn after_a_fresh_token_was_refused_too_refusals_keep_the_token_a_while() {
+        let http = reqwest::Client::new();
+        let s = source(600, Some(Duration::from_secs(30)));
+        let first = s.get(&http, Duration::from_secs(1)).await.expect("signs");
+        s.invalidate(&first.header).await;
+        let fresh = s.get(&http, Duration::from_secs(1)).await.expect("signs");
+        assert_ne!(fresh.header, first.header);
+        s.refused_again();
+        s.invalidate(&fresh.header).await;
+        let kept = s.get(&http, Duration::from_secs(1)).await.expect("cached");
+        assert!(kept.cached);
+        assert_eq!(
+            kept.header, fresh.header,
+            "no new token for every refused call"
+        );
+        // Once the pause is over, a refusal drops the token again.
+        s.lock_state().refusals_ignored_until = Some(Instant::now());
+        s.invalidate(&fresh.header).await;
+        let renewed = s.get(&http, Duration::from_secs(1)).await.expect("signs");
+        assert_ne!(renewed.header, fresh.header);
+    }
+
+    /// An RSA signature waits for a turn at the blocking threads (all taken here); an
+    /// HMAC one is made at once.
+    #[tokio::test]
+    async fn rsa_signatures_take_turns_off_the_async_workers() {
+        let rsa = Arc::new(source_with(
+            Algorithm::RS256,
+            KeyMaterial::PrivateKeyPem(keys().rsa_pkcs8.clone()),
+            serde_json::json!({ "jti": "{{uuid}}" }),
+            None,
+        ));
+        let cores = u32::try_from(rsa_turns().available_permits()).expect("cores");
+        let all_turns = rsa_turns().acquire_many(cores).await.expect("turns");
+        let waiting = tokio::spawn({
+            let rsa = rsa.clone();
+            async move { rsa.get(&reqwest::Client::new(), WAIT).await }
+        });
+        let hmac = source(600, None);
+        hmac.get(&reqwest::Client::new(), WAIT)
+            .await
+            .expect("at once");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!waiting.is_finished(), "signed without a turn");
+        drop(all_turns);
+        let signed = waiting.await.expect("joins").expect("signs");
+        assert!(
+            signed
+                .header
+                .to_str()
+                .expect("ascii")
+                .starts_with("Bearer ey")
+        );
+    }
+
+    #[tokio::test]
+    async fn an_exp_written_with_a_fraction_is_reused_too() {
+        let http = reqwest::Client::new();
+        let exp = (unix_now() + 600) as f64 + 0.5;
+        let s = source_with(
+            Algorithm::HS256,
+            KeyMaterial::Secret(vec![7; 32]),
+            serde_json::json!({ "exp": exp, "jti": "{{uuid}}" }),
+            Some(Duration::from_secs(30)),
+        );
+        let first = s.get(&http, Duration::from_secs(1)).await.expect("signs");
+        let second = s.get(&http, Duration::from_secs(1)).await.expect("reuses");
+        assert!(second.cached);
+        assert_eq!(first.header, second.header);
     }
 
     #[tokio::test]

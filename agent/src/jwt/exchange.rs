@@ -192,6 +192,8 @@ fn parse_response(
     bytes: &[u8],
     default_lifetime: Duration,
 ) -> Result<AccessToken, ExchangeError> {
+    // A byte order mark is no whitespace to serde_json; some Windows stacks send one.
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
     let json: Option<Map<String, Value>> = serde_json::from_slice(bytes).ok();
     // An endpoint may echo the assertion in its `error_description` too.
     let text_field = |name: &str| -> Option<String> {
@@ -287,34 +289,67 @@ fn snippet(bytes: &[u8]) -> String {
 }
 
 /// `text` with what could be a credential cut out: a JWT (an endpoint that echoes the
-/// assertion would hand the caller a signed grant) and the value of a `…token=` pair (a
-/// token answered form-encoded instead of as JSON).
+/// assertion would hand the caller a signed grant), the value of a `…token=` pair (a
+/// token answered form-encoded instead of as JSON) and of a `"…token": "…"` member (a
+/// JSON answer that did not parse whole: cut short, trailing bytes, an array).
 fn without_credentials(text: &str) -> String {
     let jwt_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '=');
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     loop {
-        let jwt = rest.find("eyJ");
-        let pair = rest.find("token=").map(|i| i + "token=".len());
-        let (at, is_jwt) = match (jwt, pair) {
-            (Some(j), Some(p)) if p < j => (p, false),
-            (Some(j), _) => (j, true),
-            (None, Some(p)) => (p, false),
-            (None, None) => break,
+        let jwt = rest.find("eyJ").map(|j| (j, Cut::Jwt));
+        let pair = rest.find("token=").map(|i| (i + "token=".len(), Cut::Pair));
+        let member = json_token_value(rest).map(|i| (i, Cut::Member));
+        let Some((at, cut)) = [jwt, pair, member]
+            .into_iter()
+            .flatten()
+            .min_by_key(|c| c.0)
+        else {
+            break;
         };
         out.push_str(&rest[..at]);
         rest = &rest[at..];
-        let end = if is_jwt {
-            out.push_str("[JWT removed]");
-            rest.find(|c| !jwt_char(c))
-        } else {
-            out.push_str("[removed]");
-            rest.find(|c: char| c == '&' || c == '"' || c.is_whitespace())
+        let end = match cut {
+            Cut::Jwt => {
+                out.push_str("[JWT removed]");
+                rest.find(|c| !jwt_char(c))
+            }
+            Cut::Pair => {
+                out.push_str("[removed]");
+                rest.find(|c: char| c == '&' || c == '"' || c.is_whitespace())
+            }
+            Cut::Member => {
+                out.push_str("[removed]");
+                rest.find('"')
+            }
         };
         rest = &rest[end.unwrap_or(rest.len())..];
     }
     out.push_str(rest);
     out
+}
+
+#[derive(Clone, Copy)]
+enum Cut {
+    Jwt,
+    Pair,
+    Member,
+}
+
+/// Where the string value of the first `"…token"` member in `text` starts.
+fn json_token_value(text: &str) -> Option<usize> {
+    let mut from = 0;
+    while let Some(i) = text[from..].find("token\"") {
+        let after = from + i + "token\"".len();
+        let value = text[after..].trim_start();
+        if let Some(value) = value.strip_prefix(':').map(str::trim_start)
+            && value.starts_with('"')
+        {
+            return Some(text.len() - value.len() + 1);
+        }
+        from = after;
+    }
+    None
 }
 
 #[cfg(test)]
@@ -347,6 +382,25 @@ mod tests {
             err.to_string()
                 .contains("access_token=[removed]&token_type=bearer"),
             "{err}"
+        );
+        // JSON that did not parse whole: a byte order mark before it is skipped (the
+        // answer is read), trailing bytes or an array are not, and their token stays out.
+        let token = r#"{"access_token":"00D5g!AQ8opaque","token_type":"Bearer"}"#;
+        assert_eq!(
+            ok(&format!("\u{feff}{token}")).authorization(),
+            "Bearer 00D5g!AQ8opaque"
+        );
+        for odd in [format!("{token} trailing"), format!("[{token}]")] {
+            let err = parse_response(URL, 200, odd.as_bytes(), TEN_MIN).expect_err("odd");
+            assert!(!err.to_string().contains("00D5g"), "{err}");
+            assert!(
+                err.to_string().contains(r#""access_token":"[removed]""#),
+                "{err}"
+            );
+        }
+        assert_eq!(
+            without_credentials(r#"{"id_token" : "x.y", "refresh_token":"r1", "n": "token"}"#),
+            r#"{"id_token" : "[removed]", "refresh_token":"[removed]", "n": "token"}"#
         );
         // The rest of an odd answer stays, to say what answered.
         assert_eq!(

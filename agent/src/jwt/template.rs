@@ -21,7 +21,7 @@ pub enum TemplateError {
     )]
     MissingEnv { path: String, name: String },
     #[error(
-        "{path}: the template \"{{{{{template}}}}}\" gives a time before 1970 or past the largest unix time"
+        "{path}: the template \"{{{{{template}}}}}\" gives a time before 1970 or past the largest unix time (an offset is at most 100 years)"
     )]
     TimeOutOfRange { path: String, template: String },
     #[error(
@@ -33,6 +33,10 @@ pub enum TemplateError {
     #[error("payload: cannot be written as JSON: {0}")]
     Json(String),
 }
+
+/// The largest `{{now ± N}}` offset, 100 years in seconds: past it a time would fall
+/// before 1970 or so far ahead no verifier takes it, whenever the token is signed.
+const MAX_OFFSET: u64 = 100 * 365 * 24 * 3600;
 
 /// The claims RFC 7519 defines as NumericDate.
 const TIME_CLAIMS: [&str; 3] = ["exp", "nbf", "iat"];
@@ -278,6 +282,13 @@ fn parse_string(text: &str, path: &str) -> Result<Node, Vec<TemplateError>> {
         }
         let template = &after_open[..close];
         match parse_expr(template) {
+            // Checked here, not only when a token is signed: `config check` says it.
+            Some(Expr::Now(offset)) if offset.unsigned_abs() > MAX_OFFSET => {
+                errors.push(TemplateError::TimeOutOfRange {
+                    path: path.to_owned(),
+                    template: template.to_owned(),
+                })
+            }
             Some(expr) => pieces.push(Piece::Template {
                 template: template.to_owned(),
                 expr,
@@ -752,6 +763,15 @@ mod tests {
             matches!(err, TemplateError::TimeOutOfRange { ref path, .. } if path == "payload.nbf"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn an_offset_no_token_could_ever_carry_is_refused_when_parsed() {
+        let err = template(json!({ "nbf": "{{now - 2000000000000}}" })).expect_err("refused");
+        assert!(err.to_string().contains("at most 100 years"), "{err}");
+        assert!(template(json!({ "exp": "{{plus currentTimeSeconds 9999999999}}" })).is_err());
+        // Up to a century either way parses.
+        template(json!({ "exp": "{{now + 3153600000}}" })).expect("100 years");
     }
 
     #[test]
