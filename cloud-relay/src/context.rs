@@ -56,13 +56,18 @@ impl RelayContext {
 
     /// A store call that changes what it holds: the cached lookups are dropped after it,
     /// on the store's thread, so a request given up on (`api_timeout`, a caller gone)
-    /// cannot leave a revoked key cached.
+    /// cannot leave a revoked key cached. And before it: between the commit and the clear
+    /// after, another thread may read the change (a key list without the key) and its
+    /// caller use the key at once, which must not be found cached then. Cleared before,
+    /// it is put back only by a lookup that read the store before the commit: one as
+    /// early as the write itself.
     pub async fn store_write<T: Send + 'static>(
         self: &Arc<Self>,
         f: impl FnOnce(&dyn Store) -> Result<T, crate::store::StoreError> + Send + 'static,
     ) -> Result<T, crate::store::StoreError> {
         let ctx = self.clone();
         self.store_call(move |store| {
+            ctx.lookups.clear();
             let result = f(store);
             ctx.lookups.clear();
             result
