@@ -237,8 +237,9 @@ mod tests {
         }
         let expected: String = (0..1000).map(|i| format!("line {i}\n")).collect();
         until("every line", || out.text() == expected);
-        // 1000 lines in well under GATHER: a handful of writes, not one per line.
-        assert!(out.write_count() < 10, "{} writes", out.write_count());
+        // 1000 lines in well under GATHER: a handful of writes, not one per line. Up to
+        // 100 allowed, as a busy machine may pause the logging thread mid-loop.
+        assert!(out.write_count() < 100, "{} writes", out.write_count());
     }
 
     #[test]
@@ -249,7 +250,9 @@ mod tests {
         let sent = Instant::now();
         writer.write_all(b"hello\n").expect("write");
         until("the line", || out.text() == "hello\n");
-        assert!(sent.elapsed() < GATHER + Duration::from_millis(200));
+        // Slack for a busy machine to wake the thread; waiting for more lines would
+        // take the 5 s of `until`.
+        assert!(sent.elapsed() < GATHER + Duration::from_millis(500));
     }
 
     #[test]

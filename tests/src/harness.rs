@@ -100,6 +100,21 @@ impl Logs {
     }
 }
 
+/// The waits an agent announced before each reconnect (its `reconnecting delay_ms=N`
+/// lines) in `logs`, in order: what a test may allow for an agent's return to a relay
+/// that was away, since the jittered backoff makes any fixed bound a matter of chance.
+pub fn reconnect_delays(logs: &str) -> Vec<Duration> {
+    logs.lines()
+        .filter(|line| line.contains("reconnecting"))
+        .filter_map(|line| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix("delay_ms="))
+                .and_then(|ms| ms.parse().ok())
+                .map(Duration::from_millis)
+        })
+        .collect()
+}
+
 /// Starts `command` at log level info with its stderr kept in `Logs`; the lines also
 /// come through the receiver as they arrive.
 fn spawn_logged(
@@ -262,6 +277,84 @@ impl AgentProcess {
     pub fn try_exit(&mut self) -> Option<std::process::ExitStatus> {
         self.child.try_wait().ok().flatten()
     }
+
+    /// The port of the agent's metrics listener, for a config with
+    /// `metrics_listen = "127.0.0.1:0"`: the agent logs only the configured address, so
+    /// the port it bound is read from /proc (a port picked beforehand and let go could be
+    /// taken by another test before the agent binds it).
+    pub fn metrics_port(&self) -> Result<u16> {
+        self.logs
+            .wait_for("serving Prometheus metrics", Duration::from_secs(15))?;
+        match listening_ports(self.pid())?.as_slice() {
+            [port] => Ok(*port),
+            ports => bail!("the agent listens on TCP ports {ports:?}, not on one"),
+        }
+    }
+}
+
+/// Waits (at most `limit`) until `child` itself listens on TCP, and returns its ports;
+/// `None` if it exited first (it could not bind its port, say). Unlike [`wait_port`],
+/// never fooled by another process that took the port.
+pub fn wait_listening(child: &mut Child, limit: Duration) -> Result<Option<Vec<u16>>> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if child.try_wait()?.is_some() {
+            return Ok(None);
+        }
+        // Unreadable if it exits just now: the next round sees that it did.
+        let ports = listening_ports(child.id()).unwrap_or_default();
+        if !ports.is_empty() {
+            return Ok(Some(ports));
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "process {} listens on no TCP port after {limit:?}",
+                child.id()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The TCP ports process `pid` listens on, from /proc: its socket descriptors matched
+/// with the listening sockets of its network namespace.
+pub fn listening_ports(pid: u32) -> Result<Vec<u16>> {
+    let inodes: std::collections::HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))?
+        .flatten()
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .filter_map(|target| {
+            let target = target.to_str()?;
+            let inode = target.strip_prefix("socket:[")?.strip_suffix(']')?;
+            Some(inode.to_owned())
+        })
+        .collect();
+    let mut ports = Vec::new();
+    for table in ["tcp", "tcp6"] {
+        // No tcp6 table without IPv6.
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")) else {
+            continue;
+        };
+        // "sl local_address rem_address st … inode": the address as HEXIP:HEXPORT,
+        // state 0A is LISTEN.
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(state), Some(inode)) =
+                (fields.get(1), fields.get(3), fields.get(9))
+            else {
+                continue;
+            };
+            if *state != "0A" || !inodes.contains(*inode) {
+                continue;
+            }
+            if let Some(port) = local
+                .rsplit_once(':')
+                .and_then(|(_, port)| u16::from_str_radix(port, 16).ok())
+            {
+                ports.push(port);
+            }
+        }
+    }
+    Ok(ports)
 }
 
 impl Drop for AgentProcess {

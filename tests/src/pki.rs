@@ -132,20 +132,26 @@ pub fn make_pki(dir: &Path) -> Result<()> {
 }
 
 /// Runs the Python `script` in `dir` as `python3 -c script server.pem server.key PORT
-/// extra…` on a free port; returns once the port accepts connections.
+/// extra…` with PORT 0, so the script binds a port of the system's choosing (one picked
+/// free beforehand could be taken by another test first); returns once it listens, with
+/// the port it bound, read from /proc.
 pub fn python_https(dir: &Path, script: &str, extra: &[&str]) -> Result<(KillOnDrop, u16)> {
-    let port = crate::harness::free_port()?;
     let child = Command::new("python3")
-        .args(["-c", script, "server.pem", "server.key", &port.to_string()])
+        .args(["-c", script, "server.pem", "server.key", "0"])
         .args(extra)
         .current_dir(dir)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .context("python3")?;
-    let guard = KillOnDrop(child);
-    crate::harness::wait_port(port, Duration::from_secs(10)).context("the https server")?;
-    Ok((guard, port))
+    let mut guard = KillOnDrop(child);
+    let ports = crate::harness::wait_listening(&mut guard.0, Duration::from_secs(10))
+        .context("the https server")?
+        .context("the https server exited before it listened")?;
+    match ports.as_slice() {
+        [port] => Ok((guard, *port)),
+        _ => bail!("the https server listens on {ports:?}, not on one port"),
+    }
 }
 
 /// An RSA 2048 key in three files of `dir`, as openssl writes them: `rsa.pem` (PKCS#8),

@@ -107,8 +107,10 @@ async fn answered_504_a_timeout_after(
     assert_eq!(status, 504, "{answer}");
     assert_eq!(error_code(&answer), "upstream_timeout", "{answer}");
     let after = answered.duration_since(when(last)?);
+    // Twice the slack (3 s) for a loaded machine: a call not timed from its last piece
+    // would get 200 after the stall, or wait far longer.
     assert!(
-        after >= TIMEOUT && after < TIMEOUT + SLACK,
+        after >= TIMEOUT && after < TIMEOUT + 2 * SLACK,
         "504 {after:?} after the last piece"
     );
     Ok(())

@@ -35,18 +35,10 @@ fn series(text: &str, name: &str) -> Result<u64> {
 async fn a_relay_outage_with_failed_attempts_counts_one_reconnect() -> Result<()> {
     let bins = bins();
     let dir = TempDir::new("agent-reconnects")?;
-    // A free port, let go for the agent to bind: `metrics_listen = "127.0.0.1:0"` would
-    // bind, but the agent reports only the configured address, not the bound one. Another
-    // test could take the port in between; the agent would then refuse to start, saying so.
-    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let mut w = Tunnel::start(
-        &bins,
-        &dir,
-        &format!("metrics_listen = \"127.0.0.1:{metrics_port}\"\n"),
-    )
-    .await?;
+    // Port 0, so no other test can take the port first; the agent logs only the
+    // configured address, so the bound port comes from /proc.
+    let mut w = Tunnel::start(&bins, &dir, "metrics_listen = \"127.0.0.1:0\"\n").await?;
+    let metrics_port = w.agent.metrics_port()?;
     let text = agent_metrics(metrics_port).await?;
     assert_eq!(series(&text, "postern_agent_reconnects_total")?, 0);
     assert_eq!(status_json(&bins, &w.config)?["reconnects"], 0);

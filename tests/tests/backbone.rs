@@ -6,9 +6,10 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use postern_agent::backoff::{BASE, CAP};
 use postern_tests::harness::{
     AgentProcess, Api, Bins, RelayProcess, agent_cli, agent_command, agent_config, create_agent,
-    create_api_key, mistyped, relay_cli, rss_kib,
+    create_api_key, mistyped, reconnect_delays, relay_cli, rss_kib,
 };
 use postern_tests::internal_server::{InternalServer, Verifier};
 use postern_tests::keys::{self, RsaTestKey};
@@ -593,26 +594,36 @@ async fn the_fingerprint_matches_openssh() -> Result<()> {
 async fn the_agent_comes_back_after_a_relay_restart() -> Result<()> {
     let mut w = World::start().await?;
     let (ssh, api_addr) = (w.relay.ssh.to_string(), w.relay.api.to_string());
+    let earlier = reconnect_delays(&w.agent.logs.so_far()).len();
     w.relay.kill();
-    w.api
-        .wait_online("warehouse-1", false, Duration::from_secs(1))
-        .await
-        .ok();
-    let restarted = Instant::now();
+    // Back at once on the same ports: each moment the relay is away lets the agent's
+    // jittered backoff grow.
     w.relay = RelayProcess::start(&w.bins, &w.relay.state_dir.clone(), &ssh, &api_addr)?;
+    let listening = Instant::now();
+    // Past the backoff's cap, so only a reconnect that never comes fails here; how
+    // promptly it came is checked below against the waits the agent announced.
     w.api
-        .wait_online("warehouse-1", true, ONLINE_WITHIN)
+        .wait_online("warehouse-1", true, CAP + ONLINE_WITHIN)
         .await?;
-    let back_after = restarted.elapsed();
+    let back_after = listening.elapsed();
     let r = w
         .api
         .call("warehouse-1", "orders", "/after-restart")
         .await?;
     assert_eq!(r.status(), 200, "{}", r.text().await?);
-    // Backoff is capped by jitter from 250 ms; one or two attempts at most.
+    let delays: Vec<_> = reconnect_delays(&w.agent.logs.text())
+        .into_iter()
+        .skip(earlier)
+        .collect();
+    // The session had come up, so the backoff starts over briskly: at most 2·BASE.
+    let first = *delays.first().context("the agent announced no reconnect")?;
+    assert!(first <= BASE * 2, "first wait {first:?}; all: {delays:?}");
+    // Once the relay listens, the agent connects when the wait it is in ends (at most
+    // the longest it announced), plus a handshake on a busy machine: no extra attempts.
+    let longest = delays.iter().max().copied().unwrap_or_default();
     assert!(
-        back_after < Duration::from_secs(5),
-        "agent took {back_after:?} to return"
+        back_after < longest + Duration::from_secs(4),
+        "agent took {back_after:?} to return after waits of {delays:?}"
     );
     Ok(())
 }

@@ -2,9 +2,21 @@
 //! every scenario runs against the real relay, agent, sshd and wrk and prints its table.
 
 use std::process::Command;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+/// One benchmark at a time: the bench gives sshd and `ssh -R` ports picked free and let
+/// go, which the other run's processes could take first (and each run is meant to have
+/// the machine to itself).
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn one_at_a_time() -> MutexGuard<'static, ()> {
+    // A test that failed holding it must not fail the other.
+    ONE_AT_A_TIME.lock().unwrap_or_else(PoisonError::into_inner)
+}
 
 #[test]
 fn the_benchmark_runs_every_scenario() {
+    let _alone = one_at_a_time();
     let missing: Vec<&str> = ["wrk", "/usr/sbin/sshd", "ssh", "ssh-keygen", "openssl"]
         .into_iter()
         .filter(|tool| {
@@ -84,6 +96,7 @@ fn the_benchmark_runs_every_scenario() {
 #[test]
 fn an_interrupted_benchmark_leaves_nothing_behind() {
     use std::time::{Duration, Instant};
+    let _alone = one_at_a_time();
     let tools_present = ["wrk", "/usr/sbin/sshd", "ssh", "ssh-keygen"]
         .into_iter()
         .all(|tool| {

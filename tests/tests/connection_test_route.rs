@@ -16,7 +16,9 @@ async fn the_relay_runs_a_connection_test_on_the_agent() -> Result<()> {
     let bins = postern_tests::bins!();
     let dir = TempDir::new("conntest")?;
     let internal = InternalServer::start(Verifier::None, "").await?;
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    // Port 9 (discard): nothing listens there, whereas a port picked free and let go
+    // could be taken by another test before the agent tries it.
+    let dead = "127.0.0.1:9";
     let connections = format!(
         "[connections.good]\nbase_uri = \"{}\"\ntest = {{ path = \"/health\", expect_status = 200 }}\n\
          [connections.down]\nbase_uri = \"http://{dead}\"\ntimeout = \"2s\"\n",
@@ -59,7 +61,9 @@ async fn slow_agent() -> Result<(RelayWorld, impl Sized, OpenedChannels)> {
     Ok((w, (ssh, control), opened))
 }
 
-const SLOW_CONFIRM: Duration = Duration::from_millis(1800);
+/// Well past `call_timeout` (1 s), so a loaded machine has 2 s to answer the 504 before
+/// the confirmation, while a timeout counted from the confirmation (≥ 4 s) stays caught.
+const SLOW_CONFIRM: Duration = Duration::from_secs(3);
 
 /// A test whose channel the agent confirms only after `call_timeout` gets 504, and the
 /// channel confirmed late is closed by the relay rather than left open on both sides.

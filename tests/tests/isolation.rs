@@ -80,8 +80,10 @@ async fn a_stalled_reader_does_not_block_other_calls() -> Result<()> {
             && during.1.saturating_sub(before.1) < 40 * 1024,
         "a stalled channel was buffered beyond its window: {before:?} → {during:?} KiB"
     );
+    // Blocked, a call would wait for the stalled caller (indefinitely, or the upload's
+    // 10 s timeout); 3 s is slack for a busy machine, not a speed target.
     assert!(
-        worst < Duration::from_secs(1),
+        worst < Duration::from_secs(3),
         "a stalled caller blocked other calls for {worst:?}"
     );
     // The upload to a server that never reads ends at the connection's timeout, with an

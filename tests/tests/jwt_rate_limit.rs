@@ -174,7 +174,9 @@ async fn calls_over_the_limit_wait_their_turn() -> Result<()> {
     arrivals.sort();
     assert_eq!(arrivals.len(), 6);
     let spread = arrivals[5].duration_since(arrivals[0]);
-    assert!(spread >= Duration::from_millis(450), "spread {spread:?}");
+    // The sixth leaves the agent 500 ms after the first; the way to the internal server
+    // may take the first call up to 100 ms longer (unpaced, all six arrive together).
+    assert!(spread >= Duration::from_millis(400), "spread {spread:?}");
     Ok(())
 }
 

@@ -1,6 +1,8 @@
 //! A store another process keeps locked past the busy timeout is unavailable for the
 //! moment (503 `store_unavailable`, retry), not a failure of the relay (500 `internal`).
 
+use std::time::Duration;
+
 use anyhow::Result;
 use postern_tests::harness::Bins;
 use postern_tests::relay_support::{RelayWorld, SqliteLock, hold_sqlite_lock, send};
@@ -31,11 +33,10 @@ async fn a_write_past_anothers_lock_is_503_store_unavailable() -> Result<()> {
     assert_eq!(busy.code(), "store_unavailable");
     let message = busy.json["error"]["message"].as_str().unwrap_or_default();
     assert!(message.contains("busy"), "{message}");
-    assert!(
-        w.relay
-            .logs
-            .contains("the store stayed locked by another process")
-    );
+    w.relay.logs.wait_for(
+        "the store stayed locked by another process",
+        Duration::from_secs(5),
+    )?;
 
     drop(lock);
     let retried = send(

@@ -210,8 +210,10 @@ async fn call_timeout_counts_from_an_uploads_last_progress() -> Result<()> {
     assert_eq!(stalled.status(), 504);
     assert_eq!(stalled.headers()["x-postern-error"], "upstream_timeout");
     let after = answered.duration_since(when(&last)?);
+    // 3 s of slack for a loaded machine: an upload not timed from its last piece would
+    // be answered 200 once the stall ends, or wait far longer.
     assert!(
-        after >= timeout && after < timeout + Duration::from_millis(1500),
+        after >= timeout && after < timeout + Duration::from_secs(3),
         "504 {after:?} after the last piece"
     );
     Ok(())

@@ -126,7 +126,9 @@ async fn a_full_or_read_only_store_refuses_changes_and_calls_keep_working() -> R
     }
     drop(file);
     assert_refused(&create(&api, "while-full").await?, "disk is full");
-    assert!(relay.logs.contains("the store cannot be changed"));
+    relay
+        .logs
+        .wait_for("the store cannot be changed", Duration::from_secs(5))?;
     assert_eq!(api.call("a1", "o", "/during-full").await?.status(), 200);
     let listed = send(&api, Method::GET, "/v1/agents", None).await?;
     assert_eq!(listed.status, 200, "reads still work: {}", listed.json);

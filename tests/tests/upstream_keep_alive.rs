@@ -50,8 +50,9 @@ async fn an_idle_upstream_connection_is_let_go_before_the_servers_keep_alive_end
     };
     call().await?;
     // hyper puts a connection back in its pool from a task of its own, just after the
-    // answer: the next call a moment later finds it there.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // answer: the next call a moment later finds it there (a second: time enough on a
+    // busy machine, and well inside the agent's 4 s idle limit).
+    tokio::time::sleep(Duration::from_secs(1)).await;
     call().await?;
     assert_eq!(
         accepted.load(Ordering::SeqCst),
