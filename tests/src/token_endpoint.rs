@@ -331,6 +331,8 @@ fn check(
 }
 
 async fn api(State(state): State<AppState>, request: Request) -> Response {
+    // Like an API that says 401 where it means 403: no token is good enough here.
+    let refuses_all = request.uri().path().ends_with("/forbidden");
     let token = request
         .headers()
         .get("authorization")
@@ -347,7 +349,8 @@ async fn api(State(state): State<AppState>, request: Request) -> Response {
     let valid = token
         .as_ref()
         .and_then(|t| r.issued.get(t))
-        .is_some_and(|i| !i.revoked && i.at.elapsed() < i.lifetime);
+        .is_some_and(|i| !i.revoked && i.at.elapsed() < i.lifetime)
+        && !refuses_all;
     let status = if valid { 200 } else { 401 };
     r.calls.push(ApiCall {
         token: token.clone(),

@@ -322,6 +322,41 @@ async fn a_401_drops_the_token_and_retries_once_with_the_same_body() -> Result<(
     Ok(())
 }
 
+/// A path that refuses every token (an API saying 401 where it means 403): the first
+/// refusal gets a new token and a retry, refused too; from then on, for 10 s, its
+/// refusals go back to the caller as they are, with no exchange each, and the other
+/// paths keep the token.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_path_that_refuses_every_token_does_not_exchange_per_call() -> Result<()> {
+    let dir = TempDir::new("jwt-x-403")?;
+    let (private, public) = postern_tests::pki::ec256(dir.path())?;
+    dir.write_private("ec.pem", &private)?;
+    let endpoint = TokenEndpoint::start(endpoint_config(
+        &public,
+        Algorithm::ES256,
+        ExpiresIn::Number(3600),
+    )?)
+    .await?;
+    let world = World::start(dir, &endpoint.connection("crm", "ES256", "ec.pem", "", "")).await?;
+    let (status, _) = json_of(world.post("crm", "/a", "").await?).await?;
+    assert_eq!(status, 200);
+    for _ in 0..5 {
+        let response = world.post("crm", "/forbidden", "").await?;
+        assert_eq!(response.status(), 401);
+    }
+    assert_eq!(endpoint.exchanges().len(), 2, "one new token, tried once");
+    let statuses: Vec<u16> = endpoint.calls().iter().map(|c| c.status).collect();
+    assert_eq!(
+        statuses,
+        [200, 401, 401, 401, 401, 401, 401],
+        "one retry only"
+    );
+    let (status, _) = json_of(world.post("crm", "/b", "").await?).await?;
+    assert_eq!(status, 200);
+    assert_eq!(endpoint.exchanges().len(), 2);
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn oauth_errors_come_back_as_token_exchange_failed() -> Result<()> {
     let dir = TempDir::new("jwt-x-err")?;
