@@ -559,3 +559,56 @@ timeout = "2s"
     assert!(String::from_utf8_lossy(&out.stderr).contains("no connection named \"nope\""));
     Ok(())
 }
+
+/// A `certificate_file` made for another key is refused when the config loads, not at
+/// the first call the identity provider refuses (Azure: AADSTS700027).
+#[test]
+fn a_certificate_of_another_key_is_refused_at_load() -> Result<()> {
+    let dir = TempDir::new("jwt-cli-cert-key")?;
+    make_keys(&dir)?;
+    // cert.pem certifies rsa.pem's key (rsa1.pem is the same key as PKCS#1); other.pem is
+    // another key.
+    openssl(
+        dir.path(),
+        &[
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+            "other.pem",
+        ],
+    )?;
+    std::fs::set_permissions(
+        dir.path().join("other.pem"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )?;
+    let connection = |key: &str| {
+        format!(
+            "\n[connections.idp]\nbase_uri = \"http://127.0.0.1:1/api\"\n[connections.idp.auth]\ntype = \"jwt_bearer\"\nalgorithm = \"PS256\"\nprivate_key_file = \"{key}\"\ncertificate_file = \"cert.pem\"\nlifetime = \"5m\"\npayload = {{ aud = \"x\" }}\n"
+        )
+    };
+    let mismatched = dir.write_private(
+        "mismatched.toml",
+        &offline_agent_config("127.0.0.1:1", &connection("other.pem")),
+    )?;
+    let out = agent_command(&bins(), &mismatched, &["config", "check"]).output()?;
+    assert!(!out.status.success(), "{}", stdout(&out));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("auth.certificate_file cert.pem is not the certificate of this private key"),
+        "{said}"
+    );
+    let matched = dir.write_private(
+        "matched.toml",
+        &offline_agent_config("127.0.0.1:1", &connection("rsa.pem")),
+    )?;
+    let out = agent_command(&bins(), &matched, &["config", "check"]).output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}

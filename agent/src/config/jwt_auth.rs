@@ -140,7 +140,8 @@ pub(super) fn resolve(
     let exp_in = payload
         .as_ref()
         .and_then(|payload| payload.seconds_from_now("exp"));
-    let headers = noted(p, headers_with_thumbprints(&jwt, base_dir));
+    let (headers, certified) = noted(p, headers_with_thumbprints(&jwt, base_dir)).unzip();
+    let certified = certified.flatten();
     let has_exchange = jwt.exchange.is_some();
     let exchange = noted(p, jwt.exchange.map(resolve_exchange).transpose());
     let reuse_for = noted(
@@ -183,6 +184,21 @@ pub(super) fn resolve(
         ),
         _ => None,
     };
+    // The thumbprints name the certificate; an identity provider checks the signature with
+    // its key, and refuses every assertion when the two do not belong together (Azure:
+    // AADSTS700027), which would show only at the first call.
+    if let (Some(signer), Some(certified)) = (&signer, &certified)
+        && signer.public_key().is_some_and(|key| key != *certified)
+    {
+        p.push(format!(
+            "auth.certificate_file {} is not the certificate of this private key (its public              key is another's): the identity provider would refuse every assertion",
+            jwt.certificate_file
+                .as_deref()
+                .map(Path::display)
+                .map(|d| d.to_string())
+                .unwrap_or_default()
+        ));
+    }
     let (Some(signer), Some(exchange)) = (signer, exchange) else {
         return Err(problems);
     };
@@ -321,14 +337,18 @@ fn pasted_masks(jwt: &JwtBearerFile) -> Vec<String> {
     found
 }
 
-/// The configured headers plus `x5t` / `x5t#S256` of `certificate_file`, if set.
+/// A JWT's headers, and the public key of the certificate they name, if any.
+type CertifiedHeaders = (BTreeMap<String, String>, Option<Vec<u8>>);
+
+/// The configured headers plus `x5t` / `x5t#S256` of `certificate_file`, if set, and the
+/// public key that certificate holds.
 fn headers_with_thumbprints(
     jwt: &JwtBearerFile,
     base_dir: &Path,
-) -> Result<BTreeMap<String, String>, String> {
+) -> Result<CertifiedHeaders, String> {
     let mut headers = jwt.headers.clone();
     let Some(file) = &jwt.certificate_file else {
-        return Ok(headers);
+        return Ok((headers, None));
     };
     if let Some(name) = ["x5t", "x5t#S256"]
         .iter()
@@ -346,7 +366,7 @@ fn headers_with_thumbprints(
         thumbprints(&text).map_err(|e| format!("auth.certificate_file {}: {e}", path.display()))?;
     headers.insert("x5t".to_owned(), t.x5t);
     headers.insert("x5t#S256".to_owned(), t.x5t_s256);
-    Ok(headers)
+    Ok((headers, t.public_key))
 }
 
 /// Every problem of the table, not only the first (see `resolve_connection`).

@@ -11,6 +11,9 @@ use super::key::normalize_pem;
 pub struct Thumbprints {
     pub x5t: String,
     pub x5t_s256: String,
+    /// The certified public key (the subjectPublicKey bits: PKCS#1 for RSA, the point for
+    /// EC, the 32 bytes for Ed25519); `None` if the certificate cannot be read that far.
+    pub public_key: Option<Vec<u8>>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -39,7 +42,37 @@ pub fn thumbprints(pem_text: &str) -> Result<Thumbprints, CertificateError> {
     Ok(Thumbprints {
         x5t: URL_SAFE_NO_PAD.encode(digest(&SHA1_FOR_LEGACY_USE_ONLY, der)),
         x5t_s256: URL_SAFE_NO_PAD.encode(digest(&SHA256, der)),
+        public_key: certified_key(der),
     })
+}
+
+/// The subjectPublicKey of a DER certificate: Certificate → tbsCertificate → its
+/// seventh field, or sixth without the optional `[0]` version (RFC 5280 §4.1).
+fn certified_key(cert: &[u8]) -> Option<Vec<u8>> {
+    use pkcs8::der::asn1::AnyRef;
+    use pkcs8::der::{Decode, Encode, Tag, TagNumber, Tagged};
+    let certificate = AnyRef::from_der(cert).ok()?;
+    let tbs = *fields(certificate.value())?.first()?;
+    let tbs = fields(tbs.value())?;
+    let versioned = tbs.first()?.tag()
+        == Tag::ContextSpecific {
+            constructed: true,
+            number: TagNumber(0),
+        };
+    let spki = tbs.get(if versioned { 6 } else { 5 })?.to_der().ok()?;
+    let spki = pkcs8::SubjectPublicKeyInfoRef::from_der(&spki).ok()?;
+    spki.subject_public_key.as_bytes().map(<[u8]>::to_vec)
+}
+
+/// The DER elements one after another in `content` (a SEQUENCE's value).
+fn fields(content: &[u8]) -> Option<Vec<pkcs8::der::asn1::AnyRef<'_>>> {
+    use pkcs8::der::{Decode, Reader, SliceReader};
+    let mut reader = SliceReader::new(content).ok()?;
+    let mut fields = Vec::new();
+    while !reader.is_finished() {
+        fields.push(pkcs8::der::asn1::AnyRef::decode(&mut reader).ok()?);
+    }
+    Some(fields)
 }
 
 #[cfg(test)]
@@ -102,6 +135,71 @@ mod tests {
         assert_eq!(t.x5t_s256, openssl_fingerprint(&cert, "-sha256"));
         assert_eq!(t.x5t.len(), 27);
         assert_eq!(t.x5t_s256.len(), 43);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The certified key, as read here, is the signer's public key for every kind of key
+    /// a certificate can go with, and another key's certificate holds another.
+    #[test]
+    fn the_certified_key_is_the_signers_public_key() {
+        use crate::jwt::{Algorithm, JwtSigner, KeyMaterial, PayloadTemplate};
+        let dir = std::env::temp_dir().join(format!("postern-certkey-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let openssl = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(&dir)
+                .output()
+                .expect("openssl");
+            assert!(out.status.success(), "openssl {args:?}: {out:?}");
+        };
+        let kinds: [(&str, &[&str], Algorithm); 3] = [
+            ("rsa", &["-newkey", "rsa:2048"], Algorithm::PS256),
+            (
+                "ec",
+                &["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"],
+                Algorithm::ES256,
+            ),
+            ("ed", &["-newkey", "ed25519"], Algorithm::EdDSA),
+        ];
+        let mut certified = Vec::new();
+        for (name, newkey, algorithm) in kinds {
+            let (key, cert) = (format!("{name}.key"), format!("{name}.pem"));
+            let mut args = vec!["req", "-x509", "-nodes", "-subj", "/CN=t", "-days", "2"];
+            args.extend_from_slice(newkey);
+            args.extend_from_slice(&["-keyout", &key, "-out", &cert]);
+            openssl(&args);
+            let read = |file: &str| std::fs::read_to_string(dir.join(file)).expect("read");
+            let signer = JwtSigner::new(
+                algorithm,
+                KeyMaterial::PrivateKeyPem(read(&key)),
+                &Default::default(),
+                PayloadTemplate::parse(&Default::default()).expect("payload"),
+            )
+            .expect("signer");
+            let from_cert = thumbprints(&read(&cert)).expect("cert").public_key;
+            assert!(from_cert.is_some(), "{name}: read");
+            assert_eq!(from_cert, signer.public_key(), "{name}");
+            certified.push(from_cert);
+        }
+        // A certificate made for a second RSA key holds that key, not the first.
+        openssl(&[
+            "req",
+            "-x509",
+            "-nodes",
+            "-subj",
+            "/CN=t",
+            "-days",
+            "2",
+            "-newkey",
+            "rsa:2048",
+            "-keyout",
+            "other.key",
+            "-out",
+            "other.pem",
+        ]);
+        let other = std::fs::read_to_string(dir.join("other.pem")).expect("read");
+        assert_ne!(thumbprints(&other).expect("cert").public_key, certified[0]);
         let _ = std::fs::remove_dir_all(&dir);
     }
 

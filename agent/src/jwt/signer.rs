@@ -280,6 +280,11 @@ impl JwtSigner {
         self.algorithm
     }
 
+    /// The public half of the key, as a certificate holds it; `None` for a shared secret.
+    pub fn public_key(&self) -> Option<Vec<u8>> {
+        self.key.public_key()
+    }
+
     /// Whether two tokens signed in the same second may carry different claims.
     pub fn differs_within_a_second(&self) -> bool {
         self.payload.differs_within_a_second()

@@ -55,6 +55,18 @@ impl SigningKey {
         }
     }
 
+    /// The public half as a certificate carries it (see `Thumbprints::public_key`);
+    /// `None` for a shared secret.
+    pub(crate) fn public_key(&self) -> Option<Vec<u8>> {
+        use aws_lc_rs::signature::KeyPair;
+        match self {
+            SigningKey::Hmac(_) => None,
+            SigningKey::Rsa(pair, _) => Some(pair.public_key().as_ref().to_vec()),
+            SigningKey::Ecdsa(pair) => Some(pair.public_key().as_ref().to_vec()),
+            SigningKey::Ed25519(pair) => Some(pair.public_key().as_ref().to_vec()),
+        }
+    }
+
     /// The raw signature of `message` (ECDSA in the fixed `r || s` form JWS uses).
     pub(crate) fn sign(&self, message: &[u8]) -> Result<Vec<u8>, aws_lc_rs::error::Unspecified> {
         match self {
