@@ -65,8 +65,20 @@ CREATE INDEX IF NOT EXISTS agents_old_token_lookup ON agents(old_token_lookup);
 
 const AGENT_COLUMNS: &str = "id, name, created_at, token_version, old_token_until";
 
+/// Brings the schema up to date. An up-to-date store (every start but the first after an
+/// upgrade, and a read-only one) is only read. Another process may upgrade it at the same
+/// moment (a CLI command as `serve` starts): then this one's read, upgraded to a write,
+/// is refused as busy at once (its snapshot is stale), and it tries again holding the
+/// write lock from the start — it waits for the other, then finds the columns there.
 fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
-    let tx = conn.transaction()?;
+    match migrate_with(conn, TransactionBehavior::Deferred) {
+        Err(e) if e.is_busy() => migrate_with(conn, TransactionBehavior::Immediate),
+        done => done,
+    }
+}
+
+fn migrate_with(conn: &mut Connection, behavior: TransactionBehavior) -> Result<(), StoreError> {
+    let tx = conn.transaction_with_behavior(behavior)?;
     tx.execute_batch(SCHEMA)?;
     for (table, column, definition) in ADDED_COLUMNS {
         let present: bool = tx.query_row(
@@ -598,6 +610,44 @@ mod tests {
         // Opening again is a no-op, not a second ALTER.
         SqliteStore::open(&path).expect("reopens");
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// A store from before the added columns, opened while another process migrates it
+    /// (holding the write lock for a moment): it waits, then finds the columns there.
+    #[test]
+    fn two_processes_upgrading_one_store_at_once_both_open_it() {
+        let dir =
+            std::env::temp_dir().join(format!("postern-store-upgrade-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join(DB_FILE);
+        let old = Connection::open(&path).expect("old store");
+        old.pragma_update(None, "journal_mode", "WAL").expect("wal");
+        old.execute_batch(
+            "CREATE TABLE agents (id TEXT PRIMARY KEY, name TEXT NOT NULL, created_at TEXT NOT NULL,
+                token_lookup TEXT NOT NULL, token_hash BLOB NOT NULL, revoked_at TEXT);
+             CREATE TABLE api_keys (name TEXT NOT NULL, created_at TEXT NOT NULL,
+                key_lookup TEXT NOT NULL, key_hash BLOB NOT NULL, revoked_at TEXT);",
+        )
+        .expect("old schema");
+        // The other process: the write lock, the upgrade, and a moment before it commits.
+        old.execute_batch("BEGIN IMMEDIATE").expect("lock");
+        for (table, column, definition) in ADDED_COLUMNS {
+            old.execute_batch(&format!(
+                "ALTER TABLE {table} ADD COLUMN {column} {definition}"
+            ))
+            .expect("alter");
+        }
+        let other = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            old.execute_batch("COMMIT").expect("commit");
+        });
+        let store = SqliteStore::open(&path).expect("opens while the other migrates");
+        other.join().expect("other");
+        store
+            .create_agent("w1", &new_token(SecretKind::AgentToken))
+            .expect("usable");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
