@@ -274,3 +274,41 @@ async fn connect_and_trace_are_refused_before_anything_is_signed_or_sent() -> Re
     assert_eq!(echo.requests(), 0, "the internal server was reached");
     Ok(())
 }
+
+/// A HEAD's answer says what a GET's would: the length it declares reaches the caller,
+/// and one that declares none (chunked) does not become `content-length: 0`, which
+/// would tell the caller the resource is empty.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_heads_answer_keeps_its_length_or_its_lack_of_one() -> Result<()> {
+    let sized = Raw::start(|_| b"HTTP/1.1 200 OK\r\ncontent-length: 1234\r\n\r\n".to_vec()).await?;
+    let chunked =
+        Raw::start(|_| b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n".to_vec()).await?;
+    let dir = TempDir::new("http-semantics-head")?;
+    let connections = [
+        connection("sized", sized.addr, ""),
+        connection("chunked", chunked.addr, ""),
+    ]
+    .concat();
+    let t = Tunnel::start(&bins(), &dir, &connections).await?;
+    let head = |name: &str| {
+        t.api
+            .http
+            .head(format!(
+                "{}/v1/agents/a1/connections/{name}/http/x",
+                t.api.base
+            ))
+            .bearer_auth(&t.api.key)
+            .send()
+    };
+    let r = head("sized").await?;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-length"], "1234");
+    let r = head("chunked").await?;
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.headers().get("content-length").is_none(),
+        "{:?}",
+        r.headers()
+    );
+    Ok(())
+}

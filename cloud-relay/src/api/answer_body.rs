@@ -22,10 +22,19 @@ pub struct AnswerBody {
     sent: u64,
     /// Read to its end, or its failure logged.
     done: bool,
+    /// Said to be of unknown length whatever the inner body says: a HEAD's answer without a
+    /// Content-Length (hyper's client knows it has no body, and the server would otherwise
+    /// write `content-length: 0`, as if what a GET would get were empty).
+    length_unknown: bool,
 }
 
 impl AnswerBody {
-    pub fn new(inner: DrivenBody, ctx: Arc<RelayContext>, in_flight: InFlightGuard) -> Self {
+    pub fn new(
+        inner: DrivenBody,
+        ctx: Arc<RelayContext>,
+        in_flight: InFlightGuard,
+        length_unknown: bool,
+    ) -> Self {
         Self {
             inner,
             ctx,
@@ -33,6 +42,7 @@ impl AnswerBody {
             span: tracing::Span::current(),
             sent: 0,
             done: false,
+            length_unknown,
         }
     }
 }
@@ -73,6 +83,9 @@ impl HttpBody for AnswerBody {
     }
 
     fn size_hint(&self) -> SizeHint {
+        if self.length_unknown {
+            return SizeHint::default();
+        }
         self.inner.size_hint()
     }
 }

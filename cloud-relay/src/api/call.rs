@@ -205,11 +205,13 @@ async fn forward(
         Some(code) => info!(method = %parts.method, status, ms, code, "call failed at the agent"),
         None => info!(method = %parts.method, status, ms, "call answered"),
     }
+    let is_head = parts.method == http::Method::HEAD;
     let (mut parts, body) = upstream.into_parts();
     postern_protocol::headers::strip_hop_by_hop(&mut parts.headers);
     parts.extensions.insert(super::error::FromAgent);
     // The call stays counted in flight until its body has been sent (or dropped).
-    let body = super::answer_body::AnswerBody::new(body, ctx.clone(), in_flight);
+    let length_unknown = is_head && !parts.headers.contains_key(http::header::CONTENT_LENGTH);
+    let body = super::answer_body::AnswerBody::new(body, ctx.clone(), in_flight, length_unknown);
     Ok(Response::from_parts(parts, Body::new(body)))
 }
 
