@@ -566,24 +566,10 @@ timeout = "2s"
 fn a_certificate_of_another_key_is_refused_at_load() -> Result<()> {
     let dir = TempDir::new("jwt-cli-cert-key")?;
     make_keys(&dir)?;
-    // cert.pem certifies rsa.pem's key (rsa1.pem is the same key as PKCS#1); other.pem is
-    // another key.
-    openssl(
-        dir.path(),
-        &[
-            "genpkey",
-            "-algorithm",
-            "RSA",
-            "-pkeyopt",
-            "rsa_keygen_bits:2048",
-            "-out",
-            "other.pem",
-        ],
-    )?;
-    std::fs::set_permissions(
-        dir.path().join("other.pem"),
-        std::os::unix::fs::PermissionsExt::from_mode(0o600),
-    )?;
+    // cert.pem certifies rsa.pem's key (rsa1.pem is the same key as PKCS#1); other/rsa.pem
+    // is another key.
+    std::fs::create_dir(dir.path().join("other"))?;
+    rsa_forms(&dir.path().join("other"))?;
     let connection = |key: &str| {
         format!(
             "\n[connections.idp]\nbase_uri = \"http://127.0.0.1:1/api\"\n[connections.idp.auth]\ntype = \"jwt_bearer\"\nalgorithm = \"PS256\"\nprivate_key_file = \"{key}\"\ncertificate_file = \"cert.pem\"\nlifetime = \"5m\"\npayload = {{ aud = \"x\" }}\n"
@@ -591,7 +577,7 @@ fn a_certificate_of_another_key_is_refused_at_load() -> Result<()> {
     };
     let mismatched = dir.write_private(
         "mismatched.toml",
-        &offline_agent_config("127.0.0.1:1", &connection("other.pem")),
+        &offline_agent_config("127.0.0.1:1", &connection("other/rsa.pem")),
     )?;
     let out = agent_command(&bins(), &mismatched, &["config", "check"]).output()?;
     assert!(!out.status.success(), "{}", stdout(&out));

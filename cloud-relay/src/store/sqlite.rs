@@ -461,6 +461,13 @@ mod tests {
     use super::*;
     use crate::secrets::new_token;
 
+    /// The backbone's schema, as the first released relay wrote it.
+    const FIRST_SCHEMA: &str = "
+        CREATE TABLE agents (id TEXT PRIMARY KEY, name TEXT NOT NULL, created_at TEXT NOT NULL,
+            token_lookup TEXT NOT NULL, token_hash BLOB NOT NULL, revoked_at TEXT);
+        CREATE TABLE api_keys (name TEXT NOT NULL, created_at TEXT NOT NULL,
+            key_lookup TEXT NOT NULL, key_hash BLOB NOT NULL, revoked_at TEXT);";
+
     fn temp_store(tag: &str) -> (SqliteStore, std::path::PathBuf) {
         let dir = std::env::temp_dir().join(format!("postern-store-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -575,15 +582,8 @@ mod tests {
         let key = new_token(SecretKind::ApiKey);
         let token = new_token(SecretKind::AgentToken);
         {
-            // The backbone's schema, as a released relay wrote it.
             let old = Connection::open(&path).expect("open");
-            old.execute_batch(
-                "CREATE TABLE agents (id TEXT PRIMARY KEY, name TEXT NOT NULL, created_at TEXT NOT NULL,
-                    token_lookup TEXT NOT NULL, token_hash BLOB NOT NULL, revoked_at TEXT);
-                 CREATE TABLE api_keys (name TEXT NOT NULL, created_at TEXT NOT NULL,
-                    key_lookup TEXT NOT NULL, key_hash BLOB NOT NULL, revoked_at TEXT);",
-            )
-            .expect("old schema");
+            old.execute_batch(FIRST_SCHEMA).expect("old schema");
             old.execute(
                 "INSERT INTO agents VALUES ('agt_1', 'w1', 'then', ?1, ?2, NULL)",
                 params![token.lookup_id(), token.hash().as_slice()],
@@ -623,13 +623,7 @@ mod tests {
         let path = dir.join(DB_FILE);
         let old = Connection::open(&path).expect("old store");
         old.pragma_update(None, "journal_mode", "WAL").expect("wal");
-        old.execute_batch(
-            "CREATE TABLE agents (id TEXT PRIMARY KEY, name TEXT NOT NULL, created_at TEXT NOT NULL,
-                token_lookup TEXT NOT NULL, token_hash BLOB NOT NULL, revoked_at TEXT);
-             CREATE TABLE api_keys (name TEXT NOT NULL, created_at TEXT NOT NULL,
-                key_lookup TEXT NOT NULL, key_hash BLOB NOT NULL, revoked_at TEXT);",
-        )
-        .expect("old schema");
+        old.execute_batch(FIRST_SCHEMA).expect("old schema");
         // The other process: the write lock, the upgrade, and a moment before it commits.
         old.execute_batch("BEGIN IMMEDIATE").expect("lock");
         for (table, column, definition) in ADDED_COLUMNS {
