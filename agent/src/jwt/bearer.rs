@@ -67,6 +67,9 @@ struct Cached {
     refresh_at: Instant,
     /// From here on it is never sent.
     expires_at: Instant,
+    /// The same on the wall clock: `Instant` stands still while the host sleeps or its VM
+    /// is paused, and the token's expiry does not.
+    expires_wall: SystemTime,
 }
 
 /// How long a new header may be reused, counted from when it was asked for.
@@ -79,11 +82,29 @@ struct Reuse {
 impl Cached {
     /// `None` when the reuse would reach past what `Instant` can count.
     fn new(header: HeaderValue, started: Instant, reuse: Reuse) -> Option<Self> {
+        let expires_after = reuse.expires_after.min(MAX_LIFETIME);
         Some(Self {
             header,
             refresh_at: started.checked_add(reuse.refresh_after.min(MAX_LIFETIME))?,
-            expires_at: started.checked_add(reuse.expires_after.min(MAX_LIFETIME))?,
+            expires_at: started.checked_add(expires_after)?,
+            expires_wall: SystemTime::now()
+                .checked_sub(started.elapsed())?
+                .checked_add(expires_after)?,
         })
+    }
+}
+
+impl State {
+    /// The cached header, unless the wall clock says it has expired (then it is dropped).
+    fn current(&mut self) -> Option<&mut Cached> {
+        if self
+            .cached
+            .as_ref()
+            .is_some_and(|c| SystemTime::now() >= c.expires_wall)
+        {
+            self.cached = None;
+        }
+        self.cached.as_mut()
     }
 }
 
@@ -153,7 +174,7 @@ impl BearerSource {
             });
         }
         let asked = Instant::now();
-        let still_valid = match &shared.lock_state().cached {
+        let still_valid = match shared.lock_state().current() {
             Some(c) if asked < c.refresh_at => return Ok(shared.bearer(c.header.clone(), true)),
             Some(c) if asked < c.expires_at => Some(c.header.clone()),
             _ => None,
@@ -167,8 +188,8 @@ impl BearerSource {
         };
         // Another call may have minted, or failed, while this one waited.
         {
-            let state = shared.lock_state();
-            if let Some(c) = &state.cached
+            let mut state = shared.lock_state();
+            if let Some(c) = state.current()
                 && Instant::now() < c.refresh_at
             {
                 return Ok(shared.bearer(c.header.clone(), true));
@@ -207,7 +228,7 @@ impl BearerSource {
         if self.minting.try_lock().is_err() {
             return CacheState::Refreshing;
         }
-        match &self.shared.lock_state().cached {
+        match self.shared.lock_state().current() {
             Some(c) if c.refresh_at > Instant::now() => {
                 CacheState::ValidFor(c.refresh_at - Instant::now())
             }
@@ -291,7 +312,7 @@ impl Shared {
             }
             Err(e) => {
                 let now = Instant::now();
-                if let Some(c) = &mut state.cached
+                if let Some(c) = state.current()
                     && now < c.expires_at
                 {
                     // A refresh runs ahead of expiry so that a short outage of the token
@@ -625,6 +646,24 @@ mod tests {
         assert_eq!(b.header, "Bearer slow");
         assert_eq!(endpoint.requests(), 1, "one exchange, not one per caller");
         assert_eq!(s.shared.exchanges.ok.get(), 1);
+    }
+
+    /// After a suspend (or a paused VM) the monotonic clock says the token has time left;
+    /// the wall clock says it expired, and it is not sent.
+    #[tokio::test]
+    async fn a_token_expired_while_the_host_slept_is_not_sent() {
+        let endpoint = Endpoint::start(200, r#"{"access_token":"t","expires_in":600}"#).await;
+        let s = exchanging_source(&endpoint.url);
+        let http = reqwest::Client::new();
+        s.get(&http, WAIT).await.expect("exchanges");
+        assert!(s.get(&http, WAIT).await.expect("cached").cached);
+        assert_eq!(endpoint.requests(), 1);
+        if let Some(c) = &mut s.lock_state().cached {
+            c.expires_wall = SystemTime::now() - Duration::from_secs(1);
+        }
+        let b = s.get(&http, WAIT).await.expect("exchanges again");
+        assert!(!b.cached);
+        assert_eq!(endpoint.requests(), 2);
     }
 
     #[tokio::test]
