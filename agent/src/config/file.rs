@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConfigFile {
     /// One `host:port`, or a list tried in turn.
@@ -43,7 +43,7 @@ impl OneOrMany {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConnectionFile {
     pub base_uri: String,
@@ -105,7 +105,7 @@ fn default_timeout() -> String {
     "30s".to_owned()
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Default, Deserialize)]
 #[serde(try_from = "JwtBearerFile")]
 pub enum AuthFile {
     #[default]
@@ -160,7 +160,9 @@ impl TryFrom<JwtBearerFile> for AuthFile {
     }
 }
 
-#[derive(Debug, Deserialize)]
+/// No `Debug`, like the other file types that can hold a secret inline (`token`,
+/// `secret`, `private_key`, `params.client_secret`): nothing prints one by accident.
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JwtBearerFile {
     #[serde(rename = "type")]
@@ -245,7 +247,7 @@ impl JwtBearerFile {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExchangeFile {
     pub token_url: String,
@@ -561,11 +563,17 @@ mod tests {
     #[test]
     fn auth_none_refuses_other_keys_by_name() {
         assert!(matches!(auth(r#"{ type = "none" }"#), Ok(AuthFile::None)));
-        let err = auth(r#"{ type = "none", algoritm = "RS256" }"#).expect_err("a typo");
+        let err = auth(r#"{ type = "none", algoritm = "RS256" }"#)
+            .err()
+            .expect("a typo");
         assert!(err.contains("unknown field `algoritm`"), "{err}");
-        let err = auth(r#"{ type = "jwt_bearer", algoritm = "RS256" }"#).expect_err("a typo");
+        let err = auth(r#"{ type = "jwt_bearer", algoritm = "RS256" }"#)
+            .err()
+            .expect("a typo");
         assert!(err.contains("unknown field `algoritm`"), "{err}");
-        let err = auth(r#"{ type = "none", secret_env = "S" }"#).expect_err("a key of jwt_bearer");
+        let err = auth(r#"{ type = "none", secret_env = "S" }"#)
+            .err()
+            .expect("a key of jwt_bearer");
         assert!(
             err.contains("unknown field `secret_env` with type = \"none\""),
             "{err}"
