@@ -15,7 +15,8 @@ use postern_protocol::{ConnectionName, SecretKind, SecretToken};
 use url::Url;
 
 pub use file::{
-    AuthFile, BodyEncoding, ConfigFile, ConnectionFile, ExchangeFile, JwtBearerFile, ParseError,
+    AuthFile, BodyEncoding, ClientAuth, ConfigFile, ConnectionFile, ExchangeFile, JwtBearerFile,
+    ParseError,
 };
 use jwt_auth::refuse_user_info;
 pub(crate) use jwt_auth::shown;

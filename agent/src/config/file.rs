@@ -258,8 +258,22 @@ pub struct ExchangeFile {
     pub params: BTreeMap<String, String>,
     #[serde(default)]
     pub client_assertion: bool,
+    /// Where `params.client_id` and `params.client_secret` go: the body, or HTTP Basic.
+    #[serde(default)]
+    pub client_auth: ClientAuth,
     #[serde(default = "default_lifetime")]
     pub default_lifetime: String,
+}
+
+/// How a token endpoint is told the client's id and secret (RFC 6749 §2.3.1): in the
+/// request body (the default, which most providers take), or as HTTP Basic, which every
+/// server must take and some take alone.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuth {
+    #[default]
+    Body,
+    Basic,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]

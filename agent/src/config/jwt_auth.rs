@@ -9,7 +9,7 @@ use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
 use url::Url;
 
-use super::file::{BodyEncoding, ExchangeFile, JwtBearerFile};
+use super::file::{BodyEncoding, ClientAuth, ExchangeFile, JwtBearerFile};
 use super::{MASKED_KEYS, SECRET_MASK, mask_problem, noted, one_secret};
 use crate::jwt::certificate::thumbprints;
 use crate::jwt::encrypted_key::decrypt_if_encrypted;
@@ -47,6 +47,9 @@ pub struct Exchange {
     pub params: BTreeMap<String, String>,
     /// RFC 7523 §2.2: send the JWT as `client_assertion`, not `assertion`.
     pub client_assertion: bool,
+    /// `Basic`: `params.client_id` and `params.client_secret` go as HTTP Basic, not in
+    /// the body (they are in `params` still).
+    pub client_auth: ClientAuth,
     /// Used when the token response has no `expires_in`.
     pub default_lifetime: Duration,
 }
@@ -68,6 +71,7 @@ impl std::fmt::Debug for Exchange {
             .field("body", &self.body)
             .field("params", &params)
             .field("client_assertion", &self.client_assertion)
+            .field("client_auth", &self.client_auth)
             .field("default_lifetime", &self.default_lifetime)
             .finish()
     }
@@ -384,6 +388,18 @@ fn resolve_exchange(x: ExchangeFile) -> Result<Exchange, Vec<String>> {
                 )
             }),
     );
+    if x.client_auth == ClientAuth::Basic {
+        if x.client_assertion {
+            p.push("auth.exchange.client_auth = \"basic\" and client_assertion = true are two ways to authenticate the client: choose one".to_owned());
+        }
+        for name in ["client_id", "client_secret"] {
+            if !x.params.contains_key(name) {
+                p.push(format!(
+                    "auth.exchange.client_auth = \"basic\" needs auth.exchange.params.{name} (sent as HTTP Basic, not in the body)"
+                ));
+            }
+        }
+    }
     let default_lifetime = noted(
         p,
         duration("auth.exchange.default_lifetime", &x.default_lifetime),
@@ -407,6 +423,7 @@ fn resolve_exchange(x: ExchangeFile) -> Result<Exchange, Vec<String>> {
         body: x.body,
         params: x.params,
         client_assertion: x.client_assertion,
+        client_auth: x.client_auth,
         default_lifetime,
     })
 }

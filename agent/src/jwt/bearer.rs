@@ -593,6 +593,7 @@ mod tests {
                     body: crate::config::BodyEncoding::Form,
                     params: BTreeMap::new(),
                     client_assertion: false,
+                    client_auth: crate::config::ClientAuth::Body,
                     default_lifetime: Duration::from_secs(600),
                 }),
             }),

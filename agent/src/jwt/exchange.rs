@@ -122,14 +122,16 @@ pub async fn exchange(
             )
         }
     };
+    let mut request = http
+        .post(x.token_url.clone())
+        .header(CONTENT_TYPE, content_type)
+        .header(ACCEPT, "application/json")
+        .body(body);
+    if let Some((id, secret)) = basic_credentials(x) {
+        request = request.basic_auth(id, Some(secret));
+    }
     let send = async {
-        let response = http
-            .post(x.token_url.clone())
-            .header(CONTENT_TYPE, content_type)
-            .header(ACCEPT, "application/json")
-            .body(body)
-            .send()
-            .await?;
+        let response = request.send().await?;
         let status = response.status().as_u16();
         let bytes = read_limited(response).await?;
         Ok::<_, reqwest::Error>((status, bytes))
@@ -169,8 +171,30 @@ fn request_fields(x: &Exchange, jwt: &str) -> Vec<(String, String)> {
     } else {
         fields.push(("assertion".to_owned(), jwt.to_owned()));
     }
-    fields.extend(x.params.iter().map(|(k, v)| (k.clone(), v.clone())));
+    let in_header = |k: &str| basic_credentials(x).is_some() && CLIENT_CREDENTIALS.contains(&k);
+    fields.extend(
+        x.params
+            .iter()
+            .filter(|(k, _)| !in_header(k))
+            .map(|(k, v)| (k.clone(), v.clone())),
+    );
     fields
+}
+
+/// The params that name the client.
+const CLIENT_CREDENTIALS: [&str; 2] = ["client_id", "client_secret"];
+
+/// With `client_auth = "basic"`, the client's id and secret as the Basic user name and
+/// password: each form-urlencoded first (RFC 6749 §2.3.1), so a `:` in an id survives.
+fn basic_credentials(x: &Exchange) -> Option<(String, String)> {
+    if x.client_auth != crate::config::ClientAuth::Basic {
+        return None;
+    }
+    let encoded = |name: &str| {
+        let value = x.params.get(name)?;
+        Some(url::form_urlencoded::byte_serialize(value.as_bytes()).collect::<String>())
+    };
+    Some((encoded("client_id")?, encoded("client_secret")?))
 }
 
 async fn read_limited(mut response: reqwest::Response) -> Result<Vec<u8>, reqwest::Error> {
@@ -552,6 +576,7 @@ mod tests {
             body: BodyEncoding::Form,
             params: [("scope".to_owned(), "read".to_owned())].into(),
             client_assertion: false,
+            client_auth: crate::config::ClientAuth::Body,
             default_lifetime: TEN_MIN,
         };
         let f = request_fields(&x, "J");
@@ -577,5 +602,64 @@ mod tests {
             ]
             .map(|(a, b)| (a.to_owned(), b.to_owned()))
         );
+    }
+
+    /// With `client_auth = "basic"` the client's id and secret go as HTTP Basic, each
+    /// form-urlencoded first, and not in the body; the other params stay in the body.
+    #[tokio::test]
+    async fn basic_client_auth_sends_the_credentials_in_the_header_only() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let seen = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.expect("accept");
+            let mut request = Vec::new();
+            let mut buf = [0u8; 4096];
+            // The head and the whole (short) form body.
+            while !String::from_utf8_lossy(&request).contains("scope=read") {
+                let n = stream.read(&mut buf).await.expect("read");
+                assert!(n > 0, "closed early");
+                request.extend_from_slice(&buf[..n]);
+            }
+            let body = r#"{"access_token":"a","expires_in":60}"#;
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            stream.write_all(answer.as_bytes()).await.expect("write");
+            String::from_utf8_lossy(&request).into_owned()
+        });
+        let x = Exchange {
+            token_url: format!("http://{addr}/token").parse().expect("url"),
+            grant_type: JWT_BEARER_GRANT.to_owned(),
+            body: BodyEncoding::Form,
+            params: [
+                ("client_id", "app:1"),
+                ("client_secret", "s3cr3t"),
+                ("scope", "read"),
+            ]
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .into(),
+            client_assertion: false,
+            client_auth: crate::config::ClientAuth::Basic,
+            default_lifetime: TEN_MIN,
+        };
+        let token = exchange(&reqwest::Client::new(), &x, "J", Duration::from_secs(5))
+            .await
+            .expect("exchanged");
+        assert_eq!(token.authorization(), "Bearer a");
+        let request = seen.await.expect("request");
+        // base64("app%3A1:s3cr3t")
+        let expected =
+            base64::Engine::encode(&base64::engine::general_purpose::STANDARD, "app%3A1:s3cr3t");
+        assert!(
+            request.contains(&format!("authorization: Basic {expected}")),
+            "{request}"
+        );
+        assert!(!request.contains("client_secret"), "{request}");
+        assert!(!request.contains("client_id"), "{request}");
+        assert!(request.contains("assertion=J"), "{request}");
     }
 }
