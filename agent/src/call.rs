@@ -268,7 +268,17 @@ async fn run(
         RequestBody::stream(body)
     };
     let replay = body.replayable();
-    let mut upstream = send(ctx, &parts.method, &url, &headers, bearer.as_ref(), body).await?;
+    let mut upstream = match send(ctx, &parts.method, &url, &headers, bearer.as_ref(), body).await {
+        // The server let an idle connection go just as the call went out on it (one that
+        // closes them sooner than the agent's 4 s): a safe method goes once more, on
+        // another connection, as a browser or nginx would send it.
+        Err(failed) if failed.closed_unanswered && parts.method.is_safe() && replay.is_some() => {
+            info!(connection = %conn.name, method = %parts.method, "the internal server closed the connection without answering; sending the call once more");
+            let again = RequestBody::Buffered(replay.clone().unwrap_or_default());
+            send(ctx, &parts.method, &url, &headers, bearer.as_ref(), again).await?
+        }
+        sent => sent?,
+    };
     if upstream.status() == StatusCode::UNAUTHORIZED
         && may_retry
         && let (Some(source), Some(used)) = (&ctx.bearer, &bearer)
@@ -403,7 +413,7 @@ pub(crate) async fn send(
     headers: &HeaderMap,
     bearer: Option<&Bearer>,
     body: RequestBody,
-) -> Result<reqwest::Response, (ErrorCode, String)> {
+) -> Result<reqwest::Response, SendFailed> {
     let conn = &ctx.connection;
     let mut request = ctx
         .http
@@ -425,13 +435,54 @@ pub(crate) async fn send(
         request = request.body(body);
     }
     match postern_protocol::upload_progress::within(request.send(), &progress, conn.timeout).await {
-        None => Err(timeout_error(conn)),
-        Some(Err(e)) if e.is_timeout() => Err(timeout_error(conn)),
+        None => Err(timeout_error(conn).into()),
+        Some(Err(e)) if e.is_timeout() => Err(timeout_error(conn).into()),
         // reqwest's error names the URL, the caller's query too (an `api_key=`, say):
         // the base is said, the rest stays out of the log.
-        Some(Err(e)) => Err(send_error(conn, &e.without_url())),
+        Some(Err(e)) => {
+            let e = e.without_url();
+            Err(SendFailed {
+                closed_unanswered: closed_unanswered(&e),
+                refusal: send_error(conn, &e),
+            })
+        }
         Some(Ok(r)) => Ok(r),
     }
+}
+
+/// A send that failed: what the caller is told, and whether the server closed the
+/// connection without a word (no answer's first byte came).
+pub(crate) struct SendFailed {
+    refusal: (ErrorCode, String),
+    closed_unanswered: bool,
+}
+
+impl From<(ErrorCode, String)> for SendFailed {
+    fn from(refusal: (ErrorCode, String)) -> Self {
+        Self {
+            refusal,
+            closed_unanswered: false,
+        }
+    }
+}
+
+impl From<SendFailed> for (ErrorCode, String) {
+    fn from(failed: SendFailed) -> Self {
+        failed.refusal
+    }
+}
+
+/// hyper's "connection closed before message completed", or a reset, before any answer.
+fn closed_unanswered(e: &reqwest::Error) -> bool {
+    let causes = std::iter::successors(Some(e as &dyn std::error::Error), |e| e.source());
+    !e.is_connect()
+        && !e.is_body()
+        && causes.into_iter().any(|c| {
+            c.downcast_ref::<hyper::Error>()
+                .is_some_and(hyper::Error::is_incomplete_message)
+                || c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionReset)
+        })
 }
 
 /// A call whose body passes the connection's `max_request_body`; `then` says what

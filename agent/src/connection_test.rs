@@ -189,7 +189,8 @@ pub async fn run(ctx: &CallContext) -> TestReport {
         bearer.as_ref(),
         RequestBody::Buffered(Bytes::new()),
     )
-    .await;
+    .await
+    .map_err(<(postern_protocol::ErrorCode, String)>::from);
     let latency = millis(started.elapsed());
     let response = match sent {
         Ok(response) => response,

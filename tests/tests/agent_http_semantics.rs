@@ -143,7 +143,9 @@ async fn only_a_request_that_never_left_is_upstream_unreachable() -> Result<()> 
         assert_eq!(server.requests(), 1, "{name}: the request reached it");
     }
 
-    for (name, server) in [("garbage", &garbage), ("silent", &silent)] {
+    // A GET closed on without a word is sent once more (as on a connection the server let
+    // go just then); a server that does it every time gets it twice, and the caller 502.
+    for (name, server, sent) in [("garbage", &garbage, 1), ("silent", &silent, 2)] {
         let (status, header, body) = refusal(t.api.call("a1", name, "/x").await?).await?;
         assert_eq!(status, 502, "{name}: {body}");
         assert_eq!(header, "upstream_bad_answer", "{name}: {body}");
@@ -152,7 +154,7 @@ async fn only_a_request_that_never_left_is_upstream_unreachable() -> Result<()> 
             body.to_string().contains("may have been acted on"),
             "{name}: {body}"
         );
-        assert_eq!(server.requests(), 1, "{name}: the request reached it");
+        assert_eq!(server.requests(), sent, "{name}: the request reached it");
     }
 
     let (status, header, body) = refusal(t.api.call("a1", "closed", "/x").await?).await?;

@@ -69,3 +69,77 @@ async fn an_idle_upstream_connection_is_let_go_before_the_servers_keep_alive_end
     );
     Ok(())
 }
+
+/// A server that answers each connection's first request (keeping it open) and, reading
+/// its second, closes it without a word: as a server whose idle limit ends just as the
+/// agent sends a call on a kept connection. Counts the requests it read.
+async fn closing_on_second_request() -> Result<(std::net::SocketAddr, Arc<AtomicUsize>)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let requests = Arc::new(AtomicUsize::new(0));
+    let count = requests.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let count = count.clone();
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                for answered in [true, false] {
+                    // A head (these calls have no body).
+                    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => seen.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    seen.clear();
+                    count.fetch_add(1, Ordering::SeqCst);
+                    if answered {
+                        let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                        if stream.write_all(ok).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                // Dropped: closed, the second request unanswered.
+            });
+        }
+    });
+    Ok((addr, requests))
+}
+
+/// A GET sent on a connection the server closes unanswered goes once more, on a new
+/// connection, and the caller gets its answer; a POST, which the server may have acted
+/// on, is not sent twice: 502 `upstream_bad_answer`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_safe_call_on_a_connection_closed_under_it_goes_once_more() -> Result<()> {
+    let (addr, requests) = closing_on_second_request().await?;
+    let dir = TempDir::new("upstream-closed-under")?;
+    let connections = format!("[connections.o]\nbase_uri = \"http://{addr}/api\"\n");
+    let tunnel = Tunnel::start(&postern_tests::bins!(), &dir, &connections).await?;
+    let url = format!("{}/v1/agents/a1/connections/o/http/x", tunnel.api.base);
+    let r = tunnel.api.call("a1", "o", "/x").await?;
+    assert_eq!(r.status(), 200);
+    // Back in the agent's pool (see above), the connection takes the next call.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let r = tunnel.api.call("a1", "o", "/x").await?;
+    assert_eq!(r.status(), 200, "{}", r.text().await?);
+    assert_eq!(
+        requests.load(Ordering::SeqCst),
+        3,
+        "sent twice, answered once"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let r = tunnel
+        .api
+        .http
+        .post(&url)
+        .bearer_auth(&tunnel.api.key)
+        .send()
+        .await?;
+    assert_eq!(r.status(), 502);
+    assert_eq!(r.headers()["x-postern-error"], "upstream_bad_answer");
+    assert_eq!(requests.load(Ordering::SeqCst), 4, "a POST is sent once");
+    Ok(())
+}

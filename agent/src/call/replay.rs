@@ -81,10 +81,15 @@ impl RequestBody {
         Ok(RequestBody::Buffered(buffer.freeze()))
     }
 
-    /// The bytes to send again, if the whole body is in memory.
+    /// The bytes to send again, if the whole body is in memory (or there is none).
     pub fn replayable(&self) -> Option<Bytes> {
         match self {
             RequestBody::Buffered(bytes) => Some(bytes.clone()),
+            RequestBody::Streaming { prefix, rest }
+                if prefix.is_empty() && hyper::body::Body::is_end_stream(rest) =>
+            {
+                Some(Bytes::new())
+            }
             RequestBody::Streaming { .. } => None,
         }
     }
