@@ -90,14 +90,14 @@ pub fn report(
 /// Binds the socket (replacing a stale one) with mode 0600, in a folder no other
 /// local user controls.
 pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)?;
-        check_folder(dir)?;
-    }
+    use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
+    // A bare file name is in the current folder, which is checked as any other.
+    let dir = crate::config::folder_of(path);
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    check_folder(dir)?;
     // A live daemon on this socket answers; a dead one left a file behind.
     if std::os::unix::net::UnixStream::connect(path).is_ok() {
         return Err(std::io::Error::new(
@@ -105,7 +105,22 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
             format!("another agent answers on {}", path.display()),
         ));
     }
-    let _ = std::fs::remove_file(path);
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(path)?,
+        // Only a socket is ours to replace: a status_socket mistyped as the config's or
+        // the token's name must not cost that file.
+        Ok(_) => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                format!(
+                    "{} is there and is not a socket; refusing to replace it: set status_socket to a free path",
+                    path.display()
+                ),
+            ));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
     let listener = UnixListener::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     Ok(listener)
@@ -116,7 +131,8 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
 /// where `postern status` and `reload` look, or remove ours.
 pub fn check_folder(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::MetadataExt;
-    let meta = std::fs::metadata(dir)?;
+    // The folder itself: a symlink's owner could point it elsewhere later.
+    let meta = std::fs::symlink_metadata(dir)?;
     let me = crate::config::current_uid()
         .ok_or_else(|| std::io::Error::other("cannot tell this process's user id"))?;
     let refuse = |why: String| {
@@ -128,6 +144,9 @@ pub fn check_folder(dir: &Path) -> std::io::Result<()> {
             ),
         ))
     };
+    if meta.is_symlink() {
+        return refuse("it is a symlink".into());
+    }
     if !meta.is_dir() {
         return refuse("not a folder".into());
     }
@@ -172,6 +191,9 @@ impl Refusal {
         }
     }
 }
+/// Pause after a failed accept (out of descriptors, say), before the next.
+pub const ACCEPT_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// A client that says nothing within this long gets the status (as `socat` users expect).
 const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -209,12 +231,16 @@ impl StatusServer {
                     Ok((stream, _)) => stream,
                     Err(e) => {
                         warn!(error = %e, "status socket accept failed");
+                        // Out of descriptors, it fails again at once: not a spin.
+                        tokio::time::sleep(ACCEPT_RETRY).await;
                         continue;
                     }
                 },
             };
             clients.spawn(this.clone().answer(stream, shutdown.clone()));
         }
+        // No new client while those under way finish: one would wait for nothing.
+        drop(listener);
         clients.close();
         clients.wait().await;
         let _ = std::fs::remove_file(&path);

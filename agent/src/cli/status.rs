@@ -79,7 +79,7 @@ pub(crate) fn test_in_agent(
         Ok(None)
     };
     let connect = || {
-        let stream = UnixStream::connect(&socket)?;
+        let stream = connect_trusted(&socket, config_path)?;
         // A daemon that hangs must not hang the test with it.
         stream.set_read_timeout(Some(STATUS_WAIT))?;
         Ok::<_, std::io::Error>(stream)
@@ -122,7 +122,7 @@ pub(crate) fn test_in_agent(
         }
     }
     // No read timeout here: the test takes as long as the connection's own timeouts allow.
-    let answer = UnixStream::connect(&socket)
+    let answer = connect_trusted(&socket, config_path)
         .map_err(anyhow::Error::from)
         .and_then(|s| send(s, &format!("{} {name} {digest}", crate::status::TEST)));
     let text = match answer {
@@ -162,8 +162,12 @@ fn ask(config_path: &Path, command: &str) -> Result<Result<String, ExitCode>> {
             return Ok(Err(ExitCode::from(1)));
         }
     };
-    let stream = match UnixStream::connect(&socket) {
+    let stream = match connect_trusted(&socket, config_path) {
         Ok(s) => s,
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            eprintln!("not asking {}: {e}", socket.display());
+            return Ok(Err(ExitCode::from(2)));
+        }
         Err(e) => {
             let hint = match agent_running(config_path) {
                 Some(pid) => format!(
@@ -184,7 +188,80 @@ fn ask(config_path: &Path, command: &str) -> Result<Result<String, ExitCode>> {
             return Ok(Err(ExitCode::from(2)));
         }
     };
-    send(stream, command).map(Ok)
+    // A frozen or stopped agent still has its socket accept: without a bound, a check
+    // built on the exit code would wait for ever.
+    stream.set_read_timeout(Some(ANSWER_WAIT))?;
+    match send(stream, command) {
+        Ok(text) => Ok(Ok(text)),
+        Err(e) if timed_out(&e) => {
+            eprintln!(
+                "the agent on {} took its connection but did not answer within {ANSWER_WAIT:?}                  (stopped, frozen, or still stopping)",
+                socket.display()
+            );
+            Ok(Err(ExitCode::from(2)))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// How long `status` and `reload` wait for the agent's answer (a reload loads the config
+/// and keys; far less than the unit's reload timeout).
+const ANSWER_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+fn timed_out(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>().is_some_and(|io| {
+            matches!(
+                io.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            )
+        })
+    })
+}
+
+/// Connects to `socket` if whoever answers there is to be believed: the socket and its
+/// folder belong to this user, root, or the config's owner (the service user, when root
+/// asks), and no one else may write in the folder. In a shared place (`/tmp/postern-<uid>`
+/// when there is no XDG_RUNTIME_DIR) another user could otherwise answer "connected" and
+/// "reloaded" in the agent's name. `PermissionDenied` says why not.
+fn connect_trusted(socket: &Path, config_path: &Path) -> std::io::Result<UnixStream> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let trusted_owners = [
+        config::current_uid(),
+        Some(0),
+        std::fs::metadata(config_path).ok().map(|m| m.uid()),
+    ];
+    let distrust = |why: String| {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            why,
+        ))
+    };
+    let folder = config::folder_of(socket);
+    let folder_meta = std::fs::symlink_metadata(folder)?;
+    if folder_meta.is_symlink() || !trusted_owners.contains(&Some(folder_meta.uid())) {
+        return distrust(format!(
+            "its folder {} is a symlink or another user's (uid {})",
+            folder.display(),
+            folder_meta.uid()
+        ));
+    }
+    if folder_meta.mode() & 0o022 != 0 {
+        return distrust(format!(
+            "others may write in its folder {} (mode {:o})",
+            folder.display(),
+            folder_meta.mode() & 0o7777
+        ));
+    }
+    if let Ok(meta) = std::fs::symlink_metadata(socket)
+        && (!meta.file_type().is_socket() || !trusted_owners.contains(&Some(meta.uid())))
+    {
+        return distrust(format!(
+            "it is not a socket of this user, root or the config's owner (uid {})",
+            meta.uid()
+        ));
+    }
+    UnixStream::connect(socket)
 }
 
 /// The pid of a `postern run` of this config file, from /proc (only processes this user

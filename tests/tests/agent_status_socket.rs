@@ -1,0 +1,112 @@
+//! The status socket's trust rules, with the real `postern`: the agent never replaces a
+//! file that is not a socket, the CLI believes only a socket its own user, root or the
+//! config's owner keeps in a folder no one else may write to, and it does not wait for
+//! ever on an agent that takes the connection and says nothing.
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixListener;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use postern_tests::harness::{
+    AgentProcess, Bins, agent_cli, agent_command, offline_agent_config, stderr,
+};
+use postern_tests::temp::TempDir;
+
+fn bins() -> Bins {
+    postern_tests::bins!()
+}
+
+/// A `status_socket` mistyped as a file's name costs nothing: the agent runs without its
+/// socket and says why, and the file is as it was.
+#[test]
+fn a_file_that_is_not_a_socket_is_never_replaced() -> Result<()> {
+    let dir = TempDir::new("status-not-a-socket")?;
+    dir.write_private("precious.txt", "keep me\n")?;
+    let config = dir.write_private(
+        "agent.toml",
+        &offline_agent_config("127.0.0.1:9", "status_socket = \"precious.txt\"\n"),
+    )?;
+    let agent = AgentProcess::start(&bins(), &config)?;
+    agent
+        .logs
+        .wait_for("is there and is not a socket", Duration::from_secs(15))?;
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("precious.txt"))?,
+        "keep me\n"
+    );
+    Ok(())
+}
+
+/// What answers on a socket in a folder others may write to (as `/tmp/postern-<uid>`
+/// made by another user) is not believed: `status` exits 2 saying why, rather than 0
+/// with that process's "connected".
+#[test]
+fn a_socket_in_a_folder_others_may_write_to_is_not_asked() -> Result<()> {
+    let dir = TempDir::new("status-shared-folder")?;
+    let shared = dir.path().join("shared");
+    std::fs::create_dir(&shared)?;
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777))?;
+    let socket = shared.join("agent.sock");
+    let listener = UnixListener::bind(&socket)?;
+    // The impostor: answers every connection with a status that looks fine.
+    let impostor = std::thread::spawn(move || {
+        use std::io::Write;
+        if let Ok((mut stream, _)) = listener.accept() {
+            let _ = stream.write_all(br#"{"connected":true}"#);
+        }
+    });
+    let config = dir.write_private(
+        "agent.toml",
+        &offline_agent_config(
+            "127.0.0.1:9",
+            &format!("status_socket = \"{}\"\n", socket.display()),
+        ),
+    )?;
+    let out = agent_cli(&bins(), &config, &["status"])?;
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("others may write in its folder"),
+        "{}",
+        stderr(&out)
+    );
+    // Never connected to: unblock the impostor's accept.
+    drop(std::os::unix::net::UnixStream::connect(&socket));
+    let _ = impostor.join();
+    Ok(())
+}
+
+/// An agent that takes the connection and never answers (frozen, stopped with SIGSTOP):
+/// `status` gives up with exit 2 after its wait, as for no agent at all.
+#[test]
+fn an_agent_that_never_answers_is_not_waited_for_for_ever() -> Result<()> {
+    let dir = TempDir::new("status-silent")?;
+    let socket = dir.path().join("agent.sock");
+    // Bound and listening, never accepting: the kernel takes the connection.
+    let _listener = UnixListener::bind(&socket)?;
+    let config = dir.write_private(
+        "agent.toml",
+        &offline_agent_config("127.0.0.1:9", "status_socket = \"agent.sock\"\n"),
+    )?;
+    // Run bounded: without the CLI's own bound this would wait for ever.
+    let mut child = agent_command(&bins(), &config, &["status"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait()?.is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            anyhow::bail!("postern status still waits after 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = child.wait_with_output()?;
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("did not answer within"),
+        "{}",
+        stderr(&out)
+    );
+    Ok(())
+}
