@@ -190,18 +190,25 @@ impl Proxy {
 
 /// Whether a `NO_PROXY` entry covers the relay's host.
 fn exempt(no_proxy: &[String], relay: &str) -> bool {
-    let host = relay
-        .rsplit_once(':')
-        .map_or(relay, |(h, _)| h)
-        .trim_matches(['[', ']'])
-        .to_ascii_lowercase();
+    let host = host_part(relay).to_ascii_lowercase();
     no_proxy.iter().any(|entry| {
-        let entry = entry
-            .rsplit_once(':')
-            .map_or(entry.as_str(), |(h, _)| h)
-            .trim_start_matches('.');
+        let entry = host_part(entry)
+            .trim_start_matches('.')
+            .to_ascii_lowercase();
         entry == "*" || host == entry || host.ends_with(&format!(".{entry}"))
     })
+}
+
+/// The host of `host`, `host:port`, `[v6]`, `[v6]:port` or a bare IPv6 address (whose
+/// colons are no port's).
+fn host_part(text: &str) -> &str {
+    if let Some(rest) = text.strip_prefix('[') {
+        return rest.split_once(']').map_or(rest, |(v6, _)| v6);
+    }
+    match text.split_once(':') {
+        Some((host, port)) if !port.contains(':') => host,
+        _ => text,
+    }
 }
 
 #[cfg(test)]
@@ -266,6 +273,20 @@ mod tests {
             Proxy::from_env(&env, &other),
             Err(ProxyError::Scheme(_))
         ));
+    }
+
+    #[test]
+    fn no_proxy_entries_match_ipv6_relays_as_curl_does() {
+        let v6 = "[fd00::10]:2222";
+        for entry in ["fd00::10", "[fd00::10]", "[fd00::10]:2222", "FD00::10"] {
+            assert!(exempt(&[entry.to_owned()], v6), "{entry}");
+        }
+        assert!(!exempt(&["fd00::1".to_owned()], v6));
+        assert!(!exempt(&["::1".to_owned()], v6));
+        assert!(exempt(&["::1".to_owned()], "[::1]:22"));
+        assert!(exempt(&[".corp".to_owned()], "relay.corp:2222"));
+        assert!(exempt(&["relay.corp:2222".to_owned()], "relay.corp:2222"));
+        assert!(!exempt(&["elay.corp".to_owned()], "relay.corp:2222"));
     }
 
     #[test]
