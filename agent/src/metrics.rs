@@ -167,6 +167,13 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
+/// Scrapers at once; more wait in the listen queue. Any local user can reach the
+/// listener: without a bound, held connections could take the agent's descriptors.
+const MAX_CONNECTIONS: usize = 32;
+/// How long a connection may take to finish its answer once the agent stops: a client
+/// that stopped reading (a pipeline of requests, never read) must not hold up the stop.
+const GOODBYE_LIMIT: Duration = Duration::from_secs(2);
+
 /// Serves `GET /metrics` until `shutdown`.
 pub async fn serve(
     listener: TcpListener,
@@ -175,13 +182,20 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let connections = TaskTracker::new();
+    let turns = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
-        let stream = tokio::select! {
+        let (turn, stream) = tokio::select! {
             _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => {
+            accepted = async {
+                // Never closed: a permit always comes.
+                let turn = turns.clone().acquire_owned().await.ok();
+                (turn, listener.accept().await)
+            } => match accepted {
+                (turn, Ok((stream, _))) => (turn, stream),
+                (_, Err(e)) => {
                     warn!(error = %e, "metrics accept failed");
+                    // Out of descriptors, it fails again at once: not a spin.
+                    tokio::time::sleep(crate::status::ACCEPT_RETRY).await;
                     continue;
                 }
             },
@@ -190,6 +204,7 @@ pub async fn serve(
         let state = state.clone();
         let shutdown = shutdown.clone();
         connections.spawn(async move {
+            let _turn = turn;
             let service = service_fn(move |request: Request<Incoming>| {
                 let response = answer(&request, &metrics, &state.borrow());
                 async move { Ok::<_, std::convert::Infallible>(response) }
@@ -204,7 +219,7 @@ pub async fn serve(
                 _ = shutdown.cancelled() => {}
             }
             connection.as_mut().graceful_shutdown();
-            let _ = connection.await;
+            let _ = tokio::time::timeout(GOODBYE_LIMIT, connection).await;
         });
     }
     connections.close();

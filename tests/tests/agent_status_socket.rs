@@ -1,7 +1,8 @@
 //! The status socket's trust rules, with the real `postern`: the agent never replaces a
 //! file that is not a socket, the CLI believes only a socket its own user, root or the
 //! config's owner keeps in a folder no one else may write to, and it does not wait for
-//! ever on an agent that takes the connection and says nothing.
+//! ever on an agent that takes the connection and says nothing; a metrics scraper that
+//! never reads does not hold up the agent's stop.
 
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
@@ -108,5 +109,43 @@ fn an_agent_that_never_answers_is_not_waited_for_for_ever() -> Result<()> {
         "{}",
         stderr(&out)
     );
+    Ok(())
+}
+
+/// The metrics listener is as reachable as the socket: a local client that pipelines
+/// scrapes and never reads their answers leaves the agent's stop as quick as ever
+/// (before, the stop waited for that answer for ever, and systemd killed the agent).
+#[test]
+fn a_scraper_that_never_reads_does_not_hold_up_the_stop() -> Result<()> {
+    use std::io::Write;
+    let dir = TempDir::new("metrics-stuck-scraper")?;
+    let config = dir.write_private(
+        "agent.toml",
+        &offline_agent_config(
+            "127.0.0.1:9",
+            "status_socket = \"agent.sock\"\nmetrics_listen = \"127.0.0.1:0\"\n",
+        ),
+    )?;
+    let mut agent = AgentProcess::start(&bins(), &config)?;
+    let port = agent.metrics_port()?;
+    let mut scraper = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    // Until both sides' buffers are full: the agent's answer can no longer be written.
+    scraper.set_write_timeout(Some(Duration::from_secs(2)))?;
+    let request = b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n".repeat(100);
+    for _ in 0..2000 {
+        if scraper.write_all(&request).is_err() {
+            break;
+        }
+    }
+    postern_tests::harness::signal(agent.pid(), "TERM")?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while agent.try_exit().is_none() {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the agent did not stop within 20 s of SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(scraper);
     Ok(())
 }
