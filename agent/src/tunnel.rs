@@ -90,6 +90,38 @@ enum SessionEnd {
     Reconfigured,
 }
 
+/// Why the wait before a reconnect ended.
+enum Wake {
+    Shutdown,
+    Delay,
+    /// A reload changed what the session is made with (a new token, say): tried at once.
+    NewSettings,
+}
+
+/// Waits `delay` before the next connect, unless a reload changes the session's settings
+/// from those `tried` (a reload of the connections alone reaches the next session anyway:
+/// after a refusal the slow retry goes on, not a quick one with the same token).
+async fn wait_to_reconnect(
+    delay: Duration,
+    tried: &AgentConfig,
+    config: &mut watch::Receiver<Arc<AgentConfig>>,
+    shutdown: &CancellationToken,
+) -> Wake {
+    let wake = tokio::time::sleep(delay);
+    tokio::pin!(wake);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return Wake::Shutdown,
+            _ = &mut wake => return Wake::Delay,
+            Ok(()) = config.changed() => {
+                if crate::reload::session_settings_differ(tried, &config.borrow()) {
+                    return Wake::NewSettings;
+                }
+            }
+        }
+    }
+}
+
 /// Runs the tunnel until `shutdown`, on whatever config `config` holds at each connect;
 /// in-flight calls then get `SHUTDOWN_GRACE` to finish.
 pub async fn run(
@@ -165,11 +197,10 @@ pub async fn run(
         backoff.after_session(refused, started.elapsed(), established);
         let delay = backoff.next_delay();
         info!(delay_ms = delay.as_millis() as u64, "reconnecting");
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            _ = tokio::time::sleep(delay) => {}
-            // A reloaded config (a new token, say) is tried at once.
-            Ok(()) = config.changed() => {
+        match wait_to_reconnect(delay, &current, &mut config, &shutdown).await {
+            Wake::Shutdown => break,
+            Wake::Delay => {}
+            Wake::NewSettings => {
                 relay_index = 0;
                 backoff.reset();
             }

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use postern_agent::backoff::CAP;
 use postern_tests::harness::{
-    AgentProcess, Bins, agent_cli, agent_command, agent_config, output_text, signal, status_json,
+    AgentProcess, Bins, agent_cli, agent_command, agent_config, output_text, reconnect_delays,
+    signal, status_json,
 };
 use postern_tests::relay_support::{RelayWorld, sample, scrape, send};
 use reqwest::Method;
@@ -180,6 +181,20 @@ async fn a_new_token_is_tried_at_once_after_a_reload() -> Result<()> {
         "no longer accepts this agent's token",
         Duration::from_secs(10),
     )?;
+
+    // A reload that changes only the connections keeps the slow retry: a quick one with
+    // the same dead token would only be refused again.
+    let waits_before = reconnect_delays(&agent.logs.text()).len();
+    world.write_config(&world.token, &["o", "p"])?;
+    let (code, text) = reload(&w.bins, &config)?;
+    assert_eq!(code, Some(0), "{text}");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        reconnect_delays(&agent.logs.text()).len(),
+        waits_before,
+        "tried again at once: {}",
+        agent.logs.text()
+    );
 
     // The admin stores the new token and reloads: the agent connects at once, not after the cap.
     let token_file = w.dir.write_private("new-token", &new_token)?;
