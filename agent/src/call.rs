@@ -268,11 +268,19 @@ async fn run(
         RequestBody::stream(body)
     };
     let replay = body.replayable();
+    let sent_at = std::time::Instant::now();
     let mut upstream = match send(ctx, &parts.method, &url, &headers, bearer.as_ref(), body).await {
         // The server let an idle connection go just as the call went out on it (one that
         // closes them sooner than the agent's 4 s): a safe method goes once more, on
-        // another connection, as a browser or nginx would send it.
-        Err(failed) if failed.closed_unanswered && parts.method.is_safe() && replay.is_some() => {
+        // another connection, as a browser or nginx would send it. Only a close that came
+        // at once: one after a while (a worker killed by its server's timeout) is the
+        // request's doing, and sending it again would double the wait for the same end.
+        Err(failed)
+            if failed.closed_unanswered
+                && sent_at.elapsed() < QUICK_CLOSE
+                && parts.method.is_safe()
+                && replay.is_some() =>
+        {
             info!(connection = %conn.name, method = %parts.method, "the internal server closed the connection without answering; sending the call once more");
             let again = RequestBody::Buffered(replay.clone().unwrap_or_default());
             send(ctx, &parts.method, &url, &headers, bearer.as_ref(), again).await?
@@ -450,8 +458,12 @@ pub(crate) async fn send(
     }
 }
 
+/// How soon after the send a close without an answer is taken as the server letting an
+/// idle connection go (it comes within a round trip).
+const QUICK_CLOSE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// A send that failed: what the caller is told, and whether the server closed the
-/// connection without a word (no answer's first byte came).
+/// connection before a whole answer head came.
 pub(crate) struct SendFailed {
     refusal: (ErrorCode, String),
     closed_unanswered: bool,

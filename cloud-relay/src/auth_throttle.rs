@@ -104,10 +104,12 @@ impl AuthThrottle {
     }
 
     /// Whether connections from `ip` are refused at once (a burst of recent failures).
+    /// Asking counts as use: a blocked address, refused before it can fail again, is not
+    /// the one forgotten first.
     pub fn is_blocked(&self, ip: IpAddr) -> bool {
         let ip = source(ip);
-        let map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        map.peek(&ip)
+        let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(&ip)
             .and_then(|f| f.blocked_until)
             .is_some_and(|until| Instant::now() < until)
     }
@@ -200,8 +202,9 @@ mod tests {
         for last in 2..=3u8 {
             t.failure([192, 0, 2, last].into());
         }
-        // The blocked address keeps failing, so it is not the one forgotten.
-        t.failure(blocked);
+        // Refused before the handshake, the blocked address fails no more: being asked
+        // about keeps it remembered.
+        assert!(t.is_blocked(blocked));
         t.failure([192, 0, 2, 4].into());
         let map = t.failures.lock().unwrap_or_else(|p| p.into_inner());
         assert_eq!(map.len(), 3);

@@ -289,8 +289,9 @@ impl Registry {
                 () = tokio::time::sleep(RETIRING_CHECK) => {}
             }
         }
-        self.lock_retiring().remove(&old.session_id);
-        if !shutdown.is_cancelled() {
+        // Gone already if a revoke or rotation dropped it meanwhile.
+        let still_retiring = self.lock_retiring().remove(&old.session_id).is_some();
+        if still_retiring && !shutdown.is_cancelled() {
             old.disconnect(EndReason::Replaced).await;
         }
     }
@@ -298,6 +299,8 @@ impl Registry {
     /// Ends `live` for `reason` (revoked, token rotated): out of the registry, reason
     /// noted, then the agent told why and disconnected.
     pub async fn drop_session(&self, live: &LiveSession, reason: EndReason) {
+        // A replaced one ends here too, not when its retirement would have.
+        self.lock_retiring().remove(&live.session_id);
         self.end_session(
             &live.agent_id,
             live.session_id,

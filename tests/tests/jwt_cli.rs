@@ -583,7 +583,9 @@ fn a_certificate_of_another_key_is_refused_at_load() -> Result<()> {
     assert!(!out.status.success(), "{}", stdout(&out));
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(
-        said.contains("auth.certificate_file cert.pem is not the certificate of this private key"),
+        said.contains(
+            "cert.pem is not the certificate of this private key (its public key is another's)"
+        ),
         "{said}"
     );
     let matched = dir.write_private(

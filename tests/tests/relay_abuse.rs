@@ -182,7 +182,8 @@ async fn revoking_ends_a_replaced_session_still_finishing_its_calls() -> Result<
         .await?;
     assert_eq!(r.status(), 204);
     let answer = in_flight.await??;
-    assert_ne!(answer.status(), 200, "the revoked agent's call went on");
+    assert_eq!(answer.status(), 503, "the revoked agent's call went on");
+    assert_eq!(answer.headers()["x-postern-error"], "agent_offline");
     for agent in [&older, &newer] {
         agent.logs.wait_for(
             "the relay no longer accepts this agent's token",

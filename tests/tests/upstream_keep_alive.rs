@@ -72,8 +72,15 @@ async fn an_idle_upstream_connection_is_let_go_before_the_servers_keep_alive_end
 
 /// A server that answers each connection's first request (keeping it open) and, reading
 /// its second, closes it without a word: as a server whose idle limit ends just as the
-/// agent sends a call on a kept connection. Counts the requests it read.
+/// agent sends a call on a kept connection. Counts the requests it read. With `pause`,
+/// every request is closed on unanswered after that long (a worker its server killed).
 async fn closing_on_second_request() -> Result<(std::net::SocketAddr, Arc<AtomicUsize>)> {
+    closing_server(None).await
+}
+
+async fn closing_server(
+    pause: Option<Duration>,
+) -> Result<(std::net::SocketAddr, Arc<AtomicUsize>)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
@@ -95,6 +102,10 @@ async fn closing_on_second_request() -> Result<(std::net::SocketAddr, Arc<Atomic
                     }
                     seen.clear();
                     count.fetch_add(1, Ordering::SeqCst);
+                    if let Some(pause) = pause {
+                        tokio::time::sleep(pause).await;
+                        return;
+                    }
                     if answered {
                         let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
                         if stream.write_all(ok).await.is_err() {
@@ -111,7 +122,8 @@ async fn closing_on_second_request() -> Result<(std::net::SocketAddr, Arc<Atomic
 
 /// A GET sent on a connection the server closes unanswered goes once more, on a new
 /// connection, and the caller gets its answer; a POST, which the server may have acted
-/// on, is not sent twice: 502 `upstream_bad_answer`.
+/// on, is not sent twice: 502 `upstream_bad_answer`; nor is a GET closed on only after
+/// a while.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_safe_call_on_a_connection_closed_under_it_goes_once_more() -> Result<()> {
     let (addr, requests) = closing_on_second_request().await?;
@@ -141,5 +153,15 @@ async fn a_safe_call_on_a_connection_closed_under_it_goes_once_more() -> Result<
     assert_eq!(r.status(), 502);
     assert_eq!(r.headers()["x-postern-error"], "upstream_bad_answer");
     assert_eq!(requests.load(Ordering::SeqCst), 4, "a POST is sent once");
+
+    // A close that came only after a while is the request's doing: not sent again.
+    let (slow, slow_requests) = closing_server(Some(Duration::from_millis(1500))).await?;
+    drop(tunnel);
+    let dir = TempDir::new("upstream-closed-late")?;
+    let connections = format!("[connections.o]\nbase_uri = \"http://{slow}/api\"\n");
+    let tunnel = Tunnel::start(&postern_tests::bins!(), &dir, &connections).await?;
+    let r = tunnel.api.call("a1", "o", "/x").await?;
+    assert_eq!(r.status(), 502);
+    assert_eq!(slow_requests.load(Ordering::SeqCst), 1, "sent once");
     Ok(())
 }

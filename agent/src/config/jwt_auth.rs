@@ -195,11 +195,10 @@ pub(super) fn resolve(
         && signer.public_key().is_some_and(|key| key != *certified)
     {
         p.push(format!(
-            "auth.certificate_file {} is not the certificate of this private key (its public              key is another's): the identity provider would refuse every assertion",
+            "auth.certificate_file {} is not the certificate of this private key (its public key is another's): the identity provider would refuse every assertion",
             jwt.certificate_file
                 .as_deref()
-                .map(Path::display)
-                .map(|d| d.to_string())
+                .map(|file| base_dir.join(file).display().to_string())
                 .unwrap_or_default()
         ));
     }

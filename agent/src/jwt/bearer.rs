@@ -339,12 +339,16 @@ impl Shared {
         if !algorithm.is_rsa() {
             return self.auth.signer.sign(now, &env);
         }
-        // Never closed: a permit always comes.
-        let _turn = rsa_turns().acquire().await.ok();
+        // Never closed: a permit always comes. It goes with the signature, which runs to
+        // its end even if this call is given up on.
+        let turn = rsa_turns().acquire().await.ok();
         let auth = self.auth.clone();
-        tokio::task::spawn_blocking(move || auth.signer.sign(now, &env))
-            .await
-            .unwrap_or(Err(JwtError::Signing { algorithm }))
+        tokio::task::spawn_blocking(move || {
+            let _turn = turn;
+            auth.signer.sign(now, &env)
+        })
+        .await
+        .unwrap_or(Err(JwtError::Signing { algorithm }))
     }
 
     /// A new header, and how long it may be reused (`None`: not at all).

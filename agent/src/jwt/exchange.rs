@@ -222,7 +222,8 @@ fn parse_response(
     // An endpoint may echo the assertion in its `error_description` too.
     let text_field = |name: &str| -> Option<String> {
         json.as_ref()?.get(name)?.as_str().map(|s| {
-            without_credentials(s)
+            let head: String = s.chars().take(REDACTED_CHARS).collect();
+            without_credentials(&head)
                 .chars()
                 .take(SNIPPET_CHARS * 2)
                 .collect()
@@ -298,12 +299,18 @@ fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
+/// How much of an odd answer is looked at for credentials (the cuts rescan what is left,
+/// so a whole 256 KiB answer took a second of CPU): more than is ever shown of it.
+const REDACTED_CHARS: usize = SNIPPET_CHARS * 4;
+
 /// The start of a token endpoint's odd answer, for the error the caller and the log see,
 /// [`without_credentials`].
 fn snippet(bytes: &[u8]) -> String {
-    let text = without_credentials(&String::from_utf8_lossy(bytes));
+    let whole = String::from_utf8_lossy(bytes);
+    let head: String = whole.chars().take(REDACTED_CHARS).collect();
+    let text = without_credentials(&head);
     let mut s: String = text.chars().take(SNIPPET_CHARS).collect();
-    if text.chars().count() > SNIPPET_CHARS {
+    if text.chars().count() > SNIPPET_CHARS || whole.len() > head.len() {
         s.push('…');
     }
     if s.trim().is_empty() {
@@ -321,9 +328,13 @@ fn without_credentials(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     loop {
+        // Names in any case (`accessToken`, `Token=`); ASCII lowercasing keeps the offsets.
+        let lower = rest.to_ascii_lowercase();
         let jwt = rest.find("eyJ").map(|j| (j, Cut::Jwt));
-        let pair = rest.find("token=").map(|i| (i + "token=".len(), Cut::Pair));
-        let member = json_token_value(rest).map(|i| (i, Cut::Member));
+        let pair = lower
+            .find("token=")
+            .map(|i| (i + "token=".len(), Cut::Pair));
+        let member = json_token_value(&lower).map(|i| (i, Cut::Member));
         let Some((at, cut)) = [jwt, pair, member]
             .into_iter()
             .flatten()
@@ -422,6 +433,17 @@ mod tests {
                 "{err}"
             );
         }
+        assert_eq!(
+            without_credentials(r#"[{"accessToken":"S1"}, "Token=S2&x=1"]"#),
+            r#"[{"accessToken":"[removed]"}, "Token=[removed]&x=1"]"#
+        );
+        // A long answer (only its start is looked at, as only that is shown).
+        let long = r#"{"a_token":"x","#.repeat(20_000);
+        let shown = snippet(long.as_bytes());
+        assert!(
+            shown.starts_with(r#"{"a_token":"[removed]","#) && shown.ends_with('…'),
+            "{shown}"
+        );
         assert_eq!(
             without_credentials(r#"{"id_token" : "x.y", "refresh_token":"r1", "n": "token"}"#),
             r#"{"id_token" : "[removed]", "refresh_token":"[removed]", "n": "token"}"#

@@ -16,7 +16,7 @@ use super::ApiError;
 use super::auth::AdminOnly;
 use crate::context::RelayContext;
 use crate::secrets::new_token;
-use crate::store::{AgentRecord, StoreError};
+use crate::store::AgentRecord;
 
 pub async fn create(
     State(ctx): State<Arc<RelayContext>>,
@@ -26,24 +26,14 @@ pub async fn create(
     let Json(request) = body.map_err(super::error::json_rejection)?;
     let token = new_token(SecretKind::AgentToken);
     let stored = token.clone();
-    let (_awaiting, awaited) = super::awaited::awaiting();
-    let work = ctx.clone();
-    // To completion: a create that lands after its caller is gone is undone.
-    let agent = ctx
-        .to_completion(async move {
-            let agent = work
-                .store_write(move |store| store.create_agent(&request.name, &stored))
-                .await?;
-            if let Err(gone) = awaited.still() {
-                let id = agent.id.clone();
-                work.store_write(move |store| store.delete_agent(&id))
-                    .await?;
-                return Err(StoreError::NotShown(gone));
-            }
-            Ok(agent)
-        })
-        .await
-        .map_err(ApiError::store)?;
+    let agent = super::awaited::create_shown(
+        &ctx,
+        "agent",
+        move |store| store.create_agent(&request.name, &stored),
+        |store, agent: &AgentRecord| store.delete_agent(&agent.id),
+    )
+    .await
+    .map_err(ApiError::store)?;
     tracing::info!(agent = %agent.name, id = %agent.id, by = %caller.name, "agent created");
     Ok((
         StatusCode::CREATED,

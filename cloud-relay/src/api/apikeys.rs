@@ -15,7 +15,7 @@ use super::ApiError;
 use super::auth::AdminOnly;
 use crate::context::RelayContext;
 use crate::secrets::new_token;
-use crate::store::{ApiKeyRecord, StoreError};
+use crate::store::ApiKeyRecord;
 
 pub async fn create(
     State(ctx): State<Arc<RelayContext>>,
@@ -25,26 +25,15 @@ pub async fn create(
     let Json(request) = body.map_err(super::error::json_rejection)?;
     let key = new_token(SecretKind::ApiKey);
     let stored = key.clone();
-    let (_awaiting, awaited) = super::awaited::awaiting();
-    let work = ctx.clone();
-    // To completion: a create that lands after its caller is gone is undone.
-    let record = ctx
-        .to_completion(async move {
-            let kept = stored.clone();
-            let record = work
-                .store_write(move |store| {
-                    store.create_scoped_api_key(&request.name, &kept, request.scope)
-                })
-                .await?;
-            if let Err(gone) = awaited.still() {
-                work.store_write(move |store| store.delete_api_key(&stored))
-                    .await?;
-                return Err(StoreError::NotShown(gone));
-            }
-            Ok(record)
-        })
-        .await
-        .map_err(ApiError::store)?;
+    let kept = stored.clone();
+    let record = super::awaited::create_shown(
+        &ctx,
+        "API key",
+        move |store| store.create_scoped_api_key(&request.name, &kept, request.scope),
+        move |store, _| store.delete_api_key(&stored),
+    )
+    .await
+    .map_err(ApiError::store)?;
     info!(key = %record.name, scope = %record.scope, by = %caller.name, "API key created");
     Ok((
         StatusCode::CREATED,

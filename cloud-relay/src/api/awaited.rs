@@ -4,6 +4,11 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use tracing::warn;
+
+use crate::context::RelayContext;
+use crate::store::{Store, StoreError};
+
 /// Held by the handler; dropping it (the handler given up on) marks the answer unawaited.
 pub struct Awaiting(Arc<AtomicBool>);
 
@@ -32,4 +37,31 @@ impl Awaited {
         }
         Ok(())
     }
+}
+
+/// Stores a new secret's record with `create`, run to its end even if the request is
+/// given up on; when by then nobody waits for the answer, `undo` removes the record again
+/// and the error says so. An undo that fails is logged: a `what` whose secret no one saw
+/// is left, to be revoked.
+pub async fn create_shown<T: Clone + Send + 'static>(
+    ctx: &Arc<RelayContext>,
+    what: &'static str,
+    create: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
+    undo: impl FnOnce(&dyn Store, &T) -> Result<(), StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    // Dropped with this future, that is with the handler.
+    let (_awaiting, awaited) = awaiting();
+    let work = ctx.clone();
+    ctx.to_completion(async move {
+        let record = work.store_write(create).await?;
+        if let Err(gone) = awaited.still() {
+            let made = record.clone();
+            if let Err(e) = work.store_write(move |store| undo(store, &made)).await {
+                warn!(what, error = %e, "made for a request given up on, and not removed again: its secret was never shown; revoke it");
+            }
+            return Err(StoreError::NotShown(gone));
+        }
+        Ok(record)
+    })
+    .await
 }

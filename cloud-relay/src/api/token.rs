@@ -82,11 +82,16 @@ pub async fn rotate_agent_token(
                     store.rotate_token_shown(&agent, &stored, until, &mut |_| awaited.still())
                 })
                 .await?;
-            for live in work.registry.sessions_of(&record.id) {
-                if let Some(reason) = ended(Some(&record), live.token_version, unix_now()) {
-                    work.registry.drop_session(&live, reason).await;
+            // Dropped on their own: a drop may wait a moment on an agent that does not
+            // read, and the answer with the new token must not wait for it.
+            let (dropping, rotated) = (work.clone(), record.clone());
+            work.tasks.spawn(async move {
+                for live in dropping.registry.sessions_of(&rotated.id) {
+                    if let Some(reason) = ended(Some(&rotated), live.token_version, unix_now()) {
+                        dropping.registry.drop_session(&live, reason).await;
+                    }
                 }
-            }
+            });
             Ok(record)
         })
         .await
