@@ -170,6 +170,8 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 /// Scrapers at once; more wait in the listen queue. Any local user can reach the
 /// listener: without a bound, held connections could take the agent's descriptors.
 const MAX_CONNECTIONS: usize = 32;
+/// How long a scraper's connection lasts (kept alive, it scrapes again on a new one after).
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
 /// How long a connection may take to finish its answer once the agent stops: a client
 /// that stopped reading (a pipeline of requests, never read) must not hold up the stop.
 const GOODBYE_LIMIT: Duration = Duration::from_secs(2);
@@ -215,7 +217,12 @@ pub async fn serve(
                 .serve_connection(TokioIo::new(stream), service);
             tokio::pin!(connection);
             tokio::select! {
-                _ = connection.as_mut() => return,
+                // Bounded, or clients that never read would keep the turns for good.
+                done = tokio::time::timeout(CONNECTION_LIFETIME, connection.as_mut()) => {
+                    if done.is_ok() {
+                        return;
+                    }
+                }
                 _ = shutdown.cancelled() => {}
             }
             connection.as_mut().graceful_shutdown();

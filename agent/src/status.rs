@@ -130,34 +130,40 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
 /// (`/tmp/postern-<uid>`, made by whoever came first) they could put their own socket
 /// where `postern status` and `reload` look, or remove ours.
 pub fn check_folder(dir: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    // The folder itself: a symlink's owner could point it elsewhere later.
-    let meta = std::fs::symlink_metadata(dir)?;
     let me = crate::config::current_uid()
         .ok_or_else(|| std::io::Error::other("cannot tell this process's user id"))?;
-    let refuse = |why: String| {
-        Err(std::io::Error::new(
+    folder_trusted(dir, &[me, 0]).map_err(|why| {
+        std::io::Error::new(
             std::io::ErrorKind::PermissionDenied,
             format!(
                 "refusing the status socket folder {}: {why}; remove it, or set status_socket (or XDG_RUNTIME_DIR) to a private folder",
                 dir.display()
             ),
-        ))
-    };
-    if meta.is_symlink() {
-        return refuse("it is a symlink".into());
-    }
-    if !meta.is_dir() {
-        return refuse("not a folder".into());
-    }
-    if meta.uid() != me && meta.uid() != 0 {
-        return refuse(format!(
-            "it belongs to uid {}, not this user ({me})",
-            meta.uid()
+        )
+    })
+}
+
+/// Whether `dir` is a folder that only `trusted` users control: theirs, written to by no
+/// one else, and if a symlink (`/var/run` → `/run`), one of theirs too (its owner could
+/// point it elsewhere later). Why not, if not.
+pub fn folder_trusted(dir: &Path, trusted: &[u32]) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let link = std::fs::symlink_metadata(dir).map_err(|e| e.to_string())?;
+    if link.is_symlink() && !trusted.contains(&link.uid()) {
+        return Err(format!(
+            "it is a symlink of another user's (uid {})",
+            link.uid()
         ));
     }
+    let meta = std::fs::metadata(dir).map_err(|e| e.to_string())?;
+    if !meta.is_dir() {
+        return Err("not a folder".into());
+    }
+    if !trusted.contains(&meta.uid()) {
+        return Err(format!("it belongs to another user (uid {})", meta.uid()));
+    }
     if meta.mode() & 0o022 != 0 {
-        return refuse(format!(
+        return Err(format!(
             "group or others may write to it (mode {:o})",
             meta.mode() & 0o7777
         ));
@@ -239,11 +245,12 @@ impl StatusServer {
             };
             clients.spawn(this.clone().answer(stream, shutdown.clone()));
         }
-        // No new client while those under way finish: one would wait for nothing.
+        // Unlinked first, then let go: no new client waits for nothing, and an agent started
+        // meanwhile binds its own socket only after ours is gone, not before we unlink it.
+        let _ = std::fs::remove_file(&path);
         drop(listener);
         clients.close();
         clients.wait().await;
-        let _ = std::fs::remove_file(&path);
     }
 
     /// Runs `name`'s test request here, when the config in force has `digest` (if

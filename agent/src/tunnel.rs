@@ -107,6 +107,10 @@ async fn wait_to_reconnect(
     config: &mut watch::Receiver<Arc<AgentConfig>>,
     shutdown: &CancellationToken,
 ) -> Wake {
+    // A reload the session saw (and ended on) is no news to `changed()`.
+    if crate::reload::session_settings_differ(tried, &config.borrow()) {
+        return Wake::NewSettings;
+    }
     let wake = tokio::time::sleep(delay);
     tokio::pin!(wake);
     loop {

@@ -67,13 +67,46 @@ fn a_socket_in_a_folder_others_may_write_to_is_not_asked() -> Result<()> {
     let out = agent_cli(&bins(), &config, &["status"])?;
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(
-        stderr(&out).contains("others may write in its folder"),
+        stderr(&out).contains("group or others may write to it"),
         "{}",
         stderr(&out)
     );
     // Never connected to: unblock the impostor's accept.
     drop(std::os::unix::net::UnixStream::connect(&socket));
     let _ = impostor.join();
+    Ok(())
+}
+
+/// A socket folder reached through a symlink of a trusted user (as `/var/run` → `/run`)
+/// serves: the agent binds there and the CLI asks it (exit 1: the agent answers, and is
+/// not connected, its relay being nowhere).
+#[test]
+fn a_folder_behind_a_symlink_of_ones_own_serves() -> Result<()> {
+    let dir = TempDir::new("status-symlinked-folder")?;
+    std::fs::create_dir(dir.path().join("real"))?;
+    std::os::unix::fs::symlink(dir.path().join("real"), dir.path().join("link"))?;
+    let socket = dir.path().join("link/agent.sock");
+    let config = dir.write_private(
+        "agent.toml",
+        &offline_agent_config(
+            "127.0.0.1:9",
+            &format!("status_socket = \"{}\"\n", socket.display()),
+        ),
+    )?;
+    let _agent = AgentProcess::start(&bins(), &config)?;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let out = agent_cli(&bins(), &config, &["status"])?;
+        if out.status.code() == Some(1) {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "status never answered: {}",
+            stderr(&out)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     Ok(())
 }
 

@@ -164,7 +164,7 @@ fn ask(config_path: &Path, command: &str) -> Result<Result<String, ExitCode>> {
     };
     let stream = match connect_trusted(&socket, config_path) {
         Ok(s) => s,
-        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+        Err(e) if distrusted(&e) => {
             eprintln!("not asking {}: {e}", socket.display());
             return Ok(Err(ExitCode::from(2)));
         }
@@ -195,7 +195,8 @@ fn ask(config_path: &Path, command: &str) -> Result<Result<String, ExitCode>> {
         Ok(text) => Ok(Ok(text)),
         Err(e) if timed_out(&e) => {
             eprintln!(
-                "the agent on {} took its connection but did not answer within {ANSWER_WAIT:?}                  (stopped, frozen, or still stopping)",
+                "the agent on {} took its connection but did not answer within {ANSWER_WAIT:?} \
+                 (stopped, frozen, or still stopping)",
                 socket.display()
             );
             Ok(Err(ExitCode::from(2)))
@@ -223,38 +224,28 @@ fn timed_out(e: &anyhow::Error) -> bool {
 /// folder belong to this user, root, or the config's owner (the service user, when root
 /// asks), and no one else may write in the folder. In a shared place (`/tmp/postern-<uid>`
 /// when there is no XDG_RUNTIME_DIR) another user could otherwise answer "connected" and
-/// "reloaded" in the agent's name. `PermissionDenied` says why not.
+/// "reloaded" in the agent's name. A [`Distrust`] inside the error says why not.
 fn connect_trusted(socket: &Path, config_path: &Path) -> std::io::Result<UnixStream> {
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
-    let trusted_owners = [
+    let trusted: Vec<u32> = [
         config::current_uid(),
         Some(0),
         std::fs::metadata(config_path).ok().map(|m| m.uid()),
-    ];
-    let distrust = |why: String| {
-        Err(std::io::Error::new(
-            std::io::ErrorKind::PermissionDenied,
-            why,
-        ))
-    };
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let distrust = |why: String| Err(std::io::Error::other(Distrust(why)));
     let folder = config::folder_of(socket);
-    let folder_meta = std::fs::symlink_metadata(folder)?;
-    if folder_meta.is_symlink() || !trusted_owners.contains(&Some(folder_meta.uid())) {
-        return distrust(format!(
-            "its folder {} is a symlink or another user's (uid {})",
-            folder.display(),
-            folder_meta.uid()
-        ));
+    if !folder.exists() {
+        // No agent made it: the connect below says so as for any missing socket.
+        return UnixStream::connect(socket);
     }
-    if folder_meta.mode() & 0o022 != 0 {
-        return distrust(format!(
-            "others may write in its folder {} (mode {:o})",
-            folder.display(),
-            folder_meta.mode() & 0o7777
-        ));
+    if let Err(why) = crate::status::folder_trusted(folder, &trusted) {
+        return distrust(format!("its folder {}: {why}", folder.display()));
     }
     if let Ok(meta) = std::fs::symlink_metadata(socket)
-        && (!meta.file_type().is_socket() || !trusted_owners.contains(&Some(meta.uid())))
+        && (!meta.file_type().is_socket() || !trusted.contains(&meta.uid()))
     {
         return distrust(format!(
             "it is not a socket of this user, root or the config's owner (uid {})",
@@ -262,6 +253,15 @@ fn connect_trusted(socket: &Path, config_path: &Path) -> std::io::Result<UnixStr
         ));
     }
     UnixStream::connect(socket)
+}
+
+/// Why the CLI does not believe what answers on a socket.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Distrust(String);
+
+fn distrusted(e: &std::io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<Distrust>())
 }
 
 /// The pid of a `postern run` of this config file, from /proc (only processes this user

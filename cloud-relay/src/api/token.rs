@@ -82,16 +82,16 @@ pub async fn rotate_agent_token(
                     store.rotate_token_shown(&agent, &stored, until, &mut |_| awaited.still())
                 })
                 .await?;
-            // Dropped on their own: a drop may wait a moment on an agent that does not
-            // read, and the answer with the new token must not wait for it.
-            let (dropping, rotated) = (work.clone(), record.clone());
-            work.tasks.spawn(async move {
-                for live in dropping.registry.sessions_of(&rotated.id) {
-                    if let Some(reason) = ended(Some(&rotated), live.token_version, unix_now()) {
-                        dropping.registry.drop_session(&live, reason).await;
-                    }
+            // Out of the registry before the answer, so no call reaches them after it; told
+            // and disconnected on their own, as an agent that does not read may hold that
+            // up a moment, and the answer with the new token must not wait for it.
+            for live in work.registry.sessions_of(&record.id) {
+                if let Some(reason) = ended(Some(&record), live.token_version, unix_now()) {
+                    work.registry.unlist(&live, reason);
+                    work.tasks
+                        .spawn(async move { live.disconnect(reason).await });
                 }
-            });
+            }
             Ok(record)
         })
         .await
