@@ -160,7 +160,7 @@ pub fn folder_trusted(dir: &Path, trusted: &[u32]) -> Result<(), String> {
         return Err("not a folder".into());
     }
     if !trusted.contains(&meta.uid()) {
-        return Err(format!("it belongs to another user (uid {})", meta.uid()));
+        return Err(format!("it belongs to uid {}, another user", meta.uid()));
     }
     if meta.mode() & 0o022 != 0 {
         return Err(format!(
