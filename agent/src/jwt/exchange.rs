@@ -171,11 +171,12 @@ fn request_fields(x: &Exchange, jwt: &str) -> Vec<(String, String)> {
     } else {
         fields.push(("assertion".to_owned(), jwt.to_owned()));
     }
-    let in_header = |k: &str| basic_credentials(x).is_some() && CLIENT_CREDENTIALS.contains(&k);
+    // The config makes sure both are in `params` when they go as Basic.
+    let in_header = x.client_auth == crate::config::ClientAuth::Basic;
     fields.extend(
         x.params
             .iter()
-            .filter(|(k, _)| !in_header(k))
+            .filter(|(k, _)| !(in_header && CLIENT_CREDENTIALS.contains(&k.as_str())))
             .map(|(k, v)| (k.clone(), v.clone())),
     );
     fields
