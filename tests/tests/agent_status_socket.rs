@@ -18,16 +18,18 @@ fn bins() -> Bins {
     postern_tests::bins!()
 }
 
+/// `agent.toml` in `dir`: a config for an agent whose relay is nowhere, with `extra`.
+fn agent_toml(dir: &TempDir, extra: &str) -> Result<std::path::PathBuf> {
+    Ok(dir.write_private("agent.toml", &offline_agent_config("127.0.0.1:9", extra))?)
+}
+
 /// A `status_socket` mistyped as a file's name costs nothing: the agent runs without its
 /// socket and says why, and the file is as it was.
 #[test]
 fn a_file_that_is_not_a_socket_is_never_replaced() -> Result<()> {
     let dir = TempDir::new("status-not-a-socket")?;
     dir.write_private("precious.txt", "keep me\n")?;
-    let config = dir.write_private(
-        "agent.toml",
-        &offline_agent_config("127.0.0.1:9", "status_socket = \"precious.txt\"\n"),
-    )?;
+    let config = agent_toml(&dir, "status_socket = \"precious.txt\"\n")?;
     let agent = AgentProcess::start(&bins(), &config)?;
     agent
         .logs
@@ -57,13 +59,7 @@ fn a_socket_in_a_folder_others_may_write_to_is_not_asked() -> Result<()> {
             let _ = stream.write_all(br#"{"connected":true}"#);
         }
     });
-    let config = dir.write_private(
-        "agent.toml",
-        &offline_agent_config(
-            "127.0.0.1:9",
-            &format!("status_socket = \"{}\"\n", socket.display()),
-        ),
-    )?;
+    let config = agent_toml(&dir, &format!("status_socket = \"{}\"\n", socket.display()))?;
     let out = agent_cli(&bins(), &config, &["status"])?;
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(
@@ -86,13 +82,7 @@ fn a_folder_behind_a_symlink_of_ones_own_serves() -> Result<()> {
     std::fs::create_dir(dir.path().join("real"))?;
     std::os::unix::fs::symlink(dir.path().join("real"), dir.path().join("link"))?;
     let socket = dir.path().join("link/agent.sock");
-    let config = dir.write_private(
-        "agent.toml",
-        &offline_agent_config(
-            "127.0.0.1:9",
-            &format!("status_socket = \"{}\"\n", socket.display()),
-        ),
-    )?;
+    let config = agent_toml(&dir, &format!("status_socket = \"{}\"\n", socket.display()))?;
     let _agent = AgentProcess::start(&bins(), &config)?;
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
@@ -118,10 +108,7 @@ fn an_agent_that_never_answers_is_not_waited_for_for_ever() -> Result<()> {
     let socket = dir.path().join("agent.sock");
     // Bound and listening, never accepting: the kernel takes the connection.
     let _listener = UnixListener::bind(&socket)?;
-    let config = dir.write_private(
-        "agent.toml",
-        &offline_agent_config("127.0.0.1:9", "status_socket = \"agent.sock\"\n"),
-    )?;
+    let config = agent_toml(&dir, "status_socket = \"agent.sock\"\n")?;
     // Run bounded: without the CLI's own bound this would wait for ever.
     let mut child = agent_command(&bins(), &config, &["status"])
         .stdout(std::process::Stdio::null())
@@ -152,12 +139,9 @@ fn an_agent_that_never_answers_is_not_waited_for_for_ever() -> Result<()> {
 fn a_scraper_that_never_reads_does_not_hold_up_the_stop() -> Result<()> {
     use std::io::Write;
     let dir = TempDir::new("metrics-stuck-scraper")?;
-    let config = dir.write_private(
-        "agent.toml",
-        &offline_agent_config(
-            "127.0.0.1:9",
-            "status_socket = \"agent.sock\"\nmetrics_listen = \"127.0.0.1:0\"\n",
-        ),
+    let config = agent_toml(
+        &dir,
+        "status_socket = \"agent.sock\"\nmetrics_listen = \"127.0.0.1:0\"\n",
     )?;
     let mut agent = AgentProcess::start(&bins(), &config)?;
     let port = agent.metrics_port()?;
