@@ -279,10 +279,10 @@ async fn run(
             if failed.closed_unanswered
                 && sent_at.elapsed() < QUICK_CLOSE
                 && parts.method.is_safe()
-                && replay.is_some() =>
+                && let Some(bytes) = &replay =>
         {
             info!(connection = %conn.name, method = %parts.method, "the internal server closed the connection without answering; sending the call once more");
-            let again = RequestBody::Buffered(replay.clone().unwrap_or_default());
+            let again = RequestBody::Buffered(bytes.clone());
             send(ctx, &parts.method, &url, &headers, bearer.as_ref(), again).await?
         }
         sent => sent?,
@@ -292,7 +292,7 @@ async fn run(
         && let (Some(source), Some(used)) = (&ctx.bearer, &bearer)
     {
         // Drop the refused token even when this call cannot be retried, so the next gets a new one.
-        source.invalidate(&used.header).await;
+        source.invalidate(&used.header);
         if let Some(replay) = replay {
             let fresh = source
                 .get(&ctx.token_http, conn.timeout)

@@ -621,15 +621,15 @@ thread_local! {
 /// A folder's write lock, held until dropped; see [`lock_folder`]. Not `Send`: it is
 /// noted as held by the thread that took it.
 pub struct FolderLock {
-    _file: Option<std::fs::File>,
-    held: Option<(u64, u64)>,
+    /// The locked folder, open, and its device and inode; `None` when not locked here.
+    held: Option<(std::fs::File, (u64, u64))>,
     _this_thread: std::marker::PhantomData<*const ()>,
 }
 
 impl Drop for FolderLock {
     fn drop(&mut self) {
-        if let Some(key) = self.held {
-            HELD.with_borrow_mut(|held| held.retain(|k| *k != key));
+        if let Some((_, key)) = &self.held {
+            HELD.with_borrow_mut(|held| held.retain(|k| k != key));
         }
     }
 }
@@ -643,7 +643,6 @@ impl Drop for FolderLock {
 pub fn lock_folder(folder: &Path) -> std::io::Result<FolderLock> {
     use std::os::unix::fs::MetadataExt;
     let unlocked = FolderLock {
-        _file: None,
         held: None,
         _this_thread: std::marker::PhantomData,
     };
@@ -663,8 +662,7 @@ pub fn lock_folder(folder: &Path) -> std::io::Result<FolderLock> {
             Ok(()) => {
                 HELD.with_borrow_mut(|held| held.push(key));
                 return Ok(FolderLock {
-                    _file: Some(file),
-                    held: Some(key),
+                    held: Some((file, key)),
                     _this_thread: std::marker::PhantomData,
                 });
             }

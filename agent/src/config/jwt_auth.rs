@@ -391,7 +391,7 @@ fn resolve_exchange(x: ExchangeFile) -> Result<Exchange, Vec<String>> {
         if x.client_assertion {
             p.push("auth.exchange.client_auth = \"basic\" and client_assertion = true are two ways to authenticate the client: choose one".to_owned());
         }
-        for name in ["client_id", "client_secret"] {
+        for name in crate::jwt::exchange::CLIENT_CREDENTIALS {
             if !x.params.contains_key(name) {
                 p.push(format!(
                     "auth.exchange.client_auth = \"basic\" needs auth.exchange.params.{name} (sent as HTTP Basic, not in the body)"

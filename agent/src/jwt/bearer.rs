@@ -238,7 +238,7 @@ impl BearerSource {
 
     /// Drops the cached token if it is still `header` (the upstream refused it), unless a
     /// fresh one was refused too a moment ago.
-    pub async fn invalidate(&self, header: &HeaderValue) {
+    pub fn invalidate(&self, header: &HeaderValue) {
         let mut state = self.shared.lock_state();
         if state
             .refusals_ignored_until
@@ -772,7 +772,7 @@ mod tests {
         assert_eq!(first.header, second.header);
         assert!(first.header.is_sensitive());
         // Dropping the token (as after a 401) makes the next call sign a new one.
-        s.invalidate(&first.header).await;
+        s.invalidate(&first.header);
         let third = s.get(&http, Duration::from_secs(1)).await.expect("signs");
         assert!(!third.cached);
         assert_ne!(third.header, first.header);
@@ -783,11 +783,11 @@ mod tests {
         let http = reqwest::Client::new();
         let s = source(600, Some(Duration::from_secs(30)));
         let first = s.get(&http, Duration::from_secs(1)).await.expect("signs");
-        s.invalidate(&first.header).await;
+        s.invalidate(&first.header);
         let fresh = s.get(&http, Duration::from_secs(1)).await.expect("signs");
         assert_ne!(fresh.header, first.header);
         s.refused_again();
-        s.invalidate(&fresh.header).await;
+        s.invalidate(&fresh.header);
         let kept = s.get(&http, Duration::from_secs(1)).await.expect("cached");
         assert!(kept.cached);
         assert_eq!(
@@ -796,7 +796,7 @@ mod tests {
         );
         // Once the pause is over, a refusal drops the token again.
         s.lock_state().refusals_ignored_until = Some(Instant::now());
-        s.invalidate(&fresh.header).await;
+        s.invalidate(&fresh.header);
         let renewed = s.get(&http, Duration::from_secs(1)).await.expect("signs");
         assert_ne!(renewed.header, fresh.header);
     }

@@ -182,8 +182,8 @@ fn request_fields(x: &Exchange, jwt: &str) -> Vec<(String, String)> {
     fields
 }
 
-/// The params that name the client.
-const CLIENT_CREDENTIALS: [&str; 2] = ["client_id", "client_secret"];
+/// The params that name the client: the id, then the secret.
+pub(crate) const CLIENT_CREDENTIALS: [&str; 2] = ["client_id", "client_secret"];
 
 /// With `client_auth = "basic"`, the client's id and secret as the Basic user name and
 /// password: each form-urlencoded first (RFC 6749 §2.3.1), so a `:` in an id survives.
@@ -195,7 +195,8 @@ fn basic_credentials(x: &Exchange) -> Option<(String, String)> {
         let value = x.params.get(name)?;
         Some(url::form_urlencoded::byte_serialize(value.as_bytes()).collect::<String>())
     };
-    Some((encoded("client_id")?, encoded("client_secret")?))
+    let [id, secret] = CLIENT_CREDENTIALS;
+    Some((encoded(id)?, encoded(secret)?))
 }
 
 async fn read_limited(mut response: reqwest::Response) -> Result<Vec<u8>, reqwest::Error> {
@@ -222,13 +223,10 @@ fn parse_response(
     let json: Option<Map<String, Value>> = serde_json::from_slice(bytes).ok();
     // An endpoint may echo the assertion in its `error_description` too.
     let text_field = |name: &str| -> Option<String> {
-        json.as_ref()?.get(name)?.as_str().map(|s| {
-            let head: String = s.chars().take(REDACTED_CHARS).collect();
-            without_credentials(&head)
-                .chars()
-                .take(SNIPPET_CHARS * 2)
-                .collect()
-        })
+        json.as_ref()?
+            .get(name)?
+            .as_str()
+            .map(|s| redacted_head(s).chars().take(SNIPPET_CHARS * 2).collect())
     };
     // Some providers answer 200 with an error object; the `error` field decides.
     if let Some(error) = text_field("error") {
@@ -300,6 +298,12 @@ fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
+/// The start of `text`, as far as [`REDACTED_CHARS`], credentials cut out.
+fn redacted_head(text: &str) -> String {
+    let head: String = text.chars().take(REDACTED_CHARS).collect();
+    without_credentials(&head)
+}
+
 /// How much of an odd answer is looked at for credentials (the cuts rescan what is left,
 /// so a whole 256 KiB answer took a second of CPU): more than is ever shown of it.
 const REDACTED_CHARS: usize = SNIPPET_CHARS * 4;
@@ -308,10 +312,9 @@ const REDACTED_CHARS: usize = SNIPPET_CHARS * 4;
 /// [`without_credentials`].
 fn snippet(bytes: &[u8]) -> String {
     let whole = String::from_utf8_lossy(bytes);
-    let head: String = whole.chars().take(REDACTED_CHARS).collect();
-    let text = without_credentials(&head);
+    let text = redacted_head(&whole);
     let mut s: String = text.chars().take(SNIPPET_CHARS).collect();
-    if text.chars().count() > SNIPPET_CHARS || whole.len() > head.len() {
+    if text.chars().count() > SNIPPET_CHARS || whole.chars().nth(REDACTED_CHARS).is_some() {
         s.push('…');
     }
     if s.trim().is_empty() {
@@ -328,14 +331,15 @@ fn without_credentials(text: &str) -> String {
     let jwt_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '=');
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
+    // Names in any case (`accessToken`, `Token=`); ASCII lowercasing keeps the offsets.
+    let lower_text = text.to_ascii_lowercase();
     loop {
-        // Names in any case (`accessToken`, `Token=`); ASCII lowercasing keeps the offsets.
-        let lower = rest.to_ascii_lowercase();
+        let lower = &lower_text[text.len() - rest.len()..];
         let jwt = rest.find("eyJ").map(|j| (j, Cut::Jwt));
         let pair = lower
             .find("token=")
             .map(|i| (i + "token=".len(), Cut::Pair));
-        let member = json_token_value(&lower).map(|i| (i, Cut::Member));
+        let member = json_token_value(lower).map(|i| (i, Cut::Member));
         let Some((at, cut)) = [jwt, pair, member]
             .into_iter()
             .flatten()
