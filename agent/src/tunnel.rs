@@ -511,11 +511,11 @@ impl Drain<'_> {
         // Ended as the tasks did: the notice may be queued still (a zero wait still
         // takes what is queued).
         let ended = match ended {
-            Some(ended) => Some(ended),
             None => tokio::time::timeout(Duration::ZERO, next_ending(notices))
                 .await
                 .ok()
                 .flatten(),
+            ended => ended,
         };
         let _ = handle
             .disconnect(russh::Disconnect::ByApplication, words, "")
