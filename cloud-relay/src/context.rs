@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use postern_protocol::control::EndReason;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -11,7 +12,7 @@ use crate::auth_throttle::AuthThrottle;
 use crate::config::RelayConfig;
 use crate::lookups::Lookups;
 use crate::metrics::Metrics;
-use crate::registry::Registry;
+use crate::registry::{LiveSession, Registry};
 use crate::store::Store;
 
 pub struct RelayContext {
@@ -73,6 +74,16 @@ impl RelayContext {
             result
         })
         .await
+    }
+
+    /// Ends `live` for `reason` (revoked, token rotated): out of the registry at once, so
+    /// no call finds it once this returns; the agent is told why and disconnected on a
+    /// task of its own, as one that does not read its control channel holds that up a
+    /// moment, and neither an API answer nor the other sessions' checks must wait for it.
+    pub fn end_session(&self, live: Arc<LiveSession>, reason: EndReason) {
+        self.registry.unlist(&live, reason);
+        self.tasks
+            .spawn(async move { live.disconnect(reason).await });
     }
 
     /// Runs `work` to its end even if the request that started it is given up on: what a

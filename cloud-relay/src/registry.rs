@@ -296,16 +296,9 @@ impl Registry {
         }
     }
 
-    /// Ends `live` for `reason` (revoked, token rotated): out of the registry, reason
-    /// noted, then the agent told why and disconnected.
-    pub async fn drop_session(&self, live: &LiveSession, reason: EndReason) {
-        self.unlist(live, reason);
-        live.disconnect(reason).await;
-    }
-
-    /// The registry's part of [`drop_session`](Self::drop_session): from here on no call
-    /// finds `live` (a replaced one, still finishing its calls, included), and why it
-    /// ended is noted. The agent is told and disconnected after, by the caller.
+    /// The registry's part of `RelayContext::end_session`: from here on no call finds
+    /// `live` (a replaced one, still finishing its calls, included), and why it ended is
+    /// noted. The agent is told and disconnected after, by the caller.
     pub fn unlist(&self, live: &LiveSession, reason: EndReason) {
         self.lock_retiring().remove(&live.session_id);
         self.end_session(

@@ -67,7 +67,7 @@ pub async fn check_sessions(ctx: &Arc<RelayContext>) {
             continue;
         };
         info!(agent = %session.agent_name, reason = reason.describe(), "credential no longer valid; dropping its session");
-        ctx.registry.drop_session(&session, reason).await;
+        ctx.end_session(session, reason);
     }
 }
 

@@ -2,7 +2,7 @@
 //! the headers, direct-bearer reuse and the RFC 7523 exchange settings.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use base64::Engine;
@@ -191,15 +191,12 @@ pub(super) fn resolve(
     // The thumbprints name the certificate; an identity provider checks the signature with
     // its key, and refuses every assertion when the two do not belong together (Azure:
     // AADSTS700027), which would show only at the first call.
-    if let (Some(signer), Some(certified)) = (&signer, &certified)
+    if let (Some(signer), Some((path, certified))) = (&signer, &certified)
         && signer.public_key().is_some_and(|key| key != *certified)
     {
         p.push(format!(
             "auth.certificate_file {} is not the certificate of this private key (its public key is another's): the identity provider would refuse every assertion",
-            jwt.certificate_file
-                .as_deref()
-                .map(|file| base_dir.join(file).display().to_string())
-                .unwrap_or_default()
+            path.display()
         ));
     }
     let (Some(signer), Some(exchange)) = (signer, exchange) else {
@@ -340,8 +337,8 @@ fn pasted_masks(jwt: &JwtBearerFile) -> Vec<String> {
     found
 }
 
-/// A JWT's headers, and the public key of the certificate they name, if any.
-type CertifiedHeaders = (BTreeMap<String, String>, Option<Vec<u8>>);
+/// A JWT's headers, and the certificate they name (its path and public key), if any.
+type CertifiedHeaders = (BTreeMap<String, String>, Option<(PathBuf, Vec<u8>)>);
 
 /// The configured headers plus `x5t` / `x5t#S256` of `certificate_file`, if set, and the
 /// public key that certificate holds.
@@ -369,7 +366,7 @@ fn headers_with_thumbprints(
         thumbprints(&text).map_err(|e| format!("auth.certificate_file {}: {e}", path.display()))?;
     headers.insert("x5t".to_owned(), t.x5t);
     headers.insert("x5t#S256".to_owned(), t.x5t_s256);
-    Ok((headers, t.public_key))
+    Ok((headers, t.public_key.map(|key| (path, key))))
 }
 
 /// Every problem of the table, not only the first (see `resolve_connection`).

@@ -75,7 +75,7 @@ pub async fn revoke(
                 .store_write(move |store| store.revoke_agent(&agent))
                 .await?;
             for live in work.registry.sessions_of(&record.id) {
-                work.registry.drop_session(&live, EndReason::Revoked).await;
+                work.end_session(live, EndReason::Revoked);
             }
             Ok(record)
         })

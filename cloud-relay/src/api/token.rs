@@ -82,14 +82,10 @@ pub async fn rotate_agent_token(
                     store.rotate_token_shown(&agent, &stored, until, &mut |_| awaited.still())
                 })
                 .await?;
-            // Out of the registry before the answer, so no call reaches them after it; told
-            // and disconnected on their own, as an agent that does not read may hold that
-            // up a moment, and the answer with the new token must not wait for it.
+            // Out of the registry before the answer, so no call reaches them after it.
             for live in work.registry.sessions_of(&record.id) {
                 if let Some(reason) = ended(Some(&record), live.token_version, unix_now()) {
-                    work.registry.unlist(&live, reason);
-                    work.tasks
-                        .spawn(async move { live.disconnect(reason).await });
+                    work.end_session(live, reason);
                 }
             }
             Ok(record)
