@@ -412,7 +412,7 @@ fn agent(command: AgentCommand) -> Result<()> {
             };
             let rotated = state
                 .store()
-                .and_then(|store| Ok(store.rotate_token_shown(&agent, &token, until, &mut show)?));
+                .and_then(|store| Ok(store.rotate_token(&agent, &token, until, &mut show)?));
             match rotated {
                 Ok(_) => Ok(()),
                 // Shown, then not kept (the store's disk filled up at the commit, say): what

@@ -155,20 +155,12 @@ pub trait Store: Send + Sync + 'static {
     fn list_agents(&self) -> Result<Vec<AgentRecord>, StoreError>;
     /// Revokes an agent: its token stops working. Returns the revoked record.
     fn revoke_agent(&self, id_or_name: &str) -> Result<AgentRecord, StoreError>;
-    /// Gives an agent a new token. With `old_until` (unix seconds) the current
-    /// token keeps working until then; without, it stops at once.
+    /// Gives an agent a new token. With `old_until` (unix seconds) the current token
+    /// keeps working until then; without, it stops at once. Kept only once `show` has
+    /// shown the new token: when it cannot ([`StoreError::NotShown`]) nothing changed and
+    /// the old token still works, because a token nobody saw cannot be undone by rotating
+    /// again.
     fn rotate_token(
-        &self,
-        id_or_name: &str,
-        token: &SecretToken,
-        old_until: Option<i64>,
-    ) -> Result<AgentRecord, StoreError> {
-        self.rotate_token_shown(id_or_name, token, old_until, &mut |_| Ok(()))
-    }
-    /// [`Store::rotate_token`], kept only once `show` has shown the new token: when it
-    /// cannot ([`StoreError::NotShown`]) nothing changed and the old token still works,
-    /// because a token nobody saw cannot be undone by rotating again.
-    fn rotate_token_shown(
         &self,
         id_or_name: &str,
         token: &SecretToken,

@@ -79,7 +79,7 @@ pub async fn rotate_agent_token(
             // Rolled back if nobody waits for the new token any more: the old one goes on.
             let record = work
                 .store_write(move |store| {
-                    store.rotate_token_shown(&agent, &stored, until, &mut |_| awaited.still())
+                    store.rotate_token(&agent, &stored, until, &mut |_| awaited.still())
                 })
                 .await?;
             // Out of the registry before the answer, so no call reaches them after it.

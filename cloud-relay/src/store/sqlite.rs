@@ -287,7 +287,7 @@ impl Store for SqliteStore {
         })
     }
 
-    fn rotate_token_shown(
+    fn rotate_token(
         &self,
         id_or_name: &str,
         token: &SecretToken,
@@ -652,7 +652,7 @@ mod tests {
         let second = new_token(SecretKind::AgentToken);
         let now = super::super::unix_now();
         let rotated = store
-            .rotate_token("w1", &second, Some(now + 300))
+            .rotate_token("w1", &second, Some(now + 300), &mut |_| Ok(()))
             .expect("rotate");
         assert_eq!(rotated.token_version, 2);
         let old = store
@@ -675,7 +675,7 @@ mod tests {
         );
         let third = new_token(SecretKind::AgentToken);
         store
-            .rotate_token("w1", &third, None)
+            .rotate_token("w1", &third, None, &mut |_| Ok(()))
             .expect("rotate again");
         assert!(store.login(&first, now).expect("q").agent().is_none());
         assert!(store.login(&second, now).expect("q").agent().is_none());
@@ -704,13 +704,15 @@ mod tests {
         store.create_agent("w1", &first).expect("create");
         assert_eq!(kind(&first, now), "agent v1", "current");
         let second = new_token(SecretKind::AgentToken);
-        store.rotate_token("w1", &second, None).expect("rotate");
+        store
+            .rotate_token("w1", &second, None, &mut |_| Ok(()))
+            .expect("rotate");
         assert_eq!(kind(&first, now), "former", "rotated away");
         // A clock stepped back (NTP after a drift) does not revive it.
         assert_eq!(kind(&first, now - 3600), "former", "an hour earlier");
         let third = new_token(SecretKind::AgentToken);
         store
-            .rotate_token("w1", &third, Some(now + 300))
+            .rotate_token("w1", &third, Some(now + 300), &mut |_| Ok(()))
             .expect("rotate with grace");
         assert_eq!(kind(&second, now), "agent v2", "in its grace");
         assert_eq!(kind(&second, now + 301), "former", "grace over");
