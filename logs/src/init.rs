@@ -50,7 +50,7 @@ pub enum LogFormat {
 impl LogArgs {
     /// Logs go to stderr in batches from a thread of their own ([`crate::batched`]),
     /// filtered by `--log-level`, else `RUST_LOG`, else `info`. Text is coloured only
-    /// on a terminal. A JSON line holds `timestamp`, `level`, `target`, the event's
+    /// on a terminal, and its field values have control characters escaped. A JSON line holds `timestamp`, `level`, `target`, the event's
     /// fields (`message` among them) at the top level and the current span's fields
     /// under `span`. Keep the guard: dropping it writes what is pending.
     pub fn init(&self) -> FlushGuard {
@@ -74,6 +74,7 @@ impl LogArgs {
                 .with_span_list(false)
                 .try_init(),
             LogFormat::Text => builder
+                .fmt_fields(crate::escaped_fields::EscapedFields)
                 .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                 .try_init(),
         };

@@ -6,9 +6,12 @@
 //! per batch instead of one per line, which on a busy box was ~8% of each process.
 //! Nothing is dropped: past [`MAX_PENDING`] writers wait for the thread to catch up.
 
+mod escaped_fields;
 mod init;
+mod printable;
 
 pub use init::{LogArgs, LogFormat};
+pub use printable::printable;
 
 use std::io::{self, Write};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};

@@ -131,3 +131,26 @@ async fn hostile_requests_are_refused_clearly_and_the_relay_keeps_serving() -> R
     );
     Ok(())
 }
+
+/// A name in a call's path is the caller's text: in the relay's log it stays on the line
+/// it belongs to, escaped, and cannot pass for an entry of the relay's own.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_caller_cannot_forge_relay_log_lines() -> Result<()> {
+    let w = RelayWorld::start(postern_tests::bins!()).await?;
+    let key = w.admin.key.clone();
+    let forged = "x%0A2026-01-01T00:00:00.000000Z%20ERROR%20FORGED-ENTRY%1B%5B2J";
+    let request = format!(
+        "GET /v1/agents/{forged}/connections/c%0Dd/http/x HTTP/1.1\r\nHost: relay\r\nAuthorization: Bearer {key}\r\nConnection: close\r\n\r\n"
+    );
+    let (status, text) = raw(w.relay.api, request.as_bytes())?;
+    assert_eq!(status, 404, "{text}");
+    let escaped = r"x\n2026-01-01T00:00:00.000000Z ERROR FORGED-ENTRY\u{1b}[2J";
+    w.relay.logs.wait_for(escaped, Duration::from_secs(10))?;
+    let logs = w.relay.logs.text();
+    for line in logs.lines().filter(|l| l.contains("FORGED-ENTRY")) {
+        assert!(line.contains(escaped), "a line of its own:\n{logs}");
+        assert!(!line.contains('\u{1b}'), "a raw escape:\n{logs}");
+    }
+    assert!(logs.contains(r"c\rd"), "{logs}");
+    Ok(())
+}

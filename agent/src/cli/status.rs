@@ -13,6 +13,7 @@ use super::out;
 use crate::config::{self, ConfigFile};
 use crate::connection_test::TestReport;
 use crate::status::{Refusal, ReloadReport, StatusReport};
+use postern_logs::printable;
 
 /// The socket the config names, or why the config cannot say.
 fn socket_of(config_path: &Path) -> Result<std::path::PathBuf, String> {
@@ -447,42 +448,4 @@ fn print_report(out: &mut dyn Write, r: &StatusReport) -> std::io::Result<()> {
         }
     }
     Ok(())
-}
-
-/// `text` with control characters (and the bidirectional overrides that reorder what a
-/// terminal shows) escaped as `\u{1b}`, `\n`…: the agent's name and last error come from
-/// the relay (its control messages, its SSH disconnect text), and must not drive the
-/// admin's terminal. `--json` is escaped by serde already.
-fn printable(text: &str) -> std::borrow::Cow<'_, str> {
-    let unsafe_char =
-        |c: char| c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
-    if !text.chars().any(unsafe_char) {
-        return text.into();
-    }
-    text.chars()
-        .map(|c| {
-            if unsafe_char(c) {
-                c.escape_default().to_string()
-            } else {
-                c.to_string()
-            }
-        })
-        .collect::<String>()
-        .into()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::printable;
-
-    #[test]
-    fn relay_text_cannot_drive_the_terminal() {
-        assert_eq!(printable("agent a1"), "agent a1");
-        assert_eq!(printable("café ✓"), "café ✓");
-        assert_eq!(
-            printable("bye\u{1b}]0;pwned\u{7}\u{1b}[2J\r\nfake line\u{9b}"),
-            "bye\\u{1b}]0;pwned\\u{7}\\u{1b}[2J\\r\\nfake line\\u{9b}"
-        );
-        assert_eq!(printable("a\u{202e}b"), "a\\u{202e}b");
-    }
 }
