@@ -181,6 +181,12 @@ impl ControlChannel {
         connections: Vec<ConnectionName>,
         control: ControlWriter,
     ) -> Result<(), (&'static str, String)> {
+        // A revoke or rotation that landed between this login and its hello found no
+        // session to drop. Read before the insert: a session whose token was rotated away
+        // (a leaked one) must take no call, and must not replace the agent's real session.
+        if let Some(reason) = self.credential_ended().await {
+            return Err(refusal(reason));
+        }
         let session = Arc::new(LiveSession::new(
             self.session_id,
             self.agent.id.clone(),
@@ -225,20 +231,9 @@ impl ControlChannel {
             );
             return Ok(());
         }
-        // A revoke or rotation that landed between this login and its hello found no
-        // session to drop; read the record again now that the session can be found.
-        let id = self.agent.id.clone();
-        let record = match self.ctx.store_call(move |s| s.find_agent(&id)).await {
-            Ok(record) => record,
-            // The revocation watch checks every session against the store again shortly.
-            Err(e) => {
-                warn!(agent = %self.agent.name, error = %e, "cannot check the agent's record after its hello");
-                return Ok(());
-            }
-        };
-        let Some(reason) =
-            crate::revocation_watch::ended(record.as_ref(), self.token_version, unix_now())
-        else {
+        // Once more now that the session can be found: a revoke or rotation between that
+        // read and the insert found no session to drop either.
+        let Some(reason) = self.credential_ended().await else {
             return Ok(());
         };
         self.ctx.registry.end_session(
@@ -246,10 +241,31 @@ impl ControlChannel {
             self.session_id,
             reason.describe().to_owned(),
         );
-        let code = match reason {
-            EndReason::Revoked => "revoked",
-            _ => "token_rotated",
-        };
-        Err((code, format!("{} before the hello", reason.describe())))
+        Err(refusal(reason))
     }
+
+    /// Why this session's credential no longer holds, as the store says now; `None` while
+    /// it holds, and when the store cannot say (the revocation watch checks every session
+    /// against it again shortly).
+    async fn credential_ended(&self) -> Option<EndReason> {
+        let id = self.agent.id.clone();
+        match self.ctx.store_call(move |s| s.find_agent(&id)).await {
+            Ok(record) => {
+                crate::revocation_watch::ended(record.as_ref(), self.token_version, unix_now())
+            }
+            Err(e) => {
+                warn!(agent = %self.agent.name, error = %e, "cannot check the agent's record after its hello");
+                None
+            }
+        }
+    }
+}
+
+/// The refusal of a hello whose credential ended after the login.
+fn refusal(reason: EndReason) -> (&'static str, String) {
+    let code = match reason {
+        EndReason::Revoked => "revoked",
+        _ => "token_rotated",
+    };
+    (code, format!("{} before the hello", reason.describe()))
 }

@@ -225,23 +225,6 @@ impl Registry {
         Some(old)
     }
 
-    /// Removes the agent's session only if it is still `session_id`, so a
-    /// replaced session going away does not take the newer one with it.
-    fn remove_if(&self, agent_id: &str, session_id: u64) -> Option<Arc<LiveSession>> {
-        let mut map = self.lock();
-        if map
-            .get(agent_id)
-            .is_some_and(|s| s.session_id == session_id)
-        {
-            let gone = map.remove(agent_id);
-            if let Some(s) = &gone {
-                info!(agent = %s.agent_name, session = session_id, "agent offline");
-            }
-            return gone;
-        }
-        None
-    }
-
     pub fn get(&self, agent_id: &str) -> Option<Arc<LiveSession>> {
         self.lock().get(agent_id).cloned()
     }
@@ -308,21 +291,33 @@ impl Registry {
         );
     }
 
-    /// Takes the agent's session `session_id` out of the registry (see `remove_if`) and
-    /// notes why it ended. The reason is noted first, so nobody sees the agent offline
-    /// with the reason of an older departure, or none.
+    /// Takes the agent's session `session_id` out of the registry, if it is still the
+    /// agent's current one (a replaced session going away must not take the newer one
+    /// with it), and notes why it ended, unless it says nothing of the agent's last
+    /// departure: a replaced session or a stray connection ending while a newer session
+    /// serves, or after a newer one ended (a crash of the new version must not be hidden
+    /// behind the old one's "replaced"). Both under the sessions' lock, so nobody sees the
+    /// agent offline with the reason of an older departure, or none.
     pub fn end_session(&self, agent_id: &str, session_id: u64, reason: String) {
-        self.record_departure(agent_id, session_id, reason);
-        self.remove_if(agent_id, session_id);
+        let mut sessions = self.lock();
+        let current = sessions.get(agent_id).map(|s| s.session_id);
+        if current.is_none_or(|id| id == session_id) {
+            self.record_departure(agent_id, session_id, reason);
+        }
+        if current == Some(session_id)
+            && let Some(gone) = sessions.remove(agent_id)
+        {
+            info!(agent = %gone.agent_name, session = session_id, "agent offline");
+        }
     }
 
-    /// Notes that session `session_id` of `agent_id` ended, and why; the first note of
-    /// a session wins.
+    /// Notes that session `session_id` of `agent_id` ended, and why, unless that session
+    /// or a newer one (ids only grow) was noted already: the first note of a session wins.
     fn record_departure(&self, agent_id: &str, session_id: u64, reason: String) {
         let mut departures = self.lock_departures();
         if departures
             .get(agent_id)
-            .is_some_and(|d| d.session_id == session_id)
+            .is_some_and(|d| d.session_id >= session_id)
         {
             return;
         }
@@ -379,6 +374,13 @@ mod tests {
         registry.end_session("a1", 8, "connection lost: reset".into());
         let later = registry.departure("a1").expect("noted");
         assert_eq!(later.reason, "connection lost: reset");
+
+        // The older session, replaced by 8 and finishing its calls, ends after 8 did:
+        // 8's end is the agent's last departure.
+        registry.end_session("a1", 7, "replaced by a newer session".into());
+        let last = registry.departure("a1").expect("noted");
+        assert_eq!(last.reason, "connection lost: reset");
+        assert_eq!(last.at, later.at);
     }
 
     #[test]

@@ -264,6 +264,56 @@ async fn a_rotation_between_login_and_hello_refuses_the_hello() -> Result<()> {
     Ok(())
 }
 
+/// The same race while the agent is back with its new token: the leaked token's hello is
+/// refused before that session can be found, so it takes no call and does not replace
+/// (and so disconnect) the agent's real session.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rotated_away_hello_does_not_replace_the_real_session() -> Result<()> {
+    use postern_protocol::control::RelayMessage;
+
+    let w = RelayWorld::start(bins()).await?;
+    let leaked = w.create_agent("warehouse-1").await?;
+    let (ssh, accepted) = ssh_login(w.relay.ssh, &leaked).await?;
+    assert!(accepted, "the token was accepted");
+    ssh.tcpip_forward(postern_protocol::version::FORWARD_ADDRESS, 0)
+        .await?;
+    let control = ssh.channel_open_session().await?;
+
+    let rotated = rotate(&w.admin, None).await?;
+    assert_eq!(rotated.status, 200, "{}", rotated.json);
+    let fresh = rotated.json["token"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let agent = w.start_agent(&fresh)?;
+    let before = w
+        .admin
+        .wait_online("warehouse-1", true, Duration::from_secs(15))
+        .await?;
+
+    let (answer, _control) = say_hello(control, &["orders"]).await?;
+    match answer {
+        RelayMessage::Refused { code, .. } => assert_eq!(code, "token_rotated"),
+        other => panic!("the hello of a rotated-away token was answered {other:?}"),
+    }
+    let after = w.admin.agent("warehouse-1").await?;
+    assert!(after.online, "the real session was ended");
+    assert_eq!(
+        after.connected_since, before.connected_since,
+        "the real session was replaced"
+    );
+    assert_eq!(
+        w.admin.call("warehouse-1", "orders", "/x").await?.status(),
+        200
+    );
+    assert!(
+        !agent.logs.contains("replaced"),
+        "the agent was told it was replaced:\n{}",
+        agent.logs.text()
+    );
+    Ok(())
+}
+
 /// A revoked agent that keeps retrying with its old token (an agent nobody updated) is
 /// refused each time, but never gets its address blocked: other agents behind the same
 /// NAT address keep connecting. Its tries are counted as `former_token`.
