@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use postern_protocol::control::{
     AgentMessage, EndReason, MAX_CONTROL_LINE, RelayMessage, decode_line, encode_line,
@@ -16,8 +17,13 @@ use tracing::{info, warn};
 
 use crate::channel_pool::ChannelPool;
 use crate::context::RelayContext;
+use crate::log_budget::LogBudget;
 use crate::registry::{ClosingReason, ControlWriter, LiveSession};
 use crate::store::{AgentRecord, unix_now};
+
+/// Log lines a minute about one session's messages after its hello (with a count of
+/// those left out): a reload or two is news, thousands a second are one line.
+const CONTROL_LOG_LINES: u32 = 10;
 
 pub struct ControlChannel {
     pub ctx: Arc<RelayContext>,
@@ -88,6 +94,7 @@ impl ControlChannel {
             return;
         }
         self.welcomed.cancel();
+        let mut budget = LogBudget::per_minute(CONTROL_LOG_LINES);
         // Hold the channel for the session's life, taking each inventory as it comes;
         // reading also keeps the channel's window open.
         loop {
@@ -105,7 +112,7 @@ impl ControlChannel {
                     .await;
                 break;
             }
-            self.on_message(&line);
+            self.on_message(&line, &mut budget);
         }
     }
 
@@ -118,33 +125,48 @@ impl ControlChannel {
             .await;
     }
 
-    fn on_message(&self, line: &[u8]) {
+    /// Acts on a message after the hello. Its log lines come out of `budget`: the agent
+    /// decides how many messages it sends, not how many lines the relay logs.
+    fn on_message(&self, line: &[u8], budget: &mut LogBudget) {
+        let name = &self.agent.name;
         match decode_line::<AgentMessage>(line) {
             Ok(AgentMessage::Inventory { connections }) => {
                 let announced = connections.join(", ");
                 let connections = match self.check(PROTOCOL_VERSION, &connections) {
                     Ok(connections) => connections,
                     Err(message) => {
-                        warn!(agent = %self.agent.name, detail = %message, "inventory refused");
+                        if let Some(unlogged) = budget.take(Instant::now()) {
+                            warn!(agent = %name, detail = %message, unlogged, "inventory refused");
+                        }
                         return;
                     }
                 };
-                if let Some(live) = self.own_session() {
-                    info!(agent = %self.agent.name, connections = %announced, "agent reloaded its connections");
-                    live.set_connections(connections);
+                if let Some(live) = self.own_session()
+                    && live.set_connections(connections)
+                    && let Some(unlogged) = budget.take(Instant::now())
+                {
+                    info!(agent = %name, connections = %announced, unlogged, "agent reloaded its connections");
                 }
             }
             Ok(AgentMessage::Draining) => {
-                if let Some(live) = self.own_session() {
-                    info!(agent = %self.agent.name, "agent drains (stopping or reconnecting): it takes no new calls");
+                if let Some(live) = self.own_session()
+                    && !live.channels.is_draining()
+                {
+                    info!(agent = %name, "agent drains (stopping or reconnecting): it takes no new calls");
                     live.channels.drain();
                 }
             }
             Ok(AgentMessage::Hello { .. }) => {
-                warn!(agent = %self.agent.name, "second hello ignored");
+                if let Some(unlogged) = budget.take(Instant::now()) {
+                    warn!(agent = %name, unlogged, "second hello ignored");
+                }
             }
             // A newer agent may send what this relay does not know yet.
-            Err(e) => warn!(agent = %self.agent.name, error = %e, "control message ignored"),
+            Err(e) => {
+                if let Some(unlogged) = budget.take(Instant::now()) {
+                    warn!(agent = %name, error = %e, unlogged, "control message ignored");
+                }
+            }
         }
     }
 

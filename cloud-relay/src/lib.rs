@@ -13,6 +13,7 @@
 //! - [`registry`]: the live agent sessions, one per agent.
 //! - [`ssh_server`]: accepting agent connections and their russh handler.
 //! - [`control`]: the hello/welcome exchange that brings an agent online.
+//! - [`log_budget`]: a few log lines a minute about what one peer keeps sending.
 //! - [`channel_connector`]: HTTP/1.1 connections that are SSH channels to an agent.
 //! - [`revocation_watch`]: drops sessions of agents revoked by another process.
 //! - [`metrics`]: Prometheus counters and their text encoding (`/metrics`).
@@ -33,6 +34,7 @@ pub mod context;
 pub mod control;
 pub mod host_key;
 pub mod idle_channels;
+pub mod log_budget;
 pub mod lookups;
 pub mod metrics;
 pub mod registry;

@@ -122,8 +122,12 @@ impl LiveSession {
             .collect()
     }
 
-    pub fn set_connections(&self, connections: Vec<ConnectionName>) {
-        *self.lock_connections() = connections;
+    /// Whether they changed.
+    pub fn set_connections(&self, connections: Vec<ConnectionName>) -> bool {
+        let mut current = self.lock_connections();
+        let changed = *current != connections;
+        *current = connections;
+        changed
     }
 
     fn lock_connections(&self) -> std::sync::MutexGuard<'_, Vec<ConnectionName>> {

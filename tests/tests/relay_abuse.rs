@@ -12,7 +12,7 @@ use anyhow::{Context, Result, bail};
 use postern_protocol::SecretKind;
 use postern_tests::harness::{AgentProcess, Api, Bins};
 use postern_tests::relay_support::{
-    ONLINE_WITHIN, OnlineAgent, RelayWorld, sample, scrape, wait_calls_in_flight,
+    ONLINE_WITHIN, OnlineAgent, RelayWorld, eventually, sample, scrape, wait_calls_in_flight,
 };
 
 /// The relay's authentication timeout is 10 s; allow for scheduling.
@@ -554,5 +554,64 @@ async fn a_control_line_too_long_ends_the_session() -> Result<()> {
     w.relay
         .logs
         .wait_for("control line too long; ending the session", CLOSED_WITHIN)?;
+    Ok(())
+}
+
+/// An agent that floods its control channel with lines the relay ignores (empty ones,
+/// second hellos, the same inventory again) gets a few log lines a minute, not one per
+/// line: its token does not buy the relay's log. Its session goes on, and a real change
+/// after the flood still lands.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_control_flood_does_not_flood_the_log() -> Result<()> {
+    use postern_protocol::control::{AgentMessage, encode_line};
+    use tokio::io::AsyncWriteExt;
+
+    let w = RelayWorld::start(bins()).await?;
+    let (ssh, mut control, _opened) =
+        postern_tests::relay_support::hand_driven_agent(&w, "chatty", Duration::ZERO, &["orders"])
+            .await?;
+    let same = encode_line(&AgentMessage::Inventory {
+        connections: vec!["orders".into()],
+    });
+    let hello = encode_line(&AgentMessage::Hello {
+        protocol_version: postern_protocol::PROTOCOL_VERSION,
+        agent_version: "again".into(),
+        connections: vec!["orders".into()],
+    });
+    let mut flood = Vec::new();
+    for _ in 0..2_000 {
+        flood.extend_from_slice(b"\n\n\n\n\n{\"type\":\"later\"}\n");
+        flood.extend_from_slice(&same);
+        flood.extend_from_slice(&hello);
+        flood.extend_from_slice(b"{\"type\":\"draining\"}\n");
+    }
+    control.write_all(&flood).await?;
+    control
+        .write_all(&encode_line(&AgentMessage::Inventory {
+            connections: vec!["orders".into(), "billing".into()],
+        }))
+        .await?;
+    control.flush().await?;
+    eventually("the inventory after the flood", CLOSED_WITHIN, || async {
+        w.admin
+            .agent("chatty")
+            .await
+            .is_ok_and(|info| info.connections.len() == 2)
+    })
+    .await?;
+    assert!(!ssh.is_closed(), "the session ended");
+    let logs = w.relay.logs.text();
+    let about_chatty = logs
+        .lines()
+        .filter(|l| {
+            l.contains("chatty") && !l.contains("agent online") && !l.contains("authenticated")
+        })
+        .count();
+    assert!(
+        about_chatty <= 15,
+        "{about_chatty} log lines for 2,000 rounds of ignored messages:\n{}",
+        logs.lines().take(40).collect::<Vec<_>>().join("\n")
+    );
+    assert!(logs.contains("unlogged="), "{logs}");
     Ok(())
 }
