@@ -91,7 +91,8 @@ impl LiveSession {
     /// Counts a call as under way until the returned guard is dropped; `None`
     /// when `limit` calls to the agent are under way already.
     pub fn try_call_started(&self, limit: u64) -> Option<InFlightGuard> {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        // SeqCst, as is the draining flag: see `call_slot`.
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
         let before = self.agent_calls.fetch_add(1, Ordering::Relaxed);
         let guard = InFlightGuard([self.in_flight.clone(), self.agent_calls.clone()]);
         (before < limit).then_some(guard)
@@ -99,7 +100,7 @@ impl LiveSession {
 
     /// Calls under way through this session.
     pub fn calls_in_flight(&self) -> u64 {
-        self.in_flight.load(Ordering::Relaxed)
+        self.in_flight.load(Ordering::SeqCst)
     }
 
     /// Calls under way to the agent, a replaced session's included.
@@ -287,6 +288,8 @@ impl Registry {
     /// `live` (a replaced one, still finishing its calls, included), and why it ended is
     /// noted. The agent is told and disconnected after, by the caller.
     pub fn unlist(&self, live: &LiveSession, reason: EndReason) {
+        // A call that found it just before takes no slot on it (`call_slot`).
+        live.channels.drain();
         self.lock_retiring().remove(&live.session_id);
         self.end_session(
             &live.agent_id,

@@ -174,7 +174,7 @@ async fn forward(
     *outgoing.uri_mut() = uri;
     *outgoing.headers_mut() = headers;
 
-    let in_flight = call_slot(&ctx, &live, &record)?;
+    let (live, name, in_flight) = call_slot(&ctx, &record, &connection, (live, name))?;
     let started = std::time::Instant::now();
     let sent = live.channels.send(name, outgoing);
     let upstream = match within(sent, &progress, ctx.config.call_timeout).await {
@@ -244,22 +244,36 @@ pub(super) fn serving(
     Ok((live, name))
 }
 
-/// A place among the agent's calls under way, or 429 `too_many_calls`.
+/// A place among the agent's calls under way (429 `too_many_calls` past the limit) on
+/// the session `serving` found, or on the one that took over since. A retirement or
+/// revoke drains a session before it counts the session's calls, and a call counts itself
+/// before it looks at the drain, so either the session waits for the call, or the call
+/// sees the drain and goes to the newer session (or gets why there is none).
 pub(super) fn call_slot(
     ctx: &RelayContext,
-    live: &LiveSession,
     record: &AgentRecord,
-) -> Result<InFlightGuard, ApiError> {
-    live.try_call_started(ctx.config.max_calls_per_agent)
-        .ok_or_else(|| {
-            ApiError::new(
+    connection: &str,
+    (mut live, mut name): (Arc<LiveSession>, ConnectionName),
+) -> Result<(Arc<LiveSession>, ConnectionName, InFlightGuard), ApiError> {
+    // Each round needs a session drained since the one before: a few are plenty.
+    for _ in 0..3 {
+        let slot = live.try_call_started(ctx.config.max_calls_per_agent);
+        let Some(slot) = slot else {
+            return Err(ApiError::new(
                 ErrorCode::TooManyCalls,
                 format!(
                     "agent {:?} has {} calls under way already (max_calls_per_agent)",
                     record.name, ctx.config.max_calls_per_agent
                 ),
-            )
-        })
+            ));
+        };
+        if !live.channels.is_draining() {
+            return Ok((live, name, slot));
+        }
+        drop(slot);
+        (live, name) = serving(ctx, record, connection)?;
+    }
+    Err(draining(&record.name))
 }
 
 fn classify(

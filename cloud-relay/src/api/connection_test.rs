@@ -21,8 +21,8 @@ pub async fn run(
     Path((agent, connection)): Path<(String, String)>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let record = find(&ctx, agent).await?;
-    let (live, name) = super::call::serving(&ctx, &record, &connection)?;
-    let _in_flight = super::call::call_slot(&ctx, &live, &record)?;
+    let serving = super::call::serving(&ctx, &record, &connection)?;
+    let (live, name, _in_flight) = super::call::call_slot(&ctx, &record, &connection, serving)?;
     // The whole test, opening its channel included, is one wait of `call_timeout`.
     let deadline = tokio::time::Instant::now() + ctx.config.call_timeout;
     let opened = live.channels.open_oneshot(ChannelTarget::Test(name));
