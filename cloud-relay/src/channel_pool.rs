@@ -22,6 +22,7 @@ use postern_protocol::{ChannelTarget, ConnectionName};
 use prometheus_client::metrics::counter::Counter;
 use russh::Channel;
 use russh::server::Msg;
+use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
 /// Why a call could not be sent to the agent or answered by it.
@@ -82,6 +83,10 @@ pub struct ChannelPool {
     opened: Counter,
     /// Channel opens run here, so one its caller gave up on still ends (see `open`).
     opens: TaskTracker,
+    /// One permit per channel open under way, as many as calls may run: an agent that
+    /// never answers an open holds its permits for the session's life, so its callers
+    /// giving up cannot pile up opens (and the channels a late answer would bring).
+    opening: Arc<Semaphore>,
 }
 
 impl ChannelPool {
@@ -100,6 +105,7 @@ impl ChannelPool {
             draining: AtomicBool::new(false),
             opened,
             opens,
+            opening: Arc::new(Semaphore::new(max_idle.clamp(1, Semaphore::MAX_PERMITS))),
         })
     }
 
@@ -258,9 +264,18 @@ impl ChannelPool {
         work: impl Future<Output = Result<T, CallError>> + Send + 'static,
         unclaimed: impl FnOnce(T) + Send + 'static,
     ) -> Result<T, CallError> {
+        // Never closed.
+        let permit = self
+            .opening
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| CallError::SessionClosed)?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.opens.spawn(async move {
-            if let Err(Ok(done)) = tx.send(work.await) {
+            let done = work.await;
+            drop(permit);
+            if let Err(Ok(done)) = tx.send(done) {
                 unclaimed(done);
             }
         });

@@ -210,3 +210,45 @@ async fn a_connection_test_keeps_to_the_connections_limits() -> Result<()> {
     assert_eq!(slow.await??.status(), 200);
     Ok(())
 }
+
+/// An agent that leaves the relay's channel opens unanswered gets at most as many opens
+/// under way as calls may run (`max_calls_per_agent`), however many callers gave up
+/// waiting: the rest never reach it, and no more channels come of a late answer.
+#[tokio::test(flavor = "multi_thread")]
+async fn unanswered_channel_opens_are_capped_at_the_calls_allowed() -> Result<()> {
+    // Long enough for three waves of callers to give up (1 s each) before the first
+    // opens are answered, with room for a loaded machine.
+    const CONFIRM: Duration = Duration::from_secs(8);
+    let w = RelayWorld::start_configured(
+        postern_tests::bins!(),
+        "call_timeout = \"1s\"\nmax_calls_per_agent = 2\n",
+        &[],
+    )
+    .await?;
+    let (_ssh, _control, mut opened) = hand_driven_agent(&w, "slow", CONFIRM, &["orders"]).await?;
+    let started = Instant::now();
+    for wave in 0..3 {
+        // Two at a time: as many as may run, so none is refused with 429.
+        let calls = (0..2).map(|i| {
+            let api = w.admin.clone();
+            async move { api.call("slow", "orders", &format!("/w{wave}-{i}")).await }
+        });
+        for answer in futures_util::future::join_all(calls).await {
+            assert_eq!(answer?.status(), 504);
+        }
+    }
+    assert!(
+        started.elapsed() < CONFIRM,
+        "the waves outlasted the first opens ({:?}): the test proves nothing",
+        started.elapsed()
+    );
+    let mut confirmed = 0;
+    while tokio::time::timeout(CONFIRM, opened.recv())
+        .await
+        .is_ok_and(|c| c.is_some())
+    {
+        confirmed += 1;
+    }
+    assert_eq!(confirmed, 2, "channel opens sent to the agent");
+    Ok(())
+}
