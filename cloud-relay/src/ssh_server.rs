@@ -293,18 +293,17 @@ async fn run_connection(
             }
             _ = tokio::time::sleep_until(auth_deadline), if auth_pending => {
                 auth_pending = false;
-                let pending = take_pre_auth(&pre_auth);
-                if state.lock().unwrap_or_else(|p| p.into_inner()).is_none() {
-                    if !pending.as_ref().is_some_and(|p| p.refused) {
+                // Whoever takes the slot decides: a login that succeeds takes it first,
+                // and one that finds it gone (the store answered too late) is refused.
+                if let Some(pending) = take_pre_auth(&pre_auth) {
+                    if !pending.refused {
                         silent_failure(&ctx, peer);
                     }
                     info!(peer = %peer, "not authenticated within the authentication timeout; closed");
                     disconnect("authentication timeout").await;
                     // Before the key exchange ends russh cannot send the disconnect;
                     // shutting the socket down ends its task either way.
-                    if let Some(pending) = &pending {
-                        let _ = pending.closer.shutdown(std::net::Shutdown::Both);
-                    }
+                    let _ = pending.closer.shutdown(std::net::Shutdown::Both);
                     let _ = tokio::time::timeout(DISCONNECT_WRITE_LIMIT, &mut running).await;
                     return;
                 }
@@ -503,6 +502,10 @@ impl russh::server::Handler for AgentHandler {
             .await;
         match lookup {
             Ok(Login::Agent(login)) => {
+                let Some(pre_auth) = take_pre_auth(&self.pre_auth) else {
+                    info!(peer = %self.peer, agent = %login.agent.name, "login answered after the authentication timeout closed its connection; refused");
+                    return Ok(Auth::reject());
+                };
                 let agent = login.agent;
                 self.token_version = login.token_version;
                 self.ctx.throttle.success(self.peer.ip());
@@ -514,7 +517,7 @@ impl russh::server::Handler for AgentHandler {
                     session_id: self.session_id,
                 });
                 // One file descriptor per agent, not two, and room for the next login.
-                drop(take_pre_auth(&self.pre_auth));
+                drop(pre_auth);
                 self.authenticated.cancel();
                 self.agent = Some(agent);
                 Ok(Auth::Accept)
