@@ -213,8 +213,10 @@ async fn run(
         .path_and_query()
         .map(|pq| pq.as_str())
         .unwrap_or("/");
-    let url = upstream_url::build(&conn.base_uri, path_and_query)
-        .map_err(|e| (ErrorCode::PathRejected, format!("{e}: {path_and_query:?}")))?;
+    let url = upstream_url::build(&conn.base_uri, path_and_query).map_err(|e| {
+        let shown = without_query(path_and_query);
+        (ErrorCode::PathRejected, format!("{e}: {shown:?}"))
+    })?;
     let (parts, body) = request.into_parts();
     let declared = parts
         .headers
@@ -335,6 +337,12 @@ async fn run(
         ));
     }
     let mut upstream_headers = upstream.headers().clone();
+    // Both at once: the body was read as chunked, and a Content-Length passed on would
+    // make the agent's server cut it at that length, or break it (RFC 9112 §6.3: an
+    // intermediary removes it). A HEAD answer has no body, and its length is the GET's.
+    if upstream_headers.contains_key(TRANSFER_ENCODING) && parts.method != Method::HEAD {
+        upstream_headers.remove(CONTENT_LENGTH);
+    }
     postern_protocol::headers::strip_hop_by_hop(&mut upstream_headers);
     // The header marks postern's own errors; an internal server must not be able to fake one.
     upstream_headers.remove(POSTERN_ERROR);
@@ -406,10 +414,20 @@ fn confine_destination(base: &Url, headers: &mut HeaderMap) -> Result<(), (Error
         .ok()
         .filter(|d| d.starts_with('/'))
         .ok_or_else(|| refused("not a path".to_owned()))?;
-    let url = upstream_url::build(base, path).map_err(|e| refused(format!("{e}: {path:?}")))?;
+    let url = upstream_url::build(base, path)
+        .map_err(|e| refused(format!("{e}: {:?}", without_query(path))))?;
     let value = HeaderValue::from_str(url.as_str()).map_err(|e| refused(e.to_string()))?;
     headers.insert(name, value);
     Ok(())
+}
+
+/// A path for a message that is logged: a query may carry a secret (an `api_key=`), so
+/// only that there was one is said.
+fn without_query(path_and_query: &str) -> std::borrow::Cow<'_, str> {
+    match path_and_query.split_once('?') {
+        Some((path, _)) => format!("{path}?…").into(),
+        None => path_and_query.into(),
+    }
 }
 
 /// Sends the request once. The connection's timeout bounds the wait for the response

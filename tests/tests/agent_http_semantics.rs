@@ -314,3 +314,43 @@ async fn a_heads_answer_keeps_its_length_or_its_lack_of_one() -> Result<()> {
     );
     Ok(())
 }
+
+/// An answer that says both `Transfer-Encoding: chunked` and a `Content-Length` is read
+/// as chunked, and passed on without the length (RFC 9112 §6.3): passed on, the length
+/// made the agent cut the body at it (a longer body) or break it (a shorter one), with a
+/// 200 and nothing logged.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_answer_with_a_length_and_chunks_arrives_whole() -> Result<()> {
+    fn both(longer: bool) -> Vec<u8> {
+        let body = if longer {
+            "x".repeat(5000)
+        } else {
+            "y".repeat(10)
+        };
+        format!(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 100\r\nConnection: close\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
+            body.len()
+        )
+        .into_bytes()
+    }
+    let longer = Raw::start(|_| both(true)).await?;
+    let shorter = Raw::start(|_| both(false)).await?;
+    let dir = TempDir::new("http-semantics-te-cl")?;
+    let connections = [
+        connection("longer", longer.addr, ""),
+        connection("shorter", shorter.addr, ""),
+    ]
+    .concat();
+    let t = Tunnel::start(&bins(), &dir, &connections).await?;
+    for (name, expected) in [("longer", "x".repeat(5000)), ("shorter", "y".repeat(10))] {
+        let r = t.api.call("a1", name, "/x").await?;
+        assert_eq!(r.status(), 200, "{name}");
+        assert!(
+            r.headers().get("content-length").is_none(),
+            "{name}: {:?}",
+            r.headers()
+        );
+        assert_eq!(r.text().await?, expected, "{name}");
+    }
+    Ok(())
+}

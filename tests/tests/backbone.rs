@@ -268,6 +268,15 @@ async fn the_api_refuses_with_stable_codes() -> Result<()> {
     assert_eq!(error_code(&body), "upstream_unreachable");
     // reqwest's error names the whole URL: the caller's query must not reach the logs.
     assert!(!body.to_string().contains("QUERYSECRET"), "{body}");
+    // Nor does a refused path's, which the refusal names.
+    let r = w
+        .api
+        .call("warehouse-1", "orders", "/users/a@b?api_key=QUERYSECRET")
+        .await?;
+    assert_eq!(r.status(), 400);
+    let body = r.json().await?;
+    assert_eq!(error_code(&body), "path_rejected", "{body}");
+    assert!(body.to_string().contains("/users/a@b?…"), "{body}");
     for (side, logs) in [
         ("agent", w.agent.logs.text()),
         ("relay", w.relay.logs.text()),
