@@ -72,7 +72,7 @@ impl CallContext {
         metrics: &Arc<AgentMetrics>,
     ) -> Result<Self, reqwest::Error> {
         let mut builder = reqwest::Client::builder()
-            .connect_timeout(connection.timeout)
+            .connect_timeout(connect_timeout(connection.timeout))
             .pool_idle_timeout(UPSTREAM_IDLE)
             // Not `read_timeout`: see call/idle_timeout.rs.
             // Redirects could lead off the base URI: hand them back to the caller instead.
@@ -421,6 +421,13 @@ fn confine_destination(base: &Url, headers: &mut HeaderMap) -> Result<(), (Error
     Ok(())
 }
 
+/// Connecting gives up a tenth before the wait for the answer's head does, so a server
+/// that never answers the connect (a firewall that drops) is `upstream_unreachable`, the
+/// request not sent, rather than a timeout after which it may have been acted on.
+fn connect_timeout(timeout: Duration) -> Duration {
+    timeout - timeout / 10
+}
+
 /// A path for a message that is logged: a query may carry a secret (an `api_key=`), so
 /// only that there was one is said.
 fn without_query(path_and_query: &str) -> std::borrow::Cow<'_, str> {
@@ -462,7 +469,8 @@ pub(crate) async fn send(
     }
     match postern_protocol::upload_progress::within(request.send(), &progress, conn.timeout).await {
         None => Err(timeout_error(conn).into()),
-        Some(Err(e)) if e.is_timeout() => Err(timeout_error(conn).into()),
+        // A connect that timed out sent nothing: `send_error` says `upstream_unreachable`.
+        Some(Err(e)) if e.is_timeout() && !e.is_connect() => Err(timeout_error(conn).into()),
         // reqwest's error names the URL, the caller's query too (an `api_key=`, say):
         // the base is said, the rest stays out of the log.
         Some(Err(e)) => {

@@ -354,3 +354,26 @@ async fn an_answer_with_a_length_and_chunks_arrives_whole() -> Result<()> {
     }
     Ok(())
 }
+
+/// An internal server that never answers the connect (its backlog full, as behind a
+/// firewall that drops) gets 502 `upstream_unreachable`: nothing was sent. Connecting gave
+/// up together with the wait for the answer, which won, and the caller got 504
+/// `upstream_timeout`, "may have been acted on".
+#[tokio::test(flavor = "multi_thread")]
+async fn a_connect_never_answered_is_upstream_unreachable() -> Result<()> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+    let listener = socket.listen(0)?;
+    let addr = listener.local_addr()?;
+    // One connection fills a backlog of 0; the kernel drops the SYNs that come after it.
+    let _filler = tokio::net::TcpStream::connect(addr).await?;
+    let dir = TempDir::new("http-semantics-connect")?;
+    let t = Tunnel::start(&bins(), &dir, &connection("dropped", addr, "")).await?;
+    let (status, header, body) = refusal(t.api.call("a1", "dropped", "/x").await?).await?;
+    assert_eq!(
+        (status, header.as_str()),
+        (502, "upstream_unreachable"),
+        "{body}"
+    );
+    Ok(())
+}
