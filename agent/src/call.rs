@@ -4,6 +4,7 @@
 mod idle_timeout;
 pub mod rate_limit;
 mod replay;
+pub mod slots;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -30,6 +31,7 @@ use crate::metrics::AgentMetrics;
 use crate::upstream_url;
 use rate_limit::Limiter;
 pub(crate) use replay::RequestBody;
+use slots::{CallSlots, Slot};
 use url::Url;
 
 pub type CallBody = BoxBody<Bytes, std::io::Error>;
@@ -48,7 +50,7 @@ pub struct CallContext {
     /// Calls that ended in a postern error (unreachable, timeout, refused path…).
     pub failed: Arc<AtomicU64>,
     /// One permit per call under way, up to `max_concurrent_calls`.
-    pub(crate) in_flight: Arc<tokio::sync::Semaphore>,
+    pub(crate) in_flight: Arc<CallSlots>,
     metrics: Arc<AgentMetrics>,
 }
 
@@ -64,8 +66,9 @@ impl CallContext {
     }
 
     /// The context for a reloaded connection. It keeps the counters of the one it replaces,
-    /// and its rate limit bucket and call permits where those settings did not change, so
-    /// a reload neither resets the statistics nor lets a burst past the limits.
+    /// its call places (resized), and its rate limit bucket (one that goes on from it if
+    /// the limit changed), so a reload neither resets the statistics nor lets a burst, or
+    /// more calls at once, past the limits or an upstream's pause.
     pub fn succeeding(
         connection: Arc<Connection>,
         previous: Option<&CallContext>,
@@ -96,20 +99,19 @@ impl CallContext {
                 metrics.exchange_counters(connection.name.as_str()),
             )),
         };
-        let limiter = previous
-            .filter(|p| p.connection.rate_limit == connection.rate_limit)
-            .map(|p| p.limiter.clone())
-            .unwrap_or_else(|| Arc::new(Limiter::new(connection.rate_limit)));
-        let in_flight = previous
-            .filter(|p| {
-                p.connection.limits.max_concurrent_calls == connection.limits.max_concurrent_calls
-            })
-            .map(|p| p.in_flight.clone())
-            .unwrap_or_else(|| {
-                Arc::new(tokio::sync::Semaphore::new(
-                    connection.limits.max_concurrent_calls as usize,
-                ))
-            });
+        let limiter = match previous {
+            Some(p) if p.connection.rate_limit == connection.rate_limit => p.limiter.clone(),
+            Some(p) => Arc::new(p.limiter.succeeded_by(connection.rate_limit)),
+            None => Arc::new(Limiter::new(connection.rate_limit)),
+        };
+        let max_calls = connection.limits.max_concurrent_calls as usize;
+        let in_flight = match previous {
+            Some(p) => {
+                p.in_flight.resize(max_calls);
+                p.in_flight.clone()
+            }
+            None => CallSlots::new(max_calls),
+        };
         Ok(Self {
             http,
             token_http: crate::jwt::exchange::token_client()?,
@@ -136,7 +138,7 @@ pub async fn handle(ctx: Arc<CallContext>, request: Request<Incoming>) -> Respon
         .into();
     let method = request.method().clone();
     // Held until the answer's body is done, so streaming calls count too.
-    let permit = ctx.in_flight.clone().try_acquire_owned().ok();
+    let permit = ctx.in_flight.try_take();
     let outcome = match permit {
         None => Err(too_many_calls(&ctx.connection)),
         Some(permit) => run(&ctx, request).await.map(|response| {
@@ -183,7 +185,7 @@ pub async fn handle(ctx: Arc<CallContext>, request: Request<Incoming>) -> Respon
 /// why: the caller sees only a body cut short.
 fn hold_until_done(
     body: CallBody,
-    permit: tokio::sync::OwnedSemaphorePermit,
+    permit: Slot,
     ctx: Arc<CallContext>,
     request_id: Arc<str>,
 ) -> CallBody {

@@ -92,7 +92,7 @@ pub async fn run(ctx: &CallContext) -> TestReport {
     let started = Instant::now();
     // A test sends the connection's request for real: it counts among its calls and
     // waits its turn as one does, or a caller could test past the limits.
-    let Ok(_permit) = ctx.in_flight.clone().try_acquire_owned() else {
+    let Some(_permit) = ctx.in_flight.try_take() else {
         let (_, why) = crate::call::too_many_calls(conn);
         report.step("limits", started, Err(why));
         return report;

@@ -544,3 +544,49 @@ async fn a_connection_test_in_the_agent_ends_when_the_agent_stops() -> Result<()
     );
     Ok(())
 }
+
+/// A reload that lowers `max_concurrent_calls` holds back new calls while the calls
+/// under way from before are as many: the limit counts them, not a fresh count of its
+/// own beside them (before, the new limit's places were all free, on top of the old).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lowered_concurrency_limit_counts_the_calls_under_way() -> Result<()> {
+    let world = world().await?;
+    let (w, api) = (&world.w, &world.w.admin);
+    let config = world.write_config(&world.token, &["o"])?;
+    let limited = |max: u32| -> Result<()> {
+        let text = std::fs::read_to_string(&config)?;
+        let text = match text.find("max_concurrent_calls") {
+            Some(at) => format!("{}max_concurrent_calls = {max}\n", &text[..at]),
+            None => format!("{text}max_concurrent_calls = {max}\n"),
+        };
+        w.dir.write_private("agent.toml", &text)?;
+        Ok(())
+    };
+    limited(3)?;
+    let _agent = AgentProcess::start(&w.bins, &config)?;
+    api.wait_online("a1", true, Duration::from_secs(15)).await?;
+    // Two calls under way (the internal server takes 3 s over each).
+    let slow: Vec<_> = (0..2)
+        .map(|i| {
+            let caller = api.clone();
+            tokio::spawn(async move { caller.call("a1", "o", &format!("/{i}/slow")).await })
+        })
+        .collect();
+    w.internal.has_seen("/0/slow").await?;
+    w.internal.has_seen("/1/slow").await?;
+
+    limited(1)?;
+    let (code, text) = reload(&w.bins, &config)?;
+    assert_eq!(code, Some(0), "{text}");
+    let r = api.call("a1", "o", "/x").await?;
+    assert_eq!(r.status(), 429, "two under way, a limit of one");
+    assert_eq!(
+        postern_tests::relay_support::error_code(&r.json().await?),
+        "too_many_calls"
+    );
+    for call in slow {
+        assert_eq!(call.await??.status(), 200, "a call from before the reload");
+    }
+    assert_eq!(api.call("a1", "o", "/x").await?.status(), 200);
+    Ok(())
+}

@@ -58,6 +58,36 @@ impl Limiter {
         }
     }
 
+    /// A limiter for `limit` that goes on from this one (a reload changed the limit): a
+    /// pause under way holds on, and it starts with no more tokens than this one had, up
+    /// to the new burst, so the change lets no burst past the old limit or the pause. The
+    /// calls waiting in this one keep their turns in it.
+    pub fn succeeded_by(&self, limit: Option<RateLimit>) -> Self {
+        let now = Instant::now();
+        let Ok(mut b) = self.state.lock() else {
+            return Self::new(limit);
+        };
+        if let Some(old) = self.limit {
+            refill(&mut b, old, now);
+        }
+        let paused_until = b.paused_until.filter(|until| *until > now);
+        let tokens = match (self.limit, limit) {
+            (Some(_), Some(new)) => b.tokens.min(f64::from(new.burst)),
+            (None, Some(new)) => f64::from(new.burst),
+            (_, None) => 0.0,
+        };
+        Self {
+            limit,
+            state: Mutex::new(Bucket {
+                tokens,
+                // Nothing accrues before a pause ends.
+                refilled: paused_until.map_or(now, |until| until.max(b.refilled)),
+                paused_until,
+            }),
+            shift: watch::Sender::new(Duration::ZERO),
+        }
+    }
+
     /// Takes a token, waiting up to `max_wait` for it (and for any pause to end, also one
     /// set while it waits).
     pub async fn acquire(&self, max_wait: Duration) -> Result<(), Refused> {
@@ -337,6 +367,46 @@ mod tests {
             "{:?}",
             started.elapsed()
         );
+    }
+
+    #[test]
+    fn a_changed_limit_keeps_the_pause_and_lets_no_burst_through() {
+        let l = limiter(10, 1000, 5);
+        let now = Instant::now();
+        for _ in 0..5 {
+            assert_eq!(wait_of(&l, now, Duration::ZERO), Ok(Duration::ZERO));
+        }
+        // The bucket is empty: a larger burst does not fill it.
+        let next = l.succeeded_by(Some(RateLimit {
+            requests: 20,
+            per: Duration::from_secs(1),
+            burst: 50,
+        }));
+        assert!(wait_of(&next, Instant::now(), Duration::ZERO).is_err());
+        // A pause (an upstream's Retry-After) holds across the change, with or without a limit.
+        l.pause(Duration::from_secs(30));
+        for limit in [
+            None,
+            Some(RateLimit {
+                requests: 1,
+                per: Duration::from_secs(1),
+                burst: 1,
+            }),
+        ] {
+            let next = l.succeeded_by(limit);
+            let wait = wait_of(&next, Instant::now(), Duration::from_secs(60)).expect("queued");
+            assert!(wait > Duration::from_secs(29), "{limit:?}: {wait:?}");
+        }
+        // Unlimited before: the new limit starts with its burst.
+        let open = Limiter::new(None).succeeded_by(Some(RateLimit {
+            requests: 1,
+            per: Duration::from_secs(1),
+            burst: 2,
+        }));
+        let now = Instant::now();
+        assert_eq!(wait_of(&open, now, Duration::ZERO), Ok(Duration::ZERO));
+        assert_eq!(wait_of(&open, now, Duration::ZERO), Ok(Duration::ZERO));
+        assert!(wait_of(&open, now, Duration::ZERO).is_err());
     }
 
     #[test]
