@@ -17,15 +17,20 @@ bin_dir=$here/../target/release
 root=
 action=install
 purge=0
+usage() { echo "usage: $0 [--bin-dir DIR] [--root DIR] [--uninstall [--purge]]" >&2; exit 2; }
 while [ $# -gt 0 ]; do
     case $1 in
-        --bin-dir) bin_dir=$2; shift 2 ;;
-        --root) root=$2; shift 2 ;;
+        --bin-dir) [ $# -ge 2 ] || usage; bin_dir=$2; shift 2 ;;
+        --root) [ $# -ge 2 ] || usage; root=$2; shift 2 ;;
         --uninstall) action=uninstall; shift ;;
         --purge) purge=1; shift ;;
-        *) echo "usage: $0 [--bin-dir DIR] [--root DIR] [--uninstall [--purge]]" >&2; exit 2 ;;
+        *) usage ;;
     esac
 done
+if [ "$purge" = 1 ] && [ "$action" != uninstall ]; then
+    echo "--purge goes with --uninstall (it deletes the config and state)" >&2
+    usage
+fi
 if [ -z "$root" ] && [ "$(id -u)" != 0 ]; then
     echo "run as root (or stage with --root DIR)" >&2
     exit 1
@@ -63,22 +68,32 @@ install_one() {
     install -m 0755 "$bin_dir/$program" "$prefix/bin/$program"
     # The packaged unit names /usr/bin; this install lives in /usr/local/bin.
     unit_file=$root/etc/systemd/system/$unit.service
+    # What this script installed last, to tell an untouched unit from the admin's.
+    installed=$prefix/share/doc/$program/$unit.service
     sed "s|/usr/bin/$program |/usr/local/bin/$program |" "$here/systemd/$unit.service" \
         > "$unit_file.new"
-    # A unit that runs something else (`postern service install --config …`, or the
-    # admin's own) is theirs: replacing it would start the wrong config, or none.
-    if [ -e "$unit_file" ] &&
-        [ "$(grep '^ExecStart=' "$unit_file")" != "$(grep '^ExecStart=' "$unit_file.new")" ]; then
-        rm -f "$unit_file.new"
-        say "kept $unit_file: it runs $(grep '^ExecStart=' "$unit_file" | cut -d= -f2-)"
-    else
-        chmod 0644 "$unit_file.new"
+    chmod 0644 "$unit_file.new"
+    if [ ! -e "$unit_file" ] || cmp -s "$unit_file" "$unit_file.new" ||
+        { [ -e "$installed" ] && cmp -s "$unit_file" "$installed"; } ||
+        { [ ! -e "$installed" ] &&
+            [ "$(grep '^ExecStart=' "$unit_file")" = "$(grep '^ExecStart=' "$unit_file.new")" ]; }; then
+        cp "$unit_file.new" "$installed"
         mv "$unit_file.new" "$unit_file"
+    else
+        # Edited since (an Environment= line, `postern service install --config …`), or
+        # the admin's own: theirs. Replaced, the edits would be gone without a word.
+        mv "$unit_file.new" "$installed"
+        say "kept $unit_file, which was changed after it was installed (it runs $(grep '^ExecStart=' "$unit_file" | cut -d= -f2-)); this version's unit is $installed: compare, or put changes in a drop-in (systemctl edit $unit)"
     fi
-    "$bin_dir/$program" man > "$prefix/share/man/man1/$program.1"
-    "$bin_dir/$program" completions bash > "$prefix/share/bash-completion/completions/$program"
-    "$bin_dir/$program" completions zsh > "$prefix/share/zsh/site-functions/_$program"
-    "$bin_dir/$program" completions fish > "$prefix/share/fish/vendor_completions.d/$program.fish"
+    # Not the umask's modes: under a umask of 077 nobody but root could read them.
+    for page in "man/man1/$program.1:man" "bash-completion/completions/$program:completions bash" \
+        "zsh/site-functions/_$program:completions zsh" \
+        "fish/vendor_completions.d/$program.fish:completions fish"; do
+        # shellcheck disable=SC2086 # the command's words
+        "$bin_dir/$program" ${page#*:} > "$prefix/share/${page%%:*}.new"
+        chmod 0644 "$prefix/share/${page%%:*}.new"
+        mv "$prefix/share/${page%%:*}.new" "$prefix/share/${page%%:*}"
+    done
     example=$here/agent.example.toml
     [ "$program" = postern-relay ] && example=$here/relay.example.toml
     install -m 0644 "$example" "$prefix/share/doc/$program/"

@@ -416,6 +416,71 @@ fn install_sh_restarts_running_units_and_uninstall_says_only_what_it_did() -> Re
         "says which unit it kept: {said}"
     );
 
+    // So is one edited otherwise (an `Environment=` for a proxy), running the same command:
+    // before, only `ExecStart=` was compared, and the upgrade dropped the proxy silently.
+    let packaged = sandbox.usr_local("share/doc/postern/postern-agent.service");
+    let edited = std::fs::read_to_string(&packaged)?.replace(
+        "[Service]\n",
+        "[Service]\nEnvironment=HTTPS_PROXY=http://proxy.example:3128\n",
+    );
+    std::fs::write(&unit, &edited)?;
+    let said = install("postern-agent.service", &[])?;
+    assert_eq!(std::fs::read_to_string(&unit)?, edited, "{said}");
+    assert!(said.contains("changed after it was installed"), "{said}");
+
+    // A unit nobody touched since an older version installed it gets this version's.
+    let older = format!("{edited}# an older version's unit\n");
+    std::fs::write(&unit, &older)?;
+    std::fs::write(&packaged, &older)?;
+    let said = install("postern-agent.service", &[])?;
+    let now = std::fs::read_to_string(&unit)?;
+    assert!(
+        !now.contains("older") && !now.contains("HTTPS_PROXY"),
+        "{said}\n{now}"
+    );
+
+    // Man pages and completions are readable whatever root's umask.
+    let strict = sandbox.run(
+        "",
+        "sh",
+        &[
+            "-c".as_ref(),
+            "umask 077; exec sh \"$0\" \"$@\"".as_ref(),
+            script.as_os_str(),
+            "--bin-dir".as_ref(),
+            bins.as_os_str(),
+        ],
+    )?;
+    assert!(strict.status.success(), "{}", output_text(&strict));
+    for page in [
+        "share/man/man1/postern.1",
+        "share/bash-completion/completions/postern",
+        "share/zsh/site-functions/_postern",
+        "share/fish/vendor_completions.d/postern-relay.fish",
+    ] {
+        assert_eq!(mode(&sandbox.usr_local(page))?, 0o644, "{page}");
+    }
+
+    // Arguments that say something else than what would happen are refused.
+    for args in [&["--purge"][..], &["--bin-dir"][..]] {
+        let out = sandbox.run(
+            "",
+            "sh",
+            &[
+                &[script.as_os_str()][..],
+                &args.iter().map(OsStr::new).collect::<Vec<_>>(),
+            ]
+            .concat(),
+        )?;
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            output_text(&out)
+        );
+        assert!(output_text(&out).contains("usage:"), "{args:?}");
+    }
+
     // Uninstall: the units stop and go; no advice to configure or enable them.
     sandbox.forget_calls()?;
     let said = install(both, &["--uninstall".as_ref()])?;
