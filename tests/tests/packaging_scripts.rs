@@ -1161,3 +1161,34 @@ fn agent_example_status_socket_works_under_the_unit() -> Result<()> {
     );
     Ok(())
 }
+
+/// A root-only folder that holds more than the config and its files (systemd's
+/// credential store, say) is not handed to the service user, who could then replace or
+/// delete the rest: `service install` refuses, naming what else is there, before any chown.
+#[test]
+fn service_install_does_not_hand_over_a_folder_holding_other_files() -> Result<()> {
+    let Some(sandbox) = service_sandbox("service-install-shared", true, 0o700)? else {
+        return Ok(());
+    };
+    std::fs::write(sandbox.etc("postern/db-password"), "another service's\n")?;
+    let out = postern(
+        &sandbox,
+        AGENT_UNIT,
+        &[],
+        &["service", "install", "--config", "/etc/postern/agent.toml"],
+    )?;
+    let said = output_text(&out);
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        said.contains("db-password") && said.contains("a folder of its own"),
+        "{said}"
+    );
+    let calls = sandbox.calls()?;
+    assert!(!calls.iter().any(|c| c.starts_with("chown")), "{calls:?}");
+    assert!(
+        !sandbox
+            .etc(AGENT_UNIT_PATH.trim_start_matches("/etc/"))
+            .exists()
+    );
+    Ok(())
+}

@@ -245,7 +245,10 @@ pub(crate) fn install(config: &Path) -> Result<()> {
     // The config, and its folder when that is a private one (as `sudo postern init` makes
     // /etc/postern), become the service user's, as the .deb makes them; given back if the
     // service user still cannot load the config.
-    let handed = hand_over(&config)?;
+    let named = crate::config::ConfigFile::read(&config)
+        .map(|f| f.named_files(config.parent().unwrap_or(Path::new("/"))))
+        .unwrap_or_default();
+    let handed = hand_over(&config, &named)?;
     let binary_text = binary.display().to_string();
     let unchecked = match check_as_service_user(&binary_text, &config_text) {
         Ok(unchecked) => unchecked,
@@ -339,13 +342,31 @@ fn only_unset_variables(said: &str) -> Option<Vec<String>> {
 }
 
 /// Gives `config`, and its folder if it is root's alone, to the service user; returns
-/// each path changed with its owner before, to give it back.
-fn hand_over(config: &Path) -> Result<Vec<(PathBuf, u32, u32)>> {
+/// each path changed with its owner before, to give it back. Such a folder is handed over
+/// only if it holds nothing but the config (its backups too) and the files it names:
+/// whatever else is in it would become the service user's to replace or delete.
+fn hand_over(config: &Path, named: &[(String, PathBuf)]) -> Result<Vec<(PathBuf, u32, u32)>> {
     use std::os::unix::fs::MetadataExt;
     let mut paths = vec![config.to_owned()];
     if let Some(folder) = config.parent() {
         let meta = std::fs::metadata(folder)?;
         if roots_alone(meta.mode(), meta.uid()) {
+            let entries = std::fs::read_dir(folder)
+                .with_context(|| format!("reading {}", folder.display()))?
+                .map(|e| e.map(|e| e.file_name()))
+                .collect::<std::io::Result<Vec<_>>>()?;
+            let others = strangers(config, named, &entries);
+            if !others.is_empty() {
+                bail!(
+                    "{} is root's alone, and the service user ({SERVICE_USER}) could read the \
+                     config only if it were handed the folder; but it holds more than the \
+                     config and the files it names ({}), which would become {SERVICE_USER}'s \
+                     too. Put the config in a folder of its own \
+                     (sudo postern init --config /etc/postern/agent.toml)",
+                    folder.display(),
+                    others.join(", ")
+                );
+            }
             paths.push(folder.to_owned());
         }
     }
@@ -357,6 +378,40 @@ fn hand_over(config: &Path) -> Result<Vec<(PathBuf, u32, u32)>> {
         handed.push((path, meta.uid(), meta.gid()));
     }
     Ok(handed)
+}
+
+/// The entries of the config's folder that are neither the config, nor one of its
+/// backups (`agent.toml.…`), nor on the way to it (a link's target) or to a file it names
+/// (`keys/…`).
+fn strangers(
+    config: &Path,
+    named: &[(String, PathBuf)],
+    entries: &[std::ffi::OsString],
+) -> Vec<String> {
+    let folder = config.parent().unwrap_or(Path::new("/"));
+    let folders = [Some(folder.to_owned()), std::fs::canonicalize(folder).ok()];
+    let own = config.file_name().map(|n| n.to_string_lossy().into_owned());
+    let theirs: Vec<PathBuf> = [config.to_owned()]
+        .into_iter()
+        .chain(std::fs::canonicalize(config))
+        .chain(named.iter().map(|(_, path)| path.clone()))
+        .collect();
+    let mut others: Vec<String> = entries
+        .iter()
+        .map(|e| e.to_string_lossy().into_owned())
+        .filter(|name| {
+            let is_config = own
+                .as_deref()
+                .is_some_and(|own| name.starts_with(&format!("{own}.")));
+            let on_the_way = folders.iter().flatten().any(|folder| {
+                let entry = folder.join(name);
+                theirs.iter().any(|path| path.starts_with(&entry))
+            });
+            !is_config && !on_the_way
+        })
+        .collect();
+    others.sort();
+    others
 }
 
 /// A folder only root may use (owned by root, no group or other bits), as `sudo postern
@@ -420,6 +475,31 @@ mod tests {
         ] {
             assert!(!roots_alone(mode, uid), "{mode:o} uid {uid}");
         }
+    }
+
+    #[test]
+    fn a_folder_with_others_files_is_not_handed_over() {
+        let config = Path::new("/etc/postern/agent.toml");
+        let named = vec![
+            (
+                "token_file".to_owned(),
+                PathBuf::from("/etc/postern/agent.token"),
+            ),
+            (
+                "private_key_file".to_owned(),
+                PathBuf::from("/etc/postern/keys/api.pem"),
+            ),
+        ];
+        let entries = |names: &[&str]| -> Vec<std::ffi::OsString> {
+            names.iter().map(|n| (*n).into()).collect()
+        };
+        let ours = entries(&["agent.toml", "agent.toml.bak.1", "agent.token", "keys"]);
+        assert!(strangers(config, &named, &ours).is_empty());
+        let shared = entries(&["agent.toml", "db-password", "agent.token", "another.toml"]);
+        assert_eq!(
+            strangers(config, &named, &shared),
+            vec!["another.toml", "db-password"]
+        );
     }
 
     #[test]
