@@ -60,6 +60,10 @@ pub(crate) struct NewConnection {
 fn load(path: &Path) -> Result<DocumentMut> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    parse(path, &text)
+}
+
+fn parse(path: &Path, text: &str) -> Result<DocumentMut> {
     text.parse::<DocumentMut>()
         .with_context(|| format!("{} is not valid TOML", path.display()))
 }
@@ -69,15 +73,27 @@ fn load(path: &Path) -> Result<DocumentMut> {
 /// read plus its own change, undoing the other's.
 pub(super) struct Editing {
     pub(super) doc: DocumentMut,
+    /// The file as read, for the check to tell the edit's problems from those it had.
+    before: String,
     destination: Destination,
     _turn: FolderLock,
 }
 
+/// Reads the config through the file its destination pinned (the one judged, with its
+/// owner checked again on the opened file), not by its path again: as root, a path
+/// re-read could meanwhile lead elsewhere (a link swapped in by the folder's owner), and
+/// that file's contents would be written back into this one.
 pub(super) fn open(path: &Path) -> Result<Editing> {
     let destination = Destination::of(path)?;
     let turn = destination.lock()?;
+    let Some(existing) = destination.read_existing()? else {
+        bail!("reading {}: no such file", path.display());
+    };
+    let before = String::from_utf8(existing.bytes)
+        .with_context(|| format!("{} is not UTF-8 text", path.display()))?;
     Ok(Editing {
-        doc: load(path)?,
+        doc: parse(path, &before)?,
+        before,
         destination,
         _turn: turn,
     })
@@ -90,8 +106,7 @@ pub(super) fn open(path: &Path) -> Result<Editing> {
 /// shell. Those are named as not checked.
 pub(super) fn save(path: &Path, editing: &Editing) -> Result<PathBuf> {
     let text = editing.doc.to_string();
-    let before = std::fs::read_to_string(path).ok();
-    check(path, before.as_deref(), &text)?;
+    check(path, Some(&editing.before), &text)?;
     editing.destination.write(&text)?;
     Ok(editing.destination.file.clone())
 }
