@@ -17,7 +17,7 @@ const TEMP_PREFIX: &str = ".ssh_host_ed25519_key.tmp-";
 /// repeat their own sources in their messages, so a `{:#}` chain would say them again.
 #[derive(Debug, thiserror::Error)]
 pub enum HostKeyError {
-    #[error("cannot create state folder {path}: {error}")]
+    #[error("cannot create state folder {path}: {error}{}", read_only_hint(.error))]
     StateDir {
         path: PathBuf,
         error: std::io::Error,
@@ -99,6 +99,17 @@ pub fn ensure_state_dir(dir: &Path) -> std::io::Result<()> {
 }
 
 use std::os::unix::fs::DirBuilderExt;
+
+/// What to do when the state folder's file system is read-only: under the packaged unit
+/// (`ProtectSystem=strict`) that is everything but /var/lib/postern-relay, and chown or a
+/// remount would not help.
+pub fn read_only_hint(error: &std::io::Error) -> &'static str {
+    if error.kind() == std::io::ErrorKind::ReadOnlyFilesystem {
+        "; under the packaged unit only /var/lib/postern-relay may be written: use it, or          let the unit write this folder too (`systemctl edit postern-relay`: [Service]          ReadWritePaths=THE_FOLDER)"
+    } else {
+        ""
+    }
+}
 
 /// Loads the host key, creating it (and the state folder) on first start.
 pub fn load_or_create(state_dir: &Path) -> Result<PrivateKey, HostKeyError> {
@@ -213,6 +224,23 @@ pub fn fingerprint(key: &PrivateKey) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_read_only_state_folder_names_the_units_way_out() {
+        let error = HostKeyError::StateDir {
+            path: "/srv/relay".into(),
+            error: std::io::ErrorKind::ReadOnlyFilesystem.into(),
+        };
+        assert!(
+            error.to_string().contains("ReadWritePaths=THE_FOLDER"),
+            "{error}"
+        );
+        let error = HostKeyError::StateDir {
+            path: "/srv/relay".into(),
+            error: std::io::ErrorKind::PermissionDenied.into(),
+        };
+        assert!(!error.to_string().contains("ReadWritePaths"), "{error}");
+    }
 
     #[test]
     fn creates_once_then_loads_the_same_key() {

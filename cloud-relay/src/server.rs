@@ -135,7 +135,7 @@ pub async fn run_with(
     // too: said at once, not first at the revoke.
     if store.read_only() {
         let file = db.display().to_string();
-        error!(%file, "the store is read-only to this user: calls are served, but agents and API keys cannot be created, revoked or rotated; give the file, its -wal and -shm files and its folder to the user the relay runs as (chown), mode 0600, or mount its disk read-write, and restart");
+        error!(%file, "the store is read-only to this user: calls are served, but agents and API keys cannot be created, revoked or rotated; give the file, its -wal and -shm files and its folder to the user the relay runs as (chown), mode 0600, or mount its disk read-write, and restart (under the packaged unit a state_dir outside /var/lib/postern-relay also needs ReadWritePaths= in a drop-in: systemctl edit postern-relay)");
     }
     let store = Arc::new(store);
     let grace = config.shutdown_grace;
