@@ -48,6 +48,9 @@ struct Failures {
     /// one valid token would keep a flood from ever being blocked.
     in_window: u32,
     window_start: Instant,
+    /// Those of the window before, which count for the part of it still within
+    /// [`BLOCK_WINDOW`] of now: a burst across the windows' edge is still a burst.
+    in_previous: u32,
     blocked_until: Option<Instant>,
 }
 
@@ -60,8 +63,11 @@ impl AuthThrottle {
 
     /// Records a failure and returns how long to wait before refusing.
     pub fn failure(&self, ip: IpAddr) -> Duration {
+        self.failure_at(ip, Instant::now())
+    }
+
+    fn failure_at(&self, ip: IpAddr, now: Instant) -> Duration {
         let ip = source(ip);
-        let now = Instant::now();
         let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
         // `entry` alone would let the map hold one more than its capacity.
         if map.len() >= map.capacity() && !map.contains_key(&ip) {
@@ -77,24 +83,38 @@ impl AuthThrottle {
                 last: now,
                 in_window: 0,
                 window_start: now,
+                in_previous: 0,
                 blocked_until: None,
             }),
         };
         if now.duration_since(f.last) >= FORGET_AFTER {
             f.in_a_row = 0;
         }
-        if now.duration_since(f.window_start) >= BLOCK_WINDOW {
+        let into_window = now.saturating_duration_since(f.window_start);
+        if into_window >= BLOCK_WINDOW {
+            // The window just over counts on; one before it, not at all.
+            let next = into_window < 2 * BLOCK_WINDOW;
+            f.in_previous = if next { f.in_window } else { 0 };
+            f.window_start = if next {
+                f.window_start + BLOCK_WINDOW
+            } else {
+                now
+            };
             f.in_window = 0;
-            f.window_start = now;
         }
         f.in_a_row = f.in_a_row.saturating_add(1);
         f.in_window = f.in_window.saturating_add(1);
         f.last = now;
-        if f.in_window >= BLOCK_AFTER && f.blocked_until.is_none_or(|until| until <= now) {
+        // The failures of the last BLOCK_WINDOW, the window before's taken as spread
+        // evenly over it (a sliding window's count, in two counters).
+        let past = now.saturating_duration_since(f.window_start).as_secs_f64()
+            / BLOCK_WINDOW.as_secs_f64();
+        let recent = f64::from(f.in_window) + f64::from(f.in_previous) * (1.0 - past).max(0.0);
+        if recent >= f64::from(BLOCK_AFTER) && f.blocked_until.is_none_or(|until| until <= now) {
             f.blocked_until = Some(now + BLOCK_FOR);
             tracing::warn!(
                 address = %ip,
-                failures = f.in_window,
+                failures = recent.round() as u64,
                 "address refused before the handshake for {} min: {BLOCK_AFTER} failed logins within {} s",
                 BLOCK_FOR.as_secs() / 60,
                 BLOCK_WINDOW.as_secs()
@@ -175,21 +195,39 @@ mod tests {
     fn failures_spread_out_never_block() {
         let t = AuthThrottle::default();
         let a: IpAddr = [192, 0, 2, 7].into();
-        for _ in 0..BLOCK_AFTER - 1 {
-            t.failure(a);
-        }
-        // The window has passed: an agent retrying every 15–30 s gets here.
-        {
-            let mut map = t.failures.lock().unwrap_or_else(|p| p.into_inner());
-            let f = map.peek_mut(&a).expect("tracked");
-            f.window_start -= BLOCK_WINDOW;
-        }
-        for _ in 0..BLOCK_AFTER - 1 {
-            t.failure(a);
+        let start = Instant::now();
+        // An agent nobody updated, retrying every 15 s for 20 minutes: 8 in any 2 minutes.
+        for i in 0..80 {
+            t.failure_at(a, start + Duration::from_secs(15 * i));
         }
         assert!(!t.is_blocked(a));
-        t.failure(a);
-        assert!(t.is_blocked(a), "twenty within one window");
+    }
+
+    #[test]
+    fn a_burst_across_the_windows_edge_blocks() {
+        let t = AuthThrottle::default();
+        let a: IpAddr = [192, 0, 2, 8].into();
+        let start = Instant::now();
+        t.failure_at(a, start);
+        let at = |secs: u64| start + Duration::from_secs(secs);
+        // 19 within the last second of the first window, then a few in the next: more
+        // than twenty within two minutes, though neither window holds twenty.
+        for _ in 0..18 {
+            t.failure_at(a, at(119));
+        }
+        assert!(!t.is_blocked(a));
+        t.failure_at(a, at(121));
+        t.failure_at(a, at(121));
+        assert!(t.is_blocked(a), "a burst of 21 within 3 s");
+
+        // Twenty within one window, as ever.
+        let b: IpAddr = [192, 0, 2, 9].into();
+        for _ in 0..BLOCK_AFTER - 1 {
+            t.failure_at(b, start);
+        }
+        assert!(!t.is_blocked(b));
+        t.failure_at(b, at(100));
+        assert!(t.is_blocked(b), "twenty within one window");
     }
 
     #[test]
