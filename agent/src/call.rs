@@ -66,7 +66,7 @@ impl CallContext {
     }
 
     /// The context for a reloaded connection. It keeps the counters of the one it replaces,
-    /// its call places (resized), and its rate limit bucket (one that goes on from it if
+    /// the count of its calls under way, and its rate limit bucket (one that goes on from it if
     /// the limit changed), so a reload neither resets the statistics nor lets a burst, or
     /// more calls at once, past the limits or an upstream's pause.
     pub fn succeeding(
@@ -106,10 +106,7 @@ impl CallContext {
         };
         let max_calls = connection.limits.max_concurrent_calls as usize;
         let in_flight = match previous {
-            Some(p) => {
-                p.in_flight.resize(max_calls);
-                p.in_flight.clone()
-            }
+            Some(p) => p.in_flight.succeeded_by(max_calls),
             None => CallSlots::new(max_calls),
         };
         Ok(Self {

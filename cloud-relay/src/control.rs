@@ -136,7 +136,7 @@ impl ControlChannel {
                     Ok(connections) => connections,
                     Err(message) => {
                         if let Some(unlogged) = budget.take(Instant::now()) {
-                            warn!(agent = %name, detail = %message, unlogged, "inventory refused");
+                            warn!(agent = %name, detail = %message, "inventory refused{}", left_out(unlogged));
                         }
                         return;
                     }
@@ -145,7 +145,7 @@ impl ControlChannel {
                     && live.set_connections(connections)
                     && let Some(unlogged) = budget.take(Instant::now())
                 {
-                    info!(agent = %name, connections = %announced, unlogged, "agent reloaded its connections");
+                    info!(agent = %name, connections = %announced, "agent reloaded its connections{}", left_out(unlogged));
                 }
             }
             Ok(AgentMessage::Draining) => {
@@ -158,13 +158,13 @@ impl ControlChannel {
             }
             Ok(AgentMessage::Hello { .. }) => {
                 if let Some(unlogged) = budget.take(Instant::now()) {
-                    warn!(agent = %name, unlogged, "second hello ignored");
+                    warn!(agent = %name, "second hello ignored{}", left_out(unlogged));
                 }
             }
             // A newer agent may send what this relay does not know yet.
             Err(e) => {
                 if let Some(unlogged) = budget.take(Instant::now()) {
-                    warn!(agent = %name, error = %e, unlogged, "control message ignored");
+                    warn!(agent = %name, error = %e, "control message ignored{}", left_out(unlogged));
                 }
             }
         }
@@ -280,6 +280,14 @@ impl ControlChannel {
                 None
             }
         }
+    }
+}
+
+/// What a line logged through the budget says of the lines left out before it.
+fn left_out(unlogged: u64) -> String {
+    match unlogged {
+        0 => String::new(),
+        n => format!(" ({n} lines about this session's messages were left out before this one)"),
     }
 }
 

@@ -31,7 +31,7 @@ pub enum HostKeyError {
         path: PathBuf,
         error: std::io::Error,
     },
-    #[error("cannot write host key {path}: {error}")]
+    #[error("cannot write host key {path}: {error}{}", read_only_hint(.error))]
     Write {
         path: PathBuf,
         error: std::io::Error,
@@ -105,7 +105,11 @@ use std::os::unix::fs::DirBuilderExt;
 /// remount would not help.
 pub fn read_only_hint(error: &std::io::Error) -> &'static str {
     if error.kind() == std::io::ErrorKind::ReadOnlyFilesystem {
-        "; under the packaged unit only /var/lib/postern-relay may be written: use it, or          let the unit write this folder too (`systemctl edit postern-relay`: [Service]          ReadWritePaths=THE_FOLDER)"
+        concat!(
+            "; under the packaged unit only /var/lib/postern-relay may be written: use it, ",
+            "or let the unit write this folder too (`systemctl edit postern-relay`: ",
+            "[Service] ReadWritePaths=THE_FOLDER)"
+        )
     } else {
         ""
     }

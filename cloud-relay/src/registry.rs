@@ -308,8 +308,14 @@ impl Registry {
     pub fn end_session(&self, agent_id: &str, session_id: u64, reason: String) {
         let mut sessions = self.lock();
         let current = sessions.get(agent_id).map(|s| s.session_id);
-        if current.is_none_or(|id| id == session_id) {
-            self.record_departure(agent_id, session_id, reason);
+        match current {
+            // The agent's session: its end is the agent's last departure, whatever the
+            // ids (a connection accepted earlier may say hello later).
+            Some(id) if id == session_id => {
+                self.record_departure(agent_id, session_id, reason, false)
+            }
+            Some(_) => {}
+            None => self.record_departure(agent_id, session_id, reason, true),
         }
         if current == Some(session_id)
             && let Some(gone) = sessions.remove(agent_id)
@@ -319,13 +325,19 @@ impl Registry {
     }
 
     /// Notes that session `session_id` of `agent_id` ended, and why, unless that session
-    /// or a newer one (ids only grow) was noted already: the first note of a session wins.
-    fn record_departure(&self, agent_id: &str, session_id: u64, reason: String) {
+    /// was noted already (its first note wins) or, `unless_newer`, a newer one was (ids
+    /// only grow).
+    fn record_departure(
+        &self,
+        agent_id: &str,
+        session_id: u64,
+        reason: String,
+        unless_newer: bool,
+    ) {
         let mut departures = self.lock_departures();
-        if departures
-            .get(agent_id)
-            .is_some_and(|d| d.session_id >= session_id)
-        {
+        if departures.get(agent_id).is_some_and(|d| {
+            d.session_id == session_id || (unless_newer && d.session_id > session_id)
+        }) {
             return;
         }
         departures.insert(

@@ -20,7 +20,6 @@ impl<'writer> FormatFields<'writer> for EscapedFields {
         let mut visitor = Escaping {
             writer,
             empty: true,
-            text: String::new(),
             result: Ok(()),
         };
         fields.record(&mut visitor);
@@ -31,8 +30,6 @@ impl<'writer> FormatFields<'writer> for EscapedFields {
 struct Escaping<'writer> {
     writer: Writer<'writer>,
     empty: bool,
-    /// Reused for each value's unescaped text.
-    text: String,
     result: fmt::Result,
 }
 
@@ -51,20 +48,26 @@ impl Visit for Escaping<'_> {
         if self.result.is_err() || name.starts_with("log.") {
             return;
         }
-        self.text.clear();
-        if write!(self.text, "{value:?}").is_err() {
-            self.text.replace_range(.., "<unprintable>");
-        }
         let pad = if self.empty { "" } else { " " };
         self.empty = false;
-        let value = printable(&self.text);
         self.result = match name {
-            "message" => write!(self.writer, "{pad}{value}"),
-            name => {
-                let name = name.strip_prefix("r#").unwrap_or(name);
-                write!(self.writer, "{pad}{name}={value}")
-            }
-        };
+            "message" => write!(self.writer, "{pad}"),
+            name => write!(
+                self.writer,
+                "{pad}{}=",
+                name.strip_prefix("r#").unwrap_or(name)
+            ),
+        }
+        .and_then(|()| write!(Escaped(&mut self.writer), "{value:?}"));
+    }
+}
+
+/// Writes what it is given through [`printable`], piece by piece: no copy of the value.
+struct Escaped<'a, W>(&'a mut W);
+
+impl<W: fmt::Write> fmt::Write for Escaped<'_, W> {
+    fn write_str(&mut self, text: &str) -> fmt::Result {
+        self.0.write_str(&printable(text))
     }
 }
 

@@ -157,6 +157,10 @@ async fn handle(State(state): State<AppState>, request: Request) -> Response {
     if path.ends_with("/slow") {
         tokio::time::sleep(Duration::from_secs(3)).await;
     }
+    // For a test that must act while calls are under way, with room for a loaded machine.
+    if path.ends_with("/slower") {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+    }
     if path.ends_with("/big-headers") {
         let big = "h".repeat(8 * 1024);
         return (StatusCode::OK, [("x-big", big)], "headers galore").into_response();

@@ -565,15 +565,15 @@ async fn a_lowered_concurrency_limit_counts_the_calls_under_way() -> Result<()> 
     limited(3)?;
     let _agent = AgentProcess::start(&w.bins, &config)?;
     api.wait_online("a1", true, Duration::from_secs(15)).await?;
-    // Two calls under way (the internal server takes 3 s over each).
+    // Two calls under way (the internal server takes 10 s over each).
     let slow: Vec<_> = (0..2)
         .map(|i| {
             let caller = api.clone();
-            tokio::spawn(async move { caller.call("a1", "o", &format!("/{i}/slow")).await })
+            tokio::spawn(async move { caller.call("a1", "o", &format!("/{i}/slower")).await })
         })
         .collect();
-    w.internal.has_seen("/0/slow").await?;
-    w.internal.has_seen("/1/slow").await?;
+    w.internal.has_seen("/0/slower").await?;
+    w.internal.has_seen("/1/slower").await?;
 
     limited(1)?;
     let (code, text) = reload(&w.bins, &config)?;

@@ -439,7 +439,17 @@ fn install_sh_restarts_running_units_and_uninstall_says_only_what_it_did() -> Re
         "{said}\n{now}"
     );
 
-    // Man pages and completions are readable whatever root's umask.
+    // Man pages and completions are readable whatever root's umask (made anew: a file
+    // there already would keep its mode through `>`).
+    let pages = [
+        "share/man/man1/postern.1",
+        "share/bash-completion/completions/postern",
+        "share/zsh/site-functions/_postern",
+        "share/fish/vendor_completions.d/postern-relay.fish",
+    ];
+    for page in pages {
+        std::fs::remove_file(sandbox.usr_local(page))?;
+    }
     let strict = sandbox.run(
         "",
         "sh",
@@ -452,12 +462,7 @@ fn install_sh_restarts_running_units_and_uninstall_says_only_what_it_did() -> Re
         ],
     )?;
     assert!(strict.status.success(), "{}", output_text(&strict));
-    for page in [
-        "share/man/man1/postern.1",
-        "share/bash-completion/completions/postern",
-        "share/zsh/site-functions/_postern",
-        "share/fish/vendor_completions.d/postern-relay.fish",
-    ] {
+    for page in pages {
         assert_eq!(mode(&sandbox.usr_local(page))?, 0o644, "{page}");
     }
 

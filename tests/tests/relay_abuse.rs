@@ -612,6 +612,5 @@ async fn a_control_flood_does_not_flood_the_log() -> Result<()> {
         "{about_chatty} log lines for 2,000 rounds of ignored messages:\n{}",
         logs.lines().take(40).collect::<Vec<_>>().join("\n")
     );
-    assert!(logs.contains("unlogged="), "{logs}");
     Ok(())
 }
