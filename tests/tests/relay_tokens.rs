@@ -236,6 +236,27 @@ async fn a_grace_under_a_second_still_keeps_the_session() -> Result<()> {
     Ok(())
 }
 
+/// Agent `warehouse-1` created, logged in with its token (forward asked, control channel
+/// open, no hello yet), then its token rotated without grace: the session, the control
+/// channel and the rotation's answer.
+async fn logged_in_then_rotated(
+    w: &RelayWorld,
+) -> Result<(
+    russh::client::Handle<postern_tests::relay_support::HandDriven>,
+    russh::Channel<russh::client::Msg>,
+    Answer,
+)> {
+    let token = w.create_agent("warehouse-1").await?;
+    let (ssh, accepted) = ssh_login(w.relay.ssh, &token).await?;
+    anyhow::ensure!(accepted, "the token was refused");
+    ssh.tcpip_forward(postern_protocol::version::FORWARD_ADDRESS, 0)
+        .await?;
+    let control = ssh.channel_open_session().await?;
+    let rotated = rotate(&w.admin, None).await?;
+    anyhow::ensure!(rotated.status == 200, "rotation: {}", rotated.json);
+    Ok((ssh, control, rotated))
+}
+
 /// A rotation (or revoke) that lands after an agent logged in but before its hello finds
 /// no session to drop; the relay reads the agent's record again at the hello and refuses
 /// it, so a leaked token cannot keep a session up past a rotation.
@@ -244,15 +265,7 @@ async fn a_rotation_between_login_and_hello_refuses_the_hello() -> Result<()> {
     use postern_protocol::control::RelayMessage;
 
     let w = RelayWorld::start(bins()).await?;
-    let token = w.create_agent("warehouse-1").await?;
-    let (ssh, accepted) = ssh_login(w.relay.ssh, &token).await?;
-    assert!(accepted, "the token was accepted");
-    ssh.tcpip_forward(postern_protocol::version::FORWARD_ADDRESS, 0)
-        .await?;
-    let control = ssh.channel_open_session().await?;
-
-    let rotated = rotate(&w.admin, None).await?;
-    assert_eq!(rotated.status, 200, "{}", rotated.json);
+    let (_ssh, control, _rotated) = logged_in_then_rotated(&w).await?;
 
     let (answer, _control) = say_hello(control, &["orders"]).await?;
     match answer {
@@ -272,15 +285,7 @@ async fn a_rotated_away_hello_does_not_replace_the_real_session() -> Result<()> 
     use postern_protocol::control::RelayMessage;
 
     let w = RelayWorld::start(bins()).await?;
-    let leaked = w.create_agent("warehouse-1").await?;
-    let (ssh, accepted) = ssh_login(w.relay.ssh, &leaked).await?;
-    assert!(accepted, "the token was accepted");
-    ssh.tcpip_forward(postern_protocol::version::FORWARD_ADDRESS, 0)
-        .await?;
-    let control = ssh.channel_open_session().await?;
-
-    let rotated = rotate(&w.admin, None).await?;
-    assert_eq!(rotated.status, 200, "{}", rotated.json);
+    let (_ssh, control, rotated) = logged_in_then_rotated(&w).await?;
     let fresh = rotated.json["token"]
         .as_str()
         .unwrap_or_default()
