@@ -17,6 +17,13 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
 use super::ChannelMsg;
 
+/// postern patch: notices (any message but data, whose bytes the window bounds, and
+/// window adjusts, one unread at most) a reader may leave unread; more are dropped. A
+/// peer that repeats one (a channel confirmation, an EOF) on a channel nobody reads just
+/// then, an idle pooled one say, grew its queue without end. No channel of a peer that
+/// keeps to the protocol has this many: an open, a few replies, an EOF, an exit status.
+pub(crate) const MAX_UNREAD_NOTICES: u32 = 64;
+
 pub(crate) fn queue() -> (QueueSender, QueueReceiver) {
     let (tx, rx) = unbounded_channel();
     let read = Arc::new(ReadCredit::default());
@@ -41,6 +48,16 @@ struct ReadCredit {
     threshold: AtomicU32,
     /// A `WindowAdjusted` is queued and not taken yet: the next one is not queued.
     adjusted_unread: AtomicBool,
+    /// Notices queued and not taken yet ([`MAX_UNREAD_NOTICES`]).
+    notices_unread: AtomicU32,
+}
+
+/// Whether `msg` is a notice: neither data nor a window adjust.
+fn is_notice(msg: &ChannelMsg) -> bool {
+    !matches!(
+        msg,
+        ChannelMsg::Data { .. } | ChannelMsg::ExtendedData { .. } | ChannelMsg::WindowAdjusted { .. }
+    )
 }
 
 impl ReadCredit {
@@ -66,10 +83,18 @@ pub struct QueueSender {
 impl QueueSender {
     /// Never waits; `async` so that call sites written for a bounded queue stay as they are.
     pub async fn send(&self, msg: ChannelMsg) -> Result<(), SendError<ChannelMsg>> {
-        self.tx.send(msg)
+        self.try_send(msg)
     }
 
+    /// Queues `msg`; a notice past [`MAX_UNREAD_NOTICES`] unread is dropped.
     pub fn try_send(&self, msg: ChannelMsg) -> Result<(), SendError<ChannelMsg>> {
+        if is_notice(&msg) {
+            let unread = self.read.notices_unread.fetch_add(1, Ordering::AcqRel);
+            if unread >= MAX_UNREAD_NOTICES {
+                self.read.notices_unread.fetch_sub(1, Ordering::AcqRel);
+                return Ok(());
+            }
+        }
         self.tx.send(msg)
     }
 
@@ -129,7 +154,9 @@ impl QueueReceiver {
             ChannelMsg::WindowAdjusted { .. } => {
                 self.read.adjusted_unread.store(false, Ordering::Release)
             }
-            _ => {}
+            _ => {
+                self.read.notices_unread.fetch_sub(1, Ordering::AcqRel);
+            }
         }
     }
 
@@ -164,6 +191,30 @@ impl QueueReceiver {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A peer that repeats a notice (here an EOF) on a channel nobody reads leaves at
+    /// most `MAX_UNREAD_NOTICES` of them queued; once the reader takes them, notices
+    /// are queued again.
+    #[test]
+    fn repeated_notices_wait_unread_up_to_a_cap() {
+        let (tx, mut rx) = queue();
+        for _ in 0..10_000 {
+            let _ = tx.try_send(ChannelMsg::Eof);
+        }
+        let mut unread = 0;
+        while let Some(msg) = rx.try_recv() {
+            assert!(matches!(msg, ChannelMsg::Eof));
+            unread += 1;
+        }
+        assert_eq!(unread, MAX_UNREAD_NOTICES);
+        let _ = tx.try_send(ChannelMsg::Close);
+        assert!(matches!(rx.try_recv(), Some(ChannelMsg::Close)));
+        // Data is not a notice: its bytes are the window's to bound.
+        let wake = Arc::new(Notify::new());
+        for _ in 0..100 {
+            assert!(tx.deliver(ChannelMsg::Data { data: vec![1].into() }, &wake, 1));
+        }
+    }
 
     /// A peer's window adjusts without end leave at most one message for a reader that
     /// does not read; once it takes that one, the next adjust is news again.
