@@ -65,3 +65,30 @@ impl<R: AsyncRead + Unpin> AsyncRead for ReadBuffer<R> {
         Poll::Ready(Ok(()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncReadExt;
+
+    use super::{CAPACITY, ReadBuffer};
+
+    /// Reads of every size, small ones served from what a read fetched ahead and large
+    /// ones straight from the stream, give back the stream's bytes in order, and nothing
+    /// stays held once they are read.
+    #[tokio::test]
+    async fn reads_of_any_size_give_the_bytes_in_order_and_hold_nothing_after() {
+        let stream: Vec<u8> = (0..5 * CAPACITY + 123).map(|i| (i % 251) as u8).collect();
+        let mut reader = ReadBuffer::new(&stream[..]);
+        let mut got = Vec::new();
+        for size in [4, 1000, 7, CAPACITY, 1, CAPACITY * 2, 13, 4096, 5].iter().cycle() {
+            let mut buf = vec![0u8; *size];
+            let n = reader.read(&mut buf).await.expect("read");
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(got, stream);
+        assert!(reader.buffer.is_empty() && reader.buffer.capacity() == 0);
+    }
+}
