@@ -67,6 +67,10 @@ pub(crate) struct Encrypted {
     /// postern patch: false only while no channel has data queued for want of window
     /// (set whenever data is queued, cleared by a scan that found none).
     pub maybe_pending: AtomicBool,
+    /// postern patch: channels the peer closed whose reader may still hold what the peer
+    /// sent, with their window then: their growth counts against the budget until the
+    /// reader is gone (`linger`; POSTERN-PATCH.md, item 8).
+    pub(crate) lingering: Vec<(crate::channels::ReaderAlive, u32)>,
 }
 
 pub(crate) struct CommonSession<Config> {
@@ -252,6 +256,7 @@ impl<C> CommonSession<C> {
             received_extensions: Vec::new(),
             extension_info_awaiters: HashMap::new(),
             maybe_pending: AtomicBool::new(true),
+            lingering: Vec::new(),
         });
         self.remote_to_local = newkeys.cipher.remote_to_local;
         self.packet_writer
@@ -357,6 +362,20 @@ impl Encrypted {
         Ok(())
     }
 
+    /// postern patch: `channel`, which the peer is closing, keeps its window's growth
+    /// counted against the budget while `reader` may still hold data the peer sent on it
+    /// (up to that window): counted only while the channel was open, a caller that stops
+    /// reading as the agent closes left the budget free for the next channel to grow, and
+    /// 256 such calls could pin 256 grown windows.
+    pub(crate) fn linger(&mut self, channel: ChannelId, reader: crate::channels::ReaderAlive) {
+        let Some(params) = self.channels.get(&channel) else {
+            return;
+        };
+        let window = params.receive_window;
+        self.lingering.retain(|(reader, _)| reader.alive());
+        self.lingering.push((reader, window));
+    }
+
     pub fn sender_window_size(&self, channel: ChannelId) -> usize {
         if let Some(channel) = self.channels.get(&channel) {
             channel.sender_window_size as usize
@@ -441,10 +460,14 @@ impl Encrypted {
                 continue;
             }
             if let (Some(budget), None) = (budget, grown) {
+                self.lingering.retain(|(reader, _)| reader.alive());
+                let closed = self.lingering.iter().map(|(_, window)| *window);
                 grown = Some(
                     self.channels
                         .values()
-                        .map(|c| budget.growth(c.receive_window))
+                        .map(|c| c.receive_window)
+                        .chain(closed)
+                        .map(|window| budget.growth(window))
                         .sum::<u64>(),
                 );
             }
@@ -1072,6 +1095,7 @@ mod tests {
             received_extensions: Vec::new(),
             extension_info_awaiters: HashMap::new(),
             maybe_pending: AtomicBool::new(true),
+            lingering: Vec::new(),
         }
     }
 
@@ -1825,5 +1849,54 @@ mod tests {
         assert_eq!(arrive_and_read(&mut encrypted, 4096, ms(30_500)), (8192, 8192));
         // Fast again, but the budget's 4096 of growth is spent: it stays.
         assert_eq!(arrive_and_read(&mut encrypted, 8192, ms(30_600)), (8192, 8192));
+    }
+
+    /// postern patch (POSTERN-PATCH.md, item 8): a grown channel the peer closed keeps its
+    /// growth counted while its reader may still hold what it sent; once the reader is
+    /// gone, another channel may grow into that room.
+    #[test]
+    fn a_closed_channels_growth_counts_until_its_reader_is_gone() {
+        use crate::channels::{ChannelMsg, ChannelRef, WindowBudget, queue};
+        let start = russh_util::time::Instant::now();
+        let (grown_id, next_id) = (ChannelId(8), ChannelId(9));
+        let mut encrypted = test_encrypted();
+        for id in [grown_id, next_id] {
+            let mut params = test_ready_channel(id, 80);
+            params.sender_window_size = 4096;
+            params.receive_window = 4096;
+            params.measured_since = start;
+            encrypted.channels.insert(id, params);
+        }
+        // The first channel grew by the whole budget before the peer closed it.
+        encrypted.channels.get_mut(&grown_id).unwrap().receive_window = 8192;
+        let (grown_sender, grown_reader) = queue();
+        encrypted.linger(grown_id, grown_sender.reader_alive());
+        encrypted.channels.remove(&grown_id);
+        drop(grown_sender);
+
+        let (sender, mut reader) = queue();
+        let channels = HashMap::from([(next_id, ChannelRef::new(sender))]);
+        let budget = WindowBudget {
+            initial: 4096,
+            session: 4096,
+        };
+        let wake = std::sync::Arc::new(tokio::sync::Notify::new());
+        let mut read_whole_window = |encrypted: &mut Encrypted, ms: u64| {
+            let len = encrypted.channels[&next_id].sender_window_size as usize;
+            encrypted.consume_window(next_id, len).unwrap();
+            let data = Bytes::from(vec![0; len]);
+            assert!(channels[&next_id].deliver(ChannelMsg::Data { data }, &wake, 2048));
+            assert!(reader.try_recv().is_some());
+            let at = start + std::time::Duration::from_millis(ms);
+            encrypted
+                .grant_read_window(&channels, 65536, Some(&budget), at)
+                .unwrap();
+            encrypted.channels[&next_id].receive_window
+        };
+        // Read fast, but the closed channel's reader still holds its growth: no room.
+        assert_eq!(read_whole_window(&mut encrypted, 100), 4096);
+        drop(grown_reader);
+        assert_eq!(read_whole_window(&mut encrypted, 200), 8192);
+        assert!(encrypted.lingering.is_empty());
     }
 }

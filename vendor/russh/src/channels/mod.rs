@@ -17,7 +17,7 @@ pub use channel_stream::ChannelStream;
 
 // postern patch: unbounded queues, window granted on read (see queue.rs).
 mod queue;
-pub(crate) use queue::queue;
+pub(crate) use queue::{ReaderAlive, queue};
 pub use queue::QueueReceiver;
 
 // postern patch: windows within a session-wide total (see window_budget.rs).

@@ -73,6 +73,17 @@ impl ReadCredit {
     }
 }
 
+/// postern patch: whether a channel's reader is still there, once its sender went with
+/// the channel's close (`Encrypted::linger`).
+#[derive(Debug, Clone)]
+pub(crate) struct ReaderAlive(std::sync::Weak<ReadCredit>);
+
+impl ReaderAlive {
+    pub(crate) fn alive(&self) -> bool {
+        self.0.strong_count() > 0
+    }
+}
+
 /// The session's end of a channel's queue.
 #[derive(Debug)]
 pub struct QueueSender {
@@ -130,6 +141,11 @@ impl QueueSender {
                 wake.notify_one();
             }
         }
+    }
+
+    /// A watch on the reader, for after this sender is gone.
+    pub(crate) fn reader_alive(&self) -> ReaderAlive {
+        ReaderAlive(Arc::downgrade(&self.read))
     }
 
     /// What the reader has taken since the last call.

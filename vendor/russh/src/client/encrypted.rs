@@ -534,6 +534,10 @@ impl Session {
                     return Ok(());
                 }
                 if let Some(ref mut enc) = self.common.encrypted {
+                    // postern patch: what the peer sent stays counted while it may be unread.
+                    if let Some(chan) = self.channels.get(&channel_num) {
+                        enc.linger(channel_num, chan.reader_alive());
+                    }
                     // The CHANNEL_CLOSE message must be sent to the server at this point or the session
                     // will not be released.
                     enc.close(channel_num)?;
@@ -1178,6 +1182,7 @@ mod tests {
             received_extensions: Vec::new(),
             extension_info_awaiters: HashMap::new(),
             maybe_pending: std::sync::atomic::AtomicBool::new(true),
+            lingering: Vec::new(),
         }
     }
 

@@ -888,6 +888,7 @@ mod tests {
             received_extensions: Vec::new(),
             extension_info_awaiters: std::collections::HashMap::new(),
             maybe_pending: std::sync::atomic::AtomicBool::new(true),
+            lingering: Vec::new(),
         }
     }
 }
@@ -1454,6 +1455,10 @@ impl Session {
                     return Ok(());
                 }
                 if let Some(ref mut enc) = self.common.encrypted {
+                    // postern patch: what the peer sent stays counted while it may be unread.
+                    if let Some(chan) = self.channels.get(&channel_num) {
+                        enc.linger(channel_num, chan.reader_alive());
+                    }
                     // Reply with CHANNEL_CLOSE per RFC 4254 Section 5.3.
                     enc.close(channel_num)?;
                 }

@@ -1669,6 +1669,7 @@ mod tests {
                     received_extensions: Vec::new(),
                     extension_info_awaiters: HashMap::new(),
                     maybe_pending: std::sync::atomic::AtomicBool::new(true),
+                    lingering: Vec::new(),
                 }),
                 auth_method: None,
                 auth_attempts: 0,
