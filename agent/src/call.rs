@@ -269,7 +269,7 @@ async fn run(
         RequestBody::stream(body)
     };
     let replay = body.replayable();
-    let sent_at = std::time::Instant::now();
+    let sent_at = Instant::now();
     let mut upstream = match send(ctx, &parts.method, &url, &headers, bearer.as_ref(), body).await {
         // The server let an idle connection go just as the call went out on it (one that
         // closes them sooner than the agent's 4 s): a safe method goes once more, on
@@ -485,7 +485,7 @@ pub(crate) async fn send(
 
 /// How soon after the send a close without an answer is taken as the server letting an
 /// idle connection go (it comes within a round trip).
-const QUICK_CLOSE: std::time::Duration = std::time::Duration::from_secs(1);
+const QUICK_CLOSE: Duration = Duration::from_secs(1);
 
 /// A send that failed: what the caller is told, and whether the server closed the
 /// connection before a whole answer head came.
@@ -511,10 +511,9 @@ impl From<SendFailed> for (ErrorCode, String) {
 
 /// hyper's "connection closed before message completed", or a reset, before any answer.
 fn closed_unanswered(e: &reqwest::Error) -> bool {
-    let causes = std::iter::successors(Some(e as &dyn std::error::Error), |e| e.source());
     !e.is_connect()
         && !e.is_body()
-        && causes.into_iter().any(|c| {
+        && causes(e).any(|c| {
             c.downcast_ref::<hyper::Error>()
                 .is_some_and(hyper::Error::is_incomplete_message)
                 || c.downcast_ref::<std::io::Error>()
@@ -545,8 +544,7 @@ const SENT: &str = "the request was sent and may have been acted on";
 /// `upstream_unreachable`: a caller may send that one again without running it twice.
 fn send_error(conn: &Connection, e: &reqwest::Error) -> (ErrorCode, String) {
     let chain = error_chain(e);
-    let causes = || std::iter::successors(Some(e as &dyn std::error::Error), |e| e.source());
-    let hyper = || causes().filter_map(|c| c.downcast_ref::<hyper::Error>());
+    let hyper = || causes(e).filter_map(|c| c.downcast_ref::<hyper::Error>());
     if e.is_connect() {
         return (
             ErrorCode::UpstreamUnreachable,
@@ -560,14 +558,14 @@ fn send_error(conn: &Connection, e: &reqwest::Error) -> (ErrorCode, String) {
             format!("the request was not sent to {}: {chain}", conn.base_uri),
         );
     }
-    if causes().any(|c| c.is::<http_body_util::LengthLimitError>()) {
+    if causes(e).any(|c| c.is::<http_body_util::LengthLimitError>()) {
         return body_too_large(
             conn,
             "; the internal server got the part before, cut off without its end",
         );
     }
     // The body reqwest read from failed: the caller's upload, through the tunnel.
-    let upload_broke = causes()
+    let upload_broke = causes(e)
         .skip(1)
         .filter_map(|c| c.downcast_ref::<reqwest::Error>())
         .any(|r| r.is_body());
@@ -670,6 +668,13 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
         next = e.source();
     }
     parts.join(": ")
+}
+
+/// An error, then each of its sources in turn.
+fn causes<'a>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(e), |e| e.source())
 }
 
 pub fn error_response(code: ErrorCode, message: &str) -> Response<CallBody> {
