@@ -3,7 +3,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
 
 use postern_protocol::control::{
     AgentMessage, EndReason, MAX_CONTROL_LINE, RelayMessage, decode_line, encode_line,
@@ -130,22 +129,24 @@ impl ControlChannel {
     fn on_message(&self, line: &[u8], budget: &mut LogBudget) {
         let name = &self.agent.name;
         match decode_line::<AgentMessage>(line) {
-            Ok(AgentMessage::Inventory { connections }) => {
-                let announced = connections.join(", ");
-                let connections = match self.check(PROTOCOL_VERSION, &connections) {
+            Ok(AgentMessage::Inventory {
+                connections: announced,
+            }) => {
+                let connections = match self.check(PROTOCOL_VERSION, &announced) {
                     Ok(connections) => connections,
                     Err(message) => {
-                        if let Some(unlogged) = budget.take(Instant::now()) {
-                            warn!(agent = %name, detail = %message, "inventory refused{}", left_out(unlogged));
+                        if let Some(left_out) = budget.take() {
+                            warn!(agent = %name, detail = %message, "inventory refused{left_out}");
                         }
                         return;
                     }
                 };
                 if let Some(live) = self.own_session()
                     && live.set_connections(connections)
-                    && let Some(unlogged) = budget.take(Instant::now())
+                    && let Some(left_out) = budget.take()
                 {
-                    info!(agent = %name, connections = %announced, "agent reloaded its connections{}", left_out(unlogged));
+                    let announced = announced.join(", ");
+                    info!(agent = %name, connections = %announced, "agent reloaded its connections{left_out}");
                 }
             }
             Ok(AgentMessage::Draining) => {
@@ -157,14 +158,14 @@ impl ControlChannel {
                 }
             }
             Ok(AgentMessage::Hello { .. }) => {
-                if let Some(unlogged) = budget.take(Instant::now()) {
-                    warn!(agent = %name, "second hello ignored{}", left_out(unlogged));
+                if let Some(left_out) = budget.take() {
+                    warn!(agent = %name, "second hello ignored{left_out}");
                 }
             }
             // A newer agent may send what this relay does not know yet.
             Err(e) => {
-                if let Some(unlogged) = budget.take(Instant::now()) {
-                    warn!(agent = %name, error = %e, "control message ignored{}", left_out(unlogged));
+                if let Some(left_out) = budget.take() {
+                    warn!(agent = %name, error = %e, "control message ignored{left_out}");
                 }
             }
         }
@@ -280,14 +281,6 @@ impl ControlChannel {
                 None
             }
         }
-    }
-}
-
-/// What a line logged through the budget says of the lines left out before it.
-fn left_out(unlogged: u64) -> String {
-    match unlogged {
-        0 => String::new(),
-        n => format!(" ({n} lines about this session's messages were left out before this one)"),
     }
 }
 

@@ -22,9 +22,13 @@ impl LogBudget {
         }
     }
 
-    /// Whether a line may be logged at `now`, and then how many were left unlogged
-    /// since the last one logged (for that line to say).
-    pub fn take(&mut self, now: Instant) -> Option<u64> {
+    /// Whether a line may be logged now; if so, what it adds about the lines left out
+    /// since the last one logged.
+    pub fn take(&mut self) -> Option<LeftOut> {
+        self.take_at(Instant::now()).map(LeftOut)
+    }
+
+    fn take_at(&mut self, now: Instant) -> Option<u64> {
         if self
             .window_start
             .is_none_or(|start| now.saturating_duration_since(start) >= WINDOW)
@@ -42,6 +46,22 @@ impl LogBudget {
     }
 }
 
+/// The end of a line logged through a [`LogBudget`]: how many were left out before it,
+/// if any were.
+pub struct LeftOut(u64);
+
+impl std::fmt::Display for LeftOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            0 => Ok(()),
+            n => write!(
+                f,
+                " ({n} lines about this session's messages were left out before this one)"
+            ),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -51,12 +71,14 @@ mod tests {
         let mut budget = LogBudget::per_minute(3);
         let start = Instant::now();
         for _ in 0..3 {
-            assert_eq!(budget.take(start), Some(0));
+            assert_eq!(budget.take_at(start), Some(0));
         }
         for _ in 0..1000 {
-            assert_eq!(budget.take(start + Duration::from_secs(59)), None);
+            assert_eq!(budget.take_at(start + Duration::from_secs(59)), None);
         }
-        assert_eq!(budget.take(start + WINDOW), Some(1000));
-        assert_eq!(budget.take(start + WINDOW), Some(0));
+        assert_eq!(budget.take_at(start + WINDOW), Some(1000));
+        assert_eq!(budget.take_at(start + WINDOW), Some(0));
+        assert_eq!(LeftOut(0).to_string(), "");
+        assert!(LeftOut(1000).to_string().contains("1000 lines"));
     }
 }
