@@ -404,13 +404,18 @@ fn install_sh_restarts_running_units_and_uninstall_says_only_what_it_did() -> Re
     // A unit that runs another config (`postern service install --config …`) is the
     // admin's: an upgrade keeps it rather than start a config that is not there.
     let unit = sandbox.etc("systemd/system/postern-agent.service");
+    // Writes `text` as the unit, upgrades, and checks the unit is kept; returns what was said.
+    let kept_through_an_upgrade = |text: &str| -> Result<String> {
+        std::fs::write(&unit, text)?;
+        let said = install("postern-agent.service", &[])?;
+        assert_eq!(std::fs::read_to_string(&unit)?, text, "{said}");
+        Ok(said)
+    };
     let custom = std::fs::read_to_string(&unit)?.replace(
         "--config /etc/postern/agent.toml",
         "--config /opt/site/agent.toml",
     );
-    std::fs::write(&unit, &custom)?;
-    let said = install("postern-agent.service", &[])?;
-    assert_eq!(std::fs::read_to_string(&unit)?, custom, "{said}");
+    let said = kept_through_an_upgrade(&custom)?;
     assert!(
         said.contains("run --config /opt/site/agent.toml"),
         "says which unit it kept: {said}"
@@ -423,9 +428,7 @@ fn install_sh_restarts_running_units_and_uninstall_says_only_what_it_did() -> Re
         "[Service]\n",
         "[Service]\nEnvironment=HTTPS_PROXY=http://proxy.example:3128\n",
     );
-    std::fs::write(&unit, &edited)?;
-    let said = install("postern-agent.service", &[])?;
-    assert_eq!(std::fs::read_to_string(&unit)?, edited, "{said}");
+    let said = kept_through_an_upgrade(&edited)?;
     assert!(said.contains("changed after it was installed"), "{said}");
 
     // A unit nobody touched since an older version installed it gets this version's.
