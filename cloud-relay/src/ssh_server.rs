@@ -284,11 +284,24 @@ async fn run_connection(
             }
             _ = sleep_until_some(hello_deadline), if !hello_answered.is_cancelled() => {
                 if !hello_answered.is_cancelled() {
-                    info!(peer = %peer, "authenticated but no hello within 10 s; closed");
-                    closing_reason.set(NO_HELLO);
-                    disconnect(NO_HELLO).await;
+                    // A registered session said hello: what it did not do is take the
+                    // welcome (its control channel's window stayed shut).
+                    let listed = state
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .as_ref()
+                        .is_some_and(|r| {
+                            ctx.registry
+                                .sessions_of(&r.agent_id)
+                                .iter()
+                                .any(|s| s.session_id == r.session_id)
+                        });
+                    let why = if listed { WELCOME_UNREAD } else { NO_HELLO };
+                    info!(peer = %peer, "{why}; closed");
+                    closing_reason.set(why);
+                    disconnect(why).await;
                     let _ = tokio::time::timeout(DISCONNECT_WRITE_LIMIT, &mut running).await;
-                    break NO_HELLO.to_owned();
+                    break why.to_owned();
                 }
             }
             _ = tokio::time::sleep_until(auth_deadline), if auth_pending => {
@@ -336,6 +349,10 @@ pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why a session that logged in but never said hello was closed (counted as `hello_refused`).
 const NO_HELLO: &str = "no hello within 10 s of authenticating";
+
+/// Why a session whose hello was taken but whose control channel would not take the
+/// answer was closed (counted as `hello_refused` too).
+const WELCOME_UNREAD: &str = "hello taken but the welcome not read within 10 s of authenticating";
 
 /// Sleeps until `deadline`, or forever without one.
 async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {

@@ -1,7 +1,7 @@
 //! How the relay stops and what a connection costs it, against the real binary: SIGTERM
 //! lets calls under way finish before agents are told and disconnected, a second signal
 //! ends the drain at once, a SIGHUP during the start does not kill it, a session that
-//! logs in but never says hello is closed, each agent holds one file descriptor, and a
+//! logs in but never says hello (or never takes the welcome) is closed, each agent holds one file descriptor, and a
 //! flood of silent connections is capped.
 
 use std::process::Command;
@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use postern_tests::harness::{AgentProcess, Bins, RelayProcess, open_fds, signal};
 use postern_tests::relay_support::{
-    ONLINE_WITHIN, RelayWorld, SqliteLock, eventually, hold_sqlite_lock, sample, scrape, ssh_login,
-    wait_calls_in_flight,
+    HandDriven, ONLINE_WITHIN, RelayWorld, SqliteLock, eventually, hold_sqlite_lock, sample,
+    scrape, ssh_login, wait_calls_in_flight,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -258,6 +258,71 @@ async fn a_session_that_logs_in_but_never_says_hello_is_closed() -> Result<()> {
     w.relay
         .logs
         .wait_for("no hello within 10 s", Duration::from_secs(5))?;
+    Ok(())
+}
+
+/// An agent whose control channel never opens its window says hello but cannot take the
+/// welcome: the same clock closes it, and the reason says what it did not do.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_that_never_takes_its_welcome_is_closed_for_that() -> Result<()> {
+    use postern_protocol::control::{AgentMessage, encode_line};
+
+    let w = RelayWorld::start(bins()).await?;
+    let token = w.create_agent("shut-window").await?;
+    // No window on the channels this client opens: the relay can send nothing on them.
+    let config = std::sync::Arc::new(russh::client::Config {
+        window_size: 0,
+        ..Default::default()
+    });
+    let mut ssh = russh::client::connect(config, w.relay.ssh, HandDriven::default()).await?;
+    let auth = ssh
+        .authenticate_password(postern_protocol::version::SSH_USER, &token)
+        .await?;
+    ensure!(auth.success(), "the token was refused");
+    let logged_in = Instant::now();
+    ssh.tcpip_forward(postern_protocol::version::FORWARD_ADDRESS, 0)
+        .await?;
+    let mut control = ssh.channel_open_session().await?.into_stream();
+    let hello = AgentMessage::Hello {
+        protocol_version: postern_protocol::PROTOCOL_VERSION,
+        agent_version: "test".into(),
+        connections: vec!["crm".into()],
+    };
+    control.write_all(&encode_line(&hello)).await?;
+    control.flush().await?;
+    w.admin
+        .wait_online("shut-window", true, ONLINE_WITHIN)
+        .await?;
+
+    let hello_timeout = postern_relay::ssh_server::HELLO_TIMEOUT;
+    tokio::time::timeout(hello_timeout + Duration::from_secs(5), &mut ssh)
+        .await
+        .context("the relay kept a session that never took its welcome")?
+        .ok();
+    ensure!(
+        logged_in.elapsed() >= hello_timeout - Duration::from_millis(500),
+        "closed after {:?}, before the hello timeout",
+        logged_in.elapsed()
+    );
+    w.relay.logs.wait_for(
+        "hello taken but the welcome not read within 10 s",
+        Duration::from_secs(5),
+    )?;
+    ensure!(
+        !w.relay.logs.contains("no hello within 10 s"),
+        "the relay said no hello came"
+    );
+    let samples = scrape(&w.admin).await?;
+    assert_eq!(
+        sample(
+            &samples,
+            "postern_sessions_closed_total{reason=\"hello_refused\"}"
+        ),
+        1.0
+    );
+    w.admin
+        .wait_online("shut-window", false, ONLINE_WITHIN)
+        .await?;
     Ok(())
 }
 
