@@ -97,6 +97,13 @@ enum Command {
         #[arg(long)]
         api_listen: Option<std::net::SocketAddr>,
     },
+    /// Check relay.toml as `serve` would, TLS files included, without starting; exit 1
+    /// with the reason when `serve` would refuse it or a SIGHUP would not load the TLS files.
+    Check {
+        /// The relay config file.
+        #[arg(long, env = "POSTERN_RELAY_CONFIG")]
+        config: PathBuf,
+    },
     /// Print the host key fingerprint (SHA256:…) for agents to pin (`serve` makes the key).
     Fingerprint {
         #[command(flatten)]
@@ -226,6 +233,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             serve(config)
         }
+        Command::Check { config } => check(&config),
         Command::Fingerprint { state } => {
             // Only `serve` creates the identity: a mistyped folder must not print a new one.
             let key = host_key::load(&state.config()?.state_dir)?;
@@ -536,6 +544,26 @@ fn table<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> String {
 fn print_table<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> Result<()> {
     let text = table(header, rows);
     to_stdout(|out| out.write_all(text.as_bytes()))
+}
+
+/// What `serve` checks before it binds, and the TLS files as a SIGHUP reads them. The
+/// relay unit's `ExecReload` runs it after the SIGHUP, so `systemctl reload` fails when
+/// the files are broken (the relay keeps its certificate then).
+fn check(path: &std::path::Path) -> Result<()> {
+    let config = RelayConfig::load(path)?;
+    config.validate()?;
+    let what = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => {
+            crate::tls::TlsReloader::load(cert, key)?;
+            format!(
+                "the TLS certificate {} and key {} load and go together",
+                cert.display(),
+                key.display()
+            )
+        }
+        _ => format!("no TLS files; plain HTTP on {}", config.api_listen),
+    };
+    to_stdout(|out| writeln!(out, "{}: fine; {what}", path.display()))
 }
 
 fn serve(config: RelayConfig) -> Result<()> {

@@ -290,6 +290,25 @@ async fn debs_install_run_as_their_units_and_purge_cleanly() -> Result<()> {
         as_the_unit_runs("/lib/systemd/system/postern-relay.service")?,
         Path::new("/var/lib/postern-relay"),
     )?;
+    // `systemctl reload postern-relay` runs both ExecReload lines in order: the SIGHUP
+    // (never held back), then `check` as the service user, which must read relay.toml.
+    let unit = std::fs::read_to_string("/lib/systemd/system/postern-relay.service")?;
+    let reloads: Vec<&str> = unit
+        .lines()
+        .filter_map(|l| l.strip_prefix("ExecReload="))
+        .collect();
+    assert_eq!(reloads.first(), Some(&"/bin/kill -HUP $MAINPID"), "{unit}");
+    let check: Vec<&str> = reloads
+        .get(1)
+        .context("one ExecReload")?
+        .split_whitespace()
+        .collect();
+    let checked = as_user("postern-relay", check[0], &check[1..])?;
+    assert!(
+        String::from_utf8_lossy(&checked.stdout).contains("/etc/postern-relay/relay.toml: fine"),
+        "{}",
+        String::from_utf8_lossy(&checked.stdout)
+    );
     let host_key = owner_mode("/var/lib/postern-relay/ssh_host_ed25519_key")?;
     assert_eq!(
         host_key,
@@ -541,6 +560,13 @@ fn install_script_stages_everything_and_uninstalls() -> Result<()> {
     assert!(
         unit.contains(
             "\nExecReload=/usr/local/bin/postern reload --config /etc/postern/agent.toml\n"
+        ),
+        "{unit}"
+    );
+    let unit = std::fs::read_to_string(at("/etc/systemd/system/postern-relay.service"))?;
+    assert!(
+        unit.contains(
+            "\nExecReload=/usr/local/bin/postern-relay check --config /etc/postern-relay/relay.toml\n"
         ),
         "{unit}"
     );

@@ -1,5 +1,6 @@
 //! The relay's SIGHUP (`systemctl reload postern-relay`) rereads only the TLS files, and
-//! every line it logs says so: edits to relay.toml take a restart.
+//! every line it logs says so: edits to relay.toml take a restart. `postern-relay check`,
+//! which the unit runs after the SIGHUP, fails on what SIGHUP or `serve` would refuse.
 
 use std::time::Duration;
 
@@ -74,5 +75,72 @@ async fn with_tls_each_sighup_outcome_says_settings_take_a_restart() -> Result<(
     std::fs::write(&key, "not a key")?;
     let line = hangup(&relay, "tls reload failed")?;
     says_what_a_reload_leaves(&line);
+    Ok(())
+}
+
+/// `postern-relay check --config`: its exit status and the line that says why.
+fn check(config: &std::path::Path) -> Result<(i32, String)> {
+    let out = std::process::Command::new(&bins().relay)
+        .args(["check", "--config"])
+        .arg(config)
+        .output()?;
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok((out.status.code().context("killed by a signal")?, said))
+}
+
+#[test]
+fn check_fails_on_the_tls_files_a_sighup_would_not_load() -> Result<()> {
+    let dir = TempDir::new("relay-check")?;
+    postern_tests::pki::make_pki(dir.path())?;
+    let config = dir.path().join("relay.toml");
+    let with_tls = |cert: &str, key: &str| -> Result<()> {
+        let (cert, key) = (dir.path().join(cert), dir.path().join(key));
+        std::fs::write(
+            &config,
+            format!(
+                "api_listen = \"0.0.0.0:8443\"\ntls_cert = {:?}\ntls_key = {:?}\n",
+                cert.to_string_lossy(),
+                key.to_string_lossy()
+            ),
+        )?;
+        Ok(())
+    };
+
+    with_tls("server.pem", "server.key")?;
+    let (code, said) = check(&config)?;
+    assert_eq!(code, 0, "{said}");
+    assert!(said.contains("fine; the TLS certificate"), "{said}");
+
+    // Another certificate's key: rustls would not serve with it.
+    with_tls("server.pem", "client.key")?;
+    let (code, said) = check(&config)?;
+    assert_eq!(code, 1, "{said}");
+    assert!(said.contains("do not go together"), "{said}");
+
+    with_tls("server.pem", "server.key")?;
+    std::fs::write(dir.path().join("server.key"), "not a key")?;
+    let (code, said) = check(&config)?;
+    assert_eq!(code, 1, "{said}");
+    assert!(said.contains("cannot read the TLS key"), "{said}");
+
+    with_tls("missing.pem", "client.key")?;
+    let (code, said) = check(&config)?;
+    assert_eq!(code, 1, "{said}");
+    assert!(said.contains("cannot read the TLS certificate"), "{said}");
+
+    // What `serve` refuses before it binds: plain HTTP on a public address.
+    std::fs::write(&config, "api_listen = \"0.0.0.0:8080\"\n")?;
+    let (code, said) = check(&config)?;
+    assert_eq!(code, 1, "{said}");
+    assert!(said.contains("0.0.0.0:8080"), "{said}");
+
+    std::fs::write(&config, "api_listen = \"127.0.0.1:8080\"\n")?;
+    let (code, said) = check(&config)?;
+    assert_eq!(code, 0, "{said}");
+    assert!(said.contains("fine; no TLS files"), "{said}");
     Ok(())
 }
