@@ -289,18 +289,31 @@ async fn run(
         sent => sent?,
     };
     if upstream.status() == StatusCode::UNAUTHORIZED
-        && may_retry
         && let (Some(source), Some(used)) = (&ctx.bearer, &bearer)
     {
-        // Drop the refused token even when this call cannot be retried, so the next gets a new one.
-        source.invalidate(&used.header);
-        if let Some(replay) = replay {
+        if !may_retry {
+            // A token made for this very call, refused: the refusal is the request's, and
+            // dropping the token would cost the next call an exchange for nothing (a path
+            // refusing every call, reached between larger uploads that dropped tokens).
+            source.refused_again();
+        } else {
+            // Dropped even when this call cannot be retried, so the next gets a new one.
+            source.invalidate(&used.header);
+        }
+        if may_retry && let Some(replay) = replay {
             let fresh = source
                 .get(&ctx.token_http, conn.timeout)
                 .await
                 .map_err(bearer_error)?;
-            // The same token again (refusals are ignored for now): its answer would be too.
-            if fresh.header != used.header {
+            // The same token again: its answer would be too. Made anew (the token endpoint
+            // gave the refused token back, or a JWT re-signed in the same second) it says
+            // refusing is the request's doing, as a refused retry would; from the cache, the
+            // refusals are being ignored already.
+            if fresh.header == used.header {
+                if !fresh.cached {
+                    source.refused_again();
+                }
+            } else {
                 info!(connection = %conn.name, "upstream refused the cached token; retrying once with a new one");
                 upstream = send(
                     ctx,
@@ -616,9 +629,11 @@ pub(crate) fn refuse_method(method: &Method) -> Result<(), (ErrorCode, String)> 
 }
 
 fn bearer_error(e: BearerError) -> (ErrorCode, String) {
-    let code = match e {
+    let code = match e.cause() {
         BearerError::Exchange(_) => ErrorCode::TokenExchangeFailed,
-        BearerError::Signing(_) | BearerError::BadHeader => ErrorCode::SigningFailed,
+        BearerError::Signing(_) | BearerError::BadHeader | BearerError::Held { .. } => {
+            ErrorCode::SigningFailed
+        }
     };
     (code, e.to_string())
 }

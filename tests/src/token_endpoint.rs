@@ -45,6 +45,9 @@ pub struct EndpointConfig {
     pub expires_in: ExpiresIn,
     /// Each exchange takes this long (to make concurrent callers overlap).
     pub delay: Duration,
+    /// Hands back the newest token issued while it is valid and not revoked, as some
+    /// providers do, instead of a new one each time.
+    pub reissue: bool,
 }
 
 /// One exchange as the endpoint saw it.
@@ -89,6 +92,16 @@ struct Records {
     calls: Vec<ApiCall>,
     issued: HashMap<String, Issued>,
     fault: Option<Fault>,
+}
+
+impl Records {
+    fn newest_valid(&self) -> Option<String> {
+        self.issued
+            .iter()
+            .filter(|(_, i)| !i.revoked && i.at.elapsed() < i.lifetime)
+            .max_by_key(|(_, i)| i.at)
+            .map(|(token, _)| token.clone())
+    }
 }
 
 #[derive(Clone)]
@@ -268,17 +281,19 @@ async fn token(State(state): State<AppState>, request: Request) -> Response {
         Ok(claims) => {
             exchange.claims = claims;
             let seconds = state.config.expires_in.seconds();
-            let access_token = format!("at-{}", uuid_like());
+            let access_token = state
+                .config
+                .reissue
+                .then(|| state.records.lock().ok()?.newest_valid())
+                .flatten()
+                .unwrap_or_else(|| format!("at-{}", uuid_like()));
             exchange.issued = Some(access_token.clone());
             if let Ok(mut r) = state.records.lock() {
-                r.issued.insert(
-                    access_token.clone(),
-                    Issued {
-                        at: Instant::now(),
-                        lifetime: Duration::from_secs(seconds),
-                        revoked: false,
-                    },
-                );
+                r.issued.entry(access_token.clone()).or_insert(Issued {
+                    at: Instant::now(),
+                    lifetime: Duration::from_secs(seconds),
+                    revoked: false,
+                });
             }
             let mut answer = json!({"access_token": access_token, "token_type": "bearer"});
             match state.config.expires_in {

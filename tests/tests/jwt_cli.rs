@@ -446,6 +446,7 @@ async fn connection_test_reports_each_step_and_exits_0_or_1() -> Result<()> {
         grant_type: "urn:ietf:params:oauth:grant-type:jwt-bearer".to_owned(),
         expires_in: ExpiresIn::Number(600),
         delay: std::time::Duration::ZERO,
+        reissue: false,
     })
     .await?;
     let hs_auth = format!(

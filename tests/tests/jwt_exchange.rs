@@ -91,6 +91,7 @@ fn endpoint_config(
         grant_type: JWT_BEARER.to_owned(),
         expires_in,
         delay: Duration::ZERO,
+        reissue: false,
     })
 }
 
@@ -357,6 +358,68 @@ async fn a_path_that_refuses_every_token_does_not_exchange_per_call() -> Result<
     Ok(())
 }
 
+/// The first call's own token refused (a path refusing every token, reached first, or
+/// between larger uploads whose refusals dropped the cached token): no retry, and the
+/// token is kept for the calls after, with no exchange for each refusal.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_made_for_a_refused_call_is_kept() -> Result<()> {
+    let dir = TempDir::new("jwt-x-own")?;
+    let (private, public) = postern_tests::pki::ec256(dir.path())?;
+    dir.write_private("ec.pem", &private)?;
+    let endpoint = TokenEndpoint::start(endpoint_config(
+        &public,
+        Algorithm::ES256,
+        ExpiresIn::Number(3600),
+    )?)
+    .await?;
+    let world = World::start(dir, &endpoint.connection("crm", "ES256", "ec.pem", "", "")).await?;
+    for _ in 0..6 {
+        let response = world.post("crm", "/forbidden", "").await?;
+        assert_eq!(response.status(), 401);
+    }
+    assert_eq!(endpoint.exchanges().len(), 1, "one token for all six");
+    let statuses: Vec<u16> = endpoint.calls().iter().map(|c| c.status).collect();
+    assert_eq!(statuses, [401; 6], "no retries");
+    let (status, _) = json_of(world.post("crm", "/b", "").await?).await?;
+    assert_eq!(status, 200);
+    assert_eq!(endpoint.exchanges().len(), 1);
+    Ok(())
+}
+
+/// A token endpoint that hands back the token it gave before (as some do while it is
+/// valid): the retry would send the refused token again, so there is none, and the
+/// refusals after it cost no exchange each.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_endpoint_that_hands_back_the_same_token_is_not_asked_per_refusal() -> Result<()> {
+    let dir = TempDir::new("jwt-x-same")?;
+    let (private, public) = postern_tests::pki::ec256(dir.path())?;
+    dir.write_private("ec.pem", &private)?;
+    let mut config = endpoint_config(&public, Algorithm::ES256, ExpiresIn::Number(3600))?;
+    config.reissue = true;
+    let endpoint = TokenEndpoint::start(config).await?;
+    let world = World::start(dir, &endpoint.connection("crm", "ES256", "ec.pem", "", "")).await?;
+    let (status, _) = json_of(world.post("crm", "/a", "").await?).await?;
+    assert_eq!(status, 200);
+    for _ in 0..6 {
+        let response = world.post("crm", "/forbidden", "").await?;
+        assert_eq!(response.status(), 401);
+    }
+    assert_eq!(
+        endpoint.exchanges().len(),
+        2,
+        "one exchange for the first refusal, none after"
+    );
+    let statuses: Vec<u16> = endpoint.calls().iter().map(|c| c.status).collect();
+    assert_eq!(statuses, [200, 401, 401, 401, 401, 401, 401], "no retries");
+    let (status, _) = json_of(world.post("crm", "/b", "").await?).await?;
+    assert_eq!(status, 200);
+    assert_eq!(endpoint.exchanges().len(), 2);
+    Ok(())
+}
+
+/// How long the agent hands a failed exchange on to the calls after it.
+const REFRESH_RETRY: Duration = Duration::from_secs(1);
+
 #[tokio::test(flavor = "multi_thread")]
 async fn oauth_errors_come_back_as_token_exchange_failed() -> Result<()> {
     let dir = TempDir::new("jwt-x-err")?;
@@ -400,8 +463,28 @@ async fn oauth_errors_come_back_as_token_exchange_failed() -> Result<()> {
     }
     let attempts = endpoint.exchanges().len() - 1;
     assert!(
-        (1..=3).contains(&attempts),
+        attempts <= 3,
         "10 concurrent failing calls made {attempts} exchanges"
+    );
+    // Nor do calls one after another: within a second of a failure the next call gets it
+    // (saying so) instead of asking again, so a failing endpoint sees about one a second.
+    let (before, started) = (endpoint.exchanges().len(), Instant::now());
+    let mut held = 0;
+    for i in 0..20 {
+        let response = world.post("erp", &format!("/z/{i}"), "").await?;
+        let (status, body) = json_of(response).await?;
+        assert_eq!(status, 502, "{body}");
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains("invalid_grant"), "{message}");
+        if message.contains("(the last try, ") {
+            held += 1;
+        }
+    }
+    let (attempts, took) = (endpoint.exchanges().len() - before, started.elapsed());
+    assert!(held >= 10, "{held} of 20 calls got the held failure");
+    assert!(
+        attempts as u64 <= took.as_secs() + 2,
+        "20 calls in {took:?} made {attempts} exchanges"
     );
     // The assertion, like the access token, never reaches the log.
     let assertion = endpoint.exchanges()[0].fields["assertion"].clone();
@@ -426,6 +509,8 @@ async fn a_token_endpoint_that_is_down_slow_or_talks_garbage_gives_clear_errors_
             body,
         })
     };
+    // Each fault is asked anew: a failure is handed on to the calls within a second of it.
+    let held = REFRESH_RETRY + Duration::from_millis(100);
     for (fault, expected) in [
         (
             garbage(200, "text/plain", "welcome to the proxy"),
@@ -449,6 +534,7 @@ async fn a_token_endpoint_that_is_down_slow_or_talks_garbage_gives_clear_errors_
         ),
     ] {
         endpoint.set_fault(fault);
+        tokio::time::sleep(held).await;
         let started = Instant::now();
         let response = world.post("erp", "/x", "").await?;
         let took = started.elapsed();
@@ -470,14 +556,16 @@ async fn a_token_endpoint_that_is_down_slow_or_talks_garbage_gives_clear_errors_
     // Down: nothing listens on its port.
     let addr = endpoint.addr;
     endpoint.stop().await;
+    tokio::time::sleep(held).await;
     let (status, body) = json_of(world.post("erp", "/x", "").await?).await?;
     assert_eq!(status, 502, "{body}");
     let message = body["error"]["message"].as_str().unwrap_or_default();
     assert!(message.contains("cannot reach token endpoint"), "{message}");
 
-    // Back on the same address and sane again: the next call exchanges and goes through;
-    // no failure was cached.
+    // Back on the same address and sane again: the next call a second later exchanges and
+    // goes through; no failure was kept longer.
     let endpoint = TokenEndpoint::start_on(addr, config).await?;
+    tokio::time::sleep(held).await;
     let (status, body) = json_of(world.post("erp", "/x", "").await?).await?;
     assert_eq!(status, 200, "{body}");
     assert_eq!(endpoint.exchanges().len(), 1);

@@ -24,6 +24,7 @@ async fn endpoint(public_pem: &str, expires_in: ExpiresIn) -> Result<TokenEndpoi
         grant_type: "urn:ietf:params:oauth:grant-type:jwt-bearer".to_owned(),
         expires_in,
         delay: Duration::ZERO,
+        reissue: false,
     })
     .await
 }
@@ -174,7 +175,10 @@ async fn a_failed_refresh_keeps_using_the_still_valid_token() -> Result<()> {
         "no expired token reached the API"
     );
 
+    // Up again: the first call a second after that failure (which is handed on to the
+    // calls of that second) exchanges and succeeds.
     endpoint.set_fault(None);
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
     let (status, body) = call(&tunnel, "erp").await?;
     assert_eq!(status, 200, "{body}");
     assert_ne!(body["token"], first);

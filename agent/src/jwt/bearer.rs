@@ -19,12 +19,14 @@ const REFRESH_MARGIN_MAX: Duration = Duration::from_secs(60);
 /// …and at most this fraction of its lifetime (short-lived tokens stay useful).
 const REFRESH_MARGIN_FRACTION: u32 = 10;
 /// After a failed early refresh the still-valid token keeps serving calls, and the next
-/// attempt waits this long: a token endpoint that is down sees one request a second, not
-/// one per call.
+/// attempt waits this long; without a valid token the calls meanwhile get the failure. A
+/// token endpoint that is down, or refuses at once (a rotated key, a skewed clock), sees
+/// one request a second, not one per call.
 const REFRESH_RETRY: Duration = Duration::from_secs(1);
-/// After a fresh token was refused too, this long goes by before a refusal drops the
-/// cached token again: such 401s are about the request (a path the account may not read,
-/// an API that says 401 for 403), and each would otherwise cost an exchange.
+/// After a token made for the refused call (or for its retry) was refused too, this long
+/// goes by before a refusal drops the cached token again: such 401s are about the request
+/// (a path the account may not read, an API that says 401 for 403), and each would
+/// otherwise cost an exchange.
 const REFUSALS_IGNORED_FOR: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -35,6 +37,22 @@ pub enum BearerError {
     Exchange(#[from] ExchangeError),
     #[error("the token is not a valid header value")]
     BadHeader,
+    /// A failure handed to the calls after it for [`REFRESH_RETRY`].
+    #[error("{error} (the last try, {ago_ms} ms ago; the next is made 1 s after it)")]
+    Held {
+        error: Box<BearerError>,
+        ago_ms: u128,
+    },
+}
+
+impl BearerError {
+    /// The failure itself, whether it is this call's or one kept from a call before.
+    pub fn cause(&self) -> &BearerError {
+        match self {
+            BearerError::Held { error, .. } => error.cause(),
+            other => other,
+        }
+    }
 }
 
 impl From<JwtError> for BearerError {
@@ -112,7 +130,8 @@ impl State {
 struct State {
     cached: Option<Cached>,
     /// The last failed attempt: callers that were already waiting share it instead of
-    /// each hammering a failing endpoint in turn.
+    /// each hammering a failing endpoint in turn, and the ones within [`REFRESH_RETRY`]
+    /// after it.
     failure: Option<(Instant, BearerError)>,
     /// The last header minted, for callers that were already waiting when it was: one the
     /// cache cannot keep (an `expires_in` of 0) still serves them all, not one each in turn.
@@ -194,10 +213,17 @@ impl BearerSource {
             {
                 return Ok(shared.bearer(c.header.clone(), true));
             }
-            if let Some((at, err)) = &state.failure
-                && *at >= asked
-            {
-                return Err(err.clone());
+            if let Some((at, err)) = &state.failure {
+                if *at >= asked {
+                    return Err(err.clone());
+                }
+                let ago = at.elapsed();
+                if ago < REFRESH_RETRY {
+                    return Err(BearerError::Held {
+                        error: Box::new(err.clone()),
+                        ago_ms: ago.as_millis(),
+                    });
+                }
             }
             if let Some((at, header)) = &state.minted
                 && *at >= asked
@@ -251,8 +277,9 @@ impl BearerSource {
         }
     }
 
-    /// The token got for a refused call's retry was refused too: for a while, refusals
-    /// are taken as the request's, not the token's ([`REFUSALS_IGNORED_FOR`]).
+    /// A token made for a refused call or its retry was refused too (or the retry would
+    /// have sent the refused token again): for a while, refusals are taken as the
+    /// request's, not the token's ([`REFUSALS_IGNORED_FOR`]).
     pub fn refused_again(&self) {
         self.shared.lock_state().refusals_ignored_until =
             Instant::now().checked_add(REFUSALS_IGNORED_FOR);
@@ -713,6 +740,7 @@ mod tests {
         assert!(err.to_string().contains("HTTP 503"), "{err}");
         assert_eq!(endpoint.requests(), 4);
         endpoint.answer(200, r#"{"access_token":"second","expires_in":600}"#);
+        tokio::time::sleep(REFRESH_RETRY).await;
         let b = s.get(&http, WAIT).await.expect("recovers");
         assert_eq!(b.header, "Bearer second");
         assert!(!b.cached);
@@ -799,6 +827,34 @@ mod tests {
         s.invalidate(&fresh.header);
         let renewed = s.get(&http, Duration::from_secs(1)).await.expect("signs");
         assert_ne!(renewed.header, fresh.header);
+    }
+
+    /// Without a valid token, a token endpoint that refuses at once sees one request a
+    /// second, not one per call; the calls meanwhile get its error, saying so.
+    #[tokio::test]
+    async fn a_failed_exchange_is_held_for_the_calls_after_it() {
+        let endpoint = Endpoint::start(400, r#"{"error":"invalid_grant"}"#).await;
+        let s = exchanging_source(&endpoint.url);
+        let http = reqwest::Client::new();
+        let err = s.get(&http, WAIT).await.expect_err("refused");
+        assert!(matches!(err, BearerError::Exchange(_)), "{err:?}");
+        for _ in 0..50 {
+            let err = s.get(&http, WAIT).await.expect_err("held");
+            assert!(matches!(err.cause(), BearerError::Exchange(_)), "{err:?}");
+            let text = err.to_string();
+            assert!(
+                text.contains("invalid_grant") && text.contains("the last try"),
+                "{text}"
+            );
+        }
+        assert_eq!(endpoint.requests(), 1, "one request for the held second");
+        tokio::time::sleep(REFRESH_RETRY).await;
+        s.get(&http, WAIT).await.expect_err("refused again");
+        assert_eq!(endpoint.requests(), 2);
+        endpoint.answer(200, r#"{"access_token":"ok","expires_in":600}"#);
+        tokio::time::sleep(REFRESH_RETRY).await;
+        s.get(&http, WAIT).await.expect("recovers");
+        assert_eq!(endpoint.requests(), 3);
     }
 
     /// An RSA signature waits for a turn at the blocking threads (all taken here); an

@@ -116,6 +116,7 @@ impl World {
             grant_type: "urn:ietf:params:oauth:grant-type:jwt-bearer".into(),
             expires_in: ExpiresIn::Number(3600),
             delay: Duration::ZERO,
+            reissue: false,
         })
         .await?;
         let postern = postern::start_postern(&bins, dir.path(), fast, &exchange, &rsa_pem).await?;
