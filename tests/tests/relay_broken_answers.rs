@@ -1,6 +1,7 @@
 //! An agent's answer that ends before the length its head announced: the caller's
 //! connection is aborted (never a short body that looks complete), the relay logs the
 //! break with the bytes that did go out, and the next call through that agent works.
+//! One framed by chunks that also states a length reaches the caller whole.
 
 use std::time::Duration;
 
@@ -76,5 +77,39 @@ async fn an_answer_that_breaks_off_aborts_the_caller_and_is_logged() -> Result<(
         tokio::time::timeout(Duration::from_secs(10), next).await???,
         (200, "ok".to_owned())
     );
+    Ok(())
+}
+
+/// An older agent passes on an internal server's answer with both a chunked encoding and
+/// a Content-Length (RFC 9112 §6.3: the encoding frames it). The relay drops the length,
+/// so the caller gets the whole body, not one cut at the stated length under a 200.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_chunked_answer_with_a_length_reaches_the_caller_whole() -> Result<()> {
+    let w = RelayWorld::start(postern_tests::bins!()).await?;
+    let (_ssh, _control, mut opened) =
+        hand_driven_agent(&w, "old", Duration::ZERO, &["orders"]).await?;
+    let api = w.admin.clone();
+    let url = format!("{}/v1/agents/old/connections/orders/http/x", api.base);
+    let caller = tokio::spawn(async move {
+        let answer = api.http.get(url).bearer_auth(&api.key).send().await?;
+        let length = answer.headers().get("content-length").cloned();
+        anyhow::Ok((answer.status().as_u16(), length, answer.text().await?))
+    });
+    let mut channel = next_channel(&mut opened).await?;
+    read_request_head(&mut channel).await?;
+    let body = "0123456789".repeat(50);
+    channel
+        .data(
+            format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: 10\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .await?;
+    let (status, length, got) = tokio::time::timeout(Duration::from_secs(10), caller).await???;
+    assert_eq!(status, 200);
+    assert_eq!(got, body, "the body was cut");
+    assert_eq!(length, None, "the stated length was passed on");
     Ok(())
 }
