@@ -13,7 +13,7 @@ use super::file::{BodyEncoding, ClientAuth, ExchangeFile, JwtBearerFile};
 use super::{MASKED_KEYS, SECRET_MASK, mask_problem, noted, one_secret};
 use crate::jwt::certificate::thumbprints;
 use crate::jwt::encrypted_key::decrypt_if_encrypted;
-use crate::jwt::exchange::without_user_info;
+use crate::jwt::exchange::shown_url;
 use crate::jwt::{Algorithm, JwtSigner, KeyMaterial, PayloadTemplate};
 
 /// The RFC 7523 §2.1 grant type.
@@ -111,7 +111,7 @@ pub(super) fn resolve(
         p,
         jwt.lifetime
             .as_deref()
-            .map(|text| duration("auth.lifetime", text))
+            .map(|text| whole_seconds("auth.lifetime", text))
             .transpose(),
     );
     let mut payload = jwt.payload.clone();
@@ -152,7 +152,7 @@ pub(super) fn resolve(
         p,
         jwt.reuse_for
             .as_deref()
-            .map(|text| duration("auth.reuse_for", text))
+            .map(|text| whole_seconds("auth.reuse_for", text))
             .transpose(),
     )
     .flatten();
@@ -384,6 +384,9 @@ fn resolve_exchange(x: ExchangeFile) -> Result<Exchange, Vec<String>> {
                 )
             }),
     );
+    if x.client_assertion && x.params.contains_key("client_secret") {
+        p.push("auth.exchange.params.client_secret and client_assertion = true are two ways to authenticate the client (RFC 6749 §2.3 allows one): choose one".to_owned());
+    }
     if x.client_auth == ClientAuth::Basic {
         if x.client_assertion {
             p.push("auth.exchange.client_auth = \"basic\" and client_assertion = true are two ways to authenticate the client: choose one".to_owned());
@@ -449,7 +452,7 @@ pub(super) fn refuse_user_info(what: &str, url: &Url, instead: &str) -> Result<(
     }
     Err(format!(
         "{what} {:?} may not hold a user name or password (found one before the host); {instead}",
-        without_user_info(url)
+        shown_url(url)
     ))
 }
 
@@ -472,6 +475,18 @@ pub(crate) fn shown(raw: &str) -> String {
 /// as long as an exchanged token is ever kept (`expires_in` is capped alike).
 pub(super) fn duration(what: &str, text: &str) -> Result<Duration, String> {
     super::limits::bounded_duration(what, text, crate::jwt::exchange::MAX_LIFETIME)
+}
+
+/// A [`duration`] that JWT times count in: whole seconds (`500ms` would write an `exp` of
+/// now, and `1500ms` one second, in silence).
+fn whole_seconds(what: &str, text: &str) -> Result<Duration, String> {
+    let d = duration(what, text)?;
+    if d.subsec_nanos() != 0 {
+        return Err(format!(
+            "{what} must be whole seconds, as JWT times are (it is {text:?})"
+        ));
+    }
+    Ok(d)
 }
 
 #[cfg(test)]
@@ -505,6 +520,48 @@ mod tests {
             );
             assert!(!err.contains("s3cret") && !err.contains("client@"), "{err}");
         }
+    }
+
+    #[test]
+    fn jwt_times_are_whole_seconds() {
+        let with = |line: &str| {
+            format!(
+                "[connections.erp]\nbase_uri = \"https://erp.internal/api\"\n[connections.erp.auth]\ntype = \"jwt_bearer\"\nalgorithm = \"HS256\"\nsecret_env = \"HMAC\"\npayload = {{ iss = \"p\" }}\n{line}\n"
+            )
+        };
+        load(&with("lifetime = \"2m\"\nreuse_for = \"30s\"")).expect("whole seconds load");
+        for (line, key) in [
+            ("lifetime = \"500ms\"", "auth.lifetime"),
+            ("lifetime = \"1500ms\"", "auth.lifetime"),
+            (
+                "lifetime = \"2m\"\nreuse_for = \"1s 500ms\"",
+                "auth.reuse_for",
+            ),
+        ] {
+            let err = load(&with(line)).expect_err(line);
+            assert!(
+                err.contains(&format!("{key} must be whole seconds")),
+                "{line}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_client_secret_beside_a_client_assertion_is_refused() {
+        let both = format!(
+            "{}client_assertion = true\nparams = {{ client_id = \"c\", client_secret = \"s\" }}\n",
+            with_token_url("https://idp.internal/token")
+        );
+        let err = load(&both).expect_err("two ways");
+        assert!(
+            err.contains("auth.exchange.params.client_secret and client_assertion = true"),
+            "{err}"
+        );
+        let one = format!(
+            "{}client_assertion = true\nparams = {{ client_id = \"c\" }}\n",
+            with_token_url("https://idp.internal/token")
+        );
+        load(&one).expect("an assertion alone loads");
     }
 
     #[test]

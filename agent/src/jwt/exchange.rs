@@ -97,8 +97,7 @@ pub async fn exchange(
     jwt: &str,
     timeout: Duration,
 ) -> Result<AccessToken, ExchangeError> {
-    // The config refuses a token_url with user info, so the URL can go into messages.
-    let url = x.token_url.to_string();
+    let url = shown_url(&x.token_url);
     let fields = request_fields(x, jwt);
     let (content_type, body) = match x.body {
         BodyEncoding::Form => {
@@ -150,13 +149,19 @@ pub async fn exchange(
     parse_response(&url, status, &bytes, x.default_lifetime)
 }
 
-/// The URL as error messages show it: they reach the caller and the log, a password must not.
-pub(crate) fn without_user_info(url: &url::Url) -> String {
+/// The URL as error messages show it: they reach the caller and the log, so neither a
+/// password nor a query (which may carry an `api_key=`) is shown.
+pub(crate) fn shown_url(url: &url::Url) -> String {
     let mut shown = url.clone();
     // Both fail only for URLs that cannot hold user info at all.
     let _ = shown.set_username("");
     let _ = shown.set_password(None);
-    shown.to_string()
+    shown.set_query(None);
+    shown.set_fragment(None);
+    match url.query() {
+        Some(_) => format!("{shown}?…"),
+        None => shown.to_string(),
+    }
 }
 
 /// The form fields in order: grant type, the JWT, then the configured extras.
@@ -581,12 +586,15 @@ mod tests {
     }
 
     #[test]
-    fn error_messages_never_show_the_token_urls_user_info() {
+    fn error_messages_never_show_the_token_urls_user_info_or_query() {
         let url: url::Url = "https://client:s3cret@idp.example/token"
             .parse()
             .expect("url");
-        let shown = without_user_info(&url);
-        assert_eq!(shown, "https://idp.example/token");
+        assert_eq!(shown_url(&url), "https://idp.example/token");
+        let url: url::Url = "https://idp.example/oauth2/token?p=B2C_1_x&api_key=s3cret#f"
+            .parse()
+            .expect("url");
+        assert_eq!(shown_url(&url), "https://idp.example/oauth2/token?…");
     }
 
     #[test]
