@@ -99,8 +99,8 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         // A caller that takes none of an answer for `call_timeout` is gone in all but
         // name: without this it would hold its call, and a window of answer (16 MiB) on
-        // the relay, until it disconnected. Writes only: a kept-alive connection waits
-        // for its next request as long as the caller likes.
+        // the relay, until it disconnected. Writes only: reads are bounded by hyper's
+        // `header_read_timeout`, which also ends a kept-alive connection idle that long.
         let mut stream = tokio_io_timeout::TimeoutStream::new(stream);
         stream.set_write_timeout(Some(config.call_timeout));
         let stream = Box::pin(stream);
