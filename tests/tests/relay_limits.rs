@@ -1,6 +1,6 @@
 //! The relay's limits from its config file: concurrent calls per agent (429),
-//! request body size (413), header size (431), slow request heads cut off, and
-//! `call_timeout` counted from an upload's last progress.
+//! request body size (413), header size (431), slow request heads and idle kept-alive
+//! connections cut off, and `call_timeout` counted from an upload's last progress.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -167,6 +167,30 @@ async fn oversized_and_slow_request_heads_are_cut_off() -> Result<()> {
         // header_read_timeout is 2 s; sending the whole head would take 18 s.
         assert!(took < Duration::from_secs(5), "cut off after {took:?}");
     }
+    Ok(())
+}
+
+/// An idle kept-alive connection is let go after `header_read_timeout` too (README: a
+/// caller's pool should drop idle connections sooner): its next request would find it
+/// closed, so the relay says so by closing it, not by racing a request.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_kept_alive_connection_is_closed_after_header_read_timeout() -> Result<()> {
+    let (l, _agent) = start().await?;
+    let mut client = TcpStream::connect(l.relay.api)?;
+    client.write_all(b"GET /healthz HTTP/1.1\r\nhost: relay\r\n\r\n")?;
+    let mut answer = [0u8; 1024];
+    let n = client.read(&mut answer)?;
+    assert!(answer[..n].starts_with(b"HTTP/1.1 200"));
+    let idle = Instant::now();
+    client.set_read_timeout(Some(Duration::from_secs(15)))?;
+    let n = client.read(&mut answer)?;
+    let took = idle.elapsed();
+    assert_eq!(n, 0, "closed, with nothing more said");
+    // header_read_timeout is 2 s.
+    assert!(
+        took >= Duration::from_millis(1500) && took < Duration::from_secs(6),
+        "closed after {took:?}"
+    );
     Ok(())
 }
 
