@@ -35,6 +35,7 @@ pub struct Metrics {
     sessions_opened: Counter,
     sessions_closed: Family<Reason, Counter>,
     auth_failures: Family<Reason, Counter>,
+    api_key_refusals: Family<Reason, Counter>,
     calls: Family<Class, Counter>,
     call_duration: Histogram,
     bytes_in: Counter,
@@ -50,6 +51,7 @@ impl Default for Metrics {
             sessions_opened: Counter::default(),
             sessions_closed: Family::default(),
             auth_failures: Family::default(),
+            api_key_refusals: Family::default(),
             calls: Family::default(),
             call_duration: Histogram::new(DURATION_BUCKETS),
             bytes_in: Counter::default(),
@@ -76,6 +78,11 @@ impl Default for Metrics {
             "auth_failures",
             "Refused agent logins, by reason",
             m.auth_failures.clone(),
+        );
+        registry.register(
+            "api_key_refusals",
+            "API requests refused for their key (401), by reason: missing, malformed, unknown",
+            m.api_key_refusals.clone(),
         );
         registry.register(
             "calls",
@@ -121,6 +128,13 @@ impl Metrics {
 
     pub fn auth_failed(&self, reason: &'static str) {
         self.auth_failures.get_or_create(&Reason { reason }).inc();
+    }
+
+    /// An API request refused for its key: a spray of guessed keys shows here.
+    pub fn api_key_refused(&self, reason: &'static str) {
+        self.api_key_refusals
+            .get_or_create(&Reason { reason })
+            .inc();
     }
 
     /// One finished call: its status and the time to its response headers.

@@ -1,5 +1,5 @@
 //! `/metrics` scraped like Prometheus would: every family is there and the
-//! counters move with real sessions, refused logins and calls.
+//! counters move with real sessions, refused logins, refused API keys and calls.
 
 use anyhow::{Context, Result};
 use postern_protocol::SecretKind;
@@ -67,6 +67,33 @@ async fn counters_move_with_sessions_logins_and_calls() -> Result<()> {
     })
     .await?;
     drop(intruder);
+
+    // API requests refused for their key, each under its reason.
+    let agents = format!("{}/v1/agents", w.admin.base);
+    let unknown = postern_relay::secrets::new_token(SecretKind::ApiKey);
+    for key in [
+        None,
+        Some("not-a-key"),
+        Some(unknown.expose()),
+        Some(unknown.expose()),
+    ] {
+        let mut request = w.admin.http.get(&agents);
+        if let Some(key) = key {
+            request = request.bearer_auth(key);
+        }
+        assert_eq!(request.send().await?.status(), 401, "{key:?}");
+    }
+    let refusals = scrape(&w.admin).await?;
+    for (reason, count) in [("missing", 1.0), ("malformed", 1.0), ("unknown", 2.0)] {
+        assert_eq!(
+            get(
+                &refusals,
+                &format!("postern_api_key_refusals_total{{reason=\"{reason}\"}}")
+            ),
+            count,
+            "{reason}"
+        );
+    }
 
     // The agent stops: offline, and its session closed by the agent.
     agent.terminate()?;

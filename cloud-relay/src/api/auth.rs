@@ -24,6 +24,10 @@ pub async fn check_api_key(
     ctx: &Arc<RelayContext>,
     headers: &http::HeaderMap,
 ) -> Result<ApiCaller, ApiError> {
+    let refused = |reason: &'static str, message: String| {
+        ctx.metrics.api_key_refused(reason);
+        ApiError::new(ErrorCode::Unauthorized, message)
+    };
     let presented = headers
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -32,13 +36,13 @@ pub async fn check_api_key(
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
         .map(|(_, key)| key.trim_start())
         .ok_or_else(|| {
-            ApiError::new(
-                ErrorCode::Unauthorized,
-                "missing API key: send Authorization: Bearer <api key>",
+            refused(
+                "missing",
+                "missing API key: send Authorization: Bearer <api key>".into(),
             )
         })?;
     let key = SecretToken::parse(SecretKind::ApiKey, presented)
-        .map_err(|e| ApiError::new(ErrorCode::Unauthorized, format!("invalid API key: {e}")))?;
+        .map_err(|e| refused("malformed", format!("invalid API key: {e}")))?;
     let record = match ctx.lookups.api_key(&key) {
         Ok(record) => record,
         Err(seen) => {
@@ -47,9 +51,7 @@ pub async fn check_api_key(
                 .store_call(move |store| store.api_key(&asked))
                 .await
                 .map_err(ApiError::store)?
-                .ok_or_else(|| {
-                    ApiError::new(ErrorCode::Unauthorized, "unknown or revoked API key")
-                })?;
+                .ok_or_else(|| refused("unknown", "unknown or revoked API key".into()))?;
             ctx.lookups.remember_api_key(seen, &key, &record);
             record
         }
