@@ -277,6 +277,12 @@ fn parse_response(
             token_type.chars().take(SNIPPET_CHARS).collect::<String>()
         )));
     }
+    // Sent as `DPoP <token>` without the proof it needs, every call would be refused.
+    if token_type.eq_ignore_ascii_case("dpop") {
+        return Err(bad(
+            "token_type DPoP needs a proof of possession with each request (RFC 9449), which postern does not make: have the provider issue Bearer tokens to this client",
+        ));
+    }
     let lifetime = match json.get("expires_in") {
         None | Some(Value::Null) => default_lifetime,
         Some(Value::Number(n)) => n
@@ -498,6 +504,14 @@ mod tests {
             ok(r#"{"access_token":"a","token_type":"MAC"}"#).authorization(),
             "MAC a"
         );
+        let err = parse_response(
+            URL,
+            200,
+            br#"{"access_token":"a","token_type":"DPoP"}"#,
+            TEN_MIN,
+        )
+        .expect_err("no proof to send");
+        assert!(err.to_string().contains("RFC 9449"), "{err}");
     }
 
     #[test]
