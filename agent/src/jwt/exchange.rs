@@ -594,8 +594,8 @@ mod tests {
             );
         }
         assert_eq!(
-            ok(r#"{"access_token":"a","token_type":"DPoP"}"#).authorization(),
-            "DPoP a"
+            ok(r#"{"access_token":"a","token_type":"N_A"}"#).authorization(),
+            "N_A a"
         );
     }
 
