@@ -39,14 +39,17 @@ pub async fn run(ctx: Arc<RelayContext>) {
             // Another process (the CLI) changed the store: revoked keys must stop working.
             ctx.lookups.clear();
         }
-        last = Some(marker);
-        check_sessions(&ctx).await;
+        // Seen only once acted on: a check the store failed is made again next tick.
+        if check_sessions(&ctx).await {
+            last = Some(marker);
+        }
     }
 }
 
 /// One store query for all agents, then each live session against its record; the
-/// departures of agents no longer in the store are forgotten.
-pub async fn check_sessions(ctx: &Arc<RelayContext>) {
+/// departures of agents no longer in the store are forgotten. False when the store
+/// could not be read.
+pub async fn check_sessions(ctx: &Arc<RelayContext>) -> bool {
     let live = ctx.registry.all_with_retiring();
     let listed_at = std::time::SystemTime::now();
     let agents = match ctx.store_call(|s| s.list_agents()).await {
@@ -56,7 +59,7 @@ pub async fn check_sessions(ctx: &Arc<RelayContext>) {
             .collect::<HashMap<_, _>>(),
         Err(e) => {
             warn!(error = %e, "cannot check sessions against the store");
-            return;
+            return false;
         }
     };
     ctx.registry
@@ -69,6 +72,7 @@ pub async fn check_sessions(ctx: &Arc<RelayContext>) {
         info!(agent = %session.agent_name, reason = reason.describe(), "credential no longer valid; dropping its session");
         ctx.end_session(session, reason);
     }
+    true
 }
 
 /// Why a session that logged in with `token_version` must end, given its agent's record

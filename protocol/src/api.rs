@@ -11,7 +11,7 @@ pub struct CreateAgent {
 }
 
 /// Answer to creating an agent: the token is shown this once.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub struct AgentCreated {
     pub id: String,
     pub name: String,
@@ -90,7 +90,7 @@ pub struct CreateApiKey {
 }
 
 /// Answer to creating an API key: the key is shown this once.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub struct ApiKeyCreated {
     pub name: String,
     pub key: String,
@@ -119,10 +119,84 @@ pub struct RotateToken {
 }
 
 /// Answer to a rotation: the new token, shown this once.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub struct TokenRotated {
     pub id: String,
     pub name: String,
     pub token: String,
     pub old_token_valid_until: Option<String>,
+}
+
+// By hand: the secret each carries must not reach a log line or a failed assertion.
+impl std::fmt::Debug for AgentCreated {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentCreated")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("token", &"[redacted]")
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for ApiKeyCreated {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiKeyCreated")
+            .field("name", &self.name)
+            .field("key", &"[redacted]")
+            .field("scope", &self.scope)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for TokenRotated {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenRotated")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("token", &"[redacted]")
+            .field("old_token_valid_until", &self.old_token_valid_until)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_never_shows_the_secret_shown_once() {
+        let shown = [
+            format!(
+                "{:?}",
+                AgentCreated {
+                    id: "agt_1".into(),
+                    name: "a".into(),
+                    token: "pat_s3cret".into(),
+                }
+            ),
+            format!(
+                "{:?}",
+                ApiKeyCreated {
+                    name: "k".into(),
+                    key: "pak_s3cret".into(),
+                    scope: ApiKeyScope::Admin,
+                }
+            ),
+            format!(
+                "{:?}",
+                TokenRotated {
+                    id: "agt_1".into(),
+                    name: "a".into(),
+                    token: "pat_s3cret".into(),
+                    old_token_valid_until: None,
+                }
+            ),
+        ];
+        for text in shown {
+            assert!(
+                !text.contains("s3cret") && text.contains("[redacted]"),
+                "{text}"
+            );
+        }
+    }
 }
