@@ -239,10 +239,11 @@ async fn run(
     // Only the agent authenticates to the internal server.
     headers.remove(AUTHORIZATION);
     confine_destination(&conn.base_uri, &mut headers)?;
+    let wait = Wait::for_call(conn, &mut headers);
     ctx.limiter
-        .acquire(conn.max_wait)
+        .acquire(wait.longest())
         .await
-        .map_err(|refused| rate_limited(conn, refused.needed))?;
+        .map_err(|refused| rate_limited(conn, refused.needed, wait))?;
     let bearer = match &ctx.bearer {
         Some(source) => Some(
             source
@@ -300,11 +301,18 @@ async fn run(
             // Dropped even when this call cannot be retried, so the next gets a new one.
             source.invalidate(&used.header);
         }
-        if may_retry && let Some(replay) = replay {
-            let fresh = source
-                .get(&ctx.token_http, conn.timeout)
-                .await
-                .map_err(bearer_error)?;
+        let fresh = match replay {
+            Some(replay) if may_retry => match source.get(&ctx.token_http, conn.timeout).await {
+                Ok(fresh) => Some((fresh, replay)),
+                // The server's own 401 (its `WWW-Authenticate`) tells the caller more.
+                Err(e) => {
+                    warn!(connection = %conn.name, error = %e, "no new token to retry the refused call with; its 401 goes back as it came");
+                    None
+                }
+            },
+            _ => None,
+        };
+        if let Some((fresh, replay)) = fresh {
             // The same token again: its answer would be too. Made anew (the token endpoint
             // gave the refused token back, or a JWT re-signed in the same second) it says
             // refusing is the request's doing, as a refused retry would; from the cache, the
@@ -337,6 +345,7 @@ async fn run(
             .and_then(|v| v.to_str().ok())
             .and_then(rate_limit::parse_retry_after)
     {
+        let pause = pause.min(rate_limit::MAX_PAUSE);
         warn!(connection = %conn.name, pause_ms = pause.as_millis() as u64, "upstream asked to slow down; pausing the connection");
         ctx.limiter.pause(pause);
     }
@@ -648,14 +657,68 @@ pub(crate) fn too_many_calls(conn: &Connection) -> (ErrorCode, String) {
     )
 }
 
-pub(crate) fn rate_limited(conn: &Connection, needed: Duration) -> (ErrorCode, String) {
+/// How long a call may wait its turn: `max_wait`, and no longer than leaves the internal
+/// server its `timeout` to answer before the relay gives up on the call (its
+/// `call_timeout`, which it sends with each call). A call sent after the relay answered
+/// its caller 504 would still be acted on, and the caller's retry would do it again.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Wait {
+    max_wait: Duration,
+    relay_call_timeout: Option<Duration>,
+    upstream_timeout: Duration,
+}
+
+impl Wait {
+    /// Takes the relay's header off `headers`: it is for the agent, not the server.
+    fn for_call(conn: &Connection, headers: &mut http::HeaderMap) -> Self {
+        let relay_call_timeout = headers
+            .remove(postern_protocol::headers::CALL_TIMEOUT)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+            .map(Duration::from_millis);
+        Self {
+            max_wait: conn.max_wait,
+            relay_call_timeout,
+            upstream_timeout: conn.timeout,
+        }
+    }
+
+    /// Without a relay's word (one before 2026-12-06), `max_wait`.
+    pub(crate) fn configured(conn: &Connection) -> Self {
+        Self {
+            max_wait: conn.max_wait,
+            relay_call_timeout: None,
+            upstream_timeout: conn.timeout,
+        }
+    }
+
+    fn relay_allows(&self) -> Option<Duration> {
+        self.relay_call_timeout
+            .map(|t| t.saturating_sub(self.upstream_timeout))
+    }
+
+    fn longest(&self) -> Duration {
+        self.relay_allows()
+            .map_or(self.max_wait, |allowed| allowed.min(self.max_wait))
+    }
+}
+
+pub(crate) fn rate_limited(conn: &Connection, needed: Duration, wait: Wait) -> (ErrorCode, String) {
+    let limit = match wait.relay_allows() {
+        Some(allowed) if allowed < wait.max_wait => format!(
+            "{:?}: max_wait is {:?}, but the relay gives up on a call after {:?} (its call_timeout) and the internal server may take this connection's timeout ({:?}) to answer",
+            allowed,
+            wait.max_wait,
+            wait.relay_call_timeout.unwrap_or_default(),
+            wait.upstream_timeout
+        ),
+        _ => format!("max_wait ({:?})", wait.max_wait),
+    };
     (
         ErrorCode::RateLimited,
         format!(
-            "connection {} is over its rate limit: the call would wait {:.1}s, longer than max_wait ({:?})",
+            "connection {} is over its rate limit: the call would wait {:.1}s, longer than {limit}",
             conn.name,
             needed.as_secs_f64(),
-            conn.max_wait
         ),
     )
 }

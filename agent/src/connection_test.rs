@@ -8,7 +8,7 @@ use bytes::Bytes;
 use http::HeaderMap;
 use serde::{Deserialize, Serialize};
 
-use crate::call::{CallContext, RequestBody, send};
+use crate::call::{CallContext, RequestBody, Wait, send};
 use crate::config::Auth;
 use crate::upstream_url;
 
@@ -98,7 +98,7 @@ pub async fn run(ctx: &CallContext) -> TestReport {
         return report;
     };
     if let Err(refused) = ctx.limiter.acquire(conn.max_wait).await {
-        let (_, why) = crate::call::rate_limited(conn, refused.needed);
+        let (_, why) = crate::call::rate_limited(conn, refused.needed, Wait::configured(conn));
         report.step("limits", started, Err(why));
         return report;
     }

@@ -4,6 +4,11 @@
 /// Request id carried from the caller through the relay to the agent and back.
 pub const REQUEST_ID: &str = "x-request-id";
 
+/// The relay's `call_timeout` in milliseconds, on each call it sends an agent (any the
+/// caller sent is replaced): how long a call may wait for the agent's answer. The agent
+/// takes it off, and does not queue a call for its rate limit past what that leaves.
+pub const CALL_TIMEOUT: &str = "x-postern-call-timeout";
+
 /// Set by the agent or relay on responses it made itself (not the upstream's),
 /// holding the stable error code, so a caller can tell the two apart.
 pub const POSTERN_ERROR: &str = "x-postern-error";
@@ -72,7 +77,8 @@ fn strip(headers: &mut http::HeaderMap, drop: impl Fn(&str) -> bool) {
 /// Request headers some servers and frameworks read as the request's real path, host,
 /// client address or method (IIS's `X-Original-URL`, Symfony's `X-Rewrite-URL`, Spring's
 /// forwarded-header filter, "local callers only" checks on `X-Forwarded-For`, Akamai's and
-/// Cloudflare's `True-Client-IP`, Rails' `Client-IP`). From a caller they would reach past
+/// Cloudflare's `True-Client-IP` and `CF-Connecting-IP`, Rails' `Client-IP`, Envoy's
+/// external address). From a caller they would reach past
 /// what `base_uri` and the path checks allow; the agent is the client of its internal
 /// servers, so it sends none of them. Plus every `X-Forwarded-*`.
 const REROUTING: &[&str] = &[
@@ -90,6 +96,12 @@ const REROUTING: &[&str] = &[
     "true-client-ip",
     "x-cluster-client-ip",
     "x-proxyuser-ip",
+    "x-originating-ip",
+    "x-remote-ip",
+    "x-remote-addr",
+    "cf-connecting-ip",
+    "fastly-client-ip",
+    "x-envoy-external-address",
     "x-http-method-override",
     "x-http-method",
     "x-method-override",
@@ -137,6 +149,12 @@ mod tests {
             "X-Host",
             "X-HTTP-Host-Override",
             "X-ProxyUser-Ip",
+            "X-Originating-IP",
+            "X-Remote-IP",
+            "X-Remote-Addr",
+            "CF-Connecting-IP",
+            "Fastly-Client-IP",
+            "X-Envoy-External-Address",
         ] {
             h.insert(
                 http::HeaderName::from_bytes(name.as_bytes()).expect("valid name"),

@@ -417,6 +417,41 @@ async fn an_endpoint_that_hands_back_the_same_token_is_not_asked_per_refusal() -
     Ok(())
 }
 
+/// The internal server refuses the cached token and the token endpoint is down just then:
+/// the caller gets the server's own 401 (it says what was wrong), not the exchange's 502.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_token_with_no_new_one_to_be_had_passes_the_401_on() -> Result<()> {
+    let dir = TempDir::new("jwt-x-401-down")?;
+    let (private, public) = postern_tests::pki::ec256(dir.path())?;
+    dir.write_private("ec.pem", &private)?;
+    let endpoint = TokenEndpoint::start(endpoint_config(
+        &public,
+        Algorithm::ES256,
+        ExpiresIn::Number(3600),
+    )?)
+    .await?;
+    let world = World::start(dir, &endpoint.connection("crm", "ES256", "ec.pem", "", "")).await?;
+    let (status, _) = json_of(world.post("crm", "/a", "").await?).await?;
+    assert_eq!(status, 200);
+    endpoint.revoke_all();
+    endpoint.set_fault(Some(Fault::Answer {
+        status: 503,
+        content_type: "text/plain",
+        body: "maintenance",
+    }));
+    let response = world.post("crm", "/b", "").await?;
+    assert_eq!(response.status(), 401);
+    assert!(
+        response.headers().get("x-postern-error").is_none(),
+        "the internal server's answer, not the agent's"
+    );
+    world.agent.logs.wait_for(
+        "no new token to retry the refused call with",
+        Duration::from_secs(5),
+    )?;
+    Ok(())
+}
+
 /// How long the agent hands a failed exchange on to the calls after it.
 const REFRESH_RETRY: Duration = Duration::from_secs(1);
 

@@ -1,5 +1,6 @@
 //! Per-connection rate limits end to end: the token bucket's burst and queue, `max_wait`
-//! turning into 429 `rate_limited`, and an upstream `Retry-After` pausing the connection.
+//! (and the relay's `call_timeout`) turning into 429 `rate_limited`, and an upstream
+//! `Retry-After` pausing the connection.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -144,6 +145,34 @@ async fn over_the_burst_with_no_wait_is_rate_limited() -> Result<()> {
         2,
         "the refused call never left the agent"
     );
+    Ok(())
+}
+
+/// A call does not queue longer than leaves the internal server its `timeout` before the
+/// relay gives up on the call (its `call_timeout`, 120 s by default): sent after the relay
+/// answered 504, it would still be acted on, and the caller's retry would do it again.
+#[tokio::test(flavor = "multi_thread")]
+async fn no_call_waits_past_what_the_relays_call_timeout_leaves() -> Result<()> {
+    let w = World::start(|base| {
+        format!(
+            "\n[connections.late]\nbase_uri = \"{base}\"\ntimeout = \"100s\"\nrate_limit = {{ requests = 1, per = \"30s\", burst = 1 }}\nmax_wait = \"1m\"\n"
+        )
+    })
+    .await?;
+    let r = w.api.call("edge", "late", "/first").await?;
+    assert_eq!(r.status(), 200);
+    // Its turn is 30 s away, within max_wait; but 120 s - 100 s leaves it 20 s.
+    let asked = Instant::now();
+    let r = w.api.call("edge", "late", "/second").await?;
+    assert_eq!(r.status(), 429, "it waited {:?}", asked.elapsed());
+    assert!(asked.elapsed() < Duration::from_secs(5));
+    let body: serde_json::Value = r.json().await?;
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("longer than 20s: max_wait is 60s, but the relay gives up on a call after 120s (its call_timeout)"),
+        "{message}"
+    );
+    assert_eq!(w.arrivals("/api/second").len(), 0);
     Ok(())
 }
 

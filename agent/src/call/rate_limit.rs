@@ -196,7 +196,9 @@ fn refill(b: &mut Bucket, limit: RateLimit, now: Instant) {
 /// `Retry-After` as seconds or an HTTP date (RFC 9110 §10.2.3).
 pub fn parse_retry_after(value: &str) -> Option<Duration> {
     let value = value.trim();
-    if let Ok(secs) = value.parse::<u64>() {
+    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        // More seconds than a u64 holds is still "a long while": the longest pause.
+        let secs = value.parse::<u64>().unwrap_or(u64::MAX);
         return Some(Duration::from_secs(secs));
     }
     let at = httpdate::parse_http_date(value).ok()?;
@@ -424,5 +426,9 @@ mod tests {
             Some(Duration::ZERO)
         );
         assert_eq!(parse_retry_after("soon"), None);
+        assert_eq!(
+            parse_retry_after("99999999999999999999"),
+            Some(Duration::from_secs(u64::MAX))
+        );
     }
 }

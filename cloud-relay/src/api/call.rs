@@ -8,7 +8,7 @@ use axum::extract::{Request, State};
 use axum::response::Response;
 use http::header::{AUTHORIZATION, TRANSFER_ENCODING};
 use http::{HeaderValue, Uri};
-use postern_protocol::headers::{POSTERN_ERROR, REQUEST_ID};
+use postern_protocol::headers::{CALL_TIMEOUT, POSTERN_ERROR, REQUEST_ID};
 use postern_protocol::upload_progress::{Progress, Tracked, within};
 use postern_protocol::{ConnectionName, ErrorCode};
 use tracing::{Instrument, info, info_span, warn};
@@ -158,6 +158,8 @@ async fn forward(
     if let Ok(value) = HeaderValue::from_str(request_id) {
         headers.insert(REQUEST_ID, value);
     }
+    let timeout_ms = u64::try_from(ctx.config.call_timeout.as_millis()).unwrap_or(u64::MAX);
+    headers.insert(CALL_TIMEOUT, HeaderValue::from(timeout_ms));
     let counter = ctx.clone();
     let counted = http_body_util::BodyExt::map_frame(body, move |frame| {
         if let Some(data) = frame.data_ref() {
