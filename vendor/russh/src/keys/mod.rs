@@ -1112,6 +1112,14 @@ Cog3JMeTrb3LiPHgN6gU2P30MRp6L1j1J/MtlOAr5rux
         while agent_path.canonicalize().is_err() {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
+        // postern patch (tests only): the file appears at bind(), before listen(); a
+        // connect in between is refused, which a loaded machine hits. Wait for a connect.
+        for _ in 0..500 {
+            if tokio::net::UnixStream::connect(&agent_path).await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
 
         Ok((agent, agent_path, dir))
     }
