@@ -95,6 +95,23 @@ fn endpoint_config(
     })
 }
 
+/// Connection `name` signing ES256 assertions for `endpoint` (one-hour tokens, then as
+/// `configure` sets it), behind a relay and an agent.
+async fn es256_world(
+    tag: &str,
+    name: &str,
+    configure: impl FnOnce(&mut EndpointConfig),
+) -> Result<(TokenEndpoint, World)> {
+    let dir = TempDir::new(tag)?;
+    let (private, public) = postern_tests::pki::ec256(dir.path())?;
+    dir.write_private("ec.pem", &private)?;
+    let mut config = endpoint_config(&public, Algorithm::ES256, ExpiresIn::Number(3600))?;
+    configure(&mut config);
+    let endpoint = TokenEndpoint::start(config).await?;
+    let world = World::start(dir, &endpoint.connection(name, "ES256", "ec.pem", "", "")).await?;
+    Ok((endpoint, world))
+}
+
 async fn json_of(response: reqwest::Response) -> Result<(u16, Value)> {
     let status = response.status().as_u16();
     let text = response.text().await?;
@@ -329,16 +346,7 @@ async fn a_401_drops_the_token_and_retries_once_with_the_same_body() -> Result<(
 /// paths keep the token.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_path_that_refuses_every_token_does_not_exchange_per_call() -> Result<()> {
-    let dir = TempDir::new("jwt-x-403")?;
-    let (private, public) = postern_tests::pki::ec256(dir.path())?;
-    dir.write_private("ec.pem", &private)?;
-    let endpoint = TokenEndpoint::start(endpoint_config(
-        &public,
-        Algorithm::ES256,
-        ExpiresIn::Number(3600),
-    )?)
-    .await?;
-    let world = World::start(dir, &endpoint.connection("crm", "ES256", "ec.pem", "", "")).await?;
+    let (endpoint, world) = es256_world("jwt-x-403", "crm", |_| {}).await?;
     let (status, _) = json_of(world.post("crm", "/a", "").await?).await?;
     assert_eq!(status, 200);
     for _ in 0..5 {
@@ -363,16 +371,7 @@ async fn a_path_that_refuses_every_token_does_not_exchange_per_call() -> Result<
 /// token is kept for the calls after, with no exchange for each refusal.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_token_made_for_a_refused_call_is_kept() -> Result<()> {
-    let dir = TempDir::new("jwt-x-own")?;
-    let (private, public) = postern_tests::pki::ec256(dir.path())?;
-    dir.write_private("ec.pem", &private)?;
-    let endpoint = TokenEndpoint::start(endpoint_config(
-        &public,
-        Algorithm::ES256,
-        ExpiresIn::Number(3600),
-    )?)
-    .await?;
-    let world = World::start(dir, &endpoint.connection("crm", "ES256", "ec.pem", "", "")).await?;
+    let (endpoint, world) = es256_world("jwt-x-own", "crm", |_| {}).await?;
     for _ in 0..6 {
         let response = world.post("crm", "/forbidden", "").await?;
         assert_eq!(response.status(), 401);
@@ -391,13 +390,7 @@ async fn a_token_made_for_a_refused_call_is_kept() -> Result<()> {
 /// refusals after it cost no exchange each.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_endpoint_that_hands_back_the_same_token_is_not_asked_per_refusal() -> Result<()> {
-    let dir = TempDir::new("jwt-x-same")?;
-    let (private, public) = postern_tests::pki::ec256(dir.path())?;
-    dir.write_private("ec.pem", &private)?;
-    let mut config = endpoint_config(&public, Algorithm::ES256, ExpiresIn::Number(3600))?;
-    config.reissue = true;
-    let endpoint = TokenEndpoint::start(config).await?;
-    let world = World::start(dir, &endpoint.connection("crm", "ES256", "ec.pem", "", "")).await?;
+    let (endpoint, world) = es256_world("jwt-x-same", "crm", |c| c.reissue = true).await?;
     let (status, _) = json_of(world.post("crm", "/a", "").await?).await?;
     assert_eq!(status, 200);
     for _ in 0..6 {
@@ -421,16 +414,7 @@ async fn an_endpoint_that_hands_back_the_same_token_is_not_asked_per_refusal() -
 /// the caller gets the server's own 401 (it says what was wrong), not the exchange's 502.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_refused_token_with_no_new_one_to_be_had_passes_the_401_on() -> Result<()> {
-    let dir = TempDir::new("jwt-x-401-down")?;
-    let (private, public) = postern_tests::pki::ec256(dir.path())?;
-    dir.write_private("ec.pem", &private)?;
-    let endpoint = TokenEndpoint::start(endpoint_config(
-        &public,
-        Algorithm::ES256,
-        ExpiresIn::Number(3600),
-    )?)
-    .await?;
-    let world = World::start(dir, &endpoint.connection("crm", "ES256", "ec.pem", "", "")).await?;
+    let (endpoint, world) = es256_world("jwt-x-401-down", "crm", |_| {}).await?;
     let (status, _) = json_of(world.post("crm", "/a", "").await?).await?;
     assert_eq!(status, 200);
     endpoint.revoke_all();
@@ -457,14 +441,11 @@ const REFRESH_RETRY: Duration = Duration::from_secs(1);
 
 #[tokio::test(flavor = "multi_thread")]
 async fn oauth_errors_come_back_as_token_exchange_failed() -> Result<()> {
-    let dir = TempDir::new("jwt-x-err")?;
-    let (private, public) = postern_tests::pki::ec256(dir.path())?;
-    dir.write_private("ec.pem", &private)?;
-    let mut config = endpoint_config(&public, Algorithm::ES256, ExpiresIn::Number(3600))?;
-    config.audience = "https://someone-else/token".to_owned();
-    config.delay = Duration::from_millis(400);
-    let endpoint = TokenEndpoint::start(config).await?;
-    let world = World::start(dir, &endpoint.connection("erp", "ES256", "ec.pem", "", "")).await?;
+    let (endpoint, world) = es256_world("jwt-x-err", "erp", |c| {
+        c.audience = "https://someone-else/token".to_owned();
+        c.delay = Duration::from_millis(400);
+    })
+    .await?;
     let response = world.post("erp", "/x", "").await?;
     assert_eq!(
         response.headers()["x-postern-error"],
