@@ -16,6 +16,7 @@ use tower::ServiceExt;
 use tracing::{debug, warn};
 
 use crate::config::RelayConfig;
+use crate::lingering_close::LingeringClose;
 use crate::server::{AcceptErrors, accept_next};
 use crate::tls::TlsReloader;
 
@@ -103,7 +104,7 @@ pub async fn serve(
         // `header_read_timeout`, which also ends a kept-alive connection idle that long.
         let mut stream = tokio_io_timeout::TimeoutStream::new(stream);
         stream.set_write_timeout(Some(config.call_timeout));
-        let stream = Box::pin(stream);
+        let stream = LingeringClose::new(Box::pin(stream));
         let app = app.clone();
         let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
             let app = app.clone();

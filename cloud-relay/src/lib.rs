@@ -20,6 +20,7 @@
 //! - [`api`]: the HTTP API (axum).
 //! - [`tls`]: the API's rustls settings from PEM files, reloaded on SIGHUP.
 //! - [`api_server`]: HTTP/1.1 for the API with header size and read-time limits.
+//! - [`lingering_close`]: closing an API connection without resetting its last answer.
 //! - [`server`]: `run`, which starts all of the above and drains on shutdown.
 //! - [`cli`]: the `postern-relay` command line.
 
@@ -34,6 +35,7 @@ pub mod context;
 pub mod control;
 pub mod host_key;
 pub mod idle_channels;
+pub mod lingering_close;
 pub mod log_budget;
 pub mod lookups;
 pub mod metrics;

@@ -1,6 +1,7 @@
 //! `POST /v1/agents/{agent}/token` takes its body as the other JSON routes do: a body
 //! without a JSON content type is 400 `bad_request` (and changes nothing), one past the
 //! limit 413 `payload_too_large` on every route. No body at all still means no options.
+//! A 413 says `connection: close`, and the relay takes the rest of the upload as it closes.
 
 use anyhow::Result;
 use postern_tests::harness::Bins;
@@ -67,5 +68,58 @@ async fn the_token_route_takes_json_as_the_others_do() -> Result<()> {
         assert_eq!(status, 200, "no body: {json}");
         assert!(json["old_token_valid_until"].is_null(), "{json}");
     }
+    Ok(())
+}
+
+/// A client that sends its whole oversized body before it reads gets the 413 the relay
+/// answered part way, and its upload is not reset: the relay closes by stopping its
+/// writes and reading the rest for a moment (a socket closed with unread bytes resets
+/// the connection, and a client still sending then fails before it reads the answer).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upload_refused_part_way_gets_its_413_not_a_reset() -> Result<()> {
+    use std::io::{Read, Write};
+    let w = RelayWorld::start(bins()).await?;
+    let mut client = std::net::TcpStream::connect(w.relay.api)?;
+    let body = {
+        // Far more than the socket buffers hold, so the relay closes while it comes.
+        let mut body = br#"{"name":""#.to_vec();
+        body.resize(32 * 1024 * 1024, b'a');
+        body.extend_from_slice(br#""}"#);
+        body
+    };
+    let head = format!(
+        "POST /v1/agents HTTP/1.1\r\nhost: relay\r\nauthorization: Bearer {}\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        w.admin.key,
+        body.len()
+    );
+    let mut writer = client.try_clone()?;
+    let sending = std::thread::spawn(move || {
+        writer.write_all(head.as_bytes())?;
+        writer.write_all(&body)
+    });
+    // Read only once the relay has answered and closed.
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    client.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+    let mut answer = Vec::new();
+    let read = client.read_to_end(&mut answer);
+    // A client such as hyper's gives up on the whole request when its upload is reset,
+    // whatever answer had come: the rest of the body must be taken, not refused.
+    let sent = sending
+        .join()
+        .map_err(|_| anyhow::anyhow!("the sending thread panicked"))?;
+    anyhow::ensure!(sent.is_ok(), "the upload was reset: {sent:?}");
+    let text = String::from_utf8_lossy(&answer);
+    anyhow::ensure!(
+        text.starts_with("HTTP/1.1 413"),
+        "read {read:?}, got {:?}",
+        text.chars().take(200).collect::<String>()
+    );
+    // Said, so a client does not send its next request into the closing connection.
+    anyhow::ensure!(
+        text.to_ascii_lowercase()
+            .contains("\r\nconnection: close\r\n"),
+        "{text}"
+    );
     Ok(())
 }
