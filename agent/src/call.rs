@@ -292,14 +292,14 @@ async fn run(
     if upstream.status() == StatusCode::UNAUTHORIZED
         && let (Some(source), Some(used)) = (&ctx.bearer, &bearer)
     {
-        if !may_retry {
+        if may_retry {
+            // Dropped even when this call cannot be retried, so the next gets a new one.
+            source.invalidate(&used.header);
+        } else {
             // A token made for this very call, refused: the refusal is the request's, and
             // dropping the token would cost the next call an exchange for nothing (a path
             // refusing every call, reached between larger uploads that dropped tokens).
             source.refused_again();
-        } else {
-            // Dropped even when this call cannot be retried, so the next gets a new one.
-            source.invalidate(&used.header);
         }
         let fresh = match replay {
             Some(replay) if may_retry => match source.get(&ctx.token_http, conn.timeout).await {
