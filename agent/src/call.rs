@@ -216,7 +216,9 @@ async fn run(
         let shown = without_query(path_and_query);
         (ErrorCode::PathRejected, format!("{e}: {shown:?}"))
     })?;
-    let (parts, body) = request.into_parts();
+    let (mut parts, body) = request.into_parts();
+    // Taken off first: the relay's word, not the caller's headers.
+    let wait = Wait::for_call(conn, &mut parts.headers);
     let declared = parts
         .headers
         .get(CONTENT_LENGTH)
@@ -239,7 +241,6 @@ async fn run(
     // Only the agent authenticates to the internal server.
     headers.remove(AUTHORIZATION);
     confine_destination(&conn.base_uri, &mut headers)?;
-    let wait = Wait::for_call(conn, &mut headers);
     ctx.limiter
         .acquire(wait.longest())
         .await
@@ -692,8 +693,12 @@ impl Wait {
     }
 
     fn relay_allows(&self) -> Option<Duration> {
-        self.relay_call_timeout
-            .map(|t| t.saturating_sub(self.upstream_timeout))
+        self.relay_call_timeout.map(|t| {
+            let left = t.saturating_sub(self.upstream_timeout);
+            // A `timeout` as long as the relay's leaves no wait at all; half the relay's
+            // time still keeps a queued call from going out after it gave up.
+            if left.is_zero() { t / 2 } else { left }
+        })
     }
 
     fn longest(&self) -> Duration {
@@ -705,7 +710,7 @@ impl Wait {
 pub(crate) fn rate_limited(conn: &Connection, needed: Duration, wait: Wait) -> (ErrorCode, String) {
     let limit = match wait.relay_allows() {
         Some(allowed) if allowed < wait.max_wait => format!(
-            "{:?}: max_wait is {:?}, but the relay gives up on a call after {:?} (its call_timeout) and the internal server may take this connection's timeout ({:?}) to answer",
+            "{:?}: max_wait is {:?}, but the relay gives up on a call after {:?} (its call_timeout) and the internal server may take this connection's timeout ({:?}) to answer (half the call_timeout when that leaves nothing)",
             allowed,
             wait.max_wait,
             wait.relay_call_timeout.unwrap_or_default(),
@@ -768,4 +773,28 @@ pub fn error_response(code: ErrorCode, message: &str) -> Response<CallBody> {
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     headers.insert(POSTERN_ERROR, HeaderValue::from_static(code.as_str()));
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_call_waits_no_longer_than_the_relay_leaves_it() {
+        let secs = Duration::from_secs;
+        let longest = |relay: Option<u64>, timeout: u64, max_wait: u64| {
+            Wait {
+                max_wait: secs(max_wait),
+                relay_call_timeout: relay.map(secs),
+                upstream_timeout: secs(timeout),
+            }
+            .longest()
+        };
+        assert_eq!(longest(None, 30, 300), secs(300), "an older relay");
+        assert_eq!(longest(Some(120), 30, 300), secs(90));
+        assert_eq!(longest(Some(120), 30, 5), secs(5));
+        // A timeout as long as the relay's: half the relay's time, not no wait at all.
+        assert_eq!(longest(Some(120), 120, 300), secs(60));
+        assert_eq!(longest(Some(30), 120, 300), secs(15));
+    }
 }

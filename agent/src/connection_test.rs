@@ -165,7 +165,7 @@ pub async fn run(ctx: &CallContext) -> TestReport {
                         Some(x) => format!(
                             "{} JWT exchanged at {} for an access token",
                             jwt.signer.algorithm(),
-                            x.token_url
+                            crate::jwt::exchange::shown_url(&x.token_url)
                         ),
                         None => format!("{} JWT signed (direct bearer)", jwt.signer.algorithm()),
                     },

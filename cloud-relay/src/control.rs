@@ -36,6 +36,8 @@ pub struct ControlChannel {
     pub connection: Arc<std::sync::Mutex<Option<crate::ssh_server::Registered>>>,
     /// Cancelled once the agent is welcomed, so the connection stops its hello clock.
     pub welcomed: tokio_util::sync::CancellationToken,
+    /// Cancelled as the welcome starts out: past the clock, the agent did not read it.
+    pub welcome_sent: tokio_util::sync::CancellationToken,
 }
 
 impl ControlChannel {
@@ -82,6 +84,9 @@ impl ControlChannel {
                 agent_name: self.agent.name.clone(),
             },
         };
+        if refusal.is_none() {
+            self.welcome_sent.cancel();
+        }
         {
             let mut write = writer.lock().await;
             let _ = write.write_all(&encode_line(&reply)).await;

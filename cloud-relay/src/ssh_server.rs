@@ -217,6 +217,7 @@ async fn run_connection(
     let closing_reason = ClosingReason::default();
     let authenticated = CancellationToken::new();
     let hello_answered = CancellationToken::new();
+    let welcome_sent = CancellationToken::new();
     let handler = AgentHandler {
         ctx: ctx.clone(),
         peer,
@@ -230,6 +231,7 @@ async fn run_connection(
         pre_auth: pre_auth.clone(),
         authenticated: authenticated.clone(),
         hello_answered: hello_answered.clone(),
+        welcome_sent: welcome_sent.clone(),
     };
     let auth_deadline = tokio::time::Instant::now() + AUTH_TIMEOUT;
     let started = tokio::time::timeout_at(
@@ -284,19 +286,9 @@ async fn run_connection(
             }
             _ = sleep_until_some(hello_deadline), if !hello_answered.is_cancelled() => {
                 if !hello_answered.is_cancelled() {
-                    // A registered session said hello: what it did not do is take the
-                    // welcome (its control channel's window stayed shut).
-                    let listed = state
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .as_ref()
-                        .is_some_and(|r| {
-                            ctx.registry
-                                .sessions_of(&r.agent_id)
-                                .iter()
-                                .any(|s| s.session_id == r.session_id)
-                        });
-                    let why = if listed { WELCOME_UNREAD } else { NO_HELLO };
+                    // The welcome was being written: what the agent did not do is take it
+                    // (its control channel's window stayed shut).
+                    let why = if welcome_sent.is_cancelled() { WELCOME_UNREAD } else { NO_HELLO };
                     info!(peer = %peer, "{why}; closed");
                     closing_reason.set(why);
                     disconnect(why).await;
@@ -380,6 +372,8 @@ struct AgentHandler {
     authenticated: CancellationToken,
     /// Cancelled by the control channel once the agent is welcomed.
     hello_answered: CancellationToken,
+    /// Cancelled by the control channel as it starts writing the welcome.
+    welcome_sent: CancellationToken,
 }
 
 impl AgentHandler {
@@ -599,6 +593,7 @@ impl russh::server::Handler for AgentHandler {
             handle: session.handle(),
             connection: self.registered.clone(),
             welcomed: self.hello_answered.clone(),
+            welcome_sent: self.welcome_sent.clone(),
         };
         let span = tracing::Span::current();
         self.ctx.tasks.spawn(control.run(channel).instrument(span));

@@ -113,3 +113,58 @@ async fn a_chunked_answer_with_a_length_reaches_the_caller_whole() -> Result<()>
     assert_eq!(length, None, "the stated length was passed on");
     Ok(())
 }
+
+/// What the relay leaves of an agent's answer as it came: a HEAD answer's length (the
+/// GET's, beside a chunked encoding from an older agent), and an internal server's own
+/// 413 without the `connection: close` the relay adds to a 413 of its own.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_head_answers_length_and_an_upstream_413_pass_as_they_came() -> Result<()> {
+    let w = RelayWorld::start(postern_tests::bins!()).await?;
+    let api = w.admin.clone();
+    for (agent, method, answer) in [
+        (
+            "plain-head",
+            reqwest::Method::HEAD,
+            &b"HTTP/1.1 200 OK\r\ncontent-length: 500\r\ntransfer-encoding: chunked\r\n\r\n"[..],
+        ),
+        (
+            "plain-413",
+            reqwest::Method::POST,
+            &b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 0\r\n\r\n"[..],
+        ),
+    ] {
+        // An agent each: the relay keeps the first call's channel for the next call.
+        let (_ssh, _control, mut opened) =
+            hand_driven_agent(&w, agent, Duration::ZERO, &["orders"]).await?;
+        let url = format!("{}/v1/agents/{agent}/connections/orders/http/x", api.base);
+        let caller = tokio::spawn({
+            let (api, url, method) = (api.clone(), url.clone(), method.clone());
+            async move {
+                let answer = api
+                    .http
+                    .request(method, url)
+                    .bearer_auth(&api.key)
+                    .body("x")
+                    .send()
+                    .await?;
+                anyhow::Ok((answer.status().as_u16(), answer.headers().clone()))
+            }
+        });
+        let mut channel = next_channel(&mut opened).await?;
+        read_request_head(&mut channel).await?;
+        channel.data(answer).await?;
+        let (status, headers) = tokio::time::timeout(Duration::from_secs(10), caller).await???;
+        if method == reqwest::Method::HEAD {
+            assert_eq!(status, 200);
+            assert_eq!(
+                headers.get("content-length").map(|v| v.as_bytes()),
+                Some(&b"500"[..]),
+                "{headers:?}"
+            );
+        } else {
+            assert_eq!(status, 413);
+            assert!(headers.get("connection").is_none(), "{headers:?}");
+        }
+    }
+    Ok(())
+}

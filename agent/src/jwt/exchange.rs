@@ -141,7 +141,8 @@ pub async fn exchange(
         Ok(Err(e)) => {
             return Err(ExchangeError::Unreachable {
                 url,
-                detail: crate::call::error_chain(&e),
+                // reqwest's text names the URL whole, query and all.
+                detail: crate::call::error_chain(&e.without_url()),
             });
         }
         Ok(Ok(answer)) => answer,
@@ -650,6 +651,36 @@ mod tests {
                 ("scope", "read")
             ]
             .map(|(a, b)| (a.to_owned(), b.to_owned()))
+        );
+    }
+
+    /// An unreachable token endpoint's error names it without its query, also where
+    /// reqwest's own text would repeat the URL whole.
+    #[tokio::test]
+    async fn an_unreachable_endpoint_is_named_without_its_query() {
+        // A port just freed: nothing listens there.
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port");
+        let x = Exchange {
+            token_url: format!("http://{addr}/token?p=B2C_1&api_key=s3cret")
+                .parse()
+                .expect("url"),
+            grant_type: JWT_BEARER_GRANT.to_owned(),
+            body: BodyEncoding::Form,
+            params: std::collections::BTreeMap::new(),
+            client_assertion: false,
+            client_auth: crate::config::ClientAuth::Body,
+            default_lifetime: TEN_MIN,
+        };
+        let err = exchange(&reqwest::Client::new(), &x, "J", Duration::from_secs(5))
+            .await
+            .expect_err("nothing listens");
+        let text = err.to_string();
+        assert!(text.contains("cannot reach token endpoint"), "{text}");
+        assert!(
+            !text.contains("s3cret") && !text.contains("B2C_1"),
+            "{text}"
         );
     }
 

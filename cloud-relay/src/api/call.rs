@@ -211,8 +211,9 @@ async fn forward(
     let (mut parts, body) = upstream.into_parts();
     // Framed by its Transfer-Encoding, an answer's Content-Length says nothing (RFC 9112
     // §6.3), and passed on without the encoding it would make hyper cut the body there
-    // under a 200. Agents before 2026-12-06 passed both on from the internal server.
-    if parts.headers.contains_key(http::header::TRANSFER_ENCODING) {
+    // under a 200. Agents before 2026-12-06 passed both on from the internal server. A
+    // HEAD answer's length is the GET's, and stays.
+    if !is_head && parts.headers.contains_key(http::header::TRANSFER_ENCODING) {
         parts.headers.remove(http::header::CONTENT_LENGTH);
     }
     postern_protocol::headers::strip_hop_by_hop(&mut parts.headers);

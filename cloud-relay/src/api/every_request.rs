@@ -40,13 +40,18 @@ pub async fn every_request(
     if let Some(v) = value {
         response.headers_mut().insert(REQUEST_ID, v);
     }
-    // A body refused part way (too large, too slow) is left unread, and hyper closes the
-    // connection after such an answer: said, so the client does not send its next request
-    // into the closing connection (RFC 9112 §9.6).
+    // A body the relay refused part way (too large, too slow) is left unread, and hyper
+    // closes the connection after such an answer: said, so the client does not send its
+    // next request into the closing connection (RFC 9112 §9.6). An internal server's own
+    // 413 or 408 came after the whole body was passed on.
     if matches!(
         response.status(),
         http::StatusCode::PAYLOAD_TOO_LARGE | http::StatusCode::REQUEST_TIMEOUT
-    ) {
+    ) && response
+        .extensions()
+        .get::<super::error::FromAgent>()
+        .is_none()
+    {
         response
             .headers_mut()
             .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
