@@ -677,9 +677,8 @@ impl Wait {
             .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
             .map(Duration::from_millis);
         Self {
-            max_wait: conn.max_wait,
             relay_call_timeout,
-            upstream_timeout: conn.timeout,
+            ..Self::configured(conn)
         }
     }
 

@@ -518,6 +518,8 @@ fn install_sh_restarts_running_units_and_uninstall_says_only_what_it_did() -> Re
 const POSTERN: &str = "/usr/local/bin/postern";
 const AGENT_UNIT: &str = "postern-agent.service";
 const AGENT_UNIT_PATH: &str = "/etc/systemd/system/postern-agent.service";
+/// `postern service install` for the packaged config, as an admin runs it.
+const SERVICE_INSTALL: [&str; 4] = ["service", "install", "--config", "/etc/postern/agent.toml"];
 
 /// A sandbox for the real `postern service install|uninstall`: systemd seems to run (or not,
 /// per `systemd`), the program is at [`POSTERN`], `/etc/postern/agent.toml` (0600) is in a
@@ -681,7 +683,7 @@ fn service_install_stops_and_gives_the_owners_back_when_the_user_cannot_load_the
         &sandbox,
         AGENT_UNIT,
         &[("KNOWN_USERS", "postern"), ("FAILS", "runuser *")],
-        &["service", "install", "--config", "/etc/postern/agent.toml"],
+        &SERVICE_INSTALL,
     )?;
     let said = output_text(&out);
     assert_eq!(out.status.code(), Some(1), "{said}");
@@ -724,7 +726,7 @@ fn service_install_names_the_variables_it_could_not_check_and_goes_on() -> Resul
     let Some(sandbox) = service_sandbox("service-install-env", true, 0o700)? else {
         return Ok(());
     };
-    let args = ["service", "install", "--config", "/etc/postern/agent.toml"];
+    let args = SERVICE_INSTALL;
     // What `config check` says of such a config, one problem and two.
     let one = "error: loading /etc/postern/agent.toml: token: environment variable \
                POSTERN_TOKEN is not set";
@@ -794,7 +796,7 @@ fn service_install_names_a_linked_config_by_its_link() -> Result<()> {
         managed.join("agent.toml"),
     )?;
     std::os::unix::fs::symlink("managed/agent.toml", sandbox.etc("postern/agent.toml"))?;
-    let args = ["service", "install", "--config", "/etc/postern/agent.toml"];
+    let args = SERVICE_INSTALL;
     let out = postern(&sandbox, AGENT_UNIT, &[("KNOWN_USERS", "postern")], &args)?;
     let said = output_text(&out);
     assert!(out.status.success(), "{said}");
@@ -820,7 +822,7 @@ fn service_install_fails_when_the_unit_does_not_stay_up() -> Result<()> {
         &sandbox,
         "",
         &[("KNOWN_USERS", "postern")],
-        &["service", "install", "--config", "/etc/postern/agent.toml"],
+        &SERVICE_INSTALL,
     )?;
     let said = output_text(&out);
     assert_eq!(out.status.code(), Some(1), "{said}");
@@ -919,12 +921,7 @@ exec "$@"
             &config,
             format!("relay = \"r:2222\"\nrelay_fingerprint = \"SHA256:x\"\ntoken = \"t\"\n{more}"),
         )?;
-        let out = postern(
-            &sandbox,
-            AGENT_UNIT,
-            &[],
-            &["service", "install", "--config", "/etc/postern/agent.toml"],
-        )?;
+        let out = postern(&sandbox, AGENT_UNIT, &[], &SERVICE_INSTALL)?;
         let said = output_text(&out);
         assert_eq!(out.status.code(), Some(1), "{said}");
         assert!(said.contains(why), "{said}");
@@ -1179,12 +1176,7 @@ fn service_install_does_not_hand_over_a_folder_holding_other_files() -> Result<(
         return Ok(());
     };
     std::fs::write(sandbox.etc("postern/db-password"), "another service's\n")?;
-    let out = postern(
-        &sandbox,
-        AGENT_UNIT,
-        &[],
-        &["service", "install", "--config", "/etc/postern/agent.toml"],
-    )?;
+    let out = postern(&sandbox, AGENT_UNIT, &[], &SERVICE_INSTALL)?;
     let said = output_text(&out);
     assert!(!out.status.success(), "{said}");
     assert!(

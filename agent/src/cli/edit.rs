@@ -106,22 +106,20 @@ pub(super) fn open(path: &Path) -> Result<Editing> {
 /// shell. Those are named as not checked.
 pub(super) fn save(path: &Path, editing: &Editing) -> Result<PathBuf> {
     let text = editing.doc.to_string();
-    check(path, Some(&editing.before), &text)?;
+    check(path, &editing.before, &text)?;
     editing.destination.write(&text)?;
     Ok(editing.destination.file.clone())
 }
 
 /// `save`'s validation of `text`, the new content of `path`, which held `before`.
-pub(super) fn check(path: &Path, before: Option<&str>, text: &str) -> Result<()> {
+pub(super) fn check(path: &Path, before: &str, text: &str) -> Result<()> {
     let base = path.parent().unwrap_or(Path::new("."));
     let after = problems(text, base).context("the edited config would not parse")?;
     let (unchecked, after): (Vec<String>, Vec<String>) = after
         .into_iter()
         .partition(|p| crate::config::is_unset_variable(p));
     if !after.is_empty() {
-        let before = before
-            .and_then(|old| problems(old, base).ok())
-            .unwrap_or_default();
+        let before = problems(before, base).unwrap_or_default();
         let new: Vec<&str> = after
             .iter()
             .filter(|p| !before.contains(p))

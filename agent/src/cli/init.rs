@@ -134,7 +134,7 @@ fn carry_connections(path: &Path, text: &str, old: Option<&str>) -> Result<(Stri
     let with = doc.to_string();
     // As `connection add` checks an edit: what they bring that the old file had not is
     // refused, a secret from the service's environment is not needed here.
-    match super::edit::check(path, Some(old), &with) {
+    match super::edit::check(path, old, &with) {
         Ok(()) => Ok((
             with,
             format!(
