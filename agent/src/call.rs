@@ -346,9 +346,8 @@ async fn run(
             .and_then(|v| v.to_str().ok())
             .and_then(rate_limit::parse_retry_after)
     {
-        let pause = pause.min(rate_limit::MAX_PAUSE);
+        let pause = ctx.limiter.pause(pause);
         warn!(connection = %conn.name, pause_ms = pause.as_millis() as u64, "upstream asked to slow down; pausing the connection");
-        ctx.limiter.pause(pause);
     }
     if header_bytes(upstream.headers()) > max_headers {
         return Err((

@@ -155,9 +155,11 @@ impl Limiter {
         })
     }
 
-    /// Holds every call on this connection until `for_how_long` has passed.
-    pub fn pause(&self, for_how_long: Duration) {
+    /// Holds every call on this connection until `for_how_long` has passed, at most
+    /// [`MAX_PAUSE`]: the pause taken.
+    pub fn pause(&self, for_how_long: Duration) -> Duration {
         self.pause_at(Instant::now(), for_how_long);
+        for_how_long.min(MAX_PAUSE)
     }
 
     fn pause_at(&self, now: Instant, for_how_long: Duration) {
