@@ -28,12 +28,16 @@ pub struct RelayContext {
     /// Set as shutdown cuts off the calls still under way (past the grace, or a second
     /// signal): their end is the relay's doing, not their callers'.
     pub cutting_off: AtomicBool,
+    /// `call_timeout` as each call tells the agent (`x-postern-call-timeout`), made once.
+    pub call_timeout_header: http::HeaderValue,
     next_session_id: AtomicU64,
 }
 
 impl RelayContext {
     pub fn new(config: RelayConfig, store: Arc<dyn Store>, shutdown: CancellationToken) -> Self {
+        let call_timeout_ms = u64::try_from(config.call_timeout.as_millis()).unwrap_or(u64::MAX);
         Self {
+            call_timeout_header: http::HeaderValue::from(call_timeout_ms),
             config,
             store,
             lookups: Lookups::default(),

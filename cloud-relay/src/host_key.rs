@@ -103,7 +103,7 @@ use std::os::unix::fs::DirBuilderExt;
 /// What to do when the state folder's file system is read-only: under the packaged unit
 /// (`ProtectSystem=strict`) that is everything but /var/lib/postern-relay, and chown or a
 /// remount would not help.
-pub fn read_only_hint(error: &std::io::Error) -> &'static str {
+fn read_only_hint(error: &std::io::Error) -> &'static str {
     if error.kind() == std::io::ErrorKind::ReadOnlyFilesystem {
         concat!(
             "; under the packaged unit only /var/lib/postern-relay may be written: use it, ",

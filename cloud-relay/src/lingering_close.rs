@@ -72,15 +72,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for LingeringClose<S> {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if this.drain.is_none() {
-            ready!(Pin::new(&mut this.inner).poll_shutdown(cx))?;
-            this.drain = Some(Drain {
-                until: Box::pin(tokio::time::sleep(LINGER)),
-                left: LINGER_BYTES,
-            });
-        }
-        let Some(drain) = this.drain.as_mut() else {
-            return Poll::Ready(Ok(()));
+        let drain = match &mut this.drain {
+            Some(drain) => drain,
+            None => {
+                ready!(Pin::new(&mut this.inner).poll_shutdown(cx))?;
+                this.drain.insert(Drain {
+                    until: Box::pin(tokio::time::sleep(LINGER)),
+                    left: LINGER_BYTES,
+                })
+            }
         };
         let mut scratch = [0u8; 8192];
         loop {

@@ -308,14 +308,10 @@ impl Registry {
     pub fn end_session(&self, agent_id: &str, session_id: u64, reason: String) {
         let mut sessions = self.lock();
         let current = sessions.get(agent_id).map(|s| s.session_id);
-        match current {
-            // The agent's session: its end is the agent's last departure, whatever the
-            // ids (a connection accepted earlier may say hello later).
-            Some(id) if id == session_id => {
-                self.record_departure(agent_id, session_id, reason, false)
-            }
-            Some(_) => {}
-            None => self.record_departure(agent_id, session_id, reason, true),
+        // The agent's session: its end is the agent's last departure, whatever the ids (a
+        // connection accepted earlier may say hello later); with none, unless a newer one's was.
+        if current.is_none_or(|id| id == session_id) {
+            self.record_departure(agent_id, session_id, reason, current.is_none());
         }
         if current == Some(session_id)
             && let Some(gone) = sessions.remove(agent_id)

@@ -158,8 +158,7 @@ async fn forward(
     if let Ok(value) = HeaderValue::from_str(request_id) {
         headers.insert(REQUEST_ID, value);
     }
-    let timeout_ms = u64::try_from(ctx.config.call_timeout.as_millis()).unwrap_or(u64::MAX);
-    headers.insert(CALL_TIMEOUT, HeaderValue::from(timeout_ms));
+    headers.insert(CALL_TIMEOUT, ctx.call_timeout_header.clone());
     let counter = ctx.clone();
     let counted = http_body_util::BodyExt::map_frame(body, move |frame| {
         if let Some(data) = frame.data_ref() {
