@@ -139,13 +139,13 @@ pub async fn run(
     let mut relay_index = 0usize;
     let mut drained = false;
     loop {
-        let current = config.borrow_and_update().clone();
+        let mut tried = config.borrow_and_update().clone();
         let started = Instant::now();
         let since_before = state.borrow().since;
-        let relay = &current.relays[relay_index % current.relays.len()];
+        let relay = tried.relays[relay_index % tried.relays.len()].clone();
         let outcome = session(
-            &current,
-            relay,
+            &mut tried,
+            &relay,
             &mut config,
             &calls,
             &tasks,
@@ -201,7 +201,7 @@ pub async fn run(
         backoff.after_session(refused, started.elapsed(), established);
         let delay = backoff.next_delay();
         info!(delay_ms = delay.as_millis() as u64, "reconnecting");
-        match wait_to_reconnect(delay, &current, &mut config, &shutdown).await {
+        match wait_to_reconnect(delay, &tried, &mut config, &shutdown).await {
             Wake::Shutdown => break,
             Wake::Delay => {}
             Wake::NewSettings => {
@@ -236,9 +236,10 @@ struct Established {
     relay_closes_channels: bool,
 }
 
-/// One SSH session, from connect to its end.
+/// One SSH session, from connect to its end. `tried` becomes the reloaded settings when
+/// the relay ends the session while it drains for them (see below).
 async fn session(
-    config: &AgentConfig,
+    tried: &mut Arc<AgentConfig>,
     relay: &str,
     updates: &mut watch::Receiver<Arc<AgentConfig>>,
     calls: &Arc<CallTable>,
@@ -246,6 +247,7 @@ async fn session(
     shutdown: &CancellationToken,
     state: &watch::Sender<TunnelState>,
 ) -> Result<SessionEnd, TunnelError> {
+    let config = &tried.clone();
     let shared = Shared {
         expected_fingerprint: config.relay_fingerprint.clone(),
         seen_fingerprint: Arc::new(Mutex::new(None)),
@@ -303,6 +305,11 @@ async fn session(
                 if session_settings_differ(config, &new) {
                     let drain = Drain { shared: &shared, control: &mut write, relay_closes_channels, tasks, notices: &mut notices };
                     let ended = drain.then_disconnect(&mut handle, RECONFIGURE_GRACE, "agent reconnects with new settings").await;
+                    // Ended by the relay meanwhile (revoked, replaced): its refusal holds
+                    // for the reloaded settings too, unless they bring another token.
+                    if ended.is_some() && new.token == config.token {
+                        *tried = new;
+                    }
                     return ended.map_or(Ok(SessionEnd::Reconfigured), Err);
                 }
                 let names = calls.names();

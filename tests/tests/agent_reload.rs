@@ -306,6 +306,14 @@ async fn a_revocation_during_a_reconnects_drain_is_taken_as_one() -> Result<()> 
         "{}",
         agent.logs.text()
     );
+    // The reload brought the same token: the slow retry holds for its settings too
+    // (15 s at least), instead of a login at once that the relay refuses.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        !agent.logs.contains("relay refused this agent"),
+        "{}",
+        agent.logs.text()
+    );
     // Cut by the revocation, not answered.
     assert_eq!(in_flight.await??.status(), 503);
     Ok(())
