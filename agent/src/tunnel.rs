@@ -56,7 +56,7 @@ pub enum TunnelError {
     )]
     FingerprintMismatch { expected: String, found: String },
     #[error(
-        "the relay refused the access token (unknown, revoked or rotated): ask the relay's admin for a new one"
+        "the relay refused the access token (unknown, revoked or rotated, or the relay could not check it: its log says which): ask the relay's admin"
     )]
     TokenRefused,
     #[error("the relay refused the reverse forward: {0}")]
@@ -184,6 +184,13 @@ pub async fn run(
                 // Two agents sharing one token would take the session from each other forever.
                 refused = true;
                 error!(reason = %message, "another agent with this token took over the tunnel; two agents must not share a token; retrying slowly");
+            }
+            // Revoked or rotated between the login and the hello: as if a moment later.
+            Err(e @ TunnelError::HelloRefused { code, .. })
+                if code == "revoked" || code == "token_rotated" =>
+            {
+                refused = true;
+                error!(error = %e, "the relay no longer accepts this agent's token; retrying slowly (after a new token: postern token set, then postern reload)");
             }
             Err(TunnelError::Ended { message, .. }) => {
                 // Revoked, or rotated with no grace left: the token will be refused.
