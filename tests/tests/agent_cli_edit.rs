@@ -233,3 +233,43 @@ fn edits_at_once_all_land() -> Result<()> {
     assert!(lost.is_empty(), "lost: {lost:?}\n{text}");
     Ok(())
 }
+
+/// A file toml cannot read is named with its line and column only: toml_edit's own
+/// message quotes the line, and a second `token = …` line (a rotation appended instead of
+/// replaced) would put the new token on the terminal.
+#[test]
+fn an_edit_of_a_broken_file_never_shows_its_line() -> Result<()> {
+    let dir = TempDir::new("cli-edit-broken")?;
+    let config = dir.write_private("agent.toml", &offline_agent_config("127.0.0.1:1", ""))?;
+    let second = postern_protocol::SecretToken::generate(
+        postern_protocol::SecretKind::AgentToken,
+        &[9u8; postern_protocol::token::BODY_LEN],
+    );
+    let mut text = std::fs::read_to_string(&config)?;
+    text.push_str(&format!("token = \"{}\"\n", second.expose()));
+    std::fs::write(&config, &text)?;
+    let show = ["connection", "show", "o"];
+    let add = ["connection", "add", "o", "--base-uri", "http://127.0.0.1:9"];
+    let new_token = dir.write_private("new-token", &format!("{}\n", second.expose()))?;
+    let set = ["token", "set", "--token-file", &new_token.to_string_lossy()];
+    for args in [&show[..], &add[..], &set[..]] {
+        let out = agent_command(&bins(), &config, args).output()?;
+        let said = stderr(&out);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{args:?}: {}",
+            output_text(&out)
+        );
+        assert!(
+            said.contains("is not valid TOML: TOML parse error at line 4, column 1"),
+            "{args:?}: {said}"
+        );
+        assert!(
+            !said.contains(second.expose()) && !said.contains(&unknown_token()),
+            "{args:?}: {said}"
+        );
+        assert_eq!(std::fs::read_to_string(&config)?, text);
+    }
+    Ok(())
+}

@@ -64,8 +64,14 @@ fn load(path: &Path) -> Result<DocumentMut> {
 }
 
 fn parse(path: &Path, text: &str) -> Result<DocumentMut> {
-    text.parse::<DocumentMut>()
-        .with_context(|| format!("{} is not valid TOML", path.display()))
+    // Not toml_edit's own message: it quotes the line, which may be `token = "pst_…"`.
+    text.parse::<DocumentMut>().map_err(|e| {
+        anyhow::anyhow!(
+            "{} is not valid TOML: {}",
+            path.display(),
+            crate::config::ParseError::of_edit(&e, text)
+        )
+    })
 }
 
 /// A config read to be edited. Its folder's write lock is held from the read to the write

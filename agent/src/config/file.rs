@@ -313,12 +313,20 @@ impl std::fmt::Display for ParseError {
 
 impl ParseError {
     fn new(error: &toml::de::Error, text: &str) -> Self {
-        let message = without_values(error.message().trim_end());
-        let key = error
-            .span()
-            .and_then(|span| key_of_value_at(text, span.start));
+        Self::at(error.message(), error.span(), text)
+    }
+
+    /// The same for toml_edit's error (the CLI's edits), whose own text quotes the line.
+    pub fn of_edit(error: &toml_edit::TomlError, text: &str) -> Self {
+        Self::at(error.message(), error.span(), text)
+    }
+
+    fn at(message: &str, span: Option<std::ops::Range<usize>>, text: &str) -> Self {
+        let message = without_values(message.trim_end());
+        let start = span.map(|span| span.start);
+        let key = start.and_then(|start| key_of_value_at(text, start));
         Self {
-            position: error.span().map(|span| line_and_column(text, span.start)),
+            position: start.map(|start| line_and_column(text, start)),
             message: match key {
                 Some(key) => format!("{key}: {message}"),
                 None => message,
