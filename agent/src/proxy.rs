@@ -15,6 +15,12 @@ const MAX_RESPONSE_HEAD: usize = 16 * 1024;
 pub enum ProxyError {
     #[error("{0:?} is not a proxy URL like http://[user:pass@]host:port")]
     BadUrl(String),
+    /// A proxy URL has no use for them: a raw `#`, `?` or `/` in a password ended the
+    /// host part there, and the rest would be dropped in silence.
+    #[error(
+        "{0:?} has a path, query or fragment, which a proxy URL does not take: percent-encode a `/`, `?` or `#` in the user name or password (%2F, %3F, %23)"
+    )]
+    Trailing(String),
     #[error("only http:// proxies (HTTP CONNECT) are supported, not {0}://")]
     Scheme(String),
     /// The cause is in the message and not a `source`, so a `{:#}` chain says it once.
@@ -78,6 +84,9 @@ impl Proxy {
             Some(host) => host.to_string(),
             None => return Err(ProxyError::BadUrl(crate::config::shown(text))),
         };
+        if url.query().is_some() || url.fragment().is_some() || url.path() != "/" {
+            return Err(ProxyError::Trailing(crate::config::shown(text)));
+        }
         let port = url.port_or_known_default().unwrap_or(3128);
         let authorization = (!url.username().is_empty()).then(|| {
             let user = percent_encoding::percent_decode_str(url.username()).decode_utf8_lossy();
@@ -237,6 +246,32 @@ mod tests {
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(!message.contains("pw"), "{message}");
+    }
+
+    /// A raw `#`, `?` or `/` in a password ends the URL's host part early: the URL is
+    /// refused (it would parse as host `u`, port 1234 and dial that in silence), and no
+    /// part of the password is shown.
+    #[test]
+    fn a_raw_delimiter_in_a_password_is_refused_without_showing_it() {
+        for text in [
+            "http://svc:p#ss@proxy.corp:3128",
+            "http://u:1234#5678@proxy.corp:3128",
+            "http://u:1234?5678@proxy.corp:3128",
+            "http://u:1234/5678@proxy.corp:3128",
+            "u:1234#5678@proxy.corp:3128",
+        ] {
+            let message = Proxy::parse(text)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(
+                !message.is_empty() && !message.contains("5678") && !message.contains("#ss"),
+                "{text}: {message}"
+            );
+            assert!(message.contains("proxy.corp:3128"), "{text}: {message}");
+        }
+        assert!(Proxy::parse("http://proxy.corp:3128/").is_ok());
+        assert!(Proxy::parse("http://u:1234%235678@proxy.corp:3128").is_ok());
     }
 
     #[test]

@@ -457,15 +457,16 @@ pub(super) fn refuse_user_info(what: &str, url: &Url, instead: &str) -> Result<(
 }
 
 /// A URL from the config or the environment as error messages may quote it: whatever
-/// stands before the last `@` of the authority (user info, a password that may hold a raw
-/// `@` of its own) is left out, even when the URL does not parse or has no scheme.
+/// stands before its last `@` is left out, even when the URL does not parse or has no
+/// scheme. The last `@` anywhere, not only in the authority: a password may hold a raw
+/// `@`, `/`, `?` or `#` (`svc:p#ss@proxy`), and then the authority seems to end in it. A
+/// path's own `@` hides a little more than it must, in an error message only.
 pub(crate) fn shown(raw: &str) -> String {
     let (scheme, rest) = match raw.split_once("://") {
         Some((scheme, rest)) => (format!("{scheme}://"), rest),
         None => (String::new(), raw),
     };
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
+    match rest.rfind('@') {
         Some(at) => format!("{scheme}…@{}", &rest[at + 1..]),
         None => raw.to_owned(),
     }
@@ -577,7 +578,12 @@ mod tests {
                 "{text}"
             );
         }
-        assert_eq!(shown("http://host/a@b"), "http://host/a@b");
+        // Any `@` may end a password holding a raw `/`, `?` or `#` (where the authority
+        // seems to end): a path's `@` hides the path before it too.
+        assert_eq!(shown("http://u:p/w@host/api"), "http://…@host/api");
+        assert_eq!(shown("http://u:p#w@host"), "http://…@host");
+        assert_eq!(shown("http://host/a@b"), "http://…@b");
+        assert_eq!(shown("http://host/api"), "http://host/api");
         for connection in [
             "[connections.a]\nbase_uri = \"http://u:secret@host:99999/api\"\n",
             "[connections.a]\nbase_uri = \"ftp://u:secret@host/api\"\n",
