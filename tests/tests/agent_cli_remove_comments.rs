@@ -1,5 +1,6 @@
 //! `postern connection remove` takes the comment right above the removed table with it and
-//! keeps a comment block a blank line sets apart (about the section or the whole file).
+//! keeps a comment block a blank line sets apart (about the section or the whole file);
+//! `connection add` keeps the file's comments, those above a replaced table too.
 
 use std::path::Path;
 
@@ -84,5 +85,52 @@ fn remove_keeps_a_comment_between_tables_that_is_not_the_removed_ones() -> Resul
             && text.contains("# Keep last: retired in 2027.\n"),
         "{text}"
     );
+    Ok(())
+}
+
+fn add(config: &Path, args: &[&str]) -> Result<String> {
+    let mut all = vec!["connection", "add"];
+    all.extend_from_slice(args);
+    let out = agent_cli(&bins(), config, &all)?;
+    anyhow::ensure!(out.status.success(), "{}", output_text(&out));
+    Ok(std::fs::read_to_string(config)?)
+}
+
+#[test]
+fn add_keeps_an_explicit_connections_header_and_its_comment() -> Result<()> {
+    let dir = TempDir::new("review-add-header")?;
+    let section = "\n# Internal APIs, one per team.\n[connections]\n\n[connections.orders]\nbase_uri = \"http://127.0.0.1:9/o\"\n";
+    let config = dir.write_private("agent.toml", &offline_agent_config("127.0.0.1:1", section))?;
+    let text = add(&config, &["stock", "--base-uri", "http://127.0.0.1:9/s"])?;
+    assert!(
+        text.contains("# Internal APIs, one per team.\n[connections]\n"),
+        "{text}"
+    );
+    assert!(text.contains("[connections.stock]"), "{text}");
+    Ok(())
+}
+
+#[test]
+fn add_replace_keeps_the_replaced_tables_comment_and_place() -> Result<()> {
+    let dir = TempDir::new("review-add-replace")?;
+    let config = dir.write_private(
+        "agent.toml",
+        &offline_agent_config(
+            "127.0.0.1:1",
+            "\n# The orders API (team Rabbit).\n[connections.orders]\nbase_uri = \"http://127.0.0.1:9/o\"\n\n\
+             [connections.stock]\nbase_uri = \"http://127.0.0.1:9/s\"\n",
+        ),
+    )?;
+    let text = add(
+        &config,
+        &["orders", "--base-uri", "http://127.0.0.1:9/v2", "--replace"],
+    )?;
+    let orders = text.find("# The orders API (team Rabbit).\n[connections.orders]\n");
+    let stock = text.find("[connections.stock]");
+    assert!(
+        matches!((orders, stock), (Some(o), Some(s)) if o < s),
+        "{text}"
+    );
+    assert!(text.contains("/v2") && !text.contains("/o\""), "{text}");
     Ok(())
 }

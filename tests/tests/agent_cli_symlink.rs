@@ -135,3 +135,80 @@ fn root_edits_through_a_link_only_a_file_the_links_owner_owns() -> Result<()> {
     assert_eq!(std::fs::metadata(&roots)?.uid(), service_user);
     Ok(())
 }
+
+/// A `token_file` that is a link to nothing yet (a secrets mount not there) is refused,
+/// not replaced by a file beside the config that the agent would then read instead.
+#[test]
+fn token_set_refuses_a_token_file_linked_to_nothing() -> Result<()> {
+    let dir = TempDir::new("cli-token-dangling")?;
+    let config = dir.write_private(
+        "agent.toml",
+        &format!(
+            "relay = \"127.0.0.1:1\"\nrelay_fingerprint = \"{}\"\ntoken_file = \"token\"\n",
+            postern_tests::harness::OFFLINE_FINGERPRINT
+        ),
+    )?;
+    let link = dir.path().join("token");
+    std::os::unix::fs::symlink(dir.path().join("mount/token"), &link)?;
+    let new_token = dir.write_private("new-token", &format!("{}\n", other_token()))?;
+    let out = agent_cli(
+        &bins(),
+        &config,
+        &["token", "set", "--token-file", &new_token.to_string_lossy()],
+    )?;
+    assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
+    assert!(
+        stderr(&out).contains("is a symlink to") && stderr(&out).contains("does not exist"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(is_symlink(&link)?, "the link was replaced");
+    assert!(!dir.path().join("mount").exists());
+
+    // A token file not made yet (no link) is made where it is named.
+    std::fs::remove_file(&link)?;
+    let out = agent_cli(
+        &bins(),
+        &config,
+        &["token", "set", "--token-file", &new_token.to_string_lossy()],
+    )?;
+    assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
+    assert_eq!(
+        std::fs::read_to_string(&link)?.trim(),
+        other_token(),
+        "{}",
+        output_text(&out)
+    );
+    Ok(())
+}
+
+/// `token set` on an inline token replaces the value alone: a comment after it stays.
+#[test]
+fn token_set_keeps_the_comment_after_an_inline_token() -> Result<()> {
+    let dir = TempDir::new("cli-token-comment")?;
+    let text = offline_agent_config("127.0.0.1:1", "").replace(
+        &format!("token = \"{}\"", unknown_token()),
+        &format!(
+            "token = \"{}\"  # rotated in March, OPS-12",
+            unknown_token()
+        ),
+    );
+    assert!(text.contains("OPS-12"));
+    let config = dir.write_private("agent.toml", &text)?;
+    let new_token = dir.write_private("new-token", &format!("{}\n", other_token()))?;
+    let out = agent_cli(
+        &bins(),
+        &config,
+        &["token", "set", "--token-file", &new_token.to_string_lossy()],
+    )?;
+    assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
+    let after = std::fs::read_to_string(&config)?;
+    assert!(
+        after.contains(&format!(
+            "token = \"{}\"  # rotated in March, OPS-12",
+            other_token()
+        )),
+        "{after}"
+    );
+    Ok(())
+}

@@ -177,13 +177,18 @@ fn pairs(items: &[String], what: &str) -> Result<Vec<(String, String)>> {
 
 pub(crate) fn add(path: &Path, new: NewConnection) -> Result<()> {
     let mut editing = open(path)?;
+    // Made here, it needs no `[connections]` line of its own; the file's own one (and the
+    // comments above it) stays.
+    let made = !editing.doc.contains_key("connections");
     let connections = editing
         .doc
         .entry("connections")
         .or_insert(Item::Table(Table::new()))
         .as_table_mut()
         .context("`connections` in the config is not a table")?;
-    connections.set_implicit(true);
+    if made {
+        connections.set_implicit(true);
+    }
     if connections.contains_key(&new.name) && !new.replace {
         bail!(
             "connection {:?} exists already; pass --replace to overwrite it",
@@ -252,6 +257,11 @@ pub(crate) fn add(path: &Path, new: NewConnection) -> Result<()> {
         }
     }
     table["auth"] = Item::Table(auth);
+    // A replaced connection keeps its place in the file and the comments above it.
+    if let Some(old) = connections.get(&new.name).and_then(Item::as_table) {
+        *table.decor_mut() = old.decor().clone();
+        table.set_position(old.position());
+    }
     connections[&new.name] = Item::Table(table);
     let file = save(path, &editing)?;
     let file = written(path, &file);

@@ -1,7 +1,7 @@
 //! `postern token set`: writes a new access token where the config takes it from, and
 //! only where the config's owner could have written it.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use postern_protocol::{SecretKind, SecretToken};
@@ -34,8 +34,7 @@ pub(crate) fn set_token(path: &Path, token_file: Option<&Path>) -> Result<()> {
         // The config names where the token lives: that file changes, the config stays.
         let base = path.parent().unwrap_or(Path::new("."));
         let named = base.join(file);
-        // A symlink (to a secrets folder, say) keeps pointing where it did.
-        let target = std::fs::canonicalize(&named).unwrap_or(named);
+        let target = token_file_target(&named)?;
         let Some(name) = target.file_name() else {
             bail!("token_file {} names no file", target.display());
         };
@@ -48,11 +47,47 @@ pub(crate) fn set_token(path: &Path, token_file: Option<&Path>) -> Result<()> {
         out::stdout(|out| writeln!(out, "token updated in {}; {next_step}", target.display()))?;
         return Ok(());
     }
-    doc["token"] = value(token.expose());
+    // In place, so a comment after the old value (`# rotated in March`) stays.
+    match doc.get_mut("token").and_then(Item::as_value_mut) {
+        Some(old) => {
+            let decor = old.decor().clone();
+            *old = token.expose().into();
+            *old.decor_mut() = decor;
+        }
+        None => doc["token"] = value(token.expose()),
+    }
     let file = save(path, &editing)?;
     let file = written(path, &file);
     out::stdout(|out| writeln!(out, "token updated in {file}; {next_step}"))?;
     Ok(())
+}
+
+/// The file `token_file` names, with symlinks resolved: a link (to a secrets folder, say)
+/// keeps pointing where it did. A link to nothing is refused rather than replaced by a
+/// file (the token would land beside the config, not where the link leads); a file not
+/// made yet is placed in its folder, resolved.
+fn token_file_target(named: &Path) -> Result<PathBuf> {
+    match std::fs::canonicalize(named) {
+        Ok(target) => return Ok(target),
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("token_file {}", named.display()));
+        }
+        Err(_) => {}
+    }
+    if let Ok(to) = std::fs::read_link(named) {
+        bail!(
+            "token_file {} is a symlink to {}, which does not exist; nothing was written. \
+             Make the file it points at, or point token_file at the file itself",
+            named.display(),
+            to.display()
+        );
+    }
+    let Some(name) = named.file_name() else {
+        bail!("token_file {} names no file", named.display());
+    };
+    let folder = std::fs::canonicalize(crate::config::folder_of(named))
+        .with_context(|| format!("token_file {}: its folder", named.display()))?;
+    Ok(folder.join(name))
 }
 
 /// Refuses to replace a token file the config's owner does not own, unless that owner is
