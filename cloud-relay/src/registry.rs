@@ -53,6 +53,13 @@ pub struct LiveSession {
 }
 
 impl LiveSession {
+    /// Whether the SSH session has ended, or ends within `limit`.
+    pub async fn ended_within(&self, limit: Duration) -> bool {
+        tokio::time::timeout(limit, self.handle.closed())
+            .await
+            .is_ok()
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         session_id: u64,

@@ -189,7 +189,7 @@ async fn forward(
             )
             .into());
         }
-        Some(Err(e)) => return Err(classify(&ctx, &live, &connection, &e)),
+        Some(Err(e)) => return Err(classify(&ctx, &live, &connection, &e).await),
         Some(Ok(response)) => response,
     };
     let (status, ms) = (
@@ -284,12 +284,26 @@ pub(super) fn call_slot(
     Err(draining(&record.name))
 }
 
-fn classify(
+/// How long a failed call waits for its session's end to show, when its channel's end
+/// may have come first.
+const SESSION_END_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
+
+async fn classify(
     ctx: &RelayContext,
     live: &crate::registry::LiveSession,
     connection: &str,
     e: &CallError,
 ) -> Failure {
+    let offline = || {
+        ApiError::new(
+            ErrorCode::AgentOffline,
+            format!(
+                "the tunnel to agent {:?} closed during the call",
+                live.agent_name
+            ),
+        )
+        .into()
+    };
     // A replaced session finishing its calls is live until it is told to go.
     let still_live = ctx
         .registry
@@ -299,14 +313,7 @@ fn classify(
     // A session that failed a channel open is ending, though it may not be out of the
     // registry yet; the channel never opened, so nothing was sent.
     if !still_live || matches!(e, CallError::SessionClosed) {
-        return ApiError::new(
-            ErrorCode::AgentOffline,
-            format!(
-                "the tunnel to agent {:?} closed during the call",
-                live.agent_name
-            ),
-        )
-        .into();
+        return offline();
     }
     if let CallError::Refused { reason, .. } = e {
         return refused(&live.agent_name, connection, reason).into();
@@ -320,6 +327,12 @@ fn classify(
             return Failure::CallerBodyBroke(broke.0.to_string());
         }
         source = err.source();
+    }
+    // The session's end wakes its calls before the registry hears of it, and a replaced
+    // one stays there until its calls are done: a tunnel that dropped (the agent's
+    // process gone, a link cut) is the agent offline, not a broken call.
+    if live.ended_within(SESSION_END_WAIT).await {
+        return offline();
     }
     warn!(error = %e, %connection, "call through the tunnel failed");
     ApiError::new(

@@ -118,6 +118,12 @@ pub struct Handle {
 }
 
 impl Handle {
+    /// postern patch: resolves once the session has ended (its loop takes no more
+    /// messages). A channel's end alone does not say whether the session ended too.
+    pub async fn closed(&self) {
+        self.sender.closed().await
+    }
+
     /// Send data to the session referenced by this handler.
     pub async fn data(
         &self,
