@@ -20,7 +20,7 @@ use auth::*;
 use byteorder::{BigEndian, ByteOrder};
 use bytes::Bytes;
 use cert::PublicKeyOrCertificate;
-use log::{debug, error, info, trace, warn};
+use log::{debug, error, trace, warn};
 use msg;
 use signature::Verifier;
 use ssh_encoding::{Decode, Encode, Reader};
@@ -1600,7 +1600,7 @@ impl Session {
                         .await
                         .unwrap_or(());
                 } else {
-                    error!("no channel for id {local_id:?}");
+                    debug!("no channel for id {local_id:?}"); // postern patch 12: peer-driven, debug
                 }
                 handler
                     .channel_open_confirmation(
@@ -1664,7 +1664,7 @@ impl Session {
                                         modes[i] = (code, num);
                                     }
                                 } else {
-                                    info!("pty-req: unknown pty code {code:?}");
+                                    debug!("pty-req: unknown pty code {code:?}"); // postern patch 12
                                 }
                                 i += 1;
 
@@ -1860,7 +1860,7 @@ impl Session {
                         handler.signal(channel_num, signal, self).await
                     }
                     x => {
-                        warn!("unknown channel request {x}");
+                        debug!("unknown channel request {x}"); // postern patch 12
                         self.channel_failure(channel_num)?;
                         Ok(())
                     }
@@ -1987,7 +1987,7 @@ impl Session {
                             match u32::decode(r) {
                                 Ok(port) => {
                                     if let Err(e) = ensure_end(r) {
-                                        error!(
+                                        debug!(
                                             "Error parsing port for TcpIpForward request: {e:?}"
                                         );
                                         None
@@ -1996,7 +1996,7 @@ impl Session {
                                     }
                                 }
                                 Err(e) => {
-                                    error!("Error parsing port for TcpIpForward request: {e:?}");
+                                    debug!("Error parsing port for TcpIpForward request: {e:?}");
                                     None
                                 }
                             }
@@ -2008,7 +2008,7 @@ impl Session {
                         let _ = return_channel.send(true);
                     }
                     _ => {
-                        error!("Received global request failure for unknown request!")
+                        debug!("Received global request failure for unknown request!") // postern patch 12
                     }
                 }
                 Ok(())
@@ -2030,7 +2030,7 @@ impl Session {
                         let _ = return_channel.send(false);
                     }
                     _ => {
-                        error!("Received global request failure for unknown request!")
+                        debug!("Received global request failure for unknown request!") // postern patch 12
                     }
                 }
                 Ok(())
