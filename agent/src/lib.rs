@@ -15,6 +15,7 @@
 //! - [`daemon`]: puts the call table, reloads, status socket and tunnel together.
 //! - [`tunnel`]: connect, authenticate, announce, serve; reconnect with backoff.
 //! - [`backoff`]: exponential backoff with full jitter.
+//! - [`relay_dial`]: the TCP connection to a relay, trying each of its addresses.
 //! - [`proxy`]: HTTP CONNECT to the relay through a corporate proxy.
 //! - [`connection_test`]: a connection's test request, as `postern connection test` runs it.
 //! - [`cli`]: the `postern` command line.
@@ -30,6 +31,7 @@ pub mod daemon;
 pub mod jwt;
 pub mod metrics;
 pub mod proxy;
+pub mod relay_dial;
 pub mod reload;
 pub mod ssh_client;
 pub mod status;

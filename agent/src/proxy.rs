@@ -149,7 +149,8 @@ impl Proxy {
                 proxy: name.clone(),
                 error,
             })?;
-        let _ = stream.set_nodelay(true);
+        // The proxy's end is where a dead link shows first.
+        let _ = postern_protocol::silent_link::prepare(&stream);
         let mut request = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n");
         if let Some(auth) = &self.authorization {
             request.push_str(&format!("Proxy-Authorization: {auth}\r\n"));

@@ -378,9 +378,12 @@ async fn establish(
                     .await
                     .map_err(|e| e.to_string())
             }
-            None => russh::client::connect(Arc::new(russh_config()), relay, handler)
-                .await
-                .map_err(|e| e.to_string()),
+            None => {
+                let stream = crate::relay_dial::dial(relay).await?;
+                russh::client::connect_stream(Arc::new(russh_config()), stream, handler)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
         }
     };
     let mut handle = match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {

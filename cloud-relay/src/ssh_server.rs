@@ -196,7 +196,10 @@ async fn run_connection(
     config: Arc<russh::server::Config>,
     slots: (OwnedSemaphorePermit, AddressSlot),
 ) {
-    let _ = socket.set_nodelay(true);
+    // An agent link that dies under an upload is noticed as an idle one is.
+    if let Err(e) = postern_protocol::silent_link::prepare(&socket) {
+        debug!(%peer, error = %e, "cannot set up the agent's socket");
+    }
     let (socket, closer) = match socket
         .into_std()
         .and_then(|s| Ok((s.try_clone()?, s)))

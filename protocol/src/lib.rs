@@ -12,7 +12,8 @@
 //! - With the feature `io`, the only I/O here, so both sides do it the same way:
 //!   `channel_io`, a channel as a byte stream for HTTP over SSH, and
 //!   `upload_progress`, the wait for an answer's head counted from the request
-//!   body's last progress.
+//!   body's last progress; `silent_link`, the socket option that ends an SSH link
+//!   gone silent under unacknowledged data.
 
 pub mod api;
 #[cfg(feature = "io")]
@@ -20,6 +21,8 @@ pub mod channel_io;
 pub mod control;
 pub mod error;
 pub mod headers;
+#[cfg(feature = "io")]
+pub mod silent_link;
 pub mod target;
 pub mod token;
 #[cfg(feature = "io")]

@@ -20,7 +20,7 @@ const API: &str = "127.0.0.1:8080";
 /// The internal server: Python's http.server checking RS256 JWTs with PyJWT,
 /// an implementation independent of the agent's.
 const INTERNAL_SERVER: &str = r#"
-import http.server, json, sys, jwt
+import http.server, json, sys, time, jwt
 key = open(sys.argv[1]).read()
 class H(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
@@ -30,6 +30,19 @@ class H(http.server.BaseHTTPRequestHandler):
             code, body = 200, {"ok": True, "path": self.path, "sub": claims["sub"], "exp_is_int": isinstance(claims["exp"], int)}
         except Exception as e:
             code, body = 401, {"error": str(e)}
+        if code == 200 and self.path.endswith("/big"):
+            # 512 MiB at ~60 MB/s: still going when the test cuts the link.
+            self.send_response(200)
+            self.send_header("Content-Length", str(1 << 29))
+            self.end_headers()
+            chunk = b"\0" * 65536
+            try:
+                for _ in range((1 << 29) // 65536):
+                    self.wfile.write(chunk)
+                    time.sleep(0.001)
+            except Exception:
+                pass
+            return
         data = json.dumps(body).encode()
         self.send_response(code)
         self.send_header("Content-Type", "application/json")
@@ -190,6 +203,45 @@ payload = {{ sub = "fw-test", aud = "orders", iat = "{{{{now}}}}", exp = "{{{{no
         "/v1/agents/onprem-1/connections/orders/http/after",
     )?;
     assert_eq!(code, 200, "{body}");
+
+    // A link that dies under a download, the agent's socket full of answer not yet
+    // acknowledged: the agent notices as soon (TCP_USER_TIMEOUT ends its blocked write),
+    // not after the 60 s of inactivity that bounded that write before.
+    let downs = || {
+        agent
+            .logs
+            .lines()
+            .iter()
+            .filter(|l| l.contains("tunnel down"))
+            .count()
+    };
+    let before = downs();
+    let _download = KillOnDrop(
+        command_in(Some(&topo.cloud), Path::new("curl"))
+            .args(["-s", "-o", "/dev/null", "--max-time", "90", "-H"])
+            .arg(format!("Authorization: Bearer {api_key}"))
+            .arg(format!(
+                "http://{API}/v1/agents/onprem-1/connections/orders/http/big"
+            ))
+            .spawn()?,
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    topo.cut_link()?;
+    let cut_at = Instant::now();
+    while downs() == before {
+        if cut_at.elapsed() > Duration::from_secs(45) {
+            bail!("the agent did not notice the link die under a download within 45 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let noticed = cut_at.elapsed();
+    eprintln!("agent noticed the link die under a download after {noticed:?}");
+    assert!(
+        noticed <= Duration::from_secs(20),
+        "the agent took {noticed:?} (target: within 20 s)"
+    );
+    topo.restore_link()?;
+    wait_online(&topo.cloud, &api_key, true, Duration::from_secs(40))?;
 
     // Relay killed and restarted in the cloud: the agent comes back by itself.
     relay.kill();
