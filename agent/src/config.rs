@@ -327,11 +327,15 @@ impl AgentConfig {
                 ),
             }
         }
+        let status_socket = status_socket(file.status_socket.as_deref(), base_dir);
+        if let Err(e) = fits_a_socket_address(&status_socket) {
+            problems.push(e);
+        }
         match token {
             Some(token) if problems.is_empty() => Ok(Self {
                 relays,
                 proxy,
-                status_socket: status_socket(file.status_socket.as_deref(), base_dir),
+                status_socket,
                 metrics_listen,
                 relay_fingerprint: file.relay_fingerprint,
                 token,
@@ -709,6 +713,23 @@ pub fn status_socket(configured: Option<&Path>, base_dir: &Path) -> PathBuf {
         std::env::var_os("XDG_RUNTIME_DIR"),
         || std::fs::metadata(SERVICE_RUN_DIR).ok().map(|m| m.uid()),
     )
+}
+
+/// Longest path a Unix socket can be bound at (`sun_path` holds 108 bytes with its NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+/// A status socket past [`MAX_SOCKET_PATH`] passed every check and then could not be
+/// bound: the agent ran on with a warning, and `status` and `reload` never reached it.
+fn fits_a_socket_address(path: &Path) -> Result<(), String> {
+    let len = path.as_os_str().len();
+    if len <= MAX_SOCKET_PATH {
+        return Ok(());
+    }
+    Err(format!(
+        "status_socket {}: {len} bytes, longer than a Unix socket's path may be \
+         ({MAX_SOCKET_PATH}); set status_socket to a shorter path",
+        path.display()
+    ))
 }
 
 /// The unit's RuntimeDirectory, where the service's socket is.

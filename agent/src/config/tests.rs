@@ -68,6 +68,10 @@ fn refuses_what_users_get_wrong() {
     let cases = [
         (base("colour = 1"), "unknown field"),
         (
+            base(&format!("status_socket = \"{}.sock\"", "s".repeat(90))),
+            "longer than a Unix socket's path may be (107)",
+        ),
+        (
             base("[connections.a]\nbase_uri = \"ftp://x\""),
             "http:// or https://",
         ),
