@@ -304,28 +304,40 @@ async fn session(
             _ = shutdown.cancelled() => {
                 let drain = Drain { shared: &shared, control: &mut write, relay_closes_channels, tasks, notices: &mut notices };
                 // Whatever the relay said meanwhile, the agent stops.
-                let _ = drain.then_disconnect(&mut handle, SHUTDOWN_GRACE, "agent shutting down").await;
+                let _ = drain.then_disconnect(&mut handle, SHUTDOWN_GRACE, "agent shutting down", shutdown).await;
                 return Ok(SessionEnd::Shutdown);
             }
             Ok(()) = updates.changed() => {
                 let new = updates.borrow_and_update().clone();
                 if session_settings_differ(config, &new) {
                     let drain = Drain { shared: &shared, control: &mut write, relay_closes_channels, tasks, notices: &mut notices };
-                    let ended = drain.then_disconnect(&mut handle, RECONFIGURE_GRACE, "agent reconnects with new settings").await;
-                    // Ended by the relay meanwhile (revoked, replaced): its refusal holds
-                    // for the reloaded settings too, unless they bring another token.
-                    if ended.is_some() && new.token == config.token {
-                        *tried = new;
+                    match drain.then_disconnect(&mut handle, RECONFIGURE_GRACE, "agent reconnects with new settings", shutdown).await {
+                        Drained::Done => return Ok(SessionEnd::Reconfigured),
+                        Drained::Stopped => return Ok(SessionEnd::Shutdown),
+                        // Its refusal holds for the reloaded settings too, unless they
+                        // bring another token.
+                        Drained::Ended(ended) => {
+                            if new.token == config.token {
+                                *tried = new;
+                            }
+                            return Err(ended);
+                        }
                     }
-                    return ended.map_or(Ok(SessionEnd::Reconfigured), Err);
                 }
                 let names = calls.names();
                 if names != announced {
                     let inventory = AgentMessage::Inventory { connections: names.clone() };
-                    if let Err(e) = write.write_all(&encode_line(&inventory)).await {
+                    // Bounded: a relay that gives the control channel no window would
+                    // otherwise hold this loop, deaf to a stop and to the session's end.
+                    let sent = tokio::time::timeout(CONTROL_WRITE_LIMIT, async {
+                        write.write_all(&encode_line(&inventory)).await?;
+                        write.flush().await
+                    })
+                    .await
+                    .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()));
+                    if let Err(e) = sent {
                         return Err(TunnelError::Control(format!("sending the new inventory: {e}")));
                     }
-                    let _ = write.flush().await;
                     info!(connections = %names.join(", "), "told the relay the new connection list");
                     announced = names;
                 }
@@ -342,6 +354,9 @@ async fn session(
         }
     }
 }
+
+/// How long a control line sent while the session is up may take to go out.
+const CONTROL_WRITE_LIMIT: Duration = Duration::from_secs(10);
 
 /// How long the `draining` line, and then the disconnect, may take to reach the wire: a
 /// stuck session must not hold up a stop. `disconnect` only queues it, and the agent's
@@ -497,7 +512,8 @@ impl Drain<'_> {
         handle: &mut russh::client::Handle<AgentSsh>,
         grace: Duration,
         words: &str,
-    ) -> Option<TunnelError> {
+        shutdown: &CancellationToken,
+    ) -> Drained {
         self.shared.accepting.store(false, Ordering::SeqCst);
         // Pairs with the fence after a channel open's count (ssh_client.rs): either that
         // open sees `accepting` false, or `wait_idle` sees its count.
@@ -519,11 +535,26 @@ impl Drain<'_> {
         }
         info!("draining in-flight calls");
         let notices = self.notices;
+        // A stop during a drain for new settings gives the calls a stop's grace (the
+        // drain's own would cut them at 10 s) and ends in the stop, not a reconnect.
+        let started = tokio::time::Instant::now();
+        let mut stopping = shutdown.is_cancelled();
+        let mut deadline = started + grace;
+        let idle = wait_idle(self.tasks);
+        tokio::pin!(idle);
         // Without a control channel (gone with the session) the tasks end as it does.
-        let ended = tokio::select! {
-            biased;
-            Some(ended) = next_ending(notices) => Some(ended),
-            _ = tokio::time::timeout(grace, wait_idle(self.tasks)) => None,
+        let ended = loop {
+            tokio::select! {
+                biased;
+                Some(ended) = next_ending(notices) => break Some(ended),
+                () = &mut idle => break None,
+                () = tokio::time::sleep_until(deadline) => break None,
+                () = shutdown.cancelled(), if !stopping => {
+                    stopping = true;
+                    deadline = started + grace.max(SHUTDOWN_GRACE);
+                    info!("shutdown requested while draining; the calls under way get the stop's grace");
+                }
+            }
         };
         // Ended as the tasks did: the notice may be queued still (a zero wait still
         // takes what is queued).
@@ -534,12 +565,32 @@ impl Drain<'_> {
                 .flatten(),
             ended => ended,
         };
+        let words = if stopping {
+            "agent shutting down"
+        } else {
+            words
+        };
         let _ = handle
             .disconnect(russh::Disconnect::ByApplication, words, "")
             .await;
         wait_written(handle).await;
-        ended
+        match ended {
+            _ if stopping => Drained::Stopped,
+            Some(ended) => Drained::Ended(ended),
+            None => Drained::Done,
+        }
     }
+}
+
+/// How a drain ended.
+enum Drained {
+    /// Its calls were answered, or its grace ran out.
+    Done,
+    /// The relay ended the session meanwhile (revoked, replaced): its reason decides what
+    /// comes next, not the drain's.
+    Ended(TunnelError),
+    /// The agent is stopping (also when a stop came during a drain for new settings).
+    Stopped,
 }
 
 /// The relay's next `ending` notice, as the session's end; `None` once its control

@@ -161,6 +161,10 @@ async fn handle(State(state): State<AppState>, request: Request) -> Response {
     if path.ends_with("/slower") {
         tokio::time::sleep(Duration::from_secs(10)).await;
     }
+    // Outlasts a drain for new settings (10 s), within a stop's grace (30 s).
+    if path.ends_with("/slowest") {
+        tokio::time::sleep(Duration::from_secs(16)).await;
+    }
     if path.ends_with("/big-headers") {
         let big = "h".repeat(8 * 1024);
         return (StatusCode::OK, [("x-big", big)], "headers galore").into_response();

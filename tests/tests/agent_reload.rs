@@ -319,6 +319,54 @@ async fn a_revocation_during_a_reconnects_drain_is_taken_as_one() -> Result<()> 
     Ok(())
 }
 
+/// A stop while the agent drains to reconnect with new settings gives the calls under way
+/// a stop's grace (30 s), not the reconnect's (10 s), and ends the agent.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stop_during_a_reconnects_drain_gets_a_stops_grace() -> Result<()> {
+    let world = world().await?;
+    let (w, api) = (&world.w, &world.w.admin);
+    let config = world.write_config(&world.token, &["o"])?;
+    let mut agent = AgentProcess::start(&w.bins, &config)?;
+    api.wait_online("a1", true, Duration::from_secs(15)).await?;
+    // The internal server takes 16 s over this one.
+    let caller = api.clone();
+    let in_flight = tokio::spawn(async move { caller.call("a1", "o", "/slowest").await });
+    w.internal.has_seen("/slowest").await?;
+    world.move_relay_to_localhost(&config)?;
+    let (code, text) = reload(&w.bins, &config)?;
+    assert_eq!(code, Some(0), "{text}");
+    agent
+        .logs
+        .wait_for("draining in-flight calls", Duration::from_secs(5))?;
+    postern_tests::harness::signal(agent.pid(), "TERM")?;
+    agent
+        .logs
+        .wait_for("shutdown requested while draining", Duration::from_secs(5))?;
+    let answer = tokio::time::timeout(Duration::from_secs(30), in_flight).await???;
+    assert_eq!(answer.status(), 200);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = agent.try_exit() {
+            break status;
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the agent did not exit after its call: {}",
+            agent.logs.text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(status.success(), "{status:?}");
+    assert!(
+        !agent
+            .logs
+            .contains("reconnecting with the reloaded settings"),
+        "{}",
+        agent.logs.text()
+    );
+    Ok(())
+}
+
 /// The relay keeps channels open between calls; a call after a reload must still use the
 /// new settings, not those of the connection when its channel was opened.
 #[tokio::test(flavor = "multi_thread")]

@@ -18,7 +18,7 @@ pub(crate) fn run_daemon(path: PathBuf) -> Result<()> {
         crate::daemon::listen_for_hangup()
     };
     let config = super::load(&path)?;
-    runtime.block_on(async move {
+    let ran = runtime.block_on(async move {
         let shutdown = CancellationToken::new();
         let signals = shutdown.clone();
         tokio::spawn(async move {
@@ -29,8 +29,16 @@ pub(crate) fn run_daemon(path: PathBuf) -> Result<()> {
         let (state, _watch) = watch::channel(TunnelState::default());
         crate::daemon::run_with_hangup(config, Some(path), hangup, shutdown, state).await?;
         Ok(())
-    })
+    });
+    // Not a plain drop, which waits for every blocking task: a name lookup left running
+    // by a connect given up on (a dead resolver takes 5 s a try) would hold the exit
+    // past the unit's TimeoutStopSec once the drain has had its 30 s.
+    runtime.shutdown_timeout(BLOCKING_TASKS_AT_EXIT);
+    ran
 }
+
+/// How long the exit waits for blocking tasks (name lookups, file reads) still running.
+const BLOCKING_TASKS_AT_EXIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// SIGINT or SIGTERM.
 pub async fn wait_for_signal() {
