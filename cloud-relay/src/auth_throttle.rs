@@ -24,6 +24,14 @@ pub const BLOCK_AFTER: u32 = 20;
 pub const BLOCK_WINDOW: Duration = Duration::from_secs(120);
 /// …until this long after the failure that blocked it.
 pub const BLOCK_FOR: Duration = Duration::from_secs(300);
+/// Refusals of a former (rotated or revoked) token within [`BLOCK_WINDOW`] that get an
+/// address refused as well. They do not count towards [`BLOCK_AFTER`]: a site whose
+/// agents nobody updated retries every 15–30 s each, 8 in two minutes, and must not lock
+/// out its other agents. Yet without any ceiling one address holding a former token could
+/// log in and be refused hundreds of times a second, each a key exchange and a store read,
+/// for ever. A hundred such agents behind one address (9 each within two minutes at
+/// most) stay below it.
+pub const FORMER_BLOCK_AFTER: u32 = 1000;
 /// Bound on remembered addresses (about 100 bytes each), so a spray of sources cannot
 /// grow memory without limit. Past it, the address that failed longest ago is forgotten.
 const MAX_TRACKED: usize = 100_000;
@@ -44,14 +52,56 @@ struct Failures {
     /// In a row since the last success: what the delay doubles with.
     in_a_row: u32,
     last: Instant,
-    /// Counted towards a block, from `window_start`; a success does not reset them, or
-    /// one valid token would keep a flood from ever being blocked.
+    /// Guesses (unknown tokens), counted towards a block; a success does not reset
+    /// them, or one valid token would keep a flood from ever being blocked.
+    guesses: Burst,
+    /// Refusals of former tokens, towards a block of their own, far higher.
+    former: Burst,
+    blocked_until: Option<Instant>,
+}
+
+/// Events within the last [`BLOCK_WINDOW`]: a sliding window's count, in two counters.
+#[derive(Clone, Copy)]
+struct Burst {
+    /// From `window_start`.
     in_window: u32,
     window_start: Instant,
     /// Those of the window before, which count for the part of it still within
     /// [`BLOCK_WINDOW`] of now: a burst across the windows' edge is still a burst.
     in_previous: u32,
-    blocked_until: Option<Instant>,
+}
+
+impl Burst {
+    fn new(now: Instant) -> Self {
+        Self {
+            in_window: 0,
+            window_start: now,
+            in_previous: 0,
+        }
+    }
+
+    /// Counts one at `now`; returns how many the last [`BLOCK_WINDOW`] holds, the
+    /// window before's taken as spread evenly over it.
+    fn add(&mut self, now: Instant) -> f64 {
+        let into_window = now.saturating_duration_since(self.window_start);
+        if into_window >= BLOCK_WINDOW {
+            // The window just over counts on; one before it, not at all.
+            let next = into_window < 2 * BLOCK_WINDOW;
+            self.in_previous = if next { self.in_window } else { 0 };
+            self.window_start = if next {
+                self.window_start + BLOCK_WINDOW
+            } else {
+                now
+            };
+            self.in_window = 0;
+        }
+        self.in_window = self.in_window.saturating_add(1);
+        let past = now
+            .saturating_duration_since(self.window_start)
+            .as_secs_f64()
+            / BLOCK_WINDOW.as_secs_f64();
+        f64::from(self.in_window) + f64::from(self.in_previous) * (1.0 - past).max(0.0)
+    }
 }
 
 impl AuthThrottle {
@@ -61,12 +111,47 @@ impl AuthThrottle {
         }
     }
 
-    /// Records a failure and returns how long to wait before refusing.
+    /// Records a failed guess and returns how long to wait before refusing.
     pub fn failure(&self, ip: IpAddr) -> Duration {
         self.failure_at(ip, Instant::now())
     }
 
     fn failure_at(&self, ip: IpAddr, now: Instant) -> Duration {
+        self.record(ip, now, |f, now| {
+            if now.duration_since(f.last) >= FORGET_AFTER {
+                f.in_a_row = 0;
+            }
+            f.in_a_row = f.in_a_row.saturating_add(1);
+            f.last = now;
+            (f.guesses.add(now), BLOCK_AFTER, "failed logins")
+        });
+        self.delay(ip)
+    }
+
+    /// Records the refusal of a former token: no longer delay, but a ceiling
+    /// ([`FORMER_BLOCK_AFTER`]).
+    pub fn former_token(&self, ip: IpAddr) {
+        self.former_token_at(ip, Instant::now());
+    }
+
+    fn former_token_at(&self, ip: IpAddr, now: Instant) {
+        self.record(ip, now, |f, now| {
+            (
+                f.former.add(now),
+                FORMER_BLOCK_AFTER,
+                "refusals of rotated or revoked tokens",
+            )
+        });
+    }
+
+    /// `count` records the event in the address's record and says how many of its kind
+    /// the window holds, the block's threshold, and what they are, for the log.
+    fn record(
+        &self,
+        ip: IpAddr,
+        now: Instant,
+        count: impl FnOnce(&mut Failures, Instant) -> (f64, u32, &'static str),
+    ) {
         let ip = source(ip);
         let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
         // `entry` alone would let the map hold one more than its capacity.
@@ -81,46 +166,28 @@ impl AuthThrottle {
             Entry::Vacant(new) => new.insert(Failures {
                 in_a_row: 0,
                 last: now,
-                in_window: 0,
-                window_start: now,
-                in_previous: 0,
+                guesses: Burst::new(now),
+                former: Burst::new(now),
                 blocked_until: None,
             }),
         };
-        if now.duration_since(f.last) >= FORGET_AFTER {
-            f.in_a_row = 0;
-        }
-        let into_window = now.saturating_duration_since(f.window_start);
-        if into_window >= BLOCK_WINDOW {
-            // The window just over counts on; one before it, not at all.
-            let next = into_window < 2 * BLOCK_WINDOW;
-            f.in_previous = if next { f.in_window } else { 0 };
-            f.window_start = if next {
-                f.window_start + BLOCK_WINDOW
-            } else {
-                now
-            };
-            f.in_window = 0;
-        }
-        f.in_a_row = f.in_a_row.saturating_add(1);
-        f.in_window = f.in_window.saturating_add(1);
-        f.last = now;
-        // The failures of the last BLOCK_WINDOW, the window before's taken as spread
-        // evenly over it (a sliding window's count, in two counters).
-        let past = now.saturating_duration_since(f.window_start).as_secs_f64()
-            / BLOCK_WINDOW.as_secs_f64();
-        let recent = f64::from(f.in_window) + f64::from(f.in_previous) * (1.0 - past).max(0.0);
-        if recent >= f64::from(BLOCK_AFTER) && f.blocked_until.is_none_or(|until| until <= now) {
+        let (recent, threshold, what) = count(f, now);
+        if recent >= f64::from(threshold) && f.blocked_until.is_none_or(|until| until <= now) {
             f.blocked_until = Some(now + BLOCK_FOR);
             tracing::warn!(
                 address = %ip,
                 failures = recent.round() as u64,
-                "address refused before the handshake for {} min: {BLOCK_AFTER} failed logins within {} s",
+                "address refused before the handshake for {} min: {threshold} {what} within {} s",
                 BLOCK_FOR.as_secs() / 60,
                 BLOCK_WINDOW.as_secs()
             );
         }
-        delay_for(f.in_a_row)
+    }
+
+    /// The wait before refusing a guess from `ip`, by its failures in a row.
+    fn delay(&self, ip: IpAddr) -> Duration {
+        let map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        delay_for(map.peek(&source(ip)).map_or(1, |f| f.in_a_row))
     }
 
     /// Whether connections from `ip` are refused at once (a burst of recent failures).
@@ -228,6 +295,30 @@ mod tests {
         assert!(!t.is_blocked(b));
         t.failure_at(b, at(100));
         assert!(t.is_blocked(b), "twenty within one window");
+    }
+
+    #[test]
+    fn former_tokens_block_only_far_past_a_forgotten_agents_retries() {
+        let t = AuthThrottle::default();
+        let site: IpAddr = [192, 0, 2, 20].into();
+        let start = Instant::now();
+        // A hundred agents nobody updated behind one address, every 15 s (their
+        // shortest wait) for ten minutes.
+        for i in 0..40 {
+            for _ in 0..100 {
+                t.former_token_at(site, start + Duration::from_secs(15 * i));
+            }
+        }
+        assert!(!t.is_blocked(site));
+        assert_eq!(t.failure(site), FIRST_DELAY, "nor do they slow a guess");
+        // One address logging in with a former token as fast as it can.
+        let flood: IpAddr = [192, 0, 2, 21].into();
+        for i in 0..FORMER_BLOCK_AFTER - 1 {
+            t.former_token_at(flood, start + Duration::from_millis(u64::from(i)));
+        }
+        assert!(!t.is_blocked(flood));
+        t.former_token_at(flood, start + Duration::from_secs(1));
+        assert!(t.is_blocked(flood));
     }
 
     #[test]

@@ -383,9 +383,10 @@ impl AgentHandler {
     /// Refuses after the throttle's delay; a `guess` counts towards blocking the address.
     async fn refuse(&self, why: &str, label: &'static str, guess: bool) -> Auth {
         self.ctx.metrics.auth_failed(label);
-        // A former token's refusal is not counted against the address (a site whose
-        // agents still hold a rotated token is no attacker): silence after it still is,
-        // or one such token held a quarter of the places, ten seconds at a time, for ever.
+        // A former token's refusal is not counted as a guess (a site whose agents still
+        // hold a rotated token is no attacker), only towards a far higher ceiling: silence
+        // after it still is, or one such token held a quarter of the places, ten seconds at
+        // a time, for ever.
         if guess
             && let Some(pending) = self
                 .pre_auth
@@ -398,6 +399,7 @@ impl AgentHandler {
         let delay = if guess {
             self.ctx.throttle.failure(self.peer.ip())
         } else {
+            self.ctx.throttle.former_token(self.peer.ip());
             crate::auth_throttle::FIRST_DELAY
         };
         warn!(peer = %self.peer, reason = why, delay_ms = delay.as_millis() as u64, "agent authentication refused");
