@@ -1,9 +1,9 @@
 //! Places for SSH connections not yet authenticated, per source address: one address
 //! holds at most a quarter of the relay's, so a flood from it cannot keep agents out.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+
+use crate::keyed_slots::{KeyedSlot, KeyedSlots};
 
 /// The source an address counts as, here and in the login throttle: an IPv6 address by
 /// its /64 (one host or site is given a whole /64 and picks addresses in it freely), an
@@ -28,59 +28,27 @@ pub fn told_apart(ip: IpAddr) -> bool {
 /// How many connections not yet authenticated one address may hold, counted apart from
 /// the relay's whole bound (for addresses [`told_apart`]).
 #[derive(Clone)]
-pub struct AddressSlots {
-    limit: usize,
-    held: Arc<Mutex<HashMap<IpAddr, usize>>>,
-}
+pub struct AddressSlots(KeyedSlots<IpAddr>);
 
 /// One place, given back when dropped.
-pub struct AddressSlot {
-    slots: Option<(AddressSlots, IpAddr)>,
-}
+pub type AddressSlot = KeyedSlot<IpAddr>;
 
 impl AddressSlots {
     pub fn new(limit: usize) -> Self {
-        Self {
-            limit,
-            held: Arc::default(),
-        }
+        Self(KeyedSlots::new(limit))
     }
 
     /// A place for one more connection from `ip`, or `None` when it holds `limit`.
     pub fn take(&self, ip: IpAddr) -> Option<AddressSlot> {
         if !told_apart(ip) {
-            return Some(AddressSlot { slots: None });
+            return Some(KeyedSlots::unlimited());
         }
-        let ip = source(ip);
-        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
-        let count = held.entry(ip).or_default();
-        if *count >= self.limit {
-            return None;
-        }
-        *count += 1;
-        Some(AddressSlot {
-            slots: Some((self.clone(), ip)),
-        })
+        self.0.take(source(ip))
     }
 
     #[cfg(test)]
     fn addresses(&self) -> usize {
-        self.held.lock().unwrap_or_else(|p| p.into_inner()).len()
-    }
-}
-
-impl Drop for AddressSlot {
-    fn drop(&mut self) {
-        let Some((slots, ip)) = self.slots.take() else {
-            return;
-        };
-        let mut held = slots.held.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(count) = held.get_mut(&ip) {
-            *count = count.saturating_sub(1);
-            if *count == 0 {
-                held.remove(&ip);
-            }
-        }
+        self.0.keys()
     }
 }
 

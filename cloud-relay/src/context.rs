@@ -10,10 +10,17 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth_throttle::AuthThrottle;
 use crate::config::RelayConfig;
+use crate::keyed_slots::KeyedSlots;
 use crate::lookups::Lookups;
 use crate::metrics::Metrics;
 use crate::registry::{LiveSession, Registry};
 use crate::store::Store;
+
+/// One agent's connections at once: its session, a newer one replacing it while its calls
+/// finish, and one or two more a reconnect over a dying link may leave. Past it a token
+/// would buy a connection, a task and ~50 KiB per login for the 10 s each may take to say
+/// hello, from as many addresses as its holder has.
+pub const MAX_CONNECTIONS_PER_AGENT: usize = 8;
 
 pub struct RelayContext {
     pub config: RelayConfig,
@@ -22,6 +29,8 @@ pub struct RelayContext {
     pub lookups: Lookups,
     pub registry: Registry,
     pub throttle: AuthThrottle,
+    /// Connections per agent, logged in or still saying hello.
+    pub agent_connections: KeyedSlots<String>,
     pub metrics: Metrics,
     pub tasks: TaskTracker,
     pub shutdown: CancellationToken,
@@ -43,6 +52,7 @@ impl RelayContext {
             lookups: Lookups::default(),
             registry: Registry::default(),
             throttle: AuthThrottle::default(),
+            agent_connections: KeyedSlots::new(MAX_CONNECTIONS_PER_AGENT),
             metrics: Metrics::default(),
             tasks: TaskTracker::new(),
             shutdown,

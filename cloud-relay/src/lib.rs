@@ -7,6 +7,7 @@
 //! - [`store`]: agents and API keys at rest, behind the [`store::Store`] trait (SQLite).
 //! - [`secrets`]: making tokens and keys from the OS's randomness.
 //! - [`auth_throttle`]: the growing delay for failed SSH logins, per source address.
+//! - [`keyed_slots`]: places counted per key, given back when dropped.
 //! - [`address_slots`]: how many handshakes one source address may hold at once.
 //! - [`context`]: what every part of a running relay shares.
 //! - [`lookups`]: the per-call API key and agent lookups, cached until the store changes.
@@ -35,6 +36,7 @@ pub mod context;
 pub mod control;
 pub mod host_key;
 pub mod idle_channels;
+pub mod keyed_slots;
 pub mod lingering_close;
 pub mod log_budget;
 pub mod lookups;

@@ -17,8 +17,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::address_slots::{AddressSlot, AddressSlots, told_apart};
+use crate::context::MAX_CONNECTIONS_PER_AGENT;
 use crate::context::RelayContext;
 use crate::control::ControlChannel;
+use crate::keyed_slots::KeyedSlot;
 use crate::registry::ClosingReason;
 use crate::server::{AcceptErrors, accept_next};
 use crate::store::{AgentRecord, Login, unix_now};
@@ -235,6 +237,7 @@ async fn run_connection(
         authenticated: authenticated.clone(),
         hello_answered: hello_answered.clone(),
         welcome_sent: welcome_sent.clone(),
+        connection_slot: None,
     };
     let auth_deadline = tokio::time::Instant::now() + AUTH_TIMEOUT;
     let started = tokio::time::timeout_at(
@@ -377,6 +380,8 @@ struct AgentHandler {
     hello_answered: CancellationToken,
     /// Cancelled by the control channel as it starts writing the welcome.
     welcome_sent: CancellationToken,
+    /// This connection's place among its agent's, from its login to its end.
+    connection_slot: Option<KeyedSlot<String>>,
 }
 
 impl AgentHandler {
@@ -523,6 +528,12 @@ impl russh::server::Handler for AgentHandler {
                     return Ok(Auth::reject());
                 };
                 let agent = login.agent;
+                let Some(slot) = self.ctx.agent_connections.take(agent.id.clone()) else {
+                    self.ctx.metrics.auth_failed("agent_busy");
+                    warn!(peer = %self.peer, agent = %agent.name, "agent has {MAX_CONNECTIONS_PER_AGENT} connections already; login refused");
+                    return Ok(Auth::reject());
+                };
+                self.connection_slot = Some(slot);
                 self.token_version = login.token_version;
                 self.ctx.throttle.success(self.peer.ip());
                 self.ctx.metrics.session_opened();

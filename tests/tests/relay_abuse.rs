@@ -614,3 +614,51 @@ async fn a_control_flood_does_not_flood_the_log() -> Result<()> {
     );
     Ok(())
 }
+
+/// A token buys at most eight connections at once (logged in, or still to say hello): a
+/// ninth login is refused, and counted, until one of them ends.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_token_holds_at_most_eight_connections() -> Result<()> {
+    let w = RelayWorld::start(postern_tests::bins!()).await?;
+    let token = w.create_agent("greedy").await?;
+    let mut held = Vec::new();
+    for i in 0..8 {
+        let (ssh, accepted) = postern_tests::relay_support::ssh_login(w.relay.ssh, &token).await?;
+        anyhow::ensure!(accepted, "login {i} was refused");
+        held.push(ssh);
+    }
+    let (_ninth, accepted) = postern_tests::relay_support::ssh_login(w.relay.ssh, &token).await?;
+    assert!(!accepted, "a ninth connection of one agent was let in");
+    w.relay
+        .logs
+        .wait_for("agent has 8 connections already", Duration::from_secs(5))?;
+    let metrics = scrape(&w.admin).await?;
+    assert_eq!(
+        sample(
+            &metrics,
+            "postern_auth_failures_total{reason=\"agent_busy\"}"
+        ),
+        1.0
+    );
+    // Another agent is not held up by this one's.
+    let other = w.create_agent("modest").await?;
+    assert!(
+        postern_tests::relay_support::ssh_login(w.relay.ssh, &other)
+            .await?
+            .1
+    );
+
+    // One ends: its place comes back.
+    drop(held.pop());
+    eventually("a place comes back", Duration::from_secs(5), || {
+        let token = token.clone();
+        let relay = w.relay.ssh;
+        async move {
+            postern_tests::relay_support::ssh_login(relay, &token)
+                .await
+                .is_ok_and(|(_, accepted)| accepted)
+        }
+    })
+    .await?;
+    Ok(())
+}
