@@ -656,6 +656,28 @@ fn service_install_checks_the_config_as_the_user_then_writes_and_starts_the_unit
     Ok(())
 }
 
+/// A masked unit (a link to /dev/null) is refused before anything changes: written
+/// through, the unit went into /dev/null and `enable` failed.
+#[test]
+fn service_install_refuses_a_masked_unit() -> Result<()> {
+    let Some(sandbox) = service_sandbox("service-install-masked", true, 0o700)? else {
+        return Ok(());
+    };
+    let unit = sandbox.etc("systemd/system/postern-agent.service");
+    std::os::unix::fs::symlink("/dev/null", &unit)?;
+    let out = postern(&sandbox, AGENT_UNIT, &[], &SERVICE_INSTALL)?;
+    let said = output_text(&out);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains(&format!("{AGENT_UNIT_PATH} is a symlink to /dev/null"))
+            && said.contains("systemctl unmask postern-agent.service"),
+        "{said}"
+    );
+    assert_eq!(std::fs::read_link(&unit)?, Path::new("/dev/null"));
+    assert_eq!(sandbox.calls()?, Vec::<String>::new(), "{said}");
+    Ok(())
+}
+
 /// The ctime of `path` in nanoseconds.
 fn ctime(path: &Path) -> Result<i128> {
     use std::os::unix::fs::MetadataExt;

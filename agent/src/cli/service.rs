@@ -215,6 +215,8 @@ fn run(program: &str, args: &[&str]) -> Result<()> {
 
 pub(crate) fn install(config: &Path) -> Result<()> {
     require_systemd_and_root()?;
+    let unit_path = Path::new(UNIT_DIR).join(UNIT_NAME);
+    refuse_a_linked_unit(&unit_path)?;
     let config = absolute(config)?;
     let binary = this_binary()?;
     let unit = unit(&binary, &config)?;
@@ -266,9 +268,8 @@ pub(crate) fn install(config: &Path) -> Result<()> {
             unchecked.join("\n  ")
         ))?;
     }
-    let path = Path::new(UNIT_DIR).join(UNIT_NAME);
-    std::fs::write(&path, unit).with_context(|| format!("writing {}", path.display()))?;
-    say(&format!("wrote {}", path.display()))?;
+    write_unit(&unit_path, &unit).with_context(|| format!("writing {}", unit_path.display()))?;
+    say(&format!("wrote {}", unit_path.display()))?;
     run("systemctl", &["daemon-reload"])?;
     run("systemctl", &["enable", UNIT_NAME])?;
     // A restart, not a start: an agent already running (an install again, with another
@@ -418,6 +419,44 @@ fn strangers(
 /// init` makes /etc/postern: handing it over takes nothing from anyone else.
 fn roots_alone(mode: u32, uid: u32) -> bool {
     uid == 0 && mode & 0o077 == 0
+}
+
+/// A unit path that is a link is refused before anything changes: written through, a
+/// masked unit (a link to /dev/null) swallowed the unit and `enable` then failed, and one
+/// `systemctl link`ed from elsewhere (a package's file, say) was overwritten.
+fn refuse_a_linked_unit(path: &Path) -> Result<()> {
+    let Ok(to) = std::fs::read_link(path) else {
+        return Ok(());
+    };
+    bail!(
+        "{} is a symlink to {}: the unit is masked (`systemctl unmask {UNIT_NAME}`) or linked \
+         from elsewhere (`systemctl disable {UNIT_NAME}` removes the link); nothing was changed",
+        path.display(),
+        to.display()
+    )
+}
+
+/// The unit, whole or not at all (a temporary file renamed over it), readable by all as
+/// systemd's units are.
+fn write_unit(path: &Path, unit: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let temp = path.with_extension("service.postern-new");
+    let _ = std::fs::remove_file(&temp);
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .open(&temp)
+        .and_then(|mut file| {
+            file.write_all(unit.as_bytes())?;
+            file.sync_all()
+        })
+        .and_then(|()| std::fs::rename(&temp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&temp);
+    }
+    written
 }
 
 pub(crate) fn uninstall() -> Result<()> {
