@@ -1,45 +1,81 @@
-//! The TCP connection to a relay: each address its name resolves to in turn, and the
-//! link set up to give up on a peer gone silent ([`postern_protocol::silent_link`]).
+//! The TCP connection to a relay: each address its name resolves to in turn, IPv6 and
+//! IPv4 taking turns, and the link set up to give up on a peer gone silent
+//! ([`postern_protocol::silent_link`]).
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
-/// How long an address may take to accept before the next one is tried: a relay with an
+/// How long one address may take to accept before the next is tried: a relay with an
 /// IPv6 address behind a firewall that drops IPv6, or a dead node of a round robin, must
 /// not use up the whole connect each time with the next address never tried.
 pub const PER_ADDRESS: Duration = Duration::from_secs(4);
+/// The whole dial, every address included; the SSH handshake has its own time after it.
+pub const DIAL_BUDGET: Duration = Duration::from_secs(8);
 
 /// A connection to `relay` (`host:port`), or why there is none, naming each address tried.
-/// The last address has no limit of its own: the caller's bounds the whole connect.
 pub async fn dial(relay: &str) -> Result<TcpStream, String> {
-    let addresses: Vec<SocketAddr> = tokio::net::lookup_host(relay)
-        .await
-        .map_err(|e| format!("resolving {relay}: {e}"))?
-        .collect();
-    let stream = first_to_accept(&addresses, PER_ADDRESS).await?;
+    let resolving = tokio::time::timeout(DIAL_BUDGET, tokio::net::lookup_host(relay));
+    let addresses: Vec<SocketAddr> = match resolving.await {
+        Err(_) => {
+            return Err(format!(
+                "resolving {relay}: no answer within {DIAL_BUDGET:?}"
+            ));
+        }
+        Ok(found) => found
+            .map_err(|e| format!("resolving {relay}: {e}"))?
+            .collect(),
+    };
+    let stream = first_to_accept(&families_in_turn(addresses), PER_ADDRESS, DIAL_BUDGET).await?;
     postern_protocol::silent_link::prepare(&stream)
         .map_err(|e| format!("setting up the connection: {e}"))?;
     Ok(stream)
 }
 
+/// The addresses in the resolver's order, but the two families taking turns (as Happy
+/// Eyeballs orders them): three IPv6 addresses listed first behind a firewall that drops
+/// IPv6 must not use up the dial before an IPv4 one is tried.
+fn families_in_turn(addresses: Vec<SocketAddr>) -> Vec<SocketAddr> {
+    let Some(first) = addresses.first().map(SocketAddr::is_ipv6) else {
+        return addresses;
+    };
+    let (mut same, mut other): (Vec<_>, Vec<_>) =
+        addresses.into_iter().partition(|a| a.is_ipv6() == first);
+    let mut ordered = Vec::with_capacity(same.len() + other.len());
+    same.reverse();
+    other.reverse();
+    while let Some(next) = same.pop() {
+        ordered.push(next);
+        ordered.extend(other.pop());
+    }
+    ordered.extend(other.into_iter().rev());
+    ordered
+}
+
+/// Each address gets `per_address`, or its even share of what is left of `budget` if
+/// that is less; the last one, all that is left.
 async fn first_to_accept(
     addresses: &[SocketAddr],
     per_address: Duration,
+    budget: Duration,
 ) -> Result<TcpStream, String> {
+    let deadline = Instant::now() + budget;
     let mut failures = Vec::new();
     for (i, address) in addresses.iter().enumerate() {
-        let connect = TcpStream::connect(address);
-        let outcome = if i + 1 == addresses.len() {
-            connect.await
+        let left = u32::try_from(addresses.len() - i).unwrap_or(u32::MAX);
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let share = if left == 1 {
+            remaining
         } else {
-            match tokio::time::timeout(per_address, connect).await {
-                Ok(outcome) => outcome,
-                Err(_) => {
-                    failures.push(format!("{address}: no answer within {per_address:?}"));
-                    continue;
-                }
+            per_address.min(remaining / left)
+        };
+        let outcome = match tokio::time::timeout(share, TcpStream::connect(address)).await {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                failures.push(format!("{address}: no answer within {share:.1?}"));
+                continue;
             }
         };
         match outcome {
@@ -78,10 +114,10 @@ mod tests {
     }
 
     /// An address that never answers costs its share, then the next one is tried; a
-    /// refusal moves on at once. Each failure is named.
+    /// refusal moves on at once. Each failure is named, also when the budget runs out.
     #[tokio::test]
     async fn an_address_that_drops_does_not_keep_the_next_from_being_tried() {
-        let share = Duration::from_millis(300);
+        let (share, budget) = (Duration::from_millis(300), Duration::from_secs(2));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -92,20 +128,52 @@ mod tests {
         };
         let (_full, _queued, dropped) = dropping();
         let started = std::time::Instant::now();
-        let stream = first_to_accept(&[dropped, refused, good], share)
+        let stream = first_to_accept(&[dropped, refused, good], share, budget)
             .await
             .expect("the third address accepts");
         assert_eq!(stream.peer_addr().expect("peer"), good);
-        assert!(started.elapsed() < Duration::from_secs(3));
+        assert!(started.elapsed() < Duration::from_secs(1));
 
-        let said = first_to_accept(&[dropped, refused], share)
+        // Several that drop share the budget: the last is still tried, and all named.
+        let started = std::time::Instant::now();
+        let said = first_to_accept(&[dropped, dropped, dropped, refused], budget, budget)
+            .await
+            .expect_err("none accepts");
+        assert!(started.elapsed() < budget + Duration::from_millis(500));
+        assert_eq!(
+            said.matches(&format!("{dropped}: no answer within"))
+                .count(),
+            3,
+            "{said}"
+        );
+        assert!(said.contains(&format!("{refused}: ")), "{said}");
+
+        // The last one that drops is named too, not lost to an outer timeout.
+        let said = first_to_accept(&[refused, dropped], share, Duration::from_millis(500))
             .await
             .expect_err("none accepts");
         assert!(
-            said.contains(&format!("{dropped}: no answer within 300ms"))
-                && said.contains(&format!("{refused}: ")),
+            said.contains(&format!("{dropped}: no answer within")),
             "{said}"
         );
-        assert!(first_to_accept(&[], share).await.is_err());
+        assert!(first_to_accept(&[], share, budget).await.is_err());
+    }
+
+    #[test]
+    fn the_families_take_turns_from_the_resolvers_first() {
+        let a = |text: &str| text.parse::<SocketAddr>().expect("address");
+        let (v6a, v6b, v6c) = (
+            a("[2001:db8::1]:22"),
+            a("[2001:db8::2]:22"),
+            a("[2001:db8::3]:22"),
+        );
+        let (v4a, v4b) = (a("192.0.2.1:22"), a("192.0.2.2:22"));
+        assert_eq!(
+            families_in_turn(vec![v6a, v6b, v6c, v4a, v4b]),
+            vec![v6a, v4a, v6b, v4b, v6c]
+        );
+        assert_eq!(families_in_turn(vec![v4a, v4b, v6a]), vec![v4a, v6a, v4b]);
+        assert_eq!(families_in_turn(vec![v4a, v4b]), vec![v4a, v4b]);
+        assert!(families_in_turn(Vec::new()).is_empty());
     }
 }

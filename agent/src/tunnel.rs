@@ -385,22 +385,20 @@ async fn establish(
     let handler = AgentSsh {
         shared: shared.clone(),
     };
-    let connect = async {
-        match config.proxy.as_ref().filter(|p| p.applies_to(relay)) {
-            Some(proxy) => {
-                let stream = proxy.connect(relay).await.map_err(|e| e.to_string())?;
-                russh::client::connect_stream(Arc::new(russh_config()), stream, handler)
-                    .await
-                    .map_err(|e| e.to_string())
-            }
-            None => {
-                let stream = crate::relay_dial::dial(relay).await?;
-                russh::client::connect_stream(Arc::new(russh_config()), stream, handler)
-                    .await
-                    .map_err(|e| e.to_string())
-            }
-        }
+    let stream = match config.proxy.as_ref().filter(|p| p.applies_to(relay)) {
+        Some(proxy) => tokio::time::timeout(CONNECT_TIMEOUT, proxy.connect(relay))
+            .await
+            .map_err(|_| {
+                unreachable(format!(
+                    "no answer through the proxy within {CONNECT_TIMEOUT:?}"
+                ))
+            })?
+            .map_err(|e| unreachable(e.to_string()))?,
+        // Bounded by its own budget, and names each address that failed.
+        None => crate::relay_dial::dial(relay).await.map_err(unreachable)?,
     };
+    at("in the SSH handshake");
+    let connect = russh::client::connect_stream(Arc::new(russh_config()), stream, handler);
     let mut handle = match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
         Err(_) => {
             return Err(unreachable(format!(
@@ -420,7 +418,7 @@ async fn establish(
                         found,
                     }
                 }
-                _ => unreachable(e),
+                _ => unreachable(e.to_string()),
             });
         }
         Ok(Ok(handle)) => handle,
@@ -539,7 +537,12 @@ impl Drain<'_> {
         // drain's own would cut them at 10 s) and ends in the stop, not a reconnect.
         let started = tokio::time::Instant::now();
         let mut stopping = shutdown.is_cancelled();
-        let mut deadline = started + grace;
+        let stop_deadline = started + grace.max(SHUTDOWN_GRACE);
+        let mut deadline = if stopping {
+            stop_deadline
+        } else {
+            started + grace
+        };
         let idle = wait_idle(self.tasks);
         tokio::pin!(idle);
         // Without a control channel (gone with the session) the tasks end as it does.
@@ -551,7 +554,7 @@ impl Drain<'_> {
                 () = tokio::time::sleep_until(deadline) => break None,
                 () = shutdown.cancelled(), if !stopping => {
                     stopping = true;
-                    deadline = started + grace.max(SHUTDOWN_GRACE);
+                    deadline = stop_deadline;
                     info!("shutdown requested while draining; the calls under way get the stop's grace");
                 }
             }

@@ -404,7 +404,11 @@ impl AgentHandler {
         let delay = if guess {
             self.ctx.throttle.failure(self.peer.ip())
         } else {
-            self.ctx.throttle.former_token(self.peer.ip());
+            // Not for loopback peers: behind a local TCP proxy they are the whole fleet,
+            // whose forgotten agents together could pass the ceiling.
+            if told_apart(self.peer.ip()) {
+                self.ctx.throttle.former_token(self.peer.ip());
+            }
             crate::auth_throttle::FIRST_DELAY
         };
         warn!(peer = %self.peer, reason = why, delay_ms = delay.as_millis() as u64, "agent authentication refused");
@@ -523,14 +527,25 @@ impl russh::server::Handler for AgentHandler {
             .await;
         match lookup {
             Ok(Login::Agent(login)) => {
-                let Some(pre_auth) = take_pre_auth(&self.pre_auth) else {
-                    info!(peer = %self.peer, agent = %login.agent.name, "login answered after the authentication timeout closed its connection; refused");
-                    return Ok(Auth::reject());
-                };
                 let agent = login.agent;
+                // Before the pre-auth place is taken: a connection refused here stays
+                // unauthenticated, and the authentication timeout still closes it.
                 let Some(slot) = self.ctx.agent_connections.take(agent.id.clone()) else {
                     self.ctx.metrics.auth_failed("agent_busy");
+                    // A valid token: its connection's silence is not a guess.
+                    if let Some(pending) = self
+                        .pre_auth
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .as_mut()
+                    {
+                        pending.refused = true;
+                    }
                     warn!(peer = %self.peer, agent = %agent.name, "agent has {MAX_CONNECTIONS_PER_AGENT} connections already; login refused");
+                    return Ok(Auth::reject());
+                };
+                let Some(pre_auth) = take_pre_auth(&self.pre_auth) else {
+                    info!(peer = %self.peer, agent = %agent.name, "login answered after the authentication timeout closed its connection; refused");
                     return Ok(Auth::reject());
                 };
                 self.connection_slot = Some(slot);

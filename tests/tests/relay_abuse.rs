@@ -662,3 +662,57 @@ async fn one_token_holds_at_most_eight_connections() -> Result<()> {
     .await?;
     Ok(())
 }
+
+/// A peer that stays after its login was refused (russh's client hangs up by itself):
+/// logs in with `argv[3]` at `argv[1]:argv[2]`, then prints how long the relay kept the
+/// connection, at most 20 s.
+const STAY_AFTER_REFUSAL: &str = r#"
+import sys, time, paramiko
+t = paramiko.Transport((sys.argv[1], int(sys.argv[2])))
+t.start_client(timeout=10)
+try:
+    t.auth_password("postern-agent", sys.argv[3])
+    print("accepted", flush=True)
+except paramiko.AuthenticationException:
+    start = time.monotonic()
+    while t.is_active() and time.monotonic() - start < 20:
+        time.sleep(0.1)
+    print("refused, kept %.1f" % (time.monotonic() - start), flush=True)
+"#;
+
+/// A login refused as `agent_busy` leaves a connection that has not logged in: the
+/// authentication timeout still closes it, though its peer answers every keepalive.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_connection_refused_as_agent_busy_is_closed_by_the_authentication_timeout() -> Result<()>
+{
+    let w = RelayWorld::start(postern_tests::bins!()).await?;
+    let token = w.create_agent("greedy").await?;
+    let mut held = Vec::new();
+    for i in 0..8 {
+        let (ssh, accepted) = postern_tests::relay_support::ssh_login(w.relay.ssh, &token).await?;
+        anyhow::ensure!(accepted, "login {i} was refused");
+        held.push(ssh);
+    }
+    let relay = w.relay.ssh;
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("python3")
+            .args(["-c", STAY_AFTER_REFUSAL, &relay.ip().to_string()])
+            .args([relay.port().to_string(), token])
+            .output()
+    })
+    .await?
+    .context("python3 (with paramiko: .ci/run installs it)")?;
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    let kept: f64 = said
+        .trim()
+        .strip_prefix("refused, kept ")
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("{said}{}", String::from_utf8_lossy(&out.stderr)))?;
+    assert!(kept < 14.0, "the refused connection was kept {kept} s");
+    w.relay.logs.wait_for(
+        "not authenticated within the authentication timeout; closed",
+        Duration::from_secs(5),
+    )?;
+    drop(held);
+    Ok(())
+}
