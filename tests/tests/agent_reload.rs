@@ -398,6 +398,11 @@ async fn the_next_call_after_a_reload_uses_the_new_settings_on_a_pooled_channel(
             .map(|s| sample(&s, "postern_call_channels_opened_total"))
     };
     let before = opened().await?;
+    // A series that is missing reads 0: the call before the reload opened one.
+    assert!(
+        before >= 1.0,
+        "no channel opened before the reload: {before}"
+    );
 
     with_base(&format!("{}/v2", w.internal.base_uri()))?;
     let (code, text) = reload(&w.bins, &config)?;

@@ -149,20 +149,30 @@ fn a_scraper_that_never_reads_does_not_hold_up_the_stop() -> Result<()> {
     // Until both sides' buffers are full: the agent's answer can no longer be written.
     scraper.set_write_timeout(Some(Duration::from_secs(2)))?;
     let request = b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n".repeat(100);
+    let mut filled = false;
     for _ in 0..2000 {
         if scraper.write_all(&request).is_err() {
+            filled = true;
             break;
         }
     }
+    anyhow::ensure!(
+        filled,
+        "the agent kept reading: its answers never backed up"
+    );
     postern_tests::harness::signal(agent.pid(), "TERM")?;
     let deadline = Instant::now() + Duration::from_secs(20);
-    while agent.try_exit().is_none() {
+    let status = loop {
+        if let Some(status) = agent.try_exit() {
+            break status;
+        }
         anyhow::ensure!(
             Instant::now() < deadline,
             "the agent did not stop within 20 s of SIGTERM"
         );
         std::thread::sleep(Duration::from_millis(50));
-    }
+    };
+    assert!(status.success(), "{status:?}: {}", agent.logs.text());
     drop(scraper);
     Ok(())
 }

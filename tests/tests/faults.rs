@@ -269,7 +269,22 @@ async fn many_session_drops_leave_nothing_behind_in_the_agent() -> Result<()> {
                     .await
             }));
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        // …at the internal server, all five, before the relay goes.
+        let reached = |suffix: String| {
+            internal
+                .requests()
+                .iter()
+                .filter(|r| r.path_and_query.contains(&suffix))
+                .count()
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while reached(format!("/slow?r={round}&")) < 5 {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "round {round}: the calls did not reach the internal server"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         w.relay.kill();
         for call in calls {
             let _ = tokio::time::timeout(Duration::from_secs(10), call)

@@ -44,7 +44,13 @@ async fn a_stalled_reader_does_not_block_other_calls() -> Result<()> {
         .write_all(format!("GET /v1/agents/a1/connections/o/http/bytes/62914560 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n\r\n").as_bytes())
         .await?;
     let mut first = [0u8; 1024];
-    let _ = stalled.read(&mut first).await?;
+    let n = stalled.read(&mut first).await?;
+    let head = String::from_utf8_lossy(&first[..n]);
+    // A quick error would be no stall at all.
+    anyhow::ensure!(
+        head.starts_with("HTTP/1.1 200"),
+        "the stalled download did not start: {head}"
+    );
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     // And another caller uploads 60 MiB to the internal server that never reads.
@@ -61,6 +67,15 @@ async fn a_stalled_reader_does_not_block_other_calls() -> Result<()> {
             .send()
             .await
     });
+    // The upload reached the internal server that does not read it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while held.lock().await.is_empty() {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the upload never reached the deaf server"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     let mut worst = Duration::ZERO;
