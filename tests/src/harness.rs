@@ -522,6 +522,33 @@ pub fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// Runs `command` to its end, as `output` does, but kills it after `limit`: a command that
+/// should refuse at once and instead serves must fail the test, not hang it.
+pub fn output_within(command: &mut Command, limit: Duration) -> Result<std::process::Output> {
+    let child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting the command")?;
+    let pid = child.id();
+    let (done, finished) = std::sync::mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        let out = child.wait_with_output();
+        let _ = done.send(());
+        out
+    });
+    if finished.recv_timeout(limit).is_err() {
+        let _ = signal(pid, "KILL");
+        let _ = waiter.join();
+        bail!("still running after {limit:?}; killed");
+    }
+    waiter
+        .join()
+        .map_err(|_| anyhow::anyhow!("the waiting thread panicked"))?
+        .context("waiting for the command")
+}
+
 /// A command's stdout then its stderr, as one text.
 pub fn output_text(out: &std::process::Output) -> String {
     format!(

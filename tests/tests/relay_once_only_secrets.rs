@@ -6,11 +6,9 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use postern_tests::harness::{Bins, relay_cli, relay_cli_command, stderr};
-use postern_tests::relay_support::{
-    RelayWorld, SqliteLock, eventually, hold_sqlite_lock, send, ssh_login,
-};
+use postern_tests::relay_support::{RelayWorld, SqliteLock, hold_sqlite_lock, send, ssh_login};
 use reqwest::Method;
 
 fn bins() -> Bins {
@@ -126,39 +124,57 @@ async fn a_rotation_whose_token_cannot_be_shown_is_not_made() -> Result<()> {
 async fn an_api_request_given_up_on_keeps_no_secret() -> Result<()> {
     let w = RelayWorld::start_configured(bins(), "api_timeout = \"300ms\"\n", &[]).await?;
     let token = w.create_agent("site").await?;
-    let lock = hold_sqlite_lock(
-        &w.state_dir().join("relay.db"),
-        SqliteLock::Write,
-        false,
-        None,
-    )?;
+    // One at a time: while a write waits for the lock it holds the relay's store, so a
+    // second request would be given up on at its API key check, before any write.
     let asks = [
-        ("/v1/agents", Some(serde_json::json!({"name": "unseen"}))),
+        (
+            "/v1/agents",
+            Some(serde_json::json!({"name": "unseen"})),
+            "made for a request given up on, and removed again what=\"agent\"",
+        ),
         (
             "/v1/apikeys",
             Some(serde_json::json!({"name": "unseen-key"})),
+            "made for a request given up on, and removed again what=\"API key\"",
         ),
-        ("/v1/agents/site/token", None),
+        (
+            "/v1/agents/site/token",
+            None,
+            "token rotation for a request given up on rolled back",
+        ),
     ];
-    for (path, body) in asks {
+    for (path, body, undone) in asks {
+        let lock = hold_sqlite_lock(
+            &w.state_dir().join("relay.db"),
+            SqliteLock::Write,
+            false,
+            None,
+        )?;
         let answer = send(&w.admin, Method::POST, path, body).await?;
         assert_eq!(answer.status, 500, "{path}: given up on: {}", answer.json);
+        // Killed, the holder commits nothing; the relay's write goes ahead now, and is
+        // undone as it lands.
+        drop(lock);
+        w.relay
+            .logs
+            .wait_for(undone, Duration::from_secs(10))
+            .with_context(|| path.to_owned())?;
     }
-    // Killed, the holder commits nothing; the relay's writes go ahead now.
-    drop(lock);
     let store = postern_relay::store::SqliteStore::open_in(&w.state_dir())?;
-    eventually("the writes are undone", Duration::from_secs(5), || async {
-        let agents = send(&w.admin, Method::GET, "/v1/agents", None).await;
-        let keys = send(&w.admin, Method::GET, "/v1/apikeys", None).await;
-        let site = postern_relay::store::Store::find_agent(&store, "site");
-        matches!((agents, keys, site), (Ok(a), Ok(k), Ok(Some(site)))
-            if a.status == 200 && !a.json.to_string().contains("unseen")
-                && k.status == 200 && !k.json.to_string().contains("unseen-key")
-                && site.token_version == 1)
-    })
-    .await?;
-    // Settled, not merely not yet written: the old token logs in, the names are free.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let agents = send(&w.admin, Method::GET, "/v1/agents", None).await?;
+    let keys = send(&w.admin, Method::GET, "/v1/apikeys", None).await?;
+    assert!(
+        !agents.json.to_string().contains("unseen"),
+        "{}",
+        agents.json
+    );
+    assert!(
+        !keys.json.to_string().contains("unseen-key"),
+        "{}",
+        keys.json
+    );
+    let site = postern_relay::store::Store::find_agent(&store, "site")?.context("site")?;
+    assert_eq!(site.token_version, 1, "the rotation was kept");
     assert!(
         ssh_login(w.relay.ssh, &token).await?.1,
         "the old token stopped working"

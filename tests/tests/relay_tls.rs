@@ -176,7 +176,10 @@ fn plain_http_off_loopback_is_refused_before_binding() -> Result<()> {
             dir.path().join("relay").to_string_lossy()
         ),
     )?;
-    let out = relay_command(&bins(), &config).output()?;
+    let out = postern_tests::harness::output_within(
+        &mut relay_command(&bins(), &config),
+        Duration::from_secs(15),
+    )?;
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("allow_plain_http"), "{stderr}");

@@ -6,7 +6,17 @@ use std::process::Command;
 #[test]
 fn a_short_soak_passes() {
     let out = Command::new(env!("CARGO_BIN_EXE_soak"))
-        .args(["--seconds", "15", "--agents", "3", "--callers", "4"])
+        // Seed 13 kills an agent, then restarts the relay, within the first ~8 s.
+        .args([
+            "--seconds",
+            "15",
+            "--agents",
+            "3",
+            "--callers",
+            "4",
+            "--seed",
+            "13",
+        ])
         .arg("--relay-bin")
         .arg(env!("CARGO_BIN_EXE_e2e-postern-relay"))
         .arg("--agent-bin")
@@ -24,12 +34,25 @@ fn a_short_soak_passes() {
         "{report}"
     );
     assert!(!report.contains("FAIL"), "{report}");
-    let restarts = report
-        .lines()
-        .find_map(|l| l.strip_prefix("| relay restarts / agent kills | "))
-        .unwrap_or_default();
+    let value = |name: &str| -> Vec<u64> {
+        report
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("| {name} | ")))
+            .map(|rest| {
+                rest.trim_end_matches(" |")
+                    .split(" / ")
+                    .filter_map(|n| n.trim().parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let chaos = value("relay restarts / agent kills");
     assert!(
-        !restarts.starts_with("0 / 0"),
-        "the chaos did nothing: {report}"
+        chaos.len() == 2 && chaos.iter().all(|n| *n >= 1),
+        "the relay restarted and an agent was killed: {chaos:?}\n{report}"
+    );
+    assert!(
+        value("answered 200").first().is_some_and(|n| *n > 0),
+        "calls were answered: {report}"
     );
 }

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use tracing::warn;
+use tracing::{info, warn};
 
 use crate::context::RelayContext;
 use crate::store::{Store, StoreError};
@@ -56,8 +56,11 @@ pub async fn create_shown<T: Clone + Send + 'static>(
         let record = work.store_write(create).await?;
         if let Err(gone) = awaited.still() {
             let made = record.clone();
-            if let Err(e) = work.store_write(move |store| undo(store, &made)).await {
-                warn!(what, error = %e, "made for a request given up on, and not removed again: its secret was never shown; revoke it");
+            match work.store_write(move |store| undo(store, &made)).await {
+                Ok(()) => info!(what, "made for a request given up on, and removed again"),
+                Err(e) => {
+                    warn!(what, error = %e, "made for a request given up on, and not removed again: its secret was never shown; revoke it");
+                }
             }
             return Err(StoreError::NotShown(gone));
         }

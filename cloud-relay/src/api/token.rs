@@ -18,7 +18,7 @@ use super::ApiError;
 use super::auth::AdminOnly;
 use crate::context::RelayContext;
 use crate::secrets::new_token;
-use crate::store::unix_now;
+use crate::store::{StoreError, unix_now};
 
 /// Longer overlaps defeat the point of rotating.
 pub const MAX_GRACE: Duration = Duration::from_secs(24 * 3600);
@@ -81,7 +81,12 @@ pub async fn rotate_agent_token(
                 .store_write(move |store| {
                     store.rotate_token(&agent, &stored, until, &mut |_| awaited.still())
                 })
-                .await?;
+                .await
+                .inspect_err(|e| {
+                    if matches!(e, StoreError::NotShown(_)) {
+                        info!("token rotation for a request given up on rolled back: the old token goes on");
+                    }
+                })?;
             // Out of the registry before the answer, so no call reaches them after it.
             for live in work.registry.sessions_of(&record.id) {
                 if let Some(reason) = ended(Some(&record), live.token_version, unix_now()) {
