@@ -311,7 +311,14 @@ async fn clients_that_never_authenticate_are_cut_off_and_wrong_tokens_refused() 
             .join()
             .map_err(|_| anyhow::anyhow!("{name} thread panicked"))?
             .with_context(|| name.to_owned())?;
-        assert!(took <= CLOSED_WITHIN, "{name}: closed after {took:?}");
+        // (`time_until_closed` fails past CLOSED_WITHIN.) A peer that is merely slow is
+        // given the authentication timeout, not closed at once.
+        if matches!(name, "banner only" | "silent") {
+            assert!(
+                took >= Duration::from_secs(9),
+                "{name}: closed after {took:?}, before the 10 s authentication timeout"
+            );
+        }
     }
     w.relay
         .logs

@@ -112,5 +112,10 @@ fn one_address_gets_a_share_of_the_handshakes_and_silent_ones_get_it_refused() -
         ["closed"],
         "the flooding address was never refused"
     );
+    // Closed for being blocked, not for a share still held.
+    relay.logs.wait_for(
+        "address refused before the handshake",
+        Duration::from_secs(5),
+    )?;
     Ok(())
 }

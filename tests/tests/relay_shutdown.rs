@@ -145,6 +145,14 @@ async fn a_second_signal_ends_the_drain_at_once_and_still_says_goodbye() -> Resu
         String::from_utf8_lossy(&buf)
     );
     assert!(!exited(pid), "the relay stopped without draining");
+    // Nor cut since: the cut-off below is the second signal's.
+    assert!(
+        !w.relay
+            .logs
+            .contains("call cut off by the relay's shutdown"),
+        "{}",
+        w.relay.logs.text()
+    );
 
     let second = Instant::now();
     signal(pid, "INT")?;

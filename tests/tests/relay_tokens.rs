@@ -199,7 +199,7 @@ async fn the_cli_rotates_and_the_running_relay_ends_sessions_on_stale_tokens() -
 #[tokio::test(flavor = "multi_thread")]
 async fn a_grace_under_a_second_still_keeps_the_session() -> Result<()> {
     let w = RelayWorld::start(bins()).await?;
-    let _agent = w.agent_online("warehouse-1").await?;
+    let agent = w.agent_online("warehouse-1").await?;
     // The grace stays under a second, as that is the point; so the checks below are
     // measured against the times the rotation and the query were made, rather than
     // assuming each step takes less than the grace.
@@ -221,6 +221,13 @@ async fn a_grace_under_a_second_still_keeps_the_session() -> Result<()> {
     assert!(
         online || answered >= until,
         "the session was dropped although its token had a grace"
+    );
+    // And the old token still logs in, whenever the login is answered before `until`.
+    let (_ssh, accepted) = ssh_login(w.relay.ssh, &agent.token).await?;
+    let answered = std::time::SystemTime::now();
+    assert!(
+        accepted || answered >= until,
+        "the old token was refused within its grace"
     );
 
     // The CLI rounds the same way and says the same end: not before the grace is over.
