@@ -19,15 +19,22 @@ const SIZE: usize = 16 * 1024 * 1024;
 /// An internal server that accepts connections but reads nothing until `release` turns
 /// true; then it reads each request whole and answers with the body's length. A small
 /// receive buffer keeps the kernel from taking much of each body meanwhile.
-async fn late_reader() -> Result<(std::net::SocketAddr, watch::Sender<bool>)> {
+async fn late_reader() -> Result<(
+    std::net::SocketAddr,
+    watch::Sender<bool>,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+)> {
     let socket = TcpSocket::new_v4()?;
     socket.set_recv_buffer_size(64 * 1024)?;
     socket.bind("127.0.0.1:0".parse()?)?;
     let listener = socket.listen(1024)?;
     let addr = listener.local_addr()?;
     let (release, released) = watch::channel(false);
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = accepted.clone();
     tokio::spawn(async move {
         while let Ok((socket, _)) = listener.accept().await {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let mut released = released.clone();
             tokio::spawn(async move {
                 if released.wait_for(|r| *r).await.is_ok() {
@@ -36,7 +43,7 @@ async fn late_reader() -> Result<(std::net::SocketAddr, watch::Sender<bool>)> {
             });
         }
     });
-    Ok((addr, release))
+    Ok((addr, release, accepted))
 }
 
 async fn answer_with_length(mut socket: TcpStream) -> Result<()> {
@@ -79,7 +86,7 @@ async fn answer_with_length(mut socket: TcpStream) -> Result<()> {
 #[tokio::test(flavor = "multi_thread")]
 async fn uploads_a_server_does_not_read_pin_no_more_than_the_upload_buffer() -> Result<()> {
     let dir = TempDir::new("upload-buffer")?;
-    let (late, release) = late_reader().await?;
+    let (late, release, accepted) = late_reader().await?;
     let tunnel = Tunnel::start(
         &postern_tests::bins!(),
         &dir,
@@ -108,7 +115,17 @@ async fn uploads_a_server_does_not_read_pin_no_more_than_the_upload_buffer() -> 
             })
         })
         .collect();
-    // The relay sends what the agent's windows let it; the peak is what counts.
+    // Every upload under way, its connection to the internal server open…
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while accepted.load(std::sync::atomic::Ordering::SeqCst) < UPLOADS {
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "only {} of {UPLOADS} uploads reached the internal server",
+            accepted.load(std::sync::atomic::Ordering::SeqCst)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // …the relay sends what the agent's windows let it; the peak is what counts.
     let peak = peak_rss_kib(agent, Duration::from_secs(4)).await?;
     let grown = peak.saturating_sub(before);
     eprintln!("agent RSS {before} → {peak} KiB with {UPLOADS} uploads not read");

@@ -10,6 +10,8 @@ use postern_tests::relay_support::RelayWorld;
 
 const CALLERS: usize = 12;
 const SIZE: usize = 16 * 1024 * 1024;
+/// What each caller reads at once before it stops: its channel's window grows meanwhile.
+const GROW_WITH: usize = 4 * 1024 * 1024;
 
 fn bins() -> Bins {
     postern_tests::bins!()
@@ -26,18 +28,30 @@ async fn callers_that_stop_reading_pin_no_more_than_the_answer_buffer() -> Resul
     ensure!(warm.status() == 200, "warm-up: {}", warm.status());
     let before = rss_kib(relay)?;
 
-    // Each caller takes the answer's head, then stops reading a 16 MiB body (streamed by
-    // the internal server as it is asked, so it holds none of it). With every channel's
-    // window granted in full at once (16 MiB), the relay would queue nearly all of it.
+    // Each caller reads the first 4 MiB of a 16 MiB body at once (streamed by the
+    // internal server as it is asked, so it holds none of it), which grows its channel's
+    // window, then stops reading. Without the budget each window would have grown to
+    // 4–8 MiB and been filled: ~100 MiB queued in the relay.
     let mut stalled = Vec::new();
+    let mut first = 0usize;
     for _ in 0..CALLERS {
-        let answer = w
+        let mut answer = w
             .admin
             .call("site", "orders", &format!("/chunked/{SIZE}"))
             .await?;
         ensure!(answer.status() == 200, "{}", answer.status());
-        stalled.push(answer);
+        let mut read = 0usize;
+        while read < GROW_WITH {
+            let chunk = tokio::time::timeout(Duration::from_secs(30), answer.chunk())
+                .await??
+                .ok_or_else(|| anyhow::anyhow!("the answer ended after {read} bytes"))?;
+            ensure!(chunk.iter().all(|&b| b == b'x'), "the body was corrupted");
+            read += chunk.len();
+        }
+        first = read;
+        stalled.push((answer, read));
     }
+    ensure!(first >= GROW_WITH);
     // The agent sends what the windows let it; the peak is what counts.
     let peak = peak_rss_kib(relay, Duration::from_secs(4)).await?;
     let grown = peak.saturating_sub(before);
@@ -48,8 +62,8 @@ async fn callers_that_stop_reading_pin_no_more_than_the_answer_buffer() -> Resul
     );
 
     // Read again, all at once: the windows grow within the budget, and every byte arrives.
-    let reads = stalled.into_iter().map(|mut answer| async move {
-        let mut received = 0usize;
+    let reads = stalled.into_iter().map(|(mut answer, read)| async move {
+        let mut received = read;
         while let Some(chunk) =
             tokio::time::timeout(Duration::from_secs(30), answer.chunk()).await??
         {
