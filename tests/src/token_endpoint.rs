@@ -92,6 +92,8 @@ struct Records {
     calls: Vec<ApiCall>,
     issued: HashMap<String, Issued>,
     fault: Option<Fault>,
+    /// Exchanges answered with a [`Fault::Answer`] (not in `exchanges`).
+    faulted: usize,
 }
 
 impl Records {
@@ -189,6 +191,11 @@ token_url = "{token_url}"
             .unwrap_or_default()
     }
 
+    /// How many exchanges a [`Fault::Answer`] refused.
+    pub fn faulted(&self) -> usize {
+        self.records.lock().map(|r| r.faulted).unwrap_or_default()
+    }
+
     pub fn calls(&self) -> Vec<ApiCall> {
         self.records
             .lock()
@@ -264,6 +271,9 @@ async fn token(State(state): State<AppState>, request: Request) -> Response {
             content_type,
             body,
         }) => {
+            if let Ok(mut r) = state.records.lock() {
+                r.faulted += 1;
+            }
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             return (status, [("content-type", content_type)], body).into_response();
         }

@@ -160,6 +160,11 @@ async fn a_failed_refresh_keeps_using_the_still_valid_token() -> Result<()> {
         "too slow to be inside the refresh window: {:?}",
         asked.elapsed()
     );
+    // Inside the refresh window: a refresh was tried, and failed.
+    assert!(
+        endpoint.faulted() >= 1,
+        "no refresh was tried inside the refresh window"
+    );
 
     // Expired: never sent; the failure comes back.
     tokio::time::sleep(
