@@ -74,6 +74,8 @@ pub async fn run_with_hangup(
         ));
     }
     let socket = config.status_socket.clone();
+    // The status socket answers through a stop's drain, until the tunnel is done.
+    let tunnel_done = CancellationToken::new();
     let (config_tx, config_rx) = watch::channel(Arc::new(config));
     let reloader = config_path.map(|path| Arc::new(Reloader::new(path, config_tx, calls.clone())));
     // Status is a convenience: without its socket the tunnel still runs.
@@ -85,7 +87,7 @@ pub async fn run_with_hangup(
                 calls: calls.clone(),
                 reloader: reloader.clone(),
             };
-            tasks.spawn(server.serve(listener, socket, shutdown.clone()));
+            tasks.spawn(server.serve(listener, socket, shutdown.clone(), tunnel_done.clone()));
         }
         Err(e) => {
             warn!(socket = %socket.display(), error = %e, "status socket unavailable; `postern status` and `postern reload` will not answer")
@@ -95,6 +97,7 @@ pub async fn run_with_hangup(
         tasks.spawn(reload_on_sighup(reloader, hangup, shutdown.clone()));
     }
     tunnel::run(config_rx, calls, shutdown.clone(), state).await;
+    tunnel_done.cancel();
     tasks.close();
     tasks.wait().await;
     Ok(())

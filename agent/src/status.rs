@@ -38,6 +38,13 @@ pub struct StatusReport {
     /// The config file the agent runs (and reloads), absolute.
     #[serde(default)]
     pub config_file: Option<PathBuf>,
+    /// Taking no new calls while those under way finish (stopping, or reconnecting with
+    /// new settings).
+    #[serde(default)]
+    pub draining: bool,
+    /// The agent is stopping: it answers here until its calls under way are done.
+    #[serde(default)]
+    pub stopping: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -53,6 +60,7 @@ pub fn report(
     config: &AgentConfig,
     config_file: Option<PathBuf>,
     calls: &Contexts,
+    stopping: bool,
 ) -> StatusReport {
     let rfc3339 = |t| humantime::format_rfc3339_seconds(t).to_string();
     StatusReport {
@@ -63,6 +71,8 @@ pub fn report(
         agent_name: state.agent_name.clone(),
         last_error: state.last_error.clone(),
         reconnects: state.reconnects,
+        draining: state.draining,
+        stopping,
         connections: calls
             .iter()
             .map(|(name, ctx)| {
@@ -227,12 +237,20 @@ pub struct StatusServer {
 }
 
 impl StatusServer {
-    pub async fn serve(self, listener: UnixListener, path: PathBuf, shutdown: CancellationToken) {
+    /// Answers until `closed` (the tunnel has let its calls go); from `shutdown` on it says
+    /// the agent is stopping, refuses reloads and ends connection tests under way.
+    pub async fn serve(
+        self,
+        listener: UnixListener,
+        path: PathBuf,
+        shutdown: CancellationToken,
+        closed: CancellationToken,
+    ) {
         let this = Arc::new(self);
         let clients = TaskTracker::new();
         loop {
             let stream = tokio::select! {
-                _ = shutdown.cancelled() => break,
+                _ = closed.cancelled() => break,
                 accepted = listener.accept() => match accepted {
                     Ok((stream, _)) => stream,
                     Err(e) => {
@@ -310,6 +328,10 @@ impl StatusServer {
                             "this agent was started without a config file; nothing to reload"
                                 .to_owned(),
                         ),
+                        Some(_) if shutdown.is_cancelled() => Err(
+                            "the agent is stopping (its calls under way are finishing); nothing was reloaded"
+                                .to_owned(),
+                        ),
                         Some(reloader) => reloader.reload().await,
                     };
                     let config_file = self.reloader.as_ref().map(|r| r.path().to_owned());
@@ -332,8 +354,14 @@ impl StatusServer {
                 _ => {
                     let config = self.config.borrow().clone();
                     let file = self.reloader.as_ref().map(|r| r.path().to_owned());
-                    let report =
-                        report(&self.state.borrow(), &config, file, &self.calls.snapshot());
+                    let stopping = shutdown.is_cancelled();
+                    let report = report(
+                        &self.state.borrow(),
+                        &config,
+                        file,
+                        &self.calls.snapshot(),
+                        stopping,
+                    );
                     serde_json::to_vec(&report)
                 }
             }

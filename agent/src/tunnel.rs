@@ -45,6 +45,9 @@ pub struct TunnelState {
     /// Sessions established after the first one (failed attempts do not count).
     pub reconnects: u64,
     pub agent_name: Option<String>,
+    /// The session takes no new calls and lets those under way finish: the agent stops,
+    /// or reconnects with new settings.
+    pub draining: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -153,7 +156,10 @@ pub async fn run(
             &state,
         )
         .await;
-        state.send_modify(|s| s.connected = false);
+        state.send_modify(|s| {
+            s.connected = false;
+            s.draining = false;
+        });
         if shutdown.is_cancelled() {
             // A session that drained gave its calls their grace already.
             drained = matches!(outcome, Ok(SessionEnd::Shutdown));
@@ -302,6 +308,7 @@ async fn session(
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => {
+                state.send_modify(|s| s.draining = true);
                 let drain = Drain { shared: &shared, control: &mut write, relay_closes_channels, tasks, notices: &mut notices };
                 // Whatever the relay said meanwhile, the agent stops.
                 let _ = drain.then_disconnect(&mut handle, SHUTDOWN_GRACE, "agent shutting down", shutdown).await;
@@ -310,6 +317,7 @@ async fn session(
             Ok(()) = updates.changed() => {
                 let new = updates.borrow_and_update().clone();
                 if session_settings_differ(config, &new) {
+                    state.send_modify(|s| s.draining = true);
                     let drain = Drain { shared: &shared, control: &mut write, relay_closes_channels, tasks, notices: &mut notices };
                     match drain.then_disconnect(&mut handle, RECONFIGURE_GRACE, "agent reconnects with new settings", shutdown).await {
                         Drained::Done => return Ok(SessionEnd::Reconfigured),

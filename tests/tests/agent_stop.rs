@@ -157,3 +157,62 @@ async fn calls_racing_a_stop_are_answered_or_told_to_retry() -> Result<()> {
     assert_eq!(logs.matches("agent drains").count(), rounds, "{logs}");
     Ok(())
 }
+
+/// While a stopping agent drains, `postern status` still answers and says so, and a
+/// reload is refused; the socket goes once the calls under way are done.
+#[tokio::test(flavor = "multi_thread")]
+async fn status_answers_through_a_stops_drain() -> Result<()> {
+    use postern_tests::harness::{AgentProcess, agent_command, output_text, stdout};
+    use std::time::{Duration, Instant};
+    let w = RelayWorld::start(postern_tests::bins!()).await?;
+    let token = w.create_agent("site").await?;
+    let config = w.write_agent_config(&token)?;
+    let mut agent = AgentProcess::start(&w.bins, &config)?;
+    w.admin.wait_online("site", true, ONLINE_WITHIN).await?;
+    // Under way for 10 s at the internal server.
+    let slower = {
+        let api = w.admin.clone();
+        tokio::spawn(async move { api.call("site", "orders", "/slower").await })
+    };
+    w.internal.has_seen("/slower").await?;
+    postern_tests::harness::signal(agent.pid(), "TERM")?;
+
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let report = loop {
+        let out = agent_command(&w.bins, &config, &["status", "--json"]).output()?;
+        let report: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap_or_default();
+        if report["stopping"] == true {
+            break report;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "status never said stopping: {}",
+            output_text(&out)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(report["draining"], true, "{report}");
+    let text = agent_command(&w.bins, &config, &["status"]).output()?;
+    assert!(stdout(&text).contains("STOPPING"), "{}", output_text(&text));
+    let reload = agent_command(&w.bins, &config, &["reload"]).output()?;
+    assert_eq!(reload.status.code(), Some(1), "{}", output_text(&reload));
+    assert!(
+        output_text(&reload).contains("the agent is stopping"),
+        "{}",
+        output_text(&reload)
+    );
+
+    assert_eq!(slower.await??.status(), 200);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = agent.try_exit() {
+            break status;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the agent did not exit");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(status.success(), "{status:?}");
+    let gone = agent_command(&w.bins, &config, &["status"]).output()?;
+    assert_eq!(gone.status.code(), Some(2), "{}", output_text(&gone));
+    Ok(())
+}

@@ -416,11 +416,16 @@ fn same_file(a: &Path, b: &Path) -> bool {
 }
 
 fn print_report(out: &mut dyn Write, r: &StatusReport) -> std::io::Result<()> {
-    let state = match (&r.connected, &r.connected_since) {
+    let mut state = match (&r.connected, &r.connected_since) {
         (true, Some(since)) => format!("connected since {since}"),
         (true, None) => "connected".to_owned(),
         (false, _) => "NOT connected".to_owned(),
     };
+    if r.stopping {
+        state.push_str("; STOPPING: takes no new calls, those under way finish");
+    } else if r.draining {
+        state.push_str("; draining to reconnect with new settings");
+    }
     writeln!(out, "postern agent {} — {state}", r.agent_version)?;
     writeln!(out, "  relay        {}", printable(&r.relays.join(", ")))?;
     if let Some(name) = &r.agent_name {
