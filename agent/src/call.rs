@@ -134,6 +134,13 @@ pub async fn handle(ctx: Arc<CallContext>, request: Request<Incoming>) -> Respon
         .unwrap_or("-")
         .into();
     let method = request.method().clone();
+    let mut unanswered = Unanswered {
+        ctx: &ctx,
+        request_id: &request_id,
+        method: &method,
+        started,
+        armed: true,
+    };
     // Held until the answer's body is done, so streaming calls count too.
     let permit = ctx.in_flight.try_take();
     let outcome = match permit {
@@ -161,6 +168,7 @@ pub async fn handle(ctx: Arc<CallContext>, request: Request<Incoming>) -> Respon
             response
         }
     };
+    unanswered.armed = false;
     let elapsed = started.elapsed();
     let status = response.status().as_u16();
     ctx.metrics
@@ -174,6 +182,44 @@ pub async fn handle(ctx: Arc<CallContext>, request: Request<Incoming>) -> Respon
         "call"
     );
     response
+}
+
+/// The status a call given up on before its answer's head is counted with (nginx's
+/// "client closed request"): no status ever went back.
+pub const ABANDONED: u16 = 499;
+
+/// Armed while a call has no answer yet: dropped so, the relay gave up on it (its caller
+/// hung up, its `call_timeout`, the session's end) and hyper dropped the call with its
+/// channel. Such a call left no line and no count, and the slowest calls were the ones
+/// missing from the duration histogram.
+struct Unanswered<'a> {
+    ctx: &'a CallContext,
+    request_id: &'a str,
+    method: &'a Method,
+    started: Instant,
+    armed: bool,
+}
+
+impl Drop for Unanswered<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let elapsed = self.started.elapsed();
+        self.ctx
+            .failed
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.ctx
+            .metrics
+            .call_finished(self.ctx.connection.name.as_str(), ABANDONED, elapsed);
+        warn!(
+            request_id = %self.request_id,
+            connection = %self.ctx.connection.name,
+            method = %self.method,
+            ms = elapsed.as_millis() as u64,
+            "call abandoned before its answer: the relay gave up on it (its caller gone, its call_timeout, or the session's end); it may have reached the internal server"
+        );
+    }
 }
 
 /// Holds the call's place until its answer's body is done. An answer that breaks off

@@ -39,7 +39,7 @@ fn class_counts(samples: &std::collections::HashMap<String, f64>) -> [f64; 3] {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_caller_that_hangs_up_while_waiting_is_logged_and_counted() -> Result<()> {
     let w = RelayWorld::start(bins()).await?;
-    let _agent = w.agent_online("site").await?;
+    let agent = w.agent_online("site").await?;
     let mut caller = TcpStream::connect(w.relay.api)?;
     write!(
         caller,
@@ -61,6 +61,23 @@ async fn a_caller_that_hangs_up_while_waiting_is_logged_and_counted() -> Result<
     let logs = w.relay.logs.text();
     assert!(!logs.contains("call answered"), "{logs}");
     assert!(!logs.contains("call failed"), "{logs}");
+    // The agent, whose call the relay dropped with its channel, says so too: before
+    // 2026-12-06 such a call left no line and no count there.
+    let agent_line = agent
+        .process
+        .logs
+        .lines()
+        .into_iter()
+        .find(|l| l.contains("call abandoned before its answer"))
+        .unwrap_or_default();
+    for part in [
+        "request_id=gone-1",
+        "connection=orders",
+        "method=GET",
+        "ms=",
+    ] {
+        assert!(agent_line.contains(part), "no {part:?} in {agent_line:?}");
+    }
     Ok(())
 }
 
