@@ -1,6 +1,6 @@
 //! The TCP connection to a relay: each address its name resolves to in turn, IPv6 and
 //! IPv4 taking turns, and the link set up to give up on a peer gone silent
-//! ([`postern_protocol::silent_link`]).
+//! ([`postern_protocol::silent_link`]). A connection test dials its internal server so too.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -37,7 +37,7 @@ pub async fn dial(relay: &str) -> Result<TcpStream, String> {
 /// The addresses in the resolver's order, but the two families taking turns (as Happy
 /// Eyeballs orders them): three IPv6 addresses listed first behind a firewall that drops
 /// IPv6 must not use up the dial before an IPv4 one is tried.
-fn families_in_turn(addresses: Vec<SocketAddr>) -> Vec<SocketAddr> {
+pub(crate) fn families_in_turn(addresses: Vec<SocketAddr>) -> Vec<SocketAddr> {
     let Some(first) = addresses.first().map(SocketAddr::is_ipv6) else {
         return addresses;
     };
@@ -56,7 +56,7 @@ fn families_in_turn(addresses: Vec<SocketAddr>) -> Vec<SocketAddr> {
 
 /// Each address gets `per_address`, or its even share of what is left of `budget` if
 /// that is less; the last one, all that is left.
-async fn first_to_accept(
+pub(crate) async fn first_to_accept(
     addresses: &[SocketAddr],
     per_address: Duration,
     budget: Duration,
@@ -80,8 +80,6 @@ async fn first_to_accept(
         };
         match outcome {
             Ok(stream) => return Ok(stream),
-            // One address: its error alone, as before there were several.
-            Err(e) if addresses.len() == 1 => return Err(e.to_string()),
             Err(e) => failures.push(format!("{address}: {e}")),
         }
     }
