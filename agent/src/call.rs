@@ -184,6 +184,23 @@ pub async fn handle(ctx: Arc<CallContext>, request: Request<Incoming>) -> Respon
     response
 }
 
+/// The length every `Content-Length` value states, if they are all one number.
+fn single_length(headers: &http::HeaderMap) -> Option<u64> {
+    let mut lengths = headers
+        .get_all(CONTENT_LENGTH)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("x").split(','))
+        .map(|n| {
+            let n = n.trim();
+            // Digits only: `+5` and ` ` parse or pass elsewhere, and must not here.
+            (!n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| n.parse::<u64>().ok())
+                .flatten()
+        });
+    let first = lengths.next()??;
+    lengths.all(|n| n == Some(first)).then_some(first)
+}
+
 /// The status a call given up on before its answer's head is counted with (nginx's
 /// "client closed request"): no status ever went back.
 pub const ABANDONED: u16 = 499;
@@ -409,6 +426,17 @@ async fn run(
     // intermediary removes it). A HEAD answer has no body, and its length is the GET's.
     if upstream_headers.contains_key(TRANSFER_ENCODING) && parts.method != Method::HEAD {
         upstream_headers.remove(CONTENT_LENGTH);
+    }
+    // As one number, or not at all: hyper's client takes `5, 5` (and, on a HEAD, 204 or
+    // 304, checks nothing), but the agent's server writes no head with such a value and
+    // closed the channel with no answer, while the call was logged served.
+    match single_length(&upstream_headers) {
+        Some(length) => {
+            upstream_headers.insert(CONTENT_LENGTH, HeaderValue::from(length));
+        }
+        None => {
+            upstream_headers.remove(CONTENT_LENGTH);
+        }
     }
     postern_protocol::headers::strip_hop_by_hop(&mut upstream_headers);
     // The header marks postern's own errors; an internal server must not be able to fake one.
@@ -822,6 +850,25 @@ pub fn error_response(code: ErrorCode, message: &str) -> Response<CallBody> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_length_passes_on_only_as_one_number() {
+        let with = |values: &[&str]| {
+            let mut h = http::HeaderMap::new();
+            for v in values {
+                h.append(CONTENT_LENGTH, HeaderValue::from_str(v).expect("value"));
+            }
+            single_length(&h)
+        };
+        assert_eq!(with(&["5"]), Some(5));
+        assert_eq!(with(&["5, 5"]), Some(5));
+        assert_eq!(with(&["5", "5"]), Some(5));
+        assert_eq!(with(&["5, 6"]), None);
+        assert_eq!(with(&["abc"]), None);
+        assert_eq!(with(&["+5"]), None);
+        assert_eq!(with(&["5,"]), None);
+        assert_eq!(with(&[]), None);
+    }
 
     #[test]
     fn a_call_waits_no_longer_than_the_relay_leaves_it() {

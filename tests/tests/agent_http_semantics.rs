@@ -355,6 +355,46 @@ async fn an_answer_with_a_length_and_chunks_arrives_whole() -> Result<()> {
     Ok(())
 }
 
+/// A `Content-Length` the agent's own server would not write (`5, 5`, which hyper's
+/// client takes; anything at all on a HEAD's answer, which it does not check) passes on
+/// as one number, or not at all: before, the channel closed with no answer (502
+/// `tunnel_error` at the relay) while the agent logged the call served.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_length_the_agent_could_not_write_passes_on_as_one_number_or_none() -> Result<()> {
+    let twice =
+        Raw::start(|_| b"HTTP/1.1 200 OK\r\ncontent-length: 5, 5\r\n\r\nhello".to_vec()).await?;
+    let garbled =
+        Raw::start(|_| b"HTTP/1.1 200 OK\r\ncontent-length: lots\r\n\r\n".to_vec()).await?;
+    let dir = TempDir::new("http-semantics-odd-length")?;
+    let connections = [
+        connection("twice", twice.addr, ""),
+        connection("garbled", garbled.addr, ""),
+    ]
+    .concat();
+    let t = Tunnel::start(&bins(), &dir, &connections).await?;
+    let r = t.api.call("a1", "twice", "/x").await?;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-length"], "5");
+    assert_eq!(r.text().await?, "hello");
+    let r = t
+        .api
+        .http
+        .head(format!(
+            "{}/v1/agents/a1/connections/garbled/http/x",
+            t.api.base
+        ))
+        .bearer_auth(&t.api.key)
+        .send()
+        .await?;
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.headers().get("content-length").is_none(),
+        "{:?}",
+        r.headers()
+    );
+    Ok(())
+}
+
 /// An internal server that never answers the connect (its backlog full, as behind a
 /// firewall that drops) gets 502 `upstream_unreachable`: nothing was sent. Connecting gave
 /// up together with the wait for the answer, which won, and the caller got 504
