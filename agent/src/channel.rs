@@ -54,9 +54,15 @@ pub async fn serve(
             })
         }
     });
+    use postern_protocol::headers::{
+        MAX_REQUEST_HEAD_BYTES, MAX_REQUEST_HEADER_LINES, REQUEST_HEADER_LINES_ADDED,
+    };
+    // Whatever head the relay can pass on, with what it adds: past hyper's defaults (100
+    // lines, 256 KiB here before) a caller's head the relay took got a bare 431.
     let connection = http1::Builder::new()
         .keep_alive(true)
-        .max_buf_size(256 * 1024)
+        .max_headers(MAX_REQUEST_HEADER_LINES + REQUEST_HEADER_LINES_ADDED)
+        .max_buf_size(MAX_REQUEST_HEAD_BYTES + 64 * 1024)
         .serve_connection(io, service);
     tokio::pin!(connection);
     let result = tokio::select! {

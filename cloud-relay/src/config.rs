@@ -226,7 +226,7 @@ pub const MAX_REQUEST_BODY: u64 = 1024 * 1024 * MIB;
 pub const MIN_ANSWER_BUFFER_PER_AGENT: u64 = MIB;
 pub const MAX_ANSWER_BUFFER_PER_AGENT: u64 = 1024 * 1024 * MIB;
 /// It sizes hyper's read buffer, allocated per API connection.
-pub const MAX_HEADER_BYTES: usize = MIB as usize;
+pub const MAX_HEADER_BYTES: usize = postern_protocol::headers::MAX_REQUEST_HEAD_BYTES;
 
 impl RelayConfig {
     fn check_limits(&self) -> Result<(), ConfigError> {

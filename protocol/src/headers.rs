@@ -22,6 +22,18 @@ pub const MAX_ANSWER_HEADER_LINES: usize = 100;
 /// and `transfer-encoding` for a body without a length.
 pub const ANSWER_HEADER_LINES_ADDED: usize = 2;
 
+/// Header lines the relay's API reads in a caller's request head (hyper's default).
+pub const MAX_REQUEST_HEADER_LINES: usize = 100;
+
+/// Lines the relay may add to a request's head on its way to the agent: `host`,
+/// `x-request-id`, `x-postern-call-timeout`, and `transfer-encoding` for a body without a
+/// length. The agent reads that many more, or a caller's head at the relay's limit would
+/// get a bare 431 from the agent.
+pub const REQUEST_HEADER_LINES_ADDED: usize = 4;
+
+/// The largest request head the relay can be set to read (`max_header_bytes`).
+pub const MAX_REQUEST_HEAD_BYTES: usize = 1024 * 1024;
+
 /// Headers that describe one connection only (RFC 9110 §7.6.1), plus the ones
 /// each hop sets itself. Never forwarded; nor is any `Proxy-*` header.
 const HOP_BY_HOP: &[&str] = &[

@@ -395,6 +395,41 @@ async fn a_length_the_agent_could_not_write_passes_on_as_one_number_or_none() ->
     Ok(())
 }
 
+/// A caller's head at the relay's limit of 100 lines reaches the internal server: with
+/// the lines the relay adds it is over hyper's 100 at the agent, whose server answered it
+/// a bare 431 before 2026-12-06.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_head_at_the_relays_limit_of_lines_reaches_the_internal_server() -> Result<()> {
+    let raw = Raw::start(|head| {
+        let lines = head.lines().filter(|l| l.contains(':')).count();
+        format!(
+            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{lines}",
+            lines.to_string().len()
+        )
+        .into_bytes()
+    })
+    .await?;
+    let dir = TempDir::new("http-semantics-many-lines")?;
+    let t = Tunnel::start(&bins(), &dir, &connection("many", raw.addr, "")).await?;
+    // reqwest sends `host`, `accept` and `authorization` besides these: 100 in all.
+    let mut request = t
+        .api
+        .http
+        .get(format!(
+            "{}/v1/agents/a1/connections/many/http/x",
+            t.api.base
+        ))
+        .bearer_auth(&t.api.key);
+    for i in 0..97 {
+        request = request.header(format!("x-line-{i}"), "v");
+    }
+    let r = request.send().await?;
+    assert_eq!(r.status(), 200, "{:?}", r.headers());
+    let lines: usize = r.text().await?.parse()?;
+    assert!(lines >= 99, "the internal server saw {lines} header lines");
+    Ok(())
+}
+
 /// An internal server that never answers the connect (its backlog full, as behind a
 /// firewall that drops) gets 502 `upstream_unreachable`: nothing was sent. Connecting gave
 /// up together with the wait for the answer, which won, and the caller got 504
