@@ -12,19 +12,33 @@ use postern_protocol::channel_io::ChannelIo;
 use russh::Channel;
 use russh::client::Msg;
 use tokio_util::sync::CancellationToken;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::call::{self, CallContext};
 use crate::call_table::CallTable;
 
-/// Runs the connection's test request and writes its report as one JSON object.
+/// Runs the connection's test request and writes its report as one JSON object; ends it
+/// if the relay closes the channel first (its `call_timeout`, its caller gone): a test
+/// waiting its turn under a long `max_wait` held its call slot on, and then sent the
+/// request anyway, after the relay had answered 504.
 pub async fn serve_test(channel: Channel<Msg>, ctx: Arc<CallContext>) {
-    use tokio::io::AsyncWriteExt;
-    let report = crate::connection_test::run(&ctx).await;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut from_relay, mut to_relay) = tokio::io::split(ChannelIo::new(channel));
+    // The relay sends nothing on a test's channel: its end is all there is to read.
+    let relay_gone = async {
+        let mut buf = [0u8; 256];
+        while matches!(from_relay.read(&mut buf).await, Ok(n) if n > 0) {}
+    };
+    let report = tokio::select! {
+        report = crate::connection_test::run(&ctx) => report,
+        () = relay_gone => {
+            warn!(connection = %ctx.connection.name, "connection test abandoned: the relay gave up on it (its call_timeout, or its caller gone)");
+            return;
+        }
+    };
     let body = serde_json::to_vec(&report).unwrap_or_default();
-    let mut stream = ChannelIo::new(channel);
-    let _ = stream.write_all(&body).await;
-    let _ = stream.shutdown().await;
+    let _ = to_relay.write_all(&body).await;
+    let _ = to_relay.shutdown().await;
 }
 
 /// Serves calls to the connection `name` until the relay closes the channel. Each call

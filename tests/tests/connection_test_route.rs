@@ -254,3 +254,49 @@ async fn unanswered_channel_opens_are_capped_at_the_calls_allowed() -> Result<()
     assert_eq!(confirmed, 2, "channel opens sent to the agent");
     Ok(())
 }
+
+/// A test waiting its turn under a long `max_wait` past the relay's `call_timeout` ends
+/// when the relay gives up on it (504): it lets its call slot go and sends nothing. It
+/// held the slot for up to `max_wait`, then sent the request anyway.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_test_the_relay_gave_up_on_lets_its_call_slot_go() -> Result<()> {
+    let w = RelayWorld::start_configured(postern_tests::bins!(), "call_timeout = \"2s\"\n", &[])
+        .await?;
+    let token = w.create_agent("site").await?;
+    let limited = format!(
+        "[connections.limited]\nbase_uri = \"{}\"\nmax_concurrent_calls = 1\nmax_wait = \"5m\"\n\
+         rate_limit = {{ requests = 1, per = \"60s\", burst = 1 }}\n\
+         test = {{ path = \"/tested\" }}\n",
+        w.internal.base_uri()
+    );
+    let config = w.write_agent_config_with(&token, &limited)?;
+    let agent = postern_tests::harness::AgentProcess::start(&w.bins, &config)?;
+    w.admin
+        .wait_online("site", true, Duration::from_secs(15))
+        .await?;
+    // The first call takes the minute's one turn…
+    assert_eq!(
+        w.admin.call("site", "limited", "/first").await?.status(),
+        200
+    );
+    // …so the test waits for the next, past the relay's patience.
+    let test = w.admin.connection_test("site", "limited").await?;
+    assert_eq!(test.status(), 504);
+    agent
+        .logs
+        .wait_for("connection test abandoned", Duration::from_secs(5))?;
+    // Its slot is free: a call is held back by the rate limit, not refused for the slot.
+    let r = w.admin.call("site", "limited", "/second").await?;
+    let status = r.status();
+    let body: serde_json::Value = r.json().await?;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["error"]["code"], "rate_limited", "{body}");
+    assert!(
+        !w.internal
+            .requests()
+            .iter()
+            .any(|r| r.path_and_query.ends_with("/tested")),
+        "the abandoned test was sent"
+    );
+    Ok(())
+}
