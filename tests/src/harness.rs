@@ -278,6 +278,23 @@ impl AgentProcess {
         self.child.try_wait().ok().flatten()
     }
 
+    /// Its exit status once it has exited by itself (after a stop, say), within `limit`.
+    pub async fn exit_within(&mut self, limit: Duration) -> Result<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.try_exit() {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "the agent did not exit within {limit:?}: {}",
+                    self.logs.text()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// The port of the agent's metrics listener, for a config with
     /// `metrics_listen = "127.0.0.1:0"`: the agent logs only the configured address, so
     /// the port it bound is read from /proc (a port picked beforehand and let go could be

@@ -344,18 +344,7 @@ async fn a_stop_during_a_reconnects_drain_gets_a_stops_grace() -> Result<()> {
         .wait_for("shutdown requested while draining", Duration::from_secs(5))?;
     let answer = tokio::time::timeout(Duration::from_secs(30), in_flight).await???;
     assert_eq!(answer.status(), 200);
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = agent.try_exit() {
-            break status;
-        }
-        anyhow::ensure!(
-            std::time::Instant::now() < deadline,
-            "the agent did not exit after its call: {}",
-            agent.logs.text()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let status = agent.exit_within(Duration::from_secs(10)).await?;
     assert!(status.success(), "{status:?}");
     assert!(
         !agent

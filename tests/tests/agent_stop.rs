@@ -203,14 +203,7 @@ async fn status_answers_through_a_stops_drain() -> Result<()> {
     );
 
     assert_eq!(slower.await??.status(), 200);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = agent.try_exit() {
-            break status;
-        }
-        anyhow::ensure!(Instant::now() < deadline, "the agent did not exit");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let status = agent.exit_within(Duration::from_secs(10)).await?;
     assert!(status.success(), "{status:?}");
     let gone = agent_command(&w.bins, &config, &["status"]).output()?;
     assert_eq!(gone.status.code(), Some(2), "{}", output_text(&gone));

@@ -667,11 +667,13 @@ async fn a_control_flood_does_not_flood_the_log() -> Result<()> {
     Ok(())
 }
 
-/// A token buys at most eight connections at once (logged in, or still to say hello): a
-/// ninth login is refused, and counted, until one of them ends.
-#[tokio::test(flavor = "multi_thread")]
-async fn one_token_holds_at_most_eight_connections() -> Result<()> {
-    let w = RelayWorld::start(postern_tests::bins!()).await?;
+/// Agent `greedy`'s token, and eight connections logged in with it (no hello yet).
+async fn eight_connections(
+    w: &RelayWorld,
+) -> Result<(
+    String,
+    Vec<russh::client::Handle<postern_tests::relay_support::HandDriven>>,
+)> {
     let token = w.create_agent("greedy").await?;
     let mut held = Vec::new();
     for i in 0..8 {
@@ -679,6 +681,15 @@ async fn one_token_holds_at_most_eight_connections() -> Result<()> {
         anyhow::ensure!(accepted, "login {i} was refused");
         held.push(ssh);
     }
+    Ok((token, held))
+}
+
+/// A token buys at most eight connections at once (logged in, or still to say hello): a
+/// ninth login is refused, and counted, until one of them ends.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_token_holds_at_most_eight_connections() -> Result<()> {
+    let w = RelayWorld::start(postern_tests::bins!()).await?;
+    let (token, mut held) = eight_connections(&w).await?;
     let (_ninth, accepted) = postern_tests::relay_support::ssh_login(w.relay.ssh, &token).await?;
     assert!(!accepted, "a ninth connection of one agent was let in");
     w.relay
@@ -738,13 +749,7 @@ except paramiko.AuthenticationException:
 async fn a_connection_refused_as_agent_busy_is_closed_by_the_authentication_timeout() -> Result<()>
 {
     let w = RelayWorld::start(postern_tests::bins!()).await?;
-    let token = w.create_agent("greedy").await?;
-    let mut held = Vec::new();
-    for i in 0..8 {
-        let (ssh, accepted) = postern_tests::relay_support::ssh_login(w.relay.ssh, &token).await?;
-        anyhow::ensure!(accepted, "login {i} was refused");
-        held.push(ssh);
-    }
+    let (token, held) = eight_connections(&w).await?;
     let relay = w.relay.ssh;
     let out = tokio::task::spawn_blocking(move || {
         Command::new("python3")
