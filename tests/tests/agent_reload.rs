@@ -275,23 +275,37 @@ async fn a_new_token_is_tried_at_once_after_a_reload() -> Result<()> {
 /// The relay may end the session while the agent drains it to reconnect with new
 /// settings: its reason (here, revoked) decides what comes next, not the drain's (which
 /// would reconnect at once, then be refused as a stranger).
-#[tokio::test(flavor = "multi_thread")]
-async fn a_revocation_during_a_reconnects_drain_is_taken_as_one() -> Result<()> {
-    let world = world().await?;
+/// An agent with a call to `path` under way, draining it to reconnect to a new relay
+/// address (reloaded).
+async fn draining_for_new_settings(
+    world: &World,
+    path: &'static str,
+) -> Result<(
+    AgentProcess,
+    tokio::task::JoinHandle<Result<reqwest::Response>>,
+)> {
     let (w, api) = (&world.w, &world.w.admin);
     let config = world.write_config(&world.token, &["o"])?;
     let agent = AgentProcess::start(&w.bins, &config)?;
     api.wait_online("a1", true, Duration::from_secs(15)).await?;
-    // A call under way holds the drain open (the internal server takes 3 s).
     let caller = api.clone();
-    let in_flight = tokio::spawn(async move { caller.call("a1", "o", "/slow").await });
-    w.internal.has_seen("/slow").await?;
+    let in_flight = tokio::spawn(async move { caller.call("a1", "o", path).await });
+    w.internal.has_seen(path).await?;
     world.move_relay_to_localhost(&config)?;
     let (code, text) = reload(&w.bins, &config)?;
-    assert_eq!(code, Some(0), "{text}");
+    anyhow::ensure!(code == Some(0), "{text}");
     agent
         .logs
         .wait_for("draining in-flight calls", Duration::from_secs(5))?;
+    Ok((agent, in_flight))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revocation_during_a_reconnects_drain_is_taken_as_one() -> Result<()> {
+    let world = world().await?;
+    let api = &world.w.admin;
+    // A call under way holds the drain open (the internal server takes 3 s).
+    let (agent, in_flight) = draining_for_new_settings(&world, "/slow").await?;
 
     let revoked = send(api, Method::DELETE, "/v1/agents/a1", None).await?;
     assert_eq!(revoked.status, 204, "{}", revoked.json);
@@ -324,20 +338,8 @@ async fn a_revocation_during_a_reconnects_drain_is_taken_as_one() -> Result<()> 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stop_during_a_reconnects_drain_gets_a_stops_grace() -> Result<()> {
     let world = world().await?;
-    let (w, api) = (&world.w, &world.w.admin);
-    let config = world.write_config(&world.token, &["o"])?;
-    let mut agent = AgentProcess::start(&w.bins, &config)?;
-    api.wait_online("a1", true, Duration::from_secs(15)).await?;
     // The internal server takes 16 s over this one.
-    let caller = api.clone();
-    let in_flight = tokio::spawn(async move { caller.call("a1", "o", "/slowest").await });
-    w.internal.has_seen("/slowest").await?;
-    world.move_relay_to_localhost(&config)?;
-    let (code, text) = reload(&w.bins, &config)?;
-    assert_eq!(code, Some(0), "{text}");
-    agent
-        .logs
-        .wait_for("draining in-flight calls", Duration::from_secs(5))?;
+    let (mut agent, in_flight) = draining_for_new_settings(&world, "/slowest").await?;
     postern_tests::harness::signal(agent.pid(), "TERM")?;
     agent
         .logs
