@@ -608,3 +608,32 @@ async fn a_token_endpoint_that_is_down_slow_or_talks_garbage_gives_clear_errors_
     assert_eq!(endpoint.calls().len(), 1);
     Ok(())
 }
+
+/// A connection test whose cached token the API now refuses (a provider's key rotated)
+/// drops it and goes once more with a new one, as a call does, rather than fail on what
+/// the next call would mend.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_connection_test_replaces_a_refused_cached_token() -> Result<()> {
+    let (endpoint, world) = es256_world("jwt-x-test-401", "erp", |_| {}).await?;
+    let (status, body) = json_of(world.post("erp", "/warm", "").await?).await?;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(endpoint.exchanges().len(), 1);
+    endpoint.revoke_all();
+    let (status, report) = json_of(world.api.connection_test("edge", "erp").await?).await?;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["ok"], true, "{report}");
+    assert_eq!(report["status"], 200, "{report}");
+    let http = report["steps"]
+        .as_array()
+        .and_then(|steps| steps.iter().find(|s| s["name"] == "http"))
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        http["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("the cached token was refused, and replaced")),
+        "{report}"
+    );
+    assert_eq!(endpoint.exchanges().len(), 2);
+    Ok(())
+}
