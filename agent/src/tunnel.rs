@@ -156,9 +156,13 @@ pub async fn run(
             &state,
         )
         .await;
+        // In one change, so `status` never shows the session gone without its reason.
         state.send_modify(|s| {
             s.connected = false;
             s.draining = false;
+            if let Err(e) = &outcome {
+                s.last_error = Some(e.to_string());
+            }
         });
         if shutdown.is_cancelled() {
             // A session that drained gave its calls their grace already.
@@ -207,9 +211,6 @@ pub async fn run(
         }
         // Several relays: try the next one in turn.
         relay_index = relay_index.wrapping_add(1);
-        if let Err(e) = outcome {
-            state.send_modify(|s| s.last_error = Some(e.to_string()));
-        }
         let established = state.borrow().since != since_before;
         backoff.after_session(refused, started.elapsed(), established);
         let delay = backoff.next_delay();
