@@ -117,15 +117,17 @@ impl AuthThrottle {
     }
 
     fn failure_at(&self, ip: IpAddr, now: Instant) -> Duration {
+        let mut in_a_row = 1;
         self.record(ip, now, |f, now| {
             if now.duration_since(f.last) >= FORGET_AFTER {
                 f.in_a_row = 0;
             }
             f.in_a_row = f.in_a_row.saturating_add(1);
             f.last = now;
+            in_a_row = f.in_a_row;
             (f.guesses.add(now), BLOCK_AFTER, "failed logins")
         });
-        self.delay(ip)
+        delay_for(in_a_row)
     }
 
     /// Records the refusal of a former token: no longer delay, but a ceiling
@@ -182,12 +184,6 @@ impl AuthThrottle {
                 BLOCK_WINDOW.as_secs()
             );
         }
-    }
-
-    /// The wait before refusing a guess from `ip`, by its failures in a row.
-    fn delay(&self, ip: IpAddr) -> Duration {
-        let map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        delay_for(map.peek(&source(ip)).map_or(1, |f| f.in_a_row))
     }
 
     /// Whether connections from `ip` are refused at once (a burst of recent failures).

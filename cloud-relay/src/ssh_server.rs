@@ -385,6 +385,19 @@ struct AgentHandler {
 }
 
 impl AgentHandler {
+    /// The connection's running out of time to log in is not counted again: its refusal
+    /// was, or it is no guess.
+    fn refusal_counted(&self) {
+        if let Some(pending) = self
+            .pre_auth
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_mut()
+        {
+            pending.refused = true;
+        }
+    }
+
     /// Refuses after the throttle's delay; a `guess` counts towards blocking the address.
     async fn refuse(&self, why: &str, label: &'static str, guess: bool) -> Auth {
         self.ctx.metrics.auth_failed(label);
@@ -392,14 +405,8 @@ impl AgentHandler {
         // hold a rotated token is no attacker), only towards a far higher ceiling: silence
         // after it still is, or one such token held a quarter of the places, ten seconds at
         // a time, for ever.
-        if guess
-            && let Some(pending) = self
-                .pre_auth
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .as_mut()
-        {
-            pending.refused = true;
+        if guess {
+            self.refusal_counted();
         }
         let delay = if guess {
             self.ctx.throttle.failure(self.peer.ip())
@@ -533,14 +540,7 @@ impl russh::server::Handler for AgentHandler {
                 let Some(slot) = self.ctx.agent_connections.take(agent.id.clone()) else {
                     self.ctx.metrics.auth_failed("agent_busy");
                     // A valid token: its connection's silence is not a guess.
-                    if let Some(pending) = self
-                        .pre_auth
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .as_mut()
-                    {
-                        pending.refused = true;
-                    }
+                    self.refusal_counted();
                     warn!(peer = %self.peer, agent = %agent.name, "agent has {MAX_CONNECTIONS_PER_AGENT} connections already; login refused");
                     return Ok(Auth::reject());
                 };
