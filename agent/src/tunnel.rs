@@ -312,7 +312,7 @@ async fn session(
                 state.send_modify(|s| s.draining = true);
                 let drain = Drain { shared: &shared, control: &mut write, relay_closes_channels, tasks, notices: &mut notices };
                 // Whatever the relay said meanwhile, the agent stops.
-                let _ = drain.then_disconnect(&mut handle, SHUTDOWN_GRACE, "agent shutting down", shutdown).await;
+                let _ = drain.then_disconnect(&mut handle, shutdown).await;
                 return Ok(SessionEnd::Shutdown);
             }
             Ok(()) = updates.changed() => {
@@ -320,7 +320,7 @@ async fn session(
                 if session_settings_differ(config, &new) {
                     state.send_modify(|s| s.draining = true);
                     let drain = Drain { shared: &shared, control: &mut write, relay_closes_channels, tasks, notices: &mut notices };
-                    match drain.then_disconnect(&mut handle, RECONFIGURE_GRACE, "agent reconnects with new settings", shutdown).await {
+                    match drain.then_disconnect(&mut handle, shutdown).await {
                         Drained::Done => return Ok(SessionEnd::Reconfigured),
                         Drained::Stopped => return Ok(SessionEnd::Shutdown),
                         // Its refusal holds for the reloaded settings too, unless they
@@ -511,14 +511,13 @@ struct Drain<'a> {
 
 impl Drain<'_> {
     /// Stops taking channels and has them closed, idle ones at once and busy ones once
-    /// their call is answered; waits for that up to `grace`, then ends the session. The
-    /// relay's `ending` if it ended the session first (revoked, replaced): its reason
-    /// decides what comes next, not the drain's.
+    /// their call is answered; waits for that up to a stop's grace once `shutdown` is
+    /// cancelled, else a reconnect's, then ends the session. The relay's `ending` if it
+    /// ended the session first (revoked, replaced): its reason decides what comes next,
+    /// not the drain's.
     async fn then_disconnect(
         self,
         handle: &mut russh::client::Handle<AgentSsh>,
-        grace: Duration,
-        words: &str,
         shutdown: &CancellationToken,
     ) -> Drained {
         self.shared.accepting.store(false, Ordering::SeqCst);
@@ -546,11 +545,11 @@ impl Drain<'_> {
         // drain's own would cut them at 10 s) and ends in the stop, not a reconnect.
         let started = tokio::time::Instant::now();
         let mut stopping = shutdown.is_cancelled();
-        let stop_deadline = started + grace.max(SHUTDOWN_GRACE);
+        let stop_deadline = started + SHUTDOWN_GRACE;
         let mut deadline = if stopping {
             stop_deadline
         } else {
-            started + grace
+            started + RECONFIGURE_GRACE
         };
         let idle = wait_idle(self.tasks);
         tokio::pin!(idle);
@@ -580,7 +579,7 @@ impl Drain<'_> {
         let words = if stopping {
             "agent shutting down"
         } else {
-            words
+            "agent reconnects with new settings"
         };
         let _ = handle
             .disconnect(russh::Disconnect::ByApplication, words, "")
