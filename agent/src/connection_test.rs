@@ -145,8 +145,7 @@ pub async fn run(ctx: &CallContext) -> TestReport {
     let started = Instant::now();
     // Every address in turn, as calls' connector does: `localhost` is often `::1` first,
     // and a server on 127.0.0.1 alone must not fail the test while calls reach it.
-    let addrs = crate::relay_dial::families_in_turn(addrs);
-    let tcp = crate::relay_dial::first_to_accept(&addrs, conn.timeout, conn.timeout)
+    let tcp = crate::relay_dial::first_to_accept(addrs, conn.timeout, conn.timeout)
         .await
         .map(|stream| match stream.peer_addr() {
             Ok(peer) => format!("connected to {peer}"),

@@ -28,7 +28,7 @@ pub async fn dial(relay: &str) -> Result<TcpStream, String> {
             .map_err(|e| format!("resolving {relay}: {e}"))?
             .collect(),
     };
-    let stream = first_to_accept(&families_in_turn(addresses), PER_ADDRESS, DIAL_BUDGET).await?;
+    let stream = first_to_accept(addresses, PER_ADDRESS, DIAL_BUDGET).await?;
     postern_protocol::silent_link::prepare(&stream)
         .map_err(|e| format!("setting up the connection: {e}"))?;
     Ok(stream)
@@ -37,7 +37,7 @@ pub async fn dial(relay: &str) -> Result<TcpStream, String> {
 /// The addresses in the resolver's order, but the two families taking turns (as Happy
 /// Eyeballs orders them): three IPv6 addresses listed first behind a firewall that drops
 /// IPv6 must not use up the dial before an IPv4 one is tried.
-pub(crate) fn families_in_turn(addresses: Vec<SocketAddr>) -> Vec<SocketAddr> {
+fn families_in_turn(addresses: Vec<SocketAddr>) -> Vec<SocketAddr> {
     let Some(first) = addresses.first().map(SocketAddr::is_ipv6) else {
         return addresses;
     };
@@ -54,13 +54,14 @@ pub(crate) fn families_in_turn(addresses: Vec<SocketAddr>) -> Vec<SocketAddr> {
     ordered
 }
 
-/// Each address gets `per_address`, or its even share of what is left of `budget` if
-/// that is less; the last one, all that is left.
+/// Each address in turn ([`families_in_turn`]), given `per_address`, or its even share of
+/// what is left of `budget` if that is less; the last one, all that is left.
 pub(crate) async fn first_to_accept(
-    addresses: &[SocketAddr],
+    addresses: Vec<SocketAddr>,
     per_address: Duration,
     budget: Duration,
 ) -> Result<TcpStream, String> {
+    let addresses = families_in_turn(addresses);
     let deadline = Instant::now() + budget;
     let mut failures = Vec::new();
     for (i, address) in addresses.iter().enumerate() {
@@ -126,7 +127,7 @@ mod tests {
         };
         let (_full, _queued, dropped) = dropping();
         let started = std::time::Instant::now();
-        let stream = first_to_accept(&[dropped, refused, good], share, budget)
+        let stream = first_to_accept(vec![dropped, refused, good], share, budget)
             .await
             .expect("the third address accepts");
         assert_eq!(stream.peer_addr().expect("peer"), good);
@@ -134,7 +135,7 @@ mod tests {
 
         // Several that drop share the budget: the last is still tried, and all named.
         let started = std::time::Instant::now();
-        let said = first_to_accept(&[dropped, dropped, dropped, refused], budget, budget)
+        let said = first_to_accept(vec![dropped, dropped, dropped, refused], budget, budget)
             .await
             .expect_err("none accepts");
         assert!(started.elapsed() < budget + Duration::from_millis(500));
@@ -147,14 +148,14 @@ mod tests {
         assert!(said.contains(&format!("{refused}: ")), "{said}");
 
         // The last one that drops is named too, not lost to an outer timeout.
-        let said = first_to_accept(&[refused, dropped], share, Duration::from_millis(500))
+        let said = first_to_accept(vec![refused, dropped], share, Duration::from_millis(500))
             .await
             .expect_err("none accepts");
         assert!(
             said.contains(&format!("{dropped}: no answer within")),
             "{said}"
         );
-        assert!(first_to_accept(&[], share, budget).await.is_err());
+        assert!(first_to_accept(vec![], share, budget).await.is_err());
     }
 
     #[test]
