@@ -4,6 +4,8 @@
 mod idle_timeout;
 pub mod rate_limit;
 mod replay;
+mod send_again;
+pub(crate) use send_again::send_with_retries;
 pub mod slots;
 
 use std::sync::Arc;
@@ -317,7 +319,7 @@ async fn run(
         ),
         None => None,
     };
-    // Only a token we had cached can be stale; a fresh one refused again would be refused again.
+    // A body small enough is read first, so that a cached token's 401 can be retried.
     let may_retry = bearer.as_ref().is_some_and(|b| b.cached);
     let body = if may_retry {
         RequestBody::read_small(&headers, body, conn.timeout, conn.limits.max_request_body)
@@ -333,75 +335,8 @@ async fn run(
     } else {
         RequestBody::stream(body)
     };
-    let replay = body.replayable();
-    let sent_at = Instant::now();
-    let mut upstream = match send(ctx, &parts.method, &url, &headers, bearer.as_ref(), body).await {
-        // The server let an idle connection go just as the call went out on it (one that
-        // closes them sooner than the agent's 4 s): a safe method goes once more, on
-        // another connection, as a browser or nginx would send it. Only a close that came
-        // at once: one after a while (a worker killed by its server's timeout) is the
-        // request's doing, and sending it again would double the wait for the same end.
-        Err(failed)
-            if failed.closed_unanswered
-                && sent_at.elapsed() < QUICK_CLOSE
-                && parts.method.is_safe()
-                && let Some(bytes) = &replay =>
-        {
-            info!(connection = %conn.name, method = %parts.method, "the internal server closed the connection without answering; sending the call once more");
-            let again = RequestBody::Buffered(bytes.clone());
-            send(ctx, &parts.method, &url, &headers, bearer.as_ref(), again).await?
-        }
-        sent => sent?,
-    };
-    if upstream.status() == StatusCode::UNAUTHORIZED
-        && let (Some(source), Some(used)) = (&ctx.bearer, &bearer)
-    {
-        if may_retry {
-            // Dropped even when this call cannot be retried, so the next gets a new one.
-            source.invalidate(&used.header);
-        } else {
-            // A token made for this very call, refused: the refusal is the request's, and
-            // dropping the token would cost the next call an exchange for nothing (a path
-            // refusing every call, reached between larger uploads that dropped tokens).
-            source.refused_again();
-        }
-        let fresh = match replay {
-            Some(replay) if may_retry => match source.get(&ctx.token_http, conn.timeout).await {
-                Ok(fresh) => Some((fresh, replay)),
-                // The server's own 401 (its `WWW-Authenticate`) tells the caller more.
-                Err(e) => {
-                    warn!(connection = %conn.name, error = %e, "no new token to retry the refused call with; its 401 goes back as it came");
-                    None
-                }
-            },
-            _ => None,
-        };
-        if let Some((fresh, replay)) = fresh {
-            // The same token again: its answer would be too. Made anew (the token endpoint
-            // gave the refused token back, or a JWT re-signed in the same second) it says
-            // refusing is the request's doing, as a refused retry would; from the cache, the
-            // refusals are being ignored already.
-            if fresh.header == used.header {
-                if !fresh.cached {
-                    source.refused_again();
-                }
-            } else {
-                info!(connection = %conn.name, "upstream refused the cached token; retrying once with a new one");
-                upstream = send(
-                    ctx,
-                    &parts.method,
-                    &url,
-                    &headers,
-                    Some(&fresh),
-                    RequestBody::Buffered(replay),
-                )
-                .await?;
-                if upstream.status() == StatusCode::UNAUTHORIZED {
-                    source.refused_again();
-                }
-            }
-        }
-    }
+    let (upstream, _) =
+        send_again::send_with_retries(ctx, &parts.method, &url, &headers, bearer, body).await?;
     if upstream.status() == StatusCode::TOO_MANY_REQUESTS
         && let Some(pause) = upstream
             .headers()
@@ -534,7 +469,7 @@ fn without_query(path_and_query: &str) -> std::borrow::Cow<'_, str> {
 
 /// Sends the request once. The connection's timeout bounds the wait for the response
 /// headers, counted from the request body's last progress (see `postern_protocol::upload_progress`).
-pub(crate) async fn send(
+async fn send(
     ctx: &CallContext,
     method: &Method,
     url: &Url,
@@ -578,10 +513,6 @@ pub(crate) async fn send(
         Some(Ok(r)) => Ok(r),
     }
 }
-
-/// How soon after the send a close without an answer is taken as the server letting an
-/// idle connection go (it comes within a round trip).
-const QUICK_CLOSE: Duration = Duration::from_secs(1);
 
 /// A send that failed: what the caller is told, and whether the server closed the
 /// connection before a whole answer head came.

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use http::HeaderMap;
 use serde::{Deserialize, Serialize};
 
-use crate::call::{CallContext, RequestBody, Wait, send};
+use crate::call::{CallContext, RequestBody, Wait, send_with_retries};
 use crate::config::Auth;
 use crate::upstream_url;
 
@@ -180,50 +180,27 @@ pub async fn run(ctx: &CallContext) -> TestReport {
             }
         },
     };
-    let mut bearer = bearer;
-    let mut replaced = false;
-    let (response, latency, started) = loop {
-        let started = Instant::now();
-        let sent = send(
-            ctx,
-            &test.method,
-            &url,
-            &HeaderMap::new(),
-            bearer.as_ref(),
-            RequestBody::Buffered(Bytes::new()),
-        )
-        .await
-        .map_err(<(postern_protocol::ErrorCode, String)>::from);
-        let latency = millis(started.elapsed());
-        let response = match sent {
-            Ok(response) => response,
-            Err((code, message)) => {
-                report.step(
-                    "http",
-                    started,
-                    Err(format!("{}: {message}", code.as_str())),
-                );
-                return report;
-            }
-        };
-        // A cached token the server now refuses (revoked, its key rotated): as a call
-        // does, the test drops it and goes once more with a new one, rather than fail on
-        // what the next call would mend.
-        if !replaced
-            && response.status() == reqwest::StatusCode::UNAUTHORIZED
-            && let (Some(source), Some(used)) = (&ctx.bearer, &bearer)
-            && used.cached
-        {
-            source.invalidate(&used.header);
-            if let Ok(fresh) = source.get(&ctx.token_http, conn.timeout).await
-                && fresh.header != used.header
-            {
-                replaced = true;
-                bearer = Some(fresh);
-                continue;
-            }
+    let started = Instant::now();
+    let sent = send_with_retries(
+        ctx,
+        &test.method,
+        &url,
+        &HeaderMap::new(),
+        bearer,
+        RequestBody::Buffered(Bytes::new()),
+    )
+    .await;
+    let latency = millis(started.elapsed());
+    let (response, again) = match sent {
+        Ok(sent) => sent,
+        Err((code, message)) => {
+            report.step(
+                "http",
+                started,
+                Err(format!("{}: {message}", code.as_str())),
+            );
+            return report;
         }
-        break (response, latency, started);
     };
     let status = response.status();
     report.status = Some(status.as_u16());
@@ -237,10 +214,13 @@ pub async fn run(ctx: &CallContext) -> TestReport {
         (true, false) => ", TLS verified",
         (true, true) => ", TLS not verified (insecure_skip_verify)",
     };
-    let again = if replaced {
-        " (sent again: the cached token was refused, and replaced)"
-    } else {
-        ""
+    let again = match (again.after_close, again.with_new_token) {
+        (false, false) => "",
+        (true, false) => " (sent again: the server closed the connection without answering)",
+        (false, true) => " (sent again: the cached token was refused, and replaced)",
+        (true, true) => {
+            " (sent again twice: the server closed the connection without answering, then refused the cached token)"
+        }
     };
     let detail = format!("{status}{tls}, expected {}{again}", report.expected);
     report.ok = report.step(

@@ -165,3 +165,36 @@ async fn a_safe_call_on_a_connection_closed_under_it_goes_once_more() -> Result<
     assert_eq!(slow_requests.load(Ordering::SeqCst), 1, "sent once");
     Ok(())
 }
+
+/// A connection test is sent as a call is: on a kept connection the server closes
+/// unanswered, it goes once more and passes, and its report says it was sent again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_connection_test_on_a_connection_closed_under_it_goes_once_more() -> Result<()> {
+    let (addr, requests) = closing_on_second_request().await?;
+    let dir = TempDir::new("upstream-closed-under-test")?;
+    let connections = format!("[connections.o]\nbase_uri = \"http://{addr}/api\"\n");
+    let tunnel = Tunnel::start(&postern_tests::bins!(), &dir, &connections).await?;
+    let r = tunnel.api.call("a1", "o", "/x").await?;
+    assert_eq!(r.status(), 200);
+    // Back in the agent's pool (see above), the connection takes the test.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let r = tunnel.api.connection_test("a1", "o").await?;
+    assert_eq!(r.status(), 200);
+    let report: serde_json::Value = r.json().await?;
+    assert_eq!(report["ok"], true, "{report}");
+    let http = report["steps"]
+        .as_array()
+        .and_then(|steps| steps.iter().find(|s| s["name"] == "http"))
+        .ok_or_else(|| anyhow::anyhow!("no http step: {report}"))?;
+    let detail = http["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("sent again: the server closed the connection without answering"),
+        "{detail}"
+    );
+    assert_eq!(
+        requests.load(Ordering::SeqCst),
+        3,
+        "sent twice, answered once"
+    );
+    Ok(())
+}
