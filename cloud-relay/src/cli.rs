@@ -334,9 +334,16 @@ fn agent(command: AgentCommand) -> Result<()> {
                 })
             } else {
                 // Whoever can open the store can read the key `serve` made beside it.
-                let fingerprint = host_key::load(&config.state_dir)
-                    .map(|key| host_key::fingerprint(&key))
-                    .unwrap_or_else(|_| "FINGERPRINT".to_owned());
+                // The agent is made all the same: its token is what cannot be had again.
+                let fingerprint = match host_key::load(&config.state_dir) {
+                    Ok(key) => host_key::fingerprint(&key),
+                    Err(e) => {
+                        eprintln!(
+                            "warning: the relay's fingerprint is not known here ({e}); `postern-relay fingerprint` on the relay prints it"
+                        );
+                        "FINGERPRINT".to_owned()
+                    }
+                };
                 let port = config.ssh_listen.port();
                 show_once(|out| {
                     writeln!(out, "Agent {:?} created (id {}).", agent.name, agent.id)?;
@@ -546,7 +553,8 @@ fn print_table<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> Resul
     to_stdout(|out| out.write_all(text.as_bytes()))
 }
 
-/// What `serve` checks before it binds, and the TLS files as a SIGHUP reads them. The
+/// What `serve` checks before it binds, and the TLS files as a SIGHUP reads them (an
+/// expired or not yet valid certificate fails, as a SIGHUP refuses it). The
 /// relay unit's `ExecReload` runs it after the SIGHUP, so `systemctl reload` fails when
 /// the files are broken (the relay keeps its certificate then).
 fn check(path: &std::path::Path) -> Result<()> {
@@ -554,9 +562,12 @@ fn check(path: &std::path::Path) -> Result<()> {
     config.validate()?;
     let what = match (&config.tls_cert, &config.tls_key) {
         (Some(cert), Some(key)) => {
-            crate::tls::TlsReloader::load(cert, key)?;
+            let validity = crate::tls::TlsReloader::check(cert, key)?;
+            let until = validity
+                .map(|v| format!(", valid until {}", crate::cert_dates::shown(v.not_after)))
+                .unwrap_or_default();
             format!(
-                "the TLS certificate {} and key {} load and go together",
+                "the TLS certificate {} and key {} load and go together{until}",
                 cert.display(),
                 key.display()
             )

@@ -45,6 +45,7 @@ pub struct RelayContext {
 impl RelayContext {
     pub fn new(config: RelayConfig, store: Arc<dyn Store>, shutdown: CancellationToken) -> Self {
         let call_timeout_ms = u64::try_from(config.call_timeout.as_millis()).unwrap_or(u64::MAX);
+        let metrics = Metrics::new(config.tls_cert.is_some());
         Self {
             call_timeout_header: http::HeaderValue::from(call_timeout_ms),
             config,
@@ -53,7 +54,7 @@ impl RelayContext {
             registry: Registry::default(),
             throttle: AuthThrottle::default(),
             agent_connections: KeyedSlots::new(MAX_CONNECTIONS_PER_AGENT),
-            metrics: Metrics::default(),
+            metrics,
             tasks: TaskTracker::new(),
             shutdown,
             cutting_off: AtomicBool::new(false),

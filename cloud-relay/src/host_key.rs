@@ -26,7 +26,7 @@ pub enum HostKeyError {
         "no host key at {path}: `postern-relay serve` creates it on first start (is the state folder right?)"
     )]
     Missing { path: PathBuf },
-    #[error("cannot read host key {path}: {error}")]
+    #[error("cannot read host key {path}: {error}{}", not_ours_hint(.path, .error))]
     Read {
         path: PathBuf,
         error: std::io::Error,
@@ -48,6 +48,31 @@ pub enum HostKeyError {
     },
     #[error("host key {path} is readable by other users (mode {mode:o}); run: chmod 600 {path}")]
     Permissions { path: PathBuf, mode: u32 },
+    /// ssh-key reads such a key, fingerprint and all, but cannot sign with it: every
+    /// agent's handshake would fail while the relay looked well.
+    #[error(
+        "host key {path} is protected by a passphrase, which the relay cannot type: remove it with `ssh-keygen -p -N '' -f {path}` (the fingerprint stays the same)"
+    )]
+    Encrypted { path: PathBuf },
+}
+
+/// A key file another user owns (made by a `serve` or CLI command run once as root):
+/// says whose it is, and the chown that lets the relay's user read it.
+fn not_ours_hint(path: &Path, error: &std::io::Error) -> String {
+    if error.kind() != std::io::ErrorKind::PermissionDenied {
+        return String::new();
+    }
+    let (Ok(meta), Some(uid)) = (std::fs::metadata(path), postern_process::current_uid()) else {
+        return String::new();
+    };
+    if meta.uid() == uid {
+        return String::new();
+    }
+    let folder = path.parent().unwrap_or(path).display();
+    format!(
+        "; it belongs to uid {}, and the relay runs as uid {uid} (was a command run once as root?): give the state folder back to the relay's user, e.g. `chown -R postern-relay: {folder}`",
+        meta.uid()
+    )
 }
 
 /// Makes sure the state folder exists, 0700: made so, or narrowed to it when the relay
@@ -148,7 +173,14 @@ pub fn load(state_dir: &Path) -> Result<PrivateKey, HostKeyError> {
     if mode & 0o077 != 0 {
         return Err(HostKeyError::Permissions { path, mode });
     }
-    PrivateKey::from_openssh(text).map_err(|error| HostKeyError::Parse { path, error })
+    let key = PrivateKey::from_openssh(text).map_err(|error| HostKeyError::Parse {
+        path: path.clone(),
+        error,
+    })?;
+    if key.is_encrypted() {
+        return Err(HostKeyError::Encrypted { path });
+    }
+    Ok(key)
 }
 
 fn write_key(file: &mut std::fs::File, text: &[u8]) -> std::io::Result<()> {
@@ -244,6 +276,70 @@ mod tests {
             error: std::io::ErrorKind::PermissionDenied.into(),
         };
         assert!(!error.to_string().contains("ReadWritePaths"), "{error}");
+    }
+
+    /// A key ssh-keygen protected with a passphrase parses, fingerprint and all, but could
+    /// sign no handshake: refused at load, saying how to remove the passphrase.
+    #[test]
+    fn a_passphrase_protected_key_is_refused_with_the_way_out() {
+        let dir = fresh_dir("encrypted");
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let path = dir.join(HOST_KEY_FILE);
+        let made = std::process::Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "a passphrase", "-f"])
+            .arg(&path)
+            .status()
+            .expect("ssh-keygen (openssh-client) must be installed");
+        assert!(made.success());
+        let error = load(&dir).expect_err("an encrypted key loaded");
+        assert!(matches!(error, HostKeyError::Encrypted { .. }), "{error}");
+        assert!(error.to_string().contains("ssh-keygen -p -N ''"), "{error}");
+        // Without the passphrase, the same file loads.
+        let removed = std::process::Command::new("ssh-keygen")
+            .args(["-q", "-p", "-P", "a passphrase", "-N", "", "-f"])
+            .arg(&path)
+            .status()
+            .expect("ssh-keygen -p");
+        assert!(removed.success());
+        load(&dir).expect("the key without its passphrase");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A key the relay's user cannot read because another user owns it (a command run
+    /// once as root) names the owner and the chown; other read errors get no such hint.
+    #[test]
+    fn a_key_owned_by_another_user_names_the_chown() {
+        let me = postern_process::current_uid().expect("uid");
+        let dir = fresh_dir("not-ours");
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let ours = dir.join("ours");
+        std::fs::write(&ours, "x").expect("write");
+        // Root can give a file away; anyone else finds one root owns.
+        let theirs = if me == 0 {
+            let theirs = dir.join("theirs");
+            std::fs::write(&theirs, "x").expect("write");
+            std::os::unix::fs::chown(&theirs, Some(65534), None).expect("chown");
+            theirs
+        } else {
+            PathBuf::from("/")
+        };
+        let owner = std::fs::metadata(&theirs).expect("meta").uid();
+        let denied = || std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        let read = |path: &Path, error| HostKeyError::Read {
+            path: path.to_owned(),
+            error,
+        };
+        let said = read(&theirs, denied()).to_string();
+        assert!(
+            said.contains(&format!(
+                "belongs to uid {owner}, and the relay runs as uid {me}"
+            )) && said.contains("chown -R postern-relay:"),
+            "{said}"
+        );
+        assert!(!read(&ours, denied()).to_string().contains("chown"));
+        let other = std::io::Error::from(std::io::ErrorKind::InvalidData);
+        assert!(!read(&theirs, other).to_string().contains("chown"));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

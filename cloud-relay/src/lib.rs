@@ -29,6 +29,7 @@ pub mod address_slots;
 pub mod api;
 pub mod api_server;
 pub mod auth_throttle;
+pub mod cert_dates;
 pub mod channel_pool;
 pub mod cli;
 pub mod config;

@@ -41,10 +41,19 @@ pub struct Metrics {
     bytes_in: Counter,
     bytes_out: Counter,
     channels_opened: Counter,
+    /// Registered only when the API serves TLS: a 0 would read as expired in 1970.
+    tls_expiry: Gauge,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
+        Self::new(false)
+    }
+}
+
+impl Metrics {
+    /// With `tls`, the API certificate's end is exported too.
+    pub fn new(tls: bool) -> Self {
         let m = Self {
             registry: Registry::with_prefix("postern"),
             agents_online: Gauge::default(),
@@ -57,6 +66,7 @@ impl Default for Metrics {
             bytes_in: Counter::default(),
             bytes_out: Counter::default(),
             channels_opened: Counter::default(),
+            tls_expiry: Gauge::default(),
         };
         let mut registry = m.registry;
         registry.register(
@@ -109,11 +119,25 @@ impl Default for Metrics {
             "SSH channels opened to carry calls (pooled: far fewer than calls under steady load)",
             m.channels_opened.clone(),
         );
+        if tls {
+            registry.register_with_unit(
+                "tls_certificate_expiry",
+                "When the API's TLS certificate served now expires (Unix time)",
+                prometheus_client::registry::Unit::Seconds,
+                m.tls_expiry.clone(),
+            );
+        }
         Self { registry, ..m }
     }
-}
 
-impl Metrics {
+    /// The end of the certificate the API serves now (start, and each reload).
+    pub fn tls_certificate_expires(&self, at: std::time::SystemTime) {
+        let unix = match at.duration_since(std::time::SystemTime::UNIX_EPOCH) {
+            Ok(after) => i64::try_from(after.as_secs()).unwrap_or(i64::MAX),
+            Err(before) => -i64::try_from(before.duration().as_secs()).unwrap_or(i64::MAX),
+        };
+        self.tls_expiry.set(unix);
+    }
     pub fn session_opened(&self) {
         self.sessions_opened.inc();
     }

@@ -45,12 +45,30 @@ impl RelayListeners {
     /// Both listeners; an error names the one that failed (`ssh_listen 0.0.0.0:2222: …`).
     pub async fn bind(config: &RelayConfig) -> std::io::Result<Self> {
         let bind = |what: &str, addr: std::net::SocketAddr| {
-            listen(addr).map_err(|e| std::io::Error::new(e.kind(), format!("{what} {addr}: {e}")))
+            listen(addr).map_err(|e| {
+                let hint = privileged_port_hint(addr, &e);
+                std::io::Error::new(e.kind(), format!("{what} {addr}: {e}{hint}"))
+            })
         };
         Ok(Self {
             ssh: bind("ssh_listen", config.ssh_listen)?,
             api: bind("api_listen", config.api_listen)?,
         })
+    }
+}
+
+/// A port below 1024 needs a capability the packaged unit does not grant.
+fn privileged_port_hint(addr: std::net::SocketAddr, e: &std::io::Error) -> &'static str {
+    if e.kind() == std::io::ErrorKind::PermissionDenied && addr.port() < 1024 {
+        concat!(
+            "; a port below 1024 needs CAP_NET_BIND_SERVICE: under the packaged unit, ",
+            "`systemctl edit postern-relay` and add [Service] ",
+            "AmbientCapabilities=CAP_NET_BIND_SERVICE and ",
+            "CapabilityBoundingSet=CAP_NET_BIND_SERVICE, or keep a port above 1023 ",
+            "behind a load balancer"
+        )
+    } else {
+        ""
     }
 }
 
@@ -148,12 +166,12 @@ pub async fn run_with(
     ));
     let ctx = Arc::new(RelayContext::new(config, store, sessions_end.clone()));
 
+    if let Some(at) = tls.as_ref().and_then(|t| t.not_after()) {
+        ctx.metrics.tls_certificate_expires(at);
+    }
     if let Some(hangups) = hangups {
-        ctx.tasks.spawn(reload_tls_on_sighup(
-            tls.clone(),
-            hangups,
-            sessions_end.clone(),
-        ));
+        ctx.tasks
+            .spawn(reload_tls_on_sighup(tls.clone(), hangups, ctx.clone()));
     }
     info!(
         ssh = %listeners.ssh.local_addr().map(|a| a.to_string()).unwrap_or_default(),
@@ -228,20 +246,25 @@ pub async fn run_with(
 async fn reload_tls_on_sighup(
     tls: Option<Arc<TlsReloader>>,
     mut hangups: Signal,
-    shutdown: CancellationToken,
+    ctx: Arc<RelayContext>,
 ) {
     loop {
         tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = ctx.shutdown.cancelled() => return,
             got = hangups.recv() => if got.is_none() { return },
         }
-        match tls.as_ref().map(|t| t.reload()) {
+        match tls.as_ref().map(|t| t.reload().map(|()| t.not_after())) {
             None => info!(
                 "SIGHUP: no TLS files configured, nothing reloaded; SIGHUP rereads only tls_cert and tls_key, other relay.toml settings take a restart"
             ),
-            Some(Ok(())) => info!(
-                "SIGHUP: tls certificate reloaded from tls_cert and tls_key; other relay.toml settings take a restart"
-            ),
+            Some(Ok(not_after)) => {
+                if let Some(at) = not_after {
+                    ctx.metrics.tls_certificate_expires(at);
+                }
+                info!(
+                    "SIGHUP: tls certificate reloaded from tls_cert and tls_key; other relay.toml settings take a restart"
+                )
+            }
             Some(Err(e)) => warn!(
                 error = %e,
                 "SIGHUP: tls reload failed; keeping the previous certificate; other relay.toml settings take a restart"
@@ -317,6 +340,16 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_refused_low_port_gets_the_capability_hint() {
+        let denied = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        let in_use = std::io::Error::from(std::io::ErrorKind::AddrInUse);
+        let at = |port| std::net::SocketAddr::from(([0, 0, 0, 0], port));
+        assert!(privileged_port_hint(at(443), &denied).contains("CAP_NET_BIND_SERVICE"));
+        assert_eq!(privileged_port_hint(at(1024), &denied), "");
+        assert_eq!(privileged_port_hint(at(443), &in_use), "");
+    }
 
     #[tokio::test]
     async fn failing_accepts_pause_log_once_and_recover() {

@@ -9,6 +9,7 @@
 //! - [`token`]: access tokens and API keys: prefix, body, checksum.
 //! - [`headers`]: header names and the hop-by-hop list.
 //! - [`api`]: JSON bodies of the relay's HTTP API.
+//! - [`certificate`]: fields of an X.509 certificate: its public key, its validity dates.
 //! - With the feature `io`, the only I/O here, so both sides do it the same way:
 //!   `channel_io`, a channel as a byte stream for HTTP over SSH, and
 //!   `upload_progress`, the wait for an answer's head counted from the request
@@ -16,6 +17,7 @@
 //!   gone silent under unacknowledged data.
 
 pub mod api;
+pub mod certificate;
 #[cfg(feature = "io")]
 pub mod channel_io;
 pub mod control;

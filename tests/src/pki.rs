@@ -207,3 +207,69 @@ pub fn ec256(dir: &Path) -> Result<(String, String)> {
         String::from_utf8(public.stdout)?,
     ))
 }
+
+/// In `dir`: a self-signed P-256 certificate for 127.0.0.1, valid from `from_days` to
+/// `to_days` days from now (either may be past), written by Python's `cryptography` as
+/// `{name}.crt` and `{name}.key`; openssl 3.0's `req` cannot backdate one.
+pub fn dated_self_signed(dir: &Path, name: &str, from_days: i64, to_days: i64) -> Result<()> {
+    const SCRIPT: &str = r#"
+import datetime, ipaddress, sys
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+name, start, end = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+key = ec.generate_private_key(ec.SECP256R1())
+subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "postern-" + name)])
+now = datetime.datetime.now(datetime.timezone.utc)
+cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now + datetime.timedelta(days=start))
+        .not_valid_after(now + datetime.timedelta(days=end))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .sign(key, hashes.SHA256()))
+open(name + ".crt", "wb").write(cert.public_bytes(serialization.Encoding.PEM))
+open(name + ".key", "wb").write(key.private_bytes(serialization.Encoding.PEM,
+    serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+"#;
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            SCRIPT,
+            name,
+            &from_days.to_string(),
+            &to_days.to_string(),
+        ])
+        .current_dir(dir)
+        .output()
+        .context("python3 (with the cryptography package: .ci/run installs it)")?;
+    if !out.status.success() {
+        bail!(
+            "making {name}.crt: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// A PEM certificate's notAfter as Unix seconds, as Python's `cryptography` reads it.
+pub fn not_after_unix(cert: &Path) -> Result<i64> {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import sys; from cryptography import x509; \
+             c = x509.load_pem_x509_certificate(open(sys.argv[1], 'rb').read()); \
+             print(int(c.not_valid_after_utc.timestamp()))",
+        ])
+        .arg(cert)
+        .output()
+        .context("python3")?;
+    if !out.status.success() {
+        bail!(
+            "reading {}: {}",
+            cert.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().parse()?)
+}

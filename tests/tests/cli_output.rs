@@ -278,6 +278,31 @@ async fn status_relay_output_and_the_wrong_fingerprint_line() -> Result<()> {
         !created.contains('<') && !created.contains("$("),
         "{created}"
     );
+    // A store without its host key beside it (restored alone): the agent is made, its
+    // token shown, and stderr says why the command carries no fingerprint.
+    let key = std::path::Path::new(&state).join("ssh_host_ed25519_key");
+    let aside = dir.path().join("host-key-aside");
+    std::fs::rename(&key, &aside)?;
+    let keyless = postern_tests::harness::relay_cli_output(
+        &bins,
+        &["agent", "create", "a4", "--state-dir", &state],
+    );
+    std::fs::rename(&aside, &key)?;
+    let keyless = keyless?;
+    let (out, err) = (
+        String::from_utf8_lossy(&keyless.stdout),
+        String::from_utf8_lossy(&keyless.stderr),
+    );
+    assert!(keyless.status.success(), "{out}{err}");
+    assert!(
+        out.contains("--fingerprint FINGERPRINT") && out.contains("pst_"),
+        "{out}"
+    );
+    assert!(
+        err.contains("warning: the relay's fingerprint is not known here (no host key at")
+            && err.contains("`postern-relay fingerprint` on the relay prints it"),
+        "{err}"
+    );
 
     // The agent refuses the relay: that is what its log must say.
     let (_, token) = create_agent(&bins, &t.relay.state_dir, "a2")?;

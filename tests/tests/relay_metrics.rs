@@ -16,6 +16,11 @@ async fn counters_move_with_sessions_logins_and_calls() -> Result<()> {
     let before = scrape(&w.admin).await?;
     assert_eq!(get(&before, "postern_agents_online"), 0.0);
     assert!(before.contains_key("postern_call_duration_seconds_bucket{le=\"+Inf\"}"));
+    // Without TLS there is no certificate: no expiry, rather than a 0 read as 1970.
+    assert!(
+        !before.keys().any(|k| k.starts_with("postern_tls")),
+        "{before:?}"
+    );
 
     let mut agent = w.agent_online("warehouse-1").await?.process;
     let online = scrape(&w.admin).await?;

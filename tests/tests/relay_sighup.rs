@@ -119,13 +119,50 @@ fn check_fails_on_the_tls_files_a_sighup_would_not_load() -> Result<()> {
     with_tls("server.pem", "client.key")?;
     let (code, said) = check(&config)?;
     assert_eq!(code, 1, "{said}");
-    assert!(said.contains("do not go together"), "{said}");
+    assert!(said.contains("is not the key of the certificate"), "{said}");
 
     with_tls("server.pem", "server.key")?;
     std::fs::write(dir.path().join("server.key"), "not a key")?;
     let (code, said) = check(&config)?;
     assert_eq!(code, 1, "{said}");
     assert!(said.contains("cannot read the TLS key"), "{said}");
+
+    // Dates: an expired certificate, or one not valid yet, is what a SIGHUP refuses.
+    let pki = postern_tests::pki::dated_self_signed;
+    pki(dir.path(), "expired", -10, -1)?;
+    pki(dir.path(), "future", 1, 10)?;
+    pki(dir.path(), "soon", -1, 3)?;
+    with_tls("expired.crt", "expired.key")?;
+    let (code, said) = check(&config)?;
+    assert_eq!(code, 1, "{said}");
+    assert!(said.contains("cannot be served: it expired at"), "{said}");
+    with_tls("future.crt", "future.key")?;
+    let (code, said) = check(&config)?;
+    assert_eq!(code, 1, "{said}");
+    assert!(
+        said.contains("cannot be served: it is not valid until"),
+        "{said}"
+    );
+    with_tls("soon.crt", "soon.key")?;
+    let (code, said) = check(&config)?;
+    assert_eq!(code, 0, "{said}");
+    assert!(said.contains("go together, valid until"), "{said}");
+
+    // A key rustls cannot use is the key's problem, not a mismatch.
+    postern_tests::pki::openssl(
+        dir.path(),
+        &[
+            "req", "-x509", "-newkey", "rsa:1024", "-nodes", "-keyout", "weak.key", "-out",
+            "weak.crt", "-days", "1", "-subj", "/CN=weak",
+        ],
+    )?;
+    with_tls("weak.crt", "weak.key")?;
+    let (code, said) = check(&config)?;
+    assert_eq!(code, 1, "{said}");
+    assert!(
+        said.contains("cannot read the TLS key") && said.contains("RSA keys of 2048 to 8192 bits"),
+        "{said}"
+    );
 
     with_tls("missing.pem", "client.key")?;
     let (code, said) = check(&config)?;

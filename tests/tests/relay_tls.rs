@@ -186,3 +186,96 @@ fn plain_http_off_loopback_is_refused_before_binding() -> Result<()> {
     assert!(!stderr.contains("relay listening"));
     Ok(())
 }
+
+/// `/metrics` over HTTPS without checking the certificate (it may be the expired one).
+fn tls_expiry_metric(https: &str, key: &str) -> Result<Option<i64>> {
+    let out = Command::new("curl")
+        .args(["--silent", "--fail", "--insecure", "--max-time", "10"])
+        .args(["-H", &format!("Authorization: Bearer {key}")])
+        .arg(format!("{https}/metrics"))
+        .output()
+        .context("running curl")?;
+    anyhow::ensure!(out.status.success(), "/metrics over https failed");
+    let text = String::from_utf8_lossy(&out.stdout);
+    Ok(text
+        .lines()
+        .find_map(|l| l.strip_prefix("postern_tls_certificate_expiry_seconds "))
+        .map(str::parse)
+        .transpose()?)
+}
+
+/// A relay started on an expired certificate serves it (its SSH side must not go down
+/// with the API) and says so; SIGHUP takes a good one, then refuses an expired one and
+/// keeps the good; `/metrics` follows the certificate served, its end as Python reads it.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_expired_certificate_is_said_at_start_and_refused_on_reload() -> Result<()> {
+    let dir = TempDir::new("relay-tls-dates")?;
+    let bins = bins();
+    let pki = postern_tests::pki::dated_self_signed;
+    pki(dir.path(), "expired", -10, -1)?;
+    pki(dir.path(), "good", -1, 30)?;
+    let cert = dir.path().join("live.crt");
+    let key = dir.path().join("live.key");
+    let put = |name: &str| -> Result<()> {
+        std::fs::copy(dir.path().join(format!("{name}.crt")), &cert)?;
+        std::fs::copy(dir.path().join(format!("{name}.key")), &key)?;
+        Ok(())
+    };
+    put("expired")?;
+    let relay = configured_relay(
+        &bins,
+        dir.path(),
+        &format!(
+            "tls_cert = {:?}\ntls_key = {:?}\n",
+            cert.to_string_lossy(),
+            key.to_string_lossy()
+        ),
+        &[],
+    )?;
+    let admin_key = create_api_key(&bins, &dir.path().join("relay"), "admin")?;
+    let https = format!("https://{}", relay.api);
+    let not_after = postern_tests::pki::not_after_unix;
+    assert!(
+        relay
+            .logs
+            .text()
+            .contains("callers that check certificates refuse it"),
+        "{}",
+        relay.logs.text()
+    );
+    let (ok, _) = curl(
+        &dir.path().join("expired.crt"),
+        &format!("{https}/healthz"),
+        &admin_key,
+    )?;
+    assert!(!ok, "curl took an expired certificate");
+    assert_eq!(
+        tls_expiry_metric(&https, &admin_key)?,
+        Some(not_after(&dir.path().join("expired.crt"))?)
+    );
+
+    put("good")?;
+    signal(relay.pid(), "HUP")?;
+    let good_ca = dir.path().join("good.crt");
+    let url = format!("{https}/healthz");
+    eventually("the good certificate is served", ONLINE_WITHIN, || {
+        let (ca, url, k) = (good_ca.clone(), url.clone(), admin_key.clone());
+        async move { curl(&ca, &url, &k).is_ok_and(|(ok, _)| ok) }
+    })
+    .await?;
+    let good_end = not_after(&good_ca)?;
+    assert_eq!(tls_expiry_metric(&https, &admin_key)?, Some(good_end));
+
+    put("expired")?;
+    signal(relay.pid(), "HUP")?;
+    eventually("the refused reload is logged", ONLINE_WITHIN, || {
+        let logs = relay.logs.clone();
+        async move { logs.so_far().contains("cannot be served: it expired at") }
+    })
+    .await?;
+    assert!(relay.logs.text().contains("tls reload failed"));
+    let (ok, _) = curl(&good_ca, &url, &admin_key)?;
+    assert!(ok, "the good certificate is no longer served");
+    assert_eq!(tls_expiry_metric(&https, &admin_key)?, Some(good_end));
+    Ok(())
+}

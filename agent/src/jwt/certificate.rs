@@ -46,33 +46,15 @@ pub fn thumbprints(pem_text: &str) -> Result<Thumbprints, CertificateError> {
     })
 }
 
-/// The subjectPublicKey of a DER certificate: Certificate → tbsCertificate → its
-/// seventh field, or sixth without the optional `[0]` version (RFC 5280 §4.1).
+/// The subjectPublicKey of a DER certificate (RFC 5280 §4.1).
 fn certified_key(cert: &[u8]) -> Option<Vec<u8>> {
-    use pkcs8::der::asn1::AnyRef;
-    use pkcs8::der::{Decode, Encode, Tag, TagNumber, Tagged};
-    let certificate = AnyRef::from_der(cert).ok()?;
-    let tbs = *fields(certificate.value())?.first()?;
-    let tbs = fields(tbs.value())?;
-    let versioned = tbs.first()?.tag()
-        == Tag::ContextSpecific {
-            constructed: true,
-            number: TagNumber(0),
-        };
-    let spki = tbs.get(if versioned { 6 } else { 5 })?.to_der().ok()?;
+    use pkcs8::der::{Decode, Encode};
+    use postern_protocol::certificate::{tbs, tbs_field};
+    let spki = tbs_field(cert, tbs::SUBJECT_PUBLIC_KEY_INFO)?
+        .to_der()
+        .ok()?;
     let spki = pkcs8::SubjectPublicKeyInfoRef::from_der(&spki).ok()?;
     spki.subject_public_key.as_bytes().map(<[u8]>::to_vec)
-}
-
-/// The DER elements one after another in `content` (a SEQUENCE's value).
-fn fields(content: &[u8]) -> Option<Vec<pkcs8::der::asn1::AnyRef<'_>>> {
-    use pkcs8::der::{Decode, Reader, SliceReader};
-    let mut reader = SliceReader::new(content).ok()?;
-    let mut fields = Vec::new();
-    while !reader.is_finished() {
-        fields.push(pkcs8::der::asn1::AnyRef::decode(&mut reader).ok()?);
-    }
-    Some(fields)
 }
 
 #[cfg(test)]
