@@ -601,3 +601,77 @@ fn a_certificate_of_another_key_is_refused_at_load() -> Result<()> {
     );
     Ok(())
 }
+
+/// A key restricted to PSS (`openssl genpkey -algorithm RSA-PSS`) signs PS256/384/512,
+/// checked by PyJWT with the key's own public half, and is refused for RS256 saying why.
+#[test]
+fn an_rsa_pss_key_signs_the_pss_algorithms_only() -> Result<()> {
+    let dir = TempDir::new("jwt-cli-pss")?;
+    let d = dir.path();
+    openssl(
+        d,
+        &[
+            "genpkey",
+            "-algorithm",
+            "RSA-PSS",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+            "made.pem",
+        ],
+    )?;
+    openssl(
+        d,
+        &["pkey", "-in", "made.pem", "-pubout", "-out", "pss-pub.pem"],
+    )?;
+    dir.write_private("pss.pem", &read(&dir, "made.pem")?)?;
+    let connection = |alg: &str| {
+        format!(
+            "\n[connections.{name}]\nbase_uri = \"http://127.0.0.1:1/api\"\n[connections.{name}.auth]\ntype = \"jwt_bearer\"\nalgorithm = \"{alg}\"\nprivate_key_file = \"pss.pem\"\nlifetime = \"5m\"\npayload = {{ aud = \"pyjwt-check\" }}\n",
+            name = alg.to_lowercase()
+        )
+    };
+    let signing = dir.write_private(
+        "agent.toml",
+        &offline_agent_config("127.0.0.1:1", &(connection("PS256") + &connection("PS384"))),
+    )?;
+    for alg in ["PS256", "PS384"] {
+        let out = agent_command(
+            &bins(),
+            &signing,
+            &["jwt", "sign", "--connection", &alg.to_lowercase()],
+        )
+        .output()?;
+        assert!(
+            out.status.success(),
+            "{alg}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let verified = Command::new("python3")
+            .args([
+                "-c",
+                "import sys, jwt; jwt.decode(sys.argv[1], open(sys.argv[2]).read(), algorithms=[sys.argv[3]], audience='pyjwt-check'); print('ok')",
+            ])
+            .arg(stdout(&out).trim())
+            .arg(d.join("pss-pub.pem"))
+            .arg(alg)
+            .output()?;
+        assert!(
+            verified.status.success(),
+            "PyJWT refused the {alg} token: {}",
+            String::from_utf8_lossy(&verified.stderr)
+        );
+    }
+    let refused = dir.write_private(
+        "rs.toml",
+        &offline_agent_config("127.0.0.1:1", &connection("RS256")),
+    )?;
+    let out = agent_command(&bins(), &refused, &["config", "check"]).output()?;
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        said.contains("algorithm RS256 needs an RSA key of at least 2048 bits, but the key is RSA-PSS 2048-bit (restricted to PSS signatures: PS256, PS384, PS512)"),
+        "{said}"
+    );
+    Ok(())
+}

@@ -11,7 +11,7 @@ use url::Url;
 
 use super::file::{BodyEncoding, ClientAuth, ExchangeFile, JwtBearerFile};
 use super::{MASKED_KEYS, SECRET_MASK, mask_problem, noted, one_secret};
-use crate::jwt::certificate::thumbprints;
+use crate::jwt::certificate::thumbprints_of_file;
 use crate::jwt::encrypted_key::decrypt_if_encrypted;
 use crate::jwt::exchange::shown_url;
 use crate::jwt::{Algorithm, JwtSigner, KeyMaterial, PayloadTemplate};
@@ -360,10 +360,10 @@ fn headers_with_thumbprints(
     }
     let path = base_dir.join(file);
     // A certificate is public: no permission check, unlike keys.
-    let text = std::fs::read_to_string(&path)
+    let bytes = std::fs::read(&path)
         .map_err(|e| format!("auth.certificate_file {}: {e}", path.display()))?;
-    let t =
-        thumbprints(&text).map_err(|e| format!("auth.certificate_file {}: {e}", path.display()))?;
+    let t = thumbprints_of_file(&bytes)
+        .map_err(|e| format!("auth.certificate_file {}: {e}", path.display()))?;
     headers.insert("x5t".to_owned(), t.x5t);
     headers.insert("x5t#S256".to_owned(), t.x5t_s256);
     Ok((headers, t.public_key.map(|key| (path, key))))

@@ -249,15 +249,16 @@ impl BearerSource {
         self.shared.lock_state()
     }
 
-    /// For `postern status`: how long the cached token stays in use, if any.
+    /// For `postern status`: how long the cached token stays valid, if there is one. Its
+    /// end, not its refresh point: past that it is still sent while a refresh fails (an
+    /// identity provider down), and "none" then would say calls fail while they are served.
     pub fn cache_state(&self) -> CacheState {
         if self.minting.try_lock().is_err() {
             return CacheState::Refreshing;
         }
+        let now = Instant::now();
         match self.shared.lock_state().current() {
-            Some(c) if c.refresh_at > Instant::now() => {
-                CacheState::ValidFor(c.refresh_at - Instant::now())
-            }
+            Some(c) if c.expires_at > now => CacheState::ValidFor(c.expires_at - now),
             _ => CacheState::Empty,
         }
     }
@@ -724,6 +725,15 @@ mod tests {
             "one failed refresh, not one per call"
         );
         assert_eq!(s.shared.exchanges.failed.get(), 1);
+        // `postern status` shows the token in use, until its end: not "none" while it serves.
+        let left = match s.cache_state() {
+            CacheState::ValidFor(left) => left,
+            CacheState::Empty | CacheState::Refreshing => panic!("a token in use shown as none"),
+        };
+        assert!(
+            left > Duration::from_secs(590) && left <= Duration::from_secs(600),
+            "{left:?}"
+        );
         tokio::time::sleep(REFRESH_RETRY + Duration::from_millis(100)).await;
         let b = s.get(&http, WAIT).await.expect("still the old token");
         assert_eq!(b.header, "Bearer first");

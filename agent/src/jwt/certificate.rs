@@ -24,6 +24,23 @@ pub enum CertificateError {
     NotPem(String),
     #[error("the certificate file holds no \"-----BEGIN CERTIFICATE-----\" block (found {0})")]
     NoCertificate(String),
+    #[error(
+        "the certificate file is neither PEM text nor a DER certificate; a PEM certificate (\"-----BEGIN CERTIFICATE-----\") is expected"
+    )]
+    NotCertificate,
+}
+
+/// Thumbprints of a certificate file: PEM, or DER as Windows exports a `.cer` by
+/// default ("DER encoded binary X.509"), which the thumbprints are taken of anyway.
+pub fn thumbprints_of_file(bytes: &[u8]) -> Result<Thumbprints, CertificateError> {
+    if let Ok(text) = std::str::from_utf8(bytes) {
+        return thumbprints(text);
+    }
+    use postern_protocol::certificate::{tbs, tbs_field};
+    if tbs_field(bytes, tbs::SUBJECT_PUBLIC_KEY_INFO).is_none() {
+        return Err(CertificateError::NotCertificate);
+    }
+    Ok(of_der(bytes))
 }
 
 /// Thumbprints of the first certificate in a PEM file (a chain's first is the leaf).
@@ -38,12 +55,15 @@ pub fn thumbprints(pem_text: &str) -> Result<Thumbprints, CertificateError> {
             found.join(", ")
         }));
     };
-    let der = cert.contents();
-    Ok(Thumbprints {
+    Ok(of_der(cert.contents()))
+}
+
+fn of_der(der: &[u8]) -> Thumbprints {
+    Thumbprints {
         x5t: URL_SAFE_NO_PAD.encode(digest(&SHA1_FOR_LEGACY_USE_ONLY, der)),
         x5t_s256: URL_SAFE_NO_PAD.encode(digest(&SHA256, der)),
         public_key: certified_key(der),
-    })
+    }
 }
 
 /// The subjectPublicKey of a DER certificate (RFC 5280 §4.1).
@@ -116,6 +136,23 @@ mod tests {
         assert_eq!(t.x5t, openssl_fingerprint(&cert, "-sha1"));
         assert_eq!(t.x5t_s256, openssl_fingerprint(&cert, "-sha256"));
         assert_eq!(t.x5t.len(), 27);
+        // The same certificate as DER (a Windows `.cer`) gives the same thumbprints.
+        let der = dir.join("cert.cer");
+        let converted = Command::new("openssl")
+            .args(["x509", "-outform", "DER", "-in"])
+            .arg(&cert)
+            .arg("-out")
+            .arg(&der)
+            .status()
+            .expect("openssl x509");
+        assert!(converted.success());
+        let bytes = std::fs::read(&der).expect("der");
+        assert_eq!(thumbprints_of_file(&bytes), Ok(t.clone()));
+        // Binary that is not a certificate (a DER key, say) is named as such.
+        assert_eq!(
+            thumbprints_of_file(&[0x30, 0x03, 0x02, 0x01, 0xff, 0xfe]),
+            Err(CertificateError::NotCertificate)
+        );
         assert_eq!(t.x5t_s256.len(), 43);
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -335,10 +335,16 @@ fn snippet(bytes: &[u8]) -> String {
     s
 }
 
+/// Names whose values are credentials, as the ends of names: `access_token`,
+/// `client_secret`, `password`.
+const SECRET_NAMES: [&str; 3] = ["token", "secret", "password"];
+
 /// `text` with what could be a credential cut out: a JWT (an endpoint that echoes the
-/// assertion would hand the caller a signed grant), the value of a `…token=` pair (a
-/// token answered form-encoded instead of as JSON) and of a `"…token": "…"` member (a
-/// JSON answer that did not parse whole: cut short, trailing bytes, an array).
+/// assertion would hand the caller a signed grant), the value of a `…token=` or
+/// `…secret=` pair (a token answered form-encoded instead of as JSON; the request's
+/// `client_secret` echoed by a gateway's error page) and of a `"…token": "…"` or
+/// `"…secret": "…"` member (a JSON answer that did not parse whole: cut short, trailing
+/// bytes, an array).
 fn without_credentials(text: &str) -> String {
     let jwt_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '=');
     let mut out = String::with_capacity(text.len());
@@ -348,10 +354,16 @@ fn without_credentials(text: &str) -> String {
     loop {
         let lower = &lower_text[text.len() - rest.len()..];
         let jwt = rest.find("eyJ").map(|j| (j, Cut::Jwt));
-        let pair = lower
-            .find("token=")
-            .map(|i| (i + "token=".len(), Cut::Pair));
-        let member = json_token_value(lower).map(|i| (i, Cut::Member));
+        let pair = SECRET_NAMES
+            .iter()
+            .filter_map(|name| lower.find(&format!("{name}=")).map(|i| i + name.len() + 1))
+            .min()
+            .map(|i| (i, Cut::Pair));
+        let member = SECRET_NAMES
+            .iter()
+            .filter_map(|name| json_member_value(lower, name))
+            .min()
+            .map(|i| (i, Cut::Member));
         let Some((at, cut)) = [jwt, pair, member]
             .into_iter()
             .flatten()
@@ -388,11 +400,12 @@ enum Cut {
     Member,
 }
 
-/// Where the string value of the first `"…token"` member in `text` starts.
-fn json_token_value(text: &str) -> Option<usize> {
+/// Where the string value of the first `"…{name}"` member in `text` starts.
+fn json_member_value(text: &str, name: &str) -> Option<usize> {
+    let end_of_name = format!("{name}\"");
     let mut from = 0;
-    while let Some(i) = text[from..].find("token\"") {
-        let after = from + i + "token\"".len();
+    while let Some(i) = text[from..].find(&end_of_name) {
+        let after = from + i + end_of_name.len();
         let value = text[after..].trim_start();
         if let Some(value) = value.strip_prefix(':').map(str::trim_start)
             && value.starts_with('"')
@@ -464,6 +477,19 @@ mod tests {
         assert_eq!(
             without_credentials(r#"{"id_token" : "x.y", "refresh_token":"r1", "n": "token"}"#),
             r#"{"id_token" : "[removed]", "refresh_token":"[removed]", "n": "token"}"#
+        );
+        // The request's client secret, echoed by a gateway that did not like it.
+        let echoed = "400 bad request: grant_type=x&client_id=app&client_secret=S3cr3t&scope=a";
+        let err = parse_response(URL, 400, echoed.as_bytes(), TEN_MIN).expect_err("400");
+        assert!(!err.to_string().contains("S3cr3t"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("client_id=app&client_secret=[removed]&scope=a"),
+            "{err}"
+        );
+        assert_eq!(
+            without_credentials(r#"{"client_secret": "S1", "Password":"P1", "id": "a"}"#),
+            r#"{"client_secret": "[removed]", "Password":"[removed]", "id": "a"}"#
         );
         // The rest of an odd answer stays, to say what answered.
         assert_eq!(

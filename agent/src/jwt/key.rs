@@ -19,6 +19,9 @@ const RSA_MIN_BITS: usize = 2048;
 const RSA_MAX_BITS: usize = 8192;
 
 const OID_RSA: &[u64] = &[1, 2, 840, 113_549, 1, 1, 1];
+/// RSASSA-PSS: an RSA key its owner restricted to PSS signatures (`openssl genpkey
+/// -algorithm RSA-PSS`); inside, an ordinary PKCS#1 key.
+const OID_RSA_PSS: &[u64] = &[1, 2, 840, 113_549, 1, 1, 10];
 const OID_EC: &[u64] = &[1, 2, 840, 10_045, 2, 1];
 const OID_ED25519: &[u64] = &[1, 3, 101, 112];
 const OID_P256: &[u64] = &[1, 2, 840, 10_045, 3, 1, 7];
@@ -27,7 +30,13 @@ const OID_P384: &[u64] = &[1, 3, 132, 0, 34];
 /// What a PEM holds, found by parsing (not guessing from the label only where avoidable).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyKind {
-    Rsa { bits: usize },
+    Rsa {
+        bits: usize,
+    },
+    /// Signs PS256/384/512 only.
+    RsaPss {
+        bits: usize,
+    },
     EcP256,
     EcP384,
     Ed25519,
@@ -37,6 +46,10 @@ impl fmt::Display for KeyKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             KeyKind::Rsa { bits } => write!(f, "RSA {bits}-bit"),
+            KeyKind::RsaPss { bits } => write!(
+                f,
+                "RSA-PSS {bits}-bit (restricted to PSS signatures: PS256, PS384, PS512)"
+            ),
             KeyKind::EcP256 => f.write_str("EC P-256"),
             KeyKind::EcP384 => f.write_str("EC P-384"),
             KeyKind::Ed25519 => f.write_str("Ed25519"),
@@ -194,6 +207,10 @@ fn load_pkcs8(der: &[u8]) -> Result<(KeyKind, EncodingKey), KeyError> {
     let algorithm_oid = oid_numbers(algorithm_oid);
     match algorithm_oid.as_slice() {
         OID_RSA => load_pkcs1(inner),
+        OID_RSA_PSS => match load_pkcs1(inner)? {
+            (KeyKind::Rsa { bits }, key) => Ok((KeyKind::RsaPss { bits }, key)),
+            loaded => Ok(loaded),
+        },
         OID_EC => {
             let Some(ASN1Block::ObjectIdentifier(_, curve)) = algorithm.get(1) else {
                 return Err(malformed("the EC key does not name its curve"));
@@ -359,7 +376,6 @@ fn dotted(arcs: &[u64]) -> String {
 
 fn algorithm_name(arcs: &[u64]) -> String {
     let name = match arcs {
-        [1, 2, 840, 113_549, 1, 1, 10] => "RSASSA-PSS-restricted RSA",
         [1, 2, 840, 10_040, 4, 1] => "DSA",
         [1, 3, 101, 110] => "X25519",
         [1, 3, 101, 111] => "X448",

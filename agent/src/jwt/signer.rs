@@ -101,12 +101,13 @@ impl Algorithm {
     fn accepts(self, kind: KeyKind) -> bool {
         match self {
             Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => false,
-            Algorithm::RS256
-            | Algorithm::RS384
-            | Algorithm::RS512
-            | Algorithm::PS256
-            | Algorithm::PS384
-            | Algorithm::PS512 => matches!(kind, KeyKind::Rsa { bits } if bits >= 2048),
+            Algorithm::RS256 | Algorithm::RS384 | Algorithm::RS512 => {
+                matches!(kind, KeyKind::Rsa { bits } if bits >= 2048)
+            }
+            Algorithm::PS256 | Algorithm::PS384 | Algorithm::PS512 => matches!(
+                kind,
+                KeyKind::Rsa { bits } | KeyKind::RsaPss { bits } if bits >= 2048
+            ),
             Algorithm::ES256 => kind == KeyKind::EcP256,
             Algorithm::ES384 => kind == KeyKind::EcP384,
             Algorithm::EdDSA => kind == KeyKind::Ed25519,
