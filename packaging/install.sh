@@ -7,8 +7,9 @@
 # --bin-dir  where postern and/or postern-relay are (default: target/release beside this
 #            script's folder); whichever is there is installed.
 # --root     install under DIR instead of / (staging; no users, owners or systemctl then).
-# --uninstall removes programs, units, man pages and completions; the config (/etc/postern*)
-#            and state (/var/lib/postern*) stay unless --purge is given too.
+# --uninstall removes programs, units, man pages and completions of what this script
+#            installed (a program from the .deb, in /usr/bin, is left alone); the config
+#            (/etc/postern*) and state (/var/lib/postern*) stay unless --purge is given too.
 # Where systemd runs (not with --root), installing over a running unit (an upgrade) restarts it.
 set -eu
 
@@ -46,6 +47,12 @@ postern-relay:postern-relay:postern-relay:/etc/postern-relay:/var/lib/postern-re
 
 uninstall_one() {
     program=$1 unit=$2 etc=$3 state=$4
+    # Only what this script installed: a relay from the .deb beside an agent installed
+    # here must not be stopped, nor its host key and agent registry purged.
+    if [ ! -e "$prefix/bin/$program" ] && [ ! -d "$prefix/share/doc/$program" ]; then
+        say "$program is not installed in $prefix: left as it is"
+        return 0
+    fi
     if systemd_running; then systemctl disable --now "$unit.service" 2>/dev/null || true; fi
     rm -f "$prefix/bin/$program" "$root/etc/systemd/system/$unit.service" \
         "$prefix/share/man/man1/$program.1" \
@@ -130,7 +137,12 @@ echo "$components" | while IFS=: read -r program unit user etc state; do
         uninstall) uninstall_one "$program" "$unit" "$etc" "$state" ;;
     esac
 done
-systemd_running || exit 0
+if ! systemd_running; then
+    if [ -z "$root" ] && [ "$action" = install ]; then
+        say "systemd does not run here: nothing starts the programs; start them with this system's service manager, as the units' ExecStart= lines in /etc/systemd/system say"
+    fi
+    exit 0
+fi
 systemctl daemon-reload
 [ "$action" = install ] || exit 0
 # Over a running unit (an upgrade) the old program would keep running: try-restart starts

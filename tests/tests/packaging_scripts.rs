@@ -510,6 +510,43 @@ fn install_sh_restarts_running_units_and_uninstall_says_only_what_it_did() -> Re
         assert!(calls.contains(&call.into()), "{call}: {calls:?}");
     }
     assert!(!calls.iter().any(|c| c.contains("restart")), "{calls:?}");
+
+    // An agent installed here beside a relay it did not install (the .deb's, in /usr/bin):
+    // uninstalling, even with --purge, leaves the relay running and its state whole.
+    let agent_only = sandbox.dir.path().join("agent-only");
+    std::fs::create_dir(&agent_only)?;
+    std::fs::copy(bins.join("postern"), agent_only.join("postern"))?;
+    set_mode(&agent_only.join("postern"), 0o755)?;
+    let only = |extra: &[&OsStr]| -> Result<String> {
+        let mut args = vec![
+            script.as_os_str(),
+            "--bin-dir".as_ref(),
+            agent_only.as_os_str(),
+        ];
+        args.extend_from_slice(extra);
+        let out = sandbox.run(both, "sh", &args)?;
+        anyhow::ensure!(out.status.success(), "{}", output_text(&out));
+        Ok(output_text(&out))
+    };
+    only(&[])?;
+    std::fs::create_dir_all(sandbox.var_lib("postern-relay"))?;
+    std::fs::write(sandbox.var_lib("postern-relay/relay.db"), "the registry")?;
+    sandbox.forget_calls()?;
+    let said = only(&["--uninstall".as_ref(), "--purge".as_ref()])?;
+    assert!(
+        said.contains("removed postern\n")
+            && said.contains("postern-relay is not installed in /usr/local: left as it is"),
+        "{said}"
+    );
+    assert!(!said.contains("removed postern-relay"), "{said}");
+    assert!(sandbox.var_lib("postern-relay/relay.db").exists(), "{said}");
+    assert!(!sandbox.var_lib("postern").exists(), "{said}");
+    let calls = sandbox.calls()?;
+    assert!(
+        calls.contains(&"systemctl disable --now postern-agent.service".into())
+            && !calls.iter().any(|c| c.contains("postern-relay")),
+        "{calls:?}"
+    );
     Ok(())
 }
 
@@ -1132,6 +1169,24 @@ fn container_run_line_waits_for_the_relays_drain() -> Result<()> {
     Ok(())
 }
 
+/// The image's user is a fixed number (what mounted files must be readable by, and what
+/// `runAsNonRoot` can check), the one `useradd` makes and README names.
+#[test]
+fn container_user_is_the_documented_number() -> Result<()> {
+    let file = std::fs::read_to_string(repo().join("packaging/relay.Containerfile"))?;
+    let user = file
+        .lines()
+        .find_map(|l| l.strip_prefix("USER "))
+        .context("no USER line")?;
+    let (uid, gid) = user.split_once(':').context("USER uid:gid")?;
+    assert!(uid.parse::<u32>().is_ok_and(|n| n > 0), "{user}");
+    assert!(file.contains(&format!("useradd --system --uid {uid} --gid {gid} ")));
+    assert!(file.contains(&format!("groupadd --system --gid {gid} postern-relay")));
+    let readme = std::fs::read_to_string(repo().join("README.md"))?;
+    assert!(readme.contains(&format!("**uid and gid {uid}**")), "README");
+    Ok(())
+}
+
 /// Uncommented, the example's `status_socket` must be a place the unit can make a socket:
 /// ProtectSystem=strict leaves /etc/postern read-only.
 #[test]
@@ -1212,5 +1267,31 @@ fn service_install_does_not_hand_over_a_folder_holding_other_files() -> Result<(
             .etc(AGENT_UNIT_PATH.trim_start_matches("/etc/"))
             .exists()
     );
+    Ok(())
+}
+
+/// Without systemd nothing would start what install.sh put in place: it says so, rather
+/// than end as if the programs would run.
+#[test]
+fn install_sh_without_systemd_says_nothing_starts_the_programs() -> Result<()> {
+    let Some(sandbox) = Sandbox::new("install-sh-no-systemd", false)? else {
+        return Ok(());
+    };
+    let bins = sandbox.dir.path().join("bin");
+    postern_tests::bins!().stage(&bins)?;
+    let script = repo().join("packaging/install.sh");
+    let out = sandbox.run(
+        "",
+        "sh",
+        &[script.as_os_str(), "--bin-dir".as_ref(), bins.as_os_str()],
+    )?;
+    let said = output_text(&out);
+    assert!(out.status.success(), "{said}");
+    assert!(sandbox.usr_local("bin/postern").exists(), "{said}");
+    assert!(
+        said.contains("systemd does not run here: nothing starts the programs"),
+        "{said}"
+    );
+    assert_eq!(sandbox.calls()?, Vec::<String>::new(), "{said}");
     Ok(())
 }
