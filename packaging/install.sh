@@ -7,8 +7,8 @@
 # --bin-dir  where postern and/or postern-relay are (default: target/release beside this
 #            script's folder); whichever is there is installed.
 # --root     install under DIR instead of / (staging; no users, owners or systemctl then).
-# --uninstall removes programs, units, man pages and completions of what this script
-#            installed (a program from the .deb, in /usr/bin, is left alone); the config
+# --uninstall removes programs, units, man pages and completions (a program the .deb put
+#            in /usr/bin, and its config and state, are left alone); the config
 #            (/etc/postern*) and state (/var/lib/postern*) stay unless --purge is given too.
 # Where systemd runs (not with --root), installing over a running unit (an upgrade) restarts it.
 set -eu
@@ -47,10 +47,12 @@ postern-relay:postern-relay:postern-relay:/etc/postern-relay:/var/lib/postern-re
 
 uninstall_one() {
     program=$1 unit=$2 etc=$3 state=$4
-    # Only what this script installed: a relay from the .deb beside an agent installed
-    # here must not be stopped, nor its host key and agent registry purged.
-    if [ ! -e "$prefix/bin/$program" ] && [ ! -d "$prefix/share/doc/$program" ]; then
-        say "$program is not installed in $prefix: left as it is"
+    # A program the .deb installed (in /usr/bin) is not this script's: a relay from the
+    # .deb beside an agent installed here must not be stopped, nor its host key and agent
+    # registry purged. (With no trace anywhere, an earlier --uninstall's, --purge goes on.)
+    if [ ! -e "$prefix/bin/$program" ] && [ ! -d "$prefix/share/doc/$program" ] &&
+        [ -e "$root/usr/bin/$program" ]; then
+        say "$program is installed in /usr/bin, not by this script (the .deb?): left as it is; remove it with the tool that installed it"
         return 0
     fi
     if systemd_running; then systemctl disable --now "$unit.service" 2>/dev/null || true; fi

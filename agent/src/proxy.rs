@@ -2,6 +2,8 @@
 //! auth, from `proxy = …` or the usual `HTTPS_PROXY` / `ALL_PROXY` / `NO_PROXY`.
 
 use std::fmt;
+use std::net::IpAddr;
+use std::time::Duration;
 
 use base64::Engine;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -29,8 +31,13 @@ pub enum ProxyError {
         proxy: String,
         error: std::io::Error,
     },
+    /// Each of its addresses and why it failed (see `relay_dial`).
+    #[error("cannot reach the proxy {proxy}: {reason}")]
+    Unreachable { proxy: String, reason: String },
     #[error("the proxy {proxy} closed the connection or sent no valid answer to CONNECT")]
     BadAnswer { proxy: String },
+    #[error("the proxy {proxy} did not answer CONNECT {target} within {ANSWER_TIMEOUT:?}")]
+    Silent { proxy: String, target: String },
     #[error("the proxy {proxy} refused CONNECT {target}: {status}")]
     Refused {
         proxy: String,
@@ -140,17 +147,32 @@ impl Proxy {
         !exempt(&self.no_proxy, relay)
     }
 
-    /// A TCP stream to `target` (`host:port`) through the proxy.
+    /// A TCP stream to `target` (`host:port`) through the proxy: its dial bounded as a
+    /// relay's (each address in turn), then its answer by [`ANSWER_TIMEOUT`].
     pub async fn connect(&self, target: &str) -> Result<TcpStream, ProxyError> {
         let name = self.to_string();
-        let mut stream = TcpStream::connect((self.host.as_str(), self.port))
+        let stream = crate::relay_dial::dial_to((self.host.as_str(), self.port), &name)
             .await
-            .map_err(|error| ProxyError::Connect {
+            .map_err(|reason| ProxyError::Unreachable {
                 proxy: name.clone(),
-                error,
+                reason,
             })?;
-        // The proxy's end is where a dead link shows first.
-        let _ = postern_protocol::silent_link::prepare(&stream);
+        tokio::time::timeout(ANSWER_TIMEOUT, self.tunnel(stream, &name, target))
+            .await
+            .map_err(|_| ProxyError::Silent {
+                proxy: name.clone(),
+                target: target.to_owned(),
+            })?
+    }
+
+    /// Asks the proxy for a tunnel to `target` on `stream`, and reads its answer.
+    async fn tunnel(
+        &self,
+        mut stream: TcpStream,
+        name: &str,
+        target: &str,
+    ) -> Result<TcpStream, ProxyError> {
+        let name = name.to_owned();
         let mut request = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n");
         if let Some(auth) = &self.authorization {
             request.push_str(&format!("Proxy-Authorization: {auth}\r\n"));
@@ -198,15 +220,54 @@ impl Proxy {
     }
 }
 
-/// Whether a `NO_PROXY` entry covers the relay's host.
+/// How long the proxy may take to answer CONNECT (it dials the relay meanwhile).
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Whether a `NO_PROXY` entry covers the relay's host, as curl decides: a name by itself
+/// or as a domain suffix, an IP address as that address or inside a `10.0.0.0/8` range.
 fn exempt(no_proxy: &[String], relay: &str) -> bool {
     let host = host_part(relay).to_ascii_lowercase();
+    let ip = host.parse::<IpAddr>().ok();
     no_proxy.iter().any(|entry| {
+        if entry == "*" {
+            return true;
+        }
+        if let Some(ip) = ip {
+            return covers_ip(entry, ip);
+        }
         let entry = host_part(entry)
             .trim_start_matches('.')
             .to_ascii_lowercase();
-        entry == "*" || host == entry || host.ends_with(&format!(".{entry}"))
+        host == entry || host.ends_with(&format!(".{entry}"))
     })
+}
+
+/// An IP entry (`10.1.2.3`, `[fd00::1]:22`) or range (`10.0.0.0/8`, `fd00::/8`) that
+/// holds `ip`. Never by suffix: `0.0.1` is no domain of `10.0.0.1`.
+fn covers_ip(entry: &str, ip: IpAddr) -> bool {
+    let (address, bits) = match entry.split_once('/') {
+        Some((address, bits)) => match bits.parse::<u32>() {
+            Ok(bits) => (address, Some(bits)),
+            Err(_) => return false,
+        },
+        None => (entry, None),
+    };
+    let Ok(net) = host_part(address).parse::<IpAddr>() else {
+        return false;
+    };
+    let same_prefix = |a: u128, b: u128, width: u32, bits: u32| {
+        bits <= width && (bits == 0 || (a ^ b) >> (width - bits) == 0)
+    };
+    match (net, ip, bits) {
+        (_, _, None) => net == ip,
+        (IpAddr::V4(n), IpAddr::V4(i), Some(bits)) => {
+            same_prefix(u32::from(n).into(), u32::from(i).into(), 32, bits)
+        }
+        (IpAddr::V6(n), IpAddr::V6(i), Some(bits)) => {
+            same_prefix(u128::from(n), u128::from(i), 128, bits)
+        }
+        _ => false,
+    }
 }
 
 /// The host of `host`, `host:port`, `[v6]`, `[v6]:port` or a bare IPv6 address (whose
@@ -323,6 +384,42 @@ mod tests {
         assert!(exempt(&[".corp".to_owned()], "relay.corp:2222"));
         assert!(exempt(&["relay.corp:2222".to_owned()], "relay.corp:2222"));
         assert!(!exempt(&["elay.corp".to_owned()], "relay.corp:2222"));
+        assert!(exempt(&["fd00:0::10".to_owned()], v6), "the same address");
+    }
+
+    #[test]
+    fn no_proxy_ranges_and_addresses_match_ip_relays_as_curl_does() {
+        let at = |entries: &[&str], relay: &str| {
+            let entries: Vec<String> = entries.iter().map(|e| e.to_string()).collect();
+            exempt(&entries, relay)
+        };
+        let relay = "10.50.1.20:2222";
+        for covering in [
+            "10.0.0.0/8",
+            "10.50.0.0/16",
+            "10.50.1.20/32",
+            "10.50.1.20",
+            "0.0.0.0/0",
+        ] {
+            assert!(at(&["localhost", covering], relay), "{covering}");
+        }
+        for not in [
+            "11.0.0.0/8",
+            "10.50.1.21",
+            "0.1.20",
+            "1.20",
+            "10.50.1.20/33",
+            "10.0.0.0/x",
+            "fd00::/8",
+        ] {
+            assert!(!at(&[not], relay), "{not}");
+        }
+        assert!(at(&["fd00::/8"], "[fd00::10]:2222"));
+        assert!(at(&["fd00::10/128"], "[fd00::10]:2222"));
+        assert!(!at(&["fe80::/10"], "[fd00::10]:2222"));
+        assert!(!at(&["10.0.0.0/8"], "[fd00::10]:2222"));
+        // Names keep the suffix rule; an IP range says nothing of them.
+        assert!(!at(&["10.0.0.0/8"], "relay.corp:2222"));
     }
 
     #[test]
@@ -394,6 +491,21 @@ mod tests {
                 error,
             })?;
         Ok(String::from_utf8_lossy(&greeting).into_owned())
+    }
+
+    /// A proxy no address of which accepts is named with each address and why, as a
+    /// relay's dial is, rather than a bare timeout of the whole attempt.
+    #[tokio::test]
+    async fn an_unreachable_proxy_names_each_address() {
+        // Port 9 (discard): nothing listens there.
+        let proxy = Proxy::parse("http://127.0.0.1:9").expect("valid");
+        let err = through(&proxy).await.expect_err("no proxy there");
+        let said = err.to_string();
+        assert!(matches!(err, ProxyError::Unreachable { .. }), "{said}");
+        assert!(
+            said.starts_with("cannot reach the proxy http://127.0.0.1:9: 127.0.0.1:9: "),
+            "{said}"
+        );
     }
 
     #[tokio::test]

@@ -1,6 +1,5 @@
-//! The TCP connection to a relay: each address its name resolves to in turn, IPv6 and
-//! IPv4 taking turns, and the link set up to give up on a peer gone silent
-//! ([`postern_protocol::silent_link`]). A connection test dials its internal server so too.
+//! The TCP connection to a relay or its proxy: each address in turn, IPv6 and IPv4 taking
+//! turns, the link set to give up on a silent peer. A connection test dials its server so too.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -17,20 +16,32 @@ pub const DIAL_BUDGET: Duration = Duration::from_secs(8);
 
 /// A connection to `relay` (`host:port`), or why there is none, naming each address tried.
 pub async fn dial(relay: &str) -> Result<TcpStream, String> {
-    let resolving = tokio::time::timeout(DIAL_BUDGET, tokio::net::lookup_host(relay));
+    dial_to(relay, relay).await
+}
+
+/// A connection to `target` (shown as `shown`), as [`dial`]: the relay, or the proxy
+/// the agent reaches it through, whose dead node or dropped IPv6 must not stop it either.
+pub async fn dial_to(
+    target: impl tokio::net::ToSocketAddrs,
+    shown: &str,
+) -> Result<TcpStream, String> {
+    let resolving = tokio::time::timeout(DIAL_BUDGET, tokio::net::lookup_host(target));
     let addresses: Vec<SocketAddr> = match resolving.await {
         Err(_) => {
             return Err(format!(
-                "resolving {relay}: no answer within {DIAL_BUDGET:?}"
+                "resolving {shown}: no answer within {DIAL_BUDGET:?}"
             ));
         }
         Ok(found) => found
-            .map_err(|e| format!("resolving {relay}: {e}"))?
+            .map_err(|e| format!("resolving {shown}: {e}"))?
             .collect(),
     };
     let stream = first_to_accept(addresses, PER_ADDRESS, DIAL_BUDGET).await?;
-    postern_protocol::silent_link::prepare(&stream)
-        .map_err(|e| format!("setting up the connection: {e}"))?;
+    // Best effort: a kernel without the option (WSL1) still has the session's inactivity
+    // timeout, and failing the dial for it would keep the agent offline for good.
+    if let Err(e) = postern_protocol::silent_link::prepare(&stream) {
+        tracing::warn!(to = %shown, error = %e, "cannot set TCP_USER_TIMEOUT on the link: a link gone silent is noticed only by the 60 s inactivity timeout");
+    }
     Ok(stream)
 }
 

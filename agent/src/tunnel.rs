@@ -395,15 +395,11 @@ async fn establish(
         shared: shared.clone(),
     };
     let stream = match config.proxy.as_ref().filter(|p| p.applies_to(relay)) {
-        Some(proxy) => tokio::time::timeout(CONNECT_TIMEOUT, proxy.connect(relay))
+        // Both bounded on their own, and say which address or step failed.
+        Some(proxy) => proxy
+            .connect(relay)
             .await
-            .map_err(|_| {
-                unreachable(format!(
-                    "no answer through the proxy within {CONNECT_TIMEOUT:?}"
-                ))
-            })?
             .map_err(|e| unreachable(e.to_string()))?,
-        // Bounded by its own budget, and names each address that failed.
         None => crate::relay_dial::dial(relay).await.map_err(unreachable)?,
     };
     at("in the SSH handshake");

@@ -511,42 +511,50 @@ fn install_sh_restarts_running_units_and_uninstall_says_only_what_it_did() -> Re
     }
     assert!(!calls.iter().any(|c| c.contains("restart")), "{calls:?}");
 
-    // An agent installed here beside a relay it did not install (the .deb's, in /usr/bin):
-    // uninstalling, even with --purge, leaves the relay running and its state whole.
+    // An agent installed here beside a relay the .deb installed (in /usr/bin), staged
+    // under --root so that /usr/bin is the test's: uninstalling, even with --purge,
+    // leaves the relay and its state alone.
+    let beside = sandbox.dir.path().join("beside-deb");
+    std::fs::create_dir_all(beside.join("usr/bin"))?;
+    std::fs::write(beside.join("usr/bin/postern-relay"), "the .deb's relay")?;
+    std::fs::create_dir_all(beside.join("var/lib/postern-relay"))?;
+    std::fs::write(
+        beside.join("var/lib/postern-relay/relay.db"),
+        "the registry",
+    )?;
     let agent_only = sandbox.dir.path().join("agent-only");
     std::fs::create_dir(&agent_only)?;
     std::fs::copy(bins.join("postern"), agent_only.join("postern"))?;
     set_mode(&agent_only.join("postern"), 0o755)?;
-    let only = |extra: &[&OsStr]| -> Result<String> {
+    let staged = |extra: &[&OsStr]| -> Result<String> {
         let mut args = vec![
             script.as_os_str(),
             "--bin-dir".as_ref(),
             agent_only.as_os_str(),
+            "--root".as_ref(),
+            beside.as_os_str(),
         ];
         args.extend_from_slice(extra);
-        let out = sandbox.run(both, "sh", &args)?;
+        let out = sandbox.run("", "sh", &args)?;
         anyhow::ensure!(out.status.success(), "{}", output_text(&out));
         Ok(output_text(&out))
     };
-    only(&[])?;
-    std::fs::create_dir_all(sandbox.var_lib("postern-relay"))?;
-    std::fs::write(sandbox.var_lib("postern-relay/relay.db"), "the registry")?;
-    sandbox.forget_calls()?;
-    let said = only(&["--uninstall".as_ref(), "--purge".as_ref()])?;
+    staged(&[])?;
+    assert!(beside.join("usr/local/bin/postern").exists());
+    let said = staged(&["--uninstall".as_ref(), "--purge".as_ref()])?;
     assert!(
         said.contains("removed postern\n")
-            && said.contains("postern-relay is not installed in /usr/local: left as it is"),
+            && said.contains("postern-relay is installed in /usr/bin, not by this script"),
         "{said}"
     );
     assert!(!said.contains("removed postern-relay"), "{said}");
-    assert!(sandbox.var_lib("postern-relay/relay.db").exists(), "{said}");
-    assert!(!sandbox.var_lib("postern").exists(), "{said}");
-    let calls = sandbox.calls()?;
     assert!(
-        calls.contains(&"systemctl disable --now postern-agent.service".into())
-            && !calls.iter().any(|c| c.contains("postern-relay")),
-        "{calls:?}"
+        beside.join("var/lib/postern-relay/relay.db").exists(),
+        "{said}"
     );
+    assert!(beside.join("usr/bin/postern-relay").exists(), "{said}");
+    assert!(!beside.join("var/lib/postern").exists(), "{said}");
+    assert!(!beside.join("usr/local/bin/postern").exists(), "{said}");
     Ok(())
 }
 
