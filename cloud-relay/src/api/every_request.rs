@@ -31,27 +31,21 @@ pub async fn every_request(
     if let Some(v) = &value {
         request.headers_mut().insert(REQUEST_ID, v.clone());
     }
+    let (request, body) = watch_body(request);
     let response = if head_too_big {
         head_too_large(ctx.config.header_limit())
     } else {
-        bounded_unless_call(&ctx, request, next).await
+        bounded_unless_call(&ctx, request, body.clone(), next).await
     };
     let mut response = super::error::json_error(response).await;
     if let Some(v) = value {
         response.headers_mut().insert(REQUEST_ID, v);
     }
-    // A body the relay refused part way (too large, too slow) is left unread, and hyper
-    // closes the connection after such an answer: said, so the client does not send its
-    // next request into the closing connection (RFC 9112 §9.6). An internal server's own
-    // 413 or 408 came after the whole body was passed on.
-    if matches!(
-        response.status(),
-        http::StatusCode::PAYLOAD_TOO_LARGE | http::StatusCode::REQUEST_TIMEOUT
-    ) && response
-        .extensions()
-        .get::<super::error::FromAgent>()
-        .is_none()
-    {
+    // An answer given before the request's body was all read (the relay's refusals, a
+    // 413 or 429 the agent decided from the head, an offline agent) leaves it unread, and
+    // hyper closes the connection after it: said, so the client does not send its next
+    // request into the closing connection (RFC 9112 §9.6).
+    if body.as_ref().is_some_and(|b| !b.ended()) {
         response
             .headers_mut()
             .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
@@ -60,18 +54,22 @@ pub async fn every_request(
 }
 
 /// Bounds every request but calls (which have `call_timeout` and stream) by `api_timeout`.
-async fn bounded_unless_call(ctx: &Arc<RelayContext>, request: Request, next: Next) -> Response {
+async fn bounded_unless_call(
+    ctx: &Arc<RelayContext>,
+    request: Request,
+    body: Option<Arc<BodyReading>>,
+    next: Next,
+) -> Response {
     // "", "v1", "agents", {agent}, "connections", …
     let is_call = request.uri().path().split('/').nth(4) == Some("connections");
     if is_call {
         return with_api_key(ctx, request, next).await;
     }
     let limit = ctx.config.api_timeout;
-    let (request, body) = watch_body(request);
     match tokio::time::timeout(limit, with_api_key(ctx, request, next)).await {
         Ok(response) => response,
         // The caller's to blame: its body was being read and had not all come.
-        Err(_) if body.cut_short() => ApiError::new(
+        Err(_) if body.is_some_and(|b| b.cut_short()) => ApiError::new(
             ErrorCode::RequestTimeout,
             format!("the request body did not arrive within the relay's api_timeout ({limit:?})"),
         )
@@ -95,12 +93,21 @@ struct BodyReading {
 impl BodyReading {
     /// Begun and not ended: a handler waits for the rest of it.
     fn cut_short(&self) -> bool {
-        self.begun.load(Ordering::Relaxed) && !self.ended.load(Ordering::Relaxed)
+        self.begun.load(Ordering::Relaxed) && !self.ended()
+    }
+
+    /// Read to its end (by the relay's handler, or passed on to the agent whole).
+    fn ended(&self) -> bool {
+        self.ended.load(Ordering::Relaxed)
     }
 }
 
-/// The request with its body noting into the returned [`BodyReading`] as it is read.
-fn watch_body(request: Request) -> (Request, Arc<BodyReading>) {
+/// The request with its body noting into the returned [`BodyReading`] as it is read;
+/// `None` for a request without a body (most calls: nothing to watch, nothing to pay).
+fn watch_body(request: Request) -> (Request, Option<Arc<BodyReading>>) {
+    if http_body::Body::is_end_stream(request.body()) {
+        return (request, None);
+    }
     let reading = Arc::new(BodyReading::default());
     let request = request.map(|inner| {
         axum::body::Body::new(Watched {
@@ -108,7 +115,7 @@ fn watch_body(request: Request) -> (Request, Arc<BodyReading>) {
             reading: reading.clone(),
         })
     });
-    (request, reading)
+    (request, Some(reading))
 }
 
 struct Watched {
