@@ -150,6 +150,35 @@ mod tests {
         let _ = std::fs::remove_dir_all(dir);
     }
 
+    /// Every route answers a head past `max_header_bytes` with 431 (the check is in the
+    /// layer all requests go through), and every operation says so.
+    #[tokio::test]
+    async fn each_operation_documents_the_431_it_gives() {
+        let (app, key, dir) = relay("openapi-431");
+        let doc = document();
+        let big = "x".repeat(RelayConfig::default().header_limit() + 1);
+        for (method, path, _) in operations() {
+            let request = Request::builder()
+                .method(method.as_str())
+                .uri(&path)
+                .header("authorization", format!("Bearer {key}"))
+                .header("x-big", big.as_str())
+                .body(Body::empty())
+                .expect("request");
+            let status = app.clone().oneshot(request).await.expect("answer").status();
+            assert_eq!(status, 431, "{method} {path}");
+        }
+        for (path, operations) in doc["paths"].as_object().expect("paths") {
+            for (method, operation) in operations.as_object().expect("operations") {
+                assert!(
+                    operation["responses"].get("431").is_some(),
+                    "{method} {path} does not list 431"
+                );
+            }
+        }
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
     #[tokio::test]
     async fn every_documented_operation_reaches_a_handler() {
         let (app, key, dir) = relay("openapi");
