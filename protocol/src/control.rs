@@ -6,9 +6,11 @@ use serde::{Deserialize, Serialize};
 /// Longest control line either side reads, in bytes; a longer line is an error.
 pub const MAX_CONTROL_LINE: usize = 64 * 1024;
 
-/// Messages the agent sends to the relay.
+/// Messages the agent sends to the relay. Fields a later version adds are ignored, not
+/// refused: the hello comes before either side knows the other's version, so a field
+/// added to it would otherwise cut a newer agent off from every older relay.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(tag = "type", rename_all = "snake_case")]
 pub enum AgentMessage {
     /// First line: who the agent is and which connections it serves (names only).
     Hello {
@@ -27,9 +29,9 @@ pub enum AgentMessage {
     Draining,
 }
 
-/// Messages the relay sends to the agent.
+/// Messages the relay sends to the agent; fields a later version adds are ignored, as above.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(tag = "type", rename_all = "snake_case")]
 pub enum RelayMessage {
     /// The hello was accepted: the agent is online and calls may arrive.
     Welcome {
@@ -155,9 +157,22 @@ mod tests {
         assert_eq!(decode_line::<RelayMessage>(&line).expect("decodes"), ending);
     }
 
+    /// A later version's extra field is ignored (both ways); a message missing a field,
+    /// of an unknown type, or not JSON, is refused.
     #[test]
-    fn rejects_unknown_fields_and_garbage() {
-        assert!(decode_line::<AgentMessage>(b"{\"type\":\"hello\",\"protocol_version\":1,\"agent_version\":\"x\",\"connections\":[],\"secret\":1}").is_err());
+    fn ignores_added_fields_and_refuses_garbage() {
+        let hello = decode_line::<AgentMessage>(b"{\"type\":\"hello\",\"protocol_version\":3,\"agent_version\":\"x\",\"connections\":[\"a\"],\"capabilities\":[\"gzip\"]}");
+        assert_eq!(
+            hello.expect("an added field is ignored"),
+            AgentMessage::Hello {
+                protocol_version: 3,
+                agent_version: "x".to_owned(),
+                connections: vec!["a".to_owned()],
+            }
+        );
+        let welcome = decode_line::<RelayMessage>(b"{\"type\":\"welcome\",\"protocol_version\":3,\"agent_id\":\"agt_1\",\"agent_name\":\"n\",\"region\":\"eu\"}");
+        assert!(matches!(welcome, Ok(RelayMessage::Welcome { .. })), "{welcome:?}");
+        assert!(decode_line::<AgentMessage>(b"{\"type\":\"hello\",\"protocol_version\":1,\"connections\":[]}").is_err());
         assert!(decode_line::<AgentMessage>(b"\xff\xfe").is_err());
         assert!(decode_line::<RelayMessage>(b"{\"type\":\"nope\"}").is_err());
         assert!(matches!(
