@@ -171,8 +171,16 @@ mod tests {
             }
         );
         let welcome = decode_line::<RelayMessage>(b"{\"type\":\"welcome\",\"protocol_version\":3,\"agent_id\":\"agt_1\",\"agent_name\":\"n\",\"region\":\"eu\"}");
-        assert!(matches!(welcome, Ok(RelayMessage::Welcome { .. })), "{welcome:?}");
-        assert!(decode_line::<AgentMessage>(b"{\"type\":\"hello\",\"protocol_version\":1,\"connections\":[]}").is_err());
+        assert!(
+            matches!(welcome, Ok(RelayMessage::Welcome { .. })),
+            "{welcome:?}"
+        );
+        assert!(
+            decode_line::<AgentMessage>(
+                b"{\"type\":\"hello\",\"protocol_version\":1,\"connections\":[]}"
+            )
+            .is_err()
+        );
         assert!(decode_line::<AgentMessage>(b"\xff\xfe").is_err());
         assert!(decode_line::<RelayMessage>(b"{\"type\":\"nope\"}").is_err());
         assert!(matches!(

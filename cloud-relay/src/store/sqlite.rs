@@ -46,6 +46,12 @@ CREATE TABLE IF NOT EXISTS api_keys (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS api_keys_active_name ON api_keys(name) WHERE revoked_at IS NULL;
 CREATE INDEX IF NOT EXISTS api_keys_lookup ON api_keys(key_lookup);
+CREATE TABLE IF NOT EXISTS retired_tokens (
+    agent_id     TEXT NOT NULL,
+    token_lookup TEXT NOT NULL,
+    token_hash   BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS retired_tokens_lookup ON retired_tokens(token_lookup);
 ";
 
 /// Columns added after the first release: `(table, column, definition)`. A
@@ -299,7 +305,15 @@ impl Store for SqliteStore {
             let agent = find_active(&tx, id_or_name)?
                 .ok_or_else(|| StoreError::AgentNotFound(id_or_name.to_owned()))?;
             // The current token becomes the old one, valid until the grace ends (without
-            // one, never again: kept only so `login` knows it as a former one); an older one is gone.
+            // one, never again: kept only so `login` knows it as a former one); an older one
+            // is retired, still known as former: an agent nobody updated through two
+            // rotations must not count as guessing and lock its site's address out.
+            tx.execute(
+                "INSERT INTO retired_tokens (agent_id, token_lookup, token_hash)
+                 SELECT id, old_token_lookup, old_token_hash FROM agents
+                 WHERE id = ?1 AND old_token_lookup IS NOT NULL AND old_token_hash IS NOT NULL",
+                params![agent.id],
+            )?;
             // Never again is the epoch, not now: a clock stepped back must not revive a
             // token rotated away because it leaked.
             let until = old_until.unwrap_or(0);
@@ -352,7 +366,9 @@ impl Store for SqliteStore {
                    WHERE token_lookup = ?1 AND revoked_at IS NOT NULL
                  UNION ALL
                  SELECT old_token_hash FROM agents
-                   WHERE old_token_lookup = ?1 AND (old_token_until <= ?2 OR revoked_at IS NOT NULL)",
+                   WHERE old_token_lookup = ?1 AND (old_token_until <= ?2 OR revoked_at IS NOT NULL)
+                 UNION ALL
+                 SELECT token_hash FROM retired_tokens WHERE token_lookup = ?1",
             )?;
             let former = stmt
                 .query_map(params![token.lookup_id(), now], |row| {
@@ -716,9 +732,26 @@ mod tests {
             .expect("rotate with grace");
         assert_eq!(kind(&second, now), "agent v2", "in its grace");
         assert_eq!(kind(&second, now + 301), "former", "grace over");
+        // Two rotations back, and more: still known, so an agent nobody updated does not
+        // count as guessing.
+        assert_eq!(kind(&first, now), "former", "two rotations back");
+        let fourth = new_token(SecretKind::AgentToken);
+        store
+            .rotate_token("w1", &fourth, None, &mut |_| Ok(()))
+            .expect("rotate again");
+        for (token, what) in [(&first, "first"), (&second, "second"), (&third, "third")] {
+            assert_eq!(kind(token, now), "former", "{what}, after three rotations");
+        }
+        assert_eq!(kind(&fourth, now), "agent v4");
+        let fifth = new_token(SecretKind::AgentToken);
+        store
+            .rotate_token("w1", &fifth, Some(now + 300), &mut |_| Ok(()))
+            .expect("rotate with grace");
+        assert_eq!(kind(&fourth, now), "agent v4", "in its grace");
         store.revoke_agent("w1").expect("revoke");
-        assert_eq!(kind(&third, now), "former", "revoked");
-        assert_eq!(kind(&second, now), "former", "revoked in grace");
+        assert_eq!(kind(&fifth, now), "former", "revoked");
+        assert_eq!(kind(&fourth, now), "former", "revoked in grace");
+        assert_eq!(kind(&third, now), "former", "retired, then revoked");
         let never = new_token(SecretKind::AgentToken);
         assert_eq!(kind(&never, now), "unknown", "never issued");
         let _ = std::fs::remove_dir_all(dir);
