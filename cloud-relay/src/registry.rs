@@ -208,8 +208,8 @@ pub struct Registry {
     sessions: Mutex<HashMap<String, Arc<LiveSession>>>,
     /// Replaced sessions finishing their calls, by session id ([`Registry::retire`]).
     retiring: Mutex<HashMap<u64, Arc<LiveSession>>>,
-    /// Calls under way per agent id, across its sessions; kept for the relay's life (a
-    /// counter per agent that ever connected).
+    /// Calls under way per agent id, across its sessions; a revoked agent's goes with its
+    /// departure ([`Registry::forget_gone`]) once nothing holds it.
     calls: Mutex<HashMap<String, Arc<AtomicU64>>>,
     departures: Mutex<HashMap<String, Departure>>,
 }
@@ -357,11 +357,17 @@ impl Registry {
         self.lock_departures().get(agent_id).cloned()
     }
 
-    /// Forgets the departures, noted before `listed_at`, of agents that a store listing
-    /// taken at `listed_at` no longer has (revoked ones), which nobody can ask about.
-    pub fn forget_departures_unless(&self, listed_at: SystemTime, exists: impl Fn(&str) -> bool) {
+    /// Forgets what is kept of agents that a store listing taken at `listed_at` no longer
+    /// has (revoked ones), which nobody can ask about: departures noted before it, and
+    /// call counters no session holds, so a relay that makes and revokes many agents
+    /// does not grow a counter for each for ever.
+    pub fn forget_gone(&self, listed_at: SystemTime, exists: impl Fn(&str) -> bool) {
         self.lock_departures()
             .retain(|id, d| d.at >= listed_at || exists(id));
+        self.calls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|id, count| exists(id) || Arc::strong_count(count) > 1);
     }
 
     fn lock_departures(&self) -> std::sync::MutexGuard<'_, HashMap<String, Departure>> {
@@ -406,16 +412,35 @@ mod tests {
     }
 
     #[test]
-    fn departures_of_agents_gone_from_the_store_are_forgotten() {
+    fn what_is_kept_of_agents_gone_from_the_store_is_forgotten() {
         let registry = Registry::default();
         registry.end_session("kept", 1, "the agent closed the connection".into());
         registry.end_session("revoked", 2, "revoked".into());
         let listed_at = SystemTime::now();
         // Noted after the listing: an agent the listing may not have seen yet.
         registry.end_session("new", 3, "the agent closed the connection".into());
-        registry.forget_departures_unless(listed_at, |id| id == "kept");
+        // A counter a session still holds stays; one nobody holds goes with its agent.
+        let held = registry.calls_of("revoked-busy");
+        held.fetch_add(1, Ordering::Relaxed);
+        registry.calls_of("revoked");
+        registry.calls_of("kept");
+        registry.forget_gone(listed_at, |id| id == "kept");
         assert!(registry.departure("kept").is_some());
         assert!(registry.departure("revoked").is_none());
         assert!(registry.departure("new").is_some());
+        let counted: Vec<String> = {
+            let mut ids: Vec<String> = registry
+                .calls
+                .lock()
+                .expect("calls")
+                .keys()
+                .cloned()
+                .collect();
+            ids.sort();
+            ids
+        };
+        assert_eq!(counted, ["kept", "revoked-busy"]);
+        // The same counter again for the session that holds it.
+        assert_eq!(registry.calls_of("revoked-busy").load(Ordering::Relaxed), 1);
     }
 }

@@ -63,7 +63,7 @@ pub async fn check_sessions(ctx: &Arc<RelayContext>) -> bool {
         }
     };
     ctx.registry
-        .forget_departures_unless(listed_at, |id| agents.contains_key(id));
+        .forget_gone(listed_at, |id| agents.contains_key(id));
     let now = unix_now();
     for session in live {
         let Some(reason) = ended(agents.get(&session.agent_id), session.token_version, now) else {
