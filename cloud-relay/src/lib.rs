@@ -4,6 +4,7 @@
 //! # Layout
 //! - [`config`]: the relay's TOML config and its defaults.
 //! - [`host_key`]: the Ed25519 host key in the state folder and its fingerprint.
+//! - [`state_lock`]: one `serve` per state folder.
 //! - [`store`]: agents and API keys at rest, behind the [`store::Store`] trait (SQLite).
 //! - [`secrets`]: making tokens and keys from the OS's randomness.
 //! - [`auth_throttle`]: the growing delay for failed SSH logins, per source address.
@@ -15,11 +16,13 @@
 //! - [`ssh_server`]: accepting agent connections and their russh handler.
 //! - [`control`]: the hello/welcome exchange that brings an agent online.
 //! - [`log_budget`]: a few log lines a minute about what one peer keeps sending.
-//! - [`channel_connector`]: HTTP/1.1 connections that are SSH channels to an agent.
+//! - [`channel_pool`]: HTTP/1.1 connections that are SSH channels to an agent, kept for reuse.
+//! - [`idle_channels`]: closes pooled channels left idle too long.
 //! - [`revocation_watch`]: drops sessions of agents revoked by another process.
 //! - [`metrics`]: Prometheus counters and their text encoding (`/metrics`).
 //! - [`api`]: the HTTP API (axum).
 //! - [`tls`]: the API's rustls settings from PEM files, reloaded on SIGHUP.
+//! - [`cert_dates`]: the API certificate's validity dates.
 //! - [`api_server`]: HTTP/1.1 for the API with header size and read-time limits.
 //! - [`lingering_close`]: closing an API connection without resetting its last answer.
 //! - [`server`]: `run`, which starts all of the above and drains on shutdown.
@@ -47,6 +50,7 @@ pub mod revocation_watch;
 pub mod secrets;
 pub mod server;
 pub mod ssh_server;
+pub mod state_lock;
 pub mod store;
 pub mod tls;
 

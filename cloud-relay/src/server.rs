@@ -85,6 +85,8 @@ pub enum RelayError {
     Config(#[from] crate::config::ConfigError),
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    #[error(transparent)]
+    StateInUse(#[from] crate::state_lock::StateLockError),
 }
 
 /// How a relay is told to stop: `stop` begins the drain (no new connections, calls
@@ -141,6 +143,12 @@ pub async fn run_with(
         (Some(cert), Some(key)) => Some(Arc::new(TlsReloader::load(cert, key)?)),
         _ => None,
     };
+    // Before the host key: two relays starting on a new folder would each make one.
+    host_key::ensure_state_dir(&config.state_dir).map_err(|error| HostKeyError::StateDir {
+        path: config.state_dir.clone(),
+        error,
+    })?;
+    let _state_lock = crate::state_lock::hold(&config.state_dir)?;
     let host_key = host_key::load_or_create(&config.state_dir)?;
     let fingerprint = host_key::fingerprint(&host_key);
     // `load_or_create` has made the state folder (or narrowed it) already.

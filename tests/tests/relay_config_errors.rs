@@ -70,3 +70,56 @@ fn a_taken_address_is_named_with_its_setting() -> Result<()> {
     }
     Ok(())
 }
+
+/// A second `serve` on a state folder a relay already serves from stops at once, saying
+/// so, rather than split the agents between two relays that share one store.
+#[test]
+fn a_second_relay_on_the_same_state_folder_is_refused() -> Result<()> {
+    let dir = TempDir::new("relay-state-lock")?;
+    let first = postern_tests::relay_support::configured_relay(&bins(), dir.path(), "", &[])?;
+    let state = first.state_dir.to_string_lossy().into_owned();
+    let mut second = postern_tests::harness::relay_cli_command(
+        &bins(),
+        &[
+            "serve",
+            "--state-dir",
+            &state,
+            "--ssh-listen",
+            "127.0.0.1:0",
+            "--api-listen",
+            "127.0.0.1:0",
+        ],
+    )
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .spawn()?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = second.try_wait()? {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = second.kill();
+            let _ = second.wait();
+            anyhow::bail!("a second relay on the same state folder kept running");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let out = second.wait_with_output()?;
+    assert_eq!(status.code(), Some(1));
+    let said = stderr(&out);
+    assert!(
+        said.contains(&format!(
+            "another `postern-relay serve` uses the state folder {state}"
+        )),
+        "{said}"
+    );
+    // The first is untouched: it still answers.
+    use std::io::{Read, Write};
+    let mut health = std::net::TcpStream::connect(first.api)?;
+    health.write_all(b"GET /healthz HTTP/1.1\r\nhost: relay\r\nconnection: close\r\n\r\n")?;
+    let mut answer = String::new();
+    health.read_to_string(&mut answer)?;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    Ok(())
+}

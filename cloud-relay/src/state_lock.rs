@@ -1,0 +1,95 @@
+//! One `serve` per state folder: an exclusive lock on `serve.lock` in it, held while
+//! the relay runs, which the system lets go when the process ends however it ends.
+
+use std::fs::{File, OpenOptions, TryLockError};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+pub const LOCK_FILE: &str = "serve.lock";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateLockError {
+    /// Two relays on one folder would share its store but not their sessions: an agent
+    /// online on one would show offline on the other, and calls would fail at random.
+    #[error(
+        "another `postern-relay serve` uses the state folder {}: its lock {} is held; stop that relay first, or give this one a state folder of its own",
+        .folder.display(), .lock.display()
+    )]
+    InUse { folder: PathBuf, lock: PathBuf },
+    #[error("cannot lock the state folder's {}: {error}", .lock.display())]
+    Io {
+        lock: PathBuf,
+        error: std::io::Error,
+    },
+}
+
+/// Holds the folder's lock until dropped; none on a folder the relay cannot write where
+/// no lock file was left (a read-only store serves calls, so it must start).
+#[derive(Debug)]
+pub struct StateLock {
+    _held: Option<File>,
+}
+
+/// Takes the lock on `state_dir` (which must exist), or says who holds it.
+pub fn hold(state_dir: &Path) -> Result<StateLock, StateLockError> {
+    let lock = state_dir.join(LOCK_FILE);
+    let io = |error| StateLockError::Io {
+        lock: lock.clone(),
+        error,
+    };
+    let opened = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&lock);
+    let file = match opened {
+        Ok(file) => file,
+        // A read-only folder or disk: a lock file left there still locks (read access is
+        // enough); without one, the relay runs unlocked, and says so.
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::ReadOnlyFilesystem | std::io::ErrorKind::PermissionDenied
+            ) =>
+        {
+            match File::open(&lock) {
+                Ok(file) => file,
+                Err(_) => {
+                    tracing::warn!(lock = %lock.display(), error = %e, "cannot make the state folder's lock file: nothing stops a second relay from serving from this folder too");
+                    return Ok(StateLock { _held: None });
+                }
+            }
+        }
+        Err(e) => return Err(io(e)),
+    };
+    match file.try_lock() {
+        Ok(()) => Ok(StateLock { _held: Some(file) }),
+        Err(TryLockError::WouldBlock) => Err(StateLockError::InUse {
+            folder: state_dir.to_owned(),
+            lock,
+        }),
+        Err(TryLockError::Error(error)) => Err(io(error)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_holder_is_refused_until_the_first_lets_go() {
+        let dir = std::env::temp_dir().join(format!("postern-state-lock-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let first = hold(&dir).expect("first");
+        let second = hold(&dir).expect_err("a second holder");
+        assert!(matches!(second, StateLockError::InUse { .. }), "{second}");
+        assert!(
+            second.to_string().contains("stop that relay first"),
+            "{second}"
+        );
+        drop(first);
+        hold(&dir).expect("free again");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
