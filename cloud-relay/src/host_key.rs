@@ -62,16 +62,23 @@ fn not_ours_hint(path: &Path, error: &std::io::Error) -> String {
     if error.kind() != std::io::ErrorKind::PermissionDenied {
         return String::new();
     }
-    let (Ok(meta), Some(uid)) = (std::fs::metadata(path), postern_process::current_uid()) else {
+    let Some(uid) = postern_process::current_uid() else {
         return String::new();
     };
-    if meta.uid() == uid {
+    let folder = path.parent().unwrap_or(path);
+    // The file's owner, or the folder's when the folder itself keeps the relay out (a
+    // volume an older image's user made).
+    let (what, owner) = match (std::fs::metadata(path), std::fs::metadata(folder)) {
+        (Ok(meta), _) => ("it belongs", meta.uid()),
+        (Err(_), Ok(meta)) => ("its folder belongs", meta.uid()),
+        (Err(_), Err(_)) => return String::new(),
+    };
+    if owner == uid {
         return String::new();
     }
-    let folder = path.parent().unwrap_or(path).display();
     format!(
-        "; it belongs to uid {}, and the relay runs as uid {uid} (was a command run once as root?): give the state folder back to the relay's user, e.g. `chown -R postern-relay: {folder}`",
-        meta.uid()
+        "; {what} to uid {owner}, and the relay runs as uid {uid} (was a command run once as root?): give the state folder back to the relay's user, e.g. `chown -R postern-relay: {}`",
+        folder.display()
     )
 }
 
@@ -339,6 +346,21 @@ mod tests {
         assert!(!read(&ours, denied()).to_string().contains("chown"));
         let other = std::io::Error::from(std::io::ErrorKind::InvalidData);
         assert!(!read(&theirs, other).to_string().contains("chown"));
+        // A file that cannot be looked at (its folder keeps the relay out): the folder's owner.
+        let shut = if me == 0 {
+            let shut = dir.join("shut");
+            std::fs::create_dir(&shut).expect("mkdir");
+            std::os::unix::fs::chown(&shut, Some(65534), None).expect("chown");
+            shut
+        } else {
+            PathBuf::from("/")
+        };
+        let folder_owner = std::fs::metadata(&shut).expect("meta").uid();
+        let said = read(&shut.join("no-such-key"), denied()).to_string();
+        assert!(
+            said.contains(&format!("its folder belongs to uid {folder_owner}")),
+            "{said}"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 

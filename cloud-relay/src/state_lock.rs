@@ -37,11 +37,13 @@ pub fn hold(state_dir: &Path) -> Result<StateLock, StateLockError> {
         lock: lock.clone(),
         error,
     };
+    // Readable by all (it is empty, in a 0700 folder): one left by a `serve` run as root
+    // can still be opened, read-only, and locked by the relay's own user.
     let opened = OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(false)
-        .mode(0o600)
+        .mode(0o644)
         .open(&lock);
     let file = match opened {
         Ok(file) => file,
@@ -56,7 +58,7 @@ pub fn hold(state_dir: &Path) -> Result<StateLock, StateLockError> {
             match File::open(&lock) {
                 Ok(file) => file,
                 Err(_) => {
-                    tracing::warn!(lock = %lock.display(), error = %e, "cannot make the state folder's lock file: nothing stops a second relay from serving from this folder too");
+                    tracing::warn!(lock = %lock.display(), error = %e, "cannot make or open the state folder's lock file: nothing stops a second relay from serving from this folder too");
                     return Ok(StateLock { _held: None });
                 }
             }
@@ -76,6 +78,31 @@ pub fn hold(state_dir: &Path) -> Result<StateLock, StateLockError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A lock file another user made (a `serve` run once as root) and this one cannot
+    /// write still locks: it is opened read-only.
+    #[test]
+    fn a_lock_file_that_cannot_be_written_still_locks() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir =
+            std::env::temp_dir().join(format!("postern-state-lock-ro-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        drop(hold(&dir).expect("made"));
+        let lock = dir.join(LOCK_FILE);
+        let mode = std::fs::metadata(&lock).expect("meta").permissions().mode();
+        assert_eq!(
+            mode & 0o777,
+            0o644,
+            "readable by the relay's user whoever made it"
+        );
+        // Not writable by its owner either: a user other than root opens it read-only (root
+        // writes whatever the mode says, so as root this checks the mode and the lock only).
+        std::fs::set_permissions(&lock, std::fs::Permissions::from_mode(0o444)).expect("chmod");
+        let first = hold(&dir).expect("read-only, still locked");
+        assert!(matches!(hold(&dir), Err(StateLockError::InUse { .. })));
+        drop(first);
+        let _ = std::fs::remove_dir_all(dir);
+    }
 
     #[test]
     fn a_second_holder_is_refused_until_the_first_lets_go() {

@@ -603,7 +603,8 @@ fn a_certificate_of_another_key_is_refused_at_load() -> Result<()> {
 }
 
 /// A key restricted to PSS (`openssl genpkey -algorithm RSA-PSS`) signs PS256/384/512,
-/// checked by PyJWT with the key's own public half, and is refused for RS256 saying why.
+/// checked by PyJWT and by `postern jwt decode` with the key's own public half (and a
+/// certificate for it), and is refused for RS256 saying why.
 #[test]
 fn an_rsa_pss_key_signs_the_pss_algorithms_only() -> Result<()> {
     let dir = TempDir::new("jwt-cli-pss")?;
@@ -623,6 +624,21 @@ fn an_rsa_pss_key_signs_the_pss_algorithms_only() -> Result<()> {
     openssl(
         d,
         &["pkey", "-in", "made.pem", "-pubout", "-out", "pss-pub.pem"],
+    )?;
+    openssl(
+        d,
+        &[
+            "req",
+            "-x509",
+            "-key",
+            "made.pem",
+            "-subj",
+            "/CN=pss",
+            "-days",
+            "1",
+            "-out",
+            "pss-cert.pem",
+        ],
     )?;
     dir.write_private("pss.pem", &read(&dir, "made.pem")?)?;
     let connection = |alg: &str| {
@@ -661,6 +677,29 @@ fn an_rsa_pss_key_signs_the_pss_algorithms_only() -> Result<()> {
             "PyJWT refused the {alg} token: {}",
             String::from_utf8_lossy(&verified.stderr)
         );
+        // `postern jwt decode` verifies it too, with the key's public half or a
+        // certificate for it, as `openssl` writes them.
+        let token = stdout(&out).trim().to_owned();
+        for key in ["pss-pub.pem", "pss-cert.pem"] {
+            let decoded = agent_command(
+                &bins(),
+                &signing,
+                &[
+                    "jwt",
+                    "decode",
+                    &token,
+                    "--verify-with",
+                    &d.join(key).to_string_lossy(),
+                ],
+            )
+            .output()?;
+            assert!(
+                stdout(&decoded).contains(&format!("signature: valid ({alg}")),
+                "{alg} with {key}: {}{}",
+                stdout(&decoded),
+                String::from_utf8_lossy(&decoded.stderr)
+            );
+        }
     }
     let refused = dir.write_private(
         "rs.toml",

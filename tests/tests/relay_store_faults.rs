@@ -137,6 +137,12 @@ async fn a_full_or_read_only_store_refuses_changes_and_calls_keep_working() -> R
 
     // Read-only: a disk cannot turn read-only under open files by `mount`, so the relay
     // restarts on a store that was read-only from the start (the agent comes back).
+    // As a store made before the retired-tokens table, which a relay that can only read
+    // it cannot add: it must start all the same (it refused to, for a moment, 2026-12-06).
+    // Dropped while the relay holds the store open, so closing this connection leaves
+    // the -wal and -shm files that a read-only WAL store needs.
+    rusqlite::Connection::open(state.join("relay.db"))?
+        .execute_batch("DROP TABLE retired_tokens")?;
     drop(relay);
     disk.remount("ro")?;
     let relay = RelayProcess::start(&bins, &state, "127.0.0.1:0", "127.0.0.1:0")?;

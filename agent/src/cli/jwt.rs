@@ -182,8 +182,13 @@ fn decoding_key(algorithm: Algorithm, file: &Path) -> Result<DecodingKey> {
             file.display()
         )
     };
+    let pss = matches!(algorithm, A::PS256 | A::PS384 | A::PS512);
     match key_in(&text) {
         KeyInFile::Public(kind) if kind == expected => {}
+        KeyInFile::Public(PublicKind::RsaPss) if pss => {
+            return rsa_pss_key(&text)
+                .ok_or_else(|| refuse("an RSA-PSS public key that cannot be read"));
+        }
         KeyInFile::Public(kind) => return Err(refuse(&kind.to_string())),
         KeyInFile::Private(what) => {
             return Err(refuse(&format!(
@@ -194,6 +199,24 @@ fn decoding_key(algorithm: Algorithm, file: &Path) -> Result<DecodingKey> {
         KeyInFile::Other(what) => return Err(refuse(&what)),
     }
     read(&text).map_err(|e| refuse(&format!("{expected} that cannot be read ({e})")))
+}
+
+/// The RSA key inside an RSA-PSS SubjectPublicKeyInfo (or a certificate holding one),
+/// which jsonwebtoken reads only as PKCS#1.
+fn rsa_pss_key(text: &[u8]) -> Option<DecodingKey> {
+    use pkcs8::der::{Decode, Encode};
+    use postern_protocol::certificate::{tbs, tbs_field};
+    let block = pem::parse_many(text).ok()?.into_iter().next()?;
+    let spki = match block.tag() {
+        "CERTIFICATE" => tbs_field(block.contents(), tbs::SUBJECT_PUBLIC_KEY_INFO)?
+            .to_der()
+            .ok()?,
+        _ => block.contents().to_vec(),
+    };
+    let spki = pkcs8::SubjectPublicKeyInfoRef::from_der(&spki).ok()?;
+    Some(DecodingKey::from_rsa_der(
+        spki.subject_public_key.as_bytes()?,
+    ))
 }
 
 #[derive(Debug, PartialEq, Eq)]

@@ -304,6 +304,8 @@ fn rejected(kind: KeyKind, error: &aws_lc_rs::error::KeyRejected) -> KeyError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PublicKind {
     Rsa,
+    /// An RSA key restricted to PSS signatures: verifies PS256/384/512 only.
+    RsaPss,
     EcP256,
     EcP384,
     Ed25519,
@@ -315,6 +317,9 @@ impl fmt::Display for PublicKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             PublicKind::Rsa => f.write_str("an RSA public key"),
+            PublicKind::RsaPss => f.write_str(
+                "an RSA-PSS public key (restricted to PSS signatures: PS256, PS384, PS512)",
+            ),
             PublicKind::EcP256 => f.write_str("an EC P-256 public key"),
             PublicKind::EcP384 => f.write_str("an EC P-384 public key"),
             PublicKind::Ed25519 => f.write_str("an Ed25519 public key"),
@@ -352,6 +357,7 @@ pub fn public_key_kind(der: &[u8]) -> PublicKind {
     };
     match arcs(algorithm.first()).as_slice() {
         OID_RSA => PublicKind::Rsa,
+        OID_RSA_PSS => PublicKind::RsaPss,
         OID_ED25519 => PublicKind::Ed25519,
         OID_EC => match arcs(algorithm.get(1)).as_slice() {
             OID_P256 => PublicKind::EcP256,

@@ -46,6 +46,12 @@ CREATE TABLE IF NOT EXISTS api_keys (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS api_keys_active_name ON api_keys(name) WHERE revoked_at IS NULL;
 CREATE INDEX IF NOT EXISTS api_keys_lookup ON api_keys(key_lookup);
+";
+
+/// Tokens rotations replaced before the last one: kept only to be known as former. Made
+/// apart from [`SCHEMA`], where the store can be written: a store made before it that
+/// the relay can only read (or a backup of one restored under it) still serves calls.
+const RETIRED_SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS retired_tokens (
     agent_id     TEXT NOT NULL,
     token_lookup TEXT NOT NULL,
@@ -76,16 +82,23 @@ const AGENT_COLUMNS: &str = "id, name, created_at, token_version, old_token_unti
 /// moment (a CLI command as `serve` starts): then this one's read, upgraded to a write,
 /// is refused as busy at once (its snapshot is stale), and it tries again holding the
 /// write lock from the start — it waits for the other, then finds the columns there.
-fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
-    match migrate_with(conn, TransactionBehavior::Deferred) {
-        Err(e) if e.is_busy() => migrate_with(conn, TransactionBehavior::Immediate),
+fn migrate(conn: &mut Connection, read_only: bool) -> Result<(), StoreError> {
+    match migrate_with(conn, TransactionBehavior::Deferred, read_only) {
+        Err(e) if e.is_busy() => migrate_with(conn, TransactionBehavior::Immediate, read_only),
         done => done,
     }
 }
 
-fn migrate_with(conn: &mut Connection, behavior: TransactionBehavior) -> Result<(), StoreError> {
+fn migrate_with(
+    conn: &mut Connection,
+    behavior: TransactionBehavior,
+    read_only: bool,
+) -> Result<(), StoreError> {
     let tx = conn.transaction_with_behavior(behavior)?;
     tx.execute_batch(SCHEMA)?;
+    if !read_only {
+        tx.execute_batch(RETIRED_SCHEMA)?;
+    }
     for (table, column, definition) in ADDED_COLUMNS {
         let present: bool = tx.query_row(
             &format!("SELECT COUNT(*) > 0 FROM pragma_table_info('{table}') WHERE name = ?1"),
@@ -172,7 +185,7 @@ impl SqliteStore {
         conn.busy_timeout(BUSY_TIMEOUT)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
-        migrate(&mut conn)?;
+        migrate(&mut conn, read_only)?;
         Ok(Self {
             conn: Mutex::new(conn),
             read_only,
@@ -234,6 +247,26 @@ fn find_active(conn: &Connection, id_or_name: &str) -> Result<Option<AgentRecord
         Some(agent) => Some(agent),
         None => by("name")?,
     })
+}
+
+/// The hashes of retired tokens that share `token`'s lookup id; none where the table is not
+/// there (see [`RETIRED_SCHEMA`]), which only costs an old token its "former" standing.
+fn retired(conn: &Connection, token: &SecretToken) -> Result<Vec<((), Vec<u8>)>, StoreError> {
+    let statement =
+        conn.prepare_cached("SELECT token_hash FROM retired_tokens WHERE token_lookup = ?1");
+    let mut statement = match statement {
+        Ok(statement) => statement,
+        Err(rusqlite::Error::SqliteFailure(_, Some(message)))
+            if message.starts_with("no such table") =>
+        {
+            return Ok(Vec::new());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let rows = statement.query_map(params![token.lookup_id()], |row| {
+        Ok(((), row.get::<_, Vec<u8>>(0)?))
+    })?;
+    Ok(rows.collect::<Result<Vec<_>, _>>()?)
 }
 
 /// Compares every candidate (no early exit), so timing says nothing about which matched.
@@ -308,6 +341,8 @@ impl Store for SqliteStore {
             // one, never again: kept only so `login` knows it as a former one); an older one
             // is retired, still known as former: an agent nobody updated through two
             // rotations must not count as guessing and lock its site's address out.
+            // Made here too: a backup from before the table, restored under a running relay.
+            tx.execute_batch(RETIRED_SCHEMA)?;
             tx.execute(
                 "INSERT INTO retired_tokens (agent_id, token_lookup, token_hash)
                  SELECT id, old_token_lookup, old_token_hash FROM agents
@@ -366,15 +401,14 @@ impl Store for SqliteStore {
                    WHERE token_lookup = ?1 AND revoked_at IS NOT NULL
                  UNION ALL
                  SELECT old_token_hash FROM agents
-                   WHERE old_token_lookup = ?1 AND (old_token_until <= ?2 OR revoked_at IS NOT NULL)
-                 UNION ALL
-                 SELECT token_hash FROM retired_tokens WHERE token_lookup = ?1",
+                   WHERE old_token_lookup = ?1 AND (old_token_until <= ?2 OR revoked_at IS NOT NULL)",
             )?;
-            let former = stmt
+            let mut former = stmt
                 .query_map(params![token.lookup_id(), now], |row| {
                     Ok(((), row.get::<_, Vec<u8>>(0)?))
                 })?
                 .collect::<Result<Vec<_>, _>>()?;
+            former.extend(retired(conn, token)?);
             Ok(match pick_by_hash(former, &token.hash()) {
                 Some(()) => Login::Former,
                 None => Login::Unknown,
@@ -754,6 +788,33 @@ mod tests {
         assert_eq!(kind(&third, now), "former", "retired, then revoked");
         let never = new_token(SecretKind::AgentToken);
         assert_eq!(kind(&never, now), "unknown", "never issued");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// A backup from before the retired-tokens table, restored under a running relay: a
+    /// login with an unknown token is still unknown (not a store failure, which skips the
+    /// login throttle), and a rotation makes the table again.
+    #[test]
+    fn a_store_without_the_retired_table_still_logs_in_and_rotates() {
+        let (store, dir) = temp_store("no-retired");
+        let first = new_token(SecretKind::AgentToken);
+        store.create_agent("w1", &first).expect("create");
+        store
+            .with(|c| Ok(c.execute_batch("DROP TABLE retired_tokens")?))
+            .expect("drop");
+        let stranger = new_token(SecretKind::AgentToken);
+        assert!(matches!(store.login(&stranger, 0), Ok(Login::Unknown)));
+        for _ in 0..2 {
+            store
+                .rotate_token("w1", &new_token(SecretKind::AgentToken), None, &mut |_| {
+                    Ok(())
+                })
+                .expect("rotate");
+        }
+        assert!(
+            matches!(store.login(&first, 0), Ok(Login::Former)),
+            "retired again"
+        );
         let _ = std::fs::remove_dir_all(dir);
     }
 
