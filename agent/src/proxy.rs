@@ -36,8 +36,12 @@ pub enum ProxyError {
     Unreachable { proxy: String, reason: String },
     #[error("the proxy {proxy} closed the connection or sent no valid answer to CONNECT")]
     BadAnswer { proxy: String },
-    #[error("the proxy {proxy} did not answer CONNECT {target} within {ANSWER_TIMEOUT:?}")]
-    Silent { proxy: String, target: String },
+    #[error("the proxy {proxy} did not answer CONNECT {target} within {waited:?}")]
+    Silent {
+        proxy: String,
+        target: String,
+        waited: Duration,
+    },
     #[error("the proxy {proxy} refused CONNECT {target}: {status}")]
     Refused {
         proxy: String,
@@ -150,6 +154,14 @@ impl Proxy {
     /// A TCP stream to `target` (`host:port`) through the proxy: its dial bounded as a
     /// relay's (each address in turn), then its answer by [`ANSWER_TIMEOUT`].
     pub async fn connect(&self, target: &str) -> Result<TcpStream, ProxyError> {
+        self.connect_within(target, ANSWER_TIMEOUT).await
+    }
+
+    async fn connect_within(
+        &self,
+        target: &str,
+        answer: Duration,
+    ) -> Result<TcpStream, ProxyError> {
         let name = self.to_string();
         let stream = crate::relay_dial::dial_to((self.host.as_str(), self.port), &name)
             .await
@@ -157,11 +169,12 @@ impl Proxy {
                 proxy: name.clone(),
                 reason,
             })?;
-        tokio::time::timeout(ANSWER_TIMEOUT, self.tunnel(stream, &name, target))
+        tokio::time::timeout(answer, self.tunnel(stream, &name, target))
             .await
             .map_err(|_| ProxyError::Silent {
                 proxy: name.clone(),
                 target: target.to_owned(),
+                waited: answer,
             })?
     }
 
@@ -506,6 +519,37 @@ mod tests {
             said.starts_with("cannot reach the proxy http://127.0.0.1:9: 127.0.0.1:9: "),
             "{said}"
         );
+    }
+
+    /// A proxy that takes the connection and never answers CONNECT is given up on, and
+    /// named for it, rather than waited for until the whole attempt's time is gone.
+    #[tokio::test]
+    async fn a_proxy_that_never_answers_connect_is_given_up_on() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let held = tokio::spawn(async move {
+            let accepted = listener.accept().await;
+            tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+            drop(accepted);
+        });
+        let proxy = Proxy::parse(&format!("http://{addr}")).expect("valid");
+        let wait = std::time::Duration::from_millis(300);
+        let started = std::time::Instant::now();
+        let err = proxy
+            .connect_within("relay.example.com:2222", wait)
+            .await
+            .expect_err("no answer");
+        assert!(matches!(err, ProxyError::Silent { .. }), "{err}");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "the proxy http://{addr} did not answer CONNECT relay.example.com:2222 within 300ms"
+            )
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(10));
+        held.abort();
     }
 
     #[tokio::test]

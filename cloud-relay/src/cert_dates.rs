@@ -61,3 +61,69 @@ fn time(any: AnyRef<'_>) -> Option<SystemTime> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    /// A self-signed certificate from openssl valid for `days` from now, as DER.
+    fn certificate(dir: &std::path::Path, days: &str) -> Vec<u8> {
+        let (key, der) = (
+            dir.join(format!("{days}.key")),
+            dir.join(format!("{days}.der")),
+        );
+        let made = Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+            ])
+            .args([
+                "-nodes",
+                "-subj",
+                "/CN=dates",
+                "-days",
+                days,
+                "-outform",
+                "DER",
+            ])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&der)
+            .output()
+            .expect("openssl");
+        assert!(made.status.success(), "{made:?}");
+        std::fs::read(der).expect("der")
+    }
+
+    /// Dates before 2050 are UTCTime, later ones GeneralizedTime (RFC 5280 §4.1.2.5): both
+    /// read as openssl wrote them.
+    #[test]
+    fn both_time_forms_are_read() {
+        let dir = std::env::temp_dir().join(format!("postern-cert-dates-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let now = SystemTime::now();
+        let day = Duration::from_secs(24 * 3600);
+        for days in [1u64, 20_000] {
+            let v = Validity::of(&certificate(&dir, &days.to_string())).expect("dates");
+            let from = now.duration_since(v.not_before).unwrap_or_default();
+            assert!(from < day, "{days}: not_before {}", shown(v.not_before));
+            let to = v.not_after.duration_since(now).expect("ends later");
+            let want = day * u32::try_from(days).expect("days");
+            assert!(
+                to > want - day && to < want + day,
+                "{days}: not_after {}",
+                shown(v.not_after)
+            );
+            assert_eq!(v.lapsed_at(now), None);
+            assert_eq!(v.ends_soon(now), days == 1);
+        }
+        assert_eq!(Validity::of(b"\x30\x03\x02\x01\x01"), None);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

@@ -46,7 +46,12 @@ pub fn hold(state_dir: &Path) -> Result<StateLock, StateLockError> {
         .mode(0o644)
         .open(&lock);
     let file = match opened {
-        Ok(file) => file,
+        Ok(file) => {
+            // Whatever the umask (the unit's is 077); a file of another user's stays as is.
+            use std::os::unix::fs::PermissionsExt;
+            let _ = file.set_permissions(std::fs::Permissions::from_mode(0o644));
+            file
+        }
         // A read-only folder or disk: a lock file left there still locks (read access is
         // enough); without one, the relay runs unlocked, and says so.
         Err(e)

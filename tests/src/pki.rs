@@ -212,6 +212,7 @@ pub fn ec256(dir: &Path) -> Result<(String, String)> {
 /// `to_days` days from now (either may be past), written by Python's `cryptography` as
 /// `{name}.crt` and `{name}.key`; openssl 3.0's `req` cannot backdate one.
 pub fn dated_self_signed(dir: &Path, name: &str, from_days: i64, to_days: i64) -> Result<()> {
+    // Written for cryptography 3.1 and later (Debian's 38 as well as pip's).
     const SCRIPT: &str = r#"
 import datetime, ipaddress, sys
 from cryptography import x509
@@ -257,9 +258,11 @@ pub fn not_after_unix(cert: &Path) -> Result<i64> {
     let out = Command::new("python3")
         .args([
             "-c",
-            "import sys; from cryptography import x509; \
+            "import sys, datetime; from cryptography import x509; \
              c = x509.load_pem_x509_certificate(open(sys.argv[1], 'rb').read()); \
-             print(int(c.not_valid_after_utc.timestamp()))",
+             end = getattr(c, 'not_valid_after_utc', None) or \
+                 c.not_valid_after.replace(tzinfo=datetime.timezone.utc); \
+             print(int(end.timestamp()))",
         ])
         .arg(cert)
         .output()

@@ -1178,7 +1178,8 @@ fn container_run_line_waits_for_the_relays_drain() -> Result<()> {
 }
 
 /// The image's user is a fixed number (what mounted files must be readable by, and what
-/// `runAsNonRoot` can check), the one `useradd` makes and README names.
+/// `runAsNonRoot` can check), the one older images' volumes belong to, the one `useradd`
+/// makes and README names.
 #[test]
 fn container_user_is_the_documented_number() -> Result<()> {
     let file = std::fs::read_to_string(repo().join("packaging/relay.Containerfile"))?;
@@ -1187,7 +1188,8 @@ fn container_user_is_the_documented_number() -> Result<()> {
         .find_map(|l| l.strip_prefix("USER "))
         .context("no USER line")?;
     let (uid, gid) = user.split_once(':').context("USER uid:gid")?;
-    assert!(uid.parse::<u32>().is_ok_and(|n| n > 0), "{user}");
+    // What `useradd --system` gave the images before it was fixed: their volumes are 999's.
+    assert_eq!((uid, gid), ("999", "999"), "{user}");
     assert!(file.contains(&format!("useradd --system --uid {uid} --gid {gid} ")));
     assert!(file.contains(&format!("groupadd --system --gid {gid} postern-relay")));
     let readme = std::fs::read_to_string(repo().join("README.md"))?;

@@ -147,6 +147,10 @@ fn check_fails_on_the_tls_files_a_sighup_would_not_load() -> Result<()> {
     let (code, said) = check(&config)?;
     assert_eq!(code, 0, "{said}");
     assert!(said.contains("go together, valid until"), "{said}");
+    assert!(
+        said.contains("the TLS certificate expires within 14 days"),
+        "{said}"
+    );
 
     // A key rustls cannot use is the key's problem, not a mismatch.
     postern_tests::pki::openssl(
