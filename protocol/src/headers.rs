@@ -46,12 +46,22 @@ const HOP_BY_HOP: &[&str] = &[
     "host",
 ];
 
-/// Whether `name` is one of `names` or starts with `prefix`, ASCII case ignored.
+/// Whether `name` is one of `names` or starts with `prefix`, ASCII case ignored and `_`
+/// taken for `-`: CGI, Rack and WSGI servers (Puma, PHP's) read `X_Forwarded_For` as
+/// `X-Forwarded-For`, both `HTTP_X_FORWARDED_FOR` to the application.
 fn listed(name: &str, names: &[&str], prefix: &str) -> bool {
-    names.iter().any(|h| h.eq_ignore_ascii_case(name))
+    names.iter().any(|h| same_name(h, name))
         || name
             .get(..prefix.len())
-            .is_some_and(|p| p.eq_ignore_ascii_case(prefix))
+            .is_some_and(|p| same_name(p, prefix))
+}
+
+fn same_name(a: &str, b: &str) -> bool {
+    let fold = |c: u8| match c {
+        b'_' => b'-',
+        c => c.to_ascii_lowercase(),
+    };
+    a.len() == b.len() && a.bytes().zip(b.bytes()).all(|(x, y)| fold(x) == fold(y))
 }
 
 /// Whether a header must be dropped when a request or response crosses a hop: the
@@ -117,6 +127,11 @@ const REROUTING: &[&str] = &[
     "x-http-method-override",
     "x-http-method",
     "x-method-override",
+    // WebLogic's client address, read by Java "real client IP" helpers.
+    "wl-proxy-client-ip",
+    // httpoxy: a CGI server hands it to the application as HTTP_PROXY, which many HTTP
+    // clients take as the proxy for the application's own outgoing requests.
+    "proxy",
 ];
 
 /// What [`strip_hop_by_hop`] drops plus a caller's headers that could reroute the call at
@@ -167,6 +182,14 @@ mod tests {
             "CF-Connecting-IP",
             "Fastly-Client-IP",
             "X-Envoy-External-Address",
+            "WL-Proxy-Client-IP",
+            "Proxy",
+            // What CGI, Rack and WSGI servers read as the dashed names.
+            "X_Forwarded_For",
+            "X-Forwarded_Host",
+            "x_real_ip",
+            "X_Original_URL",
+            "Proxy_Authorization",
         ] {
             h.insert(
                 http::HeaderName::from_bytes(name.as_bytes()).expect("valid name"),
@@ -179,12 +202,19 @@ mod tests {
         h.insert("host", http::HeaderValue::from_static("relay"));
         h.insert("x-forwardedness", http::HeaderValue::from_static("kept"));
         h.insert("x-hostname", http::HeaderValue::from_static("kept"));
+        h.insert("x_request_id", http::HeaderValue::from_static("kept"));
         h.insert("accept", http::HeaderValue::from_static("application/json"));
         h.insert("x-request-id", http::HeaderValue::from_static("r1"));
         strip_hop_by_hop_and_rerouting(&mut h);
         let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
-        assert_eq!(left.len(), 4, "{left:?}");
-        for kept in ["x-forwardedness", "x-hostname", "accept", "x-request-id"] {
+        assert_eq!(left.len(), 5, "{left:?}");
+        for kept in [
+            "x-forwardedness",
+            "x-hostname",
+            "accept",
+            "x-request-id",
+            "x_request_id",
+        ] {
             assert!(h.contains_key(kept), "{kept} dropped: {left:?}");
         }
     }
