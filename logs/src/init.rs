@@ -25,9 +25,17 @@ pub struct LogArgs {
 /// A filter whose bare words are all levels. `EnvFilter` takes a bare word that is not a
 /// level as a target to log at every level, so a mistyped `warning` or `inof` would
 /// silently drop every line; a target is still named as `target=level`.
+/// The directives are returned trimmed: checked one way and applied another, a space
+/// after a comma (`info, russh=debug`) dropped that directive, and a trailing one
+/// (`debug `) every line. None at all is the default, `info`.
 fn log_filter(text: &str) -> Result<String, String> {
     const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
-    for directive in text.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+    let directives: Vec<&str> = text
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .collect();
+    for &directive in &directives {
         if !directive.contains('=') && !LEVELS.contains(&directive.to_ascii_lowercase().as_str()) {
             return Err(format!(
                 "{directive:?} is not a log level: use one of {}, or TARGET=LEVEL (e.g. info,russh=debug)",
@@ -38,7 +46,25 @@ fn log_filter(text: &str) -> Result<String, String> {
             .parse::<tracing_subscriber::filter::Directive>()
             .map_err(|e| format!("{directive:?}: {e}"))?;
     }
-    Ok(text.to_owned())
+    if directives.is_empty() {
+        return Ok("info".to_owned());
+    }
+    Ok(directives.join(","))
+}
+
+/// `RUST_LOG`, held to the same rules as `--log-level`, else `info`. One that does not
+/// pass is said on stderr rather than dropped without a word.
+fn from_rust_log() -> EnvFilter {
+    let Some(value) = std::env::var_os(EnvFilter::DEFAULT_ENV) else {
+        return EnvFilter::new("info");
+    };
+    match log_filter(&value.to_string_lossy()) {
+        Ok(filter) => EnvFilter::new(filter),
+        Err(why) => {
+            eprintln!("warning: RUST_LOG is not a log filter ({why}); logging at info");
+            EnvFilter::new("info")
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -55,12 +81,10 @@ impl LogArgs {
     /// under `span`. Keep the guard: dropping it writes what is pending.
     pub fn init(&self) -> FlushGuard {
         let (writer, guard) = crate::batched(std::io::stderr());
-        let filter = self
-            .log_level
-            .as_deref()
-            .map(EnvFilter::new)
-            .or_else(|| EnvFilter::try_from_default_env().ok())
-            .unwrap_or_else(|| EnvFilter::new("info"));
+        let filter = match self.log_level.as_deref() {
+            Some(level) => EnvFilter::new(level),
+            None => from_rust_log(),
+        };
         let builder = tracing_subscriber::fmt()
             .with_env_filter(filter)
             .with_writer(move || writer.clone());
@@ -101,5 +125,13 @@ mod tests {
         for bad in ["warning", "inof", "info,russh", "russh=loud"] {
             assert!(log_filter(bad).is_err(), "{bad}");
         }
+        // Applied as checked: trimmed, and none at all is the default.
+        assert_eq!(
+            log_filter("info, russh=debug ").as_deref(),
+            Ok("info,russh=debug")
+        );
+        assert_eq!(log_filter("debug ").as_deref(), Ok("debug"));
+        assert_eq!(log_filter(" , ").as_deref(), Ok("info"));
+        assert_eq!(log_filter("").as_deref(), Ok("info"));
     }
 }
