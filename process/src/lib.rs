@@ -51,10 +51,35 @@ pub enum Tuning {
 /// thread and nothing to lose: the same PID, arguments, descriptors and environment go on.
 pub fn tune_allocator() -> Tuning {
     if let Some(value) = std::env::var_os(TUNING_VAR) {
+        keep_name();
         return Tuning::AlreadySet(value);
     }
     reexec()
 }
+
+/// After the exec of `/proc/self/exe` the kernel names the process `exe`, which `ps -C`,
+/// `pgrep`, `top` and journald's `_COMM` show: it gets its own name back (argv[0]'s,
+/// as the kernel keeps at most 15 bytes of it).
+#[cfg(target_os = "linux")]
+fn keep_name() {
+    let Ok(current) = std::fs::read_to_string("/proc/self/comm") else {
+        return;
+    };
+    if current.trim_end() != "exe" {
+        return;
+    }
+    let Some(name) = std::env::args_os()
+        .next()
+        .and_then(|a| std::path::Path::new(&a).file_name().map(|n| n.to_owned()))
+    else {
+        return;
+    };
+    let name = name.as_encoded_bytes();
+    let _ = std::fs::write("/proc/self/comm", &name[..name.len().min(15)]);
+}
+
+#[cfg(not(target_os = "linux"))]
+fn keep_name() {}
 
 #[cfg(target_os = "linux")]
 fn reexec() -> Tuning {

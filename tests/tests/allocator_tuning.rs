@@ -78,6 +78,14 @@ async fn both_long_running_commands_run_tuned_with_their_own_arguments_and_pid()
     assert_tuned(relay.pid())?;
     let cmdline = proc_list(relay.pid(), "cmdline")?;
     assert_eq!(cmdline[0], bins.relay.to_string_lossy(), "argv[0] kept");
+    // Its name too, which `ps -C` and `pgrep` go by (the exec had made it `exe`).
+    let name = std::fs::read_to_string(format!("/proc/{}/comm", relay.pid()))?;
+    let expected: String = bins
+        .relay
+        .file_name()
+        .map(|n| n.to_string_lossy().chars().take(15).collect())
+        .unwrap_or_default();
+    assert_eq!(name.trim_end(), expected);
     let config = dir.path().join("relay.toml");
     assert_eq!(
         &cmdline[1..],
