@@ -209,3 +209,42 @@ async fn status_answers_through_a_stops_drain() -> Result<()> {
     assert_eq!(gone.status.code(), Some(2), "{}", output_text(&gone));
     Ok(())
 }
+
+/// A second SIGTERM during the drain stops the agent at once, as the relay's does: the
+/// call under way is cut off (the relay tells its caller to retry), not waited for.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_signal_stops_at_once() -> Result<()> {
+    use postern_tests::harness::AgentProcess;
+    use std::time::{Duration, Instant};
+    let w = RelayWorld::start(postern_tests::bins!()).await?;
+    let token = w.create_agent("site").await?;
+    let config = w.write_agent_config(&token)?;
+    let mut agent = AgentProcess::start(&w.bins, &config)?;
+    w.admin.wait_online("site", true, ONLINE_WITHIN).await?;
+    // Under way for 16 s at the internal server, more than the test waits.
+    let slowest = {
+        let api = w.admin.clone();
+        tokio::spawn(async move { api.call("site", "orders", "/slowest").await })
+    };
+    w.internal.has_seen("/slowest").await?;
+    postern_tests::harness::signal(agent.pid(), "TERM")?;
+    agent
+        .logs
+        .wait_for("shutdown requested; draining", Duration::from_secs(5))?;
+    let second = Instant::now();
+    postern_tests::harness::signal(agent.pid(), "TERM")?;
+    let status = agent.exit_within(Duration::from_secs(8)).await?;
+    assert!(status.success(), "{status:?}");
+    assert!(second.elapsed() < Duration::from_secs(8));
+    assert!(
+        agent
+            .logs
+            .text()
+            .contains("second signal: stopping at once"),
+        "{}",
+        agent.logs.text()
+    );
+    let cut = slowest.await??;
+    assert_eq!(cut.status(), 503, "the caller is told to retry");
+    Ok(())
+}

@@ -1,5 +1,5 @@
-//! `postern run`: the daemon in the foreground; SIGINT/SIGTERM cancel the
-//! tunnel, which drains in-flight calls before it returns; SIGHUP reloads.
+//! `postern run`: the daemon in the foreground; SIGINT/SIGTERM cancel the tunnel, which
+//! drains in-flight calls before it returns (a second one, at once); SIGHUP reloads.
 
 use std::path::PathBuf;
 
@@ -20,14 +20,25 @@ pub(crate) fn run_daemon(path: PathBuf) -> Result<()> {
     let config = super::load(&path)?;
     let ran = runtime.block_on(async move {
         let shutdown = CancellationToken::new();
-        let signals = shutdown.clone();
+        let hurry = CancellationToken::new();
+        let (signals, hurried) = (shutdown.clone(), hurry.clone());
         tokio::spawn(async move {
             wait_for_signal().await;
-            tracing::info!("shutdown requested; draining");
+            tracing::info!("shutdown requested; draining (a second signal stops at once)");
             signals.cancel();
+            wait_for_signal().await;
+            hurried.cancel();
         });
         let (state, _watch) = watch::channel(TunnelState::default());
-        crate::daemon::run_with_hangup(config, Some(path), hangup, shutdown, state).await?;
+        let daemon = crate::daemon::run_with_hangup(config, Some(path), hangup, shutdown, state);
+        tokio::select! {
+            ran = daemon => ran?,
+            // As the relay does: whoever sends it wants the agent gone now, not after the
+            // calls' 30 s; dropping the daemon drops the session and the calls with it.
+            () = hurry.cancelled() => {
+                tracing::warn!("second signal: stopping at once; the calls still under way are cut off");
+            }
+        }
         Ok(())
     });
     // Not a plain drop, which waits for every blocking task: a name lookup left running
