@@ -235,6 +235,21 @@ pub fn configured_relay(
     RelayProcess::spawn(command, &state)
 }
 
+/// [`configured_relay`] serving its API over TLS with the PEM files `cert` and `key`.
+pub fn tls_relay(
+    bins: &Bins,
+    dir: &std::path::Path,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<RelayProcess> {
+    let tls = format!(
+        "tls_cert = {:?}\ntls_key = {:?}\n",
+        cert.to_string_lossy(),
+        key.to_string_lossy()
+    );
+    configured_relay(bins, dir, &tls, &[])
+}
+
 /// `/metrics` scraped as Prometheus would (with `api`'s key), samples by full name.
 pub async fn scrape(api: &Api) -> Result<HashMap<String, f64>> {
     let response = api

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use postern_tests::harness::{Bins, Logs, RelayProcess, signal};
-use postern_tests::relay_support::configured_relay;
+use postern_tests::relay_support::tls_relay;
 use postern_tests::temp::TempDir;
 
 fn bins() -> Bins {
@@ -59,16 +59,7 @@ async fn with_tls_each_sighup_outcome_says_settings_take_a_restart() -> Result<(
     let dir = TempDir::new("relay-hup-tls")?;
     postern_tests::pki::make_pki(dir.path())?;
     let (cert, key) = (dir.path().join("server.pem"), dir.path().join("server.key"));
-    let relay = configured_relay(
-        &bins(),
-        dir.path(),
-        &format!(
-            "tls_cert = {:?}\ntls_key = {:?}\n",
-            cert.to_string_lossy(),
-            key.to_string_lossy()
-        ),
-        &[],
-    )?;
+    let relay = tls_relay(&bins(), dir.path(), &cert, &key)?;
     let line = hangup(&relay, "tls certificate reloaded")?;
     says_what_a_reload_leaves(&line);
 

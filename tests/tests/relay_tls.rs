@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use postern_tests::harness::{AgentProcess, Bins, agent_config, create_api_key, signal};
 use postern_tests::internal_server::{InternalServer, Verifier};
-use postern_tests::relay_support::{ONLINE_WITHIN, configured_relay, eventually, relay_command};
+use postern_tests::relay_support::{ONLINE_WITHIN, eventually, relay_command, tls_relay};
 use postern_tests::temp::TempDir;
 
 fn bins() -> Bins {
@@ -47,16 +47,7 @@ async fn https_with_a_reloadable_certificate_and_agents_untouched() -> Result<()
     let key = dir.path().join("live.key");
     std::fs::copy(dir.path().join("first.crt"), &cert)?;
     std::fs::copy(dir.path().join("first.key"), &key)?;
-    let relay = configured_relay(
-        &bins,
-        dir.path(),
-        &format!(
-            "tls_cert = {:?}\ntls_key = {:?}\n",
-            cert.to_string_lossy(),
-            key.to_string_lossy()
-        ),
-        &[],
-    )?;
+    let relay = tls_relay(&bins, dir.path(), &cert, &key)?;
     let admin_key = create_api_key(&bins, &dir.path().join("relay"), "admin")?;
     let https = format!("https://{}", relay.api);
     let first_ca = dir.path().join("first.crt");
@@ -222,16 +213,7 @@ async fn an_expired_certificate_is_said_at_start_and_refused_on_reload() -> Resu
         Ok(())
     };
     put("expired")?;
-    let relay = configured_relay(
-        &bins,
-        dir.path(),
-        &format!(
-            "tls_cert = {:?}\ntls_key = {:?}\n",
-            cert.to_string_lossy(),
-            key.to_string_lossy()
-        ),
-        &[],
-    )?;
+    let relay = tls_relay(&bins, dir.path(), &cert, &key)?;
     let admin_key = create_api_key(&bins, &dir.path().join("relay"), "admin")?;
     let https = format!("https://{}", relay.api);
     let not_after = postern_tests::pki::not_after_unix;
