@@ -236,6 +236,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
             command: ConfigCommand::Check,
         } => {
             let config = load(&path)?;
+            // Root reads what the agent's user may not: checked as that user would load it.
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let unreadable = crate::config::ConfigFile::parse(&text)
+                .map(|file| crate::config::unreadable_by_owner(&path, &file))
+                .unwrap_or_default();
+            if !unreadable.is_empty() {
+                anyhow::bail!(
+                    "loading {}: the agent could not read what it names:\n  {}",
+                    path.display(),
+                    unreadable.join("\n  ")
+                );
+            }
             // What `run` builds from the config (its HTTP clients: TLS identities, roots),
             // so a check passes only for a config `run` would start with.
             crate::call_table::CallTable::new(Default::default())

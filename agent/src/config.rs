@@ -4,7 +4,9 @@
 mod file;
 mod jwt_auth;
 mod limits;
+mod owner_access;
 pub mod tls;
+pub use owner_access::unreadable_by_owner;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -119,13 +119,12 @@ pub(super) fn save(path: &Path, editing: &Editing) -> Result<PathBuf> {
 
 /// `save`'s validation of `text`, the new content of `path`, which held `before`.
 pub(super) fn check(path: &Path, before: &str, text: &str) -> Result<()> {
-    let base = path.parent().unwrap_or(Path::new("."));
-    let after = problems(text, base).context("the edited config would not parse")?;
+    let after = problems(text, path).context("the edited config would not parse")?;
     let (unchecked, after): (Vec<String>, Vec<String>) = after
         .into_iter()
         .partition(|p| crate::config::is_unset_variable(p));
     if !after.is_empty() {
-        let before = problems(before, base).unwrap_or_default();
+        let before = problems(before, path).unwrap_or_default();
         let new: Vec<&str> = after
             .iter()
             .filter(|p| !before.contains(p))
@@ -151,16 +150,19 @@ pub(super) fn check(path: &Path, before: &str, text: &str) -> Result<()> {
     Ok(())
 }
 
-/// What `run` would refuse in `text`, one line each; an error if it does not parse.
-fn problems(text: &str, base: &Path) -> Result<Vec<String>> {
+/// What `run` would refuse in `text`, the content of `path`, one line each (a file its
+/// owner could not read too, when root edits another user's config); an error if it does
+/// not parse.
+fn problems(text: &str, path: &Path) -> Result<Vec<String>> {
     let file = ConfigFile::parse(text)?;
-    Ok(
-        match AgentConfig::resolve(file, base, &|name| std::env::var(name).ok()) {
-            Ok(_) => Vec::new(),
-            Err(ConfigError::Problems(list)) => list,
-            Err(e) => vec![e.to_string()],
-        },
-    )
+    let mut found = crate::config::unreadable_by_owner(path, &file);
+    let base = path.parent().unwrap_or(Path::new("."));
+    match AgentConfig::resolve(file, base, &|name| std::env::var(name).ok()) {
+        Ok(_) => {}
+        Err(ConfigError::Problems(list)) => found.extend(list),
+        Err(e) => found.push(e.to_string()),
+    }
+    Ok(found)
 }
 
 fn pairs(items: &[String], what: &str) -> Result<Vec<(String, String)>> {
