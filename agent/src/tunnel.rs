@@ -54,6 +54,11 @@ pub struct TunnelState {
 pub enum TunnelError {
     #[error("cannot reach the relay at {relay}: {reason}")]
     Unreachable { relay: String, reason: String },
+    /// The TCP connection was made: the address answers, but not as an SSH server would.
+    #[error(
+        "{relay} took the connection, but the SSH handshake failed: {reason}; either it is not the relay's ssh_listen address (its API port, or another service, does not speak SSH), or the relay closed it at once (an address it blocks after many failed logins: its log says so)"
+    )]
+    Handshake { relay: String, reason: String },
     #[error(
         "the relay's host key does not match the pinned fingerprint: expected {expected}, relay showed {found}. Refusing to send the token. If the relay's key really changed, set relay_fingerprint to the new value from `postern-relay fingerprint`"
     )]
@@ -404,9 +409,13 @@ async fn establish(
     };
     at("in the SSH handshake");
     let connect = russh::client::connect_stream(Arc::new(russh_config()), stream, handler);
+    let handshake = |reason: String| TunnelError::Handshake {
+        relay: relay.to_owned(),
+        reason,
+    };
     let mut handle = match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
         Err(_) => {
-            return Err(unreachable(format!(
+            return Err(handshake(format!(
                 "no SSH handshake within {CONNECT_TIMEOUT:?}"
             )));
         }
@@ -423,7 +432,7 @@ async fn establish(
                         found,
                     }
                 }
-                _ => unreachable(e.to_string()),
+                _ => handshake(e.to_string()),
             });
         }
         Ok(Ok(handle)) => handle,

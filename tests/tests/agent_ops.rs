@@ -84,6 +84,37 @@ async fn relays_are_tried_in_turn() -> Result<()> {
     Ok(())
 }
 
+/// An agent given the relay's API port, which takes the connection but speaks HTTP, says
+/// so (the handshake failed there), not that the relay cannot be reached.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_relay_address_that_is_not_ssh_is_named_as_such() -> Result<()> {
+    let s = setup().await?;
+    let head = format!("relay = \"{}\"", s.relay.api);
+    let config = s.dir.write_private("agent.toml", &s.config(&head))?;
+    let agent = AgentProcess::start(&s.bins, &config)?;
+    agent.logs.wait_for(
+        &format!(
+            "{} took the connection, but the SSH handshake failed",
+            s.relay.api
+        ),
+        Duration::from_secs(15),
+    )?;
+    assert!(
+        agent
+            .logs
+            .text()
+            .contains("it is not the relay's ssh_listen address"),
+        "{}",
+        agent.logs.text()
+    );
+    assert!(
+        !agent.logs.text().contains("cannot reach the relay"),
+        "{}",
+        agent.logs.text()
+    );
+    Ok(())
+}
+
 /// A real tinyproxy on loopback that requires basic auth and logs connections.
 fn tinyproxy(dir: &TempDir) -> Result<(KillOnDrop, u16, std::path::PathBuf)> {
     let log = dir.path().join("tinyproxy.log");
