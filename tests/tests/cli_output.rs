@@ -366,10 +366,23 @@ fn connection_test_falls_back_to_the_shell_and_says_why() -> Result<()> {
         ),
     )?;
     let old_agent = r#"{"agent_version":"0.0.9","relays":[],"connected":true,"connected_since":null,"agent_name":null,"last_error":null,"reconnects":0,"connections":{}}"#;
+    // An agent that runs a copy with the same bytes in another folder, whose relative
+    // paths are taken from there: its test would not be of this file.
+    let copy = dir.path().join("elsewhere").join("agent.toml");
+    let digest = postern_agent::config::file_digest(&std::fs::read(&config)?);
+    let runs_a_copy = serde_json::json!({
+        "agent_version": "0.1.0", "relays": [], "connected": true, "connected_since": null,
+        "agent_name": null, "last_error": null, "reconnects": 0, "connections": {},
+        "config_digest": digest, "config_file": copy,
+    })
+    .to_string();
+    let not_this = format!("runs {}, not this file", copy.display());
     for (answer, why) in [
         (old_agent, "is older than this postern"),
         ("hello", "is not a postern agent"),
+        (runs_a_copy.as_str(), not_this.as_str()),
     ] {
+        let answer = answer.to_owned();
         let listener = std::os::unix::net::UnixListener::bind(dir.path().join("agent.sock"))?;
         let daemon = std::thread::spawn(move || -> Result<String> {
             let (stream, _) = listener.accept()?;

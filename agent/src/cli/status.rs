@@ -98,20 +98,22 @@ pub(crate) fn test_in_agent(
             socket.display()
         ));
     };
+    // The file first: a copy with the same bytes elsewhere takes its relative paths (keys,
+    // CA files) from its own folder, so the agent's test would not be of it.
     match (&running.config_digest, &running.config_file) {
+        (Some(_), Some(file)) if !same_file(file, config_path) => {
+            return here(format!(
+                "the agent on {} runs {}, not this file",
+                socket.display(),
+                file.display()
+            ));
+        }
         (Some(d), _) if *d == digest => {}
         (None, _) => {
             return here(format!(
                 "the agent on {} is older than this postern (it reports no config digest; \
                  restart it to run this version)",
                 socket.display()
-            ));
-        }
-        (Some(_), Some(file)) if !same_file(file, config_path) => {
-            return here(format!(
-                "the agent on {} runs {}, not this file",
-                socket.display(),
-                file.display()
             ));
         }
         (Some(_), _) => {
