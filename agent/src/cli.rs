@@ -181,7 +181,7 @@ pub fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            postern_process::failure_code(e.as_ref())
         }
     }
 }

@@ -157,13 +157,18 @@ enum AgentCommand {
         /// Agent name or id.
         agent: String,
         /// Keep the old token (and the live session) working this long, e.g. `5m` (max 24h).
-        #[arg(long)]
+        #[arg(long, value_parser = grace_arg)]
         grace: Option<String>,
         #[command(flatten)]
         state: StateArgs,
         #[arg(long)]
         json: bool,
     },
+}
+
+/// `--grace` as the API's `grace` is read, refused by clap (a usage error) when it is not.
+fn grace_arg(text: &str) -> Result<String, String> {
+    crate::api::token::parse_grace(Some(text)).map(|_| text.to_owned())
 }
 
 #[derive(Debug, Subcommand)]
@@ -212,7 +217,7 @@ pub fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            postern_process::failure_code(e.as_ref())
         }
     }
 }

@@ -15,7 +15,7 @@ use std::ffi::OsString;
 
 mod command_line;
 mod signals;
-pub use command_line::{USAGE_ERROR, parse};
+pub use command_line::{USAGE_ERROR, UsageError, failure_code, parse};
 pub use signals::listen_or_warn;
 
 /// The user this process runs as (its effective uid), or `None` without `/proc`: the

@@ -35,7 +35,7 @@ fn jwt_bearer_without_an_algorithm_names_the_option() -> Result<()> {
             "ERP_SECRET",
         ],
     )?;
-    assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
+    assert_eq!(out.status.code(), Some(64), "{}", output_text(&out));
     assert!(
         stderr(&out).contains("--auth jwt_bearer needs --algorithm (HS256, ")
             && !stderr(&out).contains("line"),

@@ -481,7 +481,7 @@ fn edits_from_a_shell_without_the_services_environment() -> Result<()> {
             "sub=x",
         ],
     )?;
-    assert_eq!(add.status.code(), Some(1));
+    assert_eq!(add.status.code(), Some(64), "a usage error");
     assert!(
         stderr(&add).contains("--algorithm, --payload need --auth jwt_bearer"),
         "{}",

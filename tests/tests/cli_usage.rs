@@ -33,6 +33,47 @@ fn usage_errors_exit_64_and_help_exits_0() -> Result<()> {
         (&["status"][..], &[("POSTERN_LOG", "inof")][..]),
         (&["no-such-command"][..], &[][..]),
         (&[][..], &[][..]),
+        // Parsed, but not going together: said before any file is read, exit 64 too.
+        (
+            &[
+                "connection",
+                "add",
+                "x",
+                "--base-uri",
+                "http://h/",
+                "--auth",
+                "jwt_bearer",
+                "--algorithm",
+                "RS256",
+                "--payload",
+                "aud",
+            ][..],
+            &[][..],
+        ),
+        (
+            &[
+                "connection",
+                "add",
+                "x",
+                "--base-uri",
+                "http://h/",
+                "--auth",
+                "jwt_bearer",
+            ][..],
+            &[][..],
+        ),
+        (
+            &[
+                "connection",
+                "add",
+                "x",
+                "--base-uri",
+                "http://h/",
+                "--algorithm",
+                "RS256",
+            ][..],
+            &[][..],
+        ),
     ] {
         let out = postern(args, env)?;
         assert_eq!(
@@ -69,6 +110,9 @@ fn the_relay_cli_exits_64_on_usage_errors_too() -> Result<()> {
         &["serve", "--no-such"][..],
         &["--log-level", "warning", "agent", "list"][..],
         &[][..],
+        &["agent", "rotate", "w1", "--grace", "5x"][..],
+        &["agent", "rotate", "w1", "--grace", "48h"][..],
+        &["agent", "rotate", "w1", "--grace", "300"][..],
     ] {
         let out = relay(args)?;
         assert_eq!(

@@ -165,6 +165,11 @@ fn problems(text: &str, path: &Path) -> Result<Vec<String>> {
     Ok(found)
 }
 
+/// A command line that does not go together: exits 64, as clap's own refusals do.
+fn usage(message: String) -> anyhow::Error {
+    postern_process::UsageError(message).into()
+}
+
 fn pairs(items: &[String], what: &str) -> Result<Vec<(String, String)>> {
     items
         .iter()
@@ -172,12 +177,48 @@ fn pairs(items: &[String], what: &str) -> Result<Vec<(String, String)>> {
             item.split_once('=')
                 .map(|(k, v)| (k.trim().to_owned(), v.to_owned()))
                 .filter(|(k, _)| !k.is_empty())
-                .with_context(|| format!("--{what} {item:?} must be KEY=VALUE"))
+                .ok_or_else(|| usage(format!("--{what} {item:?} must be KEY=VALUE")))
         })
         .collect()
 }
 
 pub(crate) fn add(path: &Path, new: NewConnection) -> Result<()> {
+    // The command line first: a mistake in it is said before any file is read.
+    let jwt_options = [
+        ("--algorithm", new.algorithm.is_some()),
+        ("--private-key-file", new.private_key_file.is_some()),
+        ("--private-key-env", new.private_key_env.is_some()),
+        ("--secret-file", new.secret_file.is_some()),
+        ("--secret-env", new.secret_env.is_some()),
+        ("--secret-encoding", new.secret_encoding.is_some()),
+        ("--header", !new.headers.is_empty()),
+        ("--payload", !new.payload.is_empty()),
+    ];
+    let given: Vec<&str> = jwt_options
+        .iter()
+        .filter(|(_, given)| *given)
+        .map(|(flag, _)| *flag)
+        .collect();
+    if new.auth != "jwt_bearer" && !given.is_empty() {
+        return Err(usage(format!(
+            "{} need --auth jwt_bearer (the connection's auth is {:?})",
+            given.join(", "),
+            new.auth
+        )));
+    }
+    // Else the config's parser would say it, about a line of a file the user never sees.
+    if new.auth == "jwt_bearer" && new.algorithm.is_none() {
+        let names: Vec<&str> = crate::jwt::Algorithm::ALL
+            .iter()
+            .map(|a| a.as_str())
+            .collect();
+        return Err(usage(format!(
+            "--auth jwt_bearer needs --algorithm ({})",
+            names.join(", ")
+        )));
+    }
+    let headers = pairs(&new.headers, "header")?;
+    let payload = pairs(&new.payload, "payload")?;
     let mut editing = open(path)?;
     // Made here, it needs no `[connections]` line of its own; the file's own one (and the
     // comments above it) stays.
@@ -202,36 +243,6 @@ pub(crate) fn add(path: &Path, new: NewConnection) -> Result<()> {
     if let Some(timeout) = &new.timeout {
         table["timeout"] = value(timeout.as_str());
     }
-    let jwt_options = [
-        ("--algorithm", new.algorithm.is_some()),
-        ("--private-key-file", new.private_key_file.is_some()),
-        ("--private-key-env", new.private_key_env.is_some()),
-        ("--secret-file", new.secret_file.is_some()),
-        ("--secret-env", new.secret_env.is_some()),
-        ("--secret-encoding", new.secret_encoding.is_some()),
-        ("--header", !new.headers.is_empty()),
-        ("--payload", !new.payload.is_empty()),
-    ];
-    let given: Vec<&str> = jwt_options
-        .iter()
-        .filter(|(_, given)| *given)
-        .map(|(flag, _)| *flag)
-        .collect();
-    if new.auth != "jwt_bearer" && !given.is_empty() {
-        bail!(
-            "{} need --auth jwt_bearer (the connection's auth is {:?})",
-            given.join(", "),
-            new.auth
-        );
-    }
-    // Else the config's parser would say it, about a line of a file the user never sees.
-    if new.auth == "jwt_bearer" && new.algorithm.is_none() {
-        let names: Vec<&str> = crate::jwt::Algorithm::ALL
-            .iter()
-            .map(|a| a.as_str())
-            .collect();
-        bail!("--auth jwt_bearer needs --algorithm ({})", names.join(", "));
-    }
     let mut auth = Table::new();
     auth["type"] = value(new.auth.as_str());
     for (key, v) in [
@@ -246,10 +257,7 @@ pub(crate) fn add(path: &Path, new: NewConnection) -> Result<()> {
             auth[key] = value(v.as_str());
         }
     }
-    for (key, list, typed) in [
-        ("headers", pairs(&new.headers, "header")?, false),
-        ("payload", pairs(&new.payload, "payload")?, true),
-    ] {
+    for (key, list, typed) in [("headers", headers, false), ("payload", payload, true)] {
         if !list.is_empty() {
             let mut inline = InlineTable::new();
             for (k, v) in list {
