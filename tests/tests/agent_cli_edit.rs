@@ -7,7 +7,7 @@ use std::process::Output;
 use anyhow::Result;
 use postern_tests::harness::{
     Bins, agent_cli, agent_command, offline_agent_config, offline_init, output_text, stderr,
-    unknown_token,
+    stdout, unknown_token,
 };
 use postern_tests::temp::TempDir;
 
@@ -271,5 +271,66 @@ fn an_edit_of_a_broken_file_never_shows_its_line() -> Result<()> {
         );
         assert_eq!(std::fs::read_to_string(&config)?, text);
     }
+    Ok(())
+}
+
+/// An encrypted key is added with its passphrase's file, from the command line as for
+/// any other key, and signs: before, `connection add` had no option for it.
+#[test]
+fn an_encrypted_key_is_added_with_its_passphrase() -> Result<()> {
+    let dir = TempDir::new("cli-edit-passphrase")?;
+    let config = dir.write_private("agent.toml", &offline_agent_config("127.0.0.1:1", ""))?;
+    let (plain, _) = postern_tests::pki::ec256(dir.path())?;
+    dir.write_private("plain.pem", &plain)?;
+    postern_tests::pki::openssl(
+        dir.path(),
+        &[
+            "pkcs8",
+            "-topk8",
+            "-in",
+            "plain.pem",
+            "-passout",
+            "pass:open sesame",
+            "-out",
+            "made.pem",
+        ],
+    )?;
+    dir.write_private(
+        "enc.pem",
+        &std::fs::read_to_string(dir.path().join("made.pem"))?,
+    )?;
+    dir.write_private("passphrase", "open sesame\n")?;
+    let add = |extra: &[&str]| {
+        let mut args = vec![
+            "connection",
+            "add",
+            "enc",
+            "--base-uri",
+            "http://127.0.0.1:9",
+            "--auth",
+            "jwt_bearer",
+            "--algorithm",
+            "ES256",
+            "--private-key-file",
+            "enc.pem",
+            "--payload",
+            "aud=x",
+        ];
+        args.extend_from_slice(extra);
+        agent_cli(&bins(), &config, &args)
+    };
+    let out = add(&[])?;
+    assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
+    assert!(stderr(&out).contains("encrypted"), "{}", stderr(&out));
+    let out = add(&["--private-key-passphrase-file", "passphrase"])?;
+    assert!(out.status.success(), "{}", output_text(&out));
+    let text = std::fs::read_to_string(&config)?;
+    assert!(
+        text.contains("private_key_passphrase_file = \"passphrase\""),
+        "{text}"
+    );
+    let signed = agent_cli(&bins(), &config, &["jwt", "sign", "--connection", "enc"])?;
+    assert!(signed.status.success(), "{}", output_text(&signed));
+    assert_eq!(stdout(&signed).trim().split('.').count(), 3);
     Ok(())
 }

@@ -34,6 +34,13 @@ pub(crate) struct NewConnection {
     /// jwt_bearer: the variable holding the private key PEM (in the service's environment).
     #[arg(long)]
     pub private_key_env: Option<String>,
+    /// jwt_bearer: the file holding an encrypted private key's passphrase (relative to the
+    /// config's folder).
+    #[arg(long)]
+    pub private_key_passphrase_file: Option<String>,
+    /// jwt_bearer: the variable holding an encrypted private key's passphrase.
+    #[arg(long)]
+    pub private_key_passphrase_env: Option<String>,
     /// jwt_bearer, HS*: the file holding the shared secret (relative to the config's folder).
     #[arg(long)]
     pub secret_file: Option<String>,
@@ -188,6 +195,14 @@ pub(crate) fn add(path: &Path, new: NewConnection) -> Result<()> {
         ("--algorithm", new.algorithm.is_some()),
         ("--private-key-file", new.private_key_file.is_some()),
         ("--private-key-env", new.private_key_env.is_some()),
+        (
+            "--private-key-passphrase-file",
+            new.private_key_passphrase_file.is_some(),
+        ),
+        (
+            "--private-key-passphrase-env",
+            new.private_key_passphrase_env.is_some(),
+        ),
         ("--secret-file", new.secret_file.is_some()),
         ("--secret-env", new.secret_env.is_some()),
         ("--secret-encoding", new.secret_encoding.is_some()),
@@ -249,6 +264,14 @@ pub(crate) fn add(path: &Path, new: NewConnection) -> Result<()> {
         ("algorithm", &new.algorithm),
         ("private_key_file", &new.private_key_file),
         ("private_key_env", &new.private_key_env),
+        (
+            "private_key_passphrase_file",
+            &new.private_key_passphrase_file,
+        ),
+        (
+            "private_key_passphrase_env",
+            &new.private_key_passphrase_env,
+        ),
         ("secret_file", &new.secret_file),
         ("secret_env", &new.secret_env),
         ("secret_encoding", &new.secret_encoding),
