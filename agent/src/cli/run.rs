@@ -32,20 +32,23 @@ pub(crate) fn run_daemon(path: PathBuf) -> Result<()> {
         let (state, _watch) = watch::channel(TunnelState::default());
         let daemon = crate::daemon::run_with_hangup(config, Some(path), hangup, shutdown, state);
         tokio::select! {
-            ran = daemon => ran?,
+            ran = daemon => ran.map(|()| false),
             // As the relay does: whoever sends it wants the agent gone now, not after the
             // calls' 30 s; dropping the daemon drops the session and the calls with it.
             () = hurry.cancelled() => {
                 tracing::warn!("second signal: stopping at once; the calls still under way are cut off");
+                Ok(true)
             }
         }
-        Ok(())
     });
     // Not a plain drop, which waits for every blocking task: a name lookup left running
     // by a connect given up on (a dead resolver takes 5 s a try) would hold the exit
-    // past the unit's TimeoutStopSec once the drain has had its 30 s.
-    runtime.shutdown_timeout(BLOCKING_TASKS_AT_EXIT);
-    ran
+    // past the unit's TimeoutStopSec once the drain has had its 30 s. Hurried, no wait.
+    match ran {
+        Ok(true) => runtime.shutdown_background(),
+        _ => runtime.shutdown_timeout(BLOCKING_TASKS_AT_EXIT),
+    }
+    ran.map(|_| ()).map_err(Into::into)
 }
 
 /// How long the exit waits for blocking tasks (name lookups, file reads) still running.
