@@ -84,18 +84,37 @@ fn store_in(dir: &std::path::Path) -> Result<SqliteStore> {
     SqliteStore::open(&db).with_context(|| format!("opening the store in {}", dir.display()))
 }
 
+/// Listen addresses over the config's, for `serve` and for `check` alike: the container
+/// image sets them in its environment, so `check` there sees what `serve` will bind.
+#[derive(Debug, clap::Args)]
+struct ListenArgs {
+    /// SSH listen address for agents (default 0.0.0.0:2222).
+    #[arg(long, env = "POSTERN_RELAY_SSH_LISTEN")]
+    ssh_listen: Option<std::net::SocketAddr>,
+    /// HTTP API listen address (default 127.0.0.1:8080).
+    #[arg(long, env = "POSTERN_RELAY_API_LISTEN")]
+    api_listen: Option<std::net::SocketAddr>,
+}
+
+impl ListenArgs {
+    fn apply(&self, config: &mut RelayConfig) {
+        if let Some(a) = self.ssh_listen {
+            config.ssh_listen = a;
+        }
+        if let Some(a) = self.api_listen {
+            config.api_listen = a;
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the relay: SSH for agents, HTTP API for callers.
     Serve {
         #[command(flatten)]
         state: StateArgs,
-        /// SSH listen address for agents (default 0.0.0.0:2222).
-        #[arg(long)]
-        ssh_listen: Option<std::net::SocketAddr>,
-        /// HTTP API listen address (default 127.0.0.1:8080).
-        #[arg(long)]
-        api_listen: Option<std::net::SocketAddr>,
+        #[command(flatten)]
+        listen: ListenArgs,
     },
     /// Check relay.toml as `serve` would, TLS files included, without starting; exit 1
     /// with the reason when `serve` would refuse it or a SIGHUP would not load the TLS files.
@@ -103,6 +122,8 @@ enum Command {
         /// The relay config file.
         #[arg(long, env = "POSTERN_RELAY_CONFIG")]
         config: PathBuf,
+        #[command(flatten)]
+        listen: ListenArgs,
     },
     /// Print the host key fingerprint (SHA256:…) for agents to pin (`serve` makes the key).
     Fingerprint {
@@ -224,21 +245,12 @@ pub fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Serve {
-            state,
-            ssh_listen,
-            api_listen,
-        } => {
+        Command::Serve { state, listen } => {
             let mut config = state.config()?;
-            if let Some(a) = ssh_listen {
-                config.ssh_listen = a;
-            }
-            if let Some(a) = api_listen {
-                config.api_listen = a;
-            }
+            listen.apply(&mut config);
             serve(config)
         }
-        Command::Check { config } => check(&config),
+        Command::Check { config, listen } => check(&config, &listen),
         Command::Fingerprint { state } => {
             // Only `serve` creates the identity: a mistyped folder must not print a new one.
             let key = host_key::load(&state.config()?.state_dir)?;
@@ -562,8 +574,9 @@ fn print_table<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> Resul
 /// expired or not yet valid certificate fails, as a SIGHUP refuses it). The
 /// relay unit's `ExecReload` runs it after the SIGHUP, so `systemctl reload` fails when
 /// the files are broken (the relay keeps its certificate then).
-fn check(path: &std::path::Path) -> Result<()> {
-    let config = RelayConfig::load(path)?;
+fn check(path: &std::path::Path, listen: &ListenArgs) -> Result<()> {
+    let mut config = RelayConfig::load(path)?;
+    listen.apply(&mut config);
     config.validate()?;
     let what = match (&config.tls_cert, &config.tls_key) {
         (Some(cert), Some(key)) => {

@@ -174,5 +174,29 @@ fn check_fails_on_the_tls_files_a_sighup_would_not_load() -> Result<()> {
     let (code, said) = check(&config)?;
     assert_eq!(code, 0, "{said}");
     assert!(said.contains("fine; no TLS files"), "{said}");
+    // The listen addresses `serve` would take over the file's, from its options or from
+    // the environment (as the container image sets them), are checked too.
+    let with = |args: &[&str], env: &[(&str, &str)]| -> Result<(i32, String)> {
+        let out = std::process::Command::new(&bins().relay)
+            .args(["check", "--config"])
+            .arg(&config)
+            .args(args)
+            .envs(env.iter().copied())
+            .output()?;
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok((out.status.code().context("killed by a signal")?, said))
+    };
+    for (args, env) in [
+        (&["--api-listen", "0.0.0.0:8443"][..], &[][..]),
+        (&[][..], &[("POSTERN_RELAY_API_LISTEN", "0.0.0.0:8443")][..]),
+    ] {
+        let (code, said) = with(args, env)?;
+        assert_eq!(code, 1, "{args:?} {env:?}: {said}");
+        assert!(said.contains("0.0.0.0:8443"), "{said}");
+    }
     Ok(())
 }
