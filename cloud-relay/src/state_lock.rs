@@ -39,17 +39,26 @@ pub fn hold(state_dir: &Path) -> Result<StateLock, StateLockError> {
     };
     // Readable by all (it is empty, in a 0700 folder): one left by a `serve` run as root
     // can still be opened, read-only, and locked by the relay's own user.
+    // Never through a link: whoever can write the folder could point one at any file,
+    // and a `serve` run as root would open it, and make it readable to all.
     let opened = OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(false)
         .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(&lock);
     let file = match opened {
         Ok(file) => {
-            // Whatever the umask (the unit's is 077); a file of another user's stays as is.
-            use std::os::unix::fs::PermissionsExt;
-            let _ = file.set_permissions(std::fs::Permissions::from_mode(0o644));
+            // Whatever the umask (the unit's is 077), a lock file this user owns; one of
+            // another user's stays as it is.
+            use std::os::unix::fs::{MetadataExt, PermissionsExt};
+            let ours = file
+                .metadata()
+                .map(|m| Some(m.uid()) == postern_process::current_uid());
+            if ours.unwrap_or(false) {
+                let _ = file.set_permissions(std::fs::Permissions::from_mode(0o644));
+            }
             file
         }
         // A read-only folder or disk: a lock file left there still locks (read access is
@@ -60,7 +69,11 @@ pub fn hold(state_dir: &Path) -> Result<StateLock, StateLockError> {
                 std::io::ErrorKind::ReadOnlyFilesystem | std::io::ErrorKind::PermissionDenied
             ) =>
         {
-            match File::open(&lock) {
+            match OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&lock)
+            {
                 Ok(file) => file,
                 Err(_) => {
                     tracing::warn!(lock = %lock.display(), error = %e, "cannot make or open the state folder's lock file: nothing stops a second relay from serving from this folder too");
@@ -106,6 +119,28 @@ mod tests {
         let first = hold(&dir).expect("read-only, still locked");
         assert!(matches!(hold(&dir), Err(StateLockError::InUse { .. })));
         drop(first);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// A lock file that is a link is not followed: a `serve` run as root must not open,
+    /// nor change the mode of, whatever file the folder's writer pointed it at.
+    #[test]
+    fn a_linked_lock_file_is_not_followed() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir =
+            std::env::temp_dir().join(format!("postern-state-lock-link-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let target = dir.join("secret");
+        std::fs::write(&target, "x").expect("write");
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        std::os::unix::fs::symlink(&target, dir.join(LOCK_FILE)).expect("link");
+        let refused = hold(&dir).expect_err("a linked lock file");
+        assert!(matches!(refused, StateLockError::Io { .. }), "{refused}");
+        let mode = std::fs::metadata(&target)
+            .expect("meta")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "the link's target was changed");
         let _ = std::fs::remove_dir_all(dir);
     }
 

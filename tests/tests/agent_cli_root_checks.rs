@@ -19,6 +19,8 @@ fn root_checks_what_the_configs_owner_could_read() -> Result<()> {
     }
     let service_user = 4242;
     let dir = TempDir::new("root-checks")?;
+    // The folder is the service user's, as /etc/postern is.
+    std::os::unix::fs::chown(dir.path(), Some(service_user), Some(service_user))?;
     let config = dir.write_private("agent.toml", &offline_agent_config("127.0.0.1:1", ""))?;
     std::os::unix::fs::chown(&config, Some(service_user), Some(service_user))?;
     // As `sudo openssl …` makes it: root's, 0600.
@@ -48,8 +50,8 @@ fn root_checks_what_the_configs_owner_could_read() -> Result<()> {
     assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
     let said = stderr(&out);
     assert!(
-        said.contains("root-key.pem can be read by uid 0 only (mode 600), not by uid 4242")
-            && said.contains("chown --reference="),
+        said.contains("root-key.pem: readable by uid 0 only (mode 600): `chown 4242 ")
+            && said.contains("the agent runs as uid 4242, the config's owner"),
         "{said}"
     );
     assert_eq!(std::fs::read_to_string(&config)?, before, "nothing written");
@@ -75,6 +77,42 @@ fn root_checks_what_the_configs_owner_could_read() -> Result<()> {
     assert!(out.status.success(), "{}", output_text(&out));
     let out = add("rk2")?;
     assert!(out.status.success(), "{}", output_text(&out));
+
+    // A key anyone may read, in a folder closed to the service user (root's 0700).
+    let private = dir.path().join("roots-only");
+    std::fs::create_dir(&private)?;
+    std::fs::set_permissions(
+        &private,
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )?;
+    std::fs::write(private.join("open.pem"), &key)?;
+    std::fs::set_permissions(
+        private.join("open.pem"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )?;
+    let out = agent_cli(
+        &bins(),
+        &config,
+        &[
+            "connection",
+            "add",
+            "rk3",
+            "--base-uri",
+            "http://127.0.0.1:9",
+            "--auth",
+            "jwt_bearer",
+            "--algorithm",
+            "ES256",
+            "--private-key-file",
+            "roots-only/open.pem",
+        ],
+    )?;
+    assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
+    assert!(
+        stderr(&out).contains("roots-only is closed to it (uid 0's, mode 700)"),
+        "{}",
+        stderr(&out)
+    );
     assert_eq!(std::fs::metadata(&config)?.uid(), service_user);
     Ok(())
 }
