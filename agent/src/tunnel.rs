@@ -56,7 +56,7 @@ pub enum TunnelError {
     Unreachable { relay: String, reason: String },
     /// The TCP connection was made: the address answers, but not as an SSH server would.
     #[error(
-        "{relay} took the connection, but the SSH handshake failed: {reason}; either it is not the relay's ssh_listen address (its API port, or another service, does not speak SSH), or the relay closed it at once (an address it blocks after many failed logins: its log says so)"
+        "{relay} took the connection, but the SSH handshake failed: {reason}; is it the relay's ssh_listen address? Its API port, or another service, does not speak SSH. (A relay also fails handshakes while it has too many connections waiting to log in, or for an address it blocks after many failed logins)"
     )]
     Handshake { relay: String, reason: String },
     #[error(

@@ -52,16 +52,25 @@ fn log_filter(text: &str) -> Result<String, String> {
     Ok(directives.join(","))
 }
 
-/// `RUST_LOG`, held to the same rules as `--log-level`, else `info`. One that does not
-/// pass is said on stderr rather than dropped without a word.
+/// `RUST_LOG` as the ecosystem reads it (a bare `russh` is that target at every level),
+/// else `info`. One that does not parse is said on stderr rather than dropped without a word.
 fn from_rust_log() -> EnvFilter {
     let Some(value) = std::env::var_os(EnvFilter::DEFAULT_ENV) else {
         return EnvFilter::new("info");
     };
-    match log_filter(&value.to_string_lossy()) {
-        Ok(filter) => EnvFilter::new(filter),
-        Err(why) => {
-            eprintln!("warning: RUST_LOG is not a log filter ({why}); logging at info");
+    let value = value.to_string_lossy();
+    let directives: Vec<&str> = value
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .collect();
+    if directives.is_empty() {
+        return EnvFilter::new("info");
+    }
+    match EnvFilter::try_new(directives.join(",")) {
+        Ok(filter) => filter,
+        Err(e) => {
+            eprintln!("warning: RUST_LOG {value:?} is not a log filter ({e}); logging at info");
             EnvFilter::new("info")
         }
     }

@@ -103,7 +103,7 @@ async fn a_relay_address_that_is_not_ssh_is_named_as_such() -> Result<()> {
         agent
             .logs
             .text()
-            .contains("it is not the relay's ssh_listen address"),
+            .contains("is it the relay's ssh_listen address?"),
         "{}",
         agent.logs.text()
     );

@@ -133,3 +133,21 @@ fn the_relay_cli_exits_64_on_usage_errors_too() -> Result<()> {
     }
     Ok(())
 }
+
+/// `RUST_LOG` is read as the ecosystem reads it (a bare target is that target at every
+/// level); one that does not parse is said on stderr, not dropped without a word.
+#[test]
+fn rust_log_is_read_as_usual_and_a_broken_one_is_said() -> Result<()> {
+    let out = postern(&["status"], &[("RUST_LOG", "info,russh=loud")])?;
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("warning: RUST_LOG \"info,russh=loud\" is not a log filter"),
+        "{said}"
+    );
+    for fine in ["russh", " info , russh=debug "] {
+        let out = postern(&["status"], &[("RUST_LOG", fine)])?;
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(!said.contains("is not a log filter"), "{fine:?}: {said}");
+    }
+    Ok(())
+}
