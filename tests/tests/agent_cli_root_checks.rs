@@ -27,7 +27,7 @@ fn root_checks_what_the_configs_owner_could_read() -> Result<()> {
     let (key, _) = postern_tests::pki::ec256(dir.path())?;
     let key_file = dir.write_private("root-key.pem", &key)?;
     let before = std::fs::read_to_string(&config)?;
-    let add = |name: &str| {
+    let add = |name: &str, key: &str| {
         agent_cli(
             &bins(),
             &config,
@@ -42,11 +42,11 @@ fn root_checks_what_the_configs_owner_could_read() -> Result<()> {
                 "--algorithm",
                 "ES256",
                 "--private-key-file",
-                "root-key.pem",
+                key,
             ],
         )
     };
-    let out = add("rk")?;
+    let out = add("rk", "root-key.pem")?;
     assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
     let said = stderr(&out);
     assert!(
@@ -75,7 +75,7 @@ fn root_checks_what_the_configs_owner_could_read() -> Result<()> {
     std::os::unix::fs::chown(&key_file, Some(service_user), Some(service_user))?;
     let out = agent_cli(&bins(), &config, &["config", "check"])?;
     assert!(out.status.success(), "{}", output_text(&out));
-    let out = add("rk2")?;
+    let out = add("rk2", "root-key.pem")?;
     assert!(out.status.success(), "{}", output_text(&out));
 
     // A key anyone may read, in a folder closed to the service user (root's 0700).
@@ -90,23 +90,7 @@ fn root_checks_what_the_configs_owner_could_read() -> Result<()> {
         private.join("open.pem"),
         std::os::unix::fs::PermissionsExt::from_mode(0o644),
     )?;
-    let out = agent_cli(
-        &bins(),
-        &config,
-        &[
-            "connection",
-            "add",
-            "rk3",
-            "--base-uri",
-            "http://127.0.0.1:9",
-            "--auth",
-            "jwt_bearer",
-            "--algorithm",
-            "ES256",
-            "--private-key-file",
-            "roots-only/open.pem",
-        ],
-    )?;
+    let out = add("rk3", "roots-only/open.pem")?;
     assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
     assert!(
         stderr(&out).contains("roots-only is closed to it (uid 0's, mode 700)"),
