@@ -433,6 +433,30 @@ pub fn relay_cli_output(bins: &Bins, args: &[&str]) -> Result<std::process::Outp
         .with_context(|| format!("running postern-relay {args:?}"))
 }
 
+/// Runs `postern-relay <args>` that must exit by itself within `limit` (a `serve` that
+/// should refuse to start, say); killed and an error past it, rather than a test that hangs.
+pub fn relay_cli_within(
+    bins: &Bins,
+    args: &[&str],
+    limit: Duration,
+) -> Result<std::process::Output> {
+    let mut child = relay_cli_command(bins, args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running postern-relay {args:?}"))?;
+    let deadline = Instant::now() + limit;
+    while child.try_wait()?.is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("postern-relay {args:?} still ran after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(child.wait_with_output()?)
+}
+
 /// Runs a relay CLI command and returns its stdout; fails on a non-zero exit.
 pub fn relay_cli(bins: &Bins, args: &[&str]) -> Result<String> {
     let out = relay_cli_output(bins, args)?;

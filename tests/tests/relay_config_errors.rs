@@ -78,7 +78,7 @@ fn a_second_relay_on_the_same_state_folder_is_refused() -> Result<()> {
     let dir = TempDir::new("relay-state-lock")?;
     let first = postern_tests::relay_support::configured_relay(&bins(), dir.path(), "", &[])?;
     let state = first.state_dir.to_string_lossy().into_owned();
-    let mut second = postern_tests::harness::relay_cli_command(
+    let out = postern_tests::harness::relay_cli_within(
         &bins(),
         &[
             "serve",
@@ -89,24 +89,9 @@ fn a_second_relay_on_the_same_state_folder_is_refused() -> Result<()> {
             "--api-listen",
             "127.0.0.1:0",
         ],
-    )
-    .stdout(std::process::Stdio::piped())
-    .stderr(std::process::Stdio::piped())
-    .spawn()?;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = second.try_wait()? {
-            break status;
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = second.kill();
-            let _ = second.wait();
-            anyhow::bail!("a second relay on the same state folder kept running");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
-    let out = second.wait_with_output()?;
-    assert_eq!(status.code(), Some(1));
+        std::time::Duration::from_secs(10),
+    )?;
+    assert_eq!(out.status.code(), Some(1));
     let said = stderr(&out);
     assert!(
         said.contains(&format!(

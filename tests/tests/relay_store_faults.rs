@@ -158,6 +158,27 @@ async fn a_full_or_read_only_store_refuses_changes_and_calls_keep_working() -> R
     assert_refused(&create(&api, "while-ro").await?, "read-only");
     let revoke = send(&api, Method::DELETE, "/v1/agents/before", None).await?;
     assert_refused(&revoke, "read-only");
+    // The lock file left there is still locked, opened read-only: a second relay on the
+    // read-only folder stops at once.
+    let second = postern_tests::harness::relay_cli_within(
+        &bins,
+        &[
+            "serve",
+            "--state-dir",
+            &state.to_string_lossy(),
+            "--ssh-listen",
+            "127.0.0.1:0",
+            "--api-listen",
+            "127.0.0.1:0",
+        ],
+        Duration::from_secs(10),
+    )?;
+    assert_eq!(second.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&second.stderr).contains("another `postern-relay serve` uses"),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
     assert_eq!(api.call("a1", "o", "/during-ro").await?.status(), 200);
     drop(relay);
     disk.remount("rw")?;
