@@ -71,9 +71,20 @@ async fn with_tls_each_sighup_outcome_says_settings_take_a_restart() -> Result<(
 
 /// `postern-relay check --config`: its exit status and the line that says why.
 fn check(config: &std::path::Path) -> Result<(i32, String)> {
+    check_with(config, &[], &[])
+}
+
+/// [`check`] with more arguments and environment variables.
+fn check_with(
+    config: &std::path::Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Result<(i32, String)> {
     let out = std::process::Command::new(&bins().relay)
         .args(["check", "--config"])
         .arg(config)
+        .args(args)
+        .envs(env.iter().copied())
         .output()?;
     let said = format!(
         "{}{}",
@@ -176,25 +187,11 @@ fn check_fails_on_the_tls_files_a_sighup_would_not_load() -> Result<()> {
     assert!(said.contains("fine; no TLS files"), "{said}");
     // The listen addresses `serve` would take over the file's, from its options or from
     // the environment (as the container image sets them), are checked too.
-    let with = |args: &[&str], env: &[(&str, &str)]| -> Result<(i32, String)> {
-        let out = std::process::Command::new(&bins().relay)
-            .args(["check", "--config"])
-            .arg(&config)
-            .args(args)
-            .envs(env.iter().copied())
-            .output()?;
-        let said = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok((out.status.code().context("killed by a signal")?, said))
-    };
     for (args, env) in [
         (&["--api-listen", "0.0.0.0:8443"][..], &[][..]),
         (&[][..], &[("POSTERN_RELAY_API_LISTEN", "0.0.0.0:8443")][..]),
     ] {
-        let (code, said) = with(args, env)?;
+        let (code, said) = check_with(&config, args, env)?;
         assert_eq!(code, 1, "{args:?} {env:?}: {said}");
         assert!(said.contains("0.0.0.0:8443"), "{said}");
     }
