@@ -80,14 +80,14 @@ pub async fn run_with_hangup(
     let reloader = config_path.map(|path| Arc::new(Reloader::new(path, config_tx, calls.clone())));
     // Status is a convenience: without its socket the tunnel still runs.
     match crate::status::bind(&socket) {
-        Ok(listener) => {
+        Ok(bound) => {
             let server = StatusServer {
                 state: state.subscribe(),
                 config: config_rx.clone(),
                 calls: calls.clone(),
                 reloader: reloader.clone(),
             };
-            tasks.spawn(server.serve(listener, socket, shutdown.clone(), tunnel_done.clone()));
+            tasks.spawn(server.serve(bound, socket, shutdown.clone(), tunnel_done.clone()));
         }
         Err(e) => {
             warn!(socket = %socket.display(), error = %e, "status socket unavailable; `postern status` and `postern reload` will not answer")

@@ -97,9 +97,20 @@ pub fn report(
     }
 }
 
+/// The bound socket and the lock that makes it this agent's: held until the socket is
+/// unlinked at the stop.
+pub struct Bound {
+    listener: UnixListener,
+    lock: std::fs::File,
+}
+
 /// Binds the socket (replacing a stale one) with mode 0600, in a folder no other
-/// local user controls.
-pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
+/// local user controls. A lock on `<socket>.lock` makes the check and the replacement
+/// one step: two agents started at the same instant would otherwise each see no live
+/// socket, and the second would unlink the first's, which the first's stop would then
+/// unlink in turn.
+pub fn bind(path: &Path) -> std::io::Result<Bound> {
+    use postern_process::lock_file::{LockFile, try_lock};
     use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
     // A bare file name is in the current folder, which is checked as any other.
     let dir = crate::config::folder_of(path);
@@ -108,12 +119,17 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
         .mode(0o700)
         .create(dir)?;
     check_folder(dir)?;
-    // A live daemon on this socket answers; a dead one left a file behind.
+    let mut lock_path = path.as_os_str().to_owned();
+    lock_path.push(".lock");
+    let lock = match try_lock(Path::new(&lock_path))? {
+        LockFile::Held(file) => file,
+        LockFile::Busy => return Err(another_agent(path)),
+        LockFile::Unavailable(e) => return Err(e),
+    };
+    // A live daemon on this socket answers (one of a version without the lock); a dead
+    // one left a file behind.
     if std::os::unix::net::UnixStream::connect(path).is_ok() {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::AddrInUse,
-            format!("another agent answers on {}", path.display()),
-        ));
+        return Err(another_agent(path));
     }
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(path)?,
@@ -133,7 +149,14 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
     }
     let listener = UnixListener::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(listener)
+    Ok(Bound { listener, lock })
+}
+
+fn another_agent(path: &Path) -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::AddrInUse,
+        format!("another agent answers on {}", path.display()),
+    )
 }
 
 /// Refuses a socket folder another local user owns or may write to: in a shared place
@@ -241,13 +264,14 @@ impl StatusServer {
     /// the agent is stopping, refuses reloads and ends connection tests under way.
     pub async fn serve(
         self,
-        listener: UnixListener,
+        bound: Bound,
         path: PathBuf,
         shutdown: CancellationToken,
         closed: CancellationToken,
     ) {
         let this = Arc::new(self);
         let clients = TaskTracker::new();
+        let Bound { listener, lock } = bound;
         loop {
             let stream = tokio::select! {
                 _ = closed.cancelled() => break,
@@ -263,10 +287,12 @@ impl StatusServer {
             };
             clients.spawn(this.clone().answer(stream, shutdown.clone()));
         }
-        // Unlinked first, then let go: no new client waits for nothing, and an agent started
-        // meanwhile binds its own socket only after ours is gone, not before we unlink it.
+        // Unlinked first, then let go (the listener and the lock): no new client waits for
+        // nothing, and an agent started meanwhile binds its own socket only after ours is
+        // gone, not before we unlink it.
         let _ = std::fs::remove_file(&path);
         drop(listener);
+        drop(lock);
         clients.close();
         clients.wait().await;
     }
@@ -424,6 +450,34 @@ mod tests {
             refused.map(|_| ())
         );
         std::fs::remove_dir_all(&squatted)?;
+        Ok(())
+    }
+
+    /// Two agents started at the same instant both find no live socket; the lock lets only
+    /// one of them replace what is there. Shown here by taking the first's socket away
+    /// (as the second's replacement would) while the first still runs.
+    #[tokio::test]
+    async fn a_second_agent_cannot_take_a_running_agents_socket() -> std::io::Result<()> {
+        let dir = folder("race", 0o700)?;
+        let socket = dir.join("agent.sock");
+        let first = bind(&socket)?;
+        std::fs::remove_file(&socket)?;
+        let refused = bind(&socket);
+        assert!(
+            refused
+                .as_ref()
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::AddrInUse
+                    && e.to_string().contains("another agent answers")),
+            "{:?}",
+            refused.map(|_| ())
+        );
+        assert!(
+            !socket.exists(),
+            "the second agent bound a socket of its own"
+        );
+        drop(first);
+        bind(&socket)?;
+        std::fs::remove_dir_all(&dir)?;
         Ok(())
     }
 }

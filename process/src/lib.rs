@@ -14,6 +14,7 @@
 use std::ffi::OsString;
 
 mod command_line;
+pub mod lock_file;
 mod signals;
 pub use command_line::{USAGE_ERROR, UsageError, failure_code, parse};
 pub use signals::listen_or_warn;
