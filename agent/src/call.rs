@@ -319,9 +319,7 @@ async fn run(
         ),
         None => None,
     };
-    // A body small enough is read first, so that a cached token's 401 can be retried.
-    let may_retry = bearer.as_ref().is_some_and(|b| b.cached);
-    let body = if may_retry {
+    let body = if send_again::may_retry_refused(bearer.as_ref()) {
         RequestBody::read_small(&headers, body, conn.timeout, conn.limits.max_request_body)
             .await
             .map_err(|e| match e {

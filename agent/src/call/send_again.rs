@@ -24,6 +24,13 @@ pub(crate) struct SentAgain {
     pub with_new_token: bool,
 }
 
+/// Whether a 401 on `bearer` is sent again with a new token: only a token we had cached
+/// can be stale; a fresh one refused would be refused again. Such a call reads a small
+/// body into memory before sending, to have it for the second time.
+pub(crate) fn may_retry_refused(bearer: Option<&Bearer>) -> bool {
+    bearer.is_some_and(|b| b.cached)
+}
+
 /// Sends the request, and once more as said above. A call and a connection test both
 /// go through here, so a test fails only where a call would.
 pub(crate) async fn send_with_retries(
@@ -36,8 +43,7 @@ pub(crate) async fn send_with_retries(
 ) -> Result<(reqwest::Response, SentAgain), (ErrorCode, String)> {
     let conn = &ctx.connection;
     let mut again = SentAgain::default();
-    // Only a token we had cached can be stale; a fresh one refused again would be refused again.
-    let may_retry = bearer.as_ref().is_some_and(|b| b.cached);
+    let may_retry = may_retry_refused(bearer.as_ref());
     let replay = body.replayable();
     let sent_at = Instant::now();
     let mut upstream = match send(ctx, method, url, headers, bearer.as_ref(), body).await {
