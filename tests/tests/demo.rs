@@ -22,4 +22,18 @@ fn the_demo_makes_a_signed_call_through_the_tunnel() {
         stdout.contains("curl -s -H 'Authorization: Bearer psk_"),
         "{stdout}"
     );
+    // Its own socket, beside its config: as root the default is the system agent's.
+    let folder_of = |label: &str| {
+        stdout
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(label))
+            .map(|path| {
+                std::path::Path::new(path.trim())
+                    .parent()
+                    .map(|p| p.to_owned())
+            })
+    };
+    let config = folder_of("agent config").flatten();
+    let socket = folder_of("agent status").flatten();
+    assert!(config.is_some() && config == socket, "{stdout}");
 }

@@ -79,6 +79,8 @@ async fn demo() -> Result<()> {
         r#"relay = "{ssh_addr}"
 relay_fingerprint = "{fingerprint}"
 token = "{token}"
+# Beside this file: a demo must not take the system's agent socket (/run/postern as root).
+status_socket = "agent.sock"
 
 [connections.orders]
 base_uri = "{base}"
@@ -97,6 +99,7 @@ payload = {{ iss = "postern", sub = "demo-service", aud = "orders", iat = "{{{{n
     let config_path = state.write_private("agent.toml", &config_text)?;
     let agent_config =
         AgentConfig::resolve(ConfigFile::parse(&config_text)?, state.path(), &|_| None)?;
+    let socket = agent_config.status_socket.clone();
     let (tunnel_state, mut watch_state) = watch::channel(TunnelState::default());
     let agent = tokio::spawn(postern_agent::run(
         agent_config,
@@ -129,14 +132,16 @@ payload = {{ iss = "postern", sub = "demo-service", aud = "orders", iat = "{{{{n
         "  internal API   {}  (accepts only RS256 JWTs with aud=orders)",
         internal.base_uri()
     );
-    println!("  agent config   {}\n", config_path.display());
+    println!("  agent config   {}", config_path.display());
+    println!("  agent status   {}\n", socket.display());
     println!("GET {url}\n→ {status}\n{body}\n");
     if !status.is_success() {
         bail!("the demo call failed");
     }
     println!(
-        "Try it yourself:\n\n  curl -s -H 'Authorization: Bearer {}' '{url}'\n",
-        api_key.expose()
+        "Try it yourself:\n\n  curl -s -H 'Authorization: Bearer {}' '{url}'\n  cargo run -q -p postern-agent -- --config {} status\n",
+        api_key.expose(),
+        config_path.display()
     );
     if !once {
         println!("Press ctrl-c to stop.");
