@@ -443,20 +443,26 @@ async fn establish(
         .await
         .map_err(|e| TunnelError::SessionLost(format!("during authentication: {e}")))?;
     if !auth.success() {
-        return Err(TunnelError::TokenRefused);
+        return Err(ended_under(&handle, shared, "during authentication")
+            .unwrap_or(TunnelError::TokenRefused));
     }
     at("asking for the reverse forward");
-    handle
-        .tcpip_forward(FORWARD_ADDRESS, 0)
-        .await
-        .map_err(|e| TunnelError::ForwardRefused(e.to_string()))?;
+    if let Err(e) = handle.tcpip_forward(FORWARD_ADDRESS, 0).await {
+        return Err(
+            ended_under(&handle, shared, "asking for the reverse forward")
+                .unwrap_or_else(|| TunnelError::ForwardRefused(e.to_string())),
+        );
+    }
     shared.accepting.store(true, Ordering::SeqCst);
 
     at("opening the control channel");
-    let control = handle
-        .channel_open_session()
-        .await
-        .map_err(|e| TunnelError::Control(e.to_string()))?;
+    let control = match handle.channel_open_session().await {
+        Ok(control) => control,
+        Err(e) => {
+            return Err(ended_under(&handle, shared, "opening the control channel")
+                .unwrap_or_else(|| TunnelError::Control(e.to_string())));
+        }
+    };
     let (read, mut write) = tokio::io::split(control.into_stream());
     let announced = calls.names();
     let hello = AgentMessage::Hello {
@@ -479,6 +485,14 @@ async fn establish(
         .read_until(b'\n', &mut line)
         .await
         .map_err(|e| TunnelError::Control(e.to_string()))?;
+    if line.is_empty() {
+        // Not a malformed answer: none came.
+        return Err(
+            ended_under(&handle, shared, "waiting for the answer to hello").unwrap_or_else(|| {
+                TunnelError::Control("the relay closed it without answering hello".into())
+            }),
+        );
+    }
     let (agent_name, relay_closes_channels) = match decode_line::<RelayMessage>(&line)
         .map_err(|e| TunnelError::Control(e.to_string()))?
     {
@@ -620,6 +634,28 @@ async fn next_ending(
         }
     }
     None
+}
+
+/// A setup step that failed because the session ended under it (the relay stopping, its
+/// authentication timeout, a reset link): russh answers a step the session ended under
+/// as the step's own failure (an authentication "refused"), which the agent would take
+/// for a refused token and retry slowly. The session ends before russh gives that
+/// answer, and the disconnect's words are kept by then.
+fn ended_under(
+    handle: &russh::client::Handle<AgentSsh>,
+    shared: &Shared,
+    step: &str,
+) -> Option<TunnelError> {
+    if !handle.is_closed() {
+        return None;
+    }
+    let reason = shared
+        .disconnect_reason
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone()
+        .unwrap_or_else(|| "the relay closed the connection".to_owned());
+    Some(TunnelError::SessionLost(format!("{step}: {reason}")))
 }
 
 /// Why the session ended: the relay's `ending` notice if one is still on its way
