@@ -32,6 +32,12 @@ pub const BLOCK_FOR: Duration = Duration::from_secs(300);
 /// for ever. A hundred such agents behind one address (9 each within two minutes at
 /// most) stay below it.
 pub const FORMER_BLOCK_AFTER: u32 = 1000;
+/// Connections that ended before trying any login (a key exchange and a hang-up, as
+/// `ssh-keyscan` does; a port probe; garbage) within [`BLOCK_WINDOW`] that get an address
+/// refused: without a ceiling one address could make the relay run key exchanges for
+/// ever, 250 at a time. Far above what an admin's `ssh-keyscan` or a load balancer's
+/// health check (one every few seconds) comes to.
+pub const HANGUP_BLOCK_AFTER: u32 = 1000;
 /// Bound on remembered addresses (about 100 bytes each), so a spray of sources cannot
 /// grow memory without limit. Past it, the address that failed longest ago is forgotten.
 const MAX_TRACKED: usize = 100_000;
@@ -57,6 +63,8 @@ struct Failures {
     guesses: Burst,
     /// Refusals of former tokens, towards a block of their own, far higher.
     former: Burst,
+    /// Connections closed before any login, towards another such block.
+    hangups: Burst,
     blocked_until: Option<Instant>,
 }
 
@@ -146,6 +154,22 @@ impl AuthThrottle {
         });
     }
 
+    /// Records a connection that ended before it tried to log in: no delay, but a
+    /// ceiling ([`HANGUP_BLOCK_AFTER`]).
+    pub fn hangup(&self, ip: IpAddr) {
+        self.hangup_at(ip, Instant::now());
+    }
+
+    fn hangup_at(&self, ip: IpAddr, now: Instant) {
+        self.record(ip, now, |f, now| {
+            (
+                f.hangups.add(now),
+                HANGUP_BLOCK_AFTER,
+                "connections closed before logging in",
+            )
+        });
+    }
+
     /// `count` records the event in the address's record and says how many of its kind
     /// the window holds, the block's threshold, and what they are, for the log.
     fn record(
@@ -170,6 +194,7 @@ impl AuthThrottle {
                 last: now,
                 guesses: Burst::new(now),
                 former: Burst::new(now),
+                hangups: Burst::new(now),
                 blocked_until: None,
             }),
         };
@@ -291,6 +316,28 @@ mod tests {
         assert!(!t.is_blocked(b));
         t.failure_at(b, at(100));
         assert!(t.is_blocked(b), "twenty within one window");
+    }
+
+    #[test]
+    fn hangups_block_only_far_past_probes_and_keyscans() {
+        let t = AuthThrottle::default();
+        let start = Instant::now();
+        // A load balancer's health check every 2 s, and an admin's ssh-keyscan a minute,
+        // for ten minutes.
+        let probed: IpAddr = [192, 0, 2, 30].into();
+        for i in 0..300 {
+            t.hangup_at(probed, start + Duration::from_secs(2 * i));
+        }
+        assert!(!t.is_blocked(probed));
+        assert_eq!(t.failure(probed), FIRST_DELAY, "nor do they slow a guess");
+        // One address running key exchanges and hanging up as fast as it can.
+        let flood: IpAddr = [192, 0, 2, 31].into();
+        for i in 0..HANGUP_BLOCK_AFTER - 1 {
+            t.hangup_at(flood, start + Duration::from_millis(u64::from(i)));
+        }
+        assert!(!t.is_blocked(flood));
+        t.hangup_at(flood, start + Duration::from_secs(1));
+        assert!(t.is_blocked(flood));
     }
 
     #[test]

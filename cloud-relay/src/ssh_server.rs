@@ -173,6 +173,8 @@ struct PreAuth {
     /// A login was tried and refused: the refusal was counted, so running out of time
     /// afterwards (more tries, or its delay) is not counted again.
     refused: bool,
+    /// A password (a token) came, whatever the answer: its end is not a hang-up.
+    tried: bool,
 }
 
 type PreAuthSlot = Arc<Mutex<Option<PreAuth>>>;
@@ -188,6 +190,22 @@ fn silent_failure(ctx: &RelayContext, peer: SocketAddr) {
     ctx.metrics.auth_failed("timeout");
     if told_apart(peer.ip()) {
         ctx.throttle.failure(peer.ip());
+    }
+}
+
+/// A connection that ended before it tried to log in (a key exchange and a hang-up, as
+/// `ssh-keyscan` does; a port probe; garbage; a public key only) counts towards a high
+/// ceiling: a key exchange costs the relay as a login does.
+fn hung_up(ctx: &RelayContext, peer: SocketAddr, pre_auth: &PreAuthSlot) {
+    let Some(pending) = take_pre_auth(pre_auth) else {
+        return;
+    };
+    if pending.tried {
+        return;
+    }
+    ctx.metrics.auth_failed("closed_before_login");
+    if told_apart(peer.ip()) {
+        ctx.throttle.hangup(peer.ip());
     }
 }
 
@@ -217,6 +235,7 @@ async fn run_connection(
         closer,
         _slots: slots,
         refused: false,
+        tried: false,
     })));
     let state = Arc::new(Mutex::new(None::<Registered>));
     let closing_reason = ClosingReason::default();
@@ -249,6 +268,7 @@ async fn run_connection(
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
             debug!(error = %e, "ssh handshake failed");
+            hung_up(&ctx, peer, &pre_auth);
             return;
         }
         Err(_) => {
@@ -273,13 +293,17 @@ async fn run_connection(
     };
     let ended = loop {
         tokio::select! {
-            result = &mut running => break match result {
-                Ok(()) => "the agent closed the connection".to_owned(),
-                Err(e) => {
-                    debug!(error = %e, "ssh session ended with an error");
-                    format!("connection lost: {e}")
-                }
-            },
+            result = &mut running => {
+                // Before a login only: one that succeeded took the place.
+                hung_up(&ctx, peer, &pre_auth);
+                break match result {
+                    Ok(()) => "the agent closed the connection".to_owned(),
+                    Err(e) => {
+                        debug!(error = %e, "ssh session ended with an error");
+                        format!("connection lost: {e}")
+                    }
+                };
+            }
             _ = ctx.shutdown.cancelled() => {
                 closing_reason.set("relay shutting down");
                 disconnect("relay shutting down").await;
@@ -520,6 +544,14 @@ impl russh::server::Handler for AgentHandler {
     }
 
     async fn auth_password(&mut self, _user: &str, password: &str) -> Result<Auth, Self::Error> {
+        if let Some(pending) = self
+            .pre_auth
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_mut()
+        {
+            pending.tried = true;
+        }
         let token = match SecretToken::parse(SecretKind::AgentToken, password) {
             Ok(t) => t,
             Err(_) => {

@@ -476,6 +476,58 @@ async fn an_address_that_keeps_failing_is_refused_before_the_handshake() -> Resu
     Ok(())
 }
 
+/// A connection that ends before any login (`ssh-keyscan`'s key exchange and hang-up, a
+/// port probe, a client offering only a public key) is counted, towards a ceiling of
+/// its own: before, it cost the relay a key exchange and counted nowhere, so one
+/// address could loop `ssh-keyscan` for ever. A wrong token's connection is counted as
+/// that, not twice, and an agent's as nothing. (The ceiling itself: `auth_throttle.rs`
+/// unit tests; loopback peers, as here, are counted but never blocked.)
+#[tokio::test(flavor = "multi_thread")]
+async fn connections_closed_before_logging_in_are_counted() -> Result<()> {
+    let w = RelayWorld::start(bins()).await?;
+    let ssh = w.relay.ssh;
+    let closed = || async {
+        let samples = scrape(&w.admin).await?;
+        anyhow::Ok(sample(
+            &samples,
+            "postern_auth_failures_total{reason=\"closed_before_login\"}",
+        ))
+    };
+    assert_eq!(closed().await?, 0.0);
+    for _ in 0..2 {
+        let scan = Command::new("ssh-keyscan")
+            .args(["-t", "ed25519", "-p", &ssh.port().to_string(), "127.0.0.1"])
+            .output()?;
+        assert!(
+            String::from_utf8_lossy(&scan.stdout).contains("ssh-ed25519"),
+            "ssh-keyscan got no key: {}",
+            String::from_utf8_lossy(&scan.stderr)
+        );
+    }
+    // A port probe: connect, close.
+    drop(TcpStream::connect(ssh)?);
+    eventually("three closed before logging in", CLOSED_WITHIN, || async {
+        closed().await.is_ok_and(|n| n == 3.0)
+    })
+    .await?;
+
+    let dir = w.state_dir().join("closed");
+    std::fs::create_dir_all(&dir)?;
+    let wrong = postern_relay::secrets::new_token(SecretKind::AgentToken);
+    let (code, _) = openssh_login(&dir, ssh, "127.0.0.1", wrong.expose())?;
+    assert_eq!(code, 255);
+    let _agent = w.agent_online("counted-as-nothing").await?;
+    let samples = scrape(&w.admin).await?;
+    assert!(
+        sample(
+            &samples,
+            "postern_auth_failures_total{reason=\"unknown_token\"}"
+        ) >= 1.0
+    );
+    assert_eq!(closed().await?, 3.0, "a login was counted as a hang-up");
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn only_modern_ssh_algorithms_are_offered() -> Result<()> {
     let w = RelayWorld::start(bins()).await?;

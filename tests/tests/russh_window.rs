@@ -36,6 +36,7 @@ const DESCRIPTION: &str = "channel data beyond the window";
 const MSG_DISCONNECT: u8 = 1;
 const MSG_CHANNEL_OPEN: u8 = 90;
 const MSG_CHANNEL_OPEN_CONFIRMATION: u8 = 91;
+const MSG_CHANNEL_CLOSE: u8 = 97;
 
 /// The relay's side (the SSH server) refuses `CHANNEL_DATA` beyond the window of a channel
 /// whose reader is there but does not read: the session ends with the error, the peer is
@@ -168,6 +169,45 @@ async fn a_peer_within_the_window_sends_as_much_as_it_likes() -> Result<()> {
     Ok(())
 }
 
+/// A channel this side closes, whose reader is gone, is let go at once: a peer that never
+/// answers the close (an agent against the relay's idle sweep, evictions and callers
+/// that leave) cannot make the session keep one queue per call for its whole life
+/// (vendor/russh/POSTERN-PATCH.md, item 13).
+#[tokio::test]
+async fn a_closed_channel_is_let_go_when_the_peer_never_answers_the_close() -> Result<()> {
+    const CHANNELS: usize = 40;
+    let server = Server::start(WINDOW, Keep::Closed).await?;
+    let proxy = Proxy::start(server.addr, Some(Lie::NoCloseReply)).await?;
+    let agent = Client::connect(proxy.addr, WINDOW).await?;
+    for _ in 0..CHANNELS {
+        let mut channel = agent.handle.channel_open_session().await?;
+        // The server's close: the client answers it, and the proxy keeps that back.
+        let closed = tokio::time::timeout(ENDS_WITHIN, async {
+            while let Some(msg) = channel.wait().await {
+                if matches!(msg, ChannelMsg::Close) {
+                    break;
+                }
+            }
+        });
+        closed
+            .await
+            .context("the server did not close the channel")?;
+    }
+    let queues = server
+        .queues
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    ensure!(queues.len() == CHANNELS, "the server saw {queues:?}");
+    // One for the channel opening, perhaps one whose close the session has not taken yet.
+    ensure!(
+        queues.iter().all(|n| *n <= 2),
+        "the session kept the queues of channels it closed: {queues:?}"
+    );
+    ensure!(!server.has_ended(), "the server's session ended");
+    Ok(())
+}
+
 fn assert_ended_on_the_window(ended: Result<Result<(), russh::Error>>) -> Result<()> {
     match ended? {
         Err(russh::Error::WindowExceeded { len, window, .. }) => {
@@ -211,6 +251,8 @@ enum Keep {
     Unread,
     /// Drops it at once, so it has no reader.
     Dropped,
+    /// Drops it at once as a stream, which closes it, as the relay's channels are.
+    Closed,
     /// Sends 1 MiB of extended data on it, as far as the window it believes allows.
     SendExtended,
     /// The first one is read to the end (the byte count goes to `Server::read`); later
@@ -223,6 +265,8 @@ struct Server {
     session: tokio::task::JoinHandle<Option<Result<(), russh::Error>>>,
     channels: Arc<Mutex<Vec<Channel<server::Msg>>>>,
     read: Arc<Mutex<Option<tokio::task::JoinHandle<Result<usize>>>>>,
+    /// How many channel queues the session held as each channel opened.
+    queues: Arc<Mutex<Vec<usize>>>,
 }
 
 impl Server {
@@ -240,10 +284,12 @@ impl Server {
         });
         let channels = Arc::new(Mutex::new(Vec::new()));
         let read = Arc::new(Mutex::new(None));
+        let queues = Arc::new(Mutex::new(Vec::new()));
         let handler = ServerHandler {
             keep,
             channels: channels.clone(),
             read: read.clone(),
+            queues: queues.clone(),
             opened: 0,
         };
         let session = tokio::spawn(async move {
@@ -258,6 +304,7 @@ impl Server {
             session,
             channels,
             read,
+            queues,
         })
     }
 
@@ -278,6 +325,7 @@ struct ServerHandler {
     keep: Keep,
     channels: Arc<Mutex<Vec<Channel<server::Msg>>>>,
     read: Arc<Mutex<Option<tokio::task::JoinHandle<Result<usize>>>>>,
+    queues: Arc<Mutex<Vec<usize>>>,
     opened: usize,
 }
 
@@ -292,10 +340,14 @@ impl server::Handler for ServerHandler {
         &mut self,
         mut channel: Channel<server::Msg>,
         reply: server::ChannelOpenHandle,
-        _session: &mut server::Session,
+        session: &mut server::Session,
     ) -> Result<(), Self::Error> {
         reply.accept().await;
         self.opened += 1;
+        self.queues
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(session.channel_queues());
         match self.keep {
             Keep::Unread => self
                 .channels
@@ -303,6 +355,7 @@ impl server::Handler for ServerHandler {
                 .unwrap_or_else(|p| p.into_inner())
                 .push(channel),
             Keep::Dropped => drop(channel),
+            Keep::Closed => drop(channel.into_stream()),
             Keep::SendExtended => {
                 // Not in the handler itself: the session loop must run for it.
                 tokio::spawn(async move {
@@ -396,13 +449,17 @@ impl client::Handler for ClientHandler {
     }
 }
 
-/// The window field the proxy raises to `LIED_WINDOW`.
+/// What the proxy changes: a window field it raises to `LIED_WINDOW`, or a message it
+/// keeps back.
 #[derive(Clone, Copy)]
 enum Lie {
     /// In the server's `CHANNEL_OPEN_CONFIRMATION`: the client may send more to the server.
     OpenConfirmation,
     /// In the client's `CHANNEL_OPEN`: the server may send more to the client.
     Open,
+    /// The client's `CHANNEL_CLOSE` never reaches the server: a peer that does not answer
+    /// a close.
+    NoCloseReply,
 }
 
 /// The DISCONNECTs the proxy saw: from whom ("client" or "server"), reason code, description.
@@ -436,14 +493,21 @@ impl Proxy {
             let to_server = matches!(lie, Some(Lie::Open)).then_some(MSG_CHANNEL_OPEN);
             let to_client =
                 matches!(lie, Some(Lie::OpenConfirmation)).then_some(MSG_CHANNEL_OPEN_CONFIRMATION);
+            let kept_back = matches!(lie, Some(Lie::NoCloseReply)).then_some(MSG_CHANNEL_CLOSE);
             tokio::spawn(pump(
                 "client",
                 client_read,
                 server_write,
-                to_server,
+                (to_server, kept_back),
                 seen.clone(),
             ));
-            tokio::spawn(pump("server", server_read, client_write, to_client, seen));
+            tokio::spawn(pump(
+                "server",
+                server_read,
+                client_write,
+                (to_client, None),
+                seen,
+            ));
         });
         Ok(Self { addr, disconnects })
     }
@@ -472,12 +536,13 @@ impl Proxy {
 }
 
 /// Copies one direction: the identification line, then packets (`none` cipher and MAC:
-/// length, padding length, payload, padding), raising the window of each `lie` message.
+/// length, padding length, payload, padding), raising the window of each `lie` message
+/// and leaving out each `kept_back` one (without a MAC, nothing notices).
 async fn pump(
     from: &'static str,
     mut read: tokio::net::tcp::OwnedReadHalf,
     mut write: tokio::net::tcp::OwnedWriteHalf,
-    lie: Option<u8>,
+    (lie, kept_back): (Option<u8>, Option<u8>),
     disconnects: Seen,
 ) -> Result<()> {
     let mut line = Vec::new();
@@ -513,6 +578,7 @@ async fn pump(
                     .unwrap_or_else(|p| p.into_inner())
                     .push((from, code, text));
             }
+            (Some(kind), _) if Some(kind) == kept_back => continue,
             _ => {}
         }
         write.write_all(&len.to_be_bytes()).await?;

@@ -143,6 +143,11 @@ impl QueueSender {
         }
     }
 
+    /// postern patch 13: whether the channel's reader is gone (its queue closed).
+    pub(crate) fn reader_gone(&self) -> bool {
+        self.tx.is_closed()
+    }
+
     /// A watch on the reader, for after this sender is gone.
     pub(crate) fn reader_alive(&self) -> ReaderAlive {
         ReaderAlive(Arc::downgrade(&self.read))
@@ -225,11 +230,18 @@ mod tests {
         assert_eq!(unread, MAX_UNREAD_NOTICES);
         let _ = tx.try_send(ChannelMsg::Close);
         assert!(matches!(rx.try_recv(), Some(ChannelMsg::Close)));
-        // Data is not a notice: its bytes are the window's to bound.
-        let wake = Arc::new(Notify::new());
-        for _ in 0..100 {
-            assert!(tx.deliver(ChannelMsg::Data { data: vec![1].into() }, &wake, 1));
+        // Data is not a notice: its bytes are the window's to bound. Sent while the cap's
+        // worth of notices waits unread, all of it is queued still.
+        for _ in 0..MAX_UNREAD_NOTICES {
+            let _ = tx.try_send(ChannelMsg::Eof);
         }
+        for _ in 0..100 {
+            assert!(tx.try_send(ChannelMsg::Data { data: vec![1].into() }).is_ok());
+        }
+        let data = std::iter::from_fn(|| rx.try_recv())
+            .filter(|msg| matches!(msg, ChannelMsg::Data { .. }))
+            .count();
+        assert_eq!(data, 100);
     }
 
     /// A peer's window adjusts without end leave at most one message for a reader that

@@ -534,10 +534,15 @@ impl Session {
 
     pub fn close(&mut self, channel: ChannelId) -> Result<(), crate::Error> {
         if let Some(ref mut enc) = self.common.encrypted {
-            enc.close(channel)
+            enc.close(channel)?;
         } else {
             unreachable!()
         }
+        // postern patch 13: as on the server side.
+        if self.channels.get(&channel).is_some_and(|c| c.reader_gone()) {
+            self.channels.remove(&channel);
+        }
+        Ok(())
     }
 
     pub fn extended_data(

@@ -1452,6 +1452,11 @@ impl Session {
                     // channel out of the encrypted state only; drop its sender here too, or every
                     // channel this side closes first stays in the session's map for good.
                     self.channels.remove(&channel_num);
+                    // postern patch 13: a close for a channel the peer has not confirmed yet
+                    // ends it too: confirmed later, it would stay open with no one to close it.
+                    if let Some(ref mut enc) = self.common.encrypted {
+                        enc.channels.remove(&channel_num);
+                    }
                     return Ok(());
                 }
                 if let Some(ref mut enc) = self.common.encrypted {
