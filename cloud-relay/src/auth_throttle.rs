@@ -33,7 +33,8 @@ pub const BLOCK_FOR: Duration = Duration::from_secs(300);
 /// most) stay below it.
 pub const FORMER_BLOCK_AFTER: u32 = 1000;
 /// Connections that ended before trying any login (a key exchange and a hang-up, as
-/// `ssh-keyscan` does; a port probe; garbage) within [`BLOCK_WINDOW`] that get an address
+/// `ssh-keyscan` does; a port probe; garbage), or whose valid token was refused for its
+/// agent's connections (`agent_busy`), within [`BLOCK_WINDOW`] that get an address
 /// refused: without a ceiling one address could make the relay run key exchanges for
 /// ever, 250 at a time. Far above what an admin's `ssh-keyscan` or a load balancer's
 /// health check (one every few seconds) comes to.
@@ -154,8 +155,8 @@ impl AuthThrottle {
         });
     }
 
-    /// Records a connection that ended before it tried to log in: no delay, but a
-    /// ceiling ([`HANGUP_BLOCK_AFTER`]).
+    /// Records a connection that ended before it tried to log in, or brought no session
+    /// for another reason than its token: no delay, but a ceiling ([`HANGUP_BLOCK_AFTER`]).
     pub fn hangup(&self, ip: IpAddr) {
         self.hangup_at(ip, Instant::now());
     }
@@ -165,7 +166,7 @@ impl AuthThrottle {
             (
                 f.hangups.add(now),
                 HANGUP_BLOCK_AFTER,
-                "connections closed before logging in",
+                "connections that brought no session",
             )
         });
     }

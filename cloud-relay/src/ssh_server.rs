@@ -571,8 +571,15 @@ impl russh::server::Handler for AgentHandler {
                 // unauthenticated, and the authentication timeout still closes it.
                 let Some(slot) = self.ctx.agent_connections.take(agent.id.clone()) else {
                     self.ctx.metrics.auth_failed("agent_busy");
-                    // A valid token: its connection's silence is not a guess.
+                    // A valid token: its connection's silence is not a guess. Yet it
+                    // holds its pre-login places until the timeout, and a leaked token
+                    // refused so from many connections would hold them all, for the
+                    // fleet's reconnects to wait behind: it counts towards the high
+                    // ceiling of connections that bring no session.
                     self.refusal_counted();
+                    if told_apart(self.peer.ip()) {
+                        self.ctx.throttle.hangup(self.peer.ip());
+                    }
                     warn!(peer = %self.peer, agent = %agent.name, "agent has {MAX_CONNECTIONS_PER_AGENT} connections already; login refused");
                     return Ok(Auth::reject());
                 };
