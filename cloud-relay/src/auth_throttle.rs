@@ -332,12 +332,19 @@ mod tests {
         assert!(!t.is_blocked(probed));
         assert_eq!(t.failure(probed), FIRST_DELAY, "nor do they slow a guess");
         // One address running key exchanges and hanging up as fast as it can.
-        let flood: IpAddr = [192, 0, 2, 31].into();
-        for i in 0..HANGUP_BLOCK_AFTER - 1 {
-            t.hangup_at(flood, start + Duration::from_millis(u64::from(i)));
+        blocked_at(HANGUP_BLOCK_AFTER, |t, ip, at| t.hangup_at(ip, at));
+    }
+
+    /// One address doing `event` as fast as it can is blocked at `threshold`, not before.
+    fn blocked_at(threshold: u32, event: impl Fn(&AuthThrottle, IpAddr, Instant)) {
+        let t = AuthThrottle::default();
+        let flood: IpAddr = [192, 0, 2, 99].into();
+        let start = Instant::now();
+        for i in 0..threshold - 1 {
+            event(&t, flood, start + Duration::from_millis(u64::from(i)));
         }
         assert!(!t.is_blocked(flood));
-        t.hangup_at(flood, start + Duration::from_secs(1));
+        event(&t, flood, start + Duration::from_secs(1));
         assert!(t.is_blocked(flood));
     }
 
@@ -356,13 +363,7 @@ mod tests {
         assert!(!t.is_blocked(site));
         assert_eq!(t.failure(site), FIRST_DELAY, "nor do they slow a guess");
         // One address logging in with a former token as fast as it can.
-        let flood: IpAddr = [192, 0, 2, 21].into();
-        for i in 0..FORMER_BLOCK_AFTER - 1 {
-            t.former_token_at(flood, start + Duration::from_millis(u64::from(i)));
-        }
-        assert!(!t.is_blocked(flood));
-        t.former_token_at(flood, start + Duration::from_secs(1));
-        assert!(t.is_blocked(flood));
+        blocked_at(FORMER_BLOCK_AFTER, |t, ip, at| t.former_token_at(ip, at));
     }
 
     #[test]

@@ -412,13 +412,18 @@ impl AgentHandler {
     /// The connection's running out of time to log in is not counted again: its refusal
     /// was, or it is no guess.
     fn refusal_counted(&self) {
+        self.note_pre_auth(|pending| pending.refused = true);
+    }
+
+    /// Notes something of the connection while it is not logged in yet.
+    fn note_pre_auth(&self, note: impl FnOnce(&mut PreAuth)) {
         if let Some(pending) = self
             .pre_auth
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .as_mut()
         {
-            pending.refused = true;
+            note(pending);
         }
     }
 
@@ -544,14 +549,7 @@ impl russh::server::Handler for AgentHandler {
     }
 
     async fn auth_password(&mut self, _user: &str, password: &str) -> Result<Auth, Self::Error> {
-        if let Some(pending) = self
-            .pre_auth
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_mut()
-        {
-            pending.tried = true;
-        }
+        self.note_pre_auth(|pending| pending.tried = true);
         let token = match SecretToken::parse(SecretKind::AgentToken, password) {
             Ok(t) => t,
             Err(_) => {
