@@ -36,9 +36,12 @@ pub const FORMER_BLOCK_AFTER: u32 = 1000;
 /// `ssh-keyscan` does; a port probe; garbage), or whose valid token was refused for its
 /// agent's connections (`agent_busy`), within [`BLOCK_WINDOW`] that get an address
 /// refused: without a ceiling one address could make the relay run key exchanges for
-/// ever, 250 at a time. Far above what an admin's `ssh-keyscan` or a load balancer's
-/// health check (one every few seconds) comes to.
-pub const HANGUP_BLOCK_AFTER: u32 = 1000;
+/// ever, 250 at a time (thousands a second; this lets 25 a second through). Far above
+/// what an admin's `ssh-keyscan` or a load balancer's health check (one every few
+/// seconds) comes to, and above a site of 300 agents behind one address that all hang
+/// up after the key exchange, 9 times in two minutes each: what they do while the
+/// relay's host key no longer matches their `relay_fingerprint`.
+pub const HANGUP_BLOCK_AFTER: u32 = 3000;
 /// Bound on remembered addresses (about 100 bytes each), so a spray of sources cannot
 /// grow memory without limit. Past it, the address that failed longest ago is forgotten.
 const MAX_TRACKED: usize = 100_000;
@@ -331,6 +334,15 @@ mod tests {
         }
         assert!(!t.is_blocked(probed));
         assert_eq!(t.failure(probed), FIRST_DELAY, "nor do they slow a guess");
+        // 300 agents behind one address whose relay_fingerprint no longer matches: each
+        // hangs up after the key exchange, every 15 s (a refusal's shortest wait).
+        let site: IpAddr = [192, 0, 2, 32].into();
+        for i in 0..40 {
+            for _ in 0..300 {
+                t.hangup_at(site, start + Duration::from_secs(15 * i));
+            }
+        }
+        assert!(!t.is_blocked(site));
         // One address running key exchanges and hanging up as fast as it can.
         blocked_at(HANGUP_BLOCK_AFTER, |t, ip, at| t.hangup_at(ip, at));
     }
