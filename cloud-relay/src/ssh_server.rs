@@ -175,6 +175,12 @@ struct PreAuth {
     refused: bool,
     /// A password (a token) came, whatever the answer: its end is not a hang-up.
     tried: bool,
+    /// Its token is being looked up: time running out now is the relay's slowness (the
+    /// store, a reconnect rush), no guess of the peer's.
+    checking: bool,
+    /// Refused for its agent's connections (`agent_busy`): its silence until the
+    /// timeout, holding its places, counts towards the hang-ups' ceiling as well.
+    busy: bool,
 }
 
 type PreAuthSlot = Arc<Mutex<Option<PreAuth>>>;
@@ -236,6 +242,8 @@ async fn run_connection(
         _slots: slots,
         refused: false,
         tried: false,
+        checking: false,
+        busy: false,
     })));
     let state = Arc::new(Mutex::new(None::<Registered>));
     let closing_reason = ClosingReason::default();
@@ -331,8 +339,12 @@ async fn run_connection(
                 // Whoever takes the slot decides: a login that succeeds takes it first,
                 // and one that finds it gone (the store answered too late) is refused.
                 if let Some(pending) = take_pre_auth(&pre_auth) {
-                    if !pending.refused {
+                    if pending.checking {
+                        ctx.metrics.auth_failed("timeout");
+                    } else if !pending.refused {
                         silent_failure(&ctx, peer);
+                    } else if pending.busy && told_apart(peer.ip()) {
+                        ctx.throttle.hangup(peer.ip());
                     }
                     info!(peer = %peer, "not authenticated within the authentication timeout; closed");
                     disconnect("authentication timeout").await;
@@ -558,10 +570,12 @@ impl russh::server::Handler for AgentHandler {
                     .await);
             }
         };
+        self.note_pre_auth(|pending| pending.checking = true);
         let lookup = self
             .ctx
             .store_call(move |store| store.login(&token, unix_now()))
             .await;
+        self.note_pre_auth(|pending| pending.checking = false);
         match lookup {
             Ok(Login::Agent(login)) => {
                 let agent = login.agent;
@@ -572,9 +586,13 @@ impl russh::server::Handler for AgentHandler {
                     // A valid token: its connection's silence is not a guess. Yet it
                     // holds its pre-login places until the timeout, and a leaked token
                     // refused so from many connections would hold them all, for the
-                    // fleet's reconnects to wait behind: it counts towards the high
-                    // ceiling of connections that bring no session.
-                    self.refusal_counted();
+                    // fleet's reconnects to wait behind: the refusal, and the silence
+                    // after it, count towards the high ceiling of connections that bring
+                    // no session (twice, so 250 places held 10 s at a time pass it).
+                    self.note_pre_auth(|pending| {
+                        pending.refused = true;
+                        pending.busy = true;
+                    });
                     if told_apart(self.peer.ip()) {
                         self.ctx.throttle.hangup(self.peer.ip());
                     }

@@ -209,6 +209,59 @@ async fn calls_over_the_limit_wait_their_turn() -> Result<()> {
     Ok(())
 }
 
+/// Callers that hang up while their calls wait their turn (a platform whose HTTP client
+/// gives up sooner than `max_wait`) leave their turns to the calls after them: before
+/// 2026-12-07 each such turn stayed taken, and with callers that kept giving up the
+/// internal server got next to no calls while the limit allowed them.
+#[tokio::test(flavor = "multi_thread")]
+async fn turns_of_callers_that_hang_up_go_to_the_next_calls() -> Result<()> {
+    let w = World::start(|base| {
+        connection(
+            "queued",
+            base,
+            "rate_limit = { requests = 2, per = \"1s\", burst = 1 }\nmax_wait = \"10s\"",
+        )
+    })
+    .await?;
+    let r = w.api.call("edge", "queued", "/left/first").await?;
+    assert_eq!(r.status(), 200);
+    let started = Instant::now();
+    // Six callers queue (their turns 0.5 to 3 s away) and give up after 300 ms.
+    let mut leaving = tokio::task::JoinSet::new();
+    for i in 0..6 {
+        let request = w
+            .api
+            .http
+            .get(format!(
+                "{}/v1/agents/edge/connections/queued/http/left/{i}",
+                w.api.base
+            ))
+            .bearer_auth(&w.api.key)
+            .timeout(Duration::from_millis(300));
+        leaving.spawn(request.send());
+    }
+    while let Some(gone) = leaving.join_next().await {
+        assert!(
+            gone?.is_err_and(|e| e.is_timeout()),
+            "a caller got an answer"
+        );
+    }
+    // The next call goes at the first turn they left, not behind all six.
+    let r = w.api.call("edge", "queued", "/after").await?;
+    assert_eq!(r.status(), 200);
+    let waited = started.elapsed();
+    assert!(
+        waited < Duration::from_millis(1500),
+        "it went after {waited:?}"
+    );
+    assert_eq!(
+        w.arrivals("/api/left").len(),
+        1,
+        "a call whose caller hung up was sent"
+    );
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_upstream_retry_after_pauses_the_connection() -> Result<()> {
     let w = World::start(|base| {

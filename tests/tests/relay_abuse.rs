@@ -516,7 +516,12 @@ async fn connections_closed_before_logging_in_are_counted() -> Result<()> {
     let wrong = postern_relay::secrets::new_token(SecretKind::AgentToken);
     let (code, _) = openssh_login(&dir, ssh, "127.0.0.1", wrong.expose())?;
     assert_eq!(code, 255);
-    let _agent = w.agent_online("counted-as-nothing").await?;
+    // An agent's session, ended: only an end counts, so it must have ended.
+    let mut agent = w.agent_online("counted-as-nothing").await?;
+    agent.process.terminate()?;
+    w.admin
+        .wait_online("counted-as-nothing", false, CLOSED_WITHIN)
+        .await?;
     let samples = scrape(&w.admin).await?;
     assert!(
         sample(

@@ -1,6 +1,8 @@
 //! A per-connection token bucket: calls over the limit wait their turn up to `max_wait`;
 //! an upstream 429 with `Retry-After` pauses the whole connection for that long.
 
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -35,6 +37,13 @@ struct Bucket {
     /// (at most `burst` at once), not all together the moment the pause ends.
     refilled: Instant,
     paused_until: Option<Instant>,
+    /// Turns whose callers left before them (the caller's own caller hung up), earliest
+    /// first: each one's token is spent, so the next caller takes the turn instead of a
+    /// token. Without this, callers that give up sooner than `max_wait` filled the queue
+    /// with turns nobody took, and the internal server got next to no calls while the
+    /// limit allowed many. One whose time has passed is of no use (sent later, it would
+    /// come closer to the next turn than the rate allows), and a pause drops them all.
+    freed: BinaryHeap<Reverse<Instant>>,
 }
 
 /// A call's turn: after `wait`, plus however much `shift` grows meanwhile.
@@ -53,6 +62,7 @@ impl Limiter {
                 tokens,
                 refilled: Instant::now(),
                 paused_until: None,
+                freed: BinaryHeap::new(),
             }),
             shift: watch::Sender::new(Duration::ZERO),
         }
@@ -83,6 +93,7 @@ impl Limiter {
                 // Nothing accrues before a pause ends.
                 refilled: paused_until.map_or(now, |until| until.max(b.refilled)),
                 paused_until,
+                freed: BinaryHeap::new(),
             }),
             shift: watch::Sender::new(Duration::ZERO),
         }
@@ -97,28 +108,48 @@ impl Limiter {
             return Ok(());
         }
         let mut shifts = self.shift.subscribe();
-        let mut seen = turn.shift;
-        let mut due = arrived + turn.wait;
+        // Dropped before its time (the call given up on, or refused below), the turn
+        // goes to the next caller.
+        let mut held = Held {
+            limiter: self,
+            due: arrived + turn.wait,
+            seen: turn.shift,
+            taken: false,
+        };
         // Ends: every turn of the loop but the last needs a new pause.
         loop {
-            let moved = shifts.borrow_and_update().saturating_sub(seen);
+            let moved = shifts.borrow_and_update().saturating_sub(held.seen);
             if !moved.is_zero() {
-                seen += moved;
-                due += moved;
-                let needed = due.saturating_duration_since(arrived);
-                // Its token stays spent: handing it back would let a newcomer share a
-                // later caller's turn.
+                held.seen += moved;
+                held.due += moved;
+                let needed = held.due.saturating_duration_since(arrived);
                 if needed > max_wait {
                     return Err(Refused { needed });
                 }
             }
             tokio::select! {
                 biased;
-                () = tokio::time::sleep_until(due.into()) => return Ok(()),
+                () = tokio::time::sleep_until(held.due.into()) => {
+                    held.taken = true;
+                    return Ok(());
+                }
                 // Never an error: the sender is `self.shift`, alive while `self` is borrowed.
                 _ = shifts.changed() => {}
             }
         }
+    }
+
+    /// Hands back the turn at `due`, reckoned with the shift `seen`, for the next caller.
+    fn free(&self, due: Instant, seen: Duration) {
+        let Ok(mut b) = self.state.lock() else {
+            return;
+        };
+        // A pause since (not yet seen by the turn, or dropping the freed ones) or a turn
+        // whose time has come: nothing to hand on. Read under the lock `shift` changes with.
+        if self.limit.is_none() || *self.shift.borrow() != seen || due <= Instant::now() {
+            return;
+        }
+        b.freed.push(Reverse(due));
     }
 
     /// The accounting of `acquire`: how long to wait, with the token reserved if it is
@@ -143,6 +174,18 @@ impl Limiter {
                     + Duration::from_secs_f64(deficit / rate(limit))
             }
         };
+        while b.freed.peek().is_some_and(|Reverse(at)| *at <= now) {
+            b.freed.pop();
+        }
+        // A turn someone left, if sooner than a token: its token is spent already.
+        let freed = b.freed.peek().map(|Reverse(at)| at.duration_since(now));
+        if let Some(sooner) = freed.filter(|f| *f < wait && *f <= max_wait) {
+            b.freed.pop();
+            return Ok(Turn {
+                wait: sooner,
+                shift: *self.shift.borrow(),
+            });
+        }
         if wait > max_wait {
             return Err(Refused { needed: wait });
         }
@@ -176,8 +219,28 @@ impl Limiter {
             refill(&mut b, limit, now);
             b.refilled = b.refilled.max(now) + longer;
         }
+        // Their times were reckoned before the pause: the calls that would take them are
+        // after it now, behind the waiting ones.
+        b.freed.clear();
         b.paused_until = Some(until);
         self.shift.send_modify(|shift| *shift += longer);
+    }
+}
+
+/// A waiting call's turn, handed back if the call leaves before it.
+struct Held<'a> {
+    limiter: &'a Limiter,
+    due: Instant,
+    /// The shift `due` was reckoned with.
+    seen: Duration,
+    taken: bool,
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        if !self.taken {
+            self.limiter.free(self.due, self.seen);
+        }
     }
 }
 
@@ -370,6 +433,67 @@ mod tests {
             started.elapsed() < Duration::from_secs(2),
             "{:?}",
             started.elapsed()
+        );
+    }
+
+    #[test]
+    fn a_turn_left_goes_to_the_next_caller_while_its_time_is_ahead() {
+        let l = limiter(10, 1000, 1);
+        let now = Instant::now();
+        let max_wait = Duration::from_secs(5);
+        assert_eq!(wait_of(&l, now, Duration::ZERO), Ok(Duration::ZERO));
+        let first = l.reserve(now, max_wait).expect("queued");
+        let second = l.reserve(now, max_wait).expect("queued");
+        // The first caller leaves: the next one takes its turn, 100 ms out, not 300.
+        l.free(now + first.wait, first.shift);
+        let next = wait_of(&l, now, max_wait).expect("queued");
+        assert_eq!(next, first.wait);
+        // Taken once only: the one after waits behind the second.
+        let after = wait_of(&l, now, max_wait).expect("queued");
+        assert!(after.abs_diff(Duration::from_millis(300)) <= Duration::from_millis(1));
+        // A turn whose time has passed is not handed on: it would come too close to the
+        // next one.
+        l.free(Instant::now() - Duration::from_millis(1), second.shift);
+        let later = wait_of(&l, now, max_wait).expect("queued");
+        assert!(later.abs_diff(Duration::from_millis(400)) <= Duration::from_millis(1));
+        // Nor one reckoned before a pause, nor one left before a pause.
+        l.free(now + second.wait, second.shift);
+        l.pause_at(now, Duration::from_secs(1));
+        l.free(now + second.wait, second.shift);
+        let paused = wait_of(&l, now, max_wait).expect("queued");
+        assert!(paused > Duration::from_secs(1), "{paused:?}");
+    }
+
+    /// Real time: callers that give up before their turn (their own caller hung up) do
+    /// not keep the turns from the callers after them.
+    #[tokio::test]
+    async fn a_call_given_up_on_hands_its_turn_on() {
+        let l = std::sync::Arc::new(limiter(10, 1000, 1));
+        l.acquire(Duration::ZERO).await.expect("the burst");
+        let started = Instant::now();
+        // Three callers queue (100, 200, 300 ms) and leave at once.
+        let waiting: Vec<_> = (0..3)
+            .map(|_| {
+                let l = l.clone();
+                tokio::spawn(async move { l.acquire(Duration::from_secs(5)).await })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        for w in &waiting {
+            w.abort();
+        }
+        for w in waiting {
+            let _ = w.await;
+        }
+        // The next caller goes at the first of their turns, not behind all three.
+        tokio::time::timeout(Duration::from_secs(5), l.acquire(Duration::from_secs(5)))
+            .await
+            .expect("bounded")
+            .expect("within max_wait");
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_millis(95) && waited < Duration::from_millis(250),
+            "went at {waited:?}"
         );
     }
 
