@@ -323,7 +323,13 @@ async fn run(
         RequestBody::read_small(&headers, body, conn.timeout, conn.limits.max_request_body)
             .await
             .map_err(|e| match e {
-                replay::ReadError::Stalled => timeout_error(conn),
+                replay::ReadError::Stalled => (
+                    ErrorCode::UpstreamTimeout,
+                    format!(
+                        "the request body stopped arriving for {:?} before the call was sent; nothing reached {}, so the call can be sent again",
+                        conn.timeout, conn.base_uri
+                    ),
+                ),
                 replay::ReadError::TooLarge => body_too_large(conn, ""),
                 replay::ReadError::Body(e) => (
                     ErrorCode::TunnelError,

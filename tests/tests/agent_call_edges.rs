@@ -96,11 +96,11 @@ async fn hold(mut socket: tokio::net::TcpStream, read: Arc<AtomicUsize>) {
 }
 
 /// `r` is 504 `upstream_timeout`, come one connection timeout after the body's last piece
-/// (`last`, as [`paced_body`] notes it).
+/// (`last`, as [`paced_body`] notes it); returns its message.
 async fn answered_504_a_timeout_after(
     r: reqwest::Response,
     last: &std::sync::Mutex<Option<Instant>>,
-) -> Result<()> {
+) -> Result<String> {
     let answered = Instant::now();
     let status = r.status();
     let answer: Value = r.json().await?;
@@ -113,7 +113,10 @@ async fn answered_504_a_timeout_after(
         after >= TIMEOUT && after < TIMEOUT + 2 * SLACK,
         "504 {after:?} after the last piece"
     );
-    Ok(())
+    Ok(answer["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned())
 }
 
 /// An upload that takes three times the connection's timeout, but never pauses that long,
@@ -145,7 +148,8 @@ async fn uploads_are_timed_from_their_last_progress() -> Result<()> {
     // Two pieces, then silence for four timeouts: 504 about one timeout after the last piece.
     let (body, last) = paced_body(2, Duration::from_millis(100), Some(4 * TIMEOUT));
     let r = post(&tunnel, "reads", body).await?;
-    answered_504_a_timeout_after(r, &last).await?;
+    let message = answered_504_a_timeout_after(r, &last).await?;
+    assert!(message.contains("did not answer within 1s"), "{message}");
 
     // The whole body, slowly, to a server that takes it all and never answers: 504 one
     // timeout after the body's end, not one timeout after the call's start.
@@ -203,9 +207,17 @@ async fn a_small_body_read_for_a_retry_is_timed_and_bounded_too() -> Result<()> 
     assert_eq!(internal.requests().len(), seen, "nothing was sent");
 
     // One piece (64 KiB: not past what is kept for a retry, nor the limit), then silence.
+    // Nothing was sent, and the message says so (before 2026-12-07 it said the internal
+    // server did not answer).
     let (body, last) = paced_body(1, Duration::from_millis(100), Some(4 * TIMEOUT));
+    let seen = internal.requests().len();
     let r = post(&tunnel, "signed", body).await?;
-    answered_504_a_timeout_after(r, &last).await?;
+    let message = answered_504_a_timeout_after(r, &last).await?;
+    assert!(
+        message.contains("stopped arriving for 1s before the call was sent; nothing reached"),
+        "{message}"
+    );
+    assert_eq!(internal.requests().len(), seen, "nothing was sent");
     Ok(())
 }
 

@@ -48,13 +48,14 @@ async fn a_chunked_body_arrives_whole_on_every_method() -> Result<()> {
         InternalServer::start(Verifier::Hs256(SECRET.as_bytes().to_vec()), "signed").await?;
     let dir = TempDir::new("request-bodies")?;
     dir.write_private("hmac.secret", SECRET)?;
-    // Unsigned calls stream their body; signed ones read a small one first (for a retry
-    // with a new token) and stream a larger one.
+    // Unsigned calls stream their body; signed ones with a cached token (`reuse_for`:
+    // every call but the first) read a small one first (for a retry with a new token)
+    // and stream a larger one.
     let connections = format!(
         "[connections.open]\nbase_uri = \"{}\"\n\
          [connections.signed]\nbase_uri = \"{}\"\n\
          [connections.signed.auth]\ntype = \"jwt_bearer\"\nalgorithm = \"HS256\"\n\
-         secret_file = \"hmac.secret\"\nlifetime = \"5m\"\npayload = {{ aud = \"signed\" }}\n",
+         secret_file = \"hmac.secret\"\nlifetime = \"5m\"\nreuse_for = \"4m\"\npayload = {{ aud = \"signed\" }}\n",
         open.base_uri(),
         signed.base_uri()
     );
