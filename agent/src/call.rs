@@ -103,7 +103,7 @@ impl CallContext {
         };
         let limiter = match previous {
             Some(p) if p.connection.rate_limit == connection.rate_limit => p.limiter.clone(),
-            Some(p) => Arc::new(p.limiter.succeeded_by(connection.rate_limit)),
+            Some(p) => p.limiter.succeeded_by(connection.rate_limit),
             None => Arc::new(Limiter::new(connection.rate_limit)),
         };
         let max_calls = connection.limits.max_concurrent_calls as usize;

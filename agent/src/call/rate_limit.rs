@@ -3,7 +3,7 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::watch;
@@ -26,6 +26,10 @@ pub struct Limiter {
     /// watch it, so a pause set after they took their turn delays them too. Changed
     /// only with `state` locked, so a turn and the shift it was reckoned with agree.
     shift: watch::Sender<Duration>,
+    /// The limiters a reload that changed the limit put before and after this one: calls
+    /// wait in both for a while, and an upstream's pause holds them all.
+    before: Weak<Limiter>,
+    after: Mutex<Weak<Limiter>>,
 }
 
 struct Bucket {
@@ -65,14 +69,25 @@ impl Limiter {
                 freed: BinaryHeap::new(),
             }),
             shift: watch::Sender::new(Duration::ZERO),
+            before: Weak::new(),
+            after: Mutex::new(Weak::new()),
         }
     }
 
     /// A limiter for `limit` that goes on from this one (a reload changed the limit): a
     /// pause under way holds on, and it starts with no more tokens than this one had, up
     /// to the new burst, so the change lets no burst past the old limit or the pause. The
-    /// calls waiting in this one keep their turns in it.
-    pub fn succeeded_by(&self, limit: Option<RateLimit>) -> Self {
+    /// calls waiting in this one keep their turns in it, and a pause either one is told
+    /// of holds both.
+    pub fn succeeded_by(self: &Arc<Self>, limit: Option<RateLimit>) -> Arc<Self> {
+        let next = Arc::new(self.following(limit));
+        if let Ok(mut after) = self.after.lock() {
+            *after = Arc::downgrade(&next);
+        }
+        next
+    }
+
+    fn following(self: &Arc<Self>, limit: Option<RateLimit>) -> Self {
         let now = Instant::now();
         let Ok(mut b) = self.state.lock() else {
             return Self::new(limit);
@@ -96,6 +111,8 @@ impl Limiter {
                 freed: BinaryHeap::new(),
             }),
             shift: watch::Sender::new(Duration::ZERO),
+            before: Arc::downgrade(self),
+            after: Mutex::new(Weak::new()),
         }
     }
 
@@ -201,7 +218,20 @@ impl Limiter {
     /// Holds every call on this connection until `for_how_long` has passed, at most
     /// [`MAX_PAUSE`]: the pause taken.
     pub fn pause(&self, for_how_long: Duration) -> Duration {
-        self.pause_at(Instant::now(), for_how_long);
+        let now = Instant::now();
+        self.pause_at(now, for_how_long);
+        // The calls of a call table before or after a reload: told by a call that began
+        // before the reload, the pause must hold the calls after it too, and the other way.
+        let mut before = self.before.upgrade();
+        while let Some(limiter) = before {
+            limiter.pause_at(now, for_how_long);
+            before = limiter.before.upgrade();
+        }
+        let mut after = self.after.lock().ok().and_then(|a| a.upgrade());
+        while let Some(limiter) = after {
+            limiter.pause_at(now, for_how_long);
+            after = limiter.after.lock().ok().and_then(|a| a.upgrade());
+        }
         for_how_long.min(MAX_PAUSE)
     }
 
@@ -499,7 +529,7 @@ mod tests {
 
     #[test]
     fn a_changed_limit_keeps_the_pause_and_lets_no_burst_through() {
-        let l = limiter(10, 1000, 5);
+        let l = Arc::new(limiter(10, 1000, 5));
         let now = Instant::now();
         for _ in 0..5 {
             assert_eq!(wait_of(&l, now, Duration::ZERO), Ok(Duration::ZERO));
@@ -526,7 +556,7 @@ mod tests {
             assert!(wait > Duration::from_secs(29), "{limit:?}: {wait:?}");
         }
         // Unlimited before: the new limit starts with its burst.
-        let open = Limiter::new(None).succeeded_by(Some(RateLimit {
+        let open = Arc::new(Limiter::new(None)).succeeded_by(Some(RateLimit {
             requests: 1,
             per: Duration::from_secs(1),
             burst: 2,
@@ -535,6 +565,31 @@ mod tests {
         assert_eq!(wait_of(&open, now, Duration::ZERO), Ok(Duration::ZERO));
         assert_eq!(wait_of(&open, now, Duration::ZERO), Ok(Duration::ZERO));
         assert!(wait_of(&open, now, Duration::ZERO).is_err());
+    }
+
+    /// A reload that changes the limit leaves calls waiting in the old limiter while new
+    /// ones use the new: an upstream's pause, told through either, holds both.
+    #[test]
+    fn a_pause_holds_the_limiters_before_and_after_a_changed_limit() {
+        let first = Arc::new(limiter(10, 1000, 5));
+        let second = first.succeeded_by(Some(RateLimit {
+            requests: 20,
+            per: Duration::from_secs(1),
+            burst: 5,
+        }));
+        let third = second.succeeded_by(None);
+        // Told by a call that began before the reloads.
+        first.pause(Duration::from_secs(30));
+        for (name, l) in [("second", &second), ("third", &third)] {
+            let wait = wait_of(l, Instant::now(), Duration::from_secs(60)).expect("queued");
+            assert!(wait > Duration::from_secs(29), "{name}: {wait:?}");
+        }
+        // Told by a call after them, a longer one holds the calls waiting before them.
+        third.pause(Duration::from_secs(90));
+        for (name, l) in [("first", &first), ("second", &second)] {
+            let wait = wait_of(l, Instant::now(), Duration::from_secs(120)).expect("queued");
+            assert!(wait > Duration::from_secs(89), "{name}: {wait:?}");
+        }
     }
 
     #[test]
