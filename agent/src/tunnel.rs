@@ -438,13 +438,24 @@ async fn establish(
         Ok(Ok(handle)) => handle,
     };
     at("waiting for the answer to authentication");
-    let auth = handle
+    let auth = match handle
         .authenticate_password(SSH_USER, config.token.expose())
         .await
-        .map_err(|e| TunnelError::SessionLost(format!("during authentication: {e}")))?;
+    {
+        Ok(auth) => auth,
+        // The session ended before the relay answered (russh patch 14): no refusal.
+        Err(e) => {
+            return Err(
+                ended_under(&handle, shared, "during authentication").unwrap_or_else(|| {
+                    TunnelError::SessionLost(format!("during authentication: {e}"))
+                }),
+            );
+        }
+    };
+    // A refusal is said before the session ends (russh itself ends it, with no method
+    // left to try), so whether it is still up says nothing here.
     if !auth.success() {
-        return Err(ended_under(&handle, shared, "during authentication")
-            .unwrap_or(TunnelError::TokenRefused));
+        return Err(TunnelError::TokenRefused);
     }
     at("asking for the reverse forward");
     if let Err(e) = handle.tcpip_forward(FORWARD_ADDRESS, 0).await {
@@ -637,10 +648,10 @@ async fn next_ending(
 }
 
 /// A setup step that failed because the session ended under it (the relay stopping, its
-/// authentication timeout, a reset link): russh answers a step the session ended under
-/// as the step's own failure (an authentication "refused"), which the agent would take
-/// for a refused token and retry slowly. The session ends before russh gives that
-/// answer, and the disconnect's words are kept by then.
+/// authentication timeout, a reset link): russh answers a forward or channel request the
+/// session ended under as the request's own failure, and the disconnect's words say what
+/// happened. The session ends before russh gives that answer, and the words are kept by
+/// then.
 fn ended_under(
     handle: &russh::client::Handle<AgentSsh>,
     shared: &Shared,

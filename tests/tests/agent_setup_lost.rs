@@ -4,14 +4,18 @@
 //! log "the relay refused the access token" and wait 15–30 s before every attempt.
 //!
 //! The relay here is russh's own server on 127.0.0.1, with a host key the agent pins,
-//! ending each session as the agent's password arrives, without an answer.
+//! ending each session as the agent's password arrives, without an answer. And the other
+//! way round: a real relay's refusal, after which russh itself ends the session (no
+//! method left to try), is still a refused token, retried slowly.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::{Result, ensure};
-use postern_tests::harness::{AgentProcess, Bins, reconnect_delays, unknown_token};
+use postern_tests::harness::{
+    AgentProcess, Bins, RelayProcess, agent_config, reconnect_delays, unknown_token,
+};
 use postern_tests::relay_support::eventually;
 use postern_tests::temp::TempDir;
 use russh::keys::ssh_key::private::Ed25519Keypair;
@@ -93,6 +97,43 @@ async fn a_session_lost_during_login_is_not_a_refused_token() -> Result<()> {
     ensure!(
         delays.first().is_some_and(|d| *d < Duration::from_secs(15)),
         "the first wait was a refused token's: {delays:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_the_relay_refuses_is_a_refused_token() -> Result<()> {
+    let bins: Bins = postern_tests::bins!();
+    let dir = TempDir::new("agent-refused-token")?;
+    let relay = RelayProcess::start(
+        &bins,
+        &dir.path().join("relay"),
+        "127.0.0.1:0",
+        "127.0.0.1:0",
+    )?;
+    let config = dir.write_private(
+        "agent.toml",
+        &agent_config(relay.ssh, &relay.fingerprint, &unknown_token(), ""),
+    )?;
+    let mut agent = AgentProcess::start(&bins, &config)?;
+    let logs = agent.logs.clone();
+    eventually("the first reconnect", Duration::from_secs(14), || {
+        let logs = logs.clone();
+        async move { !reconnect_delays(&logs.so_far()).is_empty() }
+    })
+    .await?;
+    let logs = agent.logs.text();
+    agent.terminate()?;
+    ensure!(
+        logs.contains("refused the access token"),
+        "the agent did not say its token was refused:\n{logs}"
+    );
+    let delays = reconnect_delays(&logs);
+    ensure!(
+        delays
+            .first()
+            .is_some_and(|d| *d >= Duration::from_secs(15)),
+        "a refused token was retried at once: {delays:?}"
     );
     Ok(())
 }

@@ -474,12 +474,11 @@ impl<H: Handler> Handle<H> {
                         partial_success,
                     });
                 }
-                None => {
-                    return Ok(AuthResult::Failure {
-                        remaining_methods: MethodSet::empty(),
-                        partial_success: false,
-                    });
-                }
+                // postern patch 14: the session ended before the server answered (it
+                // stopped, timed the login out, the link broke). Read as a refusal, it
+                // could not be told from one, and a client that backs off on refusals
+                // waited as for a wrong password.
+                None => return Err(crate::Error::Disconnect),
                 _ => {}
             }
         }
