@@ -6,8 +6,8 @@ use std::process::Output;
 
 use anyhow::Result;
 use postern_tests::harness::{
-    Bins, agent_cli, agent_command, offline_agent_config, offline_init, output_text, stderr,
-    stdout, unknown_token,
+    Bins, agent_cli, agent_command, offline_agent_config, offline_init, offline_init_command,
+    output_text, stderr, stdout, unknown_token,
 };
 use postern_tests::temp::TempDir;
 
@@ -267,6 +267,92 @@ fn an_edit_of_a_broken_file_never_shows_its_line() -> Result<()> {
         );
         assert!(
             !said.contains(second.expose()) && !said.contains(&unknown_token()),
+            "{args:?}: {said}"
+        );
+        assert_eq!(std::fs::read_to_string(&config)?, text);
+    }
+    Ok(())
+}
+
+/// `--config` naming a folder (`/etc/postern`) is said to be one, by `init` with and
+/// without `--force` and by an edit: before 2026-12-07 `init` advised `--force`, which then
+/// said the file "changed while it was being read", as did every edit.
+#[test]
+fn a_folder_given_as_the_config_is_named_as_such() -> Result<()> {
+    let dir = TempDir::new("cli-edit-folder")?;
+    let folder = dir.path().join("etc-postern");
+    std::fs::create_dir(&folder)?;
+    let outs = [
+        offline_init(&bins(), &folder, "127.0.0.1:1", &unknown_token())?,
+        offline_init_command(
+            &bins(),
+            &folder,
+            "127.0.0.1:1",
+            &unknown_token(),
+            &["--force"],
+        )
+        .output()?,
+        agent_cli(
+            &bins(),
+            &folder,
+            &["connection", "add", "o", "--base-uri", "http://127.0.0.1:9"],
+        )?,
+    ];
+    for out in outs {
+        assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
+        let said = stderr(&out);
+        assert!(
+            said.contains("is a folder: --config takes the config file's path (such as ")
+                && said.contains("etc-postern/agent.toml)"),
+            "{said}"
+        );
+    }
+    assert_eq!(
+        std::fs::read_dir(&folder)?.count(),
+        0,
+        "nothing was written"
+    );
+    Ok(())
+}
+
+/// An edit of a file that does not load as it is (an unknown key in another connection)
+/// says so, with the file's own line: before 2026-12-07 it said the edit would not parse,
+/// with the line in the edited text.
+#[test]
+fn an_edit_of_a_file_that_does_not_load_says_the_file_does_not() -> Result<()> {
+    let dir = TempDir::new("cli-edit-typo")?;
+    let text = offline_agent_config(
+        "127.0.0.1:1",
+        "\n[connections.plain]\nbase_uri = \"http://127.0.0.1:9/a\"\n\n[connections.hs]\nbase_url = \"http://127.0.0.1:9/b\"\n",
+    );
+    let line = text
+        .lines()
+        .position(|l| l.starts_with("base_url"))
+        .map(|i| i + 1)
+        .unwrap_or_default();
+    let config = dir.write_private("agent.toml", &text)?;
+    for args in [
+        &[
+            "connection",
+            "add",
+            "xx",
+            "--base-uri",
+            "http://127.0.0.1:9/x",
+        ][..],
+        &["connection", "remove", "plain"][..],
+    ] {
+        let out = agent_cli(&bins(), &config, args)?;
+        let said = stderr(&out);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{args:?}: {}",
+            output_text(&out)
+        );
+        assert!(
+            said.contains("does not load as it is, so no edit can be checked; fix it first")
+                && said.contains(&format!("at line {line}, column 1"))
+                && said.contains("base_url"),
             "{args:?}: {said}"
         );
         assert_eq!(std::fs::read_to_string(&config)?, text);

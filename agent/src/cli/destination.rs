@@ -42,6 +42,7 @@ impl Destination {
         };
         let link = match std::fs::symlink_metadata(path) {
             Ok(meta) if meta.file_type().is_symlink() => meta,
+            Ok(meta) if meta.is_dir() => return Err(a_folder(path)),
             Ok(_) => return Ok(plain()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(plain()),
             Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
@@ -110,6 +111,9 @@ impl Destination {
             Err(e) => return Err(e).with_context(|| format!("reading {}", self.file.display())),
         };
         let meta = file.metadata()?;
+        if meta.is_dir() {
+            return Err(a_folder(&self.file));
+        }
         if !meta.is_file() || self.owner.is_some_and(|owner| owner != meta.uid()) {
             bail!(
                 "{} changed while it was being read (it is not the file it was); nothing was written",
@@ -177,4 +181,13 @@ pub(super) fn user(uid: u32) -> String {
         Some(name) => format!("{name} (uid {uid})"),
         None => format!("uid {uid}"),
     }
+}
+
+/// `--config` naming a folder (`/etc/postern` for `/etc/postern/agent.toml`), a common slip.
+pub(super) fn a_folder(path: &Path) -> anyhow::Error {
+    anyhow::anyhow!(
+        "{} is a folder: --config takes the config file's path (such as {}); nothing was written",
+        path.display(),
+        path.join("agent.toml").display()
+    )
 }

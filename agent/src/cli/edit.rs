@@ -126,7 +126,21 @@ pub(super) fn save(path: &Path, editing: &Editing) -> Result<PathBuf> {
 
 /// `save`'s validation of `text`, the new content of `path`, which held `before`.
 pub(super) fn check(path: &Path, before: &str, text: &str) -> Result<()> {
-    let after = problems(text, path).context("the edited config would not parse")?;
+    let after = match problems(text, path) {
+        Ok(after) => after,
+        // A file that did not load before the edit either: the edit did not break it, and
+        // the error (its line) is the file's, not the edited text's.
+        Err(e) => {
+            let Err(as_it_is) = problems(before, path) else {
+                return Err(e).context("the edited config would not parse");
+            };
+            let why = format!(
+                "{} does not load as it is, so no edit can be checked; fix it first (`postern config check` says where); nothing was written",
+                path.display()
+            );
+            return Err(as_it_is).context(why);
+        }
+    };
     let (unchecked, after): (Vec<String>, Vec<String>) = after
         .into_iter()
         .partition(|p| crate::config::is_unset_variable(p));

@@ -52,6 +52,9 @@ pub(crate) fn init(
     token_file: Option<&Path>,
     force: bool,
 ) -> Result<()> {
+    if path.is_dir() {
+        return Err(super::destination::a_folder(path));
+    }
     if path.exists() && !force {
         bail!(
             "{} exists already; pass --force to replace it",
