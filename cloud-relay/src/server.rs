@@ -149,6 +149,8 @@ pub async fn run_with(
         error,
     })?;
     let _state_lock = crate::state_lock::hold(&config.state_dir)?;
+    let key_file = config.state_dir.join(host_key::HOST_KEY_FILE);
+    let key_was_there = key_file.exists();
     let host_key = host_key::load_or_create(&config.state_dir)?;
     let fingerprint = host_key::fingerprint(&host_key);
     // `load_or_create` has made the state folder (or narrowed it) already.
@@ -162,6 +164,19 @@ pub async fn run_with(
     if store.read_only() {
         let file = db.display().to_string();
         error!(%file, "the store is read-only to this user: calls are served, but agents and API keys cannot be created, revoked or rotated; give the file, its -wal and -shm files and its folder to the user the relay runs as (chown), mode 0600, or mount its disk read-write, and restart (under the packaged unit a state_dir outside /var/lib/postern-relay also needs ReadWritePaths= in a drop-in: systemctl edit postern-relay)");
+    }
+    // A key made now beside agents already enrolled (a store restored or moved without its
+    // key): each of them has the old one pinned, and refuses this relay until re-pinned.
+    if !key_was_there {
+        let enrolled = crate::store::Store::list_agents(&store).map_or(0, |agents| agents.len());
+        if enrolled > 0 {
+            error!(
+                key = %key_file.display(),
+                %fingerprint,
+                enrolled,
+                "the host key was missing and a new one was made, but this store has agents enrolled: those that pinned the key that was here refuse this relay until each is given the new fingerprint (relay_fingerprint); if the key was lost (the store restored or moved without it), stop the relay and put the old key back from a backup"
+            );
+        }
     }
     let store = Arc::new(store);
     let grace = config.shutdown_grace;

@@ -3,7 +3,7 @@
 //! of its two addresses it could not listen on.
 
 use anyhow::Result;
-use postern_tests::harness::{Bins, relay_cli_output, stderr};
+use postern_tests::harness::{Bins, RelayProcess, create_agent, relay_cli_output, stderr};
 use postern_tests::temp::TempDir;
 
 fn bins() -> Bins {
@@ -106,5 +106,32 @@ fn a_second_relay_on_the_same_state_folder_is_refused() -> Result<()> {
     let mut answer = String::new();
     health.read_to_string(&mut answer)?;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    Ok(())
+}
+
+/// A host key made beside agents already enrolled (the store restored or moved without
+/// its key) is said loudly: each agent that pinned the old key refuses the relay. Before
+/// 2026-12-07 `serve` made the new key without a word. A first start says nothing.
+#[test]
+fn a_new_host_key_beside_enrolled_agents_is_said() -> Result<()> {
+    const SAID: &str =
+        "the host key was missing and a new one was made, but this store has agents enrolled";
+    let dir = TempDir::new("relay-new-key")?;
+    let state = dir.path().join("state");
+    let mut first = RelayProcess::start(&bins(), &state, "127.0.0.1:0", "127.0.0.1:0")?;
+    create_agent(&bins(), &state, "pinned")?;
+    first.terminate()?;
+    assert!(!first.logs.contains(SAID), "{}", first.logs.text());
+    std::fs::remove_file(state.join("ssh_host_ed25519_key"))?;
+    let mut second = RelayProcess::start(&bins(), &state, "127.0.0.1:0", "127.0.0.1:0")?;
+    second
+        .logs
+        .wait_for(SAID, std::time::Duration::from_secs(10))?;
+    assert_ne!(second.fingerprint, first.fingerprint);
+    assert!(
+        second.logs.contains(&second.fingerprint),
+        "the new fingerprint is named"
+    );
+    second.terminate()?;
     Ok(())
 }
