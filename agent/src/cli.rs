@@ -254,19 +254,24 @@ fn run(cli: Cli) -> Result<ExitCode> {
             crate::call_table::CallTable::new(Default::default())
                 .build(&config.connections)
                 .with_context(|| format!("loading {}", path.display()))?;
-            out::stdout(|out| {
-                writeln!(
-                    out,
-                    "{}: ok — relays {}, {} connection(s): {}",
-                    path.display(),
-                    config.relays.join(", "),
-                    config.connections.len(),
+            let connections = match config.connections.len() {
+                0 => "no connections yet".to_owned(),
+                n => format!(
+                    "{n} connection(s): {}",
                     config
                         .connections
                         .keys()
                         .cloned()
                         .collect::<Vec<_>>()
                         .join(", ")
+                ),
+            };
+            out::stdout(|out| {
+                writeln!(
+                    out,
+                    "{}: ok — relays {}, {connections}",
+                    path.display(),
+                    config.relays.join(", "),
                 )
             })?;
             Ok(ExitCode::SUCCESS)

@@ -89,6 +89,10 @@ pub async fn run_with_hangup(
             };
             tasks.spawn(server.serve(bound, socket, shutdown.clone(), tunnel_done.clone()));
         }
+        // Most likely this config run twice: the two take the session from each other.
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            warn!(socket = %socket.display(), error = %e, "status socket unavailable: another agent runs with this status_socket, most likely with this very config; two agents with one token take the relay session from each other, and `postern status` and `postern reload` reach only the other one: stop one of them (or give each its own config, token and status_socket)")
+        }
         Err(e) => {
             warn!(socket = %socket.display(), error = %e, "status socket unavailable; `postern status` and `postern reload` will not answer")
         }

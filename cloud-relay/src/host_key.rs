@@ -178,7 +178,10 @@ pub fn load(state_dir: &Path) -> Result<PrivateKey, HostKeyError> {
         .permissions()
         .mode();
     if mode & 0o077 != 0 {
-        return Err(HostKeyError::Permissions { path, mode });
+        return Err(HostKeyError::Permissions {
+            path,
+            mode: mode & 0o7777,
+        });
     }
     let key = PrivateKey::from_openssh(text).map_err(|error| HostKeyError::Parse {
         path: path.clone(),

@@ -46,6 +46,16 @@ pub enum TokenError {
         noun: &'static str,
         prefix: &'static str,
     },
+    /// The other kind, given for this one: an easy slip, as both come from the relay.
+    #[error(
+        "{noun} must start with {prefix:?}, and this is an {other} ({other_prefix}…): the relay gives agents access tokens (`postern-relay agent create`) and the platform API keys"
+    )]
+    OtherKind {
+        noun: &'static str,
+        prefix: &'static str,
+        other: &'static str,
+        other_prefix: &'static str,
+    },
     #[error("{noun} has {found} characters, expected {expected}")]
     Length {
         noun: &'static str,
@@ -82,6 +92,18 @@ impl SecretToken {
         let noun = kind.noun();
         let text = text.trim();
         let Some(rest) = text.strip_prefix(kind.prefix()) else {
+            let other = match kind {
+                SecretKind::AgentToken => SecretKind::ApiKey,
+                SecretKind::ApiKey => SecretKind::AgentToken,
+            };
+            if text.starts_with(other.prefix()) {
+                return Err(TokenError::OtherKind {
+                    noun,
+                    prefix: kind.prefix(),
+                    other: other.noun(),
+                    other_prefix: other.prefix(),
+                });
+            }
             return Err(TokenError::Prefix {
                 noun,
                 prefix: kind.prefix(),
@@ -193,8 +215,25 @@ mod tests {
             SecretToken::parse(SecretKind::AgentToken, &text[..text.len() - 1]),
             Err(TokenError::Length { .. })
         ));
+        // The other kind is named as such, both ways.
+        let swapped = SecretToken::parse(SecretKind::ApiKey, text).map(|_| ());
+        assert!(
+            matches!(swapped, Err(TokenError::OtherKind { .. })),
+            "{swapped:?}"
+        );
+        let key = sample(SecretKind::ApiKey);
+        let said = SecretToken::parse(SecretKind::AgentToken, key.expose())
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            said.starts_with(
+                "access token must start with \"pst_\", and this is an API key (psk_…)"
+            ),
+            "{said}"
+        );
         assert!(matches!(
-            SecretToken::parse(SecretKind::ApiKey, text),
+            SecretToken::parse(SecretKind::AgentToken, "ghp_abc"),
             Err(TokenError::Prefix { .. })
         ));
         let bad_char = format!("{}!{}", &text[..8], &text[9..]);

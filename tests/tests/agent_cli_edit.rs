@@ -360,6 +360,161 @@ fn an_edit_of_a_file_that_does_not_load_says_the_file_does_not() -> Result<()> {
     Ok(())
 }
 
+/// The key an algorithm signs with is asked for in `connection add`'s own options: before
+/// 2026-12-07 the config's check answered `auth.secret: set one of auth.secret, …` (keys
+/// `add` has no option for) or `remove secret*`.
+#[test]
+fn key_options_are_asked_for_in_the_command_lines_words() -> Result<()> {
+    let dir = TempDir::new("cli-edit-keys")?;
+    let config = dir.write_private("agent.toml", &offline_agent_config("127.0.0.1:1", ""))?;
+    let before = std::fs::read_to_string(&config)?;
+    let add = |extra: &[&str]| {
+        let mut args = vec![
+            "connection",
+            "add",
+            "k",
+            "--base-uri",
+            "http://127.0.0.1:9",
+            "--auth",
+            "jwt_bearer",
+        ];
+        args.extend_from_slice(extra);
+        agent_cli(&bins(), &config, &args)
+    };
+    for (extra, said) in [
+        (
+            &["--algorithm", "HS256"][..],
+            "--algorithm HS256 signs with a shared secret: give --secret-file or --secret-env",
+        ),
+        (
+            &["--algorithm", "RS256", "--secret-file", "s"][..],
+            "--algorithm RS256 signs with a private key: drop --secret-file, give --private-key-file or --private-key-env",
+        ),
+        (
+            &["--algorithm", "ES256", "--secret-env", "S"][..],
+            "drop --secret-env, give --private-key-file",
+        ),
+        (
+            &[
+                "--algorithm",
+                "HS512",
+                "--secret-env",
+                "S",
+                "--private-key-env",
+                "K",
+            ][..],
+            "--algorithm HS512 signs with a shared secret: drop --private-key-env",
+        ),
+    ] {
+        let out = add(extra)?;
+        assert_eq!(
+            out.status.code(),
+            Some(64),
+            "{extra:?}: {}",
+            output_text(&out)
+        );
+        assert!(stderr(&out).contains(said), "{extra:?}: {}", stderr(&out));
+        assert_eq!(std::fs::read_to_string(&config)?, before);
+    }
+    Ok(())
+}
+
+/// A relative key path given from the shell's folder (as completion gives it) is said to
+/// be taken from the config's folder: before 2026-12-07 the refusal said only that
+/// `conf/conf/rs.pem` could not be read.
+#[test]
+fn a_key_path_from_the_shells_folder_is_said_to_be_the_configs() -> Result<()> {
+    let dir = TempDir::new("cli-edit-relative")?;
+    std::fs::create_dir(dir.path().join("conf"))?;
+    let config = dir.write_private("conf/agent.toml", &offline_agent_config("127.0.0.1:1", ""))?;
+    let key = postern_tests::keys::rsa_2048()?;
+    dir.write_private("conf/rs.pem", &key.private_pem)?;
+    let out = agent_command(
+        &bins(),
+        &config,
+        &[
+            "connection",
+            "add",
+            "r",
+            "--base-uri",
+            "http://127.0.0.1:9",
+            "--auth",
+            "jwt_bearer",
+            "--algorithm",
+            "RS256",
+            "--private-key-file",
+            "conf/rs.pem",
+        ],
+    )
+    .current_dir(dir.path())
+    .output()?;
+    assert_eq!(out.status.code(), Some(64), "{}", output_text(&out));
+    assert!(
+        stderr(&out).contains(
+            "--private-key-file conf/rs.pem: a relative path is taken from the config's folder ("
+        ),
+        "{}",
+        stderr(&out)
+    );
+    // From the config's folder, the same file is taken.
+    let out = agent_cli(
+        &bins(),
+        &config,
+        &[
+            "connection",
+            "add",
+            "r",
+            "--base-uri",
+            "http://127.0.0.1:9",
+            "--auth",
+            "jwt_bearer",
+            "--algorithm",
+            "RS256",
+            "--private-key-file",
+            "rs.pem",
+        ],
+    )?;
+    assert!(out.status.success(), "{}", output_text(&out));
+    Ok(())
+}
+
+/// A public key given for the private key is said to be one, not first to be chmodded:
+/// it is rightly readable by all, and `chmod 600` would not make it sign.
+#[test]
+fn a_public_key_for_the_private_key_is_named_before_its_mode() -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new("cli-edit-public")?;
+    let config = dir.write_private("agent.toml", &offline_agent_config("127.0.0.1:1", ""))?;
+    let key = postern_tests::keys::rsa_2048()?;
+    let public = dir.write_private("rs.pub", &key.public_pem)?;
+    std::fs::set_permissions(&public, std::fs::Permissions::from_mode(0o644))?;
+    let out = agent_cli(
+        &bins(),
+        &config,
+        &[
+            "connection",
+            "add",
+            "p",
+            "--base-uri",
+            "http://127.0.0.1:9",
+            "--auth",
+            "jwt_bearer",
+            "--algorithm",
+            "RS256",
+            "--private-key-file",
+            "rs.pub",
+        ],
+    )?;
+    let said = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
+    assert!(
+        said.contains("holds a public key, not a private key, and cannot sign")
+            && !said.contains("chmod"),
+        "{said}"
+    );
+    Ok(())
+}
+
 /// An encrypted key is added with its passphrase's file, from the command line as for
 /// any other key, and signs: before, `connection add` had no option for it.
 #[test]

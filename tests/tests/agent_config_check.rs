@@ -255,3 +255,19 @@ fn a_wrong_value_in_an_auth_table_is_placed_at_its_key() -> Result<()> {
     }
     Ok(())
 }
+
+/// A config without connections checks out as such: before 2026-12-07 the line ended
+/// "0 connection(s): ", with nothing after it.
+#[test]
+fn a_config_without_connections_says_it_has_none() -> Result<()> {
+    let dir = TempDir::new("cfgcheck-none")?;
+    let config = dir.write_private("agent.toml", &offline_agent_config("127.0.0.1:1", ""))?;
+    let (code, said) = run(&config, &["config", "check"])?;
+    assert_eq!(code, Some(0), "{said}");
+    assert!(
+        said.trim_end()
+            .ends_with("ok — relays 127.0.0.1:1, no connections yet"),
+        "{said}"
+    );
+    Ok(())
+}

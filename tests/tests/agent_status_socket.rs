@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use postern_tests::harness::{
-    AgentProcess, Bins, agent_cli, agent_command, offline_agent_config, stderr,
+    AgentProcess, Bins, agent_cli, agent_command, offline_agent_config, stderr, wait_status_answers,
 };
 use postern_tests::temp::TempDir;
 
@@ -38,6 +38,26 @@ fn a_file_that_is_not_a_socket_is_never_replaced() -> Result<()> {
         std::fs::read_to_string(dir.path().join("precious.txt"))?,
         "keep me\n"
     );
+    Ok(())
+}
+
+/// The same config run twice: the second agent runs without the socket (the first keeps
+/// it, and its lock), and its log says what two agents with one token do to each other.
+#[test]
+fn a_second_agent_on_the_same_config_is_told_what_that_does() -> Result<()> {
+    let dir = TempDir::new("status-twice")?;
+    let config = agent_toml(&dir, "status_socket = \"agent.sock\"\n")?;
+    let mut first = AgentProcess::start(&bins(), &config)?;
+    wait_status_answers(&bins(), &config, &first)?;
+    let mut second = AgentProcess::start(&bins(), &config)?;
+    second.logs.wait_for(
+        "another agent runs with this status_socket, most likely with this very config",
+        Duration::from_secs(15),
+    )?;
+    // The first still answers on it.
+    second.terminate()?;
+    wait_status_answers(&bins(), &config, &first)?;
+    first.terminate()?;
     Ok(())
 }
 

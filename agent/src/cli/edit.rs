@@ -203,6 +203,93 @@ fn pairs(items: &[String], what: &str) -> Result<Vec<(String, String)>> {
         .collect()
 }
 
+/// The key options `algorithm` signs with, said in the command line's words (the config's
+/// own check would say `auth.secret: set one of auth.secret, …`, keys `add` has no option
+/// for). An algorithm postern does not know is left to that check, which lists them.
+fn key_options(new: &NewConnection, algorithm: &str) -> Result<()> {
+    let Ok(parsed) = algorithm.parse::<crate::jwt::Algorithm>() else {
+        return Ok(());
+    };
+    let secret = [
+        ("--secret-file", new.secret_file.is_some()),
+        ("--secret-env", new.secret_env.is_some()),
+        ("--secret-encoding", new.secret_encoding.is_some()),
+    ];
+    let key = [
+        ("--private-key-file", new.private_key_file.is_some()),
+        ("--private-key-env", new.private_key_env.is_some()),
+        (
+            "--private-key-passphrase-file",
+            new.private_key_passphrase_file.is_some(),
+        ),
+        (
+            "--private-key-passphrase-env",
+            new.private_key_passphrase_env.is_some(),
+        ),
+    ];
+    let given = |options: &[(&'static str, bool)]| -> Vec<&'static str> {
+        options
+            .iter()
+            .filter(|(_, g)| *g)
+            .map(|(o, _)| *o)
+            .collect()
+    };
+    let (wanted, unwanted, what, needs) = if parsed.is_hmac() {
+        (
+            new.secret_file.is_some() || new.secret_env.is_some(),
+            given(&key),
+            "a shared secret",
+            "--secret-file or --secret-env",
+        )
+    } else {
+        (
+            new.private_key_file.is_some() || new.private_key_env.is_some(),
+            given(&secret),
+            "a private key",
+            "--private-key-file or --private-key-env",
+        )
+    };
+    if !unwanted.is_empty() {
+        return Err(usage(format!(
+            "--algorithm {algorithm} signs with {what}: drop {}, give {needs}",
+            unwanted.join(", ")
+        )));
+    }
+    if !wanted {
+        return Err(usage(format!(
+            "--algorithm {algorithm} signs with {what}: give {needs}"
+        )));
+    }
+    Ok(())
+}
+
+/// A relative key or secret file is taken from the config's folder, as the config takes
+/// it; one given from the shell's folder (completion) is said to be, before the config's
+/// check says it cannot read `folder/folder/key.pem`.
+fn files_from_the_config_folder(path: &Path, new: &NewConnection) -> Result<()> {
+    let folder = crate::config::folder_of(path);
+    for (option, file) in [
+        ("--private-key-file", &new.private_key_file),
+        (
+            "--private-key-passphrase-file",
+            &new.private_key_passphrase_file,
+        ),
+        ("--secret-file", &new.secret_file),
+    ] {
+        let Some(file) = file.as_deref().map(Path::new) else {
+            continue;
+        };
+        if file.is_relative() && !folder.join(file).exists() && file.exists() {
+            return Err(usage(format!(
+                "{option} {}: a relative path is taken from the config's folder ({}), where there is no such file; give the file's full path, or its path from that folder",
+                file.display(),
+                folder.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
 pub(crate) fn add(path: &Path, new: NewConnection) -> Result<()> {
     // The command line first: a mistake in it is said before any file is read.
     let jwt_options = [
@@ -246,8 +333,12 @@ pub(crate) fn add(path: &Path, new: NewConnection) -> Result<()> {
             names.join(", ")
         )));
     }
+    if let Some(algorithm) = new.algorithm.as_deref() {
+        key_options(&new, algorithm)?;
+    }
     let headers = pairs(&new.headers, "header")?;
     let payload = pairs(&new.payload, "payload")?;
+    files_from_the_config_folder(path, &new)?;
     let mut editing = open(path)?;
     // Made here, it needs no `[connections]` line of its own; the file's own one (and the
     // comments above it) stays.

@@ -232,6 +232,9 @@ fn key_material(
                 "auth: {algorithm:?} signs with a private key; remove secret*"
             ));
         }
+        if let Some(file) = &jwt.private_key_file {
+            not_a_public_pem(&base_dir.join(file))?;
+        }
         let pem = one_secret(
             "auth.private_key",
             jwt.private_key.as_deref(),
@@ -488,6 +491,29 @@ fn whole_seconds(what: &str, text: &str) -> Result<Duration, String> {
         ));
     }
     Ok(d)
+}
+
+/// A public key or a certificate given for the private key is said to be one before the
+/// file's mode is: such a file is rightly readable by all, and `chmod 600` would not make
+/// it sign.
+fn not_a_public_pem(path: &Path) -> Result<(), String> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(());
+    };
+    if text.contains("PRIVATE KEY") {
+        return Ok(());
+    }
+    let holds = if text.contains("-----BEGIN CERTIFICATE-----") {
+        "a certificate"
+    } else if text.contains("PUBLIC KEY-----") {
+        "a public key"
+    } else {
+        return Ok(());
+    };
+    Err(format!(
+        "auth.private_key_file: {} holds {holds}, not a private key, and cannot sign: give the private key's PEM",
+        path.display()
+    ))
 }
 
 #[cfg(test)]

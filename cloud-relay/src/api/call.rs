@@ -242,11 +242,17 @@ pub(super) fn serving(
     let Some(name) = live.serving(connection) else {
         return Err(ApiError::new(
             ErrorCode::UnknownConnection,
-            format!(
-                "agent {:?} has no connection {connection:?} (it serves: {})",
-                record.name,
-                live.connections().join(", ")
-            ),
+            match live.connections().as_slice() {
+                [] => format!(
+                    "agent {:?} has no connection {connection:?} (it serves none yet)",
+                    record.name
+                ),
+                served => format!(
+                    "agent {:?} has no connection {connection:?} (it serves: {})",
+                    record.name,
+                    served.join(", ")
+                ),
+            },
         ));
     };
     Ok((live, name))
