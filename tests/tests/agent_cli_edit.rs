@@ -357,6 +357,9 @@ fn an_edit_of_a_file_that_does_not_load_says_the_file_does_not() -> Result<()> {
         );
         assert_eq!(std::fs::read_to_string(&config)?, text);
     }
+    // An edit that mends it goes through.
+    let out = agent_cli(&bins(), &config, &["connection", "remove", "hs"])?;
+    assert!(out.status.success(), "{}", output_text(&out));
     Ok(())
 }
 
@@ -414,6 +417,12 @@ fn key_options_are_asked_for_in_the_command_lines_words() -> Result<()> {
             output_text(&out)
         );
         assert!(stderr(&out).contains(said), "{extra:?}: {}", stderr(&out));
+        // Never asked for an option it was given.
+        assert!(
+            !(extra.contains(&"--secret-env") && stderr(&out).contains("give --secret")),
+            "{extra:?}: {}",
+            stderr(&out)
+        );
         assert_eq!(std::fs::read_to_string(&config)?, before);
     }
     Ok(())

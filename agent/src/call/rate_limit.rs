@@ -27,9 +27,11 @@ pub struct Limiter {
     /// only with `state` locked, so a turn and the shift it was reckoned with agree.
     shift: watch::Sender<Duration>,
     /// The limiters a reload that changed the limit put before and after this one: calls
-    /// wait in both for a while, and an upstream's pause holds them all.
+    /// wait in both for a while, and an upstream's pause holds them all. The later one is
+    /// held, so that a limiter between two with calls, itself without, keeps the chain;
+    /// the earlier one is not, so nothing holds itself.
     before: Weak<Limiter>,
-    after: Mutex<Weak<Limiter>>,
+    after: Mutex<Option<Arc<Limiter>>>,
 }
 
 struct Bucket {
@@ -70,7 +72,7 @@ impl Limiter {
             }),
             shift: watch::Sender::new(Duration::ZERO),
             before: Weak::new(),
-            after: Mutex::new(Weak::new()),
+            after: Mutex::new(None),
         }
     }
 
@@ -82,7 +84,7 @@ impl Limiter {
     pub fn succeeded_by(self: &Arc<Self>, limit: Option<RateLimit>) -> Arc<Self> {
         let next = Arc::new(self.following(limit));
         if let Ok(mut after) = self.after.lock() {
-            *after = Arc::downgrade(&next);
+            *after = Some(next.clone());
         }
         next
     }
@@ -112,7 +114,7 @@ impl Limiter {
             }),
             shift: watch::Sender::new(Duration::ZERO),
             before: Arc::downgrade(self),
-            after: Mutex::new(Weak::new()),
+            after: Mutex::new(None),
         }
     }
 
@@ -227,10 +229,10 @@ impl Limiter {
             limiter.pause_at(now, for_how_long);
             before = limiter.before.upgrade();
         }
-        let mut after = self.after.lock().ok().and_then(|a| a.upgrade());
+        let mut after = self.after.lock().ok().and_then(|a| a.clone());
         while let Some(limiter) = after {
             limiter.pause_at(now, for_how_long);
-            after = limiter.after.lock().ok().and_then(|a| a.upgrade());
+            after = limiter.after.lock().ok().and_then(|a| a.clone());
         }
         for_how_long.min(MAX_PAUSE)
     }
@@ -578,18 +580,23 @@ mod tests {
             burst: 5,
         }));
         let third = second.succeeded_by(None);
+        // The middle one has no calls left (only the first's and the third's remain).
+        let middle = Arc::downgrade(&second);
+        drop(second);
         // Told by a call that began before the reloads.
         first.pause(Duration::from_secs(30));
-        for (name, l) in [("second", &second), ("third", &third)] {
-            let wait = wait_of(l, Instant::now(), Duration::from_secs(60)).expect("queued");
-            assert!(wait > Duration::from_secs(29), "{name}: {wait:?}");
-        }
+        let wait = wait_of(&third, Instant::now(), Duration::from_secs(60)).expect("queued");
+        assert!(wait > Duration::from_secs(29), "third: {wait:?}");
         // Told by a call after them, a longer one holds the calls waiting before them.
         third.pause(Duration::from_secs(90));
-        for (name, l) in [("first", &first), ("second", &second)] {
-            let wait = wait_of(l, Instant::now(), Duration::from_secs(120)).expect("queued");
-            assert!(wait > Duration::from_secs(89), "{name}: {wait:?}");
-        }
+        let wait = wait_of(&first, Instant::now(), Duration::from_secs(120)).expect("queued");
+        assert!(wait > Duration::from_secs(89), "first: {wait:?}");
+        // Nothing holds itself: the first gone, the rest go with it but the newest.
+        drop(first);
+        assert!(
+            middle.upgrade().is_none(),
+            "the middle one outlived the chain"
+        );
     }
 
     #[test]

@@ -119,6 +119,17 @@ pub(super) fn open(path: &Path) -> Result<Editing> {
 /// shell. Those are named as not checked.
 pub(super) fn save(path: &Path, editing: &Editing) -> Result<PathBuf> {
     let text = editing.doc.to_string();
+    // A file that did not load before the edit either: the edit did not break it, and the
+    // error (its line) is the file's, not the edited text's. (An edit that mends it, such
+    // as removing the broken connection, goes through.)
+    if let (Err(_), Err(as_it_is)) = (ConfigFile::parse(&text), ConfigFile::parse(&editing.before))
+    {
+        let why = format!(
+            "{} does not load as it is, so no edit can be checked; fix it first (`postern config check` says where); nothing was written",
+            path.display()
+        );
+        return Err(anyhow::Error::new(as_it_is)).context(why);
+    }
     check(path, &editing.before, &text)?;
     editing.destination.write(&text)?;
     Ok(editing.destination.file.clone())
@@ -126,21 +137,7 @@ pub(super) fn save(path: &Path, editing: &Editing) -> Result<PathBuf> {
 
 /// `save`'s validation of `text`, the new content of `path`, which held `before`.
 pub(super) fn check(path: &Path, before: &str, text: &str) -> Result<()> {
-    let after = match problems(text, path) {
-        Ok(after) => after,
-        // A file that did not load before the edit either: the edit did not break it, and
-        // the error (its line) is the file's, not the edited text's.
-        Err(e) => {
-            let Err(as_it_is) = problems(before, path) else {
-                return Err(e).context("the edited config would not parse");
-            };
-            let why = format!(
-                "{} does not load as it is, so no edit can be checked; fix it first (`postern config check` says where); nothing was written",
-                path.display()
-            );
-            return Err(as_it_is).context(why);
-        }
-    };
+    let after = problems(text, path).context("the edited config would not parse")?;
     let (unchecked, after): (Vec<String>, Vec<String>) = after
         .into_iter()
         .partition(|p| crate::config::is_unset_variable(p));
@@ -250,8 +247,13 @@ fn key_options(new: &NewConnection, algorithm: &str) -> Result<()> {
         )
     };
     if !unwanted.is_empty() {
+        let give = if wanted {
+            String::new()
+        } else {
+            format!(", give {needs}")
+        };
         return Err(usage(format!(
-            "--algorithm {algorithm} signs with {what}: drop {}, give {needs}",
+            "--algorithm {algorithm} signs with {what}: drop {}{give}",
             unwanted.join(", ")
         )));
     }
