@@ -149,13 +149,25 @@ impl AuthThrottle {
     }
 
     fn former_token_at(&self, ip: IpAddr, now: Instant) {
-        self.record(ip, now, |f, now| {
-            (
-                f.former.add(now),
-                FORMER_BLOCK_AFTER,
-                "refusals of rotated or revoked tokens",
-            )
-        });
+        self.toward_ceiling(
+            ip,
+            now,
+            |f| &mut f.former,
+            FORMER_BLOCK_AFTER,
+            "refusals of rotated or revoked tokens",
+        );
+    }
+
+    /// Counts one event in the burst `kind` picks, towards its own `ceiling`.
+    fn toward_ceiling(
+        &self,
+        ip: IpAddr,
+        now: Instant,
+        kind: fn(&mut Failures) -> &mut Burst,
+        ceiling: u32,
+        what: &'static str,
+    ) {
+        self.record(ip, now, |f, now| (kind(f).add(now), ceiling, what));
     }
 
     /// Records a connection that ended before it tried to log in, or brought no session
@@ -165,13 +177,13 @@ impl AuthThrottle {
     }
 
     fn hangup_at(&self, ip: IpAddr, now: Instant) {
-        self.record(ip, now, |f, now| {
-            (
-                f.hangups.add(now),
-                HANGUP_BLOCK_AFTER,
-                "connections that brought no session",
-            )
-        });
+        self.toward_ceiling(
+            ip,
+            now,
+            |f| &mut f.hangups,
+            HANGUP_BLOCK_AFTER,
+            "connections that brought no session",
+        );
     }
 
     /// `count` records the event in the address's record and says how many of its kind

@@ -64,6 +64,33 @@ pub(crate) struct NewConnection {
     pub replace: bool,
 }
 
+impl NewConnection {
+    /// The private key's options, each with whether it was given.
+    fn key_options(&self) -> [(&'static str, bool); 4] {
+        [
+            ("--private-key-file", self.private_key_file.is_some()),
+            ("--private-key-env", self.private_key_env.is_some()),
+            (
+                "--private-key-passphrase-file",
+                self.private_key_passphrase_file.is_some(),
+            ),
+            (
+                "--private-key-passphrase-env",
+                self.private_key_passphrase_env.is_some(),
+            ),
+        ]
+    }
+
+    /// The shared secret's options, each with whether it was given.
+    fn secret_options(&self) -> [(&'static str, bool); 3] {
+        [
+            ("--secret-file", self.secret_file.is_some()),
+            ("--secret-env", self.secret_env.is_some()),
+            ("--secret-encoding", self.secret_encoding.is_some()),
+        ]
+    }
+}
+
 fn load(path: &Path) -> Result<DocumentMut> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
@@ -207,23 +234,7 @@ fn key_options(new: &NewConnection, algorithm: &str) -> Result<()> {
     let Ok(parsed) = algorithm.parse::<crate::jwt::Algorithm>() else {
         return Ok(());
     };
-    let secret = [
-        ("--secret-file", new.secret_file.is_some()),
-        ("--secret-env", new.secret_env.is_some()),
-        ("--secret-encoding", new.secret_encoding.is_some()),
-    ];
-    let key = [
-        ("--private-key-file", new.private_key_file.is_some()),
-        ("--private-key-env", new.private_key_env.is_some()),
-        (
-            "--private-key-passphrase-file",
-            new.private_key_passphrase_file.is_some(),
-        ),
-        (
-            "--private-key-passphrase-env",
-            new.private_key_passphrase_env.is_some(),
-        ),
-    ];
+    let (key, secret) = (new.key_options(), new.secret_options());
     let given = |options: &[(&'static str, bool)]| -> Vec<&'static str> {
         options
             .iter()
@@ -294,24 +305,15 @@ fn files_from_the_config_folder(path: &Path, new: &NewConnection) -> Result<()> 
 
 pub(crate) fn add(path: &Path, new: NewConnection) -> Result<()> {
     // The command line first: a mistake in it is said before any file is read.
-    let jwt_options = [
-        ("--algorithm", new.algorithm.is_some()),
-        ("--private-key-file", new.private_key_file.is_some()),
-        ("--private-key-env", new.private_key_env.is_some()),
-        (
-            "--private-key-passphrase-file",
-            new.private_key_passphrase_file.is_some(),
-        ),
-        (
-            "--private-key-passphrase-env",
-            new.private_key_passphrase_env.is_some(),
-        ),
-        ("--secret-file", new.secret_file.is_some()),
-        ("--secret-env", new.secret_env.is_some()),
-        ("--secret-encoding", new.secret_encoding.is_some()),
-        ("--header", !new.headers.is_empty()),
-        ("--payload", !new.payload.is_empty()),
-    ];
+    let jwt_options: Vec<(&str, bool)> = [("--algorithm", new.algorithm.is_some())]
+        .into_iter()
+        .chain(new.key_options())
+        .chain(new.secret_options())
+        .chain([
+            ("--header", !new.headers.is_empty()),
+            ("--payload", !new.payload.is_empty()),
+        ])
+        .collect();
     let given: Vec<&str> = jwt_options
         .iter()
         .filter(|(_, given)| *given)
