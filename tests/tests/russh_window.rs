@@ -169,6 +169,30 @@ async fn a_peer_within_the_window_sends_as_much_as_it_likes() -> Result<()> {
     Ok(())
 }
 
+/// A peer that closes a channel before it confirms it ends it there: the open fails, and
+/// the confirmation after it finds no channel, a protocol error that ends the session,
+/// where the channel used to stay open with no one to close it, for the session's life
+/// (vendor/russh/POSTERN-PATCH.md, item 13).
+#[tokio::test]
+async fn a_channel_closed_before_its_confirmation_is_not_kept_open() -> Result<()> {
+    let server = Server::start(WINDOW, Keep::Unread).await?;
+    let proxy = Proxy::start(server.addr, Some(Lie::CloseBeforeConfirming)).await?;
+    let agent = Client::connect(proxy.addr, WINDOW).await?;
+    let opened = tokio::time::timeout(ENDS_WITHIN, agent.handle.channel_open_session())
+        .await
+        .context("the open was never answered")?;
+    ensure!(
+        opened.is_err(),
+        "a channel closed before its confirmation opened"
+    );
+    let told = agent.disconnected(ENDS_WITHIN).await?;
+    ensure!(
+        told.contains("Inconsistent") || told.contains("inconsistent"),
+        "the session ended with {told:?}"
+    );
+    Ok(())
+}
+
 /// A channel this side closes, whose reader is gone, is let go at once: a peer that never
 /// answers the close (an agent against the relay's idle sweep, evictions and callers
 /// that leave) cannot make the session keep one queue per call for its whole life
@@ -460,6 +484,20 @@ enum Lie {
     /// The client's `CHANNEL_CLOSE` never reaches the server: a peer that does not answer
     /// a close.
     NoCloseReply,
+    /// The server's `CHANNEL_OPEN_CONFIRMATION` comes after a `CHANNEL_CLOSE` of the channel
+    /// it confirms: a peer that closes a channel before confirming it.
+    CloseBeforeConfirming,
+}
+
+/// What a pump changes in the packets going one way.
+#[derive(Clone, Copy, Default)]
+struct Edits {
+    /// Raises the window in these messages.
+    lie: Option<u8>,
+    /// Leaves these out.
+    kept_back: Option<u8>,
+    /// Sends a `CHANNEL_CLOSE` of the channel each confirmation confirms, before it.
+    close_before_confirming: bool,
 }
 
 /// The DISCONNECTs the proxy saw: from whom ("client" or "server"), reason code, description.
@@ -494,20 +532,24 @@ impl Proxy {
             let to_client =
                 matches!(lie, Some(Lie::OpenConfirmation)).then_some(MSG_CHANNEL_OPEN_CONFIRMATION);
             let kept_back = matches!(lie, Some(Lie::NoCloseReply)).then_some(MSG_CHANNEL_CLOSE);
+            let from_client = Edits {
+                lie: to_server,
+                kept_back,
+                close_before_confirming: false,
+            };
+            let from_server = Edits {
+                lie: to_client,
+                kept_back: None,
+                close_before_confirming: matches!(lie, Some(Lie::CloseBeforeConfirming)),
+            };
             tokio::spawn(pump(
                 "client",
                 client_read,
                 server_write,
-                (to_server, kept_back),
+                from_client,
                 seen.clone(),
             ));
-            tokio::spawn(pump(
-                "server",
-                server_read,
-                client_write,
-                (to_client, None),
-                seen,
-            ));
+            tokio::spawn(pump("server", server_read, client_write, from_server, seen));
         });
         Ok(Self { addr, disconnects })
     }
@@ -537,14 +579,20 @@ impl Proxy {
 
 /// Copies one direction: the identification line, then packets (`none` cipher and MAC:
 /// length, padding length, payload, padding), raising the window of each `lie` message
-/// and leaving out each `kept_back` one (without a MAC, nothing notices).
+/// and leaving out each `kept_back` one, or adding a close (without a MAC, nothing
+/// notices).
 async fn pump(
     from: &'static str,
     mut read: tokio::net::tcp::OwnedReadHalf,
     mut write: tokio::net::tcp::OwnedWriteHalf,
-    (lie, kept_back): (Option<u8>, Option<u8>),
+    edits: Edits,
     disconnects: Seen,
 ) -> Result<()> {
+    let Edits {
+        lie,
+        kept_back,
+        close_before_confirming,
+    } = edits;
     let mut line = Vec::new();
     while line.last() != Some(&b'\n') {
         line.push(read.read_u8().await?);
@@ -580,6 +628,14 @@ async fn pump(
             }
             (Some(kind), _) if Some(kind) == kept_back => continue,
             _ => {}
+        }
+        if close_before_confirming && payload.first() == Some(&MSG_CHANNEL_OPEN_CONFIRMATION) {
+            // The recipient's channel number, closed: length, padding length (6: the
+            // packet's 16 bytes a multiple of 8, and at least 4), message, channel, padding.
+            let mut close = vec![0, 0, 0, 12, 6, MSG_CHANNEL_CLOSE];
+            close.extend_from_slice(&payload[1..5]);
+            close.extend_from_slice(&[0; 6]);
+            write.write_all(&close).await?;
         }
         write.write_all(&len.to_be_bytes()).await?;
         write.write_all(&packet).await?;
