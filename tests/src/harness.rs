@@ -702,11 +702,14 @@ pub struct Api {
 
 impl Api {
     pub fn new(base: String, key: String) -> Self {
-        Self {
-            base,
-            key,
-            http: reqwest::Client::new(),
-        }
+        // The relay closes a kept-alive connection idle for `header_read_timeout` (10 s by
+        // default); a request sent on one just then meets the close (a reset). A client
+        // lets its idle connections go sooner, as any client of the relay should.
+        let http = reqwest::Client::builder()
+            .pool_idle_timeout(Duration::from_secs(5))
+            .build()
+            .unwrap_or_else(|_| reqwest::Client::new());
+        Self { base, key, http }
     }
 
     pub async fn agent(&self, agent: &str) -> Result<AgentInfo> {
