@@ -146,18 +146,21 @@ pub(super) fn open(path: &Path) -> Result<Editing> {
 /// shell. Those are named as not checked.
 pub(super) fn save(path: &Path, editing: &Editing) -> Result<PathBuf> {
     let text = editing.doc.to_string();
-    // A file that did not load before the edit either: the edit did not break it, and the
-    // error (its line) is the file's, not the edited text's. (An edit that mends it, such
-    // as removing the broken connection, goes through.)
-    if let (Err(_), Err(as_it_is)) = (ConfigFile::parse(&text), ConfigFile::parse(&editing.before))
-    {
-        let why = format!(
-            "{} does not load as it is, so no edit can be checked; fix it first (`postern config check` says where); nothing was written",
-            path.display()
-        );
-        return Err(anyhow::Error::new(as_it_is)).context(why);
+    if let Err(refused) = check(path, &editing.before, &text) {
+        // A file that did not load before the edit either: the edit did not break it, and
+        // the error (its line) is the file's, not the edited text's. (An edit that mends it,
+        // such as removing the broken connection, is not refused.)
+        if let (Err(_), Err(as_it_is)) =
+            (ConfigFile::parse(&text), ConfigFile::parse(&editing.before))
+        {
+            let why = format!(
+                "{} does not load as it is, so no edit can be checked; fix it first (`postern config check` says where); nothing was written",
+                path.display()
+            );
+            return Err(anyhow::Error::new(as_it_is)).context(why);
+        }
+        return Err(refused);
     }
-    check(path, &editing.before, &text)?;
     editing.destination.write(&text)?;
     Ok(editing.destination.file.clone())
 }

@@ -232,9 +232,6 @@ fn key_material(
                 "auth: {algorithm:?} signs with a private key; remove secret*"
             ));
         }
-        if let Some(file) = &jwt.private_key_file {
-            not_a_public_pem(&base_dir.join(file))?;
-        }
         let pem = one_secret(
             "auth.private_key",
             jwt.private_key.as_deref(),
@@ -243,7 +240,14 @@ fn key_material(
             base_dir,
             env,
         )
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| match e {
+            // Read only when its mode is refused: a public key or certificate is rightly
+            // readable by all, and `chmod 600` would not make it sign.
+            super::ConfigError::Permissions { ref path, .. } => {
+                public_pem(path).unwrap_or_else(|| e.to_string())
+            }
+            e => e.to_string(),
+        })?;
         let has_passphrase =
             jwt.private_key_passphrase_file.is_some() || jwt.private_key_passphrase_env.is_some();
         if !has_passphrase {
@@ -493,24 +497,20 @@ fn whole_seconds(what: &str, text: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-/// A public key or a certificate given for the private key is said to be one before the
-/// file's mode is: such a file is rightly readable by all, and `chmod 600` would not make
-/// it sign.
-fn not_a_public_pem(path: &Path) -> Result<(), String> {
-    let Ok(text) = std::fs::read_to_string(path) else {
-        return Ok(());
-    };
+/// What to say of a private key file that holds a public key or a certificate instead.
+fn public_pem(path: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
     if text.contains("PRIVATE KEY") {
-        return Ok(());
+        return None;
     }
     let holds = if text.contains("-----BEGIN CERTIFICATE-----") {
         "a certificate"
     } else if text.contains("PUBLIC KEY-----") {
         "a public key"
     } else {
-        return Ok(());
+        return None;
     };
-    Err(format!(
+    Some(format!(
         "auth.private_key_file: {} holds {holds}, not a private key, and cannot sign: give the private key's PEM",
         path.display()
     ))
