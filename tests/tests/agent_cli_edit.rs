@@ -15,6 +15,21 @@ fn bins() -> Bins {
     postern_tests::bins!()
 }
 
+/// `connection add NAME --base-uri http://127.0.0.1:9 --auth jwt_bearer`, then `extra`.
+fn add_jwt<'a>(name: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "connection",
+        "add",
+        name,
+        "--base-uri",
+        "http://127.0.0.1:9",
+        "--auth",
+        "jwt_bearer",
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
 #[test]
 fn jwt_bearer_without_an_algorithm_names_the_option() -> Result<()> {
     let dir = TempDir::new("cli-edit-alg")?;
@@ -371,19 +386,7 @@ fn key_options_are_asked_for_in_the_command_lines_words() -> Result<()> {
     let dir = TempDir::new("cli-edit-keys")?;
     let config = dir.write_private("agent.toml", &offline_agent_config("127.0.0.1:1", ""))?;
     let before = std::fs::read_to_string(&config)?;
-    let add = |extra: &[&str]| {
-        let mut args = vec![
-            "connection",
-            "add",
-            "k",
-            "--base-uri",
-            "http://127.0.0.1:9",
-            "--auth",
-            "jwt_bearer",
-        ];
-        args.extend_from_slice(extra);
-        agent_cli(&bins(), &config, &args)
-    };
+    let add = |extra: &[&str]| agent_cli(&bins(), &config, &add_jwt("k", extra));
     for (extra, said) in [
         (
             &["--algorithm", "HS256"][..],
@@ -438,25 +441,10 @@ fn a_key_path_from_the_shells_folder_is_said_to_be_the_configs() -> Result<()> {
     let config = dir.write_private("conf/agent.toml", &offline_agent_config("127.0.0.1:1", ""))?;
     let key = postern_tests::keys::rsa_2048()?;
     dir.write_private("conf/rs.pem", &key.private_pem)?;
-    let out = agent_command(
-        &bins(),
-        &config,
-        &[
-            "connection",
-            "add",
-            "r",
-            "--base-uri",
-            "http://127.0.0.1:9",
-            "--auth",
-            "jwt_bearer",
-            "--algorithm",
-            "RS256",
-            "--private-key-file",
-            "conf/rs.pem",
-        ],
-    )
-    .current_dir(dir.path())
-    .output()?;
+    let rs256 = |file| add_jwt("r", &["--algorithm", "RS256", "--private-key-file", file]);
+    let out = agent_command(&bins(), &config, &rs256("conf/rs.pem"))
+        .current_dir(dir.path())
+        .output()?;
     assert_eq!(out.status.code(), Some(64), "{}", output_text(&out));
     assert!(
         stderr(&out).contains(
@@ -466,23 +454,7 @@ fn a_key_path_from_the_shells_folder_is_said_to_be_the_configs() -> Result<()> {
         stderr(&out)
     );
     // From the config's folder, the same file is taken.
-    let out = agent_cli(
-        &bins(),
-        &config,
-        &[
-            "connection",
-            "add",
-            "r",
-            "--base-uri",
-            "http://127.0.0.1:9",
-            "--auth",
-            "jwt_bearer",
-            "--algorithm",
-            "RS256",
-            "--private-key-file",
-            "rs.pem",
-        ],
-    )?;
+    let out = agent_cli(&bins(), &config, &rs256("rs.pem"))?;
     assert!(out.status.success(), "{}", output_text(&out));
     Ok(())
 }
@@ -497,23 +469,8 @@ fn a_public_key_for_the_private_key_is_named_before_its_mode() -> Result<()> {
     let key = postern_tests::keys::rsa_2048()?;
     let public = dir.write_private("rs.pub", &key.public_pem)?;
     std::fs::set_permissions(&public, std::fs::Permissions::from_mode(0o644))?;
-    let out = agent_cli(
-        &bins(),
-        &config,
-        &[
-            "connection",
-            "add",
-            "p",
-            "--base-uri",
-            "http://127.0.0.1:9",
-            "--auth",
-            "jwt_bearer",
-            "--algorithm",
-            "RS256",
-            "--private-key-file",
-            "rs.pub",
-        ],
-    )?;
+    let rs256 = ["--algorithm", "RS256", "--private-key-file", "rs.pub"];
+    let out = agent_cli(&bins(), &config, &add_jwt("p", &rs256))?;
     let said = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
     assert!(
@@ -551,21 +508,17 @@ fn an_encrypted_key_is_added_with_its_passphrase() -> Result<()> {
     )?;
     dir.write_private("passphrase", "open sesame\n")?;
     let add = |extra: &[&str]| {
-        let mut args = vec![
-            "connection",
-            "add",
+        let mut args = add_jwt(
             "enc",
-            "--base-uri",
-            "http://127.0.0.1:9",
-            "--auth",
-            "jwt_bearer",
-            "--algorithm",
-            "ES256",
-            "--private-key-file",
-            "enc.pem",
-            "--payload",
-            "aud=x",
-        ];
+            &[
+                "--algorithm",
+                "ES256",
+                "--private-key-file",
+                "enc.pem",
+                "--payload",
+                "aud=x",
+            ],
+        );
         args.extend_from_slice(extra);
         agent_cli(&bins(), &config, &args)
     };

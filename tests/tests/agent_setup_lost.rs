@@ -13,10 +13,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::{Result, ensure};
-use postern_tests::harness::{
-    AgentProcess, Bins, RelayProcess, agent_config, reconnect_delays, unknown_token,
-};
-use postern_tests::relay_support::eventually;
+use postern_tests::harness::{AgentProcess, Bins, agent_config, reconnect_delays, unknown_token};
+use postern_tests::relay_support::{RelayWorld, eventually};
 use postern_tests::temp::TempDir;
 use russh::keys::ssh_key::private::Ed25519Keypair;
 use russh::keys::{HashAlg, PrivateKey};
@@ -104,13 +102,8 @@ async fn a_session_lost_during_login_is_not_a_refused_token() -> Result<()> {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_token_the_relay_refuses_is_a_refused_token() -> Result<()> {
     let bins: Bins = postern_tests::bins!();
-    let dir = TempDir::new("agent-refused-token")?;
-    let relay = RelayProcess::start(
-        &bins,
-        &dir.path().join("relay"),
-        "127.0.0.1:0",
-        "127.0.0.1:0",
-    )?;
+    let w = RelayWorld::start(bins.clone()).await?;
+    let (relay, dir) = (&w.relay, &w.dir);
     let config = dir.write_private(
         "agent.toml",
         &agent_config(relay.ssh, &relay.fingerprint, &unknown_token(), ""),
