@@ -170,17 +170,27 @@ pub async fn serve(
 struct PreAuth {
     closer: std::net::TcpStream,
     _slots: (OwnedSemaphorePermit, AddressSlot),
-    /// A login was tried and refused: the refusal was counted, so running out of time
-    /// afterwards (more tries, or its delay) is not counted again.
-    refused: bool,
-    /// A password (a token) came, whatever the answer: its end is not a hang-up.
-    tried: bool,
-    /// Its token is being looked up: time running out now is the relay's slowness (the
+    stage: Stage,
+}
+
+/// Where a connection's login stands, by its last token: what its end, or its running out
+/// of time, counts as. Once a token came, an end is no hang-up.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Stage {
+    /// No token yet: an end is a hang-up; running out of time, a failed login.
+    Waiting,
+    /// Its token is being looked up: running out of time now is the relay's slowness (the
     /// store, a reconnect rush), no guess of the peer's.
-    checking: bool,
-    /// Refused for its agent's connections (`agent_busy`): its silence until the
-    /// timeout, holding its places, counts towards the hang-ups' ceiling as well.
-    busy: bool,
+    Checking,
+    /// Refused without counting (a former token): silence until the timeout still
+    /// counts as a failed login.
+    Uncounted,
+    /// Refused and counted as a guess, or refused for the relay's own trouble (its store):
+    /// silence until the timeout adds nothing.
+    Settled,
+    /// Refused for its agent's connections (`agent_busy`): silence until the timeout,
+    /// holding its places, counts towards the hang-ups' ceiling as well.
+    Busy,
 }
 
 type PreAuthSlot = Arc<Mutex<Option<PreAuth>>>;
@@ -206,7 +216,7 @@ fn hung_up(ctx: &RelayContext, peer: SocketAddr, pre_auth: &PreAuthSlot) {
     let Some(pending) = take_pre_auth(pre_auth) else {
         return;
     };
-    if pending.tried {
+    if pending.stage != Stage::Waiting {
         return;
     }
     ctx.metrics.auth_failed("closed_before_login");
@@ -240,10 +250,7 @@ async fn run_connection(
     let pre_auth: PreAuthSlot = Arc::new(Mutex::new(Some(PreAuth {
         closer,
         _slots: slots,
-        refused: false,
-        tried: false,
-        checking: false,
-        busy: false,
+        stage: Stage::Waiting,
     })));
     let state = Arc::new(Mutex::new(None::<Registered>));
     let closing_reason = ClosingReason::default();
@@ -339,12 +346,11 @@ async fn run_connection(
                 // Whoever takes the slot decides: a login that succeeds takes it first,
                 // and one that finds it gone (the store answered too late) is refused.
                 if let Some(pending) = take_pre_auth(&pre_auth) {
-                    if pending.checking {
-                        ctx.metrics.auth_failed("timeout");
-                    } else if !pending.refused {
-                        silent_failure(&ctx, peer);
-                    } else if pending.busy && told_apart(peer.ip()) {
-                        ctx.throttle.hangup(peer.ip());
+                    match pending.stage {
+                        Stage::Checking => ctx.metrics.auth_failed("timeout"),
+                        Stage::Waiting | Stage::Uncounted => silent_failure(&ctx, peer),
+                        Stage::Busy if told_apart(peer.ip()) => ctx.throttle.hangup(peer.ip()),
+                        Stage::Busy | Stage::Settled => {}
                     }
                     info!(peer = %peer, "not authenticated within the authentication timeout; closed");
                     disconnect("authentication timeout").await;
@@ -421,21 +427,15 @@ struct AgentHandler {
 }
 
 impl AgentHandler {
-    /// The connection's running out of time to log in is not counted again: its refusal
-    /// was, or it is no guess.
-    fn refusal_counted(&self) {
-        self.note_pre_auth(|pending| pending.refused = true);
-    }
-
-    /// Notes something of the connection while it is not logged in yet.
-    fn note_pre_auth(&self, note: impl FnOnce(&mut PreAuth)) {
+    /// Moves the connection's login to `stage`, while it is not logged in yet.
+    fn stage(&self, stage: Stage) {
         if let Some(pending) = self
             .pre_auth
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .as_mut()
         {
-            note(pending);
+            pending.stage = stage;
         }
     }
 
@@ -446,9 +446,11 @@ impl AgentHandler {
         // hold a rotated token is no attacker), only towards a far higher ceiling: silence
         // after it still is, or one such token held a quarter of the places, ten seconds at
         // a time, for ever.
-        if guess {
-            self.refusal_counted();
-        }
+        self.stage(if guess {
+            Stage::Settled
+        } else {
+            Stage::Uncounted
+        });
         let delay = if guess {
             self.ctx.throttle.failure(self.peer.ip())
         } else {
@@ -561,7 +563,6 @@ impl russh::server::Handler for AgentHandler {
     }
 
     async fn auth_password(&mut self, _user: &str, password: &str) -> Result<Auth, Self::Error> {
-        self.note_pre_auth(|pending| pending.tried = true);
         let token = match SecretToken::parse(SecretKind::AgentToken, password) {
             Ok(t) => t,
             Err(_) => {
@@ -570,12 +571,11 @@ impl russh::server::Handler for AgentHandler {
                     .await);
             }
         };
-        self.note_pre_auth(|pending| pending.checking = true);
+        self.stage(Stage::Checking);
         let lookup = self
             .ctx
             .store_call(move |store| store.login(&token, unix_now()))
             .await;
-        self.note_pre_auth(|pending| pending.checking = false);
         match lookup {
             Ok(Login::Agent(login)) => {
                 let agent = login.agent;
@@ -589,10 +589,7 @@ impl russh::server::Handler for AgentHandler {
                     // fleet's reconnects to wait behind: the refusal, and the silence
                     // after it, count towards the high ceiling of connections that bring
                     // no session (twice, so 250 places held 10 s at a time pass it).
-                    self.note_pre_auth(|pending| {
-                        pending.refused = true;
-                        pending.busy = true;
-                    });
+                    self.stage(Stage::Busy);
                     if told_apart(self.peer.ip()) {
                         self.ctx.throttle.hangup(self.peer.ip());
                     }
@@ -626,6 +623,7 @@ impl russh::server::Handler for AgentHandler {
                 .await),
             Ok(Login::Unknown) => Ok(self.refuse("unknown token", "unknown_token", true).await),
             Err(e) => {
+                self.stage(Stage::Settled);
                 self.ctx.metrics.auth_failed("store_unavailable");
                 warn!(error = %e, "store unavailable during authentication");
                 Ok(Auth::reject())
