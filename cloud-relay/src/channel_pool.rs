@@ -35,8 +35,14 @@ pub enum CallError {
     },
     #[error("the tunnel to the agent is closed")]
     SessionClosed,
-    #[error(transparent)]
-    Http(#[from] hyper::Error),
+    /// `sent` once any of the request may have reached the agent: the internal server
+    /// may have acted on it, so it must not be taken for one that never left.
+    #[error("{error}")]
+    Http {
+        #[source]
+        error: hyper::Error,
+        sent: bool,
+    },
 }
 
 type Driver = http1::Connection<TokioIo<ChannelIo<Msg>>, Body>;
@@ -147,7 +153,12 @@ impl ChannelPool {
                 // sent, so it is safe to send again on another.
                 Err(mut e) => match e.take_message() {
                     Some(back) if reused => request = back,
-                    _ => return Err(CallError::Http(e.into_error())),
+                    back => {
+                        return Err(CallError::Http {
+                            sent: back.is_none(),
+                            error: e.into_error(),
+                        });
+                    }
                 },
             }
         }
@@ -300,7 +311,9 @@ impl ChannelPool {
             .open_channel(&ChannelTarget::Http(connection.clone()))
             .await?;
         self.opened.inc();
-        let (sender, driver) = http1::handshake(TokioIo::new(ChannelIo::new(channel))).await?;
+        let (sender, driver) = http1::handshake(TokioIo::new(ChannelIo::new(channel)))
+            .await
+            .map_err(|error| CallError::Http { error, sent: false })?;
         Ok(Conn {
             sender,
             driver: Some(driver),

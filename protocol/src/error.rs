@@ -22,7 +22,8 @@ pub enum ErrorCode {
     AgentExists,
     /// An API key with this name exists already.
     ApiKeyExists,
-    /// The agent exists but holds no live session.
+    /// The agent exists but holds no live session, or takes no new calls now, or its
+    /// tunnel closed before the call's request went to it: nothing was sent.
     AgentOffline,
     /// The agent does not serve a connection by this name.
     UnknownConnection,
@@ -43,7 +44,8 @@ pub enum ErrorCode {
     AnswerTooLarge,
     /// The agent could not sign the JWT for this call.
     SigningFailed,
-    /// The tunnel broke while the call was under way.
+    /// The tunnel broke while the call was under way, after its request went to the
+    /// agent: the internal server may have acted on it.
     TunnelError,
     /// The RFC 7523 token exchange failed; the message carries the provider's error.
     TokenExchangeFailed,

@@ -300,11 +300,25 @@ async fn classify(
     connection: &str,
     e: &CallError,
 ) -> Failure {
+    // Once the request may have reached the agent, the caller must not take the loss
+    // for an agent that was never asked: a POST sent again could run twice.
+    let sent = matches!(e, CallError::Http { sent: true, .. });
     let offline = || {
+        if sent {
+            return ApiError::new(
+                ErrorCode::TunnelError,
+                format!(
+                    "the tunnel to agent {:?} closed during the call, after the request went \
+                     to it: the internal server may have acted on it; check before sending it again",
+                    live.agent_name
+                ),
+            )
+            .into();
+        }
         ApiError::new(
             ErrorCode::AgentOffline,
             format!(
-                "the tunnel to agent {:?} closed during the call",
+                "the tunnel to agent {:?} closed before the call went to it: retry",
                 live.agent_name
             ),
         )
