@@ -6,7 +6,7 @@ pub mod sqlite;
 use postern_protocol::SecretToken;
 use postern_protocol::api::ApiKeyScope;
 
-pub use sqlite::SqliteStore;
+pub use sqlite::{SCHEMA_VERSION, SqliteStore};
 
 /// What every agent id starts with. Agent names may not: the API and CLI take an id or a
 /// name in one place, and a name that looked like another agent's id would make a retried
@@ -102,6 +102,12 @@ pub enum StoreError {
     },
     #[error("the new token could not be shown, so the agent keeps its old one")]
     NotShown(#[source] std::io::Error),
+    #[error(
+        "the store was written by a newer postern-relay (its schema is version {found}; this \
+         one knows up to {known}): run that release or a later one, or restore a backup this \
+         release wrote"
+    )]
+    TooNew { found: i64, known: i64 },
     #[error("store task failed: {0}")]
     Task(String),
     #[error("store error: {0}")]

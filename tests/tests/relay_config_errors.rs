@@ -135,3 +135,45 @@ fn a_new_host_key_beside_enrolled_agents_is_said() -> Result<()> {
     second.terminate()?;
     Ok(())
 }
+
+/// A store a newer relay wrote (a package rolled back) is refused by `serve` and by the
+/// CLI, which would otherwise misread it, and left as it was.
+#[test]
+fn a_store_a_newer_relay_wrote_is_refused() -> Result<()> {
+    use postern_relay::store::SCHEMA_VERSION;
+    let dir = TempDir::new("relay-store-newer")?;
+    let state = dir.path().join("state");
+    drop(postern_relay::store::SqliteStore::open_in(&state)?);
+    let db = state.join("relay.db");
+    let newer = SCHEMA_VERSION + 1;
+    rusqlite::Connection::open(&db)?.pragma_update(None, "user_version", newer)?;
+    let state = state.to_string_lossy().into_owned();
+    let serve = postern_tests::harness::relay_cli_within(
+        &bins(),
+        &[
+            "serve",
+            "--state-dir",
+            &state,
+            "--ssh-listen",
+            "127.0.0.1:0",
+            "--api-listen",
+            "127.0.0.1:0",
+        ],
+        std::time::Duration::from_secs(10),
+    )?;
+    let list = relay_cli_output(&bins(), &["agent", "list", "--state-dir", &state])?;
+    for out in [serve, list] {
+        assert_eq!(out.status.code(), Some(1));
+        let said = stderr(&out);
+        assert!(
+            said.contains(&format!(
+                "written by a newer postern-relay (its schema is version {newer}; this one knows up to {SCHEMA_VERSION})"
+            )),
+            "{said}"
+        );
+    }
+    let version: i64 =
+        rusqlite::Connection::open(&db)?.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    assert_eq!(version, newer);
+    Ok(())
+}

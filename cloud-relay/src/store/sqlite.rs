@@ -75,6 +75,12 @@ const POST_MIGRATION: &str = "
 CREATE INDEX IF NOT EXISTS agents_old_token_lookup ON agents(old_token_lookup);
 ";
 
+/// The schema this relay writes, kept in `PRAGMA user_version`. Stores made before it was
+/// kept say 0 and are brought up to it by the steps above. A store that says more was
+/// written by a newer relay, whose columns this one would ignore (before scopes existed,
+/// every API key was admin), so it is refused rather than misread.
+pub const SCHEMA_VERSION: i64 = 1;
+
 const AGENT_COLUMNS: &str = "id, name, created_at, token_version, old_token_until";
 
 /// Brings the schema up to date. An up-to-date store (every start but the first after an
@@ -95,6 +101,13 @@ fn migrate_with(
     read_only: bool,
 ) -> Result<(), StoreError> {
     let tx = conn.transaction_with_behavior(behavior)?;
+    let found: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if found > SCHEMA_VERSION {
+        return Err(StoreError::TooNew {
+            found,
+            known: SCHEMA_VERSION,
+        });
+    }
     tx.execute_batch(SCHEMA)?;
     if !read_only {
         tx.execute_batch(RETIRED_SCHEMA)?;
@@ -112,6 +125,9 @@ fn migrate_with(
         }
     }
     tx.execute_batch(POST_MIGRATION)?;
+    if !read_only && found < SCHEMA_VERSION {
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    }
     tx.commit()?;
     Ok(())
 }
@@ -664,8 +680,50 @@ mod tests {
             .expect("old token works");
         assert_eq!(agent.token_version, 1);
         drop(store);
+        assert_eq!(user_version(&path), SCHEMA_VERSION);
         // Opening again is a no-op, not a second ALTER.
         SqliteStore::open(&path).expect("reopens");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    fn user_version(path: &Path) -> i64 {
+        let conn = Connection::open(path).expect("open");
+        conn.query_row("PRAGMA user_version", [], |r| r.get(0))
+            .expect("user_version")
+    }
+
+    /// A relay rolled back over a store a newer one wrote would ignore what it does not
+    /// know (an API key's scope, to a relay from before scopes: every key admin).
+    #[test]
+    fn a_store_a_newer_relay_wrote_is_refused_and_left_as_it_is() {
+        let (store, dir) = temp_store("too-new");
+        let key = new_token(SecretKind::ApiKey);
+        store
+            .create_scoped_api_key("platform", &key, ApiKeyScope::Call)
+            .expect("key");
+        drop(store);
+        let path = dir.join(DB_FILE);
+        assert_eq!(
+            user_version(&path),
+            SCHEMA_VERSION,
+            "a new store says its schema"
+        );
+        let newer = Connection::open(&path).expect("newer relay");
+        newer
+            .pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .expect("newer schema");
+        newer
+            .execute_batch("ALTER TABLE api_keys ADD COLUMN agents TEXT")
+            .expect("newer column");
+        drop(newer);
+        let refused = SqliteStore::open(&path).err().expect("refused");
+        assert!(
+            matches!(refused, StoreError::TooNew { found, known } if found == SCHEMA_VERSION + 1 && known == SCHEMA_VERSION),
+            "{refused:?}"
+        );
+        let text = refused.to_string();
+        assert!(text.contains("newer postern-relay"), "{text}");
+        assert_eq!(user_version(&path), SCHEMA_VERSION + 1, "not written back");
         let _ = std::fs::remove_dir_all(dir);
     }
 
