@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use postern_protocol::api::{AgentCreated, ApiKeyCreated, ApiKeyList, ApiKeyScope, TokenRotated};
+use postern_protocol::api::{AgentCreated, ApiKeyCreated, ApiKeyList, ApiKeyScope};
 use postern_protocol::{SecretKind, SecretToken};
 use tokio::signal::unix::{Signal, SignalKind};
 use tokio_util::task::AbortOnDropHandle;
@@ -15,7 +15,7 @@ use tokio_util::task::AbortOnDropHandle;
 use crate::config::RelayConfig;
 use crate::secrets::new_token;
 use crate::server::Shutdown;
-use crate::store::{AgentRecord, SqliteStore, Store};
+use crate::store::{Rotation, SqliteStore, Store};
 use crate::{RelayListeners, host_key};
 
 #[derive(Debug, Parser)]
@@ -426,18 +426,13 @@ fn agent(command: AgentCommand) -> Result<()> {
             // A token nobody saw would leave the agent locked out: the store keeps the
             // rotation only once it is shown (`… | true`, a full disk).
             let shown = std::cell::Cell::new(false);
-            let mut show = |record: &AgentRecord| {
+            let mut show = |rotation: &Rotation| {
                 let written = if json {
-                    serde_json::to_string(&TokenRotated {
-                        id: record.id.clone(),
-                        name: record.name.clone(),
-                        token: token.expose().to_owned(),
-                        old_token_valid_until: valid_until.clone(),
-                    })
-                    .map_err(io::Error::other)
-                    .and_then(|text| write_stdout(|out| writeln!(out, "{text}")))
+                    serde_json::to_string(&crate::api::token::rotated(rotation, &token, until))
+                        .map_err(io::Error::other)
+                        .and_then(|text| write_stdout(|out| writeln!(out, "{text}")))
                 } else {
-                    show_rotated(record, &token, valid_until.as_deref())
+                    show_rotated(rotation, &token, valid_until.as_deref())
                 };
                 shown.set(written.is_ok());
                 written
@@ -461,10 +456,11 @@ fn agent(command: AgentCommand) -> Result<()> {
 
 /// `agent rotate`'s text answer.
 fn show_rotated(
-    record: &AgentRecord,
+    rotation: &Rotation,
     token: &SecretToken,
     valid_until: Option<&str>,
 ) -> io::Result<()> {
+    let record = &rotation.agent;
     write_stdout(|out| {
         writeln!(
             out,
@@ -473,6 +469,14 @@ fn show_rotated(
             record.id,
             token.expose()
         )?;
+        if let Some(cut) = rotation.grace_cut {
+            writeln!(
+                out,
+                "The token an earlier rotation kept working until {} stopped working now (one old \
+                 token is kept): an agent still on it has lost its session.",
+                crate::api::token::rfc3339(cut)
+            )?;
+        }
         match valid_until {
             Some(t) => writeln!(
                 out,

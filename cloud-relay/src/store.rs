@@ -13,6 +13,16 @@ pub use sqlite::{SCHEMA_VERSION, SqliteStore};
 /// revoke (or rotate) hit a different agent.
 pub const AGENT_ID_PREFIX: &str = "agt_";
 
+/// A token rotation as it was stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rotation {
+    pub agent: AgentRecord,
+    /// When the token an earlier rotation kept for its grace was to stop working (unix
+    /// seconds), had this rotation not stopped it now: one old token is kept, and an agent
+    /// not yet moved to the token before this one loses its session.
+    pub grace_cut: Option<i64>,
+}
+
 /// One agent as stored. The token itself is never stored, only its hash.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgentRecord {
@@ -171,8 +181,8 @@ pub trait Store: Send + Sync + 'static {
         id_or_name: &str,
         token: &SecretToken,
         old_until: Option<i64>,
-        show: &mut dyn FnMut(&AgentRecord) -> std::io::Result<()>,
-    ) -> Result<AgentRecord, StoreError>;
+        show: &mut dyn FnMut(&Rotation) -> std::io::Result<()>,
+    ) -> Result<Rotation, StoreError>;
     /// Whose this token is (an active agent's, current or old within its grace; a
     /// former one; none), compared in constant time; `now` is unix seconds.
     fn login(&self, token: &SecretToken, now: i64) -> Result<Login, StoreError>;

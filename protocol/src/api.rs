@@ -125,6 +125,11 @@ pub struct TokenRotated {
     pub name: String,
     pub token: String,
     pub old_token_valid_until: Option<String>,
+    /// Set when an earlier rotation's grace was still running: the token it kept, which
+    /// would have worked until then, stopped working now (one old token is kept), and an
+    /// agent still on it loses its session.
+    #[serde(default)]
+    pub earlier_grace_cut: Option<String>,
 }
 
 // By hand: the secret each carries must not reach a log line or a failed assertion.
@@ -155,6 +160,7 @@ impl std::fmt::Debug for TokenRotated {
             .field("name", &self.name)
             .field("token", &"[redacted]")
             .field("old_token_valid_until", &self.old_token_valid_until)
+            .field("earlier_grace_cut", &self.earlier_grace_cut)
             .finish()
     }
 }
@@ -189,6 +195,7 @@ mod tests {
                     name: "a".into(),
                     token: "pat_s3cret".into(),
                     old_token_valid_until: None,
+                    earlier_grace_cut: None,
                 }
             ),
         ];

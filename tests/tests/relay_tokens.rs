@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use postern_tests::harness::{Api, Bins, relay_cli};
+use postern_tests::harness::{Api, Bins, relay_cli, relay_cli_output, stderr};
 use postern_tests::relay_support::{
     Answer, ONLINE_WITHIN, OnlineAgent, RelayWorld, eventually, sample, say_hello, scrape, send,
     ssh_login,
@@ -373,4 +373,72 @@ fn cli_rotate(w: &RelayWorld, grace: &str) -> Result<String> {
             "--json",
         ],
     )
+}
+
+/// A second rotation within the first's grace keeps one old token, the one it replaced:
+/// the answer says the earlier grace was cut, as the agent still on the first token loses
+/// its session. A blank grace (a template's unset variable) is refused, not read as none.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rotation_within_an_earlier_grace_says_it_cut_it() -> Result<()> {
+    let w = RelayWorld::start(bins()).await?;
+    let _online = w.agent_online("warehouse-1").await?;
+    let first = rotate(&w.admin, Some("5m")).await?;
+    assert_eq!(first.status, 200, "{}", first.json);
+    assert!(first.json["earlier_grace_cut"].is_null(), "{}", first.json);
+
+    for blank in ["", "  "] {
+        let refused = rotate(&w.admin, Some(blank)).await?;
+        assert_eq!(refused.code(), "bad_request", "{blank:?}: {}", refused.json);
+    }
+    let dir = w.state_dir().to_string_lossy().into_owned();
+    let cli_blank = relay_cli_output(
+        &w.bins,
+        &[
+            "agent",
+            "rotate",
+            "warehouse-1",
+            "--grace",
+            "",
+            "--state-dir",
+            &dir,
+        ],
+    )?;
+    assert_eq!(cli_blank.status.code(), Some(64), "{}", stderr(&cli_blank));
+    assert!(stderr(&cli_blank).contains("grace is empty"));
+    // Nothing was rotated by those: the agent, on its first token, is still served.
+    assert!(w.admin.agent("warehouse-1").await?.online);
+
+    let second = rotate(&w.admin, Some("5m")).await?;
+    assert_eq!(second.status, 200, "{}", second.json);
+    assert_eq!(
+        second.json["earlier_grace_cut"], first.json["old_token_valid_until"],
+        "{}",
+        second.json
+    );
+    w.admin
+        .wait_online("warehouse-1", false, ONLINE_WITHIN)
+        .await?;
+
+    let third = relay_cli(
+        &w.bins,
+        &[
+            "agent",
+            "rotate",
+            "warehouse-1",
+            "--grace",
+            "5m",
+            "--state-dir",
+            &dir,
+        ],
+    )?;
+    let cut = second.json["old_token_valid_until"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        third.contains(&format!(
+            "The token an earlier rotation kept working until {cut} stopped working now"
+        )),
+        "{third}"
+    );
+    Ok(())
 }

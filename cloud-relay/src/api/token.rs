@@ -11,13 +11,14 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{FromRequest, Path, State};
 use http::HeaderMap;
 use postern_protocol::api::{RotateToken, TokenRotated};
-use postern_protocol::{ErrorCode, SecretKind};
+use postern_protocol::{ErrorCode, SecretKind, SecretToken};
 use tracing::info;
 
 use super::ApiError;
 use super::auth::AdminOnly;
 use crate::context::RelayContext;
 use crate::secrets::new_token;
+use crate::store::Rotation;
 use crate::store::{StoreError, unix_now};
 
 /// Longer overlaps defeat the point of rotating.
@@ -50,11 +51,18 @@ pub async fn rotate(
     Ok(Json(outcome))
 }
 
-/// `"5m"` → 5 minutes; `None`, `""` and `"0s"` mean no grace.
+/// `"5m"` → 5 minutes; `None` and `"0s"` mean no grace. A blank one is refused: a
+/// template whose variable was unset (`{"grace":"$GRACE"}`) must not end the token now.
 pub fn parse_grace(text: Option<&str>) -> Result<Option<Duration>, String> {
-    let Some(text) = text.map(str::trim).filter(|t| !t.is_empty()) else {
+    let Some(text) = text.map(str::trim) else {
         return Ok(None);
     };
+    if text.is_empty() {
+        return Err(
+            "grace is empty: give a duration like \"5m\", or \"0s\" to end the old token now"
+                .to_owned(),
+        );
+    }
     let grace = humantime::parse_duration(text)
         .map_err(|e| format!("grace {text:?} is not a duration like \"5m\": {e}"))?;
     if grace > MAX_GRACE {
@@ -88,8 +96,8 @@ pub async fn rotate_agent_token(
                     }
                 })?;
             // Out of the registry before the answer, so no call reaches them after it.
-            for live in work.registry.sessions_of(&record.id) {
-                if let Some(reason) = ended(Some(&record), live.token_version, unix_now()) {
+            for live in work.registry.sessions_of(&record.agent.id) {
+                if let Some(reason) = ended(Some(&record.agent), live.token_version, unix_now()) {
                     work.end_session(live, reason);
                 }
             }
@@ -97,12 +105,18 @@ pub async fn rotate_agent_token(
         })
         .await
         .map_err(ApiError::store)?;
-    Ok(TokenRotated {
-        id: record.id,
-        name: record.name,
+    Ok(rotated(&record, &token, until))
+}
+
+/// The answer to a rotation, as the API and the CLI's `--json` give it.
+pub fn rotated(rotation: &Rotation, token: &SecretToken, until: Option<i64>) -> TokenRotated {
+    TokenRotated {
+        id: rotation.agent.id.clone(),
+        name: rotation.agent.name.clone(),
         token: token.expose().to_owned(),
         old_token_valid_until: until.map(rfc3339),
-    })
+        earlier_grace_cut: rotation.grace_cut.map(rfc3339),
+    }
 }
 
 /// When a grace starting now ends, in the store's whole unix seconds: rounded up, so a

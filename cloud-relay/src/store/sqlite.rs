@@ -11,7 +11,7 @@ use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, 
 use subtle::ConstantTimeEq;
 
 use super::{
-    AGENT_ID_PREFIX, AgentLogin, AgentRecord, ApiKeyRecord, Login, Store, StoreError,
+    AGENT_ID_PREFIX, AgentLogin, AgentRecord, ApiKeyRecord, Login, Rotation, Store, StoreError,
     check_agent_name, check_name, is_agent_id,
 };
 use crate::secrets::new_id;
@@ -354,8 +354,8 @@ impl Store for SqliteStore {
         id_or_name: &str,
         token: &SecretToken,
         old_until: Option<i64>,
-        show: &mut dyn FnMut(&AgentRecord) -> std::io::Result<()>,
-    ) -> Result<AgentRecord, StoreError> {
+        show: &mut dyn FnMut(&Rotation) -> std::io::Result<()>,
+    ) -> Result<Rotation, StoreError> {
         self.with(|conn| {
             let tx = write_transaction(conn)?;
             let agent = find_active(&tx, id_or_name)?
@@ -386,10 +386,14 @@ impl Store for SqliteStore {
             )?;
             let updated = find_active(&tx, &agent.id)?
                 .ok_or_else(|| StoreError::AgentNotFound(id_or_name.to_owned()))?;
+            let rotation = Rotation {
+                agent: updated,
+                grace_cut: agent.old_token_until.filter(|&t| t > super::unix_now()),
+            };
             // Shown inside the transaction: dropping it rolls the rotation back.
-            show(&updated).map_err(StoreError::NotShown)?;
+            show(&rotation).map_err(StoreError::NotShown)?;
             tx.commit()?;
-            Ok(updated)
+            Ok(rotation)
         })
     }
 
@@ -769,7 +773,8 @@ mod tests {
         let rotated = store
             .rotate_token("w1", &second, Some(now + 300), &mut |_| Ok(()))
             .expect("rotate");
-        assert_eq!(rotated.token_version, 2);
+        assert_eq!(rotated.agent.token_version, 2);
+        assert_eq!(rotated.grace_cut, None, "no grace was running");
         let old = store
             .login(&first, now)
             .expect("q")
@@ -788,10 +793,12 @@ mod tests {
                 .token_version,
             2
         );
+        // Rotated again within the grace: the token it kept stops now, and the answer says so.
         let third = new_token(SecretKind::AgentToken);
-        store
+        let again = store
             .rotate_token("w1", &third, None, &mut |_| Ok(()))
             .expect("rotate again");
+        assert_eq!(again.grace_cut, Some(now + 300));
         assert!(store.login(&first, now).expect("q").agent().is_none());
         assert!(store.login(&second, now).expect("q").agent().is_none());
         assert_eq!(
