@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::context::RelayContext;
 use crate::store::{AgentRecord, unix_now};
@@ -65,6 +65,17 @@ pub async fn check_sessions(ctx: &Arc<RelayContext>) -> bool {
     ctx.registry
         .forget_gone(listed_at, |id| agents.contains_key(id));
     let now = unix_now();
+    // Looked for first, so the store is written only when a grace has run out.
+    if agents
+        .values()
+        .any(|a| a.old_token_until.is_some_and(|t| t > 0 && t <= now))
+    {
+        match ctx.store_write(move |s| s.end_past_graces(now)).await {
+            Ok(ended) => info!(ended, "old tokens whose grace ran out ended for good"),
+            // A store it cannot write: the grace stays over while the clock holds.
+            Err(e) => debug!(error = %e, "cannot record the end of a grace"),
+        }
+    }
     for session in live {
         let Some(reason) = ended(agents.get(&session.agent_id), session.token_version, now) else {
             continue;

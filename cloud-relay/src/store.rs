@@ -219,6 +219,10 @@ pub trait Store: Send + Sync + 'static {
     fn delete_api_key(&self, key: &SecretToken) -> Result<(), StoreError>;
     /// Changes whenever another process changed the store; cheap to poll.
     fn change_marker(&self) -> Result<i64, StoreError>;
+    /// Ends for good the graces that ran out by `now` (unix seconds): an end left in the
+    /// store would let a clock stepped back before it revive the old token. Returns how
+    /// many it ended.
+    fn end_past_graces(&self, now: i64) -> Result<usize, StoreError>;
 }
 
 /// Seconds since the Unix epoch, as the store keeps deadlines.

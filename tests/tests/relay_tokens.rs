@@ -164,6 +164,25 @@ async fn the_cli_rotates_and_the_running_relay_ends_sessions_on_stale_tokens() -
             .as_deref(),
         Some("token rotated")
     );
+    // The grace's end is kept as the epoch, as a rotation without one is: a clock stepped
+    // back before the end it had must not revive the old token.
+    let db = w.state_dir().join("relay.db");
+    let stored_end = || -> Result<i64> {
+        Ok(rusqlite::Connection::open(&db)?.query_row(
+            "SELECT old_token_until FROM agents WHERE name = 'warehouse-1'",
+            [],
+            |r| r.get(0),
+        )?)
+    };
+    eventually(
+        "the grace's end kept as the epoch",
+        Duration::from_secs(10),
+        || {
+            let ended = stored_end().is_ok_and(|end| end == 0);
+            async move { ended }
+        },
+    )
+    .await?;
 
     // Without a grace the CLI's rotation drops the new token's session within seconds.
     let _agent2 = w.start_agent(&new_token)?;

@@ -529,6 +529,17 @@ impl Store for SqliteStore {
     fn change_marker(&self) -> Result<i64, StoreError> {
         self.with(|conn| Ok(conn.query_row("PRAGMA data_version", [], |r| r.get(0))?))
     }
+
+    fn end_past_graces(&self, now: i64) -> Result<usize, StoreError> {
+        self.with(|conn| {
+            // The epoch, as a rotation without a grace stores: known as former, never valid.
+            Ok(conn.execute(
+                "UPDATE agents SET old_token_until = 0
+                 WHERE old_token_until > 0 AND old_token_until <= ?1",
+                params![now],
+            )?)
+        })
+    }
 }
 
 #[cfg(test)]
@@ -810,6 +821,29 @@ mod tests {
                 .token_version,
             3
         );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// Once a grace's end is recorded, a clock stepped back before it does not revive the
+    /// old token.
+    #[test]
+    fn an_ended_grace_stays_ended() {
+        let (store, dir) = temp_store("grace-end");
+        let first = new_token(SecretKind::AgentToken);
+        store.create_agent("w1", &first).expect("create");
+        let now = super::super::unix_now();
+        let second = new_token(SecretKind::AgentToken);
+        store
+            .rotate_token("w1", &second, Some(now + 300), &mut |_| Ok(()))
+            .expect("rotate");
+        assert_eq!(store.end_past_graces(now).expect("none over yet"), 0);
+        assert!(store.login(&first, now).expect("q").agent().is_some());
+        assert_eq!(store.end_past_graces(now + 301).expect("over"), 1);
+        assert!(matches!(
+            store.login(&first, now).expect("q"),
+            Login::Former
+        ));
+        assert_eq!(store.end_past_graces(now + 302).expect("again"), 0);
         let _ = std::fs::remove_dir_all(dir);
     }
 
