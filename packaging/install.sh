@@ -8,8 +8,9 @@
 #            script's folder); whichever is there is installed.
 # --root     install under DIR instead of / (staging; no users, owners or systemctl then).
 # --uninstall removes programs, units, man pages and completions (a program the .deb put
-#            in /usr/bin, and its config and state, are left alone); the config
+#            in /usr/bin, its unit, config and state, are left alone); the config
 #            (/etc/postern*) and state (/var/lib/postern*) stay unless --purge is given too.
+# A program the .deb put in /usr/bin is not installed over: remove the package first.
 # Where systemd runs (not with --root), installing over a running unit (an upgrade) restarts it.
 set -eu
 
@@ -40,6 +41,10 @@ fi
 prefix=$root/usr/local
 systemd_running() { [ -z "$root" ] && [ -d /run/systemd/system ]; }
 say() { echo "postern install: $*"; }
+# Whether the .deb (or another package) put the program in /usr/bin.
+packaged() { [ -e "$root/usr/bin/$1" ]; }
+# Whether this script left anything of the program in /usr/local.
+ours() { [ -e "$prefix/bin/$1" ] || [ -d "$prefix/share/doc/$1" ]; }
 
 # program, unit, user, config dir, state dir
 components="postern:postern-agent:postern:/etc/postern:/var/lib/postern
@@ -50,18 +55,19 @@ uninstall_one() {
     # A program the .deb installed (in /usr/bin) is not this script's: a relay from the
     # .deb beside an agent installed here must not be stopped, nor its host key and agent
     # registry purged. (With no trace anywhere, an earlier --uninstall's, --purge goes on.)
-    if [ ! -e "$prefix/bin/$program" ] && [ ! -d "$prefix/share/doc/$program" ] &&
-        [ -e "$root/usr/bin/$program" ]; then
+    if packaged "$program" && ! ours "$program"; then
         say "$program is installed in /usr/bin, not by this script (the .deb?): left as it is; remove it with the tool that installed it"
         return 0
     fi
+    # Both (installed here over the .deb by a version before 2026-12-07): only this
+    # script's files go; the unit name, config and state are the package's too.
+    if packaged "$program"; then
+        remove_files "$program" "$unit"
+        say "removed this script's $program; the one in /usr/bin (the .deb?), its config and state stay: systemctl restart $unit to run it again"
+        return 0
+    fi
     if systemd_running; then systemctl disable --now "$unit.service" 2>/dev/null || true; fi
-    rm -f "$prefix/bin/$program" "$root/etc/systemd/system/$unit.service" \
-        "$prefix/share/man/man1/$program.1" \
-        "$prefix/share/bash-completion/completions/$program" \
-        "$prefix/share/zsh/site-functions/_$program" \
-        "$prefix/share/fish/vendor_completions.d/$program.fish"
-    rm -rf "$prefix/share/doc/$program"
+    remove_files "$program" "$unit"
     if [ "$purge" = 1 ]; then
         rm -rf "$root$etc" "$root$state"
         say "purged $etc and $state"
@@ -69,12 +75,28 @@ uninstall_one() {
     say "removed $program"
 }
 
+remove_files() {
+    program=$1 unit=$2
+    rm -f "$prefix/bin/$program" "$root/etc/systemd/system/$unit.service" \
+        "$prefix/share/man/man1/$program.1" \
+        "$prefix/share/bash-completion/completions/$program" \
+        "$prefix/share/zsh/site-functions/_$program" \
+        "$prefix/share/fish/vendor_completions.d/$program.fish"
+    rm -rf "$prefix/share/doc/$program"
+}
+
 install_one() {
     program=$1 unit=$2 user=$3 etc=$4 state=$5
     install -d "$prefix/bin" "$root/etc/systemd/system" "$prefix/share/man/man1" \
         "$prefix/share/bash-completion/completions" "$prefix/share/zsh/site-functions" \
         "$prefix/share/fish/vendor_completions.d" "$prefix/share/doc/$program"
-    install -m 0755 "$bin_dir/$program" "$prefix/bin/$program"
+    # Binaries already where they go (--bin-dir /usr/local/bin): install refuses to copy a
+    # file onto itself, and the units and users would never be set up.
+    if [ "$bin_dir/$program" -ef "$prefix/bin/$program" ]; then
+        chmod 0755 "$prefix/bin/$program"
+    else
+        install -m 0755 "$bin_dir/$program" "$prefix/bin/$program"
+    fi
     # The packaged unit names /usr/bin; this install lives in /usr/local/bin.
     unit_file=$root/etc/systemd/system/$unit.service
     # What this script installed last, to tell an untouched unit from the admin's.
@@ -135,13 +157,19 @@ echo "$components" | while IFS=: read -r program unit user etc state; do
     case $action in
         install)
             [ -x "$bin_dir/$program" ] || continue
+            # Its unit here would shadow the package's under the same name, and a later
+            # --uninstall --purge would take the package's config and state for its own.
+            if packaged "$program" && ! ours "$program"; then
+                say "$program is installed in /usr/bin (the .deb?): not installed over it; remove that package first to run this build"
+                continue
+            fi
             install_one "$program" "$unit" "$user" "$etc" "$state" ;;
         uninstall) uninstall_one "$program" "$unit" "$etc" "$state" ;;
     esac
 done
 if ! systemd_running; then
     if [ -z "$root" ] && [ "$action" = install ]; then
-        say "systemd does not run here: nothing starts the programs; start them with this system's service manager, as the units' ExecStart= lines in /etc/systemd/system say"
+        say "systemd does not run here: nothing starts the programs; start them with this system's service manager, as the units in /etc/systemd/system say: their ExecStart= as their User=, with XDG_RUNTIME_DIR=/run and a /run/postern owned by postern (mode 0750), where \`postern status\` and \`reload\` run as root look for the agent"
     fi
     exit 0
 fi
@@ -153,6 +181,7 @@ echo "$components" | {
     failed=0
     while IFS=: read -r program unit _ etc _; do
         [ -x "$bin_dir/$program" ] || continue
+        packaged "$program" && ! ours "$program" && continue
         if ! systemctl is-active --quiet "$unit.service"; then
             say "next: configure $etc, then systemctl enable --now $unit"
         elif systemctl try-restart "$unit.service" && systemctl is-active --quiet "$unit.service"; then

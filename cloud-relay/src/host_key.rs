@@ -134,13 +134,16 @@ use std::os::unix::fs::DirBuilderExt;
 
 /// What to do when the state folder's file system is read-only: under the packaged unit
 /// (`ProtectSystem=strict`) that is everything but /var/lib/postern-relay, and chown or a
-/// remount would not help.
+/// remount would not help. The folder is made first: systemd fails to start a unit whose
+/// `ReadWritePaths=` does not exist (226/NAMESPACE) before the relay could say anything.
 fn read_only_hint(error: &std::io::Error) -> &'static str {
     if error.kind() == std::io::ErrorKind::ReadOnlyFilesystem {
         concat!(
             "; under the packaged unit only /var/lib/postern-relay may be written: use it, ",
-            "or let the unit write this folder too (`systemctl edit postern-relay`: ",
-            "[Service] ReadWritePaths=THE_FOLDER)"
+            "or make the folder (`install -d -o postern-relay -g postern-relay -m 0700 ",
+            "THE_FOLDER`) and then let the unit write it (`systemctl edit postern-relay`: ",
+            "[Service] ReadWritePaths=THE_FOLDER), in that order, as systemd does not start ",
+            "a unit whose ReadWritePaths= is missing"
         )
     } else {
         ""
@@ -277,10 +280,9 @@ mod tests {
             path: "/srv/relay".into(),
             error: std::io::ErrorKind::ReadOnlyFilesystem.into(),
         };
-        assert!(
-            error.to_string().contains("ReadWritePaths=THE_FOLDER"),
-            "{error}"
-        );
+        let said = error.to_string();
+        assert!(said.contains("ReadWritePaths=THE_FOLDER"), "{said}");
+        assert!(said.contains("install -d -o postern-relay"), "{said}");
         let error = HostKeyError::StateDir {
             path: "/srv/relay".into(),
             error: std::io::ErrorKind::PermissionDenied.into(),

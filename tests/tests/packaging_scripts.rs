@@ -558,6 +558,107 @@ fn install_sh_restarts_running_units_and_uninstall_says_only_what_it_did() -> Re
     Ok(())
 }
 
+/// install.sh and a program a package put in /usr/bin: not installed over (its unit here
+/// would shadow the package's, and `--uninstall --purge` would then delete the package's
+/// relay state), and an install by an older version over it is undone without touching
+/// the package's unit name, config or state. Binaries already in /usr/local/bin install.
+#[test]
+fn install_sh_leaves_a_packaged_program_alone_and_installs_binaries_in_place() -> Result<()> {
+    let Some(sandbox) = Sandbox::new("install-sh-beside-deb", false)? else {
+        return Ok(());
+    };
+    let bins = sandbox.dir.path().join("bin");
+    postern_tests::bins!().stage(&bins)?;
+    let script = repo().join("packaging/install.sh");
+    let install = |args: &[&OsStr]| -> Result<String> {
+        let out = sandbox.run("", "sh", &[&[script.as_os_str()][..], args].concat())?;
+        anyhow::ensure!(out.status.success(), "{args:?}: {}", output_text(&out));
+        Ok(output_text(&out))
+    };
+
+    // Downloaded straight into /usr/local/bin: before, `install` refused to copy each onto
+    // itself and nothing was set up.
+    std::fs::create_dir_all(sandbox.usr_local("bin"))?;
+    for program in ["postern", "postern-relay"] {
+        std::fs::copy(
+            bins.join(program),
+            sandbox.usr_local(&format!("bin/{program}")),
+        )?;
+    }
+    let said = install(&["--bin-dir".as_ref(), "/usr/local/bin".as_ref()])?;
+    assert!(
+        said.contains("installed postern (postern-agent.service)"),
+        "{said}"
+    );
+    assert!(
+        sandbox.etc("systemd/system/postern-relay.service").exists(),
+        "{said}"
+    );
+    assert_eq!(mode(&sandbox.usr_local("bin/postern"))?, 0o755);
+
+    // The relay from the .deb (staged under --root, so that /usr/bin is the test's).
+    let root = sandbox.dir.path().join("deb-root");
+    std::fs::create_dir_all(root.join("usr/bin"))?;
+    std::fs::write(root.join("usr/bin/postern-relay"), "the .deb's relay")?;
+    std::fs::create_dir_all(root.join("var/lib/postern-relay"))?;
+    std::fs::write(root.join("var/lib/postern-relay/relay.db"), "the registry")?;
+    let staged = |extra: &[&OsStr]| {
+        install(
+            &[
+                &[
+                    "--bin-dir".as_ref(),
+                    bins.as_os_str(),
+                    "--root".as_ref(),
+                    root.as_os_str(),
+                ][..],
+                extra,
+            ]
+            .concat(),
+        )
+    };
+    let said = staged(&[])?;
+    assert!(
+        said.contains("postern-relay is installed in /usr/bin (the .deb?): not installed over it"),
+        "{said}"
+    );
+    assert!(root.join("usr/local/bin/postern").exists(), "{said}");
+    assert!(!root.join("usr/local/bin/postern-relay").exists(), "{said}");
+    assert!(
+        !root
+            .join("etc/systemd/system/postern-relay.service")
+            .exists(),
+        "{said}"
+    );
+
+    // As a version before 2026-12-07 left it: its relay and unit over the package's.
+    std::fs::copy(
+        bins.join("postern-relay"),
+        root.join("usr/local/bin/postern-relay"),
+    )?;
+    std::fs::write(
+        root.join("etc/systemd/system/postern-relay.service"),
+        "[Service]\n",
+    )?;
+    let said = staged(&["--uninstall".as_ref(), "--purge".as_ref()])?;
+    assert!(
+        said.contains("removed this script's postern-relay"),
+        "{said}"
+    );
+    assert!(!root.join("usr/local/bin/postern-relay").exists(), "{said}");
+    assert!(
+        !root
+            .join("etc/systemd/system/postern-relay.service")
+            .exists(),
+        "{said}"
+    );
+    assert!(root.join("usr/bin/postern-relay").exists(), "{said}");
+    assert!(
+        root.join("var/lib/postern-relay/relay.db").exists(),
+        "{said}"
+    );
+    Ok(())
+}
+
 /// The sandbox's `postern`, as the service tests run it: the sandbox's own /usr/local (the
 /// command refuses a program under /tmp, where the test's folder may be).
 const POSTERN: &str = "/usr/local/bin/postern";
@@ -1300,6 +1401,12 @@ fn install_sh_without_systemd_says_nothing_starts_the_programs() -> Result<()> {
     assert!(sandbox.usr_local("bin/postern").exists(), "{said}");
     assert!(
         said.contains("systemd does not run here: nothing starts the programs"),
+        "{said}"
+    );
+    // Started from ExecStart= alone, the agent's socket is not where root's `postern
+    // status` looks: the unit's environment and runtime folder are said too.
+    assert!(
+        said.contains("XDG_RUNTIME_DIR=/run and a /run/postern owned by postern"),
         "{said}"
     );
     assert_eq!(sandbox.calls()?, Vec::<String>::new(), "{said}");
