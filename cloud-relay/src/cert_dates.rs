@@ -107,10 +107,12 @@ mod tests {
     fn both_time_forms_are_read() {
         let dir = std::env::temp_dir().join(format!("postern-cert-dates-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");
-        let now = SystemTime::now();
         let day = Duration::from_secs(24 * 3600);
         for days in [1u64, 20_000] {
             let v = Validity::of(&certificate(&dir, &days.to_string())).expect("dates");
+            // After the certificate is made: its start is that second, and a `now` taken
+            // before it in the second before would find it not valid yet.
+            let now = SystemTime::now();
             let from = now.duration_since(v.not_before).unwrap_or_default();
             assert!(from < day, "{days}: not_before {}", shown(v.not_before));
             let to = v.not_after.duration_since(now).expect("ends later");

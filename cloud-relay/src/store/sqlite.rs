@@ -134,6 +134,10 @@ fn migrate_with(
 
 pub struct SqliteStore {
     conn: Mutex<Connection>,
+    /// For lookups only: WAL lets it read while a write waits for another process's lock
+    /// (up to [`BUSY_TIMEOUT`], holding `conn`), so logins, API key checks and the
+    /// revocation watch do not queue behind it.
+    reader: Mutex<Connection>,
     read_only: bool,
 }
 
@@ -206,8 +210,14 @@ impl SqliteStore {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         migrate(&mut conn, read_only)?;
+        let reader = Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        reader.busy_timeout(BUSY_TIMEOUT)?;
         Ok(Self {
             conn: Mutex::new(conn),
+            reader: Mutex::new(reader),
             read_only,
         })
     }
@@ -224,6 +234,15 @@ impl SqliteStore {
     ) -> Result<T, StoreError> {
         // A panic while holding the lock leaves SQLite consistent; keep going.
         let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        f(&conn)
+    }
+
+    /// [`Self::with`] for statements that only read.
+    fn read<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let conn = self.reader.lock().unwrap_or_else(|p| p.into_inner());
         f(&conn)
     }
 }
@@ -324,11 +343,11 @@ impl Store for SqliteStore {
     }
 
     fn find_agent(&self, id_or_name: &str) -> Result<Option<AgentRecord>, StoreError> {
-        self.with(|conn| find_active(conn, id_or_name))
+        self.read(|conn| find_active(conn, id_or_name))
     }
 
     fn list_agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
-        self.with(|conn| {
+        self.read(|conn| {
             let mut stmt = conn.prepare(&format!(
                 "SELECT {AGENT_COLUMNS} FROM agents WHERE revoked_at IS NULL ORDER BY created_at, rowid"
             ))?;
@@ -398,7 +417,7 @@ impl Store for SqliteStore {
     }
 
     fn login(&self, token: &SecretToken, now: i64) -> Result<Login, StoreError> {
-        self.with(|conn| {
+        self.read(|conn| {
             let mut stmt = conn.prepare_cached(&format!(
                 "SELECT {AGENT_COLUMNS}, token_hash, 0 FROM agents
                    WHERE token_lookup = ?1 AND revoked_at IS NULL
@@ -466,7 +485,7 @@ impl Store for SqliteStore {
     }
 
     fn api_key(&self, key: &SecretToken) -> Result<Option<ApiKeyRecord>, StoreError> {
-        self.with(|conn| {
+        self.read(|conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT name, scope, created_at, key_hash FROM api_keys WHERE key_lookup = ?1 AND revoked_at IS NULL",
             )?;
@@ -480,7 +499,7 @@ impl Store for SqliteStore {
     }
 
     fn list_api_keys(&self) -> Result<Vec<ApiKeyRecord>, StoreError> {
-        self.with(|conn| {
+        self.read(|conn| {
             let mut stmt = conn.prepare(
                 "SELECT name, scope, created_at FROM api_keys WHERE revoked_at IS NULL ORDER BY created_at, rowid",
             )?;
@@ -527,7 +546,7 @@ impl Store for SqliteStore {
     }
 
     fn change_marker(&self) -> Result<i64, StoreError> {
-        self.with(|conn| Ok(conn.query_row("PRAGMA data_version", [], |r| r.get(0))?))
+        self.read(|conn| Ok(conn.query_row("PRAGMA data_version", [], |r| r.get(0))?))
     }
 
     fn end_past_graces(&self, now: i64) -> Result<usize, StoreError> {
@@ -821,6 +840,54 @@ mod tests {
                 .token_version,
             3
         );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// A write waiting for another process's lock holds the store's connection; lookups
+    /// (logins, API keys, the revocation watch) go on beside it instead of queueing, here
+    /// for as long as the write waits: it succeeds once the lock is let go.
+    #[test]
+    fn lookups_do_not_wait_behind_a_write_waiting_for_a_lock() {
+        let (store, dir) = temp_store("reader");
+        let token = new_token(SecretKind::AgentToken);
+        store.create_agent("w1", &token).expect("create");
+        let store = std::sync::Arc::new(store);
+        let other = Connection::open(dir.join(DB_FILE)).expect("other process");
+        other.execute_batch("BEGIN IMMEDIATE").expect("lock");
+        let (done, wrote) = std::sync::mpsc::channel();
+        let writer = {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                let made = store.create_agent("w2", &new_token(SecretKind::AgentToken));
+                let _ = done.send(made.map(|a| a.name));
+            })
+        };
+        // The write is under way, holding the connection, well within its busy timeout.
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(
+            store
+                .login(&token, super::super::unix_now())
+                .expect("login")
+                .agent()
+                .is_some()
+        );
+        assert_eq!(
+            store
+                .find_agent("w1")
+                .expect("find")
+                .map(|a| a.name)
+                .as_deref(),
+            Some("w1")
+        );
+        store.change_marker().expect("marker");
+        assert!(
+            wrote.try_recv().is_err(),
+            "the write ended before the lookups"
+        );
+        other.execute_batch("COMMIT").expect("unlock");
+        let made = wrote.recv().expect("write");
+        assert_eq!(made.expect("the write waited for the lock").as_str(), "w2");
+        writer.join().expect("writer");
         let _ = std::fs::remove_dir_all(dir);
     }
 
