@@ -4,6 +4,7 @@
 mod idle_timeout;
 pub mod rate_limit;
 mod replay;
+mod request_limits;
 mod send_again;
 pub(crate) use send_again::send_with_retries;
 pub mod slots;
@@ -146,7 +147,7 @@ pub async fn handle(ctx: Arc<CallContext>, request: Request<Incoming>) -> Respon
     // Held until the answer's body is done, so streaming calls count too.
     let permit = ctx.in_flight.try_take();
     let outcome = match permit {
-        None => Err(too_many_calls(&ctx.connection)),
+        None => Err(too_many_calls(&ctx.connection).into()),
         Some(permit) => run(&ctx, request).await.map(|response| {
             response.map(|body| hold_until_done(body, permit, ctx.clone(), request_id.clone()))
         }),
@@ -157,11 +158,18 @@ pub async fn handle(ctx: Arc<CallContext>, request: Request<Incoming>) -> Respon
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             response
         }
-        Err((code, message)) => {
+        Err(Refusal {
+            code,
+            message,
+            status,
+        }) => {
             ctx.failed
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             warn!(%request_id, connection = %ctx.connection.name, code = code.as_str(), detail = %message, "call failed");
             let mut response = error_response(code, &message);
+            if let Some(status) = status {
+                *response.status_mut() = status;
+            }
             if code == ErrorCode::MethodNotAllowed {
                 response
                     .headers_mut()
@@ -266,10 +274,7 @@ fn hold_until_done(
     )
 }
 
-async fn run(
-    ctx: &CallContext,
-    request: Request<Incoming>,
-) -> Result<Response<CallBody>, (ErrorCode, String)> {
+async fn run(ctx: &CallContext, request: Request<Incoming>) -> Result<Response<CallBody>, Refusal> {
     let conn = &ctx.connection;
     refuse_method(request.method())?;
     let path_and_query = request
@@ -281,6 +286,7 @@ async fn run(
         let shown = without_query(path_and_query);
         (ErrorCode::PathRejected, format!("{e}: {shown:?}"))
     })?;
+    request_limits::url_fits(&url)?;
     let (mut parts, body) = request.into_parts();
     // Taken off first: the relay's word, not the caller's headers.
     let wait = Wait::for_call(conn, &mut parts.headers);
@@ -290,19 +296,12 @@ async fn run(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > conn.limits.max_request_body) {
-        return Err(body_too_large(conn, ""));
+        return Err(body_too_large(conn, "").into());
     }
     let max_headers = conn.limits.max_header_bytes as usize;
-    if header_bytes(&parts.headers) > max_headers {
-        return Err((
-            ErrorCode::PayloadTooLarge,
-            format!(
-                "the request headers are larger than this connection's max_header_bytes ({max_headers} bytes)"
-            ),
-        ));
-    }
+    request_limits::head_fits(&parts.method, &url, &parts.headers, max_headers)?;
     let mut headers = parts.headers;
-    postern_protocol::headers::strip_hop_by_hop_and_rerouting(&mut headers);
+    postern_protocol::headers::strip_before_internal_server(&mut headers);
     // Only the agent authenticates to the internal server.
     headers.remove(AUTHORIZATION);
     confine_destination(&conn.base_uri, &mut headers)?;
@@ -341,6 +340,20 @@ async fn run(
     };
     let (upstream, _) =
         send_again::send_with_retries(ctx, &parts.method, &url, &headers, bearer, body).await?;
+    // Only a 101 gets here (hyper's client reads past the others). No upgrade was asked
+    // for (`Upgrade` never crosses), and a call has no way to carry the other protocol:
+    // passed on, the caller got a 101 that upgraded nothing and then a closed connection.
+    if upstream.status().is_informational() {
+        return Err((
+            ErrorCode::UpstreamBadAnswer,
+            format!(
+                "{} answered {}: the internal server switched protocols, which a call cannot carry (no upgrade was asked for); {SENT}",
+                conn.base_uri,
+                upstream.status()
+            ),
+        )
+        .into());
+    }
     if upstream.status() == StatusCode::TOO_MANY_REQUESTS
         && let Some(pause) = upstream
             .headers()
@@ -357,7 +370,8 @@ async fn run(
             format!(
                 "the internal server's answer headers are larger than this connection's max_header_bytes ({max_headers} bytes); {SENT}"
             ),
-        ));
+        )
+        .into());
     }
     let mut upstream_headers = upstream.headers().clone();
     // Both at once: the body was read as chunked, and a Content-Length passed on would
@@ -389,7 +403,8 @@ async fn run(
                 "the internal server's answer has {} header lines, more than the {max_lines} that cross the tunnel; {SENT}",
                 upstream_headers.len()
             ),
-        ));
+        )
+        .into());
     }
     let mut builder = Response::builder().status(upstream.status());
     if let Some(h) = builder.headers_mut() {
@@ -402,7 +417,8 @@ async fn run(
             format!(
                 "the internal server's answer is larger than this connection's max_response_body ({max} bytes); {SENT}"
             ),
-        ));
+        )
+        .into());
     }
     let mut seen = 0u64;
     let pieces = upstream
@@ -423,7 +439,7 @@ async fn run(
         });
     builder
         .body(BodyExt::boxed(StreamBody::new(stream)))
-        .map_err(|e| (ErrorCode::Internal, e.to_string()))
+        .map_err(|e| (ErrorCode::Internal, e.to_string()).into())
 }
 
 /// WebDAV's COPY and MOVE name where to write in `Destination`, an absolute URL: from a
@@ -765,6 +781,35 @@ fn causes<'a>(
     e: &'a (dyn std::error::Error + 'static),
 ) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
     std::iter::successors(Some(e), |e| e.source())
+}
+
+/// Why the agent answered a call itself: the contract's code, the message, and a status
+/// where HTTP has one more exact than the code's own (414 for a URL too long, 431 for a
+/// head too large, as the relay answers its own with `payload_too_large`), so that a
+/// code keeps one meaning while a client's generic HTTP handling still reads the status.
+pub(crate) struct Refusal {
+    code: ErrorCode,
+    message: String,
+    status: Option<StatusCode>,
+}
+
+impl Refusal {
+    fn with_status(self, status: StatusCode) -> Self {
+        Self {
+            status: Some(status),
+            ..self
+        }
+    }
+}
+
+impl From<(ErrorCode, String)> for Refusal {
+    fn from((code, message): (ErrorCode, String)) -> Self {
+        Self {
+            code,
+            message,
+            status: None,
+        }
+    }
 }
 
 pub fn error_response(code: ErrorCode, message: &str) -> Response<CallBody> {

@@ -134,12 +134,23 @@ const REROUTING: &[&str] = &[
     "proxy",
 ];
 
-/// What [`strip_hop_by_hop`] drops plus a caller's headers that could reroute the call at
-/// the internal server ([`REROUTING`], and every `X-Forwarded-*`); the agent does so
-/// before a call leaves.
-pub fn strip_hop_by_hop_and_rerouting(headers: &mut http::HeaderMap) {
+/// Request headers that ask the next hop's HTTP client to behave in a way the agent's
+/// (reqwest) does not: `Expect: 100-continue` says the client waits for a `100 Continue`
+/// before sending the body, and reqwest sends it at once. The expectation is the
+/// caller's, answered at its own hop (the relay's server); passed on, it told the
+/// internal server of a wait that never happens (RFC 9110 §10.1.1), and one that answers
+/// from the head alone (a 401, a 417) then had a body arrive anyway. The relay passes it
+/// on, so the agent's own server sees the caller's wish.
+const NOT_HONOURED: &[&str] = &["expect"];
+
+/// What [`strip_hop_by_hop`] drops, plus a caller's headers that could reroute the call at
+/// the internal server ([`REROUTING`], and every `X-Forwarded-*`) and those the agent's
+/// client does not honour ([`NOT_HONOURED`]); the agent does so before a call leaves.
+pub fn strip_before_internal_server(headers: &mut http::HeaderMap) {
     strip(headers, |name| {
-        is_hop_by_hop(name) || listed(name, REROUTING, "x-forwarded-")
+        is_hop_by_hop(name)
+            || listed(name, REROUTING, "x-forwarded-")
+            || NOT_HONOURED.iter().any(|h| same_name(h, name))
     });
 }
 
@@ -157,7 +168,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn strips_hop_by_hop_and_rerouting_headers_and_keeps_the_rest() {
+    fn strips_hop_by_hop_rerouting_and_unhonoured_headers_and_keeps_the_rest() {
         let mut h = http::HeaderMap::new();
         for name in [
             "X-Original-URL",
@@ -205,7 +216,8 @@ mod tests {
         h.insert("x_request_id", http::HeaderValue::from_static("kept"));
         h.insert("accept", http::HeaderValue::from_static("application/json"));
         h.insert("x-request-id", http::HeaderValue::from_static("r1"));
-        strip_hop_by_hop_and_rerouting(&mut h);
+        h.insert("expect", http::HeaderValue::from_static("100-continue"));
+        strip_before_internal_server(&mut h);
         let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(left.len(), 5, "{left:?}");
         for kept in [

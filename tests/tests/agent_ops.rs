@@ -498,7 +498,7 @@ async fn connection_limits_give_clear_errors_and_the_agent_keeps_serving() -> Re
         .header("x-large", "v".repeat(4096))
         .send()
         .await?;
-    assert_eq!(r.status(), 413);
+    assert_eq!(r.status(), 431);
     let body: serde_json::Value = r.json().await?;
     assert_eq!(error_code(&body), "payload_too_large");
     assert!(body.to_string().contains("max_header_bytes"), "{body}");
