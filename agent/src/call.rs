@@ -162,6 +162,7 @@ pub async fn handle(ctx: Arc<CallContext>, request: Request<Incoming>) -> Respon
             code,
             message,
             status,
+            retry_after,
         }) => {
             ctx.failed
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -169,6 +170,11 @@ pub async fn handle(ctx: Arc<CallContext>, request: Request<Incoming>) -> Respon
             let mut response = error_response(code, &message);
             if let Some(status) = status {
                 *response.status_mut() = status;
+            }
+            if let Some(seconds) = retry_after {
+                response
+                    .headers_mut()
+                    .insert(http::header::RETRY_AFTER, seconds.into());
             }
             if code == ErrorCode::MethodNotAllowed {
                 response
@@ -308,7 +314,7 @@ async fn run(ctx: &CallContext, request: Request<Incoming>) -> Result<Response<C
     ctx.limiter
         .acquire(wait.longest())
         .await
-        .map_err(|refused| rate_limited(conn, refused.needed, wait))?;
+        .map_err(|refused| rate_limited(conn, refused, wait))?;
     let bearer = match &ctx.bearer {
         Some(source) => Some(
             source
@@ -730,7 +736,10 @@ impl Wait {
     }
 }
 
-pub(crate) fn rate_limited(conn: &Connection, needed: Duration, wait: Wait) -> (ErrorCode, String) {
+/// 429 `rate_limited`, with the wait in `Retry-After` (whole seconds, rounded up) so a
+/// caller's client waits rather than retrying into the same refusal.
+pub(crate) fn rate_limited(conn: &Connection, refused: rate_limit::Refused, wait: Wait) -> Refusal {
+    let needed = refused.needed;
     let limit = match wait.relay_allows() {
         Some(allowed) if allowed < wait.max_wait => format!(
             "{:?}: max_wait is {:?}, but the relay gives up on a call after {:?} (its call_timeout) and the internal server may take this connection's timeout ({:?}) to answer (half the call_timeout when that leaves nothing)",
@@ -741,14 +750,20 @@ pub(crate) fn rate_limited(conn: &Connection, needed: Duration, wait: Wait) -> (
         ),
         _ => format!("max_wait ({:?})", wait.max_wait),
     };
-    (
+    let why = if refused.paused {
+        "the internal server asked for a pause (its Retry-After)"
+    } else {
+        "it is over its rate limit"
+    };
+    Refusal::from((
         ErrorCode::RateLimited,
         format!(
-            "connection {} is over its rate limit: the call would wait {:.1}s, longer than {limit}",
+            "connection {}: {why}; the call would wait {:.1}s, longer than {limit}",
             conn.name,
             needed.as_secs_f64(),
         ),
-    )
+    ))
+    .with_retry_after(needed)
 }
 
 fn timeout_error(conn: &Connection) -> (ErrorCode, String) {
@@ -789,14 +804,23 @@ fn causes<'a>(
 /// code keeps one meaning while a client's generic HTTP handling still reads the status.
 pub(crate) struct Refusal {
     code: ErrorCode,
-    message: String,
+    pub(crate) message: String,
     status: Option<StatusCode>,
+    /// Seconds for `Retry-After`, where the agent knows when the call would go through.
+    retry_after: Option<u64>,
 }
 
 impl Refusal {
     fn with_status(self, status: StatusCode) -> Self {
         Self {
             status: Some(status),
+            ..self
+        }
+    }
+
+    fn with_retry_after(self, wait: Duration) -> Self {
+        Self {
+            retry_after: Some(wait.as_secs() + u64::from(wait.subsec_nanos() > 0)),
             ..self
         }
     }
@@ -808,6 +832,7 @@ impl From<(ErrorCode, String)> for Refusal {
             code,
             message,
             status: None,
+            retry_after: None,
         }
     }
 }

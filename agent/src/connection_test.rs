@@ -98,8 +98,8 @@ pub async fn run(ctx: &CallContext) -> TestReport {
         return report;
     };
     if let Err(refused) = ctx.limiter.acquire(conn.max_wait).await {
-        let (_, why) = crate::call::rate_limited(conn, refused.needed, Wait::configured(conn));
-        report.step("limits", started, Err(why));
+        let refusal = crate::call::rate_limited(conn, refused, Wait::configured(conn));
+        report.step("limits", started, Err(refusal.message));
         return report;
     }
     let started = Instant::now();

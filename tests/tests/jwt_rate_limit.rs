@@ -133,11 +133,15 @@ async fn over_the_burst_with_no_wait_is_rate_limited() -> Result<()> {
     let r = w.api.call("edge", "slow", "/burst/2").await?;
     assert_eq!(r.status(), 429);
     assert_eq!(r.headers()["x-postern-error"], "rate_limited");
+    // One call a minute, a burst of 2 spent: the next turn is about a minute away (whole
+    // seconds, rounded up), which a caller's client can wait for instead of retrying.
+    let retry_after: u64 = r.headers()["retry-after"].to_str()?.parse()?;
+    assert!((50..=60).contains(&retry_after), "{retry_after}");
     let body: serde_json::Value = r.json().await?;
     assert_eq!(body["error"]["code"], "rate_limited");
     let message = body["error"]["message"].as_str().unwrap_or_default();
     assert!(
-        message.starts_with("connection slow is over its rate limit: the call would wait"),
+        message.starts_with("connection slow: it is over its rate limit; the call would wait"),
         "{message}"
     );
     assert_eq!(
@@ -291,6 +295,18 @@ async fn an_upstream_retry_after_pauses_the_connection() -> Result<()> {
     assert_eq!(r.status(), 429);
     assert_eq!(r.headers()["x-postern-error"], "rate_limited");
     assert!(refused_at.elapsed() < Duration::from_secs(2));
+    // Said as the internal server's pause (this connection has no rate_limit), with
+    // what is left of it.
+    let retry_after: u64 = r.headers()["retry-after"].to_str()?.parse()?;
+    assert!((27..=30).contains(&retry_after), "{retry_after}");
+    let body: serde_json::Value = r.json().await?;
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.starts_with(
+            "connection long: the internal server asked for a pause (its Retry-After)"
+        ),
+        "{message}"
+    );
     let r = w.api.call("edge", "short", "/x").await?;
     assert_eq!(r.status(), 200, "other connections are not paused");
     Ok(())

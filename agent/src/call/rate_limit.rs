@@ -13,10 +13,12 @@ use crate::config::RateLimit;
 /// An upstream's `Retry-After` is honoured up to this long.
 pub const MAX_PAUSE: Duration = Duration::from_secs(600);
 
-/// The wait the call would have needed.
+/// The wait the call would have needed, and whether an upstream's pause (its
+/// `Retry-After`) is in it: then the connection's own `rate_limit` may not even exist.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Refused {
     pub needed: Duration,
+    pub paused: bool,
 }
 
 pub struct Limiter {
@@ -143,7 +145,10 @@ impl Limiter {
                 held.due += moved;
                 let needed = held.due.saturating_duration_since(arrived);
                 if needed > max_wait {
-                    return Err(Refused { needed });
+                    return Err(Refused {
+                        needed,
+                        paused: true,
+                    });
                 }
             }
             tokio::select! {
@@ -206,7 +211,10 @@ impl Limiter {
             });
         }
         if wait > max_wait {
-            return Err(Refused { needed: wait });
+            return Err(Refused {
+                needed: wait,
+                paused: b.paused_until.is_some_and(|until| until > now),
+            });
         }
         if self.limit.is_some() {
             b.tokens -= 1.0;
