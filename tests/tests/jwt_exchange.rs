@@ -557,6 +557,10 @@ async fn a_token_endpoint_that_is_down_slow_or_talks_garbage_gives_clear_errors_
             "no access_token string in the JSON",
         ),
         (
+            garbage(200, "application/json", "{\"access_token\":\"\"}"),
+            "its access_token is empty",
+        ),
+        (
             garbage(503, "text/html", "<html>maintenance</html>"),
             "answered HTTP 503 without an OAuth error: <html>maintenance</html>",
         ),

@@ -262,6 +262,7 @@ fn parse_response(
     };
     let access_token = match json.get("access_token") {
         Some(Value::String(t)) if !t.is_empty() => t.clone(),
+        Some(Value::String(_)) => return Err(bad("its access_token is empty")),
         _ => return Err(bad("no access_token string in the JSON")),
     };
     if access_token.bytes().any(|b| !(0x21..=0x7e).contains(&b)) {
