@@ -328,8 +328,10 @@ async fn a_revocation_during_a_reconnects_drain_is_taken_as_one() -> Result<()> 
         "{}",
         agent.logs.text()
     );
-    // Cut by the revocation, not answered.
-    assert_eq!(in_flight.await??.status(), 503);
+    // Cut by the revocation, not answered: its request had gone out, so not 503 "retry".
+    let cut = in_flight.await??;
+    assert_eq!(cut.status(), 502);
+    assert_eq!(cut.headers()["x-postern-error"], "tunnel_error");
     Ok(())
 }
 
