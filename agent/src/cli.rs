@@ -4,6 +4,7 @@
 mod connection;
 mod destination;
 mod edit;
+mod edit_table;
 mod init;
 mod jwt;
 mod out;

@@ -406,7 +406,7 @@ fn resolve_connection(
             Some(tls),
             Some(limits),
         ) if problems.is_empty() => Ok(Connection {
-            name,
+            name: warn_if_never_expires(name, &auth),
             base_uri,
             timeout,
             auth,
@@ -420,7 +420,41 @@ fn resolve_connection(
     }
 }
 
+/// A direct bearer JWT without `exp` is a credential that never expires, sent to the
+/// internal server (and its logs) on every call. Warned, not refused, so that a config
+/// running so today still starts after an upgrade; an exchange's assertion without one
+/// is refused ([`jwt_auth::resolve`]), as identity providers refuse it anyway.
+fn warn_if_never_expires(name: ConnectionName, auth: &Auth) -> ConnectionName {
+    if let Auth::JwtBearer(jwt) = auth
+        && jwt.exchange.is_none()
+        && !jwt.signer.sets_claim("exp")
+    {
+        tracing::warn!(
+            connection = %name,
+            "connections.{name}: its JWT has no exp claim, so each one is a bearer credential that never expires, sent on every call: set auth.lifetime (such as \"5m\") or payload.exp"
+        );
+    }
+    name
+}
+
+/// A base URI written without its scheme (`127.0.0.1:8080/api`) is said to need one, as
+/// `relay_problem` says what was meant: the url crate's own words (`relative URL without
+/// a base`) do not, and `host:8080` would even parse, as the scheme `host`.
+fn missing_scheme(text: &str) -> Option<String> {
+    let lower = text.trim().to_ascii_lowercase();
+    if text.contains("://") || lower.starts_with("http:") || lower.starts_with("https:") {
+        return None;
+    }
+    let shown = shown(text.trim());
+    Some(format!(
+        "base_uri {shown:?} has no scheme: write it as a URL (did you mean \"http://{shown}\" or \"https://{shown}\"?)"
+    ))
+}
+
 fn resolve_base_uri(text: &str) -> Result<Url, String> {
+    if let Some(problem) = missing_scheme(text) {
+        return Err(problem);
+    }
     let base_uri = Url::parse(text).map_err(|e| format!("base_uri {:?}: {e}", shown(text)))?;
     if !matches!(base_uri.scheme(), "http" | "https") || base_uri.host_str().is_none() {
         return Err(format!(

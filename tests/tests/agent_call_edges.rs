@@ -333,6 +333,7 @@ type = "jwt_bearer"
 algorithm = "HS256"
 secret = "a-review-secret-of-32-bytes-long"
 payload = {{ iss = "postern", aud = "https://127.0.0.1:{port}/token" }}
+lifetime = "5m"
 [connections.{name}-exchange.auth.exchange]
 token_url = "https://127.0.0.1:{port}/token"
 "#

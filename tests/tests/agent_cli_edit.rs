@@ -537,3 +537,274 @@ fn an_encrypted_key_is_added_with_its_passphrase() -> Result<()> {
     assert_eq!(stdout(&signed).trim().split('.').count(), 3);
     Ok(())
 }
+
+/// An exchange connection with settings `connection add` has no option for, each with a
+/// comment that must stay.
+fn exchange_connection() -> String {
+    "\n# the ERP, through the IdP\n[connections.erp]\nbase_uri = \"http://127.0.0.1:9/erp\"\n\
+     rate_limit = { requests = 2, per = \"1s\", burst = 2 }\nmax_wait = \"1s\"  # callers retry\n\
+     test = { path = \"/health\" }\n\
+     [connections.erp.auth]\ntype = \"jwt_bearer\"\nalgorithm = \"ES256\"\n\
+     private_key_file = \"ec.pem\"\nlifetime = \"5m\"\n\
+     payload = { iss = \"postern\", jti = \"{{uuid}}\" }\n\
+     # exchange settings, added by hand\n[connections.erp.auth.exchange]\n\
+     token_url = \"http://127.0.0.1:9/token\"\nparams = { scope = \"erp.read\" }\n"
+        .to_owned()
+}
+
+/// `--replace` overwrites only what the command line sets: before 2026-12-07 it rebuilt
+/// the table from the options alone, said `added`, and dropped the rate limit, `lifetime`
+/// and the whole exchange table, so the IdP's assertion went to the internal server.
+#[test]
+fn a_replace_keeps_the_settings_it_does_not_set_and_names_what_it_drops() -> Result<()> {
+    let dir = TempDir::new("cli-edit-replace")?;
+    let (key, _) = postern_tests::pki::ec256(dir.path())?;
+    dir.write_private("ec.pem", &key)?;
+    let config = dir.write_private(
+        "agent.toml",
+        &offline_agent_config("127.0.0.1:1", &exchange_connection()),
+    )?;
+    let replace = |extra: &[&str]| {
+        let mut args = vec![
+            "connection",
+            "add",
+            "erp",
+            "--replace",
+            "--base-uri",
+            "http://127.0.0.1:9/erp-v2",
+        ];
+        args.extend_from_slice(extra);
+        agent_cli(&bins(), &config, &args)
+    };
+    // The finding's command: every option of the connection given again but the exchange.
+    let out = replace(&[
+        "--auth",
+        "jwt_bearer",
+        "--algorithm",
+        "ES256",
+        "--private-key-file",
+        "ec.pem",
+        "--payload",
+        "iss=postern",
+    ])?;
+    assert!(out.status.success(), "{}", output_text(&out));
+    let said = stdout(&out);
+    assert!(
+        said.contains("connection \"erp\" replaced in")
+            && said.contains(
+                "kept from before (not set on this command line): rate_limit, max_wait, test, auth.lifetime, auth.exchange"
+            )
+            && said.contains("auth.payload.jti (not among the --payloads given"),
+        "{said}"
+    );
+    let text = std::fs::read_to_string(&config)?;
+    for kept in [
+        "# the ERP, through the IdP",
+        "base_uri = \"http://127.0.0.1:9/erp-v2\"",
+        "rate_limit = { requests = 2, per = \"1s\", burst = 2 }",
+        "max_wait = \"1s\"  # callers retry",
+        "lifetime = \"5m\"",
+        "# exchange settings, added by hand",
+        "[connections.erp.auth.exchange]",
+        "params = { scope = \"erp.read\" }",
+    ] {
+        assert!(text.contains(kept), "{kept} lost:\n{text}");
+    }
+    let out = agent_cli(&bins(), &config, &["connection", "list"])?;
+    assert!(
+        stdout(&out).contains("jwt_bearer ES256 (exchange at http://127.0.0.1:9/token)"),
+        "{}",
+        output_text(&out)
+    );
+
+    // Only the base URI: the auth, its key and the rest stay as they are.
+    let out = replace(&[])?;
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert!(
+        stdout(&out).contains(
+            "auth.algorithm, auth.private_key_file, auth.lifetime, auth.payload, auth.exchange"
+        ) && !stdout(&out).contains("dropped"),
+        "{}",
+        stdout(&out)
+    );
+
+    // `--auth none` drops what only jwt_bearer takes, naming each, and keeps the rest.
+    let out = replace(&["--auth", "none"])?;
+    assert!(out.status.success(), "{}", output_text(&out));
+    let said = stdout(&out);
+    for dropped in [
+        "auth.exchange (a jwt_bearer setting, and the auth is now \"none\")",
+        "auth.lifetime (a jwt_bearer setting",
+        "auth.private_key_file (a jwt_bearer setting",
+    ] {
+        assert!(said.contains(dropped), "{dropped}: {said}");
+    }
+    assert!(
+        said.contains(
+            "kept from before (not set on this command line): rate_limit, max_wait, test\n"
+        ),
+        "{said}"
+    );
+    let text = std::fs::read_to_string(&config)?;
+    assert!(
+        !text.contains("exchange")
+            && text.contains("rate_limit")
+            && text.contains("type = \"none\""),
+        "{text}"
+    );
+    let out = agent_cli(&bins(), &config, &["config", "check"])?;
+    assert!(out.status.success(), "{}", output_text(&out));
+    Ok(())
+}
+
+/// A replace that would leave a key of the other algorithm family is asked for the right
+/// one in the command line's words, and the file is left as it was.
+#[test]
+fn a_replace_to_another_algorithm_family_asks_for_its_key() -> Result<()> {
+    let dir = TempDir::new("cli-edit-replace-family")?;
+    let (key, _) = postern_tests::pki::ec256(dir.path())?;
+    dir.write_private("ec.pem", &key)?;
+    let config = dir.write_private(
+        "agent.toml",
+        &offline_agent_config("127.0.0.1:1", &exchange_connection()),
+    )?;
+    let before = std::fs::read_to_string(&config)?;
+    let out = agent_cli(
+        &bins(),
+        &config,
+        &add_jwt("erp", &["--replace", "--algorithm", "HS256"]),
+    )?;
+    assert_eq!(out.status.code(), Some(64), "{}", output_text(&out));
+    assert!(
+        stderr(&out).contains(
+            "--algorithm HS256 signs with a shared secret: give --secret-file or --secret-env"
+        ),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(std::fs::read_to_string(&config)?, before);
+    let out = agent_cli(
+        &bins(),
+        &config,
+        &add_jwt(
+            "erp",
+            &[
+                "--replace",
+                "--algorithm",
+                "HS256",
+                "--secret-env",
+                "ERP_HS",
+            ],
+        ),
+    )?;
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert!(
+        stdout(&out).contains("auth.private_key_file (HS256 signs with a shared secret)"),
+        "{}",
+        stdout(&out)
+    );
+    Ok(())
+}
+
+/// A base URI without its scheme is said to need `http://` or `https://`, as `--relay`
+/// says what was meant; before 2026-12-07 it was the url crate's `relative URL without a
+/// base`, and `localhost:8080/x` was taken as the scheme `localhost`.
+#[test]
+fn a_base_uri_without_a_scheme_says_which_to_add() -> Result<()> {
+    let dir = TempDir::new("cli-edit-scheme")?;
+    let config = dir.write_private("agent.toml", &offline_agent_config("127.0.0.1:1", ""))?;
+    let before = std::fs::read_to_string(&config)?;
+    for uri in ["127.0.0.1:8080/x", "localhost:8080/x", "erp.internal/api"] {
+        let out = agent_cli(
+            &bins(),
+            &config,
+            &["connection", "add", "x", "--base-uri", uri],
+        )?;
+        assert_eq!(out.status.code(), Some(1), "{uri}: {}", output_text(&out));
+        let expected = format!(
+            "connections.x: base_uri \"{uri}\" has no scheme: write it as a URL (did you mean \"http://{uri}\" or \"https://{uri}\"?)"
+        );
+        assert!(stderr(&out).contains(&expected), "{uri}: {}", stderr(&out));
+        assert_eq!(std::fs::read_to_string(&config)?, before);
+    }
+    // The same at load.
+    std::fs::write(
+        &config,
+        offline_agent_config(
+            "127.0.0.1:1",
+            "[connections.x]\nbase_uri = \"127.0.0.1:8080/x\"\n",
+        ),
+    )?;
+    let out = agent_cli(&bins(), &config, &["config", "check"])?;
+    assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
+    assert!(
+        stderr(&out).contains("did you mean \"http://127.0.0.1:8080/x\""),
+        "{}",
+        stderr(&out)
+    );
+    Ok(())
+}
+
+/// A direct JWT without `exp` is a credential that never expires: `connection add` and
+/// `config check` warn of it (it still loads, as configs that run so must keep running),
+/// and `--lifetime` gives one, as the config's `lifetime` does.
+#[test]
+fn a_jwt_without_exp_is_warned_of_and_lifetime_gives_one() -> Result<()> {
+    let dir = TempDir::new("cli-edit-no-exp")?;
+    let (key, _) = postern_tests::pki::ec256(dir.path())?;
+    dir.write_private("ec.pem", &key)?;
+    let config = dir.write_private("agent.toml", &offline_agent_config("127.0.0.1:1", ""))?;
+    let es256 = ["--algorithm", "ES256", "--private-key-file", "ec.pem"];
+    let out = agent_cli(&bins(), &config, &add_jwt("bare", &es256))?;
+    assert!(out.status.success(), "{}", output_text(&out));
+    let warning = "connections.bare: its JWT has no exp claim";
+    assert!(stderr(&out).contains(warning), "{}", stderr(&out));
+    let out = agent_cli(&bins(), &config, &["config", "check"])?;
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert!(stderr(&out).contains(warning), "{}", stderr(&out));
+
+    let mut lifetime = es256.to_vec();
+    lifetime.extend(["--replace", "--lifetime", "5m"]);
+    let out = agent_cli(&bins(), &config, &add_jwt("bare", &lifetime))?;
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert!(!stderr(&out).contains(warning), "{}", stderr(&out));
+    assert!(std::fs::read_to_string(&config)?.contains("lifetime = \"5m\""));
+    let out = agent_cli(&bins(), &config, &["config", "check"])?;
+    assert!(
+        out.status.success() && !stderr(&out).contains(warning),
+        "{}",
+        output_text(&out)
+    );
+
+    // Parsed as the config's key: what it refuses, the edit refuses.
+    let mut bad = es256.to_vec();
+    bad.extend(["--replace", "--lifetime", "1500ms"]);
+    let out = agent_cli(&bins(), &config, &add_jwt("bare", &bad))?;
+    assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
+    assert!(
+        stderr(&out).contains("auth.lifetime must be whole seconds"),
+        "{}",
+        stderr(&out)
+    );
+    // A lifetime is for jwt_bearer only.
+    let out = agent_cli(
+        &bins(),
+        &config,
+        &[
+            "connection",
+            "add",
+            "p",
+            "--base-uri",
+            "http://h",
+            "--lifetime",
+            "5m",
+        ],
+    )?;
+    assert_eq!(out.status.code(), Some(64), "{}", output_text(&out));
+    assert!(
+        stderr(&out).contains("--lifetime need --auth jwt_bearer"),
+        "{}",
+        stderr(&out)
+    );
+    Ok(())
+}

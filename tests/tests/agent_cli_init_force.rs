@@ -7,7 +7,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use postern_tests::harness::{
     Bins, agent_command, file_mode, is_root, offline_agent_config, offline_init_command,
-    other_token, output_text, stdout, unknown_token,
+    other_token, output_text, stderr, stdout, unknown_token,
 };
 use postern_tests::temp::TempDir;
 
@@ -93,8 +93,8 @@ fn init_force_keeps_the_old_file_and_carries_its_connections_over() -> Result<()
     assert!(stdout(&out).contains("not UTF-8"), "{}", stdout(&out));
     assert_eq!(std::fs::read(dir.path().join("agent.toml.bak.2"))?, garbage);
 
-    // Connections with a problem the old file had already are carried over as they were,
-    // as any edit keeps what it did not bring: `--force` is not the place to refuse them.
+    // A connection that would not load is left in the backup and named, with why: carried
+    // over, `run` would refuse the new file (before 2026-12-07 it was, with exit 0).
     std::fs::write(
         &config,
         offline_agent_config(
@@ -104,8 +104,12 @@ fn init_force_keeps_the_old_file_and_carries_its_connections_over() -> Result<()
     )?;
     let out = init_force(&config, &other_token())?;
     assert!(out.status.success(), "{}", output_text(&out));
-    assert!(stdout(&out).contains("(broken)"), "{}", stdout(&out));
-    assert!(std::fs::read_to_string(&config)?.contains("ftp://nowhere"));
+    assert!(
+        stdout(&out).contains("broken not carried over: left in the backup"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(!std::fs::read_to_string(&config)?.contains("ftp://nowhere"));
     std::fs::write(&config, offline_agent_config("127.0.0.1:1", ""))?;
 
     // A config without connections has none to carry over.
@@ -154,5 +158,55 @@ fn a_planted_backup_link_is_not_followed() -> Result<()> {
         "{}",
         stdout(&out)
     );
+    Ok(())
+}
+
+/// Of the old file's connections, those that would not load (a key file gone) stay in the
+/// backup, named with why, and the new config loads; one whose secret only the service's
+/// environment sets is carried. The settings not carried over are the old file's own, by
+/// name: before 2026-12-07 a broken connection was carried (exit 0, then `run` refused the
+/// file), and the list of settings was a fixed `token_file, proxy, status_socket, …`.
+#[test]
+fn init_force_leaves_connections_that_would_not_load_in_the_backup() -> Result<()> {
+    let dir = TempDir::new("review-init-force-broken")?;
+    let (key, _) = postern_tests::pki::ec256(dir.path())?;
+    dir.write_private("ec.pem", &key)?;
+    let connections = "status_socket = \"agent.sock\"\nmetrics_listen = \"127.0.0.1:34151\"\n\
+        [connections.erp]\nbase_uri = \"http://127.0.0.1:9/erp\"\n\
+        auth = { type = \"jwt_bearer\", algorithm = \"ES256\", private_key_file = \"ec.pem\", lifetime = \"5m\" }\n\
+        [connections.gone]\nbase_uri = \"http://127.0.0.1:9/gone\"\n\
+        auth = { type = \"jwt_bearer\", algorithm = \"ES256\", private_key_file = \"keys/missing.pem\", lifetime = \"5m\" }\n\
+        [connections.envy]\nbase_uri = \"http://127.0.0.1:9/envy\"\n\
+        auth = { type = \"jwt_bearer\", algorithm = \"HS256\", secret_env = \"ERP_SECRET\", lifetime = \"5m\" }\n";
+    let old = offline_agent_config("127.0.0.1:1", connections);
+    let config = dir.write_private("agent.toml", &old)?;
+    let out = init_force(&config, &other_token())?;
+    assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
+    let said = stdout(&out);
+    assert!(
+        said.contains("its connections erp, envy are in the new one; gone not carried over: left in the backup, as it would not load")
+            && said.contains("connections.gone: ")
+            && said.contains("missing.pem")
+            && said.contains("its other settings (status_socket, metrics_listen) are not carried over")
+            && !said.contains("token_file")
+            && !said.contains("proxy"),
+        "{said}"
+    );
+    assert!(stderr(&out).contains("ERP_SECRET"), "{}", stderr(&out));
+    let new = std::fs::read_to_string(&config)?;
+    assert!(
+        new.contains("[connections.erp]")
+            && new.contains("[connections.envy]")
+            && !new.contains("gone"),
+        "{new}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("agent.toml.bak"))?,
+        old
+    );
+    let out = agent_command(&bins(), &config, &["config", "check"])
+        .env("ERP_SECRET", "a-secret-long-enough-for-hs256-signing")
+        .output()?;
+    assert!(out.status.success(), "{}", output_text(&out));
     Ok(())
 }

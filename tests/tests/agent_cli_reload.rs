@@ -109,3 +109,30 @@ fn a_changed_status_socket_is_named_as_the_likely_reason() -> Result<()> {
     assert_eq!(status.status.code(), Some(1), "{}", output_text(&status));
     Ok(())
 }
+
+/// A direct JWT without `exp` is warned of in the agent's log, at start and at each
+/// reload that loads it (it still runs: configs that ran so must keep running).
+#[test]
+fn a_jwt_without_exp_is_warned_of_in_the_agents_log() -> Result<()> {
+    let bins = bins();
+    let dir = TempDir::new("cli-reload-no-exp")?;
+    let rest = "status_socket = \"agent.sock\"\n[connections.bare]\nbase_uri = \"http://127.0.0.1:9\"\n\
+        auth = { type = \"jwt_bearer\", algorithm = \"HS256\", secret = \"a-secret-of-thirty-two-bytes-ok!\" }\n";
+    let config = dir.write_private("agent.toml", &offline_agent_config("127.0.0.1:1", rest))?;
+    let agent = run_agent(&bins, &config)?;
+    let warning = "connections.bare: its JWT has no exp claim";
+    agent.logs.wait_for(warning, Duration::from_secs(10))?;
+    let before = agent.logs.text().matches(warning).count();
+    let out = agent_cli(&bins, &config, &["reload"])?;
+    assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while agent.logs.text().matches(warning).count() == before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no warning at reload: {}",
+            agent.logs.text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}

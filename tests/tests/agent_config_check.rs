@@ -271,3 +271,51 @@ fn a_config_without_connections_says_it_has_none() -> Result<()> {
     );
     Ok(())
 }
+
+/// An RFC 7523 assertion must carry `exp` (§3), and identity providers refuse one without:
+/// `config check` refuses it, where before 2026-12-07 it said `ok` and the first call got
+/// a 502 from the token endpoint's refusal. A direct JWT without one is only warned of.
+#[test]
+fn an_exchange_whose_assertion_has_no_exp_fails_the_check() -> Result<()> {
+    let dir = TempDir::new("cfgcheck-no-exp")?;
+    let (key, _) = pki::ec256(dir.path())?;
+    dir.write_private("ec.pem", &key)?;
+    let connection = |auth_extra: &str, exchange_extra: &str| {
+        format!(
+            "[connections.erp]\nbase_uri = \"http://127.0.0.1:9/erp\"\n\
+             [connections.erp.auth]\ntype = \"jwt_bearer\"\nalgorithm = \"ES256\"\n\
+             private_key_file = \"ec.pem\"\n{auth_extra}\
+             [connections.erp.auth.exchange]\ntoken_url = \"http://127.0.0.1:9/token\"\n{exchange_extra}"
+        )
+    };
+    let refused = "connections.erp: auth.exchange: the assertion would have no exp claim, which RFC 7523 §3 requires";
+    for (name, text) in [
+        (
+            "plain.toml",
+            connection("payload = { iss = \"postern\" }\n", ""),
+        ),
+        (
+            "client-assertion.toml",
+            connection(
+                "",
+                "client_assertion = true\nparams = { client_id = \"c\" }\n",
+            ),
+        ),
+    ] {
+        let config = dir.write_private(name, &offline_agent_config("127.0.0.1:1", &text))?;
+        let (code, said) = run(&config, &["config", "check"])?;
+        assert_eq!(code, Some(1), "{name}: {said}");
+        assert!(said.contains(refused), "{name}: {said}");
+    }
+    for (name, auth_extra) in [
+        ("lifetime.toml", "lifetime = \"5m\"\n"),
+        ("exp.toml", "payload = { exp = \"{{now + 300}}\" }\n"),
+    ] {
+        let text = connection(auth_extra, "");
+        let config = dir.write_private(name, &offline_agent_config("127.0.0.1:1", &text))?;
+        let (code, said) = run(&config, &["config", "check"])?;
+        assert_eq!(code, Some(0), "{name}: {said}");
+        assert!(!said.contains("no exp claim"), "{name}: {said}");
+    }
+    Ok(())
+}

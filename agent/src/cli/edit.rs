@@ -5,9 +5,10 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use toml_edit::{DocumentMut, InlineTable, Item, Table, TableLike, value};
+use toml_edit::{DocumentMut, Item, Table, TableLike, value};
 
 use super::destination::{Destination, written};
+use super::edit_table;
 use super::out;
 use crate::config::{AgentConfig, ConfigError, ConfigFile, FolderLock};
 
@@ -22,9 +23,10 @@ pub(crate) struct NewConnection {
     /// How long to wait for the internal server's answer (default 30s).
     #[arg(long)]
     pub timeout: Option<String>,
-    /// `none` or `jwt_bearer`.
-    #[arg(long, default_value = "none", value_parser = ["none", "jwt_bearer"])]
-    pub auth: String,
+    /// `none` (the default) or `jwt_bearer`; with --replace, the replaced connection's
+    /// unless given.
+    #[arg(long, value_parser = ["none", "jwt_bearer"])]
+    pub auth: Option<String>,
     /// jwt_bearer: HS256/384/512, RS256/384/512, PS256/384/512, ES256, ES384 or EdDSA.
     #[arg(long)]
     pub algorithm: Option<String>,
@@ -59,7 +61,12 @@ pub(crate) struct NewConnection {
     /// quote it for a string of digits: sub='"12345"'.
     #[arg(long = "payload")]
     pub payload: Vec<String>,
-    /// Overwrite a connection of that name.
+    /// jwt_bearer: adds iat and exp = now + this (e.g. 5m, at most a day, whole seconds)
+    /// where the payload sets neither; the config's auth.lifetime.
+    #[arg(long)]
+    pub lifetime: Option<String>,
+    /// Overwrite a connection of that name: the options given replace its settings, the
+    /// others it has stay (those that no longer apply are dropped, and named).
     #[arg(long)]
     pub replace: bool,
 }
@@ -201,7 +208,7 @@ pub(super) fn check(path: &Path, before: &str, text: &str) -> Result<()> {
 /// What `run` would refuse in `text`, the content of `path`, one line each (a file its
 /// owner could not read too, when root edits another user's config); an error if it does
 /// not parse.
-fn problems(text: &str, path: &Path) -> Result<Vec<String>> {
+pub(super) fn problems(text: &str, path: &Path) -> Result<Vec<String>> {
     let file = ConfigFile::parse(text)?;
     let mut found = crate::config::unreadable_by_owner(path, &file);
     let base = path.parent().unwrap_or(Path::new("."));
@@ -232,11 +239,14 @@ fn pairs(items: &[String], what: &str) -> Result<Vec<(String, String)>> {
 
 /// The key options `algorithm` signs with, said in the command line's words (the config's
 /// own check would say `auth.secret: set one of auth.secret, …`, keys `add` has no option
-/// for). An algorithm postern does not know is left to that check, which lists them.
-fn key_options(new: &NewConnection, algorithm: &str) -> Result<()> {
+/// for). An algorithm postern does not know is left to that check, which lists them. A
+/// key of the replaced connection (`old`) that fits the algorithm is kept, so need not be
+/// given again.
+fn key_options(new: &NewConnection, algorithm: &str, old: Option<&Table>) -> Result<()> {
     let Ok(parsed) = algorithm.parse::<crate::jwt::Algorithm>() else {
         return Ok(());
     };
+    let kept = |keys: &[&str]| edit_table::old_has_any(old, keys);
     let (key, secret) = (new.key_options(), new.secret_options());
     let given = |options: &[(&'static str, bool)]| -> Vec<&'static str> {
         options
@@ -247,14 +257,18 @@ fn key_options(new: &NewConnection, algorithm: &str) -> Result<()> {
     };
     let (wanted, unwanted, what, needs) = if parsed.is_hmac() {
         (
-            new.secret_file.is_some() || new.secret_env.is_some(),
+            new.secret_file.is_some()
+                || new.secret_env.is_some()
+                || kept(&["secret", "secret_file", "secret_env"]),
             given(&key),
             "a shared secret",
             "--secret-file or --secret-env",
         )
     } else {
         (
-            new.private_key_file.is_some() || new.private_key_env.is_some(),
+            new.private_key_file.is_some()
+                || new.private_key_env.is_some()
+                || kept(&["private_key", "private_key_file", "private_key_env"]),
             given(&secret),
             "a private key",
             "--private-key-file or --private-key-env",
@@ -306,8 +320,9 @@ fn files_from_the_config_folder(path: &Path, new: &NewConnection) -> Result<()> 
     Ok(())
 }
 
-pub(crate) fn add(path: &Path, new: NewConnection) -> Result<()> {
-    // The command line first: a mistake in it is said before any file is read.
+/// The command line's own mistakes, in its words: `kind` is the auth the connection will
+/// have, `old` the connection `--replace` replaces (its auth and key may stay).
+fn command_line(new: &NewConnection, kind: &str, old: Option<&Table>) -> Result<()> {
     let jwt_options: Vec<(&str, bool)> = [("--algorithm", new.algorithm.is_some())]
         .into_iter()
         .chain(new.key_options())
@@ -315,6 +330,7 @@ pub(crate) fn add(path: &Path, new: NewConnection) -> Result<()> {
         .chain([
             ("--header", !new.headers.is_empty()),
             ("--payload", !new.payload.is_empty()),
+            ("--lifetime", new.lifetime.is_some()),
         ])
         .collect();
     let given: Vec<&str> = jwt_options
@@ -322,15 +338,17 @@ pub(crate) fn add(path: &Path, new: NewConnection) -> Result<()> {
         .filter(|(_, given)| *given)
         .map(|(flag, _)| *flag)
         .collect();
-    if new.auth != "jwt_bearer" && !given.is_empty() {
+    if kind != "jwt_bearer" && !given.is_empty() {
         return Err(usage(format!(
-            "{} need --auth jwt_bearer (the connection's auth is {:?})",
+            "{} need --auth jwt_bearer (the connection's auth is {kind:?})",
             given.join(", "),
-            new.auth
         )));
     }
+    if kind != "jwt_bearer" {
+        return Ok(());
+    }
     // Else the config's parser would say it, about a line of a file the user never sees.
-    if new.auth == "jwt_bearer" && new.algorithm.is_none() {
+    let Some(algorithm) = edit_table::algorithm(new, old) else {
         let names: Vec<&str> = crate::jwt::Algorithm::ALL
             .iter()
             .map(|a| a.as_str())
@@ -339,19 +357,16 @@ pub(crate) fn add(path: &Path, new: NewConnection) -> Result<()> {
             "--auth jwt_bearer needs --algorithm ({})",
             names.join(", ")
         )));
-    }
-    if let Some(algorithm) = new.algorithm.as_deref() {
-        key_options(&new, algorithm)?;
-    }
-    let headers = pairs(&new.headers, "header")?;
-    let payload = pairs(&new.payload, "payload")?;
-    files_from_the_config_folder(path, &new)?;
-    let mut editing = open(path)?;
+    };
+    key_options(new, &algorithm, old)
+}
+
+/// The config's `[connections]` table, made when the file has none.
+fn connections_table(doc: &mut DocumentMut) -> Result<&mut Table> {
     // Made here, it needs no `[connections]` line of its own; the file's own one (and the
     // comments above it) stays.
-    let made = !editing.doc.contains_key("connections");
-    let connections = editing
-        .doc
+    let made = !doc.contains_key("connections");
+    let connections = doc
         .entry("connections")
         .or_insert(Item::Table(Table::new()))
         .as_table_mut()
@@ -359,65 +374,71 @@ pub(crate) fn add(path: &Path, new: NewConnection) -> Result<()> {
     if made {
         connections.set_implicit(true);
     }
-    if connections.contains_key(&new.name) && !new.replace {
+    Ok(connections)
+}
+
+pub(crate) fn add(path: &Path, new: NewConnection) -> Result<()> {
+    // The command line first: a mistake in it is said before any file is read. A
+    // `--replace` is judged with the connection it replaces, whose auth and key may stay.
+    if !new.replace {
+        command_line(&new, new.auth.as_deref().unwrap_or("none"), None)?;
+    }
+    let headers = pairs(&new.headers, "header")?;
+    let payload = pairs(&new.payload, "payload")?;
+    files_from_the_config_folder(path, &new)?;
+    let mut editing = open(path)?;
+    let connections = connections_table(&mut editing.doc)?;
+    let old = connections
+        .get(&new.name)
+        .map(|item| edit_table::old_table(&new.name, item))
+        .transpose()?;
+    if old.is_some() && !new.replace {
         bail!(
             "connection {:?} exists already; pass --replace to overwrite it",
             new.name
         );
     }
-    let mut table = Table::new();
-    table["base_uri"] = value(new.base_uri.as_str());
-    if let Some(timeout) = &new.timeout {
-        table["timeout"] = value(timeout.as_str());
+    if new.replace {
+        let kind = edit_table::auth_kind(&new, old.as_ref());
+        command_line(&new, &kind, old.as_ref())?;
     }
-    let mut auth = Table::new();
-    auth["type"] = value(new.auth.as_str());
-    for (key, v) in [
-        ("algorithm", &new.algorithm),
-        ("private_key_file", &new.private_key_file),
-        ("private_key_env", &new.private_key_env),
-        (
-            "private_key_passphrase_file",
-            &new.private_key_passphrase_file,
-        ),
-        (
-            "private_key_passphrase_env",
-            &new.private_key_passphrase_env,
-        ),
-        ("secret_file", &new.secret_file),
-        ("secret_env", &new.secret_env),
-        ("secret_encoding", &new.secret_encoding),
-    ] {
-        if let Some(v) = v {
-            auth[key] = value(v.as_str());
-        }
-    }
-    for (key, list, typed) in [("headers", headers, false), ("payload", payload, true)] {
-        if !list.is_empty() {
-            let mut inline = InlineTable::new();
-            for (k, v) in list {
-                inline.insert(&k, if typed { claim(&v) } else { v.into() });
-            }
-            auth[key] = value(inline);
-        }
-    }
-    table["auth"] = Item::Table(auth);
-    // A replaced connection keeps its place in the file and the comments above it.
-    if let Some(old) = connections.get(&new.name).and_then(Item::as_table) {
-        *table.decor_mut() = old.decor().clone();
-        table.set_position(old.position());
-    }
+    let replaced = old.is_some();
+    let (table, changes) = edit_table::build(old, &new, headers, payload)?;
     connections[&new.name] = Item::Table(table);
     let file = save(path, &editing)?;
     let file = written(path, &file);
-    out::stdout(|out| writeln!(out, "connection {:?} added to {file}", new.name))?;
+    out::stdout(|out| {
+        if !replaced {
+            return writeln!(out, "connection {:?} added to {file}", new.name);
+        }
+        writeln!(out, "connection {:?} replaced in {file}", new.name)?;
+        said_changes(out, &changes)
+    })?;
+    Ok(())
+}
+
+/// A `--replace`'s settings kept and dropped, so none changes without a word.
+fn said_changes(
+    out: &mut dyn std::io::Write,
+    changes: &edit_table::Changes,
+) -> std::io::Result<()> {
+    if !changes.kept.is_empty() {
+        writeln!(
+            out,
+            "kept from before (not set on this command line): {}",
+            changes.kept.join(", ")
+        )?;
+    }
+    if !changes.dropped.is_empty() {
+        writeln!(out, "dropped:\n  {}", changes.dropped.join("\n  "))?;
+    }
     Ok(())
 }
 
 /// A payload value as typed on the command line: an integer written as one is a number
 /// (`0012` is not: it would lose its zeros), `"…"` a string as it is inside the quotes,
 /// anything else (templates included) a string.
-fn claim(text: &str) -> toml_edit::Value {
+pub(super) fn claim(text: &str) -> toml_edit::Value {
     if let Some(quoted) = text.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
         return quoted.into();
     }

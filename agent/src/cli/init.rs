@@ -114,9 +114,12 @@ pub(crate) fn init(
     super::out::stdout(|out| out.write_all(said.as_bytes()))
 }
 
-/// `text` with the old config's `[connections.*]` when they fit it, and what to say of
-/// them. Ones that do not (a change of relay would not break them, but a file edited by
-/// hand may hold anything) are left in the backup, not allowed to stop `--force`.
+/// `text` with the old config's `[connections.*]` that would load in it, and what to say
+/// of them. As README promises, one that would not (a key file gone, a base URI `run`
+/// refuses: a file edited by hand may hold anything) is left in the backup and named,
+/// not allowed to stop `--force`: carried over, it would have made a config that `run`
+/// refuses after `init` had said all was well. A secret only the service's environment
+/// sets (`secret_env`) is not needed here, as for any edit.
 fn carry_connections(path: &Path, text: &str, old: Option<&str>) -> Result<(String, String)> {
     // `None`: an old file that is not UTF-8.
     let Some(old) = old else {
@@ -124,37 +127,128 @@ fn carry_connections(path: &Path, text: &str, old: Option<&str>) -> Result<(Stri
                     them back from it by hand";
         return Ok((text.to_owned(), said.to_owned()));
     };
-    if old.parse::<DocumentMut>().is_err() {
+    let Ok(old_doc) = old.parse::<DocumentMut>() else {
         let said = "it is not valid TOML, so none of its connections were carried over: copy \
                     them back from it by hand";
         return Ok((text.to_owned(), said.to_owned()));
-    }
-    let Some((connections, names)) = connections_of(old) else {
-        return Ok((text.to_owned(), "it had no connections".to_owned()));
+    };
+    let others = other_settings(&old_doc);
+    let Some((mut connections, names)) = connections_of(old) else {
+        return Ok((
+            text.to_owned(),
+            with_others("it had no connections", &others),
+        ));
     };
     let mut doc: DocumentMut = text.parse().context("the new config")?;
-    doc["connections"] = connections;
-    let with = doc.to_string();
-    // As `connection add` checks an edit: what they bring that the old file had not is
-    // refused, a secret from the service's environment is not needed here.
-    match super::edit::check(path, old, &with) {
-        Ok(()) => Ok((
-            with,
-            format!(
-                "its connections are in the new one ({}); its other settings (token_file, \
-                 proxy, status_socket, …) are not: copy back what you need",
-                names.join(", ")
-            ),
-        )),
-        Err(e) => Ok((
-            text.to_owned(),
-            format!(
-                "its connections ({}) were not carried over, as they do not fit the new \
-                 config ({e:#}): copy them back from it and fix them",
-                names.join(", ")
-            ),
-        )),
+    let mut carried = Vec::new();
+    let mut left = Vec::new();
+    let mut unchecked = Vec::new();
+    for name in names {
+        let (problems, unset) = problems_alone(path, &doc, &connections, &name);
+        if problems.is_empty() {
+            carried.push(name);
+            unchecked.extend(unset);
+        } else {
+            left.push((name, problems));
+        }
     }
+    if let Some(table) = connections.as_table_like_mut() {
+        for (name, _) in &left {
+            table.remove(name);
+        }
+    }
+    if !carried.is_empty() {
+        doc["connections"] = connections;
+    }
+    if !unchecked.is_empty() {
+        eprintln!(
+            "note: not checked here, as this shell does not set them (the service's environment must; `postern reload` checks them there):\n  {}",
+            unchecked.join("\n  ")
+        );
+    }
+    Ok((
+        doc.to_string(),
+        with_others(&said_of(&carried, &left), &others),
+    ))
+}
+
+/// What would stop connection `name` of `connections` from loading in the new config
+/// `doc`, judged alone, as `run` would load it; and apart, the variables this shell does
+/// not set (which the service's environment may).
+fn problems_alone(
+    path: &Path,
+    doc: &DocumentMut,
+    connections: &Item,
+    name: &str,
+) -> (Vec<String>, Vec<String>) {
+    let mut one = connections.clone();
+    if let Some(table) = one.as_table_like_mut() {
+        let others: Vec<String> = table
+            .iter()
+            .map(|(key, _)| key.to_owned())
+            .filter(|key| key != name)
+            .collect();
+        for other in others {
+            table.remove(&other);
+        }
+    }
+    let mut with = doc.clone();
+    with["connections"] = one;
+    match super::edit::problems(&with.to_string(), path) {
+        Ok(found) => found
+            .into_iter()
+            .partition(|p| !config::is_unset_variable(p)),
+        Err(e) => (vec![format!("connections.{name}: {e}")], Vec::new()),
+    }
+}
+
+/// The connections carried over, and those left in the backup with why.
+fn said_of(carried: &[String], left: &[(String, Vec<String>)]) -> String {
+    let mut said = Vec::new();
+    if !carried.is_empty() {
+        said.push(format!(
+            "its connections {} are in the new one",
+            carried.join(", ")
+        ));
+    }
+    if !left.is_empty() {
+        let names: Vec<&str> = left.iter().map(|(name, _)| name.as_str()).collect();
+        let why: Vec<&str> = left
+            .iter()
+            .flat_map(|(_, problems)| problems.iter().map(String::as_str))
+            .collect();
+        said.push(format!(
+            "{} not carried over: left in the backup, as {} would not load (fix and copy back what you need):\n  {}",
+            names.join(", "),
+            if left.len() == 1 { "it" } else { "they" },
+            why.join("\n  ")
+        ));
+    }
+    said.join("; ")
+}
+
+/// The old file's top-level settings `init` does not carry over: `relay`,
+/// `relay_fingerprint` and `token` are the new ones given, `connections` are carried.
+fn other_settings(old: &DocumentMut) -> Vec<String> {
+    const REPLACED: [&str; 4] = ["relay", "relay_fingerprint", "token", "connections"];
+    old.iter()
+        .map(|(key, _)| key.to_owned())
+        .filter(|key| !REPLACED.contains(&key.as_str()))
+        .collect()
+}
+
+/// `said`, then the old file's other settings that were not carried over, by name: a
+/// `status_socket` left behind, unsaid, sent `postern reload` to another socket.
+fn with_others(said: &str, others: &[String]) -> String {
+    if others.is_empty() {
+        return said.to_owned();
+    }
+    // After a list of problems, on a line of its own.
+    let join = if said.contains('\n') { "\n" } else { "; " };
+    format!(
+        "{said}{join}its other settings ({}) are not carried over: copy back what you need",
+        others.join(", ")
+    )
 }
 
 /// The `connections` of a config that is valid TOML, with their names; `None` when it is

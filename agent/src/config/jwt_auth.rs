@@ -29,6 +29,10 @@ const RESERVED_PARAMS: [&str; 4] = [
     "client_assertion_type",
 ];
 
+/// RFC 7523 §3 makes `exp` mandatory in an assertion, and identity providers refuse one
+/// without it: refused at load rather than by the first call's token request.
+const NO_EXP_FOR_EXCHANGE: &str = "auth.exchange: the assertion would have no exp claim, which RFC 7523 §3 requires (identity providers refuse it): set auth.lifetime (such as \"5m\") or payload.exp";
+
 /// A `jwt_bearer` connection's auth, resolved.
 #[derive(Debug)]
 pub struct JwtBearer {
@@ -164,6 +168,10 @@ pub(super) fn resolve(
         if has_exp == Some(false) && lifetime.is_some() {
             p.push("auth.reuse_for needs an exp claim to count back from: set payload.exp or auth.lifetime".into());
         }
+    }
+    // A lifetime that did not resolve is what left exp out: that problem is listed.
+    if has_exchange && has_exp == Some(false) && lifetime.is_some() {
+        p.push(NO_EXP_FOR_EXCHANGE.to_owned());
     }
     if let (Some(reuse_for), Some(exp_in), false) = (reuse_for, exp_in, has_exchange)
         && i128::from(reuse_for.as_secs()) >= i128::from(exp_in)
@@ -527,7 +535,7 @@ mod tests {
 
     fn with_token_url(url: &str) -> String {
         format!(
-            "[connections.erp]\nbase_uri = \"https://erp.internal/api\"\n[connections.erp.auth]\ntype = \"jwt_bearer\"\nalgorithm = \"HS256\"\nsecret_env = \"HMAC\"\npayload = {{ iss = \"p\" }}\n[connections.erp.auth.exchange]\ntoken_url = \"{url}\"\n"
+            "[connections.erp]\nbase_uri = \"https://erp.internal/api\"\n[connections.erp.auth]\ntype = \"jwt_bearer\"\nalgorithm = \"HS256\"\nsecret_env = \"HMAC\"\npayload = {{ iss = \"p\" }}\nlifetime = \"5m\"\n[connections.erp.auth.exchange]\ntoken_url = \"{url}\"\n"
         )
     }
 

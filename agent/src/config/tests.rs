@@ -294,7 +294,7 @@ fn claims_of(jwt: &JwtBearer) -> serde_json::Value {
 #[test]
 fn exchange_settings_parse_with_their_defaults() {
     let cfg = parse(&jwt_connection(
-        "algorithm = \"HS256\"\nsecret_env = \"HMAC\"\npayload = { iss = \"x\" }\n[connections.a.auth.exchange]\ntoken_url = \"https://idp.example/token\"\nparams = { scope = \"api\" }",
+        "algorithm = \"HS256\"\nsecret_env = \"HMAC\"\nlifetime = \"5m\"\npayload = { iss = \"x\" }\n[connections.a.auth.exchange]\ntoken_url = \"https://idp.example/token\"\nparams = { scope = \"api\" }",
     ))
     .expect("valid");
     let jwt = jwt_of(&cfg);
@@ -307,7 +307,7 @@ fn exchange_settings_parse_with_their_defaults() {
     assert_eq!(x.token_url.as_str(), "https://idp.example/token");
 
     let cfg = parse(&jwt_connection(
-        "algorithm = \"HS256\"\nsecret_env = \"HMAC\"\n[connections.a.auth.exchange]\ntoken_url = \"https://login.example/t\"\nclient_assertion = true\nbody = \"json\"\ndefault_lifetime = \"1h\"",
+        "algorithm = \"HS256\"\nsecret_env = \"HMAC\"\npayload = { exp = \"{{now + 60}}\" }\n[connections.a.auth.exchange]\ntoken_url = \"https://login.example/t\"\nclient_assertion = true\nbody = \"json\"\ndefault_lifetime = \"1h\"",
     ))
     .expect("valid");
     let jwt = jwt_of(&cfg);
@@ -816,4 +816,45 @@ fn a_write_waits_for_the_folders_lock_but_not_for_ever() {
     );
     drop(held);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_base_uri_without_a_scheme_says_which_to_add() {
+    for uri in ["127.0.0.1:8080/x", "localhost:8080", "erp.internal/api"] {
+        let text = base(&format!("[connections.a]\nbase_uri = \"{uri}\"\n"));
+        let err = parse(&text).expect_err(uri);
+        assert!(
+            err.contains(&format!(
+                "connections.a: base_uri \"{uri}\" has no scheme: write it as a URL (did you mean \"http://{uri}\" or \"https://{uri}\"?)"
+            )),
+            "{err}"
+        );
+    }
+    // Quoted as every URL is: without what stands before its `@`.
+    let err =
+        parse(&base("[connections.a]\nbase_uri = \"svc:s3cret@h:80/x\"\n")).expect_err("no scheme");
+    assert!(
+        err.contains("\"http://…@h:80/x\"") && !err.contains("s3cret"),
+        "{err}"
+    );
+    // A scheme given is not added to.
+    let err = parse(&base("[connections.a]\nbase_uri = \"ftp://x\"\n")).expect_err("ftp");
+    assert!(!err.contains("did you mean"), "{err}");
+}
+
+#[test]
+fn an_exchange_assertion_needs_exp_and_a_direct_jwt_loads_without() {
+    let hs = "algorithm = \"HS256\"\nsecret_env = \"HMAC\"\npayload = { iss = \"x\" }\n";
+    let x = "[connections.a.auth.exchange]\ntoken_url = \"https://idp.example/token\"\n";
+    let err = parse(&jwt_connection(&format!("{hs}{x}"))).expect_err("no exp");
+    assert!(
+        err.contains("connections.a: auth.exchange: the assertion would have no exp claim, which RFC 7523 §3 requires"),
+        "{err}"
+    );
+    // One problem, not two, when the lifetime that would give it is itself wrong.
+    let err = parse(&jwt_connection(&format!("{hs}lifetime = \"soon\"\n{x}"))).expect_err("bad");
+    assert!(!err.contains("no exp claim"), "{err}");
+    parse(&jwt_connection(&format!("{hs}lifetime = \"5m\"\n{x}"))).expect("a lifetime gives exp");
+    // Direct: loads (warned of in the log, as a credential that never expires).
+    parse(&jwt_connection(hs)).expect("a direct JWT without exp loads");
 }

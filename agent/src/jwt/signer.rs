@@ -294,6 +294,11 @@ impl JwtSigner {
         self.key.public_key()
     }
 
+    /// Whether the payload sets this top-level claim (with `lifetime`'s `exp` added).
+    pub fn sets_claim(&self, name: &str) -> bool {
+        self.payload.has_claim(name)
+    }
+
     /// Whether two tokens signed in the same second may carry different claims.
     pub fn differs_within_a_second(&self) -> bool {
         self.payload.differs_within_a_second()
