@@ -405,17 +405,20 @@ fn resolve_connection(
             Some(test),
             Some(tls),
             Some(limits),
-        ) if problems.is_empty() => Ok(Connection {
-            name: warn_if_never_expires(name, &auth),
-            base_uri,
-            timeout,
-            auth,
-            rate_limit,
-            max_wait,
-            test: test.unwrap_or_default(),
-            tls,
-            limits,
-        }),
+        ) if problems.is_empty() => {
+            warn_if_never_expires(&name, &auth);
+            Ok(Connection {
+                name,
+                base_uri,
+                timeout,
+                auth,
+                rate_limit,
+                max_wait,
+                test: test.unwrap_or_default(),
+                tls,
+                limits,
+            })
+        }
         _ => Err(problems),
     }
 }
@@ -424,7 +427,7 @@ fn resolve_connection(
 /// internal server (and its logs) on every call. Warned, not refused, so that a config
 /// running so today still starts after an upgrade; an exchange's assertion without one
 /// is refused ([`jwt_auth::resolve`]), as identity providers refuse it anyway.
-fn warn_if_never_expires(name: ConnectionName, auth: &Auth) -> ConnectionName {
+fn warn_if_never_expires(name: &ConnectionName, auth: &Auth) {
     if let Auth::JwtBearer(jwt) = auth
         && jwt.exchange.is_none()
         && !jwt.signer.sets_claim("exp")
@@ -434,7 +437,6 @@ fn warn_if_never_expires(name: ConnectionName, auth: &Auth) -> ConnectionName {
             "connections.{name}: its JWT has no exp claim, so each one is a bearer credential that never expires, sent on every call: set auth.lifetime (such as \"5m\") or payload.exp"
         );
     }
-    name
 }
 
 /// A base URI written without its scheme (`127.0.0.1:8080/api`) is said to need one, as

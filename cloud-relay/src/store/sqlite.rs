@@ -133,11 +133,13 @@ fn migrate_with(
 }
 
 pub struct SqliteStore {
-    conn: Mutex<Connection>,
     /// For lookups only: WAL lets it read while a write waits for another process's lock
     /// (up to [`BUSY_TIMEOUT`], holding `conn`), so logins, API key checks and the
-    /// revocation watch do not queue behind it.
+    /// revocation watch do not queue behind it. Declared first, so dropped first: the
+    /// last connection to close checkpoints the WAL and removes it, which a read-only
+    /// one cannot.
     reader: Mutex<Connection>,
+    conn: Mutex<Connection>,
     read_only: bool,
 }
 
@@ -216,8 +218,8 @@ impl SqliteStore {
         )?;
         reader.busy_timeout(BUSY_TIMEOUT)?;
         Ok(Self {
-            conn: Mutex::new(conn),
             reader: Mutex::new(reader),
+            conn: Mutex::new(conn),
             read_only,
         })
     }
@@ -888,6 +890,9 @@ mod tests {
         let made = wrote.recv().expect("write");
         assert_eq!(made.expect("the write waited for the lock").as_str(), "w2");
         writer.join().expect("writer");
+        // The writer closes last, and takes the WAL with it, as with one connection.
+        drop((other, store));
+        assert!(!dir.join(format!("{DB_FILE}-wal")).exists());
         let _ = std::fs::remove_dir_all(dir);
     }
 
