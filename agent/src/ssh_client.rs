@@ -75,7 +75,10 @@ pub struct Shared {
     pub calls: Arc<CallTable>,
     /// True once our forward is granted; false again while draining.
     pub accepting: Arc<AtomicBool>,
+    /// Every session's channel tasks, for the agent's stop to wait on.
     pub tasks: TaskTracker,
+    /// This session's, for its drain to wait on.
+    pub session_tasks: TaskTracker,
     /// Cancelled when the agent drains facing a relay older than `RELAY_CLOSES_DRAINING`:
     /// each channel then closes itself once its call under way is answered.
     pub close_channels: CancellationToken,
@@ -116,7 +119,7 @@ impl russh::client::Handler for AgentSsh {
     ) -> Result<(), Self::Error> {
         // Counted among the channel tasks from before the check: a drain that starts
         // after it passed must wait for this channel, not see no task and disconnect.
-        let _counted = self.shared.tasks.token();
+        let _counted = (self.shared.tasks.token(), self.shared.session_tasks.token());
         std::sync::atomic::fence(Ordering::SeqCst);
         if !self.shared.accepting.load(Ordering::SeqCst) {
             reply
@@ -138,19 +141,23 @@ impl russh::client::Handler for AgentSsh {
         match target {
             ChannelTarget::Http(_) => {
                 self.shared.tasks.spawn(
-                    channel::serve(
-                        channel,
-                        ctx.connection.name.as_str().into(),
-                        self.shared.calls.clone(),
-                        self.shared.close_channels.clone(),
-                    )
-                    .instrument(span),
+                    self.shared.session_tasks.track_future(
+                        channel::serve(
+                            channel,
+                            ctx.connection.name.as_str().into(),
+                            self.shared.calls.clone(),
+                            self.shared.close_channels.clone(),
+                        )
+                        .instrument(span),
+                    ),
                 );
             }
             ChannelTarget::Test(_) => {
-                self.shared
-                    .tasks
-                    .spawn(channel::serve_test(channel, ctx).instrument(span));
+                self.shared.tasks.spawn(
+                    self.shared
+                        .session_tasks
+                        .track_future(channel::serve_test(channel, ctx).instrument(span)),
+                );
             }
         }
         Ok(())

@@ -96,6 +96,18 @@ enum SessionEnd {
     Shutdown,
     /// The relay, fingerprint, token or proxy changed: connect again at once.
     Reconfigured,
+    /// The same, with the new session up already: the old one finishes its calls aside.
+    Handover(Box<Handover>),
+}
+
+/// A session set up on a reload's new settings while the one before went on serving, so
+/// that a token switch refuses no call: the relay sends new calls to the newer session of
+/// an agent and lets the older finish its own.
+struct Handover {
+    config: Arc<AgentConfig>,
+    relay: String,
+    shared: Shared,
+    established: Established,
 }
 
 /// Why the wait before a reconnect ended.
@@ -143,22 +155,37 @@ pub async fn run(
     state: watch::Sender<TunnelState>,
 ) {
     let tasks = TaskTracker::new();
+    // Sessions a handover left to finish their calls.
+    let drains = TaskTracker::new();
     let mut backoff = Backoff::default();
     let mut relay_index = 0usize;
     let mut drained = false;
+    let mut handed: Option<Box<Handover>> = None;
     loop {
-        let mut tried = config.borrow_and_update().clone();
+        // A handed-over session runs on the settings it was made with; a reload since is
+        // still news to `config`, and that session's loop sees it.
+        let (mut tried, relay) = match &handed {
+            Some(next) => (next.config.clone(), next.relay.clone()),
+            None => {
+                let tried = config.borrow_and_update().clone();
+                let relay = tried.relays[relay_index % tried.relays.len()].clone();
+                (tried, relay)
+            }
+        };
         let started = Instant::now();
         let since_before = state.borrow().since;
-        let relay = tried.relays[relay_index % tried.relays.len()].clone();
         let outcome = session(
             &mut tried,
             &relay,
             &mut config,
-            &calls,
-            &tasks,
-            &shutdown,
-            &state,
+            Ctx {
+                calls: &calls,
+                tasks: &tasks,
+                drains: &drains,
+                shutdown: &shutdown,
+                state: &state,
+            },
+            handed.take(),
         )
         .await;
         // In one change, so `status` never shows the session gone without its reason.
@@ -175,44 +202,50 @@ pub async fn run(
             break;
         }
         let mut refused = false;
-        match &outcome {
+        match outcome {
             Ok(SessionEnd::Shutdown) => break,
+            Ok(SessionEnd::Handover(next)) => {
+                relay_index = 0;
+                backoff.reset();
+                handed = Some(next);
+                continue;
+            }
+            // Said by the session, as it tried them beside itself first.
             Ok(SessionEnd::Reconfigured) => {
-                info!("reconnecting with the reloaded settings");
                 relay_index = 0;
                 backoff.reset();
                 continue;
             }
-            Err(e @ TunnelError::FingerprintMismatch { .. }) => {
+            Err(ref e @ TunnelError::FingerprintMismatch { .. }) => {
                 // The agent refuses the relay here, not the other way round.
                 refused = true;
                 error!(error = %e, "the relay's host key does not match relay_fingerprint; not sending the token; retrying slowly");
             }
-            Err(e @ TunnelError::TokenRefused) => {
+            Err(ref e @ TunnelError::TokenRefused) => {
                 refused = true;
                 error!(error = %e, "relay refused this agent; retrying slowly");
             }
             Err(TunnelError::Ended {
                 reason: EndReason::Replaced,
-                message,
+                ref message,
             }) => {
                 // Two agents sharing one token would take the session from each other forever.
                 refused = true;
                 error!(reason = %message, "another agent with this token took over the tunnel; two agents must not share a token; retrying slowly");
             }
             // Revoked or rotated between the login and the hello: as if a moment later.
-            Err(e @ TunnelError::HelloRefused { code, .. })
+            Err(ref e @ TunnelError::HelloRefused { ref code, .. })
                 if code == "revoked" || code == "token_rotated" =>
             {
                 refused = true;
                 error!(error = %e, "the relay no longer accepts this agent's token; retrying slowly (after a new token: postern token set, then postern reload)");
             }
-            Err(TunnelError::Ended { message, .. }) => {
+            Err(TunnelError::Ended { ref message, .. }) => {
                 // Revoked, or rotated with no grace left: the token will be refused.
                 refused = true;
                 error!(reason = %message, "the relay no longer accepts this agent's token; retrying slowly (after a new token: postern token set, then postern reload)");
             }
-            Err(e) => warn!(error = %e, "tunnel down"),
+            Err(ref e) => warn!(error = %e, "tunnel down"),
         }
         // Several relays: try the next one in turn.
         relay_index = relay_index.wrapping_add(1);
@@ -229,6 +262,9 @@ pub async fn run(
             }
         }
     }
+    // A session a handover left drains within a stop's grace once the stop came.
+    drains.close();
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE + 2 * GOODBYE_WRITE_LIMIT, drains.wait()).await;
     tasks.close();
     // Calls left from a lost session (their answers can go nowhere), or outliving the
     // drain: with the drain's grace, a stop stays within the unit's TimeoutStopSec (45 s).
@@ -255,29 +291,76 @@ struct Established {
     relay_closes_channels: bool,
 }
 
-/// One SSH session, from connect to its end. `tried` becomes the reloaded settings when
-/// the relay ends the session while it drains for them (see below).
+/// What every session works with, beside its settings.
+#[derive(Clone, Copy)]
+struct Ctx<'a> {
+    calls: &'a Arc<CallTable>,
+    tasks: &'a TaskTracker,
+    drains: &'a TaskTracker,
+    shutdown: &'a CancellationToken,
+    state: &'a watch::Sender<TunnelState>,
+}
+
+/// What a session shares with its handler, for `config`'s relay.
+fn new_shared(config: &AgentConfig, ctx: Ctx<'_>) -> Shared {
+    Shared {
+        expected_fingerprint: config.relay_fingerprint.clone(),
+        seen_fingerprint: Arc::new(Mutex::new(None)),
+        calls: ctx.calls.clone(),
+        accepting: Arc::new(AtomicBool::new(false)),
+        close_channels: CancellationToken::new(),
+        tasks: ctx.tasks.clone(),
+        session_tasks: TaskTracker::new(),
+        disconnected: Arc::new(Notify::new()),
+        disconnect_reason: Arc::new(Mutex::new(None)),
+    }
+}
+
+/// Connects, authenticates, forwards and says hello within [`SETUP_TIMEOUT`]; `None` when
+/// the agent is told to stop first.
+async fn set_up(
+    config: &AgentConfig,
+    relay: &str,
+    ctx: Ctx<'_>,
+) -> Result<Option<(Shared, Established)>, TunnelError> {
+    let shared = new_shared(config, ctx);
+    let stage = Mutex::new("connecting");
+    tokio::select! {
+        _ = ctx.shutdown.cancelled() => Ok(None),
+        r = tokio::time::timeout(SETUP_TIMEOUT, establish(config, relay, ctx.calls, &shared, &stage)) => match r {
+            Ok(established) => Ok(Some((shared, established?))),
+            Err(_) => Err(TunnelError::SetupTimeout {
+                relay: relay.to_owned(),
+                stage: *stage.lock().unwrap_or_else(|p| p.into_inner()),
+                limit: SETUP_TIMEOUT,
+            }),
+        },
+    }
+}
+
+/// One SSH session, from connect (or a handover's set-up) to its end. `tried` becomes the
+/// reloaded settings when the relay ends the session while it drains for them (see below).
 async fn session(
     tried: &mut Arc<AgentConfig>,
     relay: &str,
     updates: &mut watch::Receiver<Arc<AgentConfig>>,
-    calls: &Arc<CallTable>,
-    tasks: &TaskTracker,
-    shutdown: &CancellationToken,
-    state: &watch::Sender<TunnelState>,
+    ctx: Ctx<'_>,
+    handed: Option<Box<Handover>>,
 ) -> Result<SessionEnd, TunnelError> {
+    let Ctx {
+        calls,
+        shutdown,
+        state,
+        ..
+    } = ctx;
     let config = &tried.clone();
-    let shared = Shared {
-        expected_fingerprint: config.relay_fingerprint.clone(),
-        seen_fingerprint: Arc::new(Mutex::new(None)),
-        calls: calls.clone(),
-        accepting: Arc::new(AtomicBool::new(false)),
-        close_channels: CancellationToken::new(),
-        tasks: tasks.clone(),
-        disconnected: Arc::new(Notify::new()),
-        disconnect_reason: Arc::new(Mutex::new(None)),
+    let (shared, established) = match handed {
+        Some(next) => (next.shared, next.established),
+        None => match set_up(config, relay, ctx).await? {
+            Some(up) => up,
+            None => return Ok(SessionEnd::Shutdown),
+        },
     };
-    let stage = Mutex::new("connecting");
     let Established {
         mut handle,
         mut write,
@@ -285,17 +368,7 @@ async fn session(
         mut announced,
         agent_name,
         relay_closes_channels,
-    } = tokio::select! {
-        _ = shutdown.cancelled() => return Ok(SessionEnd::Shutdown),
-        r = tokio::time::timeout(SETUP_TIMEOUT, establish(config, relay, calls, &shared, &stage)) => match r {
-            Ok(established) => established?,
-            Err(_) => return Err(TunnelError::SetupTimeout {
-                relay: relay.to_owned(),
-                stage: *stage.lock().unwrap_or_else(|p| p.into_inner()),
-                limit: SETUP_TIMEOUT,
-            }),
-        },
-    };
+    } = established;
     info!(%relay, agent = %agent_name, connections = announced.len(), "connected to relay");
     state.send_modify(|s| {
         // Counted once welcomed, not per attempt: failed attempts while the relay is
@@ -304,18 +377,19 @@ async fn session(
             s.reconnects += 1;
         }
         s.connected = true;
+        s.draining = false;
         s.since = Some(SystemTime::now());
         s.last_error = None;
         s.agent_name = Some(agent_name);
     });
 
     let (notices_tx, mut notices) = tokio::sync::mpsc::channel(4);
-    let _reader = AbortOnDropHandle::new(tokio::spawn(read_control(reader, notices_tx)));
+    let reader = AbortOnDropHandle::new(tokio::spawn(read_control(reader, notices_tx)));
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => {
                 state.send_modify(|s| s.draining = true);
-                let drain = Drain { shared: &shared, control: &mut write, relay_closes_channels, tasks, notices: &mut notices };
+                let drain = Drain { shared: &shared, control: &mut write, relay_closes_channels, grace: RECONFIGURE_GRACE, notices: &mut notices };
                 // Whatever the relay said meanwhile, the agent stops.
                 let _ = drain.then_disconnect(&mut handle, shutdown).await;
                 return Ok(SessionEnd::Shutdown);
@@ -323,8 +397,29 @@ async fn session(
             Ok(()) = updates.changed() => {
                 let new = updates.borrow_and_update().clone();
                 if session_settings_differ(config, &new) {
+                    // Make before break: while the new session is set up this one serves
+                    // on (russh runs it); once the new one is welcomed, the relay sends it
+                    // the new calls and this one finishes its own aside.
+                    info!("reconnecting with the reloaded settings");
+                    let next_relay = new.relays[0].clone();
+                    match set_up(&new, &next_relay, ctx).await {
+                        Ok(Some((next_shared, next))) => {
+                            let old = OldSession { shared, write, handle, notices, relay_closes_channels, _reader: reader };
+                            let stop = shutdown.clone();
+                            ctx.drains.spawn(old.finish(stop));
+                            return Ok(SessionEnd::Handover(Box::new(Handover {
+                                config: new,
+                                relay: next_relay,
+                                shared: next_shared,
+                                established: next,
+                            })));
+                        }
+                        // Stopping: this session drains as at any stop.
+                        Ok(None) => {}
+                        Err(e) => warn!(error = %e, "the reloaded settings did not connect beside this session; draining it and trying them again"),
+                    }
                     state.send_modify(|s| s.draining = true);
-                    let drain = Drain { shared: &shared, control: &mut write, relay_closes_channels, tasks, notices: &mut notices };
+                    let drain = Drain { shared: &shared, control: &mut write, relay_closes_channels, grace: RECONFIGURE_GRACE, notices: &mut notices };
                     match drain.then_disconnect(&mut handle, shutdown).await {
                         Drained::Done => return Ok(SessionEnd::Reconfigured),
                         Drained::Stopped => return Ok(SessionEnd::Shutdown),
@@ -365,6 +460,43 @@ async fn session(
             },
             _ = shared.disconnected.notified() => return Err(lost(&shared, &mut notices, "session ended").await),
             _ = &mut handle => return Err(lost(&shared, &mut notices, "session ended").await),
+        }
+    }
+}
+
+/// A session a handover replaced, kept until its calls under way are answered.
+struct OldSession {
+    shared: Shared,
+    write: WriteHalf<ChannelStream<Msg>>,
+    handle: russh::client::Handle<AgentSsh>,
+    notices: tokio::sync::mpsc::Receiver<RelayMessage>,
+    relay_closes_channels: bool,
+    _reader: AbortOnDropHandle<()>,
+}
+
+impl OldSession {
+    /// Drains as for new settings (a stop meanwhile gives the calls a stop's grace), then
+    /// disconnects. The relay's `ending` (replaced, once its calls are done) is expected.
+    async fn finish(mut self, shutdown: CancellationToken) {
+        let drain = Drain {
+            shared: &self.shared,
+            control: &mut self.write,
+            relay_closes_channels: self.relay_closes_channels,
+            grace: SHUTDOWN_GRACE,
+            notices: &mut self.notices,
+        };
+        match drain.then_disconnect(&mut self.handle, &shutdown).await {
+            // Replaced: the relay's word for a session whose newer one took over, said once
+            // its calls were done.
+            Drained::Ended(TunnelError::Ended {
+                reason: EndReason::Replaced,
+                ..
+            })
+            | Drained::Done
+            | Drained::Stopped => info!("the session before the reload finished its calls"),
+            Drained::Ended(ended) => {
+                warn!(reason = %ended, "the session before the reload ended before its calls")
+            }
         }
     }
 }
@@ -534,7 +666,9 @@ struct Drain<'a> {
     shared: &'a Shared,
     control: &'a mut WriteHalf<ChannelStream<Msg>>,
     relay_closes_channels: bool,
-    tasks: &'a TaskTracker,
+    /// How long its calls get, unless a stop comes: a reconnect's in place, where no
+    /// call is taken meanwhile; a stop's beside a newer session, which takes them.
+    grace: Duration,
     /// The relay's notices: it may end the session during the drain, and say why.
     notices: &'a mut tokio::sync::mpsc::Receiver<RelayMessage>,
 }
@@ -571,17 +705,18 @@ impl Drain<'_> {
         }
         info!("draining in-flight calls");
         let notices = self.notices;
-        // A stop during a drain for new settings gives the calls a stop's grace (the
-        // drain's own would cut them at 10 s) and ends in the stop, not a reconnect.
+        // A stop during a drain for new settings gives the calls a stop's grace (a
+        // reconnect's own cuts them at 10 s) and ends in the stop, not a reconnect.
         let started = tokio::time::Instant::now();
         let mut stopping = shutdown.is_cancelled();
         let stop_deadline = started + SHUTDOWN_GRACE;
         let mut deadline = if stopping {
             stop_deadline
         } else {
-            started + RECONFIGURE_GRACE
+            started + self.grace
         };
-        let idle = wait_idle(self.tasks);
+        // This session's calls only: a newer session's go on beside a handover's drain.
+        let idle = wait_idle(&self.shared.session_tasks);
         tokio::pin!(idle);
         // Without a control channel (gone with the session) the tasks end as it does.
         let ended = loop {
