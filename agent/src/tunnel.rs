@@ -88,7 +88,8 @@ pub enum TunnelError {
 /// How long a lost session waits for the relay's `ending` notice still in flight.
 const NOTICE_WAIT: Duration = Duration::from_millis(200);
 
-/// How long in-flight calls get to finish before a reconnect for new settings.
+/// How long in-flight calls get to finish before a reconnect for new settings in place
+/// (when the new settings did not connect beside the session).
 pub const RECONFIGURE_GRACE: Duration = Duration::from_secs(10);
 
 /// How a session ended without an error.
