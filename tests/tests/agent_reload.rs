@@ -79,6 +79,18 @@ impl World {
     }
 }
 
+/// `postern token set` of `token`, from a file, as an admin stores a rotated one.
+fn set_token(w: &RelayWorld, config: &Path, token: &str) -> Result<()> {
+    let file = w.dir.write_private("new-token", token)?;
+    let set = agent_cli(
+        &w.bins,
+        config,
+        &["token", "set", "--token-file", &file.to_string_lossy()],
+    )?;
+    anyhow::ensure!(set.status.success(), "{}", output_text(&set));
+    Ok(())
+}
+
 /// Runs `postern reload`; returns its exit code and output.
 fn reload(bins: &Bins, config: &Path) -> Result<(Option<i32>, String)> {
     let out = agent_cli(bins, config, &["reload"])?;
@@ -197,22 +209,7 @@ async fn a_new_token_is_tried_at_once_after_a_reload() -> Result<()> {
     );
 
     // The admin stores the new token and reloads: the agent connects at once, not after the cap.
-    let token_file = w.dir.write_private("new-token", &new_token)?;
-    let set = agent_cli(
-        &w.bins,
-        &config,
-        &[
-            "token",
-            "set",
-            "--token-file",
-            &token_file.to_string_lossy(),
-        ],
-    )?;
-    assert!(
-        set.status.success(),
-        "{}",
-        String::from_utf8_lossy(&set.stderr)
-    );
+    set_token(w, &config, &new_token)?;
     let started = Instant::now();
     let (code, text) = reload(&w.bins, &config)?;
     assert_eq!(code, Some(0), "{text}");
@@ -302,18 +299,7 @@ async fn a_token_switch_by_reload_refuses_no_call() -> Result<()> {
     w.internal.has_seen("/slowest").await?;
     let old = api.agent("a1").await?;
 
-    let token_file = w.dir.write_private("new-token", &new_token)?;
-    let set = agent_cli(
-        &w.bins,
-        &config,
-        &[
-            "token",
-            "set",
-            "--token-file",
-            &token_file.to_string_lossy(),
-        ],
-    )?;
-    assert!(set.status.success(), "{}", output_text(&set));
+    set_token(w, &config, &new_token)?;
     let (code, text) = reload(&w.bins, &config)?;
     assert_eq!(code, Some(0), "{text}");
     // Calls all through the switch, bounded: every one answered by some session.
