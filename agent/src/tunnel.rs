@@ -398,13 +398,27 @@ async fn session(
             Ok(()) = updates.changed() => {
                 let new = updates.borrow_and_update().clone();
                 if session_settings_differ(config, &new) {
+                    info!("reconnecting with the reloaded settings");
                     // Make before break: while the new session is set up this one serves
                     // on (russh runs it); once the new one is welcomed, the relay sends it
-                    // the new calls and this one finishes its own aside.
-                    info!("reconnecting with the reloaded settings");
-                    let next_relay = new.relays[0].clone();
-                    match set_up(&new, &next_relay, ctx).await {
-                        Ok(Some((next_shared, next))) => {
+                    // the new calls and this one finishes its own aside. Not with a relay
+                    // older than `RELAY_CLOSES_DRAINING`: it ends the older session at the
+                    // newer one's hello, its calls under way with it.
+                    let beside = if relay_closes_channels {
+                        // The relay that serves now first: the list's first may be the
+                        // one that is down.
+                        let next_relay = if new.relays.iter().any(|r| r == relay) {
+                            relay.to_owned()
+                        } else {
+                            new.relays[0].clone()
+                        };
+                        Some((set_up(&new, &next_relay, ctx).await, next_relay))
+                    } else {
+                        None
+                    };
+                    let tried_beside = beside.is_some();
+                    match beside {
+                        Some((Ok(Some((next_shared, next))), next_relay)) => {
                             let old = OldSession { shared, write, handle, notices, relay_closes_channels, _reader: reader };
                             let stop = shutdown.clone();
                             ctx.drains.spawn(old.finish(stop));
@@ -416,14 +430,21 @@ async fn session(
                             })));
                         }
                         // Stopping: this session drains as at any stop.
-                        Ok(None) => {}
-                        Err(e) => warn!(error = %e, "the reloaded settings did not connect beside this session; draining it and trying them again"),
+                        Some((Ok(None), _)) | None => {}
+                        Some((Err(e), _)) => warn!(error = %e, "the reloaded settings did not connect beside this session; draining it and trying them again"),
                     }
+
                     state.send_modify(|s| s.draining = true);
                     let drain = Drain { shared: &shared, control: &mut write, relay_closes_channels, grace: RECONFIGURE_GRACE, notices: &mut notices };
                     match drain.then_disconnect(&mut handle, shutdown).await {
                         Drained::Done => return Ok(SessionEnd::Reconfigured),
                         Drained::Stopped => return Ok(SessionEnd::Shutdown),
+                        // The session tried beside this one, given up on after the relay
+                        // took its hello, replaced it: this agent's own doing, no other
+                        // agent's with the same token.
+                        Drained::Ended(TunnelError::Ended { reason: EndReason::Replaced, .. }) if tried_beside => {
+                            return Ok(SessionEnd::Reconfigured);
+                        }
                         // Its refusal holds for the reloaded settings too, unless they
                         // bring another token.
                         Drained::Ended(ended) => {
@@ -486,18 +507,21 @@ impl OldSession {
             grace: SHUTDOWN_GRACE,
             notices: &mut self.notices,
         };
-        match drain.then_disconnect(&mut self.handle, &shutdown).await {
-            // Replaced: the relay's word for a session whose newer one took over, said once
-            // its calls were done.
-            Drained::Ended(TunnelError::Ended {
-                reason: EndReason::Replaced,
-                ..
-            })
-            | Drained::Done
-            | Drained::Stopped => info!("the session before the reload finished its calls"),
-            Drained::Ended(ended) => {
-                warn!(reason = %ended, "the session before the reload ended before its calls")
-            }
+        let drained = drain.then_disconnect(&mut self.handle, &shutdown).await;
+        // The relay says `replaced` once it has the last answer, a moment before the
+        // channel's task is done; any still running now were cut (the grace ran out, a
+        // stop, a revoke).
+        let tasks = &self.shared.session_tasks;
+        let _ = tokio::time::timeout(NOTICE_WAIT, wait_idle(tasks)).await;
+        let why = match drained {
+            Drained::Ended(ended) => ended.to_string(),
+            Drained::Stopped => "the agent stops".to_owned(),
+            Drained::Done => "its grace ran out".to_owned(),
+        };
+        if tasks.is_empty() {
+            info!("the session before the reload finished its calls");
+        } else {
+            warn!(calls = tasks.len(), reason = %why, "the session before the reload ended with calls under way; they were cut");
         }
     }
 }

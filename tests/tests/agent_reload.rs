@@ -270,15 +270,22 @@ async fn a_new_token_is_tried_at_once_after_a_reload() -> Result<()> {
 }
 
 /// A token switch by reload (within a rotation's grace) sets the new session up before the
-/// old one drains: the relay sends the new calls to the newer session at once, so none is
-/// refused, and the old one's call under way is answered, longer than a reconnect's
-/// 10 s drain would have let it run. Before, the agent drained first: new calls got 503
-/// until its calls were done or 10 s had passed, and then the slow call was cut.
+/// old one drains, on the relay that serves (not the list's first, which is down): the
+/// relay sends the new calls to the newer session at once, so none is refused, and the
+/// old one's call under way is answered, longer than a reconnect's 10 s drain would have
+/// let it run. Before, the agent drained first: new calls got 503 until its calls were
+/// done or 10 s had passed, and then the slow call was cut.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_token_switch_by_reload_refuses_no_call() -> Result<()> {
     let world = world().await?;
     let (w, api) = (&world.w, &world.w.admin);
     let config = world.write_config(&world.token, &["o"])?;
+    // Two relays, the first down: the new session is tried on the one that serves.
+    let text = std::fs::read_to_string(&config)?.replace(
+        &format!("relay = \"{}\"", w.relay.ssh),
+        &format!("relay = [\"127.0.0.1:1\", \"{}\"]", w.relay.ssh),
+    );
+    let config = w.dir.write_private("agent.toml", &text)?;
     let agent = AgentProcess::start(&w.bins, &config)?;
     api.wait_online("a1", true, Duration::from_secs(15)).await?;
     let rotated = send(
