@@ -56,6 +56,19 @@ pub fn error_code(body: &serde_json::Value) -> &str {
     body["error"]["code"].as_str().unwrap_or_default()
 }
 
+/// Status, `x-postern-error` and JSON body of a call.
+pub async fn refusal(r: reqwest::Response) -> Result<(u16, String, serde_json::Value)> {
+    let status = r.status().as_u16();
+    let header = r
+        .headers()
+        .get("x-postern-error")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let body: serde_json::Value = r.json().await?;
+    Ok((status, header, body))
+}
+
 impl RelayWorld {
     pub async fn start(bins: Bins) -> Result<Self> {
         let dir = TempDir::new("relay-ops")?;

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use postern_tests::harness::{Bins, Tunnel};
-use postern_tests::relay_support::error_code;
+use postern_tests::relay_support::{error_code, refusal};
 use postern_tests::temp::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -81,19 +81,6 @@ fn with_headers(count: usize) -> Vec<u8> {
 
 fn connection(name: &str, addr: SocketAddr, extra: &str) -> String {
     format!("[connections.{name}]\nbase_uri = \"http://{addr}/\"\ntimeout = \"5s\"\n{extra}")
-}
-
-/// Status, `x-postern-error` and JSON body of a call.
-async fn refusal(r: reqwest::Response) -> Result<(u16, String, serde_json::Value)> {
-    let status = r.status().as_u16();
-    let header = r
-        .headers()
-        .get("x-postern-error")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
-    let body: serde_json::Value = r.json().await?;
-    Ok((status, header, body))
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -450,5 +437,30 @@ async fn a_connect_never_answered_is_upstream_unreachable() -> Result<()> {
         (502, "upstream_unreachable"),
         "{body}"
     );
+    Ok(())
+}
+
+/// An internal server that answers `101 Switching Protocols` unasked (the caller's
+/// `Upgrade` never crosses): the caller gets 502 `upstream_bad_answer` saying so, not a
+/// 101 that upgrades nothing followed by a closed connection.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unasked_for_101_is_502_upstream_bad_answer() -> Result<()> {
+    let switching = Raw::start(|_| {
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+            .to_vec()
+    })
+    .await?;
+    let dir = TempDir::new("http-semantics-101")?;
+    let t = Tunnel::start(&bins(), &dir, &connection("up", switching.addr, "")).await?;
+    let (status, header, body) = refusal(t.api.call("a1", "up", "/s101").await?).await?;
+    assert_eq!(
+        (status, header.as_str()),
+        (502, "upstream_bad_answer"),
+        "{body}"
+    );
+    let said = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(said.contains("switched protocols"), "{said}");
+    assert!(said.contains("request was sent"), "{said}");
+    assert_eq!(switching.requests(), 1);
     Ok(())
 }

@@ -1,19 +1,14 @@
 //! What the agent refuses of a call's request before sending it, and what it does not pass
 //! on, through the real relay and agent: a URL longer than it can send (414
 //! `path_rejected`), a head over the connection's `max_header_bytes` counted with its
-//! request line (431), `Expect`, which its client does not honour, and an internal
-//! server's unasked-for `101 Switching Protocols` (502 `upstream_bad_answer`).
-
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+//! request line (431), and `Expect`, which its client does not honour. (An internal
+//! server's unasked-for `101` is in `agent_http_semantics.rs`.)
 
 use anyhow::Result;
 use postern_tests::harness::{AgentProcess, Bins, Tunnel};
 use postern_tests::internal_server::{InternalServer, Verifier};
-use postern_tests::relay_support::{ONLINE_WITHIN, RelayWorld, error_code};
+use postern_tests::relay_support::{ONLINE_WITHIN, RelayWorld, error_code, refusal};
 use postern_tests::temp::TempDir;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn bins() -> Bins {
     postern_tests::bins!()
@@ -21,19 +16,6 @@ fn bins() -> Bins {
 
 /// The longest URL the agent sends: the `http` crate's `Uri` takes no more.
 const MAX_URL_BYTES: usize = 65_534;
-
-/// Status, `x-postern-error` and JSON body of a call.
-async fn refusal(r: reqwest::Response) -> Result<(u16, String, serde_json::Value)> {
-    let status = r.status().as_u16();
-    let header = r
-        .headers()
-        .get("x-postern-error")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
-    let body: serde_json::Value = r.json().await?;
-    Ok((status, header, body))
-}
 
 fn message(body: &serde_json::Value) -> &str {
     body["error"]["message"].as_str().unwrap_or_default()
@@ -178,57 +160,5 @@ async fn expect_does_not_reach_the_internal_server() -> Result<()> {
         "{:?}",
         seen[0].headers
     );
-    Ok(())
-}
-
-/// An internal server that answers `101 Switching Protocols` unasked (the caller's
-/// `Upgrade` never crosses): the caller gets 502 `upstream_bad_answer` saying so, not a
-/// 101 that upgrades nothing followed by a closed connection.
-#[tokio::test(flavor = "multi_thread")]
-async fn an_unasked_for_101_is_502_upstream_bad_answer() -> Result<()> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr: SocketAddr = listener.local_addr()?;
-    let requests = Arc::new(AtomicUsize::new(0));
-    let counted = requests.clone();
-    let server = tokio::spawn(async move {
-        while let Ok((mut socket, _)) = listener.accept().await {
-            let counted = counted.clone();
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match socket.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
-                counted.fetch_add(1, Ordering::SeqCst);
-                let _ = socket
-                    .write_all(
-                        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
-                    )
-                    .await;
-                // Holds the "upgraded" connection a while, as a WebSocket server would.
-                let _ = socket.read(&mut buf).await;
-            });
-        }
-    });
-    let dir = TempDir::new("request-limits-101")?;
-    let connection = format!("[connections.up]\nbase_uri = \"http://{addr}/\"\ntimeout = \"5s\"\n");
-    let t = Tunnel::start(&bins(), &dir, &connection).await?;
-    let r = t.api.call("a1", "up", "/s101").await?;
-    server.abort();
-    assert_eq!(r.status(), 502, "{:?}", r.headers());
-    let (status, header, body) = refusal(r).await?;
-    assert_eq!(
-        (status, header.as_str()),
-        (502, "upstream_bad_answer"),
-        "{body}"
-    );
-    let said = message(&body);
-    assert!(said.contains("switched protocols"), "{said}");
-    assert!(said.contains("cannot carry"), "{said}");
-    assert!(said.contains("request was sent"), "{said}");
-    assert_eq!(requests.load(Ordering::SeqCst), 1);
     Ok(())
 }
