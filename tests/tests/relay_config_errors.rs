@@ -71,6 +71,23 @@ fn a_taken_address_is_named_with_its_setting() -> Result<()> {
     Ok(())
 }
 
+/// `serve` on `state`, loopback ports of its choosing, for a start expected to fail.
+fn serve_within_10s(state: &str) -> Result<std::process::Output> {
+    postern_tests::harness::relay_cli_within(
+        &bins(),
+        &[
+            "serve",
+            "--state-dir",
+            state,
+            "--ssh-listen",
+            "127.0.0.1:0",
+            "--api-listen",
+            "127.0.0.1:0",
+        ],
+        std::time::Duration::from_secs(10),
+    )
+}
+
 /// A second `serve` on a state folder a relay already serves from stops at once, saying
 /// so, rather than split the agents between two relays that share one store.
 #[test]
@@ -78,19 +95,7 @@ fn a_second_relay_on_the_same_state_folder_is_refused() -> Result<()> {
     let dir = TempDir::new("relay-state-lock")?;
     let first = postern_tests::relay_support::configured_relay(&bins(), dir.path(), "", &[])?;
     let state = first.state_dir.to_string_lossy().into_owned();
-    let out = postern_tests::harness::relay_cli_within(
-        &bins(),
-        &[
-            "serve",
-            "--state-dir",
-            &state,
-            "--ssh-listen",
-            "127.0.0.1:0",
-            "--api-listen",
-            "127.0.0.1:0",
-        ],
-        std::time::Duration::from_secs(10),
-    )?;
+    let out = serve_within_10s(&state)?;
     assert_eq!(out.status.code(), Some(1));
     let said = stderr(&out);
     assert!(
@@ -148,19 +153,7 @@ fn a_store_a_newer_relay_wrote_is_refused() -> Result<()> {
     let newer = SCHEMA_VERSION + 1;
     rusqlite::Connection::open(&db)?.pragma_update(None, "user_version", newer)?;
     let state = state.to_string_lossy().into_owned();
-    let serve = postern_tests::harness::relay_cli_within(
-        &bins(),
-        &[
-            "serve",
-            "--state-dir",
-            &state,
-            "--ssh-listen",
-            "127.0.0.1:0",
-            "--api-listen",
-            "127.0.0.1:0",
-        ],
-        std::time::Duration::from_secs(10),
-    )?;
+    let serve = serve_within_10s(&state)?;
     let list = relay_cli_output(&bins(), &["agent", "list", "--state-dir", &state])?;
     for out in [serve, list] {
         assert_eq!(out.status.code(), Some(1));
