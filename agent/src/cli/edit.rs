@@ -257,9 +257,7 @@ fn key_options(new: &NewConnection, algorithm: &str, old: Option<&Table>) -> Res
     };
     let (wanted, unwanted, what, needs) = if parsed.is_hmac() {
         (
-            new.secret_file.is_some()
-                || new.secret_env.is_some()
-                || kept(&["secret", "secret_file", "secret_env"]),
+            new.secret_file.is_some() || new.secret_env.is_some() || kept(&edit_table::SECRET_KEYS),
             given(&key),
             "a shared secret",
             "--secret-file or --secret-env",
@@ -268,7 +266,7 @@ fn key_options(new: &NewConnection, algorithm: &str, old: Option<&Table>) -> Res
         (
             new.private_key_file.is_some()
                 || new.private_key_env.is_some()
-                || kept(&["private_key", "private_key_file", "private_key_env"]),
+                || kept(&edit_table::PRIVATE_KEYS),
             given(&secret),
             "a private key",
             "--private-key-file or --private-key-env",

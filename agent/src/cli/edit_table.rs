@@ -28,8 +28,8 @@ pub(super) struct Changes {
 }
 
 /// Key sources of one kind: a connection takes exactly one of each.
-const SECRET_KEYS: [&str; 3] = ["secret", "secret_file", "secret_env"];
-const PRIVATE_KEYS: [&str; 3] = ["private_key", "private_key_file", "private_key_env"];
+pub(super) const SECRET_KEYS: [&str; 3] = ["secret", "secret_file", "secret_env"];
+pub(super) const PRIVATE_KEYS: [&str; 3] = ["private_key", "private_key_file", "private_key_env"];
 const PASSPHRASE_KEYS: [&str; 2] = ["private_key_passphrase_file", "private_key_passphrase_env"];
 
 /// The replaced connection as a table. One written inline (`connections.erp = { … }`)

@@ -133,7 +133,7 @@ fn carry_connections(path: &Path, text: &str, old: Option<&str>) -> Result<(Stri
         return Ok((text.to_owned(), said.to_owned()));
     };
     let others = other_settings(&old_doc);
-    let Some((mut connections, names)) = connections_of(old) else {
+    let Some((mut connections, names)) = connections_of(&old_doc) else {
         return Ok((
             text.to_owned(),
             with_others("it had no connections", &others),
@@ -251,10 +251,8 @@ fn with_others(said: &str, others: &[String]) -> String {
     )
 }
 
-/// The `connections` of a config that is valid TOML, with their names; `None` when it is
-/// not TOML, or has no connections.
-fn connections_of(text: &str) -> Option<(Item, Vec<String>)> {
-    let doc: DocumentMut = text.parse().ok()?;
+/// The `connections` of a config, with their names; `None` when it has none.
+fn connections_of(doc: &DocumentMut) -> Option<(Item, Vec<String>)> {
     let connections = doc.get("connections")?;
     let names: Vec<String> = connections
         .as_table_like()?
