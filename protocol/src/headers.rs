@@ -163,6 +163,14 @@ pub fn header_bytes(headers: &http::HeaderMap) -> usize {
         .sum()
 }
 
+/// A request head's size as HTTP/1.1 sends it: request line (`target` is the path and
+/// query), `name: value` lines, blank line. The relay's `max_header_bytes` and a
+/// connection's at the agent are held to this one count.
+pub fn head_bytes(method: &http::Method, target: &str, headers: &http::HeaderMap) -> usize {
+    let line = method.as_str().len() + 1 + target.len() + " HTTP/1.1\r\n".len();
+    line + header_bytes(headers) + 2
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

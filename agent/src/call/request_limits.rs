@@ -3,7 +3,6 @@
 
 use http::{HeaderMap, Method, StatusCode};
 use postern_protocol::ErrorCode;
-use postern_protocol::headers::header_bytes;
 use url::{Position, Url};
 
 use super::Refusal;
@@ -57,11 +56,10 @@ pub(super) fn head_fits(
     .with_status(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE))
 }
 
-/// A head's size as the relay counts its own: request line, `name: value` lines, blank line.
+/// A head's size as the relay counts its own, with the line it would be sent with.
 fn head_bytes(method: &Method, url: &Url, headers: &HeaderMap) -> usize {
     let target = &url[Position::BeforePath..Position::AfterQuery];
-    let line = method.as_str().len() + 1 + target.len() + " HTTP/1.1\r\n".len();
-    line + header_bytes(headers) + 2
+    postern_protocol::headers::head_bytes(method, target, headers)
 }
 
 #[cfg(test)]

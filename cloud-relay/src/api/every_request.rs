@@ -155,14 +155,10 @@ impl http_body::Body for Watched {
     }
 }
 
-/// The request head's size as sent: request line, `name: value` lines, blank line.
+/// The request head's size as sent.
 fn head_bytes(request: &Request) -> usize {
-    let target = request
-        .uri()
-        .path_and_query()
-        .map_or(1, |pq| pq.as_str().len());
-    let line = request.method().as_str().len() + 1 + target + " HTTP/1.1\r\n".len();
-    line + postern_protocol::headers::header_bytes(request.headers()) + 2
+    let target = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    postern_protocol::headers::head_bytes(request.method(), target, request.headers())
 }
 
 /// 431, as the HTTP server would answer, with the contract's body.
