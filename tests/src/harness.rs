@@ -478,6 +478,22 @@ pub fn agent_command(bins: &Bins, config: &Path, args: &[&str]) -> Command {
     command
 }
 
+/// `connection add NAME --base-uri http://127.0.0.1:9 --auth jwt_bearer`, then `extra`:
+/// the arguments of a JWT connection an edit test adds.
+pub fn add_jwt<'a>(name: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "connection",
+        "add",
+        name,
+        "--base-uri",
+        "http://127.0.0.1:9",
+        "--auth",
+        "jwt_bearer",
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
 /// Runs `postern <args> --config <config>`; its output whatever the exit, since tests
 /// look at failures too.
 pub fn agent_cli(bins: &Bins, config: &Path, args: &[&str]) -> Result<std::process::Output> {

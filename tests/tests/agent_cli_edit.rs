@@ -6,28 +6,13 @@ use std::process::Output;
 
 use anyhow::Result;
 use postern_tests::harness::{
-    Bins, agent_cli, agent_command, offline_agent_config, offline_init, offline_init_command,
-    output_text, stderr, stdout, unknown_token,
+    Bins, add_jwt, agent_cli, agent_command, offline_agent_config, offline_init,
+    offline_init_command, output_text, stderr, stdout, unknown_token,
 };
 use postern_tests::temp::TempDir;
 
 fn bins() -> Bins {
     postern_tests::bins!()
-}
-
-/// `connection add NAME --base-uri http://127.0.0.1:9 --auth jwt_bearer`, then `extra`.
-fn add_jwt<'a>(name: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut args = vec![
-        "connection",
-        "add",
-        name,
-        "--base-uri",
-        "http://127.0.0.1:9",
-        "--auth",
-        "jwt_bearer",
-    ];
-    args.extend_from_slice(extra);
-    args
 }
 
 #[test]

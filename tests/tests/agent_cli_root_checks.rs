@@ -4,7 +4,9 @@
 use std::os::unix::fs::MetadataExt;
 
 use anyhow::Result;
-use postern_tests::harness::{Bins, agent_cli, is_root, offline_agent_config, output_text, stderr};
+use postern_tests::harness::{
+    Bins, add_jwt, agent_cli, is_root, offline_agent_config, output_text, stderr,
+};
 use postern_tests::temp::TempDir;
 
 fn bins() -> Bins {
@@ -31,19 +33,7 @@ fn root_checks_what_the_configs_owner_could_read() -> Result<()> {
         agent_cli(
             &bins(),
             &config,
-            &[
-                "connection",
-                "add",
-                name,
-                "--base-uri",
-                "http://127.0.0.1:9",
-                "--auth",
-                "jwt_bearer",
-                "--algorithm",
-                "ES256",
-                "--private-key-file",
-                key,
-            ],
+            &add_jwt(name, &["--algorithm", "ES256", "--private-key-file", key]),
         )
     };
     let out = add("rk", "root-key.pem")?;
