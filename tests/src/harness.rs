@@ -579,6 +579,13 @@ pub fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// The command ended with exit code `code` and its stderr says `said`.
+#[track_caller]
+pub fn assert_exit(out: &std::process::Output, code: i32, said: &str) {
+    assert_eq!(out.status.code(), Some(code), "{}", output_text(out));
+    assert!(stderr(out).contains(said), "{}", stderr(out));
+}
+
 /// Runs `command` to its end, as `output` does, but kills it after `limit`: a command that
 /// should refuse at once and instead serves must fail the test, not hang it.
 pub fn output_within(command: &mut Command, limit: Duration) -> Result<std::process::Output> {

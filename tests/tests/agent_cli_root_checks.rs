@@ -5,7 +5,7 @@ use std::os::unix::fs::MetadataExt;
 
 use anyhow::Result;
 use postern_tests::harness::{
-    Bins, add_jwt, agent_cli, is_root, offline_agent_config, output_text, stderr,
+    Bins, add_jwt, agent_cli, assert_exit, is_root, offline_agent_config, output_text, stderr,
 };
 use postern_tests::temp::TempDir;
 
@@ -54,12 +54,7 @@ fn root_checks_what_the_configs_owner_could_read() -> Result<()> {
         ),
     )?;
     let out = agent_cli(&bins(), &config, &["config", "check"])?;
-    assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
-    assert!(
-        stderr(&out).contains("connections.rk.auth.private_key_file"),
-        "{}",
-        stderr(&out)
-    );
+    assert_exit(&out, 1, "connections.rk.auth.private_key_file");
 
     // Given to the service user, it passes both.
     std::os::unix::fs::chown(&key_file, Some(service_user), Some(service_user))?;
@@ -81,12 +76,7 @@ fn root_checks_what_the_configs_owner_could_read() -> Result<()> {
         std::os::unix::fs::PermissionsExt::from_mode(0o644),
     )?;
     let out = add("rk3", "roots-only/open.pem")?;
-    assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
-    assert!(
-        stderr(&out).contains("roots-only is closed to it (uid 0's, mode 700)"),
-        "{}",
-        stderr(&out)
-    );
+    assert_exit(&out, 1, "roots-only is closed to it (uid 0's, mode 700)");
     assert_eq!(std::fs::metadata(&config)?.uid(), service_user);
     Ok(())
 }

@@ -4,7 +4,9 @@
 
 use anyhow::{Context, Result};
 use base64::Engine;
-use postern_tests::harness::{Bins, agent_cli, offline_agent_config, output_text, stderr, stdout};
+use postern_tests::harness::{
+    Bins, agent_cli, assert_exit, offline_agent_config, output_text, stdout,
+};
 use postern_tests::temp::TempDir;
 
 fn bins() -> Bins {
@@ -131,12 +133,7 @@ fn hs_secrets_given_as_base64_sign_and_verify() -> Result<()> {
     let none = [&base[..], &["--secret-encoding", "base64"]].concat();
     let out = agent_cli(&bins(), &config, &none)?;
     // A command line that does not go together, like one clap refuses.
-    assert_eq!(out.status.code(), Some(64), "{}", output_text(&out));
-    assert!(
-        stderr(&out).contains("--secret-encoding need --auth jwt_bearer"),
-        "{}",
-        stderr(&out)
-    );
+    assert_exit(&out, 64, "--secret-encoding needs --auth jwt_bearer");
     assert_eq!(std::fs::read_to_string(&config)?, before);
     Ok(())
 }

@@ -2,7 +2,7 @@
 //! running agent keeps its last good config.
 
 use anyhow::Result;
-use postern_tests::harness::{Bins, agent_cli, output_text, stderr};
+use postern_tests::harness::{Bins, agent_cli, assert_exit, output_text, stderr};
 use postern_tests::temp::TempDir;
 
 fn bins() -> Bins {
@@ -27,11 +27,6 @@ fn status_on_a_missing_config_says_it_does_not_exist() -> Result<()> {
     // A file that is there but broken still may have a running agent behind it.
     let broken = dir.write_private("broken.toml", "relay = \n")?;
     let out = agent_cli(&bins(), &broken, &["status"])?;
-    assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
-    assert!(
-        stderr(&out).contains("last good config"),
-        "{}",
-        stderr(&out)
-    );
+    assert_exit(&out, 1, "last good config");
     Ok(())
 }

@@ -7,8 +7,8 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use postern_tests::harness::{
-    Bins, agent_cli, file_mode, is_root, offline_agent_config, offline_init, offline_init_command,
-    other_token, output_text, stderr, stdout, unknown_token,
+    Bins, agent_cli, assert_exit, file_mode, is_root, offline_agent_config, offline_init,
+    offline_init_command, other_token, output_text, stderr, stdout, unknown_token,
 };
 use postern_tests::temp::TempDir;
 
@@ -87,8 +87,7 @@ fn edits_through_a_symlink_change_the_file_it_points_at() -> Result<()> {
     let dangling = dir.path().join("dangling.toml");
     std::os::unix::fs::symlink("real/missing.toml", &dangling)?;
     let out = offline_init(&bins(), &dangling, "127.0.0.1:1", &unknown_token())?;
-    assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
-    assert!(stderr(&out).contains("does not exist"), "{}", stderr(&out));
+    assert_exit(&out, 1, "does not exist");
     assert!(is_symlink(&dangling)? && !dir.path().join("real/missing.toml").exists());
     Ok(())
 }

@@ -338,8 +338,9 @@ fn command_line(new: &NewConnection, kind: &str, old: Option<&Table>) -> Result<
         .collect();
     if kind != "jwt_bearer" && !given.is_empty() {
         return Err(usage(format!(
-            "{} need --auth jwt_bearer (the connection's auth is {kind:?})",
+            "{} {} --auth jwt_bearer (the connection's auth is {kind:?})",
             given.join(", "),
+            if given.len() == 1 { "needs" } else { "need" },
         )));
     }
     if kind != "jwt_bearer" {
