@@ -22,7 +22,6 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 use crate::config::{self, AgentConfig, ConfigError};
-pub use run::wait_for_signal;
 
 #[derive(Debug, Parser)]
 #[command(

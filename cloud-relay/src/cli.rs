@@ -7,9 +7,9 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use postern_process::StopSignals;
 use postern_protocol::api::{AgentCreated, ApiKeyCreated, ApiKeyList, ApiKeyScope};
 use postern_protocol::{SecretKind, SecretToken};
-use tokio::signal::unix::{Signal, SignalKind};
 use tokio_util::task::AbortOnDropHandle;
 
 use crate::config::RelayConfig;
@@ -607,73 +607,23 @@ fn serve(config: RelayConfig) -> Result<()> {
         // First, before the slow part of the start (binding, TLS, the host key, SQLite):
         // until SIGHUP is listened for, a `systemctl reload` would end the relay.
         let hangups = crate::server::listen_for_hangup();
-        let stops = StopSignals::listen();
+        let stops = StopSignals::listen("the relay");
         let listeners = RelayListeners::bind(&config)
             .await
             .context("cannot listen")?;
         let shutdown = Shutdown::default();
-        let _signals = AbortOnDropHandle::new(tokio::spawn(stops.watch(shutdown.clone())));
+        let _signals = AbortOnDropHandle::new(tokio::spawn(watch_stops(stops, shutdown.clone())));
         crate::server::run_with(config, listeners, shutdown, hangups).await?;
         Ok(())
     })
 }
 
-/// SIGTERM and SIGINT, listened for as the relay starts.
-struct StopSignals {
-    term: Option<Signal>,
-    interrupt: Option<Signal>,
-}
-
-impl StopSignals {
-    fn listen() -> Self {
-        let listen = |kind, name| {
-            postern_process::listen_or_warn(kind, name, "the relay cannot be stopped with it")
-        };
-        Self {
-            term: listen(SignalKind::terminate(), "SIGTERM"),
-            interrupt: listen(SignalKind::interrupt(), "SIGINT"),
-        }
-    }
-
-    /// The first signal starts the drain; a second one ends it at once.
-    async fn watch(mut self, shutdown: Shutdown) {
-        self.next().await;
-        tracing::info!("shutdown requested; draining (a second SIGTERM or SIGINT stops at once)");
-        shutdown.stop.cancel();
-        self.next().await;
-        tracing::info!("second shutdown signal; ending the drain now");
-        shutdown.hurry.cancel();
-    }
-
-    async fn next(&mut self) {
-        async fn one(signal: &mut Option<Signal>) {
-            // A stream that cannot deliver (not listened for, or closed) never fires.
-            if let Some(s) = signal
-                && s.recv().await.is_some()
-            {
-                return;
-            }
-            std::future::pending().await
-        }
-        tokio::select! {
-            _ = one(&mut self.term) => {}
-            _ = one(&mut self.interrupt) => {}
-        }
-    }
-}
-
-/// SIGINT or SIGTERM.
-pub async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
+/// The first signal starts the drain; a second one ends it at once.
+async fn watch_stops(mut stops: StopSignals, shutdown: Shutdown) {
+    stops.next().await;
+    tracing::info!("shutdown requested; draining (a second SIGTERM or SIGINT stops at once)");
+    shutdown.stop.cancel();
+    stops.next().await;
+    tracing::info!("second shutdown signal; ending the drain now");
+    shutdown.hurry.cancel();
 }

@@ -17,7 +17,7 @@ mod command_line;
 pub mod lock_file;
 mod signals;
 pub use command_line::{USAGE_ERROR, UsageError, failure_code, parse};
-pub use signals::listen_or_warn;
+pub use signals::{StopSignals, listen_or_warn};
 
 /// The user this process runs as (its effective uid), or `None` without `/proc`: the
 /// owner of `/proc/self`, which saves an unsafe `geteuid` call.

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
+use postern_process::StopSignals;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -22,11 +23,12 @@ pub(crate) fn run_daemon(path: PathBuf) -> Result<()> {
         let shutdown = CancellationToken::new();
         let hurry = CancellationToken::new();
         let (signals, hurried) = (shutdown.clone(), hurry.clone());
+        let mut stops = StopSignals::listen("the agent");
         tokio::spawn(async move {
-            wait_for_signal().await;
+            stops.next().await;
             tracing::info!("shutdown requested; draining (a second signal stops at once)");
             signals.cancel();
-            wait_for_signal().await;
+            stops.next().await;
             hurried.cancel();
         });
         let (state, _watch) = watch::channel(TunnelState::default());
@@ -53,19 +55,3 @@ pub(crate) fn run_daemon(path: PathBuf) -> Result<()> {
 
 /// How long the exit waits for blocking tasks (name lookups, file reads) still running.
 const BLOCKING_TASKS_AT_EXIT: std::time::Duration = std::time::Duration::from_secs(2);
-
-/// SIGINT or SIGTERM.
-pub async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-}

@@ -145,7 +145,9 @@ payload = {{ iss = "postern", sub = "demo-service", aud = "orders", iat = "{{{{n
     );
     if !once {
         println!("Press ctrl-c to stop.");
-        postern_relay::cli::wait_for_signal().await;
+        postern_process::StopSignals::listen("the demo")
+            .next()
+            .await;
     }
     shutdown.cancel();
     let _ = agent.await;
