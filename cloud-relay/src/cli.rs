@@ -437,9 +437,10 @@ fn agent(command: AgentCommand) -> Result<()> {
                 shown.set(written.is_ok());
                 written
             };
-            let rotated = state
-                .store()
-                .and_then(|store| Ok(store.rotate_token(&agent, &token, until, &mut show)?));
+            let rotated = state.store().and_then(|store| {
+                // A running relay marks a token used as an agent logs in with it.
+                Ok(store.rotate_token(&agent, &token, until, &|_| false, &mut show)?)
+            });
             match rotated {
                 Ok(_) => Ok(()),
                 // Shown, then not kept (the store's disk filled up at the commit, say): what
@@ -469,6 +470,13 @@ fn show_rotated(
             record.id,
             token.expose()
         )?;
+        if rotation.replaced_unused {
+            writeln!(
+                out,
+                "The token the last rotation made had not been used by any agent: it no longer \
+                 works, and the token before it, which the agent uses, is the old token."
+            )?;
+        }
         if let Some(cut) = rotation.grace_cut {
             writeln!(
                 out,

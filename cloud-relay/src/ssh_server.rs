@@ -572,13 +572,39 @@ impl russh::server::Handler for AgentHandler {
             }
         };
         self.stage(Stage::Checking);
+        let checked = token.clone();
         let lookup = self
             .ctx
-            .store_call(move |store| store.login(&token, unix_now()))
+            .store_call(move |store| store.login(&checked, unix_now()))
             .await;
         match lookup {
             Ok(Login::Agent(login)) => {
                 let agent = login.agent;
+                // Recorded before the session can serve: a rotation within the grace then
+                // moves this token to the old one's place, rather than taking it for a
+                // token nobody used (a retried rotation's) and ending it.
+                if login.first_use {
+                    let id = agent.id.clone();
+                    let marked = self
+                        .ctx
+                        .store_call(move |store| store.mark_token_used(&id, &token, unix_now()))
+                        .await;
+                    match marked {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            return Ok(self
+                                .refuse(
+                                    "token replaced as this login was checked",
+                                    "former_token",
+                                    false,
+                                )
+                                .await);
+                        }
+                        Err(e) => {
+                            warn!(agent = %agent.name, error = %e, "cannot record the agent's new token as used; a rotation within its grace would take it for unused and end it");
+                        }
+                    }
+                }
                 // Before the pre-auth place is taken: a connection refused here stays
                 // unauthenticated, and the authentication timeout still closes it.
                 let Some(slot) = self.ctx.agent_connections.take(agent.id.clone()) else {

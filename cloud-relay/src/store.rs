@@ -21,6 +21,10 @@ pub struct Rotation {
     /// seconds), had this rotation not stopped it now: one old token is kept, and an agent
     /// not yet moved to the token before this one loses its session.
     pub grace_cut: Option<i64>,
+    /// Whether this rotation replaced a current token no agent had logged in with (an
+    /// earlier rotation's, within its grace) and left the old token, which agents use,
+    /// in its place with this rotation's grace.
+    pub replaced_unused: bool,
 }
 
 /// One agent as stored. The token itself is never stored, only its hash.
@@ -52,6 +56,8 @@ pub struct AgentLogin {
     pub agent: AgentRecord,
     /// The current `token_version`, or the one before it for a token in its grace period.
     pub token_version: i64,
+    /// The current token, not yet recorded as used: see [`Store::mark_token_used`].
+    pub first_use: bool,
 }
 
 /// What an agent token is to the store.
@@ -172,17 +178,29 @@ pub trait Store: Send + Sync + 'static {
     /// Revokes an agent: its token stops working. Returns the revoked record.
     fn revoke_agent(&self, id_or_name: &str) -> Result<AgentRecord, StoreError>;
     /// Gives an agent a new token. With `old_until` (unix seconds) the current token
-    /// keeps working until then; without, it stops at once. Kept only once `show` has
-    /// shown the new token: when it cannot ([`StoreError::NotShown`]) nothing changed and
-    /// the old token still works, because a token nobody saw cannot be undone by rotating
-    /// again.
+    /// keeps working until then; without, it stops at once. Within an earlier rotation's
+    /// grace, with `old_until`, a current token that no agent has logged in with (not
+    /// marked used, and not `current_in_use` by a live session) is replaced instead, and
+    /// the old token keeps working until `old_until`. Kept only once `show` has shown the
+    /// new token: when it cannot ([`StoreError::NotShown`]) nothing changed and the old
+    /// token still works, because a token nobody saw cannot be undone by rotating again.
     fn rotate_token(
         &self,
         id_or_name: &str,
         token: &SecretToken,
         old_until: Option<i64>,
+        current_in_use: &dyn Fn(&AgentRecord) -> bool,
         show: &mut dyn FnMut(&Rotation) -> std::io::Result<()>,
     ) -> Result<Rotation, StoreError>;
+    /// Records that an agent logged in with `token`, its current one. `false` when the
+    /// token no longer works at `now` (a rotation that replaced it, or a revoke, came
+    /// between the login and this); one a rotation made the old token in grace still does.
+    fn mark_token_used(
+        &self,
+        agent_id: &str,
+        token: &SecretToken,
+        now: i64,
+    ) -> Result<bool, StoreError>;
     /// Whose this token is (an active agent's, current or old within its grace; a
     /// former one; none), compared in constant time; `now` is unix seconds.
     fn login(&self, token: &SecretToken, now: i64) -> Result<Login, StoreError>;

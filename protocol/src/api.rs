@@ -130,6 +130,11 @@ pub struct TokenRotated {
     /// agent still on it loses its session.
     #[serde(default)]
     pub earlier_grace_cut: Option<String>,
+    /// The token replaced was an earlier rotation's that no agent had logged in with (a
+    /// retry of a rotation whose answer was lost, say): it stopped working, and the token
+    /// before it, which agents use, is the old token valid until `old_token_valid_until`.
+    #[serde(default)]
+    pub replaced_unused_token: bool,
 }
 
 // By hand: the secret each carries must not reach a log line or a failed assertion.
@@ -161,6 +166,7 @@ impl std::fmt::Debug for TokenRotated {
             .field("token", &"[redacted]")
             .field("old_token_valid_until", &self.old_token_valid_until)
             .field("earlier_grace_cut", &self.earlier_grace_cut)
+            .field("replaced_unused_token", &self.replaced_unused_token)
             .finish()
     }
 }
@@ -196,6 +202,7 @@ mod tests {
                     token: "pat_s3cret".into(),
                     old_token_valid_until: None,
                     earlier_grace_cut: None,
+                    replaced_unused_token: false,
                 }
             ),
         ];

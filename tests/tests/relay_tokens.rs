@@ -394,16 +394,20 @@ fn cli_rotate(w: &RelayWorld, grace: &str) -> Result<String> {
     )
 }
 
-/// A second rotation within the first's grace keeps one old token, the one it replaced:
-/// the answer says the earlier grace was cut, as the agent still on the first token loses
-/// its session. A blank grace (a template's unset variable) is refused, not read as none.
+/// A second rotation within the first's grace, whose token no agent used (a retry of a
+/// rotation whose answer was lost), replaces that token and keeps the agent's: the agent
+/// stays. Once an agent logged in with the current token, a rotation moves it out, and the
+/// answer says the earlier grace was cut, as the agent still on the first token loses its
+/// session. A blank grace (a template's unset variable) is refused, not read as none.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_rotation_within_an_earlier_grace_says_it_cut_it() -> Result<()> {
+async fn a_rotation_within_an_earlier_grace_keeps_the_token_in_use_or_says_it_cut_it() -> Result<()>
+{
     let w = RelayWorld::start(bins()).await?;
     let _online = w.agent_online("warehouse-1").await?;
     let first = rotate(&w.admin, Some("5m")).await?;
     assert_eq!(first.status, 200, "{}", first.json);
     assert!(first.json["earlier_grace_cut"].is_null(), "{}", first.json);
+    assert_eq!(first.json["replaced_unused_token"], false, "{}", first.json);
 
     for blank in ["", "  "] {
         let refused = rotate(&w.admin, Some(blank)).await?;
@@ -427,30 +431,46 @@ async fn a_rotation_within_an_earlier_grace_says_it_cut_it() -> Result<()> {
     // Nothing was rotated by those: the agent, on its first token, is still served.
     assert!(w.admin.agent("warehouse-1").await?.online);
 
-    let second = rotate(&w.admin, Some("5m")).await?;
-    assert_eq!(second.status, 200, "{}", second.json);
+    // The retry: before 2026-12-07 it cut the agent off.
+    let retried = rotate(&w.admin, Some("5m")).await?;
+    assert_eq!(retried.status, 200, "{}", retried.json);
     assert_eq!(
-        second.json["earlier_grace_cut"], first.json["old_token_valid_until"],
+        retried.json["replaced_unused_token"], true,
         "{}",
-        second.json
+        retried.json
     );
-    w.admin
-        .wait_online("warehouse-1", false, ONLINE_WITHIN)
-        .await?;
+    assert!(
+        retried.json["earlier_grace_cut"].is_null(),
+        "{}",
+        retried.json
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        w.admin.agent("warehouse-1").await?.online,
+        "the agent stays"
+    );
+    let call = w.admin.call("warehouse-1", "orders", "/still").await?;
+    assert_eq!(call.status(), 200);
+    let unused = first.json["token"].as_str().unwrap_or_default();
+    let (_ssh, accepted) = ssh_login(w.relay.ssh, unused).await?;
+    assert!(!accepted, "the replaced token no longer works");
 
-    let third = relay_cli(
-        &w.bins,
-        &[
-            "agent",
-            "rotate",
-            "warehouse-1",
-            "--grace",
-            "5m",
-            "--state-dir",
-            &dir,
-        ],
-    )?;
-    let cut = second.json["old_token_valid_until"]
+    // An agent logs in with the current token: it is in use now, and the next rotation
+    // moves it out and ends the first one, here by the CLI.
+    let current = retried.json["token"].as_str().unwrap_or_default();
+    let (_ssh, accepted) = ssh_login(w.relay.ssh, current).await?;
+    assert!(accepted, "the retried rotation's token works");
+    let args = [
+        "agent",
+        "rotate",
+        "warehouse-1",
+        "--grace",
+        "5m",
+        "--state-dir",
+        &dir,
+    ];
+    let third = relay_cli(&w.bins, &args)?;
+    let cut = retried.json["old_token_valid_until"]
         .as_str()
         .unwrap_or_default();
     assert!(
@@ -459,5 +479,16 @@ async fn a_rotation_within_an_earlier_grace_says_it_cut_it() -> Result<()> {
         )),
         "{third}"
     );
+    w.admin
+        .wait_online("warehouse-1", false, ONLINE_WITHIN)
+        .await?;
+    // The CLI's own retry replaces the token nobody used, and says so.
+    let fourth = relay_cli(&w.bins, &args)?;
+    assert!(
+        fourth.contains("The token the last rotation made had not been used by any agent"),
+        "{fourth}"
+    );
+    let (_ssh, accepted) = ssh_login(w.relay.ssh, current).await?;
+    assert!(accepted, "the token in use keeps its grace");
     Ok(())
 }

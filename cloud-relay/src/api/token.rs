@@ -85,9 +85,19 @@ pub async fn rotate_agent_token(
     let record = ctx
         .to_completion(async move {
             // Rolled back if nobody waits for the new token any more: the old one goes on.
+            let sessions = work.clone();
+            // A live session on the current token makes it used, even before its login's
+            // mark is in the store.
+            let in_use = move |record: &crate::store::AgentRecord| {
+                sessions
+                    .registry
+                    .sessions_of(&record.id)
+                    .iter()
+                    .any(|live| live.token_version == record.token_version)
+            };
             let record = work
                 .store_write(move |store| {
-                    store.rotate_token(&agent, &stored, until, &mut |_| awaited.still())
+                    store.rotate_token(&agent, &stored, until, &in_use, &mut |_| awaited.still())
                 })
                 .await
                 .inspect_err(|e| {
@@ -116,6 +126,7 @@ pub fn rotated(rotation: &Rotation, token: &SecretToken, until: Option<i64>) -> 
         token: token.expose().to_owned(),
         old_token_valid_until: until.map(rfc3339),
         earlier_grace_cut: rotation.grace_cut.map(rfc3339),
+        replaced_unused_token: rotation.replaced_unused,
     }
 }
 

@@ -32,7 +32,8 @@ CREATE TABLE IF NOT EXISTS agents (
     token_version     INTEGER NOT NULL DEFAULT 1,
     old_token_lookup  TEXT,
     old_token_hash    BLOB,
-    old_token_until   INTEGER
+    old_token_until   INTEGER,
+    token_used        INTEGER NOT NULL DEFAULT 1
 );
 CREATE UNIQUE INDEX IF NOT EXISTS agents_active_name ON agents(name) WHERE revoked_at IS NULL;
 CREATE INDEX IF NOT EXISTS agents_token_lookup ON agents(token_lookup);
@@ -69,6 +70,10 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("agents", "old_token_lookup", "TEXT"),
     ("agents", "old_token_hash", "BLOB"),
     ("agents", "old_token_until", "INTEGER"),
+    // Whether an agent has logged in with the current token. Rows from before it (and
+    // rows an older relay writes) count as used: a rotation then ends the old token as
+    // it always did, and never takes the current one for a lost answer's.
+    ("agents", "token_used", "INTEGER NOT NULL DEFAULT 1"),
 ];
 
 const POST_MIGRATION: &str = "
@@ -336,7 +341,7 @@ impl Store for SqliteStore {
         };
         self.with(|conn| {
             conn.execute(
-                "INSERT INTO agents (id, name, created_at, token_lookup, token_hash) VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO agents (id, name, created_at, token_lookup, token_hash, token_used) VALUES (?1, ?2, ?3, ?4, ?5, 0)",
                 params![record.id, record.name, record.created_at, token.lookup_id(), token.hash().as_slice()],
             )
             .map_err(|e| if is_unique_violation(&e) { StoreError::AgentExists(name.to_owned()) } else { e.into() })?;
@@ -375,41 +380,70 @@ impl Store for SqliteStore {
         id_or_name: &str,
         token: &SecretToken,
         old_until: Option<i64>,
+        current_in_use: &dyn Fn(&AgentRecord) -> bool,
         show: &mut dyn FnMut(&Rotation) -> std::io::Result<()>,
     ) -> Result<Rotation, StoreError> {
         self.with(|conn| {
             let tx = write_transaction(conn)?;
             let agent = find_active(&tx, id_or_name)?
                 .ok_or_else(|| StoreError::AgentNotFound(id_or_name.to_owned()))?;
-            // The current token becomes the old one, valid until the grace ends (without
-            // one, never again: kept only so `login` knows it as a former one); an older one
-            // is retired, still known as former: an agent nobody updated through two
-            // rotations must not count as guessing and lock its site's address out.
             // Made here too: a backup from before the table, restored under a running relay.
             tx.execute_batch(RETIRED_SCHEMA)?;
+            let used: bool = tx.query_row(
+                "SELECT token_used FROM agents WHERE id = ?1",
+                params![agent.id],
+                |r| r.get(0),
+            )?;
+            let earlier_grace = agent.old_token_until.filter(|&t| t > super::unix_now());
+            // A rotation with a grace while an earlier one's runs, whose token no agent has
+            // logged in with: most often a retry of a rotation whose answer was lost. That
+            // token is replaced and the one agents are on keeps its place, with this grace;
+            // moving it out instead would cut the agents the grace was asked for.
+            let replace_unused =
+                old_until.is_some() && earlier_grace.is_some() && !used && !current_in_use(&agent);
+            // Otherwise the current token becomes the old one, valid until the grace ends
+            // (without one, never again: kept only so `login` knows it as a former one).
+            // A token leaving for good is retired, still known as former: an agent nobody
+            // updated through two rotations must not count as guessing and lock its
+            // site's address out.
+            let leaving = if replace_unused { "token" } else { "old_token" };
             tx.execute(
-                "INSERT INTO retired_tokens (agent_id, token_lookup, token_hash)
-                 SELECT id, old_token_lookup, old_token_hash FROM agents
-                 WHERE id = ?1 AND old_token_lookup IS NOT NULL AND old_token_hash IS NOT NULL",
+                &format!(
+                    "INSERT INTO retired_tokens (agent_id, token_lookup, token_hash)
+                     SELECT id, {leaving}_lookup, {leaving}_hash FROM agents
+                     WHERE id = ?1 AND {leaving}_lookup IS NOT NULL AND {leaving}_hash IS NOT NULL"
+                ),
                 params![agent.id],
             )?;
             // Never again is the epoch, not now: a clock stepped back must not revive a
             // token rotated away because it leaked.
             let until = old_until.unwrap_or(0);
-            tx.execute(
-                "UPDATE agents SET
-                    old_token_lookup = token_lookup,
-                    old_token_hash   = token_hash,
-                    old_token_until  = ?3,
-                    token_lookup = ?1, token_hash = ?2, token_version = token_version + 1
-                 WHERE id = ?4 AND revoked_at IS NULL",
-                params![token.lookup_id(), token.hash().as_slice(), until, agent.id],
-            )?;
+            if replace_unused {
+                // The same version: no session has the replaced token's, and the old
+                // token's sessions keep theirs, one below it.
+                tx.execute(
+                    "UPDATE agents SET token_lookup = ?1, token_hash = ?2, old_token_until = ?3
+                     WHERE id = ?4 AND revoked_at IS NULL",
+                    params![token.lookup_id(), token.hash().as_slice(), until, agent.id],
+                )?;
+            } else {
+                tx.execute(
+                    "UPDATE agents SET
+                        old_token_lookup = token_lookup,
+                        old_token_hash   = token_hash,
+                        old_token_until  = ?3,
+                        token_lookup = ?1, token_hash = ?2, token_version = token_version + 1,
+                        token_used = 0
+                     WHERE id = ?4 AND revoked_at IS NULL",
+                    params![token.lookup_id(), token.hash().as_slice(), until, agent.id],
+                )?;
+            }
             let updated = find_active(&tx, &agent.id)?
                 .ok_or_else(|| StoreError::AgentNotFound(id_or_name.to_owned()))?;
             let rotation = Rotation {
                 agent: updated,
-                grace_cut: agent.old_token_until.filter(|&t| t > super::unix_now()),
+                grace_cut: earlier_grace.filter(|_| !replace_unused),
+                replaced_unused: replace_unused,
             };
             // Shown inside the transaction: dropping it rolls the rotation back.
             show(&rotation).map_err(StoreError::NotShown)?;
@@ -418,13 +452,42 @@ impl Store for SqliteStore {
         })
     }
 
+    fn mark_token_used(
+        &self,
+        agent_id: &str,
+        token: &SecretToken,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let (lookup, hash) = (token.lookup_id(), token.hash());
+        self.with(|conn| {
+            let tx = write_transaction(conn)?;
+            let current = tx.execute(
+                "UPDATE agents SET token_used = 1
+                 WHERE id = ?1 AND token_lookup = ?2 AND token_hash = ?3 AND revoked_at IS NULL",
+                params![agent_id, lookup, hash.as_slice()],
+            )? == 1;
+            let in_grace = || {
+                tx.query_row(
+                    "SELECT COUNT(*) > 0 FROM agents
+                     WHERE id = ?1 AND old_token_lookup = ?2 AND old_token_hash = ?3
+                       AND old_token_until > ?4 AND revoked_at IS NULL",
+                    params![agent_id, lookup, hash.as_slice(), now],
+                    |r| r.get::<_, bool>(0),
+                )
+            };
+            let works = current || in_grace()?;
+            tx.commit()?;
+            Ok(works)
+        })
+    }
+
     fn login(&self, token: &SecretToken, now: i64) -> Result<Login, StoreError> {
         self.read(|conn| {
             let mut stmt = conn.prepare_cached(&format!(
-                "SELECT {AGENT_COLUMNS}, token_hash, 0 FROM agents
+                "SELECT {AGENT_COLUMNS}, token_hash, 0, token_used FROM agents
                    WHERE token_lookup = ?1 AND revoked_at IS NULL
                  UNION ALL
-                 SELECT {AGENT_COLUMNS}, old_token_hash, 1 FROM agents
+                 SELECT {AGENT_COLUMNS}, old_token_hash, 1, 1 FROM agents
                    WHERE old_token_lookup = ?1 AND old_token_until > ?2 AND revoked_at IS NULL"
             ))?;
             let candidates = stmt
@@ -432,10 +495,12 @@ impl Store for SqliteStore {
                     let agent = row_to_agent(row)?;
                     let old: i64 = row.get(6)?;
                     let version = agent.token_version - old;
+                    let used: bool = row.get(7)?;
                     Ok((
                         AgentLogin {
                             agent,
                             token_version: version,
+                            first_use: !used,
                         },
                         row.get::<_, Vec<u8>>(5)?,
                     ))
@@ -803,7 +868,7 @@ mod tests {
         let second = new_token(SecretKind::AgentToken);
         let now = super::super::unix_now();
         let rotated = store
-            .rotate_token("w1", &second, Some(now + 300), &mut |_| Ok(()))
+            .rotate_token("w1", &second, Some(now + 300), &|_| false, &mut |_| Ok(()))
             .expect("rotate");
         assert_eq!(rotated.agent.token_version, 2);
         assert_eq!(rotated.grace_cut, None, "no grace was running");
@@ -828,7 +893,7 @@ mod tests {
         // Rotated again within the grace: the token it kept stops now, and the answer says so.
         let third = new_token(SecretKind::AgentToken);
         let again = store
-            .rotate_token("w1", &third, None, &mut |_| Ok(()))
+            .rotate_token("w1", &third, None, &|_| false, &mut |_| Ok(()))
             .expect("rotate again");
         assert_eq!(again.grace_cut, Some(now + 300));
         assert!(store.login(&first, now).expect("q").agent().is_none());
@@ -906,7 +971,7 @@ mod tests {
         let now = super::super::unix_now();
         let second = new_token(SecretKind::AgentToken);
         store
-            .rotate_token("w1", &second, Some(now + 300), &mut |_| Ok(()))
+            .rotate_token("w1", &second, Some(now + 300), &|_| false, &mut |_| Ok(()))
             .expect("rotate");
         assert_eq!(store.end_past_graces(now).expect("none over yet"), 0);
         assert!(store.login(&first, now).expect("q").agent().is_some());
@@ -933,14 +998,14 @@ mod tests {
         assert_eq!(kind(&first, now), "agent v1", "current");
         let second = new_token(SecretKind::AgentToken);
         store
-            .rotate_token("w1", &second, None, &mut |_| Ok(()))
+            .rotate_token("w1", &second, None, &|_| false, &mut |_| Ok(()))
             .expect("rotate");
         assert_eq!(kind(&first, now), "former", "rotated away");
         // A clock stepped back (NTP after a drift) does not revive it.
         assert_eq!(kind(&first, now - 3600), "former", "an hour earlier");
         let third = new_token(SecretKind::AgentToken);
         store
-            .rotate_token("w1", &third, Some(now + 300), &mut |_| Ok(()))
+            .rotate_token("w1", &third, Some(now + 300), &|_| false, &mut |_| Ok(()))
             .expect("rotate with grace");
         assert_eq!(kind(&second, now), "agent v2", "in its grace");
         assert_eq!(kind(&second, now + 301), "former", "grace over");
@@ -949,7 +1014,7 @@ mod tests {
         assert_eq!(kind(&first, now), "former", "two rotations back");
         let fourth = new_token(SecretKind::AgentToken);
         store
-            .rotate_token("w1", &fourth, None, &mut |_| Ok(()))
+            .rotate_token("w1", &fourth, None, &|_| false, &mut |_| Ok(()))
             .expect("rotate again");
         for (token, what) in [(&first, "first"), (&second, "second"), (&third, "third")] {
             assert_eq!(kind(token, now), "former", "{what}, after three rotations");
@@ -957,7 +1022,7 @@ mod tests {
         assert_eq!(kind(&fourth, now), "agent v4");
         let fifth = new_token(SecretKind::AgentToken);
         store
-            .rotate_token("w1", &fifth, Some(now + 300), &mut |_| Ok(()))
+            .rotate_token("w1", &fifth, Some(now + 300), &|_| false, &mut |_| Ok(()))
             .expect("rotate with grace");
         assert_eq!(kind(&fourth, now), "agent v4", "in its grace");
         store.revoke_agent("w1").expect("revoke");
@@ -966,6 +1031,86 @@ mod tests {
         assert_eq!(kind(&third, now), "former", "retired, then revoked");
         let never = new_token(SecretKind::AgentToken);
         assert_eq!(kind(&never, now), "unknown", "never issued");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// A rotation with a grace, within an earlier one's, whose token no agent has logged
+    /// in with (a retry of a rotation whose answer was lost) replaces that unused token
+    /// and keeps the one agents are on; a used one is moved out as before.
+    #[test]
+    fn a_rotation_within_a_grace_keeps_the_token_in_use() {
+        let (store, dir) = temp_store("unused");
+        let now = super::super::unix_now();
+        let kind = |token: &SecretToken| match store.login(token, now).expect("q") {
+            Login::Agent(login) => format!("agent v{}", login.token_version),
+            Login::Former => "former".to_owned(),
+            Login::Unknown => "unknown".to_owned(),
+        };
+        let rotate = |token: &SecretToken, until: Option<i64>, live: bool| {
+            store
+                .rotate_token("w1", token, until, &|_| live, &mut |_| Ok(()))
+                .expect("rotate")
+        };
+        let tokens: Vec<SecretToken> = (0..7).map(|_| new_token(SecretKind::AgentToken)).collect();
+        let id = store.create_agent("w1", &tokens[0]).expect("create").id;
+        let first_use = |token: &SecretToken| match store.login(token, now).expect("q") {
+            Login::Agent(login) => login.first_use,
+            other => panic!("{other:?}"),
+        };
+        assert!(first_use(&tokens[0]), "a new agent's token is unused");
+        assert!(store.mark_token_used(&id, &tokens[0], now).expect("mark"));
+        assert!(!first_use(&tokens[0]));
+
+        let rotation = rotate(&tokens[1], Some(now + 300), false);
+        assert!(!rotation.replaced_unused && rotation.grace_cut.is_none());
+        // The retry: the token agents are on stays, with the new grace.
+        let rotation = rotate(&tokens[2], Some(now + 600), false);
+        assert!(rotation.replaced_unused, "{rotation:?}");
+        assert_eq!(rotation.grace_cut, None);
+        assert_eq!(rotation.agent.old_token_until, Some(now + 600));
+        assert_eq!(kind(&tokens[0]), "agent v1", "still in use, in grace");
+        assert_eq!(kind(&tokens[1]), "former", "replaced unused");
+        assert_eq!(kind(&tokens[2]), "agent v2");
+        assert!(
+            !store.mark_token_used(&id, &tokens[1], now).expect("mark"),
+            "a login with the replaced token, marked after the rotation, is refused"
+        );
+
+        // A live session on the current token is a use, before its mark.
+        let rotation = rotate(&tokens[3], Some(now + 300), true);
+        assert!(!rotation.replaced_unused);
+        assert_eq!(rotation.grace_cut, Some(now + 600));
+        assert_eq!(kind(&tokens[0]), "former", "moved out");
+        assert_eq!(kind(&tokens[2]), "agent v2", "in its grace");
+
+        // Marked at its login: moved out as before. A mark for the token a rotation made
+        // the old one still says it works.
+        assert!(store.mark_token_used(&id, &tokens[3], now).expect("mark"));
+        let rotation = rotate(&tokens[4], Some(now + 300), false);
+        assert!(!rotation.replaced_unused);
+        assert_eq!(kind(&tokens[3]), "agent v3");
+        assert_eq!(kind(&tokens[2]), "former");
+        assert!(
+            store
+                .mark_token_used(&id, &tokens[3], now)
+                .expect("mark old")
+        );
+        assert!(
+            first_use(&tokens[4]),
+            "marking the old token left the current unused"
+        );
+
+        // Without a grace every earlier token ends, used or not.
+        let rotation = rotate(&tokens[5], None, false);
+        assert!(!rotation.replaced_unused);
+        for (token, what) in [(&tokens[3], "third"), (&tokens[4], "fourth")] {
+            assert_eq!(kind(token), "former", "{what}");
+        }
+        assert_eq!(kind(&tokens[5]), "agent v5");
+        // Nor is a rotation outside a grace a replacement of an unused token.
+        let rotation = rotate(&tokens[6], Some(now + 300), false);
+        assert!(!rotation.replaced_unused);
+        assert_eq!(kind(&tokens[5]), "agent v5", "in its grace");
         let _ = std::fs::remove_dir_all(dir);
     }
 
@@ -987,9 +1132,13 @@ mod tests {
         assert!(matches!(login, Ok(Login::Unknown)), "{login:?}");
         for _ in 0..2 {
             store
-                .rotate_token("w1", &new_token(SecretKind::AgentToken), None, &mut |_| {
-                    Ok(())
-                })
+                .rotate_token(
+                    "w1",
+                    &new_token(SecretKind::AgentToken),
+                    None,
+                    &|_| false,
+                    &mut |_| Ok(()),
+                )
                 .expect("rotate");
         }
         assert!(
