@@ -95,9 +95,16 @@ pub struct ApiKeyRecord {
 /// prints (as a chain), has a source.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("an agent named {0:?} exists already")]
+    #[error(
+        "an agent named {0:?} exists already (its token is shown only when it is made: if \
+         that answer was lost, give the agent a new one with POST /v1/agents/{0}/token or \
+         `postern-relay agent rotate {0}`)"
+    )]
     AgentExists(String),
-    #[error("an API key named {0:?} exists already")]
+    #[error(
+        "an API key named {0:?} exists already (a key is shown only when it is made: if that \
+         answer was lost, revoke it and make it again)"
+    )]
     ApiKeyExists(String),
     #[error("no API key named {0:?}")]
     ApiKeyNotFound(String),

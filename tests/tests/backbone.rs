@@ -353,6 +353,14 @@ async fn the_api_refuses_with_stable_codes() -> Result<()> {
         .send()
         .await?;
     assert_eq!(r.status(), 409);
+    // A retry of a create whose answer was lost is told how to get a token.
+    let refused: serde_json::Value = r.json().await?;
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("POST /v1/agents/made-by-api/token")),
+        "{refused}"
+    );
     let list: postern_protocol::api::AgentList = w
         .api
         .http

@@ -117,6 +117,13 @@ async fn keys_are_managed_through_the_api_and_never_shown_again() -> Result<()> 
     .await?;
     assert_eq!(taken.status, 409, "{}", taken.json);
     assert_eq!(taken.code(), "api_key_exists");
+    assert!(
+        taken.json["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("revoke it and make it again")),
+        "{}",
+        taken.json
+    );
     let bad_scope = send(
         &w.admin,
         Method::POST,
