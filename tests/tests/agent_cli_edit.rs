@@ -637,6 +637,56 @@ fn a_replace_keeps_the_settings_it_does_not_set_and_names_what_it_drops() -> Res
     Ok(())
 }
 
+/// `--replace` needs no `--base-uri`: the replaced connection's stays, as its other
+/// settings do (before 2026-12-07 clap asked for it, so a key's change meant typing the
+/// base URI again). Adding a connection still needs one.
+#[test]
+fn a_replace_keeps_the_base_uri_when_none_is_given() -> Result<()> {
+    let dir = TempDir::new("cli-edit-replace-base")?;
+    let (key, _) = postern_tests::pki::ec256(dir.path())?;
+    dir.write_private("ec.pem", &key)?;
+    let config = dir.write_private(
+        "agent.toml",
+        &offline_agent_config("127.0.0.1:1", &exchange_connection()),
+    )?;
+    let args = [
+        "connection",
+        "add",
+        "erp",
+        "--replace",
+        "--payload",
+        "sub=svc",
+    ];
+    let out = agent_cli(&bins(), &config, &args)?;
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert!(
+        stdout(&out).contains("kept from before (not set on this command line): base_uri,"),
+        "{}",
+        stdout(&out)
+    );
+    let text = std::fs::read_to_string(&config)?;
+    assert!(
+        text.contains("base_uri = \"http://127.0.0.1:9/erp\"") && text.contains("sub = \"svc\""),
+        "{text}"
+    );
+
+    let before = std::fs::read_to_string(&config)?;
+    let out = agent_cli(
+        &bins(),
+        &config,
+        &["connection", "add", "nope", "--replace", "--auth", "none"],
+    )?;
+    assert_exit(
+        &out,
+        1,
+        "there is no connection \"nope\" to replace; give --base-uri to add it",
+    );
+    let out = agent_cli(&bins(), &config, &["connection", "add", "nope"])?;
+    assert_exit(&out, 64, "--base-uri");
+    assert_eq!(std::fs::read_to_string(&config)?, before);
+    Ok(())
+}
+
 /// A replace that would leave a key of the other algorithm family is asked for the right
 /// one in the command line's words, and the file is left as it was.
 #[test]

@@ -18,8 +18,9 @@ pub(crate) struct NewConnection {
     /// The connection's name, as calls through the relay name it.
     pub name: String,
     /// The internal API's base, e.g. https://erp.internal/api; call paths go after it.
-    #[arg(long)]
-    pub base_uri: String,
+    /// With --replace, the replaced connection's unless given.
+    #[arg(long, required_unless_present = "replace")]
+    pub base_uri: Option<String>,
     /// How long to wait for the internal server's answer (default 30s).
     #[arg(long)]
     pub timeout: Option<String>,
@@ -394,6 +395,12 @@ pub(crate) fn add(path: &Path, new: NewConnection) -> Result<()> {
     if old.is_some() && !new.replace {
         bail!(
             "connection {:?} exists already; pass --replace to overwrite it",
+            new.name
+        );
+    }
+    if old.is_none() && new.base_uri.is_none() {
+        bail!(
+            "there is no connection {:?} to replace; give --base-uri to add it",
             new.name
         );
     }

@@ -87,7 +87,9 @@ pub(super) fn build(
         .or_else(|| old.is_none().then(|| "none".to_owned()));
     let mut table = old.unwrap_or_default();
     let mut dropped = Vec::new();
-    set(&mut table, "base_uri", new.base_uri.as_str().into());
+    if let Some(base_uri) = &new.base_uri {
+        set(&mut table, "base_uri", base_uri.as_str().into());
+    }
     if let Some(timeout) = &new.timeout {
         set(&mut table, "timeout", timeout.as_str().into());
     }
@@ -139,7 +141,10 @@ fn still_in(table: &Table, setting: &str) -> bool {
 
 /// The settings the command line writes, in [`settings_of`]'s words.
 fn set_by(new: &NewConnection) -> Vec<String> {
-    let mut set = vec!["base_uri".to_owned()];
+    let mut set = Vec::new();
+    if new.base_uri.is_some() {
+        set.push("base_uri".to_owned());
+    }
     if new.timeout.is_some() {
         set.push("timeout".to_owned());
     }
