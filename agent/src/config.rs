@@ -729,6 +729,17 @@ pub fn check_private(path: &Path) -> Result<(), ConfigError> {
         path: path.to_owned(),
         error,
     })?;
+    // Before the mode: `chmod 600` on a folder (a path that stopped one short) would lock
+    // every key in it.
+    if meta.is_dir() {
+        return Err(ConfigError::Read {
+            path: path.to_owned(),
+            error: std::io::Error::new(
+                std::io::ErrorKind::IsADirectory,
+                "it is a folder; name the file in it",
+            ),
+        });
+    }
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
         return Err(ConfigError::Permissions {

@@ -462,6 +462,27 @@ fn a_public_key_for_the_private_key_is_named_before_its_mode() -> Result<()> {
     Ok(())
 }
 
+/// A folder given for a key or secret file is said to be one, not first to be chmodded:
+/// `chmod 600` on it would lock every key in it (before 2026-12-07 that was the advice).
+#[test]
+fn a_folder_for_a_key_file_is_named_before_its_mode() -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new("cli-edit-key-folder")?;
+    let config = dir.write_private("agent.toml", &offline_agent_config("127.0.0.1:1", ""))?;
+    let keys = dir.path().join("keys");
+    std::fs::create_dir(&keys)?;
+    std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o755))?;
+    for args in [
+        ["--algorithm", "ES256", "--private-key-file", "keys"],
+        ["--algorithm", "HS256", "--secret-file", "keys/"],
+    ] {
+        let out = agent_cli(&bins(), &config, &add_jwt("k", &args))?;
+        assert_exit(&out, 1, "it is a folder; name the file in it");
+        assert!(!stderr(&out).contains("chmod"), "{}", stderr(&out));
+    }
+    Ok(())
+}
+
 /// An encrypted key is added with its passphrase's file, from the command line as for
 /// any other key, and signs: before, `connection add` had no option for it.
 #[test]
