@@ -363,12 +363,13 @@ fn resolve_connection(
 ) -> Result<Connection, Vec<String>> {
     let mut problems = Vec::new();
     let p = &mut problems;
+    let written = name;
     let name = noted(p, ConnectionName::parse(name).map_err(|e| e.to_string()));
     let base_uri = noted(p, resolve_base_uri(&conn.base_uri));
     let timeout = noted(p, limits::resolve_timeout(&conn.timeout));
     let auth = match conn.auth {
         AuthFile::None => Some(Auth::None),
-        AuthFile::JwtBearer(jwt) => noted(p, jwt_auth::resolve(*jwt, base_dir, env))
+        AuthFile::JwtBearer(jwt) => noted(p, jwt_auth::resolve(*jwt, written, base_dir, env))
             .map(|jwt| Auth::JwtBearer(Arc::new(jwt))),
     };
     let rate_limit = noted(

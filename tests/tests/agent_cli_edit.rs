@@ -483,6 +483,29 @@ fn a_folder_for_a_key_file_is_named_before_its_mode() -> Result<()> {
     Ok(())
 }
 
+/// A short HMAC secret is warned of with its connection's name, once per edit: before
+/// 2026-12-07 the warning named none, and an edit the config refused said it twice.
+#[test]
+fn a_short_secret_is_warned_of_by_its_connection_once() -> Result<()> {
+    let dir = TempDir::new("cli-edit-short")?;
+    let config = dir.write_private("agent.toml", &offline_agent_config("127.0.0.1:1", ""))?;
+    dir.write_private("short.txt", "tiny\n")?;
+    let args = ["--algorithm", "HS256", "--secret-file", "short.txt"];
+    let out = agent_cli(&bins(), &config, &add_jwt("n7", &args))?;
+    assert!(out.status.success(), "{}", output_text(&out));
+    let warning = "connections.n7: auth.secret is 4 bytes, shorter than HS256's 32-byte hash";
+    assert_eq!(stderr(&out).matches(warning).count(), 1, "{}", stderr(&out));
+    // An edit of another connection the config refuses: the warning once, not twice.
+    let out = agent_cli(
+        &bins(),
+        &config,
+        &["connection", "add", "x", "--base-uri", "127.0.0.1:8080"],
+    )?;
+    assert_exit(&out, 1, "has no scheme");
+    assert_eq!(stderr(&out).matches(warning).count(), 1, "{}", stderr(&out));
+    Ok(())
+}
+
 /// An encrypted key is added with its passphrase's file, from the command line as for
 /// any other key, and signs: before, `connection add` had no option for it.
 #[test]

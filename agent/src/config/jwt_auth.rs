@@ -98,6 +98,7 @@ impl JwtBearer {
 /// Every problem of the table, not only the first (see `resolve_connection`).
 pub(super) fn resolve(
     jwt: JwtBearerFile,
+    name: &str,
     base_dir: &Path,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<JwtBearer, Vec<String>> {
@@ -109,8 +110,8 @@ pub(super) fn resolve(
             .parse()
             .map_err(|e| format!("auth.algorithm: {e}")),
     );
-    let key =
-        algorithm.and_then(|algorithm| noted(p, key_material(&jwt, algorithm, base_dir, env)));
+    let key = algorithm
+        .and_then(|algorithm| noted(p, key_material(&jwt, name, algorithm, base_dir, env)));
     let lifetime = noted(
         p,
         jwt.lifetime
@@ -222,6 +223,7 @@ pub(super) fn resolve(
 
 fn key_material(
     jwt: &JwtBearerFile,
+    name: &str,
     algorithm: Algorithm,
     base_dir: &Path,
     env: &dyn Fn(&str) -> Option<String>,
@@ -300,11 +302,11 @@ fn key_material(
             ));
         }
     };
-    if crate::jwt::signer::hmac_secret_is_short(algorithm, secret.len()) {
+    if let Some(hash_len) = crate::jwt::signer::hmac_secret_shortfall(algorithm, secret.len()) {
         tracing::warn!(
-            ?algorithm,
-            bytes = secret.len(),
-            "HMAC secret is shorter than the hash output; use a longer random secret"
+            connection = name,
+            "connections.{name}: auth.secret is {} bytes, shorter than {algorithm:?}'s {hash_len}-byte hash; use a longer random secret (such as `openssl rand -base64 {hash_len}` with secret_encoding = \"base64\")",
+            secret.len()
         );
     }
     Ok(KeyMaterial::Secret(secret))

@@ -305,15 +305,16 @@ impl JwtSigner {
     }
 }
 
-/// HMAC secrets shorter than the hash output (32/48/64 bytes) are allowed; this lets the caller warn.
-pub fn hmac_secret_is_short(algorithm: Algorithm, secret_len: usize) -> bool {
+/// HMAC secrets shorter than the hash output (32/48/64 bytes) are allowed; this lets the
+/// caller warn: the hash output's length, when the secret is shorter.
+pub fn hmac_secret_shortfall(algorithm: Algorithm, secret_len: usize) -> Option<usize> {
     let hash_len = match algorithm {
         Algorithm::HS256 => 32,
         Algorithm::HS384 => 48,
         Algorithm::HS512 => 64,
-        _ => return false,
+        _ => return None,
     };
-    secret_len < hash_len
+    (secret_len < hash_len).then_some(hash_len)
 }
 
 /// The key for `algorithm`, checked to fit it and made ready to sign.
@@ -860,12 +861,12 @@ NqMtuhdBJqUnBi6tjKMF+34Xf0CUN8ncuXGO2CAYvO8PdyCixHX52ybaDjy1FtCE
 
     #[test]
     fn short_hmac_secrets_are_flagged() {
-        assert!(hmac_secret_is_short(Algorithm::HS256, 31));
-        assert!(!hmac_secret_is_short(Algorithm::HS256, 32));
-        assert!(hmac_secret_is_short(Algorithm::HS384, 47));
-        assert!(!hmac_secret_is_short(Algorithm::HS384, 48));
-        assert!(hmac_secret_is_short(Algorithm::HS512, 63));
-        assert!(!hmac_secret_is_short(Algorithm::HS512, 64));
-        assert!(!hmac_secret_is_short(Algorithm::RS256, 0));
+        assert_eq!(hmac_secret_shortfall(Algorithm::HS256, 31), Some(32));
+        assert_eq!(hmac_secret_shortfall(Algorithm::HS256, 32), None);
+        assert_eq!(hmac_secret_shortfall(Algorithm::HS384, 47), Some(48));
+        assert_eq!(hmac_secret_shortfall(Algorithm::HS384, 48), None);
+        assert_eq!(hmac_secret_shortfall(Algorithm::HS512, 63), Some(64));
+        assert_eq!(hmac_secret_shortfall(Algorithm::HS512, 64), None);
+        assert_eq!(hmac_secret_shortfall(Algorithm::RS256, 0), None);
     }
 }
