@@ -52,7 +52,7 @@ impl AccessToken {
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ExchangeError {
-    #[error("token endpoint {url} refused the assertion (HTTP {status}): {error}{}", description.as_ref().map(|d| format!(": {d}")).unwrap_or_default())]
+    #[error("token endpoint {url} {} (HTTP {status}): {error}{}", refused_or_failed(*status, error), description.as_ref().map(|d| format!(": {d}")).unwrap_or_default())]
     Refused {
         url: String,
         status: u16,
@@ -71,6 +71,17 @@ pub enum ExchangeError {
     Unreachable { url: String, detail: String },
     #[error("token endpoint {url} did not answer within {timeout:?}")]
     Timeout { url: String, timeout: Duration },
+}
+
+/// What an OAuth error says happened: the endpoint's own trouble (a 5xx, RFC 6749's
+/// `server_error` and `temporarily_unavailable`) is not a refusal, which would send the
+/// engineer to the key and the claims during the identity provider's outage.
+fn refused_or_failed(status: u16, error: &str) -> &'static str {
+    if status >= 500 || matches!(error, "server_error" | "temporarily_unavailable") {
+        "failed"
+    } else {
+        "refused the assertion"
+    }
 }
 
 /// The client for token endpoints, one for the whole process. Like the internal servers'
@@ -422,6 +433,36 @@ fn json_member_value(text: &str, name: &str) -> Option<usize> {
 mod tests {
     use super::*;
     use crate::config::JWT_BEARER_GRANT;
+
+    /// The endpoint's own trouble is said to be a failure, not a refusal of the assertion.
+    #[test]
+    fn a_server_error_is_not_a_refusal() {
+        let said = |status, body: &str| {
+            parse_response(URL, status, body.as_bytes(), TEN_MIN)
+                .expect_err("an error")
+                .to_string()
+        };
+        for (status, body) in [
+            (500, r#"{"error":"server_error"}"#),
+            (503, r#"{"error":"temporarily_unavailable"}"#),
+            (400, r#"{"error":"temporarily_unavailable"}"#),
+            (502, r#"{"error":"invalid_grant"}"#),
+        ] {
+            let said = said(status, body);
+            assert!(
+                said.contains(&format!("failed (HTTP {status})")) && !said.contains("refused"),
+                "{said}"
+            );
+        }
+        let said = said(
+            400,
+            r#"{"error":"invalid_grant","error_description":"aud"}"#,
+        );
+        assert!(
+            said.contains("refused the assertion (HTTP 400): invalid_grant: aud"),
+            "{said}"
+        );
+    }
 
     #[test]
     fn odd_answers_never_carry_a_credential_into_the_error() {
