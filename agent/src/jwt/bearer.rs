@@ -399,9 +399,13 @@ impl Shared {
             ));
         }
         let reuse_for = self.auth.reuse_for.unwrap_or_default();
+        // To the exact time, not whole seconds: `exp − unix_now()` is up to a second more
+        // than what is left, and the reuse would run that much into `reuse_for`'s margin.
         let reuse = exp_of(&jwt)
-            .and_then(|exp| exp.checked_sub(unix_now()))
-            .map(Duration::from_secs)
+            .and_then(|exp| {
+                let exp = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(exp);
+                exp.duration_since(std::time::SystemTime::now()).ok()
+            })
             .and_then(|left| {
                 Some(Reuse {
                     refresh_after: left.checked_sub(reuse_for)?,
@@ -898,6 +902,27 @@ mod tests {
                 .expect("ascii")
                 .starts_with("Bearer ey")
         );
+    }
+
+    /// Reused until `reuse_for` before `exp` to the exact time: counted in whole seconds,
+    /// the reuse ran up to a second into the margin.
+    #[tokio::test]
+    async fn reuse_stops_reuse_for_before_exp_to_the_exact_time() {
+        // Late in a second, where whole seconds count most of a second too many.
+        let into_second = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after 1970")
+            .subsec_millis();
+        if into_second < 650 {
+            tokio::time::sleep(Duration::from_millis(u64::from(650 - into_second))).await;
+        }
+        let http = reqwest::Client::new();
+        let s = source(2, Some(Duration::from_secs(1)));
+        let first = s.get(&http, Duration::from_secs(1)).await.expect("signs");
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let second = s.get(&http, Duration::from_secs(1)).await.expect("signs");
+        assert!(!second.cached, "reused with less than reuse_for left");
+        assert_ne!(first.header, second.header);
     }
 
     #[tokio::test]
