@@ -21,7 +21,7 @@ pub enum TemplateError {
     )]
     MissingEnv { path: String, name: String },
     #[error(
-        "{path}: the template \"{{{{{template}}}}}\" gives a time before 1970 or past the largest unix time (an offset is at most 100 years)"
+        "{path}: the template \"{{{{{template}}}}}\" gives a time before 1970 or past the largest unix time (an offset back is at most the time since 1970, one ahead at most 100 years)"
     )]
     TimeOutOfRange { path: String, template: String },
     #[error(
@@ -34,9 +34,21 @@ pub enum TemplateError {
     Json(String),
 }
 
-/// The largest `{{now ± N}}` offset, 100 years in seconds: past it a time would fall
-/// before 1970 or so far ahead no verifier takes it, whenever the token is signed.
+/// The largest `{{now + N}}` offset, 100 years in seconds: past it a time would be so far
+/// ahead no verifier takes it. `{{now - N}}` goes back at most to 1970: past that it
+/// falls before, whenever the token is signed from now on.
 const MAX_OFFSET: u64 = 100 * 365 * 24 * 3600;
+
+/// Whether `{{now + offset}}` (or `- offset`) can give a time a token carries.
+fn offset_in_range(offset: i64) -> bool {
+    let since_1970 = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    match offset {
+        ..0 => offset.unsigned_abs() <= since_1970,
+        _ => offset.unsigned_abs() <= MAX_OFFSET,
+    }
+}
 
 /// The claims RFC 7519 defines as NumericDate.
 const TIME_CLAIMS: [&str; 3] = ["exp", "nbf", "iat"];
@@ -283,7 +295,7 @@ fn parse_string(text: &str, path: &str) -> Result<Node, Vec<TemplateError>> {
         let template = &after_open[..close];
         match parse_expr(template) {
             // Checked here, not only when a token is signed: `config check` says it.
-            Some(Expr::Now(offset)) if offset.unsigned_abs() > MAX_OFFSET => {
+            Some(Expr::Now(offset)) if !offset_in_range(offset) => {
                 errors.push(TemplateError::TimeOutOfRange {
                     path: path.to_owned(),
                     template: template.to_owned(),
@@ -769,6 +781,14 @@ mod tests {
     fn an_offset_no_token_could_ever_carry_is_refused_when_parsed() {
         let err = template(json!({ "nbf": "{{now - 2000000000000}}" })).expect_err("refused");
         assert!(err.to_string().contains("at most 100 years"), "{err}");
+        // 63 years back: within a century, yet before 1970 whenever it is signed from now on.
+        let err = template(json!({ "nbf": "{{now - 2000000000}}" })).expect_err("refused");
+        assert!(
+            err.to_string()
+                .contains("an offset back is at most the time since 1970"),
+            "{err}"
+        );
+        template(json!({ "nbf": "{{now - 1500000000}}" })).expect("47 years back");
         assert!(template(json!({ "exp": "{{plus currentTimeSeconds 9999999999}}" })).is_err());
         // Up to a century either way parses.
         template(json!({ "exp": "{{now + 3153600000}}" })).expect("100 years");
