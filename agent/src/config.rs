@@ -440,22 +440,23 @@ fn warn_if_never_expires(name: &ConnectionName, auth: &Auth) {
     }
 }
 
-/// A base URI written without its scheme (`127.0.0.1:8080/api`) is said to need one, as
-/// `relay_problem` says what was meant: the url crate's own words (`relative URL without
-/// a base`) do not, and `host:8080` would even parse, as the scheme `host`.
-fn missing_scheme(text: &str) -> Option<String> {
+/// A URL (`key`: `base_uri`, a token URL) written without its scheme (`127.0.0.1:8080/api`)
+/// is said to need one, as `relay_problem` says what was meant: the url crate's own words
+/// (`relative URL without a base`) do not, and `host:8080` would even parse, as the
+/// scheme `host`.
+pub(crate) fn missing_scheme(key: &str, text: &str) -> Option<String> {
     let lower = text.trim().to_ascii_lowercase();
     if text.contains("://") || lower.starts_with("http:") || lower.starts_with("https:") {
         return None;
     }
     let shown = shown(text.trim());
     Some(format!(
-        "base_uri {shown:?} has no scheme: write it as a URL (did you mean \"http://{shown}\" or \"https://{shown}\"?)"
+        "{key} {shown:?} has no scheme: write it as a URL (did you mean \"http://{shown}\" or \"https://{shown}\"?)"
     ))
 }
 
 fn resolve_base_uri(text: &str) -> Result<Url, String> {
-    if let Some(problem) = missing_scheme(text) {
+    if let Some(problem) = missing_scheme("base_uri", text) {
         return Err(problem);
     }
     let base_uri = Url::parse(text).map_err(|e| format!("base_uri {:?}: {e}", shown(text)))?;

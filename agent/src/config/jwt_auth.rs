@@ -445,6 +445,9 @@ fn resolve_exchange(x: ExchangeFile) -> Result<Exchange, Vec<String>> {
 }
 
 fn resolve_token_url(text: &str) -> Result<Url, String> {
+    if let Some(problem) = super::missing_scheme("auth.exchange.token_url", text) {
+        return Err(problem);
+    }
     let token_url =
         Url::parse(text).map_err(|e| format!("auth.exchange.token_url {:?}: {e}", shown(text)))?;
     if !matches!(token_url.scheme(), "http" | "https") || token_url.host_str().is_none() {

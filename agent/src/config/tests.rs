@@ -375,6 +375,7 @@ fn jwt_options_refuse_what_users_get_wrong() {
         (format!("{hs}reuse_for = \"30s\"\nlifetime = \"5m\"\n{x}"), "reuse_for applies to direct bearer"),
         (format!("{hs}{x}params = {{ assertion = \"x\" }}"), "params.assertion is set by postern"),
         (format!("{hs}[connections.a.auth.exchange]\ntoken_url = \"ftp://idp\""), "http:// or https://"),
+        (format!("{hs}[connections.a.auth.exchange]\ntoken_url = \"idp.internal:8080/token\""), "auth.exchange.token_url \"idp.internal:8080/token\" has no scheme: write it as a URL (did you mean \"http://idp.internal:8080/token\""),
         (format!("{hs}{x}body = \"xml\""), "unknown variant `xml`"),
         (format!("{hs}{x}default_lifetime = \"0s\""), "default_lifetime must be more than zero"),
         (format!("{hs}{x}tokenurl = \"x\""), "unknown field"),
