@@ -296,18 +296,30 @@ fn parse_response(
             "token_type DPoP needs a proof of possession with each request (RFC 9449), which postern does not make: have the provider issue Bearer tokens to this client",
         ));
     }
+    // The same for the MAC tokens of the OAuth drafts: each request needs its own MAC.
+    if token_type.eq_ignore_ascii_case("mac") {
+        return Err(bad(
+            "token_type mac needs a MAC computed for each request, which postern does not make: have the provider issue Bearer tokens to this client",
+        ));
+    }
+    // A string is read as a number is ("3600.5" too), as some providers quote it.
+    let seconds = |s: f64| {
+        (s >= 0.0 && s.is_finite())
+            .then(|| Duration::try_from_secs_f64(s.min(MAX_LIFETIME.as_secs_f64())).ok())
+            .flatten()
+    };
     let lifetime = match json.get("expires_in") {
         None | Some(Value::Null) => default_lifetime,
         Some(Value::Number(n)) => n
             .as_f64()
-            .filter(|s| *s >= 0.0 && s.is_finite())
-            .and_then(|s| Duration::try_from_secs_f64(s.min(MAX_LIFETIME.as_secs_f64())).ok())
+            .and_then(seconds)
             .ok_or_else(|| bad("expires_in is not a non-negative number"))?,
-        Some(Value::String(s)) => match s.trim().parse::<u64>() {
-            Ok(secs) => Duration::from_secs(secs),
-            Err(e) if *e.kind() == std::num::IntErrorKind::PosOverflow => MAX_LIFETIME,
-            Err(_) => return Err(bad(&format!("expires_in {s:?} is not a number of seconds"))),
-        },
+        Some(Value::String(s)) => s
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .and_then(seconds)
+            .ok_or_else(|| bad(&format!("expires_in {s:?} is not a number of seconds")))?,
         Some(_) => return Err(bad("expires_in is not a number")),
     }
     .min(MAX_LIFETIME);
@@ -557,6 +569,19 @@ mod tests {
             ok(r#"{"access_token":"a","expires_in":"120"}"#).lifetime,
             Duration::from_secs(120)
         );
+        // A fraction is taken in a string as in a number; before 2026-12-07 it was refused.
+        assert_eq!(
+            ok(r#"{"access_token":"a","expires_in":" 3600.5"}"#).lifetime,
+            Duration::from_millis(3_600_500)
+        );
+        for odd in ["-5", "inf", "NaN", "1h"] {
+            let body = format!(r#"{{"access_token":"a","expires_in":"{odd}"}}"#);
+            let err = parse_response(URL, 200, body.as_bytes(), TEN_MIN).expect_err(odd);
+            assert!(
+                err.to_string().contains("is not a number of seconds"),
+                "{err}"
+            );
+        }
         // Salesforce sends no expires_in.
         let t = ok(r#"{"access_token":"a","token_type":"Bearer","instance_url":"x"}"#);
         assert_eq!(t.lifetime, TEN_MIN);
@@ -570,17 +595,18 @@ mod tests {
             "Bearer a"
         );
         assert_eq!(
-            ok(r#"{"access_token":"a","token_type":"MAC"}"#).authorization(),
-            "MAC a"
+            ok(r#"{"access_token":"a","token_type":"Custom"}"#).authorization(),
+            "Custom a"
         );
-        let err = parse_response(
-            URL,
-            200,
-            br#"{"access_token":"a","token_type":"DPoP"}"#,
-            TEN_MIN,
-        )
-        .expect_err("no proof to send");
-        assert!(err.to_string().contains("RFC 9449"), "{err}");
+        for (kind, said) in [
+            ("DPoP", "RFC 9449"),
+            ("MAC", "a MAC computed for each request"),
+        ] {
+            let body = format!(r#"{{"access_token":"a","token_type":"{kind}"}}"#);
+            let err =
+                parse_response(URL, 200, body.as_bytes(), TEN_MIN).expect_err("no proof to send");
+            assert!(err.to_string().contains(said), "{err}");
+        }
     }
 
     #[test]
