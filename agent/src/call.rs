@@ -748,7 +748,8 @@ pub(crate) fn rate_limited(conn: &Connection, refused: rate_limit::Refused, wait
             wait.relay_call_timeout.unwrap_or_default(),
             wait.upstream_timeout
         ),
-        _ => format!("max_wait ({:?})", wait.max_wait),
+        // As the config writes it: Debug says "0ns" for "0s".
+        _ => format!("max_wait ({})", humantime::format_duration(wait.max_wait)),
     };
     let why = if refused.paused {
         "the internal server asked for a pause (its Retry-After)"
