@@ -89,6 +89,35 @@ mod tests {
         assert_eq!(listed, codes);
     }
 
+    /// A client generated from the document can send what the call route passes on: a
+    /// body with the methods that carry one, and a query string with any.
+    #[test]
+    fn call_operations_declare_a_body_and_a_query() {
+        let doc = document();
+        let calls = doc["paths"]["/v1/agents/{agent}/connections/{connection}/http/{path}"]
+            .as_object()
+            .expect("the call route");
+        assert_eq!(calls.len(), 7, "{:?}", calls.keys());
+        for (method, operation) in calls {
+            let carries_body = matches!(method.as_str(), "post" | "put" | "patch" | "delete");
+            assert_eq!(
+                operation.get("requestBody").is_some(),
+                carries_body,
+                "{method}: a requestBody exactly when the method carries a body"
+            );
+            let parameters = operation["parameters"].as_array().expect("parameters");
+            assert!(
+                parameters
+                    .iter()
+                    .any(|p| p["$ref"] == "#/components/parameters/query"),
+                "{method} declares no query"
+            );
+        }
+        let query = &doc["components"]["parameters"]["query"];
+        assert_eq!(query["in"], "query");
+        assert_eq!(query["schema"]["additionalProperties"]["type"], "string");
+    }
+
     /// The relay's router on a fresh store in `name`'s folder, and an admin key for it.
     fn relay(name: &str) -> (axum::Router, String, std::path::PathBuf) {
         let dir = std::env::temp_dir().join(format!("postern-{name}-{}", std::process::id()));
