@@ -118,6 +118,146 @@ mod tests {
         assert_eq!(query["schema"]["additionalProperties"]["type"], "string");
     }
 
+    /// A field an answer always holds (`null` when empty) is `required`, so a typed client
+    /// need not guess; and the schema lists no field the answer lacks.
+    #[test]
+    fn answer_schemas_require_every_field_the_answers_hold() {
+        use postern_protocol::api::{
+            AgentCreated, AgentInfo, ApiKeyCreated, ApiKeyInfo, ApiKeyScope, TokenRotated,
+        };
+        let text = || String::new();
+        let samples = [
+            (
+                "AgentInfo",
+                serde_json::to_value(AgentInfo {
+                    id: text(),
+                    name: text(),
+                    created_at: text(),
+                    online: false,
+                    connected_since: None,
+                    remote_addr: None,
+                    agent_version: None,
+                    protocol_version: None,
+                    connections: Vec::new(),
+                    calls_in_flight: 0,
+                    last_seen: None,
+                    last_disconnect_reason: None,
+                }),
+            ),
+            (
+                "TokenRotated",
+                serde_json::to_value(TokenRotated {
+                    id: text(),
+                    name: text(),
+                    token: text(),
+                    old_token_valid_until: None,
+                    earlier_grace_cut: None,
+                }),
+            ),
+            (
+                "AgentCreated",
+                serde_json::to_value(AgentCreated {
+                    id: text(),
+                    name: text(),
+                    token: text(),
+                }),
+            ),
+            (
+                "ApiKeyCreated",
+                serde_json::to_value(ApiKeyCreated {
+                    name: text(),
+                    key: text(),
+                    scope: ApiKeyScope::Call,
+                }),
+            ),
+            (
+                "ApiKeyInfo",
+                serde_json::to_value(ApiKeyInfo {
+                    name: text(),
+                    scope: ApiKeyScope::Call,
+                    created_at: text(),
+                }),
+            ),
+        ];
+        let doc = document();
+        let sorted = |names: Vec<String>| {
+            let mut names = names;
+            names.sort();
+            names
+        };
+        for (name, sample) in samples {
+            let sample = sample.expect("serialises");
+            let fields = sorted(
+                sample
+                    .as_object()
+                    .expect("object")
+                    .keys()
+                    .cloned()
+                    .collect(),
+            );
+            let schema = &doc["components"]["schemas"][name];
+            let required = schema["required"].as_array().expect("required");
+            let required = sorted(
+                required
+                    .iter()
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .collect(),
+            );
+            let properties = schema["properties"].as_object().expect("properties");
+            let properties = sorted(properties.keys().cloned().collect());
+            assert_eq!(required, fields, "{name}: required");
+            assert_eq!(properties, fields, "{name}: properties");
+        }
+    }
+
+    /// The document's name rules are the store's (`check_name`, `check_agent_name`).
+    #[test]
+    fn name_rules_are_the_stores() {
+        use crate::store::{AGENT_ID_PREFIX, check_agent_name, check_name};
+        let doc = document();
+        for schema in ["CreateAgent", "CreateApiKey"] {
+            let name = &doc["components"]["schemas"][schema]["properties"]["name"];
+            assert_eq!(name["minLength"], 1, "{schema}");
+            assert_eq!(
+                name["maxLength"],
+                postern_protocol::target::MAX_CONNECTION_NAME_LEN,
+                "{schema}"
+            );
+            assert_eq!(name["pattern"], "^[A-Za-z0-9][A-Za-z0-9_-]*$", "{schema}");
+        }
+        // The pattern, as the store reads it.
+        for (sample, valid) in [
+            ("a", true),
+            ("9-b_C", true),
+            ("_a", false),
+            ("-a", false),
+            ("a.b", false),
+            ("a b", false),
+            ("\u{e9}", false),
+        ] {
+            assert_eq!(check_name(sample).is_ok(), valid, "{sample:?}");
+        }
+        assert!(check_agent_name(&format!("{AGENT_ID_PREFIX}x")).is_err());
+        let agent =
+            doc["components"]["schemas"]["CreateAgent"]["properties"]["name"]["description"]
+                .as_str()
+                .unwrap_or_default();
+        assert!(agent.contains(AGENT_ID_PREFIX), "{agent}");
+    }
+
+    /// What the document says of `grace` has the code's maximum.
+    #[test]
+    fn the_grace_maximum_is_the_code_s() {
+        let hours = format!("{} h", crate::api::token::MAX_GRACE.as_secs() / 3600);
+        let doc = document();
+        let rotate = &doc["paths"]["/v1/agents/{agent}/token"]["post"];
+        let grace = &doc["components"]["schemas"]["RotateToken"]["properties"]["grace"];
+        for text in [&rotate["description"], &grace["description"]] {
+            let text = text.as_str().unwrap_or_default();
+            assert!(text.contains(&hours), "{text}");
+        }
+    }
+
     /// The relay's router on a fresh store in `name`'s folder, and an admin key for it.
     fn relay(name: &str) -> (axum::Router, String, std::path::PathBuf) {
         let dir = std::env::temp_dir().join(format!("postern-{name}-{}", std::process::id()));
@@ -205,6 +345,42 @@ mod tests {
                 );
             }
         }
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// A name that is not UTF-8 gets an answer each operation documents: axum's `Path`
+    /// refuses it with 400 before the handler, the call route looks it up (404).
+    #[tokio::test]
+    async fn each_operation_documents_its_answer_to_a_name_that_is_not_utf8() {
+        let (app, key, dir) = relay("openapi-utf8");
+        let doc = document();
+        let mut checked = 0;
+        for (path, operations) in doc["paths"].as_object().expect("paths") {
+            if !path.contains("{agent}") && !path.contains("{name}") {
+                continue;
+            }
+            let concrete = path
+                .replace("{agent}", "%E9")
+                .replace("{connection}", "%E9")
+                .replace("{name}", "%E9")
+                .replace("{path}", "x");
+            for (method, operation) in operations.as_object().expect("operations") {
+                let request = Request::builder()
+                    .method(method.to_uppercase().as_str())
+                    .uri(&concrete)
+                    .header("authorization", format!("Bearer {key}"))
+                    .header("content-type", "application/json")
+                    .body(Body::from("{}"))
+                    .expect("request");
+                let status = app.clone().oneshot(request).await.expect("answer").status();
+                assert!(
+                    operation["responses"].get(status.as_str()).is_some(),
+                    "{method} {path} answers {status} to a name that is not UTF-8, undocumented"
+                );
+                checked += 1;
+            }
+        }
+        assert!(checked >= 12, "only {checked} operations checked");
         let _ = std::fs::remove_dir_all(dir);
     }
 
