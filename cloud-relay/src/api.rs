@@ -13,20 +13,49 @@ pub mod every_request;
 pub mod openapi;
 pub mod token;
 
+use std::convert::Infallible;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::middleware;
-use axum::response::IntoResponse;
+use axum::middleware::future::FromFnResponseFuture;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{any, delete, get, post};
 use postern_protocol::ErrorCode;
+use tower::{Layer, Service};
 
 use crate::context::RelayContext;
 pub use error::ApiError;
 
-pub fn router(ctx: Arc<RelayContext>) -> Router {
-    Router::new()
+/// The largest body a management route takes (axum's default, said here so the 413
+/// can name it); calls have `max_request_body`.
+pub const MANAGEMENT_BODY_LIMIT: usize = 2 * 1024 * 1024;
+
+/// What [`router`] gives: the whole API as one service, for the server and the tests.
+pub trait Api:
+    Service<Request, Response = Response, Error = Infallible, Future = FromFnResponseFuture>
+    + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<T> Api for T where
+    T: Service<Request, Response = Response, Error = Infallible, Future = FromFnResponseFuture>
+        + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
+
+/// The API's routes behind [`every_request::every_request`]. The layer wraps the router
+/// rather than each route so it sees every answer as axum finishes it: axum adds a
+/// 405's `Allow` above the routes' layers, and the 405's message names those methods.
+pub fn router(ctx: Arc<RelayContext>) -> impl Api {
+    let routes = Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/v1/openapi.json", get(openapi::serve))
@@ -55,11 +84,9 @@ pub fn router(ctx: Arc<RelayContext>) -> Router {
             any(call::call),
         )
         .fallback(not_found)
-        .layer(middleware::from_fn_with_state(
-            ctx.clone(),
-            every_request::every_request,
-        ))
-        .with_state(ctx)
+        .layer(DefaultBodyLimit::max(MANAGEMENT_BODY_LIMIT))
+        .with_state(ctx.clone());
+    middleware::from_fn_with_state(ctx, every_request::every_request).layer(routes)
 }
 
 async fn healthz() -> &'static str {
@@ -117,11 +144,11 @@ mod tests {
         (store, key, dir)
     }
 
-    async fn status(app: Router, key: Option<&str>) -> u16 {
+    async fn status(app: impl Api, key: Option<&str>) -> u16 {
         status_of(app, "GET", "/metrics", key).await
     }
 
-    async fn status_of(app: Router, method: &str, path: &str, key: Option<&str>) -> u16 {
+    async fn status_of(app: impl Api, method: &str, path: &str, key: Option<&str>) -> u16 {
         let mut request = Request::builder().method(method).uri(path);
         if let Some(key) = key {
             request = request.header("authorization", format!("Bearer {key}"));
@@ -155,6 +182,63 @@ mod tests {
                 "{listen}"
             );
         }
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// The management API's own refusals say what to send instead: the body limit, the
+    /// methods a route takes, the `Authorization` scheme.
+    #[tokio::test]
+    async fn management_refusals_say_what_to_fix() {
+        let (store, key, dir) = store_with_key(postern_protocol::api::ApiKeyScope::Admin);
+        let app = router(Arc::new(RelayContext::new(
+            RelayConfig::default(),
+            store,
+            CancellationToken::new(),
+        )));
+        let ask = |method: &str, authorization: String, body: Vec<u8>| {
+            let request = Request::builder()
+                .method(method)
+                .uri("/v1/agents")
+                .header("authorization", authorization)
+                .header("content-type", "application/json")
+                .body(Body::from(body))
+                .expect("request");
+            let app = app.clone();
+            async move {
+                let response = app.oneshot(request).await.expect("answer");
+                let status = response.status().as_u16();
+                let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+                    .await
+                    .expect("body");
+                let json: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+                (
+                    status,
+                    json["error"]["message"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                )
+            }
+        };
+        let bearer = format!("Bearer {}", key.expose());
+        let (status, message) = ask("POST", bearer.clone(), vec![b' '; 3 << 20]).await;
+        assert_eq!(status, 413);
+        assert_eq!(
+            message,
+            "the request body is larger than the 2 MiB the management API takes"
+        );
+        let (status, message) = ask("PUT", bearer, Vec::new()).await;
+        assert_eq!(status, 405);
+        assert_eq!(
+            message,
+            "PUT is not allowed on this route; it takes GET, HEAD, POST"
+        );
+        let (status, message) = ask("GET", "Basic YWRtaW46eA==".into(), Vec::new()).await;
+        assert_eq!(status, 401);
+        assert!(
+            message.starts_with("the Authorization scheme must be Bearer"),
+            "{message}"
+        );
         let _ = std::fs::remove_dir_all(dir);
     }
 

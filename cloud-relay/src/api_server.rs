@@ -4,7 +4,6 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 
-use axum::Router;
 use axum::body::Body;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -65,7 +64,7 @@ pub const MAX_API_CONNECTIONS: usize = 4096;
 /// connections still open).
 pub async fn serve(
     listener: TcpListener,
-    app: Router,
+    app: impl crate::api::Api,
     config: &RelayConfig,
     tls: Option<Arc<TlsReloader>>,
     shutdown: CancellationToken,

@@ -108,6 +108,18 @@ async fn hostile_requests_are_refused_clearly_and_the_relay_keeps_serving() -> R
         text.to_ascii_lowercase().contains("\r\nallow: post\r\n"),
         "a 405 lists the route's methods in Allow:\n{text}"
     );
+    assert!(
+        text.contains("GET is not allowed on this route; it takes POST"),
+        "and in its message:\n{text}"
+    );
+    // A key sent with another scheme is told which one to use.
+    let basic = b"GET /v1/agents HTTP/1.1\r\nHost: relay\r\nAuthorization: Basic YWRtaW46eA==\r\nConnection: close\r\n\r\n";
+    let (got, text) = raw(addr, basic)?;
+    assert_eq!(got, 401, "{text}");
+    assert!(
+        text.contains("the Authorization scheme must be Bearer"),
+        "{text}"
+    );
     // Nothing changed: the override did not delete, no bad name was created.
     let agents = w.admin.agent("a1").await?;
     assert!(

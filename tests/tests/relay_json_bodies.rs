@@ -58,6 +58,11 @@ async fn the_token_route_takes_json_as_the_others_do() -> Result<()> {
             (413, "payload_too_large"),
             "{path}: {json}"
         );
+        assert_eq!(
+            json["error"]["message"],
+            "the request body is larger than the 2 MiB the management API takes",
+            "{path}: the limit in words"
+        );
     }
 
     let (status, json) = post(rotate, Some("application/json"), grace).await?;

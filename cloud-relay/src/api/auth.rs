@@ -28,19 +28,7 @@ pub async fn check_api_key(
         ctx.metrics.api_key_refused(reason);
         ApiError::new(ErrorCode::Unauthorized, message)
     };
-    let presented = headers
-        .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        // The scheme is case-insensitive (RFC 9110 §11.1).
-        .and_then(|v| v.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, key)| key.trim_start())
-        .ok_or_else(|| {
-            refused(
-                "missing",
-                "missing API key: send Authorization: Bearer <api key>".into(),
-            )
-        })?;
+    let presented = bearer_key(headers).map_err(|message| refused("missing", message.into()))?;
     let key = SecretToken::parse(SecretKind::ApiKey, presented)
         .map_err(|e| refused("malformed", format!("invalid API key: {e}")))?;
     let record = match ctx.lookups.api_key(&key) {
@@ -60,6 +48,26 @@ pub async fn check_api_key(
         name: record.name,
         scope: record.scope,
     })
+}
+
+/// The key in `Authorization: Bearer <key>`, or why there is none: no header, or one
+/// of another scheme (a caller that sent Basic is told what to send instead).
+fn bearer_key(headers: &http::HeaderMap) -> Result<&str, &'static str> {
+    let Some(value) = headers.get(http::header::AUTHORIZATION) else {
+        return Err("missing API key: send Authorization: Bearer <api key>");
+    };
+    let value = value.to_str().unwrap_or_default();
+    let (scheme, key) = value.split_once(' ').unwrap_or((value, ""));
+    // The scheme is case-insensitive (RFC 9110 §11.1).
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(
+            "the Authorization scheme must be Bearer: send Authorization: Bearer <api key>",
+        );
+    }
+    match key.trim_start() {
+        "" => Err("missing API key: send Authorization: Bearer <api key>"),
+        key => Ok(key),
+    }
 }
 
 /// A handler argument that only an `admin` key gets past (403 `forbidden`).
@@ -84,5 +92,33 @@ impl<S: Send + Sync> FromRequestParts<S> for AdminOnly {
             ));
         }
         Ok(Self(caller))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn authorization(value: &str) -> http::HeaderMap {
+        let mut headers = http::HeaderMap::new();
+        let value = http::HeaderValue::from_str(value).expect("header");
+        headers.insert(http::header::AUTHORIZATION, value);
+        headers
+    }
+
+    #[test]
+    fn a_bearer_key_is_taken_and_another_scheme_named() {
+        let missing = Err("missing API key: send Authorization: Bearer <api key>");
+        assert_eq!(bearer_key(&http::HeaderMap::new()), missing);
+        assert_eq!(bearer_key(&authorization("Bearer")), missing);
+        assert_eq!(bearer_key(&authorization("Bearer ")), missing);
+        assert_eq!(bearer_key(&authorization("bEaReR  psk_x")), Ok("psk_x"));
+        for other in ["Basic YWRtaW46eA==", "psk_x", "Token psk_x"] {
+            let refused = bearer_key(&authorization(other)).expect_err(other);
+            assert!(
+                refused.starts_with("the Authorization scheme must be Bearer"),
+                "{other}: {refused}"
+            );
+        }
     }
 }

@@ -67,6 +67,16 @@ pub fn json_rejection(e: axum::extract::rejection::JsonRejection) -> ApiError {
 
 /// As [`json_rejection`], for a body that could not be read at all.
 pub fn body_refused(status: StatusCode, text: String) -> ApiError {
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        // axum's text names no limit.
+        return ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            format!(
+                "the request body is larger than the {} MiB the management API takes",
+                super::MANAGEMENT_BODY_LIMIT >> 20
+            ),
+        );
+    }
     ApiError::new(code_for(status), text)
 }
 
@@ -106,7 +116,7 @@ pub struct FromAgent;
 /// Gives a refusal the API made itself — axum's own rejections (a path that is not
 /// UTF-8, a method a route lacks) included — the contract's JSON error body, keeping
 /// its status and headers. Answers relayed from agents and other answers pass untouched.
-pub async fn json_error(response: Response) -> Response {
+pub async fn json_error(method: &http::Method, response: Response) -> Response {
     let status = response.status();
     if !(status.is_client_error() || status.is_server_error())
         || response.extensions().get::<FromAgent>().is_some()
@@ -121,7 +131,9 @@ pub async fn json_error(response: Response) -> Response {
         .await
         .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
         .unwrap_or_default();
-    let message = if text.is_empty() {
+    let message = if status == StatusCode::METHOD_NOT_ALLOWED {
+        not_allowed(method, &parts.headers)
+    } else if text.is_empty() {
         status
             .canonical_reason()
             .unwrap_or("refused")
@@ -137,4 +149,21 @@ pub async fn json_error(response: Response) -> Response {
     }
     *fixed.status_mut() = status;
     fixed
+}
+
+/// A 405's message: the method refused and the ones the route takes (its `Allow`).
+fn not_allowed(method: &http::Method, headers: &http::HeaderMap) -> String {
+    let allowed = headers
+        .get(header::ALLOW)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|m| !m.is_empty())
+        .collect::<Vec<_>>()
+        .join(", ");
+    if allowed.is_empty() {
+        return format!("{method} is not allowed on this route");
+    }
+    format!("{method} is not allowed on this route; it takes {allowed}")
 }

@@ -31,13 +31,14 @@ pub async fn every_request(
     if let Some(v) = &value {
         request.headers_mut().insert(REQUEST_ID, v.clone());
     }
+    let method = request.method().clone();
     let (request, body) = watch_body(request);
     let response = if head_too_big {
         head_too_large(ctx.config.header_limit())
     } else {
         bounded_unless_call(&ctx, request, body.clone(), next).await
     };
-    let mut response = super::error::json_error(response).await;
+    let mut response = super::error::json_error(&method, response).await;
     if let Some(v) = value {
         response.headers_mut().insert(REQUEST_ID, v);
     }

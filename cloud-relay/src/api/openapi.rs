@@ -259,7 +259,7 @@ mod tests {
     }
 
     /// The relay's router on a fresh store in `name`'s folder, and an admin key for it.
-    fn relay(name: &str) -> (axum::Router, String, std::path::PathBuf) {
+    fn relay(name: &str) -> (impl crate::api::Api, String, std::path::PathBuf) {
         let dir = std::env::temp_dir().join(format!("postern-{name}-{}", std::process::id()));
         let store = Arc::new(SqliteStore::open_in(&dir).expect("store"));
         let key = crate::secrets::new_token(SecretKind::ApiKey);
