@@ -242,6 +242,49 @@ mod tests {
         let _ = std::fs::remove_dir_all(dir);
     }
 
+    /// A key sent but not taken (malformed, unknown) is an `invalid_token` in the 401's
+    /// challenge; no key, or another scheme, is a bare challenge (RFC 6750 §3.1).
+    #[tokio::test]
+    async fn a_401_says_how_to_authenticate() {
+        let (store, _, dir) = store_with_key(postern_protocol::api::ApiKeyScope::Admin);
+        let app = router(Arc::new(RelayContext::new(
+            RelayConfig::default(),
+            store,
+            CancellationToken::new(),
+        )));
+        let unknown = crate::secrets::new_token(SecretKind::ApiKey);
+        let unknown = format!("Bearer {}", unknown.expose());
+        let bare = r#"Bearer realm="postern""#;
+        let invalid = r#"Bearer realm="postern", error="invalid_token""#;
+        for (path, authorization, expected) in [
+            ("/v1/agents", None, bare),
+            ("/metrics", None, bare),
+            ("/v1/no-such-route", None, bare),
+            ("/v1/agents", Some("Basic YWRtaW46eA=="), bare),
+            ("/v1/agents", Some("Bearer psk_nope"), invalid),
+            ("/v1/agents", Some(unknown.as_str()), invalid),
+            ("/metrics", Some(unknown.as_str()), invalid),
+        ] {
+            let mut request = Request::builder().uri(path);
+            if let Some(value) = authorization {
+                request = request.header("authorization", value);
+            }
+            let response = app
+                .clone()
+                .oneshot(request.body(Body::empty()).expect("request"))
+                .await
+                .expect("answer");
+            assert_eq!(response.status(), 401, "{path} {authorization:?}");
+            let challenge = response.headers().get(http::header::WWW_AUTHENTICATE);
+            assert_eq!(
+                challenge.and_then(|v| v.to_str().ok()),
+                Some(expected),
+                "{path} {authorization:?}"
+            );
+        }
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
     #[tokio::test]
     async fn everything_under_v1_but_the_document_needs_a_key_routed_or_not() {
         let (store, key, dir) = store_with_key(postern_protocol::api::ApiKeyScope::Admin);

@@ -120,6 +120,25 @@ async fn hostile_requests_are_refused_clearly_and_the_relay_keeps_serving() -> R
         text.contains("the Authorization scheme must be Bearer"),
         "{text}"
     );
+    // Every 401 says how to authenticate; one for a key sent but not taken, that it is not.
+    let challenge = |text: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix("www-authenticate: "))
+            .map(str::to_owned)
+    };
+    assert_eq!(
+        challenge(&text).as_deref(),
+        Some(r#"Bearer realm="postern""#),
+        "{text}"
+    );
+    let malformed = b"GET /v1/agents HTTP/1.1\r\nHost: relay\r\nAuthorization: Bearer psk_nope\r\nConnection: close\r\n\r\n";
+    let (got, text) = raw(addr, malformed)?;
+    assert_eq!(got, 401, "{text}");
+    assert_eq!(
+        challenge(&text).as_deref(),
+        Some(r#"Bearer realm="postern", error="invalid_token""#),
+        "{text}"
+    );
     // Nothing changed: the override did not delete, no bad name was created.
     let agents = w.admin.agent("a1").await?;
     assert!(

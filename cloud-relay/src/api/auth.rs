@@ -24,13 +24,18 @@ pub async fn check_api_key(
     ctx: &Arc<RelayContext>,
     headers: &http::HeaderMap,
 ) -> Result<ApiCaller, ApiError> {
-    let refused = |reason: &'static str, message: String| {
+    let refused = |reason: &'static str, error: ApiError| {
         ctx.metrics.api_key_refused(reason);
-        ApiError::new(ErrorCode::Unauthorized, message)
+        error
     };
-    let presented = bearer_key(headers).map_err(|message| refused("missing", message.into()))?;
-    let key = SecretToken::parse(SecretKind::ApiKey, presented)
-        .map_err(|e| refused("malformed", format!("invalid API key: {e}")))?;
+    let presented = bearer_key(headers)
+        .map_err(|message| refused("missing", ApiError::new(ErrorCode::Unauthorized, message)))?;
+    let key = SecretToken::parse(SecretKind::ApiKey, presented).map_err(|e| {
+        refused(
+            "malformed",
+            ApiError::invalid_token(format!("invalid API key: {e}")),
+        )
+    })?;
     let record = match ctx.lookups.api_key(&key) {
         Ok(record) => record,
         Err(seen) => {
@@ -39,7 +44,12 @@ pub async fn check_api_key(
                 .store_call(move |store| store.api_key(&asked))
                 .await
                 .map_err(ApiError::store)?
-                .ok_or_else(|| refused("unknown", "unknown or revoked API key".into()))?;
+                .ok_or_else(|| {
+                    refused(
+                        "unknown",
+                        ApiError::invalid_token("unknown or revoked API key"),
+                    )
+                })?;
             ctx.lookups.remember_api_key(seen, &key, &record);
             record
         }

@@ -12,6 +12,8 @@ use crate::store::StoreError;
 pub struct ApiError {
     pub code: ErrorCode,
     pub message: String,
+    /// A 401 for a key that was sent but is not taken: its challenge says so.
+    invalid_token: bool,
 }
 
 impl ApiError {
@@ -19,6 +21,15 @@ impl ApiError {
         Self {
             code,
             message: message.into(),
+            invalid_token: false,
+        }
+    }
+
+    /// 401 for an API key that was sent but is malformed, unknown or revoked.
+    pub fn invalid_token(message: impl Into<String>) -> Self {
+        Self {
+            invalid_token: true,
+            ..Self::new(ErrorCode::Unauthorized, message)
         }
     }
 
@@ -105,6 +116,19 @@ impl IntoResponse for ApiError {
             HeaderValue::from_static("application/json"),
         );
         headers.insert(POSTERN_ERROR, HeaderValue::from_static(self.code.as_str()));
+        if self.code == ErrorCode::Unauthorized {
+            // A 401 says how to authenticate (RFC 9110 §11.6.1); `error` only for a key
+            // that was sent (RFC 6750 §3.1).
+            let challenge = if self.invalid_token {
+                r#"Bearer realm="postern", error="invalid_token""#
+            } else {
+                r#"Bearer realm="postern""#
+            };
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(challenge),
+            );
+        }
         response
     }
 }

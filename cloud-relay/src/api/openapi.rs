@@ -295,18 +295,27 @@ mod tests {
     }
 
     /// What the document says of keys is what the relay asks: an operation that names no
-    /// security (`[]`) answers without a key, every other one refuses with 401.
+    /// security (`[]`) answers without a key, every other one refuses with 401, and says
+    /// how to authenticate (`WWW-Authenticate`, as the document has it).
     #[tokio::test]
     async fn each_operation_asks_for_a_key_as_documented() {
         let (app, _, dir) = relay("openapi-security");
+        let challenge = |response: &axum::response::Response| {
+            let value = response.headers().get(http::header::WWW_AUTHENTICATE);
+            value.and_then(|v| v.to_str().ok()).map(str::to_owned)
+        };
         let mut keyless = 0;
         for (method, path, security) in operations() {
-            let request = Request::builder()
-                .method(method.as_str())
-                .uri(&path)
-                .body(Body::empty())
-                .expect("request");
-            let status = app.clone().oneshot(request).await.expect("answer").status();
+            let ask = |authorization: Option<&str>| {
+                let mut request = Request::builder().method(method.as_str()).uri(&path);
+                if let Some(value) = authorization {
+                    request = request.header("authorization", value);
+                }
+                app.clone()
+                    .oneshot(request.body(Body::empty()).expect("request"))
+            };
+            let response = ask(None).await.expect("answer");
+            let status = response.status();
             let open = security.is_some_and(|s| s.as_array().is_some_and(Vec::is_empty));
             keyless += usize::from(open);
             assert_eq!(
@@ -314,8 +323,34 @@ mod tests {
                 !open,
                 "{method} {path} without a key: {status}"
             );
+            if open {
+                continue;
+            }
+            assert_eq!(
+                challenge(&response).as_deref(),
+                Some(r#"Bearer realm="postern""#),
+                "{method} {path} without a key"
+            );
+            let malformed = ask(Some("Bearer psk_nope")).await.expect("answer");
+            assert_eq!(malformed.status(), 401, "{method} {path}");
+            assert_eq!(
+                challenge(&malformed).as_deref(),
+                Some(r#"Bearer realm="postern", error="invalid_token""#),
+                "{method} {path} with a malformed key"
+            );
         }
         assert_eq!(keyless, 2, "/healthz and /v1/openapi.json");
+        let doc = document();
+        for (path, operations) in doc["paths"].as_object().expect("paths") {
+            for (method, operation) in operations.as_object().expect("operations") {
+                if let Some(refused) = operation["responses"].get("401") {
+                    assert!(
+                        refused["headers"].get("WWW-Authenticate").is_some(),
+                        "{method} {path}: its 401 names no WWW-Authenticate"
+                    );
+                }
+            }
+        }
         let _ = std::fs::remove_dir_all(dir);
     }
 
