@@ -22,6 +22,8 @@ pub enum ErrorCode {
     AgentExists,
     /// An API key with this name exists already.
     ApiKeyExists,
+    /// No API key with this name (or it was revoked already).
+    ApiKeyNotFound,
     /// The agent exists but holds no live session, or takes no new calls now, or its
     /// tunnel closed before the call's request went to it: nothing was sent.
     AgentOffline,
@@ -65,7 +67,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for lists that must name them all (the OpenAPI document's enum).
-    pub const ALL: [ErrorCode; 24] = [
+    pub const ALL: [ErrorCode; 25] = [
         Self::Unauthorized,
         Self::Forbidden,
         Self::NotFound,
@@ -73,6 +75,7 @@ impl ErrorCode {
         Self::AgentNotFound,
         Self::AgentExists,
         Self::ApiKeyExists,
+        Self::ApiKeyNotFound,
         Self::AgentOffline,
         Self::UnknownConnection,
         Self::PathRejected,
@@ -101,6 +104,7 @@ impl ErrorCode {
             Self::AgentNotFound => "agent_not_found",
             Self::AgentExists => "agent_exists",
             Self::ApiKeyExists => "api_key_exists",
+            Self::ApiKeyNotFound => "api_key_not_found",
             Self::AgentOffline => "agent_offline",
             Self::UnknownConnection => "unknown_connection",
             Self::PathRejected => "path_rejected",
@@ -126,7 +130,10 @@ impl ErrorCode {
         match self {
             Self::Unauthorized => 401,
             Self::Forbidden => 403,
-            Self::NotFound | Self::AgentNotFound | Self::UnknownConnection => 404,
+            Self::NotFound
+            | Self::AgentNotFound
+            | Self::ApiKeyNotFound
+            | Self::UnknownConnection => 404,
             Self::MethodNotAllowed => 405,
             Self::AgentExists | Self::ApiKeyExists => 409,
             Self::BadRequest | Self::PathRejected => 400,
@@ -209,23 +216,24 @@ mod tests {
             ErrorCode::AgentNotFound => 4,
             ErrorCode::AgentExists => 5,
             ErrorCode::ApiKeyExists => 6,
-            ErrorCode::AgentOffline => 7,
-            ErrorCode::UnknownConnection => 8,
-            ErrorCode::PathRejected => 9,
-            ErrorCode::BadRequest => 10,
-            ErrorCode::UpstreamUnreachable => 11,
-            ErrorCode::UpstreamTimeout => 12,
-            ErrorCode::UpstreamBadAnswer => 13,
-            ErrorCode::AnswerTooLarge => 14,
-            ErrorCode::SigningFailed => 15,
-            ErrorCode::TunnelError => 16,
-            ErrorCode::TokenExchangeFailed => 17,
-            ErrorCode::RateLimited => 18,
-            ErrorCode::PayloadTooLarge => 19,
-            ErrorCode::TooManyCalls => 20,
-            ErrorCode::StoreUnavailable => 21,
-            ErrorCode::RequestTimeout => 22,
-            ErrorCode::Internal => 23,
+            ErrorCode::ApiKeyNotFound => 7,
+            ErrorCode::AgentOffline => 8,
+            ErrorCode::UnknownConnection => 9,
+            ErrorCode::PathRejected => 10,
+            ErrorCode::BadRequest => 11,
+            ErrorCode::UpstreamUnreachable => 12,
+            ErrorCode::UpstreamTimeout => 13,
+            ErrorCode::UpstreamBadAnswer => 14,
+            ErrorCode::AnswerTooLarge => 15,
+            ErrorCode::SigningFailed => 16,
+            ErrorCode::TunnelError => 17,
+            ErrorCode::TokenExchangeFailed => 18,
+            ErrorCode::RateLimited => 19,
+            ErrorCode::PayloadTooLarge => 20,
+            ErrorCode::TooManyCalls => 21,
+            ErrorCode::StoreUnavailable => 22,
+            ErrorCode::RequestTimeout => 23,
+            ErrorCode::Internal => 24,
         };
         for (i, code) in ErrorCode::ALL.into_iter().enumerate() {
             assert_eq!(position(code), i, "{code}");

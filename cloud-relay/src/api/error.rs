@@ -41,7 +41,7 @@ impl ApiError {
                 Self::new(ErrorCode::BadRequest, e.to_string())
             }
             StoreError::ApiKeyExists(_) => Self::new(ErrorCode::ApiKeyExists, e.to_string()),
-            StoreError::ApiKeyNotFound(_) => Self::new(ErrorCode::NotFound, e.to_string()),
+            StoreError::ApiKeyNotFound(_) => Self::new(ErrorCode::ApiKeyNotFound, e.to_string()),
             ref other if other.is_busy() => {
                 tracing::warn!(error = %other, "the store stayed locked by another process");
                 Self::new(
