@@ -152,6 +152,7 @@ mod tests {
                     token: text(),
                     old_token_valid_until: None,
                     earlier_grace_cut: None,
+                    replaced_unused_token: false,
                 }),
             ),
             (
