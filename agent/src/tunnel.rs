@@ -13,8 +13,9 @@ use postern_protocol::version::{FORWARD_ADDRESS, RELAY_CLOSES_DRAINING, SSH_USER
 use russh::ChannelStream;
 use russh::client::Msg;
 use tokio::io::{
-    AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader, ReadHalf, Take, WriteHalf,
+    AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, ReadHalf, Take, WriteHalf,
 };
+use tokio::sync::mpsc::Receiver;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::{AbortOnDropHandle, TaskTracker};
@@ -23,6 +24,7 @@ use tracing::{error, info, warn};
 use crate::backoff::Backoff;
 use crate::call_table::CallTable;
 use crate::config::AgentConfig;
+use crate::control_reader::{Ending, read_control};
 use crate::reload::session_settings_differ;
 use crate::ssh_client::{AgentSsh, Shared, russh_config};
 
@@ -473,11 +475,8 @@ async fn session(
                     announced = names;
                 }
             }
-            message = notices.recv() => match message {
-                Some(RelayMessage::Ending { reason, message }) => {
-                    return Err(TunnelError::Ended { reason, message });
-                }
-                Some(other) => warn!(received = ?other, "unexpected control message ignored"),
+            ending = notices.recv() => match ending {
+                Some(ending) => return Err(ending.into()),
                 None => return Err(lost(&shared, &mut notices, "the relay closed the control channel").await),
             },
             _ = shared.disconnected.notified() => return Err(lost(&shared, &mut notices, "session ended").await),
@@ -491,7 +490,7 @@ struct OldSession {
     shared: Shared,
     write: WriteHalf<ChannelStream<Msg>>,
     handle: russh::client::Handle<AgentSsh>,
-    notices: tokio::sync::mpsc::Receiver<RelayMessage>,
+    notices: Receiver<Ending>,
     relay_closes_channels: bool,
     _reader: AbortOnDropHandle<()>,
 }
@@ -695,7 +694,7 @@ struct Drain<'a> {
     /// call is taken meanwhile; a stop's beside a newer session, which takes them.
     grace: Duration,
     /// The relay's notices: it may end the session during the drain, and say why.
-    notices: &'a mut tokio::sync::mpsc::Receiver<RelayMessage>,
+    notices: &'a mut Receiver<Ending>,
 }
 
 impl Drain<'_> {
@@ -796,15 +795,14 @@ enum Drained {
 
 /// The relay's next `ending` notice, as the session's end; `None` once its control
 /// channel is gone.
-async fn next_ending(
-    notices: &mut tokio::sync::mpsc::Receiver<RelayMessage>,
-) -> Option<TunnelError> {
-    while let Some(message) = notices.recv().await {
-        if let RelayMessage::Ending { reason, message } = message {
-            return Some(TunnelError::Ended { reason, message });
-        }
+async fn next_ending(notices: &mut Receiver<Ending>) -> Option<TunnelError> {
+    notices.recv().await.map(TunnelError::from)
+}
+
+impl From<Ending> for TunnelError {
+    fn from(Ending { reason, message }: Ending) -> Self {
+        Self::Ended { reason, message }
     }
-    None
 }
 
 /// A setup step that failed because the session ended under it (the relay stopping, its
@@ -831,11 +829,7 @@ fn ended_under(
 
 /// Why the session ended: the relay's `ending` notice if one is still on its way
 /// (it is written just before the disconnect), else the disconnect's own words.
-async fn lost(
-    shared: &Shared,
-    notices: &mut tokio::sync::mpsc::Receiver<RelayMessage>,
-    fallback: &str,
-) -> TunnelError {
+async fn lost(shared: &Shared, notices: &mut Receiver<Ending>, fallback: &str) -> TunnelError {
     if let Ok(Some(ended)) = tokio::time::timeout(NOTICE_WAIT, next_ending(notices)).await {
         return ended;
     }
@@ -845,32 +839,6 @@ async fn lost(
         .unwrap_or_else(|p| p.into_inner())
         .clone();
     TunnelError::SessionLost(reason.unwrap_or_else(|| fallback.to_owned()))
-}
-
-/// Reads the relay's control lines after the welcome and passes them on; ends at EOF.
-async fn read_control<R: AsyncRead + Unpin>(
-    mut reader: BufReader<Take<R>>,
-    notices: tokio::sync::mpsc::Sender<RelayMessage>,
-) {
-    let mut line = Vec::new();
-    loop {
-        line.clear();
-        // Each line gets the full length allowance.
-        reader.get_mut().set_limit(MAX_CONTROL_LINE as u64 + 1);
-        match reader.read_until(b'\n', &mut line).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
-        }
-        match decode_line::<RelayMessage>(&line) {
-            Ok(message) => {
-                if notices.send(message).await.is_err() {
-                    return;
-                }
-            }
-            // A newer relay may say what this agent does not know yet.
-            Err(e) => warn!(error = %e, "control message ignored"),
-        }
-    }
 }
 
 /// Waits until no channel task runs (the tracker stays open for later sessions).

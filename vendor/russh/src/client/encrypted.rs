@@ -17,7 +17,7 @@ use std::ops::Deref;
 use std::str::FromStr;
 
 use bytes::Bytes;
-use log::{debug, error, info, trace, warn};
+use log::{debug, error, trace, warn};
 use ssh_encoding::{Decode, Encode, Reader};
 use ssh_key::{Algorithm, PublicKey, Signature};
 
@@ -510,7 +510,7 @@ impl Session {
                         .await
                         .unwrap_or(());
                 } else {
-                    error!("no channel for id {local_id:?}");
+                    debug!("no channel for id {local_id:?}"); // postern patch 12: peer-driven, debug
                 }
 
                 client
@@ -745,7 +745,7 @@ impl Session {
                                 }
                             }
                         } else {
-                            warn!("Received keepalive without reply request!");
+                            debug!("Received keepalive without reply request!"); // postern patch 12
                         }
                         Ok(())
                     }
@@ -762,7 +762,7 @@ impl Session {
                                 })
                             }
                         }
-                        info!("Unknown channel request {req:?} {wants_reply:?}",);
+                        debug!("Unknown channel request {req:?} {wants_reply:?}",); // postern patch 12
                         Ok(())
                     }
                 }
@@ -814,7 +814,7 @@ impl Session {
                             self.common.wants_reply = false;
                             push_packet!(enc.write, enc.write.push(msg::REQUEST_SUCCESS));
                         } else {
-                            warn!("Received keepalive without reply request!");
+                            debug!("Received keepalive without reply request!"); // postern patch 12
                         }
                     } else if req == "hostkeys-00@openssh.com" {
                         let mut keys = vec![];
@@ -832,7 +832,7 @@ impl Session {
                         map_err!(ensure_end(&r))?;
                         return client.openssh_ext_host_keys_announced(keys, self).await;
                     } else {
-                        warn!("Unhandled global request: {req:?} {wants_reply:?}",);
+                        debug!("Unhandled global request: {req:?} {wants_reply:?}",); // postern patch 12
                         self.common.wants_reply = false;
                         push_packet!(enc.write, enc.write.push(msg::REQUEST_FAILURE))
                     }
@@ -1063,7 +1063,7 @@ impl Session {
                         let _ = return_channel.send(Some(CryptoVec::from_slice(r)));
                     }
                     None => {
-                        error!("Received global request failure for unknown request!")
+                        debug!("Received global request failure for unknown request!") // postern patch 12
                     }
                 }
                 Ok(())
@@ -1100,7 +1100,7 @@ impl Session {
                         let _ = return_channel.send(None);
                     }
                     None => {
-                        error!("Received global request failure for unknown request!")
+                        debug!("Received global request failure for unknown request!") // postern patch 12
                     }
                 }
                 Ok(())
