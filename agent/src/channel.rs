@@ -30,7 +30,7 @@ pub async fn serve_test(channel: Channel<Msg>, ctx: Arc<CallContext>) {
         while matches!(from_relay.read(&mut buf).await, Ok(n) if n > 0) {}
     };
     let report = tokio::select! {
-        report = crate::connection_test::run(&ctx) => report,
+        report = crate::connection_test::run(&ctx, crate::connection_test::Audience::Relay) => report,
         () = relay_gone => {
             warn!(connection = %ctx.connection.name, "connection test abandoned: the relay gave up on it (its call_timeout, or its caller gone)");
             return;

@@ -1,5 +1,6 @@
 //! Runs a connection's `test` request step by step (DNS, TCP, token, HTTP) and reports
-//! each step's outcome and time: for `postern connection test`, as text or JSON.
+//! each step's outcome and time: for `postern connection test`, as text or JSON, and for
+//! the relay's test route, without what only the agent's host needs to see.
 
 use std::fmt;
 use std::time::{Duration, Instant};
@@ -10,7 +11,20 @@ use serde::{Deserialize, Serialize};
 
 use crate::call::{CallContext, RequestBody, Wait, send_with_retries};
 use crate::config::Auth;
+use crate::jwt::exchange::shown_url;
 use crate::upstream_url;
+
+/// Who reads the report. The relay, and any API key that may call through it, learn
+/// whether and where the test failed; not the query of the test's path (which may hold
+/// a key, as a call's may) nor the addresses inside the agent's network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Audience {
+    /// `postern connection test` on the agent's host: every detail.
+    Local,
+    /// The relay's `…/connections/{connection}/test`: the URL without its query, the
+    /// resolved and connected addresses as a count.
+    Relay,
+}
 
 /// The outcome of one step.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -72,8 +86,10 @@ impl fmt::Display for TestReport {
     }
 }
 
-/// Sends the connection's test request with its real auth (signing or exchanging a token).
-pub async fn run(ctx: &CallContext) -> TestReport {
+/// Sends the connection's test request with its real auth (signing or exchanging a token),
+/// and reports it as `audience` may read it.
+pub async fn run(ctx: &CallContext, audience: Audience) -> TestReport {
+    let relay = audience == Audience::Relay;
     let conn = &ctx.connection;
     let test = &conn.test;
     let mut report = TestReport {
@@ -106,12 +122,21 @@ pub async fn run(ctx: &CallContext) -> TestReport {
     let url = match upstream_url::build(&conn.base_uri, &test.path) {
         Ok(url) => url,
         Err(e) => {
-            report.url = format!("{}{}", conn.base_uri, test.path);
-            report.step("path", started, Err(format!("{e}: {:?}", test.path)));
+            let path = if relay {
+                without_query(&test.path)
+            } else {
+                test.path.clone()
+            };
+            report.url = format!("{}{path}", conn.base_uri);
+            report.step("path", started, Err(format!("{e}: {path:?}")));
             return report;
         }
     };
-    report.url = url.to_string();
+    report.url = if relay {
+        shown_url(&url)
+    } else {
+        url.to_string()
+    };
     // An IPv6 literal without its brackets: `[::1]` is no name a resolver knows.
     let host = match url.host() {
         Some(url::Host::Ipv6(address)) => address.to_string(),
@@ -140,18 +165,34 @@ pub async fn run(ctx: &CallContext) -> TestReport {
         report.step("dns", started, Err(format!("{host} has no addresses")));
         return report;
     }
-    let shown: Vec<String> = addrs.iter().take(3).map(|a| a.ip().to_string()).collect();
-    report.step("dns", started, Ok(format!("{host} → {}", shown.join(", "))));
+    let resolved = if relay {
+        match addrs.len() {
+            1 => format!("{host}: 1 address"),
+            n => format!("{host}: {n} addresses"),
+        }
+    } else {
+        let shown: Vec<String> = addrs.iter().take(3).map(|a| a.ip().to_string()).collect();
+        format!("{host} → {}", shown.join(", "))
+    };
+    report.step("dns", started, Ok(resolved));
     let started = Instant::now();
     // Every address in turn, as calls' connector does: `localhost` is often `::1` first,
     // and a server on 127.0.0.1 alone must not fail the test while calls reach it.
     let tcp = crate::relay_dial::first_to_accept(addrs, conn.timeout, conn.timeout)
         .await
         .map(|stream| match stream.peer_addr() {
-            Ok(peer) => format!("connected to {peer}"),
-            Err(_) => "connected".to_owned(),
+            Ok(peer) if !relay => format!("connected to {peer}"),
+            _ => "connected".to_owned(),
         })
-        .map_err(|e| format!("cannot connect to {e}"));
+        .map_err(|failed| match relay {
+            false => format!("cannot connect to {failed}"),
+            // As the URL says it: an IPv6 literal in brackets.
+            true => format!(
+                "cannot connect to {}:{port}: {}",
+                url.host_str().unwrap_or_default(),
+                failed.without_addresses()
+            ),
+        });
     if !report.step("tcp", started, tcp) {
         return report;
     }
@@ -231,6 +272,118 @@ pub async fn run(ctx: &CallContext) -> TestReport {
     report
 }
 
+/// `path` with its query, if any, shown as `?…` (as [`shown_url`] shows a URL's).
+fn without_query(path: &str) -> String {
+    match path.split_once('?') {
+        Some((path, _)) => format!("{path}?…"),
+        None => path.to_owned(),
+    }
+}
+
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+    use crate::AgentConfig;
+    use crate::config::ConfigFile;
+
+    /// A context for the connection `t` of a config whose `[connections.t]` is `table`.
+    fn context(table: &str) -> CallContext {
+        let token = postern_protocol::SecretToken::generate(
+            postern_protocol::SecretKind::AgentToken,
+            &[7u8; postern_protocol::token::BODY_LEN],
+        );
+        let text = format!(
+            "relay = \"127.0.0.1:2222\"\n\
+             relay_fingerprint = \"SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU\"\n\
+             token = \"{}\"\n[connections.t]\n{table}",
+            token.expose()
+        );
+        let file = ConfigFile::parse(&text).expect("parses");
+        let config =
+            AgentConfig::resolve(file, Path::new("/nonexistent"), &|_| None).expect("resolves");
+        let connection = Arc::clone(config.connection("t").expect("t"));
+        CallContext::new(connection).expect("a client")
+    }
+
+    /// One HTTP server on 127.0.0.1 that answers every request 200.
+    async fn answering() -> u16 {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("address").port();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut head = [0u8; 4096];
+                    let _ = socket.read(&mut head).await;
+                    let answer =
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+                    let _ = socket.write_all(answer).await;
+                });
+            }
+        });
+        port
+    }
+
+    /// The relay learns each step's outcome, without the test path's query or the
+    /// addresses the agent resolved and connected to; `postern connection test` on the
+    /// agent's host keeps them.
+    #[tokio::test]
+    async fn the_relays_report_leaves_out_the_query_and_the_internal_addresses() {
+        let port = answering().await;
+        let ctx = context(&format!(
+            "base_uri = \"http://localhost:{port}/api\"\n\
+             test = {{ path = \"/health?api_key=SECRET1\", expect_status = 200 }}\n"
+        ));
+        let relay = run(&ctx, Audience::Relay).await;
+        assert!(relay.ok, "{relay}");
+        assert_eq!(relay.url, format!("http://localhost:{port}/api/health?…"));
+        let json = serde_json::to_string(&relay).expect("json");
+        for internal in ["SECRET1", "127.0.0.1", "::1"] {
+            assert!(!json.contains(internal), "{internal} in {json}");
+        }
+        assert_eq!(relay.steps[1].detail, "connected", "{relay}");
+
+        let local = run(&ctx, Audience::Local).await;
+        assert!(local.ok, "{local}");
+        assert!(
+            local.url.ends_with("/api/health?api_key=SECRET1"),
+            "{local}"
+        );
+        assert!(local.steps[0].detail.starts_with("localhost → "), "{local}");
+        assert_eq!(
+            local.steps[1].detail,
+            format!("connected to 127.0.0.1:{port}"),
+            "{local}"
+        );
+
+        // Port 9 (discard): nothing listens there. The failure still says what happened.
+        let ctx = context(
+            "base_uri = \"http://localhost:9\"\ntimeout = \"2s\"\n\
+             test = { path = \"/h?k=SECRET2\" }\n",
+        );
+        let relay = run(&ctx, Audience::Relay).await;
+        assert!(!relay.ok, "{relay}");
+        assert!(
+            relay.steps[1]
+                .detail
+                .starts_with("cannot connect to localhost:9: "),
+            "{relay}"
+        );
+        let json = serde_json::to_string(&relay).expect("json");
+        for internal in ["SECRET2", "127.0.0.1", "::1"] {
+            assert!(!json.contains(internal), "{internal} in {json}");
+        }
+        let local = run(&ctx, Audience::Local).await;
+        assert!(local.steps[1].detail.contains("127.0.0.1:9: "), "{local}");
+    }
 }

@@ -36,7 +36,9 @@ pub async fn dial_to(
             .map_err(|e| format!("resolving {shown}: {e}"))?
             .collect(),
     };
-    let stream = first_to_accept(addresses, PER_ADDRESS, DIAL_BUDGET).await?;
+    let stream = first_to_accept(addresses, PER_ADDRESS, DIAL_BUDGET)
+        .await
+        .map_err(|failed| failed.to_string())?;
     // Best effort: a kernel without the option (WSL1) still has the session's inactivity
     // timeout, and failing the dial for it would keep the agent offline for good.
     if let Err(e) = postern_protocol::silent_link::prepare(&stream) {
@@ -71,7 +73,7 @@ pub(crate) async fn first_to_accept(
     addresses: Vec<SocketAddr>,
     per_address: Duration,
     budget: Duration,
-) -> Result<TcpStream, String> {
+) -> Result<TcpStream, NoneAccepted> {
     let addresses = families_in_turn(addresses);
     let deadline = Instant::now() + budget;
     let mut failures = Vec::new();
@@ -86,19 +88,53 @@ pub(crate) async fn first_to_accept(
         let outcome = match tokio::time::timeout(share, TcpStream::connect(address)).await {
             Ok(outcome) => outcome,
             Err(_) => {
-                failures.push(format!("{address}: no answer within {share:.1?}"));
+                failures.push((*address, format!("no answer within {share:.1?}")));
                 continue;
             }
         };
         match outcome {
             Ok(stream) => return Ok(stream),
-            Err(e) => failures.push(format!("{address}: {e}")),
+            Err(e) => failures.push((*address, e.to_string())),
         }
     }
-    if failures.is_empty() {
-        return Err("the name resolves to no address".to_owned());
+    Err(NoneAccepted(failures))
+}
+
+/// Why no address took the connection: each one tried, and what it did.
+#[derive(Debug)]
+pub(crate) struct NoneAccepted(Vec<(SocketAddr, String)>);
+
+impl NoneAccepted {
+    /// What each address did, the address given by its place in turn only: for a report
+    /// that leaves the host (a connection test's, to the relay).
+    pub(crate) fn without_addresses(&self) -> String {
+        match self.0.as_slice() {
+            [] => NO_ADDRESS.to_owned(),
+            [(_, why)] => why.clone(),
+            several => several
+                .iter()
+                .enumerate()
+                .map(|(i, (_, why))| format!("address {}: {why}", i + 1))
+                .collect::<Vec<_>>()
+                .join("; "),
+        }
     }
-    Err(failures.join("; "))
+}
+
+const NO_ADDRESS: &str = "the name resolves to no address";
+
+impl std::fmt::Display for NoneAccepted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str(NO_ADDRESS);
+        }
+        let each: Vec<String> = self
+            .0
+            .iter()
+            .map(|(a, why)| format!("{a}: {why}"))
+            .collect();
+        f.write_str(&each.join("; "))
+    }
 }
 
 #[cfg(test)]
@@ -146,9 +182,10 @@ mod tests {
 
         // Several that drop share the budget: the last is still tried, and all named.
         let started = std::time::Instant::now();
-        let said = first_to_accept(vec![dropped, dropped, dropped, refused], budget, budget)
+        let failed = first_to_accept(vec![dropped, dropped, dropped, refused], budget, budget)
             .await
             .expect_err("none accepts");
+        let said = failed.to_string();
         assert!(started.elapsed() < budget + Duration::from_millis(500));
         assert_eq!(
             said.matches(&format!("{dropped}: no answer within"))
@@ -157,11 +194,17 @@ mod tests {
             "{said}"
         );
         assert!(said.contains(&format!("{refused}: ")), "{said}");
+        // Told without them, the same failures by their place in turn.
+        let told = failed.without_addresses();
+        assert!(told.starts_with("address 1: no answer within"), "{told}");
+        assert!(told.contains("; address 4: "), "{told}");
+        assert!(!told.contains("127.0.0.1"), "{told}");
 
         // The last one that drops is named too, not lost to an outer timeout.
         let said = first_to_accept(vec![refused, dropped], share, Duration::from_millis(500))
             .await
-            .expect_err("none accepts");
+            .expect_err("none accepts")
+            .to_string();
         assert!(
             said.contains(&format!("{dropped}: no answer within")),
             "{said}"

@@ -325,7 +325,7 @@ impl StatusServer {
             })?
         };
         shutdown
-            .run_until_cancelled(connection_test::run(&ctx))
+            .run_until_cancelled(connection_test::run(&ctx, connection_test::Audience::Local))
             .await
             .ok_or_else(|| Refusal::new("the agent stopped before the test finished"))
     }

@@ -11,18 +11,22 @@ use postern_tests::relay_support::{
 };
 use postern_tests::temp::TempDir;
 
+/// The report says each step's outcome, but not the test path's query nor the addresses
+/// the agent resolved and connected to: the relay, and any API key that may call, see it.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_relay_runs_a_connection_test_on_the_agent() -> Result<()> {
     let bins = postern_tests::bins!();
     let dir = TempDir::new("conntest")?;
     let internal = InternalServer::start(Verifier::None, "").await?;
+    // By name, so that no step needs to show 127.0.0.1.
+    let base = internal.base_uri().replace("127.0.0.1", "localhost");
     // Port 9 (discard): nothing listens there, whereas a port picked free and let go
     // could be taken by another test before the agent tries it.
-    let dead = "127.0.0.1:9";
+    let dead = "localhost:9";
     let connections = format!(
-        "[connections.good]\nbase_uri = \"{}\"\ntest = {{ path = \"/health\", expect_status = 200 }}\n\
-         [connections.down]\nbase_uri = \"http://{dead}\"\ntimeout = \"2s\"\n",
-        internal.base_uri()
+        "[connections.good]\nbase_uri = \"{base}\"\n\
+         test = {{ path = \"/health?api_key=TESTSECRET\", expect_status = 200 }}\n\
+         [connections.down]\nbase_uri = \"http://{dead}\"\ntimeout = \"2s\"\n"
     );
     let tunnel = Tunnel::start(&bins, &dir, &connections).await?;
     let api = &tunnel.api;
@@ -34,15 +38,28 @@ async fn the_relay_runs_a_connection_test_on_the_agent() -> Result<()> {
     assert_eq!(report["ok"], true, "{report}");
     assert_eq!(report["status"], 200);
     assert_eq!(report["connection"], "good");
-    assert_eq!(internal.requests()[0].path_and_query, "/api/health");
+    assert_eq!(
+        internal.requests()[0].path_and_query,
+        "/api/health?api_key=TESTSECRET"
+    );
+    assert_eq!(report["url"], format!("{base}/health?…"), "{report}");
+    let internal_only = ["TESTSECRET", "127.0.0.1", "::1"];
+    for hidden in internal_only {
+        assert!(!report.to_string().contains(hidden), "{hidden}: {report}");
+    }
 
     let report: serde_json::Value = test("down").await?.json().await?;
     assert_eq!(report["ok"], false, "{report}");
+    assert_eq!(report["steps"][1]["name"], "tcp", "{report}");
+    assert_eq!(report["steps"][1]["ok"], false, "{report}");
+    let said = report["steps"][1]["detail"].as_str().unwrap_or_default();
     assert!(
-        report["steps"]
-            .as_array()
-            .is_some_and(|s| s.iter().any(|step| step["ok"] == false))
+        said.starts_with("cannot connect to localhost:9: "),
+        "{report}"
     );
+    for hidden in internal_only {
+        assert!(!report.to_string().contains(hidden), "{hidden}: {report}");
+    }
 
     let r = test("nope").await?;
     assert_eq!(r.status(), 404);

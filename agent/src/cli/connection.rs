@@ -78,5 +78,5 @@ fn test_here(path: &Path, mut file: ConfigFile, name: &str) -> Result<connection
         .with_context(|| format!("no connection named {name:?} in the config"))?;
     let ctx = CallContext::new(Arc::clone(conn)).context("building the HTTP client")?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    Ok(runtime.block_on(connection_test::run(&ctx)))
+    Ok(runtime.block_on(connection_test::run(&ctx, connection_test::Audience::Local)))
 }
