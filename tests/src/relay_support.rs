@@ -49,6 +49,11 @@ impl Answer {
     pub fn code(&self) -> &str {
         error_code(&self.json)
     }
+
+    /// The message of an error answer, empty if none.
+    pub fn message(&self) -> &str {
+        self.json["error"]["message"].as_str().unwrap_or_default()
+    }
 }
 
 /// The stable error code of an error body (`{"error": {"code": …}}`), empty if none.

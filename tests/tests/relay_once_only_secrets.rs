@@ -152,6 +152,11 @@ async fn an_api_request_given_up_on_keeps_no_secret() -> Result<()> {
         )?;
         let answer = send(&w.admin, Method::POST, path, body).await?;
         assert_eq!(answer.status, 500, "{path}: given up on: {}", answer.json);
+        assert!(
+            answer.message().contains("nothing was created or changed"),
+            "{path}: {}",
+            answer.json
+        );
         // Killed, the holder commits nothing; the relay's write goes ahead now, and is
         // undone as it lands.
         drop(lock);

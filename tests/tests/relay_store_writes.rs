@@ -56,6 +56,11 @@ async fn a_revoke_the_api_gave_up_on_still_ends_the_key() -> Result<()> {
     )?;
     let revoke = send(&w.admin, Method::DELETE, "/v1/apikeys/runner", None).await?;
     assert_eq!(revoke.status, 500, "given up on: {}", revoke.json);
+    assert!(
+        revoke.message().contains("the revoke goes on"),
+        "{}",
+        revoke.json
+    );
     // Killed, the holder commits nothing: the store's change marker stays as it was.
     drop(lock);
 
