@@ -67,7 +67,7 @@ async fn bounded_unless_call(
         return with_api_key(ctx, request, next).await;
     }
     let limit = ctx.config.api_timeout;
-    let outcome = given_up_on(request.method(), request.uri().path());
+    let outcome = given_up_on(request.method());
     match tokio::time::timeout(limit, with_api_key(ctx, request, next)).await {
         Ok(response) => response,
         // The caller's to blame: its body was being read and had not all come.
@@ -90,13 +90,10 @@ async fn bounded_unless_call(
 /// What became of a request given up on, for its caller to know whether to send it again:
 /// a create or a rotation is undone as it lands (its secret would reach no one), a revoke
 /// goes on (`RelayContext::to_completion`).
-fn given_up_on(method: &http::Method, path: &str) -> &'static str {
+fn given_up_on(method: &http::Method) -> &'static str {
     match *method {
         http::Method::DELETE => {
             "the revoke goes on and takes effect once the store takes it: check with GET before sending it again"
-        }
-        http::Method::POST if path.ends_with("/test") => {
-            "the connection test's result is lost: run it again"
         }
         http::Method::POST => {
             "nothing was created or changed (a change that lands later is undone): send it again"
