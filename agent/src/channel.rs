@@ -16,12 +16,13 @@ use tracing::{debug, warn};
 
 use crate::call::{self, CallContext};
 use crate::call_table::CallTable;
+use crate::open_channels::Place;
 
 /// Runs the connection's test request and writes its report as one JSON object; ends it
 /// if the relay closes the channel first (its `call_timeout`, its caller gone): a test
 /// waiting its turn under a long `max_wait` held its call slot on, and then sent the
-/// request anyway, after the relay had answered 504.
-pub async fn serve_test(channel: Channel<Msg>, ctx: Arc<CallContext>) {
+/// request anyway, after the relay had answered 504. `place` is held to the end.
+pub async fn serve_test(channel: Channel<Msg>, ctx: Arc<CallContext>, _place: Place) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (mut from_relay, mut to_relay) = tokio::io::split(ChannelIo::new(channel));
     // The relay sends nothing on a test's channel: its end is all there is to read.
@@ -47,9 +48,11 @@ pub async fn serve_test(channel: Channel<Msg>, ctx: Arc<CallContext>) {
 ///
 /// A draining agent does not close the channel either: a request may be on its way on it,
 /// and would be lost. The relay knows; told `draining`, it closes the channel once idle.
-/// Only facing an older relay, which would not, does `close` end it once idle.
+/// Only facing an older relay, which would not, does `close` end it once idle. `place`
+/// is held to the end.
 pub async fn serve(
     channel: Channel<Msg>,
+    _place: Place,
     name: Arc<str>,
     calls: Arc<CallTable>,
     close: CancellationToken,

@@ -8,6 +8,7 @@
 //! - [`call`]: runs one call against the internal server and streams the answer.
 //! - [`channel`]: serves HTTP/1.1 on each channel the relay opens.
 //! - [`ssh_client`]: the russh client handler: host key pinning, channel admission.
+//! - [`open_channels`]: how many channels a relay session holds open, up to a cap.
 //! - [`status`]: the daemon's local Unix socket: status reports and reload requests.
 //! - [`call_table`]: the connections served right now, swapped whole on reload.
 //! - [`reload`]: re-reads the config under a running daemon, or refuses it.
@@ -34,6 +35,7 @@ pub mod daemon;
 pub mod jwt;
 mod log_budget;
 pub mod metrics;
+pub mod open_channels;
 pub mod proxy;
 pub mod relay_dial;
 pub mod reload;

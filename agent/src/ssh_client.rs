@@ -16,6 +16,7 @@ use tracing::{Instrument, info_span, warn};
 
 use crate::call_table::CallTable;
 use crate::channel;
+use crate::open_channels::{self, OpenChannels};
 
 /// Keepalive every 4 s, dropped after 2 missed: a dead link is noticed in ~12 s.
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(4);
@@ -79,6 +80,8 @@ pub struct Shared {
     pub tasks: TaskTracker,
     /// This session's, for its drain to wait on.
     pub session_tasks: TaskTracker,
+    /// This session's channels, counted against the cap a relay may not pass.
+    pub open_channels: Arc<OpenChannels>,
     /// Cancelled when the agent drains facing a relay older than `RELAY_CLOSES_DRAINING`:
     /// each channel then closes itself once its call under way is answered.
     pub close_channels: CancellationToken,
@@ -136,6 +139,13 @@ impl russh::client::Handler for AgentSsh {
             reply.reject(ChannelOpenFailure::ConnectFailed).await;
             return Ok(());
         };
+        // An honest relay stays far below the cap; one that does not is refused, not
+        // given a task and buffers per open.
+        let cap = open_channels::cap(&self.shared.calls.snapshot());
+        let Some(place) = self.shared.open_channels.admit(channel.id().number(), cap) else {
+            reply.reject(ChannelOpenFailure::ResourceShortage).await;
+            return Ok(());
+        };
         reply.accept().await;
         let span = info_span!("channel", connection = %ctx.connection.name);
         match target {
@@ -144,6 +154,7 @@ impl russh::client::Handler for AgentSsh {
                     self.shared.session_tasks.track_future(
                         channel::serve(
                             channel,
+                            place,
                             ctx.connection.name.as_str().into(),
                             self.shared.calls.clone(),
                             self.shared.close_channels.clone(),
@@ -156,10 +167,21 @@ impl russh::client::Handler for AgentSsh {
                 self.shared.tasks.spawn(
                     self.shared
                         .session_tasks
-                        .track_future(channel::serve_test(channel, ctx).instrument(span)),
+                        .track_future(channel::serve_test(channel, ctx, place).instrument(span)),
                 );
             }
         }
+        Ok(())
+    }
+
+    /// The relay closed a channel: its place is free for the next open at once, as the
+    /// relay counts it, whenever its task gets to its end.
+    async fn channel_close(
+        &mut self,
+        channel: russh::ChannelId,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.shared.open_channels.closed_by_relay(channel.number());
         Ok(())
     }
 

@@ -314,6 +314,7 @@ fn new_shared(config: &AgentConfig, ctx: Ctx<'_>) -> Shared {
         close_channels: CancellationToken::new(),
         tasks: ctx.tasks.clone(),
         session_tasks: TaskTracker::new(),
+        open_channels: Arc::default(),
         disconnected: Arc::new(Notify::new()),
         disconnect_reason: Arc::new(Mutex::new(None)),
     }

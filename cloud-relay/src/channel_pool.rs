@@ -294,16 +294,26 @@ impl ChannelPool {
     }
 
     async fn open_channel(&self, target: &ChannelTarget) -> Result<Channel<Msg>, CallError> {
-        self.handle
+        let refused = match self
+            .handle
             .channel_open_forwarded_tcpip(target.to_string(), 0, FORWARD_ADDRESS, 0)
             .await
-            .map_err(|e| match e {
-                russh::Error::ChannelOpenFailure(reason) => CallError::Refused {
-                    connection: target.connection().as_str().to_owned(),
-                    reason,
-                },
-                _ => CallError::SessionClosed,
-            })
+        {
+            Ok(channel) => return Ok(channel),
+            Err(russh::Error::ChannelOpenFailure(reason)) => reason,
+            Err(_) => return Err(CallError::SessionClosed),
+        };
+        // The agent holds as many channels as it allows: the idle ones are all this side
+        // can give back (a pool full of one connection's would otherwise keep another's
+        // calls out until they timed out), and the agent counts them closed as their
+        // closes reach it, before any later open.
+        if refused == russh::ChannelOpenFailure::ResourceShortage {
+            self.close_idle(Duration::ZERO);
+        }
+        Err(CallError::Refused {
+            connection: target.connection().as_str().to_owned(),
+            reason: refused,
+        })
     }
 
     async fn open_now(&self, connection: &ConnectionName) -> Result<Conn, CallError> {

@@ -16,9 +16,9 @@ use tracing::{info, warn};
 
 use crate::channel_pool::ChannelPool;
 use crate::context::RelayContext;
-use crate::log_budget::LogBudget;
 use crate::registry::{ClosingReason, ControlWriter, LiveSession};
 use crate::store::{AgentRecord, unix_now};
+use postern_logs::LogBudget;
 
 /// Log lines a minute about one session's messages after its hello (with a count of
 /// those left out): a reload or two is news, thousands a second are one line.
@@ -98,7 +98,7 @@ impl ControlChannel {
             return;
         }
         self.welcomed.cancel();
-        let mut budget = LogBudget::per_minute(CONTROL_LOG_LINES);
+        let mut budget = LogBudget::per_minute(CONTROL_LOG_LINES, "about this session's messages");
         // Hold the channel for the session's life, taking each inventory as it comes;
         // reading also keeps the channel's window open.
         loop {

@@ -15,7 +15,6 @@
 //! - [`registry`]: the live agent sessions, one per agent.
 //! - [`ssh_server`]: accepting agent connections and their russh handler.
 //! - [`control`]: the hello/welcome exchange that brings an agent online.
-//! - [`log_budget`]: a few log lines a minute about what one peer keeps sending.
 //! - [`channel_pool`]: HTTP/1.1 connections that are SSH channels to an agent, kept for reuse.
 //! - [`idle_channels`]: closes pooled channels left idle too long.
 //! - [`revocation_watch`]: drops sessions of agents revoked by another process.
@@ -42,7 +41,6 @@ pub mod host_key;
 pub mod idle_channels;
 pub mod keyed_slots;
 pub mod lingering_close;
-pub mod log_budget;
 pub mod lookups;
 pub mod metrics;
 pub mod registry;

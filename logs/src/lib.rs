@@ -5,11 +5,14 @@
 //! for up to [`GATHER`] before writing: under load that is one write (and one wake-up)
 //! per batch instead of one per line, which on a busy box was ~8% of each process.
 //! Nothing is dropped: past [`MAX_PENDING`] writers wait for the thread to catch up.
+//! What a peer keeps sending is logged a few lines a minute at most ([`LogBudget`]).
 
+mod budget;
 mod escaped_fields;
 mod init;
 mod printable;
 
+pub use budget::{LeftOut, LogBudget};
 pub use init::{LogArgs, LogFormat};
 pub use printable::printable;
 

@@ -6,8 +6,10 @@
 //! - [`keys`]: RSA test keys made with aws-lc-rs, as PEM.
 //! - [`netns`]: a cloud and an on-prem network namespace behind a real firewall.
 //! - [`harness`]: starts the real relay and agent binaries on loopback and waits until ready.
+//! - [`hand_relay`]: a relay driven by hand, for what the agent does when its relay misbehaves.
 //! - [`temp`]: throwaway folders removed on drop.
 
+pub mod hand_relay;
 pub mod harness;
 pub mod internal_server;
 pub mod keys;

@@ -320,6 +320,9 @@ pub struct HandDriven {
         Duration,
         tokio::sync::mpsc::UnboundedSender<russh::Channel<russh::client::Msg>>,
     )>,
+    /// While it holds `true`, each open is refused with `ResourceShortage`, as an agent
+    /// holding as many channels as it allows refuses it.
+    pub short: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl russh::client::Handler for HandDriven {
@@ -342,6 +345,16 @@ impl russh::client::Handler for HandDriven {
         reply: russh::client::ChannelOpenHandle,
         _session: &mut russh::client::Session,
     ) -> Result<(), Self::Error> {
+        if self
+            .short
+            .as_ref()
+            .is_some_and(|short| short.load(std::sync::atomic::Ordering::SeqCst))
+        {
+            reply
+                .reject(russh::ChannelOpenFailure::ResourceShortage)
+                .await;
+            return Ok(());
+        }
         let Some((delay, opened)) = self.late_confirm.clone() else {
             reply.accept().await;
             return Ok(());
@@ -417,10 +430,26 @@ pub async fn hand_driven_agent(
     impl tokio::io::AsyncWrite + use<>,
     OpenedChannels,
 )> {
+    hand_driven_agent_as(w, name, confirm, connections, HandDriven::default()).await
+}
+
+/// [`hand_driven_agent`] with `handler`'s settings (its channel hand-over is set here).
+pub async fn hand_driven_agent_as(
+    w: &RelayWorld,
+    name: &str,
+    confirm: Duration,
+    connections: &[&str],
+    handler: HandDriven,
+) -> Result<(
+    russh::client::Handle<HandDriven>,
+    impl tokio::io::AsyncWrite + use<>,
+    OpenedChannels,
+)> {
     let token = w.create_agent(name).await?;
     let (opened_tx, opened) = tokio::sync::mpsc::unbounded_channel();
     let handler = HandDriven {
         late_confirm: Some((confirm, opened_tx)),
+        ..handler
     };
     let (ssh, accepted) = ssh_login_as(w.relay.ssh, &token, handler).await?;
     anyhow::ensure!(accepted, "the token was refused");

@@ -22,6 +22,7 @@ async fn agent_session(
     let (opened_tx, opened) = tokio::sync::mpsc::unbounded_channel();
     let handler = HandDriven {
         late_confirm: Some((Duration::ZERO, opened_tx)),
+        ..Default::default()
     };
     let (ssh, accepted) = ssh_login_as(w.relay.ssh, token, handler).await?;
     anyhow::ensure!(accepted, "the token was refused");
@@ -130,6 +131,7 @@ async fn a_session_dropping_before_the_request_left_is_503() -> Result<()> {
     let (opened_tx, _opened) = tokio::sync::mpsc::unbounded_channel();
     let handler = HandDriven {
         late_confirm: Some((Duration::from_secs(5), opened_tx)),
+        ..Default::default()
     };
     let (ssh, accepted) = ssh_login_as(w.relay.ssh, &token, handler).await?;
     anyhow::ensure!(accepted, "the token was refused");

@@ -364,7 +364,8 @@ async fn classify(
 
 /// An agent's refusal of a channel: 404 when it no longer has the connection (a reload
 /// since its hello); 503 when it is stopping or reconnecting and takes no new calls now,
-/// which a caller may retry (a 404 would read as a mistake in its configuration).
+/// or holds as many channels as it allows, which a caller may retry (a 404 would read as
+/// a mistake in its configuration).
 pub(super) fn refused(
     agent: &str,
     connection: &str,
@@ -376,6 +377,14 @@ pub(super) fn refused(
             format!("agent {agent:?} has no connection {connection:?}"),
         ),
         russh::ChannelOpenFailure::AdministrativelyProhibited => draining(agent),
+        // Agents since 2026-12-07 cap the channels a session holds; the pool has closed
+        // its idle ones to the agent (`ChannelPool`), so a retry finds room.
+        russh::ChannelOpenFailure::ResourceShortage => ApiError::new(
+            ErrorCode::AgentOffline,
+            format!(
+                "agent {agent:?} refused a new channel for connection {connection:?}: it has as many channels open as it allows (3 × its connections' max_concurrent_calls, at least 1024); nothing was sent: retry shortly"
+            ),
+        ),
         // Not something this agent sends: whatever it means, the call did not go through.
         other => ApiError::new(
             ErrorCode::TunnelError,
