@@ -72,7 +72,8 @@ pub struct CallLimits {
     pub max_header_bytes: u32,
 }
 
-/// The most `max_header_bytes` may be: the channel's HTTP parser holds 256 KiB.
+/// The most `max_header_bytes` may be: each call channel may hold that much of a head (and
+/// 16 KiB more for what the relay adds) until it is whole or timed out.
 pub const MAX_HEADER_BYTES_CEILING: u32 = 128 * 1024;
 
 impl Default for CallLimits {

@@ -150,12 +150,16 @@ impl russh::client::Handler for AgentSsh {
         let span = info_span!("channel", connection = %ctx.connection.name);
         match target {
             ChannelTarget::Http(_) => {
+                let connection = (
+                    ctx.connection.name.as_str().into(),
+                    ctx.connection.limits.max_header_bytes,
+                );
                 self.shared.tasks.spawn(
                     self.shared.session_tasks.track_future(
                         channel::serve(
                             channel,
                             place,
-                            ctx.connection.name.as_str().into(),
+                            connection,
                             self.shared.calls.clone(),
                             self.shared.close_channels.clone(),
                         )

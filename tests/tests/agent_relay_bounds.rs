@@ -4,7 +4,9 @@
 //! Before 2026-12-07 such a relay could make the agent hold any amount of memory, and keep
 //! internal servers' connections and the calls' places for as long as it liked.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use postern_tests::hand_relay::{AgentSession, HandRelay};
@@ -21,6 +23,8 @@ fn bins() -> Bins {
 
 /// The agent's floor on channels per session (`open_channels::MIN_CHANNELS`).
 const MIN_CHANNELS: usize = 1024;
+/// The agent's bound on a request head from its first byte (`channel::HEAD_TIMEOUT`).
+const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// An SSH channel window as large as the relay's first one.
 const WINDOW: u32 = 256 * 1024;
 
@@ -75,6 +79,19 @@ async fn read_answer(stream: &mut ChannelStream<Msg>) -> Result<u16> {
         got.extend_from_slice(&buf[..n]);
     }
     Ok(status)
+}
+
+/// Whether the agent closes the channel within `limit` (whatever it sends first).
+async fn closed_within(stream: &mut ChannelStream<Msg>, limit: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut buf = [0u8; 8192];
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0) | Err(_)) => return true,
+            Ok(Ok(_)) => {}
+        }
+    }
 }
 
 /// A relay that opens channels past the agent's cap has them refused with
@@ -147,6 +164,137 @@ async fn opens_past_the_cap_are_refused_and_a_close_makes_room() -> Result<()> {
     ensure!(
         grown < 96 * 1024,
         "1,024 idle channels grew the agent by {grown} KiB"
+    );
+    Ok(())
+}
+
+/// A request head begun and not finished closes its channel `HEAD_TIMEOUT` after its
+/// first byte; a channel idle between calls, never used or used, stays open (only the
+/// relay knows whether a request is on its way on one) and carries the next call. Before,
+/// an unfinished head was kept for the channel's life, and hyper's own
+/// `header_read_timeout` would have closed idle channels too.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_head_begun_and_not_finished_closes_its_channel_and_idle_ones_stay() -> Result<()> {
+    let internal = InternalServer::start(Verifier::None, "orders").await?;
+    let dir = TempDir::new("relay-bounds-head")?;
+    let connections = format!(
+        "[connections.orders]\nbase_uri = \"{}\"\n",
+        internal.base_uri()
+    );
+    let (_relay, agent, session) = agent_on_hand_relay(&dir, WINDOW, &connections).await?;
+
+    let mut never_used = session.open("orders").await?.into_stream();
+    let mut used = session.open("orders").await?.into_stream();
+    used.write_all(&request("/first", 120_000, "used")).await?;
+    ensure!(
+        read_answer(&mut used).await? == 200,
+        "the first call failed"
+    );
+
+    let started = Instant::now();
+    let mut unfinished = session.open("orders").await?.into_stream();
+    unfinished
+        .write_all(b"GET /api/x HTTP/1.1\r\nhost: orders\r\nx-pad: aaaa")
+        .await?;
+
+    let limit = HEAD_TIMEOUT + Duration::from_secs(8) - started.elapsed();
+    let unfinished_closed = async {
+        closed_within(&mut unfinished, limit)
+            .await
+            .then(|| started.elapsed())
+    };
+    let (unfinished_closed, never_used_closed) =
+        tokio::join!(unfinished_closed, closed_within(&mut never_used, limit));
+    let closed_after = unfinished_closed.context("the unfinished head's channel stayed open")?;
+    ensure!(
+        closed_after >= HEAD_TIMEOUT - Duration::from_secs(1),
+        "the unfinished head's channel closed after {closed_after:?}"
+    );
+    ensure!(!never_used_closed, "a channel never used was closed");
+    ensure!(
+        !closed_within(&mut used, Duration::ZERO).await,
+        "a channel idle after a call was closed"
+    );
+    for (what, stream) in [("never used", &mut never_used), ("used", &mut used)] {
+        stream.write_all(&request("/later", 120_000, what)).await?;
+        ensure!(
+            read_answer(stream).await? == 200,
+            "the {what} channel did not carry a call"
+        );
+    }
+    let logs = agent.logs.text();
+    ensure!(
+        logs.matches("sent part of a request head and not the rest within 30s")
+            .count()
+            == 1,
+        "{logs}"
+    );
+    Ok(())
+}
+
+/// A head larger than the connection's `max_header_bytes` and what the relay adds gets
+/// hyper's 431 and its channel closes at once, however much more the relay sends; before,
+/// each channel buffered up to 1.06 MiB of a head that never ended, whatever the
+/// connection's limit (1,000 channels: +1.1 GB). 300 channels each sent 1 MiB of head.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flood_of_endless_heads_is_cut_at_the_connections_limit() -> Result<()> {
+    const CHANNELS: usize = 300;
+    let internal = InternalServer::start(Verifier::None, "orders").await?;
+    let dir = TempDir::new("relay-bounds-flood")?;
+    let connections = format!(
+        "[connections.orders]\nbase_uri = \"{}\"\nmax_header_bytes = 8192\n",
+        internal.base_uri()
+    );
+    let (_relay, agent, session) = agent_on_hand_relay(&dir, WINDOW, &connections).await?;
+    let before = rss_kib(agent.pid())?;
+    let mut pad = b"GET /api/x HTTP/1.1\r\nhost: orders\r\nx-pad: ".to_vec();
+    pad.resize(1024 * 1024, b'a');
+    let pad = Arc::new(pad);
+    let mut flood = tokio::task::JoinSet::new();
+    for _ in 0..CHANNELS {
+        let stream = session.open("orders").await?.into_stream();
+        let pad = pad.clone();
+        flood.spawn(async move {
+            let (mut read, mut write) = tokio::io::split(stream);
+            // Refused part way: the agent closes the channel under the write.
+            let writing = async move {
+                let _ = write.write_all(&pad).await;
+                std::future::pending::<()>().await
+            };
+            let mut answer = Vec::new();
+            let reading = read.read_to_end(&mut answer);
+            tokio::select! {
+                _ = writing => unreachable!(),
+                _ = reading => answer,
+            }
+        });
+    }
+    let peak = Arc::new(AtomicUsize::new(0));
+    let pid = agent.pid();
+    let sampling = {
+        let peak = peak.clone();
+        tokio::spawn(async move {
+            while let Ok(rss) = rss_kib(pid) {
+                peak.fetch_max(rss as usize, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    let answers = tokio::time::timeout(Duration::from_secs(20), flood.join_all())
+        .await
+        .context("channels still open 20 s into the flood")?;
+    sampling.abort();
+    for answer in &answers {
+        ensure!(
+            answer.starts_with(b"HTTP/1.1 431"),
+            "answered {:?}",
+            String::from_utf8_lossy(&answer[..answer.len().min(64)])
+        );
+    }
+    let grown = (peak.load(Ordering::Relaxed) as u64).saturating_sub(before);
+    ensure!(
+        grown < 100 * 1024,
+        "{CHANNELS} endless heads grew the agent by {grown} KiB"
     );
     Ok(())
 }
