@@ -688,6 +688,14 @@ pub(crate) fn too_many_calls(conn: &Connection) -> (ErrorCode, String) {
     )
 }
 
+/// The relay's `call_timeout`, as it says it on each call.
+pub(crate) fn relay_call_timeout(headers: &http::HeaderMap) -> Option<Duration> {
+    headers
+        .get(postern_protocol::headers::CALL_TIMEOUT)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        .map(Duration::from_millis)
+}
+
 /// How long a call may wait its turn: `max_wait`, and no longer than leaves the internal
 /// server its `timeout` to answer before the relay gives up on the call (its
 /// `call_timeout`, which it sends with each call). A call sent after the relay answered
@@ -702,10 +710,8 @@ pub(crate) struct Wait {
 impl Wait {
     /// Takes the relay's header off `headers`: it is for the agent, not the server.
     fn for_call(conn: &Connection, headers: &mut http::HeaderMap) -> Self {
-        let relay_call_timeout = headers
-            .remove(postern_protocol::headers::CALL_TIMEOUT)
-            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-            .map(Duration::from_millis);
+        let relay_call_timeout = relay_call_timeout(headers);
+        headers.remove(postern_protocol::headers::CALL_TIMEOUT);
         Self {
             relay_call_timeout,
             ..Self::configured(conn)

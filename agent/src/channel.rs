@@ -6,6 +6,7 @@ mod call_state;
 mod guarded_io;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -13,7 +14,7 @@ use hyper_util::rt::TokioIo;
 use postern_protocol::ErrorCode;
 use postern_protocol::channel_io::ChannelIo;
 use postern_protocol::headers::{
-    MAX_REQUEST_HEAD_BYTES, MAX_REQUEST_HEADER_LINES, REQUEST_HEADER_LINES_ADDED,
+    MAX_REQUEST_HEAD_BYTES, MAX_REQUEST_HEADER_LINES, REQUEST_HEADER_LINES_ADDED, REQUEST_ID,
 };
 use russh::Channel;
 use russh::client::Msg;
@@ -33,6 +34,10 @@ use guarded_io::GuardedIo;
 /// agent's own check (431 with a JSON body) whatever the connection's limit; a larger
 /// one gets hyper's bare 431 and its channel closes.
 const HEAD_MARGIN: usize = 16 * 1024;
+
+/// How long the relay's writes may wait without its word (a relay before 2026-12-06
+/// sends no `x-postern-call-timeout`): twice its default `call_timeout`.
+const WRITE_LIMIT_UNSAID: Duration = Duration::from_secs(240);
 
 /// Runs the connection's test request and writes its report as one JSON object; ends it
 /// if the relay closes the channel first (its `call_timeout`, its caller gone): a test
@@ -73,11 +78,21 @@ pub async fn serve(
     calls: Arc<CallTable>,
     close: CancellationToken,
 ) {
-    let state = CallState::new();
+    let state = CallState::new(WRITE_LIMIT_UNSAID);
     let io = GuardedIo::new(ChannelIo::new(channel), state.clone(), place, name.clone());
-    let service = service_fn(move |request| {
+    let service = service_fn(move |request: http::Request<hyper::body::Incoming>| {
         let (ctx, name) = (calls.get(&name), name.clone());
-        state.call_started();
+        // Twice the relay's `call_timeout`: it grants window half a window at a time, so a
+        // caller it would keep (one that takes half a window per call_timeout) never meets it.
+        let write_limit = call::relay_call_timeout(request.headers())
+            .map_or(WRITE_LIMIT_UNSAID, |t| t.saturating_mul(2));
+        let request_id: Arc<str> = request
+            .headers()
+            .get(REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-")
+            .into();
+        state.call_started(request_id, write_limit);
         let state = state.clone();
         async move {
             let response = match ctx {

@@ -4,6 +4,7 @@
 //! Before 2026-12-07 such a relay could make the agent hold any amount of memory, and keep
 //! internal servers' connections and the calls' places for as long as it liked.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -16,6 +17,7 @@ use postern_tests::temp::TempDir;
 use russh::ChannelStream;
 use russh::server::Msg;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 
 fn bins() -> Bins {
     postern_tests::bins!()
@@ -295,6 +297,160 @@ async fn a_flood_of_endless_heads_is_cut_at_the_connections_limit() -> Result<()
     ensure!(
         grown < 100 * 1024,
         "{CHANNELS} endless heads grew the agent by {grown} KiB"
+    );
+    Ok(())
+}
+
+/// An internal server that streams an endless answer on `/api/endless` (counting the
+/// connections that closed under it) and answers anything else at once.
+struct Streaming {
+    addr: SocketAddr,
+    closed: Arc<AtomicUsize>,
+    _serving: tokio_util::task::AbortOnDropHandle<()>,
+}
+
+impl Streaming {
+    async fn start() -> Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let closed = Arc::new(AtomicUsize::new(0));
+        let counted = closed.clone();
+        let serving = tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                tokio::spawn(serve_one(socket, counted.clone()));
+            }
+        });
+        Ok(Self {
+            addr,
+            closed,
+            _serving: tokio_util::task::AbortOnDropHandle::new(serving),
+        })
+    }
+
+    fn connection(&self, max_concurrent_calls: u32) -> String {
+        format!(
+            "[connections.orders]\nbase_uri = \"http://{}/api\"\ntimeout = \"5s\"\nmax_concurrent_calls = {max_concurrent_calls}\n",
+            self.addr
+        )
+    }
+}
+
+async fn serve_one(mut socket: TcpStream, closed: Arc<AtomicUsize>) {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match socket.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    if !head.starts_with(b"GET /api/endless ") {
+        let _ = socket
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
+            .await;
+        return;
+    }
+    let chunk = format!("4000\r\n{}\r\n", "x".repeat(0x4000));
+    let mut out = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+    out.extend_from_slice(chunk.as_bytes());
+    while socket.write_all(&out).await.is_ok() {
+        out = chunk.clone().into_bytes();
+    }
+    closed.fetch_add(1, Ordering::SeqCst);
+}
+
+/// An answer the relay stops taking is aborted once its writes have waited twice the
+/// relay's `call_timeout` (here 1 s): the internal server's connection closes, the call's
+/// place is free for the next call (`max_concurrent_calls = 1`), and one line says so.
+/// Before, such a call held both until the session ended.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_answer_the_relay_stops_taking_is_aborted_and_its_place_freed() -> Result<()> {
+    let internal = Streaming::start().await?;
+    let dir = TempDir::new("relay-bounds-stall")?;
+    let (_relay, agent, session) =
+        agent_on_hand_relay(&dir, 64 * 1024, &internal.connection(1)).await?;
+
+    let mut stalled = session.open("orders").await?.into_stream();
+    let started = Instant::now();
+    stalled
+        .write_all(&request("/endless", 1_000, "stalled-1"))
+        .await?;
+    let closed = internal.closed.clone();
+    postern_tests::relay_support::eventually(
+        "the internal server's connection closed",
+        Duration::from_secs(10),
+        || {
+            let closed = closed.clone();
+            async move { closed.load(Ordering::SeqCst) == 1 }
+        },
+    )
+    .await?;
+    ensure!(
+        started.elapsed() >= Duration::from_millis(1900),
+        "aborted after {:?}, before twice the call_timeout",
+        started.elapsed()
+    );
+    let mut next = session.open("orders").await?.into_stream();
+    next.write_all(&request("/next", 1_000, "next-1")).await?;
+    ensure!(
+        read_answer(&mut next).await? == 200,
+        "the next call did not get the place"
+    );
+    let logs = agent.logs.text();
+    let aborted: Vec<_> = logs
+        .lines()
+        .filter(|l| l.contains("call aborted: the relay took none of its answer"))
+        .collect();
+    ensure!(aborted.len() == 1, "{logs}");
+    ensure!(
+        aborted[0].contains("connection=orders") && aborted[0].contains("stalled-1"),
+        "{}",
+        aborted[0]
+    );
+    Ok(())
+}
+
+/// A caller that reads a long answer slowly but steadily is never cut, though the whole
+/// read takes several times the bound: each window the relay grants back resets it.
+/// (The relay grants half a window at a time: here 128 KiB every ~3 s, the bound 4 s.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_steady_reader_is_not_cut() -> Result<()> {
+    const READ: usize = 480 * 1024;
+    let internal = Streaming::start().await?;
+    let dir = TempDir::new("relay-bounds-slow")?;
+    let (_relay, agent, session) =
+        agent_on_hand_relay(&dir, WINDOW, &internal.connection(1)).await?;
+    let mut slow = session.open("orders").await?.into_stream();
+    slow.write_all(&request("/endless", 2_000, "slow-1"))
+        .await?;
+    let started = Instant::now();
+    let mut taken = 0;
+    let mut buf = vec![0u8; 8 * 1024];
+    while taken < READ {
+        let n = tokio::time::timeout(Duration::from_secs(10), slow.read(&mut buf))
+            .await
+            .context("the answer stopped")??;
+        ensure!(
+            n > 0,
+            "the answer was cut after {taken} bytes, {:?}",
+            started.elapsed()
+        );
+        taken += n;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    ensure!(
+        started.elapsed() > Duration::from_secs(8),
+        "read too fast to mean anything: {:?}",
+        started.elapsed()
+    );
+    ensure!(
+        internal.closed.load(Ordering::SeqCst) == 0,
+        "the call was cut"
+    );
+    ensure!(
+        !agent.logs.contains("call aborted"),
+        "{}",
+        agent.logs.text()
     );
     Ok(())
 }
