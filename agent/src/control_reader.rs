@@ -9,7 +9,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader, Take};
 use tokio::sync::mpsc;
 use tracing::warn;
 
-use crate::log_budget::LogBudget;
+use postern_logs::LogBudget;
 
 /// Lines a minute about the lines one session's relay sends and the agent ignores: the
 /// relay decides how many it sends, not how many lines the agent logs (as the relay's
@@ -35,7 +35,7 @@ pub(crate) async fn read_control<R: AsyncRead + Unpin>(
     mut reader: BufReader<Take<R>>,
     endings: mpsc::Sender<Ending>,
 ) {
-    let mut budget = LogBudget::per_minute(IGNORED_LOG_LINES);
+    let mut budget = LogBudget::per_minute(IGNORED_LOG_LINES, "about this session's messages");
     let mut line = Vec::new();
     loop {
         line.clear();

@@ -16,7 +16,7 @@
 //! - [`daemon`]: puts the call table, reloads, status socket and tunnel together.
 //! - [`tunnel`]: connect, authenticate, announce, serve; reconnect with backoff.
 //! - `control_reader`: the relay's control lines after its welcome, ignored ones logged
-//!   within `log_budget`, a few lines a minute per session.
+//!   within a `postern_logs::LogBudget`, a few lines a minute per session.
 //! - [`backoff`]: exponential backoff with full jitter.
 //! - [`relay_dial`]: the TCP connection to a relay, trying each of its addresses.
 //! - [`proxy`]: HTTP CONNECT to the relay through a corporate proxy.
@@ -33,7 +33,6 @@ pub mod connection_test;
 mod control_reader;
 pub mod daemon;
 pub mod jwt;
-mod log_budget;
 pub mod metrics;
 pub mod open_channels;
 pub mod proxy;
