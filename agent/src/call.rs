@@ -126,16 +126,20 @@ impl CallContext {
     }
 }
 
+/// The relay's request id of a call, `-` without one, for the lines about it.
+pub(crate) fn request_id(headers: &HeaderMap) -> Arc<str> {
+    headers
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-")
+        .into()
+}
+
 /// Runs one call; never fails (errors become JSON responses).
 pub async fn handle(ctx: Arc<CallContext>, request: Request<Incoming>) -> Response<CallBody> {
     let started = Instant::now();
     // Shared, not copied, with the answer's body, which logs it if the answer breaks off.
-    let request_id: Arc<str> = request
-        .headers()
-        .get(REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("-")
-        .into();
+    let request_id = request_id(request.headers());
     let method = request.method().clone();
     let mut unanswered = Unanswered {
         ctx: &ctx,

@@ -14,7 +14,7 @@ use hyper_util::rt::TokioIo;
 use postern_protocol::ErrorCode;
 use postern_protocol::channel_io::ChannelIo;
 use postern_protocol::headers::{
-    MAX_REQUEST_HEAD_BYTES, MAX_REQUEST_HEADER_LINES, REQUEST_HEADER_LINES_ADDED, REQUEST_ID,
+    MAX_REQUEST_HEAD_BYTES, MAX_REQUEST_HEADER_LINES, REQUEST_HEADER_LINES_ADDED,
 };
 use russh::Channel;
 use russh::client::Msg;
@@ -86,12 +86,7 @@ pub async fn serve(
         // caller it would keep (one that takes half a window per call_timeout) never meets it.
         let write_limit = call::relay_call_timeout(request.headers())
             .map_or(WRITE_LIMIT_UNSAID, |t| t.saturating_mul(2));
-        let request_id: Arc<str> = request
-            .headers()
-            .get(REQUEST_ID)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("-")
-            .into();
+        let request_id = call::request_id(request.headers());
         state.call_started(request_id, write_limit);
         let state = state.clone();
         async move {
