@@ -562,18 +562,26 @@ fn an_encrypted_key_is_added_with_its_passphrase() -> Result<()> {
     Ok(())
 }
 
-/// An exchange connection with settings `connection add` has no option for, each with a
-/// comment that must stay.
-fn exchange_connection() -> String {
-    "\n# the ERP, through the IdP\n[connections.erp]\nbase_uri = \"http://127.0.0.1:9/erp\"\n\
+/// A config in a new folder named by `tag`, holding an exchange connection `erp` with
+/// settings `connection add` has no option for, each with a comment that must stay, and
+/// its key `ec.pem`.
+fn exchange_config(tag: &str) -> Result<(TempDir, std::path::PathBuf)> {
+    let dir = TempDir::new(tag)?;
+    let (key, _) = postern_tests::pki::ec256(dir.path())?;
+    dir.write_private("ec.pem", &key)?;
+    let connection = "\n# the ERP, through the IdP\n[connections.erp]\nbase_uri = \"http://127.0.0.1:9/erp\"\n\
      rate_limit = { requests = 2, per = \"1s\", burst = 2 }\nmax_wait = \"1s\"  # callers retry\n\
      test = { path = \"/health\" }\n\
      [connections.erp.auth]\ntype = \"jwt_bearer\"\nalgorithm = \"ES256\"\n\
      private_key_file = \"ec.pem\"\nlifetime = \"5m\"\n\
      payload = { iss = \"postern\", jti = \"{{uuid}}\" }\n\
      # exchange settings, added by hand\n[connections.erp.auth.exchange]\n\
-     token_url = \"http://127.0.0.1:9/token\"\nparams = { scope = \"erp.read\" }\n"
-        .to_owned()
+     token_url = \"http://127.0.0.1:9/token\"\nparams = { scope = \"erp.read\" }\n";
+    let config = dir.write_private(
+        "agent.toml",
+        &offline_agent_config("127.0.0.1:1", connection),
+    )?;
+    Ok((dir, config))
 }
 
 /// `--replace` overwrites only what the command line sets: before 2026-12-07 it rebuilt
@@ -581,13 +589,7 @@ fn exchange_connection() -> String {
 /// and the whole exchange table, so the IdP's assertion went to the internal server.
 #[test]
 fn a_replace_keeps_the_settings_it_does_not_set_and_names_what_it_drops() -> Result<()> {
-    let dir = TempDir::new("cli-edit-replace")?;
-    let (key, _) = postern_tests::pki::ec256(dir.path())?;
-    dir.write_private("ec.pem", &key)?;
-    let config = dir.write_private(
-        "agent.toml",
-        &offline_agent_config("127.0.0.1:1", &exchange_connection()),
-    )?;
+    let (_dir, config) = exchange_config("cli-edit-replace")?;
     let replace = |extra: &[&str]| {
         let mut args = vec![
             "connection",
@@ -686,13 +688,7 @@ fn a_replace_keeps_the_settings_it_does_not_set_and_names_what_it_drops() -> Res
 /// base URI again). Adding a connection still needs one.
 #[test]
 fn a_replace_keeps_the_base_uri_when_none_is_given() -> Result<()> {
-    let dir = TempDir::new("cli-edit-replace-base")?;
-    let (key, _) = postern_tests::pki::ec256(dir.path())?;
-    dir.write_private("ec.pem", &key)?;
-    let config = dir.write_private(
-        "agent.toml",
-        &offline_agent_config("127.0.0.1:1", &exchange_connection()),
-    )?;
+    let (_dir, config) = exchange_config("cli-edit-replace-base")?;
     let args = [
         "connection",
         "add",
@@ -735,13 +731,7 @@ fn a_replace_keeps_the_base_uri_when_none_is_given() -> Result<()> {
 /// one in the command line's words, and the file is left as it was.
 #[test]
 fn a_replace_to_another_algorithm_family_asks_for_its_key() -> Result<()> {
-    let dir = TempDir::new("cli-edit-replace-family")?;
-    let (key, _) = postern_tests::pki::ec256(dir.path())?;
-    dir.write_private("ec.pem", &key)?;
-    let config = dir.write_private(
-        "agent.toml",
-        &offline_agent_config("127.0.0.1:1", &exchange_connection()),
-    )?;
+    let (_dir, config) = exchange_config("cli-edit-replace-family")?;
     let before = std::fs::read_to_string(&config)?;
     let out = agent_cli(
         &bins(),
