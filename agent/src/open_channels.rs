@@ -23,7 +23,9 @@ const CHANNEL_LOG_LINES: u32 = 10;
 /// at most its `max_calls_per_agent` busy, as many idle, and as many opens under way. The
 /// agent serves no more calls at once than its connections' `max_concurrent_calls`
 /// together (more get 429), so three times that, and [`MIN_CHANNELS`] at least, refuses
-/// no call the agent would have served.
+/// no call the agent would have served from a relay whose `max_calls_per_agent` is within
+/// a third of it (its default is); past that, idle channels can fill it, and the relay
+/// closes them when told `resource shortage`.
 pub fn cap(contexts: &Contexts) -> usize {
     let calls: usize = contexts
         .values()
