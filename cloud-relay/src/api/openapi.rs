@@ -259,6 +259,50 @@ mod tests {
         }
     }
 
+    /// Generated clients learn of the headers every answer has: `x-request-id` on each
+    /// response (and as a parameter to send), `x-postern-error` on each of postern's own
+    /// errors, `Retry-After` on a call's `rate_limited`.
+    #[test]
+    fn every_response_documents_its_headers() {
+        let doc = document();
+        let mut errors = 0;
+        for (path, operations) in doc["paths"].as_object().expect("paths") {
+            for (method, operation) in operations.as_object().expect("operations") {
+                let parameters = operation["parameters"].as_array().expect("parameters");
+                assert!(
+                    parameters.contains(
+                        &serde_json::json!({"$ref": "#/components/parameters/requestId"})
+                    ),
+                    "{method} {path} takes no x-request-id"
+                );
+                for (status, answer) in operation["responses"].as_object().expect("responses") {
+                    let headers = &answer["headers"];
+                    assert!(
+                        headers.get("X-Request-Id").is_some(),
+                        "{method} {path} {status}: no X-Request-Id"
+                    );
+                    let postern_error = answer["content"]["application/json"]["schema"]["$ref"]
+                        == "#/components/schemas/Error";
+                    errors += usize::from(postern_error);
+                    assert_eq!(
+                        headers.get("X-Postern-Error").is_some(),
+                        postern_error,
+                        "{method} {path} {status}: X-Postern-Error"
+                    );
+                    assert_eq!(
+                        headers.get("Retry-After").is_some(),
+                        status == "429" && path.contains("/http/"),
+                        "{method} {path} {status}: Retry-After"
+                    );
+                }
+            }
+        }
+        assert!(errors > 100, "only {errors} error answers");
+        for name in ["X-Request-Id", "X-Postern-Error", "Retry-After"] {
+            assert!(doc["components"]["headers"].get(name).is_some(), "{name}");
+        }
+    }
+
     /// The relay's router on a fresh store in `name`'s folder, and an admin key for it.
     fn relay(name: &str) -> (impl crate::api::Api, String, std::path::PathBuf) {
         let dir = std::env::temp_dir().join(format!("postern-{name}-{}", std::process::id()));
@@ -317,6 +361,10 @@ mod tests {
             };
             let response = ask(None).await.expect("answer");
             let status = response.status();
+            assert!(
+                response.headers().contains_key("x-request-id"),
+                "{method} {path} without a key: no x-request-id"
+            );
             let open = security.is_some_and(|s| s.as_array().is_some_and(Vec::is_empty));
             keyless += usize::from(open);
             assert_eq!(
@@ -330,6 +378,14 @@ mod tests {
             assert_eq!(
                 challenge(&response).as_deref(),
                 Some(r#"Bearer realm="postern""#),
+                "{method} {path} without a key"
+            );
+            assert_eq!(
+                response
+                    .headers()
+                    .get("x-postern-error")
+                    .map(|v| v.as_bytes()),
+                Some(&b"unauthorized"[..]),
                 "{method} {path} without a key"
             );
             let malformed = ask(Some("Bearer psk_nope")).await.expect("answer");
@@ -370,8 +426,14 @@ mod tests {
                 .header("x-big", big.as_str())
                 .body(Body::empty())
                 .expect("request");
-            let status = app.clone().oneshot(request).await.expect("answer").status();
-            assert_eq!(status, 431, "{method} {path}");
+            let response = app.clone().oneshot(request).await.expect("answer");
+            assert_eq!(response.status(), 431, "{method} {path}");
+            for header in ["x-request-id", "x-postern-error"] {
+                assert!(
+                    response.headers().contains_key(header),
+                    "{method} {path}: its 431 has no {header}"
+                );
+            }
         }
         for (path, operations) in doc["paths"].as_object().expect("paths") {
             for (method, operation) in operations.as_object().expect("operations") {
