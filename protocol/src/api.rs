@@ -45,7 +45,7 @@ pub struct AgentList {
 }
 
 /// What an API key may do: `admin` everything, `call` run calls and read agents.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ApiKeyScope {
     #[default]
@@ -65,6 +65,25 @@ impl ApiKeyScope {
 impl std::fmt::Display for ApiKeyScope {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// Read as a string, not as serde's enum: serde_json reports a `null` or a number where
+/// an enum belongs as a syntax error ("expected value"), which sent callers looking for a
+/// typo in valid JSON.
+impl<'de> Deserialize<'de> for ApiKeyScope {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Scope;
+        impl serde::de::Visitor<'_> for Scope {
+            type Value = ApiKeyScope;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("\"admin\" or \"call\" (left out: admin)")
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<ApiKeyScope, E> {
+                text.parse().map_err(E::custom)
+            }
+        }
+        deserializer.deserialize_str(Scope)
     }
 }
 
@@ -174,6 +193,35 @@ impl std::fmt::Debug for TokenRotated {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_scope_that_is_not_a_scope_is_a_wrong_value_not_a_syntax_error() {
+        let read = |text: &str| serde_json::from_str::<CreateApiKey>(text);
+        assert_eq!(
+            read(r#"{"name":"k"}"#).map(|k| k.scope).ok(),
+            Some(ApiKeyScope::Admin)
+        );
+        assert_eq!(
+            read(r#"{"name":"k","scope":"call"}"#).map(|k| k.scope).ok(),
+            Some(ApiKeyScope::Call)
+        );
+        for value in ["null", "1", "[]", r#""root""#, r#""Admin""#] {
+            let text = format!(r#"{{"name":"k","scope":{value}}}"#);
+            let Err(e) = read(&text) else {
+                panic!("{text} taken");
+            };
+            assert_eq!(
+                e.classify(),
+                serde_json::error::Category::Data,
+                "{text}: {e}"
+            );
+            let said = e.to_string();
+            assert!(
+                said.contains("admin") && said.contains("call"),
+                "{text}: {said}"
+            );
+        }
+    }
 
     #[test]
     fn debug_never_shows_the_secret_shown_once() {
