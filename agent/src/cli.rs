@@ -207,7 +207,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
         } => jwt::decode(&token, verify_with.as_deref()),
         Command::Jwt {
             command: JwtCommand::Sign { connection },
-        } => jwt::sign(&load(&path)?, &connection),
+        } => {
+            let (file, _) = config::ConfigFile::read_with_digest(&path)?;
+            jwt::sign(&load_one(&path, file, &connection)?, &connection)
+        }
         Command::Status { json } => status::status(&path, json),
         Command::Reload => status::reload(&path),
         Command::Service { command } => {
@@ -295,6 +298,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
             command: TokenCommand::Set { token_file },
         } => token_set::set_token(&path, token_file.as_deref()).map(|()| ExitCode::SUCCESS),
     }
+}
+
+/// The config `file` (read from `path`) with only connection `name` and the settings all
+/// share: another connection's secret, set only in the service's environment, must not
+/// stop a command about this one, nor its warnings be said again.
+pub(crate) fn load_one(
+    path: &std::path::Path,
+    mut file: config::ConfigFile,
+    name: &str,
+) -> Result<AgentConfig> {
+    file.connections.retain(|n, _| n == name);
+    let base = path.parent().unwrap_or(std::path::Path::new("."));
+    AgentConfig::resolve(file, base, &|var| std::env::var(var).ok())
+        .with_context(|| format!("loading {}", path.display()))
 }
 
 /// Loads the config; the error names the file once.

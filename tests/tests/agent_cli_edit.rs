@@ -483,8 +483,10 @@ fn a_folder_for_a_key_file_is_named_before_its_mode() -> Result<()> {
     Ok(())
 }
 
-/// A short HMAC secret is warned of with its connection's name, once per edit: before
-/// 2026-12-07 the warning named none, and an edit the config refused said it twice.
+/// A short HMAC secret is warned of with its connection's name, by the edit that writes it
+/// and by `config check`, not by commands about other connections: before 2026-12-07 the
+/// warning named none, an edit the config refused said it twice, and every edit or `jwt
+/// sign` said it again, of every connection.
 #[test]
 fn a_short_secret_is_warned_of_by_its_connection_once() -> Result<()> {
     let dir = TempDir::new("cli-edit-short")?;
@@ -495,14 +497,26 @@ fn a_short_secret_is_warned_of_by_its_connection_once() -> Result<()> {
     assert!(out.status.success(), "{}", output_text(&out));
     let warning = "connections.n7: auth.secret is 4 bytes, shorter than HS256's 32-byte hash";
     assert_eq!(stderr(&out).matches(warning).count(), 1, "{}", stderr(&out));
-    // An edit of another connection the config refuses: the warning once, not twice.
+    let said = |out: &std::process::Output| stderr(out).matches(warning).count();
+    // Edits of another connection, refused and taken, and a JWT signed for it: silent.
     let out = agent_cli(
         &bins(),
         &config,
         &["connection", "add", "x", "--base-uri", "127.0.0.1:8080"],
     )?;
     assert_exit(&out, 1, "has no scheme");
-    assert_eq!(stderr(&out).matches(warning).count(), 1, "{}", stderr(&out));
+    assert_eq!(said(&out), 0, "{}", stderr(&out));
+    dir.write_private("long.txt", &"k".repeat(32))?;
+    let long = ["--algorithm", "HS256", "--secret-file", "long.txt"];
+    let out = agent_cli(&bins(), &config, &add_jwt("n8", &long))?;
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert_eq!(said(&out), 0, "{}", stderr(&out));
+    let out = agent_cli(&bins(), &config, &["jwt", "sign", "--connection", "n8"])?;
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert_eq!(said(&out), 0, "{}", stderr(&out));
+    let out = agent_cli(&bins(), &config, &["config", "check"])?;
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert_eq!(said(&out), 1, "{}", stderr(&out));
     Ok(())
 }
 

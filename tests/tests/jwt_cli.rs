@@ -6,7 +6,9 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result, bail};
 use base64::Engine;
-use postern_tests::harness::{Bins, agent_cli, agent_command, offline_agent_config, stdout};
+use postern_tests::harness::{
+    Bins, agent_cli, agent_command, offline_agent_config, stderr, stdout,
+};
 use postern_tests::internal_server::{InternalServer, Verifier};
 use postern_tests::pki::{ec256, openssl, rsa_forms};
 use postern_tests::temp::TempDir;
@@ -285,6 +287,42 @@ const input = JSON.parse(require("fs").readFileSync(0, "utf8"));
         );
     }
     Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+/// `jwt sign` loads the connection it signs for, with the settings all share, as
+/// `connection test` does: before 2026-12-07 another connection's `secret_env`, set only in
+/// the service's environment, stopped it.
+#[test]
+fn jwt_sign_needs_only_its_own_connection() -> Result<()> {
+    let dir = TempDir::new("jwt-cli-one")?;
+    make_keys(&dir)?;
+    let unset = "POSTERN_TEST_NEVER_SET_4711";
+    let connections = format!(
+        "\n[connections.es]\nbase_uri = \"http://127.0.0.1:1/api\"\n[connections.es.auth]\ntype = \"jwt_bearer\"\nalgorithm = \"ES384\"\nprivate_key_file = \"ec384.pem\"\nlifetime = \"10m\"\n\n[connections.envy]\nbase_uri = \"http://127.0.0.1:1/api\"\n[connections.envy.auth]\ntype = \"jwt_bearer\"\nalgorithm = \"HS256\"\nsecret_env = \"{unset}\"\nlifetime = \"10m\"\n"
+    );
+    let config = dir.write_private(
+        "agent.toml",
+        &offline_agent_config("127.0.0.1:1", &connections),
+    )?;
+    let signed = agent_cli(&bins(), &config, &["jwt", "sign", "--connection", "es"])?;
+    assert!(signed.status.success(), "{}", stderr(&signed));
+    assert_eq!(
+        stdout(&signed).trim().split('.').count(),
+        3,
+        "{}",
+        stdout(&signed)
+    );
+    let envy = agent_cli(&bins(), &config, &["jwt", "sign", "--connection", "envy"])?;
+    assert!(!envy.status.success());
+    assert!(stderr(&envy).contains(unset), "{}", stderr(&envy));
+    let nope = agent_cli(&bins(), &config, &["jwt", "sign", "--connection", "nope"])?;
+    assert!(!nope.status.success());
+    assert!(
+        stderr(&nope).contains("no connection named \"nope\""),
+        "{}",
+        stderr(&nope)
+    );
+    Ok(())
 }
 
 #[test]

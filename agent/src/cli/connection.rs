@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 
 use super::out;
 use crate::call::CallContext;
-use crate::config::{AgentConfig, ConfigFile, shown};
+use crate::config::{ConfigFile, shown};
 use crate::connection_test;
 
 /// Lists from the file as written, so it needs no secret: a key the service's environment
@@ -66,13 +66,9 @@ pub(crate) fn test(path: &Path, name: &str, json: bool) -> Result<ExitCode> {
     })
 }
 
-/// Loads only the connection `name` (with the settings all share): another connection's
-/// secret, set only in the service's environment, must not stop this one's test.
-fn test_here(path: &Path, mut file: ConfigFile, name: &str) -> Result<connection_test::TestReport> {
-    file.connections.retain(|n, _| n == name);
-    let base = path.parent().unwrap_or(Path::new("."));
-    let config = AgentConfig::resolve(file, base, &|var| std::env::var(var).ok())
-        .with_context(|| format!("loading {}", path.display()))?;
+/// Runs the test here, on the config with only this connection ([`super::load_one`]).
+fn test_here(path: &Path, file: ConfigFile, name: &str) -> Result<connection_test::TestReport> {
+    let config = super::load_one(path, file, name)?;
     let conn = config
         .connection(name)
         .with_context(|| format!("no connection named {name:?} in the config"))?;

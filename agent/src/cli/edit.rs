@@ -151,10 +151,15 @@ pub(super) fn open(path: &Path) -> Result<Editing> {
 /// [`Destination`]) and returns the file written. An edit is refused for the problems it
 /// brings, not for those the config had before, nor for a secret from an environment
 /// variable this shell lacks: the service's environment (`secret_env`) is not an admin's
-/// shell. Those are named as not checked.
-pub(super) fn save(path: &Path, editing: &Editing) -> Result<PathBuf> {
+/// shell. Those are named as not checked. Warnings (a short secret, no `exp`) are said of
+/// the connection the edit `touched` only: the others' were said when they were written,
+/// and `run`, reloads and `config check` say them all.
+pub(super) fn save(path: &Path, editing: &Editing, touched: Option<&str>) -> Result<PathBuf> {
     let text = editing.doc.to_string();
-    if let Err(refused) = check(path, &editing.before, &text) {
+    if let Some(name) = touched {
+        let _ = problems(&only_connection(&editing.doc, name).to_string(), path);
+    }
+    if let Err(refused) = silently(|| check(path, &editing.before, &text)) {
         // A file that did not load before the edit either: the edit did not break it, and
         // the error (its line) is the file's, not the edited text's. (An edit that mends it,
         // such as removing the broken connection, is not refused.)
@@ -180,12 +185,7 @@ pub(super) fn check(path: &Path, before: &str, text: &str) -> Result<()> {
         .into_iter()
         .partition(|p| crate::config::is_unset_variable(p));
     if !after.is_empty() {
-        // Silent: its warnings (a short secret, no `exp`) were said by the edited text's.
-        let before =
-            tracing::subscriber::with_default(tracing::subscriber::NoSubscriber::default(), || {
-                problems(before, path)
-            })
-            .unwrap_or_default();
+        let before = problems(before, path).unwrap_or_default();
         let new: Vec<&str> = after
             .iter()
             .filter(|p| !before.contains(p))
@@ -209,6 +209,28 @@ pub(super) fn check(path: &Path, before: &str, text: &str) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Runs `f` with tracing's events dropped: what the config's loading warns of.
+fn silently<T>(f: impl FnOnce() -> T) -> T {
+    tracing::subscriber::with_default(tracing::subscriber::NoSubscriber::default(), f)
+}
+
+/// `doc` with only connection `name` of its `connections` (as `run` would load that one
+/// alone, with the settings all share).
+pub(super) fn only_connection(doc: &DocumentMut, name: &str) -> DocumentMut {
+    let mut one = doc.clone();
+    if let Some(table) = one.get_mut("connections").and_then(Item::as_table_like_mut) {
+        let others: Vec<String> = table
+            .iter()
+            .map(|(key, _)| key.to_owned())
+            .filter(|key| key != name)
+            .collect();
+        for other in others {
+            table.remove(&other);
+        }
+    }
+    one
 }
 
 /// What `run` would refuse in `text`, the content of `path`, one line each (a file its
@@ -416,7 +438,7 @@ pub(crate) fn add(path: &Path, new: NewConnection) -> Result<()> {
     let replaced = old.is_some();
     let (table, changes) = edit_table::build(old, &new, headers, payload)?;
     connections[&new.name] = Item::Table(table);
-    let file = save(path, &editing)?;
+    let file = save(path, &editing, Some(&new.name))?;
     let file = written(path, &file);
     out::stdout(|out| {
         if !replaced {
@@ -470,7 +492,7 @@ pub(crate) fn remove(path: &Path, name: &str) -> Result<()> {
         bail!("no connection {name:?} in {}", path.display());
     };
     super::remove_comments::keep_loose_comments(&mut editing.doc, &removed);
-    let file = save(path, &editing)?;
+    let file = save(path, &editing, None)?;
     let file = written(path, &file);
     out::stdout(|out| writeln!(out, "connection {name:?} removed from {file}"))?;
     Ok(())

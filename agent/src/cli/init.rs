@@ -181,19 +181,9 @@ fn problems_alone(
     connections: &Item,
     name: &str,
 ) -> (Vec<String>, Vec<String>) {
-    let mut one = connections.clone();
-    if let Some(table) = one.as_table_like_mut() {
-        let others: Vec<String> = table
-            .iter()
-            .map(|(key, _)| key.to_owned())
-            .filter(|key| key != name)
-            .collect();
-        for other in others {
-            table.remove(&other);
-        }
-    }
     let mut with = doc.clone();
-    with["connections"] = one;
+    with["connections"] = connections.clone();
+    let with = super::edit::only_connection(&with, name);
     match super::edit::problems(&with.to_string(), path) {
         Ok(found) => found
             .into_iter()

@@ -56,7 +56,7 @@ pub(crate) fn set_token(path: &Path, token_file: Option<&Path>) -> Result<()> {
         }
         None => doc["token"] = value(token.expose()),
     }
-    let file = save(path, &editing)?;
+    let file = save(path, &editing, None)?;
     let file = written(path, &file);
     out::stdout(|out| writeln!(out, "token updated in {file}; {next_step}"))?;
     Ok(())
