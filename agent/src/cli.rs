@@ -317,9 +317,10 @@ pub(crate) fn load_one(
 /// Loads the config; the error names the file once.
 pub(crate) fn load(path: &std::path::Path) -> Result<AgentConfig> {
     AgentConfig::load(path).map_err(|e| match e {
-        ConfigError::Read { .. } | ConfigError::Parse { .. } | ConfigError::Permissions { .. } => {
-            anyhow::Error::new(e)
-        }
+        ConfigError::Read { .. }
+        | ConfigError::ConfigPath(_)
+        | ConfigError::Parse { .. }
+        | ConfigError::Permissions { .. } => anyhow::Error::new(e),
         ConfigError::Invalid(_) | ConfigError::Problems(_) => {
             anyhow::Error::new(e).context(format!("loading {}", path.display()))
         }

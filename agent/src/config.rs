@@ -102,6 +102,9 @@ pub enum ConfigError {
         path: PathBuf,
         error: std::io::Error,
     },
+    /// `--config` names a folder or nothing: the path is what is wrong, not a file.
+    #[error("{0}")]
+    ConfigPath(String),
     #[error("{path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error(
@@ -148,9 +151,14 @@ impl ConfigFile {
 
     /// `read`, and the [`file_digest`] of the bytes it parsed.
     pub fn read_with_digest(path: &Path) -> Result<(Self, String), ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
-            path: path.to_owned(),
-            error,
+        let text = std::fs::read_to_string(path).map_err(|error| {
+            match config_path_problem(path, &error) {
+                Some(problem) => ConfigError::ConfigPath(problem),
+                None => ConfigError::Read {
+                    path: path.to_owned(),
+                    error,
+                },
+            }
         })?;
         check_private(path)?;
         let file = ConfigFile::parse(&text).map_err(|e| ConfigError::Parse {
@@ -159,6 +167,30 @@ impl ConfigFile {
         })?;
         Ok((file, file_digest(text.as_bytes())))
     }
+}
+
+/// What is wrong with the `--config` path itself, when reading it failed with `error`: a
+/// folder (`/etc/postern` for `/etc/postern/agent.toml`, a common slip) or nothing there.
+/// `None` for other failures (permissions, I/O), said as they are.
+pub fn config_path_problem(path: &Path, error: &std::io::Error) -> Option<String> {
+    match error.kind() {
+        std::io::ErrorKind::IsADirectory => Some(a_folder(path)),
+        std::io::ErrorKind::NotFound => Some(format!(
+            "{} does not exist: pass the agent's config with --config FILE (or \
+             POSTERN_CONFIG), or write one with `postern init`",
+            path.display()
+        )),
+        _ => None,
+    }
+}
+
+/// `--config` naming a folder, said with the file path meant.
+pub fn a_folder(path: &Path) -> String {
+    format!(
+        "{} is a folder: --config takes the config file's path (such as {})",
+        path.display(),
+        path.join("agent.toml").display()
+    )
 }
 
 /// What is wrong with a relay address, if anything: it must be `HOST:PORT` (an IPv6

@@ -311,6 +311,32 @@ fn a_folder_given_as_the_config_is_named_as_such() -> Result<()> {
         0,
         "nothing was written"
     );
+    // The commands that only read it say the same, and a missing file is named as missing
+    // (before 2026-12-07 they said "cannot read …: Is a directory", and `status` then sent
+    // the reader to `config check`, which said the same).
+    let missing = dir.path().join("nope.toml");
+    for (config, said) in [
+        (
+            &folder,
+            "is a folder: --config takes the config file's path",
+        ),
+        (
+            &missing,
+            "nope.toml does not exist: pass the agent's config with --config FILE",
+        ),
+    ] {
+        for args in [
+            &["config", "check"][..],
+            &["status"],
+            &["jwt", "sign", "--connection", "o"],
+            &["connection", "test", "o"],
+            &["connection", "list"],
+        ] {
+            let out = agent_cli(&bins(), config, args)?;
+            assert!(!out.status.success(), "{args:?}: {}", output_text(&out));
+            assert!(stderr(&out).contains(said), "{args:?}: {}", stderr(&out));
+        }
+    }
     Ok(())
 }
 

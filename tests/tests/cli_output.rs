@@ -157,7 +157,7 @@ fn load_errors_name_the_file_once() -> Result<()> {
     for (path, what, times) in [
         (&syntax, "TOML parse error", 1),
         (&loose, "chmod 600", 2),
-        (&missing, "cannot read", 1),
+        (&missing, "does not exist", 1),
         (&problems, "relay_fingerprint", 1),
     ] {
         let name = path.to_string_lossy();

@@ -185,9 +185,5 @@ pub(super) fn user(uid: u32) -> String {
 
 /// `--config` naming a folder (`/etc/postern` for `/etc/postern/agent.toml`), a common slip.
 pub(super) fn a_folder(path: &Path) -> anyhow::Error {
-    anyhow::anyhow!(
-        "{} is a folder: --config takes the config file's path (such as {}); nothing was written",
-        path.display(),
-        path.join("agent.toml").display()
-    )
+    anyhow::anyhow!("{}; nothing was written", crate::config::a_folder(path))
 }

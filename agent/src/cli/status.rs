@@ -19,19 +19,13 @@ use postern_logs::printable;
 fn socket_of(config_path: &Path) -> Result<std::path::PathBuf, String> {
     // Only the socket path is needed: no secrets are read.
     let text = std::fs::read_to_string(config_path).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            // No file, so no "last good config" of it either: the path is what is wrong.
-            format!(
-                "{} does not exist: pass the agent's config with --config FILE (or \
-                 POSTERN_CONFIG), or write one with `postern init`",
-                config_path.display()
-            )
-        } else {
+        // No file there, so no "last good config" of it either: the path is what is wrong.
+        config::config_path_problem(config_path, &e).unwrap_or_else(|| {
             format!(
                 "cannot read {}: {e}\n({UNREADABLE_HINT})",
                 config_path.display()
             )
-        }
+        })
     })?;
     let file = ConfigFile::parse(&text).map_err(|e| {
         format!(
