@@ -322,7 +322,12 @@ impl ParseError {
     }
 
     fn at(message: &str, span: Option<std::ops::Range<usize>>, text: &str) -> Self {
-        let message = without_values(message.trim_end());
+        let mut message = without_values(message.trim_end());
+        if let Some(key) = top_level_key_in_a_table(&message) {
+            message.push_str(&format!(
+                "; `{key}` is a top-level setting, and TOML takes a key written after a [table] header as that table's: move it above the first [table] header"
+            ));
+        }
         let start = span.map(|span| span.start);
         let key = start.and_then(|start| key_of_value_at(text, start));
         Self {
@@ -365,6 +370,27 @@ fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
 
 /// serde's `invalid type: integer `12345`, expected a string` quotes the value it got,
 /// which may be a token or secret typed as the wrong type: keep only the value's kind.
+/// The config's own top-level keys but `connections`, as `ConfigFile` names them.
+const TOP_LEVEL_KEYS: [&str; 8] = [
+    "relay",
+    "proxy",
+    "status_socket",
+    "metrics_listen",
+    "relay_fingerprint",
+    "token",
+    "token_file",
+    "token_env",
+];
+
+/// A top-level key serde found unknown: written (appended by hand, as a README line
+/// suggests) after a `[connections.….auth]` header, it landed in that table, whose own
+/// keys the message lists.
+fn top_level_key_in_a_table(message: &str) -> Option<&'static str> {
+    let unknown = message.strip_prefix("unknown field `")?;
+    let key = &unknown[..unknown.find('`')?];
+    TOP_LEVEL_KEYS.into_iter().find(|k| *k == key)
+}
+
 fn without_values(message: &str) -> String {
     let Some((prefix, rest)) = ["invalid type: ", "invalid value: "]
         .iter()
@@ -438,6 +464,41 @@ impl ConfigFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_top_level_key_written_in_a_table_is_said_to_belong_above_it() {
+        let head = "relay = \"r:1\"\nrelay_fingerprint = \"x\"\ntoken = \"t\"\n\
+            [connections.erp]\nbase_uri = \"https://h\"\n[connections.erp.auth]\ntype = \"none\"\n";
+        for key in TOP_LEVEL_KEYS {
+            let text = format!("{head}{key} = \"v\"\n");
+            let Err(e) = ConfigFile::parse(&text) else {
+                panic!("{key} taken in the auth table");
+            };
+            let said = e.to_string();
+            assert!(
+                said.contains(&format!("`{key}` is a top-level setting")),
+                "{key}: {said}"
+            );
+        }
+        let Err(e) = ConfigFile::parse(&format!("{head}bogus = 1\n")) else {
+            panic!("bogus taken");
+        };
+        assert!(!e.to_string().contains("top-level"), "{e}");
+        // The list is the file's: serde names every top-level key of an unknown one.
+        let Err(e) = ConfigFile::parse("bogus = 1\n") else {
+            panic!("bogus taken");
+        };
+        let said = e.to_string();
+        let mut listed: Vec<&str> = said
+            .split_once("expected one of ")
+            .map(|(_, list)| list.split('`').skip(1).step_by(2).collect())
+            .unwrap_or_default();
+        let mut expected = TOP_LEVEL_KEYS.to_vec();
+        expected.push("connections");
+        listed.sort_unstable();
+        expected.sort_unstable();
+        assert_eq!(listed, expected, "{said}");
+    }
 
     #[test]
     fn named_files_are_every_file_the_config_names_from_its_folder() {
