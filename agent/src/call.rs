@@ -2,6 +2,7 @@
 //! bearer token, send it with reqwest (once more on a stale token's 401), stream the answer.
 
 mod idle_timeout;
+mod location;
 pub mod rate_limit;
 mod replay;
 mod request_limits;
@@ -297,9 +298,17 @@ async fn run(ctx: &CallContext, request: Request<Incoming>) -> Result<Response<C
         (ErrorCode::PathRejected, format!("{e}: {shown:?}"))
     })?;
     request_limits::url_fits(&url)?;
+    let call_path = path_and_query
+        .split_once('?')
+        .map_or(path_and_query, |(path, _)| path)
+        .to_owned();
     let (mut parts, body) = request.into_parts();
     // Taken off first: the relay's word, not the caller's headers.
     let wait = Wait::for_call(conn, &mut parts.headers);
+    let bare = parts
+        .headers
+        .remove(postern_protocol::headers::BARE_CALL)
+        .is_some();
     let declared = parts
         .headers
         .get(CONTENT_LENGTH)
@@ -402,6 +411,15 @@ async fn run(ctx: &CallContext, request: Request<Incoming>) -> Result<Response<C
         }
     }
     postern_protocol::headers::strip_hop_by_hop(&mut upstream_headers);
+    location::point_back(
+        &mut upstream_headers,
+        location::Called {
+            internal: &url,
+            base: &conn.base_uri,
+            path: &call_path,
+            bare,
+        },
+    );
     // The header marks postern's own errors; an internal server must not be able to fake one.
     upstream_headers.remove(POSTERN_ERROR);
     // Past this the relay could not read the head, and the caller would get only a tunnel error.

@@ -13,6 +13,11 @@ pub const CALL_TIMEOUT: &str = "x-postern-call-timeout";
 /// holding the stable error code, so a caller can tell the two apart.
 pub const POSTERN_ERROR: &str = "x-postern-error";
 
+/// Set (to `1`) by the relay on a call to the bare `.../http`, which it forwards as `/`
+/// as it does `.../http/` (any the caller sent is dropped). The agent takes it off: it
+/// needs to know which the caller named to point a `Location` back at the call route.
+pub const BARE_CALL: &str = "x-postern-bare-call";
+
 /// Header lines the relay reads in the head of an agent's answer: hyper's default, which
 /// its channel client keeps. The agent reads no more from an internal server either, and
 /// refuses an answer it could not pass on whole (see `ANSWER_HEADER_LINES_ADDED`).
@@ -26,10 +31,10 @@ pub const ANSWER_HEADER_LINES_ADDED: usize = 2;
 pub const MAX_REQUEST_HEADER_LINES: usize = 100;
 
 /// Lines the relay may add to a request's head on its way to the agent: `host`,
-/// `x-request-id`, `x-postern-call-timeout`, and `transfer-encoding` for a body without a
-/// length. The agent reads that many more, or a caller's head at the relay's limit would
-/// get a bare 431 from the agent.
-pub const REQUEST_HEADER_LINES_ADDED: usize = 4;
+/// `x-request-id`, `x-postern-call-timeout`, `x-postern-bare-call`, and `transfer-encoding`
+/// for a body without a length. The agent reads that many more, or a caller's head at the
+/// relay's limit would get a bare 431 from the agent.
+pub const REQUEST_HEADER_LINES_ADDED: usize = 5;
 
 /// The largest request head the relay can be set to read (`max_header_bytes`).
 pub const MAX_REQUEST_HEAD_BYTES: usize = 1024 * 1024;

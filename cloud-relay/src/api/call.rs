@@ -8,7 +8,7 @@ use axum::extract::{Request, State};
 use axum::response::Response;
 use http::header::{AUTHORIZATION, TRANSFER_ENCODING};
 use http::{HeaderValue, Uri};
-use postern_protocol::headers::{CALL_TIMEOUT, POSTERN_ERROR, REQUEST_ID};
+use postern_protocol::headers::{BARE_CALL, CALL_TIMEOUT, POSTERN_ERROR, REQUEST_ID};
 use postern_protocol::upload_progress::{Progress, Tracked, within};
 use postern_protocol::{ConnectionName, ErrorCode};
 use tracing::{Instrument, info, info_span, warn};
@@ -159,6 +159,10 @@ async fn forward(
         headers.insert(REQUEST_ID, value);
     }
     headers.insert(CALL_TIMEOUT, ctx.call_timeout_header.clone());
+    headers.remove(BARE_CALL);
+    if is_bare(&parts.uri) {
+        headers.insert(BARE_CALL, HeaderValue::from_static("1"));
+    }
     let counter = ctx.clone();
     let counted = http_body_util::BodyExt::map_frame(body, move |frame| {
         if let Some(data) = frame.data_ref() {
@@ -426,6 +430,12 @@ fn names(uri: &Uri) -> (String, String) {
     (decoded(), decoded())
 }
 
+/// Whether the call names the bare `.../http`, with no `/` after it: forwarded as `/`,
+/// as `.../http/` is, but a relative `Location` resolves against another directory.
+fn is_bare(original: &Uri) -> bool {
+    original.path().splitn(8, '/').nth(7).is_none()
+}
+
 /// `/<rest of the path>?<query>`, keeping the caller's percent-encoding exactly, so
 /// the agent judges the path as it was sent.
 fn upstream_uri(original: &Uri) -> Result<Uri, ApiError> {
@@ -467,5 +477,11 @@ mod tests {
         assert_eq!(uri.to_string(), "/v2/x%2Fy?since=1&b=%20");
         let bare: Uri = "/v1/agents/a/connections/orders/http".parse().expect("uri");
         assert_eq!(upstream_uri(&bare).expect("uri").to_string(), "/");
+        assert!(is_bare(&bare));
+        let slash: Uri = "/v1/agents/a/connections/orders/http/?q"
+            .parse()
+            .expect("uri");
+        assert_eq!(upstream_uri(&slash).expect("uri").to_string(), "/?q");
+        assert!(!is_bare(&slash) && !is_bare(&original));
     }
 }
