@@ -637,6 +637,36 @@ impl Session {
         Ok(())
     }
 
+    /// postern patch 15: a disconnect asked for through the [`Handle`] while a handler call
+    /// was under way, taken when that call fails. The handler's authentication callbacks
+    /// cannot reach the session, and the loop takes no message while one runs: a relay
+    /// that ends a login for its own trouble can only fail the call, and its words would be
+    /// lost with the messages still queued. What else is queued goes with the session
+    /// (looked through up to a bound: other tasks may go on queueing).
+    fn take_queued_disconnect(&mut self) {
+        if self.common.disconnected {
+            return;
+        }
+        for _ in 0..4096 {
+            let msg = match self.priority_receiver.try_recv() {
+                Ok(msg) => msg,
+                Err(_) => match self.receiver.try_recv() {
+                    Ok(msg) => msg,
+                    Err(_) => return,
+                },
+            };
+            if let Msg::Disconnect {
+                reason,
+                description,
+                language_tag,
+            } = msg
+            {
+                let _ = self.common.disconnect(reason, &description, &language_tag);
+                return;
+            }
+        }
+    }
+
     pub(crate) async fn run<H, R>(
         mut self,
         mut stream: SshRead<R>,
@@ -755,7 +785,9 @@ impl Session {
                                 Ok(_) => {},
                                 Err(e) => {
                                     // postern patch: a DISCONNECT queued before the error
-                                    // (data beyond the window) goes out (POSTERN-PATCH.md, item 7).
+                                    // (data beyond the window) goes out (POSTERN-PATCH.md, item 7),
+                                    // or one the application asked for while the handler ran (15).
+                                    self.take_queued_disconnect();
                                     self.common.write_disconnect(&mut stream_write).await;
                                     return Err(e)
                                 }
