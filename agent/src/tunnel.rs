@@ -65,8 +65,10 @@ pub enum TunnelError {
         "the relay's host key does not match the pinned fingerprint: expected {expected}, relay showed {found}. Refusing to send the token. If the relay's key really changed, set relay_fingerprint to the new value from `postern-relay fingerprint`"
     )]
     FingerprintMismatch { expected: String, found: String },
+    /// The relay's own trouble (its store) and an agent with all its connections end the
+    /// login with the relay's words instead ([`TunnelError::SessionLost`]).
     #[error(
-        "the relay refused the access token (unknown, revoked or rotated, or the relay could not check it: its log says which): ask the relay's admin"
+        "the relay refused the access token (unknown, revoked or rotated: its log says which): ask the relay's admin"
     )]
     TokenRefused,
     #[error("the relay refused the reverse forward: {0}")]
@@ -600,7 +602,8 @@ async fn establish(
         .await
     {
         Ok(auth) => auth,
-        // The session ended before the relay answered (russh patch 14): no refusal.
+        // The session ended before the relay answered (russh patch 14): no refusal. The
+        // relay's own trouble during the login ends it so, with its words.
         Err(e) => {
             return Err(
                 ended_under(&handle, shared, "during authentication").unwrap_or_else(|| {

@@ -14,6 +14,7 @@
 //! - [`lookups`]: the per-call API key and agent lookups, cached until the store changes.
 //! - [`registry`]: the live agent sessions, one per agent.
 //! - [`ssh_server`]: accepting agent connections and their russh handler.
+//! - [`login_end`]: a login ended with the relay's own reason rather than refused.
 //! - [`control`]: the hello/welcome exchange that brings an agent online.
 //! - [`channel_pool`]: HTTP/1.1 connections that are SSH channels to an agent, kept for reuse.
 //! - [`idle_channels`]: closes pooled channels left idle too long.
@@ -41,6 +42,7 @@ pub mod host_key;
 pub mod idle_channels;
 pub mod keyed_slots;
 pub mod lingering_close;
+pub mod login_end;
 pub mod lookups;
 pub mod metrics;
 pub mod registry;

@@ -21,6 +21,7 @@ use crate::context::MAX_CONNECTIONS_PER_AGENT;
 use crate::context::RelayContext;
 use crate::control::ControlChannel;
 use crate::keyed_slots::KeyedSlot;
+use crate::login_end::{AGENT_BUSY, LoginEnd, STORE_UNAVAILABLE};
 use crate::registry::ClosingReason;
 use crate::server::{AcceptErrors, accept_next};
 use crate::store::{AgentRecord, Login, unix_now};
@@ -185,11 +186,11 @@ enum Stage {
     /// Refused without counting (a former token): silence until the timeout still
     /// counts as a failed login.
     Uncounted,
-    /// Refused and counted as a guess, or refused for the relay's own trouble (its store):
+    /// Refused and counted as a guess, or ended for the relay's own trouble (its store):
     /// silence until the timeout adds nothing.
     Settled,
-    /// Refused for its agent's connections (`agent_busy`): silence until the timeout,
-    /// holding its places, counts towards the hang-ups' ceiling as well.
+    /// Ended for its agent's connections (`agent_busy`), at the timeout: unanswered until
+    /// then, holding its places, it counts towards the hang-ups' ceiling as well.
     Busy,
 }
 
@@ -257,6 +258,7 @@ async fn run_connection(
     let authenticated = CancellationToken::new();
     let hello_answered = CancellationToken::new();
     let welcome_sent = CancellationToken::new();
+    let login_end = Arc::new(LoginEnd::default());
     let handler = AgentHandler {
         ctx: ctx.clone(),
         peer,
@@ -271,6 +273,7 @@ async fn run_connection(
         authenticated: authenticated.clone(),
         hello_answered: hello_answered.clone(),
         welcome_sent: welcome_sent.clone(),
+        login_end: login_end.clone(),
         connection_slot: None,
     };
     let auth_deadline = tokio::time::Instant::now() + AUTH_TIMEOUT;
@@ -322,6 +325,8 @@ async fn run_connection(
             _ = ctx.shutdown.cancelled() => {
                 closing_reason.set("relay shutting down");
                 disconnect("relay shutting down").await;
+                // A handler holding a login back lets it go, so russh writes this one.
+                login_end.sent();
                 // The disconnect is only queued; the process must not end before it is written.
                 let _ = tokio::time::timeout(DISCONNECT_WRITE_LIMIT, &mut running).await;
                 break "relay shutting down".to_owned();
@@ -341,6 +346,20 @@ async fn run_connection(
                     break why.to_owned();
                 }
             }
+            _ = login_end.asked(), if auth_pending => {
+                // The handler counted and logged it; the agent is told why, and the
+                // connection goes at once (its silence is no peer's).
+                let pending = take_pre_auth(&pre_auth);
+                if let Some(why) = login_end.reason() {
+                    disconnect(why).await;
+                    login_end.sent();
+                    let _ = tokio::time::timeout(DISCONNECT_WRITE_LIMIT, &mut running).await;
+                }
+                if let Some(pending) = pending {
+                    let _ = pending.closer.shutdown(std::net::Shutdown::Both);
+                }
+                return;
+            }
             _ = tokio::time::sleep_until(auth_deadline), if auth_pending => {
                 auth_pending = false;
                 // Whoever takes the slot decides: a login that succeeds takes it first,
@@ -351,6 +370,17 @@ async fn run_connection(
                         Stage::Waiting | Stage::Uncounted => silent_failure(&ctx, peer),
                         Stage::Busy if told_apart(peer.ip()) => ctx.throttle.hangup(peer.ip()),
                         Stage::Busy | Stage::Settled => {}
+                    }
+                    // A login the handler left unanswered for the relay's reason (an agent
+                    // with all its connections) is told that reason: the handler fails the
+                    // login once the disconnect is queued, and russh writes it (patch 15).
+                    if let Some(why) = login_end.reason() {
+                        info!(peer = %peer, reason = why, "login ended at the authentication timeout");
+                        disconnect(why).await;
+                        login_end.sent();
+                        let _ = tokio::time::timeout(DISCONNECT_WRITE_LIMIT, &mut running).await;
+                        let _ = pending.closer.shutdown(std::net::Shutdown::Both);
+                        return;
                     }
                     info!(peer = %peer, "not authenticated within the authentication timeout; closed");
                     disconnect("authentication timeout").await;
@@ -422,6 +452,8 @@ struct AgentHandler {
     hello_answered: CancellationToken,
     /// Cancelled by the control channel as it starts writing the welcome.
     welcome_sent: CancellationToken,
+    /// A login ended with the relay's reason rather than refused.
+    login_end: Arc<LoginEnd>,
     /// This connection's place among its agent's, from its login to its end.
     connection_slot: Option<KeyedSlot<String>>,
 }
@@ -620,7 +652,9 @@ impl russh::server::Handler for AgentHandler {
                         self.ctx.throttle.hangup(self.peer.ip());
                     }
                     warn!(peer = %self.peer, agent = %agent.name, "agent has {MAX_CONNECTIONS_PER_AGENT} connections already; login refused");
-                    return Ok(Auth::reject());
+                    // Unanswered until the timeout, where the loop says why: a refusal
+                    // would read as a bad token to the agent.
+                    return Err(self.login_end.end(AGENT_BUSY, false).await);
                 };
                 let Some(pre_auth) = take_pre_auth(&self.pre_auth) else {
                     info!(peer = %self.peer, agent = %agent.name, "login answered after the authentication timeout closed its connection; refused");
@@ -652,7 +686,9 @@ impl russh::server::Handler for AgentHandler {
                 self.stage(Stage::Settled);
                 self.ctx.metrics.auth_failed("store_unavailable");
                 warn!(error = %e, "store unavailable during authentication");
-                Ok(Auth::reject())
+                // Not a refusal, which the agent would take for a bad token and wait long
+                // after: the session ends with the reason, and the agent retries as usual.
+                Err(self.login_end.end(STORE_UNAVAILABLE, true).await)
             }
         }
     }

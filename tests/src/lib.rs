@@ -7,6 +7,7 @@
 //! - [`netns`]: a cloud and an on-prem network namespace behind a real firewall.
 //! - [`harness`]: starts the real relay and agent binaries on loopback and waits until ready.
 //! - [`hand_relay`]: a relay driven by hand, for what the agent does when its relay misbehaves.
+//! - [`store_reads`]: a running relay's store whose reads fail for a while.
 //! - [`temp`]: throwaway folders removed on drop.
 
 pub mod hand_relay;
@@ -17,5 +18,6 @@ pub mod netns;
 pub mod paced_body;
 pub mod pki;
 pub mod relay_support;
+pub mod store_reads;
 pub mod temp;
 pub mod token_endpoint;

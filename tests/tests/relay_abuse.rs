@@ -744,16 +744,27 @@ async fn eight_connections(
 }
 
 /// A token buys at most eight connections at once (logged in, or still to say hello): a
-/// ninth login is refused, and counted, until one of them ends.
+/// ninth login is not let in, and counted, until one of them ends. It is left unanswered
+/// and ended at the authentication timeout (see the next test), neither accepted nor refused.
 #[tokio::test(flavor = "multi_thread")]
 async fn one_token_holds_at_most_eight_connections() -> Result<()> {
     let w = RelayWorld::start(postern_tests::bins!()).await?;
     let (token, mut held) = eight_connections(&w).await?;
-    let (_ninth, accepted) = postern_tests::relay_support::ssh_login(w.relay.ssh, &token).await?;
-    assert!(!accepted, "a ninth connection of one agent was let in");
+    let relay = w.relay.ssh;
+    let ninth_token = token.clone();
+    let ninth = tokio::spawn(async move {
+        postern_tests::relay_support::ssh_login(relay, &ninth_token)
+            .await
+            .map(|(_, accepted)| accepted)
+    });
     w.relay
         .logs
         .wait_for("agent has 8 connections already", Duration::from_secs(5))?;
+    let ninth = tokio::time::timeout(CLOSED_WITHIN, ninth).await??;
+    assert!(
+        ninth.is_err(),
+        "a ninth connection of one agent was answered (accepted: {ninth:?})"
+    );
     let metrics = scrape(&w.admin).await?;
     assert_eq!(
         sample(
@@ -770,40 +781,43 @@ async fn one_token_holds_at_most_eight_connections() -> Result<()> {
             .1
     );
 
-    // One ends: its place comes back.
+    // One ends: its place comes back. A login that came before the relay saw the end is
+    // held to the timeout: given up on after a second, and tried again.
     drop(held.pop());
     eventually("a place comes back", Duration::from_secs(5), || {
         let token = token.clone();
         let relay = w.relay.ssh;
         async move {
-            postern_tests::relay_support::ssh_login(relay, &token)
+            let login = postern_tests::relay_support::ssh_login(relay, &token);
+            tokio::time::timeout(Duration::from_secs(1), login)
                 .await
-                .is_ok_and(|(_, accepted)| accepted)
+                .is_ok_and(|login| login.is_ok_and(|(_, accepted)| accepted))
         }
     })
     .await?;
     Ok(())
 }
 
-/// A peer that stays after its login was refused (russh's client hangs up by itself):
-/// logs in with `argv[3]` at `argv[1]:argv[2]`, then prints how long the relay kept the
-/// connection, at most 20 s.
+/// A peer that stays after its login was refused or left unanswered (russh's client hangs
+/// up by itself after a refusal): logs in with `argv[3]` at `argv[1]:argv[2]`, then prints
+/// how long the relay kept the connection from the login on, at most 20 s.
 const STAY_AFTER_REFUSAL: &str = r#"
 import sys, time, paramiko
 t = paramiko.Transport((sys.argv[1], int(sys.argv[2])))
 t.start_client(timeout=10)
+start = time.monotonic()
 try:
     t.auth_password("postern-agent", sys.argv[3])
     print("accepted", flush=True)
-except paramiko.AuthenticationException:
-    start = time.monotonic()
+except (paramiko.SSHException, EOFError):
     while t.is_active() and time.monotonic() - start < 20:
         time.sleep(0.1)
     print("refused, kept %.1f" % (time.monotonic() - start), flush=True)
 "#;
 
-/// A login refused as `agent_busy` leaves a connection that has not logged in: the
-/// authentication timeout still closes it, though its peer answers every keepalive.
+/// A login held as `agent_busy` is a connection that has not logged in: the authentication
+/// timeout still closes it (with the reason, where it was closed unsaid), though its peer
+/// answers every keepalive.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_connection_refused_as_agent_busy_is_closed_by_the_authentication_timeout() -> Result<()>
 {
@@ -825,10 +839,37 @@ async fn a_connection_refused_as_agent_busy_is_closed_by_the_authentication_time
         .and_then(|s| s.parse().ok())
         .with_context(|| format!("{said}{}", String::from_utf8_lossy(&out.stderr)))?;
     assert!(kept < 14.0, "the refused connection was kept {kept} s");
+    // Its places are held until the timeout, not given back at once.
+    assert!(kept >= 9.0, "the busy connection was closed after {kept} s");
     w.relay.logs.wait_for(
-        "not authenticated within the authentication timeout; closed",
+        "login ended at the authentication timeout",
         Duration::from_secs(5),
     )?;
     drop(held);
+    Ok(())
+}
+
+/// The real agent, its token holding all eight connections, is told why at the relay's
+/// authentication timeout: it logs the relay's reason, not a refused token, and does not
+/// back off as for one.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_with_all_its_connections_is_told_why() -> Result<()> {
+    let w = RelayWorld::start(postern_tests::bins!()).await?;
+    let (token, held) = eight_connections(&w).await?;
+    let mut agent = w.start_agent(&token)?;
+    agent
+        .logs
+        .wait_for("reconnecting", CLOSED_WITHIN + Duration::from_secs(5))?;
+    let logs = agent.logs.text();
+    agent.terminate()?;
+    drop(held);
+    assert!(
+        logs.contains("during authentication: relay closed the session: this agent's token holds the most connections"),
+        "the agent did not give the relay's reason:\n{logs}"
+    );
+    assert!(
+        !logs.contains("refused the access token") && !logs.contains("retrying slowly"),
+        "the agent took a busy agent for a refused token:\n{logs}"
+    );
     Ok(())
 }
