@@ -68,7 +68,7 @@ pub async fn run_with_hangup(
         info!(%addr, "serving Prometheus metrics at /metrics");
         tasks.spawn(crate::metrics::serve(
             listener,
-            metrics,
+            metrics.clone(),
             state.subscribe(),
             shutdown.clone(),
         ));
@@ -77,7 +77,14 @@ pub async fn run_with_hangup(
     // The status socket answers through a stop's drain, until the tunnel is done.
     let tunnel_done = CancellationToken::new();
     let (config_tx, config_rx) = watch::channel(Arc::new(config));
-    let reloader = config_path.map(|path| Arc::new(Reloader::new(path, config_tx, calls.clone())));
+    let reloader = config_path.map(|path| {
+        Arc::new(Reloader::new(
+            path,
+            config_tx,
+            calls.clone(),
+            metrics.clone(),
+        ))
+    });
     // Status is a convenience: without its socket the tunnel still runs.
     match crate::status::bind(&socket) {
         Ok(bound) => {

@@ -1,5 +1,6 @@
 //! The agent's optional Prometheus metrics (`metrics_listen`, loopback only): calls by
-//! connection and status, call durations, token exchanges, tunnel state and reconnects.
+//! connection and status, call durations, token exchanges, tunnel state, reconnects and
+//! config reloads.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -42,6 +43,11 @@ struct ConnectionLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ExchangeLabels {
     connection: String,
     outcome: &'static str,
@@ -61,6 +67,8 @@ pub struct AgentMetrics {
     calls: Family<CallLabels, Counter>,
     call_duration: Family<ConnectionLabel, Histogram, fn() -> Histogram>,
     token_exchanges: Family<ExchangeLabels, Counter>,
+    config_reloads: Family<OutcomeLabel, Counter>,
+    config_last_reload_ok: Gauge,
     /// One render at a time: the reconnect counter catches up with the tunnel's count there.
     rendering: Mutex<()>,
 }
@@ -80,6 +88,13 @@ impl Default for AgentMetrics {
                 duration_histogram,
             );
         let token_exchanges = Family::<ExchangeLabels, Counter>::default();
+        let config_reloads = Family::<OutcomeLabel, Counter>::default();
+        // Both outcomes from the start, so a rate or an alert has a series before the first.
+        for outcome in ["ok", "refused"] {
+            let _ = config_reloads.get_or_create(&OutcomeLabel { outcome });
+        }
+        let config_last_reload_ok = Gauge::default();
+        config_last_reload_ok.set(1);
         registry.register(
             "connected",
             "1 while the tunnel to the relay is up",
@@ -105,6 +120,16 @@ impl Default for AgentMetrics {
             "RFC 7523 token exchanges by connection and outcome (ok, failed)",
             token_exchanges.clone(),
         );
+        registry.register(
+            "config_reloads",
+            "Config reloads (SIGHUP or postern reload) by outcome (ok, refused)",
+            config_reloads.clone(),
+        );
+        registry.register(
+            "config_last_reload_ok",
+            "0 while the last reload was refused (the file on disk is not in force, and a restart would refuse it too); 1 before any and after one that applied",
+            config_last_reload_ok.clone(),
+        );
         Self {
             registry,
             connected,
@@ -112,6 +137,8 @@ impl Default for AgentMetrics {
             calls,
             call_duration,
             token_exchanges,
+            config_reloads,
+            config_last_reload_ok,
             rendering: Mutex::new(()),
         }
     }
@@ -130,6 +157,15 @@ impl AgentMetrics {
                 connection: connection.to_owned(),
             })
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// A reload of the config file, applied (`ok`) or refused.
+    pub fn config_reloaded(&self, ok: bool) {
+        let outcome = if ok { "ok" } else { "refused" };
+        self.config_reloads
+            .get_or_create(&OutcomeLabel { outcome })
+            .inc();
+        self.config_last_reload_ok.set(i64::from(ok));
     }
 
     pub fn exchange_counters(&self, connection: &str) -> ExchangeCounters {

@@ -2,13 +2,15 @@
 //! that fails validation is refused whole; a good one is swapped in without a reconnect.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
 use tokio::sync::watch;
 use tracing::{error, info};
 
 use crate::call_table::CallTable;
 use crate::config::AgentConfig;
+use crate::metrics::AgentMetrics;
 
 /// `path` from the current folder (which the daemon never changes); as it is if there is none.
 fn absolute(path: &Path) -> PathBuf {
@@ -23,10 +25,21 @@ pub fn session_settings_differ(a: &AgentConfig, b: &AgentConfig) -> bool {
         || a.proxy != b.proxy
 }
 
+/// How the last reload went, for `postern status`: a refused one means the file on disk
+/// is not the config in force, and the next start would refuse it too.
+#[derive(Debug, Clone)]
+pub struct ReloadOutcome {
+    pub at: SystemTime,
+    /// Why the file was refused; `None` when it was applied.
+    pub refused: Option<String>,
+}
+
 pub struct Reloader {
     path: PathBuf,
     config: watch::Sender<Arc<AgentConfig>>,
     calls: Arc<CallTable>,
+    metrics: Arc<AgentMetrics>,
+    last: Mutex<Option<ReloadOutcome>>,
     /// One reload at a time: two at once could swap in the older file last.
     running: tokio::sync::Mutex<()>,
 }
@@ -41,14 +54,22 @@ impl Reloader {
         path: PathBuf,
         config: watch::Sender<Arc<AgentConfig>>,
         calls: Arc<CallTable>,
+        metrics: Arc<AgentMetrics>,
     ) -> Self {
         Self {
             // Absolute, so a CLI started elsewhere can tell whether it names this file.
             path: absolute(&path),
             config,
             calls,
+            metrics,
+            last: Mutex::new(None),
             running: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// The last reload's outcome (by SIGHUP or `postern reload`); `None` before the first.
+    pub fn last(&self) -> Option<ReloadOutcome> {
+        self.last.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Holds off reloads while the caller reads the config and the call contexts, so
@@ -70,6 +91,11 @@ impl Reloader {
             Ok(new) => self.apply(new),
             Err(reason) => Err(reason),
         };
+        self.metrics.config_reloaded(result.is_ok());
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(ReloadOutcome {
+            at: SystemTime::now(),
+            refused: result.as_ref().err().cloned(),
+        });
         match &result {
             Ok(changes) => {
                 info!(config = %self.path.display(), changes = %changes.join("; "), "config reloaded")

@@ -18,7 +18,7 @@ use crate::call_table::{CallTable, Contexts};
 use crate::config::AgentConfig;
 use crate::connection_test::{self, TestReport};
 use crate::jwt::CacheState;
-use crate::reload::Reloader;
+use crate::reload::{ReloadOutcome, Reloader};
 use crate::tunnel::TunnelState;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -45,6 +45,32 @@ pub struct StatusReport {
     /// The agent is stopping: it answers here until its calls under way are done.
     #[serde(default)]
     pub stopping: bool,
+    /// The last reload (SIGHUP or `postern reload`); none before the first, and from
+    /// agents older than 2026-12-07.
+    #[serde(default)]
+    pub last_reload: Option<LastReload>,
+}
+
+/// How the last reload went. A refused one leaves the config loaded before in force, so
+/// the file on disk is not what runs (and a restart would refuse it too).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LastReload {
+    /// RFC 3339.
+    pub at: String,
+    pub ok: bool,
+    /// Why the file was refused, when not `ok`.
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+impl From<ReloadOutcome> for LastReload {
+    fn from(outcome: ReloadOutcome) -> Self {
+        Self {
+            at: humantime::format_rfc3339_seconds(outcome.at).to_string(),
+            ok: outcome.refused.is_none(),
+            error: outcome.refused,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -61,6 +87,7 @@ pub fn report(
     config_file: Option<PathBuf>,
     calls: &Contexts,
     stopping: bool,
+    last_reload: Option<ReloadOutcome>,
 ) -> StatusReport {
     let rfc3339 = |t| humantime::format_rfc3339_seconds(t).to_string();
     StatusReport {
@@ -94,6 +121,7 @@ pub fn report(
             .collect(),
         config_digest: config.file_digest.clone(),
         config_file,
+        last_reload: last_reload.map(LastReload::from),
     }
 }
 
@@ -387,6 +415,7 @@ impl StatusServer {
                         file,
                         &self.calls.snapshot(),
                         stopping,
+                        self.reloader.as_ref().and_then(|r| r.last()),
                     );
                     serde_json::to_vec(&report)
                 }

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use anyhow::Result;
 use postern_tests::harness::{
-    AgentProcess, Bins, agent_cli, offline_agent_config, output_text, signal, stderr, stdout,
-    wait_status_answers,
+    AgentProcess, Bins, agent_cli, offline_agent_config, output_text, signal, status_json, stderr,
+    stdout, wait_status_answers,
 };
 use postern_tests::temp::TempDir;
 
@@ -134,5 +134,105 @@ fn a_jwt_without_exp_is_warned_of_in_the_agents_log() -> Result<()> {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    Ok(())
+}
+
+/// `GET /metrics` from the agent on loopback `port`, as text (HTTP/1.0: the agent closes
+/// after its answer).
+fn agent_metrics(port: u16) -> Result<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: agent\r\n\r\n")?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text)?;
+    Ok(text)
+}
+
+/// The value of the series `name` (labels included) in OpenMetrics `text`.
+fn series(text: &str, name: &str) -> Option<String> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .map(|v| v.trim().to_owned())
+}
+
+/// A reload refused (by SIGHUP, whose outcome was only in the journal) shows in `postern
+/// status` and `--json` with its time and reason, and the status says the file on disk is
+/// not the one in force; a metric counts it. A reload that succeeds clears both.
+#[test]
+fn a_refused_reload_shows_in_status_until_one_succeeds() -> Result<()> {
+    let bins = bins();
+    let dir = TempDir::new("cli-reload-refused")?;
+    let text = |timeout: &str| {
+        offline_agent_config(
+            "127.0.0.1:1",
+            &format!(
+                "status_socket = \"agent.sock\"\nmetrics_listen = \"127.0.0.1:0\"\n\
+                 [connections.up]\nbase_uri = \"http://127.0.0.1:9\"\ntimeout = \"{timeout}\"\n"
+            ),
+        )
+    };
+    let config = dir.write_private("agent.toml", &text("4s"))?;
+    let agent = run_agent(&bins, &config)?;
+    let port = agent.metrics_port()?;
+    let reloads = |outcome: &str| {
+        let name = format!("postern_agent_config_reloads_total{{outcome=\"{outcome}\"}}");
+        agent_metrics(port).map(|t| series(&t, &name))
+    };
+    let last_ok = || agent_metrics(port).map(|t| series(&t, "postern_agent_config_last_reload_ok"));
+    let status = status_json(&bins, &config)?;
+    assert!(status["last_reload"].is_null(), "{status}");
+    assert_eq!(status["config_file_changed"], false, "{status}");
+    assert_eq!(reloads("refused")?.as_deref(), Some("0"));
+    assert_eq!(last_ok()?.as_deref(), Some("1"));
+
+    // The edit of the finding: valid TOML, refused by validation.
+    dir.write_private("agent.toml", &text("0s"))?;
+    signal(agent.pid(), "HUP")?;
+    agent
+        .logs
+        .wait_for("config reload refused", Duration::from_secs(10))?;
+    let status = status_json(&bins, &config)?;
+    let reload = &status["last_reload"];
+    assert_eq!(reload["ok"], false, "{status}");
+    assert!(
+        reload["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("timeout")),
+        "{status}"
+    );
+    assert!(
+        reload["at"].as_str().is_some_and(|at| at.ends_with('Z')),
+        "{status}"
+    );
+    assert_eq!(status["config_file_changed"], true, "{status}");
+    let out = agent_cli(&bins, &config, &["status"])?;
+    let said = stdout(&out);
+    assert!(
+        said.contains("last reload  REFUSED at ")
+            && said.contains("timeout")
+            && said.contains("a reload that succeeds clears this")
+            && said.contains("config file  CHANGED since the agent loaded it"),
+        "{}",
+        output_text(&out)
+    );
+    assert_eq!(reloads("refused")?.as_deref(), Some("1"));
+    assert_eq!(last_ok()?.as_deref(), Some("0"));
+
+    dir.write_private("agent.toml", &text("5s"))?;
+    let out = agent_cli(&bins, &config, &["reload"])?;
+    assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
+    let status = status_json(&bins, &config)?;
+    assert_eq!(status["last_reload"]["ok"], true, "{status}");
+    assert!(status["last_reload"]["error"].is_null(), "{status}");
+    assert_eq!(status["config_file_changed"], false, "{status}");
+    let said = stdout(&agent_cli(&bins, &config, &["status"])?);
+    assert!(
+        !said.contains("REFUSED") && !said.contains("CHANGED"),
+        "{said}"
+    );
+    assert_eq!(reloads("ok")?.as_deref(), Some("1"));
+    assert_eq!(reloads("refused")?.as_deref(), Some("1"));
+    assert_eq!(last_ok()?.as_deref(), Some("1"));
     Ok(())
 }

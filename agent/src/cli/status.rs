@@ -337,13 +337,29 @@ pub(crate) fn status(config_path: &Path, json: bool) -> Result<ExitCode> {
     };
     let report: StatusReport =
         serde_json::from_str(&text).context("the daemon sent no valid status")?;
+    let changed = file_changed(&report, config_path);
+    let text = match changed {
+        // Added here, as the agent cannot see the file through the CLI's eyes; every
+        // field the agent sent stays, those this CLI does not know too.
+        Some(changed) => {
+            let mut value: serde_json::Value =
+                serde_json::from_str(&text).context("the daemon sent no valid status")?;
+            if let Some(fields) = value.as_object_mut() {
+                fields.insert("config_file_changed".to_owned(), changed.into());
+            }
+            value.to_string()
+        }
+        None => text,
+    };
     out::stdout(|out| {
         if json {
             writeln!(out, "{text}")
         } else {
-            print_report(out, &report)
+            print_report(out, &report, changed == Some(true))
         }
     })?;
+    // A refused reload leaves the exit code alone: the agent serves with the config it
+    // had, and a check that restarts the agent on 1 would then fail to start it.
     Ok(if report.connected {
         ExitCode::SUCCESS
     } else {
@@ -401,6 +417,20 @@ pub(crate) fn reload(config_path: &Path) -> Result<ExitCode> {
     }
 }
 
+/// Whether `config_path` as it is now differs from the file the agent loaded last, when
+/// it is the agent's file and both can be told (an agent older than the config digest
+/// cannot say).
+fn file_changed(report: &StatusReport, config_path: &Path) -> Option<bool> {
+    let in_force = report.config_digest.as_deref()?;
+    if let Some(running) = &report.config_file
+        && !same_file(running, config_path)
+    {
+        return None;
+    }
+    let bytes = std::fs::read(config_path).ok()?;
+    Some(config::file_digest(&bytes) != in_force)
+}
+
 /// Whether two paths name one file: the same inode when both exist (a symlink, another
 /// spelling), else the same absolute path.
 fn same_file(a: &Path, b: &Path) -> bool {
@@ -411,7 +441,7 @@ fn same_file(a: &Path, b: &Path) -> bool {
     }
 }
 
-fn print_report(out: &mut dyn Write, r: &StatusReport) -> std::io::Result<()> {
+fn print_report(out: &mut dyn Write, r: &StatusReport, file_changed: bool) -> std::io::Result<()> {
     let mut state = match (&r.connected, &r.connected_since) {
         (true, Some(since)) => format!("connected since {since}"),
         (true, None) => "connected".to_owned(),
@@ -430,6 +460,22 @@ fn print_report(out: &mut dyn Write, r: &StatusReport) -> std::io::Result<()> {
     writeln!(out, "  reconnects   {}", r.reconnects)?;
     if let Some(e) = &r.last_error {
         writeln!(out, "  last error   {}", printable(e))?;
+    }
+    if file_changed {
+        writeln!(
+            out,
+            "  config file  CHANGED since the agent loaded it: what runs is not the file on \
+             disk (`postern reload` applies it; a restart would load it, or fail on it)"
+        )?;
+    }
+    if let Some(reload) = r.last_reload.as_ref().filter(|l| !l.ok) {
+        writeln!(
+            out,
+            "  last reload  REFUSED at {}: {}; the config loaded before stays in force (a \
+             reload that succeeds clears this)",
+            printable(&reload.at),
+            printable(reload.error.as_deref().unwrap_or("no reason given"))
+        )?;
     }
     if !r.connections.is_empty() {
         writeln!(
