@@ -473,6 +473,17 @@ impl AgentHandler {
 
     /// Refuses after the throttle's delay; a `guess` counts towards blocking the address.
     async fn refuse(&self, why: &str, label: &'static str, guess: bool) -> Auth {
+        self.refuse_naming(why, label, guess, None).await
+    }
+
+    /// [`Self::refuse`], naming the agent (name, id) whose token it was, when known.
+    async fn refuse_naming(
+        &self,
+        why: &str,
+        label: &'static str,
+        guess: bool,
+        agent: Option<(&str, &str)>,
+    ) -> Auth {
         self.ctx.metrics.auth_failed(label);
         // A former token's refusal is not counted as a guess (a site whose agents still
         // hold a rotated token is no attacker), only towards a far higher ceiling: silence
@@ -493,7 +504,15 @@ impl AgentHandler {
             }
             crate::auth_throttle::FIRST_DELAY
         };
-        warn!(peer = %self.peer, reason = why, delay_ms = delay.as_millis() as u64, "agent authentication refused");
+        let delay_ms = delay.as_millis() as u64;
+        match agent {
+            Some((name, id)) => {
+                warn!(peer = %self.peer, agent = %name, id = %id, reason = why, delay_ms, "agent authentication refused")
+            }
+            None => {
+                warn!(peer = %self.peer, reason = why, delay_ms, "agent authentication refused")
+            }
+        }
         tokio::time::sleep(delay).await;
         Auth::reject()
     }
@@ -678,9 +697,14 @@ impl russh::server::Handler for AgentHandler {
             }
             // A token an agent once held is an agent nobody updated, not a guess: blocking
             // its address would lock out every agent behind the same NAT address.
-            Ok(Login::Former) => Ok(self
-                .refuse("revoked or rotated token", "former_token", false)
-                .await),
+            // Its holder proved the token: naming its agent tells them nothing, and tells
+            // the admin which agent behind a shared address nobody updated.
+            Ok(Login::Former(former)) => {
+                let agent = Some((former.agent_name.as_str(), former.agent_id.as_str()));
+                Ok(self
+                    .refuse_naming(former.why.reason(), "former_token", false, agent)
+                    .await)
+            }
             Ok(Login::Unknown) => Ok(self.refuse("unknown token", "unknown_token", true).await),
             Err(e) => {
                 self.stage(Stage::Settled);

@@ -67,7 +67,7 @@ pub enum Login {
     Agent(AgentLogin),
     /// One an agent held before: a revoked agent's, or one replaced by a rotation whose
     /// grace is over. An agent nobody updated, not a guess.
-    Former,
+    Former(FormerLogin),
     /// Never issued here.
     Unknown,
 }
@@ -76,7 +76,35 @@ impl Login {
     pub fn agent(self) -> Option<AgentLogin> {
         match self {
             Self::Agent(login) => Some(login),
-            Self::Former | Self::Unknown => None,
+            Self::Former(_) | Self::Unknown => None,
+        }
+    }
+}
+
+/// Whose a former token was: its holder proved it has the token, so naming the agent in
+/// the relay's log tells them nothing, and tells the admin which agent nobody updated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FormerLogin {
+    pub agent_id: String,
+    pub agent_name: String,
+    pub why: FormerWhy,
+}
+
+/// Why a former token no longer logs in, as the agent stands now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FormerWhy {
+    /// The agent is revoked (whichever of its tokens this was).
+    Revoked,
+    /// The agent lives on with a newer token: a rotation replaced this one.
+    Rotated,
+}
+
+impl FormerWhy {
+    /// The refusal's reason, as the relay logs it.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::Revoked => "token of a revoked agent",
+            Self::Rotated => "token replaced by a rotation",
         }
     }
 }

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use postern_tests::harness::{Api, Bins, relay_cli, relay_cli_output, stderr};
 use postern_tests::relay_support::{
     Answer, ONLINE_WITHIN, OnlineAgent, RelayWorld, eventually, sample, say_hello, scrape, send,
@@ -490,5 +490,51 @@ async fn a_rotation_within_an_earlier_grace_keeps_the_token_in_use_or_says_it_cu
     );
     let (_ssh, accepted) = ssh_login(w.relay.ssh, current).await?;
     assert!(accepted, "the token in use keeps its grace");
+    Ok(())
+}
+
+/// The relay's line for an agent on a former token (rotated away, or its agent revoked)
+/// names the agent and says which of the two: behind one NAT address, the peer alone does
+/// not tell the admin which agent nobody updated.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_former_tokens_refusal_names_its_agent() -> Result<()> {
+    let w = RelayWorld::start(bins()).await?;
+    let created = |name: &'static str| {
+        let admin = w.admin.clone();
+        async move {
+            let body = serde_json::json!({ "name": name });
+            let made = send(&admin, Method::POST, "/v1/agents", Some(body)).await?;
+            anyhow::ensure!(made.status == 201, "{}", made.json);
+            let field = |key: &str| made.json[key].as_str().unwrap_or_default().to_owned();
+            anyhow::Ok((field("token"), field("id")))
+        }
+    };
+    let (rotated_token, rotated_id) = created("forgotten").await?;
+    let rotation = send(&w.admin, Method::POST, "/v1/agents/forgotten/token", None).await?;
+    assert_eq!(rotation.status, 200, "{}", rotation.json);
+    let (revoked_token, revoked_id) = created("gone").await?;
+    let revoke = send(&w.admin, Method::DELETE, "/v1/agents/gone", None).await?;
+    assert_eq!(revoke.status, 204, "{}", revoke.json);
+
+    // Real agents that nobody updated: each tries at once on its start.
+    let _forgotten = w.start_agent(&rotated_token)?;
+    let _gone = w.start_agent(&revoked_token)?;
+    for (name, id, reason) in [
+        ("forgotten", &rotated_id, "token replaced by a rotation"),
+        ("gone", &revoked_id, "token of a revoked agent"),
+    ] {
+        // `agent created agent=… id=… by=…` is logged too: the reason tells them apart.
+        let named = format!("agent={name} id={id} reason=\"{reason}\"");
+        w.relay.logs.wait_for(&named, ONLINE_WITHIN)?;
+        let lines = w.relay.logs.lines();
+        let line = lines
+            .iter()
+            .find(|l| l.contains(&named))
+            .with_context(|| format!("no line naming {name}:\n{}", lines.join("\n")))?;
+        assert!(
+            line.contains("agent authentication refused peer=127.0.0.1:"),
+            "{line}"
+        );
+    }
     Ok(())
 }

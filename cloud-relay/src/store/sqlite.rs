@@ -11,8 +11,8 @@ use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, 
 use subtle::ConstantTimeEq;
 
 use super::{
-    AGENT_ID_PREFIX, AgentLogin, AgentRecord, ApiKeyRecord, Login, Rotation, Store, StoreError,
-    check_agent_name, check_name, is_agent_id,
+    AGENT_ID_PREFIX, AgentLogin, AgentRecord, ApiKeyRecord, FormerLogin, FormerWhy, Login,
+    Rotation, Store, StoreError, check_agent_name, check_name, is_agent_id,
 };
 use crate::secrets::new_id;
 
@@ -295,15 +295,21 @@ fn find_active(conn: &Connection, id_or_name: &str) -> Result<Option<AgentRecord
     })
 }
 
-/// The hashes of retired tokens that share `token`'s lookup id; none where the table is not
-/// there (see [`RETIRED_SCHEMA`]), which only costs an old token its "former" standing.
-fn retired(conn: &Connection, token: &SecretToken) -> Result<Vec<((), Vec<u8>)>, StoreError> {
-    let read = || -> rusqlite::Result<Vec<((), Vec<u8>)>> {
-        let mut statement =
-            conn.prepare_cached("SELECT token_hash FROM retired_tokens WHERE token_lookup = ?1")?;
-        let rows = statement.query_map(params![token.lookup_id()], |row| {
-            Ok(((), row.get::<_, Vec<u8>>(0)?))
-        })?;
+/// The retired tokens that share `token`'s lookup id, with their agents and hashes; none
+/// where the table is not there (see [`RETIRED_SCHEMA`]), which only costs an old token its
+/// "former" standing. An agent's row is deleted only to undo a create whose token was never
+/// shown, before any rotation could retire one: the join loses no retired token.
+fn retired(
+    conn: &Connection,
+    token: &SecretToken,
+) -> Result<Vec<(FormerLogin, Vec<u8>)>, StoreError> {
+    let read = || -> rusqlite::Result<Vec<(FormerLogin, Vec<u8>)>> {
+        let mut statement = conn.prepare_cached(
+            "SELECT a.id, a.name, a.revoked_at IS NOT NULL, r.token_hash
+               FROM retired_tokens r JOIN agents a ON a.id = r.agent_id
+              WHERE r.token_lookup = ?1",
+        )?;
+        let rows = statement.query_map(params![token.lookup_id()], former_row)?;
         rows.collect()
     };
     // Preparing fails so, or running a statement cached before the table went (a
@@ -347,6 +353,23 @@ fn mark_used(
 }
 
 /// Compares every candidate (no early exit), so timing says nothing about which matched.
+/// `id, name, revoked, hash` as a former token's owner and the hash to compare.
+fn former_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(FormerLogin, Vec<u8>)> {
+    let revoked: bool = row.get(2)?;
+    Ok((
+        FormerLogin {
+            agent_id: row.get(0)?,
+            agent_name: row.get(1)?,
+            why: if revoked {
+                FormerWhy::Revoked
+            } else {
+                FormerWhy::Rotated
+            },
+        },
+        row.get(3)?,
+    ))
+}
+
 fn pick_by_hash<T>(candidates: Vec<(T, Vec<u8>)>, hash: &[u8; 32]) -> Option<T> {
     let mut found = None;
     for (item, stored) in candidates {
@@ -528,20 +551,18 @@ impl Store for SqliteStore {
                 return Ok(Login::Agent(login));
             }
             let mut stmt = conn.prepare_cached(
-                "SELECT token_hash FROM agents
+                "SELECT id, name, revoked_at IS NOT NULL, token_hash FROM agents
                    WHERE token_lookup = ?1 AND revoked_at IS NOT NULL
                  UNION ALL
-                 SELECT old_token_hash FROM agents
+                 SELECT id, name, revoked_at IS NOT NULL, old_token_hash FROM agents
                    WHERE old_token_lookup = ?1 AND (old_token_until <= ?2 OR revoked_at IS NOT NULL)",
             )?;
             let mut former = stmt
-                .query_map(params![token.lookup_id(), now], |row| {
-                    Ok(((), row.get::<_, Vec<u8>>(0)?))
-                })?
+                .query_map(params![token.lookup_id(), now], former_row)?
                 .collect::<Result<Vec<_>, _>>()?;
             former.extend(retired(conn, token)?);
             Ok(match pick_by_hash(former, &token.hash()) {
-                Some(()) => Login::Former,
+                Some(login) => Login::Former(login),
                 None => Login::Unknown,
             })
         })
@@ -996,7 +1017,7 @@ mod tests {
         assert_eq!(store.end_past_graces(now + 301).expect("over"), 1);
         assert!(matches!(
             store.login(&first, now).expect("q"),
-            Login::Former
+            Login::Former(_)
         ));
         assert_eq!(store.end_past_graces(now + 302).expect("again"), 0);
         let _ = std::fs::remove_dir_all(dir);
@@ -1008,7 +1029,7 @@ mod tests {
         let now = super::super::unix_now();
         let kind = |token: &SecretToken, at: i64| match store.login(token, at).expect("q") {
             Login::Agent(login) => format!("agent v{}", login.token_version),
-            Login::Former => "former".to_owned(),
+            Login::Former(f) => format!("former {} {:?}", f.agent_name, f.why),
             Login::Unknown => "unknown".to_owned(),
         };
         let first = new_token(SecretKind::AgentToken);
@@ -1018,24 +1039,32 @@ mod tests {
         store
             .rotate_token("w1", &second, None, &|_| false, &mut |_| Ok(()))
             .expect("rotate");
-        assert_eq!(kind(&first, now), "former", "rotated away");
+        assert_eq!(kind(&first, now), "former w1 Rotated", "rotated away");
         // A clock stepped back (NTP after a drift) does not revive it.
-        assert_eq!(kind(&first, now - 3600), "former", "an hour earlier");
+        assert_eq!(
+            kind(&first, now - 3600),
+            "former w1 Rotated",
+            "an hour earlier"
+        );
         let third = new_token(SecretKind::AgentToken);
         store
             .rotate_token("w1", &third, Some(now + 300), &|_| false, &mut |_| Ok(()))
             .expect("rotate with grace");
         assert_eq!(kind(&second, now), "agent v2", "in its grace");
-        assert_eq!(kind(&second, now + 301), "former", "grace over");
+        assert_eq!(kind(&second, now + 301), "former w1 Rotated", "grace over");
         // Two rotations back, and more: still known, so an agent nobody updated does not
         // count as guessing.
-        assert_eq!(kind(&first, now), "former", "two rotations back");
+        assert_eq!(kind(&first, now), "former w1 Rotated", "two rotations back");
         let fourth = new_token(SecretKind::AgentToken);
         store
             .rotate_token("w1", &fourth, None, &|_| false, &mut |_| Ok(()))
             .expect("rotate again");
         for (token, what) in [(&first, "first"), (&second, "second"), (&third, "third")] {
-            assert_eq!(kind(token, now), "former", "{what}, after three rotations");
+            assert_eq!(
+                kind(token, now),
+                "former w1 Rotated",
+                "{what}, after three rotations"
+            );
         }
         assert_eq!(kind(&fourth, now), "agent v4");
         let fifth = new_token(SecretKind::AgentToken);
@@ -1044,9 +1073,13 @@ mod tests {
             .expect("rotate with grace");
         assert_eq!(kind(&fourth, now), "agent v4", "in its grace");
         store.revoke_agent("w1").expect("revoke");
-        assert_eq!(kind(&fifth, now), "former", "revoked");
-        assert_eq!(kind(&fourth, now), "former", "revoked in grace");
-        assert_eq!(kind(&third, now), "former", "retired, then revoked");
+        assert_eq!(kind(&fifth, now), "former w1 Revoked", "revoked");
+        assert_eq!(kind(&fourth, now), "former w1 Revoked", "revoked in grace");
+        assert_eq!(
+            kind(&third, now),
+            "former w1 Revoked",
+            "retired, then revoked"
+        );
         let never = new_token(SecretKind::AgentToken);
         assert_eq!(kind(&never, now), "unknown", "never issued");
         let _ = std::fs::remove_dir_all(dir);
@@ -1061,7 +1094,7 @@ mod tests {
         let now = super::super::unix_now();
         let kind = |token: &SecretToken| match store.login(token, now).expect("q") {
             Login::Agent(login) => format!("agent v{}", login.token_version),
-            Login::Former => "former".to_owned(),
+            Login::Former(_) => "former".to_owned(),
             Login::Unknown => "unknown".to_owned(),
         };
         let rotate = |token: &SecretToken, until: Option<i64>, live: bool| {
@@ -1160,7 +1193,7 @@ mod tests {
                 .expect("rotate");
         }
         assert!(
-            matches!(store.login(&first, 0), Ok(Login::Former)),
+            matches!(store.login(&first, 0), Ok(Login::Former(_))),
             "retired again"
         );
         let _ = std::fs::remove_dir_all(dir);
