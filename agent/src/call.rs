@@ -96,6 +96,7 @@ impl CallContext {
             builder = builder.tls_danger_accept_invalid_certs(true);
         }
         let http = builder.build()?;
+        metrics.connection_known(connection.name.as_str());
         let bearer = match &connection.auth {
             Auth::None => None,
             Auth::JwtBearer(jwt) => Some(BearerSource::new(
@@ -262,8 +263,10 @@ impl Drop for Unanswered<'_> {
 
 /// Holds the call's place until its answer's body is done. An answer that breaks off
 /// after its head (the internal server reset, the idle timeout, `max_response_body`
-/// passed without a length up front) counts as failed, not served, with a line saying
-/// why: the caller sees only a body cut short.
+/// passed without a length up front) counts as failed, not served, and as broken in the
+/// metrics beside its head's status, with a line saying why: the caller sees only a body
+/// cut short. An answer the relay stops taking (its caller gone, the tunnel lost) is
+/// dropped, not failed: it is the relay's to count.
 fn hold_until_done(
     body: CallBody,
     permit: Slot,
@@ -271,14 +274,20 @@ fn hold_until_done(
     request_id: Arc<str>,
 ) -> CallBody {
     use std::sync::atomic::Ordering::Relaxed;
+    let mut counted = false;
     BodyExt::boxed(
         body.map_frame(move |frame| {
             let _held = &permit;
             frame
         })
         .map_err(move |e| {
+            // hyper reads no further after an error, but one answer is one call to move.
+            if std::mem::replace(&mut counted, true) {
+                return e;
+            }
             ctx.served.fetch_sub(1, Relaxed);
             ctx.failed.fetch_add(1, Relaxed);
+            ctx.metrics.answer_broke_off(ctx.connection.name.as_str());
             warn!(%request_id, connection = %ctx.connection.name, error = %e, "call's answer broke off");
             e
         }),

@@ -1,6 +1,6 @@
 //! The agent's optional Prometheus metrics (`metrics_listen`, loopback only): calls by
-//! connection and status, call durations, token exchanges, tunnel state, reconnects and
-//! config reloads.
+//! connection and status, answers broken off, call durations, token exchanges, tunnel
+//! state, reconnects and config reloads.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -65,6 +65,7 @@ pub struct AgentMetrics {
     connected: Gauge,
     reconnects: Counter,
     calls: Family<CallLabels, Counter>,
+    answers_broken: Family<ConnectionLabel, Counter>,
     call_duration: Family<ConnectionLabel, Histogram, fn() -> Histogram>,
     token_exchanges: Family<ExchangeLabels, Counter>,
     config_reloads: Family<OutcomeLabel, Counter>,
@@ -83,6 +84,7 @@ impl Default for AgentMetrics {
         let connected = Gauge::default();
         let reconnects = Counter::default();
         let calls = Family::<CallLabels, Counter>::default();
+        let answers_broken = Family::<ConnectionLabel, Counter>::default();
         let call_duration =
             Family::<ConnectionLabel, Histogram, fn() -> Histogram>::new_with_constructor(
                 duration_histogram,
@@ -111,6 +113,11 @@ impl Default for AgentMetrics {
             calls.clone(),
         );
         registry.register(
+            "answers_broken",
+            "Calls whose answer broke off after its head, by connection: counted in calls by the head's status too, and failed (not served) in postern status",
+            answers_broken.clone(),
+        );
+        registry.register(
             "call_duration_seconds",
             "Call duration until the answer's headers, by connection",
             call_duration.clone(),
@@ -135,6 +142,7 @@ impl Default for AgentMetrics {
             connected,
             reconnects,
             calls,
+            answers_broken,
             call_duration,
             token_exchanges,
             config_reloads,
@@ -166,6 +174,23 @@ impl AgentMetrics {
             .get_or_create(&OutcomeLabel { outcome })
             .inc();
         self.config_last_reload_ok.set(i64::from(ok));
+    }
+
+    /// Shows a connection's broken answers at 0 from its start, so a rate has a beginning.
+    pub fn connection_known(&self, connection: &str) {
+        let _ = self.answers_broken.get_or_create(&ConnectionLabel {
+            connection: connection.to_owned(),
+        });
+    }
+
+    /// A call whose answer broke off after its head went out with its status, which
+    /// stays counted: this counter says the answer was not whole.
+    pub fn answer_broke_off(&self, connection: &str) {
+        self.answers_broken
+            .get_or_create(&ConnectionLabel {
+                connection: connection.to_owned(),
+            })
+            .inc();
     }
 
     pub fn exchange_counters(&self, connection: &str) -> ExchangeCounters {

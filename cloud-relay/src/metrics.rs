@@ -1,5 +1,5 @@
 //! The relay's Prometheus metrics (prometheus-client, OpenMetrics text): sessions,
-//! refused logins, calls by status class, call durations and body bytes.
+//! refused logins, calls by status class, broken answers, call durations and body bytes.
 
 use std::time::Duration;
 
@@ -29,6 +29,22 @@ struct Class {
     class: &'static str,
 }
 
+/// Where an answer that broke off after its head broke, as far as the relay can tell.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BreakCause {
+    cause: &'static str,
+}
+
+impl BreakCause {
+    /// The agent ended the answer early while its session lived on: its internal server's
+    /// answer broke off, or the agent cut it (its log says which).
+    pub const AGENT: Self = Self { cause: "agent" };
+    /// The agent's session ended under the answer.
+    pub const TUNNEL_LOST: Self = Self {
+        cause: "tunnel_lost",
+    };
+}
+
 pub struct Metrics {
     registry: Registry,
     agents_online: Gauge,
@@ -37,6 +53,7 @@ pub struct Metrics {
     auth_failures: Family<Reason, Counter>,
     api_key_refusals: Family<Reason, Counter>,
     calls: Family<Class, Counter>,
+    calls_broken: Family<BreakCause, Counter>,
     call_duration: Histogram,
     bytes_in: Counter,
     bytes_out: Counter,
@@ -62,6 +79,7 @@ impl Metrics {
             auth_failures: Family::default(),
             api_key_refusals: Family::default(),
             calls: Family::default(),
+            calls_broken: Family::default(),
             call_duration: Histogram::new(DURATION_BUCKETS),
             bytes_in: Counter::default(),
             bytes_out: Counter::default(),
@@ -100,6 +118,11 @@ impl Metrics {
             m.calls.clone(),
         );
         registry.register(
+            "calls_broken",
+            "Calls whose answer broke off after its head (counted in calls by that head's status too), by cause: agent, tunnel_lost",
+            m.calls_broken.clone(),
+        );
+        registry.register(
             "call_duration_seconds",
             "Time from a call's arrival to its response headers",
             m.call_duration.clone(),
@@ -119,6 +142,10 @@ impl Metrics {
             "SSH channels opened to carry calls (pooled: far fewer than calls under steady load)",
             m.channels_opened.clone(),
         );
+        // At 0 from the start, so a rate over them has a beginning.
+        for cause in [BreakCause::AGENT, BreakCause::TUNNEL_LOST] {
+            let _ = m.calls_broken.get_or_create(&cause);
+        }
         if tls {
             registry.register_with_unit(
                 "tls_certificate_expiry",
@@ -189,6 +216,12 @@ impl Metrics {
         self.calls.get_or_create(&Class { class: "cut_off" }).inc();
     }
 
+    /// One call whose answer broke off after its head had gone to the caller with its
+    /// status: counted beside that status, which cannot be taken back.
+    pub fn call_broke_off(&self, cause: BreakCause) {
+        self.calls_broken.get_or_create(&cause).inc();
+    }
+
     /// Body bytes received from callers (and sent on to agents).
     pub fn add_bytes_in(&self, n: usize) {
         self.bytes_in.inc_by(n as u64);
@@ -246,6 +279,7 @@ mod tests {
         m.call_finished(200, Duration::from_millis(30));
         m.call_finished(503, Duration::from_secs(3));
         m.call_abandoned();
+        m.call_broke_off(BreakCause::TUNNEL_LOST);
         m.add_bytes_in(10);
         let text = m.render(4);
         for line in [
@@ -257,6 +291,7 @@ mod tests {
             "postern_calls_total{class=\"2xx\"} 1",
             "postern_calls_total{class=\"5xx\"} 1",
             "postern_calls_total{class=\"abandoned\"} 1",
+            "postern_calls_broken_total{cause=\"tunnel_lost\"} 1",
             "postern_call_duration_seconds_bucket{le=\"0.025\"} 0",
             "postern_call_duration_seconds_bucket{le=\"0.05\"} 1",
             "postern_call_duration_seconds_bucket{le=\"5.0\"} 2",

@@ -10,6 +10,7 @@ use axum::body::Bytes;
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -186,6 +187,15 @@ async fn handle(State(state): State<AppState>, request: Request) -> Response {
         let body = axum::body::Body::from_stream(futures_util::stream::iter(pieces));
         return (StatusCode::OK, body).into_response();
     }
+    if path.ends_with("/break-off") {
+        return (StatusCode::OK, breaking_body()).into_response();
+    }
+    if let Some(secs) = path
+        .strip_prefix("/api/stall-after-head/")
+        .and_then(|n| n.parse::<u64>().ok())
+    {
+        return (StatusCode::OK, stalling_body(Duration::from_secs(secs))).into_response();
+    }
     axum::Json(json!({
         "ok": true,
         "method": parts.method.as_str(),
@@ -196,6 +206,31 @@ async fn handle(State(state): State<AppState>, request: Request) -> Response {
         "message": "hello from the internal server: your JWT checked out",
     }))
     .into_response()
+}
+
+/// 10 bytes, a pause (so the head and those bytes go out first), then a failure: the
+/// server aborts the connection in the middle of its chunked answer.
+fn breaking_body() -> axum::body::Body {
+    let pieces = futures_util::stream::iter([0, 1]).then(|i| async move {
+        if i == 0 {
+            return Ok(Bytes::from_static(b"0123456789"));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        Err(std::io::Error::other("the internal server breaks off"))
+    });
+    axum::body::Body::from_stream(pieces)
+}
+
+/// 10 bytes, then nothing for `pause`, then 10 more and the end: an answer under way
+/// that a test can act on (hang up, cut the tunnel) between its head and its end.
+fn stalling_body(pause: Duration) -> axum::body::Body {
+    let pieces = futures_util::stream::iter([0, 1]).then(move |i| async move {
+        if i == 1 {
+            tokio::time::sleep(pause).await;
+        }
+        Ok::<_, std::io::Error>(Bytes::from_static(b"0123456789"))
+    });
+    axum::body::Body::from_stream(pieces)
 }
 
 fn verify(state: &AppState, authorization: Option<&str>) -> Result<serde_json::Value, String> {

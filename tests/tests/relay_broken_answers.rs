@@ -47,18 +47,22 @@ async fn an_answer_that_breaks_off_aborts_the_caller_and_is_logged() -> Result<(
         body.is_err(),
         "the caller got a body that looks complete: {body:?}"
     );
-    w.relay
-        .logs
-        .wait_for("the agent's answer broke off", Duration::from_secs(5))?;
+    w.relay.logs.wait_for(
+        "the answer broke off after its head",
+        Duration::from_secs(5),
+    )?;
     let line = w
         .relay
         .logs
         .lines()
         .into_iter()
-        .find(|l| l.contains("the agent's answer broke off"))
+        .find(|l| l.contains("the answer broke off after its head"))
         .unwrap_or_default();
     assert!(line.contains("bytes=10"), "{line}");
     assert!(line.contains("agent=brittle"), "{line}");
+    // The channel ended, the session lives on: the agent ended the answer.
+    assert!(line.contains("the agent ended it early"), "{line}");
+    assert!(line.contains("WARN"), "{line}");
 
     // The agent's session is unharmed: the next call gets a new channel and its answer.
     let next = tokio::spawn({

@@ -1,5 +1,5 @@
 //! An answer's body on its way to the caller: counts its bytes, keeps its call in flight
-//! until it ends, and logs one that did not reach its end, and why.
+//! until it ends, and logs and counts one that did not reach its end, and why.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -11,11 +11,14 @@ use tracing::{info, warn};
 
 use crate::channel_pool::DrivenBody;
 use crate::context::RelayContext;
-use crate::registry::InFlightGuard;
+use crate::metrics::BreakCause;
+use crate::registry::{InFlightGuard, LiveSession};
 
 pub struct AnswerBody {
     inner: DrivenBody,
     ctx: Arc<RelayContext>,
+    /// The session the answer comes through: whether it ended says where a break came from.
+    live: Arc<LiveSession>,
     _in_flight: InFlightGuard,
     /// The call's, for the line about how it ended.
     span: tracing::Span,
@@ -32,12 +35,14 @@ impl AnswerBody {
     pub fn new(
         inner: DrivenBody,
         ctx: Arc<RelayContext>,
+        live: Arc<LiveSession>,
         in_flight: InFlightGuard,
         length_unknown: bool,
     ) -> Self {
         Self {
             inner,
             ctx,
+            live,
             _in_flight: in_flight,
             span: tracing::Span::current(),
             sent: 0,
@@ -68,9 +73,7 @@ impl HttpBody for AnswerBody {
             }
             Poll::Ready(Some(Err(e))) => {
                 this.done = true;
-                let bytes = this.sent;
-                this.span
-                    .in_scope(|| info!(bytes, detail = %e, "the agent's answer broke off"));
+                broke_off(this, e.to_string());
             }
             Poll::Ready(None) => this.done = true,
             Poll::Pending => {}
@@ -88,6 +91,41 @@ impl HttpBody for AnswerBody {
         }
         self.inner.size_hint()
     }
+}
+
+/// Logs at warn and counts an answer that broke off after its head. Its 200 (or other
+/// status) has gone to the caller and stays counted; this says the answer was not whole.
+/// The session's end, if it comes, may come just after the channel's: waited for apart.
+fn broke_off(body: &AnswerBody, detail: String) {
+    let (ctx, live, span, bytes) = (
+        body.ctx.clone(),
+        body.live.clone(),
+        body.span.clone(),
+        body.sent,
+    );
+    tokio::spawn(async move {
+        let tunnel_lost = live.ended_within(super::call::SESSION_END_WAIT).await;
+        let _in_call = span.enter();
+        if ctx.is_cutting_off() {
+            warn!(bytes, "the answer was cut off by the relay's shutdown");
+            return;
+        }
+        if tunnel_lost {
+            ctx.metrics.call_broke_off(BreakCause::TUNNEL_LOST);
+            warn!(
+                bytes,
+                %detail,
+                "the answer broke off after its head: the tunnel to the agent was lost; the caller got its status and `bytes` of the body"
+            );
+        } else {
+            ctx.metrics.call_broke_off(BreakCause::AGENT);
+            warn!(
+                bytes,
+                %detail,
+                "the answer broke off after its head: the agent ended it early (its internal server's answer broke off, or the agent cut it: see the agent's log for this request id); the caller got its status and `bytes` of the body"
+            );
+        }
+    });
 }
 
 impl Drop for AnswerBody {

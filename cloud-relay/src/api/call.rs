@@ -30,7 +30,10 @@ pub async fn call(
     let started = std::time::Instant::now();
     let mut abandoned = Abandoned {
         ctx: ctx.clone(),
-        span: info_span!("call", %request_id, %agent, %connection),
+        // Not this module's target: the README's filter for busy relays, `api::call=warn`,
+        // would drop the span, and with it the call's agent and request id from the
+        // warnings it keeps (here and in `answer_body`).
+        span: info_span!(target: "postern_relay::api", "call", %request_id, %agent, %connection),
         started,
         armed: true,
     };
@@ -41,9 +44,14 @@ pub async fn call(
     let response = match result {
         Ok(response) => response,
         Err(Failure::Api(e)) => {
-            abandoned
-                .span
-                .in_scope(|| info!(code = e.code.as_str(), detail = %e.message, "call failed"));
+            abandoned.span.in_scope(|| {
+                let (code, detail) = (e.code.as_str(), &e.message);
+                if relays_own_failure(e.code) {
+                    warn!(code, %detail, "call failed");
+                } else {
+                    info!(code, %detail, "call failed");
+                }
+            });
             axum::response::IntoResponse::into_response(e)
         }
         Err(Failure::CallerBodyBroke(detail)) => {
@@ -71,6 +79,13 @@ pub async fn call(
         .metrics
         .call_finished(response.status().as_u16(), started.elapsed());
     Ok(response)
+}
+
+/// A failure of the tunnel under a call, or the relay's own `call_timeout`: logged at warn,
+/// so a busy relay's `api::call=warn` filter keeps them. Refusals (4xx, `agent_offline`,
+/// `too_many_calls`) stay at info: an offline agent's many callers must not flood warn.
+fn relays_own_failure(code: ErrorCode) -> bool {
+    matches!(code, ErrorCode::TunnelError | ErrorCode::UpstreamTimeout)
 }
 
 /// Logs and counts a call whose caller went away before its answer's head was ready:
@@ -223,7 +238,13 @@ async fn forward(
     parts.extensions.insert(super::error::FromAgent);
     // The call stays counted in flight until its body has been sent (or dropped).
     let length_unknown = is_head && !parts.headers.contains_key(http::header::CONTENT_LENGTH);
-    let body = super::answer_body::AnswerBody::new(body, ctx.clone(), in_flight, length_unknown);
+    let body = super::answer_body::AnswerBody::new(
+        body,
+        ctx.clone(),
+        live.clone(),
+        in_flight,
+        length_unknown,
+    );
     Ok(Response::from_parts(parts, Body::new(body)))
 }
 
@@ -296,7 +317,7 @@ pub(super) fn call_slot(
 
 /// How long a failed call waits for its session's end to show, when its channel's end
 /// may have come first.
-const SESSION_END_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
+pub(super) const SESSION_END_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
 
 async fn classify(
     ctx: &RelayContext,
