@@ -39,6 +39,9 @@ pub struct RelayContext {
     pub cutting_off: AtomicBool,
     /// `call_timeout` as each call tells the agent (`x-postern-call-timeout`), made once.
     pub call_timeout_header: http::HeaderValue,
+    /// Lines about requests still sending a revoked API key: an integration nobody
+    /// updated would otherwise log one per request.
+    pub revoked_key_lines: std::sync::Mutex<postern_logs::LogBudget>,
     next_session_id: AtomicU64,
 }
 
@@ -58,6 +61,10 @@ impl RelayContext {
             tasks: TaskTracker::new(),
             shutdown,
             cutting_off: AtomicBool::new(false),
+            revoked_key_lines: std::sync::Mutex::new(postern_logs::LogBudget::per_minute(
+                10,
+                "about revoked API keys",
+            )),
             next_session_id: AtomicU64::new(1),
         }
     }

@@ -109,7 +109,7 @@ impl Metrics {
         );
         registry.register(
             "api_key_refusals",
-            "API requests refused for their key (401), by reason: missing, malformed, unknown",
+            "API requests refused for their key (401), by reason: missing, malformed, unknown, revoked",
             m.api_key_refusals.clone(),
         );
         registry.register(

@@ -257,6 +257,9 @@ pub trait Store: Send + Sync + 'static {
     }
     /// The active API key `key`, compared in constant time.
     fn api_key(&self, key: &SecretToken) -> Result<Option<ApiKeyRecord>, StoreError>;
+    /// The name of the revoked API key `key`, if it is one (compared in constant time): a
+    /// request still sending it is refused saying so, and logged with the name.
+    fn revoked_api_key_name(&self, key: &SecretToken) -> Result<Option<String>, StoreError>;
     /// The name of the active API key `key`, compared in constant time.
     fn api_key_name(&self, key: &SecretToken) -> Result<Option<String>, StoreError> {
         Ok(self.api_key(key)?.map(|k| k.name))

@@ -169,6 +169,22 @@ async fn keys_are_managed_through_the_api_and_never_shown_again() -> Result<()> 
     let after = send(&caller, Method::GET, "/v1/agents", None).await?;
     assert_eq!(after.status, 401);
     assert_eq!(after.code(), "unauthorized");
+    // Said to be revoked, by name, to its sender and in the log, a few lines a minute:
+    // before 2026-12-07 only a counter showed that an integration still sent it.
+    assert_eq!(
+        after.message(),
+        "API key \"platform-calls\" was revoked: ask the relay's admin for another"
+    );
+    let line = "API request refused: its key was revoked key=platform-calls";
+    w.relay.logs.wait_for(line, Duration::from_secs(5))?;
+    for _ in 0..20 {
+        assert_eq!(
+            send(&caller, Method::GET, "/v1/agents", None).await?.status,
+            401
+        );
+    }
+    let logged = w.relay.logs.text().matches(line).count();
+    assert_eq!(logged, 10, "{logged} lines for 21 requests in a minute");
     let again = send(&w.admin, Method::DELETE, "/v1/apikeys/platform-calls", None).await?;
     assert_eq!(again.status, 404);
     // Its own code: a key gone already is not a wrong URL.

@@ -4,7 +4,9 @@
 use anyhow::{Context, Result};
 use postern_protocol::SecretKind;
 use postern_tests::harness::Bins;
-use postern_tests::relay_support::{ONLINE_WITHIN, RelayWorld, eventually, sample as get, scrape};
+use postern_tests::relay_support::{
+    ONLINE_WITHIN, RelayWorld, eventually, sample as get, scrape, send,
+};
 
 fn bins() -> Bins {
     postern_tests::bins!()
@@ -76,11 +78,17 @@ async fn counters_move_with_sessions_logins_and_calls() -> Result<()> {
     // API requests refused for their key, each under its reason.
     let agents = format!("{}/v1/agents", w.admin.base);
     let unknown = postern_relay::secrets::new_token(SecretKind::ApiKey);
+    let body = serde_json::json!({"name": "gone"});
+    let made = send(&w.admin, reqwest::Method::POST, "/v1/apikeys", Some(body)).await?;
+    let revoked = made.json["key"].as_str().unwrap_or_default().to_owned();
+    let gone = send(&w.admin, reqwest::Method::DELETE, "/v1/apikeys/gone", None).await?;
+    assert_eq!(gone.status, 204, "{}", gone.json);
     for key in [
         None,
         Some("not-a-key"),
         Some(unknown.expose()),
         Some(unknown.expose()),
+        Some(revoked.as_str()),
     ] {
         let mut request = w.admin.http.get(&agents);
         if let Some(key) = key {
@@ -89,7 +97,12 @@ async fn counters_move_with_sessions_logins_and_calls() -> Result<()> {
         assert_eq!(request.send().await?.status(), 401, "{key:?}");
     }
     let refusals = scrape(&w.admin).await?;
-    for (reason, count) in [("missing", 1.0), ("malformed", 1.0), ("unknown", 2.0)] {
+    for (reason, count) in [
+        ("missing", 1.0),
+        ("malformed", 1.0),
+        ("unknown", 2.0),
+        ("revoked", 1.0),
+    ] {
         assert_eq!(
             get(
                 &refusals,

@@ -604,6 +604,20 @@ impl Store for SqliteStore {
         })
     }
 
+    fn revoked_api_key_name(&self, key: &SecretToken) -> Result<Option<String>, StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT name, key_hash FROM api_keys WHERE key_lookup = ?1 AND revoked_at IS NOT NULL",
+            )?;
+            let candidates = stmt
+                .query_map(params![key.lookup_id()], |row| {
+                    Ok((row.get::<_, String>(0)?, row.get::<_, Vec<u8>>(1)?))
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(pick_by_hash(candidates, &key.hash()))
+        })
+    }
+
     fn list_api_keys(&self) -> Result<Vec<ApiKeyRecord>, StoreError> {
         self.read(|conn| {
             let mut stmt = conn.prepare(
