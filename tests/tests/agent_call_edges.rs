@@ -407,3 +407,42 @@ async fn connection_test_says_when_tls_is_not_verified() -> Result<()> {
     );
     Ok(())
 }
+
+/// An internal server that refuses every JWT the agent makes (here: another secret) is
+/// said in the agent's log, once a minute, naming the connection: before 2026-12-07 each
+/// 401 went back to its caller and counted as served, with nothing at WARN.
+#[tokio::test(flavor = "multi_thread")]
+async fn tokens_the_internal_server_refuses_are_said_once_a_minute() -> Result<()> {
+    let internal = InternalServer::start(
+        Verifier::Hs256(b"the internal server's own secret, 32+ bytes".to_vec()),
+        "refusing",
+    )
+    .await?;
+    let dir = TempDir::new("review-refused-jwt")?;
+    dir.write_private("hmac.secret", "another secret of at least thirty-two bytes")?;
+    let connections = format!(
+        "[connections.wrongkey]\nbase_uri = \"{}\"\n\
+         [connections.wrongkey.auth]\ntype = \"jwt_bearer\"\nalgorithm = \"HS256\"\n\
+         secret_file = \"hmac.secret\"\nlifetime = \"5m\"\npayload = {{ aud = \"refusing\" }}\n",
+        internal.base_uri()
+    );
+    let tunnel = Tunnel::start(&bins(), &dir, &connections).await?;
+    for _ in 0..5 {
+        let r = tunnel.api.call("a1", "wrongkey", "/x").await?;
+        assert_eq!(r.status(), 401);
+        assert!(
+            r.headers().get("x-postern-error").is_none(),
+            "the server's own 401"
+        );
+    }
+    let line = "the internal server refused (401) a token made for this call";
+    tunnel.agent.logs.wait_for(line, Duration::from_secs(5))?;
+    let said = tunnel.agent.logs.text();
+    assert_eq!(said.matches(line).count(), 1, "{said}");
+    assert!(
+        said.lines()
+            .any(|l| l.contains(line) && l.contains("connection=wrongkey") && l.contains("WARN")),
+        "{said}"
+    );
+    Ok(())
+}

@@ -75,7 +75,7 @@ pub(crate) async fn send_with_retries(
         // A token made for this very call, refused: the refusal is the request's, and
         // dropping the token would cost the next call an exchange for nothing (a path
         // refusing every call, reached between larger uploads that dropped tokens).
-        source.refused_again();
+        refused_anew(conn, source, &upstream);
         return Ok((upstream, again));
     }
     // Dropped even when this call cannot be retried, so the next gets a new one.
@@ -97,7 +97,7 @@ pub(crate) async fn send_with_retries(
     // being ignored already.
     if fresh.header == used.header {
         if !fresh.cached {
-            source.refused_again();
+            refused_anew(conn, source, &upstream);
         }
         return Ok((upstream, again));
     }
@@ -106,7 +106,31 @@ pub(crate) async fn send_with_retries(
     let body = RequestBody::Buffered(replay);
     upstream = send(ctx, method, url, headers, Some(&fresh), body).await?;
     if upstream.status() == StatusCode::UNAUTHORIZED {
-        source.refused_again();
+        refused_anew(conn, source, &upstream);
     }
     Ok((upstream, again))
+}
+
+/// A token made for this call was refused (401): the request's doing, or the
+/// connection's auth does not suit the internal server (its key, its claims, a clock).
+/// The 401 goes back to the caller as it came, and the call counts as served; it is said
+/// once a minute, with the server's challenge, so an auth that never works shows in the
+/// log and not only in `status="401"`.
+fn refused_anew(
+    conn: &crate::config::Connection,
+    source: &crate::jwt::BearerSource,
+    upstream: &reqwest::Response,
+) {
+    if !source.refused_again() {
+        return;
+    }
+    let challenge: String = upstream
+        .headers()
+        .get(http::header::WWW_AUTHENTICATE)
+        .map(|v| postern_logs::printable(&String::from_utf8_lossy(v.as_bytes())).into_owned())
+        .unwrap_or_else(|| "none".to_owned())
+        .chars()
+        .take(300)
+        .collect();
+    warn!(connection = %conn.name, www_authenticate = %challenge, "the internal server refused (401) a token made for this call: if every call is refused, the connection's key, its claims (aud, iss, sub…) or a clock (exp, iat, nbf) do not suit it; `postern jwt sign` and `jwt decode` show what is sent; said at most once a minute");
 }

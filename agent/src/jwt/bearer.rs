@@ -28,6 +28,8 @@ const REFRESH_RETRY: Duration = Duration::from_secs(1);
 /// (a path the account may not read, an API that says 401 for 403), and each would
 /// otherwise cost an exchange.
 const REFUSALS_IGNORED_FOR: Duration = Duration::from_secs(10);
+/// At most one line a minute per connection about tokens made for a call and refused.
+const REFUSAL_SAID_EVERY: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum BearerError {
@@ -138,6 +140,8 @@ struct State {
     minted: Option<(Instant, HeaderValue)>,
     /// Until then a refusal keeps the cached token ([`BearerSource::refused_again`]).
     refusals_ignored_until: Option<Instant>,
+    /// When a refused token was last said in the log.
+    refusal_said: Option<Instant>,
 }
 
 /// One per connection, shared by all its calls.
@@ -280,10 +284,19 @@ impl BearerSource {
 
     /// A token made for a refused call or its retry was refused too (or the retry would
     /// have sent the refused token again): for a while, refusals are taken as the
-    /// request's, not the token's ([`REFUSALS_IGNORED_FOR`]).
-    pub fn refused_again(&self) {
-        self.shared.lock_state().refusals_ignored_until =
-            Instant::now().checked_add(REFUSALS_IGNORED_FOR);
+    /// request's, not the token's ([`REFUSALS_IGNORED_FOR`]). True when such a refusal is
+    /// due a line in the log: none was said in the last [`REFUSAL_SAID_EVERY`].
+    pub fn refused_again(&self) -> bool {
+        let now = Instant::now();
+        let mut state = self.shared.lock_state();
+        state.refusals_ignored_until = now.checked_add(REFUSALS_IGNORED_FOR);
+        let due = state
+            .refusal_said
+            .is_none_or(|at| now.saturating_duration_since(at) >= REFUSAL_SAID_EVERY);
+        if due {
+            state.refusal_said = Some(now);
+        }
+        due
     }
 
     /// The header of a JWT signed for `now`: signing it again in the same second would give
