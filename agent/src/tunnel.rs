@@ -68,7 +68,7 @@ pub enum TunnelError {
     /// The relay's own trouble (its store) and an agent with all its connections end the
     /// login with the relay's words instead ([`TunnelError::SessionLost`]).
     #[error(
-        "the relay refused the access token (unknown, revoked or rotated: its log says which): ask the relay's admin"
+        "the relay refused the access token (unknown, revoked or rotated: its log says which; a relay older than 2026-12-07 refuses so too when it could not check the token): ask the relay's admin"
     )]
     TokenRefused,
     #[error("the relay refused the reverse forward: {0}")]

@@ -6,7 +6,7 @@
 //! holds the session's handle, queues the disconnect and lets the handler fail, and russh
 //! then writes the queued disconnect instead of an answer (russh patch 15).
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use tokio_util::sync::CancellationToken;
 
@@ -51,5 +51,47 @@ impl LoginEnd {
     /// For the loop, once the disconnect is queued: the handler may fail the login.
     pub fn sent(&self) {
         self.sent.cancel();
+    }
+}
+
+/// Held by the connection's loop: however the loop ends, a handler that asks later (a
+/// store check that outlived the authentication timeout, whose loop already closed the
+/// connection) is let go at once. Waiting for a disconnect no loop will queue, it would
+/// hold its session task, and its socket, for ever.
+pub struct ReleaseOnDrop(pub Arc<LoginEnd>);
+
+impl Drop for ReleaseOnDrop {
+    fn drop(&mut self) {
+        self.0.sent();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_login_ended_after_its_loop_is_gone_is_let_go() {
+        let end = Arc::new(LoginEnd::default());
+        drop(ReleaseOnDrop(end.clone()));
+        let late = tokio::time::timeout(Duration::from_secs(5), end.end(STORE_UNAVAILABLE, true));
+        assert!(
+            late.await.is_ok(),
+            "the handler waits for a loop that is gone"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_login_ended_while_its_loop_runs_waits_for_the_disconnect() {
+        let end = Arc::new(LoginEnd::default());
+        let _loop = ReleaseOnDrop(end.clone());
+        let asked = tokio::time::timeout(Duration::from_millis(200), end.end(AGENT_BUSY, false));
+        assert!(
+            asked.await.is_err(),
+            "let go before the disconnect was queued"
+        );
+        assert_eq!(end.reason(), Some(AGENT_BUSY));
     }
 }

@@ -21,7 +21,7 @@ use crate::context::MAX_CONNECTIONS_PER_AGENT;
 use crate::context::RelayContext;
 use crate::control::ControlChannel;
 use crate::keyed_slots::KeyedSlot;
-use crate::login_end::{AGENT_BUSY, LoginEnd, STORE_UNAVAILABLE};
+use crate::login_end::{AGENT_BUSY, LoginEnd, ReleaseOnDrop, STORE_UNAVAILABLE};
 use crate::registry::ClosingReason;
 use crate::server::{AcceptErrors, accept_next};
 use crate::store::{AgentRecord, Login, unix_now};
@@ -259,6 +259,7 @@ async fn run_connection(
     let hello_answered = CancellationToken::new();
     let welcome_sent = CancellationToken::new();
     let login_end = Arc::new(LoginEnd::default());
+    let _release = ReleaseOnDrop(login_end.clone());
     let handler = AgentHandler {
         ctx: ctx.clone(),
         peer,

@@ -103,7 +103,9 @@ fn broke_off(body: &AnswerBody, detail: String) {
         body.span.clone(),
         body.sent,
     );
-    tokio::spawn(async move {
+    // Owned by the relay's tracker: a shutdown waits for it (at most SESSION_END_WAIT).
+    let tasks = ctx.tasks.clone();
+    tasks.spawn(async move {
         let tunnel_lost = live.ended_within(super::call::SESSION_END_WAIT).await;
         let _in_call = span.enter();
         if ctx.is_cutting_off() {
