@@ -317,7 +317,7 @@ async fn run(ctx: &CallContext, request: Request<Incoming>) -> Result<Response<C
     let bare = parts
         .headers
         .remove(postern_protocol::headers::BARE_CALL)
-        .is_some();
+        .map(|form| form.as_bytes() == b"1");
     let declared = parts
         .headers
         .get(CONTENT_LENGTH)
@@ -392,15 +392,6 @@ async fn run(ctx: &CallContext, request: Request<Incoming>) -> Result<Response<C
         let pause = ctx.limiter.pause(pause);
         warn!(connection = %conn.name, pause_ms = pause.as_millis() as u64, "upstream asked to slow down; pausing the connection");
     }
-    if header_bytes(upstream.headers()) > max_headers {
-        return Err((
-            ErrorCode::AnswerTooLarge,
-            format!(
-                "the internal server's answer headers are larger than this connection's max_header_bytes ({max_headers} bytes); {SENT}"
-            ),
-        )
-        .into());
-    }
     let mut upstream_headers = upstream.headers().clone();
     // Both at once: the body was read as chunked, and a Content-Length passed on would
     // make the agent's server cut it at that length, or break it (RFC 9112 §6.3: an
@@ -431,6 +422,16 @@ async fn run(ctx: &CallContext, request: Request<Incoming>) -> Result<Response<C
     );
     // The header marks postern's own errors; an internal server must not be able to fake one.
     upstream_headers.remove(POSTERN_ERROR);
+    // Measured as it will cross: a `Location` mapped back may have grown.
+    if header_bytes(&upstream_headers) > max_headers {
+        return Err((
+            ErrorCode::AnswerTooLarge,
+            format!(
+                "the internal server's answer headers are larger than this connection's max_header_bytes ({max_headers} bytes); {SENT}"
+            ),
+        )
+        .into());
+    }
     // Past this the relay could not read the head, and the caller would get only a tunnel error.
     let max_lines = MAX_ANSWER_HEADER_LINES - ANSWER_HEADER_LINES_ADDED;
     if upstream_headers.len() > max_lines {

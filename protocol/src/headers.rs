@@ -13,9 +13,10 @@ pub const CALL_TIMEOUT: &str = "x-postern-call-timeout";
 /// holding the stable error code, so a caller can tell the two apart.
 pub const POSTERN_ERROR: &str = "x-postern-error";
 
-/// Set (to `1`) by the relay on a call to the bare `.../http`, which it forwards as `/`
-/// as it does `.../http/` (any the caller sent is dropped). The agent takes it off: it
-/// needs to know which the caller named to point a `Location` back at the call route.
+/// Set by the relay on a call of a connection's base: `1` for the bare `.../http`, `0` for
+/// `.../http/`, which it forwards alike as `/` (any the caller sent is dropped). The agent
+/// takes it off: it needs to know which the caller named to point a `Location` back at
+/// the call route, and without it (a relay before 2026-12-07) leaves such a `Location` be.
 pub const BARE_CALL: &str = "x-postern-bare-call";
 
 /// Header lines the relay reads in the head of an agent's answer: hyper's default, which

@@ -15,8 +15,10 @@ pub struct Called<'a> {
     /// The path under the connection as the relay forwarded it, in the caller's encoding
     /// (`/v2/x`; `/` for `.../http/` and for the bare `.../http`).
     pub path: &'a str,
-    /// The caller named the bare `.../http`, whose base directory is `.../connections/{c}/`.
-    pub bare: bool,
+    /// For a call of the base (`path` `/`), whether the caller named the bare `.../http`,
+    /// whose base directory is `.../connections/{c}/`, or `.../http/`; `None` where the
+    /// relay did not say (before 2026-12-07).
+    pub bare: Option<bool>,
 }
 
 /// Rewrites every `Location` and `Content-Location` of an answer that [`map`] maps; a
@@ -56,10 +58,11 @@ pub fn map(value: &str, called: Called<'_>) -> Option<String> {
         return (!has_authority(value)).then(|| target.to_string());
     };
     // Both paths from `.../connections/{c}/`: the caller's call, and the route to the target.
-    let from = if called.bare {
-        "http".to_owned()
-    } else {
-        format!("http{}", called.path)
+    let from = match (called.bare, called.path) {
+        (Some(true), _) => "http".to_owned(),
+        // No one reference resolves right from both `.../http` and `.../http/`: as before.
+        (None, "/") => return None,
+        _ => format!("http{}", called.path),
     };
     let to = format!("http{rest}");
     let mut reference = relative_path(&from, &to);
@@ -149,7 +152,7 @@ mod tests {
             internal: &internal,
             base: &base,
             path: path.unwrap_or("/").split('?').next().unwrap_or_default(),
-            bare: path.is_none(),
+            bare: Some(path.is_none()),
         };
         let reference = map(value, called).expect("mapped");
         let caller = Url::parse(RELAY)
@@ -169,7 +172,7 @@ mod tests {
                 internal: &internal,
                 base: &base,
                 path,
-                bare: false,
+                bare: (path == "/").then_some(false),
             },
         )
     }
@@ -238,6 +241,22 @@ mod tests {
         assert_eq!(mapped(BASE, Some("/v2/"), "/api/v2/y", "http/v2/y"), "y");
         assert_eq!(mapped(BASE, Some("/v2/"), "/api/v2/", "http/v2/"), "./");
         assert_eq!(mapped(BASE, Some("/v2/"), "/api/v3/", "http/v3/"), "../v3/");
+    }
+
+    /// A relay that does not say which form a call of the base was (before 2026-12-07):
+    /// such a call's `Location` under the base is left as it came, as no reference fits
+    /// both; other calls' are mapped, as they can be only one form.
+    #[test]
+    fn a_call_of_the_base_from_a_relay_that_does_not_say_is_left_be() {
+        let base = Url::parse(BASE).expect("base");
+        let called = |path| Called {
+            internal: &base,
+            base: &base,
+            path,
+            bare: None,
+        };
+        assert_eq!(map("/api/v2/y", called("/")), None);
+        assert_eq!(map("/api/v2/y", called("/v2/x")).as_deref(), Some("y"));
     }
 
     #[test]

@@ -368,8 +368,6 @@ fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
     )
 }
 
-/// serde's `invalid type: integer `12345`, expected a string` quotes the value it got,
-/// which may be a token or secret typed as the wrong type: keep only the value's kind.
 /// The config's own top-level keys but `connections`, as `ConfigFile` names them.
 const TOP_LEVEL_KEYS: [&str; 8] = [
     "relay",
@@ -391,6 +389,8 @@ fn top_level_key_in_a_table(message: &str) -> Option<&'static str> {
     TOP_LEVEL_KEYS.into_iter().find(|k| *k == key)
 }
 
+/// serde's `invalid type: integer `12345`, expected a string` quotes the value it got,
+/// which may be a token or secret typed as the wrong type: keep only the value's kind.
 fn without_values(message: &str) -> String {
     let Some((prefix, rest)) = ["invalid type: ", "invalid value: "]
         .iter()

@@ -175,8 +175,8 @@ async fn forward(
     }
     headers.insert(CALL_TIMEOUT, ctx.call_timeout_header.clone());
     headers.remove(BARE_CALL);
-    if is_bare(&parts.uri) {
-        headers.insert(BARE_CALL, HeaderValue::from_static("1"));
+    if let Some(form) = base_form(&parts.uri) {
+        headers.insert(BARE_CALL, HeaderValue::from_static(form));
     }
     let counter = ctx.clone();
     let counted = http_body_util::BodyExt::map_frame(body, move |frame| {
@@ -451,10 +451,16 @@ fn names(uri: &Uri) -> (String, String) {
     (decoded(), decoded())
 }
 
-/// Whether the call names the bare `.../http`, with no `/` after it: forwarded as `/`,
-/// as `.../http/` is, but a relative `Location` resolves against another directory.
-fn is_bare(original: &Uri) -> bool {
-    original.path().splitn(8, '/').nth(7).is_none()
+/// For a call of the connection's base, which form the caller named: `1` for the bare
+/// `.../http`, `0` for `.../http/`. Both are forwarded as `/`, but a relative `Location`
+/// resolves against another directory; told even for `0`, so that the agent can tell this
+/// relay from one that does not say (before 2026-12-07). `None` for any other path.
+fn base_form(original: &Uri) -> Option<&'static str> {
+    match original.path().splitn(8, '/').nth(7) {
+        None => Some("1"),
+        Some("") => Some("0"),
+        Some(_) => None,
+    }
 }
 
 /// `/<rest of the path>?<query>`, keeping the caller's percent-encoding exactly, so
@@ -498,11 +504,12 @@ mod tests {
         assert_eq!(uri.to_string(), "/v2/x%2Fy?since=1&b=%20");
         let bare: Uri = "/v1/agents/a/connections/orders/http".parse().expect("uri");
         assert_eq!(upstream_uri(&bare).expect("uri").to_string(), "/");
-        assert!(is_bare(&bare));
+        assert_eq!(base_form(&bare), Some("1"));
         let slash: Uri = "/v1/agents/a/connections/orders/http/?q"
             .parse()
             .expect("uri");
         assert_eq!(upstream_uri(&slash).expect("uri").to_string(), "/?q");
-        assert!(!is_bare(&slash) && !is_bare(&original));
+        assert_eq!(base_form(&slash), Some("0"));
+        assert_eq!(base_form(&original), None);
     }
 }
