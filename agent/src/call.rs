@@ -158,11 +158,11 @@ pub async fn handle(ctx: Arc<CallContext>, request: Request<Incoming>) -> Respon
             response.map(|body| hold_until_done(body, permit, ctx.clone(), request_id.clone()))
         }),
     };
-    let response = match outcome {
+    let (response, postern_error) = match outcome {
         Ok(response) => {
             ctx.served
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            response
+            (response, "none")
         }
         Err(Refusal {
             code,
@@ -187,14 +187,14 @@ pub async fn handle(ctx: Arc<CallContext>, request: Request<Incoming>) -> Respon
                     .headers_mut()
                     .insert(ALLOW, HeaderValue::from_static(RELAYED_METHODS));
             }
-            response
+            (response, code.as_str())
         }
     };
     unanswered.armed = false;
     let elapsed = started.elapsed();
     let status = response.status().as_u16();
     ctx.metrics
-        .call_finished(ctx.connection.name.as_str(), status, elapsed);
+        .call_finished(ctx.connection.name.as_str(), status, postern_error, elapsed);
     info!(
         %request_id,
         connection = %ctx.connection.name,
@@ -248,9 +248,12 @@ impl Drop for Unanswered<'_> {
         self.ctx
             .failed
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.ctx
-            .metrics
-            .call_finished(self.ctx.connection.name.as_str(), ABANDONED, elapsed);
+        self.ctx.metrics.call_finished(
+            self.ctx.connection.name.as_str(),
+            ABANDONED,
+            "abandoned",
+            elapsed,
+        );
         warn!(
             request_id = %self.request_id,
             connection = %self.ctx.connection.name,

@@ -35,6 +35,10 @@ pub const DURATION_BUCKETS: [f64; 14] = [
 struct CallLabels {
     connection: String,
     status: u16,
+    /// postern's error code when the answer is postern's own (`rate_limited`,
+    /// `token_exchange_failed`…), `none` when it is the internal server's, `abandoned`
+    /// for a call the relay gave up on: a 429 or 502 alone does not say whose it was.
+    postern_error: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -153,11 +157,18 @@ impl Default for AgentMetrics {
 }
 
 impl AgentMetrics {
-    pub fn call_finished(&self, connection: &str, status: u16, elapsed: Duration) {
+    pub fn call_finished(
+        &self,
+        connection: &str,
+        status: u16,
+        postern_error: &'static str,
+        elapsed: Duration,
+    ) {
         self.calls
             .get_or_create(&CallLabels {
                 connection: connection.to_owned(),
                 status,
+                postern_error,
             })
             .inc();
         self.call_duration

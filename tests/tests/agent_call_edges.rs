@@ -420,8 +420,12 @@ async fn tokens_the_internal_server_refuses_are_said_once_a_minute() -> Result<(
     .await?;
     let dir = TempDir::new("review-refused-jwt")?;
     dir.write_private("hmac.secret", "another secret of at least thirty-two bytes")?;
+    // `slow`: one call a minute, none waited for, so a second one is postern's own 429.
     let connections = format!(
-        "[connections.wrongkey]\nbase_uri = \"{}\"\n\
+        "metrics_listen = \"127.0.0.1:0\"\n\
+         [connections.slow]\nbase_uri = \"{0}\"\nmax_wait = \"0s\"\n\
+         rate_limit = {{ requests = 1, per = \"1m\", burst = 1 }}\n\
+         [connections.wrongkey]\nbase_uri = \"{0}\"\n\
          [connections.wrongkey.auth]\ntype = \"jwt_bearer\"\nalgorithm = \"HS256\"\n\
          secret_file = \"hmac.secret\"\nlifetime = \"5m\"\npayload = {{ aud = \"refusing\" }}\n",
         internal.base_uri()
@@ -444,5 +448,28 @@ async fn tokens_the_internal_server_refuses_are_said_once_a_minute() -> Result<(
             .any(|l| l.contains(line) && l.contains("connection=wrongkey") && l.contains("WARN")),
         "{said}"
     );
+
+    // The metrics tell postern's own answers from the internal server's: a 401 or 429
+    // alone says nothing of whose it was (before 2026-12-07 there was no such label).
+    let mut statuses = Vec::new();
+    for _ in 0..2 {
+        let r = tunnel.api.call("a1", "slow", "/x").await?;
+        statuses.push(r.status().as_u16());
+    }
+    assert_eq!(statuses[1], 429, "{statuses:?}");
+    let port = tunnel.agent.metrics_port()?;
+    let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await?
+        .text()
+        .await?;
+    for series in [
+        "postern_agent_calls_total{connection=\"wrongkey\",status=\"401\",postern_error=\"none\"} 5\n",
+        "postern_agent_calls_total{connection=\"slow\",status=\"429\",postern_error=\"rate_limited\"} 1\n",
+    ] {
+        assert!(
+            metrics.contains(series),
+            "{series:?} missing from:\n{metrics}"
+        );
+    }
     Ok(())
 }

@@ -14,7 +14,8 @@ const BUSY_RELAY: [&str; 2] = ["--log-level", "info,postern_relay::api::call=war
 const BY_AGENT: &str = "postern_calls_broken_total{cause=\"agent\"}";
 const BY_TUNNEL: &str = "postern_calls_broken_total{cause=\"tunnel_lost\"}";
 const AGENT_BROKEN: &str = "postern_agent_answers_broken_total{connection=\"orders\"}";
-const AGENT_200: &str = "postern_agent_calls_total{connection=\"orders\",status=\"200\"}";
+const AGENT_200: &str =
+    "postern_agent_calls_total{connection=\"orders\",status=\"200\",postern_error=\"none\"}";
 
 /// Agent `name`, created and online, serving `orders` and its metrics on a port of its own.
 async fn agent_with_metrics(w: &RelayWorld, name: &str) -> Result<(AgentProcess, u16)> {

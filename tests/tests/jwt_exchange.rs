@@ -199,7 +199,7 @@ async fn fifty_concurrent_calls_share_one_exchange() -> Result<()> {
     for line in [
         "postern_agent_token_exchanges_total{connection=\"erp\",outcome=\"ok\"} 1\n",
         "postern_agent_token_exchanges_total{connection=\"erp\",outcome=\"failed\"} 0\n",
-        "postern_agent_calls_total{connection=\"erp\",status=\"200\"} 50\n",
+        "postern_agent_calls_total{connection=\"erp\",status=\"200\",postern_error=\"none\"} 50\n",
         "postern_agent_call_duration_seconds_count{connection=\"erp\"} 50\n",
         "postern_agent_connected 1\n",
         "postern_agent_reconnects_total 0\n",
