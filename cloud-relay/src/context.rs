@@ -37,6 +37,9 @@ pub struct RelayContext {
     /// Set as shutdown cuts off the calls still under way (past the grace, or a second
     /// signal): their end is the relay's doing, not their callers'.
     pub cutting_off: AtomicBool,
+    /// Cancelled as the shutdown's grace ends: calls still waiting for their answer's head
+    /// answer their callers 502 then, where the connection's close gave them no answer.
+    pub cut_off_calls: CancellationToken,
     /// `call_timeout` as each call tells the agent (`x-postern-call-timeout`), made once.
     pub call_timeout_header: http::HeaderValue,
     /// Lines about requests still sending a revoked API key: an integration nobody
@@ -61,6 +64,7 @@ impl RelayContext {
             tasks: TaskTracker::new(),
             shutdown,
             cutting_off: AtomicBool::new(false),
+            cut_off_calls: CancellationToken::new(),
             revoked_key_lines: std::sync::Mutex::new(postern_logs::LogBudget::per_minute(
                 10,
                 "about revoked API keys",

@@ -224,27 +224,34 @@ pub async fn run_with(
     ));
     // The server ends on its own only once stopped and drained; a finished future must
     // not be polled again.
-    let drained = tokio::select! {
+    let mut drained = tokio::select! {
         _ = &mut served => true,
         _ = shutdown.stop.cancelled() => false,
     };
     // One deadline for the whole drain, so the relay stops within what its unit allows.
     let deadline = Instant::now() + grace;
-    let hurried = !drained
-        && tokio::select! {
-            _ = &mut served => false,
+    let mut hurried = false;
+    if !drained {
+        tokio::select! {
+            _ = &mut served => drained = true,
             _ = tokio::time::sleep_until(deadline) => {
                 warn!("in-flight API calls did not finish within the grace period; cutting them off");
-                false
             }
             _ = shutdown.hurry.cancelled() => {
                 warn!("second signal: cutting off the calls under way");
-                true
+                hurried = true;
             }
-        };
-    // Dropping the API server ends the connections still open (their calls are cut off).
+        }
+    }
+    // Calls still waiting for their answer's head are answered 502 and given a moment to
+    // be written; then dropping the API server ends the connections still open (answers
+    // under way are cut off).
     ctx.cutting_off
         .store(true, std::sync::atomic::Ordering::SeqCst);
+    ctx.cut_off_calls.cancel();
+    if !drained {
+        let _ = tokio::time::timeout(CUT_OFF_ANSWERS_WRITE, &mut served).await;
+    }
     drop(served);
     sessions_end.cancel();
     ctx.tasks.close();
@@ -263,6 +270,10 @@ pub async fn run_with(
     info!("relay stopped");
     Ok(())
 }
+
+/// How long the 502s of calls the shutdown cut off have to reach their callers before the
+/// API server's connections are dropped.
+const CUT_OFF_ANSWERS_WRITE: Duration = Duration::from_millis(500);
 
 /// SIGHUP rereads the certificate and key; connections and agent sessions stay. Each
 /// line says so, since admins send it (`systemctl reload`) expecting relay.toml reread.

@@ -169,6 +169,16 @@ async fn a_second_signal_ends_the_drain_at_once_and_still_says_goodbye() -> Resu
     )?;
     let logs = w.relay.logs.text();
     assert!(!logs.contains("abandoned by the caller"), "{logs}");
+    // Its caller was answered, not left with a closed connection (before 2026-12-07 it
+    // got no answer at all): 502 `tunnel_error`, as the agent had the request.
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), upload.read_to_end(&mut answer));
+    let _ = read.await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 502") && answer.contains("x-postern-error: tunnel_error"),
+        "{answer}"
+    );
     Ok(())
 }
 

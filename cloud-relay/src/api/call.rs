@@ -54,6 +54,19 @@ pub async fn call(
             });
             axum::response::IntoResponse::into_response(e)
         }
+        Err(Failure::CutOff) => {
+            let ms = started.elapsed().as_millis() as u64;
+            abandoned
+                .span
+                .in_scope(|| warn!(ms, "call cut off by the relay's shutdown; answered 502"));
+            abandoned.ctx.metrics.call_cut_off();
+            // Not `agent_offline`, which says the call can be sent again: the agent had
+            // the request.
+            return Ok(axum::response::IntoResponse::into_response(ApiError::new(
+                ErrorCode::TunnelError,
+                "the relay is shutting down and cut this call off before its answer came; the agent had the request, so the internal server may have acted on it",
+            )));
+        }
         Err(Failure::CallerBodyBroke(detail)) => {
             abandoned.span.in_scope(|| {
                 info!(
@@ -124,6 +137,8 @@ enum Failure {
     /// The caller's own request body failed (it hung up mid-upload, or sent a broken
     /// chunked body): the caller's doing, not the tunnel's.
     CallerBodyBroke(String),
+    /// The relay's shutdown cut it off while it waited for its answer's head.
+    CutOff,
 }
 
 impl From<ApiError> for Failure {
@@ -197,7 +212,11 @@ async fn forward(
     let (live, name, in_flight) = call_slot(&ctx, &record, &connection, (live, name))?;
     let started = std::time::Instant::now();
     let sent = live.channels.send(name, outgoing);
-    let upstream = match within(sent, &progress, ctx.config.call_timeout).await {
+    let waited = tokio::select! {
+        waited = within(sent, &progress, ctx.config.call_timeout) => waited,
+        _ = ctx.cut_off_calls.cancelled() => return Err(Failure::CutOff),
+    };
+    let upstream = match waited {
         None => {
             return Err(ApiError::new(
                 ErrorCode::UpstreamTimeout,
