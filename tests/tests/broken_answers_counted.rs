@@ -34,6 +34,20 @@ async fn agent_with_metrics(w: &RelayWorld, name: &str) -> Result<(AgentProcess,
     Ok((agent, port))
 }
 
+/// Waits until the relay's `series` (a broken-answer count) reads 1, 5 s at most.
+async fn relay_counts_one(w: &RelayWorld, series: &str) -> Result<()> {
+    eventually(
+        "the relay counts the broken answer",
+        Duration::from_secs(5),
+        || async {
+            scrape(&w.admin)
+                .await
+                .is_ok_and(|m| sample(&m, series) == 1.0)
+        },
+    )
+    .await
+}
+
 async fn agent_metrics(port: u16) -> Result<HashMap<String, f64>> {
     let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
         .await?
@@ -101,16 +115,7 @@ async fn an_answer_the_internal_server_breaks_off_is_broken_on_both_sides_a_hang
     );
     let agent_line = line_with(&agent.logs, "call's answer broke off")?;
     assert_has(&agent_line, &["WARN", "request_id=cut-1"]);
-    eventually(
-        "the relay counts the broken answer",
-        Duration::from_secs(5),
-        || async {
-            scrape(&w.admin)
-                .await
-                .is_ok_and(|m| sample(&m, BY_AGENT) == 1.0)
-        },
-    )
-    .await?;
+    relay_counts_one(&w, BY_AGENT).await?;
     let relay = scrape(&w.admin).await?;
     assert_eq!(sample(&relay, BY_TUNNEL), 0.0);
     // Its status went out and stays counted; the broken counter is beside it.
@@ -203,16 +208,7 @@ async fn a_tunnel_lost_mid_call_is_a_warning_and_mid_answer_is_counted_as_the_tu
             "request_id=lost-1",
         ],
     );
-    eventually(
-        "the relay counts the broken answer",
-        Duration::from_secs(5),
-        || async {
-            scrape(&w.admin)
-                .await
-                .is_ok_and(|m| sample(&m, BY_TUNNEL) == 1.0)
-        },
-    )
-    .await?;
+    relay_counts_one(&w, BY_TUNNEL).await?;
     assert_eq!(sample(&scrape(&w.admin).await?, BY_AGENT), 0.0);
     Ok(())
 }
