@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use postern_protocol::ErrorCode;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -27,6 +28,14 @@ struct Reason {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Class {
     class: &'static str,
+}
+
+/// A call postern answered with its own error: who answered (`relay`, `agent`) and the
+/// code (`other` for one this relay does not know, so an agent cannot grow the series).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ErrorLabels {
+    by: &'static str,
+    code: &'static str,
 }
 
 /// Where an answer that broke off after its head broke, as far as the relay can tell.
@@ -54,6 +63,7 @@ pub struct Metrics {
     api_key_refusals: Family<Reason, Counter>,
     calls: Family<Class, Counter>,
     calls_broken: Family<BreakCause, Counter>,
+    call_errors: Family<ErrorLabels, Counter>,
     call_duration: Histogram,
     bytes_in: Counter,
     bytes_out: Counter,
@@ -80,6 +90,7 @@ impl Metrics {
             api_key_refusals: Family::default(),
             calls: Family::default(),
             calls_broken: Family::default(),
+            call_errors: Family::default(),
             call_duration: Histogram::new(DURATION_BUCKETS),
             bytes_in: Counter::default(),
             bytes_out: Counter::default(),
@@ -121,6 +132,11 @@ impl Metrics {
             "calls_broken",
             "Calls whose answer broke off after its head (counted in calls by that head's status too), by cause: agent, tunnel_lost",
             m.calls_broken.clone(),
+        );
+        registry.register(
+            "call_errors",
+            "Calls answered with postern's own error (x-postern-error), by who answered (relay, agent) and code; the rest of a status class is the internal servers' answers",
+            m.call_errors.clone(),
         );
         registry.register(
             "call_duration_seconds",
@@ -199,6 +215,20 @@ impl Metrics {
         };
         self.calls.get_or_create(&Class { class }).inc();
         self.call_duration.observe(took.as_secs_f64());
+    }
+
+    /// One call answered with postern's own error `code` by `by` (`relay` or `agent`):
+    /// a 502 or 429 alone does not say whether the tunnel, the agent's side or the
+    /// internal server answered.
+    pub fn call_error(&self, by: &'static str, code: &str) {
+        let code = ErrorCode::ALL
+            .into_iter()
+            .map(ErrorCode::as_str)
+            .find(|known| *known == code)
+            .unwrap_or("other");
+        self.call_errors
+            .get_or_create(&ErrorLabels { by, code })
+            .inc();
     }
 
     /// One call whose caller went away before its answer's head (it hung up while it
@@ -280,6 +310,8 @@ mod tests {
         m.call_finished(503, Duration::from_secs(3));
         m.call_abandoned();
         m.call_broke_off(BreakCause::TUNNEL_LOST);
+        m.call_error("agent", "upstream_unreachable");
+        m.call_error("agent", "made_up_by_an_agent");
         m.add_bytes_in(10);
         let text = m.render(4);
         for line in [
@@ -292,6 +324,8 @@ mod tests {
             "postern_calls_total{class=\"5xx\"} 1",
             "postern_calls_total{class=\"abandoned\"} 1",
             "postern_calls_broken_total{cause=\"tunnel_lost\"} 1",
+            "postern_call_errors_total{by=\"agent\",code=\"upstream_unreachable\"} 1",
+            "postern_call_errors_total{by=\"agent\",code=\"other\"} 1",
             "postern_call_duration_seconds_bucket{le=\"0.025\"} 0",
             "postern_call_duration_seconds_bucket{le=\"0.05\"} 1",
             "postern_call_duration_seconds_bucket{le=\"5.0\"} 2",

@@ -48,13 +48,23 @@ async fn counters_move_with_sessions_logins_and_calls() -> Result<()> {
     }
     let refused = w.admin.call("warehouse-1", "nope", "/x").await?;
     assert_eq!(refused.status(), 404);
+    // And one the agent refuses (an encoded slash): postern's own errors, by who said them.
+    let slash = w.admin.call("warehouse-1", "orders", "/a%2Fb").await?;
+    assert_eq!(slash.status(), 400);
     let calls = scrape(&w.admin).await?;
     assert_eq!(get(&calls, "postern_calls_total{class=\"2xx\"}"), 3.0);
-    assert_eq!(get(&calls, "postern_calls_total{class=\"4xx\"}"), 1.0);
-    assert_eq!(get(&calls, "postern_call_duration_seconds_count"), 4.0);
+    assert_eq!(get(&calls, "postern_calls_total{class=\"4xx\"}"), 2.0);
+    for (series, count) in [
+        ("{by=\"relay\",code=\"unknown_connection\"}", 1.0),
+        ("{by=\"agent\",code=\"path_rejected\"}", 1.0),
+    ] {
+        let series = format!("postern_call_errors_total{series}");
+        assert_eq!(get(&calls, &series), count, "{series}: {calls:?}");
+    }
+    assert_eq!(get(&calls, "postern_call_duration_seconds_count"), 5.0);
     assert_eq!(
         get(&calls, "postern_call_duration_seconds_bucket{le=\"+Inf\"}"),
-        4.0
+        5.0
     );
     assert!(get(&calls, "postern_call_duration_seconds_sum") > 0.0);
     assert!(get(&calls, "postern_call_request_bytes_total") >= 30_000.0);

@@ -44,6 +44,7 @@ pub async fn call(
     let response = match result {
         Ok(response) => response,
         Err(Failure::Api(e)) => {
+            abandoned.ctx.metrics.call_error("relay", e.code.as_str());
             abandoned.span.in_scope(|| {
                 let (code, detail) = (e.code.as_str(), &e.message);
                 if relays_own_failure(e.code) {
@@ -60,10 +61,12 @@ pub async fn call(
                 .span
                 .in_scope(|| warn!(ms, "call cut off by the relay's shutdown; answered 502"));
             abandoned.ctx.metrics.call_cut_off();
+            let code = ErrorCode::TunnelError;
+            abandoned.ctx.metrics.call_error("relay", code.as_str());
             // Not `agent_offline`, which says the call can be sent again: the agent had
             // the request.
             return Ok(axum::response::IntoResponse::into_response(ApiError::new(
-                ErrorCode::TunnelError,
+                code,
                 "the relay is shutting down and cut this call off before its answer came; the agent had the request, so the internal server may have acted on it",
             )));
         }
@@ -241,7 +244,10 @@ async fn forward(
         .get(POSTERN_ERROR)
         .and_then(|c| c.to_str().ok())
     {
-        Some(code) => info!(method = %parts.method, status, ms, code, "call failed at the agent"),
+        Some(code) => {
+            ctx.metrics.call_error("agent", code);
+            info!(method = %parts.method, status, ms, code, "call failed at the agent");
+        }
         None => info!(method = %parts.method, status, ms, "call answered"),
     }
     let is_head = parts.method == http::Method::HEAD;
