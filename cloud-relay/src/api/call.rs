@@ -481,18 +481,23 @@ fn names(uri: &Uri) -> (String, String) {
 /// resolves against another directory; told even for `0`, so that the agent can tell this
 /// relay from one that does not say (before 2026-12-07). `None` for any other path.
 fn base_form(original: &Uri) -> Option<&'static str> {
-    match original.path().splitn(8, '/').nth(7) {
+    match under_route(original) {
         None => Some("1"),
         Some("") => Some("0"),
         Some(_) => None,
     }
 }
 
+/// The path after `.../http/`: `None` for the bare `.../http`, `""` for `.../http/`.
+fn under_route(original: &Uri) -> Option<&str> {
+    // "", "v1", "agents", A, "connections", C, "http", rest
+    original.path().splitn(8, '/').nth(7)
+}
+
 /// `/<rest of the path>?<query>`, keeping the caller's percent-encoding exactly, so
 /// the agent judges the path as it was sent.
 fn upstream_uri(original: &Uri) -> Result<Uri, ApiError> {
-    // "", "v1", "agents", A, "connections", C, "http", rest
-    let rest = original.path().splitn(8, '/').nth(7).unwrap_or("");
+    let rest = under_route(original).unwrap_or("");
     let mut target = format!("/{rest}");
     if let Some(query) = original.query() {
         target.push('?');
