@@ -510,9 +510,8 @@ fn a_folder_for_a_key_file_is_named_before_its_mode() -> Result<()> {
 }
 
 /// A short HMAC secret is warned of with its connection's name, by the edit that writes it
-/// and by `config check`, not by commands about other connections: before 2026-12-07 the
-/// warning named none, an edit the config refused said it twice, and every edit or `jwt
-/// sign` said it again, of every connection.
+/// and by `config check`, not by an edit refused for another problem nor by commands about
+/// other connections.
 #[test]
 fn a_short_secret_is_warned_of_by_its_connection_once() -> Result<()> {
     let dir = TempDir::new("cli-edit-short")?;
@@ -524,6 +523,15 @@ fn a_short_secret_is_warned_of_by_its_connection_once() -> Result<()> {
     let warning = "connections.n7: auth.secret is 4 bytes, shorter than HS256's 32-byte hash";
     assert_eq!(stderr(&out).matches(warning).count(), 1, "{}", stderr(&out));
     let said = |out: &std::process::Output| stderr(out).matches(warning).count();
+    // An edit refused for another problem says that problem alone.
+    let refused = [&args[..], &["--header", "alg=RS256"]].concat();
+    let out = agent_cli(&bins(), &config, &add_jwt("n9", &refused))?;
+    assert_exit(&out, 1, "header alg is \"RS256\"");
+    assert!(
+        !stderr(&out).contains("auth.secret is 4 bytes"),
+        "{}",
+        stderr(&out)
+    );
     // Edits of another connection, refused and taken, and a JWT signed for it: silent.
     let out = agent_cli(
         &bins(),

@@ -152,13 +152,10 @@ pub(super) fn open(path: &Path) -> Result<Editing> {
 /// brings, not for those the config had before, nor for a secret from an environment
 /// variable this shell lacks: the service's environment (`secret_env`) is not an admin's
 /// shell. Those are named as not checked. Warnings (a short secret, no `exp`) are said of
-/// the connection the edit `touched` only: the others' were said when they were written,
-/// and `run`, reloads and `config check` say them all.
+/// the connection the edit `touched` only, and only when the edit is taken: the others'
+/// were said when they were written, and `run`, reloads and `config check` say them all.
 pub(super) fn save(path: &Path, editing: &Editing, touched: Option<&str>) -> Result<PathBuf> {
     let text = editing.doc.to_string();
-    if let Some(name) = touched {
-        let _ = problems(&only_connection(&editing.doc, name).to_string(), path);
-    }
     if let Err(refused) = silently(|| check(path, &editing.before, &text)) {
         // A file that did not load before the edit either: the edit did not break it, and
         // the error (its line) is the file's, not the edited text's. (An edit that mends it,
@@ -173,6 +170,10 @@ pub(super) fn save(path: &Path, editing: &Editing, touched: Option<&str>) -> Res
             return Err(anyhow::Error::new(as_it_is)).context(why);
         }
         return Err(refused);
+    }
+    // Only now: a refused edit's error is all it says.
+    if let Some(name) = touched {
+        let _ = problems(&only_connection(&editing.doc, name).to_string(), path);
     }
     editing.destination.write(&text)?;
     Ok(editing.destination.file.clone())
