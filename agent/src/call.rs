@@ -3,6 +3,7 @@
 
 mod idle_timeout;
 mod location;
+mod pause_asked;
 pub mod rate_limit;
 mod replay;
 mod request_limits;
@@ -16,9 +17,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::TryStreamExt;
-use http::header::{
-    ALLOW, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER, TRANSFER_ENCODING,
-};
+use http::header::{ALLOW, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
@@ -386,11 +385,7 @@ async fn run(ctx: &CallContext, request: Request<Incoming>) -> Result<Response<C
         .into());
     }
     if upstream.status() == StatusCode::TOO_MANY_REQUESTS
-        && let Some(pause) = upstream
-            .headers()
-            .get(RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(rate_limit::parse_retry_after)
+        && let Some(pause) = pause_asked::pause_asked(upstream.headers())
     {
         let pause = ctx.limiter.pause(pause);
         warn!(connection = %conn.name, pause_ms = pause.as_millis() as u64, "upstream asked to slow down; pausing the connection");
@@ -793,7 +788,7 @@ pub(crate) fn rate_limited(conn: &Connection, refused: rate_limit::Refused, wait
         _ => format!("max_wait ({})", humantime::format_duration(wait.max_wait)),
     };
     let why = if refused.paused {
-        "the internal server asked for a pause (its Retry-After)"
+        "the internal server asked for a pause (its 429's Retry-After or rate-limit reset)"
     } else {
         "it is over its rate limit"
     };

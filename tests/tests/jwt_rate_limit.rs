@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Result;
 use axum::Router;
@@ -24,7 +24,8 @@ fn bins() -> Bins {
 }
 
 /// An upstream that answers 200, except the first call to `/api/limited/{secs}`, which
-/// gets 429 with `Retry-After: {secs}`. It records when each call arrived.
+/// gets 429 with `Retry-After: {secs}`, and to `/api/reset/{secs}`, which gets 429 with
+/// an `X-RateLimit-Reset` {secs} from now. It records when each call arrived.
 #[derive(Clone, Default)]
 struct Upstream {
     limited_once: Arc<Mutex<HashSet<String>>>,
@@ -36,12 +37,27 @@ async fn upstream(State(state): State<Upstream>, request: Request) -> Response {
     if let Ok(mut a) = state.arrivals.lock() {
         a.push((path.clone(), Instant::now()));
     }
+    if let Some(secs) = path.strip_prefix("/api/reset/")
+        && let Ok(secs) = secs.parse::<u64>()
+        && first_time(&state, &path)
+    {
+        // GitHub's way: no Retry-After, the Unix time the limit resets at.
+        let at = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            + Duration::from_secs(secs);
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            [
+                ("x-ratelimit-remaining", "0".to_owned()),
+                ("x-ratelimit-reset", at.as_secs().to_string()),
+            ],
+            "slow down",
+        )
+            .into_response();
+    }
     if let Some(secs) = path.strip_prefix("/api/limited/")
-        && state
-            .limited_once
-            .lock()
-            .map(|mut seen| seen.insert(path.clone()))
-            .unwrap_or(false)
+        && first_time(&state, &path)
     {
         return (
             StatusCode::TOO_MANY_REQUESTS,
@@ -51,6 +67,14 @@ async fn upstream(State(state): State<Upstream>, request: Request) -> Response {
             .into_response();
     }
     (StatusCode::OK, "ok").into_response()
+}
+
+fn first_time(state: &Upstream, path: &str) -> bool {
+    state
+        .limited_once
+        .lock()
+        .map(|mut seen| seen.insert(path.to_owned()))
+        .unwrap_or(false)
 }
 
 struct World {
@@ -304,11 +328,47 @@ async fn an_upstream_retry_after_pauses_the_connection() -> Result<()> {
     let message = body["error"]["message"].as_str().unwrap_or_default();
     assert!(
         message.starts_with(
-            "connection long: the internal server asked for a pause (its Retry-After)"
+            "connection long: the internal server asked for a pause (its 429's Retry-After or rate-limit reset)"
         ),
         "{message}"
     );
     let r = w.api.call("edge", "short", "/x").await?;
     assert_eq!(r.status(), 200, "other connections are not paused");
+    Ok(())
+}
+
+/// An API that says when its limit resets (`X-RateLimit-Reset`, a Unix time) but sends no
+/// `Retry-After` pauses the connection until then, as GitHub's does: the calls after it
+/// are not sent into the limit.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upstream_rate_limit_reset_pauses_the_connection_too() -> Result<()> {
+    let w = World::start(|base| {
+        let mut c = connection("waits", base, "max_wait = \"10s\"");
+        c.push_str(&connection("hurries", base, "max_wait = \"1s\""));
+        c
+    })
+    .await?;
+    let r = w.api.call("edge", "hurries", "/reset/30").await?;
+    assert_eq!(r.status(), 429);
+    assert!(
+        r.headers().get("x-postern-error").is_none(),
+        "passed on as it came"
+    );
+    let r = w.api.call("edge", "hurries", "/x").await?;
+    assert_eq!(r.status(), 429);
+    assert_eq!(r.headers()["x-postern-error"], "rate_limited");
+    let retry_after: u64 = r.headers()["retry-after"].to_str()?.parse()?;
+    assert!((27..=31).contains(&retry_after), "{retry_after}");
+    assert!(w.arrivals("/api/x").is_empty(), "sent into the limit");
+
+    // A reset 2 s ahead (whole seconds: 1–2 s): the next call waits for it, then goes.
+    let r = w.api.call("edge", "waits", "/reset/2").await?;
+    assert_eq!(r.status(), 429);
+    let paused_at = Instant::now();
+    let r = w.api.call("edge", "waits", "/after").await?;
+    assert_eq!(r.status(), 200);
+    let waited = paused_at.elapsed();
+    assert!(waited >= Duration::from_millis(700), "{waited:?}");
+    assert!(waited < Duration::from_secs(5), "{waited:?}");
     Ok(())
 }

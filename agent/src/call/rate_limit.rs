@@ -1,10 +1,10 @@
 //! A per-connection token bucket: calls over the limit wait their turn up to `max_wait`;
-//! an upstream 429 with `Retry-After` pauses the whole connection for that long.
+//! an upstream 429 that asks for a pause (`pause_asked.rs`) pauses the whole connection.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
@@ -296,18 +296,6 @@ fn refill(b: &mut Bucket, limit: RateLimit, now: Instant) {
     let elapsed = now.duration_since(b.refilled).as_secs_f64();
     b.tokens = (b.tokens + elapsed * rate(limit)).min(f64::from(limit.burst));
     b.refilled = now;
-}
-
-/// `Retry-After` as seconds or an HTTP date (RFC 9110 §10.2.3).
-pub fn parse_retry_after(value: &str) -> Option<Duration> {
-    let value = value.trim();
-    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
-        // More seconds than a u64 holds is still "a long while": the longest pause.
-        let secs = value.parse::<u64>().unwrap_or(u64::MAX);
-        return Some(Duration::from_secs(secs));
-    }
-    let at = httpdate::parse_http_date(value).ok()?;
-    Some(at.duration_since(SystemTime::now()).unwrap_or_default())
 }
 
 #[cfg(test)]
@@ -604,27 +592,6 @@ mod tests {
         assert!(
             middle.upgrade().is_none(),
             "the middle one outlived the chain"
-        );
-    }
-
-    #[test]
-    fn retry_after_in_seconds_or_as_a_date() {
-        assert_eq!(parse_retry_after("7"), Some(Duration::from_secs(7)));
-        assert_eq!(parse_retry_after(" 0 "), Some(Duration::ZERO));
-        let soon = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(30));
-        let d = parse_retry_after(&soon).expect("http date");
-        assert!(
-            d > Duration::from_secs(27) && d <= Duration::from_secs(30),
-            "{d:?}"
-        );
-        assert_eq!(
-            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
-            Some(Duration::ZERO)
-        );
-        assert_eq!(parse_retry_after("soon"), None);
-        assert_eq!(
-            parse_retry_after("99999999999999999999"),
-            Some(Duration::from_secs(u64::MAX))
         );
     }
 }
