@@ -10,7 +10,7 @@ use tokio::sync::watch;
 
 use crate::config::RateLimit;
 
-/// An upstream's `Retry-After` is honoured up to this long.
+/// The pause an upstream asks for (`pause_asked.rs`) is honoured up to this long.
 pub const MAX_PAUSE: Duration = Duration::from_secs(600);
 
 /// The wait the call would have needed, and whether an upstream's pause (its
