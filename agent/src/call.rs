@@ -1,6 +1,7 @@
 //! One call: map the path under the connection's base, apply the rate limit, add the
 //! bearer token, send it with reqwest (once more on a stale token's 401), stream the answer.
 
+pub mod client_tls;
 mod idle_timeout;
 mod location;
 mod pause_asked;
@@ -32,6 +33,7 @@ use crate::config::{Auth, Connection};
 use crate::jwt::{Bearer, BearerError, BearerSource};
 use crate::metrics::AgentMetrics;
 use crate::upstream_url;
+use client_tls::ClientError;
 use rate_limit::Limiter;
 pub(crate) use replay::RequestBody;
 use slots::{CallSlots, Slot};
@@ -64,7 +66,7 @@ const UPSTREAM_IDLE: Duration = Duration::from_secs(4);
 
 impl CallContext {
     /// A context of its own, for one-off use such as `postern connection test`.
-    pub fn new(connection: Arc<Connection>) -> Result<Self, reqwest::Error> {
+    pub fn new(connection: Arc<Connection>) -> Result<Self, ClientError> {
         Self::succeeding(connection, None, &Arc::default())
     }
 
@@ -76,8 +78,11 @@ impl CallContext {
         connection: Arc<Connection>,
         previous: Option<&CallContext>,
         metrics: &Arc<AgentMetrics>,
-    ) -> Result<Self, reqwest::Error> {
-        let mut builder = reqwest::Client::builder()
+    ) -> Result<Self, ClientError> {
+        if connection.tls.insecure_skip_verify {
+            warn!(connection = %connection.name, "tls.insecure_skip_verify is on: this connection accepts ANY certificate, so anyone on the path can read and change its calls");
+        }
+        let http = reqwest::Client::builder()
             .connect_timeout(connect_timeout(connection.timeout))
             .pool_idle_timeout(UPSTREAM_IDLE)
             // Not `read_timeout`: see call/idle_timeout.rs.
@@ -86,15 +91,9 @@ impl CallContext {
             // reqwest reads hyper's default, MAX_ANSWER_HEADER_LINES, as the relay does; not
             // set here, as setting it (even to the default) moves each head's parse to the heap.
             .no_proxy()
-            .tls_certs_merge(connection.tls.extra_roots.iter().cloned());
-        if let Some(identity) = &connection.tls.identity {
-            builder = builder.identity(identity.clone());
-        }
-        if connection.tls.insecure_skip_verify {
-            warn!(connection = %connection.name, "tls.insecure_skip_verify is on: this connection accepts ANY certificate, so anyone on the path can read and change its calls");
-            builder = builder.tls_danger_accept_invalid_certs(true);
-        }
-        let http = builder.build()?;
+            // The system roots parsed once for all clients, this connection's own beside them.
+            .tls_backend_preconfigured(client_tls::client_config(&connection.tls)?)
+            .build()?;
         metrics.connection_known(connection.name.as_str());
         let bearer = match &connection.auth {
             Auth::None => None,

@@ -10,7 +10,7 @@ use crate::metrics::AgentMetrics;
 
 pub type Contexts = BTreeMap<String, Arc<CallContext>>;
 
-/// `reason` is reqwest's error with its causes: its own text is only "builder error".
+/// `reason` is the build's error with its causes: reqwest's own text is only "builder error".
 /// Held as text, not as a source, so `{:#}` does not print the causes twice.
 #[derive(Debug, thiserror::Error)]
 #[error("connection {name}: cannot build its HTTP client: {reason}")]

@@ -84,51 +84,58 @@ pub fn make_pki(dir: &Path) -> Result<()> {
             "/CN=postern test CA",
         ],
     )?;
-    for (name, ext) in [
-        ("server", "subjectAltName=IP:127.0.0.1"),
-        ("client", "extendedKeyUsage=clientAuth"),
-    ] {
-        let (key, csr, pem) = (
-            format!("{name}.key"),
-            format!("{name}.csr"),
-            format!("{name}.pem"),
-        );
-        let (subject, extfile) = (format!("/CN=postern-{name}"), format!("{name}.ext"));
-        openssl(
-            dir,
-            &[
-                "req", "-newkey", "rsa:2048", "-nodes", "-keyout", &key, "-out", &csr, "-subj",
-                &subject,
-            ],
-        )?;
-        std::fs::write(dir.join(&extfile), ext)?;
-        openssl(
-            dir,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                &csr,
-                "-CA",
-                "ca.pem",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-out",
-                &pem,
-                "-days",
-                "2",
-                "-extfile",
-                &extfile,
-            ],
-        )?;
-    }
+    issue(dir, "server", "subjectAltName=IP:127.0.0.1")?;
+    client_certificate(dir, "client")
+}
+
+/// In `dir`, beside [`make_pki`]'s CA: a client certificate `{name}.pem` for
+/// `CN=postern-{name}`, signed by that CA, and its key `{name}.key` (0600).
+pub fn client_certificate(dir: &Path, name: &str) -> Result<()> {
+    issue(dir, name, "extendedKeyUsage=clientAuth")?;
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(
-        dir.join("client.key"),
+        dir.join(format!("{name}.key")),
         std::fs::Permissions::from_mode(0o600),
     )?;
     Ok(())
+}
+
+/// `{name}.pem` and `{name}.key` for `CN=postern-{name}`, signed by `ca.pem` with `ext`.
+fn issue(dir: &Path, name: &str, ext: &str) -> Result<()> {
+    let (key, csr, pem) = (
+        format!("{name}.key"),
+        format!("{name}.csr"),
+        format!("{name}.pem"),
+    );
+    let (subject, extfile) = (format!("/CN=postern-{name}"), format!("{name}.ext"));
+    openssl(
+        dir,
+        &[
+            "req", "-newkey", "rsa:2048", "-nodes", "-keyout", &key, "-out", &csr, "-subj",
+            &subject,
+        ],
+    )?;
+    std::fs::write(dir.join(&extfile), ext)?;
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &pem,
+            "-days",
+            "2",
+            "-extfile",
+            &extfile,
+        ],
+    )
 }
 
 /// Runs the Python `script` in `dir` as `python3 -c script server.pem server.key PORT

@@ -3,7 +3,10 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Deserialize;
 
 /// `[connections.X.tls]` as written.
@@ -22,9 +25,17 @@ pub struct TlsFile {
 /// Loaded and checked; the client key never shows in `Debug`.
 #[derive(Clone, Default)]
 pub struct Tls {
-    pub extra_roots: Vec<reqwest::Certificate>,
-    pub identity: Option<reqwest::Identity>,
+    /// Trusted by this connection's client only, beside the system roots.
+    pub extra_roots: Vec<CertificateDer<'static>>,
+    pub identity: Option<ClientIdentity>,
     pub insecure_skip_verify: bool,
+}
+
+/// The client certificate chain and its key, as checked at load.
+#[derive(Clone)]
+pub struct ClientIdentity {
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: Arc<PrivateKeyDer<'static>>,
 }
 
 impl fmt::Debug for Tls {
@@ -47,8 +58,9 @@ pub fn resolve(file: Option<TlsFile>, base_dir: &Path) -> Result<Tls, String> {
     };
     let extra_roots = match &file.ca_file {
         Some(path) => {
-            let roots =
-                reqwest::Certificate::from_pem_bundle(&read("ca_file", path)?).map_err(|e| {
+            let roots = CertificateDer::pem_slice_iter(&read("ca_file", path)?)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| {
                     format!(
                         "tls.ca_file {}: not a PEM certificate bundle: {e}",
                         path.display()
@@ -71,18 +83,12 @@ pub fn resolve(file: Option<TlsFile>, base_dir: &Path) -> Result<Tls, String> {
                 .map_err(|e| format!("tls.client_key_file: {e}"))?;
             let cert_pem = read("client_cert_file", cert)?;
             let key_pem = read("client_key_file", key)?;
-            check_identity(
+            Some(check_identity(
                 &cert_pem,
                 &key_pem,
                 &base_dir.join(cert),
                 &base_dir.join(key),
-            )?;
-            let mut pem = cert_pem;
-            pem.push(b'\n');
-            pem.extend(key_pem);
-            Some(reqwest::Identity::from_pem(&pem).map_err(|e| {
-                format!("tls.client_cert_file/client_key_file: not a PEM certificate and private key: {e}")
-            })?)
+            )?)
         }
         _ => return Err("tls: client_cert_file and client_key_file go together".to_owned()),
     };
@@ -93,12 +99,15 @@ pub fn resolve(file: Option<TlsFile>, base_dir: &Path) -> Result<Tls, String> {
     })
 }
 
-/// What rustls checks when reqwest builds the client (the certificate parses as X.509 v3,
-/// the key is one it can sign with and matches it), so the config is refused at load with
-/// the reason instead of every client build failing with "invalid peer certificate".
-fn check_identity(cert_pem: &[u8], key_pem: &[u8], cert: &Path, key: &Path) -> Result<(), String> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+/// What rustls checks when the client is built (the certificate parses as X.509 v3, the
+/// key is one it can sign with and matches it), so the config is refused at load with the
+/// reason instead of every client build failing with "invalid peer certificate".
+fn check_identity(
+    cert_pem: &[u8],
+    key_pem: &[u8],
+    cert: &Path,
+    key: &Path,
+) -> Result<ClientIdentity, String> {
     let unusable = |why: String| {
         format!(
             "tls.client_cert_file {}: the client certificate is not usable: {why}",
@@ -120,8 +129,12 @@ fn check_identity(cert_pem: &[u8], key_pem: &[u8], cert: &Path, key: &Path) -> R
     let provider = rustls::crypto::CryptoProvider::get_default()
         .cloned()
         .unwrap_or_else(|| std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider()));
+    let identity = ClientIdentity {
+        chain: chain.clone(),
+        key: Arc::new(private.clone_key()),
+    };
     match rustls::sign::CertifiedKey::from_der(chain, private, &provider) {
-        Ok(_) => Ok(()),
+        Ok(_) => Ok(identity),
         Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) => {
             Err(format!(
                 "tls.client_key_file {}: the client key does not belong to the client certificate {}",

@@ -8,6 +8,8 @@ use std::time::Duration;
 use http::header::{ACCEPT, CONTENT_TYPE};
 use serde_json::{Map, Value};
 
+use crate::call::client_tls::{ClientError, client_config};
+use crate::config::tls::Tls;
 use crate::config::{BodyEncoding, CLIENT_ASSERTION_TYPE, Exchange};
 
 /// A token endpoint's answer is small; anything larger is not one.
@@ -89,7 +91,7 @@ fn refused_or_failed(status: u16, error: &str) -> &'static str {
 /// roots: a connection's `tls` settings (its CA, its client certificate, skipping
 /// verification) are for its internal server, not for a token endpoint that may be a
 /// third party's.
-pub fn token_client() -> Result<reqwest::Client, reqwest::Error> {
+pub fn token_client() -> Result<reqwest::Client, ClientError> {
     static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
     if let Some(client) = CLIENT.get() {
         return Ok(client.clone());
@@ -97,6 +99,8 @@ pub fn token_client() -> Result<reqwest::Client, reqwest::Error> {
     let client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .no_proxy()
+        // The system roots only, the parse every connection's client shares.
+        .tls_backend_preconfigured(client_config(&Tls::default())?)
         .build()?;
     Ok(CLIENT.get_or_init(|| client).clone())
 }

@@ -1,0 +1,227 @@
+//! The system's CA roots are shared by all of an agent's clients, but a connection's
+//! `ca_file` and client certificate stay its own, and a reload that changes them counts.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Result, ensure};
+use postern_tests::harness::{
+    AgentProcess, Api, RelayProcess, agent_cli, agent_config, create_agent, create_api_key,
+    output_text,
+};
+use postern_tests::pki::{client_certificate, make_pki, python_https};
+use postern_tests::relay_support::error_code;
+use postern_tests::temp::TempDir;
+
+/// Answers `{"client": <the client certificate's CN or null>}`; requires a client
+/// certificate signed by `argv[4]` when that is not `-`.
+const HTTPS_SERVER: &str = r#"
+import http.server, ssl, sys, json
+cert, key, port, client_ca = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        peer = self.connection.getpeercert()
+        body = json.dumps({"client": dict(x[0] for x in peer["subject"])["commonName"] if peer else None}).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(cert, key)
+if client_ca != "-":
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.load_verify_locations(client_ca)
+srv = http.server.ThreadingHTTPServer(("127.0.0.1", port), H)
+srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+print("ready", flush=True)
+srv.serve_forever()
+"#;
+
+/// A relay, an agent `a1` on it, and the API to call through it.
+struct World {
+    dir: TempDir,
+    bins: postern_tests::harness::Bins,
+    relay: RelayProcess,
+    token: String,
+    api: Api,
+}
+
+impl World {
+    fn start(dir: TempDir) -> Result<Self> {
+        let bins = postern_tests::bins!();
+        let state = dir.path().join("relay");
+        let relay = RelayProcess::start(&bins, &state, "127.0.0.1:0", "127.0.0.1:0")?;
+        let (_, token) = create_agent(&bins, &state, "a1")?;
+        let api = Api::new(relay.api_base(), create_api_key(&bins, &state, "k")?);
+        Ok(Self {
+            dir,
+            bins,
+            relay,
+            token,
+            api,
+        })
+    }
+
+    fn write_config(&self, connections: &str) -> Result<std::path::PathBuf> {
+        Ok(self.dir.write_private(
+            "agent.toml",
+            &agent_config(
+                self.relay.ssh,
+                &self.relay.fingerprint,
+                &self.token,
+                connections,
+            ),
+        )?)
+    }
+
+    /// The status of a call on `connection`, and its postern error code if it has one.
+    async fn call(&self, connection: &str) -> Result<(u16, String, serde_json::Value)> {
+        let r = self.api.call("a1", connection, "/x").await?;
+        let status = r.status().as_u16();
+        let body: serde_json::Value = r.json().await?;
+        let code = if status == 502 {
+            error_code(&body).to_owned()
+        } else {
+            String::new()
+        };
+        Ok((status, code, body))
+    }
+
+    /// Asserts that each connection is served (200) or refused for its TLS (502
+    /// upstream_unreachable) as `expected` says.
+    async fn expect_trust(&self, expected: &[(&str, bool)]) -> Result<()> {
+        for (connection, trusted) in expected {
+            let (status, code, _) = self.call(connection).await?;
+            if *trusted {
+                ensure!(
+                    status == 200,
+                    "{connection} answered {status} {code}, not 200"
+                );
+            } else {
+                ensure!(
+                    (status, code.as_str()) == (502, "upstream_unreachable"),
+                    "{connection} answered {status} {code}: it trusted a CA that is not its own"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn reload(&self, config: &Path) -> Result<()> {
+        let out = agent_cli(&self.bins, config, &["reload"])?;
+        ensure!(out.status.success(), "reload: {}", output_text(&out));
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_connections_ca_file_is_trusted_by_its_client_only_and_reloads() -> Result<()> {
+    let dir = TempDir::new("tls-trust")?;
+    make_pki(dir.path())?;
+    // A second CA, Y, that signed nothing the server shows.
+    std::fs::create_dir(dir.path().join("y"))?;
+    make_pki(&dir.path().join("y"))?;
+    let (_server, port) = python_https(dir.path(), HTTPS_SERVER, &["-"])?;
+    let w = World::start(dir)?;
+    // Connections without the server's CA sort before and after the one with it, so
+    // neither build order lets one see another's roots.
+    let config = w.write_config(&format!(
+        r#"
+[connections.a-system]
+base_uri = "https://127.0.0.1:{port}"
+[connections.b-ca-x]
+base_uri = "https://127.0.0.1:{port}"
+tls = {{ ca_file = "ca.pem" }}
+[connections.c-system]
+base_uri = "https://127.0.0.1:{port}"
+[connections.d-ca-y]
+base_uri = "https://127.0.0.1:{port}"
+tls = {{ ca_file = "y/ca.pem" }}
+"#
+    ))?;
+    let _agent = AgentProcess::start(&w.bins, &config)?;
+    w.api
+        .wait_online("a1", true, Duration::from_secs(15))
+        .await?;
+    w.expect_trust(&[
+        ("a-system", false),
+        ("b-ca-x", true),
+        ("c-system", false),
+        ("d-ca-y", false),
+    ])
+    .await?;
+
+    // The reload gives a-system the CA and takes it from b-ca-x.
+    w.write_config(&format!(
+        r#"
+[connections.a-system]
+base_uri = "https://127.0.0.1:{port}"
+tls = {{ ca_file = "ca.pem" }}
+[connections.b-ca-x]
+base_uri = "https://127.0.0.1:{port}"
+[connections.c-system]
+base_uri = "https://127.0.0.1:{port}"
+[connections.d-ca-y]
+base_uri = "https://127.0.0.1:{port}"
+tls = {{ ca_file = "y/ca.pem" }}
+"#
+    ))?;
+    w.reload(&config)?;
+    w.expect_trust(&[
+        ("a-system", true),
+        ("b-ca-x", false),
+        ("c-system", false),
+        ("d-ca-y", false),
+    ])
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_connection_presents_its_own_client_certificate() -> Result<()> {
+    let dir = TempDir::new("tls-identity")?;
+    make_pki(dir.path())?;
+    client_certificate(dir.path(), "second")?;
+    let (_server, port) = python_https(dir.path(), HTTPS_SERVER, &["ca.pem"])?;
+    let w = World::start(dir)?;
+    let identities = |first: &str, second: &str| {
+        format!(
+            r#"
+[connections.m1]
+base_uri = "https://127.0.0.1:{port}"
+tls = {{ ca_file = "ca.pem", client_cert_file = "{first}.pem", client_key_file = "{first}.key" }}
+[connections.m2]
+base_uri = "https://127.0.0.1:{port}"
+tls = {{ ca_file = "ca.pem", client_cert_file = "{second}.pem", client_key_file = "{second}.key" }}
+[connections.m3]
+base_uri = "https://127.0.0.1:{port}"
+tls = {{ ca_file = "ca.pem" }}
+"#
+        )
+    };
+    let config = w.write_config(&identities("client", "second"))?;
+    let _agent = AgentProcess::start(&w.bins, &config)?;
+    w.api
+        .wait_online("a1", true, Duration::from_secs(15))
+        .await?;
+    let client_of = async |connection: &str| -> Result<serde_json::Value> {
+        let (status, code, body) = w.call(connection).await?;
+        ensure!(status == 200, "{connection} answered {status} {code}");
+        Ok(body["client"].clone())
+    };
+    assert_eq!(client_of("m1").await?, "postern-client");
+    assert_eq!(client_of("m2").await?, "postern-second");
+    let (status, _, _) = w.call("m3").await?;
+    assert_eq!(
+        status, 502,
+        "m3 has no client certificate of its own, and must not borrow one"
+    );
+
+    // Swapped by a reload: each connection presents its new one.
+    w.write_config(&identities("second", "client"))?;
+    w.reload(&config)?;
+    assert_eq!(client_of("m1").await?, "postern-second");
+    assert_eq!(client_of("m2").await?, "postern-client");
+    Ok(())
+}
