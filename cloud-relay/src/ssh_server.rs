@@ -2,6 +2,7 @@
 //! only the reverse forward and the control channel, and end sessions on shutdown.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -302,14 +303,6 @@ async fn run_connection(
     // Set once authenticated: a logged-in session that never says hello is never in the
     // registry, so nothing else (revocation, replacement) would ever end it.
     let mut hello_deadline = None;
-    let disconnect = |why: &'static str| {
-        let handle = handle.clone();
-        async move {
-            let _ = handle
-                .disconnect(russh::Disconnect::ByApplication, why.into(), String::new())
-                .await;
-        }
-    };
     let ended = loop {
         tokio::select! {
             result = &mut running => {
@@ -325,11 +318,7 @@ async fn run_connection(
             }
             _ = ctx.shutdown.cancelled() => {
                 closing_reason.set("relay shutting down");
-                disconnect("relay shutting down").await;
-                // A handler holding a login back lets it go, so russh writes this one.
-                login_end.sent();
-                // The disconnect is only queued; the process must not end before it is written.
-                let _ = tokio::time::timeout(DISCONNECT_WRITE_LIMIT, &mut running).await;
+                say_why(&handle, &login_end, &mut running, "relay shutting down").await;
                 break "relay shutting down".to_owned();
             }
             _ = authenticated.cancelled(), if hello_deadline.is_none() => {
@@ -342,8 +331,7 @@ async fn run_connection(
                     let why = if welcome_sent.is_cancelled() { WELCOME_UNREAD } else { NO_HELLO };
                     info!(peer = %peer, "{why}; closed");
                     closing_reason.set(why);
-                    disconnect(why).await;
-                    let _ = tokio::time::timeout(DISCONNECT_WRITE_LIMIT, &mut running).await;
+                    say_why(&handle, &login_end, &mut running, why).await;
                     break why.to_owned();
                 }
             }
@@ -352,9 +340,7 @@ async fn run_connection(
                 // connection goes at once (its silence is no peer's).
                 let pending = take_pre_auth(&pre_auth);
                 if let Some(why) = login_end.reason() {
-                    disconnect(why).await;
-                    login_end.sent();
-                    let _ = tokio::time::timeout(DISCONNECT_WRITE_LIMIT, &mut running).await;
+                    say_why(&handle, &login_end, &mut running, why).await;
                 }
                 if let Some(pending) = pending {
                     let _ = pending.closer.shutdown(std::net::Shutdown::Both);
@@ -377,14 +363,12 @@ async fn run_connection(
                     // login once the disconnect is queued, and russh writes it (patch 15).
                     if let Some(why) = login_end.reason() {
                         info!(peer = %peer, reason = why, "login ended at the authentication timeout");
-                        disconnect(why).await;
-                        login_end.sent();
-                        let _ = tokio::time::timeout(DISCONNECT_WRITE_LIMIT, &mut running).await;
+                        say_why(&handle, &login_end, &mut running, why).await;
                         let _ = pending.closer.shutdown(std::net::Shutdown::Both);
                         return;
                     }
                     info!(peer = %peer, "not authenticated within the authentication timeout; closed");
-                    disconnect("authentication timeout").await;
+                    queue_disconnect(&handle, "authentication timeout").await;
                     // Before the key exchange ends russh cannot send the disconnect;
                     // shutting the socket down ends its task either way.
                     let _ = pending.closer.shutdown(std::net::Shutdown::Both);
@@ -431,6 +415,26 @@ async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
+}
+
+/// Ends the session with `why`: queues the disconnect, lets a handler holding a login back
+/// fail it (russh then writes the disconnect, patch 15), and gives the write up to
+/// [`DISCONNECT_WRITE_LIMIT`], which the process must outlive for the agent to hear it.
+async fn say_why<S: Future>(
+    handle: &russh::server::Handle,
+    login_end: &LoginEnd,
+    running: &mut Pin<&mut S>,
+    why: &'static str,
+) {
+    queue_disconnect(handle, why).await;
+    login_end.sent();
+    let _ = tokio::time::timeout(DISCONNECT_WRITE_LIMIT, running.as_mut()).await;
+}
+
+async fn queue_disconnect(handle: &russh::server::Handle, why: &'static str) {
+    let _ = handle
+        .disconnect(russh::Disconnect::ByApplication, why.into(), String::new())
+        .await;
 }
 
 struct AgentHandler {
