@@ -1,10 +1,11 @@
-//! A login the relay ends with its own words rather than a refusal (its store failing, an
-//! agent with all its connections): the handler asks, the connection's loop disconnects.
+//! A login the relay ends with its own words rather than a refusal (its store failing or too
+//! slow, an agent with all its connections): the loop disconnects, the handler then fails.
 //!
 //! The handler cannot reach the session while it answers a login, and a refusal would read
-//! as a bad token to the agent. So it leaves the login unanswered and waits; the loop, which
-//! holds the session's handle, queues the disconnect and lets the handler fail, and russh
-//! then writes the queued disconnect instead of an answer (russh patch 15).
+//! as a bad token to the agent. So it leaves the login unanswered and waits (or gives up the
+//! store check the timeout overtook); the loop, which holds the session's handle, queues the
+//! disconnect and lets the handler fail, and russh then writes the queued disconnect instead
+//! of an answer (russh patch 15).
 
 use std::sync::{Arc, Mutex};
 
@@ -12,6 +13,10 @@ use tokio_util::sync::CancellationToken;
 
 /// Why the store failing ended a login: the agent logs it, and retries at its usual pace.
 pub const STORE_UNAVAILABLE: &str = "the relay's store is unavailable, so it could not check the token (the relay's trouble, not the token's); try again later";
+
+/// Why a login whose token the store had not checked by the authentication timeout was
+/// ended (see `ssh_server`'s `Stage::Checking`): the relay's slowness, not the token's.
+pub const CHECK_TOO_SLOW: &str = "the relay could not check the token in time, its store being slow (the relay's trouble, not the token's); try again later";
 
 /// Why a login of an agent with all its connections was ended, at the authentication
 /// timeout (see `ssh_server`'s `Stage::Busy`).
@@ -34,7 +39,7 @@ impl LoginEnd {
         if at_once {
             self.now.cancel();
         }
-        self.sent.cancelled().await;
+        self.ended().await;
         russh::Error::Disconnect
     }
 
@@ -46,6 +51,12 @@ impl LoginEnd {
     /// For the loop: the reason a handler waits with, if one does.
     pub fn reason(&self) -> Option<&'static str> {
         *self.reason.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// For the handler: resolves once the loop has queued a disconnect (the handler's
+    /// login, if it still runs, should fail now) or is gone.
+    pub async fn ended(&self) {
+        self.sent.cancelled().await;
     }
 
     /// For the loop, once the disconnect is queued: the handler may fail the login.

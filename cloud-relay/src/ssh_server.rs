@@ -22,10 +22,10 @@ use crate::context::MAX_CONNECTIONS_PER_AGENT;
 use crate::context::RelayContext;
 use crate::control::ControlChannel;
 use crate::keyed_slots::KeyedSlot;
-use crate::login_end::{AGENT_BUSY, LoginEnd, ReleaseOnDrop, STORE_UNAVAILABLE};
+use crate::login_end::{AGENT_BUSY, CHECK_TOO_SLOW, LoginEnd, ReleaseOnDrop, STORE_UNAVAILABLE};
 use crate::registry::ClosingReason;
 use crate::server::{AcceptErrors, accept_next};
-use crate::store::{AgentRecord, Login, unix_now};
+use crate::store::{AgentRecord, Login, Store, StoreError, unix_now};
 
 /// Keepalive every 4 s, dropped after 2 missed: a dead link is noticed in ~12 s.
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(4);
@@ -182,7 +182,7 @@ enum Stage {
     /// No token yet: an end is a hang-up; running out of time, a failed login.
     Waiting,
     /// Its token is being looked up: running out of time now is the relay's slowness (the
-    /// store, a reconnect rush), no guess of the peer's.
+    /// store, a reconnect rush), no guess of the peer's, and the agent is told so.
     Checking,
     /// Refused without counting (a former token): silence until the timeout still
     /// counts as a failed login.
@@ -350,7 +350,7 @@ async fn run_connection(
             _ = tokio::time::sleep_until(auth_deadline), if auth_pending => {
                 auth_pending = false;
                 // Whoever takes the slot decides: a login that succeeds takes it first,
-                // and one that finds it gone (the store answered too late) is refused.
+                // and one that finds it gone (the store answered too late) is ended here.
                 if let Some(pending) = take_pre_auth(&pre_auth) {
                     match pending.stage {
                         Stage::Checking => ctx.metrics.auth_failed("timeout"),
@@ -359,9 +359,13 @@ async fn run_connection(
                         Stage::Busy | Stage::Settled => {}
                     }
                     // A login the handler left unanswered for the relay's reason (an agent
-                    // with all its connections) is told that reason: the handler fails the
-                    // login once the disconnect is queued, and russh writes it (patch 15).
-                    if let Some(why) = login_end.reason() {
+                    // with all its connections), or whose token the store has not checked
+                    // yet, is told why: the handler fails the login once the disconnect is
+                    // queued, and russh writes it (patch 15).
+                    let why = login_end
+                        .reason()
+                        .or((pending.stage == Stage::Checking).then_some(CHECK_TOO_SLOW));
+                    if let Some(why) = why {
                         info!(peer = %peer, reason = why, "login ended at the authentication timeout");
                         say_why(&handle, &login_end, &mut running, why).await;
                         let _ = pending.closer.shutdown(std::net::Shutdown::Both);
@@ -473,6 +477,19 @@ impl AgentHandler {
             .as_mut()
         {
             pending.stage = stage;
+        }
+    }
+
+    /// A store call for the login, given up once the loop has ended the login (the
+    /// authentication timeout came first): the login then fails, and russh writes the
+    /// loop's disconnect with its reason (patch 15) rather than an answer.
+    async fn checking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<Result<T, StoreError>, russh::Error> {
+        tokio::select! {
+            checked = self.ctx.store_call(f) => Ok(checked),
+            _ = self.login_end.ended() => Err(russh::Error::Disconnect),
         }
     }
 
@@ -630,9 +647,8 @@ impl russh::server::Handler for AgentHandler {
         self.stage(Stage::Checking);
         let checked = token.clone();
         let lookup = self
-            .ctx
-            .store_call(move |store| store.login(&checked, unix_now()))
-            .await;
+            .checking(move |store| store.login(&checked, unix_now()))
+            .await?;
         match lookup {
             Ok(Login::Agent(login)) => {
                 let agent = login.agent;
@@ -642,9 +658,8 @@ impl russh::server::Handler for AgentHandler {
                 if login.first_use {
                     let id = agent.id.clone();
                     let marked = self
-                        .ctx
-                        .store_call(move |store| store.mark_token_used(&id, &token, unix_now()))
-                        .await;
+                        .checking(move |store| store.mark_token_used(&id, &token, unix_now()))
+                        .await?;
                     match marked {
                         Ok(true) => {}
                         Ok(false) => {
@@ -681,8 +696,10 @@ impl russh::server::Handler for AgentHandler {
                     return Err(self.login_end.end(AGENT_BUSY, false).await);
                 };
                 let Some(pre_auth) = take_pre_auth(&self.pre_auth) else {
-                    info!(peer = %self.peer, agent = %agent.name, "login answered after the authentication timeout closed its connection; refused");
-                    return Ok(Auth::reject());
+                    // The loop took it at the timeout and ends the login with its reason.
+                    info!(peer = %self.peer, agent = %agent.name, "login checked after the authentication timeout; ended");
+                    self.login_end.ended().await;
+                    return Err(russh::Error::Disconnect);
                 };
                 self.connection_slot = Some(slot);
                 self.token_version = login.token_version;
