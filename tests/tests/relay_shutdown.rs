@@ -1,6 +1,7 @@
 //! How the relay stops and what a connection costs it, against the real binary: SIGTERM
 //! lets calls under way finish before agents are told and disconnected, a second signal
-//! ends the drain at once, a SIGHUP during the start does not kill it, a session that
+//! ends the drain at once, the grace's end or a second signal answers a call still waiting
+//! 502, a SIGHUP during the start does not kill it, a session that
 //! logs in but never says hello (or never takes the welcome) is closed, each agent holds one file descriptor, and a
 //! flood of silent connections is capped.
 
@@ -180,6 +181,45 @@ async fn a_second_signal_ends_the_drain_at_once_and_still_says_goodbye() -> Resu
         "{answer}"
     );
     Ok(())
+}
+
+/// The grace running out, with no second signal, cuts off a call still waiting for its
+/// answer's head the same way: its caller is answered 502 `tunnel_error` as the grace ends.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_call_still_waiting_when_the_grace_ends_is_answered_502() -> Result<()> {
+    let grace = Duration::from_secs(2);
+    let mut w = RelayWorld::start_configured(bins(), "shutdown_grace = \"2s\"\n", &[]).await?;
+    let agent = w.agent_online("a1").await?.process;
+    let mut upload = stalled_upload(&w).await?;
+
+    let pid = w.relay.pid();
+    let sent = Instant::now();
+    signal(pid, "TERM")?;
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(
+        grace + Duration::from_secs(5),
+        upload.read_to_end(&mut answer),
+    );
+    let _ = read.await;
+    let answered = sent.elapsed();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 502") && answer.contains("x-postern-error: tunnel_error"),
+        "{answer}"
+    );
+    assert!(
+        answered >= grace - Duration::from_millis(200),
+        "answered after {answered:?}, before the grace of {grace:?} ended"
+    );
+    let logs = w.relay.logs.text();
+    assert!(
+        logs.contains("did not finish within the grace period")
+            && logs.contains("call cut off by the relay's shutdown")
+            && !logs.contains("second signal"),
+        "{logs}"
+    );
+    wait_exit(pid, sent, grace + Duration::from_secs(10)).await?;
+    exited_with_goodbye(&mut w, &agent)
 }
 
 #[tokio::test(flavor = "multi_thread")]
