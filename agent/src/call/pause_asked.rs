@@ -1,5 +1,5 @@
 //! How long an internal server's 429 asks the connection to pause: its `Retry-After`, or,
-//! without one, the reset time of its rate-limit headers (`RateLimit-Reset`, `X-RateLimit-Reset`).
+//! without one, when its used-up rate-limit window resets (`RateLimit-Reset`, `X-RateLimit-Reset`).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -17,10 +17,21 @@ const EPOCH_MILLIS_FROM: f64 = 1_000_000_000_000.0;
 /// next calls would otherwise be sent straight into its limit.
 pub fn pause_asked(headers: &HeaderMap) -> Option<Duration> {
     let value = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    // A reset is the wait only for a window that is used up: an API with several (a second's,
+    // an hour's) may refuse a burst while the window its headers describe has calls left.
+    let used_up = |remaining: &str| value(remaining).is_none_or(|v| v.trim() == "0");
     value(RETRY_AFTER.as_str())
         .and_then(parse_retry_after)
-        .or_else(|| value("ratelimit-reset").and_then(seconds))
-        .or_else(|| value("x-ratelimit-reset").and_then(|v| reset(v, SystemTime::now())))
+        .or_else(|| {
+            value("ratelimit-reset")
+                .filter(|_| used_up("ratelimit-remaining"))
+                .and_then(seconds)
+        })
+        .or_else(|| {
+            value("x-ratelimit-reset")
+                .filter(|_| used_up("x-ratelimit-remaining"))
+                .and_then(|v| reset(v, SystemTime::now()))
+        })
 }
 
 /// `Retry-After` as seconds or an HTTP date (RFC 9110 §10.2.3).
@@ -111,6 +122,19 @@ mod tests {
             pause_asked(&headers(&[("x-ratelimit-remaining", "0")])),
             None
         );
+    }
+
+    #[test]
+    fn a_reset_counts_only_for_a_used_up_window() {
+        let h = headers(&[("x-ratelimit-remaining", "0"), ("x-ratelimit-reset", "9")]);
+        assert_eq!(pause_asked(&h), Some(Duration::from_secs(9)));
+        let h = headers(&[
+            ("x-ratelimit-remaining", "4"),
+            ("x-ratelimit-reset", "3000"),
+        ]);
+        assert_eq!(pause_asked(&h), None, "another window refused the burst");
+        let h = headers(&[("ratelimit-remaining", "12"), ("ratelimit-reset", "60")]);
+        assert_eq!(pause_asked(&h), None);
     }
 
     #[test]
