@@ -5,6 +5,7 @@ mod file;
 mod jwt_auth;
 mod limits;
 mod owner_access;
+mod payload_json;
 pub mod tls;
 pub use owner_access::unreadable_by_owner;
 

@@ -319,3 +319,83 @@ fn an_exchange_whose_assertion_has_no_exp_fails_the_check() -> Result<()> {
     }
     Ok(())
 }
+
+/// TOML dates and times have no JSON form: in a payload (at any depth) they would have
+/// been signed as toml's private marker object, and in `headers` or `params` called a
+/// "map". Each is refused by name with how to write it; `jwt sign` signs nothing.
+#[test]
+fn toml_dates_in_a_payload_headers_or_params_are_refused_by_name() -> Result<()> {
+    let dir = TempDir::new("cfgcheck-dates")?;
+    let (key, _) = pki::ec256(dir.path())?;
+    dir.write_private("ec.pem", &key)?;
+    let connection = |auth_extra: &str, exchange: &str| {
+        format!(
+            "[connections.erp]\nbase_uri = \"http://127.0.0.1:9/erp\"\n\
+             [connections.erp.auth]\ntype = \"jwt_bearer\"\nalgorithm = \"ES256\"\n\
+             private_key_file = \"ec.pem\"\nlifetime = \"5m\"\n{auth_extra}{exchange}"
+        )
+    };
+    let payload = "payload = { iss = \"p\", d = 2026-12-01, t = 07:32:00, \
+                   nested = { at = [1, 1979-05-27T07:32:00Z] }, exp = 2026-12-01T00:00:00Z }\n";
+    let config = dir.write_private(
+        "payload.toml",
+        &offline_agent_config("127.0.0.1:1", &connection(payload, "")),
+    )?;
+    let quote = "which JSON has no type for: write it as a quoted string";
+    for args in [
+        &["config", "check"][..],
+        &["jwt", "sign", "--connection", "erp"][..],
+    ] {
+        let (code, said) = run(&config, args)?;
+        assert_eq!(code, Some(1), "{args:?}: {said}");
+        for place in [
+            "connections.erp: auth.payload.d is a TOML date/time (2026-12-01), ",
+            "connections.erp: auth.payload.t is a TOML date/time (07:32:00), ",
+            "connections.erp: auth.payload.nested.at[1] is a TOML date/time (1979-05-27T07:32:00Z), ",
+        ] {
+            assert!(
+                said.contains(&format!("{place}{quote}")),
+                "{args:?}: {said}"
+            );
+        }
+        // A time claim is refused as it always was: it must be a number.
+        assert!(
+            said.contains("auth.payload: payload.exp must be a number of seconds since 1970"),
+            "{args:?}: {said}"
+        );
+        assert!(
+            !said.contains("toml_private") && !said.contains("eyJ"),
+            "{args:?}: {said}"
+        );
+    }
+    for (name, auth_extra, exchange, key) in [
+        (
+            "headers.toml",
+            "headers = { kid = 2026-12-01 }\n",
+            "",
+            "kid",
+        ),
+        (
+            "params.toml",
+            "",
+            "[connections.erp.auth.exchange]\ntoken_url = \"http://127.0.0.1:9/token\"\n\
+             params = { valid_from = 2026-12-01 }\n",
+            "valid_from",
+        ),
+    ] {
+        let config = dir.write_private(
+            name,
+            &offline_agent_config("127.0.0.1:1", &connection(auth_extra, exchange)),
+        )?;
+        let (code, said) = run(&config, &["config", "check"])?;
+        assert_eq!(code, Some(1), "{name}: {said}");
+        assert!(
+            said.contains(&format!(
+                "{key}: invalid type: TOML date/time, expected a string: write it quoted (\"2026-12-01\")"
+            )),
+            "{name}: {said}"
+        );
+        assert!(!said.contains("map"), "{name}: {said}");
+    }
+    Ok(())
+}

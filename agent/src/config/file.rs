@@ -183,8 +183,10 @@ pub struct JwtBearerFile {
     pub certificate_file: Option<PathBuf>,
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
+    /// As TOML, not JSON: toml would hand a date to serde_json as its private marker
+    /// object, which would be signed as it is (`payload_json` refuses dates by name).
     #[serde(default)]
-    pub payload: serde_json::Map<String, serde_json::Value>,
+    pub payload: toml::Table,
     /// Adds `iat` and `exp` (now + lifetime) when the payload sets neither.
     pub lifetime: Option<String>,
     /// Direct bearer: reuse one JWT until this long before its `exp`.
@@ -329,6 +331,15 @@ impl ParseError {
             ));
         }
         let start = span.map(|span| span.start);
+        if let Some(datetime) = start.and_then(|start| datetime_at(text, start))
+            && let Some(expected) = message.strip_prefix("invalid type: map, ")
+        {
+            let quote = match expected {
+                "expected a string" => format!(": write it quoted (\"{datetime}\")"),
+                _ => String::new(),
+            };
+            message = format!("invalid type: TOML date/time, {expected}{quote}");
+        }
         let key = start.and_then(|start| key_of_value_at(text, start));
         Self {
             position: start.map(|start| line_and_column(text, start)),
@@ -351,6 +362,14 @@ fn key_of_value_at(text: &str, offset: usize) -> Option<&str> {
         .rfind(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')))
         .map_or(0, |i| i + 1);
     Some(&key[start..]).filter(|key| !key.is_empty())
+}
+
+/// The TOML date or time written at `offset`, if one is: toml hands a date to serde as a
+/// map, so a string setting would be said to have got a map the user never wrote.
+fn datetime_at(text: &str, offset: usize) -> Option<toml::value::Datetime> {
+    let rest = text.get(offset..)?;
+    let end = rest.find(['\n', ',', '}', ']', '#']).unwrap_or(rest.len());
+    rest[..end].trim().parse().ok()
 }
 
 /// Counted as editors count: characters, not bytes, so a multibyte value before it
@@ -641,6 +660,50 @@ mod tests {
             "[connections.u]\nbase_uri = \"http://h\"\nauth = { type = \"jwt_bearer\" }\n",
         );
         assert!(err.contains("needs `algorithm`"), "{err}");
+    }
+
+    #[test]
+    fn a_date_where_a_string_goes_is_said_to_be_a_date_to_quote() {
+        let auth = "[connections.u]\nbase_uri = \"http://h\"\n[connections.u.auth]\n\
+                    type = \"jwt_bearer\"\nalgorithm = \"HS256\"\n";
+        for (tail, expected) in [
+            (
+                "headers = { kid = 2026-12-01 }\n",
+                "kid: invalid type: TOML date/time, expected a string: write it quoted (\"2026-12-01\")",
+            ),
+            (
+                "[connections.u.auth.headers]\nkid = 07:32:00 # a comment\n",
+                "kid: invalid type: TOML date/time, expected a string: write it quoted (\"07:32:00\")",
+            ),
+            (
+                "[connections.u.auth.exchange]\ntoken_url = \"https://idp/t\"\n\
+                 params = { scope = \"s\", not_before = 1979-05-27T07:32:00Z }\n",
+                "not_before: invalid type: TOML date/time, expected a string: write it quoted (\"1979-05-27T07:32:00Z\")",
+            ),
+        ] {
+            let err = parse_error(&format!("{auth}{tail}"));
+            assert!(err.contains(expected), "{tail:?}: {err}");
+            assert!(!err.contains("map"), "{tail:?}: {err}");
+        }
+        let err =
+            parse_error("[connections.u]\nbase_uri = \"http://h\"\ntest = { path = 2026-12-01 }\n");
+        assert!(
+            err.contains("path: invalid type: TOML date/time, expected a string: write it quoted"),
+            "{err}"
+        );
+        let err = parse_error(
+            "[connections.u]\nbase_uri = \"http://h\"\nmax_concurrent_calls = 2026-12-01\n",
+        );
+        assert!(
+            err.contains("max_concurrent_calls: invalid type: TOML date/time, expected u32"),
+            "{err}"
+        );
+        // A table written as one is still a map.
+        let err = parse_error("token = { a = 1 }\n");
+        assert!(
+            err.contains("invalid type: map, expected a string"),
+            "{err}"
+        );
     }
 
     #[test]

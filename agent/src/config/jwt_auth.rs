@@ -119,7 +119,9 @@ pub(super) fn resolve(
             .map(|text| whole_seconds("auth.lifetime", text))
             .transpose(),
     );
-    let mut payload = jwt.payload.clone();
+    let (json_payload, not_json) = super::payload_json::payload_json(&jwt.payload);
+    p.extend(not_json);
+    let mut payload = json_payload.clone();
     if let Some(Some(lifetime)) = lifetime {
         // Only what the payload leaves out: an explicit iat/exp always wins.
         payload.entry("iat").or_insert_with(|| "{{now}}".into());
@@ -144,7 +146,7 @@ pub(super) fn resolve(
                 .map(|missing| format!("auth.payload: {missing}")),
         );
     }
-    p.extend(pasted_masks(&jwt));
+    p.extend(pasted_masks(&jwt, json_payload));
     let has_exp = payload.as_ref().map(|payload| payload.has_claim("exp"));
     let exp_in = payload
         .as_ref()
@@ -315,7 +317,10 @@ fn key_material(
 /// Where the table holds a masked key (`client_secret`, `password`, …) whose value is the
 /// mask `connection show` prints: in `headers`, `payload` (at any depth) or the exchange's
 /// `params`. `secret` and `private_key` are checked where they are read ([`one_secret`]).
-fn pasted_masks(jwt: &JwtBearerFile) -> Vec<String> {
+fn pasted_masks(
+    jwt: &JwtBearerFile,
+    payload: serde_json::Map<String, serde_json::Value>,
+) -> Vec<String> {
     fn walk(place: String, value: &serde_json::Value, found: &mut Vec<String>) {
         match value {
             serde_json::Value::Object(map) => {
@@ -345,7 +350,7 @@ fn pasted_masks(jwt: &JwtBearerFile) -> Vec<String> {
     let mut found = strings("auth.headers", &jwt.headers);
     walk(
         "auth.payload".to_owned(),
-        &serde_json::Value::Object(jwt.payload.clone()),
+        &serde_json::Value::Object(payload),
         &mut found,
     );
     if let Some(exchange) = &jwt.exchange {
