@@ -105,6 +105,18 @@ pub async fn run(ctx: &CallContext, audience: Audience) -> TestReport {
         latency_ms: None,
         ok: false,
     };
+    // Before the limits: a report that stops at them names its URL too.
+    let built = upstream_url::build(&conn.base_uri, &test.path);
+    let shown_path = if relay {
+        without_query(&test.path)
+    } else {
+        test.path.clone()
+    };
+    report.url = match &built {
+        Ok(url) if relay => shown_url(url),
+        Ok(url) => url.to_string(),
+        Err(_) => format!("{}{shown_path}", conn.base_uri),
+    };
     let started = Instant::now();
     // A test sends the connection's request for real: it counts among its calls and
     // waits its turn as one does, or a caller could test past the limits.
@@ -119,23 +131,12 @@ pub async fn run(ctx: &CallContext, audience: Audience) -> TestReport {
         return report;
     }
     let started = Instant::now();
-    let url = match upstream_url::build(&conn.base_uri, &test.path) {
+    let url = match built {
         Ok(url) => url,
         Err(e) => {
-            let path = if relay {
-                without_query(&test.path)
-            } else {
-                test.path.clone()
-            };
-            report.url = format!("{}{path}", conn.base_uri);
-            report.step("path", started, Err(format!("{e}: {path:?}")));
+            report.step("path", started, Err(format!("{e}: {shown_path:?}")));
             return report;
         }
-    };
-    report.url = if relay {
-        shown_url(&url)
-    } else {
-        url.to_string()
     };
     // An IPv6 literal without its brackets: `[::1]` is no name a resolver knows.
     let host = match url.host() {

@@ -4,12 +4,16 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use postern_tests::harness::Tunnel;
+use postern_tests::harness::{Bins, Tunnel, agent_cli, output_text};
 use postern_tests::internal_server::{InternalServer, Verifier};
 use postern_tests::relay_support::{
     OpenedChannels, RelayWorld, eventually, hand_driven_agent, sample, scrape,
 };
 use postern_tests::temp::TempDir;
+
+fn tunnel_bins() -> Bins {
+    postern_tests::bins!()
+}
 
 /// The report says each step's outcome, but not the test path's query nor the addresses
 /// the agent resolved and connected to: the relay, and any API key that may call, see it.
@@ -199,17 +203,17 @@ async fn a_connection_test_reaches_an_ipv6_literal() -> Result<()> {
 
 /// A connection test sends the connection's request for real, so it keeps to the
 /// connection's limits: at `max_concurrent_calls`, it fails at a "limits" step and sends
-/// nothing.
+/// nothing. Its report names the URL it would have sent, the query hidden from the relay.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_connection_test_keeps_to_the_connections_limits() -> Result<()> {
     let internal = InternalServer::start(Verifier::None, "").await?;
     let dir = TempDir::new("conntest-limits")?;
+    let base = internal.base_uri();
     let connections = format!(
-        "[connections.one]\nbase_uri = \"{}\"\nmax_concurrent_calls = 1\n\
-         test = {{ path = \"/health\", expect_status = 200 }}\n",
-        internal.base_uri()
+        "[connections.one]\nbase_uri = \"{base}\"\nmax_concurrent_calls = 1\n\
+         test = {{ path = \"/health?key=TESTSECRET\", expect_status = 200 }}\n"
     );
-    let tunnel = Tunnel::start(&postern_tests::bins!(), &dir, &connections).await?;
+    let tunnel = Tunnel::start(&tunnel_bins(), &dir, &connections).await?;
     let api = tunnel.api.clone();
     let slow = tokio::spawn(async move { api.call("a1", "one", "/slow").await });
     internal.has_seen("/slow").await?;
@@ -219,11 +223,27 @@ async fn a_connection_test_keeps_to_the_connections_limits() -> Result<()> {
     let report: serde_json::Value = r.json().await?;
     assert_eq!(report["ok"], false, "{report}");
     assert_eq!(report["steps"][0]["name"], "limits", "{report}");
+    assert_eq!(report["url"], format!("{base}/health?…"), "{report}");
+    assert!(!report.to_string().contains("TESTSECRET"), "{report}");
+    // On the agent's host, by the running agent: the whole URL.
+    let out = agent_cli(
+        &tunnel_bins(),
+        &tunnel.config,
+        &["connection", "test", "one"],
+    )?;
+    let said = output_text(&out);
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        said.contains(&format!(
+            "connection one: GET {base}/health?key=TESTSECRET\n"
+        )) && said.contains("FAIL  limits"),
+        "{said}"
+    );
     assert!(
         !internal
             .requests()
             .iter()
-            .any(|r| r.path_and_query.ends_with("/health")),
+            .any(|r| r.path_and_query.contains("/health")),
         "the test was sent past the limit"
     );
     assert_eq!(slow.await??.status(), 200);
