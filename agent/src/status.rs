@@ -79,6 +79,40 @@ pub struct ConnectionStatus {
     pub calls_failed: u64,
     /// `none` (no cached token), `valid until <RFC 3339>`, `refreshing`, or `-` (not cached).
     pub token_cache: String,
+    /// Why the last try to sign or exchange a token failed, while there is none: the
+    /// calls' error and the log's, without the token URL's query. Cleared by a token.
+    #[serde(default)]
+    pub token_failure: Option<TokenFailure>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenFailure {
+    /// RFC 3339.
+    pub at: String,
+    /// One line, at most [`TOKEN_FAILURE_CHARS`] characters.
+    pub error: String,
+}
+
+/// An identity provider's `error_description` can be long: the status shows its start,
+/// the log and `connection test` the whole.
+const TOKEN_FAILURE_CHARS: usize = 300;
+
+impl TokenFailure {
+    fn new(at: std::time::Instant, error: &crate::jwt::BearerError) -> Self {
+        let at = std::time::SystemTime::now()
+            .checked_sub(at.elapsed())
+            .unwrap_or_else(std::time::SystemTime::now);
+        // Escaped as the log escapes it: a description may hold newlines.
+        let text = postern_logs::printable(&error.to_string()).into_owned();
+        let error = match text.char_indices().nth(TOKEN_FAILURE_CHARS) {
+            Some((end, _)) => format!("{}…", &text[..end]),
+            None => text,
+        };
+        Self {
+            at: humantime::format_rfc3339_seconds(at).to_string(),
+            error,
+        }
+    }
 }
 
 pub fn report(
@@ -115,6 +149,11 @@ pub fn report(
                     calls_served: ctx.served.load(Ordering::Relaxed),
                     calls_failed: ctx.failed.load(Ordering::Relaxed),
                     token_cache,
+                    token_failure: ctx
+                        .bearer
+                        .as_ref()
+                        .and_then(|b| b.last_failure())
+                        .map(|(at, error)| TokenFailure::new(at, &error)),
                 };
                 (name.clone(), status)
             })

@@ -1,12 +1,15 @@
 //! Odd token-endpoint answers and URLs, end to end: huge `expires_in`, a `token_type` no
-//! header can carry, a refresh that fails while the token still holds, credentials in
-//! `token_url`/`base_uri` and keys beside `auth = none` refused by `postern config check`.
+//! header can carry, a refresh that fails while the token still holds, a refusal shown by
+//! `postern status`, credentials in `token_url`/`base_uri` and keys beside `auth = none`
+//! refused by `postern config check`.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use jsonwebtoken::{Algorithm, DecodingKey};
-use postern_tests::harness::{Bins, Tunnel, agent_command, offline_agent_config, output_text};
+use postern_tests::harness::{
+    Bins, Tunnel, agent_cli, agent_command, offline_agent_config, output_text, status_json,
+};
 use postern_tests::temp::TempDir;
 use postern_tests::token_endpoint::{EndpointConfig, ExpiresIn, Fault, TokenEndpoint};
 use serde_json::Value;
@@ -85,6 +88,66 @@ async fn odd_token_answers_give_a_result_and_the_right_error_code() -> Result<()
         message.contains("is not a scheme a header can carry"),
         "{message}"
     );
+    Ok(())
+}
+
+/// A connection whose token endpoint refuses has no token: `postern status` says why, as
+/// the calls' error does (the token URL without its query, the endpoint's text on one
+/// line), until a token is had again.
+#[tokio::test(flavor = "multi_thread")]
+async fn status_shows_why_a_connection_has_no_token_until_it_has_one() -> Result<()> {
+    let dir = TempDir::new("jwt-status-failure")?;
+    let (_, public) = postern_tests::pki::ec256(dir.path())?;
+    let endpoint = endpoint(&public, ExpiresIn::Number(3600)).await?;
+    let token_url = endpoint.token_url();
+    let connection = endpoint
+        .connection("erp", "ES256", "ec.pem", "", "")
+        .replace(
+            &format!("token_url = \"{token_url}\""),
+            &format!("token_url = \"{token_url}?tenant=QUERYSECRET\""),
+        );
+    let tunnel = Tunnel::start(&bins(), &dir, &connection).await?;
+    endpoint.set_fault(Some(Fault::Answer {
+        status: 400,
+        content_type: "application/json",
+        body: r#"{"error":"invalid_grant","error_description":"key revoked\nask the admin"}"#,
+    }));
+    let (status, body) = call(&tunnel, "erp").await?;
+    assert_eq!(status, 502, "{body}");
+    let refused = format!(
+        "token endpoint {token_url}?… refused the assertion (HTTP 400): invalid_grant: key revoked\\nask the admin"
+    );
+
+    let status = status_json(&bins(), &tunnel.config)?;
+    let erp = &status["connections"]["erp"];
+    assert_eq!(erp["token_cache"], "none", "{status}");
+    assert_eq!(erp["token_failure"]["error"], refused.as_str(), "{status}");
+    let at = erp["token_failure"]["at"].as_str().unwrap_or_default();
+    assert!(humantime::parse_rfc3339(at).is_ok(), "{status}");
+    let out = agent_cli(&bins(), &tunnel.config, &["status"])?;
+    let text = output_text(&out);
+    assert!(
+        text.contains(&format!("\n    last token failure at {at}: {refused}\n")),
+        "{text}"
+    );
+    assert!(!text.contains("QUERYSECRET") && !status.to_string().contains("QUERYSECRET"));
+
+    endpoint.set_fault(None);
+    // The failure is held for the calls of the next second: at most 20 tries in 5 s.
+    let mut answer = call(&tunnel, "erp").await?;
+    for _ in 0..20 {
+        if answer.0 == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        answer = call(&tunnel, "erp").await?;
+    }
+    assert_eq!(answer.0, 200, "{}", answer.1);
+    let status = status_json(&bins(), &tunnel.config)?;
+    let erp = &status["connections"]["erp"];
+    assert!(erp["token_failure"].is_null(), "{status}");
+    let text = output_text(&agent_cli(&bins(), &tunnel.config, &["status"])?);
+    assert!(!text.contains("last token failure"), "{text}");
     Ok(())
 }
 

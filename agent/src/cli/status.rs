@@ -492,6 +492,14 @@ fn print_report(out: &mut dyn Write, r: &StatusReport, file_changed: bool) -> st
                 c.calls_failed,
                 printable(&c.token_cache)
             )?;
+            if let Some(failure) = &c.token_failure {
+                writeln!(
+                    out,
+                    "    last token failure at {}: {}",
+                    printable(&failure.at),
+                    printable(&failure.error)
+                )?;
+            }
         }
     }
     Ok(())

@@ -267,6 +267,12 @@ impl BearerSource {
         }
     }
 
+    /// For `postern status`: the failure calls get while there is no token, and when it
+    /// happened; kept until a token is had again.
+    pub fn last_failure(&self) -> Option<(Instant, BearerError)> {
+        self.shared.lock_state().failure.clone()
+    }
+
     /// Drops the cached token if it is still `header` (the upstream refused it), unless a
     /// fresh one was refused too a moment ago.
     pub fn invalidate(&self, header: &HeaderValue) {
