@@ -225,3 +225,39 @@ tls = {{ ca_file = "ca.pem" }}
     assert_eq!(client_of("m2").await?, "postern-client");
     Ok(())
 }
+
+/// The system roots are read once per load of the config, not once per client: a reload
+/// after the system bundle changed (`update-ca-certificates`) trusts what it added.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_reads_the_system_roots_again() -> Result<()> {
+    let dir = TempDir::new("tls-system-roots")?;
+    make_pki(dir.path())?;
+    std::fs::create_dir(dir.path().join("y"))?;
+    make_pki(&dir.path().join("y"))?;
+    let (_server, port) = python_https(dir.path(), HTTPS_SERVER, &["-"])?;
+    // The "system" bundle holds only CA Y at first; SSL_CERT_DIR empty, so nothing else.
+    let bundle = dir.path().join("bundle.pem");
+    let ca_y = std::fs::read_to_string(dir.path().join("y/ca.pem"))?;
+    std::fs::write(&bundle, &ca_y)?;
+    std::fs::create_dir(dir.path().join("no-certs"))?;
+    let w = World::start(dir)?;
+    let config = w.write_config(&format!(
+        "\n[connections.sys]\nbase_uri = \"https://127.0.0.1:{port}\"\n"
+    ))?;
+    let mut command = std::process::Command::new(&w.bins.agent);
+    command
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("SSL_CERT_FILE", &bundle)
+        .env("SSL_CERT_DIR", w.dir.path().join("no-certs"));
+    let _agent = AgentProcess::spawn(command)?;
+    w.api
+        .wait_online("a1", true, Duration::from_secs(15))
+        .await?;
+    w.expect_trust(&[("sys", false)]).await?;
+
+    let ca_x = std::fs::read_to_string(w.dir.path().join("ca.pem"))?;
+    std::fs::write(&bundle, format!("{ca_y}{ca_x}"))?;
+    w.reload(&config)?;
+    w.expect_trust(&[("sys", true)]).await
+}

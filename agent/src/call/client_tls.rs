@@ -35,6 +35,13 @@ struct System {
 /// build, as every build read it before, so a fixed system bundle needs no restart.
 static SYSTEM: Mutex<Option<Arc<System>>> = Mutex::new(None);
 
+/// Drops the system roots read so far, so the next client reads them again: each load of
+/// the config (start, reload) reads them once, and a reload after `update-ca-certificates`
+/// trusts what it added.
+pub fn read_system_roots_again() {
+    *SYSTEM.lock().unwrap_or_else(PoisonError::into_inner) = None;
+}
+
 /// The settings for a client with `tls`'s trust and identity, ALPN `http/1.1` as reqwest
 /// sets it without its `http2` feature.
 pub fn client_config(tls: &Tls) -> Result<ClientConfig, ClientTlsError> {

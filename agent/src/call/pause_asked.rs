@@ -25,7 +25,7 @@ pub fn pause_asked(headers: &HeaderMap) -> Option<Duration> {
         .or_else(|| {
             value("ratelimit-reset")
                 .filter(|_| used_up("ratelimit-remaining"))
-                .and_then(seconds)
+                .and_then(|v| reset(v, SystemTime::now()))
         })
         .or_else(|| {
             value("x-ratelimit-reset")
@@ -52,8 +52,9 @@ fn seconds(value: &str) -> Option<Duration> {
     Duration::try_from_secs_f64(number(value)?.min(1e12)).ok()
 }
 
-/// `X-RateLimit-Reset`, which APIs write as seconds from now or as a Unix time in
-/// seconds or milliseconds (whole or not): told apart by size.
+/// A reset, which APIs write as seconds from now (the IETF draft's `RateLimit-Reset`) or
+/// as a Unix time in seconds or milliseconds, whole or not (GitHub's `X-RateLimit-Reset`,
+/// and some `RateLimit-Reset`s too): told apart by size.
 fn reset(value: &str, now: SystemTime) -> Option<Duration> {
     let n = number(value)?;
     let at = if n >= EPOCH_MILLIS_FROM {
@@ -135,6 +136,20 @@ mod tests {
         assert_eq!(pause_asked(&h), None, "another window refused the burst");
         let h = headers(&[("ratelimit-remaining", "12"), ("ratelimit-reset", "60")]);
         assert_eq!(pause_asked(&h), None);
+    }
+
+    #[test]
+    fn a_draft_standard_reset_given_as_a_unix_time_is_one() {
+        let soon = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            + Duration::from_secs(30);
+        let h = headers(&[("ratelimit-reset", &soon.as_secs().to_string())]);
+        let d = pause_asked(&h).expect("a pause");
+        assert!(
+            d > Duration::from_secs(27) && d <= Duration::from_secs(30),
+            "{d:?}"
+        );
     }
 
     #[test]
