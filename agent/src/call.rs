@@ -4,7 +4,7 @@
 pub mod client_tls;
 mod idle_timeout;
 mod location;
-mod pause_asked;
+pub(crate) mod pause_asked;
 pub mod rate_limit;
 mod replay;
 mod request_limits;
@@ -97,9 +97,10 @@ impl CallContext {
         metrics.connection_known(connection.name.as_str());
         let bearer = match &connection.auth {
             Auth::None => None,
-            Auth::JwtBearer(jwt) => Some(BearerSource::new(
+            Auth::JwtBearer(jwt) => Some(BearerSource::succeeding(
                 jwt.clone(),
                 metrics.exchange_counters(connection.name.as_str()),
+                previous.and_then(|p| p.bearer.as_ref()),
             )),
         };
         let limiter = match previous {
@@ -697,14 +698,20 @@ pub(crate) fn refuse_method(method: &Method) -> Result<(), (ErrorCode, String)> 
     ))
 }
 
-fn bearer_error(e: BearerError) -> (ErrorCode, String) {
+/// With a `Retry-After` while a throttling token endpoint is left alone, so that a
+/// caller's client waits too.
+fn bearer_error(e: BearerError) -> Refusal {
     let code = match e.cause() {
         BearerError::Exchange(_) => ErrorCode::TokenExchangeFailed,
         BearerError::Signing(_) | BearerError::BadHeader | BearerError::Held { .. } => {
             ErrorCode::SigningFailed
         }
     };
-    (code, e.to_string())
+    let refusal = Refusal::from((code, e.to_string()));
+    match e.retry_after() {
+        Some(wait) => refusal.with_retry_after(wait),
+        None => refusal,
+    }
 }
 
 pub(crate) fn too_many_calls(conn: &Connection) -> (ErrorCode, String) {

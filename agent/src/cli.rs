@@ -310,7 +310,7 @@ pub(crate) fn load_one(
 ) -> Result<AgentConfig> {
     file.connections.retain(|n, _| n == name);
     let base = path.parent().unwrap_or(std::path::Path::new("."));
-    AgentConfig::resolve(file, base, &|var| std::env::var(var).ok())
+    AgentConfig::resolve(file, base, &|var| std::env::var(var))
         .with_context(|| format!("loading {}", path.display()))
 }
 

@@ -265,6 +265,17 @@ pub fn unset_variable(what: &str, name: &str) -> String {
     format!("{what}: environment variable {name} is not set")
 }
 
+/// Why `env(name)` gave no value: unset ([`unset_variable`]), or set to bytes that are not
+/// UTF-8 (a Latin-1 value from a unit's `Environment=`), which "not set" would misdirect.
+pub fn variable_problem(what: &str, name: &str, error: &std::env::VarError) -> String {
+    match error {
+        std::env::VarError::NotPresent => unset_variable(what, name),
+        std::env::VarError::NotUnicode(_) => {
+            format!("{what}: environment variable {name} is set but is not valid UTF-8")
+        }
+    }
+}
+
 /// Whether a load problem is only that an environment variable is not set here
 /// ([`unset_variable`], or a payload's `{{env.NAME}}`): something the shell cannot check.
 pub fn is_unset_variable(problem: &str) -> bool {
@@ -283,7 +294,7 @@ impl AgentConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let (file, digest) = ConfigFile::read_with_digest(path)?;
         let base = path.parent().unwrap_or(Path::new("."));
-        let config = Self::resolve(file, base, &|name| std::env::var(name).ok())?;
+        let config = Self::resolve(file, base, &|name| std::env::var(name))?;
         Ok(Self {
             file_digest: Some(digest),
             ..config
@@ -294,7 +305,7 @@ impl AgentConfig {
     pub fn resolve(
         file: ConfigFile,
         base_dir: &Path,
-        env: &dyn Fn(&str) -> Option<String>,
+        env: &dyn Fn(&str) -> Result<String, std::env::VarError>,
     ) -> Result<Self, ConfigError> {
         // Collect every problem, so `postern config check` can list them all at once.
         let mut problems = Vec::new();
@@ -393,7 +404,7 @@ fn resolve_connection(
     name: &str,
     conn: ConnectionFile,
     base_dir: &Path,
-    env: &dyn Fn(&str) -> Option<String>,
+    env: &dyn Fn(&str) -> Result<String, std::env::VarError>,
 ) -> Result<Connection, Vec<String>> {
     let mut problems = Vec::new();
     let p = &mut problems;
@@ -565,7 +576,7 @@ pub(crate) fn one_secret(
     file: Option<&Path>,
     env_name: Option<&str>,
     base_dir: &Path,
-    env: &dyn Fn(&str) -> Option<String>,
+    env: &dyn Fn(&str) -> Result<String, std::env::VarError>,
 ) -> Result<String, ConfigError> {
     let text = match (inline, file, env_name) {
         (Some(v), None, None) => v.to_owned(),
@@ -581,7 +592,9 @@ pub(crate) fn one_secret(
                 Err(_) => return Err(invalid(not_text(what, &path))),
             }
         }
-        (None, None, Some(name)) => env(name).ok_or_else(|| invalid(unset_variable(what, name)))?,
+        (None, None, Some(name)) => {
+            env(name).map_err(|e| invalid(variable_problem(what, name, &e)))?
+        }
         (None, None, None) => {
             return Err(invalid(format!(
                 "{what}: set one of {what}, {what}_file or {what}_env"

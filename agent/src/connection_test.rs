@@ -309,8 +309,10 @@ mod tests {
             token.expose()
         );
         let file = ConfigFile::parse(&text).expect("parses");
-        let config =
-            AgentConfig::resolve(file, Path::new("/nonexistent"), &|_| None).expect("resolves");
+        let config = AgentConfig::resolve(file, Path::new("/nonexistent"), &|_| {
+            Err(std::env::VarError::NotPresent)
+        })
+        .expect("resolves");
         let connection = Arc::clone(config.connection("t").expect("t"));
         CallContext::new(connection).expect("a client")
     }

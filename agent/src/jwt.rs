@@ -6,6 +6,7 @@ pub mod certificate;
 pub mod encrypted_key;
 pub mod exchange;
 pub mod key;
+pub mod recipe;
 pub mod signer;
 mod signing_key;
 pub mod template;

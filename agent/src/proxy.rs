@@ -118,12 +118,13 @@ impl Proxy {
 
     /// The proxy the environment names for reaching the relay, as curl would pick it.
     pub fn from_env(
-        env: &dyn Fn(&str) -> Option<String>,
+        env: &dyn Fn(&str) -> Result<String, std::env::VarError>,
         relays: &[String],
     ) -> Result<Option<Self>, ProxyError> {
         let var = |name: &str| {
             env(name)
-                .or_else(|| env(&name.to_ascii_lowercase()))
+                .ok()
+                .or_else(|| env(&name.to_ascii_lowercase()).ok())
                 .filter(|v| !v.trim().is_empty())
         };
         let Some(text) = var("HTTPS_PROXY").or_else(|| var("ALL_PROXY")) else {
@@ -357,7 +358,11 @@ mod tests {
         assert_eq!(p.to_string(), "http://proxy.corp:80");
         assert!(p.authorization.is_some());
         let relays = vec!["relay.example.com:2222".to_owned()];
-        let env = |name: &str| (name == "https_proxy").then(|| "proxy.corp:3128".to_owned());
+        let env = |name: &str| {
+            (name == "https_proxy")
+                .then(|| "proxy.corp:3128".to_owned())
+                .ok_or(std::env::VarError::NotPresent)
+        };
         let p = Proxy::from_env(&env, &relays).expect("loads");
         assert_eq!(
             p.map(|p| p.to_string()).as_deref(),
@@ -369,9 +374,9 @@ mod tests {
     fn a_proxy_no_proxy_exempts_the_relay_from_is_never_parsed() {
         let relays = vec!["relay.example.com:2222".to_owned()];
         let env = |name: &str| match name {
-            "HTTPS_PROXY" => Some("socks5://nothing-we-speak:1080".to_owned()),
-            "NO_PROXY" => Some("example.com".to_owned()),
-            _ => None,
+            "HTTPS_PROXY" => Ok("socks5://nothing-we-speak:1080".to_owned()),
+            "NO_PROXY" => Ok("example.com".to_owned()),
+            _ => Err(std::env::VarError::NotPresent),
         };
         assert!(
             Proxy::from_env(&env, &relays)
@@ -608,6 +613,7 @@ mod tests {
                     .iter()
                     .find(|(k, _)| *k == name)
                     .map(|(_, v)| (*v).to_owned())
+                    .ok_or(std::env::VarError::NotPresent)
             }
         };
         assert!(Proxy::from_env(&env(&[]), &relays).expect("ok").is_none());

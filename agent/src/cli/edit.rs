@@ -241,7 +241,7 @@ pub(super) fn problems(text: &str, path: &Path) -> Result<Vec<String>> {
     let file = ConfigFile::parse(text)?;
     let mut found = crate::config::unreadable_by_owner(path, &file);
     let base = path.parent().unwrap_or(Path::new("."));
-    match AgentConfig::resolve(file, base, &|name| std::env::var(name).ok()) {
+    match AgentConfig::resolve(file, base, &|name| std::env::var(name)) {
         Ok(_) => {}
         Err(ConfigError::Problems(list)) => found.extend(list),
         Err(e) => found.push(e.to_string()),

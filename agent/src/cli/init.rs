@@ -83,7 +83,9 @@ pub(crate) fn init(
     );
     // Validate before writing, so a bad relay or fingerprint never lands on disk.
     let file = config::ConfigFile::parse(&text)?;
-    AgentConfig::resolve(file, Path::new("."), &|_| None)?;
+    AgentConfig::resolve(file, Path::new("."), &|_| {
+        Err(std::env::VarError::NotPresent)
+    })?;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::DirBuilder::new()
             .recursive(true)

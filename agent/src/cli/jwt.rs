@@ -27,7 +27,7 @@ pub(crate) fn sign(config: &AgentConfig, connection: &str) -> Result<ExitCode> {
     };
     let token = jwt
         .signer
-        .sign(unix_now(), &|name| std::env::var(name).ok())
+        .sign(unix_now(), &|name| std::env::var(name))
         .context("signing")?;
     out::stdout(|out| writeln!(out, "{token}"))?;
     Ok(ExitCode::SUCCESS)

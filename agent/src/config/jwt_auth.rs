@@ -14,6 +14,7 @@ use super::{MASKED_KEYS, SECRET_MASK, mask_problem, noted, one_secret};
 use crate::jwt::certificate::thumbprints_of_file;
 use crate::jwt::encrypted_key::decrypt_if_encrypted;
 use crate::jwt::exchange::shown_url;
+use crate::jwt::recipe::Recipe;
 use crate::jwt::{Algorithm, JwtSigner, KeyMaterial, PayloadTemplate};
 
 /// The RFC 7523 §2.1 grant type.
@@ -41,6 +42,8 @@ pub struct JwtBearer {
     pub reuse_for: Option<Duration>,
     /// Present: trade the JWT for an access token (RFC 7523) instead of sending it.
     pub exchange: Option<Exchange>,
+    /// All of the above as one digest: a reload keeps the cached token while it is equal.
+    pub recipe: Recipe,
 }
 
 #[derive(Clone)]
@@ -100,7 +103,7 @@ pub(super) fn resolve(
     jwt: JwtBearerFile,
     name: &str,
     base_dir: &Path,
-    env: &dyn Fn(&str) -> Option<String>,
+    env: &dyn Fn(&str) -> Result<String, std::env::VarError>,
 ) -> Result<JwtBearer, Vec<String>> {
     let mut problems = Vec::new();
     let p = &mut problems;
@@ -129,9 +132,10 @@ pub(super) fn resolve(
             .entry("exp")
             .or_insert_with(|| format!("{{{{now + {}}}}}", lifetime.as_secs()).into());
     }
+    let payload_json = payload;
     let payload = noted(
         p,
-        PayloadTemplate::parse_all(&payload).map_err(|errors| {
+        PayloadTemplate::parse_all(&payload_json).map_err(|errors| {
             errors
                 .into_iter()
                 .map(|e| format!("auth.payload: {e}"))
@@ -192,11 +196,24 @@ pub(super) fn resolve(
         ));
     }
     // The key is checked against its algorithm whatever else is wrong.
+    let mut recipe = None;
     let signer = match (algorithm, key, payload, headers) {
-        (Some(algorithm), Some(key), Some(payload), Some(headers)) => noted(
-            p,
-            JwtSigner::new(algorithm, key, &headers, payload).map_err(|e| format!("auth: {e}")),
-        ),
+        (Some(algorithm), Some(key), Some(payload), Some(headers)) => {
+            recipe = exchange.as_ref().map(|exchange| {
+                Recipe::of(
+                    algorithm,
+                    &key,
+                    &headers,
+                    &payload_json,
+                    reuse_for,
+                    exchange.as_ref(),
+                )
+            });
+            noted(
+                p,
+                JwtSigner::new(algorithm, key, &headers, payload).map_err(|e| format!("auth: {e}")),
+            )
+        }
         _ => None,
     };
     // The thumbprints name the certificate; an identity provider checks the signature with
@@ -210,7 +227,7 @@ pub(super) fn resolve(
             path.display()
         ));
     }
-    let (Some(signer), Some(exchange)) = (signer, exchange) else {
+    let (Some(signer), Some(exchange), Some(recipe)) = (signer, exchange, recipe) else {
         return Err(problems);
     };
     if !problems.is_empty() {
@@ -220,6 +237,7 @@ pub(super) fn resolve(
         signer,
         reuse_for,
         exchange,
+        recipe,
     })
 }
 
@@ -228,7 +246,7 @@ fn key_material(
     name: &str,
     algorithm: Algorithm,
     base_dir: &Path,
-    env: &dyn Fn(&str) -> Option<String>,
+    env: &dyn Fn(&str) -> Result<String, std::env::VarError>,
 ) -> Result<KeyMaterial, String> {
     let is_hmac = matches!(
         algorithm,

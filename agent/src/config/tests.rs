@@ -24,7 +24,9 @@ const FINGERPRINT: &str = "SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU";
 pub(super) fn parse(text: &str) -> Result<AgentConfig, String> {
     let file = ConfigFile::parse(text).map_err(|e| e.to_string())?;
     AgentConfig::resolve(file, Path::new("/nonexistent"), &|name| {
-        (name == "HMAC").then(|| "a-secret-of-thirty-two-bytes-ok!".to_owned())
+        (name == "HMAC")
+            .then(|| "a-secret-of-thirty-two-bytes-ok!".to_owned())
+            .ok_or(std::env::VarError::NotPresent)
     })
     .map_err(|e| e.to_string())
 }
@@ -201,6 +203,44 @@ fn an_unset_payload_variable_is_refused_like_an_unset_secret_env() {
     assert!(is_unset_variable(&err), "{err}");
 }
 
+/// A secret's or a key's variable set to bytes that are not UTF-8 is said to be so, not
+/// "not set", and is no problem of this shell alone (`is_unset_variable`).
+#[test]
+fn a_secret_variable_that_is_not_utf8_is_said_to_be_set() {
+    let latin1 = |name: &str| match name {
+        "LATIN1" => Err(std::env::VarError::NotUnicode(
+            std::os::unix::ffi::OsStringExt::from_vec(b"caf\xe9".to_vec()),
+        )),
+        _ => Ok("passphrase-or-secret-of-32-bytes".to_owned()),
+    };
+    for (auth, what) in [
+        (
+            "algorithm = \"HS256\"\nsecret_env = \"LATIN1\"",
+            "auth.secret",
+        ),
+        (
+            "algorithm = \"ES256\"\nprivate_key_env = \"LATIN1\"",
+            "auth.private_key",
+        ),
+        (
+            "algorithm = \"ES256\"\nprivate_key = \"x\"\nprivate_key_passphrase_env = \"LATIN1\"",
+            "auth.private_key_passphrase",
+        ),
+    ] {
+        let file = ConfigFile::parse(&jwt_connection(auth)).expect("parses");
+        let err = AgentConfig::resolve(file, Path::new("/nonexistent"), &latin1)
+            .expect_err("not UTF-8")
+            .to_string();
+        assert!(
+            err.contains(&format!(
+                "{what}: environment variable LATIN1 is set but is not valid UTF-8"
+            )),
+            "{err}"
+        );
+        assert!(!err.contains("not set"), "{err}");
+    }
+}
+
 #[test]
 fn every_problem_of_one_connection_is_listed_at_once() {
     let err = parse(&base(
@@ -283,7 +323,10 @@ fn jwt_of(cfg: &AgentConfig) -> Arc<JwtBearer> {
 
 fn claims_of(jwt: &JwtBearer) -> serde_json::Value {
     use base64::Engine;
-    let token = jwt.signer.sign(1_700_000_000, &|_| None).expect("signs");
+    let token = jwt
+        .signer
+        .sign(1_700_000_000, &|_| Err(std::env::VarError::NotPresent))
+        .expect("signs");
     let part = token.split('.').nth(1).expect("payload part");
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(part)
@@ -350,7 +393,7 @@ fn base64_secrets_sign_with_the_decoded_bytes() {
     .expect("valid");
     let token = jwt_of(&cfg)
         .signer
-        .sign(1_700_000_000, &|_| None)
+        .sign(1_700_000_000, &|_| Err(std::env::VarError::NotPresent))
         .expect("signs");
     let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
     validation.set_required_spec_claims::<&str>(&[]);

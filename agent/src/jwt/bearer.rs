@@ -8,6 +8,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use http::HeaderValue;
 use tokio::sync::Mutex;
+use tracing::Instrument;
 
 use super::exchange::{ExchangeError, MAX_LIFETIME, exchange};
 use super::signer::JwtError;
@@ -39,11 +40,17 @@ pub enum BearerError {
     Exchange(#[from] ExchangeError),
     #[error("the token is not a valid header value")]
     BadHeader,
-    /// A failure handed to the calls after it for [`REFRESH_RETRY`].
-    #[error("{error} (the last try, {ago_ms} ms ago; the next is made 1 s after it)")]
+    /// A failure handed to the calls after it for [`REFRESH_RETRY`], or for as long as a
+    /// throttling token endpoint asked.
+    #[error(
+        "{error} (the last try, {ago_ms} ms ago; the next is made {} s after it)",
+        hold_secs(error)
+    )]
     Held {
         error: Box<BearerError>,
         ago_ms: u128,
+        /// Until the next try.
+        left: Duration,
     },
 }
 
@@ -55,6 +62,33 @@ impl BearerError {
             other => other,
         }
     }
+
+    /// How long callers may leave the connection alone: only for a token endpoint that
+    /// throttles, the time left until the agent asks it again (a caller's `Retry-After`).
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            BearerError::Exchange(e) => e.retry_after().map(|_| hold(self)),
+            BearerError::Held { error, left, .. } => error.retry_after().map(|_| *left),
+            _ => None,
+        }
+    }
+}
+
+/// How long a failure is kept for the calls after it, instead of trying again:
+/// [`REFRESH_RETRY`], or what a throttling endpoint asked for when that is longer.
+fn hold(e: &BearerError) -> Duration {
+    match e.cause() {
+        BearerError::Exchange(x) => x
+            .retry_after()
+            .map_or(REFRESH_RETRY, |wait| wait.max(REFRESH_RETRY)),
+        _ => REFRESH_RETRY,
+    }
+}
+
+/// [`hold`] in whole seconds, rounded up, for the message.
+fn hold_secs(e: &BearerError) -> u64 {
+    let hold = hold(e);
+    hold.as_secs() + u64::from(hold.subsec_nanos() > 0)
 }
 
 impl From<JwtError> for BearerError {
@@ -158,22 +192,37 @@ pub struct BearerSource {
 /// What a mint needs, shared with the task that runs it.
 struct Shared {
     auth: Arc<JwtBearer>,
-    /// Held only to read or write, never across an exchange.
-    state: std::sync::Mutex<State>,
+    /// Held only to read or write, never across an exchange. Shared with the connection's
+    /// source before a reload that changed nothing of its tokens' recipe.
+    state: Arc<std::sync::Mutex<State>>,
     exchanges: ExchangeCounters,
 }
 
 impl BearerSource {
     pub fn new(auth: Arc<JwtBearer>, exchanges: ExchangeCounters) -> Self {
+        Self::succeeding(auth, exchanges, None)
+    }
+
+    /// The source of a reloaded connection. While everything its tokens are made of is
+    /// unchanged (the whole auth table, the key as read now, the token endpoint's
+    /// settings: [`JwtBearer::recipe`]) it goes on with the previous source's cached token
+    /// or JWT, failure held and exchange under way, so a reload of many agents is no burst
+    /// of token requests; anything changed, and it starts afresh.
+    pub fn succeeding(
+        auth: Arc<JwtBearer>,
+        exchanges: ExchangeCounters,
+        previous: Option<&BearerSource>,
+    ) -> Self {
         let this_second =
             (!auth.signer.differs_within_a_second()).then(|| std::sync::Mutex::new(None));
+        let kept = previous.filter(|p| p.shared.auth.recipe == auth.recipe);
         Self {
             shared: Arc::new(Shared {
+                state: kept.map(|p| p.shared.state.clone()).unwrap_or_default(),
                 auth,
-                state: std::sync::Mutex::new(State::default()),
                 exchanges,
             }),
-            minting: Arc::new(Mutex::new(())),
+            minting: kept.map(|p| p.minting.clone()).unwrap_or_default(),
             this_second,
         }
     }
@@ -222,10 +271,11 @@ impl BearerSource {
                     return Err(err.clone());
                 }
                 let ago = at.elapsed();
-                if ago < REFRESH_RETRY {
+                if let Some(left) = hold(err).checked_sub(ago).filter(|l| !l.is_zero()) {
                     return Err(BearerError::Held {
                         error: Box::new(err.clone()),
                         ago_ms: ago.as_millis(),
+                        left,
                     });
                 }
             }
@@ -240,10 +290,15 @@ impl BearerSource {
         // them to start over — against a slow endpoint, for ever. The connection's timeout
         // bounds it.
         let (shared, http) = (shared.clone(), http.clone());
-        let mint = tokio::spawn(async move {
-            let _minting = minting;
-            shared.mint_and_keep(&http, timeout).await
-        });
+        // In the call's span, so that its lines (a failed refresh) name the connection:
+        // several often share one token endpoint.
+        let mint = tokio::spawn(
+            async move {
+                let _minting = minting;
+                shared.mint_and_keep(&http, timeout).await
+            }
+            .in_current_span(),
+        );
         mint.await
             .unwrap_or_else(|e| Err(BearerError::Signing(format!("the token task failed: {e}"))))
     }
@@ -365,7 +420,7 @@ impl Shared {
                     // A refresh runs ahead of expiry so that a short outage of the token
                     // endpoint costs nothing: the old token still works.
                     c.refresh_at = now
-                        .checked_add(REFRESH_RETRY)
+                        .checked_add(hold(&e))
                         .map_or(c.expires_at, |t| t.min(c.expires_at));
                     tracing::warn!(error = %e, left = ?(c.expires_at - now), "token refresh failed; the current token stays in use until it expires");
                     return Ok(self.bearer(c.header.clone(), true));
@@ -381,7 +436,7 @@ impl Shared {
     /// calls never wait behind it on the async workers; one per core at a time, so a burst
     /// of calls queues for a turn instead of growing the blocking pool.
     async fn sign(&self, now: u64) -> Result<String, JwtError> {
-        let env = |name: &str| std::env::var(name).ok();
+        let env = |name: &str| std::env::var(name);
         let algorithm = self.auth.signer.algorithm();
         if !algorithm.is_rsa() {
             return self.auth.signer.sign(now, &env);
@@ -475,6 +530,7 @@ pub fn unix_now() -> u64 {
 mod tests {
     use super::*;
     use crate::jwt::key::test_keys::keys;
+    use crate::jwt::recipe::Recipe;
     use crate::jwt::{Algorithm, JwtSigner, KeyMaterial, PayloadTemplate};
     use std::collections::BTreeMap;
 
@@ -500,6 +556,7 @@ mod tests {
         let serde_json::Value::Object(payload) = payload else {
             panic!("object")
         };
+        let recipe = Recipe::of(algorithm, &key, &BTreeMap::new(), &payload, reuse_for, None);
         let signer = JwtSigner::new(
             algorithm,
             key,
@@ -512,6 +569,7 @@ mod tests {
                 signer,
                 reuse_for,
                 exchange: None,
+                recipe,
             }),
             ExchangeCounters::default(),
         )
@@ -553,6 +611,8 @@ mod tests {
         requests: Arc<std::sync::atomic::AtomicUsize>,
         /// How long it thinks before each answer.
         delay: Arc<std::sync::Mutex<Duration>>,
+        /// Header lines added to each answer, each ending in CRLF.
+        extra: Arc<std::sync::Mutex<&'static str>>,
     }
 
     impl Endpoint {
@@ -568,12 +628,15 @@ mod tests {
             let answer = Arc::new(std::sync::Mutex::new((status, body)));
             let requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
             let delay = Arc::new(std::sync::Mutex::new(Duration::ZERO));
+            let extra = Arc::new(std::sync::Mutex::new(""));
             let (now, count, thinking) = (answer.clone(), requests.clone(), delay.clone());
+            let lines = extra.clone();
             tokio::spawn(async move {
                 while let Ok((mut stream, _)) = listener.accept().await {
                     count.fetch_add(1, Ordering::SeqCst);
                     let (status, body) = *now.lock().expect("answer");
                     let think = *thinking.lock().expect("delay");
+                    let extra = *lines.lock().expect("extra");
                     tokio::spawn(async move {
                         tokio::time::sleep(think).await;
                         // The whole request (its head and a small body) before the answer,
@@ -601,7 +664,7 @@ mod tests {
                             }
                         }
                         let answer = format!(
-                            "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                            "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\n{extra}content-length: {}\r\nconnection: close\r\n\r\n{body}",
                             body.len()
                         );
                         let _ = stream.write_all(answer.as_bytes()).await;
@@ -614,7 +677,12 @@ mod tests {
                 answer,
                 requests,
                 delay,
+                extra,
             }
+        }
+
+        fn headers(&self, lines: &'static str) {
+            *self.extra.lock().expect("extra") = lines;
         }
 
         fn think(&self, delay: Duration) {
@@ -631,29 +699,43 @@ mod tests {
     }
 
     fn exchanging_source(token_url: &url::Url) -> BearerSource {
+        BearerSource::new(exchanging_auth(token_url, 7), ExchangeCounters::default())
+    }
+
+    /// An HS256 exchange connection's auth, with a secret of 32 `key_byte`s.
+    fn exchanging_auth(token_url: &url::Url, key_byte: u8) -> Arc<JwtBearer> {
+        let key = || KeyMaterial::Secret(vec![key_byte; 32]);
+        let payload = serde_json::Map::new();
+        let exchange = crate::config::Exchange {
+            token_url: token_url.clone(),
+            grant_type: crate::config::JWT_BEARER_GRANT.to_owned(),
+            body: crate::config::BodyEncoding::Form,
+            params: BTreeMap::new(),
+            client_assertion: false,
+            client_auth: crate::config::ClientAuth::Body,
+            default_lifetime: Duration::from_secs(600),
+        };
+        let recipe = Recipe::of(
+            Algorithm::HS256,
+            &key(),
+            &BTreeMap::new(),
+            &payload,
+            None,
+            Some(&exchange),
+        );
         let signer = JwtSigner::new(
             Algorithm::HS256,
-            KeyMaterial::Secret(vec![7; 32]),
+            key(),
             &BTreeMap::new(),
-            PayloadTemplate::parse(&serde_json::Map::new()).expect("payload"),
+            PayloadTemplate::parse(&payload).expect("payload"),
         )
         .expect("signer");
-        BearerSource::new(
-            Arc::new(JwtBearer {
-                signer,
-                reuse_for: None,
-                exchange: Some(crate::config::Exchange {
-                    token_url: token_url.clone(),
-                    grant_type: crate::config::JWT_BEARER_GRANT.to_owned(),
-                    body: crate::config::BodyEncoding::Form,
-                    params: BTreeMap::new(),
-                    client_assertion: false,
-                    client_auth: crate::config::ClientAuth::Body,
-                    default_lifetime: Duration::from_secs(600),
-                }),
-            }),
-            ExchangeCounters::default(),
-        )
+        Arc::new(JwtBearer {
+            signer,
+            reuse_for: None,
+            exchange: Some(exchange),
+            recipe,
+        })
     }
 
     const WAIT: Duration = Duration::from_secs(5);
@@ -888,6 +970,68 @@ mod tests {
         tokio::time::sleep(REFRESH_RETRY).await;
         s.get(&http, WAIT).await.expect("recovers");
         assert_eq!(endpoint.requests(), 3);
+    }
+
+    /// A token endpoint that throttles is left alone for as long as its `Retry-After`
+    /// asks (not asked again every second), and the calls meanwhile are told how long.
+    #[tokio::test]
+    async fn a_throttled_exchange_is_held_for_its_retry_after() {
+        let endpoint = Endpoint::start(429, r#"{"error":"slow_down"}"#).await;
+        endpoint.headers("retry-after: 2\r\n");
+        let s = exchanging_source(&endpoint.url);
+        let http = reqwest::Client::new();
+        let err = s.get(&http, WAIT).await.expect_err("throttled");
+        assert!(
+            err.to_string().contains("failed: throttled (HTTP 429)"),
+            "{err}"
+        );
+        assert_eq!(err.retry_after(), Some(Duration::from_secs(2)));
+        tokio::time::sleep(REFRESH_RETRY + Duration::from_millis(200)).await;
+        let err = s.get(&http, WAIT).await.expect_err("held");
+        assert!(
+            err.to_string().contains("the next is made 2 s after it"),
+            "{err}"
+        );
+        let left = err.retry_after().expect("a Retry-After for the caller");
+        assert!(
+            left > Duration::ZERO && left < Duration::from_millis(900),
+            "{left:?}"
+        );
+        assert_eq!(endpoint.requests(), 1, "asked again before its Retry-After");
+        tokio::time::sleep(left + Duration::from_millis(50)).await;
+        endpoint.answer(200, r#"{"access_token":"ok","expires_in":600}"#);
+        s.get(&http, WAIT).await.expect("asked again, after 2 s");
+        assert_eq!(endpoint.requests(), 2);
+    }
+
+    /// A reload that changed nothing a token is made of keeps the cached token; a changed
+    /// key (or anything else of the recipe) exchanges afresh.
+    #[tokio::test]
+    async fn a_reload_keeps_the_token_only_while_its_recipe_is_the_same() {
+        let endpoint = Endpoint::start(200, r#"{"access_token":"t1","expires_in":600}"#).await;
+        let http = reqwest::Client::new();
+        let first = BearerSource::new(
+            exchanging_auth(&endpoint.url, 7),
+            ExchangeCounters::default(),
+        );
+        first.get(&http, WAIT).await.expect("exchanges");
+        let same = BearerSource::succeeding(
+            exchanging_auth(&endpoint.url, 7),
+            ExchangeCounters::default(),
+            Some(&first),
+        );
+        let b = same.get(&http, WAIT).await.expect("kept");
+        assert!(b.cached && b.header == "Bearer t1", "{b:?}");
+        assert_eq!(endpoint.requests(), 1, "a reload with no change exchanged");
+        endpoint.answer(200, r#"{"access_token":"t2","expires_in":600}"#);
+        let rekeyed = BearerSource::succeeding(
+            exchanging_auth(&endpoint.url, 8),
+            ExchangeCounters::default(),
+            Some(&same),
+        );
+        let b = rekeyed.get(&http, WAIT).await.expect("exchanges afresh");
+        assert!(!b.cached && b.header == "Bearer t2", "{b:?}");
+        assert_eq!(endpoint.requests(), 2);
     }
 
     /// An RSA signature waits for a turn at the blocking threads (all taken here); an

@@ -5,10 +5,12 @@ use std::fmt;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use http::header::{ACCEPT, CONTENT_TYPE};
+use http::header::{ACCEPT, CONTENT_TYPE, LOCATION, RETRY_AFTER};
 use serde_json::{Map, Value};
 
 use crate::call::client_tls::{ClientError, client_config};
+use crate::call::pause_asked::parse_retry_after;
+use crate::call::rate_limit::MAX_PAUSE;
 use crate::config::tls::Tls;
 use crate::config::{BodyEncoding, CLIENT_ASSERTION_TYPE, Exchange};
 
@@ -61,6 +63,23 @@ pub enum ExchangeError {
         error: String,
         description: Option<String>,
     },
+    /// A 429 or an OAuth `slow_down` (RFC 8628 §3.5): the endpoint's own trouble, and it
+    /// asks for quiet, for `retry_after` when it says how long.
+    #[error("token endpoint {url} failed: throttled (HTTP {status}): {said}{}", retry_after.map(|d| format!("; its Retry-After asks for {} s of quiet", d.as_secs())).unwrap_or_default())]
+    Throttled {
+        url: String,
+        status: u16,
+        said: String,
+        retry_after: Option<Duration>,
+    },
+    /// A 3xx: followed, it would send the assertion where the config does not say.
+    #[error("token endpoint {url} answered HTTP {status}, a redirect {}: redirects are not followed{}", redirect_target(location.as_deref()), if location.is_some() { "; set token_url to it" } else { "" })]
+    Redirected {
+        url: String,
+        status: u16,
+        /// Shown as [`shown_url`] shows `token_url`.
+        location: Option<String>,
+    },
     #[error("token endpoint {url} answered HTTP {status} without an OAuth error: {snippet}")]
     Status {
         url: String,
@@ -73,6 +92,26 @@ pub enum ExchangeError {
     Unreachable { url: String, detail: String },
     #[error("token endpoint {url} did not answer within {timeout:?}")]
     Timeout { url: String, timeout: Duration },
+}
+
+impl ExchangeError {
+    /// How long a throttling endpoint asked to be left alone, at most [`MAX_PAUSE`] (as an
+    /// internal server's pause is); `None` for every other failure.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ExchangeError::Throttled { retry_after, .. } => {
+                Some(retry_after.unwrap_or_default().min(MAX_PAUSE))
+            }
+            _ => None,
+        }
+    }
+}
+
+fn redirect_target(location: Option<&str>) -> String {
+    match location {
+        Some(location) => format!("to {location}"),
+        None => "without a Location".to_owned(),
+    }
 }
 
 /// What an OAuth error says happened: the endpoint's own trouble (a 5xx, RFC 6749's
@@ -146,11 +185,26 @@ pub async fn exchange(
     }
     let send = async {
         let response = request.send().await?;
-        let status = response.status().as_u16();
+        let header = |name| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v: &http::HeaderValue| v.to_str().ok())
+        };
+        let head = Head {
+            status: response.status().as_u16(),
+            retry_after: header(RETRY_AFTER).and_then(parse_retry_after),
+            location: header(LOCATION).map(|to| {
+                x.token_url.join(to).map_or_else(
+                    |_| "a Location that is not a URL".to_owned(),
+                    |to| shown_url(&to),
+                )
+            }),
+        };
         let bytes = read_limited(response).await?;
-        Ok::<_, reqwest::Error>((status, bytes))
+        Ok::<_, reqwest::Error>((head, bytes))
     };
-    let (status, bytes) = match tokio::time::timeout(timeout, send).await {
+    let (head, bytes) = match tokio::time::timeout(timeout, send).await {
         Err(_) => return Err(ExchangeError::Timeout { url, timeout }),
         Ok(Err(e)) if e.is_timeout() => return Err(ExchangeError::Timeout { url, timeout }),
         Ok(Err(e)) => {
@@ -162,7 +216,15 @@ pub async fn exchange(
         }
         Ok(Ok(answer)) => answer,
     };
-    parse_response(&url, status, &bytes, x.default_lifetime)
+    read_answer(&url, &head, &bytes, x.default_lifetime)
+}
+
+/// What of the answer's head the errors need.
+struct Head {
+    status: u16,
+    retry_after: Option<Duration>,
+    /// Where a redirect points, as [`shown_url`] shows it.
+    location: Option<String>,
 }
 
 /// The URL as error messages show it: they reach the caller and the log, so neither a
@@ -233,12 +295,19 @@ async fn read_limited(mut response: reqwest::Response) -> Result<Vec<u8>, reqwes
 }
 
 /// Reads a token response (RFC 6749 §5.1) or an error response (§5.2).
-fn parse_response(
+fn read_answer(
     url: &str,
-    status: u16,
+    head: &Head,
     bytes: &[u8],
     default_lifetime: Duration,
 ) -> Result<AccessToken, ExchangeError> {
+    let status = head.status;
+    let throttled = |said: String| ExchangeError::Throttled {
+        url: url.to_owned(),
+        status,
+        said,
+        retry_after: head.retry_after,
+    };
     // A byte order mark is no whitespace to serde_json; some Windows stacks send one.
     let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
     let json: Option<Map<String, Value>> = serde_json::from_slice(bytes).ok();
@@ -251,11 +320,28 @@ fn parse_response(
     };
     // Some providers answer 200 with an error object; the `error` field decides.
     if let Some(error) = text_field("error") {
+        if status == 429 || error == "slow_down" {
+            let description = text_field("error_description");
+            return Err(throttled(match description {
+                Some(d) => format!("{error}: {d}"),
+                None => error,
+            }));
+        }
         return Err(ExchangeError::Refused {
             url: url.to_owned(),
             status,
             error,
             description: text_field("error_description"),
+        });
+    }
+    if status == 429 {
+        return Err(throttled(snippet(bytes)));
+    }
+    if (300..400).contains(&status) {
+        return Err(ExchangeError::Redirected {
+            url: url.to_owned(),
+            status,
+            location: head.location.clone(),
         });
     }
     if !(200..300).contains(&status) {
@@ -450,6 +536,20 @@ mod tests {
     use super::*;
     use crate::config::JWT_BEARER_GRANT;
 
+    fn parse_response(
+        url: &str,
+        status: u16,
+        bytes: &[u8],
+        default_lifetime: Duration,
+    ) -> Result<AccessToken, ExchangeError> {
+        let head = Head {
+            status,
+            retry_after: None,
+            location: None,
+        };
+        read_answer(url, &head, bytes, default_lifetime)
+    }
+
     /// The endpoint's own trouble is said to be a failure, not a refusal of the assertion.
     #[test]
     fn a_server_error_is_not_a_refusal() {
@@ -477,6 +577,117 @@ mod tests {
         assert!(
             said.contains("refused the assertion (HTTP 400): invalid_grant: aud"),
             "{said}"
+        );
+    }
+
+    /// A 429 or `slow_down` is the endpoint's own trouble, throttling: "failed", with how
+    /// long it asked for quiet (at most the internal servers' longest pause).
+    #[test]
+    fn throttling_is_a_failure_that_keeps_its_retry_after() {
+        let head = |status, retry_after: Option<u64>| Head {
+            status,
+            retry_after: retry_after.map(Duration::from_secs),
+            location: None,
+        };
+        let err = read_answer(
+            URL,
+            &head(429, Some(30)),
+            br#"{"error":"slow_down"}"#,
+            TEN_MIN,
+        )
+        .expect_err("429");
+        assert_eq!(
+            err.to_string(),
+            "token endpoint https://idp.example/token failed: throttled (HTTP 429): slow_down; its Retry-After asks for 30 s of quiet"
+        );
+        assert_eq!(err.retry_after(), Some(Duration::from_secs(30)));
+        let body = br#"{"error":"slow_down","error_description":"AADSTS50196"}"#;
+        let err = read_answer(URL, &head(400, None), body, TEN_MIN).expect_err("slow_down");
+        assert!(
+            err.to_string()
+                .ends_with("failed: throttled (HTTP 400): slow_down: AADSTS50196"),
+            "{err}"
+        );
+        assert_eq!(err.retry_after(), Some(Duration::ZERO));
+        let err = read_answer(URL, &head(429, Some(86_400)), b"<html>busy</html>", TEN_MIN)
+            .expect_err("429");
+        assert!(
+            err.to_string()
+                .contains("failed: throttled (HTTP 429): <html>busy</html>"),
+            "{err}"
+        );
+        assert_eq!(err.retry_after(), Some(MAX_PAUSE));
+        // A refusal stays one, and keeps no Retry-After.
+        let err = read_answer(
+            URL,
+            &head(400, Some(30)),
+            br#"{"error":"invalid_grant"}"#,
+            TEN_MIN,
+        )
+        .expect_err("400");
+        assert!(err.to_string().contains("refused the assertion"), "{err}");
+        assert_eq!(err.retry_after(), None);
+    }
+
+    /// A redirect says where it points (its query hidden, as `token_url`'s is) and that it
+    /// is not followed, so the fix (that URL as `token_url`) needs no curl.
+    #[tokio::test]
+    async fn a_redirect_names_its_location_without_its_query() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            for location in ["/oauth2/v2.0/token?api_key=s3cret", ""] {
+                let (mut stream, _) = listener.accept().await.expect("accept");
+                let mut request = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !String::from_utf8_lossy(&request).contains("assertion=J") {
+                    let n = stream.read(&mut buf).await.expect("read");
+                    assert!(n > 0, "closed early");
+                    request.extend_from_slice(&buf[..n]);
+                }
+                let location = match location {
+                    "" => String::new(),
+                    to => format!("location: {to}\r\n"),
+                };
+                let answer = format!(
+                    "HTTP/1.1 302 Found\r\n{location}content-length: 0\r\nconnection: close\r\n\r\n"
+                );
+                stream.write_all(answer.as_bytes()).await.expect("write");
+            }
+        });
+        let x = Exchange {
+            token_url: format!("http://{addr}/token").parse().expect("url"),
+            grant_type: JWT_BEARER_GRANT.to_owned(),
+            body: BodyEncoding::Form,
+            params: std::collections::BTreeMap::new(),
+            client_assertion: false,
+            client_auth: crate::config::ClientAuth::Body,
+            default_lifetime: TEN_MIN,
+        };
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("client");
+        let err = exchange(&http, &x, "J", Duration::from_secs(5))
+            .await
+            .expect_err("redirected");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "token endpoint http://{addr}/token answered HTTP 302, a redirect to http://{addr}/oauth2/v2.0/token?…: redirects are not followed; set token_url to it"
+            )
+        );
+        let err = exchange(&http, &x, "J", Duration::from_secs(5))
+            .await
+            .expect_err("redirected");
+        assert!(
+            err.to_string().ends_with(
+                "answered HTTP 302, a redirect without a Location: redirects are not followed"
+            ),
+            "{err}"
         );
     }
 

@@ -265,7 +265,7 @@ impl JwtSigner {
     pub fn sign(
         &self,
         now_unix: u64,
-        env: &dyn Fn(&str) -> Option<String>,
+        env: &dyn Fn(&str) -> Result<String, std::env::VarError>,
     ) -> Result<String, JwtError> {
         let claims = self.payload.render(now_unix, env)?;
         // Room for the claims in base64 and the longest signature (RSA-4096: 683 characters).
@@ -410,8 +410,10 @@ mod tests {
         }))
     }
 
-    fn env(name: &str) -> Option<String> {
-        (name == "SERVICE_USER").then(|| "svc-orders".to_owned())
+    fn env(name: &str) -> Result<String, std::env::VarError> {
+        (name == "SERVICE_USER")
+            .then(|| "svc-orders".to_owned())
+            .ok_or(std::env::VarError::NotPresent)
     }
 
     fn signer(algorithm: Algorithm, key: KeyMaterial) -> JwtSigner {
@@ -727,7 +729,7 @@ print(json.dumps(out))
     fn template_errors_surface_from_sign() {
         let signer = signer(Algorithm::HS256, KeyMaterial::Secret(SECRET.to_vec()));
         let err = signer
-            .sign(now(), &|_| None)
+            .sign(now(), &|_| Err(std::env::VarError::NotPresent))
             .expect_err("SERVICE_USER missing");
         assert!(
             matches!(err, JwtError::Template(TemplateError::MissingEnv { .. })),

@@ -21,6 +21,10 @@ pub enum TemplateError {
     )]
     MissingEnv { path: String, name: String },
     #[error(
+        "{path}: the template {{{{env.{name}}}}} needs the environment variable {name}, which is set but is not valid UTF-8"
+    )]
+    EnvNotUnicode { path: String, name: String },
+    #[error(
         "{path}: the template \"{{{{{template}}}}}\" gives a time before 1970 or past the largest unix time (an offset back is at most the time since 1970, one ahead at most 100 years)"
     )]
     TimeOutOfRange { path: String, template: String },
@@ -135,7 +139,7 @@ impl PayloadTemplate {
     pub fn render(
         &self,
         now_unix: u64,
-        env: &dyn Fn(&str) -> Option<String>,
+        env: &dyn Fn(&str) -> Result<String, std::env::VarError>,
     ) -> Result<Vec<u8>, TemplateError> {
         let mut out = Vec::with_capacity(256);
         write_object(&self.fields, now_unix, env, &mut out)?;
@@ -150,19 +154,20 @@ impl PayloadTemplate {
             .any(|(_, expr)| **expr == Expr::Uuid)
     }
 
-    /// A [`TemplateError::MissingEnv`] per `{{env.NAME}}` whose variable `env` lacks: checked
+    /// A [`TemplateError::MissingEnv`] (or `EnvNotUnicode`) per `{{env.NAME}}` whose variable
+    /// `env` lacks or cannot read: checked
     /// when the config is loaded, so an unset variable refuses the config rather than every
     /// call (a running agent's environment does not change).
-    pub fn missing_env(&self, env: &dyn Fn(&str) -> Option<String>) -> Vec<TemplateError> {
+    pub fn missing_env(
+        &self,
+        env: &dyn Fn(&str) -> Result<String, std::env::VarError>,
+    ) -> Vec<TemplateError> {
         let mut missing = Vec::new();
         for (path, expr) in self.templates() {
             if let Expr::Env(name) = expr
-                && env(name).is_none()
+                && let Err(e) = env(name)
             {
-                let error = TemplateError::MissingEnv {
-                    path: path.to_owned(),
-                    name: name.clone(),
-                };
+                let error = env_error(path, name, &e);
                 if !missing.contains(&error) {
                     missing.push(error);
                 }
@@ -386,7 +391,7 @@ fn is_env_name(name: &str) -> bool {
 fn write_object(
     fields: &[(String, Node)],
     now: u64,
-    env: &dyn Fn(&str) -> Option<String>,
+    env: &dyn Fn(&str) -> Result<String, std::env::VarError>,
     out: &mut Vec<u8>,
 ) -> Result<(), TemplateError> {
     out.push(b'{');
@@ -405,7 +410,7 @@ fn write_object(
 fn write_node(
     node: &Node,
     now: u64,
-    env: &dyn Fn(&str) -> Option<String>,
+    env: &dyn Fn(&str) -> Result<String, std::env::VarError>,
     out: &mut Vec<u8>,
 ) -> Result<(), TemplateError> {
     match node {
@@ -462,7 +467,7 @@ fn eval(
     path: &str,
     template: &str,
     now: u64,
-    env: &dyn Fn(&str) -> Option<String>,
+    env: &dyn Fn(&str) -> Result<String, std::env::VarError>,
 ) -> Result<Evaluated, TemplateError> {
     match expr {
         Expr::Now(offset) => now
@@ -480,14 +485,17 @@ fn eval(
                 .encode_lower(&mut uuid::Uuid::encode_buffer())
                 .to_owned(),
         )),
-        Expr::Env(name) => {
-            env(name)
-                .map(Evaluated::Text)
-                .ok_or_else(|| TemplateError::MissingEnv {
-                    path: path.to_owned(),
-                    name: name.clone(),
-                })
-        }
+        Expr::Env(name) => env(name)
+            .map(Evaluated::Text)
+            .map_err(|e| env_error(path, name, &e)),
+    }
+}
+
+fn env_error(path: &str, name: &str, error: &std::env::VarError) -> TemplateError {
+    let (path, name) = (path.to_owned(), name.to_owned());
+    match error {
+        std::env::VarError::NotPresent => TemplateError::MissingEnv { path, name },
+        std::env::VarError::NotUnicode(_) => TemplateError::EnvNotUnicode { path, name },
     }
 }
 
@@ -529,8 +537,8 @@ mod tests {
         serde_json::from_slice(rendered).expect("render writes JSON")
     }
 
-    fn no_env(_: &str) -> Option<String> {
-        None
+    fn no_env(_: &str) -> Result<String, std::env::VarError> {
+        Err(std::env::VarError::NotPresent)
     }
 
     fn render(value: Value) -> Result<Value, TemplateError> {
@@ -648,15 +656,19 @@ mod tests {
             template(json!({ "sub": "{{env.SERVICE_USER}}", "aud": ["api", "{{env.TENANT}}-x"] }))
                 .expect("parses");
         let env = |name: &str| match name {
-            "SERVICE_USER" => Some("svc-orders".to_owned()),
-            "TENANT" => Some("42".to_owned()),
-            _ => None,
+            "SERVICE_USER" => Ok("svc-orders".to_owned()),
+            "TENANT" => Ok("42".to_owned()),
+            _ => Err(std::env::VarError::NotPresent),
         };
         let out = json_of(&t.render(NOW, &env).expect("renders"));
         // Env values stay strings even when they look like numbers.
         assert_eq!(out, json!({ "sub": "svc-orders", "aud": ["api", "42-x"] }));
 
-        let only_user = |name: &str| (name == "SERVICE_USER").then(|| "u".to_owned());
+        let only_user = |name: &str| {
+            (name == "SERVICE_USER")
+                .then(|| "u".to_owned())
+                .ok_or(std::env::VarError::NotPresent)
+        };
         let err = t.render(NOW, &only_user).expect_err("TENANT is missing");
         assert_eq!(
             err,
@@ -678,7 +690,11 @@ mod tests {
             "aud": ["{{env.GONE}}-x", {"deep": "{{env.GONE}}/{{env.ALSO}}"}],
         }))
         .expect("parses");
-        let env = |name: &str| (name == "SET").then(|| "v".to_owned());
+        let env = |name: &str| {
+            (name == "SET")
+                .then(|| "v".to_owned())
+                .ok_or(std::env::VarError::NotPresent)
+        };
         let missing: Vec<String> = t.missing_env(&env).iter().map(|e| e.to_string()).collect();
         assert_eq!(
             missing,
@@ -688,13 +704,30 @@ mod tests {
                 "payload.aud[1].deep: the template {{env.ALSO}} needs the environment variable ALSO, but it is not set",
             ]
         );
-        assert!(t.missing_env(&|_| Some("v".to_owned())).is_empty());
+        assert!(t.missing_env(&|_| Ok("v".to_owned())).is_empty());
+        // Set, but not to UTF-8: said so, not "not set" (which sends one to the unit's
+        // environment, where the variable is).
+        let latin1 = |_: &str| {
+            Err(std::env::VarError::NotUnicode(
+                std::os::unix::ffi::OsStringExt::from_vec(vec![0xff]),
+            ))
+        };
+        let said: Vec<String> = t
+            .missing_env(&latin1)
+            .iter()
+            .map(|e| e.to_string())
+            .collect();
+        let sub = "payload.sub: the template {{env.SET}} needs the environment variable SET, which is set but is not valid UTF-8";
+        assert!(said.iter().any(|s| s == sub), "{said:?}");
+        assert!(!crate::config::is_unset_variable(sub));
+        let err = t.render(NOW, &latin1).expect_err("not UTF-8");
+        assert!(matches!(err, TemplateError::EnvNotUnicode { .. }), "{err}");
     }
 
     #[test]
     fn whole_env_template_stays_a_string() {
         let t = template(json!({ "n": "{{env.N}}" })).expect("parses");
-        let out = json_of(&t.render(NOW, &|_| Some("600".to_owned())).expect("renders"));
+        let out = json_of(&t.render(NOW, &|_| Ok("600".to_owned())).expect("renders"));
         assert_eq!(out["n"], json!("600"));
     }
 
