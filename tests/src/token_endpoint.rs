@@ -78,6 +78,9 @@ struct Issued {
 pub enum Fault {
     /// Answers only after this long.
     Slow(Duration),
+    /// Answers 429 `{"error":"slow_down"}` with this `Retry-After`, as a throttling
+    /// identity provider does.
+    Throttle { retry_after: &'static str },
     /// Answers this status, content type and body instead of a token.
     Answer {
         status: u16,
@@ -92,7 +95,8 @@ struct Records {
     calls: Vec<ApiCall>,
     issued: HashMap<String, Issued>,
     fault: Option<Fault>,
-    /// Exchanges answered with a [`Fault::Answer`] (not in `exchanges`).
+    /// Exchanges answered with a [`Fault::Answer`] or [`Fault::Throttle`] (not in
+    /// `exchanges`).
     faulted: usize,
 }
 
@@ -191,7 +195,7 @@ token_url = "{token_url}"
             .unwrap_or_default()
     }
 
-    /// How many exchanges a [`Fault::Answer`] refused.
+    /// How many exchanges a [`Fault::Answer`] or [`Fault::Throttle`] refused.
     pub fn faulted(&self) -> usize {
         self.records.lock().map(|r| r.faulted).unwrap_or_default()
     }
@@ -266,6 +270,17 @@ async fn token(State(state): State<AppState>, request: Request) -> Response {
     let fault = state.records.lock().ok().and_then(|r| r.fault.clone());
     match fault {
         Some(Fault::Slow(pause)) => tokio::time::sleep(pause).await,
+        Some(Fault::Throttle { retry_after }) => {
+            if let Ok(mut r) = state.records.lock() {
+                r.faulted += 1;
+            }
+            return (
+                StatusCode::TOO_MANY_REQUESTS,
+                [("retry-after", retry_after)],
+                axum::Json(json!({"error": "slow_down"})),
+            )
+                .into_response();
+        }
         Some(Fault::Answer {
             status,
             content_type,

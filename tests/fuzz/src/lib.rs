@@ -67,7 +67,11 @@ pub fn payload_template(data: &[u8]) {
         return;
     };
     if let Ok(template) = PayloadTemplate::parse(&payload) {
-        let env = |name: &str| (name == "SET").then(|| "value".to_owned());
+        let env = |name: &str| {
+            (name == "SET")
+                .then(|| "value".to_owned())
+                .ok_or(std::env::VarError::NotPresent)
+        };
         let _ = template.render(1_700_000_000, &env);
         let _ = template.render(u64::MAX, &env);
     }
@@ -91,7 +95,9 @@ pub fn agent_config(data: &[u8]) {
         return;
     };
     if let Ok(file) = ConfigFile::parse(text) {
-        let _ = AgentConfig::resolve(file, Path::new("/nonexistent/postern-fuzz"), &|_| None);
+        let _ = AgentConfig::resolve(file, Path::new("/nonexistent/postern-fuzz"), &|_| {
+            Err(std::env::VarError::NotPresent)
+        });
     }
 }
 

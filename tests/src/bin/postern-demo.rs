@@ -98,7 +98,9 @@ payload = {{ iss = "postern", sub = "demo-service", aud = "orders", iat = "{{{{n
     );
     let config_path = state.write_private("agent.toml", &config_text)?;
     let agent_config =
-        AgentConfig::resolve(ConfigFile::parse(&config_text)?, state.path(), &|_| None)?;
+        AgentConfig::resolve(ConfigFile::parse(&config_text)?, state.path(), &|_| {
+            Err(std::env::VarError::NotPresent)
+        })?;
     let socket = agent_config.status_socket.clone();
     let (tunnel_state, mut watch_state) = watch::channel(TunnelState::default());
     let agent = tokio::spawn(postern_agent::run(

@@ -123,7 +123,9 @@ pub async fn swarm(
         );
         let file =
             postern_agent::config::ConfigFile::parse(&text).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let config = postern_agent::AgentConfig::resolve(file, dir, &|_| None)?;
+        let config = postern_agent::AgentConfig::resolve(file, dir, &|_| {
+            Err(std::env::VarError::NotPresent)
+        })?;
         let (state, _rx) = watch::channel(postern_agent::TunnelState::default());
         let shutdown = shutdown.clone();
         tasks.push(tokio::spawn(async move {

@@ -62,7 +62,7 @@ fn sign_rate(algorithm: Algorithm, key: KeyMaterial, seconds: u64) -> Result<f64
     let mut n = 0u64;
     while started.elapsed() < Duration::from_secs(seconds) {
         for _ in 0..16 {
-            signer.sign(1_700_000_000, &|_| None)?;
+            signer.sign(1_700_000_000, &|_| Err(std::env::VarError::NotPresent))?;
         }
         n += 16;
     }
