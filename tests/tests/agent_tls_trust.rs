@@ -13,8 +13,8 @@ use postern_tests::pki::{client_certificate, make_pki, python_https};
 use postern_tests::relay_support::error_code;
 use postern_tests::temp::TempDir;
 
-/// Answers `{"client": <the client certificate's CN or null>}`; requires a client
-/// certificate signed by `argv[4]` when that is not `-`.
+/// Answers a GET `{"client": <the client certificate's CN or null>}` and a POST as a token
+/// endpoint; requires a client certificate signed by `argv[4]` when that is not `-`.
 const HTTPS_SERVER: &str = r#"
 import http.server, ssl, sys, json
 cert, key, port, client_ca = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
@@ -23,6 +23,14 @@ class H(http.server.BaseHTTPRequestHandler):
         peer = self.connection.getpeercert()
         body = json.dumps({"client": dict(x[0] for x in peer["subject"])["commonName"] if peer else None}).encode()
         self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        body = b'{"access_token":"from-the-token-endpoint","expires_in":600}'
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
@@ -241,8 +249,23 @@ async fn a_reload_reads_the_system_roots_again() -> Result<()> {
     std::fs::write(&bundle, &ca_y)?;
     std::fs::create_dir(dir.path().join("no-certs"))?;
     let w = World::start(dir)?;
+    // `tok`'s internal server is trusted by its own ca_file; its token endpoint, only
+    // through the system roots.
     let config = w.write_config(&format!(
-        "\n[connections.sys]\nbase_uri = \"https://127.0.0.1:{port}\"\n"
+        r#"
+[connections.sys]
+base_uri = "https://127.0.0.1:{port}"
+[connections.tok]
+base_uri = "https://127.0.0.1:{port}"
+tls = {{ ca_file = "ca.pem" }}
+[connections.tok.auth]
+type = "jwt_bearer"
+algorithm = "HS256"
+secret = "0123456789abcdef0123456789abcdef"
+lifetime = "5m"
+[connections.tok.auth.exchange]
+token_url = "https://127.0.0.1:{port}/token"
+"#
     ))?;
     let mut command = std::process::Command::new(&w.bins.agent);
     command
@@ -255,9 +278,14 @@ async fn a_reload_reads_the_system_roots_again() -> Result<()> {
         .wait_online("a1", true, Duration::from_secs(15))
         .await?;
     w.expect_trust(&[("sys", false)]).await?;
+    let (status, code, _) = w.call("tok").await?;
+    assert_eq!((status, code.as_str()), (502, "token_exchange_failed"));
 
     let ca_x = std::fs::read_to_string(w.dir.path().join("ca.pem"))?;
     std::fs::write(&bundle, format!("{ca_y}{ca_x}"))?;
     w.reload(&config)?;
-    w.expect_trust(&[("sys", true)]).await
+    w.expect_trust(&[("sys", true)]).await?;
+    // The failed exchange is held for a second, across a reload that changed nothing of it.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    w.expect_trust(&[("tok", true)]).await
 }

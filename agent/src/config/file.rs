@@ -181,11 +181,11 @@ pub struct JwtBearerFile {
     pub private_key_passphrase_env: Option<String>,
     /// Adds `x5t` and `x5t#S256` header thumbprints of this certificate.
     pub certificate_file: Option<PathBuf>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "strings_not_a_date")]
     pub headers: BTreeMap<String, String>,
     /// As TOML, not JSON: toml would hand a date to serde_json as its private marker
     /// object, which would be signed as it is (`payload_json` refuses dates by name).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "table_not_a_date")]
     pub payload: toml::Table,
     /// Adds `iat` and `exp` (now + lifetime) when the payload sets neither.
     pub lifetime: Option<String>,
@@ -256,7 +256,7 @@ pub struct ExchangeFile {
     pub grant_type: Option<String>,
     #[serde(default)]
     pub body: BodyEncoding,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "strings_not_a_date")]
     pub params: BTreeMap<String, String>,
     #[serde(default)]
     pub client_assertion: bool,
@@ -348,6 +348,32 @@ impl ParseError {
                 None => message,
             },
         }
+    }
+}
+
+/// The key toml hands a date or time under, as a one-key map, where serde asks for a map.
+const DATE_MARKER: &str = "$__toml_private_datetime";
+
+/// A table of strings (`headers`, `params`); a date written as the whole value is refused as
+/// one, where it would pass as a table of toml's marker key and be sent.
+fn strings_not_a_date<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<String, String>, D::Error> {
+    let table = BTreeMap::<String, String>::deserialize(d)?;
+    not_a_date(table.keys().map(String::as_str)).map(|()| table)
+}
+
+/// The payload table, a date written as the whole of it refused (see `strings_not_a_date`).
+fn table_not_a_date<'de, D: serde::Deserializer<'de>>(d: D) -> Result<toml::Table, D::Error> {
+    let table = toml::Table::deserialize(d)?;
+    not_a_date(table.keys().map(String::as_str)).map(|()| table)
+}
+
+fn not_a_date<'a, E: serde::de::Error>(mut keys: impl Iterator<Item = &'a str>) -> Result<(), E> {
+    match (keys.next(), keys.next()) {
+        // Said as "invalid type: map", which `ParseError::at` tells as the date it is.
+        (Some(DATE_MARKER), None) => Err(E::invalid_type(serde::de::Unexpected::Map, &"a table")),
+        _ => Ok(()),
     }
 }
 
@@ -704,6 +730,26 @@ mod tests {
             err.contains("invalid type: map, expected a string"),
             "{err}"
         );
+    }
+
+    /// A date written as the whole of a table setting would pass as a table holding toml's
+    /// marker key, and be signed or sent as it is.
+    #[test]
+    fn a_date_where_a_table_goes_is_said_to_be_a_date() {
+        let auth = "[connections.u]\nbase_uri = \"http://h\"\n[connections.u.auth]\n\
+                    type = \"jwt_bearer\"\nalgorithm = \"HS256\"\n";
+        for (tail, key) in [
+            ("payload = 2026-12-01\n", "payload"),
+            ("headers = 07:32:00\n", "headers"),
+            (
+                "[connections.u.auth.exchange]\ntoken_url = \"https://idp/t\"\nparams = 1979-05-27T07:32:00Z\n",
+                "params",
+            ),
+        ] {
+            let err = parse_error(&format!("{auth}{tail}"));
+            let expected = format!("{key}: invalid type: TOML date/time, expected a table");
+            assert!(err.contains(&expected), "{tail:?}: {err}");
+        }
     }
 
     #[test]

@@ -325,7 +325,12 @@ impl BearerSource {
     /// For `postern status`: the failure calls get while there is no token, and when it
     /// happened; kept until a token is had again.
     pub fn last_failure(&self) -> Option<(Instant, BearerError)> {
-        self.shared.lock_state().failure.clone()
+        let now = Instant::now();
+        let mut state = self.shared.lock_state();
+        if state.current().is_some_and(|c| now < c.expires_at) {
+            return None;
+        }
+        state.failure.clone()
     }
 
     /// Drops the cached token if it is still `header` (the upstream refused it), unless a
@@ -423,7 +428,13 @@ impl Shared {
                         .checked_add(hold(&e))
                         .map_or(c.expires_at, |t| t.min(c.expires_at));
                     tracing::warn!(error = %e, left = ?(c.expires_at - now), "token refresh failed; the current token stays in use until it expires");
-                    return Ok(self.bearer(c.header.clone(), true));
+                    let bearer = self.bearer(c.header.clone(), true);
+                    // A throttling endpoint's wait outlasts the token too: kept, so the
+                    // calls after its end are held rather than sent to the endpoint again.
+                    if hold(&e) > REFRESH_RETRY {
+                        state.failure = Some((now, e));
+                    }
+                    return Ok(bearer);
                 }
                 state.cached = None;
                 state.failure = Some((now, e.clone()));
@@ -1002,6 +1013,32 @@ mod tests {
         endpoint.answer(200, r#"{"access_token":"ok","expires_in":600}"#);
         s.get(&http, WAIT).await.expect("asked again, after 2 s");
         assert_eq!(endpoint.requests(), 2);
+    }
+
+    /// A refresh the endpoint throttles while the token still serves holds past that
+    /// token's end too: the call after it is told to wait, not sent to the endpoint again.
+    #[tokio::test]
+    async fn a_throttled_refresh_holds_after_the_token_expires() {
+        let endpoint = Endpoint::start(200, r#"{"access_token":"ok","expires_in":2}"#).await;
+        let s = exchanging_source(&endpoint.url);
+        let http = reqwest::Client::new();
+        s.get(&http, WAIT).await.expect("a token");
+        endpoint.answer(429, r#"{"error":"slow_down"}"#);
+        endpoint.headers("retry-after: 30\r\n");
+        // Past its refresh point (90% of 2 s), before its end: still served, refresh refused.
+        tokio::time::sleep(Duration::from_millis(1850)).await;
+        s.get(&http, WAIT).await.expect("the token still serves");
+        assert_eq!(endpoint.requests(), 2, "the refresh was asked for");
+        assert!(
+            s.last_failure().is_none(),
+            "a token still serves: nothing to say"
+        );
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let err = s.get(&http, WAIT).await.expect_err("held, the token gone");
+        let left = err.retry_after().expect("a Retry-After for the caller");
+        assert!(left > Duration::from_secs(27), "{left:?}");
+        assert_eq!(endpoint.requests(), 2, "asked again before its Retry-After");
+        assert!(s.last_failure().is_some(), "status says why");
     }
 
     /// A reload that changed nothing a token is made of keeps the cached token; a changed

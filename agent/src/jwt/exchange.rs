@@ -2,7 +2,6 @@
 //! as `client_assertion` per §2.2) and reads `access_token`, `token_type`, `expires_in`.
 
 use std::fmt;
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use http::header::{ACCEPT, CONTENT_TYPE, LOCATION, RETRY_AFTER};
@@ -125,23 +124,18 @@ fn refused_or_failed(status: u16, error: &str) -> &'static str {
     }
 }
 
-/// The client for token endpoints, one for the whole process. Like the internal servers'
+/// A client for token endpoints, one per connection and load of the config (cheap: the
+/// system roots it trusts are read once per load and shared). Like the internal servers'
 /// clients it uses no proxy and follows no redirects, but it trusts only the system's
 /// roots: a connection's `tls` settings (its CA, its client certificate, skipping
 /// verification) are for its internal server, not for a token endpoint that may be a
 /// third party's.
 pub fn token_client() -> Result<reqwest::Client, ClientError> {
-    static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
-    if let Some(client) = CLIENT.get() {
-        return Ok(client.clone());
-    }
-    let client = reqwest::Client::builder()
+    Ok(reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .no_proxy()
-        // The system roots only, the parse every connection's client shares.
         .tls_backend_preconfigured(client_config(&Tls::default())?)
-        .build()?;
-    Ok(CLIENT.get_or_init(|| client).clone())
+        .build()?)
 }
 
 /// Trades `jwt` for an access token at the configured endpoint.

@@ -261,7 +261,7 @@ mod tests {
 
     /// Generated clients learn of the headers every answer has: `x-request-id` on each
     /// response (and as a parameter to send), `x-postern-error` on each of postern's own
-    /// errors, `Retry-After` on a call's `rate_limited`.
+    /// errors, `Retry-After` on a call's `rate_limited` and its `token_exchange_failed`.
     #[test]
     fn every_response_documents_its_headers() {
         let doc = document();
@@ -291,7 +291,7 @@ mod tests {
                     );
                     assert_eq!(
                         headers.get("Retry-After").is_some(),
-                        status == "429" && path.contains("/http/"),
+                        (status == "429" || status == "502") && path.contains("/http/"),
                         "{method} {path} {status}: Retry-After"
                     );
                 }
