@@ -848,6 +848,7 @@ async fn memory_stays_flat_over_6000_opened_and_closed_channels() -> Result<()> 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn init_writes_a_private_config_that_connects() -> Result<()> {
+    use std::os::unix::ffi::OsStrExt;
     use std::os::unix::fs::PermissionsExt;
     let dir = TempDir::new("init")?;
     let bins = bins();
@@ -872,6 +873,21 @@ async fn init_writes_a_private_config_that_connects() -> Result<()> {
     // A mistyped token is refused and nothing is written.
     let out = init(Some(&mistyped(&token, token.len() - 1)), false)?;
     assert!(!out.status.success());
+    assert!(!config.exists());
+    // One that is not UTF-8 is said to be so, not taken as unset.
+    let mut cmd = agent_command(
+        &bins,
+        &config,
+        &["init", "--relay", &ssh, "--fingerprint", &relay.fingerprint],
+    );
+    cmd.env("POSTERN_TOKEN", std::ffi::OsStr::from_bytes(b"pst_\xff"));
+    let out = cmd.output()?;
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("POSTERN_TOKEN is set but is not valid UTF-8"),
+        "{said}"
+    );
     assert!(!config.exists());
     let out = init(Some(&token), false)?;
     assert!(

@@ -12,6 +12,18 @@ use toml_edit::{DocumentMut, Item};
 use super::destination::Destination;
 use crate::config::{self, AgentConfig};
 
+/// The variable `var`, `None` when unset; one set to bytes that are not UTF-8 is no token,
+/// and said so rather than taken as unset (which would ask for the token instead).
+fn variable(var: &str) -> Result<Option<String>> {
+    match std::env::var(var) {
+        Ok(value) => Ok(Some(value)),
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(std::env::VarError::NotUnicode(_)) => {
+            bail!("{var} is set but is not valid UTF-8, so it holds no access token")
+        }
+    }
+}
+
 /// The access token, trimmed: from `file`, else the variable `var` (`init`'s
 /// `POSTERN_TOKEN`), else a prompt on a terminal, else stdin; never from an argument.
 /// `command` is named in the error when none was given.
@@ -23,7 +35,7 @@ pub(super) fn read_token(
 ) -> Result<String> {
     let given = if let Some(file) = file {
         std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?
-    } else if let Some(token) = var.and_then(|var| std::env::var(var).ok()) {
+    } else if let Some(token) = var.map(variable).transpose()?.flatten() {
         token
     } else if std::io::stdin().is_terminal() {
         rpassword::prompt_password(prompt)?
