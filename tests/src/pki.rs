@@ -138,6 +138,41 @@ fn issue(dir: &Path, name: &str, ext: &str) -> Result<()> {
     )
 }
 
+/// For [`python_https`]: answers a GET `{"ok": true, "client": <the client certificate's
+/// CN or null>}` and a POST as a token endpoint; requires a client certificate signed by
+/// `argv[4]` when that is not `-`.
+pub const HTTPS_SERVER: &str = r#"
+import http.server, ssl, sys, json
+cert, key, port, client_ca = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        peer = self.connection.getpeercert()
+        body = json.dumps({"ok": True, "client": dict(x[0] for x in peer["subject"])["commonName"] if peer else None}).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        body = b'{"access_token":"from-the-token-endpoint","expires_in":600}'
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(cert, key)
+if client_ca != "-":
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.load_verify_locations(client_ca)
+srv = http.server.ThreadingHTTPServer(("127.0.0.1", port), H)
+srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+print("ready", flush=True)
+srv.serve_forever()
+"#;
+
 /// Runs the Python `script` in `dir` as `python3 -c script server.pem server.key PORT
 /// extra…` with PORT 0, so the script binds a port of the system's choosing (one picked
 /// free beforehand could be taken by another test first); returns once it listens, with
