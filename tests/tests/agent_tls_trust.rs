@@ -9,7 +9,7 @@ use postern_tests::harness::{
     AgentProcess, Api, RelayProcess, agent_cli, agent_config, create_agent, create_api_key,
     output_text,
 };
-use postern_tests::pki::{HTTPS_SERVER, client_certificate, make_pki, python_https};
+use postern_tests::pki::{HTTPS_SERVER, KillOnDrop, client_certificate, make_pki, python_https};
 use postern_tests::relay_support::error_code;
 use postern_tests::temp::TempDir;
 
@@ -90,14 +90,20 @@ impl World {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_connections_ca_file_is_trusted_by_its_client_only_and_reloads() -> Result<()> {
-    let dir = TempDir::new("tls-trust")?;
+/// A folder with CA X (`ca.pem`), whose certificate the HTTPS server shows, and a second
+/// CA, Y (`y/ca.pem`), that signed nothing the server shows; the server and its port.
+fn two_cas_and_a_server(name: &str) -> Result<(TempDir, KillOnDrop, u16)> {
+    let dir = TempDir::new(name)?;
     make_pki(dir.path())?;
-    // A second CA, Y, that signed nothing the server shows.
     std::fs::create_dir(dir.path().join("y"))?;
     make_pki(&dir.path().join("y"))?;
-    let (_server, port) = python_https(dir.path(), HTTPS_SERVER, &["-"])?;
+    let (server, port) = python_https(dir.path(), HTTPS_SERVER, &["-"])?;
+    Ok((dir, server, port))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_connections_ca_file_is_trusted_by_its_client_only_and_reloads() -> Result<()> {
+    let (dir, _server, port) = two_cas_and_a_server("tls-trust")?;
     let w = World::start(dir)?;
     // Connections without the server's CA sort before and after the one with it, so
     // neither build order lets one see another's roots.
@@ -204,11 +210,7 @@ tls = {{ ca_file = "ca.pem" }}
 /// after the system bundle changed (`update-ca-certificates`) trusts what it added.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_reload_reads_the_system_roots_again() -> Result<()> {
-    let dir = TempDir::new("tls-system-roots")?;
-    make_pki(dir.path())?;
-    std::fs::create_dir(dir.path().join("y"))?;
-    make_pki(&dir.path().join("y"))?;
-    let (_server, port) = python_https(dir.path(), HTTPS_SERVER, &["-"])?;
+    let (dir, _server, port) = two_cas_and_a_server("tls-system-roots")?;
     // The "system" bundle holds only CA Y at first; SSL_CERT_DIR empty, so nothing else.
     let bundle = dir.path().join("bundle.pem");
     let ca_y = std::fs::read_to_string(dir.path().join("y/ca.pem"))?;
