@@ -45,6 +45,9 @@ pub struct RelayContext {
     /// Lines about requests still sending a revoked API key: an integration nobody
     /// updated would otherwise log one per request.
     pub revoked_key_lines: std::sync::Mutex<postern_logs::LogBudget>,
+    /// Lines about keys that are malformed or name no key, on a budget of their own so
+    /// that a spray of guesses cannot crowd out the revoked keys' lines.
+    pub refused_key_lines: std::sync::Mutex<postern_logs::LogBudget>,
     next_session_id: AtomicU64,
 }
 
@@ -68,6 +71,10 @@ impl RelayContext {
             revoked_key_lines: std::sync::Mutex::new(postern_logs::LogBudget::per_minute(
                 10,
                 "about revoked API keys",
+            )),
+            refused_key_lines: std::sync::Mutex::new(postern_logs::LogBudget::per_minute(
+                10,
+                "about unknown or malformed API keys",
             )),
             next_session_id: AtomicU64::new(1),
         }

@@ -259,3 +259,40 @@ async fn the_cli_creates_lists_and_revokes_keys_while_the_relay_runs() -> Result
     assert!(bad.is_err(), "an unknown scope is refused");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn keys_that_name_no_caller_are_logged_by_their_id_a_few_lines_a_minute() -> Result<()> {
+    let w = RelayWorld::start(bins()).await?;
+    // An agent's token pasted where the key goes: said with its reason.
+    let token = postern_tests::harness::unknown_token();
+    let misplaced = send(&w.api(&token), Method::GET, "/v1/agents", None).await?;
+    assert_eq!(misplaced.status, 401);
+    let malformed = "API request refused: API key must start with \"psk_\", and this is an access token (pst_…)";
+    w.relay.logs.wait_for(malformed, Duration::from_secs(5))?;
+    // A key from another relay (staging's, say): well formed, unknown here, said by its id.
+    let elsewhere = postern_protocol::SecretToken::generate(
+        postern_protocol::SecretKind::ApiKey,
+        &[9u8; postern_protocol::token::BODY_LEN],
+    );
+    let unknown = w.api(elsewhere.expose());
+    for _ in 0..15 {
+        let refused = send(&unknown, Method::GET, "/v1/agents", None).await?;
+        assert_eq!(refused.status, 401);
+        assert_eq!(refused.message(), "unknown API key");
+    }
+    let line = format!("API request refused: no such key {elsewhere:?}");
+    w.relay.logs.wait_for(&line, Duration::from_secs(5))?;
+    // Let the relay's log catch up with the last answers before counting.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let text = w.relay.logs.text();
+    assert_eq!(
+        text.matches(&line).count(),
+        9,
+        "one budget of 10 lines a minute for both: {text}"
+    );
+    assert!(
+        !text.contains(elsewhere.expose()) && !text.contains(&token),
+        "never the secret: {text}"
+    );
+    Ok(())
+}

@@ -31,6 +31,7 @@ pub async fn check_api_key(
     let presented = bearer_key(headers)
         .map_err(|message| refused("missing", ApiError::new(ErrorCode::Unauthorized, message)))?;
     let key = SecretToken::parse(SecretKind::ApiKey, presented).map_err(|e| {
+        say_refused(ctx, format_args!("{e}"));
         refused(
             "malformed",
             ApiError::invalid_token(format!("invalid API key: {e}")),
@@ -50,6 +51,7 @@ pub async fn check_api_key(
             let record = match found {
                 Ok(record) => record,
                 Err(None) => {
+                    say_refused(ctx, format_args!("no such key {key:?}"));
                     return Err(refused(
                         "unknown",
                         ApiError::invalid_token("unknown API key"),
@@ -82,6 +84,19 @@ fn revoked(ctx: &RelayContext, name: &str) -> ApiError {
     ApiError::invalid_token(format!(
         "API key {name:?} was revoked: ask the relay's admin for another"
     ))
+}
+
+/// A key that names no caller, in the log a few lines a minute: a staging key sent to
+/// production, or a token pasted in the wrong place, is found by its (non-secret) id.
+fn say_refused(ctx: &RelayContext, why: std::fmt::Arguments<'_>) {
+    let left_out = ctx
+        .refused_key_lines
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take();
+    if let Some(left_out) = left_out {
+        tracing::warn!("API request refused: {why}{left_out}");
+    }
 }
 
 /// The key in `Authorization: Bearer <key>`, or why there is none: no header, or one
