@@ -50,17 +50,28 @@ pub fn build(base: &Url, path_and_query: &str) -> Result<Url, PathError> {
     url.set_path(&joined);
     url.set_query(query);
     // Belt and braces: whatever the URL parser made of it must still sit under the base.
-    // (Compared part by part: `Url::origin` allocates, and this runs on every call.)
-    let same_origin = url.scheme() == base.scheme()
-        && url.host_str() == base.host_str()
-        && url.port_or_known_default() == base.port_or_known_default();
-    if !same_origin || !url.path().starts_with(base_path) {
-        return Err(PathError::Escapes);
-    }
-    if url.path().len() > base_path.len() && !url.path()[base_path.len()..].starts_with('/') {
+    if below_base(&url, base).is_none() {
         return Err(PathError::Escapes);
     }
     Ok(url)
+}
+
+/// The part of `target`'s path below the base's (`""` or `/…`), if `target` is under the
+/// base: same scheme, host, port and credentials, and a path that is the base's path or
+/// below it on a segment boundary (`/api` holds `/api/x`, not `/apix`). Compared part by
+/// part: `Url::origin` allocates, and this runs on every call.
+pub fn below_base<'t>(target: &'t Url, base: &Url) -> Option<&'t str> {
+    let same_origin = target.scheme() == base.scheme()
+        && target.host() == base.host()
+        && target.port_or_known_default() == base.port_or_known_default()
+        && target.username() == base.username()
+        && target.password() == base.password();
+    if !same_origin {
+        return None;
+    }
+    let base_path = base.path().trim_end_matches('/');
+    let rest = target.path().strip_prefix(base_path)?;
+    (rest.is_empty() || rest.starts_with('/')).then_some(rest)
 }
 
 fn check_path(path: &str) -> Result<(), PathError> {

@@ -5,6 +5,8 @@ use http::HeaderMap;
 use http::header::{CONTENT_LOCATION, HeaderValue, LOCATION};
 use url::Url;
 
+use crate::upstream_url::below_base;
+
 /// The call as the caller made it on the relay, seen from the agent.
 #[derive(Debug, Clone, Copy)]
 pub struct Called<'a> {
@@ -54,7 +56,7 @@ pub fn point_back(headers: &mut HeaderMap, called: Called<'_>) {
 /// would name one of the relay's routes (another connection's, another agent's).
 pub fn map(value: &str, called: Called<'_>) -> Option<String> {
     let target = called.internal.join(value).ok()?;
-    let Some(rest) = under_base(&target, called.base) else {
+    let Some(rest) = below_base(&target, called.base) else {
         return (!has_authority(value)).then(|| target.to_string());
     };
     // Both paths from `.../connections/{c}/`: the caller's call, and the route to the target.
@@ -75,23 +77,6 @@ pub fn map(value: &str, called: Called<'_>) -> Option<String> {
         reference.push_str(fragment);
     }
     Some(reference)
-}
-
-/// The part of `target`'s path below the base's (`""` or `/…`), if `target` is under the
-/// base: same scheme, host, port and credentials, and a path that is the base's path or
-/// below it on a segment boundary (`/api` holds `/api/x`, not `/apix`).
-fn under_base<'t>(target: &'t Url, base: &Url) -> Option<&'t str> {
-    let same_origin = target.scheme() == base.scheme()
-        && target.host() == base.host()
-        && target.port_or_known_default() == base.port_or_known_default()
-        && target.username() == base.username()
-        && target.password() == base.password();
-    if !same_origin {
-        return None;
-    }
-    let base_path = base.path().trim_end_matches('/');
-    let rest = target.path().strip_prefix(base_path)?;
-    (rest.is_empty() || rest.starts_with('/')).then_some(rest)
 }
 
 /// Whether a reference names a host itself: an absolute URL (`https://…`, or any
