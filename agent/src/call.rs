@@ -384,11 +384,9 @@ async fn run(ctx: &CallContext, request: Request<Incoming>) -> Result<Response<C
         )
         .into());
     }
-    if upstream.status() == StatusCode::TOO_MANY_REQUESTS
-        && let Some(pause) = pause_asked::pause_asked(upstream.headers())
-    {
-        let pause = ctx.limiter.pause(pause);
-        warn!(connection = %conn.name, pause_ms = pause.as_millis() as u64, "upstream asked to slow down; pausing the connection");
+    if let Some(asked) = pause_asked::pause_asked(upstream.status(), upstream.headers()) {
+        let pause = ctx.limiter.pause(asked.wait);
+        warn!(connection = %conn.name, status = upstream.status().as_u16(), header = asked.header, pause_ms = pause.as_millis() as u64, "upstream asked to slow down; pausing the connection");
     }
     let mut upstream_headers = upstream.headers().clone();
     // Both at once: the body was read as chunked, and a Content-Length passed on would
@@ -794,7 +792,7 @@ pub(crate) fn rate_limited(conn: &Connection, refused: rate_limit::Refused, wait
         _ => format!("max_wait ({})", humantime::format_duration(wait.max_wait)),
     };
     let why = if refused.paused {
-        "the internal server asked for a pause (its 429's Retry-After or rate-limit reset)"
+        "the internal server asked for a pause (its Retry-After, or the reset of a rate-limit window it said was used up)"
     } else {
         "it is over its rate limit"
     };

@@ -1,6 +1,6 @@
 //! Per-connection rate limits end to end: the token bucket's burst and queue, `max_wait`
-//! (and the relay's `call_timeout`) turning into 429 `rate_limited`, and an upstream
-//! `Retry-After` pausing the connection.
+//! (and the relay's `call_timeout`) turning into 429 `rate_limited`, and an upstream's
+//! `Retry-After` or used-up rate-limit window (on a 429, a 403, a 200) pausing the connection.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -23,9 +23,14 @@ fn bins() -> Bins {
     postern_tests::bins!()
 }
 
-/// An upstream that answers 200, except the first call to `/api/limited/{secs}`, which
-/// gets 429 with `Retry-After: {secs}`, and to `/api/reset/{secs}`, which gets 429 with
-/// an `X-RateLimit-Reset` {secs} from now. It records when each call arrived.
+/// An upstream that answers 200, except:
+/// - the first call to `/api/limited/{secs}`: 429 with `Retry-After: {secs}`;
+/// - the first call to `/api/reset/{secs}`, `/api/forbidden/{secs}` and `/api/spent/{secs}`:
+///   429, 403 and 200, each saying its window is used up until {secs} from now;
+/// - `/api/denied`: a plain 403;
+/// - `/api/calls-left/{status}`: {status}, its window with calls left.
+///
+/// It records when each call arrived.
 #[derive(Clone, Default)]
 struct Upstream {
     limited_once: Arc<Mutex<HashSet<String>>>,
@@ -37,24 +42,27 @@ async fn upstream(State(state): State<Upstream>, request: Request) -> Response {
     if let Ok(mut a) = state.arrivals.lock() {
         a.push((path.clone(), Instant::now()));
     }
-    if let Some(secs) = path.strip_prefix("/api/reset/")
-        && let Ok(secs) = secs.parse::<u64>()
-        && first_time(&state, &path)
+    let used_up = [
+        ("/api/reset/", StatusCode::TOO_MANY_REQUESTS),
+        ("/api/forbidden/", StatusCode::FORBIDDEN),
+        ("/api/spent/", StatusCode::OK),
+    ];
+    for (prefix, status) in used_up {
+        if let Some(secs) = path.strip_prefix(prefix)
+            && let Ok(secs) = secs.parse::<u64>()
+            && first_time(&state, &path)
+        {
+            // GitHub's way: no Retry-After, the Unix time the limit resets at.
+            return (status, window(0, secs), "window used up").into_response();
+        }
+    }
+    if path == "/api/denied" {
+        return (StatusCode::FORBIDDEN, "not yours").into_response();
+    }
+    if let Some(status) = path.strip_prefix("/api/calls-left/")
+        && let Ok(status) = status.parse::<StatusCode>()
     {
-        // GitHub's way: no Retry-After, the Unix time the limit resets at.
-        let at = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            + Duration::from_secs(secs);
-        return (
-            StatusCode::TOO_MANY_REQUESTS,
-            [
-                ("x-ratelimit-remaining", "0".to_owned()),
-                ("x-ratelimit-reset", at.as_secs().to_string()),
-            ],
-            "slow down",
-        )
-            .into_response();
+        return (status, window(5, 30), "calls left").into_response();
     }
     if let Some(secs) = path.strip_prefix("/api/limited/")
         && first_time(&state, &path)
@@ -67,6 +75,18 @@ async fn upstream(State(state): State<Upstream>, request: Request) -> Response {
             .into_response();
     }
     (StatusCode::OK, "ok").into_response()
+}
+
+/// A rate-limit window as GitHub describes it: calls left, and the Unix time it resets.
+fn window(remaining: u32, resets_in_secs: u64) -> [(&'static str, String); 2] {
+    let at = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        + Duration::from_secs(resets_in_secs);
+    [
+        ("x-ratelimit-remaining", remaining.to_string()),
+        ("x-ratelimit-reset", at.as_secs().to_string()),
+    ]
 }
 
 fn first_time(state: &Upstream, path: &str) -> bool {
@@ -328,7 +348,7 @@ async fn an_upstream_retry_after_pauses_the_connection() -> Result<()> {
     let message = body["error"]["message"].as_str().unwrap_or_default();
     assert!(
         message.starts_with(
-            "connection long: the internal server asked for a pause (its 429's Retry-After or rate-limit reset)"
+            "connection long: the internal server asked for a pause (its Retry-After, or the reset of a rate-limit window it said was used up)"
         ),
         "{message}"
     );
@@ -370,5 +390,80 @@ async fn an_upstream_rate_limit_reset_pauses_the_connection_too() -> Result<()> 
     let waited = paused_at.elapsed();
     assert!(waited >= Duration::from_millis(700), "{waited:?}");
     assert!(waited < Duration::from_secs(5), "{waited:?}");
+    Ok(())
+}
+
+/// GitHub refuses a used-up limit with a 403 that says so (`X-RateLimit-Remaining: 0` and
+/// the reset): the calls after it are not sent into the limit, where integrations that
+/// keep calling get banned. A 403 that does not say so refuses access and pauses nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_403_that_says_its_limit_is_used_up_pauses_the_connection() -> Result<()> {
+    let w = World::start(|base| {
+        let mut c = connection("refused", base, "max_wait = \"0s\"");
+        c.push_str(&connection("denied", base, "max_wait = \"0s\""));
+        c
+    })
+    .await?;
+    let r = w.api.call("edge", "refused", "/forbidden/30").await?;
+    assert_eq!(r.status(), 403);
+    assert!(
+        r.headers().get("x-postern-error").is_none(),
+        "passed on as it came"
+    );
+    assert_eq!(r.headers()["x-ratelimit-remaining"], "0");
+    let r = w.api.call("edge", "refused", "/x").await?;
+    assert_eq!(r.status(), 429);
+    assert_eq!(r.headers()["x-postern-error"], "rate_limited");
+    let retry_after: u64 = r.headers()["retry-after"].to_str()?.parse()?;
+    assert!((27..=31).contains(&retry_after), "{retry_after}");
+    let body: serde_json::Value = r.json().await?;
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.starts_with("connection refused: the internal server asked for a pause"),
+        "{message}"
+    );
+    assert!(w.arrivals("/api/x").is_empty(), "sent into the limit");
+
+    // With max_wait 0 s, any pause would refuse the next call at once.
+    for path in ["/denied", "/calls-left/403"] {
+        let r = w.api.call("edge", "denied", path).await?;
+        assert_eq!(r.status(), 403, "{path}");
+        let r = w.api.call("edge", "denied", "/y").await?;
+        assert_eq!(r.status(), 200, "paused by {path}");
+    }
+    assert_eq!(w.arrivals("/api/y").len(), 2);
+    Ok(())
+}
+
+/// An answer that says its window is used up (`X-RateLimit-Remaining: 0` and the reset),
+/// a 200 too, pauses the connection until the reset: the next call would be refused. The
+/// answer itself goes back unchanged; a window with calls left pauses nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_200_that_used_up_its_window_pauses_the_next_call() -> Result<()> {
+    let w = World::start(|base| {
+        let mut c = connection("spends", base, "max_wait = \"5s\"");
+        c.push_str(&connection("counts", base, "max_wait = \"0s\""));
+        c
+    })
+    .await?;
+    // A reset 2 s ahead (whole seconds: 1–2 s): the next call waits for it, then goes.
+    let r = w.api.call("edge", "spends", "/spent/2").await?;
+    assert_eq!(r.status(), 200);
+    let paused_at = Instant::now();
+    assert!(r.headers().get("x-postern-error").is_none());
+    assert_eq!(r.headers()["x-ratelimit-remaining"], "0");
+    assert_eq!(r.text().await?, "window used up");
+    let r = w.api.call("edge", "spends", "/after").await?;
+    assert_eq!(r.status(), 200);
+    let waited = paused_at.elapsed();
+    assert!(waited >= Duration::from_millis(700), "{waited:?}");
+    assert!(waited < Duration::from_secs(5), "{waited:?}");
+
+    // With max_wait 0 s, any pause would refuse the next call at once.
+    let r = w.api.call("edge", "counts", "/calls-left/200").await?;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-ratelimit-remaining"], "5");
+    let r = w.api.call("edge", "counts", "/z").await?;
+    assert_eq!(r.status(), 200, "paused by a window with calls left");
     Ok(())
 }

@@ -1,10 +1,10 @@
-//! How long an internal server's 429 asks the connection to pause: its `Retry-After`, or,
-//! without one, when its used-up rate-limit window resets (`RateLimit-Reset`, `X-RateLimit-Reset`).
+//! How long an internal server's answer asks the connection to pause: a 429's or 403's
+//! `Retry-After`, or the reset of a rate-limit window its headers say is used up.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use http::HeaderMap;
 use http::header::RETRY_AFTER;
+use http::{HeaderMap, StatusCode};
 
 /// Below this, an `X-RateLimit-Reset` is seconds from now; from it on, a Unix time
 /// (GitHub's, Twitter's). No API gives a window of 30 years, and no reset is before 2001.
@@ -12,26 +12,56 @@ const EPOCH_FROM: f64 = 1_000_000_000.0;
 /// From this on, a Unix time in milliseconds.
 const EPOCH_MILLIS_FROM: f64 = 1_000_000_000_000.0;
 
-/// The pause a 429's headers ask for, `None` when they name none. `Retry-After` wins; an
-/// API that sends only its rate-limit reset (many do) is paused until then too, where the
-/// next calls would otherwise be sent straight into its limit.
-pub fn pause_asked(headers: &HeaderMap) -> Option<Duration> {
+/// A pause an answer asks for, and the header that named it (for the log).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pause {
+    pub wait: Duration,
+    pub header: &'static str,
+}
+
+/// The pause an answer asks for, `None` when it names none (or one already over).
+///
+/// - 429: `Retry-After`, else the reset of a window whose `…-Remaining` is 0 or not sent
+///   (many APIs send only the reset with their 429).
+/// - 403: the same, but a window counts only when its `…-Remaining: 0` is sent: GitHub
+///   refuses its limits with a 403, and a 403 without these is a refusal of access.
+/// - Any other status: only a window whose `…-Remaining: 0` is sent, until its reset, since
+///   the next call would be refused. `Retry-After` pauses nothing there: RFC 9110 §10.2.3
+///   gives it no rate-limit meaning outside a refusal (a 3xx's, a 503's).
+///
+/// Most answers carry none of these: for them this costs two header lookups.
+pub fn pause_asked(status: StatusCode, headers: &HeaderMap) -> Option<Pause> {
     let value = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let too_many = status == StatusCode::TOO_MANY_REQUESTS;
+    let refused = too_many || status == StatusCode::FORBIDDEN;
     // A reset is the wait only for a window that is used up: an API with several (a second's,
     // an hour's) may refuse a burst while the window its headers describe has calls left.
-    let used_up = |remaining: &str| value(remaining).is_none_or(|v| v.trim() == "0");
-    value(RETRY_AFTER.as_str())
+    let used_up = |remaining: &str| value(remaining).map_or(too_many, |v| v.trim() == "0");
+    let window = |remaining: &str, name: &str, header: &'static str| {
+        used_up(remaining)
+            .then(|| value(name))
+            .flatten()
+            .and_then(|v| reset(v, SystemTime::now()))
+            .map(|wait| Pause { wait, header })
+    };
+    refused
+        .then(|| value(RETRY_AFTER.as_str()))
+        .flatten()
         .and_then(parse_retry_after)
-        .or_else(|| {
-            value("ratelimit-reset")
-                .filter(|_| used_up("ratelimit-remaining"))
-                .and_then(|v| reset(v, SystemTime::now()))
+        .map(|wait| Pause {
+            wait,
+            header: "Retry-After",
         })
+        .or_else(|| window("ratelimit-remaining", "ratelimit-reset", "RateLimit-Reset"))
         .or_else(|| {
-            value("x-ratelimit-reset")
-                .filter(|_| used_up("x-ratelimit-remaining"))
-                .and_then(|v| reset(v, SystemTime::now()))
+            window(
+                "x-ratelimit-remaining",
+                "x-ratelimit-reset",
+                "X-RateLimit-Reset",
+            )
         })
+        // A pause of nothing holds nothing, and is not worth a warning per answer.
+        .filter(|p| !p.wait.is_zero())
 }
 
 /// `Retry-After` as seconds or an HTTP date (RFC 9110 §10.2.3).
@@ -92,6 +122,23 @@ mod tests {
         h
     }
 
+    fn wait(status: u16, h: &HeaderMap) -> Option<Duration> {
+        let status = StatusCode::from_u16(status).expect("status");
+        pause_asked(status, h).map(|p| p.wait)
+    }
+
+    fn on_429(h: &HeaderMap) -> Option<Duration> {
+        wait(429, h)
+    }
+
+    fn unix_in(secs: u64) -> String {
+        let at = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            + Duration::from_secs(secs);
+        at.as_secs().to_string()
+    }
+
     #[test]
     fn retry_after_in_seconds_or_as_a_date() {
         assert_eq!(parse_retry_after("7"), Some(Duration::from_secs(7)));
@@ -116,26 +163,23 @@ mod tests {
     #[test]
     fn retry_after_wins_over_a_reset() {
         let h = headers(&[("retry-after", "3"), ("x-ratelimit-reset", "50")]);
-        assert_eq!(pause_asked(&h), Some(Duration::from_secs(3)));
+        assert_eq!(on_429(&h), Some(Duration::from_secs(3)));
         let h = headers(&[("retry-after", "soon"), ("ratelimit-reset", "8")]);
-        assert_eq!(pause_asked(&h), Some(Duration::from_secs(8)), "unusable");
-        assert_eq!(
-            pause_asked(&headers(&[("x-ratelimit-remaining", "0")])),
-            None
-        );
+        assert_eq!(on_429(&h), Some(Duration::from_secs(8)), "unusable");
+        assert_eq!(on_429(&headers(&[("x-ratelimit-remaining", "0")])), None);
     }
 
     #[test]
     fn a_reset_counts_only_for_a_used_up_window() {
         let h = headers(&[("x-ratelimit-remaining", "0"), ("x-ratelimit-reset", "9")]);
-        assert_eq!(pause_asked(&h), Some(Duration::from_secs(9)));
+        assert_eq!(on_429(&h), Some(Duration::from_secs(9)));
         let h = headers(&[
             ("x-ratelimit-remaining", "4"),
             ("x-ratelimit-reset", "3000"),
         ]);
-        assert_eq!(pause_asked(&h), None, "another window refused the burst");
+        assert_eq!(on_429(&h), None, "another window refused the burst");
         let h = headers(&[("ratelimit-remaining", "12"), ("ratelimit-reset", "60")]);
-        assert_eq!(pause_asked(&h), None);
+        assert_eq!(on_429(&h), None);
     }
 
     #[test]
@@ -145,7 +189,7 @@ mod tests {
             .unwrap_or_default()
             + Duration::from_secs(30);
         let h = headers(&[("ratelimit-reset", &soon.as_secs().to_string())]);
-        let d = pause_asked(&h).expect("a pause");
+        let d = on_429(&h).expect("a pause");
         assert!(
             d > Duration::from_secs(27) && d <= Duration::from_secs(30),
             "{d:?}"
@@ -155,15 +199,11 @@ mod tests {
     #[test]
     fn the_draft_standard_reset_is_seconds_from_now() {
         let h = headers(&[("ratelimit-reset", "12")]);
-        assert_eq!(pause_asked(&h), Some(Duration::from_secs(12)));
+        assert_eq!(on_429(&h), Some(Duration::from_secs(12)));
         let h = headers(&[("ratelimit-reset", "1.5")]);
-        assert_eq!(pause_asked(&h), Some(Duration::from_millis(1500)));
+        assert_eq!(on_429(&h), Some(Duration::from_millis(1500)));
         for bad in ["-3", "1e3", "inf", "NaN", ".", "1.2.3", ""] {
-            assert_eq!(
-                pause_asked(&headers(&[("ratelimit-reset", bad)])),
-                None,
-                "{bad}"
-            );
+            assert_eq!(on_429(&headers(&[("ratelimit-reset", bad)])), None, "{bad}");
         }
     }
 
@@ -188,5 +228,87 @@ mod tests {
         );
         assert_eq!(reset("1799999990", now), Some(Duration::ZERO), "passed");
         assert_eq!(reset("soon", now), None);
+    }
+
+    #[test]
+    fn a_403_pauses_only_when_it_says_it_is_a_rate_limit() {
+        let soon = unix_in(30);
+        // GitHub's primary limit: remaining 0 and the Unix time it resets.
+        let h = headers(&[("x-ratelimit-remaining", "0"), ("x-ratelimit-reset", &soon)]);
+        let d = wait(403, &h).expect("a pause");
+        assert!(
+            d > Duration::from_secs(28) && d <= Duration::from_secs(30),
+            "{d:?}"
+        );
+        let h = headers(&[("ratelimit-remaining", "0"), ("ratelimit-reset", "12")]);
+        assert_eq!(wait(403, &h), Some(Duration::from_secs(12)));
+        // Its secondary limit: a Retry-After, which wins as on a 429.
+        let h = headers(&[("retry-after", "60"), ("x-ratelimit-remaining", "0")]);
+        assert_eq!(wait(403, &h), Some(Duration::from_secs(60)));
+        // A refusal of access, with or without its window's headers.
+        assert_eq!(wait(403, &headers(&[])), None);
+        let h = headers(&[("x-ratelimit-reset", &soon)]);
+        assert_eq!(wait(403, &h), None, "no remaining: not said to be used up");
+        let h = headers(&[
+            ("x-ratelimit-remaining", "59"),
+            ("x-ratelimit-reset", &soon),
+        ]);
+        assert_eq!(wait(403, &h), None);
+    }
+
+    #[test]
+    fn any_other_answer_pauses_for_a_window_it_says_is_used_up() {
+        let h = headers(&[("x-ratelimit-remaining", "0"), ("x-ratelimit-reset", "5")]);
+        for status in [200, 201, 204, 304, 404, 500] {
+            assert_eq!(wait(status, &h), Some(Duration::from_secs(5)), "{status}");
+        }
+        let h = headers(&[("ratelimit-remaining", " 0 "), ("ratelimit-reset", "2")]);
+        assert_eq!(wait(200, &h), Some(Duration::from_secs(2)));
+        let h = headers(&[("x-ratelimit-remaining", "5"), ("x-ratelimit-reset", "5")]);
+        assert_eq!(wait(200, &h), None, "calls left");
+        assert_eq!(
+            wait(200, &headers(&[("x-ratelimit-reset", "5")])),
+            None,
+            "no remaining"
+        );
+        assert_eq!(
+            wait(200, &headers(&[("x-ratelimit-remaining", "0")])),
+            None,
+            "no reset"
+        );
+    }
+
+    #[test]
+    fn retry_after_pauses_only_a_429_or_a_403() {
+        let h = headers(&[("retry-after", "30")]);
+        assert_eq!(wait(429, &h), Some(Duration::from_secs(30)));
+        assert_eq!(wait(403, &h), Some(Duration::from_secs(30)));
+        for status in [200, 301, 503] {
+            assert_eq!(wait(status, &h), None, "{status}");
+        }
+    }
+
+    #[test]
+    fn a_pause_already_over_is_none() {
+        let h = headers(&[
+            ("x-ratelimit-remaining", "0"),
+            ("x-ratelimit-reset", "1500000000"),
+        ]);
+        assert_eq!(wait(200, &h), None);
+        assert_eq!(on_429(&h), None);
+        assert_eq!(on_429(&headers(&[("retry-after", "0")])), None);
+    }
+
+    #[test]
+    fn the_pause_names_its_header() {
+        let header = |status, h: &HeaderMap| {
+            pause_asked(StatusCode::from_u16(status).expect("status"), h).map(|p| p.header)
+        };
+        let h = headers(&[("retry-after", "3"), ("ratelimit-reset", "4")]);
+        assert_eq!(header(429, &h), Some("Retry-After"));
+        let h = headers(&[("ratelimit-remaining", "0"), ("ratelimit-reset", "4")]);
+        assert_eq!(header(200, &h), Some("RateLimit-Reset"));
+        let h = headers(&[("x-ratelimit-remaining", "0"), ("x-ratelimit-reset", "4")]);
+        assert_eq!(header(403, &h), Some("X-RateLimit-Reset"));
     }
 }

@@ -1,5 +1,5 @@
 //! A per-connection token bucket: calls over the limit wait their turn up to `max_wait`;
-//! an upstream 429 that asks for a pause (`pause_asked.rs`) pauses the whole connection.
+//! an upstream answer that asks for a pause (`pause_asked.rs`) pauses the whole connection.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
