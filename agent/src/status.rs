@@ -79,8 +79,9 @@ pub struct ConnectionStatus {
     pub calls_failed: u64,
     /// `none` (no cached token), `valid until <RFC 3339>`, `refreshing`, or `-` (not cached).
     pub token_cache: String,
-    /// Why the last try to sign or exchange a token failed, while there is none: the
-    /// calls' error and the log's, without the token URL's query. Cleared by a token.
+    /// Why the last try to sign or exchange a token failed: the calls' error and the
+    /// log's, without the token URL's query. Also a refresh that failed while the token
+    /// still serves (`token_cache` then says until when). Cleared by a token.
     #[serde(default)]
     pub token_failure: Option<TokenFailure>,
 }

@@ -1,7 +1,7 @@
 //! Odd token-endpoint answers and URLs, end to end: huge `expires_in`, a `token_type` no
-//! header can carry, a refresh that fails while the token still holds, a refusal shown by
-//! `postern status`, credentials in `token_url`/`base_uri` and keys beside `auth = none`
-//! refused by `postern config check`.
+//! header can carry, a refresh that fails while the token still holds (and `postern
+//! status` saying so), a refusal shown by `postern status`, credentials in
+//! `token_url`/`base_uri` and keys beside `auth = none` refused by `postern config check`.
 
 use std::time::{Duration, Instant};
 
@@ -187,9 +187,9 @@ async fn with_a_token(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failed_refresh_keeps_using_the_still_valid_token() -> Result<()> {
-    // Refreshed after 18 s (a tenth before expiry), expired after 20 s: the three calls
-    // inside that window have 1.6 s, room for a loaded machine.
-    const LIFETIME: Duration = Duration::from_secs(20);
+    // Refreshed after 27 s (a tenth before expiry), expired after 30 s: the three calls
+    // and two `postern status` runs inside that window have 2.9 s, room for a loaded machine.
+    const LIFETIME: Duration = Duration::from_secs(30);
     let (
         _dir,
         endpoint,
@@ -208,7 +208,8 @@ async fn a_failed_refresh_keeps_using_the_still_valid_token() -> Result<()> {
         body: "maintenance",
     }));
     tokio::time::sleep(
-        (issued_by + Duration::from_millis(18_100)).saturating_duration_since(Instant::now()),
+        (issued_by + LIFETIME * 9 / 10 + Duration::from_millis(100))
+            .saturating_duration_since(Instant::now()),
     )
     .await;
     for _ in 0..3 {
@@ -227,6 +228,27 @@ async fn a_failed_refresh_keeps_using_the_still_valid_token() -> Result<()> {
     assert!(
         endpoint.faulted() >= 1,
         "no refresh was tried inside the refresh window"
+    );
+    // `postern status` says so while the token still serves, not only once calls fail.
+    let status = status_json(&bins(), &tunnel.config)?;
+    let erp = &status["connections"]["erp"];
+    let cache = erp["token_cache"].as_str().unwrap_or_default();
+    let until = cache
+        .strip_prefix("valid until ")
+        .with_context(|| format!("too slow: the token expired before `status`: {status}"))?;
+    let error = erp["token_failure"]["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("answered HTTP 503 without an OAuth error: maintenance"),
+        "{status}"
+    );
+    let at = erp["token_failure"]["at"].as_str().unwrap_or_default();
+    assert!(humantime::parse_rfc3339(at).is_ok(), "{status}");
+    let text = output_text(&agent_cli(&bins(), &tunnel.config, &["status"])?);
+    assert!(
+        text.contains(&format!(
+            "\n    last token failure at {at}: {error} (the current token is used until {until})\n"
+        )),
+        "{text}"
     );
 
     // Expired: never sent; the failure comes back.
@@ -251,6 +273,11 @@ async fn a_failed_refresh_keeps_using_the_still_valid_token() -> Result<()> {
     assert_eq!(status, 200, "{body}");
     assert_ne!(body["token"], first);
     assert_eq!(endpoint.exchanges().len(), 2);
+    let status = status_json(&bins(), &tunnel.config)?;
+    assert!(
+        status["connections"]["erp"]["token_failure"].is_null(),
+        "a token clears it: {status}"
+    );
     Ok(())
 }
 
@@ -271,7 +298,8 @@ async fn a_slow_refresh_holds_up_only_the_call_that_makes_it() -> Result<()> {
 
     endpoint.set_fault(Some(Fault::Slow(Duration::from_secs(4))));
     tokio::time::sleep(
-        (issued_by + Duration::from_millis(18_100)).saturating_duration_since(Instant::now()),
+        (issued_by + LIFETIME * 9 / 10 + Duration::from_millis(100))
+            .saturating_duration_since(Instant::now()),
     )
     .await;
     // Four calls at once: one makes the refresh; the others must not wait for it.

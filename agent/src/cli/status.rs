@@ -493,11 +493,17 @@ fn print_report(out: &mut dyn Write, r: &StatusReport, file_changed: bool) -> st
                 printable(&c.token_cache)
             )?;
             if let Some(failure) = &c.token_failure {
+                // A failed refresh: calls go on with the token until then, and fail after.
+                let serving = match c.token_cache.strip_prefix("valid until ") {
+                    Some(until) => format!(" (the current token is used until {until})"),
+                    None => String::new(),
+                };
                 writeln!(
                     out,
-                    "    last token failure at {}: {}",
+                    "    last token failure at {}: {}{}",
                     printable(&failure.at),
-                    printable(&failure.error)
+                    printable(&failure.error),
+                    printable(&serving)
                 )?;
             }
         }

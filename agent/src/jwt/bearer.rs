@@ -165,10 +165,13 @@ impl State {
 #[derive(Default)]
 struct State {
     cached: Option<Cached>,
-    /// The last failed attempt: callers that were already waiting share it instead of
-    /// each hammering a failing endpoint in turn, and the ones within [`REFRESH_RETRY`]
-    /// after it.
-    failure: Option<(Instant, BearerError)>,
+    /// The failure handed to the calls after it: those already waiting share it instead
+    /// of each hammering a failing endpoint in turn, and those within its [`hold`] get it.
+    /// Beside a valid token, only a throttling endpoint's (its wait outlasts the token).
+    held: Option<(Instant, BearerError)>,
+    /// The last failed attempt, for `postern status`: a refresh that failed while the
+    /// token still serves too, so the admin hears of it before calls fail. Cleared by a token.
+    last_failure: Option<(Instant, BearerError)>,
     /// The last header minted, for callers that were already waiting when it was: one the
     /// cache cannot keep (an `expires_in` of 0) still serves them all, not one each in turn.
     minted: Option<(Instant, HeaderValue)>,
@@ -266,7 +269,7 @@ impl BearerSource {
             {
                 return Ok(shared.bearer(c.header.clone(), true));
             }
-            if let Some((at, err)) = &state.failure {
+            if let Some((at, err)) = &state.held {
                 if *at >= asked {
                     return Err(err.clone());
                 }
@@ -322,15 +325,10 @@ impl BearerSource {
         }
     }
 
-    /// For `postern status`: the failure calls get while there is no token, and when it
-    /// happened; kept until a token is had again.
+    /// For `postern status`: the last failed try to sign or exchange a token, and when;
+    /// kept until a token is had again.
     pub fn last_failure(&self) -> Option<(Instant, BearerError)> {
-        let now = Instant::now();
-        let mut state = self.shared.lock_state();
-        if state.current().is_some_and(|c| now < c.expires_at) {
-            return None;
-        }
-        state.failure.clone()
+        self.shared.lock_state().last_failure.clone()
     }
 
     /// Drops the cached token if it is still `header` (the upstream refused it), unless a
@@ -412,13 +410,14 @@ impl Shared {
         }
         match result {
             Ok((header, reuse)) => {
-                state.failure = None;
+                (state.held, state.last_failure) = (None, None);
                 state.minted = Some((Instant::now(), header.clone()));
                 state.cached = reuse.and_then(|r| Cached::new(header.clone(), started, r));
                 Ok(self.bearer(header, false))
             }
             Err(e) => {
                 let now = Instant::now();
+                state.last_failure = Some((now, e.clone()));
                 if let Some(c) = state.current()
                     && now < c.expires_at
                 {
@@ -432,12 +431,12 @@ impl Shared {
                     // A throttling endpoint's wait outlasts the token too: kept, so the
                     // calls after its end are held rather than sent to the endpoint again.
                     if hold(&e) > REFRESH_RETRY {
-                        state.failure = Some((now, e));
+                        state.held = Some((now, e));
                     }
                     return Ok(bearer);
                 }
                 state.cached = None;
-                state.failure = Some((now, e.clone()));
+                state.held = Some((now, e.clone()));
                 Err(e)
             }
         }
@@ -872,6 +871,34 @@ mod tests {
         assert!(!b.cached);
     }
 
+    /// A refresh that fails while the token still serves is reported at once, not only
+    /// once the token is gone and calls fail; the refresh that succeeds clears it.
+    #[tokio::test]
+    async fn a_failed_refresh_is_reported_while_the_token_serves() {
+        let endpoint = Endpoint::start(200, r#"{"access_token":"first","expires_in":600}"#).await;
+        let s = exchanging_source(&endpoint.url);
+        let http = reqwest::Client::new();
+        s.get(&http, WAIT).await.expect("exchanges");
+        assert!(s.last_failure().is_none());
+        if let Some(c) = &mut s.lock_state().cached {
+            c.refresh_at = Instant::now();
+        }
+        endpoint.answer(400, r#"{"error":"invalid_client"}"#);
+        let b = s
+            .get(&http, WAIT)
+            .await
+            .expect("the old token still serves");
+        assert_eq!(b.header, "Bearer first");
+        let (_, err) = s.last_failure().expect("reported while the token serves");
+        assert!(err.to_string().contains("invalid_client"), "{err}");
+        assert!(matches!(s.cache_state(), CacheState::ValidFor(_)));
+        endpoint.answer(200, r#"{"access_token":"second","expires_in":600}"#);
+        tokio::time::sleep(REFRESH_RETRY).await;
+        let b = s.get(&http, WAIT).await.expect("refreshed");
+        assert_eq!(b.header, "Bearer second");
+        assert!(s.last_failure().is_none(), "cleared by the new token");
+    }
+
     #[tokio::test]
     async fn an_absurd_expires_in_gives_a_token_not_a_panic() {
         for body in [
@@ -1030,8 +1057,8 @@ mod tests {
         s.get(&http, WAIT).await.expect("the token still serves");
         assert_eq!(endpoint.requests(), 2, "the refresh was asked for");
         assert!(
-            s.last_failure().is_none(),
-            "a token still serves: nothing to say"
+            s.last_failure().is_some(),
+            "status says the refresh failed, the token serving"
         );
         tokio::time::sleep(Duration::from_millis(400)).await;
         let err = s.get(&http, WAIT).await.expect_err("held, the token gone");
