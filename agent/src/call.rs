@@ -45,8 +45,6 @@ pub type CallBody = BoxBody<Bytes, std::io::Error>;
 pub struct CallContext {
     pub connection: Arc<Connection>,
     pub http: reqwest::Client,
-    /// For the token endpoint, which must not get this connection's TLS settings.
-    pub token_http: reqwest::Client,
     /// The token source of a `jwt_bearer` connection; its cache lives as long as the context.
     pub bearer: Option<BearerSource>,
     pub limiter: Arc<Limiter>,
@@ -101,7 +99,7 @@ impl CallContext {
                 jwt.clone(),
                 metrics.exchange_counters(connection.name.as_str()),
                 previous.and_then(|p| p.bearer.as_ref()),
-            )),
+            )?),
         };
         let limiter = match previous {
             Some(p) if p.connection.rate_limit == connection.rate_limit => p.limiter.clone(),
@@ -115,7 +113,6 @@ impl CallContext {
         };
         Ok(Self {
             http,
-            token_http: crate::jwt::exchange::token_client()?,
             bearer,
             limiter,
             served: previous.map(|p| p.served.clone()).unwrap_or_default(),
@@ -340,12 +337,7 @@ async fn run(ctx: &CallContext, request: Request<Incoming>) -> Result<Response<C
         .await
         .map_err(|refused| rate_limited(conn, refused, wait))?;
     let bearer = match &ctx.bearer {
-        Some(source) => Some(
-            source
-                .get(&ctx.token_http, conn.timeout)
-                .await
-                .map_err(bearer_error)?,
-        ),
+        Some(source) => Some(source.get(conn.timeout).await.map_err(bearer_error)?),
         None => None,
     };
     let body = if send_again::may_retry_refused(bearer.as_ref()) {

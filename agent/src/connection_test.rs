@@ -200,7 +200,7 @@ pub async fn run(ctx: &CallContext, audience: Audience) -> TestReport {
     let started = Instant::now();
     let bearer = match &ctx.bearer {
         None => None,
-        Some(source) => match source.get(&ctx.token_http, conn.timeout).await {
+        Some(source) => match source.get(conn.timeout).await {
             Ok(bearer) => {
                 let what = match &conn.auth {
                     Auth::JwtBearer(jwt) => match &jwt.exchange {

@@ -83,7 +83,7 @@ pub(crate) async fn send_with_retries(
     let Some(replay) = replay else {
         return Ok((upstream, again));
     };
-    let fresh = match source.get(&ctx.token_http, conn.timeout).await {
+    let fresh = match source.get(conn.timeout).await {
         Ok(fresh) => fresh,
         // The server's own 401 (its `WWW-Authenticate`) tells the caller more.
         Err(e) => {

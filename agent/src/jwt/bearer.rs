@@ -10,8 +10,9 @@ use http::HeaderValue;
 use tokio::sync::Mutex;
 use tracing::Instrument;
 
-use super::exchange::{ExchangeError, MAX_LIFETIME, exchange};
+use super::exchange::{ExchangeError, MAX_LIFETIME, exchange, token_client};
 use super::signer::JwtError;
+use crate::call::client_tls::ClientError;
 use crate::config::JwtBearer;
 use crate::metrics::ExchangeCounters;
 
@@ -199,10 +200,13 @@ struct Shared {
     /// source before a reload that changed nothing of its tokens' recipe.
     state: Arc<std::sync::Mutex<State>>,
     exchanges: ExchangeCounters,
+    /// The token endpoint's client, made with the source when it has an `exchange`: no
+    /// other connection needs one.
+    token_http: Option<reqwest::Client>,
 }
 
 impl BearerSource {
-    pub fn new(auth: Arc<JwtBearer>, exchanges: ExchangeCounters) -> Self {
+    pub fn new(auth: Arc<JwtBearer>, exchanges: ExchangeCounters) -> Result<Self, ClientError> {
         Self::succeeding(auth, exchanges, None)
     }
 
@@ -215,30 +219,27 @@ impl BearerSource {
         auth: Arc<JwtBearer>,
         exchanges: ExchangeCounters,
         previous: Option<&BearerSource>,
-    ) -> Self {
+    ) -> Result<Self, ClientError> {
         let this_second =
             (!auth.signer.differs_within_a_second()).then(|| std::sync::Mutex::new(None));
         let kept = previous.filter(|p| p.shared.auth.recipe == auth.recipe);
-        Self {
+        Ok(Self {
             shared: Arc::new(Shared {
                 state: kept.map(|p| p.shared.state.clone()).unwrap_or_default(),
+                token_http: auth.exchange.as_ref().map(|_| token_client()).transpose()?,
                 auth,
                 exchanges,
             }),
             minting: kept.map(|p| p.minting.clone()).unwrap_or_default(),
             this_second,
-        }
+        })
     }
 
     /// The header for the next call. Only one exchange (or reusable signature) runs at a
     /// time. While the cached token is still valid, only the call refreshing it waits for
     /// that: the others go on with the cached one, so a slow token endpoint holds up no
     /// call it does not have to. Without a valid token, callers wait and share the result.
-    pub async fn get(
-        &self,
-        http: &reqwest::Client,
-        timeout: Duration,
-    ) -> Result<Bearer, BearerError> {
+    pub async fn get(&self, timeout: Duration) -> Result<Bearer, BearerError> {
         let shared = &self.shared;
         if shared.auth.exchange.is_none() && shared.auth.reuse_for.is_none() {
             // Not `cached`: a token of this second refused would be refused again if re-signed.
@@ -292,13 +293,13 @@ impl BearerSource {
         // and an exchange cancelled with a call given up on (its caller gone) would leave
         // them to start over — against a slow endpoint, for ever. The connection's timeout
         // bounds it.
-        let (shared, http) = (shared.clone(), http.clone());
+        let shared = shared.clone();
         // In the call's span, so that its lines (a failed refresh) name the connection:
         // several often share one token endpoint.
         let mint = tokio::spawn(
             async move {
                 let _minting = minting;
-                shared.mint_and_keep(&http, timeout).await
+                shared.mint_and_keep(timeout).await
             }
             .in_current_span(),
         );
@@ -394,13 +395,9 @@ impl Shared {
     }
 
     /// Mints a header and keeps it (or the failure) for the calls after, counted.
-    async fn mint_and_keep(
-        &self,
-        http: &reqwest::Client,
-        timeout: Duration,
-    ) -> Result<Bearer, BearerError> {
+    async fn mint_and_keep(&self, timeout: Duration) -> Result<Bearer, BearerError> {
         let started = Instant::now();
-        let result = self.mint(http, timeout).await;
+        let result = self.mint(timeout).await;
         let mut state = self.lock_state();
         if self.auth.exchange.is_some() {
             match &result {
@@ -464,13 +461,15 @@ impl Shared {
     }
 
     /// A new header, and how long it may be reused (`None`: not at all).
-    async fn mint(
-        &self,
-        http: &reqwest::Client,
-        timeout: Duration,
-    ) -> Result<(HeaderValue, Option<Reuse>), BearerError> {
+    async fn mint(&self, timeout: Duration) -> Result<(HeaderValue, Option<Reuse>), BearerError> {
         let jwt = self.sign(unix_now()).await?;
         if let Some(x) = &self.auth.exchange {
+            // Made with the source whenever it has an exchange; never sent without one.
+            let Some(http) = &self.token_http else {
+                return Err(BearerError::Signing(
+                    "no client for the token endpoint".to_owned(),
+                ));
+            };
             let token = exchange(http, x, &jwt, timeout).await?;
             let margin = (token.lifetime / REFRESH_MARGIN_FRACTION).min(REFRESH_MARGIN_MAX);
             let reuse = Reuse {
@@ -583,6 +582,7 @@ mod tests {
             }),
             ExchangeCounters::default(),
         )
+        .expect("a source")
     }
 
     #[tokio::test]
@@ -710,6 +710,7 @@ mod tests {
 
     fn exchanging_source(token_url: &url::Url) -> BearerSource {
         BearerSource::new(exchanging_auth(token_url, 7), ExchangeCounters::default())
+            .expect("a source")
     }
 
     /// An HS256 exchange connection's auth, with a secret of 32 `key_byte`s.
@@ -754,13 +755,12 @@ mod tests {
     async fn calls_waiting_together_share_a_token_the_cache_cannot_keep() {
         let endpoint = Endpoint::start(200, r#"{"access_token":"now","expires_in":0}"#).await;
         let s = Arc::new(exchanging_source(&endpoint.url));
-        let http = reqwest::Client::new();
         // One call holds the minting lock while the others queue behind it.
         let minting = s.minting.lock().await;
         let calls: Vec<_> = (0..20)
             .map(|_| {
-                let (s, http) = (s.clone(), http.clone());
-                tokio::spawn(async move { s.get(&http, WAIT).await })
+                let s = s.clone();
+                tokio::spawn(async move { s.get(WAIT).await })
             })
             .collect();
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -775,7 +775,7 @@ mod tests {
             "one exchange for the calls waiting together"
         );
         // Not kept: a call after them exchanges again.
-        s.get(&http, WAIT).await.expect("a token");
+        s.get(WAIT).await.expect("a token");
         assert_eq!(endpoint.requests(), 2);
     }
 
@@ -787,10 +787,9 @@ mod tests {
         let endpoint = Endpoint::start(200, r#"{"access_token":"slow","expires_in":600}"#).await;
         endpoint.think(Duration::from_millis(500));
         let s = exchanging_source(&endpoint.url);
-        let http = reqwest::Client::new();
-        let gave_up = tokio::time::timeout(Duration::from_millis(100), s.get(&http, WAIT)).await;
+        let gave_up = tokio::time::timeout(Duration::from_millis(100), s.get(WAIT)).await;
         assert!(gave_up.is_err(), "the first caller gives up");
-        let b = s.get(&http, WAIT).await.expect("the same exchange's token");
+        let b = s.get(WAIT).await.expect("the same exchange's token");
         assert_eq!(b.header, "Bearer slow");
         assert_eq!(endpoint.requests(), 1, "one exchange, not one per caller");
         assert_eq!(s.shared.exchanges.ok.get(), 1);
@@ -802,14 +801,13 @@ mod tests {
     async fn a_token_expired_while_the_host_slept_is_not_sent() {
         let endpoint = Endpoint::start(200, r#"{"access_token":"t","expires_in":600}"#).await;
         let s = exchanging_source(&endpoint.url);
-        let http = reqwest::Client::new();
-        s.get(&http, WAIT).await.expect("exchanges");
-        assert!(s.get(&http, WAIT).await.expect("cached").cached);
+        s.get(WAIT).await.expect("exchanges");
+        assert!(s.get(WAIT).await.expect("cached").cached);
         assert_eq!(endpoint.requests(), 1);
         if let Some(c) = &mut s.lock_state().cached {
             c.expires_wall = SystemTime::now() - Duration::from_secs(1);
         }
-        let b = s.get(&http, WAIT).await.expect("exchanges again");
+        let b = s.get(WAIT).await.expect("exchanges again");
         assert!(!b.cached);
         assert_eq!(endpoint.requests(), 2);
     }
@@ -818,8 +816,7 @@ mod tests {
     async fn a_failed_early_refresh_keeps_the_still_valid_token() {
         let endpoint = Endpoint::start(200, r#"{"access_token":"first","expires_in":600}"#).await;
         let s = exchanging_source(&endpoint.url);
-        let http = reqwest::Client::new();
-        let first = s.get(&http, WAIT).await.expect("exchanges");
+        let first = s.get(WAIT).await.expect("exchanges");
         assert_eq!(first.header, "Bearer first");
         // Into the refresh window, and the endpoint goes down for a while.
         if let Some(c) = &mut s.lock_state().cached {
@@ -827,10 +824,7 @@ mod tests {
         }
         endpoint.answer(503, "down");
         for _ in 0..20 {
-            let b = s
-                .get(&http, WAIT)
-                .await
-                .expect("the old token still serves");
+            let b = s.get(WAIT).await.expect("the old token still serves");
             assert_eq!(b.header, "Bearer first");
             assert!(b.cached && b.exchanged);
         }
@@ -850,7 +844,7 @@ mod tests {
             "{left:?}"
         );
         tokio::time::sleep(REFRESH_RETRY + Duration::from_millis(100)).await;
-        let b = s.get(&http, WAIT).await.expect("still the old token");
+        let b = s.get(WAIT).await.expect("still the old token");
         assert_eq!(b.header, "Bearer first");
         assert_eq!(
             endpoint.requests(),
@@ -861,12 +855,12 @@ mod tests {
         if let Some(c) = &mut s.lock_state().cached {
             (c.refresh_at, c.expires_at) = (Instant::now(), Instant::now());
         }
-        let err = s.get(&http, WAIT).await.expect_err("no valid token left");
+        let err = s.get(WAIT).await.expect_err("no valid token left");
         assert!(err.to_string().contains("HTTP 503"), "{err}");
         assert_eq!(endpoint.requests(), 4);
         endpoint.answer(200, r#"{"access_token":"second","expires_in":600}"#);
         tokio::time::sleep(REFRESH_RETRY).await;
-        let b = s.get(&http, WAIT).await.expect("recovers");
+        let b = s.get(WAIT).await.expect("recovers");
         assert_eq!(b.header, "Bearer second");
         assert!(!b.cached);
     }
@@ -877,24 +871,20 @@ mod tests {
     async fn a_failed_refresh_is_reported_while_the_token_serves() {
         let endpoint = Endpoint::start(200, r#"{"access_token":"first","expires_in":600}"#).await;
         let s = exchanging_source(&endpoint.url);
-        let http = reqwest::Client::new();
-        s.get(&http, WAIT).await.expect("exchanges");
+        s.get(WAIT).await.expect("exchanges");
         assert!(s.last_failure().is_none());
         if let Some(c) = &mut s.lock_state().cached {
             c.refresh_at = Instant::now();
         }
         endpoint.answer(400, r#"{"error":"invalid_client"}"#);
-        let b = s
-            .get(&http, WAIT)
-            .await
-            .expect("the old token still serves");
+        let b = s.get(WAIT).await.expect("the old token still serves");
         assert_eq!(b.header, "Bearer first");
         let (_, err) = s.last_failure().expect("reported while the token serves");
         assert!(err.to_string().contains("invalid_client"), "{err}");
         assert!(matches!(s.cache_state(), CacheState::ValidFor(_)));
         endpoint.answer(200, r#"{"access_token":"second","expires_in":600}"#);
         tokio::time::sleep(REFRESH_RETRY).await;
-        let b = s.get(&http, WAIT).await.expect("refreshed");
+        let b = s.get(WAIT).await.expect("refreshed");
         assert_eq!(b.header, "Bearer second");
         assert!(s.last_failure().is_none(), "cleared by the new token");
     }
@@ -907,10 +897,9 @@ mod tests {
         ] {
             let endpoint = Endpoint::start(200, body).await;
             let s = exchanging_source(&endpoint.url);
-            let http = reqwest::Client::new();
-            let b = s.get(&http, WAIT).await.expect(body);
+            let b = s.get(WAIT).await.expect(body);
             assert_eq!(b.header, "Bearer a");
-            let again = s.get(&http, WAIT).await.expect("cached");
+            let again = s.get(WAIT).await.expect("cached");
             assert!(again.cached, "{body}");
             assert!(matches!(s.cache_state(), CacheState::ValidFor(d) if d <= MAX_LIFETIME));
         }
@@ -936,40 +925,35 @@ mod tests {
         let endpoint =
             Endpoint::start(200, r#"{"access_token":"a","token_type":"Bear\u0001er"}"#).await;
         let s = exchanging_source(&endpoint.url);
-        let err = s
-            .get(&reqwest::Client::new(), WAIT)
-            .await
-            .expect_err("no header");
+        let err = s.get(WAIT).await.expect_err("no header");
         assert!(matches!(err, BearerError::Exchange(_)), "{err:?}");
     }
 
     #[tokio::test]
     async fn reuse_for_keeps_one_jwt_until_that_long_before_exp() {
-        let http = reqwest::Client::new();
         let s = source(600, Some(Duration::from_secs(30)));
-        let first = s.get(&http, Duration::from_secs(1)).await.expect("signs");
-        let second = s.get(&http, Duration::from_secs(1)).await.expect("reuses");
+        let first = s.get(Duration::from_secs(1)).await.expect("signs");
+        let second = s.get(Duration::from_secs(1)).await.expect("reuses");
         assert!(!first.cached && second.cached && !second.exchanged);
         assert_eq!(first.header, second.header);
         assert!(first.header.is_sensitive());
         // Dropping the token (as after a 401) makes the next call sign a new one.
         s.invalidate(&first.header);
-        let third = s.get(&http, Duration::from_secs(1)).await.expect("signs");
+        let third = s.get(Duration::from_secs(1)).await.expect("signs");
         assert!(!third.cached);
         assert_ne!(third.header, first.header);
     }
 
     #[tokio::test]
     async fn after_a_fresh_token_was_refused_too_refusals_keep_the_token_a_while() {
-        let http = reqwest::Client::new();
         let s = source(600, Some(Duration::from_secs(30)));
-        let first = s.get(&http, Duration::from_secs(1)).await.expect("signs");
+        let first = s.get(Duration::from_secs(1)).await.expect("signs");
         s.invalidate(&first.header);
-        let fresh = s.get(&http, Duration::from_secs(1)).await.expect("signs");
+        let fresh = s.get(Duration::from_secs(1)).await.expect("signs");
         assert_ne!(fresh.header, first.header);
         s.refused_again();
         s.invalidate(&fresh.header);
-        let kept = s.get(&http, Duration::from_secs(1)).await.expect("cached");
+        let kept = s.get(Duration::from_secs(1)).await.expect("cached");
         assert!(kept.cached);
         assert_eq!(
             kept.header, fresh.header,
@@ -978,7 +962,7 @@ mod tests {
         // Once the pause is over, a refusal drops the token again.
         s.lock_state().refusals_ignored_until = Some(Instant::now());
         s.invalidate(&fresh.header);
-        let renewed = s.get(&http, Duration::from_secs(1)).await.expect("signs");
+        let renewed = s.get(Duration::from_secs(1)).await.expect("signs");
         assert_ne!(renewed.header, fresh.header);
     }
 
@@ -988,11 +972,10 @@ mod tests {
     async fn a_failed_exchange_is_held_for_the_calls_after_it() {
         let endpoint = Endpoint::start(400, r#"{"error":"invalid_grant"}"#).await;
         let s = exchanging_source(&endpoint.url);
-        let http = reqwest::Client::new();
-        let err = s.get(&http, WAIT).await.expect_err("refused");
+        let err = s.get(WAIT).await.expect_err("refused");
         assert!(matches!(err, BearerError::Exchange(_)), "{err:?}");
         for _ in 0..50 {
-            let err = s.get(&http, WAIT).await.expect_err("held");
+            let err = s.get(WAIT).await.expect_err("held");
             assert!(matches!(err.cause(), BearerError::Exchange(_)), "{err:?}");
             let text = err.to_string();
             assert!(
@@ -1002,11 +985,11 @@ mod tests {
         }
         assert_eq!(endpoint.requests(), 1, "one request for the held second");
         tokio::time::sleep(REFRESH_RETRY).await;
-        s.get(&http, WAIT).await.expect_err("refused again");
+        s.get(WAIT).await.expect_err("refused again");
         assert_eq!(endpoint.requests(), 2);
         endpoint.answer(200, r#"{"access_token":"ok","expires_in":600}"#);
         tokio::time::sleep(REFRESH_RETRY).await;
-        s.get(&http, WAIT).await.expect("recovers");
+        s.get(WAIT).await.expect("recovers");
         assert_eq!(endpoint.requests(), 3);
     }
 
@@ -1017,15 +1000,14 @@ mod tests {
         let endpoint = Endpoint::start(429, r#"{"error":"slow_down"}"#).await;
         endpoint.headers("retry-after: 2\r\n");
         let s = exchanging_source(&endpoint.url);
-        let http = reqwest::Client::new();
-        let err = s.get(&http, WAIT).await.expect_err("throttled");
+        let err = s.get(WAIT).await.expect_err("throttled");
         assert!(
             err.to_string().contains("failed: throttled (HTTP 429)"),
             "{err}"
         );
         assert_eq!(err.retry_after(), Some(Duration::from_secs(2)));
         tokio::time::sleep(REFRESH_RETRY + Duration::from_millis(200)).await;
-        let err = s.get(&http, WAIT).await.expect_err("held");
+        let err = s.get(WAIT).await.expect_err("held");
         assert!(
             err.to_string().contains("the next is made 2 s after it"),
             "{err}"
@@ -1038,7 +1020,7 @@ mod tests {
         assert_eq!(endpoint.requests(), 1, "asked again before its Retry-After");
         tokio::time::sleep(left + Duration::from_millis(50)).await;
         endpoint.answer(200, r#"{"access_token":"ok","expires_in":600}"#);
-        s.get(&http, WAIT).await.expect("asked again, after 2 s");
+        s.get(WAIT).await.expect("asked again, after 2 s");
         assert_eq!(endpoint.requests(), 2);
     }
 
@@ -1048,20 +1030,19 @@ mod tests {
     async fn a_throttled_refresh_holds_after_the_token_expires() {
         let endpoint = Endpoint::start(200, r#"{"access_token":"ok","expires_in":2}"#).await;
         let s = exchanging_source(&endpoint.url);
-        let http = reqwest::Client::new();
-        s.get(&http, WAIT).await.expect("a token");
+        s.get(WAIT).await.expect("a token");
         endpoint.answer(429, r#"{"error":"slow_down"}"#);
         endpoint.headers("retry-after: 30\r\n");
         // Past its refresh point (90% of 2 s), before its end: still served, refresh refused.
         tokio::time::sleep(Duration::from_millis(1850)).await;
-        s.get(&http, WAIT).await.expect("the token still serves");
+        s.get(WAIT).await.expect("the token still serves");
         assert_eq!(endpoint.requests(), 2, "the refresh was asked for");
         assert!(
             s.last_failure().is_some(),
             "status says the refresh failed, the token serving"
         );
         tokio::time::sleep(Duration::from_millis(400)).await;
-        let err = s.get(&http, WAIT).await.expect_err("held, the token gone");
+        let err = s.get(WAIT).await.expect_err("held, the token gone");
         let left = err.retry_after().expect("a Retry-After for the caller");
         assert!(left > Duration::from_secs(27), "{left:?}");
         assert_eq!(endpoint.requests(), 2, "asked again before its Retry-After");
@@ -1073,18 +1054,19 @@ mod tests {
     #[tokio::test]
     async fn a_reload_keeps_the_token_only_while_its_recipe_is_the_same() {
         let endpoint = Endpoint::start(200, r#"{"access_token":"t1","expires_in":600}"#).await;
-        let http = reqwest::Client::new();
         let first = BearerSource::new(
             exchanging_auth(&endpoint.url, 7),
             ExchangeCounters::default(),
-        );
-        first.get(&http, WAIT).await.expect("exchanges");
+        )
+        .expect("a source");
+        first.get(WAIT).await.expect("exchanges");
         let same = BearerSource::succeeding(
             exchanging_auth(&endpoint.url, 7),
             ExchangeCounters::default(),
             Some(&first),
-        );
-        let b = same.get(&http, WAIT).await.expect("kept");
+        )
+        .expect("a source");
+        let b = same.get(WAIT).await.expect("kept");
         assert!(b.cached && b.header == "Bearer t1", "{b:?}");
         assert_eq!(endpoint.requests(), 1, "a reload with no change exchanged");
         endpoint.answer(200, r#"{"access_token":"t2","expires_in":600}"#);
@@ -1092,8 +1074,9 @@ mod tests {
             exchanging_auth(&endpoint.url, 8),
             ExchangeCounters::default(),
             Some(&same),
-        );
-        let b = rekeyed.get(&http, WAIT).await.expect("exchanges afresh");
+        )
+        .expect("a source");
+        let b = rekeyed.get(WAIT).await.expect("exchanges afresh");
         assert!(!b.cached && b.header == "Bearer t2", "{b:?}");
         assert_eq!(endpoint.requests(), 2);
     }
@@ -1112,12 +1095,10 @@ mod tests {
         let all_turns = rsa_turns().acquire_many(cores).await.expect("turns");
         let waiting = tokio::spawn({
             let rsa = rsa.clone();
-            async move { rsa.get(&reqwest::Client::new(), WAIT).await }
+            async move { rsa.get(WAIT).await }
         });
         let hmac = source(600, None);
-        hmac.get(&reqwest::Client::new(), WAIT)
-            .await
-            .expect("at once");
+        hmac.get(WAIT).await.expect("at once");
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert!(!waiting.is_finished(), "signed without a turn");
         drop(all_turns);
@@ -1143,18 +1124,16 @@ mod tests {
         if into_second < 650 {
             tokio::time::sleep(Duration::from_millis(u64::from(650 - into_second))).await;
         }
-        let http = reqwest::Client::new();
         let s = source(2, Some(Duration::from_secs(1)));
-        let first = s.get(&http, Duration::from_secs(1)).await.expect("signs");
+        let first = s.get(Duration::from_secs(1)).await.expect("signs");
         tokio::time::sleep(Duration::from_millis(600)).await;
-        let second = s.get(&http, Duration::from_secs(1)).await.expect("signs");
+        let second = s.get(Duration::from_secs(1)).await.expect("signs");
         assert!(!second.cached, "reused with less than reuse_for left");
         assert_ne!(first.header, second.header);
     }
 
     #[tokio::test]
     async fn an_exp_written_with_a_fraction_is_reused_too() {
-        let http = reqwest::Client::new();
         let exp = (unix_now() + 600) as f64 + 0.5;
         let s = source_with(
             Algorithm::HS256,
@@ -1162,28 +1141,26 @@ mod tests {
             serde_json::json!({ "exp": exp, "jti": "{{uuid}}" }),
             Some(Duration::from_secs(30)),
         );
-        let first = s.get(&http, Duration::from_secs(1)).await.expect("signs");
-        let second = s.get(&http, Duration::from_secs(1)).await.expect("reuses");
+        let first = s.get(Duration::from_secs(1)).await.expect("signs");
+        let second = s.get(Duration::from_secs(1)).await.expect("reuses");
         assert!(second.cached);
         assert_eq!(first.header, second.header);
     }
 
     #[tokio::test]
     async fn a_jwt_too_close_to_exp_is_never_reused() {
-        let http = reqwest::Client::new();
         let s = source(20, Some(Duration::from_secs(30)));
-        let a = s.get(&http, Duration::from_secs(1)).await.expect("signs");
-        let b = s.get(&http, Duration::from_secs(1)).await.expect("signs");
+        let a = s.get(Duration::from_secs(1)).await.expect("signs");
+        let b = s.get(Duration::from_secs(1)).await.expect("signs");
         assert!(!a.cached && !b.cached);
         assert_ne!(a.header, b.header);
     }
 
     #[tokio::test]
     async fn without_reuse_every_call_gets_a_fresh_jwt() {
-        let http = reqwest::Client::new();
         let s = source(600, None);
-        let a = s.get(&http, Duration::from_secs(1)).await.expect("signs");
-        let b = s.get(&http, Duration::from_secs(1)).await.expect("signs");
+        let a = s.get(Duration::from_secs(1)).await.expect("signs");
+        let b = s.get(Duration::from_secs(1)).await.expect("signs");
         assert!(!a.cached && !b.cached);
         assert_ne!(a.header, b.header, "a fresh jti each time");
         let claims = exp_of(

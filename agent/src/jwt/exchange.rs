@@ -124,12 +124,12 @@ fn refused_or_failed(status: u16, error: &str) -> &'static str {
     }
 }
 
-/// A client for token endpoints, one per connection and load of the config (cheap: the
-/// system roots it trusts are read once per load and shared). Like the internal servers'
-/// clients it uses no proxy and follows no redirects, but it trusts only the system's
-/// roots: a connection's `tls` settings (its CA, its client certificate, skipping
-/// verification) are for its internal server, not for a token endpoint that may be a
-/// third party's.
+/// A client for token endpoints, one per connection with an `exchange` and load of the
+/// config (cheap: the system roots it trusts are read once per load and shared). Like the
+/// internal servers' clients it uses no proxy and follows no redirects, but it trusts only
+/// the system's roots: a connection's `tls` settings (its CA, its client certificate,
+/// skipping verification) are for its internal server, not for a token endpoint that may
+/// be a third party's.
 pub fn token_client() -> Result<reqwest::Client, ClientError> {
     Ok(reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
