@@ -11,6 +11,7 @@ mod request_limits;
 mod send_again;
 pub(crate) use send_again::send_with_retries;
 pub mod slots;
+pub(crate) mod system_roots_warning;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;

@@ -34,12 +34,17 @@ impl CallTable {
     }
 
     /// Builds a context per connection, each succeeding this table's context of the same
-    /// name (see [`CallContext::succeeding`]), over the system roots as they are now. Nothing changes here until [`Self::replace`].
+    /// name (see [`CallContext::succeeding`]), over the system roots as they are now (what
+    /// needs them is warned of when there are none). Nothing changes here until
+    /// [`Self::replace`].
     pub fn build(
         &self,
         connections: &BTreeMap<String, Arc<Connection>>,
     ) -> Result<Contexts, BuildError> {
         crate::call::client_tls::read_system_roots_again();
+        crate::call::system_roots_warning::warn_where_missing(
+            connections.values().map(|c| c.as_ref()),
+        );
         let current = self.snapshot();
         connections
             .iter()

@@ -2,15 +2,17 @@
 //! `ca_file` and client certificate stay its own, and a reload that changes them counts.
 
 use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Result, ensure};
 use postern_tests::harness::{
-    AgentProcess, Api, RelayProcess, agent_cli, agent_config, create_agent, create_api_key,
-    output_text,
+    AgentProcess, Api, RelayProcess, agent_cli, agent_command, agent_config, create_agent,
+    create_api_key, output_text,
 };
+use postern_tests::internal_server::{InternalServer, Verifier};
 use postern_tests::pki::{HTTPS_SERVER, KillOnDrop, client_certificate, make_pki, python_https};
-use postern_tests::relay_support::error_code;
+use postern_tests::relay_support::{error_code, eventually, refusal};
 use postern_tests::temp::TempDir;
 
 /// A relay, an agent `a1` on it, and the API to call through it.
@@ -87,6 +89,18 @@ impl World {
         let out = agent_cli(&self.bins, config, &["reload"])?;
         ensure!(out.status.success(), "reload: {}", output_text(&out));
         Ok(())
+    }
+
+    /// `postern ARGS --config CONFIG` with `bundle` as the system's only CA roots
+    /// (`SSL_CERT_FILE`; `SSL_CERT_DIR` an empty folder).
+    fn agent_with_roots(&self, config: &Path, bundle: &Path, args: &[&str]) -> Result<Command> {
+        let no_certs = self.dir.path().join("no-certs");
+        std::fs::create_dir_all(&no_certs)?;
+        let mut command = agent_command(&self.bins, config, args);
+        command
+            .env("SSL_CERT_FILE", bundle)
+            .env("SSL_CERT_DIR", no_certs);
+        Ok(command)
     }
 }
 
@@ -215,7 +229,6 @@ async fn a_reload_reads_the_system_roots_again() -> Result<()> {
     let bundle = dir.path().join("bundle.pem");
     let ca_y = std::fs::read_to_string(dir.path().join("y/ca.pem"))?;
     std::fs::write(&bundle, &ca_y)?;
-    std::fs::create_dir(dir.path().join("no-certs"))?;
     let w = World::start(dir)?;
     // `tok`'s internal server is trusted by its own ca_file; its token endpoint, only
     // through the system roots.
@@ -235,13 +248,7 @@ lifetime = "5m"
 token_url = "https://127.0.0.1:{port}/token"
 "#
     ))?;
-    let mut command = std::process::Command::new(&w.bins.agent);
-    command
-        .args(["run", "--config"])
-        .arg(&config)
-        .env("SSL_CERT_FILE", &bundle)
-        .env("SSL_CERT_DIR", w.dir.path().join("no-certs"));
-    let _agent = AgentProcess::spawn(command)?;
+    let _agent = AgentProcess::spawn(w.agent_with_roots(&config, &bundle, &["run"])?)?;
     w.api
         .wait_online("a1", true, Duration::from_secs(15))
         .await?;
@@ -256,4 +263,128 @@ token_url = "https://127.0.0.1:{port}/token"
     // The failed exchange is held for a second, across a reload that changed nothing of it.
     tokio::time::sleep(Duration::from_millis(1200)).await;
     w.expect_trust(&[("tok", true)]).await
+}
+
+/// Without any system root (an empty `SSL_CERT_FILE` and `SSL_CERT_DIR`), as in a bare
+/// container, the agent starts and serves what needs none: an `http://` server, and an
+/// https one trusted by its own `ca_file`. What only a system root could verify (an https
+/// server without `ca_file`, an https token endpoint) fails saying why and what to do, and
+/// is warned of once per connection at each load and by `config check`, which still passes.
+#[tokio::test(flavor = "multi_thread")]
+async fn without_system_roots_the_agent_serves_what_needs_none() -> Result<()> {
+    let (dir, _server, port) = two_cas_and_a_server("tls-no-system-roots")?;
+    let bundle = dir.path().join("bundle.pem");
+    std::fs::write(&bundle, "")?;
+    let plain = InternalServer::start(Verifier::None, "").await?;
+    let w = World::start(dir)?;
+    let config = w.write_config(&format!(
+        r#"
+[connections.plain]
+base_uri = "{plain}"
+[connections.own-ca]
+base_uri = "https://127.0.0.1:{port}"
+tls = {{ ca_file = "ca.pem" }}
+[connections.sys]
+base_uri = "https://127.0.0.1:{port}"
+[connections.tok]
+base_uri = "{plain}"
+[connections.tok.auth]
+type = "jwt_bearer"
+algorithm = "HS256"
+secret = "0123456789abcdef0123456789abcdef"
+lifetime = "5m"
+[connections.tok.auth.exchange]
+token_url = "https://127.0.0.1:{port}/token"
+"#,
+        plain = plain.base_uri()
+    ))?;
+    let warned = |text: &str, connection: &str| {
+        text.lines()
+            .filter(|l| {
+                l.contains("WARN")
+                    && l.contains("no system CA certificates were found")
+                    && l.split_whitespace()
+                        .any(|w| w == format!("connection={connection}"))
+            })
+            .count()
+    };
+
+    let out = w
+        .agent_with_roots(&config, &bundle, &["config", "check"])?
+        .output()?;
+    let said = output_text(&out);
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    assert_eq!(warned(&said, "sys"), 1, "{said}");
+    assert_eq!(warned(&said, "tok"), 1, "{said}");
+    assert!(
+        said.contains(&format!("its internal server https://127.0.0.1:{port}/"))
+            && said.contains("give the connection a tls.ca_file")
+            && said.contains(&format!(
+                "its token endpoint https://127.0.0.1:{port}/token"
+            )),
+        "{said}"
+    );
+    for served in ["plain", "own-ca"] {
+        assert_eq!(warned(&said, served), 0, "{said}");
+    }
+
+    let agent = AgentProcess::spawn(w.agent_with_roots(&config, &bundle, &["run"])?)?;
+    w.api
+        .wait_online("a1", true, Duration::from_secs(15))
+        .await?;
+    w.expect_trust(&[("plain", true), ("own-ca", true)]).await?;
+    let why = "the agent has no system CA certificates to verify this server with";
+    let (status, code, body) = refusal(w.api.call("a1", "sys", "/x").await?).await?;
+    assert_eq!(
+        (status, code.as_str()),
+        (502, "upstream_unreachable"),
+        "{body}"
+    );
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(why) && message.contains("install the ca-certificates package"),
+        "{body}"
+    );
+    let (status, code, body) = w.call("tok").await?;
+    assert_eq!(
+        (status, code.as_str()),
+        (502, "token_exchange_failed"),
+        "{body}"
+    );
+    assert!(body.to_string().contains(why), "{body}");
+    assert!(
+        agent
+            .logs
+            .lines()
+            .iter()
+            .any(|l| l.contains("call failed") && l.contains("connection=sys") && l.contains(why)),
+        "{}",
+        agent.logs.text()
+    );
+    let warnings = async |connection: &str, count: usize| -> Result<()> {
+        eventually(
+            &format!("{count} warning(s) of {connection} without system roots"),
+            Duration::from_secs(10),
+            || {
+                let seen = warned(&agent.logs.text(), connection);
+                async move { seen == count }
+            },
+        )
+        .await
+    };
+    warnings("sys", 1).await?;
+    warnings("tok", 1).await?;
+
+    // Each reload says it again; one after the bundle is installed trusts it.
+    w.reload(&config)?;
+    warnings("sys", 2).await?;
+    warnings("tok", 2).await?;
+    std::fs::copy(w.dir.path().join("ca.pem"), &bundle)?;
+    w.reload(&config)?;
+    w.expect_trust(&[("sys", true)]).await?;
+    // The failed exchange is held for a second, across a reload that changed nothing of it.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    w.expect_trust(&[("tok", true)]).await?;
+    assert_eq!(warned(&agent.logs.text(), "sys"), 2, "warned with roots");
+    Ok(())
 }

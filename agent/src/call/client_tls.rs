@@ -1,5 +1,5 @@
 //! The rustls settings of every HTTP client the agent builds: the system's CA roots read and
-//! parsed once per process and shared; a connection's `ca_file` roots and identity in its own.
+//! parsed once per config load and shared; a connection's `ca_file` roots and identity in its own.
 
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -7,18 +7,13 @@ use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{ClientConfig, DigitallySignedStruct, OtherError, RootCertStore, SignatureScheme};
 use tracing::{debug, warn};
 
 use crate::config::tls::Tls;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientTlsError {
-    /// No system root and no `ca_file`: a client that could verify no server at all.
-    #[error(
-        "no CA certificates were loaded from the system (the system bundle, or SSL_CERT_FILE / SSL_CERT_DIR when set)"
-    )]
-    NoRoots,
     #[error("{0}")]
     Rustls(#[from] rustls::Error),
     #[error("{0}")]
@@ -27,19 +22,25 @@ pub enum ClientTlsError {
 
 /// The system roots and the verifier over them alone, shared by every client that adds none.
 struct System {
+    /// Empty when the system has none.
     roots: Arc<RootCertStore>,
-    verifier: Arc<WebPkiServerVerifier>,
+    /// Over `roots`; without any, [`NoSystemRoots`].
+    verifier: Arc<dyn ServerCertVerifier>,
 }
 
-/// Held only once loaded with at least one root: an empty store is read again at the next
-/// build, as every build read it before, so a fixed system bundle needs no restart.
+/// The system roots as read for this load of the config, none among them or not.
 static SYSTEM: Mutex<Option<Arc<System>>> = Mutex::new(None);
 
 /// Drops the system roots read so far, so the next client reads them again: each load of
 /// the config (start, reload) reads them once, and a reload after `update-ca-certificates`
-/// trusts what it added.
+/// (or after a missing bundle was installed) trusts what it added.
 pub fn read_system_roots_again() {
     *SYSTEM.lock().unwrap_or_else(PoisonError::into_inner) = None;
+}
+
+/// Whether this load of the config found any system root.
+pub fn system_has_roots() -> bool {
+    system(&provider()).is_ok_and(|s| !s.roots.is_empty())
 }
 
 /// The settings for a client with `tls`'s trust and identity, ALPN `http/1.1` as reqwest
@@ -75,28 +76,24 @@ fn provider() -> Arc<CryptoProvider> {
 fn verifier(
     extra: &[CertificateDer<'static>],
     provider: &Arc<CryptoProvider>,
-) -> Result<Arc<WebPkiServerVerifier>, ClientTlsError> {
+) -> Result<Arc<dyn ServerCertVerifier>, ClientTlsError> {
     let system = system(provider)?;
     if extra.is_empty() {
-        return system
-            .map(|s| s.verifier.clone())
-            .ok_or(ClientTlsError::NoRoots);
+        return Ok(system.verifier.clone());
     }
     let mut roots = RootCertStore::empty();
     for cert in extra {
         roots.add(cert.clone())?;
     }
-    if let Some(system) = system {
-        roots.roots.extend(system.roots.roots.iter().cloned());
-    }
+    roots.roots.extend(system.roots.roots.iter().cloned());
     Ok(WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone()).build()?)
 }
 
-/// The system roots, read on first use and then kept; `None` when there are none.
-fn system(provider: &Arc<CryptoProvider>) -> Result<Option<Arc<System>>, ClientTlsError> {
+/// The system roots, read on first use in this load of the config and then kept.
+fn system(provider: &Arc<CryptoProvider>) -> Result<Arc<System>, ClientTlsError> {
     let mut held = SYSTEM.lock().unwrap_or_else(PoisonError::into_inner);
     if let Some(system) = held.as_ref() {
-        return Ok(Some(system.clone()));
+        return Ok(system.clone());
     }
     let loaded = rustls_native_certs::load_native_certs();
     let mut roots = RootCertStore::empty();
@@ -110,16 +107,69 @@ fn system(provider: &Arc<CryptoProvider>) -> Result<Option<Arc<System>>, ClientT
     for err in &loaded.errors {
         warn!(%err, "loading the system CA root certificates");
     }
-    if roots.is_empty() {
-        return Ok(None);
-    }
     debug!(added, "system CA root certificates loaded");
     let roots = Arc::new(roots);
-    let verifier =
-        WebPkiServerVerifier::builder_with_provider(roots.clone(), provider.clone()).build()?;
+    let verifier: Arc<dyn ServerCertVerifier> = if roots.is_empty() {
+        Arc::new(NoSystemRoots)
+    } else {
+        WebPkiServerVerifier::builder_with_provider(roots.clone(), provider.clone()).build()?
+    };
     let system = Arc::new(System { roots, verifier });
     *held = Some(system.clone());
-    Ok(Some(system))
+    Ok(system)
+}
+
+/// What a server that only a system root could verify is refused with while there is none.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the agent has no system CA certificates to verify this server with (none in the system bundle, or in SSL_CERT_FILE / SSL_CERT_DIR when set): install the ca-certificates package, or set SSL_CERT_FILE to a CA bundle, then reload the agent; for an internal server, its connection's tls.ca_file can name its CA instead"
+)]
+struct NoSystemRootsError;
+
+/// Stands for the system roots while there are none: every server is refused saying so,
+/// rather than the agent refusing to start or a bare "unknown issuer".
+#[derive(Debug)]
+struct NoSystemRoots;
+
+impl ServerCertVerifier for NoSystemRoots {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Err(rustls::Error::Other(OtherError(Arc::new(
+            NoSystemRootsError,
+        ))))
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::Other(OtherError(Arc::new(
+            NoSystemRootsError,
+        ))))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::Other(OtherError(Arc::new(
+            NoSystemRootsError,
+        ))))
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        AcceptAny.supported_verify_schemes()
+    }
 }
 
 /// `insecure_skip_verify`: any certificate, any handshake signature, as reqwest's
