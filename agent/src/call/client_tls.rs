@@ -126,6 +126,10 @@ fn system(provider: &Arc<CryptoProvider>) -> Result<Arc<System>, ClientTlsError>
 )]
 struct NoSystemRootsError;
 
+fn no_system_roots() -> rustls::Error {
+    rustls::Error::Other(OtherError(Arc::new(NoSystemRootsError)))
+}
+
 /// Stands for the system roots while there are none: every server is refused saying so,
 /// rather than the agent refusing to start or a bare "unknown issuer".
 #[derive(Debug)]
@@ -140,9 +144,7 @@ impl ServerCertVerifier for NoSystemRoots {
         _ocsp_response: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        Err(rustls::Error::Other(OtherError(Arc::new(
-            NoSystemRootsError,
-        ))))
+        Err(no_system_roots())
     }
 
     fn verify_tls12_signature(
@@ -151,9 +153,7 @@ impl ServerCertVerifier for NoSystemRoots {
         _cert: &CertificateDer<'_>,
         _dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::Other(OtherError(Arc::new(
-            NoSystemRootsError,
-        ))))
+        Err(no_system_roots())
     }
 
     fn verify_tls13_signature(
@@ -162,9 +162,7 @@ impl ServerCertVerifier for NoSystemRoots {
         _cert: &CertificateDer<'_>,
         _dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::Other(OtherError(Arc::new(
-            NoSystemRootsError,
-        ))))
+        Err(no_system_roots())
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
