@@ -1,6 +1,7 @@
 //! Per-connection rate limits end to end: the token bucket's burst and queue, `max_wait`
 //! (and the relay's `call_timeout`) turning into 429 `rate_limited`, and an upstream's
-//! `Retry-After` or used-up rate-limit window (on a 429, a 403, a 200) pausing the connection.
+//! `Retry-After` or used-up rate-limit window (on a 429 or a 403, not on a 200) pausing the
+//! connection.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -435,31 +436,20 @@ async fn a_403_that_says_its_limit_is_used_up_pauses_the_connection() -> Result<
     Ok(())
 }
 
-/// An answer that says its window is used up (`X-RateLimit-Remaining: 0` and the reset),
-/// a 200 too, pauses the connection until the reset: the next call would be refused. The
-/// answer itself goes back unchanged; a window with calls left pauses nothing.
+/// An answer that refused nothing pauses nothing, even one that says its window is used
+/// up (`X-RateLimit-Remaining: 0` and the reset): APIs keep several windows.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_200_that_used_up_its_window_pauses_the_next_call() -> Result<()> {
-    let w = World::start(|base| {
-        let mut c = connection("spends", base, "max_wait = \"5s\"");
-        c.push_str(&connection("counts", base, "max_wait = \"0s\""));
-        c
-    })
-    .await?;
-    // A reset 2 s ahead (whole seconds: 1–2 s): the next call waits for it, then goes.
-    let r = w.api.call("edge", "spends", "/spent/2").await?;
+async fn an_answer_that_is_no_refusal_pauses_nothing() -> Result<()> {
+    // With max_wait 0 s, any pause would refuse the next call at once.
+    let w = World::start(|base| connection("counts", base, "max_wait = \"0s\"")).await?;
+    // Its window used up, but the call was served: another window (GitHub's `core`
+    // beside its `search`) may still take the next one, which would say if it is refused.
+    let r = w.api.call("edge", "counts", "/spent/30").await?;
     assert_eq!(r.status(), 200);
-    let paused_at = Instant::now();
-    assert!(r.headers().get("x-postern-error").is_none());
     assert_eq!(r.headers()["x-ratelimit-remaining"], "0");
     assert_eq!(r.text().await?, "window used up");
-    let r = w.api.call("edge", "spends", "/after").await?;
-    assert_eq!(r.status(), 200);
-    let waited = paused_at.elapsed();
-    assert!(waited >= Duration::from_millis(700), "{waited:?}");
-    assert!(waited < Duration::from_secs(5), "{waited:?}");
-
-    // With max_wait 0 s, any pause would refuse the next call at once.
+    let r = w.api.call("edge", "counts", "/after-spent").await?;
+    assert_eq!(r.status(), 200, "paused by an answer that refused nothing");
     let r = w.api.call("edge", "counts", "/calls-left/200").await?;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["x-ratelimit-remaining"], "5");

@@ -1,5 +1,5 @@
-//! How long an internal server's answer asks the connection to pause: a 429's or 403's
-//! `Retry-After`, or the reset of a rate-limit window its headers say is used up.
+//! How long an internal server's refusal (a 429, a rate-limit 403) asks the connection to
+//! pause: its `Retry-After`, or the reset of a rate-limit window its headers say is used up.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -19,49 +19,58 @@ pub struct Pause {
     pub header: &'static str,
 }
 
-/// The pause an answer asks for, `None` when it names none (or one already over).
+/// The pause a refusal asks for, `None` when it names none (or one already over).
 ///
 /// - 429: `Retry-After`, else the reset of a window whose `…-Remaining` is 0 or not sent
 ///   (many APIs send only the reset with their 429).
 /// - 403: the same, but a window counts only when its `…-Remaining: 0` is sent: GitHub
 ///   refuses its limits with a 403, and a 403 without these is a refusal of access.
-/// - Any other status: only a window whose `…-Remaining: 0` is sent, until its reset, since
-///   the next call would be refused. `Retry-After` pauses nothing there: RFC 9110 §10.2.3
-///   gives it no rate-limit meaning outside a refusal (a 3xx's, a 503's).
+/// - Any other answer pauses nothing, even one that says a window is used up: APIs keep
+///   several (GitHub's `search` beside its `core`), and pausing the whole connection for
+///   the one a call used up would hold calls the others still take. The next call into it
+///   is refused, and that refusal pauses.
 ///
-/// Most answers carry none of these: for them this costs two header lookups.
+/// When both header families name a used-up window, the later reset is the wait.
 pub fn pause_asked(status: StatusCode, headers: &HeaderMap) -> Option<Pause> {
-    let value = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let too_many = status == StatusCode::TOO_MANY_REQUESTS;
-    let refused = too_many || status == StatusCode::FORBIDDEN;
+    if !too_many && status != StatusCode::FORBIDDEN {
+        return None;
+    }
+    let value = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(wait) = value(RETRY_AFTER.as_str()).and_then(parse_retry_after) {
+        return (!wait.is_zero()).then_some(Pause {
+            wait,
+            header: "Retry-After",
+        });
+    }
     // A reset is the wait only for a window that is used up: an API with several (a second's,
     // an hour's) may refuse a burst while the window its headers describe has calls left.
-    let used_up = |remaining: &str| value(remaining).map_or(too_many, |v| v.trim() == "0");
     let window = |remaining: &str, name: &str, header: &'static str| {
-        used_up(remaining)
+        let used_up = value(remaining).map_or(too_many, none_left);
+        used_up
             .then(|| value(name))
             .flatten()
             .and_then(|v| reset(v, SystemTime::now()))
+            .filter(|wait| !wait.is_zero())
             .map(|wait| Pause { wait, header })
     };
-    refused
-        .then(|| value(RETRY_AFTER.as_str()))
-        .flatten()
-        .and_then(parse_retry_after)
-        .map(|wait| Pause {
-            wait,
-            header: "Retry-After",
-        })
-        .or_else(|| window("ratelimit-remaining", "ratelimit-reset", "RateLimit-Reset"))
-        .or_else(|| {
-            window(
-                "x-ratelimit-remaining",
-                "x-ratelimit-reset",
-                "X-RateLimit-Reset",
-            )
-        })
-        // A pause of nothing holds nothing, and is not worth a warning per answer.
-        .filter(|p| !p.wait.is_zero())
+    [
+        window("ratelimit-remaining", "ratelimit-reset", "RateLimit-Reset"),
+        window(
+            "x-ratelimit-remaining",
+            "x-ratelimit-reset",
+            "X-RateLimit-Reset",
+        ),
+    ]
+    .into_iter()
+    .flatten()
+    .max_by_key(|p| p.wait)
+}
+
+/// Whether a `…-Remaining` says no call is left: `0`, however written (`00`, `0.0`), or
+/// below it (a negative count, which some APIs send once over).
+fn none_left(value: &str) -> bool {
+    value.trim().parse::<f64>().is_ok_and(|n| n <= 0.0)
 }
 
 /// `Retry-After` as seconds or an HTTP date (RFC 9110 §10.2.3).
@@ -87,10 +96,11 @@ fn seconds(value: &str) -> Option<Duration> {
 /// and some `RateLimit-Reset`s too): told apart by size.
 fn reset(value: &str, now: SystemTime) -> Option<Duration> {
     let n = number(value)?;
+    // Checked: a time past what the clock holds is no reset, and `+` would panic on it.
     let at = if n >= EPOCH_MILLIS_FROM {
-        UNIX_EPOCH + Duration::try_from_secs_f64(n / 1000.0).ok()?
+        UNIX_EPOCH.checked_add(Duration::try_from_secs_f64(n / 1000.0).ok()?)?
     } else if n >= EPOCH_FROM {
-        UNIX_EPOCH + Duration::try_from_secs_f64(n).ok()?
+        UNIX_EPOCH.checked_add(Duration::try_from_secs_f64(n).ok()?)?
     } else {
         return seconds(value);
     };
@@ -257,25 +267,61 @@ mod tests {
     }
 
     #[test]
-    fn any_other_answer_pauses_for_a_window_it_says_is_used_up() {
+    fn no_other_answer_pauses_even_with_its_window_used_up() {
         let h = headers(&[("x-ratelimit-remaining", "0"), ("x-ratelimit-reset", "5")]);
-        for status in [200, 201, 204, 304, 404, 500] {
-            assert_eq!(wait(status, &h), Some(Duration::from_secs(5)), "{status}");
+        for status in [200, 201, 204, 304, 404, 500, 503] {
+            assert_eq!(wait(status, &h), None, "{status}");
         }
-        let h = headers(&[("ratelimit-remaining", " 0 "), ("ratelimit-reset", "2")]);
-        assert_eq!(wait(200, &h), Some(Duration::from_secs(2)));
-        let h = headers(&[("x-ratelimit-remaining", "5"), ("x-ratelimit-reset", "5")]);
-        assert_eq!(wait(200, &h), None, "calls left");
+        assert_eq!(wait(429, &h), Some(Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn none_left_however_it_is_written() {
+        for used_up in ["0", "00", " 0 ", "0.0", "-1"] {
+            let h = headers(&[
+                ("x-ratelimit-remaining", used_up),
+                ("x-ratelimit-reset", "5"),
+            ]);
+            assert_eq!(wait(403, &h), Some(Duration::from_secs(5)), "{used_up:?}");
+        }
+        for left in ["1", "0.5", "many", ""] {
+            let h = headers(&[("x-ratelimit-remaining", left), ("x-ratelimit-reset", "5")]);
+            assert_eq!(wait(403, &h), None, "{left:?}");
+        }
+    }
+
+    #[test]
+    fn of_two_used_up_windows_the_later_reset_is_the_wait() {
+        let h = headers(&[
+            ("ratelimit-remaining", "0"),
+            ("ratelimit-reset", "4"),
+            ("x-ratelimit-remaining", "0"),
+            ("x-ratelimit-reset", "30"),
+        ]);
+        let p = pause_asked(StatusCode::FORBIDDEN, &h).expect("a pause");
         assert_eq!(
-            wait(200, &headers(&[("x-ratelimit-reset", "5")])),
-            None,
-            "no remaining"
+            (p.wait, p.header),
+            (Duration::from_secs(30), "X-RateLimit-Reset")
         );
-        assert_eq!(
-            wait(200, &headers(&[("x-ratelimit-remaining", "0")])),
-            None,
-            "no reset"
-        );
+        // One already over does not hide the other.
+        let h = headers(&[
+            ("ratelimit-reset", "1500000000"),
+            ("x-ratelimit-remaining", "0"),
+            ("x-ratelimit-reset", "30"),
+        ]);
+        assert_eq!(on_429(&h), Some(Duration::from_secs(30)));
+    }
+
+    #[test]
+    fn a_unix_time_past_what_the_clock_holds_is_no_reset() {
+        for huge in [
+            "10000000000000000000000",
+            "18000000000000000000000",
+            "9300000000000000000000",
+        ] {
+            let h = headers(&[("x-ratelimit-remaining", "0"), ("x-ratelimit-reset", huge)]);
+            assert_eq!(wait(403, &h), None, "{huge}");
+        }
     }
 
     #[test]
@@ -294,7 +340,7 @@ mod tests {
             ("x-ratelimit-remaining", "0"),
             ("x-ratelimit-reset", "1500000000"),
         ]);
-        assert_eq!(wait(200, &h), None);
+        assert_eq!(wait(403, &h), None);
         assert_eq!(on_429(&h), None);
         assert_eq!(on_429(&headers(&[("retry-after", "0")])), None);
     }
@@ -307,7 +353,7 @@ mod tests {
         let h = headers(&[("retry-after", "3"), ("ratelimit-reset", "4")]);
         assert_eq!(header(429, &h), Some("Retry-After"));
         let h = headers(&[("ratelimit-remaining", "0"), ("ratelimit-reset", "4")]);
-        assert_eq!(header(200, &h), Some("RateLimit-Reset"));
+        assert_eq!(header(429, &h), Some("RateLimit-Reset"));
         let h = headers(&[("x-ratelimit-remaining", "0"), ("x-ratelimit-reset", "4")]);
         assert_eq!(header(403, &h), Some("X-RateLimit-Reset"));
     }
