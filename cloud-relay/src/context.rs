@@ -45,9 +45,11 @@ pub struct RelayContext {
     /// Lines about requests still sending a revoked API key: an integration nobody
     /// updated would otherwise log one per request.
     pub revoked_key_lines: std::sync::Mutex<postern_logs::LogBudget>,
-    /// Lines about keys that are malformed or name no key, on a budget of their own so
-    /// that a spray of guesses cannot crowd out the revoked keys' lines.
-    pub refused_key_lines: std::sync::Mutex<postern_logs::LogBudget>,
+    /// Lines about keys that name no key: a staging key sent to production, found by its id.
+    pub unknown_key_lines: std::sync::Mutex<postern_logs::LogBudget>,
+    /// Lines about keys that are malformed, on a budget of their own: a spray of junk must
+    /// not crowd out the lines about well-formed keys that someone configured.
+    pub malformed_key_lines: std::sync::Mutex<postern_logs::LogBudget>,
     next_session_id: AtomicU64,
 }
 
@@ -72,9 +74,13 @@ impl RelayContext {
                 10,
                 "about revoked API keys",
             )),
-            refused_key_lines: std::sync::Mutex::new(postern_logs::LogBudget::per_minute(
+            unknown_key_lines: std::sync::Mutex::new(postern_logs::LogBudget::per_minute(
                 10,
-                "about unknown or malformed API keys",
+                "about unknown API keys",
+            )),
+            malformed_key_lines: std::sync::Mutex::new(postern_logs::LogBudget::per_minute(
+                10,
+                "about malformed API keys",
             )),
             next_session_id: AtomicU64::new(1),
         }

@@ -1,10 +1,11 @@
 //! API keys on the way in: `check_api_key` finds the caller behind the bearer key
 //! (`every_request` runs it under `/v1/`); `AdminOnly` refuses handlers to `call` keys.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use axum::extract::FromRequestParts;
 use http::request::Parts;
+use postern_logs::{LeftOut, LogBudget};
 use postern_protocol::api::ApiKeyScope;
 use postern_protocol::{ErrorCode, SecretKind, SecretToken};
 
@@ -31,7 +32,9 @@ pub async fn check_api_key(
     let presented = bearer_key(headers)
         .map_err(|message| refused("missing", ApiError::new(ErrorCode::Unauthorized, message)))?;
     let key = SecretToken::parse(SecretKind::ApiKey, presented).map_err(|e| {
-        say_refused(ctx, format_args!("{e}"));
+        if let Some(left_out) = take(&ctx.malformed_key_lines) {
+            tracing::warn!("API request refused: {e}{left_out}");
+        }
         refused(
             "malformed",
             ApiError::invalid_token(format!("invalid API key: {e}")),
@@ -51,7 +54,9 @@ pub async fn check_api_key(
             let record = match found {
                 Ok(record) => record,
                 Err(None) => {
-                    say_refused(ctx, format_args!("no such key {key:?}"));
+                    if let Some(left_out) = take(&ctx.unknown_key_lines) {
+                        tracing::warn!("API request refused: no such key {key:?}{left_out}");
+                    }
                     return Err(refused(
                         "unknown",
                         ApiError::invalid_token("unknown API key"),
@@ -73,11 +78,7 @@ pub async fn check_api_key(
 /// lines a minute), where before only a counter showed that some integration still sent
 /// a revoked key, and not which.
 fn revoked(ctx: &RelayContext, name: &str) -> ApiError {
-    let left_out = ctx
-        .revoked_key_lines
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .take();
+    let left_out = take(&ctx.revoked_key_lines);
     if let Some(left_out) = left_out {
         tracing::warn!(key = %name, "API request refused: its key was revoked{left_out}");
     }
@@ -86,17 +87,11 @@ fn revoked(ctx: &RelayContext, name: &str) -> ApiError {
     ))
 }
 
-/// A key that names no caller, in the log a few lines a minute: a staging key sent to
-/// production, or a token pasted in the wrong place, is found by its (non-secret) id.
-fn say_refused(ctx: &RelayContext, why: std::fmt::Arguments<'_>) {
-    let left_out = ctx
-        .refused_key_lines
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .take();
-    if let Some(left_out) = left_out {
-        tracing::warn!("API request refused: {why}{left_out}");
-    }
+/// Whether `budget` lets a line be logged now, and what it adds about those left out.
+/// Keys that name no caller are logged a few lines a minute each kind, by their reason or
+/// their (non-secret) id: a staging key sent to production, a token in the key's place.
+fn take(budget: &Mutex<LogBudget>) -> Option<LeftOut> {
+    budget.lock().unwrap_or_else(PoisonError::into_inner).take()
 }
 
 /// The key in `Authorization: Bearer <key>`, or why there is none: no header, or one
