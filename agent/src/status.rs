@@ -79,9 +79,10 @@ pub struct ConnectionStatus {
     pub calls_failed: u64,
     /// `none` (no cached token), `valid until <RFC 3339>`, `refreshing`, or `-` (not cached).
     pub token_cache: String,
-    /// Why the last try to sign or exchange a token failed: the calls' error and the
-    /// log's, without the token URL's query. Also a refresh that failed while the token
-    /// still serves (`token_cache` then says until when). Cleared by a token.
+    /// Why the last try to exchange a token, or to sign one that is reused, failed: the
+    /// calls' error and the log's, without the token URL's query. Also a refresh that
+    /// failed while the token still serves (see [`TokenFailure::token_used_until`]).
+    /// Cleared by a token.
     #[serde(default)]
     pub token_failure: Option<TokenFailure>,
 }
@@ -92,6 +93,11 @@ pub struct TokenFailure {
     pub at: String,
     /// One line, at most [`TOKEN_FAILURE_CHARS`] characters.
     pub error: String,
+    /// RFC 3339: a refresh failed while the current token still serves, and calls succeed
+    /// until then. Absent when no token serves (calls get the error), and from agents that
+    /// showed no failure while a token served.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_used_until: Option<String>,
 }
 
 /// An identity provider's `error_description` can be long: the status shows its start,
@@ -99,7 +105,11 @@ pub struct TokenFailure {
 const TOKEN_FAILURE_CHARS: usize = 300;
 
 impl TokenFailure {
-    fn new(at: std::time::Instant, error: &crate::jwt::BearerError) -> Self {
+    fn new(
+        at: std::time::Instant,
+        error: &crate::jwt::BearerError,
+        token_used_until: Option<String>,
+    ) -> Self {
         let at = std::time::SystemTime::now()
             .checked_sub(at.elapsed())
             .unwrap_or_else(std::time::SystemTime::now);
@@ -112,6 +122,7 @@ impl TokenFailure {
         Self {
             at: humantime::format_rfc3339_seconds(at).to_string(),
             error,
+            token_used_until,
         }
     }
 }
@@ -138,13 +149,18 @@ pub fn report(
         connections: calls
             .iter()
             .map(|(name, ctx)| {
-                let token_cache = match ctx.bearer.as_ref().map(|b| b.cache_state()) {
-                    None => "-".to_owned(),
-                    Some(CacheState::Empty) => "none".to_owned(),
-                    Some(CacheState::Refreshing) => "refreshing".to_owned(),
+                let cache = ctx.bearer.as_ref().map(|b| b.cache_state());
+                let valid_until = match cache {
                     Some(CacheState::ValidFor(d)) => {
-                        format!("valid until {}", rfc3339(std::time::SystemTime::now() + d))
+                        Some(rfc3339(std::time::SystemTime::now() + d))
                     }
+                    _ => None,
+                };
+                let token_cache = match (cache, &valid_until) {
+                    (None, _) => "-".to_owned(),
+                    (Some(CacheState::Refreshing), _) => "refreshing".to_owned(),
+                    (_, Some(until)) => format!("valid until {until}"),
+                    (Some(_), None) => "none".to_owned(),
                 };
                 let status = ConnectionStatus {
                     calls_served: ctx.served.load(Ordering::Relaxed),
@@ -154,7 +170,7 @@ pub fn report(
                         .bearer
                         .as_ref()
                         .and_then(|b| b.last_failure())
-                        .map(|(at, error)| TokenFailure::new(at, &error)),
+                        .map(|(at, error)| TokenFailure::new(at, &error, valid_until)),
                 };
                 (name.clone(), status)
             })

@@ -352,15 +352,17 @@ token_url = "https://127.0.0.1:{port}/token"
         "{body}"
     );
     assert!(body.to_string().contains(why), "{body}");
-    assert!(
-        agent
-            .logs
-            .lines()
-            .iter()
-            .any(|l| l.contains("call failed") && l.contains("connection=sys") && l.contains(why)),
-        "{}",
-        agent.logs.text()
-    );
+    eventually(
+        "the agent's line about the failed call",
+        Duration::from_secs(10),
+        || {
+            let logged = agent.logs.lines().iter().any(|l| {
+                l.contains("call failed") && l.contains("connection=sys") && l.contains(why)
+            });
+            async move { logged }
+        },
+    )
+    .await?;
     let warnings = async |connection: &str, count: usize| -> Result<()> {
         eventually(
             &format!("{count} warning(s) of {connection} without system roots"),

@@ -124,6 +124,10 @@ async fn status_shows_why_a_connection_has_no_token_until_it_has_one() -> Result
     assert_eq!(erp["token_failure"]["error"], refused.as_str(), "{status}");
     let at = erp["token_failure"]["at"].as_str().unwrap_or_default();
     assert!(humantime::parse_rfc3339(at).is_ok(), "{status}");
+    assert!(
+        erp["token_failure"].get("token_used_until").is_none(),
+        "no token serves: {status}"
+    );
     let out = agent_cli(&bins(), &tunnel.config, &["status"])?;
     let text = output_text(&out);
     assert!(
@@ -243,6 +247,7 @@ async fn a_failed_refresh_keeps_using_the_still_valid_token() -> Result<()> {
     );
     let at = erp["token_failure"]["at"].as_str().unwrap_or_default();
     assert!(humantime::parse_rfc3339(at).is_ok(), "{status}");
+    assert_eq!(erp["token_failure"]["token_used_until"], until, "{status}");
     let text = output_text(&agent_cli(&bins(), &tunnel.config, &["status"])?);
     assert!(
         text.contains(&format!(

@@ -494,7 +494,7 @@ fn print_report(out: &mut dyn Write, r: &StatusReport, file_changed: bool) -> st
             )?;
             if let Some(failure) = &c.token_failure {
                 // A failed refresh: calls go on with the token until then, and fail after.
-                let serving = match c.token_cache.strip_prefix("valid until ") {
+                let serving = match &failure.token_used_until {
                     Some(until) => format!(" (the current token is used until {until})"),
                     None => String::new(),
                 };
