@@ -49,8 +49,10 @@ pub fn client_config(tls: &Tls) -> Result<ClientConfig, ClientTlsError> {
     let provider = provider();
     let verifier: Arc<dyn ServerCertVerifier> = if tls.insecure_skip_verify {
         Arc::new(AcceptAny)
+    } else if tls.system_roots_only() {
+        system(&provider)?.verifier.clone()
     } else {
-        verifier(&tls.extra_roots, &provider)?
+        with_extra_roots(&tls.extra_roots, &provider)?
     };
     let builder = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(rustls::ALL_VERSIONS)?
@@ -71,16 +73,13 @@ fn provider() -> Arc<CryptoProvider> {
         .unwrap_or_else(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
 }
 
-/// The shared system verifier without extra roots; with them, a store of its own holding
-/// them and a copy of the system's parsed anchors, never seen by another connection.
-fn verifier(
+/// A verifier of its own over `extra` and a copy of the system's parsed anchors, never
+/// seen by another connection.
+fn with_extra_roots(
     extra: &[CertificateDer<'static>],
     provider: &Arc<CryptoProvider>,
 ) -> Result<Arc<dyn ServerCertVerifier>, ClientTlsError> {
     let system = system(provider)?;
-    if extra.is_empty() {
-        return Ok(system.verifier.clone());
-    }
     let mut roots = RootCertStore::empty();
     for cert in extra {
         roots.add(cert.clone())?;

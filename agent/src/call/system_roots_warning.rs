@@ -14,9 +14,7 @@ pub fn warn_where_missing<'a>(connections: impl Iterator<Item = &'a Connection>)
         return;
     }
     for conn in connections {
-        let server = conn.base_uri.scheme() == "https"
-            && conn.tls.extra_roots.is_empty()
-            && !conn.tls.insecure_skip_verify;
+        let server = conn.base_uri.scheme() == "https" && conn.tls.system_roots_only();
         // The token endpoint's client trusts the system roots alone (`token_client`).
         let endpoint = match &conn.auth {
             Auth::JwtBearer(jwt) => jwt.exchange.as_ref().map(|x| &x.token_url),

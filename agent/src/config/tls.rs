@@ -38,6 +38,14 @@ pub struct ClientIdentity {
     pub key: Arc<PrivateKeyDer<'static>>,
 }
 
+impl Tls {
+    /// Whether the system's CA roots alone verify the server: no `ca_file` of its own, and
+    /// verification not skipped.
+    pub fn system_roots_only(&self) -> bool {
+        !self.insecure_skip_verify && self.extra_roots.is_empty()
+    }
+}
+
 impl fmt::Debug for Tls {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Tls")
