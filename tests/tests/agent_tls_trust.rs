@@ -220,6 +220,21 @@ tls = {{ ca_file = "ca.pem" }}
     Ok(())
 }
 
+/// Connection `tok`'s auth: HS256 traded at the HTTPS server's token endpoint, which only
+/// the system roots can verify (the token client takes none of the connection's `tls`).
+fn tok_exchange(port: u16) -> String {
+    format!(
+        r#"[connections.tok.auth]
+type = "jwt_bearer"
+algorithm = "HS256"
+secret = "0123456789abcdef0123456789abcdef"
+lifetime = "5m"
+[connections.tok.auth.exchange]
+token_url = "https://127.0.0.1:{port}/token"
+"#
+    )
+}
+
 /// The system roots are read once per load of the config, not once per client: a reload
 /// after the system bundle changed (`update-ca-certificates`) trusts what it added.
 #[tokio::test(flavor = "multi_thread")]
@@ -239,14 +254,8 @@ base_uri = "https://127.0.0.1:{port}"
 [connections.tok]
 base_uri = "https://127.0.0.1:{port}"
 tls = {{ ca_file = "ca.pem" }}
-[connections.tok.auth]
-type = "jwt_bearer"
-algorithm = "HS256"
-secret = "0123456789abcdef0123456789abcdef"
-lifetime = "5m"
-[connections.tok.auth.exchange]
-token_url = "https://127.0.0.1:{port}/token"
-"#
+{auth}"#,
+        auth = tok_exchange(port)
     ))?;
     let _agent = AgentProcess::spawn(w.agent_with_roots(&config, &bundle, &["run"])?)?;
     w.api
@@ -288,15 +297,9 @@ tls = {{ ca_file = "ca.pem" }}
 base_uri = "https://127.0.0.1:{port}"
 [connections.tok]
 base_uri = "{plain}"
-[connections.tok.auth]
-type = "jwt_bearer"
-algorithm = "HS256"
-secret = "0123456789abcdef0123456789abcdef"
-lifetime = "5m"
-[connections.tok.auth.exchange]
-token_url = "https://127.0.0.1:{port}/token"
-"#,
-        plain = plain.base_uri()
+{auth}"#,
+        plain = plain.base_uri(),
+        auth = tok_exchange(port)
     ))?;
     let warned = |text: &str, connection: &str| {
         text.lines()
