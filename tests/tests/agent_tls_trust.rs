@@ -393,3 +393,47 @@ base_uri = "{plain}"
     assert_eq!(warned(&agent.logs.text(), "sys"), 2, "warned with roots");
     Ok(())
 }
+
+/// Without system roots, the first five connections that need them are warned of one line
+/// each, and the rest share one line that names ten of them and counts the others: a
+/// config of thousands of https connections logs six lines at each load, not thousands.
+#[tokio::test(flavor = "multi_thread")]
+async fn without_system_roots_many_connections_share_one_warning() -> Result<()> {
+    let dir = TempDir::new("tls-no-roots-many")?;
+    let bundle = dir.path().join("bundle.pem");
+    std::fs::write(&bundle, "")?;
+    let w = World::start(dir)?;
+    let connections: String = (0..30)
+        .map(|i| format!("[connections.s{i:02}]\nbase_uri = \"https://127.0.0.1:9/\"\n"))
+        .collect();
+    let config = w.write_config(&connections)?;
+    let out = w
+        .agent_with_roots(&config, &bundle, &["config", "check"])?
+        .output()?;
+    let said = output_text(&out);
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    let lines: Vec<&str> = said
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("no system CA certificates were found"))
+        .collect();
+    assert_eq!(lines.len(), 6, "{said}");
+    for (i, line) in lines[..5].iter().enumerate() {
+        assert!(
+            line.split_whitespace()
+                .any(|w| w == format!("connection=s{i:02}"))
+                && line.contains("its internal server https://127.0.0.1:9/"),
+            "{line}"
+        );
+    }
+    let names = (5..15).map(|i| format!("s{i:02}")).collect::<Vec<_>>();
+    assert!(
+        lines[5].contains(&format!(
+            "of 25 more connections: {} and 15 others; their calls will fail until you install the ca-certificates package",
+            names.join(", ")
+        )),
+        "{}",
+        lines[5]
+    );
+    assert!(!lines[5].contains("s15"), "{}", lines[5]);
+    Ok(())
+}
