@@ -97,9 +97,9 @@ async fn healthz() -> &'static str {
 /// a loopback address: a TLS proxy in front of the relay would otherwise serve it to anyone.
 async fn metrics(
     State(ctx): State<Arc<RelayContext>>,
-    headers: http::HeaderMap,
+    request: Request,
 ) -> Result<impl IntoResponse, ApiError> {
-    auth::check_api_key(&ctx, &headers).await?;
+    auth::check_api_key(&ctx, request.headers(), request.extensions()).await?;
     Ok((
         [(http::header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
         ctx.metrics.render(ctx.registry.all().len()),

@@ -5,6 +5,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use axum::body::Body;
+use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -107,8 +108,11 @@ pub async fn serve(
         let app = app.clone();
         let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
             let app = app.clone();
+            let mut request = request.map(Body::new);
+            // Who sent a refused API key is logged (`auth`).
+            request.extensions_mut().insert(ConnectInfo(peer));
             async move {
-                let response = app.oneshot(request.map(Body::new)).await;
+                let response = app.oneshot(request).await;
                 Ok::<_, Infallible>(match response {
                     Ok(r) => r,
                     Err(never) => match never {},

@@ -177,6 +177,19 @@ async fn keys_are_managed_through_the_api_and_never_shown_again() -> Result<()> 
     );
     let line = "API request refused: its key was revoked key=platform-calls";
     w.relay.logs.wait_for(line, Duration::from_secs(5))?;
+    let id = after
+        .headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let text = w.relay.logs.text();
+    let said = text.lines().find(|l| l.contains(line)).unwrap_or_default();
+    assert!(
+        !id.is_empty()
+            && said.contains("peer=127.0.0.1:")
+            && said.contains(&format!("request_id={id}")),
+        "{said}"
+    );
     for _ in 0..20 {
         assert_eq!(
             send(&caller, Method::GET, "/v1/agents", None).await?.status,
@@ -269,6 +282,23 @@ async fn keys_that_name_no_caller_are_logged_by_their_id_a_few_lines_a_minute() 
     assert_eq!(misplaced.status, 401);
     let malformed = "API request refused: API key must start with \"psk_\", and this is an access token (pst_…)";
     w.relay.logs.wait_for(malformed, Duration::from_secs(5))?;
+    // Said with where it came from and the id its caller got back, to find the sender by.
+    let id = misplaced
+        .headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let text = w.relay.logs.text();
+    let said = text
+        .lines()
+        .find(|l| l.contains(malformed))
+        .unwrap_or_default();
+    assert!(
+        !id.is_empty()
+            && said.contains(&format!("request_id={id}"))
+            && said.contains("peer=127.0.0.1:"),
+        "{said}"
+    );
     // A key from another relay (staging's, say): well formed, unknown here, said by its id.
     let elsewhere = postern_protocol::SecretToken::generate(
         postern_protocol::SecretKind::ApiKey,
@@ -295,6 +325,12 @@ async fn keys_that_name_no_caller_are_logged_by_their_id_a_few_lines_a_minute() 
     tokio::time::sleep(Duration::from_millis(300)).await;
     let text = w.relay.logs.text();
     assert_eq!(text.matches(&line).count(), 10, "{text}");
+    for said in text.lines().filter(|l| l.contains(&line)) {
+        assert!(
+            said.contains("peer=127.0.0.1:") && said.contains("request_id="),
+            "{said}"
+        );
+    }
     // The id is the key's first 16 characters; nothing after them is ever logged.
     let (id, secret) = elsewhere.expose().split_at(16);
     assert!(line.contains(id), "{line}");

@@ -1,12 +1,14 @@
 //! API keys on the way in: `check_api_key` finds the caller behind the bearer key
 //! (`every_request` runs it under `/v1/`); `AdminOnly` refuses handlers to `call` keys.
 
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use axum::extract::FromRequestParts;
+use axum::extract::{ConnectInfo, FromRequestParts};
 use http::request::Parts;
 use postern_logs::{LeftOut, LogBudget};
 use postern_protocol::api::ApiKeyScope;
+use postern_protocol::headers::REQUEST_ID;
 use postern_protocol::{ErrorCode, SecretKind, SecretToken};
 
 use super::ApiError;
@@ -20,11 +22,14 @@ pub struct ApiCaller {
 }
 
 /// The caller behind the request's `Authorization: Bearer <api key>`, checked against the
-/// store (hash, constant-time) or the keys it answered for since it last changed.
+/// store (hash, constant-time) or the keys it answered for since it last changed. A key
+/// refused is logged with the request's id and the address it came from.
 pub async fn check_api_key(
     ctx: &Arc<RelayContext>,
     headers: &http::HeaderMap,
+    extensions: &http::Extensions,
 ) -> Result<ApiCaller, ApiError> {
+    let origin = || Origin::of(headers, extensions);
     let refused = |reason: &'static str, error: ApiError| {
         ctx.metrics.api_key_refused(reason);
         error
@@ -33,7 +38,8 @@ pub async fn check_api_key(
         .map_err(|message| refused("missing", ApiError::new(ErrorCode::Unauthorized, message)))?;
     let key = SecretToken::parse(SecretKind::ApiKey, presented).map_err(|e| {
         if let Some(left_out) = take(&ctx.malformed_key_lines) {
-            tracing::warn!("API request refused: {e}{left_out}");
+            let origin = origin();
+            tracing::warn!(peer = %origin.peer, request_id = %origin.id, "API request refused: {e}{left_out}");
         }
         refused(
             "malformed",
@@ -55,14 +61,17 @@ pub async fn check_api_key(
                 Ok(record) => record,
                 Err(None) => {
                     if let Some(left_out) = take(&ctx.unknown_key_lines) {
-                        tracing::warn!("API request refused: no such key {key:?}{left_out}");
+                        let origin = origin();
+                        tracing::warn!(peer = %origin.peer, request_id = %origin.id, "API request refused: no such key {key:?}{left_out}");
                     }
                     return Err(refused(
                         "unknown",
                         ApiError::invalid_token("unknown API key"),
                     ));
                 }
-                Err(Some(name)) => return Err(refused("revoked", revoked(ctx, &name))),
+                Err(Some(name)) => {
+                    return Err(refused("revoked", revoked(ctx, &name, origin())));
+                }
             };
             ctx.lookups.remember_api_key(seen, &key, &record);
             record
@@ -77,14 +86,36 @@ pub async fn check_api_key(
 /// A revoked key still sent: named to its sender, who holds it, and in the log (a few
 /// lines a minute), where before only a counter showed that some integration still sent
 /// a revoked key, and not which.
-fn revoked(ctx: &RelayContext, name: &str) -> ApiError {
+fn revoked(ctx: &RelayContext, name: &str, origin: Origin) -> ApiError {
     let left_out = take(&ctx.revoked_key_lines);
     if let Some(left_out) = left_out {
-        tracing::warn!(key = %name, "API request refused: its key was revoked{left_out}");
+        tracing::warn!(key = %name, peer = %origin.peer, request_id = %origin.id, "API request refused: its key was revoked{left_out}");
     }
     ApiError::invalid_token(format!(
         "API key {name:?} was revoked: ask the relay's admin for another"
     ))
+}
+
+/// Where a refused key came from, for its log line: the peer's address (a proxy's, behind
+/// one) and the request's id, which the caller got back in `x-request-id`.
+struct Origin {
+    peer: String,
+    id: String,
+}
+
+impl Origin {
+    fn of(headers: &http::HeaderMap, extensions: &http::Extensions) -> Self {
+        let peer = extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map_or_else(|| "unknown".to_owned(), |c| c.0.to_string());
+        // Set by `every_request`, from the caller's own when sane.
+        let id = headers
+            .get(REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        Self { peer, id }
+    }
 }
 
 /// Whether `budget` lets a line be logged now, and what it adds about those left out.

@@ -202,7 +202,7 @@ fn needs_api_key(path: &str) -> bool {
 /// ([`super::auth::ApiCaller`]) in its extensions for the handlers.
 async fn with_api_key(ctx: &Arc<RelayContext>, mut request: Request, next: Next) -> Response {
     if needs_api_key(request.uri().path()) {
-        match super::auth::check_api_key(ctx, request.headers()).await {
+        match super::auth::check_api_key(ctx, request.headers(), request.extensions()).await {
             Ok(caller) => {
                 request.extensions_mut().insert(caller);
             }
