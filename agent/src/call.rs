@@ -544,7 +544,8 @@ async fn send(
         }
         request = request.body(body);
     }
-    match postern_protocol::upload_progress::within(request.send(), &progress, conn.timeout).await {
+    let sent = std::pin::pin!(request.send());
+    match postern_protocol::upload_progress::within(sent, &progress, conn.timeout).await {
         None => Err(timeout_error(conn).into()),
         // A connect that timed out sent nothing: `send_error` says `upstream_unreachable`.
         Some(Err(e)) if e.is_timeout() && !e.is_connect() => Err(timeout_error(conn).into()),

@@ -51,15 +51,16 @@ type Driver = http1::Connection<TokioIo<ChannelIo<Msg>>, Body>;
 /// half that moves bytes, which whoever waits on the connection polls.
 struct Conn {
     sender: http1::SendRequest<Body>,
-    /// `None` once the connection has ended.
-    driver: Option<Driver>,
+    /// `None` once the connection has ended. Boxed: a `Conn` moves at each checkout and
+    /// checkin, and into every answer's body, and hyper's connection is ~900 bytes.
+    driver: Option<Box<Driver>>,
 }
 
 impl Conn {
     /// Moves the connection's reads and writes along as far as they go now.
     fn drive(&mut self, cx: &mut Context<'_>) {
         if let Some(driver) = &mut self.driver
-            && Pin::new(driver).poll(cx).is_ready()
+            && Pin::new(&mut **driver).poll(cx).is_ready()
         {
             self.driver = None;
         }
@@ -131,7 +132,9 @@ impl ChannelPool {
         loop {
             let (mut conn, reused) = match self.checkout(&connection) {
                 Some(conn) => (conn, true),
-                None => (self.open(&connection).await?, false),
+                // Boxed: an open is rare (pooled channels serve most calls), and inline
+                // it would more than double the size of every call's future.
+                None => (Box::pin(self.open(&connection)).await?, false),
             };
             let answer = conn.sender.try_send_request(request);
             let mut answer = std::pin::pin!(answer);
@@ -326,7 +329,7 @@ impl ChannelPool {
             .map_err(|error| CallError::Http { error, sent: false })?;
         Ok(Conn {
             sender,
-            driver: Some(driver),
+            driver: Some(Box::new(driver)),
         })
     }
 

@@ -80,12 +80,14 @@ impl<B: Body + Unpin> Body for Tracked<B> {
 }
 
 /// `head`'s output, or `None` once `timeout` has passed since the body last moved.
+/// `head` is borrowed, pinned where the caller holds it: taken by value, an async fn
+/// keeps its argument and the pinned copy both, and a large future (the relay's
+/// channel send) would be held twice in every call.
 pub async fn within<F: Future>(
-    head: F,
+    mut head: Pin<&mut F>,
     progress: &Progress,
     timeout: Duration,
 ) -> Option<F::Output> {
-    let mut head = std::pin::pin!(head);
     // Ends: every turn after the first needs the body to have moved since the one before.
     loop {
         // A timeout past what the clock can count never ends.
@@ -147,7 +149,7 @@ mod tests {
                 }
             }
         });
-        let outcome = within(head, &progress, timeout).await;
+        let outcome = within(std::pin::pin!(head), &progress, timeout).await;
         assert!(outcome.is_none(), "nothing answered");
         let elapsed = started.elapsed();
         // Six pieces 100 ms apart, then 300 ms of silence: well past one timeout in all.
@@ -163,6 +165,9 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
             7
         };
-        assert_eq!(within(answer, &progress, Duration::MAX).await, Some(7));
+        assert_eq!(
+            within(std::pin::pin!(answer), &progress, Duration::MAX).await,
+            Some(7)
+        );
     }
 }

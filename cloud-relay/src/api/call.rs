@@ -214,7 +214,7 @@ async fn forward(
 
     let (live, name, in_flight) = call_slot(&ctx, &record, &connection, (live, name))?;
     let started = std::time::Instant::now();
-    let sent = live.channels.send(name, outgoing);
+    let sent = std::pin::pin!(live.channels.send(name, outgoing));
     let waited = tokio::select! {
         waited = within(sent, &progress, ctx.config.call_timeout) => waited,
         _ = ctx.cut_off_calls.cancelled() => return Err(Failure::CutOff),

@@ -86,8 +86,10 @@ pub enum Msg {
         language_tag: String,
     },
     Channel(ChannelId, ChannelMsg),
+    /// postern patch 16: `pending` boxed. Each session's two queues of `Msg` hold a block
+    /// of 32 from the start, and inline it made every `Msg` 168 bytes, not 96.
     ChannelOpenReply {
-        pending: PendingChannelOpen,
+        pending: Box<PendingChannelOpen>,
         result: Result<(), ChannelOpenFailure>,
     },
 }
@@ -626,7 +628,7 @@ impl Session {
                     .disconnect(reason, &description, &language_tag)?;
             }
             Msg::ChannelOpenReply { pending, result } => {
-                self.finalize_channel_open_reply(pending, result)?;
+                self.finalize_channel_open_reply(*pending, result)?;
             }
             other => {
                 // should be unreachable, since the receiver only gets
@@ -1935,4 +1937,16 @@ mod tests {
             Some(msg::KEXINIT)
         );
     }
+}
+
+/// postern patch 16: every session's two queues of `Msg` hold a block of 32 from the
+/// start, so each byte of `Msg` is 64 bytes of every session's memory.
+#[cfg(all(test, target_pointer_width = "64"))]
+#[test]
+fn a_queued_message_stays_small() {
+    assert!(
+        std::mem::size_of::<Msg>() <= 96,
+        "{}",
+        std::mem::size_of::<Msg>()
+    );
 }
