@@ -25,7 +25,8 @@ fn bins() -> Bins {
 }
 
 /// An upstream that answers 200, except:
-/// - the first call to `/api/limited/{secs}`: 429 with `Retry-After: {secs}`;
+/// - the first call to `/api/limited/{secs}` and `/api/secondary/{secs}`: 429 and 403
+///   with `Retry-After: {secs}`;
 /// - the first call to `/api/reset/{secs}`, `/api/forbidden/{secs}` and `/api/spent/{secs}`:
 ///   429, 403 and 200, each saying its window is used up until {secs} from now;
 /// - `/api/denied`: a plain 403;
@@ -65,15 +66,17 @@ async fn upstream(State(state): State<Upstream>, request: Request) -> Response {
     {
         return (status, window(5, 30), "calls left").into_response();
     }
-    if let Some(secs) = path.strip_prefix("/api/limited/")
-        && first_time(&state, &path)
-    {
-        return (
-            StatusCode::TOO_MANY_REQUESTS,
-            [("retry-after", secs.to_owned())],
-            "slow down",
-        )
-            .into_response();
+    // A 429 with Retry-After; a 403 with it, as GitHub's secondary limit answers.
+    let asked = [
+        ("/api/limited/", StatusCode::TOO_MANY_REQUESTS),
+        ("/api/secondary/", StatusCode::FORBIDDEN),
+    ];
+    for (prefix, status) in asked {
+        if let Some(secs) = path.strip_prefix(prefix)
+            && first_time(&state, &path)
+        {
+            return (status, [("retry-after", secs.to_owned())], "slow down").into_response();
+        }
     }
     (StatusCode::OK, "ok").into_response()
 }
@@ -395,16 +398,28 @@ async fn an_upstream_rate_limit_reset_pauses_the_connection_too() -> Result<()> 
 }
 
 /// GitHub refuses a used-up limit with a 403 that says so (`X-RateLimit-Remaining: 0` and
-/// the reset): the calls after it are not sent into the limit, where integrations that
-/// keep calling get banned. A 403 that does not say so refuses access and pauses nothing.
+/// the reset; its secondary limit, `Retry-After`): the calls after it are not sent into
+/// the limit, where integrations that keep calling get banned. A 403 that does not say
+/// so refuses access and pauses nothing.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_403_that_says_its_limit_is_used_up_pauses_the_connection() -> Result<()> {
     let w = World::start(|base| {
         let mut c = connection("refused", base, "max_wait = \"0s\"");
+        c.push_str(&connection("secondary", base, "max_wait = \"0s\""));
         c.push_str(&connection("denied", base, "max_wait = \"0s\""));
         c
     })
     .await?;
+    let r = w.api.call("edge", "secondary", "/secondary/30").await?;
+    assert_eq!(r.status(), 403);
+    assert_eq!(r.headers()["retry-after"], "30");
+    let r = w.api.call("edge", "secondary", "/w").await?;
+    assert_eq!(r.status(), 429);
+    assert_eq!(r.headers()["x-postern-error"], "rate_limited");
+    let retry_after: u64 = r.headers()["retry-after"].to_str()?.parse()?;
+    assert!((27..=31).contains(&retry_after), "{retry_after}");
+    assert!(w.arrivals("/api/w").is_empty(), "sent into the limit");
+
     let r = w.api.call("edge", "refused", "/forbidden/30").await?;
     assert_eq!(r.status(), 403);
     assert!(
