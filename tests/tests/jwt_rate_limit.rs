@@ -146,6 +146,17 @@ impl World {
         })
     }
 
+    /// Calls `path` on `connection` and asserts the agent refused it as paused for the
+    /// ~30 s an answer before asked (`rate_limited`, `Retry-After`).
+    async fn refused_for_30_s(&self, connection: &str, path: &str) -> Result<reqwest::Response> {
+        let r = self.api.call("edge", connection, path).await?;
+        assert_eq!(r.status(), 429);
+        assert_eq!(r.headers()["x-postern-error"], "rate_limited");
+        let retry_after: u64 = r.headers()["retry-after"].to_str()?.parse()?;
+        assert!((27..=31).contains(&retry_after), "{retry_after}");
+        Ok(r)
+    }
+
     fn arrivals(&self, prefix: &str) -> Vec<Instant> {
         self.upstream
             .arrivals
@@ -413,11 +424,7 @@ async fn a_403_that_says_its_limit_is_used_up_pauses_the_connection() -> Result<
     let r = w.api.call("edge", "secondary", "/secondary/30").await?;
     assert_eq!(r.status(), 403);
     assert_eq!(r.headers()["retry-after"], "30");
-    let r = w.api.call("edge", "secondary", "/w").await?;
-    assert_eq!(r.status(), 429);
-    assert_eq!(r.headers()["x-postern-error"], "rate_limited");
-    let retry_after: u64 = r.headers()["retry-after"].to_str()?.parse()?;
-    assert!((27..=31).contains(&retry_after), "{retry_after}");
+    w.refused_for_30_s("secondary", "/w").await?;
     assert!(w.arrivals("/api/w").is_empty(), "sent into the limit");
 
     let r = w.api.call("edge", "refused", "/forbidden/30").await?;
@@ -427,11 +434,7 @@ async fn a_403_that_says_its_limit_is_used_up_pauses_the_connection() -> Result<
         "passed on as it came"
     );
     assert_eq!(r.headers()["x-ratelimit-remaining"], "0");
-    let r = w.api.call("edge", "refused", "/x").await?;
-    assert_eq!(r.status(), 429);
-    assert_eq!(r.headers()["x-postern-error"], "rate_limited");
-    let retry_after: u64 = r.headers()["retry-after"].to_str()?.parse()?;
-    assert!((27..=31).contains(&retry_after), "{retry_after}");
+    let r = w.refused_for_30_s("refused", "/x").await?;
     let body: serde_json::Value = r.json().await?;
     let message = body["error"]["message"].as_str().unwrap_or_default();
     assert!(

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use postern_tests::harness::{Bins, relay_cli};
-use postern_tests::relay_support::{RelayWorld, send};
+use postern_tests::relay_support::{Answer, RelayWorld, send};
 use reqwest::Method;
 
 fn bins() -> Bins {
@@ -18,6 +18,24 @@ fn cli_key(w: &RelayWorld, args: &[&str]) -> Result<serde_json::Value> {
     let dir = dir.to_string_lossy();
     all.extend(["--state-dir", &dir, "--json"]);
     Ok(serde_json::from_str(&relay_cli(&w.bins, &all)?)?)
+}
+
+/// Asserts that the relay's line with `line` names where the refused request came from
+/// and the request id its caller got back in `answer`, to find the sender by.
+fn said_with_its_origin(w: &RelayWorld, line: &str, answer: &Answer) {
+    let id = answer
+        .headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let text = w.relay.logs.text();
+    let said = text.lines().find(|l| l.contains(line)).unwrap_or_default();
+    assert!(
+        !id.is_empty()
+            && said.contains("peer=127.0.0.1:")
+            && said.contains(&format!("request_id={id}")),
+        "{said}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -177,19 +195,7 @@ async fn keys_are_managed_through_the_api_and_never_shown_again() -> Result<()> 
     );
     let line = "API request refused: its key was revoked key=platform-calls";
     w.relay.logs.wait_for(line, Duration::from_secs(5))?;
-    let id = after
-        .headers
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    let text = w.relay.logs.text();
-    let said = text.lines().find(|l| l.contains(line)).unwrap_or_default();
-    assert!(
-        !id.is_empty()
-            && said.contains("peer=127.0.0.1:")
-            && said.contains(&format!("request_id={id}")),
-        "{said}"
-    );
+    said_with_its_origin(&w, line, &after);
     for _ in 0..20 {
         assert_eq!(
             send(&caller, Method::GET, "/v1/agents", None).await?.status,
@@ -282,23 +288,7 @@ async fn keys_that_name_no_caller_are_logged_by_their_id_a_few_lines_a_minute() 
     assert_eq!(misplaced.status, 401);
     let malformed = "API request refused: API key must start with \"psk_\", and this is an access token (pst_…)";
     w.relay.logs.wait_for(malformed, Duration::from_secs(5))?;
-    // Said with where it came from and the id its caller got back, to find the sender by.
-    let id = misplaced
-        .headers
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    let text = w.relay.logs.text();
-    let said = text
-        .lines()
-        .find(|l| l.contains(malformed))
-        .unwrap_or_default();
-    assert!(
-        !id.is_empty()
-            && said.contains(&format!("request_id={id}"))
-            && said.contains("peer=127.0.0.1:"),
-        "{said}"
-    );
+    said_with_its_origin(&w, malformed, &misplaced);
     // A key from another relay (staging's, say): well formed, unknown here, said by its id.
     let elsewhere = postern_protocol::SecretToken::generate(
         postern_protocol::SecretKind::ApiKey,
