@@ -246,11 +246,15 @@ async fn a_reload_reads_the_system_roots_again() -> Result<()> {
     std::fs::write(&bundle, &ca_y)?;
     let w = World::start(dir)?;
     // `tok`'s internal server is trusted by its own ca_file; its token endpoint, only
-    // through the system roots.
+    // through the system roots. `own-y`'s ca_file did not issue the server's certificate:
+    // the system roots still count beside it.
     let config = w.write_config(&format!(
         r#"
 [connections.sys]
 base_uri = "https://127.0.0.1:{port}"
+[connections.own-y]
+base_uri = "https://127.0.0.1:{port}"
+tls = {{ ca_file = "y/ca.pem" }}
 [connections.tok]
 base_uri = "https://127.0.0.1:{port}"
 tls = {{ ca_file = "ca.pem" }}
@@ -261,14 +265,14 @@ tls = {{ ca_file = "ca.pem" }}
     w.api
         .wait_online("a1", true, Duration::from_secs(15))
         .await?;
-    w.expect_trust(&[("sys", false)]).await?;
+    w.expect_trust(&[("sys", false), ("own-y", false)]).await?;
     let (status, code, _) = w.call("tok").await?;
     assert_eq!((status, code.as_str()), (502, "token_exchange_failed"));
 
     let ca_x = std::fs::read_to_string(w.dir.path().join("ca.pem"))?;
     std::fs::write(&bundle, format!("{ca_y}{ca_x}"))?;
     w.reload(&config)?;
-    w.expect_trust(&[("sys", true)]).await?;
+    w.expect_trust(&[("sys", true), ("own-y", true)]).await?;
     // The failed exchange is held for a second, across a reload that changed nothing of it.
     tokio::time::sleep(Duration::from_millis(1200)).await;
     w.expect_trust(&[("tok", true)]).await

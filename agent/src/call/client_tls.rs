@@ -73,19 +73,87 @@ fn provider() -> Arc<CryptoProvider> {
         .unwrap_or_else(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
 }
 
-/// A verifier of its own over `extra` and a copy of the system's parsed anchors, never
-/// seen by another connection.
+/// A verifier of its own over `extra`, never seen by another connection, then the shared
+/// system verifier for a server `extra` did not issue: the system's anchors (~150) are
+/// not copied into each connection that has a `ca_file`, tens of KB each.
 fn with_extra_roots(
     extra: &[CertificateDer<'static>],
     provider: &Arc<CryptoProvider>,
 ) -> Result<Arc<dyn ServerCertVerifier>, ClientTlsError> {
-    let system = system(provider)?;
     let mut roots = RootCertStore::empty();
     for cert in extra {
         roots.add(cert.clone())?;
     }
-    roots.roots.extend(system.roots.roots.iter().cloned());
-    Ok(WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone()).build()?)
+    let own =
+        WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone()).build()?;
+    let system = system(provider)?;
+    // Without system roots, a server its own CA did not issue is an unknown issuer, not
+    // one "only a system root could verify": the connection has a `ca_file`.
+    if system.roots.is_empty() {
+        return Ok(own);
+    }
+    Ok(Arc::new(OwnThenSystem {
+        own,
+        system: system.verifier.clone(),
+    }))
+}
+
+/// A connection's own CAs first, then the system's.
+#[derive(Debug)]
+struct OwnThenSystem {
+    own: Arc<WebPkiServerVerifier>,
+    system: Arc<dyn ServerCertVerifier>,
+}
+
+impl ServerCertVerifier for OwnThenSystem {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let verify = |v: &dyn ServerCertVerifier| {
+            v.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+        };
+        let own = match verify(self.own.as_ref()) {
+            Ok(verified) => return Ok(verified),
+            Err(e) => e,
+        };
+        // Not verified by the connection's CAs (none issued it, or one of theirs names
+        // the same issuer): one of the system's may have. When neither does, the more
+        // telling error: the connection's own, unless it only found no issuer.
+        verify(self.system.as_ref()).map_err(|system| {
+            let unknown = rustls::CertificateError::UnknownIssuer;
+            match own {
+                rustls::Error::InvalidCertificate(e) if e == unknown => system,
+                own => own,
+            }
+        })
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.own.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.own.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.own.supported_verify_schemes()
+    }
 }
 
 /// The system roots, read on first use in this load of the config and then kept.
