@@ -22,9 +22,9 @@ pub enum ClientTlsError {
 
 /// The system roots and the verifier over them alone, shared by every client that adds none.
 struct System {
-    /// Empty when the system has none.
-    roots: Arc<RootCertStore>,
-    /// Over `roots`; without any, [`NoSystemRoots`].
+    /// Whether the system has any: the verifier holds them, and only this is asked.
+    has_roots: bool,
+    /// Over the roots; without any, [`NoSystemRoots`].
     verifier: Arc<dyn ServerCertVerifier>,
 }
 
@@ -40,7 +40,7 @@ pub fn read_system_roots_again() {
 
 /// Whether this load of the config found any system root.
 pub fn system_has_roots() -> bool {
-    system(&provider()).is_ok_and(|s| !s.roots.is_empty())
+    system(&provider()).is_ok_and(|s| s.has_roots)
 }
 
 /// The settings for a client with `tls`'s trust and identity, ALPN `http/1.1` as reqwest
@@ -89,7 +89,7 @@ fn with_extra_roots(
     let system = system(provider)?;
     // Without system roots, a server its own CA did not issue is an unknown issuer, not
     // one "only a system root could verify": the connection has a `ca_file`.
-    if system.roots.is_empty() {
+    if !system.has_roots {
         return Ok(own);
     }
     Ok(Arc::new(OwnThenSystem {
@@ -175,13 +175,16 @@ fn system(provider: &Arc<CryptoProvider>) -> Result<Arc<System>, ClientTlsError>
         warn!(%err, "loading the system CA root certificates");
     }
     debug!(added, "system CA root certificates loaded");
-    let roots = Arc::new(roots);
-    let verifier: Arc<dyn ServerCertVerifier> = if roots.is_empty() {
-        Arc::new(NoSystemRoots)
+    let has_roots = !roots.is_empty();
+    let verifier: Arc<dyn ServerCertVerifier> = if has_roots {
+        WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone()).build()?
     } else {
-        WebPkiServerVerifier::builder_with_provider(roots.clone(), provider.clone()).build()?
+        Arc::new(NoSystemRoots)
     };
-    let system = Arc::new(System { roots, verifier });
+    let system = Arc::new(System {
+        has_roots,
+        verifier,
+    });
     *held = Some(system.clone());
     Ok(system)
 }
