@@ -149,18 +149,15 @@ pub fn report(
         connections: calls
             .iter()
             .map(|(name, ctx)| {
-                let cache = ctx.bearer.as_ref().map(|b| b.cache_state());
-                let valid_until = match cache {
+                let (token_cache, valid_until) = match ctx.bearer.as_ref().map(|b| b.cache_state())
+                {
+                    None => ("-".to_owned(), None),
+                    Some(CacheState::Empty) => ("none".to_owned(), None),
+                    Some(CacheState::Refreshing) => ("refreshing".to_owned(), None),
                     Some(CacheState::ValidFor(d)) => {
-                        Some(rfc3339(std::time::SystemTime::now() + d))
+                        let until = rfc3339(std::time::SystemTime::now() + d);
+                        (format!("valid until {until}"), Some(until))
                     }
-                    _ => None,
-                };
-                let token_cache = match (cache, &valid_until) {
-                    (None, _) => "-".to_owned(),
-                    (Some(CacheState::Refreshing), _) => "refreshing".to_owned(),
-                    (_, Some(until)) => format!("valid until {until}"),
-                    (Some(_), None) => "none".to_owned(),
                 };
                 let status = ConnectionStatus {
                     calls_served: ctx.served.load(Ordering::Relaxed),
