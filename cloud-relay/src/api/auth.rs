@@ -23,7 +23,8 @@ pub struct ApiCaller {
 
 /// The caller behind the request's `Authorization: Bearer <api key>`, checked against the
 /// store (hash, constant-time) or the keys it answered for since it last changed. A key
-/// refused is logged with the request's id and the address it came from.
+/// refused is logged with the request's id and the address it came from. Given the head's
+/// parts, not the request: its body is not `Sync`, and the check awaits the store.
 pub async fn check_api_key(
     ctx: &Arc<RelayContext>,
     headers: &http::HeaderMap,
