@@ -115,6 +115,14 @@ fn two_cas_and_a_server(name: &str) -> Result<(TempDir, KillOnDrop, u16)> {
     Ok((dir, server, port))
 }
 
+/// The "system" CA bundle the agent is given as `SSL_CERT_FILE` (see
+/// [`World::agent_with_roots`]), holding `pems`.
+fn system_bundle(dir: &TempDir, pems: &str) -> Result<std::path::PathBuf> {
+    let bundle = dir.path().join("bundle.pem");
+    std::fs::write(&bundle, pems)?;
+    Ok(bundle)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_connections_ca_file_is_trusted_by_its_client_only_and_reloads() -> Result<()> {
     let (dir, _server, port) = two_cas_and_a_server("tls-trust")?;
@@ -241,9 +249,8 @@ token_url = "https://127.0.0.1:{port}/token"
 async fn a_reload_reads_the_system_roots_again() -> Result<()> {
     let (dir, _server, port) = two_cas_and_a_server("tls-system-roots")?;
     // The "system" bundle holds only CA Y at first; SSL_CERT_DIR empty, so nothing else.
-    let bundle = dir.path().join("bundle.pem");
     let ca_y = std::fs::read_to_string(dir.path().join("y/ca.pem"))?;
-    std::fs::write(&bundle, &ca_y)?;
+    let bundle = system_bundle(&dir, &ca_y)?;
     let w = World::start(dir)?;
     // `tok`'s internal server is trusted by its own ca_file; its token endpoint, only
     // through the system roots. `own-y`'s ca_file did not issue the server's certificate:
@@ -282,12 +289,11 @@ tls = {{ ca_file = "ca.pem" }}
 /// container, the agent starts and serves what needs none: an `http://` server, and an
 /// https one trusted by its own `ca_file`. What only a system root could verify (an https
 /// server without `ca_file`, an https token endpoint) fails saying why and what to do, and
-/// is warned of once per connection at each load and by `config check`, which still passes.
+/// is warned of at each load and by `config check`, which still passes.
 #[tokio::test(flavor = "multi_thread")]
 async fn without_system_roots_the_agent_serves_what_needs_none() -> Result<()> {
     let (dir, _server, port) = two_cas_and_a_server("tls-no-system-roots")?;
-    let bundle = dir.path().join("bundle.pem");
-    std::fs::write(&bundle, "")?;
+    let bundle = system_bundle(&dir, "")?;
     let plain = InternalServer::start(Verifier::None, "").await?;
     let w = World::start(dir)?;
     let config = w.write_config(&format!(
@@ -404,8 +410,7 @@ base_uri = "{plain}"
 #[tokio::test(flavor = "multi_thread")]
 async fn without_system_roots_many_connections_share_one_warning() -> Result<()> {
     let dir = TempDir::new("tls-no-roots-many")?;
-    let bundle = dir.path().join("bundle.pem");
-    std::fs::write(&bundle, "")?;
+    let bundle = system_bundle(&dir, "")?;
     let w = World::start(dir)?;
     let connections: String = (0..30)
         .map(|i| format!("[connections.s{i:02}]\nbase_uri = \"https://127.0.0.1:9/\"\n"))
