@@ -1,12 +1,13 @@
 //! A relay driven by hand, for tests of what a real agent does when its relay misbehaves:
 //! russh's own server with a host key the agent pins, taking any token, granting the
-//! forward and welcoming the hello; then the test opens call channels as it likes.
+//! forward and welcoming the hello (with this build's protocol version, or an older one);
+//! then the test opens call channels as it likes and reads what the agent says.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, ensure};
 use postern_protocol::control::{AgentMessage, RelayMessage, decode_line, encode_line};
 use russh::keys::ssh_key::private::Ed25519Keypair;
 use russh::keys::{HashAlg, PrivateKey};
@@ -29,6 +30,11 @@ pub struct HandRelay {
 pub struct AgentSession {
     pub handle: server::Handle,
     pub hello: AgentMessage,
+    pub welcomed_at: Instant,
+    /// The lines the agent wrote on its control channel after its hello, as they came.
+    said: Arc<Mutex<Vec<String>>>,
+    /// When the control channel ended (the agent closed it, or the session).
+    control_ended: Ended,
     /// Read on until the agent closes it; the session lives as long as this does.
     _control: AbortOnDropHandle<()>,
 }
@@ -37,6 +43,12 @@ impl HandRelay {
     /// Listens on 127.0.0.1:0; each channel it opens gets a receive window of `window`
     /// bytes (what the agent may send on it before the test reads).
     pub async fn start(window: u32) -> Result<Self> {
+        Self::speaking(window, postern_protocol::PROTOCOL_VERSION).await
+    }
+
+    /// Like [`HandRelay::start`], welcoming every agent with `protocol_version`: a relay
+    /// of an older build.
+    pub async fn speaking(window: u32, protocol_version: u32) -> Result<Self> {
         let key = PrivateKey::from(Ed25519Keypair::from_seed(&[11; 32]));
         let fingerprint = key.public_key().fingerprint(HashAlg::Sha256).to_string();
         let listener = TcpListener::bind("127.0.0.1:0").await?;
@@ -54,6 +66,7 @@ impl HandRelay {
                 let handler = Welcoming {
                     welcomed: welcomed.clone(),
                     forwarded: false,
+                    protocol_version,
                 };
                 let config = config.clone();
                 tokio::spawn(async move {
@@ -103,11 +116,75 @@ impl AgentSession {
             )
             .await
     }
+
+    /// What the agent said on its control channel since its hello, a line each.
+    pub fn said(&self) -> Vec<String> {
+        self.said.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// When the control channel ended, if it has.
+    pub fn control_ended_at(&self) -> Option<Instant> {
+        self.control_ended.at.get().copied()
+    }
+}
+
+/// `GET path` as the relay sends it, with its `call_timeout` of `call_timeout_ms`.
+pub fn request(path: &str, call_timeout_ms: u64, request_id: &str) -> Vec<u8> {
+    format!(
+        "GET {path} HTTP/1.1\r\nhost: orders\r\nx-request-id: {request_id}\r\nx-postern-call-timeout: {call_timeout_ms}\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+/// Reads one answer with a `Content-Length` (hyper's own 431 has one too): its status.
+pub async fn read_answer(stream: &mut ChannelStream<Msg>) -> Result<u16> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 8192];
+    let head_end = loop {
+        if let Some(at) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+            .await
+            .context("no answer within 10 s")??;
+        ensure!(n > 0, "the channel ended before an answer");
+        got.extend_from_slice(&buf[..n]);
+    };
+    let head = String::from_utf8_lossy(&got[..head_end]).to_lowercase();
+    let status = head
+        .get(9..12)
+        .and_then(|s| s.parse().ok())
+        .context("no status")?;
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .context("no content-length")?;
+    while got.len() < head_end + length {
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf)).await??;
+        ensure!(n > 0, "the channel ended within an answer");
+        got.extend_from_slice(&buf[..n]);
+    }
+    Ok(status)
+}
+
+/// Whether the agent closes the channel within `limit` (whatever it sends first).
+pub async fn closed_within(stream: &mut ChannelStream<Msg>, limit: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut buf = [0u8; 8192];
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0) | Err(_)) => return true,
+            Ok(Ok(_)) => {}
+        }
+    }
 }
 
 struct Welcoming {
     welcomed: mpsc::UnboundedSender<AgentSession>,
     forwarded: bool,
+    protocol_version: u32,
 }
 
 impl server::Handler for Welcoming {
@@ -138,13 +215,23 @@ impl server::Handler for Welcoming {
         }
         reply.accept().await;
         let (handle, welcomed) = (session.handle(), self.welcomed.clone());
+        let control_channel = Control {
+            protocol_version: self.protocol_version,
+            said: Arc::default(),
+            ended: Ended::default(),
+        };
         tokio::spawn(async move {
             let (tx, rx) = tokio::sync::oneshot::channel();
-            let control = tokio::spawn(control(channel.into_stream(), tx));
+            let (said, control_ended) =
+                (control_channel.said.clone(), control_channel.ended.clone());
+            let control = tokio::spawn(control_channel.run(channel.into_stream(), tx));
             if let Ok(hello) = rx.await {
                 let _ = welcomed.send(AgentSession {
                     handle,
                     hello,
+                    welcomed_at: Instant::now(),
+                    said,
+                    control_ended,
                     _control: AbortOnDropHandle::new(control),
                 });
             }
@@ -153,29 +240,61 @@ impl server::Handler for Welcoming {
     }
 }
 
-/// Reads the hello, answers `welcome`, hands the hello on, then reads the channel to its end.
-async fn control(
-    stream: ChannelStream<Msg>,
-    hello_read: tokio::sync::oneshot::Sender<AgentMessage>,
-) {
-    let (read, mut write) = tokio::io::split(stream);
-    let mut reader = BufReader::new(read);
-    let mut line = Vec::new();
-    if reader.read_until(b'\n', &mut line).await.is_err() {
-        return;
+/// One session's control channel, as the test sees it.
+struct Control {
+    protocol_version: u32,
+    said: Arc<Mutex<Vec<String>>>,
+    ended: Ended,
+}
+
+/// Marks the time a control channel ended, when the task reading it ends however it does.
+#[derive(Clone, Default)]
+struct Ended {
+    at: Arc<OnceLock<Instant>>,
+}
+
+impl Drop for Control {
+    fn drop(&mut self) {
+        let _ = self.ended.at.set(Instant::now());
     }
-    let Ok(hello) = decode_line::<AgentMessage>(&line) else {
-        return;
-    };
-    let welcome = RelayMessage::Welcome {
-        protocol_version: postern_protocol::PROTOCOL_VERSION,
-        agent_id: "hand-relay-agent".into(),
-        agent_name: "hand".into(),
-    };
-    if write.write_all(&encode_line(&welcome)).await.is_err() || write.flush().await.is_err() {
-        return;
+}
+
+impl Control {
+    /// Reads the hello, answers `welcome`, hands the hello on, then keeps each line the
+    /// agent says until the channel ends.
+    async fn run(
+        self,
+        stream: ChannelStream<Msg>,
+        hello_read: tokio::sync::oneshot::Sender<AgentMessage>,
+    ) {
+        let (read, mut write) = tokio::io::split(stream);
+        let mut reader = BufReader::new(read);
+        let mut line = Vec::new();
+        if reader.read_until(b'\n', &mut line).await.is_err() {
+            return;
+        }
+        let Ok(hello) = decode_line::<AgentMessage>(&line) else {
+            return;
+        };
+        let welcome = RelayMessage::Welcome {
+            protocol_version: self.protocol_version,
+            agent_id: "hand-relay-agent".into(),
+            agent_name: "hand".into(),
+        };
+        if write.write_all(&encode_line(&welcome)).await.is_err() || write.flush().await.is_err() {
+            return;
+        }
+        let _ = hello_read.send(hello);
+        loop {
+            line.clear();
+            match reader.read_until(b'\n', &mut line).await {
+                Ok(n) if n > 0 => {
+                    if let Ok(mut said) = self.said.lock() {
+                        said.push(String::from_utf8_lossy(&line).trim_end().to_owned());
+                    }
+                }
+                _ => return,
+            }
+        }
     }
-    let _ = hello_read.send(hello);
-    let mut sink = [0u8; 1024];
-    while matches!(reader.read(&mut sink).await, Ok(n) if n > 0) {}
 }

@@ -10,12 +10,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use postern_tests::hand_relay::{AgentSession, HandRelay};
+use postern_tests::hand_relay::{AgentSession, HandRelay, closed_within, read_answer, request};
 use postern_tests::harness::{AgentProcess, Bins, rss_kib};
 use postern_tests::internal_server::{InternalServer, Verifier};
 use postern_tests::temp::TempDir;
-use russh::ChannelStream;
-use russh::server::Msg;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -41,59 +39,6 @@ async fn agent_on_hand_relay(
     let agent = AgentProcess::start(&bins(), &config)?;
     let session = relay.session().await?;
     Ok((relay, agent, session))
-}
-
-/// `GET path` as the relay sends it, with its `call_timeout` of `call_timeout_ms`.
-fn request(path: &str, call_timeout_ms: u64, request_id: &str) -> Vec<u8> {
-    format!(
-        "GET {path} HTTP/1.1\r\nhost: orders\r\nx-request-id: {request_id}\r\nx-postern-call-timeout: {call_timeout_ms}\r\n\r\n"
-    )
-    .into_bytes()
-}
-
-/// Reads one answer with a `Content-Length` (hyper's own 431 has one too): its status.
-async fn read_answer(stream: &mut ChannelStream<Msg>) -> Result<u16> {
-    let mut got = Vec::new();
-    let mut buf = [0u8; 8192];
-    let head_end = loop {
-        if let Some(at) = got.windows(4).position(|w| w == b"\r\n\r\n") {
-            break at + 4;
-        }
-        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
-            .await
-            .context("no answer within 10 s")??;
-        ensure!(n > 0, "the channel ended before an answer");
-        got.extend_from_slice(&buf[..n]);
-    };
-    let head = String::from_utf8_lossy(&got[..head_end]).to_lowercase();
-    let status = head
-        .get(9..12)
-        .and_then(|s| s.parse().ok())
-        .context("no status")?;
-    let length: usize = head
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length:"))
-        .and_then(|v| v.trim().parse().ok())
-        .context("no content-length")?;
-    while got.len() < head_end + length {
-        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf)).await??;
-        ensure!(n > 0, "the channel ended within an answer");
-        got.extend_from_slice(&buf[..n]);
-    }
-    Ok(status)
-}
-
-/// Whether the agent closes the channel within `limit` (whatever it sends first).
-async fn closed_within(stream: &mut ChannelStream<Msg>, limit: Duration) -> bool {
-    let deadline = tokio::time::Instant::now() + limit;
-    let mut buf = [0u8; 8192];
-    loop {
-        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
-            Err(_) => return false,
-            Ok(Ok(0) | Err(_)) => return true,
-            Ok(Ok(_)) => {}
-        }
-    }
 }
 
 /// A relay that opens channels past the agent's cap has them refused with
