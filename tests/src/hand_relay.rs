@@ -4,6 +4,7 @@
 //! then the test opens call channels as it likes and reads what the agent says.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -23,6 +24,8 @@ pub struct HandRelay {
     /// What the agent's `relay_fingerprint` must say.
     pub fingerprint: String,
     sessions: mpsc::UnboundedReceiver<AgentSession>,
+    /// Set, the next hello is answered with a line that is no message.
+    garble_next: Arc<AtomicBool>,
     _accepting: AbortOnDropHandle<()>,
 }
 
@@ -35,6 +38,8 @@ pub struct AgentSession {
     said: Arc<Mutex<Vec<String>>>,
     /// When the control channel ended (the agent closed it, or the session).
     control_ended: Ended,
+    /// What the test has the relay say on the control channel.
+    tell: mpsc::UnboundedSender<RelayMessage>,
     /// Read on until the agent closes it; the session lives as long as this does.
     _control: AbortOnDropHandle<()>,
 }
@@ -61,12 +66,15 @@ impl HandRelay {
             ..Default::default()
         });
         let (welcomed, sessions) = mpsc::unbounded_channel();
+        let garble_next = Arc::new(AtomicBool::new(false));
+        let garble = garble_next.clone();
         let accepting = tokio::spawn(async move {
             while let Ok((socket, _)) = listener.accept().await {
                 let handler = Welcoming {
                     welcomed: welcomed.clone(),
                     forwarded: false,
                     protocol_version,
+                    garble_next: garble.clone(),
                 };
                 let config = config.clone();
                 tokio::spawn(async move {
@@ -80,6 +88,7 @@ impl HandRelay {
             addr,
             fingerprint,
             sessions,
+            garble_next,
             _accepting: AbortOnDropHandle::new(accepting),
         })
     }
@@ -92,6 +101,12 @@ impl HandRelay {
             &crate::harness::unknown_token(),
             connections,
         )
+    }
+
+    /// Answers the next hello with a line that is no message, as a relay whose answer
+    /// broke: that session is handed to the test all the same.
+    pub fn garble_next_welcome(&self) {
+        self.garble_next.store(true, Ordering::SeqCst);
     }
 
     /// The next agent session once welcomed, within 15 s.
@@ -120,6 +135,11 @@ impl AgentSession {
     /// What the agent said on its control channel since its hello, a line each.
     pub fn said(&self) -> Vec<String> {
         self.said.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Says `message` on the control channel, after anything said before.
+    pub fn tell(&self, message: RelayMessage) {
+        let _ = self.tell.send(message);
     }
 
     /// When the control channel ended, if it has.
@@ -185,6 +205,7 @@ struct Welcoming {
     welcomed: mpsc::UnboundedSender<AgentSession>,
     forwarded: bool,
     protocol_version: u32,
+    garble_next: Arc<AtomicBool>,
 }
 
 impl server::Handler for Welcoming {
@@ -215,9 +236,12 @@ impl server::Handler for Welcoming {
         }
         reply.accept().await;
         let (handle, welcomed) = (session.handle(), self.welcomed.clone());
+        let (tell, told) = mpsc::unbounded_channel();
         let control_channel = Control {
             protocol_version: self.protocol_version,
+            garble: self.garble_next.swap(false, Ordering::SeqCst),
             said: Arc::default(),
+            told,
             ended: Ended::default(),
         };
         tokio::spawn(async move {
@@ -232,6 +256,7 @@ impl server::Handler for Welcoming {
                     welcomed_at: Instant::now(),
                     said,
                     control_ended,
+                    tell,
                     _control: AbortOnDropHandle::new(control),
                 });
             }
@@ -243,7 +268,9 @@ impl server::Handler for Welcoming {
 /// One session's control channel, as the test sees it.
 struct Control {
     protocol_version: u32,
+    garble: bool,
     said: Arc<Mutex<Vec<String>>>,
+    told: mpsc::UnboundedReceiver<RelayMessage>,
     ended: Ended,
 }
 
@@ -261,9 +288,9 @@ impl Drop for Control {
 
 impl Control {
     /// Reads the hello, answers `welcome`, hands the hello on, then keeps each line the
-    /// agent says until the channel ends.
+    /// agent says, and says what the test tells it to, until the channel ends.
     async fn run(
-        self,
+        mut self,
         stream: ChannelStream<Msg>,
         hello_read: tokio::sync::oneshot::Sender<AgentMessage>,
     ) {
@@ -276,24 +303,37 @@ impl Control {
         let Ok(hello) = decode_line::<AgentMessage>(&line) else {
             return;
         };
-        let welcome = RelayMessage::Welcome {
-            protocol_version: self.protocol_version,
-            agent_id: "hand-relay-agent".into(),
-            agent_name: "hand".into(),
+        let welcome = if self.garble {
+            b"not a message\n".to_vec()
+        } else {
+            encode_line(&RelayMessage::Welcome {
+                protocol_version: self.protocol_version,
+                agent_id: "hand-relay-agent".into(),
+                agent_name: "hand".into(),
+            })
         };
-        if write.write_all(&encode_line(&welcome)).await.is_err() || write.flush().await.is_err() {
+        if write.write_all(&welcome).await.is_err() || write.flush().await.is_err() {
             return;
         }
         let _ = hello_read.send(hello);
+        line.clear();
         loop {
-            line.clear();
-            match reader.read_until(b'\n', &mut line).await {
-                Ok(n) if n > 0 => {
+            tokio::select! {
+                // A line read in part stays in `line` for the next turn.
+                read = reader.read_until(b'\n', &mut line) => {
+                    if !matches!(read, Ok(n) if n > 0) || !line.ends_with(b"\n") {
+                        return;
+                    }
                     if let Ok(mut said) = self.said.lock() {
                         said.push(String::from_utf8_lossy(&line).trim_end().to_owned());
                     }
+                    line.clear();
                 }
-                _ => return,
+                Some(message) = self.told.recv() => {
+                    if write.write_all(&encode_line(&message)).await.is_err() || write.flush().await.is_err() {
+                        return;
+                    }
+                }
             }
         }
     }
