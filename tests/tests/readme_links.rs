@@ -1,0 +1,95 @@
+//! The README's links lead somewhere: each `](#anchor)` to one of its headings (as GitHub
+//! makes their anchors), each relative `](path)` to a file in the repository.
+
+use std::collections::HashSet;
+use std::path::Path;
+
+/// GitHub's anchor for a heading's text: lower case, punctuation but `-` and `_` dropped,
+/// spaces made `-`; a repeated one gets `-1`, `-2`, ….
+fn anchor(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_alphanumeric() || matches!(c, ' ' | '-' | '_'))
+        .map(|c| if c == ' ' { '-' } else { c })
+        .collect()
+}
+
+/// The anchors of a Markdown text's headings, leaving out `#` lines in code blocks.
+fn anchors(text: &str) -> HashSet<String> {
+    let mut found = HashSet::new();
+    let mut in_code = false;
+    for line in text.lines() {
+        if line.trim_start().starts_with("```") {
+            in_code = !in_code;
+            continue;
+        }
+        let Some(heading) = line.strip_prefix('#').filter(|_| !in_code) else {
+            continue;
+        };
+        let base = anchor(heading.trim_start_matches('#'));
+        let mut unique = base.clone();
+        let mut n = 0;
+        while !found.insert(unique.clone()) {
+            n += 1;
+            unique = format!("{base}-{n}");
+        }
+    }
+    found
+}
+
+/// Every `](target)` in a text.
+fn links(text: &str) -> Vec<&str> {
+    text.split("](")
+        .skip(1)
+        .filter_map(|rest| rest.split_once(')').map(|(target, _)| target))
+        .collect()
+}
+
+fn broken_links(file: &str) -> Vec<String> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let text = std::fs::read_to_string(root.join(file)).expect("the file reads");
+    let anchors = anchors(&text);
+    links(&text)
+        .into_iter()
+        .filter(|target| !target.contains("://") && !target.starts_with("mailto:"))
+        .filter(|target| match target.strip_prefix('#') {
+            Some(anchor) => !anchors.contains(anchor),
+            None => {
+                let path = target.split('#').next().unwrap_or_default();
+                !root.join(path).exists()
+            }
+        })
+        .map(|target| format!("{file}: ]({target})"))
+        .collect()
+}
+
+#[test]
+fn the_readmes_links_lead_somewhere() {
+    let broken: Vec<String> = ["README.md", "BENCHMARKS.md", "CHANGELOG.md"]
+        .into_iter()
+        .flat_map(broken_links)
+        .collect();
+    assert!(broken.is_empty(), "links to nothing: {broken:#?}");
+}
+
+#[test]
+fn anchors_are_made_as_github_makes_them() {
+    assert_eq!(
+        anchor(" Token exchange (RFC 7523)"),
+        "token-exchange-rfc-7523"
+    );
+    assert_eq!(
+        anchor(" Version, completions, man pages"),
+        "version-completions-man-pages"
+    );
+    let text = "# A\n```sh\n# not a heading\n```\n## A\n### B_c\n";
+    let found = anchors(text);
+    let expected: HashSet<String> = ["a", "a-1", "b_c"].map(String::from).into();
+    assert_eq!(found, expected);
+    assert_eq!(
+        links("[x](#a) and [y](CHANGELOG.md) and [z](https://e.x/)"),
+        ["#a", "CHANGELOG.md", "https://e.x/"]
+    );
+}
