@@ -39,11 +39,23 @@ fn anchors(text: &str) -> HashSet<String> {
     found
 }
 
-/// Every `](target)` in a text.
-fn links(text: &str) -> Vec<&str> {
-    text.split("](")
+/// Every `](target)` in a text's prose: code blocks and code spans left out.
+fn links(text: &str) -> Vec<String> {
+    let mut prose = String::new();
+    let mut in_code = false;
+    for line in text.lines() {
+        if line.trim_start().starts_with("```") {
+            in_code = !in_code;
+        } else if !in_code {
+            // Even pieces between backticks are outside code spans.
+            prose.extend(line.split('`').step_by(2));
+            prose.push('\n');
+        }
+    }
+    prose
+        .split("](")
         .skip(1)
-        .filter_map(|rest| rest.split_once(')').map(|(target, _)| target))
+        .filter_map(|rest| rest.split_once(')').map(|(target, _)| target.to_owned()))
         .collect()
 }
 
@@ -89,7 +101,9 @@ fn anchors_are_made_as_github_makes_them() {
     let expected: HashSet<String> = ["a", "a-1", "b_c"].map(String::from).into();
     assert_eq!(found, expected);
     assert_eq!(
-        links("[x](#a) and [y](CHANGELOG.md) and [z](https://e.x/)"),
+        links(
+            "[x](#a) and [y](CHANGELOG.md) and [z](https://e.x/), not `[w](#w)`\n```\n[v](#v)\n```"
+        ),
         ["#a", "CHANGELOG.md", "https://e.x/"]
     );
 }
