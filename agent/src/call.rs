@@ -134,16 +134,21 @@ pub(crate) fn request_id(headers: &HeaderMap) -> Arc<str> {
         .into()
 }
 
-/// Runs one call; never fails (errors become JSON responses).
-pub async fn handle(ctx: Arc<CallContext>, request: Request<Incoming>) -> Response<CallBody> {
+/// Runs one call; never fails (errors become JSON responses). `request_id` and
+/// `relay_timeout` are the relay's words on it ([`request_id`], [`relay_call_timeout`]).
+pub async fn handle(
+    ctx: Arc<CallContext>,
+    request: Request<Incoming>,
+    request_id: Arc<str>,
+    relay_timeout: Option<Duration>,
+) -> Response<CallBody> {
     let started = Instant::now();
-    // Shared, not copied, with the answer's body, which logs it if the answer breaks off.
-    let request_id = request_id(request.headers());
     let method = request.method().clone();
     let mut unanswered = Unanswered {
         ctx: &ctx,
         request_id: &request_id,
         method: &method,
+        relay_timeout,
         started,
         armed: true,
     };
@@ -151,7 +156,7 @@ pub async fn handle(ctx: Arc<CallContext>, request: Request<Incoming>) -> Respon
     let permit = ctx.in_flight.try_take();
     let outcome = match permit {
         None => Err(too_many_calls(&ctx.connection).into()),
-        Some(permit) => run(&ctx, request).await.map(|response| {
+        Some(permit) => run(&ctx, request, relay_timeout).await.map(|response| {
             response.map(|body| hold_until_done(body, permit, ctx.clone(), request_id.clone()))
         }),
     };
@@ -232,8 +237,42 @@ struct Unanswered<'a> {
     ctx: &'a CallContext,
     request_id: &'a str,
     method: &'a Method,
+    /// The relay's `call_timeout`, which tells its running out from a caller gone.
+    relay_timeout: Option<Duration>,
     started: Instant,
     armed: bool,
+}
+
+/// Why the relay gave up on a call, as far as the agent can tell from how long it ran.
+fn gave_up_because(elapsed: Duration, relay_timeout: Option<Duration>) -> (&'static str, String) {
+    let Some(timeout) = relay_timeout else {
+        // A relay from before 2026-12-06 does not say its call_timeout.
+        return (
+            "unknown",
+            "the relay gave up on it (its caller gone, its call_timeout, or the session's end)"
+                .to_owned(),
+        );
+    };
+    // The relay's clock starts a moment before the agent's: a little slack, so its
+    // timeout is not taken for a caller gone.
+    let slack = (timeout / 10).min(Duration::from_secs(1));
+    if elapsed + slack >= timeout {
+        (
+            "call_timeout",
+            format!(
+                "the relay's call_timeout ({}) ran out first, and it answered its caller 504",
+                humantime::format_duration(timeout)
+            ),
+        )
+    } else {
+        (
+            "given_up",
+            format!(
+                "the relay gave up on it before its call_timeout ({}): its caller gone, or the session's end",
+                humantime::format_duration(timeout)
+            ),
+        )
+    }
 }
 
 impl Drop for Unanswered<'_> {
@@ -251,12 +290,14 @@ impl Drop for Unanswered<'_> {
             "abandoned",
             elapsed,
         );
+        let (cause, why) = gave_up_because(elapsed, self.relay_timeout);
         warn!(
             request_id = %self.request_id,
             connection = %self.ctx.connection.name,
             method = %self.method,
             ms = elapsed.as_millis() as u64,
-            "call abandoned before its answer: the relay gave up on it (its caller gone, its call_timeout, or the session's end); it may have reached the internal server"
+            cause,
+            "call abandoned before its answer: {why}; it may have reached the internal server"
         );
     }
 }
@@ -294,7 +335,11 @@ fn hold_until_done(
     )
 }
 
-async fn run(ctx: &CallContext, request: Request<Incoming>) -> Result<Response<CallBody>, Refusal> {
+async fn run(
+    ctx: &CallContext,
+    request: Request<Incoming>,
+    relay_timeout: Option<Duration>,
+) -> Result<Response<CallBody>, Refusal> {
     let conn = &ctx.connection;
     refuse_method(request.method())?;
     let path_and_query = request
@@ -313,7 +358,7 @@ async fn run(ctx: &CallContext, request: Request<Incoming>) -> Result<Response<C
         .to_owned();
     let (mut parts, body) = request.into_parts();
     // Taken off first: the relay's word, not the caller's headers.
-    let wait = Wait::for_call(conn, &mut parts.headers);
+    let wait = Wait::for_call(conn, relay_timeout, &mut parts.headers);
     let bare = parts
         .headers
         .remove(postern_protocol::headers::BARE_CALL)
@@ -736,9 +781,13 @@ pub(crate) struct Wait {
 }
 
 impl Wait {
-    /// Takes the relay's header off `headers`: it is for the agent, not the server.
-    fn for_call(conn: &Connection, headers: &mut http::HeaderMap) -> Self {
-        let relay_call_timeout = relay_call_timeout(headers);
+    /// Takes the relay's header, read as `relay_call_timeout`, off `headers`: it is for
+    /// the agent, not the server.
+    fn for_call(
+        conn: &Connection,
+        relay_call_timeout: Option<Duration>,
+        headers: &mut http::HeaderMap,
+    ) -> Self {
         headers.remove(postern_protocol::headers::CALL_TIMEOUT);
         Self {
             relay_call_timeout,
@@ -890,6 +939,27 @@ pub fn error_response(code: ErrorCode, message: &str) -> Response<CallBody> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_call_given_up_on_near_the_relays_call_timeout_is_said_to_be_its_timeout() {
+        let cause = |ms: u64, timeout: Option<u64>| {
+            gave_up_because(
+                Duration::from_millis(ms),
+                timeout.map(Duration::from_millis),
+            )
+            .0
+        };
+        assert_eq!(cause(52, Some(120_000)), "given_up");
+        assert_eq!(cause(118_999, Some(120_000)), "given_up");
+        // A second of slack at most, a tenth of a short timeout.
+        assert_eq!(cause(119_000, Some(120_000)), "call_timeout");
+        assert_eq!(cause(300_000, Some(120_000)), "call_timeout");
+        assert_eq!(cause(899, Some(1_000)), "given_up");
+        assert_eq!(cause(900, Some(1_000)), "call_timeout");
+        assert_eq!(cause(5_000, None), "unknown");
+        let (_, why) = gave_up_because(Duration::from_secs(2), Some(Duration::from_secs(1)));
+        assert!(why.contains("call_timeout (1s) ran out first"), "{why}");
+    }
 
     #[test]
     fn a_length_passes_on_only_as_one_number() {

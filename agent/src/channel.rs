@@ -84,14 +84,14 @@ pub async fn serve(
         let (ctx, name) = (calls.get(&name), name.clone());
         // Twice the relay's `call_timeout`: it grants window half a window at a time, so a
         // caller it would keep (one that takes half a window per call_timeout) never meets it.
-        let write_limit = call::relay_call_timeout(request.headers())
-            .map_or(WRITE_LIMIT_UNSAID, |t| t.saturating_mul(2));
+        let relay_timeout = call::relay_call_timeout(request.headers());
+        let write_limit = relay_timeout.map_or(WRITE_LIMIT_UNSAID, |t| t.saturating_mul(2));
         let request_id = call::request_id(request.headers());
-        state.call_started(request_id, write_limit);
+        state.call_started(request_id.clone(), write_limit);
         let state = state.clone();
         async move {
             let response = match ctx {
-                Some(ctx) => call::handle(ctx, request).await,
+                Some(ctx) => call::handle(ctx, request, request_id, relay_timeout).await,
                 // Removed by a reload after the relay took this channel from its pool.
                 None => call::error_response(
                     ErrorCode::UnknownConnection,

@@ -62,7 +62,8 @@ async fn a_caller_that_hangs_up_while_waiting_is_logged_and_counted() -> Result<
     assert!(!logs.contains("call answered"), "{logs}");
     assert!(!logs.contains("call failed"), "{logs}");
     // The agent, whose call the relay dropped with its channel, says so too: before
-    // 2026-12-06 such a call left no line and no count there.
+    // 2026-12-06 such a call left no line and no count there. Well before the relay's
+    // call_timeout (120 s), so not for that.
     let agent_line = agent
         .process
         .logs
@@ -75,8 +76,49 @@ async fn a_caller_that_hangs_up_while_waiting_is_logged_and_counted() -> Result<
         "connection=orders",
         "method=GET",
         "ms=",
+        "cause=\"given_up\"",
+        "before its call_timeout (2m): its caller gone, or the session's end",
     ] {
         assert!(agent_line.contains(part), "no {part:?} in {agent_line:?}");
+    }
+    Ok(())
+}
+
+/// A call the relay gives up on at its `call_timeout` (its caller answered 504) is said to
+/// be so on the agent too, as soon as the relay lets go of it: not a caller gone.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_call_past_the_relays_call_timeout_is_said_so_on_the_agent() -> Result<()> {
+    let w = RelayWorld::start_configured(bins(), "call_timeout = \"1s\"\n", &[]).await?;
+    let agent = w.agent_online("site").await?;
+    let answer = w
+        .admin
+        .http
+        .get(format!(
+            "{}/v1/agents/site/connections/orders/http/slower",
+            w.admin.base
+        ))
+        .bearer_auth(&w.admin.key)
+        .header("x-request-id", "late-1")
+        .send()
+        .await?;
+    assert_eq!(answer.status(), 504);
+    agent
+        .process
+        .logs
+        .wait_for("call abandoned before its answer", Duration::from_secs(5))?;
+    let line = agent
+        .process
+        .logs
+        .lines()
+        .into_iter()
+        .find(|l| l.contains("call abandoned before its answer"))
+        .unwrap_or_default();
+    for part in [
+        "request_id=late-1",
+        "cause=\"call_timeout\"",
+        "the relay's call_timeout (1s) ran out first, and it answered its caller 504",
+    ] {
+        assert!(line.contains(part), "no {part:?} in {line:?}");
     }
     Ok(())
 }
