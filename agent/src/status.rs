@@ -152,6 +152,7 @@ pub fn report(
                 let (token_cache, valid_until) = match ctx.bearer.as_ref().map(|b| b.cache_state())
                 {
                     None => ("-".to_owned(), None),
+                    Some(CacheState::PerCall) => ("per call".to_owned(), None),
                     Some(CacheState::Empty) => ("none".to_owned(), None),
                     Some(CacheState::Refreshing) => ("refreshing".to_owned(), None),
                     Some(CacheState::ValidFor(d)) => {

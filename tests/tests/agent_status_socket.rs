@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use postern_tests::harness::{
-    AgentProcess, Bins, agent_cli, agent_command, offline_agent_config, stderr, wait_status_answers,
+    AgentProcess, Bins, agent_cli, agent_command, offline_agent_config, status_json, stderr,
+    wait_status_answers,
 };
 use postern_tests::temp::TempDir;
 
@@ -194,5 +195,36 @@ fn a_scraper_that_never_reads_does_not_hold_up_the_stop() -> Result<()> {
     };
     assert!(status.success(), "{status:?}: {}", agent.logs.text());
     drop(scraper);
+    Ok(())
+}
+
+/// `status` names what each connection's calls carry: `-` without auth, `per call` for a
+/// JWT signed for each call (nothing cached that could be missing), `none` for a reused
+/// JWT not made yet. A JWT signed per call showed `none`, which reads as a token missing.
+#[test]
+fn status_says_a_jwt_signed_per_call_is_no_empty_cache() -> Result<()> {
+    let dir = TempDir::new("status-token-cache")?;
+    let hs256 = "type = \"jwt_bearer\", algorithm = \"HS256\", secret = \"a-secret-of-thirty-two-bytes-ok!\"";
+    let config = agent_toml(
+        &dir,
+        &format!(
+            "status_socket = \"agent.sock\"\n[connections.plain]\nbase_uri = \"http://127.0.0.1:9/a\"\n\
+             [connections.signed]\nbase_uri = \"http://127.0.0.1:9/b\"\nauth = {{ {hs256} }}\n\
+             [connections.reused]\nbase_uri = \"http://127.0.0.1:9/c\"\nauth = {{ {hs256}, lifetime = \"5m\", reuse_for = \"4m\" }}\n"
+        ),
+    )?;
+    let agent = AgentProcess::start(&bins(), &config)?;
+    wait_status_answers(&bins(), &config, &agent)?;
+    let status = status_json(&bins(), &config)?;
+    let cache = |name: &str| status["connections"][name]["token_cache"].clone();
+    assert_eq!(cache("plain"), "-", "{status}");
+    assert_eq!(cache("signed"), "per call", "{status}");
+    assert_eq!(cache("reused"), "none", "{status}");
+    let text = postern_tests::harness::stdout(&agent_cli(&bins(), &config, &["status"])?);
+    let line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("signed "))
+        .unwrap_or_default();
+    assert!(line.trim_end().ends_with("per call"), "{text}");
     Ok(())
 }

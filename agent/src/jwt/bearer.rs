@@ -111,6 +111,8 @@ pub struct Bearer {
 /// What `postern status` shows of a connection's token cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CacheState {
+    /// A JWT signed for each call (at most once a second): nothing is kept to be empty.
+    PerCall,
     Empty,
     ValidFor(Duration),
     Refreshing,
@@ -316,6 +318,10 @@ impl BearerSource {
     /// end, not its refresh point: past that it is still sent while a refresh fails (an
     /// identity provider down), and "none" then would say calls fail while they are served.
     pub fn cache_state(&self) -> CacheState {
+        let auth = &self.shared.auth;
+        if auth.exchange.is_none() && auth.reuse_for.is_none() {
+            return CacheState::PerCall;
+        }
         if self.minting.try_lock().is_err() {
             return CacheState::Refreshing;
         }
@@ -837,7 +843,7 @@ mod tests {
         // `postern status` shows the token in use, until its end: not "none" while it serves.
         let left = match s.cache_state() {
             CacheState::ValidFor(left) => left,
-            CacheState::Empty | CacheState::Refreshing => panic!("a token in use shown as none"),
+            other => panic!("a token in use shown as {other:?}"),
         };
         assert!(
             left > Duration::from_secs(590) && left <= Duration::from_secs(600),
