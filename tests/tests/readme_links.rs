@@ -16,18 +16,25 @@ fn anchor(heading: &str) -> String {
         .collect()
 }
 
-/// The anchors of a Markdown text's headings, leaving out `#` lines in code blocks.
+/// A Markdown text's lines outside code blocks.
+fn outside_code(text: &str) -> Vec<&str> {
+    let mut in_code = false;
+    text.lines()
+        .filter(|line| {
+            let fence = line.trim_start().starts_with("```");
+            in_code ^= fence;
+            !fence && !in_code
+        })
+        .collect()
+}
+
+/// The anchors of a Markdown text's headings.
 fn anchors(text: &str) -> HashSet<String> {
     let mut found = HashSet::new();
-    let mut in_code = false;
-    for line in text.lines() {
-        if line.trim_start().starts_with("```") {
-            in_code = !in_code;
-            continue;
-        }
-        let Some(heading) = line.strip_prefix('#').filter(|_| !in_code) else {
-            continue;
-        };
+    for heading in outside_code(text)
+        .iter()
+        .filter_map(|l| l.strip_prefix('#'))
+    {
         let base = anchor(heading.trim_start_matches('#'));
         let mut unique = base.clone();
         let mut n = 0;
@@ -41,17 +48,11 @@ fn anchors(text: &str) -> HashSet<String> {
 
 /// Every `](target)` in a text's prose: code blocks and code spans left out.
 fn links(text: &str) -> Vec<String> {
-    let mut prose = String::new();
-    let mut in_code = false;
-    for line in text.lines() {
-        if line.trim_start().starts_with("```") {
-            in_code = !in_code;
-        } else if !in_code {
-            // Even pieces between backticks are outside code spans.
-            prose.extend(line.split('`').step_by(2));
-            prose.push('\n');
-        }
-    }
+    let prose: String = outside_code(text)
+        .iter()
+        // Even pieces between backticks are outside code spans.
+        .flat_map(|line| line.split('`').step_by(2).chain(["\n"]))
+        .collect();
     prose
         .split("](")
         .skip(1)

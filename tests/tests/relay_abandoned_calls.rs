@@ -7,7 +7,7 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use anyhow::Result;
-use postern_tests::harness::Bins;
+use postern_tests::harness::{Bins, Logs};
 use postern_tests::relay_support::{RelayWorld, eventually, sample, scrape};
 
 fn bins() -> Bins {
@@ -16,11 +16,10 @@ fn bins() -> Bins {
 
 const ABANDONED: &str = "postern_calls_total{class=\"abandoned\"}";
 
-/// The relay log's line holding `needle`, once it is there.
-fn line_with(w: &RelayWorld, needle: &str) -> Result<String> {
-    w.relay.logs.wait_for(needle, Duration::from_secs(10))?;
-    Ok(w.relay
-        .logs
+/// The line of `logs` (the relay's, an agent's) holding `needle`, once it is there.
+fn line_with(logs: &Logs, needle: &str) -> Result<String> {
+    logs.wait_for(needle, Duration::from_secs(10))?;
+    Ok(logs
         .so_far()
         .lines()
         .find(|l| l.contains(needle))
@@ -50,7 +49,7 @@ async fn a_caller_that_hangs_up_while_waiting_is_logged_and_counted() -> Result<
     w.internal.has_seen("/slow").await?;
     drop(caller);
 
-    let line = line_with(&w, "call abandoned by the caller")?;
+    let line = line_with(&w.relay.logs, "call abandoned by the caller")?;
     for part in ["gone-1", "site", "orders", "ms="] {
         assert!(line.contains(part), "no {part:?} in {line}");
     }
@@ -64,13 +63,7 @@ async fn a_caller_that_hangs_up_while_waiting_is_logged_and_counted() -> Result<
     // The agent, whose call the relay dropped with its channel, says so too: before
     // 2026-12-06 such a call left no line and no count there. Well before the relay's
     // call_timeout (120 s), so not for that.
-    let agent_line = agent
-        .process
-        .logs
-        .lines()
-        .into_iter()
-        .find(|l| l.contains("call abandoned before its answer"))
-        .unwrap_or_default();
+    let agent_line = line_with(&agent.process.logs, "call abandoned before its answer")?;
     for part in [
         "request_id=gone-1",
         "connection=orders",
@@ -102,17 +95,7 @@ async fn a_call_past_the_relays_call_timeout_is_said_so_on_the_agent() -> Result
         .send()
         .await?;
     assert_eq!(answer.status(), 504);
-    agent
-        .process
-        .logs
-        .wait_for("call abandoned before its answer", Duration::from_secs(5))?;
-    let line = agent
-        .process
-        .logs
-        .lines()
-        .into_iter()
-        .find(|l| l.contains("call abandoned before its answer"))
-        .unwrap_or_default();
+    let line = line_with(&agent.process.logs, "call abandoned before its answer")?;
     for part in [
         "request_id=late-1",
         "cause=\"call_timeout\"",
@@ -217,7 +200,7 @@ async fn a_caller_that_stops_reading_is_let_go_after_call_timeout() -> Result<()
         }
     }
     assert!(got < 256 << 20, "the whole body arrived: {got} bytes");
-    let line = line_with(&w, "the caller did not take the whole answer")?;
+    let line = line_with(&w.relay.logs, "the caller did not take the whole answer")?;
     for part in ["site", "orders", "bytes="] {
         assert!(line.contains(part), "no {part:?} in {line}");
     }
