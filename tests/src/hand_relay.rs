@@ -4,6 +4,7 @@
 //! then the test opens call channels as it likes and reads what the agent says.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -91,6 +92,20 @@ impl HandRelay {
             garble_next,
             _accepting: AbortOnDropHandle::new(accepting),
         })
+    }
+
+    /// Starts the agent of `bins` on this relay with `connections` (its config,
+    /// `agent.toml` in `dir`, comes back too) and waits for its session's welcome.
+    pub async fn with_agent(
+        mut self,
+        bins: &crate::harness::Bins,
+        dir: &crate::temp::TempDir,
+        connections: &str,
+    ) -> Result<(Self, crate::harness::AgentProcess, AgentSession, PathBuf)> {
+        let config = dir.write_private("agent.toml", &self.agent_config(connections))?;
+        let agent = crate::harness::AgentProcess::start(bins, &config)?;
+        let session = self.session().await?;
+        Ok((self, agent, session, config))
     }
 
     /// An agent config for this relay (any well-formed token) with `connections`.

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, ensure};
 use postern_protocol::control::{EndReason, RelayMessage};
 use postern_tests::hand_relay::{HandRelay, read_answer, request};
-use postern_tests::harness::{AgentProcess, Bins, signal};
+use postern_tests::harness::{Bins, signal};
 use postern_tests::internal_server::{InternalServer, Verifier};
 use postern_tests::temp::TempDir;
 use tokio::io::AsyncWriteExt;
@@ -26,14 +26,14 @@ fn bins() -> Bins {
 async fn replaced_after_a_handover_given_up_on_reconnects_at_once() -> Result<()> {
     let internal = InternalServer::start(Verifier::None, "orders").await?;
     let dir = TempDir::new("handover-given-up")?;
-    let mut relay = HandRelay::start(256 * 1024).await?;
     let connections = format!(
         "[connections.orders]\nbase_uri = \"{}\"\n",
         internal.base_uri()
     );
-    let config = dir.write_private("agent.toml", &relay.agent_config(&connections))?;
-    let agent = AgentProcess::start(&bins(), &config)?;
-    let first = relay.session().await?;
+    let (mut relay, agent, first, config) = HandRelay::start(256 * 1024)
+        .await?
+        .with_agent(&bins(), &dir, &connections)
+        .await?;
     let mut busy = first.open("orders").await?.into_stream();
     busy.write_all(&request("/handover/slow", 120_000, "busy"))
         .await?;

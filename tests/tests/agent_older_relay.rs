@@ -26,15 +26,14 @@ async fn agent_on(
     protocol_version: u32,
     internal: &InternalServer,
 ) -> Result<(HandRelay, AgentProcess, AgentSession, std::path::PathBuf)> {
-    let mut relay = HandRelay::speaking(WINDOW, protocol_version).await?;
     let connections = format!(
         "[connections.orders]\nbase_uri = \"{}\"\n",
         internal.base_uri()
     );
-    let config = dir.write_private("agent.toml", &relay.agent_config(&connections))?;
-    let agent = AgentProcess::start(&bins(), &config)?;
-    let session = relay.session().await?;
-    Ok((relay, agent, session, config))
+    HandRelay::speaking(WINDOW, protocol_version)
+        .await?
+        .with_agent(&bins(), dir, &connections)
+        .await
 }
 
 fn said_draining(session: &AgentSession) -> bool {

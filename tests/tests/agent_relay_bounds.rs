@@ -34,10 +34,10 @@ async fn agent_on_hand_relay(
     window: u32,
     connections: &str,
 ) -> Result<(HandRelay, AgentProcess, AgentSession)> {
-    let mut relay = HandRelay::start(window).await?;
-    let config = dir.write_private("agent.toml", &relay.agent_config(connections))?;
-    let agent = AgentProcess::start(&bins(), &config)?;
-    let session = relay.session().await?;
+    let (relay, agent, session, _) = HandRelay::start(window)
+        .await?
+        .with_agent(&bins(), dir, connections)
+        .await?;
     Ok((relay, agent, session))
 }
 
