@@ -85,6 +85,12 @@ impl std::fmt::Debug for Exchange {
 }
 
 impl JwtBearer {
+    /// Neither exchanged nor reused: a JWT is signed for each call (at most once a second),
+    /// and nothing is cached.
+    pub fn signed_per_call(&self) -> bool {
+        self.exchange.is_none() && self.reuse_for.is_none()
+    }
+
     /// A secret as `secret_encoding = "base64"` reads it: either alphabet, padded or not.
     /// `None` when it is not base64 or decodes to nothing: no secret is empty. `jwt decode
     /// --verify-with` reads a secret file with it too (this module is private to `config`).

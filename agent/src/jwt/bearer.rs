@@ -111,7 +111,7 @@ pub struct Bearer {
 /// What `postern status` shows of a connection's token cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CacheState {
-    /// A JWT signed for each call (at most once a second): nothing is kept to be empty.
+    /// [`JwtBearer::signed_per_call`]: nothing is kept to be empty.
     PerCall,
     Empty,
     ValidFor(Duration),
@@ -243,7 +243,7 @@ impl BearerSource {
     /// call it does not have to. Without a valid token, callers wait and share the result.
     pub async fn get(&self, timeout: Duration) -> Result<Bearer, BearerError> {
         let shared = &self.shared;
-        if shared.auth.exchange.is_none() && shared.auth.reuse_for.is_none() {
+        if shared.auth.signed_per_call() {
             // Not `cached`: a token of this second refused would be refused again if re-signed.
             return Ok(Bearer {
                 header: self.fresh(unix_now()).await?,
@@ -318,8 +318,7 @@ impl BearerSource {
     /// end, not its refresh point: past that it is still sent while a refresh fails (an
     /// identity provider down), and "none" then would say calls fail while they are served.
     pub fn cache_state(&self) -> CacheState {
-        let auth = &self.shared.auth;
-        if auth.exchange.is_none() && auth.reuse_for.is_none() {
+        if self.shared.auth.signed_per_call() {
             return CacheState::PerCall;
         }
         if self.minting.try_lock().is_err() {
