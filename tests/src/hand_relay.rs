@@ -38,7 +38,7 @@ pub struct AgentSession {
     /// The lines the agent wrote on its control channel after its hello, as they came.
     said: Arc<Mutex<Vec<String>>>,
     /// When the control channel ended (the agent closed it, or the session).
-    control_ended: Ended,
+    control_ended: Arc<OnceLock<Instant>>,
     /// What the test has the relay say on the control channel.
     tell: mpsc::UnboundedSender<RelayMessage>,
     /// Read on until the agent closes it; the session lives as long as this does.
@@ -159,7 +159,7 @@ impl AgentSession {
 
     /// When the control channel ended, if it has.
     pub fn control_ended_at(&self) -> Option<Instant> {
-        self.control_ended.at.get().copied()
+        self.control_ended.get().copied()
     }
 }
 
@@ -257,7 +257,7 @@ impl server::Handler for Welcoming {
             garble: self.garble_next.swap(false, Ordering::SeqCst),
             said: Arc::default(),
             told,
-            ended: Ended::default(),
+            ended: Arc::default(),
         };
         tokio::spawn(async move {
             let (tx, rx) = tokio::sync::oneshot::channel();
@@ -286,18 +286,13 @@ struct Control {
     garble: bool,
     said: Arc<Mutex<Vec<String>>>,
     told: mpsc::UnboundedReceiver<RelayMessage>,
-    ended: Ended,
-}
-
-/// Marks the time a control channel ended, when the task reading it ends however it does.
-#[derive(Clone, Default)]
-struct Ended {
-    at: Arc<OnceLock<Instant>>,
+    /// When it ended: set as the task reading it ends, however it does.
+    ended: Arc<OnceLock<Instant>>,
 }
 
 impl Drop for Control {
     fn drop(&mut self) {
-        let _ = self.ended.at.set(Instant::now());
+        let _ = self.ended.set(Instant::now());
     }
 }
 
