@@ -125,6 +125,21 @@ enum Command {
         #[command(flatten)]
         listen: ListenArgs,
     },
+    /// Ask a running relay whether it serves: GET /healthz on its API (through loopback
+    /// when it listens on every address); exit 0 when it answers `ok`, else 1 with the
+    /// reason. For container HEALTHCHECKs and monitors without curl.
+    Health {
+        /// The relay config file `serve` runs with: its `api_listen`, and its TLS files
+        /// (then HTTPS). Without one, 127.0.0.1:8080 over plain HTTP, `serve`'s default.
+        #[arg(long, env = "POSTERN_RELAY_CONFIG")]
+        config: Option<PathBuf>,
+        /// The API's address, over the config's, as `serve --api-listen` takes it.
+        #[arg(long, env = "POSTERN_RELAY_API_LISTEN")]
+        api_listen: Option<std::net::SocketAddr>,
+        /// How long the whole check may take.
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
     /// Print the host key fingerprint (SHA256:…) for agents to pin (`serve` makes the key).
     Fingerprint {
         #[command(flatten)]
@@ -251,6 +266,11 @@ fn run(cli: Cli) -> Result<()> {
             serve(config)
         }
         Command::Check { config, listen } => check(&config, &listen),
+        Command::Health {
+            config,
+            api_listen,
+            timeout,
+        } => health(config.as_deref(), api_listen, timeout),
         Command::Fingerprint { state } => {
             // Only `serve` creates the identity: a mistyped folder must not print a new one.
             let key = host_key::load(&state.config()?.state_dir)?;
@@ -605,6 +625,27 @@ fn check(path: &std::path::Path, listen: &ListenArgs) -> Result<()> {
         _ => format!("no TLS files; plain HTTP on {}", config.api_listen),
     };
     to_stdout(|out| writeln!(out, "{}: fine; {what}", path.display()))
+}
+
+fn health(
+    path: Option<&std::path::Path>,
+    api_listen: Option<std::net::SocketAddr>,
+    within: std::time::Duration,
+) -> Result<()> {
+    let mut config = match path {
+        Some(path) => RelayConfig::load(path)?,
+        None => RelayConfig::default(),
+    };
+    if let Some(addr) = api_listen {
+        config.api_listen = addr;
+    }
+    let target = crate::health::Target::of(&config);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let healthy = runtime.block_on(crate::health::probe(&target, within))?;
+    to_stdout(|out| writeln!(out, "{healthy}"))
 }
 
 fn serve(config: RelayConfig) -> Result<()> {

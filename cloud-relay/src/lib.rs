@@ -26,6 +26,7 @@
 //! - [`api_server`]: HTTP/1.1 for the API with header size and read-time limits.
 //! - [`lingering_close`]: closing an API connection without resetting its last answer.
 //! - [`server`]: `run`, which starts all of the above and drains on shutdown.
+//! - [`health`]: `postern-relay health`, asking a running relay's API whether it serves.
 //! - [`cli`]: the `postern-relay` command line.
 
 pub mod address_slots;
@@ -38,6 +39,7 @@ pub mod cli;
 pub mod config;
 pub mod context;
 pub mod control;
+pub mod health;
 pub mod host_key;
 pub mod idle_channels;
 pub mod keyed_slots;
