@@ -423,7 +423,11 @@ async fn run(
         .into());
     }
     if let Some(asked) = pause_asked::pause_asked(upstream.status(), upstream.headers()) {
-        let pause = ctx.limiter.pause(asked.wait);
+        let asked_by = rate_limit::AskedBy {
+            status: upstream.status().as_u16(),
+            header: asked.header,
+        };
+        let pause = ctx.limiter.pause(asked.wait, asked_by);
         warn!(connection = %conn.name, status = upstream.status().as_u16(), header = asked.header, pause_ms = pause.as_millis() as u64, "upstream asked to slow down; pausing the connection");
     }
     let mut upstream_headers = upstream.headers().clone();

@@ -85,6 +85,22 @@ pub struct ConnectionStatus {
     /// Cleared by a token.
     #[serde(default)]
     pub token_failure: Option<TokenFailure>,
+    /// A pause the internal server asked for (a 429, or a 403 that says its limit is used
+    /// up) and that is not over: calls wait for its end within `max_wait`, or are refused.
+    /// Absent from agents from before 2026-12-08.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused: Option<Paused>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Paused {
+    /// RFC 3339.
+    pub until: String,
+    /// The status of the answer that asked for it.
+    pub status: u16,
+    /// The header that named the wait: `Retry-After`, `RateLimit-Reset` or
+    /// `X-RateLimit-Reset`.
+    pub header: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -169,6 +185,14 @@ pub fn report(
                         .as_ref()
                         .and_then(|b| b.last_failure())
                         .map(|(at, error)| TokenFailure::new(at, &error, valid_until)),
+                    paused: ctx.limiter.paused().map(|(until, asked_by)| Paused {
+                        until: rfc3339(
+                            std::time::SystemTime::now()
+                                + until.saturating_duration_since(std::time::Instant::now()),
+                        ),
+                        status: asked_by.status,
+                        header: asked_by.header.to_owned(),
+                    }),
                 };
                 (name.clone(), status)
             })

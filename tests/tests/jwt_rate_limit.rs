@@ -14,7 +14,8 @@ use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use postern_tests::harness::{
-    AgentProcess, Api, Bins, RelayProcess, agent_config, create_agent, create_api_key,
+    AgentProcess, Api, Bins, RelayProcess, agent_cli, agent_config, create_agent, create_api_key,
+    status_json, stdout,
 };
 use postern_tests::internal_server::serve_until_cancelled;
 use postern_tests::relay_support::ONLINE_WITHIN;
@@ -103,6 +104,8 @@ fn first_time(state: &Upstream, path: &str) -> bool {
 
 struct World {
     _dir: TempDir,
+    bins: Bins,
+    config: std::path::PathBuf,
     _relay: RelayProcess,
     _agent: AgentProcess,
     api: Api,
@@ -138,6 +141,8 @@ impl World {
         api.wait_online("edge", true, ONLINE_WITHIN).await?;
         Ok(Self {
             _dir: dir,
+            bins,
+            config,
             _relay: relay,
             _agent: agent,
             api,
@@ -155,6 +160,37 @@ impl World {
         let retry_after: u64 = r.headers()["retry-after"].to_str()?.parse()?;
         assert!((27..=31).contains(&retry_after), "{retry_after}");
         Ok(r)
+    }
+
+    /// `postern status`: the pause under way on `connection` as `--json` gives it (`null`
+    /// when none), after checking the text says the same.
+    async fn pause_shown(&self, connection: &str) -> Result<serde_json::Value> {
+        let (bins, config) = (self.bins.clone(), self.config.clone());
+        let (json, text) = tokio::task::spawn_blocking(move || -> Result<_> {
+            let json = status_json(&bins, &config)?;
+            let text = stdout(&agent_cli(&bins, &config, &["status"])?);
+            Ok((json, text))
+        })
+        .await??;
+        let paused = json["connections"][connection]["paused"].clone();
+        let line = text
+            .lines()
+            .skip_while(|l| l.split_whitespace().next() != Some(connection))
+            .nth(1)
+            .filter(|l| l.trim_start().starts_with("paused until"));
+        match paused.as_object() {
+            Some(p) => {
+                let said = format!(
+                    "    paused until {}, as the internal server's {} asked ({}): calls wait for its end within max_wait, else get 429 rate_limited",
+                    p["until"].as_str().unwrap_or_default(),
+                    p["status"],
+                    p["header"].as_str().unwrap_or_default()
+                );
+                assert_eq!(line, Some(said.as_str()), "{text}");
+            }
+            None => assert_eq!(line, None, "{text}"),
+        }
+        Ok(paused)
     }
 
     fn arrivals(&self, prefix: &str) -> Vec<Instant> {
@@ -369,6 +405,19 @@ async fn an_upstream_retry_after_pauses_the_connection() -> Result<()> {
     );
     let r = w.api.call("edge", "short", "/x").await?;
     assert_eq!(r.status(), 200, "other connections are not paused");
+
+    // `postern status` shows the pause under way, until when and what asked for it; the
+    // other connection's pause is over.
+    let paused = w.pause_shown("long").await?;
+    assert_eq!(paused["status"], 429, "{paused}");
+    assert_eq!(paused["header"], "Retry-After", "{paused}");
+    let until = humantime::parse_rfc3339(paused["until"].as_str().unwrap_or_default())?;
+    let left = until.duration_since(SystemTime::now())?;
+    assert!(
+        left > Duration::from_secs(20) && left <= Duration::from_secs(30),
+        "{left:?}"
+    );
+    assert!(w.pause_shown("short").await?.is_null());
     Ok(())
 }
 
@@ -442,6 +491,18 @@ async fn a_403_that_says_its_limit_is_used_up_pauses_the_connection() -> Result<
         "{message}"
     );
     assert!(w.arrivals("/api/x").is_empty(), "sent into the limit");
+    let paused = w.pause_shown("refused").await?;
+    assert_eq!(
+        (&paused["status"], &paused["header"]),
+        (&403.into(), &"X-RateLimit-Reset".into()),
+        "{paused}"
+    );
+    let paused = w.pause_shown("secondary").await?;
+    assert_eq!(
+        (&paused["status"], &paused["header"]),
+        (&403.into(), &"Retry-After".into()),
+        "{paused}"
+    );
 
     // With max_wait 0 s, any pause would refuse the next call at once.
     for path in ["/denied", "/calls-left/403"] {
@@ -451,6 +512,10 @@ async fn a_403_that_says_its_limit_is_used_up_pauses_the_connection() -> Result<
         assert_eq!(r.status(), 200, "paused by {path}");
     }
     assert_eq!(w.arrivals("/api/y").len(), 2);
+    assert!(
+        w.pause_shown("denied").await?.is_null(),
+        "a refusal of access"
+    );
     Ok(())
 }
 

@@ -21,6 +21,14 @@ pub struct Refused {
     pub paused: bool,
 }
 
+/// What asked for a pause, for `postern status`: the answer's status and the header that
+/// named the wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AskedBy {
+    pub status: u16,
+    pub header: &'static str,
+}
+
 pub struct Limiter {
     limit: Option<RateLimit>,
     state: Mutex<Bucket>,
@@ -45,6 +53,8 @@ struct Bucket {
     /// (at most `burst` at once), not all together the moment the pause ends.
     refilled: Instant,
     paused_until: Option<Instant>,
+    /// What asked for the pause that ends at `paused_until`.
+    asked_by: Option<AskedBy>,
     /// Turns whose callers left before them (the caller's own caller hung up), earliest
     /// first: each one's token is spent, so the next caller takes the turn instead of a
     /// token. Without this, callers that give up sooner than `max_wait` filled the queue
@@ -70,6 +80,7 @@ impl Limiter {
                 tokens,
                 refilled: Instant::now(),
                 paused_until: None,
+                asked_by: None,
                 freed: BinaryHeap::new(),
             }),
             shift: watch::Sender::new(Duration::ZERO),
@@ -112,6 +123,7 @@ impl Limiter {
                 // Nothing accrues before a pause ends.
                 refilled: paused_until.map_or(now, |until| until.max(b.refilled)),
                 paused_until,
+                asked_by: b.asked_by.filter(|_| paused_until.is_some()),
                 freed: BinaryHeap::new(),
             }),
             shift: watch::Sender::new(Duration::ZERO),
@@ -227,25 +239,33 @@ impl Limiter {
 
     /// Holds every call on this connection until `for_how_long` has passed, at most
     /// [`MAX_PAUSE`]: the pause taken.
-    pub fn pause(&self, for_how_long: Duration) -> Duration {
+    pub fn pause(&self, for_how_long: Duration, asked_by: AskedBy) -> Duration {
         let now = Instant::now();
-        self.pause_at(now, for_how_long);
+        self.pause_at(now, for_how_long, asked_by);
         // The calls of a call table before or after a reload: told by a call that began
         // before the reload, the pause must hold the calls after it too, and the other way.
         let mut before = self.before.upgrade();
         while let Some(limiter) = before {
-            limiter.pause_at(now, for_how_long);
+            limiter.pause_at(now, for_how_long, asked_by);
             before = limiter.before.upgrade();
         }
         let mut after = self.after.lock().ok().and_then(|a| a.clone());
         while let Some(limiter) = after {
-            limiter.pause_at(now, for_how_long);
+            limiter.pause_at(now, for_how_long, asked_by);
             after = limiter.after.lock().ok().and_then(|a| a.clone());
         }
         for_how_long.min(MAX_PAUSE)
     }
 
-    fn pause_at(&self, now: Instant, for_how_long: Duration) {
+    /// The pause under way, if any: when it ends and what asked for it.
+    pub fn paused(&self) -> Option<(Instant, AskedBy)> {
+        let b = self.state.lock().ok()?;
+        b.paused_until
+            .filter(|until| *until > Instant::now())
+            .zip(b.asked_by)
+    }
+
+    fn pause_at(&self, now: Instant, for_how_long: Duration, asked_by: AskedBy) {
         let until = now + for_how_long.min(MAX_PAUSE);
         let Ok(mut b) = self.state.lock() else {
             return;
@@ -263,6 +283,7 @@ impl Limiter {
         // after it now, behind the waiting ones.
         b.freed.clear();
         b.paused_until = Some(until);
+        b.asked_by = Some(asked_by);
         self.shift.send_modify(|shift| *shift += longer);
     }
 }
@@ -301,6 +322,11 @@ fn refill(b: &mut Bucket, limit: RateLimit, now: Instant) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const ASKED: AskedBy = AskedBy {
+        status: 429,
+        header: "Retry-After",
+    };
 
     fn wait_of(l: &Limiter, now: Instant, max_wait: Duration) -> Result<Duration, Refused> {
         l.reserve(now, max_wait).map(|turn| turn.wait)
@@ -346,7 +372,7 @@ mod tests {
             wait_of(&l, Instant::now(), Duration::ZERO),
             Ok(Duration::ZERO)
         );
-        l.pause(Duration::from_secs(2));
+        l.pause(Duration::from_secs(2), ASKED);
         let now = Instant::now();
         let wait = wait_of(&l, now, Duration::from_secs(5)).expect("within max_wait");
         assert!(
@@ -354,7 +380,7 @@ mod tests {
             "{wait:?}"
         );
         assert!(wait_of(&l, now, Duration::from_secs(1)).is_err());
-        l.pause(Duration::from_secs(100_000));
+        l.pause(Duration::from_secs(100_000), ASKED);
         let wait = wait_of(&l, Instant::now(), Duration::from_secs(100_000)).expect("capped");
         assert!(wait <= MAX_PAUSE, "{wait:?}");
     }
@@ -364,7 +390,7 @@ mod tests {
         // 50 per second, burst 100, an upstream's Retry-After of 5 s.
         let l = limiter(50, 1000, 100);
         let now = Instant::now();
-        l.pause_at(now, Duration::from_secs(5));
+        l.pause_at(now, Duration::from_secs(5), ASKED);
         let pause = Duration::from_secs(5);
         let waits: Vec<Duration> = (0..400)
             .map(|_| wait_of(&l, now, Duration::from_secs(60)).expect("within max_wait"))
@@ -390,7 +416,7 @@ mod tests {
         assert_eq!(wait_of(&l, now, Duration::ZERO), Ok(Duration::ZERO));
         let before = l.reserve(now, Duration::from_secs(5)).expect("queued");
         assert!(before.wait.abs_diff(Duration::from_millis(100)) <= Duration::from_millis(1));
-        l.pause_at(now, Duration::from_secs(2));
+        l.pause_at(now, Duration::from_secs(2), ASKED);
         let after = l.reserve(now, Duration::from_secs(5)).expect("queued");
         // The queued call is moved back 2 s (through the shift it watches), and the next
         // one keeps its place behind it instead of leaving with it.
@@ -401,9 +427,9 @@ mod tests {
             "{after:?}"
         );
         // A shorter pause inside this one changes nothing; a longer one adds only the rest.
-        l.pause_at(now, Duration::from_secs(1));
+        l.pause_at(now, Duration::from_secs(1), ASKED);
         assert_eq!(*l.shift.borrow(), Duration::from_secs(2));
-        l.pause_at(now, Duration::from_secs(3));
+        l.pause_at(now, Duration::from_secs(3), ASKED);
         assert_eq!(*l.shift.borrow(), Duration::from_secs(3));
     }
 
@@ -419,7 +445,7 @@ mod tests {
             tokio::spawn(async move { l.acquire(max_wait).await })
         };
         tokio::time::sleep(Duration::from_millis(50)).await;
-        l.pause(pause);
+        l.pause(pause, ASKED);
         tokio::time::timeout(Duration::from_secs(10), waiter)
             .await
             .expect("bounded")
@@ -442,7 +468,7 @@ mod tests {
         // Waiting out a pause on a connection without a rate limit: 200 ms, extended at
         // 50 ms to end at 450 ms.
         let l = std::sync::Arc::new(Limiter::new(None));
-        l.pause(Duration::from_millis(200));
+        l.pause(Duration::from_millis(200), ASKED);
         let started = Instant::now();
         let done =
             wait_through_a_new_pause(&l, Duration::from_secs(5), Duration::from_millis(400)).await;
@@ -451,7 +477,7 @@ mod tests {
         assert!(waited >= Duration::from_millis(440), "left at {waited:?}");
 
         // A newer pause that takes a waiting call past its max_wait refuses it at once.
-        l.pause(Duration::from_millis(200));
+        l.pause(Duration::from_millis(200), ASKED);
         let started = Instant::now();
         let done =
             wait_through_a_new_pause(&l, Duration::from_millis(500), Duration::from_secs(5)).await;
@@ -486,7 +512,7 @@ mod tests {
         assert!(later.abs_diff(Duration::from_millis(400)) <= Duration::from_millis(1));
         // Nor one reckoned before a pause, nor one left before a pause.
         l.free(now + second.wait, second.shift);
-        l.pause_at(now, Duration::from_secs(1));
+        l.pause_at(now, Duration::from_secs(1), ASKED);
         l.free(now + second.wait, second.shift);
         let paused = wait_of(&l, now, max_wait).expect("queued");
         assert!(paused > Duration::from_secs(1), "{paused:?}");
@@ -540,7 +566,7 @@ mod tests {
         }));
         assert!(wait_of(&next, Instant::now(), Duration::ZERO).is_err());
         // A pause (an upstream's Retry-After) holds across the change, with or without a limit.
-        l.pause(Duration::from_secs(30));
+        l.pause(Duration::from_secs(30), ASKED);
         for limit in [
             None,
             Some(RateLimit {
@@ -580,11 +606,11 @@ mod tests {
         let middle = Arc::downgrade(&second);
         drop(second);
         // Told by a call that began before the reloads.
-        first.pause(Duration::from_secs(30));
+        first.pause(Duration::from_secs(30), ASKED);
         let wait = wait_of(&third, Instant::now(), Duration::from_secs(60)).expect("queued");
         assert!(wait > Duration::from_secs(29), "third: {wait:?}");
         // Told by a call after them, a longer one holds the calls waiting before them.
-        third.pause(Duration::from_secs(90));
+        third.pause(Duration::from_secs(90), ASKED);
         let wait = wait_of(&first, Instant::now(), Duration::from_secs(120)).expect("queued");
         assert!(wait > Duration::from_secs(89), "first: {wait:?}");
         // Nothing holds itself: the first gone, the rest go with it but the newest.
@@ -593,5 +619,40 @@ mod tests {
             middle.upgrade().is_none(),
             "the middle one outlived the chain"
         );
+    }
+
+    /// `postern status` says what asked for the pause under way: the longest one's asker,
+    /// carried over a reload, and nothing once it is over.
+    #[test]
+    fn the_pause_under_way_is_known_with_what_asked_for_it() {
+        let l = Arc::new(limiter(10, 1000, 5));
+        assert_eq!(l.paused(), None);
+        let secondary = AskedBy {
+            status: 403,
+            header: "Retry-After",
+        };
+        let reset = AskedBy {
+            status: 429,
+            header: "X-RateLimit-Reset",
+        };
+        l.pause(Duration::from_secs(30), secondary);
+        l.pause(Duration::from_secs(10), reset);
+        let (until, asked_by) = l.paused().expect("paused");
+        assert_eq!(
+            asked_by, secondary,
+            "a shorter pause inside it changes nothing"
+        );
+        assert!(until > Instant::now() + Duration::from_secs(29));
+        l.pause(Duration::from_secs(60), reset);
+        assert_eq!(l.paused().map(|(_, by)| by), Some(reset));
+
+        let reloaded = l.succeeded_by(None);
+        assert_eq!(reloaded.paused().map(|(_, by)| by), Some(reset));
+
+        let short = limiter(10, 1000, 5);
+        short.pause(Duration::from_millis(20), ASKED);
+        assert!(short.paused().is_some());
+        std::thread::sleep(Duration::from_millis(40));
+        assert_eq!(short.paused(), None, "over");
     }
 }

@@ -506,6 +506,16 @@ fn print_report(out: &mut dyn Write, r: &StatusReport, file_changed: bool) -> st
                     printable(&serving)
                 )?;
             }
+            if let Some(paused) = &c.paused {
+                writeln!(
+                    out,
+                    "    paused until {}, as the internal server's {} asked ({}): calls wait \
+                     for its end within max_wait, else get 429 rate_limited",
+                    printable(&paused.until),
+                    paused.status,
+                    printable(&paused.header)
+                )?;
+            }
         }
     }
     Ok(())
