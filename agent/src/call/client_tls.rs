@@ -302,3 +302,178 @@ pub enum ClientError {
     #[error(transparent)]
     Http(#[from] reqwest::Error),
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::pki_types::pem::PemObject;
+    use std::process::Command;
+
+    /// A CA named `ca_name` and a server certificate it signed for `internal.example`, made
+    /// by openssl.
+    struct Pki {
+        ca: CertificateDer<'static>,
+        server: CertificateDer<'static>,
+    }
+
+    fn pki(dir: &std::path::Path, ca_name: &str) -> Pki {
+        std::fs::create_dir_all(dir).expect("temp dir");
+        let run = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(dir)
+                .output()
+                .expect("run openssl");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        run(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN={ca_name}"),
+        ]);
+        run(&[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=internal.example",
+        ]);
+        std::fs::write(dir.join("ext"), "subjectAltName=DNS:internal.example\n").expect("ext");
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "ext",
+        ]);
+        let cert = |name: &str| {
+            CertificateDer::from_pem_file(dir.join(name)).expect("a certificate openssl made")
+        };
+        Pki {
+            ca: cert("ca.pem"),
+            server: cert("server.pem"),
+        }
+    }
+
+    /// Stands for the system's verifier: says which one refused.
+    #[derive(Debug)]
+    struct SystemRefuses;
+
+    impl ServerCertVerifier for SystemRefuses {
+        fn verify_server_cert(
+            &self,
+            _end_entity: &CertificateDer<'_>,
+            _intermediates: &[CertificateDer<'_>],
+            _server_name: &ServerName<'_>,
+            _ocsp_response: &[u8],
+            _now: UnixTime,
+        ) -> Result<ServerCertVerified, rustls::Error> {
+            Err(rustls::Error::General("the system's roots".into()))
+        }
+
+        fn verify_tls12_signature(
+            &self,
+            _message: &[u8],
+            _cert: &CertificateDer<'_>,
+            _dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            Err(rustls::Error::General("not asked".into()))
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            _message: &[u8],
+            _cert: &CertificateDer<'_>,
+            _dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            Err(rustls::Error::General("not asked".into()))
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            Vec::new()
+        }
+    }
+
+    /// When neither the connection's CA nor the system's verify a server, the error said is
+    /// the connection's own (a wrong name, say), unless its CA simply did not issue the
+    /// certificate: then the system's, which may have been meant to.
+    #[test]
+    fn the_more_telling_refusal_is_said() {
+        let dir =
+            std::env::temp_dir().join(format!("postern-own-then-system-{}", std::process::id()));
+        let ours = pki(&dir.join("ours"), "our CA");
+        let theirs = pki(&dir.join("theirs"), "their CA");
+        let namesake = pki(&dir.join("namesake"), "our CA");
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut roots = RootCertStore::empty();
+        roots.add(ours.ca.clone()).expect("our CA");
+        let own = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+            .build()
+            .expect("verifier");
+        let verifier = OwnThenSystem {
+            own,
+            system: Arc::new(SystemRefuses),
+        };
+        let verify = |cert: &CertificateDer<'_>, name: &'static str| {
+            let name = ServerName::try_from(name).expect("a name");
+            verifier.verify_server_cert(cert, &[], &name, &[], UnixTime::now())
+        };
+
+        assert!(verify(&ours.server, "internal.example").is_ok());
+        // Ours issued it, for another name: that is the trouble, not the system's roots.
+        let wrong_name = verify(&ours.server, "other.example").expect_err("another name");
+        assert!(
+            matches!(
+                wrong_name,
+                rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::NotValidForNameContext { .. }
+                )
+            ),
+            "{wrong_name:?}"
+        );
+        // Ours did not issue it: the system's refusal.
+        let unknown = verify(&theirs.server, "internal.example").expect_err("another CA's");
+        assert_eq!(unknown, rustls::Error::General("the system's roots".into()));
+        // One of ours has the issuer's name but did not sign it (a CA made again under its
+        // old name): that is said, not the system's roots.
+        let namesake = verify(&namesake.server, "internal.example").expect_err("a namesake's");
+        assert_eq!(
+            namesake,
+            rustls::Error::InvalidCertificate(rustls::CertificateError::BadSignature)
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
