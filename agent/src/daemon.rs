@@ -107,6 +107,13 @@ pub async fn run_with_hangup(
     if let (Some(reloader), Some(hangup)) = (reloader, hangup) {
         tasks.spawn(reload_on_sighup(reloader, hangup, shutdown.clone()));
     }
+    // Loaded, and every port it was asked for is bound: reaching the relay may take long.
+    postern_process::service_manager::ready(&said(&state.borrow(), &config_rx.borrow()));
+    tasks.spawn(tell_service_manager(
+        state.subscribe(),
+        config_rx.clone(),
+        shutdown.clone(),
+    ));
     tunnel::run(config_rx, calls, shutdown.clone(), state).await;
     tunnel_done.cancel();
     tasks.close();
@@ -124,5 +131,39 @@ async fn reload_on_sighup(reloader: Arc<Reloader>, mut hup: Signal, shutdown: Ca
                 let _ = reloader.reload().await;
             }
         }
+    }
+}
+
+/// Keeps `systemctl status` saying whether the tunnel is up, and why not.
+async fn tell_service_manager(
+    mut state: watch::Receiver<TunnelState>,
+    config: watch::Receiver<Arc<AgentConfig>>,
+    shutdown: CancellationToken,
+) {
+    let mut last = String::new();
+    loop {
+        let now = said(&state.borrow_and_update(), &config.borrow());
+        if now != last {
+            postern_process::service_manager::status(&now);
+            last = now;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            changed = state.changed() => if changed.is_err() { return },
+        }
+    }
+}
+
+/// The tunnel's state in a line, as `postern status` begins.
+fn said(state: &TunnelState, config: &AgentConfig) -> String {
+    let relay = config.relays.join(", ");
+    match (state.connected, &state.agent_name, &state.last_error) {
+        (true, _, _) if state.draining => {
+            format!("connected to {relay}; draining to reconnect with new settings")
+        }
+        (true, Some(name), _) => format!("connected to {relay} as {name}"),
+        (true, None, _) => format!("connected to {relay}"),
+        (false, _, Some(error)) => format!("NOT connected to {relay}: {error}"),
+        (false, _, None) => format!("connecting to {relay}"),
     }
 }

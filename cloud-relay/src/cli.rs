@@ -671,6 +671,9 @@ fn serve(config: RelayConfig) -> Result<()> {
 async fn watch_stops(mut stops: StopSignals, shutdown: Shutdown) {
     stops.next().await;
     tracing::info!("shutdown requested; draining (a second SIGTERM or SIGINT stops at once)");
+    postern_process::service_manager::stopping(
+        "stopping: calls under way finish within shutdown_grace, then agents are told goodbye",
+    );
     shutdown.stop.cancel();
     stops.next().await;
     tracing::info!("second shutdown signal; ending the drain now");

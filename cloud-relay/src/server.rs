@@ -196,13 +196,29 @@ pub async fn run_with(
         ctx.tasks
             .spawn(reload_tls_on_sighup(tls.clone(), hangups, ctx.clone()));
     }
+    let ssh_at = listeners
+        .ssh
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let api_at = listeners
+        .api
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
     info!(
-        ssh = %listeners.ssh.local_addr().map(|a| a.to_string()).unwrap_or_default(),
-        api = %listeners.api.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        ssh = %ssh_at,
+        api = %api_at,
         %fingerprint,
         tls = tls.is_some(),
         "relay listening"
     );
+    // Both ports are bound, the store and the host key loaded: what comes now queues in
+    // the listeners' backlogs until the tasks below take it.
+    postern_process::service_manager::ready(&format!(
+        "serving agents on {ssh_at} (SSH) and calls on {api_at} ({})",
+        if tls.is_some() { "HTTPS" } else { "HTTP" }
+    ));
     ctx.tasks.spawn(ssh_server::serve(
         ctx.clone(),
         listeners.ssh,

@@ -15,6 +15,7 @@ use std::ffi::OsString;
 
 mod command_line;
 pub mod lock_file;
+pub mod service_manager;
 mod signals;
 pub use command_line::{USAGE_ERROR, UsageError, failure_code, parse};
 pub use signals::{StopSignals, listen_or_warn};

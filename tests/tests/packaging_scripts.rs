@@ -766,7 +766,7 @@ fn service_install_checks_the_config_as_the_user_then_writes_and_starts_the_unit
     let written = std::fs::read_to_string(sandbox.etc("systemd/system/postern-agent.service"))?;
     assert_eq!(written, expected);
     for line in [
-        "Type=exec",
+        "Type=notify",
         "User=postern",
         "ExecStart=/usr/local/bin/postern run --config /etc/postern/site.toml",
         "ExecReload=/usr/local/bin/postern reload --config /etc/postern/site.toml",

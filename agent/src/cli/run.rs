@@ -27,6 +27,9 @@ pub(crate) fn run_daemon(path: PathBuf) -> Result<()> {
         tokio::spawn(async move {
             stops.next().await;
             tracing::info!("shutdown requested; draining (a second signal stops at once)");
+            postern_process::service_manager::stopping(
+                "stopping: calls under way finish (up to 30 s), then the session ends",
+            );
             signals.cancel();
             stops.next().await;
             hurried.cancel();

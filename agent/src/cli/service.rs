@@ -275,9 +275,8 @@ pub(crate) fn install(config: &Path) -> Result<()> {
     // A restart, not a start: an agent already running (an install again, with another
     // config or binary) must pick the new unit up.
     run("systemctl", &["restart", UNIT_NAME])?;
-    // The unit is Type=exec: a program that cannot be run fails the restart above; one
-    // that starts and then exits (a relay it cannot reach is retried, not fatal) is
-    // caught here.
+    // The unit is Type=notify: an agent that cannot load its config or bind its sockets
+    // fails the restart above; one that exits after it said it was ready is caught here.
     std::thread::sleep(std::time::Duration::from_secs(2));
     let active = Command::new("systemctl")
         .args(["is-active", "--quiet", UNIT_NAME])

@@ -1,0 +1,209 @@
+//! The relay and the agent under a `Type=notify` unit, with the test as systemd: a datagram
+//! socket as `NOTIFY_SOCKET` gets `READY=1` once they serve (never from one that fails to
+//! start), the agent's `STATUS=` as its tunnel comes and goes, and `STOPPING=1` at a stop.
+
+use std::os::unix::net::UnixDatagram;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use postern_tests::harness::{
+    AgentProcess, Bins, RelayProcess, agent_config, create_agent, free_port, output_within, signal,
+};
+use postern_tests::temp::TempDir;
+
+fn bins() -> Bins {
+    postern_tests::bins!()
+}
+
+/// What systemd would read on the unit's notify socket.
+struct Manager {
+    socket: UnixDatagram,
+}
+
+impl Manager {
+    fn bind(dir: &Path) -> Result<(Self, std::path::PathBuf)> {
+        let path = dir.join("notify");
+        let socket = UnixDatagram::bind(&path)?;
+        Ok((Self { socket }, path))
+    }
+
+    /// The next message, within `limit`.
+    fn next(&self, limit: Duration) -> Result<String> {
+        self.socket.set_read_timeout(Some(limit))?;
+        let mut buf = [0u8; 4096];
+        let n = self
+            .socket
+            .recv(&mut buf)
+            .with_context(|| format!("no message to the service manager within {limit:?}"))?;
+        Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+    }
+
+    /// Messages until one holds `needle`, within `limit` in all; that one.
+    fn until(&self, needle: &str, limit: Duration) -> Result<String> {
+        let deadline = Instant::now() + limit;
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                bail!("no {needle:?} within {limit:?}; got {seen:?}");
+            }
+            let message = self.next(left).with_context(|| format!("got {seen:?}"))?;
+            if message.contains(needle) {
+                return Ok(message);
+            }
+            seen.push(message);
+        }
+    }
+
+    /// Nothing was sent (the socket holds no message now).
+    fn nothing_sent(&self) -> Result<()> {
+        self.socket.set_nonblocking(true)?;
+        let mut buf = [0u8; 4096];
+        match self.socket.recv(&mut buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
+            Ok(n) => bail!("sent {:?}", String::from_utf8_lossy(&buf[..n])),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+#[test]
+fn the_relay_says_ready_once_it_serves_and_stopping_at_a_stop() -> Result<()> {
+    let dir = TempDir::new("notify-relay")?;
+    let bins = bins();
+    let (manager, socket) = Manager::bind(dir.path())?;
+    let (ssh, api) = (
+        format!("127.0.0.1:{}", free_port()?),
+        format!("127.0.0.1:{}", free_port()?),
+    );
+    let mut command = Command::new(&bins.relay);
+    command
+        .args(["serve", "--state-dir"])
+        .arg(dir.path().join("relay"))
+        .args(["--ssh-listen", &ssh, "--api-listen", &api])
+        .env("NOTIFY_SOCKET", &socket);
+    let mut relay = RelayProcess::spawn(command, &dir.path().join("relay"))?;
+    let ready = manager.next(Duration::from_secs(10))?;
+    assert_eq!(
+        ready,
+        format!("READY=1\nSTATUS=serving agents on {ssh} (SSH) and calls on {api} (HTTP)\n")
+    );
+    // Ready means serving: the API answers at once.
+    let health = std::net::TcpStream::connect(&api).and_then(|mut s| {
+        use std::io::{Read, Write};
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        s.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")?;
+        let mut answer = String::new();
+        s.read_to_string(&mut answer)?;
+        Ok(answer)
+    })?;
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+
+    signal(relay.pid(), "TERM")?;
+    let stopping = manager.next(Duration::from_secs(10))?;
+    assert!(
+        stopping.starts_with("STOPPING=1\nSTATUS=stopping: "),
+        "{stopping}"
+    );
+    assert!(relay.terminate()?.success());
+    Ok(())
+}
+
+/// A relay that cannot start never says it is ready: `systemctl start` fails with it.
+#[test]
+fn a_relay_that_cannot_start_never_says_ready() -> Result<()> {
+    let dir = TempDir::new("notify-relay-busy")?;
+    let bins = bins();
+    let (manager, socket) = Manager::bind(dir.path())?;
+    let taken = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let api = taken.local_addr()?.to_string();
+    let mut command = Command::new(&bins.relay);
+    command
+        .args(["serve", "--state-dir"])
+        .arg(dir.path().join("relay"))
+        .args(["--ssh-listen", "127.0.0.1:0", "--api-listen", &api])
+        .env("NOTIFY_SOCKET", &socket);
+    let out = output_within(&mut command, Duration::from_secs(30))?;
+    assert_eq!(out.status.code(), Some(1));
+    manager.nothing_sent()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_agent_says_ready_then_how_its_tunnel_fares() -> Result<()> {
+    let dir = TempDir::new("notify-agent")?;
+    let bins = bins();
+    let (manager, socket) = Manager::bind(dir.path())?;
+    let state = dir.path().join("relay");
+    let mut relay = RelayProcess::start(&bins, &state, "127.0.0.1:0", "127.0.0.1:0")?;
+    let (_, token) = create_agent(&bins, &state, "a1")?;
+    let config = dir.write_private(
+        "agent.toml",
+        &agent_config(relay.ssh, &relay.fingerprint, &token, ""),
+    )?;
+    let mut command = Command::new(&bins.agent);
+    command
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("NOTIFY_SOCKET", &socket);
+    let mut agent = AgentProcess::spawn(command)?;
+    let relay_at = relay.ssh.to_string();
+    let ready = tokio::task::block_in_place(|| manager.next(Duration::from_secs(10)))?;
+    assert_eq!(ready, format!("READY=1\nSTATUS=connecting to {relay_at}\n"));
+    tokio::task::block_in_place(|| -> Result<()> {
+        manager.until(
+            &format!("STATUS=connected to {relay_at} as a1\n"),
+            Duration::from_secs(15),
+        )?;
+        relay.kill();
+        let lost = manager.until("STATUS=NOT connected", Duration::from_secs(20))?;
+        ensure!(
+            lost.starts_with(&format!("STATUS=NOT connected to {relay_at}: ")),
+            "{lost}"
+        );
+        ensure!(
+            lost.ends_with('\n') && lost.lines().count() == 1,
+            "{lost:?}"
+        );
+        signal(agent.pid(), "TERM")?;
+        let stopping = manager.until("STOPPING=1", Duration::from_secs(10))?;
+        ensure!(
+            stopping.starts_with("STOPPING=1\nSTATUS=stopping: "),
+            "{stopping}"
+        );
+        Ok(())
+    })?;
+    assert!(agent.exit_within(Duration::from_secs(10)).await?.success());
+    Ok(())
+}
+
+/// An agent whose config does not load never says it is ready.
+#[test]
+fn an_agent_that_cannot_start_never_says_ready() -> Result<()> {
+    let dir = TempDir::new("notify-agent-bad")?;
+    let bins = bins();
+    let (manager, socket) = Manager::bind(dir.path())?;
+    let config = dir.write_private(
+        "agent.toml",
+        &agent_config(
+            "127.0.0.1:9".parse()?,
+            "SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+            &postern_tests::harness::unknown_token(),
+            "\n[connections.c]\nbase_uri = \"http://127.0.0.1:9\"\n[connections.c.auth]\ntype = \"jwt_bearer\"\nalgorithm = \"RS256\"\nprivate_key_file = \"missing.pem\"\npayload = { aud = \"x\" }\n",
+        ),
+    )?;
+    let mut command = Command::new(&bins.agent);
+    command
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("NOTIFY_SOCKET", &socket);
+    let out = output_within(&mut command, Duration::from_secs(30))?;
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    manager.nothing_sent()
+}
