@@ -102,7 +102,7 @@ async fn metrics(
     auth::check_api_key(&ctx, request.headers(), request.extensions()).await?;
     Ok((
         [(http::header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
-        ctx.metrics.render(ctx.registry.all().len()),
+        ctx.metrics.render(ctx.registry.online()),
     ))
 }
 

@@ -241,6 +241,11 @@ impl Registry {
         self.lock().get(agent_id).cloned()
     }
 
+    /// How many agents are online.
+    pub fn online(&self) -> usize {
+        self.lock().len()
+    }
+
     pub fn all(&self) -> Vec<Arc<LiveSession>> {
         self.lock().values().cloned().collect()
     }

@@ -215,10 +215,18 @@ pub async fn run_with(
     );
     // Both ports are bound, the store and the host key loaded: what comes now queues in
     // the listeners' backlogs until the tasks below take it.
-    postern_process::service_manager::ready(&format!(
+    let serving = format!(
         "serving agents on {ssh_at} (SSH) and calls on {api_at} ({})",
         if tls.is_some() { "HTTPS" } else { "HTTP" }
-    ));
+    );
+    postern_process::service_manager::ready(&serving);
+    if postern_process::service_manager::listening() {
+        ctx.tasks.spawn(tell_agents_online(
+            ctx.clone(),
+            serving,
+            shutdown.stop.clone(),
+        ));
+    }
     ctx.tasks.spawn(ssh_server::serve(
         ctx.clone(),
         listeners.ssh,
@@ -386,6 +394,29 @@ where
         }
     }
 }
+
+/// Keeps `systemctl status` saying how many agents are online, checked every few seconds.
+async fn tell_agents_online(ctx: Arc<RelayContext>, serving: String, stop: CancellationToken) {
+    let mut told = 0;
+    let mut every = tokio::time::interval(AGENTS_ONLINE_EVERY);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        let online = ctx.registry.online();
+        if online != told {
+            let agents = if online == 1 { "agent" } else { "agents" };
+            postern_process::service_manager::status(&format!(
+                "{serving}; {online} {agents} online"
+            ));
+            told = online;
+        }
+    }
+}
+
+/// How often `systemctl status`'s count of agents online is brought up to date.
+const AGENTS_ONLINE_EVERY: Duration = Duration::from_secs(2);
 
 #[cfg(test)]
 mod tests {

@@ -5,6 +5,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use sd_notify::NotifyState;
 
+/// Whether a service manager listens (`NOTIFY_SOCKET` is set): what only it would read
+/// need not be kept up to date otherwise.
+pub fn listening() -> bool {
+    std::env::var_os("NOTIFY_SOCKET").is_some()
+}
+
 /// The program serves: `systemctl start` returns now, and one that exits before this fails.
 pub fn ready(status: &str) {
     let status = one_line(status);

@@ -101,6 +101,20 @@ fn the_relay_says_ready_once_it_serves_and_stopping_at_a_stop() -> Result<()> {
     })?;
     assert!(health.starts_with("HTTP/1.1 200"), "{health}");
 
+    // The count of agents online follows them.
+    let (_, token) = create_agent(&bins, &dir.path().join("relay"), "a1")?;
+    let config = dir.write_private(
+        "agent.toml",
+        &agent_config(relay.ssh, &relay.fingerprint, &token, ""),
+    )?;
+    let mut agent = AgentProcess::start(&bins, &config)?;
+    let serving = format!("STATUS=serving agents on {ssh} (SSH) and calls on {api} (HTTP)");
+    let one = manager.until("online", Duration::from_secs(20))?;
+    assert_eq!(one, format!("{serving}; 1 agent online\n"));
+    agent.terminate()?;
+    let none = manager.until("online", Duration::from_secs(20))?;
+    assert_eq!(none, format!("{serving}; 0 agents online\n"));
+
     signal(relay.pid(), "TERM")?;
     let stopping = manager.next(Duration::from_secs(10))?;
     assert!(
