@@ -43,6 +43,9 @@ pub mod status;
 pub mod tunnel;
 pub mod upstream_url;
 
+#[cfg(test)]
+mod test_openssl;
+
 pub use config::AgentConfig;
 pub use daemon::run;
 pub use tunnel::TunnelState;

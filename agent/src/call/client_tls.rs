@@ -307,7 +307,6 @@ pub enum ClientError {
 mod tests {
     use super::*;
     use rustls::pki_types::pem::PemObject;
-    use std::process::Command;
 
     /// A CA named `ca_name` and a server certificate it signed for `internal.example`, made
     /// by openssl.
@@ -317,18 +316,8 @@ mod tests {
     }
 
     fn pki(dir: &std::path::Path, ca_name: &str) -> Pki {
-        std::fs::create_dir_all(dir).expect("temp dir");
         let run = |args: &[&str]| {
-            let out = Command::new("openssl")
-                .args(args)
-                .current_dir(dir)
-                .output()
-                .expect("run openssl");
-            assert!(
-                out.status.success(),
-                "openssl {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            crate::test_openssl::openssl(dir, args);
         };
         run(&[
             "req",

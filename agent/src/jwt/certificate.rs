@@ -80,16 +80,12 @@ fn certified_key(cert: &[u8]) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::process::Command;
+    use crate::test_openssl::openssl;
 
-    /// openssl's own fingerprints, turned from hex into base64url.
-    fn openssl_fingerprint(cert: &std::path::Path, hash: &str) -> String {
-        let out = Command::new("openssl")
-            .args(["x509", "-noout", "-fingerprint", hash, "-in"])
-            .arg(cert)
-            .output()
-            .expect("openssl x509");
-        let text = String::from_utf8_lossy(&out.stdout);
+    /// openssl's own fingerprints of `cert` in `dir`, turned from hex into base64url.
+    fn openssl_fingerprint(dir: &std::path::Path, cert: &str, hash: &str) -> String {
+        let out = openssl(dir, &["x509", "-noout", "-fingerprint", hash, "-in", cert]);
+        let text = String::from_utf8_lossy(&out);
         let hex = text
             .trim()
             .rsplit('=')
@@ -106,10 +102,9 @@ mod tests {
     #[test]
     fn thumbprints_match_openssl() {
         let dir = std::env::temp_dir().join(format!("postern-x5t-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("dir");
-        let cert = dir.join("cert.pem");
-        let ok = Command::new("openssl")
-            .args([
+        openssl(
+            &dir,
+            &[
                 "req",
                 "-x509",
                 "-newkey",
@@ -122,31 +117,24 @@ mod tests {
                 "-days",
                 "2",
                 "-keyout",
-            ])
-            .arg(dir.join("key.pem"))
-            .arg("-out")
-            .arg(&cert)
-            .output()
-            .expect("openssl req")
-            .status
-            .success();
-        assert!(ok, "openssl req failed");
-        let text = std::fs::read_to_string(&cert).expect("cert");
+                "key.pem",
+                "-out",
+                "cert.pem",
+            ],
+        );
+        let text = std::fs::read_to_string(dir.join("cert.pem")).expect("cert");
         let t = thumbprints(&text).expect("thumbprints");
-        assert_eq!(t.x5t, openssl_fingerprint(&cert, "-sha1"));
-        assert_eq!(t.x5t_s256, openssl_fingerprint(&cert, "-sha256"));
+        assert_eq!(t.x5t, openssl_fingerprint(&dir, "cert.pem", "-sha1"));
+        assert_eq!(t.x5t_s256, openssl_fingerprint(&dir, "cert.pem", "-sha256"));
         assert_eq!(t.x5t.len(), 27);
         // The same certificate as DER (a Windows `.cer`) gives the same thumbprints.
-        let der = dir.join("cert.cer");
-        let converted = Command::new("openssl")
-            .args(["x509", "-outform", "DER", "-in"])
-            .arg(&cert)
-            .arg("-out")
-            .arg(&der)
-            .status()
-            .expect("openssl x509");
-        assert!(converted.success());
-        let bytes = std::fs::read(&der).expect("der");
+        openssl(
+            &dir,
+            &[
+                "x509", "-outform", "DER", "-in", "cert.pem", "-out", "cert.cer",
+            ],
+        );
+        let bytes = std::fs::read(dir.join("cert.cer")).expect("der");
         assert_eq!(thumbprints_of_file(&bytes), Ok(t.clone()));
         // Binary that is not a certificate (a DER key, say) is named as such.
         assert_eq!(
@@ -163,15 +151,6 @@ mod tests {
     fn the_certified_key_is_the_signers_public_key() {
         use crate::jwt::{Algorithm, JwtSigner, KeyMaterial, PayloadTemplate};
         let dir = std::env::temp_dir().join(format!("postern-certkey-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("dir");
-        let openssl = |args: &[&str]| {
-            let out = Command::new("openssl")
-                .args(args)
-                .current_dir(&dir)
-                .output()
-                .expect("openssl");
-            assert!(out.status.success(), "openssl {args:?}: {out:?}");
-        };
         let kinds: [(&str, &[&str], Algorithm); 3] = [
             ("rsa", &["-newkey", "rsa:2048"], Algorithm::PS256),
             (
@@ -187,7 +166,7 @@ mod tests {
             let mut args = vec!["req", "-x509", "-nodes", "-subj", "/CN=t", "-days", "2"];
             args.extend_from_slice(newkey);
             args.extend_from_slice(&["-keyout", &key, "-out", &cert]);
-            openssl(&args);
+            openssl(&dir, &args);
             let read = |file: &str| std::fs::read_to_string(dir.join(file)).expect("read");
             let signer = JwtSigner::new(
                 algorithm,
@@ -202,21 +181,24 @@ mod tests {
             certified.push(from_cert);
         }
         // A certificate made for a second RSA key holds that key, not the first.
-        openssl(&[
-            "req",
-            "-x509",
-            "-nodes",
-            "-subj",
-            "/CN=t",
-            "-days",
-            "2",
-            "-newkey",
-            "rsa:2048",
-            "-keyout",
-            "other.key",
-            "-out",
-            "other.pem",
-        ]);
+        openssl(
+            &dir,
+            &[
+                "req",
+                "-x509",
+                "-nodes",
+                "-subj",
+                "/CN=t",
+                "-days",
+                "2",
+                "-newkey",
+                "rsa:2048",
+                "-keyout",
+                "other.key",
+                "-out",
+                "other.pem",
+            ],
+        );
         let other = std::fs::read_to_string(dir.join("other.pem")).expect("read");
         assert_ne!(thumbprints(&other).expect("cert").public_key, certified[0]);
         let _ = std::fs::remove_dir_all(&dir);

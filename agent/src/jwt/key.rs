@@ -406,7 +406,6 @@ pub(crate) mod test_keys {
     //! Real keys made with the `openssl` CLI once per test run, shared by the jwt tests.
 
     use std::path::Path;
-    use std::process::Command;
     use std::sync::OnceLock;
 
     pub(crate) struct TestKeys {
@@ -437,16 +436,7 @@ pub(crate) mod test_keys {
         let dir = std::env::temp_dir().join(format!("postern-jwt-keys-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("create temp dir");
         let run = |args: &[&str]| {
-            let out = Command::new("openssl")
-                .args(args)
-                .current_dir(&dir)
-                .output()
-                .expect("run openssl");
-            assert!(
-                out.status.success(),
-                "openssl {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            crate::test_openssl::openssl(&dir, args);
         };
         let read =
             |name: &str| std::fs::read_to_string(dir.join(name)).expect("read generated key");
