@@ -236,3 +236,41 @@ fn the_container_checks_its_health_with_the_config_it_serves() -> Result<()> {
     assert!(docker_timeout > own, "{docker_timeout:?} against {own:?}");
     Ok(())
 }
+
+/// A relay listening on every address (IPv4 and IPv6), as in the container, is asked
+/// through its loopback. Every address is only bound inside a network namespace of the
+/// test's own.
+#[test]
+fn a_relay_on_every_address_is_asked_through_loopback() -> Result<()> {
+    if let Some(why) = postern_tests::netns::unavailable() {
+        eprintln!("SKIPPED every address: {why}");
+        return Ok(());
+    }
+    let topo =
+        postern_tests::netns::Topology::create(&format!("w{}", std::process::id() % 10_000))?;
+    let dir = TempDir::new("relay-health-any")?;
+    let bins = bins();
+    for (listen, asked) in [
+        ("0.0.0.0:18443", "127.0.0.1:18443"),
+        ("[::]:18444", "[::1]:18444"),
+    ] {
+        let config = dir.path().join("relay.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "state_dir = \"relay\"\nssh_listen = \"127.0.0.1:0\"\napi_listen = \"{listen}\"\nallow_plain_http = true\n"
+            ),
+        )?;
+        let config = config.to_string_lossy().into_owned();
+        let mut serve = postern_tests::harness::command_in(Some(&topo.cloud), &bins.relay);
+        serve.args(["serve", "--config", &config]);
+        let relay = RelayProcess::spawn(serve, &dir.path().join("relay"))?;
+        let mut health = postern_tests::harness::command_in(Some(&topo.cloud), &bins.relay);
+        health.args(["health", "--config", &config]);
+        let out = postern_tests::harness::output_within(&mut health, Duration::from_secs(20))?;
+        assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
+        assert_eq!(stdout(&out), format!("http://{asked}/healthz: ok\n"));
+        drop(relay);
+    }
+    Ok(())
+}
