@@ -428,6 +428,7 @@ async fn run(
             header: asked.header,
         };
         let pause = ctx.limiter.pause(asked.wait, asked_by);
+        ctx.metrics.upstream_paused(conn.name.as_str());
         warn!(connection = %conn.name, status = upstream.status().as_u16(), header = asked.header, pause_ms = pause.as_millis() as u64, "upstream asked to slow down; pausing the connection");
     }
     let mut upstream_headers = upstream.headers().clone();

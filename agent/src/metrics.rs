@@ -1,6 +1,6 @@
 //! The agent's optional Prometheus metrics (`metrics_listen`, loopback only): calls by
-//! connection and status, answers broken off, call durations, token exchanges, tunnel
-//! state, reconnects and config reloads.
+//! connection and status, answers broken off, pauses internal servers asked for, call
+//! durations, token exchanges, tunnel state, reconnects and config reloads.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -70,6 +70,7 @@ pub struct AgentMetrics {
     reconnects: Counter,
     calls: Family<CallLabels, Counter>,
     answers_broken: Family<ConnectionLabel, Counter>,
+    upstream_pauses: Family<ConnectionLabel, Counter>,
     call_duration: Family<ConnectionLabel, Histogram, fn() -> Histogram>,
     token_exchanges: Family<ExchangeLabels, Counter>,
     config_reloads: Family<OutcomeLabel, Counter>,
@@ -89,6 +90,7 @@ impl Default for AgentMetrics {
         let reconnects = Counter::default();
         let calls = Family::<CallLabels, Counter>::default();
         let answers_broken = Family::<ConnectionLabel, Counter>::default();
+        let upstream_pauses = Family::<ConnectionLabel, Counter>::default();
         let call_duration =
             Family::<ConnectionLabel, Histogram, fn() -> Histogram>::new_with_constructor(
                 duration_histogram,
@@ -122,6 +124,11 @@ impl Default for AgentMetrics {
             answers_broken.clone(),
         );
         registry.register(
+            "upstream_pauses",
+            "Pauses the internal servers asked for (a 429, or a 403 that says its limit is used up), by connection: each holds the connection's calls (postern status shows the one under way)",
+            upstream_pauses.clone(),
+        );
+        registry.register(
             "call_duration_seconds",
             "Call duration until the answer's headers, by connection",
             call_duration.clone(),
@@ -147,6 +154,7 @@ impl Default for AgentMetrics {
             reconnects,
             calls,
             answers_broken,
+            upstream_pauses,
             call_duration,
             token_exchanges,
             config_reloads,
@@ -187,11 +195,23 @@ impl AgentMetrics {
         self.config_last_reload_ok.set(i64::from(ok));
     }
 
-    /// Shows a connection's broken answers at 0 from its start, so a rate has a beginning.
+    /// Shows a connection's broken answers and pauses at 0 from its start, so a rate has a
+    /// beginning.
     pub fn connection_known(&self, connection: &str) {
-        let _ = self.answers_broken.get_or_create(&ConnectionLabel {
+        let label = ConnectionLabel {
             connection: connection.to_owned(),
-        });
+        };
+        let _ = self.answers_broken.get_or_create(&label);
+        let _ = self.upstream_pauses.get_or_create(&label);
+    }
+
+    /// The internal server asked `connection` to pause.
+    pub fn upstream_paused(&self, connection: &str) {
+        self.upstream_pauses
+            .get_or_create(&ConnectionLabel {
+                connection: connection.to_owned(),
+            })
+            .inc();
     }
 
     /// A call whose answer broke off after its head went out with its status, which

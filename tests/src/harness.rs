@@ -622,6 +622,15 @@ pub fn output_text(out: &std::process::Output) -> String {
     )
 }
 
+/// The agent's own `GET /metrics` on loopback `port` (`metrics_listen`), as text.
+pub async fn agent_metrics(port: u16) -> Result<String> {
+    Ok(reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
+}
+
 /// A well-formed agent token that no relay knows, for configs that never reach one.
 pub fn unknown_token() -> String {
     postern_protocol::SecretToken::generate(

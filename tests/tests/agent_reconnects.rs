@@ -4,21 +4,12 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use postern_tests::harness::{Bins, RelayProcess, Tunnel, status_json};
+use postern_tests::harness::{Bins, RelayProcess, Tunnel, agent_metrics, status_json};
 use postern_tests::relay_support::{ONLINE_WITHIN, eventually};
 use postern_tests::temp::TempDir;
 
 fn bins() -> Bins {
     postern_tests::bins!()
-}
-
-/// The agent's own `/metrics`, as text.
-async fn agent_metrics(port: u16) -> Result<String> {
-    Ok(reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
-        .await?
-        .error_for_status()?
-        .text()
-        .await?)
 }
 
 /// The value of the unlabelled series `name` in OpenMetrics `text`.

@@ -48,11 +48,8 @@ async fn relay_counts_one(w: &RelayWorld, series: &str) -> Result<()> {
     .await
 }
 
-async fn agent_metrics(port: u16) -> Result<HashMap<String, f64>> {
-    let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
-        .await?
-        .text()
-        .await?;
+async fn agent_samples(port: u16) -> Result<HashMap<String, f64>> {
+    let text = postern_tests::harness::agent_metrics(port).await?;
     let mut samples = HashMap::new();
     for line in text.lines().filter(|l| !l.starts_with('#')) {
         if let Some((name, value)) = line.rsplit_once(' ') {
@@ -121,7 +118,7 @@ async fn an_answer_the_internal_server_breaks_off_is_broken_on_both_sides_a_hang
     // Its status went out and stays counted; the broken counter is beside it.
     assert_eq!(sample(&relay, "postern_calls_total{class=\"2xx\"}"), 1.0);
     // The agent's metrics say what `postern status` says: one call, failed, not served.
-    let metrics = agent_metrics(port).await?;
+    let metrics = agent_samples(port).await?;
     assert_eq!(sample(&metrics, AGENT_BROKEN), 1.0, "{metrics:?}");
     assert_eq!(sample(&metrics, AGENT_200), 1.0, "{metrics:?}");
     let config = w.dir.path().join("site.toml");
@@ -149,7 +146,7 @@ async fn an_answer_the_internal_server_breaks_off_is_broken_on_both_sides_a_hang
         (sample(&relay, BY_AGENT), sample(&relay, BY_TUNNEL)),
         (1.0, 0.0)
     );
-    assert_eq!(sample(&agent_metrics(port).await?, AGENT_BROKEN), 1.0);
+    assert_eq!(sample(&agent_samples(port).await?, AGENT_BROKEN), 1.0);
     let breaks = w
         .relay
         .logs

@@ -191,11 +191,7 @@ async fn fifty_concurrent_calls_share_one_exchange() -> Result<()> {
     // The access token is a secret: never in the agent's log.
     assert!(!world.agent.logs.contains(&issued));
 
-    let metrics = reqwest::get(format!("http://127.0.0.1:{metrics_port}/metrics"))
-        .await?
-        .error_for_status()?
-        .text()
-        .await?;
+    let metrics = postern_tests::harness::agent_metrics(metrics_port).await?;
     for line in [
         "postern_agent_token_exchanges_total{connection=\"erp\",outcome=\"ok\"} 1\n",
         "postern_agent_token_exchanges_total{connection=\"erp\",outcome=\"failed\"} 0\n",

@@ -14,8 +14,8 @@ use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use postern_tests::harness::{
-    AgentProcess, Api, Bins, RelayProcess, agent_cli, agent_config, create_agent, create_api_key,
-    status_json, stdout,
+    AgentProcess, Api, Bins, RelayProcess, agent_cli, agent_config, agent_metrics, create_agent,
+    create_api_key, status_json, stdout,
 };
 use postern_tests::internal_server::serve_until_cancelled;
 use postern_tests::relay_support::ONLINE_WITHIN;
@@ -107,7 +107,7 @@ struct World {
     bins: Bins,
     config: std::path::PathBuf,
     _relay: RelayProcess,
-    _agent: AgentProcess,
+    agent: AgentProcess,
     api: Api,
     upstream: Upstream,
     _stop: tokio_util::sync::DropGuard,
@@ -133,7 +133,10 @@ impl World {
                 relay.ssh,
                 &relay.fingerprint,
                 &token,
-                &connections(&format!("http://{addr}/api")),
+                &format!(
+                    "metrics_listen = \"127.0.0.1:0\"\n{}",
+                    connections(&format!("http://{addr}/api"))
+                ),
             ),
         )?;
         let agent = AgentProcess::start(&bins, &config)?;
@@ -144,7 +147,7 @@ impl World {
             bins,
             config,
             _relay: relay,
-            _agent: agent,
+            agent,
             api,
             upstream: state,
             _stop: stop.drop_guard(),
@@ -516,6 +519,13 @@ async fn a_403_that_says_its_limit_is_used_up_pauses_the_connection() -> Result<
         w.pause_shown("denied").await?.is_null(),
         "a refusal of access"
     );
+    let metrics = agent_metrics(w.agent.metrics_port()?).await?;
+    for (connection, pauses) in [("secondary", 1), ("refused", 1), ("denied", 0)] {
+        let line = format!(
+            "postern_agent_upstream_pauses_total{{connection=\"{connection}\"}} {pauses}\n"
+        );
+        assert!(metrics.contains(&line), "no {line} in:\n{metrics}");
+    }
     Ok(())
 }
 
