@@ -141,13 +141,15 @@ async fn tell_service_manager(
     shutdown: CancellationToken,
 ) {
     let mut last = String::new();
-    loop {
+    // A stop says `stopping` itself (`cli/run.rs`); its drain is not a reconnection's.
+    while !shutdown.is_cancelled() {
         let now = said(&state.borrow_and_update(), &config.borrow());
         if now != last {
             postern_process::service_manager::status(&now);
             last = now;
         }
         tokio::select! {
+            biased;
             _ = shutdown.cancelled() => return,
             changed = state.changed() => if changed.is_err() { return },
         }

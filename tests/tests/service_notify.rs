@@ -180,6 +180,13 @@ async fn the_agent_says_ready_then_how_its_tunnel_fares() -> Result<()> {
             lost.ends_with('\n') && lost.lines().count() == 1,
             "{lost:?}"
         );
+        // Back, on the same port and state: connected again, then stopped while connected,
+        // when the session drains.
+        relay = RelayProcess::start(&bins, &state, &relay_at, "127.0.0.1:0")?;
+        manager.until(
+            &format!("STATUS=connected to {relay_at} as a1\n"),
+            Duration::from_secs(15),
+        )?;
         signal(agent.pid(), "TERM")?;
         let stopping = manager.until("STOPPING=1", Duration::from_secs(10))?;
         ensure!(
@@ -189,7 +196,8 @@ async fn the_agent_says_ready_then_how_its_tunnel_fares() -> Result<()> {
         Ok(())
     })?;
     assert!(agent.exit_within(Duration::from_secs(10)).await?.success());
-    Ok(())
+    // The stop's drain is not told as a reconnection's.
+    manager.nothing_sent()
 }
 
 /// An agent whose config does not load never says it is ready.
