@@ -160,3 +160,52 @@ async fn a_reload_facing_a_protocol_1_relay_says_hello_again_only_after_its_call
     }
     Ok(())
 }
+
+/// A relay from before 2026-12-06 sends no `x-postern-call-timeout`: a call it gives up on
+/// is logged with `cause="unknown"`, the three reasons it may have had named, since the
+/// agent cannot tell its timeout from a caller gone. The same call from this build's
+/// relay, which sends it, is `given_up`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_call_given_up_without_the_relays_timeout_has_an_unknown_cause() -> Result<()> {
+    let internal = InternalServer::start(Verifier::None, "orders").await?;
+    for (version, timeout_header, cause) in [
+        (1, "", "cause=\"unknown\""),
+        (
+            PROTOCOL_VERSION,
+            "x-postern-call-timeout: 120000\r\n",
+            "cause=\"given_up\"",
+        ),
+    ] {
+        let dir = TempDir::new("older-relay-abandon")?;
+        let (_relay, agent, session, _) = agent_on(&dir, version, &internal).await?;
+        let channel = session.open("orders").await?;
+        let slow = format!("/v{version}/abandoned/slow");
+        let id = format!("abandoned-v{version}");
+        let head = format!(
+            "GET {slow} HTTP/1.1\r\nhost: orders\r\nx-request-id: {id}\r\n{timeout_header}\r\n"
+        );
+        channel.data(head.as_bytes()).await?;
+        internal.has_seen(&slow).await?;
+        channel.close().await?;
+        agent
+            .logs
+            .wait_for("call abandoned before its answer", Duration::from_secs(10))?;
+        let line = agent
+            .logs
+            .lines()
+            .into_iter()
+            .find(|l| l.contains("call abandoned before its answer"))
+            .unwrap_or_default();
+        ensure!(
+            line.contains(&format!("request_id={id}")) && line.contains(cause),
+            "protocol {version}: {line}"
+        );
+        if version == 1 {
+            ensure!(
+                line.contains("its caller gone, its call_timeout, or the session's end"),
+                "{line}"
+            );
+        }
+    }
+    Ok(())
+}
