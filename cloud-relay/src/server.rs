@@ -401,11 +401,13 @@ async fn tell_agents_online(ctx: Arc<RelayContext>, serving: String, stop: Cance
     let mut every = tokio::time::interval(AGENTS_ONLINE_EVERY);
     loop {
         tokio::select! {
+            biased;
             _ = stop.cancelled() => return,
             _ = every.tick() => {}
         }
         let online = ctx.registry.online();
-        if online != told {
+        // Once stopping, the status says so (`cli.rs`): not overwritten with the count.
+        if online != told && !stop.is_cancelled() {
             let agents = if online == 1 { "agent" } else { "agents" };
             postern_process::service_manager::status(&format!(
                 "{serving}; {online} {agents} online"
