@@ -114,6 +114,9 @@ pub async fn run_with_hangup(
         config_rx.clone(),
         shutdown.clone(),
     ));
+    tasks.spawn(postern_process::service_manager::feed_watchdog(
+        shutdown.clone().cancelled_owned(),
+    ));
     tunnel::run(config_rx, calls, shutdown.clone(), state).await;
     tunnel_done.cancel();
     tasks.close();

@@ -220,6 +220,10 @@ pub async fn run_with(
         if tls.is_some() { "HTTPS" } else { "HTTP" }
     );
     postern_process::service_manager::ready(&serving);
+    let stop = shutdown.stop.clone();
+    ctx.tasks.spawn(async move {
+        postern_process::service_manager::feed_watchdog(stop.cancelled_owned()).await;
+    });
     if postern_process::service_manager::listening() {
         ctx.tasks.spawn(tell_agents_online(
             ctx.clone(),

@@ -1,6 +1,7 @@
 //! What a `Type=notify` unit tells systemd: ready (only then does `systemctl start` return),
 //! what it is doing (`systemctl status`), and that it stops. Nothing without `NOTIFY_SOCKET`.
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use sd_notify::NotifyState;
@@ -23,10 +24,43 @@ pub fn status(status: &str) {
     send(&[NotifyState::Status(&status)]);
 }
 
-/// The stop began: the unit shows as deactivating while the program drains.
+/// The stop began: the unit shows as deactivating while the program drains. The watchdog
+/// is fed no more, from here on strictly.
 pub fn stopping(status: &str) {
     let status = one_line(status);
+    let mut stopping = STOPPING.lock().unwrap_or_else(|e| e.into_inner());
+    *stopping = true;
     send(&[NotifyState::Stopping, NotifyState::Status(&status)]);
+}
+
+/// Set by [`stopping`]; held while the watchdog is fed, so no `WATCHDOG=1` follows
+/// `STOPPING=1`.
+static STOPPING: Mutex<bool> = Mutex::new(false);
+
+/// While the unit's `WatchdogSec=` runs (systemd set `WATCHDOG_USEC` for this process),
+/// says `WATCHDOG=1` at a third of it until `stop`: a program whose runtime no longer runs
+/// its tasks (every worker blocked) stops saying it, and systemd restarts it. A stop is
+/// not watched (systemd's `TimeoutStopSec=` bounds it), so nothing is said after `stop`.
+pub async fn feed_watchdog(stop: impl std::future::Future<Output = ()>) {
+    let Some(limit) = sd_notify::watchdog_enabled() else {
+        return;
+    };
+    let mut every = tokio::time::interval(limit / 3);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            biased;
+            () = &mut stop => return,
+            _ = every.tick() => {
+                let stopping = STOPPING.lock().unwrap_or_else(|e| e.into_inner());
+                if *stopping {
+                    return;
+                }
+                send(&[NotifyState::Watchdog]);
+            }
+        }
+    }
 }
 
 /// The protocol is one `KEY=value` a line: a newline in a relay's error text would end

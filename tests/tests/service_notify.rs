@@ -229,3 +229,83 @@ fn an_agent_that_cannot_start_never_says_ready() -> Result<()> {
     );
     manager.nothing_sent()
 }
+
+/// Under a unit's `WatchdogSec=` (systemd sets `WATCHDOG_USEC`, and `WATCHDOG_PID` to the
+/// main process), both say `WATCHDOG=1` at a third of it while they run, and stop at a stop;
+/// a `WATCHDOG_PID` of another process (a child that inherited the variables) is not theirs.
+#[tokio::test(flavor = "multi_thread")]
+async fn both_feed_a_watchdog_that_is_theirs_until_they_stop() -> Result<()> {
+    let dir = TempDir::new("notify-watchdog")?;
+    let bins = bins();
+    let state = dir.path().join("relay");
+    let relay = RelayProcess::start(&bins, &state, "127.0.0.1:0", "127.0.0.1:0")?;
+    let (_, token) = create_agent(&bins, &state, "a1")?;
+    let config = dir.write_private(
+        "agent.toml",
+        &agent_config(relay.ssh, &relay.fingerprint, &token, ""),
+    )?;
+    for (name, pid_is_theirs) in [("relay", true), ("agent", true), ("agent", false)] {
+        let sub = dir.path().join(format!("{name}-{pid_is_theirs}"));
+        std::fs::create_dir_all(&sub)?;
+        let (manager, socket) = Manager::bind(&sub)?;
+        let mut command = if name == "relay" {
+            let mut c = Command::new(&bins.relay);
+            c.args(["serve", "--state-dir"])
+                .arg(sub.join("relay"))
+                .args(["--ssh-listen", "127.0.0.1:0", "--api-listen", "127.0.0.1:0"]);
+            c
+        } else {
+            let mut c = Command::new(&bins.agent);
+            c.args(["run", "--config"]).arg(&config);
+            c
+        };
+        command
+            .env("NOTIFY_SOCKET", &socket)
+            .env("WATCHDOG_USEC", "300000");
+        if !pid_is_theirs {
+            command.env("WATCHDOG_PID", "1");
+        }
+        let mut child = command
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        let fed = tokio::task::block_in_place(|| -> Result<usize> {
+            manager.until("READY=1", Duration::from_secs(10))?;
+            let until = Instant::now() + Duration::from_millis(1_000);
+            let mut fed = 0;
+            while let Some(left) = until.checked_duration_since(Instant::now()) {
+                match manager.next(left) {
+                    Ok(m) if m == "WATCHDOG=1\n" => fed += 1,
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
+            Ok(fed)
+        })?;
+        if pid_is_theirs {
+            // Every 100 ms: ~10 in the second, at least a few on a loaded machine.
+            ensure!(fed >= 3, "{name}: fed the watchdog {fed} times in 1 s");
+        } else {
+            ensure!(
+                fed == 0,
+                "{name}: fed another process's watchdog {fed} times"
+            );
+        }
+        signal(child.id(), "TERM")?;
+        tokio::task::block_in_place(|| -> Result<()> {
+            manager.until("STOPPING=1", Duration::from_secs(10))?;
+            let status = child.wait()?;
+            ensure!(status.success(), "{name}: {status}");
+            // Nothing after the stop began: read what is left.
+            while let Ok(m) = manager.next(Duration::from_millis(50)) {
+                ensure!(
+                    m != "WATCHDOG=1\n",
+                    "{name}: fed the watchdog while stopping"
+                );
+            }
+            Ok(())
+        })?;
+    }
+    Ok(())
+}
