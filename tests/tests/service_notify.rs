@@ -17,6 +17,27 @@ fn bins() -> Bins {
     postern_tests::bins!()
 }
 
+/// `postern-relay serve` in `state` on `ssh` and `api`, telling `socket` as systemd's.
+fn relay_serve(bins: &Bins, state: &Path, ssh: &str, api: &str, socket: &Path) -> Command {
+    let mut command = Command::new(&bins.relay);
+    command
+        .args(["serve", "--state-dir"])
+        .arg(state)
+        .args(["--ssh-listen", ssh, "--api-listen", api])
+        .env("NOTIFY_SOCKET", socket);
+    command
+}
+
+/// `postern run` with `config`, telling `socket` as systemd's.
+fn agent_run(bins: &Bins, config: &Path, socket: &Path) -> Command {
+    let mut command = Command::new(&bins.agent);
+    command
+        .args(["run", "--config"])
+        .arg(config)
+        .env("NOTIFY_SOCKET", socket);
+    command
+}
+
 /// What systemd would read on the unit's notify socket.
 struct Manager {
     socket: UnixDatagram,
@@ -78,13 +99,9 @@ fn the_relay_says_ready_once_it_serves_and_stopping_at_a_stop() -> Result<()> {
         format!("127.0.0.1:{}", free_port()?),
         format!("127.0.0.1:{}", free_port()?),
     );
-    let mut command = Command::new(&bins.relay);
-    command
-        .args(["serve", "--state-dir"])
-        .arg(dir.path().join("relay"))
-        .args(["--ssh-listen", &ssh, "--api-listen", &api])
-        .env("NOTIFY_SOCKET", &socket);
-    let mut relay = RelayProcess::spawn(command, &dir.path().join("relay"))?;
+    let state = dir.path().join("relay");
+    let command = relay_serve(&bins, &state, &ssh, &api, &socket);
+    let mut relay = RelayProcess::spawn(command, &state)?;
     let ready = manager.next(Duration::from_secs(10))?;
     assert_eq!(
         ready,
@@ -133,12 +150,8 @@ fn a_relay_that_cannot_start_never_says_ready() -> Result<()> {
     let (manager, socket) = Manager::bind(dir.path())?;
     let taken = std::net::TcpListener::bind("127.0.0.1:0")?;
     let api = taken.local_addr()?.to_string();
-    let mut command = Command::new(&bins.relay);
-    command
-        .args(["serve", "--state-dir"])
-        .arg(dir.path().join("relay"))
-        .args(["--ssh-listen", "127.0.0.1:0", "--api-listen", &api])
-        .env("NOTIFY_SOCKET", &socket);
+    let state = dir.path().join("relay");
+    let mut command = relay_serve(&bins, &state, "127.0.0.1:0", &api, &socket);
     let out = output_within(&mut command, Duration::from_secs(30))?;
     assert_eq!(out.status.code(), Some(1));
     manager.nothing_sent()
@@ -156,12 +169,7 @@ async fn the_agent_says_ready_then_how_its_tunnel_fares() -> Result<()> {
         "agent.toml",
         &agent_config(relay.ssh, &relay.fingerprint, &token, ""),
     )?;
-    let mut command = Command::new(&bins.agent);
-    command
-        .args(["run", "--config"])
-        .arg(&config)
-        .env("NOTIFY_SOCKET", &socket);
-    let mut agent = AgentProcess::spawn(command)?;
+    let mut agent = AgentProcess::spawn(agent_run(&bins, &config, &socket))?;
     let relay_at = relay.ssh.to_string();
     let ready = tokio::task::block_in_place(|| manager.next(Duration::from_secs(10)))?;
     assert_eq!(ready, format!("READY=1\nSTATUS=connecting to {relay_at}\n"));
@@ -215,12 +223,10 @@ fn an_agent_that_cannot_start_never_says_ready() -> Result<()> {
             "\n[connections.c]\nbase_uri = \"http://127.0.0.1:9\"\n[connections.c.auth]\ntype = \"jwt_bearer\"\nalgorithm = \"RS256\"\nprivate_key_file = \"missing.pem\"\npayload = { aud = \"x\" }\n",
         ),
     )?;
-    let mut command = Command::new(&bins.agent);
-    command
-        .args(["run", "--config"])
-        .arg(&config)
-        .env("NOTIFY_SOCKET", &socket);
-    let out = output_within(&mut command, Duration::from_secs(30))?;
+    let out = output_within(
+        &mut agent_run(&bins, &config, &socket),
+        Duration::from_secs(30),
+    )?;
     assert_eq!(
         out.status.code(),
         Some(1),
@@ -249,19 +255,12 @@ async fn both_feed_a_watchdog_that_is_theirs_until_they_stop() -> Result<()> {
         std::fs::create_dir_all(&sub)?;
         let (manager, socket) = Manager::bind(&sub)?;
         let mut command = if name == "relay" {
-            let mut c = Command::new(&bins.relay);
-            c.args(["serve", "--state-dir"])
-                .arg(sub.join("relay"))
-                .args(["--ssh-listen", "127.0.0.1:0", "--api-listen", "127.0.0.1:0"]);
-            c
+            let state = sub.join("relay");
+            relay_serve(&bins, &state, "127.0.0.1:0", "127.0.0.1:0", &socket)
         } else {
-            let mut c = Command::new(&bins.agent);
-            c.args(["run", "--config"]).arg(&config);
-            c
+            agent_run(&bins, &config, &socket)
         };
-        command
-            .env("NOTIFY_SOCKET", &socket)
-            .env("WATCHDOG_USEC", "300000");
+        command.env("WATCHDOG_USEC", "300000");
         if !pid_is_theirs {
             command.env("WATCHDOG_PID", "1");
         }
