@@ -20,22 +20,31 @@ fn bins() -> Bins {
 /// `postern-relay serve` in `state` on `ssh` and `api`, telling `socket` as systemd's.
 fn relay_serve(bins: &Bins, state: &Path, ssh: &str, api: &str, socket: &Path) -> Command {
     let mut command = Command::new(&bins.relay);
-    command
-        .args(["serve", "--state-dir"])
-        .arg(state)
-        .args(["--ssh-listen", ssh, "--api-listen", api])
-        .env("NOTIFY_SOCKET", socket);
+    command.args(["serve", "--state-dir"]).arg(state).args([
+        "--ssh-listen",
+        ssh,
+        "--api-listen",
+        api,
+    ]);
+    as_the_service(&mut command, socket);
     command
 }
 
 /// `postern run` with `config`, telling `socket` as systemd's.
 fn agent_run(bins: &Bins, config: &Path, socket: &Path) -> Command {
     let mut command = Command::new(&bins.agent);
+    command.args(["run", "--config"]).arg(config);
+    as_the_service(&mut command, socket);
     command
-        .args(["run", "--config"])
-        .arg(config)
-        .env("NOTIFY_SOCKET", socket);
+}
+
+/// With `socket` as systemd's, and no watchdog of whatever runs the tests (a CI runner
+/// under systemd) inherited: a test that wants one sets it.
+fn as_the_service(command: &mut Command, socket: &Path) {
     command
+        .env("NOTIFY_SOCKET", socket)
+        .env_remove("WATCHDOG_USEC")
+        .env_remove("WATCHDOG_PID");
 }
 
 /// What systemd would read on the unit's notify socket.
