@@ -108,7 +108,7 @@ pub async fn run_with_hangup(
         tasks.spawn(reload_on_sighup(reloader, hangup, shutdown.clone()));
     }
     // Loaded, and every port it was asked for is bound: reaching the relay may take long.
-    postern_process::service_manager::ready(&said(&state.borrow(), &config_rx.borrow()));
+    postern_process::service_manager::ready(&said(&state.borrow(), &config_rx.borrow().relays));
     tasks.spawn(tell_service_manager(
         state.subscribe(),
         config_rx.clone(),
@@ -146,7 +146,7 @@ async fn tell_service_manager(
     let mut last = String::new();
     // A stop says `stopping` itself (`cli/run.rs`); its drain is not a reconnection's.
     while !shutdown.is_cancelled() {
-        let now = said(&state.borrow_and_update(), &config.borrow());
+        let now = said(&state.borrow_and_update(), &config.borrow().relays);
         if now != last {
             postern_process::service_manager::status(&now);
             last = now;
@@ -160,8 +160,11 @@ async fn tell_service_manager(
 }
 
 /// The tunnel's state in a line, as `postern status` begins.
-fn said(state: &TunnelState, config: &AgentConfig) -> String {
-    let relay = config.relays.join(", ");
+fn said(state: &TunnelState, relays: &[String]) -> String {
+    let relay = match &state.relay {
+        Some(with) if state.connected => with.clone(),
+        _ => relays.join(", "),
+    };
     match (state.connected, &state.agent_name, &state.last_error) {
         (true, _, _) if state.draining => {
             format!("connected to {relay}; draining to reconnect with new settings")
@@ -170,5 +173,31 @@ fn said(state: &TunnelState, config: &AgentConfig) -> String {
         (true, None, _) => format!("connected to {relay}"),
         (false, _, Some(error)) => format!("NOT connected to {relay}: {error}"),
         (false, _, None) => format!("connecting to {relay}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_status_line_names_the_relay_it_is_with_once_connected() {
+        let relays = ["a:2222".to_owned(), "b:2222".to_owned()];
+        let mut state = TunnelState::default();
+        assert_eq!(said(&state, &relays), "connecting to a:2222, b:2222");
+        state.last_error = Some("cannot reach the relay at a:2222: refused".into());
+        assert_eq!(
+            said(&state, &relays),
+            "NOT connected to a:2222, b:2222: cannot reach the relay at a:2222: refused"
+        );
+        state.connected = true;
+        state.relay = Some("b:2222".into());
+        state.agent_name = Some("warehouse-1".into());
+        assert_eq!(said(&state, &relays), "connected to b:2222 as warehouse-1");
+        state.draining = true;
+        assert_eq!(
+            said(&state, &relays),
+            "connected to b:2222; draining to reconnect with new settings"
+        );
     }
 }

@@ -26,6 +26,10 @@ pub struct StatusReport {
     pub agent_version: String,
     pub relays: Vec<String>,
     pub connected: bool,
+    /// Which of `relays` the session is with, while connected. Absent from agents from
+    /// before 2026-12-08.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connected_to: Option<String>,
     /// RFC 3339.
     pub connected_since: Option<String>,
     pub agent_name: Option<String>,
@@ -156,6 +160,7 @@ pub fn report(
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),
         relays: config.relays.clone(),
         connected: state.connected,
+        connected_to: state.relay.clone().filter(|_| state.connected),
         connected_since: state.since.filter(|_| state.connected).map(rfc3339),
         agent_name: state.agent_name.clone(),
         last_error: state.last_error.clone(),

@@ -47,6 +47,9 @@ pub struct TunnelState {
     /// Sessions established after the first one (failed attempts do not count).
     pub reconnects: u64,
     pub agent_name: Option<String>,
+    /// The relay of the list the session is with (kept after it ends: read it with
+    /// `connected`).
+    pub relay: Option<String>,
     /// The session takes no new calls and lets those under way finish: the agent stops,
     /// or reconnects with new settings.
     pub draining: bool,
@@ -387,6 +390,7 @@ async fn session(
         s.since = Some(SystemTime::now());
         s.last_error = None;
         s.agent_name = Some(agent_name);
+        s.relay = Some(relay.to_owned());
     });
 
     let (notices_tx, mut notices) = tokio::sync::mpsc::channel(4);

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use postern_tests::harness::{
     AgentProcess, Api, Bins, RelayProcess, agent_cli, create_agent, create_api_key, free_port,
-    output_text, signal, status_json, wait_listening,
+    output_text, signal, status_json, stdout, wait_listening,
 };
 use postern_tests::internal_server::{InternalServer, Verifier};
 use postern_tests::pki::KillOnDrop;
@@ -80,6 +80,15 @@ async fn relays_are_tried_in_turn() -> Result<()> {
         matches!((dead, live), (Some(d), Some(l)) if d < l),
         "the dead relay was not tried first: {}",
         agent.logs.text()
+    );
+    // `postern status` says which of the two it is with.
+    let live = s.relay.ssh.to_string();
+    let status = status_json(&s.bins, &config)?;
+    assert_eq!(status["connected_to"], live.as_str(), "{status}");
+    let text = stdout(&agent_cli(&s.bins, &config, &["status"])?);
+    assert!(
+        text.contains(&format!("  relay        {live} (of 127.0.0.1:9, {live})\n")),
+        "{text}"
     );
     Ok(())
 }

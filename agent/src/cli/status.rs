@@ -453,7 +453,13 @@ fn print_report(out: &mut dyn Write, r: &StatusReport, file_changed: bool) -> st
         state.push_str("; draining to reconnect with new settings");
     }
     writeln!(out, "postern agent {} — {state}", r.agent_version)?;
-    writeln!(out, "  relay        {}", printable(&r.relays.join(", ")))?;
+    let relays = r.relays.join(", ");
+    let relay = match &r.connected_to {
+        // Which one of several it is with.
+        Some(to) if r.relays.len() > 1 => format!("{to} (of {relays})"),
+        _ => relays,
+    };
+    writeln!(out, "  relay        {}", printable(&relay))?;
     if let Some(name) = &r.agent_name {
         writeln!(out, "  agent name   {}", printable(name))?;
     }
