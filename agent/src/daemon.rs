@@ -144,15 +144,13 @@ async fn tell_service_manager(
     shutdown: CancellationToken,
 ) {
     let mut last = String::new();
-    // A stop says `stopping` itself (`cli/run.rs`); its drain is not a reconnection's.
-    while !shutdown.is_cancelled() {
+    loop {
         let now = said(&state.borrow_and_update(), &config.borrow().relays);
         if now != last {
             postern_process::service_manager::status(&now);
             last = now;
         }
         tokio::select! {
-            biased;
             _ = shutdown.cancelled() => return,
             changed = state.changed() => if changed.is_err() { return },
         }

@@ -220,10 +220,10 @@ pub async fn run_with(
         if tls.is_some() { "HTTPS" } else { "HTTP" }
     );
     postern_process::service_manager::ready(&serving);
-    let stop = shutdown.stop.clone();
-    ctx.tasks.spawn(async move {
-        postern_process::service_manager::feed_watchdog(stop.cancelled_owned()).await;
-    });
+    ctx.tasks
+        .spawn(postern_process::service_manager::feed_watchdog(
+            shutdown.stop.clone().cancelled_owned(),
+        ));
     if postern_process::service_manager::listening() {
         ctx.tasks.spawn(tell_agents_online(
             ctx.clone(),
@@ -405,13 +405,11 @@ async fn tell_agents_online(ctx: Arc<RelayContext>, serving: String, stop: Cance
     let mut every = tokio::time::interval(AGENTS_ONLINE_EVERY);
     loop {
         tokio::select! {
-            biased;
             _ = stop.cancelled() => return,
             _ = every.tick() => {}
         }
         let online = ctx.registry.online();
-        // Once stopping, the status says so (`cli.rs`): not overwritten with the count.
-        if online != told && !stop.is_cancelled() {
+        if online != told {
             let agents = if online == 1 { "agent" } else { "agents" };
             postern_process::service_manager::status(&format!(
                 "{serving}; {online} {agents} online"

@@ -18,14 +18,15 @@ pub fn ready(status: &str) {
     send(&[NotifyState::Ready, NotifyState::Status(&status)]);
 }
 
-/// What `systemctl status` shows beside the unit.
+/// What `systemctl status` shows beside the unit; once [`stopping`], nothing: a drain's
+/// changes of state are not to overwrite the stop's own words.
 pub fn status(status: &str) {
     let status = one_line(status);
-    send(&[NotifyState::Status(&status)]);
+    unless_stopping(&[NotifyState::Status(&status)]);
 }
 
-/// The stop began: the unit shows as deactivating while the program drains. The watchdog
-/// is fed no more, from here on strictly.
+/// The stop began: the unit shows as deactivating while the program drains. From here on,
+/// strictly, no status and no watchdog feed follow.
 pub fn stopping(status: &str) {
     let status = one_line(status);
     let mut stopping = STOPPING.lock().unwrap_or_else(|e| e.into_inner());
@@ -33,9 +34,17 @@ pub fn stopping(status: &str) {
     send(&[NotifyState::Stopping, NotifyState::Status(&status)]);
 }
 
-/// Set by [`stopping`]; held while the watchdog is fed, so no `WATCHDOG=1` follows
-/// `STOPPING=1`.
+/// Set by [`stopping`]; held while anything else is said, so nothing follows `STOPPING=1`.
 static STOPPING: Mutex<bool> = Mutex::new(false);
+
+/// Says `states` unless [`stopping`] was said: whether it is not sent.
+fn unless_stopping(states: &[NotifyState]) -> bool {
+    let stopping = STOPPING.lock().unwrap_or_else(|e| e.into_inner());
+    if !*stopping {
+        send(states);
+    }
+    *stopping
+}
 
 /// While the unit's `WatchdogSec=` runs (systemd set `WATCHDOG_USEC` for this process),
 /// says `WATCHDOG=1` at a third of it until `stop`: a program whose runtime no longer runs
@@ -52,13 +61,9 @@ pub async fn feed_watchdog(stop: impl std::future::Future<Output = ()>) {
         tokio::select! {
             biased;
             () = &mut stop => return,
-            _ = every.tick() => {
-                let stopping = STOPPING.lock().unwrap_or_else(|e| e.into_inner());
-                if *stopping {
-                    return;
-                }
-                send(&[NotifyState::Watchdog]);
-            }
+            _ = every.tick() => if unless_stopping(&[NotifyState::Watchdog]) {
+                return;
+            },
         }
     }
 }
