@@ -429,7 +429,7 @@ async fn run(
         };
         let pause = ctx.limiter.pause(asked.wait, asked_by);
         ctx.metrics.upstream_paused(conn.name.as_str());
-        warn!(connection = %conn.name, status = upstream.status().as_u16(), header = asked.header, pause_ms = pause.as_millis() as u64, "upstream asked to slow down; pausing the connection");
+        warn!(connection = %conn.name, status = asked_by.status, header = asked_by.header, pause_ms = pause.as_millis() as u64, "upstream asked to slow down; pausing the connection");
     }
     let mut upstream_headers = upstream.headers().clone();
     // Both at once: the body was read as chunked, and a Content-Length passed on would

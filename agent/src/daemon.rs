@@ -159,10 +159,7 @@ async fn tell_service_manager(
 
 /// The tunnel's state in a line, as `postern status` begins.
 fn said(state: &TunnelState, relays: &[String]) -> String {
-    let relay = match &state.relay {
-        Some(with) if state.connected => with.clone(),
-        _ => relays.join(", "),
-    };
+    let relay = state.relay.clone().unwrap_or_else(|| relays.join(", "));
     match (state.connected, &state.agent_name, &state.last_error) {
         (true, _, _) if state.draining => {
             format!("connected to {relay}; draining to reconnect with new settings")

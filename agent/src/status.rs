@@ -160,7 +160,7 @@ pub fn report(
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),
         relays: config.relays.clone(),
         connected: state.connected,
-        connected_to: state.relay.clone().filter(|_| state.connected),
+        connected_to: state.relay.clone(),
         connected_since: state.since.filter(|_| state.connected).map(rfc3339),
         agent_name: state.agent_name.clone(),
         last_error: state.last_error.clone(),

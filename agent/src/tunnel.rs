@@ -47,8 +47,7 @@ pub struct TunnelState {
     /// Sessions established after the first one (failed attempts do not count).
     pub reconnects: u64,
     pub agent_name: Option<String>,
-    /// The relay of the list the session is with (kept after it ends: read it with
-    /// `connected`).
+    /// The relay of the list the session is with, while connected.
     pub relay: Option<String>,
     /// The session takes no new calls and lets those under way finish: the agent stops,
     /// or reconnects with new settings.
@@ -199,6 +198,7 @@ pub async fn run(
         // In one change, so `status` never shows the session gone without its reason.
         state.send_modify(|s| {
             s.connected = false;
+            s.relay = None;
             s.draining = false;
             if let Err(e) = &outcome {
                 s.last_error = Some(e.to_string());
