@@ -12,7 +12,6 @@ use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::WebPkiSupportedAlgorithms;
-use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -189,20 +188,19 @@ async fn ask(target: &Target, url: &str) -> Result<Healthy, HealthError> {
 
 /// Whether `leaf` is the first certificate of `file`, as the relay reads it.
 fn compare(leaf: &CertificateDer<'_>, file: &std::path::Path) -> Served {
-    let first = CertificateDer::pem_file_iter(file)
-        .map_err(|e| e.to_string())
-        .and_then(|mut certs| match certs.next() {
-            Some(cert) => cert.map_err(|e| e.to_string()),
-            None => Err("no CERTIFICATE block in it".to_owned()),
-        });
-    match first {
-        Ok(cert) if cert.as_ref() == leaf.as_ref() => Served::TheFilesCertificate,
+    match crate::tls::chain(file) {
+        Ok(chain) if chain.first().is_some_and(|c| c.as_ref() == leaf.as_ref()) => {
+            Served::TheFilesCertificate
+        }
         Ok(_) => Served::AnotherCertificate {
             file: file.to_owned(),
         },
-        Err(reason) => Served::Unknown {
+        Err(e) => Served::Unknown {
             file: file.to_owned(),
-            reason: format!("cannot read it: {reason}"),
+            reason: match e {
+                crate::tls::TlsError::Cert { reason, .. } => format!("cannot read it: {reason}"),
+                other => other.to_string(),
+            },
         },
     }
 }

@@ -135,20 +135,26 @@ fn warn_if_world_readable(key: &Path) {
     }
 }
 
-fn read(cert: &Path, key: &Path) -> Result<Loaded, TlsError> {
+/// The certificate chain in `cert`, the leaf first: never empty.
+pub fn chain(cert: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let chain = CertificateDer::pem_file_iter(cert)
         .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
         .map_err(|e| TlsError::Cert {
             path: cert.to_owned(),
             reason: e.to_string(),
         })?;
-    let Some(leaf) = chain.first() else {
+    if chain.is_empty() {
         return Err(TlsError::Cert {
             path: cert.to_owned(),
             reason: "no CERTIFICATE block in the file".into(),
         });
-    };
-    let validity = Validity::of(leaf);
+    }
+    Ok(chain)
+}
+
+fn read(cert: &Path, key: &Path) -> Result<Loaded, TlsError> {
+    let chain = chain(cert)?;
+    let validity = chain.first().and_then(|leaf| Validity::of(leaf));
     warn_if_world_readable(key);
     let private = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::Key {
         path: key.to_owned(),
