@@ -43,10 +43,7 @@ struct StateArgs {
 
 impl StateArgs {
     fn config(&self) -> Result<RelayConfig> {
-        let mut config = match &self.config {
-            Some(path) => RelayConfig::load(path)?,
-            None => RelayConfig::default(),
-        };
+        let mut config = load_or_default(self.config.as_deref())?;
         if let Some(dir) = &self.state_dir {
             config.state_dir = dir.clone();
         }
@@ -58,6 +55,14 @@ impl StateArgs {
     fn store(&self) -> Result<SqliteStore> {
         store_in(&self.config()?.state_dir)
     }
+}
+
+/// The config file at `path`, or the defaults without one.
+fn load_or_default(path: Option<&std::path::Path>) -> Result<RelayConfig> {
+    Ok(match path {
+        Some(path) => RelayConfig::load(path)?,
+        None => RelayConfig::default(),
+    })
 }
 
 /// The store `serve` made in `dir` (see [`StateArgs::store`]).
@@ -84,8 +89,9 @@ fn store_in(dir: &std::path::Path) -> Result<SqliteStore> {
     SqliteStore::open(&db).with_context(|| format!("opening the store in {}", dir.display()))
 }
 
-/// Listen addresses over the config's, for `serve` and for `check` alike: the container
-/// image sets them in its environment, so `check` there sees what `serve` will bind.
+/// Listen addresses over the config's, for `serve`, `check` and `health` alike: the
+/// container image sets them in its environment, so `check` and `health` there see what
+/// `serve` binds.
 #[derive(Debug, clap::Args)]
 struct ListenArgs {
     /// SSH listen address for agents (default 0.0.0.0:2222).
@@ -133,9 +139,8 @@ enum Command {
         /// (then HTTPS). Without one, 127.0.0.1:8080 over plain HTTP, `serve`'s default.
         #[arg(long, env = "POSTERN_RELAY_CONFIG")]
         config: Option<PathBuf>,
-        /// The API's address, over the config's, as `serve --api-listen` takes it.
-        #[arg(long, env = "POSTERN_RELAY_API_LISTEN")]
-        api_listen: Option<std::net::SocketAddr>,
+        #[command(flatten)]
+        listen: ListenArgs,
         /// How long the whole check may take.
         #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
         timeout: std::time::Duration,
@@ -268,9 +273,9 @@ fn run(cli: Cli) -> Result<()> {
         Command::Check { config, listen } => check(&config, &listen),
         Command::Health {
             config,
-            api_listen,
+            listen,
             timeout,
-        } => health(config.as_deref(), api_listen, timeout),
+        } => health(config.as_deref(), &listen, timeout),
         Command::Fingerprint { state } => {
             // Only `serve` creates the identity: a mistyped folder must not print a new one.
             let key = host_key::load(&state.config()?.state_dir)?;
@@ -629,16 +634,11 @@ fn check(path: &std::path::Path, listen: &ListenArgs) -> Result<()> {
 
 fn health(
     path: Option<&std::path::Path>,
-    api_listen: Option<std::net::SocketAddr>,
+    listen: &ListenArgs,
     within: std::time::Duration,
 ) -> Result<()> {
-    let mut config = match path {
-        Some(path) => RelayConfig::load(path)?,
-        None => RelayConfig::default(),
-    };
-    if let Some(addr) = api_listen {
-        config.api_listen = addr;
-    }
+    let mut config = load_or_default(path)?;
+    listen.apply(&mut config);
     let target = crate::health::Target::of(&config);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
