@@ -109,11 +109,13 @@ pub async fn run_with_hangup(
     }
     // Loaded, and every port it was asked for is bound: reaching the relay may take long.
     postern_process::service_manager::ready(&said(&state.borrow(), &config_rx.borrow().relays));
-    tasks.spawn(tell_service_manager(
-        state.subscribe(),
-        config_rx.clone(),
-        shutdown.clone(),
-    ));
+    if postern_process::service_manager::listening() {
+        tasks.spawn(tell_service_manager(
+            state.subscribe(),
+            config_rx.clone(),
+            shutdown.clone(),
+        ));
+    }
     tasks.spawn(postern_process::service_manager::feed_watchdog(
         shutdown.clone().cancelled_owned(),
     ));
